@@ -1,0 +1,274 @@
+//! A safe in-memory [`SecureTable`]: a fixed array of leaves, used by the core's tests and the
+//! host shim. It enforces the same entry rules a real S-EPT or RMP does.
+
+use crate::addr::{Gpa, Hpa};
+use crate::capacity::MAX_GUESTS;
+use crate::ids::GuestId;
+use crate::mmio::MmioRange;
+use crate::page::PageSize;
+use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct GuestEpoch {
+    current: Epoch,
+    flushed: Epoch,
+}
+
+/// An in-memory secure table with room for `N` leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemTable<const N: usize> {
+    leaves: heapless::Vec<Leaf, N>,
+    epochs: [GuestEpoch; MAX_GUESTS],
+    defer_flush: bool,
+}
+
+impl<const N: usize> Default for MemTable<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn spans_overlap(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
+    a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
+}
+
+impl<const N: usize> MemTable<N> {
+    /// An empty table.
+    pub const fn new() -> Self {
+        Self {
+            leaves: heapless::Vec::new(),
+            epochs: [GuestEpoch {
+                current: 0,
+                flushed: 0,
+            }; MAX_GUESTS],
+            defer_flush: false,
+        }
+    }
+
+    /// When set, `track` advances the epoch but the flush completes only at
+    /// [`MemTable::complete_flush`]: models a host that has not yet kicked the guest's vCPUs.
+    pub fn set_defer_flush(&mut self, defer: bool) {
+        self.defer_flush = defer;
+    }
+
+    /// Completes the outstanding flush of `guest`.
+    pub fn complete_flush(&mut self, guest: GuestId) {
+        if let Some(e) = self.epochs.get_mut(usize::from(guest.slot())) {
+            e.flushed = e.current;
+        }
+    }
+
+    /// Every leaf, in insertion order.
+    pub fn leaves(&self) -> &[Leaf] {
+        &self.leaves
+    }
+
+    fn position(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<usize, TableError> {
+        let i = self
+            .leaves
+            .iter()
+            .position(|l| {
+                l.guest == guest && spans_overlap(l.gpa.as_u64(), l.size.bytes(), gpa.as_u64(), 1)
+            })
+            .ok_or(TableError::NotMapped)?;
+        match self.leaves.get(i) {
+            Some(l) if l.gpa == gpa && l.size == size => Ok(i),
+            Some(_) => Err(TableError::SizeMismatch),
+            None => Err(TableError::NotMapped),
+        }
+    }
+
+    fn epoch(&self, guest: GuestId) -> Result<GuestEpoch, TableError> {
+        self.epochs
+            .get(usize::from(guest.slot()))
+            .copied()
+            .ok_or(TableError::UnknownGuest)
+    }
+}
+
+impl<const N: usize> SecureTable for MemTable<N> {
+    fn map(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
+        self.epoch(guest)?;
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(TableError::Misaligned);
+        }
+        let bytes = size.bytes();
+        if self.leaves.iter().any(|l| {
+            l.guest == guest && spans_overlap(l.gpa.as_u64(), l.size.bytes(), gpa.as_u64(), bytes)
+        }) {
+            return Err(TableError::GpaMapped);
+        }
+        if self
+            .leaves
+            .iter()
+            .any(|l| spans_overlap(l.hpa.as_u64(), l.size.bytes(), hpa.as_u64(), bytes))
+        {
+            return Err(TableError::HpaMapped);
+        }
+        self.leaves
+            .push(Leaf {
+                guest,
+                gpa,
+                hpa,
+                size,
+                state: LeafState::Mapped,
+            })
+            .map_err(|_| TableError::OutOfFrames)
+    }
+
+    fn block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let epoch = self.epoch(guest)?.current;
+        let i = self.position(guest, gpa, size)?;
+        let leaf = self.leaves.get_mut(i).ok_or(TableError::NotMapped)?;
+        if leaf.state == LeafState::Mapped {
+            leaf.state = LeafState::Blocked { epoch };
+        }
+        Ok(())
+    }
+
+    fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
+        let defer = self.defer_flush;
+        let e = self
+            .epochs
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(TableError::UnknownGuest)?;
+        e.current = e.current.checked_add(1).ok_or(TableError::OutOfFrames)?;
+        if !defer {
+            e.flushed = e.current;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {
+        let flushed = self.epoch(guest)?.flushed;
+        let i = self.position(guest, gpa, size)?;
+        let leaf = *self.leaves.get(i).ok_or(TableError::NotMapped)?;
+        match leaf.state {
+            LeafState::Mapped => Err(TableError::NotBlocked),
+            LeafState::Blocked { epoch } if flushed <= epoch => Err(TableError::TlbNotFlushed),
+            LeafState::Blocked { .. } => {
+                self.leaves.swap_remove(i);
+                Ok(leaf.hpa)
+            }
+        }
+    }
+
+    fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf> {
+        self.leaves
+            .iter()
+            .find(|l| {
+                l.guest == guest && spans_overlap(l.gpa.as_u64(), l.size.bytes(), gpa.as_u64(), 1)
+            })
+            .copied()
+    }
+
+    fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
+        self.leaves
+            .iter()
+            .filter(|l| l.hpa >= from && within.contains_page(l.hpa, l.size))
+            .min_by_key(|l| l.hpa)
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: GuestId = GuestId::from_slot(0);
+
+    fn gpa(v: u64) -> Gpa {
+        Gpa::try_new(v).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+    fn hpa(v: u64) -> Hpa {
+        Hpa::try_new(v).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn entry_rules() {
+        let mut t = MemTable::<8>::new();
+        assert_eq!(
+            t.map(G, gpa(0x20_0000), hpa(0x4000_0000), PageSize::Size2M),
+            Ok(())
+        );
+        // A 4K leaf inside the 2M one, on either side, is refused.
+        assert_eq!(
+            t.map(G, gpa(0x20_1000), hpa(0x9000), PageSize::Size4K),
+            Err(TableError::GpaMapped)
+        );
+        assert_eq!(
+            t.map(G, gpa(0x1000), hpa(0x4000_1000), PageSize::Size4K),
+            Err(TableError::HpaMapped)
+        );
+        assert_eq!(
+            t.map(G, gpa(0x1000), hpa(0x4000_1000), PageSize::Size2M),
+            Err(TableError::Misaligned)
+        );
+        assert_eq!(
+            t.remove(G, gpa(0x20_0000), PageSize::Size2M),
+            Err(TableError::NotBlocked)
+        );
+        assert_eq!(
+            t.block(G, gpa(0x20_0000), PageSize::Size4K),
+            Err(TableError::SizeMismatch)
+        );
+        assert_eq!(t.block(G, gpa(0x20_0000), PageSize::Size2M), Ok(()));
+        assert_eq!(
+            t.remove(G, gpa(0x20_0000), PageSize::Size2M),
+            Err(TableError::TlbNotFlushed)
+        );
+        t.set_defer_flush(true);
+        assert_eq!(t.track(G), Ok(()));
+        assert_eq!(
+            t.remove(G, gpa(0x20_0000), PageSize::Size2M),
+            Err(TableError::TlbNotFlushed)
+        );
+        t.complete_flush(G);
+        assert_eq!(
+            t.remove(G, gpa(0x20_0000), PageSize::Size2M),
+            Ok(hpa(0x4000_0000))
+        );
+        assert_eq!(t.leaf(G, gpa(0x20_0000)), None);
+        assert_eq!(
+            t.track(GuestId::from_slot(999)),
+            Err(TableError::UnknownGuest)
+        );
+    }
+
+    #[test]
+    fn full_table_is_a_status() {
+        let mut t = MemTable::<1>::new();
+        assert_eq!(t.map(G, gpa(0), hpa(0x1000), PageSize::Size4K), Ok(()));
+        let before = t.clone();
+        assert_eq!(
+            t.map(G, gpa(0x1000), hpa(0x2000), PageSize::Size4K),
+            Err(TableError::OutOfFrames)
+        );
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn next_leaf_walks_by_host_address() {
+        let mut t = MemTable::<8>::new();
+        let r = MmioRange::from_raw(0x10_0000, 16).unwrap_or_else(|e| panic!("{e:?}"));
+        for (g, h) in [
+            (0x3000, 0x10_3000),
+            (0x1000, 0x10_1000),
+            (0x9000, 0x20_0000),
+        ] {
+            assert_eq!(t.map(G, gpa(g), hpa(h), PageSize::Size4K), Ok(()));
+        }
+        assert_eq!(t.next_leaf(r, hpa(0)).map(|l| l.hpa), Some(hpa(0x10_1000)));
+        assert_eq!(
+            t.next_leaf(r, hpa(0x10_2000)).map(|l| l.hpa),
+            Some(hpa(0x10_3000))
+        );
+        assert_eq!(t.next_leaf(r, hpa(0x10_4000)), None);
+    }
+}

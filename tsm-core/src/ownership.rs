@@ -1,0 +1,164 @@
+//! Which bound TDI owns which host MMIO: the one table that says a page is off limits to the
+//! host. Ranges in it never overlap.
+
+use crate::addr::Hpa;
+use crate::capacity::{MAX_OWNED_RANGES, MAX_RANGES_PER_TDI};
+use crate::ids::{GuestId, TdiId};
+use crate::mmio::MmioRange;
+use crate::page::PageSize;
+use crate::status::Error;
+
+/// One owned range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnedRange {
+    /// The host pages.
+    pub range: MmioRange,
+    /// The bound TDI that reported them.
+    pub tdi: TdiId,
+    /// The guest the TDI is bound to.
+    pub guest: GuestId,
+}
+
+/// Ranges owned by bound TDIs, in the order they were claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ownership {
+    entries: heapless::Vec<OwnedRange, MAX_OWNED_RANGES>,
+}
+
+impl Ownership {
+    /// An empty table.
+    pub const fn new() -> Self {
+        Self {
+            entries: heapless::Vec::new(),
+        }
+    }
+
+    /// Every owned range.
+    pub fn iter(&self) -> impl Iterator<Item = &OwnedRange> {
+        self.entries.iter()
+    }
+
+    /// The owned range that shares a byte with `range`, if any.
+    pub fn overlapping(&self, range: &MmioRange) -> Option<&OwnedRange> {
+        self.entries.iter().find(|o| o.range.overlaps(range))
+    }
+
+    /// Whether `ranges` could be claimed: each fits, none overlaps another or an owned one.
+    pub fn check_claim(&self, ranges: &[MmioRange]) -> Result<(), Error> {
+        if ranges.len() > MAX_RANGES_PER_TDI {
+            return Err(Error::TooManyRanges);
+        }
+        for (i, r) in ranges.iter().enumerate() {
+            if ranges
+                .iter()
+                .skip(i.saturating_add(1))
+                .any(|other| other.overlaps(r))
+            {
+                return Err(Error::RangesOverlap);
+            }
+            if self.overlapping(r).is_some() {
+                return Err(Error::TdiBound);
+            }
+        }
+        if ranges.len() > self.entries.capacity().saturating_sub(self.entries.len()) {
+            return Err(Error::OwnershipTableFull);
+        }
+        Ok(())
+    }
+
+    /// Claims `ranges` for `tdi` bound to `guest`: all of them or, on error, none.
+    pub fn claim(&mut self, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> Result<(), Error> {
+        self.check_claim(ranges)?;
+        for &range in ranges {
+            self.entries
+                .push(OwnedRange { range, tdi, guest })
+                .map_err(|_| Error::OwnershipTableFull)?;
+        }
+        Ok(())
+    }
+
+    /// Releases every range of `tdi`.
+    pub fn release(&mut self, tdi: TdiId) {
+        self.entries.retain(|o| o.tdi != tdi);
+    }
+
+    /// The `index`-th range owned by `tdi`.
+    pub fn range_of(&self, tdi: TdiId, index: u8) -> Option<MmioRange> {
+        self.entries
+            .iter()
+            .filter(|o| o.tdi == tdi)
+            .nth(usize::from(index))
+            .map(|o| o.range)
+    }
+
+    /// The entry whose range holds the whole page of `size` at `hpa`.
+    pub fn holding(&self, hpa: Hpa, size: PageSize) -> Option<&OwnedRange> {
+        self.entries
+            .iter()
+            .find(|o| o.range.contains_page(hpa, size))
+    }
+
+    /// Whether `tdi` owns anything.
+    pub fn owns_any(&self, tdi: TdiId) -> bool {
+        self.entries.iter().any(|o| o.tdi == tdi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(base: u64, pages: u64) -> MmioRange {
+        MmioRange::from_raw(base, pages).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+    const T1: TdiId = TdiId::from_slot(1);
+    const T2: TdiId = TdiId::from_slot(2);
+    const G: GuestId = GuestId::from_slot(0);
+
+    #[test]
+    fn claims_are_all_or_nothing() {
+        let mut o = Ownership::new();
+        assert_eq!(o.claim(T1, G, &[r(0x10_0000, 4), r(0x20_0000, 4)]), Ok(()));
+        let before = o.clone();
+        assert_eq!(
+            o.claim(T2, G, &[r(0x30_0000, 1), r(0x10_3000, 1)]),
+            Err(Error::TdiBound)
+        );
+        assert_eq!(
+            o.claim(T2, G, &[r(0x30_0000, 2), r(0x30_1000, 1)]),
+            Err(Error::RangesOverlap)
+        );
+        let many = [r(0x40_0000, 1); MAX_RANGES_PER_TDI + 1];
+        assert_eq!(o.claim(T2, G, &many), Err(Error::TooManyRanges));
+        assert_eq!(o, before);
+        assert_eq!(o.range_of(T1, 1), Some(r(0x20_0000, 4)));
+        assert_eq!(o.range_of(T1, 2), None);
+        o.release(T1);
+        assert!(!o.owns_any(T1));
+        assert_eq!(o.claim(T2, G, &[r(0x10_3000, 1)]), Ok(()));
+    }
+
+    #[test]
+    fn full_table_is_a_status() {
+        let mut o = Ownership::new();
+        let mut base = 0x1000_0000;
+        let mut tdi = 0;
+        while o.iter().count() + MAX_RANGES_PER_TDI <= MAX_OWNED_RANGES {
+            let ranges: [MmioRange; MAX_RANGES_PER_TDI] =
+                core::array::from_fn(|i| r(base + 0x1000 * i as u64, 1));
+            assert_eq!(o.claim(TdiId::from_slot(tdi), G, &ranges), Ok(()));
+            base += 0x10_0000;
+            tdi += 1;
+        }
+        let before = o.clone();
+        let more: [MmioRange; MAX_RANGES_PER_TDI] =
+            core::array::from_fn(|i| r(base + 0x1000 * i as u64, 1));
+        let room = MAX_OWNED_RANGES - o.iter().count();
+        assert!(room < MAX_RANGES_PER_TDI);
+        assert_eq!(
+            o.claim(TdiId::from_slot(tdi), G, &more),
+            Err(Error::OwnershipTableFull)
+        );
+        assert_eq!(o, before);
+    }
+}

@@ -1,0 +1,138 @@
+//! The records the firmware keeps, and the fixed slot tables that hold them, each slot behind
+//! its own try-lock.
+
+use spin::{Mutex, MutexGuard};
+
+use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
+use crate::ids::{DeviceId, RequesterId, TdiId};
+use crate::lifecycle::TdiState;
+use crate::mmio::MmioRange;
+use crate::status::{Error, Operand};
+use crate::transport::InterfaceId;
+
+/// A physical device: its requester ID, its BARs, and the TDIs created on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Requester ID of function 0 (the DSM).
+    pub rid: RequesterId,
+    /// The device's memory BARs, as the host reported them at creation.
+    pub bars: heapless::Vec<MmioRange, MAX_BARS>,
+    /// TDIs on this device and their interface IDs.
+    pub tdis: heapless::Vec<(TdiId, InterfaceId), MAX_TDIS_PER_DEVICE>,
+}
+
+/// A TDI: the device it belongs to, its interface ID, its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tdi {
+    /// The device the interface belongs to.
+    pub device: DeviceId,
+    /// The TDISP interface ID (the function's requester ID).
+    pub iface: InterfaceId,
+    /// Lifecycle state.
+    pub state: TdiState,
+}
+
+/// A confidential guest as the device-assignment firmware needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GuestRecord {
+    /// TDIs bound to the guest; it cannot be destroyed while this is non-zero.
+    pub bound_tdis: u16,
+}
+
+/// `N` slots of records `R`, each behind its own try-lock.
+pub struct Slots<R, const N: usize> {
+    slots: [Mutex<Option<R>>; N],
+    operand: Operand,
+}
+
+/// A locked slot.
+pub type SlotGuard<'a, R> = MutexGuard<'a, Option<R>>;
+
+/// Try-locks `m`, or names `operand` as busy. Never spins: the host may hold a lock forever.
+pub fn try_lock<X>(m: &Mutex<X>, operand: Operand) -> Result<MutexGuard<'_, X>, Error> {
+    m.try_lock().ok_or(Error::Busy(operand))
+}
+
+impl<R, const N: usize> Slots<R, N> {
+    /// Empty slots whose contention reports `operand`.
+    pub const fn new(operand: Operand) -> Self {
+        Self {
+            slots: [const { Mutex::new(None) }; N],
+            operand,
+        }
+    }
+
+    /// Locks slot `slot`, empty or not. `InvalidHandle` past the table.
+    pub fn lock(&self, slot: u16) -> Result<SlotGuard<'_, R>, Error> {
+        let m = self
+            .slots
+            .get(usize::from(slot))
+            .ok_or(Error::InvalidHandle)?;
+        try_lock(m, self.operand)
+    }
+
+    /// Stores `record` in the first free slot; `full` if none is free. Slots locked by another
+    /// CPU are skipped; if no free one was found among the rest, that is `Busy`, not `full`.
+    pub fn insert(&self, record: R, full: Error) -> Result<u16, Error> {
+        let mut skipped = false;
+        for (i, m) in self.slots.iter().enumerate() {
+            let Some(mut slot) = m.try_lock() else {
+                skipped = true;
+                continue;
+            };
+            if slot.is_none() {
+                let handle = u16::try_from(i).map_err(|_| full)?;
+                *slot = Some(record);
+                return Ok(handle);
+            }
+        }
+        Err(if skipped {
+            Error::Busy(self.operand)
+        } else {
+            full
+        })
+    }
+
+    /// A copy of every slot (for snapshots); `Busy` if any slot is locked.
+    pub fn copy_all(&self) -> Result<[Option<R>; N], Error>
+    where
+        R: Clone,
+    {
+        let mut out: [Option<R>; N] = [const { None }; N];
+        for (dst, m) in out.iter_mut().zip(self.slots.iter()) {
+            dst.clone_from(&*try_lock(m, self.operand)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_fill_report_full_and_busy() {
+        let s: Slots<u8, 2> = Slots::new(Operand::Guest);
+        assert_eq!(s.insert(1, Error::GuestTableFull), Ok(0));
+        assert_eq!(s.insert(2, Error::GuestTableFull), Ok(1));
+        assert_eq!(
+            s.insert(3, Error::GuestTableFull),
+            Err(Error::GuestTableFull)
+        );
+        assert_eq!(s.lock(2).err(), Some(Error::InvalidHandle));
+        let held = s.lock(0);
+        assert!(held.is_ok());
+        assert_eq!(s.lock(0).err(), Some(Error::Busy(Operand::Guest)));
+        if let Ok(mut one) = s.lock(1) {
+            *one = None;
+        }
+        drop(held);
+        let held = s.lock(1);
+        assert_eq!(
+            s.insert(4, Error::GuestTableFull),
+            Err(Error::Busy(Operand::Guest))
+        );
+        drop(held);
+        assert_eq!(s.insert(4, Error::GuestTableFull), Ok(1));
+    }
+}

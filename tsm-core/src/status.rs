@@ -1,0 +1,303 @@
+//! Every status the core returns, with its stable numeric code. This is the one place they are
+//! defined; platforms translate them to their ABI's codes in one function each.
+//!
+//! | code  | status | meaning |
+//! |-------|--------|---------|
+//! | 0x000 | `Done` | the operation completed |
+//! | 0x001 | `Resumable` | bounded work done, progress kept; call again to continue |
+//! | 0x101 | `InvalidAddress` | address at or above 2^52 |
+//! | 0x102 | `Misaligned` | address not aligned to the page or leaf size |
+//! | 0x103 | `InvalidRange` | empty range, or one that runs past the address space |
+//! | 0x104 | `InvalidHandle` | no such device, TDI or guest |
+//! | 0x105 | `InvalidRequesterId` | device or function number out of range |
+//! | 0x106 | `TooManyRanges` | more ranges than a device or report may have |
+//! | 0x107 | `RangeOutsideDevice` | a reported range is not inside the device's BARs |
+//! | 0x108 | `RangesOverlap` | ranges given together overlap each other |
+//! | 0x109 | `InvalidPageSize` | a page size no MMIO leaf can have |
+//! | 0x201 | `DeviceTableFull` | no free device slot |
+//! | 0x202 | `TdiTableFull` | no free TDI slot |
+//! | 0x203 | `GuestTableFull` | no free guest slot |
+//! | 0x204 | `OwnershipTableFull` | no room to record the ranges of another bound TDI |
+//! | 0x205 | `SecureTableFull` | the secure mapping structure has no free table pages |
+//! | 0x301 | `TdiBound` | a host request touches MMIO of a bound TDI (bind, run, error or mid-unbind) |
+//! | 0x302 | `TdiNotBound` | the TDI is not bound to any guest |
+//! | 0x303 | `TdiAlreadyBound` | bind of a TDI that is already bound |
+//! | 0x304 | `NotOwner` | the guest named is not the TDI's owner |
+//! | 0x305 | `TdiNotLocked` | start of a TDI that is not CONFIG_LOCKED |
+//! | 0x306 | `TdiInError` | the TDI is in ERROR: only unbind leaves it |
+//! | 0x307 | `UnbindInProgress` | an unbind has started: finish it first |
+//! | 0x308 | `DeviceInUse` | the device still has TDIs |
+//! | 0x309 | `GuestInUse` | the guest still owns TDIs |
+//! | 0x30a | `DuplicateDevice` | a device with that requester ID exists |
+//! | 0x30b | `DuplicateTdi` | that interface of the device already has a TDI |
+//! | 0x30c | `HpaNotOwned` | the host page is not inside a range the TDI owns |
+//! | 0x401 | `GpaAlreadyMapped` | the guest address already has a leaf |
+//! | 0x402 | `HpaAlreadyMapped` | the host page is already mapped |
+//! | 0x403 | `NotMapped` | no leaf at that guest address |
+//! | 0x404 | `SizeMismatch` | the leaf there has another size |
+//! | 0x405 | `NotBlocked` | removal of a leaf that was not blocked first |
+//! | 0x406 | `TlbFlushPending` | blocked, but the TLB flush for that epoch is not done |
+//! | 0x501 | `DeviceUnresponsive` | the device did not answer a TDISP request |
+//! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
+//! | 0x6xx | `Busy(operand)` | the operand's lock is held by another CPU; retry |
+
+use core::fmt;
+
+/// A successful outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Completion {
+    /// The operation completed.
+    Done,
+    /// A bounded step completed and its progress is kept; call again to continue.
+    Resumable,
+}
+
+/// The object whose lock was contended (carried by [`Error::Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operand {
+    /// The device table as a whole (device creation and removal).
+    DeviceTable,
+    /// A device record.
+    Device,
+    /// A TDI record.
+    Tdi,
+    /// A guest record.
+    Guest,
+    /// The table of MMIO ranges owned by bound TDIs.
+    Ownership,
+    /// The platform's secure mapping structure (S-EPT, RMP).
+    SecureTable,
+    /// The device transport (TDISP requests to the device).
+    Transport,
+}
+
+impl Operand {
+    /// Every operand, in lock order.
+    pub const ALL: [Operand; 7] = [
+        Operand::DeviceTable,
+        Operand::Device,
+        Operand::Tdi,
+        Operand::Guest,
+        Operand::Ownership,
+        Operand::SecureTable,
+        Operand::Transport,
+    ];
+
+    const fn code(self) -> u16 {
+        match self {
+            Operand::DeviceTable => 0,
+            Operand::Device => 1,
+            Operand::Tdi => 2,
+            Operand::Guest => 3,
+            Operand::Ownership => 4,
+            Operand::SecureTable => 5,
+            Operand::Transport => 6,
+        }
+    }
+}
+
+/// Every refusal. See the module table for codes and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // each variant is documented in the module table above
+pub enum Error {
+    InvalidAddress,
+    Misaligned,
+    InvalidRange,
+    InvalidHandle,
+    InvalidRequesterId,
+    TooManyRanges,
+    RangeOutsideDevice,
+    RangesOverlap,
+    InvalidPageSize,
+    DeviceTableFull,
+    TdiTableFull,
+    GuestTableFull,
+    OwnershipTableFull,
+    SecureTableFull,
+    TdiBound,
+    TdiNotBound,
+    TdiAlreadyBound,
+    NotOwner,
+    TdiNotLocked,
+    TdiInError,
+    UnbindInProgress,
+    DeviceInUse,
+    GuestInUse,
+    DuplicateDevice,
+    DuplicateTdi,
+    HpaNotOwned,
+    GpaAlreadyMapped,
+    HpaAlreadyMapped,
+    NotMapped,
+    SizeMismatch,
+    NotBlocked,
+    TlbFlushPending,
+    DeviceUnresponsive,
+    DeviceRefused,
+    Busy(Operand),
+}
+
+/// Result of a core operation.
+pub type TsmResult<T> = Result<T, Error>;
+
+/// Code of [`Completion::Done`].
+pub const CODE_DONE: u16 = 0x000;
+/// Code of [`Completion::Resumable`].
+pub const CODE_RESUMABLE: u16 = 0x001;
+/// Base of the `Busy` codes; the low byte names the operand.
+pub const CODE_BUSY_BASE: u16 = 0x600;
+
+impl Completion {
+    /// Stable numeric code.
+    pub const fn code(self) -> u16 {
+        match self {
+            Completion::Done => CODE_DONE,
+            Completion::Resumable => CODE_RESUMABLE,
+        }
+    }
+}
+
+impl Error {
+    /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
+    pub const ALL: [Error; 41] = [
+        Error::InvalidAddress,
+        Error::Misaligned,
+        Error::InvalidRange,
+        Error::InvalidHandle,
+        Error::InvalidRequesterId,
+        Error::TooManyRanges,
+        Error::RangeOutsideDevice,
+        Error::RangesOverlap,
+        Error::InvalidPageSize,
+        Error::DeviceTableFull,
+        Error::TdiTableFull,
+        Error::GuestTableFull,
+        Error::OwnershipTableFull,
+        Error::SecureTableFull,
+        Error::TdiBound,
+        Error::TdiNotBound,
+        Error::TdiAlreadyBound,
+        Error::NotOwner,
+        Error::TdiNotLocked,
+        Error::TdiInError,
+        Error::UnbindInProgress,
+        Error::DeviceInUse,
+        Error::GuestInUse,
+        Error::DuplicateDevice,
+        Error::DuplicateTdi,
+        Error::HpaNotOwned,
+        Error::GpaAlreadyMapped,
+        Error::HpaAlreadyMapped,
+        Error::NotMapped,
+        Error::SizeMismatch,
+        Error::NotBlocked,
+        Error::TlbFlushPending,
+        Error::DeviceUnresponsive,
+        Error::DeviceRefused,
+        Error::Busy(Operand::DeviceTable),
+        Error::Busy(Operand::Device),
+        Error::Busy(Operand::Tdi),
+        Error::Busy(Operand::Guest),
+        Error::Busy(Operand::Ownership),
+        Error::Busy(Operand::SecureTable),
+        Error::Busy(Operand::Transport),
+    ];
+
+    /// Stable numeric code (the module table).
+    pub const fn code(self) -> u16 {
+        match self {
+            Error::InvalidAddress => 0x101,
+            Error::Misaligned => 0x102,
+            Error::InvalidRange => 0x103,
+            Error::InvalidHandle => 0x104,
+            Error::InvalidRequesterId => 0x105,
+            Error::TooManyRanges => 0x106,
+            Error::RangeOutsideDevice => 0x107,
+            Error::RangesOverlap => 0x108,
+            Error::InvalidPageSize => 0x109,
+            Error::DeviceTableFull => 0x201,
+            Error::TdiTableFull => 0x202,
+            Error::GuestTableFull => 0x203,
+            Error::OwnershipTableFull => 0x204,
+            Error::SecureTableFull => 0x205,
+            Error::TdiBound => 0x301,
+            Error::TdiNotBound => 0x302,
+            Error::TdiAlreadyBound => 0x303,
+            Error::NotOwner => 0x304,
+            Error::TdiNotLocked => 0x305,
+            Error::TdiInError => 0x306,
+            Error::UnbindInProgress => 0x307,
+            Error::DeviceInUse => 0x308,
+            Error::GuestInUse => 0x309,
+            Error::DuplicateDevice => 0x30a,
+            Error::DuplicateTdi => 0x30b,
+            Error::HpaNotOwned => 0x30c,
+            Error::GpaAlreadyMapped => 0x401,
+            Error::HpaAlreadyMapped => 0x402,
+            Error::NotMapped => 0x403,
+            Error::SizeMismatch => 0x404,
+            Error::NotBlocked => 0x405,
+            Error::TlbFlushPending => 0x406,
+            Error::DeviceUnresponsive => 0x501,
+            Error::DeviceRefused => 0x502,
+            Error::Busy(operand) => CODE_BUSY_BASE | operand.code(),
+        }
+    }
+
+    /// The error with this code, if any (ABI decoders use it).
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.code() == code)
+    }
+}
+
+/// Numeric code of any outcome.
+pub fn outcome_code(outcome: &TsmResult<Completion>) -> u16 {
+    match outcome {
+        Ok(done) => done.code(),
+        Err(e) => e.code(),
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        for (i, a) in Error::ALL.iter().enumerate() {
+            assert_eq!(Error::from_code(a.code()), Some(*a));
+            assert_ne!(a.code(), CODE_DONE);
+            assert_ne!(a.code(), CODE_RESUMABLE);
+            for b in Error::ALL.iter().skip(i + 1) {
+                assert_ne!(a.code(), b.code(), "{a:?} and {b:?} share a code");
+            }
+        }
+        assert_eq!(Error::from_code(0x7ff), None);
+    }
+
+    #[test]
+    fn every_status_is_in_the_module_table() {
+        let doc = include_str!("status.rs");
+        for e in Error::ALL {
+            let name = match e {
+                Error::Busy(_) => "Busy(operand)".to_string(),
+                other => format!("{other:?}"),
+            };
+            let code = match e {
+                Error::Busy(_) => "0x6xx".to_string(),
+                other => format!("{:#05x}", other.code()),
+            };
+            let row = format!("//! | {code} | `{name}` |");
+            assert!(doc.contains(&row), "status table lacks row {row}");
+        }
+    }
+}

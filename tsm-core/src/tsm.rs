@@ -1,0 +1,489 @@
+//! The firmware object: every table, and every operation the host, a guest or a device can
+//! cause. Each operation locks what it needs in lock order, checks everything, then changes
+//! everything.
+//!
+//! Lock order (every operation takes a subset, in this order, and only with try-locks):
+//! device table -> device -> TDI -> guest -> ownership -> secure table -> transport.
+
+use spin::Mutex;
+
+use crate::addr::{Gpa, Hpa};
+use crate::capacity::{
+    MAX_BARS, MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, UNBIND_OPS_PER_CALL,
+};
+use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
+use crate::lifecycle::{Event, TdiState, transition};
+use crate::mmio::MmioRange;
+use crate::ownership::Ownership;
+use crate::page::PageSize;
+use crate::registry::{Device, GuestRecord, Slots, Tdi, try_lock};
+use crate::report::InterfaceReport;
+use crate::secure_table::{Leaf, SecureTable};
+use crate::status::{Completion, Error, Operand, TsmResult};
+use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
+use crate::unbind::{self, UnbindCtx, Walk};
+
+/// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
+/// `T` and the device transport `D`. Every method takes `&self`: it is entered from many CPUs.
+pub struct Tsm<T, D> {
+    device_rids: Mutex<[Option<RequesterId>; MAX_DEVICES]>,
+    devices: Slots<Device, MAX_DEVICES>,
+    tdis: Slots<Tdi, MAX_TDIS>,
+    guests: Slots<GuestRecord, MAX_GUESTS>,
+    owners: Mutex<Ownership>,
+    table: Mutex<T>,
+    transport: Mutex<D>,
+}
+
+/// A copy of every table, for tests that prove a refusal changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot<T> {
+    /// Device slots.
+    pub devices: [Option<Device>; MAX_DEVICES],
+    /// TDI slots.
+    pub tdis: [Option<Tdi>; MAX_TDIS],
+    /// Guest slots.
+    pub guests: [Option<GuestRecord>; MAX_GUESTS],
+    /// Owned ranges.
+    pub owners: Ownership,
+    /// The secure table.
+    pub table: T,
+}
+
+impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
+    /// A firmware instance over the platform's secure table and device transport.
+    pub const fn new(table: T, transport: D) -> Self {
+        Self {
+            device_rids: Mutex::new([None; MAX_DEVICES]),
+            devices: Slots::new(Operand::Device),
+            tdis: Slots::new(Operand::Tdi),
+            guests: Slots::new(Operand::Guest),
+            owners: Mutex::new(Ownership::new()),
+            table: Mutex::new(table),
+            transport: Mutex::new(transport),
+        }
+    }
+
+    // ---- guests -------------------------------------------------------------------------
+
+    /// Registers a guest (TD or SNP guest) with the firmware.
+    pub fn create_guest(&self) -> TsmResult<GuestId> {
+        self.guests
+            .insert(GuestRecord::default(), Error::GuestTableFull)
+            .map(GuestId::from_slot)
+    }
+
+    /// Forgets a guest that owns no TDI (`GuestInUse` otherwise).
+    pub fn destroy_guest(&self, guest: GuestId) -> TsmResult<()> {
+        let mut slot = self.guests.lock(guest.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        if record.bound_tdis != 0 {
+            return Err(Error::GuestInUse);
+        }
+        *slot = None;
+        Ok(())
+    }
+
+    // ---- devices and TDIs ---------------------------------------------------------------
+
+    /// Registers a physical device with its memory BARs.
+    pub fn create_device(&self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
+        let bars: heapless::Vec<MmioRange, MAX_BARS> =
+            heapless::Vec::from_slice(bars).map_err(|_| Error::TooManyRanges)?;
+        for (i, bar) in bars.iter().enumerate() {
+            if bars
+                .iter()
+                .skip(i.saturating_add(1))
+                .any(|b| b.overlaps(bar))
+            {
+                return Err(Error::RangesOverlap);
+            }
+        }
+        let mut rids = try_lock(&self.device_rids, Operand::DeviceTable)?;
+        if rids.iter().flatten().any(|r| *r == rid) {
+            return Err(Error::DuplicateDevice);
+        }
+        let index = rids
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::DeviceTableFull)?;
+        let handle = DeviceId::from_slot(u16::try_from(index).map_err(|_| Error::DeviceTableFull)?);
+        let mut slot = self.devices.lock(handle.slot())?;
+        let rid_slot = rids.get_mut(index).ok_or(Error::DeviceTableFull)?;
+        *slot = Some(Device {
+            rid,
+            bars,
+            tdis: heapless::Vec::new(),
+        });
+        *rid_slot = Some(rid);
+        Ok(handle)
+    }
+
+    /// Forgets a device with no TDIs left (`DeviceInUse` otherwise).
+    pub fn remove_device(&self, device: DeviceId) -> TsmResult<()> {
+        let mut rids = try_lock(&self.device_rids, Operand::DeviceTable)?;
+        let mut slot = self.devices.lock(device.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        if !record.tdis.is_empty() {
+            return Err(Error::DeviceInUse);
+        }
+        let rid_slot = rids
+            .get_mut(usize::from(device.slot()))
+            .ok_or(Error::InvalidHandle)?;
+        *slot = None;
+        *rid_slot = None;
+        Ok(())
+    }
+
+    /// Creates the TDI for interface `iface` of `device`, CONFIG_UNLOCKED and unbound.
+    pub fn create_tdi(&self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+        let mut slot = self.devices.lock(device.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if record.tdis.iter().any(|(_, i)| *i == iface) {
+            return Err(Error::DuplicateTdi);
+        }
+        if record.tdis.is_full() {
+            return Err(Error::TdiTableFull);
+        }
+        let tdi = Tdi {
+            device,
+            iface,
+            state: TdiState::Unbound,
+        };
+        let handle = TdiId::from_slot(self.tdis.insert(tdi, Error::TdiTableFull)?);
+        // Cannot fail: fullness was checked under the same device lock.
+        record
+            .tdis
+            .push((handle, iface))
+            .map_err(|_| Error::TdiTableFull)?;
+        Ok(handle)
+    }
+
+    /// Removes an unbound TDI (`TdiBound` while bound).
+    pub fn remove_tdi(&self, tdi: TdiId) -> TsmResult<()> {
+        let device = self.tdi(tdi)?.device;
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
+        transition(record.state, Event::HostTouch)?;
+        dev.tdis.retain(|(t, _)| *t != tdi);
+        *slot = None;
+        Ok(())
+    }
+
+    // ---- binding and mapping ------------------------------------------------------------
+
+    /// Binds `tdi` to `guest`: LOCK_INTERFACE, then ownership of the reported MMIO ranges.
+    /// Nothing changes unless every check passes and the device locked the interface.
+    pub fn bind(&self, tdi: TdiId, guest: GuestId, report: &InterfaceReport<'_>) -> TsmResult<()> {
+        let device = self.tdi(tdi)?.device;
+        let dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let mut tdi_slot = self.tdis.lock(tdi.slot())?;
+        let record = tdi_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
+        let mut guest_slot = self.guests.lock(guest.slot())?;
+        let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
+
+        if report.ranges.len() > MAX_RANGES_PER_TDI {
+            return Err(Error::TooManyRanges);
+        }
+        let inside_bars = |r: &MmioRange| {
+            dev.bars.iter().any(|bar| {
+                bar.contains_span(r.base().as_u64(), r.end().saturating_sub(r.base().as_u64()))
+            })
+        };
+        if !report.ranges.iter().all(inside_bars) {
+            return Err(Error::RangeOutsideDevice);
+        }
+        let next = transition(record.state, Event::Bind(guest))?;
+        let mut owners = try_lock(&self.owners, Operand::Ownership)?;
+        owners.check_claim(report.ranges)?;
+        let bound = guest_record
+            .bound_tdis
+            .checked_add(1)
+            .ok_or(Error::TdiTableFull)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+
+        transport.lock_interface(record.iface)?;
+        owners.claim(tdi, guest, report.ranges)?;
+        guest_record.bound_tdis = bound;
+        record.state = next;
+        Ok(())
+    }
+
+    /// Maps one private MMIO page of `tdi` at `gpa` of `guest`. The page must lie wholly in a
+    /// range the TDI owns, the TDI must be bound to `guest` and locked or running, neither
+    /// address may be mapped already, and both must be aligned to `size`.
+    pub fn map_mmio(
+        &self,
+        tdi: TdiId,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> TsmResult<()> {
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(Error::Misaligned);
+        }
+        let slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        transition(record.state, Event::Map(guest))?;
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let page = MmioRange::try_new(hpa, size.base_pages())?;
+        match owners.holding(hpa, size) {
+            Some(owned) if owned.tdi == tdi => {}
+            // The page is another bound TDI's: mapping it here would steal it.
+            Some(_) => return Err(Error::TdiBound),
+            None if owners.overlapping(&page).is_some() => return Err(Error::TdiBound),
+            None => return Err(Error::HpaNotOwned),
+        }
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        table.map(guest, gpa, hpa, size)?;
+        Ok(())
+    }
+
+    // ---- guest and device side ----------------------------------------------------------
+
+    /// The owning guest accepts and starts a CONFIG_LOCKED TDI (START_INTERFACE). A device
+    /// that refuses puts the TDI in ERROR; one that does not answer leaves it as it was.
+    pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let next = transition(record.state, Event::Start(guest))?;
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        match transport.start_interface(record.iface) {
+            Ok(()) => {
+                record.state = next;
+                Ok(())
+            }
+            Err(DeviceFault::NoResponse) => Err(Error::DeviceUnresponsive),
+            Err(DeviceFault::Refused) => {
+                let errored = transition(record.state, Event::DeviceError)?;
+                record.state = errored;
+                // The refusal is the status; blocking resumes on the next device_error/unbind.
+                let _ = Self::block_errored(tdi, record, &owners, &mut *table);
+                Err(Error::DeviceRefused)
+            }
+        }
+    }
+
+    /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
+    /// to ERROR and its leaves are blocked, at most [`UNBIND_OPS_PER_CALL`] per call
+    /// (`Resumable` until all are). Only unbind leaves ERROR.
+    pub fn device_error(&self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let next = transition(record.state, Event::DeviceError)?;
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        if next == record.state && matches!(next, TdiState::Unbinding { .. }) {
+            return Ok(Completion::Done);
+        }
+        record.state = next;
+        Self::block_errored(tdi, record, &owners, &mut *table)
+    }
+
+    fn block_errored(
+        tdi: TdiId,
+        record: &mut Tdi,
+        owners: &Ownership,
+        table: &mut T,
+    ) -> TsmResult<Completion> {
+        let TdiState::Error {
+            owner,
+            blocking: Some(cursor),
+        } = record.state
+        else {
+            return Ok(Completion::Done);
+        };
+        let mut budget = UNBIND_OPS_PER_CALL;
+        let blocking = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
+            Walk::Finished => None,
+            Walk::Paused(c) => Some(c),
+        };
+        record.state = TdiState::Error { owner, blocking };
+        Ok(if blocking.is_some() {
+            Completion::Resumable
+        } else {
+            Completion::Done
+        })
+    }
+
+    // ---- unbind -------------------------------------------------------------------------
+
+    /// Unbinds `tdi`: STOP_INTERFACE, block every leaf, advance the TLB epoch and require the
+    /// flush, remove the leaves, release the ranges; the TDI ends CONFIG_UNLOCKED with no
+    /// owner. At most [`UNBIND_OPS_PER_CALL`] leaf operations per call (`Resumable` until
+    /// done). Unbinding an unbound TDI is `Done` and changes nothing.
+    pub fn unbind(&self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let started = transition(record.state, Event::Unbind)?;
+        let TdiState::Unbinding { owner, step } = started else {
+            return Ok(Completion::Done);
+        };
+        let mut guest_slot = self.guests.lock(owner.slot())?;
+        let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let mut owners = try_lock(&self.owners, Operand::Ownership)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+
+        let mut ctx = UnbindCtx {
+            tdi,
+            iface: record.iface,
+            owner,
+            owners: &mut owners,
+            table: &mut *table,
+            device: &mut *transport,
+        };
+        let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
+        if state == TdiState::Unbound {
+            guest_record.bound_tdis = guest_record.bound_tdis.saturating_sub(1);
+        }
+        record.state = state;
+        outcome
+    }
+
+    // ---- host requests on private pages -------------------------------------------------
+
+    /// The host asks to remove the private leaf at `gpa` (TDX: TDH.MMIO.UNMAP /
+    /// TDH.MEM.PAGE.REMOVE). A leaf of a bound TDI is refused with `TdiBound`: only unbind
+    /// removes those.
+    pub fn host_unmap(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
+        self.host_leaf_request(guest, gpa, size, |t| t.remove(guest, gpa, size).map(drop))
+    }
+
+    /// The host asks to block the private leaf at `gpa` (TDX: TDH.MMIO.BLOCK /
+    /// TDH.MEM.RANGE.BLOCK). Refused with `TdiBound` for a bound TDI's leaf: a block the host
+    /// could not follow with an unmap would leave the guest with a dead page.
+    pub fn host_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
+        self.host_leaf_request(guest, gpa, size, |t| t.block(guest, gpa, size))
+    }
+
+    /// The host advances the guest's TLB epoch (TDX: TDH.MEM.TRACK).
+    pub fn host_track(&self, guest: GuestId) -> TsmResult<()> {
+        let slot = self.guests.lock(guest.slot())?;
+        slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        table.track(guest)?;
+        Ok(())
+    }
+
+    fn host_leaf_request(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        size: PageSize,
+        act: impl FnOnce(&mut T) -> Result<(), crate::secure_table::TableError>,
+    ) -> TsmResult<()> {
+        let slot = self.guests.lock(guest.slot())?;
+        slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let leaf = table.leaf(guest, gpa).ok_or(Error::NotMapped)?;
+        if owners.holding(leaf.hpa, leaf.size).is_some() {
+            return Err(Error::TdiBound);
+        }
+        if leaf.gpa != gpa || leaf.size != size {
+            return Err(Error::SizeMismatch);
+        }
+        act(&mut *table)?;
+        Ok(())
+    }
+
+    /// The host is about to zap its mappings of `range` (a BAR) and reset or power the device:
+    /// allowed only when no page of it belongs to a bound TDI. All or nothing: a range that is
+    /// only partly bound is refused whole.
+    pub fn host_zap(&self, range: MmioRange) -> TsmResult<()> {
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        if owners.overlapping(&range).is_some() {
+            return Err(Error::TdiBound);
+        }
+        let table = try_lock(&self.table, Operand::SecureTable)?;
+        if table.next_leaf(range, range.base()).is_some() {
+            return Err(Error::TdiBound);
+        }
+        Ok(())
+    }
+
+    // ---- queries ------------------------------------------------------------------------
+
+    /// A copy of a TDI's record.
+    pub fn tdi(&self, tdi: TdiId) -> TsmResult<Tdi> {
+        self.tdis
+            .lock(tdi.slot())?
+            .as_ref()
+            .copied()
+            .ok_or(Error::InvalidHandle)
+    }
+
+    /// A copy of a device's record.
+    pub fn device(&self, device: DeviceId) -> TsmResult<Device> {
+        self.devices
+            .lock(device.slot())?
+            .as_ref()
+            .cloned()
+            .ok_or(Error::InvalidHandle)
+    }
+
+    /// A copy of a guest's record.
+    pub fn guest(&self, guest: GuestId) -> TsmResult<GuestRecord> {
+        self.guests
+            .lock(guest.slot())?
+            .as_ref()
+            .copied()
+            .ok_or(Error::InvalidHandle)
+    }
+
+    /// The ranges `tdi` owns (empty when unbound).
+    pub fn owned_ranges(
+        &self,
+        tdi: TdiId,
+    ) -> TsmResult<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>> {
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        Ok(owners
+            .iter()
+            .filter(|o| o.tdi == tdi)
+            .map(|o| o.range)
+            .take(MAX_RANGES_PER_TDI)
+            .collect())
+    }
+
+    /// The leaf of `guest` covering `gpa`.
+    pub fn leaf(&self, guest: GuestId, gpa: Gpa) -> TsmResult<Option<Leaf>> {
+        Ok(try_lock(&self.table, Operand::SecureTable)?.leaf(guest, gpa))
+    }
+
+    /// Runs `f` on the secure table (tests and platform glue inspect it).
+    pub fn with_table<R>(&self, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
+        Ok(f(&mut *try_lock(&self.table, Operand::SecureTable)?))
+    }
+
+    /// Runs `f` on the device transport (tests drive the device model through it).
+    pub fn with_transport<R>(&self, f: impl FnOnce(&mut D) -> R) -> TsmResult<R> {
+        Ok(f(&mut *try_lock(&self.transport, Operand::Transport)?))
+    }
+
+    /// A copy of every table; `Busy` if any lock is held.
+    pub fn snapshot(&self) -> TsmResult<Snapshot<T>>
+    where
+        T: Clone,
+    {
+        Ok(Snapshot {
+            devices: self.devices.copy_all()?,
+            tdis: self.tdis.copy_all()?,
+            guests: self.guests.copy_all()?,
+            owners: try_lock(&self.owners, Operand::Ownership)?.clone(),
+            table: try_lock(&self.table, Operand::SecureTable)?.clone(),
+        })
+    }
+}
