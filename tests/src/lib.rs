@@ -12,3 +12,5 @@
 )]
 
 pub mod backend;
+pub mod backend_sev;
+pub mod backend_tdx;
