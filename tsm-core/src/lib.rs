@@ -36,7 +36,7 @@ pub mod tsm;
 mod unbind;
 
 pub use addr::{Gpa, Hpa};
-pub use ids::{DeviceId, GuestId, RequesterId, TdiId};
+pub use ids::{DeviceId, GuestId, Handle, RequesterId, TdiId};
 pub use lifecycle::{TdiState, TdispState};
 pub use mmio::MmioRange;
 pub use page::PageSize;

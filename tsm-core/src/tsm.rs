@@ -239,10 +239,14 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let page = MmioRange::try_new(hpa, size.base_pages())?;
         match owners.holding(hpa, size) {
             Some(owned) if owned.tdi == tdi => {}
-            // The page is another bound TDI's: mapping it here would steal it.
-            Some(_) => return Err(Error::TdiBound),
-            None if owners.overlapping(&page).is_some() => return Err(Error::TdiBound),
-            None => return Err(Error::HpaNotOwned),
+            // Part of the page is another bound TDI's: mapping it here would steal it.
+            _ if owners
+                .iter()
+                .any(|o| o.tdi != tdi && o.range.overlaps(&page)) =>
+            {
+                return Err(Error::TdiBound);
+            }
+            _ => return Err(Error::HpaNotOwned),
         }
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
         table.map(guest, gpa, hpa, size)?;

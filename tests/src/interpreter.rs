@@ -1,0 +1,436 @@
+//! Runs scenario text against a [`Backend`]: one printed line per operation, and a failure
+//! with its line number when a status differs from the one the line expects.
+
+use core::fmt::{self, Write};
+
+use heapless::{String, Vec};
+use tsm_core::capacity::MAX_TDIS_PER_DEVICE;
+use tsm_core::device_model::DeviceEvent;
+use tsm_core::{
+    Completion, DeviceFault, DeviceId, Error, Gpa, GuestId, Handle, Hpa, InterfaceId, Leaf,
+    LeafState, MmioRange, TdiId, TdiState, TsmResult,
+};
+
+use crate::backend::Backend;
+use crate::scenario::{
+    EventName, FaultName, HostPath, LeafName, Line, Op, Order, StateName, parse_line,
+};
+
+/// Named objects one scenario may create.
+pub const MAX_NAMES: usize = 64;
+/// Calls `unbind-all` makes before it gives up (each call does a bounded amount of work).
+pub const MAX_UNBIND_CALLS: u32 = 1 << 20;
+
+/// Operations that matched and that did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Lines whose status matched.
+    pub passed: u32,
+    /// Lines whose status did not match, or that did not parse.
+    pub failed: u32,
+}
+
+impl Summary {
+    /// Adds another summary.
+    pub fn add(&mut self, other: Summary) {
+        self.passed = self.passed.saturating_add(other.passed);
+        self.failed = self.failed.saturating_add(other.failed);
+    }
+}
+
+enum Obj<'a> {
+    Guest(GuestId),
+    Device {
+        id: DeviceId,
+        bars: Vec<(u64, u64), { tsm_core::capacity::MAX_BARS }>,
+        tdis: Vec<&'a str, MAX_TDIS_PER_DEVICE>,
+    },
+    Tdi {
+        id: TdiId,
+        iface: InterfaceId,
+    },
+}
+
+/// What a line observed: a status, or for `expect-*` lines the state that was found.
+enum Observed {
+    Status(TsmResult<Completion>),
+    State(TdiState),
+    Leaf(Option<Leaf>),
+}
+
+impl fmt::Display for Observed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Observed::Status(Ok(Completion::Done)) => f.write_str("Ok"),
+            Observed::Status(Ok(Completion::Resumable)) => f.write_str("Resumable"),
+            Observed::Status(Err(e)) => write!(f, "{e:?}"),
+            Observed::State(s) => write!(f, "state={s:?}"),
+            Observed::Leaf(l) => write!(f, "leaf={l:?}"),
+        }
+    }
+}
+
+/// Why a line could not run at all (as opposed to returning a status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    UnknownName,
+    WrongKind,
+    TooManyNames,
+}
+
+struct Interpreter<'a, 'b> {
+    backend: &'b mut dyn Backend,
+    names: Vec<(&'a str, Obj<'a>), MAX_NAMES>,
+}
+
+fn done(r: TsmResult<()>) -> Observed {
+    Observed::Status(r.map(|()| Completion::Done))
+}
+
+impl<'a> Interpreter<'a, '_> {
+    fn find(&self, name: &str) -> Result<&Obj<'a>, Setup> {
+        self.names
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| o)
+            .ok_or(Setup::UnknownName)
+    }
+
+    fn raw<K>(name: &str) -> Option<Result<Handle<K>, Setup>> {
+        let raw = name.strip_prefix('#')?;
+        // Wider than a slot: the highest slot, which no table has, so the firmware says InvalidHandle.
+        Some(
+            crate::scenario::num(raw)
+                .map(|v| Handle::from_slot(u16::try_from(v).unwrap_or(u16::MAX)))
+                .map_err(|_| Setup::WrongKind),
+        )
+    }
+
+    fn guest(&self, name: &str) -> Result<GuestId, Setup> {
+        if let Some(h) = Self::raw(name) {
+            return h;
+        }
+        match self.find(name)? {
+            Obj::Guest(g) => Ok(*g),
+            _ => Err(Setup::WrongKind),
+        }
+    }
+
+    fn tdi(&self, name: &str) -> Result<(TdiId, Option<InterfaceId>), Setup> {
+        if let Some(h) = Self::raw(name) {
+            return h.map(|t| (t, None));
+        }
+        match self.find(name)? {
+            Obj::Tdi { id, iface } => Ok((*id, Some(*iface))),
+            _ => Err(Setup::WrongKind),
+        }
+    }
+
+    fn iface(&self, name: &str) -> Result<InterfaceId, Setup> {
+        self.tdi(name)?.1.ok_or(Setup::WrongKind)
+    }
+
+    fn device(&self, name: &str) -> Result<DeviceId, Setup> {
+        if let Some(h) = Self::raw(name) {
+            return h;
+        }
+        match self.find(name)? {
+            Obj::Device { id, .. } => Ok(*id),
+            _ => Err(Setup::WrongKind),
+        }
+    }
+
+    fn device_parts(&self, name: &str) -> Result<(&[(u64, u64)], &[&'a str]), Setup> {
+        match self.find(name)? {
+            Obj::Device { bars, tdis, .. } => Ok((bars, tdis)),
+            _ => Err(Setup::WrongKind),
+        }
+    }
+
+    fn name(&mut self, name: &'a str, obj: Obj<'a>) -> Result<(), Setup> {
+        self.names
+            .push((name, obj))
+            .map_err(|_| Setup::TooManyNames)
+    }
+
+    fn run(&mut self, op: &Op<'a>) -> Result<Observed, Setup> {
+        let b = &mut *self.backend;
+        Ok(match op {
+            Op::Guest { name } => match b.create_guest() {
+                Ok(g) => {
+                    self.name(name, Obj::Guest(g))?;
+                    done(Ok(()))
+                }
+                Err(e) => done(Err(e)),
+            },
+            Op::Device { name, rid, bars } => {
+                let ranges: Result<Vec<MmioRange, { tsm_core::capacity::MAX_BARS }>, Error> = bars
+                    .iter()
+                    .map(|&(base, pages)| MmioRange::from_raw(base, pages))
+                    .collect();
+                match ranges.and_then(|r| b.create_device(*rid, &r)) {
+                    Ok(id) => {
+                        self.name(
+                            name,
+                            Obj::Device {
+                                id,
+                                bars: bars.clone(),
+                                tdis: Vec::new(),
+                            },
+                        )?;
+                        done(Ok(()))
+                    }
+                    Err(e) => done(Err(e)),
+                }
+            }
+            Op::Tdi {
+                name,
+                device,
+                iface,
+            } => {
+                let dev = self.device(device)?;
+                match self.backend.create_tdi(dev, *iface) {
+                    Ok(id) => {
+                        if let Some((_, Obj::Device { tdis, .. })) =
+                            self.names.iter_mut().find(|(n, _)| n == device)
+                        {
+                            tdis.push(name).map_err(|_| Setup::TooManyNames)?;
+                        }
+                        self.name(name, Obj::Tdi { id, iface: *iface })?;
+                        done(Ok(()))
+                    }
+                    Err(e) => done(Err(e)),
+                }
+            }
+            Op::Bind { tdi, guest, ranges } => {
+                let (t, g) = (self.tdi(tdi)?.0, self.guest(guest)?);
+                let parsed: Result<
+                    Vec<MmioRange, { tsm_core::capacity::MAX_RANGES_PER_TDI }>,
+                    Error,
+                > = ranges
+                    .iter()
+                    .map(|&(base, pages)| MmioRange::from_raw(base, pages))
+                    .collect();
+                done(parsed.and_then(|r| self.backend.bind(t, g, &r)))
+            }
+            Op::Map {
+                tdi,
+                guest,
+                gpa,
+                hpa,
+                size,
+            } => {
+                let (t, g) = (self.tdi(tdi)?.0, self.guest(guest)?);
+                done(Gpa::try_new(*gpa).and_then(|gpa| {
+                    let hpa = Hpa::try_new(*hpa)?;
+                    self.backend.map(t, g, gpa, hpa, *size)
+                }))
+            }
+            Op::Start { guest, tdi } => {
+                let (g, t) = (self.guest(guest)?, self.tdi(tdi)?.0);
+                done(self.backend.start(g, t))
+            }
+            Op::Unbind { tdi } => Observed::Status(self.backend.unbind(self.tdi(tdi)?.0)),
+            Op::UnbindAll { tdi } => Observed::Status(self.unbind_all(self.tdi(tdi)?.0)),
+            Op::DeviceError { tdi } => {
+                Observed::Status(self.backend.device_error(self.tdi(tdi)?.0))
+            }
+            Op::Zap { device, bar } => done(self.zap(device, *bar)),
+            Op::HostUnmap { guest, gpa, size } => {
+                let g = self.guest(guest)?;
+                done(Gpa::try_new(*gpa).and_then(|gpa| self.backend.host_unmap(g, gpa, *size)))
+            }
+            Op::HostBlock { guest, gpa, size } => {
+                let g = self.guest(guest)?;
+                done(Gpa::try_new(*gpa).and_then(|gpa| self.backend.host_block(g, gpa, *size)))
+            }
+            Op::Host {
+                path,
+                devices,
+                order,
+            } => done(self.host_path(*path, devices, *order)?),
+            Op::DeviceEvent { tdi, event } => {
+                let iface = self.iface(tdi)?;
+                let event = match event {
+                    EventName::Disturb => DeviceEvent::Disturb,
+                    EventName::Reset => DeviceEvent::ConventionalReset,
+                };
+                done(self.backend.device_event(iface, event))
+            }
+            Op::DeviceFault { tdi, fault } => {
+                let iface = self.iface(tdi)?;
+                let fault = match fault {
+                    FaultName::None => None,
+                    FaultName::NoResponse => Some(DeviceFault::NoResponse),
+                    FaultName::Refused => Some(DeviceFault::Refused),
+                };
+                done(self.backend.device_fault(iface, fault))
+            }
+            Op::DeferFlush { guest, on } => {
+                let g = self.guest(guest)?;
+                done(self.backend.defer_flush(g, *on))
+            }
+            Op::ExpectState { tdi, state } => match self.backend.tdi_state(self.tdi(tdi)?.0) {
+                Ok(s) if state_is(s, *state) => done(Ok(())),
+                Ok(s) => Observed::State(s),
+                Err(e) => done(Err(e)),
+            },
+            Op::ExpectLeaf { guest, gpa, leaf } => {
+                let g = self.guest(guest)?;
+                match Gpa::try_new(*gpa).and_then(|gpa| self.backend.leaf(g, gpa)) {
+                    Ok(l) if leaf_is(l.as_ref(), *leaf) => done(Ok(())),
+                    Ok(l) => Observed::Leaf(l),
+                    Err(e) => done(Err(e)),
+                }
+            }
+            Op::RemoveTdi { tdi } => done(self.backend.remove_tdi(self.tdi(tdi)?.0)),
+            Op::RemoveDevice { device } => done(self.backend.remove_device(self.device(device)?)),
+            Op::DestroyGuest { guest } => done(self.backend.destroy_guest(self.guest(guest)?)),
+        })
+    }
+
+    fn unbind_all(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut last = Ok(Completion::Resumable);
+        for _ in 0..MAX_UNBIND_CALLS {
+            last = self.backend.unbind(tdi);
+            if last != Ok(Completion::Resumable) {
+                break;
+            }
+        }
+        last
+    }
+
+    fn zap(&mut self, device: &str, bar: Option<u8>) -> TsmResult<()> {
+        let (bars, _) = self
+            .device_parts(device)
+            .map_err(|_| Error::InvalidHandle)?;
+        let bars: Vec<(u64, u64), { tsm_core::capacity::MAX_BARS }> =
+            Vec::from_slice(bars).map_err(|_| Error::TooManyRanges)?;
+        for (i, &(base, pages)) in bars.iter().enumerate() {
+            if bar.is_none_or(|b| usize::from(b) == i) {
+                self.backend.host_zap(MmioRange::from_raw(base, pages)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A vfio-pci path: (unbind every TDI of every device first, or not), zap every BAR, then
+    /// what the path does to the device.
+    fn host_path(
+        &mut self,
+        path: HostPath,
+        devices: &[&'a str],
+        order: Order,
+    ) -> Result<TsmResult<()>, Setup> {
+        let mut tdis: Vec<TdiId, { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET }> =
+            Vec::new();
+        let mut ifaces: Vec<
+            InterfaceId,
+            { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET },
+        > = Vec::new();
+        for d in devices {
+            for t in self.device_parts(d)?.1 {
+                let (id, iface) = self.tdi(t)?;
+                tdis.push(id).map_err(|_| Setup::TooManyNames)?;
+                ifaces
+                    .push(iface.ok_or(Setup::WrongKind)?)
+                    .map_err(|_| Setup::TooManyNames)?;
+            }
+        }
+        Ok((|| {
+            if order == Order::UnbindFirst {
+                for &t in &tdis {
+                    self.unbind_all(t)?;
+                }
+            }
+            for d in devices {
+                self.zap(d, None)?;
+            }
+            let event = match path {
+                HostPath::HotReset => DeviceEvent::ConventionalReset,
+                HostPath::MemDisable
+                | HostPath::D3hot
+                | HostPath::RuntimePm
+                | HostPath::FlrPcie
+                | HostPath::FlrAf
+                | HostPath::ResetIoctl
+                | HostPath::Close => DeviceEvent::Disturb,
+            };
+            for &i in &ifaces {
+                self.backend.device_event(i, event)?;
+            }
+            Ok(())
+        })())
+    }
+}
+
+fn state_is(s: TdiState, want: StateName) -> bool {
+    matches!(
+        (s, want),
+        (TdiState::Unbound, StateName::Unbound)
+            | (TdiState::Locked { .. }, StateName::Locked)
+            | (TdiState::Run { .. }, StateName::Run)
+            | (TdiState::Error { .. }, StateName::Error)
+            | (TdiState::Unbinding { .. }, StateName::Unbinding)
+    )
+}
+
+fn leaf_is(l: Option<&Leaf>, want: LeafName) -> bool {
+    matches!(
+        (l.map(|l| l.state), want),
+        (None, LeafName::None)
+            | (Some(LeafState::Mapped), LeafName::Mapped)
+            | (Some(LeafState::Blocked { .. }), LeafName::Blocked)
+    )
+}
+
+/// Runs one scenario. Stops at the first line that fails (its line number is printed).
+pub fn run_scenario(
+    backend: &mut dyn Backend,
+    name: &str,
+    text: &str,
+    out: &mut dyn Write,
+) -> Summary {
+    let mut summary = Summary::default();
+    let mut interp = Interpreter {
+        backend,
+        names: Vec::new(),
+    };
+    for (index, raw) in text.lines().enumerate() {
+        let lineno = index.saturating_add(1);
+        let shown = crate::scenario::strip_comment(raw).trim();
+        let line: Line<'_> = match parse_line(raw) {
+            Ok(Some(line)) => line,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = writeln!(out, "{name}:{lineno}: {shown} FAIL parse error {e:?}");
+                summary.failed = summary.failed.saturating_add(1);
+                return summary;
+            }
+        };
+        let observed = match interp.run(&line.op) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = writeln!(out, "{name}:{lineno}: {shown} FAIL {e:?}");
+                summary.failed = summary.failed.saturating_add(1);
+                return summary;
+            }
+        };
+        let mut got: String<160> = String::new();
+        let _ = write!(got, "{observed}");
+        let body = shown.split("->").next().unwrap_or("").trim();
+        if got.as_str() == line.expect {
+            let _ = writeln!(out, "{name}:{lineno}: {body} => {got}");
+            summary.passed = summary.passed.saturating_add(1);
+        } else {
+            let _ = writeln!(
+                out,
+                "{name}:{lineno}: {body} => {got} FAIL expected {}",
+                line.expect
+            );
+            summary.failed = summary.failed.saturating_add(1);
+            return summary;
+        }
+    }
+    summary
+}

@@ -1,0 +1,113 @@
+//! The scenario suite against the core with the in-memory secure table.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use tsm_core::Tsm;
+use tsm_core::device_model::ModelDevice;
+use tsm_core::mem_table::MemTable;
+use tsm_tests::backend::{Backend, CoreBackend};
+use tsm_tests::interpreter::run_scenario;
+use tsm_tests::suite::{SCENARIOS, run_suite};
+
+type CoreTsm = Tsm<MemTable<1024>, ModelDevice>;
+
+fn with_core(f: &mut dyn FnMut(&mut dyn Backend)) {
+    let tsm: CoreTsm = Tsm::new(MemTable::new(), ModelDevice::new());
+    f(&mut CoreBackend {
+        tsm: &tsm,
+        label: "core",
+    });
+}
+
+#[test]
+fn every_scenario_passes_on_the_core() {
+    let mut out = String::new();
+    let summary = run_suite(&mut with_core, &mut out);
+    print!("{out}");
+    assert_eq!(
+        summary.failed,
+        0,
+        "failures:\n{}",
+        out.lines()
+            .filter(|l| l.contains("FAIL"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Every scenario ran to its end: each file's last operation line was printed.
+    for (name, text) in SCENARIOS {
+        let lines: Vec<&str> = text.lines().collect();
+        let last = lines
+            .iter()
+            .rposition(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .unwrap();
+        assert!(
+            out.contains(&format!("{name}:{}: ", last + 1)),
+            "{name} did not reach its last line"
+        );
+    }
+    assert!(out.ends_with(&format!("{} passed, 0 failed\n", summary.passed)));
+}
+
+#[test]
+fn each_host_path_asserts_both_orders() {
+    for path in [
+        "mem-disable",
+        "d3hot",
+        "runtime-pm",
+        "flr-pcie",
+        "flr-af",
+        "reset-ioctl",
+        "hot-reset",
+        "close",
+    ] {
+        let (_, text) = SCENARIOS
+            .iter()
+            .find(|(n, _)| *n == format!("path-{path}"))
+            .unwrap();
+        assert!(text.contains(&format!("host {path} ")), "{path}");
+        assert!(
+            text.contains("zap-first -> TdiBound"),
+            "{path}: old order not refused"
+        );
+        assert!(
+            text.contains("unbind-first\n"),
+            "{path}: new order not asserted to succeed"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_its_line_number() {
+    let text = "guest g\n# comment\nunbind #3 -> Ok\nguest h\n";
+    let mut out = String::new();
+    let mut summary = Default::default();
+    with_core(&mut |b| summary = run_scenario(b, "demo", text, &mut out));
+    assert_eq!((summary.passed, summary.failed), (1, 1));
+    assert!(
+        out.contains("demo:3: unbind #3 => InvalidHandle FAIL expected Ok"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("demo:4"),
+        "the run must stop at the failure: {out}"
+    );
+}
+
+#[test]
+fn parse_errors_and_unknown_names_fail_the_run() {
+    for text in [
+        "guest g\nbind nope g\n",
+        "frobnicate\n",
+        "guest g\nstart g g\n",
+    ] {
+        let mut out = String::new();
+        let mut summary = Default::default();
+        with_core(&mut |b| summary = run_scenario(b, "bad", text, &mut out));
+        assert_eq!(summary.failed, 1, "{text}: {out}");
+        assert!(out.contains("FAIL"), "{out}");
+    }
+}
