@@ -38,6 +38,8 @@ impl Summary {
     }
 }
 
+// Fixed-size slots (no heap): the largest variant sets the size on purpose.
+#[allow(clippy::large_enum_variant)]
 enum Obj<'a> {
     Guest(GuestId),
     Device {
@@ -50,6 +52,9 @@ enum Obj<'a> {
         iface: InterfaceId,
     },
 }
+
+/// A device's BARs (raw base, pages) and the names of its TDIs.
+type DeviceParts<'s, 'a> = (&'s [(u64, u64)], &'s [&'a str]);
 
 /// What a line observed: a status, or for `expect-*` lines the state that was found.
 enum Observed {
@@ -140,7 +145,7 @@ impl<'a> Interpreter<'a, '_> {
         }
     }
 
-    fn device_parts(&self, name: &str) -> Result<(&[(u64, u64)], &[&'a str]), Setup> {
+    fn device_parts(&self, name: &str) -> Result<DeviceParts<'_, 'a>, Setup> {
         match self.find(name)? {
             Obj::Device { bars, tdis, .. } => Ok((bars, tdis)),
             _ => Err(Setup::WrongKind),

@@ -27,12 +27,12 @@ scenarios!(
     "path-close",
 );
 
+/// Builds a fresh firmware, hands it to the closure it is given, and tears it down.
+pub type Fresh<'f> = dyn FnMut(&mut dyn FnMut(&mut dyn Backend)) + 'f;
+
 /// Runs every scenario, each on a fresh firmware that `fresh` builds and hands to the closure
 /// it is given, and prints the summary line `N passed, M failed`.
-pub fn run_suite(
-    fresh: &mut dyn FnMut(&mut dyn FnMut(&mut dyn Backend)),
-    out: &mut dyn Write,
-) -> Summary {
+pub fn run_suite(fresh: &mut Fresh<'_>, out: &mut dyn Write) -> Summary {
     let mut total = Summary::default();
     for (name, text) in SCENARIOS {
         fresh(&mut |backend: &mut dyn Backend| {

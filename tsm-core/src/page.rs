@@ -35,12 +35,17 @@ impl PageSize {
 
     /// Number of 4 KiB pages in one page of this size.
     pub const fn base_pages(self) -> u64 {
-        1 << (self.shift() - 12)
+        match self {
+            PageSize::Size4K => 1,
+            PageSize::Size2M => 512,
+            PageSize::Size1G => 512 * 512,
+        }
     }
 
     /// Mask of the offset bits inside one page of this size.
     pub const fn offset_mask(self) -> u64 {
-        self.bytes() - 1
+        // Never underflows: bytes() is at least 4096.
+        self.bytes().wrapping_sub(1)
     }
 
     /// The TDX page-info level (TDX Module ABI, "Page Info" operand: 0 = 4K, 1 = 2M, 2 = 1G).

@@ -1,1 +1,511 @@
+//! Operation tests of [`Tsm`]: every refusal leaves every table exactly as it was.
 
+use crate::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS_PER_DEVICE, UNBIND_OPS_PER_CALL};
+use crate::device_model::{DeviceEvent, ModelDevice};
+use crate::mem_table::MemTable;
+use crate::*;
+
+type T = Tsm<MemTable<256>, ModelDevice>;
+
+const BAR: u64 = 0x8000_0000;
+const GPA: u64 = 0x10_0000_0000;
+
+fn hpa(v: u64) -> Hpa {
+    Hpa::try_new(v).unwrap()
+}
+fn gpa(v: u64) -> Gpa {
+    Gpa::try_new(v).unwrap()
+}
+fn range(base: u64, pages: u64) -> MmioRange {
+    MmioRange::from_raw(base, pages).unwrap()
+}
+fn rid(bus: u8, func: u8) -> RequesterId {
+    RequesterId::try_new(0, bus, 0, func).unwrap()
+}
+
+/// A firmware with two guests and one device (a 4 MiB BAR) with two TDIs.
+struct World {
+    tsm: T,
+    g1: GuestId,
+    g2: GuestId,
+    dev: DeviceId,
+    t0: TdiId,
+    t1: TdiId,
+}
+
+fn world() -> World {
+    let tsm = T::new(MemTable::new(), ModelDevice::new());
+    let g1 = tsm.create_guest().unwrap();
+    let g2 = tsm.create_guest().unwrap();
+    let dev = tsm
+        .create_device(rid(3, 0), &[range(BAR, 1024), range(BAR + 0x40_0000, 16)])
+        .unwrap();
+    let t0 = tsm.create_tdi(dev, rid(3, 0)).unwrap();
+    let t1 = tsm.create_tdi(dev, rid(3, 1)).unwrap();
+    World {
+        tsm,
+        g1,
+        g2,
+        dev,
+        t0,
+        t1,
+    }
+}
+
+fn report(ranges: &[MmioRange]) -> InterfaceReport<'_> {
+    InterfaceReport { ranges }
+}
+
+/// `t0` bound to `g1` over the first 2 MiB, with `leaves` 4 KiB leaves mapped.
+fn bound(leaves: u64) -> World {
+    let w = world();
+    w.tsm.bind(w.t0, w.g1, &report(&[range(BAR, 512)])).unwrap();
+    for i in 0..leaves {
+        w.tsm
+            .map_mmio(
+                w.t0,
+                w.g1,
+                gpa(GPA + i * 0x1000),
+                hpa(BAR + i * 0x1000),
+                PageSize::Size4K,
+            )
+            .unwrap();
+    }
+    w
+}
+
+/// Runs `op`, expects `err`, and proves every table is unchanged.
+#[track_caller]
+fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmResult<R>) {
+    let before = tsm.snapshot().unwrap();
+    let got = op();
+    assert_eq!(got.as_ref().err(), Some(&err), "got {got:?}");
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        before,
+        "state changed by a refused {err:?}"
+    );
+}
+
+fn state(w: &World, t: TdiId) -> TdiState {
+    w.tsm.tdi(t).unwrap().state
+}
+
+#[test]
+fn guests_fill_and_drain() {
+    let tsm = T::new(MemTable::new(), ModelDevice::new());
+    let all: Vec<_> = (0..MAX_GUESTS)
+        .map(|_| tsm.create_guest().unwrap())
+        .collect();
+    refused(&tsm, Error::GuestTableFull, || tsm.create_guest());
+    tsm.destroy_guest(all[3]).unwrap();
+    refused(&tsm, Error::InvalidHandle, || tsm.destroy_guest(all[3]));
+    refused(&tsm, Error::InvalidHandle, || {
+        tsm.destroy_guest(GuestId::from_slot(u16::MAX))
+    });
+    assert_eq!(tsm.create_guest(), Ok(all[3]));
+}
+
+#[test]
+fn device_registration_checks() {
+    let w = world();
+    let tsm = &w.tsm;
+    refused(tsm, Error::DuplicateDevice, || {
+        tsm.create_device(rid(3, 0), &[])
+    });
+    refused(tsm, Error::RangesOverlap, || {
+        tsm.create_device(rid(4, 0), &[range(0x1000, 2), range(0x2000, 1)])
+    });
+    refused(tsm, Error::TooManyRanges, || {
+        tsm.create_device(rid(4, 0), &[range(0x1000, 1); 7])
+    });
+    refused(tsm, Error::DuplicateTdi, || {
+        tsm.create_tdi(w.dev, rid(3, 1))
+    });
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.create_tdi(DeviceId::from_slot(9), rid(3, 2))
+    });
+    refused(tsm, Error::DeviceInUse, || tsm.remove_device(w.dev));
+    for f in 2..MAX_TDIS_PER_DEVICE {
+        tsm.create_tdi(
+            w.dev,
+            RequesterId::try_new(0, 3, (f / 8) as u8, (f % 8) as u8).unwrap(),
+        )
+        .unwrap();
+    }
+    refused(tsm, Error::TdiTableFull, || {
+        tsm.create_tdi(w.dev, rid(5, 0))
+    });
+    for bus in 1..MAX_DEVICES {
+        tsm.create_device(rid(10 + bus as u8, 0), &[]).unwrap();
+    }
+    refused(tsm, Error::DeviceTableFull, || {
+        tsm.create_device(rid(200, 0), &[])
+    });
+}
+
+#[test]
+fn bind_refusals_change_nothing() {
+    let w = world();
+    let tsm = &w.tsm;
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.bind(TdiId::from_slot(77), w.g1, &report(&[]))
+    });
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.bind(w.t0, GuestId::from_slot(20), &report(&[]))
+    });
+    refused(tsm, Error::RangeOutsideDevice, || {
+        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 1025)]))
+    });
+    refused(tsm, Error::RangesOverlap, || {
+        tsm.bind(
+            w.t0,
+            w.g1,
+            &report(&[range(BAR, 2), range(BAR + 0x1000, 1)]),
+        )
+    });
+    refused(tsm, Error::TooManyRanges, || {
+        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 1); 17]))
+    });
+    // The device does not lock: nothing is owned, the TDI stays unbound.
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    refused(tsm, Error::DeviceUnresponsive, || {
+        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 4)]))
+    });
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
+        .unwrap();
+    refused(tsm, Error::DeviceRefused, || {
+        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 4)]))
+    });
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+        .unwrap();
+
+    tsm.bind(w.t0, w.g1, &report(&[range(BAR, 4)])).unwrap();
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(tsm.guest(w.g1).unwrap().bound_tdis, 1);
+    assert_eq!(
+        tsm.with_transport(|d| d.state(rid(3, 0))).unwrap(),
+        TdispState::ConfigLocked
+    );
+    refused(tsm, Error::TdiAlreadyBound, || {
+        tsm.bind(w.t0, w.g2, &report(&[range(BAR + 0x10000, 4)]))
+    });
+    // Another TDI may not claim any byte of it.
+    refused(tsm, Error::TdiBound, || {
+        tsm.bind(w.t1, w.g2, &report(&[range(BAR + 0x3000, 4)]))
+    });
+    refused(tsm, Error::GuestInUse, || tsm.destroy_guest(w.g1));
+    refused(tsm, Error::TdiBound, || tsm.remove_tdi(w.t0));
+}
+
+#[test]
+fn map_refusals_change_nothing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    let (t0, g1) = (w.t0, w.g1);
+    let map = |t, g, a, h, s| tsm.map_mmio(t, g, gpa(a), hpa(h), s);
+    refused(tsm, Error::NotOwner, || {
+        map(t0, w.g2, GPA + 0x10000, BAR + 0x10000, PageSize::Size4K)
+    });
+    refused(tsm, Error::TdiNotBound, || {
+        map(w.t1, g1, GPA + 0x10000, BAR + 0x10000, PageSize::Size4K)
+    });
+    refused(tsm, Error::Misaligned, || {
+        map(t0, g1, GPA + 0x1000, BAR + 0x20_0000, PageSize::Size2M)
+    });
+    refused(tsm, Error::HpaNotOwned, || {
+        map(t0, g1, GPA + 0x10000, BAR + 0x20_0000, PageSize::Size4K)
+    });
+    refused(tsm, Error::GpaAlreadyMapped, || {
+        map(t0, g1, GPA, BAR + 0x1000, PageSize::Size4K)
+    });
+    refused(tsm, Error::HpaAlreadyMapped, || {
+        map(t0, g1, GPA + 0x1000, BAR, PageSize::Size4K)
+    });
+    refused(tsm, Error::InvalidHandle, || {
+        map(TdiId::from_slot(999), g1, GPA, BAR, PageSize::Size4K)
+    });
+    // Contention is a status naming the operand, never a spin.
+    let busy = tsm
+        .with_table(|_| map(t0, g1, GPA + 0x1000, BAR + 0x1000, PageSize::Size4K))
+        .unwrap();
+    assert_eq!(busy, Err(Error::Busy(Operand::SecureTable)));
+    map(t0, g1, GPA + 0x1000, BAR + 0x1000, PageSize::Size4K).unwrap();
+    // A page of another bound TDI is not mappable through this one.
+    tsm.bind(w.t1, w.g2, &report(&[range(BAR + 0x30_0000, 16)]))
+        .unwrap();
+    refused(tsm, Error::TdiBound, || {
+        map(t0, g1, GPA + 0x30_0000, BAR + 0x30_0000, PageSize::Size4K)
+    });
+    refused(tsm, Error::TdiBound, || {
+        map(t0, g1, GPA + 0x20_0000, BAR + 0x20_0000, PageSize::Size2M)
+    });
+}
+
+#[test]
+fn start_is_the_owners_and_only_from_locked() {
+    let w = bound(0);
+    let tsm = &w.tsm;
+    refused(tsm, Error::NotOwner, || tsm.guest_start(w.g2, w.t0));
+    refused(tsm, Error::TdiNotBound, || tsm.guest_start(w.g1, w.t1));
+    let busy = tsm.with_transport(|_| tsm.guest_start(w.g1, w.t0)).unwrap();
+    assert_eq!(busy, Err(Error::Busy(Operand::Transport)));
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    refused(tsm, Error::DeviceUnresponsive, || {
+        tsm.guest_start(w.g1, w.t0)
+    });
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+        .unwrap();
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    assert_eq!(state(&w, w.t0), TdiState::Run { owner: w.g1 });
+    refused(tsm, Error::TdiNotLocked, || tsm.guest_start(w.g1, w.t0));
+}
+
+#[test]
+fn host_requests_on_bound_pages_are_refused() {
+    let w = bound(2);
+    let tsm = &w.tsm;
+    refused(tsm, Error::TdiBound, || {
+        tsm.host_unmap(w.g1, gpa(GPA), PageSize::Size4K)
+    });
+    refused(tsm, Error::TdiBound, || {
+        tsm.host_block(w.g1, gpa(GPA + 0x1000), PageSize::Size4K)
+    });
+    refused(tsm, Error::TdiBound, || {
+        tsm.host_unmap(w.g1, gpa(GPA), PageSize::Size2M)
+    });
+    refused(tsm, Error::NotMapped, || {
+        tsm.host_unmap(w.g1, gpa(GPA + 0x5000), PageSize::Size4K)
+    });
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.host_unmap(GuestId::from_slot(30), gpa(GPA), PageSize::Size4K)
+    });
+    // A zap of a range only partly bound is refused whole.
+    refused(tsm, Error::TdiBound, || {
+        tsm.host_zap(range(BAR + 0x1f_f000, 2))
+    });
+    refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1024)));
+    assert_eq!(tsm.host_zap(range(BAR + 0x20_0000, 512)), Ok(()));
+    // Refused in every bound state, including ERROR and mid-unbind.
+    tsm.device_error(w.t0).unwrap();
+    refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1)));
+    refused(tsm, Error::TdiBound, || {
+        tsm.host_unmap(w.g1, gpa(GPA), PageSize::Size4K)
+    });
+}
+
+#[test]
+fn unbind_is_idempotent_complete_and_rebindable() {
+    let w = bound(3);
+    let tsm = &w.tsm;
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.unbind(TdiId::from_slot(500))
+    });
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.unbind(w.t1), Ok(Completion::Done));
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        before,
+        "unbind of an unbound TDI changed state"
+    );
+
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+    assert!(tsm.owned_ranges(w.t0).unwrap().is_empty());
+    assert!(tsm.with_table(|t| t.leaves().is_empty()).unwrap());
+    assert_eq!(tsm.guest(w.g1).unwrap().bound_tdis, 0);
+    assert_eq!(
+        tsm.with_transport(|d| d.state(rid(3, 0))).unwrap(),
+        TdispState::ConfigUnlocked
+    );
+    assert_eq!(tsm.host_zap(range(BAR, 1024)), Ok(()));
+    let after = tsm.snapshot().unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(tsm.snapshot().unwrap(), after);
+
+    tsm.bind(w.t0, w.g2, &report(&[range(BAR, 512)])).unwrap();
+    tsm.map_mmio(w.t0, w.g2, gpa(GPA), hpa(BAR), PageSize::Size2M)
+        .unwrap();
+    tsm.guest_start(w.g2, w.t0).unwrap();
+    assert_eq!(state(&w, w.t0), TdiState::Run { owner: w.g2 });
+    tsm.destroy_guest(w.g1).unwrap();
+}
+
+#[test]
+fn unbind_is_bounded_and_resumable() {
+    let n = u64::from(UNBIND_OPS_PER_CALL) * 2 + 5;
+    let w = bound(n);
+    let tsm = &w.tsm;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let leaves_before = tsm.with_table(|t| t.leaves().len()).unwrap();
+        let out = tsm.unbind(w.t0).unwrap();
+        let leaves_after = tsm.with_table(|t| t.leaves().len()).unwrap();
+        assert!(leaves_before - leaves_after <= UNBIND_OPS_PER_CALL as usize);
+        if out == Completion::Done {
+            break;
+        }
+        assert!(matches!(state(&w, w.t0), TdiState::Unbinding { .. }));
+        refused(tsm, Error::UnbindInProgress, || {
+            tsm.map_mmio(
+                w.t0,
+                w.g1,
+                gpa(GPA + 0x10_0000),
+                hpa(BAR + 0x10_0000),
+                PageSize::Size4K,
+            )
+        });
+        refused(tsm, Error::UnbindInProgress, || tsm.guest_start(w.g1, w.t0));
+        refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1)));
+        assert!(calls < 100);
+    }
+    // n blocks and n removals at UNBIND_OPS_PER_CALL per call.
+    assert_eq!(calls, (2 * n).div_ceil(u64::from(UNBIND_OPS_PER_CALL)));
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+}
+
+#[test]
+fn removal_waits_for_the_tlb_flush() {
+    let w = bound(2);
+    let tsm = &w.tsm;
+    tsm.with_table(|t| t.set_defer_flush(true)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::TlbFlushPending));
+    let leaf = tsm.leaf(w.g1, gpa(GPA)).unwrap().unwrap();
+    assert!(
+        matches!(leaf.state, LeafState::Blocked { .. }),
+        "blocked before any removal"
+    );
+    assert!(matches!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            step: lifecycle::UnbindStep::Remove(_),
+            ..
+        }
+    ));
+    refused(tsm, Error::TlbFlushPending, || tsm.unbind(w.t0));
+    tsm.with_table(|t| t.complete_flush(w.g1)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+}
+
+#[test]
+fn unresponsive_device_keeps_unbind_progress() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceUnresponsive));
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            owner: w.g1,
+            step: lifecycle::UnbindStep::Stop
+        }
+    );
+    assert_eq!(state(&w, w.t0).tdisp(), TdispState::Error);
+    refused(tsm, Error::UnbindInProgress, || tsm.guest_start(w.g1, w.t0));
+    refused(tsm, Error::DeviceUnresponsive, || tsm.unbind(w.t0));
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+}
+
+#[test]
+fn device_error_blocks_in_bounded_steps() {
+    let n = u64::from(UNBIND_OPS_PER_CALL) + 3;
+    let w = bound(n);
+    let tsm = &w.tsm;
+    tsm.with_transport(|d| d.event(rid(3, 0), DeviceEvent::Disturb))
+        .unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Resumable));
+    let blocked = |tsm: &T| {
+        tsm.with_table(|t| {
+            t.leaves()
+                .iter()
+                .filter(|l| l.state != LeafState::Mapped)
+                .count()
+        })
+        .unwrap()
+    };
+    assert_eq!(blocked(tsm), UNBIND_OPS_PER_CALL as usize);
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(blocked(tsm), n as usize);
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Error {
+            owner: w.g1,
+            blocking: None
+        }
+    );
+    refused(tsm, Error::TdiInError, || tsm.guest_start(w.g1, w.t0));
+    refused(tsm, Error::TdiInError, || {
+        tsm.map_mmio(
+            w.t0,
+            w.g1,
+            gpa(GPA + 0x10_0000),
+            hpa(BAR + 0x10_0000),
+            PageSize::Size4K,
+        )
+    });
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(tsm.snapshot().unwrap(), before);
+    refused(tsm, Error::TdiNotBound, || tsm.device_error(w.t1));
+    while tsm.unbind(w.t0).unwrap() == Completion::Resumable {}
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+}
+
+#[test]
+fn refused_start_puts_the_tdi_in_error() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
+        .unwrap();
+    assert_eq!(tsm.guest_start(w.g1, w.t0), Err(Error::DeviceRefused));
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Error {
+            owner: w.g1,
+            blocking: None
+        }
+    );
+    assert!(matches!(
+        tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+        Some(LeafState::Blocked { .. })
+    ));
+}
+
+#[test]
+fn busy_is_reported_for_each_lock_and_changes_nothing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    let nested = tsm.with_transport(|_| tsm.unbind(w.t0)).unwrap();
+    assert_eq!(nested, Err(Error::Busy(Operand::Transport)));
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    let nested = tsm
+        .with_table(|_| tsm.host_zap(range(BAR + 0x20_0000, 1)))
+        .unwrap();
+    assert_eq!(nested, Err(Error::Busy(Operand::SecureTable)));
+    let nested = tsm.with_table(|_| tsm.device_error(w.t0)).unwrap();
+    assert_eq!(nested, Err(Error::Busy(Operand::SecureTable)));
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+}
+
+#[test]
+fn teardown_order_is_enforced() {
+    let w = bound(0);
+    let tsm = &w.tsm;
+    refused(tsm, Error::DeviceInUse, || tsm.remove_device(w.dev));
+    tsm.unbind(w.t0).unwrap();
+    tsm.remove_tdi(w.t0).unwrap();
+    tsm.remove_tdi(w.t1).unwrap();
+    refused(tsm, Error::InvalidHandle, || tsm.remove_tdi(w.t1));
+    tsm.remove_device(w.dev).unwrap();
+    refused(tsm, Error::InvalidHandle, || tsm.remove_device(w.dev));
+    // The requester ID is free again.
+    assert!(tsm.create_device(rid(3, 0), &[]).is_ok());
+}
