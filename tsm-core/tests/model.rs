@@ -1,0 +1,340 @@
+//! Property test: long random sequences of host, guest and device operations, hostile ones
+//! included, against the core; the invariants hold after every step.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use common::{World, bar, check_invariants, world};
+use proptest::prelude::*;
+use tsm_core::device_model::DeviceEvent;
+use tsm_core::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Bind {
+        tdi: usize,
+        guest: usize,
+        ranges: Vec<(usize, u64, u64)>,
+    },
+    Map {
+        tdi: usize,
+        guest: usize,
+        gpa: u64,
+        dev: usize,
+        off: u64,
+        size: PageSize,
+    },
+    /// A well-formed map: the TDI's owner, a page inside one of its owned ranges.
+    MapOwned {
+        tdi: usize,
+        range: usize,
+        page: u64,
+        gpa: u64,
+        size: PageSize,
+    },
+    /// A well-formed bind: a valid TDI and guest, ranges inside the TDI's own device.
+    BindOwn {
+        tdi: usize,
+        guest: usize,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// The host goes after an existing leaf exactly (unmap, or block when `block`).
+    HostHitLeaf {
+        leaf: usize,
+        block: bool,
+    },
+    Start {
+        guest: usize,
+        tdi: usize,
+    },
+    DeviceError {
+        tdi: usize,
+    },
+    Unbind {
+        tdi: usize,
+    },
+    HostUnmap {
+        guest: usize,
+        gpa: u64,
+        size: PageSize,
+    },
+    HostBlock {
+        guest: usize,
+        gpa: u64,
+        size: PageSize,
+    },
+    HostZap {
+        dev: usize,
+        off: u64,
+        pages: u64,
+    },
+    Event {
+        tdi: usize,
+        reset: bool,
+    },
+    Fault {
+        tdi: usize,
+        fault: Option<DeviceFault>,
+    },
+    DeferFlush(bool),
+}
+
+fn size() -> impl Strategy<Value = PageSize> {
+    prop_oneof![6 => Just(PageSize::Size4K), 2 => Just(PageSize::Size2M), 1 => Just(PageSize::Size1G)]
+}
+
+/// Offsets inside (and just past) an 8 MiB BAR, mostly aligned, sometimes not.
+fn offset() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        10 => (0u64..2100).prop_map(|p| p * 0x1000),
+        3 => (0u64..5).prop_map(|p| p * 0x20_0000),
+        1 => Just(0x800),
+        1 => Just(u64::MAX / 2),
+    ]
+}
+
+fn guest_addr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        10 => (0u64..256).prop_map(|p| 0x10_0000_0000 + p * 0x1000),
+        3 => (0u64..8).prop_map(|p| 0x10_0000_0000 + p * 0x20_0000),
+        1 => Just(1 << 52),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let tdi = 0usize..5; // 4 TDIs plus one handle that does not exist
+    let guest = 0usize..4; // 3 guests plus one that does not exist
+    prop_oneof![
+        3 => (tdi.clone(), guest.clone(), prop::collection::vec((0usize..2, 0u64..2100, 0u64..600), 0..4))
+            .prop_map(|(tdi, guest, ranges)| Op::Bind { tdi, guest, ranges }),
+        2 => (tdi.clone(), guest.clone(), guest_addr(), 0usize..2, offset(), size())
+            .prop_map(|(tdi, guest, gpa, dev, off, size)| Op::Map { tdi, guest, gpa, dev, off, size }),
+        4 => (0usize..4, 0usize..3, prop::collection::vec((0u64..1500, 1u64..500), 1..3))
+            .prop_map(|(tdi, guest, ranges)| Op::BindOwn { tdi, guest, ranges }),
+        3 => (0usize..64, any::<bool>()).prop_map(|(leaf, block)| Op::HostHitLeaf { leaf, block }),
+        8 => (tdi.clone(), 0usize..4, 0u64..600, guest_addr(), size())
+            .prop_map(|(tdi, range, page, gpa, size)| Op::MapOwned { tdi, range, page, gpa, size }),
+        1 => (guest.clone(), tdi.clone()).prop_map(|(guest, tdi)| Op::Start { guest, tdi }),
+        1 => tdi.clone().prop_map(|tdi| Op::DeviceError { tdi }),
+        1 => tdi.clone().prop_map(|tdi| Op::Unbind { tdi }),
+        1 => (guest.clone(), guest_addr(), size()).prop_map(|(guest, gpa, size)| Op::HostUnmap { guest, gpa, size }),
+        1 => (guest.clone(), guest_addr(), size()).prop_map(|(guest, gpa, size)| Op::HostBlock { guest, gpa, size }),
+        1 => (0usize..2, offset(), 1u64..3000).prop_map(|(dev, off, pages)| Op::HostZap { dev, off, pages }),
+        1 => (tdi.clone(), any::<bool>()).prop_map(|(tdi, reset)| Op::Event { tdi, reset }),
+        1 => (tdi, prop_oneof![Just(None), Just(Some(DeviceFault::NoResponse)), Just(Some(DeviceFault::Refused))])
+            .prop_map(|(tdi, fault)| Op::Fault { tdi, fault }),
+        1 => any::<bool>().prop_map(Op::DeferFlush),
+    ]
+}
+
+fn tdi_of(w: &World, i: usize) -> TdiId {
+    w.tdis.get(i).copied().unwrap_or(TdiId::from_slot(100))
+}
+fn guest_of(w: &World, i: usize) -> GuestId {
+    w.guests.get(i).copied().unwrap_or(GuestId::from_slot(30))
+}
+
+/// Runs one op; returns whether it was a host request on private pages.
+fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
+    let tsm = &w.tsm;
+    let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
+    match op {
+        Op::Bind { tdi, guest, ranges } => {
+            let ranges: Result<Vec<_>, _> = ranges
+                .iter()
+                .map(|&(d, p, n)| MmioRange::from_raw(bar(d) + p * 0x1000, n))
+                .collect();
+            (
+                false,
+                done(ranges.and_then(|r| {
+                    tsm.bind(
+                        tdi_of(w, *tdi),
+                        guest_of(w, *guest),
+                        &InterfaceReport { ranges: &r },
+                    )
+                })),
+            )
+        }
+        Op::Map {
+            tdi,
+            guest,
+            gpa,
+            dev,
+            off,
+            size,
+        } => {
+            let r = Gpa::try_new(*gpa).and_then(|g| {
+                let h = Hpa::try_new(bar(*dev).saturating_add(*off))?;
+                tsm.map_mmio(tdi_of(w, *tdi), guest_of(w, *guest), g, h, *size)
+            });
+            (false, done(r))
+        }
+        Op::MapOwned {
+            tdi,
+            range,
+            page,
+            gpa,
+            size,
+        } => {
+            let t = tdi_of(w, *tdi);
+            let owner = tsm
+                .tdi(t)
+                .ok()
+                .and_then(|r| r.state.owner())
+                .unwrap_or(w.guests[0]);
+            let ranges = tsm.owned_ranges(t).unwrap();
+            let Some(r) = ranges.get(*range % ranges.len().max(1)) else {
+                return (false, Err(Error::HpaNotOwned));
+            };
+            let base = r.base().as_u64() + (page % r.pages()) * 0x1000;
+            let base = base & !size.offset_mask();
+            let gpa = gpa & !size.offset_mask();
+            let r = tsm.map_mmio(
+                t,
+                owner,
+                Gpa::try_new(gpa).unwrap_or(Gpa::try_new(0).unwrap()),
+                Hpa::try_new(base).unwrap(),
+                *size,
+            );
+            (false, done(r))
+        }
+        Op::BindOwn { tdi, guest, ranges } => {
+            let dev = *tdi / 2;
+            let ranges: Vec<_> = ranges
+                .iter()
+                .map(|&(p, n)| MmioRange::from_raw(bar(dev) + p * 0x1000, n).unwrap())
+                .collect();
+            (
+                false,
+                done(tsm.bind(
+                    w.tdis[*tdi],
+                    w.guests[*guest],
+                    &InterfaceReport { ranges: &ranges },
+                )),
+            )
+        }
+        Op::HostHitLeaf { leaf, block } => {
+            let leaves = tsm.with_table(|t| t.leaves().to_vec()).unwrap();
+            let Some(l) = leaves.get(*leaf % leaves.len().max(1)) else {
+                return (
+                    true,
+                    done(tsm.host_unmap(w.guests[0], Gpa::try_new(0).unwrap(), PageSize::Size4K)),
+                );
+            };
+            let r = if *block {
+                tsm.host_block(l.guest, l.gpa, l.size)
+            } else {
+                tsm.host_unmap(l.guest, l.gpa, l.size)
+            };
+            (true, done(r))
+        }
+        Op::Start { guest, tdi } => (
+            false,
+            done(tsm.guest_start(guest_of(w, *guest), tdi_of(w, *tdi))),
+        ),
+        Op::DeviceError { tdi } => (false, tsm.device_error(tdi_of(w, *tdi))),
+        Op::Unbind { tdi } => (false, tsm.unbind(tdi_of(w, *tdi))),
+        Op::HostUnmap { guest, gpa, size } => (
+            true,
+            done(Gpa::try_new(*gpa).and_then(|g| tsm.host_unmap(guest_of(w, *guest), g, *size))),
+        ),
+        Op::HostBlock { guest, gpa, size } => (
+            true,
+            done(Gpa::try_new(*gpa).and_then(|g| tsm.host_block(guest_of(w, *guest), g, *size))),
+        ),
+        Op::HostZap { dev, off, pages } => (
+            true,
+            done(
+                MmioRange::from_raw(bar(*dev).saturating_add(*off), *pages)
+                    .and_then(|r| tsm.host_zap(r)),
+            ),
+        ),
+        Op::Event { tdi, reset } => {
+            let event = if *reset {
+                DeviceEvent::ConventionalReset
+            } else {
+                DeviceEvent::Disturb
+            };
+            let iface = w.ifaces[*tdi % w.ifaces.len()];
+            (false, done(tsm.with_transport(|d| d.event(iface, event))))
+        }
+        Op::Fault { tdi, fault } => {
+            let iface = w.ifaces[*tdi % w.ifaces.len()];
+            (
+                false,
+                done(tsm.with_transport(|d| d.set_fault(iface, *fault))),
+            )
+        }
+        Op::DeferFlush(on) => {
+            let g = w.guests.clone();
+            (
+                false,
+                done(tsm.with_table(|t| {
+                    t.set_defer_flush(*on);
+                    if !*on {
+                        g.iter().for_each(|&g| t.complete_flush(g));
+                    }
+                })),
+            )
+        }
+    }
+}
+
+/// Operations whose refusal may legitimately record progress or a device-reported error.
+fn may_change_on_error(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unbind { .. } | Op::Start { .. } | Op::DeviceError { .. }
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
+        let w = world();
+        for op in &ops {
+            let before = w.tsm.snapshot().unwrap();
+            let owned_before: Vec<_> = w.tdis.iter().map(|&t| w.tsm.owned_ranges(t).unwrap()).collect();
+            let (host_request, outcome) = apply(&w, op);
+            let after = w.tsm.snapshot().unwrap();
+            if outcome.is_err() && !may_change_on_error(op) {
+                prop_assert_eq!(&after, &before, "refused {:?} ({:?}) changed state", op, outcome);
+            }
+            if host_request {
+                // Every leaf belongs to a bound TDI, so no host request may remove or block one.
+                prop_assert_eq!(after.table.leaves(), before.table.leaves(), "host request {:?} touched a bound leaf", op);
+            }
+            if let (Op::Unbind { tdi }, Ok(Completion::Done)) = (op, outcome) {
+                if let Some(&t) = w.tdis.get(*tdi) {
+                    prop_assert_eq!(w.tsm.tdi(t).unwrap().state, TdiState::Unbound);
+                    prop_assert!(w.tsm.owned_ranges(t).unwrap().is_empty());
+                    for r in &owned_before[*tdi] {
+                        prop_assert!(after.table.leaves().iter().all(|l| !r.contains_page(l.hpa, l.size)), "leaf left after unbind");
+                    }
+                }
+            }
+            check_invariants(&w);
+        }
+        // Every TDI can always be unbound completely once the device and TLBs cooperate.
+        w.tsm.with_table(|t| { t.set_defer_flush(false); w.guests.iter().for_each(|&g| t.complete_flush(g)); }).unwrap();
+        for &iface in &w.ifaces {
+            w.tsm.with_transport(|d| d.set_fault(iface, None)).unwrap();
+        }
+        for &t in &w.tdis {
+            let mut calls = 0;
+            while w.tsm.unbind(t) != Ok(Completion::Done) {
+                calls += 1;
+                prop_assert!(calls < 100, "unbind never finished");
+            }
+        }
+        prop_assert!(w.tsm.with_table(|t| t.leaves().is_empty()).unwrap());
+        check_invariants(&w);
+    }
+}
