@@ -12,6 +12,7 @@ use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::*;
 
+/// The firmware under test.
 pub type T = Tsm<MemTable<512>, ModelDevice>;
 
 /// BAR base of device `d`: 16 MiB apart, 8 MiB each.
@@ -19,10 +20,15 @@ pub fn bar(d: usize) -> u64 {
     0x8000_0000 + (d as u64) * 0x100_0000
 }
 
+/// A firmware and the handles it gave out.
 pub struct World {
+    /// The firmware.
     pub tsm: T,
+    /// Guest handles.
     pub guests: Vec<GuestId>,
+    /// TDI handles, two per device.
     pub tdis: Vec<TdiId>,
+    /// Interface IDs, by TDI index.
     pub ifaces: Vec<InterfaceId>,
 }
 
