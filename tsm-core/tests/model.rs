@@ -285,6 +285,14 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
     }
 }
 
+/// The TDI index an unbind names.
+fn tdi_index(op: &Op) -> usize {
+    match op {
+        Op::Unbind { tdi } => *tdi,
+        _ => usize::MAX,
+    }
+}
+
 /// Operations whose refusal may legitimately record progress or a device-reported error.
 fn may_change_on_error(op: &Op) -> bool {
     matches!(
@@ -311,13 +319,11 @@ proptest! {
                 // Every leaf belongs to a bound TDI, so no host request may remove or block one.
                 prop_assert_eq!(after.table.leaves(), before.table.leaves(), "host request {:?} touched a bound leaf", op);
             }
-            if let (Op::Unbind { tdi }, Ok(Completion::Done)) = (op, outcome) {
-                if let Some(&t) = w.tdis.get(*tdi) {
-                    prop_assert_eq!(w.tsm.tdi(t).unwrap().state, TdiState::Unbound);
-                    prop_assert!(w.tsm.owned_ranges(t).unwrap().is_empty());
-                    for r in &owned_before[*tdi] {
-                        prop_assert!(after.table.leaves().iter().all(|l| !r.contains_page(l.hpa, l.size)), "leaf left after unbind");
-                    }
+            if let (Op::Unbind { tdi }, Ok(Completion::Done), Some(&t)) = (op, outcome, w.tdis.get(tdi_index(op))) {
+                prop_assert_eq!(w.tsm.tdi(t).unwrap().state, TdiState::Unbound);
+                prop_assert!(w.tsm.owned_ranges(t).unwrap().is_empty());
+                for r in &owned_before[*tdi] {
+                    prop_assert!(after.table.leaves().iter().all(|l| !r.contains_page(l.hpa, l.size)), "leaf left after unbind");
                 }
             }
             check_invariants(&w);
