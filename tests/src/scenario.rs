@@ -12,9 +12,10 @@
 //! unbind-all <t>                              unbind calls until it is Done (bounded)
 //! device-error <t>                            the device reports ERROR
 //! zap <d> [<bar index>]                       host zaps a BAR (all BARs without an index)
-//! host-unmap <g> <gpa> <size> / host-block <g> <gpa> <size>   host requests on a leaf
-//! host <path> <d>... <unbind-first|zap-first> a host kernel path (see `HostPath`)
-//! device-event <t> <disturb|reset>            something happens to the device
+//! host-unmap <g> <gpa> <size>                 host asks to remove a private leaf
+//! host-block <g> <gpa> <size>                 host asks to block a private leaf
+//! host <path> <d>... <unbind-first|zap-first> a vfio-pci host path, in the patched or the old order
+//! device-event <t> <disturb|reset>            FLR / decode or bus-master off / D3hot; conventional reset
 //! device-fault <t> <none|no-response|refused> the device stops answering, or refuses
 //! defer-flush <g> <on|off>                    hold back (or complete) the guest's TLB flushes
 //! expect-state <t> <unbound|locked|run|error|unbinding>
