@@ -74,6 +74,14 @@ impl MmioRange {
     }
 }
 
+/// Whether any two of `ranges` share a byte.
+pub fn any_overlap(ranges: &[MmioRange]) -> bool {
+    ranges
+        .iter()
+        .enumerate()
+        .any(|(i, r)| ranges.iter().skip(i.saturating_add(1)).any(|o| o.overlaps(r)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +122,7 @@ mod tests {
         assert!(!r.overlaps(&range(0x40_0000, 1)));
         assert!(!r.overlaps(&range(0x1f_f000, 1)));
         assert!(range(0x1f_f000, 2).overlaps(&r));
+        assert!(any_overlap(&[range(0x1000, 1), r, range(0x3f_f000, 1)]));
+        assert!(!any_overlap(&[range(0x1000, 1), r, range(0x40_0000, 1)]));
     }
 }

@@ -4,7 +4,7 @@
 use crate::addr::Hpa;
 use crate::capacity::{MAX_OWNED_RANGES, MAX_RANGES_PER_TDI};
 use crate::ids::{GuestId, TdiId};
-use crate::mmio::MmioRange;
+use crate::mmio::{MmioRange, any_overlap};
 use crate::page::PageSize;
 use crate::status::Error;
 
@@ -48,17 +48,11 @@ impl Ownership {
         if ranges.len() > MAX_RANGES_PER_TDI {
             return Err(Error::TooManyRanges);
         }
-        for (i, r) in ranges.iter().enumerate() {
-            if ranges
-                .iter()
-                .skip(i.saturating_add(1))
-                .any(|other| other.overlaps(r))
-            {
-                return Err(Error::RangesOverlap);
-            }
-            if self.overlapping(r).is_some() {
-                return Err(Error::TdiBound);
-            }
+        if any_overlap(ranges) {
+            return Err(Error::RangesOverlap);
+        }
+        if ranges.iter().any(|r| self.overlapping(r).is_some()) {
+            return Err(Error::TdiBound);
         }
         if ranges.len() > self.entries.capacity().saturating_sub(self.entries.len()) {
             return Err(Error::OwnershipTableFull);

@@ -13,7 +13,7 @@ use crate::capacity::{
 };
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, transition};
-use crate::mmio::MmioRange;
+use crate::mmio::{MmioRange, any_overlap};
 use crate::ownership::Ownership;
 use crate::page::PageSize;
 use crate::registry::{Device, GuestRecord, Slots, Tdi, try_lock};
@@ -90,14 +90,8 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     pub fn create_device(&self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
         let bars: heapless::Vec<MmioRange, MAX_BARS> =
             heapless::Vec::from_slice(bars).map_err(|_| Error::TooManyRanges)?;
-        for (i, bar) in bars.iter().enumerate() {
-            if bars
-                .iter()
-                .skip(i.saturating_add(1))
-                .any(|b| b.overlaps(bar))
-            {
-                return Err(Error::RangesOverlap);
-            }
+        if any_overlap(&bars) {
+            return Err(Error::RangesOverlap);
         }
         let mut rids = try_lock(&self.device_rids, Operand::DeviceTable)?;
         if rids.iter().flatten().any(|r| *r == rid) {
