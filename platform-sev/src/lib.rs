@@ -1,5 +1,38 @@
-//! AMD SEV-TIO back end (skeleton): the command-buffer ABI and RMP arrive with the platform-sev
-//! issue. Today it only re-exports the core so the crate graph is in place.
+//! AMD SEV-TIO back end: the firmware speaks AMD's SEV-TIO command-buffer interface, and
+//! private MMIO is tracked in the reverse map table (RMP).
+//!
+//! - [`abi`]: command IDs and command-buffer layouts (zerocopy structs, size-asserted).
+//! - [`status`]: SEV status codes and the one mapping from tsm-core statuses.
+//! - [`rmp`]: RMP entries for MMIO pages in caller-provided memory, and the core's secure
+//!   table on them.
+//! - [`fw`]: the dispatcher and the context tables (guest contexts, device and TDI contexts).
+//! - [`guest_msg`]: the guest messages TIO_GUEST_REQUEST carries (MMIO_VALIDATE, ...).
+//! - [`device`], [`memory`]: what the firmware reads from devices and system memory.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
+pub mod abi;
+pub mod device;
+pub mod fw;
+pub mod guest_msg;
+pub mod memory;
+pub mod rmp;
+pub mod status;
+
+pub use fw::Sev;
+pub use rmp::{Rmp, RmpEntry};
+pub use status::{Outcome, SevStatus};
 pub use tsm_core;
+
+#[cfg(test)]
+mod tests;

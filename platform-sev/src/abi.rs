@@ -1,0 +1,639 @@
+//! The SEV-TIO command-buffer ABI: command IDs and buffer layouts.
+//!
+//! Sources: command IDs from AMD's SEV-TIO firmware interface (doc 58271) as Linux
+//! `include/linux/psp-sev.h` (`enum sev_cmd`, `SEV_CMD_TIO_*`) spells them; buffer layouts as
+//! `drivers/crypto/ccp/sev-dev-tio.c` (`struct sev_data_tio_*`, all `__packed`) declares them;
+//! SNP guest-context commands from the SEV-SNP firmware ABI (doc 56860) as psp-sev.h has them.
+//! Commands marked "ours" have no public counterpart: they stand for what the host does with
+//! CPU instructions (RMPUPDATE) or sees out of band on real parts, see the README.
+//!
+//! Every field is little-endian and byte-aligned (`zerocopy::byteorder`), so a layout is its
+//! byte offsets and nothing else; the golden tests pin each offset.
+
+use bitfield_struct::bitfield;
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::status::SevStatus;
+
+/// Longest SEV-TIO command buffer. sev-dev-tio.h `SEV_TIO_MAX_COMMAND_LENGTH = 128`.
+pub const MAX_COMMAND_LENGTH: usize = 128;
+
+/// Alignment we require of a command buffer (ours: AMD hands the PSP the buffer's physical
+/// address; we insist on natural alignment of its 64-bit fields so no field straddles a
+/// host-written cache line).
+pub const COMMAND_ALIGN: usize = 8;
+
+/// Size of a system physical page.
+pub const PAGE_4K: u64 = 4096;
+
+/// A command ID as the host writes it into the mailbox (CMDRESP bits 25:16).
+pub type CommandId = u32;
+
+/// psp-sev.h `SEV_CMD_SNP_DECOMMISSION = 0x090`: forget a guest context.
+pub const SNP_DECOMMISSION: CommandId = 0x090;
+/// psp-sev.h `SEV_CMD_SNP_ACTIVATE = 0x091`: give a guest context its ASID.
+pub const SNP_ACTIVATE: CommandId = 0x091;
+/// psp-sev.h `SEV_CMD_SNP_GCTX_CREATE = 0x093`: create a guest context.
+pub const SNP_GCTX_CREATE: CommandId = 0x093;
+/// psp-sev.h `SEV_CMD_TIO_DEV_CREATE = 0x0D2`.
+pub const TIO_DEV_CREATE: CommandId = 0x0D2;
+/// psp-sev.h `SEV_CMD_TIO_DEV_RECLAIM = 0x0D3`.
+pub const TIO_DEV_RECLAIM: CommandId = 0x0D3;
+/// psp-sev.h `SEV_CMD_TIO_DEV_CONNECT = 0x0D4`.
+pub const TIO_DEV_CONNECT: CommandId = 0x0D4;
+/// psp-sev.h `SEV_CMD_TIO_DEV_DISCONNECT = 0x0D5`.
+pub const TIO_DEV_DISCONNECT: CommandId = 0x0D5;
+/// psp-sev.h `SEV_CMD_TIO_TDI_CREATE = 0x0DA`.
+pub const TIO_TDI_CREATE: CommandId = 0x0DA;
+/// psp-sev.h `SEV_CMD_TIO_TDI_RECLAIM = 0x0DB`.
+pub const TIO_TDI_RECLAIM: CommandId = 0x0DB;
+/// psp-sev.h `SEV_CMD_TIO_TDI_BIND = 0x0DC`.
+pub const TIO_TDI_BIND: CommandId = 0x0DC;
+/// psp-sev.h `SEV_CMD_TIO_TDI_UNBIND = 0x0DD`.
+pub const TIO_TDI_UNBIND: CommandId = 0x0DD;
+/// psp-sev.h `SEV_CMD_TIO_TDI_REPORT = 0x0DE`.
+pub const TIO_TDI_REPORT: CommandId = 0x0DE;
+/// psp-sev.h `SEV_CMD_TIO_TDI_STATUS = 0x0DF`.
+pub const TIO_TDI_STATUS: CommandId = 0x0DF;
+/// psp-sev.h `SEV_CMD_TIO_GUEST_REQUEST = 0x0E0`.
+pub const TIO_GUEST_REQUEST: CommandId = 0x0E0;
+/// psp-sev.h `SEV_CMD_TIO_ASID_FENCE_CLEAR = 0x0E1`.
+pub const TIO_ASID_FENCE_CLEAR: CommandId = 0x0E1;
+/// psp-sev.h `SEV_CMD_TIO_ASID_FENCE_STATUS = 0x0E2`.
+pub const TIO_ASID_FENCE_STATUS: CommandId = 0x0E2;
+/// psp-sev.h `SEV_CMD_TIO_TDI_INFO = 0x0E3`.
+pub const TIO_TDI_INFO: CommandId = 0x0E3;
+/// Ours: the host asks the TSM to RMPUPDATE one MMIO page of a bound TDI to a guest.
+pub const TIO_MMIO_MAP: CommandId = 0x0F0;
+/// Ours: the host asks to block one private MMIO leaf (refused for a bound TDI's page).
+pub const TIO_MMIO_BLOCK: CommandId = 0x0F1;
+/// Ours: the host asks to unassign one private MMIO leaf (refused for a bound TDI's page).
+pub const TIO_MMIO_UNMAP: CommandId = 0x0F2;
+/// Ours: the host asks whether it may take back (zap, reset) a range of MMIO.
+pub const TIO_MMIO_ZAP: CommandId = 0x0F3;
+/// Ours: the host forwards a device's TDISP ERROR notification for a TDI.
+pub const TIO_TDI_ERROR: CommandId = 0x0F4;
+
+/// One command's buffer: its ID, its layout, its reserved fields.
+pub trait Command: FromBytes + IntoBytes + KnownLayout + Immutable + Unaligned + Sized {
+    /// The command ID.
+    const ID: CommandId;
+    /// Whether the buffer starts with its own `u32` length (every SEV-TIO buffer does; the
+    /// SNP guest-context buffers do not).
+    const HAS_LENGTH: bool = true;
+    /// Whether every reserved field and reserved flag bit is zero.
+    fn reserved_clear(&self) -> bool;
+}
+
+/// The buffer's size in bytes.
+pub const fn len_of<C: Command>() -> usize {
+    core::mem::size_of::<C>()
+}
+
+/// Copies a command out of the host's buffer, checking size, alignment, the length field and
+/// the reserved fields. The firmware works on the copy only: the host cannot change a field
+/// between its check and its use.
+pub fn parse<C: Command>(buf: &[u8]) -> Result<C, SevStatus> {
+    if buf.as_ptr().addr() & (COMMAND_ALIGN.wrapping_sub(1)) != 0 {
+        return Err(SevStatus::INVALID_PARAM);
+    }
+    let bytes = buf.get(..len_of::<C>()).ok_or(SevStatus::INVALID_PARAM)?;
+    let cmd = C::read_from_bytes(bytes).map_err(|_| SevStatus::INVALID_PARAM)?;
+    if C::HAS_LENGTH {
+        let length = bytes
+            .first_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b))
+            .ok_or(SevStatus::INVALID_PARAM)?;
+        if usize::try_from(length).ok() != Some(len_of::<C>()) {
+            return Err(SevStatus::INVALID_PARAM);
+        }
+    }
+    if !cmd.reserved_clear() {
+        return Err(SevStatus::INVALID_PARAM);
+    }
+    Ok(cmd)
+}
+
+/// Writes a command's output fields back to the host's buffer.
+pub fn store<C: Command>(cmd: &C, buf: &mut [u8]) -> Result<(), SevStatus> {
+    cmd.write_to_prefix(buf)
+        .map_err(|_| SevStatus::INVALID_PARAM)
+}
+
+fn zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
+/// A scatter-list address (sev-dev-tio.h `struct sla_addr_t`): names a context or data page.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SlaAddr {
+    /// 0: the page is data; 1: the page is a scatter list (`SLA_PAGE_TYPE_SCATTER`).
+    pub page_type: bool,
+    /// 0: 4K, 1: 2M (`SLA_PAGE_SIZE_2M`).
+    pub page_size: bool,
+    #[bits(10)]
+    reserved1: u16,
+    /// Page frame number.
+    #[bits(40)]
+    pub pfn: u64,
+    #[bits(12)]
+    reserved2: u16,
+}
+
+impl SlaAddr {
+    /// Checks a host-supplied SLA: reserved bits clear, not null. We take only single 4K data
+    /// pages (ours: no scatter lists; our contexts live in firmware tables).
+    pub fn checked(raw: u64) -> Result<Self, SevStatus> {
+        let sla = Self::from_bits(raw);
+        if raw == 0
+            || sla.reserved1() != 0
+            || sla.reserved2() != 0
+            || sla.page_type()
+            || sla.page_size()
+        {
+            return Err(SevStatus::INVALID_PARAM);
+        }
+        Ok(sla)
+    }
+
+    /// The page's system physical address.
+    pub fn address(self) -> u64 {
+        self.pfn() << 12
+    }
+}
+
+/// The four SPDM buffers of every SPDM-aware command (sev-dev-tio.c `struct spdm_ctrl`).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SpdmCtrl {
+    /// Request buffer SLA.
+    pub req: U64,
+    /// Response buffer SLA.
+    pub resp: U64,
+    /// Scratch buffer SLA.
+    pub scratch: U64,
+    /// Output buffer SLA (TDI_REPORT writes the interface report there).
+    pub output: U64,
+}
+const _: () = assert!(core::mem::size_of::<SpdmCtrl>() == 0x20);
+
+impl SpdmCtrl {
+    /// Each SLA is null or well formed.
+    pub fn well_formed(&self) -> bool {
+        [self.req, self.resp, self.scratch, self.output]
+            .iter()
+            .all(|s| s.get() == 0 || SlaAddr::checked(s.get()).is_ok())
+    }
+}
+
+macro_rules! command {
+    ($(#[$m:meta])* $name:ident = $id:expr, $len:expr, { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }
+     reserved($me:ident) $body:block) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+        #[repr(C)]
+        pub struct $name { $($(#[$fm])* pub $f: $t),* }
+        const _: () = assert!(core::mem::size_of::<$name>() == $len);
+        impl Command for $name {
+            const ID: CommandId = $id;
+            fn reserved_clear(&self) -> bool {
+                let $me = self;
+                $body
+            }
+        }
+    };
+}
+
+command! {
+    /// TIO_DEV_CREATE (0x20 bytes): register a device, named by its routing ID and segment.
+    DevCreate = TIO_DEV_CREATE, 0x20, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved1: [u8; 4], /// Device context SLA (@0x08).
+        dev_ctx: U64, /// PCIe routing ID of the device (@0x10).
+        device_id: U16, /// PCIe routing ID of its root port (@0x12).
+        root_port_id: U16, /// PCIe segment (@0x14).
+        segment_id: u8, /// Reserved.
+        reserved2: [u8; 11],
+    } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
+}
+
+command! {
+    /// TIO_DEV_RECLAIM (0x10 bytes): forget a device with no TDIs.
+    DevReclaim = TIO_DEV_RECLAIM, 0x10, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: [u8; 4], /// Device context SLA (@0x08).
+        dev_ctx: U64,
+    } reserved(c) { zero(&c.reserved) }
+}
+
+command! {
+    /// TIO_DEV_CONNECT (0x50 bytes): set up the device's secure session.
+    DevConnect = TIO_DEV_CONNECT, 0x50, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved1: [u8; 4], /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Reserved.
+        reserved2: [u8; 8], /// Device context SLA (@0x30).
+        dev_ctx: U64, /// Traffic classes to set up; bit 0 (TC0) is required (@0x38).
+        tc_mask: u8, /// Certificate slot, 0-7 (@0x39).
+        cert_slot: u8, /// Reserved.
+        reserved3: [u8; 6], /// IDE stream ID per traffic class (@0x40).
+        ide_stream_id: [u8; 8], /// Reserved.
+        reserved4: [u8; 8],
+    } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) && zero(&c.reserved3) && zero(&c.reserved4) }
+}
+
+/// DEV_DISCONNECT / TDI_UNBIND flag: force. sev-dev-tio.c `TIO_DEV_DISCONNECT_FLAG_FORCE`,
+/// `TIO_TDI_UNBIND_FLAG_FORCE` = BIT(0).
+pub const FLAG_FORCE: u32 = 1 << 0;
+
+command! {
+    /// TIO_DEV_DISCONNECT (0x30 bytes): tear the secure session down.
+    DevDisconnect = TIO_DEV_DISCONNECT, 0x30, {
+        /// Buffer length.
+        length: U32, /// Flags: only [`FLAG_FORCE`] (@0x04).
+        flags: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64,
+    } reserved(c) { c.flags.get() & !FLAG_FORCE == 0 }
+}
+
+/// TDISP interface ID, function-ID word (Linux `include/linux/tsm.h` `TSM_TDISP_IID_*`):
+/// requester ID in bits 15:0.
+pub const IID_REQUESTER_ID_MASK: u32 = 0xFFFF;
+/// Requester segment in bits 23:16 (`TSM_TDISP_IID_RSEG`).
+pub const IID_RSEG_SHIFT: u32 = 16;
+/// The segment field is valid (`TSM_TDISP_IID_RSEG_VALID`, bit 24).
+pub const IID_RSEG_VALID: u32 = 1 << 24;
+
+/// A TDISP interface ID (PCIe 6.x 11.3.4; Linux `struct tdisp_interface_id`, 12 bytes).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct TdispInterfaceId {
+    /// Requester ID, segment and segment-valid bit.
+    pub function_id: U32,
+    /// Reserved.
+    pub reserved: [u8; 8],
+}
+const _: () = assert!(core::mem::size_of::<TdispInterfaceId>() == 12);
+
+impl TdispInterfaceId {
+    fn reserved_clear(&self) -> bool {
+        zero(&self.reserved) && self.function_id.get() >> 25 == 0
+    }
+}
+
+command! {
+    /// TIO_TDI_CREATE (0x30 bytes): create a TDI on a connected device.
+    TdiCreate = TIO_TDI_CREATE, 0x30, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// Device context SLA (@0x08).
+        dev_ctx: U64, /// TDI context SLA (@0x10).
+        tdi_ctx: U64, /// TDISP interface ID (@0x18).
+        interface_id: TdispInterfaceId, /// Reserved.
+        reserved2: [u8; 12],
+    } reserved(c) { c.reserved.get() == 0 && c.interface_id.reserved_clear() && zero(&c.reserved2) }
+}
+
+command! {
+    /// TIO_TDI_RECLAIM (0x20 bytes): forget an unbound TDI.
+    TdiReclaim = TIO_TDI_RECLAIM, 0x20, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// Device context SLA (@0x08).
+        dev_ctx: U64, /// TDI context SLA (@0x10).
+        tdi_ctx: U64, /// Reserved.
+        reserved2: U64,
+    } reserved(c) { c.reserved.get() == 0 && c.reserved2.get() == 0 }
+}
+
+/// TDI_BIND lock flags we accept: sev-dev-tio.c `TIO_TDI_BIND_FLAG_NO_FW_UPDATE` BIT(0),
+/// `_LOCK_MSIX` BIT(2), `_BIND_P2P` BIT(3), `_ALL_REQUEST_REDIRECT` BIT(4).
+pub const BIND_LOCK_FLAGS: u16 = 1 | 1 << 2 | 1 << 3 | 1 << 4;
+/// TDI_BIND run flag `TIO_TDI_BIND_RUN_FORCE` BIT(0): refused by us (only the guest starts).
+pub const BIND_RUN_FORCE: u16 = 1 << 0;
+
+command! {
+    /// TIO_TDI_BIND (0x50 bytes): lock the interface and bind it to a guest.
+    TdiBind = TIO_TDI_BIND, 0x50, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64, /// TDI context SLA (@0x30).
+        tdi_ctx: U64, /// Guest context page (@0x38).
+        gctx_paddr: U64, /// Routing ID the guest knows the TDI by (@0x40).
+        guest_device_id: U16, /// TDISP LOCK_INTERFACE flags (@0x42).
+        lock_flags: U16, /// Run flags (@0x44); must be 0 here.
+        run_flags: U16, /// Reserved.
+        reserved3: [u8; 10],
+    } reserved(c) {
+        c.reserved.get() == 0 && c.lock_flags.get() & !BIND_LOCK_FLAGS == 0
+            && c.run_flags.get() == 0 && zero(&c.reserved3)
+    }
+}
+
+command! {
+    /// TIO_TDI_UNBIND (0x40 bytes): one bounded step of the unbind.
+    TdiUnbind = TIO_TDI_UNBIND, 0x40, {
+        /// Buffer length.
+        length: U32, /// Flags: only [`FLAG_FORCE`] (@0x04).
+        flags: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64, /// TDI context SLA (@0x30).
+        tdi_ctx: U64, /// Guest context page (@0x38).
+        gctx_paddr: U64,
+    } reserved(c) { c.flags.get() & !FLAG_FORCE == 0 }
+}
+
+command! {
+    /// TIO_TDI_REPORT (0x40 bytes): write the interface report to `spdm_ctrl.output`.
+    TdiReport = TIO_TDI_REPORT, 0x40, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64, /// TDI context SLA (@0x30).
+        tdi_ctx: U64, /// Guest context page (@0x38).
+        gctx_paddr: U64,
+    } reserved(c) { c.reserved.get() == 0 }
+}
+
+command! {
+    /// TIO_TDI_STATUS (0x40 bytes): the TDISP state, written to `status_paddr`.
+    TdiStatus = TIO_TDI_STATUS, 0x40, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved1: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64, /// TDI context SLA (@0x30).
+        tdi_ctx: U64, /// Where to write [`TdiStatusData`] (@0x38).
+        status_paddr: U64,
+    } reserved(c) { c.reserved1.get() == 0 }
+}
+
+/// TDI_STATUS output (sev-dev-tio.c `struct sev_tio_tdi_status_data`, 0x10 bytes).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct TdiStatusData {
+    /// Structure length.
+    pub length: U32,
+    /// TDISP state (`TIO_TDISP_STATE_*`: 0 unlocked, 1 locked, 2 run, 3 error) (@0x04).
+    pub tdisp_state: u8,
+    /// Reserved.
+    pub reserved: [u8; 11],
+}
+const _: () = assert!(core::mem::size_of::<TdiStatusData>() == 0x10);
+
+command! {
+    /// TIO_GUEST_REQUEST (0x50 bytes): a guest's TIO message, request and response pages.
+    GuestRequest = TIO_GUEST_REQUEST, 0x50, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64, /// TDI context SLA (@0x30).
+        tdi_ctx: U64, /// Guest context page (@0x38).
+        gctx_paddr: U64, /// Request message page (@0x40).
+        req_paddr: U64, /// Response message page (@0x48).
+        res_paddr: U64,
+    } reserved(c) { c.reserved.get() == 0 }
+}
+
+command! {
+    /// TIO_ASID_FENCE_CLEAR (0x20 bytes): fence the guest's ASID (TLB and IOTLB flush).
+    AsidFenceClear = TIO_ASID_FENCE_CLEAR, 0x20, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved1: U32, /// Device context SLA (@0x08).
+        dev_ctx: U64, /// Guest context page (@0x10).
+        gctx_paddr: U64, /// Reserved.
+        reserved2: [u8; 8],
+    } reserved(c) { c.reserved1.get() == 0 && zero(&c.reserved2) }
+}
+
+/// ASID_FENCE_STATUS output word, MMIO fence field bits 3:2: fenced.
+/// sev-dev-tio.c `TIO_FENCE_MMIO_STATUS_FENCED = 3`, `TIO_FENCE_MMIO_STATUS_SHIFT = 2`.
+pub const FENCE_MMIO_FENCED: u64 = 3 << 2;
+
+command! {
+    /// TIO_ASID_FENCE_STATUS (0x20 bytes): whether the ASID's fence is still pending.
+    /// `status_pa` sits at 0x14: the structure is packed.
+    AsidFenceStatus = TIO_ASID_FENCE_STATUS, 0x20, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved1: [u8; 4], /// Device context SLA (@0x08).
+        dev_ctx: U64, /// The ASID (@0x10).
+        asid: U32, /// Where to write the 64-bit fence status (@0x14).
+        status_pa: U64, /// Reserved.
+        reserved2: [u8; 4],
+    } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
+}
+
+command! {
+    /// TIO_TDI_INFO (0x30 bytes): TDI facts, written to `status_paddr`.
+    TdiInfo = TIO_TDI_INFO, 0x30, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved1: U32, /// Device context SLA (@0x08).
+        dev_ctx: U64, /// TDI context SLA (@0x10).
+        tdi_ctx: U64, /// Where to write [`TdiInfoData`] (@0x18).
+        status_paddr: U64, /// Reserved.
+        reserved2: [u8; 16],
+    } reserved(c) { c.reserved1.get() == 0 && zero(&c.reserved2) }
+}
+
+/// TDI_INFO `p1_flags` bits 3:2, the TDI status (sev-dev-tio.c
+/// `SEV_TIO_TDI_INFO_P1_TDI_STATUS_SHIFT = 2`: 0 unbound, 1 bound and locked, 2 bound and
+/// running; 3 is ours: bound, in ERROR or mid-unbind).
+pub const INFO_TDI_STATUS_SHIFT: u32 = 2;
+
+/// TDI_INFO output (sev-dev-tio.c `struct sev_tio_tdi_info_data`, 0xC0 bytes).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct TdiInfoData {
+    /// Structure length.
+    pub length: U32,
+    /// Interface ID (@0x04).
+    pub interface_id: TdispInterfaceId,
+    /// Flags and TDI status (@0x10).
+    pub p1_flags: U32,
+    /// Lock flags (@0x14).
+    pub p2_flags: U32,
+    /// SPDM algorithms (@0x18).
+    pub spdm_algos: U64,
+    /// Certificate digest (@0x20).
+    pub certs_digest: [u8; 48],
+    /// Measurement digest (@0x50).
+    pub meas_digest: [u8; 48],
+    /// Interface report digest (@0x80).
+    pub interface_report_digest: [u8; 48],
+    /// Interface reports produced so far (@0xB0).
+    pub intf_report_counter: U64,
+    /// ASID of the owning guest, 0 if unbound (@0xB8).
+    pub asid: U32,
+    /// Reserved.
+    pub reserved: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<TdiInfoData>() == 0xC0);
+
+command! {
+    /// SNP_GCTX_CREATE (8 bytes, no length field; psp-sev.h `struct sev_data_snp_addr`).
+    GctxCreate = SNP_GCTX_CREATE, 8, {
+        /// Guest context page.
+        gctx_paddr: U64,
+    } reserved(_c) { true }
+}
+
+command! {
+    /// SNP_DECOMMISSION (8 bytes, no length field; psp-sev.h `struct sev_data_snp_addr`).
+    Decommission = SNP_DECOMMISSION, 8, {
+        /// Guest context page.
+        gctx_paddr: U64,
+    } reserved(_c) { true }
+}
+
+command! {
+    /// SNP_ACTIVATE (12 bytes, no length field; psp-sev.h `struct sev_data_snp_activate`).
+    Activate = SNP_ACTIVATE, 12, {
+        /// Guest context page (@0x00).
+        gctx_paddr: U64, /// ASID to give the guest (@0x08).
+        asid: U32,
+    } reserved(_c) { true }
+}
+
+/// Page size codes of our MMIO commands (ours; the same as TDX page-info levels).
+pub const MMIO_SIZE_4K: u8 = 0;
+/// 2 MiB.
+pub const MMIO_SIZE_2M: u8 = 1;
+/// 1 GiB.
+pub const MMIO_SIZE_1G: u8 = 2;
+
+command! {
+    /// Ours: TIO_MMIO_MAP (0x30 bytes).
+    MmioMap = TIO_MMIO_MAP, 0x30, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// TDI context SLA (@0x08).
+        tdi_ctx: U64, /// Guest context page (@0x10).
+        gctx_paddr: U64, /// Guest physical address (@0x18).
+        gpa: U64, /// Host physical address of the MMIO page (@0x20).
+        hpa: U64, /// Page size code (@0x28).
+        page_size: u8, /// Reserved.
+        reserved2: [u8; 7],
+    } reserved(c) { c.reserved.get() == 0 && zero(&c.reserved2) }
+}
+
+command! {
+    /// Ours: TIO_MMIO_BLOCK (0x20 bytes).
+    MmioBlock = TIO_MMIO_BLOCK, 0x20, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// Guest context page (@0x08).
+        gctx_paddr: U64, /// Guest physical address of the leaf (@0x10).
+        gpa: U64, /// Page size code (@0x18).
+        page_size: u8, /// Reserved.
+        reserved2: [u8; 7],
+    } reserved(c) { c.reserved.get() == 0 && zero(&c.reserved2) }
+}
+
+command! {
+    /// Ours: TIO_MMIO_UNMAP (0x20 bytes), same layout as [`MmioBlock`].
+    MmioUnmap = TIO_MMIO_UNMAP, 0x20, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// Guest context page (@0x08).
+        gctx_paddr: U64, /// Guest physical address of the leaf (@0x10).
+        gpa: U64, /// Page size code (@0x18).
+        page_size: u8, /// Reserved.
+        reserved2: [u8; 7],
+    } reserved(c) { c.reserved.get() == 0 && zero(&c.reserved2) }
+}
+
+command! {
+    /// Ours: TIO_MMIO_ZAP (0x18 bytes).
+    MmioZap = TIO_MMIO_ZAP, 0x18, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// First host physical address of the range (@0x08).
+        base: U64, /// Number of 4K pages (@0x10).
+        pages: U64,
+    } reserved(c) { c.reserved.get() == 0 }
+}
+
+command! {
+    /// Ours: TIO_TDI_ERROR (0x18 bytes).
+    TdiError = TIO_TDI_ERROR, 0x18, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// Device context SLA (@0x08).
+        dev_ctx: U64, /// TDI context SLA (@0x10).
+        tdi_ctx: U64,
+    } reserved(c) { c.reserved.get() == 0 }
+}
+
+/// Every command ID we implement, in ID order.
+pub const IMPLEMENTED: [CommandId; 22] = [
+    SNP_DECOMMISSION,
+    SNP_ACTIVATE,
+    SNP_GCTX_CREATE,
+    TIO_DEV_CREATE,
+    TIO_DEV_RECLAIM,
+    TIO_DEV_CONNECT,
+    TIO_DEV_DISCONNECT,
+    TIO_TDI_CREATE,
+    TIO_TDI_RECLAIM,
+    TIO_TDI_BIND,
+    TIO_TDI_UNBIND,
+    TIO_TDI_REPORT,
+    TIO_TDI_STATUS,
+    TIO_GUEST_REQUEST,
+    TIO_ASID_FENCE_CLEAR,
+    TIO_ASID_FENCE_STATUS,
+    TIO_TDI_INFO,
+    TIO_MMIO_MAP,
+    TIO_MMIO_BLOCK,
+    TIO_MMIO_UNMAP,
+    TIO_MMIO_ZAP,
+    TIO_TDI_ERROR,
+];
+
+/// Interface report header as TDI_REPORT writes it to `spdm_ctrl.output` (PCIe 6.x 11.3.11,
+/// DEVICE_INTERFACE_REPORT body; 16 bytes).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct ReportHeader {
+    /// INTERFACE_INFO.
+    pub interface_info: U16,
+    /// Reserved.
+    pub reserved: U16,
+    /// MSI-X message control (@0x04).
+    pub msix_msg_ctrl: U16,
+    /// LNR control (@0x06).
+    pub lnr_ctrl: U16,
+    /// TPH control (@0x08).
+    pub tph_ctrl: U32,
+    /// Ranges that follow (@0x0C).
+    pub mmio_range_count: U32,
+}
+const _: () = assert!(core::mem::size_of::<ReportHeader>() == 16);
+
+/// One MMIO range of an interface report (PCIe 6.x 11.3.11; 16 bytes).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct ReportRange {
+    /// First 4K page (host page frame number here).
+    pub first_page: U64,
+    /// Number of 4K pages (@0x08).
+    pub number_of_pages: U32,
+    /// Range attributes (@0x0C).
+    pub attributes: U16,
+    /// Range ID (@0x0E): its index in the report.
+    pub range_id: U16,
+}
+const _: () = assert!(core::mem::size_of::<ReportRange>() == 16);

@@ -1,0 +1,893 @@
+//! The SEV-TIO firmware: one dispatcher from (command ID, command buffer) to the core, and the
+//! context tables that turn AMD's handles (guest context pages, device and TDI context SLAs)
+//! into the core's.
+//!
+//! Every handler follows the same order: copy and check the buffer ([`abi::parse`]), resolve
+//! every handle, check what only this layer knows, then make exactly one core call that
+//! changes state, then record its result in the context tables. A refusal at any step changes
+//! nothing.
+
+use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
+use tsm_core::tsm::Tsm;
+use tsm_core::{
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, InterfaceReport, MmioRange,
+    PageSize, RequesterId, TdiId, TdiState,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::abi::{self, SlaAddr, SpdmCtrl};
+use crate::device::DeviceView;
+use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
+use crate::memory::SystemMemory;
+use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate, ValidateFault};
+use crate::status::{Outcome, SevStatus};
+
+/// Highest ASID we accept at SNP_ACTIVATE (ours: the core tracks at most `MAX_GUESTS` guests;
+/// AMD parts report their ASID count in CPUID 0x8000001F ECX).
+pub const MAX_ASID: u32 = 1023;
+/// SPDM certificate slots are 0-7 (DMTF DSP0274 1.2, "certificate slots").
+pub const MAX_CERT_SLOT: u8 = 7;
+/// DEV_CONNECT `tc_mask` bit 0: traffic class 0 must be set up (the Linux host driver
+/// refuses a mask without it, sev-dev-tio.c `sev_tio_dev_connect`).
+pub const TC_MASK_TC0: u8 = 1 << 0;
+/// Alignment of the status pages TDI_STATUS, TDI_INFO and ASID_FENCE_STATUS write (ours).
+pub const STATUS_ALIGN: u64 = 16;
+
+/// A guest context: the page the host named at SNP_GCTX_CREATE, the core guest, its ASID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestCtx {
+    /// Guest context page (the handle the host uses).
+    pub gctx: u64,
+    /// The core's guest.
+    pub guest: GuestId,
+    /// ASID from SNP_ACTIVATE, 0 before.
+    pub asid: u32,
+}
+
+/// A device context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevCtx {
+    /// Device context SLA (the handle the host uses).
+    pub sla: u64,
+    /// The core's device.
+    pub device: DeviceId,
+    /// Its requester ID.
+    pub rid: RequesterId,
+    /// Between DEV_CONNECT and DEV_DISCONNECT.
+    pub connected: bool,
+}
+
+/// A TDI context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdiCtx {
+    /// TDI context SLA (the handle the host uses).
+    pub sla: u64,
+    /// The core's TDI.
+    pub tdi: TdiId,
+    /// The device context it was created on.
+    pub dev_sla: u64,
+    /// Its interface ID.
+    pub iface: InterfaceId,
+    /// Routing ID the guest knows it by (from TDI_BIND).
+    pub guest_device_id: u16,
+    /// LOCK_INTERFACE flags from TDI_BIND.
+    pub lock_flags: u16,
+    /// Interface reports produced.
+    pub reports: u64,
+}
+
+/// Why a handler stopped: an SEV-layer status or a core status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    Sev(SevStatus),
+    Core(Error),
+}
+
+impl From<SevStatus> for Fail {
+    fn from(s: SevStatus) -> Self {
+        Fail::Sev(s)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Core(e)
+    }
+}
+
+type Step = Result<Completion, Fail>;
+const DONE: Step = Ok(Completion::Done);
+
+/// The SEV-TIO firmware over the core, an RMP in memory `S` and devices `D`.
+pub struct Sev<S, D> {
+    tsm: Tsm<Rmp<S>, D>,
+    guests: heapless::Vec<GuestCtx, MAX_GUESTS>,
+    devices: heapless::Vec<DevCtx, MAX_DEVICES>,
+    tdis: heapless::Vec<TdiCtx, MAX_TDIS>,
+}
+
+fn page_aligned(addr: u64, align: u64) -> Result<u64, Fail> {
+    if addr == 0 || addr & align.wrapping_sub(1) != 0 || Hpa::try_new(addr).is_err() {
+        return Err(SevStatus::INVALID_ADDRESS.into());
+    }
+    Ok(addr)
+}
+
+fn spdm(ctrl: &SpdmCtrl) -> Result<(), Fail> {
+    if ctrl.well_formed() {
+        Ok(())
+    } else {
+        Err(SevStatus::INVALID_PARAM.into())
+    }
+}
+
+fn put<T: IntoBytes + zerocopy::Immutable>(
+    mem: &mut dyn SystemMemory,
+    spa: u64,
+    value: &T,
+) -> Result<(), Fail> {
+    mem.write(spa, value.as_bytes())
+        .map_err(|_| SevStatus::INVALID_ADDRESS.into())
+}
+
+impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
+    /// The firmware over an RMP and the devices.
+    pub fn new(rmp: Rmp<S>, devices: D) -> Self {
+        Self {
+            tsm: Tsm::new(rmp, devices),
+            guests: heapless::Vec::new(),
+            devices: heapless::Vec::new(),
+            tdis: heapless::Vec::new(),
+        }
+    }
+
+    /// The core underneath (tests inspect it).
+    pub fn tsm(&self) -> &Tsm<Rmp<S>, D> {
+        &self.tsm
+    }
+
+    /// The guest context at `gctx`, if any.
+    pub fn guest_ctx(&self, gctx: u64) -> Option<GuestCtx> {
+        self.guests.iter().find(|g| g.gctx == gctx).copied()
+    }
+
+    /// The device context with SLA `sla`, if any.
+    pub fn dev_ctx(&self, sla: u64) -> Option<DevCtx> {
+        self.devices.iter().find(|d| d.sla == sla).copied()
+    }
+
+    /// The TDI context with SLA `sla`, if any.
+    pub fn tdi_ctx(&self, sla: u64) -> Option<TdiCtx> {
+        self.tdis.iter().find(|t| t.sla == sla).copied()
+    }
+
+    /// Runs one command on the host's buffer `buf`; `mem` is the system memory the command's
+    /// addresses point into. Never panics; a refusal changes nothing.
+    pub fn command(
+        &mut self,
+        mem: &mut dyn SystemMemory,
+        id: abi::CommandId,
+        buf: &mut [u8],
+    ) -> Outcome {
+        let step = match id {
+            abi::SNP_GCTX_CREATE => self.gctx_create(buf),
+            abi::SNP_ACTIVATE => self.activate(buf),
+            abi::SNP_DECOMMISSION => self.decommission(buf),
+            abi::TIO_DEV_CREATE => self.dev_create(buf),
+            abi::TIO_DEV_RECLAIM => self.dev_reclaim(buf),
+            abi::TIO_DEV_CONNECT => self.dev_connect(buf),
+            abi::TIO_DEV_DISCONNECT => self.dev_disconnect(buf),
+            abi::TIO_TDI_CREATE => self.tdi_create(buf),
+            abi::TIO_TDI_RECLAIM => self.tdi_reclaim(buf),
+            abi::TIO_TDI_BIND => self.tdi_bind(buf),
+            abi::TIO_TDI_UNBIND => self.tdi_unbind(buf),
+            abi::TIO_TDI_REPORT => self.tdi_report(mem, buf),
+            abi::TIO_TDI_STATUS => self.tdi_status(mem, buf),
+            abi::TIO_GUEST_REQUEST => self.guest_request(mem, buf),
+            abi::TIO_ASID_FENCE_CLEAR => self.fence_clear(buf),
+            abi::TIO_ASID_FENCE_STATUS => self.fence_status(mem, buf),
+            abi::TIO_TDI_INFO => self.tdi_info(mem, buf),
+            abi::TIO_MMIO_MAP => self.mmio_map(buf),
+            abi::TIO_MMIO_BLOCK => self.mmio_block(buf),
+            abi::TIO_MMIO_UNMAP => self.mmio_unmap(buf),
+            abi::TIO_MMIO_ZAP => self.mmio_zap(buf),
+            abi::TIO_TDI_ERROR => self.tdi_error(buf),
+            // An unknown command is a bad parameter like any other (README, differences).
+            _ => Err(SevStatus::INVALID_PARAM.into()),
+        };
+        match step {
+            Ok(c) => Outcome::from_core(Ok(c)),
+            Err(Fail::Core(e)) => Outcome::from_core(Err(e)),
+            Err(Fail::Sev(s)) => Outcome::plain(s),
+        }
+    }
+
+    // ---- handle resolution --------------------------------------------------------------
+
+    fn guest(&self, gctx: u64) -> Result<GuestCtx, Fail> {
+        page_aligned(gctx, abi::PAGE_4K)?;
+        self.guest_ctx(gctx).ok_or(SevStatus::INVALID_GUEST.into())
+    }
+
+    fn device(&self, raw: u64) -> Result<DevCtx, Fail> {
+        let sla = SlaAddr::checked(raw)?;
+        self.dev_ctx(sla.into_bits())
+            .ok_or(SevStatus::INVALID_DEV_CTX.into())
+    }
+
+    fn tdi(&self, dev_raw: u64, tdi_raw: u64) -> Result<(DevCtx, TdiCtx), Fail> {
+        let dev = self.device(dev_raw)?;
+        let sla = SlaAddr::checked(tdi_raw)?;
+        let tdi = self
+            .tdi_ctx(sla.into_bits())
+            .ok_or(SevStatus::INVALID_TDI_CTX)?;
+        if tdi.dev_sla != dev.sla {
+            return Err(SevStatus::INVALID_TDI.into());
+        }
+        Ok((dev, tdi))
+    }
+
+    fn sla_unused(&self, raw: u64) -> Result<u64, Fail> {
+        let sla = SlaAddr::checked(raw)?.into_bits();
+        if self.dev_ctx(sla).is_some() || self.tdi_ctx(sla).is_some() {
+            return Err(SevStatus::IN_USE.into());
+        }
+        Ok(sla)
+    }
+
+    fn update_tdi(&mut self, sla: u64, f: impl FnOnce(&mut TdiCtx)) {
+        if let Some(t) = self.tdis.iter_mut().find(|t| t.sla == sla) {
+            f(t);
+        }
+    }
+
+    // ---- guest contexts (SNP) -----------------------------------------------------------
+
+    fn gctx_create(&mut self, buf: &[u8]) -> Step {
+        let c: abi::GctxCreate = abi::parse(buf)?;
+        let gctx = page_aligned(c.gctx_paddr.get(), abi::PAGE_4K)?;
+        if self.guest_ctx(gctx).is_some() {
+            return Err(SevStatus::IN_USE.into());
+        }
+        if self.guests.is_full() {
+            return Err(Error::GuestTableFull.into());
+        }
+        let guest = self.tsm.create_guest()?;
+        self.guests
+            .push(GuestCtx {
+                gctx,
+                guest,
+                asid: 0,
+            })
+            .map_err(|_| Error::GuestTableFull)?;
+        DONE
+    }
+
+    fn activate(&mut self, buf: &[u8]) -> Step {
+        let c: abi::Activate = abi::parse(buf)?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        let asid = c.asid.get();
+        if asid == 0 || asid > MAX_ASID {
+            return Err(SevStatus::INVALID_ASID.into());
+        }
+        if g.asid != 0 {
+            return Err(SevStatus::INVALID_GUEST_STATE.into());
+        }
+        self.tsm.with_table(|r| r.set_asid(g.guest, asid))??;
+        if let Some(slot) = self.guests.iter_mut().find(|x| x.gctx == g.gctx) {
+            slot.asid = asid;
+        }
+        DONE
+    }
+
+    fn decommission(&mut self, buf: &[u8]) -> Step {
+        let c: abi::Decommission = abi::parse(buf)?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        self.tsm.destroy_guest(g.guest)?;
+        // No TDI is bound to the guest any more, so none of its pages is in the RMP.
+        self.tsm.with_table(|r| r.set_asid(g.guest, 0))??;
+        self.guests.retain(|x| x.gctx != g.gctx);
+        DONE
+    }
+
+    // ---- devices ------------------------------------------------------------------------
+
+    fn dev_create(&mut self, buf: &[u8]) -> Step {
+        let c: abi::DevCreate = abi::parse(buf)?;
+        let sla = self.sla_unused(c.dev_ctx.get())?;
+        let [devfn, bus] = c.device_id.get().to_le_bytes();
+        let rid = RequesterId::from_packed(u64::from_le_bytes([
+            devfn,
+            bus,
+            c.segment_id,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]))?;
+        if self.devices.is_full() {
+            return Err(Error::DeviceTableFull.into());
+        }
+        let bars = self
+            .tsm
+            .with_transport(|d| d.bars(rid))?
+            .map_err(Error::from)?;
+        let device = self.tsm.create_device(rid, &bars)?;
+        self.devices
+            .push(DevCtx {
+                sla,
+                device,
+                rid,
+                connected: false,
+            })
+            .map_err(|_| Error::DeviceTableFull)?;
+        DONE
+    }
+
+    fn dev_connect(&mut self, buf: &[u8]) -> Step {
+        let c: abi::DevConnect = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        if c.tc_mask & TC_MASK_TC0 == 0 || c.cert_slot > MAX_CERT_SLOT {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let dev = self.device(c.dev_ctx.get())?;
+        if dev.connected {
+            return Err(SevStatus::INVALID_DEV_STATE.into());
+        }
+        if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
+            d.connected = true;
+        }
+        DONE
+    }
+
+    fn dev_disconnect(&mut self, buf: &[u8]) -> Step {
+        let c: abi::DevDisconnect = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        let dev = self.device(c.dev_ctx.get())?;
+        if !dev.connected {
+            return Err(SevStatus::INVALID_DEV_STATE.into());
+        }
+        for t in self.tdis.iter().filter(|t| t.dev_sla == dev.sla) {
+            // Even FORCE does not take a bound TDI's session away: unbind it first.
+            if self.tsm.tdi(t.tdi)?.state.is_bound() {
+                return Err(Error::TdiBound.into());
+            }
+        }
+        if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
+            d.connected = false;
+        }
+        DONE
+    }
+
+    fn dev_reclaim(&mut self, buf: &[u8]) -> Step {
+        let c: abi::DevReclaim = abi::parse(buf)?;
+        let dev = self.device(c.dev_ctx.get())?;
+        self.tsm.remove_device(dev.device)?;
+        self.devices.retain(|d| d.sla != dev.sla);
+        DONE
+    }
+
+    // ---- TDIs ---------------------------------------------------------------------------
+
+    fn tdi_create(&mut self, buf: &[u8]) -> Step {
+        let c: abi::TdiCreate = abi::parse(buf)?;
+        let dev = self.device(c.dev_ctx.get())?;
+        let sla = self.sla_unused(c.tdi_ctx.get())?;
+        if !dev.connected {
+            return Err(SevStatus::INVALID_DEV_STATE.into());
+        }
+        let iid = c.interface_id.function_id.get();
+        let [devfn, bus, rseg, _] = iid.to_le_bytes();
+        let [seg_lo, seg_hi] = if iid & abi::IID_RSEG_VALID != 0 {
+            [rseg, 0]
+        } else {
+            dev.rid.segment().to_le_bytes()
+        };
+        let iface =
+            RequesterId::from_packed(u64::from_le_bytes([devfn, bus, seg_lo, seg_hi, 0, 0, 0, 0]))?;
+        if self.tdis.is_full() {
+            return Err(Error::TdiTableFull.into());
+        }
+        let tdi = self.tsm.create_tdi(dev.device, iface)?;
+        self.tdis
+            .push(TdiCtx {
+                sla,
+                tdi,
+                dev_sla: dev.sla,
+                iface,
+                guest_device_id: 0,
+                lock_flags: 0,
+                reports: 0,
+            })
+            .map_err(|_| Error::TdiTableFull)?;
+        DONE
+    }
+
+    fn tdi_reclaim(&mut self, buf: &[u8]) -> Step {
+        let c: abi::TdiReclaim = abi::parse(buf)?;
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        self.tsm.remove_tdi(t.tdi)?;
+        self.tdis.retain(|x| x.sla != t.sla);
+        DONE
+    }
+
+    fn tdi_bind(&mut self, buf: &[u8]) -> Step {
+        let c: abi::TdiBind = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        let (dev, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        if g.asid == 0 {
+            return Err(SevStatus::INVALID_GUEST_STATE.into());
+        }
+        if !dev.connected {
+            return Err(SevStatus::INVALID_DEV_STATE.into());
+        }
+        // The ranges come from the device over the secure session, never from the host.
+        let ranges = self
+            .tsm
+            .with_transport(|d| d.interface_report(t.iface))?
+            .map_err(Error::from)?;
+        self.tsm
+            .bind(t.tdi, g.guest, &InterfaceReport { ranges: &ranges })?;
+        let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
+        self.update_tdi(t.sla, |x| {
+            x.guest_device_id = id;
+            x.lock_flags = flags;
+        });
+        DONE
+    }
+
+    fn owned_by(&self, t: &TdiCtx, g: &GuestCtx) -> Result<TdiState, Fail> {
+        let state = self.tsm.tdi(t.tdi)?.state;
+        match state.owner() {
+            None => Err(Error::TdiNotBound.into()),
+            Some(owner) if owner != g.guest => Err(Error::NotOwner.into()),
+            Some(_) => Ok(state),
+        }
+    }
+
+    fn tdi_unbind(&mut self, buf: &[u8]) -> Step {
+        let c: abi::TdiUnbind = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        match self.owned_by(&t, &g) {
+            // Unbinding an unbound TDI is done and changes nothing, as in the core.
+            Err(Fail::Core(Error::TdiNotBound)) | Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        let done = self.tsm.unbind(t.tdi)?;
+        if done == Completion::Done {
+            self.update_tdi(t.sla, |x| {
+                x.guest_device_id = 0;
+                x.lock_flags = 0;
+            });
+        }
+        Ok(done)
+    }
+
+    fn tdi_report(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::TdiReport = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        let out = SlaAddr::checked(c.spdm_ctrl.output.get())?.address();
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        self.owned_by(&t, &g)?;
+        let ranges = self.tsm.owned_ranges(t.tdi)?;
+        let count = u32::try_from(ranges.len()).map_err(|_| Error::TooManyRanges)?;
+        // Check every write fits before making any (header, ranges, trailing length).
+        let entry = core::mem::size_of::<abi::ReportRange>();
+        let head = core::mem::size_of::<abi::ReportHeader>();
+        let body = entry
+            .checked_mul(ranges.len())
+            .ok_or(Error::TooManyRanges)?;
+        let total = head.saturating_add(body).saturating_add(4);
+        let mut probe = [0u8; 1];
+        let last = out
+            .checked_add(u64::try_from(total).map_err(|_| Error::TooManyRanges)?)
+            .and_then(|e| e.checked_sub(1))
+            .ok_or(SevStatus::INVALID_ADDRESS)?;
+        if total > abi::PAGE_4K as usize || mem.read(last, &mut probe).is_err() {
+            return Err(SevStatus::INVALID_ADDRESS.into());
+        }
+        let mut header = abi::ReportHeader::new_zeroed();
+        header.mmio_range_count = count.into();
+        put(mem, out, &header)?;
+        let mut at = out.saturating_add(head as u64);
+        for (id, r) in ranges.iter().enumerate() {
+            let entry_out = abi::ReportRange {
+                first_page: (r.base().as_u64() >> 12).into(),
+                number_of_pages: u32::try_from(r.pages()).unwrap_or(u32::MAX).into(),
+                attributes: 0.into(),
+                range_id: u16::try_from(id).unwrap_or(u16::MAX).into(),
+            };
+            put(mem, at, &entry_out)?;
+            at = at.saturating_add(entry as u64);
+        }
+        put(mem, at, &zerocopy::byteorder::little_endian::U32::new(0))?;
+        self.update_tdi(t.sla, |x| x.reports = x.reports.saturating_add(1));
+        DONE
+    }
+
+    fn tdi_status(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::TdiStatus = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        let out = page_aligned(c.status_paddr.get(), STATUS_ALIGN)?;
+        let state = self
+            .tsm
+            .with_transport(|d| d.interface_state(t.iface))?
+            .map_err(Error::from)?;
+        let mut data = abi::TdiStatusData::new_zeroed();
+        data.length = u32::try_from(core::mem::size_of::<abi::TdiStatusData>())
+            .unwrap_or(0)
+            .into();
+        data.tdisp_state = state as u8;
+        put(mem, out, &data)?;
+        DONE
+    }
+
+    fn tdi_info(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::TdiInfo = abi::parse(buf)?;
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        let out = page_aligned(c.status_paddr.get(), STATUS_ALIGN)?;
+        let state = self.tsm.tdi(t.tdi)?.state;
+        let status: u32 = match state {
+            TdiState::Unbound => 0,
+            TdiState::Locked { .. } => 1,
+            TdiState::Run { .. } => 2,
+            TdiState::Error { .. } | TdiState::Unbinding { .. } => 3,
+        };
+        let asid = match state.owner() {
+            Some(o) => self.tsm.with_table(|r| r.asid(o))?,
+            None => 0,
+        };
+        let mut data = abi::TdiInfoData::new_zeroed();
+        data.length = u32::try_from(core::mem::size_of::<abi::TdiInfoData>())
+            .unwrap_or(0)
+            .into();
+        let [devfn, bus] = t.iface.routing_id().to_le_bytes();
+        let [seg, _] = t.iface.segment().to_le_bytes();
+        let iid = u32::from_le_bytes([devfn, bus, seg, 0]) | abi::IID_RSEG_VALID;
+        data.interface_id.function_id = iid.into();
+        data.p1_flags = (status << abi::INFO_TDI_STATUS_SHIFT).into();
+        data.p2_flags = u32::from(t.lock_flags).into();
+        data.intf_report_counter = t.reports.into();
+        data.asid = asid.into();
+        put(mem, out, &data)?;
+        DONE
+    }
+
+    fn tdi_error(&mut self, buf: &[u8]) -> Step {
+        let c: abi::TdiError = abi::parse(buf)?;
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        Ok(self.tsm.device_error(t.tdi)?)
+    }
+
+    // ---- fences -------------------------------------------------------------------------
+
+    fn fence_clear(&mut self, buf: &[u8]) -> Step {
+        let c: abi::AsidFenceClear = abi::parse(buf)?;
+        self.device(c.dev_ctx.get())?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        self.tsm.host_track(g.guest)?;
+        DONE
+    }
+
+    fn fence_status(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::AsidFenceStatus = abi::parse(buf)?;
+        self.device(c.dev_ctx.get())?;
+        let asid = c.asid.get();
+        let g = self
+            .guests
+            .iter()
+            .find(|g| g.asid == asid && asid != 0)
+            .copied()
+            .ok_or(SevStatus::INVALID_ASID)?;
+        let out = page_aligned(c.status_pa.get(), 8)?;
+        let pending = self.tsm.with_table(|r| r.fence_pending(g.guest))?;
+        let word: u64 = if pending { abi::FENCE_MMIO_FENCED } else { 0 };
+        put(
+            mem,
+            out,
+            &zerocopy::byteorder::little_endian::U64::new(word),
+        )?;
+        DONE
+    }
+
+    // ---- host MMIO requests (ours) ------------------------------------------------------
+
+    fn mmio_map(&mut self, buf: &[u8]) -> Step {
+        let c: abi::MmioMap = abi::parse(buf)?;
+        let sla = SlaAddr::checked(c.tdi_ctx.get())?.into_bits();
+        let t = self.tdi_ctx(sla).ok_or(SevStatus::INVALID_TDI_CTX)?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        let size = page_size(c.page_size)?;
+        let gpa = Gpa::try_new(c.gpa.get())?;
+        let hpa = Hpa::try_new(c.hpa.get())?;
+        self.tsm.map_mmio(t.tdi, g.guest, gpa, hpa, size)?;
+        DONE
+    }
+
+    fn mmio_block(&mut self, buf: &[u8]) -> Step {
+        let c: abi::MmioBlock = abi::parse(buf)?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        let size = page_size(c.page_size)?;
+        self.tsm
+            .host_block(g.guest, Gpa::try_new(c.gpa.get())?, size)?;
+        DONE
+    }
+
+    fn mmio_unmap(&mut self, buf: &[u8]) -> Step {
+        let c: abi::MmioUnmap = abi::parse(buf)?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        let size = page_size(c.page_size)?;
+        self.tsm
+            .host_unmap(g.guest, Gpa::try_new(c.gpa.get())?, size)?;
+        DONE
+    }
+
+    fn mmio_zap(&mut self, buf: &[u8]) -> Step {
+        let c: abi::MmioZap = abi::parse(buf)?;
+        let range = MmioRange::from_raw(c.base.get(), c.pages.get())?;
+        self.tsm.host_zap(range)?;
+        DONE
+    }
+
+    // ---- guest requests -----------------------------------------------------------------
+
+    fn guest_request(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::GuestRequest = abi::parse(buf)?;
+        spdm(&c.spdm_ctrl)?;
+        let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
+        let g = self.guest(c.gctx_paddr.get())?;
+        let req = page_aligned(c.req_paddr.get(), abi::PAGE_4K)?;
+        let res = page_aligned(c.res_paddr.get(), abi::PAGE_4K)?;
+        if req == res {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let mut hdr = MsgHeader::new_zeroed();
+        mem.read(req, hdr.as_mut_bytes())
+            .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        if !hdr.well_formed() {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let body = req.saturating_add(u64::from(msg::HDR_SIZE));
+        let size = usize::from(hdr.msg_sz.get());
+        // Read, answer, and only then write: a malformed request writes nothing.
+        let mut out = [0u8; msg::MAX_BODY];
+        let (rsp_type, len) = match hdr.msg_type {
+            msg::MSG_TDI_INFO_REQ => {
+                let r: msg::TdiReq = read_body(mem, body, size)?;
+                let rsp = self.msg_tdi_info(&t, &g, &r)?;
+                (msg::MSG_TDI_INFO_RSP, write_body(&mut out, &rsp)?)
+            }
+            msg::MSG_MMIO_VALIDATE_REQ => {
+                let r: msg::MmioValidateReq = read_body(mem, body, size)?;
+                let rsp = self.msg_mmio_validate(&t, &g, &r)?;
+                (msg::MSG_MMIO_VALIDATE_RSP, write_body(&mut out, &rsp)?)
+            }
+            msg::MSG_TDI_START_REQ => {
+                let r: msg::TdiReq = read_body(mem, body, size)?;
+                let rsp = self.msg_tdi_start(&t, &g, &r)?;
+                (msg::MSG_TDI_START_RSP, write_body(&mut out, &rsp)?)
+            }
+            _ => return Err(SevStatus::INVALID_PARAM.into()),
+        };
+        let bytes = out.get(..len).ok_or(SevStatus::INVALID_PARAM)?;
+        let rsp_hdr = MsgHeader::new(rsp_type, len);
+        let mut page = [0u8; msg::HDR_SIZE as usize + msg::MAX_BODY];
+        let total = usize::from(msg::HDR_SIZE).saturating_add(len);
+        let (h, b) = page.split_at_mut(usize::from(msg::HDR_SIZE));
+        h.copy_from_slice(rsp_hdr.as_bytes());
+        b.get_mut(..len)
+            .ok_or(SevStatus::INVALID_PARAM)?
+            .copy_from_slice(bytes);
+        mem.write(res, page.get(..total).ok_or(SevStatus::INVALID_PARAM)?)
+            .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        DONE
+    }
+
+    /// The guest device ID names this TDI only if the host bound it to this guest under it.
+    fn guest_device_ok(&self, t: &TdiCtx, g: &GuestCtx, id: u16) -> Result<bool, Fail> {
+        Ok(self.tsm.tdi(t.tdi)?.state.owner() == Some(g.guest) && t.guest_device_id == id)
+    }
+
+    fn msg_tdi_info(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::TdiReq,
+    ) -> Result<msg::TdiInfoRsp, Fail> {
+        if r.reserved.iter().any(|b| *b != 0) {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let mut rsp = msg::TdiInfoRsp::new_zeroed();
+        rsp.guest_device_id = r.guest_device_id;
+        if self.guest_device_ok(t, g, r.guest_device_id.get())? {
+            let status: u16 = match self.tsm.tdi(t.tdi)?.state {
+                TdiState::Locked { .. } => 1,
+                TdiState::Run { .. } => 2,
+                _ => 0,
+            };
+            rsp.tdi_status = status.into();
+            rsp.lock_flags = u32::from(t.lock_flags).into();
+            rsp.tdi_report_count = t.reports.into();
+        }
+        Ok(rsp)
+    }
+
+    fn msg_tdi_start(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::TdiReq,
+    ) -> Result<msg::TdiStartRsp, Fail> {
+        if r.reserved.iter().any(|b| *b != 0) {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let bound_here = self.tsm.tdi(t.tdi)?.state.owner() == Some(g.guest);
+        let outcome = if bound_here && t.guest_device_id != r.guest_device_id.get() {
+            Outcome::plain(SevStatus::INVALID_PARAM)
+        } else {
+            Outcome::from_core(
+                self.tsm
+                    .guest_start(g.guest, t.tdi)
+                    .map(|()| Completion::Done),
+            )
+        };
+        let mut rsp = msg::TdiStartRsp::new_zeroed();
+        rsp.guest_device_id = r.guest_device_id;
+        rsp.status = outcome.status.0.into();
+        rsp.detail = outcome.detail.into();
+        Ok(rsp)
+    }
+
+    fn msg_mmio_validate(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::MmioValidateReq,
+    ) -> Result<msg::MmioValidateRsp, Fail> {
+        let known = msg::VALIDATE_FLAG_VALIDATED | msg::VALIDATE_FLAG_FORCE;
+        if r.reserved0
+            .iter()
+            .chain(r.reserved2.iter())
+            .any(|b| *b != 0)
+            || r.flags.get() & !known != 0
+        {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let mut rsp = msg::MmioValidateRsp::new_zeroed();
+        rsp.guest_device_id = r.guest_device_id;
+        rsp.subrange_base = r.subrange_base;
+        rsp.subrange_page_count = r.subrange_page_count;
+        rsp.range_offset = r.range_offset;
+        rsp.range_id = r.range_id;
+        let (status, changed) = match self.validate(t, g, r) {
+            Ok(changed) => (Mv::Success, changed),
+            Err(s) => (s, false),
+        };
+        rsp.status = (status as u16).into();
+        if changed {
+            rsp.flags = msg::VALIDATE_FLAG_CHANGED.into();
+        }
+        Ok(rsp)
+    }
+
+    fn validate(&self, t: &TdiCtx, g: &GuestCtx, r: &msg::MmioValidateReq) -> Result<bool, Mv> {
+        let state = self.tsm.tdi(t.tdi).map_err(|_| Mv::InvalidTdi)?.state;
+        match state.owner() {
+            None => return Err(Mv::TdiUnbound),
+            Some(o) if o != g.guest || t.guest_device_id != r.guest_device_id.get() => {
+                return Err(Mv::InvalidTdi);
+            }
+            Some(_) => {}
+        }
+        if !matches!(state, TdiState::Locked { .. } | TdiState::Run { .. }) {
+            return Err(Mv::TdiUnbound);
+        }
+        let ranges = self.tsm.owned_ranges(t.tdi).map_err(|_| Mv::InvalidTdi)?;
+        let range = ranges
+            .get(usize::from(r.range_id.get()))
+            .ok_or(Mv::NotReported)?;
+        let pages = u64::from(r.subrange_page_count.get());
+        let offset = u64::from(r.range_offset.get());
+        if pages == 0
+            || offset
+                .checked_add(pages)
+                .is_none_or(|end| end > range.pages())
+        {
+            return Err(Mv::OutOfRange);
+        }
+        let hpa = range
+            .base()
+            .checked_add(offset.saturating_mul(abi::PAGE_4K))
+            .ok_or(Mv::OutOfRange)?;
+        let gpa = Gpa::try_new(r.subrange_base.get()).map_err(|_| Mv::NotMapped)?;
+        if !gpa.is_aligned(PageSize::Size4K) {
+            return Err(Mv::NotMapped);
+        }
+        let flags = r.flags.get();
+        let (want, force) = (
+            flags & msg::VALIDATE_FLAG_VALIDATED != 0,
+            flags & msg::VALIDATE_FLAG_FORCE != 0,
+        );
+        self.tsm
+            .with_table(|rmp| rmp.validate(g.guest, hpa, gpa, pages, want, force))
+            .map_err(|_| Mv::NotAssigned)?
+            .map_err(|f| match f {
+                ValidateFault::NotAssigned => Mv::NotAssigned,
+                ValidateFault::NotMapped => Mv::NotMapped,
+                ValidateFault::NotUniform => Mv::NotUniform,
+            })
+    }
+
+    // ---- the host's RMP instructions ----------------------------------------------------
+
+    /// The host's RMPUPDATE of page `hpa`: refused with `FAIL_PERMISSION` for a private MMIO
+    /// page (immutable), `FAIL_INUSE` for any other page a bound TDI owns.
+    pub fn host_rmpupdate(&self, hpa: u64, update: RmpUpdate) -> Result<(), RmpFault> {
+        self.host_rmp_check(hpa, 1)?;
+        self.tsm
+            .with_table(|r| r.host_rmpupdate(hpa, update))
+            .map_err(|_| RmpFault::InUse)?
+    }
+
+    /// The host's PSMASH of the 2M page at `hpa`, refused like [`Sev::host_rmpupdate`].
+    pub fn host_psmash(&self, hpa: u64) -> Result<(), RmpFault> {
+        self.host_rmp_check(hpa, PageSize::Size2M.base_pages())?;
+        self.tsm
+            .with_table(|r| r.host_psmash(hpa))
+            .map_err(|_| RmpFault::InUse)?
+    }
+
+    fn host_rmp_check(&self, hpa: u64, pages: u64) -> Result<(), RmpFault> {
+        let range = MmioRange::from_raw(hpa, pages).map_err(|_| RmpFault::Input)?;
+        let immutable = self
+            .tsm
+            .with_table(|r| {
+                (0..pages).any(|i| {
+                    i.checked_mul(abi::PAGE_4K)
+                        .and_then(|o| hpa.checked_add(o))
+                        .and_then(|a| r.entry(a))
+                        .is_some_and(|e| e.immutable())
+                })
+            })
+            .map_err(|_| RmpFault::InUse)?;
+        if immutable {
+            return Err(RmpFault::Permission);
+        }
+        match self.tsm.host_zap(range) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(RmpFault::InUse),
+        }
+    }
+}
+
+fn page_size(code: u8) -> Result<PageSize, Fail> {
+    PageSize::from_tdx_level(u64::from(code)).ok_or(Error::InvalidPageSize.into())
+}
+
+fn read_body<T: FromBytes + IntoBytes>(
+    mem: &dyn SystemMemory,
+    at: u64,
+    size: usize,
+) -> Result<T, Fail> {
+    if size != core::mem::size_of::<T>() {
+        return Err(SevStatus::INVALID_PARAM.into());
+    }
+    let mut v = T::new_zeroed();
+    mem.read(at, v.as_mut_bytes())
+        .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+    Ok(v)
+}
+
+fn write_body<T: IntoBytes + zerocopy::Immutable>(out: &mut [u8], v: &T) -> Result<usize, Fail> {
+    let bytes = v.as_bytes();
+    out.get_mut(..bytes.len())
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(bytes);
+    Ok(bytes.len())
+}

@@ -1,0 +1,93 @@
+//! System memory as the firmware reaches it: the pages a command names by physical address
+//! (status pages, guest message pages, report output). The firmware reads and writes them only
+//! through this trait, so a bad address is a status, never a fault.
+
+/// Why a memory access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryFault {
+    /// The address (or the span) is not memory the firmware may touch.
+    OutOfRange,
+}
+
+/// Byte access to system physical memory.
+pub trait SystemMemory {
+    /// Copies `out.len()` bytes from `spa`.
+    fn read(&self, spa: u64, out: &mut [u8]) -> Result<(), MemoryFault>;
+    /// Copies `data` to `spa`.
+    fn write(&mut self, spa: u64, data: &[u8]) -> Result<(), MemoryFault>;
+}
+
+/// Bytes in one page.
+const PAGE: usize = 4096;
+
+/// `N` 4K pages of memory at physical address `base`, for tests and the host shim. No heap.
+#[derive(Clone)]
+pub struct PageMemory<const N: usize> {
+    base: u64,
+    pages: [[u8; PAGE]; N],
+}
+
+impl<const N: usize> PageMemory<N> {
+    /// Zeroed pages starting at `base`.
+    pub const fn new(base: u64) -> Self {
+        Self {
+            base,
+            pages: [[0; PAGE]; N],
+        }
+    }
+
+    /// Physical address of page `i` (wrapping is impossible for the few pages tests use).
+    pub const fn page(&self, i: u64) -> u64 {
+        self.base.saturating_add(i.saturating_mul(PAGE as u64))
+    }
+
+    fn span(&self, spa: u64, len: usize) -> Option<(usize, usize)> {
+        let off = usize::try_from(spa.checked_sub(self.base)?).ok()?;
+        let page = off / PAGE;
+        let within = off % PAGE;
+        // Accesses never cross a page: every structure we exchange fits in one.
+        (within.checked_add(len)? <= PAGE && page < N).then_some((page, within))
+    }
+}
+
+impl<const N: usize> SystemMemory for PageMemory<N> {
+    fn read(&self, spa: u64, out: &mut [u8]) -> Result<(), MemoryFault> {
+        let (page, at) = self.span(spa, out.len()).ok_or(MemoryFault::OutOfRange)?;
+        let src = self
+            .pages
+            .get(page)
+            .and_then(|p| p.get(at..at.saturating_add(out.len())))
+            .ok_or(MemoryFault::OutOfRange)?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&mut self, spa: u64, data: &[u8]) -> Result<(), MemoryFault> {
+        let (page, at) = self.span(spa, data.len()).ok_or(MemoryFault::OutOfRange)?;
+        let dst = self
+            .pages
+            .get_mut(page)
+            .and_then(|p| p.get_mut(at..at.saturating_add(data.len())))
+            .ok_or(MemoryFault::OutOfRange)?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_statuses() {
+        let mut m = PageMemory::<2>::new(0x1000);
+        assert_eq!(m.write(0x1ffe, &[1, 2]), Ok(()));
+        assert_eq!(m.write(0x1fff, &[1, 2]), Err(MemoryFault::OutOfRange));
+        assert_eq!(m.write(0xfff, &[1]), Err(MemoryFault::OutOfRange));
+        assert_eq!(m.write(0x3000, &[1]), Err(MemoryFault::OutOfRange));
+        let mut b = [0; 2];
+        assert_eq!(m.read(0x1ffe, &mut b), Ok(()));
+        assert_eq!(b, [1, 2]);
+        assert_eq!(m.read(u64::MAX, &mut b), Err(MemoryFault::OutOfRange));
+    }
+}

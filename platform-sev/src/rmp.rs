@@ -1,0 +1,535 @@
+//! The reverse map table (RMP) for private MMIO: one entry per 4K host page of an MMIO window,
+//! in caller-provided memory, and the [`SecureTable`] the core drives on it.
+//!
+//! AMD APM Vol. 2 15.36.3 names the RMP fields (Assigned, Page_Size, Immutable, Guest physical
+//! address, ASID, Validated); their bit positions are implementation-specific and not
+//! architectural, so the layout of [`RmpEntry`] is ours. SEV-TIO adds MMIO pages to the RMP:
+//! the `mmio` bit. A leaf of 2M or 1G is recorded in every 4K entry it covers, each naming its
+//! own guest page (the "smashed" form; APM: a 1G mapping is backed by 2M RMP entries, so the
+//! RMP page size is 2M for both). `blocked`, `leaf_size` and `fence_epoch` are ours: they hold
+//! the reclaim state (blocked, fenced, unassigned) the core's unbind walks through.
+
+use bitfield_struct::bitfield;
+use tsm_core::capacity::MAX_GUESTS;
+use tsm_core::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
+
+use crate::status::SevStatus;
+
+/// RMP `Page_Size` values (APM Vol. 2 15.36.3: 0 = 4K, 1 = 2M).
+pub const RMP_PAGE_4K: bool = false;
+/// 2M RMP page.
+pub const RMP_PAGE_2M: bool = true;
+
+/// One RMP entry (16 bytes, as on hardware; layout ours).
+#[bitfield(u128)]
+#[derive(PartialEq, Eq)]
+pub struct RmpEntry {
+    /// Assigned to a guest (or the firmware); the host may not write the page.
+    pub assigned: bool,
+    /// RMP page size: [`RMP_PAGE_4K`] or [`RMP_PAGE_2M`].
+    pub page_size: bool,
+    /// Only the firmware may change the entry (set for every private MMIO page).
+    pub immutable: bool,
+    /// The guest has validated the page (MMIO_VALIDATE).
+    pub validated: bool,
+    /// SEV-TIO: the page is device MMIO, not DRAM.
+    pub mmio: bool,
+    /// Ours: blocked, no new guest translation (reclaim step 1).
+    pub blocked: bool,
+    /// Ours: the guest leaf size (0 4K, 1 2M, 2 1G), so a lookup returns the whole leaf.
+    #[bits(2)]
+    pub leaf_size: u8,
+    #[bits(4)]
+    __: u8,
+    /// Guest page frame number (guest physical address bits 51:12).
+    #[bits(40)]
+    pub gpa_pfn: u64,
+    #[bits(12)]
+    __: u16,
+    /// The guest's ASID.
+    pub asid: u32,
+    /// Ours: the ASID fence epoch at which the entry was blocked.
+    pub fence_epoch: u32,
+}
+
+const fn leaf_code(size: PageSize) -> u8 {
+    size.tdx_level()
+}
+
+fn leaf_size_of(code: u8) -> Option<PageSize> {
+    PageSize::from_tdx_level(u64::from(code))
+}
+
+/// The fence state of one guest's ASID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct AsidFence {
+    /// 0: no ASID (the guest context is not activated).
+    asid: u32,
+    /// Fences raised.
+    raised: u32,
+    /// Fences completed (all TLBs and IOTLBs flushed).
+    done: u32,
+}
+
+/// Why the host's own RMP instruction failed. APM Vol. 3 RMPUPDATE / PSMASH return codes
+/// (Linux `arch/x86/include/asm/sev.h`): `FAIL_INPUT = 1`, `FAIL_PERMISSION = 2`,
+/// `FAIL_INUSE = 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RmpFault {
+    /// Bad operand (unaligned, outside the RMP window). `RMPUPDATE_FAIL_INPUT = 1`.
+    Input = 1,
+    /// The entry is immutable: only the firmware may change it. `FAIL_PERMISSION = 2`.
+    Permission = 2,
+    /// The page belongs to a bound TDI (or the 2M page is in use). `FAIL_INUSE = 3`.
+    InUse = 3,
+}
+
+/// What the host asks RMPUPDATE to write (its own pages only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RmpUpdate {
+    /// Assign to `asid` at `gpa`, or (`false`) return to the host.
+    pub assigned: bool,
+    /// ASID to assign to.
+    pub asid: u32,
+    /// Guest address.
+    pub gpa: u64,
+    /// RMP page size.
+    pub page_size: bool,
+}
+
+/// Why a guest's MMIO_VALIDATE of a subrange failed, per page checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidateFault {
+    /// A page is not assigned to the guest (or is blocked).
+    NotAssigned,
+    /// A page is not mapped at the expected guest address.
+    NotMapped,
+    /// The validated bit is not uniform over the subrange (and `force` was not set).
+    NotUniform,
+}
+
+/// The RMP over a window of host MMIO pages: entry `i` is the page at `base + i * 4K`.
+/// `S` is the caller's memory (`&'static mut [RmpEntry]` in firmware, a `Vec` in tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rmp<S> {
+    base: u64,
+    entries: S,
+    fences: [AsidFence; MAX_GUESTS],
+    hold_fence: bool,
+}
+
+const PAGE: u64 = 4096;
+
+impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
+    /// An RMP over `entries.len()` pages from `base` (4K aligned, wholly below 2^52). Every
+    /// entry is cleared: the window starts as the host's.
+    pub fn new(base: Hpa, mut entries: S) -> Result<Self, SevStatus> {
+        let pages = u64::try_from(entries.as_ref().len()).map_err(|_| SevStatus::INVALID_PARAM)?;
+        if !base.is_aligned(PageSize::Size4K)
+            || pages
+                .checked_mul(PAGE)
+                .and_then(|b| base.checked_add(b))
+                .is_none()
+        {
+            return Err(SevStatus::INVALID_ADDRESS);
+        }
+        entries.as_mut().fill(RmpEntry::new());
+        Ok(Self {
+            base: base.as_u64(),
+            entries,
+            fences: [AsidFence::default(); MAX_GUESTS],
+            hold_fence: false,
+        })
+    }
+
+    /// The entries (RMPREAD for tests and the host shim).
+    pub fn entries(&self) -> &[RmpEntry] {
+        self.entries.as_ref()
+    }
+
+    /// The entry of host page `hpa`, if it is in the window.
+    pub fn entry(&self, hpa: u64) -> Option<RmpEntry> {
+        self.index(hpa).and_then(|i| self.entries().get(i)).copied()
+    }
+
+    fn index(&self, hpa: u64) -> Option<usize> {
+        let off = hpa.checked_sub(self.base)?;
+        if off & (PAGE - 1) != 0 {
+            return None;
+        }
+        let i = usize::try_from(off >> 12).ok()?;
+        (i < self.entries().len()).then_some(i)
+    }
+
+    /// Indexes of the `pages` entries from `hpa`, if all are in the window.
+    fn span(&self, hpa: u64, pages: u64) -> Option<core::ops::Range<usize>> {
+        let first = self.index(hpa)?;
+        let end = first.checked_add(usize::try_from(pages).ok()?)?;
+        (end <= self.entries().len()).then_some(first..end)
+    }
+
+    fn hpa_of(&self, i: usize) -> Option<Hpa> {
+        let off = u64::try_from(i).ok()?.checked_mul(PAGE)?;
+        Hpa::try_new(self.base.checked_add(off)?).ok()
+    }
+
+    fn fence(&self, guest: GuestId) -> Result<AsidFence, TableError> {
+        match self.fences.get(usize::from(guest.slot())) {
+            Some(f) if f.asid != 0 => Ok(*f),
+            _ => Err(TableError::UnknownGuest),
+        }
+    }
+
+    fn guest_of_asid(&self, asid: u32) -> Option<GuestId> {
+        let slot = self
+            .fences
+            .iter()
+            .position(|f| f.asid == asid && asid != 0)?;
+        u16::try_from(slot).ok().map(GuestId::from_slot)
+    }
+
+    /// Gives `guest` its ASID (SNP_ACTIVATE) or takes it away (`0`, SNP_DECOMMISSION).
+    /// `INVALID_ASID` if another guest has it, `INVALID_GUEST` past the table, `IN_USE` if the
+    /// guest still has pages in the RMP.
+    pub fn set_asid(&mut self, guest: GuestId, asid: u32) -> Result<(), SevStatus> {
+        if asid != 0 && self.guest_of_asid(asid).is_some_and(|g| g != guest) {
+            return Err(SevStatus::INVALID_ASID);
+        }
+        let old = self.fence(guest).map(|f| f.asid).unwrap_or(0);
+        if old != 0
+            && self
+                .entries()
+                .iter()
+                .any(|e| e.assigned() && e.asid() == old)
+        {
+            return Err(SevStatus::IN_USE);
+        }
+        let slot = self
+            .fences
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SevStatus::INVALID_GUEST)?;
+        *slot = AsidFence {
+            asid,
+            raised: 0,
+            done: 0,
+        };
+        Ok(())
+    }
+
+    /// The ASID of `guest`, 0 if none.
+    pub fn asid(&self, guest: GuestId) -> u32 {
+        self.fence(guest).map(|f| f.asid).unwrap_or(0)
+    }
+
+    /// Whether a fence of `guest` is raised and not yet complete (ASID_FENCE_STATUS).
+    pub fn fence_pending(&self, guest: GuestId) -> bool {
+        self.fence(guest).is_ok_and(|f| f.done < f.raised)
+    }
+
+    /// Tests: hold fences (they stay pending) or complete every pending one and stop holding.
+    pub fn hold_fences(&mut self, hold: bool) {
+        self.hold_fence = hold;
+        if !hold {
+            for f in &mut self.fences {
+                f.done = f.raised;
+            }
+        }
+    }
+
+    /// The leaf covering the entry at index `i`: its first index and the leaf itself.
+    fn leaf_at(&self, i: usize) -> Option<(usize, Leaf)> {
+        let e = *self.entries().get(i)?;
+        if !e.assigned() || !e.mmio() {
+            return None;
+        }
+        let size = leaf_size_of(e.leaf_size())?;
+        let hpa = self.hpa_of(i)?.as_u64();
+        // The leaf starts at the host address aligned down to its size, and the guest address
+        // moves with it.
+        let back = hpa & size.offset_mask();
+        let first = i.checked_sub(usize::try_from(back >> 12).ok()?)?;
+        let gpa = (e.gpa_pfn() << 12).checked_sub(back)?;
+        let state = if e.blocked() {
+            LeafState::Blocked {
+                epoch: Epoch::from(e.fence_epoch()),
+            }
+        } else {
+            LeafState::Mapped
+        };
+        Some((
+            first,
+            Leaf {
+                guest: self.guest_of_asid(e.asid())?,
+                gpa: Gpa::try_new(gpa).ok()?,
+                hpa: self.hpa_of(first)?,
+                size,
+                state,
+            },
+        ))
+    }
+
+    /// Finds `guest`'s leaf that covers `gpa`: the entry index of its first page.
+    fn find(&self, guest: GuestId, gpa: Gpa) -> Result<(usize, Leaf), TableError> {
+        let asid = self.fence(guest)?.asid;
+        let pfn = gpa.as_u64() >> 12;
+        let i = self
+            .entries()
+            .iter()
+            .position(|e| e.assigned() && e.mmio() && e.asid() == asid && e.gpa_pfn() == pfn)
+            .ok_or(TableError::NotMapped)?;
+        self.leaf_at(i).ok_or(TableError::NotMapped)
+    }
+
+    /// The leaf at exactly `gpa` of `size`.
+    fn exact(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        size: PageSize,
+    ) -> Result<(core::ops::Range<usize>, Leaf), TableError> {
+        let (first, leaf) = self.find(guest, gpa)?;
+        if leaf.gpa != gpa || leaf.size != size {
+            return Err(TableError::SizeMismatch);
+        }
+        let end = first
+            .checked_add(usize::try_from(size.base_pages()).map_err(|_| TableError::OutOfFrames)?)
+            .ok_or(TableError::OutOfFrames)?;
+        Ok((first..end, leaf))
+    }
+
+    fn entries_mut(&mut self, r: core::ops::Range<usize>) -> &mut [RmpEntry] {
+        self.entries.as_mut().get_mut(r).unwrap_or_default()
+    }
+
+    // ---- the host's own instructions ---------------------------------------------------
+
+    /// The host's RMPUPDATE of page `hpa`. Refused for a firmware-owned (immutable) entry,
+    /// which every private MMIO page is: the host can neither reassign nor unassign it.
+    pub fn host_rmpupdate(&mut self, hpa: u64, update: RmpUpdate) -> Result<(), RmpFault> {
+        let i = self.index(hpa).ok_or(RmpFault::Input)?;
+        let e = *self.entries().get(i).ok_or(RmpFault::Input)?;
+        if e.immutable() {
+            return Err(RmpFault::Permission);
+        }
+        if update.gpa & (PAGE - 1) != 0 {
+            return Err(RmpFault::Input);
+        }
+        let new = if update.assigned {
+            RmpEntry::new()
+                .with_assigned(true)
+                .with_asid(update.asid)
+                .with_gpa_pfn(update.gpa >> 12)
+                .with_page_size(update.page_size)
+        } else {
+            RmpEntry::new()
+        };
+        if let Some(slot) = self.entries.as_mut().get_mut(i) {
+            *slot = new;
+        }
+        Ok(())
+    }
+
+    /// The host's PSMASH of the 2M page at `hpa` (split into 4K entries). Refused for an
+    /// immutable entry: a private MMIO page keeps its size until unbind reclaims it.
+    pub fn host_psmash(&mut self, hpa: u64) -> Result<(), RmpFault> {
+        if hpa & PageSize::Size2M.offset_mask() != 0 {
+            return Err(RmpFault::Input);
+        }
+        let r = self
+            .span(hpa, PageSize::Size2M.base_pages())
+            .ok_or(RmpFault::Input)?;
+        let entries = self.entries().get(r.clone()).ok_or(RmpFault::Input)?;
+        if entries.iter().any(|e| e.immutable()) {
+            return Err(RmpFault::Permission);
+        }
+        for e in self.entries_mut(r) {
+            e.set_page_size(RMP_PAGE_4K);
+        }
+        Ok(())
+    }
+
+    // ---- the guest's validation --------------------------------------------------------
+
+    /// MMIO_VALIDATE: set (or clear) the validated bit of the `pages` pages from `hpa`, which
+    /// must be assigned to `guest` at `gpa` onwards. Checks every page before changing any.
+    /// Returns whether any bit changed.
+    pub fn validate(
+        &mut self,
+        guest: GuestId,
+        hpa: Hpa,
+        gpa: Gpa,
+        pages: u64,
+        validated: bool,
+        force: bool,
+    ) -> Result<bool, ValidateFault> {
+        let asid = self
+            .fence(guest)
+            .map_err(|_| ValidateFault::NotAssigned)?
+            .asid;
+        let r = self
+            .span(hpa.as_u64(), pages)
+            .ok_or(ValidateFault::NotAssigned)?;
+        let first_pfn = gpa.as_u64() >> 12;
+        let entries = self
+            .entries()
+            .get(r.clone())
+            .ok_or(ValidateFault::NotAssigned)?;
+        let mut pfn = first_pfn;
+        for e in entries {
+            if !e.assigned() || !e.mmio() || e.blocked() || e.asid() != asid {
+                return Err(ValidateFault::NotAssigned);
+            }
+            if e.gpa_pfn() != pfn {
+                return Err(ValidateFault::NotMapped);
+            }
+            pfn = pfn.wrapping_add(1);
+        }
+        let uniform = entries.windows(2).all(|w| match w {
+            [a, b] => a.validated() == b.validated(),
+            _ => true,
+        });
+        if !uniform && !force {
+            return Err(ValidateFault::NotUniform);
+        }
+        let changed = entries.iter().any(|e| e.validated() != validated);
+        for e in self.entries_mut(r) {
+            e.set_validated(validated);
+        }
+        Ok(changed)
+    }
+}
+
+impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
+    /// RMPUPDATE of every host page of the leaf: assigned to the guest's ASID at its guest
+    /// page, MMIO, immutable, not yet validated.
+    fn map(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
+        let asid = self.fence(guest)?.asid;
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(TableError::Misaligned);
+        }
+        let r = self
+            .span(hpa.as_u64(), size.base_pages())
+            .ok_or(TableError::OutOfFrames)?;
+        let entries = self
+            .entries()
+            .get(r.clone())
+            .ok_or(TableError::OutOfFrames)?;
+        if entries.iter().any(|e| e.assigned()) {
+            return Err(TableError::HpaMapped);
+        }
+        let lo = gpa.as_u64() >> 12;
+        let hi = lo.saturating_add(size.base_pages());
+        if self
+            .entries()
+            .iter()
+            .any(|e| e.assigned() && e.asid() == asid && (lo..hi).contains(&e.gpa_pfn()))
+        {
+            return Err(TableError::GpaMapped);
+        }
+        let template = RmpEntry::new()
+            .with_assigned(true)
+            .with_immutable(true)
+            .with_mmio(true)
+            .with_asid(asid)
+            .with_leaf_size(leaf_code(size))
+            .with_page_size(if size == PageSize::Size4K {
+                RMP_PAGE_4K
+            } else {
+                RMP_PAGE_2M
+            });
+        let mut pfn = lo;
+        for e in self.entries_mut(r) {
+            *e = template.with_gpa_pfn(pfn);
+            pfn = pfn.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// Marks every entry of the leaf blocked at the current fence epoch; a blocked leaf stays
+    /// as it is (the core relies on a repeated block being a no-op).
+    fn block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let raised = self.fence(guest)?.raised;
+        let (r, leaf) = self.exact(guest, gpa, size)?;
+        if leaf.state != LeafState::Mapped {
+            return Ok(());
+        }
+        for e in self.entries_mut(r) {
+            e.set_blocked(true);
+            e.set_fence_epoch(raised);
+        }
+        Ok(())
+    }
+
+    /// Raises the ASID fence (ASID_FENCE_CLEAR): complete at once unless tests hold it.
+    fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
+        self.fence(guest)?;
+        let hold = self.hold_fence;
+        let f = self
+            .fences
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(TableError::UnknownGuest)?;
+        f.raised = f.raised.checked_add(1).ok_or(TableError::OutOfFrames)?;
+        if !hold {
+            f.done = f.raised;
+        }
+        Ok(())
+    }
+
+    /// Unassigns a blocked leaf once a fence raised after its block has completed.
+    fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {
+        let done = self.fence(guest)?.done;
+        let (r, leaf) = self.exact(guest, gpa, size)?;
+        match leaf.state {
+            LeafState::Mapped => Err(TableError::NotBlocked),
+            LeafState::Blocked { epoch } if Epoch::from(done) <= epoch => {
+                Err(TableError::TlbNotFlushed)
+            }
+            LeafState::Blocked { .. } => {
+                self.entries_mut(r).fill(RmpEntry::new());
+                Ok(leaf.hpa)
+            }
+        }
+    }
+
+    fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf> {
+        self.find(guest, gpa).ok().map(|(_, l)| l)
+    }
+
+    /// Walks the RMP window by host address.
+    fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
+        let start = from.max(within.base()).as_u64().max(self.base);
+        // Round up to a page: entries are per page.
+        let start = start.checked_add(PAGE - 1)? & !(PAGE - 1);
+        let mut i = self.index(start)?;
+        loop {
+            let hpa = self.hpa_of(i)?;
+            if hpa.as_u64() >= within.end() {
+                return None;
+            }
+            match self.leaf_at(i) {
+                Some((_, leaf))
+                    if leaf.hpa >= from && within.contains_page(leaf.hpa, leaf.size) =>
+                {
+                    return Some(leaf);
+                }
+                Some((first, leaf)) => {
+                    // Inside a leaf that starts before `from` or leaves `within`: skip it.
+                    let pages = usize::try_from(leaf.size.base_pages()).ok()?;
+                    i = first.checked_add(pages)?.max(i.checked_add(1)?);
+                }
+                None => i = i.checked_add(1)?,
+            }
+            if i >= self.entries().len() {
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! SEV firmware status codes, and the one mapping from tsm-core statuses to them.
+//!
+//! Numbers are AMD's (SEV API, doc 55766, "Status Codes"; SEV-TIO firmware interface, doc
+//! 58271), as the Linux host driver spells them in `include/uapi/linux/psp-sev.h`
+//! (`enum sev_ret_code`). Two codes are ours, in a range AMD does not use (`0xFF00` up):
+//! [`SevStatus::RESUME_REQUIRED`] and [`SevStatus::BUSY`]; the PSP has neither because it runs
+//! one command at a time to completion, our firmware does neither.
+
+use tsm_core::status::{Completion, Error, TsmResult};
+
+/// A firmware status as the host reads it from the mailbox (CMDRESP bits 15:0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SevStatus(pub u16);
+
+impl SevStatus {
+    /// The command completed. psp-sev.h `SEV_RET_SUCCESS = 0x0000`.
+    pub const SUCCESS: Self = Self(0x0000);
+    /// The platform is not in a state that allows the command.
+    /// psp-sev.h `SEV_RET_INVALID_PLATFORM_STATE = 0x0001`.
+    pub const INVALID_PLATFORM_STATE: Self = Self(0x0001);
+    /// The guest is not in a state that allows the command.
+    /// psp-sev.h `SEV_RET_INVALID_GUEST_STATE = 0x0002`.
+    pub const INVALID_GUEST_STATE: Self = Self(0x0002);
+    /// A buffer length is wrong. psp-sev.h `SEV_RET_INVALID_LEN = 0x0004`.
+    pub const INVALID_LEN: Self = Self(0x0004);
+    /// An address is invalid or not aligned. psp-sev.h `SEV_RET_INVALID_ADDRESS = 0x0009`.
+    pub const INVALID_ADDRESS: Self = Self(0x0009);
+    /// The ASID is invalid. psp-sev.h `SEV_RET_INVALID_ASID = 0x000D`.
+    pub const INVALID_ASID: Self = Self(0x000D);
+    /// The guest context is unknown, or the guest is not the one the object belongs to.
+    /// psp-sev.h `SEV_RET_INVALID_GUEST = 0x0010`.
+    pub const INVALID_GUEST: Self = Self(0x0010);
+    /// Unknown command. psp-sev.h `SEV_RET_INVALID_COMMAND = 0x0011` (we answer
+    /// [`SevStatus::INVALID_PARAM`] instead, see the README).
+    pub const INVALID_COMMAND: Self = Self(0x0011);
+    /// A parameter is invalid (short or malformed buffer, reserved field set, ...).
+    /// psp-sev.h `SEV_RET_INVALID_PARAM = 0x0016`.
+    pub const INVALID_PARAM: Self = Self(0x0016);
+    /// A firmware table is full. psp-sev.h `SEV_RET_RESOURCE_LIMIT = 0x0017`.
+    pub const RESOURCE_LIMIT: Self = Self(0x0017);
+    /// A page has the wrong size. psp-sev.h `SEV_RET_INVALID_PAGE_SIZE = 0x0019`.
+    pub const INVALID_PAGE_SIZE: Self = Self(0x0019);
+    /// A page's RMP state forbids the operation.
+    /// psp-sev.h `SEV_RET_INVALID_PAGE_STATE = 0x001A`.
+    pub const INVALID_PAGE_STATE: Self = Self(0x001A);
+    /// A page belongs to someone else. psp-sev.h `SEV_RET_INVALID_PAGE_OWNER = 0x001C`.
+    pub const INVALID_PAGE_OWNER: Self = Self(0x001C);
+    /// An SPDM exchange with the device failed (the device answered with an error).
+    /// psp-sev.h `SEV_RET_SPDM_ERROR = 0x0033`.
+    pub const SPDM_ERROR: Self = Self(0x0033);
+    /// The device connection failed (no answer).
+    /// psp-sev.h `SEV_RET_SEV_STATUS_ERR_IN_DEV_CONN = 0x0035`.
+    pub const ERR_IN_DEV_CONN: Self = Self(0x0035);
+    /// Unknown device context. psp-sev.h `SEV_RET_SEV_STATUS_INVALID_DEV_CTX = 0x0036`.
+    pub const INVALID_DEV_CTX: Self = Self(0x0036);
+    /// Unknown TDI context. psp-sev.h `SEV_RET_SEV_STATUS_INVALID_TDI_CTX = 0x0037`.
+    pub const INVALID_TDI_CTX: Self = Self(0x0037);
+    /// The TDI does not belong to the device named.
+    /// psp-sev.h `SEV_RET_SEV_STATUS_INVALID_TDI = 0x0038`.
+    pub const INVALID_TDI: Self = Self(0x0038);
+    /// A reclaim must come first. psp-sev.h `SEV_RET_SEV_STATUS_RECLAIM_REQUIRED = 0x0039`.
+    pub const RECLAIM_REQUIRED: Self = Self(0x0039);
+    /// The object is in use (bound TDI, device with TDIs, guest with TDIs).
+    /// psp-sev.h `SEV_RET_IN_USE = 0x003A`.
+    pub const IN_USE: Self = Self(0x003A);
+    /// The device is not in a state that allows the command.
+    /// psp-sev.h `SEV_RET_SEV_STATUS_INVALID_DEV_STATE = 0x003B`.
+    pub const INVALID_DEV_STATE: Self = Self(0x003B);
+    /// The TDI is not in a state that allows the command.
+    /// psp-sev.h `SEV_RET_SEV_STATUS_INVALID_TDI_STATE = 0x003C`.
+    pub const INVALID_TDI_STATE: Self = Self(0x003C);
+    /// Ours: a bounded step of a long command (TDI_UNBIND) completed and its progress is kept;
+    /// issue the same command again to continue.
+    pub const RESUME_REQUIRED: Self = Self(0xFF01);
+    /// Ours: another CPU holds a lock the command needs; retry.
+    pub const BUSY: Self = Self(0xFF02);
+
+    /// Every status this firmware returns, for exhaustive tests and the README table.
+    pub const ALL: [SevStatus; 24] = [
+        Self::SUCCESS,
+        Self::INVALID_PLATFORM_STATE,
+        Self::INVALID_GUEST_STATE,
+        Self::INVALID_LEN,
+        Self::INVALID_ADDRESS,
+        Self::INVALID_ASID,
+        Self::INVALID_GUEST,
+        Self::INVALID_COMMAND,
+        Self::INVALID_PARAM,
+        Self::RESOURCE_LIMIT,
+        Self::INVALID_PAGE_SIZE,
+        Self::INVALID_PAGE_STATE,
+        Self::INVALID_PAGE_OWNER,
+        Self::SPDM_ERROR,
+        Self::ERR_IN_DEV_CONN,
+        Self::INVALID_DEV_CTX,
+        Self::INVALID_TDI_CTX,
+        Self::INVALID_TDI,
+        Self::RECLAIM_REQUIRED,
+        Self::IN_USE,
+        Self::INVALID_DEV_STATE,
+        Self::INVALID_TDI_STATE,
+        Self::RESUME_REQUIRED,
+        Self::BUSY,
+    ];
+}
+
+/// The answer to one command: AMD's status, plus the precise tsm-core code behind it.
+///
+/// `detail` is our extension (0 when the status did not come from the core): SEV statuses are
+/// coarser than the core's (five TDI-state refusals are all `INVALID_TDI_STATE`), so we report
+/// the core code beside the AMD one, the way a TDX status carries an operand id. A host that
+/// only knows AMD's codes reads `status` and loses nothing it could have had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Outcome {
+    /// AMD's status (or one of our two, see [`SevStatus`]).
+    pub status: SevStatus,
+    /// The tsm-core status code (`tsm_core::status` table), 0 if none.
+    pub detail: u16,
+}
+
+impl Outcome {
+    /// A status the SEV layer decided itself (no core status behind it).
+    pub const fn plain(status: SevStatus) -> Self {
+        Self { status, detail: 0 }
+    }
+
+    /// Success.
+    pub const SUCCESS: Self = Self::plain(SevStatus::SUCCESS);
+
+    /// The outcome for a core result.
+    pub fn from_core(result: TsmResult<Completion>) -> Self {
+        match result {
+            Ok(c) => Self {
+                status: from_completion(c),
+                detail: 0,
+            },
+            Err(e) => Self {
+                status: from_error(e),
+                detail: e.code(),
+            },
+        }
+    }
+
+    /// Back to a core result: `detail` when present, else the coarse [`to_error`].
+    pub fn to_core(self) -> TsmResult<Completion> {
+        match self.status {
+            SevStatus::SUCCESS => Ok(Completion::Done),
+            SevStatus::RESUME_REQUIRED => Ok(Completion::Resumable),
+            status => Err(Error::from_code(self.detail).unwrap_or_else(|| to_error(status))),
+        }
+    }
+}
+
+/// Status of a successful core call.
+pub const fn from_completion(c: Completion) -> SevStatus {
+    match c {
+        Completion::Done => SevStatus::SUCCESS,
+        Completion::Resumable => SevStatus::RESUME_REQUIRED,
+    }
+}
+
+/// THE mapping from core statuses to SEV statuses (README "Status mapping" lists it too).
+pub const fn from_error(e: Error) -> SevStatus {
+    match e {
+        // Addresses: SEV reports bad and unaligned addresses alike.
+        Error::InvalidAddress | Error::Misaligned => SevStatus::INVALID_ADDRESS,
+        // Malformed host input that is not an address.
+        Error::InvalidRange
+        | Error::InvalidHandle
+        | Error::InvalidRequesterId
+        | Error::RangeOutsideDevice
+        | Error::RangesOverlap => SevStatus::INVALID_PARAM,
+        Error::InvalidPageSize | Error::SizeMismatch => SevStatus::INVALID_PAGE_SIZE,
+        // Every fixed table running out.
+        Error::TooManyRanges
+        | Error::DeviceTableFull
+        | Error::TdiTableFull
+        | Error::GuestTableFull
+        | Error::OwnershipTableFull
+        | Error::SecureTableFull => SevStatus::RESOURCE_LIMIT,
+        // Something the host wants to take or free is held.
+        Error::TdiBound
+        | Error::DeviceInUse
+        | Error::GuestInUse
+        | Error::DuplicateDevice
+        | Error::DuplicateTdi => SevStatus::IN_USE,
+        // The TDI's lifecycle state forbids the command.
+        Error::TdiNotBound
+        | Error::TdiAlreadyBound
+        | Error::TdiNotLocked
+        | Error::TdiInError
+        | Error::UnbindInProgress => SevStatus::INVALID_TDI_STATE,
+        Error::NotOwner => SevStatus::INVALID_GUEST,
+        Error::HpaNotOwned => SevStatus::INVALID_PAGE_OWNER,
+        // RMP entry states (assigned, blocked, fenced).
+        Error::GpaAlreadyMapped
+        | Error::HpaAlreadyMapped
+        | Error::NotMapped
+        | Error::NotBlocked
+        | Error::TlbFlushPending => SevStatus::INVALID_PAGE_STATE,
+        Error::DeviceUnresponsive => SevStatus::ERR_IN_DEV_CONN,
+        Error::DeviceRefused => SevStatus::SPDM_ERROR,
+        Error::Busy(_) => SevStatus::BUSY,
+    }
+}
+
+/// The most likely core status for a bare SEV status (no `detail`): what a host that only
+/// reads AMD's code can know. Several core statuses share each SEV code; this names the
+/// representative the README lists first.
+pub const fn to_error(s: SevStatus) -> Error {
+    match s {
+        SevStatus::INVALID_ADDRESS => Error::InvalidAddress,
+        SevStatus::INVALID_PAGE_SIZE => Error::SizeMismatch,
+        SevStatus::RESOURCE_LIMIT => Error::SecureTableFull,
+        SevStatus::IN_USE => Error::TdiBound,
+        SevStatus::INVALID_TDI_STATE => Error::TdiNotBound,
+        SevStatus::INVALID_GUEST => Error::NotOwner,
+        SevStatus::INVALID_PAGE_OWNER => Error::HpaNotOwned,
+        SevStatus::INVALID_PAGE_STATE => Error::NotMapped,
+        SevStatus::ERR_IN_DEV_CONN => Error::DeviceUnresponsive,
+        SevStatus::SPDM_ERROR => Error::DeviceRefused,
+        SevStatus::BUSY => Error::Busy(tsm_core::status::Operand::SecureTable),
+        // Unknown contexts are unknown handles; everything else is malformed input.
+        _ => Error::InvalidHandle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_status_maps_and_round_trips_through_detail() {
+        for e in Error::ALL {
+            let out = Outcome::from_core(Err(e));
+            assert_ne!(out.status, SevStatus::SUCCESS, "{e:?}");
+            assert_ne!(out.status, SevStatus::RESUME_REQUIRED, "{e:?}");
+            assert!(SevStatus::ALL.contains(&out.status), "{e:?}");
+            assert_eq!(out.to_core(), Err(e));
+            // Without the detail the coarse decode stays in the same SEV class.
+            let coarse = Outcome::plain(out.status).to_core();
+            assert_eq!(coarse.map_err(from_error), Err(out.status), "{e:?}");
+        }
+        assert_eq!(Outcome::from_core(Ok(Completion::Done)), Outcome::SUCCESS);
+        assert_eq!(
+            Outcome::from_core(Ok(Completion::Resumable)).to_core(),
+            Ok(Completion::Resumable)
+        );
+    }
+
+    #[test]
+    fn public_numbers() {
+        assert_eq!(SevStatus::INVALID_PARAM.0, 0x16);
+        assert_eq!(SevStatus::RESOURCE_LIMIT.0, 0x17);
+        assert_eq!(SevStatus::INVALID_PAGE_STATE.0, 0x1A);
+        assert_eq!(SevStatus::IN_USE.0, 0x3A);
+        assert_eq!(SevStatus::INVALID_TDI_STATE.0, 0x3C);
+        for (i, a) in SevStatus::ALL.iter().enumerate() {
+            for b in SevStatus::ALL.iter().skip(i + 1) {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}
