@@ -1,0 +1,221 @@
+//! Exception handling: the 32 CPU exceptions print vector, error code and RIP on the serial
+//! console and end the run as a failure. A fault is a red run, never a hang.
+
+use core::arch::asm;
+
+/// Exceptions that push an error code: 8, 10-14, 17, 21, 29, 30.
+const fn has_error_code(vector: usize) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+const _: () = assert!(has_error_code(14) && !has_error_code(3));
+
+core::arch::global_asm!(
+    r#"
+    // One stub per vector: make the stack look the same for all, then go to the common path.
+    .macro isr_stub vec, errcode
+isr_stub_\vec:
+    .if \errcode == 0
+    pushq $0                            // no CPU error code: push a dummy one
+    .endif
+    pushq $\vec                         // the vector number
+    jmp isr_common
+    .endm
+
+    .section .text.isr, "ax"
+    .code64
+isr_common:
+    mov %rsp, %rdi                      // argument: &Frame {{ vector, error, rip, cs, rflags, rsp, ss }}
+    and $-16, %rsp                      // ABI stack alignment for the call
+    call {handler}                      // prints and exits; never returns
+5:  hlt                                 // but if it did: stop here
+    jmp 5b
+
+    isr_stub 0, 0
+    isr_stub 1, 0
+    isr_stub 2, 0
+    isr_stub 3, 0
+    isr_stub 4, 0
+    isr_stub 5, 0
+    isr_stub 6, 0
+    isr_stub 7, 0
+    isr_stub 8, 1
+    isr_stub 9, 0
+    isr_stub 10, 1
+    isr_stub 11, 1
+    isr_stub 12, 1
+    isr_stub 13, 1
+    isr_stub 14, 1
+    isr_stub 15, 0
+    isr_stub 16, 0
+    isr_stub 17, 1
+    isr_stub 18, 0
+    isr_stub 19, 0
+    isr_stub 20, 0
+    isr_stub 21, 1
+    isr_stub 22, 0
+    isr_stub 23, 0
+    isr_stub 24, 0
+    isr_stub 25, 0
+    isr_stub 26, 0
+    isr_stub 27, 0
+    isr_stub 28, 0
+    isr_stub 29, 1
+    isr_stub 30, 1
+    isr_stub 31, 0
+
+    // Stub addresses, read by `init` to fill the IDT.
+    .section .rodata.isr, "a"
+    .p2align 3
+    .global tsm_isr_stub_table
+tsm_isr_stub_table:
+    .irp vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad isr_stub_\vec
+    .endr
+
+    .text
+"#,
+    handler = sym exception_handler,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static tsm_isr_stub_table: [u64; 32];
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+static IDT: spin::Once<[Entry; 32]> = spin::Once::new();
+
+/// Builds the IDT (once, on the BSP).
+pub fn init() {
+    IDT.call_once(|| {
+        // SAFETY: the table is 32 addresses in .rodata, defined above.
+        let stubs = unsafe { tsm_isr_stub_table };
+        let mut idt = [Entry {
+            offset_low: 0,
+            selector: 0,
+            ist: 0,
+            attributes: 0,
+            offset_mid: 0,
+            offset_high: 0,
+            reserved: 0,
+        }; 32];
+        for (vector, (entry, stub)) in idt.iter_mut().zip(stubs).enumerate() {
+            *entry = Entry {
+                offset_low: stub as u16,
+                selector: 0x08,
+                // Double faults switch to IST1 (gdt.rs), so a stack overflow is still reported.
+                ist: if vector == 8 { 1 } else { 0 },
+                attributes: 0x8e, // present, ring 0, 64-bit interrupt gate
+                offset_mid: (stub >> 16) as u16,
+                offset_high: (stub >> 32) as u32,
+                reserved: 0,
+            };
+        }
+        idt
+    });
+}
+
+/// Loads the IDT on the calling CPU (after `init`).
+pub fn load() {
+    let Some(idt) = IDT.get() else {
+        kprintln!("idt: load before init");
+        crate::exit::fail();
+    };
+    #[repr(C, packed)]
+    struct Ptr {
+        limit: u16,
+        base: u64,
+    }
+    let ptr = Ptr {
+        limit: (size_of::<[Entry; 32]>() - 1) as u16,
+        base: idt.as_ptr() as u64,
+    };
+    // SAFETY: the IDT is a 'static table of valid gates pointing at the stubs above.
+    unsafe {
+        asm!("lidt [{}]", in(reg) &raw const ptr, options(readonly, nostack, preserves_flags))
+    };
+}
+
+/// What the stubs leave on the stack.
+#[repr(C)]
+struct Frame {
+    vector: u64,
+    error: u64,
+    rip: u64,
+    _cs: u64,
+    rflags: u64,
+    rsp: u64,
+    _ss: u64,
+}
+
+const NAMES: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved",
+    "#MF x87 floating point",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD floating point",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved",
+];
+
+extern "sysv64" fn exception_handler(frame: *const Frame) -> ! {
+    use core::fmt::Write;
+    // SAFETY: the stub passes its stack pointer, where it and the CPU just pushed a Frame.
+    let frame = unsafe { &*frame };
+    let cr2: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    let name = usize::try_from(frame.vector)
+        .ok()
+        .and_then(|v| NAMES.get(v))
+        .unwrap_or(&"unknown");
+    // Unlocked writer: the fault may have hit while this CPU held the console lock.
+    let _ = writeln!(
+        crate::serial::Raw,
+        "\nEXCEPTION: {name} (vector {}) error code {:#x} at rip {:#x} (cr2 {:#x}, rsp {:#x}, rflags {:#x}) on apic {}",
+        frame.vector,
+        frame.error,
+        frame.rip,
+        cr2,
+        frame.rsp,
+        frame.rflags,
+        crate::smp::apic_id(),
+    );
+    crate::exit::fail()
+}

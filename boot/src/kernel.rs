@@ -1,0 +1,130 @@
+//! The BSP's main flow: serial, GDT/IDT, start info, frame pool, APs, the stages, the verdict.
+//!
+//! Command-line words (QEMU `-append`), test hooks proving red runs are red:
+//! `fault` (page fault at 4 GiB), `fail` (one failing check), `hang` (a CPU misses the stage
+//! deadline), `deadline=<ms>` (stage deadline, default [`STAGE_DEADLINE_MS`]).
+
+use crate::{exit, frames, gdt, idt, pvh, shim, smp, time};
+use core::sync::atomic::AtomicU32;
+
+/// The PVH start-info pointer, saved by the entry code.
+pub static START_INFO: AtomicU32 = AtomicU32::new(0);
+/// Default deadline of the concurrent stage.
+pub const STAGE_DEADLINE_MS: u64 = 10_000;
+
+/// Rust entry of the BSP (from `bsp_start64` in entry.rs), on the boot stack.
+pub extern "sysv64" fn kmain(start_info: u32) -> ! {
+    crate::serial::init();
+    kprintln!("boot: tsm PVH kernel");
+    gdt::init_cpu(0);
+    idt::init();
+    idt::load();
+
+    // SAFETY: the entry code passes EBX from the PVH loader unchanged; nothing overwrote the
+    // start info yet (the frame pool is not set up and the trampoline is not copied).
+    let info = match unsafe { pvh::parse(u64::from(start_info)) } {
+        Ok(info) => info,
+        Err(e) => {
+            kprintln!("boot: FAIL PVH start info at {start_info:#x}: {e}");
+            exit::fail();
+        }
+    };
+    kprintln!("boot: cmdline \"{}\"", info.cmdline());
+    for r in info.regions() {
+        kprintln!(
+            "boot: memmap {:#012x}-{:#012x} type {}",
+            r.addr,
+            r.addr.saturating_add(r.size),
+            r.kind
+        );
+    }
+    let khz = time::calibrate();
+    kprintln!("boot: tsc {khz} kHz");
+
+    frames::init(info.regions());
+    {
+        let pool = frames::FRAMES.lock();
+        for &(start, end) in pool.ranges() {
+            kprintln!("frames: {start:#x}-{end:#x}");
+        }
+        kprintln!(
+            "frames: {} of {} frames ({} KiB) free",
+            pool.free_frames(),
+            pool.total_frames(),
+            pool.free_frames() * 4
+        );
+    }
+    if !frame_self_test() {
+        kprintln!("boot: FAIL frame pool self-test");
+        exit::fail();
+    }
+
+    if info.has_flag("fault") {
+        kprintln!("boot: deliberate page fault at 4 GiB (cmdline 'fault')");
+        // SAFETY: not safe at all: 4 GiB is unmapped, the access page-faults and the handler
+        // ends the run. That is the point of this hook.
+        let v = unsafe { core::ptr::read_volatile(frames::IDENTITY_MAP_END as *const u64) };
+        kprintln!("boot: FAIL read {v:#x} at 4 GiB without a fault");
+        exit::fail();
+    }
+
+    let (online, expected) = smp::start_aps(info.rsdp);
+    kprintln!("smp: {online} of {expected} cpus online");
+
+    let (mut passed, mut failed) = shim::run_shim(&mut crate::serial::Console);
+
+    if info.has_flag("fail") {
+        kprintln!("boot: FAIL deliberate failing check (cmdline 'fail')");
+        failed += 1;
+    }
+
+    let deadline = info
+        .value("deadline")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(STAGE_DEADLINE_MS);
+    if online == expected && smp::run_stage(online, deadline, info.has_flag("hang")) {
+        passed += 1;
+    } else {
+        failed += 1;
+    }
+
+    kprintln!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        exit::pass()
+    } else {
+        exit::fail()
+    }
+}
+
+/// Allocates two frames, checks they are zeroed, distinct and reusable after a free.
+fn frame_self_test() -> bool {
+    let (Some(a), Some(b)) = (frames::alloc_zeroed(), frames::alloc_zeroed()) else {
+        return false;
+    };
+    // SAFETY: `a` is a fresh identity-mapped frame this function owns.
+    let zero = unsafe { core::slice::from_raw_parts(a as *const u8, 4096) }
+        .iter()
+        .all(|&byte| byte == 0);
+    // SAFETY: `a` is ours and 4 KiB long; writing it then freeing it is fine.
+    unsafe { core::ptr::write_bytes(a as *mut u8, 0xAA, 4096) };
+    // SAFETY: both came from the pool and are no longer used.
+    unsafe {
+        frames::free(a);
+        frames::free(b);
+    }
+    let again = frames::alloc_zeroed();
+    // SAFETY: just allocated and unused.
+    let first = again.map(|c| unsafe { core::ptr::read_volatile(c as *const u64) });
+    if let Some(c) = again {
+        // SAFETY: unused again.
+        unsafe { frames::free(c) };
+    }
+    zero && a != b && again == Some(b) && first == Some(0)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    use core::fmt::Write;
+    let _ = writeln!(crate::serial::Raw, "\nPANIC: {info}");
+    exit::fail()
+}
