@@ -191,6 +191,10 @@ impl SpdmCtrl {
 macro_rules! command {
     ($(#[$m:meta])* $name:ident = $id:expr, $len:expr, { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }
      reserved($me:ident) $body:block) => {
+        command!($(#[$m])* $name = $id, $len, true, { $($(#[$fm])* $f : $t),* } reserved($me) $body);
+    };
+    ($(#[$m:meta])* $name:ident = $id:expr, $len:expr, $has_len:expr, { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }
+     reserved($me:ident) $body:block) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
         #[repr(C)]
@@ -198,6 +202,7 @@ macro_rules! command {
         const _: () = assert!(core::mem::size_of::<$name>() == $len);
         impl Command for $name {
             const ID: CommandId = $id;
+            const HAS_LENGTH: bool = $has_len;
             fn reserved_clear(&self) -> bool {
                 let $me = self;
                 $body
@@ -484,7 +489,7 @@ const _: () = assert!(core::mem::size_of::<TdiInfoData>() == 0xC0);
 
 command! {
     /// SNP_GCTX_CREATE (8 bytes, no length field; psp-sev.h `struct sev_data_snp_addr`).
-    GctxCreate = SNP_GCTX_CREATE, 8, {
+    GctxCreate = SNP_GCTX_CREATE, 8, false, {
         /// Guest context page.
         gctx_paddr: U64,
     } reserved(_c) { true }
@@ -492,7 +497,7 @@ command! {
 
 command! {
     /// SNP_DECOMMISSION (8 bytes, no length field; psp-sev.h `struct sev_data_snp_addr`).
-    Decommission = SNP_DECOMMISSION, 8, {
+    Decommission = SNP_DECOMMISSION, 8, false, {
         /// Guest context page.
         gctx_paddr: U64,
     } reserved(_c) { true }
@@ -500,7 +505,7 @@ command! {
 
 command! {
     /// SNP_ACTIVATE (12 bytes, no length field; psp-sev.h `struct sev_data_snp_activate`).
-    Activate = SNP_ACTIVATE, 12, {
+    Activate = SNP_ACTIVATE, 12, false, {
         /// Guest context page (@0x00).
         gctx_paddr: U64, /// ASID to give the guest (@0x08).
         asid: U32,

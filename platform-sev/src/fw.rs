@@ -81,6 +81,8 @@ pub struct TdiCtx {
 enum Fail {
     Sev(SevStatus),
     Core(Error),
+    /// An unknown handle: AMD's specific status, and the core's `InvalidHandle` as detail.
+    Handle(SevStatus),
 }
 
 impl From<SevStatus> for Fail {
@@ -199,20 +201,40 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             Ok(c) => Outcome::from_core(Ok(c)),
             Err(Fail::Core(e)) => Outcome::from_core(Err(e)),
             Err(Fail::Sev(s)) => Outcome::plain(s),
+            Err(Fail::Handle(s)) => Outcome {
+                status: s,
+                detail: Error::InvalidHandle.code(),
+            },
         }
+    }
+
+    /// Every guest context.
+    pub fn guests(&self) -> &[GuestCtx] {
+        &self.guests
+    }
+
+    /// Every device context.
+    pub fn devices(&self) -> &[DevCtx] {
+        &self.devices
+    }
+
+    /// Every TDI context.
+    pub fn tdis(&self) -> &[TdiCtx] {
+        &self.tdis
     }
 
     // ---- handle resolution --------------------------------------------------------------
 
     fn guest(&self, gctx: u64) -> Result<GuestCtx, Fail> {
         page_aligned(gctx, abi::PAGE_4K)?;
-        self.guest_ctx(gctx).ok_or(SevStatus::INVALID_GUEST.into())
+        self.guest_ctx(gctx)
+            .ok_or(Fail::Handle(SevStatus::INVALID_GUEST))
     }
 
     fn device(&self, raw: u64) -> Result<DevCtx, Fail> {
         let sla = SlaAddr::checked(raw)?;
         self.dev_ctx(sla.into_bits())
-            .ok_or(SevStatus::INVALID_DEV_CTX.into())
+            .ok_or(Fail::Handle(SevStatus::INVALID_DEV_CTX))
     }
 
     fn tdi(&self, dev_raw: u64, tdi_raw: u64) -> Result<(DevCtx, TdiCtx), Fail> {
@@ -220,7 +242,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let sla = SlaAddr::checked(tdi_raw)?;
         let tdi = self
             .tdi_ctx(sla.into_bits())
-            .ok_or(SevStatus::INVALID_TDI_CTX)?;
+            .ok_or(Fail::Handle(SevStatus::INVALID_TDI_CTX))?;
         if tdi.dev_sla != dev.sla {
             return Err(SevStatus::INVALID_TDI.into());
         }
@@ -451,11 +473,13 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let c: abi::TdiUnbind = abi::parse(buf)?;
         spdm(&c.spdm_ctrl)?;
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
-        let g = self.guest(c.gctx_paddr.get())?;
-        match self.owned_by(&t, &g) {
-            // Unbinding an unbound TDI is done and changes nothing, as in the core.
-            Err(Fail::Core(Error::TdiNotBound)) | Ok(_) => {}
-            Err(e) => return Err(e),
+        // Unbinding an unbound TDI is done and changes nothing, as in the core: the guest
+        // context is only checked against a bound TDI's owner.
+        if let Some(owner) = self.tsm.tdi(t.tdi)?.state.owner() {
+            let g = self.guest(c.gctx_paddr.get())?;
+            if g.guest != owner {
+                return Err(SevStatus::INVALID_GUEST.into());
+            }
         }
         let done = self.tsm.unbind(t.tdi)?;
         if done == Completion::Done {
@@ -601,7 +625,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
     fn mmio_map(&mut self, buf: &[u8]) -> Step {
         let c: abi::MmioMap = abi::parse(buf)?;
         let sla = SlaAddr::checked(c.tdi_ctx.get())?.into_bits();
-        let t = self.tdi_ctx(sla).ok_or(SevStatus::INVALID_TDI_CTX)?;
+        let t = self
+            .tdi_ctx(sla)
+            .ok_or(Fail::Handle(SevStatus::INVALID_TDI_CTX))?;
         let g = self.guest(c.gctx_paddr.get())?;
         let size = page_size(c.page_size)?;
         let gpa = Gpa::try_new(c.gpa.get())?;

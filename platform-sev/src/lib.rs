@@ -33,6 +33,8 @@ pub use fw::Sev;
 pub use rmp::{Rmp, RmpEntry};
 pub use status::{Outcome, SevStatus};
 pub use tsm_core;
+/// The byte-layout crate the buffers derive from, for hosts that build buffers.
+pub use zerocopy;
 
 #[cfg(test)]
 mod tests;

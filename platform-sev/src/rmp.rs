@@ -418,13 +418,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         let r = self
             .span(hpa.as_u64(), size.base_pages())
             .ok_or(TableError::OutOfFrames)?;
-        let entries = self
-            .entries()
-            .get(r.clone())
-            .ok_or(TableError::OutOfFrames)?;
-        if entries.iter().any(|e| e.assigned()) {
-            return Err(TableError::HpaMapped);
-        }
+        // Guest side first, then host side (the order the core's reference table checks).
         let lo = gpa.as_u64() >> 12;
         let hi = lo.saturating_add(size.base_pages());
         if self
@@ -433,6 +427,13 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             .any(|e| e.assigned() && e.asid() == asid && (lo..hi).contains(&e.gpa_pfn()))
         {
             return Err(TableError::GpaMapped);
+        }
+        let entries = self
+            .entries()
+            .get(r.clone())
+            .ok_or(TableError::OutOfFrames)?;
+        if entries.iter().any(|e| e.assigned()) {
+            return Err(TableError::HpaMapped);
         }
         let template = RmpEntry::new()
             .with_assigned(true)

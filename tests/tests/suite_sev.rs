@@ -1,0 +1,60 @@
+//! The scenario suite against the SEV-TIO back end: every operation goes through the SEV-TIO
+//! command-buffer dispatcher, and every outcome must equal the core's.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use platform_sev::RmpEntry;
+use tsm_tests::backend::Backend;
+use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::suite::{SCENARIOS, run_suite};
+
+fn with_sev(f: &mut dyn FnMut(&mut dyn Backend)) {
+    let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
+    let mut backend = Box::new(SevBackend::new(&mut rmp).unwrap());
+    f(&mut *backend);
+}
+
+/// The firmware tables are large; give the runner room.
+fn on_big_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn every_scenario_passes_on_sev() {
+    on_big_stack(|| {
+        let mut out = String::new();
+        let summary = run_suite(&mut with_sev, &mut out);
+        print!("{out}");
+        assert_eq!(
+            summary.failed,
+            0,
+            "failures:\n{}",
+            out.lines()
+                .filter(|l| l.contains("FAIL"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        for (name, text) in SCENARIOS {
+            let lines: Vec<&str> = text.lines().collect();
+            let last = lines
+                .iter()
+                .rposition(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .unwrap();
+            assert!(
+                out.contains(&format!("{name}:{}: ", last + 1)),
+                "{name} did not reach its last line"
+            );
+        }
+        assert!(out.ends_with(&format!("{} passed, 0 failed\n", summary.passed)));
+        assert!(out.contains("(sev)"));
+    });
+}
