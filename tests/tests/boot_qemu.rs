@@ -1,0 +1,187 @@
+//! Boots the bare-metal kernel (`boot`, x86_64-unknown-none) in QEMU through the same runner
+//! `cargo boot` uses (boot/run-qemu.sh) and checks that green runs are green and red runs red:
+//! a normal boot, a deliberate page fault, a deliberate failing check and a CPU that misses the
+//! concurrent stage's deadline.
+//!
+//! Needs `qemu-system-x86_64` (CI installs it); without it these tests fail, they never skip.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+const TARGET: &str = "x86_64-unknown-none";
+const QEMU: &str = "qemu-system-x86_64";
+/// CPUs the runner gives QEMU (`-smp 4`).
+const CPUS: usize = 4;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent: the workspace root")
+        .to_path_buf()
+}
+
+/// Builds the kernel once (own target dir, so it never waits on the outer cargo's lock).
+fn kernel() -> &'static Path {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let root = workspace_root();
+        // Best effort: if rustup is missing the build below says what is wrong.
+        let _ = Command::new("rustup")
+            .args(["target", "add", TARGET])
+            .output();
+        let target_dir = root.join("target").join("boot-test");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "-p", "boot", "--target", TARGET, "--target-dir"])
+            .arg(&target_dir)
+            .current_dir(&root)
+            .output()
+            .expect("run cargo");
+        assert!(
+            out.status.success(),
+            "building the kernel failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target_dir.join(TARGET).join("debug").join("boot")
+    })
+}
+
+fn require_qemu() {
+    if let Err(e) = Command::new(QEMU).arg("--version").output() {
+        panic!(
+            "{QEMU} not found ({e}): the boot tests need it and do not skip. \
+             Install it with: sudo apt-get install -y qemu-system-x86"
+        );
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    log: String,
+}
+
+impl Run {
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        self.log.lines().map(str::trim)
+    }
+
+    /// The `N passed, M failed` summary, if the kernel printed one.
+    fn summary(&self) -> Option<(u32, u32)> {
+        self.lines().find_map(|l| {
+            let (passed, failed) = l.split_once(" passed, ")?;
+            Some((
+                passed.parse().ok()?,
+                failed.strip_suffix(" failed")?.parse().ok()?,
+            ))
+        })
+    }
+}
+
+/// Boots the kernel with `words` on its command line; one QEMU at a time.
+fn boot(words: &[&str]) -> Run {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    require_qemu();
+    let kernel = kernel();
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let root = workspace_root();
+    let out = Command::new("bash")
+        .arg(root.join("boot").join("run-qemu.sh"))
+        .arg(kernel)
+        .args(words)
+        .current_dir(&root)
+        .output()
+        .expect("run boot/run-qemu.sh");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("--- boot {words:?}: {}\n{log}", out.status);
+    Run {
+        code: out.status.code(),
+        log,
+    }
+}
+
+#[test]
+fn normal_boot_passes_on_every_cpu() {
+    let run = boot(&[]);
+    assert_eq!(run.code, Some(0), "boot failed:\n{}", run.log);
+    let (passed, failed) = run.summary().expect("summary line");
+    assert!(
+        passed > 0 && failed == 0,
+        "summary {passed} passed, {failed} failed"
+    );
+    let smp_ok = format!("smp: {CPUS} cpus ok");
+    assert!(
+        run.lines().any(|l| l == smp_ok),
+        "no `{smp_ok}` line:\n{}",
+        run.log
+    );
+    for cpu in 0..CPUS {
+        let prefix = format!("smp: cpu {cpu} (apic ");
+        assert!(
+            run.lines()
+                .any(|l| l.starts_with(&prefix) && l.ends_with(" 0 failed")),
+            "no result line for cpu {cpu}:\n{}",
+            run.log
+        );
+    }
+}
+
+#[test]
+fn page_fault_is_red() {
+    let run = boot(&["fault"]);
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a page fault must fail the run:\n{}",
+        run.log
+    );
+    assert!(
+        run.log.contains("EXCEPTION: #PF page fault (vector 14)") && run.log.contains("at rip 0x"),
+        "no exception report:\n{}",
+        run.log
+    );
+    assert!(
+        run.summary().is_none(),
+        "the run went on after the fault:\n{}",
+        run.log
+    );
+}
+
+#[test]
+fn failing_check_is_red() {
+    let run = boot(&["fail"]);
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a failed check must fail the run:\n{}",
+        run.log
+    );
+    let (_, failed) = run.summary().expect("summary line");
+    assert!(failed >= 1, "summary reports no failure:\n{}", run.log);
+}
+
+#[test]
+fn missed_stage_deadline_is_red() {
+    let run = boot(&["hang", "deadline=500"]);
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a hung CPU must fail the run:\n{}",
+        run.log
+    );
+    assert!(
+        run.log.contains("did not finish within 500 ms"),
+        "no deadline message:\n{}",
+        run.log
+    );
+}
