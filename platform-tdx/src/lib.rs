@@ -1,5 +1,28 @@
-//! Intel TDX back end (skeleton): the S-EPT, SEAMCALL-style ABI and C entry point arrive with
-//! the platform-tdx issue. Today it only re-exports the core so the crate graph is in place.
+//! Intel TDX back end of the TEE Security Manager: the firmware role the TDX module plays for
+//! TDX Connect device assignment.
+//!
+//! - [`ept`]: the S-EPT entry (architectural EPT bits plus the TDX secure state);
+//! - [`frames`], [`radix`]: table pages from caller-provided memory, and the shared walker;
+//! - [`sept`]: one S-EPT per TD and the MMIO metadata table, implementing
+//!   [`tsm_core::SecureTable`];
+//! - [`status`]: TDX completion statuses, and the one mapping from core statuses to them;
+//! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
+//! - `capi` (feature `capi`): the `extern "C"` entry points of the static library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+pub mod ept;
+pub mod frames;
+pub mod radix;
+pub mod sept;
 
 pub use tsm_core;

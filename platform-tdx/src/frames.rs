@@ -1,0 +1,175 @@
+//! Table pages: a frame pool over caller-provided physical memory. No heap: the caller hands
+//! the pool a run of 4 KiB pages (and the physical address of the first), and every S-EPT and
+//! MMIO-metadata table page comes from it and goes back to it.
+
+/// Bytes in one table page (Intel SDM Vol. 3C 29.3.2: every EPT paging structure is 4 KiB).
+pub const PAGE_BYTES: usize = 4096;
+/// Entries in one table page: 4096 bytes of 8-byte entries (Intel SDM Vol. 3C 29.3.2).
+pub const ENTRIES_PER_PAGE: usize = 512;
+
+/// One 4 KiB table page as the hardware sees it: 512 little-endian 64-bit entries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(4096))]
+pub struct Page(pub [u64; ENTRIES_PER_PAGE]);
+
+impl Page {
+    /// A page of zeroes.
+    pub const ZERO: Page = Page([0; ENTRIES_PER_PAGE]);
+}
+
+const _: () = assert!(core::mem::size_of::<Page>() == PAGE_BYTES);
+
+/// Index of a page in the pool.
+pub type FrameIndex = u32;
+
+/// A pool of table pages over memory the caller owns. Free pages form a list threaded through
+/// their first entry (index + 1 of the next free page; 0 ends the list).
+pub struct FramePool<'m> {
+    pages: &'m mut [Page],
+    phys_base: u64,
+    free_head: u32,
+    free: usize,
+}
+
+impl<'m> FramePool<'m> {
+    /// A pool over `pages`, whose first page is at physical address `phys_base`.
+    ///
+    /// `None` when `phys_base` is not 4 KiB aligned, when the pages would run past the 52-bit
+    /// physical address space, or when there are more than `u32::MAX - 1` pages.
+    pub fn new(pages: &'m mut [Page], phys_base: u64) -> Option<Self> {
+        let count = u32::try_from(pages.len()).ok().filter(|&n| n < u32::MAX)?;
+        let bytes = u64::from(count).checked_mul(PAGE_BYTES as u64)?;
+        let end = phys_base.checked_add(bytes)?;
+        if phys_base % PAGE_BYTES as u64 != 0 || end > tsm_core::addr::PHYS_ADDR_LIMIT {
+            return None;
+        }
+        let mut pool = Self {
+            pages,
+            phys_base,
+            free_head: 0,
+            free: 0,
+        };
+        for index in (0..count).rev() {
+            pool.release(index);
+        }
+        Some(pool)
+    }
+
+    /// Pages on the free list.
+    pub const fn free_frames(&self) -> usize {
+        self.free
+    }
+
+    /// Pages the pool holds in all.
+    pub fn total_frames(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Takes a page off the free list and fills every entry with `fill`.
+    pub fn alloc(&mut self, fill: u64) -> Option<FrameIndex> {
+        let index = self.free_head.checked_sub(1)?;
+        let page = self.pages.get_mut(usize::try_from(index).ok()?)?;
+        let next = u32::try_from(page.0[0]).ok()?;
+        page.0.fill(fill);
+        self.free_head = next;
+        self.free = self.free.saturating_sub(1);
+        Some(index)
+    }
+
+    /// Returns page `index` to the free list.
+    pub fn release(&mut self, index: FrameIndex) {
+        let next = self.free_head;
+        let Some(page) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+        else {
+            return;
+        };
+        page.0.fill(0);
+        page.0[0] = u64::from(next);
+        // Cannot overflow: new() refuses u32::MAX pages.
+        self.free_head = index.saturating_add(1);
+        self.free = self.free.saturating_add(1);
+    }
+
+    /// Physical address of page `index`.
+    pub fn phys(&self, index: FrameIndex) -> u64 {
+        // Cannot overflow: new() proved every page lies below the 52-bit limit.
+        self.phys_base
+            .saturating_add(u64::from(index).saturating_mul(PAGE_BYTES as u64))
+    }
+
+    /// The page at physical address `phys`, if it is one of the pool's.
+    pub fn index_of(&self, phys: u64) -> Option<FrameIndex> {
+        let offset = phys.checked_sub(self.phys_base)?;
+        if offset % PAGE_BYTES as u64 != 0 {
+            return None;
+        }
+        let index = u32::try_from(offset / PAGE_BYTES as u64).ok()?;
+        (usize::try_from(index).ok()? < self.pages.len()).then_some(index)
+    }
+
+    /// Entry `slot` of page `index` (0 for an index or slot outside the pool).
+    pub fn entry(&self, index: FrameIndex, slot: usize) -> u64 {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.pages.get(i))
+            .and_then(|p| p.0.get(slot))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes entry `slot` of page `index` (ignored outside the pool).
+    pub fn set_entry(&mut self, index: FrameIndex, slot: usize, value: u64) {
+        if let Some(e) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+            .and_then(|p| p.0.get_mut(slot))
+        {
+            *e = value;
+        }
+    }
+
+    /// Page `index` (for scans of a whole table).
+    pub fn page(&self, index: FrameIndex) -> Option<&Page> {
+        self.pages.get(usize::try_from(index).ok()?)
+    }
+
+    /// Every page's bytes, for tests that prove a refusal changed nothing.
+    pub fn pages(&self) -> &[Page] {
+        self.pages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_allocates_every_page_once_and_takes_them_back() {
+        let mut mem = vec![Page::ZERO; 3];
+        let mut pool = FramePool::new(&mut mem, 0x10_0000).unwrap();
+        assert_eq!(pool.free_frames(), 3);
+        let a = pool.alloc(7).unwrap();
+        let b = pool.alloc(0).unwrap();
+        let c = pool.alloc(0).unwrap();
+        assert_eq!((a, b, c), (0, 1, 2));
+        assert_eq!(pool.alloc(0), None);
+        assert_eq!(pool.entry(a, 511), 7);
+        assert_eq!(pool.phys(c), 0x10_2000);
+        assert_eq!(pool.index_of(0x10_2000), Some(2));
+        assert_eq!(pool.index_of(0x10_3000), None);
+        assert_eq!(pool.index_of(0x10_0008), None);
+        assert_eq!(pool.index_of(0xf_f000), None);
+        pool.release(b);
+        assert_eq!(pool.free_frames(), 1);
+        assert_eq!(pool.alloc(0), Some(b));
+    }
+
+    #[test]
+    fn pool_refuses_bad_memory() {
+        let mut mem = vec![Page::ZERO; 1];
+        assert!(FramePool::new(&mut mem, 0x10_0800).is_none());
+        assert!(FramePool::new(&mut mem, tsm_core::addr::PHYS_ADDR_LIMIT).is_none());
+    }
+}

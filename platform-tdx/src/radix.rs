@@ -1,0 +1,353 @@
+//! A radix tree of 4 KiB table pages, 9 address bits per level, as x86 paging structures are:
+//! the walker shared by the S-EPT (keyed by guest physical address) and the MMIO metadata
+//! table (keyed by host physical address). Table pages come from a [`FramePool`]; a page whose
+//! last entry is cleared goes back to it, the root included.
+
+use core::marker::PhantomData;
+
+use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool};
+
+/// Deepest tree: 5 levels (Intel SDM Vol. 3C 29.3.2, 5-level EPT with a PML5 table).
+pub const MAX_LEVELS: u8 = 5;
+
+/// Address bits below level `level`'s index (level 1 indexes bits 20:12; Intel SDM Vol. 3C
+/// 29.3.2: each EPT level translates 9 bits above the 12-bit page offset).
+pub const fn level_shift(level: u8) -> u32 {
+    match level {
+        0 | 1 => 12,
+        2 => 21,
+        3 => 30,
+        4 => 39,
+        _ => 48,
+    }
+}
+
+/// Bytes one entry at `level` covers.
+pub const fn level_span(level: u8) -> u64 {
+    1u64 << level_shift(level)
+}
+
+/// Index of `addr`'s entry in its level-`level` table.
+pub const fn slot_of(addr: u64, level: u8) -> usize {
+    (addr.wrapping_shr(level_shift(level)) & 0x1ff) as usize
+}
+
+/// How one kind of table encodes its entries.
+pub trait EntryFormat {
+    /// The value of an unused entry (a new table page is filled with it).
+    const FREE: u64;
+    /// An entry at level `level` pointing to the table page at `phys`.
+    fn table(phys: u64) -> u64;
+    /// Whether `raw` at `level` points to a table page (and is not a leaf or free).
+    fn is_table(raw: u64, level: u8) -> bool;
+    /// The physical address in a table entry.
+    fn child(raw: u64) -> u64;
+}
+
+/// The pages a walk for one address visited, indexed by level (`[level]`), and where it
+/// stopped: the first entry that is not a table pointer, or the entry at the target level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup {
+    /// Table page at each level the walk visited (`None` above the root or below the stop).
+    pub pages: [Option<FrameIndex>; MAX_LEVELS as usize + 1],
+    /// Level of the entry the walk stopped at (the root's level when there is no root).
+    pub level: u8,
+    /// That entry (`FREE` when there is no root).
+    pub raw: u64,
+    /// Whether there is a root at all.
+    pub rooted: bool,
+}
+
+impl Lookup {
+    /// The table page holding the entry the walk stopped at.
+    pub fn page(&self) -> Option<FrameIndex> {
+        self.pages.get(usize::from(self.level)).copied().flatten()
+    }
+}
+
+/// A radix tree of `top` levels with entries in format `F`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Radix<F> {
+    root: Option<FrameIndex>,
+    top: u8,
+    format: PhantomData<F>,
+}
+
+impl<F: EntryFormat> Radix<F> {
+    /// An empty tree of `top` levels (clamped to 1..=5).
+    pub const fn new(top: u8) -> Self {
+        let top = if top == 0 {
+            1
+        } else if top > MAX_LEVELS {
+            MAX_LEVELS
+        } else {
+            top
+        };
+        Self {
+            root: None,
+            top,
+            format: PhantomData,
+        }
+    }
+
+    /// Levels of the tree.
+    pub const fn levels(&self) -> u8 {
+        self.top
+    }
+
+    /// The root page, if any entry exists.
+    pub const fn root(&self) -> Option<FrameIndex> {
+        self.root
+    }
+
+    /// Walks towards `addr`, down to level `target` at the lowest, through table entries.
+    pub fn lookup(&self, pool: &FramePool<'_>, addr: u64, target: u8) -> Lookup {
+        let mut out = Lookup {
+            pages: [None; MAX_LEVELS as usize + 1],
+            level: self.top,
+            raw: F::FREE,
+            rooted: false,
+        };
+        let Some(mut page) = self.root else {
+            return out;
+        };
+        out.rooted = true;
+        let mut level = self.top;
+        loop {
+            if let Some(p) = out.pages.get_mut(usize::from(level)) {
+                *p = Some(page);
+            }
+            let raw = pool.entry(page, slot_of(addr, level));
+            out.level = level;
+            out.raw = raw;
+            if level <= target.max(1) || !F::is_table(raw, level) {
+                return out;
+            }
+            let Some(child) = pool.index_of(F::child(raw)) else {
+                return out;
+            };
+            page = child;
+            level = level.saturating_sub(1);
+        }
+    }
+
+    /// Table pages [`Radix::install`] would allocate to place an entry at `target` for `addr`.
+    pub fn missing_tables(&self, pool: &FramePool<'_>, addr: u64, target: u8) -> u8 {
+        let found = self.lookup(pool, addr, target);
+        if !found.rooted {
+            return self.top.saturating_sub(target).saturating_add(1);
+        }
+        if found.level > target && found.raw == F::FREE {
+            return found.level.saturating_sub(target);
+        }
+        0
+    }
+
+    /// Writes `value` into the level-`target` entry for `addr`, creating the missing tables.
+    /// `None` (and nothing changed) when the pool has too few frames or the walk meets an
+    /// entry that is neither free nor a table above `target`.
+    pub fn install(
+        &mut self,
+        pool: &mut FramePool<'_>,
+        addr: u64,
+        target: u8,
+        value: u64,
+    ) -> Option<()> {
+        let need = self.missing_tables(pool, addr, target);
+        if pool.free_frames() < usize::from(need) {
+            return None;
+        }
+        let found = self.lookup(pool, addr, target);
+        if found.rooted && found.raw != F::FREE {
+            return None;
+        }
+        // Every check passed: from here on only allocations already proven to succeed.
+        let (mut page, mut level) = match (found.rooted, found.page()) {
+            (true, Some(p)) => (p, found.level),
+            _ => {
+                let root = pool.alloc(F::FREE)?;
+                self.root = Some(root);
+                (root, self.top)
+            }
+        };
+        while level > target {
+            let child = pool.alloc(F::FREE)?;
+            let phys = pool.phys(child);
+            pool.set_entry(page, slot_of(addr, level), F::table(phys));
+            page = child;
+            level = level.saturating_sub(1);
+        }
+        pool.set_entry(page, slot_of(addr, level), value);
+        Some(())
+    }
+
+    /// Overwrites the entry a previous [`Radix::lookup`] stopped at.
+    pub fn rewrite(&self, pool: &mut FramePool<'_>, at: &Lookup, addr: u64, value: u64) {
+        if let Some(page) = at.page() {
+            pool.set_entry(page, slot_of(addr, at.level), value);
+        }
+    }
+
+    /// Frees the entry a previous [`Radix::lookup`] stopped at, and every table page left
+    /// empty by it, up to and including the root.
+    pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup, addr: u64) {
+        let mut level = at.level;
+        while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
+            pool.set_entry(page, slot_of(addr, level), F::FREE);
+            let empty = pool
+                .page(page)
+                .is_some_and(|p| p.0.iter().all(|&e| e == F::FREE));
+            if !empty {
+                return;
+            }
+            pool.release(page);
+            if level >= self.top {
+                self.root = None;
+                return;
+            }
+            level = level.saturating_add(1);
+        }
+    }
+
+    /// The first non-free, non-table entry whose covered range starts at or above `from` and
+    /// below `end`, in address order: (its base address, level, raw value).
+    pub fn next_entry(&self, pool: &FramePool<'_>, from: u64, end: u64) -> Option<(u64, u8, u64)> {
+        let root = self.root?;
+        let mut cursor = from;
+        'restart: while cursor < end {
+            let mut page = root;
+            let mut level = self.top;
+            // Base address of the current table's coverage.
+            let mut table_base = 0u64;
+            loop {
+                let span = level_span(level);
+                let first = slot_of(cursor, level);
+                let mut descended = false;
+                for slot in first..ENTRIES_PER_PAGE {
+                    let base = table_base.checked_add((slot as u64).checked_mul(span)?)?;
+                    if base >= end {
+                        return None;
+                    }
+                    let raw = pool.entry(page, slot);
+                    if raw == F::FREE {
+                        continue;
+                    }
+                    if level > 1 && F::is_table(raw, level) {
+                        let child = pool.index_of(F::child(raw))?;
+                        if base > cursor {
+                            cursor = base;
+                        }
+                        page = child;
+                        table_base = base;
+                        level = level.saturating_sub(1);
+                        descended = true;
+                        break;
+                    }
+                    if base >= cursor {
+                        return Some((base, level, raw));
+                    }
+                    // A leaf that starts below the cursor: skip past it.
+                    cursor = base.checked_add(span)?;
+                }
+                if !descended {
+                    // This table holds nothing more at or above the cursor: continue after it.
+                    let parent_span = level_span(level.saturating_add(1));
+                    cursor = table_base.checked_add(parent_span)?;
+                    if level >= self.top {
+                        return None;
+                    }
+                    continue 'restart;
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::Page;
+
+    /// A toy format: bit 0 marks a table pointer, anything else non-zero is a leaf.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Toy;
+    impl EntryFormat for Toy {
+        const FREE: u64 = 0;
+        fn table(phys: u64) -> u64 {
+            phys | 1
+        }
+        fn is_table(raw: u64, _level: u8) -> bool {
+            raw & 1 == 1
+        }
+        fn child(raw: u64) -> u64 {
+            raw & !0xfff
+        }
+    }
+
+    #[test]
+    fn install_walk_clear_returns_every_page() {
+        let mut mem = vec![Page::ZERO; 16];
+        let mut pool = FramePool::new(&mut mem, 0x100_0000).unwrap();
+        let mut t: Radix<Toy> = Radix::new(4);
+        assert_eq!(t.missing_tables(&pool, 0x20_0000, 1), 4);
+        assert_eq!(t.install(&mut pool, 0x20_0000, 1, 0xa0), Some(()));
+        assert_eq!(pool.free_frames(), 12);
+        assert_eq!(t.missing_tables(&pool, 0x20_1000, 1), 0);
+        assert_eq!(t.missing_tables(&pool, 0x40_0000, 1), 1);
+        assert_eq!(t.install(&mut pool, 0x40_0000, 2, 0xb0), Some(()));
+        let l = t.lookup(&pool, 0x20_0000, 1);
+        assert_eq!((l.level, l.raw), (1, 0xa0));
+        // A walk through a leaf at level 2 stops there.
+        let l = t.lookup(&pool, 0x40_1000, 1);
+        assert_eq!((l.level, l.raw), (2, 0xb0));
+        // Installing below a leaf is refused.
+        assert_eq!(t.install(&mut pool, 0x40_1000, 1, 0xc0), None);
+        assert_eq!(
+            t.next_entry(&pool, 0, u64::MAX),
+            Some((0x20_0000, 1, 0xa0))
+        );
+        assert_eq!(
+            t.next_entry(&pool, 0x20_1000, u64::MAX),
+            Some((0x40_0000, 2, 0xb0))
+        );
+        assert_eq!(t.next_entry(&pool, 0x40_0001, u64::MAX), None);
+        assert_eq!(t.next_entry(&pool, 0, 0x20_0000), None);
+        let l = t.lookup(&pool, 0x20_0000, 1);
+        t.clear(&mut pool, &l, 0x20_0000);
+        assert_eq!(pool.free_frames(), 13);
+        let l = t.lookup(&pool, 0x40_0000, 2);
+        t.clear(&mut pool, &l, 0x40_0000);
+        assert_eq!(pool.free_frames(), 16);
+        assert_eq!(t.root(), None);
+    }
+
+    #[test]
+    fn too_few_frames_changes_nothing() {
+        let mut mem = vec![Page::ZERO; 3];
+        let mut pool = FramePool::new(&mut mem, 0).unwrap();
+        let mut t: Radix<Toy> = Radix::new(4);
+        assert_eq!(t.install(&mut pool, 0x1000, 1, 0xa0), None);
+        assert_eq!(pool.free_frames(), 3);
+        assert_eq!(t.root(), None);
+    }
+
+    #[test]
+    fn next_entry_skips_far_apart_leaves() {
+        let mut mem = vec![Page::ZERO; 32];
+        let mut pool = FramePool::new(&mut mem, 0).unwrap();
+        let mut t: Radix<Toy> = Radix::new(5);
+        let addrs = [0x1000u64, 0x7f_ffff_f000, 0x8000_0000_0000, 0x000f_ffff_ffff_f000];
+        for a in addrs {
+            assert_eq!(t.install(&mut pool, a, 1, a | 0x10), Some(()));
+        }
+        let mut from = 0;
+        let mut seen = vec![];
+        while let Some((base, level, raw)) = t.next_entry(&pool, from, u64::MAX) {
+            assert_eq!((level, raw), (1, base | 0x10));
+            seen.push(base);
+            from = base + 0x1000;
+        }
+        assert_eq!(seen, addrs);
+    }
+}
