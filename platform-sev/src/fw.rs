@@ -863,6 +863,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
 
     /// The host's PSMASH of the 2M page at `hpa`, refused like [`Sev::host_rmpupdate`].
     pub fn host_psmash(&self, hpa: u64) -> Result<(), RmpFault> {
+        if hpa & PageSize::Size2M.offset_mask() != 0 {
+            return Err(RmpFault::Input);
+        }
         self.host_rmp_check(hpa, PageSize::Size2M.base_pages())?;
         self.tsm
             .with_table(|r| r.host_psmash(hpa))

@@ -1,1 +1,1653 @@
+//! Command tests: golden byte layouts, a good buffer per command with its effect, hostile
+//! buffers (short, misaligned, wrong length, reserved bits, bad handles, unknown command)
+//! refused with `INVALID_PARAM` (or the precise status) and changing nothing, and the RMP
+//! rules for private MMIO.
 
+use tsm_core::tsm::Snapshot;
+use tsm_core::{Error, GuestId, Hpa, MmioRange, PageSize, RequesterId, SecureTable, TdiState};
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::abi::{self, Command, SlaAddr, len_of};
+use crate::device::PciModel;
+use crate::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
+use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
+use crate::memory::{PageMemory, SystemMemory};
+use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate};
+use crate::status::{Outcome, SevStatus};
+
+// ---- a small world ----------------------------------------------------------------------
+
+const RMP_BASE: u64 = 0x8000_0000;
+const RMP_PAGES: usize = 2048; // 8 MiB of MMIO
+const BAR: u64 = 0x8000_0000;
+const BAR_PAGES: u64 = 1024;
+const MEM: u64 = 0x1_0000_0000;
+const GCTX: u64 = 0x2_0000_0000;
+const GCTX2: u64 = 0x2_0000_1000;
+const GPA: u64 = 0x10_0000_0000;
+const GDEV: u16 = 0x0100;
+
+fn sla(pfn: u64) -> u64 {
+    SlaAddr::new().with_pfn(pfn).into_bits()
+}
+fn dev_sla() -> u64 {
+    sla(0x30_0001)
+}
+fn tdi_sla() -> u64 {
+    sla(0x30_0002)
+}
+fn rid(f: u8) -> RequesterId {
+    RequesterId::try_new(0, 3, 0, f).unwrap()
+}
+fn hpa(v: u64) -> Hpa {
+    Hpa::try_new(v).unwrap()
+}
+
+#[repr(C, align(8))]
+struct Buf([u8; 256]);
+
+type Fw = Sev<Vec<RmpEntry>, PciModel>;
+
+struct World {
+    sev: Fw,
+    mem: PageMemory<4>,
+}
+
+#[derive(Debug, PartialEq)]
+struct State {
+    core: Snapshot<Rmp<Vec<RmpEntry>>>,
+    guests: Vec<GuestCtx>,
+    devices: Vec<DevCtx>,
+    tdis: Vec<TdiCtx>,
+    mem: Vec<u8>,
+}
+
+fn len<C: Command>() -> U32 {
+    U32::new(len_of::<C>() as u32)
+}
+
+impl World {
+    fn new() -> Box<Self> {
+        let rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
+        let mut model = PciModel::new();
+        model
+            .set_bars(rid(0), &[MmioRange::from_raw(BAR, BAR_PAGES).unwrap()])
+            .unwrap();
+        model
+            .set_report(
+                rid(0),
+                &[
+                    MmioRange::from_raw(BAR, 512).unwrap(),
+                    MmioRange::from_raw(BAR + 0x20_0000, 16).unwrap(),
+                ],
+            )
+            .unwrap();
+        Box::new(World {
+            sev: Sev::new(rmp, model),
+            mem: PageMemory::new(MEM),
+        })
+    }
+
+    fn raw(&mut self, id: abi::CommandId, bytes: &[u8]) -> Outcome {
+        let mut b = Buf([0; 256]);
+        b.0[..bytes.len()].copy_from_slice(bytes);
+        self.sev.command(&mut self.mem, id, &mut b.0[..bytes.len()])
+    }
+
+    fn cmd<C: Command>(&mut self, c: &C) -> Outcome {
+        self.raw(C::ID, c.as_bytes())
+    }
+
+    fn state(&self) -> State {
+        let mut mem = vec![0u8; 4 * 4096];
+        for (i, chunk) in mem.chunks_mut(4096).enumerate() {
+            self.mem.read(self.mem.page(i as u64), chunk).unwrap();
+        }
+        State {
+            core: self.sev.tsm().snapshot().unwrap(),
+            guests: self.sev.guests().to_vec(),
+            devices: self.sev.devices().to_vec(),
+            tdis: self.sev.tdis().to_vec(),
+            mem,
+        }
+    }
+
+    fn guest(&self, gctx: u64) -> GuestId {
+        self.sev.guest_ctx(gctx).unwrap().guest
+    }
+
+    fn tdi(&self) -> tsm_core::TdiId {
+        self.sev.tdi_ctx(tdi_sla()).unwrap().tdi
+    }
+
+    /// Guest (activated), device (connected), TDI: up to `stage`.
+    fn setup(&mut self, stage: Stage) {
+        ok(self.cmd(&gctx_create(GCTX)));
+        ok(self.cmd(&activate(GCTX, 5)));
+        ok(self.cmd(&gctx_create(GCTX2)));
+        ok(self.cmd(&activate(GCTX2, 6)));
+        ok(self.cmd(&dev_create()));
+        ok(self.cmd(&dev_connect()));
+        ok(self.cmd(&tdi_create()));
+        if stage >= Stage::Bound {
+            ok(self.cmd(&tdi_bind(GCTX)));
+        }
+        if stage >= Stage::Mapped {
+            ok(self.cmd(&mmio_map(GPA, BAR, abi::MMIO_SIZE_2M)));
+            ok(self.cmd(&mmio_map(
+                GPA + 0x20_0000,
+                BAR + 0x20_0000,
+                abi::MMIO_SIZE_4K,
+            )));
+        }
+    }
+
+    fn validate(
+        &mut self,
+        gctx: u64,
+        req: msg::MmioValidateReq,
+    ) -> (Outcome, msg::MmioValidateRsp) {
+        let out = self.guest_msg(gctx, msg::MSG_MMIO_VALIDATE_REQ, req.as_bytes());
+        let mut rsp = msg::MmioValidateRsp::new_zeroed();
+        self.mem
+            .read(MEM + 0x2000 + 0x60, rsp.as_mut_bytes())
+            .unwrap();
+        (out, rsp)
+    }
+
+    fn guest_msg(&mut self, gctx: u64, ty: u8, body: &[u8]) -> Outcome {
+        self.mem
+            .write(MEM + 0x1000, MsgHeader::new(ty, body.len()).as_bytes())
+            .unwrap();
+        self.mem.write(MEM + 0x1000 + 0x60, body).unwrap();
+        self.cmd(&guest_request(gctx))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Created,
+    Bound,
+    Mapped,
+}
+
+#[track_caller]
+fn ok(o: Outcome) {
+    assert_eq!(o, Outcome::SUCCESS);
+}
+
+#[track_caller]
+fn refused(o: Outcome, status: SevStatus) {
+    assert_eq!(o.status, status, "{o:?}");
+}
+
+// ---- buffer builders (good buffers) -------------------------------------------------------
+
+fn gctx_create(g: u64) -> abi::GctxCreate {
+    abi::GctxCreate {
+        gctx_paddr: g.into(),
+    }
+}
+fn activate(g: u64, asid: u32) -> abi::Activate {
+    abi::Activate {
+        gctx_paddr: g.into(),
+        asid: asid.into(),
+    }
+}
+fn decommission(g: u64) -> abi::Decommission {
+    abi::Decommission {
+        gctx_paddr: g.into(),
+    }
+}
+fn dev_create() -> abi::DevCreate {
+    let mut c = abi::DevCreate::new_zeroed();
+    c.length = len::<abi::DevCreate>();
+    c.dev_ctx = dev_sla().into();
+    c.device_id = rid(0).routing_id().into();
+    c
+}
+fn dev_reclaim() -> abi::DevReclaim {
+    let mut c = abi::DevReclaim::new_zeroed();
+    c.length = len::<abi::DevReclaim>();
+    c.dev_ctx = dev_sla().into();
+    c
+}
+fn dev_connect() -> abi::DevConnect {
+    let mut c = abi::DevConnect::new_zeroed();
+    c.length = len::<abi::DevConnect>();
+    c.dev_ctx = dev_sla().into();
+    c.tc_mask = 1;
+    c
+}
+fn dev_disconnect() -> abi::DevDisconnect {
+    let mut c = abi::DevDisconnect::new_zeroed();
+    c.length = len::<abi::DevDisconnect>();
+    c.dev_ctx = dev_sla().into();
+    c
+}
+fn tdi_create() -> abi::TdiCreate {
+    let mut c = abi::TdiCreate::new_zeroed();
+    c.length = len::<abi::TdiCreate>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.interface_id.function_id = u32::from(rid(0).routing_id()).into();
+    c
+}
+fn tdi_reclaim() -> abi::TdiReclaim {
+    let mut c = abi::TdiReclaim::new_zeroed();
+    c.length = len::<abi::TdiReclaim>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c
+}
+fn tdi_bind(g: u64) -> abi::TdiBind {
+    let mut c = abi::TdiBind::new_zeroed();
+    c.length = len::<abi::TdiBind>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.gctx_paddr = g.into();
+    c.guest_device_id = GDEV.into();
+    c.lock_flags = 1.into();
+    c
+}
+fn tdi_unbind(g: u64) -> abi::TdiUnbind {
+    let mut c = abi::TdiUnbind::new_zeroed();
+    c.length = len::<abi::TdiUnbind>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.gctx_paddr = g.into();
+    c
+}
+fn tdi_report(g: u64) -> abi::TdiReport {
+    let mut c = abi::TdiReport::new_zeroed();
+    c.length = len::<abi::TdiReport>();
+    c.spdm_ctrl.output = sla((MEM + 0x3000) >> 12).into();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.gctx_paddr = g.into();
+    c
+}
+fn tdi_status() -> abi::TdiStatus {
+    let mut c = abi::TdiStatus::new_zeroed();
+    c.length = len::<abi::TdiStatus>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.status_paddr = MEM.into();
+    c
+}
+fn tdi_info() -> abi::TdiInfo {
+    let mut c = abi::TdiInfo::new_zeroed();
+    c.length = len::<abi::TdiInfo>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.status_paddr = MEM.into();
+    c
+}
+fn guest_request(g: u64) -> abi::GuestRequest {
+    let mut c = abi::GuestRequest::new_zeroed();
+    c.length = len::<abi::GuestRequest>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c.gctx_paddr = g.into();
+    c.req_paddr = (MEM + 0x1000).into();
+    c.res_paddr = (MEM + 0x2000).into();
+    c
+}
+fn fence_clear(g: u64) -> abi::AsidFenceClear {
+    let mut c = abi::AsidFenceClear::new_zeroed();
+    c.length = len::<abi::AsidFenceClear>();
+    c.dev_ctx = dev_sla().into();
+    c.gctx_paddr = g.into();
+    c
+}
+fn fence_status(asid: u32) -> abi::AsidFenceStatus {
+    let mut c = abi::AsidFenceStatus::new_zeroed();
+    c.length = len::<abi::AsidFenceStatus>();
+    c.dev_ctx = dev_sla().into();
+    c.asid = asid.into();
+    c.status_pa = MEM.into();
+    c
+}
+fn mmio_map(gpa: u64, hpa: u64, size: u8) -> abi::MmioMap {
+    let mut c = abi::MmioMap::new_zeroed();
+    c.length = len::<abi::MmioMap>();
+    c.tdi_ctx = tdi_sla().into();
+    c.gctx_paddr = GCTX.into();
+    c.gpa = gpa.into();
+    c.hpa = hpa.into();
+    c.page_size = size;
+    c
+}
+fn mmio_block(gpa: u64, size: u8) -> abi::MmioBlock {
+    let mut c = abi::MmioBlock::new_zeroed();
+    c.length = len::<abi::MmioBlock>();
+    c.gctx_paddr = GCTX.into();
+    c.gpa = gpa.into();
+    c.page_size = size;
+    c
+}
+fn mmio_unmap(gpa: u64, size: u8) -> abi::MmioUnmap {
+    let mut c = abi::MmioUnmap::new_zeroed();
+    c.length = len::<abi::MmioUnmap>();
+    c.gctx_paddr = GCTX.into();
+    c.gpa = gpa.into();
+    c.page_size = size;
+    c
+}
+fn mmio_zap(base: u64, pages: u64) -> abi::MmioZap {
+    let mut c = abi::MmioZap::new_zeroed();
+    c.length = len::<abi::MmioZap>();
+    c.base = base.into();
+    c.pages = pages.into();
+    c
+}
+fn tdi_error() -> abi::TdiError {
+    let mut c = abi::TdiError::new_zeroed();
+    c.length = len::<abi::TdiError>();
+    c.dev_ctx = dev_sla().into();
+    c.tdi_ctx = tdi_sla().into();
+    c
+}
+
+/// Every command: its ID, a good buffer, and byte offsets inside reserved fields or flags.
+fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
+    vec![
+        (
+            abi::SNP_DECOMMISSION,
+            decommission(GCTX).as_bytes().to_vec(),
+            &[],
+        ),
+        (
+            abi::SNP_ACTIVATE,
+            activate(GCTX, 9).as_bytes().to_vec(),
+            &[],
+        ),
+        (
+            abi::SNP_GCTX_CREATE,
+            gctx_create(0x2_0000_5000).as_bytes().to_vec(),
+            &[],
+        ),
+        (
+            abi::TIO_DEV_CREATE,
+            dev_create().as_bytes().to_vec(),
+            &[4, 0x15, 0x1F],
+        ),
+        (
+            abi::TIO_DEV_RECLAIM,
+            dev_reclaim().as_bytes().to_vec(),
+            &[4],
+        ),
+        (
+            abi::TIO_DEV_CONNECT,
+            dev_connect().as_bytes().to_vec(),
+            &[4, 0x28, 0x3A, 0x48],
+        ),
+        (
+            abi::TIO_DEV_DISCONNECT,
+            dev_disconnect().as_bytes().to_vec(),
+            &[4],
+        ),
+        (
+            abi::TIO_TDI_CREATE,
+            tdi_create().as_bytes().to_vec(),
+            &[4, 0x1B, 0x1C, 0x24],
+        ),
+        (
+            abi::TIO_TDI_RECLAIM,
+            tdi_reclaim().as_bytes().to_vec(),
+            &[4, 0x18],
+        ),
+        (
+            abi::TIO_TDI_BIND,
+            tdi_bind(GCTX).as_bytes().to_vec(),
+            &[4, 0x42, 0x44, 0x46],
+        ),
+        (
+            abi::TIO_TDI_UNBIND,
+            tdi_unbind(GCTX).as_bytes().to_vec(),
+            &[4],
+        ),
+        (
+            abi::TIO_TDI_REPORT,
+            tdi_report(GCTX).as_bytes().to_vec(),
+            &[4],
+        ),
+        (abi::TIO_TDI_STATUS, tdi_status().as_bytes().to_vec(), &[4]),
+        (
+            abi::TIO_GUEST_REQUEST,
+            guest_request(GCTX).as_bytes().to_vec(),
+            &[4],
+        ),
+        (
+            abi::TIO_ASID_FENCE_CLEAR,
+            fence_clear(GCTX).as_bytes().to_vec(),
+            &[4, 0x18],
+        ),
+        (
+            abi::TIO_ASID_FENCE_STATUS,
+            fence_status(5).as_bytes().to_vec(),
+            &[4, 0x1C],
+        ),
+        (
+            abi::TIO_TDI_INFO,
+            tdi_info().as_bytes().to_vec(),
+            &[4, 0x20],
+        ),
+        (
+            abi::TIO_MMIO_MAP,
+            mmio_map(GPA + 0x40_0000, BAR + 0x21_0000, 0)
+                .as_bytes()
+                .to_vec(),
+            &[4, 0x29],
+        ),
+        (
+            abi::TIO_MMIO_BLOCK,
+            mmio_block(GPA, 1).as_bytes().to_vec(),
+            &[4, 0x19],
+        ),
+        (
+            abi::TIO_MMIO_UNMAP,
+            mmio_unmap(GPA, 1).as_bytes().to_vec(),
+            &[4, 0x19],
+        ),
+        (
+            abi::TIO_MMIO_ZAP,
+            mmio_zap(0x9000_0000, 1).as_bytes().to_vec(),
+            &[4],
+        ),
+        (abi::TIO_TDI_ERROR, tdi_error().as_bytes().to_vec(), &[4]),
+    ]
+}
+
+// ---- golden layouts -----------------------------------------------------------------------
+
+fn field(bytes: &[u8], off: usize, width: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b[..width].copy_from_slice(&bytes[off..off + width]);
+    u64::from_le_bytes(b)
+}
+
+macro_rules! golden {
+    ($v:expr, $len:expr, [$($t:expr),* $(,)?]) => {{
+        let v = $v;
+        let bytes = v.as_bytes();
+        assert_eq!(bytes.len(), $len, "size of {}", stringify!($v));
+        let mut covered = vec![false; bytes.len()];
+        $(
+            let (off, w, val): (usize, usize, u64) = $t;
+            assert_eq!(field(bytes, off, w), val, "{} @{:#x}", stringify!($v), off);
+            for c in &mut covered[off..off + w] { *c = true; }
+        )*
+        // Every byte not named above is reserved, and zero.
+        for (i, b) in bytes.iter().enumerate() {
+            if !covered[i] { assert_eq!(*b, 0, "{} reserved byte {:#x}", stringify!($v), i); }
+        }
+    }};
+}
+
+#[test]
+fn golden_layouts_match_the_published_offsets() {
+    let s1 = U64::new(0x1111_1111_1111_1000);
+    let s2 = U64::new(0x2222_2222_2222_2000);
+    let s3 = U64::new(0x3333_3333_3333_3000);
+    let ctrl = abi::SpdmCtrl {
+        req: 0xA1.into(),
+        resp: 0xA2.into(),
+        scratch: 0xA3.into(),
+        output: 0xA4.into(),
+    };
+    let spdm = |o: usize| -> [(usize, usize, u64); 4] {
+        [
+            (o, 8, 0xA1),
+            (o + 8, 8, 0xA2),
+            (o + 16, 8, 0xA3),
+            (o + 24, 8, 0xA4),
+        ]
+    };
+
+    let mut c = abi::DevCreate::new_zeroed();
+    (
+        c.length,
+        c.dev_ctx,
+        c.device_id,
+        c.root_port_id,
+        c.segment_id,
+    ) = (0x20.into(), s1, 0x0318.into(), 0x0010.into(), 7);
+    golden!(
+        c,
+        0x20,
+        [
+            (0, 4, 0x20),
+            (8, 8, s1.get()),
+            (0x10, 2, 0x0318),
+            (0x12, 2, 0x10),
+            (0x14, 1, 7)
+        ]
+    );
+
+    let mut c = abi::DevReclaim::new_zeroed();
+    (c.length, c.dev_ctx) = (0x10.into(), s1);
+    golden!(c, 0x10, [(0, 4, 0x10), (8, 8, s1.get())]);
+
+    let mut c = abi::DevConnect::new_zeroed();
+    (c.length, c.spdm_ctrl, c.dev_ctx, c.tc_mask, c.cert_slot) = (0x50.into(), ctrl, s1, 0x81, 3);
+    c.ide_stream_id = [1, 2, 3, 4, 5, 6, 7, 8];
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x50,
+        [
+            (0, 4, 0x50),
+            a,
+            b,
+            d,
+            e,
+            (0x30, 8, s1.get()),
+            (0x38, 1, 0x81),
+            (0x39, 1, 3),
+            (0x40, 8, 0x0807_0605_0403_0201)
+        ]
+    );
+
+    let mut c = abi::DevDisconnect::new_zeroed();
+    (c.length, c.flags, c.spdm_ctrl, c.dev_ctx) = (0x30.into(), 1.into(), ctrl, s1);
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x30,
+        [(0, 4, 0x30), (4, 4, 1), a, b, d, e, (0x28, 8, s1.get())]
+    );
+
+    let mut c = abi::TdiCreate::new_zeroed();
+    (c.length, c.dev_ctx, c.tdi_ctx) = (0x30.into(), s1, s2);
+    c.interface_id.function_id = 0x0100_0318.into();
+    golden!(
+        c,
+        0x30,
+        [
+            (0, 4, 0x30),
+            (8, 8, s1.get()),
+            (0x10, 8, s2.get()),
+            (0x18, 4, 0x0100_0318)
+        ]
+    );
+
+    let mut c = abi::TdiReclaim::new_zeroed();
+    (c.length, c.dev_ctx, c.tdi_ctx) = (0x20.into(), s1, s2);
+    golden!(
+        c,
+        0x20,
+        [(0, 4, 0x20), (8, 8, s1.get()), (0x10, 8, s2.get())]
+    );
+
+    let mut c = abi::TdiBind::new_zeroed();
+    (c.length, c.spdm_ctrl, c.dev_ctx, c.tdi_ctx, c.gctx_paddr) = (0x50.into(), ctrl, s1, s2, s3);
+    (c.guest_device_id, c.lock_flags, c.run_flags) = (0xBEEF.into(), 0x1D.into(), 1.into());
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x50,
+        [
+            (0, 4, 0x50),
+            a,
+            b,
+            d,
+            e,
+            (0x28, 8, s1.get()),
+            (0x30, 8, s2.get()),
+            (0x38, 8, s3.get()),
+            (0x40, 2, 0xBEEF),
+            (0x42, 2, 0x1D),
+            (0x44, 2, 1)
+        ]
+    );
+
+    let mut c = abi::TdiUnbind::new_zeroed();
+    (
+        c.length,
+        c.flags,
+        c.spdm_ctrl,
+        c.dev_ctx,
+        c.tdi_ctx,
+        c.gctx_paddr,
+    ) = (0x40.into(), 1.into(), ctrl, s1, s2, s3);
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x40,
+        [
+            (0, 4, 0x40),
+            (4, 4, 1),
+            a,
+            b,
+            d,
+            e,
+            (0x28, 8, s1.get()),
+            (0x30, 8, s2.get()),
+            (0x38, 8, s3.get())
+        ]
+    );
+
+    let mut c = abi::TdiReport::new_zeroed();
+    (c.length, c.spdm_ctrl, c.dev_ctx, c.tdi_ctx, c.gctx_paddr) = (0x40.into(), ctrl, s1, s2, s3);
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x40,
+        [
+            (0, 4, 0x40),
+            a,
+            b,
+            d,
+            e,
+            (0x28, 8, s1.get()),
+            (0x30, 8, s2.get()),
+            (0x38, 8, s3.get())
+        ]
+    );
+
+    let mut c = abi::TdiStatus::new_zeroed();
+    (c.length, c.spdm_ctrl, c.dev_ctx, c.tdi_ctx, c.status_paddr) = (0x40.into(), ctrl, s1, s2, s3);
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x40,
+        [
+            (0, 4, 0x40),
+            a,
+            b,
+            d,
+            e,
+            (0x28, 8, s1.get()),
+            (0x30, 8, s2.get()),
+            (0x38, 8, s3.get())
+        ]
+    );
+
+    let mut c = abi::TdiStatusData::new_zeroed();
+    (c.length, c.tdisp_state) = (0x10.into(), 2);
+    golden!(c, 0x10, [(0, 4, 0x10), (4, 1, 2)]);
+
+    let mut c = abi::GuestRequest::new_zeroed();
+    (c.length, c.spdm_ctrl, c.dev_ctx, c.tdi_ctx, c.gctx_paddr) = (0x50.into(), ctrl, s1, s2, s3);
+    (c.req_paddr, c.res_paddr) = (0x4000.into(), 0x5000.into());
+    let [a, b, d, e] = spdm(8);
+    golden!(
+        c,
+        0x50,
+        [
+            (0, 4, 0x50),
+            a,
+            b,
+            d,
+            e,
+            (0x28, 8, s1.get()),
+            (0x30, 8, s2.get()),
+            (0x38, 8, s3.get()),
+            (0x40, 8, 0x4000),
+            (0x48, 8, 0x5000)
+        ]
+    );
+
+    let mut c = abi::AsidFenceClear::new_zeroed();
+    (c.length, c.dev_ctx, c.gctx_paddr) = (0x20.into(), s1, s3);
+    golden!(
+        c,
+        0x20,
+        [(0, 4, 0x20), (8, 8, s1.get()), (0x10, 8, s3.get())]
+    );
+
+    let mut c = abi::AsidFenceStatus::new_zeroed();
+    (c.length, c.dev_ctx, c.asid, c.status_pa) = (0x20.into(), s1, 0x77.into(), 0x6000.into());
+    golden!(
+        c,
+        0x20,
+        [
+            (0, 4, 0x20),
+            (8, 8, s1.get()),
+            (0x10, 4, 0x77),
+            (0x14, 8, 0x6000)
+        ]
+    );
+
+    let mut c = abi::TdiInfo::new_zeroed();
+    (c.length, c.dev_ctx, c.tdi_ctx, c.status_paddr) = (0x30.into(), s1, s2, s3);
+    golden!(
+        c,
+        0x30,
+        [
+            (0, 4, 0x30),
+            (8, 8, s1.get()),
+            (0x10, 8, s2.get()),
+            (0x18, 8, s3.get())
+        ]
+    );
+
+    let mut c = abi::TdiInfoData::new_zeroed();
+    c.length = 0xC0.into();
+    c.interface_id.function_id = 0x0100_0318.into();
+    (c.p1_flags, c.p2_flags, c.spdm_algos) = ((2 << 2).into(), 0x1D.into(), 0x0102.into());
+    c.certs_digest[0] = 0xC1;
+    c.meas_digest[0] = 0xC2;
+    c.interface_report_digest[0] = 0xC3;
+    (c.intf_report_counter, c.asid) = (9.into(), 5.into());
+    golden!(
+        c,
+        0xC0,
+        [
+            (0, 4, 0xC0),
+            (4, 4, 0x0100_0318),
+            (0x10, 4, 8),
+            (0x14, 4, 0x1D),
+            (0x18, 8, 0x0102),
+            (0x20, 1, 0xC1),
+            (0x50, 1, 0xC2),
+            (0x80, 1, 0xC3),
+            (0xB0, 8, 9),
+            (0xB8, 4, 5)
+        ]
+    );
+
+    golden!(gctx_create(0x7000), 8, [(0, 8, 0x7000)]);
+    golden!(decommission(0x7000), 8, [(0, 8, 0x7000)]);
+    golden!(activate(0x7000, 12), 12, [(0, 8, 0x7000), (8, 4, 12)]);
+
+    // Ours.
+    let m = mmio_map(0x1000, 0x2000, 2);
+    golden!(
+        m,
+        0x30,
+        [
+            (0, 4, 0x30),
+            (8, 8, tdi_sla()),
+            (0x10, 8, GCTX),
+            (0x18, 8, 0x1000),
+            (0x20, 8, 0x2000),
+            (0x28, 1, 2)
+        ]
+    );
+    golden!(
+        mmio_block(0x1000, 1),
+        0x20,
+        [(0, 4, 0x20), (8, 8, GCTX), (0x10, 8, 0x1000), (0x18, 1, 1)]
+    );
+    golden!(
+        mmio_unmap(0x1000, 1),
+        0x20,
+        [(0, 4, 0x20), (8, 8, GCTX), (0x10, 8, 0x1000), (0x18, 1, 1)]
+    );
+    golden!(
+        mmio_zap(0x9000, 3),
+        0x18,
+        [(0, 4, 0x18), (8, 8, 0x9000), (0x10, 8, 3)]
+    );
+    golden!(
+        tdi_error(),
+        0x18,
+        [(0, 4, 0x18), (8, 8, dev_sla()), (0x10, 8, tdi_sla())]
+    );
+
+    // Guest messages.
+    let h = MsgHeader::new(msg::MSG_MMIO_VALIDATE_REQ, 48);
+    golden!(
+        h,
+        0x60,
+        [
+            (0x31, 1, 1),
+            (0x32, 2, 0x60),
+            (0x34, 1, 21),
+            (0x35, 1, 1),
+            (0x36, 2, 48)
+        ]
+    );
+    let mut r = msg::MmioValidateReq::new_zeroed();
+    (
+        r.guest_device_id,
+        r.subrange_base,
+        r.subrange_page_count,
+        r.range_offset,
+    ) = (GDEV.into(), 0x9000.into(), 3.into(), 4.into());
+    (r.flags, r.range_id) = (3.into(), 1.into());
+    golden!(
+        r,
+        48,
+        [
+            (0, 2, 0x100),
+            (0x10, 8, 0x9000),
+            (0x18, 4, 3),
+            (0x1C, 4, 4),
+            (0x20, 2, 3),
+            (0x22, 2, 1)
+        ]
+    );
+    let mut r = msg::MmioValidateRsp::new_zeroed();
+    (
+        r.guest_device_id,
+        r.status,
+        r.subrange_base,
+        r.subrange_page_count,
+    ) = (GDEV.into(), 6.into(), 0x9000.into(), 3.into());
+    (r.range_offset, r.flags, r.range_id) = (4.into(), 1.into(), 1.into());
+    golden!(
+        r,
+        48,
+        [
+            (0, 2, 0x100),
+            (2, 2, 6),
+            (0x10, 8, 0x9000),
+            (0x18, 4, 3),
+            (0x1C, 4, 4),
+            (0x20, 2, 1),
+            (0x22, 2, 1)
+        ]
+    );
+    let mut r = msg::TdiInfoRsp::new_zeroed();
+    (
+        r.guest_device_id,
+        r.tdi_status,
+        r.lock_flags,
+        r.tdi_report_count,
+    ) = (GDEV.into(), 2.into(), 1.into(), 7.into());
+    golden!(
+        r,
+        192,
+        [(0, 2, 0x100), (2, 2, 2), (0x14, 4, 1), (0xB0, 8, 7)]
+    );
+
+    // SLA bits (sev-dev-tio.h: page_type 0, page_size 1, pfn 51:12).
+    assert_eq!(SlaAddr::new().with_pfn(0x12345).into_bits(), 0x1234_5000);
+    assert_eq!(SlaAddr::new().with_page_type(true).into_bits(), 1);
+    assert_eq!(SlaAddr::new().with_page_size(true).into_bits(), 2);
+    let _ = U16::new(0);
+}
+
+#[test]
+fn rmp_entry_layout() {
+    let e = RmpEntry::new()
+        .with_assigned(true)
+        .with_page_size(true)
+        .with_immutable(true)
+        .with_validated(true)
+        .with_mmio(true)
+        .with_gpa_pfn(0xABCDE)
+        .with_asid(0x42);
+    assert_eq!(core::mem::size_of::<RmpEntry>(), 16);
+    assert_eq!(e.into_bits() & 0x1F, 0x1F);
+    assert_eq!((e.into_bits() >> 12) & 0xFF_FFFF_FFFF, 0xABCDE);
+    assert_eq!((e.into_bits() >> 64) as u32, 0x42);
+}
+
+// ---- hostile buffers ----------------------------------------------------------------------
+
+/// Every hostile variant of every command is INVALID_PARAM and changes nothing, in a world
+/// where the good buffer would do something.
+#[test]
+fn hostile_buffers_are_invalid_param_and_change_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let before = w.state();
+    for (id, good, reserved) in every_command() {
+        let n = good.len();
+        // Short: every length below the buffer's.
+        for short in 0..n {
+            refused(w.raw(id, &good[..short]), SevStatus::INVALID_PARAM);
+        }
+        // Misaligned: the same bytes one byte off.
+        let mut b = Buf([0; 256]);
+        b.0[1..=n].copy_from_slice(&good);
+        let o = w.sev.command(&mut w.mem, id, &mut b.0[1..=n]);
+        refused(o, SevStatus::INVALID_PARAM);
+        // Wrong length field.
+        if n >= 0x10 && id & 0xF0 != 0x90 {
+            for bad in [0u32, n as u32 - 1, n as u32 + 1, u32::MAX] {
+                let mut v = good.clone();
+                v[..4].copy_from_slice(&bad.to_le_bytes());
+                refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+            }
+        }
+        // Reserved fields and unknown flag bits.
+        for &off in reserved {
+            let mut v = good.clone();
+            v[off] = 0xFF;
+            refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+        }
+        assert_eq!(w.state(), before, "command {id:#x}");
+    }
+    // Unknown commands, with a buffer of any size.
+    for id in [
+        0,
+        0x01,
+        0xD0,
+        0xD1,
+        0xD9,
+        0xE4,
+        0xE5,
+        0xEF,
+        0xF5,
+        0x1DC,
+        u32::MAX,
+    ] {
+        for len in [0, 8, 0x50, 128] {
+            let mut v = vec![0u8; len];
+            if len >= 4 {
+                v[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            }
+            refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+        }
+    }
+    assert_eq!(w.state(), before);
+}
+
+#[test]
+fn malformed_handles_are_refused_and_change_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    let before = w.state();
+    // SLA with reserved bits, a scatter SLA, a null SLA: malformed.
+    for bad in [dev_sla() | 1 << 4, dev_sla() | 1, 0, dev_sla() | 1 << 63] {
+        let mut c = dev_reclaim();
+        c.dev_ctx = bad.into();
+        refused(w.cmd(&c), SevStatus::INVALID_PARAM);
+    }
+    // Well-formed but unknown contexts: AMD's specific status, InvalidHandle behind it.
+    let mut c = tdi_unbind(GCTX);
+    c.dev_ctx = sla(0x99).into();
+    assert_eq!(
+        w.cmd(&c),
+        Outcome {
+            status: SevStatus::INVALID_DEV_CTX,
+            detail: Error::InvalidHandle.code()
+        }
+    );
+    let mut c = tdi_unbind(GCTX);
+    c.tdi_ctx = sla(0x99).into();
+    refused(w.cmd(&c), SevStatus::INVALID_TDI_CTX);
+    let mut c = tdi_bind(0x2_0000_9000);
+    c.tdi_ctx = tdi_sla().into();
+    refused(w.cmd(&c), SevStatus::INVALID_GUEST);
+    // Unaligned guest context.
+    refused(w.cmd(&tdi_unbind(GCTX + 8)), SevStatus::INVALID_ADDRESS);
+    // A TDI named with another device's context.
+    let mut dc = dev_create();
+    dc.dev_ctx = sla(0x30_0009).into();
+    dc.device_id = rid(7).routing_id().into();
+    ok(w.cmd(&dc));
+    let before2 = w.state();
+    let mut c = tdi_unbind(GCTX);
+    c.dev_ctx = sla(0x30_0009).into();
+    refused(w.cmd(&c), SevStatus::INVALID_TDI);
+    // The wrong guest for a bound TDI.
+    refused(w.cmd(&tdi_unbind(GCTX2)), SevStatus::INVALID_GUEST);
+    assert_eq!(w.state(), before2);
+    assert_ne!(before, before2);
+}
+
+// ---- each command's good buffer and its refusals --------------------------------------------
+
+#[test]
+fn guest_contexts() {
+    let mut w = World::new();
+    ok(w.cmd(&gctx_create(GCTX)));
+    refused(w.cmd(&gctx_create(GCTX)), SevStatus::IN_USE);
+    refused(w.cmd(&gctx_create(GCTX + 1)), SevStatus::INVALID_ADDRESS);
+    refused(w.cmd(&gctx_create(0)), SevStatus::INVALID_ADDRESS);
+    refused(w.cmd(&gctx_create(1 << 52)), SevStatus::INVALID_ADDRESS);
+    refused(w.cmd(&activate(GCTX, 0)), SevStatus::INVALID_ASID);
+    refused(
+        w.cmd(&activate(GCTX, crate::fw::MAX_ASID + 1)),
+        SevStatus::INVALID_ASID,
+    );
+    refused(w.cmd(&activate(GCTX2, 5)), SevStatus::INVALID_GUEST);
+    ok(w.cmd(&activate(GCTX, 5)));
+    refused(w.cmd(&activate(GCTX, 6)), SevStatus::INVALID_GUEST_STATE);
+    ok(w.cmd(&gctx_create(GCTX2)));
+    let before = w.state();
+    refused(w.cmd(&activate(GCTX2, 5)), SevStatus::INVALID_ASID);
+    assert_eq!(w.state(), before);
+    let g = w.guest(GCTX);
+    assert_eq!(w.sev.tsm().with_table(|r| r.asid(g)).unwrap(), 5);
+    ok(w.cmd(&decommission(GCTX)));
+    assert!(w.sev.guest_ctx(GCTX).is_none());
+    assert_eq!(w.sev.tsm().guest(g), Err(Error::InvalidHandle));
+    refused(w.cmd(&decommission(GCTX)), SevStatus::INVALID_GUEST);
+    // Every guest slot used: a status, not a panic.
+    let mut w = World::new();
+    for i in 0..tsm_core::capacity::MAX_GUESTS as u64 {
+        ok(w.cmd(&gctx_create(GCTX + i * 0x1000)));
+    }
+    let before = w.state();
+    let o = w.cmd(&gctx_create(0x3_0000_0000));
+    assert_eq!(o.to_core(), Err(Error::GuestTableFull));
+    refused(o, SevStatus::RESOURCE_LIMIT);
+    assert_eq!(w.state(), before);
+}
+
+#[test]
+fn devices_connect_and_reclaim() {
+    let mut w = World::new();
+    ok(w.cmd(&gctx_create(GCTX)));
+    ok(w.cmd(&dev_create()));
+    let d = w.sev.dev_ctx(dev_sla()).unwrap();
+    assert_eq!(w.sev.tsm().device(d.device).unwrap().bars.len(), 1);
+    refused(w.cmd(&dev_create()), SevStatus::IN_USE);
+    let mut again = dev_create();
+    again.dev_ctx = sla(0x30_0005).into();
+    assert_eq!(w.cmd(&again).to_core(), Err(Error::DuplicateDevice));
+    // TDI_CREATE needs a connected device.
+    refused(w.cmd(&tdi_create()), SevStatus::INVALID_DEV_STATE);
+    refused(w.cmd(&dev_disconnect()), SevStatus::INVALID_DEV_STATE);
+    let mut bad = dev_connect();
+    bad.tc_mask = 2;
+    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    let mut bad = dev_connect();
+    bad.cert_slot = 8;
+    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    let mut bad = dev_connect();
+    bad.spdm_ctrl.req = (dev_sla() | 1 << 5).into();
+    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    ok(w.cmd(&dev_connect()));
+    refused(w.cmd(&dev_connect()), SevStatus::INVALID_DEV_STATE);
+    ok(w.cmd(&tdi_create()));
+    // Reclaim with a TDI: in use; after the TDI is reclaimed: gone.
+    let before = w.state();
+    let o = w.cmd(&dev_reclaim());
+    refused(o, SevStatus::IN_USE);
+    assert_eq!(o.to_core(), Err(Error::DeviceInUse));
+    assert_eq!(w.state(), before);
+    ok(w.cmd(&dev_disconnect()));
+    ok(w.cmd(&tdi_reclaim()));
+    ok(w.cmd(&dev_reclaim()));
+    assert!(w.sev.dev_ctx(dev_sla()).is_none());
+    assert_eq!(
+        w.sev.tsm().device(d.device).map(drop),
+        Err(Error::InvalidHandle)
+    );
+}
+
+#[test]
+fn tdi_bind_report_status_info_unbind() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let t = w.tdi();
+    // Create: duplicate interface, reused context.
+    let mut dup = tdi_create();
+    dup.tdi_ctx = sla(0x30_0007).into();
+    assert_eq!(w.cmd(&dup).to_core(), Err(Error::DuplicateTdi));
+    refused(w.cmd(&tdi_create()), SevStatus::IN_USE);
+    // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
+    let mut b = tdi_bind(GCTX);
+    b.run_flags = abi::BIND_RUN_FORCE.into();
+    refused(w.cmd(&b), SevStatus::INVALID_PARAM);
+    ok(w.cmd(&gctx_create(0x2_0000_7000)));
+    refused(
+        w.cmd(&tdi_bind(0x2_0000_7000)),
+        SevStatus::INVALID_GUEST_STATE,
+    );
+    // The report comes from the device: a device with a range outside its BARs is refused.
+    let before = w.state();
+    w.sev
+        .tsm()
+        .with_transport(|d| {
+            d.set_report(rid(0), &[MmioRange::from_raw(BAR, BAR_PAGES + 1).unwrap()])
+        })
+        .unwrap()
+        .unwrap();
+    let o = w.cmd(&tdi_bind(GCTX));
+    assert_eq!(o.to_core(), Err(Error::RangeOutsideDevice));
+    assert_eq!(w.state(), before);
+    w.sev
+        .tsm()
+        .with_transport(|d| d.set_report(rid(0), &[MmioRange::from_raw(BAR, 512).unwrap()]))
+        .unwrap()
+        .unwrap();
+    ok(w.cmd(&tdi_bind(GCTX)));
+    assert_eq!(
+        w.sev.tsm().tdi(t).unwrap().state,
+        TdiState::Locked {
+            owner: w.guest(GCTX)
+        }
+    );
+    let o = w.cmd(&tdi_bind(GCTX2));
+    refused(o, SevStatus::INVALID_TDI_STATE);
+    assert_eq!(o.to_core(), Err(Error::TdiAlreadyBound));
+
+    // TDI_STATUS asks the device: CONFIG_LOCKED.
+    ok(w.cmd(&tdi_status()));
+    let mut s = abi::TdiStatusData::new_zeroed();
+    w.mem.read(MEM, s.as_mut_bytes()).unwrap();
+    assert_eq!((s.length.get(), s.tdisp_state), (0x10, 1));
+    let mut bad = tdi_status();
+    bad.status_paddr = (MEM + 4).into();
+    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    bad.status_paddr = 0x5_0000_0000.into();
+    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+
+    // TDI_INFO: bound and locked, the owner's ASID.
+    ok(w.cmd(&tdi_info()));
+    let mut i = abi::TdiInfoData::new_zeroed();
+    w.mem.read(MEM, i.as_mut_bytes()).unwrap();
+    assert_eq!(i.p1_flags.get() >> 2 & 3, 1);
+    assert_eq!((i.asid.get(), i.p2_flags.get()), (5, 1));
+
+    // TDI_REPORT: the owner gets the device's ranges; another guest does not.
+    ok(w.cmd(&tdi_report(GCTX)));
+    let mut h = abi::ReportHeader::new_zeroed();
+    w.mem.read(MEM + 0x3000, h.as_mut_bytes()).unwrap();
+    assert_eq!(h.mmio_range_count.get(), 1);
+    let mut r = abi::ReportRange::new_zeroed();
+    w.mem.read(MEM + 0x3010, r.as_mut_bytes()).unwrap();
+    assert_eq!(
+        (r.first_page.get(), r.number_of_pages.get()),
+        (BAR >> 12, 512)
+    );
+    assert_eq!(w.cmd(&tdi_report(GCTX2)).to_core(), Err(Error::NotOwner));
+    let mut no_out = tdi_report(GCTX);
+    no_out.spdm_ctrl.output = 0.into();
+    refused(w.cmd(&no_out), SevStatus::INVALID_PARAM);
+    let mut far = tdi_report(GCTX);
+    far.spdm_ctrl.output = sla(0x9_0000).into();
+    refused(w.cmd(&far), SevStatus::INVALID_ADDRESS);
+    ok(w.cmd(&tdi_info()));
+    w.mem.read(MEM, i.as_mut_bytes()).unwrap();
+    assert_eq!(i.intf_report_counter.get(), 1);
+
+    // Unbind: the wrong guest is refused; the owner's unbind completes.
+    let before = w.state();
+    refused(w.cmd(&tdi_unbind(GCTX2)), SevStatus::INVALID_GUEST);
+    assert_eq!(w.state(), before);
+    ok(w.cmd(&tdi_unbind(GCTX)));
+    assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
+    // Unbinding an unbound TDI is done, whatever guest context comes with it.
+    ok(w.cmd(&tdi_unbind(0)));
+    assert_eq!(w.cmd(&tdi_report(GCTX)).to_core(), Err(Error::TdiNotBound));
+    // Reclaim of the unbound TDI.
+    ok(w.cmd(&tdi_reclaim()));
+    refused(w.cmd(&tdi_reclaim()), SevStatus::INVALID_TDI_CTX);
+}
+
+#[test]
+fn tdi_reclaim_of_a_bound_tdi_is_in_use() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let before = w.state();
+    let o = w.cmd(&tdi_reclaim());
+    refused(o, SevStatus::IN_USE);
+    assert_eq!(o.to_core(), Err(Error::TdiBound));
+    refused(w.cmd(&dev_disconnect()), SevStatus::IN_USE);
+    refused(w.cmd(&decommission(GCTX)), SevStatus::IN_USE);
+    assert_eq!(w.state(), before);
+}
+
+#[test]
+fn unbind_is_bounded_and_resumable() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    // 100 4K leaves: more than one call's budget.
+    for i in 0..100u64 {
+        ok(w.cmd(&mmio_map(
+            GPA + 0x40_0000 + i * 0x1000,
+            BAR + 0x10_0000 + i * 0x1000,
+            0,
+        )));
+    }
+    let first = w.cmd(&tdi_unbind(GCTX));
+    assert_eq!(first, Outcome::plain(SevStatus::RESUME_REQUIRED));
+    assert_eq!(first.to_core(), Ok(tsm_core::Completion::Resumable));
+    let mut calls = 1;
+    while w.cmd(&tdi_unbind(GCTX)).status == SevStatus::RESUME_REQUIRED {
+        calls += 1;
+    }
+    assert!(calls >= 2);
+    assert!(
+        w.sev
+            .tsm()
+            .with_table(|r| r.entries().iter().all(|e| !e.assigned()))
+            .unwrap()
+    );
+}
+
+#[test]
+fn fences() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    ok(w.cmd(&fence_clear(GCTX)));
+    ok(w.cmd(&fence_status(5)));
+    let mut word = [0u8; 8];
+    w.mem.read(MEM, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), abi::FENCE_MMIO_FENCED);
+    refused(w.cmd(&fence_status(77)), SevStatus::INVALID_ASID);
+    refused(w.cmd(&fence_clear(0x2_0000_9000)), SevStatus::INVALID_GUEST);
+    let mut bad = fence_status(5);
+    bad.status_pa = (MEM + 3).into();
+    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    // An unbind with the fence held stops before unassigning: flush pending.
+    let mut outcome = w.cmd(&tdi_unbind(GCTX));
+    while outcome.status == SevStatus::RESUME_REQUIRED {
+        outcome = w.cmd(&tdi_unbind(GCTX));
+    }
+    assert_eq!(outcome.to_core(), Err(Error::TlbFlushPending));
+    refused(outcome, SevStatus::INVALID_PAGE_STATE);
+    let leaf = w
+        .sev
+        .tsm()
+        .leaf(g, tsm_core::Gpa::try_new(GPA).unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(matches!(leaf.state, tsm_core::LeafState::Blocked { .. }));
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(w.cmd(&fence_status(5)));
+    w.mem.read(MEM, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0);
+    ok(w.cmd(&tdi_unbind(GCTX)));
+}
+
+#[test]
+fn host_mmio_commands() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    let g = w.guest(GCTX);
+    // Map: size codes, alignment, ownership.
+    assert_eq!(
+        w.cmd(&mmio_map(GPA, BAR, 3)).to_core(),
+        Err(Error::InvalidPageSize)
+    );
+    assert_eq!(
+        w.cmd(&mmio_map(GPA + 0x1000, BAR, 1)).to_core(),
+        Err(Error::Misaligned)
+    );
+    assert_eq!(
+        w.cmd(&mmio_map(GPA, BAR + 0x30_0000, 0)).to_core(),
+        Err(Error::HpaNotOwned)
+    );
+    assert_eq!(
+        w.cmd(&mmio_map(1 << 52, BAR, 0)).to_core(),
+        Err(Error::InvalidAddress)
+    );
+    ok(w.cmd(&mmio_map(GPA, BAR, 1)));
+    assert_eq!(
+        w.cmd(&mmio_map(GPA, BAR + 0x1000, 0)).to_core(),
+        Err(Error::GpaAlreadyMapped)
+    );
+    // The RMP: every page of the 2M leaf assigned to ASID 5 at its guest page, immutable.
+    let rmp_ok = w
+        .sev
+        .tsm()
+        .with_table(|r| {
+            (0..512u64).all(|i| {
+                let e = r.entry(BAR + i * 0x1000).unwrap();
+                e.assigned()
+                    && e.immutable()
+                    && e.mmio()
+                    && e.asid() == 5
+                    && e.gpa_pfn() == (GPA >> 12) + i
+                    && e.page_size()
+                    && !e.validated()
+            }) && !r.entry(BAR + 0x20_0000).unwrap().assigned()
+        })
+        .unwrap();
+    assert!(rmp_ok);
+    // The host cannot block, unmap or zap it while bound.
+    let before = w.state();
+    assert_eq!(w.cmd(&mmio_block(GPA, 1)).to_core(), Err(Error::TdiBound));
+    assert_eq!(w.cmd(&mmio_unmap(GPA, 1)).to_core(), Err(Error::TdiBound));
+    assert_eq!(
+        w.cmd(&mmio_unmap(GPA + 0x100_0000, 0)).to_core(),
+        Err(Error::NotMapped)
+    );
+    assert_eq!(w.cmd(&mmio_zap(BAR, 1)).to_core(), Err(Error::TdiBound));
+    assert_eq!(
+        w.cmd(&mmio_zap(BAR + 1, 1)).to_core(),
+        Err(Error::Misaligned)
+    );
+    assert_eq!(w.cmd(&mmio_zap(BAR, 0)).to_core(), Err(Error::InvalidRange));
+    assert_eq!(w.state(), before);
+    ok(w.cmd(&mmio_zap(0x9000_0000, 16)));
+    // Device error: the TDI goes to ERROR and its leaves are blocked.
+    ok(w.cmd(&tdi_error()));
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Error { .. }
+    ));
+    let leaf = w
+        .sev
+        .tsm()
+        .leaf(g, tsm_core::Gpa::try_new(GPA).unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(matches!(leaf.state, tsm_core::LeafState::Blocked { .. }));
+    assert!(
+        w.sev
+            .tsm()
+            .with_table(|r| r.entry(BAR).unwrap().blocked())
+            .unwrap()
+    );
+    let mut t = tdi_error();
+    t.tdi_ctx = sla(0x99).into();
+    refused(w.cmd(&t), SevStatus::INVALID_TDI_CTX);
+}
+
+// ---- the RMP for private MMIO: assign, validate, refuse the host, reclaim -----------------------
+
+fn validate_req(
+    range_id: u16,
+    offset: u32,
+    pages: u32,
+    gpa: u64,
+    flags: u16,
+) -> msg::MmioValidateReq {
+    let mut r = msg::MmioValidateReq::new_zeroed();
+    r.guest_device_id = GDEV.into();
+    r.subrange_base = gpa.into();
+    r.subrange_page_count = pages.into();
+    r.range_offset = offset.into();
+    r.flags = flags.into();
+    r.range_id = range_id.into();
+    r
+}
+
+#[test]
+fn guest_validates_its_mmio() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let v = msg::VALIDATE_FLAG_VALIDATED;
+    let validated = |w: &World, hpa: u64| {
+        w.sev
+            .tsm()
+            .with_table(|r| r.entry(hpa).unwrap().validated())
+            .unwrap()
+    };
+    // Refusals first: each leaves every bit as it was.
+    let before = w.state();
+    for (req, gctx, status) in [
+        (validate_req(0, 0, 512, GPA, v), GCTX2, Mv::InvalidTdi),
+        (validate_req(5, 0, 1, GPA, v), GCTX, Mv::NotReported),
+        (validate_req(0, 500, 13, GPA, v), GCTX, Mv::OutOfRange),
+        (validate_req(0, 0, 0, GPA, v), GCTX, Mv::OutOfRange),
+        (
+            validate_req(0, 0, 512, GPA + 0x1000, v),
+            GCTX,
+            Mv::NotMapped,
+        ),
+        (
+            validate_req(1, 0, 2, GPA + 0x20_0000, v),
+            GCTX,
+            Mv::NotAssigned,
+        ),
+    ] {
+        let (o, rsp) = w.validate(gctx, req);
+        ok(o);
+        assert_eq!(rsp.status.get(), status as u16, "{req:?}");
+        assert_eq!(rsp.flags.get(), 0);
+    }
+    let mut wrong_id = validate_req(0, 0, 1, GPA, v);
+    wrong_id.guest_device_id = 7.into();
+    assert_eq!(
+        w.validate(GCTX, wrong_id).1.status.get(),
+        Mv::InvalidTdi as u16
+    );
+    let mut state = w.state();
+    state.mem = before.mem.clone();
+    assert_eq!(state, before);
+    // Malformed messages: a command-level INVALID_PARAM, nothing written.
+    let mut bad = validate_req(0, 0, 1, GPA, v);
+    bad.flags = 4.into();
+    refused(w.validate(GCTX, bad).0, SevStatus::INVALID_PARAM);
+    let mut bad = validate_req(0, 0, 1, GPA, v);
+    bad.reserved2[3] = 1;
+    refused(w.validate(GCTX, bad).0, SevStatus::INVALID_PARAM);
+    refused(w.guest_msg(GCTX, 0x7F, &[0; 16]), SevStatus::INVALID_PARAM);
+    refused(
+        w.guest_msg(GCTX, msg::MSG_MMIO_VALIDATE_REQ, &[0; 47]),
+        SevStatus::INVALID_PARAM,
+    );
+    let mut same = guest_request(GCTX);
+    same.res_paddr = same.req_paddr;
+    refused(w.cmd(&same), SevStatus::INVALID_PARAM);
+    // Good: the whole 2M leaf, then part of it again (no change), then not uniform.
+    let (o, rsp) = w.validate(GCTX, validate_req(0, 0, 512, GPA, v));
+    ok(o);
+    assert_eq!(
+        (rsp.status.get(), rsp.flags.get()),
+        (0, msg::VALIDATE_FLAG_CHANGED)
+    );
+    assert!(validated(&w, BAR) && validated(&w, BAR + 0x1F_F000));
+    let (_, rsp) = w.validate(GCTX, validate_req(0, 16, 16, GPA + 0x1_0000, v));
+    assert_eq!((rsp.status.get(), rsp.flags.get()), (0, 0));
+    let (_, rsp) = w.validate(GCTX, validate_req(0, 0, 1, GPA, 0));
+    assert_eq!(rsp.status.get(), 0);
+    let (_, rsp) = w.validate(GCTX, validate_req(0, 0, 2, GPA, v));
+    assert_eq!(rsp.status.get(), Mv::NotUniform as u16);
+    assert!(!validated(&w, BAR) && validated(&w, BAR + 0x1000));
+    let (_, rsp) = w.validate(
+        GCTX,
+        validate_req(0, 0, 2, GPA, v | msg::VALIDATE_FLAG_FORCE),
+    );
+    assert_eq!((rsp.status.get(), rsp.flags.get()), (0, 1));
+    assert!(validated(&w, BAR));
+    // TDI_INFO for the guest: bound and locked.
+    let mut r = msg::TdiReq::new_zeroed();
+    r.guest_device_id = GDEV.into();
+    ok(w.guest_msg(GCTX, msg::MSG_TDI_INFO_REQ, r.as_bytes()));
+    let mut info = msg::TdiInfoRsp::new_zeroed();
+    w.mem.read(MEM + 0x2060, info.as_mut_bytes()).unwrap();
+    assert_eq!(info.tdi_status.get(), 1);
+}
+
+#[test]
+fn guest_starts_the_tdi() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let start = |w: &mut World, gctx: u64, id: u16| {
+        let mut r = msg::TdiReq::new_zeroed();
+        r.guest_device_id = id.into();
+        ok(w.guest_msg(gctx, msg::MSG_TDI_START_REQ, r.as_bytes()));
+        let mut rsp = msg::TdiStartRsp::new_zeroed();
+        w.mem.read(MEM + 0x2060, rsp.as_mut_bytes()).unwrap();
+        Outcome {
+            status: SevStatus(rsp.status.get()),
+            detail: rsp.detail.get(),
+        }
+    };
+    let before = w.state();
+    assert_eq!(start(&mut w, GCTX2, GDEV).to_core(), Err(Error::NotOwner));
+    refused(start(&mut w, GCTX, GDEV + 1), SevStatus::INVALID_PARAM);
+    let mut now = w.state();
+    now.mem = before.mem.clone();
+    assert_eq!(now, before);
+    assert_eq!(start(&mut w, GCTX, GDEV), Outcome::SUCCESS);
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Run { .. }
+    ));
+    assert_eq!(
+        start(&mut w, GCTX, GDEV).to_core(),
+        Err(Error::TdiNotLocked)
+    );
+}
+
+#[test]
+fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let (_, rsp) = w.validate(
+        GCTX,
+        validate_req(0, 0, 512, GPA, msg::VALIDATE_FLAG_VALIDATED),
+    );
+    assert_eq!(rsp.status.get(), 0);
+    let before = w.state();
+    let steal = RmpUpdate {
+        assigned: true,
+        asid: 6,
+        gpa: 0x5000,
+        page_size: false,
+    };
+    let give_back = RmpUpdate {
+        assigned: false,
+        asid: 0,
+        gpa: 0,
+        page_size: false,
+    };
+    // A mapped page: immutable, FAIL_PERMISSION.
+    assert_eq!(w.sev.host_rmpupdate(BAR, steal), Err(RmpFault::Permission));
+    assert_eq!(
+        w.sev.host_rmpupdate(BAR + 0x1000, give_back),
+        Err(RmpFault::Permission)
+    );
+    assert_eq!(w.sev.host_psmash(BAR), Err(RmpFault::Permission));
+    // An unmapped page of the bound TDI's range: FAIL_INUSE.
+    assert_eq!(
+        w.sev.host_rmpupdate(BAR + 0x10_0000 + 0x10_0000, steal),
+        Err(RmpFault::Permission)
+    );
+    assert_eq!(
+        w.sev.host_rmpupdate(BAR + 0x20_1000, steal),
+        Err(RmpFault::InUse)
+    );
+    // Outside the window or misaligned: FAIL_INPUT.
+    assert_eq!(w.sev.host_rmpupdate(0x1000, steal), Err(RmpFault::Input));
+    assert_eq!(
+        w.sev.host_rmpupdate(BAR + 0x20_1001, steal),
+        Err(RmpFault::Input)
+    );
+    assert_eq!(w.sev.host_psmash(BAR + 0x1000), Err(RmpFault::Input));
+    assert_eq!(w.state(), before);
+    // A page nobody owns is the host's to change.
+    assert_eq!(w.sev.host_rmpupdate(BAR + 0x50_0000, steal), Ok(()));
+    assert_eq!(w.sev.host_rmpupdate(BAR + 0x50_0000, give_back), Ok(()));
+    assert_eq!(w.sev.host_psmash(BAR + 0x60_0000), Ok(()));
+
+    // Unbind reclaims: blocked, fenced, unassigned; then the pages are the host's again.
+    let mut o = w.cmd(&tdi_unbind(GCTX));
+    while o.status == SevStatus::RESUME_REQUIRED {
+        o = w.cmd(&tdi_unbind(GCTX));
+    }
+    ok(o);
+    let clear = w
+        .sev
+        .tsm()
+        .with_table(|r| r.entries().iter().all(|e| *e == RmpEntry::new()))
+        .unwrap();
+    assert!(clear);
+    assert_eq!(w.sev.host_rmpupdate(BAR, steal), Ok(()));
+    assert_eq!(w.sev.host_rmpupdate(BAR, give_back), Ok(()));
+    assert_eq!(w.sev.host_psmash(BAR), Ok(()));
+    ok(w.cmd(&mmio_zap(BAR, BAR_PAGES)));
+}
+
+#[test]
+fn rmp_window_and_leaf_sizes() {
+    let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
+    assert_eq!(
+        Rmp::new(hpa(RMP_BASE + 8), vec![RmpEntry::new(); 4]).err(),
+        Some(SevStatus::INVALID_ADDRESS)
+    );
+    let g = GuestId::from_slot(0);
+    let gpa = |v| tsm_core::Gpa::try_new(v).unwrap();
+    use tsm_core::secure_table::TableError;
+    assert_eq!(
+        rmp.map(g, gpa(0), hpa(BAR), PageSize::Size4K),
+        Err(TableError::UnknownGuest)
+    );
+    rmp.set_asid(g, 3).unwrap();
+    assert_eq!(
+        rmp.set_asid(GuestId::from_slot(1), 3),
+        Err(SevStatus::INVALID_ASID)
+    );
+    // A page outside the window: a status.
+    assert_eq!(
+        rmp.map(g, gpa(0), hpa(RMP_BASE - 0x1000), PageSize::Size4K),
+        Err(TableError::OutOfFrames)
+    );
+    assert_eq!(
+        rmp.map(
+            g,
+            gpa(0),
+            hpa(RMP_BASE + (RMP_PAGES as u64 - 1) * 0x1000),
+            PageSize::Size2M
+        ),
+        Err(TableError::Misaligned)
+    );
+    assert_eq!(
+        rmp.map(g, gpa(0x4000_0000), hpa(0xC000_0000), PageSize::Size1G),
+        Err(TableError::OutOfFrames)
+    );
+    // 2M and 4K leaves; lookups anywhere inside a leaf return the whole leaf.
+    rmp.map(g, gpa(0x20_0000), hpa(BAR + 0x20_0000), PageSize::Size2M)
+        .unwrap();
+    rmp.map(g, gpa(0x1000), hpa(BAR + 0x5000), PageSize::Size4K)
+        .unwrap();
+    let l = rmp.leaf(g, gpa(0x2f_f000)).unwrap();
+    assert_eq!(
+        (l.gpa, l.hpa, l.size),
+        (gpa(0x20_0000), hpa(BAR + 0x20_0000), PageSize::Size2M)
+    );
+    assert_eq!(rmp.set_asid(g, 0), Err(SevStatus::IN_USE));
+    // next_leaf walks by host address and skips leaves that start before `from`.
+    let all = MmioRange::from_raw(BAR, 1024).unwrap();
+    assert_eq!(
+        rmp.next_leaf(all, hpa(BAR)).map(|l| l.hpa),
+        Some(hpa(BAR + 0x5000))
+    );
+    assert_eq!(
+        rmp.next_leaf(all, hpa(BAR + 0x6000)).map(|l| l.hpa),
+        Some(hpa(BAR + 0x20_0000))
+    );
+    assert_eq!(rmp.next_leaf(all, hpa(BAR + 0x20_1000)), None);
+    let small = MmioRange::from_raw(BAR + 0x20_0000, 16).unwrap();
+    assert_eq!(rmp.next_leaf(small, hpa(BAR)), None);
+    // Block twice is a no-op; removal needs a completed fence after the block.
+    rmp.hold_fences(true);
+    rmp.block(g, gpa(0x20_0000), PageSize::Size2M).unwrap();
+    let once = rmp.clone();
+    rmp.block(g, gpa(0x20_0000), PageSize::Size2M).unwrap();
+    assert_eq!(rmp, once);
+    assert_eq!(
+        rmp.block(g, gpa(0x20_1000), PageSize::Size2M),
+        Err(TableError::SizeMismatch)
+    );
+    assert_eq!(
+        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
+        Err(TableError::TlbNotFlushed)
+    );
+    rmp.track(g).unwrap();
+    assert!(rmp.fence_pending(g));
+    assert_eq!(
+        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
+        Err(TableError::TlbNotFlushed)
+    );
+    rmp.hold_fences(false);
+    assert_eq!(
+        rmp.remove(g, gpa(0x1000), PageSize::Size4K),
+        Err(TableError::NotBlocked)
+    );
+    assert_eq!(
+        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
+        Ok(hpa(BAR + 0x20_0000))
+    );
+    assert_eq!(rmp.leaf(g, gpa(0x20_0000)), None);
+}
+
+#[test]
+fn every_implemented_command_is_dispatched_and_documented() {
+    let readme = include_str!("../README.md");
+    let cmds = every_command();
+    assert_eq!(cmds.len(), abi::IMPLEMENTED.len());
+    for id in abi::IMPLEMENTED {
+        assert!(
+            cmds.iter().any(|(c, _, _)| *c == id),
+            "{id:#x} has no hostile test"
+        );
+        let row = format!("| {id:#04X} |").replace("0X", "0x");
+        assert!(
+            readme.contains(&row),
+            "README lacks a row for {id:#x}: {row}"
+        );
+    }
+    for s in SevStatus::ALL {
+        let row = format!("| {:#06x} |", s.0);
+        assert!(readme.contains(&row), "README lacks status {row}");
+    }
+}
