@@ -178,8 +178,7 @@ impl SeptEntry {
                 SeptState::Corrupt
             };
         }
-        if !self.mmio() || self.execute() || self.execute_user() || self.mem_type() != MEMTYPE_UC
-        {
+        if !self.mmio() || self.execute() || self.execute_user() || self.mem_type() != MEMTYPE_UC {
             return SeptState::Corrupt;
         }
         match (self.tdp(), self.tdb(), self.read(), self.write()) {

@@ -7,6 +7,9 @@ pub const PAGE_BYTES: usize = 4096;
 /// Entries in one table page: 4096 bytes of 8-byte entries (Intel SDM Vol. 3C 29.3.2).
 pub const ENTRIES_PER_PAGE: usize = 512;
 
+const PAGE_SHIFT: u32 = 12;
+const PAGE_OFFSET_MASK: u64 = (1 << PAGE_SHIFT) - 1;
+
 /// One 4 KiB table page as the hardware sees it: 512 little-endian 64-bit entries.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(4096))]
@@ -40,7 +43,7 @@ impl<'m> FramePool<'m> {
         let count = u32::try_from(pages.len()).ok().filter(|&n| n < u32::MAX)?;
         let bytes = u64::from(count).checked_mul(PAGE_BYTES as u64)?;
         let end = phys_base.checked_add(bytes)?;
-        if phys_base % PAGE_BYTES as u64 != 0 || end > tsm_core::addr::PHYS_ADDR_LIMIT {
+        if phys_base & PAGE_OFFSET_MASK != 0 || end > tsm_core::addr::PHYS_ADDR_LIMIT {
             return None;
         }
         let mut pool = Self {
@@ -102,10 +105,10 @@ impl<'m> FramePool<'m> {
     /// The page at physical address `phys`, if it is one of the pool's.
     pub fn index_of(&self, phys: u64) -> Option<FrameIndex> {
         let offset = phys.checked_sub(self.phys_base)?;
-        if offset % PAGE_BYTES as u64 != 0 {
+        if offset & PAGE_OFFSET_MASK != 0 {
             return None;
         }
-        let index = u32::try_from(offset / PAGE_BYTES as u64).ok()?;
+        let index = u32::try_from(offset >> PAGE_SHIFT).ok()?;
         (usize::try_from(index).ok()? < self.pages.len()).then_some(index)
     }
 

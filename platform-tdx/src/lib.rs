@@ -20,9 +20,11 @@
     )
 )]
 
+pub mod abi;
 pub mod ept;
 pub mod frames;
 pub mod radix;
 pub mod sept;
+pub mod status;
 
 pub use tsm_core;

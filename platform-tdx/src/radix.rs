@@ -303,10 +303,7 @@ mod tests {
         assert_eq!((l.level, l.raw), (2, 0xb0));
         // Installing below a leaf is refused.
         assert_eq!(t.install(&mut pool, 0x40_1000, 1, 0xc0), None);
-        assert_eq!(
-            t.next_entry(&pool, 0, u64::MAX),
-            Some((0x20_0000, 1, 0xa0))
-        );
+        assert_eq!(t.next_entry(&pool, 0, u64::MAX), Some((0x20_0000, 1, 0xa0)));
         assert_eq!(
             t.next_entry(&pool, 0x20_1000, u64::MAX),
             Some((0x40_0000, 2, 0xb0))
@@ -337,7 +334,12 @@ mod tests {
         let mut mem = vec![Page::ZERO; 32];
         let mut pool = FramePool::new(&mut mem, 0).unwrap();
         let mut t: Radix<Toy> = Radix::new(5);
-        let addrs = [0x1000u64, 0x7f_ffff_f000, 0x8000_0000_0000, 0x000f_ffff_ffff_f000];
+        let addrs = [
+            0x1000u64,
+            0x7f_ffff_f000,
+            0x8000_0000_0000,
+            0x000f_ffff_ffff_f000,
+        ];
         for a in addrs {
             assert_eq!(t.install(&mut pool, a, 1, a | 0x10), Some(()));
         }

@@ -149,9 +149,7 @@ impl From<SeptError> for TableError {
             SeptError::EntryNotFree { .. } => TableError::GpaMapped,
             // Blocked or pending leaves asked to do what only a mapped one may: the core's
             // nearest status is the one for "not in the state removal needs".
-            SeptError::EntryStateIncorrect { .. } | SeptError::NotBlocked => {
-                TableError::NotBlocked
-            }
+            SeptError::EntryStateIncorrect { .. } | SeptError::NotBlocked => TableError::NotBlocked,
             SeptError::TlbTrackingNotDone | SeptError::PreviousEpochBusy => {
                 TableError::TlbNotFlushed
             }
@@ -350,12 +348,10 @@ impl<'m> Sept<'m> {
         if mt_found.rooted && mt_found.raw != MtFormat::FREE {
             return Err(SeptError::HpaInUse);
         }
-        let need = usize::from(tree.missing_tables(&self.pool, gpa.as_u64(), level))
-            .saturating_add(usize::from(self.mmiomt.missing_tables(
-                &self.pool,
-                hpa.as_u64(),
-                level,
-            )));
+        let need =
+            usize::from(tree.missing_tables(&self.pool, gpa.as_u64(), level)).saturating_add(
+                usize::from(self.mmiomt.missing_tables(&self.pool, hpa.as_u64(), level)),
+            );
         if self.pool.free_frames() < need {
             return Err(SeptError::PoolEmpty);
         }

@@ -1,0 +1,408 @@
+//! TDX completion statuses: the 64-bit values a SEAMCALL returns in RAX, and the one mapping
+//! from the core's statuses to them (and back, for host-side decoders and tests).
+//!
+//! A status is `{error[63], non-recoverable[62], class[47:40], code[39:32], operand id[31:0]}`
+//! (TDX Module ABI spec, "Completion Status Codes"; the values below are the TDX module's, from
+//! intel/tdx-module `tdx_error_codes_defs.h` and Linux `arch/x86/include/asm/shared/tdx_errno.h`).
+//! Class 0xF0 is ours: statuses of this firmware's own checks that the TDX ABI has no code
+//! for; TDX uses classes up to 0x11, so the range is clearly apart.
+
+use tsm_core::{Completion, Error, Operand};
+
+use crate::sept::SeptError;
+
+/// A 64-bit TDX completion status.
+pub type TdxStatus = u64;
+
+/// Bit 63: the leaf failed (TDX ABI completion status, ERROR).
+pub const STATUS_ERROR: u64 = 1 << 63;
+/// Bit 62: retrying the same request cannot succeed (TDX ABI, NON_RECOVERABLE).
+pub const STATUS_NON_RECOVERABLE: u64 = 1 << 62;
+/// Bits 31:0: the operand id the status is about (TDX ABI, "details L2").
+pub const OPERAND_ID_MASK: u64 = 0xffff_ffff;
+/// Bits 63:32: class and code.
+pub const CODE_MASK: u64 = !OPERAND_ID_MASK;
+
+// ---- public TDX statuses (intel/tdx-module tdx_error_codes_defs.h; Linux tdx_errno.h) ------
+
+/// TDX_SUCCESS.
+pub const TDX_SUCCESS: u64 = 0;
+/// TDX_INTERRUPTED_RESUMABLE: progress kept, call the leaf again.
+pub const TDX_INTERRUPTED_RESUMABLE: u64 = 0x8000_0003_0000_0000;
+/// TDX_OPERAND_INVALID (+ operand id).
+pub const TDX_OPERAND_INVALID: u64 = 0xC000_0100_0000_0000;
+/// TDX_OPERAND_ADDR_RANGE_ERROR (+ operand id): an address outside the physical address width.
+pub const TDX_OPERAND_ADDR_RANGE_ERROR: u64 = 0xC000_0101_0000_0000;
+/// TDX_OPERAND_BUSY (+ operand id): another CPU holds the operand's lock.
+pub const TDX_OPERAND_BUSY: u64 = 0x8000_0200_0000_0000;
+/// TDX_PREVIOUS_TLB_EPOCH_BUSY: TRACK before the previous epoch was flushed.
+pub const TDX_PREVIOUS_TLB_EPOCH_BUSY: u64 = 0x8000_0201_0000_0000;
+/// TDX_PAGE_METADATA_INCORRECT (+ operand id).
+pub const TDX_PAGE_METADATA_INCORRECT: u64 = 0xC000_0300_0000_0000;
+/// TDX_PAGE_NOT_FREE (+ operand id).
+pub const TDX_PAGE_NOT_FREE: u64 = 0xC000_0303_0000_0000;
+/// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
+pub const TDX_TD_ASSOCIATED_PAGES_EXIST: u64 = 0xC000_0400_0000_0000;
+/// TDX_EPT_WALK_FAILED (+ operand id); RDX holds the level the walk stopped at.
+pub const TDX_EPT_WALK_FAILED: u64 = 0xC000_0B00_0000_0000;
+/// TDX_EPT_ENTRY_NOT_FREE (+ operand id).
+pub const TDX_EPT_ENTRY_NOT_FREE: u64 = 0xC000_0B02_0000_0000;
+/// TDX_GPA_RANGE_NOT_BLOCKED (+ operand id).
+pub const TDX_GPA_RANGE_NOT_BLOCKED: u64 = 0xC000_0B06_0000_0000;
+/// TDX_TLB_TRACKING_NOT_DONE (+ operand id).
+pub const TDX_TLB_TRACKING_NOT_DONE: u64 = 0xC000_0B08_0000_0000;
+/// TDX_PAGE_ALREADY_ACCEPTED: a warning (no error bit).
+pub const TDX_PAGE_ALREADY_ACCEPTED: u64 = 0x0000_0B0A_0000_0000;
+/// TDX_PAGE_SIZE_MISMATCH (+ operand id).
+pub const TDX_PAGE_SIZE_MISMATCH: u64 = 0xC000_0B0B_0000_0000;
+/// TDX_EPT_ENTRY_STATE_INCORRECT (+ operand id).
+pub const TDX_EPT_ENTRY_STATE_INCORRECT: u64 = 0xC000_0B0D_0000_0000;
+/// TDX_DEVIF_TDISP_INVALID_STATE (TDX-IO): the TDI's TDISP state forbids the request. What the
+/// host gets when it blocks, unmaps or zaps MMIO of a bound TDI.
+pub const TDX_DEVIF_TDISP_INVALID_STATE: u64 = 0xC000_0F10_0000_0000;
+/// TDX_DEVIF_INVALID_STATE (TDX-IO): the TDI object is not in a state for the request.
+pub const TDX_DEVIF_INVALID_STATE: u64 = 0xC000_0F11_0000_0000;
+/// TDX_MMIO_DEVIF_OWNER_MISMATCH (TDX-IO): the TD named does not own the TDI.
+pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
+
+// ---- ours: class 0xF0 (no TDX code exists) -------------------------------------------------
+
+/// Ours: a bind report or device creation lists more ranges than a TDI or device may have.
+pub const TSM_TOO_MANY_RANGES: u64 = 0xC000_F001_0000_0000;
+/// Ours: a reported range is not inside the device's BARs.
+pub const TSM_RANGE_OUTSIDE_DEVICE: u64 = 0xC000_F002_0000_0000;
+/// Ours: ranges given together overlap.
+pub const TSM_RANGES_OVERLAP: u64 = 0xC000_F003_0000_0000;
+/// Ours: an empty range, or one that runs past the address space.
+pub const TSM_INVALID_RANGE: u64 = 0xC000_F004_0000_0000;
+/// Ours: no free device slot (recoverable: removing a device frees one).
+pub const TSM_DEVICE_TABLE_FULL: u64 = 0x8000_F010_0000_0000;
+/// Ours: no free TDI slot.
+pub const TSM_TDI_TABLE_FULL: u64 = 0x8000_F011_0000_0000;
+/// Ours: no free TD slot.
+pub const TSM_TD_TABLE_FULL: u64 = 0x8000_F012_0000_0000;
+/// Ours: no room to record another bound TDI's ranges.
+pub const TSM_OWNERSHIP_TABLE_FULL: u64 = 0x8000_F013_0000_0000;
+/// Ours: the S-EPT frame pool is dry (the TDX module would ask the host for TDH.MEM.SEPT.ADD;
+/// this firmware owns its pool).
+pub const TSM_SEPT_POOL_EMPTY: u64 = 0x8000_F014_0000_0000;
+/// Ours: bind of a TDI that is already bound.
+pub const TSM_TDI_ALREADY_BOUND: u64 = 0xC000_F020_0000_0000;
+/// Ours: start of a TDI that is not CONFIG_LOCKED.
+pub const TSM_TDI_NOT_LOCKED: u64 = 0xC000_F021_0000_0000;
+/// Ours: the TDI is in ERROR; only unbind leaves it.
+pub const TSM_TDI_IN_ERROR: u64 = 0xC000_F022_0000_0000;
+/// Ours: an unbind has started; finish it first.
+pub const TSM_UNBIND_IN_PROGRESS: u64 = 0xC000_F023_0000_0000;
+/// Ours: the device still has TDIs.
+pub const TSM_DEVICE_IN_USE: u64 = 0xC000_F024_0000_0000;
+/// Ours: a device with that requester ID exists.
+pub const TSM_DUPLICATE_DEVICE: u64 = 0xC000_F025_0000_0000;
+/// Ours: that interface already has a TDI.
+pub const TSM_DUPLICATE_TDI: u64 = 0xC000_F026_0000_0000;
+/// Ours: the device did not answer a TDISP request (recoverable: retry).
+pub const TSM_DEVICE_UNRESPONSIVE: u64 = 0x8000_F030_0000_0000;
+/// Ours: the device answered a TDISP request with an error.
+pub const TSM_DEVICE_REFUSED: u64 = 0xC000_F031_0000_0000;
+
+// ---- operand ids (TDX ABI "details L2"; intel/tdx-module OPERAND_ID_*) ---------------------
+
+/// RAX: the leaf number and version.
+pub const OPERAND_ID_RAX: u32 = 0;
+/// RCX.
+pub const OPERAND_ID_RCX: u32 = 1;
+/// RDX.
+pub const OPERAND_ID_RDX: u32 = 2;
+/// R8.
+pub const OPERAND_ID_R8: u32 = 8;
+/// R9.
+pub const OPERAND_ID_R9: u32 = 9;
+/// The TD (its TDR page).
+pub const OPERAND_ID_TDR: u32 = 128;
+/// The TD's secure EPT tree.
+pub const OPERAND_ID_SEPT_TREE: u32 = 146;
+/// The TD's TLB epoch.
+pub const OPERAND_ID_TD_EPOCH: u32 = 169;
+/// The MMIO metadata table (TDX-IO).
+pub const OPERAND_ID_MMIOMT: u32 = 257;
+/// Ours: the device table as a whole.
+pub const OPERAND_ID_DEVICE_TABLE: u32 = 0xF00;
+/// Ours: a device record (an SPDM session object in TDX-IO).
+pub const OPERAND_ID_DEVICE: u32 = 0xF01;
+/// Ours: a TDI record (a DEVIF object in TDX-IO).
+pub const OPERAND_ID_DEVIF: u32 = 0xF02;
+/// Ours: the device transport (the SPDM/TDISP channel).
+pub const OPERAND_ID_TRANSPORT: u32 = 0xF06;
+
+/// Which register of a leaf carries which kind of operand (`None`: the leaf has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Operands {
+    /// A TDI handle.
+    pub tdi: Option<u32>,
+    /// A device handle.
+    pub device: Option<u32>,
+    /// A TD handle.
+    pub td: Option<u32>,
+    /// Page info: guest address and level.
+    pub page: Option<u32>,
+    /// A host physical address (or the base of a host range).
+    pub hpa: Option<u32>,
+    /// The host address of a range list (BARs, interface report ranges).
+    pub list: Option<u32>,
+    /// A packed requester / interface ID.
+    pub rid: Option<u32>,
+}
+
+impl Operands {
+    fn first(ids: &[Option<u32>]) -> u64 {
+        u64::from(
+            ids.iter()
+                .flatten()
+                .next()
+                .copied()
+                .unwrap_or(OPERAND_ID_RAX),
+        )
+    }
+    fn handle(&self) -> u64 {
+        Self::first(&[self.tdi, self.device, self.td])
+    }
+    fn address(&self) -> u64 {
+        Self::first(&[self.page, self.hpa, self.list])
+    }
+    fn host(&self) -> u64 {
+        Self::first(&[self.hpa, self.list, self.page])
+    }
+    fn ranges(&self) -> u64 {
+        Self::first(&[self.list, self.hpa])
+    }
+    fn target(&self) -> u64 {
+        Self::first(&[self.page, self.hpa, self.list, self.tdi, self.device])
+    }
+}
+
+const fn busy_operand(op: Operand) -> u32 {
+    match op {
+        Operand::DeviceTable => OPERAND_ID_DEVICE_TABLE,
+        Operand::Device => OPERAND_ID_DEVICE,
+        Operand::Tdi => OPERAND_ID_DEVIF,
+        Operand::Guest => OPERAND_ID_TDR,
+        Operand::Ownership => OPERAND_ID_MMIOMT,
+        Operand::SecureTable => OPERAND_ID_SEPT_TREE,
+        Operand::Transport => OPERAND_ID_TRANSPORT,
+    }
+}
+
+/// The one mapping from a core outcome to a TDX status, naming the operand from the leaf's
+/// register roles `ops`.
+pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
+    let e = match outcome {
+        Ok(Completion::Done) => return TDX_SUCCESS,
+        Ok(Completion::Resumable) => return TDX_INTERRUPTED_RESUMABLE,
+        Err(e) => e,
+    };
+    let (code, operand) = match e {
+        Error::InvalidAddress => (TDX_OPERAND_ADDR_RANGE_ERROR, ops.address()),
+        Error::Misaligned => (TDX_OPERAND_INVALID, ops.address()),
+        Error::InvalidRange => (TSM_INVALID_RANGE, ops.ranges()),
+        Error::InvalidHandle => (TDX_OPERAND_INVALID, ops.handle()),
+        Error::InvalidRequesterId => (TDX_OPERAND_INVALID, Operands::first(&[ops.rid])),
+        Error::TooManyRanges => (TSM_TOO_MANY_RANGES, ops.ranges()),
+        Error::RangeOutsideDevice => (TSM_RANGE_OUTSIDE_DEVICE, ops.ranges()),
+        Error::RangesOverlap => (TSM_RANGES_OVERLAP, ops.ranges()),
+        Error::InvalidPageSize => (TDX_OPERAND_INVALID, Operands::first(&[ops.page])),
+        Error::DeviceTableFull => (TSM_DEVICE_TABLE_FULL, 0),
+        Error::TdiTableFull => (TSM_TDI_TABLE_FULL, 0),
+        Error::GuestTableFull => (TSM_TD_TABLE_FULL, 0),
+        Error::OwnershipTableFull => (TSM_OWNERSHIP_TABLE_FULL, u64::from(OPERAND_ID_MMIOMT)),
+        Error::SecureTableFull => (TSM_SEPT_POOL_EMPTY, u64::from(OPERAND_ID_SEPT_TREE)),
+        Error::TdiBound => (TDX_DEVIF_TDISP_INVALID_STATE, ops.target()),
+        Error::TdiNotBound => (TDX_DEVIF_INVALID_STATE, ops.handle()),
+        Error::TdiAlreadyBound => (TSM_TDI_ALREADY_BOUND, ops.handle()),
+        Error::NotOwner => (TDX_MMIO_DEVIF_OWNER_MISMATCH, Operands::first(&[ops.td])),
+        Error::TdiNotLocked => (TSM_TDI_NOT_LOCKED, ops.handle()),
+        Error::TdiInError => (TSM_TDI_IN_ERROR, ops.handle()),
+        Error::UnbindInProgress => (TSM_UNBIND_IN_PROGRESS, ops.handle()),
+        Error::DeviceInUse => (TSM_DEVICE_IN_USE, ops.handle()),
+        Error::GuestInUse => (TDX_TD_ASSOCIATED_PAGES_EXIST, Operands::first(&[ops.td])),
+        Error::DuplicateDevice => (TSM_DUPLICATE_DEVICE, Operands::first(&[ops.rid])),
+        Error::DuplicateTdi => (TSM_DUPLICATE_TDI, Operands::first(&[ops.rid])),
+        Error::HpaNotOwned => (TDX_PAGE_METADATA_INCORRECT, ops.host()),
+        Error::GpaAlreadyMapped => (TDX_EPT_ENTRY_NOT_FREE, ops.address()),
+        Error::HpaAlreadyMapped => (TDX_PAGE_NOT_FREE, ops.host()),
+        Error::NotMapped => (TDX_EPT_WALK_FAILED, ops.address()),
+        Error::SizeMismatch => (TDX_PAGE_SIZE_MISMATCH, ops.address()),
+        Error::NotBlocked => (TDX_GPA_RANGE_NOT_BLOCKED, ops.address()),
+        Error::TlbFlushPending => (TDX_TLB_TRACKING_NOT_DONE, u64::from(OPERAND_ID_TD_EPOCH)),
+        Error::DeviceUnresponsive => (TSM_DEVICE_UNRESPONSIVE, u64::from(OPERAND_ID_TRANSPORT)),
+        Error::DeviceRefused => (TSM_DEVICE_REFUSED, u64::from(OPERAND_ID_TRANSPORT)),
+        Error::Busy(op) => (TDX_OPERAND_BUSY, u64::from(busy_operand(op))),
+    };
+    code | (operand & OPERAND_ID_MASK)
+}
+
+/// The TDX status for an S-EPT refusal met outside the core (the guest's accept), naming the
+/// page-info operand `page`.
+pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
+    let page = u64::from(page);
+    match e {
+        SeptError::WalkFailed { .. } => TDX_EPT_WALK_FAILED | page,
+        SeptError::SizeMismatch { .. } => TDX_PAGE_SIZE_MISMATCH | page,
+        SeptError::EntryNotFree { .. } => TDX_EPT_ENTRY_NOT_FREE | page,
+        SeptError::EntryStateIncorrect { .. } => TDX_EPT_ENTRY_STATE_INCORRECT | page,
+        SeptError::NotBlocked => TDX_GPA_RANGE_NOT_BLOCKED | page,
+        SeptError::TlbTrackingNotDone => TDX_TLB_TRACKING_NOT_DONE | u64::from(OPERAND_ID_TD_EPOCH),
+        SeptError::PreviousEpochBusy => {
+            TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
+        }
+        SeptError::HpaInUse => TDX_PAGE_NOT_FREE | u64::from(OPERAND_ID_R8),
+        SeptError::AlreadyAccepted => TDX_PAGE_ALREADY_ACCEPTED | page,
+        SeptError::PoolEmpty => TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
+        SeptError::Misaligned | SeptError::GpaTooWide => TDX_OPERAND_INVALID | page,
+        SeptError::UnknownGuest => TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
+    }
+}
+
+/// Whether the status reports success (warnings such as PAGE_ALREADY_ACCEPTED included).
+pub const fn is_success(status: TdxStatus) -> bool {
+    status & STATUS_ERROR == 0
+}
+
+/// The most specific core outcome a TDX status stands for, given the leaf's register roles.
+///
+/// Coarser than the core where TDX is: OPERAND_INVALID on an address operand is `Misaligned`
+/// (the core's `InvalidPageSize` on page info decodes to it too); OPERAND_INVALID on RAX (an
+/// unknown leaf or reserved RAX bits) has no core status and decodes to `InvalidHandle`.
+/// PREVIOUS_TLB_EPOCH_BUSY decodes to `TlbFlushPending`. Unknown codes decode to `None`.
+pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Error>> {
+    let operand = u32::try_from(status & OPERAND_ID_MASK).ok()?;
+    let is = |role: Option<u32>| role == Some(operand);
+    let e = match status & CODE_MASK {
+        TDX_SUCCESS | TDX_PAGE_ALREADY_ACCEPTED => return Some(Ok(Completion::Done)),
+        TDX_INTERRUPTED_RESUMABLE => return Some(Ok(Completion::Resumable)),
+        TDX_OPERAND_ADDR_RANGE_ERROR => Error::InvalidAddress,
+        TDX_OPERAND_INVALID if is(ops.tdi) || is(ops.device) || is(ops.td) => Error::InvalidHandle,
+        TDX_OPERAND_INVALID if is(ops.rid) => Error::InvalidRequesterId,
+        TDX_OPERAND_INVALID if is(ops.page) || is(ops.hpa) || is(ops.list) => Error::Misaligned,
+        TDX_OPERAND_INVALID => Error::InvalidHandle,
+        TSM_INVALID_RANGE => Error::InvalidRange,
+        TSM_TOO_MANY_RANGES => Error::TooManyRanges,
+        TSM_RANGE_OUTSIDE_DEVICE => Error::RangeOutsideDevice,
+        TSM_RANGES_OVERLAP => Error::RangesOverlap,
+        TSM_DEVICE_TABLE_FULL => Error::DeviceTableFull,
+        TSM_TDI_TABLE_FULL => Error::TdiTableFull,
+        TSM_TD_TABLE_FULL => Error::GuestTableFull,
+        TSM_OWNERSHIP_TABLE_FULL => Error::OwnershipTableFull,
+        TSM_SEPT_POOL_EMPTY => Error::SecureTableFull,
+        TDX_DEVIF_TDISP_INVALID_STATE => Error::TdiBound,
+        TDX_DEVIF_INVALID_STATE => Error::TdiNotBound,
+        TSM_TDI_ALREADY_BOUND => Error::TdiAlreadyBound,
+        TDX_MMIO_DEVIF_OWNER_MISMATCH => Error::NotOwner,
+        TSM_TDI_NOT_LOCKED => Error::TdiNotLocked,
+        TSM_TDI_IN_ERROR => Error::TdiInError,
+        TSM_UNBIND_IN_PROGRESS => Error::UnbindInProgress,
+        TSM_DEVICE_IN_USE => Error::DeviceInUse,
+        TDX_TD_ASSOCIATED_PAGES_EXIST => Error::GuestInUse,
+        TSM_DUPLICATE_DEVICE => Error::DuplicateDevice,
+        TSM_DUPLICATE_TDI => Error::DuplicateTdi,
+        TDX_PAGE_METADATA_INCORRECT => Error::HpaNotOwned,
+        TDX_EPT_ENTRY_NOT_FREE => Error::GpaAlreadyMapped,
+        TDX_PAGE_NOT_FREE => Error::HpaAlreadyMapped,
+        TDX_EPT_WALK_FAILED | TDX_EPT_ENTRY_STATE_INCORRECT => Error::NotMapped,
+        TDX_PAGE_SIZE_MISMATCH => Error::SizeMismatch,
+        TDX_GPA_RANGE_NOT_BLOCKED => Error::NotBlocked,
+        TDX_TLB_TRACKING_NOT_DONE | TDX_PREVIOUS_TLB_EPOCH_BUSY => Error::TlbFlushPending,
+        TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,
+        TSM_DEVICE_REFUSED => Error::DeviceRefused,
+        TDX_OPERAND_BUSY => Error::Busy(match operand {
+            OPERAND_ID_DEVICE_TABLE => Operand::DeviceTable,
+            OPERAND_ID_DEVICE => Operand::Device,
+            OPERAND_ID_DEVIF => Operand::Tdi,
+            OPERAND_ID_TDR => Operand::Guest,
+            OPERAND_ID_MMIOMT => Operand::Ownership,
+            OPERAND_ID_SEPT_TREE => Operand::SecureTable,
+            OPERAND_ID_TRANSPORT => Operand::Transport,
+            _ => return None,
+        }),
+        _ => return None,
+    };
+    Some(Err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP_OPS: Operands = Operands {
+        tdi: Some(OPERAND_ID_R9),
+        device: None,
+        td: Some(OPERAND_ID_RDX),
+        page: Some(OPERAND_ID_RCX),
+        hpa: Some(OPERAND_ID_R8),
+        list: None,
+        rid: None,
+    };
+
+    #[test]
+    fn public_values_and_class_bits() {
+        assert_eq!(TDX_OPERAND_BUSY & STATUS_ERROR, STATUS_ERROR);
+        assert_eq!(TDX_OPERAND_BUSY & STATUS_NON_RECOVERABLE, 0);
+        assert_eq!(
+            TDX_OPERAND_INVALID & STATUS_NON_RECOVERABLE,
+            STATUS_NON_RECOVERABLE
+        );
+        assert!(is_success(TDX_PAGE_ALREADY_ACCEPTED));
+        assert_eq!(
+            encode(Err(Error::Busy(Operand::SecureTable)), &MAP_OPS),
+            0x8000_0200_0000_0092
+        );
+        assert_eq!(
+            encode(Err(Error::GpaAlreadyMapped), &MAP_OPS),
+            0xC000_0B02_0000_0001
+        );
+        assert_eq!(
+            encode(Err(Error::TdiBound), &MAP_OPS),
+            0xC000_0F10_0000_0001
+        );
+        assert_eq!(
+            encode(Err(Error::TlbFlushPending), &MAP_OPS),
+            0xC000_0B08_0000_00A9
+        );
+        assert_eq!(
+            encode(Ok(Completion::Resumable), &MAP_OPS),
+            0x8000_0003_0000_0000
+        );
+    }
+
+    #[test]
+    fn every_core_status_round_trips_except_the_documented_coarse_ones() {
+        for e in Error::ALL {
+            let status = encode(Err(e), &MAP_OPS);
+            assert_ne!(status, TDX_SUCCESS, "{e:?}");
+            assert!(!is_success(status), "{e:?}");
+            let expect = match e {
+                Error::InvalidPageSize => Error::Misaligned,
+                // The map leaf carries no requester ID: no operand to name.
+                Error::InvalidRequesterId => Error::InvalidHandle,
+                other => other,
+            };
+            assert_eq!(
+                decode(status, &MAP_OPS),
+                Some(Err(expect)),
+                "{e:?} {status:#x}"
+            );
+        }
+        for ok in [Completion::Done, Completion::Resumable] {
+            assert_eq!(decode(encode(Ok(ok), &MAP_OPS), &MAP_OPS), Some(Ok(ok)));
+        }
+        assert_eq!(decode(0xC000_7700_0000_0000, &MAP_OPS), None);
+    }
+
+    #[test]
+    fn classes_ours_are_apart_from_tdx() {
+        for e in Error::ALL {
+            let status = encode(Err(e), &MAP_OPS);
+            let class = (status >> 40) & 0xff;
+            assert!(class <= 0x11 || class == 0xF0, "{e:?} {status:#x}");
+        }
+    }
+}
