@@ -21,6 +21,8 @@
 )]
 
 pub mod abi;
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod ept;
 pub mod frames;
 pub mod radix;

@@ -41,6 +41,8 @@ pub const TDX_PREVIOUS_TLB_EPOCH_BUSY: u64 = 0x8000_0201_0000_0000;
 pub const TDX_PAGE_METADATA_INCORRECT: u64 = 0xC000_0300_0000_0000;
 /// TDX_PAGE_NOT_FREE (+ operand id).
 pub const TDX_PAGE_NOT_FREE: u64 = 0xC000_0303_0000_0000;
+/// TDX_SYS_NOT_READY: the module is not initialized (here: `tsm_tdx_init` not called yet).
+pub const TDX_SYS_NOT_READY: u64 = 0xC000_0505_0000_0000;
 /// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
 pub const TDX_TD_ASSOCIATED_PAGES_EXIST: u64 = 0xC000_0400_0000_0000;
 /// TDX_EPT_WALK_FAILED (+ operand id); RDX holds the level the walk stopped at.

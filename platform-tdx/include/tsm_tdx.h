@@ -1,0 +1,101 @@
+/*
+ * tsm_tdx.h - C entry points of the TSM's TDX back end (platform-tdx, built as a static
+ * library with `cargo rustc -p platform-tdx --lib --features capi --crate-type staticlib`).
+ *
+ * The calling convention is SEAMCALL's: RAX carries the leaf on entry ({leaf[15:0],
+ * version[23:16], reserved[63:24] = 0}) and the 64-bit completion status on return; operands
+ * and outputs are in RCX, RDX, R8-R13. Leaf numbers and statuses are the TDX module's where
+ * public (see platform-tdx/README.md); TSM_* values are this firmware's own.
+ */
+#ifndef TSM_TDX_H
+#define TSM_TDX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The register block (matches platform_tdx::abi::SeamRegs, #[repr(C)]). */
+struct tsm_tdx_regs {
+	uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13;
+};
+
+/* A host MMIO range in a range list (TDISP MMIO_RANGE layout). */
+struct tsm_tdx_range {
+	uint64_t first_page;
+	uint32_t pages;
+	uint16_t attributes;
+	uint16_t range_id;
+};
+
+#define TSM_TDX_RANGE_LIST_CAPACITY 16
+
+/* A range list in host memory: BARs (device create) or a report's ranges (bind). */
+struct tsm_tdx_range_list {
+	uint32_t count;
+	uint32_t reserved; /* must be 0 */
+	struct tsm_tdx_range ranges[TSM_TDX_RANGE_LIST_CAPACITY];
+};
+
+/* Host leaves (SEAMCALL). */
+#define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TD -> RCX entry, RDX level|state<<8 */
+#define TDH_MEM_TRACK          38u     /* RCX TD */
+#define TDH_SPDM_CREATE        130u    /* RCX requester ID, RDX range list (BARs) -> RCX device */
+#define TDH_SPDM_DELETE        131u    /* RCX device */
+#define TDH_DEVIF_CREATE       137u    /* RCX device, RDX interface ID -> RCX TDI */
+#define TDH_DEVIF_REMOVE       138u    /* RCX TDI */
+#define TDH_MMIO_MAP           158u    /* RCX page info, RDX TD, R8 HPA, R9 TDI */
+#define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TD */
+#define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TD -> R8 HPA */
+#define TSM_TD_CREATE          0xF000u /* -> RCX TD */
+#define TSM_TD_DESTROY         0xF001u /* RCX TD */
+#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 range list (report ranges) */
+#define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI; TDX_INTERRUPTED_RESUMABLE until done */
+#define TSM_DEVIF_ERROR        0xF004u /* RCX TDI */
+#define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner */
+#define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
+/* Guest leaves (TDCALL). */
+#define TDG_MMIO_ACCEPT        71u     /* RCX page info */
+#define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI */
+
+/* Page info operand: guest physical address | level (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB). */
+#define TSM_TDX_PAGE_INFO(gpa, level) ((uint64_t)(gpa) | (uint64_t)(level))
+
+/* Statuses: {error[63], non-recoverable[62], class[47:40], code[39:32], operand id[31:0]}. */
+#define TDX_SUCCESS                    0x0000000000000000ull
+#define TDX_INTERRUPTED_RESUMABLE      0x8000000300000000ull
+#define TDX_OPERAND_INVALID            0xC000010000000000ull
+#define TDX_OPERAND_ADDR_RANGE_ERROR   0xC000010100000000ull
+#define TDX_OPERAND_BUSY               0x8000020000000000ull
+#define TDX_PREVIOUS_TLB_EPOCH_BUSY    0x8000020100000000ull
+#define TDX_SYS_NOT_READY              0xC000050500000000ull
+#define TDX_EPT_WALK_FAILED            0xC0000B0000000000ull
+#define TDX_EPT_ENTRY_NOT_FREE         0xC0000B0200000000ull
+#define TDX_GPA_RANGE_NOT_BLOCKED      0xC0000B0600000000ull
+#define TDX_TLB_TRACKING_NOT_DONE      0xC0000B0800000000ull
+#define TDX_DEVIF_TDISP_INVALID_STATE  0xC0000F1000000000ull
+#define TDX_DEVIF_INVALID_STATE        0xC0000F1100000000ull
+#define TDX_STATUS_CODE(s)             ((s) & 0xFFFFFFFF00000000ull)
+#define TDX_STATUS_OPERAND(s)          ((uint32_t)((s) & 0xFFFFFFFFull))
+#define TDX_OPERAND_ID_RAX 0u
+#define TDX_OPERAND_ID_RCX 1u
+#define TDX_OPERAND_ID_RDX 2u
+#define TDX_OPERAND_ID_R8  8u
+
+/* Gives the firmware `len` bytes at `mem` (4 KiB aligned, never used by the caller again)
+ * for its S-EPT table pages. Call once, before any other entry point. */
+uint64_t tsm_tdx_init(void *mem, size_t len);
+
+/* One SEAMCALL; returns the status (also left in regs->rax). */
+uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
+
+/* One TDCALL from TD `td`; returns the status (also left in regs->rax). */
+uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TSM_TDX_H */
