@@ -22,6 +22,29 @@ impl Page {
 
 const _: () = assert!(core::mem::size_of::<Page>() == PAGE_BYTES);
 
+struct Hex(u64);
+
+impl core::fmt::Debug for Hex {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl core::fmt::Debug for Page {
+    /// The non-zero entries only, as `slot: value`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| **e != 0)
+                    .map(|(i, e)| (i, Hex(*e))),
+            )
+            .finish()
+    }
+}
+
 /// Index of a page in the pool.
 pub type FrameIndex = u32;
 

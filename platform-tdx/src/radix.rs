@@ -90,6 +90,14 @@ impl<F: EntryFormat> Radix<F> {
         }
     }
 
+    /// A tree of `top` levels whose root page is `root` (tables built by hand, in tests and
+    /// when adopting tables another component laid out).
+    pub const fn with_root(root: FrameIndex, top: u8) -> Self {
+        let mut t = Self::new(top);
+        t.root = Some(root);
+        t
+    }
+
     /// Levels of the tree.
     pub const fn levels(&self) -> u8 {
         self.top

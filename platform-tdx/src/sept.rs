@@ -528,3 +528,319 @@ impl SecureTable for Sept<'_> {
         within.contains_page(leaf.hpa, leaf.size).then_some(leaf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::Page;
+
+    const G: GuestId = GuestId::from_slot(0);
+    const H: GuestId = GuestId::from_slot(1);
+    const PHYS: u64 = 0x1_0000_0000;
+
+    fn gpa(v: u64) -> Gpa {
+        Gpa::try_new(v).unwrap()
+    }
+    fn hpa(v: u64) -> Hpa {
+        Hpa::try_new(v).unwrap()
+    }
+
+    /// Every byte of the table memory plus the pool's free count.
+    fn image(s: &Sept<'_>) -> (Vec<Page>, usize) {
+        (s.pool().pages().to_vec(), s.pool().free_frames())
+    }
+
+    fn sept(mem: &mut [Page], levels: SeptLevels) -> Sept<'_> {
+        Sept::new(FramePool::new(mem, PHYS).unwrap(), levels)
+    }
+
+    /// A 4-level walk over tables laid out by hand, entry by entry, as the CPU would read them.
+    #[test]
+    fn walker_reads_hand_built_tables() {
+        let mut mem = vec![Page::ZERO; 8];
+        let mut pool = FramePool::new(&mut mem, PHYS).unwrap();
+        let [pml4, pdpt, pd, pt] = [0; 4].map(|_| pool.alloc(SeptFormat::FREE).unwrap());
+        // GPA 0x4020_3000: PML4 slot 0, PDPT slot 1, PD slot 1, PT slot 3.
+        let g = 0x4020_3000u64;
+        pool.set_entry(pml4, 0, SeptEntry::table(pool.phys(pdpt)).into_bits());
+        pool.set_entry(pdpt, 1, SeptEntry::table(pool.phys(pd)).into_bits());
+        pool.set_entry(pd, 1, SeptEntry::table(pool.phys(pt)).into_bits());
+        let leaf = SeptEntry::mmio_leaf(0xfe00_3000, 1, SeptState::MmioMapped);
+        pool.set_entry(pt, 3, leaf.into_bits());
+        // A 2 MiB leaf at PD slot 2 (GPA 0x4040_0000).
+        let big = SeptEntry::mmio_leaf(0xfe40_0000, 2, SeptState::MmioBlocked);
+        pool.set_entry(pd, 2, big.into_bits());
+        assert_eq!(pool.entry(pml4, 0), PHYS + 0x1000 + 0x7);
+
+        let tree: Radix<SeptFormat> = Radix::with_root(pml4, 4);
+        let l = tree.lookup(&pool, g, 1);
+        assert_eq!((l.level, l.raw), (1, leaf.into_bits()));
+        assert_eq!(SeptEntry::from_bits(l.raw).state(1), SeptState::MmioMapped);
+        assert_eq!(
+            (l.pages[4], l.pages[3], l.pages[2], l.pages[1]),
+            (Some(pml4), Some(pdpt), Some(pd), Some(pt))
+        );
+        // Through the 2 MiB leaf: the walk stops at level 2.
+        let l = tree.lookup(&pool, 0x4045_6000, 1);
+        assert_eq!((l.level, l.raw), (2, big.into_bits()));
+        // A free PT entry: stops at level 1 on FREE; a free PDPT entry: stops at level 3.
+        let l = tree.lookup(&pool, 0x4020_4000, 1);
+        assert_eq!((l.level, l.raw), (1, SeptFormat::FREE));
+        let l = tree.lookup(&pool, 0x8000_0000, 1);
+        assert_eq!((l.level, l.raw), (3, SeptFormat::FREE));
+        // Next leaf by address skips free slots and descends.
+        assert_eq!(
+            tree.next_entry(&pool, 0, u64::MAX),
+            Some((g, 1, leaf.into_bits()))
+        );
+        assert_eq!(
+            tree.next_entry(&pool, g + 1, u64::MAX),
+            Some((0x4040_0000, 2, big.into_bits()))
+        );
+    }
+
+    #[test]
+    fn lifecycle_of_a_leaf_and_every_page_returns() {
+        let mut mem = vec![Page::ZERO; 16];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let empty = image(&s);
+        s.mmio_map(G, gpa(0x10_0000_0000), hpa(0x8020_0000), PageSize::Size2M)
+            .unwrap();
+        // S-EPT: root + 2 tables down to the PD; MMIOMT: root + 3 tables down to level 2.
+        assert_eq!(s.pool().free_frames(), 16 - 3 - 4);
+        let p = s.probe(G, gpa(0x10_0000_0000)).unwrap();
+        assert_eq!((p.level, p.state), (2, SeptState::MmioPending));
+        assert_eq!(p.entry.phys(), 0x8020_0000);
+        s.mmio_accept(G, gpa(0x10_0000_0000), PageSize::Size2M)
+            .unwrap();
+        assert_eq!(
+            s.mmio_accept(G, gpa(0x10_0000_0000), PageSize::Size2M),
+            Err(SeptError::AlreadyAccepted)
+        );
+        let leaf = s.leaf(G, gpa(0x10_0012_3000)).unwrap();
+        assert_eq!(leaf.gpa, gpa(0x10_0000_0000));
+        assert_eq!(leaf.state, LeafState::Mapped);
+
+        s.mmio_block(G, gpa(0x10_0000_0000), PageSize::Size2M)
+            .unwrap();
+        let blocked = image(&s);
+        // Blocking again is a no-op that succeeds.
+        s.mmio_block(G, gpa(0x10_0000_0000), PageSize::Size2M)
+            .unwrap();
+        assert_eq!(image(&s), blocked);
+        assert_eq!(
+            s.leaf(G, gpa(0x10_0000_0000)).unwrap().state,
+            LeafState::Blocked { epoch: 0 }
+        );
+        // Not removable before TRACK passed the blocking epoch.
+        assert_eq!(
+            s.mmio_unmap(G, gpa(0x10_0000_0000), PageSize::Size2M),
+            Err(SeptError::TlbTrackingNotDone)
+        );
+        assert_eq!(image(&s), blocked);
+        s.mem_track(G).unwrap();
+        assert_eq!(
+            s.mmio_unmap(G, gpa(0x10_0000_0000), PageSize::Size2M),
+            Ok(hpa(0x8020_0000))
+        );
+        assert_eq!(s.pool().free_frames(), 16);
+        assert_eq!(s.root_phys(G), None);
+        assert_eq!(image(&s).1, empty.1);
+    }
+
+    /// Every refusal leaves every byte of the table memory as it was.
+    #[test]
+    fn refusals_change_no_byte() {
+        let mut mem = vec![Page::ZERO; 32];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        s.mmio_map(G, gpa(0x20_0000), hpa(0x8000_0000), PageSize::Size2M)
+            .unwrap();
+        s.mmio_map(G, gpa(0x60_1000), hpa(0x9000_1000), PageSize::Size4K)
+            .unwrap();
+        let before = image(&s);
+        let g4k = PageSize::Size4K;
+        let g2m = PageSize::Size2M;
+        let cases: [(&str, Result<(), SeptError>); 12] = [
+            (
+                "gpa taken",
+                s.mmio_map(G, gpa(0x20_0000), hpa(0xa000_0000), g2m),
+            ),
+            (
+                "4K under a 2M leaf",
+                s.mmio_map(G, gpa(0x20_1000), hpa(0xa000_0000), g4k),
+            ),
+            (
+                "2M over a table with a 4K leaf",
+                s.mmio_map(G, gpa(0x60_0000), hpa(0xa000_0000), g2m),
+            ),
+            (
+                "hpa taken",
+                s.mmio_map(H, gpa(0x20_0000), hpa(0x8000_0000), g2m),
+            ),
+            (
+                "hpa inside a 2M leaf",
+                s.mmio_map(H, gpa(0x1000), hpa(0x8000_3000), g4k),
+            ),
+            (
+                "misaligned",
+                s.mmio_map(H, gpa(0x1000), hpa(0xa000_0000), g2m),
+            ),
+            (
+                "too wide for 4 levels",
+                s.mmio_map(H, gpa(1 << 48), hpa(0xa000_0000), g4k),
+            ),
+            (
+                "unknown guest",
+                s.mmio_map(GuestId::from_slot(99), gpa(0), hpa(0xa000_0000), g4k),
+            ),
+            (
+                "remove while mapped",
+                s.mmio_unmap(G, gpa(0x20_0000), g2m).map(drop),
+            ),
+            ("block at wrong size", s.mmio_block(G, gpa(0x20_0000), g4k)),
+            ("block nothing", s.mmio_block(G, gpa(0x4000_0000), g4k)),
+            ("accept nothing", s.mmio_accept(H, gpa(0x20_0000), g2m)),
+        ];
+        for (what, r) in cases {
+            assert!(r.is_err(), "{what}");
+        }
+        assert_eq!(image(&s), before);
+        assert_eq!(
+            s.mmio_map(G, gpa(0x20_1000), hpa(0xa000_0000), g4k),
+            Err(SeptError::EntryNotFree { level: 2 })
+        );
+        assert_eq!(
+            s.mmio_map(H, gpa(0x1000), hpa(0x8000_3000), g4k),
+            Err(SeptError::HpaInUse)
+        );
+        assert_eq!(
+            s.mmio_block(G, gpa(0x20_0000), g4k),
+            Err(SeptError::SizeMismatch { level: 2 })
+        );
+        assert_eq!(
+            s.mmio_block(G, gpa(0x4000_0000), g4k),
+            Err(SeptError::WalkFailed { level: 3 })
+        );
+        assert_eq!(
+            s.mmio_unmap(G, gpa(0x20_0000), g2m),
+            Err(SeptError::NotBlocked)
+        );
+        assert_eq!(image(&s), before);
+    }
+
+    #[test]
+    fn a_dry_pool_is_a_status_and_changes_nothing() {
+        // 4 KiB leaf needs 4 S-EPT + 5 MMIOMT pages in an empty tree.
+        let mut mem = vec![Page::ZERO; 8];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let before = image(&s);
+        assert_eq!(
+            s.mmio_map(G, gpa(0x1000), hpa(0x9000), PageSize::Size4K),
+            Err(SeptError::PoolEmpty)
+        );
+        assert_eq!(image(&s), before);
+        assert_eq!(
+            SecureTable::map(&mut s, G, gpa(0x1000), hpa(0x9000), PageSize::Size4K),
+            Err(TableError::OutOfFrames)
+        );
+        let mut mem = vec![Page::ZERO; 9];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        assert_eq!(
+            s.mmio_map(G, gpa(0x1000), hpa(0x9000), PageSize::Size4K),
+            Ok(())
+        );
+        assert_eq!(s.pool().free_frames(), 0);
+    }
+
+    #[test]
+    fn track_refuses_while_the_previous_epoch_is_unflushed() {
+        let mut mem = vec![Page::ZERO; 16];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        s.mmio_map(G, gpa(0), hpa(0x1000), PageSize::Size4K)
+            .unwrap();
+        s.mmio_block(G, gpa(0), PageSize::Size4K).unwrap();
+        s.hold_flush(G, true);
+        s.mem_track(G).unwrap();
+        assert_eq!(s.mem_track(G), Err(SeptError::PreviousEpochBusy));
+        assert_eq!(
+            s.mmio_unmap(G, gpa(0), PageSize::Size4K),
+            Err(SeptError::TlbTrackingNotDone)
+        );
+        // Another TD's epoch is its own.
+        assert_eq!(s.mem_track(H), Ok(()));
+        s.hold_flush(G, false);
+        assert_eq!(s.mmio_unmap(G, gpa(0), PageSize::Size4K), Ok(hpa(0x1000)));
+    }
+
+    #[test]
+    fn blocking_epochs_survive_many_tracks() {
+        let mut mem = vec![Page::ZERO; 16];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        for _ in 0..5000 {
+            s.mem_track(G).unwrap();
+        }
+        s.mmio_map(G, gpa(0), hpa(0x1000), PageSize::Size4K)
+            .unwrap();
+        s.mmio_block(G, gpa(0), PageSize::Size4K).unwrap();
+        assert_eq!(
+            s.leaf(G, gpa(0)).unwrap().state,
+            LeafState::Blocked { epoch: 5000 }
+        );
+        s.mem_track(G).unwrap();
+        assert_eq!(
+            s.leaf(G, gpa(0)).unwrap().state,
+            LeafState::Blocked { epoch: 5000 }
+        );
+    }
+
+    #[test]
+    fn next_leaf_walks_host_addresses_across_guests_and_sizes() {
+        let mut mem = vec![Page::ZERO; 64];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let r = MmioRange::from_raw(0x8000_0000, 0x1000).unwrap(); // 16 MiB
+        s.mmio_map(H, gpa(0x40_0000), hpa(0x8040_0000), PageSize::Size2M)
+            .unwrap();
+        s.mmio_map(G, gpa(0x7000), hpa(0x8000_7000), PageSize::Size4K)
+            .unwrap();
+        s.mmio_map(G, gpa(0x3000), hpa(0x8000_3000), PageSize::Size4K)
+            .unwrap();
+        s.mmio_map(G, gpa(0x9000), hpa(0x9000_0000), PageSize::Size4K)
+            .unwrap();
+        let mut from = hpa(0);
+        let mut seen = vec![];
+        while let Some(l) = s.next_leaf(r, from) {
+            seen.push((l.guest, l.gpa.as_u64(), l.hpa.as_u64(), l.size));
+            from = l.hpa.checked_add(l.size.bytes()).unwrap();
+        }
+        assert_eq!(
+            seen,
+            [
+                (G, 0x3000, 0x8000_3000, PageSize::Size4K),
+                (G, 0x7000, 0x8000_7000, PageSize::Size4K),
+                (H, 0x40_0000, 0x8040_0000, PageSize::Size2M),
+            ]
+        );
+        // A leaf that runs past the range is not in it.
+        let small = MmioRange::from_raw(0x8040_0000, 16).unwrap();
+        assert_eq!(s.next_leaf(small, hpa(0)), None);
+    }
+
+    #[test]
+    fn five_levels_reach_52_bit_guest_addresses() {
+        let mut mem = vec![Page::ZERO; 16];
+        let mut s = sept(&mut mem, SeptLevels::Five);
+        let high = gpa(0x000f_ffff_fff0_0000 & !0x1f_ffff);
+        s.mmio_map(G, high, hpa(0x20_0000), PageSize::Size2M)
+            .unwrap();
+        assert_eq!(s.levels(), 5);
+        let p = s.probe(G, high).unwrap();
+        assert_eq!((p.level, p.state), (2, SeptState::MmioPending));
+        // The same address does not fit a 4-level table.
+        let mut mem = vec![Page::ZERO; 16];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        assert_eq!(
+            s.mmio_map(G, high, hpa(0x20_0000), PageSize::Size2M),
+            Err(SeptError::GpaTooWide)
+        );
+    }
+}
