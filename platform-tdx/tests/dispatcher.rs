@@ -1,0 +1,351 @@
+//! The SEAMCALL dispatcher: operand checks (unknown leaves, reserved bits, address widths and
+//! alignment) answer the documented status and change nothing; statuses name the operand.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use platform_tdx::abi::{self, BufferMemory, Dispatcher, RangeList, SeamRegs, page_info};
+use platform_tdx::ept::SeptState;
+use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::sept::{Sept, SeptLevels};
+use platform_tdx::status::*;
+use tsm_core::device_model::ModelDevice;
+use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, Tsm};
+
+const PARAMS: u64 = 0x7_0000_0000;
+const BAR: u64 = 0x8000_0000;
+const GPA: u64 = 0x10_0000_0000;
+
+struct World<'m> {
+    tsm: Tsm<Sept<'m>, ModelDevice>,
+    params: RangeList,
+}
+
+impl World<'_> {
+    fn call(&self, leaf: u64, mut regs: SeamRegs) -> SeamRegs {
+        regs.rax = leaf;
+        let host = BufferMemory {
+            base: PARAMS,
+            bytes: self.params.bytes(),
+        };
+        Dispatcher::new(&self.tsm, host).seamcall(&mut regs);
+        regs
+    }
+    fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
+        let out = self.call(u64::from(leaf), regs);
+        assert_eq!(out.rax, TDX_SUCCESS, "leaf {leaf:#x}");
+        out
+    }
+    /// Table bytes and the firmware's TDI records: what a refusal must leave alone.
+    fn image(&self) -> (Vec<Page>, String) {
+        let pages = self.tsm.with_table(|t| t.pool().pages().to_vec()).unwrap();
+        let tdis = format!(
+            "{:?}",
+            (0..4)
+                .map(|i| self.tsm.tdi(tsm_core::TdiId::from_slot(i)))
+                .collect::<Vec<_>>()
+        );
+        (pages, tdis)
+    }
+}
+
+/// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
+fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
+    let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
+    let mut w = World {
+        tsm: Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::new()),
+        params: RangeList::from_ranges(&[MmioRange::from_raw(BAR, 1024).unwrap()]).unwrap(),
+    };
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let rid = u64::from(RequesterId::try_new(0, 3, 0, 0).unwrap().packed());
+    let dev = w
+        .ok(
+            abi::TDH_SPDM_CREATE,
+            SeamRegs {
+                rcx: rid,
+                rdx: PARAMS,
+                ..Default::default()
+            },
+        )
+        .rcx;
+    let tdi = w
+        .ok(
+            abi::TDH_DEVIF_CREATE,
+            SeamRegs {
+                rcx: dev,
+                rdx: rid,
+                ..Default::default()
+            },
+        )
+        .rcx;
+    w.ok(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            r8: PARAMS,
+            ..Default::default()
+        },
+    );
+    w.ok(
+        abi::TDH_MMIO_MAP,
+        SeamRegs {
+            rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+            rdx: td,
+            r8: BAR,
+            r9: tdi,
+            ..Default::default()
+        },
+    );
+    w.params = RangeList::default();
+    (w, td, tdi)
+}
+
+#[test]
+fn malformed_calls_get_operand_invalid_and_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let before = w.image();
+    let map = |rcx: u64, r8: u64| SeamRegs {
+        rcx,
+        rdx: td,
+        r8,
+        r9: tdi,
+        ..Default::default()
+    };
+    let cases: [(&str, u64, SeamRegs, u64); 10] = [
+        (
+            "unknown leaf",
+            0x77,
+            SeamRegs::default(),
+            TDX_OPERAND_INVALID,
+        ),
+        (
+            "ours, unassigned",
+            0xF0FF,
+            SeamRegs::default(),
+            TDX_OPERAND_INVALID,
+        ),
+        (
+            "version bits in RAX",
+            u64::from(abi::TDH_MMIO_MAP) | 1 << 16,
+            map(GPA | 1, BAR),
+            TDX_OPERAND_INVALID,
+        ),
+        (
+            "reserved RAX bits",
+            u64::from(abi::TSM_TD_CREATE) | 1 << 63,
+            SeamRegs::default(),
+            TDX_OPERAND_INVALID,
+        ),
+        (
+            "page-info reserved bits",
+            u64::from(abi::TDH_MMIO_MAP),
+            map(GPA | 0x2_0000_0000_0001 << 11, BAR),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "page-info level 3",
+            u64::from(abi::TDH_MMIO_MAP),
+            map(GPA + 0x40_0000 | 3, BAR + 0x20_0000),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "gpa misaligned for 2M",
+            u64::from(abi::TDH_MMIO_MAP),
+            map(GPA + 0x1000 | 1, BAR + 0x20_0000),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "hpa misaligned",
+            u64::from(abi::TDH_MMIO_MAP),
+            map(GPA + 0x40_0000 | 1, BAR + 0x1000),
+            TDX_OPERAND_INVALID | 8,
+        ),
+        (
+            "hpa past 52 bits",
+            u64::from(abi::TDH_MMIO_MAP),
+            map(GPA + 0x40_0000 | 1, 1 << 52),
+            TDX_OPERAND_ADDR_RANGE_ERROR | 8,
+        ),
+        (
+            "range list not page aligned",
+            u64::from(abi::TSM_DEVIF_BIND),
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                r8: PARAMS + 8,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 8,
+        ),
+    ];
+    for (what, leaf, regs, expect) in cases {
+        let out = w.call(leaf, regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert_eq!(w.image(), before, "{what} changed state");
+    }
+}
+
+#[test]
+fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let before = w.image();
+    let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+    for leaf in [abi::TDH_MMIO_BLOCK, abi::TDH_MMIO_UNMAP] {
+        let out = w.call(
+            u64::from(leaf),
+            SeamRegs {
+                rcx: page,
+                rdx: td,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.rax, TDX_DEVIF_TDISP_INVALID_STATE | 1, "{leaf}");
+    }
+    let out = w.call(
+        u64::from(abi::TSM_MMIO_ZAP_CHECK),
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_DEVIF_TDISP_INVALID_STATE | 1);
+    // Another TD maps the bound TDI's page: owner mismatch, naming the TD operand.
+    let out = w.call(
+        u64::from(abi::TDH_MMIO_MAP),
+        SeamRegs {
+            rcx: page_info(Gpa::try_new(GPA + 0x40_0000).unwrap(), PageSize::Size2M),
+            rdx: 9,
+            r8: BAR + 0x20_0000,
+            r9: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_MMIO_DEVIF_OWNER_MISMATCH | 2);
+    // An unknown TD in RDX of a bind: OPERAND_INVALID names RDX, not the (valid) TDI in RCX.
+    let out = w.call(
+        u64::from(abi::TSM_DEVIF_BIND),
+        SeamRegs {
+            rcx: tdi,
+            rdx: 9,
+            r8: PARAMS,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_OPERAND_INVALID | 2);
+    assert_eq!(w.image(), before);
+
+    // After unbind the page is gone; a block of it reports the walk: level and state.
+    let mut calls = 0;
+    while w
+        .call(
+            u64::from(abi::TSM_DEVIF_UNBIND),
+            SeamRegs {
+                rcx: tdi,
+                ..Default::default()
+            },
+        )
+        .rax
+        == TDX_INTERRUPTED_RESUMABLE
+    {
+        calls += 1;
+        assert!(calls < 100);
+    }
+    let out = w.call(
+        u64::from(abi::TDH_MMIO_BLOCK),
+        SeamRegs {
+            rcx: page,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_EPT_WALK_FAILED | 1);
+    assert_eq!(
+        out.rdx & 0x7,
+        4,
+        "the emptied tree stops at the (absent) root level"
+    );
+    assert_eq!(out.rdx >> 8, SeptState::Free as u64);
+    let out = w.call(
+        u64::from(abi::TSM_MMIO_ZAP_CHECK),
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+}
+
+#[test]
+fn track_busy_sept_read_and_guest_accept() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, _) = bound_world(&mut mem);
+    let g = tsm_core::GuestId::from_raw(td).unwrap();
+    let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+    let out = w.ok(
+        abi::TDH_MEM_SEPT_RD,
+        SeamRegs {
+            rcx: page_info(Gpa::try_new(GPA + 0x1000).unwrap(), PageSize::Size4K),
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rdx, 2 | (SeptState::MmioPending as u64) << 8);
+    assert_eq!(out.rcx & 0x000f_ffff_ffff_f000, BAR);
+
+    let host = BufferMemory {
+        base: 0,
+        bytes: &[],
+    };
+    let d = Dispatcher::new(&w.tsm, host);
+    let mut regs = SeamRegs {
+        rax: u64::from(abi::TDG_MMIO_ACCEPT),
+        rcx: page,
+        ..Default::default()
+    };
+    d.tdcall(g, &mut regs);
+    assert_eq!(regs.rax, TDX_SUCCESS);
+    let mut regs = SeamRegs {
+        rax: u64::from(abi::TDG_MMIO_ACCEPT),
+        rcx: page,
+        ..Default::default()
+    };
+    d.tdcall(g, &mut regs);
+    assert_eq!(regs.rax, TDX_PAGE_ALREADY_ACCEPTED | 1);
+    let out = w.ok(
+        abi::TDH_MEM_SEPT_RD,
+        SeamRegs {
+            rcx: page,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rdx >> 8, SeptState::MmioMapped as u64);
+
+    w.tsm.with_table(|t| t.hold_flush(g, true)).unwrap();
+    w.ok(
+        abi::TDH_MEM_TRACK,
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    );
+    let out = w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        out.rax,
+        TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
+    );
+}
