@@ -150,25 +150,25 @@ fn malformed_calls_get_operand_invalid_and_change_nothing() {
         (
             "page-info level 3",
             u64::from(abi::TDH_MMIO_MAP),
-            map(GPA + 0x40_0000 | 3, BAR + 0x20_0000),
+            map((GPA + 0x40_0000) | 3, BAR + 0x20_0000),
             TDX_OPERAND_INVALID | 1,
         ),
         (
             "gpa misaligned for 2M",
             u64::from(abi::TDH_MMIO_MAP),
-            map(GPA + 0x1000 | 1, BAR + 0x20_0000),
+            map((GPA + 0x1000) | 1, BAR + 0x20_0000),
             TDX_OPERAND_INVALID | 1,
         ),
         (
             "hpa misaligned",
             u64::from(abi::TDH_MMIO_MAP),
-            map(GPA + 0x40_0000 | 1, BAR + 0x1000),
+            map((GPA + 0x40_0000) | 1, BAR + 0x1000),
             TDX_OPERAND_INVALID | 8,
         ),
         (
             "hpa past 52 bits",
             u64::from(abi::TDH_MMIO_MAP),
-            map(GPA + 0x40_0000 | 1, 1 << 52),
+            map((GPA + 0x40_0000) | 1, 1 << 52),
             TDX_OPERAND_ADDR_RANGE_ERROR | 8,
         ),
         (
