@@ -50,8 +50,13 @@ pub type FrameIndex = u32;
 
 /// A pool of table pages over memory the caller owns. Free pages form a list threaded through
 /// their first entry (index + 1 of the next free page; 0 ends the list).
+///
+/// One page in 513 (at the end of the memory) holds the pool's bookkeeping instead of tables:
+/// for every table page, how many of its entries are in use, so the walker knows a page became
+/// empty without scanning its 512 entries.
 pub struct FramePool<'m> {
     pages: &'m mut [Page],
+    used: &'m mut [Page],
     phys_base: u64,
     free_head: u32,
     free: usize,
@@ -63,14 +68,23 @@ impl<'m> FramePool<'m> {
     /// `None` when `phys_base` is not 4 KiB aligned, when the pages would run past the 52-bit
     /// physical address space, or when there are more than `u32::MAX - 1` pages.
     pub fn new(pages: &'m mut [Page], phys_base: u64) -> Option<Self> {
+        let total = pages.len();
+        // c count pages hold 512 counts each for the other total - c pages: c = ceil(total / 513).
+        let count_pages = total.div_ceil(ENTRIES_PER_PAGE.saturating_add(1));
+        let (pages, used) = pages.split_at_mut(total.saturating_sub(count_pages));
         let count = u32::try_from(pages.len()).ok().filter(|&n| n < u32::MAX)?;
         let bytes = u64::from(count).checked_mul(PAGE_BYTES as u64)?;
         let end = phys_base.checked_add(bytes)?;
-        if phys_base & PAGE_OFFSET_MASK != 0 || end > tsm_core::addr::PHYS_ADDR_LIMIT {
+        if phys_base & PAGE_OFFSET_MASK != 0
+            || phys_base >= tsm_core::addr::PHYS_ADDR_LIMIT
+            || end > tsm_core::addr::PHYS_ADDR_LIMIT
+        {
             return None;
         }
+        used.fill(Page::ZERO);
         let mut pool = Self {
             pages,
+            used,
             phys_base,
             free_head: 0,
             free: 0,
@@ -97,6 +111,7 @@ impl<'m> FramePool<'m> {
         let page = self.pages.get_mut(usize::try_from(index).ok()?)?;
         let next = u32::try_from(page.0[0]).ok()?;
         page.0.fill(fill);
+        self.set_used(index, 0);
         self.free_head = next;
         self.free = self.free.saturating_sub(1);
         Some(index)
@@ -116,6 +131,48 @@ impl<'m> FramePool<'m> {
         // Cannot overflow: new() refuses u32::MAX pages.
         self.free_head = index.saturating_add(1);
         self.free = self.free.saturating_add(1);
+    }
+
+    fn used_slot(&mut self, index: FrameIndex) -> Option<&mut u64> {
+        let i = usize::try_from(index).ok()?;
+        self.used
+            .get_mut(i / ENTRIES_PER_PAGE)?
+            .0
+            .get_mut(i % ENTRIES_PER_PAGE)
+    }
+
+    fn set_used(&mut self, index: FrameIndex, n: u64) {
+        if let Some(u) = self.used_slot(index) {
+            *u = n;
+        }
+    }
+
+    /// Entries of page `index` in use (kept by [`FramePool::set_counted`]).
+    pub fn used(&self, index: FrameIndex) -> u64 {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| {
+                self.used
+                    .get(i / ENTRIES_PER_PAGE)?
+                    .0
+                    .get(i % ENTRIES_PER_PAGE)
+            })
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes entry `slot` of page `index`, counting entries that are not `free`.
+    pub fn set_counted(&mut self, index: FrameIndex, slot: usize, value: u64, free: u64) {
+        let old = self.entry(index, slot);
+        self.set_entry(index, slot, value);
+        let delta = (old == free, value == free);
+        if let Some(u) = self.used_slot(index) {
+            match delta {
+                (true, false) => *u = u.saturating_add(1),
+                (false, true) => *u = u.saturating_sub(1),
+                _ => {}
+            }
+        }
     }
 
     /// Physical address of page `index`.
@@ -161,9 +218,10 @@ impl<'m> FramePool<'m> {
         self.pages.get(usize::try_from(index).ok()?)
     }
 
-    /// Every page's bytes, for tests that prove a refusal changed nothing.
-    pub fn pages(&self) -> &[Page] {
-        self.pages
+    /// Every page's bytes (tables, then bookkeeping), for tests that prove a refusal changed
+    /// nothing.
+    pub fn pages(&self) -> impl Iterator<Item = &Page> {
+        self.pages.iter().chain(self.used.iter())
     }
 }
 
@@ -173,9 +231,11 @@ mod tests {
 
     #[test]
     fn pool_allocates_every_page_once_and_takes_them_back() {
-        let mut mem = vec![Page::ZERO; 3];
+        let mut mem = vec![Page::ZERO; 4];
         let mut pool = FramePool::new(&mut mem, 0x10_0000).unwrap();
+        // One page of the four holds the entry counts.
         assert_eq!(pool.free_frames(), 3);
+        assert_eq!(pool.total_frames(), 3);
         let a = pool.alloc(7).unwrap();
         let b = pool.alloc(0).unwrap();
         let c = pool.alloc(0).unwrap();

@@ -181,18 +181,18 @@ impl<F: EntryFormat> Radix<F> {
         while level > target {
             let child = pool.alloc(F::FREE)?;
             let phys = pool.phys(child);
-            pool.set_entry(page, slot_of(addr, level), F::table(phys));
+            pool.set_counted(page, slot_of(addr, level), F::table(phys), F::FREE);
             page = child;
             level = level.saturating_sub(1);
         }
-        pool.set_entry(page, slot_of(addr, level), value);
+        pool.set_counted(page, slot_of(addr, level), value, F::FREE);
         Some(())
     }
 
     /// Overwrites the entry a previous [`Radix::lookup`] stopped at.
     pub fn rewrite(&self, pool: &mut FramePool<'_>, at: &Lookup, addr: u64, value: u64) {
         if let Some(page) = at.page() {
-            pool.set_entry(page, slot_of(addr, at.level), value);
+            pool.set_counted(page, slot_of(addr, at.level), value, F::FREE);
         }
     }
 
@@ -201,11 +201,8 @@ impl<F: EntryFormat> Radix<F> {
     pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup, addr: u64) {
         let mut level = at.level;
         while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
-            pool.set_entry(page, slot_of(addr, level), F::FREE);
-            let empty = pool
-                .page(page)
-                .is_some_and(|p| p.0.iter().all(|&e| e == F::FREE));
-            if !empty {
+            pool.set_counted(page, slot_of(addr, level), F::FREE, F::FREE);
+            if pool.used(page) != 0 {
                 return;
             }
             pool.release(page);
@@ -295,7 +292,7 @@ mod tests {
 
     #[test]
     fn install_walk_clear_returns_every_page() {
-        let mut mem = vec![Page::ZERO; 16];
+        let mut mem = vec![Page::ZERO; 17];
         let mut pool = FramePool::new(&mut mem, 0x100_0000).unwrap();
         let mut t: Radix<Toy> = Radix::new(4);
         assert_eq!(t.missing_tables(&pool, 0x20_0000, 1), 4);
@@ -329,7 +326,7 @@ mod tests {
 
     #[test]
     fn too_few_frames_changes_nothing() {
-        let mut mem = vec![Page::ZERO; 3];
+        let mut mem = vec![Page::ZERO; 4];
         let mut pool = FramePool::new(&mut mem, 0).unwrap();
         let mut t: Radix<Toy> = Radix::new(4);
         assert_eq!(t.install(&mut pool, 0x1000, 1, 0xa0), None);
@@ -339,7 +336,7 @@ mod tests {
 
     #[test]
     fn next_entry_skips_far_apart_leaves() {
-        let mut mem = vec![Page::ZERO; 32];
+        let mut mem = vec![Page::ZERO; 33];
         let mut pool = FramePool::new(&mut mem, 0).unwrap();
         let mut t: Radix<Toy> = Radix::new(5);
         let addrs = [

@@ -547,7 +547,7 @@ mod tests {
 
     /// Every byte of the table memory plus the pool's free count.
     fn image(s: &Sept<'_>) -> (Vec<Page>, usize) {
-        (s.pool().pages().to_vec(), s.pool().free_frames())
+        (s.pool().pages().copied().collect(), s.pool().free_frames())
     }
 
     fn sept(mem: &mut [Page], levels: SeptLevels) -> Sept<'_> {
@@ -557,7 +557,7 @@ mod tests {
     /// A 4-level walk over tables laid out by hand, entry by entry, as the CPU would read them.
     #[test]
     fn walker_reads_hand_built_tables() {
-        let mut mem = vec![Page::ZERO; 8];
+        let mut mem = vec![Page::ZERO; 9];
         let mut pool = FramePool::new(&mut mem, PHYS).unwrap();
         let [pml4, pdpt, pd, pt] = [0; 4].map(|_| pool.alloc(SeptFormat::FREE).unwrap());
         // GPA 0x4020_3000: PML4 slot 0, PDPT slot 1, PD slot 1, PT slot 3.
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn lifecycle_of_a_leaf_and_every_page_returns() {
-        let mut mem = vec![Page::ZERO; 16];
+        let mut mem = vec![Page::ZERO; 17];
         let mut s = sept(&mut mem, SeptLevels::Four);
         let empty = image(&s);
         s.mmio_map(G, gpa(0x10_0000_0000), hpa(0x8020_0000), PageSize::Size2M)
@@ -651,7 +651,7 @@ mod tests {
     /// Every refusal leaves every byte of the table memory as it was.
     #[test]
     fn refusals_change_no_byte() {
-        let mut mem = vec![Page::ZERO; 32];
+        let mut mem = vec![Page::ZERO; 33];
         let mut s = sept(&mut mem, SeptLevels::Four);
         s.mmio_map(G, gpa(0x20_0000), hpa(0x8000_0000), PageSize::Size2M)
             .unwrap();
@@ -731,7 +731,7 @@ mod tests {
     #[test]
     fn a_dry_pool_is_a_status_and_changes_nothing() {
         // 4 KiB leaf needs 4 S-EPT + 5 MMIOMT pages in an empty tree.
-        let mut mem = vec![Page::ZERO; 8];
+        let mut mem = vec![Page::ZERO; 9];
         let mut s = sept(&mut mem, SeptLevels::Four);
         let before = image(&s);
         assert_eq!(
@@ -743,7 +743,7 @@ mod tests {
             SecureTable::map(&mut s, G, gpa(0x1000), hpa(0x9000), PageSize::Size4K),
             Err(TableError::OutOfFrames)
         );
-        let mut mem = vec![Page::ZERO; 9];
+        let mut mem = vec![Page::ZERO; 10];
         let mut s = sept(&mut mem, SeptLevels::Four);
         assert_eq!(
             s.mmio_map(G, gpa(0x1000), hpa(0x9000), PageSize::Size4K),
@@ -754,7 +754,7 @@ mod tests {
 
     #[test]
     fn track_refuses_while_the_previous_epoch_is_unflushed() {
-        let mut mem = vec![Page::ZERO; 16];
+        let mut mem = vec![Page::ZERO; 17];
         let mut s = sept(&mut mem, SeptLevels::Four);
         s.mmio_map(G, gpa(0), hpa(0x1000), PageSize::Size4K)
             .unwrap();
@@ -774,7 +774,7 @@ mod tests {
 
     #[test]
     fn blocking_epochs_survive_many_tracks() {
-        let mut mem = vec![Page::ZERO; 16];
+        let mut mem = vec![Page::ZERO; 17];
         let mut s = sept(&mut mem, SeptLevels::Four);
         for _ in 0..5000 {
             s.mem_track(G).unwrap();
@@ -795,7 +795,7 @@ mod tests {
 
     #[test]
     fn next_leaf_walks_host_addresses_across_guests_and_sizes() {
-        let mut mem = vec![Page::ZERO; 64];
+        let mut mem = vec![Page::ZERO; 65];
         let mut s = sept(&mut mem, SeptLevels::Four);
         let r = MmioRange::from_raw(0x8000_0000, 0x1000).unwrap(); // 16 MiB
         s.mmio_map(H, gpa(0x40_0000), hpa(0x8040_0000), PageSize::Size2M)
@@ -827,7 +827,7 @@ mod tests {
 
     #[test]
     fn five_levels_reach_52_bit_guest_addresses() {
-        let mut mem = vec![Page::ZERO; 16];
+        let mut mem = vec![Page::ZERO; 17];
         let mut s = sept(&mut mem, SeptLevels::Five);
         let high = gpa(0x000f_ffff_fff0_0000 & !0x1f_ffff);
         s.mmio_map(G, high, hpa(0x20_0000), PageSize::Size2M)
@@ -836,7 +836,7 @@ mod tests {
         let p = s.probe(G, high).unwrap();
         assert_eq!((p.level, p.state), (2, SeptState::MmioPending));
         // The same address does not fit a 4-level table.
-        let mut mem = vec![Page::ZERO; 16];
+        let mut mem = vec![Page::ZERO; 17];
         let mut s = sept(&mut mem, SeptLevels::Four);
         assert_eq!(
             s.mmio_map(G, high, hpa(0x20_0000), PageSize::Size2M),

@@ -41,7 +41,10 @@ impl World<'_> {
     }
     /// Table bytes and the firmware's TDI records: what a refusal must leave alone.
     fn image(&self) -> (Vec<Page>, String) {
-        let pages = self.tsm.with_table(|t| t.pool().pages().to_vec()).unwrap();
+        let pages = self
+            .tsm
+            .with_table(|t| t.pool().pages().copied().collect())
+            .unwrap();
         let tdis = format!(
             "{:?}",
             (0..4)
