@@ -141,7 +141,11 @@ impl<F: EntryFormat> Radix<F> {
 
     /// Table pages [`Radix::install`] would allocate to place an entry at `target` for `addr`.
     pub fn missing_tables(&self, pool: &FramePool<'_>, addr: u64, target: u8) -> u8 {
-        let found = self.lookup(pool, addr, target);
+        self.missing_after(&self.lookup(pool, addr, target), target)
+    }
+
+    /// Table pages an install at `target` needs, given the walk `found` to that level.
+    pub fn missing_after(&self, found: &Lookup, target: u8) -> u8 {
         if !found.rooted {
             return self.top.saturating_sub(target).saturating_add(1);
         }
@@ -161,11 +165,23 @@ impl<F: EntryFormat> Radix<F> {
         target: u8,
         value: u64,
     ) -> Option<()> {
-        let need = self.missing_tables(pool, addr, target);
-        if pool.free_frames() < usize::from(need) {
+        let found = self.lookup(pool, addr, target);
+        self.install_at(pool, &found, addr, target, value)
+    }
+
+    /// [`Radix::install`] after the caller's own walk `found` (`lookup(addr, target)`, with
+    /// nothing changed since).
+    pub fn install_at(
+        &mut self,
+        pool: &mut FramePool<'_>,
+        found: &Lookup,
+        addr: u64,
+        target: u8,
+        value: u64,
+    ) -> Option<()> {
+        if pool.free_frames() < usize::from(self.missing_after(found, target)) {
             return None;
         }
-        let found = self.lookup(pool, addr, target);
         if found.rooted && found.raw != F::FREE {
             return None;
         }

@@ -348,31 +348,42 @@ impl<'m> Sept<'m> {
         if mt_found.rooted && mt_found.raw != MtFormat::FREE {
             return Err(SeptError::HpaInUse);
         }
-        let need =
-            usize::from(tree.missing_tables(&self.pool, gpa.as_u64(), level)).saturating_add(
-                usize::from(self.mmiomt.missing_tables(&self.pool, hpa.as_u64(), level)),
-            );
+        let need = usize::from(tree.missing_after(&found, level))
+            .saturating_add(usize::from(self.mmiomt.missing_after(&mt_found, level)));
         if self.pool.free_frames() < need {
             return Err(SeptError::PoolEmpty);
         }
-        // Every check passed; both installs are proven to succeed.
+        // Every check passed; both installs are proven to succeed. The two trees never share a
+        // page, so the MMIOMT's install leaves the S-EPT walk `found` valid.
         let entry = SeptEntry::mmio_leaf(hpa.as_u64(), level, SeptState::MmioPending);
         let meta = MmioMtEntry::new()
             .with_leaf(true)
             .with_guest(u8::try_from(guest.slot()).map_err(|_| SeptError::UnknownGuest)?)
             .with_pfn(gpa.as_u64() >> 12);
+        self.mmiomt
+            .install_at(
+                &mut self.pool,
+                &mt_found,
+                hpa.as_u64(),
+                level,
+                meta.into_bits(),
+            )
+            .ok_or(SeptError::PoolEmpty)?;
         let slot = usize::from(guest.slot());
         let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
-        tree.install(&mut self.pool, gpa.as_u64(), level, entry.into_bits())
-            .ok_or(SeptError::PoolEmpty)?;
-        if self
-            .mmiomt
-            .install(&mut self.pool, hpa.as_u64(), level, meta.into_bits())
+        if tree
+            .install_at(
+                &mut self.pool,
+                &found,
+                gpa.as_u64(),
+                level,
+                entry.into_bits(),
+            )
             .is_none()
         {
             // Unreachable by the frame count above; undo rather than leave half a mapping.
-            let found = tree.lookup(&self.pool, gpa.as_u64(), level);
-            tree.clear(&mut self.pool, &found, gpa.as_u64());
+            let mt_found = self.mmiomt.lookup(&self.pool, hpa.as_u64(), level);
+            self.mmiomt.clear(&mut self.pool, &mt_found, hpa.as_u64());
             return Err(SeptError::PoolEmpty);
         }
         Ok(())
