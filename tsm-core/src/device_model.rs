@@ -1,9 +1,28 @@
-//! A device security manager model for tests: per-interface TDISP state, answered per the
-//! TDISP state machine, with faults a test can inject.
+//! A device security manager (DSM) for tests: it answers encoded TDISP requests per the TDISP
+//! state machine, keeps each interface's state and report, and can be told to misbehave.
+//! [`ModelDevice`] is the firmware's requester wired to it.
 
 use crate::capacity::MAX_TDIS;
+use crate::ids::RequesterId;
 use crate::lifecycle::TdispState;
-use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
+use crate::mmio::MmioRange;
+use crate::tdisp::message::{
+    Capabilities, ErrorBody, Request, Response, decode_request, encode_response,
+};
+use crate::tdisp::report::{
+    MAX_REPORT_BYTES, WireMmioRange, encode_report, report_head, wire_range,
+};
+use crate::tdisp::requester::{TdispLink, WireTdisp};
+use crate::tdisp::{NONCE_SIZE, TDISP_VERSION_1_0, error_code, function_id};
+use crate::transport::{DeviceFault, InterfaceId};
+use zerocopy::little_endian::{U16, U32};
+
+/// The firmware's TDISP requester talking to the model DSM: the transport of host tests, the
+/// scenario suite and the QEMU boot.
+pub type ModelDevice = WireTdisp<DsmModel>;
+
+/// Most ranges a model report holds: more than the firmware accepts, to test that limit.
+pub const MODEL_MAX_RANGES: usize = 20;
 
 /// What the host or the device does to an interface outside TDISP messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,125 +34,316 @@ pub enum DeviceEvent {
     ConventionalReset,
 }
 
-/// The device side of every interface the tests use.
+/// Ways the model DSM can misbehave for one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Misbehaviour {
+    /// Never answers.
+    Silent,
+    /// Answers bytes that are not a TDISP message.
+    Garbage,
+    /// Answers about another interface.
+    WrongInterface,
+    /// Answers with TDISP version 2.0.
+    WrongVersion,
+    /// Answers every request with TDISP_ERROR.
+    Refuse,
+    /// Sends report portions whose remainders do not add up.
+    InconsistentReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Interface {
+    fid: u32,
+    state: TdispState,
+    nonce: [u8; NONCE_SIZE],
+    report: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES>,
+}
+
+/// The model DSM.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ModelDevice {
-    interfaces: heapless::Vec<(InterfaceId, TdispState), MAX_TDIS>,
-    faults: heapless::Vec<(InterfaceId, DeviceFault), 8>,
+pub struct DsmModel {
+    interfaces: heapless::Vec<Interface, MAX_TDIS>,
+    misbehaviour: heapless::Vec<(u32, Misbehaviour), 8>,
+    nonces_issued: u64,
 }
 
 impl ModelDevice {
-    /// A device model with no interfaces yet; they appear CONFIG_UNLOCKED when first asked.
+    /// A requester wired to a fresh model DSM.
+    pub const fn model() -> Self {
+        WireTdisp::new(DsmModel::new())
+    }
+
+    /// The device will report `ranges` (plain TEE ranges, IDs in order) for `iface`.
+    pub fn report_ranges(&mut self, iface: InterfaceId, ranges: &[MmioRange]) {
+        let wire: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES> = ranges
+            .iter()
+            .zip(0u16..)
+            .map(|(r, id)| {
+                wire_range(
+                    r.base().as_u64(),
+                    u32::try_from(r.pages()).unwrap_or(u32::MAX),
+                    0,
+                    id,
+                )
+            })
+            .collect();
+        self.link_mut().set_report(iface, &wire);
+    }
+
+    /// Injects the device-side cause of `fault` for `iface` (`None` clears it).
+    pub fn set_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) {
+        let how = fault.map(|f| match f {
+            DeviceFault::NoResponse => Misbehaviour::Silent,
+            DeviceFault::Refused => Misbehaviour::Refuse,
+            DeviceFault::Malformed | DeviceFault::BadReport(_) => Misbehaviour::Garbage,
+        });
+        self.link_mut().set_misbehaviour(iface, how);
+    }
+
+    /// The interface's TDISP state as the device sees it.
+    pub fn state(&mut self, iface: InterfaceId) -> TdispState {
+        self.link_mut().state(iface)
+    }
+
+    /// Applies an out-of-band event to `iface` on the device.
+    pub fn event(&mut self, iface: InterfaceId, event: DeviceEvent) {
+        self.link_mut().event(iface, event);
+    }
+}
+
+fn fid_of(iface: RequesterId) -> u32 {
+    // Interfaces in tests live in segments below 256; wider ones share FUNCTION_ID 0.
+    function_id(iface).unwrap_or(0)
+}
+
+impl DsmModel {
+    /// A DSM with no interfaces; they appear CONFIG_UNLOCKED with an empty report when first
+    /// addressed.
     pub const fn new() -> Self {
         Self {
             interfaces: heapless::Vec::new(),
-            faults: heapless::Vec::new(),
+            misbehaviour: heapless::Vec::new(),
+            nonces_issued: 0,
         }
+    }
+
+    fn interface(&mut self, fid: u32) -> Option<&mut Interface> {
+        if !self.interfaces.iter().any(|i| i.fid == fid) {
+            let fresh = Interface {
+                fid,
+                state: TdispState::ConfigUnlocked,
+                nonce: [0; NONCE_SIZE],
+                report: heapless::Vec::new(),
+            };
+            self.interfaces.push(fresh).ok()?;
+        }
+        self.interfaces.iter_mut().find(|i| i.fid == fid)
     }
 
     /// The interface's TDISP state as the device sees it.
     pub fn state(&self, iface: InterfaceId) -> TdispState {
+        let fid = fid_of(iface);
         self.interfaces
             .iter()
-            .find(|(i, _)| *i == iface)
-            .map_or(TdispState::ConfigUnlocked, |(_, s)| *s)
+            .find(|i| i.fid == fid)
+            .map_or(TdispState::ConfigUnlocked, |i| i.state)
     }
 
-    /// Every request to `iface` fails with `fault` until cleared with `None`.
-    pub fn set_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) {
-        self.faults.retain(|(i, _)| *i != iface);
-        if let Some(f) = fault {
-            // Eight concurrent faults are plenty for a test; more are ignored, not a panic.
-            let _ = self.faults.push((iface, f));
+    /// The ranges the device will report for `iface` (extra ones beyond the model's room are
+    /// dropped). Like a real device's, the report is frozen while the interface is locked:
+    /// a change then is ignored.
+    pub fn set_report(&mut self, iface: InterfaceId, ranges: &[WireMmioRange]) {
+        if let Some(i) = self.interface(fid_of(iface))
+            && i.state == TdispState::ConfigUnlocked
+        {
+            i.report = ranges.iter().copied().take(MODEL_MAX_RANGES).collect();
+        }
+    }
+
+    /// The ranges the device reports for `iface`.
+    pub fn report(&self, iface: InterfaceId) -> &[WireMmioRange] {
+        let fid = fid_of(iface);
+        self.interfaces
+            .iter()
+            .find(|i| i.fid == fid)
+            .map_or(&[], |i| i.report.as_slice())
+    }
+
+    /// Makes `iface` misbehave (or behave again with `None`).
+    pub fn set_misbehaviour(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) {
+        let fid = fid_of(iface);
+        self.misbehaviour.retain(|(f, _)| *f != fid);
+        if let Some(m) = how {
+            // Eight misbehaving interfaces at once are plenty for a test; more are ignored.
+            let _ = self.misbehaviour.push((fid, m));
         }
     }
 
     /// Applies an out-of-band event to `iface`.
     pub fn event(&mut self, iface: InterfaceId, event: DeviceEvent) {
-        let next = match (event, self.state(iface)) {
-            (DeviceEvent::Disturb, TdispState::ConfigLocked | TdispState::Run) => TdispState::Error,
-            (DeviceEvent::Disturb, s) => s,
-            (DeviceEvent::ConventionalReset, _) => TdispState::ConfigUnlocked,
-        };
-        self.set_state(iface, next);
-    }
-
-    fn set_state(&mut self, iface: InterfaceId, state: TdispState) {
-        if let Some(entry) = self.interfaces.iter_mut().find(|(i, _)| *i == iface) {
-            entry.1 = state;
-        } else {
-            // A table of MAX_TDIS interfaces cannot fill before the firmware's own TDI table.
-            let _ = self.interfaces.push((iface, state));
-        }
-    }
-
-    fn request(
-        &mut self,
-        iface: InterfaceId,
-        from: &[TdispState],
-        to: TdispState,
-    ) -> Result<(), DeviceFault> {
-        if let Some((_, f)) = self.faults.iter().find(|(i, _)| *i == iface) {
-            return Err(*f);
-        }
-        let now = self.state(iface);
-        if now == to {
-            return if to == TdispState::ConfigUnlocked {
-                Ok(())
-            } else {
-                Err(DeviceFault::Refused)
+        if let Some(i) = self.interface(fid_of(iface)) {
+            i.state = match (event, i.state) {
+                (DeviceEvent::Disturb, TdispState::ConfigLocked | TdispState::Run) => {
+                    TdispState::Error
+                }
+                (DeviceEvent::Disturb, s) => s,
+                (DeviceEvent::ConventionalReset, _) => TdispState::ConfigUnlocked,
             };
         }
-        if !from.contains(&now) {
-            return Err(DeviceFault::Refused);
+    }
+
+    fn misbehaviour_of(&self, fid: u32) -> Option<Misbehaviour> {
+        self.misbehaviour
+            .iter()
+            .find(|(f, _)| *f == fid)
+            .map(|(_, m)| *m)
+    }
+
+    /// Answers one request, per the TDISP state machine (PCIe 6.x 11.3.2). A report answer
+    /// names the bytes of `report_buf` to send.
+    fn answer(
+        &mut self,
+        fid: u32,
+        req: &Request,
+        report_buf: &mut [u8; MAX_REPORT_BYTES],
+    ) -> Result<Answer, u32> {
+        self.nonces_issued = self.nonces_issued.wrapping_add(1);
+        let counter = self.nonces_issued;
+        let inconsistent = self.misbehaviour_of(fid) == Some(Misbehaviour::InconsistentReport);
+        let i = self.interface(fid).ok_or(error_code::UNSPECIFIED)?;
+        let refuse_state = Err(error_code::INVALID_INTERFACE_STATE);
+        match req {
+            Request::GetVersion => Ok(Answer::Reply(Response::Version(&[TDISP_VERSION_1_0]))),
+            Request::GetCapabilities(_) => {
+                Ok(Answer::Reply(Response::Capabilities(Capabilities {
+                    dsm_caps: U32::new(0),
+                    req_msgs_supported: [0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    lock_interface_flags_supported: U16::new(0x1f),
+                    reserved: [0; 3],
+                    dev_addr_width: 52,
+                    num_req_this: 1,
+                    num_req_all: 1,
+                })))
+            }
+            Request::LockInterface(_) if i.state == TdispState::ConfigUnlocked => {
+                i.state = TdispState::ConfigLocked;
+                let mut nonce = [0u8; NONCE_SIZE];
+                for (k, b) in nonce.iter_mut().enumerate() {
+                    *b = counter.to_le_bytes().get(k % 8).copied().unwrap_or(0) ^ (k as u8);
+                }
+                i.nonce = nonce;
+                Ok(Answer::Reply(Response::Lock(nonce)))
+            }
+            Request::GetReport(r)
+                if matches!(i.state, TdispState::ConfigLocked | TdispState::Run) =>
+            {
+                let head = report_head(u32::try_from(i.report.len()).unwrap_or(0));
+                let total = encode_report(report_buf, &head, &i.report, &[])
+                    .map_err(|_| error_code::UNSPECIFIED)?;
+                let start = usize::from(r.offset.get()).min(total);
+                let end = start.saturating_add(usize::from(r.length.get())).min(total);
+                let remainder = u16::try_from(total.saturating_sub(end)).unwrap_or(u16::MAX);
+                let remainder = if inconsistent {
+                    remainder.wrapping_add(7)
+                } else {
+                    remainder
+                };
+                Ok(Answer::Report {
+                    start,
+                    end,
+                    remainder,
+                })
+            }
+            Request::GetState => Ok(Answer::Reply(Response::State(i.state))),
+            Request::Start(nonce) if i.state == TdispState::ConfigLocked => {
+                if *nonce != i.nonce {
+                    return Err(error_code::INVALID_NONCE);
+                }
+                i.state = TdispState::Run;
+                Ok(Answer::Reply(Response::Start))
+            }
+            Request::Stop if i.state != TdispState::ConfigUnlocked => {
+                i.state = TdispState::ConfigUnlocked;
+                Ok(Answer::Reply(Response::Stop))
+            }
+            _ => refuse_state,
         }
-        self.set_state(iface, to);
-        Ok(())
     }
 }
 
-impl TdispDevice for ModelDevice {
-    fn lock_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {
-        self.request(
-            iface,
-            &[TdispState::ConfigUnlocked],
-            TdispState::ConfigLocked,
-        )
-    }
-
-    fn start_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {
-        self.request(iface, &[TdispState::ConfigLocked], TdispState::Run)
-    }
-
-    fn stop_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {
-        self.request(
-            iface,
-            &[TdispState::ConfigLocked, TdispState::Run, TdispState::Error],
-            TdispState::ConfigUnlocked,
-        )
-    }
+/// What the model sends back.
+enum Answer {
+    Reply(Response<'static>),
+    /// Bytes `start..end` of the encoded report, and REMAINDER_LENGTH.
+    Report {
+        start: usize,
+        end: usize,
+        remainder: u16,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::RequesterId;
-
-    #[test]
-    fn follows_the_tdisp_state_machine() {
-        let i = RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| panic!("{e:?}"));
-        let mut d = ModelDevice::new();
-        assert_eq!(d.start_interface(i), Err(DeviceFault::Refused));
-        assert_eq!(d.lock_interface(i), Ok(()));
-        assert_eq!(d.lock_interface(i), Err(DeviceFault::Refused));
-        assert_eq!(d.start_interface(i), Ok(()));
-        d.event(i, DeviceEvent::Disturb);
-        assert_eq!(d.state(i), TdispState::Error);
-        d.set_fault(i, Some(DeviceFault::NoResponse));
-        assert_eq!(d.stop_interface(i), Err(DeviceFault::NoResponse));
-        d.set_fault(i, None);
-        assert_eq!(d.stop_interface(i), Ok(()));
-        assert_eq!(d.stop_interface(i), Ok(()));
-        assert_eq!(d.state(i), TdispState::ConfigUnlocked);
+impl TdispLink for DsmModel {
+    fn exchange(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
+        let mut report_buf = [0u8; MAX_REPORT_BYTES];
+        let (fid, req) = match decode_request(request) {
+            Ok(decoded) => decoded,
+            Err(_) => {
+                let fid = request
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_le_bytes);
+                let body = ErrorBody {
+                    code: U32::new(error_code::INVALID_REQUEST),
+                    data: U32::new(0),
+                };
+                return encode_response(response, fid, &Response::Error(body)).ok();
+            }
+        };
+        let misbehaviour = self.misbehaviour_of(fid);
+        if misbehaviour == Some(Misbehaviour::Silent) {
+            return None;
+        }
+        if misbehaviour == Some(Misbehaviour::Garbage) {
+            let garbage = [0xa5u8; 7];
+            response.get_mut(..garbage.len())?.copy_from_slice(&garbage);
+            return Some(garbage.len());
+        }
+        let answer = if misbehaviour == Some(Misbehaviour::Refuse) {
+            Err(error_code::UNSPECIFIED)
+        } else {
+            self.answer(fid, &req, &mut report_buf)
+        };
+        let reply_fid = if misbehaviour == Some(Misbehaviour::WrongInterface) {
+            fid ^ 1
+        } else {
+            fid
+        };
+        let len = match answer {
+            Ok(Answer::Report {
+                start,
+                end,
+                remainder,
+            }) => {
+                let portion = report_buf.get(start..end)?;
+                encode_response(
+                    response,
+                    reply_fid,
+                    &Response::Report { portion, remainder },
+                )
+                .ok()?
+            }
+            Ok(Answer::Reply(resp)) => encode_response(response, reply_fid, &resp).ok()?,
+            Err(code) => {
+                let body = ErrorBody {
+                    code: U32::new(code),
+                    data: U32::new(0),
+                };
+                encode_response(response, reply_fid, &Response::Error(body)).ok()?
+            }
+        };
+        if misbehaviour == Some(Misbehaviour::WrongVersion) {
+            *response.first_mut()? = 0x20;
+        }
+        Some(len)
     }
 }

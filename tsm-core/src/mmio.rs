@@ -76,10 +76,12 @@ impl MmioRange {
 
 /// Whether any two of `ranges` share a byte.
 pub fn any_overlap(ranges: &[MmioRange]) -> bool {
-    ranges
-        .iter()
-        .enumerate()
-        .any(|(i, r)| ranges.iter().skip(i.saturating_add(1)).any(|o| o.overlaps(r)))
+    ranges.iter().enumerate().any(|(i, r)| {
+        ranges
+            .iter()
+            .skip(i.saturating_add(1))
+            .any(|o| o.overlaps(r))
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@
 //! | 0x406 | `TlbFlushPending` | blocked, but the TLB flush for that epoch is not done |
 //! | 0x501 | `DeviceUnresponsive` | the device did not answer a TDISP request |
 //! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
+//! | 0x503 | `DeviceMalformed` | the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout) |
 //! | 0x6xx | `Busy(operand)` | the operand's lock is held by another CPU; retry |
 
 use core::fmt;
@@ -134,6 +135,7 @@ pub enum Error {
     TlbFlushPending,
     DeviceUnresponsive,
     DeviceRefused,
+    DeviceMalformed,
     Busy(Operand),
 }
 
@@ -159,7 +161,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 41] = [
+    pub const ALL: [Error; 42] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -194,6 +196,7 @@ impl Error {
         Error::TlbFlushPending,
         Error::DeviceUnresponsive,
         Error::DeviceRefused,
+        Error::DeviceMalformed,
         Error::Busy(Operand::DeviceTable),
         Error::Busy(Operand::Device),
         Error::Busy(Operand::Tdi),
@@ -240,6 +243,7 @@ impl Error {
             Error::TlbFlushPending => 0x406,
             Error::DeviceUnresponsive => 0x501,
             Error::DeviceRefused => 0x502,
+            Error::DeviceMalformed => 0x503,
             Error::Busy(operand) => CODE_BUSY_BASE | operand.code(),
         }
     }

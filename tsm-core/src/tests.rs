@@ -34,7 +34,7 @@ struct World {
 }
 
 fn world() -> World {
-    let tsm = T::new(MemTable::new(), ModelDevice::new());
+    let tsm = T::new(MemTable::new(), ModelDevice::model());
     let g1 = tsm.create_guest().unwrap();
     let g2 = tsm.create_guest().unwrap();
     let dev = tsm
@@ -52,14 +52,18 @@ fn world() -> World {
     }
 }
 
-fn report(ranges: &[MmioRange]) -> InterfaceReport<'_> {
-    InterfaceReport { ranges }
+/// The device reports `ranges` for `tdi`, then the host binds it.
+fn bind(tsm: &T, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()> {
+    if let Ok(record) = tsm.tdi(tdi) {
+        tsm.with_transport(|d| d.report_ranges(record.iface, ranges))?;
+    }
+    tsm.bind(tdi, guest)
 }
 
 /// `t0` bound to `g1` over the first 2 MiB, with `leaves` 4 KiB leaves mapped.
 fn bound(leaves: u64) -> World {
     let w = world();
-    w.tsm.bind(w.t0, w.g1, &report(&[range(BAR, 512)])).unwrap();
+    bind(&w.tsm, w.t0, w.g1, &[range(BAR, 512)]).unwrap();
     for i in 0..leaves {
         w.tsm
             .map_mmio(
@@ -93,7 +97,7 @@ fn state(w: &World, t: TdiId) -> TdiState {
 
 #[test]
 fn guests_fill_and_drain() {
-    let tsm = T::new(MemTable::new(), ModelDevice::new());
+    let tsm = T::new(MemTable::new(), ModelDevice::model());
     let all: Vec<_> = (0..MAX_GUESTS)
         .map(|_| tsm.create_guest().unwrap())
         .collect();
@@ -149,39 +153,35 @@ fn bind_refusals_change_nothing() {
     let w = world();
     let tsm = &w.tsm;
     refused(tsm, Error::InvalidHandle, || {
-        tsm.bind(TdiId::from_slot(77), w.g1, &report(&[]))
+        bind(tsm, TdiId::from_slot(77), w.g1, &[])
     });
     refused(tsm, Error::InvalidHandle, || {
-        tsm.bind(w.t0, GuestId::from_slot(20), &report(&[]))
+        bind(tsm, w.t0, GuestId::from_slot(20), &[])
     });
     refused(tsm, Error::RangeOutsideDevice, || {
-        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 1025)]))
+        bind(tsm, w.t0, w.g1, &[range(BAR, 1025)])
     });
     refused(tsm, Error::RangesOverlap, || {
-        tsm.bind(
-            w.t0,
-            w.g1,
-            &report(&[range(BAR, 2), range(BAR + 0x1000, 1)]),
-        )
+        bind(tsm, w.t0, w.g1, &[range(BAR, 2), range(BAR + 0x1000, 1)])
     });
     refused(tsm, Error::TooManyRanges, || {
-        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 1); 17]))
+        bind(tsm, w.t0, w.g1, &[range(BAR, 1); 17])
     });
     // The device does not lock: nothing is owned, the TDI stays unbound.
     tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
         .unwrap();
     refused(tsm, Error::DeviceUnresponsive, || {
-        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 4)]))
+        bind(tsm, w.t0, w.g1, &[range(BAR, 4)])
     });
     tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
         .unwrap();
     refused(tsm, Error::DeviceRefused, || {
-        tsm.bind(w.t0, w.g1, &report(&[range(BAR, 4)]))
+        bind(tsm, w.t0, w.g1, &[range(BAR, 4)])
     });
     tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
         .unwrap();
 
-    tsm.bind(w.t0, w.g1, &report(&[range(BAR, 4)])).unwrap();
+    bind(tsm, w.t0, w.g1, &[range(BAR, 4)]).unwrap();
     assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
     assert_eq!(tsm.guest(w.g1).unwrap().bound_tdis, 1);
     assert_eq!(
@@ -189,11 +189,11 @@ fn bind_refusals_change_nothing() {
         TdispState::ConfigLocked
     );
     refused(tsm, Error::TdiAlreadyBound, || {
-        tsm.bind(w.t0, w.g2, &report(&[range(BAR + 0x10000, 4)]))
+        bind(tsm, w.t0, w.g2, &[range(BAR + 0x10000, 4)])
     });
     // Another TDI may not claim any byte of it.
     refused(tsm, Error::TdiBound, || {
-        tsm.bind(w.t1, w.g2, &report(&[range(BAR + 0x3000, 4)]))
+        bind(tsm, w.t1, w.g2, &[range(BAR + 0x3000, 4)])
     });
     refused(tsm, Error::GuestInUse, || tsm.destroy_guest(w.g1));
     refused(tsm, Error::TdiBound, || tsm.remove_tdi(w.t0));
@@ -233,8 +233,7 @@ fn map_refusals_change_nothing() {
     assert_eq!(busy, Err(Error::Busy(Operand::SecureTable)));
     map(t0, g1, GPA + 0x1000, BAR + 0x1000, PageSize::Size4K).unwrap();
     // A page of another bound TDI is not mappable through this one.
-    tsm.bind(w.t1, w.g2, &report(&[range(BAR + 0x30_0000, 16)]))
-        .unwrap();
+    bind(tsm, w.t1, w.g2, &[range(BAR + 0x30_0000, 16)]).unwrap();
     refused(tsm, Error::TdiBound, || {
         map(t0, g1, GPA + 0x30_0000, BAR + 0x30_0000, PageSize::Size4K)
     });
@@ -326,7 +325,7 @@ fn unbind_is_idempotent_complete_and_rebindable() {
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert_eq!(tsm.snapshot().unwrap(), after);
 
-    tsm.bind(w.t0, w.g2, &report(&[range(BAR, 512)])).unwrap();
+    bind(tsm, w.t0, w.g2, &[range(BAR, 512)]).unwrap();
     tsm.map_mmio(w.t0, w.g2, gpa(GPA), hpa(BAR), PageSize::Size2M)
         .unwrap();
     tsm.guest_start(w.g2, w.t0).unwrap();
@@ -508,4 +507,84 @@ fn teardown_order_is_enforced() {
     refused(tsm, Error::InvalidHandle, || tsm.remove_device(w.dev));
     // The requester ID is free again.
     assert!(tsm.create_device(rid(3, 0), &[]).is_ok());
+}
+
+#[test]
+fn a_report_the_firmware_will_not_trust_undoes_the_lock() {
+    let w = world();
+    let tsm = &w.tsm;
+    for (ranges, err) in [
+        (
+            &[range(BAR, 2), range(BAR + 0x1000, 1)][..],
+            Error::RangesOverlap,
+        ),
+        (&[range(BAR, 1025)][..], Error::RangeOutsideDevice),
+        (&[range(BAR, 1); 17][..], Error::TooManyRanges),
+    ] {
+        refused(tsm, err, || bind(tsm, w.t0, w.g1, ranges));
+        assert_eq!(
+            tsm.with_transport(|d| d.state(rid(3, 0))).unwrap(),
+            TdispState::ConfigUnlocked,
+            "{err:?}"
+        );
+    }
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Malformed)))
+        .unwrap();
+    refused(tsm, Error::DeviceMalformed, || {
+        bind(tsm, w.t0, w.g1, &[range(BAR, 4)])
+    });
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+        .unwrap();
+    // The ranges a TDI owns are the device's, whatever the host would have liked.
+    bind(tsm, w.t0, w.g1, &[range(BAR + 0x10_0000, 8)]).unwrap();
+    assert_eq!(
+        tsm.owned_ranges(w.t0).unwrap().as_slice(),
+        &[range(BAR + 0x10_0000, 8)]
+    );
+}
+
+#[test]
+fn check_interface_finds_device_errors_and_silent_resets() {
+    let w = bound(3);
+    let tsm = &w.tsm;
+    refused(tsm, Error::TdiNotBound, || tsm.check_interface(w.t1));
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done));
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        before,
+        "a device that agrees changes nothing"
+    );
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.with_transport(|d| d.event(rid(3, 0), DeviceEvent::Disturb))
+        .unwrap();
+    assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done));
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Error {
+            owner: w.g1,
+            blocking: None
+        }
+    );
+    assert!(
+        tsm.with_table(|t| t.leaves().iter().all(|l| l.state != LeafState::Mapped))
+            .unwrap()
+    );
+    while tsm.unbind(w.t0).unwrap() == Completion::Resumable {}
+
+    // A conventional reset the host did not announce: the device says CONFIG_UNLOCKED.
+    bind(tsm, w.t0, w.g1, &[range(BAR, 512)]).unwrap();
+    tsm.with_transport(|d| d.event(rid(3, 0), DeviceEvent::ConventionalReset))
+        .unwrap();
+    assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done));
+    assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
+    assert_eq!(
+        tsm.unbind(w.t0),
+        Ok(Completion::Done),
+        "STOP of a reset interface is done"
+    );
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    bind(tsm, w.t1, w.g1, &[range(BAR + 0x20_0000, 4)]).unwrap();
+    refused(tsm, Error::TdiNotBound, || tsm.check_interface(w.t0));
 }

@@ -1,7 +1,10 @@
 //! The firmware's side of TDISP: the requests it sends to a device's security manager. The
 //! encoding on the wire belongs to whoever implements [`TdispDevice`].
 
+use crate::capacity::MAX_RANGES_PER_TDI;
 use crate::ids::RequesterId;
+use crate::lifecycle::TdispState;
+use crate::mmio::MmioRange;
 use crate::status::Error;
 
 /// A TDISP interface ID: the function's requester ID (PCIe 6.x 11.3.4, INTERFACE_ID).
@@ -12,8 +15,13 @@ pub type InterfaceId = RequesterId;
 pub enum DeviceFault {
     /// No answer within the transport's bounded retries.
     NoResponse,
-    /// The device answered TDISP_ERROR (or an answer that is not the one asked for).
+    /// The device answered TDISP_ERROR.
     Refused,
+    /// The answer was not a well-formed response to the request (length, version, type,
+    /// interface ID).
+    Malformed,
+    /// The interface report was well-formed but its content is not acceptable.
+    BadReport(Error),
 }
 
 impl From<DeviceFault> for Error {
@@ -21,6 +29,8 @@ impl From<DeviceFault> for Error {
         match f {
             DeviceFault::NoResponse => Error::DeviceUnresponsive,
             DeviceFault::Refused => Error::DeviceRefused,
+            DeviceFault::Malformed => Error::DeviceMalformed,
+            DeviceFault::BadReport(e) => e,
         }
     }
 }
@@ -30,6 +40,14 @@ impl From<DeviceFault> for Error {
 pub trait TdispDevice {
     /// LOCK_INTERFACE: CONFIG_UNLOCKED -> CONFIG_LOCKED.
     fn lock_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault>;
+    /// GET_DEVICE_INTERFACE_REPORT: the interface's private (TEE) MMIO ranges, from the
+    /// device's own report, validated. Only meaningful while CONFIG_LOCKED or RUN.
+    fn interface_ranges(
+        &mut self,
+        iface: InterfaceId,
+    ) -> Result<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>, DeviceFault>;
+    /// GET_DEVICE_INTERFACE_STATE.
+    fn interface_state(&mut self, iface: InterfaceId) -> Result<TdispState, DeviceFault>;
     /// START_INTERFACE: CONFIG_LOCKED -> RUN.
     fn start_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault>;
     /// STOP_INTERFACE: CONFIG_LOCKED, RUN or ERROR -> CONFIG_UNLOCKED. `Ok` also when the

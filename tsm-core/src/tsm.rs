@@ -12,12 +12,11 @@ use crate::capacity::{
     MAX_BARS, MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, UNBIND_OPS_PER_CALL,
 };
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
-use crate::lifecycle::{Event, TdiState, transition};
+use crate::lifecycle::{Event, TdiState, TdispState, transition};
 use crate::mmio::{MmioRange, any_overlap};
 use crate::ownership::Ownership;
 use crate::page::PageSize;
 use crate::registry::{Device, GuestRecord, Slots, Tdi, try_lock};
-use crate::report::InterfaceReport;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
 use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
@@ -171,9 +170,11 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     // ---- binding and mapping ------------------------------------------------------------
 
-    /// Binds `tdi` to `guest`: LOCK_INTERFACE, then ownership of the reported MMIO ranges.
-    /// Nothing changes unless every check passes and the device locked the interface.
-    pub fn bind(&self, tdi: TdiId, guest: GuestId, report: &InterfaceReport<'_>) -> TsmResult<()> {
+    /// Binds `tdi` to `guest`: LOCK_INTERFACE, then the device's own interface report names
+    /// the MMIO ranges the TDI will own; the host names none. A report the firmware will not
+    /// trust (ranges outside the device's BARs, overlapping each other or another bound TDI,
+    /// malformed) undoes the lock with STOP_INTERFACE, and nothing changes.
+    pub fn bind(&self, tdi: TdiId, guest: GuestId) -> TsmResult<()> {
         let device = self.tdi(tdi)?.device;
         let dev_slot = self.devices.lock(device.slot())?;
         let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
@@ -184,29 +185,43 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         }
         let mut guest_slot = self.guests.lock(guest.slot())?;
         let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
-
-        if report.ranges.len() > MAX_RANGES_PER_TDI {
-            return Err(Error::TooManyRanges);
-        }
-        let inside_bars = |r: &MmioRange| {
-            dev.bars.iter().any(|bar| {
-                bar.contains_span(r.base().as_u64(), r.end().saturating_sub(r.base().as_u64()))
-            })
-        };
-        if !report.ranges.iter().all(inside_bars) {
-            return Err(Error::RangeOutsideDevice);
-        }
         let next = transition(record.state, Event::Bind(guest))?;
         let mut owners = try_lock(&self.owners, Operand::Ownership)?;
-        owners.check_claim(report.ranges)?;
         let bound = guest_record
             .bound_tdis
             .checked_add(1)
             .ok_or(Error::TdiTableFull)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
 
+        // The report is only meaningful once the interface is locked (PCIe 6.x 11.3.11).
         transport.lock_interface(record.iface)?;
-        owners.claim(tdi, guest, report.ranges)?;
+        let ranges = transport
+            .interface_ranges(record.iface)
+            .map_err(Error::from)
+            .and_then(|ranges| {
+                let inside = |r: &MmioRange| {
+                    dev.bars.iter().any(|bar| {
+                        bar.contains_span(
+                            r.base().as_u64(),
+                            r.end().saturating_sub(r.base().as_u64()),
+                        )
+                    })
+                };
+                if !ranges.iter().all(inside) {
+                    return Err(Error::RangeOutsideDevice);
+                }
+                owners.check_claim(&ranges)?;
+                Ok(ranges)
+            });
+        let ranges = match ranges {
+            Ok(r) => r,
+            Err(e) => {
+                // Undo the lock; the refusal is the status whatever the device answers.
+                let _ = transport.stop_interface(record.iface);
+                return Err(e);
+            }
+        };
+        owners.claim(tdi, guest, &ranges)?;
         guest_record.bound_tdis = bound;
         record.state = next;
         Ok(())
@@ -264,12 +279,13 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 Ok(())
             }
             Err(DeviceFault::NoResponse) => Err(Error::DeviceUnresponsive),
-            Err(DeviceFault::Refused) => {
+            // A device that refuses or garbles START cannot be trusted with the guest: ERROR.
+            Err(fault) => {
                 let errored = transition(record.state, Event::DeviceError)?;
                 record.state = errored;
-                // The refusal is the status; blocking resumes on the next device_error/unbind.
+                // The fault is the status; blocking resumes on the next device_error/unbind.
                 let _ = Self::block_errored(tdi, record, &owners, &mut *table);
-                Err(Error::DeviceRefused)
+                Err(Error::from(fault))
             }
         }
     }
@@ -287,6 +303,30 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             return Ok(Completion::Done);
         }
         record.state = next;
+        Self::block_errored(tdi, record, &owners, &mut *table)
+    }
+
+    /// Asks the device for the interface's TDISP state (GET_DEVICE_INTERFACE_STATE). A device
+    /// that says ERROR, or CONFIG_UNLOCKED for a TDI the firmware holds locked or running (a
+    /// reset it did not announce), puts the TDI in ERROR exactly as [`Tsm::device_error`] does.
+    pub fn check_interface(&self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let errored = transition(record.state, Event::DeviceError)?;
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let device_says = transport.interface_state(record.iface)?;
+        let agrees = matches!(
+            (record.state, device_says),
+            (TdiState::Locked { .. }, TdispState::ConfigLocked)
+                | (TdiState::Run { .. }, TdispState::Run)
+                | (TdiState::Error { .. } | TdiState::Unbinding { .. }, _)
+        );
+        if agrees {
+            return Self::block_errored(tdi, record, &owners, &mut *table);
+        }
+        record.state = errored;
         Self::block_errored(tdi, record, &owners, &mut *table)
     }
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{bar, check_invariants, world};
+use common::{bar, check_invariants, report_and_bind, world};
 use tsm_core::*;
 
 /// xorshift64: a deterministic per-thread stream, no dependency needed.
@@ -42,15 +42,7 @@ fn concurrent_host_guest_and_device_operations_keep_the_invariants() {
                         let base = bar(t / 2) + (t as u64 % 2) * 0x40_0000;
                         let page = rng.next(64) * 0x1000;
                         let r = match rng.next(8) {
-                            0 => w
-                                .tsm
-                                .bind(
-                                    tdi,
-                                    g,
-                                    &InterfaceReport {
-                                        ranges: &[MmioRange::from_raw(base, 256).unwrap()],
-                                    },
-                                )
+                            0 => report_and_bind(w, tdi, g, &[(base, 256)])
                                 .map(|()| Completion::Done),
                             1 | 2 => {
                                 let owner = w

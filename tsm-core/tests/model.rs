@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{World, bar, check_invariants, world};
+use common::{World, bar, check_invariants, report_and_bind, world};
 use proptest::prelude::*;
 use tsm_core::device_model::DeviceEvent;
 use tsm_core::*;
@@ -53,6 +53,9 @@ enum Op {
         tdi: usize,
     },
     DeviceError {
+        tdi: usize,
+    },
+    Check {
         tdi: usize,
     },
     Unbind {
@@ -121,12 +124,13 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(tdi, range, page, gpa, size)| Op::MapOwned { tdi, range, page, gpa, size }),
         1 => (guest.clone(), tdi.clone()).prop_map(|(guest, tdi)| Op::Start { guest, tdi }),
         1 => tdi.clone().prop_map(|tdi| Op::DeviceError { tdi }),
+        1 => tdi.clone().prop_map(|tdi| Op::Check { tdi }),
         1 => tdi.clone().prop_map(|tdi| Op::Unbind { tdi }),
         1 => (guest.clone(), guest_addr(), size()).prop_map(|(guest, gpa, size)| Op::HostUnmap { guest, gpa, size }),
         1 => (guest.clone(), guest_addr(), size()).prop_map(|(guest, gpa, size)| Op::HostBlock { guest, gpa, size }),
         1 => (0usize..2, offset(), 1u64..3000).prop_map(|(dev, off, pages)| Op::HostZap { dev, off, pages }),
         1 => (tdi.clone(), any::<bool>()).prop_map(|(tdi, reset)| Op::Event { tdi, reset }),
-        1 => (tdi, prop_oneof![Just(None), Just(Some(DeviceFault::NoResponse)), Just(Some(DeviceFault::Refused))])
+        1 => (tdi, prop_oneof![Just(None), Just(Some(DeviceFault::NoResponse)), Just(Some(DeviceFault::Refused)), Just(Some(DeviceFault::Malformed))])
             .prop_map(|(tdi, fault)| Op::Fault { tdi, fault }),
         1 => any::<bool>().prop_map(Op::DeferFlush),
     ]
@@ -145,19 +149,18 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
     let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
     match op {
         Op::Bind { tdi, guest, ranges } => {
-            let ranges: Result<Vec<_>, _> = ranges
+            let raw: Vec<_> = ranges
                 .iter()
-                .map(|&(d, p, n)| MmioRange::from_raw(bar(d) + p * 0x1000, n))
+                .map(|&(d, p, n)| (bar(d) + p * 0x1000, n))
                 .collect();
             (
                 false,
-                done(ranges.and_then(|r| {
-                    tsm.bind(
-                        tdi_of(w, *tdi),
-                        guest_of(w, *guest),
-                        &InterfaceReport { ranges: &r },
-                    )
-                })),
+                done(report_and_bind(
+                    w,
+                    tdi_of(w, *tdi),
+                    guest_of(w, *guest),
+                    &raw,
+                )),
             )
         }
         Op::Map {
@@ -205,17 +208,13 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
         }
         Op::BindOwn { tdi, guest, ranges } => {
             let dev = *tdi / 2;
-            let ranges: Vec<_> = ranges
+            let raw: Vec<_> = ranges
                 .iter()
-                .map(|&(p, n)| MmioRange::from_raw(bar(dev) + p * 0x1000, n).unwrap())
+                .map(|&(p, n)| (bar(dev) + p * 0x1000, n))
                 .collect();
             (
                 false,
-                done(tsm.bind(
-                    w.tdis[*tdi],
-                    w.guests[*guest],
-                    &InterfaceReport { ranges: &ranges },
-                )),
+                done(report_and_bind(w, w.tdis[*tdi], w.guests[*guest], &raw)),
             )
         }
         Op::HostHitLeaf { leaf, block } => {
@@ -238,6 +237,7 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
             done(tsm.guest_start(guest_of(w, *guest), tdi_of(w, *tdi))),
         ),
         Op::DeviceError { tdi } => (false, tsm.device_error(tdi_of(w, *tdi))),
+        Op::Check { tdi } => (false, tsm.check_interface(tdi_of(w, *tdi))),
         Op::Unbind { tdi } => (false, tsm.unbind(tdi_of(w, *tdi))),
         Op::HostUnmap { guest, gpa, size } => (
             true,
@@ -297,7 +297,7 @@ fn tdi_index(op: &Op) -> usize {
 fn may_change_on_error(op: &Op) -> bool {
     matches!(
         op,
-        Op::Unbind { .. } | Op::Start { .. } | Op::DeviceError { .. }
+        Op::Unbind { .. } | Op::Start { .. } | Op::DeviceError { .. } | Op::Check { .. }
     )
 }
 

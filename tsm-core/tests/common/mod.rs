@@ -10,6 +10,7 @@
 
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
+use tsm_core::tdisp::report::wire_range;
 use tsm_core::*;
 
 /// The firmware under test.
@@ -34,7 +35,7 @@ pub struct World {
 
 /// Three guests, two devices with two TDIs each.
 pub fn world() -> World {
-    let tsm = T::new(MemTable::new(), ModelDevice::new());
+    let tsm = T::new(MemTable::new(), ModelDevice::model());
     let guests = (0..3).map(|_| tsm.create_guest().unwrap()).collect();
     let mut tdis = Vec::new();
     let mut ifaces = Vec::new();
@@ -86,6 +87,23 @@ pub fn check_invariants(w: &World) {
             );
         }
     }
+    // Every owned range is one the device itself reported for that interface.
+    for owned in snap.owners.iter() {
+        let iface = snap.tdis[owned.tdi.slot() as usize].as_ref().unwrap().iface;
+        let reported = w
+            .tsm
+            .with_transport(|d| {
+                d.link_mut().report(iface).iter().any(|r| {
+                    r.first_page.get() == owned.range.base().as_u64()
+                        && u64::from(r.number_of_pages.get()) == owned.range.pages()
+                })
+            })
+            .unwrap();
+        assert!(
+            reported,
+            "owned range {owned:?} was not in the device's report"
+        );
+    }
     for (slot, tdi) in snap.tdis.iter().enumerate() {
         if let Some(tdi) = tdi {
             let owns = snap.owners.iter().any(|o| o.tdi.slot() as usize == slot);
@@ -96,4 +114,33 @@ pub fn check_invariants(w: &World) {
             );
         }
     }
+}
+
+/// The device reports `ranges` (raw base, pages: hostile values welcome) for `tdi`, then the
+/// host binds it. The report is only replaced while the firmware holds the TDI unbound, so a
+/// bound TDI's report stays the one it was bound with (a reset device could otherwise change
+/// it before the firmware notices).
+pub fn report_and_bind(
+    w: &World,
+    tdi: TdiId,
+    guest: GuestId,
+    ranges: &[(u64, u64)],
+) -> TsmResult<()> {
+    if let Ok(record) = w
+        .tsm
+        .tdi(tdi)
+        .map_err(drop)
+        .and_then(|r| if r.state.is_bound() { Err(()) } else { Ok(r) })
+    {
+        let wire: Vec<_> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, &(base, pages))| {
+                wire_range(base, u32::try_from(pages).unwrap_or(u32::MAX), 0, i as u16)
+            })
+            .collect();
+        w.tsm
+            .with_transport(|d| d.link_mut().set_report(record.iface, &wire))?;
+    }
+    w.tsm.bind(tdi, guest)
 }
