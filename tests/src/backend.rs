@@ -1,11 +1,12 @@
 //! What the scenario interpreter drives: one trait over "a firmware", implemented by the core
 //! directly and by each platform's ABI (register blocks on TDX, command buffers on SEV).
 
-use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::mem_table::MemTable;
+use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceFault, DeviceId, Gpa, GuestId, Hpa, InterfaceId, InterfaceReport, Leaf,
-    MmioRange, PageSize, RequesterId, SecureTable, TdiId, TdiState, Tsm, TsmResult,
+    Completion, DeviceId, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, PageSize, RequesterId,
+    SecureTable, TdiId, TdiState, Tsm, TsmResult,
 };
 
 /// Every operation a scenario line can ask of a firmware, plus the test knobs of its models.
@@ -24,8 +25,9 @@ pub trait Backend {
     fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId>;
     /// Removes a TDI.
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()>;
-    /// Binds a TDI to a guest with the reported ranges.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()>;
+    /// The device reports `report` for the TDI's interface (device model), then the host binds
+    /// the TDI to a guest; the firmware takes the ranges from the device alone.
+    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()>;
     /// Maps a private MMIO page.
     fn map(
         &mut self,
@@ -39,6 +41,8 @@ pub trait Backend {
     fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()>;
     /// Device reports ERROR for a TDI.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion>;
+    /// The firmware asks the device for the interface's state (GET_DEVICE_INTERFACE_STATE).
+    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion>;
     /// One unbind call.
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion>;
     /// Host asks to remove a private leaf.
@@ -53,8 +57,8 @@ pub trait Backend {
     fn leaf(&mut self, guest: GuestId, gpa: Gpa) -> TsmResult<Option<Leaf>>;
     /// Device model: an out-of-band event on an interface.
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()>;
-    /// Device model: make requests to an interface fail (or stop failing).
-    fn device_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) -> TsmResult<()>;
+    /// Device model: make an interface misbehave on the wire (or behave again).
+    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()>;
     /// Secure table model: hold TLB flushes until released (`false` completes them).
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()>;
 }
@@ -104,8 +108,11 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()> {
         self.tsm.remove_tdi(tdi)
     }
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()> {
-        self.tsm.bind(tdi, guest, &InterfaceReport { ranges })
+    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
+        if let Ok(record) = self.tsm.tdi(tdi) {
+            self.tsm.with_transport(|d| d.link_mut().set_report(record.iface, report))?;
+        }
+        self.tsm.bind(tdi, guest)
     }
     fn map(
         &mut self,
@@ -122,6 +129,9 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     }
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         self.tsm.device_error(tdi)
+    }
+    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        self.tsm.check_interface(tdi)
     }
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         self.tsm.unbind(tdi)
@@ -144,8 +154,8 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
         self.tsm.with_transport(|d| d.event(iface, event))
     }
-    fn device_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) -> TsmResult<()> {
-        self.tsm.with_transport(|d| d.set_fault(iface, fault))
+    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
+        self.tsm.with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
     }
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
         self.tsm.with_table(|t| t.defer_flush(guest, defer))

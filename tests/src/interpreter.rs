@@ -5,15 +5,16 @@ use core::fmt::{self, Write};
 
 use heapless::{String, Vec};
 use tsm_core::capacity::MAX_TDIS_PER_DEVICE;
-use tsm_core::device_model::DeviceEvent;
+use tsm_core::device_model::{DeviceEvent, MODEL_MAX_RANGES};
+use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::{
-    Completion, DeviceFault, DeviceId, Error, Gpa, GuestId, Handle, Hpa, InterfaceId, Leaf,
+    Completion, DeviceId, Error, Gpa, GuestId, Handle, Hpa, InterfaceId, Leaf,
     LeafState, MmioRange, TdiId, TdiState, TsmResult,
 };
 
 use crate::backend::Backend;
 use crate::scenario::{
-    EventName, FaultName, HostPath, LeafName, Line, Op, Order, StateName, parse_line,
+    EventName, HostPath, LeafName, Line, Op, Order, StateName, parse_line,
 };
 
 /// Named objects one scenario may create.
@@ -209,14 +210,15 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::Bind { tdi, guest, ranges } => {
                 let (t, g) = (self.tdi(tdi)?.0, self.guest(guest)?);
-                let parsed: Result<
-                    Vec<MmioRange, { tsm_core::capacity::MAX_RANGES_PER_TDI }>,
-                    Error,
-                > = ranges
+                let report: Vec<WireMmioRange, MODEL_MAX_RANGES> = ranges
                     .iter()
-                    .map(|&(base, pages)| MmioRange::from_raw(base, pages))
+                    .zip(0u16..)
+                    .map(|(r, id)| {
+                        let attributes = if r.shared { RANGE_ATTR_NON_TEE } else { 0 };
+                        wire_range(r.base, r.pages, attributes, id)
+                    })
                     .collect();
-                done(parsed.and_then(|r| self.backend.bind(t, g, &r)))
+                done(self.backend.bind(t, g, &report))
             }
             Op::Map {
                 tdi,
@@ -240,6 +242,7 @@ impl<'a> Interpreter<'a, '_> {
             Op::DeviceError { tdi } => {
                 Observed::Status(self.backend.device_error(self.tdi(tdi)?.0))
             }
+            Op::Check { tdi } => Observed::Status(self.backend.check(self.tdi(tdi)?.0)),
             Op::Zap { device, bar } => done(self.zap(device, *bar)),
             Op::HostUnmap { guest, gpa, size } => {
                 let g = self.guest(guest)?;
@@ -262,14 +265,9 @@ impl<'a> Interpreter<'a, '_> {
                 };
                 done(self.backend.device_event(iface, event))
             }
-            Op::DeviceFault { tdi, fault } => {
+            Op::DeviceMisbehave { tdi, how } => {
                 let iface = self.iface(tdi)?;
-                let fault = match fault {
-                    FaultName::None => None,
-                    FaultName::NoResponse => Some(DeviceFault::NoResponse),
-                    FaultName::Refused => Some(DeviceFault::Refused),
-                };
-                done(self.backend.device_fault(iface, fault))
+                done(self.backend.device_misbehave(iface, *how))
             }
             Op::DeferFlush { guest, on } => {
                 let g = self.guest(guest)?;

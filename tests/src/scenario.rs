@@ -27,7 +27,8 @@
 
 use heapless::Vec;
 use tsm_core::PageSize;
-use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
+use tsm_core::capacity::MAX_BARS;
+use tsm_core::device_model::{MODEL_MAX_RANGES, Misbehaviour};
 use tsm_core::ids::RequesterId;
 
 /// Most devices one `host` line may name (a hot-reset device set).
@@ -88,15 +89,15 @@ pub enum EventName {
     Reset,
 }
 
-/// Injected device faults.
+/// One range a device reports: base, pages, and whether it is IS_NON_TEE_MEM (`shared-range`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultName {
-    /// Clear the fault.
-    None,
-    /// The device stops answering.
-    NoResponse,
-    /// The device answers TDISP_ERROR.
-    Refused,
+pub struct ReportedRange {
+    /// FIRST_PAGE.
+    pub base: u64,
+    /// NUMBER_OF_PAGES.
+    pub pages: u32,
+    /// IS_NON_TEE_MEM.
+    pub shared: bool,
 }
 
 /// States `expect-state` can name.
@@ -146,7 +147,7 @@ pub enum Op<'a> {
     Bind {
         tdi: &'a str,
         guest: &'a str,
-        ranges: Vec<(u64, u64), MAX_RANGES_PER_TDI>,
+        ranges: Vec<ReportedRange, MODEL_MAX_RANGES>,
     },
     Map {
         tdi: &'a str,
@@ -166,6 +167,9 @@ pub enum Op<'a> {
         tdi: &'a str,
     },
     DeviceError {
+        tdi: &'a str,
+    },
+    Check {
         tdi: &'a str,
     },
     Zap {
@@ -191,9 +195,9 @@ pub enum Op<'a> {
         tdi: &'a str,
         event: EventName,
     },
-    DeviceFault {
+    DeviceMisbehave {
         tdi: &'a str,
-        fault: FaultName,
+        how: Option<Misbehaviour>,
     },
     DeferFlush {
         guest: &'a str,
@@ -278,7 +282,7 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("bind", [tdi, guest, rest @ ..]) => Op::Bind {
             tdi,
             guest,
-            ranges: pairs(rest, "range")?,
+            ranges: reported(rest)?,
         },
         ("map", [tdi, guest, gpa, hpa, size]) => Op::Map {
             tdi,
@@ -291,6 +295,7 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("unbind", [tdi]) => Op::Unbind { tdi },
         ("unbind-all", [tdi]) => Op::UnbindAll { tdi },
         ("device-error", [tdi]) => Op::DeviceError { tdi },
+        ("check", [tdi]) => Op::Check { tdi },
         ("zap", [device]) => Op::Zap { device, bar: None },
         ("zap", [device, bar]) => Op::Zap {
             device,
@@ -323,12 +328,16 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
                 _ => return Err(ParseError::BadToken),
             },
         },
-        ("device-fault", [tdi, fault]) => Op::DeviceFault {
+        ("device-misbehave", [tdi, how]) => Op::DeviceMisbehave {
             tdi,
-            fault: match *fault {
-                "none" => FaultName::None,
-                "no-response" => FaultName::NoResponse,
-                "refused" => FaultName::Refused,
+            how: match *how {
+                "none" => None,
+                "silent" => Some(Misbehaviour::Silent),
+                "garbage" => Some(Misbehaviour::Garbage),
+                "wrong-interface" => Some(Misbehaviour::WrongInterface),
+                "wrong-version" => Some(Misbehaviour::WrongVersion),
+                "refuse" => Some(Misbehaviour::Refuse),
+                "inconsistent-report" => Some(Misbehaviour::InconsistentReport),
                 _ => return Err(ParseError::BadToken),
             },
         },
@@ -366,8 +375,8 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("destroy-guest", [guest]) => Op::DestroyGuest { guest },
         (
             "guest" | "device" | "tdi" | "bind" | "map" | "start" | "unbind" | "unbind-all"
-            | "device-error" | "zap" | "host-unmap" | "host-block" | "host" | "device-event"
-            | "device-fault" | "defer-flush" | "expect-state" | "expect-leaf" | "remove-tdi"
+            | "device-error" | "check" | "zap" | "host-unmap" | "host-block" | "host" | "device-event"
+            | "device-misbehave" | "defer-flush" | "expect-state" | "expect-leaf" | "remove-tdi"
             | "remove-device" | "destroy-guest",
             _,
         ) => return Err(ParseError::Arity),
@@ -387,6 +396,22 @@ pub fn strip_comment(text: &str) -> &str {
         Some((i, _)) => text.get(..i).unwrap_or(text),
         None => text,
     }
+}
+
+/// `range <base> <pages>` or `shared-range <base> <pages>`, repeated: a device's report.
+fn reported<const N: usize>(words: &[&str]) -> Result<Vec<ReportedRange, N>, ParseError> {
+    let mut out = Vec::new();
+    for chunk in words.chunks(3) {
+        let [k, base, pages] = chunk else { return Err(ParseError::Arity) };
+        let shared = match *k {
+            "range" => false,
+            "shared-range" => true,
+            _ => return Err(ParseError::Arity),
+        };
+        let pages = u32::try_from(num(pages)?).map_err(|_| ParseError::BadToken)?;
+        out.push(ReportedRange { base: num(base)?, pages, shared }).map_err(|_| ParseError::TooMany)?;
+    }
+    Ok(out)
 }
 
 /// `<keyword> <base> <pages>` repeated.
