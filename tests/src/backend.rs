@@ -110,7 +110,8 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     }
     fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Ok(record) = self.tsm.tdi(tdi) {
-            self.tsm.with_transport(|d| d.link_mut().set_report(record.iface, report))?;
+            self.tsm
+                .with_transport(|d| d.link_mut().set_report(record.iface, report))?;
         }
         self.tsm.bind(tdi, guest)
     }
@@ -155,7 +156,8 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         self.tsm.with_transport(|d| d.event(iface, event))
     }
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
-        self.tsm.with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
+        self.tsm
+            .with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
     }
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
         self.tsm.with_table(|t| t.defer_flush(guest, defer))

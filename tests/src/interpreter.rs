@@ -8,14 +8,12 @@ use tsm_core::capacity::MAX_TDIS_PER_DEVICE;
 use tsm_core::device_model::{DeviceEvent, MODEL_MAX_RANGES};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Handle, Hpa, InterfaceId, Leaf,
-    LeafState, MmioRange, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Handle, Hpa, InterfaceId, Leaf, LeafState,
+    MmioRange, TdiId, TdiState, TsmResult,
 };
 
 use crate::backend::Backend;
-use crate::scenario::{
-    EventName, HostPath, LeafName, Line, Op, Order, StateName, parse_line,
-};
+use crate::scenario::{EventName, HostPath, LeafName, Line, Op, Order, StateName, parse_line};
 
 /// Named objects one scenario may create.
 pub const MAX_NAMES: usize = 64;

@@ -5,18 +5,19 @@
 //! guest <g>                                   register a guest
 //! device <d> <seg:bus:dev.fn> [bar <base> <pages>]...   register a device and its BARs
 //! tdi <t> <d> <seg:bus:dev.fn>                create a TDI for one interface of <d>
-//! bind <t> <g> [range <base> <pages>]...      bind with the ranges the device reported
+//! bind <t> <g> [range|shared-range <base> <pages>]...  the device reports these ranges; the host binds
 //! map <t> <g> <gpa> <hpa> <4k|2m|1g>          map one private MMIO page
 //! start <g> <t>                               guest accepts and starts the TDI
 //! unbind <t>                                  one unbind call
 //! unbind-all <t>                              unbind calls until it is Done (bounded)
 //! device-error <t>                            the device reports ERROR
+//! check <t>                                   the firmware asks the device for the TDI's state
 //! zap <d> [<bar index>]                       host zaps a BAR (all BARs without an index)
 //! host-unmap <g> <gpa> <size>                 host asks to remove a private leaf
 //! host-block <g> <gpa> <size>                 host asks to block a private leaf
 //! host <path> <d>... <unbind-first|zap-first> a vfio-pci host path, in the patched or the old order
 //! device-event <t> <disturb|reset>            FLR / decode or bus-master off / D3hot; conventional reset
-//! device-fault <t> <none|no-response|refused> the device stops answering, or refuses
+//! device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>
 //! defer-flush <g> <on|off>                    hold back (or complete) the guest's TLB flushes
 //! expect-state <t> <unbound|locked|run|error|unbinding>
 //! expect-leaf <g> <gpa> <mapped|blocked|none>
@@ -252,7 +253,8 @@ pub fn parse_line(text: &str) -> Result<Option<Line<'_>>, ParseError> {
         Some((b, e)) => (b, e.trim()),
         None => (text, "Ok"),
     };
-    let mut words: Vec<&str, 24> = Vec::new();
+    // Room for a bind reporting MODEL_MAX_RANGES ranges (three words each).
+    let mut words: Vec<&str, 64> = Vec::new();
     for w in body.split_whitespace() {
         words.push(w).map_err(|_| ParseError::TooMany)?;
     }
@@ -375,9 +377,9 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("destroy-guest", [guest]) => Op::DestroyGuest { guest },
         (
             "guest" | "device" | "tdi" | "bind" | "map" | "start" | "unbind" | "unbind-all"
-            | "device-error" | "check" | "zap" | "host-unmap" | "host-block" | "host" | "device-event"
-            | "device-misbehave" | "defer-flush" | "expect-state" | "expect-leaf" | "remove-tdi"
-            | "remove-device" | "destroy-guest",
+            | "device-error" | "check" | "zap" | "host-unmap" | "host-block" | "host"
+            | "device-event" | "device-misbehave" | "defer-flush" | "expect-state" | "expect-leaf"
+            | "remove-tdi" | "remove-device" | "destroy-guest",
             _,
         ) => return Err(ParseError::Arity),
         _ => return Err(ParseError::UnknownOp),
@@ -402,14 +404,21 @@ pub fn strip_comment(text: &str) -> &str {
 fn reported<const N: usize>(words: &[&str]) -> Result<Vec<ReportedRange, N>, ParseError> {
     let mut out = Vec::new();
     for chunk in words.chunks(3) {
-        let [k, base, pages] = chunk else { return Err(ParseError::Arity) };
+        let [k, base, pages] = chunk else {
+            return Err(ParseError::Arity);
+        };
         let shared = match *k {
             "range" => false,
             "shared-range" => true,
             _ => return Err(ParseError::Arity),
         };
         let pages = u32::try_from(num(pages)?).map_err(|_| ParseError::BadToken)?;
-        out.push(ReportedRange { base: num(base)?, pages, shared }).map_err(|_| ParseError::TooMany)?;
+        out.push(ReportedRange {
+            base: num(base)?,
+            pages,
+            shared,
+        })
+        .map_err(|_| ParseError::TooMany)?;
     }
     Ok(out)
 }

@@ -17,6 +17,7 @@ scenarios!(
     "hostile",
     "unbind-bounded",
     "device-error",
+    "tdisp-wire",
     "path-mem-disable",
     "path-d3hot",
     "path-runtime-pm",

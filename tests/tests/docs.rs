@@ -8,7 +8,11 @@ const SCENARIO_RS: &str = include_str!("../src/scenario.rs");
 
 #[test]
 fn readme_status_table_matches_the_code() {
-    let rows: Vec<&str> = STATUS_RS.lines().filter_map(|l| l.strip_prefix("//! ")).filter(|l| l.starts_with('|')).collect();
+    let rows: Vec<&str> = STATUS_RS
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! "))
+        .filter(|l| l.starts_with('|'))
+        .collect();
     assert!(rows.len() > 30);
     for row in rows {
         assert!(README.contains(row), "README lacks status row: {row}");
@@ -17,8 +21,12 @@ fn readme_status_table_matches_the_code() {
 
 #[test]
 fn readme_grammar_matches_the_parser() {
-    let grammar: Vec<&str> =
-        SCENARIO_RS.lines().skip_while(|l| !l.contains("```text")).skip(1).take_while(|l| !l.contains("```")).collect();
+    let grammar: Vec<&str> = SCENARIO_RS
+        .lines()
+        .skip_while(|l| !l.contains("```text"))
+        .skip(1)
+        .take_while(|l| !l.contains("```"))
+        .collect();
     assert!(grammar.len() > 15);
     for line in grammar {
         let line = line.trim_start_matches("//!").trim();

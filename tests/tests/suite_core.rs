@@ -16,7 +16,7 @@ use tsm_tests::suite::{SCENARIOS, run_suite};
 type CoreTsm = Tsm<MemTable<1024>, ModelDevice>;
 
 fn with_core(f: &mut dyn FnMut(&mut dyn Backend)) {
-    let tsm: CoreTsm = Tsm::new(MemTable::new(), ModelDevice::new());
+    let tsm: CoreTsm = Tsm::new(MemTable::new(), ModelDevice::model());
     f(&mut CoreBackend {
         tsm: &tsm,
         label: "core",

@@ -194,7 +194,12 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
 
         // The report is only meaningful once the interface is locked (PCIe 6.x 11.3.11).
-        transport.lock_interface(record.iface)?;
+        if let Err(fault) = transport.lock_interface(record.iface) {
+            // The device may have locked and then garbled or lost its answer: put it back in a
+            // known state. The failed LOCK is the status whatever STOP returns.
+            let _ = transport.stop_interface(record.iface);
+            return Err(fault.into());
+        }
         let ranges = transport
             .interface_ranges(record.iface)
             .map_err(Error::from)

@@ -28,6 +28,7 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub const MAX_MESSAGE_BYTES: usize = HEADER_SIZE + 4 + REPORT_PORTION as usize;
 
 /// The TDISP requester over a link `L`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WireTdisp<L> {
     link: L,
     nonces: heapless::Vec<(u32, [u8; NONCE_SIZE]), MAX_TDIS>,
