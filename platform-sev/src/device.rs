@@ -3,39 +3,32 @@
 //! over the secure session at TDI_BIND) and its TDISP state (GET_DEVICE_INTERFACE_STATE at
 //! TDI_STATUS). On SEV-TIO the host only relays these; it cannot write them.
 
-use tsm_core::capacity::{MAX_DEVICES, MAX_TDIS};
+use tsm_core::capacity::{MAX_DEVICES, MAX_RANGES_PER_TDI};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::tdisp::report::{WireMmioRange, wire_range};
 use tsm_core::{DeviceFault, InterfaceId, MmioRange, RequesterId, TdispDevice, TdispState};
 
 /// BARs one device can show (ours: a type 0 header has six; two more so that an oversized
 /// list reaches the core's own check and gets its status).
 pub const MAX_DEVICE_BARS: usize = 8;
-/// Ranges one interface report can list here (ours; the core takes at most 16).
-pub const MAX_REPORT_RANGES: usize = 32;
 
 /// A device's BARs as configuration space shows them.
 pub type Bars = heapless::Vec<MmioRange, MAX_DEVICE_BARS>;
-/// An interface report's MMIO ranges, in report order (range ID = index).
-pub type ReportRanges = heapless::Vec<MmioRange, MAX_REPORT_RANGES>;
 
-/// The device facts the SEV-TIO firmware reads for itself.
+/// The device facts the SEV-TIO firmware reads for itself: configuration space, plus the
+/// TDISP requests of [`TdispDevice`] (interface report and state come over TDISP).
 pub trait DeviceView: TdispDevice {
     /// The BARs of the device at `rid` (configuration space).
     fn bars(&mut self, rid: RequesterId) -> Result<Bars, DeviceFault>;
-    /// The interface report's MMIO ranges (GET_DEVICE_INTERFACE_REPORT).
-    fn interface_report(&mut self, iface: InterfaceId) -> Result<ReportRanges, DeviceFault>;
-    /// The interface's TDISP state (GET_DEVICE_INTERFACE_STATE).
-    fn interface_state(&mut self, iface: InterfaceId) -> Result<TdispState, DeviceFault>;
 }
 
-/// The tests' devices: the core's TDISP model plus configuration space and reports that the
-/// test harness sets, as a real device's firmware and BIOS would.
+/// The tests' devices: the core's TDISP requester wired to its model DSM, plus configuration
+/// space that the test harness sets, as a real device's BIOS would.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PciModel {
-    /// The TDISP state machine of every interface.
+    /// The TDISP requester and, behind it, the model DSM of every interface.
     pub tdisp: ModelDevice,
     bars: heapless::Vec<(RequesterId, Bars), MAX_DEVICES>,
-    reports: heapless::Vec<(InterfaceId, ReportRanges), MAX_TDIS>,
 }
 
 /// The model is out of room (a test configured more than it holds).
@@ -45,11 +38,7 @@ pub struct ModelFull;
 impl PciModel {
     /// No devices configured.
     pub const fn new() -> Self {
-        Self {
-            tdisp: ModelDevice::new(),
-            bars: heapless::Vec::new(),
-            reports: heapless::Vec::new(),
-        }
+        Self { tdisp: ModelDevice::model(), bars: heapless::Vec::new() }
     }
 
     /// Sets the BARs configuration space shows for `rid`.
@@ -59,23 +48,31 @@ impl PciModel {
         self.bars.push((rid, bars)).map_err(|_| ModelFull)
     }
 
-    /// Sets the MMIO ranges the interface reports.
-    pub fn set_report(
-        &mut self,
-        iface: InterfaceId,
-        ranges: &[MmioRange],
-    ) -> Result<(), ModelFull> {
-        let ranges = ReportRanges::from_slice(ranges).map_err(|_| ModelFull)?;
-        self.reports.retain(|(i, _)| *i != iface);
-        self.reports.push((iface, ranges)).map_err(|_| ModelFull)
+    /// Sets the TEE MMIO ranges the interface reports (range ID = index).
+    pub fn set_report(&mut self, iface: InterfaceId, ranges: &[MmioRange]) -> Result<(), ModelFull> {
+        if ranges.len() > MAX_RANGES_PER_TDI.saturating_add(4) {
+            return Err(ModelFull);
+        }
+        let wire: heapless::Vec<WireMmioRange, 20> = ranges
+            .iter()
+            .zip(0u16..)
+            .map(|(r, id)| wire_range(r.base().as_u64(), u32::try_from(r.pages()).unwrap_or(u32::MAX), 0, id))
+            .collect();
+        self.set_wire_report(iface, &wire);
+        Ok(())
     }
 
-    /// An out-of-band event on an interface (the core model's).
+    /// Sets the report's ranges exactly as the device will send them (hostile values allowed).
+    pub fn set_wire_report(&mut self, iface: InterfaceId, ranges: &[WireMmioRange]) {
+        self.tdisp.link_mut().set_report(iface, ranges);
+    }
+
+    /// An out-of-band event on an interface (the DSM model's).
     pub fn event(&mut self, iface: InterfaceId, event: DeviceEvent) {
         self.tdisp.event(iface, event);
     }
 
-    /// Makes requests to an interface fail (the core model's).
+    /// Makes requests to an interface fail (the DSM model's).
     pub fn set_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) {
         self.tdisp.set_fault(iface, fault);
     }
@@ -84,6 +81,15 @@ impl PciModel {
 impl TdispDevice for PciModel {
     fn lock_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {
         self.tdisp.lock_interface(iface)
+    }
+    fn interface_ranges(
+        &mut self,
+        iface: InterfaceId,
+    ) -> Result<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>, DeviceFault> {
+        self.tdisp.interface_ranges(iface)
+    }
+    fn interface_state(&mut self, iface: InterfaceId) -> Result<TdispState, DeviceFault> {
+        self.tdisp.interface_state(iface)
     }
     fn start_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {
         self.tdisp.start_interface(iface)
@@ -95,24 +101,6 @@ impl TdispDevice for PciModel {
 
 impl DeviceView for PciModel {
     fn bars(&mut self, rid: RequesterId) -> Result<Bars, DeviceFault> {
-        Ok(self
-            .bars
-            .iter()
-            .find(|(r, _)| *r == rid)
-            .map(|(_, b)| b.clone())
-            .unwrap_or_default())
-    }
-
-    fn interface_report(&mut self, iface: InterfaceId) -> Result<ReportRanges, DeviceFault> {
-        Ok(self
-            .reports
-            .iter()
-            .find(|(i, _)| *i == iface)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default())
-    }
-
-    fn interface_state(&mut self, iface: InterfaceId) -> Result<TdispState, DeviceFault> {
-        Ok(self.tdisp.state(iface))
+        Ok(self.bars.iter().find(|(r, _)| *r == rid).map(|(_, b)| b.clone()).unwrap_or_default())
     }
 }

@@ -10,7 +10,7 @@
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::tsm::Tsm;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, InterfaceReport, MmioRange,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange,
     PageSize, RequesterId, TdiId, TdiState,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -445,13 +445,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if !dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
-        // The ranges come from the device over the secure session, never from the host.
-        let ranges = self
-            .tsm
-            .with_transport(|d| d.interface_report(t.iface))?
-            .map_err(Error::from)?;
-        self.tsm
-            .bind(t.tdi, g.guest, &InterfaceReport { ranges: &ranges })?;
+        // The ranges come from the device's own report over the secure session (the core
+        // reads it after LOCK_INTERFACE), never from the host.
+        self.tsm.bind(t.tdi, g.guest)?;
         let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
         self.update_tdi(t.sla, |x| {
             x.guest_device_id = id;
@@ -539,6 +535,11 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         spdm(&c.spdm_ctrl)?;
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         let out = page_aligned(c.status_paddr.get(), STATUS_ALIGN)?;
+        // A bound TDI whose device says otherwise goes to ERROR here, as on TDX.
+        match self.tsm.check_interface(t.tdi) {
+            Ok(_) | Err(Error::TdiNotBound) => {}
+            Err(e) => return Err(e.into()),
+        }
         let state = self
             .tsm
             .with_transport(|d| d.interface_state(t.iface))?

@@ -199,7 +199,7 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::NotBlocked
         | Error::TlbFlushPending => SevStatus::INVALID_PAGE_STATE,
         Error::DeviceUnresponsive => SevStatus::ERR_IN_DEV_CONN,
-        Error::DeviceRefused => SevStatus::SPDM_ERROR,
+        Error::DeviceRefused | Error::DeviceMalformed => SevStatus::SPDM_ERROR,
         Error::Busy(_) => SevStatus::BUSY,
     }
 }

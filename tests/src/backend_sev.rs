@@ -20,9 +20,10 @@ use platform_sev::rmp::{Rmp, RmpEntry};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::byteorder::little_endian::{U16, U32, U64};
 use platform_sev::zerocopy::{FromZeros, IntoBytes};
-use tsm_core::device_model::DeviceEvent;
+use tsm_core::device_model::{DeviceEvent, Misbehaviour};
+use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceFault, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange,
     PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
 };
 
@@ -343,14 +344,11 @@ impl Backend for SevBackend<'_> {
         self.done(&c)
     }
 
-    /// The ranges go into the device's interface report (the model), then TIO_TDI_BIND,
-    /// which fetches the report from the device itself.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()> {
+    /// The ranges go into the device's interface report (the model DSM), then TIO_TDI_BIND,
+    /// which locks the interface and fetches the report from the device itself.
+    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Some(iface) = self.iface_of(tdi) {
-            self.sev
-                .tsm()
-                .with_transport(|d| d.set_report(iface, ranges))?
-                .map_err(|_| Error::TooManyRanges)?;
+            self.sev.tsm().with_transport(|d| d.set_wire_report(iface, report))?;
         }
         let (dev, t, _) = self.tdi_slas(tdi);
         let mut c = abi::TdiBind::new_zeroed();
@@ -478,8 +476,20 @@ impl Backend for SevBackend<'_> {
         self.sev.tsm().with_transport(|d| d.event(iface, event))
     }
 
-    fn device_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) -> TsmResult<()> {
-        self.sev.tsm().with_transport(|d| d.set_fault(iface, fault))
+    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
+        self.sev.tsm().with_transport(|d| d.tdisp.link_mut().set_misbehaviour(iface, how))
+    }
+
+    /// TIO_TDI_STATUS: the firmware asks the device (GET_DEVICE_INTERFACE_STATE) and puts a
+    /// bound TDI whose device disagrees in ERROR.
+    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let (dev, t, _) = self.tdi_slas(tdi);
+        let mut c = abi::TdiStatus::new_zeroed();
+        c.length = length::<abi::TdiStatus>();
+        c.dev_ctx = dev.into();
+        c.tdi_ctx = t.into();
+        c.status_paddr = self.page(STATUS_PAGE).into();
+        self.done(&c).map(|()| Completion::Done)
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
