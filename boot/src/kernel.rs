@@ -4,7 +4,7 @@
 //! `fault` (page fault at 4 GiB), `fail` (one failing check), `hang` (a CPU misses the stage
 //! deadline), `deadline=<ms>` (stage deadline, default [`STAGE_DEADLINE_MS`]).
 
-use crate::{exit, frames, gdt, idt, pvh, shim, smp, time};
+use crate::{exit, frames, gdt, idt, pvh, shim, smp, smp_stage, time};
 use core::sync::atomic::AtomicU32;
 
 /// The PVH start-info pointer, saved by the entry code.
@@ -78,6 +78,7 @@ pub extern "sysv64" fn kmain(start_info: u32) -> ! {
         failed += 1;
     }
 
+    smp_stage::prepare();
     let deadline = info
         .value("deadline")
         .and_then(|v| v.parse().ok())

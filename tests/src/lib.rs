@@ -15,5 +15,6 @@ pub mod backend;
 pub mod backend_sev;
 pub mod backend_tdx;
 pub mod interpreter;
+pub mod invariants;
 pub mod scenario;
 pub mod suite;
