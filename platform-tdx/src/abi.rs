@@ -12,7 +12,7 @@
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
 use tsm_core::transport::TdispDevice;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceReport, LeafState, MmioRange,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MmioRange,
     PageSize, RequesterId, TdiId, TdiState, Tsm,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -83,8 +83,8 @@ pub const TSM_LEAF_BASE: u16 = 0xF000;
 pub const TSM_TD_CREATE: u16 = 0xF000;
 /// Ours, "destroy TD" (stands in for TD teardown): RCX TD.
 pub const TSM_TD_DESTROY: u16 = 0xF001;
-/// Ours, bind (LOCK_INTERFACE and ownership of the reported ranges): RCX TDI, RDX TD, R8 host
-/// address of a [`RangeList`] (the interface report's MMIO ranges).
+/// Ours, bind: RCX TDI, RDX TD; R8 reserved (zero). The firmware sends LOCK_INTERFACE and
+/// takes the MMIO ranges from the device's own interface report, never from the host.
 pub const TSM_DEVIF_BIND: u16 = 0xF002;
 /// Ours, bounded unbind: RCX TDI. TDX_INTERRUPTED_RESUMABLE until done.
 pub const TSM_DEVIF_UNBIND: u16 = 0xF003;
@@ -95,6 +95,9 @@ pub const TSM_DEVIF_ERROR: u16 = 0xF004;
 pub const TSM_DEVIF_STATE: u16 = 0xF005;
 /// Ours, may the host zap `[RCX, RCX + RDX pages)`: refused while any page is bound or mapped.
 pub const TSM_MMIO_ZAP_CHECK: u16 = 0xF006;
+/// Ours, ask the device for the TDI's TDISP state (GET_DEVICE_INTERFACE_STATE): RCX TDI. A
+/// bound TDI the device reports in ERROR, or unlocked, goes to ERROR. Resumable like unbind.
+pub const TSM_DEVIF_CHECK: u16 = 0xF007;
 
 // ---- guest leaves (TDCALL, entered for the calling TD) ------------------------------------
 
@@ -236,11 +239,11 @@ pub const fn operands(leaf: u16) -> Operands {
         | TSM_DEVIF_UNBIND
         | TSM_DEVIF_ERROR
         | TSM_DEVIF_STATE
+        | TSM_DEVIF_CHECK
         | TSM_GUEST_DEVIF_START => Operands { tdi: rcx, ..none },
         TSM_DEVIF_BIND => Operands {
             tdi: rcx,
             td: rdx,
-            list: Some(OPERAND_ID_R8),
             ..none
         },
         TDH_MMIO_MAP => Operands {
@@ -496,9 +499,10 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             TSM_DEVIF_BIND => {
                 let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
                 let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
-                let ranges = self.read_ranges::<MAX_RANGES_PER_TDI>(regs.r8, OPERAND_ID_R8)?;
-                tsm.bind(tdi, td, &InterfaceReport { ranges: &ranges })
-                    .into()
+                if regs.r8 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R8)));
+                }
+                tsm.bind(tdi, td).into()
             }
             TDH_MMIO_MAP => {
                 let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
@@ -552,6 +556,10 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
                 let state = tsm.tdi(tdi).map_err(|e| Outcome::Core(Err(e)))?.state;
                 encode_tdi_state(state, regs);
                 Outcome::Core(Ok(Completion::Done))
+            }
+            TSM_DEVIF_CHECK => {
+                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                Outcome::Core(tsm.check_interface(tdi))
             }
             TSM_MMIO_ZAP_CHECK => {
                 let base = decode_hpa(regs.rcx, PageSize::Size4K, OPERAND_ID_RCX).map_err(st)?;

@@ -106,6 +106,8 @@ pub const TSM_DUPLICATE_TDI: u64 = 0xC000_F026_0000_0000;
 pub const TSM_DEVICE_UNRESPONSIVE: u64 = 0x8000_F030_0000_0000;
 /// Ours: the device answered a TDISP request with an error.
 pub const TSM_DEVICE_REFUSED: u64 = 0xC000_F031_0000_0000;
+/// Ours: the device's answer was not a well-formed TDISP response (or its report was).
+pub const TSM_DEVICE_MALFORMED: u64 = 0xC000_F032_0000_0000;
 
 // ---- operand ids (TDX ABI "details L2"; intel/tdx-module OPERAND_ID_*) ---------------------
 
@@ -237,6 +239,7 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::TlbFlushPending => (TDX_TLB_TRACKING_NOT_DONE, u64::from(OPERAND_ID_TD_EPOCH)),
         Error::DeviceUnresponsive => (TSM_DEVICE_UNRESPONSIVE, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceRefused => (TSM_DEVICE_REFUSED, u64::from(OPERAND_ID_TRANSPORT)),
+        Error::DeviceMalformed => (TSM_DEVICE_MALFORMED, u64::from(OPERAND_ID_TRANSPORT)),
         Error::Busy(op) => (TDX_OPERAND_BUSY, u64::from(busy_operand(op))),
     };
     code | (operand & OPERAND_ID_MASK)
@@ -315,6 +318,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TDX_TLB_TRACKING_NOT_DONE | TDX_PREVIOUS_TLB_EPOCH_BUSY => Error::TlbFlushPending,
         TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,
         TSM_DEVICE_REFUSED => Error::DeviceRefused,
+        TSM_DEVICE_MALFORMED => Error::DeviceMalformed,
         TDX_OPERAND_BUSY => Error::Busy(match operand {
             OPERAND_ID_DEVICE_TABLE => Operand::DeviceTable,
             OPERAND_ID_DEVICE => Operand::Device,
