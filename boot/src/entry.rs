@@ -127,7 +127,7 @@ boot_gdt_ptr:
 boot_pml4: .skip 4096                   // PML4
 boot_pdpt: .skip 4096                   // page-directory-pointer table
 boot_pd:   .skip 4096 * 4               // four page directories
-boot_stack: .skip 1024 * 1024           // BSP stack: the shim builds firmware instances on it
+boot_stack: .skip 2048 * 1024           // BSP stack: the shim builds firmware instances on it
 boot_stack_top:
 
     .text                               // back to the default section for what follows

@@ -98,6 +98,26 @@ impl FramePool {
         self.in_use -= 1;
     }
 
+    /// `count` physically contiguous zeroed frames, bumped from one range (never from the free
+    /// list); their first address. For structures that want one block, like a table pool.
+    pub fn alloc_contiguous(&mut self, count: u64) -> Option<u64> {
+        let bytes = count.checked_mul(FRAME_SIZE)?;
+        loop {
+            let &(_, end) = self.ranges.get(self.current)?;
+            let start = self.next;
+            if start.checked_add(bytes)? <= end {
+                self.next = start + bytes;
+                // SAFETY: `[start, start + bytes)` lies in a usable RAM range inside the identity
+                // map and was never handed out (the bump cursor only moves forward).
+                unsafe { core::ptr::write_bytes(start as *mut u8, 0, bytes as usize) };
+                self.in_use += count;
+                return Some(start);
+            }
+            self.current += 1;
+            self.next = self.ranges.get(self.current)?.0;
+        }
+    }
+
     fn take(&mut self) -> Option<u64> {
         if self.free_list != 0 {
             let frame = self.free_list;

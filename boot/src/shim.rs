@@ -1,24 +1,88 @@
 //! The host shim on bare metal: every scenario file of the project, compiled in, replayed
-//! against a fresh firmware instance each, one printed line per operation.
+//! against a fresh firmware instance each, on every back end: the core with its in-memory
+//! table, TDX (SEAMCALL register ABI, S-EPT in physical frames from the kernel's pool) and
+//! SEV-TIO (command buffers, RMP in physical frames). One printed line per operation.
 
 use core::fmt::Write;
 
+use platform_sev::RmpEntry;
+use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_tests::backend::{Backend, CoreBackend};
+use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::interpreter::Summary;
 use tsm_tests::suite::run_suite;
 
-/// Leaves the in-memory secure table of each scenario run holds.
+use crate::frames::{FRAME_SIZE, FRAMES};
+
+/// Leaves the in-memory secure table of each core run holds.
 const CORE_LEAVES: usize = 256;
+/// Physical frames each TDX run's S-EPT pool gets (the suite needs far fewer).
+const TDX_POOL_FRAMES: u64 = 512;
 
 /// Runs the stage, reporting on `out`; returns `(passed, failed)`.
 pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
+    let mut total = Summary::default();
+
     let mut fresh_core = |run: &mut dyn FnMut(&mut dyn Backend)| {
-        // On the BSP stack (1 MiB): one firmware per scenario, dropped after it.
-        let tsm: Tsm<MemTable<CORE_LEAVES>, ModelDevice> = Tsm::new(MemTable::new(), ModelDevice::model());
-        run(&mut CoreBackend { tsm: &tsm, label: "core" });
+        // On the BSP stack (2 MiB): one firmware per scenario, dropped after it.
+        let tsm: Tsm<MemTable<CORE_LEAVES>, ModelDevice> =
+            Tsm::new(MemTable::new(), ModelDevice::model());
+        run(&mut CoreBackend {
+            tsm: &tsm,
+            label: "core",
+        });
     };
-    let core = run_suite(&mut fresh_core, out);
-    (core.passed, core.failed)
+    total.add(run_suite(&mut fresh_core, out));
+
+    match physical::<Page>(TDX_POOL_FRAMES) {
+        Some((phys, pages)) => {
+            let mut fresh_tdx = |run: &mut dyn FnMut(&mut dyn Backend)| {
+                pages.fill(Page::ZERO);
+                let Some(pool) = FramePool::new(&mut *pages, phys) else {
+                    return;
+                };
+                let tsm: TdxFirmware<'_> =
+                    Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model());
+                run(&mut TdxBackend::new(&tsm));
+            };
+            total.add(run_suite(&mut fresh_tdx, out));
+        }
+        None => total.failed = total.failed.saturating_add(1),
+    }
+
+    let rmp_frames = (RMP_PAGES * core::mem::size_of::<RmpEntry>()) as u64 / FRAME_SIZE + 1;
+    match physical::<RmpEntry>(rmp_frames) {
+        Some((_, rmp)) => {
+            let mut fresh_sev = |run: &mut dyn FnMut(&mut dyn Backend)| {
+                rmp.fill(RmpEntry::new());
+                match SevBackend::new(&mut *rmp) {
+                    Ok(mut backend) => run(&mut backend),
+                    Err(e) => {
+                        let _ =
+                            writeln!(crate::serial::Console, "shim: FAIL no SEV firmware: {e:?}");
+                    }
+                }
+            };
+            total.add(run_suite(&mut fresh_sev, out));
+        }
+        None => total.failed = total.failed.saturating_add(1),
+    }
+    (total.passed, total.failed)
+}
+
+/// `frames` contiguous zeroed physical frames from the kernel pool, as a slice of `T` (a
+/// table the firmware keeps in physical memory), with their physical address.
+fn physical<T>(frames: u64) -> Option<(u64, &'static mut [T])> {
+    let phys = FRAMES.lock().alloc_contiguous(frames)?;
+    let len = usize::try_from(frames * FRAME_SIZE).ok()? / core::mem::size_of::<T>();
+    // SAFETY: the frames are identity mapped (phys == virt), zeroed, page aligned (so aligned
+    // for any table entry type), owned by nobody else and never freed; every `T` used here
+    // (S-EPT pages, RMP entries) is plain data valid for the all-zero bit pattern.
+    let slice = unsafe { core::slice::from_raw_parts_mut(phys as *mut T, len) };
+    Some((phys, slice))
 }

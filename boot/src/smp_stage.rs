@@ -9,7 +9,9 @@ use spin::Once;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::wire_range;
-use tsm_core::{Completion, Error, Gpa, GuestId, Hpa, MmioRange, PageSize, RequesterId, TdiId, Tsm};
+use tsm_core::{
+    Completion, Error, Gpa, GuestId, Hpa, MmioRange, PageSize, RequesterId, TdiId, Tsm,
+};
 
 /// Operations each CPU performs.
 const ITERATIONS: u32 = 4_000;
@@ -27,8 +29,12 @@ const MAX_UNBIND_CALLS: u32 = 10_000;
 
 type Shared = Tsm<MemTable<2048>, ModelDevice>;
 
+/// The shared firmware, built at compile time: it is far too large for a stack.
+static FIRMWARE: Shared = Tsm::new(MemTable::new(), ModelDevice::model());
+
+/// The handles the stage works on, once `prepare` registered them.
 struct World {
-    tsm: Shared,
+    tsm: &'static Shared,
     guests: [GuestId; GUESTS],
     tdis: [TdiId; TDIS],
 }
@@ -48,12 +54,16 @@ pub struct CpuResult {
 
 impl fmt::Display for CpuResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ops, {} busy, {} failed", self.ops, self.busy, self.failed)
+        write!(
+            f,
+            "{} ops, {} busy, {} failed",
+            self.ops, self.busy, self.failed
+        )
     }
 }
 
 fn setup() -> Option<World> {
-    let tsm: Shared = Tsm::new(MemTable::new(), ModelDevice::model());
+    let tsm = &FIRMWARE;
     let mut guests = [GuestId::from_slot(0); GUESTS];
     for g in &mut guests {
         *g = tsm.create_guest().ok()?;
@@ -63,15 +73,18 @@ fn setup() -> Option<World> {
         let bus = u8::try_from(i + 3).ok()?;
         let rid = RequesterId::try_new(0, bus, 0, 0).ok()?;
         let base = BAR_BASE + (i as u64) * BAR_STRIDE;
-        let dev = tsm.create_device(rid, &[MmioRange::from_raw(base, 1024).ok()?]).ok()?;
+        let dev = tsm
+            .create_device(rid, &[MmioRange::from_raw(base, 1024).ok()?])
+            .ok()?;
         *t = tsm.create_tdi(dev, rid).ok()?;
         let report = [wire_range(base, REPORTED_PAGES, 0, 0)];
-        tsm.with_transport(|d| d.link_mut().set_report(rid, &report)).ok()?;
+        tsm.with_transport(|d| d.link_mut().set_report(rid, &report))
+            .ok()?;
     }
     Some(World { tsm, guests, tdis })
 }
 
-/// Builds the shared firmware (on the BSP, whose stack is large) before the stage starts.
+/// Registers the stage's guests, devices and TDIs before the stage starts.
 pub fn prepare() {
     WORLD.call_once(setup);
 }
@@ -90,7 +103,11 @@ impl Rng {
 
 /// Runs on every CPU (`cpu` in `0..ncpu`, 0 = BSP) at once.
 pub fn run_concurrent(cpu: usize, _ncpu: usize) -> CpuResult {
-    let mut result = CpuResult { ops: 0, busy: 0, failed: 0 };
+    let mut result = CpuResult {
+        ops: 0,
+        busy: 0,
+        failed: 0,
+    };
     let Some(Some(w)) = WORLD.get() else {
         result.failed = 1;
         return result;
@@ -100,7 +117,12 @@ pub fn run_concurrent(cpu: usize, _ncpu: usize) -> CpuResult {
         let i = rng.below(TDIS as u64) as usize;
         let tdi = w.tdis[i];
         let guest = w.guests[rng.below(GUESTS as u64) as usize];
-        let owner = w.tsm.tdi(tdi).ok().and_then(|t| t.state.owner()).unwrap_or(guest);
+        let owner = w
+            .tsm
+            .tdi(tdi)
+            .ok()
+            .and_then(|t| t.state.owner())
+            .unwrap_or(guest);
         let page = rng.below(u64::from(REPORTED_PAGES)) * 0x1000;
         let hpa = Hpa::try_new(BAR_BASE + (i as u64) * BAR_STRIDE + page);
         let gpa = Gpa::try_new(GPA_BASE + (i as u64) * BAR_STRIDE + page);
@@ -110,7 +132,10 @@ pub fn run_concurrent(cpu: usize, _ncpu: usize) -> CpuResult {
         };
         let outcome = match rng.below(9) {
             0 => w.tsm.bind(tdi, guest).map(|()| Completion::Done),
-            1 | 2 => w.tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K).map(|()| Completion::Done),
+            1 | 2 => w
+                .tsm
+                .map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)
+                .map(|()| Completion::Done),
             3 => w.tsm.guest_start(owner, tdi).map(|()| Completion::Done),
             4 => w.tsm.unbind(tdi),
             5 => w.tsm.device_error(tdi),
@@ -142,8 +167,11 @@ pub fn verify(_ncpu: usize, out: &mut dyn Write) -> bool {
         let _ = writeln!(out, "smp: FAIL the shared firmware was not set up");
         return false;
     };
-    if let Err(v) = tsm_tests::invariants::check(&w.tsm) {
-        let _ = writeln!(out, "smp: FAIL invariant broken after the concurrent run: {v:?}");
+    if let Err(v) = tsm_tests::invariants::check(w.tsm) {
+        let _ = writeln!(
+            out,
+            "smp: FAIL invariant broken after the concurrent run: {v:?}"
+        );
         return false;
     }
     let leaves_before = w.tsm.with_table(|t| t.leaves().len()).unwrap_or(0);
@@ -158,6 +186,9 @@ pub fn verify(_ncpu: usize, out: &mut dyn Write) -> bool {
         }
     }
     let leaves_after = w.tsm.with_table(|t| t.leaves().len()).unwrap_or(usize::MAX);
-    let _ = writeln!(out, "smp: {leaves_before} leaves mapped at the end, {leaves_after} after unbinding every TDI");
-    leaves_after == 0 && tsm_tests::invariants::check(&w.tsm).is_ok()
+    let _ = writeln!(
+        out,
+        "smp: {leaves_before} leaves mapped at the end, {leaves_after} after unbinding every TDI"
+    );
+    leaves_after == 0 && tsm_tests::invariants::check(w.tsm).is_ok()
 }

@@ -38,7 +38,10 @@ pub struct ModelFull;
 impl PciModel {
     /// No devices configured.
     pub const fn new() -> Self {
-        Self { tdisp: ModelDevice::model(), bars: heapless::Vec::new() }
+        Self {
+            tdisp: ModelDevice::model(),
+            bars: heapless::Vec::new(),
+        }
     }
 
     /// Sets the BARs configuration space shows for `rid`.
@@ -49,14 +52,25 @@ impl PciModel {
     }
 
     /// Sets the TEE MMIO ranges the interface reports (range ID = index).
-    pub fn set_report(&mut self, iface: InterfaceId, ranges: &[MmioRange]) -> Result<(), ModelFull> {
+    pub fn set_report(
+        &mut self,
+        iface: InterfaceId,
+        ranges: &[MmioRange],
+    ) -> Result<(), ModelFull> {
         if ranges.len() > MAX_RANGES_PER_TDI.saturating_add(4) {
             return Err(ModelFull);
         }
         let wire: heapless::Vec<WireMmioRange, 20> = ranges
             .iter()
             .zip(0u16..)
-            .map(|(r, id)| wire_range(r.base().as_u64(), u32::try_from(r.pages()).unwrap_or(u32::MAX), 0, id))
+            .map(|(r, id)| {
+                wire_range(
+                    r.base().as_u64(),
+                    u32::try_from(r.pages()).unwrap_or(u32::MAX),
+                    0,
+                    id,
+                )
+            })
             .collect();
         self.set_wire_report(iface, &wire);
         Ok(())
@@ -101,6 +115,11 @@ impl TdispDevice for PciModel {
 
 impl DeviceView for PciModel {
     fn bars(&mut self, rid: RequesterId) -> Result<Bars, DeviceFault> {
-        Ok(self.bars.iter().find(|(r, _)| *r == rid).map(|(_, b)| b.clone()).unwrap_or_default())
+        Ok(self
+            .bars
+            .iter()
+            .find(|(r, _)| *r == rid)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default())
     }
 }

@@ -10,8 +10,8 @@
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::tsm::Tsm;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange,
-    PageSize, RequesterId, TdiId, TdiState,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange, PageSize, RequesterId,
+    TdiId, TdiState,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 

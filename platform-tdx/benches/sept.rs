@@ -27,9 +27,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::device_model::ModelDevice;
-use tsm_core::{
-    Completion, Gpa, GuestId, Hpa, InterfaceReport, MmioRange, PageSize, RequesterId, Tsm,
-};
+use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize, RequesterId, Tsm};
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page as VPage, PageTable, PageTableFlags, PhysFrame,
     Size4KiB,
@@ -177,14 +175,15 @@ type Firmware<'m> = Tsm<Sept<'m>, ModelDevice>;
 /// A firmware with one TDI bound and 64 GiB mapped in 2 MiB leaves; its TDI.
 fn bound_64g(mem: &mut [Page]) -> (Firmware<'_>, tsm_core::TdiId) {
     let pool = FramePool::new(mem, POOL_PHYS).unwrap();
-    let tsm = Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::new());
+    let tsm = Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model());
     let bar = MmioRange::from_raw(HPA_BASE, BIG_BAR_PAGES).unwrap();
     let g = tsm.create_guest().unwrap();
     let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();
     let dev = tsm.create_device(rid, &[bar]).unwrap();
     let tdi = tsm.create_tdi(dev, rid).unwrap();
-    tsm.bind(tdi, g, &InterfaceReport { ranges: &[bar] })
+    tsm.with_transport(|d| d.report_ranges(rid, &[bar]))
         .unwrap();
+    tsm.bind(tdi, g).unwrap();
     let size = PageSize::Size2M;
     for i in 0..BIG_LEAVES {
         let off = i * size.bytes();

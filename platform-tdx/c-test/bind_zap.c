@@ -69,10 +69,15 @@ int main(void)
 	call("create TDI", TDH_DEVIF_CREATE, &r, TDX_SUCCESS);
 	tdi = r.rcx;
 
+	/* The device reports the BAR as the interface's MMIO; bind reads it from the device. */
+	if (tsm_tdx_model_report(0x00000300, &list) != TDX_SUCCESS)
+		failures++;
 	memset(&r, 0, sizeof(r));
 	r.rcx = tdi;
 	r.rdx = td;
 	r.r8 = (uint64_t)(uintptr_t)&list;
+	call("bind with a host range list", TSM_DEVIF_BIND, &r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_R8);
+	r.r8 = 0;
 	call("bind", TSM_DEVIF_BIND, &r, TDX_SUCCESS);
 
 	memset(&r, 0, sizeof(r));

@@ -51,11 +51,12 @@ struct tsm_tdx_range_list {
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TD -> R8 HPA */
 #define TSM_TD_CREATE          0xF000u /* -> RCX TD */
 #define TSM_TD_DESTROY         0xF001u /* RCX TD */
-#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 range list (report ranges) */
+#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 0; ranges come from the device report */
 #define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI; TDX_INTERRUPTED_RESUMABLE until done */
 #define TSM_DEVIF_ERROR        0xF004u /* RCX TDI */
 #define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
+#define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state */
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info */
 #define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI */
@@ -90,6 +91,9 @@ uint64_t tsm_tdx_init(void *mem, size_t len);
 
 /* One SEAMCALL; returns the status (also left in regs->rax). */
 uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
+
+/* The prototype's device model: what interface `iface` (packed requester ID) reports. */
+uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *list);
 
 /* One TDCALL from TD `td`; returns the status (also left in regs->rax). */
 uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);

@@ -12,8 +12,8 @@
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
 use tsm_core::transport::TdispDevice;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MmioRange,
-    PageSize, RequesterId, TdiId, TdiState, Tsm,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MmioRange, PageSize, RequesterId,
+    TdiId, TdiState, Tsm,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

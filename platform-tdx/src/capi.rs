@@ -10,12 +10,13 @@ use spin::Once;
 use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 
-use crate::abi::{Dispatcher, HostMemory, SeamRegs};
+use crate::abi::{Dispatcher, HostMemory, RANGE_LIST_CAPACITY, RangeList, SeamRegs};
 use crate::frames::{FramePool, PAGE_BYTES, Page};
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
     OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_OPERAND_INVALID, TDX_SUCCESS, TDX_SYS_NOT_READY, TdxStatus,
 };
+use tsm_core::tdisp::report::{WireMmioRange, wire_range};
 
 /// The firmware instance the C entry points drive.
 pub type CFirmware = Tsm<Sept<'static>, ModelDevice>;
@@ -74,7 +75,7 @@ pub unsafe extern "C" fn tsm_tdx_init(mem: *mut u8, len: usize) -> TdxStatus {
     let mut ours = false;
     FIRMWARE.call_once(|| {
         ours = true;
-        Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::new())
+        Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model())
     });
     if ours {
         TDX_SUCCESS
@@ -125,6 +126,41 @@ pub unsafe extern "C" fn tsm_tdx_tdcall(td: u64, regs: *mut SeamRegs) -> TdxStat
     };
     Dispatcher::new(tsm, IdentityMemory).tdcall(td, regs);
     regs.rax
+}
+
+/// Sets what the prototype's device reports for interface `iface` (packed requester ID): the
+/// ranges of `list`, as a real device's firmware would. The prototype's TDISP transport is the
+/// core's model DSM; on hardware this call has no counterpart. Returns TDX_SUCCESS,
+/// TDX_OPERAND_INVALID (RCX: bad interface; RDX: unreadable or malformed list) or
+/// TDX_SYS_NOT_READY before `tsm_tdx_init`.
+///
+/// # Safety
+///
+/// `list` must be null or point to a readable `struct tsm_tdx_range_list`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tsm_tdx_model_report(iface: u64, list: *const RangeList) -> TdxStatus {
+    let Some(tsm) = FIRMWARE.get() else {
+        return TDX_SYS_NOT_READY;
+    };
+    let Ok(iface) = tsm_core::RequesterId::from_packed(iface) else {
+        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX);
+    };
+    // SAFETY: the caller guarantees `list` is null or valid for reads; `as_ref` checks null.
+    let Some(list) = (unsafe { list.as_ref() }) else {
+        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX);
+    };
+    let count = usize::try_from(list.count).unwrap_or(usize::MAX);
+    let Some(entries) = list.ranges.get(..count) else {
+        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX);
+    };
+    let mut wire: heapless::Vec<WireMmioRange, RANGE_LIST_CAPACITY> = heapless::Vec::new();
+    for e in entries {
+        let _ = wire.push(wire_range(e.first_page, e.pages, e.attributes, e.range_id));
+    }
+    match tsm.with_transport(|d| d.link_mut().set_report(iface, &wire)) {
+        Ok(()) => TDX_SUCCESS,
+        Err(_) => TDX_OPERAND_INVALID,
+    }
 }
 
 /// Without `std` the static library needs its own panic handler. The lints make host input

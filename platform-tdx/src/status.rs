@@ -206,6 +206,11 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
     };
     let (code, operand) = match e {
         Error::InvalidAddress => (TDX_OPERAND_ADDR_RANGE_ERROR, ops.address()),
+        // A leaf without an address operand (bind) met a misaligned range in the device's
+        // report: the transport is the operand at fault.
+        Error::Misaligned if ops.address() == 0 => {
+            (TDX_OPERAND_INVALID, u64::from(OPERAND_ID_TRANSPORT))
+        }
         Error::Misaligned => (TDX_OPERAND_INVALID, ops.address()),
         Error::InvalidRange => (TSM_INVALID_RANGE, ops.ranges()),
         Error::InvalidHandle => (TDX_OPERAND_INVALID, ops.handle()),
@@ -288,6 +293,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TDX_OPERAND_INVALID if is(ops.tdi) || is(ops.device) || is(ops.td) => Error::InvalidHandle,
         TDX_OPERAND_INVALID if is(ops.rid) => Error::InvalidRequesterId,
         TDX_OPERAND_INVALID if is(ops.page) || is(ops.hpa) || is(ops.list) => Error::Misaligned,
+        TDX_OPERAND_INVALID if operand == OPERAND_ID_TRANSPORT => Error::Misaligned,
         TDX_OPERAND_INVALID => Error::InvalidHandle,
         TSM_INVALID_RANGE => Error::InvalidRange,
         TSM_TOO_MANY_RANGES => Error::TooManyRanges,

@@ -59,7 +59,7 @@ impl World<'_> {
 fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
     let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
     let mut w = World {
-        tsm: Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::new()),
+        tsm: Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model()),
         params: RangeList::from_ranges(&[MmioRange::from_raw(BAR, 1024).unwrap()]).unwrap(),
     };
     let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
@@ -84,12 +84,20 @@ fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
             },
         )
         .rcx;
+    // The device reports the BAR; bind takes the ranges from it, not from the host.
+    w.tsm
+        .with_transport(|d| {
+            d.report_ranges(
+                RequesterId::try_new(0, 3, 0, 0).unwrap(),
+                &[MmioRange::from_raw(BAR, 1024).unwrap()],
+            )
+        })
+        .unwrap();
     w.ok(
         abi::TSM_DEVIF_BIND,
         SeamRegs {
             rcx: tdi,
             rdx: td,
-            r8: PARAMS,
             ..Default::default()
         },
     );
@@ -175,12 +183,12 @@ fn malformed_calls_get_operand_invalid_and_change_nothing() {
             TDX_OPERAND_ADDR_RANGE_ERROR | 8,
         ),
         (
-            "range list not page aligned",
+            "bind with a host range list (R8 is reserved)",
             u64::from(abi::TSM_DEVIF_BIND),
             SeamRegs {
                 rcx: tdi,
                 rdx: td,
-                r8: PARAMS + 8,
+                r8: PARAMS,
                 ..Default::default()
             },
             TDX_OPERAND_INVALID | 8,
@@ -237,7 +245,6 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
         SeamRegs {
             rcx: tdi,
             rdx: 9,
-            r8: PARAMS,
             ..Default::default()
         },
     );

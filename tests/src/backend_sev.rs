@@ -23,8 +23,8 @@ use platform_sev::zerocopy::{FromZeros, IntoBytes};
 use tsm_core::device_model::{DeviceEvent, Misbehaviour};
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange,
-    PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, PageSize,
+    RequesterId, SecureTable, TdiId, TdiState, TsmResult,
 };
 
 use crate::backend::{Backend, FlushControl};
@@ -348,7 +348,9 @@ impl Backend for SevBackend<'_> {
     /// which locks the interface and fetches the report from the device itself.
     fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Some(iface) = self.iface_of(tdi) {
-            self.sev.tsm().with_transport(|d| d.set_wire_report(iface, report))?;
+            self.sev
+                .tsm()
+                .with_transport(|d| d.set_wire_report(iface, report))?;
         }
         let (dev, t, _) = self.tdi_slas(tdi);
         let mut c = abi::TdiBind::new_zeroed();
@@ -477,7 +479,9 @@ impl Backend for SevBackend<'_> {
     }
 
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
-        self.sev.tsm().with_transport(|d| d.tdisp.link_mut().set_misbehaviour(iface, how))
+        self.sev
+            .tsm()
+            .with_transport(|d| d.tdisp.link_mut().set_misbehaviour(iface, how))
     }
 
     /// TIO_TDI_STATUS: the firmware asks the device (GET_DEVICE_INTERFACE_STATE) and puts a

@@ -17,11 +17,12 @@ use platform_tdx::abi::{self, Dispatcher, RangeList, SeamRegs, page_info};
 use platform_tdx::ept::SeptEntry;
 use platform_tdx::sept::{Sept, leaf_size};
 use platform_tdx::status;
-use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::lifecycle::{Cursor, UnbindStep};
+use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceFault, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState,
-    MmioRange, PageSize, RequesterId, TdiId, TdiState, Tsm, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange,
+    PageSize, RequesterId, TdiId, TdiState, Tsm, TsmResult,
 };
 
 use crate::backend::{Backend, FlushControl};
@@ -168,13 +169,16 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// Ours: TSM.DEVIF.BIND with the report's ranges in the parameter page.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()> {
-        self.stage(ranges)?;
+    /// The device model reports `report`; then ours: TSM.DEVIF.BIND, which locks the
+    /// interface and reads the report from the device.
+    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
+        if let Ok(record) = self.tsm.tdi(tdi) {
+            self.tsm
+                .with_transport(|d| d.link_mut().set_report(record.iface, report))?;
+        }
         let regs = SeamRegs {
             rcx: handle_reg(tdi),
             rdx: handle_reg(guest),
-            r8: PARAM_HPA,
             ..SeamRegs::default()
         };
         self.done(abi::TSM_DEVIF_BIND, regs)
@@ -225,6 +229,16 @@ impl Backend for TdxBackend<'_, '_> {
             },
         );
         Self::outcome(abi::TSM_DEVIF_ERROR, &out)
+    }
+
+    /// Ours: TSM.DEVIF.CHECK (GET_DEVICE_INTERFACE_STATE from the device).
+    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let regs = SeamRegs {
+            rcx: handle_reg(tdi),
+            ..SeamRegs::default()
+        };
+        let out = self.seamcall(abi::TSM_DEVIF_CHECK, regs);
+        Self::outcome(abi::TSM_DEVIF_CHECK, &out)
     }
 
     /// Ours: TSM.DEVIF.UNBIND (INTERRUPTED_RESUMABLE is `Resumable`).
@@ -336,8 +350,9 @@ impl Backend for TdxBackend<'_, '_> {
         self.tsm.with_transport(|d| d.event(iface, event))
     }
 
-    fn device_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) -> TsmResult<()> {
-        self.tsm.with_transport(|d| d.set_fault(iface, fault))
+    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
+        self.tsm
+            .with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {

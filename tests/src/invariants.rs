@@ -41,10 +41,13 @@ pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Viol
             if owned.iter().any(|(o, _)| o.overlaps(&r)) {
                 return Err(Violation::OwnedRangesOverlap);
             }
-            owned.push((r, state)).map_err(|_| Violation::OwnedRangesOverlap)?;
+            owned
+                .push((r, state))
+                .map_err(|_| Violation::OwnedRangesOverlap)?;
         }
     }
-    let everything = MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
+    let everything =
+        MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
     tsm.with_table(|table| {
         let mut from = everything.base();
         while let Some(leaf) = table.next_leaf(everything, from) {

@@ -68,13 +68,15 @@ struct Run {
 }
 
 impl Run {
-    fn lines(&self) -> impl Iterator<Item = &str> {
+    fn lines(&self) -> impl DoubleEndedIterator<Item = &str> {
         self.log.lines().map(str::trim)
     }
 
     /// The `N passed, M failed` summary, if the kernel printed one.
+    /// The kernel's closing summary: the last `N passed, M failed` line (each back end's
+    /// suite prints its own before it).
     fn summary(&self) -> Option<(u32, u32)> {
-        self.lines().find_map(|l| {
+        self.lines().rev().find_map(|l| {
             let (passed, failed) = l.split_once(" passed, ")?;
             Some((
                 passed.parse().ok()?,
@@ -118,6 +120,24 @@ fn normal_boot_passes_on_every_cpu() {
     assert!(
         passed > 0 && failed == 0,
         "summary {passed} passed, {failed} failed"
+    );
+    // Every scenario ran on every back end inside the firmware environment.
+    for (name, _) in tsm_tests::suite::SCENARIOS {
+        for backend in ["core", "tdx", "sev"] {
+            let header = format!("== {name} ({backend})");
+            assert!(
+                run.lines().any(|l| l == header),
+                "no `{header}`:
+{}",
+                run.log
+            );
+        }
+    }
+    assert!(
+        !run.log.contains("FAIL"),
+        "a line failed:
+{}",
+        run.log
     );
     let smp_ok = format!("smp: {CPUS} cpus ok");
     assert!(

@@ -23,7 +23,7 @@ const POOL_PHYS: u64 = 0x20_0000_0000;
 fn with_tdx(levels: SeptLevels, f: &mut dyn FnMut(&mut dyn Backend)) {
     let mut mem = vec![Page::ZERO; POOL_PAGES];
     let pool = FramePool::new(&mut mem, POOL_PHYS).unwrap();
-    let tsm: TdxFirmware<'_> = Tsm::new(Sept::new(pool, levels), ModelDevice::new());
+    let tsm: TdxFirmware<'_> = Tsm::new(Sept::new(pool, levels), ModelDevice::model());
     f(&mut TdxBackend::new(&tsm));
 }
 
