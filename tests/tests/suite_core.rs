@@ -6,6 +6,8 @@
     clippy::arithmetic_side_effects
 )]
 
+mod common;
+
 use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
@@ -28,28 +30,7 @@ fn every_scenario_passes_on_the_core() {
     let mut out = String::new();
     let summary = run_suite(&mut with_core, &mut out);
     print!("{out}");
-    assert_eq!(
-        summary.failed,
-        0,
-        "failures:\n{}",
-        out.lines()
-            .filter(|l| l.contains("FAIL"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    // Every scenario ran to its end: each file's last operation line was printed.
-    for (name, text) in SCENARIOS {
-        let lines: Vec<&str> = text.lines().collect();
-        let last = lines
-            .iter()
-            .rposition(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .unwrap();
-        assert!(
-            out.contains(&format!("{name}:{}: ", last + 1)),
-            "{name} did not reach its last line"
-        );
-    }
-    assert!(out.ends_with(&format!("{} passed, 0 failed\n", summary.passed)));
+    common::assert_complete_run(&out, summary, "core");
 }
 
 #[test]

@@ -7,10 +7,12 @@
     clippy::arithmetic_side_effects
 )]
 
+mod common;
+
 use platform_sev::RmpEntry;
 use tsm_tests::backend::Backend;
 use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
-use tsm_tests::suite::{SCENARIOS, run_suite};
+use tsm_tests::suite::run_suite;
 
 fn with_sev(f: &mut dyn FnMut(&mut dyn Backend)) {
     let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
@@ -34,27 +36,6 @@ fn every_scenario_passes_on_sev() {
         let mut out = String::new();
         let summary = run_suite(&mut with_sev, &mut out);
         print!("{out}");
-        assert_eq!(
-            summary.failed,
-            0,
-            "failures:\n{}",
-            out.lines()
-                .filter(|l| l.contains("FAIL"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        for (name, text) in SCENARIOS {
-            let lines: Vec<&str> = text.lines().collect();
-            let last = lines
-                .iter()
-                .rposition(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-                .unwrap();
-            assert!(
-                out.contains(&format!("{name}:{}: ", last + 1)),
-                "{name} did not reach its last line"
-            );
-        }
-        assert!(out.ends_with(&format!("{} passed, 0 failed\n", summary.passed)));
-        assert!(out.contains("(sev)"));
+        common::assert_complete_run(&out, summary, "sev");
     });
 }

@@ -7,13 +7,15 @@
     clippy::arithmetic_side_effects
 )]
 
+mod common;
+
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 use tsm_tests::backend::Backend;
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
-use tsm_tests::suite::{SCENARIOS, run_suite};
+use tsm_tests::suite::run_suite;
 
 /// Table pages each scenario's firmware gets: plenty for the suite's mappings.
 const POOL_PAGES: usize = 256;
@@ -31,26 +33,7 @@ fn run(levels: SeptLevels) {
     let mut out = String::new();
     let summary = run_suite(&mut |f| with_tdx(levels, f), &mut out);
     print!("{out}");
-    assert_eq!(
-        summary.failed,
-        0,
-        "failures:\n{}",
-        out.lines()
-            .filter(|l| l.contains("FAIL"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    for (name, text) in SCENARIOS {
-        let lines: Vec<&str> = text.lines().collect();
-        let last = lines
-            .iter()
-            .rposition(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .unwrap();
-        assert!(
-            out.contains(&format!("{name}:{}: ", last + 1)),
-            "{name} did not reach its last line"
-        );
-    }
+    common::assert_complete_run(&out, summary, "tdx");
 }
 
 #[test]
