@@ -3,16 +3,16 @@
 //! bounded number of times and then reported, never waited for.
 
 use super::message::{
-    LOCK_FLAG_NO_FW_UPDATE, LockParams, ReportRequest, Request, Response, decode_response,
-    encode_request,
+    CapabilitiesRequest, LOCK_FLAG_NO_FW_UPDATE, LockParams, ReportRequest, Request, Response,
+    decode_response, encode_request,
 };
 use super::report::{DeviceInterfaceReport, MAX_REPORT_BYTES, REPORT_PORTION, ReportAssembler};
-use super::{HEADER_SIZE, NONCE_SIZE, WireError, error_code, function_id};
+use super::{HEADER_SIZE, NONCE_SIZE, TDISP_VERSION_1_0, WireError, error_code, function_id};
 use crate::capacity::{MAX_RANGES_PER_TDI, MAX_TDIS};
 use crate::lifecycle::TdispState;
 use crate::mmio::MmioRange;
 use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
-use zerocopy::little_endian::{U16, U64};
+use zerocopy::little_endian::{U16, U32, U64};
 
 /// How TDISP messages reach the device: in a real system an SPDM secured session relayed by the
 /// host (DOE mailbox); in tests a device model.
@@ -100,6 +100,34 @@ impl<L: TdispLink> WireTdisp<L> {
         function_id(iface).map_err(|e| self.fault(e))
     }
 
+    /// GET_TDISP_VERSION and GET_TDISP_CAPABILITIES before LOCK (PCIe 6.x 11.3.6-11.3.8): the
+    /// device must speak TDISP 1.0 and support the lock flags this firmware sets.
+    fn negotiate(&mut self, fid: u32) -> Result<(), DeviceFault> {
+        let mut buf = [0u8; MAX_MESSAGE_BYTES];
+        let speaks_1_0 = match self.transact(fid, &Request::GetVersion, &mut buf)? {
+            Response::Version(entries) => entries.contains(&TDISP_VERSION_1_0),
+            _ => false,
+        };
+        if !speaks_1_0 {
+            return Err(self.fault(WireError::Version(0)));
+        }
+        let caps = Request::GetCapabilities(CapabilitiesRequest {
+            tsm_caps: U32::new(0),
+        });
+        let mut buf = [0u8; MAX_MESSAGE_BYTES];
+        match self.transact(fid, &caps, &mut buf)? {
+            Response::Capabilities(c)
+                if c.lock_interface_flags_supported.get() & LOCK_FLAG_NO_FW_UPDATE != 0 =>
+            {
+                Ok(())
+            }
+            _ => Err(self.fault(WireError::Refused {
+                code: error_code::UNSUPPORTED_REQUEST,
+                data: 0,
+            })),
+        }
+    }
+
     /// Reads the whole interface report, portion by portion.
     pub fn read_report(
         &mut self,
@@ -141,6 +169,7 @@ impl<L: TdispLink> WireTdisp<L> {
 impl<L: TdispLink> TdispDevice for WireTdisp<L> {
     fn lock_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {
         let fid = self.fid(iface)?;
+        self.negotiate(fid)?;
         // Addresses in the report are host physical addresses as they are: no reporting offset.
         let params = LockParams {
             flags: U16::new(LOCK_FLAG_NO_FW_UPDATE),

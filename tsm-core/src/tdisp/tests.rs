@@ -478,3 +478,28 @@ fn device_errors_show_in_the_state() {
     assert_eq!(t.start_interface(IFACE), Err(DeviceFault::Refused));
     assert_eq!(t.stop_interface(IFACE), Ok(()));
 }
+
+/// A device that only speaks a TDISP version this firmware does not.
+struct OnlyVersion2(DsmModel);
+impl TdispLink for OnlyVersion2 {
+    fn exchange(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
+        match decode_request(request) {
+            Ok((fid, Request::GetVersion)) => {
+                encode_response(response, fid, &Response::Version(&[0x20])).ok()
+            }
+            _ => self.0.exchange(request, response),
+        }
+    }
+}
+
+#[test]
+fn lock_negotiates_the_version_first() {
+    let mut t = WireTdisp::new(OnlyVersion2(DsmModel::new()));
+    assert_eq!(t.lock_interface(IFACE), Err(DeviceFault::Malformed));
+    assert_eq!(t.last_error(), Some(WireError::Version(0)));
+    assert_eq!(
+        t.link_mut().0.state(IFACE),
+        TdispState::ConfigUnlocked,
+        "no LOCK was sent"
+    );
+}
