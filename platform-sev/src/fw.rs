@@ -305,9 +305,13 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
     fn decommission(&mut self, buf: &[u8]) -> Step {
         let c: abi::Decommission = abi::parse(buf)?;
         let g = self.guest(c.gctx_paddr.get())?;
-        self.tsm.destroy_guest(g.guest)?;
-        // No TDI is bound to the guest any more, so none of its pages is in the RMP.
+        // Release the ASID first: it is refused (IN_USE, nothing changed) while any RMP entry
+        // still names it. Only then forget the guest; if that is refused, give the ASID back.
         self.tsm.with_table(|r| r.set_asid(g.guest, 0))??;
+        if let Err(e) = self.tsm.destroy_guest(g.guest) {
+            self.tsm.with_table(|r| r.set_asid(g.guest, g.asid))??;
+            return Err(e.into());
+        }
         self.guests.retain(|x| x.gctx != g.gctx);
         DONE
     }

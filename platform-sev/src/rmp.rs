@@ -313,7 +313,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         if e.immutable() {
             return Err(RmpFault::Permission);
         }
-        if update.gpa & (PAGE - 1) != 0 {
+        // The GPA field holds 40 bits of PFN: a wider address is malformed input, and the
+        // bitfield setter would panic on it.
+        if update.gpa & (PAGE - 1) != 0 || update.gpa >= tsm_core::addr::PHYS_ADDR_LIMIT {
             return Err(RmpFault::Input);
         }
         let new = if update.assigned {
