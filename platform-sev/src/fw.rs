@@ -305,8 +305,12 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
     fn decommission(&mut self, buf: &[u8]) -> Step {
         let c: abi::Decommission = abi::parse(buf)?;
         let g = self.guest(c.gctx_paddr.get())?;
-        // Release the ASID first: it is refused (IN_USE, nothing changed) while any RMP entry
-        // still names it. Only then forget the guest; if that is refused, give the ASID back.
+        // The core's refusal first (a guest that owns TDIs), then release the ASID: refused
+        // (IN_USE, nothing changed) while any RMP entry still names it. Only then forget the
+        // guest; should that still be refused, give the ASID back.
+        if self.tsm.guest(g.guest)?.bound_tdis != 0 {
+            return Err(Error::GuestInUse.into());
+        }
         self.tsm.with_table(|r| r.set_asid(g.guest, 0))??;
         if let Err(e) = self.tsm.destroy_guest(g.guest) {
             self.tsm.with_table(|r| r.set_asid(g.guest, g.asid))??;
