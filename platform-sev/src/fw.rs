@@ -519,6 +519,10 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if total > abi::PAGE_4K as usize || mem.read(last, &mut probe).is_err() {
             return Err(SevStatus::INVALID_ADDRESS.into());
         }
+        // A range the TDISP format cannot carry is refused, not under-reported.
+        if ranges.iter().any(|r| u32::try_from(r.pages()).is_err()) {
+            return Err(Error::InvalidRange.into());
+        }
         let mut header = abi::ReportHeader::new_zeroed();
         header.mmio_range_count = count.into();
         put(mem, out, &header)?;

@@ -82,8 +82,18 @@ fn bound(leaves: u64) -> World {
 #[track_caller]
 fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmResult<R>) {
     let before = tsm.snapshot().unwrap();
+    let device = |tsm: &T| {
+        tsm.with_transport(|d| [d.state(rid(3, 0)), d.state(rid(3, 1))])
+            .unwrap()
+    };
+    let device_before = device(tsm);
     let got = op();
     assert_eq!(got.as_ref().err(), Some(&err), "got {got:?}");
+    assert_eq!(
+        device(tsm),
+        device_before,
+        "device TDISP state changed by a refused {err:?}"
+    );
     assert_eq!(
         tsm.snapshot().unwrap(),
         before,

@@ -226,7 +226,11 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 return Err(e);
             }
         };
-        owners.claim(tdi, guest, &ranges)?;
+        if let Err(e) = owners.claim(tdi, guest, &ranges) {
+            // Unreachable while check_claim ran under the same lock; undo the lock regardless.
+            let _ = transport.stop_interface(record.iface);
+            return Err(e);
+        }
         guest_record.bound_tdis = bound;
         record.state = next;
         Ok(())
