@@ -6,7 +6,9 @@
 use tsm_core::capacity::{MAX_DEVICES, MAX_RANGES_PER_TDI};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{WireMmioRange, wire_range};
-use tsm_core::{DeviceFault, InterfaceId, MmioRange, RequesterId, TdispDevice, TdispState};
+use tsm_core::{
+    DeviceFault, InterfaceId, MmioRange, ReportedRange, RequesterId, TdispDevice, TdispState,
+};
 
 /// BARs one device can show (ours: a type 0 header has six; two more so that an oversized
 /// list reaches the core's own check and gets its status).
@@ -99,7 +101,7 @@ impl TdispDevice for PciModel {
     fn interface_ranges(
         &mut self,
         iface: InterfaceId,
-    ) -> Result<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>, DeviceFault> {
+    ) -> Result<heapless::Vec<ReportedRange, MAX_RANGES_PER_TDI>, DeviceFault> {
         self.tdisp.interface_ranges(iface)
     }
     fn interface_state(&mut self, iface: InterfaceId) -> Result<TdispState, DeviceFault> {

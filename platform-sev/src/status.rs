@@ -169,7 +169,10 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::InvalidHandle
         | Error::InvalidRequesterId
         | Error::RangeOutsideDevice
-        | Error::RangesOverlap => SevStatus::INVALID_PARAM,
+        | Error::RangesOverlap
+        | Error::ForeignInterface => SevStatus::INVALID_PARAM,
+        // Memory the firmware reserved (RMP-covered system memory, its own pages).
+        Error::ReservedMemory => SevStatus::INVALID_ADDRESS,
         Error::InvalidPageSize | Error::SizeMismatch => SevStatus::INVALID_PAGE_SIZE,
         // Every fixed table running out.
         Error::TooManyRanges
@@ -183,7 +186,8 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::DeviceInUse
         | Error::GuestInUse
         | Error::DuplicateDevice
-        | Error::DuplicateTdi => SevStatus::IN_USE,
+        | Error::DuplicateTdi
+        | Error::BarInUse => SevStatus::IN_USE,
         // The TDI's lifecycle state forbids the command.
         Error::TdiNotBound
         | Error::TdiAlreadyBound
@@ -201,6 +205,8 @@ pub const fn from_error(e: Error) -> SevStatus {
         Error::DeviceUnresponsive => SevStatus::ERR_IN_DEV_CONN,
         Error::DeviceRefused | Error::DeviceMalformed => SevStatus::SPDM_ERROR,
         Error::Busy(_) => SevStatus::BUSY,
+        // The firmware's own records disagree: the platform state is not one to act on.
+        Error::Inconsistent => SevStatus::INVALID_PLATFORM_STATE,
     }
 }
 
@@ -210,6 +216,7 @@ pub const fn from_error(e: Error) -> SevStatus {
 pub const fn to_error(s: SevStatus) -> Error {
     match s {
         SevStatus::INVALID_ADDRESS => Error::InvalidAddress,
+        SevStatus::INVALID_PLATFORM_STATE => Error::Inconsistent,
         SevStatus::INVALID_PAGE_SIZE => Error::SizeMismatch,
         SevStatus::RESOURCE_LIMIT => Error::SecureTableFull,
         SevStatus::IN_USE => Error::TdiBound,

@@ -971,7 +971,12 @@ fn malformed_handles_are_refused_and_change_nothing() {
     // A TDI named with another device's context.
     let mut dc = dev_create();
     dc.dev_ctx = sla(0x30_0009).into();
-    dc.device_id = rid(7).routing_id().into();
+    // Another physical device (device number 1): function 7 of the same one would be a
+    // duplicate of its requester IDs.
+    dc.device_id = RequesterId::try_new(0, 3, 1, 0)
+        .unwrap()
+        .routing_id()
+        .into();
     ok(w.cmd(&dc));
     let before2 = w.state();
     let mut c = tdi_unbind(GCTX);

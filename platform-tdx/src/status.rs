@@ -77,6 +77,9 @@ pub const TSM_RANGE_OUTSIDE_DEVICE: u64 = 0xC000_F002_0000_0000;
 pub const TSM_RANGES_OVERLAP: u64 = 0xC000_F003_0000_0000;
 /// Ours: an empty range, or one that runs past the address space.
 pub const TSM_INVALID_RANGE: u64 = 0xC000_F004_0000_0000;
+/// Ours: a BAR, reported range or mapped page touches memory the firmware reserved (its pool,
+/// TDX-usable memory): never MMIO.
+pub const TSM_RESERVED_MEMORY: u64 = 0xC000_F005_0000_0000;
 /// Ours: no free device slot (recoverable: removing a device frees one).
 pub const TSM_DEVICE_TABLE_FULL: u64 = 0x8000_F010_0000_0000;
 /// Ours: no free TDI slot.
@@ -102,6 +105,12 @@ pub const TSM_DEVICE_IN_USE: u64 = 0xC000_F024_0000_0000;
 pub const TSM_DUPLICATE_DEVICE: u64 = 0xC000_F025_0000_0000;
 /// Ours: that interface already has a TDI.
 pub const TSM_DUPLICATE_TDI: u64 = 0xC000_F026_0000_0000;
+/// Ours: the interface ID is not a function (PF or VF) of the device.
+pub const TSM_FOREIGN_INTERFACE: u64 = 0xC000_F027_0000_0000;
+/// Ours: a BAR overlaps a BAR of another registered device.
+pub const TSM_BAR_IN_USE: u64 = 0xC000_F028_0000_0000;
+/// Ours: the firmware's own records disagree; refused with nothing changed.
+pub const TSM_INCONSISTENT: u64 = 0xC000_F0FF_0000_0000;
 /// Ours: the device did not answer a TDISP request (recoverable: retry).
 pub const TSM_DEVICE_UNRESPONSIVE: u64 = 0x8000_F030_0000_0000;
 /// Ours: the device answered a TDISP request with an error.
@@ -219,6 +228,10 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::RangeOutsideDevice => (TSM_RANGE_OUTSIDE_DEVICE, ops.ranges()),
         Error::RangesOverlap => (TSM_RANGES_OVERLAP, ops.ranges()),
         Error::InvalidPageSize => (TDX_OPERAND_INVALID, Operands::first(&[ops.page])),
+        Error::ReservedMemory => (TSM_RESERVED_MEMORY, Operands::first(&[ops.hpa, ops.list])),
+        Error::ForeignInterface => (TSM_FOREIGN_INTERFACE, Operands::first(&[ops.rid])),
+        Error::BarInUse => (TSM_BAR_IN_USE, ops.ranges()),
+        Error::Inconsistent => (TSM_INCONSISTENT, 0),
         Error::DeviceTableFull => (TSM_DEVICE_TABLE_FULL, 0),
         Error::TdiTableFull => (TSM_TDI_TABLE_FULL, 0),
         Error::GuestTableFull => (TSM_TD_TABLE_FULL, 0),
@@ -299,6 +312,10 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_TOO_MANY_RANGES => Error::TooManyRanges,
         TSM_RANGE_OUTSIDE_DEVICE => Error::RangeOutsideDevice,
         TSM_RANGES_OVERLAP => Error::RangesOverlap,
+        TSM_RESERVED_MEMORY => Error::ReservedMemory,
+        TSM_FOREIGN_INTERFACE => Error::ForeignInterface,
+        TSM_BAR_IN_USE => Error::BarInUse,
+        TSM_INCONSISTENT => Error::Inconsistent,
         TSM_DEVICE_TABLE_FULL => Error::DeviceTableFull,
         TSM_TDI_TABLE_FULL => Error::TdiTableFull,
         TSM_TD_TABLE_FULL => Error::GuestTableFull,

@@ -227,7 +227,8 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
         },
     );
     assert_eq!(out.rax, TDX_DEVIF_TDISP_INVALID_STATE | 1);
-    // Another TD maps the bound TDI's page: owner mismatch, naming the TD operand.
+    // An unknown TD maps the bound TDI's page: handles are checked first, so OPERAND_INVALID
+    // naming the TD operand (a known TD that is not the owner gets OWNER_MISMATCH).
     let out = w.call(
         u64::from(abi::TDH_MMIO_MAP),
         SeamRegs {
@@ -238,7 +239,7 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
             ..Default::default()
         },
     );
-    assert_eq!(out.rax, TDX_MMIO_DEVIF_OWNER_MISMATCH | 2);
+    assert_eq!(out.rax, TDX_OPERAND_INVALID | 2);
     // An unknown TD in RDX of a bind: OPERAND_INVALID names RDX, not the (valid) TDI in RCX.
     let out = w.call(
         u64::from(abi::TSM_DEVIF_BIND),

@@ -306,7 +306,7 @@ impl Backend for TdxBackend<'_, '_> {
             },
             c if c == abi::TdiStateCode::Unbinding as u64 => TdiState::Unbinding {
                 owner: owner?,
-                step: UnbindStep::Stop,
+                step: UnbindStep::Stop { blocking: None },
             },
             _ => return Err(Error::InvalidHandle),
         })

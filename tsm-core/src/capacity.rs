@@ -17,3 +17,6 @@ pub const MAX_OWNED_RANGES: usize = 256;
 /// Leaf blocks or removals one unbind (or device-error) call performs before it returns
 /// `Resumable`, so no host call holds a CPU in firmware for long.
 pub const UNBIND_OPS_PER_CALL: u32 = 64;
+/// Ranges of memory the firmware reserves at init (its pool and image, the platform's system
+/// memory map): a typical TDX CMR list or e820 map has a few dozen entries.
+pub const MAX_RESERVED_RANGES: usize = 64;

@@ -10,11 +10,11 @@ use crate::tdisp::message::{
     Capabilities, ErrorBody, Request, Response, decode_request, encode_response,
 };
 use crate::tdisp::report::{
-    MAX_REPORT_BYTES, WireMmioRange, encode_report, report_head, wire_range,
+    MAX_REPORT_BYTES, RANGE_ATTR_NON_TEE, WireMmioRange, encode_report, report_head, wire_range,
 };
 use crate::tdisp::requester::{TdispLink, WireTdisp};
 use crate::tdisp::{NONCE_SIZE, TDISP_VERSION_1_0, error_code, function_id};
-use crate::transport::{DeviceFault, InterfaceId};
+use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
 use zerocopy::little_endian::{U16, U32};
 
 /// The firmware's TDISP requester talking to the model DSM: the transport of host tests, the
@@ -75,14 +75,27 @@ impl ModelDevice {
 
     /// The device will report `ranges` (plain TEE ranges, IDs in order) for `iface`.
     pub fn report_ranges(&mut self, iface: InterfaceId, ranges: &[MmioRange]) {
+        let all: heapless::Vec<ReportedRange, MODEL_MAX_RANGES> = ranges
+            .iter()
+            .map(|&range| ReportedRange {
+                range,
+                private: true,
+            })
+            .collect();
+        self.report(iface, &all);
+    }
+
+    /// The device will report `ranges` for `iface`, shared ones marked IS_NON_TEE_MEM.
+    pub fn report(&mut self, iface: InterfaceId, ranges: &[ReportedRange]) {
         let wire: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES> = ranges
             .iter()
             .zip(0u16..)
             .map(|(r, id)| {
+                let attributes = if r.private { 0 } else { RANGE_ATTR_NON_TEE };
                 wire_range(
-                    r.base().as_u64(),
-                    u32::try_from(r.pages()).unwrap_or(u32::MAX),
-                    0,
+                    r.range.base().as_u64(),
+                    u32::try_from(r.range.pages()).unwrap_or(u32::MAX),
+                    attributes,
                     id,
                 )
             })
@@ -147,6 +160,17 @@ impl DsmModel {
             .iter()
             .find(|i| i.fid == fid)
             .map_or(TdispState::ConfigUnlocked, |i| i.state)
+    }
+
+    /// Every interface that is not CONFIG_UNLOCKED (the state of any interface the device has
+    /// not been asked about), by TDISP FUNCTION_ID, with its state: what a refusal must leave
+    /// as it was.
+    pub fn tdisp_states(&self) -> heapless::Vec<(u32, TdispState), MAX_TDIS> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.state != TdispState::ConfigUnlocked)
+            .map(|i| (i.fid, i.state))
+            .collect()
     }
 
     /// The ranges the device will report for `iface` (extra ones beyond the model's room are

@@ -54,6 +54,16 @@ impl RequesterId {
         ])
     }
 
+    /// From a segment and a 16-bit routing ID (bus << 8 | device << 3 | function).
+    pub const fn from_routing(segment: u16, routing: u16) -> Self {
+        let [devfn, bus] = routing.to_le_bytes();
+        Self {
+            segment,
+            bus,
+            devfn,
+        }
+    }
+
     /// The 16-bit routing ID (bus, device, function) without the segment.
     pub const fn routing_id(self) -> u16 {
         u16::from_le_bytes([self.devfn, self.bus])

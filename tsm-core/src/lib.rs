@@ -21,6 +21,7 @@
 pub mod addr;
 pub mod capacity;
 pub mod device_model;
+pub mod functions;
 pub mod ids;
 pub mod lifecycle;
 pub mod mem_table;
@@ -28,6 +29,7 @@ pub mod mmio;
 pub mod ownership;
 pub mod page;
 pub mod registry;
+pub mod reserved;
 pub mod secure_table;
 pub mod status;
 pub mod tdisp;
@@ -36,13 +38,15 @@ pub mod tsm;
 mod unbind;
 
 pub use addr::{Gpa, Hpa};
+pub use functions::{DeviceFunctions, VfLayout};
 pub use ids::{DeviceId, GuestId, Handle, RequesterId, TdiId};
 pub use lifecycle::{TdiState, TdispState};
 pub use mmio::MmioRange;
 pub use page::PageSize;
+pub use reserved::ReservedMemory;
 pub use secure_table::{Leaf, LeafState, SecureTable, TableError};
 pub use status::{Completion, Error, Operand, TsmResult};
-pub use transport::{DeviceFault, InterfaceId, TdispDevice};
+pub use transport::{DeviceFault, InterfaceId, ReportedRange, TdispDevice};
 pub use tsm::Tsm;
 
 #[cfg(test)]

@@ -40,8 +40,12 @@ impl Cursor {
 /// Where a bounded unbind stands; kept in the TDI between calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnbindStep {
-    /// STOP_INTERFACE not yet acknowledged by the device.
-    Stop,
+    /// STOP_INTERFACE not yet acknowledged by the device. Its leaves are blocked meanwhile
+    /// (`blocking` is where that stands): a TDI being torn down keeps no live guest MMIO.
+    Stop {
+        /// `Some` while leaves remain to be blocked.
+        blocking: Option<Cursor>,
+    },
     /// Blocking the TDI's leaves so the guest loses access.
     Block(Cursor),
     /// Advancing the guest's TLB epoch and flushing.
@@ -118,6 +122,34 @@ impl TdiState {
         !matches!(self, TdiState::Unbound)
     }
 
+    /// Where blocking of live leaves stands, if some remain: ERROR, and an unbind that is
+    /// waiting for STOP, block their leaves before anything else.
+    pub const fn blocking(&self) -> Option<Cursor> {
+        match *self {
+            TdiState::Error { blocking, .. }
+            | TdiState::Unbinding {
+                step: UnbindStep::Stop { blocking },
+                ..
+            } => blocking,
+            _ => None,
+        }
+    }
+
+    /// The same state with blocking progress `blocking`; states that do not block are kept.
+    pub const fn with_blocking(self, blocking: Option<Cursor>) -> Self {
+        match self {
+            TdiState::Error { owner, .. } => TdiState::Error { owner, blocking },
+            TdiState::Unbinding {
+                owner,
+                step: UnbindStep::Stop { .. },
+            } => TdiState::Unbinding {
+                owner,
+                step: UnbindStep::Stop { blocking },
+            },
+            other => other,
+        }
+    }
+
     /// The TDISP state the firmware believes the device is in. An unbind whose STOP was not
     /// acknowledged reports ERROR: the interface is neither usable nor released.
     pub const fn tdisp(&self) -> TdispState {
@@ -127,7 +159,7 @@ impl TdiState {
             TdiState::Run { .. } => TdispState::Run,
             TdiState::Error { .. }
             | TdiState::Unbinding {
-                step: UnbindStep::Stop,
+                step: UnbindStep::Stop { .. },
                 ..
             } => TdispState::Error,
             TdiState::Unbinding { .. } => TdispState::ConfigUnlocked,
@@ -144,6 +176,9 @@ impl TdiState {
 /// | Locked(o)    | TdiAlreadyBound  | Locked / Run(o)                   | Error(o)    | Unbinding(Stop) | TdiBound    | TdiBound  |
 /// | Run(o)       | TdiAlreadyBound  | Run / TdiNotLocked                | Error(o)    | Unbinding(Stop) | TdiBound    | TdiBound  |
 /// | Error(o)     | TdiAlreadyBound  | TdiInError                        | unchanged   | Unbinding(Stop) | TdiBound    | TdiBound  |
+///
+/// Unbinding(Stop) carries the blocking cursor: from the start for Locked and Run, where ERROR
+/// had got to for Error.
 /// | Unbinding(o) | UnbindInProgress | UnbindInProgress                  | unchanged   | unchanged       | Unbound     | TdiBound  |
 ///
 /// A guest other than the owner gets `NotOwner` for Map and Start in every bound state.
@@ -173,12 +208,16 @@ pub fn transition(state: TdiState, event: Event) -> Result<TdiState, Error> {
         (S::Error { .. } | S::Unbinding { .. }, E::DeviceError) => Ok(state),
 
         (S::Unbound | S::Unbinding { .. }, E::Unbind) => Ok(state),
-        (S::Locked { owner } | S::Run { owner } | S::Error { owner, .. }, E::Unbind) => {
-            Ok(S::Unbinding {
-                owner,
-                step: UnbindStep::Stop,
-            })
-        }
+        (S::Locked { owner } | S::Run { owner }, E::Unbind) => Ok(S::Unbinding {
+            owner,
+            step: UnbindStep::Stop {
+                blocking: Some(Cursor::START),
+            },
+        }),
+        (S::Error { owner, blocking }, E::Unbind) => Ok(S::Unbinding {
+            owner,
+            step: UnbindStep::Stop { blocking },
+        }),
 
         (S::Unbinding { .. }, E::Released) => Ok(S::Unbound),
         (_, E::Released) => Err(Error::TdiBound),
@@ -206,7 +245,7 @@ mod tests {
             },
             TdiState::Unbinding {
                 owner: A,
-                step: UnbindStep::Stop,
+                step: UnbindStep::Stop { blocking: None },
             },
             TdiState::Unbinding {
                 owner: A,
@@ -282,17 +321,20 @@ mod tests {
                         unbind,
                         Ok(TdiState::Unbinding {
                             owner: A,
-                            step: UnbindStep::Stop
+                            step: UnbindStep::Stop {
+                                blocking: Some(Cursor::START)
+                            }
                         })
                     );
                 }
-                TdiState::Error { .. } => {
+                TdiState::Error { blocking, .. } => {
                     assert_eq!(err, Ok(s));
+                    // Blocking already done under ERROR is not redone.
                     assert_eq!(
                         unbind,
                         Ok(TdiState::Unbinding {
                             owner: A,
-                            step: UnbindStep::Stop
+                            step: UnbindStep::Stop { blocking }
                         })
                     );
                 }
@@ -333,7 +375,7 @@ mod tests {
         assert_eq!(
             TdiState::Unbinding {
                 owner: A,
-                step: UnbindStep::Stop
+                step: UnbindStep::Stop { blocking: None }
             }
             .tdisp(),
             TdispState::Error

@@ -47,6 +47,11 @@ impl MmioRange {
         self.pages
     }
 
+    /// Length in bytes; never past [`PHYS_ADDR_LIMIT`] by construction.
+    pub const fn bytes(&self) -> u64 {
+        self.pages.saturating_mul(PAGE_SIZE_4K)
+    }
+
     /// One past the last byte; never above [`PHYS_ADDR_LIMIT`] by construction.
     pub const fn end(&self) -> u64 {
         // Cannot overflow: try_new proved base + pages * 4K <= PHYS_ADDR_LIMIT.

@@ -4,19 +4,23 @@
 use spin::{Mutex, MutexGuard};
 
 use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
-use crate::ids::{DeviceId, RequesterId, TdiId};
+use crate::functions::DeviceFunctions;
+use crate::ids::{DeviceId, TdiId};
 use crate::lifecycle::TdiState;
 use crate::mmio::MmioRange;
 use crate::status::{Error, Operand};
 use crate::transport::InterfaceId;
 
-/// A physical device: its requester ID, its BARs, and the TDIs created on it.
+/// The memory BARs of one device.
+pub type Bars = heapless::Vec<MmioRange, MAX_BARS>;
+
+/// A physical device: its functions, its BARs, and the TDIs created on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
-    /// Requester ID of function 0 (the DSM).
-    pub rid: RequesterId,
+    /// The DSM's requester ID and the device's other functions (PFs, VFs).
+    pub functions: DeviceFunctions,
     /// The device's memory BARs, as the host reported them at creation.
-    pub bars: heapless::Vec<MmioRange, MAX_BARS>,
+    pub bars: Bars,
     /// TDIs on this device and their interface IDs.
     pub tdis: heapless::Vec<(TdiId, InterfaceId), MAX_TDIS_PER_DEVICE>,
 }
@@ -30,6 +34,16 @@ pub struct Tdi {
     pub iface: InterfaceId,
     /// Lifecycle state.
     pub state: TdiState,
+}
+
+/// What the device table keeps of every device so a new one can be checked against all of
+/// them under one lock: no shared requester ID, no shared BAR page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceClaim {
+    /// The device's functions.
+    pub functions: DeviceFunctions,
+    /// The device's BARs.
+    pub bars: Bars,
 }
 
 /// A confidential guest as the device-assignment firmware needs it.

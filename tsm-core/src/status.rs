@@ -14,6 +14,8 @@
 //! | 0x107 | `RangeOutsideDevice` | a reported range is not inside the device's BARs |
 //! | 0x108 | `RangesOverlap` | ranges given together overlap each other |
 //! | 0x109 | `InvalidPageSize` | a page size no MMIO leaf can have |
+//! | 0x10a | `ReservedMemory` | a BAR, reported range or mapped page touches memory the firmware reserved at init (its own pages, system memory): never MMIO |
+//! | 0x10b | `ForeignInterface` | the interface ID is not a function of the device (see `DeviceFunctions`) |
 //! | 0x201 | `DeviceTableFull` | no free device slot |
 //! | 0x202 | `TdiTableFull` | no free TDI slot |
 //! | 0x203 | `GuestTableFull` | no free guest slot |
@@ -28,9 +30,10 @@
 //! | 0x307 | `UnbindInProgress` | an unbind has started: finish it first |
 //! | 0x308 | `DeviceInUse` | the device still has TDIs |
 //! | 0x309 | `GuestInUse` | the guest still owns TDIs |
-//! | 0x30a | `DuplicateDevice` | a device with that requester ID exists |
-//! | 0x30b | `DuplicateTdi` | that interface of the device already has a TDI |
+//! | 0x30a | `DuplicateDevice` | a registered device already has one of this device's requester IDs |
+//! | 0x30b | `DuplicateTdi` | that interface already has a TDI |
 //! | 0x30c | `HpaNotOwned` | the host page is not inside a range the TDI owns |
+//! | 0x30d | `BarInUse` | a BAR overlaps a BAR of another registered device |
 //! | 0x401 | `GpaAlreadyMapped` | the guest address already has a leaf |
 //! | 0x402 | `HpaAlreadyMapped` | the host page is already mapped |
 //! | 0x403 | `NotMapped` | no leaf at that guest address |
@@ -41,6 +44,7 @@
 //! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
 //! | 0x503 | `DeviceMalformed` | the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout) |
 //! | 0x6xx | `Busy(operand)` | the operand's lock is held by another CPU; retry |
+//! | 0x701 | `Inconsistent` | the firmware's own records disagree (a counter would drift): refused, nothing changed |
 
 use core::fmt;
 
@@ -110,6 +114,8 @@ pub enum Error {
     RangeOutsideDevice,
     RangesOverlap,
     InvalidPageSize,
+    ReservedMemory,
+    ForeignInterface,
     DeviceTableFull,
     TdiTableFull,
     GuestTableFull,
@@ -127,6 +133,7 @@ pub enum Error {
     DuplicateDevice,
     DuplicateTdi,
     HpaNotOwned,
+    BarInUse,
     GpaAlreadyMapped,
     HpaAlreadyMapped,
     NotMapped,
@@ -137,6 +144,7 @@ pub enum Error {
     DeviceRefused,
     DeviceMalformed,
     Busy(Operand),
+    Inconsistent,
 }
 
 /// Result of a core operation.
@@ -161,7 +169,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 42] = [
+    pub const ALL: [Error; 46] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -171,6 +179,8 @@ impl Error {
         Error::RangeOutsideDevice,
         Error::RangesOverlap,
         Error::InvalidPageSize,
+        Error::ReservedMemory,
+        Error::ForeignInterface,
         Error::DeviceTableFull,
         Error::TdiTableFull,
         Error::GuestTableFull,
@@ -188,6 +198,7 @@ impl Error {
         Error::DuplicateDevice,
         Error::DuplicateTdi,
         Error::HpaNotOwned,
+        Error::BarInUse,
         Error::GpaAlreadyMapped,
         Error::HpaAlreadyMapped,
         Error::NotMapped,
@@ -204,6 +215,7 @@ impl Error {
         Error::Busy(Operand::Ownership),
         Error::Busy(Operand::SecureTable),
         Error::Busy(Operand::Transport),
+        Error::Inconsistent,
     ];
 
     /// Stable numeric code (the module table).
@@ -218,6 +230,8 @@ impl Error {
             Error::RangeOutsideDevice => 0x107,
             Error::RangesOverlap => 0x108,
             Error::InvalidPageSize => 0x109,
+            Error::ReservedMemory => 0x10a,
+            Error::ForeignInterface => 0x10b,
             Error::DeviceTableFull => 0x201,
             Error::TdiTableFull => 0x202,
             Error::GuestTableFull => 0x203,
@@ -235,6 +249,7 @@ impl Error {
             Error::DuplicateDevice => 0x30a,
             Error::DuplicateTdi => 0x30b,
             Error::HpaNotOwned => 0x30c,
+            Error::BarInUse => 0x30d,
             Error::GpaAlreadyMapped => 0x401,
             Error::HpaAlreadyMapped => 0x402,
             Error::NotMapped => 0x403,
@@ -245,6 +260,7 @@ impl Error {
             Error::DeviceRefused => 0x502,
             Error::DeviceMalformed => 0x503,
             Error::Busy(operand) => CODE_BUSY_BASE | operand.code(),
+            Error::Inconsistent => 0x701,
         }
     }
 

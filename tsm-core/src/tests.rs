@@ -23,7 +23,14 @@ fn rid(bus: u8, func: u8) -> RequesterId {
     RequesterId::try_new(0, bus, 0, func).unwrap()
 }
 
-/// A firmware with two guests and one device (a 4 MiB BAR) with two TDIs.
+/// VFs of the test device: routing IDs 03:01.0 to 03:02.7 (offset 8, stride 1).
+const VFS: VfLayout = VfLayout {
+    first_offset: 8,
+    stride: 1,
+    count: 16,
+};
+
+/// A firmware with two guests and one device (a 4 MiB BAR, 16 VFs) with two TDIs.
 struct World {
     tsm: T,
     g1: GuestId,
@@ -37,8 +44,9 @@ fn world() -> World {
     let tsm = T::new(MemTable::new(), ModelDevice::model());
     let g1 = tsm.create_guest().unwrap();
     let g2 = tsm.create_guest().unwrap();
+    let functions = DeviceFunctions::new(rid(3, 0), Some(VFS)).unwrap();
     let dev = tsm
-        .create_device(rid(3, 0), &[range(BAR, 1024), range(BAR + 0x40_0000, 16)])
+        .create_device_with(functions, &[range(BAR, 1024), range(BAR + 0x40_0000, 16)])
         .unwrap();
     let t0 = tsm.create_tdi(dev, rid(3, 0)).unwrap();
     let t1 = tsm.create_tdi(dev, rid(3, 1)).unwrap();
@@ -82,10 +90,7 @@ fn bound(leaves: u64) -> World {
 #[track_caller]
 fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmResult<R>) {
     let before = tsm.snapshot().unwrap();
-    let device = |tsm: &T| {
-        tsm.with_transport(|d| [d.state(rid(3, 0)), d.state(rid(3, 1))])
-            .unwrap()
-    };
+    let device = |tsm: &T| tsm.with_transport(|d| d.link_mut().tdisp_states()).unwrap();
     let device_before = device(tsm);
     let got = op();
     assert_eq!(got.as_ref().err(), Some(&err), "got {got:?}");
@@ -148,7 +153,7 @@ fn device_registration_checks() {
         .unwrap();
     }
     refused(tsm, Error::TdiTableFull, || {
-        tsm.create_tdi(w.dev, rid(5, 0))
+        tsm.create_tdi(w.dev, RequesterId::try_new(0, 3, 2, 0).unwrap())
     });
     for bus in 1..MAX_DEVICES {
         tsm.create_device(rid(10 + bus as u8, 0), &[]).unwrap();
@@ -412,7 +417,7 @@ fn unresponsive_device_keeps_unbind_progress() {
         state(&w, w.t0),
         TdiState::Unbinding {
             owner: w.g1,
-            step: lifecycle::UnbindStep::Stop
+            step: lifecycle::UnbindStep::Stop { blocking: None }
         }
     );
     assert_eq!(state(&w, w.t0).tdisp(), TdispState::Error);
@@ -597,4 +602,260 @@ fn check_interface_finds_device_errors_and_silent_resets() {
         .unwrap();
     bind(tsm, w.t1, w.g1, &[range(BAR + 0x20_0000, 4)]).unwrap();
     refused(tsm, Error::TdiNotBound, || tsm.check_interface(w.t0));
+}
+
+// ---- issue 9: what a hostile host or device could do ------------------------------------
+
+/// A firmware that reserves `RESERVED` (say, its own table pool) and system memory below 2 GiB.
+const RESERVED: u64 = 0x7000_0000;
+fn reserving() -> T {
+    let reserved = ReservedMemory::from_ranges(&[range(0, 0x7_0000), range(RESERVED, 16)]);
+    T::with_reserved(MemTable::new(), ModelDevice::model(), reserved.unwrap())
+}
+
+#[test]
+fn reserved_memory_is_never_a_bar_a_report_or_a_mapping() {
+    let tsm = reserving();
+    let g = tsm.create_guest().unwrap();
+    // A BAR over the firmware's pool, or touching system memory by one page, is refused.
+    refused(&tsm, Error::ReservedMemory, || {
+        tsm.create_device(rid(3, 0), &[range(RESERVED, 1)])
+    });
+    refused(&tsm, Error::ReservedMemory, || {
+        tsm.create_device(rid(3, 0), &[range(BAR, 4), range(RESERVED - 0x1000, 2)])
+    });
+    let dev = tsm.create_device(rid(3, 0), &[range(BAR, 16)]).unwrap();
+    let tdi = tsm.create_tdi(dev, rid(3, 0)).unwrap();
+    // A report naming the pool is outside the device's BARs, whatever it marks it.
+    refused(&tsm, Error::RangeOutsideDevice, || {
+        bind(&tsm, tdi, g, &[range(RESERVED, 1)])
+    });
+    bind(&tsm, tdi, g, &[range(BAR, 16)]).unwrap();
+    // Mapping the pool's first page into the guest is refused before ownership is asked.
+    refused(&tsm, Error::ReservedMemory, || {
+        tsm.map_mmio(tdi, g, gpa(GPA), hpa(RESERVED), PageSize::Size4K)
+    });
+    refused(&tsm, Error::ReservedMemory, || {
+        tsm.map_mmio(tdi, g, gpa(0), hpa(0), PageSize::Size2M)
+    });
+    assert_eq!(
+        tsm.map_mmio(tdi, g, gpa(GPA), hpa(BAR), PageSize::Size4K),
+        Ok(())
+    );
+}
+
+#[test]
+fn bars_of_two_devices_never_share_a_page() {
+    let w = world();
+    let tsm = &w.tsm;
+    refused(tsm, Error::BarInUse, || {
+        tsm.create_device(rid(9, 0), &[range(BAR + 0x3f_f000, 1)])
+    });
+    refused(tsm, Error::BarInUse, || {
+        tsm.create_device(rid(9, 0), &[range(0x1000, 1), range(BAR + 0x40_f000, 4)])
+    });
+    // Adjacent is fine.
+    let other = tsm.create_device(rid(9, 0), &[range(BAR + 0x41_0000, 1)]);
+    assert!(other.is_ok());
+    tsm.remove_device(other.unwrap()).unwrap();
+    // Once a device is gone its BARs are free again.
+    let ghost = tsm
+        .create_device(rid(9, 0), &[range(0x9000_0000, 1)])
+        .unwrap();
+    tsm.remove_device(ghost).unwrap();
+    assert!(
+        tsm.create_device(rid(10, 0), &[range(0x9000_0000, 1)])
+            .is_ok()
+    );
+}
+
+#[test]
+fn an_interface_belongs_to_one_device_and_has_one_tdi() {
+    let w = world();
+    let tsm = &w.tsm;
+    // The same physical device registered again through another function, or a device whose
+    // PFs are the world device's VFs: one requester ID is never registered twice.
+    refused(tsm, Error::DuplicateDevice, || {
+        tsm.create_device(rid(3, 1), &[])
+    });
+    refused(tsm, Error::DuplicateDevice, || {
+        tsm.create_device(RequesterId::try_new(0, 3, 2, 0).unwrap(), &[])
+    });
+    let vfs_over_world = VfLayout {
+        first_offset: 0x300,
+        stride: 1,
+        count: 1,
+    };
+    refused(tsm, Error::DuplicateDevice, || {
+        let f = DeviceFunctions::new(
+            RequesterId::try_new(0, 0, 0, 0).unwrap(),
+            Some(vfs_over_world),
+        );
+        tsm.create_device_with(f.unwrap(), &[])
+    });
+    let other = tsm
+        .create_device(rid(4, 0), &[range(0x9000_0000, 16)])
+        .unwrap();
+    // A TDI of the other device naming the world device's interface is refused, so the
+    // world's bound interface can never be locked, stopped or re-nonced through it.
+    refused(tsm, Error::ForeignInterface, || {
+        tsm.create_tdi(other, rid(3, 0))
+    });
+    refused(tsm, Error::ForeignInterface, || {
+        tsm.create_tdi(w.dev, rid(4, 0))
+    });
+    refused(tsm, Error::ForeignInterface, || {
+        tsm.create_tdi(w.dev, RequesterId::try_new(0, 3, 3, 0).unwrap())
+    });
+    // VFs of the device are its interfaces.
+    assert!(
+        tsm.create_tdi(w.dev, RequesterId::try_new(0, 3, 2, 7).unwrap())
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_tdi_stuck_at_stop_keeps_no_live_guest_mapping() {
+    let n = u64::from(UNBIND_OPS_PER_CALL) + 5;
+    let w = bound(n);
+    let tsm = &w.tsm;
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    let mapped = |tsm: &T| {
+        tsm.with_table(|t| {
+            t.leaves()
+                .iter()
+                .filter(|l| l.state == LeafState::Mapped)
+                .count()
+        })
+        .unwrap()
+    };
+    // The first failed STOP already takes a call's worth of leaves from the guest ...
+    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceUnresponsive));
+    assert_eq!(mapped(tsm), 5);
+    assert_eq!(state(&w, w.t0).tdisp(), TdispState::Error);
+    // ... and a device error (or a check) finishes the blocking though STOP never came.
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(mapped(tsm), 0);
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            owner: w.g1,
+            step: lifecycle::UnbindStep::Stop { blocking: None }
+        }
+    );
+    // Nothing left to block: a further error report changes nothing.
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(tsm.snapshot().unwrap(), before);
+    // A retried STOP that fails keeps the state; one that succeeds finishes the unbind.
+    refused(tsm, Error::DeviceUnresponsive, || tsm.unbind(w.t0));
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+        .unwrap();
+    let mut calls = 0;
+    while tsm.unbind(w.t0) == Ok(Completion::Resumable) {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+    assert_eq!(tsm.with_table(|t| t.leaves().len()).unwrap(), 0);
+}
+
+#[test]
+fn a_check_also_blocks_a_tdi_stuck_at_stop() {
+    let n = u64::from(UNBIND_OPS_PER_CALL) + 1;
+    let w = bound(n);
+    let tsm = &w.tsm;
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceRefused));
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+        .unwrap();
+    assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done));
+    let live = tsm
+        .with_table(|t| t.leaves().iter().any(|l| l.state == LeafState::Mapped))
+        .unwrap();
+    assert!(!live, "a TDI being torn down left the guest live MMIO");
+}
+
+#[test]
+fn every_reported_range_lies_inside_the_bars_and_clear_of_bound_ranges() {
+    let w = world();
+    let tsm = &w.tsm;
+    let shared = |r| ReportedRange {
+        range: r,
+        private: false,
+    };
+    let private = |r| ReportedRange {
+        range: r,
+        private: true,
+    };
+    let report = |tdi: TdiId, ranges: &[ReportedRange]| {
+        let iface = tsm.tdi(tdi).unwrap().iface;
+        tsm.with_transport(|d| d.report(iface, ranges)).unwrap();
+    };
+    bind(tsm, w.t1, w.g2, &[range(BAR + 0x10_0000, 4)]).unwrap();
+    // A shared range outside every BAR.
+    report(
+        w.t0,
+        &[private(range(BAR, 4)), shared(range(0x5000_0000, 1))],
+    );
+    refused(tsm, Error::RangeOutsideDevice, || tsm.bind(w.t0, w.g1));
+    // A shared range over the sibling TDI's private page.
+    report(
+        w.t0,
+        &[private(range(BAR, 4)), shared(range(BAR + 0x10_1000, 1))],
+    );
+    refused(tsm, Error::TdiBound, || tsm.bind(w.t0, w.g1));
+    // A shared range in the BAR, clear of everything: bound, and only the private range owned.
+    report(
+        w.t0,
+        &[private(range(BAR, 4)), shared(range(BAR + 0x20_0000, 1))],
+    );
+    assert_eq!(tsm.bind(w.t0, w.g1), Ok(()));
+    assert_eq!(tsm.owned_ranges(w.t0).unwrap().as_slice(), &[range(BAR, 4)]);
+}
+
+#[test]
+fn a_drifted_bound_count_is_inconsistent_and_changes_nothing() {
+    let w = bound(2);
+    let tsm = &w.tsm;
+    tsm.set_bound_tdis_for_test(w.g1, 0);
+    refused(tsm, Error::Inconsistent, || tsm.unbind(w.t0));
+    tsm.set_bound_tdis_for_test(w.g1, 1);
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(tsm.guest(w.g1).unwrap().bound_tdis, 0);
+}
+
+#[test]
+fn operands_are_checked_in_one_order() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    let ghost = GuestId::from_slot(30);
+    // Handles first: an unknown guest is InvalidHandle, not NotOwner, whatever else is wrong.
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.map_mmio(w.t0, ghost, gpa(GPA + 1), hpa(BAR), PageSize::Size4K)
+    });
+    refused(tsm, Error::InvalidHandle, || tsm.guest_start(ghost, w.t0));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.host_unmap(ghost, gpa(GPA + 0x1000), PageSize::Size2M)
+    });
+    // Then alignment and width: a misaligned request is Misaligned, not NotMapped/NotOwner.
+    refused(tsm, Error::Misaligned, || {
+        tsm.host_unmap(w.g1, gpa(GPA + 0x1000), PageSize::Size2M)
+    });
+    refused(tsm, Error::Misaligned, || {
+        tsm.host_block(w.g1, gpa(GPA + 0x1000), PageSize::Size2M)
+    });
+    refused(tsm, Error::Misaligned, || {
+        tsm.map_mmio(w.t0, w.g2, gpa(GPA + 1), hpa(BAR), PageSize::Size4K)
+    });
+    // Then state.
+    refused(tsm, Error::NotOwner, || {
+        tsm.map_mmio(w.t0, w.g2, gpa(GPA), hpa(BAR), PageSize::Size4K)
+    });
+    refused(tsm, Error::NotMapped, || {
+        tsm.host_unmap(w.g1, gpa(GPA + 0x20_0000), PageSize::Size2M)
+    });
 }

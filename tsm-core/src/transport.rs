@@ -35,17 +35,27 @@ impl From<DeviceFault> for Error {
     }
 }
 
+/// One MMIO range of an interface report (PCIe 6.x 11.3.11, MMIO_RANGE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReportedRange {
+    /// The host pages.
+    pub range: MmioRange,
+    /// Private to the TDI (TEE memory): not marked IS_NON_TEE_MEM. Only these are owned.
+    pub private: bool,
+}
+
 /// The TDISP requests the lifecycle needs. Each returns `Ok` only when the interface is in the
 /// request's target state afterwards.
 pub trait TdispDevice {
     /// LOCK_INTERFACE: CONFIG_UNLOCKED -> CONFIG_LOCKED.
     fn lock_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault>;
-    /// GET_DEVICE_INTERFACE_REPORT: the interface's private (TEE) MMIO ranges, from the
-    /// device's own report, validated. Only meaningful while CONFIG_LOCKED or RUN.
+    /// GET_DEVICE_INTERFACE_REPORT: every MMIO range of the interface's report, private and
+    /// shared, from the device's own report, validated. Only meaningful while CONFIG_LOCKED or
+    /// RUN.
     fn interface_ranges(
         &mut self,
         iface: InterfaceId,
-    ) -> Result<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>, DeviceFault>;
+    ) -> Result<heapless::Vec<ReportedRange, MAX_RANGES_PER_TDI>, DeviceFault>;
     /// GET_DEVICE_INTERFACE_STATE.
     fn interface_state(&mut self, iface: InterfaceId) -> Result<TdispState, DeviceFault>;
     /// START_INTERFACE: CONFIG_LOCKED -> RUN.

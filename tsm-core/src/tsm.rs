@@ -8,15 +8,15 @@
 use spin::Mutex;
 
 use crate::addr::{Gpa, Hpa};
-use crate::capacity::{
-    MAX_BARS, MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, UNBIND_OPS_PER_CALL,
-};
+use crate::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, UNBIND_OPS_PER_CALL};
+use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, TdispState, transition};
 use crate::mmio::{MmioRange, any_overlap};
 use crate::ownership::Ownership;
 use crate::page::PageSize;
-use crate::registry::{Device, GuestRecord, Slots, Tdi, try_lock};
+use crate::registry::{Bars, Device, DeviceClaim, GuestRecord, Slots, Tdi, try_lock};
+use crate::reserved::ReservedMemory;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
 use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
@@ -25,18 +25,23 @@ use crate::unbind::{self, UnbindCtx, Walk};
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
 /// `T` and the device transport `D`. Every method takes `&self`: it is entered from many CPUs.
 pub struct Tsm<T, D> {
-    device_rids: Mutex<[Option<RequesterId>; MAX_DEVICES]>,
+    /// Every device's functions and BARs, indexed like `devices`: the device table lock.
+    claims: Mutex<[Option<DeviceClaim>; MAX_DEVICES]>,
     devices: Slots<Device, MAX_DEVICES>,
     tdis: Slots<Tdi, MAX_TDIS>,
     guests: Slots<GuestRecord, MAX_GUESTS>,
     owners: Mutex<Ownership>,
     table: Mutex<T>,
     transport: Mutex<D>,
+    /// Memory that is never MMIO; fixed at construction, so read without a lock.
+    reserved: ReservedMemory,
 }
 
 /// A copy of every table, for tests that prove a refusal changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot<T> {
+    /// The device table (functions and BARs of every device).
+    pub claims: [Option<DeviceClaim>; MAX_DEVICES],
     /// Device slots.
     pub devices: [Option<Device>; MAX_DEVICES],
     /// TDI slots.
@@ -50,17 +55,31 @@ pub struct Snapshot<T> {
 }
 
 impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
-    /// A firmware instance over the platform's secure table and device transport.
+    /// A firmware instance over the platform's secure table and device transport that reserves
+    /// no memory: for tables whose host pages are not real memory (tests, the in-memory table).
+    /// A platform over real memory uses [`Tsm::with_reserved`].
     pub const fn new(table: T, transport: D) -> Self {
+        Self::with_reserved(table, transport, ReservedMemory::new())
+    }
+
+    /// A firmware instance that refuses every BAR, reported range and mapping touching
+    /// `reserved` (its own pages and the platform's system memory) with `ReservedMemory`.
+    pub const fn with_reserved(table: T, transport: D, reserved: ReservedMemory) -> Self {
         Self {
-            device_rids: Mutex::new([None; MAX_DEVICES]),
+            claims: Mutex::new([const { None }; MAX_DEVICES]),
             devices: Slots::new(Operand::Device),
             tdis: Slots::new(Operand::Tdi),
             guests: Slots::new(Operand::Guest),
             owners: Mutex::new(Ownership::new()),
             table: Mutex::new(table),
             transport: Mutex::new(transport),
+            reserved,
         }
+    }
+
+    /// The memory this instance never hands out as MMIO.
+    pub fn reserved(&self) -> &ReservedMemory {
+        &self.reserved
     }
 
     // ---- guests -------------------------------------------------------------------------
@@ -85,53 +104,80 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     // ---- devices and TDIs ---------------------------------------------------------------
 
-    /// Registers a physical device with its memory BARs.
+    /// Registers a physical device without VFs, by its DSM's requester ID, with its memory BARs.
     pub fn create_device(&self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
-        let bars: heapless::Vec<MmioRange, MAX_BARS> =
-            heapless::Vec::from_slice(bars).map_err(|_| Error::TooManyRanges)?;
+        self.create_device_with(DeviceFunctions::physical(rid), bars)
+    }
+
+    /// Registers a physical device with its functions (PFs and any VFs) and its memory BARs.
+    /// Refused: more than [`MAX_BARS`](crate::capacity::MAX_BARS) BARs (`TooManyRanges`), BARs overlapping each other
+    /// (`RangesOverlap`) or reserved memory (`ReservedMemory`), a requester ID that is already
+    /// a function of a registered device (`DuplicateDevice`), a BAR sharing a page with another
+    /// device's (`BarInUse`).
+    pub fn create_device_with(
+        &self,
+        functions: DeviceFunctions,
+        bars: &[MmioRange],
+    ) -> TsmResult<DeviceId> {
+        let bars = Bars::from_slice(bars).map_err(|_| Error::TooManyRanges)?;
         if any_overlap(&bars) {
             return Err(Error::RangesOverlap);
         }
-        let mut rids = try_lock(&self.device_rids, Operand::DeviceTable)?;
-        if rids.iter().flatten().any(|r| *r == rid) {
+        if bars.iter().any(|b| self.reserved.touches(b)) {
+            return Err(Error::ReservedMemory);
+        }
+        let mut claims = try_lock(&self.claims, Operand::DeviceTable)?;
+        let others = || claims.iter().flatten();
+        if others().any(|c| c.functions.intersects(&functions)) {
             return Err(Error::DuplicateDevice);
         }
-        let index = rids
+        if others().any(|c| c.bars.iter().any(|b| bars.iter().any(|n| n.overlaps(b)))) {
+            return Err(Error::BarInUse);
+        }
+        let index = claims
             .iter()
             .position(Option::is_none)
             .ok_or(Error::DeviceTableFull)?;
         let handle = DeviceId::from_slot(u16::try_from(index).map_err(|_| Error::DeviceTableFull)?);
         let mut slot = self.devices.lock(handle.slot())?;
-        let rid_slot = rids.get_mut(index).ok_or(Error::DeviceTableFull)?;
+        let claim = claims.get_mut(index).ok_or(Error::DeviceTableFull)?;
+        *claim = Some(DeviceClaim {
+            functions,
+            bars: bars.clone(),
+        });
         *slot = Some(Device {
-            rid,
+            functions,
             bars,
             tdis: heapless::Vec::new(),
         });
-        *rid_slot = Some(rid);
         Ok(handle)
     }
 
     /// Forgets a device with no TDIs left (`DeviceInUse` otherwise).
     pub fn remove_device(&self, device: DeviceId) -> TsmResult<()> {
-        let mut rids = try_lock(&self.device_rids, Operand::DeviceTable)?;
+        let mut claims = try_lock(&self.claims, Operand::DeviceTable)?;
         let mut slot = self.devices.lock(device.slot())?;
         let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
         if !record.tdis.is_empty() {
             return Err(Error::DeviceInUse);
         }
-        let rid_slot = rids
+        let claim = claims
             .get_mut(usize::from(device.slot()))
             .ok_or(Error::InvalidHandle)?;
         *slot = None;
-        *rid_slot = None;
+        *claim = None;
         Ok(())
     }
 
-    /// Creates the TDI for interface `iface` of `device`, CONFIG_UNLOCKED and unbound.
+    /// Creates the TDI for interface `iface` of `device`, CONFIG_UNLOCKED and unbound. The
+    /// interface must be one of the device's functions (`ForeignInterface`); since no
+    /// requester ID is a function of two devices, one interface has at most one TDI anywhere.
     pub fn create_tdi(&self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
         let mut slot = self.devices.lock(device.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if !record.functions.contains(iface) {
+            return Err(Error::ForeignInterface);
+        }
         if record.tdis.iter().any(|(_, i)| *i == iface) {
             return Err(Error::DuplicateTdi);
         }
@@ -171,9 +217,10 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     // ---- binding and mapping ------------------------------------------------------------
 
     /// Binds `tdi` to `guest`: LOCK_INTERFACE, then the device's own interface report names
-    /// the MMIO ranges the TDI will own; the host names none. A report the firmware will not
-    /// trust (ranges outside the device's BARs, overlapping each other or another bound TDI,
-    /// malformed) undoes the lock with STOP_INTERFACE, and nothing changes.
+    /// the MMIO ranges the TDI will own; the host names none. Every range of the report,
+    /// private or shared, must lie inside the device's BARs and touch no other bound TDI's
+    /// range; the private ones become the TDI's. A report the firmware will not trust undoes
+    /// the lock with STOP_INTERFACE, and nothing changes.
     pub fn bind(&self, tdi: TdiId, guest: GuestId) -> TsmResult<()> {
         let device = self.tdi(tdi)?.device;
         let dev_slot = self.devices.lock(device.slot())?;
@@ -200,25 +247,20 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             let _ = transport.stop_interface(record.iface);
             return Err(fault.into());
         }
-        let ranges = transport
+        let private = transport
             .interface_ranges(record.iface)
             .map_err(Error::from)
-            .and_then(|ranges| {
-                let inside = |r: &MmioRange| {
-                    dev.bars.iter().any(|bar| {
-                        bar.contains_span(
-                            r.base().as_u64(),
-                            r.end().saturating_sub(r.base().as_u64()),
-                        )
-                    })
-                };
-                if !ranges.iter().all(inside) {
-                    return Err(Error::RangeOutsideDevice);
-                }
-                owners.check_claim(&ranges)?;
-                Ok(ranges)
+            .and_then(|reported| {
+                self.check_report(&dev.bars, &owners, &reported)?;
+                let private: heapless::Vec<MmioRange, MAX_RANGES_PER_TDI> = reported
+                    .iter()
+                    .filter(|r| r.private)
+                    .map(|r| r.range)
+                    .collect();
+                owners.check_claim(&private)?;
+                Ok(private)
             });
-        let ranges = match ranges {
+        let private = match private {
             Ok(r) => r,
             Err(e) => {
                 // Undo the lock; the refusal is the status whatever the device answers.
@@ -226,7 +268,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 return Err(e);
             }
         };
-        if let Err(e) = owners.claim(tdi, guest, &ranges) {
+        if let Err(e) = owners.claim(tdi, guest, &private) {
             // Unreachable while check_claim ran under the same lock; undo the lock regardless.
             let _ = transport.stop_interface(record.iface);
             return Err(e);
@@ -236,9 +278,35 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         Ok(())
     }
 
-    /// Maps one private MMIO page of `tdi` at `gpa` of `guest`. The page must lie wholly in a
-    /// range the TDI owns, the TDI must be bound to `guest` and locked or running, neither
-    /// address may be mapped already, and both must be aligned to `size`.
+    /// Checks every range of a report, private or shared: inside one of the device's BARs,
+    /// clear of reserved memory and of every range a bound TDI owns.
+    fn check_report(
+        &self,
+        bars: &Bars,
+        owners: &Ownership,
+        reported: &[crate::transport::ReportedRange],
+    ) -> TsmResult<()> {
+        for r in reported {
+            let inside = bars
+                .iter()
+                .any(|bar| bar.contains_span(r.range.base().as_u64(), r.range.bytes()));
+            if !inside {
+                return Err(Error::RangeOutsideDevice);
+            }
+            if self.reserved.touches(&r.range) {
+                return Err(Error::ReservedMemory);
+            }
+            if owners.overlapping(&r.range).is_some() {
+                return Err(Error::TdiBound);
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps one private MMIO page of `tdi` at `gpa` of `guest`. Checked in the core's one
+    /// order: handles (TDI, guest), then the operands (alignment to `size`, reserved memory),
+    /// then state (bound to `guest`, locked or running; the page wholly in a range the TDI
+    /// owns; neither address mapped already).
     pub fn map_mmio(
         &self,
         tdi: TdiId,
@@ -247,14 +315,21 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         hpa: Hpa,
         size: PageSize,
     ) -> TsmResult<()> {
+        let slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        self.guests
+            .lock(guest.slot())?
+            .as_ref()
+            .ok_or(Error::InvalidHandle)?;
         if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
             return Err(Error::Misaligned);
         }
-        let slot = self.tdis.lock(tdi.slot())?;
-        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let page = MmioRange::try_new(hpa, size.base_pages())?;
+        if self.reserved.touches(&page) {
+            return Err(Error::ReservedMemory);
+        }
         transition(record.state, Event::Map(guest))?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
-        let page = MmioRange::try_new(hpa, size.base_pages())?;
         match owners.holding(hpa, size) {
             Some(owned) if owned.tdi == tdi => {}
             // Part of the page is another bound TDI's: mapping it here would steal it.
@@ -278,6 +353,10 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        self.guests
+            .lock(guest.slot())?
+            .as_ref()
+            .ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::Start(guest))?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
@@ -293,7 +372,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 let errored = transition(record.state, Event::DeviceError)?;
                 record.state = errored;
                 // The fault is the status; blocking resumes on the next device_error/unbind.
-                let _ = Self::block_errored(tdi, record, &owners, &mut *table);
+                let _ = Self::continue_blocking(tdi, record, &owners, &mut *table);
                 Err(Error::from(fault))
             }
         }
@@ -301,18 +380,16 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
     /// to ERROR and its leaves are blocked, at most [`UNBIND_OPS_PER_CALL`] per call
-    /// (`Resumable` until all are). Only unbind leaves ERROR.
+    /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is waiting
+    /// for STOP it continues blocking that unbind's leaves.
     pub fn device_error(&self, tdi: TdiId) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::DeviceError)?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
-        if next == record.state && matches!(next, TdiState::Unbinding { .. }) {
-            return Ok(Completion::Done);
-        }
         record.state = next;
-        Self::block_errored(tdi, record, &owners, &mut *table)
+        Self::continue_blocking(tdi, record, &owners, &mut *table)
     }
 
     /// Asks the device for the interface's TDISP state (GET_DEVICE_INTERFACE_STATE). A device
@@ -332,24 +409,21 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 | (TdiState::Run { .. }, TdispState::Run)
                 | (TdiState::Error { .. } | TdiState::Unbinding { .. }, _)
         );
-        if agrees {
-            return Self::block_errored(tdi, record, &owners, &mut *table);
+        if !agrees {
+            record.state = errored;
         }
-        record.state = errored;
-        Self::block_errored(tdi, record, &owners, &mut *table)
+        Self::continue_blocking(tdi, record, &owners, &mut *table)
     }
 
-    fn block_errored(
+    /// Blocks the leaves still live in a TDI the guest must no longer reach (ERROR, or an
+    /// unbind waiting for STOP), within one call's budget, and stores the progress.
+    fn continue_blocking(
         tdi: TdiId,
         record: &mut Tdi,
         owners: &Ownership,
         table: &mut T,
     ) -> TsmResult<Completion> {
-        let TdiState::Error {
-            owner,
-            blocking: Some(cursor),
-        } = record.state
-        else {
+        let Some(cursor) = record.state.blocking() else {
             return Ok(Completion::Done);
         };
         let mut budget = UNBIND_OPS_PER_CALL;
@@ -357,7 +431,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             Walk::Finished => None,
             Walk::Paused(c) => Some(c),
         };
-        record.state = TdiState::Error { owner, blocking };
+        record.state = record.state.with_blocking(blocking);
         Ok(if blocking.is_some() {
             Completion::Resumable
         } else {
@@ -370,7 +444,10 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// Unbinds `tdi`: STOP_INTERFACE, block every leaf, advance the TLB epoch and require the
     /// flush, remove the leaves, release the ranges; the TDI ends CONFIG_UNLOCKED with no
     /// owner. At most [`UNBIND_OPS_PER_CALL`] leaf operations per call (`Resumable` until
-    /// done). Unbinding an unbound TDI is `Done` and changes nothing.
+    /// done). A STOP the device does not answer is the status, and from then on the TDI's
+    /// leaves are blocked anyway (a call at a time) while STOP is retried: the guest never
+    /// keeps live MMIO of a TDI being torn down. Unbinding an unbound TDI is `Done` and
+    /// changes nothing.
     pub fn unbind(&self, tdi: TdiId) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -379,7 +456,12 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             return Ok(Completion::Done);
         };
         let mut guest_slot = self.guests.lock(owner.slot())?;
-        let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        // A bound TDI's owner exists and counts it: anything else is drift, refused unchanged.
+        let guest_record = guest_slot.as_mut().ok_or(Error::Inconsistent)?;
+        let remaining = guest_record
+            .bound_tdis
+            .checked_sub(1)
+            .ok_or(Error::Inconsistent)?;
         let mut owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
@@ -394,7 +476,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
         if state == TdiState::Unbound {
-            guest_record.bound_tdis = guest_record.bound_tdis.saturating_sub(1);
+            guest_record.bound_tdis = remaining;
         }
         record.state = state;
         outcome
@@ -434,6 +516,9 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     ) -> TsmResult<()> {
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
+        if !gpa.is_aligned(size) {
+            return Err(Error::Misaligned);
+        }
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
         let leaf = table.leaf(guest, gpa).ok_or(Error::NotMapped)?;
@@ -520,12 +605,23 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         Ok(f(&mut *try_lock(&self.transport, Operand::Transport)?))
     }
 
+    /// Sets a guest's bound-TDI count: makes the drift a test must show is caught.
+    #[cfg(test)]
+    pub(crate) fn set_bound_tdis_for_test(&self, guest: GuestId, count: u16) {
+        if let Ok(mut slot) = self.guests.lock(guest.slot())
+            && let Some(record) = slot.as_mut()
+        {
+            record.bound_tdis = count;
+        }
+    }
+
     /// A copy of every table; `Busy` if any lock is held.
     pub fn snapshot(&self) -> TsmResult<Snapshot<T>>
     where
         T: Clone,
     {
         Ok(Snapshot {
+            claims: try_lock(&self.claims, Operand::DeviceTable)?.clone(),
             devices: self.devices.copy_all()?,
             tdis: self.tdis.copy_all()?,
             guests: self.guests.copy_all()?,

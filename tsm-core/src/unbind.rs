@@ -90,6 +90,8 @@ pub(crate) struct UnbindCtx<'a, T, D> {
 enum Next {
     Step(UnbindStep),
     Yield(UnbindStep),
+    /// The step failed with progress to keep (a STOP that failed after blocking).
+    Fail(UnbindStep, Error),
     Release,
 }
 
@@ -116,6 +118,15 @@ pub(crate) fn run<T: SecureTable, D: TdispDevice>(
                     Ok(Completion::Resumable),
                 );
             }
+            Ok(Next::Fail(kept, e)) => {
+                return (
+                    TdiState::Unbinding {
+                        owner: ctx.owner,
+                        step: kept,
+                    },
+                    Err(e),
+                );
+            }
             Ok(Next::Release) => {
                 ctx.owners.release(ctx.tdi);
                 return (TdiState::Unbound, Ok(Completion::Done));
@@ -132,10 +143,25 @@ fn advance<T: SecureTable, D: TdispDevice>(
 ) -> Result<Next, Error> {
     Ok(match step {
         // STOP first: the device scrubs and stops TEE traffic before the guest loses the pages.
-        UnbindStep::Stop => {
-            ctx.device.stop_interface(ctx.iface)?;
-            Next::Step(UnbindStep::Block(Cursor::START))
-        }
+        UnbindStep::Stop { blocking } => match ctx.device.stop_interface(ctx.iface) {
+            Ok(()) => Next::Step(match blocking {
+                Some(cursor) => UnbindStep::Block(cursor),
+                None => UnbindStep::Track,
+            }),
+            // The device may be dead: the guest loses its MMIO now, STOP is retried later.
+            Err(fault) => {
+                let blocking = match blocking {
+                    Some(cursor) => {
+                        match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
+                            Walk::Finished => None,
+                            Walk::Paused(c) => Some(c),
+                        }
+                    }
+                    None => None,
+                };
+                Next::Fail(UnbindStep::Stop { blocking }, fault.into())
+            }
+        },
         UnbindStep::Block(cursor) => {
             match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
                 Walk::Finished => Next::Step(UnbindStep::Track),

@@ -9,6 +9,7 @@ use super::WireError;
 use crate::capacity::MAX_RANGES_PER_TDI;
 use crate::mmio::{MmioRange, any_overlap};
 use crate::status::Error;
+use crate::transport::ReportedRange;
 
 /// Largest report the firmware accepts, in bytes: the fixed part, [`MAX_RANGES_PER_TDI`]
 /// ranges, and room for device-specific information.
@@ -149,6 +150,17 @@ impl DeviceInterfaceReport {
             ranges,
             device_specific_len: dsi_len.get(),
         })
+    }
+
+    /// Every range, each marked private unless IS_NON_TEE_MEM.
+    pub fn reported_ranges(&self) -> heapless::Vec<ReportedRange, MAX_RANGES_PER_TDI> {
+        self.ranges
+            .iter()
+            .map(|r| ReportedRange {
+                range: r.range,
+                private: r.attributes & RANGE_ATTR_NON_TEE == 0,
+            })
+            .collect()
     }
 
     /// The ranges that are private to the TDI: every range not marked IS_NON_TEE_MEM.

@@ -10,8 +10,7 @@ use super::report::{DeviceInterfaceReport, MAX_REPORT_BYTES, REPORT_PORTION, Rep
 use super::{HEADER_SIZE, NONCE_SIZE, TDISP_VERSION_1_0, WireError, error_code, function_id};
 use crate::capacity::{MAX_RANGES_PER_TDI, MAX_TDIS};
 use crate::lifecycle::TdispState;
-use crate::mmio::MmioRange;
-use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
+use crate::transport::{DeviceFault, InterfaceId, ReportedRange, TdispDevice};
 use zerocopy::little_endian::{U16, U32, U64};
 
 /// How TDISP messages reach the device: in a real system an SPDM secured session relayed by the
@@ -193,8 +192,8 @@ impl<L: TdispLink> TdispDevice for WireTdisp<L> {
     fn interface_ranges(
         &mut self,
         iface: InterfaceId,
-    ) -> Result<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>, DeviceFault> {
-        Ok(self.read_report(iface)?.tee_ranges())
+    ) -> Result<heapless::Vec<ReportedRange, MAX_RANGES_PER_TDI>, DeviceFault> {
+        Ok(self.read_report(iface)?.reported_ranges())
     }
 
     fn start_interface(&mut self, iface: InterfaceId) -> Result<(), DeviceFault> {

@@ -9,7 +9,7 @@ use crate::device_model::{DeviceEvent, DsmModel, Misbehaviour};
 use crate::lifecycle::TdispState;
 use crate::mmio::MmioRange;
 use crate::status::Error;
-use crate::transport::{DeviceFault, TdispDevice};
+use crate::transport::{DeviceFault, ReportedRange, TdispDevice};
 use zerocopy::little_endian::{U16, U32, U64};
 
 const IFACE: RequesterId = match RequesterId::try_new(0, 3, 0, 1) {
@@ -357,7 +357,16 @@ fn lifecycle_over_the_wire() {
     assert_eq!(t.interface_state(IFACE), Ok(TdispState::ConfigLocked));
     assert_eq!(
         t.interface_ranges(IFACE).unwrap().as_slice(),
-        &[MmioRange::from_raw(0x8000_0000, 16).unwrap()]
+        &[
+            ReportedRange {
+                range: MmioRange::from_raw(0x8000_0000, 16).unwrap(),
+                private: true
+            },
+            ReportedRange {
+                range: MmioRange::from_raw(0x8002_0000, 1).unwrap(),
+                private: false
+            }
+        ]
     );
     assert_eq!(t.start_interface(IFACE), Ok(()));
     assert_eq!(t.interface_state(IFACE), Ok(TdispState::Run));
