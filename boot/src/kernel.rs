@@ -4,7 +4,8 @@
 //! `fault` (page fault at 4 GiB), `fail` (one failing check), `hang` (a CPU misses the stage
 //! deadline), `deadline=<ms>` (stage deadline, default [`STAGE_DEADLINE_MS`]).
 
-use crate::{exit, frames, gdt, idt, pvh, shim, smp, smp_stage, time};
+use crate::stack::{self, Kind};
+use crate::{exit, frames, gdt, idt, paging, pvh, shim, smp, smp_stage, time};
 use core::sync::atomic::AtomicU32;
 
 /// The PVH start-info pointer, saved by the entry code.
@@ -19,6 +20,27 @@ pub extern "sysv64" fn kmain(start_info: u32) -> ! {
     gdt::init_cpu(0);
     idt::init();
     idt::load();
+    // Before anything runs deep on a stack, and before the APs start: they share the map.
+    match paging::install_stack_guards() {
+        Ok(guards) => {
+            let (start, end) = stack::area();
+            kprintln!(
+                "stack: {} guard pages unmapped, stacks at {start:#x}-{end:#x} (4 KiB pages over {:#x}-{:#x})",
+                guards.count,
+                guards.start,
+                guards.end
+            );
+        }
+        Err(e) => {
+            kprintln!("boot: FAIL stack guard pages: {e}");
+            exit::fail();
+        }
+    }
+    if let Some(top) = stack::top(Kind::Bsp, 0) {
+        let bottom = top - stack::BSP_STACK_SIZE as u64;
+        let guard = bottom - stack::GUARD_SIZE as u64;
+        kprintln!("stack: BSP stack {bottom:#x}-{top:#x}, guard page at {guard:#x}");
+    }
 
     // SAFETY: the entry code passes EBX from the PVH loader unchanged; nothing overwrote the
     // start info yet (the frame pool is not set up and the trampoline is not copied).
