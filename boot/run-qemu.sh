@@ -4,7 +4,8 @@
 #   boot/run-qemu.sh <kernel-elf> [cmdline words...]
 #
 # Used as the cargo runner for x86_64-unknown-none (.cargo/config.toml), so `cargo boot [words]`
-# builds and boots. Words go to the kernel command line: `fault`, `fail`, `hang`, `deadline=MS`.
+# builds and boots. Words go to the kernel command line: `fault`, `overflow`, `fail`, `hang`,
+# `deadline=MS`.
 # Exit status: 0 iff the kernel wrote PASS to isa-debug-exit (QEMU status 33); 1 for a failing
 # run (including a triple fault), 2 for a timeout, 127 if QEMU is missing.
 # Environment: BOOT_TIMEOUT (seconds, default 60), BOOT_SMP (default 4), QEMU (binary name).

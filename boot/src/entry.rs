@@ -4,9 +4,14 @@
 //!
 //! Page tables: an identity map of the first 4 GiB with 2 MiB pages (PML4[0] -> PDPT,
 //! PDPT[0..4] -> four page directories). Everything at or above 4 GiB is unmapped, so an access
-//! there page-faults (used by the `fault` test hook).
+//! there page-faults (used by the `fault` test hook). `paging.rs` later maps the stack area with
+//! 4 KiB pages and unmaps the guard page under every stack.
+//!
+//! The BSP stack is the first stack of the area in `stack.rs`, above its own guard page; the
+//! page tables here are in `.bss.boot`, never directly below a stack.
 
 use crate::smp::{AP_BOOT_CPU, AP_BOOT_STACK};
+use crate::stack::{AREA, BSP_TOP_OFFSET};
 
 core::arch::global_asm!(
     r#"
@@ -47,9 +52,9 @@ pvh_start:                              // PVH: 32-bit flat protected mode, pagi
     sub %edi, %ecx                      //   length in bytes
     shr $2, %ecx                        //   in dwords (.bss is 16-byte aligned)
     xor %eax, %eax                      //   with zeroes
-    rep stosl                           //   (page tables and stacks below live in .bss)
+    rep stosl                           //   (page tables and stacks live in .bss)
     mov %esi, {start_info}              // save the start-info pointer for Rust
-    mov $boot_stack_top, %esp           // a stack (not used until Rust, but defined from here on)
+    mov ${stacks} + {bsp_top}, %esp     // a stack (not used until Rust, but defined from here on)
 
     mov $boot_pdpt, %eax                // PML4[0] = PDPT ...
     or $0x3, %eax                       //   | present | writable
@@ -89,7 +94,7 @@ bsp_start64:
     xor %eax, %eax                      // null selector
     mov %eax, %fs                       //   for FS
     mov %eax, %gs                       //   GS
-    mov $boot_stack_top, %rsp           // 16-byte aligned stack top
+    mov ${stacks} + {bsp_top}, %rsp     // BSP stack top (stack.rs), 16-byte aligned
     mov {start_info}(%rip), %edi        // argument: start-info physical address
     call {kmain}                        // kmain never returns
 3:  hlt                                 // but if it did: stop here
@@ -121,14 +126,12 @@ boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1   // limit
     .quad boot_gdt                      // base (32-bit lgdt reads the low 4 bytes)
 
-    // ---- page tables and the BSP stack (zeroed by pvh_start) ----------------------------
+    // ---- page tables (zeroed by pvh_start); the stacks are in stack.rs -----------------
     .section .bss.boot, "aw", @nobits
     .p2align 12
 boot_pml4: .skip 4096                   // PML4
 boot_pdpt: .skip 4096                   // page-directory-pointer table
 boot_pd:   .skip 4096 * 4               // four page directories
-boot_stack: .skip 2048 * 1024           // BSP stack: the shim builds firmware instances on it
-boot_stack_top:
 
     .text                               // back to the default section for what follows
 "#,
@@ -137,5 +140,7 @@ boot_stack_top:
     ap_main = sym crate::smp::ap_main,
     ap_stack = sym AP_BOOT_STACK,
     ap_cpu = sym AP_BOOT_CPU,
+    stacks = sym AREA,
+    bsp_top = const BSP_TOP_OFFSET,
     options(att_syntax)
 );

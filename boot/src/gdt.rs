@@ -1,20 +1,23 @@
 //! Per-CPU GDT and TSS. Selectors match the boot GDT (0x08 code, 0x10 data) plus the TSS at
-//! 0x18, whose IST1 gives double faults their own stack (a stack overflow still gets reported).
+//! 0x18, whose IST1 gives double faults and IST2 page faults their own stacks (stack.rs, each
+//! above a guard page), so a stack overflow still gets reported.
 
-use crate::stack::Stacks;
+use crate::stack::{self, Kind};
 use core::arch::asm;
 use core::cell::UnsafeCell;
 
 /// Most CPUs the kernel supports (stacks and tables are static).
 pub const MAX_CPUS: usize = 16;
-/// Double-fault stack size per CPU.
-const DF_STACK_SIZE: usize = 16 * 1024;
+/// IST index (1-based, as the IDT gate names it) of the double-fault stack.
+pub const DOUBLE_FAULT_IST: u8 = 1;
+/// IST index of the page-fault stack.
+pub const PAGE_FAULT_IST: u8 = 2;
 
 const CODE64: u64 = 0x00af_9a00_0000_ffff;
 const DATA: u64 = 0x00cf_9200_0000_ffff;
 const TSS_SELECTOR: u16 = 0x18;
 
-/// 64-bit task-state segment (only IST1 is used).
+/// 64-bit task-state segment (only IST1 and IST2 are used).
 #[repr(C, packed(4))]
 #[derive(Clone, Copy)]
 struct Tss {
@@ -55,7 +58,6 @@ static TABLES: PerCpu = PerCpu(UnsafeCell::new(
         tss: EMPTY_TSS,
     }; MAX_CPUS],
 ));
-static DF_STACKS: Stacks<DF_STACK_SIZE, MAX_CPUS> = Stacks::new();
 
 #[repr(C, packed)]
 struct DescriptorPtr {
@@ -65,16 +67,20 @@ struct DescriptorPtr {
 
 /// Builds and loads CPU `cpu`'s GDT and TSS. Call once per CPU, on that CPU.
 pub fn init_cpu(cpu: usize) {
-    let (Some(df_top), true) = (DF_STACKS.top(cpu), cpu < MAX_CPUS) else {
+    let (Some(df_top), Some(pf_top), true) = (
+        stack::top(Kind::DoubleFault, cpu),
+        stack::top(Kind::PageFault, cpu),
+        cpu < MAX_CPUS,
+    ) else {
         kprintln!("gdt: cpu index {cpu} out of range (max {MAX_CPUS})");
         crate::exit::fail();
     };
     // SAFETY: cpu < MAX_CPUS, and only this CPU touches slot `cpu` (called once per CPU).
     let tables = unsafe { &mut (*TABLES.0.get())[cpu] };
-    tables.tss = Tss {
-        ist: [df_top, 0, 0, 0, 0, 0, 0],
-        ..EMPTY_TSS
-    };
+    let mut ist = [0; 7];
+    ist[usize::from(DOUBLE_FAULT_IST - 1)] = df_top;
+    ist[usize::from(PAGE_FAULT_IST - 1)] = pf_top;
+    tables.tss = Tss { ist, ..EMPTY_TSS };
     let base = &raw const tables.tss as u64;
     let limit = (size_of::<Tss>() - 1) as u64;
     let tss_low = (limit & 0xffff)

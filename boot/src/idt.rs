@@ -1,7 +1,14 @@
 //! Exception handling: the 32 CPU exceptions print vector, error code and RIP on the serial
 //! console and end the run as a failure. A fault is a red run, never a hang.
+//!
+//! Double faults and page faults run on their own interrupt stacks (IST1, IST2; gdt.rs), so a
+//! stack overflow, which page-faults in the guard page under the stack (stack.rs), is reported
+//! like any other fault and named as an overflow: `FAULT: stack overflow: ...`.
 
+use crate::gdt::{DOUBLE_FAULT_IST, PAGE_FAULT_IST};
+use crate::stack;
 use core::arch::asm;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Exceptions that push an error code: 8, 10-14, 17, 21, 29, 30.
 const fn has_error_code(vector: usize) -> bool {
@@ -114,8 +121,13 @@ pub fn init() {
             *entry = Entry {
                 offset_low: stub as u16,
                 selector: 0x08,
-                // Double faults switch to IST1 (gdt.rs), so a stack overflow is still reported.
-                ist: if vector == 8 { 1 } else { 0 },
+                // Page faults and double faults switch to their own stacks (gdt.rs): an
+                // overflow leaves no room on the faulting stack to push the frame.
+                ist: match vector {
+                    8 => DOUBLE_FAULT_IST,
+                    14 => PAGE_FAULT_IST,
+                    _ => 0,
+                },
                 attributes: 0x8e, // present, ring 0, 64-bit interrupt gate
                 offset_mid: (stub >> 16) as u16,
                 offset_high: (stub >> 32) as u32,
@@ -194,8 +206,22 @@ const NAMES: [&str; 32] = [
     "reserved",
 ];
 
+/// APIC ID + 1 of the CPU reporting a fault; 0 while none is.
+static REPORTING: AtomicU32 = AtomicU32::new(0);
+
 extern "sysv64" fn exception_handler(frame: *const Frame) -> ! {
     use core::fmt::Write;
+    let me = crate::smp::apic_id() + 1;
+    if let Err(other) = REPORTING.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+        if other == me {
+            // A fault inside this handler (on an IST stack, the nested fault has just reused
+            // it): write a fixed line and leave rather than report, and perhaps fault, again.
+            let _ = crate::serial::Raw.write_str("\nEXCEPTION: fault while reporting a fault\n");
+            crate::exit::fail()
+        }
+        // Another CPU is reporting and will end the run; do not cut its report short.
+        crate::exit::halt_forever()
+    }
     // SAFETY: the stub passes its stack pointer, where it and the CPU just pushed a Frame.
     let frame = unsafe { &*frame };
     let cr2: u64;
@@ -215,7 +241,25 @@ extern "sysv64" fn exception_handler(frame: *const Frame) -> ! {
         cr2,
         frame.rsp,
         frame.rflags,
-        crate::smp::apic_id(),
+        me - 1,
     );
+    // A page fault in a guard page (or a double fault raised by one, while pushing an
+    // exception frame onto a full stack) is a stack that ran out.
+    let hit = match frame.vector {
+        8 | 14 => stack::guard_hit(cr2),
+        _ => None,
+    }
+    .or_else(|| stack::guard_hit(frame.rsp));
+    if let Some(hit) = hit {
+        let _ = writeln!(
+            crate::serial::Raw,
+            "FAULT: stack overflow: {} of cpu {} ({:#x}-{:#x}) ran into its guard page at {:#x} (cr2 {cr2:#x})",
+            hit.kind.name(),
+            hit.cpu,
+            hit.stack_bottom(),
+            hit.stack_top(),
+            hit.guard,
+        );
+    }
     crate::exit::fail()
 }

@@ -1,10 +1,12 @@
 //! The BSP's main flow: serial, GDT/IDT, start info, frame pool, APs, the stages, the verdict.
 //!
 //! Command-line words (QEMU `-append`), test hooks proving red runs are red:
-//! `fault` (page fault at 4 GiB), `fail` (one failing check), `hang` (a CPU misses the stage
-//! deadline), `deadline=<ms>` (stage deadline, default [`STAGE_DEADLINE_MS`]).
+//! `fault` (page fault at 4 GiB), `overflow` (the BSP stack overflows into its guard page),
+//! `fail` (one failing check), `hang` (a CPU misses the stage deadline), `deadline=<ms>` (stage
+//! deadline, default [`STAGE_DEADLINE_MS`]).
 
-use crate::{exit, frames, gdt, idt, pvh, shim, smp, smp_stage, time};
+use crate::stack::{self, Kind};
+use crate::{exit, frames, gdt, idt, paging, pvh, shim, smp, smp_stage, time};
 use core::sync::atomic::AtomicU32;
 
 /// The PVH start-info pointer, saved by the entry code.
@@ -19,6 +21,27 @@ pub extern "sysv64" fn kmain(start_info: u32) -> ! {
     gdt::init_cpu(0);
     idt::init();
     idt::load();
+    // Before anything runs deep on a stack, and before the APs start: they share the map.
+    match paging::install_stack_guards() {
+        Ok(guards) => {
+            let (start, end) = stack::area();
+            kprintln!(
+                "stack: {} guard pages unmapped, stacks at {start:#x}-{end:#x} (4 KiB pages over {:#x}-{:#x})",
+                guards.count,
+                guards.start,
+                guards.end
+            );
+        }
+        Err(e) => {
+            kprintln!("boot: FAIL stack guard pages: {e}");
+            exit::fail();
+        }
+    }
+    if let Some(top) = stack::top(Kind::Bsp, 0) {
+        let bottom = top - stack::BSP_STACK_SIZE as u64;
+        let guard = bottom - stack::GUARD_SIZE as u64;
+        kprintln!("stack: BSP stack {bottom:#x}-{top:#x}, guard page at {guard:#x}");
+    }
 
     // SAFETY: the entry code passes EBX from the PVH loader unchanged; nothing overwrote the
     // start info yet (the frame pool is not set up and the trampoline is not copied).
@@ -68,6 +91,13 @@ pub extern "sysv64" fn kmain(start_info: u32) -> ! {
         exit::fail();
     }
 
+    if info.has_flag("overflow") {
+        kprintln!("boot: deliberate stack overflow on the BSP stack (cmdline 'overflow')");
+        let depth = overflow(0);
+        kprintln!("boot: FAIL recursed {depth} frames deep without a fault");
+        exit::fail();
+    }
+
     let (online, expected) = smp::start_aps(info.rsdp);
     kprintln!("smp: {online} of {expected} cpus online");
 
@@ -95,6 +125,25 @@ pub extern "sysv64" fn kmain(start_info: u32) -> ! {
     } else {
         exit::fail()
     }
+}
+
+/// Recurses until the stack runs out (the `overflow` hook): every frame holds a local array that
+/// is written with volatile stores and handed to `black_box`, and the recursive call's result
+/// is used afterwards, so the optimiser can neither drop the frames nor turn the recursion into
+/// a loop. Each frame is far smaller than the guard page, so the first write past the bottom of
+/// the stack lands in the guard.
+#[inline(never)]
+fn overflow(depth: u64) -> u64 {
+    let mut frame = [0u8; 256];
+    // SAFETY: `frame` is a live local array of this size; the store only writes it.
+    unsafe { core::ptr::write_volatile(&raw mut frame, [depth as u8; 256]) };
+    let frame = core::hint::black_box(&mut frame);
+    if core::hint::black_box(depth) == u64::MAX {
+        return depth;
+    }
+    let below = overflow(depth + 1);
+    let index = usize::try_from(depth).unwrap_or(0) % frame.len();
+    below.wrapping_add(u64::from(frame.get(index).copied().unwrap_or(0)))
 }
 
 /// Allocates two frames, checks they are zeroed, distinct and reusable after a free.

@@ -20,6 +20,8 @@ mod gdt;
 #[cfg(target_os = "none")]
 mod idt;
 #[cfg(target_os = "none")]
+mod paging;
+#[cfg(target_os = "none")]
 mod port;
 #[cfg(target_os = "none")]
 mod pvh;

@@ -7,7 +7,7 @@
 
 use crate::gdt::MAX_CPUS;
 use crate::smp_stage::{self, CpuResult};
-use crate::stack::Stacks;
+use crate::stack::{self, Kind};
 use crate::{idt, time};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -19,7 +19,6 @@ const LAPIC_ID: u64 = 0x20;
 const LAPIC_SVR: u64 = 0xF0;
 const LAPIC_ICR_LOW: u64 = 0x300;
 const LAPIC_ICR_HIGH: u64 = 0x310;
-const AP_STACK_SIZE: usize = 64 * 1024;
 /// How long an AP has to check in after its SIPIs.
 pub const CHECKIN_MS: u64 = 1000;
 
@@ -74,7 +73,6 @@ pub static AP_BOOT_STACK: AtomicU64 = AtomicU64::new(0);
 /// CPU index for the AP being started (read by `ap_start64` in entry.rs).
 pub static AP_BOOT_CPU: AtomicU64 = AtomicU64::new(0);
 
-static AP_STACKS: Stacks<AP_STACK_SIZE, MAX_CPUS> = Stacks::new();
 /// CPUs running kernel code (BSP included).
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
 /// APIC ID per CPU index.
@@ -112,7 +110,7 @@ fn send_ipi(apic: u32, command: u32) {
 
 /// INIT-SIPI-SIPI to `apic` as CPU `cpu`; true once it checked in.
 fn start_ap(cpu: usize, apic: u32) -> bool {
-    let Some(stack) = AP_STACKS.top(cpu) else {
+    let Some(stack) = stack::top(Kind::Ap, cpu) else {
         return false;
     };
     AP_BOOT_STACK.store(stack, Ordering::SeqCst);

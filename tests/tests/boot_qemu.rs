@@ -1,7 +1,7 @@
 //! Boots the bare-metal kernel (`boot`, x86_64-unknown-none) in QEMU through the same runner
 //! `cargo boot` uses (boot/run-qemu.sh) and checks that green runs are green and red runs red:
-//! a normal boot, a deliberate page fault, a deliberate failing check and a CPU that misses the
-//! concurrent stage's deadline.
+//! a normal boot, a deliberate page fault, a deliberate stack overflow, a deliberate failing
+//! check and a CPU that misses the concurrent stage's deadline.
 //!
 //! Needs `qemu-system-x86_64` (CI installs it); without it these tests fail, they never skip.
 #![allow(
@@ -139,6 +139,12 @@ fn normal_boot_passes_on_every_cpu() {
 {}",
         run.log
     );
+    assert!(
+        run.lines()
+            .any(|l| l.starts_with("stack: ") && l.contains(" guard pages unmapped")),
+        "no guard pages:\n{}",
+        run.log
+    );
     let smp_ok = format!("smp: {CPUS} cpus ok");
     assert!(
         run.lines().any(|l| l == smp_ok),
@@ -171,8 +177,60 @@ fn page_fault_is_red() {
         run.log
     );
     assert!(
+        !run.log.contains("stack overflow"),
+        "a wild access is not a stack overflow:\n{}",
+        run.log
+    );
+    assert!(
         run.summary().is_none(),
         "the run went on after the fault:\n{}",
+        run.log
+    );
+}
+
+#[test]
+fn stack_overflow_is_reported_as_a_fault() {
+    let run = boot(&["overflow"]);
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a stack overflow must fail the run:\n{}",
+        run.log
+    );
+    // The kernel itself reported the failure through isa-debug-exit: not a triple fault (QEMU
+    // status 0 under -no-reboot), not a timeout.
+    assert_eq!(run.code, Some(1), "not a failure verdict:\n{}", run.log);
+    assert!(
+        run.log.contains("run-qemu: FAIL (kernel reported failure)"),
+        "the kernel did not report the failure itself:\n{}",
+        run.log
+    );
+    // The overflow page-faults in the guard page under the BSP stack, on the page-fault IST
+    // stack, and is named as an overflow of that stack, at the guard page the boot announced.
+    let guard = run
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("stack: BSP stack ")?
+                .split_once(", guard page at ")
+        })
+        .map(|(_, guard)| guard.to_string())
+        .expect("boot line naming the BSP stack's guard page");
+    assert!(
+        run.log.contains("EXCEPTION: #PF page fault (vector 14)"),
+        "no page-fault report:\n{}",
+        run.log
+    );
+    let fault = run
+        .lines()
+        .find(|l| l.starts_with("FAULT: stack overflow: BSP stack of cpu 0 "))
+        .unwrap_or_else(|| panic!("no stack overflow report:\n{}", run.log));
+    assert!(
+        fault.contains(&format!("ran into its guard page at {guard} ")),
+        "the report names another guard page than {guard}: {fault}"
+    );
+    assert!(
+        run.summary().is_none(),
+        "the run went on after the overflow:\n{}",
         run.log
     );
 }
