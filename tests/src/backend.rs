@@ -71,7 +71,7 @@ pub trait FlushControl {
 
 impl<const N: usize> FlushControl for MemTable<N> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
-        self.set_defer_flush(defer);
+        self.set_defer_flush(guest, defer);
         if !defer {
             self.complete_flush(guest);
         }

@@ -12,6 +12,8 @@ use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
 struct GuestEpoch {
     current: Epoch,
     flushed: Epoch,
+    /// The guest's flushes wait for [`MemTable::complete_flush`].
+    deferred: bool,
 }
 
 /// An in-memory secure table with room for `N` leaves.
@@ -19,7 +21,6 @@ struct GuestEpoch {
 pub struct MemTable<const N: usize> {
     leaves: heapless::Vec<Leaf, N>,
     epochs: [GuestEpoch; MAX_GUESTS],
-    defer_flush: bool,
 }
 
 impl<const N: usize> Default for MemTable<N> {
@@ -40,15 +41,18 @@ impl<const N: usize> MemTable<N> {
             epochs: [GuestEpoch {
                 current: 0,
                 flushed: 0,
+                deferred: false,
             }; MAX_GUESTS],
-            defer_flush: false,
         }
     }
 
-    /// When set, `track` advances the epoch but the flush completes only at
-    /// [`MemTable::complete_flush`]: models a host that has not yet kicked the guest's vCPUs.
-    pub fn set_defer_flush(&mut self, defer: bool) {
-        self.defer_flush = defer;
+    /// When set for `guest`, its `track` advances the epoch but the flush completes only at
+    /// [`MemTable::complete_flush`]: models a host that has not yet kicked that guest's vCPUs.
+    /// Other guests' flushes are not affected, as on TDX and SEV.
+    pub fn set_defer_flush(&mut self, guest: GuestId, defer: bool) {
+        if let Some(e) = self.epochs.get_mut(usize::from(guest.slot())) {
+            e.deferred = defer;
+        }
     }
 
     /// Completes the outstanding flush of `guest`.
@@ -133,13 +137,12 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
-        let defer = self.defer_flush;
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))
             .ok_or(TableError::UnknownGuest)?;
         e.current = e.current.checked_add(1).ok_or(TableError::OutOfFrames)?;
-        if !defer {
+        if !e.deferred {
             e.flushed = e.current;
         }
         Ok(())
@@ -223,7 +226,11 @@ mod tests {
             t.remove(G, gpa(0x20_0000), PageSize::Size2M),
             Err(TableError::TlbNotFlushed)
         );
-        t.set_defer_flush(true);
+        t.set_defer_flush(G, true);
+        // Another guest's flushes are not held.
+        let other = GuestId::from_slot(7);
+        assert_eq!(t.track(other), Ok(()));
+        assert_eq!(t.epochs[7].flushed, t.epochs[7].current);
         assert_eq!(t.track(G), Ok(()));
         assert_eq!(
             t.remove(G, gpa(0x20_0000), PageSize::Size2M),

@@ -386,7 +386,7 @@ fn unbind_is_bounded_and_resumable() {
 fn removal_waits_for_the_tlb_flush() {
     let w = bound(2);
     let tsm = &w.tsm;
-    tsm.with_table(|t| t.set_defer_flush(true)).unwrap();
+    tsm.with_table(|t| t.set_defer_flush(w.g1, true)).unwrap();
     assert_eq!(tsm.unbind(w.t0), Err(Error::TlbFlushPending));
     let leaf = tsm.leaf(w.g1, gpa(GPA)).unwrap().unwrap();
     assert!(

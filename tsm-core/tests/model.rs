@@ -275,9 +275,11 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
             (
                 false,
                 done(tsm.with_table(|t| {
-                    t.set_defer_flush(*on);
-                    if !*on {
-                        g.iter().for_each(|&g| t.complete_flush(g));
+                    for &g in &g {
+                        t.set_defer_flush(g, *on);
+                        if !*on {
+                            t.complete_flush(g);
+                        }
                     }
                 })),
             )
@@ -329,7 +331,7 @@ proptest! {
             check_invariants(&w);
         }
         // Every TDI can always be unbound completely once the device and TLBs cooperate.
-        w.tsm.with_table(|t| { t.set_defer_flush(false); w.guests.iter().for_each(|&g| t.complete_flush(g)); }).unwrap();
+        w.tsm.with_table(|t| w.guests.iter().for_each(|&g| { t.set_defer_flush(g, false); t.complete_flush(g); })).unwrap();
         for &iface in &w.ifaces {
             w.tsm.with_transport(|d| d.set_fault(iface, None)).unwrap();
         }
