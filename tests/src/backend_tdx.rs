@@ -306,7 +306,7 @@ impl Backend for TdxBackend<'_, '_> {
             },
             c if c == abi::TdiStateCode::Unbinding as u64 => TdiState::Unbinding {
                 owner: owner?,
-                step: UnbindStep::Stop { blocking: None },
+                step: UnbindStep::Stop,
             },
             _ => return Err(Error::InvalidHandle),
         })

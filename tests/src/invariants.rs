@@ -1,12 +1,15 @@
 //! The firmware's invariants, checked from outside through its public API (after a concurrent
 //! run, on the host or in the QEMU boot): every private leaf lies in a range owned by a TDI
-//! bound to the leaf's guest; owned ranges never overlap; an unbound TDI owns nothing.
+//! bound to the leaf's guest; owned ranges never overlap; an unbound TDI owns nothing; a TDI
+//! whose leaves have all been blocked (ERROR done blocking, an unbind past its block pass) has
+//! no live leaf.
 
 use heapless::Vec;
 use tsm_core::addr::PHYS_ADDR_LIMIT;
 use tsm_core::capacity::{MAX_OWNED_RANGES, MAX_TDIS};
+use tsm_core::lifecycle::UnbindStep;
 use tsm_core::page::PAGE_SIZE_4K;
-use tsm_core::{Error, Hpa, MmioRange, SecureTable, TdiId, TdiState, TdispDevice, Tsm};
+use tsm_core::{Error, Hpa, LeafState, MmioRange, SecureTable, TdiId, TdiState, TdispDevice, Tsm};
 
 /// Which invariant broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub enum Violation {
     OwnedRangesOverlap,
     /// An unbound TDI owns ranges.
     UnboundOwns(TdiId),
+    /// A live (mapped) leaf of a TDI that has blocked all its leaves.
+    LiveLeafAfterBlocking(Hpa),
     /// The firmware was busy or refused a query (the check needs a quiet firmware).
     Query(Error),
 }
@@ -57,6 +62,17 @@ pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Viol
                 .ok_or(Violation::LeafNotOwned(leaf.hpa))?;
             if state.owner() != Some(leaf.guest) {
                 return Err(Violation::LeafOfOtherGuest(leaf.hpa));
+            }
+            let blocked_all = matches!(
+                state,
+                TdiState::Error { blocking: None, .. }
+                    | TdiState::Unbinding {
+                        step: UnbindStep::Stop | UnbindStep::Track | UnbindStep::Remove(_),
+                        ..
+                    }
+            );
+            if blocked_all && leaf.state == LeafState::Mapped {
+                return Err(Violation::LiveLeafAfterBlocking(leaf.hpa));
             }
             match leaf.hpa.checked_add(leaf.size.bytes()) {
                 Some(next) => from = next,

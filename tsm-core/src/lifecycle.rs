@@ -40,14 +40,11 @@ impl Cursor {
 /// Where a bounded unbind stands; kept in the TDI between calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnbindStep {
-    /// STOP_INTERFACE not yet acknowledged by the device. Its leaves are blocked meanwhile
-    /// (`blocking` is where that stands): a TDI being torn down keeps no live guest MMIO.
-    Stop {
-        /// `Some` while leaves remain to be blocked.
-        blocking: Option<Cursor>,
-    },
-    /// Blocking the TDI's leaves so the guest loses access.
+    /// Blocking the TDI's leaves so the guest loses access: first, so that no call of an
+    /// unbind ever ends with the guest holding live MMIO of a device that may be stopping.
     Block(Cursor),
+    /// Every leaf is blocked; STOP_INTERFACE not yet acknowledged by the device.
+    Stop,
     /// Advancing the guest's TLB epoch and flushing.
     Track,
     /// Removing the blocked, flushed leaves.
@@ -122,31 +119,45 @@ impl TdiState {
         !matches!(self, TdiState::Unbound)
     }
 
-    /// Where blocking of live leaves stands, if some remain: ERROR, and an unbind that is
-    /// waiting for STOP, block their leaves before anything else.
+    /// Where blocking of live leaves stands, if some remain: in ERROR and at the start of an
+    /// unbind the guest must lose its MMIO before anything else happens.
     pub const fn blocking(&self) -> Option<Cursor> {
         match *self {
-            TdiState::Error { blocking, .. }
-            | TdiState::Unbinding {
-                step: UnbindStep::Stop { blocking },
+            TdiState::Error { blocking, .. } => blocking,
+            TdiState::Unbinding {
+                step: UnbindStep::Block(cursor),
                 ..
-            } => blocking,
+            } => Some(cursor),
             _ => None,
         }
     }
 
-    /// The same state with blocking progress `blocking`; states that do not block are kept.
+    /// The same state with blocking progress `blocking` (`None`: every leaf is blocked);
+    /// states that do not block are kept.
     pub const fn with_blocking(self, blocking: Option<Cursor>) -> Self {
-        match self {
-            TdiState::Error { owner, .. } => TdiState::Error { owner, blocking },
-            TdiState::Unbinding {
+        match (self, blocking) {
+            (TdiState::Error { owner, .. }, _) => TdiState::Error { owner, blocking },
+            (
+                TdiState::Unbinding {
+                    owner,
+                    step: UnbindStep::Block(_),
+                },
+                Some(cursor),
+            ) => TdiState::Unbinding {
                 owner,
-                step: UnbindStep::Stop { .. },
-            } => TdiState::Unbinding {
-                owner,
-                step: UnbindStep::Stop { blocking },
+                step: UnbindStep::Block(cursor),
             },
-            other => other,
+            (
+                TdiState::Unbinding {
+                    owner,
+                    step: UnbindStep::Block(_),
+                },
+                None,
+            ) => TdiState::Unbinding {
+                owner,
+                step: UnbindStep::Stop,
+            },
+            (other, _) => other,
         }
     }
 
@@ -159,7 +170,7 @@ impl TdiState {
             TdiState::Run { .. } => TdispState::Run,
             TdiState::Error { .. }
             | TdiState::Unbinding {
-                step: UnbindStep::Stop { .. },
+                step: UnbindStep::Block(_) | UnbindStep::Stop,
                 ..
             } => TdispState::Error,
             TdiState::Unbinding { .. } => TdispState::ConfigUnlocked,
@@ -173,15 +184,16 @@ impl TdiState {
 /// | from \ event | Bind(g)          | Map(g), Start(g) (g must own)     | DeviceError | Unbind          | Released    | HostTouch |
 /// |--------------|------------------|-----------------------------------|-------------|-----------------|-------------|-----------|
 /// | Unbound      | Locked(g)        | TdiNotBound                       | TdiNotBound | Unbound (no-op) | TdiNotBound | Unbound   |
-/// | Locked(o)    | TdiAlreadyBound  | Locked / Run(o)                   | Error(o)    | Unbinding(Stop) | TdiBound    | TdiBound  |
-/// | Run(o)       | TdiAlreadyBound  | Run / TdiNotLocked                | Error(o)    | Unbinding(Stop) | TdiBound    | TdiBound  |
-/// | Error(o)     | TdiAlreadyBound  | TdiInError                        | unchanged   | Unbinding(Stop) | TdiBound    | TdiBound  |
-///
-/// Unbinding(Stop) carries the blocking cursor: from the start for Locked and Run, where ERROR
-/// had got to for Error.
+/// | Locked(o)    | TdiAlreadyBound  | Locked / Run(o)                   | Error(o)    | Unbinding(Block)| TdiBound    | TdiBound  |
+/// | Run(o)       | TdiAlreadyBound  | Run / TdiNotLocked                | Error(o)    | Unbinding(Block)| TdiBound    | TdiBound  |
+/// | Error(o)     | TdiAlreadyBound  | TdiInError                        | unchanged   | Unbinding(*)    | TdiBound    | TdiBound  |
+
 /// | Unbinding(o) | UnbindInProgress | UnbindInProgress                  | unchanged   | unchanged       | Unbound     | TdiBound  |
 ///
 /// A guest other than the owner gets `NotOwner` for Map and Start in every bound state.
+/// Unbind starts blocking from the first leaf for Locked and Run; from Error it goes on where
+/// ERROR's blocking stands (`Block(cursor)`), or to `Stop` when every leaf is blocked.
+/// "unchanged" for DeviceError means the state class: the operation still continues blocking.
 pub fn transition(state: TdiState, event: Event) -> Result<TdiState, Error> {
     use Event as E;
     use TdiState as S;
@@ -210,13 +222,14 @@ pub fn transition(state: TdiState, event: Event) -> Result<TdiState, Error> {
         (S::Unbound | S::Unbinding { .. }, E::Unbind) => Ok(state),
         (S::Locked { owner } | S::Run { owner }, E::Unbind) => Ok(S::Unbinding {
             owner,
-            step: UnbindStep::Stop {
-                blocking: Some(Cursor::START),
-            },
+            step: UnbindStep::Block(Cursor::START),
         }),
         (S::Error { owner, blocking }, E::Unbind) => Ok(S::Unbinding {
             owner,
-            step: UnbindStep::Stop { blocking },
+            step: match blocking {
+                Some(cursor) => UnbindStep::Block(cursor),
+                None => UnbindStep::Stop,
+            },
         }),
 
         (S::Unbinding { .. }, E::Released) => Ok(S::Unbound),
@@ -245,7 +258,7 @@ mod tests {
             },
             TdiState::Unbinding {
                 owner: A,
-                step: UnbindStep::Stop { blocking: None },
+                step: UnbindStep::Stop,
             },
             TdiState::Unbinding {
                 owner: A,
@@ -321,20 +334,35 @@ mod tests {
                         unbind,
                         Ok(TdiState::Unbinding {
                             owner: A,
-                            step: UnbindStep::Stop {
-                                blocking: Some(Cursor::START)
-                            }
+                            step: UnbindStep::Block(Cursor::START)
                         })
                     );
                 }
-                TdiState::Error { blocking, .. } => {
+                TdiState::Error { .. } => {
                     assert_eq!(err, Ok(s));
                     // Blocking already done under ERROR is not redone.
                     assert_eq!(
                         unbind,
                         Ok(TdiState::Unbinding {
                             owner: A,
-                            step: UnbindStep::Stop { blocking }
+                            step: UnbindStep::Stop
+                        })
+                    );
+                    let half = TdiState::Error {
+                        owner: A,
+                        blocking: Some(Cursor {
+                            range: 1,
+                            next: None,
+                        }),
+                    };
+                    assert_eq!(
+                        transition(half, Event::Unbind),
+                        Ok(TdiState::Unbinding {
+                            owner: A,
+                            step: UnbindStep::Block(Cursor {
+                                range: 1,
+                                next: None
+                            })
                         })
                     );
                 }
@@ -375,7 +403,7 @@ mod tests {
         assert_eq!(
             TdiState::Unbinding {
                 owner: A,
-                step: UnbindStep::Stop { blocking: None }
+                step: UnbindStep::Stop
             }
             .tdisp(),
             TdispState::Error

@@ -417,7 +417,7 @@ fn unresponsive_device_keeps_unbind_progress() {
         state(&w, w.t0),
         TdiState::Unbinding {
             owner: w.g1,
-            step: lifecycle::UnbindStep::Stop { blocking: None }
+            step: lifecycle::UnbindStep::Stop
         }
     );
     assert_eq!(state(&w, w.t0).tdisp(), TdispState::Error);
@@ -714,6 +714,16 @@ fn an_interface_belongs_to_one_device_and_has_one_tdi() {
     );
 }
 
+fn mapped(tsm: &T) -> usize {
+    tsm.with_table(|t| {
+        t.leaves()
+            .iter()
+            .filter(|l| l.state == LeafState::Mapped)
+            .count()
+    })
+    .unwrap()
+}
+
 #[test]
 fn a_tdi_stuck_at_stop_keeps_no_live_guest_mapping() {
     let n = u64::from(UNBIND_OPS_PER_CALL) + 5;
@@ -722,35 +732,29 @@ fn a_tdi_stuck_at_stop_keeps_no_live_guest_mapping() {
     tsm.guest_start(w.g1, w.t0).unwrap();
     tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
         .unwrap();
-    let mapped = |tsm: &T| {
-        tsm.with_table(|t| {
-            t.leaves()
-                .iter()
-                .filter(|l| l.state == LeafState::Mapped)
-                .count()
-        })
-        .unwrap()
-    };
-    // The first failed STOP already takes a call's worth of leaves from the guest ...
-    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceUnresponsive));
+    // The leaves go before STOP is sent: Resumable while some are live, and the device's
+    // silence is reported only once none is.
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Resumable));
     assert_eq!(mapped(tsm), 5);
     assert_eq!(state(&w, w.t0).tdisp(), TdispState::Error);
-    // ... and a device error (or a check) finishes the blocking though STOP never came.
-    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(
+        tsm.with_transport(|d| d.state(rid(3, 0))).unwrap(),
+        TdispState::Run,
+        "no STOP while the guest still maps the interface"
+    );
+    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceUnresponsive));
     assert_eq!(mapped(tsm), 0);
     assert_eq!(
         state(&w, w.t0),
         TdiState::Unbinding {
             owner: w.g1,
-            step: lifecycle::UnbindStep::Stop { blocking: None }
+            step: lifecycle::UnbindStep::Stop
         }
     );
-    // Nothing left to block: a further error report changes nothing.
-    let before = tsm.snapshot().unwrap();
-    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
-    assert_eq!(tsm.snapshot().unwrap(), before);
-    // A retried STOP that fails keeps the state; one that succeeds finishes the unbind.
+    // Nothing left to block: a device error or a retried STOP that fails changes nothing.
+    refused_ok(tsm, || tsm.device_error(w.t0));
     refused(tsm, Error::DeviceUnresponsive, || tsm.unbind(w.t0));
+    // Once the device answers, the unbind finishes.
     tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
         .unwrap();
     let mut calls = 0;
@@ -762,21 +766,45 @@ fn a_tdi_stuck_at_stop_keeps_no_live_guest_mapping() {
     assert_eq!(tsm.with_table(|t| t.leaves().len()).unwrap(), 0);
 }
 
+/// Runs `op`, expects `Ok(Done)`, and proves nothing changed (an idempotent no-op).
+#[track_caller]
+fn refused_ok(tsm: &T, op: impl FnOnce() -> TsmResult<Completion>) {
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(op(), Ok(Completion::Done));
+    assert_eq!(tsm.snapshot().unwrap(), before);
+}
+
 #[test]
-fn a_check_also_blocks_a_tdi_stuck_at_stop() {
-    let n = u64::from(UNBIND_OPS_PER_CALL) + 1;
-    let w = bound(n);
-    let tsm = &w.tsm;
-    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
-        .unwrap();
-    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceRefused));
-    tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
-        .unwrap();
-    assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done));
-    let live = tsm
-        .with_table(|t| t.leaves().iter().any(|l| l.state == LeafState::Mapped))
-        .unwrap();
-    assert!(!live, "a TDI being torn down left the guest live MMIO");
+fn device_error_and_check_finish_blocking_of_an_abandoned_unbind_without_the_device() {
+    for via_check in [false, true] {
+        let n = u64::from(UNBIND_OPS_PER_CALL) + 1;
+        let w = bound(n);
+        let tsm = &w.tsm;
+        tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+            .unwrap();
+        // The host starts an unbind and abandons it after one call.
+        assert_eq!(tsm.unbind(w.t0), Ok(Completion::Resumable));
+        assert_eq!(mapped(tsm), 1);
+        // A device error or a check (which does not ask the silent device) finishes it.
+        let got = if via_check {
+            tsm.check_interface(w.t0)
+        } else {
+            tsm.device_error(w.t0)
+        };
+        assert_eq!(got, Ok(Completion::Done), "via_check={via_check}");
+        assert_eq!(
+            mapped(tsm),
+            0,
+            "a TDI being torn down left the guest live MMIO"
+        );
+        assert_eq!(
+            state(&w, w.t0),
+            TdiState::Unbinding {
+                owner: w.g1,
+                step: lifecycle::UnbindStep::Stop
+            }
+        );
+    }
 }
 
 #[test]
@@ -795,6 +823,15 @@ fn every_reported_range_lies_inside_the_bars_and_clear_of_bound_ranges() {
         let iface = tsm.tdi(tdi).unwrap().iface;
         tsm.with_transport(|d| d.report(iface, ranges)).unwrap();
     };
+    // A shared range over a page another TDI reports later: that bind is refused.
+    report(
+        w.t0,
+        &[private(range(BAR, 4)), shared(range(BAR + 0x10_1000, 1))],
+    );
+    assert_eq!(tsm.bind(w.t0, w.g1), Ok(()));
+    report(w.t1, &[private(range(BAR + 0x10_0000, 4))]);
+    refused(tsm, Error::TdiBound, || tsm.bind(w.t1, w.g2));
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     bind(tsm, w.t1, w.g2, &[range(BAR + 0x10_0000, 4)]).unwrap();
     // A shared range outside every BAR.
     report(
@@ -818,11 +855,25 @@ fn every_reported_range_lies_inside_the_bars_and_clear_of_bound_ranges() {
 }
 
 #[test]
-fn a_drifted_bound_count_is_inconsistent_and_changes_nothing() {
+fn a_drifted_bound_count_is_inconsistent() {
     let w = bound(2);
     let tsm = &w.tsm;
+    // The guest's count says nothing is bound: the unbind takes the leaves away but will not
+    // release the ranges on a count that cannot go down.
     tsm.set_bound_tdis_for_test(w.g1, 0);
+    assert_eq!(tsm.unbind(w.t0), Err(Error::Inconsistent));
+    assert_eq!(tsm.with_table(|t| t.leaves().len()).unwrap(), 0);
+    assert_eq!(
+        tsm.owned_ranges(w.t0).unwrap().as_slice(),
+        &[range(BAR, 512)]
+    );
+    assert!(state(&w, w.t0).is_bound());
     refused(tsm, Error::Inconsistent, || tsm.unbind(w.t0));
+    // A count that would overflow at bind is drift too.
+    tsm.set_bound_tdis_for_test(w.g2, u16::MAX);
+    refused(tsm, Error::Inconsistent, || {
+        bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 1)])
+    });
     tsm.set_bound_tdis_for_test(w.g1, 1);
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert_eq!(tsm.guest(w.g1).unwrap().bound_tdis, 0);

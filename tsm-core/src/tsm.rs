@@ -19,7 +19,7 @@ use crate::registry::{Bars, Device, DeviceClaim, GuestRecord, Slots, Tdi, try_lo
 use crate::reserved::ReservedMemory;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
-use crate::transport::{DeviceFault, InterfaceId, TdispDevice};
+use crate::transport::{DeviceFault, InterfaceId, ReportedRange, TdispDevice};
 use crate::unbind::{self, UnbindCtx, Walk};
 
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
@@ -234,10 +234,11 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::Bind(guest))?;
         let mut owners = try_lock(&self.owners, Operand::Ownership)?;
+        // At most MAX_TDIS can be bound: a count that would overflow is drift.
         let bound = guest_record
             .bound_tdis
             .checked_add(1)
-            .ok_or(Error::TdiTableFull)?;
+            .ok_or(Error::Inconsistent)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
 
         // The report is only meaningful once the interface is locked (PCIe 6.x 11.3.11).
@@ -247,20 +248,15 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             let _ = transport.stop_interface(record.iface);
             return Err(fault.into());
         }
-        let private = transport
+        let reported = transport
             .interface_ranges(record.iface)
             .map_err(Error::from)
             .and_then(|reported| {
-                self.check_report(&dev.bars, &owners, &reported)?;
-                let private: heapless::Vec<MmioRange, MAX_RANGES_PER_TDI> = reported
-                    .iter()
-                    .filter(|r| r.private)
-                    .map(|r| r.range)
-                    .collect();
-                owners.check_claim(&private)?;
-                Ok(private)
+                Self::check_report(&dev.bars, &reported)?;
+                owners.check_claim(&reported)?;
+                Ok(reported)
             });
-        let private = match private {
+        let reported = match reported {
             Ok(r) => r,
             Err(e) => {
                 // Undo the lock; the refusal is the status whatever the device answers.
@@ -268,7 +264,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 return Err(e);
             }
         };
-        if let Err(e) = owners.claim(tdi, guest, &private) {
+        if let Err(e) = owners.claim(tdi, guest, &reported) {
             // Unreachable while check_claim ran under the same lock; undo the lock regardless.
             let _ = transport.stop_interface(record.iface);
             return Err(e);
@@ -278,29 +274,18 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         Ok(())
     }
 
-    /// Checks every range of a report, private or shared: inside one of the device's BARs,
-    /// clear of reserved memory and of every range a bound TDI owns.
-    fn check_report(
-        &self,
-        bars: &Bars,
-        owners: &Ownership,
-        reported: &[crate::transport::ReportedRange],
-    ) -> TsmResult<()> {
-        for r in reported {
-            let inside = bars
-                .iter()
-                .any(|bar| bar.contains_span(r.range.base().as_u64(), r.range.bytes()));
-            if !inside {
-                return Err(Error::RangeOutsideDevice);
-            }
-            if self.reserved.touches(&r.range) {
-                return Err(Error::ReservedMemory);
-            }
-            if owners.overlapping(&r.range).is_some() {
-                return Err(Error::TdiBound);
-            }
+    /// Every range of a report, private or shared, lies inside one of the device's BARs. That
+    /// also keeps reports clear of reserved memory: no BAR touches it (`create_device_with`).
+    fn check_report(bars: &Bars, reported: &[ReportedRange]) -> TsmResult<()> {
+        let inside = |r: &ReportedRange| {
+            bars.iter()
+                .any(|bar| bar.contains_span(r.range.base().as_u64(), r.range.bytes()))
+        };
+        if reported.iter().all(inside) {
+            Ok(())
+        } else {
+            Err(Error::RangeOutsideDevice)
         }
-        Ok(())
     }
 
     /// Maps one private MMIO page of `tdi` at `gpa` of `guest`. Checked in the core's one
@@ -401,13 +386,17 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let errored = transition(record.state, Event::DeviceError)?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        // A TDI already in ERROR or being unbound is not the device's to judge: finish
+        // taking its MMIO from the guest, whether or not the device answers.
+        if !matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
+            return Self::continue_blocking(tdi, record, &owners, &mut *table);
+        }
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
         let device_says = transport.interface_state(record.iface)?;
         let agrees = matches!(
             (record.state, device_says),
             (TdiState::Locked { .. }, TdispState::ConfigLocked)
                 | (TdiState::Run { .. }, TdispState::Run)
-                | (TdiState::Error { .. } | TdiState::Unbinding { .. }, _)
         );
         if !agrees {
             record.state = errored;
@@ -443,11 +432,12 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     /// Unbinds `tdi`: STOP_INTERFACE, block every leaf, advance the TLB epoch and require the
     /// flush, remove the leaves, release the ranges; the TDI ends CONFIG_UNLOCKED with no
-    /// owner. At most [`UNBIND_OPS_PER_CALL`] leaf operations per call (`Resumable` until
-    /// done). A STOP the device does not answer is the status, and from then on the TDI's
-    /// leaves are blocked anyway (a call at a time) while STOP is retried: the guest never
-    /// keeps live MMIO of a TDI being torn down. Unbinding an unbound TDI is `Done` and
-    /// changes nothing.
+    /// owner. The leaves are blocked before STOP is sent, so no call of an unbind ever returns
+    /// with the guest holding live MMIO: `Resumable` while blocking, and a STOP the device
+    /// does not answer is the status only once every leaf is blocked (retry resumes at STOP).
+    /// At most [`UNBIND_OPS_PER_CALL`] leaf operations per call. A guest count that would
+    /// drift is `Inconsistent` at the release, after the leaves are gone, with the ranges
+    /// still owned. Unbinding an unbound TDI is `Done` and changes nothing.
     pub fn unbind(&self, tdi: TdiId) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -456,17 +446,17 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             return Ok(Completion::Done);
         };
         let mut guest_slot = self.guests.lock(owner.slot())?;
-        // A bound TDI's owner exists and counts it: anything else is drift, refused unchanged.
-        let guest_record = guest_slot.as_mut().ok_or(Error::Inconsistent)?;
-        let remaining = guest_record
-            .bound_tdis
-            .checked_sub(1)
-            .ok_or(Error::Inconsistent)?;
+        // A bound TDI's owner exists and counts it. Drift is `Inconsistent` at the release;
+        // the guest still loses its MMIO first.
+        let remaining = guest_slot
+            .as_ref()
+            .and_then(|g| g.bound_tdis.checked_sub(1));
         let mut owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
 
         let mut ctx = UnbindCtx {
+            releasable: remaining.is_some(),
             tdi,
             iface: record.iface,
             owner,
@@ -475,8 +465,10 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             device: &mut *transport,
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
-        if state == TdiState::Unbound {
-            guest_record.bound_tdis = remaining;
+        if state == TdiState::Unbound
+            && let (Some(record), Some(count)) = (guest_slot.as_mut(), remaining)
+        {
+            record.bound_tdis = count;
         }
         record.state = state;
         outcome
@@ -537,7 +529,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// only partly bound is refused whole.
     pub fn host_zap(&self, range: MmioRange) -> TsmResult<()> {
         let owners = try_lock(&self.owners, Operand::Ownership)?;
-        if owners.overlapping(&range).is_some() {
+        if owners.overlapping_private(&range).is_some() {
             return Err(Error::TdiBound);
         }
         let table = try_lock(&self.table, Operand::SecureTable)?;
@@ -576,18 +568,13 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             .ok_or(Error::InvalidHandle)
     }
 
-    /// The ranges `tdi` owns (empty when unbound).
+    /// The private ranges `tdi` owns (empty when unbound).
     pub fn owned_ranges(
         &self,
         tdi: TdiId,
     ) -> TsmResult<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>> {
         let owners = try_lock(&self.owners, Operand::Ownership)?;
-        Ok(owners
-            .iter()
-            .filter(|o| o.tdi == tdi)
-            .map(|o| o.range)
-            .take(MAX_RANGES_PER_TDI)
-            .collect())
+        Ok(owners.private_of(tdi).take(MAX_RANGES_PER_TDI).collect())
     }
 
     /// The leaf of `guest` covering `gpa`.

@@ -79,6 +79,8 @@ pub(crate) fn block_leaves<T: SecureTable>(
 
 /// The objects an unbind works on, all locked by the caller in lock order.
 pub(crate) struct UnbindCtx<'a, T, D> {
+    /// The owner's bound count can drop by one: the unbind may release.
+    pub releasable: bool,
     pub tdi: TdiId,
     pub iface: InterfaceId,
     pub owner: GuestId,
@@ -90,8 +92,6 @@ pub(crate) struct UnbindCtx<'a, T, D> {
 enum Next {
     Step(UnbindStep),
     Yield(UnbindStep),
-    /// The step failed with progress to keep (a STOP that failed after blocking).
-    Fail(UnbindStep, Error),
     Release,
 }
 
@@ -118,15 +118,9 @@ pub(crate) fn run<T: SecureTable, D: TdispDevice>(
                     Ok(Completion::Resumable),
                 );
             }
-            Ok(Next::Fail(kept, e)) => {
-                return (
-                    TdiState::Unbinding {
-                        owner: ctx.owner,
-                        step: kept,
-                    },
-                    Err(e),
-                );
-            }
+            // The owner's count would drift: every leaf is gone, but the ranges stay owned and
+            // the TDI bound until the firmware's records agree again.
+            Ok(Next::Release) if !ctx.releasable => return (unbinding, Err(Error::Inconsistent)),
             Ok(Next::Release) => {
                 ctx.owners.release(ctx.tdi);
                 return (TdiState::Unbound, Ok(Completion::Done));
@@ -142,31 +136,20 @@ fn advance<T: SecureTable, D: TdispDevice>(
     budget: &mut u32,
 ) -> Result<Next, Error> {
     Ok(match step {
-        // STOP first: the device scrubs and stops TEE traffic before the guest loses the pages.
-        UnbindStep::Stop { blocking } => match ctx.device.stop_interface(ctx.iface) {
-            Ok(()) => Next::Step(match blocking {
-                Some(cursor) => UnbindStep::Block(cursor),
-                None => UnbindStep::Track,
-            }),
-            // The device may be dead: the guest loses its MMIO now, STOP is retried later.
-            Err(fault) => {
-                let blocking = match blocking {
-                    Some(cursor) => {
-                        match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
-                            Walk::Finished => None,
-                            Walk::Paused(c) => Some(c),
-                        }
-                    }
-                    None => None,
-                };
-                Next::Fail(UnbindStep::Stop { blocking }, fault.into())
-            }
-        },
+        // Block first: the guest loses its MMIO before the device is asked anything, so a
+        // dead device can leave the unbind waiting at STOP but never leave the guest live
+        // pages, and the device is never unlocked under a guest that still maps it.
         UnbindStep::Block(cursor) => {
             match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
-                Walk::Finished => Next::Step(UnbindStep::Track),
+                Walk::Finished => Next::Step(UnbindStep::Stop),
                 Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),
             }
+        }
+        // STOP before the pages go back: the device scrubs and stops TEE traffic (PCIe 6.x
+        // 11.3.9) while the firmware still owns its MMIO. A failure keeps this step.
+        UnbindStep::Stop => {
+            ctx.device.stop_interface(ctx.iface)?;
+            Next::Step(UnbindStep::Track)
         }
         // Every leaf is blocked: one epoch advance covers them all.
         UnbindStep::Track => {

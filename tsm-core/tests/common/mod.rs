@@ -9,6 +9,7 @@
 )]
 
 use tsm_core::device_model::ModelDevice;
+use tsm_core::lifecycle::UnbindStep;
 use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::wire_range;
 use tsm_core::*;
@@ -77,6 +78,21 @@ pub fn check_invariants(w: &World) {
             tdi.state.owner(),
             Some(leaf.guest),
             "leaf {leaf:?} of a TDI not bound to its guest"
+        );
+        assert!(owned.private, "leaf {leaf:?} in a shared range");
+        // Once a TDI has blocked all its leaves (ERROR done, unbind past Block), none is live.
+        let blocked_all = matches!(
+            tdi.state,
+            TdiState::Error { blocking: None, .. }
+                | TdiState::Unbinding {
+                    step: UnbindStep::Stop | UnbindStep::Track | UnbindStep::Remove(_),
+                    ..
+                }
+        );
+        assert!(
+            !(blocked_all && leaf.state == LeafState::Mapped),
+            "live leaf {leaf:?} of a TDI in {:?}",
+            tdi.state
         );
     }
     for (i, a) in snap.owners.iter().enumerate() {
