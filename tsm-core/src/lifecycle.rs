@@ -187,7 +187,6 @@ impl TdiState {
 /// | Locked(o)    | TdiAlreadyBound  | Locked / Run(o)                   | Error(o)    | Unbinding(Block)| TdiBound    | TdiBound  |
 /// | Run(o)       | TdiAlreadyBound  | Run / TdiNotLocked                | Error(o)    | Unbinding(Block)| TdiBound    | TdiBound  |
 /// | Error(o)     | TdiAlreadyBound  | TdiInError                        | unchanged   | Unbinding(*)    | TdiBound    | TdiBound  |
-
 /// | Unbinding(o) | UnbindInProgress | UnbindInProgress                  | unchanged   | unchanged       | Unbound     | TdiBound  |
 ///
 /// A guest other than the owner gets `NotOwner` for Map and Start in every bound state.
