@@ -51,6 +51,11 @@ impl PciModel {
         self.bars.push((rid, bars)).map_err(|_| ModelFull)
     }
 
+    /// Every device's BARs as configuration space shows them.
+    pub fn configured(&self) -> &[(RequesterId, Bars)] {
+        &self.bars
+    }
+
     /// Sets the TEE MMIO ranges the interface reports (range ID = index).
     pub fn set_report(
         &mut self,

@@ -63,13 +63,30 @@ fn leaf_size_of(code: u8) -> Option<PageSize> {
 
 /// The fence state of one guest's ASID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct AsidFence {
+pub struct AsidFence {
     /// 0: no ASID (the guest context is not activated).
     asid: u32,
     /// Fences raised.
     raised: u32,
     /// Fences completed (all TLBs and IOTLBs flushed).
     done: u32,
+}
+
+impl AsidFence {
+    /// The ASID, 0 if none.
+    pub fn asid(&self) -> u32 {
+        self.asid
+    }
+
+    /// Fences raised so far.
+    pub fn raised(&self) -> u32 {
+        self.raised
+    }
+
+    /// Fences completed so far.
+    pub fn done(&self) -> u32 {
+        self.done
+    }
 }
 
 /// Why the host's own RMP instruction failed. APM Vol. 3 RMPUPDATE / PSMASH return codes
@@ -147,6 +164,11 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     /// The entries (RMPREAD for tests and the host shim).
     pub fn entries(&self) -> &[RmpEntry] {
         self.entries.as_ref()
+    }
+
+    /// The fence state of every guest slot (index = the core's guest slot).
+    pub fn fences(&self) -> &[AsidFence] {
+        &self.fences
     }
 
     /// The entry of host page `hpa`, if it is in the window.

@@ -3,17 +3,20 @@
 //! refused with `INVALID_PARAM` (or the precise status) and changing nothing, and the RMP
 //! rules for private MMIO.
 
+use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::tsm::Snapshot;
-use tsm_core::{Error, GuestId, Hpa, MmioRange, PageSize, RequesterId, SecureTable, TdiState};
+use tsm_core::{
+    Error, GuestId, Hpa, MmioRange, PageSize, RequesterId, SecureTable, TdiState, TdispState,
+};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::abi::{self, Command, SlaAddr, len_of};
-use crate::device::PciModel;
+use crate::device::{Bars, PciModel};
 use crate::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
 use crate::memory::{PageMemory, SystemMemory};
-use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate};
+use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
 
 // ---- a small world ----------------------------------------------------------------------
@@ -54,12 +57,22 @@ struct World {
     mem: PageMemory<4>,
 }
 
+/// Everything a refused command must leave as it was.
 #[derive(Debug, PartialEq)]
 struct State {
+    /// Every table of the core (`Tsm::snapshot`).
     core: Snapshot<Rmp<Vec<RmpEntry>>>,
+    /// The SEV firmware's own tables: guest contexts (with ASIDs), device and TDI contexts.
     guests: Vec<GuestCtx>,
     devices: Vec<DevCtx>,
     tdis: Vec<TdiCtx>,
+    /// Every RMP entry's 16 bytes, and the fence counters of every ASID.
+    rmp: Vec<u128>,
+    fences: Vec<AsidFence>,
+    /// The device model: each interface's TDISP state and report, and configuration space.
+    tdisp: Vec<(RequesterId, TdispState, Vec<WireMmioRange>)>,
+    config: Vec<(RequesterId, Bars)>,
+    /// System memory: status, request, response and report pages.
     mem: Vec<u8>,
 }
 
@@ -104,11 +117,33 @@ impl World {
         for (i, chunk) in mem.chunks_mut(4096).enumerate() {
             self.mem.read(self.mem.page(i as u64), chunk).unwrap();
         }
+        let core = self.sev.tsm().snapshot().unwrap();
+        let rmp = core.table.entries().iter().map(|e| e.into_bits()).collect();
+        let fences = core.table.fences().to_vec();
+        // Every interface a test names: those with a TDI context and the functions of bus 3.
+        let mut ifaces: Vec<RequesterId> = (0..8).map(rid).collect();
+        ifaces.extend(self.sev.tdis().iter().map(|t| t.iface));
+        let (tdisp, config) = self
+            .sev
+            .tsm()
+            .with_transport(|d| {
+                let dsm = d.tdisp.link_mut();
+                let tdisp = ifaces
+                    .iter()
+                    .map(|i| (*i, dsm.state(*i), dsm.report(*i).to_vec()))
+                    .collect();
+                (tdisp, d.configured().to_vec())
+            })
+            .unwrap();
         State {
-            core: self.sev.tsm().snapshot().unwrap(),
+            core,
             guests: self.sev.guests().to_vec(),
             devices: self.sev.devices().to_vec(),
             tdis: self.sev.tdis().to_vec(),
+            rmp,
+            fences,
+            tdisp,
+            config,
             mem,
         }
     }
@@ -156,12 +191,24 @@ impl World {
         (out, rsp)
     }
 
-    fn guest_msg(&mut self, gctx: u64, ty: u8, body: &[u8]) -> Outcome {
+    /// Writes a guest message, header and body, to the request page.
+    fn put_msg(&mut self, ty: u8, body: &[u8]) {
         self.mem
             .write(MEM + 0x1000, MsgHeader::new(ty, body.len()).as_bytes())
             .unwrap();
         self.mem.write(MEM + 0x1000 + 0x60, body).unwrap();
+    }
+
+    fn guest_msg(&mut self, gctx: u64, ty: u8, body: &[u8]) -> Outcome {
+        self.put_msg(ty, body);
         self.cmd(&guest_request(gctx))
+    }
+
+    /// The response body of the last guest message.
+    fn response<T: zerocopy::FromBytes + IntoBytes>(&self) -> T {
+        let mut rsp = T::new_zeroed();
+        self.mem.read(MEM + 0x2060, rsp.as_mut_bytes()).unwrap();
+        rsp
     }
 }
 
@@ -177,9 +224,66 @@ fn ok(o: Outcome) {
     assert_eq!(o, Outcome::SUCCESS);
 }
 
+/// What a refusal must answer: an SEV status (any detail), a core status (the SEV status it
+/// maps to and the core code in `detail`), or an exact outcome.
+trait Want: core::fmt::Debug {
+    fn matches(&self, o: Outcome) -> bool;
+}
+
+impl Want for SevStatus {
+    fn matches(&self, o: Outcome) -> bool {
+        o.status == *self
+    }
+}
+
+impl Want for Error {
+    fn matches(&self, o: Outcome) -> bool {
+        o == Outcome::from_core(Err(*self))
+    }
+}
+
+impl Want for Outcome {
+    fn matches(&self, o: Outcome) -> bool {
+        o == *self
+    }
+}
+
+/// The response page: a guest message refused inside its answer writes it.
+const RESPONSE_PAGE: core::ops::Range<usize> = 0x2000..0x3000;
+
+/// Sends a guest message the firmware refuses inside its answer: the command succeeds, the
+/// answer lands on the response page, and nothing else changes. Returns the response body.
 #[track_caller]
-fn refused(o: Outcome, status: SevStatus) {
-    assert_eq!(o.status, status, "{o:?}");
+fn refused_in_answer<T: zerocopy::FromBytes + IntoBytes>(
+    w: &mut World,
+    gctx: u64,
+    ty: u8,
+    body: &[u8],
+) -> T {
+    w.put_msg(ty, body);
+    let mut before = w.state();
+    ok(w.cmd(&guest_request(gctx)));
+    let mut after = w.state();
+    before.mem[RESPONSE_PAGE].fill(0);
+    after.mem[RESPONSE_PAGE].fill(0);
+    assert_eq!(
+        after, before,
+        "a message refused in its answer changed something"
+    );
+    w.response()
+}
+
+/// Runs `op`, which must be refused as `want`, and checks it changed nothing: the core's
+/// tables, the firmware's contexts, ASIDs and fence counters, every RMP entry, the device's
+/// TDISP state and configuration space, and system memory.
+#[track_caller]
+fn refused(w: &mut World, want: impl Want, op: impl FnOnce(&mut World) -> Outcome) -> Outcome {
+    let before = w.state();
+    let o = op(w);
+    assert!(want.matches(o), "wanted {want:?}, got {o:?}");
+    assert_ne!(o.status, SevStatus::SUCCESS);
+    assert_eq!(w.state(), before, "refused {o:?} changed something");
+    o
 }
 
 // ---- buffer builders (good buffers) -------------------------------------------------------
@@ -891,26 +995,29 @@ fn hostile_buffers_are_invalid_param_and_change_nothing() {
         let n = good.len();
         // Short: every length below the buffer's.
         for short in 0..n {
-            refused(w.raw(id, &good[..short]), SevStatus::INVALID_PARAM);
+            refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+                w.raw(id, &good[..short])
+            });
         }
         // Misaligned: the same bytes one byte off.
-        let mut b = Buf([0; 256]);
-        b.0[1..=n].copy_from_slice(&good);
-        let o = w.sev.command(&mut w.mem, id, &mut b.0[1..=n]);
-        refused(o, SevStatus::INVALID_PARAM);
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+            let mut b = Buf([0; 256]);
+            b.0[1..=n].copy_from_slice(&good);
+            w.sev.command(&mut w.mem, id, &mut b.0[1..=n])
+        });
         // Wrong length field.
         if n >= 0x10 && id & 0xF0 != 0x90 {
             for bad in [0u32, n as u32 - 1, n as u32 + 1, u32::MAX] {
                 let mut v = good.clone();
                 v[..4].copy_from_slice(&bad.to_le_bytes());
-                refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+                refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
             }
         }
         // Reserved fields and unknown flag bits.
         for &off in reserved {
             let mut v = good.clone();
             v[off] = 0xFF;
-            refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+            refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
         }
         assert_eq!(w.state(), before, "command {id:#x}");
     }
@@ -933,7 +1040,7 @@ fn hostile_buffers_are_invalid_param_and_change_nothing() {
             if len >= 4 {
                 v[..4].copy_from_slice(&(len as u32).to_le_bytes());
             }
-            refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+            refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
         }
     }
     assert_eq!(w.state(), before);
@@ -948,26 +1055,29 @@ fn malformed_handles_are_refused_and_change_nothing() {
     for bad in [dev_sla() | 1 << 4, dev_sla() | 1, 0, dev_sla() | 1 << 63] {
         let mut c = dev_reclaim();
         c.dev_ctx = bad.into();
-        refused(w.cmd(&c), SevStatus::INVALID_PARAM);
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&c));
     }
     // Well-formed but unknown contexts: AMD's specific status, InvalidHandle behind it.
     let mut c = tdi_unbind(GCTX);
     c.dev_ctx = sla(0x99).into();
-    assert_eq!(
-        w.cmd(&c),
+    refused(
+        &mut w,
         Outcome {
             status: SevStatus::INVALID_DEV_CTX,
-            detail: Error::InvalidHandle.code()
-        }
+            detail: Error::InvalidHandle.code(),
+        },
+        |w| w.cmd(&c),
     );
     let mut c = tdi_unbind(GCTX);
     c.tdi_ctx = sla(0x99).into();
-    refused(w.cmd(&c), SevStatus::INVALID_TDI_CTX);
+    refused(&mut w, SevStatus::INVALID_TDI_CTX, |w| w.cmd(&c));
     let mut c = tdi_bind(0x2_0000_9000);
     c.tdi_ctx = tdi_sla().into();
-    refused(w.cmd(&c), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| w.cmd(&c));
     // Unaligned guest context.
-    refused(w.cmd(&tdi_unbind(GCTX + 8)), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&tdi_unbind(GCTX + 8))
+    });
     // A TDI named with another device's context.
     let mut dc = dev_create();
     dc.dev_ctx = sla(0x30_0009).into();
@@ -976,9 +1086,11 @@ fn malformed_handles_are_refused_and_change_nothing() {
     let before2 = w.state();
     let mut c = tdi_unbind(GCTX);
     c.dev_ctx = sla(0x30_0009).into();
-    refused(w.cmd(&c), SevStatus::INVALID_TDI);
+    refused(&mut w, SevStatus::INVALID_TDI, |w| w.cmd(&c));
     // The wrong guest for a bound TDI.
-    refused(w.cmd(&tdi_unbind(GCTX2)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&tdi_unbind(GCTX2))
+    });
     assert_eq!(w.state(), before2);
     assert_ne!(before, before2);
 }
@@ -989,38 +1101,50 @@ fn malformed_handles_are_refused_and_change_nothing() {
 fn guest_contexts() {
     let mut w = World::new();
     ok(w.cmd(&gctx_create(GCTX)));
-    refused(w.cmd(&gctx_create(GCTX)), SevStatus::IN_USE);
-    refused(w.cmd(&gctx_create(GCTX + 1)), SevStatus::INVALID_ADDRESS);
-    refused(w.cmd(&gctx_create(0)), SevStatus::INVALID_ADDRESS);
-    refused(w.cmd(&gctx_create(1 << 52)), SevStatus::INVALID_ADDRESS);
-    refused(w.cmd(&activate(GCTX, 0)), SevStatus::INVALID_ASID);
-    refused(
-        w.cmd(&activate(GCTX, crate::fw::MAX_ASID + 1)),
-        SevStatus::INVALID_ASID,
-    );
-    refused(w.cmd(&activate(GCTX2, 5)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&gctx_create(GCTX)));
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&gctx_create(GCTX + 1))
+    });
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&gctx_create(0))
+    });
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&gctx_create(1 << 52))
+    });
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&activate(GCTX, 0))
+    });
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&activate(GCTX, crate::fw::MAX_ASID + 1))
+    });
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&activate(GCTX2, 5))
+    });
     ok(w.cmd(&activate(GCTX, 5)));
-    refused(w.cmd(&activate(GCTX, 6)), SevStatus::INVALID_GUEST_STATE);
+    refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
+        w.cmd(&activate(GCTX, 6))
+    });
     ok(w.cmd(&gctx_create(GCTX2)));
-    let before = w.state();
-    refused(w.cmd(&activate(GCTX2, 5)), SevStatus::INVALID_ASID);
-    assert_eq!(w.state(), before);
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&activate(GCTX2, 5))
+    });
     let g = w.guest(GCTX);
     assert_eq!(w.sev.tsm().with_table(|r| r.asid(g)).unwrap(), 5);
     ok(w.cmd(&decommission(GCTX)));
     assert!(w.sev.guest_ctx(GCTX).is_none());
     assert_eq!(w.sev.tsm().guest(g), Err(Error::InvalidHandle));
-    refused(w.cmd(&decommission(GCTX)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&decommission(GCTX))
+    });
     // Every guest slot used: a status, not a panic.
     let mut w = World::new();
     for i in 0..tsm_core::capacity::MAX_GUESTS as u64 {
         ok(w.cmd(&gctx_create(GCTX + i * 0x1000)));
     }
-    let before = w.state();
-    let o = w.cmd(&gctx_create(0x3_0000_0000));
-    assert_eq!(o.to_core(), Err(Error::GuestTableFull));
-    refused(o, SevStatus::RESOURCE_LIMIT);
-    assert_eq!(w.state(), before);
+    let o = refused(&mut w, Error::GuestTableFull, |w| {
+        w.cmd(&gctx_create(0x3_0000_0000))
+    });
+    assert_eq!(o.status, SevStatus::RESOURCE_LIMIT);
 }
 
 #[test]
@@ -1030,31 +1154,34 @@ fn devices_connect_and_reclaim() {
     ok(w.cmd(&dev_create()));
     let d = w.sev.dev_ctx(dev_sla()).unwrap();
     assert_eq!(w.sev.tsm().device(d.device).unwrap().bars.len(), 1);
-    refused(w.cmd(&dev_create()), SevStatus::IN_USE);
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&dev_create()));
     let mut again = dev_create();
     again.dev_ctx = sla(0x30_0005).into();
-    assert_eq!(w.cmd(&again).to_core(), Err(Error::DuplicateDevice));
+    refused(&mut w, Error::DuplicateDevice, |w| w.cmd(&again));
     // TDI_CREATE needs a connected device.
-    refused(w.cmd(&tdi_create()), SevStatus::INVALID_DEV_STATE);
-    refused(w.cmd(&dev_disconnect()), SevStatus::INVALID_DEV_STATE);
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.cmd(&tdi_create())
+    });
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.cmd(&dev_disconnect())
+    });
     let mut bad = dev_connect();
     bad.tc_mask = 2;
-    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&bad));
     let mut bad = dev_connect();
     bad.cert_slot = 8;
-    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&bad));
     let mut bad = dev_connect();
     bad.spdm_ctrl.req = (dev_sla() | 1 << 5).into();
-    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&bad));
     ok(w.cmd(&dev_connect()));
-    refused(w.cmd(&dev_connect()), SevStatus::INVALID_DEV_STATE);
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.cmd(&dev_connect())
+    });
     ok(w.cmd(&tdi_create()));
     // Reclaim with a TDI: in use; after the TDI is reclaimed: gone.
-    let before = w.state();
-    let o = w.cmd(&dev_reclaim());
-    refused(o, SevStatus::IN_USE);
-    assert_eq!(o.to_core(), Err(Error::DeviceInUse));
-    assert_eq!(w.state(), before);
+    let o = refused(&mut w, Error::DeviceInUse, |w| w.cmd(&dev_reclaim()));
+    assert_eq!(o.status, SevStatus::IN_USE);
     ok(w.cmd(&dev_disconnect()));
     ok(w.cmd(&tdi_reclaim()));
     ok(w.cmd(&dev_reclaim()));
@@ -1073,19 +1200,17 @@ fn tdi_bind_report_status_info_unbind() {
     // Create: duplicate interface, reused context.
     let mut dup = tdi_create();
     dup.tdi_ctx = sla(0x30_0007).into();
-    assert_eq!(w.cmd(&dup).to_core(), Err(Error::DuplicateTdi));
-    refused(w.cmd(&tdi_create()), SevStatus::IN_USE);
+    refused(&mut w, Error::DuplicateTdi, |w| w.cmd(&dup));
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_create()));
     // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
     let mut b = tdi_bind(GCTX);
     b.run_flags = abi::BIND_RUN_FORCE.into();
-    refused(w.cmd(&b), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&b));
     ok(w.cmd(&gctx_create(0x2_0000_7000)));
-    refused(
-        w.cmd(&tdi_bind(0x2_0000_7000)),
-        SevStatus::INVALID_GUEST_STATE,
-    );
+    refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
+        w.cmd(&tdi_bind(0x2_0000_7000))
+    });
     // The report comes from the device: a device with a range outside its BARs is refused.
-    let before = w.state();
     w.sev
         .tsm()
         .with_transport(|d| {
@@ -1093,9 +1218,9 @@ fn tdi_bind_report_status_info_unbind() {
         })
         .unwrap()
         .unwrap();
-    let o = w.cmd(&tdi_bind(GCTX));
-    assert_eq!(o.to_core(), Err(Error::RangeOutsideDevice));
-    assert_eq!(w.state(), before);
+    refused(&mut w, Error::RangeOutsideDevice, |w| {
+        w.cmd(&tdi_bind(GCTX))
+    });
     w.sev
         .tsm()
         .with_transport(|d| d.set_report(rid(0), &[MmioRange::from_raw(BAR, 512).unwrap()]))
@@ -1108,9 +1233,8 @@ fn tdi_bind_report_status_info_unbind() {
             owner: w.guest(GCTX)
         }
     );
-    let o = w.cmd(&tdi_bind(GCTX2));
-    refused(o, SevStatus::INVALID_TDI_STATE);
-    assert_eq!(o.to_core(), Err(Error::TdiAlreadyBound));
+    let o = refused(&mut w, Error::TdiAlreadyBound, |w| w.cmd(&tdi_bind(GCTX2)));
+    assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
 
     // TDI_STATUS asks the device: CONFIG_LOCKED.
     ok(w.cmd(&tdi_status()));
@@ -1119,9 +1243,9 @@ fn tdi_bind_report_status_info_unbind() {
     assert_eq!((s.length.get(), s.tdisp_state), (0x10, 1));
     let mut bad = tdi_status();
     bad.status_paddr = (MEM + 4).into();
-    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&bad));
     bad.status_paddr = 0x5_0000_0000.into();
-    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&bad));
 
     // TDI_INFO: bound and locked, the owner's ASID.
     ok(w.cmd(&tdi_info()));
@@ -1141,42 +1265,41 @@ fn tdi_bind_report_status_info_unbind() {
         (r.first_page.get(), r.number_of_pages.get()),
         (BAR >> 12, 512)
     );
-    assert_eq!(w.cmd(&tdi_report(GCTX2)).to_core(), Err(Error::NotOwner));
+    refused(&mut w, Error::NotOwner, |w| w.cmd(&tdi_report(GCTX2)));
     let mut no_out = tdi_report(GCTX);
     no_out.spdm_ctrl.output = 0.into();
-    refused(w.cmd(&no_out), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&no_out));
     let mut far = tdi_report(GCTX);
     far.spdm_ctrl.output = sla(0x9_0000).into();
-    refused(w.cmd(&far), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&far));
     ok(w.cmd(&tdi_info()));
     w.mem.read(MEM, i.as_mut_bytes()).unwrap();
     assert_eq!(i.intf_report_counter.get(), 1);
 
     // Unbind: the wrong guest is refused; the owner's unbind completes.
-    let before = w.state();
-    refused(w.cmd(&tdi_unbind(GCTX2)), SevStatus::INVALID_GUEST);
-    assert_eq!(w.state(), before);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&tdi_unbind(GCTX2))
+    });
     ok(w.cmd(&tdi_unbind(GCTX)));
     assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
     // Unbinding an unbound TDI is done, whatever guest context comes with it.
     ok(w.cmd(&tdi_unbind(0)));
-    assert_eq!(w.cmd(&tdi_report(GCTX)).to_core(), Err(Error::TdiNotBound));
+    refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_report(GCTX)));
     // Reclaim of the unbound TDI.
     ok(w.cmd(&tdi_reclaim()));
-    refused(w.cmd(&tdi_reclaim()), SevStatus::INVALID_TDI_CTX);
+    refused(&mut w, SevStatus::INVALID_TDI_CTX, |w| {
+        w.cmd(&tdi_reclaim())
+    });
 }
 
 #[test]
 fn tdi_reclaim_of_a_bound_tdi_is_in_use() {
     let mut w = World::new();
     w.setup(Stage::Mapped);
-    let before = w.state();
-    let o = w.cmd(&tdi_reclaim());
-    refused(o, SevStatus::IN_USE);
-    assert_eq!(o.to_core(), Err(Error::TdiBound));
-    refused(w.cmd(&dev_disconnect()), SevStatus::IN_USE);
-    refused(w.cmd(&decommission(GCTX)), SevStatus::IN_USE);
-    assert_eq!(w.state(), before);
+    let o = refused(&mut w, Error::TdiBound, |w| w.cmd(&tdi_reclaim()));
+    assert_eq!(o.status, SevStatus::IN_USE);
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&dev_disconnect()));
+    refused(&mut w, Error::GuestInUse, |w| w.cmd(&decommission(GCTX)));
 }
 
 #[test]
@@ -1218,18 +1341,24 @@ fn fences() {
     let mut word = [0u8; 8];
     w.mem.read(MEM, &mut word).unwrap();
     assert_eq!(u64::from_le_bytes(word), abi::FENCE_MMIO_FENCED);
-    refused(w.cmd(&fence_status(77)), SevStatus::INVALID_ASID);
-    refused(w.cmd(&fence_clear(0x2_0000_9000)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&fence_status(77))
+    });
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&fence_clear(0x2_0000_9000))
+    });
     let mut bad = fence_status(5);
     bad.status_pa = (MEM + 3).into();
-    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&bad));
     // An unbind with the fence held stops before unassigning: flush pending.
     let mut outcome = w.cmd(&tdi_unbind(GCTX));
     while outcome.status == SevStatus::RESUME_REQUIRED {
         outcome = w.cmd(&tdi_unbind(GCTX));
     }
-    assert_eq!(outcome.to_core(), Err(Error::TlbFlushPending));
-    refused(outcome, SevStatus::INVALID_PAGE_STATE);
+    assert_eq!(outcome, Outcome::from_core(Err(Error::TlbFlushPending)));
+    assert_eq!(outcome.status, SevStatus::INVALID_PAGE_STATE);
+    // Asking again while the flush is pending changes nothing.
+    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&tdi_unbind(GCTX)));
     let leaf = w
         .sev
         .tsm()
@@ -1250,27 +1379,22 @@ fn host_mmio_commands() {
     w.setup(Stage::Bound);
     let g = w.guest(GCTX);
     // Map: size codes, alignment, ownership.
-    assert_eq!(
-        w.cmd(&mmio_map(GPA, BAR, 3)).to_core(),
-        Err(Error::InvalidPageSize)
-    );
-    assert_eq!(
-        w.cmd(&mmio_map(GPA + 0x1000, BAR, 1)).to_core(),
-        Err(Error::Misaligned)
-    );
-    assert_eq!(
-        w.cmd(&mmio_map(GPA, BAR + 0x30_0000, 0)).to_core(),
-        Err(Error::HpaNotOwned)
-    );
-    assert_eq!(
-        w.cmd(&mmio_map(1 << 52, BAR, 0)).to_core(),
-        Err(Error::InvalidAddress)
-    );
+    refused(&mut w, Error::InvalidPageSize, |w| {
+        w.cmd(&mmio_map(GPA, BAR, 3))
+    });
+    refused(&mut w, Error::Misaligned, |w| {
+        w.cmd(&mmio_map(GPA + 0x1000, BAR, 1))
+    });
+    refused(&mut w, Error::HpaNotOwned, |w| {
+        w.cmd(&mmio_map(GPA, BAR + 0x30_0000, 0))
+    });
+    refused(&mut w, Error::InvalidAddress, |w| {
+        w.cmd(&mmio_map(1 << 52, BAR, 0))
+    });
     ok(w.cmd(&mmio_map(GPA, BAR, 1)));
-    assert_eq!(
-        w.cmd(&mmio_map(GPA, BAR + 0x1000, 0)).to_core(),
-        Err(Error::GpaAlreadyMapped)
-    );
+    refused(&mut w, Error::GpaAlreadyMapped, |w| {
+        w.cmd(&mmio_map(GPA, BAR + 0x1000, 0))
+    });
     // The RMP: every page of the 2M leaf assigned to ASID 5 at its guest page, immutable.
     let rmp_ok = w
         .sev
@@ -1290,20 +1414,14 @@ fn host_mmio_commands() {
         .unwrap();
     assert!(rmp_ok);
     // The host cannot block, unmap or zap it while bound.
-    let before = w.state();
-    assert_eq!(w.cmd(&mmio_block(GPA, 1)).to_core(), Err(Error::TdiBound));
-    assert_eq!(w.cmd(&mmio_unmap(GPA, 1)).to_core(), Err(Error::TdiBound));
-    assert_eq!(
-        w.cmd(&mmio_unmap(GPA + 0x100_0000, 0)).to_core(),
-        Err(Error::NotMapped)
-    );
-    assert_eq!(w.cmd(&mmio_zap(BAR, 1)).to_core(), Err(Error::TdiBound));
-    assert_eq!(
-        w.cmd(&mmio_zap(BAR + 1, 1)).to_core(),
-        Err(Error::Misaligned)
-    );
-    assert_eq!(w.cmd(&mmio_zap(BAR, 0)).to_core(), Err(Error::InvalidRange));
-    assert_eq!(w.state(), before);
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&mmio_block(GPA, 1)));
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&mmio_unmap(GPA, 1)));
+    refused(&mut w, Error::NotMapped, |w| {
+        w.cmd(&mmio_unmap(GPA + 0x100_0000, 0))
+    });
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&mmio_zap(BAR, 1)));
+    refused(&mut w, Error::Misaligned, |w| w.cmd(&mmio_zap(BAR + 1, 1)));
+    refused(&mut w, Error::InvalidRange, |w| w.cmd(&mmio_zap(BAR, 0)));
     ok(w.cmd(&mmio_zap(0x9000_0000, 16)));
     // Device error: the TDI goes to ERROR and its leaves are blocked.
     ok(w.cmd(&tdi_error()));
@@ -1326,7 +1444,7 @@ fn host_mmio_commands() {
     );
     let mut t = tdi_error();
     t.tdi_ctx = sla(0x99).into();
-    refused(w.cmd(&t), SevStatus::INVALID_TDI_CTX);
+    refused(&mut w, SevStatus::INVALID_TDI_CTX, |w| w.cmd(&t));
 }
 
 // ---- the RMP for private MMIO: assign, validate, refuse the host, reclaim -----------------------
@@ -1360,7 +1478,6 @@ fn guest_validates_its_mmio() {
             .unwrap()
     };
     // Refusals first: each leaves every bit as it was.
-    let before = w.state();
     for (req, gctx, status) in [
         (validate_req(0, 0, 512, GPA, v), GCTX2, Mv::InvalidTdi),
         (validate_req(5, 0, 1, GPA, v), GCTX, Mv::NotReported),
@@ -1377,35 +1494,39 @@ fn guest_validates_its_mmio() {
             Mv::NotAssigned,
         ),
     ] {
-        let (o, rsp) = w.validate(gctx, req);
-        ok(o);
+        let rsp: msg::MmioValidateRsp =
+            refused_in_answer(&mut w, gctx, msg::MSG_MMIO_VALIDATE_REQ, req.as_bytes());
         assert_eq!(rsp.status.get(), status as u16, "{req:?}");
         assert_eq!(rsp.flags.get(), 0);
     }
     let mut wrong_id = validate_req(0, 0, 1, GPA, v);
     wrong_id.guest_device_id = 7.into();
-    assert_eq!(
-        w.validate(GCTX, wrong_id).1.status.get(),
-        Mv::InvalidTdi as u16
+    let rsp: msg::MmioValidateRsp = refused_in_answer(
+        &mut w,
+        GCTX,
+        msg::MSG_MMIO_VALIDATE_REQ,
+        wrong_id.as_bytes(),
     );
-    let mut state = w.state();
-    state.mem = before.mem.clone();
-    assert_eq!(state, before);
+    assert_eq!(rsp.status.get(), Mv::InvalidTdi as u16);
     // Malformed messages: a command-level INVALID_PARAM, nothing written.
     let mut bad = validate_req(0, 0, 1, GPA, v);
     bad.flags = 4.into();
-    refused(w.validate(GCTX, bad).0, SevStatus::INVALID_PARAM);
-    let mut bad = validate_req(0, 0, 1, GPA, v);
-    bad.reserved2[3] = 1;
-    refused(w.validate(GCTX, bad).0, SevStatus::INVALID_PARAM);
-    refused(w.guest_msg(GCTX, 0x7F, &[0; 16]), SevStatus::INVALID_PARAM);
-    refused(
-        w.guest_msg(GCTX, msg::MSG_MMIO_VALIDATE_REQ, &[0; 47]),
-        SevStatus::INVALID_PARAM,
-    );
+    let mut bad2 = validate_req(0, 0, 1, GPA, v);
+    bad2.reserved2[3] = 1;
+    for (ty, body) in [
+        (msg::MSG_MMIO_VALIDATE_REQ, bad.as_bytes()),
+        (msg::MSG_MMIO_VALIDATE_REQ, bad2.as_bytes()),
+        (0x7F, &[0; 16]),
+        (msg::MSG_MMIO_VALIDATE_REQ, &[0; 47]),
+    ] {
+        w.put_msg(ty, body);
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+            w.cmd(&guest_request(GCTX))
+        });
+    }
     let mut same = guest_request(GCTX);
     same.res_paddr = same.req_paddr;
-    refused(w.cmd(&same), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&same));
     // Good: the whole 2M leaf, then part of it again (no change), then not uniform.
     let (o, rsp) = w.validate(GCTX, validate_req(0, 0, 512, GPA, v));
     ok(o);
@@ -1444,28 +1565,43 @@ fn guest_starts_the_tdi() {
         let mut r = msg::TdiReq::new_zeroed();
         r.guest_device_id = id.into();
         ok(w.guest_msg(gctx, msg::MSG_TDI_START_REQ, r.as_bytes()));
-        let mut rsp = msg::TdiStartRsp::new_zeroed();
-        w.mem.read(MEM + 0x2060, rsp.as_mut_bytes()).unwrap();
-        Outcome {
-            status: SevStatus(rsp.status.get()),
-            detail: rsp.detail.get(),
-        }
+        start_outcome(&w.response())
     };
-    let before = w.state();
-    assert_eq!(start(&mut w, GCTX2, GDEV).to_core(), Err(Error::NotOwner));
-    refused(start(&mut w, GCTX, GDEV + 1), SevStatus::INVALID_PARAM);
-    let mut now = w.state();
-    now.mem = before.mem.clone();
-    assert_eq!(now, before);
+    let refused_start = |w: &mut World, gctx: u64, id: u16| {
+        let mut r = msg::TdiReq::new_zeroed();
+        r.guest_device_id = id.into();
+        start_outcome(&refused_in_answer(
+            w,
+            gctx,
+            msg::MSG_TDI_START_REQ,
+            r.as_bytes(),
+        ))
+    };
+    assert_eq!(
+        refused_start(&mut w, GCTX2, GDEV),
+        Outcome::from_core(Err(Error::NotOwner))
+    );
+    assert_eq!(
+        refused_start(&mut w, GCTX, GDEV + 1),
+        Outcome::plain(SevStatus::INVALID_PARAM)
+    );
     assert_eq!(start(&mut w, GCTX, GDEV), Outcome::SUCCESS);
     assert!(matches!(
         w.sev.tsm().tdi(w.tdi()).unwrap().state,
         TdiState::Run { .. }
     ));
     assert_eq!(
-        start(&mut w, GCTX, GDEV).to_core(),
-        Err(Error::TdiNotLocked)
+        refused_start(&mut w, GCTX, GDEV),
+        Outcome::from_core(Err(Error::TdiNotLocked))
     );
+}
+
+/// The outcome a TDI_START response carries.
+fn start_outcome(rsp: &msg::TdiStartRsp) -> Outcome {
+    Outcome {
+        status: SevStatus(rsp.status.get()),
+        detail: rsp.detail.get(),
+    }
 }
 
 #[test]
