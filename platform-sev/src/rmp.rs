@@ -171,6 +171,17 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         &self.fences
     }
 
+    /// Whether any byte of `len` bytes from `spa` lies in the window: device MMIO, which the
+    /// firmware never uses as memory.
+    pub fn overlaps(&self, spa: u64, len: u64) -> bool {
+        let window = u64::try_from(self.entries().len())
+            .ok()
+            .and_then(|n| n.checked_mul(PAGE))
+            .unwrap_or(u64::MAX);
+        let end = spa.saturating_add(len);
+        spa < self.base.saturating_add(window) && end > self.base
+    }
+
     /// The entry of host page `hpa`, if it is in the window.
     pub fn entry(&self, hpa: u64) -> Option<RmpEntry> {
         self.index(hpa).and_then(|i| self.entries().get(i)).copied()

@@ -3,6 +3,7 @@
 //! refused with `INVALID_PARAM` (or the precise status) and changing nothing, and the RMP
 //! rules for private MMIO.
 
+use tsm_core::device_model::DeviceEvent;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
@@ -25,7 +26,18 @@ const RMP_BASE: u64 = 0x8000_0000;
 const RMP_PAGES: usize = 2048; // 8 MiB of MMIO
 const BAR: u64 = 0x8000_0000;
 const BAR_PAGES: u64 = 1024;
+/// System memory: status (0), request (1), response (2), report (3), a guest context (4), a
+/// read-only page (5) and a device context (6).
 const MEM: u64 = 0x1_0000_0000;
+const MEM_PAGES: usize = 7;
+/// A page of system memory the tests put a guest context on (a firmware page).
+const FW_PAGE: u64 = MEM + 0x4000;
+/// A page of system memory the firmware may read but not write.
+const RO_PAGE: u64 = MEM + 0x5000;
+/// A page of system memory the tests put a device context on (a firmware page).
+const FW_PAGE2: u64 = MEM + 0x6000;
+/// A page-aligned address no memory answers at.
+const UNMAPPED: u64 = MEM + 0x10_0000;
 const GCTX: u64 = 0x2_0000_0000;
 const GCTX2: u64 = 0x2_0000_1000;
 const GPA: u64 = 0x10_0000_0000;
@@ -54,7 +66,7 @@ type Fw = Sev<Vec<RmpEntry>, PciModel>;
 
 struct World {
     sev: Fw,
-    mem: PageMemory<4>,
+    mem: PageMemory<MEM_PAGES>,
 }
 
 /// Everything a refused command must leave as it was.
@@ -96,9 +108,11 @@ impl World {
                 ],
             )
             .unwrap();
+        let mut mem = PageMemory::new(MEM);
+        mem.set_read_only(5, true);
         Box::new(World {
             sev: Sev::new(rmp, model),
-            mem: PageMemory::new(MEM),
+            mem,
         })
     }
 
@@ -113,7 +127,7 @@ impl World {
     }
 
     fn state(&self) -> State {
-        let mut mem = vec![0u8; 4 * 4096];
+        let mut mem = vec![0u8; MEM_PAGES * 4096];
         for (i, chunk) in mem.chunks_mut(4096).enumerate() {
             self.mem.read(self.mem.page(i as u64), chunk).unwrap();
         }
@@ -266,11 +280,82 @@ fn refused_in_answer<T: zerocopy::FromBytes + IntoBytes>(
     let mut after = w.state();
     before.mem[RESPONSE_PAGE].fill(0);
     after.mem[RESPONSE_PAGE].fill(0);
-    assert_eq!(
-        after, before,
-        "a message refused in its answer changed something"
-    );
+    same(&before, &after, "a message refused in its answer");
     w.response()
+}
+
+/// Asserts two states are equal, naming the parts that differ (the whole state is too big to
+/// print).
+#[track_caller]
+fn same(before: &State, after: &State, what: impl core::fmt::Display) {
+    if let Err(parts) = diff(before, after) {
+        panic!("{what} changed: {parts}");
+    }
+}
+
+/// What differs between two states, by part.
+fn diff(before: &State, after: &State) -> Result<(), String> {
+    if before == after {
+        return Ok(());
+    }
+    let mut parts = Vec::new();
+    if before.core.devices != after.core.devices {
+        parts.push("core devices".to_string());
+    }
+    if before.core.tdis != after.core.tdis {
+        let tdis: Vec<_> = before
+            .core
+            .tdis
+            .iter()
+            .zip(&after.core.tdis)
+            .filter(|(a, b)| a != b)
+            .collect();
+        parts.push(format!("core TDIs {tdis:?}"));
+    }
+    if before.core.guests != after.core.guests {
+        parts.push("core guests".to_string());
+    }
+    if before.core.owners != after.core.owners {
+        parts.push("core ownership".to_string());
+    }
+    if let Some(i) = (0..before.rmp.len()).find(|&i| before.rmp[i] != after.rmp[i]) {
+        parts.push(format!(
+            "RMP entry {i}: {:?} -> {:?}",
+            RmpEntry::from_bits(before.rmp[i]),
+            RmpEntry::from_bits(after.rmp[i])
+        ));
+    }
+    if before.core.table != after.core.table && before.rmp == after.rmp {
+        parts.push("RMP state beside the entries".to_string());
+    }
+    if before.fences != after.fences {
+        parts.push(format!(
+            "fences {:?} -> {:?}",
+            &before.fences[..3],
+            &after.fences[..3]
+        ));
+    }
+    if (&before.guests, &before.devices, &before.tdis)
+        != (&after.guests, &after.devices, &after.tdis)
+    {
+        parts.push(format!(
+            "contexts {:?} {:?} {:?} -> {:?} {:?} {:?}",
+            before.guests, before.devices, before.tdis, after.guests, after.devices, after.tdis
+        ));
+    }
+    if before.tdisp != after.tdisp {
+        parts.push(format!(
+            "device TDISP {:?} -> {:?}",
+            before.tdisp, after.tdisp
+        ));
+    }
+    if before.config != after.config {
+        parts.push("device configuration space".to_string());
+    }
+    if let Some(i) = (0..before.mem.len()).find(|&i| before.mem[i] != after.mem[i]) {
+        parts.push(format!("memory at {:#x}", MEM + i as u64));
+    }
+    Err(parts.join("; "))
 }
 
 /// Runs `op`, which must be refused as `want`, and checks it changed nothing: the core's
@@ -282,7 +367,7 @@ fn refused(w: &mut World, want: impl Want, op: impl FnOnce(&mut World) -> Outcom
     let o = op(w);
     assert!(want.matches(o), "wanted {want:?}, got {o:?}");
     assert_ne!(o.status, SevStatus::SUCCESS);
-    assert_eq!(w.state(), before, "refused {o:?} changed something");
+    same(&before, &w.state(), format_args!("refused {o:?}"));
     o
 }
 
@@ -1019,7 +1104,7 @@ fn hostile_buffers_are_invalid_param_and_change_nothing() {
             v[off] = 0xFF;
             refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
         }
-        assert_eq!(w.state(), before, "command {id:#x}");
+        same(&before, &w.state(), format_args!("command {id:#x}"));
     }
     // Unknown commands, with a buffer of any size.
     for id in [
@@ -1043,7 +1128,7 @@ fn hostile_buffers_are_invalid_param_and_change_nothing() {
             refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
         }
     }
-    assert_eq!(w.state(), before);
+    same(&before, &w.state(), "refusals");
 }
 
 #[test]
@@ -1091,7 +1176,7 @@ fn malformed_handles_are_refused_and_change_nothing() {
     refused(&mut w, SevStatus::INVALID_GUEST, |w| {
         w.cmd(&tdi_unbind(GCTX2))
     });
-    assert_eq!(w.state(), before2);
+    same(&before2, &w.state(), "refusals");
     assert_ne!(before, before2);
 }
 
@@ -1649,7 +1734,7 @@ fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
         Err(RmpFault::Input)
     );
     assert_eq!(w.sev.host_psmash(BAR + 0x1000), Err(RmpFault::Input));
-    assert_eq!(w.state(), before);
+    same(&before, &w.state(), "refusals");
     // A page nobody owns is the host's to change.
     assert_eq!(w.sev.host_rmpupdate(BAR + 0x50_0000, steal), Ok(()));
     assert_eq!(w.sev.host_rmpupdate(BAR + 0x50_0000, give_back), Ok(()));
@@ -1786,4 +1871,158 @@ fn every_implemented_command_is_dispatched_and_documented() {
         let row = format!("| {:#06x} |", s.0);
         assert!(readme.contains(&row), "README lacks status {row}");
     }
+}
+
+// ---- answers in memory: checked before anything changes -----------------------------------
+
+/// A world where every command with an answer in memory would change something if it ran:
+/// the TDI is bound and locked, its leaves mapped, and the device has gone to ERROR behind the
+/// firmware's back (TDI_STATUS would put the TDI in ERROR and block its leaves; a guest START
+/// would put it in ERROR; MMIO_VALIDATE would set Validated bits; TDI_REPORT would count a
+/// report). A guest context sits on a page of system memory.
+fn world_with_pending_changes() -> Box<World> {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    ok(w.cmd(&gctx_create(FW_PAGE)));
+    let mut dev = dev_create();
+    dev.dev_ctx = sla(FW_PAGE2 >> 12).into();
+    dev.device_id = rid(7).routing_id().into();
+    ok(w.cmd(&dev));
+    w.sev
+        .tsm()
+        .with_transport(|d| d.event(rid(0), DeviceEvent::Disturb))
+        .unwrap();
+    w
+}
+
+/// A command that answers in memory: its name, the guest message it carries (written to the
+/// request page beforehand), and the command itself.
+struct Answering {
+    name: &'static str,
+    message: Option<(u8, Vec<u8>)>,
+    run: Box<dyn Fn(&mut World) -> Outcome>,
+}
+
+impl Answering {
+    /// Writes the guest message, if any: not part of the command.
+    fn prepare(&self, w: &mut World) {
+        if let Some((ty, body)) = &self.message {
+            w.put_msg(*ty, body);
+        }
+    }
+}
+
+/// Every command that answers in memory, with its answer sent to `out`.
+fn answering_commands(out: u64) -> Vec<Answering> {
+    let mut status = tdi_status();
+    status.status_paddr = out.into();
+    let mut info = tdi_info();
+    info.status_paddr = out.into();
+    let mut fence = fence_status(5);
+    fence.status_pa = out.into();
+    let mut report = tdi_report(GCTX);
+    report.spdm_ctrl.output = sla(out >> 12).into();
+    let mut request = guest_request(GCTX);
+    request.res_paddr = out.into();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    let validate = validate_req(0, 0, 512, GPA, msg::VALIDATE_FLAG_VALIDATED);
+    let command = |name, run: Box<dyn Fn(&mut World) -> Outcome>| Answering {
+        name,
+        message: None,
+        run,
+    };
+    let message = |name, ty: u8, body: &[u8]| Answering {
+        name,
+        message: Some((ty, body.to_vec())),
+        run: Box::new(move |w: &mut World| w.cmd(&request)),
+    };
+    vec![
+        command("TDI_STATUS", Box::new(move |w| w.cmd(&status))),
+        command("TDI_INFO", Box::new(move |w| w.cmd(&info))),
+        command("ASID_FENCE_STATUS", Box::new(move |w| w.cmd(&fence))),
+        command("TDI_REPORT", Box::new(move |w| w.cmd(&report))),
+        message(
+            "GUEST_REQUEST(TDI_START)",
+            msg::MSG_TDI_START_REQ,
+            start.as_bytes(),
+        ),
+        message(
+            "GUEST_REQUEST(MMIO_VALIDATE)",
+            msg::MSG_MMIO_VALIDATE_REQ,
+            validate.as_bytes(),
+        ),
+        message(
+            "GUEST_REQUEST(TDI_INFO)",
+            msg::MSG_TDI_INFO_REQ,
+            start.as_bytes(),
+        ),
+    ]
+}
+
+/// Runs every answering command with its answer sent to `out`, each in a fresh world where it
+/// would change something, and lists those not refused as `want` or that changed anything.
+fn undeliverable(out: u64, want: SevStatus) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for c in answering_commands(out) {
+        let mut w = world_with_pending_changes();
+        c.prepare(&mut w);
+        let before = w.state();
+        let o = (c.run)(&mut w);
+        if o != Outcome::plain(want) {
+            wrong.push(format!("{}: {o:?}", c.name));
+        }
+        if let Err(parts) = diff(&before, &w.state()) {
+            wrong.push(format!("{} changed {parts}", c.name));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn an_answer_that_cannot_be_delivered_changes_nothing() {
+    // An aligned address no memory answers at.
+    let wrong = undeliverable(UNMAPPED, SevStatus::INVALID_ADDRESS);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn an_answer_goes_only_to_writable_host_memory() {
+    for (out, want) in [
+        // Memory the firmware may read but not write.
+        (RO_PAGE, SevStatus::INVALID_ADDRESS),
+        // Device MMIO, shared or assigned to the guest: not memory at all.
+        (BAR + 0x30_0000, SevStatus::INVALID_ADDRESS),
+        (BAR, SevStatus::INVALID_ADDRESS),
+        // Firmware pages: a guest context, a device context.
+        (FW_PAGE, SevStatus::INVALID_PAGE_STATE),
+        (FW_PAGE2, SevStatus::INVALID_PAGE_STATE),
+    ] {
+        let wrong = undeliverable(out, want);
+        assert!(wrong.is_empty(), "{out:#x}: {wrong:#?}");
+    }
+    // An answer that would run off its page, or one misaligned.
+    let mut w = world_with_pending_changes();
+    let mut info = tdi_info();
+    info.status_paddr = (MEM + 0xF80).into();
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&info));
+    let mut status = tdi_status();
+    status.status_paddr = (MEM + 8).into();
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&status));
+    let mut request = guest_request(GCTX);
+    request.res_paddr = (MEM + 0x2010).into();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&request));
+    // The same commands with good pages answer, and change what they should.
+    for c in answering_commands(MEM) {
+        c.prepare(&mut w);
+        let o = (c.run)(&mut w);
+        assert!(o.status != SevStatus::INVALID_ADDRESS, "{}: {o:?}", c.name);
+    }
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Error { .. }
+    ));
 }
