@@ -14,6 +14,7 @@
 //! never changes state and then fails to report it.
 
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
+use tsm_core::lifecycle::{Event, transition};
 use tsm_core::tsm::Tsm;
 use tsm_core::{
     Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange, PageSize, RequesterId,
@@ -596,22 +597,26 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             STATUS_ALIGN,
             core::mem::size_of::<abi::TdiStatusData>(),
         )?;
-        // A bound TDI whose device says otherwise goes to ERROR here, as on TDX.
-        match self.tsm.check_interface(t.tdi) {
-            Ok(_) | Err(Error::TdiNotBound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let state = self
+        // The core's own first check, which changes nothing: an unbound TDI is `TdiNotBound`
+        // and its device is not asked (`Tsm::check_interface` refuses it the same way).
+        transition(self.tsm.tdi(t.tdi)?.state, Event::DeviceError)?;
+        // The answer: the device's TDISP state, read before anything changes. A device that
+        // does not answer fails the command here, with nothing changed.
+        let said = self
             .tsm
             .with_transport(|d| d.interface_state(t.iface))?
             .map_err(Error::from)?;
+        // A bound TDI whose device says otherwise goes to ERROR here, as on TDX, and its leaves
+        // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED)
+        // until every one is, and the host calls TDI_STATUS again to go on.
+        let done = self.tsm.check_interface(t.tdi)?;
         let mut data = abi::TdiStatusData::new_zeroed();
         data.length = u32::try_from(core::mem::size_of::<abi::TdiStatusData>())
             .unwrap_or(0)
             .into();
-        data.tdisp_state = state as u8;
+        data.tdisp_state = said as u8;
         out.put(mem, &data)?;
-        DONE
+        Ok(done)
     }
 
     fn tdi_info(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {

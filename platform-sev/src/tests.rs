@@ -2026,3 +2026,65 @@ fn an_answer_goes_only_to_writable_host_memory() {
         TdiState::Error { .. }
     ));
 }
+
+// ---- TDI_STATUS tells the truth ---------------------------------------------------------------
+
+#[test]
+fn tdi_status_of_an_unbound_tdi_is_the_cores_tdi_not_bound() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let o = refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_status()));
+    assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
+    // The core answers the same call the same way.
+    assert_eq!(
+        w.sev.tsm().check_interface(w.tdi()),
+        Err(Error::TdiNotBound)
+    );
+}
+
+#[test]
+fn tdi_status_says_resume_required_while_leaves_remain_to_block() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    // 100 4K leaves: more than one call blocks (UNBIND_OPS_PER_CALL).
+    for i in 0..100u64 {
+        ok(w.cmd(&mmio_map(
+            GPA + 0x40_0000 + i * 0x1000,
+            BAR + 0x10_0000 + i * 0x1000,
+            0,
+        )));
+    }
+    w.sev
+        .tsm()
+        .with_transport(|d| d.event(rid(0), DeviceEvent::Disturb))
+        .unwrap();
+    let mapped = |w: &World| {
+        w.sev
+            .tsm()
+            .with_table(|r| {
+                r.entries()
+                    .iter()
+                    .filter(|e| e.assigned() && !e.blocked())
+                    .count()
+            })
+            .unwrap()
+    };
+    let o = w.cmd(&tdi_status());
+    assert_eq!(o, Outcome::plain(SevStatus::RESUME_REQUIRED));
+    assert_eq!(o.to_core(), Ok(tsm_core::Completion::Resumable));
+    // The answer is there all the same: the device says ERROR.
+    let mut s = abi::TdiStatusData::new_zeroed();
+    w.mem.read(MEM, s.as_mut_bytes()).unwrap();
+    assert_eq!(s.tdisp_state, TdispState::Error as u8);
+    assert!(
+        mapped(&w) > 0,
+        "RESUME_REQUIRED while leaves are still mapped"
+    );
+    let mut calls = 1;
+    while w.cmd(&tdi_status()) == Outcome::plain(SevStatus::RESUME_REQUIRED) {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    assert_eq!(mapped(&w), 0);
+    ok(w.cmd(&tdi_status()));
+}

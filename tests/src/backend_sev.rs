@@ -485,7 +485,8 @@ impl Backend for SevBackend<'_> {
     }
 
     /// TIO_TDI_STATUS: the firmware asks the device (GET_DEVICE_INTERFACE_STATE) and puts a
-    /// bound TDI whose device disagrees in ERROR.
+    /// bound TDI whose device disagrees in ERROR (`RESUME_REQUIRED` is `Resumable`: leaves
+    /// remain to be blocked).
     fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let (dev, t, _) = self.tdi_slas(tdi);
         let mut c = abi::TdiStatus::new_zeroed();
@@ -493,7 +494,7 @@ impl Backend for SevBackend<'_> {
         c.dev_ctx = dev.into();
         c.tdi_ctx = t.into();
         c.status_paddr = self.page(STATUS_PAGE).into();
-        self.done(&c).map(|()| Completion::Done)
+        self.issue(&c).to_core()
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
