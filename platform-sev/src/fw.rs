@@ -528,10 +528,17 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if !dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
+        // The core's own first refusal (an already bound TDI, an unbind in progress), which
+        // changes nothing; then the guest device ID: it must name this TDI alone among the
+        // guest's, since the guest's requests name TDIs by it (IN_USE otherwise).
+        transition(self.tsm.tdi(t.tdi)?.state, Event::Bind(g.guest))?;
+        let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
+        if self.named_tdi(&g, id)?.is_some() {
+            return Err(SevStatus::IN_USE.into());
+        }
         // The ranges come from the device's own report over the secure session (the core
         // reads it after LOCK_INTERFACE), never from the host.
         self.tsm.bind(t.tdi, g.guest)?;
-        let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
         self.update_tdi(t.sla, |x| {
             x.guest_device_id = id;
             x.lock_flags = flags;
@@ -790,9 +797,21 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         DONE
     }
 
-    /// The guest device ID names this TDI only if the host bound it to this guest under it.
-    fn guest_device_ok(&self, t: &TdiCtx, g: &GuestCtx, id: u16) -> Result<bool, Fail> {
-        Ok(self.tsm.tdi(t.tdi)?.state.owner() == Some(g.guest) && t.guest_device_id == id)
+    /// The TDI guest `g` knows by guest device ID `id`: the one TDI bound to `g` under that
+    /// ID (TDI_BIND keeps the IDs of one guest's TDIs distinct), if any.
+    fn named_tdi(&self, g: &GuestCtx, id: u16) -> Result<Option<TdiCtx>, Fail> {
+        for x in &self.tdis {
+            if x.guest_device_id == id && self.tsm.tdi(x.tdi)?.state.owner() == Some(g.guest) {
+                return Ok(Some(*x));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the TDI context the host handed in, `t`, is the TDI the guest names by `id`.
+    /// A guest request acts only on the TDI the guest named, never on another the host picks.
+    fn names(&self, t: &TdiCtx, g: &GuestCtx, id: u16) -> Result<bool, Fail> {
+        Ok(self.named_tdi(g, id)?.is_some_and(|n| n.sla == t.sla))
     }
 
     fn msg_tdi_info(
@@ -806,7 +825,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         }
         let mut rsp = msg::TdiInfoRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
-        if self.guest_device_ok(t, g, r.guest_device_id.get())? {
+        if self.names(t, g, r.guest_device_id.get())? {
             let status: u16 = match self.tsm.tdi(t.tdi)?.state {
                 TdiState::Locked { .. } => 1,
                 TdiState::Run { .. } => 2,
@@ -828,15 +847,24 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if r.reserved.iter().any(|b| *b != 0) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
-        let bound_here = self.tsm.tdi(t.tdi)?.state.owner() == Some(g.guest);
-        let outcome = if bound_here && t.guest_device_id != r.guest_device_id.get() {
-            Outcome::plain(SevStatus::INVALID_PARAM)
-        } else {
+        let state = self.tsm.tdi(t.tdi)?.state;
+        let outcome = if self.names(t, g, r.guest_device_id.get())? {
             Outcome::from_core(
                 self.tsm
                     .guest_start(g.guest, t.tdi)
                     .map(|()| Completion::Done),
             )
+        } else if state.owner() == Some(g.guest) {
+            // The guest's own TDI, but the guest named another one (or none): the host may
+            // not choose which of the guest's TDIs starts.
+            Outcome::plain(SevStatus::INVALID_PARAM)
+        } else {
+            // Not the guest's TDI: the core's refusal says why (`TdiNotBound`, `NotOwner`),
+            // computed without touching anything.
+            match transition(state, Event::Start(g.guest)) {
+                Err(e) => Outcome::from_core(Err(e)),
+                Ok(_) => Outcome::plain(SevStatus::INVALID_PARAM),
+            }
         };
         let mut rsp = msg::TdiStartRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
@@ -879,12 +907,15 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
 
     fn validate(&self, t: &TdiCtx, g: &GuestCtx, r: &msg::MmioValidateReq) -> Result<bool, Mv> {
         let state = self.tsm.tdi(t.tdi).map_err(|_| Mv::InvalidTdi)?.state;
-        match state.owner() {
-            None => return Err(Mv::TdiUnbound),
-            Some(o) if o != g.guest || t.guest_device_id != r.guest_device_id.get() => {
-                return Err(Mv::InvalidTdi);
-            }
-            Some(_) => {}
+        if state.owner().is_none() {
+            return Err(Mv::TdiUnbound);
+        }
+        // Another guest's TDI, or not the one this guest names by that ID.
+        if !self
+            .names(t, g, r.guest_device_id.get())
+            .map_err(|_| Mv::InvalidTdi)?
+        {
+            return Err(Mv::InvalidTdi);
         }
         if !matches!(state, TdiState::Locked { .. } | TdiState::Run { .. }) {
             return Err(Mv::TdiUnbound);

@@ -2088,3 +2088,115 @@ fn tdi_status_says_resume_required_while_leaves_remain_to_block() {
     assert_eq!(mapped(&w), 0);
     ok(w.cmd(&tdi_status()));
 }
+
+// ---- guest device IDs: one TDI per ID and guest ------------------------------------------
+
+const TDI2_PFN: u64 = 0x30_0003;
+/// The second TDI's report: a range of the device the first TDI's does not cover.
+const TDI2_RANGE: (u64, u64) = (BAR + 0x30_0000, 16);
+
+/// A second TDI on the device (function 1), reporting [`TDI2_RANGE`].
+fn add_second_tdi(w: &mut World) {
+    w.sev
+        .tsm()
+        .with_transport(|d| {
+            d.set_report(
+                rid(1),
+                &[MmioRange::from_raw(TDI2_RANGE.0, TDI2_RANGE.1).unwrap()],
+            )
+        })
+        .unwrap()
+        .unwrap();
+    let mut c = tdi_create();
+    c.tdi_ctx = sla(TDI2_PFN).into();
+    c.interface_id.function_id = u32::from(rid(1).routing_id()).into();
+    ok(w.cmd(&c));
+}
+
+fn on_second_tdi<C: Command>(mut c: C, set: impl FnOnce(&mut C, U64)) -> C {
+    set(&mut c, sla(TDI2_PFN).into());
+    c
+}
+
+#[test]
+fn a_guest_device_id_names_one_tdi_of_a_guest() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    add_second_tdi(&mut w);
+    // The second TDI under the first one's guest device ID, for the same guest: refused.
+    let bind2 = |g: u64, id: u16| {
+        let mut b = on_second_tdi(tdi_bind(g), |c, s| c.tdi_ctx = s);
+        b.guest_device_id = id.into();
+        b
+    };
+    refused(&mut w, Outcome::plain(SevStatus::IN_USE), |w| {
+        w.cmd(&bind2(GCTX, GDEV))
+    });
+    // Under another ID, or for another guest, it binds.
+    ok(w.cmd(&bind2(GCTX, GDEV + 1)));
+    ok(w.cmd(&on_second_tdi(tdi_unbind(GCTX), |c, s| c.tdi_ctx = s)));
+    ok(w.cmd(&bind2(GCTX2, GDEV)));
+    ok(w.cmd(&on_second_tdi(tdi_unbind(GCTX2), |c, s| c.tdi_ctx = s)));
+    // Once the first TDI is unbound its ID is free again.
+    let mut o = w.cmd(&tdi_unbind(GCTX));
+    while o.status == SevStatus::RESUME_REQUIRED {
+        o = w.cmd(&tdi_unbind(GCTX));
+    }
+    ok(o);
+    ok(w.cmd(&bind2(GCTX, GDEV)));
+}
+
+#[test]
+fn a_guest_request_acts_on_the_tdi_the_guest_named() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    add_second_tdi(&mut w);
+    let mut bind2 = on_second_tdi(tdi_bind(GCTX), |c, s| c.tdi_ctx = s);
+    bind2.guest_device_id = (GDEV + 1).into();
+    ok(w.cmd(&bind2));
+    ok(w.cmd(&on_second_tdi(
+        mmio_map(GPA + 0x100_0000, TDI2_RANGE.0, abi::MMIO_SIZE_4K),
+        |c, s| c.tdi_ctx = s,
+    )));
+    // The guest names the first TDI (GDEV); the host hands the second one's context.
+    let mut redirected = guest_request(GCTX);
+    redirected.tdi_ctx = sla(TDI2_PFN).into();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    let before = w.state();
+    ok(w.cmd(&redirected));
+    let rsp: msg::TdiStartRsp = w.response();
+    assert_eq!(
+        start_outcome(&rsp),
+        Outcome::plain(SevStatus::INVALID_PARAM)
+    );
+    let mut after = w.state();
+    after.mem[RESPONSE_PAGE].copy_from_slice(&before.mem[RESPONSE_PAGE]);
+    same(&before, &after, "a redirected START");
+    let validate = validate_req(0, 0, 1, GPA, msg::VALIDATE_FLAG_VALIDATED);
+    w.put_msg(msg::MSG_MMIO_VALIDATE_REQ, validate.as_bytes());
+    let before = w.state();
+    ok(w.cmd(&redirected));
+    let rsp: msg::MmioValidateRsp = w.response();
+    assert_eq!(rsp.status.get(), Mv::InvalidTdi as u16);
+    let mut after = w.state();
+    after.mem[RESPONSE_PAGE].copy_from_slice(&before.mem[RESPONSE_PAGE]);
+    same(&before, &after, "a redirected MMIO_VALIDATE");
+    // With the context of the TDI it names, the guest's request runs.
+    ok(w.cmd(&guest_request(GCTX)));
+    let rsp: msg::MmioValidateRsp = w.response();
+    assert_eq!(rsp.status.get(), Mv::Success as u16);
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    ok(w.cmd(&guest_request(GCTX)));
+    assert_eq!(start_outcome(&w.response()), Outcome::SUCCESS);
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Run { .. }
+    ));
+    let t2 = w.sev.tdi_ctx(sla(TDI2_PFN)).unwrap().tdi;
+    assert!(matches!(
+        w.sev.tsm().tdi(t2).unwrap().state,
+        TdiState::Locked { .. }
+    ));
+}
