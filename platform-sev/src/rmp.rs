@@ -14,6 +14,7 @@ use tsm_core::capacity::MAX_GUESTS;
 use tsm_core::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
 use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
 
+use crate::pfn::{LeafCode, Pfn};
 use crate::status::SevStatus;
 
 /// RMP `Page_Size` values (APM Vol. 2 15.36.3: 0 = 4K, 1 = 2M).
@@ -21,7 +22,9 @@ pub const RMP_PAGE_4K: bool = false;
 /// 2M RMP page.
 pub const RMP_PAGE_2M: bool = true;
 
-/// One RMP entry (16 bytes, as on hardware; layout ours).
+/// One RMP entry (16 bytes, as on hardware; layout ours). Every field takes a type no wider
+/// than the field ([`crate::pfn`]; `bool`, and `u32` for the two 32-bit fields), so no setter
+/// can be handed a value it would panic on.
 #[bitfield(u128)]
 #[derive(PartialEq, Eq)]
 pub struct RmpEntry {
@@ -39,26 +42,18 @@ pub struct RmpEntry {
     pub blocked: bool,
     /// Ours: the guest leaf size (0 4K, 1 2M, 2 1G), so a lookup returns the whole leaf.
     #[bits(2)]
-    pub leaf_size: u8,
+    pub leaf_size: LeafCode,
     #[bits(4)]
     __: u8,
     /// Guest page frame number (guest physical address bits 51:12).
     #[bits(40)]
-    pub gpa_pfn: u64,
+    pub gpa_pfn: Pfn,
     #[bits(12)]
     __: u16,
     /// The guest's ASID.
     pub asid: u32,
     /// Ours: the ASID fence epoch at which the entry was blocked.
     pub fence_epoch: u32,
-}
-
-const fn leaf_code(size: PageSize) -> u8 {
-    size.tdx_level()
-}
-
-fn leaf_size_of(code: u8) -> Option<PageSize> {
-    PageSize::from_tdx_level(u64::from(code))
 }
 
 /// The fence state of one guest's ASID.
@@ -277,13 +272,13 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         if !e.assigned() || !e.mmio() {
             return None;
         }
-        let size = leaf_size_of(e.leaf_size())?;
+        let size = e.leaf_size().size()?;
         let hpa = self.hpa_of(i)?.as_u64();
         // The leaf starts at the host address aligned down to its size, and the guest address
         // moves with it.
         let back = hpa & size.offset_mask();
         let first = i.checked_sub(usize::try_from(back >> 12).ok()?)?;
-        let gpa = (e.gpa_pfn() << 12).checked_sub(back)?;
+        let gpa = e.gpa_pfn().address().checked_sub(back)?;
         let state = if e.blocked() {
             LeafState::Blocked {
                 epoch: Epoch::from(e.fence_epoch()),
@@ -306,7 +301,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     /// Finds `guest`'s leaf that covers `gpa`: the entry index of its first page.
     fn find(&self, guest: GuestId, gpa: Gpa) -> Result<(usize, Leaf), TableError> {
         let asid = self.fence(guest)?.asid;
-        let pfn = gpa.as_u64() >> 12;
+        let pfn = Pfn::of(gpa);
         let i = self
             .entries()
             .iter()
@@ -346,16 +341,17 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         if e.immutable() {
             return Err(RmpFault::Permission);
         }
-        // The GPA field holds 40 bits of PFN: a wider address is malformed input, and the
-        // bitfield setter would panic on it.
-        if update.gpa & (PAGE - 1) != 0 || update.gpa >= tsm_core::addr::PHYS_ADDR_LIMIT {
+        // The GPA field holds 40 bits of PFN: a wider or unaligned address is malformed
+        // input. Only the checked address reaches the entry, as a frame number that fits.
+        let gpa = Gpa::try_new(update.gpa).map_err(|_| RmpFault::Input)?;
+        if !gpa.is_aligned(PageSize::Size4K) {
             return Err(RmpFault::Input);
         }
         let new = if update.assigned {
             RmpEntry::new()
                 .with_assigned(true)
                 .with_asid(update.asid)
-                .with_gpa_pfn(update.gpa >> 12)
+                .with_gpa_pfn(Pfn::of(gpa))
                 .with_page_size(update.page_size)
         } else {
             RmpEntry::new()
@@ -406,20 +402,19 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         let r = self
             .span(hpa.as_u64(), pages)
             .ok_or(ValidateFault::NotAssigned)?;
-        let first_pfn = gpa.as_u64() >> 12;
         let entries = self
             .entries()
             .get(r.clone())
             .ok_or(ValidateFault::NotAssigned)?;
-        let mut pfn = first_pfn;
+        let mut pfn = Some(Pfn::of(gpa));
         for e in entries {
             if !e.assigned() || !e.mmio() || e.blocked() || e.asid() != asid {
                 return Err(ValidateFault::NotAssigned);
             }
-            if e.gpa_pfn() != pfn {
+            if Some(e.gpa_pfn()) != pfn {
                 return Err(ValidateFault::NotMapped);
             }
-            pfn = pfn.wrapping_add(1);
+            pfn = pfn.and_then(|p| p.checked_add(1));
         }
         let uniform = entries.windows(2).all(|w| match w {
             [a, b] => a.validated() == b.validated(),
@@ -454,15 +449,18 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             .span(hpa.as_u64(), size.base_pages())
             .ok_or(TableError::OutOfFrames)?;
         // Guest side first, then host side (the order the core's reference table checks).
-        let lo = gpa.as_u64() >> 12;
-        let hi = lo.saturating_add(size.base_pages());
-        if self
-            .entries()
-            .iter()
-            .any(|e| e.assigned() && e.asid() == asid && (lo..hi).contains(&e.gpa_pfn()))
-        {
+        let lo = Pfn::of(gpa);
+        let hi = lo.get().saturating_add(size.base_pages());
+        if self.entries().iter().any(|e| {
+            e.assigned() && e.asid() == asid && (lo.get()..hi).contains(&e.gpa_pfn().get())
+        }) {
             return Err(TableError::GpaMapped);
         }
+        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
+        // 2^52, so the leaf ends at 2^52 at most.
+        let last = lo
+            .checked_add(size.base_pages().saturating_sub(1))
+            .ok_or(TableError::Misaligned)?;
         let entries = self
             .entries()
             .get(r.clone())
@@ -475,16 +473,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             .with_immutable(true)
             .with_mmio(true)
             .with_asid(asid)
-            .with_leaf_size(leaf_code(size))
+            .with_leaf_size(LeafCode::of(size))
             .with_page_size(if size == PageSize::Size4K {
                 RMP_PAGE_4K
             } else {
                 RMP_PAGE_2M
             });
-        let mut pfn = lo;
-        for e in self.entries_mut(r) {
-            *e = template.with_gpa_pfn(pfn);
-            pfn = pfn.saturating_add(1);
+        for (e, i) in self.entries_mut(r).iter_mut().zip(0u64..) {
+            *e = template.with_gpa_pfn(lo.checked_add(i).unwrap_or(last));
         }
         Ok(())
     }

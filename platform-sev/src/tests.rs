@@ -17,6 +17,7 @@ use crate::device::{Bars, PciModel};
 use crate::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
 use crate::memory::{PageMemory, SystemMemory};
+use crate::pfn::Pfn;
 use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
 
@@ -44,7 +45,9 @@ const GPA: u64 = 0x10_0000_0000;
 const GDEV: u16 = 0x0100;
 
 fn sla(pfn: u64) -> u64 {
-    SlaAddr::new().with_pfn(pfn).into_bits()
+    SlaAddr::new()
+        .with_pfn(Pfn::try_new(pfn).unwrap())
+        .into_bits()
 }
 fn dev_sla() -> u64 {
     sla(0x30_0001)
@@ -1045,7 +1048,11 @@ fn golden_layouts_match_the_published_offsets() {
     );
 
     // SLA bits (sev-dev-tio.h: page_type 0, page_size 1, pfn 51:12).
-    assert_eq!(SlaAddr::new().with_pfn(0x12345).into_bits(), 0x1234_5000);
+    assert_eq!(sla(0x12345), 0x1234_5000);
+    assert_eq!(
+        SlaAddr::data_page(hpa(0x1234_5678)).into_bits(),
+        0x1234_5000
+    );
     assert_eq!(SlaAddr::new().with_page_type(true).into_bits(), 1);
     assert_eq!(SlaAddr::new().with_page_size(true).into_bits(), 2);
     let _ = U16::new(0);
@@ -1059,7 +1066,7 @@ fn rmp_entry_layout() {
         .with_immutable(true)
         .with_validated(true)
         .with_mmio(true)
-        .with_gpa_pfn(0xABCDE)
+        .with_gpa_pfn(Pfn::try_new(0xABCDE).unwrap())
         .with_asid(0x42);
     assert_eq!(core::mem::size_of::<RmpEntry>(), 16);
     assert_eq!(e.into_bits() & 0x1F, 0x1F);
@@ -1491,7 +1498,7 @@ fn host_mmio_commands() {
                     && e.immutable()
                     && e.mmio()
                     && e.asid() == 5
-                    && e.gpa_pfn() == (GPA >> 12) + i
+                    && e.gpa_pfn().get() == (GPA >> 12) + i
                     && e.page_size()
                     && !e.validated()
             }) && !r.entry(BAR + 0x20_0000).unwrap().assigned()
@@ -2199,4 +2206,56 @@ fn a_guest_request_acts_on_the_tdi_the_guest_named() {
         w.sev.tsm().tdi(t2).unwrap().state,
         TdiState::Locked { .. }
     ));
+}
+
+// ---- bitfield entries take only values that fit -------------------------------------------
+
+#[test]
+fn entries_at_the_edges_of_the_address_space() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    // A 2M leaf whose last page is the last guest page below 2^52, validated whole.
+    let top = (1u64 << 52) - 0x20_0000;
+    ok(w.cmd(&mmio_map(top, BAR, abi::MMIO_SIZE_2M)));
+    let (o, rsp) = w.validate(
+        GCTX,
+        validate_req(0, 0, 512, top, msg::VALIDATE_FLAG_VALIDATED),
+    );
+    ok(o);
+    assert_eq!(rsp.status.get(), Mv::Success as u16);
+    let last = w
+        .sev
+        .tsm()
+        .with_table(|r| r.entry(BAR + 0x1F_F000).unwrap())
+        .unwrap();
+    assert_eq!(last.gpa_pfn().get(), (1 << 40) - 1);
+    assert_eq!(last.leaf_size().size(), Some(PageSize::Size2M));
+    // The host's RMPUPDATE with every hostile guest address: a status or done, never a panic.
+    let page = BAR + 0x60_0000;
+    for (gpa, want) in [
+        ((1u64 << 52) - 0x1000, Ok(())),
+        (1 << 52, Err(RmpFault::Input)),
+        (!0xFFF, Err(RmpFault::Input)),
+        (0x1001, Err(RmpFault::Input)),
+    ] {
+        let update = RmpUpdate {
+            assigned: true,
+            asid: u32::MAX,
+            gpa,
+            page_size: true,
+        };
+        assert_eq!(w.sev.host_rmpupdate(page, update), want, "{gpa:#x}");
+    }
+    // Any 64 bits a host calls an SLA decode without a panic, and re-encode to themselves.
+    for raw in [u64::MAX, 1 << 63, 0xFFF, (1 << 52) - 0x1000] {
+        let sla = SlaAddr::from_bits(raw);
+        assert_eq!(
+            SlaAddr::new()
+                .with_page_type(sla.page_type())
+                .with_page_size(sla.page_size())
+                .with_pfn(sla.pfn())
+                .into_bits(),
+            raw & !(0x3FF << 2) & ((1 << 52) - 1)
+        );
+    }
 }

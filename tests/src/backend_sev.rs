@@ -16,6 +16,7 @@ use platform_sev::abi::{self, Command, SlaAddr};
 use platform_sev::device::PciModel;
 use platform_sev::guest_msg::{self as msg, MsgHeader};
 use platform_sev::memory::{PageMemory, SystemMemory};
+use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{Rmp, RmpEntry};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::byteorder::little_endian::{U16, U32, U64};
@@ -75,8 +76,9 @@ fn length<C: Command>() -> U32 {
     U32::new(u32::try_from(abi::len_of::<C>()).unwrap_or(0))
 }
 
+/// The SLA of page frame `pfn` (0, a null SLA the firmware refuses, past 40 bits).
 fn sla(pfn: u64) -> u64 {
-    SlaAddr::new().with_pfn(pfn).into_bits()
+    Pfn::try_new(pfn).map_or(0, |p| SlaAddr::new().with_pfn(p).into_bits())
 }
 
 fn size_code(size: PageSize) -> u8 {
