@@ -382,13 +382,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let g = self.guest(c.gctx_paddr.get())?;
         // The core's refusal first (a guest that owns TDIs), then release the ASID: refused
         // (IN_USE, nothing changed) while any RMP entry still names it. Only then forget the
-        // guest; should that still be refused, give the ASID back.
+        // guest; should that still be refused, give back exactly what was released: the ASID
+        // and both fence counters (a later ASID_FENCE_STATUS must read what it read before).
         if self.tsm.guest(g.guest)?.bound_tdis != 0 {
             return Err(Error::GuestInUse.into());
         }
-        self.tsm.with_table(|r| r.set_asid(g.guest, 0))??;
+        let released = self.tsm.with_table(|r| r.release_asid(g.guest))??;
         if let Err(e) = self.tsm.destroy_guest(g.guest) {
-            self.tsm.with_table(|r| r.set_asid(g.guest, g.asid))??;
+            self.tsm.with_table(|r| r.restore_asid(released))?;
             return Err(e.into());
         }
         self.guests.retain(|x| x.gctx != g.gctx);

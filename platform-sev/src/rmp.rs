@@ -8,10 +8,18 @@
 //! own guest page (the "smashed" form; APM: a 1G mapping is backed by 2M RMP entries, so the
 //! RMP page size is 2M for both). `blocked`, `leaf_size` and `fence_epoch` are ours: they hold
 //! the reclaim state (blocked, fenced, unassigned) the core's unbind walks through.
+//!
+//! Fences: each ASID counts the fences raised and completed in 64 bits; counting never wraps,
+//! and the fence after the 2^64 - 1st is refused (`TableError::OutOfFrames`, the core's
+//! `SecureTableFull`) with nothing changed. An entry records the low 32 bits of the count at
+//! its block; the full count is the latest one not above the fences raised with those low
+//! bits ([`AsidFence::blocked_at`]). That is exact while fewer than 2^32 fences are raised
+//! between a block and the removal; after more, it comes out later than the truth, never
+//! earlier: a removal may wait for one more fence, it never skips one.
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::MAX_GUESTS;
-use tsm_core::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+use tsm_core::secure_table::{Leaf, LeafState, SecureTable, TableError};
 use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
 
 use crate::pfn::{LeafCode, Pfn};
@@ -52,7 +60,7 @@ pub struct RmpEntry {
     __: u16,
     /// The guest's ASID.
     pub asid: u32,
-    /// Ours: the ASID fence epoch at which the entry was blocked.
+    /// Ours: the low 32 bits of the ASID's fence count when the entry was blocked.
     pub fence_epoch: u32,
 }
 
@@ -61,10 +69,15 @@ pub struct RmpEntry {
 pub struct AsidFence {
     /// 0: no ASID (the guest context is not activated).
     asid: u32,
-    /// Fences raised.
-    raised: u32,
-    /// Fences completed (all TLBs and IOTLBs flushed).
-    done: u32,
+    /// Fences raised (never wraps: the 2^64th is refused).
+    raised: u64,
+    /// Fences completed (all TLBs and IOTLBs flushed); never above `raised`.
+    done: u64,
+}
+
+/// The low 32 bits of a fence count, as an RMP entry records it.
+fn epoch_bits(count: u64) -> u32 {
+    u32::try_from(count & u64::from(u32::MAX)).unwrap_or(u32::MAX)
 }
 
 impl AsidFence {
@@ -74,14 +87,34 @@ impl AsidFence {
     }
 
     /// Fences raised so far.
-    pub fn raised(&self) -> u32 {
+    pub fn raised(&self) -> u64 {
         self.raised
     }
 
     /// Fences completed so far.
-    pub fn done(&self) -> u32 {
+    pub fn done(&self) -> u64 {
         self.done
     }
+
+    /// The fence count at which an entry that recorded `bits` was blocked: the latest count
+    /// not above `raised` whose low 32 bits are `bits`. Never earlier than the true count (the
+    /// true one is such a count too), so a removal that waits for a completed fence past it
+    /// never goes early.
+    pub fn blocked_at(&self, bits: u32) -> u64 {
+        let back = epoch_bits(self.raised).wrapping_sub(bits);
+        self.raised
+            .checked_sub(u64::from(back))
+            .unwrap_or(self.raised)
+    }
+}
+
+/// What SNP_DECOMMISSION took from a guest: its ASID and fence counters exactly as they were,
+/// to give back ([`Rmp::restore_asid`]) should the decommission be refused after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a released ASID is restored if the command is refused"]
+pub struct ReleasedAsid {
+    slot: usize,
+    fence: AsidFence,
 }
 
 /// Why the host's own RMP instruction failed. APM Vol. 3 RMPUPDATE / PSMASH return codes
@@ -218,7 +251,33 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         u16::try_from(slot).ok().map(GuestId::from_slot)
     }
 
-    /// Gives `guest` its ASID (SNP_ACTIVATE) or takes it away (`0`, SNP_DECOMMISSION).
+    /// Takes `guest`'s ASID and fence counters away (SNP_DECOMMISSION): `IN_USE` while an
+    /// entry still names the ASID, `INVALID_GUEST` past the table; nothing changes then.
+    pub fn release_asid(&mut self, guest: GuestId) -> Result<ReleasedAsid, SevStatus> {
+        let slot = usize::from(guest.slot());
+        let fence = *self.fences.get(slot).ok_or(SevStatus::INVALID_GUEST)?;
+        if fence.asid != 0
+            && self
+                .entries()
+                .iter()
+                .any(|e| e.assigned() && e.asid() == fence.asid)
+        {
+            return Err(SevStatus::IN_USE);
+        }
+        if let Some(f) = self.fences.get_mut(slot) {
+            *f = AsidFence::default();
+        }
+        Ok(ReleasedAsid { slot, fence })
+    }
+
+    /// Gives back exactly what [`Rmp::release_asid`] took: the ASID and both fence counters.
+    pub fn restore_asid(&mut self, released: ReleasedAsid) {
+        if let Some(f) = self.fences.get_mut(released.slot) {
+            *f = released.fence;
+        }
+    }
+
+    /// Gives `guest` its ASID (SNP_ACTIVATE), fence counters from 0, or takes it away (`0`).
     /// `INVALID_ASID` if another guest has it, `INVALID_GUEST` past the table, `IN_USE` if the
     /// guest still has pages in the RMP.
     pub fn set_asid(&mut self, guest: GuestId, asid: u32) -> Result<(), SevStatus> {
@@ -266,6 +325,15 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         }
     }
 
+    /// Tests: sets the fence counters of `guest`, as if that many fences had been raised and
+    /// completed (reaching 2^32 or 2^64 fences one at a time takes too long for a test).
+    #[cfg(test)]
+    pub(crate) fn set_fence_counts(&mut self, guest: GuestId, raised: u64, done: u64) {
+        if let Some(f) = self.fences.get_mut(usize::from(guest.slot())) {
+            (f.raised, f.done) = (raised, done);
+        }
+    }
+
     /// The leaf covering the entry at index `i`: its first index and the leaf itself.
     fn leaf_at(&self, i: usize) -> Option<(usize, Leaf)> {
         let e = *self.entries().get(i)?;
@@ -279,9 +347,10 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         let back = hpa & size.offset_mask();
         let first = i.checked_sub(usize::try_from(back >> 12).ok()?)?;
         let gpa = e.gpa_pfn().address().checked_sub(back)?;
+        let guest = self.guest_of_asid(e.asid())?;
         let state = if e.blocked() {
             LeafState::Blocked {
-                epoch: Epoch::from(e.fence_epoch()),
+                epoch: self.fence(guest).ok()?.blocked_at(e.fence_epoch()),
             }
         } else {
             LeafState::Mapped
@@ -289,7 +358,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         Some((
             first,
             Leaf {
-                guest: self.guest_of_asid(e.asid())?,
+                guest,
                 gpa: Gpa::try_new(gpa).ok()?,
                 hpa: self.hpa_of(first)?,
                 size,
@@ -495,12 +564,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         }
         for e in self.entries_mut(r) {
             e.set_blocked(true);
-            e.set_fence_epoch(raised);
+            e.set_fence_epoch(epoch_bits(raised));
         }
         Ok(())
     }
 
-    /// Raises the ASID fence (ASID_FENCE_CLEAR): complete at once unless tests hold it.
+    /// Raises the ASID fence (ASID_FENCE_CLEAR): complete at once unless tests hold it. The
+    /// fence after the 2^64 - 1st is refused (`OutOfFrames`: no room left to count it), with
+    /// nothing changed.
     fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
         self.fence(guest)?;
         let hold = self.hold_fence;
@@ -521,9 +592,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         let (r, leaf) = self.exact(guest, gpa, size)?;
         match leaf.state {
             LeafState::Mapped => Err(TableError::NotBlocked),
-            LeafState::Blocked { epoch } if Epoch::from(done) <= epoch => {
-                Err(TableError::TlbNotFlushed)
-            }
+            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
             LeafState::Blocked { .. } => {
                 self.entries_mut(r).fill(RmpEntry::new());
                 Ok(leaf.hpa)

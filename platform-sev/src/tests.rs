@@ -2259,3 +2259,158 @@ fn entries_at_the_edges_of_the_address_space() {
         );
     }
 }
+
+// ---- fence counters at the wrap -----------------------------------------------------------
+
+/// Unbinds the TDI to the end.
+fn unbind_all(w: &mut World) -> Outcome {
+    let mut o = w.cmd(&tdi_unbind(GCTX));
+    while o.status == SevStatus::RESUME_REQUIRED {
+        o = w.cmd(&tdi_unbind(GCTX));
+    }
+    o
+}
+
+#[test]
+fn fences_go_on_past_2_pow_32() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    // The leaves are blocked at fence 2^32 - 1; unbind's own fence is the 2^32nd.
+    let wrap = 1u64 << 32;
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, wrap - 1, wrap - 1))
+        .unwrap();
+    ok(unbind_all(&mut w));
+    assert!(
+        w.sev
+            .tsm()
+            .with_table(|r| r.entries().iter().all(|e| !e.assigned()))
+            .unwrap()
+    );
+    // And the host's fences go on too, complete at once.
+    ok(w.cmd(&fence_clear(GCTX)));
+    ok(w.cmd(&fence_status(5)));
+    let mut word = [0u8; 8];
+    w.mem.read(MEM, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0);
+    let f = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    assert_eq!((f.raised(), f.done()), (wrap + 1, wrap + 1));
+    // Bound again, blocked and fenced across the wrap with the fence held: removal waits
+    // for the fence, then goes on.
+    ok(w.cmd(&tdi_bind(GCTX)));
+    ok(w.cmd(&mmio_map(GPA, BAR, abi::MMIO_SIZE_2M)));
+    w.sev
+        .tsm()
+        .with_table(|r| {
+            r.set_fence_counts(g, 2 * wrap - 1, 2 * wrap - 1);
+            r.hold_fences(true)
+        })
+        .unwrap();
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(unbind_all(&mut w));
+}
+
+#[test]
+fn the_last_fence_a_counter_holds_is_refused_and_changes_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, u64::MAX - 1, u64::MAX - 1))
+        .unwrap();
+    ok(w.cmd(&fence_clear(GCTX)));
+    let f = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    assert_eq!((f.raised(), f.done()), (u64::MAX, u64::MAX));
+    let o = refused(&mut w, Error::SecureTableFull, |w| {
+        w.cmd(&fence_clear(GCTX))
+    });
+    assert_eq!(o.status, SevStatus::RESOURCE_LIMIT);
+    // Unbind needs a fence too: refused at the same point, with its progress kept.
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::SecureTableFull)));
+    refused(&mut w, Error::SecureTableFull, |w| w.cmd(&tdi_unbind(GCTX)));
+}
+
+#[test]
+fn a_leaf_blocked_2_pow_32_fences_ago_waits_for_one_more_never_one_fewer() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    let gpa = tsm_core::Gpa::try_new(GPA).unwrap();
+    w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    // Blocked at fence 5: unbind blocks, raises fence 6 (held) and waits.
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, 5, 5))
+        .unwrap();
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
+    let epoch = |w: &World| match w.sev.tsm().leaf(g, gpa).unwrap().unwrap().state {
+        tsm_core::LeafState::Blocked { epoch } => epoch,
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(epoch(&w), 5);
+    // 2^32 more fences raised and completed: the entry's 32 bits cannot tell this from a
+    // block at the latest fence, so the removal waits for one more fence.
+    let wrap = 1u64 << 32;
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, 5 + wrap, 5 + wrap))
+        .unwrap();
+    assert_eq!(epoch(&w), 5 + wrap);
+    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&tdi_unbind(GCTX)));
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(w.cmd(&fence_clear(GCTX)));
+    ok(unbind_all(&mut w));
+}
+
+#[test]
+fn decommission_gives_back_exactly_what_it_released() {
+    let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); 16]).unwrap();
+    let g = GuestId::from_slot(2);
+    rmp.set_asid(g, 7).unwrap();
+    rmp.hold_fences(true);
+    for _ in 0..3 {
+        rmp.track(g).unwrap();
+    }
+    rmp.set_fence_counts(g, (1 << 32) + 3, 1 << 32);
+    let before = rmp.clone();
+    let released = rmp.release_asid(g).unwrap();
+    assert_eq!(rmp.asid(g), 0);
+    assert_ne!(rmp, before);
+    rmp.restore_asid(released);
+    assert_eq!(rmp, before);
+    assert_eq!(
+        (rmp.fences()[2].raised(), rmp.fences()[2].done()),
+        ((1 << 32) + 3, 1 << 32)
+    );
+    // A release refused while an entry names the ASID changes nothing.
+    rmp.map(
+        g,
+        tsm_core::Gpa::try_new(0).unwrap(),
+        hpa(RMP_BASE),
+        PageSize::Size4K,
+    )
+    .unwrap();
+    let before = rmp.clone();
+    assert_eq!(rmp.release_asid(g), Err(SevStatus::IN_USE));
+    assert_eq!(rmp, before);
+    // Through the command: a refused decommission leaves ASID and counters as they were.
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    for _ in 0..3 {
+        ok(w.cmd(&fence_clear(GCTX)));
+    }
+    refused(&mut w, Error::GuestInUse, |w| w.cmd(&decommission(GCTX)));
+    ok(unbind_all(&mut w));
+    ok(w.cmd(&decommission(GCTX)));
+    assert_eq!(
+        w.sev.tsm().with_table(|r| r.fences()[0]).unwrap(),
+        AsidFence::default()
+    );
+}
