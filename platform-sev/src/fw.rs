@@ -346,17 +346,18 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if self.guest_ctx(gctx).is_some() {
             return Err(SevStatus::IN_USE.into());
         }
-        if self.guests.is_full() {
+        // The core decides (`GuestTableFull`); a context table as large as the core's, one
+        // context per core guest, then always has room.
+        let guest = self.tsm.create_guest()?;
+        let ctx = GuestCtx {
+            gctx,
+            guest,
+            asid: 0,
+        };
+        if self.guests.push(ctx).is_err() {
+            self.tsm.destroy_guest(guest)?;
             return Err(Error::GuestTableFull.into());
         }
-        let guest = self.tsm.create_guest()?;
-        self.guests
-            .push(GuestCtx {
-                gctx,
-                guest,
-                asid: 0,
-            })
-            .map_err(|_| Error::GuestTableFull)?;
         DONE
     }
 
@@ -412,22 +413,24 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             0,
             0,
         ]))?;
-        if self.devices.is_full() {
-            return Err(Error::DeviceTableFull.into());
-        }
         let bars = self
             .tsm
             .with_transport(|d| d.bars(rid))?
             .map_err(Error::from)?;
+        // The core checks in its own order (too many BARs, overlap, duplicate, full) and its
+        // refusal passes through as it is; a context table as large as the core's, one context
+        // per core device, then always has room.
         let device = self.tsm.create_device(rid, &bars)?;
-        self.devices
-            .push(DevCtx {
-                sla,
-                device,
-                rid,
-                connected: false,
-            })
-            .map_err(|_| Error::DeviceTableFull)?;
+        let ctx = DevCtx {
+            sla,
+            device,
+            rid,
+            connected: false,
+        };
+        if self.devices.push(ctx).is_err() {
+            self.tsm.remove_device(device)?;
+            return Err(Error::DeviceTableFull.into());
+        }
         DONE
     }
 
@@ -492,21 +495,21 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         };
         let iface =
             RequesterId::from_packed(u64::from_le_bytes([devfn, bus, seg_lo, seg_hi, 0, 0, 0, 0]))?;
-        if self.tdis.is_full() {
+        // As for devices: the core's refusal (duplicate, full) passes through as it is.
+        let tdi = self.tsm.create_tdi(dev.device, iface)?;
+        let ctx = TdiCtx {
+            sla,
+            tdi,
+            dev_sla: dev.sla,
+            iface,
+            guest_device_id: 0,
+            lock_flags: 0,
+            reports: 0,
+        };
+        if self.tdis.push(ctx).is_err() {
+            self.tsm.remove_tdi(tdi)?;
             return Err(Error::TdiTableFull.into());
         }
-        let tdi = self.tsm.create_tdi(dev.device, iface)?;
-        self.tdis
-            .push(TdiCtx {
-                sla,
-                tdi,
-                dev_sla: dev.sla,
-                iface,
-                guest_device_id: 0,
-                lock_flags: 0,
-                reports: 0,
-            })
-            .map_err(|_| Error::TdiTableFull)?;
         DONE
     }
 

@@ -13,7 +13,7 @@
 
 use platform_sev::Sev;
 use platform_sev::abi::{self, Command, SlaAddr};
-use platform_sev::device::PciModel;
+use platform_sev::device::{ConfigError, PciModel};
 use platform_sev::guest_msg::{self as msg, MsgHeader};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
@@ -286,19 +286,32 @@ impl Backend for SevBackend<'_> {
     }
 
     /// The device's BARs go into its configuration space (the model), then TIO_DEV_CREATE
-    /// and TIO_DEV_CONNECT.
+    /// and TIO_DEV_CONNECT. A refused DEV_CREATE puts configuration space back as it was.
     fn create_device(&mut self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
-        self.sev
+        let segment = u8::try_from(rid.segment()).map_err(|_| Error::InvalidRequesterId)?;
+        let previous = self
+            .sev
             .tsm()
             .with_transport(|d| d.set_bars(rid, bars))?
-            .map_err(|_| Error::TooManyRanges)?;
+            .map_err(|e| match e {
+                // More BARs than any function has: the firmware would refuse them the same way.
+                ConfigError::TooManyBars => Error::TooManyRanges,
+                // Never while devices are removed through here: the model holds one more device
+                // than the firmware's table.
+                ConfigError::Full => Error::DeviceTableFull,
+            })?;
         let dev = sla(CTX_PFN_BASE.wrapping_add(self.fresh()));
         let mut c = abi::DevCreate::new_zeroed();
         c.length = length::<abi::DevCreate>();
         c.dev_ctx = dev.into();
         c.device_id = rid.routing_id().into();
-        c.segment_id = u8::try_from(rid.segment()).map_err(|_| Error::InvalidRequesterId)?;
-        self.done(&c)?;
+        c.segment_id = segment;
+        if let Err(e) = self.done(&c) {
+            self.sev
+                .tsm()
+                .with_transport(|d| d.restore_bars(rid, previous))?;
+            return Err(e);
+        }
         let mut k = abi::DevConnect::new_zeroed();
         k.length = length::<abi::DevConnect>();
         k.dev_ctx = dev.into();
@@ -310,12 +323,23 @@ impl Backend for SevBackend<'_> {
             .ok_or(Error::InvalidHandle)
     }
 
-    /// TIO_DEV_RECLAIM.
+    /// TIO_DEV_RECLAIM; once the firmware has let the device go, it leaves configuration
+    /// space too (unplugged), so its entry in the model is free for the next device.
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()> {
+        let rid = self
+            .sev
+            .devices()
+            .iter()
+            .find(|d| d.device == device)
+            .map(|d| d.rid);
         let mut c = abi::DevReclaim::new_zeroed();
         c.length = length::<abi::DevReclaim>();
         c.dev_ctx = self.dev_sla(device).into();
-        self.done(&c)
+        self.done(&c)?;
+        if let Some(rid) = rid {
+            self.sev.tsm().with_transport(|d| d.remove_bars(rid))?;
+        }
+        Ok(())
     }
 
     /// TIO_TDI_CREATE.
