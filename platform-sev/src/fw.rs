@@ -50,6 +50,11 @@ const MAX_REPORT: usize = core::mem::size_of::<abi::ReportHeader>()
 // Both answers fit the one page a command names for them.
 const _: () = assert!(MAX_RESPONSE <= abi::PAGE_4K as usize);
 const _: () = assert!(MAX_REPORT <= abi::PAGE_4K as usize);
+// Every response body fits the answer GUEST_REQUEST checks before a message runs: after the
+// message ran, only copies of sizes fixed here remain before the answer is delivered.
+const _: () = assert!(core::mem::size_of::<msg::TdiInfoRsp>() <= msg::MAX_BODY);
+const _: () = assert!(core::mem::size_of::<msg::MmioValidateRsp>() <= msg::MAX_BODY);
+const _: () = assert!(core::mem::size_of::<msg::TdiStartRsp>() <= msg::MAX_BODY);
 
 /// A guest context: the page the host named at SNP_GCTX_CREATE, the core guest, its ASID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
