@@ -1765,6 +1765,18 @@ fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
     ok(w.cmd(&mmio_zap(BAR, BAR_PAGES)));
 }
 
+/// An RMP operation refused as `want` that leaves every entry and fence counter as it was.
+#[track_caller]
+fn rmp_refused<R: PartialEq + core::fmt::Debug>(
+    rmp: &mut Rmp<Vec<RmpEntry>>,
+    want: R,
+    op: impl FnOnce(&mut Rmp<Vec<RmpEntry>>) -> R,
+) {
+    let before = rmp.clone();
+    assert_eq!(op(rmp), want);
+    assert!(*rmp == before, "a refused RMP operation changed the RMP");
+}
+
 #[test]
 fn rmp_window_and_leaf_sizes() {
     let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
@@ -1775,33 +1787,28 @@ fn rmp_window_and_leaf_sizes() {
     let g = GuestId::from_slot(0);
     let gpa = |v| tsm_core::Gpa::try_new(v).unwrap();
     use tsm_core::secure_table::TableError;
-    assert_eq!(
-        rmp.map(g, gpa(0), hpa(BAR), PageSize::Size4K),
-        Err(TableError::UnknownGuest)
-    );
+    rmp_refused(&mut rmp, Err(TableError::UnknownGuest), |r| {
+        r.map(g, gpa(0), hpa(BAR), PageSize::Size4K)
+    });
     rmp.set_asid(g, 3).unwrap();
-    assert_eq!(
-        rmp.set_asid(GuestId::from_slot(1), 3),
-        Err(SevStatus::INVALID_ASID)
-    );
+    rmp_refused(&mut rmp, Err(SevStatus::INVALID_ASID), |r| {
+        r.set_asid(GuestId::from_slot(1), 3)
+    });
     // A page outside the window: a status.
-    assert_eq!(
-        rmp.map(g, gpa(0), hpa(RMP_BASE - 0x1000), PageSize::Size4K),
-        Err(TableError::OutOfFrames)
-    );
-    assert_eq!(
-        rmp.map(
+    rmp_refused(&mut rmp, Err(TableError::OutOfFrames), |r| {
+        r.map(g, gpa(0), hpa(RMP_BASE - 0x1000), PageSize::Size4K)
+    });
+    rmp_refused(&mut rmp, Err(TableError::Misaligned), |r| {
+        r.map(
             g,
             gpa(0),
             hpa(RMP_BASE + (RMP_PAGES as u64 - 1) * 0x1000),
-            PageSize::Size2M
-        ),
-        Err(TableError::Misaligned)
-    );
-    assert_eq!(
-        rmp.map(g, gpa(0x4000_0000), hpa(0xC000_0000), PageSize::Size1G),
-        Err(TableError::OutOfFrames)
-    );
+            PageSize::Size2M,
+        )
+    });
+    rmp_refused(&mut rmp, Err(TableError::OutOfFrames), |r| {
+        r.map(g, gpa(0x4000_0000), hpa(0xC000_0000), PageSize::Size1G)
+    });
     // 2M and 4K leaves; lookups anywhere inside a leaf return the whole leaf.
     rmp.map(g, gpa(0x20_0000), hpa(BAR + 0x20_0000), PageSize::Size2M)
         .unwrap();
@@ -1812,7 +1819,7 @@ fn rmp_window_and_leaf_sizes() {
         (l.gpa, l.hpa, l.size),
         (gpa(0x20_0000), hpa(BAR + 0x20_0000), PageSize::Size2M)
     );
-    assert_eq!(rmp.set_asid(g, 0), Err(SevStatus::IN_USE));
+    rmp_refused(&mut rmp, Err(SevStatus::IN_USE), |r| r.set_asid(g, 0));
     // next_leaf walks by host address and skips leaves that start before `from`.
     let all = MmioRange::from_raw(BAR, 1024).unwrap();
     assert_eq!(
@@ -1832,25 +1839,21 @@ fn rmp_window_and_leaf_sizes() {
     let once = rmp.clone();
     rmp.block(g, gpa(0x20_0000), PageSize::Size2M).unwrap();
     assert_eq!(rmp, once);
-    assert_eq!(
-        rmp.block(g, gpa(0x20_1000), PageSize::Size2M),
-        Err(TableError::SizeMismatch)
-    );
-    assert_eq!(
-        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
-        Err(TableError::TlbNotFlushed)
-    );
+    rmp_refused(&mut rmp, Err(TableError::SizeMismatch), |r| {
+        r.block(g, gpa(0x20_1000), PageSize::Size2M)
+    });
+    rmp_refused(&mut rmp, Err(TableError::TlbNotFlushed), |r| {
+        r.remove(g, gpa(0x20_0000), PageSize::Size2M)
+    });
     rmp.track(g).unwrap();
     assert!(rmp.fence_pending(g));
-    assert_eq!(
-        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
-        Err(TableError::TlbNotFlushed)
-    );
+    rmp_refused(&mut rmp, Err(TableError::TlbNotFlushed), |r| {
+        r.remove(g, gpa(0x20_0000), PageSize::Size2M)
+    });
     rmp.hold_fences(false);
-    assert_eq!(
-        rmp.remove(g, gpa(0x1000), PageSize::Size4K),
-        Err(TableError::NotBlocked)
-    );
+    rmp_refused(&mut rmp, Err(TableError::NotBlocked), |r| {
+        r.remove(g, gpa(0x1000), PageSize::Size4K)
+    });
     assert_eq!(
         rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
         Ok(hpa(BAR + 0x20_0000))
@@ -2244,7 +2247,15 @@ fn entries_at_the_edges_of_the_address_space() {
             gpa,
             page_size: true,
         };
+        let before = w.state();
         assert_eq!(w.sev.host_rmpupdate(page, update), want, "{gpa:#x}");
+        if want.is_err() {
+            same(
+                &before,
+                &w.state(),
+                format_args!("a refused RMPUPDATE at {gpa:#x}"),
+            );
+        }
     }
     // Any 64 bits a host calls an SLA decode without a panic, and re-encode to themselves.
     for raw in [u64::MAX, 1 << 63, 0xFFF, (1 << 52) - 0x1000] {
