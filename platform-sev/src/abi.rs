@@ -14,6 +14,7 @@ use bitfield_struct::bitfield;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::pfn::Pfn;
 use crate::status::SevStatus;
 
 /// Longest SEV-TIO command buffer. sev-dev-tio.h `SEV_TIO_MAX_COMMAND_LENGTH = 128`.
@@ -126,6 +127,8 @@ fn zero(bytes: &[u8]) -> bool {
 }
 
 /// A scatter-list address (sev-dev-tio.h `struct sla_addr_t`): names a context or data page.
+/// Every settable field takes a type that fits it ([`crate::pfn`]); the reserved fields are
+/// read-only.
 #[bitfield(u64)]
 #[derive(PartialEq, Eq)]
 pub struct SlaAddr {
@@ -133,12 +136,12 @@ pub struct SlaAddr {
     pub page_type: bool,
     /// 0: 4K, 1: 2M (`SLA_PAGE_SIZE_2M`).
     pub page_size: bool,
-    #[bits(10)]
+    #[bits(10, access = RO)]
     reserved1: u16,
     /// Page frame number.
     #[bits(40)]
-    pub pfn: u64,
-    #[bits(12)]
+    pub pfn: Pfn,
+    #[bits(12, access = RO)]
     reserved2: u16,
 }
 
@@ -158,9 +161,14 @@ impl SlaAddr {
         Ok(sla)
     }
 
+    /// The SLA of one 4K data page: the page holding `addr`.
+    pub fn data_page(addr: tsm_core::Hpa) -> Self {
+        Self::new().with_pfn(Pfn::of(addr))
+    }
+
     /// The page's system physical address.
     pub fn address(self) -> u64 {
-        self.pfn() << 12
+        self.pfn().address()
     }
 }
 

@@ -14,6 +14,11 @@ use tsm_core::{
 /// list reaches the core's own check and gets its status).
 pub const MAX_DEVICE_BARS: usize = 8;
 
+/// Devices the model's configuration space holds at once: one more than the firmware tracks
+/// (`MAX_DEVICES`), so that the device a full firmware refuses can still be configured and
+/// get the firmware's own status. Entries are freed when a device is removed.
+pub const MODEL_DEVICES: usize = MAX_DEVICES + 1;
+
 /// A device's BARs as configuration space shows them.
 pub type Bars = heapless::Vec<MmioRange, MAX_DEVICE_BARS>;
 
@@ -30,12 +35,21 @@ pub trait DeviceView: TdispDevice {
 pub struct PciModel {
     /// The TDISP requester and, behind it, the model DSM of every interface.
     pub tdisp: ModelDevice,
-    bars: heapless::Vec<(RequesterId, Bars), MAX_DEVICES>,
+    bars: heapless::Vec<(RequesterId, Bars), MODEL_DEVICES>,
 }
 
 /// The model is out of room (a test configured more than it holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelFull;
+
+/// Why configuration space could not show a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// More BARs than [`MAX_DEVICE_BARS`]: more than any function has.
+    TooManyBars,
+    /// [`MODEL_DEVICES`] devices are configured already.
+    Full,
+}
 
 impl PciModel {
     /// No devices configured.
@@ -46,11 +60,46 @@ impl PciModel {
         }
     }
 
-    /// Sets the BARs configuration space shows for `rid`.
-    pub fn set_bars(&mut self, rid: RequesterId, bars: &[MmioRange]) -> Result<(), ModelFull> {
-        let bars = Bars::from_slice(bars).map_err(|_| ModelFull)?;
-        self.bars.retain(|(r, _)| *r != rid);
-        self.bars.push((rid, bars)).map_err(|_| ModelFull)
+    /// Sets the BARs configuration space shows for `rid` (a device plugged in, or
+    /// reconfigured); returns those it showed before, if any. A refusal changes nothing.
+    pub fn set_bars(
+        &mut self,
+        rid: RequesterId,
+        bars: &[MmioRange],
+    ) -> Result<Option<Bars>, ConfigError> {
+        let bars = Bars::from_slice(bars).map_err(|_| ConfigError::TooManyBars)?;
+        if let Some((_, shown)) = self.bars.iter_mut().find(|(r, _)| *r == rid) {
+            return Ok(Some(core::mem::replace(shown, bars)));
+        }
+        self.bars.push((rid, bars)).map_err(|_| ConfigError::Full)?;
+        Ok(None)
+    }
+
+    /// The device at `rid` is gone (removed, unplugged): its entry is free again. Returns the
+    /// BARs it showed.
+    pub fn remove_bars(&mut self, rid: RequesterId) -> Option<Bars> {
+        let at = self.bars.iter().position(|(r, _)| *r == rid)?;
+        Some(self.bars.swap_remove(at).1)
+    }
+
+    /// Puts configuration space for `rid` back as [`PciModel::set_bars`] found it: `previous`
+    /// is what that returned.
+    pub fn restore_bars(&mut self, rid: RequesterId, previous: Option<Bars>) {
+        match previous {
+            Some(bars) => {
+                if let Some((_, shown)) = self.bars.iter_mut().find(|(r, _)| *r == rid) {
+                    *shown = bars;
+                }
+            }
+            None => {
+                self.remove_bars(rid);
+            }
+        }
+    }
+
+    /// Every device's BARs as configuration space shows them.
+    pub fn configured(&self) -> &[(RequesterId, Bars)] {
+        &self.bars
     }
 
     /// Sets the TEE MMIO ranges the interface reports (range ID = index).

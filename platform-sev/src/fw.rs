@@ -3,11 +3,18 @@
 //! into the core's.
 //!
 //! Every handler follows the same order: copy and check the buffer ([`abi::parse`]), resolve
-//! every handle, check what only this layer knows, then make exactly one core call that
-//! changes state, then record its result in the context tables. A refusal at any step changes
-//! nothing.
+//! every handle, check where its answer goes ([`Output`]), check what only this layer knows,
+//! then make exactly one core call that changes state, then record its result in the context
+//! tables and deliver the answer. A refusal at any step changes nothing.
+//!
+//! A command that answers in memory (TDI_STATUS, TDI_INFO, TDI_REPORT, ASID_FENCE_STATUS,
+//! GUEST_REQUEST) checks its output before anything else can change: mapped, aligned, within
+//! one page, system memory the host owns (not device MMIO, not a page the firmware holds as a
+//! context) and writable. After that check, delivering the answer cannot fail, so a command
+//! never changes state and then fails to report it.
 
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
+use tsm_core::lifecycle::{Event, transition};
 use tsm_core::tsm::Tsm;
 use tsm_core::{
     Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange, PageSize, RequesterId,
@@ -32,6 +39,22 @@ pub const MAX_CERT_SLOT: u8 = 7;
 pub const TC_MASK_TC0: u8 = 1 << 0;
 /// Alignment of the status pages TDI_STATUS, TDI_INFO and ASID_FENCE_STATUS write (ours).
 pub const STATUS_ALIGN: u64 = 16;
+/// Alignment of the ASID_FENCE_STATUS word: a `u64` (sev-dev-tio.c writes it as one).
+pub const FENCE_STATUS_ALIGN: u64 = 8;
+/// Longest answer to a guest message: the header and the largest body we send.
+const MAX_RESPONSE: usize = msg::HDR_SIZE as usize + msg::MAX_BODY;
+/// Longest TDI_REPORT output: header, every range a TDI may own, trailing length word.
+const MAX_REPORT: usize = core::mem::size_of::<abi::ReportHeader>()
+    + core::mem::size_of::<abi::ReportRange>() * tsm_core::capacity::MAX_RANGES_PER_TDI
+    + core::mem::size_of::<u32>();
+// Both answers fit the one page a command names for them.
+const _: () = assert!(MAX_RESPONSE <= abi::PAGE_4K as usize);
+const _: () = assert!(MAX_REPORT <= abi::PAGE_4K as usize);
+// Every response body fits the answer GUEST_REQUEST checks before a message runs: after the
+// message ran, only copies of sizes fixed here remain before the answer is delivered.
+const _: () = assert!(core::mem::size_of::<msg::TdiInfoRsp>() <= msg::MAX_BODY);
+const _: () = assert!(core::mem::size_of::<msg::MmioValidateRsp>() <= msg::MAX_BODY);
+const _: () = assert!(core::mem::size_of::<msg::TdiStartRsp>() <= msg::MAX_BODY);
 
 /// A guest context: the page the host named at SNP_GCTX_CREATE, the core guest, its ASID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +131,37 @@ pub struct Sev<S, D> {
     tdis: heapless::Vec<TdiCtx, MAX_TDIS>,
 }
 
+/// Where a command's answer goes, checked before the command changes anything
+/// ([`Sev::output`]): writing at most `len` bytes there cannot fail afterwards.
+#[must_use = "an output is checked to be written"]
+struct Output {
+    spa: u64,
+    len: usize,
+}
+
+impl Output {
+    /// Writes the answer. `bytes` is never longer than what was checked (callers size it from
+    /// the same constant), and the memory promised the write at the check
+    /// ([`SystemMemory::probe_write`]); both refusals are here only so that a broken promise is
+    /// a status, not a fault.
+    fn deliver(self, mem: &mut dyn SystemMemory, bytes: &[u8]) -> Result<(), Fail> {
+        if bytes.len() > self.len {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        mem.write(self.spa, bytes)
+            .map_err(|_| SevStatus::INVALID_ADDRESS.into())
+    }
+
+    /// Writes a structure as the answer.
+    fn put<T: IntoBytes + zerocopy::Immutable>(
+        self,
+        mem: &mut dyn SystemMemory,
+        value: &T,
+    ) -> Result<(), Fail> {
+        self.deliver(mem, value.as_bytes())
+    }
+}
+
 fn page_aligned(addr: u64, align: u64) -> Result<u64, Fail> {
     if addr == 0 || addr & align.wrapping_sub(1) != 0 || Hpa::try_new(addr).is_err() {
         return Err(SevStatus::INVALID_ADDRESS.into());
@@ -121,15 +175,6 @@ fn spdm(ctrl: &SpdmCtrl) -> Result<(), Fail> {
     } else {
         Err(SevStatus::INVALID_PARAM.into())
     }
-}
-
-fn put<T: IntoBytes + zerocopy::Immutable>(
-    mem: &mut dyn SystemMemory,
-    spa: u64,
-    value: &T,
-) -> Result<(), Fail> {
-    mem.write(spa, value.as_bytes())
-        .map_err(|_| SevStatus::INVALID_ADDRESS.into())
 }
 
 impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
@@ -257,6 +302,41 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         Ok(sla)
     }
 
+    /// Checks where a command will write its answer of `len` bytes, before it changes
+    /// anything: `spa` not null, aligned to `align`, below 2^52, the answer within one 4K page
+    /// (`INVALID_ADDRESS`); not device MMIO (the RMP window, `INVALID_ADDRESS`); not a page the
+    /// firmware holds as a guest, device or TDI context (`INVALID_PAGE_STATE`); and mapped and
+    /// writable system memory (`INVALID_ADDRESS`).
+    fn output(
+        &self,
+        mem: &dyn SystemMemory,
+        spa: u64,
+        align: u64,
+        len: usize,
+    ) -> Result<Output, Fail> {
+        let spa = page_aligned(spa, align)?;
+        let bytes = u64::try_from(len).map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        let page = spa & !(abi::PAGE_4K - 1);
+        let within_page = (spa & (abi::PAGE_4K - 1))
+            .checked_add(bytes)
+            .is_some_and(|end| end <= abi::PAGE_4K);
+        if !within_page {
+            return Err(SevStatus::INVALID_ADDRESS.into());
+        }
+        if self.tsm.with_table(|r| r.overlaps(spa, bytes))? {
+            return Err(SevStatus::INVALID_ADDRESS.into());
+        }
+        let firmware_page = self.guests.iter().any(|g| g.gctx == page)
+            || self.devices.iter().any(|d| sla_page(d.sla) == page)
+            || self.tdis.iter().any(|t| sla_page(t.sla) == page);
+        if firmware_page {
+            return Err(SevStatus::INVALID_PAGE_STATE.into());
+        }
+        mem.probe_write(spa, len)
+            .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        Ok(Output { spa, len })
+    }
+
     fn update_tdi(&mut self, sla: u64, f: impl FnOnce(&mut TdiCtx)) {
         if let Some(t) = self.tdis.iter_mut().find(|t| t.sla == sla) {
             f(t);
@@ -271,17 +351,18 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if self.guest_ctx(gctx).is_some() {
             return Err(SevStatus::IN_USE.into());
         }
-        if self.guests.is_full() {
+        // The core decides (`GuestTableFull`); a context table as large as the core's, one
+        // context per core guest, then always has room.
+        let guest = self.tsm.create_guest()?;
+        let ctx = GuestCtx {
+            gctx,
+            guest,
+            asid: 0,
+        };
+        if self.guests.push(ctx).is_err() {
+            self.tsm.destroy_guest(guest)?;
             return Err(Error::GuestTableFull.into());
         }
-        let guest = self.tsm.create_guest()?;
-        self.guests
-            .push(GuestCtx {
-                gctx,
-                guest,
-                asid: 0,
-            })
-            .map_err(|_| Error::GuestTableFull)?;
         DONE
     }
 
@@ -307,13 +388,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let g = self.guest(c.gctx_paddr.get())?;
         // The core's refusal first (a guest that owns TDIs), then release the ASID: refused
         // (IN_USE, nothing changed) while any RMP entry still names it. Only then forget the
-        // guest; should that still be refused, give the ASID back.
+        // guest; should that still be refused, give back exactly what was released: the ASID
+        // and both fence counters (a later ASID_FENCE_STATUS must read what it read before).
         if self.tsm.guest(g.guest)?.bound_tdis != 0 {
             return Err(Error::GuestInUse.into());
         }
-        self.tsm.with_table(|r| r.set_asid(g.guest, 0))??;
+        let released = self.tsm.with_table(|r| r.release_asid(g.guest))??;
         if let Err(e) = self.tsm.destroy_guest(g.guest) {
-            self.tsm.with_table(|r| r.set_asid(g.guest, g.asid))??;
+            self.tsm.with_table(|r| r.restore_asid(released))?;
             return Err(e.into());
         }
         self.guests.retain(|x| x.gctx != g.gctx);
@@ -336,22 +418,24 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             0,
             0,
         ]))?;
-        if self.devices.is_full() {
-            return Err(Error::DeviceTableFull.into());
-        }
         let bars = self
             .tsm
             .with_transport(|d| d.bars(rid))?
             .map_err(Error::from)?;
+        // The core checks in its own order (too many BARs, overlap, duplicate, full) and its
+        // refusal passes through as it is; a context table as large as the core's, one context
+        // per core device, then always has room.
         let device = self.tsm.create_device(rid, &bars)?;
-        self.devices
-            .push(DevCtx {
-                sla,
-                device,
-                rid,
-                connected: false,
-            })
-            .map_err(|_| Error::DeviceTableFull)?;
+        let ctx = DevCtx {
+            sla,
+            device,
+            rid,
+            connected: false,
+        };
+        if self.devices.push(ctx).is_err() {
+            self.tsm.remove_device(device)?;
+            return Err(Error::DeviceTableFull.into());
+        }
         DONE
     }
 
@@ -416,21 +500,21 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         };
         let iface =
             RequesterId::from_packed(u64::from_le_bytes([devfn, bus, seg_lo, seg_hi, 0, 0, 0, 0]))?;
-        if self.tdis.is_full() {
+        // As for devices: the core's refusal (duplicate, full) passes through as it is.
+        let tdi = self.tsm.create_tdi(dev.device, iface)?;
+        let ctx = TdiCtx {
+            sla,
+            tdi,
+            dev_sla: dev.sla,
+            iface,
+            guest_device_id: 0,
+            lock_flags: 0,
+            reports: 0,
+        };
+        if self.tdis.push(ctx).is_err() {
+            self.tsm.remove_tdi(tdi)?;
             return Err(Error::TdiTableFull.into());
         }
-        let tdi = self.tsm.create_tdi(dev.device, iface)?;
-        self.tdis
-            .push(TdiCtx {
-                sla,
-                tdi,
-                dev_sla: dev.sla,
-                iface,
-                guest_device_id: 0,
-                lock_flags: 0,
-                reports: 0,
-            })
-            .map_err(|_| Error::TdiTableFull)?;
         DONE
     }
 
@@ -453,10 +537,17 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if !dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
+        // The core's own first refusal (an already bound TDI, an unbind in progress), which
+        // changes nothing; then the guest device ID: it must name this TDI alone among the
+        // guest's, since the guest's requests name TDIs by it (IN_USE otherwise).
+        transition(self.tsm.tdi(t.tdi)?.state, Event::Bind(g.guest))?;
+        let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
+        if self.named_tdi(&g, id)?.is_some() {
+            return Err(SevStatus::IN_USE.into());
+        }
         // The ranges come from the device's own report over the secure session (the core
         // reads it after LOCK_INTERFACE), never from the host.
         self.tsm.bind(t.tdi, g.guest)?;
-        let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
         self.update_tdi(t.sla, |x| {
             x.guest_device_id = id;
             x.lock_flags = flags;
@@ -503,41 +594,11 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let g = self.guest(c.gctx_paddr.get())?;
         self.owned_by(&t, &g)?;
         let ranges = self.tsm.owned_ranges(t.tdi)?;
-        let count = u32::try_from(ranges.len()).map_err(|_| Error::TooManyRanges)?;
-        // Check every write fits before making any (header, ranges, trailing length).
-        let entry = core::mem::size_of::<abi::ReportRange>();
-        let head = core::mem::size_of::<abi::ReportHeader>();
-        let body = entry
-            .checked_mul(ranges.len())
-            .ok_or(Error::TooManyRanges)?;
-        let total = head.saturating_add(body).saturating_add(4);
-        let mut probe = [0u8; 1];
-        let last = out
-            .checked_add(u64::try_from(total).map_err(|_| Error::TooManyRanges)?)
-            .and_then(|e| e.checked_sub(1))
-            .ok_or(SevStatus::INVALID_ADDRESS)?;
-        if total > abi::PAGE_4K as usize || mem.read(last, &mut probe).is_err() {
-            return Err(SevStatus::INVALID_ADDRESS.into());
-        }
-        // A range the TDISP format cannot carry is refused, not under-reported.
-        if ranges.iter().any(|r| u32::try_from(r.pages()).is_err()) {
-            return Err(Error::InvalidRange.into());
-        }
-        let mut header = abi::ReportHeader::new_zeroed();
-        header.mmio_range_count = count.into();
-        put(mem, out, &header)?;
-        let mut at = out.saturating_add(head as u64);
-        for (id, r) in ranges.iter().enumerate() {
-            let entry_out = abi::ReportRange {
-                first_page: (r.base().as_u64() >> 12).into(),
-                number_of_pages: u32::try_from(r.pages()).unwrap_or(u32::MAX).into(),
-                attributes: 0.into(),
-                range_id: u16::try_from(id).unwrap_or(u16::MAX).into(),
-            };
-            put(mem, at, &entry_out)?;
-            at = at.saturating_add(entry as u64);
-        }
-        put(mem, at, &zerocopy::byteorder::little_endian::U32::new(0))?;
+        // The whole report, built here and written at once: header, ranges, trailing length.
+        let mut report = [0u8; MAX_REPORT];
+        let len = report_bytes(&ranges, &mut report)?;
+        let out = self.output(mem, out, abi::PAGE_4K, len)?;
+        out.deliver(mem, report.get(..len).ok_or(SevStatus::INVALID_PARAM)?)?;
         self.update_tdi(t.sla, |x| x.reports = x.reports.saturating_add(1));
         DONE
     }
@@ -546,29 +607,43 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let c: abi::TdiStatus = abi::parse(buf)?;
         spdm(&c.spdm_ctrl)?;
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
-        let out = page_aligned(c.status_paddr.get(), STATUS_ALIGN)?;
-        // A bound TDI whose device says otherwise goes to ERROR here, as on TDX.
-        match self.tsm.check_interface(t.tdi) {
-            Ok(_) | Err(Error::TdiNotBound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let state = self
+        let out = self.output(
+            mem,
+            c.status_paddr.get(),
+            STATUS_ALIGN,
+            core::mem::size_of::<abi::TdiStatusData>(),
+        )?;
+        // The core's own first check, which changes nothing: an unbound TDI is `TdiNotBound`
+        // and its device is not asked (`Tsm::check_interface` refuses it the same way).
+        transition(self.tsm.tdi(t.tdi)?.state, Event::DeviceError)?;
+        // The answer: the device's TDISP state, read before anything changes. A device that
+        // does not answer fails the command here, with nothing changed.
+        let said = self
             .tsm
             .with_transport(|d| d.interface_state(t.iface))?
             .map_err(Error::from)?;
+        // A bound TDI whose device says otherwise goes to ERROR here, as on TDX, and its leaves
+        // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED)
+        // until every one is, and the host calls TDI_STATUS again to go on.
+        let done = self.tsm.check_interface(t.tdi)?;
         let mut data = abi::TdiStatusData::new_zeroed();
         data.length = u32::try_from(core::mem::size_of::<abi::TdiStatusData>())
             .unwrap_or(0)
             .into();
-        data.tdisp_state = state as u8;
-        put(mem, out, &data)?;
-        DONE
+        data.tdisp_state = said as u8;
+        out.put(mem, &data)?;
+        Ok(done)
     }
 
     fn tdi_info(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::TdiInfo = abi::parse(buf)?;
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
-        let out = page_aligned(c.status_paddr.get(), STATUS_ALIGN)?;
+        let out = self.output(
+            mem,
+            c.status_paddr.get(),
+            STATUS_ALIGN,
+            core::mem::size_of::<abi::TdiInfoData>(),
+        )?;
         let state = self.tsm.tdi(t.tdi)?.state;
         let status: u32 = match state {
             TdiState::Unbound => 0,
@@ -592,7 +667,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         data.p2_flags = u32::from(t.lock_flags).into();
         data.intf_report_counter = t.reports.into();
         data.asid = asid.into();
-        put(mem, out, &data)?;
+        out.put(mem, &data)?;
         DONE
     }
 
@@ -622,14 +697,16 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             .find(|g| g.asid == asid && asid != 0)
             .copied()
             .ok_or(SevStatus::INVALID_ASID)?;
-        let out = page_aligned(c.status_pa.get(), 8)?;
+        let word = zerocopy::byteorder::little_endian::U64::new(0);
+        let out = self.output(
+            mem,
+            c.status_pa.get(),
+            FENCE_STATUS_ALIGN,
+            core::mem::size_of_val(&word),
+        )?;
         let pending = self.tsm.with_table(|r| r.fence_pending(g.guest))?;
         let word: u64 = if pending { abi::FENCE_MMIO_FENCED } else { 0 };
-        put(
-            mem,
-            out,
-            &zerocopy::byteorder::little_endian::U64::new(word),
-        )?;
+        out.put(mem, &zerocopy::byteorder::little_endian::U64::new(word))?;
         DONE
     }
 
@@ -682,10 +759,12 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         let g = self.guest(c.gctx_paddr.get())?;
         let req = page_aligned(c.req_paddr.get(), abi::PAGE_4K)?;
-        let res = page_aligned(c.res_paddr.get(), abi::PAGE_4K)?;
-        if req == res {
+        if req == c.res_paddr.get() {
             return Err(SevStatus::INVALID_PARAM.into());
         }
+        // The answer's page first: a message that changes state (START, MMIO_VALIDATE) runs
+        // only once its answer is sure to arrive.
+        let res = self.output(mem, c.res_paddr.get(), abi::PAGE_4K, MAX_RESPONSE)?;
         let mut hdr = MsgHeader::new_zeroed();
         mem.read(req, hdr.as_mut_bytes())
             .map_err(|_| SevStatus::INVALID_ADDRESS)?;
@@ -716,21 +795,32 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         };
         let bytes = out.get(..len).ok_or(SevStatus::INVALID_PARAM)?;
         let rsp_hdr = MsgHeader::new(rsp_type, len);
-        let mut page = [0u8; msg::HDR_SIZE as usize + msg::MAX_BODY];
+        let mut page = [0u8; MAX_RESPONSE];
         let total = usize::from(msg::HDR_SIZE).saturating_add(len);
         let (h, b) = page.split_at_mut(usize::from(msg::HDR_SIZE));
         h.copy_from_slice(rsp_hdr.as_bytes());
         b.get_mut(..len)
             .ok_or(SevStatus::INVALID_PARAM)?
             .copy_from_slice(bytes);
-        mem.write(res, page.get(..total).ok_or(SevStatus::INVALID_PARAM)?)
-            .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        res.deliver(mem, page.get(..total).ok_or(SevStatus::INVALID_PARAM)?)?;
         DONE
     }
 
-    /// The guest device ID names this TDI only if the host bound it to this guest under it.
-    fn guest_device_ok(&self, t: &TdiCtx, g: &GuestCtx, id: u16) -> Result<bool, Fail> {
-        Ok(self.tsm.tdi(t.tdi)?.state.owner() == Some(g.guest) && t.guest_device_id == id)
+    /// The TDI guest `g` knows by guest device ID `id`: the one TDI bound to `g` under that
+    /// ID (TDI_BIND keeps the IDs of one guest's TDIs distinct), if any.
+    fn named_tdi(&self, g: &GuestCtx, id: u16) -> Result<Option<TdiCtx>, Fail> {
+        for x in &self.tdis {
+            if x.guest_device_id == id && self.tsm.tdi(x.tdi)?.state.owner() == Some(g.guest) {
+                return Ok(Some(*x));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the TDI context the host handed in, `t`, is the TDI the guest names by `id`.
+    /// A guest request acts only on the TDI the guest named, never on another the host picks.
+    fn names(&self, t: &TdiCtx, g: &GuestCtx, id: u16) -> Result<bool, Fail> {
+        Ok(self.named_tdi(g, id)?.is_some_and(|n| n.sla == t.sla))
     }
 
     fn msg_tdi_info(
@@ -744,7 +834,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         }
         let mut rsp = msg::TdiInfoRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
-        if self.guest_device_ok(t, g, r.guest_device_id.get())? {
+        if self.names(t, g, r.guest_device_id.get())? {
             let status: u16 = match self.tsm.tdi(t.tdi)?.state {
                 TdiState::Locked { .. } => 1,
                 TdiState::Run { .. } => 2,
@@ -766,15 +856,24 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if r.reserved.iter().any(|b| *b != 0) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
-        let bound_here = self.tsm.tdi(t.tdi)?.state.owner() == Some(g.guest);
-        let outcome = if bound_here && t.guest_device_id != r.guest_device_id.get() {
-            Outcome::plain(SevStatus::INVALID_PARAM)
-        } else {
+        let state = self.tsm.tdi(t.tdi)?.state;
+        let outcome = if self.names(t, g, r.guest_device_id.get())? {
             Outcome::from_core(
                 self.tsm
                     .guest_start(g.guest, t.tdi)
                     .map(|()| Completion::Done),
             )
+        } else if state.owner() == Some(g.guest) {
+            // The guest's own TDI, but the guest named another one (or none): the host may
+            // not choose which of the guest's TDIs starts.
+            Outcome::plain(SevStatus::INVALID_PARAM)
+        } else {
+            // Not the guest's TDI: the core's refusal says why (`TdiNotBound`, `NotOwner`),
+            // computed without touching anything.
+            match transition(state, Event::Start(g.guest)) {
+                Err(e) => Outcome::from_core(Err(e)),
+                Ok(_) => Outcome::plain(SevStatus::INVALID_PARAM),
+            }
         };
         let mut rsp = msg::TdiStartRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
@@ -817,12 +916,15 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
 
     fn validate(&self, t: &TdiCtx, g: &GuestCtx, r: &msg::MmioValidateReq) -> Result<bool, Mv> {
         let state = self.tsm.tdi(t.tdi).map_err(|_| Mv::InvalidTdi)?.state;
-        match state.owner() {
-            None => return Err(Mv::TdiUnbound),
-            Some(o) if o != g.guest || t.guest_device_id != r.guest_device_id.get() => {
-                return Err(Mv::InvalidTdi);
-            }
-            Some(_) => {}
+        if state.owner().is_none() {
+            return Err(Mv::TdiUnbound);
+        }
+        // Another guest's TDI, or not the one this guest names by that ID.
+        if !self
+            .names(t, g, r.guest_device_id.get())
+            .map_err(|_| Mv::InvalidTdi)?
+        {
+            return Err(Mv::InvalidTdi);
         }
         if !matches!(state, TdiState::Locked { .. } | TdiState::Run { .. }) {
             return Err(Mv::TdiUnbound);
@@ -906,6 +1008,43 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             Err(_) => Err(RmpFault::InUse),
         }
     }
+}
+
+/// The page an SLA names (its low bits are flags, checked when the SLA was accepted).
+fn sla_page(sla: u64) -> u64 {
+    SlaAddr::from_bits(sla).address()
+}
+
+/// Encodes TDI_REPORT's output into `out`: header, one entry per range, trailing length word.
+/// Returns its length. A range the TDISP format cannot carry (more than 2^32 - 1 pages) is
+/// refused (`InvalidRange`), not under-reported.
+fn report_bytes(ranges: &[MmioRange], out: &mut [u8; MAX_REPORT]) -> Result<usize, Fail> {
+    let count = u32::try_from(ranges.len()).map_err(|_| Error::TooManyRanges)?;
+    let mut header = abi::ReportHeader::new_zeroed();
+    header.mmio_range_count = count.into();
+    let mut at = 0usize;
+    let mut push = |bytes: &[u8]| -> Result<(), Fail> {
+        let end = at.checked_add(bytes.len()).ok_or(Error::TooManyRanges)?;
+        out.get_mut(at..end)
+            .ok_or(Error::TooManyRanges)?
+            .copy_from_slice(bytes);
+        at = end;
+        Ok(())
+    };
+    push(header.as_bytes())?;
+    for (id, r) in ranges.iter().enumerate() {
+        let entry = abi::ReportRange {
+            first_page: (r.base().as_u64() >> 12).into(),
+            number_of_pages: u32::try_from(r.pages())
+                .map_err(|_| Error::InvalidRange)?
+                .into(),
+            attributes: 0.into(),
+            range_id: u16::try_from(id).map_err(|_| Error::TooManyRanges)?.into(),
+        };
+        push(entry.as_bytes())?;
+    }
+    push(&0u32.to_le_bytes())?;
+    Ok(at)
 }
 
 fn page_size(code: u8) -> Result<PageSize, Fail> {

@@ -8,6 +8,7 @@
 //! - [`fw`]: the dispatcher and the context tables (guest contexts, device and TDI contexts).
 //! - [`guest_msg`]: the guest messages TIO_GUEST_REQUEST carries (MMIO_VALIDATE, ...).
 //! - [`device`], [`memory`]: what the firmware reads from devices and system memory.
+//! - [`pfn`]: the typed values bitfield entries take (a setter never sees a raw integer).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -26,6 +27,7 @@ pub mod device;
 pub mod fw;
 pub mod guest_msg;
 pub mod memory;
+pub mod pfn;
 pub mod rmp;
 pub mod status;
 

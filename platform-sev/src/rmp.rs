@@ -8,12 +8,21 @@
 //! own guest page (the "smashed" form; APM: a 1G mapping is backed by 2M RMP entries, so the
 //! RMP page size is 2M for both). `blocked`, `leaf_size` and `fence_epoch` are ours: they hold
 //! the reclaim state (blocked, fenced, unassigned) the core's unbind walks through.
+//!
+//! Fences: each ASID counts the fences raised and completed in 64 bits; counting never wraps,
+//! and the fence after the 2^64 - 1st is refused (`TableError::OutOfFrames`, the core's
+//! `SecureTableFull`) with nothing changed. An entry records the low 32 bits of the count at
+//! its block; the full count is the latest one not above the fences raised with those low
+//! bits ([`AsidFence::blocked_at`]). That is exact while fewer than 2^32 fences are raised
+//! between a block and the removal; after more, it comes out later than the truth, never
+//! earlier: a removal may wait for one more fence, it never skips one.
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::MAX_GUESTS;
-use tsm_core::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+use tsm_core::secure_table::{Leaf, LeafState, SecureTable, TableError};
 use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
 
+use crate::pfn::{LeafCode, Pfn};
 use crate::status::SevStatus;
 
 /// RMP `Page_Size` values (APM Vol. 2 15.36.3: 0 = 4K, 1 = 2M).
@@ -21,7 +30,9 @@ pub const RMP_PAGE_4K: bool = false;
 /// 2M RMP page.
 pub const RMP_PAGE_2M: bool = true;
 
-/// One RMP entry (16 bytes, as on hardware; layout ours).
+/// One RMP entry (16 bytes, as on hardware; layout ours). Every field takes a type no wider
+/// than the field ([`crate::pfn`]; `bool`, and `u32` for the two 32-bit fields), so no setter
+/// can be handed a value it would panic on.
 #[bitfield(u128)]
 #[derive(PartialEq, Eq)]
 pub struct RmpEntry {
@@ -39,37 +50,71 @@ pub struct RmpEntry {
     pub blocked: bool,
     /// Ours: the guest leaf size (0 4K, 1 2M, 2 1G), so a lookup returns the whole leaf.
     #[bits(2)]
-    pub leaf_size: u8,
+    pub leaf_size: LeafCode,
     #[bits(4)]
     __: u8,
     /// Guest page frame number (guest physical address bits 51:12).
     #[bits(40)]
-    pub gpa_pfn: u64,
+    pub gpa_pfn: Pfn,
     #[bits(12)]
     __: u16,
     /// The guest's ASID.
     pub asid: u32,
-    /// Ours: the ASID fence epoch at which the entry was blocked.
+    /// Ours: the low 32 bits of the ASID's fence count when the entry was blocked.
     pub fence_epoch: u32,
-}
-
-const fn leaf_code(size: PageSize) -> u8 {
-    size.tdx_level()
-}
-
-fn leaf_size_of(code: u8) -> Option<PageSize> {
-    PageSize::from_tdx_level(u64::from(code))
 }
 
 /// The fence state of one guest's ASID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct AsidFence {
+pub struct AsidFence {
     /// 0: no ASID (the guest context is not activated).
     asid: u32,
-    /// Fences raised.
-    raised: u32,
-    /// Fences completed (all TLBs and IOTLBs flushed).
-    done: u32,
+    /// Fences raised (never wraps: the 2^64th is refused).
+    raised: u64,
+    /// Fences completed (all TLBs and IOTLBs flushed); never above `raised`.
+    done: u64,
+}
+
+/// The low 32 bits of a fence count, as an RMP entry records it.
+fn epoch_bits(count: u64) -> u32 {
+    u32::try_from(count & u64::from(u32::MAX)).unwrap_or(u32::MAX)
+}
+
+impl AsidFence {
+    /// The ASID, 0 if none.
+    pub fn asid(&self) -> u32 {
+        self.asid
+    }
+
+    /// Fences raised so far.
+    pub fn raised(&self) -> u64 {
+        self.raised
+    }
+
+    /// Fences completed so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// The fence count at which an entry that recorded `bits` was blocked: the latest count
+    /// not above `raised` whose low 32 bits are `bits`. Never earlier than the true count (the
+    /// true one is such a count too), so a removal that waits for a completed fence past it
+    /// never goes early.
+    pub fn blocked_at(&self, bits: u32) -> u64 {
+        let back = epoch_bits(self.raised).wrapping_sub(bits);
+        self.raised
+            .checked_sub(u64::from(back))
+            .unwrap_or(self.raised)
+    }
+}
+
+/// What SNP_DECOMMISSION took from a guest: its ASID and fence counters exactly as they were,
+/// to give back ([`Rmp::restore_asid`]) should the decommission be refused after all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a released ASID is restored if the command is refused"]
+pub struct ReleasedAsid {
+    slot: usize,
+    fence: AsidFence,
 }
 
 /// Why the host's own RMP instruction failed. APM Vol. 3 RMPUPDATE / PSMASH return codes
@@ -149,6 +194,22 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         self.entries.as_ref()
     }
 
+    /// The fence state of every guest slot (index = the core's guest slot).
+    pub fn fences(&self) -> &[AsidFence] {
+        &self.fences
+    }
+
+    /// Whether any byte of `len` bytes from `spa` lies in the window: device MMIO, which the
+    /// firmware never uses as memory.
+    pub fn overlaps(&self, spa: u64, len: u64) -> bool {
+        let window = u64::try_from(self.entries().len())
+            .ok()
+            .and_then(|n| n.checked_mul(PAGE))
+            .unwrap_or(u64::MAX);
+        let end = spa.saturating_add(len);
+        spa < self.base.saturating_add(window) && end > self.base
+    }
+
     /// The entry of host page `hpa`, if it is in the window.
     pub fn entry(&self, hpa: u64) -> Option<RmpEntry> {
         self.index(hpa).and_then(|i| self.entries().get(i)).copied()
@@ -190,7 +251,33 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         u16::try_from(slot).ok().map(GuestId::from_slot)
     }
 
-    /// Gives `guest` its ASID (SNP_ACTIVATE) or takes it away (`0`, SNP_DECOMMISSION).
+    /// Takes `guest`'s ASID and fence counters away (SNP_DECOMMISSION): `IN_USE` while an
+    /// entry still names the ASID, `INVALID_GUEST` past the table; nothing changes then.
+    pub fn release_asid(&mut self, guest: GuestId) -> Result<ReleasedAsid, SevStatus> {
+        let slot = usize::from(guest.slot());
+        let fence = *self.fences.get(slot).ok_or(SevStatus::INVALID_GUEST)?;
+        if fence.asid != 0
+            && self
+                .entries()
+                .iter()
+                .any(|e| e.assigned() && e.asid() == fence.asid)
+        {
+            return Err(SevStatus::IN_USE);
+        }
+        if let Some(f) = self.fences.get_mut(slot) {
+            *f = AsidFence::default();
+        }
+        Ok(ReleasedAsid { slot, fence })
+    }
+
+    /// Gives back exactly what [`Rmp::release_asid`] took: the ASID and both fence counters.
+    pub fn restore_asid(&mut self, released: ReleasedAsid) {
+        if let Some(f) = self.fences.get_mut(released.slot) {
+            *f = released.fence;
+        }
+    }
+
+    /// Gives `guest` its ASID (SNP_ACTIVATE), fence counters from 0, or takes it away (`0`).
     /// `INVALID_ASID` if another guest has it, `INVALID_GUEST` past the table, `IN_USE` if the
     /// guest still has pages in the RMP.
     pub fn set_asid(&mut self, guest: GuestId, asid: u32) -> Result<(), SevStatus> {
@@ -238,22 +325,32 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         }
     }
 
+    /// Tests: sets the fence counters of `guest`, as if that many fences had been raised and
+    /// completed (reaching 2^32 or 2^64 fences one at a time takes too long for a test).
+    #[cfg(test)]
+    pub(crate) fn set_fence_counts(&mut self, guest: GuestId, raised: u64, done: u64) {
+        if let Some(f) = self.fences.get_mut(usize::from(guest.slot())) {
+            (f.raised, f.done) = (raised, done);
+        }
+    }
+
     /// The leaf covering the entry at index `i`: its first index and the leaf itself.
     fn leaf_at(&self, i: usize) -> Option<(usize, Leaf)> {
         let e = *self.entries().get(i)?;
         if !e.assigned() || !e.mmio() {
             return None;
         }
-        let size = leaf_size_of(e.leaf_size())?;
+        let size = e.leaf_size().size()?;
         let hpa = self.hpa_of(i)?.as_u64();
         // The leaf starts at the host address aligned down to its size, and the guest address
         // moves with it.
         let back = hpa & size.offset_mask();
         let first = i.checked_sub(usize::try_from(back >> 12).ok()?)?;
-        let gpa = (e.gpa_pfn() << 12).checked_sub(back)?;
+        let gpa = e.gpa_pfn().address().checked_sub(back)?;
+        let guest = self.guest_of_asid(e.asid())?;
         let state = if e.blocked() {
             LeafState::Blocked {
-                epoch: Epoch::from(e.fence_epoch()),
+                epoch: self.fence(guest).ok()?.blocked_at(e.fence_epoch()),
             }
         } else {
             LeafState::Mapped
@@ -261,7 +358,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         Some((
             first,
             Leaf {
-                guest: self.guest_of_asid(e.asid())?,
+                guest,
                 gpa: Gpa::try_new(gpa).ok()?,
                 hpa: self.hpa_of(first)?,
                 size,
@@ -273,7 +370,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     /// Finds `guest`'s leaf that covers `gpa`: the entry index of its first page.
     fn find(&self, guest: GuestId, gpa: Gpa) -> Result<(usize, Leaf), TableError> {
         let asid = self.fence(guest)?.asid;
-        let pfn = gpa.as_u64() >> 12;
+        let pfn = Pfn::of(gpa);
         let i = self
             .entries()
             .iter()
@@ -313,16 +410,17 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         if e.immutable() {
             return Err(RmpFault::Permission);
         }
-        // The GPA field holds 40 bits of PFN: a wider address is malformed input, and the
-        // bitfield setter would panic on it.
-        if update.gpa & (PAGE - 1) != 0 || update.gpa >= tsm_core::addr::PHYS_ADDR_LIMIT {
+        // The GPA field holds 40 bits of PFN: a wider or unaligned address is malformed
+        // input. Only the checked address reaches the entry, as a frame number that fits.
+        let gpa = Gpa::try_new(update.gpa).map_err(|_| RmpFault::Input)?;
+        if !gpa.is_aligned(PageSize::Size4K) {
             return Err(RmpFault::Input);
         }
         let new = if update.assigned {
             RmpEntry::new()
                 .with_assigned(true)
                 .with_asid(update.asid)
-                .with_gpa_pfn(update.gpa >> 12)
+                .with_gpa_pfn(Pfn::of(gpa))
                 .with_page_size(update.page_size)
         } else {
             RmpEntry::new()
@@ -373,20 +471,19 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         let r = self
             .span(hpa.as_u64(), pages)
             .ok_or(ValidateFault::NotAssigned)?;
-        let first_pfn = gpa.as_u64() >> 12;
         let entries = self
             .entries()
             .get(r.clone())
             .ok_or(ValidateFault::NotAssigned)?;
-        let mut pfn = first_pfn;
+        let mut pfn = Some(Pfn::of(gpa));
         for e in entries {
             if !e.assigned() || !e.mmio() || e.blocked() || e.asid() != asid {
                 return Err(ValidateFault::NotAssigned);
             }
-            if e.gpa_pfn() != pfn {
+            if Some(e.gpa_pfn()) != pfn {
                 return Err(ValidateFault::NotMapped);
             }
-            pfn = pfn.wrapping_add(1);
+            pfn = pfn.and_then(|p| p.checked_add(1));
         }
         let uniform = entries.windows(2).all(|w| match w {
             [a, b] => a.validated() == b.validated(),
@@ -421,15 +518,18 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             .span(hpa.as_u64(), size.base_pages())
             .ok_or(TableError::OutOfFrames)?;
         // Guest side first, then host side (the order the core's reference table checks).
-        let lo = gpa.as_u64() >> 12;
-        let hi = lo.saturating_add(size.base_pages());
-        if self
-            .entries()
-            .iter()
-            .any(|e| e.assigned() && e.asid() == asid && (lo..hi).contains(&e.gpa_pfn()))
-        {
+        let lo = Pfn::of(gpa);
+        let hi = lo.get().saturating_add(size.base_pages());
+        if self.entries().iter().any(|e| {
+            e.assigned() && e.asid() == asid && (lo.get()..hi).contains(&e.gpa_pfn().get())
+        }) {
             return Err(TableError::GpaMapped);
         }
+        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
+        // 2^52, so the leaf ends at 2^52 at most.
+        let last = lo
+            .checked_add(size.base_pages().saturating_sub(1))
+            .ok_or(TableError::Misaligned)?;
         let entries = self
             .entries()
             .get(r.clone())
@@ -442,16 +542,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             .with_immutable(true)
             .with_mmio(true)
             .with_asid(asid)
-            .with_leaf_size(leaf_code(size))
+            .with_leaf_size(LeafCode::of(size))
             .with_page_size(if size == PageSize::Size4K {
                 RMP_PAGE_4K
             } else {
                 RMP_PAGE_2M
             });
-        let mut pfn = lo;
-        for e in self.entries_mut(r) {
-            *e = template.with_gpa_pfn(pfn);
-            pfn = pfn.saturating_add(1);
+        for (e, i) in self.entries_mut(r).iter_mut().zip(0u64..) {
+            *e = template.with_gpa_pfn(lo.checked_add(i).unwrap_or(last));
         }
         Ok(())
     }
@@ -466,12 +564,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         }
         for e in self.entries_mut(r) {
             e.set_blocked(true);
-            e.set_fence_epoch(raised);
+            e.set_fence_epoch(epoch_bits(raised));
         }
         Ok(())
     }
 
-    /// Raises the ASID fence (ASID_FENCE_CLEAR): complete at once unless tests hold it.
+    /// Raises the ASID fence (ASID_FENCE_CLEAR): complete at once unless tests hold it. The
+    /// fence after the 2^64 - 1st is refused (`OutOfFrames`: no room left to count it), with
+    /// nothing changed.
     fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
         self.fence(guest)?;
         let hold = self.hold_fence;
@@ -492,9 +592,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         let (r, leaf) = self.exact(guest, gpa, size)?;
         match leaf.state {
             LeafState::Mapped => Err(TableError::NotBlocked),
-            LeafState::Blocked { epoch } if Epoch::from(done) <= epoch => {
-                Err(TableError::TlbNotFlushed)
-            }
+            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
             LeafState::Blocked { .. } => {
                 self.entries_mut(r).fill(RmpEntry::new());
                 Ok(leaf.hpa)

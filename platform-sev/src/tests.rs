@@ -3,17 +3,22 @@
 //! refused with `INVALID_PARAM` (or the precise status) and changing nothing, and the RMP
 //! rules for private MMIO.
 
+use tsm_core::device_model::DeviceEvent;
+use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::tsm::Snapshot;
-use tsm_core::{Error, GuestId, Hpa, MmioRange, PageSize, RequesterId, SecureTable, TdiState};
+use tsm_core::{
+    Error, GuestId, Hpa, MmioRange, PageSize, RequesterId, SecureTable, TdiState, TdispState,
+};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::abi::{self, Command, SlaAddr, len_of};
-use crate::device::PciModel;
+use crate::device::{Bars, PciModel};
 use crate::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
 use crate::memory::{PageMemory, SystemMemory};
-use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate};
+use crate::pfn::Pfn;
+use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
 
 // ---- a small world ----------------------------------------------------------------------
@@ -22,14 +27,27 @@ const RMP_BASE: u64 = 0x8000_0000;
 const RMP_PAGES: usize = 2048; // 8 MiB of MMIO
 const BAR: u64 = 0x8000_0000;
 const BAR_PAGES: u64 = 1024;
+/// System memory: status (0), request (1), response (2), report (3), a guest context (4), a
+/// read-only page (5) and a device context (6).
 const MEM: u64 = 0x1_0000_0000;
+const MEM_PAGES: usize = 7;
+/// A page of system memory the tests put a guest context on (a firmware page).
+const FW_PAGE: u64 = MEM + 0x4000;
+/// A page of system memory the firmware may read but not write.
+const RO_PAGE: u64 = MEM + 0x5000;
+/// A page of system memory the tests put a device context on (a firmware page).
+const FW_PAGE2: u64 = MEM + 0x6000;
+/// A page-aligned address no memory answers at.
+const UNMAPPED: u64 = MEM + 0x10_0000;
 const GCTX: u64 = 0x2_0000_0000;
 const GCTX2: u64 = 0x2_0000_1000;
 const GPA: u64 = 0x10_0000_0000;
 const GDEV: u16 = 0x0100;
 
 fn sla(pfn: u64) -> u64 {
-    SlaAddr::new().with_pfn(pfn).into_bits()
+    SlaAddr::new()
+        .with_pfn(Pfn::try_new(pfn).unwrap())
+        .into_bits()
 }
 fn dev_sla() -> u64 {
     sla(0x30_0001)
@@ -51,15 +69,25 @@ type Fw = Sev<Vec<RmpEntry>, PciModel>;
 
 struct World {
     sev: Fw,
-    mem: PageMemory<4>,
+    mem: PageMemory<MEM_PAGES>,
 }
 
+/// Everything a refused command must leave as it was.
 #[derive(Debug, PartialEq)]
 struct State {
+    /// Every table of the core (`Tsm::snapshot`).
     core: Snapshot<Rmp<Vec<RmpEntry>>>,
+    /// The SEV firmware's own tables: guest contexts (with ASIDs), device and TDI contexts.
     guests: Vec<GuestCtx>,
     devices: Vec<DevCtx>,
     tdis: Vec<TdiCtx>,
+    /// Every RMP entry's 16 bytes, and the fence counters of every ASID.
+    rmp: Vec<u128>,
+    fences: Vec<AsidFence>,
+    /// The device model: each interface's TDISP state and report, and configuration space.
+    tdisp: Vec<(RequesterId, TdispState, Vec<WireMmioRange>)>,
+    config: Vec<(RequesterId, Bars)>,
+    /// System memory: status, request, response and report pages.
     mem: Vec<u8>,
 }
 
@@ -83,9 +111,11 @@ impl World {
                 ],
             )
             .unwrap();
+        let mut mem = PageMemory::new(MEM);
+        mem.set_read_only(5, true);
         Box::new(World {
             sev: Sev::new(rmp, model),
-            mem: PageMemory::new(MEM),
+            mem,
         })
     }
 
@@ -100,15 +130,37 @@ impl World {
     }
 
     fn state(&self) -> State {
-        let mut mem = vec![0u8; 4 * 4096];
+        let mut mem = vec![0u8; MEM_PAGES * 4096];
         for (i, chunk) in mem.chunks_mut(4096).enumerate() {
             self.mem.read(self.mem.page(i as u64), chunk).unwrap();
         }
+        let core = self.sev.tsm().snapshot().unwrap();
+        let rmp = core.table.entries().iter().map(|e| e.into_bits()).collect();
+        let fences = core.table.fences().to_vec();
+        // Every interface a test names: those with a TDI context and the functions of bus 3.
+        let mut ifaces: Vec<RequesterId> = (0..8).map(rid).collect();
+        ifaces.extend(self.sev.tdis().iter().map(|t| t.iface));
+        let (tdisp, config) = self
+            .sev
+            .tsm()
+            .with_transport(|d| {
+                let dsm = d.tdisp.link_mut();
+                let tdisp = ifaces
+                    .iter()
+                    .map(|i| (*i, dsm.state(*i), dsm.report(*i).to_vec()))
+                    .collect();
+                (tdisp, d.configured().to_vec())
+            })
+            .unwrap();
         State {
-            core: self.sev.tsm().snapshot().unwrap(),
+            core,
             guests: self.sev.guests().to_vec(),
             devices: self.sev.devices().to_vec(),
             tdis: self.sev.tdis().to_vec(),
+            rmp,
+            fences,
+            tdisp,
+            config,
             mem,
         }
     }
@@ -156,12 +208,24 @@ impl World {
         (out, rsp)
     }
 
-    fn guest_msg(&mut self, gctx: u64, ty: u8, body: &[u8]) -> Outcome {
+    /// Writes a guest message, header and body, to the request page.
+    fn put_msg(&mut self, ty: u8, body: &[u8]) {
         self.mem
             .write(MEM + 0x1000, MsgHeader::new(ty, body.len()).as_bytes())
             .unwrap();
         self.mem.write(MEM + 0x1000 + 0x60, body).unwrap();
+    }
+
+    fn guest_msg(&mut self, gctx: u64, ty: u8, body: &[u8]) -> Outcome {
+        self.put_msg(ty, body);
         self.cmd(&guest_request(gctx))
+    }
+
+    /// The response body of the last guest message.
+    fn response<T: zerocopy::FromBytes + IntoBytes>(&self) -> T {
+        let mut rsp = T::new_zeroed();
+        self.mem.read(MEM + 0x2060, rsp.as_mut_bytes()).unwrap();
+        rsp
     }
 }
 
@@ -177,9 +241,137 @@ fn ok(o: Outcome) {
     assert_eq!(o, Outcome::SUCCESS);
 }
 
+/// What a refusal must answer: an SEV status (any detail), a core status (the SEV status it
+/// maps to and the core code in `detail`), or an exact outcome.
+trait Want: core::fmt::Debug {
+    fn matches(&self, o: Outcome) -> bool;
+}
+
+impl Want for SevStatus {
+    fn matches(&self, o: Outcome) -> bool {
+        o.status == *self
+    }
+}
+
+impl Want for Error {
+    fn matches(&self, o: Outcome) -> bool {
+        o == Outcome::from_core(Err(*self))
+    }
+}
+
+impl Want for Outcome {
+    fn matches(&self, o: Outcome) -> bool {
+        o == *self
+    }
+}
+
+/// The response page: a guest message refused inside its answer writes it.
+const RESPONSE_PAGE: core::ops::Range<usize> = 0x2000..0x3000;
+
+/// Sends a guest message the firmware refuses inside its answer: the command succeeds, the
+/// answer lands on the response page, and nothing else changes. Returns the response body.
 #[track_caller]
-fn refused(o: Outcome, status: SevStatus) {
-    assert_eq!(o.status, status, "{o:?}");
+fn refused_in_answer<T: zerocopy::FromBytes + IntoBytes>(
+    w: &mut World,
+    gctx: u64,
+    ty: u8,
+    body: &[u8],
+) -> T {
+    w.put_msg(ty, body);
+    let mut before = w.state();
+    ok(w.cmd(&guest_request(gctx)));
+    let mut after = w.state();
+    before.mem[RESPONSE_PAGE].fill(0);
+    after.mem[RESPONSE_PAGE].fill(0);
+    same(&before, &after, "a message refused in its answer");
+    w.response()
+}
+
+/// Asserts two states are equal, naming the parts that differ (the whole state is too big to
+/// print).
+#[track_caller]
+fn same(before: &State, after: &State, what: impl core::fmt::Display) {
+    if let Err(parts) = diff(before, after) {
+        panic!("{what} changed: {parts}");
+    }
+}
+
+/// What differs between two states, by part.
+fn diff(before: &State, after: &State) -> Result<(), String> {
+    if before == after {
+        return Ok(());
+    }
+    let mut parts = Vec::new();
+    if before.core.devices != after.core.devices {
+        parts.push("core devices".to_string());
+    }
+    if before.core.tdis != after.core.tdis {
+        let tdis: Vec<_> = before
+            .core
+            .tdis
+            .iter()
+            .zip(&after.core.tdis)
+            .filter(|(a, b)| a != b)
+            .collect();
+        parts.push(format!("core TDIs {tdis:?}"));
+    }
+    if before.core.guests != after.core.guests {
+        parts.push("core guests".to_string());
+    }
+    if before.core.owners != after.core.owners {
+        parts.push("core ownership".to_string());
+    }
+    if let Some(i) = (0..before.rmp.len()).find(|&i| before.rmp[i] != after.rmp[i]) {
+        parts.push(format!(
+            "RMP entry {i}: {:?} -> {:?}",
+            RmpEntry::from_bits(before.rmp[i]),
+            RmpEntry::from_bits(after.rmp[i])
+        ));
+    }
+    if before.core.table != after.core.table && before.rmp == after.rmp {
+        parts.push("RMP state beside the entries".to_string());
+    }
+    if before.fences != after.fences {
+        parts.push(format!(
+            "fences {:?} -> {:?}",
+            &before.fences[..3],
+            &after.fences[..3]
+        ));
+    }
+    if (&before.guests, &before.devices, &before.tdis)
+        != (&after.guests, &after.devices, &after.tdis)
+    {
+        parts.push(format!(
+            "contexts {:?} {:?} {:?} -> {:?} {:?} {:?}",
+            before.guests, before.devices, before.tdis, after.guests, after.devices, after.tdis
+        ));
+    }
+    if before.tdisp != after.tdisp {
+        parts.push(format!(
+            "device TDISP {:?} -> {:?}",
+            before.tdisp, after.tdisp
+        ));
+    }
+    if before.config != after.config {
+        parts.push("device configuration space".to_string());
+    }
+    if let Some(i) = (0..before.mem.len()).find(|&i| before.mem[i] != after.mem[i]) {
+        parts.push(format!("memory at {:#x}", MEM + i as u64));
+    }
+    Err(parts.join("; "))
+}
+
+/// Runs `op`, which must be refused as `want`, and checks it changed nothing: the core's
+/// tables, the firmware's contexts, ASIDs and fence counters, every RMP entry, the device's
+/// TDISP state and configuration space, and system memory.
+#[track_caller]
+fn refused(w: &mut World, want: impl Want, op: impl FnOnce(&mut World) -> Outcome) -> Outcome {
+    let before = w.state();
+    let o = op(w);
+    assert!(want.matches(o), "wanted {want:?}, got {o:?}");
+    assert_ne!(o.status, SevStatus::SUCCESS);
+    same(&before, &w.state(), format_args!("refused {o:?}"));
+    o
 }
 
 // ---- buffer builders (good buffers) -------------------------------------------------------
@@ -856,7 +1048,11 @@ fn golden_layouts_match_the_published_offsets() {
     );
 
     // SLA bits (sev-dev-tio.h: page_type 0, page_size 1, pfn 51:12).
-    assert_eq!(SlaAddr::new().with_pfn(0x12345).into_bits(), 0x1234_5000);
+    assert_eq!(sla(0x12345), 0x1234_5000);
+    assert_eq!(
+        SlaAddr::data_page(hpa(0x1234_5678)).into_bits(),
+        0x1234_5000
+    );
     assert_eq!(SlaAddr::new().with_page_type(true).into_bits(), 1);
     assert_eq!(SlaAddr::new().with_page_size(true).into_bits(), 2);
     let _ = U16::new(0);
@@ -870,7 +1066,7 @@ fn rmp_entry_layout() {
         .with_immutable(true)
         .with_validated(true)
         .with_mmio(true)
-        .with_gpa_pfn(0xABCDE)
+        .with_gpa_pfn(Pfn::try_new(0xABCDE).unwrap())
         .with_asid(0x42);
     assert_eq!(core::mem::size_of::<RmpEntry>(), 16);
     assert_eq!(e.into_bits() & 0x1F, 0x1F);
@@ -891,28 +1087,31 @@ fn hostile_buffers_are_invalid_param_and_change_nothing() {
         let n = good.len();
         // Short: every length below the buffer's.
         for short in 0..n {
-            refused(w.raw(id, &good[..short]), SevStatus::INVALID_PARAM);
+            refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+                w.raw(id, &good[..short])
+            });
         }
         // Misaligned: the same bytes one byte off.
-        let mut b = Buf([0; 256]);
-        b.0[1..=n].copy_from_slice(&good);
-        let o = w.sev.command(&mut w.mem, id, &mut b.0[1..=n]);
-        refused(o, SevStatus::INVALID_PARAM);
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+            let mut b = Buf([0; 256]);
+            b.0[1..=n].copy_from_slice(&good);
+            w.sev.command(&mut w.mem, id, &mut b.0[1..=n])
+        });
         // Wrong length field.
         if n >= 0x10 && id & 0xF0 != 0x90 {
             for bad in [0u32, n as u32 - 1, n as u32 + 1, u32::MAX] {
                 let mut v = good.clone();
                 v[..4].copy_from_slice(&bad.to_le_bytes());
-                refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+                refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
             }
         }
         // Reserved fields and unknown flag bits.
         for &off in reserved {
             let mut v = good.clone();
             v[off] = 0xFF;
-            refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+            refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
         }
-        assert_eq!(w.state(), before, "command {id:#x}");
+        same(&before, &w.state(), format_args!("command {id:#x}"));
     }
     // Unknown commands, with a buffer of any size.
     for id in [
@@ -933,10 +1132,10 @@ fn hostile_buffers_are_invalid_param_and_change_nothing() {
             if len >= 4 {
                 v[..4].copy_from_slice(&(len as u32).to_le_bytes());
             }
-            refused(w.raw(id, &v), SevStatus::INVALID_PARAM);
+            refused(&mut w, SevStatus::INVALID_PARAM, |w| w.raw(id, &v));
         }
     }
-    assert_eq!(w.state(), before);
+    same(&before, &w.state(), "refusals");
 }
 
 #[test]
@@ -948,26 +1147,29 @@ fn malformed_handles_are_refused_and_change_nothing() {
     for bad in [dev_sla() | 1 << 4, dev_sla() | 1, 0, dev_sla() | 1 << 63] {
         let mut c = dev_reclaim();
         c.dev_ctx = bad.into();
-        refused(w.cmd(&c), SevStatus::INVALID_PARAM);
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&c));
     }
     // Well-formed but unknown contexts: AMD's specific status, InvalidHandle behind it.
     let mut c = tdi_unbind(GCTX);
     c.dev_ctx = sla(0x99).into();
-    assert_eq!(
-        w.cmd(&c),
+    refused(
+        &mut w,
         Outcome {
             status: SevStatus::INVALID_DEV_CTX,
-            detail: Error::InvalidHandle.code()
-        }
+            detail: Error::InvalidHandle.code(),
+        },
+        |w| w.cmd(&c),
     );
     let mut c = tdi_unbind(GCTX);
     c.tdi_ctx = sla(0x99).into();
-    refused(w.cmd(&c), SevStatus::INVALID_TDI_CTX);
+    refused(&mut w, SevStatus::INVALID_TDI_CTX, |w| w.cmd(&c));
     let mut c = tdi_bind(0x2_0000_9000);
     c.tdi_ctx = tdi_sla().into();
-    refused(w.cmd(&c), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| w.cmd(&c));
     // Unaligned guest context.
-    refused(w.cmd(&tdi_unbind(GCTX + 8)), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&tdi_unbind(GCTX + 8))
+    });
     // A TDI named with another device's context.
     let mut dc = dev_create();
     dc.dev_ctx = sla(0x30_0009).into();
@@ -981,10 +1183,12 @@ fn malformed_handles_are_refused_and_change_nothing() {
     let before2 = w.state();
     let mut c = tdi_unbind(GCTX);
     c.dev_ctx = sla(0x30_0009).into();
-    refused(w.cmd(&c), SevStatus::INVALID_TDI);
+    refused(&mut w, SevStatus::INVALID_TDI, |w| w.cmd(&c));
     // The wrong guest for a bound TDI.
-    refused(w.cmd(&tdi_unbind(GCTX2)), SevStatus::INVALID_GUEST);
-    assert_eq!(w.state(), before2);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&tdi_unbind(GCTX2))
+    });
+    same(&before2, &w.state(), "refusals");
     assert_ne!(before, before2);
 }
 
@@ -994,38 +1198,50 @@ fn malformed_handles_are_refused_and_change_nothing() {
 fn guest_contexts() {
     let mut w = World::new();
     ok(w.cmd(&gctx_create(GCTX)));
-    refused(w.cmd(&gctx_create(GCTX)), SevStatus::IN_USE);
-    refused(w.cmd(&gctx_create(GCTX + 1)), SevStatus::INVALID_ADDRESS);
-    refused(w.cmd(&gctx_create(0)), SevStatus::INVALID_ADDRESS);
-    refused(w.cmd(&gctx_create(1 << 52)), SevStatus::INVALID_ADDRESS);
-    refused(w.cmd(&activate(GCTX, 0)), SevStatus::INVALID_ASID);
-    refused(
-        w.cmd(&activate(GCTX, crate::fw::MAX_ASID + 1)),
-        SevStatus::INVALID_ASID,
-    );
-    refused(w.cmd(&activate(GCTX2, 5)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&gctx_create(GCTX)));
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&gctx_create(GCTX + 1))
+    });
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&gctx_create(0))
+    });
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.cmd(&gctx_create(1 << 52))
+    });
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&activate(GCTX, 0))
+    });
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&activate(GCTX, crate::fw::MAX_ASID + 1))
+    });
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&activate(GCTX2, 5))
+    });
     ok(w.cmd(&activate(GCTX, 5)));
-    refused(w.cmd(&activate(GCTX, 6)), SevStatus::INVALID_GUEST_STATE);
+    refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
+        w.cmd(&activate(GCTX, 6))
+    });
     ok(w.cmd(&gctx_create(GCTX2)));
-    let before = w.state();
-    refused(w.cmd(&activate(GCTX2, 5)), SevStatus::INVALID_ASID);
-    assert_eq!(w.state(), before);
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&activate(GCTX2, 5))
+    });
     let g = w.guest(GCTX);
     assert_eq!(w.sev.tsm().with_table(|r| r.asid(g)).unwrap(), 5);
     ok(w.cmd(&decommission(GCTX)));
     assert!(w.sev.guest_ctx(GCTX).is_none());
     assert_eq!(w.sev.tsm().guest(g), Err(Error::InvalidHandle));
-    refused(w.cmd(&decommission(GCTX)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&decommission(GCTX))
+    });
     // Every guest slot used: a status, not a panic.
     let mut w = World::new();
     for i in 0..tsm_core::capacity::MAX_GUESTS as u64 {
         ok(w.cmd(&gctx_create(GCTX + i * 0x1000)));
     }
-    let before = w.state();
-    let o = w.cmd(&gctx_create(0x3_0000_0000));
-    assert_eq!(o.to_core(), Err(Error::GuestTableFull));
-    refused(o, SevStatus::RESOURCE_LIMIT);
-    assert_eq!(w.state(), before);
+    let o = refused(&mut w, Error::GuestTableFull, |w| {
+        w.cmd(&gctx_create(0x3_0000_0000))
+    });
+    assert_eq!(o.status, SevStatus::RESOURCE_LIMIT);
 }
 
 #[test]
@@ -1035,31 +1251,34 @@ fn devices_connect_and_reclaim() {
     ok(w.cmd(&dev_create()));
     let d = w.sev.dev_ctx(dev_sla()).unwrap();
     assert_eq!(w.sev.tsm().device(d.device).unwrap().bars.len(), 1);
-    refused(w.cmd(&dev_create()), SevStatus::IN_USE);
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&dev_create()));
     let mut again = dev_create();
     again.dev_ctx = sla(0x30_0005).into();
-    assert_eq!(w.cmd(&again).to_core(), Err(Error::DuplicateDevice));
+    refused(&mut w, Error::DuplicateDevice, |w| w.cmd(&again));
     // TDI_CREATE needs a connected device.
-    refused(w.cmd(&tdi_create()), SevStatus::INVALID_DEV_STATE);
-    refused(w.cmd(&dev_disconnect()), SevStatus::INVALID_DEV_STATE);
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.cmd(&tdi_create())
+    });
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.cmd(&dev_disconnect())
+    });
     let mut bad = dev_connect();
     bad.tc_mask = 2;
-    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&bad));
     let mut bad = dev_connect();
     bad.cert_slot = 8;
-    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&bad));
     let mut bad = dev_connect();
     bad.spdm_ctrl.req = (dev_sla() | 1 << 5).into();
-    refused(w.cmd(&bad), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&bad));
     ok(w.cmd(&dev_connect()));
-    refused(w.cmd(&dev_connect()), SevStatus::INVALID_DEV_STATE);
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.cmd(&dev_connect())
+    });
     ok(w.cmd(&tdi_create()));
     // Reclaim with a TDI: in use; after the TDI is reclaimed: gone.
-    let before = w.state();
-    let o = w.cmd(&dev_reclaim());
-    refused(o, SevStatus::IN_USE);
-    assert_eq!(o.to_core(), Err(Error::DeviceInUse));
-    assert_eq!(w.state(), before);
+    let o = refused(&mut w, Error::DeviceInUse, |w| w.cmd(&dev_reclaim()));
+    assert_eq!(o.status, SevStatus::IN_USE);
     ok(w.cmd(&dev_disconnect()));
     ok(w.cmd(&tdi_reclaim()));
     ok(w.cmd(&dev_reclaim()));
@@ -1078,19 +1297,17 @@ fn tdi_bind_report_status_info_unbind() {
     // Create: duplicate interface, reused context.
     let mut dup = tdi_create();
     dup.tdi_ctx = sla(0x30_0007).into();
-    assert_eq!(w.cmd(&dup).to_core(), Err(Error::DuplicateTdi));
-    refused(w.cmd(&tdi_create()), SevStatus::IN_USE);
+    refused(&mut w, Error::DuplicateTdi, |w| w.cmd(&dup));
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_create()));
     // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
     let mut b = tdi_bind(GCTX);
     b.run_flags = abi::BIND_RUN_FORCE.into();
-    refused(w.cmd(&b), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&b));
     ok(w.cmd(&gctx_create(0x2_0000_7000)));
-    refused(
-        w.cmd(&tdi_bind(0x2_0000_7000)),
-        SevStatus::INVALID_GUEST_STATE,
-    );
+    refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
+        w.cmd(&tdi_bind(0x2_0000_7000))
+    });
     // The report comes from the device: a device with a range outside its BARs is refused.
-    let before = w.state();
     w.sev
         .tsm()
         .with_transport(|d| {
@@ -1098,9 +1315,9 @@ fn tdi_bind_report_status_info_unbind() {
         })
         .unwrap()
         .unwrap();
-    let o = w.cmd(&tdi_bind(GCTX));
-    assert_eq!(o.to_core(), Err(Error::RangeOutsideDevice));
-    assert_eq!(w.state(), before);
+    refused(&mut w, Error::RangeOutsideDevice, |w| {
+        w.cmd(&tdi_bind(GCTX))
+    });
     w.sev
         .tsm()
         .with_transport(|d| d.set_report(rid(0), &[MmioRange::from_raw(BAR, 512).unwrap()]))
@@ -1113,9 +1330,8 @@ fn tdi_bind_report_status_info_unbind() {
             owner: w.guest(GCTX)
         }
     );
-    let o = w.cmd(&tdi_bind(GCTX2));
-    refused(o, SevStatus::INVALID_TDI_STATE);
-    assert_eq!(o.to_core(), Err(Error::TdiAlreadyBound));
+    let o = refused(&mut w, Error::TdiAlreadyBound, |w| w.cmd(&tdi_bind(GCTX2)));
+    assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
 
     // TDI_STATUS asks the device: CONFIG_LOCKED.
     ok(w.cmd(&tdi_status()));
@@ -1124,9 +1340,9 @@ fn tdi_bind_report_status_info_unbind() {
     assert_eq!((s.length.get(), s.tdisp_state), (0x10, 1));
     let mut bad = tdi_status();
     bad.status_paddr = (MEM + 4).into();
-    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&bad));
     bad.status_paddr = 0x5_0000_0000.into();
-    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&bad));
 
     // TDI_INFO: bound and locked, the owner's ASID.
     ok(w.cmd(&tdi_info()));
@@ -1146,42 +1362,41 @@ fn tdi_bind_report_status_info_unbind() {
         (r.first_page.get(), r.number_of_pages.get()),
         (BAR >> 12, 512)
     );
-    assert_eq!(w.cmd(&tdi_report(GCTX2)).to_core(), Err(Error::NotOwner));
+    refused(&mut w, Error::NotOwner, |w| w.cmd(&tdi_report(GCTX2)));
     let mut no_out = tdi_report(GCTX);
     no_out.spdm_ctrl.output = 0.into();
-    refused(w.cmd(&no_out), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&no_out));
     let mut far = tdi_report(GCTX);
     far.spdm_ctrl.output = sla(0x9_0000).into();
-    refused(w.cmd(&far), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&far));
     ok(w.cmd(&tdi_info()));
     w.mem.read(MEM, i.as_mut_bytes()).unwrap();
     assert_eq!(i.intf_report_counter.get(), 1);
 
     // Unbind: the wrong guest is refused; the owner's unbind completes.
-    let before = w.state();
-    refused(w.cmd(&tdi_unbind(GCTX2)), SevStatus::INVALID_GUEST);
-    assert_eq!(w.state(), before);
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&tdi_unbind(GCTX2))
+    });
     ok(w.cmd(&tdi_unbind(GCTX)));
     assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
     // Unbinding an unbound TDI is done, whatever guest context comes with it.
     ok(w.cmd(&tdi_unbind(0)));
-    assert_eq!(w.cmd(&tdi_report(GCTX)).to_core(), Err(Error::TdiNotBound));
+    refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_report(GCTX)));
     // Reclaim of the unbound TDI.
     ok(w.cmd(&tdi_reclaim()));
-    refused(w.cmd(&tdi_reclaim()), SevStatus::INVALID_TDI_CTX);
+    refused(&mut w, SevStatus::INVALID_TDI_CTX, |w| {
+        w.cmd(&tdi_reclaim())
+    });
 }
 
 #[test]
 fn tdi_reclaim_of_a_bound_tdi_is_in_use() {
     let mut w = World::new();
     w.setup(Stage::Mapped);
-    let before = w.state();
-    let o = w.cmd(&tdi_reclaim());
-    refused(o, SevStatus::IN_USE);
-    assert_eq!(o.to_core(), Err(Error::TdiBound));
-    refused(w.cmd(&dev_disconnect()), SevStatus::IN_USE);
-    refused(w.cmd(&decommission(GCTX)), SevStatus::IN_USE);
-    assert_eq!(w.state(), before);
+    let o = refused(&mut w, Error::TdiBound, |w| w.cmd(&tdi_reclaim()));
+    assert_eq!(o.status, SevStatus::IN_USE);
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&dev_disconnect()));
+    refused(&mut w, Error::GuestInUse, |w| w.cmd(&decommission(GCTX)));
 }
 
 #[test]
@@ -1223,18 +1438,24 @@ fn fences() {
     let mut word = [0u8; 8];
     w.mem.read(MEM, &mut word).unwrap();
     assert_eq!(u64::from_le_bytes(word), abi::FENCE_MMIO_FENCED);
-    refused(w.cmd(&fence_status(77)), SevStatus::INVALID_ASID);
-    refused(w.cmd(&fence_clear(0x2_0000_9000)), SevStatus::INVALID_GUEST);
+    refused(&mut w, SevStatus::INVALID_ASID, |w| {
+        w.cmd(&fence_status(77))
+    });
+    refused(&mut w, SevStatus::INVALID_GUEST, |w| {
+        w.cmd(&fence_clear(0x2_0000_9000))
+    });
     let mut bad = fence_status(5);
     bad.status_pa = (MEM + 3).into();
-    refused(w.cmd(&bad), SevStatus::INVALID_ADDRESS);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&bad));
     // An unbind with the fence held stops before unassigning: flush pending.
     let mut outcome = w.cmd(&tdi_unbind(GCTX));
     while outcome.status == SevStatus::RESUME_REQUIRED {
         outcome = w.cmd(&tdi_unbind(GCTX));
     }
-    assert_eq!(outcome.to_core(), Err(Error::TlbFlushPending));
-    refused(outcome, SevStatus::INVALID_PAGE_STATE);
+    assert_eq!(outcome, Outcome::from_core(Err(Error::TlbFlushPending)));
+    assert_eq!(outcome.status, SevStatus::INVALID_PAGE_STATE);
+    // Asking again while the flush is pending changes nothing.
+    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&tdi_unbind(GCTX)));
     let leaf = w
         .sev
         .tsm()
@@ -1255,27 +1476,22 @@ fn host_mmio_commands() {
     w.setup(Stage::Bound);
     let g = w.guest(GCTX);
     // Map: size codes, alignment, ownership.
-    assert_eq!(
-        w.cmd(&mmio_map(GPA, BAR, 3)).to_core(),
-        Err(Error::InvalidPageSize)
-    );
-    assert_eq!(
-        w.cmd(&mmio_map(GPA + 0x1000, BAR, 1)).to_core(),
-        Err(Error::Misaligned)
-    );
-    assert_eq!(
-        w.cmd(&mmio_map(GPA, BAR + 0x30_0000, 0)).to_core(),
-        Err(Error::HpaNotOwned)
-    );
-    assert_eq!(
-        w.cmd(&mmio_map(1 << 52, BAR, 0)).to_core(),
-        Err(Error::InvalidAddress)
-    );
+    refused(&mut w, Error::InvalidPageSize, |w| {
+        w.cmd(&mmio_map(GPA, BAR, 3))
+    });
+    refused(&mut w, Error::Misaligned, |w| {
+        w.cmd(&mmio_map(GPA + 0x1000, BAR, 1))
+    });
+    refused(&mut w, Error::HpaNotOwned, |w| {
+        w.cmd(&mmio_map(GPA, BAR + 0x30_0000, 0))
+    });
+    refused(&mut w, Error::InvalidAddress, |w| {
+        w.cmd(&mmio_map(1 << 52, BAR, 0))
+    });
     ok(w.cmd(&mmio_map(GPA, BAR, 1)));
-    assert_eq!(
-        w.cmd(&mmio_map(GPA, BAR + 0x1000, 0)).to_core(),
-        Err(Error::GpaAlreadyMapped)
-    );
+    refused(&mut w, Error::GpaAlreadyMapped, |w| {
+        w.cmd(&mmio_map(GPA, BAR + 0x1000, 0))
+    });
     // The RMP: every page of the 2M leaf assigned to ASID 5 at its guest page, immutable.
     let rmp_ok = w
         .sev
@@ -1287,7 +1503,7 @@ fn host_mmio_commands() {
                     && e.immutable()
                     && e.mmio()
                     && e.asid() == 5
-                    && e.gpa_pfn() == (GPA >> 12) + i
+                    && e.gpa_pfn().get() == (GPA >> 12) + i
                     && e.page_size()
                     && !e.validated()
             }) && !r.entry(BAR + 0x20_0000).unwrap().assigned()
@@ -1295,20 +1511,14 @@ fn host_mmio_commands() {
         .unwrap();
     assert!(rmp_ok);
     // The host cannot block, unmap or zap it while bound.
-    let before = w.state();
-    assert_eq!(w.cmd(&mmio_block(GPA, 1)).to_core(), Err(Error::TdiBound));
-    assert_eq!(w.cmd(&mmio_unmap(GPA, 1)).to_core(), Err(Error::TdiBound));
-    assert_eq!(
-        w.cmd(&mmio_unmap(GPA + 0x100_0000, 0)).to_core(),
-        Err(Error::NotMapped)
-    );
-    assert_eq!(w.cmd(&mmio_zap(BAR, 1)).to_core(), Err(Error::TdiBound));
-    assert_eq!(
-        w.cmd(&mmio_zap(BAR + 1, 1)).to_core(),
-        Err(Error::Misaligned)
-    );
-    assert_eq!(w.cmd(&mmio_zap(BAR, 0)).to_core(), Err(Error::InvalidRange));
-    assert_eq!(w.state(), before);
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&mmio_block(GPA, 1)));
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&mmio_unmap(GPA, 1)));
+    refused(&mut w, Error::NotMapped, |w| {
+        w.cmd(&mmio_unmap(GPA + 0x100_0000, 0))
+    });
+    refused(&mut w, Error::TdiBound, |w| w.cmd(&mmio_zap(BAR, 1)));
+    refused(&mut w, Error::Misaligned, |w| w.cmd(&mmio_zap(BAR + 1, 1)));
+    refused(&mut w, Error::InvalidRange, |w| w.cmd(&mmio_zap(BAR, 0)));
     ok(w.cmd(&mmio_zap(0x9000_0000, 16)));
     // Device error: the TDI goes to ERROR and its leaves are blocked.
     ok(w.cmd(&tdi_error()));
@@ -1331,7 +1541,7 @@ fn host_mmio_commands() {
     );
     let mut t = tdi_error();
     t.tdi_ctx = sla(0x99).into();
-    refused(w.cmd(&t), SevStatus::INVALID_TDI_CTX);
+    refused(&mut w, SevStatus::INVALID_TDI_CTX, |w| w.cmd(&t));
 }
 
 // ---- the RMP for private MMIO: assign, validate, refuse the host, reclaim -----------------------
@@ -1365,7 +1575,6 @@ fn guest_validates_its_mmio() {
             .unwrap()
     };
     // Refusals first: each leaves every bit as it was.
-    let before = w.state();
     for (req, gctx, status) in [
         (validate_req(0, 0, 512, GPA, v), GCTX2, Mv::InvalidTdi),
         (validate_req(5, 0, 1, GPA, v), GCTX, Mv::NotReported),
@@ -1382,35 +1591,39 @@ fn guest_validates_its_mmio() {
             Mv::NotAssigned,
         ),
     ] {
-        let (o, rsp) = w.validate(gctx, req);
-        ok(o);
+        let rsp: msg::MmioValidateRsp =
+            refused_in_answer(&mut w, gctx, msg::MSG_MMIO_VALIDATE_REQ, req.as_bytes());
         assert_eq!(rsp.status.get(), status as u16, "{req:?}");
         assert_eq!(rsp.flags.get(), 0);
     }
     let mut wrong_id = validate_req(0, 0, 1, GPA, v);
     wrong_id.guest_device_id = 7.into();
-    assert_eq!(
-        w.validate(GCTX, wrong_id).1.status.get(),
-        Mv::InvalidTdi as u16
+    let rsp: msg::MmioValidateRsp = refused_in_answer(
+        &mut w,
+        GCTX,
+        msg::MSG_MMIO_VALIDATE_REQ,
+        wrong_id.as_bytes(),
     );
-    let mut state = w.state();
-    state.mem = before.mem.clone();
-    assert_eq!(state, before);
+    assert_eq!(rsp.status.get(), Mv::InvalidTdi as u16);
     // Malformed messages: a command-level INVALID_PARAM, nothing written.
     let mut bad = validate_req(0, 0, 1, GPA, v);
     bad.flags = 4.into();
-    refused(w.validate(GCTX, bad).0, SevStatus::INVALID_PARAM);
-    let mut bad = validate_req(0, 0, 1, GPA, v);
-    bad.reserved2[3] = 1;
-    refused(w.validate(GCTX, bad).0, SevStatus::INVALID_PARAM);
-    refused(w.guest_msg(GCTX, 0x7F, &[0; 16]), SevStatus::INVALID_PARAM);
-    refused(
-        w.guest_msg(GCTX, msg::MSG_MMIO_VALIDATE_REQ, &[0; 47]),
-        SevStatus::INVALID_PARAM,
-    );
+    let mut bad2 = validate_req(0, 0, 1, GPA, v);
+    bad2.reserved2[3] = 1;
+    for (ty, body) in [
+        (msg::MSG_MMIO_VALIDATE_REQ, bad.as_bytes()),
+        (msg::MSG_MMIO_VALIDATE_REQ, bad2.as_bytes()),
+        (0x7F, &[0; 16]),
+        (msg::MSG_MMIO_VALIDATE_REQ, &[0; 47]),
+    ] {
+        w.put_msg(ty, body);
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+            w.cmd(&guest_request(GCTX))
+        });
+    }
     let mut same = guest_request(GCTX);
     same.res_paddr = same.req_paddr;
-    refused(w.cmd(&same), SevStatus::INVALID_PARAM);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&same));
     // Good: the whole 2M leaf, then part of it again (no change), then not uniform.
     let (o, rsp) = w.validate(GCTX, validate_req(0, 0, 512, GPA, v));
     ok(o);
@@ -1449,28 +1662,43 @@ fn guest_starts_the_tdi() {
         let mut r = msg::TdiReq::new_zeroed();
         r.guest_device_id = id.into();
         ok(w.guest_msg(gctx, msg::MSG_TDI_START_REQ, r.as_bytes()));
-        let mut rsp = msg::TdiStartRsp::new_zeroed();
-        w.mem.read(MEM + 0x2060, rsp.as_mut_bytes()).unwrap();
-        Outcome {
-            status: SevStatus(rsp.status.get()),
-            detail: rsp.detail.get(),
-        }
+        start_outcome(&w.response())
     };
-    let before = w.state();
-    assert_eq!(start(&mut w, GCTX2, GDEV).to_core(), Err(Error::NotOwner));
-    refused(start(&mut w, GCTX, GDEV + 1), SevStatus::INVALID_PARAM);
-    let mut now = w.state();
-    now.mem = before.mem.clone();
-    assert_eq!(now, before);
+    let refused_start = |w: &mut World, gctx: u64, id: u16| {
+        let mut r = msg::TdiReq::new_zeroed();
+        r.guest_device_id = id.into();
+        start_outcome(&refused_in_answer(
+            w,
+            gctx,
+            msg::MSG_TDI_START_REQ,
+            r.as_bytes(),
+        ))
+    };
+    assert_eq!(
+        refused_start(&mut w, GCTX2, GDEV),
+        Outcome::from_core(Err(Error::NotOwner))
+    );
+    assert_eq!(
+        refused_start(&mut w, GCTX, GDEV + 1),
+        Outcome::plain(SevStatus::INVALID_PARAM)
+    );
     assert_eq!(start(&mut w, GCTX, GDEV), Outcome::SUCCESS);
     assert!(matches!(
         w.sev.tsm().tdi(w.tdi()).unwrap().state,
         TdiState::Run { .. }
     ));
     assert_eq!(
-        start(&mut w, GCTX, GDEV).to_core(),
-        Err(Error::TdiNotLocked)
+        refused_start(&mut w, GCTX, GDEV),
+        Outcome::from_core(Err(Error::TdiNotLocked))
     );
+}
+
+/// The outcome a TDI_START response carries.
+fn start_outcome(rsp: &msg::TdiStartRsp) -> Outcome {
+    Outcome {
+        status: SevStatus(rsp.status.get()),
+        detail: rsp.detail.get(),
+    }
 }
 
 #[test]
@@ -1518,7 +1746,7 @@ fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
         Err(RmpFault::Input)
     );
     assert_eq!(w.sev.host_psmash(BAR + 0x1000), Err(RmpFault::Input));
-    assert_eq!(w.state(), before);
+    same(&before, &w.state(), "refusals");
     // A page nobody owns is the host's to change.
     assert_eq!(w.sev.host_rmpupdate(BAR + 0x50_0000, steal), Ok(()));
     assert_eq!(w.sev.host_rmpupdate(BAR + 0x50_0000, give_back), Ok(()));
@@ -1542,6 +1770,18 @@ fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
     ok(w.cmd(&mmio_zap(BAR, BAR_PAGES)));
 }
 
+/// An RMP operation refused as `want` that leaves every entry and fence counter as it was.
+#[track_caller]
+fn rmp_refused<R: PartialEq + core::fmt::Debug>(
+    rmp: &mut Rmp<Vec<RmpEntry>>,
+    want: R,
+    op: impl FnOnce(&mut Rmp<Vec<RmpEntry>>) -> R,
+) {
+    let before = rmp.clone();
+    assert_eq!(op(rmp), want);
+    assert!(*rmp == before, "a refused RMP operation changed the RMP");
+}
+
 #[test]
 fn rmp_window_and_leaf_sizes() {
     let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
@@ -1552,33 +1792,28 @@ fn rmp_window_and_leaf_sizes() {
     let g = GuestId::from_slot(0);
     let gpa = |v| tsm_core::Gpa::try_new(v).unwrap();
     use tsm_core::secure_table::TableError;
-    assert_eq!(
-        rmp.map(g, gpa(0), hpa(BAR), PageSize::Size4K),
-        Err(TableError::UnknownGuest)
-    );
+    rmp_refused(&mut rmp, Err(TableError::UnknownGuest), |r| {
+        r.map(g, gpa(0), hpa(BAR), PageSize::Size4K)
+    });
     rmp.set_asid(g, 3).unwrap();
-    assert_eq!(
-        rmp.set_asid(GuestId::from_slot(1), 3),
-        Err(SevStatus::INVALID_ASID)
-    );
+    rmp_refused(&mut rmp, Err(SevStatus::INVALID_ASID), |r| {
+        r.set_asid(GuestId::from_slot(1), 3)
+    });
     // A page outside the window: a status.
-    assert_eq!(
-        rmp.map(g, gpa(0), hpa(RMP_BASE - 0x1000), PageSize::Size4K),
-        Err(TableError::OutOfFrames)
-    );
-    assert_eq!(
-        rmp.map(
+    rmp_refused(&mut rmp, Err(TableError::OutOfFrames), |r| {
+        r.map(g, gpa(0), hpa(RMP_BASE - 0x1000), PageSize::Size4K)
+    });
+    rmp_refused(&mut rmp, Err(TableError::Misaligned), |r| {
+        r.map(
             g,
             gpa(0),
             hpa(RMP_BASE + (RMP_PAGES as u64 - 1) * 0x1000),
-            PageSize::Size2M
-        ),
-        Err(TableError::Misaligned)
-    );
-    assert_eq!(
-        rmp.map(g, gpa(0x4000_0000), hpa(0xC000_0000), PageSize::Size1G),
-        Err(TableError::OutOfFrames)
-    );
+            PageSize::Size2M,
+        )
+    });
+    rmp_refused(&mut rmp, Err(TableError::OutOfFrames), |r| {
+        r.map(g, gpa(0x4000_0000), hpa(0xC000_0000), PageSize::Size1G)
+    });
     // 2M and 4K leaves; lookups anywhere inside a leaf return the whole leaf.
     rmp.map(g, gpa(0x20_0000), hpa(BAR + 0x20_0000), PageSize::Size2M)
         .unwrap();
@@ -1589,7 +1824,7 @@ fn rmp_window_and_leaf_sizes() {
         (l.gpa, l.hpa, l.size),
         (gpa(0x20_0000), hpa(BAR + 0x20_0000), PageSize::Size2M)
     );
-    assert_eq!(rmp.set_asid(g, 0), Err(SevStatus::IN_USE));
+    rmp_refused(&mut rmp, Err(SevStatus::IN_USE), |r| r.set_asid(g, 0));
     // next_leaf walks by host address and skips leaves that start before `from`.
     let all = MmioRange::from_raw(BAR, 1024).unwrap();
     assert_eq!(
@@ -1609,25 +1844,21 @@ fn rmp_window_and_leaf_sizes() {
     let once = rmp.clone();
     rmp.block(g, gpa(0x20_0000), PageSize::Size2M).unwrap();
     assert_eq!(rmp, once);
-    assert_eq!(
-        rmp.block(g, gpa(0x20_1000), PageSize::Size2M),
-        Err(TableError::SizeMismatch)
-    );
-    assert_eq!(
-        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
-        Err(TableError::TlbNotFlushed)
-    );
+    rmp_refused(&mut rmp, Err(TableError::SizeMismatch), |r| {
+        r.block(g, gpa(0x20_1000), PageSize::Size2M)
+    });
+    rmp_refused(&mut rmp, Err(TableError::TlbNotFlushed), |r| {
+        r.remove(g, gpa(0x20_0000), PageSize::Size2M)
+    });
     rmp.track(g).unwrap();
     assert!(rmp.fence_pending(g));
-    assert_eq!(
-        rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
-        Err(TableError::TlbNotFlushed)
-    );
+    rmp_refused(&mut rmp, Err(TableError::TlbNotFlushed), |r| {
+        r.remove(g, gpa(0x20_0000), PageSize::Size2M)
+    });
     rmp.hold_fences(false);
-    assert_eq!(
-        rmp.remove(g, gpa(0x1000), PageSize::Size4K),
-        Err(TableError::NotBlocked)
-    );
+    rmp_refused(&mut rmp, Err(TableError::NotBlocked), |r| {
+        r.remove(g, gpa(0x1000), PageSize::Size4K)
+    });
     assert_eq!(
         rmp.remove(g, gpa(0x20_0000), PageSize::Size2M),
         Ok(hpa(BAR + 0x20_0000))
@@ -1655,4 +1886,547 @@ fn every_implemented_command_is_dispatched_and_documented() {
         let row = format!("| {:#06x} |", s.0);
         assert!(readme.contains(&row), "README lacks status {row}");
     }
+}
+
+// ---- answers in memory: checked before anything changes -----------------------------------
+
+/// A world where every command with an answer in memory would change something if it ran:
+/// the TDI is bound and locked, its leaves mapped, and the device has gone to ERROR behind the
+/// firmware's back (TDI_STATUS would put the TDI in ERROR and block its leaves; a guest START
+/// would put it in ERROR; MMIO_VALIDATE would set Validated bits; TDI_REPORT would count a
+/// report). A guest context sits on a page of system memory.
+fn world_with_pending_changes() -> Box<World> {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    ok(w.cmd(&gctx_create(FW_PAGE)));
+    let mut dev = dev_create();
+    dev.dev_ctx = sla(FW_PAGE2 >> 12).into();
+    dev.device_id = rid(7).routing_id().into();
+    ok(w.cmd(&dev));
+    w.sev
+        .tsm()
+        .with_transport(|d| d.event(rid(0), DeviceEvent::Disturb))
+        .unwrap();
+    w
+}
+
+/// A command that answers in memory: its name, the guest message it carries (written to the
+/// request page beforehand), and the command itself.
+struct Answering {
+    name: &'static str,
+    message: Option<(u8, Vec<u8>)>,
+    run: Box<dyn Fn(&mut World) -> Outcome>,
+}
+
+impl Answering {
+    /// Writes the guest message, if any: not part of the command.
+    fn prepare(&self, w: &mut World) {
+        if let Some((ty, body)) = &self.message {
+            w.put_msg(*ty, body);
+        }
+    }
+}
+
+/// Every command that answers in memory, with its answer sent to `out`.
+fn answering_commands(out: u64) -> Vec<Answering> {
+    let mut status = tdi_status();
+    status.status_paddr = out.into();
+    let mut info = tdi_info();
+    info.status_paddr = out.into();
+    let mut fence = fence_status(5);
+    fence.status_pa = out.into();
+    let mut report = tdi_report(GCTX);
+    report.spdm_ctrl.output = sla(out >> 12).into();
+    let mut request = guest_request(GCTX);
+    request.res_paddr = out.into();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    let validate = validate_req(0, 0, 512, GPA, msg::VALIDATE_FLAG_VALIDATED);
+    let command = |name, run: Box<dyn Fn(&mut World) -> Outcome>| Answering {
+        name,
+        message: None,
+        run,
+    };
+    let message = |name, ty: u8, body: &[u8]| Answering {
+        name,
+        message: Some((ty, body.to_vec())),
+        run: Box::new(move |w: &mut World| w.cmd(&request)),
+    };
+    vec![
+        command("TDI_STATUS", Box::new(move |w| w.cmd(&status))),
+        command("TDI_INFO", Box::new(move |w| w.cmd(&info))),
+        command("ASID_FENCE_STATUS", Box::new(move |w| w.cmd(&fence))),
+        command("TDI_REPORT", Box::new(move |w| w.cmd(&report))),
+        message(
+            "GUEST_REQUEST(TDI_START)",
+            msg::MSG_TDI_START_REQ,
+            start.as_bytes(),
+        ),
+        message(
+            "GUEST_REQUEST(MMIO_VALIDATE)",
+            msg::MSG_MMIO_VALIDATE_REQ,
+            validate.as_bytes(),
+        ),
+        message(
+            "GUEST_REQUEST(TDI_INFO)",
+            msg::MSG_TDI_INFO_REQ,
+            start.as_bytes(),
+        ),
+    ]
+}
+
+/// Runs every answering command with its answer sent to `out`, each in a fresh world where it
+/// would change something, and lists those not refused as `want` or that changed anything.
+fn undeliverable(out: u64, want: SevStatus) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for c in answering_commands(out) {
+        let mut w = world_with_pending_changes();
+        c.prepare(&mut w);
+        let before = w.state();
+        let o = (c.run)(&mut w);
+        if o != Outcome::plain(want) {
+            wrong.push(format!("{}: {o:?}", c.name));
+        }
+        if let Err(parts) = diff(&before, &w.state()) {
+            wrong.push(format!("{} changed {parts}", c.name));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn an_answer_that_cannot_be_delivered_changes_nothing() {
+    // An aligned address no memory answers at.
+    let wrong = undeliverable(UNMAPPED, SevStatus::INVALID_ADDRESS);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn an_answer_goes_only_to_writable_host_memory() {
+    for (out, want) in [
+        // Memory the firmware may read but not write.
+        (RO_PAGE, SevStatus::INVALID_ADDRESS),
+        // Device MMIO, shared or assigned to the guest: not memory at all.
+        (BAR + 0x30_0000, SevStatus::INVALID_ADDRESS),
+        (BAR, SevStatus::INVALID_ADDRESS),
+        // Firmware pages: a guest context, a device context.
+        (FW_PAGE, SevStatus::INVALID_PAGE_STATE),
+        (FW_PAGE2, SevStatus::INVALID_PAGE_STATE),
+    ] {
+        let wrong = undeliverable(out, want);
+        assert!(wrong.is_empty(), "{out:#x}: {wrong:#?}");
+    }
+    // An answer that would run off its page, or one misaligned.
+    let mut w = world_with_pending_changes();
+    let mut info = tdi_info();
+    info.status_paddr = (MEM + 0xF80).into();
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&info));
+    let mut status = tdi_status();
+    status.status_paddr = (MEM + 8).into();
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&status));
+    let mut request = guest_request(GCTX);
+    request.res_paddr = (MEM + 0x2010).into();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| w.cmd(&request));
+    // The same commands with good pages answer, and change what they should.
+    for c in answering_commands(MEM) {
+        c.prepare(&mut w);
+        let o = (c.run)(&mut w);
+        assert!(o.status != SevStatus::INVALID_ADDRESS, "{}: {o:?}", c.name);
+    }
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Error { .. }
+    ));
+}
+
+// ---- TDI_STATUS tells the truth ---------------------------------------------------------------
+
+#[test]
+fn tdi_status_of_an_unbound_tdi_is_the_cores_tdi_not_bound() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let o = refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_status()));
+    assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
+    // The core answers the same call the same way.
+    assert_eq!(
+        w.sev.tsm().check_interface(w.tdi()),
+        Err(Error::TdiNotBound)
+    );
+}
+
+#[test]
+fn tdi_status_says_resume_required_while_leaves_remain_to_block() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    // 100 4K leaves: more than one call blocks (UNBIND_OPS_PER_CALL).
+    for i in 0..100u64 {
+        ok(w.cmd(&mmio_map(
+            GPA + 0x40_0000 + i * 0x1000,
+            BAR + 0x10_0000 + i * 0x1000,
+            0,
+        )));
+    }
+    w.sev
+        .tsm()
+        .with_transport(|d| d.event(rid(0), DeviceEvent::Disturb))
+        .unwrap();
+    let mapped = |w: &World| {
+        w.sev
+            .tsm()
+            .with_table(|r| {
+                r.entries()
+                    .iter()
+                    .filter(|e| e.assigned() && !e.blocked())
+                    .count()
+            })
+            .unwrap()
+    };
+    let o = w.cmd(&tdi_status());
+    assert_eq!(o, Outcome::plain(SevStatus::RESUME_REQUIRED));
+    assert_eq!(o.to_core(), Ok(tsm_core::Completion::Resumable));
+    // The answer is there all the same: the device says ERROR.
+    let mut s = abi::TdiStatusData::new_zeroed();
+    w.mem.read(MEM, s.as_mut_bytes()).unwrap();
+    assert_eq!(s.tdisp_state, TdispState::Error as u8);
+    assert!(
+        mapped(&w) > 0,
+        "RESUME_REQUIRED while leaves are still mapped"
+    );
+    let mut calls = 1;
+    while w.cmd(&tdi_status()) == Outcome::plain(SevStatus::RESUME_REQUIRED) {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    assert_eq!(mapped(&w), 0);
+    ok(w.cmd(&tdi_status()));
+}
+
+// ---- guest device IDs: one TDI per ID and guest ------------------------------------------
+
+const TDI2_PFN: u64 = 0x30_0003;
+/// The second TDI's report: a range of the device the first TDI's does not cover.
+const TDI2_RANGE: (u64, u64) = (BAR + 0x30_0000, 16);
+
+/// A second TDI on the device (function 1), reporting [`TDI2_RANGE`].
+fn add_second_tdi(w: &mut World) {
+    w.sev
+        .tsm()
+        .with_transport(|d| {
+            d.set_report(
+                rid(1),
+                &[MmioRange::from_raw(TDI2_RANGE.0, TDI2_RANGE.1).unwrap()],
+            )
+        })
+        .unwrap()
+        .unwrap();
+    let mut c = tdi_create();
+    c.tdi_ctx = sla(TDI2_PFN).into();
+    c.interface_id.function_id = u32::from(rid(1).routing_id()).into();
+    ok(w.cmd(&c));
+}
+
+fn on_second_tdi<C: Command>(mut c: C, set: impl FnOnce(&mut C, U64)) -> C {
+    set(&mut c, sla(TDI2_PFN).into());
+    c
+}
+
+#[test]
+fn a_guest_device_id_names_one_tdi_of_a_guest() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    add_second_tdi(&mut w);
+    // The second TDI under the first one's guest device ID, for the same guest: refused.
+    let bind2 = |g: u64, id: u16| {
+        let mut b = on_second_tdi(tdi_bind(g), |c, s| c.tdi_ctx = s);
+        b.guest_device_id = id.into();
+        b
+    };
+    refused(&mut w, Outcome::plain(SevStatus::IN_USE), |w| {
+        w.cmd(&bind2(GCTX, GDEV))
+    });
+    // Under another ID, or for another guest, it binds.
+    ok(w.cmd(&bind2(GCTX, GDEV + 1)));
+    ok(w.cmd(&on_second_tdi(tdi_unbind(GCTX), |c, s| c.tdi_ctx = s)));
+    ok(w.cmd(&bind2(GCTX2, GDEV)));
+    ok(w.cmd(&on_second_tdi(tdi_unbind(GCTX2), |c, s| c.tdi_ctx = s)));
+    // Once the first TDI is unbound its ID is free again.
+    let mut o = w.cmd(&tdi_unbind(GCTX));
+    while o.status == SevStatus::RESUME_REQUIRED {
+        o = w.cmd(&tdi_unbind(GCTX));
+    }
+    ok(o);
+    ok(w.cmd(&bind2(GCTX, GDEV)));
+}
+
+#[test]
+fn a_guest_request_acts_on_the_tdi_the_guest_named() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    add_second_tdi(&mut w);
+    let mut bind2 = on_second_tdi(tdi_bind(GCTX), |c, s| c.tdi_ctx = s);
+    bind2.guest_device_id = (GDEV + 1).into();
+    ok(w.cmd(&bind2));
+    ok(w.cmd(&on_second_tdi(
+        mmio_map(GPA + 0x100_0000, TDI2_RANGE.0, abi::MMIO_SIZE_4K),
+        |c, s| c.tdi_ctx = s,
+    )));
+    // The guest names the first TDI (GDEV); the host hands the second one's context.
+    let mut redirected = guest_request(GCTX);
+    redirected.tdi_ctx = sla(TDI2_PFN).into();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    let before = w.state();
+    ok(w.cmd(&redirected));
+    let rsp: msg::TdiStartRsp = w.response();
+    assert_eq!(
+        start_outcome(&rsp),
+        Outcome::plain(SevStatus::INVALID_PARAM)
+    );
+    let mut after = w.state();
+    after.mem[RESPONSE_PAGE].copy_from_slice(&before.mem[RESPONSE_PAGE]);
+    same(&before, &after, "a redirected START");
+    let validate = validate_req(0, 0, 1, GPA, msg::VALIDATE_FLAG_VALIDATED);
+    w.put_msg(msg::MSG_MMIO_VALIDATE_REQ, validate.as_bytes());
+    let before = w.state();
+    ok(w.cmd(&redirected));
+    let rsp: msg::MmioValidateRsp = w.response();
+    assert_eq!(rsp.status.get(), Mv::InvalidTdi as u16);
+    let mut after = w.state();
+    after.mem[RESPONSE_PAGE].copy_from_slice(&before.mem[RESPONSE_PAGE]);
+    same(&before, &after, "a redirected MMIO_VALIDATE");
+    // With the context of the TDI it names, the guest's request runs.
+    ok(w.cmd(&guest_request(GCTX)));
+    let rsp: msg::MmioValidateRsp = w.response();
+    assert_eq!(rsp.status.get(), Mv::Success as u16);
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    ok(w.cmd(&guest_request(GCTX)));
+    assert_eq!(start_outcome(&w.response()), Outcome::SUCCESS);
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Run { .. }
+    ));
+    let t2 = w.sev.tdi_ctx(sla(TDI2_PFN)).unwrap().tdi;
+    assert!(matches!(
+        w.sev.tsm().tdi(t2).unwrap().state,
+        TdiState::Locked { .. }
+    ));
+}
+
+// ---- bitfield entries take only values that fit -------------------------------------------
+
+#[test]
+fn entries_at_the_edges_of_the_address_space() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    // A 2M leaf whose last page is the last guest page below 2^52, validated whole.
+    let top = (1u64 << 52) - 0x20_0000;
+    ok(w.cmd(&mmio_map(top, BAR, abi::MMIO_SIZE_2M)));
+    let (o, rsp) = w.validate(
+        GCTX,
+        validate_req(0, 0, 512, top, msg::VALIDATE_FLAG_VALIDATED),
+    );
+    ok(o);
+    assert_eq!(rsp.status.get(), Mv::Success as u16);
+    let last = w
+        .sev
+        .tsm()
+        .with_table(|r| r.entry(BAR + 0x1F_F000).unwrap())
+        .unwrap();
+    assert_eq!(last.gpa_pfn().get(), (1 << 40) - 1);
+    assert_eq!(last.leaf_size().size(), Some(PageSize::Size2M));
+    // The host's RMPUPDATE with every hostile guest address: a status or done, never a panic.
+    let page = BAR + 0x60_0000;
+    for (gpa, want) in [
+        ((1u64 << 52) - 0x1000, Ok(())),
+        (1 << 52, Err(RmpFault::Input)),
+        (!0xFFF, Err(RmpFault::Input)),
+        (0x1001, Err(RmpFault::Input)),
+    ] {
+        let update = RmpUpdate {
+            assigned: true,
+            asid: u32::MAX,
+            gpa,
+            page_size: true,
+        };
+        let before = w.state();
+        assert_eq!(w.sev.host_rmpupdate(page, update), want, "{gpa:#x}");
+        if want.is_err() {
+            same(
+                &before,
+                &w.state(),
+                format_args!("a refused RMPUPDATE at {gpa:#x}"),
+            );
+        }
+    }
+    // Any 64 bits a host calls an SLA decode without a panic, and re-encode to themselves.
+    for raw in [u64::MAX, 1 << 63, 0xFFF, (1 << 52) - 0x1000] {
+        let sla = SlaAddr::from_bits(raw);
+        assert_eq!(
+            SlaAddr::new()
+                .with_page_type(sla.page_type())
+                .with_page_size(sla.page_size())
+                .with_pfn(sla.pfn())
+                .into_bits(),
+            raw & !(0x3FF << 2) & ((1 << 52) - 1)
+        );
+    }
+}
+
+// ---- fence counters at the wrap -----------------------------------------------------------
+
+/// Unbinds the TDI to the end.
+fn unbind_all(w: &mut World) -> Outcome {
+    let mut o = w.cmd(&tdi_unbind(GCTX));
+    while o.status == SevStatus::RESUME_REQUIRED {
+        o = w.cmd(&tdi_unbind(GCTX));
+    }
+    o
+}
+
+#[test]
+fn fences_go_on_past_2_pow_32() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    // The leaves are blocked at fence 2^32 - 1; unbind's own fence is the 2^32nd.
+    let wrap = 1u64 << 32;
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, wrap - 1, wrap - 1))
+        .unwrap();
+    ok(unbind_all(&mut w));
+    assert!(
+        w.sev
+            .tsm()
+            .with_table(|r| r.entries().iter().all(|e| !e.assigned()))
+            .unwrap()
+    );
+    // And the host's fences go on too, complete at once.
+    ok(w.cmd(&fence_clear(GCTX)));
+    ok(w.cmd(&fence_status(5)));
+    let mut word = [0u8; 8];
+    w.mem.read(MEM, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0);
+    let f = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    assert_eq!((f.raised(), f.done()), (wrap + 1, wrap + 1));
+    // Bound again, blocked and fenced across the wrap with the fence held: removal waits
+    // for the fence, then goes on.
+    ok(w.cmd(&tdi_bind(GCTX)));
+    ok(w.cmd(&mmio_map(GPA, BAR, abi::MMIO_SIZE_2M)));
+    w.sev
+        .tsm()
+        .with_table(|r| {
+            r.set_fence_counts(g, 2 * wrap - 1, 2 * wrap - 1);
+            r.hold_fences(true)
+        })
+        .unwrap();
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(unbind_all(&mut w));
+}
+
+#[test]
+fn the_last_fence_a_counter_holds_is_refused_and_changes_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, u64::MAX - 1, u64::MAX - 1))
+        .unwrap();
+    ok(w.cmd(&fence_clear(GCTX)));
+    let f = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    assert_eq!((f.raised(), f.done()), (u64::MAX, u64::MAX));
+    let o = refused(&mut w, Error::SecureTableFull, |w| {
+        w.cmd(&fence_clear(GCTX))
+    });
+    assert_eq!(o.status, SevStatus::RESOURCE_LIMIT);
+    // Unbind needs a fence too: refused at the same point, with its progress kept.
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::SecureTableFull)));
+    refused(&mut w, Error::SecureTableFull, |w| w.cmd(&tdi_unbind(GCTX)));
+}
+
+#[test]
+fn a_leaf_blocked_2_pow_32_fences_ago_waits_for_one_more_never_one_fewer() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    let gpa = tsm_core::Gpa::try_new(GPA).unwrap();
+    w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    // Blocked at fence 5: unbind blocks, raises fence 6 (held) and waits.
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, 5, 5))
+        .unwrap();
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
+    let epoch = |w: &World| match w.sev.tsm().leaf(g, gpa).unwrap().unwrap().state {
+        tsm_core::LeafState::Blocked { epoch } => epoch,
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(epoch(&w), 5);
+    // 2^32 more fences raised and completed: the entry's 32 bits cannot tell this from a
+    // block at the latest fence, so the removal waits for one more fence.
+    let wrap = 1u64 << 32;
+    w.sev
+        .tsm()
+        .with_table(|r| r.set_fence_counts(g, 5 + wrap, 5 + wrap))
+        .unwrap();
+    assert_eq!(epoch(&w), 5 + wrap);
+    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&tdi_unbind(GCTX)));
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(w.cmd(&fence_clear(GCTX)));
+    ok(unbind_all(&mut w));
+}
+
+#[test]
+fn decommission_gives_back_exactly_what_it_released() {
+    let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); 16]).unwrap();
+    let g = GuestId::from_slot(2);
+    rmp.set_asid(g, 7).unwrap();
+    rmp.hold_fences(true);
+    for _ in 0..3 {
+        rmp.track(g).unwrap();
+    }
+    rmp.set_fence_counts(g, (1 << 32) + 3, 1 << 32);
+    let before = rmp.clone();
+    let released = rmp.release_asid(g).unwrap();
+    assert_eq!(rmp.asid(g), 0);
+    assert_ne!(rmp, before);
+    rmp.restore_asid(released);
+    assert_eq!(rmp, before);
+    assert_eq!(
+        (rmp.fences()[2].raised(), rmp.fences()[2].done()),
+        ((1 << 32) + 3, 1 << 32)
+    );
+    // A release refused while an entry names the ASID changes nothing.
+    rmp.map(
+        g,
+        tsm_core::Gpa::try_new(0).unwrap(),
+        hpa(RMP_BASE),
+        PageSize::Size4K,
+    )
+    .unwrap();
+    let before = rmp.clone();
+    assert_eq!(rmp.release_asid(g), Err(SevStatus::IN_USE));
+    assert_eq!(rmp, before);
+    // Through the command: a refused decommission leaves ASID and counters as they were.
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    for _ in 0..3 {
+        ok(w.cmd(&fence_clear(GCTX)));
+    }
+    refused(&mut w, Error::GuestInUse, |w| w.cmd(&decommission(GCTX)));
+    ok(unbind_all(&mut w));
+    ok(w.cmd(&decommission(GCTX)));
+    assert_eq!(
+        w.sev.tsm().with_table(|r| r.fences()[0]).unwrap(),
+        AsidFence::default()
+    );
 }

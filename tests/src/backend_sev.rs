@@ -13,9 +13,10 @@
 
 use platform_sev::Sev;
 use platform_sev::abi::{self, Command, SlaAddr};
-use platform_sev::device::PciModel;
+use platform_sev::device::{ConfigError, PciModel};
 use platform_sev::guest_msg::{self as msg, MsgHeader};
 use platform_sev::memory::{PageMemory, SystemMemory};
+use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{Rmp, RmpEntry};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::byteorder::little_endian::{U16, U32, U64};
@@ -75,8 +76,9 @@ fn length<C: Command>() -> U32 {
     U32::new(u32::try_from(abi::len_of::<C>()).unwrap_or(0))
 }
 
+/// The SLA of page frame `pfn` (0, a null SLA the firmware refuses, past 40 bits).
 fn sla(pfn: u64) -> u64 {
-    SlaAddr::new().with_pfn(pfn).into_bits()
+    Pfn::try_new(pfn).map_or(0, |p| SlaAddr::new().with_pfn(p).into_bits())
 }
 
 fn size_code(size: PageSize) -> u8 {
@@ -284,19 +286,32 @@ impl Backend for SevBackend<'_> {
     }
 
     /// The device's BARs go into its configuration space (the model), then TIO_DEV_CREATE
-    /// and TIO_DEV_CONNECT.
+    /// and TIO_DEV_CONNECT. A refused DEV_CREATE puts configuration space back as it was.
     fn create_device(&mut self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
-        self.sev
+        let segment = u8::try_from(rid.segment()).map_err(|_| Error::InvalidRequesterId)?;
+        let previous = self
+            .sev
             .tsm()
             .with_transport(|d| d.set_bars(rid, bars))?
-            .map_err(|_| Error::TooManyRanges)?;
+            .map_err(|e| match e {
+                // More BARs than any function has: the firmware would refuse them the same way.
+                ConfigError::TooManyBars => Error::TooManyRanges,
+                // Never while devices are removed through here: the model holds one more device
+                // than the firmware's table.
+                ConfigError::Full => Error::DeviceTableFull,
+            })?;
         let dev = sla(CTX_PFN_BASE.wrapping_add(self.fresh()));
         let mut c = abi::DevCreate::new_zeroed();
         c.length = length::<abi::DevCreate>();
         c.dev_ctx = dev.into();
         c.device_id = rid.routing_id().into();
-        c.segment_id = u8::try_from(rid.segment()).map_err(|_| Error::InvalidRequesterId)?;
-        self.done(&c)?;
+        c.segment_id = segment;
+        if let Err(e) = self.done(&c) {
+            self.sev
+                .tsm()
+                .with_transport(|d| d.restore_bars(rid, previous))?;
+            return Err(e);
+        }
         let mut k = abi::DevConnect::new_zeroed();
         k.length = length::<abi::DevConnect>();
         k.dev_ctx = dev.into();
@@ -308,12 +323,23 @@ impl Backend for SevBackend<'_> {
             .ok_or(Error::InvalidHandle)
     }
 
-    /// TIO_DEV_RECLAIM.
+    /// TIO_DEV_RECLAIM; once the firmware has let the device go, it leaves configuration
+    /// space too (unplugged), so its entry in the model is free for the next device.
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()> {
+        let rid = self
+            .sev
+            .devices()
+            .iter()
+            .find(|d| d.device == device)
+            .map(|d| d.rid);
         let mut c = abi::DevReclaim::new_zeroed();
         c.length = length::<abi::DevReclaim>();
         c.dev_ctx = self.dev_sla(device).into();
-        self.done(&c)
+        self.done(&c)?;
+        if let Some(rid) = rid {
+            self.sev.tsm().with_transport(|d| d.remove_bars(rid))?;
+        }
+        Ok(())
     }
 
     /// TIO_TDI_CREATE.
@@ -485,7 +511,8 @@ impl Backend for SevBackend<'_> {
     }
 
     /// TIO_TDI_STATUS: the firmware asks the device (GET_DEVICE_INTERFACE_STATE) and puts a
-    /// bound TDI whose device disagrees in ERROR.
+    /// bound TDI whose device disagrees in ERROR (`RESUME_REQUIRED` is `Resumable`: leaves
+    /// remain to be blocked).
     fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let (dev, t, _) = self.tdi_slas(tdi);
         let mut c = abi::TdiStatus::new_zeroed();
@@ -493,7 +520,7 @@ impl Backend for SevBackend<'_> {
         c.dev_ctx = dev.into();
         c.tdi_ctx = t.into();
         c.status_paddr = self.page(STATUS_PAGE).into();
-        self.done(&c).map(|()| Completion::Done)
+        self.issue(&c).to_core()
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {

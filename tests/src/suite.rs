@@ -16,6 +16,7 @@ scenarios!(
     "lifecycle",
     "hostile",
     "unbind-bounded",
+    "check-bounded",
     "device-error",
     "tdisp-wire",
     "path-mem-disable",

@@ -39,3 +39,68 @@ fn every_scenario_passes_on_sev() {
         common::assert_complete_run(&out, summary, "sev");
     });
 }
+
+/// The SEV backend's device model (configuration space) frees a device's entry when the host
+/// removes it, and a full firmware refuses the next device exactly as the core does: many
+/// more create/remove cycles than there are device slots, then a full table.
+#[test]
+fn devices_come_and_go_past_every_table_size() {
+    use tsm_core::capacity::{MAX_BARS, MAX_DEVICES};
+    use tsm_core::device_model::ModelDevice;
+    use tsm_core::mem_table::MemTable;
+    use tsm_core::{Error, MmioRange, RequesterId, Tsm};
+    use tsm_tests::backend::CoreBackend;
+
+    on_big_stack(|| {
+        let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
+        let mut sev = Box::new(SevBackend::new(&mut rmp).unwrap());
+        let tsm: Tsm<MemTable<64>, ModelDevice> = Tsm::new(MemTable::new(), ModelDevice::model());
+        let mut core = CoreBackend {
+            tsm: &tsm,
+            label: "core",
+        };
+        let rid = |i: usize| RequesterId::try_new(0, u8::try_from(i).unwrap(), 0, 0).unwrap();
+        let bar = MmioRange::from_raw(0x8000_0000, 16).unwrap();
+        let mut both = |op: &mut dyn FnMut(&mut dyn Backend) -> Result<(), Error>| {
+            let on_core = op(&mut core);
+            let on_sev = op(&mut *sev);
+            assert_eq!(on_sev, on_core);
+            on_sev
+        };
+        // 3 x MAX_DEVICES + 4 devices, each created and removed.
+        for i in 0..3 * MAX_DEVICES + 4 {
+            both(&mut |b| {
+                let d = b.create_device(rid(i), &[bar])?;
+                b.remove_device(d)
+            })
+            .unwrap();
+        }
+        // MAX_DEVICES live devices; the next is refused as on the core, whatever it asks.
+        let mut live = Vec::new();
+        for i in 0..MAX_DEVICES {
+            both(&mut |b| {
+                live.push(b.create_device(rid(200 + i), &[bar])?);
+                Ok(())
+            })
+            .unwrap();
+        }
+        let next = rid(250);
+        assert_eq!(
+            both(&mut |b| b.create_device(next, &[bar]).map(drop)),
+            Err(Error::DeviceTableFull)
+        );
+        let too_many = [bar; MAX_BARS + 1];
+        assert_eq!(
+            both(&mut |b| b.create_device(next, &too_many).map(drop)),
+            Err(Error::TooManyRanges)
+        );
+        assert_eq!(
+            both(&mut |b| b.create_device(rid(200), &[bar]).map(drop)),
+            Err(Error::DuplicateDevice)
+        );
+        // One removed, one more fits.
+        let first = live[0];
+        both(&mut |b| b.remove_device(first)).unwrap();
+        both(&mut |b| b.create_device(next, &[bar]).map(drop)).unwrap();
+    });
+}
