@@ -613,19 +613,13 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             STATUS_ALIGN,
             core::mem::size_of::<abi::TdiStatusData>(),
         )?;
-        // The core's own first check, which changes nothing: an unbound TDI is `TdiNotBound`
-        // and its device is not asked (`Tsm::check_interface` refuses it the same way).
-        transition(self.tsm.tdi(t.tdi)?.state, Event::DeviceError)?;
-        // The answer: the device's TDISP state, read before anything changes. A device that
-        // does not answer fails the command here, with nothing changed.
-        let said = self
-            .tsm
-            .with_transport(|d| d.interface_state(t.iface))?
-            .map_err(Error::from)?;
-        // A bound TDI whose device says otherwise goes to ERROR here, as on TDX, and its leaves
-        // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED)
-        // until every one is, and the host calls TDI_STATUS again to go on.
-        let done = self.tsm.check_interface(t.tdi)?;
+        // The core's check, once: an unbound TDI is `TdiNotBound`; a locked or running one's
+        // device is asked, and a device that does not answer fails the command with nothing
+        // changed; one that disagrees puts the TDI in ERROR, as on TDX. A TDI in ERROR or
+        // being unbound is not asked about. Leaves are blocked at most UNBIND_OPS_PER_CALL per
+        // call: `Resumable` (RESUME_REQUIRED) until every one is. The output page was checked
+        // above, so the answer is delivered whatever the check changed.
+        let (done, said) = self.tsm.check_interface_state(t.tdi)?;
         let mut data = abi::TdiStatusData::new_zeroed();
         data.length = u32::try_from(core::mem::size_of::<abi::TdiStatusData>())
             .unwrap_or(0)

@@ -1901,7 +1901,10 @@ fn world_with_pending_changes() -> Box<World> {
     ok(w.cmd(&gctx_create(FW_PAGE)));
     let mut dev = dev_create();
     dev.dev_ctx = sla(FW_PAGE2 >> 12).into();
-    dev.device_id = rid(7).routing_id().into();
+    dev.device_id = RequesterId::try_new(0, 3, 1, 0)
+        .unwrap()
+        .routing_id()
+        .into();
     ok(w.cmd(&dev));
     w.sev
         .tsm()

@@ -61,6 +61,9 @@ fn devices_come_and_go_past_every_table_size() {
         };
         let rid = |i: usize| RequesterId::try_new(0, u8::try_from(i).unwrap(), 0, 0).unwrap();
         let bar = MmioRange::from_raw(0x8000_0000, 16).unwrap();
+        // Live devices never share a BAR page (BarInUse): one BAR each.
+        let bar_of =
+            |i: usize| MmioRange::from_raw(0x9000_0000 + 0x10_0000 * i as u64, 16).unwrap();
         let mut both = |op: &mut dyn FnMut(&mut dyn Backend) -> Result<(), Error>| {
             let on_core = op(&mut core);
             let on_sev = op(&mut *sev);
@@ -79,7 +82,7 @@ fn devices_come_and_go_past_every_table_size() {
         let mut live = Vec::new();
         for i in 0..MAX_DEVICES {
             both(&mut |b| {
-                live.push(b.create_device(rid(200 + i), &[bar])?);
+                live.push(b.create_device(rid(200 + i), &[bar_of(i)])?);
                 Ok(())
             })
             .unwrap();
@@ -88,6 +91,10 @@ fn devices_come_and_go_past_every_table_size() {
         assert_eq!(
             both(&mut |b| b.create_device(next, &[bar]).map(drop)),
             Err(Error::DeviceTableFull)
+        );
+        assert_eq!(
+            both(&mut |b| b.create_device(next, &[bar_of(3)]).map(drop)),
+            Err(Error::BarInUse)
         );
         let too_many = [bar; MAX_BARS + 1];
         assert_eq!(

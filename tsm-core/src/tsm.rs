@@ -381,6 +381,13 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// that says ERROR, or CONFIG_UNLOCKED for a TDI the firmware holds locked or running (a
     /// reset it did not announce), puts the TDI in ERROR exactly as [`Tsm::device_error`] does.
     pub fn check_interface(&self, tdi: TdiId) -> TsmResult<Completion> {
+        self.check_interface_state(tdi).map(|(done, _)| done)
+    }
+
+    /// [`Tsm::check_interface`], also returning the TDISP state it found: the device's answer
+    /// for a locked or running TDI; for one in ERROR or being unbound, which the device is not
+    /// asked about, the firmware's own view (ERROR until STOP is done).
+    pub fn check_interface_state(&self, tdi: TdiId) -> TsmResult<(Completion, TdispState)> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let errored = transition(record.state, Event::DeviceError)?;
@@ -389,7 +396,8 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         // A TDI already in ERROR or being unbound is not the device's to judge: finish
         // taking its MMIO from the guest, whether or not the device answers.
         if !matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
-            return Self::continue_blocking(tdi, record, &owners, &mut *table);
+            let done = Self::continue_blocking(tdi, record, &owners, &mut *table)?;
+            return Ok((done, record.state.tdisp()));
         }
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
         let device_says = transport.interface_state(record.iface)?;
@@ -401,7 +409,8 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         if !agrees {
             record.state = errored;
         }
-        Self::continue_blocking(tdi, record, &owners, &mut *table)
+        let done = Self::continue_blocking(tdi, record, &owners, &mut *table)?;
+        Ok((done, device_says))
     }
 
     /// Blocks the leaves still live in a TDI the guest must no longer reach (ERROR, or an
