@@ -162,7 +162,8 @@ pub struct Rmp<S> {
     base: u64,
     entries: S,
     fences: [AsidFence; MAX_GUESTS],
-    hold_fence: bool,
+    /// Tests: the guests whose fences stay pending until released.
+    held: [bool; MAX_GUESTS],
 }
 
 const PAGE: u64 = 4096;
@@ -185,7 +186,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
             base: base.as_u64(),
             entries,
             fences: [AsidFence::default(); MAX_GUESTS],
-            hold_fence: false,
+            held: [false; MAX_GUESTS],
         })
     }
 
@@ -315,11 +316,24 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         self.fence(guest).is_ok_and(|f| f.done < f.raised)
     }
 
-    /// Tests: hold fences (they stay pending) or complete every pending one and stop holding.
+    /// Tests: hold every guest's fences (they stay pending) or complete every pending one and
+    /// stop holding.
     pub fn hold_fences(&mut self, hold: bool) {
-        self.hold_fence = hold;
+        self.held = [hold; MAX_GUESTS];
         if !hold {
             for f in &mut self.fences {
+                f.done = f.raised;
+            }
+        }
+    }
+
+    /// Tests: hold `guest`'s fences, or complete its pending one and stop holding; other
+    /// guests' fences are not affected.
+    pub fn hold_fences_of(&mut self, guest: GuestId, hold: bool) {
+        let slot = usize::from(guest.slot());
+        if let (Some(h), Some(f)) = (self.held.get_mut(slot), self.fences.get_mut(slot)) {
+            *h = hold;
+            if !hold {
                 f.done = f.raised;
             }
         }
@@ -574,7 +588,11 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
     /// nothing changed.
     fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
         self.fence(guest)?;
-        let hold = self.hold_fence;
+        let hold = self
+            .held
+            .get(usize::from(guest.slot()))
+            .copied()
+            .unwrap_or(false);
         let f = self
             .fences
             .get_mut(usize::from(guest.slot()))

@@ -57,9 +57,9 @@ pub type SevFirmware<'a> = Sev<&'a mut [RmpEntry], PciModel>;
 struct CmdBuf([u8; abi::MAX_COMMAND_LENGTH]);
 
 impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> FlushControl for Rmp<S> {
-    /// Holds ASID fences (they stay pending), or completes them all and stops holding.
-    fn defer_flush(&mut self, _guest: GuestId, defer: bool) {
-        self.hold_fences(defer);
+    /// Holds the guest's ASID fences (they stay pending), or completes them and stops holding.
+    fn defer_flush(&mut self, guest: GuestId, defer: bool) {
+        self.hold_fences_of(guest, defer);
     }
 }
 
