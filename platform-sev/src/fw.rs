@@ -13,6 +13,7 @@
 //! context) and writable. After that check, delivering the answer cannot fail, so a command
 //! never changes state and then fails to report it.
 
+use tsm_core::ReservedMemory;
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::lifecycle::{Event, transition};
 use tsm_core::tsm::Tsm;
@@ -178,10 +179,13 @@ fn spdm(ctrl: &SpdmCtrl) -> Result<(), Fail> {
 }
 
 impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
-    /// The firmware over an RMP and the devices.
-    pub fn new(rmp: Rmp<S>, devices: D) -> Self {
+    /// The firmware over an RMP and the devices. `system_memory` is what the platform gives
+    /// at SNP init: the system memory the RMP covers (DRAM, where guests and command buffers
+    /// live) and the firmware's own pages (the RMP table, its image). No device BAR, reported
+    /// range or MMIO mapping may touch it (`ReservedMemory`): system memory is never MMIO.
+    pub fn new(rmp: Rmp<S>, devices: D, system_memory: ReservedMemory) -> Self {
         Self {
-            tsm: Tsm::new(rmp, devices),
+            tsm: Tsm::with_reserved(rmp, devices, system_memory),
             guests: heapless::Vec::new(),
             devices: heapless::Vec::new(),
             tdis: heapless::Vec::new(),

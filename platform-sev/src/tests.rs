@@ -3,6 +3,7 @@
 //! refused with `INVALID_PARAM` (or the precise status) and changing nothing, and the RMP
 //! rules for private MMIO.
 
+use tsm_core::ReservedMemory;
 use tsm_core::device_model::DeviceEvent;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::tsm::Snapshot;
@@ -95,6 +96,11 @@ fn len<C: Command>() -> U32 {
     U32::new(len_of::<C>() as u32)
 }
 
+/// The system memory the tests' firmware is given at init: the command-buffer pages.
+fn system_memory() -> ReservedMemory {
+    ReservedMemory::from_ranges(&[MmioRange::from_raw(MEM, MEM_PAGES as u64).unwrap()]).unwrap()
+}
+
 impl World {
     fn new() -> Box<Self> {
         let rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
@@ -114,7 +120,7 @@ impl World {
         let mut mem = PageMemory::new(MEM);
         mem.set_read_only(5, true);
         Box::new(World {
-            sev: Sev::new(rmp, model),
+            sev: Sev::new(rmp, model, system_memory()),
             mem,
         })
     }
@@ -2432,4 +2438,47 @@ fn decommission_gives_back_exactly_what_it_released() {
         w.sev.tsm().with_table(|r| r.fences()[0]).unwrap(),
         AsidFence::default()
     );
+}
+
+// ---- reserved memory and BARs (issue 9, item 1) ---------------------------------------------
+
+/// A device whose configuration space shows a BAR over system memory (here: the command-buffer
+/// pages the firmware was given at init) or over another device's BAR is never registered.
+#[test]
+fn a_bar_over_system_memory_or_another_device_is_refused() {
+    let mut w = World::new();
+    ok(w.cmd(&dev_create()));
+    let other = RequesterId::try_new(0, 3, 1, 0).unwrap();
+    let mut c = dev_create();
+    c.dev_ctx = sla(0x30_0009).into();
+    c.device_id = other.routing_id().into();
+    for (bar, want) in [
+        (MmioRange::from_raw(MEM, 1).unwrap(), Error::ReservedMemory),
+        (
+            MmioRange::from_raw(MEM + 0x2000, 2).unwrap(),
+            Error::ReservedMemory,
+        ),
+        (
+            MmioRange::from_raw(BAR + 0x1000, 1).unwrap(),
+            Error::BarInUse,
+        ),
+    ] {
+        w.sev
+            .tsm()
+            .with_transport(|d| d.set_bars(other, &[bar]))
+            .unwrap()
+            .unwrap();
+        refused(&mut w, want, |w| w.cmd(&c));
+    }
+    w.sev
+        .tsm()
+        .with_transport(|d| {
+            d.set_bars(
+                other,
+                &[MmioRange::from_raw(BAR + BAR_PAGES * 0x1000, 1).unwrap()],
+            )
+        })
+        .unwrap()
+        .unwrap();
+    ok(w.cmd(&c));
 }

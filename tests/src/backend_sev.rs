@@ -21,6 +21,7 @@ use platform_sev::rmp::{Rmp, RmpEntry};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::byteorder::little_endian::{U16, U32, U64};
 use platform_sev::zerocopy::{FromZeros, IntoBytes};
+use tsm_core::ReservedMemory;
 use tsm_core::device_model::{DeviceEvent, Misbehaviour};
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
@@ -89,13 +90,19 @@ fn size_code(size: PageSize) -> u8 {
     }
 }
 
+/// The system memory the firmware is given at init (the command-buffer pages): never MMIO.
+pub fn system_memory() -> TsmResult<ReservedMemory> {
+    let pages = u64::try_from(MEM_PAGES).map_err(|_| Error::InvalidRange)?;
+    ReservedMemory::from_ranges(&[MmioRange::from_raw(MEM_BASE, pages)?])
+}
+
 impl<'a> SevBackend<'a> {
     /// A firmware whose RMP lives in `rmp` (at least [`RMP_PAGES`] entries are used).
     pub fn new(rmp: &'a mut [RmpEntry]) -> TsmResult<Self> {
         let window = rmp.get_mut(..RMP_PAGES).ok_or(Error::SecureTableFull)?;
         let rmp = Rmp::new(Hpa::try_new(RMP_BASE)?, window).map_err(|_| Error::InvalidAddress)?;
         Ok(Self {
-            sev: Sev::new(rmp, PciModel::new()),
+            sev: Sev::new(rmp, PciModel::new(), system_memory()?),
             mem: PageMemory::new(MEM_BASE),
             next: 0,
         })
