@@ -2,6 +2,8 @@
 //! the pool a run of 4 KiB pages (and the physical address of the first), and every S-EPT and
 //! MMIO-metadata table page comes from it and goes back to it.
 
+use crate::bits::Pfn;
+
 /// Bytes in one table page (Intel SDM Vol. 3C 29.3.2: every EPT paging structure is 4 KiB).
 pub const PAGE_BYTES: usize = 4096;
 /// Entries in one table page: 4096 bytes of 8-byte entries (Intel SDM Vol. 3C 29.3.2).
@@ -180,6 +182,12 @@ impl<'m> FramePool<'m> {
         // Cannot overflow: new() proved every page lies below the 52-bit limit.
         self.phys_base
             .saturating_add(u64::from(index).saturating_mul(PAGE_BYTES as u64))
+    }
+
+    /// Frame number of page `index`, as a table entry holds it.
+    pub fn pfn(&self, index: FrameIndex) -> Pfn {
+        // Below 2^40 for every page of the pool: new() proved each lies below the 52-bit limit.
+        Pfn::from_bits(self.phys(index) >> PAGE_SHIFT)
     }
 
     /// The page at physical address `phys`, if it is one of the pool's.

@@ -1,6 +1,7 @@
 //! Intel TDX back end of the TEE Security Manager: the firmware role the TDX module plays for
 //! TDX Connect device assignment.
 //!
+//! - [`bits`]: the entries' multi-bit field values, as types no wider than their fields;
 //! - [`ept`]: the S-EPT entry (architectural EPT bits plus the TDX secure state);
 //! - [`frames`], [`radix`]: table pages from caller-provided memory, and the shared walker;
 //! - [`sept`]: one S-EPT per TD and the MMIO metadata table, implementing
@@ -21,6 +22,7 @@
 )]
 
 pub mod abi;
+pub mod bits;
 #[cfg(feature = "capi")]
 pub mod capi;
 pub mod ept;

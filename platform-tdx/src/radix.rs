@@ -5,6 +5,7 @@
 
 use core::marker::PhantomData;
 
+use crate::bits::Pfn;
 use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool};
 
 /// Deepest tree: 5 levels (Intel SDM Vol. 3C 29.3.2, 5-level EPT with a PML5 table).
@@ -36,8 +37,8 @@ pub const fn slot_of(addr: u64, level: u8) -> usize {
 pub trait EntryFormat {
     /// The value of an unused entry (a new table page is filled with it).
     const FREE: u64;
-    /// An entry at level `level` pointing to the table page at `phys`.
-    fn table(phys: u64) -> u64;
+    /// An entry pointing to the table page `frame`.
+    fn table(frame: Pfn) -> u64;
     /// Whether `raw` at `level` points to a table page (and is not a leaf or free).
     fn is_table(raw: u64, level: u8) -> bool;
     /// The physical address in a table entry.
@@ -196,8 +197,8 @@ impl<F: EntryFormat> Radix<F> {
         };
         while level > target {
             let child = pool.alloc(F::FREE)?;
-            let phys = pool.phys(child);
-            pool.set_counted(page, slot_of(addr, level), F::table(phys), F::FREE);
+            let frame = pool.pfn(child);
+            pool.set_counted(page, slot_of(addr, level), F::table(frame), F::FREE);
             page = child;
             level = level.saturating_sub(1);
         }
@@ -295,8 +296,8 @@ mod tests {
     struct Toy;
     impl EntryFormat for Toy {
         const FREE: u64 = 0;
-        fn table(phys: u64) -> u64 {
-            phys | 1
+        fn table(frame: Pfn) -> u64 {
+            frame.phys() | 1
         }
         fn is_table(raw: u64, _level: u8) -> bool {
             raw & 1 == 1

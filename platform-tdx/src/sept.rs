@@ -9,6 +9,7 @@ use tsm_core::capacity::MAX_GUESTS;
 use tsm_core::secure_table::Epoch;
 use tsm_core::{Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError};
 
+use crate::bits::{Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
 use crate::frames::FramePool;
 use crate::radix::{EntryFormat, Lookup, Radix, level_shift};
@@ -28,12 +29,12 @@ pub enum SeptLevels {
 pub const MMIOMT_LEVELS: u8 = 5;
 
 /// Bits of a blocking epoch an MMIOMT entry keeps (see [`MmioMtEntry::bepoch`]).
-pub const BEPOCH_BITS: u32 = 12;
-const BEPOCH_MASK: u64 = (1 << BEPOCH_BITS) - 1;
+pub use crate::bits::BEPOCH_BITS;
 
 /// One MMIO metadata entry (ours; the TDX module's MMIOMT layout is not public). Leaves name
 /// the TD and guest page a host MMIO page is mapped at, so unbind finds a TDI's leaves by host
-/// address without scanning any S-EPT.
+/// address without scanning any S-EPT. Multi-bit fields take [`crate::bits`] types, which never
+/// exceed their field, so the generated setters never reach their out-of-range panic.
 #[bitfield(u64)]
 #[derive(PartialEq, Eq)]
 pub struct MmioMtEntry {
@@ -43,21 +44,19 @@ pub struct MmioMtEntry {
     pub table: bool,
     /// Bits 7:2: the TD's slot.
     #[bits(6)]
-    pub guest: u8,
+    pub guest: MtGuest,
     /// Bit 8: the S-EPT leaf is blocked.
     pub blocked: bool,
     #[bits(3)]
     __: u8,
     /// Bits 51:12: guest frame (leaf) or next table page.
     #[bits(40)]
-    pub pfn: u64,
+    pub pfn: Pfn,
     /// Bits 63:52: low bits of the TD epoch the leaf was blocked in (the TDX module keeps the
     /// blocking epoch in the page's metadata too: PAMT BEPOCH).
     #[bits(12)]
-    pub bepoch: u16,
+    pub bepoch: Bepoch,
 }
-
-const _: () = assert!(MAX_GUESTS <= 1 << 6, "MMIOMT guest field is 6 bits");
 
 /// How S-EPT entries encode tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +64,8 @@ pub enum SeptFormat {}
 
 impl EntryFormat for SeptFormat {
     const FREE: u64 = SeptEntry::FREE.into_bits();
-    fn table(phys: u64) -> u64 {
-        SeptEntry::table(phys).into_bits()
+    fn table(frame: Pfn) -> u64 {
+        SeptEntry::table(frame).into_bits()
     }
     fn is_table(raw: u64, level: u8) -> bool {
         SeptEntry::from_bits(raw).state(level) == SeptState::NlMapped
@@ -82,17 +81,17 @@ pub enum MtFormat {}
 
 impl EntryFormat for MtFormat {
     const FREE: u64 = 0;
-    fn table(phys: u64) -> u64 {
+    fn table(frame: Pfn) -> u64 {
         MmioMtEntry::new()
             .with_table(true)
-            .with_pfn(phys >> 12)
+            .with_pfn(frame)
             .into_bits()
     }
     fn is_table(raw: u64, _level: u8) -> bool {
         MmioMtEntry::from_bits(raw).table()
     }
     fn child(raw: u64) -> u64 {
-        MmioMtEntry::from_bits(raw).pfn() << 12
+        MmioMtEntry::from_bits(raw).pfn().phys()
     }
 }
 
@@ -301,13 +300,12 @@ impl<'m> Sept<'m> {
         (found, MmioMtEntry::from_bits(found.raw))
     }
 
-    fn blocked_epoch(epoch: TdEpoch, bepoch: u16) -> Epoch {
-        let age = (epoch.current & BEPOCH_MASK).wrapping_sub(u64::from(bepoch)) & BEPOCH_MASK;
-        epoch.current.saturating_sub(age)
+    fn blocked_epoch(epoch: TdEpoch, bepoch: Bepoch) -> Epoch {
+        bepoch.epoch_at(epoch.current)
     }
 
     fn leaf_of(&self, hpa: u64, level: u8, mt: MmioMtEntry) -> Option<Leaf> {
-        let guest = GuestId::from_slot(u16::from(mt.guest()));
+        let guest = mt.guest().guest();
         let state = if mt.blocked() {
             LeafState::Blocked {
                 epoch: Self::blocked_epoch(self.epoch(guest).ok()?, mt.bepoch()),
@@ -317,7 +315,7 @@ impl<'m> Sept<'m> {
         };
         Some(Leaf {
             guest,
-            gpa: Gpa::try_new(mt.pfn() << 12).ok()?,
+            gpa: Gpa::try_new(mt.pfn().phys()).ok()?,
             hpa: Hpa::try_new(hpa).ok()?,
             size: leaf_size(level)?,
             state,
@@ -355,11 +353,11 @@ impl<'m> Sept<'m> {
         }
         // Every check passed; both installs are proven to succeed. The two trees never share a
         // page, so the MMIOMT's install leaves the S-EPT walk `found` valid.
-        let entry = SeptEntry::mmio_leaf(hpa.as_u64(), level, SeptState::MmioPending);
+        let entry = SeptEntry::mmio_leaf(Pfn::of(hpa), level, SeptState::MmioPending);
         let meta = MmioMtEntry::new()
             .with_leaf(true)
-            .with_guest(u8::try_from(guest.slot()).map_err(|_| SeptError::UnknownGuest)?)
-            .with_pfn(gpa.as_u64() >> 12);
+            .with_guest(MtGuest::of(guest).ok_or(SeptError::UnknownGuest)?)
+            .with_pfn(Pfn::of(gpa));
         self.mmiomt
             .install_at(
                 &mut self.pool,
@@ -407,7 +405,7 @@ impl<'m> Sept<'m> {
                 });
             }
         }
-        let entry = SeptEntry::mmio_leaf(probe.entry.phys(), probe.level, SeptState::MmioMapped);
+        let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, SeptState::MmioMapped);
         let tree = *self.tree(guest)?;
         tree.rewrite(&mut self.pool, &found, gpa.as_u64(), entry.into_bits());
         Ok(())
@@ -430,8 +428,8 @@ impl<'m> Sept<'m> {
         };
         let hpa = probe.entry.phys();
         let (mt_found, meta) = self.mt_lookup(hpa, probe.level);
-        let bepoch = u16::try_from(epoch.current & BEPOCH_MASK).unwrap_or(0);
-        let entry = SeptEntry::mmio_leaf(hpa, probe.level, next);
+        let bepoch = Bepoch::of(epoch.current);
+        let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
         let tree = *self.tree(guest)?;
         tree.rewrite(&mut self.pool, &found, gpa.as_u64(), entry.into_bits());
         let meta = meta.with_blocked(true).with_bepoch(bepoch);
@@ -573,13 +571,21 @@ mod tests {
         let [pml4, pdpt, pd, pt] = [0; 4].map(|_| pool.alloc(SeptFormat::FREE).unwrap());
         // GPA 0x4020_3000: PML4 slot 0, PDPT slot 1, PD slot 1, PT slot 3.
         let g = 0x4020_3000u64;
-        pool.set_entry(pml4, 0, SeptEntry::table(pool.phys(pdpt)).into_bits());
-        pool.set_entry(pdpt, 1, SeptEntry::table(pool.phys(pd)).into_bits());
-        pool.set_entry(pd, 1, SeptEntry::table(pool.phys(pt)).into_bits());
-        let leaf = SeptEntry::mmio_leaf(0xfe00_3000, 1, SeptState::MmioMapped);
+        pool.set_entry(pml4, 0, SeptEntry::table(pool.pfn(pdpt)).into_bits());
+        pool.set_entry(pdpt, 1, SeptEntry::table(pool.pfn(pd)).into_bits());
+        pool.set_entry(pd, 1, SeptEntry::table(pool.pfn(pt)).into_bits());
+        let leaf = SeptEntry::mmio_leaf(
+            Pfn::from_phys(0xfe00_3000).unwrap(),
+            1,
+            SeptState::MmioMapped,
+        );
         pool.set_entry(pt, 3, leaf.into_bits());
         // A 2 MiB leaf at PD slot 2 (GPA 0x4040_0000).
-        let big = SeptEntry::mmio_leaf(0xfe40_0000, 2, SeptState::MmioBlocked);
+        let big = SeptEntry::mmio_leaf(
+            Pfn::from_phys(0xfe40_0000).unwrap(),
+            2,
+            SeptState::MmioBlocked,
+        );
         pool.set_entry(pd, 2, big.into_bits());
         assert_eq!(pool.entry(pml4, 0), PHYS + 0x1000 + 0x7);
 
