@@ -507,6 +507,7 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             TDH_MMIO_MAP => {
                 let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
                 let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
+                self.gpa_in_table(td, gpa)?;
                 let hpa = decode_hpa(regs.r8, size, OPERAND_ID_R8).map_err(st)?;
                 let tdi: TdiId = decode_handle(regs.r9, OPERAND_ID_R9).map_err(st)?;
                 tsm.map_mmio(tdi, td, gpa, hpa, size).into()
@@ -514,11 +515,13 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             TDH_MMIO_BLOCK => {
                 let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
                 let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
+                self.gpa_in_table(td, gpa)?;
                 tsm.host_block(td, gpa, size).into()
             }
             TDH_MMIO_UNMAP => {
                 let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
                 let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
+                self.gpa_in_table(td, gpa)?;
                 let hpa = tsm
                     .leaf(td, gpa)
                     .ok()
@@ -569,6 +572,17 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             }
             _ => st(invalid(OPERAND_ID_RAX)),
         })
+    }
+
+    /// The S-EPT's own width check for `gpa` (the walker's), asked before the core so that a
+    /// GPA the TD's S-EPT cannot hold is OPERAND_ADDR_RANGE_ERROR on RCX, not whatever the
+    /// core makes of a leaf lookup that found nothing.
+    fn gpa_in_table(&self, td: GuestId, gpa: Gpa) -> Result<(), Outcome> {
+        match self.tsm.with_table(|t| t.gpa_in_table(td, gpa)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Outcome::Status(status::sept_status(e, OPERAND_ID_RCX))),
+            Err(e) => Err(Outcome::Core(Err(e))),
+        }
     }
 
     fn sept_rd(

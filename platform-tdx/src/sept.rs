@@ -12,7 +12,7 @@ use tsm_core::{Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTa
 use crate::bits::{Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
 use crate::frames::FramePool;
-use crate::radix::{EntryFormat, Lookup, Radix, level_shift};
+use crate::radix::{EntryFormat, Lookup, Radix};
 
 /// S-EPT depth: 4-level (48-bit guest physical addresses) or 5-level (52-bit; Intel SDM
 /// Vol. 3C 29.3.2, EPTP bits 5:3 = page-walk length minus one).
@@ -134,8 +134,11 @@ pub enum SeptError {
     PoolEmpty,
     /// An address not aligned to the leaf size.
     Misaligned,
-    /// A guest address beyond the S-EPT's width (48 bits with 4 levels).
+    /// A guest address the S-EPT cannot hold (at or above 2^48 with 4 levels): refused by the
+    /// walker, never aliased to the entry of its low bits.
     GpaTooWide,
+    /// A host address the MMIOMT cannot hold (at or above 2^52; no `Hpa` is).
+    HpaTooWide,
     /// A guest slot the table does not have.
     UnknownGuest,
 }
@@ -157,7 +160,9 @@ impl From<SeptError> for TableError {
             SeptError::PoolEmpty => TableError::OutOfFrames,
             // A 4-level S-EPT cannot hold the address at all: the core's status for an address
             // it cannot place is Misaligned (no TableError says "too wide").
-            SeptError::Misaligned | SeptError::GpaTooWide => TableError::Misaligned,
+            SeptError::Misaligned | SeptError::GpaTooWide | SeptError::HpaTooWide => {
+                TableError::Misaligned
+            }
             SeptError::UnknownGuest => TableError::UnknownGuest,
         }
     }
@@ -247,16 +252,28 @@ impl<'m> Sept<'m> {
             .ok_or(SeptError::UnknownGuest)
     }
 
-    fn gpa_fits(&self, gpa: Gpa) -> bool {
-        // One past the highest level's coverage: 2^48 with 4 levels, 2^57 (> 2^52) with 5.
-        let bits = level_shift(self.levels()).saturating_add(9);
-        gpa.as_u64().checked_shr(bits).unwrap_or(0) == 0
+    /// Whether `guest`'s S-EPT can hold `gpa` (below 2^48 with 4 levels, 2^52 with 5):
+    /// [`SeptError::GpaTooWide`] otherwise. The check is the walker's own ([`Radix::holds`],
+    /// which every walk applies); callers that must report it before other refusals ask here.
+    pub fn gpa_in_table(&self, guest: GuestId, gpa: Gpa) -> Result<(), SeptError> {
+        if self.tree(guest)?.holds(gpa.as_u64()) {
+            Ok(())
+        } else {
+            Err(SeptError::GpaTooWide)
+        }
+    }
+
+    /// The walk of `guest`'s S-EPT for `gpa` down to `level`: the one way every S-EPT
+    /// operation reaches an entry, refusing a GPA the table cannot hold.
+    fn walk(&self, guest: GuestId, gpa: Gpa, level: u8) -> Result<Lookup, SeptError> {
+        self.tree(guest)?
+            .lookup(&self.pool, gpa.as_u64(), level)
+            .map_err(|_| SeptError::GpaTooWide)
     }
 
     /// Walks `guest`'s S-EPT to the entry covering `gpa` that is not a table pointer.
     pub fn probe(&self, guest: GuestId, gpa: Gpa) -> Result<Probe, SeptError> {
-        let found = self.tree(guest)?.lookup(&self.pool, gpa.as_u64(), 1);
-        Ok(Self::probe_of(&found))
+        Ok(Self::probe_of(&self.walk(guest, gpa, 1)?))
     }
 
     fn probe_of(found: &Lookup) -> Probe {
@@ -275,10 +292,10 @@ impl<'m> Sept<'m> {
         gpa: Gpa,
         size: PageSize,
     ) -> Result<(Lookup, Probe), SeptError> {
+        let found = self.walk(guest, gpa, 1)?;
         if !gpa.is_aligned(size) {
             return Err(SeptError::Misaligned);
         }
-        let found = self.tree(guest)?.lookup(&self.pool, gpa.as_u64(), 1);
         let probe = Self::probe_of(&found);
         if probe.state == SeptState::Free {
             return Err(SeptError::WalkFailed { level: probe.level });
@@ -295,9 +312,13 @@ impl<'m> Sept<'m> {
         Ok((found, probe))
     }
 
-    fn mt_lookup(&self, hpa: u64, level: u8) -> (Lookup, MmioMtEntry) {
-        let found = self.mmiomt.lookup(&self.pool, hpa, level);
-        (found, MmioMtEntry::from_bits(found.raw))
+    /// The MMIOMT walk for `hpa` (below 2^52, which the 5-level MMIOMT always holds).
+    fn mt_lookup(&self, hpa: u64, level: u8) -> Result<(Lookup, MmioMtEntry), SeptError> {
+        let found = self
+            .mmiomt
+            .lookup(&self.pool, hpa, level)
+            .map_err(|_| SeptError::HpaTooWide)?;
+        Ok((found, MmioMtEntry::from_bits(found.raw)))
     }
 
     fn blocked_epoch(epoch: TdEpoch, bepoch: Bepoch) -> Epoch {
@@ -331,18 +352,15 @@ impl<'m> Sept<'m> {
         size: PageSize,
     ) -> Result<(), SeptError> {
         let tree = *self.tree(guest)?;
+        let level = ept_level(size);
+        let found = self.walk(guest, gpa, level)?;
         if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
             return Err(SeptError::Misaligned);
         }
-        if !self.gpa_fits(gpa) {
-            return Err(SeptError::GpaTooWide);
-        }
-        let level = ept_level(size);
-        let found = tree.lookup(&self.pool, gpa.as_u64(), level);
         if found.rooted && found.raw != SeptFormat::FREE {
             return Err(SeptError::EntryNotFree { level: found.level });
         }
-        let (mt_found, _) = self.mt_lookup(hpa.as_u64(), level);
+        let (mt_found, _) = self.mt_lookup(hpa.as_u64(), level)?;
         if mt_found.rooted && mt_found.raw != MtFormat::FREE {
             return Err(SeptError::HpaInUse);
         }
@@ -359,29 +377,18 @@ impl<'m> Sept<'m> {
             .with_guest(MtGuest::of(guest).ok_or(SeptError::UnknownGuest)?)
             .with_pfn(Pfn::of(gpa));
         self.mmiomt
-            .install_at(
-                &mut self.pool,
-                &mt_found,
-                hpa.as_u64(),
-                level,
-                meta.into_bits(),
-            )
+            .install_at(&mut self.pool, &mt_found, level, meta.into_bits())
             .ok_or(SeptError::PoolEmpty)?;
         let slot = usize::from(guest.slot());
         let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
         if tree
-            .install_at(
-                &mut self.pool,
-                &found,
-                gpa.as_u64(),
-                level,
-                entry.into_bits(),
-            )
+            .install_at(&mut self.pool, &found, level, entry.into_bits())
             .is_none()
         {
             // Unreachable by the frame count above; undo rather than leave half a mapping.
-            let mt_found = self.mmiomt.lookup(&self.pool, hpa.as_u64(), level);
-            self.mmiomt.clear(&mut self.pool, &mt_found, hpa.as_u64());
+            if let Ok((mt_found, _)) = self.mt_lookup(hpa.as_u64(), level) {
+                self.mmiomt.clear(&mut self.pool, &mt_found);
+            }
             return Err(SeptError::PoolEmpty);
         }
         Ok(())
@@ -407,7 +414,7 @@ impl<'m> Sept<'m> {
         }
         let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, SeptState::MmioMapped);
         let tree = *self.tree(guest)?;
-        tree.rewrite(&mut self.pool, &found, gpa.as_u64(), entry.into_bits());
+        tree.rewrite(&mut self.pool, &found, entry.into_bits());
         Ok(())
     }
 
@@ -427,14 +434,14 @@ impl<'m> Sept<'m> {
             _ => return Ok(()),
         };
         let hpa = probe.entry.phys();
-        let (mt_found, meta) = self.mt_lookup(hpa, probe.level);
+        let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
         let bepoch = Bepoch::of(epoch.current);
         let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
         let tree = *self.tree(guest)?;
-        tree.rewrite(&mut self.pool, &found, gpa.as_u64(), entry.into_bits());
+        tree.rewrite(&mut self.pool, &found, entry.into_bits());
         let meta = meta.with_blocked(true).with_bepoch(bepoch);
         self.mmiomt
-            .rewrite(&mut self.pool, &mt_found, hpa, meta.into_bits());
+            .rewrite(&mut self.pool, &mt_found, meta.into_bits());
         Ok(())
     }
 
@@ -471,7 +478,7 @@ impl<'m> Sept<'m> {
             return Err(SeptError::NotBlocked);
         }
         let hpa = probe.entry.phys();
-        let (mt_found, meta) = self.mt_lookup(hpa, probe.level);
+        let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
         // Blocked at b, removable once b < flushed (the TDX rule: tracking passed the epoch).
         if Self::blocked_epoch(epoch, meta.bepoch()) >= epoch.flushed {
             return Err(SeptError::TlbTrackingNotDone);
@@ -481,8 +488,8 @@ impl<'m> Sept<'m> {
             .trees
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        tree.clear(&mut self.pool, &found, gpa.as_u64());
-        self.mmiomt.clear(&mut self.pool, &mt_found, hpa);
+        tree.clear(&mut self.pool, &found);
+        self.mmiomt.clear(&mut self.pool, &mt_found);
         Ok(host)
     }
 
@@ -526,7 +533,7 @@ impl SecureTable for Sept<'_> {
             return None;
         }
         let hpa = probe.entry.phys();
-        let (_, meta) = self.mt_lookup(hpa, probe.level);
+        let (_, meta) = self.mt_lookup(hpa, probe.level).ok()?;
         self.leaf_of(hpa, probe.level, meta)
     }
 
@@ -590,7 +597,7 @@ mod tests {
         assert_eq!(pool.entry(pml4, 0), PHYS + 0x1000 + 0x7);
 
         let tree: Radix<SeptFormat> = Radix::with_root(pml4, 4);
-        let l = tree.lookup(&pool, g, 1);
+        let l = tree.lookup(&pool, g, 1).unwrap();
         assert_eq!((l.level, l.raw), (1, leaf.into_bits()));
         assert_eq!(SeptEntry::from_bits(l.raw).state(1), SeptState::MmioMapped);
         assert_eq!(
@@ -598,12 +605,12 @@ mod tests {
             (Some(pml4), Some(pdpt), Some(pd), Some(pt))
         );
         // Through the 2 MiB leaf: the walk stops at level 2.
-        let l = tree.lookup(&pool, 0x4045_6000, 1);
+        let l = tree.lookup(&pool, 0x4045_6000, 1).unwrap();
         assert_eq!((l.level, l.raw), (2, big.into_bits()));
         // A free PT entry: stops at level 1 on FREE; a free PDPT entry: stops at level 3.
-        let l = tree.lookup(&pool, 0x4020_4000, 1);
+        let l = tree.lookup(&pool, 0x4020_4000, 1).unwrap();
         assert_eq!((l.level, l.raw), (1, SeptFormat::FREE));
-        let l = tree.lookup(&pool, 0x8000_0000, 1);
+        let l = tree.lookup(&pool, 0x8000_0000, 1).unwrap();
         assert_eq!((l.level, l.raw), (3, SeptFormat::FREE));
         // Next leaf by address skips free slots and descends.
         assert_eq!(
@@ -743,6 +750,60 @@ mod tests {
             Err(SeptError::NotBlocked)
         );
         assert_eq!(image(&s), before);
+    }
+
+    /// A 4-level S-EPT resolves 48 bits. `(1 << 48) | gpa` (or any higher bit) must never
+    /// reach `gpa`'s leaf: every operation that takes a GPA refuses it with `GpaTooWide` and
+    /// changes no byte, whatever state the real leaf is in.
+    #[test]
+    fn aliasing_gpas_are_refused_by_every_operation_on_a_4_level_table() {
+        let mut mem = vec![Page::ZERO; 33];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let real = 0x20_0000u64;
+        let g2m = PageSize::Size2M;
+        s.mmio_map(G, gpa(real), hpa(0x8000_0000), g2m).unwrap();
+        for high in [48u32, 49, 51] {
+            let alias = gpa(1 << high | real);
+            for step in ["pending", "mapped", "blocked", "flushed"] {
+                let before = image(&s);
+                assert_eq!(s.gpa_in_table(G, alias), Err(SeptError::GpaTooWide));
+                assert_eq!(s.probe(G, alias), Err(SeptError::GpaTooWide), "{step}");
+                assert_eq!(SecureTable::leaf(&s, G, alias), None, "{step}");
+                assert_eq!(
+                    s.mmio_accept(G, alias, g2m),
+                    Err(SeptError::GpaTooWide),
+                    "{step}"
+                );
+                assert_eq!(s.mmio_block(G, alias, g2m), Err(SeptError::GpaTooWide));
+                assert_eq!(s.mmio_unmap(G, alias, g2m), Err(SeptError::GpaTooWide));
+                assert_eq!(
+                    s.mmio_map(G, alias, hpa(0x9000_0000), g2m),
+                    Err(SeptError::GpaTooWide)
+                );
+                assert_eq!(
+                    SecureTable::remove(&mut s, G, alias, g2m),
+                    Err(TableError::Misaligned)
+                );
+                assert_eq!(
+                    image(&s),
+                    before,
+                    "{step}: an aliasing GPA changed the table"
+                );
+                // Move the real leaf on, so every state is tried.
+                match step {
+                    "pending" => s.mmio_accept(G, gpa(real), g2m).unwrap(),
+                    "mapped" => s.mmio_block(G, gpa(real), g2m).unwrap(),
+                    "blocked" => s.mem_track(G).unwrap(),
+                    _ => {}
+                }
+            }
+            assert_eq!(s.mmio_unmap(G, gpa(real), g2m), Ok(hpa(0x8000_0000)));
+            s.mmio_map(G, gpa(real), hpa(0x8000_0000), g2m).unwrap();
+        }
+        // 5 levels hold every GPA below 2^52.
+        let mut mem = vec![Page::ZERO; 33];
+        let s = sept(&mut mem, SeptLevels::Five);
+        assert_eq!(s.gpa_in_table(G, gpa(1 << 51 | real)), Ok(()));
     }
 
     #[test]

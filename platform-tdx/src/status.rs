@@ -267,7 +267,11 @@ pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
         SeptError::HpaInUse => TDX_PAGE_NOT_FREE | u64::from(OPERAND_ID_R8),
         SeptError::AlreadyAccepted => TDX_PAGE_ALREADY_ACCEPTED | page,
         SeptError::PoolEmpty => TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
-        SeptError::Misaligned | SeptError::GpaTooWide => TDX_OPERAND_INVALID | page,
+        SeptError::Misaligned => TDX_OPERAND_INVALID | page,
+        // Beyond the TD's S-EPT width, like an address beyond 2^52: outside the address space.
+        // (The TDX module answers OPERAND_INVALID for a GPA beyond GPAW; ours names the cause.)
+        SeptError::GpaTooWide => TDX_OPERAND_ADDR_RANGE_ERROR | page,
+        SeptError::HpaTooWide => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8),
         SeptError::UnknownGuest => TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
     }
 }

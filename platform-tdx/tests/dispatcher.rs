@@ -359,3 +359,88 @@ fn track_busy_sept_read_and_guest_accept() {
         TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
     );
 }
+
+/// A 4-level S-EPT resolves 48 bits: page info `(1 << 48) | GPA` must not act on GPA's leaf.
+/// Every leaf that takes a GPA refuses it with OPERAND_ADDR_RANGE_ERROR on RCX and changes
+/// nothing (table bytes and TDI records compared), for the accepted and the pending leaf alike.
+#[test]
+fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let g = tsm_core::GuestId::from_raw(td).unwrap();
+    let host = BufferMemory {
+        base: 0,
+        bytes: &[],
+    };
+    for accepted in [false, true] {
+        if accepted {
+            let mut regs = SeamRegs {
+                rax: u64::from(abi::TDG_MMIO_ACCEPT),
+                rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+                ..Default::default()
+            };
+            Dispatcher::new(&w.tsm, &host).tdcall(g, &mut regs);
+            assert_eq!(regs.rax, TDX_SUCCESS);
+        }
+        for high in [48, 50, 51] {
+            let alias = Gpa::try_new(1 << high | GPA).unwrap();
+            let page = page_info(alias, PageSize::Size2M);
+            let before = w.image();
+            let with_td = SeamRegs {
+                rcx: page,
+                rdx: td,
+                ..Default::default()
+            };
+            let cases = [
+                ("TDH.MEM.SEPT.RD", abi::TDH_MEM_SEPT_RD, with_td),
+                (
+                    "TDH.MMIO.MAP",
+                    abi::TDH_MMIO_MAP,
+                    SeamRegs {
+                        r8: BAR + 0x20_0000,
+                        r9: tdi,
+                        ..with_td
+                    },
+                ),
+                ("TDH.MMIO.BLOCK", abi::TDH_MMIO_BLOCK, with_td),
+                ("TDH.MMIO.UNMAP", abi::TDH_MMIO_UNMAP, with_td),
+            ];
+            for (what, leaf, regs) in cases {
+                let out = w.call(u64::from(leaf), regs);
+                assert_eq!(
+                    out.rax,
+                    TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+                    "{what} with bit {high}: {:#x}",
+                    out.rax
+                );
+                assert_eq!(w.image(), before, "{what} with bit {high} changed state");
+            }
+            let mut regs = SeamRegs {
+                rax: u64::from(abi::TDG_MMIO_ACCEPT),
+                rcx: page,
+                ..Default::default()
+            };
+            Dispatcher::new(&w.tsm, &host).tdcall(g, &mut regs);
+            assert_eq!(
+                regs.rax,
+                TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+                "TDG.MMIO.ACCEPT"
+            );
+            assert_eq!(
+                w.image(),
+                before,
+                "TDG.MMIO.ACCEPT with bit {high} changed state"
+            );
+        }
+    }
+    // The real GPA still reads as the one accepted leaf.
+    let out = w.ok(
+        abi::TDH_MEM_SEPT_RD,
+        SeamRegs {
+            rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rdx >> 8, SeptState::MmioMapped as u64);
+}
