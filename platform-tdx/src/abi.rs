@@ -535,9 +535,15 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             TDH_MEM_TRACK => {
                 let td: GuestId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
                 match tsm.host_track(td) {
-                    // TRACK's own word for "the previous epoch is not flushed yet".
-                    Err(Error::TlbFlushPending) => st(status::TDX_PREVIOUS_TLB_EPOCH_BUSY
-                        | u64::from(status::OPERAND_ID_TD_EPOCH)),
+                    // TRACK's own words: the previous epoch is not flushed yet, or re-stamping
+                    // old blocked leaves took this call (INTERRUPTED_RESUMABLE).
+                    Err(Error::TlbFlushPending) => {
+                        let why = tsm.with_table(|t| t.track_pending(td)).ok().flatten();
+                        st(status::sept_status(
+                            why.unwrap_or(crate::sept::SeptError::PreviousEpochBusy),
+                            OPERAND_ID_RCX,
+                        ))
+                    }
                     r => r.into(),
                 }
             }

@@ -5,14 +5,14 @@
 //! ([`SeptError`], the TDX-style cause). [`SecureTable`] is implemented on top of it.
 
 use bitfield_struct::bitfield;
-use tsm_core::capacity::MAX_GUESTS;
+use tsm_core::capacity::{MAX_GUESTS, UNBIND_OPS_PER_CALL};
 use tsm_core::secure_table::Epoch;
 use tsm_core::{Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError};
 
-use crate::bits::{Bepoch, MtGuest, Pfn};
+use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
 use crate::frames::FramePool;
-use crate::radix::{EntryFormat, Lookup, Radix};
+use crate::radix::{EntryFormat, Lookup, Radix, level_span};
 
 /// S-EPT depth: 4-level (48-bit guest physical addresses) or 5-level (52-bit; Intel SDM
 /// Vol. 3C 29.3.2, EPTP bits 5:3 = page-walk length minus one).
@@ -126,6 +126,10 @@ pub enum SeptError {
     TlbTrackingNotDone,
     /// TRACK while the previous epoch is not flushed yet (PREVIOUS_TLB_EPOCH_BUSY).
     PreviousEpochBusy,
+    /// TRACK re-stamped as many old blocked leaves as one call may (their 12-bit epochs would
+    /// become ambiguous in the bucket it enters) and did not advance the epoch yet; the work
+    /// is kept, call it again (ours, TDX_INTERRUPTED_RESUMABLE on TDH.MEM.TRACK).
+    TrackResumable,
     /// The host page is already mapped (its MMIOMT entry is in use).
     HpaInUse,
     /// Accept of an already accepted page (PAGE_ALREADY_ACCEPTED, a warning).
@@ -152,9 +156,9 @@ impl From<SeptError> for TableError {
             // Blocked or pending leaves asked to do what only a mapped one may: the core's
             // nearest status is the one for "not in the state removal needs".
             SeptError::EntryStateIncorrect { .. } | SeptError::NotBlocked => TableError::NotBlocked,
-            SeptError::TlbTrackingNotDone | SeptError::PreviousEpochBusy => {
-                TableError::TlbNotFlushed
-            }
+            SeptError::TlbTrackingNotDone
+            | SeptError::PreviousEpochBusy
+            | SeptError::TrackResumable => TableError::TlbNotFlushed,
             SeptError::HpaInUse => TableError::HpaMapped,
             SeptError::AlreadyAccepted => TableError::GpaMapped,
             SeptError::PoolEmpty => TableError::OutOfFrames,
@@ -183,7 +187,39 @@ pub const fn leaf_size(level: u8) -> Option<PageSize> {
     }
 }
 
+/// log2 of the epochs in one bucket of blocked-leaf counts: half the 2^12 epochs the blocking
+/// epoch field tells apart ([`BEPOCH_WINDOW`]), so a leaf blocked in the previous or the
+/// current bucket is less than 2^12 epochs old and its epoch is recovered exactly.
+const EPOCH_BUCKET_SHIFT: u32 = BEPOCH_WINDOW.trailing_zeros() - 1;
+/// Bucket slots kept: the previous bucket, the current one, and the one TRACK enters next.
+const EPOCH_BUCKETS: u64 = 3;
+/// MMIOMT leaves one TRACK visits to re-stamp old blocked leaves before it returns with the
+/// work kept: the core's bound on leaf operations per call.
+const RESTAMP_PER_CALL: u32 = UNBIND_OPS_PER_CALL;
+
+/// Slot of bucket number `bucket` in [`TdEpoch::blocked`].
+fn slot_of_bucket(bucket: u64) -> usize {
+    // < 3: a remainder by a non-zero constant.
+    bucket
+        .checked_rem(EPOCH_BUCKETS)
+        .and_then(|s| usize::try_from(s).ok())
+        .unwrap_or(0)
+}
+
+/// Slot of the bucket holding `epoch` in [`TdEpoch::blocked`].
+fn bucket_slot(epoch: Epoch) -> usize {
+    slot_of_bucket(epoch >> EPOCH_BUCKET_SHIFT)
+}
+
 /// A TD's TLB epoch (TDX: TD_EPOCH, advanced by TDH.MEM.TRACK).
+///
+/// Blocked leaves record their epoch modulo 2^12 ([`Bepoch`]). The epoch is exact only while
+/// the leaf is less than 2^12 epochs old, so a TRACK that enters a new bucket of 2^11 epochs
+/// first re-stamps every outstanding blocked leaf of the bucket before the previous one into
+/// the current bucket's first epoch. Such a leaf is at least 2^11 epochs old, so it was flushed
+/// long ago and the new stamp (also flushed) keeps it removable; unflushed leaves (blocked in
+/// `flushed` or later, at most two epochs) are never re-stamped. `blocked` counts the
+/// outstanding blocked leaves per bucket, so the common case costs nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct TdEpoch {
     current: Epoch,
@@ -191,6 +227,10 @@ struct TdEpoch {
     flushed: Epoch,
     /// Tests: flushes complete only when released.
     hold: bool,
+    /// Outstanding blocked leaves per bucket of blocking epochs (slot: [`bucket_slot`]).
+    blocked: [u64; EPOCH_BUCKETS as usize],
+    /// Where an unfinished re-stamp scan of the MMIOMT resumes (host address).
+    restamp_from: Option<u64>,
 }
 
 /// The S-EPT of an MMIO leaf as a walk found it: where, and in which state.
@@ -442,24 +482,117 @@ impl<'m> Sept<'m> {
         let meta = meta.with_blocked(true).with_bepoch(bepoch);
         self.mmiomt
             .rewrite(&mut self.pool, &mt_found, meta.into_bits());
+        if let Some(n) = self.blocked_count(guest, epoch.current) {
+            // Never saturates: there are fewer leaves than table entries in the pool.
+            *n = n.saturating_add(1);
+        }
         Ok(())
     }
 
     /// TDH.MEM.TRACK: advances the TD epoch; refused while the previous one is not flushed.
+    /// Entering a new bucket of epochs first re-stamps the TD's blocked leaves of the bucket
+    /// before the previous one (see [`TdEpoch`]), at most [`RESTAMP_PER_CALL`] MMIOMT leaves
+    /// per call: `TrackResumable`, with the work kept, until that is done.
     pub fn mem_track(&mut self, guest: GuestId) -> Result<(), SeptError> {
+        let e = self.epoch(guest)?;
+        if e.flushed < e.current {
+            return Err(SeptError::PreviousEpochBusy);
+        }
+        let next = e
+            .current
+            .checked_add(1)
+            .ok_or(SeptError::PreviousEpochBusy)?;
+        if bucket_slot(next) != bucket_slot(e.current) {
+            self.restamp(guest, e)?;
+        }
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        if e.flushed < e.current {
-            return Err(SeptError::PreviousEpochBusy);
-        }
-        e.current = e
-            .current
-            .checked_add(1)
-            .ok_or(SeptError::PreviousEpochBusy)?;
+        e.current = next;
         if !e.hold {
             e.flushed = e.current;
+        }
+        Ok(())
+    }
+
+    /// The count of `guest`'s outstanding leaves blocked in `epoch`'s bucket.
+    fn blocked_count(&mut self, guest: GuestId, epoch: Epoch) -> Option<&mut u64> {
+        self.epochs
+            .get_mut(usize::from(guest.slot()))?
+            .blocked
+            .get_mut(bucket_slot(epoch))
+    }
+
+    /// Why a TRACK of `guest` did not advance, if it is still so: the previous epoch is not
+    /// flushed (`PreviousEpochBusy`), or a re-stamp scan is unfinished (`TrackResumable`).
+    pub fn track_pending(&self, guest: GuestId) -> Option<SeptError> {
+        let e = self.epoch(guest).ok()?;
+        if e.flushed < e.current {
+            Some(SeptError::PreviousEpochBusy)
+        } else if e.restamp_from.is_some() {
+            Some(SeptError::TrackResumable)
+        } else {
+            None
+        }
+    }
+
+    /// Moves `guest`'s blocked leaves out of the bucket a TRACK from `e.current` would make
+    /// ambiguous (the one before the current bucket k: once TRACK enters k + 1 they could be
+    /// 2^12 or more epochs old), stamping them with the current bucket's first epoch. Both epochs are below `flushed`
+    /// (the caller checked `flushed == current`, the last epoch of the current bucket, and the
+    /// bucket has more than one epoch), so every re-stamped leaf stays removable.
+    fn restamp(&mut self, guest: GuestId, e: TdEpoch) -> Result<(), SeptError> {
+        let bucket = e.current >> EPOCH_BUCKET_SHIFT;
+        // Bucket k - 1 has the slot of k + 2 (three slots).
+        let stale = slot_of_bucket(bucket.saturating_add(2));
+        let here = slot_of_bucket(bucket);
+        let stamp = Bepoch::of(bucket << EPOCH_BUCKET_SHIFT);
+        let mut left = e.blocked.get(stale).copied().unwrap_or(0);
+        let mut moved = 0u64;
+        let mut from = e.restamp_from.unwrap_or(0);
+        let mut budget = RESTAMP_PER_CALL;
+        let limit = self.mmiomt.limit();
+        let mut paused = None;
+        while left > 0 {
+            let Some((hpa, level, raw)) = self.mmiomt.next_entry(&self.pool, from, limit) else {
+                // Fewer leaves than counted (cannot happen): nothing left to move.
+                left = 0;
+                break;
+            };
+            if budget == 0 {
+                paused = Some(hpa);
+                break;
+            }
+            budget = budget.saturating_sub(1);
+            from = hpa.saturating_add(level_span(level));
+            let meta = MmioMtEntry::from_bits(raw);
+            if !meta.leaf() || !meta.blocked() || meta.guest().guest() != guest {
+                continue;
+            }
+            if bucket_slot(meta.bepoch().epoch_at(e.current)) != stale {
+                continue;
+            }
+            let (found, _) = self.mt_lookup(hpa, level)?;
+            let meta = meta.with_bepoch(stamp);
+            self.mmiomt
+                .rewrite(&mut self.pool, &found, meta.into_bits());
+            left = left.saturating_sub(1);
+            moved = moved.saturating_add(1);
+        }
+        let td = self
+            .epochs
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
+        if let Some(n) = td.blocked.get_mut(stale) {
+            *n = left;
+        }
+        if let Some(n) = td.blocked.get_mut(here) {
+            *n = n.saturating_add(moved);
+        }
+        td.restamp_from = paused;
+        if paused.is_some() {
+            return Err(SeptError::TrackResumable);
         }
         Ok(())
     }
@@ -480,7 +613,9 @@ impl<'m> Sept<'m> {
         let hpa = probe.entry.phys();
         let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
         // Blocked at b, removable once b < flushed (the TDX rule: tracking passed the epoch).
-        if Self::blocked_epoch(epoch, meta.bepoch()) >= epoch.flushed {
+        // b is exact: TRACK keeps every blocked leaf less than 2^12 epochs old (TdEpoch).
+        let blocked_at = Self::blocked_epoch(epoch, meta.bepoch());
+        if blocked_at >= epoch.flushed {
             return Err(SeptError::TlbTrackingNotDone);
         }
         let host = Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
@@ -490,6 +625,9 @@ impl<'m> Sept<'m> {
             .ok_or(SeptError::UnknownGuest)?;
         tree.clear(&mut self.pool, &found);
         self.mmiomt.clear(&mut self.pool, &mt_found);
+        if let Some(n) = self.blocked_count(guest, blocked_at) {
+            *n = n.saturating_sub(1);
+        }
         Ok(host)
     }
 
@@ -869,6 +1007,132 @@ mod tests {
             s.leaf(G, gpa(0)).unwrap().state,
             LeafState::Blocked { epoch: 5000 }
         );
+    }
+
+    fn track(s: &mut Sept<'_>, guest: GuestId) {
+        loop {
+            match s.mem_track(guest) {
+                Ok(()) => return,
+                Err(SeptError::TrackResumable) => {}
+                Err(e) => panic!("track: {e:?}"),
+            }
+        }
+    }
+
+    fn blocked_epoch_of(s: &Sept<'_>, at: u64) -> Epoch {
+        match SecureTable::leaf(s, G, gpa(at)).map(|l| l.state) {
+            Some(LeafState::Blocked { epoch }) => epoch,
+            other => panic!("leaf at {at:#x}: {other:?}"),
+        }
+    }
+
+    /// The blocking epoch is 12 bits. Around the wrap (4095 -> 4096, which is 0 mod 2^12) a
+    /// blocked leaf is not removable before TRACK, nor after a TRACK whose flush is pending
+    /// (refusals change no byte), and is removable once the flush is done.
+    #[test]
+    fn at_the_epoch_wrap_an_unflushed_leaf_is_never_removable_and_a_flushed_one_is() {
+        let k4 = PageSize::Size4K;
+        for start in [4094u64, 4095, 4096, 8191, 8192] {
+            let mut mem = vec![Page::ZERO; 17];
+            let mut s = sept(&mut mem, SeptLevels::Four);
+            for _ in 0..start {
+                track(&mut s, G);
+            }
+            s.mmio_map(G, gpa(0), hpa(0x1000), k4).unwrap();
+            s.mmio_block(G, gpa(0), k4).unwrap();
+            assert_eq!(blocked_epoch_of(&s, 0), start);
+            let before = image(&s);
+            assert_eq!(
+                s.mmio_unmap(G, gpa(0), k4),
+                Err(SeptError::TlbTrackingNotDone),
+                "blocked at {start}, not tracked"
+            );
+            s.hold_flush(G, true);
+            s.mem_track(G).unwrap();
+            assert_eq!(
+                s.mmio_unmap(G, gpa(0), k4),
+                Err(SeptError::TlbTrackingNotDone),
+                "blocked at {start}, tracked, flush pending"
+            );
+            assert_eq!(image(&s), before);
+            assert_eq!(blocked_epoch_of(&s, 0), start);
+            s.hold_flush(G, false);
+            assert_eq!(s.mmio_unmap(G, gpa(0), k4), Ok(hpa(0x1000)), "{start}");
+        }
+    }
+
+    /// A leaf blocked in epoch 4095 and left blocked while 2^12 and more epochs pass (a TDI in
+    /// ERROR waiting for its unbind). At age 2^12 its 12 bits equal the current epoch's, the
+    /// very epoch a fresh block records: the fresh leaf is not removable before its flush, the
+    /// old one is (TRACK re-stamps old blocked leaves into a later, flushed epoch).
+    #[test]
+    fn a_leaf_blocked_a_whole_window_ago_is_removable_and_a_fresh_one_is_not() {
+        let k4 = PageSize::Size4K;
+        for age in [4096u64, 4097, 8192, 3 * 4096 + 1] {
+            let mut mem = vec![Page::ZERO; 33];
+            let mut s = sept(&mut mem, SeptLevels::Four);
+            for _ in 0..4095 {
+                track(&mut s, G);
+            }
+            s.mmio_map(G, gpa(0), hpa(0x1000), k4).unwrap();
+            s.mmio_map(G, gpa(0x1000), hpa(0x2000), k4).unwrap();
+            s.mmio_block(G, gpa(0), k4).unwrap();
+            for _ in 0..age {
+                track(&mut s, G);
+                let e = blocked_epoch_of(&s, 0);
+                let current = s.epoch(G).unwrap().current;
+                assert!(e >= 4095 && e < current, "age {age}: reported epoch {e}");
+            }
+            s.mmio_block(G, gpa(0x1000), k4).unwrap();
+            assert_eq!(blocked_epoch_of(&s, 0x1000), 4095 + age);
+            assert_eq!(
+                s.mmio_unmap(G, gpa(0x1000), k4),
+                Err(SeptError::TlbTrackingNotDone),
+                "age {age}: the fresh leaf"
+            );
+            assert_eq!(
+                s.mmio_unmap(G, gpa(0), k4),
+                Ok(hpa(0x1000)),
+                "age {age}: the old leaf"
+            );
+            s.mem_track(G).unwrap();
+            assert_eq!(s.mmio_unmap(G, gpa(0x1000), k4), Ok(hpa(0x2000)));
+        }
+    }
+
+    /// Re-stamping is bounded per TRACK: with more old blocked leaves than one call may visit,
+    /// TRACK answers `TrackResumable` without advancing the epoch, and finishes on a later call.
+    #[test]
+    fn restamping_many_old_leaves_is_resumable() {
+        let k4 = PageSize::Size4K;
+        let n = u64::from(RESTAMP_PER_CALL) * 2 + 3;
+        let mut mem = vec![Page::ZERO; 33];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        for i in 0..n {
+            s.mmio_map(G, gpa(i << 12), hpa(0x10_0000 + (i << 12)), k4)
+                .unwrap();
+            s.mmio_block(G, gpa(i << 12), k4).unwrap();
+        }
+        // Blocked in bucket 0; entering bucket 2 (epoch 4096) re-stamps them.
+        for _ in 0..4095 {
+            s.mem_track(G).unwrap();
+        }
+        let mut resumed = 0;
+        while s.mem_track(G) == Err(SeptError::TrackResumable) {
+            resumed += 1;
+            assert_eq!(s.epoch(G).unwrap().current, 4095);
+            assert_eq!(s.track_pending(G), Some(SeptError::TrackResumable));
+        }
+        assert_eq!(resumed, 2);
+        assert_eq!(s.epoch(G).unwrap().current, 4096);
+        for i in 0..n {
+            assert_eq!(blocked_epoch_of(&s, i << 12), 2048);
+            assert_eq!(
+                s.mmio_unmap(G, gpa(i << 12), k4),
+                Ok(hpa(0x10_0000 + (i << 12)))
+            );
+        }
+        assert_eq!(s.epoch(G).unwrap().blocked, [0; 3]);
     }
 
     #[test]

@@ -264,6 +264,7 @@ pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
         SeptError::PreviousEpochBusy => {
             TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
         }
+        SeptError::TrackResumable => TDX_INTERRUPTED_RESUMABLE,
         SeptError::HpaInUse => TDX_PAGE_NOT_FREE | u64::from(OPERAND_ID_R8),
         SeptError::AlreadyAccepted => TDX_PAGE_ALREADY_ACCEPTED | page,
         SeptError::PoolEmpty => TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
