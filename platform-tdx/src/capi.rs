@@ -10,7 +10,7 @@ use spin::Once;
 use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 
-use crate::abi::{Dispatcher, HostMemory, RANGE_LIST_CAPACITY, RangeList, SeamRegs};
+use crate::abi::{Dispatcher, HostFault, HostMemory, RANGE_LIST_CAPACITY, RangeList, SeamRegs};
 use crate::frames::{FramePool, PAGE_BYTES, Page};
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
@@ -27,12 +27,12 @@ static FIRMWARE: Once<CFirmware> = Once::new();
 struct IdentityMemory;
 
 impl HostMemory for IdentityMemory {
-    fn read(&self, hpa: u64, out: &mut [u8]) -> bool {
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         let Ok(addr) = usize::try_from(hpa) else {
-            return false;
+            return Err(HostFault::OutsideHostMemory);
         };
         if addr == 0 {
-            return false;
+            return Err(HostFault::OutsideHostMemory);
         }
         // SAFETY: the contract of `tsm_tdx_seamcall` (and of the TDX ABI) is that a parameter
         // page operand is the address of readable host memory of the page's size; the bytes
@@ -40,7 +40,7 @@ impl HostMemory for IdentityMemory {
         unsafe {
             core::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), out.len());
         }
-        true
+        Ok(())
     }
 }
 
