@@ -8,7 +8,8 @@
 //!   [`tsm_core::SecureTable`];
 //! - [`status`]: TDX completion statuses, and the one mapping from core statuses to them;
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
-//! - `capi` (feature `capi`): the `extern "C"` entry points of the static library.
+//! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):
+//!   the `extern "C"` entry points of the static library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![cfg_attr(
     test,
@@ -23,7 +24,7 @@
 
 pub mod abi;
 pub mod bits;
-#[cfg(feature = "capi")]
+#[cfg(any(feature = "capi", test))]
 pub mod capi;
 pub mod ept;
 pub mod frames;

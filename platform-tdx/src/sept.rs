@@ -989,6 +989,8 @@ mod tests {
     }
 
     #[test]
+    // Thousands of TRACKs of plain arithmetic, no unsafe code: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn blocking_epochs_survive_many_tracks() {
         let mut mem = vec![Page::ZERO; 17];
         let mut s = sept(&mut mem, SeptLevels::Four);
@@ -1030,6 +1032,8 @@ mod tests {
     /// blocked leaf is not removable before TRACK, nor after a TRACK whose flush is pending
     /// (refusals change no byte), and is removable once the flush is done.
     #[test]
+    // Thousands of TRACKs of plain arithmetic, no unsafe code: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn at_the_epoch_wrap_an_unflushed_leaf_is_never_removable_and_a_flushed_one_is() {
         let k4 = PageSize::Size4K;
         for start in [4094u64, 4095, 4096, 8191, 8192] {
@@ -1066,6 +1070,8 @@ mod tests {
     /// very epoch a fresh block records: the fresh leaf is not removable before its flush, the
     /// old one is (TRACK re-stamps old blocked leaves into a later, flushed epoch).
     #[test]
+    // Thousands of TRACKs of plain arithmetic, no unsafe code: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn a_leaf_blocked_a_whole_window_ago_is_removable_and_a_fresh_one_is_not() {
         let k4 = PageSize::Size4K;
         for age in [4096u64, 4097, 8192, 3 * 4096 + 1] {
@@ -1103,6 +1109,8 @@ mod tests {
     /// Re-stamping is bounded per TRACK: with more old blocked leaves than one call may visit,
     /// TRACK answers `TrackResumable` without advancing the epoch, and finishes on a later call.
     #[test]
+    // Thousands of TRACKs of plain arithmetic, no unsafe code: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
     fn restamping_many_old_leaves_is_resumable() {
         let k4 = PageSize::Size4K;
         let n = u64::from(RESTAMP_PER_CALL) * 2 + 3;
