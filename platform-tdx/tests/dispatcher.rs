@@ -667,3 +667,81 @@ fn handles_are_checked_before_the_dispatchers_own_operand_checks() {
         assert_eq!(w.image(), before, "{what} changed state");
     }
 }
+
+/// A TDI's leaves blocked by a device error stay blocked while the TD's epoch runs on (the
+/// host has not unbound it yet). When TRACK enters the bucket of epochs in which their 12-bit
+/// blocking epoch would become ambiguous it re-stamps them, at most 64 per call: the host
+/// sees TDX_INTERRUPTED_RESUMABLE, calls again, and the unbind afterwards removes every leaf.
+#[test]
+#[cfg_attr(miri, ignore)] // 4096 TRACKs: minutes under Miri, no unsafe code involved
+fn track_past_a_whole_epoch_window_resumes_and_unbind_still_removes_every_leaf() {
+    // The host's TRACK meets the window first, or the unbind's own Track step does.
+    for host_tracks in [true, false] {
+        track_past_a_window(host_tracks);
+    }
+}
+
+fn track_past_a_window(host_tracks: bool) {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    // 70 more 4 KiB leaves (the bound world has one 2 MiB leaf at BAR).
+    for i in 0..70u64 {
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: page_info(
+                    Gpa::try_new(GPA + 0x40_0000 + (i << 12)).unwrap(),
+                    PageSize::Size4K,
+                ),
+                rdx: td,
+                r8: BAR + 0x20_0000 + (i << 12),
+                r9: tdi,
+                ..Default::default()
+            },
+        );
+    }
+    let tdi_regs = SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    };
+    let mut calls = 0;
+    while w.call(u64::from(abi::TSM_DEVIF_ERROR), tdi_regs).rax == TDX_INTERRUPTED_RESUMABLE {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    let track = SeamRegs {
+        rcx: td,
+        ..Default::default()
+    };
+    // Blocked in epoch 0 (bucket 0): TRACKs up to epoch 4095 need no re-stamping.
+    for _ in 0..4095 {
+        w.ok(abi::TDH_MEM_TRACK, track);
+    }
+    // Entering bucket 2 (epoch 4096): 71 leaves to re-stamp, 64 per call.
+    if host_tracks {
+        assert_eq!(
+            w.call(u64::from(abi::TDH_MEM_TRACK), track).rax,
+            TDX_INTERRUPTED_RESUMABLE
+        );
+        w.ok(abi::TDH_MEM_TRACK, track);
+    }
+    let mut calls = 0;
+    loop {
+        let rax = w.call(u64::from(abi::TSM_DEVIF_UNBIND), tdi_regs).rax;
+        if rax == TDX_SUCCESS {
+            break;
+        }
+        assert_eq!(rax, TDX_INTERRUPTED_RESUMABLE);
+        calls += 1;
+        assert!(calls < 10);
+    }
+    let out = w.call(
+        u64::from(abi::TSM_MMIO_ZAP_CHECK),
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS, "every leaf removed");
+}
