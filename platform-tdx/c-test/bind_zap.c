@@ -12,8 +12,15 @@
 
 static int failures;
 
-/* Parameter pages must be 4 KiB aligned, as every TDX page operand is. */
-static _Alignas(4096) struct tsm_tdx_range_list list;
+/*
+ * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
+ * aligned, as every TDX page operand is) and the register block. Anything outside it is
+ * refused, never dereferenced.
+ */
+static struct {
+	_Alignas(4096) struct tsm_tdx_range_list list;
+	struct tsm_tdx_regs regs;
+} host;
 
 static uint64_t call(const char *what, uint16_t leaf, struct tsm_tdx_regs *r, uint64_t expect)
 {
@@ -33,91 +40,103 @@ int main(void)
 	enum { POOL_PAGES = 64 };
 	const uint64_t bar = 0x80000000ull, bar_pages = 1024; /* 4 MiB BAR */
 	const uint64_t gpa = 0x1000000000ull;
-	struct tsm_tdx_regs r;
+	struct tsm_tdx_regs *r = &host.regs;
+	struct tsm_tdx_range_list *list = &host.list;
 	uint64_t td, dev, tdi, status;
 	void *pool = aligned_alloc(4096, POOL_PAGES * 4096);
 	int calls;
 
 	if (!pool)
 		return 2;
-	memset(&r, 0, sizeof(r));
-	r.rax = TDH_MEM_TRACK;
-	if (tsm_tdx_seamcall(&r) != TDX_SYS_NOT_READY) {
+	memset(r, 0, sizeof(*r));
+	r->rax = TDH_MEM_TRACK;
+	if (tsm_tdx_seamcall(r) != TDX_SYS_NOT_READY) {
 		puts("seamcall before init was not refused");
 		return 1;
 	}
-	if (tsm_tdx_init(pool, POOL_PAGES * 4096) != TDX_SUCCESS)
+	if (tsm_tdx_init(pool, POOL_PAGES * 4096, &host, sizeof(host)) != TDX_SUCCESS)
 		return 1;
+	if (tsm_tdx_init(pool, POOL_PAGES * 4096, &host, sizeof(host)) != TDX_SYSINIT_NOT_PENDING) {
+		puts("second init was not refused");
+		failures++;
+	}
 
-	memset(&r, 0, sizeof(r));
-	call("create TD", TSM_TD_CREATE, &r, TDX_SUCCESS);
-	td = r.rcx;
+	memset(r, 0, sizeof(*r));
+	call("create TD", TSM_TD_CREATE, r, TDX_SUCCESS);
+	td = r->rcx;
 
-	memset(&list, 0, sizeof(list));
-	list.count = 1;
-	list.ranges[0].first_page = bar;
-	list.ranges[0].pages = (uint32_t)bar_pages;
-	memset(&r, 0, sizeof(r));
-	r.rcx = 0x00000300; /* 0000:03:00.0 */
-	r.rdx = (uint64_t)(uintptr_t)&list;
-	call("create device", TDH_SPDM_CREATE, &r, TDX_SUCCESS);
-	dev = r.rcx;
+	memset(list, 0, sizeof(*list));
+	list->count = 1;
+	list->ranges[0].first_page = bar;
+	list->ranges[0].pages = (uint32_t)bar_pages;
+	memset(r, 0, sizeof(*r));
+	r->rcx = 0x00000300; /* 0000:03:00.0 */
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("create device", TDH_SPDM_CREATE, r, TDX_SUCCESS);
+	dev = r->rcx;
 
-	memset(&r, 0, sizeof(r));
-	r.rcx = dev;
-	r.rdx = 0x00000300;
-	call("create TDI", TDH_DEVIF_CREATE, &r, TDX_SUCCESS);
-	tdi = r.rcx;
+	/* A list outside the registered host memory (here: the firmware's own pool) is refused. */
+	memset(r, 0, sizeof(*r));
+	r->rcx = 0x00000400;
+	r->rdx = (uint64_t)(uintptr_t)pool;
+	call("list outside host memory", TDH_SPDM_CREATE, r,
+	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = 0x00000300;
+	call("create TDI", TDH_DEVIF_CREATE, r, TDX_SUCCESS);
+	tdi = r->rcx;
 
 	/* The device reports the BAR as the interface's MMIO; bind reads it from the device. */
-	if (tsm_tdx_model_report(0x00000300, &list) != TDX_SUCCESS)
+	if (tsm_tdx_model_report(0x00000300, list) != TDX_SUCCESS)
 		failures++;
-	memset(&r, 0, sizeof(r));
-	r.rcx = tdi;
-	r.rdx = td;
-	r.r8 = (uint64_t)(uintptr_t)&list;
-	call("bind with a host range list", TSM_DEVIF_BIND, &r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_R8);
-	r.r8 = 0;
-	call("bind", TSM_DEVIF_BIND, &r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	r->rdx = td;
+	r->r8 = (uint64_t)(uintptr_t)list;
+	call("bind with a host range list", TSM_DEVIF_BIND, r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_R8);
+	r->r8 = 0;
+	call("bind", TSM_DEVIF_BIND, r, TDX_SUCCESS);
 
-	memset(&r, 0, sizeof(r));
-	r.rcx = TSM_TDX_PAGE_INFO(gpa, 1);
-	r.rdx = td;
-	r.r8 = bar;
-	r.r9 = tdi;
-	call("map 2M", TDH_MMIO_MAP, &r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_PAGE_INFO(gpa, 1);
+	r->rdx = td;
+	r->r8 = bar;
+	r->r9 = tdi;
+	call("map 2M", TDH_MMIO_MAP, r, TDX_SUCCESS);
 
 	/* Reserved bits in RAX and an unaligned page are refused with OPERAND_INVALID. */
-	memset(&r, 0, sizeof(r));
-	r.rax = TDH_MMIO_MAP | (1ull << 40);
-	if (tsm_tdx_seamcall(&r) != (TDX_OPERAND_INVALID | TDX_OPERAND_ID_RAX))
+	memset(r, 0, sizeof(*r));
+	r->rax = TDH_MMIO_MAP | (1ull << 40);
+	if (tsm_tdx_seamcall(r) != (TDX_OPERAND_INVALID | TDX_OPERAND_ID_RAX))
 		failures++;
-	memset(&r, 0, sizeof(r));
-	r.rcx = TSM_TDX_PAGE_INFO(gpa + 0x1000, 1);
-	r.rdx = td;
-	r.r8 = bar;
-	r.r9 = tdi;
-	call("map unaligned", TDH_MMIO_MAP, &r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_RCX);
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_PAGE_INFO(gpa + 0x1000, 1);
+	r->rdx = td;
+	r->r8 = bar;
+	r->r9 = tdi;
+	call("map unaligned", TDH_MMIO_MAP, r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_RCX);
 
 	/* The old host order: zap (and block) while bound. */
-	memset(&r, 0, sizeof(r));
-	r.rcx = bar;
-	r.rdx = bar_pages;
-	call("zap while bound", TSM_MMIO_ZAP_CHECK, &r,
+	memset(r, 0, sizeof(*r));
+	r->rcx = bar;
+	r->rdx = bar_pages;
+	call("zap while bound", TSM_MMIO_ZAP_CHECK, r,
 	     TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
-	memset(&r, 0, sizeof(r));
-	r.rcx = TSM_TDX_PAGE_INFO(gpa, 1);
-	r.rdx = td;
-	call("block while bound", TDH_MMIO_BLOCK, &r,
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_PAGE_INFO(gpa, 1);
+	r->rdx = td;
+	call("block while bound", TDH_MMIO_BLOCK, r,
 	     TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
 
 	/* The fixed order: unbind first (resumable), then zap. */
 	calls = 0;
 	do {
-		memset(&r, 0, sizeof(r));
-		r.rax = TSM_DEVIF_UNBIND;
-		r.rcx = tdi;
-		status = tsm_tdx_seamcall(&r);
+		memset(r, 0, sizeof(*r));
+		r->rax = TSM_DEVIF_UNBIND;
+		r->rcx = tdi;
+		status = tsm_tdx_seamcall(r);
 		calls++;
 	} while (status == TDX_INTERRUPTED_RESUMABLE && calls < 1000);
 	printf("%-28s status 0x%016llx after %d call(s) %s\n", "unbind", (unsigned long long)status,
@@ -125,22 +144,22 @@ int main(void)
 	if (status != TDX_SUCCESS)
 		failures++;
 
-	memset(&r, 0, sizeof(r));
-	r.rcx = TSM_TDX_PAGE_INFO(gpa, 0);
-	r.rdx = td;
-	call("S-EPT read after unbind", TDH_MEM_SEPT_RD, &r, TDX_EPT_WALK_FAILED | TDX_OPERAND_ID_RCX);
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_PAGE_INFO(gpa, 0);
+	r->rdx = td;
+	call("S-EPT read after unbind", TDH_MEM_SEPT_RD, r, TDX_EPT_WALK_FAILED | TDX_OPERAND_ID_RCX);
 
-	memset(&r, 0, sizeof(r));
-	r.rcx = bar;
-	r.rdx = bar_pages;
-	call("zap after unbind", TSM_MMIO_ZAP_CHECK, &r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = bar;
+	r->rdx = bar_pages;
+	call("zap after unbind", TSM_MMIO_ZAP_CHECK, r, TDX_SUCCESS);
 
-	memset(&r, 0, sizeof(r));
-	r.rcx = tdi;
-	call("remove TDI", TDH_DEVIF_REMOVE, &r, TDX_SUCCESS);
-	memset(&r, 0, sizeof(r));
-	r.rcx = dev;
-	call("remove device", TDH_SPDM_DELETE, &r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	call("remove TDI", TDH_DEVIF_REMOVE, r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	call("remove device", TDH_SPDM_DELETE, r, TDX_SUCCESS);
 
 	printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
 	return failures ? 1 : 0;

@@ -6,6 +6,15 @@
  * version[23:16], reserved[63:24] = 0}) and the 64-bit completion status on return; operands
  * and outputs are in RCX, RDX, R8-R13. Leaf numbers and statuses are the TDX module's where
  * public (see platform-tdx/README.md); TSM_* values are this firmware's own.
+ *
+ * Host memory. The firmware touches host memory only inside the one range registered with
+ * tsm_tdx_init: every register block and every parameter page (range list) must lie in it.
+ * An address outside it is refused with TDX_OPERAND_ADDR_RANGE_ERROR naming the operand
+ * (TDX_OPERAND_ID_REG_BLOCK for the register block itself), never dereferenced; a block or
+ * list not 8-byte aligned is TDX_OPERAND_INVALID on the same operand. The firmware reads each
+ * 8-byte word of a block or list once, into a private copy it then checks and uses, and writes
+ * the register block back once on return: a host writing the memory meanwhile gets the
+ * outcome of one consistent snapshot. Reserved fields must be zero.
  */
 #ifndef TSM_TDX_H
 #define TSM_TDX_H
@@ -32,7 +41,9 @@ struct tsm_tdx_range {
 
 #define TSM_TDX_RANGE_LIST_CAPACITY 16
 
-/* A range list in host memory: BARs (device create) or a report's ranges (bind). */
+/* A range list in host memory: BARs (device create) or a report's ranges (the model's
+ * report). `count` entries are used (at most TSM_TDX_RANGE_LIST_CAPACITY, and at most 6 BARs
+ * for a device); `reserved` must be 0 (else TDX_OPERAND_INVALID on the list's operand). */
 struct tsm_tdx_range_list {
 	uint32_t count;
 	uint32_t reserved; /* must be 0 */
@@ -41,7 +52,7 @@ struct tsm_tdx_range_list {
 
 /* Host leaves (SEAMCALL). */
 #define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TD -> RCX entry, RDX level|state<<8 */
-#define TDH_MEM_TRACK          38u     /* RCX TD */
+#define TDH_MEM_TRACK          38u     /* RCX TD; TDX_INTERRUPTED_RESUMABLE: call again */
 #define TDH_SPDM_CREATE        130u    /* RCX requester ID, RDX range list (BARs) -> RCX device */
 #define TDH_SPDM_DELETE        131u    /* RCX device */
 #define TDH_DEVIF_CREATE       137u    /* RCX device, RDX interface ID -> RCX TDI */
@@ -61,7 +72,9 @@ struct tsm_tdx_range_list {
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info */
 #define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI */
 
-/* Page info operand: guest physical address | level (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB). */
+/* Page info operand: guest physical address | level (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB). The
+ * GPA must be below the TD's S-EPT width (2^48 with the 4-level S-EPT tsm_tdx_init builds):
+ * a wider one is TDX_OPERAND_ADDR_RANGE_ERROR on RCX, never an alias of its low 48 bits. */
 #define TSM_TDX_PAGE_INFO(gpa, level) ((uint64_t)(gpa) | (uint64_t)(level))
 
 /* Statuses: {error[63], non-recoverable[62], class[47:40], code[39:32], operand id[31:0]}. */
@@ -71,6 +84,7 @@ struct tsm_tdx_range_list {
 #define TDX_OPERAND_ADDR_RANGE_ERROR   0xC000010100000000ull
 #define TDX_OPERAND_BUSY               0x8000020000000000ull
 #define TDX_PREVIOUS_TLB_EPOCH_BUSY    0x8000020100000000ull
+#define TDX_SYSINIT_NOT_PENDING        0xC000050000000000ull
 #define TDX_SYS_NOT_READY              0xC000050500000000ull
 #define TDX_EPT_WALK_FAILED            0xC0000B0000000000ull
 #define TDX_EPT_ENTRY_NOT_FREE         0xC0000B0200000000ull
@@ -84,18 +98,35 @@ struct tsm_tdx_range_list {
 #define TDX_OPERAND_ID_RCX 1u
 #define TDX_OPERAND_ID_RDX 2u
 #define TDX_OPERAND_ID_R8  8u
+#define TDX_OPERAND_ID_R9  9u
+#define TDX_OPERAND_ID_TDR 128u          /* the calling TD of a TDCALL */
+#define TDX_OPERAND_ID_REG_BLOCK 0xF07u  /* ours: the register block's address */
 
 /* Gives the firmware `len` bytes at `mem` (4 KiB aligned, never used by the caller again)
- * for its S-EPT table pages. Call once, before any other entry point. */
-uint64_t tsm_tdx_init(void *mem, size_t len);
+ * for its S-EPT table pages, and registers `[host, host + host_len)` (8-byte aligned, a
+ * whole number of 8-byte words, not overlapping `mem`, valid for the rest of the program) as
+ * the host memory every later call's register block and parameter pages lie in. Arguments
+ * are named as operands RCX, RDX, R8, R9 in this order. Statuses: TDX_SUCCESS;
+ * TDX_OPERAND_INVALID + RCX (mem null or not 4 KiB aligned), + RDX (less than one page),
+ * + R8 (host null, not 8-byte aligned, or overlapping mem), + R9 (host_len zero or not a
+ * multiple of 8); TDX_OPERAND_ADDR_RANGE_ERROR + RDX / R9 (a range past 2^52);
+ * TDX_SYSINIT_NOT_PENDING when initialized already (also for the loser of two racing calls).
+ * Arguments are checked before any memory is touched, and only the successful call ever
+ * touches `mem`. */
+uint64_t tsm_tdx_init(void *mem, size_t len, void *host, size_t host_len);
 
-/* One SEAMCALL; returns the status (also left in regs->rax). */
+/* One SEAMCALL on the register block at `regs` (in host memory); returns the status, also
+ * left in regs->rax. TDX_SYS_NOT_READY before tsm_tdx_init (nothing written). */
 uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
 
-/* The prototype's device model: what interface `iface` (packed requester ID) reports. */
+/* The prototype's device model: what interface `iface` (packed requester ID) reports, from
+ * the list at `list` (in host memory). TDX_OPERAND_INVALID + RCX (bad interface ID), + RDX
+ * (reserved field not 0, list not 8-byte aligned); TDX_OPERAND_ADDR_RANGE_ERROR + RDX (list
+ * outside host memory); TSM too-many-ranges (0xC000F00100000000) + RDX. */
 uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *list);
 
-/* One TDCALL from TD `td`; returns the status (also left in regs->rax). */
+/* One TDCALL from TD `td`; as tsm_tdx_seamcall. An unknown TD is TDX_OPERAND_INVALID +
+ * TDX_OPERAND_ID_TDR. */
 uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
 
 #ifdef __cplusplus

@@ -1,7 +1,8 @@
 //! The SEAMCALL-style ABI: a register block in, a 64-bit status and output registers out, and
-//! the dispatcher from leaf number to handler. Every handler checks all its operands first
-//! (reserved bits, widths, alignment) and only then calls the core, so a refused call has no
-//! effect.
+//! the dispatcher from leaf number to handler. Every handler checks its operands (reserved
+//! bits, widths, alignment) before anything changes, in the core's order (handles, then
+//! addresses, then state; see [`Dispatcher`]), so a refused call has no effect and reports
+//! what the core would.
 //!
 //! RAX on entry is `{leaf[15:0], version[23:16], reserved[63:24]}` (TDX Module ABI spec,
 //! SEAMCALL instruction leaf; only version 0 exists here). Leaf numbers are the TDX module's
@@ -17,7 +18,7 @@ use tsm_core::{
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::sept::{Sept, ept_level};
+use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RAX, OPERAND_ID_RCX, OPERAND_ID_RDX, Operands,
     TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS, TdxStatus,
@@ -198,12 +199,45 @@ impl RangeList {
     pub fn bytes(&self) -> &[u8] {
         self.as_bytes()
     }
+
+    /// The entries in use, from the firmware's private copy of the list: `Reserved` unless
+    /// the reserved field is zero, `TooMany` when `count` exceeds `N` (or the capacity).
+    pub fn entries<const N: usize>(&self) -> Result<&[RangeEntry], ListError> {
+        if self.reserved != 0 {
+            return Err(ListError::Reserved);
+        }
+        let count = usize::try_from(self.count).unwrap_or(usize::MAX);
+        if count > N {
+            return Err(ListError::TooMany);
+        }
+        self.ranges.get(..count).ok_or(ListError::TooMany)
+    }
+}
+
+/// Why a [`RangeList`] is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListError {
+    /// The reserved field is not zero.
+    Reserved,
+    /// More entries than the request may have.
+    TooMany,
+}
+
+/// Why host memory could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostFault {
+    /// Some byte lies outside the host memory the firmware was given
+    /// (TDX_OPERAND_ADDR_RANGE_ERROR on the operand).
+    OutsideHostMemory,
+    /// The address is not aligned as the access needs (TDX_OPERAND_INVALID on the operand).
+    Misaligned,
 }
 
 /// Host memory the firmware reads parameter pages from.
 pub trait HostMemory {
-    /// Copies `out.len()` bytes at host physical address `hpa`; `false` if unreadable.
-    fn read(&self, hpa: u64, out: &mut [u8]) -> bool;
+    /// Copies `out.len()` bytes at host physical address `hpa` into `out`, reading each byte
+    /// of host memory once; the firmware decodes only the copy.
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault>;
 }
 
 /// The operand roles of `leaf` (what decoders need to read its status).
@@ -273,14 +307,20 @@ fn invalid(operand: u32) -> TdxStatus {
     TDX_OPERAND_INVALID | u64::from(operand)
 }
 
-/// A page-info operand: level 0-2, no reserved bits, address aligned to the level.
-fn decode_page_info(raw: u64, operand: u32) -> Result<(Gpa, PageSize), TdxStatus> {
+/// A page-info operand without the alignment check: no reserved bits, level 0-2, below 2^52.
+fn decode_page_info_unaligned(raw: u64, operand: u32) -> Result<(Gpa, PageSize), TdxStatus> {
     if raw & PAGE_INFO_RESERVED != 0 {
         return Err(invalid(operand));
     }
     let size = PageSize::from_tdx_level(raw & PAGE_INFO_LEVEL_MASK).ok_or(invalid(operand))?;
     let gpa = Gpa::try_new(raw & !PAGE_INFO_LEVEL_MASK)
         .map_err(|_| TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(operand))?;
+    Ok((gpa, size))
+}
+
+/// A page-info operand: level 0-2, no reserved bits, address aligned to the level.
+fn decode_page_info(raw: u64, operand: u32) -> Result<(Gpa, PageSize), TdxStatus> {
+    let (gpa, size) = decode_page_info_unaligned(raw, operand)?;
     if !gpa.is_aligned(size) {
         return Err(invalid(operand));
     }
@@ -304,6 +344,25 @@ fn decode_rid(raw: u64, operand: u32) -> Result<RequesterId, TdxStatus> {
     RequesterId::from_packed(raw).map_err(|_| invalid(operand))
 }
 
+/// The status for a host-memory fault on the operand `operand`.
+fn host_fault(fault: HostFault, operand: u32) -> TdxStatus {
+    match fault {
+        HostFault::OutsideHostMemory => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(operand),
+        HostFault::Misaligned => invalid(operand),
+    }
+}
+
+/// The register holding operand `id` in `regs`.
+fn reg(regs: &SeamRegs, id: u32) -> Option<u64> {
+    Some(match id {
+        OPERAND_ID_RCX => regs.rcx,
+        OPERAND_ID_RDX => regs.rdx,
+        OPERAND_ID_R8 => regs.r8,
+        OPERAND_ID_R9 => regs.r9,
+        _ => return None,
+    })
+}
+
 /// A leaf's outcome before encoding: a core outcome, or a status from the operand checks.
 enum Outcome {
     Core(Result<Completion, Error>),
@@ -317,6 +376,19 @@ impl From<Result<(), Error>> for Outcome {
 }
 
 /// The SEAMCALL / TDCALL dispatcher over a firmware instance with the TDX secure table.
+///
+/// Every input register is read once, from the snapshot taken on entry; outputs go to a
+/// separate block that replaces the caller's only at the end, so nothing after the operation
+/// reads a register the operation (or anyone else) may have written.
+///
+/// Order of checks, the core's: (1) RAX; (2) every handle operand (a value no handle can have,
+/// or one the firmware does not know: OPERAND_INVALID naming its register); (3) the operands
+/// the dispatcher decodes because the core cannot be handed them (reserved bits, a level no
+/// leaf has, an address at or above 2^52 or beyond the TD's S-EPT width, the alignment of a
+/// page-info GPA for leaves the core does not align-check, range lists); (4) the core, which
+/// checks alignment of MAP's addresses and every state. A refusal of step (3) is reported only
+/// after step (2) found every handle known, so a call with a bad handle and a bad address gets
+/// the handle's status, as it would from the core.
 pub struct Dispatcher<'t, 'm, D, M> {
     tsm: &'t Tsm<Sept<'m>, D>,
     host: M,
@@ -331,99 +403,163 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
     /// Handles one SEAMCALL from the host: `regs.rax` is the leaf on entry and the status on
     /// return; outputs are written only on success (or the walk details of an S-EPT error).
     pub fn seamcall(&self, regs: &mut SeamRegs) {
-        let leaf = regs.rax;
-        let status = if leaf & RAX_NON_LEAF_BITS != 0 {
-            invalid(OPERAND_ID_RAX)
-        } else {
-            let leaf = u16::try_from(leaf).unwrap_or(u16::MAX);
-            let outcome = self.host_leaf(leaf, regs);
-            self.finish(leaf, outcome, regs)
+        let input = *regs;
+        let mut out = input;
+        let status = match leaf_of(input.rax) {
+            None => invalid(OPERAND_ID_RAX),
+            Some(leaf) => {
+                let outcome = match self.host_leaf(leaf, &input, &mut out) {
+                    Ok(o) | Err(o) => o,
+                };
+                self.finish(leaf, outcome, &input, &mut out)
+            }
         };
-        regs.rax = status;
+        out.rax = status;
+        *regs = out;
     }
 
     /// Handles one TDCALL from TD `td` (the guest side: accept and start).
     pub fn tdcall(&self, td: GuestId, regs: &mut SeamRegs) {
-        let leaf = regs.rax;
-        let status = if leaf & RAX_NON_LEAF_BITS != 0 {
-            invalid(OPERAND_ID_RAX)
-        } else {
-            let leaf = u16::try_from(leaf).unwrap_or(u16::MAX);
-            let outcome = match self.guest_leaf(td, leaf, regs) {
-                Ok(o) | Err(o) => o,
-            };
-            self.finish(leaf, outcome, regs)
+        let input = *regs;
+        let mut out = input;
+        let status = match leaf_of(input.rax) {
+            None => invalid(OPERAND_ID_RAX),
+            Some(leaf) => {
+                let outcome = match self.guest_leaf(td, leaf, &input, &mut out) {
+                    Ok(o) | Err(o) => o,
+                };
+                self.finish(leaf, outcome, &input, &mut out)
+            }
         };
-        regs.rax = status;
+        out.rax = status;
+        *regs = out;
     }
 
-    fn finish(&self, leaf: u16, outcome: Outcome, regs: &mut SeamRegs) -> TdxStatus {
+    fn finish(
+        &self,
+        leaf: u16,
+        outcome: Outcome,
+        input: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> TdxStatus {
         let ops = operands(leaf);
         match outcome {
             Outcome::Status(s) => s,
             Outcome::Core(r) => {
                 let status = status::encode(r, &ops);
                 let status = match r {
-                    Err(Error::InvalidHandle) => self.which_handle(&ops, regs).unwrap_or(status),
+                    Err(Error::InvalidHandle) => self.which_handle(&ops, input).unwrap_or(status),
+                    Err(Error::Misaligned) => which_misaligned(leaf, input).unwrap_or(status),
+                    Err(Error::TlbFlushPending) => {
+                        self.track_resumable(&ops, input).unwrap_or(status)
+                    }
                     _ => status,
                 };
                 if matches!(r, Err(Error::NotMapped | Error::SizeMismatch)) {
-                    self.walk_details(regs);
+                    self.walk_details(input, out);
                 }
                 status
             }
         }
     }
 
-    /// TDX names the operand that failed: find the handle the core did not know.
-    fn which_handle(&self, ops: &Operands, regs: &SeamRegs) -> Option<TdxStatus> {
-        let reg = |id: Option<u32>| -> Option<(u32, u64)> {
-            let id = id?;
-            let v = match id {
-                OPERAND_ID_RCX => regs.rcx,
-                OPERAND_ID_RDX => regs.rdx,
-                OPERAND_ID_R8 => regs.r8,
-                OPERAND_ID_R9 => regs.r9,
-                _ => return None,
-            };
-            Some((id, v))
-        };
+    /// TDX names the operand that failed: the first handle operand of `ops` that no handle
+    /// can have or that the firmware does not know (a handle whose lock is busy counts as
+    /// known: the core reports the contention itself).
+    fn which_handle(&self, ops: &Operands, input: &SeamRegs) -> Option<TdxStatus> {
         let unknown = |r: Result<(), Error>| r == Err(Error::InvalidHandle);
-        if let Some((id, v)) = reg(ops.tdi) {
-            let t = TdiId::from_raw(v).ok()?;
-            if unknown(self.tsm.tdi(t).map(drop)) {
+        if let Some(id) = ops.tdi {
+            let known = TdiId::from_raw(reg(input, id)?).map(|t| self.tsm.tdi(t).map(drop));
+            if known.is_err() || known.is_ok_and(unknown) {
                 return Some(invalid(id));
             }
         }
-        if let Some((id, v)) = reg(ops.device) {
-            let d = DeviceId::from_raw(v).ok()?;
-            if unknown(self.tsm.device(d).map(drop)) {
+        if let Some(id) = ops.device {
+            let known = DeviceId::from_raw(reg(input, id)?).map(|d| self.tsm.device(d).map(drop));
+            if known.is_err() || known.is_ok_and(unknown) {
                 return Some(invalid(id));
             }
         }
-        if let Some((id, v)) = reg(ops.td) {
-            let g = GuestId::from_raw(v).ok()?;
-            if unknown(self.tsm.guest(g).map(drop)) {
+        if let Some(id) = ops.td {
+            let known = GuestId::from_raw(reg(input, id)?).map(|g| self.tsm.guest(g).map(drop));
+            if known.is_err() || known.is_ok_and(unknown) {
                 return Some(invalid(id));
             }
         }
         None
     }
 
+    /// A refusal from the dispatcher's own operand checks, in the core's order: a handle
+    /// operand the firmware does not know is reported first, then `status`.
+    fn refuse(&self, leaf: u16, input: &SeamRegs, status: TdxStatus) -> Outcome {
+        Outcome::Status(self.which_handle(&operands(leaf), input).unwrap_or(status))
+    }
+
+    /// The core said TlbFlushPending where a TRACK is re-stamping old blocked leaves (the
+    /// unbind's Track step): TDX_INTERRUPTED_RESUMABLE, call again.
+    fn track_resumable(&self, ops: &Operands, input: &SeamRegs) -> Option<TdxStatus> {
+        let owner = match (ops.td, ops.tdi) {
+            (Some(id), _) => GuestId::from_raw(reg(input, id)?).ok()?,
+            (None, Some(id)) => {
+                let tdi = TdiId::from_raw(reg(input, id)?).ok()?;
+                self.tsm.tdi(tdi).ok()?.state.owner()?
+            }
+            _ => return None,
+        };
+        let why = self.tsm.with_table(|t| t.track_pending(owner)).ok()??;
+        (why == SeptError::TrackResumable).then(|| status::sept_status(why, OPERAND_ID_RCX))
+    }
+
     /// On an S-EPT walk or state error TDX returns the entry in RCX and `{level, state}` in RDX.
-    fn walk_details(&self, regs: &mut SeamRegs) {
+    fn walk_details(&self, input: &SeamRegs, out: &mut SeamRegs) {
         let (Ok((gpa, _)), Ok(td)) = (
-            decode_page_info(regs.rcx, OPERAND_ID_RCX),
-            GuestId::from_raw(regs.rdx),
+            decode_page_info(input.rcx, OPERAND_ID_RCX),
+            GuestId::from_raw(input.rdx),
         ) else {
             return;
         };
         if let Ok(Ok(probe)) = self.tsm.with_table(|t| t.probe(td, gpa)) {
-            regs.rcx = probe.entry.into_bits();
-            regs.rdx = u64::from(probe.level) | (u64::from(probe.state as u8) << 8);
+            out.rcx = probe.entry.into_bits();
+            out.rdx = u64::from(probe.level) | (u64::from(probe.state as u8) << 8);
         }
     }
 
+    /// The S-EPT's own width check for `gpa` (the walker's), asked before the core so that a
+    /// GPA the TD's S-EPT cannot hold is OPERAND_ADDR_RANGE_ERROR on RCX, not whatever the
+    /// core makes of a leaf lookup that found nothing.
+    fn gpa_in_table(&self, td: GuestId, gpa: Gpa) -> Result<(), Result<TdxStatus, Error>> {
+        match self.tsm.with_table(|t| t.gpa_in_table(td, gpa)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Ok(status::sept_status(e, OPERAND_ID_RCX))),
+            Err(e) => Err(Err(e)),
+        }
+    }
+
+    /// Page info for a leaf the core does not align-check (block, unmap, the S-EPT read and
+    /// accept): format, width, the TD's S-EPT width, then alignment. Refusals come after the
+    /// leaf's handle checks.
+    fn page_operand(
+        &self,
+        leaf: u16,
+        input: &SeamRegs,
+        td: GuestId,
+        aligned: bool,
+    ) -> Result<(Gpa, PageSize), Outcome> {
+        let refuse = |s| self.refuse(leaf, input, s);
+        let (gpa, size) = decode_page_info_unaligned(input.rcx, OPERAND_ID_RCX).map_err(refuse)?;
+        match self.gpa_in_table(td, gpa) {
+            Ok(()) => {}
+            Err(Ok(s)) => return Err(refuse(s)),
+            Err(Err(e)) => return Err(Outcome::Core(Err(e))),
+        }
+        if aligned && !gpa.is_aligned(size) {
+            return Err(refuse(invalid(OPERAND_ID_RCX)));
+        }
+        Ok((gpa, size))
+    }
+
+    /// Reads a range list from host memory into a private copy (each byte once) and decodes
+    /// it: reserved field zero, at most `N` entries, each a valid range.
     fn read_ranges<const N: usize>(
         &self,
         raw: u64,
@@ -431,18 +567,15 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
     ) -> Result<heapless::Vec<MmioRange, N>, Outcome> {
         let at = decode_hpa(raw, LIST_ALIGN, operand).map_err(Outcome::Status)?;
         let mut list = RangeList::default();
-        if !self.host.read(at.as_u64(), list.as_mut_bytes()) {
-            return Err(Outcome::Status(invalid(operand)));
-        }
-        if list.reserved != 0 {
-            return Err(Outcome::Status(invalid(operand)));
-        }
-        let count = usize::try_from(list.count).unwrap_or(usize::MAX);
-        if count > N {
-            return Err(Outcome::Core(Err(Error::TooManyRanges)));
-        }
+        self.host
+            .read(at.as_u64(), list.as_mut_bytes())
+            .map_err(|f| Outcome::Status(host_fault(f, operand)))?;
+        let entries = list.entries::<N>().map_err(|e| match e {
+            ListError::Reserved => Outcome::Status(invalid(operand)),
+            ListError::TooMany => Outcome::Core(Err(Error::TooManyRanges)),
+        })?;
         let mut out = heapless::Vec::new();
-        for entry in list.ranges.iter().take(count) {
+        for entry in entries {
             let range = MmioRange::from_raw(entry.first_page, u64::from(entry.pages))
                 .map_err(|e| Outcome::Core(Err(e)))?;
             out.push(range)
@@ -451,120 +584,125 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
         Ok(out)
     }
 
-    fn host_leaf(&self, leaf: u16, regs: &mut SeamRegs) -> Outcome {
-        match self.host_leaf_checked(leaf, regs) {
-            Ok(o) | Err(o) => o,
-        }
-    }
-
-    fn host_leaf_checked(&self, leaf: u16, regs: &mut SeamRegs) -> Result<Outcome, Outcome> {
+    fn host_leaf(&self, leaf: u16, r: &SeamRegs, out: &mut SeamRegs) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
+        let core = |e| Outcome::Core(Err(e));
+        let refuse = |s| self.refuse(leaf, r, s);
         let tsm = self.tsm;
         Ok(match leaf {
             TSM_TD_CREATE => {
-                let td = tsm.create_guest().map_err(|e| Outcome::Core(Err(e)))?;
-                regs.rcx = u64::from(td.slot());
+                let td = tsm.create_guest().map_err(core)?;
+                out.rcx = u64::from(td.slot());
                 Outcome::Core(Ok(Completion::Done))
             }
             TSM_TD_DESTROY => {
-                let td: GuestId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let td: GuestId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 tsm.destroy_guest(td).into()
             }
             TDH_SPDM_CREATE => {
-                let rid = decode_rid(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let bars = self.read_ranges::<MAX_BARS>(regs.rdx, OPERAND_ID_RDX)?;
-                let dev = tsm
-                    .create_device(rid, &bars)
-                    .map_err(|e| Outcome::Core(Err(e)))?;
-                regs.rcx = u64::from(dev.slot());
+                let rid = decode_rid(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let bars = self.read_ranges::<MAX_BARS>(r.rdx, OPERAND_ID_RDX)?;
+                let dev = tsm.create_device(rid, &bars).map_err(core)?;
+                out.rcx = u64::from(dev.slot());
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_SPDM_DELETE => {
-                let dev: DeviceId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 tsm.remove_device(dev).into()
             }
             TDH_DEVIF_CREATE => {
-                let dev: DeviceId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let iface = decode_rid(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
-                let tdi = tsm
-                    .create_tdi(dev, iface)
-                    .map_err(|e| Outcome::Core(Err(e)))?;
-                regs.rcx = u64::from(tdi.slot());
+                let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let iface = decode_rid(r.rdx, OPERAND_ID_RDX).map_err(refuse)?;
+                let tdi = tsm.create_tdi(dev, iface).map_err(core)?;
+                out.rcx = u64::from(tdi.slot());
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_DEVIF_REMOVE => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 tsm.remove_tdi(tdi).into()
             }
             TSM_DEVIF_BIND => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
-                if regs.r8 != 0 {
-                    return Err(st(invalid(OPERAND_ID_R8)));
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                if r.r8 != 0 {
+                    return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
                 tsm.bind(tdi, td).into()
             }
             TDH_MMIO_MAP => {
-                let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
-                let hpa = decode_hpa(regs.r8, size, OPERAND_ID_R8).map_err(st)?;
-                let tdi: TdiId = decode_handle(regs.r9, OPERAND_ID_R9).map_err(st)?;
+                let tdi: TdiId = decode_handle(r.r9, OPERAND_ID_R9).map_err(st)?;
+                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                // Alignment of both addresses is the core's check (Misaligned, operand named
+                // in `finish`); only what the core cannot be handed is refused here.
+                let (gpa, size) = self.page_operand(leaf, r, td, false)?;
+                let hpa = Hpa::try_new(r.r8)
+                    .map_err(|_| refuse(TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8)))?;
                 tsm.map_mmio(tdi, td, gpa, hpa, size).into()
             }
             TDH_MMIO_BLOCK => {
-                let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 tsm.host_block(td, gpa, size).into()
             }
             TDH_MMIO_UNMAP => {
-                let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 let hpa = tsm
                     .leaf(td, gpa)
                     .ok()
                     .flatten()
                     .map_or(0, |l| l.hpa.as_u64());
-                tsm.host_unmap(td, gpa, size)
-                    .map_err(|e| Outcome::Core(Err(e)))?;
-                regs.r8 = hpa;
+                tsm.host_unmap(td, gpa, size).map_err(core)?;
+                out.r8 = hpa;
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_MEM_TRACK => {
-                let td: GuestId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let td: GuestId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 match tsm.host_track(td) {
-                    // TRACK's own word for "the previous epoch is not flushed yet".
-                    Err(Error::TlbFlushPending) => st(status::TDX_PREVIOUS_TLB_EPOCH_BUSY
-                        | u64::from(status::OPERAND_ID_TD_EPOCH)),
+                    // TRACK's own words: the previous epoch is not flushed yet, or re-stamping
+                    // old blocked leaves took this call (INTERRUPTED_RESUMABLE).
+                    Err(Error::TlbFlushPending) => {
+                        let why = tsm.with_table(|t| t.track_pending(td)).ok().flatten();
+                        st(status::sept_status(
+                            why.unwrap_or(SeptError::PreviousEpochBusy),
+                            OPERAND_ID_RCX,
+                        ))
+                    }
                     r => r.into(),
                 }
             }
             TDH_MEM_SEPT_RD => {
-                let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let td: GuestId = decode_handle(regs.rdx, OPERAND_ID_RDX).map_err(st)?;
-                self.sept_rd(td, gpa, size, regs)?
+                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                // The S-EPT read bypasses the core: the TD must exist.
+                if let Some(s) = self.which_handle(&operands(leaf), r) {
+                    return Err(st(s));
+                }
+                let (gpa, size) = self.page_operand(leaf, r, td, true)?;
+                self.sept_rd(td, gpa, size, out)?
             }
             TSM_DEVIF_UNBIND => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 Outcome::Core(tsm.unbind(tdi))
             }
             TSM_DEVIF_ERROR => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 Outcome::Core(tsm.device_error(tdi))
             }
             TSM_DEVIF_STATE => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let state = tsm.tdi(tdi).map_err(|e| Outcome::Core(Err(e)))?.state;
-                encode_tdi_state(state, regs);
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let state = tsm.tdi(tdi).map_err(core)?.state;
+                encode_tdi_state(state, out);
                 Outcome::Core(Ok(Completion::Done))
             }
             TSM_DEVIF_CHECK => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 Outcome::Core(tsm.check_interface(tdi))
             }
             TSM_MMIO_ZAP_CHECK => {
-                let base = decode_hpa(regs.rcx, PageSize::Size4K, OPERAND_ID_RCX).map_err(st)?;
-                let range =
-                    MmioRange::try_new(base, regs.rdx).map_err(|_| st(invalid(OPERAND_ID_RDX)))?;
+                let base = decode_hpa(r.rcx, PageSize::Size4K, OPERAND_ID_RCX).map_err(st)?;
+                // An empty range, or one past the address space: the core's InvalidRange.
+                let range = MmioRange::try_new(base, r.rdx)
+                    .map_err(|_| st(status::TSM_INVALID_RANGE | u64::from(OPERAND_ID_RDX)))?;
                 tsm.host_zap(range).into()
             }
             _ => st(invalid(OPERAND_ID_RAX)),
@@ -576,7 +714,7 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
         td: GuestId,
         gpa: Gpa,
         size: PageSize,
-        regs: &mut SeamRegs,
+        out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
         let found = self
             .tsm
@@ -592,9 +730,9 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             .map_err(|e| Outcome::Core(Err(e)))?;
         let (probe, epoch) =
             found.map_err(|e| Outcome::Status(status::sept_status(e, OPERAND_ID_RCX)))?;
-        regs.rcx = probe.entry.into_bits();
-        regs.rdx = u64::from(probe.level) | (u64::from(probe.state as u8) << 8);
-        regs.r8 = epoch;
+        out.rcx = probe.entry.into_bits();
+        out.rdx = u64::from(probe.level) | (u64::from(probe.state as u8) << 8);
+        out.r8 = epoch;
         // The walk stopped above the level asked for on a free entry: EPT_WALK_FAILED.
         if probe.level > ept_level(size) && !probe.state.is_mmio_leaf() {
             return Ok(Outcome::Status(
@@ -604,11 +742,21 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
         Ok(Outcome::Status(TDX_SUCCESS))
     }
 
-    fn guest_leaf(&self, td: GuestId, leaf: u16, regs: &mut SeamRegs) -> Result<Outcome, Outcome> {
+    fn guest_leaf(
+        &self,
+        td: GuestId,
+        leaf: u16,
+        r: &SeamRegs,
+        _out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
         Ok(match leaf {
             TDG_MMIO_ACCEPT => {
-                let (gpa, size) = decode_page_info(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                // The accept bypasses the core: the calling TD must exist.
+                if self.tsm.guest(td) == Err(Error::InvalidHandle) {
+                    return Err(st(invalid(status::OPERAND_ID_TDR)));
+                }
+                let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 let r = self
                     .tsm
                     .with_table(|t| t.mmio_accept(td, gpa, size))
@@ -619,12 +767,35 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
                 }
             }
             TSM_GUEST_DEVIF_START => {
-                let tdi: TdiId = decode_handle(regs.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 self.tsm.guest_start(td, tdi).into()
             }
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }
+}
+
+/// The leaf number in RAX; `None` when version or reserved bits are set.
+fn leaf_of(rax: u64) -> Option<u16> {
+    if rax & RAX_NON_LEAF_BITS != 0 {
+        return None;
+    }
+    u16::try_from(rax).ok()
+}
+
+/// Which address of `leaf` the core found misaligned (it does not say): MAP's GPA (RCX) or
+/// host address (R8).
+fn which_misaligned(leaf: u16, input: &SeamRegs) -> Option<TdxStatus> {
+    if leaf != TDH_MMIO_MAP {
+        return None;
+    }
+    let (gpa, size) = decode_page_info_unaligned(input.rcx, OPERAND_ID_RCX).ok()?;
+    let operand = if gpa.is_aligned(size) {
+        OPERAND_ID_R8
+    } else {
+        OPERAND_ID_RCX
+    };
+    Some(invalid(operand))
 }
 
 fn encode_tdi_state(state: TdiState, regs: &mut SeamRegs) {
@@ -651,28 +822,19 @@ pub struct BufferMemory<'b> {
 }
 
 impl HostMemory for BufferMemory<'_> {
-    fn read(&self, hpa: u64, out: &mut [u8]) -> bool {
-        let Some(start) = hpa
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
+        let src = hpa
             .checked_sub(self.base)
             .and_then(|o| usize::try_from(o).ok())
-        else {
-            return false;
-        };
-        match start
-            .checked_add(out.len())
-            .and_then(|end| self.bytes.get(start..end))
-        {
-            Some(src) => {
-                out.copy_from_slice(src);
-                true
-            }
-            None => false,
-        }
+            .and_then(|start| self.bytes.get(start..start.checked_add(out.len())?))
+            .ok_or(HostFault::OutsideHostMemory)?;
+        out.copy_from_slice(src);
+        Ok(())
     }
 }
 
 impl<M: HostMemory + ?Sized> HostMemory for &M {
-    fn read(&self, hpa: u64, out: &mut [u8]) -> bool {
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         (**self).read(hpa, out)
     }
 }

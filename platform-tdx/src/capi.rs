@@ -1,166 +1,389 @@
 //! The C entry points of the static library (feature `capi`): one firmware instance in a
-//! static, initialized once with the memory its frame pool may use, and the SEAMCALL / TDCALL
-//! dispatch over a [`SeamRegs`] block. The C declarations are in `include/tsm_tdx.h`.
+//! static, initialized once with the memory its frame pool owns and the host memory it may
+//! read and write, and the SEAMCALL / TDCALL dispatch over a [`SeamRegs`] block. The C
+//! declarations are in `include/tsm_tdx.h`.
 //!
 //! The prototype runs with physical addresses equal to the addresses the caller passes
 //! (identity mapping, as in a firmware image without paging tricks), and uses the core's
 //! device model as its TDISP transport.
+//!
+//! What the entry points guarantee:
+//! - `tsm_tdx_init` checks its arguments without touching memory, then builds the pool inside
+//!   the one-time initialization: of two racing callers exactly one succeeds, the other gets
+//!   `TDX_SYSINIT_NOT_PENDING` and its buffer is never touched.
+//! - Every read and write of host memory, the register block included, goes through one
+//!   checked accessor ([`HostWindow`]) over the host range registered at init: an address
+//!   outside it is `TDX_OPERAND_ADDR_RANGE_ERROR` on the operand, never a fault.
+//! - Host memory is read into a private snapshot, each 8-byte word with one relaxed atomic
+//!   load (a single load instruction, as a volatile read would be, but defined when the host
+//!   writes the same word concurrently: a volatile read racing a host write is a data race
+//!   Miri reports). The register block is read once on entry and written once on return;
+//!   nothing reads host memory after the operation.
+//! - Reserved fields of what the host passes must be zero.
+//!
+//! The logic lives in [`Firmware`] so tests can run several instances (and run under Miri);
+//! the `extern "C"` functions are one-line calls on the static one.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
 use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
+use tsm_core::tdisp::report::{WireMmioRange, wire_range};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::abi::{Dispatcher, HostMemory, RANGE_LIST_CAPACITY, RangeList, SeamRegs};
+use crate::abi::{
+    Dispatcher, HostFault, HostMemory, ListError, RANGE_LIST_CAPACITY, RangeList, SeamRegs,
+};
 use crate::frames::{FramePool, PAGE_BYTES, Page};
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
-    OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_OPERAND_INVALID, TDX_SUCCESS, TDX_SYS_NOT_READY, TdxStatus,
+    self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
+    OPERAND_ID_TDR, Operands, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
+    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TSM_TOO_MANY_RANGES, TdxStatus,
 };
-use tsm_core::tdisp::report::{WireMmioRange, wire_range};
 
 /// The firmware instance the C entry points drive.
 pub type CFirmware = Tsm<Sept<'static>, ModelDevice>;
 
-static FIRMWARE: Once<CFirmware> = Once::new();
+/// Bytes of one host-memory access: the accessor moves 8-byte words.
+const WORD: usize = core::mem::size_of::<u64>();
 
-/// Host memory read through identity-mapped pointers.
-struct IdentityMemory;
+fn invalid(operand: u32) -> TdxStatus {
+    TDX_OPERAND_INVALID | u64::from(operand)
+}
 
-impl HostMemory for IdentityMemory {
-    fn read(&self, hpa: u64, out: &mut [u8]) -> bool {
-        let Ok(addr) = usize::try_from(hpa) else {
-            return false;
+fn fault(f: HostFault, operand: u32) -> TdxStatus {
+    match f {
+        HostFault::OutsideHostMemory => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(operand),
+        HostFault::Misaligned => invalid(operand),
+    }
+}
+
+/// The host memory the firmware may read and write: the one range registered at init. The
+/// only way the firmware touches host memory.
+#[derive(Debug, Clone, Copy)]
+pub struct HostWindow {
+    base: NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: the window is a pointer and a length; every access through it is an atomic load or
+// store of an aligned word inside the range the caller of `HostWindow::new` promised stays
+// valid for the program's life, so sharing it between threads is sound.
+unsafe impl Send for HostWindow {}
+// SAFETY: as for Send: `&HostWindow` only permits atomic accesses.
+unsafe impl Sync for HostWindow {}
+
+impl HostWindow {
+    /// The window over `len` bytes at `base`. `Err` with the status naming the argument (R8:
+    /// `base` null or not 8-byte aligned; R9: `len` zero, not a multiple of 8, or past the
+    /// 52-bit address space).
+    ///
+    /// # Safety
+    ///
+    /// If it returns `Ok`, `base` must be valid for reads and writes of `len` bytes for the
+    /// rest of the program, and every other access to those bytes must be atomic or not
+    /// concurrent with the firmware's (C code outside Rust's memory model: word-sized stores).
+    pub unsafe fn new(base: *mut u8, len: usize) -> Result<Self, TdxStatus> {
+        let Some(base) = NonNull::new(base.cast::<u64>()) else {
+            return Err(invalid(OPERAND_ID_R8));
         };
-        if addr == 0 {
-            return false;
+        if !base.as_ptr().addr().is_multiple_of(WORD) {
+            return Err(invalid(OPERAND_ID_R8));
         }
-        // SAFETY: the contract of `tsm_tdx_seamcall` (and of the TDX ABI) is that a parameter
-        // page operand is the address of readable host memory of the page's size; the bytes
-        // are copied out before use, so a host changing them later cannot affect the checks.
-        unsafe {
-            core::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), out.len());
+        if len == 0 || !len.is_multiple_of(WORD) {
+            return Err(invalid(OPERAND_ID_R9));
         }
-        true
+        let end = (base.as_ptr().addr() as u64).checked_add(len as u64);
+        if end.is_none_or(|end| end > tsm_core::addr::PHYS_ADDR_LIMIT) {
+            return Err(TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R9));
+        }
+        Ok(Self { base, len })
+    }
+
+    /// Host address of the window's first byte.
+    pub fn base(&self) -> u64 {
+        self.base.as_ptr().addr() as u64
+    }
+
+    /// Whether `[addr, addr + len)` overlaps the window.
+    fn overlaps(&self, addr: u64, len: u64) -> bool {
+        let end = self.base().saturating_add(self.len as u64);
+        addr < end && self.base() < addr.saturating_add(len)
+    }
+
+    /// The words covering `[addr, addr + bytes)`: the one check every access makes.
+    fn words(
+        &self,
+        addr: u64,
+        bytes: usize,
+    ) -> Result<impl Iterator<Item = &AtomicU64>, HostFault> {
+        let offset = addr
+            .checked_sub(self.base())
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(HostFault::OutsideHostMemory)?;
+        let end = offset
+            .checked_add(bytes)
+            .ok_or(HostFault::OutsideHostMemory)?;
+        if end > self.len {
+            return Err(HostFault::OutsideHostMemory);
+        }
+        if !offset.is_multiple_of(WORD) || !bytes.is_multiple_of(WORD) {
+            return Err(HostFault::Misaligned);
+        }
+        let first = offset / WORD;
+        Ok((first..end / WORD).map(move |i| {
+            // SAFETY: `i` indexes a word inside the window (checked above), so the pointer is
+            // in bounds, 8-byte aligned (base and offset are), and valid for the program's
+            // life by `HostWindow::new`'s contract; other accesses are atomic or not
+            // concurrent, as `AtomicU64::from_ptr` requires.
+            unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(i)) }
+        }))
+    }
+
+    /// Copies `out.len()` bytes of host memory at `addr` into `out`, each word with one load.
+    pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), HostFault> {
+        let words = self.words(addr, out.len())?;
+        for (word, chunk) in words.zip(out.chunks_exact_mut(WORD)) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into host memory at `addr`, each word with one store.
+    pub fn write(&self, addr: u64, src: &[u8]) -> Result<(), HostFault> {
+        let words = self.words(addr, src.len())?;
+        for (word, chunk) in words.zip(src.chunks_exact(WORD)) {
+            let mut bytes = [0u8; WORD];
+            bytes.copy_from_slice(chunk);
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads a `T` from host memory into a private copy.
+    fn read_value<T: FromBytes + IntoBytes>(&self, addr: u64) -> Result<T, HostFault> {
+        let mut value = T::new_zeroed();
+        self.read(addr, value.as_mut_bytes())?;
+        Ok(value)
+    }
+
+    /// Writes `value` to host memory.
+    fn write_value<T: IntoBytes + Immutable>(&self, addr: u64, value: &T) -> Result<(), HostFault> {
+        self.write(addr, value.as_bytes())
     }
 }
 
-/// Initializes the firmware with `len` bytes at `mem` for its S-EPT frame pool (4-level).
-/// Returns TDX_SUCCESS, or TDX_OPERAND_INVALID (RCX: `mem` null or not 4 KiB aligned; RDX:
-/// less than one page) or TDX_OPERAND_INVALID (RAX) when already initialized.
-///
-/// # Safety
-///
-/// `mem` must point to `len` writable bytes that nothing else uses for the rest of the
-/// program: the firmware keeps them as its table pages.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tsm_tdx_init(mem: *mut u8, len: usize) -> TdxStatus {
-    if mem.is_null() || !(mem as usize).is_multiple_of(PAGE_BYTES) {
-        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX);
-    }
-    let pages = len / PAGE_BYTES;
-    if pages == 0 {
-        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX);
-    }
-    if FIRMWARE.is_completed() {
-        return TDX_OPERAND_INVALID;
-    }
-    // SAFETY: `mem` is non-null, 4 KiB aligned (checked above) and, by this function's
-    // contract, `pages * 4096` bytes of memory exclusively ours forever; `Page` is plain `u64`s,
-    // valid for any bit pattern.
-    let frames: &'static mut [Page] =
-        unsafe { core::slice::from_raw_parts_mut(mem.cast::<Page>(), pages) };
-    let Some(pool) = FramePool::new(frames, mem as u64) else {
-        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX);
-    };
-    let mut ours = false;
-    FIRMWARE.call_once(|| {
-        ours = true;
-        Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model())
-    });
-    if ours {
-        TDX_SUCCESS
-    } else {
-        TDX_OPERAND_INVALID
+impl HostMemory for HostWindow {
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
+        HostWindow::read(self, hpa, out)
     }
 }
 
-/// One SEAMCALL: `regs->rax` holds the leaf on entry and the status on return. Returns the
-/// status too. TDX_SYS_NOT_READY before `tsm_tdx_init`.
+/// An initialized firmware: its state and the host memory it may touch.
+struct Instance {
+    tsm: CFirmware,
+    host: HostWindow,
+}
+
+/// A firmware behind the C entry points: initialized once, then entered from any thread.
+pub struct Firmware {
+    state: Once<Option<Instance>>,
+}
+
+impl Default for Firmware {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Firmware {
+    /// A firmware not yet initialized.
+    pub const fn new() -> Self {
+        Self { state: Once::new() }
+    }
+
+    fn instance(&self) -> Option<&Instance> {
+        self.state.get()?.as_ref()
+    }
+
+    /// `tsm_tdx_init`: see the C header.
+    ///
+    /// # Safety
+    ///
+    /// `mem` must point to `len` writable bytes that nothing else uses for the rest of the
+    /// program (the firmware keeps them as its table pages), and `host` to `host_len` bytes
+    /// as [`HostWindow::new`] requires. Neither is touched unless this call succeeds.
+    pub unsafe fn init(
+        &self,
+        mem: *mut u8,
+        len: usize,
+        host: *mut u8,
+        host_len: usize,
+    ) -> TdxStatus {
+        // Every argument is checked before anything is touched.
+        let mem_addr = mem.addr();
+        if mem.is_null() || !mem_addr.is_multiple_of(PAGE_BYTES) {
+            return invalid(OPERAND_ID_RCX);
+        }
+        let pages = len / PAGE_BYTES;
+        if pages == 0 {
+            return invalid(OPERAND_ID_RDX);
+        }
+        if !FramePool::fits(pages, mem_addr as u64) {
+            return TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX);
+        }
+        // SAFETY: the caller's contract for `host`; the window is only kept on success.
+        let window = match unsafe { HostWindow::new(host, host_len) } {
+            Ok(w) => w,
+            Err(s) => return s,
+        };
+        let pool_bytes = (pages as u64).saturating_mul(PAGE_BYTES as u64);
+        if window.overlaps(mem_addr as u64, pool_bytes) {
+            return invalid(OPERAND_ID_R8);
+        }
+        if self.state.is_completed() {
+            return TDX_SYSINIT_NOT_PENDING;
+        }
+        let mut ours = false;
+        // A second caller racing this one waits here until the first is done and never runs
+        // the closure: its memory is never touched.
+        self.state.call_once(|| {
+            ours = true;
+            // SAFETY: `mem` is non-null and 4 KiB aligned (checked above) and, by this
+            // function's contract, `pages * 4096` bytes exclusively ours forever; `Page` is
+            // plain `u64`s, valid for any bit pattern.
+            let frames: &'static mut [Page] =
+                unsafe { core::slice::from_raw_parts_mut(mem.cast::<Page>(), pages) };
+            let pool = FramePool::new(frames, mem_addr as u64)?;
+            Some(Instance {
+                tsm: Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model()),
+                host: window,
+            })
+        });
+        match (ours, self.instance()) {
+            (false, _) => TDX_SYSINIT_NOT_PENDING,
+            (true, Some(_)) => TDX_SUCCESS,
+            // Unreachable: FramePool::fits said yes. The firmware stays not ready.
+            (true, None) => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX),
+        }
+    }
+
+    /// Runs `call` on a private copy of the register block at `regs`, read once, and writes
+    /// the result back once. The status, also left in the block's RAX.
+    fn with_regs(
+        &self,
+        regs: *mut SeamRegs,
+        call: impl FnOnce(&Instance, &mut SeamRegs),
+    ) -> TdxStatus {
+        let Some(fw) = self.instance() else {
+            return TDX_SYS_NOT_READY;
+        };
+        let at = regs.addr() as u64;
+        let mut block: SeamRegs = match fw.host.read_value(at) {
+            Ok(b) => b,
+            Err(f) => return fault(f, OPERAND_ID_REG_BLOCK),
+        };
+        call(fw, &mut block);
+        match fw.host.write_value(at, &block) {
+            Ok(()) => block.rax,
+            // Unreachable: the same words were just read.
+            Err(f) => fault(f, OPERAND_ID_REG_BLOCK),
+        }
+    }
+
+    /// `tsm_tdx_seamcall`: see the C header.
+    pub fn seamcall(&self, regs: *mut SeamRegs) -> TdxStatus {
+        self.with_regs(regs, |fw, block| {
+            Dispatcher::new(&fw.tsm, &fw.host).seamcall(block);
+        })
+    }
+
+    /// `tsm_tdx_tdcall`: see the C header.
+    pub fn tdcall(&self, td: u64, regs: *mut SeamRegs) -> TdxStatus {
+        self.with_regs(regs, |fw, block| match tsm_core::GuestId::from_raw(td) {
+            Ok(td) => Dispatcher::new(&fw.tsm, &fw.host).tdcall(td, block),
+            Err(_) => block.rax = invalid(OPERAND_ID_TDR),
+        })
+    }
+
+    /// `tsm_tdx_model_report`: see the C header.
+    pub fn model_report(&self, iface: u64, list: *const RangeList) -> TdxStatus {
+        let Some(fw) = self.instance() else {
+            return TDX_SYS_NOT_READY;
+        };
+        let Ok(iface) = tsm_core::RequesterId::from_packed(iface) else {
+            return invalid(OPERAND_ID_RCX);
+        };
+        let list: RangeList = match fw.host.read_value(list.addr() as u64) {
+            Ok(l) => l,
+            Err(f) => return fault(f, OPERAND_ID_RDX),
+        };
+        let entries = match list.entries::<RANGE_LIST_CAPACITY>() {
+            Ok(e) => e,
+            Err(ListError::Reserved) => return invalid(OPERAND_ID_RDX),
+            Err(ListError::TooMany) => return TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX),
+        };
+        let mut wire: heapless::Vec<WireMmioRange, RANGE_LIST_CAPACITY> = heapless::Vec::new();
+        for e in entries {
+            if wire
+                .push(wire_range(e.first_page, e.pages, e.attributes, e.range_id))
+                .is_err()
+            {
+                return TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX);
+            }
+        }
+        match fw
+            .tsm
+            .with_transport(|d| d.link_mut().set_report(iface, &wire))
+        {
+            Ok(()) => TDX_SUCCESS,
+            Err(e) => status::encode(Err(e), &Operands::default()),
+        }
+    }
+}
+
+static FIRMWARE: Firmware = Firmware::new();
+
+/// Initializes the firmware: `len` bytes at `mem` for its S-EPT frame pool (4-level), and the
+/// host memory `[host, host + host_len)` every register block and parameter page must lie in.
+/// See `include/tsm_tdx.h` for the statuses.
 ///
 /// # Safety
 ///
-/// `regs` must be null or point to a valid, writable `struct tsm_tdx_regs`; every parameter
-/// page address passed in it must be readable memory of the size the leaf reads.
+/// As [`Firmware::init`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn tsm_tdx_seamcall(regs: *mut SeamRegs) -> TdxStatus {
-    // SAFETY: the caller guarantees `regs` is null or valid and writable; `as_mut` checks null.
-    let Some(regs) = (unsafe { regs.as_mut() }) else {
-        return TDX_OPERAND_INVALID;
-    };
-    let Some(tsm) = FIRMWARE.get() else {
-        regs.rax = TDX_SYS_NOT_READY;
-        return TDX_SYS_NOT_READY;
-    };
-    Dispatcher::new(tsm, IdentityMemory).seamcall(regs);
-    regs.rax
+pub unsafe extern "C" fn tsm_tdx_init(
+    mem: *mut u8,
+    len: usize,
+    host: *mut u8,
+    host_len: usize,
+) -> TdxStatus {
+    // SAFETY: the caller's contract is Firmware::init's.
+    unsafe { FIRMWARE.init(mem, len, host, host_len) }
+}
+
+/// One SEAMCALL: the block at `regs` (in host memory) holds the leaf in RAX on entry and the
+/// status on return. Returns the status too.
+#[unsafe(no_mangle)]
+pub extern "C" fn tsm_tdx_seamcall(regs: *mut SeamRegs) -> TdxStatus {
+    FIRMWARE.seamcall(regs)
 }
 
 /// One TDCALL from TD `td` (the guest side). Same contract as [`tsm_tdx_seamcall`].
-///
-/// # Safety
-///
-/// As for [`tsm_tdx_seamcall`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn tsm_tdx_tdcall(td: u64, regs: *mut SeamRegs) -> TdxStatus {
-    // SAFETY: the caller guarantees `regs` is null or valid and writable; `as_mut` checks null.
-    let Some(regs) = (unsafe { regs.as_mut() }) else {
-        return TDX_OPERAND_INVALID;
-    };
-    let Some(tsm) = FIRMWARE.get() else {
-        regs.rax = TDX_SYS_NOT_READY;
-        return TDX_SYS_NOT_READY;
-    };
-    let Ok(td) = tsm_core::GuestId::from_raw(td) else {
-        regs.rax = TDX_OPERAND_INVALID;
-        return regs.rax;
-    };
-    Dispatcher::new(tsm, IdentityMemory).tdcall(td, regs);
-    regs.rax
+pub extern "C" fn tsm_tdx_tdcall(td: u64, regs: *mut SeamRegs) -> TdxStatus {
+    FIRMWARE.tdcall(td, regs)
 }
 
 /// Sets what the prototype's device reports for interface `iface` (packed requester ID): the
-/// ranges of `list`, as a real device's firmware would. The prototype's TDISP transport is the
-/// core's model DSM; on hardware this call has no counterpart. Returns TDX_SUCCESS,
-/// TDX_OPERAND_INVALID (RCX: bad interface; RDX: unreadable or malformed list) or
-/// TDX_SYS_NOT_READY before `tsm_tdx_init`.
-///
-/// # Safety
-///
-/// `list` must be null or point to a readable `struct tsm_tdx_range_list`.
+/// ranges of the list at `list` (in host memory), as a real device's firmware would. On
+/// hardware this call has no counterpart.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn tsm_tdx_model_report(iface: u64, list: *const RangeList) -> TdxStatus {
-    let Some(tsm) = FIRMWARE.get() else {
-        return TDX_SYS_NOT_READY;
-    };
-    let Ok(iface) = tsm_core::RequesterId::from_packed(iface) else {
-        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX);
-    };
-    // SAFETY: the caller guarantees `list` is null or valid for reads; `as_ref` checks null.
-    let Some(list) = (unsafe { list.as_ref() }) else {
-        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX);
-    };
-    let count = usize::try_from(list.count).unwrap_or(usize::MAX);
-    let Some(entries) = list.ranges.get(..count) else {
-        return TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX);
-    };
-    let mut wire: heapless::Vec<WireMmioRange, RANGE_LIST_CAPACITY> = heapless::Vec::new();
-    for e in entries {
-        let _ = wire.push(wire_range(e.first_page, e.pages, e.attributes, e.range_id));
-    }
-    match tsm.with_transport(|d| d.link_mut().set_report(iface, &wire)) {
-        Ok(()) => TDX_SUCCESS,
-        Err(_) => TDX_OPERAND_INVALID,
-    }
+pub extern "C" fn tsm_tdx_model_report(iface: u64, list: *const RangeList) -> TdxStatus {
+    FIRMWARE.model_report(iface, list)
 }
 
 /// Without `std` the static library needs its own panic handler. The lints make host input
@@ -186,3 +409,509 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 #[cfg(all(not(feature = "std"), not(test), not(target_os = "none")))]
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
+
+#[cfg(test)]
+mod tests {
+    //! The C entry point's guarantees, on private [`Firmware`] instances (and one test on the
+    //! static behind the `extern "C"` functions). They run under Miri (`scripts/miri.sh`),
+    //! which checks every host-memory access for data races and out-of-bounds use.
+    use super::*;
+    use crate::abi::{self, RangeEntry};
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    /// One 4 KiB page of host memory, as the C side would allocate it.
+    #[repr(C, align(4096))]
+    struct HostPage([u64; 512]);
+
+    /// Pages that live for the rest of the test program, as the C contract requires.
+    fn leak_pages(n: usize, fill: u64) -> &'static mut [Page] {
+        Box::leak(std::vec![Page([fill; 512]); n].into_boxed_slice())
+    }
+
+    fn leak_host(n: usize) -> &'static mut [HostPage] {
+        let mut v = Vec::with_capacity(n);
+        v.resize_with(n, || HostPage([0; 512]));
+        Box::leak(v.into_boxed_slice())
+    }
+
+    /// A raw pointer another thread may use (the test keeps what it points to alive).
+    struct Shared<T>(*mut T);
+    impl<T> Clone for Shared<T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<T> Copy for Shared<T> {}
+    // SAFETY: the pointees are leaked ('static) and accessed only through the firmware's
+    // checked accessor or atomics.
+    unsafe impl<T> Send for Shared<T> {}
+
+    /// The word `index` of host page `page`, for atomic host-side access in tests.
+    fn word(host: *mut HostPage, page: usize, index: usize) -> &'static AtomicU64 {
+        // SAFETY: in bounds of a leaked, 8-byte-aligned host page array; every access to
+        // these words in the tests is atomic.
+        unsafe { AtomicU64::from_ptr(host.add(page).cast::<u64>().add(index)) }
+    }
+
+    /// Writes `regs` into the block at `at` with atomic stores (the host's side).
+    fn put_regs(at: *mut SeamRegs, regs: SeamRegs) {
+        for (i, v) in regs.as_bytes().chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(v);
+            // SAFETY: `at` is an 8-byte-aligned block of nine words in leaked host memory.
+            unsafe { AtomicU64::from_ptr(at.cast::<u64>().add(i)) }
+                .store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    fn get_regs(at: *mut SeamRegs) -> SeamRegs {
+        let mut out = SeamRegs::default();
+        for (i, v) in out.as_mut_bytes().chunks_exact_mut(8).enumerate() {
+            // SAFETY: as in `put_regs`.
+            let w = unsafe { AtomicU64::from_ptr(at.cast::<u64>().add(i)) }.load(Ordering::Relaxed);
+            v.copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+
+    fn list_words(list: &RangeList) -> Vec<u64> {
+        list.as_bytes()
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    /// Host memory layout of the tests: page 0 the range list, page 1 the register block.
+    struct World {
+        fw: &'static Firmware,
+        host: *mut HostPage,
+        pool: *mut Page,
+        pool_pages: usize,
+    }
+
+    impl World {
+        fn new() -> World {
+            let fw: &'static Firmware = Box::leak(Box::new(Firmware::new()));
+            let pool = leak_pages(24, 0);
+            let pool_pages = pool.len();
+            let pool = pool.as_mut_ptr();
+            let host = leak_host(2).as_mut_ptr();
+            // SAFETY: both leaked, exclusively handed to this firmware.
+            let s = unsafe {
+                fw.init(
+                    pool.cast(),
+                    pool_pages * PAGE_BYTES,
+                    host.cast(),
+                    2 * PAGE_BYTES,
+                )
+            };
+            assert_eq!(s, TDX_SUCCESS);
+            World {
+                fw,
+                host,
+                pool,
+                pool_pages,
+            }
+        }
+        fn list_at(&self) -> *mut RangeList {
+            self.host.cast()
+        }
+        fn regs_at(&self) -> *mut SeamRegs {
+            // SAFETY: page 1 of the two leaked host pages.
+            unsafe { self.host.add(1) }.cast()
+        }
+        fn put_list(&self, list: &RangeList) {
+            for (i, w) in list_words(list).into_iter().enumerate() {
+                word(self.host, 0, i).store(w, Ordering::Relaxed);
+            }
+        }
+        fn call(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
+            put_regs(
+                self.regs_at(),
+                SeamRegs {
+                    rax: u64::from(leaf),
+                    ..regs
+                },
+            );
+            let status = self.fw.seamcall(self.regs_at());
+            let out = get_regs(self.regs_at());
+            assert_eq!(out.rax, status);
+            out
+        }
+        fn pool_image(&self) -> Vec<Page> {
+            // SAFETY: the pool pages are leaked and only this (single-threaded) test reads
+            // them while no firmware call runs.
+            unsafe { core::slice::from_raw_parts(self.pool, self.pool_pages) }.to_vec()
+        }
+    }
+
+    const BAR_A: u64 = 0x8000_0000;
+    const BAR_B: u64 = 0x9000_0000;
+    const RID: u64 = 0x0300;
+
+    fn one_range(first_page: u64, pages: u32) -> RangeList {
+        let mut list = RangeList {
+            count: 1,
+            ..RangeList::default()
+        };
+        list.ranges[0] = RangeEntry {
+            first_page,
+            pages,
+            attributes: 0,
+            range_id: 0,
+        };
+        list
+    }
+
+    /// Two threads initialize one firmware at once with different memory: exactly one
+    /// succeeds, the other gets TDX_SYSINIT_NOT_PENDING and its pool memory is never touched.
+    #[test]
+    fn init_from_two_threads_exactly_one_wins_and_the_loser_is_untouched() {
+        const PATTERN: u64 = 0xa5a5_a5a5_a5a5_a5a5;
+        let fw: &'static Firmware = Box::leak(Box::new(Firmware::new()));
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = Shared(leak_pages(8, PATTERN).as_mut_ptr());
+                let host = Shared(leak_host(1).as_mut_ptr());
+                (pool, host)
+            })
+            .collect();
+        let threads: Vec<_> = callers
+            .iter()
+            .copied()
+            .map(|(pool, host)| {
+                std::thread::spawn(move || {
+                    let (pool, host) = (pool, host);
+                    // SAFETY: leaked memory handed to the firmware for good.
+                    unsafe { fw.init(pool.0.cast(), 8 * PAGE_BYTES, host.0.cast(), PAGE_BYTES) }
+                })
+            })
+            .collect();
+        let statuses: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut sorted = statuses.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [TDX_SUCCESS, TDX_SYSINIT_NOT_PENDING],
+            "{statuses:#x?}"
+        );
+        let loser = statuses.iter().position(|&s| s != TDX_SUCCESS).unwrap();
+        // SAFETY: the loser's pool, leaked; no firmware uses it.
+        let untouched = unsafe { core::slice::from_raw_parts(callers[loser].0.0, 8) };
+        assert!(untouched.iter().all(|p| p.0.iter().all(|&w| w == PATTERN)));
+        // A third call is refused the same way; the winner's firmware works.
+        let (pool, host) = (leak_pages(8, PATTERN), leak_host(1));
+        // SAFETY: leaked.
+        let third = unsafe {
+            fw.init(
+                pool.as_mut_ptr().cast(),
+                8 * PAGE_BYTES,
+                host.as_mut_ptr().cast(),
+                PAGE_BYTES,
+            )
+        };
+        assert_eq!(third, TDX_SYSINIT_NOT_PENDING);
+        assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == PATTERN)));
+        let winner_host = callers[1 - loser].1.0.cast::<SeamRegs>();
+        put_regs(
+            winner_host,
+            SeamRegs {
+                rax: u64::from(abi::TSM_TD_CREATE),
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(fw.seamcall(winner_host), TDX_SUCCESS);
+    }
+
+    /// A host thread rewrites the range list (count, reserved field, first page) and the list
+    /// operand in the register block while the firmware creates devices from them. Each call
+    /// decodes one snapshot: it creates a device with exactly one of the two BARs, or refuses
+    /// with the status for what it read; never a mixture, never a fault (and, under Miri, no
+    /// data race).
+    #[test]
+    fn host_memory_changing_under_a_read_gives_one_consistent_snapshot() {
+        let w = World::new();
+        let calls = if cfg!(miri) { 12 } else { 400 };
+        let good = one_range(BAR_A, 16);
+        w.put_list(&good);
+        let list_addr = w.list_at().addr() as u64;
+        let outside = w.pool.addr() as u64;
+        let host = Shared(w.host);
+        let stop = Box::leak(Box::new(core::sync::atomic::AtomicBool::new(false)));
+        let writer = {
+            let stop: &'static core::sync::atomic::AtomicBool = stop;
+            std::thread::spawn(move || {
+                let host = host;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Word 0: count (low half) and reserved (high half); word 1: first page.
+                    let count_word = match i % 3 {
+                        0 => 1,
+                        1 => 1 | 7 << 32,
+                        _ => 200,
+                    };
+                    word(host.0, 0, 0).store(count_word, Ordering::Relaxed);
+                    word(host.0, 0, 1).store(
+                        if i.is_multiple_of(2) { BAR_A } else { BAR_B },
+                        Ordering::Relaxed,
+                    );
+                    // RDX of the register block (word 2 of page 1): the list, or not host memory.
+                    word(host.0, 1, 2).store(
+                        if i % 5 == 4 { outside } else { list_addr },
+                        Ordering::Relaxed,
+                    );
+                    i = i.wrapping_add(1);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..calls {
+            // Only RAX and RCX are the caller's; RDX belongs to the writer.
+            word(w.host, 1, 0).store(u64::from(abi::TDH_SPDM_CREATE), Ordering::Relaxed);
+            word(w.host, 1, 1).store(RID, Ordering::Relaxed);
+            let status = w.fw.seamcall(w.regs_at());
+            let out = get_regs(w.regs_at());
+            assert_eq!(out.rax, status);
+            match status {
+                TDX_SUCCESS => {
+                    let dev = tsm_core::DeviceId::from_raw(out.rcx).unwrap();
+                    let fw = w.fw.instance().unwrap();
+                    let bars = fw.tsm.device(dev).unwrap().bars;
+                    assert_eq!(bars.len(), 1);
+                    let base = bars[0].base().as_u64();
+                    assert!(base == BAR_A || base == BAR_B, "{base:#x}");
+                    assert_eq!(bars[0].pages(), 16);
+                    fw.tsm.remove_device(dev).unwrap();
+                }
+                s if s == invalid(OPERAND_ID_RDX)
+                    || s == TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX)
+                    || s == TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX) => {}
+                s => panic!("unexpected status {s:#x}"),
+            }
+            seen.insert(status);
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(!seen.is_empty());
+    }
+
+    /// Every address the host passes is checked against the host memory registered at init:
+    /// outside it (unmapped, the firmware's own pool, past the end, straddling the end) is
+    /// TDX_OPERAND_ADDR_RANGE_ERROR on the operand and nothing is read or written; reserved
+    /// fields must be zero.
+    #[test]
+    fn addresses_outside_host_memory_are_refused_and_reserved_fields_must_be_zero() {
+        let w = World::new();
+        let pool_before = w.pool_image();
+        let host_end = w.host.addr() as u64 + 2 * PAGE_BYTES as u64;
+        w.put_list(&one_range(BAR_A, 16));
+        let range_error = |op: u32| TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(op);
+        // The list operand.
+        for (what, rdx) in [
+            ("an unmapped page", 0x1000u64),
+            ("the firmware's pool", w.pool.addr() as u64),
+            ("past the end", host_end),
+            ("far away", 0x7_0000_0000),
+        ] {
+            let out = w.call(
+                abi::TDH_SPDM_CREATE,
+                SeamRegs {
+                    rcx: RID,
+                    rdx,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(out.rax, range_error(OPERAND_ID_RDX), "list in {what}");
+        }
+        // The register block itself: outside, straddling the end, misaligned. Nothing is
+        // written anywhere (the pool is compared byte for byte).
+        for (what, at, expect) in [
+            (
+                "the pool",
+                w.pool.cast::<SeamRegs>(),
+                range_error(OPERAND_ID_REG_BLOCK),
+            ),
+            (
+                "null",
+                core::ptr::null_mut(),
+                range_error(OPERAND_ID_REG_BLOCK),
+            ),
+            (
+                "straddling the end",
+                w.host.cast::<u8>().wrapping_add(2 * PAGE_BYTES - 16).cast(),
+                range_error(OPERAND_ID_REG_BLOCK),
+            ),
+            (
+                "misaligned",
+                w.regs_at().cast::<u8>().wrapping_add(4).cast(),
+                invalid(OPERAND_ID_REG_BLOCK),
+            ),
+        ] {
+            assert_eq!(w.fw.seamcall(at), expect, "register block in {what}");
+            assert_eq!(w.fw.tdcall(0, at), expect, "TDCALL block in {what}");
+        }
+        assert_eq!(w.pool_image(), pool_before);
+        // The model report's list: outside, reserved field set, too many entries.
+        assert_eq!(
+            w.fw.model_report(RID, w.pool.cast()),
+            range_error(OPERAND_ID_RDX)
+        );
+        let mut list = one_range(BAR_A, 16);
+        list.reserved = 1;
+        w.put_list(&list);
+        assert_eq!(w.fw.model_report(RID, w.list_at()), invalid(OPERAND_ID_RDX));
+        let out = w.call(
+            abi::TDH_SPDM_CREATE,
+            SeamRegs {
+                rcx: RID,
+                rdx: w.list_at().addr() as u64,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(out.rax, invalid(OPERAND_ID_RDX));
+        list.reserved = 0;
+        list.count = 17;
+        w.put_list(&list);
+        assert_eq!(
+            w.fw.model_report(RID, w.list_at()),
+            TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX)
+        );
+        w.put_list(&one_range(BAR_A, 16));
+        assert_eq!(w.fw.model_report(RID, w.list_at()), TDX_SUCCESS);
+        assert_eq!(w.pool_image().len(), w.pool_pages);
+    }
+
+    /// Init checks every argument before it touches memory.
+    #[test]
+    fn init_refuses_bad_arguments_without_touching_memory() {
+        let fw = Firmware::new();
+        let pool = leak_pages(4, 7);
+        let host = leak_host(1);
+        let p = pool.as_mut_ptr().cast::<u8>();
+        let h = host.as_mut_ptr().cast::<u8>();
+        let cases = [
+            (
+                "null pool",
+                core::ptr::null_mut(),
+                4 * PAGE_BYTES,
+                h,
+                PAGE_BYTES,
+                invalid(OPERAND_ID_RCX),
+            ),
+            (
+                "misaligned pool",
+                p.wrapping_add(8),
+                3 * PAGE_BYTES,
+                h,
+                PAGE_BYTES,
+                invalid(OPERAND_ID_RCX),
+            ),
+            (
+                "pool under a page",
+                p,
+                PAGE_BYTES - 1,
+                h,
+                PAGE_BYTES,
+                invalid(OPERAND_ID_RDX),
+            ),
+            (
+                "null host",
+                p,
+                4 * PAGE_BYTES,
+                core::ptr::null_mut(),
+                PAGE_BYTES,
+                invalid(OPERAND_ID_R8),
+            ),
+            (
+                "misaligned host",
+                p,
+                4 * PAGE_BYTES,
+                h.wrapping_add(4),
+                8,
+                invalid(OPERAND_ID_R8),
+            ),
+            (
+                "empty host",
+                p,
+                4 * PAGE_BYTES,
+                h,
+                0,
+                invalid(OPERAND_ID_R9),
+            ),
+            (
+                "host length not whole words",
+                p,
+                4 * PAGE_BYTES,
+                h,
+                12,
+                invalid(OPERAND_ID_R9),
+            ),
+            (
+                "host overlaps the pool",
+                p,
+                4 * PAGE_BYTES,
+                p.wrapping_add(PAGE_BYTES),
+                8,
+                invalid(OPERAND_ID_R8),
+            ),
+        ];
+        for (what, mem, len, host, host_len, expect) in cases {
+            // SAFETY: leaked memory; refused calls touch nothing.
+            let status = unsafe { fw.init(mem, len, host, host_len) };
+            assert_eq!(status, expect, "{what}");
+        }
+        assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)));
+        assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY);
+    }
+
+    /// The `extern "C"` functions drive the one static firmware (the only test that uses it).
+    #[test]
+    fn the_extern_c_functions_drive_the_static_firmware() {
+        let regs = leak_host(1).as_mut_ptr().cast::<SeamRegs>();
+        assert_eq!(tsm_tdx_seamcall(regs), TDX_SYS_NOT_READY);
+        let pool = leak_pages(8, 0);
+        // SAFETY: leaked memory handed to the static firmware for good.
+        let s = unsafe {
+            tsm_tdx_init(
+                pool.as_mut_ptr().cast(),
+                8 * PAGE_BYTES,
+                regs.cast(),
+                PAGE_BYTES,
+            )
+        };
+        assert_eq!(s, TDX_SUCCESS);
+        put_regs(
+            regs,
+            SeamRegs {
+                rax: u64::from(abi::TSM_TD_CREATE),
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(tsm_tdx_seamcall(regs), TDX_SUCCESS);
+        let td = get_regs(regs).rcx;
+        put_regs(
+            regs,
+            SeamRegs {
+                rax: u64::from(abi::TDG_MMIO_ACCEPT),
+                rcx: 0x1000,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(
+            tsm_tdx_tdcall(td, regs),
+            status::TDX_EPT_WALK_FAILED | u64::from(OPERAND_ID_RCX)
+        );
+        // SAFETY: as above; refused without touching anything.
+        let again = unsafe {
+            tsm_tdx_init(
+                pool.as_mut_ptr().cast(),
+                8 * PAGE_BYTES,
+                regs.cast(),
+                PAGE_BYTES,
+            )
+        };
+        assert_eq!(again, TDX_SYSINIT_NOT_PENDING);
+    }
+}

@@ -28,12 +28,15 @@
 
 use bitfield_struct::bitfield;
 
-/// EPT memory type UC (Intel SDM Vol. 3C 29.3.7: EPT memory type 0 = uncacheable).
-pub const MEMTYPE_UC: u8 = 0;
-/// EPT memory type WB (Intel SDM Vol. 3C 29.3.7: 6 = write-back). Memory leaves; never MMIO.
-pub const MEMTYPE_WB: u8 = 6;
+use crate::bits::{MemType, Pfn};
 
-/// One S-EPT entry.
+/// EPT memory type UC (Intel SDM Vol. 3C 29.3.7: EPT memory type 0 = uncacheable).
+pub const MEMTYPE_UC: MemType = MemType::UC;
+/// EPT memory type WB (Intel SDM Vol. 3C 29.3.7: 6 = write-back). Memory leaves; never MMIO.
+pub const MEMTYPE_WB: MemType = MemType::WB;
+
+/// One S-EPT entry. Multi-bit fields take [`crate::bits`] types, which never exceed their
+/// field, so the generated setters never reach their out-of-range panic.
 #[bitfield(u64)]
 #[derive(PartialEq, Eq)]
 pub struct SeptEntry {
@@ -45,7 +48,7 @@ pub struct SeptEntry {
     pub execute: bool,
     /// Bits 5:3: memory type of a leaf.
     #[bits(3)]
-    pub mem_type: u8,
+    pub mem_type: MemType,
     /// Bit 6: ignore PAT.
     pub ignore_pat: bool,
     /// Bit 7: page size (leaf at level 2 or 3).
@@ -60,7 +63,7 @@ pub struct SeptEntry {
     pub mmio: bool,
     /// Bits 51:12: physical frame number.
     #[bits(40)]
-    pub pfn: u64,
+    pub pfn: Pfn,
     /// Bit 52: TDX host priority.
     pub host_priority: bool,
     /// Bit 53: TDX exported.
@@ -126,20 +129,20 @@ impl SeptEntry {
     /// instead of raising #VE (TDX module: free S-EPT entries keep SVE set).
     pub const FREE: SeptEntry = SeptEntry::new().with_suppress_ve(true);
 
-    /// A non-leaf entry pointing to the table page at `table_phys`: R/W/X all set, as the
-    /// CPU needs for the walk to continue (Intel SDM Vol. 3C 29.3.2).
-    pub const fn table(table_phys: u64) -> SeptEntry {
+    /// A non-leaf entry pointing to the table page `table`: R/W/X all set, as the CPU needs
+    /// for the walk to continue (Intel SDM Vol. 3C 29.3.2).
+    pub const fn table(table: Pfn) -> SeptEntry {
         SeptEntry::new()
             .with_read(true)
             .with_write(true)
             .with_execute(true)
-            .with_pfn(table_phys >> 12)
+            .with_pfn(table)
     }
 
-    /// An MMIO leaf at `level` (1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB) for the host page at `hpa`,
+    /// An MMIO leaf at `level` (1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB) for the host frame `frame`,
     /// in `state` (one of the four MMIO states). UC, IPAT set, never executable; readable and
     /// writable only once accepted and not blocked.
-    pub const fn mmio_leaf(hpa: u64, level: u8, state: SeptState) -> SeptEntry {
+    pub const fn mmio_leaf(frame: Pfn, level: u8, state: SeptState) -> SeptEntry {
         let present = matches!(state, SeptState::MmioMapped);
         SeptEntry::new()
             .with_read(present)
@@ -148,7 +151,7 @@ impl SeptEntry {
             .with_ignore_pat(true)
             .with_page_size(level > 1)
             .with_mmio(true)
-            .with_pfn(hpa >> 12)
+            .with_pfn(frame)
             .with_tdb(state.is_blocked())
             .with_tdp(matches!(
                 state,
@@ -161,7 +164,7 @@ impl SeptEntry {
 
     /// Physical address in bits 51:12.
     pub const fn phys(self) -> u64 {
-        self.pfn() << 12
+        self.pfn().phys()
     }
 
     /// The entry's secure state at `level` (1 = PTE ... 5 = PML5E).
@@ -171,7 +174,7 @@ impl SeptEntry {
         }
         let leaf = level == 1 || self.page_size();
         if !leaf {
-            let table = SeptEntry::table(self.phys());
+            let table = SeptEntry::table(self.pfn());
             return if self == table {
                 SeptState::NlMapped
             } else {
@@ -195,6 +198,10 @@ impl SeptEntry {
 mod tests {
     use super::*;
 
+    fn pfn(phys: u64) -> Pfn {
+        Pfn::from_phys(phys).unwrap()
+    }
+
     /// Each field's bit position, checked against the layout table above by setting one field
     /// at a time.
     #[test]
@@ -205,14 +212,17 @@ mod tests {
         assert_eq!(one(e.with_write(true)), 1 << 1);
         assert_eq!(one(e.with_execute(true)), 1 << 2);
         assert_eq!(one(e.with_mem_type(MEMTYPE_WB)), 6 << 3);
-        assert_eq!(one(e.with_mem_type(7)), 0b111 << 3);
+        assert_eq!(one(e.with_mem_type(MemType::from_bits(7))), 0b111 << 3);
         assert_eq!(one(e.with_ignore_pat(true)), 1 << 6);
         assert_eq!(one(e.with_page_size(true)), 1 << 7);
         assert_eq!(one(e.with_accessed(true)), 1 << 8);
         assert_eq!(one(e.with_dirty(true)), 1 << 9);
         assert_eq!(one(e.with_execute_user(true)), 1 << 10);
         assert_eq!(one(e.with_mmio(true)), 1 << 11);
-        assert_eq!(one(e.with_pfn((1 << 40) - 1)), 0x000f_ffff_ffff_f000);
+        assert_eq!(
+            one(e.with_pfn(Pfn::from_bits((1 << 40) - 1))),
+            0x000f_ffff_ffff_f000
+        );
         assert_eq!(one(e.with_host_priority(true)), 1 << 52);
         assert_eq!(one(e.with_tdex(true)), 1 << 53);
         assert_eq!(one(e.with_tdbw(true)), 1 << 54);
@@ -223,19 +233,34 @@ mod tests {
         assert_eq!(core::mem::size_of::<SeptEntry>(), 8);
     }
 
+    /// Every multi-bit field takes a type whose widest value fits: the setters never panic,
+    /// whatever value the firmware computed (a raw `u64` wider than 40 bits used to).
+    #[test]
+    fn setters_take_the_widest_value_of_each_field_type() {
+        let e = SeptEntry::new()
+            .with_pfn(Pfn::from_bits(u64::MAX))
+            .with_mem_type(MemType::from_bits(u8::MAX));
+        assert_eq!(e.into_bits(), 0x000f_ffff_ffff_f000 | 0b111 << 3);
+        let top = tsm_core::Hpa::try_new(tsm_core::addr::PHYS_ADDR_LIMIT - 1).unwrap();
+        assert_eq!(
+            SeptEntry::mmio_leaf(Pfn::of(top), 1, SeptState::MmioMapped).phys(),
+            0x000f_ffff_ffff_f000
+        );
+    }
+
     /// Whole entries, as hand-assembled from the layout table.
     #[test]
     fn golden_entries() {
         assert_eq!(SeptEntry::FREE.into_bits(), 0x8000_0000_0000_0000);
-        assert_eq!(SeptEntry::table(0x1234_5000).into_bits(), 0x1234_5007);
+        assert_eq!(SeptEntry::table(pfn(0x1234_5000)).into_bits(), 0x1234_5007);
         // 2 MiB MMIO leaf at 0x8020_0000, accepted: R|W, UC, IPAT, PS, MMIO.
-        let mapped = SeptEntry::mmio_leaf(0x8020_0000, 2, SeptState::MmioMapped);
+        let mapped = SeptEntry::mmio_leaf(pfn(0x8020_0000), 2, SeptState::MmioMapped);
         assert_eq!(mapped.into_bits(), 0x8020_0000 | 0x800 | 0x80 | 0x40 | 0x3);
         // 4 KiB leaf, pending: RWX = 0, TDP.
-        let pending = SeptEntry::mmio_leaf(0xfe00_1000, 1, SeptState::MmioPending);
+        let pending = SeptEntry::mmio_leaf(pfn(0xfe00_1000), 1, SeptState::MmioPending);
         assert_eq!(pending.into_bits(), (1 << 56) | 0xfe00_1000 | 0x800 | 0x40);
         // 1 GiB leaf, blocked: TDB and SVE, no access.
-        let blocked = SeptEntry::mmio_leaf(0x40_0000_0000, 3, SeptState::MmioBlocked);
+        let blocked = SeptEntry::mmio_leaf(pfn(0x40_0000_0000), 3, SeptState::MmioBlocked);
         assert_eq!(
             blocked.into_bits(),
             (1 << 63) | (1 << 55) | 0x40_0000_0000 | 0x800 | 0x80 | 0x40
@@ -251,7 +276,7 @@ mod tests {
             SeptState::MmioPendingBlocked,
         ] {
             for level in 1..=3 {
-                let e = SeptEntry::mmio_leaf(0x4000_0000, level, state);
+                let e = SeptEntry::mmio_leaf(pfn(0x4000_0000), level, state);
                 assert_eq!(e.mem_type(), MEMTYPE_UC);
                 assert!(!e.execute() && !e.execute_user());
                 assert_eq!(e.page_size(), level > 1);
@@ -264,12 +289,13 @@ mod tests {
     #[test]
     fn state_decoding() {
         assert_eq!(SeptEntry::FREE.state(1), SeptState::Free);
-        assert_eq!(SeptEntry::table(0x5000).state(2), SeptState::NlMapped);
+        assert_eq!(SeptEntry::table(pfn(0x5000)).state(2), SeptState::NlMapped);
         // A table pointer at level 1 is not a valid leaf.
-        assert_eq!(SeptEntry::table(0x5000).state(1), SeptState::Corrupt);
-        let wb = SeptEntry::mmio_leaf(0x5000, 1, SeptState::MmioMapped).with_mem_type(MEMTYPE_WB);
+        assert_eq!(SeptEntry::table(pfn(0x5000)).state(1), SeptState::Corrupt);
+        let wb =
+            SeptEntry::mmio_leaf(pfn(0x5000), 1, SeptState::MmioMapped).with_mem_type(MEMTYPE_WB);
         assert_eq!(wb.state(1), SeptState::Corrupt);
-        let x = SeptEntry::mmio_leaf(0x5000, 1, SeptState::MmioMapped).with_execute(true);
+        let x = SeptEntry::mmio_leaf(pfn(0x5000), 1, SeptState::MmioMapped).with_execute(true);
         assert_eq!(x.state(1), SeptState::Corrupt);
         assert_eq!(SeptEntry::new().state(1), SeptState::Corrupt);
     }

@@ -2,6 +2,8 @@
 //! the pool a run of 4 KiB pages (and the physical address of the first), and every S-EPT and
 //! MMIO-metadata table page comes from it and goes back to it.
 
+use crate::bits::Pfn;
+
 /// Bytes in one table page (Intel SDM Vol. 3C 29.3.2: every EPT paging structure is 4 KiB).
 pub const PAGE_BYTES: usize = 4096;
 /// Entries in one table page: 4096 bytes of 8-byte entries (Intel SDM Vol. 3C 29.3.2).
@@ -69,18 +71,9 @@ impl<'m> FramePool<'m> {
     /// physical address space, or when there are more than `u32::MAX - 1` pages.
     pub fn new(pages: &'m mut [Page], phys_base: u64) -> Option<Self> {
         let total = pages.len();
-        // c count pages hold 512 counts each for the other total - c pages: c = ceil(total / 513).
-        let count_pages = total.div_ceil(ENTRIES_PER_PAGE.saturating_add(1));
-        let (pages, used) = pages.split_at_mut(total.saturating_sub(count_pages));
-        let count = u32::try_from(pages.len()).ok().filter(|&n| n < u32::MAX)?;
-        let bytes = u64::from(count).checked_mul(PAGE_BYTES as u64)?;
-        let end = phys_base.checked_add(bytes)?;
-        if phys_base & PAGE_OFFSET_MASK != 0
-            || phys_base >= tsm_core::addr::PHYS_ADDR_LIMIT
-            || end > tsm_core::addr::PHYS_ADDR_LIMIT
-        {
-            return None;
-        }
+        let table_pages = Self::table_pages(total, phys_base)?;
+        let (pages, used) = pages.split_at_mut(table_pages);
+        let count = u32::try_from(table_pages).ok()?;
         used.fill(Page::ZERO);
         let mut pool = Self {
             pages,
@@ -93,6 +86,29 @@ impl<'m> FramePool<'m> {
             pool.release(index);
         }
         Some(pool)
+    }
+
+    /// Whether [`FramePool::new`] accepts `total` pages at `phys_base`, decided without
+    /// touching the memory (the C entry point checks before it takes the pages).
+    pub fn fits(total: usize, phys_base: u64) -> bool {
+        Self::table_pages(total, phys_base).is_some()
+    }
+
+    /// Table pages of a pool over `total` pages at `phys_base`, if the pool can exist.
+    fn table_pages(total: usize, phys_base: u64) -> Option<usize> {
+        // c count pages hold 512 counts each for the other total - c pages: c = ceil(total / 513).
+        let count_pages = total.div_ceil(ENTRIES_PER_PAGE.saturating_add(1));
+        let table_pages = total.saturating_sub(count_pages);
+        let count = u32::try_from(table_pages).ok().filter(|&n| n < u32::MAX)?;
+        let bytes = u64::from(count).checked_mul(PAGE_BYTES as u64)?;
+        let end = phys_base.checked_add(bytes)?;
+        if phys_base & PAGE_OFFSET_MASK != 0
+            || phys_base >= tsm_core::addr::PHYS_ADDR_LIMIT
+            || end > tsm_core::addr::PHYS_ADDR_LIMIT
+        {
+            return None;
+        }
+        Some(table_pages)
     }
 
     /// Pages on the free list.
@@ -180,6 +196,12 @@ impl<'m> FramePool<'m> {
         // Cannot overflow: new() proved every page lies below the 52-bit limit.
         self.phys_base
             .saturating_add(u64::from(index).saturating_mul(PAGE_BYTES as u64))
+    }
+
+    /// Frame number of page `index`, as a table entry holds it.
+    pub fn pfn(&self, index: FrameIndex) -> Pfn {
+        // Below 2^40 for every page of the pool: new() proved each lies below the 52-bit limit.
+        Pfn::from_bits(self.phys(index) >> PAGE_SHIFT)
     }
 
     /// The page at physical address `phys`, if it is one of the pool's.

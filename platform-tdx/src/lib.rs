@@ -1,13 +1,15 @@
 //! Intel TDX back end of the TEE Security Manager: the firmware role the TDX module plays for
 //! TDX Connect device assignment.
 //!
+//! - [`bits`]: the entries' multi-bit field values, as types no wider than their fields;
 //! - [`ept`]: the S-EPT entry (architectural EPT bits plus the TDX secure state);
 //! - [`frames`], [`radix`]: table pages from caller-provided memory, and the shared walker;
 //! - [`sept`]: one S-EPT per TD and the MMIO metadata table, implementing
 //!   [`tsm_core::SecureTable`];
 //! - [`status`]: TDX completion statuses, and the one mapping from core statuses to them;
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
-//! - `capi` (feature `capi`): the `extern "C"` entry points of the static library.
+//! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):
+//!   the `extern "C"` entry points of the static library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![cfg_attr(
     test,
@@ -21,7 +23,8 @@
 )]
 
 pub mod abi;
-#[cfg(feature = "capi")]
+pub mod bits;
+#[cfg(any(feature = "capi", test))]
 pub mod capi;
 pub mod ept;
 pub mod frames;

@@ -2,9 +2,18 @@
 //! the walker shared by the S-EPT (keyed by guest physical address) and the MMIO metadata
 //! table (keyed by host physical address). Table pages come from a [`FramePool`]; a page whose
 //! last entry is cleared goes back to it, the root included.
+//!
+//! [`Radix::lookup`] is the one entry point of every walk, and it refuses an address the tree
+//! cannot hold ([`OutsideTree`]): a 4-level tree resolves 48 address bits, and an address with
+//! higher bits set would otherwise alias the entry of its low 48 bits (the slot computation
+//! drops the rest). Every other operation works on a [`Lookup`], which only a successful
+//! `lookup` makes and which carries the address it was made for.
 
 use core::marker::PhantomData;
 
+use tsm_core::addr::MAX_PHYS_ADDR_BITS;
+
+use crate::bits::Pfn;
 use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool};
 
 /// Deepest tree: 5 levels (Intel SDM Vol. 3C 29.3.2, 5-level EPT with a PML5 table).
@@ -32,12 +41,17 @@ pub const fn slot_of(addr: u64, level: u8) -> usize {
     (addr.wrapping_shr(level_shift(level)) & 0x1ff) as usize
 }
 
+/// A walk was asked for an address the tree cannot hold: at or above 2^(12 + 9 x levels), or
+/// at or above the 52-bit physical address limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutsideTree;
+
 /// How one kind of table encodes its entries.
 pub trait EntryFormat {
     /// The value of an unused entry (a new table page is filled with it).
     const FREE: u64;
-    /// An entry at level `level` pointing to the table page at `phys`.
-    fn table(phys: u64) -> u64;
+    /// An entry pointing to the table page `frame`.
+    fn table(frame: Pfn) -> u64;
     /// Whether `raw` at `level` points to a table page (and is not a leaf or free).
     fn is_table(raw: u64, level: u8) -> bool;
     /// The physical address in a table entry.
@@ -46,8 +60,11 @@ pub trait EntryFormat {
 
 /// The pages a walk for one address visited, indexed by level (`[level]`), and where it
 /// stopped: the first entry that is not a table pointer, or the entry at the target level.
+/// Only [`Radix::lookup`] makes one, so the address it holds is one the tree can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lookup {
+    /// The address walked for (checked against the tree's width).
+    addr: u64,
     /// Table page at each level the walk visited (`None` above the root or below the stop).
     pub pages: [Option<FrameIndex>; MAX_LEVELS as usize + 1],
     /// Level of the entry the walk stopped at (the root's level when there is no root).
@@ -59,6 +76,11 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// The address the walk was for.
+    pub const fn addr(&self) -> u64 {
+        self.addr
+    }
+
     /// The table page holding the entry the walk stopped at.
     pub fn page(&self) -> Option<FrameIndex> {
         self.pages.get(usize::from(self.level)).copied().flatten()
@@ -108,16 +130,48 @@ impl<F: EntryFormat> Radix<F> {
         self.root
     }
 
+    /// Address bits the tree resolves: 9 per level above the 12-bit page offset (Intel SDM
+    /// Vol. 3C 29.3.2: 48 with 4 levels, 57 with 5), and never more than the 52-bit physical
+    /// address width (`tsm_core::addr::MAX_PHYS_ADDR_BITS`).
+    pub const fn width_bits(&self) -> u32 {
+        let bits = level_shift(self.top).saturating_add(9);
+        if bits < MAX_PHYS_ADDR_BITS {
+            bits
+        } else {
+            MAX_PHYS_ADDR_BITS
+        }
+    }
+
+    /// One past the highest address the tree holds.
+    pub const fn limit(&self) -> u64 {
+        1u64 << self.width_bits()
+    }
+
+    /// Whether the tree can hold `addr`: the one width check every walk makes.
+    pub const fn holds(&self, addr: u64) -> bool {
+        addr < self.limit()
+    }
+
     /// Walks towards `addr`, down to level `target` at the lowest, through table entries.
-    pub fn lookup(&self, pool: &FramePool<'_>, addr: u64, target: u8) -> Lookup {
+    /// [`OutsideTree`] (and nothing read) for an address the tree cannot hold.
+    pub fn lookup(
+        &self,
+        pool: &FramePool<'_>,
+        addr: u64,
+        target: u8,
+    ) -> Result<Lookup, OutsideTree> {
+        if !self.holds(addr) {
+            return Err(OutsideTree);
+        }
         let mut out = Lookup {
+            addr,
             pages: [None; MAX_LEVELS as usize + 1],
             level: self.top,
             raw: F::FREE,
             rooted: false,
         };
         let Some(mut page) = self.root else {
-            return out;
+            return Ok(out);
         };
         out.rooted = true;
         let mut level = self.top;
@@ -129,10 +183,10 @@ impl<F: EntryFormat> Radix<F> {
             out.level = level;
             out.raw = raw;
             if level <= target.max(1) || !F::is_table(raw, level) {
-                return out;
+                return Ok(out);
             }
             let Some(child) = pool.index_of(F::child(raw)) else {
-                return out;
+                return Ok(out);
             };
             page = child;
             level = level.saturating_sub(1);
@@ -140,8 +194,13 @@ impl<F: EntryFormat> Radix<F> {
     }
 
     /// Table pages [`Radix::install`] would allocate to place an entry at `target` for `addr`.
-    pub fn missing_tables(&self, pool: &FramePool<'_>, addr: u64, target: u8) -> u8 {
-        self.missing_after(&self.lookup(pool, addr, target), target)
+    pub fn missing_tables(
+        &self,
+        pool: &FramePool<'_>,
+        addr: u64,
+        target: u8,
+    ) -> Result<u8, OutsideTree> {
+        Ok(self.missing_after(&self.lookup(pool, addr, target)?, target))
     }
 
     /// Table pages an install at `target` needs, given the walk `found` to that level.
@@ -156,8 +215,8 @@ impl<F: EntryFormat> Radix<F> {
     }
 
     /// Writes `value` into the level-`target` entry for `addr`, creating the missing tables.
-    /// `None` (and nothing changed) when the pool has too few frames or the walk meets an
-    /// entry that is neither free nor a table above `target`.
+    /// `None` (and nothing changed) when the tree cannot hold `addr`, the pool has too few
+    /// frames or the walk meets an entry that is neither free nor a table above `target`.
     pub fn install(
         &mut self,
         pool: &mut FramePool<'_>,
@@ -165,8 +224,8 @@ impl<F: EntryFormat> Radix<F> {
         target: u8,
         value: u64,
     ) -> Option<()> {
-        let found = self.lookup(pool, addr, target);
-        self.install_at(pool, &found, addr, target, value)
+        let found = self.lookup(pool, addr, target).ok()?;
+        self.install_at(pool, &found, target, value)
     }
 
     /// [`Radix::install`] after the caller's own walk `found` (`lookup(addr, target)`, with
@@ -175,10 +234,10 @@ impl<F: EntryFormat> Radix<F> {
         &mut self,
         pool: &mut FramePool<'_>,
         found: &Lookup,
-        addr: u64,
         target: u8,
         value: u64,
     ) -> Option<()> {
+        let addr = found.addr;
         if pool.free_frames() < usize::from(self.missing_after(found, target)) {
             return None;
         }
@@ -196,8 +255,8 @@ impl<F: EntryFormat> Radix<F> {
         };
         while level > target {
             let child = pool.alloc(F::FREE)?;
-            let phys = pool.phys(child);
-            pool.set_counted(page, slot_of(addr, level), F::table(phys), F::FREE);
+            let frame = pool.pfn(child);
+            pool.set_counted(page, slot_of(addr, level), F::table(frame), F::FREE);
             page = child;
             level = level.saturating_sub(1);
         }
@@ -206,15 +265,16 @@ impl<F: EntryFormat> Radix<F> {
     }
 
     /// Overwrites the entry a previous [`Radix::lookup`] stopped at.
-    pub fn rewrite(&self, pool: &mut FramePool<'_>, at: &Lookup, addr: u64, value: u64) {
+    pub fn rewrite(&self, pool: &mut FramePool<'_>, at: &Lookup, value: u64) {
         if let Some(page) = at.page() {
-            pool.set_counted(page, slot_of(addr, at.level), value, F::FREE);
+            pool.set_counted(page, slot_of(at.addr, at.level), value, F::FREE);
         }
     }
 
     /// Frees the entry a previous [`Radix::lookup`] stopped at, and every table page left
     /// empty by it, up to and including the root.
-    pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup, addr: u64) {
+    pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup) {
+        let addr = at.addr;
         let mut level = at.level;
         while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
             pool.set_counted(page, slot_of(addr, level), F::FREE, F::FREE);
@@ -231,9 +291,11 @@ impl<F: EntryFormat> Radix<F> {
     }
 
     /// The first non-free, non-table entry whose covered range starts at or above `from` and
-    /// below `end`, in address order: (its base address, level, raw value).
+    /// below `end`, in address order: (its base address, level, raw value). The search never
+    /// goes past [`Radix::limit`].
     pub fn next_entry(&self, pool: &FramePool<'_>, from: u64, end: u64) -> Option<(u64, u8, u64)> {
         let root = self.root?;
+        let end = end.min(self.limit());
         let mut cursor = from;
         'restart: while cursor < end {
             let mut page = root;
@@ -295,8 +357,8 @@ mod tests {
     struct Toy;
     impl EntryFormat for Toy {
         const FREE: u64 = 0;
-        fn table(phys: u64) -> u64 {
-            phys | 1
+        fn table(frame: Pfn) -> u64 {
+            frame.phys() | 1
         }
         fn is_table(raw: u64, _level: u8) -> bool {
             raw & 1 == 1
@@ -311,16 +373,16 @@ mod tests {
         let mut mem = vec![Page::ZERO; 17];
         let mut pool = FramePool::new(&mut mem, 0x100_0000).unwrap();
         let mut t: Radix<Toy> = Radix::new(4);
-        assert_eq!(t.missing_tables(&pool, 0x20_0000, 1), 4);
+        assert_eq!(t.missing_tables(&pool, 0x20_0000, 1), Ok(4));
         assert_eq!(t.install(&mut pool, 0x20_0000, 1, 0xa0), Some(()));
         assert_eq!(pool.free_frames(), 12);
-        assert_eq!(t.missing_tables(&pool, 0x20_1000, 1), 0);
-        assert_eq!(t.missing_tables(&pool, 0x40_0000, 1), 1);
+        assert_eq!(t.missing_tables(&pool, 0x20_1000, 1), Ok(0));
+        assert_eq!(t.missing_tables(&pool, 0x40_0000, 1), Ok(1));
         assert_eq!(t.install(&mut pool, 0x40_0000, 2, 0xb0), Some(()));
-        let l = t.lookup(&pool, 0x20_0000, 1);
+        let l = t.lookup(&pool, 0x20_0000, 1).unwrap();
         assert_eq!((l.level, l.raw), (1, 0xa0));
         // A walk through a leaf at level 2 stops there.
-        let l = t.lookup(&pool, 0x40_1000, 1);
+        let l = t.lookup(&pool, 0x40_1000, 1).unwrap();
         assert_eq!((l.level, l.raw), (2, 0xb0));
         // Installing below a leaf is refused.
         assert_eq!(t.install(&mut pool, 0x40_1000, 1, 0xc0), None);
@@ -331,13 +393,42 @@ mod tests {
         );
         assert_eq!(t.next_entry(&pool, 0x40_0001, u64::MAX), None);
         assert_eq!(t.next_entry(&pool, 0, 0x20_0000), None);
-        let l = t.lookup(&pool, 0x20_0000, 1);
-        t.clear(&mut pool, &l, 0x20_0000);
+        let l = t.lookup(&pool, 0x20_0000, 1).unwrap();
+        t.clear(&mut pool, &l);
         assert_eq!(pool.free_frames(), 13);
-        let l = t.lookup(&pool, 0x40_0000, 2);
-        t.clear(&mut pool, &l, 0x40_0000);
+        let l = t.lookup(&pool, 0x40_0000, 2).unwrap();
+        t.clear(&mut pool, &l);
         assert_eq!(pool.free_frames(), 16);
         assert_eq!(t.root(), None);
+    }
+
+    /// A 4-level tree resolves 48 bits: an address with bit 48 (or higher) set would alias the
+    /// entry of its low bits. Every walk refuses it, and nothing is read or written.
+    #[test]
+    fn addresses_wider_than_the_tree_are_refused_not_aliased() {
+        let mut mem = vec![Page::ZERO; 17];
+        let mut pool = FramePool::new(&mut mem, 0).unwrap();
+        let mut t: Radix<Toy> = Radix::new(4);
+        assert_eq!(t.install(&mut pool, 0x1000, 1, 0xa0), Some(()));
+        let before: Vec<Page> = pool.pages().copied().collect();
+        assert_eq!((t.width_bits(), t.limit()), (48, 1 << 48));
+        for alias in [
+            1u64 << 48 | 0x1000,
+            1 << 51 | 0x1000,
+            1 << 63 | 0x1000,
+            u64::MAX,
+        ] {
+            assert_eq!(t.lookup(&pool, alias, 1), Err(OutsideTree), "{alias:#x}");
+            assert_eq!(t.missing_tables(&pool, alias, 1), Err(OutsideTree));
+            assert_eq!(t.install(&mut pool, alias, 1, 0xb0), None);
+        }
+        assert_eq!(t.next_entry(&pool, 1 << 48, u64::MAX), None);
+        assert_eq!(pool.pages().copied().collect::<Vec<_>>(), before);
+        // 5 levels resolve 57 bits, clamped to the 52-bit physical address width.
+        let t5: Radix<Toy> = Radix::new(5);
+        assert_eq!(t5.width_bits(), 52);
+        assert_eq!(t5.lookup(&pool, 1 << 52, 1), Err(OutsideTree));
+        assert!(t5.lookup(&pool, (1 << 52) - 1, 1).is_ok());
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub const TDX_PREVIOUS_TLB_EPOCH_BUSY: u64 = 0x8000_0201_0000_0000;
 pub const TDX_PAGE_METADATA_INCORRECT: u64 = 0xC000_0300_0000_0000;
 /// TDX_PAGE_NOT_FREE (+ operand id).
 pub const TDX_PAGE_NOT_FREE: u64 = 0xC000_0303_0000_0000;
+/// TDX_SYSINIT_NOT_PENDING: initialization is no longer pending (here: a second
+/// `tsm_tdx_init`; Linux `tdx_errno.h` of the TDX host series).
+pub const TDX_SYSINIT_NOT_PENDING: u64 = 0xC000_0500_0000_0000;
 /// TDX_SYS_NOT_READY: the module is not initialized (here: `tsm_tdx_init` not called yet).
 pub const TDX_SYS_NOT_READY: u64 = 0xC000_0505_0000_0000;
 /// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
@@ -146,6 +149,8 @@ pub const OPERAND_ID_DEVICE: u32 = 0xF01;
 pub const OPERAND_ID_DEVIF: u32 = 0xF02;
 /// Ours: the device transport (the SPDM/TDISP channel).
 pub const OPERAND_ID_TRANSPORT: u32 = 0xF06;
+/// Ours: the register block of the C entry point (its address, not a register's value).
+pub const OPERAND_ID_REG_BLOCK: u32 = 0xF07;
 
 /// Which register of a leaf carries which kind of operand (`None`: the leaf has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -277,10 +282,15 @@ pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
         SeptError::PreviousEpochBusy => {
             TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
         }
+        SeptError::TrackResumable => TDX_INTERRUPTED_RESUMABLE,
         SeptError::HpaInUse => TDX_PAGE_NOT_FREE | u64::from(OPERAND_ID_R8),
         SeptError::AlreadyAccepted => TDX_PAGE_ALREADY_ACCEPTED | page,
         SeptError::PoolEmpty => TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
-        SeptError::Misaligned | SeptError::GpaTooWide => TDX_OPERAND_INVALID | page,
+        SeptError::Misaligned => TDX_OPERAND_INVALID | page,
+        // Beyond the TD's S-EPT width, like an address beyond 2^52: outside the address space.
+        // (The TDX module answers OPERAND_INVALID for a GPA beyond GPAW; ours names the cause.)
+        SeptError::GpaTooWide => TDX_OPERAND_ADDR_RANGE_ERROR | page,
+        SeptError::HpaTooWide => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8),
         SeptError::UnknownGuest => TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
     }
 }

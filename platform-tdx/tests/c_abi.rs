@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Spawns cargo and the C compiler: not something Miri can interpret.
 #[test]
+#[cfg_attr(miri, ignore)]
 fn c_program_links_the_static_library_and_runs_the_host_flow() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-abi");

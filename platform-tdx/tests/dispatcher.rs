@@ -13,6 +13,7 @@ use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use platform_tdx::status::*;
 use tsm_core::device_model::ModelDevice;
+use tsm_core::mem_table::MemTable;
 use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, Tsm};
 
 const PARAMS: u64 = 0x7_0000_0000;
@@ -359,4 +360,389 @@ fn track_busy_sept_read_and_guest_accept() {
         out.rax,
         TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
     );
+}
+
+/// A 4-level S-EPT resolves 48 bits: page info `(1 << 48) | GPA` must not act on GPA's leaf.
+/// Every leaf that takes a GPA refuses it with OPERAND_ADDR_RANGE_ERROR on RCX and changes
+/// nothing (table bytes and TDI records compared), for the accepted and the pending leaf alike.
+#[test]
+fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let g = tsm_core::GuestId::from_raw(td).unwrap();
+    let host = BufferMemory {
+        base: 0,
+        bytes: &[],
+    };
+    for accepted in [false, true] {
+        if accepted {
+            let mut regs = SeamRegs {
+                rax: u64::from(abi::TDG_MMIO_ACCEPT),
+                rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+                ..Default::default()
+            };
+            Dispatcher::new(&w.tsm, &host).tdcall(g, &mut regs);
+            assert_eq!(regs.rax, TDX_SUCCESS);
+        }
+        for high in [48, 50, 51] {
+            let alias = Gpa::try_new(1 << high | GPA).unwrap();
+            let page = page_info(alias, PageSize::Size2M);
+            let before = w.image();
+            let with_td = SeamRegs {
+                rcx: page,
+                rdx: td,
+                ..Default::default()
+            };
+            let cases = [
+                ("TDH.MEM.SEPT.RD", abi::TDH_MEM_SEPT_RD, with_td),
+                (
+                    "TDH.MMIO.MAP",
+                    abi::TDH_MMIO_MAP,
+                    SeamRegs {
+                        r8: BAR + 0x20_0000,
+                        r9: tdi,
+                        ..with_td
+                    },
+                ),
+                ("TDH.MMIO.BLOCK", abi::TDH_MMIO_BLOCK, with_td),
+                ("TDH.MMIO.UNMAP", abi::TDH_MMIO_UNMAP, with_td),
+            ];
+            for (what, leaf, regs) in cases {
+                let out = w.call(u64::from(leaf), regs);
+                assert_eq!(
+                    out.rax,
+                    TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+                    "{what} with bit {high}: {:#x}",
+                    out.rax
+                );
+                assert_eq!(w.image(), before, "{what} with bit {high} changed state");
+            }
+            let mut regs = SeamRegs {
+                rax: u64::from(abi::TDG_MMIO_ACCEPT),
+                rcx: page,
+                ..Default::default()
+            };
+            Dispatcher::new(&w.tsm, &host).tdcall(g, &mut regs);
+            assert_eq!(
+                regs.rax,
+                TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+                "TDG.MMIO.ACCEPT"
+            );
+            assert_eq!(
+                w.image(),
+                before,
+                "TDG.MMIO.ACCEPT with bit {high} changed state"
+            );
+        }
+    }
+    // The real GPA still reads as the one accepted leaf.
+    let out = w.ok(
+        abi::TDH_MEM_SEPT_RD,
+        SeamRegs {
+            rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rdx >> 8, SeptState::MmioMapped as u64);
+}
+
+/// The core over its in-memory table, set up as `bound_world`: the reference for which status
+/// a bad call gets.
+fn core_world() -> (
+    Tsm<MemTable<64>, ModelDevice>,
+    tsm_core::GuestId,
+    tsm_core::TdiId,
+) {
+    let tsm = Tsm::new(MemTable::<64>::new(), ModelDevice::model());
+    let td = tsm.create_guest().unwrap();
+    let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();
+    let bar = MmioRange::from_raw(BAR, 1024).unwrap();
+    let dev = tsm.create_device(rid, &[bar]).unwrap();
+    let tdi = tsm.create_tdi(dev, rid).unwrap();
+    tsm.with_transport(|d| d.report_ranges(rid, &[bar]))
+        .unwrap();
+    tsm.bind(tdi, td).unwrap();
+    let g = Gpa::try_new(GPA).unwrap();
+    let h = tsm_core::Hpa::try_new(BAR).unwrap();
+    tsm.map_mmio(tdi, td, g, h, PageSize::Size2M).unwrap();
+    (tsm, td, tdi)
+}
+
+/// Where TDX checks an operand itself, a bad call gets the status the core gives the same
+/// call: handles first (an unknown TD or TDI wins over a bad address), and the core's own
+/// status for what the core checks (alignment of MAP's addresses, an empty zap range).
+#[test]
+fn tdx_reports_the_core_status_for_the_same_bad_call() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let (core, ctd, ctdi) = core_world();
+    assert_eq!((u64::from(ctd.slot()), u64::from(ctdi.slot())), (td, tdi));
+    let unknown_td = tsm_core::GuestId::from_slot(9);
+    let unknown_tdi = tsm_core::TdiId::from_slot(99);
+    let gpa = |v: u64| Gpa::try_new(v).unwrap();
+    let hpa = |v: u64| tsm_core::Hpa::try_new(v).unwrap();
+    let k2m = PageSize::Size2M;
+    let misaligned = GPA + 0x1000;
+    type Case<'a> = (&'a str, u16, SeamRegs, Result<(), tsm_core::Error>);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "block: unknown TD, misaligned GPA",
+            abi::TDH_MMIO_BLOCK,
+            SeamRegs {
+                rcx: misaligned | 1,
+                rdx: 9,
+                ..Default::default()
+            },
+            core.host_block(unknown_td, gpa(misaligned), k2m),
+        ),
+        (
+            "unmap: unknown TD, misaligned GPA",
+            abi::TDH_MMIO_UNMAP,
+            SeamRegs {
+                rcx: misaligned | 1,
+                rdx: 9,
+                ..Default::default()
+            },
+            core.host_unmap(unknown_td, gpa(misaligned), k2m),
+        ),
+        (
+            "map: unknown TDI, misaligned GPA",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: misaligned | 1,
+                rdx: td,
+                r8: BAR + 0x20_0000,
+                r9: 99,
+                ..Default::default()
+            },
+            core.map_mmio(unknown_tdi, ctd, gpa(misaligned), hpa(BAR + 0x20_0000), k2m),
+        ),
+        (
+            "map: misaligned host address",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: (GPA + 0x40_0000) | 1,
+                rdx: td,
+                r8: BAR + 0x1000,
+                r9: tdi,
+                ..Default::default()
+            },
+            core.map_mmio(ctdi, ctd, gpa(GPA + 0x40_0000), hpa(BAR + 0x1000), k2m),
+        ),
+        (
+            "map: unknown TDI, GPA beyond the 4-level S-EPT",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: (1 << 48) | 1,
+                rdx: td,
+                r8: BAR + 0x20_0000,
+                r9: 99,
+                ..Default::default()
+            },
+            core.map_mmio(unknown_tdi, ctd, gpa(1 << 48), hpa(BAR + 0x20_0000), k2m),
+        ),
+        (
+            "block: unknown TD, GPA beyond the 4-level S-EPT",
+            abi::TDH_MMIO_BLOCK,
+            SeamRegs {
+                rcx: (1 << 48) | 1,
+                rdx: 9,
+                ..Default::default()
+            },
+            core.host_block(unknown_td, gpa(1 << 48), k2m),
+        ),
+        (
+            "zap: empty range",
+            abi::TSM_MMIO_ZAP_CHECK,
+            SeamRegs {
+                rcx: BAR,
+                rdx: 0,
+                ..Default::default()
+            },
+            MmioRange::try_new(hpa(BAR), 0).and_then(|r| core.host_zap(r)),
+        ),
+    ];
+    let before = w.image();
+    for (what, leaf, regs, expect) in cases {
+        let out = w.call(u64::from(leaf), regs);
+        let got = decode(out.rax, &abi::operands(leaf));
+        assert_eq!(
+            got,
+            Some(expect.map(|()| tsm_core::Completion::Done)),
+            "{what}: TDX {:#x}",
+            out.rax
+        );
+        assert_eq!(w.image(), before, "{what} changed state");
+    }
+}
+
+/// Operands the core cannot be handed (reserved bits, a level no leaf has, an address at or
+/// above 2^52, R8 of bind) are the dispatcher's own checks; they come after the handle checks,
+/// as in the core: an unknown handle is what a call with both faults reports.
+#[test]
+fn handles_are_checked_before_the_dispatchers_own_operand_checks() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let before = w.image();
+    let cases: [(&str, u16, SeamRegs, u64); 7] = [
+        (
+            "map: unknown TDI, host address past 2^52",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: (GPA + 0x40_0000) | 1,
+                rdx: td,
+                r8: 1 << 52,
+                r9: 99,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 9,
+        ),
+        (
+            "map: unknown TD, page-info reserved bits",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: GPA | 1 << 60,
+                rdx: 9,
+                r8: BAR,
+                r9: tdi,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "block: unknown TD, level 3",
+            abi::TDH_MMIO_BLOCK,
+            SeamRegs {
+                rcx: GPA | 3,
+                rdx: 9,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "bind: unknown TDI, R8 not zero",
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: 99,
+                rdx: td,
+                r8: PARAMS,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "create TDI: unknown device, bad interface ID",
+            abi::TDH_DEVIF_CREATE,
+            SeamRegs {
+                rcx: 9,
+                rdx: u64::MAX,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "S-EPT read: unknown TD",
+            abi::TDH_MEM_SEPT_RD,
+            SeamRegs {
+                rcx: GPA | 1,
+                rdx: 9,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "block: known TD, misaligned GPA (the intended order: alignment before state)",
+            abi::TDH_MMIO_BLOCK,
+            SeamRegs {
+                rcx: (GPA + 0x1000) | 1,
+                rdx: td,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+    ];
+    for (what, leaf, regs, expect) in cases {
+        let out = w.call(u64::from(leaf), regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert_eq!(w.image(), before, "{what} changed state");
+    }
+}
+
+/// A TDI's leaves blocked by a device error stay blocked while the TD's epoch runs on (the
+/// host has not unbound it yet). When TRACK enters the bucket of epochs in which their 12-bit
+/// blocking epoch would become ambiguous it re-stamps them, at most 64 per call: the host
+/// sees TDX_INTERRUPTED_RESUMABLE, calls again, and the unbind afterwards removes every leaf.
+#[test]
+#[cfg_attr(miri, ignore)] // 4096 TRACKs: minutes under Miri, no unsafe code involved
+fn track_past_a_whole_epoch_window_resumes_and_unbind_still_removes_every_leaf() {
+    // The host's TRACK meets the window first, or the unbind's own Track step does.
+    for host_tracks in [true, false] {
+        track_past_a_window(host_tracks);
+    }
+}
+
+fn track_past_a_window(host_tracks: bool) {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    // 70 more 4 KiB leaves (the bound world has one 2 MiB leaf at BAR).
+    for i in 0..70u64 {
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: page_info(
+                    Gpa::try_new(GPA + 0x40_0000 + (i << 12)).unwrap(),
+                    PageSize::Size4K,
+                ),
+                rdx: td,
+                r8: BAR + 0x20_0000 + (i << 12),
+                r9: tdi,
+                ..Default::default()
+            },
+        );
+    }
+    let tdi_regs = SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    };
+    let mut calls = 0;
+    while w.call(u64::from(abi::TSM_DEVIF_ERROR), tdi_regs).rax == TDX_INTERRUPTED_RESUMABLE {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    let track = SeamRegs {
+        rcx: td,
+        ..Default::default()
+    };
+    // Blocked in epoch 0 (bucket 0): TRACKs up to epoch 4095 need no re-stamping.
+    for _ in 0..4095 {
+        w.ok(abi::TDH_MEM_TRACK, track);
+    }
+    // Entering bucket 2 (epoch 4096): 71 leaves to re-stamp, 64 per call.
+    if host_tracks {
+        assert_eq!(
+            w.call(u64::from(abi::TDH_MEM_TRACK), track).rax,
+            TDX_INTERRUPTED_RESUMABLE
+        );
+        w.ok(abi::TDH_MEM_TRACK, track);
+    }
+    let mut calls = 0;
+    loop {
+        let rax = w.call(u64::from(abi::TSM_DEVIF_UNBIND), tdi_regs).rax;
+        if rax == TDX_SUCCESS {
+            break;
+        }
+        assert_eq!(rax, TDX_INTERRUPTED_RESUMABLE);
+        calls += 1;
+        assert!(calls < 10);
+    }
+    let out = w.call(
+        u64::from(abi::TSM_MMIO_ZAP_CHECK),
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS, "every leaf removed");
 }
