@@ -8,9 +8,9 @@ use core::fmt::Write;
 use platform_sev::RmpEntry;
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
-use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
+use tsm_core::{MmioRange, ReservedMemory, Tsm};
 use tsm_tests::backend::{Backend, CoreBackend};
 use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
@@ -46,8 +46,12 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
                 let Some(pool) = FramePool::new(&mut *pages, phys) else {
                     return;
                 };
-                let tsm: TdxFirmware<'_> =
-                    Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model());
+                // Never MMIO: system RAM (the S-EPT pool's frames among it).
+                let tsm: TdxFirmware<'_> = Tsm::with_reserved(
+                    Sept::new(pool, SeptLevels::Four),
+                    ModelDevice::model(),
+                    system_ram(),
+                );
                 run(&mut TdxBackend::new(&tsm));
             };
             total.add(run_suite(&mut fresh_tdx, out));
@@ -73,6 +77,15 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
         None => total.failed = total.failed.saturating_add(1),
     }
     (total.passed, total.failed)
+}
+
+/// System RAM, from the bottom of memory to the top of the kernel's frame pool (which the
+/// PVH memory map filled): what the TDX-usable memory is on this machine.
+fn system_ram() -> ReservedMemory {
+    let top = FRAMES.lock().ranges().iter().map(|&(_, end)| end).max();
+    top.and_then(|top| MmioRange::from_raw(0, top / FRAME_SIZE).ok())
+        .and_then(|ram| ReservedMemory::from_ranges(&[ram]).ok())
+        .unwrap_or_default()
 }
 
 /// `frames` contiguous zeroed physical frames from the kernel pool, as a slice of `T` (a

@@ -28,9 +28,9 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
-use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::tdisp::report::{WireMmioRange, wire_range};
+use tsm_core::{MmioRange, ReservedMemory, Tsm};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::abi::{
@@ -244,6 +244,12 @@ impl Firmware {
         if window.overlaps(mem_addr as u64, pool_bytes) {
             return invalid(OPERAND_ID_R8);
         }
+        // Never MMIO: the pool (S-EPT pages) and host memory (system RAM, the TDX-usable
+        // memory of this prototype). A BAR, report or mapping touching either is refused.
+        let reserved = match reserved_memory(mem_addr as u64, pages, &window) {
+            Some(r) => r,
+            None => return TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX),
+        };
         if self.state.is_completed() {
             return TDX_SYSINIT_NOT_PENDING;
         }
@@ -259,7 +265,11 @@ impl Firmware {
                 unsafe { core::slice::from_raw_parts_mut(mem.cast::<Page>(), pages) };
             let pool = FramePool::new(frames, mem_addr as u64)?;
             Some(Instance {
-                tsm: Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model()),
+                tsm: Tsm::with_reserved(
+                    Sept::new(pool, SeptLevels::Four),
+                    ModelDevice::model(),
+                    reserved,
+                ),
                 host: window,
             })
         });
@@ -343,6 +353,20 @@ impl Firmware {
             Err(e) => status::encode(Err(e), &Operands::default()),
         }
     }
+}
+
+/// The firmware's pool and the host memory window, whole 4 KiB pages each, as reserved
+/// memory; `None` past the physical address space.
+fn reserved_memory(pool: u64, pages: usize, host: &HostWindow) -> Option<ReservedMemory> {
+    let page = PAGE_BYTES as u64;
+    let pool = MmioRange::from_raw(pool, pages as u64).ok()?;
+    let first = host.base() / page * page;
+    let end = host
+        .base()
+        .checked_add(host.len as u64)?
+        .checked_next_multiple_of(page)?;
+    let host = MmioRange::from_raw(first, end.checked_sub(first)? / page).ok()?;
+    ReservedMemory::from_ranges(&[pool, host]).ok()
 }
 
 static FIRMWARE: Firmware = Firmware::new();
@@ -695,6 +719,50 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
         assert!(!seen.is_empty());
+    }
+
+    /// Memory the firmware was given at init (its pool, host memory) is never MMIO.
+    #[test]
+    fn a_bar_over_the_pool_or_host_memory_is_reserved_memory() {
+        let w = World::new();
+        let pool_before = w.pool_image();
+        // The host registers a device whose BAR is the frame pool's base (then one over its
+        // own memory): with it the TD could have been given S-EPT pages as private MMIO.
+        for (what, base) in [
+            ("the pool's first page", w.pool.addr() as u64),
+            (
+                "the pool's last page",
+                w.pool.addr() as u64 + (w.pool_pages as u64 - 1) * 4096,
+            ),
+            ("host memory", w.host.addr() as u64 & !0xfff),
+        ] {
+            w.put_list(&one_range(base, 1));
+            let out = w.call(
+                abi::TDH_SPDM_CREATE,
+                SeamRegs {
+                    rcx: RID,
+                    rdx: w.list_at().addr() as u64,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(
+                out.rax,
+                status::TSM_RESERVED_MEMORY | u64::from(OPERAND_ID_RDX),
+                "BAR over {what}"
+            );
+        }
+        assert_eq!(w.pool_image(), pool_before);
+        // A real MMIO BAR is fine.
+        w.put_list(&one_range(BAR_A, 16));
+        let out = w.call(
+            abi::TDH_SPDM_CREATE,
+            SeamRegs {
+                rcx: RID,
+                rdx: w.list_at().addr() as u64,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(out.rax, TDX_SUCCESS);
     }
 
     /// Every address the host passes is checked against the host memory registered at init:

@@ -66,6 +66,8 @@ pub enum TableError {
     Misaligned,
     /// The guest has no secure table here.
     UnknownGuest,
+    /// The table's own bookkeeping disagrees with itself (a counter would drift).
+    Inconsistent,
 }
 
 impl From<TableError> for Error {
@@ -80,6 +82,7 @@ impl From<TableError> for Error {
             TableError::OutOfFrames => Error::SecureTableFull,
             TableError::Misaligned => Error::Misaligned,
             TableError::UnknownGuest => Error::InvalidHandle,
+            TableError::Inconsistent => Error::Inconsistent,
         }
     }
 }
