@@ -54,6 +54,32 @@ fn kernel() -> &'static Path {
 }
 
 fn require_qemu() {
+    static INSTALL: OnceLock<()> = OnceLock::new();
+    INSTALL.get_or_init(|| {
+        if Command::new(QEMU).arg("--version").output().is_ok() {
+            return;
+        }
+        // As the README promises: a fresh Debian machine gets QEMU when the tests run as root
+        // (the same install boot/run-qemu.sh does for `cargo boot`).
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if root {
+            eprintln!("boot tests: {QEMU} not found, installing qemu-system-x86 with apt-get");
+            let apt = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !apt(&["install", "-y", "qemu-system-x86"]) {
+                apt(&["update"]);
+                apt(&["install", "-y", "qemu-system-x86"]);
+            }
+        }
+    });
     if let Err(e) = Command::new(QEMU).arg("--version").output() {
         panic!(
             "{QEMU} not found ({e}): the boot tests need it and do not skip. \
