@@ -50,12 +50,35 @@ impl core::fmt::Debug for Page {
 /// Index of a page in the pool.
 pub type FrameIndex = u32;
 
+/// Why the pool refused. Every refusal is decided before anything is written: the pool is as
+/// it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolError {
+    /// No page is free (the free list and the free count agree on it).
+    Empty,
+    /// The pool's own bookkeeping disagrees with itself: a page index outside the pool, a free
+    /// list that disagrees with the free count (a head naming a page while the count says none
+    /// is free, an end while the count says more are, a link out of the pool), a release that
+    /// would make more pages free than the pool has, or a page's entry count that would go
+    /// below zero, past the page's 512 entries, or to zero while the page still holds entries.
+    Inconsistent,
+}
+
+/// Entries a page's count can reach: every entry in use.
+const MAX_USED: u64 = ENTRIES_PER_PAGE as u64;
+
 /// A pool of table pages over memory the caller owns. Free pages form a list threaded through
 /// their first entry (index + 1 of the next free page; 0 ends the list).
 ///
 /// One page in 513 (at the end of the memory) holds the pool's bookkeeping instead of tables:
 /// for every table page, how many of its entries are in use, so the walker knows a page became
-/// empty without scanning its 512 entries.
+/// empty without scanning its 512 entries on every change (the one scan confirms a page the
+/// count says is empty, before it goes back to the pool).
+///
+/// The counters (`free`, and every page's entry count) are kept exact: every update is
+/// checked, and one that would go below zero or past what the pool can hold is refused as
+/// [`PoolError::Inconsistent`] with nothing written (never saturated, which would hide the
+/// drift and free a table page that still holds entries, or leak one).
 pub struct FramePool<'m> {
     pages: &'m mut [Page],
     used: &'m mut [Page],
@@ -83,7 +106,8 @@ impl<'m> FramePool<'m> {
             free: 0,
         };
         for index in (0..count).rev() {
-            pool.release(index);
+            // Cannot fail: every index is in the pool, its count is 0 and fewer are free.
+            pool.release(index).ok()?;
         }
         Some(pool)
     }
@@ -97,6 +121,8 @@ impl<'m> FramePool<'m> {
     /// Table pages of a pool over `total` pages at `phys_base`, if the pool can exist.
     fn table_pages(total: usize, phys_base: u64) -> Option<usize> {
         // c count pages hold 512 counts each for the other total - c pages: c = ceil(total / 513).
+        // Saturating as a bound, not a counter: 513 is a constant far below usize::MAX, and
+        // c <= total.
         let count_pages = total.div_ceil(ENTRIES_PER_PAGE.saturating_add(1));
         let table_pages = total.saturating_sub(count_pages);
         let count = u32::try_from(table_pages).ok().filter(|&n| n < u32::MAX)?;
@@ -121,74 +147,178 @@ impl<'m> FramePool<'m> {
         self.pages.len()
     }
 
-    /// Takes a page off the free list and fills every entry with `fill`.
-    pub fn alloc(&mut self, fill: u64) -> Option<FrameIndex> {
-        let index = self.free_head.checked_sub(1)?;
-        let page = self.pages.get_mut(usize::try_from(index).ok()?)?;
-        let next = u32::try_from(page.0[0]).ok()?;
-        page.0.fill(fill);
-        self.set_used(index, 0);
-        self.free_head = next;
-        self.free = self.free.saturating_sub(1);
-        Some(index)
+    /// The page at the head `head` of a free list the count says holds `free` pages, and the
+    /// head of the list after it. Reads only.
+    fn pop(&self, head: u32, free: usize) -> Result<(FrameIndex, u32), PoolError> {
+        let Some(index) = head.checked_sub(1) else {
+            // The list is empty: so must the count be.
+            return Err(if free == 0 {
+                PoolError::Empty
+            } else {
+                PoolError::Inconsistent
+            });
+        };
+        // The head names a free page: the count must say there is one.
+        if free == 0 {
+            return Err(PoolError::Inconsistent);
+        }
+        let page = self.page(index).ok_or(PoolError::Inconsistent)?;
+        let next = u32::try_from(page.0[0]).map_err(|_| PoolError::Inconsistent)?;
+        // The link is 0 (end) or index + 1 of a page of the pool.
+        if !usize::try_from(next).is_ok_and(|n| n <= self.pages.len()) {
+            return Err(PoolError::Inconsistent);
+        }
+        // A free page holds no counted entries (release() refuses a page that does).
+        if self.used_ref(index) != Some(&0) {
+            return Err(PoolError::Inconsistent);
+        }
+        Ok((index, next))
     }
 
-    /// Returns page `index` to the free list.
-    pub fn release(&mut self, index: FrameIndex) {
-        let next = self.free_head;
-        let Some(page) = usize::try_from(index)
+    /// Whether `n` allocations in a row would succeed, decided by reading only: `Ok` when they
+    /// would, [`PoolError::Empty`] when the list (in agreement with the count) holds fewer,
+    /// [`PoolError::Inconsistent`] when the first `n` pages of the list disagree with the
+    /// count or the pool. Callers that allocate several pages prove it before they write.
+    pub fn check_alloc(&self, n: usize) -> Result<(), PoolError> {
+        let (mut head, mut free) = (self.free_head, self.free);
+        for _ in 0..n {
+            let (_, next) = self.pop(head, free)?;
+            head = next;
+            free = free.checked_sub(1).ok_or(PoolError::Inconsistent)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a page off the free list and fills every entry with `fill`. Nothing changes on a
+    /// refusal.
+    pub fn alloc(&mut self, fill: u64) -> Result<FrameIndex, PoolError> {
+        let (index, next) = self.pop(self.free_head, self.free)?;
+        let free = self.free.checked_sub(1).ok_or(PoolError::Inconsistent)?;
+        let page = usize::try_from(index)
             .ok()
             .and_then(|i| self.pages.get_mut(i))
-        else {
-            return;
-        };
+            .ok_or(PoolError::Inconsistent)?;
+        // Every check passed. The page's count is 0 already (pop() checked it).
+        page.0.fill(fill);
+        self.free_head = next;
+        self.free = free;
+        Ok(index)
+    }
+
+    /// Whether `n` more pages can go back to the free list: the count can never exceed the
+    /// pool's pages. Reads only.
+    pub fn check_release(&self, n: usize) -> Result<(), PoolError> {
+        match self.free.checked_add(n) {
+            Some(free) if free <= self.pages.len() => Ok(()),
+            _ => Err(PoolError::Inconsistent),
+        }
+    }
+
+    /// Returns page `index` to the free list. [`PoolError::Inconsistent`], with nothing
+    /// changed, for an index outside the pool, a page whose entry count is not 0 (a table
+    /// still in use) or a release that would make more pages free than the pool has.
+    pub fn release(&mut self, index: FrameIndex) -> Result<(), PoolError> {
+        if self.used_ref(index) != Some(&0) {
+            return Err(PoolError::Inconsistent);
+        }
+        self.check_release(1)?;
+        let free = self.free.checked_add(1).ok_or(PoolError::Inconsistent)?;
+        // Never fails: new() refuses u32::MAX pages, and index is one of them.
+        let head = index.checked_add(1).ok_or(PoolError::Inconsistent)?;
+        let next = self.free_head;
+        let page = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+            .ok_or(PoolError::Inconsistent)?;
+        // Every check passed.
         page.0.fill(0);
         page.0[0] = u64::from(next);
-        // Cannot overflow: new() refuses u32::MAX pages.
-        self.free_head = index.saturating_add(1);
-        self.free = self.free.saturating_add(1);
+        self.free_head = head;
+        self.free = free;
+        Ok(())
     }
 
-    fn used_slot(&mut self, index: FrameIndex) -> Option<&mut u64> {
+    /// The entry count of page `index` (`None` outside the pool).
+    fn used_ref(&self, index: FrameIndex) -> Option<&u64> {
         let i = usize::try_from(index).ok()?;
+        if i >= self.pages.len() {
+            return None;
+        }
         self.used
-            .get_mut(i / ENTRIES_PER_PAGE)?
+            .get(i / ENTRIES_PER_PAGE)?
             .0
-            .get_mut(i % ENTRIES_PER_PAGE)
+            .get(i % ENTRIES_PER_PAGE)
     }
 
-    fn set_used(&mut self, index: FrameIndex, n: u64) {
-        if let Some(u) = self.used_slot(index) {
-            *u = n;
-        }
-    }
-
-    /// Entries of page `index` in use (kept by [`FramePool::set_counted`]).
+    /// Entries of page `index` in use (kept by [`FramePool::set_counted`]; 0 outside the pool).
     pub fn used(&self, index: FrameIndex) -> u64 {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| {
-                self.used
-                    .get(i / ENTRIES_PER_PAGE)?
-                    .0
-                    .get(i % ENTRIES_PER_PAGE)
-            })
-            .copied()
-            .unwrap_or(0)
+        self.used_ref(index).copied().unwrap_or(0)
     }
 
-    /// Writes entry `slot` of page `index`, counting entries that are not `free`.
-    pub fn set_counted(&mut self, index: FrameIndex, slot: usize, value: u64, free: u64) {
-        let old = self.entry(index, slot);
-        self.set_entry(index, slot, value);
-        let delta = (old == free, value == free);
-        if let Some(u) = self.used_slot(index) {
-            match delta {
-                (true, false) => *u = u.saturating_add(1),
-                (false, true) => *u = u.saturating_sub(1),
-                _ => {}
-            }
+    /// The entry count of page `index` once entry `slot` is written, without writing: counted
+    /// entries are those that are not `free`; the entry becomes `free` when `to_free`.
+    /// [`PoolError::Inconsistent`] for an index or slot outside the pool, a count that would go
+    /// below zero or past the page's entries, or one that would reach zero while another entry
+    /// of the page is still in use (checked by a scan, only when a page empties).
+    pub fn count_after(
+        &self,
+        index: FrameIndex,
+        slot: usize,
+        to_free: bool,
+        free: u64,
+    ) -> Result<u64, PoolError> {
+        let page = self.page(index).ok_or(PoolError::Inconsistent)?;
+        let old = *page.0.get(slot).ok_or(PoolError::Inconsistent)?;
+        let used = *self.used_ref(index).ok_or(PoolError::Inconsistent)?;
+        if used > MAX_USED {
+            return Err(PoolError::Inconsistent);
         }
+        match (old == free, to_free) {
+            (true, false) => used
+                .checked_add(1)
+                .filter(|&n| n <= MAX_USED)
+                .ok_or(PoolError::Inconsistent),
+            (false, true) => {
+                let left = used.checked_sub(1).ok_or(PoolError::Inconsistent)?;
+                let others_in_use = page
+                    .0
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &e)| i != slot && e != free);
+                if left == 0 && others_in_use {
+                    return Err(PoolError::Inconsistent);
+                }
+                Ok(left)
+            }
+            _ => Ok(used),
+        }
+    }
+
+    /// Writes entry `slot` of page `index`, counting entries that are not `free`. Nothing is
+    /// written when [`FramePool::count_after`] refuses.
+    pub fn set_counted(
+        &mut self,
+        index: FrameIndex,
+        slot: usize,
+        value: u64,
+        free: u64,
+    ) -> Result<(), PoolError> {
+        let used = self.count_after(index, slot, value == free, free)?;
+        // Both places found before either is written (count_after proved they exist).
+        let i = usize::try_from(index).map_err(|_| PoolError::Inconsistent)?;
+        let entry = self
+            .pages
+            .get_mut(i)
+            .and_then(|p| p.0.get_mut(slot))
+            .ok_or(PoolError::Inconsistent)?;
+        let count = self
+            .used
+            .get_mut(i / ENTRIES_PER_PAGE)
+            .and_then(|p| p.0.get_mut(i % ENTRIES_PER_PAGE))
+            .ok_or(PoolError::Inconsistent)?;
+        *entry = value;
+        *count = used;
+        Ok(())
     }
 
     /// Physical address of page `index`.
@@ -248,6 +378,20 @@ impl<'m> FramePool<'m> {
 }
 
 #[cfg(test)]
+impl FramePool<'_> {
+    /// Tests: overwrites the free count, as drift would.
+    pub(crate) fn force_free_count(&mut self, n: usize) {
+        self.free = n;
+    }
+
+    /// Tests: overwrites page `index`'s entry count, as drift would.
+    pub(crate) fn force_used(&mut self, index: FrameIndex, n: u64) {
+        let i = usize::try_from(index).unwrap();
+        self.used[i / ENTRIES_PER_PAGE].0[i % ENTRIES_PER_PAGE] = n;
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -262,16 +406,116 @@ mod tests {
         let b = pool.alloc(0).unwrap();
         let c = pool.alloc(0).unwrap();
         assert_eq!((a, b, c), (0, 1, 2));
-        assert_eq!(pool.alloc(0), None);
+        assert_eq!(pool.alloc(0), Err(PoolError::Empty));
+        assert_eq!(pool.check_alloc(1), Err(PoolError::Empty));
         assert_eq!(pool.entry(a, 511), 7);
         assert_eq!(pool.phys(c), 0x10_2000);
         assert_eq!(pool.index_of(0x10_2000), Some(2));
         assert_eq!(pool.index_of(0x10_3000), None);
         assert_eq!(pool.index_of(0x10_0008), None);
         assert_eq!(pool.index_of(0xf_f000), None);
-        pool.release(b);
+        pool.release(b).unwrap();
         assert_eq!(pool.free_frames(), 1);
-        assert_eq!(pool.alloc(0), Some(b));
+        assert_eq!(pool.check_alloc(1), Ok(()));
+        assert_eq!(pool.check_alloc(2), Err(PoolError::Empty));
+        assert_eq!(pool.alloc(0), Ok(b));
+    }
+
+    /// Everything a test compares to prove a refusal changed nothing: every byte (tables and
+    /// counts), the free count and the list head.
+    fn state(pool: &FramePool<'_>) -> (Vec<Page>, usize, u32) {
+        (pool.pages().copied().collect(), pool.free, pool.free_head)
+    }
+
+    /// Drifted counters are refused as `Inconsistent`, never saturated, and the refusal
+    /// changes nothing: the free count against the free list (alloc, release), the entry
+    /// counts against the entries (set_counted), indexes outside the pool (release,
+    /// set_counted).
+    #[test]
+    fn drifted_counters_are_inconsistent_and_change_nothing() {
+        let mut mem = vec![Page::ZERO; 5];
+        let mut pool = FramePool::new(&mut mem, 0x10_0000).unwrap();
+        assert_eq!(pool.total_frames(), 4);
+        let a = pool.alloc(0).unwrap();
+        pool.set_counted(a, 3, 0x33, 0).unwrap();
+        pool.set_counted(a, 9, 0x99, 0).unwrap();
+        assert_eq!(pool.used(a), 2);
+        let refused =
+            |pool: &mut FramePool<'_>,
+             what: &str,
+             op: &dyn Fn(&mut FramePool<'_>) -> Result<(), PoolError>| {
+                let before = state(pool);
+                assert_eq!(op(pool), Err(PoolError::Inconsistent), "{what}");
+                assert!(
+                    state(pool) == before,
+                    "{what}: the refusal changed the pool"
+                );
+            };
+
+        // The free count says no page is free while the list's head names one.
+        pool.force_free_count(0);
+        refused(&mut pool, "alloc, count 0", &|p| p.alloc(0).map(drop));
+        refused(&mut pool, "check_alloc, count 0", &|p| p.check_alloc(1));
+        // The count says more pages are free than the list holds.
+        pool.force_free_count(4);
+        refused(&mut pool, "check_alloc past the list", &|p| {
+            p.check_alloc(4)
+        });
+        // The count says every page is free: one more release would go past the pool.
+        let a_used = pool.used(a);
+        pool.force_used(a, 0);
+        refused(&mut pool, "release past the pool", &|p| p.release(a));
+        pool.force_used(a, a_used);
+        pool.force_free_count(3);
+        // The list's head links out of the pool.
+        let head = pool.free_head - 1;
+        pool.set_entry(head, 0, 99);
+        refused(&mut pool, "alloc, link out of the pool", &|p| {
+            p.alloc(0).map(drop)
+        });
+        pool.set_entry(head, 0, u64::from(head) + 1 + 1);
+        assert_eq!(pool.check_alloc(3), Ok(()));
+
+        // An index outside the pool (release used to ignore it silently).
+        refused(&mut pool, "release outside", &|p| p.release(4));
+        refused(&mut pool, "release u32::MAX", &|p| p.release(u32::MAX));
+        refused(&mut pool, "set_counted outside", &|p| {
+            p.set_counted(4, 0, 1, 0)
+        });
+        refused(&mut pool, "set_counted slot 512", &|p| {
+            p.set_counted(a, 512, 1, 0)
+        });
+        // A page whose count says it holds entries is a table in use: not released.
+        refused(&mut pool, "release a counted page", &|p| p.release(a));
+
+        // Entry counts: below zero, past the page's entries, or to zero while entries remain.
+        pool.force_used(a, 0);
+        refused(&mut pool, "count below zero", &|p| {
+            p.set_counted(a, 3, 0, 0)
+        });
+        pool.force_used(a, 1);
+        refused(&mut pool, "count 0 with an entry left", &|p| {
+            p.set_counted(a, 3, 0, 0)
+        });
+        pool.force_used(a, 512);
+        refused(&mut pool, "count past 512", &|p| p.set_counted(a, 4, 1, 0));
+        pool.force_used(a, u64::MAX);
+        refused(&mut pool, "count past its type", &|p| {
+            p.set_counted(a, 4, 1, 0)
+        });
+        refused(&mut pool, "rewrite under a count past 512", &|p| {
+            p.set_counted(a, 3, 0x34, 0)
+        });
+
+        // With the counts put right, the same operations succeed.
+        pool.force_used(a, 2);
+        pool.set_counted(a, 3, 0, 0).unwrap();
+        pool.set_counted(a, 9, 0, 0).unwrap();
+        assert_eq!(pool.used(a), 0);
+        pool.release(a).unwrap();
+        assert_eq!(pool.free_frames(), 4);
+        assert_eq!(pool.check_alloc(4), Ok(()));
+        assert_eq!(pool.check_alloc(5), Err(PoolError::Empty));
     }
 
     #[test]

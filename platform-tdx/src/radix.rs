@@ -14,7 +14,7 @@ use core::marker::PhantomData;
 use tsm_core::addr::MAX_PHYS_ADDR_BITS;
 
 use crate::bits::Pfn;
-use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool};
+use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
 
 /// Deepest tree: 5 levels (Intel SDM Vol. 3C 29.3.2, 5-level EPT with a PML5 table).
 pub const MAX_LEVELS: u8 = 5;
@@ -46,11 +46,40 @@ pub const fn slot_of(addr: u64, level: u8) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OutsideTree;
 
+/// Why [`Radix::install`] did not install. Decided before anything is written: the tree and
+/// the pool are as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstallError {
+    /// The tree cannot hold the address ([`OutsideTree`]).
+    OutsideTree,
+    /// The walk meets an entry in use: the target entry, or one above it that is not a table.
+    Occupied,
+    /// The pool has fewer free pages than the missing tables ([`PoolError::Empty`]).
+    PoolEmpty,
+    /// The pool's bookkeeping disagrees with itself ([`PoolError::Inconsistent`]).
+    Inconsistent,
+}
+
+impl From<PoolError> for InstallError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Empty => InstallError::PoolEmpty,
+            PoolError::Inconsistent => InstallError::Inconsistent,
+        }
+    }
+}
+
+impl From<OutsideTree> for InstallError {
+    fn from(_: OutsideTree) -> Self {
+        InstallError::OutsideTree
+    }
+}
+
 /// How one kind of table encodes its entries.
 pub trait EntryFormat {
     /// The value of an unused entry (a new table page is filled with it).
     const FREE: u64;
-    /// An entry pointing to the table page `frame`.
+    /// An entry pointing to the table page `frame` (never `FREE`: the page counts it).
     fn table(frame: Pfn) -> u64;
     /// Whether `raw` at `level` points to a table page (and is not a leaf or free).
     fn is_table(raw: u64, level: u8) -> bool;
@@ -215,17 +244,41 @@ impl<F: EntryFormat> Radix<F> {
     }
 
     /// Writes `value` into the level-`target` entry for `addr`, creating the missing tables.
-    /// `None` (and nothing changed) when the tree cannot hold `addr`, the pool has too few
-    /// frames or the walk meets an entry that is neither free nor a table above `target`.
+    /// Refused (and nothing changed) when the tree cannot hold `addr`, the walk meets an entry
+    /// that is neither free nor a table above `target`, the pool has too few frames, or the
+    /// pool's bookkeeping disagrees with itself.
     pub fn install(
         &mut self,
         pool: &mut FramePool<'_>,
         addr: u64,
         target: u8,
         value: u64,
-    ) -> Option<()> {
-        let found = self.lookup(pool, addr, target).ok()?;
+    ) -> Result<(), InstallError> {
+        let found = self.lookup(pool, addr, target)?;
         self.install_at(pool, &found, target, value)
+    }
+
+    /// Whether [`Radix::install_at`] would succeed, decided by reading only, apart from the
+    /// pool's supply of pages: the table pages it would allocate. Checks that the walk `found`
+    /// stopped on a free entry and that the one existing page it writes can count one more
+    /// entry. The caller proves the allocations ([`FramePool::check_alloc`]), for one install
+    /// or for several that share the pool.
+    pub fn check_install(
+        &self,
+        pool: &FramePool<'_>,
+        found: &Lookup,
+        target: u8,
+        value: u64,
+    ) -> Result<usize, InstallError> {
+        if found.rooted && found.raw != F::FREE {
+            return Err(InstallError::Occupied);
+        }
+        if let (true, Some(page)) = (found.rooted, found.page()) {
+            // Above the target the entry becomes a table pointer, never FREE.
+            let to_free = found.level <= target && value == F::FREE;
+            pool.count_after(page, slot_of(found.addr, found.level), to_free, F::FREE)?;
+        }
+        Ok(usize::from(self.missing_after(found, target)))
     }
 
     /// [`Radix::install`] after the caller's own walk `found` (`lookup(addr, target)`, with
@@ -236,15 +289,12 @@ impl<F: EntryFormat> Radix<F> {
         found: &Lookup,
         target: u8,
         value: u64,
-    ) -> Option<()> {
+    ) -> Result<(), InstallError> {
         let addr = found.addr;
-        if pool.free_frames() < usize::from(self.missing_after(found, target)) {
-            return None;
-        }
-        if found.rooted && found.raw != F::FREE {
-            return None;
-        }
-        // Every check passed: from here on only allocations already proven to succeed.
+        let need = self.check_install(pool, found, target, value)?;
+        pool.check_alloc(need)?;
+        // Every check passed: from here on only allocations and counts already proven to
+        // succeed (the new pages are empty, so counting their one entry cannot fail).
         let (mut page, mut level) = match (found.rooted, found.page()) {
             (true, Some(p)) => (p, found.level),
             _ => {
@@ -256,38 +306,84 @@ impl<F: EntryFormat> Radix<F> {
         while level > target {
             let child = pool.alloc(F::FREE)?;
             let frame = pool.pfn(child);
-            pool.set_counted(page, slot_of(addr, level), F::table(frame), F::FREE);
+            pool.set_counted(page, slot_of(addr, level), F::table(frame), F::FREE)?;
             page = child;
             level = level.saturating_sub(1);
         }
-        pool.set_counted(page, slot_of(addr, level), value, F::FREE);
-        Some(())
+        pool.set_counted(page, slot_of(addr, level), value, F::FREE)?;
+        Ok(())
     }
 
-    /// Overwrites the entry a previous [`Radix::lookup`] stopped at.
-    pub fn rewrite(&self, pool: &mut FramePool<'_>, at: &Lookup, value: u64) {
-        if let Some(page) = at.page() {
-            pool.set_counted(page, slot_of(at.addr, at.level), value, F::FREE);
-        }
+    /// Whether [`Radix::rewrite`] would succeed, decided by reading only.
+    pub fn check_rewrite(
+        &self,
+        pool: &FramePool<'_>,
+        at: &Lookup,
+        value: u64,
+    ) -> Result<(), PoolError> {
+        let page = at.page().ok_or(PoolError::Inconsistent)?;
+        pool.count_after(page, slot_of(at.addr, at.level), value == F::FREE, F::FREE)
+            .map(drop)
     }
 
-    /// Frees the entry a previous [`Radix::lookup`] stopped at, and every table page left
-    /// empty by it, up to and including the root.
-    pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup) {
-        let addr = at.addr;
+    /// Overwrites the entry a previous [`Radix::lookup`] stopped at. Nothing is written when
+    /// the count of its page would drift, or when the walk found no page
+    /// ([`PoolError::Inconsistent`]).
+    pub fn rewrite(
+        &self,
+        pool: &mut FramePool<'_>,
+        at: &Lookup,
+        value: u64,
+    ) -> Result<(), PoolError> {
+        let page = at.page().ok_or(PoolError::Inconsistent)?;
+        pool.set_counted(page, slot_of(at.addr, at.level), value, F::FREE)
+    }
+
+    /// Whether [`Radix::clear`] would succeed, decided by reading only: the table pages it
+    /// would return to the pool. Every count it would update is checked (one that would go
+    /// below zero, or to zero while the page holds other entries, is
+    /// [`PoolError::Inconsistent`]). The caller proves the pool can take the pages back
+    /// ([`FramePool::check_release`]), for one clear or for several that share the pool.
+    pub fn check_clear(&self, pool: &FramePool<'_>, at: &Lookup) -> Result<usize, PoolError> {
         let mut level = at.level;
+        let mut released = 0usize;
         while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
-            pool.set_counted(page, slot_of(addr, level), F::FREE, F::FREE);
-            if pool.used(page) != 0 {
-                return;
+            // The walk's pages are distinct, and each one's entry is read as it is now: the
+            // parent's pointer to a page released below is still in place.
+            if pool.count_after(page, slot_of(at.addr, level), true, F::FREE)? != 0 {
+                break;
             }
-            pool.release(page);
+            released = released.checked_add(1).ok_or(PoolError::Inconsistent)?;
             if level >= self.top {
-                self.root = None;
-                return;
+                break;
             }
             level = level.saturating_add(1);
         }
+        Ok(released)
+    }
+
+    /// Frees the entry a previous [`Radix::lookup`] stopped at, and every table page left
+    /// empty by it, up to and including the root. Nothing is written when a count would drift
+    /// or the pool could not take the pages back ([`PoolError::Inconsistent`]).
+    pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup) -> Result<(), PoolError> {
+        let released = self.check_clear(pool, at)?;
+        pool.check_release(released)?;
+        // Every check passed: the updates below are the ones just proven.
+        let addr = at.addr;
+        let mut level = at.level;
+        while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
+            pool.set_counted(page, slot_of(addr, level), F::FREE, F::FREE)?;
+            if pool.used(page) != 0 {
+                return Ok(());
+            }
+            pool.release(page)?;
+            if level >= self.top {
+                self.root = None;
+                return Ok(());
+            }
+            level = level.saturating_add(1);
+        }
+        Ok(())
     }
 
     /// The first non-free, non-table entry whose covered range starts at or above `from` and
@@ -374,18 +470,21 @@ mod tests {
         let mut pool = FramePool::new(&mut mem, 0x100_0000).unwrap();
         let mut t: Radix<Toy> = Radix::new(4);
         assert_eq!(t.missing_tables(&pool, 0x20_0000, 1), Ok(4));
-        assert_eq!(t.install(&mut pool, 0x20_0000, 1, 0xa0), Some(()));
+        assert_eq!(t.install(&mut pool, 0x20_0000, 1, 0xa0), Ok(()));
         assert_eq!(pool.free_frames(), 12);
         assert_eq!(t.missing_tables(&pool, 0x20_1000, 1), Ok(0));
         assert_eq!(t.missing_tables(&pool, 0x40_0000, 1), Ok(1));
-        assert_eq!(t.install(&mut pool, 0x40_0000, 2, 0xb0), Some(()));
+        assert_eq!(t.install(&mut pool, 0x40_0000, 2, 0xb0), Ok(()));
         let l = t.lookup(&pool, 0x20_0000, 1).unwrap();
         assert_eq!((l.level, l.raw), (1, 0xa0));
         // A walk through a leaf at level 2 stops there.
         let l = t.lookup(&pool, 0x40_1000, 1).unwrap();
         assert_eq!((l.level, l.raw), (2, 0xb0));
         // Installing below a leaf is refused.
-        assert_eq!(t.install(&mut pool, 0x40_1000, 1, 0xc0), None);
+        assert_eq!(
+            t.install(&mut pool, 0x40_1000, 1, 0xc0),
+            Err(InstallError::Occupied)
+        );
         assert_eq!(t.next_entry(&pool, 0, u64::MAX), Some((0x20_0000, 1, 0xa0)));
         assert_eq!(
             t.next_entry(&pool, 0x20_1000, u64::MAX),
@@ -394,10 +493,10 @@ mod tests {
         assert_eq!(t.next_entry(&pool, 0x40_0001, u64::MAX), None);
         assert_eq!(t.next_entry(&pool, 0, 0x20_0000), None);
         let l = t.lookup(&pool, 0x20_0000, 1).unwrap();
-        t.clear(&mut pool, &l);
+        t.clear(&mut pool, &l).unwrap();
         assert_eq!(pool.free_frames(), 13);
         let l = t.lookup(&pool, 0x40_0000, 2).unwrap();
-        t.clear(&mut pool, &l);
+        t.clear(&mut pool, &l).unwrap();
         assert_eq!(pool.free_frames(), 16);
         assert_eq!(t.root(), None);
     }
@@ -409,7 +508,7 @@ mod tests {
         let mut mem = vec![Page::ZERO; 17];
         let mut pool = FramePool::new(&mut mem, 0).unwrap();
         let mut t: Radix<Toy> = Radix::new(4);
-        assert_eq!(t.install(&mut pool, 0x1000, 1, 0xa0), Some(()));
+        assert_eq!(t.install(&mut pool, 0x1000, 1, 0xa0), Ok(()));
         let before: Vec<Page> = pool.pages().copied().collect();
         assert_eq!((t.width_bits(), t.limit()), (48, 1 << 48));
         for alias in [
@@ -420,7 +519,10 @@ mod tests {
         ] {
             assert_eq!(t.lookup(&pool, alias, 1), Err(OutsideTree), "{alias:#x}");
             assert_eq!(t.missing_tables(&pool, alias, 1), Err(OutsideTree));
-            assert_eq!(t.install(&mut pool, alias, 1, 0xb0), None);
+            assert_eq!(
+                t.install(&mut pool, alias, 1, 0xb0),
+                Err(InstallError::OutsideTree)
+            );
         }
         assert_eq!(t.next_entry(&pool, 1 << 48, u64::MAX), None);
         assert_eq!(pool.pages().copied().collect::<Vec<_>>(), before);
@@ -436,7 +538,10 @@ mod tests {
         let mut mem = vec![Page::ZERO; 4];
         let mut pool = FramePool::new(&mut mem, 0).unwrap();
         let mut t: Radix<Toy> = Radix::new(4);
-        assert_eq!(t.install(&mut pool, 0x1000, 1, 0xa0), None);
+        assert_eq!(
+            t.install(&mut pool, 0x1000, 1, 0xa0),
+            Err(InstallError::PoolEmpty)
+        );
         assert_eq!(pool.free_frames(), 3);
         assert_eq!(t.root(), None);
     }
@@ -453,7 +558,7 @@ mod tests {
             0x000f_ffff_ffff_f000,
         ];
         for a in addrs {
-            assert_eq!(t.install(&mut pool, a, 1, a | 0x10), Some(()));
+            assert_eq!(t.install(&mut pool, a, 1, a | 0x10), Ok(()));
         }
         let mut from = 0;
         let mut seen = vec![];

@@ -11,8 +11,8 @@ use tsm_core::{Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTa
 
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
-use crate::frames::FramePool;
-use crate::radix::{EntryFormat, Lookup, Radix, level_span};
+use crate::frames::{FramePool, PoolError};
+use crate::radix::{EntryFormat, InstallError, Lookup, Radix, level_span};
 
 /// S-EPT depth: 4-level (48-bit guest physical addresses) or 5-level (52-bit; Intel SDM
 /// Vol. 3C 29.3.2, EPTP bits 5:3 = page-walk length minus one).
@@ -145,6 +145,35 @@ pub enum SeptError {
     HpaTooWide,
     /// A guest slot the table does not have.
     UnknownGuest,
+    /// The frame pool's own bookkeeping disagrees with itself (ours, `TSM_INCONSISTENT`; the
+    /// core's `Inconsistent`): a table page's entry count that would go below zero, past the
+    /// page's 512 entries, or to zero while the page still holds entries; a free list that
+    /// disagrees with the free count; a page index outside the pool. Counts are checked, never
+    /// saturated, and every check of an operation comes before its first write: the operation
+    /// changed nothing.
+    Inconsistent,
+}
+
+impl From<PoolError> for SeptError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Empty => SeptError::PoolEmpty,
+            PoolError::Inconsistent => SeptError::Inconsistent,
+        }
+    }
+}
+
+impl From<InstallError> for SeptError {
+    /// For installs whose walk the S-EPT checked itself: a refusal other than the pool's
+    /// supply means the walker and the checks disagree.
+    fn from(e: InstallError) -> Self {
+        match e {
+            InstallError::PoolEmpty => SeptError::PoolEmpty,
+            InstallError::OutsideTree | InstallError::Occupied | InstallError::Inconsistent => {
+                SeptError::Inconsistent
+            }
+        }
+    }
 }
 
 impl From<SeptError> for TableError {
@@ -168,6 +197,7 @@ impl From<SeptError> for TableError {
                 TableError::Misaligned
             }
             SeptError::UnknownGuest => TableError::UnknownGuest,
+            SeptError::Inconsistent => TableError::Inconsistent,
         }
     }
 }
@@ -404,32 +434,37 @@ impl<'m> Sept<'m> {
         if mt_found.rooted && mt_found.raw != MtFormat::FREE {
             return Err(SeptError::HpaInUse);
         }
-        let need = usize::from(tree.missing_after(&found, level))
-            .saturating_add(usize::from(self.mmiomt.missing_after(&mt_found, level)));
-        if self.pool.free_frames() < need {
-            return Err(SeptError::PoolEmpty);
-        }
-        // Every check passed; both installs are proven to succeed. The two trees never share a
-        // page, so the MMIOMT's install leaves the S-EPT walk `found` valid.
         let entry = SeptEntry::mmio_leaf(Pfn::of(hpa), level, SeptState::MmioPending);
         let meta = MmioMtEntry::new()
             .with_leaf(true)
             .with_guest(MtGuest::of(guest).ok_or(SeptError::UnknownGuest)?)
             .with_pfn(Pfn::of(gpa));
+        // Both installs checked before either writes: the entry counts of the pages they
+        // write, then the pages they take, together. The two trees never share a page, so
+        // each check holds after the other tree's install, and the MMIOMT's install leaves
+        // the S-EPT walk `found` valid.
+        let need = tree
+            .check_install(&self.pool, &found, level, entry.into_bits())?
+            .checked_add(self.mmiomt.check_install(
+                &self.pool,
+                &mt_found,
+                level,
+                meta.into_bits(),
+            )?)
+            .ok_or(SeptError::Inconsistent)?;
+        self.pool.check_alloc(need)?;
+        // Every check passed; both installs are proven to succeed.
         self.mmiomt
-            .install_at(&mut self.pool, &mt_found, level, meta.into_bits())
-            .ok_or(SeptError::PoolEmpty)?;
+            .install_at(&mut self.pool, &mt_found, level, meta.into_bits())?;
         let slot = usize::from(guest.slot());
         let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
-        if tree
-            .install_at(&mut self.pool, &found, level, entry.into_bits())
-            .is_none()
-        {
-            // Unreachable by the frame count above; undo rather than leave half a mapping.
+        if let Err(e) = tree.install_at(&mut self.pool, &found, level, entry.into_bits()) {
+            // Unreachable by the checks above; undo rather than leave half a mapping.
             if let Ok((mt_found, _)) = self.mt_lookup(hpa.as_u64(), level) {
-                self.mmiomt.clear(&mut self.pool, &mt_found);
+                // The undo's own refusal changes nothing more: the error below stands.
+                self.mmiomt.clear(&mut self.pool, &mt_found).ok();
             }
-            return Err(SeptError::PoolEmpty);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -454,7 +489,7 @@ impl<'m> Sept<'m> {
         }
         let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, SeptState::MmioMapped);
         let tree = *self.tree(guest)?;
-        tree.rewrite(&mut self.pool, &found, entry.into_bits());
+        tree.rewrite(&mut self.pool, &found, entry.into_bits())?;
         Ok(())
     }
 
@@ -478,10 +513,14 @@ impl<'m> Sept<'m> {
         let bepoch = Bepoch::of(epoch.current);
         let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
         let tree = *self.tree(guest)?;
-        tree.rewrite(&mut self.pool, &found, entry.into_bits());
         let meta = meta.with_blocked(true).with_bepoch(bepoch);
+        // Both rewrites checked before either writes.
+        tree.check_rewrite(&self.pool, &found, entry.into_bits())?;
         self.mmiomt
-            .rewrite(&mut self.pool, &mt_found, meta.into_bits());
+            .check_rewrite(&self.pool, &mt_found, meta.into_bits())?;
+        tree.rewrite(&mut self.pool, &found, entry.into_bits())?;
+        self.mmiomt
+            .rewrite(&mut self.pool, &mt_found, meta.into_bits())?;
         if let Some(n) = self.blocked_count(guest, epoch.current) {
             // Never saturates: there are fewer leaves than table entries in the pool.
             *n = n.saturating_add(1);
@@ -554,6 +593,7 @@ impl<'m> Sept<'m> {
         let mut budget = RESTAMP_PER_CALL;
         let limit = self.mmiomt.limit();
         let mut paused = None;
+        let mut failed = None;
         while left > 0 {
             let Some((hpa, level, raw)) = self.mmiomt.next_entry(&self.pool, from, limit) else {
                 // Fewer leaves than counted (cannot happen): nothing left to move.
@@ -573,10 +613,19 @@ impl<'m> Sept<'m> {
             if bucket_slot(meta.bepoch().epoch_at(e.current)) != stale {
                 continue;
             }
-            let (found, _) = self.mt_lookup(hpa, level)?;
             let meta = meta.with_bepoch(stamp);
-            self.mmiomt
-                .rewrite(&mut self.pool, &found, meta.into_bits());
+            let rewritten = self.mt_lookup(hpa, level).and_then(|(found, _)| {
+                Ok(self
+                    .mmiomt
+                    .rewrite(&mut self.pool, &found, meta.into_bits())?)
+            });
+            if let Err(e) = rewritten {
+                // The leaves re-stamped so far stay counted as moved; a later call resumes
+                // at this one.
+                paused = Some(hpa);
+                failed = Some(e);
+                break;
+            }
             left = left.saturating_sub(1);
             moved = moved.saturating_add(1);
         }
@@ -591,6 +640,9 @@ impl<'m> Sept<'m> {
             *n = n.saturating_add(moved);
         }
         td.restamp_from = paused;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if paused.is_some() {
             return Err(SeptError::TrackResumable);
         }
@@ -623,8 +675,15 @@ impl<'m> Sept<'m> {
             .trees
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        tree.clear(&mut self.pool, &found);
-        self.mmiomt.clear(&mut self.pool, &mt_found);
+        // Both clears checked before either writes: the entry counts they update, then the
+        // pages they give back, together (the two trees never share a page).
+        let released = tree
+            .check_clear(&self.pool, &found)?
+            .checked_add(self.mmiomt.check_clear(&self.pool, &mt_found)?)
+            .ok_or(SeptError::Inconsistent)?;
+        self.pool.check_release(released)?;
+        tree.clear(&mut self.pool, &found)?;
+        self.mmiomt.clear(&mut self.pool, &mt_found)?;
         if let Some(n) = self.blocked_count(guest, blocked_at) {
             *n = n.saturating_sub(1);
         }
@@ -686,7 +745,7 @@ impl SecureTable for Sept<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::Page;
+    use crate::frames::{FrameIndex, Page};
 
     const G: GuestId = GuestId::from_slot(0);
     const H: GuestId = GuestId::from_slot(1);
@@ -966,6 +1025,242 @@ mod tests {
             Ok(())
         );
         assert_eq!(s.pool().free_frames(), 0);
+    }
+
+    /// The table page `guest`'s S-EPT walk for `at` stops in at `level`.
+    fn sept_page(s: &Sept<'_>, guest: GuestId, at: u64, level: u8) -> FrameIndex {
+        s.walk(guest, gpa(at), level).unwrap().page().unwrap()
+    }
+
+    /// The MMIOMT page the walk for `at` stops in at `level`.
+    fn mt_page(s: &Sept<'_>, at: u64, level: u8) -> FrameIndex {
+        s.mt_lookup(at, level).unwrap().0.page().unwrap()
+    }
+
+    /// A table page's entry count that drifted (below zero, to zero with a leaf left, past its
+    /// 512 entries) is `Inconsistent` (the core's `Inconsistent` through `SecureTable`, the
+    /// TDX status `TSM_INCONSISTENT`) for a map, block or unmap that would update it, and the
+    /// refusal changes no byte: not the other tree either, though its update comes first or
+    /// needs no count. With the count put right the same operations succeed.
+    #[test]
+    fn a_drifted_entry_count_is_inconsistent_and_map_block_unmap_change_nothing() {
+        let k4 = PageSize::Size4K;
+        let mut mem = vec![Page::ZERO; 33];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        s.mmio_map(G, gpa(0x1000), hpa(0x8000_1000), k4).unwrap();
+        s.mmio_map(G, gpa(0x2000), hpa(0x8000_2000), k4).unwrap();
+        // The S-EPT's PT and the MMIOMT's level-1 page each hold both leaves.
+        let pt = sept_page(&s, G, 0x1000, 1);
+        let mt = mt_page(&s, 0x8000_1000, 1);
+        assert_eq!((s.pool.used(pt), s.pool.used(mt)), (2, 2));
+
+        // Map a third leaf into the same two pages: their counts would go past 512. In the
+        // last case the MMIOMT's count (0 with two entries) would take an increment, but not
+        // the decrement an undo of a half-made mapping would need: only checking both trees
+        // before the first write leaves no trace.
+        for (what, drift) in [
+            ("S-EPT PT", &[(pt, 512)][..]),
+            ("MMIOMT page", &[(mt, 512)]),
+            ("S-EPT PT, MMIOMT page low", &[(pt, 512), (mt, 0)]),
+        ] {
+            for &(page, n) in drift {
+                s.pool.force_used(page, n);
+            }
+            let before = image(&s);
+            assert_eq!(
+                s.mmio_map(G, gpa(0x3000), hpa(0x8000_3000), k4),
+                Err(SeptError::Inconsistent),
+                "map, {what} count at 512"
+            );
+            assert_eq!(
+                SecureTable::map(&mut s, G, gpa(0x3000), hpa(0x8000_3000), k4),
+                Err(TableError::Inconsistent),
+                "{what}"
+            );
+            assert_eq!(
+                image(&s),
+                before,
+                "map, {what}: the refusal changed the table"
+            );
+            s.pool.force_used(pt, 2);
+            s.pool.force_used(mt, 2);
+        }
+        s.mmio_map(G, gpa(0x3000), hpa(0x8000_3000), k4).unwrap();
+        s.mmio_block(G, gpa(0x3000), k4).unwrap();
+
+        // Block rewrites an entry of each tree: a count past the page's entries refuses both.
+        for (what, page) in [("S-EPT PT", pt), ("MMIOMT page", mt)] {
+            s.pool.force_used(page, 513);
+            let before = image(&s);
+            assert_eq!(
+                s.mmio_block(G, gpa(0x1000), k4),
+                Err(SeptError::Inconsistent),
+                "block, {what}"
+            );
+            assert_eq!(
+                image(&s),
+                before,
+                "block, {what}: the refusal changed the table"
+            );
+            s.pool.force_used(page, 3);
+        }
+        s.mmio_block(G, gpa(0x1000), k4).unwrap();
+        s.mem_track(G).unwrap();
+
+        // Unmap: a count that would go below zero, or to zero while the page holds the other
+        // leaves (saturating, the page would have gone back to the pool with them in it).
+        for (what, page, drift) in [
+            ("S-EPT PT below zero", pt, 0),
+            ("S-EPT PT to zero with leaves left", pt, 1),
+            ("MMIOMT page below zero", mt, 0),
+            ("MMIOMT page to zero with leaves left", mt, 1),
+        ] {
+            s.pool.force_used(page, drift);
+            let before = image(&s);
+            assert_eq!(
+                s.mmio_unmap(G, gpa(0x1000), k4),
+                Err(SeptError::Inconsistent),
+                "unmap, {what}"
+            );
+            assert_eq!(
+                SecureTable::remove(&mut s, G, gpa(0x1000), k4),
+                Err(TableError::Inconsistent),
+                "{what}"
+            );
+            assert_eq!(
+                image(&s),
+                before,
+                "unmap, {what}: the refusal changed the table"
+            );
+            s.pool.force_used(page, 3);
+        }
+        assert_eq!(s.mmio_unmap(G, gpa(0x1000), k4), Ok(hpa(0x8000_1000)));
+        assert_eq!(s.mmio_unmap(G, gpa(0x3000), k4), Ok(hpa(0x8000_3000)));
+        s.mmio_block(G, gpa(0x2000), k4).unwrap();
+        s.mem_track(G).unwrap();
+        assert_eq!(s.mmio_unmap(G, gpa(0x2000), k4), Ok(hpa(0x8000_2000)));
+        assert_eq!(s.pool().free_frames(), s.pool().total_frames());
+
+        // The statuses: the core's Inconsistent, and TDX's TSM_INCONSISTENT.
+        assert_eq!(
+            tsm_core::Error::from(TableError::from(SeptError::Inconsistent)),
+            tsm_core::Error::Inconsistent
+        );
+        assert_eq!(
+            crate::status::sept_status(SeptError::Inconsistent, 0),
+            crate::status::TSM_INCONSISTENT
+        );
+    }
+
+    /// Recounts every table page of every tree: its entry count equals its entries that are
+    /// not FREE, and the pages reached plus the free list are the whole pool.
+    fn recount(s: &Sept<'_>) {
+        fn walk<F: EntryFormat>(pool: &FramePool<'_>, page: FrameIndex, level: u8) -> usize {
+            let p = pool.page(page).unwrap();
+            let in_use = p.0.iter().filter(|&&e| e != F::FREE).count() as u64;
+            assert_eq!(pool.used(page), in_use, "page {page} at level {level}");
+            let mut pages = 1;
+            if level > 1 {
+                for &e in &p.0 {
+                    if F::is_table(e, level) {
+                        let child = pool.index_of(F::child(e)).unwrap();
+                        pages += walk::<F>(pool, child, level - 1);
+                    }
+                }
+            }
+            pages
+        }
+        let mut pages = 0;
+        for t in &s.trees {
+            if let Some(root) = t.root() {
+                pages += walk::<SeptFormat>(&s.pool, root, t.levels());
+            }
+        }
+        if let Some(root) = s.mmiomt.root() {
+            pages += walk::<MtFormat>(&s.pool, root, s.mmiomt.levels());
+        }
+        let free = s.pool.free_frames();
+        assert_eq!(pages + free, s.pool.total_frames());
+        // The free list holds exactly the counted free pages.
+        assert_eq!(s.pool.check_alloc(free), Ok(()));
+        assert_eq!(s.pool.check_alloc(free + 1), Err(PoolError::Empty));
+    }
+
+    /// Thousands of maps, accepts, blocks, tracks, unmaps and refusals over two TDs, 4 KiB and
+    /// 2 MiB leaves, tables made and given back (roots included): after every step each
+    /// page's entry count equals a recount of its entries, and no page leaks.
+    #[test]
+    // Thousands of steps each recounting the pool: minutes under Miri.
+    #[cfg_attr(miri, ignore)]
+    fn entry_counts_stay_exact_through_many_map_unmap_cycles() {
+        #[derive(Clone, Copy, PartialEq)]
+        enum St {
+            Free,
+            Pending,
+            Mapped,
+            Blocked,
+        }
+        let slots: Vec<(GuestId, u64, u64, PageSize)> = (0..18u64)
+            .map(|i| {
+                let guest = if i % 2 == 0 { G } else { H };
+                if i % 3 == 2 {
+                    let (g, h) = (0x4000_0000 + i * 0x20_0000, 0x9000_0000 + i * 0x20_0000);
+                    (guest, g, h, PageSize::Size2M)
+                } else {
+                    let g = 0x10_0000_0000 * (i % 4) + i * 0x1000;
+                    (guest, g, 0x8000_0000 + i * 0x1000, PageSize::Size4K)
+                }
+            })
+            .collect();
+        let mut state = vec![St::Free; slots.len()];
+        let mut mem = vec![Page::ZERO; 65];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let mut x: u64 = 0x2545_f491;
+        let mut maps = 0;
+        for _ in 0..3000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let r = x >> 33;
+            let i = (r % slots.len() as u64) as usize;
+            let (guest, g, h, size) = slots[i];
+            state[i] = match state[i] {
+                St::Free => {
+                    s.mmio_map(guest, gpa(g), hpa(h), size).unwrap();
+                    maps += 1;
+                    St::Pending
+                }
+                St::Pending if r & 0x100 != 0 => {
+                    s.mmio_accept(guest, gpa(g), size).unwrap();
+                    St::Mapped
+                }
+                St::Pending | St::Mapped => {
+                    s.mmio_block(guest, gpa(g), size).unwrap();
+                    St::Blocked
+                }
+                St::Blocked => {
+                    // A refusal first (not tracked yet, or the gpa is taken): counts unchanged.
+                    let refused = s.mmio_map(guest, gpa(g), hpa(h), size);
+                    assert!(matches!(refused, Err(SeptError::EntryNotFree { .. })));
+                    track(&mut s, guest);
+                    assert_eq!(s.mmio_unmap(guest, gpa(g), size), Ok(hpa(h)));
+                    St::Free
+                }
+            };
+            recount(&s);
+        }
+        assert!(maps > 300, "{maps} maps");
+        for (i, &(guest, g, h, size)) in slots.iter().enumerate() {
+            if state[i] != St::Free {
+                s.mmio_block(guest, gpa(g), size).unwrap();
+                track(&mut s, guest);
+                assert_eq!(s.mmio_unmap(guest, gpa(g), size), Ok(hpa(h)));
+                recount(&s);
+            }
+        }
+        assert_eq!(s.pool().free_frames(), s.pool().total_frames());
+        assert_eq!(
+            (s.root_phys(G), s.root_phys(H), s.mmiomt.root()),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -292,6 +292,9 @@ pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
         SeptError::GpaTooWide => TDX_OPERAND_ADDR_RANGE_ERROR | page,
         SeptError::HpaTooWide => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8),
         SeptError::UnknownGuest => TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
+        // The same status, operand 0, as the core's `Inconsistent` (what a map or remove with
+        // the same drift answers through the core).
+        SeptError::Inconsistent => TSM_INCONSISTENT,
     }
 }
 
