@@ -75,7 +75,8 @@ pub fn init_cpu(cpu: usize) {
         kprintln!("gdt: cpu index {cpu} out of range (max {MAX_CPUS})");
         crate::exit::fail();
     };
-    // SAFETY: cpu < MAX_CPUS, and only this CPU touches slot `cpu` (called once per CPU).
+    // SAFETY: cpu < MAX_CPUS, and only this CPU touches slot `cpu` (called once per CPU; an
+    // index is never handed to two CPUs, see smp::start_aps).
     let tables = unsafe { &mut (*TABLES.0.get())[cpu] };
     let mut ist = [0; 7];
     ist[usize::from(DOUBLE_FAULT_IST - 1)] = df_top;

@@ -39,8 +39,8 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
     };
     total.add(run_suite(&mut fresh_core, out));
 
-    match physical::<Page>(TDX_POOL_FRAMES) {
-        Some((phys, pages)) => {
+    match (physical::<Page>(TDX_POOL_FRAMES), system_ram()) {
+        (Some((phys, pages)), Some(ram)) => {
             let mut fresh_tdx = |run: &mut dyn FnMut(&mut dyn Backend)| {
                 pages.fill(Page::ZERO);
                 let Some(pool) = FramePool::new(&mut *pages, phys) else {
@@ -50,13 +50,21 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
                 let tsm: TdxFirmware<'_> = Tsm::with_reserved(
                     Sept::new(pool, SeptLevels::Four),
                     ModelDevice::model(),
-                    system_ram(),
+                    ram.clone(),
                 );
                 run(&mut TdxBackend::new(&tsm));
             };
             total.add(run_suite(&mut fresh_tdx, out));
         }
-        None => total.failed = total.failed.saturating_add(1),
+        (pool, ram) => {
+            let _ = writeln!(
+                crate::serial::Console,
+                "shim: FAIL no TDX run (pool {}, RAM map {})",
+                pool.is_some(),
+                ram.is_some()
+            );
+            total.failed = total.failed.saturating_add(1);
+        }
     }
 
     let rmp_frames = (RMP_PAGES * core::mem::size_of::<RmpEntry>()) as u64 / FRAME_SIZE + 1;
@@ -81,11 +89,10 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
 
 /// System RAM, from the bottom of memory to the top of the kernel's frame pool (which the
 /// PVH memory map filled): what the TDX-usable memory is on this machine.
-fn system_ram() -> ReservedMemory {
-    let top = FRAMES.lock().ranges().iter().map(|&(_, end)| end).max();
-    top.and_then(|top| MmioRange::from_raw(0, top / FRAME_SIZE).ok())
-        .and_then(|ram| ReservedMemory::from_ranges(&[ram]).ok())
-        .unwrap_or_default()
+fn system_ram() -> Option<ReservedMemory> {
+    let top = FRAMES.lock().ranges().iter().map(|&(_, end)| end).max()?;
+    let ram = MmioRange::from_raw(0, top / FRAME_SIZE).ok()?;
+    ReservedMemory::from_ranges(&[ram]).ok()
 }
 
 /// `frames` contiguous zeroed physical frames from the kernel pool, as a slice of `T` (a

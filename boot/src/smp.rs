@@ -158,6 +158,11 @@ pub fn start_aps(rsdp: u64) -> (usize, usize) {
                     kprintln!(
                         "smp: FAIL cpu {cpu} (apic {apic}) did not check in within {CHECKIN_MS} ms"
                     );
+                    // Park it (INIT: back to wait-for-SIPI) and start no other: a late AP must
+                    // never pick up the next CPU's stack and GDT slot from AP_BOOT_*.
+                    send_ipi(apic, 0x4500);
+                    cpu += 1;
+                    break;
                 }
                 cpu += 1;
             }

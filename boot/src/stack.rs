@@ -124,8 +124,10 @@ const _: () = {
 #[repr(C, align(4096))]
 pub struct Area(UnsafeCell<[u8; AREA_SIZE]>);
 
-// SAFETY: the memory is only ever used as stacks, each by the one CPU whose index selects it, or
-// left unmapped as guard pages; Rust code never reads or writes it through this type.
+// SAFETY: the memory is only ever used as stacks, each by the one CPU whose index selects it
+// (an AP that misses its check-in is parked with INIT and no later AP is started, so the boot
+// variables that hand out an index are never reused under a late AP; smp::start_aps), or left
+// unmapped as guard pages; Rust code never reads or writes it through this type.
 unsafe impl Sync for Area {}
 
 /// The stacks (in .bss; entry.rs names it to set up the BSP stack).

@@ -14,7 +14,10 @@ pub enum MemoryFault {
     ReadOnly,
 }
 
-/// Byte access to system physical memory.
+/// Byte access to system physical memory: the host's pages only. An implementation must refuse
+/// (`OutOfRange`) every byte the firmware keeps for itself (the RMP table, its image and
+/// private state) and every page the RMP assigns to a guest, so that no command can be pointed
+/// at them as its input or output.
 pub trait SystemMemory {
     /// Copies `out.len()` bytes from `spa`.
     fn read(&self, spa: u64, out: &mut [u8]) -> Result<(), MemoryFault>;

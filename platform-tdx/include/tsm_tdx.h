@@ -12,9 +12,14 @@
  * An address outside it is refused with TDX_OPERAND_ADDR_RANGE_ERROR naming the operand
  * (TDX_OPERAND_ID_REG_BLOCK for the register block itself), never dereferenced; a block or
  * list not 8-byte aligned is TDX_OPERAND_INVALID on the same operand. The firmware reads each
- * 8-byte word of a block or list once, into a private copy it then checks and uses, and writes
- * the register block back once on return: a host writing the memory meanwhile gets the
- * outcome of one consistent snapshot. Reserved fields must be zero.
+ * 8-byte word of a block or list once (an aligned 8-byte atomic load), into a private copy it
+ * then checks and uses, and writes the register block back once on return. A host that writes
+ * this memory while a call runs must do so with aligned 8-byte stores (never narrower or
+ * unaligned ones: those race with the firmware's loads); it then gets the outcome of the
+ * words as each was read once, which may mix old and new words of a block it rewrites, but is
+ * checked as a whole like any other input. Reserved fields must be zero, in a BAR list also
+ * each range's attributes and range_id. Memory given at init (the pool, the host range) and
+ * the firmware's own state are never accepted as MMIO (TSM_RESERVED_MEMORY).
  */
 #ifndef TSM_TDX_H
 #define TSM_TDX_H
@@ -92,6 +97,13 @@ struct tsm_tdx_range_list {
 #define TDX_TLB_TRACKING_NOT_DONE      0xC0000B0800000000ull
 #define TDX_DEVIF_TDISP_INVALID_STATE  0xC0000F1000000000ull
 #define TDX_DEVIF_INVALID_STATE        0xC0000F1100000000ull
+/* Ours (class 0xF0): memory given at init (pool, host range) or the firmware's state as a BAR
+ * or mapping; a BAR over another device's; an interface that is not a function of its device;
+ * the firmware's own records disagreeing (refused, nothing changed). */
+#define TSM_RESERVED_MEMORY            0xC000F00500000000ull
+#define TSM_FOREIGN_INTERFACE          0xC000F02700000000ull
+#define TSM_BAR_IN_USE                 0xC000F02800000000ull
+#define TSM_INCONSISTENT               0xC000F0FF00000000ull
 #define TDX_STATUS_CODE(s)             ((s) & 0xFFFFFFFF00000000ull)
 #define TDX_STATUS_OPERAND(s)          ((uint32_t)((s) & 0xFFFFFFFFull))
 #define TDX_OPERAND_ID_RAX 0u

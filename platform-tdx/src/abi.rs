@@ -144,9 +144,9 @@ pub struct RangeEntry {
     pub first_page: u64,
     /// Number of 4 KiB pages.
     pub pages: u32,
-    /// TDISP range attributes (not interpreted here).
+    /// TDISP range attributes (a model report's); reserved, zero, in a BAR list.
     pub attributes: u16,
-    /// TDISP range ID (not interpreted here).
+    /// TDISP range ID (a model report's); reserved, zero, in a BAR list.
     pub range_id: u16,
 }
 
@@ -558,8 +558,9 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
         Ok((gpa, size))
     }
 
-    /// Reads a range list from host memory into a private copy (each byte once) and decodes
-    /// it: reserved field zero, at most `N` entries, each a valid range.
+    /// Reads a BAR list from host memory into a private copy (each byte once) and decodes it:
+    /// reserved fields zero (the list's, and each entry's attributes and range ID), at most `N`
+    /// entries, each a valid range.
     fn read_ranges<const N: usize>(
         &self,
         raw: u64,
@@ -574,6 +575,10 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             ListError::Reserved => Outcome::Status(invalid(operand)),
             ListError::TooMany => Outcome::Core(Err(Error::TooManyRanges)),
         })?;
+        // A BAR has no attributes and no range ID: those fields are reserved here.
+        if entries.iter().any(|e| e.attributes != 0 || e.range_id != 0) {
+            return Err(Outcome::Status(invalid(operand)));
+        }
         let mut out = heapless::Vec::new();
         for entry in entries {
             let range = MmioRange::from_raw(entry.first_page, u64::from(entry.pages))

@@ -246,7 +246,11 @@ impl Firmware {
         }
         // Never MMIO: the pool (S-EPT pages) and host memory (system RAM, the TDX-usable
         // memory of this prototype). A BAR, report or mapping touching either is refused.
-        let reserved = match reserved_memory(mem_addr as u64, pages, &window) {
+        let state = (
+            core::ptr::from_ref(self).addr() as u64,
+            core::mem::size_of::<Self>(),
+        );
+        let reserved = match reserved_memory(mem_addr as u64, pages, &window, state) {
             Some(r) => r,
             None => return TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX),
         };
@@ -355,18 +359,26 @@ impl Firmware {
     }
 }
 
-/// The firmware's pool and the host memory window, whole 4 KiB pages each, as reserved
-/// memory; `None` past the physical address space.
-fn reserved_memory(pool: u64, pages: usize, host: &HostWindow) -> Option<ReservedMemory> {
-    let page = PAGE_BYTES as u64;
+/// The firmware's pool, its own state (the [`Firmware`] object, which holds every table of
+/// the core) and the host memory window, whole 4 KiB pages each, as reserved memory; `None`
+/// past the physical address space. The code image is the embedder's to reserve: a static
+/// library cannot see its bounds.
+fn reserved_memory(
+    pool: u64,
+    pages: usize,
+    host: &HostWindow,
+    state: (u64, usize),
+) -> Option<ReservedMemory> {
+    let pages_over = |base: u64, bytes: u64| {
+        let page = PAGE_BYTES as u64;
+        let first = base / page * page;
+        let end = base.checked_add(bytes)?.checked_next_multiple_of(page)?;
+        MmioRange::from_raw(first, end.checked_sub(first)? / page).ok()
+    };
     let pool = MmioRange::from_raw(pool, pages as u64).ok()?;
-    let first = host.base() / page * page;
-    let end = host
-        .base()
-        .checked_add(host.len as u64)?
-        .checked_next_multiple_of(page)?;
-    let host = MmioRange::from_raw(first, end.checked_sub(first)? / page).ok()?;
-    ReservedMemory::from_ranges(&[pool, host]).ok()
+    let host = pages_over(host.base(), host.len as u64)?;
+    let state = pages_over(state.0, state.1 as u64)?;
+    ReservedMemory::from_ranges(&[pool, host, state]).ok()
 }
 
 static FIRMWARE: Firmware = Firmware::new();
@@ -563,10 +575,12 @@ mod tests {
             assert_eq!(out.rax, status);
             out
         }
+        /// The pool's pages, read through the firmware's own `&mut` (no second alias).
         fn pool_image(&self) -> Vec<Page> {
-            // SAFETY: the pool pages are leaked and only this (single-threaded) test reads
-            // them while no firmware call runs.
-            unsafe { core::slice::from_raw_parts(self.pool, self.pool_pages) }.to_vec()
+            let fw = self.fw.instance().expect("initialised");
+            fw.tsm
+                .with_table(|t| t.pool().pages().copied().collect())
+                .expect("not busy")
         }
     }
 
@@ -721,7 +735,8 @@ mod tests {
         assert!(!seen.is_empty());
     }
 
-    /// Memory the firmware was given at init (its pool, host memory) is never MMIO.
+    /// Memory the firmware was given at init (its pool, host memory) and its own state are
+    /// never MMIO.
     #[test]
     fn a_bar_over_the_pool_or_host_memory_is_reserved_memory() {
         let w = World::new();
@@ -735,6 +750,10 @@ mod tests {
                 w.pool.addr() as u64 + (w.pool_pages as u64 - 1) * 4096,
             ),
             ("host memory", w.host.addr() as u64 & !0xfff),
+            (
+                "the firmware's own state",
+                core::ptr::from_ref(w.fw).addr() as u64 & !0xfff,
+            ),
         ] {
             w.put_list(&one_range(base, 1));
             let out = w.call(

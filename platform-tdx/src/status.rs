@@ -448,3 +448,57 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    /// Every status the C header defines has the value of the Rust constant of that name.
+    #[test]
+    fn header_statuses_match_the_rust_constants() {
+        let header = include_str!("../include/tsm_tdx.h");
+        let rust: &[(&str, u64)] = &[
+            ("TDX_SUCCESS", TDX_SUCCESS),
+            ("TDX_INTERRUPTED_RESUMABLE", TDX_INTERRUPTED_RESUMABLE),
+            ("TDX_OPERAND_INVALID", TDX_OPERAND_INVALID),
+            ("TDX_OPERAND_ADDR_RANGE_ERROR", TDX_OPERAND_ADDR_RANGE_ERROR),
+            ("TDX_OPERAND_BUSY", TDX_OPERAND_BUSY),
+            ("TDX_PREVIOUS_TLB_EPOCH_BUSY", TDX_PREVIOUS_TLB_EPOCH_BUSY),
+            ("TDX_SYSINIT_NOT_PENDING", TDX_SYSINIT_NOT_PENDING),
+            ("TDX_SYS_NOT_READY", TDX_SYS_NOT_READY),
+            ("TDX_EPT_WALK_FAILED", TDX_EPT_WALK_FAILED),
+            ("TDX_EPT_ENTRY_NOT_FREE", TDX_EPT_ENTRY_NOT_FREE),
+            ("TDX_GPA_RANGE_NOT_BLOCKED", TDX_GPA_RANGE_NOT_BLOCKED),
+            ("TDX_TLB_TRACKING_NOT_DONE", TDX_TLB_TRACKING_NOT_DONE),
+            (
+                "TDX_DEVIF_TDISP_INVALID_STATE",
+                TDX_DEVIF_TDISP_INVALID_STATE,
+            ),
+            ("TDX_DEVIF_INVALID_STATE", TDX_DEVIF_INVALID_STATE),
+            ("TSM_RESERVED_MEMORY", TSM_RESERVED_MEMORY),
+            ("TSM_FOREIGN_INTERFACE", TSM_FOREIGN_INTERFACE),
+            ("TSM_BAR_IN_USE", TSM_BAR_IN_USE),
+            ("TSM_INCONSISTENT", TSM_INCONSISTENT),
+        ];
+        let mut defined = 0;
+        for line in header.lines() {
+            let mut words = line.split_whitespace();
+            let (Some("#define"), Some(name), Some(value)) =
+                (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let Some(hex) = value.strip_prefix("0x").and_then(|v| v.strip_suffix("ull")) else {
+                continue;
+            };
+            let value = u64::from_str_radix(hex, 16).unwrap();
+            let (_, expected) = rust
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("header status {name} has no Rust constant here"));
+            assert_eq!(value, *expected, "{name}");
+            defined += 1;
+        }
+        assert_eq!(defined, rust.len(), "a status is missing from the header");
+    }
+}

@@ -746,3 +746,34 @@ fn track_past_a_window(host_tracks: bool) {
     );
     assert_eq!(out.rax, TDX_SUCCESS, "every leaf removed");
 }
+
+/// A BAR has no attributes and no range ID: a BAR list with either set is malformed
+/// (OPERAND_INVALID on RDX), and no device is registered.
+#[test]
+fn bar_lists_with_reserved_fields_set_are_refused() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (mut w, _, _) = bound_world(&mut mem);
+    let rid = u64::from(RequesterId::try_new(0, 9, 0, 0).unwrap().packed());
+    let before = w.image();
+    for (what, attributes, range_id) in [("attributes", 1 << 2, 0), ("range ID", 0, 7)] {
+        let mut list =
+            RangeList::from_ranges(&[MmioRange::from_raw(0x9000_0000, 4).unwrap()]).unwrap();
+        list.ranges[0].attributes = attributes;
+        list.ranges[0].range_id = range_id;
+        w.params = list;
+        let out = w.call(
+            u64::from(abi::TDH_SPDM_CREATE),
+            SeamRegs {
+                rcx: rid,
+                rdx: PARAMS,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.rax, TDX_OPERAND_INVALID | 2, "BAR with {what} set");
+        assert_eq!(w.image(), before);
+        assert_eq!(
+            w.tsm.device(tsm_core::DeviceId::from_slot(1)).err(),
+            Some(tsm_core::Error::InvalidHandle)
+        );
+    }
+}
