@@ -150,7 +150,7 @@ pub fn run_concurrent(cpu: usize, _ncpu: usize) -> CpuResult {
                 if r.is_ok() {
                     result.failed += 1;
                 }
-                r.map(|()| Completion::Done)
+                r.map(|_| Completion::Done)
             }
         };
         if matches!(outcome, Err(Error::Busy(_))) {

@@ -681,8 +681,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let c: abi::AsidFenceClear = abi::parse(buf)?;
         self.device(c.dev_ctx.get())?;
         let g = self.guest(c.gctx_paddr.get())?;
-        self.tsm.host_track(g.guest)?;
-        DONE
+        Ok(self.tsm.host_track(g.guest)?)
     }
 
     fn fence_status(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {

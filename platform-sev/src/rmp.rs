@@ -20,7 +20,7 @@
 use bitfield_struct::bitfield;
 use tsm_core::capacity::MAX_GUESTS;
 use tsm_core::secure_table::{Leaf, LeafState, SecureTable, TableError};
-use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
+use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize};
 
 use crate::pfn::{LeafCode, Pfn};
 use crate::status::SevStatus;
@@ -586,7 +586,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
     /// Raises the ASID fence (ASID_FENCE_CLEAR): complete at once unless tests hold it. The
     /// fence after the 2^64 - 1st is refused (`OutOfFrames`: no room left to count it), with
     /// nothing changed.
-    fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
+    fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
         self.fence(guest)?;
         let hold = self
             .held
@@ -601,7 +601,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         if !hold {
             f.done = f.raised;
         }
-        Ok(())
+        Ok(Completion::Done)
     }
 
     /// Unassigns a blocked leaf once a fence raised after its block has completed.

@@ -450,9 +450,6 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
                 let status = match r {
                     Err(Error::InvalidHandle) => self.which_handle(&ops, input).unwrap_or(status),
                     Err(Error::Misaligned) => which_misaligned(leaf, input).unwrap_or(status),
-                    Err(Error::TlbFlushPending) => {
-                        self.track_resumable(&ops, input).unwrap_or(status)
-                    }
                     _ => status,
                 };
                 if matches!(r, Err(Error::NotMapped | Error::SizeMismatch)) {
@@ -493,21 +490,6 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
     /// operand the firmware does not know is reported first, then `status`.
     fn refuse(&self, leaf: u16, input: &SeamRegs, status: TdxStatus) -> Outcome {
         Outcome::Status(self.which_handle(&operands(leaf), input).unwrap_or(status))
-    }
-
-    /// The core said TlbFlushPending where a TRACK is re-stamping old blocked leaves (the
-    /// unbind's Track step): TDX_INTERRUPTED_RESUMABLE, call again.
-    fn track_resumable(&self, ops: &Operands, input: &SeamRegs) -> Option<TdxStatus> {
-        let owner = match (ops.td, ops.tdi) {
-            (Some(id), _) => GuestId::from_raw(reg(input, id)?).ok()?,
-            (None, Some(id)) => {
-                let tdi = TdiId::from_raw(reg(input, id)?).ok()?;
-                self.tsm.tdi(tdi).ok()?.state.owner()?
-            }
-            _ => return None,
-        };
-        let why = self.tsm.with_table(|t| t.track_pending(owner)).ok()??;
-        (why == SeptError::TrackResumable).then(|| status::sept_status(why, OPERAND_ID_RCX))
     }
 
     /// On an S-EPT walk or state error TDX returns the entry in RCX and `{level, state}` in RDX.
@@ -652,28 +634,21 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             TDH_MMIO_UNMAP => {
                 let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
-                let hpa = tsm
-                    .leaf(td, gpa)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |l| l.hpa.as_u64());
-                tsm.host_unmap(td, gpa, size).map_err(core)?;
-                out.r8 = hpa;
+                // The host page of the leaf this call removed, from the removal itself.
+                out.r8 = tsm.host_unmap(td, gpa, size).map_err(core)?.as_u64();
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_MEM_TRACK => {
                 let td: GuestId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 match tsm.host_track(td) {
-                    // TRACK's own words: the previous epoch is not flushed yet, or re-stamping
-                    // old blocked leaves took this call (INTERRUPTED_RESUMABLE).
-                    Err(Error::TlbFlushPending) => {
-                        let why = tsm.with_table(|t| t.track_pending(td)).ok().flatten();
-                        st(status::sept_status(
-                            why.unwrap_or(SeptError::PreviousEpochBusy),
-                            OPERAND_ID_RCX,
-                        ))
-                    }
-                    r => r.into(),
+                    // TRACK's own words: the previous epoch is not flushed yet. (Re-stamping
+                    // old blocked leaves is `Resumable`, INTERRUPTED_RESUMABLE, from the
+                    // call's own result.)
+                    Err(Error::TlbFlushPending) => st(status::sept_status(
+                        SeptError::PreviousEpochBusy,
+                        OPERAND_ID_RCX,
+                    )),
+                    r => Outcome::Core(r),
                 }
             }
             TDH_MEM_SEPT_RD => {

@@ -7,7 +7,9 @@
 use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_OPS_PER_CALL};
 use tsm_core::secure_table::Epoch;
-use tsm_core::{Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError};
+use tsm_core::{
+    Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
+};
 
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
@@ -716,8 +718,13 @@ impl SecureTable for Sept<'_> {
         Ok(self.mmio_block(guest, gpa, size)?)
     }
 
-    fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
-        Ok(self.mem_track(guest)?)
+    fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
+        match self.mem_track(guest) {
+            Ok(()) => Ok(Completion::Done),
+            // Old blocked leaves re-stamped, the epoch not advanced yet: call again.
+            Err(SeptError::TrackResumable) => Ok(Completion::Resumable),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {

@@ -504,7 +504,7 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
                 rdx: 9,
                 ..Default::default()
             },
-            core.host_unmap(unknown_td, gpa(misaligned), k2m),
+            core.host_unmap(unknown_td, gpa(misaligned), k2m).map(drop),
         ),
         (
             "map: unknown TDI, misaligned GPA",

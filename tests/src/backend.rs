@@ -138,7 +138,7 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         self.tsm.unbind(tdi)
     }
     fn host_unmap(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
-        self.tsm.host_unmap(guest, gpa, size)
+        self.tsm.host_unmap(guest, gpa, size).map(drop)
     }
     fn host_block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         self.tsm.host_block(guest, gpa, size)

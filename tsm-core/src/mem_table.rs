@@ -7,6 +7,7 @@ use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
 use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+use crate::status::Completion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct GuestEpoch {
@@ -136,7 +137,7 @@ impl<const N: usize> SecureTable for MemTable<N> {
         Ok(())
     }
 
-    fn track(&mut self, guest: GuestId) -> Result<(), TableError> {
+    fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))
@@ -145,7 +146,7 @@ impl<const N: usize> SecureTable for MemTable<N> {
         if !e.deferred {
             e.flushed = e.current;
         }
-        Ok(())
+        Ok(Completion::Done)
     }
 
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {
@@ -229,9 +230,9 @@ mod tests {
         t.set_defer_flush(G, true);
         // Another guest's flushes are not held.
         let other = GuestId::from_slot(7);
-        assert_eq!(t.track(other), Ok(()));
+        assert_eq!(t.track(other), Ok(Completion::Done));
         assert_eq!(t.epochs[7].flushed, t.epochs[7].current);
-        assert_eq!(t.track(G), Ok(()));
+        assert_eq!(t.track(G), Ok(Completion::Done));
         assert_eq!(
             t.remove(G, gpa(0x20_0000), PageSize::Size2M),
             Err(TableError::TlbNotFlushed)

@@ -6,7 +6,7 @@ use crate::addr::{Gpa, Hpa};
 use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
-use crate::status::Error;
+use crate::status::{Completion, Error};
 
 /// A guest's TLB epoch: blocks record it, removals need a flush past it (TDX: TD epoch).
 pub type Epoch = u64;
@@ -100,7 +100,10 @@ pub trait SecureTable {
     /// Advances the guest's TLB epoch and flushes (TDX: TDH.MEM.TRACK plus the IPIs the host
     /// sends; SEV: the ASID fence). Blocked leaves of older epochs become removable once the
     /// flush is complete, which a platform may report later rather than at once.
-    fn track(&mut self, guest: GuestId) -> Result<(), TableError>;
+    /// `Resumable`: the platform did bounded bookkeeping the advance needs first (TDX
+    /// re-stamps old blocked leaves at its 12-bit epoch wrap), kept it, and did not advance
+    /// yet; call again. Nothing it did changes what any leaf means.
+    fn track(&mut self, guest: GuestId) -> Result<Completion, TableError>;
 
     /// Removes the blocked, flushed leaf at exactly `gpa` of `size`; returns its host address.
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError>;

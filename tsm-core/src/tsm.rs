@@ -488,8 +488,9 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// The host asks to remove the private leaf at `gpa` (TDX: TDH.MMIO.UNMAP /
     /// TDH.MEM.PAGE.REMOVE). A leaf of a bound TDI is refused with `TdiBound`: only unbind
     /// removes those.
-    pub fn host_unmap(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
-        self.host_leaf_request(guest, gpa, size, |t| t.remove(guest, gpa, size).map(drop))
+    /// Returns the host page the removed leaf mapped (TDX returns it in R8).
+    pub fn host_unmap(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<Hpa> {
+        self.host_leaf_request(guest, gpa, size, |t| t.remove(guest, gpa, size))
     }
 
     /// The host asks to block the private leaf at `gpa` (TDX: TDH.MMIO.BLOCK /
@@ -500,21 +501,22 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     }
 
     /// The host advances the guest's TLB epoch (TDX: TDH.MEM.TRACK).
-    pub fn host_track(&self, guest: GuestId) -> TsmResult<()> {
+    /// `Resumable` when the platform did bounded work the advance needs first (see
+    /// [`SecureTable::track`]): call again.
+    pub fn host_track(&self, guest: GuestId) -> TsmResult<Completion> {
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
-        table.track(guest)?;
-        Ok(())
+        Ok(table.track(guest)?)
     }
 
-    fn host_leaf_request(
+    fn host_leaf_request<R>(
         &self,
         guest: GuestId,
         gpa: Gpa,
         size: PageSize,
-        act: impl FnOnce(&mut T) -> Result<(), crate::secure_table::TableError>,
-    ) -> TsmResult<()> {
+        act: impl FnOnce(&mut T) -> Result<R, crate::secure_table::TableError>,
+    ) -> TsmResult<R> {
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
         if !gpa.is_aligned(size) {
@@ -529,8 +531,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         if leaf.gpa != gpa || leaf.size != size {
             return Err(Error::SizeMismatch);
         }
-        act(&mut *table)?;
-        Ok(())
+        Ok(act(&mut *table)?)
     }
 
     /// The host is about to zap its mappings of `range` (a BAR) and reset or power the device:

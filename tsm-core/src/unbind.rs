@@ -152,10 +152,10 @@ fn advance<T: SecureTable, D: TdispDevice>(
             Next::Step(UnbindStep::Track)
         }
         // Every leaf is blocked: one epoch advance covers them all.
-        UnbindStep::Track => {
-            ctx.table.track(ctx.owner)?;
-            Next::Step(UnbindStep::Remove(Cursor::START))
-        }
+        UnbindStep::Track => match ctx.table.track(ctx.owner)? {
+            Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
+            Completion::Resumable => Next::Yield(UnbindStep::Track),
+        },
         UnbindStep::Remove(cursor) => {
             match walk(ctx.owners, ctx.tdi, ctx.table, cursor, budget, |t, leaf| {
                 t.remove(leaf.guest, leaf.gpa, leaf.size).map(drop)

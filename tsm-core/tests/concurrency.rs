@@ -78,10 +78,10 @@ fn concurrent_host_guest_and_device_operations_keep_the_invariants() {
                                 let before = w.tsm.leaf(g, gpa);
                                 let r = w.tsm.host_unmap(g, gpa, PageSize::Size4K);
                                 // A leaf that was there is never removed by the host.
-                                if let (Ok(Some(_)), Ok(())) = (before, r) {
+                                if let (Ok(Some(_)), Ok(_)) = (before, r) {
                                     panic!("host removed a private leaf");
                                 }
-                                r.map(|()| Completion::Done)
+                                r.map(|_| Completion::Done)
                             }
                         };
                         if matches!(r, Err(Error::Busy(_))) {

@@ -222,13 +222,16 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
             let Some(l) = leaves.get(*leaf % leaves.len().max(1)) else {
                 return (
                     true,
-                    done(tsm.host_unmap(w.guests[0], Gpa::try_new(0).unwrap(), PageSize::Size4K)),
+                    done(
+                        tsm.host_unmap(w.guests[0], Gpa::try_new(0).unwrap(), PageSize::Size4K)
+                            .map(drop),
+                    ),
                 );
             };
             let r = if *block {
                 tsm.host_block(l.guest, l.gpa, l.size)
             } else {
-                tsm.host_unmap(l.guest, l.gpa, l.size)
+                tsm.host_unmap(l.guest, l.gpa, l.size).map(drop)
             };
             (true, done(r))
         }
@@ -241,7 +244,10 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
         Op::Unbind { tdi } => (false, tsm.unbind(tdi_of(w, *tdi))),
         Op::HostUnmap { guest, gpa, size } => (
             true,
-            done(Gpa::try_new(*gpa).and_then(|g| tsm.host_unmap(guest_of(w, *guest), g, *size))),
+            done(
+                Gpa::try_new(*gpa)
+                    .and_then(|g| tsm.host_unmap(guest_of(w, *guest), g, *size).map(drop)),
+            ),
         ),
         Op::HostBlock { guest, gpa, size } => (
             true,
