@@ -516,7 +516,8 @@ impl<'m> Sept<'m> {
         let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
         let tree = *self.tree(guest)?;
         let meta = meta.with_blocked(true).with_bepoch(bepoch);
-        // Both rewrites checked before either writes.
+        // Both rewrites and the count checked before anything writes.
+        let count = self.blocked_after(guest, epoch.current, true)?;
         tree.check_rewrite(&self.pool, &found, entry.into_bits())?;
         self.mmiomt
             .check_rewrite(&self.pool, &mt_found, meta.into_bits())?;
@@ -524,8 +525,7 @@ impl<'m> Sept<'m> {
         self.mmiomt
             .rewrite(&mut self.pool, &mt_found, meta.into_bits())?;
         if let Some(n) = self.blocked_count(guest, epoch.current) {
-            // Never saturates: there are fewer leaves than table entries in the pool.
-            *n = n.saturating_add(1);
+            *n = count;
         }
         Ok(())
     }
@@ -565,6 +565,25 @@ impl<'m> Sept<'m> {
             .get_mut(bucket_slot(epoch))
     }
 
+    /// The blocked-leaf count of `epoch`'s bucket after one more (`grow`) or one fewer leaf,
+    /// computed before anything changes: a count that would drift is `Inconsistent`.
+    fn blocked_after(&self, guest: GuestId, epoch: Epoch, grow: bool) -> Result<u64, SeptError> {
+        let now = self
+            .epochs
+            .get(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?
+            .blocked
+            .get(bucket_slot(epoch))
+            .copied()
+            .ok_or(SeptError::Inconsistent)?;
+        if grow {
+            now.checked_add(1)
+        } else {
+            now.checked_sub(1)
+        }
+        .ok_or(SeptError::Inconsistent)
+    }
+
     /// Why a TRACK of `guest` did not advance, if it is still so: the previous epoch is not
     /// flushed (`PreviousEpochBusy`), or a re-stamp scan is unfinished (`TrackResumable`).
     pub fn track_pending(&self, guest: GuestId) -> Option<SeptError> {
@@ -598,8 +617,9 @@ impl<'m> Sept<'m> {
         let mut failed = None;
         while left > 0 {
             let Some((hpa, level, raw)) = self.mmiomt.next_entry(&self.pool, from, limit) else {
-                // Fewer leaves than counted (cannot happen): nothing left to move.
-                left = 0;
+                // Fewer leaves than counted: the count drifted. What was re-stamped stays
+                // correct (the stamp is flushed); the drift is reported.
+                failed = Some(SeptError::Inconsistent);
                 break;
             };
             if budget == 0 {
@@ -628,6 +648,8 @@ impl<'m> Sept<'m> {
                 failed = Some(e);
                 break;
             }
+            // Bounds, not counters that could drift: left > 0 here, and moved <= the count
+            // left started from.
             left = left.saturating_sub(1);
             moved = moved.saturating_add(1);
         }
@@ -638,8 +660,13 @@ impl<'m> Sept<'m> {
         if let Some(n) = td.blocked.get_mut(stale) {
             *n = left;
         }
+        let grown = td
+            .blocked
+            .get(here)
+            .and_then(|n| n.checked_add(moved))
+            .ok_or(SeptError::Inconsistent)?;
         if let Some(n) = td.blocked.get_mut(here) {
-            *n = n.saturating_add(moved);
+            *n = grown;
         }
         td.restamp_from = paused;
         if let Some(e) = failed {
@@ -684,10 +711,15 @@ impl<'m> Sept<'m> {
             .checked_add(self.mmiomt.check_clear(&self.pool, &mt_found)?)
             .ok_or(SeptError::Inconsistent)?;
         self.pool.check_release(released)?;
+        let count = self.blocked_after(guest, blocked_at, false)?;
+        let tree = self
+            .trees
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
         tree.clear(&mut self.pool, &found)?;
         self.mmiomt.clear(&mut self.pool, &mt_found)?;
         if let Some(n) = self.blocked_count(guest, blocked_at) {
-            *n = n.saturating_sub(1);
+            *n = count;
         }
         Ok(host)
     }
@@ -1049,6 +1081,40 @@ mod tests {
     /// TDX status `TSM_INCONSISTENT`) for a map, block or unmap that would update it, and the
     /// refusal changes no byte: not the other tree either, though its update comes first or
     /// needs no count. With the count put right the same operations succeed.
+    /// The per-TD blocked-leaf counts are checked too: a block that would push its bucket's
+    /// count past u64, or an unmap that would take it below zero, is `Inconsistent` and
+    /// changes nothing.
+    #[test]
+    fn a_drifted_blocked_count_is_inconsistent_and_changes_nothing() {
+        let k4 = PageSize::Size4K;
+        let mut mem = vec![Page::ZERO; 33];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        s.mmio_map(G, gpa(0x1000), hpa(0x8000_1000), k4).unwrap();
+        s.mmio_map(G, gpa(0x2000), hpa(0x8000_2000), k4).unwrap();
+        let slot = bucket_slot(s.epochs[usize::from(G.slot())].current);
+        s.epochs[usize::from(G.slot())].blocked[slot] = u64::MAX;
+        let before = (image(&s), s.epochs.clone());
+        assert_eq!(
+            s.mmio_block(G, gpa(0x1000), k4),
+            Err(SeptError::Inconsistent)
+        );
+        assert_eq!((image(&s), s.epochs.clone()), before);
+        s.epochs[usize::from(G.slot())].blocked[slot] = 0;
+        s.mmio_block(G, gpa(0x1000), k4).unwrap();
+        s.mem_track(G).unwrap();
+        // The count says no leaf is blocked in that bucket: the unmap would take it below 0.
+        s.epochs[usize::from(G.slot())].blocked[slot] = 0;
+        let before = (image(&s), s.epochs.clone());
+        assert_eq!(
+            s.mmio_unmap(G, gpa(0x1000), k4),
+            Err(SeptError::Inconsistent)
+        );
+        assert_eq!((image(&s), s.epochs.clone()), before);
+        s.epochs[usize::from(G.slot())].blocked[slot] = 1;
+        assert_eq!(s.mmio_unmap(G, gpa(0x1000), k4), Ok(hpa(0x8000_1000)));
+        assert_eq!(s.epochs[usize::from(G.slot())].blocked[slot], 0);
+    }
+
     #[test]
     fn a_drifted_entry_count_is_inconsistent_and_map_block_unmap_change_nothing() {
         let k4 = PageSize::Size4K;
