@@ -1093,23 +1093,23 @@ mod tests {
         s.mmio_map(G, gpa(0x2000), hpa(0x8000_2000), k4).unwrap();
         let slot = bucket_slot(s.epochs[usize::from(G.slot())].current);
         s.epochs[usize::from(G.slot())].blocked[slot] = u64::MAX;
-        let before = (image(&s), s.epochs.clone());
+        let before = (image(&s), s.epochs);
         assert_eq!(
             s.mmio_block(G, gpa(0x1000), k4),
             Err(SeptError::Inconsistent)
         );
-        assert_eq!((image(&s), s.epochs.clone()), before);
+        assert_eq!((image(&s), s.epochs), before);
         s.epochs[usize::from(G.slot())].blocked[slot] = 0;
         s.mmio_block(G, gpa(0x1000), k4).unwrap();
         s.mem_track(G).unwrap();
         // The count says no leaf is blocked in that bucket: the unmap would take it below 0.
         s.epochs[usize::from(G.slot())].blocked[slot] = 0;
-        let before = (image(&s), s.epochs.clone());
+        let before = (image(&s), s.epochs);
         assert_eq!(
             s.mmio_unmap(G, gpa(0x1000), k4),
             Err(SeptError::Inconsistent)
         );
-        assert_eq!((image(&s), s.epochs.clone()), before);
+        assert_eq!((image(&s), s.epochs), before);
         s.epochs[usize::from(G.slot())].blocked[slot] = 1;
         assert_eq!(s.mmio_unmap(G, gpa(0x1000), k4), Ok(hpa(0x8000_1000)));
         assert_eq!(s.epochs[usize::from(G.slot())].blocked[slot], 0);
