@@ -455,6 +455,8 @@ mod tests {
     use crate::abi::{self, RangeEntry};
     use std::boxed::Box;
     use std::vec::Vec;
+    use tsm_core::TdispState;
+    use tsm_core::tsm::Snapshot;
 
     /// One 4 KiB page of host memory, as the C side would allocate it.
     #[repr(C, align(4096))]
@@ -575,12 +577,19 @@ mod tests {
             assert_eq!(out.rax, status);
             out
         }
-        /// The pool's pages, read through the firmware's own `&mut` (no second alias).
-        fn pool_image(&self) -> Vec<Page> {
+        /// Every record table of the core and the pool's pages (read through the firmware's
+        /// own `&mut`, no second alias), and every interface's TDISP state on the device.
+        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<(u32, TdispState)>) {
             let fw = self.fw.instance().expect("initialised");
-            fw.tsm
-                .with_table(|t| t.pool().pages().copied().collect())
-                .expect("not busy")
+            let snap = fw
+                .tsm
+                .snapshot_with(|t| t.pool().pages().copied().collect())
+                .expect("not busy");
+            let device = fw
+                .tsm
+                .with_transport(|d| d.link_mut().tdisp_states().to_vec())
+                .expect("not busy");
+            (snap, device)
         }
     }
 
@@ -867,7 +876,7 @@ mod tests {
         );
         w.put_list(&one_range(BAR_A, 16));
         assert_eq!(w.fw.model_report(RID, w.list_at()), TDX_SUCCESS);
-        assert_eq!(w.pool_image().len(), w.pool_pages);
+        assert_eq!(w.pool_image().0.table.len(), w.pool_pages);
     }
 
     /// Init checks every argument before it touches memory.

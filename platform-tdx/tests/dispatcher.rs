@@ -14,7 +14,8 @@ use platform_tdx::sept::{Sept, SeptLevels};
 use platform_tdx::status::*;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
-use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, Tsm};
+use tsm_core::tsm::Snapshot;
+use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, TdispState, Tsm};
 
 const PARAMS: u64 = 0x7_0000_0000;
 const BAR: u64 = 0x8000_0000;
@@ -40,19 +41,18 @@ impl World<'_> {
         assert_eq!(out.rax, TDX_SUCCESS, "leaf {leaf:#x}");
         out
     }
-    /// Table bytes and the firmware's TDI records: what a refusal must leave alone.
-    fn image(&self) -> (Vec<Page>, String) {
-        let pages = self
+    /// Every record table of the core, the S-EPT pool's bytes, and the device's TDISP state
+    /// of every interface: what a refusal must leave alone.
+    fn image(&self) -> (Snapshot<Vec<Page>>, Vec<(u32, TdispState)>) {
+        let snap = self
             .tsm
-            .with_table(|t| t.pool().pages().copied().collect())
+            .snapshot_with(|t| t.pool().pages().copied().collect())
             .unwrap();
-        let tdis = format!(
-            "{:?}",
-            (0..4)
-                .map(|i| self.tsm.tdi(tsm_core::TdiId::from_slot(i)))
-                .collect::<Vec<_>>()
-        );
-        (pages, tdis)
+        let device = self
+            .tsm
+            .with_transport(|d| d.link_mut().tdisp_states().to_vec())
+            .unwrap();
+        (snap, device)
     }
 }
 

@@ -617,13 +617,19 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     where
         T: Clone,
     {
+        self.snapshot_with(T::clone)
+    }
+
+    /// A copy of every record table, with the secure table seen through `image` (its bytes,
+    /// for a table that cannot be cloned); `Busy` if any lock is held.
+    pub fn snapshot_with<U>(&self, image: impl FnOnce(&T) -> U) -> TsmResult<Snapshot<U>> {
         Ok(Snapshot {
             claims: try_lock(&self.claims, Operand::DeviceTable)?.clone(),
             devices: self.devices.copy_all()?,
             tdis: self.tdis.copy_all()?,
             guests: self.guests.copy_all()?,
             owners: try_lock(&self.owners, Operand::Ownership)?.clone(),
-            table: try_lock(&self.table, Operand::SecureTable)?.clone(),
+            table: image(&*try_lock(&self.table, Operand::SecureTable)?),
         })
     }
 }
