@@ -100,9 +100,21 @@ impl<'a> SevBackend<'a> {
     /// A firmware whose RMP lives in `rmp` (at least [`RMP_PAGES`] entries are used).
     pub fn new(rmp: &'a mut [RmpEntry]) -> TsmResult<Self> {
         let window = rmp.get_mut(..RMP_PAGES).ok_or(Error::SecureTableFull)?;
-        let rmp = Rmp::new(Hpa::try_new(RMP_BASE)?, window).map_err(|_| Error::InvalidAddress)?;
+        Self::with_rmp(window, RMP_BASE, system_memory()?)
+    }
+
+    /// A firmware whose RMP covers one page per entry of `rmp` from host address `base`, and
+    /// which reserves `system_memory` at init (it must include [`system_memory`]'s pages,
+    /// where the commands' buffers live). A smaller window than [`SevBackend::new`]'s makes
+    /// every RMP scan shorter (the differential test's world fits in a few thousand pages).
+    pub fn with_rmp(
+        rmp: &'a mut [RmpEntry],
+        base: u64,
+        system_memory: ReservedMemory,
+    ) -> TsmResult<Self> {
+        let rmp = Rmp::new(Hpa::try_new(base)?, rmp).map_err(|_| Error::InvalidAddress)?;
         Ok(Self {
-            sev: Sev::new(rmp, PciModel::new(), system_memory()?),
+            sev: Sev::new(rmp, PciModel::new(), system_memory),
             mem: PageMemory::new(MEM_BASE),
             next: 0,
         })
