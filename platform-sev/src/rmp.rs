@@ -597,6 +597,10 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             .fences
             .get_mut(usize::from(guest.slot()))
             .ok_or(TableError::UnknownGuest)?;
+        // One fence outstanding at a time, as TDX allows one TLB epoch (SecureTable::track).
+        if f.done < f.raised {
+            return Err(TableError::TlbNotFlushed);
+        }
         f.raised = f.raised.checked_add(1).ok_or(TableError::OutOfFrames)?;
         if !hold {
             f.done = f.raised;

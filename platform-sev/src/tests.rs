@@ -2400,9 +2400,14 @@ fn decommission_gives_back_exactly_what_it_released() {
     let g = GuestId::from_slot(2);
     rmp.set_asid(g, 7).unwrap();
     rmp.hold_fences(true);
-    for _ in 0..3 {
-        rmp.track(g).unwrap();
-    }
+    rmp.track(g).unwrap();
+    // One fence outstanding at a time: a second while it is pending is refused.
+    let pending = rmp.clone();
+    assert_eq!(
+        rmp.track(g),
+        Err(tsm_core::secure_table::TableError::TlbNotFlushed)
+    );
+    assert_eq!(rmp, pending);
     rmp.set_fence_counts(g, (1 << 32) + 3, 1 << 32);
     let before = rmp.clone();
     let released = rmp.release_asid(g).unwrap();

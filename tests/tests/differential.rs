@@ -38,9 +38,7 @@
 //! leaf any firmware holds is also read back through every firmware's leaf query (the TDX
 //! S-EPT read leaf, the RMP). `tsm_tests::invariants::check` holds on each firmware. At the
 //! end every device behaves again, every flush completes, and every TDI is unbound to `Done`
-//! on all four, leaving no leaf. A known, reported disagreement ([`Known`]) is recognised
-//! exactly, counted, and the firmwares are brought back in step; `TSM_DIFF_STRICT=1` makes it
-//! fail instead.
+//! on all four, leaving no leaf.
 //!
 //! A failure prints the step-by-step trace of the shrunk case (each call in scenario-like
 //! syntax with its outcome, and every firmware's outcome where they differ), what disagreed,
@@ -70,7 +68,6 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestError, TestRunner};
 use tsm_core::device_model::{DeviceEvent, DsmModel, Misbehaviour, ModelDevice};
-use tsm_core::lifecycle::UnbindStep;
 use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::{
@@ -2099,157 +2096,6 @@ fn step_agreeing(
     step(fws, handles, w, call, trace).map_err(|_| failure(trace, "outcomes disagree".into()))
 }
 
-// ------------------------------------------------------------------------------------------
-// Known disagreements.
-
-/// A disagreement between firmwares that is known and reported, not yet fixed. Each is
-/// recognised exactly (the call, the state before it, every firmware's outcome and exact TDI
-/// state after it), counted and printed; then the firmwares are brought back in step with
-/// calls every firmware gets, and the case goes on. With `TSM_DIFF_STRICT=1` they fail the
-/// case like any other disagreement (that is how their minimal sequences are found).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    /// K1. The TDX S-EPT refuses TRACK (TDH.MEM.TRACK) while the guest's previous TLB epoch
-    /// is not flushed (PREVIOUS_TLB_EPOCH_BUSY, TDX architecture); the core's in-memory table
-    /// and SEV's ASID fences let a new epoch start while one is pending. So while the owner's
-    /// flushes are held and an earlier unbind of the same guest left an epoch pending, an
-    /// unbind call takes the core and SEV past their Track step and TDX not: TDX answers
-    /// `TlbFlushPending` with the TDI still at Track, where the core and SEV answer `Done`
-    /// (a TDI with no leaves: nothing waits for the flush) or go on removing leaves once the
-    /// flush they started completes (`Done`, `Resumable`). Both are safe (no leaf stays live);
-    /// they differ in whether the host must complete the flush first. Minimal sequence: a
-    /// guest g0 with two TDIs bound and no leaves; `defer-flush g0 on`; `unbind t0` (Ok
-    /// everywhere, an epoch now pending); `unbind t1` (core, SEV Ok; TDX TlbFlushPending).
-    /// Back in step: `defer-flush g0 off`, then unbind calls on each firmware until `Done`.
-    TrackWaitsForHeldFlush { tdi: usize, guest: usize },
-}
-
-impl Known {
-    fn label(self) -> &'static str {
-        match self {
-            Known::TrackWaitsForHeldFlush { .. } => "known disagreement K1 (TDX TRACK waits)",
-        }
-    }
-}
-
-/// Whether known disagreements fail the case.
-fn strict() -> bool {
-    std::env::var("TSM_DIFF_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// The owner of an unbind call's TDI and whether its flushes are held, before the call.
-#[derive(Debug, Clone, Copy)]
-struct Before {
-    owner: Option<usize>,
-    held: bool,
-}
-
-fn before(call: &Call, r: &Reference<'_>, held: &[bool]) -> Before {
-    let owner = match call {
-        Call::Unbind(Pick::Obj(t)) => r.owner(*t),
-        _ => None,
-    };
-    Before {
-        owner,
-        held: owner.is_some_and(|g| held[g]),
-    }
-}
-
-/// Whether `call`, with every firmware's outcomes `all` (`None`: they agreed) and exact TDI
-/// states after it, is a known disagreement.
-fn known(
-    call: &Call,
-    all: Option<&[Vec<Outcome>]>,
-    fws: &[&mut dyn Subject],
-    handles: &[Handles],
-    b: Before,
-) -> Option<Known> {
-    let (Call::Unbind(Pick::Obj(tdi)), Some(guest), true) = (call, b.owner, b.held) else {
-        return None;
-    };
-    let state = |i: usize| fws[i].peek().state(handles[i].tdis[*tdi]).ok();
-    let outcome = |i: usize| all.map(|a| a[i].clone());
-    let mut tdx_at_track = false;
-    for (i, s) in fws.iter().enumerate() {
-        let tdx = s.label().starts_with("tdx");
-        if tdx {
-            let at_track = matches!(
-                state(i),
-                Some(TdiState::Unbinding {
-                    step: UnbindStep::Track,
-                    ..
-                })
-            );
-            let waits = all.is_none_or(|a| a[i] == [Err(Error::TlbFlushPending)]);
-            if !at_track || !waits {
-                return None;
-            }
-            tdx_at_track = true;
-        } else {
-            // The core and SEV agree with each other and are past Track.
-            let past_track = matches!(
-                state(i),
-                Some(
-                    TdiState::Unbound
-                        | TdiState::Unbinding {
-                            step: UnbindStep::Remove(_),
-                            ..
-                        }
-                )
-            );
-            if !past_track || state(i) != state(0) || outcome(i) != outcome(0) {
-                return None;
-            }
-        }
-    }
-    tdx_at_track.then_some(Known::TrackWaitsForHeldFlush { tdi: *tdi, guest })
-}
-
-/// Brings the firmwares back in step after a known disagreement.
-fn resync(
-    fws: &mut [&mut dyn Subject],
-    handles: &mut [Handles],
-    w: &WorldSpec,
-    k: Known,
-    held: &mut [bool],
-    trace: &mut String,
-) -> TestCaseResult {
-    let _ = writeln!(trace, "  ({k:?}: back in step with)");
-    match k {
-        Known::TrackWaitsForHeldFlush { tdi, guest } => {
-            step_agreeing(
-                fws,
-                handles,
-                w,
-                &Call::DeferFlush { guest, on: false },
-                trace,
-            )?;
-            held[guest] = false;
-            // Each firmware finishes the unbind at its own pace.
-            for (s, h) in fws.iter_mut().zip(handles.iter()) {
-                let mut calls = 0;
-                let last = loop {
-                    calls += 1;
-                    let out = s.backend().unbind(h.tdis[tdi]);
-                    if out != Ok(Completion::Resumable) || calls == 100 {
-                        break out;
-                    }
-                };
-                let _ = writeln!(
-                    trace,
-                    "  [--] unbind t{tdi} on {} alone -> {} after {calls} calls",
-                    s.label(),
-                    outcome_text(&[last])
-                );
-                if last != Ok(Completion::Done) {
-                    return Err(failure(trace, format!("{k:?}: the unbind does not finish")));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 fn run_case(case: &Case, tally: &Tally) -> TestCaseResult {
     with_firmwares(|fws| {
         let w = &case.world;
@@ -2265,36 +2111,22 @@ fn run_case(case: &Case, tally: &Tally) -> TestCaseResult {
         let mut steps = 0;
         for (k, op) in case.ops() {
             let leaves = fws[0].peek().leaves().unwrap();
-            let (call, b) = {
+            let call = {
                 let r = Reference {
                     peek: fws[0].peek(),
                     handles: &handles[0],
                     world: w,
                 };
-                let call = resolve(op, &r, &leaves);
-                let b = before(&call, &r, &held);
-                (call, b)
+                resolve(op, &r, &leaves)
             };
             let _ = write!(trace, "  [{k:>2}]");
-            let result = step(fws, &mut handles, w, &call, &mut trace);
-            let k = known(
-                &call,
-                result.as_ref().err().map(Vec::as_slice),
-                fws,
-                &handles,
-                b,
-            );
-            match (result, k) {
-                (_, Some(k)) if !strict() => {
-                    reached.note(k.label());
-                    resync(fws, &mut handles, w, k, &mut held, &mut trace)?;
-                }
-                (Ok(out), _) => {
+            match step(fws, &mut handles, w, &call, &mut trace) {
+                Ok(out) => {
                     for o in &out {
                         reached.outcome(&call, o);
                     }
                 }
-                (Err(_), _) => return Err(failure(&trace, "outcomes disagree".into())),
+                Err(_) => return Err(failure(&trace, "outcomes disagree".into())),
             }
             if let Call::DeferFlush { guest, on } = call {
                 held[guest] = on;
@@ -2378,11 +2210,12 @@ fn firmwares_agree_on_random_operation_sequences() {
     on_big_stack(run_all);
 }
 
-/// K1's minimal sequence, replayed: the disagreement is still there and still recognised
-/// exactly. When TDX and the core come to agree here, this test fails: then
-/// `Known::TrackWaitsForHeldFlush` and its tolerance go.
+/// Once a disagreement (K1): TDX refused a new TLB epoch while the guest's previous one was
+/// unflushed, the core's table and SEV's fences did not, so an unbind with the owner's flushes
+/// held stopped at Track on TDX only. Every platform now keeps one epoch outstanding
+/// (`SecureTable::track`); the minimal sequence agrees, the second unbind waiting everywhere.
 #[test]
-fn known_disagreement_k1_is_still_there() {
+fn one_outstanding_tlb_epoch_on_every_firmware() {
     on_big_stack(|| {
         let w = WorldSpec {
             guests: 2,
@@ -2413,32 +2246,32 @@ fn known_disagreement_k1_is_still_there() {
             ] {
                 step_agreeing(fws, &mut handles, &w, &call, &mut trace)?;
             }
-            let unbind = Call::Unbind(Pick::Obj(1));
-            let all = step(fws, &mut handles, &w, &unbind, &mut trace).unwrap_err();
-            let labels: Vec<&str> = fws.iter().map(|s| s.label()).collect();
-            assert_eq!(labels, ["core", "tdx4", "tdx5", "sev"]);
-            assert_eq!(
-                all,
-                [
-                    vec![Ok(Completion::Done)],
-                    vec![Err(Error::TlbFlushPending)],
-                    vec![Err(Error::TlbFlushPending)],
-                    vec![Ok(Completion::Done)],
-                ],
-                "{trace}"
-            );
-            let b = Before {
-                owner: Some(0),
-                held: true,
-            };
-            let k = known(&unbind, Some(&all), fws, &handles, b);
-            assert_eq!(
-                k,
-                Some(Known::TrackWaitsForHeldFlush { tdi: 1, guest: 0 }),
-                "{trace}"
-            );
-            let mut held = vec![true, false];
-            resync(fws, &mut handles, &w, k.unwrap(), &mut held, &mut trace)?;
+            let out = step_agreeing(
+                fws,
+                &mut handles,
+                &w,
+                &Call::Unbind(Pick::Obj(1)),
+                &mut trace,
+            )?;
+            assert_eq!(out, [Err(Error::TlbFlushPending)], "{trace}");
+            step_agreeing(
+                fws,
+                &mut handles,
+                &w,
+                &Call::DeferFlush {
+                    guest: 0,
+                    on: false,
+                },
+                &mut trace,
+            )?;
+            let out = step_agreeing(
+                fws,
+                &mut handles,
+                &w,
+                &Call::Unbind(Pick::Obj(1)),
+                &mut trace,
+            )?;
+            assert_eq!(out, [Ok(Completion::Done)], "{trace}");
             compare(fws, &handles, &w, &trace)?;
             Ok(())
         });

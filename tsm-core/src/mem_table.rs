@@ -142,6 +142,9 @@ impl<const N: usize> SecureTable for MemTable<N> {
             .epochs
             .get_mut(usize::from(guest.slot()))
             .ok_or(TableError::UnknownGuest)?;
+        if e.flushed < e.current {
+            return Err(TableError::TlbNotFlushed);
+        }
         e.current = e.current.checked_add(1).ok_or(TableError::OutOfFrames)?;
         if !e.deferred {
             e.flushed = e.current;

@@ -100,6 +100,9 @@ pub trait SecureTable {
     /// Advances the guest's TLB epoch and flushes (TDX: TDH.MEM.TRACK plus the IPIs the host
     /// sends; SEV: the ASID fence). Blocked leaves of older epochs become removable once the
     /// flush is complete, which a platform may report later rather than at once.
+    /// One epoch is outstanding at a time, on every platform: a track while the previous
+    /// flush is not complete is `TlbNotFlushed` and changes nothing (TDX's TDH.MEM.TRACK rule,
+    /// PREVIOUS_TLB_EPOCH_BUSY; on SEV, a fence while one is pending).
     /// `Resumable`: the platform did bounded bookkeeping the advance needs first (TDX
     /// re-stamps old blocked leaves at its 12-bit epoch wrap), kept it, and did not advance
     /// yet; call again. Nothing it did changes what any leaf means.
