@@ -467,9 +467,15 @@ fn check_exempt(
     });
     prop_assert!(
         explained,
-        "a refused {:?} changed the secure table beyond blocking ({}), one epoch advance and removing ({}) the TDI's leaves",
+        "a refused {:?} changed the secure table beyond what {:?} allows (blocking {} of the TDI's leaves, {}removing {})",
         op,
+        kind,
         blocked.len(),
+        if tracks.len() > 1 {
+            "at most one epoch advance, "
+        } else {
+            "no epoch advance, "
+        },
         removed.len()
     );
 
