@@ -89,7 +89,7 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
 
 /// System RAM, from the bottom of memory to the top of the kernel's frame pool (which the
 /// PVH memory map filled): what the TDX-usable memory is on this machine.
-fn system_ram() -> Option<ReservedMemory> {
+pub(crate) fn system_ram() -> Option<ReservedMemory> {
     let top = FRAMES.lock().ranges().iter().map(|&(_, end)| end).max()?;
     let ram = MmioRange::from_raw(0, top / FRAME_SIZE).ok()?;
     ReservedMemory::from_ranges(&[ram]).ok()
@@ -97,7 +97,7 @@ fn system_ram() -> Option<ReservedMemory> {
 
 /// `frames` contiguous zeroed physical frames from the kernel pool, as a slice of `T` (a
 /// table the firmware keeps in physical memory), with their physical address.
-fn physical<T>(frames: u64) -> Option<(u64, &'static mut [T])> {
+pub(crate) fn physical<T>(frames: u64) -> Option<(u64, &'static mut [T])> {
     let phys = FRAMES.lock().alloc_contiguous(frames)?;
     let len = usize::try_from(frames * FRAME_SIZE).ok()? / core::mem::size_of::<T>();
     // SAFETY: the frames are identity mapped (phys == virt), zeroed, page aligned (so aligned

@@ -82,6 +82,8 @@ static GO: AtomicBool = AtomicBool::new(false);
 static NCPU: AtomicUsize = AtomicUsize::new(1);
 static ARRIVED: AtomicUsize = AtomicUsize::new(0);
 static HANG_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The stage deadline (a TSC value), set before the stage starts.
+static DEADLINE: AtomicU64 = AtomicU64::new(u64::MAX);
 static RESULTS: [spin::Once<CpuResult>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 
 fn lapic_read(reg: u64) -> u32 {
@@ -181,6 +183,11 @@ pub fn start_aps(rsdp: u64) -> (usize, usize) {
     (ONLINE.load(Ordering::Acquire), cpu)
 }
 
+/// Whether the stage deadline has passed (CPUs waiting for each other in the stage give up).
+pub fn deadline_passed() -> bool {
+    time::passed(DEADLINE.load(Ordering::Acquire))
+}
+
 /// Long-mode entry of each AP (from `ap_start64` in entry.rs), on its own stack.
 pub extern "sysv64" fn ap_main(cpu: u64) -> ! {
     let cpu = cpu as usize;
@@ -222,6 +229,7 @@ pub fn run_stage(ncpu: usize, deadline_ms: u64, hang: bool) -> bool {
         HANG_CPU.store(ncpu - 1, Ordering::Release);
     }
     let deadline = time::deadline_ms(deadline_ms);
+    DEADLINE.store(deadline, Ordering::Release);
     GO.store(true, Ordering::Release);
     ARRIVED.fetch_add(1, Ordering::AcqRel);
     while ARRIVED.load(Ordering::Acquire) < ncpu {
@@ -234,6 +242,7 @@ pub fn run_stage(ncpu: usize, deadline_ms: u64, hang: bool) -> bool {
     }
     stage(0);
     let mut ok = true;
+    let mut results = [CpuResult::default(); MAX_CPUS];
     for (cpu, slot) in RESULTS.iter().enumerate().take(ncpu) {
         while slot.get().is_none() && !time::passed(deadline) {
             core::hint::spin_loop();
@@ -242,7 +251,10 @@ pub fn run_stage(ncpu: usize, deadline_ms: u64, hang: bool) -> bool {
         match slot.get() {
             Some(r) => {
                 kprintln!("smp: cpu {cpu} (apic {apic}): {r}");
-                ok &= r.failed == 0;
+                ok &= r.failures() == 0;
+                if let Some(slot) = results.get_mut(cpu) {
+                    *slot = *r;
+                }
             }
             None => {
                 kprintln!(
@@ -255,7 +267,8 @@ pub fn run_stage(ncpu: usize, deadline_ms: u64, hang: bool) -> bool {
     if !ok {
         return false;
     }
-    if !smp_stage::verify(ncpu, &mut crate::serial::Console) {
+    let results = results.get(..ncpu).unwrap_or(&[]);
+    if !smp_stage::verify(results, &mut crate::serial::Console) {
         kprintln!("smp: FAIL shared state inconsistent");
         return false;
     }

@@ -1,194 +1,289 @@
-//! The concurrent stage: every CPU drives one shared firmware instance at once with host,
-//! guest and device operations (bind, map, start, unbind, device errors, state checks, host
-//! zaps and unmaps). Try-locks make contention a `Busy` status, never a hang; afterwards the
-//! invariants must hold and every TDI must unbind completely.
+//! The concurrent stage: every CPU drives one shared firmware at once with the workload of
+//! `tsm_tests::workload` (bind, map, start, unbind, device errors, state checks, host zaps,
+//! TLB tracks and unmaps on four TDIs of two guests), on each secure table in turn: the core
+//! over its in-memory table, TDX over the S-EPT in page frames from the kernel's pool, and
+//! SEV-TIO over the RMP in physical frames (its core, which SEV's lock discipline protects).
+//! Each table's part starts behind a barrier, and a CPU that has done its share goes on until
+//! every CPU has, so the CPUs meet. Try-locks make contention a `Busy` status, never a hang.
+//! Afterwards, for each table: contention happened (at least [`MIN_BUSY`] `Busy` results
+//! across the CPUs, with two CPUs or more), every invariant holds (the per-guest bound-TDI
+//! counts included), and every TDI unbinds completely.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
+use platform_sev::RmpEntry;
+use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::sept::{Sept, SeptLevels};
 use spin::Once;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
-use tsm_core::tdisp::report::wire_range;
-use tsm_core::{
-    Completion, Error, Gpa, GuestId, Hpa, MmioRange, PageSize, RequesterId, TdiId, Tsm,
-};
+use tsm_core::{SecureTable, TdispDevice, Tsm};
+use tsm_tests::backend::CoreBackend;
+use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::invariants;
+use tsm_tests::workload::{self, Rng, Tally, Targets};
 
-/// Operations each CPU performs.
-const ITERATIONS: u32 = 4_000;
-/// Guests, and devices with one TDI each, in the shared firmware.
-const GUESTS: usize = 4;
-const TDIS: usize = 8;
-/// Each TDI's device has a 4 MiB BAR at `BAR_BASE + i * 16 MiB`; the TDI reports 1 MiB of it.
-const BAR_BASE: u64 = 0x8000_0000;
-const BAR_STRIDE: u64 = 0x100_0000;
-const REPORTED_PAGES: u32 = 256;
-/// Guest physical window of TDI `i`: `GPA_BASE + i * 16 MiB`.
-const GPA_BASE: u64 = 0x10_0000_0000;
-/// Calls to unbind one TDI before `verify` gives up (each does bounded work).
-const MAX_UNBIND_CALLS: u32 = 10_000;
+use crate::frames::FRAME_SIZE;
+use crate::{shim, smp, time};
 
-type Shared = Tsm<MemTable<2048>, ModelDevice>;
+/// Operations each CPU performs on each table, at least.
+const OPS: u64 = 4_000;
+/// `Busy` results the CPUs must have met on each table together (with two CPUs or more). The
+/// least 20 boots (4 CPUs, TCG, loaded two-core host) showed was 13,245 (boot/README.md): this
+/// floor is far below it, yet no run without contention reaches it.
+pub const MIN_BUSY: u64 = 1_000;
+/// The tables, in the order the stage runs them.
+const TABLES: [&str; 3] = ["core", "tdx", "sev"];
+/// Leaves the core's in-memory table holds (the workload maps at most 4 x 96).
+const CORE_LEAVES: usize = 1024;
+/// Physical frames of the TDX S-EPT pool.
+const TDX_POOL_FRAMES: u64 = 512;
 
-/// The shared firmware, built at compile time: it is far too large for a stack.
-static FIRMWARE: Shared = Tsm::new(MemTable::new(), ModelDevice::model());
+type CoreFirmware = Tsm<MemTable<CORE_LEAVES>, ModelDevice>;
 
-/// The handles the stage works on, once `prepare` registered them.
-struct World {
-    tsm: &'static Shared,
-    guests: [GuestId; GUESTS],
-    tdis: [TdiId; TDIS],
+/// The core's firmware, built at compile time: it is far too large for an AP's stack.
+static CORE: CoreFirmware = Tsm::new(MemTable::new(), ModelDevice::model());
+
+/// The handles the workload works on in each firmware, once `prepare` built them (`None`:
+/// that one could not be set up, which `verify` reports). The TDX and SEV firmwares are
+/// built at run time over physical frames; each is set up in its own function, so that no
+/// stack frame holds more than one of them.
+static CORE_TARGETS: Once<Option<Targets>> = Once::new();
+static TDX: Once<Option<(TdxFirmware<'static>, Targets)>> = Once::new();
+static SEV: Once<Option<(SevBackend<'static>, Targets)>> = Once::new();
+
+/// CPUs that reached each table's start barrier.
+static ARRIVED: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+/// CPUs that have done their share of each table.
+static DONE: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+/// What one CPU did in the stage, per table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuResult {
+    /// The workload's tally on each table.
+    pub tables: [Tally; 3],
+    /// Milliseconds this CPU spent on each table, its barrier included.
+    pub ms: [u64; 3],
+    /// Parts that could not run (firmware not set up, a CPU missing at a barrier).
+    pub failed: u64,
 }
 
-static WORLD: Once<Option<World>> = Once::new();
-
-/// What one CPU did in the stage.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuResult {
-    /// Operations completed.
-    pub ops: u32,
-    /// Operations that found an object busy.
-    pub busy: u32,
-    /// Operations that went wrong (a host request removed a bound leaf, or setup failed).
-    pub failed: u32,
+impl CpuResult {
+    /// Everything that went wrong: parts that could not run, and host requests that removed
+    /// a private leaf.
+    pub fn failures(&self) -> u64 {
+        self.tables
+            .iter()
+            .fold(self.failed, |a, t| a.saturating_add(t.failed))
+    }
 }
 
 impl fmt::Display for CpuResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ops, {} busy, {} failed",
-            self.ops, self.busy, self.failed
-        )
-    }
-}
-
-fn setup() -> Option<World> {
-    let tsm = &FIRMWARE;
-    let mut guests = [GuestId::from_slot(0); GUESTS];
-    for g in &mut guests {
-        *g = tsm.create_guest().ok()?;
-    }
-    let mut tdis = [TdiId::from_slot(0); TDIS];
-    for (i, t) in tdis.iter_mut().enumerate() {
-        let bus = u8::try_from(i + 3).ok()?;
-        let rid = RequesterId::try_new(0, bus, 0, 0).ok()?;
-        let base = BAR_BASE + (i as u64) * BAR_STRIDE;
-        let dev = tsm
-            .create_device(rid, &[MmioRange::from_raw(base, 1024).ok()?])
-            .ok()?;
-        *t = tsm.create_tdi(dev, rid).ok()?;
-        let report = [wire_range(base, REPORTED_PAGES, 0, 0)];
-        tsm.with_transport(|d| d.link_mut().set_report(rid, &report))
-            .ok()?;
-    }
-    Some(World { tsm, guests, tdis })
-}
-
-/// Registers the stage's guests, devices and TDIs before the stage starts.
-pub fn prepare() {
-    WORLD.call_once(setup);
-}
-
-/// xorshift64: a per-CPU operation stream.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// Runs on every CPU (`cpu` in `0..ncpu`, 0 = BSP) at once.
-pub fn run_concurrent(cpu: usize, _ncpu: usize) -> CpuResult {
-    let mut result = CpuResult {
-        ops: 0,
-        busy: 0,
-        failed: 0,
-    };
-    let Some(Some(w)) = WORLD.get() else {
-        result.failed = 1;
-        return result;
-    };
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((cpu as u64 + 1) << 32));
-    while result.ops < ITERATIONS {
-        let i = rng.below(TDIS as u64) as usize;
-        let tdi = w.tdis[i];
-        let guest = w.guests[rng.below(GUESTS as u64) as usize];
-        let owner = w
-            .tsm
-            .tdi(tdi)
-            .ok()
-            .and_then(|t| t.state.owner())
-            .unwrap_or(guest);
-        let page = rng.below(u64::from(REPORTED_PAGES)) * 0x1000;
-        let hpa = Hpa::try_new(BAR_BASE + (i as u64) * BAR_STRIDE + page);
-        let gpa = Gpa::try_new(GPA_BASE + (i as u64) * BAR_STRIDE + page);
-        let (Ok(hpa), Ok(gpa)) = (hpa, gpa) else {
-            result.failed += 1;
-            break;
-        };
-        let outcome = match rng.below(9) {
-            0 => w.tsm.bind(tdi, guest).map(|()| Completion::Done),
-            1 | 2 => w
-                .tsm
-                .map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)
-                .map(|()| Completion::Done),
-            3 => w.tsm.guest_start(owner, tdi).map(|()| Completion::Done),
-            4 => w.tsm.unbind(tdi),
-            5 => w.tsm.device_error(tdi),
-            6 => w.tsm.check_interface(tdi),
-            7 => {
-                let r = MmioRange::try_new(hpa, 1).and_then(|r| w.tsm.host_zap(r));
-                r.map(|()| Completion::Done)
-            }
-            _ => {
-                let r = w.tsm.host_unmap(owner, gpa, PageSize::Size4K);
-                // Every private leaf belongs to a bound TDI: the host may never remove one.
-                if r.is_ok() {
-                    result.failed += 1;
-                }
-                r.map(|_| Completion::Done)
-            }
-        };
-        if matches!(outcome, Err(Error::Busy(_))) {
-            result.busy += 1;
+        for (name, t) in TABLES.iter().zip(self.tables.iter()) {
+            write!(f, "{name} {} ops {} busy, ", t.ops, t.busy())?;
         }
-        result.ops += 1;
+        write!(f, "{} failed", self.failures())
+    }
+}
+
+#[inline(never)]
+fn setup_core() -> Option<Targets> {
+    workload::setup(&mut CoreBackend {
+        tsm: &CORE,
+        label: "core",
+    })
+    .ok()
+}
+
+#[inline(never)]
+fn setup_tdx() -> Option<(TdxFirmware<'static>, Targets)> {
+    let (phys, pages) = shim::physical::<Page>(TDX_POOL_FRAMES)?;
+    let pool = FramePool::new(pages, phys)?;
+    // Never MMIO: system RAM (the S-EPT pool's frames among it).
+    let tsm: TdxFirmware<'static> = Tsm::with_reserved(
+        Sept::new(pool, SeptLevels::Four),
+        ModelDevice::model(),
+        shim::system_ram()?,
+    );
+    let targets = workload::setup(&mut TdxBackend::new(&tsm)).ok()?;
+    Some((tsm, targets))
+}
+
+#[inline(never)]
+fn setup_sev() -> Option<(SevBackend<'static>, Targets)> {
+    let rmp_frames = (RMP_PAGES * core::mem::size_of::<RmpEntry>()) as u64 / FRAME_SIZE + 1;
+    let (_, rmp) = shim::physical::<RmpEntry>(rmp_frames)?;
+    let mut backend = SevBackend::new(rmp).ok()?;
+    let targets = workload::setup(&mut backend).ok()?;
+    Some((backend, targets))
+}
+
+/// Builds the stage's firmwares and registers their guests, devices and TDIs, before the
+/// stage starts.
+pub fn prepare() {
+    CORE_TARGETS.call_once(setup_core);
+    TDX.call_once(setup_tdx);
+    SEV.call_once(setup_sev);
+}
+
+/// Waits until every CPU reached table `k`'s barrier; false if the stage deadline passed first.
+fn barrier(k: usize, ncpu: usize) -> bool {
+    let Some(arrived) = ARRIVED.get(k) else {
+        return false;
+    };
+    arrived.fetch_add(1, Ordering::AcqRel);
+    while arrived.load(Ordering::Acquire) < ncpu {
+        if smp::deadline_passed() {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// CPU `cpu`'s part of table `k`: the barrier, then [`OPS`] operations, then more until every
+/// CPU has done its [`OPS`] (or the stage deadline passes).
+fn part<T: SecureTable, D: TdispDevice>(
+    tsm: &Tsm<T, D>,
+    targets: &Targets,
+    k: usize,
+    (cpu, ncpu): (usize, usize),
+    result: &mut CpuResult,
+) {
+    let start = time::now();
+    let (Some(done), Some(tally)) = (DONE.get(k), result.tables.get_mut(k)) else {
+        result.failed += 1;
+        return;
+    };
+    if !barrier(k, ncpu) {
+        result.failed += 1;
+        return;
+    }
+    let mut rng = Rng::new(cpu, k as u64);
+    let mut counted = false;
+    let mut more = |ops: u64| {
+        if ops < OPS {
+            return true;
+        }
+        if !counted {
+            done.fetch_add(1, Ordering::AcqRel);
+            counted = true;
+        }
+        done.load(Ordering::Acquire) < ncpu && !smp::deadline_passed()
+    };
+    *tally = workload::run_round(tsm, targets, &mut rng, &mut more);
+    if let Some(ms) = result.ms.get_mut(k) {
+        *ms = time::ms_since(start);
+    }
+}
+
+/// Runs on every CPU (`cpu` in `0..ncpu`, 0 = BSP) at once: each table in turn.
+pub fn run_concurrent(cpu: usize, ncpu: usize) -> CpuResult {
+    let mut result = CpuResult::default();
+    let me = (cpu, ncpu);
+    match CORE_TARGETS.get() {
+        Some(Some(targets)) => part(&CORE, targets, 0, me, &mut result),
+        _ => result.failed += 1,
+    }
+    match TDX.get() {
+        Some(Some((tsm, targets))) => part(tsm, targets, 1, me, &mut result),
+        _ => result.failed += 1,
+    }
+    match SEV.get() {
+        Some(Some((backend, targets))) => part(backend.sev.tsm(), targets, 2, me, &mut result),
+        _ => result.failed += 1,
     }
     result
 }
 
-/// Once every CPU finished: the invariants hold, and every TDI unbinds completely.
-pub fn verify(_ncpu: usize, out: &mut dyn Write) -> bool {
-    let Some(Some(w)) = WORLD.get() else {
-        let _ = writeln!(out, "smp: FAIL the shared firmware was not set up");
-        return false;
-    };
-    if let Err(v) = tsm_tests::invariants::check(w.tsm) {
+/// Table `k` after every CPU finished: contention happened, the invariants hold, every TDI
+/// unbinds completely.
+fn verify_table<T: SecureTable, D: TdispDevice>(
+    tsm: &Tsm<T, D>,
+    targets: &Targets,
+    k: usize,
+    results: &[CpuResult],
+    out: &mut dyn Write,
+) -> bool {
+    let name = TABLES.get(k).copied().unwrap_or("?");
+    let mut total = Tally::default();
+    let mut ms = 0;
+    for r in results {
+        if let Some(t) = r.tables.get(k) {
+            total.add(t);
+        }
+        ms = ms.max(r.ms.get(k).copied().unwrap_or(0));
+    }
+    let _ = writeln!(out, "smp: {name}: {total}, {ms} ms");
+    let mut ok = total.failed == 0;
+    if results.len() > 1 && total.busy() < MIN_BUSY {
         let _ = writeln!(
             out,
-            "smp: FAIL invariant broken after the concurrent run: {v:?}"
+            "smp: FAIL {name}: only {} Busy results across {} cpus (floor {MIN_BUSY}): the cpus did not contend",
+            total.busy(),
+            results.len()
+        );
+        ok = false;
+    }
+    if let Err(v) = invariants::check(tsm) {
+        let _ = writeln!(
+            out,
+            "smp: FAIL {name}: invariant broken after the concurrent run: {v:?}"
         );
         return false;
     }
-    let leaves_before = w.tsm.with_table(|t| t.leaves().len()).unwrap_or(0);
-    for &tdi in &w.tdis {
-        let mut calls = 0;
-        while w.tsm.unbind(tdi) != Ok(Completion::Done) {
-            calls += 1;
-            if calls > MAX_UNBIND_CALLS {
-                let _ = writeln!(out, "smp: FAIL TDI {tdi:?} never finished unbinding");
-                return false;
-            }
-        }
+    let leaves_before = invariants::leaf_count(tsm).unwrap_or(0);
+    if let Err((tdi, last)) = workload::drain(tsm, targets) {
+        let _ = writeln!(
+            out,
+            "smp: FAIL {name}: TDI {tdi:?} never finished unbinding ({last:?})"
+        );
+        return false;
     }
-    let leaves_after = w.tsm.with_table(|t| t.leaves().len()).unwrap_or(usize::MAX);
+    let leaves_after = invariants::leaf_count(tsm);
     let _ = writeln!(
         out,
-        "smp: {leaves_before} leaves mapped at the end, {leaves_after} after unbinding every TDI"
+        "smp: {name}: {leaves_before} leaves mapped at the end, {} after unbinding every TDI",
+        leaves_after.map_or(usize::MAX, |n| n)
     );
-    leaves_after == 0 && tsm_tests::invariants::check(w.tsm).is_ok()
+    if let Err(v) = invariants::check(tsm) {
+        let _ = writeln!(
+            out,
+            "smp: FAIL {name}: invariant broken after unbinding: {v:?}"
+        );
+        return false;
+    }
+    ok && leaves_after == Ok(0)
+}
+
+/// Once every CPU finished (`results`, one per CPU): each table is checked.
+pub fn verify(results: &[CpuResult], out: &mut dyn Write) -> bool {
+    let mut ok = true;
+    match CORE_TARGETS.get() {
+        Some(Some(targets)) => ok &= verify_table(&CORE, targets, 0, results, out),
+        _ => {
+            let _ = writeln!(out, "smp: FAIL core: no firmware");
+            ok = false;
+        }
+    }
+    match TDX.get() {
+        Some(Some((tsm, targets))) => ok &= verify_table(tsm, targets, 1, results, out),
+        _ => {
+            let _ = writeln!(out, "smp: FAIL tdx: no firmware (frames or RAM map)");
+            ok = false;
+        }
+    }
+    match SEV.get() {
+        Some(Some((backend, targets))) => {
+            ok &= verify_table(backend.sev.tsm(), targets, 2, results, out);
+        }
+        _ => {
+            let _ = writeln!(out, "smp: FAIL sev: no firmware (frames)");
+            ok = false;
+        }
+    }
+    ok
 }

@@ -45,6 +45,11 @@ pub fn passed(deadline: u64) -> bool {
     now() >= deadline
 }
 
+/// Milliseconds since the TSC read `start`.
+pub fn ms_since(start: u64) -> u64 {
+    now().saturating_sub(start) / TSC_PER_MS.load(Ordering::Relaxed).max(1)
+}
+
 /// Busy-waits `us` microseconds.
 pub fn delay_us(us: u64) {
     let ticks = us.saturating_mul(TSC_PER_MS.load(Ordering::Relaxed)) / 1000;

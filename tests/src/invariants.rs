@@ -2,14 +2,16 @@
 //! run, on the host or in the QEMU boot): every private leaf lies in a range owned by a TDI
 //! bound to the leaf's guest; owned ranges never overlap; an unbound TDI owns nothing; a TDI
 //! whose leaves have all been blocked (ERROR done blocking, an unbind past its block pass) has
-//! no live leaf.
+//! no live leaf; every guest's bound-TDI count is the number of TDIs bound to it.
 
 use heapless::Vec;
 use tsm_core::addr::PHYS_ADDR_LIMIT;
-use tsm_core::capacity::{MAX_OWNED_RANGES, MAX_TDIS};
+use tsm_core::capacity::{MAX_GUESTS, MAX_OWNED_RANGES, MAX_TDIS};
 use tsm_core::lifecycle::UnbindStep;
 use tsm_core::page::PAGE_SIZE_4K;
-use tsm_core::{Error, Hpa, LeafState, MmioRange, SecureTable, TdiId, TdiState, TdispDevice, Tsm};
+use tsm_core::{
+    Error, GuestId, Hpa, LeafState, MmioRange, SecureTable, TdiId, TdiState, TdispDevice, Tsm,
+};
 
 /// Which invariant broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,17 @@ pub enum Violation {
     UnboundOwns(TdiId),
     /// A live (mapped) leaf of a TDI that has blocked all its leaves.
     LiveLeafAfterBlocking(Hpa),
+    /// A guest's bound-TDI count is not the number of TDIs bound to it.
+    BoundCount {
+        /// The guest.
+        guest: GuestId,
+        /// Its record's count.
+        recorded: u16,
+        /// TDIs whose owner it is (locked, running, in ERROR or being unbound).
+        bound: u16,
+    },
+    /// A TDI is bound to a guest that does not exist.
+    OwnerMissing(TdiId),
     /// The firmware was busy or refused a query (the check needs a quiet firmware).
     Query(Error),
 }
@@ -31,6 +44,7 @@ pub enum Violation {
 /// Checks every invariant of a quiet firmware.
 pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Violation> {
     let mut owned: Vec<(MmioRange, TdiState), MAX_OWNED_RANGES> = Vec::new();
+    let mut bound = [0u16; MAX_GUESTS];
     for slot in 0..MAX_TDIS {
         let id = TdiId::from_slot(u16::try_from(slot).unwrap_or(u16::MAX));
         let state = match tsm.tdi(id) {
@@ -38,6 +52,12 @@ pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Viol
             Err(Error::InvalidHandle) => continue,
             Err(e) => return Err(Violation::Query(e)),
         };
+        if let Some(owner) = state.owner() {
+            let count = bound
+                .get_mut(usize::from(owner.slot()))
+                .ok_or(Violation::OwnerMissing(id))?;
+            *count = count.saturating_add(1);
+        }
         let ranges = tsm.owned_ranges(id).map_err(Violation::Query)?;
         if !state.is_bound() && !ranges.is_empty() {
             return Err(Violation::UnboundOwns(id));
@@ -49,6 +69,29 @@ pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Viol
             owned
                 .push((r, state))
                 .map_err(|_| Violation::OwnedRangesOverlap)?;
+        }
+    }
+    for (slot, &count) in bound.iter().enumerate() {
+        let guest = GuestId::from_slot(u16::try_from(slot).unwrap_or(u16::MAX));
+        let recorded = match tsm.guest(guest) {
+            Ok(g) => g.bound_tdis,
+            // Only a guest that exists can own a TDI.
+            Err(Error::InvalidHandle) if count == 0 => continue,
+            Err(Error::InvalidHandle) => {
+                return Err(Violation::BoundCount {
+                    guest,
+                    recorded: 0,
+                    bound: count,
+                });
+            }
+            Err(e) => return Err(Violation::Query(e)),
+        };
+        if recorded != count {
+            return Err(Violation::BoundCount {
+                guest,
+                recorded,
+                bound: count,
+            });
         }
     }
     let everything =
@@ -82,4 +125,23 @@ pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Viol
         Ok(())
     })
     .map_err(Violation::Query)?
+}
+
+/// The number of private leaves in the secure table (every guest's), on a quiet firmware.
+pub fn leaf_count<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<usize, Violation> {
+    let everything =
+        MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
+    tsm.with_table(|table| {
+        let mut n = 0usize;
+        let mut from = everything.base();
+        while let Some(leaf) = table.next_leaf(everything, from) {
+            n = n.saturating_add(1);
+            match leaf.hpa.checked_add(leaf.size.bytes()) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        n
+    })
+    .map_err(Violation::Query)
 }

@@ -18,3 +18,4 @@ pub mod interpreter;
 pub mod invariants;
 pub mod scenario;
 pub mod suite;
+pub mod workload;

@@ -186,6 +186,25 @@ fn normal_boot_passes_on_every_cpu() {
             run.log
         );
     }
+    // The concurrent stage ran on every secure table, the CPUs met (the kernel enforces its
+    // Busy floor; the count is read back here too), and every TDI unbound completely.
+    for table in ["core", "tdx", "sev"] {
+        let prefix = format!("smp: {table}: ");
+        let busy = run
+            .lines()
+            .find_map(|l| {
+                let (_, rest) = l.strip_prefix(&prefix)?.split_once(" ok, ")?;
+                rest.split_once(" busy ")?.0.parse::<u64>().ok()
+            })
+            .unwrap_or_else(|| panic!("no stage tally for {table}:\n{}", run.log));
+        assert!(busy > 0, "no contention on {table}:\n{}", run.log);
+        assert!(
+            run.lines().any(|l| l.starts_with(&prefix)
+                && l.ends_with(" leaves mapped at the end, 0 after unbinding every TDI")),
+            "{table}: TDIs left bound after the stage:\n{}",
+            run.log
+        );
+    }
 }
 
 #[test]

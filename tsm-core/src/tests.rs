@@ -493,20 +493,369 @@ fn refused_start_puts_the_tdi_in_error() {
     ));
 }
 
-#[test]
-fn busy_is_reported_for_each_lock_and_changes_nothing() {
+// ---- issue 10: Busy on every lock --------------------------------------------------------
+//
+// Every lock each operation takes, in lock order (a test per cell below holds that lock from
+// another thread and expects exactly `Busy(operand)` with nothing changed; a blank cell is
+// held too, and must not make the operation busy). Slot tables (device, TDI, guest) are held
+// at the slot the operation names, or at every slot where it inserts into the first free one.
+//
+// | operation                       | dev table | device | TDI | guest | ownership | secure table | transport |
+// |---------------------------------|-----------|--------|-----|-------|-----------|--------------|-----------|
+// | create_guest                    |           |        |     | any   |           |              |           |
+// | destroy_guest                   |           |        |     | x     |           |              |           |
+// | create_device(_with)            | x         | new    |     |       |           |              |           |
+// | remove_device                   | x         | x      |     |       |           |              |           |
+// | create_tdi                      |           | x      | any |       |           |              |           |
+// | remove_tdi                      |           | x      | x   |       |           |              |           |
+// | bind                            |           | x      | x   | x     | x         |              | x         |
+// | map_mmio                        |           |        | x   | x     | x         | x            |           |
+// | guest_start                     |           |        | x   | x     | x         | x            | x         |
+// | device_error                    |           |        | x   |       | x         | x            |           |
+// | check_interface(_state), bound  |           |        | x   |       | x         | x            | x         |
+// | check_interface, ERROR/unbinding|           |        | x   |       | x         | x            |           |
+// | unbind, bound                   |           |        | x   | x     | x         | x            | x         |
+// | unbind, unbound                 |           |        | x   |       |           |              |           |
+// | host_unmap, host_block          |           |        |     | x     | x         | x            |           |
+// | host_track                      |           |        |     | x     |           | x            |           |
+// | host_zap, range not owned       |           |        |     |       | x         | x            |           |
+// | host_zap, range of a bound TDI  |           |        |     |       | x         |              |           |
+// | tdi                             |           |        | x   |       |           |              |           |
+// | device                          |           | x      |     |       |           |              |           |
+// | guest                           |           |        |     | x     |           |              |           |
+// | owned_ranges                    |           |        |     |       | x         |              |           |
+// | leaf, with_table                |           |        |     |       |           | x            |           |
+// | with_transport                  |           |        |     |       |           |              | x         |
+// | snapshot(_with)                 | x         | x      | x   | x     | x         | x            |           |
+
+/// The lock tests' firmware: `bound(1)` (t0 bound to g1 and CONFIG_LOCKED, one 4 KiB leaf at
+/// GPA -> BAR; t1 unbound, its device reporting a range for the next bind), plus `dev2`, a
+/// device with no TDI. Slots: g1 0, g2 1; dev 0, dev2 1 (a new device gets 2); t0 0, t1 1.
+struct Locks {
+    w: World,
+    dev2: DeviceId,
+}
+
+fn locks_world() -> Locks {
     let w = bound(1);
-    let tsm = &w.tsm;
-    let nested = tsm.with_transport(|_| tsm.unbind(w.t0)).unwrap();
-    assert_eq!(nested, Err(Error::Busy(Operand::Transport)));
-    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
-    let nested = tsm
-        .with_table(|_| tsm.host_zap(range(BAR + 0x20_0000, 1)))
+    let dev2 = w
+        .tsm
+        .create_device(rid(4, 0), &[range(0x9000_0000, 16)])
         .unwrap();
-    assert_eq!(nested, Err(Error::Busy(Operand::SecureTable)));
-    let nested = tsm.with_table(|_| tsm.device_error(w.t0)).unwrap();
-    assert_eq!(nested, Err(Error::Busy(Operand::SecureTable)));
-    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    w.tsm
+        .with_transport(|d| d.report_ranges(rid(3, 1), &[range(BAR + 0x20_0000, 4)]))
+        .unwrap();
+    assert_eq!(
+        (w.g1.slot(), w.g2.slot(), w.dev.slot(), dev2.slot()),
+        (0, 1, 0, 1)
+    );
+    assert_eq!((w.t0.slot(), w.t1.slot()), (0, 1));
+    Locks { w, dev2 }
+}
+
+/// One row of the table: an operation on the fixture, and every lock it takes, in lock order,
+/// with the slot the test holds (`None`: every slot).
+struct LockCase {
+    op: &'static str,
+    setup: fn(&Locks),
+    run: fn(&Locks) -> TsmResult<()>,
+    takes: &'static [(Operand, Option<u16>)],
+}
+
+fn nothing(_: &Locks) {}
+
+use Operand::{
+    Device as Dv, DeviceTable as Dt, Guest as Gu, Ownership as Ow, SecureTable as St, Tdi as Td,
+    Transport as Tr,
+};
+
+const LOCK_CASES: &[LockCase] = &[
+    LockCase {
+        op: "create_guest",
+        setup: nothing,
+        run: |f| f.w.tsm.create_guest().map(drop),
+        takes: &[(Gu, None)],
+    },
+    LockCase {
+        op: "destroy_guest",
+        setup: nothing,
+        run: |f| f.w.tsm.destroy_guest(f.w.g2),
+        takes: &[(Gu, Some(1))],
+    },
+    LockCase {
+        op: "create_device",
+        setup: nothing,
+        run: |f| {
+            f.w.tsm
+                .create_device(rid(9, 0), &[range(0x9100_0000, 1)])
+                .map(drop)
+        },
+        takes: &[(Dt, None), (Dv, Some(2))],
+    },
+    LockCase {
+        op: "remove_device",
+        setup: nothing,
+        run: |f| f.w.tsm.remove_device(f.dev2),
+        takes: &[(Dt, None), (Dv, Some(1))],
+    },
+    LockCase {
+        op: "create_tdi",
+        setup: nothing,
+        run: |f| f.w.tsm.create_tdi(f.w.dev, rid(3, 2)).map(drop),
+        takes: &[(Dv, Some(0)), (Td, None)],
+    },
+    LockCase {
+        op: "remove_tdi",
+        setup: nothing,
+        run: |f| f.w.tsm.remove_tdi(f.w.t1),
+        takes: &[(Dv, Some(0)), (Td, Some(1))],
+    },
+    LockCase {
+        op: "bind",
+        setup: nothing,
+        run: |f| f.w.tsm.bind(f.w.t1, f.w.g2),
+        takes: &[
+            (Dv, Some(0)),
+            (Td, Some(1)),
+            (Gu, Some(1)),
+            (Ow, None),
+            (Tr, None),
+        ],
+    },
+    LockCase {
+        op: "map_mmio",
+        setup: nothing,
+        run: |f| {
+            let (g, h) = (gpa(GPA + 0x1000), hpa(BAR + 0x1000));
+            f.w.tsm.map_mmio(f.w.t0, f.w.g1, g, h, PageSize::Size4K)
+        },
+        takes: &[(Td, Some(0)), (Gu, Some(0)), (Ow, None), (St, None)],
+    },
+    LockCase {
+        op: "guest_start",
+        setup: nothing,
+        run: |f| f.w.tsm.guest_start(f.w.g1, f.w.t0),
+        takes: &[
+            (Td, Some(0)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+            (Tr, None),
+        ],
+    },
+    LockCase {
+        op: "device_error",
+        setup: nothing,
+        run: |f| f.w.tsm.device_error(f.w.t0).map(drop),
+        takes: &[(Td, Some(0)), (Ow, None), (St, None)],
+    },
+    LockCase {
+        op: "check_interface of a locked TDI",
+        setup: nothing,
+        run: |f| f.w.tsm.check_interface(f.w.t0).map(drop),
+        takes: &[(Td, Some(0)), (Ow, None), (St, None), (Tr, None)],
+    },
+    LockCase {
+        op: "check_interface_state of a locked TDI",
+        setup: nothing,
+        run: |f| f.w.tsm.check_interface_state(f.w.t0).map(drop),
+        takes: &[(Td, Some(0)), (Ow, None), (St, None), (Tr, None)],
+    },
+    LockCase {
+        op: "check_interface of a TDI in ERROR",
+        setup: |f| {
+            f.w.tsm.device_error(f.w.t0).unwrap();
+        },
+        run: |f| f.w.tsm.check_interface(f.w.t0).map(drop),
+        takes: &[(Td, Some(0)), (Ow, None), (St, None)],
+    },
+    LockCase {
+        op: "unbind of a bound TDI",
+        setup: nothing,
+        run: |f| f.w.tsm.unbind(f.w.t0).map(drop),
+        takes: &[
+            (Td, Some(0)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+            (Tr, None),
+        ],
+    },
+    LockCase {
+        op: "unbind of an unbound TDI",
+        setup: nothing,
+        run: |f| f.w.tsm.unbind(f.w.t1).map(drop),
+        takes: &[(Td, Some(1))],
+    },
+    LockCase {
+        op: "host_unmap",
+        setup: nothing,
+        run: |f| {
+            f.w.tsm
+                .host_unmap(f.w.g1, gpa(GPA), PageSize::Size4K)
+                .map(drop)
+        },
+        takes: &[(Gu, Some(0)), (Ow, None), (St, None)],
+    },
+    LockCase {
+        op: "host_block",
+        setup: nothing,
+        run: |f| f.w.tsm.host_block(f.w.g1, gpa(GPA), PageSize::Size4K),
+        takes: &[(Gu, Some(0)), (Ow, None), (St, None)],
+    },
+    LockCase {
+        op: "host_track",
+        setup: nothing,
+        run: |f| f.w.tsm.host_track(f.w.g1).map(drop),
+        takes: &[(Gu, Some(0)), (St, None)],
+    },
+    LockCase {
+        op: "host_zap of a range no TDI owns",
+        setup: nothing,
+        run: |f| f.w.tsm.host_zap(range(BAR + 0x20_0000, 1)),
+        takes: &[(Ow, None), (St, None)],
+    },
+    LockCase {
+        op: "host_zap of a bound range",
+        setup: nothing,
+        run: |f| f.w.tsm.host_zap(range(BAR, 1)),
+        takes: &[(Ow, None)],
+    },
+    LockCase {
+        op: "tdi",
+        setup: nothing,
+        run: |f| f.w.tsm.tdi(f.w.t0).map(drop),
+        takes: &[(Td, Some(0))],
+    },
+    LockCase {
+        op: "device",
+        setup: nothing,
+        run: |f| f.w.tsm.device(f.w.dev).map(drop),
+        takes: &[(Dv, Some(0))],
+    },
+    LockCase {
+        op: "guest",
+        setup: nothing,
+        run: |f| f.w.tsm.guest(f.w.g1).map(drop),
+        takes: &[(Gu, Some(0))],
+    },
+    LockCase {
+        op: "owned_ranges",
+        setup: nothing,
+        run: |f| f.w.tsm.owned_ranges(f.w.t0).map(drop),
+        takes: &[(Ow, None)],
+    },
+    LockCase {
+        op: "leaf",
+        setup: nothing,
+        run: |f| f.w.tsm.leaf(f.w.g1, gpa(GPA)).map(drop),
+        takes: &[(St, None)],
+    },
+    LockCase {
+        op: "with_table",
+        setup: nothing,
+        run: |f| f.w.tsm.with_table(|_| ()),
+        takes: &[(St, None)],
+    },
+    LockCase {
+        op: "with_transport",
+        setup: nothing,
+        run: |f| f.w.tsm.with_transport(|_| ()),
+        takes: &[(Tr, None)],
+    },
+    LockCase {
+        op: "snapshot",
+        setup: nothing,
+        run: |f| f.w.tsm.snapshot().map(drop),
+        takes: &[
+            (Dt, None),
+            (Dv, Some(1)),
+            (Td, Some(1)),
+            (Gu, Some(1)),
+            (Ow, None),
+            (St, None),
+        ],
+    },
+];
+
+/// Runs `op` on this thread while another thread holds `operand`'s lock (slot `slot`). The
+/// holder lets go after a few seconds even if `op` has not returned: an operation that waits
+/// for a lock instead of reporting `Busy` then fails its assertion rather than hanging.
+fn while_held<R>(tsm: &T, operand: Operand, slot: Option<u16>, op: impl FnOnce() -> R) -> R {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            tsm.hold_lock(operand, slot, || {
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(3));
+            })
+        });
+        held_rx.recv().unwrap();
+        let got = op();
+        let _ = release_tx.send(());
+        got
+    })
+}
+
+fn tdisp(tsm: &T) -> heapless::Vec<(u32, TdispState), { capacity::MAX_TDIS }> {
+    tsm.with_transport(|d| d.link_mut().tdisp_states()).unwrap()
+}
+
+#[test]
+fn busy_on_every_lock_names_the_operand_and_changes_nothing() {
+    let mut busy = 0;
+    for case in LOCK_CASES {
+        let order = |o: &Operand| Operand::ALL.iter().position(|a| a == o).unwrap();
+        assert!(
+            case.takes
+                .windows(2)
+                .all(|w| order(&w[0].0) < order(&w[1].0)),
+            "{}: the table lists its locks out of lock order",
+            case.op
+        );
+        for operand in Operand::ALL {
+            let f = locks_world();
+            (case.setup)(&f);
+            let before = f.w.tsm.snapshot().unwrap();
+            let device_before = tdisp(&f.w.tsm);
+            let held = case.takes.iter().find(|(o, _)| *o == operand);
+            let slot = held.and_then(|&(_, s)| s);
+            let got = while_held(&f.w.tsm, operand, slot, || (case.run)(&f));
+            let Some(_) = held else {
+                assert!(
+                    !matches!(got, Err(Error::Busy(_))),
+                    "{} does not take the {operand:?} lock, yet: {got:?}",
+                    case.op
+                );
+                continue;
+            };
+            assert_eq!(
+                got,
+                Err(Error::Busy(operand)),
+                "{} with the {operand:?} lock held elsewhere",
+                case.op
+            );
+            assert_eq!(
+                tdisp(&f.w.tsm),
+                device_before,
+                "{}: Busy({operand:?}) changed a device's TDISP state",
+                case.op
+            );
+            assert_eq!(
+                f.w.tsm.snapshot().unwrap(),
+                before,
+                "{}: Busy({operand:?}) changed the firmware",
+                case.op
+            );
+            busy += 1;
+        }
+    }
+    // Every cell of the table was shown.
+    let cells: usize = LOCK_CASES.iter().map(|c| c.takes.len()).sum();
+    assert_eq!(busy, cells);
 }
 
 #[test]

@@ -612,6 +612,58 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         }
     }
 
+    /// Holds `operand`'s lock while `f` runs: for a slot table (devices, TDIs, guests) slot
+    /// `slot`, or every slot with `None`. Tests call it from one thread to show that every
+    /// operation taking that lock on another thread reports `Busy(operand)`. Panics if the
+    /// lock is not free: a test must start from a quiet firmware.
+    #[cfg(test)]
+    pub(crate) fn hold_lock<R>(
+        &self,
+        operand: Operand,
+        slot: Option<u16>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        fn slots<X, const N: usize>(
+            table: &Slots<X, N>,
+            slot: Option<u16>,
+        ) -> Vec<crate::registry::SlotGuard<'_, X>> {
+            let all = 0..u16::try_from(N).unwrap();
+            slot.map_or(all, |s| s..s + 1)
+                .map(|s| table.lock(s).unwrap())
+                .collect()
+        }
+        match operand {
+            Operand::DeviceTable => {
+                let _g = try_lock(&self.claims, operand).unwrap();
+                f()
+            }
+            Operand::Device => {
+                let _g = slots(&self.devices, slot);
+                f()
+            }
+            Operand::Tdi => {
+                let _g = slots(&self.tdis, slot);
+                f()
+            }
+            Operand::Guest => {
+                let _g = slots(&self.guests, slot);
+                f()
+            }
+            Operand::Ownership => {
+                let _g = try_lock(&self.owners, operand).unwrap();
+                f()
+            }
+            Operand::SecureTable => {
+                let _g = try_lock(&self.table, operand).unwrap();
+                f()
+            }
+            Operand::Transport => {
+                let _g = try_lock(&self.transport, operand).unwrap();
+                f()
+            }
+        }
+    }
+
     /// A copy of every table; `Busy` if any lock is held.
     pub fn snapshot(&self) -> TsmResult<Snapshot<T>>
     where

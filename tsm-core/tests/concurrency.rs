@@ -1,5 +1,16 @@
-//! Many threads drive one firmware at once. Try-locks mean contention is `Busy`, never a
-//! hang; afterwards the invariants hold and every TDI unbinds completely.
+//! Many threads drive one firmware (the core over its in-memory table) at once, in rounds:
+//! every round starts behind a barrier, so the threads meet on the few objects there are (three
+//! guests, two devices with two TDIs each), and ends with every invariant checked on the quiet
+//! firmware, the per-guest bound-TDI counts included. Try-locks make contention `Busy`, never a
+//! hang, and contention must have happened: at least a minimum number of `Busy` results.
+//! Afterwards every TDI unbinds completely.
+//!
+//! Soak runs: `TSM_CONC_THREADS` (default 8) threads and `TSM_CONC_ROUNDS` (default 20) rounds
+//! of at least [`OPS_PER_ROUND`] operations and 10 ms per thread, e.g.
+//! `TSM_CONC_THREADS=16 TSM_CONC_ROUNDS=2000 cargo test -p tsm-core --release --test
+//! concurrency -- --nocapture`. The `Busy` floor scales with the rounds and needs two threads
+//! or more (one thread meets no one). The same workload on the TDX S-EPT and the SEV
+//! RMP is `tests/tests/concurrency.rs` of `tsm-tests`, with the same knobs.
 #![allow(
     clippy::unwrap_used,
     clippy::panic,
@@ -9,8 +20,32 @@
 
 mod common;
 
-use common::{bar, check_invariants, report_and_bind, world};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use common::{World, bar, check_invariants, report_and_bind, world};
 use tsm_core::*;
+
+/// Operations each thread performs per round, at least.
+const OPS_PER_ROUND: u64 = 250;
+/// How long each thread works per round, at least: several scheduler time slices, so that
+/// threads run side by side or are preempted inside the firmware, on a loaded machine too.
+const ROUND_TIME: Duration = Duration::from_millis(10);
+/// `Busy` results required per round, on average over a run with two threads or more. The
+/// least 20 runs of the default knobs showed on a loaded two-core machine was over 1.3 million
+/// per run (65,000 a round) in debug builds and over 4 million in release builds, on every
+/// table: this floor is hundreds of times lower, yet no run without contention reaches it.
+const MIN_BUSY_PER_ROUND: u64 = 200;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        })
+        .unwrap_or(default)
+}
 
 /// xorshift64: a deterministic per-thread stream, no dependency needed.
 struct Rng(u64);
@@ -23,81 +58,128 @@ impl Rng {
     }
 }
 
+/// What one thread saw in one round.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    ops: u64,
+    ok: u64,
+    /// `Busy` results, by operand in lock order.
+    busy_by: [u64; 7],
+}
+
+impl Tally {
+    fn busy(&self) -> u64 {
+        self.busy_by.iter().sum()
+    }
+    fn add(&mut self, o: &Tally) {
+        self.ops += o.ops;
+        self.ok += o.ok;
+        for (a, b) in self.busy_by.iter_mut().zip(o.busy_by) {
+            *a += b;
+        }
+    }
+}
+
+/// One thread's operations of one round: at least [`OPS_PER_ROUND`], for at least
+/// [`ROUND_TIME`].
+fn hammer(w: &World, rng: &mut Rng) -> Tally {
+    let mut tally = Tally::default();
+    let began = Instant::now();
+    while tally.ops < OPS_PER_ROUND || began.elapsed() < ROUND_TIME {
+        let t = rng.next(4) as usize;
+        let tdi = w.tdis[t];
+        let g = w.guests[rng.next(3) as usize];
+        let owner = w
+            .tsm
+            .tdi(tdi)
+            .ok()
+            .and_then(|r| r.state.owner())
+            .unwrap_or(g);
+        let base = bar(t / 2) + (t as u64 % 2) * 0x40_0000;
+        let page = rng.next(64) * 0x1000;
+        let gpa = Gpa::try_new(0x10_0000_0000 + (t as u64) * 0x100_0000 + page).unwrap();
+        let hpa = Hpa::try_new(base + page).unwrap();
+        let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
+        let r = match rng.next(10) {
+            0 => done(report_and_bind(w, tdi, g, &[(base, 96)])),
+            1 | 2 => done(w.tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)),
+            3 => done(w.tsm.guest_start(owner, tdi)),
+            4 => w.tsm.unbind(tdi),
+            5 => w.tsm.device_error(tdi),
+            6 => w.tsm.check_interface(tdi),
+            7 => done(w.tsm.host_zap(MmioRange::from_raw(base, 1).unwrap())),
+            8 => w.tsm.host_track(owner),
+            _ => {
+                let before = w.tsm.leaf(owner, gpa);
+                let r = w.tsm.host_unmap(owner, gpa, PageSize::Size4K);
+                // A leaf that was there is never removed by the host.
+                if let (Ok(Some(_)), Ok(_)) = (before, r) {
+                    panic!("host removed a private leaf");
+                }
+                r.map(|_| Completion::Done)
+            }
+        };
+        tally.ops += 1;
+        match r {
+            Ok(_) => tally.ok += 1,
+            Err(Error::Busy(o)) => {
+                tally.busy_by[Operand::ALL.iter().position(|a| *a == o).unwrap()] += 1;
+            }
+            Err(_) => {}
+        }
+    }
+    tally
+}
+
 #[test]
 fn concurrent_host_guest_and_device_operations_keep_the_invariants() {
     let w = world();
-    let threads = 4;
-    let mut busy_total = 0u64;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|id| {
-                let w = &w;
-                s.spawn(move || {
-                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1));
-                    let mut busy = 0u64;
-                    for _ in 0..4000 {
-                        let t = rng.next(4) as usize;
-                        let tdi = w.tdis[t];
-                        let g = w.guests[rng.next(3) as usize];
-                        let base = bar(t / 2) + (t as u64 % 2) * 0x40_0000;
-                        let page = rng.next(64) * 0x1000;
-                        let r = match rng.next(8) {
-                            0 => report_and_bind(w, tdi, g, &[(base, 256)])
-                                .map(|()| Completion::Done),
-                            1 | 2 => {
-                                let owner = w
-                                    .tsm
-                                    .tdi(tdi)
-                                    .ok()
-                                    .and_then(|r| r.state.owner())
-                                    .unwrap_or(g);
-                                let gpa =
-                                    Gpa::try_new(0x10_0000_0000 + (t as u64) * 0x100_0000 + page)
-                                        .unwrap();
-                                w.tsm
-                                    .map_mmio(
-                                        tdi,
-                                        owner,
-                                        gpa,
-                                        Hpa::try_new(base + page).unwrap(),
-                                        PageSize::Size4K,
-                                    )
-                                    .map(|()| Completion::Done)
-                            }
-                            3 => w.tsm.guest_start(g, tdi).map(|()| Completion::Done),
-                            4 => w.tsm.unbind(tdi),
-                            5 => w.tsm.device_error(tdi),
-                            6 => w
-                                .tsm
-                                .host_zap(MmioRange::from_raw(base, 1).unwrap())
-                                .map(|()| Completion::Done),
-                            _ => {
-                                let gpa =
-                                    Gpa::try_new(0x10_0000_0000 + (t as u64) * 0x100_0000 + page)
-                                        .unwrap();
-                                let before = w.tsm.leaf(g, gpa);
-                                let r = w.tsm.host_unmap(g, gpa, PageSize::Size4K);
-                                // A leaf that was there is never removed by the host.
-                                if let (Ok(Some(_)), Ok(_)) = (before, r) {
-                                    panic!("host removed a private leaf");
-                                }
-                                r.map(|_| Completion::Done)
-                            }
-                        };
-                        if matches!(r, Err(Error::Busy(_))) {
-                            busy += 1;
-                        }
-                    }
-                    busy
+    let threads = knob("TSM_CONC_THREADS", 8).max(1);
+    let rounds = knob("TSM_CONC_ROUNDS", 20);
+    let mut rngs: Vec<Rng> = (0..threads)
+        .map(|id| Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1)))
+        .collect();
+    let mut total = Tally::default();
+    for round in 0..rounds {
+        let start = Barrier::new(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = rngs
+                .iter_mut()
+                .map(|rng| {
+                    let (w, start) = (&w, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        hammer(w, rng)
+                    })
                 })
-            })
-            .collect();
-        for h in handles {
-            busy_total += h.join().unwrap();
-        }
-    });
-    println!("busy outcomes: {busy_total}");
-    check_invariants(&w);
+                .collect();
+            for h in handles {
+                total.add(&h.join().unwrap());
+            }
+        });
+        // The round is over: every thread has joined, the firmware is quiet.
+        let checked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_invariants(&w)));
+        assert!(checked.is_ok(), "invariant broken after round {round}");
+    }
+    let [dt, dev, tdi, guest, own, table, transport] = total.busy_by;
+    println!(
+        "core: {threads} threads, {rounds} rounds: {} ops, {} ok, {} busy (device table {dt}, \
+         device {dev}, tdi {tdi}, guest {guest}, ownership {own}, secure table {table}, \
+         transport {transport})",
+        total.ops,
+        total.ok,
+        total.busy()
+    );
+    if threads > 1 {
+        let floor = rounds as u64 * MIN_BUSY_PER_ROUND;
+        assert!(
+            total.busy() >= floor,
+            "only {} Busy results in {} operations (floor {floor}): the threads did not contend",
+            total.busy(),
+            total.ops
+        );
+    }
     for &t in &w.tdis {
         let mut calls = 0;
         while w.tsm.unbind(t) != Ok(Completion::Done) {

@@ -12,6 +12,7 @@ mod common;
 use common::{World, bar, check_invariants, report_and_bind, world};
 use proptest::prelude::*;
 use tsm_core::device_model::DeviceEvent;
+use tsm_core::lifecycle::UnbindStep;
 use tsm_core::*;
 
 #[derive(Debug, Clone)]
@@ -293,20 +294,205 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
     }
 }
 
-/// The TDI index an unbind names.
+/// The TDI index an unbind or a start names.
 fn tdi_index(op: &Op) -> usize {
     match op {
-        Op::Unbind { tdi } => *tdi,
+        Op::Unbind { tdi } | Op::Start { tdi, .. } => *tdi,
         _ => usize::MAX,
     }
 }
 
-/// Operations whose refusal may legitimately record progress or a device-reported error.
-fn may_change_on_error(op: &Op) -> bool {
-    matches!(
+/// A refusal documented to keep progress, and what it may change. Every other refusal of
+/// every operation (`InvalidHandle`, `Busy`, `TdiNotBound`, `NotOwner`, `UnbindInProgress`,
+/// `TdiInError`, `TdiNotLocked`, an unanswered START, every error of `device_error` and
+/// `check`, which change state by design only when they succeed, ...) changes nothing: the
+/// whole snapshot (every record table, the secure table) and every interface's TDISP state.
+///
+/// | operation | status | may change |
+/// |---|---|---|
+/// | unbind | `DeviceUnresponsive`, `DeviceRefused`, `DeviceMalformed` (a failed STOP) | that TDI to `Unbinding { owner, step: Stop }` with none of its leaves left `Mapped` (they are blocked before STOP); its leaves `Mapped` -> `Blocked` at the owner's current epoch; its interface's TDISP state |
+/// | unbind | `TlbFlushPending`, `Inconsistent` (progress kept) | that TDI to `Unbinding { owner, step: Track or Remove }`; its leaves `Mapped` -> `Blocked`, then one epoch advance of the owner, then removal of its blocked leaves; its interface's TDISP state (STOP done) |
+/// | guest_start | `DeviceRefused`, `DeviceMalformed` (START refused or garbled) | that TDI `Locked` -> `Error { owner }`; its leaves `Mapped` -> `Blocked`; its interface's TDISP state |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exempt {
+    UnbindStopFailed,
+    UnbindProgressKept,
+    StartFault,
+}
+
+fn exemption(op: &Op, err: Error) -> Option<Exempt> {
+    match (op, err) {
+        (
+            Op::Unbind { .. },
+            Error::DeviceUnresponsive | Error::DeviceRefused | Error::DeviceMalformed,
+        ) => Some(Exempt::UnbindStopFailed),
+        (Op::Unbind { .. }, Error::TlbFlushPending | Error::Inconsistent) => {
+            Some(Exempt::UnbindProgressKept)
+        }
+        (Op::Start { .. }, Error::DeviceRefused | Error::DeviceMalformed) => {
+            Some(Exempt::StartFault)
+        }
+        _ => None,
+    }
+}
+
+type Snap = tsm_core::tsm::Snapshot<tsm_core::mem_table::MemTable<512>>;
+type Tdisp = Vec<(u32, TdispState)>;
+
+fn tdisp_states(w: &World) -> Tdisp {
+    w.tsm
+        .with_transport(|d| d.link_mut().tdisp_states().to_vec())
+        .unwrap()
+}
+
+/// Checks an exempt refusal changed only what its row of [`Exempt`] allows: everything but the
+/// named TDI's record, its leaves, its owner's epoch and its interface's TDISP state is
+/// exactly as before, and those changed only as listed. The secure table is checked exactly:
+/// the table before, with the blocks, at most one epoch advance and the removals the row
+/// allows replayed on it (removals in unbind's walk order), must equal the table after.
+fn check_exempt(
+    w: &World,
+    op: &Op,
+    kind: Exempt,
+    (before, after): (&Snap, &Snap),
+    (dev_before, dev_after): (&Tdisp, &Tdisp),
+) -> Result<(), TestCaseError> {
+    let t = tdi_of(w, tdi_index(op));
+    let slot = t.slot() as usize;
+    prop_assert_eq!(&after.claims, &before.claims);
+    prop_assert_eq!(&after.devices, &before.devices);
+    prop_assert_eq!(&after.guests, &before.guests);
+    prop_assert_eq!(&after.owners, &before.owners);
+    for (i, (a, b)) in after.tdis.iter().zip(before.tdis.iter()).enumerate() {
+        if i != slot {
+            prop_assert_eq!(a, b, "TDI #{} changed", i);
+        }
+    }
+    let (Some(rec_before), Some(rec_after)) = (&before.tdis[slot], &after.tdis[slot]) else {
+        return Err(TestCaseError::fail(
+            "exempt refusal of a TDI that does not exist",
+        ));
+    };
+    prop_assert_eq!(
+        (rec_after.device, rec_after.iface),
+        (rec_before.device, rec_before.iface)
+    );
+    let Some(owner) = rec_before.state.owner() else {
+        return Err(TestCaseError::fail("exempt refusal of an unbound TDI"));
+    };
+    match kind {
+        Exempt::UnbindStopFailed => prop_assert_eq!(
+            rec_after.state,
+            TdiState::Unbinding {
+                owner,
+                step: UnbindStep::Stop
+            }
+        ),
+        Exempt::UnbindProgressKept => prop_assert!(
+            matches!(
+                rec_after.state,
+                TdiState::Unbinding { owner: o, step: UnbindStep::Track | UnbindStep::Remove(_) }
+                    if o == owner
+            ),
+            "{:?}",
+            rec_after.state
+        ),
+        Exempt::StartFault => {
+            prop_assert_eq!(rec_before.state, TdiState::Locked { owner });
+            prop_assert!(
+                matches!(rec_after.state, TdiState::Error { owner: o, .. } if o == owner),
+                "{:?}",
+                rec_after.state
+            );
+        }
+    }
+
+    // The TDI's leaves, in unbind's walk order (its private ranges in order, then by address).
+    let ranges: Vec<MmioRange> = before.owners.private_of(t).collect();
+    let walk_key = |l: &Leaf| {
+        let r = ranges.iter().position(|r| r.contains_page(l.hpa, l.size));
+        (r, l.hpa)
+    };
+    let mut blocked = Vec::new();
+    let mut removed = Vec::new();
+    for l in before.table.leaves() {
+        if walk_key(l).0.is_none() {
+            continue;
+        }
+        let now = after
+            .table
+            .leaves()
+            .iter()
+            .find(|a| (a.guest, a.gpa, a.hpa, a.size) == (l.guest, l.gpa, l.hpa, l.size));
+        match (l.state, now.map(|a| a.state)) {
+            (_, Some(s)) if s == l.state => {}
+            (LeafState::Mapped, Some(LeafState::Blocked { .. })) => blocked.push(*l),
+            (_, None) if kind == Exempt::UnbindProgressKept => removed.push(*l),
+            (was, now) => {
+                return Err(TestCaseError::fail(format!(
+                    "leaf {l:?} went {was:?} -> {now:?} in a refused {op:?}"
+                )));
+            }
+        }
+    }
+    if kind == Exempt::UnbindStopFailed {
+        prop_assert!(
+            after
+                .table
+                .leaves()
+                .iter()
+                .all(|l| walk_key(l).0.is_none() || l.state != LeafState::Mapped),
+            "a failed STOP left the guest a live leaf"
+        );
+    }
+    removed.sort_by_key(walk_key);
+    let mut blocks = before.table.clone();
+    for l in &blocked {
+        prop_assert_eq!(blocks.block(l.guest, l.gpa, l.size), Ok(()));
+    }
+    let tracks: &[bool] = if kind == Exempt::UnbindProgressKept {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let explained = tracks.iter().any(|&track| {
+        let mut table = blocks.clone();
+        if track && table.track(owner).is_err() {
+            return false;
+        }
+        removed
+            .iter()
+            .all(|l| table.remove(l.guest, l.gpa, l.size).is_ok())
+            && table == after.table
+    });
+    prop_assert!(
+        explained,
+        "a refused {:?} changed the secure table beyond what {:?} allows (blocking {} of the TDI's leaves, {}removing {})",
         op,
-        Op::Unbind { .. } | Op::Start { .. } | Op::DeviceError { .. } | Op::Check { .. }
-    )
+        kind,
+        blocked.len(),
+        if tracks.len() > 1 {
+            "at most one epoch advance, "
+        } else {
+            "no epoch advance, "
+        },
+        removed.len()
+    );
+
+    // Only the TDI's own interface may have moved on the device.
+    let fid = tsm_core::tdisp::function_id(rec_before.iface).unwrap();
+    let others = |v: &Tdisp| {
+        v.iter()
+            .filter(|(f, _)| *f != fid)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    prop_assert_eq!(
+        others(dev_after),
+        others(dev_before),
+        "another interface's TDISP state changed"
+    );
+    Ok(())
 }
 
 proptest! {
@@ -317,11 +503,19 @@ proptest! {
         let w = world();
         for op in &ops {
             let before = w.tsm.snapshot().unwrap();
+            let dev_before = tdisp_states(&w);
             let owned_before: Vec<_> = w.tdis.iter().map(|&t| w.tsm.owned_ranges(t).unwrap()).collect();
             let (host_request, outcome) = apply(&w, op);
             let after = w.tsm.snapshot().unwrap();
-            if outcome.is_err() && !may_change_on_error(op) {
-                prop_assert_eq!(&after, &before, "refused {:?} ({:?}) changed state", op, outcome);
+            let dev_after = tdisp_states(&w);
+            if let Err(err) = outcome {
+                match exemption(op, err) {
+                    Some(kind) => check_exempt(&w, op, kind, (&before, &after), (&dev_before, &dev_after))?,
+                    None => {
+                        prop_assert_eq!(&after, &before, "refused {:?} ({:?}) changed state", op, err);
+                        prop_assert_eq!(&dev_after, &dev_before, "refused {:?} ({:?}) changed a TDISP state", op, err);
+                    }
+                }
             }
             if host_request {
                 // Every leaf belongs to a bound TDI, so no host request may remove or block one.

@@ -60,9 +60,23 @@ pub fn world() -> World {
 }
 
 /// Every leaf lies in a range owned by a TDI bound to the leaf's guest; unbound TDIs own
-/// nothing; owned ranges never overlap.
+/// nothing; owned ranges never overlap; every guest's bound-TDI count is the number of TDIs
+/// bound to it, and every owner exists.
 pub fn check_invariants(w: &World) {
     let snap = w.tsm.snapshot().unwrap();
+    for (slot, guest) in snap.guests.iter().enumerate() {
+        let bound = snap
+            .tdis
+            .iter()
+            .flatten()
+            .filter(|t| t.state.owner().map(|g| g.slot() as usize) == Some(slot))
+            .count();
+        let recorded = guest.map(|g| usize::from(g.bound_tdis));
+        assert!(
+            recorded == Some(bound) || (guest.is_none() && bound == 0),
+            "guest #{slot} records {recorded:?} bound TDIs, {bound} are bound to it"
+        );
+    }
     for leaf in snap.table.leaves() {
         let owned = snap
             .owners

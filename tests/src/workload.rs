@@ -1,0 +1,259 @@
+//! The concurrent workload: many CPUs (host threads, or every CPU of the QEMU boot) drive one
+//! shared firmware at once with host, guest and device operations on a few objects, so that
+//! they contend for the same locks. The same workload runs on the core with its in-memory
+//! table, on TDX with the S-EPT and on SEV-TIO with the RMP: it needs only the core's `Tsm`
+//! over a platform's [`SecureTable`] (what the platform's lock discipline protects).
+//!
+//! no_std and heap-free, so the boot's SMP stage runs exactly what the host test runs.
+
+use core::fmt;
+
+use tsm_core::tdisp::report::wire_range;
+use tsm_core::{
+    Completion, Error, Gpa, GuestId, Hpa, MmioRange, Operand, PageSize, RequesterId, SecureTable,
+    TdiId, TdispDevice, Tsm, TsmResult,
+};
+
+use crate::backend::Backend;
+
+/// Guests the workload binds to: few, so that operations meet on them.
+pub const GUESTS: usize = 2;
+/// TDIs (one per device): few, so that operations meet on them.
+pub const TDIS: usize = 4;
+/// Device `i` has one BAR of [`BAR_PAGES`] pages at `BAR_BASE + i * BAR_STRIDE`.
+pub const BAR_BASE: u64 = 0x8000_0000;
+/// Distance between two devices' BARs, and between two TDIs' guest windows.
+pub const BAR_STRIDE: u64 = 0x100_0000;
+/// Pages of each device's BAR.
+pub const BAR_PAGES: u64 = 1024;
+/// Pages each TDI's report names (from the start of its BAR): more than one unbind call
+/// handles, so unbinds are sometimes `Resumable`.
+pub const REPORTED_PAGES: u32 = 96;
+/// Guest physical window of TDI `i`: `GPA_BASE + i * BAR_STRIDE`.
+pub const GPA_BASE: u64 = 0x10_0000_0000;
+/// Unbind calls per TDI before [`drain`] gives up (each call does bounded work).
+pub const MAX_UNBIND_CALLS: u32 = 1_000;
+
+/// The objects the workload works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    /// Guests.
+    pub guests: [GuestId; GUESTS],
+    /// TDIs, TDI `i` on device `i`.
+    pub tdis: [TdiId; TDIS],
+}
+
+/// The requester ID of device (and TDI) `i`: bus `3 + i`.
+fn rid(i: usize) -> TsmResult<RequesterId> {
+    let bus = u8::try_from(i).ok().and_then(|i| i.checked_add(3));
+    RequesterId::try_new(0, bus.ok_or(Error::InvalidRequesterId)?, 0, 0)
+}
+
+fn bar_base(i: usize) -> u64 {
+    let i = u64::try_from(i).unwrap_or(u64::MAX);
+    BAR_BASE.saturating_add(i.saturating_mul(BAR_STRIDE))
+}
+
+fn window(i: usize) -> u64 {
+    let i = u64::try_from(i).unwrap_or(u64::MAX);
+    GPA_BASE.saturating_add(i.saturating_mul(BAR_STRIDE))
+}
+
+/// Registers the guests, devices and TDIs through a scenario backend (so each platform does
+/// what its own ABI does for them: SEV activates an ASID per guest, reads the BARs from
+/// configuration space ...), and binds and unbinds each TDI once through it, which leaves the
+/// device reporting the TDI's range for every later bind.
+pub fn setup(backend: &mut dyn Backend) -> TsmResult<Targets> {
+    let mut targets = Targets {
+        guests: [GuestId::from_slot(0); GUESTS],
+        tdis: [TdiId::from_slot(0); TDIS],
+    };
+    for g in &mut targets.guests {
+        *g = backend.create_guest()?;
+    }
+    let first = targets
+        .guests
+        .first()
+        .copied()
+        .ok_or(Error::InvalidHandle)?;
+    for (i, t) in targets.tdis.iter_mut().enumerate() {
+        let rid = rid(i)?;
+        let base = bar_base(i);
+        let dev = backend.create_device(rid, &[MmioRange::from_raw(base, BAR_PAGES)?])?;
+        *t = backend.create_tdi(dev, rid)?;
+        backend.bind(*t, first, &[wire_range(base, REPORTED_PAGES, 0, 0)])?;
+        let mut calls = 0u32;
+        while backend.unbind(*t)? != Completion::Done {
+            calls = calls.saturating_add(1);
+            if calls > MAX_UNBIND_CALLS {
+                return Err(Error::Inconsistent);
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// What one CPU saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Operations performed.
+    pub ops: u64,
+    /// Operations that succeeded.
+    pub ok: u64,
+    /// Operations that found a lock held: `Busy`, by operand in lock order.
+    pub busy_by: [u64; 7],
+    /// Operations that went wrong: a host request removed a private leaf.
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Every `Busy` result.
+    pub fn busy(&self) -> u64 {
+        self.busy_by.iter().fold(0, |a, &b| a.saturating_add(b))
+    }
+
+    /// Adds another CPU's tally.
+    pub fn add(&mut self, other: &Tally) {
+        self.ops = self.ops.saturating_add(other.ops);
+        self.ok = self.ok.saturating_add(other.ok);
+        for (a, b) in self.busy_by.iter_mut().zip(other.busy_by.iter()) {
+            *a = a.saturating_add(*b);
+        }
+        self.failed = self.failed.saturating_add(other.failed);
+    }
+
+    fn record(&mut self, outcome: &TsmResult<Completion>) {
+        self.ops = self.ops.saturating_add(1);
+        match outcome {
+            Ok(_) => self.ok = self.ok.saturating_add(1),
+            Err(Error::Busy(operand)) => {
+                let i = Operand::ALL.iter().position(|o| o == operand);
+                if let Some(n) = i.and_then(|i| self.busy_by.get_mut(i)) {
+                    *n = n.saturating_add(1);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl fmt::Display for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [dt, dev, tdi, guest, own, table, transport] = self.busy_by;
+        write!(
+            f,
+            "{} ops, {} ok, {} busy (device table {dt}, device {dev}, tdi {tdi}, guest {guest}, \
+             ownership {own}, secure table {table}, transport {transport}), {} failed",
+            self.ops,
+            self.ok,
+            self.busy(),
+            self.failed
+        )
+    }
+}
+
+/// xorshift64: a deterministic per-CPU operation stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// The stream of CPU (thread) `cpu` in run `run`.
+    pub fn new(cpu: usize, run: u64) -> Self {
+        let cpu = u64::try_from(cpu).unwrap_or(0).wrapping_add(1);
+        Rng((0x9e37_79b9_7f4a_7c15 ^ (cpu << 32) ^ run.wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.checked_rem(n).unwrap_or(0)
+    }
+
+    fn index(&mut self, len: usize) -> usize {
+        let n = u64::try_from(len).unwrap_or(1);
+        usize::try_from(self.below(n)).unwrap_or(0)
+    }
+}
+
+/// One random operation on `tsm`, tallied.
+pub fn step<T: SecureTable, D: TdispDevice>(
+    tsm: &Tsm<T, D>,
+    targets: &Targets,
+    rng: &mut Rng,
+    tally: &mut Tally,
+) {
+    let i = rng.index(TDIS);
+    let tdi = targets.tdis.get(i).copied().unwrap_or(TdiId::from_slot(0));
+    let guest = targets
+        .guests
+        .get(rng.index(GUESTS))
+        .copied()
+        .unwrap_or(GuestId::from_slot(0));
+    let owner = tsm
+        .tdi(tdi)
+        .ok()
+        .and_then(|t| t.state.owner())
+        .unwrap_or(guest);
+    let page = rng.below(u64::from(REPORTED_PAGES)).saturating_mul(0x1000);
+    let hpa = Hpa::try_new(bar_base(i).saturating_add(page));
+    let gpa = Gpa::try_new(window(i).saturating_add(page));
+    let (Ok(hpa), Ok(gpa)) = (hpa, gpa) else {
+        tally.failed = tally.failed.saturating_add(1);
+        return;
+    };
+    let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
+    let outcome = match rng.below(10) {
+        0 => done(tsm.bind(tdi, guest)),
+        1 | 2 => done(tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)),
+        3 => done(tsm.guest_start(owner, tdi)),
+        4 => tsm.unbind(tdi),
+        5 => tsm.device_error(tdi),
+        6 => tsm.check_interface(tdi),
+        7 => done(MmioRange::try_new(hpa, 1).and_then(|r| tsm.host_zap(r))),
+        8 => tsm.host_track(owner),
+        _ => {
+            let r = tsm.host_unmap(owner, gpa, PageSize::Size4K);
+            // Every private leaf belongs to a bound TDI: the host may never remove one.
+            if r.is_ok() {
+                tally.failed = tally.failed.saturating_add(1);
+            }
+            r.map(|_| Completion::Done)
+        }
+    };
+    tally.record(&outcome);
+}
+
+/// One CPU's part of a round: operations of its stream for as long as `more` says, which it
+/// asks before every operation with the number done so far.
+pub fn run_round<T: SecureTable, D: TdispDevice>(
+    tsm: &Tsm<T, D>,
+    targets: &Targets,
+    rng: &mut Rng,
+    more: &mut dyn FnMut(u64) -> bool,
+) -> Tally {
+    let mut tally = Tally::default();
+    while more(tally.ops) {
+        step(tsm, targets, rng, &mut tally);
+    }
+    tally
+}
+
+/// On a quiet firmware: unbinds every TDI completely. `Err` names a TDI whose unbind did not
+/// finish within [`MAX_UNBIND_CALLS`] calls, with its last status.
+pub fn drain<T: SecureTable, D: TdispDevice>(
+    tsm: &Tsm<T, D>,
+    targets: &Targets,
+) -> Result<(), (TdiId, TsmResult<Completion>)> {
+    for &tdi in &targets.tdis {
+        let mut calls = 0u32;
+        loop {
+            match tsm.unbind(tdi) {
+                Ok(Completion::Done) => break,
+                last if calls >= MAX_UNBIND_CALLS => return Err((tdi, last)),
+                _ => calls = calls.saturating_add(1),
+            }
+        }
+    }
+    Ok(())
+}
