@@ -137,6 +137,11 @@ impl<'m> FramePool<'m> {
         Some(table_pages)
     }
 
+    /// Head of the free list (index + 1 of the first free page; 0 when none is free).
+    pub(crate) const fn free_head(&self) -> u32 {
+        self.free_head
+    }
+
     /// Pages on the free list.
     pub const fn free_frames(&self) -> usize {
         self.free

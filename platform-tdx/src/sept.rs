@@ -13,7 +13,7 @@ use tsm_core::{
 
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
-use crate::frames::{FramePool, PoolError};
+use crate::frames::{FrameIndex, FramePool, PoolError};
 use crate::radix::{EntryFormat, InstallError, Lookup, Radix, level_span};
 
 /// S-EPT depth: 4-level (48-bit guest physical addresses) or 5-level (52-bit; Intel SDM
@@ -276,6 +276,21 @@ pub struct Probe {
     pub state: SeptState,
 }
 
+/// Everything a [`Sept`] keeps beside the bytes of its pool's pages: every TD's epoch record
+/// (current and flushed epoch, blocked-leaf counts, an unfinished re-stamp), every tree's root
+/// and the pool's free-list head and count. With [`FramePool::pages`] it is the whole state of
+/// the table, for tests and fuzz targets that prove a refusal changed nothing. Opaque: only
+/// compared and printed.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeptBookkeeping {
+    epochs: [TdEpoch; MAX_GUESTS],
+    roots: [Option<FrameIndex>; MAX_GUESTS],
+    mmiomt: Option<FrameIndex>,
+    free_head: u32,
+    free: usize,
+}
+
 /// Every TD's S-EPT and the MMIO metadata, in one frame pool.
 pub struct Sept<'m> {
     pool: FramePool<'m>,
@@ -298,6 +313,19 @@ impl<'m> Sept<'m> {
     /// The frame pool (tests compare its bytes before and after a refusal).
     pub fn pool(&self) -> &FramePool<'m> {
         &self.pool
+    }
+
+    /// What the table holds beside its pool's page bytes (test support: with the bytes of
+    /// [`Sept::pool`] it is everything a refusal must leave as it was).
+    #[doc(hidden)]
+    pub fn bookkeeping(&self) -> SeptBookkeeping {
+        SeptBookkeeping {
+            epochs: self.epochs,
+            roots: self.trees.map(|t| t.root()),
+            mmiomt: self.mmiomt.root(),
+            free_head: self.pool.free_head(),
+            free: self.pool.free_frames(),
+        }
     }
 
     /// S-EPT levels.
@@ -1354,6 +1382,31 @@ mod tests {
         assert_eq!(s.mem_track(H), Ok(()));
         s.hold_flush(G, false);
         assert_eq!(s.mmio_unmap(G, gpa(0), PageSize::Size4K), Ok(hpa(0x1000)));
+    }
+
+    /// The bookkeeping beside the pool's bytes (the epoch records, roots, free list) is what
+    /// a refused TRACK leaves alone and what a TRACK or a first mapping changes, so a refusal
+    /// test comparing it with the pages sees every change.
+    #[test]
+    fn bookkeeping_sees_what_the_pool_bytes_do_not() {
+        let mut mem = vec![Page::ZERO; 17];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let empty = s.bookkeeping();
+        s.mmio_map(G, gpa(0), hpa(0x1000), PageSize::Size4K)
+            .unwrap();
+        assert_ne!(s.bookkeeping(), empty, "roots and the free list moved");
+        s.hold_flush(G, true);
+        let pages: Vec<Page> = s.pool().pages().copied().collect();
+        let before = s.bookkeeping();
+        s.mem_track(G).unwrap();
+        let tracked = s.bookkeeping();
+        assert_ne!(tracked, before, "the epoch advanced");
+        assert!(
+            s.pool().pages().copied().eq(pages.iter().copied()),
+            "not in the pages"
+        );
+        assert_eq!(s.mem_track(G), Err(SeptError::PreviousEpochBusy));
+        assert_eq!(s.bookkeeping(), tracked, "a refused TRACK changes nothing");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use platform_tdx::abi::{self, BufferMemory, Dispatcher, RangeList, SeamRegs, page_info};
 use platform_tdx::ept::SeptState;
 use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::sept::{Sept, SeptLevels};
+use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
@@ -20,6 +20,12 @@ use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, TdispState, Tsm};
 const PARAMS: u64 = 0x7_0000_0000;
 const BAR: u64 = 0x8000_0000;
 const GPA: u64 = 0x10_0000_0000;
+
+/// What `World::image` returns: the core's tables with the S-EPT, and the device's state.
+type Image = (
+    Snapshot<(Vec<Page>, SeptBookkeeping)>,
+    Vec<(u32, TdispState)>,
+);
 
 struct World<'m> {
     tsm: Tsm<Sept<'m>, ModelDevice>,
@@ -41,12 +47,13 @@ impl World<'_> {
         assert_eq!(out.rax, TDX_SUCCESS, "leaf {leaf:#x}");
         out
     }
-    /// Every record table of the core, the S-EPT pool's bytes, and the device's TDISP state
-    /// of every interface: what a refusal must leave alone.
-    fn image(&self) -> (Snapshot<Vec<Page>>, Vec<(u32, TdispState)>) {
+    /// Every record table of the core, the S-EPT pool's bytes and bookkeeping (epochs, roots,
+    /// free list), and the device's TDISP state of every interface: what a refusal must leave
+    /// alone.
+    fn image(&self) -> Image {
         let snap = self
             .tsm
-            .snapshot_with(|t| t.pool().pages().copied().collect())
+            .snapshot_with(|t| (t.pool().pages().copied().collect(), t.bookkeeping()))
             .unwrap();
         let device = self
             .tsm

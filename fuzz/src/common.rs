@@ -1,0 +1,204 @@
+//! Checks shared by the dispatcher targets: the firmware's invariants, the consistency of its
+//! record tables, and the comparison of two snapshots under an exemption.
+
+use tsm_core::capacity::MAX_TDIS;
+use tsm_core::device_model::Misbehaviour;
+use tsm_core::tdisp::function_id;
+use tsm_core::tsm::Snapshot;
+use tsm_core::{
+    DeviceId, GuestId, InterfaceId, Leaf, MmioRange, SecureTable, TdiId, TdispDevice, Tsm,
+};
+
+use crate::exempt::{Exempt, acts_then_garbles};
+
+/// Fails the run with a message (the fuzz target's crash).
+#[track_caller]
+pub fn fail(what: impl core::fmt::Display) -> ! {
+    panic!("{what}")
+}
+
+/// `tsm_tests::invariants::check` (every private leaf lies in a range owned by a TDI bound to
+/// the leaf's guest, owned ranges never overlap, an unbound TDI owns nothing, a TDI that has
+/// blocked all its leaves has no live leaf).
+pub fn invariants<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>, after: &str) {
+    if let Err(v) = tsm_tests::invariants::check(tsm) {
+        fail(format!("invariant broken after {after}: {v:?}"));
+    }
+}
+
+/// The record tables agree with each other: each guest's bound-TDI count is the number of TDIs
+/// bound to it (and a missing guest owns none), the device table and the device slots hold
+/// the same devices, every TDI's device lists it (and lists nothing else), and every owned
+/// range belongs to a TDI bound to the range's guest.
+pub fn registry_consistent<U>(s: &Snapshot<U>) -> Result<(), String> {
+    for (g, guest) in s.guests.iter().enumerate() {
+        let id = GuestId::from_slot(g as u16);
+        let bound = s
+            .tdis
+            .iter()
+            .flatten()
+            .filter(|t| t.state.owner() == Some(id))
+            .count();
+        match guest {
+            Some(rec) if usize::from(rec.bound_tdis) != bound => {
+                return Err(format!(
+                    "guest {g} counts {} bound TDIs, {bound} are bound to it",
+                    rec.bound_tdis
+                ));
+            }
+            None if bound != 0 => return Err(format!("{bound} TDIs bound to missing guest {g}")),
+            _ => {}
+        }
+    }
+    for (d, (claim, dev)) in s.claims.iter().zip(&s.devices).enumerate() {
+        match (claim, dev) {
+            (None, None) => {}
+            (Some(c), Some(dev)) if c.functions == dev.functions && c.bars == dev.bars => {
+                for (t, iface) in &dev.tdis {
+                    let rec = s.tdis.get(usize::from(t.slot())).and_then(Option::as_ref);
+                    if rec.is_none_or(|r| {
+                        r.device != DeviceId::from_slot(d as u16) || r.iface != *iface
+                    }) {
+                        return Err(format!("device {d} lists TDI {t:?} ({iface:?}): {rec:?}"));
+                    }
+                }
+            }
+            _ => return Err(format!("device slot {d}: claim {claim:?}, device {dev:?}")),
+        }
+    }
+    for (t, tdi) in s.tdis.iter().enumerate() {
+        let Some(tdi) = tdi else { continue };
+        let id = TdiId::from_slot(t as u16);
+        let listed = s
+            .devices
+            .get(usize::from(tdi.device.slot()))
+            .and_then(Option::as_ref)
+            .is_some_and(|d| d.tdis.iter().any(|(x, i)| *x == id && *i == tdi.iface));
+        if !listed {
+            return Err(format!(
+                "TDI {t} is not listed by its device {:?}",
+                tdi.device
+            ));
+        }
+    }
+    for o in s.owners.iter() {
+        let owner = s
+            .tdis
+            .get(usize::from(o.tdi.slot()))
+            .and_then(Option::as_ref)
+            .and_then(|t| t.state.owner());
+        if owner != Some(o.guest) {
+            return Err(format!("owned range {o:?}, TDI owner {owner:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// What differs between two core snapshots that `exempt` does not allow.
+pub fn core_diff<U: PartialEq>(
+    before: &Snapshot<U>,
+    after: &Snapshot<U>,
+    exempt: Exempt,
+) -> Result<(), String> {
+    let mut parts = Vec::new();
+    if before.claims != after.claims {
+        parts.push("device table".to_string());
+    }
+    if before.devices != after.devices {
+        parts.push("devices".to_string());
+    }
+    if before.guests != after.guests {
+        parts.push(format!("guests {:?} -> {:?}", before.guests, after.guests));
+    }
+    if before.owners != after.owners {
+        parts.push("ownership".to_string());
+    }
+    for (t, (b, a)) in before.tdis.iter().zip(&after.tdis).enumerate() {
+        if exempt.tdi() == Some(TdiId::from_slot(t as u16)) {
+            match (b, a) {
+                (Some(b), Some(a)) if b.device == a.device && b.iface == a.iface => {
+                    if let Err(e) = exempt.check_state(b.state, a.state) {
+                        parts.push(e);
+                    }
+                }
+                _ => parts.push(format!("TDI {t}: {b:?} -> {a:?} under {exempt:?}")),
+            }
+        } else if b != a {
+            parts.push(format!("TDI {t}: {b:?} -> {a:?}"));
+        }
+    }
+    if !exempt.table() && before.table != after.table {
+        parts.push("secure table".to_string());
+    }
+    if parts.is_empty() {
+        Ok(())
+    } else {
+        Err(parts.join("; "))
+    }
+}
+
+/// Every leaf of the secure table, in host-address order (at most `MAX_TDIS` * 4 of them).
+pub fn leaves<T: SecureTable>(table: &T) -> Vec<Leaf> {
+    let Ok(everything) = MmioRange::from_raw(0, tsm_core::addr::PHYS_ADDR_LIMIT >> 12) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut from = everything.base();
+    while let Some(leaf) = table.next_leaf(everything, from) {
+        out.push(leaf);
+        if out.len() >= MAX_TDIS * 4 {
+            break;
+        }
+        match leaf.hpa.checked_add(leaf.size.bytes()) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The misbehaviours the harness has set on the device model, mirrored exactly: the model
+/// keeps at most eight interfaces misbehaving and ignores more (`DsmModel::set_misbehaviour`).
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    set: Vec<(u32, Misbehaviour)>,
+}
+
+/// The model's key for an interface (`device_model::fid_of`).
+pub fn fid_of(iface: InterfaceId) -> u32 {
+    function_id(iface).unwrap_or(0)
+}
+
+impl Faults {
+    /// Records what `DsmModel::set_misbehaviour(iface, how)` did.
+    pub fn set(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) {
+        let fid = fid_of(iface);
+        self.set.retain(|(f, _)| *f != fid);
+        if let Some(m) = how
+            && self.set.len() < 8
+        {
+            self.set.push((fid, m));
+        }
+    }
+
+    /// Whether the interface with model key `fid` may change its TDISP state under a refused
+    /// call (exemption 3).
+    pub fn garbles(&self, fid: u32) -> bool {
+        self.set
+            .iter()
+            .any(|(f, m)| *f == fid && acts_then_garbles(*m))
+    }
+}
+
+/// The misbehaviour numbered `n` (six of them), or `None`.
+pub fn misbehaviour(n: u8) -> Option<Misbehaviour> {
+    Some(match n % 7 {
+        0 => Misbehaviour::Silent,
+        1 => Misbehaviour::Garbage,
+        2 => Misbehaviour::WrongInterface,
+        3 => Misbehaviour::WrongVersion,
+        4 => Misbehaviour::Refuse,
+        5 => Misbehaviour::InconsistentReport,
+        _ => return None,
+    })
+}

@@ -1,0 +1,1000 @@
+//! The hand-made seed corpus: inputs that reach deep states in one execution, so that
+//! libFuzzer starts from bound, mapped, started, erroring and half-unbound TDIs rather than
+//! from an empty firmware. `src/bin/seeds.rs` writes them to `fuzz/seeds/<target>/`;
+//! `tests/seeds.rs` checks the files are these bytes and that each seed reaches what it says.
+
+use tsm_core::tdisp::message::{
+    Capabilities, CapabilitiesRequest, ErrorBody, LockParams, ReportRequest, Request, Response,
+    encode_request, encode_response,
+};
+use tsm_core::tdisp::report::{
+    RANGE_ATTR_NON_TEE, WireMmioRange, encode_report, report_head, wire_range,
+};
+use tsm_core::{RequesterId, TdispState};
+
+use crate::sev::{self, Cmd, HdrMut, Msg, Mut, SevReport, Stage, Val};
+use crate::tdx::{
+    self, At, Bars, DevAction, GpaPick, HpaPick, LeafNum, ListMut, Op, Report, Td, Zap,
+};
+
+/// What a seed must reach when run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// A TDI runs, and a bound TDI's unbind finished.
+    RunThenUnbound,
+    /// An unbind answered resumable and a refusal kept unbind progress (exemption 1).
+    ResumableUnbind,
+    /// A TDI went to ERROR.
+    Error,
+    /// Only that the checks pass.
+    Checks,
+}
+
+/// One seed file.
+pub struct Seed {
+    /// Target name (the folder under `fuzz/seeds/`).
+    pub target: &'static str,
+    /// File name.
+    pub name: &'static str,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// What running it must reach.
+    pub reach: Reach,
+}
+
+fn seed(target: &'static str, name: &'static str, bytes: Vec<u8>, reach: Reach) -> Seed {
+    Seed {
+        target,
+        name,
+        bytes,
+        reach,
+    }
+}
+
+const T0: Td = Td::Slot { slot: 0 };
+const T1: Td = Td::Slot { slot: 1 };
+
+fn td_device(dev: u8, bars: Bars) -> [Op; 2] {
+    [
+        Op::DeviceCreate {
+            dev,
+            bars,
+            list: ListMut::Fine,
+        },
+        Op::DevifCreate {
+            dev,
+            bus: dev,
+            func: 0,
+        },
+    ]
+}
+
+fn tdx_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    // Bind, map 2 MiB + 4 KiB, accept, start; the host's refused requests; unbind; rebind.
+    let mut ops = vec![Op::TdCreate];
+    ops.extend(td_device(0, Bars::One));
+    ops.extend([
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Split,
+            r8: false,
+        },
+        Op::Map {
+            tdi: 0,
+            td: T0,
+            gpa: GpaPick::Slot { i: 0 },
+            hpa: HpaPick::Owned { range: 0, page: 0 },
+            level: 1,
+        },
+        Op::Map {
+            tdi: 0,
+            td: T0,
+            gpa: GpaPick::Slot { i: 2 },
+            hpa: HpaPick::Owned { range: 1, page: 3 },
+            level: 0,
+        },
+        Op::Accept {
+            td: T0,
+            at: At::Leaf { i: 0 },
+        },
+        Op::Start { td: T0, tdi: 0 },
+        Op::State { tdi: 0 },
+        Op::SeptRd {
+            td: T0,
+            at: At::Leaf { i: 1 },
+        },
+        Op::Block {
+            td: T0,
+            at: At::Leaf { i: 0 },
+        },
+        Op::Unmap {
+            td: T0,
+            at: At::Leaf { i: 1 },
+        },
+        Op::ZapCheck {
+            zap: Zap::Bar { dev: 0 },
+        },
+        Op::Track { td: T0 },
+        Op::Check { tdi: 0 },
+        Op::UnbindAll { tdi: 0 },
+        Op::ZapCheck {
+            zap: Zap::Bar { dev: 0 },
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Keep,
+            r8: false,
+        },
+        Op::TdDestroy { td: T0 },
+    ]);
+    out.push(seed(
+        "tdx_dispatcher",
+        "bind-map-start-unbind",
+        tdx::encode(false, &ops),
+        Reach::RunThenUnbound,
+    ));
+
+    // 90 leaves: unbind is resumable; held TLB flushes keep it at TlbFlushPending.
+    let mut ops = vec![Op::TdCreate];
+    ops.extend(td_device(0, Bars::One));
+    ops.extend([
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Bars,
+            r8: false,
+        },
+        Op::MapRun {
+            tdi: 0,
+            count: 90,
+            region: 0,
+        },
+        Op::HoldFlush { td: T0, hold: true },
+        Op::Unbind { tdi: 0 },
+        Op::Unbind { tdi: 0 },
+        Op::Unbind { tdi: 0 },
+        Op::Unbind { tdi: 0 },
+        Op::Track { td: T0 },
+        Op::HoldFlush {
+            td: T0,
+            hold: false,
+        },
+        Op::UnbindAll { tdi: 0 },
+    ]);
+    out.push(seed(
+        "tdx_dispatcher",
+        "resumable-unbind",
+        tdx::encode(false, &ops),
+        Reach::ResumableUnbind,
+    ));
+
+    // Two TDs, two devices; disturbance, check, device error, a silent device under unbind,
+    // a start the device refuses.
+    let mut ops = vec![Op::TdCreate, Op::TdCreate];
+    ops.extend(td_device(0, Bars::One));
+    ops.extend(td_device(1, Bars::Two));
+    for (tdi, td) in [(0u8, T0), (1, T1)] {
+        ops.extend([
+            Op::Bind {
+                tdi,
+                td,
+                report: Report::Bars,
+                r8: false,
+            },
+            Op::Map {
+                tdi,
+                td,
+                gpa: GpaPick::Slot { i: tdi },
+                hpa: HpaPick::Owned { range: 0, page: 0 },
+                level: 1,
+            },
+        ]);
+    }
+    ops.extend([
+        Op::Start { td: T0, tdi: 0 },
+        Op::Device {
+            tdi: 0,
+            action: DevAction::Disturb,
+        },
+        Op::Check { tdi: 0 },
+        Op::Device {
+            tdi: 1,
+            action: DevAction::Misbehave { how: 4 },
+        },
+        Op::Start { td: T1, tdi: 1 },
+        Op::DevError { tdi: 1 },
+        Op::Device {
+            tdi: 0,
+            action: DevAction::Misbehave { how: 0 },
+        },
+        Op::Unbind { tdi: 0 },
+        Op::Unbind { tdi: 0 },
+        Op::Device {
+            tdi: 0,
+            action: DevAction::Behave,
+        },
+        Op::UnbindAll { tdi: 0 },
+        Op::Device {
+            tdi: 1,
+            action: DevAction::Behave,
+        },
+        Op::UnbindAll { tdi: 1 },
+        Op::DevifRemove { tdi: 1 },
+        Op::DeviceDelete { dev: 1 },
+    ]);
+    out.push(seed(
+        "tdx_dispatcher",
+        "device-errors",
+        tdx::encode(false, &ops),
+        Reach::Error,
+    ));
+
+    // Hostile operands: BAR lists, reserved memory, duplicate and foreign interfaces, raw
+    // leaves, unknown handles, a 5-level S-EPT with a 1 GiB leaf.
+    let mut ops = vec![Op::TdCreate];
+    for (dev, bars, list) in [
+        (0, Bars::Reserved, ListMut::Fine),
+        (0, Bars::Params, ListMut::Fine),
+        (0, Bars::Misaligned, ListMut::Fine),
+        (0, Bars::Empty, ListMut::Fine),
+        (0, Bars::TooMany, ListMut::Fine),
+        (0, Bars::One, ListMut::Reserved),
+        (0, Bars::One, ListMut::Count { count: 40 }),
+        (0, Bars::One, ListMut::Outside),
+        (0, Bars::One, ListMut::Misaligned),
+        (0, Bars::Huge, ListMut::Fine),
+        (1, Bars::Overlap { other: 0 }, ListMut::Fine),
+        (4, Bars::One, ListMut::Fine),
+    ] {
+        ops.push(Op::DeviceCreate { dev, bars, list });
+    }
+    ops.extend([
+        Op::DevifCreate {
+            dev: 0,
+            bus: 1,
+            func: 0,
+        },
+        Op::DevifCreate {
+            dev: 0,
+            bus: 0,
+            func: 8,
+        },
+        Op::DevifCreate {
+            dev: 0,
+            bus: 0,
+            func: 0,
+        },
+        Op::DevifCreate {
+            dev: 0,
+            bus: 0,
+            func: 0,
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Outside,
+            r8: false,
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::TooMany,
+            r8: false,
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Overlapping,
+            r8: false,
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Bars,
+            r8: true,
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Bars,
+            r8: false,
+        },
+        Op::Map {
+            tdi: 0,
+            td: T0,
+            gpa: GpaPick::Slot { i: 0 },
+            hpa: HpaPick::Owned { range: 0, page: 0 },
+            level: 2,
+        },
+        Op::Map {
+            tdi: 0,
+            td: T0,
+            gpa: GpaPick::Raw {
+                page_info: (1 << 48) | 1,
+            },
+            hpa: HpaPick::Owned { range: 0, page: 0 },
+            level: 1,
+        },
+        Op::Map {
+            tdi: 0,
+            td: Td::Raw { v: 9 },
+            gpa: GpaPick::Slot { i: 3 },
+            hpa: HpaPick::Raw { v: 1 << 52 },
+            level: 1,
+        },
+        Op::Raw {
+            leaf: LeafNum::Known { i: 19 },
+            rcx: 0,
+            rdx: 0,
+            r8: 0,
+            r9: 0,
+        },
+        Op::Raw {
+            leaf: LeafNum::Any {
+                v: 1 << 16 | 0xF000,
+            },
+            rcx: 0,
+            rdx: 0,
+            r8: 0,
+            r9: 0,
+        },
+        Op::RawGuest {
+            td: T0,
+            leaf: LeafNum::Known { i: 17 },
+            rcx: 0x10_0000_0001,
+        },
+        Op::ZapCheck {
+            zap: Zap::Raw {
+                hpa: 0x8000_0000,
+                pages: 0,
+            },
+        },
+        Op::UnbindAll { tdi: 0 },
+    ]);
+    out.push(seed(
+        "tdx_dispatcher",
+        "hostile-operands",
+        tdx::encode(true, &ops),
+        Reach::Checks,
+    ));
+    out
+}
+
+fn m0() -> [Mut; 2] {
+    [Mut::Keep; 2]
+}
+
+fn sev_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let info = Msg::Info { gdev: 0 };
+    // A started TDI: every output command, the host's refused requests, unbind, rebind.
+    let cmds = vec![
+        Cmd::TdiStatus {
+            d: 0,
+            t: 0,
+            out: 0,
+            m: m0(),
+        },
+        Cmd::TdiInfo {
+            d: 0,
+            t: 0,
+            out: 0,
+            m: m0(),
+        },
+        Cmd::TdiReport {
+            d: 0,
+            t: 0,
+            g: 0,
+            out: 0,
+            m: m0(),
+        },
+        Cmd::FenceStatus {
+            d: 0,
+            asid: 0,
+            out: 0,
+            m: m0(),
+        },
+        Cmd::Guest {
+            d: 0,
+            t: 0,
+            g: 0,
+            msg: info,
+            hdr: HdrMut::Fine,
+            req: 0,
+            res: 0,
+            m: m0(),
+        },
+        Cmd::MmioBlock {
+            g: 0,
+            gpa: 0,
+            size: 1,
+            m: m0(),
+        },
+        Cmd::MmioUnmap {
+            g: 0,
+            gpa: 1,
+            size: 0,
+            m: m0(),
+        },
+        Cmd::MmioZap {
+            base: 0,
+            pages: 3,
+            m: m0(),
+        },
+        Cmd::HostRmp {
+            page: 0,
+            assign: false,
+            psmash: false,
+        },
+        Cmd::Decommission { g: 0, m: m0() },
+        Cmd::FenceClear {
+            d: 0,
+            g: 0,
+            m: m0(),
+        },
+        Cmd::TdiUnbindAll { d: 0, t: 0, g: 0 },
+        Cmd::MmioZap {
+            base: 0,
+            pages: 3,
+            m: m0(),
+        },
+        Cmd::TdiBind {
+            d: 0,
+            t: 0,
+            g: 1,
+            gdev: 1,
+            m: m0(),
+        },
+        Cmd::TdiReclaim {
+            d: 0,
+            t: 1,
+            m: m0(),
+        },
+    ];
+    out.push(seed(
+        "sev_dispatcher",
+        "started-outputs-unbind",
+        sev::encode(Stage::Started, &cmds),
+        Reach::RunThenUnbound,
+    ));
+
+    // 80 leaves and held fences: resumable unbind, then FENCE pending.
+    let cmds = vec![
+        Cmd::HoldFences { g: 1, hold: true },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 1,
+            g: 1,
+            m: m0(),
+        },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 1,
+            g: 1,
+            m: m0(),
+        },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 1,
+            g: 1,
+            m: m0(),
+        },
+        Cmd::FenceStatus {
+            d: 0,
+            asid: 1,
+            out: 0,
+            m: m0(),
+        },
+        Cmd::HoldFences { g: 1, hold: false },
+        Cmd::TdiUnbindAll { d: 0, t: 1, g: 1 },
+    ];
+    out.push(seed(
+        "sev_dispatcher",
+        "resumable-unbind",
+        sev::encode(Stage::Many, &cmds),
+        Reach::ResumableUnbind,
+    ));
+
+    // A device that refuses START (the TDI goes to ERROR in the answer), device errors, a
+    // silent device under unbind.
+    let cmds = vec![
+        Cmd::Device {
+            t: 0,
+            action: DevAction::Misbehave { how: 4 },
+        },
+        Cmd::Guest {
+            d: 0,
+            t: 0,
+            g: 0,
+            msg: Msg::Start { gdev: 0 },
+            hdr: HdrMut::Fine,
+            req: 0,
+            res: 0,
+            m: m0(),
+        },
+        Cmd::TdiStatus {
+            d: 0,
+            t: 0,
+            out: 0,
+            m: m0(),
+        },
+        Cmd::TdiError {
+            d: 0,
+            t: 0,
+            m: m0(),
+        },
+        Cmd::Device {
+            t: 0,
+            action: DevAction::Misbehave { how: 0 },
+        },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 0,
+            g: 0,
+            m: m0(),
+        },
+        Cmd::Device {
+            t: 0,
+            action: DevAction::Behave,
+        },
+        Cmd::TdiUnbindAll { d: 0, t: 0, g: 0 },
+        Cmd::SetReport {
+            t: 0,
+            report: SevReport::Overlap,
+        },
+        Cmd::TdiBind {
+            d: 0,
+            t: 0,
+            g: 0,
+            gdev: 0,
+            m: m0(),
+        },
+    ];
+    out.push(seed(
+        "sev_dispatcher",
+        "device-errors",
+        sev::encode(Stage::Mapped, &cmds),
+        Reach::Error,
+    ));
+
+    // Output and request addresses of every kind, mutated fields and headers.
+    let mut cmds = Vec::new();
+    for out_pick in 1..11u8 {
+        cmds.push(Cmd::TdiStatus {
+            d: 0,
+            t: 0,
+            out: out_pick,
+            m: m0(),
+        });
+        cmds.push(Cmd::Guest {
+            d: 0,
+            t: 0,
+            g: 0,
+            msg: Msg::Validate {
+                gdev: 0,
+                range: 0,
+                offset: 0,
+                pages: 7,
+                gpa: 0,
+                flags: 1,
+            },
+            hdr: HdrMut::Fine,
+            req: out_pick % 4,
+            res: out_pick,
+            m: m0(),
+        });
+    }
+    for hdr in [
+        HdrMut::Version,
+        HdrMut::HdrSize,
+        HdrMut::MsgVersion,
+        HdrMut::Reserved { at: 3 },
+        HdrMut::Size { delta: 1 },
+        HdrMut::Type { ty: 0x7f },
+    ] {
+        cmds.push(Cmd::Guest {
+            d: 0,
+            t: 0,
+            g: 0,
+            msg: Msg::Start { gdev: 1 },
+            hdr,
+            req: 0,
+            res: 0,
+            m: m0(),
+        });
+    }
+    cmds.extend([
+        Cmd::TdiInfo {
+            d: 0,
+            t: 0,
+            out: 8,
+            m: [
+                Mut::Field {
+                    field: 1,
+                    val: Val::Bit { bit: 1 },
+                },
+                Mut::Keep,
+            ],
+        },
+        Cmd::TdiReport {
+            d: 0,
+            t: 0,
+            g: 0,
+            out: 4,
+            m: [Mut::Misalign, Mut::Keep],
+        },
+        Cmd::MmioMap {
+            t: 0,
+            g: 0,
+            gpa: 2,
+            hpa: 2,
+            size: 0,
+            m: [Mut::Length { len: 0x28 }, Mut::Id { id: 0xF0 }],
+        },
+        Cmd::MmioMap {
+            t: 0,
+            g: 0,
+            gpa: 2,
+            hpa: 2,
+            size: 0,
+            m: m0(),
+        },
+        Cmd::Raw {
+            id: 0x8000,
+            len: 8,
+            words: [0x2_0000_0000, 0, 0, 0, 0, 0],
+        },
+    ]);
+    out.push(seed(
+        "sev_dispatcher",
+        "addresses-and-mutations",
+        sev::encode(Stage::Mapped, &cmds),
+        Reach::Checks,
+    ));
+
+    // From nothing, by commands only: contexts, devices of every configuration, TDIs.
+    let mut cmds = vec![
+        Cmd::GctxCreate { g: 0, m: m0() },
+        Cmd::Activate {
+            g: 0,
+            asid: 5,
+            m: m0(),
+        },
+        Cmd::GctxCreate { g: 3, m: m0() },
+        Cmd::Activate {
+            g: 0,
+            asid: 7,
+            m: m0(),
+        },
+    ];
+    for cfg in 0..8u8 {
+        cmds.push(Cmd::DevCreate {
+            d: cfg % 3,
+            cfg,
+            m: m0(),
+        });
+    }
+    cmds.extend([
+        // Device 1 refuses a connect without TC0, then one with certificate slot 9.
+        Cmd::DevConnect {
+            d: 1,
+            m: [
+                Mut::Field {
+                    field: 8,
+                    val: Val::Zero,
+                },
+                Mut::Keep,
+            ],
+        },
+        Cmd::DevConnect {
+            d: 1,
+            m: [
+                Mut::Bytes {
+                    at: 0x39,
+                    width: 0,
+                    val: Val::Small { v: 9 },
+                },
+                Mut::Keep,
+            ],
+        },
+        Cmd::DevConnect { d: 0, m: m0() },
+        Cmd::TdiCreate {
+            d: 0,
+            t: 2,
+            bus: 0,
+            func: 2,
+            m: m0(),
+        },
+        Cmd::TdiCreate {
+            d: 0,
+            t: 3,
+            bus: 1,
+            func: 0,
+            m: m0(),
+        },
+        Cmd::TdiBind {
+            d: 0,
+            t: 2,
+            g: 0,
+            gdev: 3,
+            m: m0(),
+        },
+        Cmd::DevDisconnect {
+            d: 0,
+            force: true,
+            m: m0(),
+        },
+        Cmd::TdiUnbindAll { d: 0, t: 2, g: 0 },
+        Cmd::TdiReclaim {
+            d: 0,
+            t: 2,
+            m: m0(),
+        },
+        Cmd::DevReclaim { d: 0, m: m0() },
+        Cmd::Decommission { g: 0, m: m0() },
+    ]);
+    out.push(seed(
+        "sev_dispatcher",
+        "from-nothing",
+        sev::encode(Stage::Empty, &cmds),
+        Reach::Checks,
+    ));
+    out
+}
+
+fn fid() -> u32 {
+    tsm_core::tdisp::function_id(RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or(0)
+}
+
+fn requests() -> Vec<(&'static str, Request)> {
+    vec![
+        ("get-version", Request::GetVersion),
+        (
+            "get-capabilities",
+            Request::GetCapabilities(CapabilitiesRequest { tsm_caps: 0.into() }),
+        ),
+        (
+            "lock",
+            Request::LockInterface(LockParams {
+                flags: 1.into(),
+                default_stream_id: 0,
+                reserved: 0,
+                mmio_reporting_offset: 0x1000.into(),
+                bind_p2p_address_mask: 0.into(),
+            }),
+        ),
+        (
+            "get-report",
+            Request::GetReport(ReportRequest {
+                offset: 0.into(),
+                length: 256.into(),
+            }),
+        ),
+        ("get-state", Request::GetState),
+        ("start", Request::Start([7; 32])),
+        ("stop", Request::Stop),
+    ]
+}
+
+fn report_bytes(ranges: &[WireMmioRange], dsi: &[u8]) -> Vec<u8> {
+    let mut out = [0u8; 1024];
+    let n = encode_report(&mut out, &report_head(ranges.len() as u32), ranges, dsi)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    out[..n].to_vec()
+}
+
+fn reports() -> Vec<(&'static str, Vec<u8>)> {
+    let sixteen: Vec<WireMmioRange> = (0..16u16)
+        .map(|i| wire_range(0x8000_0000 + u64::from(i) * 0x10_0000, 16, 0, i))
+        .collect();
+    vec![
+        ("empty", report_bytes(&[], &[])),
+        (
+            "two-ranges-shared",
+            report_bytes(
+                &[
+                    wire_range(0x8000_0000, 512, 0, 0),
+                    wire_range(0x8020_0000, 1, RANGE_ATTR_NON_TEE, 1),
+                ],
+                &[],
+            ),
+        ),
+        ("sixteen-ranges", report_bytes(&sixteen, &[1, 2, 3])),
+        (
+            "device-specific",
+            report_bytes(&[wire_range(0x1_0000_0000, 1, 0, 0)], &[0xee; 40]),
+        ),
+    ]
+}
+
+fn decoder_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let fid = fid();
+    for (name, req) in requests() {
+        let mut b = [0u8; 64];
+        let n = encode_request(&mut b, fid, &req).unwrap_or_else(|e| panic!("{e:?}"));
+        out.push(seed("tdisp_request", name, b[..n].to_vec(), Reach::Checks));
+    }
+    let caps = Capabilities {
+        dsm_caps: 0.into(),
+        req_msgs_supported: [0xff; 16],
+        lock_interface_flags_supported: 0x1f.into(),
+        reserved: [0; 3],
+        dev_addr_width: 52,
+        num_req_this: 1,
+        num_req_all: 1,
+    };
+    let portion = report_bytes(&[wire_range(0x8000_0000, 16, 0, 0)], &[]);
+    let responses: Vec<(&str, u8, Response<'_>)> = vec![
+        ("version", 0x81, Response::Version(&[0x10])),
+        ("capabilities", 0x82, Response::Capabilities(caps)),
+        ("lock", 0x83, Response::Lock([9; 32])),
+        (
+            "report",
+            0x84,
+            Response::Report {
+                portion: &portion,
+                remainder: 0,
+            },
+        ),
+        ("state", 0x85, Response::State(TdispState::Run)),
+        ("start", 0x86, Response::Start),
+        ("stop", 0x87, Response::Stop),
+        (
+            "error",
+            0x83,
+            Response::Error(ErrorBody {
+                code: 4.into(),
+                data: 0.into(),
+            }),
+        ),
+    ];
+    for (name, code, resp) in responses {
+        let mut b = vec![code, 1];
+        b.extend(fid.to_le_bytes());
+        let mut m = [0u8; 512];
+        let n = encode_response(&mut m, fid, &resp).unwrap_or_else(|e| panic!("{e:?}"));
+        b.extend_from_slice(&m[..n]);
+        out.push(seed("tdisp_response", name, b, Reach::Checks));
+    }
+    for (name, bytes) in reports() {
+        let mut b = vec![0];
+        b.extend(&bytes);
+        out.push(seed("tdisp_report", name, b, Reach::Checks));
+        if name == "two-ranges-shared" {
+            // The same report as a device with MMIO_REPORTING_OFFSET 2 GiB sends it.
+            let mut shifted = bytes.clone();
+            for i in 0..2 {
+                let at = 16 + 16 * i;
+                let v = u64::from_le_bytes(shifted[at..at + 8].try_into().unwrap_or([0; 8]));
+                shifted[at..at + 8].copy_from_slice(&(v + 0x8000_0000).to_le_bytes());
+            }
+            let mut b = vec![2];
+            b.extend(&shifted);
+            out.push(seed("tdisp_report", "offset-2g", b, Reach::Checks));
+        }
+    }
+    // Portions: (kind, length, remainder) steps, then the report.
+    let step = |kind: u8, len: u16, rem: u16| {
+        let mut s = vec![kind];
+        s.extend(len.to_le_bytes());
+        s.extend(rem.to_le_bytes());
+        s
+    };
+    let big = report_bytes(
+        &(0..16u16)
+            .map(|i| wire_range(0x8000_0000 + u64::from(i) * 0x10_0000, 16, 0, i))
+            .collect::<Vec<_>>(),
+        &[0x5a; 100],
+    );
+    // (name, steps, report)
+    type Script = (&'static str, Vec<Vec<u8>>, Vec<u8>);
+    let scripts: Vec<Script> = vec![
+        ("one-portion", vec![step(0, 256, 0)], reports()[1].1.clone()),
+        (
+            "three-portions",
+            vec![step(0, 256, 0), step(0, 256, 0), step(0, 256, 0)],
+            big.clone(),
+        ),
+        (
+            "silence-then-portions",
+            vec![
+                step(4, 0, 0),
+                step(4, 0, 0),
+                step(0, 100, 0),
+                step(0, 256, 0),
+                step(0, 256, 0),
+                step(0, 256, 0),
+            ],
+            big.clone(),
+        ),
+        (
+            "inconsistent-remainder",
+            vec![step(0, 100, 0), step(2, 100, 7)],
+            big,
+        ),
+        (
+            "garbage-other-refuse",
+            vec![step(5, 0, 0), step(6, 0, 0), step(7, 0, 0)],
+            reports()[0].1.clone(),
+        ),
+    ];
+    for (name, steps, report) in scripts {
+        let mut b = vec![steps.len() as u8];
+        for s in &steps {
+            b.extend(s);
+        }
+        b.extend(report);
+        out.push(seed("report_portions", name, b, Reach::Checks));
+    }
+    out
+}
+
+/// Every seed of every target.
+pub fn all() -> Vec<Seed> {
+    let mut v = tdx_seeds();
+    v.extend(sev_seeds());
+    v.extend(decoder_seeds());
+    v
+}
+
+/// Runs a seed through its target and checks it reaches what it says; `Err` names what it
+/// missed. (The target's own checks panic.)
+pub fn check(s: &Seed) -> Result<String, String> {
+    let (summary, reached) = match s.target {
+        "tdx_dispatcher" => {
+            let (five, ops) = tdx::decode(&s.bytes);
+            if tdx::encode(five, &ops) != s.bytes {
+                return Err("does not decode to what was encoded".into());
+            }
+            let st = tdx::run(&s.bytes);
+            let reached = match s.reach {
+                Reach::RunThenUnbound => st.run && st.unbound,
+                Reach::ResumableUnbind => st.resumable > 0 && st.exempt > 0 && st.unbound,
+                Reach::Error => st.error && st.unbound,
+                Reach::Checks => true,
+            };
+            (format!("{st:?}"), reached)
+        }
+        "sev_dispatcher" => {
+            let (stage, cmds) = sev::decode(&s.bytes);
+            if sev::encode(stage, &cmds) != s.bytes {
+                return Err("does not decode to what was encoded".into());
+            }
+            let st = sev::run(&s.bytes);
+            let reached = match s.reach {
+                Reach::RunThenUnbound => st.run && st.unbound && st.validated,
+                Reach::ResumableUnbind => st.resumable > 0 && st.unbound,
+                Reach::Error => st.error && st.unbound && st.refused_in_answer > 0,
+                Reach::Checks => true,
+            };
+            (format!("{st:?}"), reached)
+        }
+        "tdisp_request" => {
+            crate::wire::request_target(&s.bytes);
+            (String::new(), true)
+        }
+        "tdisp_response" => {
+            crate::wire::response_target(&s.bytes);
+            (String::new(), true)
+        }
+        "tdisp_report" => {
+            crate::wire::report_target(&s.bytes);
+            (String::new(), true)
+        }
+        "report_portions" => {
+            crate::wire::portions_target(&s.bytes);
+            (String::new(), true)
+        }
+        t => return Err(format!("unknown target {t}")),
+    };
+    if reached {
+        Ok(summary)
+    } else {
+        Err(format!("did not reach {:?}: {summary}", s.reach))
+    }
+}

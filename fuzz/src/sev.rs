@@ -1,0 +1,1720 @@
+//! `sev_dispatcher`: SEV-TIO command sequences through `platform_sev::Sev::command`.
+//!
+//! An input first names a setup stage, run with every check like any other command and
+//! required to succeed: guest contexts created and activated, a device created and connected
+//! with two TDIs, one TDI bound, its MMIO mapped, validated and started by the guest through
+//! guest requests (MMIO_VALIDATE, TDI_START), or a second TDI bound to another guest with 80
+//! leaves (so its unbind is resumable). Then come commands built from templates with
+//! mostly-valid operands (contexts in use, addresses in the BARs and at the mappings, the
+//! status, request, response and report pages) and mutated: any field of the buffer set to an
+//! interesting value (zero, all ones, a bit, an address of a kind the firmware must refuse:
+//! read-only, unmapped, a context page, device MMIO, misaligned, crossing a page, past 2^52),
+//! its length changed, the buffer misaligned, the command ID changed; guest requests with
+//! their header and body mutated and their output and request addresses picked from the same
+//! kinds; and the host's actions beside commands: device misbehaviour and events, the device's
+//! report, fences held, the host's own RMPUPDATE and PSMASH.
+//!
+//! After every command: `tsm_tests::invariants::check`, the record tables' consistency and the
+//! context tables' (every context names a live core object of its kind, guest device IDs are
+//! unique per guest); a refused command (any status but SUCCESS and RESUME_REQUIRED) must
+//! leave everything as it was, under the exemptions of [`crate::exempt`]: the core's tables,
+//! the RMP (every entry, fence counters), guest, device and TDI contexts, the device model's
+//! TDISP state and configuration space, and all of system memory; a successful one writes
+//! system memory only inside the output it names; a guest message refused inside its answer
+//! changes nothing but the response page. Beside those: host MMIO block and unmap never
+//! succeed, a permitted zap or host RMPUPDATE touches no private owned page and no leaf, a
+//! finished unbind leaves the TDI unbound and owning nothing, a started TDI runs, read-only
+//! commands (TDI_INFO, ASID_FENCE_STATUS, TDI_REPORT) change no table, and only unbind, device
+//! error, TDI_STATUS and the fence clear answer RESUME_REQUIRED.
+
+use arbitrary::{Arbitrary, Unstructured};
+use platform_sev::abi::{self, Command, SlaAddr, len_of};
+use platform_sev::device::{Bars as DevBars, PciModel};
+use platform_sev::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
+use platform_sev::guest_msg::{self as msg, MsgHeader};
+use platform_sev::memory::{PageMemory, SystemMemory};
+use platform_sev::pfn::Pfn;
+use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpUpdate};
+use platform_sev::status::{Outcome, SevStatus};
+use platform_sev::zerocopy::{FromZeros, IntoBytes};
+use tsm_core::device_model::DeviceEvent;
+use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
+use tsm_core::tsm::Snapshot;
+use tsm_core::{Error, GuestId, Hpa, MmioRange, RequesterId, ReservedMemory, TdiId, TdiState};
+use tsm_core::{TdispState, capacity::MAX_RANGES_PER_TDI};
+
+use crate::common::{self, Faults, core_diff, fail, fid_of, registry_consistent};
+use crate::enc::ops;
+use crate::exempt::{Call, Exempt, exemption};
+use crate::tdx::DevAction;
+
+/// The RMP window: device MMIO.
+pub const RMP_BASE: u64 = 0x8000_0000;
+const RMP_PAGES: usize = 4096;
+/// Device 0's BAR (4 MiB).
+pub const BAR: u64 = 0x8000_0000;
+/// System memory: status (0), request (1), response (2), report (3), a page the tests put a
+/// guest context on (4), read-only (5), a page a device context may sit on (6), spare (7).
+pub const MEM: u64 = 0x1_0000_0000;
+const MEM_PAGES: usize = 8;
+const RO_PAGE: u64 = MEM + 0x5000;
+const FW_PAGE: u64 = MEM + 0x4000;
+const FW_PAGE2: u64 = MEM + 0x6000;
+const UNMAPPED: u64 = MEM + 0x10_0000;
+/// Guest contexts.
+pub const GCTX: u64 = 0x2_0000_0000;
+/// Where the setup maps TDI 0's MMIO.
+pub const GPA: u64 = 0x10_0000_0000;
+/// Where the setup maps TDI 1's 80 leaves.
+pub const GPA_MANY: u64 = 0x20_0000_0000;
+/// Guest device IDs the setup binds with.
+pub const GDEV: [u16; 2] = [0x100, 0x101];
+/// Commands per input (a resumable unbind counts as many).
+pub const MAX_CMDS: usize = 64;
+const MAX_RESPONSE: usize = msg::HDR_SIZE as usize + msg::MAX_BODY;
+const MAX_REPORT: usize = 16 + 16 * MAX_RANGES_PER_TDI + 4;
+
+/// Configuration space of the model's devices, by index (bus 3 + index, function 0):
+/// good BARs, one over system memory, one over device 0's BAR, one outside the RMP window.
+const CONFIG: [&[(u64, u64)]; 7] = [
+    &[(BAR, 1024)],
+    &[(0x8040_0000, 512), (0x8060_0000, 16)],
+    &[(0x8080_0000, 1024)],
+    &[(MEM, 4)],
+    &[(BAR + 0x10_0000, 16)],
+    &[(0x9000_0000, 16)],
+    &[(0x80c0_0000, 16), (0x80c0_0000, 16)],
+];
+
+ops! {
+    /// How far the setup goes before the fuzzed commands.
+    pub enum Stage {
+        /// Nothing.
+        Empty,
+        /// Guest contexts G0 (ASID 5) and G1 (ASID 6), created and activated.
+        Guests,
+        /// + device 0 created and connected, TDIs 0 (3:0.0) and 1 (3:0.1) created.
+        Device,
+        /// + TDI 0 bound to G0 (guest device ID 0x100).
+        Bound,
+        /// + TDI 0's 2 MiB and 4 KiB leaves mapped.
+        Mapped,
+        /// + the guest validated the 2 MiB leaf and started TDI 0.
+        Started,
+        /// + TDI 1 bound to G1 with 80 4 KiB leaves.
+        Many,
+    }
+}
+
+ops! {
+    /// A value written into a field.
+    pub enum Val {
+        /// 0.
+        Zero,
+        /// All ones.
+        Ones,
+        /// One bit.
+        Bit { bit: u8 },
+        /// One of the interesting addresses ([`interesting`]).
+        Addr { which: u8 },
+        /// A small number.
+        Small { v: u8 },
+        /// Anything.
+        Raw { v: u64 },
+        /// Another context's handle: a guest context page, device or TDI context SLA.
+        Ctx { k: u8 },
+    }
+}
+
+ops! {
+    /// A mutation of a command before it is issued.
+    pub enum Mut {
+        /// None.
+        Keep,
+        /// Field number `field` of the command's layout ([`fields`]).
+        Field { field: u8, val: Val },
+        /// The bytes of `width` 1, 2, 4 or 8 at `at` (aligned down, within the buffer).
+        Bytes { at: u8, width: u8, val: Val },
+        /// The buffer is `len % 0x60` bytes long.
+        Length { len: u8 },
+        /// The buffer starts 4 bytes past an 8-byte boundary.
+        Misalign,
+        /// Another command ID.
+        Id { id: u16 },
+    }
+}
+
+ops! {
+    /// A guest message.
+    pub enum Msg {
+        /// MMIO_VALIDATE of `pages` pages at `offset` in range `range`.
+        Validate { gdev: u8, range: u8, offset: u16, pages: u16, gpa: u8, flags: u8 },
+        /// TDI_START.
+        Start { gdev: u8 },
+        /// TDI_INFO.
+        Info { gdev: u8 },
+        /// Any type, any body size.
+        Raw { ty: u8, size: u8 },
+    }
+}
+
+ops! {
+    /// What is wrong with a guest message's header.
+    pub enum HdrMut {
+        /// Nothing.
+        Fine,
+        /// Header version 2.
+        Version,
+        /// Header size not 0x60.
+        HdrSize,
+        /// Message version 2.
+        MsgVersion,
+        /// A reserved byte set.
+        Reserved { at: u8 },
+        /// The body size off by `delta`.
+        Size { delta: u8 },
+        /// Another message type.
+        Type { ty: u8 },
+    }
+}
+
+ops! {
+    /// The report the device will send at the interface's next bind.
+    pub enum SevReport {
+        /// The device's first BAR, private.
+        Whole,
+        /// Past the first BAR.
+        Outside,
+        /// Two overlapping ranges.
+        Overlap,
+        /// 17 ranges.
+        TooMany,
+        /// The first BAR, shared.
+        Shared,
+        /// TDI 1's range (another TDI's, when it is bound).
+        Foreign,
+        /// Any range.
+        Raw { first: u64, pages: u32, attr: u16 },
+    }
+}
+
+ops! {
+    /// One fuzzed step. `d`, `t`, `g` pick device, TDI and guest contexts ([`dev_sla`],
+    /// [`tdi_sla`], [`gctx`]); `out` an output address ([`out_addr`]); `m` mutations.
+    pub enum Cmd {
+        /// SNP_GCTX_CREATE.
+        GctxCreate { g: u8, m: [Mut; 2] },
+        /// SNP_ACTIVATE with ASID `asid % 1030`.
+        Activate { g: u8, asid: u16, m: [Mut; 2] },
+        /// SNP_DECOMMISSION.
+        Decommission { g: u8, m: [Mut; 2] },
+        /// TIO_DEV_CREATE of configured device `cfg % 8` (7: a function of device 0).
+        DevCreate { d: u8, cfg: u8, m: [Mut; 2] },
+        /// TIO_DEV_RECLAIM.
+        DevReclaim { d: u8, m: [Mut; 2] },
+        /// TIO_DEV_CONNECT.
+        DevConnect { d: u8, m: [Mut; 2] },
+        /// TIO_DEV_DISCONNECT.
+        DevDisconnect { d: u8, force: bool, m: [Mut; 2] },
+        /// TIO_TDI_CREATE for interface `(3 + bus % 4):(func % 9)`.
+        TdiCreate { d: u8, t: u8, bus: u8, func: u8, m: [Mut; 2] },
+        /// TIO_TDI_RECLAIM.
+        TdiReclaim { d: u8, t: u8, m: [Mut; 2] },
+        /// TIO_TDI_BIND with guest device ID pick `gdev`.
+        TdiBind { d: u8, t: u8, g: u8, gdev: u8, m: [Mut; 2] },
+        /// One TIO_TDI_UNBIND.
+        TdiUnbind { d: u8, t: u8, g: u8, m: [Mut; 2] },
+        /// TIO_TDI_UNBIND until it does not ask to resume (at most 40).
+        TdiUnbindAll { d: u8, t: u8, g: u8 },
+        /// TIO_TDI_REPORT.
+        TdiReport { d: u8, t: u8, g: u8, out: u8, m: [Mut; 2] },
+        /// TIO_TDI_STATUS.
+        TdiStatus { d: u8, t: u8, out: u8, m: [Mut; 2] },
+        /// TIO_TDI_INFO.
+        TdiInfo { d: u8, t: u8, out: u8, m: [Mut; 2] },
+        /// TIO_TDI_ERROR.
+        TdiError { d: u8, t: u8, m: [Mut; 2] },
+        /// TIO_ASID_FENCE_CLEAR.
+        FenceClear { d: u8, g: u8, m: [Mut; 2] },
+        /// TIO_ASID_FENCE_STATUS of ASID pick `asid`.
+        FenceStatus { d: u8, asid: u8, out: u8, m: [Mut; 2] },
+        /// TIO_MMIO_MAP.
+        MmioMap { t: u8, g: u8, gpa: u8, hpa: u8, size: u8, m: [Mut; 2] },
+        /// TIO_MMIO_BLOCK.
+        MmioBlock { g: u8, gpa: u8, size: u8, m: [Mut; 2] },
+        /// TIO_MMIO_UNMAP.
+        MmioUnmap { g: u8, gpa: u8, size: u8, m: [Mut; 2] },
+        /// TIO_MMIO_ZAP.
+        MmioZap { base: u8, pages: u8, m: [Mut; 2] },
+        /// TIO_GUEST_REQUEST carrying `msg`, request page pick `req`, response `res`.
+        Guest { d: u8, t: u8, g: u8, msg: Msg, hdr: HdrMut, req: u8, res: u8, m: [Mut; 2] },
+        /// The device or host acts on TDI context `t`'s interface.
+        Device { t: u8, action: DevAction },
+        /// Hold the guest's fences, or complete them.
+        HoldFences { g: u8, hold: bool },
+        /// The device's report for TDI context `t`'s interface.
+        SetReport { t: u8, report: SevReport },
+        /// The host's RMPUPDATE (or PSMASH) of page `page` of the RMP window.
+        HostRmp { page: u16, assign: bool, psmash: bool },
+        /// Any command ID and buffer.
+        Raw { id: u16, len: u8, words: [u64; 6] },
+    }
+}
+
+/// How deep a run got.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Commands issued.
+    pub commands: usize,
+    /// Commands refused.
+    pub refused: usize,
+    /// Guest messages refused inside their answer.
+    pub refused_in_answer: usize,
+    /// RESUME_REQUIRED answers.
+    pub resumable: usize,
+    /// Most assigned RMP pages at once.
+    pub max_pages: usize,
+    /// Some TDI was bound / running / in ERROR / mid-unbind.
+    pub locked: bool,
+    /// See `locked`.
+    pub run: bool,
+    /// See `locked`.
+    pub error: bool,
+    /// See `locked`.
+    pub unbinding: bool,
+    /// A bound TDI's unbind finished.
+    pub unbound: bool,
+    /// A guest MMIO_VALIDATE succeeded.
+    pub validated: bool,
+}
+
+type Fw = Sev<Vec<RmpEntry>, PciModel>;
+
+/// Everything a refused command must leave as it was: the core's record tables with the RMP's
+/// fence counters, every RMP entry and system memory (both kept apart so that their buffers
+/// are reused), the context tables, the device model's TDISP states and configuration space.
+#[derive(Debug, Clone, PartialEq)]
+struct State {
+    core: Snapshot<Vec<AsidFence>>,
+    /// Every entry's 128 bits (compared as integers: one `memcmp`).
+    rmp: Vec<u128>,
+    guests: Vec<GuestCtx>,
+    devices: Vec<DevCtx>,
+    tdis: Vec<TdiCtx>,
+    tdisp: Vec<(u32, TdispState)>,
+    config: Vec<(RequesterId, DevBars)>,
+    mem: Vec<u8>,
+}
+
+struct World {
+    sev: Fw,
+    mem: PageMemory<MEM_PAGES>,
+    faults: Faults,
+    stats: Stats,
+    /// The states taken around each command, reused.
+    states: Option<Box<(State, State)>>,
+}
+
+#[repr(C, align(8))]
+struct Buf([u8; 0x68]);
+
+fn sla(pfn: u64) -> u64 {
+    SlaAddr::new()
+        .with_pfn(Pfn::try_new(pfn).unwrap_or_else(|| fail("pfn")))
+        .into_bits()
+}
+
+/// Guest context page pick: G0, G1, G2, a firmware-held memory page, misaligned, null.
+pub fn gctx(k: u8) -> u64 {
+    [GCTX, GCTX + 0x1000, GCTX + 0x2000, FW_PAGE, GCTX + 0x800, 0][usize::from(k % 6)]
+}
+
+/// Device context pick: three SLAs, one on a system-memory page, one malformed.
+pub fn dev_sla(k: u8) -> u64 {
+    match k % 5 {
+        n @ 0..=2 => sla(0x30_0001 + u64::from(n)),
+        3 => sla(FW_PAGE2 >> 12),
+        _ => sla(0x30_0001) | 1,
+    }
+}
+
+/// TDI context pick: four SLAs, device context 0's, one with reserved bits.
+pub fn tdi_sla(k: u8) -> u64 {
+    match k % 6 {
+        n @ 0..=3 => sla(0x30_0101 + u64::from(n)),
+        4 => dev_sla(0),
+        _ => sla(0x30_0101) | 1 << 4,
+    }
+}
+
+fn rid(bus: u8, devfn: u8) -> RequesterId {
+    RequesterId::try_new(0, bus, devfn / 8, devfn % 8).unwrap_or_else(|e| fail(e))
+}
+
+/// An address of a kind some command must refuse (or the valid `default`).
+pub fn interesting(k: u8, default: u64) -> u64 {
+    match k % 12 {
+        0 => default,
+        1 => default + 0x10,
+        2 => RO_PAGE,
+        3 => FW_PAGE,
+        4 => FW_PAGE2,
+        5 => UNMAPPED,
+        6 => RMP_BASE,
+        7 => default + 8,
+        8 => MEM + 0xff0,
+        9 => 0,
+        10 => 1 << 52,
+        _ => MEM + 0x7000,
+    }
+}
+
+/// An output address pick: the command's own page by default.
+pub fn out_addr(k: u8, default: u64) -> u64 {
+    interesting(k, default)
+}
+
+fn gdev(k: u8) -> u16 {
+    match k % 4 {
+        0 => GDEV[0],
+        1 => GDEV[1],
+        2 => 0,
+        _ => u16::from(k),
+    }
+}
+
+fn len<C: Command>() -> u32 {
+    len_of::<C>() as u32
+}
+
+/// Runs one input; panics when a check fails.
+pub fn run(data: &[u8]) -> Stats {
+    let mut u = Unstructured::new(data);
+    let stage = Stage::arbitrary(&mut u).unwrap_or(Stage::Empty);
+    let mut w = World::new();
+    w.setup(stage);
+    let mut n = 0;
+    while !u.is_empty() && n < MAX_CMDS {
+        let Ok(cmd) = Cmd::arbitrary(&mut u) else {
+            break;
+        };
+        w.step(cmd);
+        n += 1;
+    }
+    w.stats
+}
+
+impl World {
+    fn new() -> Self {
+        let rmp = Rmp::new(
+            Hpa::try_new(RMP_BASE).unwrap_or_else(|e| fail(e)),
+            vec![RmpEntry::new(); RMP_PAGES],
+        )
+        .unwrap_or_else(|e| fail(format!("{e:?}")));
+        let mut model = PciModel::new();
+        for (i, bars) in CONFIG.iter().enumerate() {
+            let bars: Vec<MmioRange> = bars
+                .iter()
+                .map(|&(b, p)| MmioRange::from_raw(b, p).unwrap_or_else(|e| fail(e)))
+                .collect();
+            model
+                .set_bars(rid(3 + i as u8, 0), &bars)
+                .unwrap_or_else(|e| fail(format!("{e:?}")));
+        }
+        let r = |b: u64, p: u64| MmioRange::from_raw(b, p).unwrap_or_else(|e| fail(e));
+        let reports: [(RequesterId, Vec<MmioRange>); 4] = [
+            (rid(3, 0), vec![r(BAR, 512), r(BAR + 0x20_0000, 16)]),
+            (rid(3, 1), vec![r(BAR + 0x30_0000, 128)]),
+            (rid(4, 0), vec![r(0x8040_0000, 512), r(0x8060_0000, 16)]),
+            (rid(5, 0), vec![r(0x8080_0000, 1024)]),
+        ];
+        for (iface, ranges) in &reports {
+            model
+                .set_report(*iface, ranges)
+                .unwrap_or_else(|e| fail(format!("{e:?}")));
+        }
+        let mut mem = PageMemory::new(MEM);
+        mem.set_read_only(5, true);
+        let system = ReservedMemory::from_ranges(&[r(MEM, 16)]).unwrap_or_else(|e| fail(e));
+        World {
+            sev: Sev::new(rmp, model, system),
+            mem,
+            faults: Faults::default(),
+            stats: Stats::default(),
+            states: None,
+        }
+    }
+
+    /// Takes the state into `out`, reusing its buffers.
+    fn state_into(&self, out: &mut Option<State>) {
+        let (mut rmp, mut mem) = out.take().map(|s| (s.rmp, s.mem)).unwrap_or_default();
+        mem.resize(MEM_PAGES * 4096, 0);
+        for (i, chunk) in mem.chunks_mut(4096).enumerate() {
+            if self.mem.read(self.mem.page(i as u64), chunk).is_err() {
+                fail("memory");
+            }
+        }
+        rmp.clear();
+        let core = self
+            .sev
+            .tsm()
+            .snapshot_with(|r| {
+                rmp.extend(r.entries().iter().map(|e| e.into_bits()));
+                r.fences().to_vec()
+            })
+            .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
+        let (tdisp, config) = self
+            .sev
+            .tsm()
+            .with_transport(|d| {
+                (
+                    d.tdisp.link_mut().tdisp_states().to_vec(),
+                    d.configured().to_vec(),
+                )
+            })
+            .unwrap_or_else(|e| fail(format!("transport: {e:?}")));
+        *out = Some(State {
+            core,
+            rmp,
+            guests: self.sev.guests().to_vec(),
+            devices: self.sev.devices().to_vec(),
+            tdis: self.sev.tdis().to_vec(),
+            tdisp,
+            config,
+            mem,
+        });
+    }
+
+    /// The state in a fresh buffer (for the rare calls outside `issue`).
+    fn state(&self) -> State {
+        let mut s = None;
+        self.state_into(&mut s);
+        s.unwrap_or_else(|| fail("state"))
+    }
+
+    fn leaves(&self) -> Vec<tsm_core::Leaf> {
+        self.sev
+            .tsm()
+            .with_table(|t| common::leaves(t))
+            .unwrap_or_default()
+    }
+
+    // ---- the setup --------------------------------------------------------------------
+
+    fn must(&mut self, what: &str, id: abi::CommandId, bytes: &[u8]) {
+        let o = self.issue(id, bytes, [Mut::Keep; 2]);
+        if o != Outcome::SUCCESS {
+            fail(format!("setup step {what}: {o:?}"));
+        }
+    }
+
+    fn must_msg(&mut self, what: &str, m: Msg) {
+        self.put_msg(m, HdrMut::Fine);
+        let c = guest_request(0, 0, 0, MEM + 0x1000, MEM + 0x2000);
+        self.must(what, abi::TIO_GUEST_REQUEST, c.as_bytes());
+        let mut hdr = MsgHeader::new_zeroed();
+        let _ = self.mem.read(MEM + 0x2000, hdr.as_mut_bytes());
+        let mut status = [0u8; 4];
+        let _ = self.mem.read(MEM + 0x2060, &mut status);
+        if status[2..4] != [0, 0] {
+            fail(format!("setup message {what}: status {status:?}"));
+        }
+    }
+
+    fn setup(&mut self, stage: Stage) {
+        let at_least = |s: Stage| stage as u8 >= s as u8;
+        if !at_least(Stage::Guests) {
+            return;
+        }
+        for (k, asid) in [(0u8, 5u32), (1, 6)] {
+            self.must(
+                "GCTX_CREATE",
+                abi::SNP_GCTX_CREATE,
+                gctx_create(k).as_bytes(),
+            );
+            self.must("ACTIVATE", abi::SNP_ACTIVATE, activate(k, asid).as_bytes());
+        }
+        if !at_least(Stage::Device) {
+            return;
+        }
+        self.must(
+            "DEV_CREATE",
+            abi::TIO_DEV_CREATE,
+            dev_create(0, 0).as_bytes(),
+        );
+        self.must(
+            "DEV_CONNECT",
+            abi::TIO_DEV_CONNECT,
+            dev_connect(0).as_bytes(),
+        );
+        for f in [0u8, 1] {
+            let c = tdi_create(0, f, 3, f);
+            self.must("TDI_CREATE", abi::TIO_TDI_CREATE, c.as_bytes());
+        }
+        if !at_least(Stage::Bound) {
+            return;
+        }
+        self.must(
+            "TDI_BIND",
+            abi::TIO_TDI_BIND,
+            tdi_bind(0, 0, 0, 0).as_bytes(),
+        );
+        if !at_least(Stage::Mapped) {
+            return;
+        }
+        let c = mmio_map(0, 0, GPA, BAR, abi::MMIO_SIZE_2M);
+        self.must("MMIO_MAP 2M", abi::TIO_MMIO_MAP, c.as_bytes());
+        let c = mmio_map(0, 0, GPA + 0x20_0000, BAR + 0x20_0000, abi::MMIO_SIZE_4K);
+        self.must("MMIO_MAP 4K", abi::TIO_MMIO_MAP, c.as_bytes());
+        if !at_least(Stage::Started) {
+            return;
+        }
+        let validate = Msg::Validate {
+            gdev: 0,
+            range: 0,
+            offset: 0,
+            pages: 511,
+            gpa: 0,
+            flags: 1,
+        };
+        self.must_msg("MMIO_VALIDATE", validate);
+        self.must_msg("TDI_START", Msg::Start { gdev: 0 });
+        if !at_least(Stage::Many) {
+            return;
+        }
+        self.must(
+            "TDI_BIND 1",
+            abi::TIO_TDI_BIND,
+            tdi_bind(0, 1, 1, 1).as_bytes(),
+        );
+        for i in 0..80 {
+            let c = mmio_map(1, 1, GPA_MANY + i * 0x1000, BAR + 0x30_0000 + i * 0x1000, 0);
+            self.must("MMIO_MAP 1", abi::TIO_MMIO_MAP, c.as_bytes());
+        }
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    /// Writes a guest message (header and body) to the request page.
+    fn put_msg(&mut self, m: Msg, hdr: HdrMut) {
+        let (ty, body): (u8, Vec<u8>) = match m {
+            Msg::Validate {
+                gdev: gd,
+                range,
+                offset,
+                pages,
+                gpa,
+                flags,
+            } => {
+                let mut r = msg::MmioValidateReq::new_zeroed();
+                r.guest_device_id = gdev(gd).into();
+                let (range, offset) = (u16::from(range % 4), u32::from(offset) % 1100);
+                let base = match (gd % 4, range) {
+                    (1, _) => GPA_MANY,
+                    (_, 1) => GPA + 0x20_0000,
+                    _ => GPA,
+                };
+                r.subrange_base = match gpa % 4 {
+                    0 | 1 => base + u64::from(offset) * 0x1000,
+                    2 => base,
+                    _ => base + 0x800,
+                }
+                .into();
+                r.subrange_page_count = (1 + u32::from(pages) % 600).into();
+                r.range_offset = offset.into();
+                r.range_id = range.into();
+                r.flags = u16::from(flags % 8).into();
+                (msg::MSG_MMIO_VALIDATE_REQ, r.as_bytes().to_vec())
+            }
+            Msg::Start { gdev: gd } | Msg::Info { gdev: gd } => {
+                let mut r = msg::TdiReq::new_zeroed();
+                r.guest_device_id = gdev(gd).into();
+                let ty = if matches!(m, Msg::Start { .. }) {
+                    msg::MSG_TDI_START_REQ
+                } else {
+                    msg::MSG_TDI_INFO_REQ
+                };
+                (ty, r.as_bytes().to_vec())
+            }
+            Msg::Raw { ty, size } => (ty, vec![0u8; usize::from(size)]),
+        };
+        let mut h = MsgHeader::new(ty, body.len());
+        match hdr {
+            HdrMut::Fine => {}
+            HdrMut::Version => h.hdr_version = 2,
+            HdrMut::HdrSize => h.hdr_sz = 0x40.into(),
+            HdrMut::MsgVersion => h.msg_version = 2,
+            HdrMut::Reserved { at } => h.reserved3[usize::from(at) % 35] = 1,
+            HdrMut::Size { delta } => {
+                h.msg_sz = h.msg_sz.get().wrapping_add(u16::from(delta)).into();
+            }
+            HdrMut::Type { ty } => h.msg_type = ty,
+        }
+        let _ = self.mem.write(MEM + 0x1000, h.as_bytes());
+        let _ = self.mem.write(MEM + 0x1000 + 0x60, &body);
+    }
+
+    /// Issues a command: mutates the buffer, runs it, checks everything.
+    fn issue(&mut self, id: abi::CommandId, bytes: &[u8], muts: [Mut; 2]) -> Outcome {
+        let mut b = Buf([0; 0x68]);
+        let n = bytes.len().min(0x60);
+        b.0[..n].copy_from_slice(&bytes[..n]);
+        let (mut id, mut len, mut off) = (id, n, 0usize);
+        for m in muts {
+            match m {
+                Mut::Keep => {}
+                Mut::Field { field, val } => {
+                    let f = fields(id);
+                    let (at, w) = f[usize::from(field) % f.len()];
+                    put(&mut b.0[..len], usize::from(at), usize::from(w), val);
+                }
+                Mut::Bytes { at, width, val } => {
+                    let w = [1usize, 2, 4, 8][usize::from(width % 4)];
+                    if len >= w {
+                        let at = (usize::from(at) % (len - w + 1)) & !(w - 1);
+                        put(&mut b.0[..len], at, w, val);
+                    }
+                }
+                Mut::Length { len: l } => len = usize::from(l) % 0x60,
+                Mut::Misalign => off = 4,
+                Mut::Id { id: i } => id = u32::from(i),
+            }
+        }
+        // A misaligned buffer keeps its bytes: they move up by `off`.
+        if off != 0 {
+            b.0.copy_within(0..0x60, off);
+        }
+        let buf = b.0[off..off + len].to_vec();
+        let call = self.call_of(id, &buf);
+        let output = self.output_of(id, &buf);
+        let mut states = self.states.take().map(|b| {
+            let (a, b) = *b;
+            (Some(a), Some(b))
+        });
+        let (before, after) = states.get_or_insert((None, None));
+        self.state_into(before);
+        let o = self
+            .sev
+            .command(&mut self.mem, id, &mut b.0[off..off + len]);
+        self.state_into(after);
+        let (Some(before), Some(after)) = (before.take(), after.take()) else {
+            fail("states");
+        };
+        self.check(id, &buf, o, call, output, &before, &after);
+        self.states = Some(Box::new((before, after)));
+        o
+    }
+
+    /// The exemption-relevant operation a buffer names.
+    fn call_of(&self, id: abi::CommandId, buf: &[u8]) -> Call {
+        let word = |at: usize| {
+            buf.get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        match (id, word(0x30)) {
+            (abi::TIO_TDI_UNBIND, Some(t)) => self
+                .sev
+                .tdi_ctx(t)
+                .map_or(Call::Other, |c| Call::Unbind(c.tdi)),
+            _ => Call::Other,
+        }
+    }
+
+    /// Where a command may write system memory, and how much: its output.
+    fn output_of(&self, id: abi::CommandId, buf: &[u8]) -> Option<(u64, usize)> {
+        let word = |at: usize| {
+            buf.get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        match id {
+            abi::TIO_TDI_STATUS => Some((word(0x38)?, 16)),
+            abi::TIO_TDI_INFO => Some((word(0x18)?, 0xC0)),
+            abi::TIO_ASID_FENCE_STATUS => Some((word(0x14)?, 8)),
+            abi::TIO_TDI_REPORT => Some((SlaAddr::from_bits(word(0x20)?).address(), MAX_REPORT)),
+            abi::TIO_GUEST_REQUEST => Some((word(0x48)?, MAX_RESPONSE)),
+            _ => None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        &mut self,
+        id: abi::CommandId,
+        buf: &[u8],
+        o: Outcome,
+        call: Call,
+        output: Option<(u64, usize)>,
+        before: &State,
+        after: &State,
+    ) {
+        let what = format!("command {id:#x} {buf:02x?} -> {o:?}");
+        self.stats.commands += 1;
+        common::invariants(self.sev.tsm(), &what);
+        if let Err(e) = registry_consistent(&after.core).and_then(|()| contexts_consistent(after)) {
+            fail(format!("records disagree after {what}: {e}"));
+        }
+        let progress = o.status == SevStatus::RESUME_REQUIRED;
+        if progress {
+            self.stats.resumable += 1;
+            if !matches!(
+                id,
+                abi::TIO_TDI_UNBIND
+                    | abi::TIO_TDI_ERROR
+                    | abi::TIO_TDI_STATUS
+                    | abi::TIO_ASID_FENCE_CLEAR
+            ) {
+                fail(format!(
+                    "only unbind, error, status and fence resume: {what}"
+                ));
+            }
+        }
+        let refused = o.status != SevStatus::SUCCESS && !progress;
+        if refused {
+            self.stats.refused += 1;
+            let err = (o.detail != 0)
+                .then(|| Error::from_code(o.detail))
+                .flatten();
+            let exempt = exemption(call, err);
+            if let Err(e) = diff(before, after, exempt, None, &self.faults) {
+                fail(format!("refused {what} ({err:?}) changed state: {e}"));
+            }
+        } else {
+            // Memory changes only inside the output the command named (checked before use).
+            let window = output.map(|(at, n)| {
+                let start = at.wrapping_sub(MEM) as usize;
+                start..start.saturating_add(n)
+            });
+            if let Some(i) = changed_outside(&before.mem, &after.mem, window) {
+                fail(format!(
+                    "{what} wrote memory at {:#x}, outside its output",
+                    MEM + i as u64
+                ));
+            }
+        }
+        self.oracles(id, buf, o, output, before, after, &what);
+        self.record(after);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn oracles(
+        &mut self,
+        id: abi::CommandId,
+        buf: &[u8],
+        o: Outcome,
+        output: Option<(u64, usize)>,
+        before: &State,
+        after: &State,
+        what: &str,
+    ) {
+        let ok = o == Outcome::SUCCESS;
+        let word = |at: usize| {
+            buf.get(at..at + 8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        match id {
+            abi::TIO_MMIO_BLOCK | abi::TIO_MMIO_UNMAP if ok => {
+                fail(format!(
+                    "the host blocked or removed a bound TDI's leaf: {what}"
+                ));
+            }
+            abi::TIO_MMIO_ZAP if ok => {
+                let range = MmioRange::from_raw(word(0x08), word(0x10))
+                    .unwrap_or_else(|e| fail(format!("zap of a bad range ({e:?}): {what}")));
+                self.host_may_touch(&range, after, what);
+            }
+            abi::TIO_TDI_INFO | abi::TIO_ASID_FENCE_STATUS | abi::TIO_TDI_REPORT => {
+                let same =
+                    before.core == after.core
+                        && before.rmp == after.rmp
+                        && before.guests == after.guests
+                        && before.devices == after.devices
+                        && before.tdisp == after.tdisp
+                        && before.tdis.iter().zip(&after.tdis).all(|(a, b)| {
+                            TdiCtx { reports: 0, ..*a } == TdiCtx { reports: 0, ..*b }
+                        })
+                        && before.tdis.len() == after.tdis.len();
+                if !same {
+                    fail(format!("a read-only command changed state: {what}"));
+                }
+            }
+            abi::TIO_TDI_UNBIND if ok => {
+                let Some(ctx) = after.tdis.iter().find(|t| t.sla == word(0x30)) else {
+                    return;
+                };
+                let rec = after
+                    .core
+                    .tdis
+                    .get(usize::from(ctx.tdi.slot()))
+                    .cloned()
+                    .flatten();
+                if rec.map(|r| r.state) != Some(TdiState::Unbound)
+                    || after.core.owners.iter().any(|r| r.tdi == ctx.tdi)
+                    || ctx.guest_device_id != 0
+                {
+                    fail(format!("unbind done, TDI {rec:?} {ctx:?}: {what}"));
+                }
+                let was = before
+                    .core
+                    .tdis
+                    .get(usize::from(ctx.tdi.slot()))
+                    .cloned()
+                    .flatten();
+                if was.is_some_and(|r| r.state.is_bound()) {
+                    self.stats.unbound = true;
+                }
+            }
+            abi::TIO_GUEST_REQUEST if ok => {
+                let at = output.map_or(0, |(at, _)| at);
+                self.answered(at, before, after, what);
+            }
+            _ => {}
+        }
+    }
+
+    /// A guest message that the firmware answered: refused inside its answer, it changed
+    /// nothing but the response page (exemption 2 for a start the device refused).
+    fn answered(&mut self, res: u64, before: &State, after: &State, what: &str) {
+        let off = usize::try_from(res.wrapping_sub(MEM)).unwrap_or(usize::MAX);
+        if off
+            .checked_add(MAX_RESPONSE)
+            .is_none_or(|end| end > after.mem.len())
+        {
+            fail(format!("a guest request answered outside memory: {what}"));
+        }
+        let mut hdr = MsgHeader::new_zeroed();
+        hdr.as_mut_bytes()
+            .copy_from_slice(&after.mem[off..off + usize::from(msg::HDR_SIZE)]);
+        let body = &after.mem[off + 0x60..off + 0x60 + msg::MAX_BODY];
+        let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+        let (status, detail, tdi) = match hdr.msg_type {
+            msg::MSG_TDI_START_RSP => (u16_at(2), u16_at(4), true),
+            msg::MSG_MMIO_VALIDATE_RSP => (u16_at(2), 0, false),
+            // TDI_INFO changes nothing in any case: checked like a refusal, not counted.
+            msg::MSG_TDI_INFO_RSP => (u16::MAX, 0, false),
+            t => fail(format!("a guest request answered type {t}: {what}")),
+        };
+        if hdr.msg_type == msg::MSG_MMIO_VALIDATE_RSP && status == 0 {
+            self.stats.validated = true;
+        }
+        if status == 0 {
+            return;
+        }
+        if status != u16::MAX {
+            self.stats.refused_in_answer += 1;
+        }
+        let exempt = match (tdi, Error::from_code(detail)) {
+            (true, Some(e)) => {
+                let t = self.started_tdi(before, after);
+                t.map_or(Exempt::Nothing, |t| exemption(Call::Start(t), Some(e)))
+            }
+            _ => Exempt::Nothing,
+        };
+        let page = off..off + MAX_RESPONSE;
+        if let Err(e) = diff(before, after, exempt, Some(page), &self.faults) {
+            fail(format!(
+                "a guest message refused in its answer changed state: {e}: {what}"
+            ));
+        }
+    }
+
+    /// The TDI whose record a start changed, if any.
+    fn started_tdi(&self, before: &State, after: &State) -> Option<TdiId> {
+        (0..before.core.tdis.len())
+            .find(|&i| before.core.tdis[i] != after.core.tdis[i])
+            .map(|i| TdiId::from_slot(i as u16))
+    }
+
+    /// A host request that was allowed touches no private owned page and no leaf.
+    fn host_may_touch(&self, range: &MmioRange, after: &State, what: &str) {
+        if let Some(r) = after.core.owners.overlapping_private(range) {
+            fail(format!("the host may touch {r:?}: {what}"));
+        }
+        if let Some(l) = self
+            .leaves()
+            .iter()
+            .find(|l| l.host_range().is_ok_and(|r| r.overlaps(range)))
+        {
+            fail(format!("the host may touch leaf {l:?}: {what}"));
+        }
+    }
+
+    fn record(&mut self, after: &State) {
+        for t in after.core.tdis.iter().flatten() {
+            match t.state {
+                TdiState::Unbound => {}
+                TdiState::Locked { .. } => self.stats.locked = true,
+                TdiState::Run { .. } => self.stats.run = true,
+                TdiState::Error { .. } => self.stats.error = true,
+                TdiState::Unbinding { .. } => self.stats.unbinding = true,
+            }
+        }
+        let n = after
+            .rmp
+            .iter()
+            .filter(|e| RmpEntry::from_bits(**e).assigned())
+            .count();
+        self.stats.max_pages = self.stats.max_pages.max(n);
+    }
+
+    fn iface_of(&self, t: u8) -> RequesterId {
+        self.sev
+            .tdi_ctx(tdi_sla(t))
+            .map_or_else(|| rid(3, 0), |c| c.iface)
+    }
+
+    fn step(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::GctxCreate { g, m } => {
+                self.issue(abi::SNP_GCTX_CREATE, gctx_create(g).as_bytes(), m);
+            }
+            Cmd::Activate { g, asid, m } => {
+                let c = activate(g, u32::from(asid % 1030));
+                self.issue(abi::SNP_ACTIVATE, c.as_bytes(), m);
+            }
+            Cmd::Decommission { g, m } => {
+                let c = abi::Decommission {
+                    gctx_paddr: gctx(g).into(),
+                };
+                self.issue(abi::SNP_DECOMMISSION, c.as_bytes(), m);
+            }
+            Cmd::DevCreate { d, cfg, m } => {
+                self.issue(abi::TIO_DEV_CREATE, dev_create(d, cfg).as_bytes(), m);
+            }
+            Cmd::DevReclaim { d, m } => {
+                let mut c = abi::DevReclaim::new_zeroed();
+                c.length = len::<abi::DevReclaim>().into();
+                c.dev_ctx = dev_sla(d).into();
+                self.issue(abi::TIO_DEV_RECLAIM, c.as_bytes(), m);
+            }
+            Cmd::DevConnect { d, m } => {
+                self.issue(abi::TIO_DEV_CONNECT, dev_connect(d).as_bytes(), m);
+            }
+            Cmd::DevDisconnect { d, force, m } => {
+                let mut c = abi::DevDisconnect::new_zeroed();
+                c.length = len::<abi::DevDisconnect>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.flags = u32::from(force).into();
+                self.issue(abi::TIO_DEV_DISCONNECT, c.as_bytes(), m);
+            }
+            Cmd::TdiCreate { d, t, bus, func, m } => {
+                let c = tdi_create(d, t, 3 + bus % 4, func % 9);
+                self.issue(abi::TIO_TDI_CREATE, c.as_bytes(), m);
+            }
+            Cmd::TdiReclaim { d, t, m } => {
+                let mut c = abi::TdiReclaim::new_zeroed();
+                c.length = len::<abi::TdiReclaim>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.tdi_ctx = tdi_sla(t).into();
+                self.issue(abi::TIO_TDI_RECLAIM, c.as_bytes(), m);
+            }
+            Cmd::TdiBind { d, t, g, gdev, m } => {
+                self.issue(abi::TIO_TDI_BIND, tdi_bind(d, t, g, gdev).as_bytes(), m);
+            }
+            Cmd::TdiUnbind { d, t, g, m } => {
+                self.issue(abi::TIO_TDI_UNBIND, tdi_unbind(d, t, g).as_bytes(), m);
+            }
+            Cmd::TdiUnbindAll { d, t, g } => {
+                for _ in 0..40 {
+                    let o = self.issue(
+                        abi::TIO_TDI_UNBIND,
+                        tdi_unbind(d, t, g).as_bytes(),
+                        [Mut::Keep; 2],
+                    );
+                    if o.status != SevStatus::RESUME_REQUIRED {
+                        break;
+                    }
+                }
+            }
+            Cmd::TdiReport { d, t, g, out, m } => {
+                let mut c = abi::TdiReport::new_zeroed();
+                c.length = len::<abi::TdiReport>().into();
+                // An SLA of a 4K data page is the page's address (PFN in bits 51:12); an
+                // address past 2^52 sets reserved bits, which the firmware must refuse.
+                c.spdm_ctrl.output = (out_addr(out, MEM + 0x3000) & !0xfff).into();
+                c.dev_ctx = dev_sla(d).into();
+                c.tdi_ctx = tdi_sla(t).into();
+                c.gctx_paddr = gctx(g).into();
+                self.issue(abi::TIO_TDI_REPORT, c.as_bytes(), m);
+            }
+            Cmd::TdiStatus { d, t, out, m } => {
+                let mut c = abi::TdiStatus::new_zeroed();
+                c.length = len::<abi::TdiStatus>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.tdi_ctx = tdi_sla(t).into();
+                c.status_paddr = out_addr(out, MEM).into();
+                self.issue(abi::TIO_TDI_STATUS, c.as_bytes(), m);
+            }
+            Cmd::TdiInfo { d, t, out, m } => {
+                let mut c = abi::TdiInfo::new_zeroed();
+                c.length = len::<abi::TdiInfo>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.tdi_ctx = tdi_sla(t).into();
+                c.status_paddr = out_addr(out, MEM).into();
+                self.issue(abi::TIO_TDI_INFO, c.as_bytes(), m);
+            }
+            Cmd::TdiError { d, t, m } => {
+                let mut c = abi::TdiError::new_zeroed();
+                c.length = len::<abi::TdiError>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.tdi_ctx = tdi_sla(t).into();
+                self.issue(abi::TIO_TDI_ERROR, c.as_bytes(), m);
+            }
+            Cmd::FenceClear { d, g, m } => {
+                let mut c = abi::AsidFenceClear::new_zeroed();
+                c.length = len::<abi::AsidFenceClear>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.gctx_paddr = gctx(g).into();
+                self.issue(abi::TIO_ASID_FENCE_CLEAR, c.as_bytes(), m);
+            }
+            Cmd::FenceStatus { d, asid, out, m } => {
+                let mut c = abi::AsidFenceStatus::new_zeroed();
+                c.length = len::<abi::AsidFenceStatus>().into();
+                c.dev_ctx = dev_sla(d).into();
+                c.asid = [5u32, 6, 0, 7, 1023, 1024, u32::MAX, 5][usize::from(asid % 8)].into();
+                c.status_pa = out_addr(out, MEM).into();
+                self.issue(abi::TIO_ASID_FENCE_STATUS, c.as_bytes(), m);
+            }
+            Cmd::MmioMap {
+                t,
+                g,
+                gpa,
+                hpa,
+                size,
+                m,
+            } => {
+                let c = mmio_map(t, g, gpa_pick(gpa), hpa_pick(hpa), size % 4);
+                self.issue(abi::TIO_MMIO_MAP, c.as_bytes(), m);
+            }
+            Cmd::MmioBlock { g, gpa, size, m } => {
+                let mut c = abi::MmioBlock::new_zeroed();
+                c.length = len::<abi::MmioBlock>().into();
+                c.gctx_paddr = gctx(g).into();
+                c.gpa = gpa_pick(gpa).into();
+                c.page_size = size % 4;
+                self.issue(abi::TIO_MMIO_BLOCK, c.as_bytes(), m);
+            }
+            Cmd::MmioUnmap { g, gpa, size, m } => {
+                let mut c = abi::MmioUnmap::new_zeroed();
+                c.length = len::<abi::MmioUnmap>().into();
+                c.gctx_paddr = gctx(g).into();
+                c.gpa = gpa_pick(gpa).into();
+                c.page_size = size % 4;
+                self.issue(abi::TIO_MMIO_UNMAP, c.as_bytes(), m);
+            }
+            Cmd::MmioZap { base, pages, m } => {
+                let mut c = abi::MmioZap::new_zeroed();
+                c.length = len::<abi::MmioZap>().into();
+                c.base = hpa_pick(base).into();
+                c.pages =
+                    [1u64, 16, 512, 1024, 0, u64::MAX, 0x1_0000, 2][usize::from(pages % 8)].into();
+                self.issue(abi::TIO_MMIO_ZAP, c.as_bytes(), m);
+            }
+            Cmd::Guest {
+                d,
+                t,
+                g,
+                msg,
+                hdr,
+                req,
+                res,
+                m,
+            } => {
+                self.put_msg(msg, hdr);
+                let req =
+                    [MEM + 0x1000, UNMAPPED, MEM + 0x1008, MEM + 0x2000][usize::from(req % 4)];
+                let c = guest_request(d, t, g, req, out_addr(res, MEM + 0x2000));
+                self.issue(abi::TIO_GUEST_REQUEST, c.as_bytes(), m);
+            }
+            Cmd::Device { t, action } => {
+                let iface = self.iface_of(t);
+                let faults = &mut self.faults;
+                let _ = self.sev.tsm().with_transport(|d| match action {
+                    DevAction::Misbehave { how } => {
+                        let m = common::misbehaviour(how);
+                        d.tdisp.link_mut().set_misbehaviour(iface, m);
+                        faults.set(iface, m);
+                    }
+                    DevAction::Behave => {
+                        d.tdisp.link_mut().set_misbehaviour(iface, None);
+                        faults.set(iface, None);
+                    }
+                    DevAction::Disturb => d.event(iface, DeviceEvent::Disturb),
+                    DevAction::Reset => d.event(iface, DeviceEvent::ConventionalReset),
+                });
+            }
+            Cmd::HoldFences { g, hold } => {
+                if let Some(c) = self.sev.guest_ctx(gctx(g)) {
+                    let _ = self
+                        .sev
+                        .tsm()
+                        .with_table(|r| r.hold_fences_of(c.guest, hold));
+                }
+            }
+            Cmd::SetReport { t, report } => {
+                let iface = self.iface_of(t);
+                let bars = CONFIG
+                    .get(usize::from(iface.bus().wrapping_sub(3)))
+                    .copied()
+                    .unwrap_or(CONFIG[0]);
+                let (b0, p0) = bars[0];
+                let p = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+                let wire: Vec<WireMmioRange> = match report {
+                    SevReport::Whole => vec![wire_range(b0, p(p0), 0, 0)],
+                    SevReport::Outside => vec![wire_range(b0 + p0 * 0x1000, 16, 0, 0)],
+                    SevReport::Overlap => {
+                        vec![wire_range(b0, 16, 0, 0), wire_range(b0 + 0x8000, 16, 0, 1)]
+                    }
+                    SevReport::TooMany => (0..17u16)
+                        .map(|i| wire_range(b0 + u64::from(i) * 0x1000, 1, 0, i))
+                        .collect(),
+                    SevReport::Shared => vec![wire_range(b0, p(p0), RANGE_ATTR_NON_TEE, 0)],
+                    SevReport::Foreign => vec![wire_range(BAR + 0x30_0000, 16, 0, 0)],
+                    SevReport::Raw { first, pages, attr } => {
+                        vec![wire_range(first, pages, attr, 0)]
+                    }
+                };
+                let _ = self
+                    .sev
+                    .tsm()
+                    .with_transport(|d| d.set_wire_report(iface, &wire));
+            }
+            Cmd::HostRmp {
+                page,
+                assign,
+                psmash,
+            } => {
+                let hpa = RMP_BASE + u64::from(page % RMP_PAGES as u16) * 0x1000;
+                let before = self.state();
+                let r = if psmash {
+                    self.sev.host_psmash(hpa & !0x1f_ffff)
+                } else {
+                    let update = RmpUpdate {
+                        assigned: assign,
+                        asid: 5,
+                        gpa: GPA + u64::from(page) * 0x1000,
+                        page_size: false,
+                    };
+                    self.sev.host_rmpupdate(hpa, update)
+                };
+                let after = self.state();
+                let what = format!("host RMP {hpa:#x} assign {assign} psmash {psmash} -> {r:?}");
+                common::invariants(self.sev.tsm(), &what);
+                match r {
+                    Err(_) => {
+                        if let Err(e) = diff(&before, &after, Exempt::Nothing, None, &self.faults) {
+                            fail(format!("refused {what} changed state: {e}"));
+                        }
+                    }
+                    Ok(()) => {
+                        let pages = if psmash { 512 } else { 1 };
+                        let base = if psmash { hpa & !0x1f_ffff } else { hpa };
+                        let range = MmioRange::from_raw(base, pages).unwrap_or_else(|e| fail(e));
+                        self.host_may_touch(&range, &after, &what);
+                    }
+                }
+            }
+            Cmd::Raw { id, len, words } => {
+                let mut bytes = [0u8; 0x60];
+                for (chunk, w) in bytes.chunks_mut(8).zip(words) {
+                    chunk.copy_from_slice(&w.to_le_bytes());
+                }
+                let id = if id & 0x8000 != 0 {
+                    abi::IMPLEMENTED[usize::from(id) % abi::IMPLEMENTED.len()]
+                } else {
+                    u32::from(id)
+                };
+                let n = usize::from(len) % 0x60;
+                self.issue(id, &bytes[..n], [Mut::Keep; 2]);
+            }
+        }
+    }
+}
+
+/// Writes `val` into the `w` bytes at `at` of `buf` (nothing past its end).
+fn put(buf: &mut [u8], at: usize, w: usize, val: Val) {
+    let Some(field) = buf.get_mut(at..at + w) else {
+        return;
+    };
+    let mut x = [0u8; 8];
+    x[..w].copy_from_slice(field);
+    let old = u64::from_le_bytes(x);
+    let v = match val {
+        Val::Zero => 0,
+        Val::Ones => u64::MAX,
+        Val::Bit { bit } => old ^ 1 << (u32::from(bit) % (8 * w as u32)),
+        Val::Addr { which } => interesting(which, old),
+        Val::Small { v } => u64::from(v),
+        Val::Raw { v } => v,
+        Val::Ctx { k } => match k % 3 {
+            0 => gctx(k / 3),
+            1 => dev_sla(k / 3),
+            _ => tdi_sla(k / 3),
+        },
+    };
+    field.copy_from_slice(&v.to_le_bytes()[..w]);
+}
+
+/// Every field of a command's buffer, `(offset, width)`, from the layouts in
+/// `platform_sev::abi` (reserved runs wider than 8 bytes split); 8-byte words for an ID we do
+/// not implement.
+fn fields(id: abi::CommandId) -> &'static [(u8, u8)] {
+    const SPDM: [(u8, u8); 4] = [(0x08, 8), (0x10, 8), (0x18, 8), (0x20, 8)];
+    static DEV_CREATE: [(u8, u8); 9] = [
+        (0, 4),
+        (4, 4),
+        (0x08, 8),
+        (0x10, 2),
+        (0x12, 2),
+        (0x14, 1),
+        (0x15, 1),
+        (0x16, 2),
+        (0x18, 8),
+    ];
+    static DEV_RECLAIM: [(u8, u8); 3] = [(0, 4), (4, 4), (0x08, 8)];
+    static DEV_CONNECT: [(u8, u8); 14] = [
+        (0, 4),
+        (4, 4),
+        SPDM[0],
+        SPDM[1],
+        SPDM[2],
+        SPDM[3],
+        (0x28, 8),
+        (0x30, 8),
+        (0x38, 1),
+        (0x39, 1),
+        (0x3a, 2),
+        (0x3c, 4),
+        (0x40, 8),
+        (0x48, 8),
+    ];
+    static DEV_DISCONNECT: [(u8, u8); 7] = [
+        (0, 4),
+        (4, 4),
+        SPDM[0],
+        SPDM[1],
+        SPDM[2],
+        SPDM[3],
+        (0x28, 8),
+    ];
+    static TDI_CREATE: [(u8, u8); 8] = [
+        (0, 4),
+        (4, 4),
+        (0x08, 8),
+        (0x10, 8),
+        (0x18, 4),
+        (0x1c, 8),
+        (0x24, 4),
+        (0x28, 8),
+    ];
+    static TDI_RECLAIM: [(u8, u8); 5] = [(0, 4), (4, 4), (0x08, 8), (0x10, 8), (0x18, 8)];
+    static TDI_BIND: [(u8, u8); 14] = [
+        (0, 4),
+        (4, 4),
+        SPDM[0],
+        SPDM[1],
+        SPDM[2],
+        SPDM[3],
+        (0x28, 8),
+        (0x30, 8),
+        (0x38, 8),
+        (0x40, 2),
+        (0x42, 2),
+        (0x44, 2),
+        (0x46, 2),
+        (0x48, 8),
+    ];
+    // TDI_UNBIND, TDI_REPORT, TDI_STATUS: length, flags or reserved, SPDM, three words.
+    static TDI_0X40: [(u8, u8); 9] = [
+        (0, 4),
+        (4, 4),
+        SPDM[0],
+        SPDM[1],
+        SPDM[2],
+        SPDM[3],
+        (0x28, 8),
+        (0x30, 8),
+        (0x38, 8),
+    ];
+    static GUEST_REQUEST: [(u8, u8); 11] = [
+        (0, 4),
+        (4, 4),
+        SPDM[0],
+        SPDM[1],
+        SPDM[2],
+        SPDM[3],
+        (0x28, 8),
+        (0x30, 8),
+        (0x38, 8),
+        (0x40, 8),
+        (0x48, 8),
+    ];
+    static FENCE_CLEAR: [(u8, u8); 5] = [(0, 4), (4, 4), (0x08, 8), (0x10, 8), (0x18, 8)];
+    static FENCE_STATUS: [(u8, u8); 6] =
+        [(0, 4), (4, 4), (0x08, 8), (0x10, 4), (0x14, 8), (0x1c, 4)];
+    static TDI_INFO: [(u8, u8); 7] = [
+        (0, 4),
+        (4, 4),
+        (0x08, 8),
+        (0x10, 8),
+        (0x18, 8),
+        (0x20, 8),
+        (0x28, 8),
+    ];
+    static MMIO_MAP: [(u8, u8); 9] = [
+        (0, 4),
+        (4, 4),
+        (0x08, 8),
+        (0x10, 8),
+        (0x18, 8),
+        (0x20, 8),
+        (0x28, 1),
+        (0x29, 1),
+        (0x2c, 4),
+    ];
+    static MMIO_BLOCK: [(u8, u8); 7] = [
+        (0, 4),
+        (4, 4),
+        (0x08, 8),
+        (0x10, 8),
+        (0x18, 1),
+        (0x19, 1),
+        (0x1c, 4),
+    ];
+    static FOUR_WORDS: [(u8, u8); 4] = [(0, 4), (4, 4), (0x08, 8), (0x10, 8)];
+    static GCTX: [(u8, u8); 1] = [(0, 8)];
+    static ACTIVATE: [(u8, u8); 2] = [(0, 8), (8, 4)];
+    static WORDS: [(u8, u8); 12] = [
+        (0, 8),
+        (8, 8),
+        (0x10, 8),
+        (0x18, 8),
+        (0x20, 8),
+        (0x28, 8),
+        (0x30, 8),
+        (0x38, 8),
+        (0x40, 8),
+        (0x48, 8),
+        (0x50, 8),
+        (0x58, 8),
+    ];
+    match id {
+        abi::TIO_DEV_CREATE => &DEV_CREATE,
+        abi::TIO_DEV_RECLAIM => &DEV_RECLAIM,
+        abi::TIO_DEV_CONNECT => &DEV_CONNECT,
+        abi::TIO_DEV_DISCONNECT => &DEV_DISCONNECT,
+        abi::TIO_TDI_CREATE => &TDI_CREATE,
+        abi::TIO_TDI_RECLAIM => &TDI_RECLAIM,
+        abi::TIO_TDI_BIND => &TDI_BIND,
+        abi::TIO_TDI_UNBIND | abi::TIO_TDI_REPORT | abi::TIO_TDI_STATUS => &TDI_0X40,
+        abi::TIO_GUEST_REQUEST => &GUEST_REQUEST,
+        abi::TIO_ASID_FENCE_CLEAR => &FENCE_CLEAR,
+        abi::TIO_ASID_FENCE_STATUS => &FENCE_STATUS,
+        abi::TIO_TDI_INFO => &TDI_INFO,
+        abi::TIO_MMIO_MAP => &MMIO_MAP,
+        abi::TIO_MMIO_BLOCK | abi::TIO_MMIO_UNMAP => &MMIO_BLOCK,
+        abi::TIO_MMIO_ZAP | abi::TIO_TDI_ERROR => &FOUR_WORDS,
+        abi::SNP_GCTX_CREATE | abi::SNP_DECOMMISSION => &GCTX,
+        abi::SNP_ACTIVATE => &ACTIVATE,
+        _ => &WORDS,
+    }
+}
+
+fn gpa_pick(k: u8) -> u64 {
+    [
+        GPA,
+        GPA + 0x20_0000,
+        GPA + 0x40_0000,
+        GPA + 0x1000,
+        GPA_MANY,
+        GPA_MANY + 0x1000,
+        1 << 52,
+        GPA + 0x4000_0000,
+    ][usize::from(k % 8)]
+}
+
+fn hpa_pick(k: u8) -> u64 {
+    [
+        BAR,
+        BAR + 0x20_0000,
+        BAR + 0x21_0000,
+        BAR + 0x30_0000,
+        BAR + 0x1000,
+        0x8040_0000,
+        MEM,
+        0x9000_0000,
+    ][usize::from(k % 8)]
+}
+
+/// The first index where `a` and `b` differ outside `window` (whole-slice comparisons first:
+/// a `memcmp`, not a loop the coverage instrumentation would slow down).
+fn changed_outside<T: PartialEq>(
+    a: &[T],
+    b: &[T],
+    window: Option<core::ops::Range<usize>>,
+) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    let w = window.map_or(0..0, |w| {
+        w.start.min(a.len())..w.end.min(a.len()).max(w.start.min(a.len()))
+    });
+    if a[..w.start] == b[..w.start] && a[w.end..] == b[w.end..] {
+        return None;
+    }
+    (0..a.len()).find(|&i| !w.contains(&i) && a[i] != b[i])
+}
+
+/// Parts of two states that differ beyond what `exempt` allows; `page` is a memory range that
+/// may change (the response page of a guest message refused in its answer).
+fn diff(
+    before: &State,
+    after: &State,
+    exempt: Exempt,
+    page: Option<core::ops::Range<usize>>,
+    faults: &Faults,
+) -> Result<(), String> {
+    let mut parts = Vec::new();
+    if let Err(e) = core_diff(&before.core, &after.core, exempt) {
+        parts.push(e);
+    }
+    if !exempt.table()
+        && let Some(i) = changed_outside(&before.rmp, &after.rmp, None)
+    {
+        parts.push(format!(
+            "RMP entry {i}: {:?} -> {:?}",
+            RmpEntry::from_bits(before.rmp[i]),
+            RmpEntry::from_bits(after.rmp[i])
+        ));
+    }
+    if (&before.guests, &before.devices, &before.tdis)
+        != (&after.guests, &after.devices, &after.tdis)
+    {
+        parts.push(format!(
+            "contexts {:?} {:?} {:?} -> {:?} {:?} {:?}",
+            before.guests, before.devices, before.tdis, after.guests, after.devices, after.tdis
+        ));
+    }
+    if before.config != after.config {
+        parts.push("configuration space".to_string());
+    }
+    if let Some(i) = changed_outside(&before.mem, &after.mem, page) {
+        parts.push(format!("memory at {:#x}", MEM + i as u64));
+    }
+    let moved = match exempt {
+        Exempt::UnbindProgress(t) => before
+            .core
+            .tdis
+            .get(usize::from(t.slot()))
+            .and_then(Option::as_ref)
+            .map(|r| fid_of(r.iface)),
+        _ => None,
+    };
+    let state = |s: &State, fid: u32| {
+        s.tdisp
+            .iter()
+            .find(|(f, _)| *f == fid)
+            .map_or(TdispState::ConfigUnlocked, |(_, st)| *st)
+    };
+    for (fid, _) in before.tdisp.iter().chain(&after.tdisp) {
+        if Some(*fid) != moved && !faults.garbles(*fid) && state(before, *fid) != state(after, *fid)
+        {
+            parts.push(format!(
+                "device TDISP {:?} -> {:?}",
+                before.tdisp, after.tdisp
+            ));
+            break;
+        }
+    }
+    if parts.is_empty() {
+        Ok(())
+    } else {
+        Err(parts.join("; "))
+    }
+}
+
+/// The context tables name live core objects of their kind and agree with them; guest device
+/// IDs are unique among one guest's bound TDIs.
+fn contexts_consistent(s: &State) -> Result<(), String> {
+    let live_guest = |g: GuestId| {
+        s.core
+            .guests
+            .get(usize::from(g.slot()))
+            .is_some_and(Option::is_some)
+    };
+    for g in &s.guests {
+        if !live_guest(g.guest)
+            || s.guests
+                .iter()
+                .filter(|x| x.gctx == g.gctx || x.guest == g.guest)
+                .count()
+                != 1
+        {
+            return Err(format!("guest context {g:?}"));
+        }
+    }
+    for d in &s.devices {
+        let dev = s
+            .core
+            .devices
+            .get(usize::from(d.device.slot()))
+            .and_then(Option::as_ref);
+        if dev.is_none_or(|x| x.functions.dsm() != d.rid)
+            || s.devices
+                .iter()
+                .filter(|x| x.sla == d.sla || x.device == d.device)
+                .count()
+                != 1
+        {
+            return Err(format!("device context {d:?}: {dev:?}"));
+        }
+    }
+    for t in &s.tdis {
+        let rec = s
+            .core
+            .tdis
+            .get(usize::from(t.tdi.slot()))
+            .and_then(Option::as_ref);
+        let dev = s.devices.iter().find(|d| d.sla == t.dev_sla);
+        let agrees = match (rec, dev) {
+            (Some(r), Some(d)) => r.device == d.device && r.iface == t.iface,
+            _ => false,
+        };
+        if !agrees
+            || s.tdis
+                .iter()
+                .filter(|x| x.sla == t.sla || x.tdi == t.tdi)
+                .count()
+                != 1
+        {
+            return Err(format!("TDI context {t:?}: {rec:?}"));
+        }
+        let owner = rec.and_then(|r| r.state.owner());
+        if owner.is_some() {
+            let twins = s.tdis.iter().filter(|x| {
+                x.guest_device_id == t.guest_device_id
+                    && s.core
+                        .tdis
+                        .get(usize::from(x.tdi.slot()))
+                        .and_then(Option::as_ref)
+                        .and_then(|r| r.state.owner())
+                        == owner
+            });
+            if twins.count() != 1 {
+                return Err(format!(
+                    "guest device ID {:#x} twice for {owner:?}",
+                    t.guest_device_id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- good buffers ---------------------------------------------------------------------------
+
+fn gctx_create(g: u8) -> abi::GctxCreate {
+    abi::GctxCreate {
+        gctx_paddr: gctx(g).into(),
+    }
+}
+
+fn activate(g: u8, asid: u32) -> abi::Activate {
+    abi::Activate {
+        gctx_paddr: gctx(g).into(),
+        asid: asid.into(),
+    }
+}
+
+fn dev_create(d: u8, cfg: u8) -> abi::DevCreate {
+    let mut c = abi::DevCreate::new_zeroed();
+    c.length = len::<abi::DevCreate>().into();
+    c.dev_ctx = dev_sla(d).into();
+    let id = if cfg % 8 == 7 {
+        rid(3, 1)
+    } else {
+        rid(3 + cfg % 8, 0)
+    };
+    c.device_id = id.routing_id().into();
+    c
+}
+
+fn dev_connect(d: u8) -> abi::DevConnect {
+    let mut c = abi::DevConnect::new_zeroed();
+    c.length = len::<abi::DevConnect>().into();
+    c.dev_ctx = dev_sla(d).into();
+    c.tc_mask = 1;
+    c
+}
+
+fn tdi_create(d: u8, t: u8, bus: u8, devfn: u8) -> abi::TdiCreate {
+    let mut c = abi::TdiCreate::new_zeroed();
+    c.length = len::<abi::TdiCreate>().into();
+    c.dev_ctx = dev_sla(d).into();
+    c.tdi_ctx = tdi_sla(t).into();
+    c.interface_id.function_id = u32::from(rid(bus, devfn).routing_id()).into();
+    c
+}
+
+fn tdi_bind(d: u8, t: u8, g: u8, gd: u8) -> abi::TdiBind {
+    let mut c = abi::TdiBind::new_zeroed();
+    c.length = len::<abi::TdiBind>().into();
+    c.dev_ctx = dev_sla(d).into();
+    c.tdi_ctx = tdi_sla(t).into();
+    c.gctx_paddr = gctx(g).into();
+    c.guest_device_id = gdev(gd).into();
+    c.lock_flags = 1.into();
+    c
+}
+
+fn tdi_unbind(d: u8, t: u8, g: u8) -> abi::TdiUnbind {
+    let mut c = abi::TdiUnbind::new_zeroed();
+    c.length = len::<abi::TdiUnbind>().into();
+    c.dev_ctx = dev_sla(d).into();
+    c.tdi_ctx = tdi_sla(t).into();
+    c.gctx_paddr = gctx(g).into();
+    c
+}
+
+fn mmio_map(t: u8, g: u8, gpa: u64, hpa: u64, size: u8) -> abi::MmioMap {
+    let mut c = abi::MmioMap::new_zeroed();
+    c.length = len::<abi::MmioMap>().into();
+    c.tdi_ctx = tdi_sla(t).into();
+    c.gctx_paddr = gctx(g).into();
+    c.gpa = gpa.into();
+    c.hpa = hpa.into();
+    c.page_size = size;
+    c
+}
+
+fn guest_request(d: u8, t: u8, g: u8, req: u64, res: u64) -> abi::GuestRequest {
+    let mut c = abi::GuestRequest::new_zeroed();
+    c.length = len::<abi::GuestRequest>().into();
+    c.dev_ctx = dev_sla(d).into();
+    c.tdi_ctx = tdi_sla(t).into();
+    c.gctx_paddr = gctx(g).into();
+    c.req_paddr = req.into();
+    c.res_paddr = res.into();
+    c
+}
+
+/// A seed: the stage and the commands.
+pub fn encode(stage: Stage, cmds: &[Cmd]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::enc::Encode::encode(&stage, &mut out);
+    out.extend(crate::enc::encode_all(cmds));
+    out
+}
+
+/// Decodes a seed (the seed generator checks the round trip).
+pub fn decode(data: &[u8]) -> (Stage, Vec<Cmd>) {
+    let mut u = Unstructured::new(data);
+    let stage = Stage::arbitrary(&mut u).unwrap_or(Stage::Empty);
+    let mut cmds = Vec::new();
+    while !u.is_empty() && cmds.len() < MAX_CMDS {
+        match Cmd::arbitrary(&mut u) {
+            Ok(c) => cmds.push(c),
+            Err(_) => break,
+        }
+    }
+    (stage, cmds)
+}

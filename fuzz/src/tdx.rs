@@ -1,0 +1,1107 @@
+//! `tdx_dispatcher`: sequences of SEAMCALL and TDCALL leaves through
+//! `platform_tdx::abi::Dispatcher`, on a firmware with a 4- or 5-level S-EPT over a small frame
+//! pool, the model DSM, and reserved memory (the pool, the parameter page, system memory).
+//!
+//! Each operation is one of a small set of leaves with mostly-valid operands (handles are slot
+//! numbers near the ones in use, addresses are picked in the BARs, in owned ranges, at existing
+//! leaves), raw register sets for any leaf, and the host's side-channel actions on the device
+//! model (misbehaviour, FLR-style disturbance, reset) and on TLB flushes.
+//!
+//! After every call: `tsm_tests::invariants::check`, the record tables' consistency
+//! ([`registry_consistent`]), and, when the call was refused (any status but success and
+//! `TDX_INTERRUPTED_RESUMABLE`) or is a read-only leaf, a comparison of the whole state before
+//! and after under the exemptions of [`crate::exempt`]: every core record table, the S-EPT
+//! pool's bytes and bookkeeping (`Sept::bookkeeping`), and the device model's TDISP state of
+//! every interface. A refused call must also leave every register but RAX as it was (or write
+//! only the walk details TDX documents). Beside those: host block and unmap never succeed
+//! (every leaf is a bound TDI's), a permitted zap covers no private owned range and no leaf, a
+//! finished unbind leaves the TDI unbound and owning nothing with no leaf left in its ranges,
+//! a bind or start that succeeds leaves the TDI and the device in the matching state, and only
+//! unbind, device error, check and TRACK ever answer `TDX_INTERRUPTED_RESUMABLE`.
+
+use arbitrary::{Arbitrary, Unstructured};
+use platform_tdx::abi::{self, BufferMemory, Dispatcher, RangeEntry, RangeList, SeamRegs};
+use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
+use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SUCCESS};
+use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
+use tsm_core::tsm::Snapshot;
+use tsm_core::{
+    GuestId, MmioRange, PageSize, RequesterId, ReservedMemory, TdiId, TdiState, TdispState, Tsm,
+};
+
+use crate::common::{self, Faults, core_diff, fail, fid_of, registry_consistent};
+use crate::enc::ops;
+use crate::exempt::{Call, Exempt, exemption};
+
+/// Physical address of the S-EPT frame pool (reserved memory).
+pub const POOL_BASE: u64 = 0x20_0000_0000;
+/// Pages in the pool: few, so that `SecureTableFull` is reachable.
+pub const POOL_PAGES: usize = 40;
+/// The host page range lists are read from (reserved memory).
+pub const PARAMS: u64 = 0x7_0000_0000;
+/// System memory the firmware reserves at init: never a BAR, a reported range or a mapping.
+pub const SYSTEM: u64 = 0x1_0000_0000;
+const SYSTEM_PAGES: u64 = 0x1_0000;
+/// Device `k`'s first BAR.
+pub const BAR_BASE: u64 = 0x8000_0000;
+/// Distance between two devices' BARs.
+pub const BAR_STRIDE: u64 = 0x100_0000;
+/// Device `k`'s 1 GiB BAR (`Bars::Huge`).
+pub const HUGE_BAR: u64 = 0x40_0000_0000;
+/// First guest address the slot picks use.
+pub const GPA_BASE: u64 = 0x10_0000_0000;
+/// Operations per input.
+pub const MAX_OPS: usize = 96;
+/// Unbind calls an `UnbindAll` makes at most.
+const UNBIND_CALLS: usize = 40;
+
+/// Every leaf number the dispatcher knows, and one of ours it does not.
+pub const LEAVES: [u16; 20] = [
+    abi::TDH_MEM_SEPT_RD,
+    abi::TDH_MEM_TRACK,
+    abi::TDH_SPDM_CREATE,
+    abi::TDH_SPDM_DELETE,
+    abi::TDH_DEVIF_CREATE,
+    abi::TDH_DEVIF_REMOVE,
+    abi::TDH_MMIO_MAP,
+    abi::TDH_MMIO_BLOCK,
+    abi::TDH_MMIO_UNMAP,
+    abi::TSM_TD_CREATE,
+    abi::TSM_TD_DESTROY,
+    abi::TSM_DEVIF_BIND,
+    abi::TSM_DEVIF_UNBIND,
+    abi::TSM_DEVIF_ERROR,
+    abi::TSM_DEVIF_STATE,
+    abi::TSM_MMIO_ZAP_CHECK,
+    abi::TSM_DEVIF_CHECK,
+    abi::TDG_MMIO_ACCEPT,
+    abi::TSM_GUEST_DEVIF_START,
+    0xF0FF,
+];
+
+ops! {
+    /// A TD operand.
+    pub enum Td {
+        /// Slot `slot % 34` (two past the table: unknown handles).
+        Slot { slot: u8 },
+        /// The owner of TDI slot `tdi % 20` (slot 33 when it has none).
+        OwnerOf { tdi: u8 },
+        /// Any value.
+        Raw { v: u64 },
+    }
+}
+
+ops! {
+    /// The BAR list of a device create.
+    pub enum Bars {
+        /// One 4 MiB BAR.
+        One,
+        /// 4 MiB and 64 KiB.
+        Two,
+        /// One 1 GiB BAR, 1 GiB aligned.
+        Huge,
+        /// A BAR over system memory (reserved).
+        Reserved,
+        /// A BAR over the parameter page (reserved).
+        Params,
+        /// A BAR over device `other % 4`'s first BAR.
+        Overlap { other: u8 },
+        /// A BAR whose base is not page aligned.
+        Misaligned,
+        /// A BAR of no pages.
+        Empty,
+        /// Seven BARs (one more than a device may have).
+        TooMany,
+        /// Any entry.
+        Raw { base: u64, pages: u32, attr: u16 },
+    }
+}
+
+ops! {
+    /// What is wrong with the BAR list page.
+    pub enum ListMut {
+        /// Nothing.
+        Fine,
+        /// Its reserved field is set.
+        Reserved,
+        /// Its count is this.
+        Count { count: u32 },
+        /// RDX points past host memory.
+        Outside,
+        /// RDX is not page aligned.
+        Misaligned,
+    }
+}
+
+ops! {
+    /// The interface report the device will send at the next bind (B0: the device's first
+    /// BAR, P0 its pages).
+    pub enum Report {
+        /// Whatever it reports already.
+        Keep,
+        /// Every BAR, private.
+        Bars,
+        /// 2 MiB and 64 KiB private, one page shared (IS_NON_TEE_MEM).
+        Split,
+        /// A private subrange of the first BAR.
+        Sub { start: u16, pages: u16 },
+        /// The first BAR, shared.
+        Shared,
+        /// Past the end of the first BAR.
+        Outside,
+        /// Two overlapping ranges.
+        Overlapping,
+        /// 17 ranges (one more than a TDI may own).
+        TooMany,
+        /// No range.
+        Empty,
+        /// Device `other % 4`'s first BAR.
+        OtherDevice { other: u8 },
+        /// A first page that is not page aligned.
+        Misaligned,
+        /// Any range.
+        Raw { first: u64, pages: u32, attr: u16 },
+    }
+}
+
+ops! {
+    /// A page-info operand for a map.
+    pub enum GpaPick {
+        /// Slot `i` of the leaf size ([`slot_gpa`]), with the level.
+        Slot { i: u8 },
+        /// Any page info.
+        Raw { page_info: u64 },
+    }
+}
+
+ops! {
+    /// A host address for a map.
+    pub enum HpaPick {
+        /// Page `page` of owned range `range` of the TDI, aligned down to the leaf size.
+        Owned { range: u8, page: u16 },
+        /// Page `page` of device `dev % 4`'s first BAR, aligned down.
+        Bar { dev: u8, page: u16 },
+        /// Any value.
+        Raw { v: u64 },
+    }
+}
+
+ops! {
+    /// The leaf a block, unmap, S-EPT read or accept names.
+    pub enum At {
+        /// Existing leaf `i` (modulo their number), with its own TD.
+        Leaf { i: u8 },
+        /// Slot `i` ([`slot_gpa`]) at level `level % 4`, with the op's TD.
+        Slot { i: u8, level: u8 },
+        /// Any page info, with the op's TD.
+        Raw { page_info: u64 },
+    }
+}
+
+ops! {
+    /// The range a zap check names.
+    pub enum Zap {
+        /// Device `dev % 4`'s first BAR, 4 MiB.
+        Bar { dev: u8 },
+        /// Owned range `range` of TDI `tdi`.
+        Owned { tdi: u8, range: u8 },
+        /// Existing leaf `i`'s pages.
+        Leaf { i: u8 },
+        /// Any base and page count.
+        Raw { hpa: u64, pages: u64 },
+    }
+}
+
+ops! {
+    /// What the host or the device does to an interface outside the firmware.
+    pub enum DevAction {
+        /// Misbehaviour `how % 7` (6: behave).
+        Misbehave { how: u8 },
+        /// Behave again.
+        Behave,
+        /// FLR, decode off, D3hot: a locked or running interface goes to ERROR.
+        Disturb,
+        /// Conventional reset: every interface unlocked.
+        Reset,
+    }
+}
+
+ops! {
+    /// The leaf number of a raw call.
+    pub enum LeafNum {
+        /// `LEAVES[i % 20]`.
+        Known { i: u8 },
+        /// Any RAX.
+        Any { v: u64 },
+    }
+}
+
+ops! {
+    /// One operation.
+    pub enum Op {
+        /// TSM.TD.CREATE.
+        TdCreate,
+        /// TSM.TD.DESTROY.
+        TdDestroy { td: Td },
+        /// TDH.SPDM.CREATE for device `dev % 5` (4: a function of device 0) with a BAR list.
+        DeviceCreate { dev: u8, bars: Bars, list: ListMut },
+        /// TDH.SPDM.DELETE of device slot `dev % 6`.
+        DeviceDelete { dev: u8 },
+        /// TDH.DEVIF.CREATE on device slot `dev % 6` for interface `(3 + bus % 5):(func % 9)`.
+        DevifCreate { dev: u8, bus: u8, func: u8 },
+        /// TDH.DEVIF.REMOVE of TDI slot `tdi % 20`.
+        DevifRemove { tdi: u8 },
+        /// The device is told its report, then TSM.DEVIF.BIND (R8 not zero if `r8`).
+        Bind { tdi: u8, td: Td, report: Report, r8: bool },
+        /// TDH.MMIO.MAP at level `level % 4`.
+        Map { tdi: u8, td: Td, gpa: GpaPick, hpa: HpaPick, level: u8 },
+        /// `count % 100` TDH.MMIO.MAPs of consecutive 4 KiB pages of the TDI's first range.
+        MapRun { tdi: u8, count: u8, region: u8 },
+        /// TDH.MMIO.BLOCK.
+        Block { td: Td, at: At },
+        /// TDH.MMIO.UNMAP.
+        Unmap { td: Td, at: At },
+        /// TDH.MEM.SEPT.RD.
+        SeptRd { td: Td, at: At },
+        /// TDH.MEM.TRACK.
+        Track { td: Td },
+        /// Hold the TD's TLB flushes, or complete them.
+        HoldFlush { td: Td, hold: bool },
+        /// One TSM.DEVIF.UNBIND.
+        Unbind { tdi: u8 },
+        /// TSM.DEVIF.UNBIND until it is not resumable (at most 40 calls).
+        UnbindAll { tdi: u8 },
+        /// TSM.DEVIF.ERROR.
+        DevError { tdi: u8 },
+        /// TSM.DEVIF.CHECK.
+        Check { tdi: u8 },
+        /// TSM.DEVIF.STATE.
+        State { tdi: u8 },
+        /// TSM.MMIO.ZAP_CHECK.
+        ZapCheck { zap: Zap },
+        /// TDG.MMIO.ACCEPT from the TD.
+        Accept { td: Td, at: At },
+        /// TSM.GUEST.DEVIF.START from the TD.
+        Start { td: Td, tdi: u8 },
+        /// The device or host acts on the TDI's interface.
+        Device { tdi: u8, action: DevAction },
+        /// Any SEAMCALL.
+        Raw { leaf: LeafNum, rcx: u64, rdx: u64, r8: u64, r9: u64 },
+        /// Any TDCALL from the TD.
+        RawGuest { td: Td, leaf: LeafNum, rcx: u64 },
+    }
+}
+
+/// How deep a run got (the seed test checks its seeds reach what they are for).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Calls made.
+    pub calls: usize,
+    /// Calls refused.
+    pub refused: usize,
+    /// Refusals that changed something under an exemption.
+    pub exempt: usize,
+    /// Calls answered TDX_INTERRUPTED_RESUMABLE.
+    pub resumable: usize,
+    /// Most leaves in the S-EPT at once.
+    pub max_leaves: usize,
+    /// Whether some TDI was bound, running, in ERROR, mid-unbind; an unbind finished.
+    pub locked: bool,
+    /// See `locked`.
+    pub run: bool,
+    /// See `locked`.
+    pub error: bool,
+    /// See `locked`.
+    pub unbinding: bool,
+    /// A bound TDI's unbind finished.
+    pub unbound: bool,
+}
+
+/// Everything a refusal must leave as it was: the core's record tables with the S-EPT's
+/// bookkeeping, the pool's page bytes (kept apart so that their buffer is reused: a fresh
+/// 160 KiB copy per call costs more in page faults than the call itself) and the device
+/// model's TDISP states.
+#[derive(Debug, Clone, PartialEq)]
+struct Image {
+    core: Snapshot<SeptBookkeeping>,
+    pages: Vec<Page>,
+    tdisp: Vec<(u32, TdispState)>,
+}
+
+struct World<'m> {
+    tsm: Tsm<Sept<'m>, ModelDevice>,
+    params: RangeList,
+    faults: Faults,
+    stats: Stats,
+    /// The images taken around each call, reused.
+    images: Option<Box<(Image, Image)>>,
+}
+
+fn tdi_slot(t: u8) -> u64 {
+    u64::from(t % 20)
+}
+
+fn level_size(level: u64) -> PageSize {
+    PageSize::from_tdx_level(level).unwrap_or(PageSize::Size4K)
+}
+
+fn bar_of(k: u64) -> u64 {
+    BAR_BASE + (k % 4) * BAR_STRIDE
+}
+
+fn page_info(gpa: u64, level: u64) -> u64 {
+    gpa | level
+}
+
+/// Guest address slot `i` at `level`: 1 GiB leaves from `GPA_BASE`, 2 MiB leaves in its first
+/// GiB, 4 KiB leaves from 2 GiB above it (so small slots of different sizes do not collide).
+fn slot_gpa(i: u8, level: u64) -> u64 {
+    let i = u64::from(i);
+    match level {
+        0 => GPA_BASE + 0x8000_0000 + i * 0x1000,
+        1 => GPA_BASE + i * 0x20_0000,
+        _ => GPA_BASE + i * 0x4000_0000,
+    }
+}
+
+/// Runs one input; panics when a check fails.
+pub fn run(data: &[u8]) -> Stats {
+    let mut u = Unstructured::new(data);
+    let five = bool::arbitrary(&mut u).unwrap_or(false);
+    let mut mem = vec![Page::ZERO; POOL_PAGES];
+    let pool = FramePool::new(&mut mem, POOL_BASE).unwrap_or_else(|| fail("pool"));
+    let levels = if five {
+        SeptLevels::Five
+    } else {
+        SeptLevels::Four
+    };
+    let reserved = ReservedMemory::from_ranges(&[
+        MmioRange::from_raw(POOL_BASE, POOL_PAGES as u64).unwrap_or_else(|e| fail(e)),
+        MmioRange::from_raw(PARAMS, 1).unwrap_or_else(|e| fail(e)),
+        MmioRange::from_raw(SYSTEM, SYSTEM_PAGES).unwrap_or_else(|e| fail(e)),
+    ])
+    .unwrap_or_else(|e| fail(e));
+    let mut w = World {
+        tsm: Tsm::with_reserved(Sept::new(pool, levels), ModelDevice::model(), reserved),
+        params: RangeList::default(),
+        faults: Faults::default(),
+        stats: Stats::default(),
+        images: None,
+    };
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(op) = Op::arbitrary(&mut u) else { break };
+        w.apply(op);
+    }
+    w.stats
+}
+
+impl World<'_> {
+    /// Takes an image into `out`, reusing its page buffer.
+    fn image(&self, out: &mut Option<Image>) {
+        let mut pages = out.take().map(|i| i.pages).unwrap_or_default();
+        pages.clear();
+        let core = self
+            .tsm
+            .snapshot_with(|t| {
+                pages.extend(t.pool().pages().copied());
+                t.bookkeeping()
+            })
+            .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
+        let tdisp = self
+            .tsm
+            .with_transport(|d| d.link_mut().tdisp_states().to_vec())
+            .unwrap_or_else(|e| fail(format!("transport: {e:?}")));
+        *out = Some(Image { core, pages, tdisp });
+    }
+
+    fn td(&self, td: Td) -> u64 {
+        match td {
+            Td::Slot { slot } => u64::from(slot % 34),
+            Td::OwnerOf { tdi } => self
+                .tsm
+                .tdi(TdiId::from_slot(tdi_slot(tdi) as u16))
+                .ok()
+                .and_then(|t| t.state.owner())
+                .map_or(33, |g| u64::from(g.slot())),
+            Td::Raw { v } => v,
+        }
+    }
+
+    fn leaves(&self) -> Vec<tsm_core::Leaf> {
+        self.tsm
+            .with_table(|t| common::leaves(t))
+            .unwrap_or_default()
+    }
+
+    /// The guest and page info `at` names (`td` unless it is an existing leaf).
+    fn at(&self, td: u64, at: At) -> (u64, u64) {
+        match at {
+            At::Leaf { i } => {
+                let leaves = self.leaves();
+                match leaves.get(usize::from(i) % leaves.len().max(1)) {
+                    Some(l) => (
+                        u64::from(l.guest.slot()),
+                        page_info(l.gpa.as_u64(), u64::from(l.size.tdx_level())),
+                    ),
+                    None => (td, GPA_BASE),
+                }
+            }
+            At::Slot { i, level } => {
+                let level = u64::from(level % 4);
+                (td, page_info(slot_gpa(i, level), level))
+            }
+            At::Raw { page_info } => (td, page_info),
+        }
+    }
+
+    fn seamcall(&mut self, rax: u64, regs: SeamRegs) -> SeamRegs {
+        self.dispatch(None, SeamRegs { rax, ..regs })
+    }
+
+    fn tdcall(&mut self, td: u64, rax: u64, regs: SeamRegs) -> SeamRegs {
+        let g = GuestId::from_slot(td as u16);
+        self.dispatch(Some(g), SeamRegs { rax, ..regs })
+    }
+
+    fn dispatch(&mut self, guest: Option<GuestId>, regs: SeamRegs) -> SeamRegs {
+        let mut images = self.images.take().map(|b| {
+            let (a, b) = *b;
+            (Some(a), Some(b))
+        });
+        let (before, after) = images.get_or_insert((None, None));
+        self.image(before);
+        let mut out = regs;
+        {
+            let host = BufferMemory {
+                base: PARAMS,
+                bytes: self.params.bytes(),
+            };
+            let d = Dispatcher::new(&self.tsm, host);
+            match guest {
+                None => d.seamcall(&mut out),
+                Some(g) => d.tdcall(g, &mut out),
+            }
+        }
+        self.image(after);
+        let (Some(before), Some(after)) = (before.take(), after.take()) else {
+            fail("images");
+        };
+        self.check(guest, &regs, &out, &before, &after);
+        self.images = Some(Box::new((before, after)));
+        out
+    }
+
+    /// Every check after one call.
+    fn check(
+        &mut self,
+        guest: Option<GuestId>,
+        regs: &SeamRegs,
+        out: &SeamRegs,
+        before: &Image,
+        after: &Image,
+    ) {
+        let status = out.rax;
+        let what = match guest {
+            None => format!("SEAMCALL {regs:x?} -> {status:#x}"),
+            Some(g) => format!("TDCALL from {g:?} {regs:x?} -> {status:#x}"),
+        };
+        let leaf = u16::try_from(regs.rax).ok();
+        self.stats.calls += 1;
+        common::invariants(&self.tsm, &what);
+        if let Err(e) = registry_consistent(&after.core) {
+            fail(format!("records disagree after {what}: {e}"));
+        }
+        let is = |l: u16| leaf == Some(l);
+        let host = guest.is_none();
+        let resumable_leaf = host
+            && (is(abi::TSM_DEVIF_UNBIND)
+                || is(abi::TSM_DEVIF_ERROR)
+                || is(abi::TSM_DEVIF_CHECK)
+                || is(abi::TDH_MEM_TRACK));
+        let progress = status == TDX_INTERRUPTED_RESUMABLE;
+        if progress && !resumable_leaf {
+            fail(format!(
+                "only unbind, error, check and TRACK resume: {what}"
+            ));
+        }
+        if progress {
+            self.stats.resumable += 1;
+        }
+        let refused = status != TDX_SUCCESS && !progress;
+        let read_only = host
+            && (is(abi::TDH_MEM_SEPT_RD)
+                || is(abi::TSM_DEVIF_STATE)
+                || is(abi::TSM_MMIO_ZAP_CHECK));
+        if refused {
+            self.stats.refused += 1;
+            check_registers(regs, out, &what);
+        }
+        if refused || read_only {
+            let tdi = TdiId::from_raw(regs.rcx).ok();
+            let call = match (host, leaf, tdi) {
+                (true, Some(abi::TSM_DEVIF_UNBIND), Some(t)) => Call::Unbind(t),
+                (false, Some(abi::TSM_GUEST_DEVIF_START), Some(t)) => Call::Start(t),
+                _ => Call::Other,
+            };
+            let err = leaf
+                .and_then(|l| st::decode(status, &abi::operands(l)))
+                .and_then(Result::err);
+            let exempt = if refused {
+                exemption(call, err)
+            } else {
+                Exempt::Nothing
+            };
+            if let Err(e) = core_diff(&before.core, &after.core, exempt) {
+                fail(format!("{what} ({err:?}) changed state: {e}"));
+            }
+            if !exempt.table() && before.pages != after.pages {
+                fail(format!("{what} ({err:?}) changed the S-EPT pool's bytes"));
+            }
+            // The device's own state: the TDI an unbind progressed on may have been stopped;
+            // an interface that acts and then garbles may have acted.
+            let moved = match exempt {
+                Exempt::UnbindProgress(t) => before
+                    .core
+                    .tdis
+                    .get(usize::from(t.slot()))
+                    .and_then(Option::as_ref)
+                    .map(|r| fid_of(r.iface)),
+                _ => None,
+            };
+            for fid in tdisp_fids(before, after) {
+                if Some(fid) == moved || self.faults.garbles(fid) {
+                    continue;
+                }
+                if tdisp_of(before, fid) != tdisp_of(after, fid) {
+                    fail(format!(
+                        "{what} changed the device: {}",
+                        tdisp_diff(before, after)
+                    ));
+                }
+            }
+            if exempt != Exempt::Nothing
+                && (before.core != after.core || before.pages != after.pages)
+            {
+                self.stats.exempt += 1;
+            }
+        }
+        self.oracles(guest, leaf, regs, out, before, after, &what);
+        self.record(after);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn oracles(
+        &mut self,
+        guest: Option<GuestId>,
+        leaf: Option<u16>,
+        regs: &SeamRegs,
+        out: &SeamRegs,
+        before: &Image,
+        after: &Image,
+        what: &str,
+    ) {
+        let ok = out.rax == TDX_SUCCESS;
+        let tdi_rec = |img: &Image| {
+            TdiId::from_raw(regs.rcx)
+                .ok()
+                .and_then(|t| img.core.tdis.get(usize::from(t.slot())).cloned().flatten())
+        };
+        match (guest, leaf) {
+            (None, Some(abi::TDH_MMIO_BLOCK | abi::TDH_MMIO_UNMAP)) if ok => {
+                fail(format!(
+                    "the host blocked or removed a bound TDI's leaf: {what}"
+                ));
+            }
+            (None, Some(abi::TSM_MMIO_ZAP_CHECK)) if ok => {
+                let range = MmioRange::from_raw(regs.rcx, regs.rdx).unwrap_or_else(|e| {
+                    fail(format!("zap allowed on a bad range ({e:?}): {what}"))
+                });
+                if let Some(o) = after.core.owners.overlapping_private(&range) {
+                    fail(format!("zap allowed over {o:?}: {what}"));
+                }
+                if let Some(l) = self
+                    .leaves()
+                    .iter()
+                    .find(|l| l.host_range().is_ok_and(|r| r.overlaps(&range)))
+                {
+                    fail(format!("zap allowed over leaf {l:?}: {what}"));
+                }
+            }
+            (None, Some(abi::TSM_DEVIF_UNBIND)) if ok => {
+                let Some(t) = TdiId::from_raw(regs.rcx).ok() else {
+                    return;
+                };
+                if let Some(rec) = tdi_rec(after)
+                    && rec.state != TdiState::Unbound
+                {
+                    fail(format!("unbind done, TDI {:?}: {what}", rec.state));
+                }
+                if after.core.owners.iter().any(|o| o.tdi == t) {
+                    fail(format!("unbind done, the TDI still owns ranges: {what}"));
+                }
+                let was: Vec<MmioRange> = before
+                    .core
+                    .owners
+                    .iter()
+                    .filter(|o| o.tdi == t)
+                    .map(|o| o.range)
+                    .collect();
+                if let Some(l) = self
+                    .leaves()
+                    .iter()
+                    .find(|l| was.iter().any(|r| r.contains_page(l.hpa, l.size)))
+                {
+                    fail(format!("unbind done, leaf {l:?} left: {what}"));
+                }
+                if tdi_rec(before).is_some_and(|r| r.state.is_bound()) {
+                    self.stats.unbound = true;
+                }
+            }
+            (None, Some(abi::TSM_DEVIF_BIND)) if ok => {
+                let rec = tdi_rec(after).unwrap_or_else(|| fail(format!("bound no TDI: {what}")));
+                if rec.state.owner().map(|g| u64::from(g.slot())) != Some(regs.rdx)
+                    || !matches!(rec.state, TdiState::Locked { .. })
+                {
+                    fail(format!("bind done, TDI {:?}: {what}", rec.state));
+                }
+                if tdisp_of(after, fid_of(rec.iface)) != TdispState::ConfigLocked {
+                    fail(format!("bind done, the device is not locked: {what}"));
+                }
+            }
+            (Some(g), Some(abi::TSM_GUEST_DEVIF_START)) if ok => {
+                let rec = tdi_rec(after).unwrap_or_else(|| fail(format!("started no TDI: {what}")));
+                if rec.state != (TdiState::Run { owner: g }) {
+                    fail(format!("start done, TDI {:?}: {what}", rec.state));
+                }
+                if tdisp_of(after, fid_of(rec.iface)) != TdispState::Run {
+                    fail(format!("start done, the device does not run: {what}"));
+                }
+            }
+            (None, Some(abi::TSM_TD_CREATE | abi::TDH_SPDM_CREATE | abi::TDH_DEVIF_CREATE))
+                if ok =>
+            {
+                let slot = usize::try_from(out.rcx).unwrap_or(usize::MAX);
+                let (was, is) = match leaf {
+                    Some(abi::TSM_TD_CREATE) => (
+                        before.core.guests.get(slot).map(Option::is_some),
+                        after.core.guests.get(slot).map(Option::is_some),
+                    ),
+                    Some(abi::TDH_SPDM_CREATE) => (
+                        before.core.devices.get(slot).map(Option::is_some),
+                        after.core.devices.get(slot).map(Option::is_some),
+                    ),
+                    _ => (
+                        before.core.tdis.get(slot).map(Option::is_some),
+                        after.core.tdis.get(slot).map(Option::is_some),
+                    ),
+                };
+                if (was, is) != (Some(false), Some(true)) {
+                    fail(format!(
+                        "create returned slot {slot}, not a new one: {what}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn record(&mut self, after: &Image) {
+        for t in after.core.tdis.iter().flatten() {
+            match t.state {
+                TdiState::Unbound => {}
+                TdiState::Locked { .. } => self.stats.locked = true,
+                TdiState::Run { .. } => self.stats.run = true,
+                TdiState::Error { .. } => self.stats.error = true,
+                TdiState::Unbinding { .. } => self.stats.unbinding = true,
+            }
+        }
+        let n = self.leaves().len();
+        self.stats.max_leaves = self.stats.max_leaves.max(n);
+    }
+
+    fn set_report(&mut self, tdi: u8, report: Report) {
+        let Ok(rec) = self.tsm.tdi(TdiId::from_slot(tdi_slot(tdi) as u16)) else {
+            return;
+        };
+        let bars = self
+            .tsm
+            .device(rec.device)
+            .map(|d| d.bars)
+            .unwrap_or_default();
+        let (b0, p0) = bars
+            .first()
+            .map_or((BAR_BASE, 1024), |b| (b.base().as_u64(), b.pages()));
+        let p32 = |p: u64| u32::try_from(p).unwrap_or(u32::MAX);
+        let private = |base: u64, pages: u64, id: u16| wire_range(base, p32(pages), 0, id);
+        let wire: Vec<WireMmioRange> = match report {
+            Report::Keep => return,
+            Report::Bars => bars
+                .iter()
+                .zip(0u16..)
+                .map(|(b, id)| private(b.base().as_u64(), b.pages(), id))
+                .collect(),
+            Report::Split => vec![
+                private(b0, p0.min(512), 0),
+                private(b0 + 0x20_0000, 16, 1),
+                wire_range(b0 + 0x21_0000, 1, RANGE_ATTR_NON_TEE, 2),
+            ],
+            Report::Sub { start, pages } => {
+                let s = u64::from(start) % p0.max(1);
+                let n = 1 + u64::from(pages) % (p0 - s).max(1);
+                vec![private(b0 + s * 0x1000, n, 0)]
+            }
+            Report::Shared => vec![wire_range(b0, p32(p0), RANGE_ATTR_NON_TEE, 0)],
+            Report::Outside => vec![private(b0 + p0 * 0x1000, 16, 0)],
+            Report::Overlapping => vec![private(b0, 16, 0), private(b0 + 0x8000, 16, 1)],
+            Report::TooMany => (0..17u16)
+                .map(|i| private(b0 + u64::from(i) * 0x1000, 1, i))
+                .collect(),
+            Report::Empty => Vec::new(),
+            Report::OtherDevice { other } => vec![private(bar_of(u64::from(other)), 16, 0)],
+            Report::Misaligned => vec![private(b0 + 0x800, 4, 0)],
+            Report::Raw { first, pages, attr } => vec![wire_range(first, pages, attr, 0)],
+        };
+        let _ = self
+            .tsm
+            .with_transport(|d| d.link_mut().set_report(rec.iface, &wire));
+    }
+
+    fn owned(&self, tdi: u8) -> Vec<MmioRange> {
+        self.tsm
+            .owned_ranges(TdiId::from_slot(tdi_slot(tdi) as u16))
+            .map(|r| r.to_vec())
+            .unwrap_or_default()
+    }
+
+    fn apply(&mut self, op: Op) {
+        let r = SeamRegs::default();
+        let leaf = |l: u16| u64::from(l);
+        match op {
+            Op::TdCreate => {
+                self.seamcall(leaf(abi::TSM_TD_CREATE), r);
+            }
+            Op::TdDestroy { td } => {
+                let rcx = self.td(td);
+                self.seamcall(leaf(abi::TSM_TD_DESTROY), SeamRegs { rcx, ..r });
+            }
+            Op::DeviceCreate { dev, bars, list } => {
+                let k = u64::from(dev % 5);
+                let rid = if k == 4 {
+                    RequesterId::try_new(0, 3, 0, 1)
+                } else {
+                    RequesterId::try_new(0, 3 + k as u8, 0, 0)
+                }
+                .unwrap_or_else(|e| fail(e));
+                let base = bar_of(k);
+                let entries: Vec<(u64, u32, u16)> = match bars {
+                    Bars::One => vec![(base, 1024, 0)],
+                    Bars::Two => vec![(base, 1024, 0), (base + 0x80_0000, 16, 0)],
+                    Bars::Huge => vec![(HUGE_BAR + (k % 4) * 0x4000_0000, 0x4_0000, 0)],
+                    Bars::Reserved => vec![(SYSTEM + 0x10_0000, 16, 0)],
+                    Bars::Params => vec![(PARAMS, 1, 0)],
+                    Bars::Overlap { other } => vec![(bar_of(u64::from(other)), 16, 0)],
+                    Bars::Misaligned => vec![(base + 0x800, 4, 0)],
+                    Bars::Empty => vec![(base, 0, 0)],
+                    Bars::TooMany => (0..7).map(|i| (base + i * 0x1000, 1, 0)).collect(),
+                    Bars::Raw { base, pages, attr } => vec![(base, pages, attr)],
+                };
+                let mut l = RangeList {
+                    count: entries.len() as u32,
+                    ..RangeList::default()
+                };
+                for (slot, (first, pages, attr)) in l.ranges.iter_mut().zip(entries) {
+                    *slot = RangeEntry {
+                        first_page: first,
+                        pages,
+                        attributes: attr,
+                        range_id: 0,
+                    };
+                }
+                let mut rdx = PARAMS;
+                match list {
+                    ListMut::Fine => {}
+                    ListMut::Reserved => l.reserved = 1,
+                    ListMut::Count { count } => l.count = count,
+                    ListMut::Outside => rdx = PARAMS + 0x1000,
+                    ListMut::Misaligned => rdx = PARAMS + 8,
+                }
+                self.params = l;
+                let rcx = u64::from(rid.packed());
+                self.seamcall(leaf(abi::TDH_SPDM_CREATE), SeamRegs { rcx, rdx, ..r });
+            }
+            Op::DeviceDelete { dev } => {
+                let rcx = u64::from(dev % 6);
+                self.seamcall(leaf(abi::TDH_SPDM_DELETE), SeamRegs { rcx, ..r });
+            }
+            Op::DevifCreate { dev, bus, func } => {
+                let f = func % 9;
+                let iface =
+                    RequesterId::try_new(0, 3 + bus % 5, f / 8, f % 8).unwrap_or_else(|e| fail(e));
+                let regs = SeamRegs {
+                    rcx: u64::from(dev % 6),
+                    rdx: u64::from(iface.packed()),
+                    ..r
+                };
+                self.seamcall(leaf(abi::TDH_DEVIF_CREATE), regs);
+            }
+            Op::DevifRemove { tdi } => {
+                let rcx = tdi_slot(tdi);
+                self.seamcall(leaf(abi::TDH_DEVIF_REMOVE), SeamRegs { rcx, ..r });
+            }
+            Op::Bind {
+                tdi,
+                td,
+                report,
+                r8,
+            } => {
+                self.set_report(tdi, report);
+                let regs = SeamRegs {
+                    rcx: tdi_slot(tdi),
+                    rdx: self.td(td),
+                    r8: if r8 { PARAMS } else { 0 },
+                    ..r
+                };
+                self.seamcall(leaf(abi::TSM_DEVIF_BIND), regs);
+            }
+            Op::Map {
+                tdi,
+                td,
+                gpa,
+                hpa,
+                level,
+            } => {
+                let level = u64::from(level % 4);
+                let size = level_size(level);
+                let rcx = match gpa {
+                    GpaPick::Slot { i } => page_info(slot_gpa(i, level), level),
+                    GpaPick::Raw { page_info } => page_info,
+                };
+                let r8 = match hpa {
+                    HpaPick::Owned { range, page } => {
+                        let owned = self.owned(tdi);
+                        match owned.get(usize::from(range) % owned.len().max(1)) {
+                            Some(o) => {
+                                (o.base().as_u64() + (u64::from(page) % o.pages()) * 0x1000)
+                                    & !size.offset_mask()
+                            }
+                            None => BAR_BASE,
+                        }
+                    }
+                    HpaPick::Bar { dev, page } => {
+                        (bar_of(u64::from(dev)) + u64::from(page) * 0x1000) & !size.offset_mask()
+                    }
+                    HpaPick::Raw { v } => v,
+                };
+                let regs = SeamRegs {
+                    rcx,
+                    rdx: self.td(td),
+                    r8,
+                    r9: tdi_slot(tdi),
+                    ..r
+                };
+                self.seamcall(leaf(abi::TDH_MMIO_MAP), regs);
+            }
+            Op::MapRun { tdi, count, region } => {
+                let Some(first) = self.owned(tdi).first().copied() else {
+                    return;
+                };
+                let td = self.td(Td::OwnerOf { tdi });
+                let gpa = GPA_BASE + 0x4000_0000 * (1 + u64::from(region % 4));
+                for i in 0..u64::from(count % 100).min(first.pages()) {
+                    let regs = SeamRegs {
+                        rcx: page_info(gpa + i * 0x1000, 0),
+                        rdx: td,
+                        r8: first.base().as_u64() + i * 0x1000,
+                        r9: tdi_slot(tdi),
+                        ..r
+                    };
+                    if self.seamcall(leaf(abi::TDH_MMIO_MAP), regs).rax != TDX_SUCCESS {
+                        break;
+                    }
+                }
+            }
+            Op::Block { td, at } | Op::Unmap { td, at } | Op::SeptRd { td, at } => {
+                let l = match op {
+                    Op::Block { .. } => abi::TDH_MMIO_BLOCK,
+                    Op::Unmap { .. } => abi::TDH_MMIO_UNMAP,
+                    _ => abi::TDH_MEM_SEPT_RD,
+                };
+                let (rdx, rcx) = self.at(self.td(td), at);
+                self.seamcall(leaf(l), SeamRegs { rcx, rdx, ..r });
+            }
+            Op::Track { td } => {
+                let rcx = self.td(td);
+                self.seamcall(leaf(abi::TDH_MEM_TRACK), SeamRegs { rcx, ..r });
+            }
+            Op::HoldFlush { td, hold } => {
+                let g = GuestId::from_slot(self.td(td) as u16);
+                let _ = self.tsm.with_table(|t| t.hold_flush(g, hold));
+            }
+            Op::Unbind { tdi } => {
+                let rcx = tdi_slot(tdi);
+                self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, ..r });
+            }
+            Op::UnbindAll { tdi } => {
+                let rcx = tdi_slot(tdi);
+                for _ in 0..UNBIND_CALLS {
+                    let out = self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, ..r });
+                    if out.rax != TDX_INTERRUPTED_RESUMABLE {
+                        break;
+                    }
+                }
+            }
+            Op::DevError { tdi } => {
+                let rcx = tdi_slot(tdi);
+                self.seamcall(leaf(abi::TSM_DEVIF_ERROR), SeamRegs { rcx, ..r });
+            }
+            Op::Check { tdi } => {
+                let rcx = tdi_slot(tdi);
+                self.seamcall(leaf(abi::TSM_DEVIF_CHECK), SeamRegs { rcx, ..r });
+            }
+            Op::State { tdi } => {
+                let rcx = tdi_slot(tdi);
+                self.seamcall(leaf(abi::TSM_DEVIF_STATE), SeamRegs { rcx, ..r });
+            }
+            Op::ZapCheck { zap } => {
+                let (rcx, rdx) = match zap {
+                    Zap::Bar { dev } => (bar_of(u64::from(dev)), 1024),
+                    Zap::Owned { tdi, range } => {
+                        let owned = self.owned(tdi);
+                        owned
+                            .get(usize::from(range) % owned.len().max(1))
+                            .map_or((BAR_BASE, 1), |o| (o.base().as_u64(), o.pages()))
+                    }
+                    Zap::Leaf { i } => {
+                        let leaves = self.leaves();
+                        leaves
+                            .get(usize::from(i) % leaves.len().max(1))
+                            .map_or((BAR_BASE, 1), |l| (l.hpa.as_u64(), l.size.base_pages()))
+                    }
+                    Zap::Raw { hpa, pages } => (hpa, pages),
+                };
+                self.seamcall(leaf(abi::TSM_MMIO_ZAP_CHECK), SeamRegs { rcx, rdx, ..r });
+            }
+            Op::Accept { td, at } => {
+                let (g, rcx) = self.at(self.td(td), at);
+                self.tdcall(g, leaf(abi::TDG_MMIO_ACCEPT), SeamRegs { rcx, ..r });
+            }
+            Op::Start { td, tdi } => {
+                let g = self.td(td);
+                let rcx = tdi_slot(tdi);
+                self.tdcall(g, leaf(abi::TSM_GUEST_DEVIF_START), SeamRegs { rcx, ..r });
+            }
+            Op::Device { tdi, action } => {
+                let iface = self
+                    .tsm
+                    .tdi(TdiId::from_slot(tdi_slot(tdi) as u16))
+                    .map(|t| t.iface)
+                    .unwrap_or_else(|_| {
+                        RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| fail(e))
+                    });
+                let faults = &mut self.faults;
+                let _ = self.tsm.with_transport(|d| match action {
+                    DevAction::Misbehave { how } => {
+                        let m = common::misbehaviour(how);
+                        d.link_mut().set_misbehaviour(iface, m);
+                        faults.set(iface, m);
+                    }
+                    DevAction::Behave => {
+                        d.link_mut().set_misbehaviour(iface, None);
+                        faults.set(iface, None);
+                    }
+                    DevAction::Disturb => d.event(iface, DeviceEvent::Disturb),
+                    DevAction::Reset => d.event(iface, DeviceEvent::ConventionalReset),
+                });
+            }
+            Op::Raw {
+                leaf: l,
+                rcx,
+                rdx,
+                r8,
+                r9,
+            } => {
+                let regs = SeamRegs {
+                    rcx,
+                    rdx,
+                    r8,
+                    r9,
+                    ..r
+                };
+                self.seamcall(leaf_num(l), regs);
+            }
+            Op::RawGuest { td, leaf: l, rcx } => {
+                let g = self.td(td);
+                self.tdcall(g, leaf_num(l), SeamRegs { rcx, ..r });
+            }
+        }
+    }
+}
+
+fn leaf_num(l: LeafNum) -> u64 {
+    match l {
+        LeafNum::Known { i } => u64::from(LEAVES[usize::from(i) % LEAVES.len()]),
+        LeafNum::Any { v } => v,
+    }
+}
+
+/// A refused call writes RAX only, or the walk details TDX documents (RCX entry, RDX level
+/// and state, R8 the blocking epoch of an S-EPT read) for a walk or size error.
+fn check_registers(regs: &SeamRegs, out: &SeamRegs, what: &str) {
+    let code = out.rax & st::CODE_MASK;
+    let walk = code == st::TDX_EPT_WALK_FAILED || code == st::TDX_PAGE_SIZE_MISMATCH;
+    let kept = |a: &SeamRegs| {
+        if walk {
+            (a.r9, a.r10, a.r11, a.r12, a.r13, 0, 0, 0)
+        } else {
+            (a.r9, a.r10, a.r11, a.r12, a.r13, a.rcx, a.rdx, a.r8)
+        }
+    };
+    if kept(regs) != kept(out) {
+        fail(format!("a refusal wrote registers: {what}: {out:x?}"));
+    }
+}
+
+fn tdisp_of(img: &Image, fid: u32) -> TdispState {
+    img.tdisp
+        .iter()
+        .find(|(f, _)| *f == fid)
+        .map_or(TdispState::ConfigUnlocked, |(_, s)| *s)
+}
+
+fn tdisp_fids(a: &Image, b: &Image) -> Vec<u32> {
+    let mut fids: Vec<u32> = a.tdisp.iter().chain(&b.tdisp).map(|(f, _)| *f).collect();
+    fids.sort_unstable();
+    fids.dedup();
+    fids
+}
+
+fn tdisp_diff(before: &Image, after: &Image) -> String {
+    format!("device TDISP {:?} -> {:?}", before.tdisp, after.tdisp)
+}
+
+/// A seed's operations (the seed generator's view of [`Op`]).
+pub fn encode(five: bool, ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::enc::Encode::encode(&five, &mut out);
+    out.extend(crate::enc::encode_all(ops));
+    out
+}
+
+/// Decodes a seed back into operations (the seed generator checks the round trip).
+pub fn decode(data: &[u8]) -> (bool, Vec<Op>) {
+    let mut u = Unstructured::new(data);
+    let five = bool::arbitrary(&mut u).unwrap_or(false);
+    let mut ops = Vec::new();
+    while !u.is_empty() && ops.len() < MAX_OPS {
+        match Op::arbitrary(&mut u) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+    (five, ops)
+}
