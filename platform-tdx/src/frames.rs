@@ -523,6 +523,72 @@ mod tests {
         assert_eq!(pool.check_alloc(5), Err(PoolError::Empty));
     }
 
+    /// The pool lives in memory the caller owns (the C entry point makes it from a raw
+    /// pointer): over a slice in the middle of a buffer it reads and writes only that slice,
+    /// keeps every page's count in the right place across the boundary between its two count
+    /// pages, takes pages back in any order and hands them out again from its list, leaves its
+    /// list and counts in the caller's memory, and a new pool over that memory starts clean.
+    #[test]
+    fn a_pool_over_caller_memory_cycles_its_pages_and_touches_nothing_else() {
+        const GUARD: u64 = 0x6b6b_6b6b_6b6b_6b6b;
+        const BASE: u64 = 0x20_0000;
+        // 515 pages: 513 table pages and 2 count pages, so page 512's count is on the second.
+        let mut mem = vec![Page([GUARD; ENTRIES_PER_PAGE]); 517];
+        {
+            let mut pool = FramePool::new(&mut mem[1..516], BASE).unwrap();
+            assert_eq!((pool.total_frames(), pool.free_frames()), (513, 513));
+            let all: Vec<FrameIndex> = (0..513).map(|_| pool.alloc(0).unwrap()).collect();
+            assert_eq!(all, (0..513).collect::<Vec<_>>());
+            assert_eq!(pool.alloc(0), Err(PoolError::Empty));
+            // Counted entries on pages either side of the count pages' boundary.
+            for (n, page) in [0, 511, 512].into_iter().enumerate() {
+                for slot in 1..=n + 1 {
+                    pool.set_counted(page, slot, 0x1000 + slot as u64, 0)
+                        .unwrap();
+                }
+            }
+            assert_eq!(
+                [0, 1, 511, 512].map(|p| pool.used(p)),
+                [1, 0, 2, 3],
+                "counts"
+            );
+            assert_eq!(pool.release(512), Err(PoolError::Inconsistent));
+            for (page, slot) in [(0, 1), (511, 1), (511, 2), (512, 1), (512, 2), (512, 3)] {
+                pool.set_counted(page, slot, 0, 0).unwrap();
+            }
+            // Back in another order (even pages, then odd ones); out again last in, first out.
+            let order: Vec<FrameIndex> = all
+                .iter()
+                .copied()
+                .filter(|p| p % 2 == 0)
+                .chain(all.iter().copied().filter(|p| p % 2 == 1))
+                .collect();
+            for &page in &order {
+                pool.release(page).unwrap();
+            }
+            assert_eq!(pool.free_frames(), 513);
+            assert_eq!(pool.release(0), Err(PoolError::Inconsistent));
+            let again: Vec<FrameIndex> = (0..513).map(|_| pool.alloc(0).unwrap()).collect();
+            assert!(again.iter().eq(order.iter().rev()), "allocation order");
+            pool.set_counted(512, 7, 0xabc, 0).unwrap();
+        }
+        // The caller's memory: page 512 holds its entry, its count is slot 0 of the second
+        // count page, every other count is 0, and the pages around the pool are untouched.
+        assert_eq!(mem[1 + 512].0[7], 0xabc);
+        assert_eq!(mem[515].0[0], 1);
+        assert!(mem[514].0.iter().all(|&c| c == 0));
+        assert!(mem[515].0[1..].iter().all(|&c| c == 0));
+        for guard in [&mem[0], &mem[516]] {
+            assert!(guard.0.iter().all(|&w| w == GUARD));
+        }
+        // A pool built over that memory again starts with every page free and no counts.
+        let mut pool = FramePool::new(&mut mem[1..516], BASE).unwrap();
+        assert_eq!(pool.free_frames(), 513);
+        assert!((0..513).all(|p| pool.used(p) == 0));
+        assert_eq!(pool.check_alloc(513), Ok(()));
+        assert_eq!(pool.alloc(0), Ok(0));
+    }
+
     #[test]
     fn pool_refuses_bad_memory() {
         let mut mem = vec![Page::ZERO; 1];
