@@ -66,7 +66,9 @@ use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestError, TestRunner};
+use proptest::test_runner::{
+    Config, RngSeed, TestCaseError, TestCaseResult, TestError, TestRunner,
+};
 use tsm_core::device_model::{DeviceEvent, DsmModel, Misbehaviour, ModelDevice};
 use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
@@ -87,6 +89,17 @@ use tsm_tests::invariants::{self, Violation};
 const DEFAULT_CASES: u32 = 160;
 /// Below this many cases the reach fractions are printed but not required.
 const MIN_CASES_FOR_REACH: usize = 100;
+
+/// The cases a run draws: a fixed seed by default, so that the reach fractions below (which a
+/// random draw of 160 cases could miss by chance) make CI fail only on a real change;
+/// `PROPTEST_RNG_SEED=<u64>` draws others (long runs should set it, or `TSM_DIFF_CASES`).
+fn seed() -> RngSeed {
+    if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+        Config::default().rng_seed
+    } else {
+        RngSeed::Fixed(0x7473_6d2d_6469_6666)
+    }
+}
 
 fn cases() -> u32 {
     match std::env::var("TSM_DIFF_CASES") {
@@ -2288,6 +2301,7 @@ fn run_all() {
         // far enough to leave a sequence a person can read (at most two minutes).
         max_shrink_iters: 8192,
         max_shrink_time: 120_000,
+        rng_seed: seed(),
         ..Config::default()
     });
     let started = Instant::now();

@@ -110,11 +110,11 @@ fn hammer(w: &World, rng: &mut Rng) -> Tally {
             7 => done(w.tsm.host_zap(MmioRange::from_raw(base, 1).unwrap())),
             8 => w.tsm.host_track(owner),
             _ => {
-                let before = w.tsm.leaf(owner, gpa);
                 let r = w.tsm.host_unmap(owner, gpa, PageSize::Size4K);
-                // A leaf that was there is never removed by the host.
-                if let (Ok(Some(_)), Ok(_)) = (before, r) {
-                    panic!("host removed a private leaf");
+                // Every private leaf belongs to a bound TDI: the host never removes one, whatever
+                // another thread mapped in between.
+                if let Ok(hpa) = r {
+                    panic!("host removed the private leaf at {gpa:?} -> {hpa:?}");
                 }
                 r.map(|_| Completion::Done)
             }

@@ -39,7 +39,7 @@ use std::time::Instant;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestCaseResult, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestCaseResult, TestRunner};
 use zerocopy::FromBytes;
 use zerocopy::little_endian::{U16, U32, U64};
 
@@ -119,9 +119,17 @@ fn run<S: Strategy>(
     test: impl Fn(S::Value, &Tally) -> TestCaseResult,
 ) -> Tally {
     let tally = Tally::default();
+    // A fixed seed unless PROPTEST_RNG_SEED asks for others: the reach fractions asserted
+    // below then fail only on a real change, never on an unlucky draw.
+    let rng_seed = if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+        Config::default().rng_seed
+    } else {
+        RngSeed::Fixed(0x7473_6d2d_6465_636f)
+    };
     let mut runner = TestRunner::new(Config {
         cases: cases(),
         failure_persistence: None,
+        rng_seed,
         ..Config::default()
     });
     let started = Instant::now();

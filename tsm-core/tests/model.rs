@@ -303,7 +303,8 @@ fn tdi_index(op: &Op) -> usize {
 }
 
 /// A refusal documented to keep progress, and what it may change. Every other refusal of
-/// every operation (`InvalidHandle`, `Busy`, `TdiNotBound`, `NotOwner`, `UnbindInProgress`,
+/// every operation (`InvalidHandle`, `Busy` — which this single-threaded model never meets;
+/// the Busy-on-every-lock test in `src/tests.rs` covers it —, `TdiNotBound`, `NotOwner`, `UnbindInProgress`,
 /// `TdiInError`, `TdiNotLocked`, an unanswered START, every error of `device_error` and
 /// `check`, which change state by design only when they succeed, ...) changes nothing: the
 /// whole snapshot (every record table, the secure table) and every interface's TDISP state.
@@ -381,13 +382,27 @@ fn check_exempt(
         return Err(TestCaseError::fail("exempt refusal of an unbound TDI"));
     };
     match kind {
-        Exempt::UnbindStopFailed => prop_assert_eq!(
-            rec_after.state,
-            TdiState::Unbinding {
-                owner,
-                step: UnbindStep::Stop
-            }
-        ),
+        Exempt::UnbindStopFailed => {
+            // A failed STOP comes at or before the Stop step: never from Track or Remove.
+            prop_assert!(
+                !matches!(
+                    rec_before.state,
+                    TdiState::Unbinding {
+                        step: UnbindStep::Track | UnbindStep::Remove(_),
+                        ..
+                    }
+                ),
+                "STOP failed after the unbind was past it: {:?}",
+                rec_before.state
+            );
+            prop_assert_eq!(
+                rec_after.state,
+                TdiState::Unbinding {
+                    owner,
+                    step: UnbindStep::Stop
+                }
+            )
+        }
         Exempt::UnbindProgressKept => prop_assert!(
             matches!(
                 rec_after.state,
