@@ -63,10 +63,17 @@ for crate in ${TSM_MIRI_CRATES:-platform-tdx platform-sev}; do
 	# scheduler (seed 0 above): the two racing tests run again under seeds 1-4 (full runs only).
 	if [ "$crate" = platform-tdx ] && [ $# = 0 ]; then
 		start=$(date +%s)
-		MIRIFLAGS="$(flags "$crate") -Zmiri-many-seeds=1..5" cargo +nightly miri test \
-			-p platform-tdx --lib -- --quiet capi::tests::init_from_two_threads \
-			capi::tests::host_memory_changing_under_a_read
+		out=$(MIRIFLAGS="$(flags "$crate") -Zmiri-many-seeds=1..5" cargo +nightly miri test \
+			-p platform-tdx --lib -- --exact \
+			capi::tests::init_from_two_threads_exactly_one_wins_and_the_loser_is_untouched \
+			capi::tests::host_memory_changing_under_a_read_gives_one_consistent_snapshot 2>&1)
 		rc=$?
+		printf '%s\n' "$out"
+		# Exact names: a renamed test must fail this run, not pass it with nothing run.
+		if [ "$rc" = 0 ] && ! printf '%s\n' "$out" | grep -q "running 2 tests"; then
+			echo "miri.sh: the two racing tests were not found (renamed?)" >&2
+			rc=1
+		fi
 		echo "miri.sh: the racing tests under 4 more seeds took $(($(date +%s) - start)) s," \
 			"exit status $rc"
 		[ "$rc" = 0 ] || status=$rc
