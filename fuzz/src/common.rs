@@ -3,10 +3,12 @@
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::device_model::Misbehaviour;
+use tsm_core::ownership::Ownership;
 use tsm_core::tdisp::function_id;
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    DeviceId, GuestId, InterfaceId, Leaf, MmioRange, SecureTable, TdiId, TdispDevice, Tsm,
+    DeviceId, GuestId, InterfaceId, Leaf, LeafState, MmioRange, SecureTable, TdiId, TdispDevice,
+    Tsm,
 };
 
 use crate::exempt::{Exempt, acts_then_garbles};
@@ -127,7 +129,9 @@ pub fn core_diff<U: PartialEq>(
             parts.push(format!("TDI {t}: {b:?} -> {a:?}"));
         }
     }
-    if !exempt.table() && before.table != after.table {
+    // Under an exemption the table's leaves are compared by `leaves_diff` and its epochs by
+    // the target; without one, everything of it.
+    if exempt == Exempt::Nothing && before.table != after.table {
         parts.push("secure table".to_string());
     }
     if parts.is_empty() {
@@ -157,6 +161,65 @@ pub fn leaves<T: SecureTable>(table: &T) -> Vec<Leaf> {
     out
 }
 
+/// What differs between the secure table's leaves before and after a refusal beyond what
+/// `exempt` allows (`owners`: the ownership before the call). Leaves of the exempt TDI (whose
+/// host pages lie in a private range it owns) may only go `Mapped` -> `Blocked` (any
+/// exemption) or be removed ([`Exempt::removes`]); after a failed STOP none of them is left
+/// `Mapped`. Every other leaf, of every guest, is exactly as it was; no leaf appears, moves,
+/// changes size or host address, changes its blocking epoch or goes `Blocked` -> `Mapped`.
+pub fn leaves_diff(
+    owners: &Ownership,
+    before: &[Leaf],
+    after: &[Leaf],
+    exempt: Exempt,
+) -> Result<(), String> {
+    let ranges: Vec<MmioRange> = exempt
+        .tdi()
+        .map(|t| owners.private_of(t).collect())
+        .unwrap_or_default();
+    let of_tdi = |l: &Leaf| ranges.iter().any(|r| r.contains_page(l.hpa, l.size));
+    let key = |l: &Leaf| (l.guest, l.gpa, l.hpa, l.size);
+    let find = |list: &[Leaf], l: &Leaf| {
+        list.binary_search_by_key(&l.hpa, |x| x.hpa)
+            .ok()
+            .and_then(|i| list.get(i))
+            .filter(|x| key(x) == key(l))
+            .copied()
+    };
+    let mut parts = Vec::new();
+    for a in after {
+        match find(before, a) {
+            None => parts.push(format!("leaf {a:?} appeared")),
+            Some(b) if b.state == a.state => {}
+            Some(b) => {
+                let blocks = matches!(
+                    (b.state, a.state),
+                    (LeafState::Mapped, LeafState::Blocked { .. })
+                );
+                if !(blocks && exempt != Exempt::Nothing && of_tdi(&b)) {
+                    parts.push(format!("leaf {b:?} -> {:?}", a.state));
+                }
+            }
+        }
+        if matches!(exempt, Exempt::UnbindStopFailed(_))
+            && of_tdi(a)
+            && a.state == LeafState::Mapped
+        {
+            parts.push(format!("a failed STOP left leaf {a:?} live"));
+        }
+    }
+    for b in before {
+        if find(after, b).is_none() && !(exempt.removes() && of_tdi(b)) {
+            parts.push(format!("leaf {b:?} removed"));
+        }
+    }
+    if parts.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("under {exempt:?}: {}", parts.join("; ")))
+    }
+}
+
 /// The misbehaviours the harness has set on the device model, mirrored exactly: the model
 /// keeps at most eight interfaces misbehaving and ignores more (`DsmModel::set_misbehaviour`).
 #[derive(Debug, Default, Clone)]
@@ -182,11 +245,15 @@ impl Faults {
     }
 
     /// Whether the interface with model key `fid` may change its TDISP state under a refused
-    /// call (exemption 3).
-    pub fn garbles(&self, fid: u32) -> bool {
-        self.set
-            .iter()
-            .any(|(f, m)| *f == fid && acts_then_garbles(*m))
+    /// call (exemption 3): only if the call sent a request to it (`addressed`: the model key of
+    /// the interface of the TDI a bind, start, unbind or interface check named, read from the
+    /// request before the call) and it acts and then garbles.
+    pub fn garbles(&self, fid: u32, addressed: Option<u32>) -> bool {
+        addressed == Some(fid)
+            && self
+                .set
+                .iter()
+                .any(|(f, m)| *f == fid && acts_then_garbles(*m))
     }
 }
 

@@ -40,7 +40,7 @@ use platform_sev::zerocopy::{FromZeros, IntoBytes};
 use tsm_core::device_model::DeviceEvent;
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
-use tsm_core::{Error, GuestId, Hpa, MmioRange, RequesterId, ReservedMemory, TdiId, TdiState};
+use tsm_core::{Error, GuestId, Hpa, MmioRange, RequesterId, ReservedMemory, TdiState};
 use tsm_core::{TdispState, capacity::MAX_RANGES_PER_TDI};
 
 use crate::common::{self, Faults, core_diff, fail, fid_of, registry_consistent};
@@ -298,6 +298,8 @@ struct State {
     core: Snapshot<Vec<AsidFence>>,
     /// Every entry's 128 bits (compared as integers: one `memcmp`).
     rmp: Vec<u128>,
+    /// Every leaf, by host address (what an exempt refusal is checked on).
+    leaves: Vec<tsm_core::Leaf>,
     guests: Vec<GuestCtx>,
     devices: Vec<DevCtx>,
     tdis: Vec<TdiCtx>,
@@ -455,11 +457,13 @@ impl World {
             }
         }
         rmp.clear();
+        let mut leaves = Vec::new();
         let core = self
             .sev
             .tsm()
             .snapshot_with(|r| {
                 rmp.extend(r.entries().iter().map(|e| e.into_bits()));
+                leaves = common::leaves(r);
                 r.fences().to_vec()
             })
             .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
@@ -476,6 +480,7 @@ impl World {
         *out = Some(State {
             core,
             rmp,
+            leaves,
             guests: self.sev.guests().to_vec(),
             devices: self.sev.devices().to_vec(),
             tdis: self.sev.tdis().to_vec(),
@@ -685,7 +690,7 @@ impl World {
             b.0.copy_within(0..0x60, off);
         }
         let buf = b.0[off..off + len].to_vec();
-        let call = self.call_of(id, &buf);
+        let (call, addressed) = self.call_of(id, &buf);
         let output = self.output_of(id, &buf);
         let mut states = self.states.take().map(|b| {
             let (a, b) = *b;
@@ -700,24 +705,35 @@ impl World {
         let (Some(before), Some(after)) = (before.take(), after.take()) else {
             fail("states");
         };
-        self.check(id, &buf, o, call, output, &before, &after);
+        self.check(id, &buf, o, (call, addressed), output, &before, &after);
         self.states = Some(Box::new((before, after)));
         o
     }
 
-    /// The exemption-relevant operation a buffer names.
-    fn call_of(&self, id: abi::CommandId, buf: &[u8]) -> Call {
+    /// The exemption-relevant operation a buffer names, read before the call: an unbind, or
+    /// a guest request that may be a start, of the TDI whose context the buffer names (a start
+    /// acts only on that TDI, and only if the guest names it by its guest device ID too); and
+    /// the model key of the interface the call may send a request to (bind, unbind, status,
+    /// guest request: exemption 3).
+    fn call_of(&self, id: abi::CommandId, buf: &[u8]) -> (Call, Option<u32>) {
         let word = |at: usize| {
             buf.get(at..at + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         };
-        match (id, word(0x30)) {
-            (abi::TIO_TDI_UNBIND, Some(t)) => self
-                .sev
-                .tdi_ctx(t)
-                .map_or(Call::Other, |c| Call::Unbind(c.tdi)),
+        let ctx = word(0x30).and_then(|t| self.sev.tdi_ctx(t));
+        let call = match (id, ctx) {
+            (abi::TIO_TDI_UNBIND, Some(c)) => Call::Unbind(c.tdi),
+            (abi::TIO_GUEST_REQUEST, Some(c)) => Call::Start(c.tdi),
             _ => Call::Other,
-        }
+        };
+        let addressed = match id {
+            abi::TIO_TDI_BIND
+            | abi::TIO_TDI_UNBIND
+            | abi::TIO_TDI_STATUS
+            | abi::TIO_GUEST_REQUEST => ctx.map(|c| fid_of(c.iface)),
+            _ => None,
+        };
+        (call, addressed)
     }
 
     /// Where a command may write system memory, and how much: its output.
@@ -742,7 +758,7 @@ impl World {
         id: abi::CommandId,
         buf: &[u8],
         o: Outcome,
-        call: Call,
+        (call, addressed): (Call, Option<u32>),
         output: Option<(u64, usize)>,
         before: &State,
         after: &State,
@@ -774,8 +790,15 @@ impl World {
             let err = (o.detail != 0)
                 .then(|| Error::from_code(o.detail))
                 .flatten();
+            // A start's refusal is in the answer of a command that succeeds: a refused guest
+            // request is never exempt.
+            let call = if id == abi::TIO_GUEST_REQUEST {
+                Call::Other
+            } else {
+                call
+            };
             let exempt = exemption(call, err);
-            if let Err(e) = diff(before, after, exempt, None, &self.faults) {
+            if let Err(e) = diff(before, after, exempt, None, (&self.faults, addressed)) {
                 fail(format!("refused {what} ({err:?}) changed state: {e}"));
             }
         } else {
@@ -791,7 +814,7 @@ impl World {
                 ));
             }
         }
-        self.oracles(id, buf, o, output, before, after, &what);
+        self.oracles(id, buf, o, (call, addressed), output, before, after, &what);
         self.record(after);
     }
 
@@ -801,6 +824,7 @@ impl World {
         id: abi::CommandId,
         buf: &[u8],
         o: Outcome,
+        call: (Call, Option<u32>),
         output: Option<(u64, usize)>,
         before: &State,
         after: &State,
@@ -865,7 +889,7 @@ impl World {
             }
             abi::TIO_GUEST_REQUEST if ok => {
                 let at = output.map_or(0, |(at, _)| at);
-                self.answered(at, before, after, what);
+                self.answered(at, call, before, after, what);
             }
             _ => {}
         }
@@ -873,7 +897,14 @@ impl World {
 
     /// A guest message that the firmware answered: refused inside its answer, it changed
     /// nothing but the response page (exemption 2 for a start the device refused).
-    fn answered(&mut self, res: u64, before: &State, after: &State, what: &str) {
+    fn answered(
+        &mut self,
+        res: u64,
+        (call, addressed): (Call, Option<u32>),
+        before: &State,
+        after: &State,
+        what: &str,
+    ) {
         let off = usize::try_from(res.wrapping_sub(MEM)).unwrap_or(usize::MAX);
         if off
             .checked_add(MAX_RESPONSE)
@@ -903,25 +934,16 @@ impl World {
             self.stats.refused_in_answer += 1;
         }
         let exempt = match (tdi, Error::from_code(detail)) {
-            (true, Some(e)) => {
-                let t = self.started_tdi(before, after);
-                t.map_or(Exempt::Nothing, |t| exemption(Call::Start(t), Some(e)))
-            }
+            // The TDI the request named (its context, read before the call).
+            (true, Some(e)) if matches!(call, Call::Start(_)) => exemption(call, Some(e)),
             _ => Exempt::Nothing,
         };
         let page = off..off + MAX_RESPONSE;
-        if let Err(e) = diff(before, after, exempt, Some(page), &self.faults) {
+        if let Err(e) = diff(before, after, exempt, Some(page), (&self.faults, addressed)) {
             fail(format!(
                 "a guest message refused in its answer changed state: {e}: {what}"
             ));
         }
-    }
-
-    /// The TDI whose record a start changed, if any.
-    fn started_tdi(&self, before: &State, after: &State) -> Option<TdiId> {
-        (0..before.core.tdis.len())
-            .find(|&i| before.core.tdis[i] != after.core.tdis[i])
-            .map(|i| TdiId::from_slot(i as u16))
     }
 
     /// A host request that was allowed touches no private owned page and no leaf.
@@ -1201,7 +1223,9 @@ impl World {
                 common::invariants(self.sev.tsm(), &what);
                 match r {
                     Err(_) => {
-                        if let Err(e) = diff(&before, &after, Exempt::Nothing, None, &self.faults) {
+                        if let Err(e) =
+                            diff(&before, &after, Exempt::Nothing, None, (&self.faults, None))
+                        {
                             fail(format!("refused {what} changed state: {e}"));
                         }
                     }
@@ -1471,20 +1495,22 @@ fn diff(
     after: &State,
     exempt: Exempt,
     page: Option<core::ops::Range<usize>>,
-    faults: &Faults,
+    (faults, addressed): (&Faults, Option<u32>),
 ) -> Result<(), String> {
     let mut parts = Vec::new();
     if let Err(e) = core_diff(&before.core, &after.core, exempt) {
         parts.push(e);
     }
-    if !exempt.table()
-        && let Some(i) = changed_outside(&before.rmp, &after.rmp, None)
-    {
-        parts.push(format!(
-            "RMP entry {i}: {:?} -> {:?}",
-            RmpEntry::from_bits(before.rmp[i]),
-            RmpEntry::from_bits(after.rmp[i])
-        ));
+    if exempt == Exempt::Nothing {
+        if let Some(i) = changed_outside(&before.rmp, &after.rmp, None) {
+            parts.push(format!(
+                "RMP entry {i}: {:?} -> {:?}",
+                RmpEntry::from_bits(before.rmp[i]),
+                RmpEntry::from_bits(after.rmp[i])
+            ));
+        }
+    } else if let Err(e) = exempt_table(before, after, exempt) {
+        parts.push(e);
     }
     if (&before.guests, &before.devices, &before.tdis)
         != (&after.guests, &after.devices, &after.tdis)
@@ -1500,15 +1526,11 @@ fn diff(
     if let Some(i) = changed_outside(&before.mem, &after.mem, page) {
         parts.push(format!("memory at {:#x}", MEM + i as u64));
     }
-    let moved = match exempt {
-        Exempt::UnbindProgress(t) => before
-            .core
-            .tdis
-            .get(usize::from(t.slot()))
-            .and_then(Option::as_ref)
-            .map(|r| fid_of(r.iface)),
-        _ => None,
-    };
+    let moved = exempt
+        .unbinding()
+        .and_then(|t| before.core.tdis.get(usize::from(t.slot())))
+        .and_then(Option::as_ref)
+        .map(|r| fid_of(r.iface));
     let state = |s: &State, fid: u32| {
         s.tdisp
             .iter()
@@ -1516,7 +1538,9 @@ fn diff(
             .map_or(TdispState::ConfigUnlocked, |(_, st)| *st)
     };
     for (fid, _) in before.tdisp.iter().chain(&after.tdisp) {
-        if Some(*fid) != moved && !faults.garbles(*fid) && state(before, *fid) != state(after, *fid)
+        if Some(*fid) != moved
+            && !faults.garbles(*fid, addressed)
+            && state(before, *fid) != state(after, *fid)
         {
             parts.push(format!(
                 "device TDISP {:?} -> {:?}",
@@ -1530,6 +1554,62 @@ fn diff(
     } else {
         Err(parts.join("; "))
     }
+}
+
+/// The RMP under an exempt refusal: the leaves as [`common::leaves_diff`] allows; no entry
+/// changed outside the private ranges the exempt TDI owns; every guest's ASID fence as before
+/// but the TDI's owner's, which may raise one fence (and complete up to it) only under
+/// [`Exempt::removes`].
+fn exempt_table(before: &State, after: &State, exempt: Exempt) -> Result<(), String> {
+    common::leaves_diff(&before.core.owners, &before.leaves, &after.leaves, exempt)?;
+    let Some(t) = exempt.tdi() else {
+        return Ok(());
+    };
+    let ranges: Vec<MmioRange> = before.core.owners.private_of(t).collect();
+    if before.rmp.len() != after.rmp.len() {
+        return Err("RMP size".to_string());
+    }
+    if before.rmp != after.rmp {
+        for (i, (b, a)) in before.rmp.iter().zip(&after.rmp).enumerate() {
+            let hpa = Hpa::try_new(RMP_BASE + i as u64 * 0x1000);
+            if b != a
+                && !hpa.is_ok_and(|h| {
+                    ranges
+                        .iter()
+                        .any(|r| r.contains_page(h, tsm_core::PageSize::Size4K))
+                })
+            {
+                return Err(format!(
+                    "RMP entry {i} outside {t:?}'s ranges: {:?} -> {:?}",
+                    RmpEntry::from_bits(*b),
+                    RmpEntry::from_bits(*a)
+                ));
+            }
+        }
+    }
+    let owner = before
+        .core
+        .tdis
+        .get(usize::from(t.slot()))
+        .and_then(Option::as_ref)
+        .and_then(|r| r.state.owner());
+    let (fb, fa) = (&before.core.table, &after.core.table);
+    if fb.len() != fa.len() {
+        return Err("fence table size".to_string());
+    }
+    for (g, (b, a)) in fb.iter().zip(fa).enumerate() {
+        let ok = b == a
+            || (Some(GuestId::from_slot(g as u16)) == owner
+                && exempt.removes()
+                && a.asid() == b.asid()
+                && (a.raised() == b.raised() || Some(a.raised()) == b.raised().checked_add(1))
+                && b.done() <= a.done()
+                && a.done() <= a.raised());
+        if !ok {
+            return Err(format!("guest {g}'s ASID fence {b:?} -> {a:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// The context tables name live core objects of their kind and agree with them; guest device

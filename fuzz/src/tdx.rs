@@ -24,6 +24,7 @@ use platform_tdx::abi::{self, BufferMemory, Dispatcher, RangeEntry, RangeList, S
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SUCCESS};
+use tsm_core::capacity::MAX_GUESTS;
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
@@ -327,6 +328,8 @@ pub struct Stats {
 struct Image {
     core: Snapshot<SeptBookkeeping>,
     pages: Vec<Page>,
+    /// Every leaf, by host address (what an exempt refusal is checked on).
+    leaves: Vec<tsm_core::Leaf>,
     tdisp: Vec<(u32, TdispState)>,
 }
 
@@ -403,12 +406,13 @@ pub fn run(data: &[u8]) -> Stats {
 impl World<'_> {
     /// Takes an image into `out`, reusing its page buffer.
     fn image(&self, out: &mut Option<Image>) {
-        let mut pages = out.take().map(|i| i.pages).unwrap_or_default();
+        let (mut pages, mut leaves) = out.take().map(|i| (i.pages, i.leaves)).unwrap_or_default();
         pages.clear();
         let core = self
             .tsm
             .snapshot_with(|t| {
                 pages.extend(t.pool().pages().copied());
+                leaves = common::leaves(t);
                 t.bookkeeping()
             })
             .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
@@ -416,7 +420,12 @@ impl World<'_> {
             .tsm
             .with_transport(|d| d.link_mut().tdisp_states().to_vec())
             .unwrap_or_else(|e| fail(format!("transport: {e:?}")));
-        *out = Some(Image { core, pages, tdisp });
+        *out = Some(Image {
+            core,
+            pages,
+            leaves,
+            tdisp,
+        });
     }
 
     fn td(&self, td: Td) -> u64 {
@@ -559,22 +568,35 @@ impl World<'_> {
             if let Err(e) = core_diff(&before.core, &after.core, exempt) {
                 fail(format!("{what} ({err:?}) changed state: {e}"));
             }
-            if !exempt.table() && before.pages != after.pages {
-                fail(format!("{what} ({err:?}) changed the S-EPT pool's bytes"));
+            if exempt == Exempt::Nothing {
+                if before.pages != after.pages {
+                    fail(format!("{what} ({err:?}) changed the S-EPT pool's bytes"));
+                }
+            } else if let Err(e) = exempt_table(before, after, exempt) {
+                fail(format!("{what} ({err:?}) changed the S-EPT: {e}"));
             }
             // The device's own state: the TDI an unbind progressed on may have been stopped;
-            // an interface that acts and then garbles may have acted.
-            let moved = match exempt {
-                Exempt::UnbindProgress(t) => before
+            // an interface that acts and then garbles may have acted, if the call sent it a
+            // request (bind, unbind, check or start of a TDI of that interface).
+            let iface_of = |t: TdiId| {
+                before
                     .core
                     .tdis
                     .get(usize::from(t.slot()))
                     .and_then(Option::as_ref)
-                    .map(|r| fid_of(r.iface)),
+                    .map(|r| fid_of(r.iface))
+            };
+            let moved = exempt.unbinding().and_then(iface_of);
+            let addressed = match (host, leaf) {
+                (
+                    true,
+                    Some(abi::TSM_DEVIF_BIND | abi::TSM_DEVIF_UNBIND | abi::TSM_DEVIF_CHECK),
+                )
+                | (false, Some(abi::TSM_GUEST_DEVIF_START)) => tdi.and_then(iface_of),
                 _ => None,
             };
             for fid in tdisp_fids(before, after) {
-                if Some(fid) == moved || self.faults.garbles(fid) {
+                if Some(fid) == moved || self.faults.garbles(fid, addressed) {
                     continue;
                 }
                 if tdisp_of(before, fid) != tdisp_of(after, fid) {
@@ -1064,6 +1086,45 @@ fn check_registers(regs: &SeamRegs, out: &SeamRegs, what: &str) {
     if kept(regs) != kept(out) {
         fail(format!("a refusal wrote registers: {what}: {out:x?}"));
     }
+}
+
+/// The S-EPT under an exempt refusal: the leaves as [`common::leaves_diff`] allows, every
+/// TD's epochs as before but the exempt TDI's owner's, which may advance by one (and its flush
+/// follow) only under [`Exempt::removes`]. The pool's bytes are not compared byte by byte
+/// here (which bytes hold which leaf, and the table pages a removal gives back, would need a
+/// second S-EPT walker): the leaf-level comparison, through `SecureTable::next_leaf` over the
+/// whole address space, stands for them.
+fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), String> {
+    common::leaves_diff(&before.core.owners, &before.leaves, &after.leaves, exempt)?;
+    let owner = exempt
+        .tdi()
+        .and_then(|t| {
+            before
+                .core
+                .tdis
+                .get(usize::from(t.slot()))
+                .cloned()
+                .flatten()
+        })
+        .and_then(|r| r.state.owner());
+    for g in 0..MAX_GUESTS {
+        let g = GuestId::from_slot(g as u16);
+        let (b, a) = (before.core.table.epoch(g), after.core.table.epoch(g));
+        let ok = match (b, a) {
+            _ if b == a => true,
+            (Some((cur, flushed)), Some((cur2, flushed2))) if Some(g) == owner => {
+                exempt.removes()
+                    && (cur2 == cur || Some(cur2) == cur.checked_add(1))
+                    && flushed <= flushed2
+                    && flushed2 <= cur2
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("TD {g:?} epoch (current, flushed) {b:?} -> {a:?}"));
+        }
+    }
+    Ok(())
 }
 
 fn tdisp_of(img: &Image, fid: u32) -> TdispState {

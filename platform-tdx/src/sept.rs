@@ -291,6 +291,17 @@ pub struct SeptBookkeeping {
     free: usize,
 }
 
+impl SeptBookkeeping {
+    /// `guest`'s current and flushed TLB epochs (test support: a refused unbind may advance
+    /// its owner's epoch by one and nothing else's).
+    #[doc(hidden)]
+    pub fn epoch(&self, guest: GuestId) -> Option<(Epoch, Epoch)> {
+        self.epochs
+            .get(usize::from(guest.slot()))
+            .map(|e| (e.current, e.flushed))
+    }
+}
+
 /// Every TD's S-EPT and the MMIO metadata, in one frame pool.
 pub struct Sept<'m> {
     pool: FramePool<'m>,
