@@ -365,8 +365,8 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
     /// to ERROR and its leaves are blocked, at most [`UNBIND_OPS_PER_CALL`] per call
-    /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is waiting
-    /// for STOP it continues blocking that unbind's leaves.
+    /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is still
+    /// blocking (an unbind the host abandoned) it finishes that pass.
     pub fn device_error(&self, tdi: TdiId) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -439,7 +439,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     // ---- unbind -------------------------------------------------------------------------
 
-    /// Unbinds `tdi`: STOP_INTERFACE, block every leaf, advance the TLB epoch and require the
+    /// Unbinds `tdi`: block every leaf, STOP_INTERFACE, advance the TLB epoch and require the
     /// flush, remove the leaves, release the ranges; the TDI ends CONFIG_UNLOCKED with no
     /// owner. The leaves are blocked before STOP is sent, so no call of an unbind ever returns
     /// with the guest holding live MMIO: `Resumable` while blocking, and a STOP the device
