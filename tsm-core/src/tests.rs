@@ -779,8 +779,9 @@ const LOCK_CASES: &[LockCase] = &[
 ];
 
 /// Runs `op` on this thread while another thread holds `operand`'s lock (slot `slot`). The
-/// holder lets go after a few seconds even if `op` has not returned: an operation that waits
-/// for a lock instead of reporting `Busy` then fails its assertion rather than hanging.
+/// holder lets go after 30 s even if `op` has not returned: an operation that waits for a lock
+/// instead of reporting `Busy` then fails its assertion rather than hanging, and a test thread
+/// that a loaded machine stalls for seconds still runs `op` while the lock is held.
 fn while_held<R>(tsm: &T, operand: Operand, slot: Option<u16>, op: impl FnOnce() -> R) -> R {
     use std::sync::mpsc;
     use std::time::Duration;
@@ -790,7 +791,7 @@ fn while_held<R>(tsm: &T, operand: Operand, slot: Option<u16>, op: impl FnOnce()
         s.spawn(move || {
             tsm.hold_lock(operand, slot, || {
                 held_tx.send(()).unwrap();
-                let _ = release_rx.recv_timeout(Duration::from_secs(3));
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
             })
         });
         held_rx.recv().unwrap();
