@@ -453,6 +453,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         if dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
+        // Connecting sets up the device's IDE stream: one a forced TDI_UNBIND cut comes back
+        // here (DEV_DISCONNECT, then DEV_CONNECT), and its TDIs can be bound again.
+        self.tsm.setup_stream(dev.device)?;
         if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
             d.connected = true;
         }
@@ -580,7 +583,12 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
                 return Err(SevStatus::INVALID_GUEST.into());
             }
         }
-        let done = self.tsm.unbind(t.tdi)?;
+        // FORCE: the firmware cuts the device's IDE stream and unbinds without STOP.
+        let done = if c.flags.get() & abi::FLAG_FORCE != 0 {
+            self.tsm.unbind_forced(t.tdi)?
+        } else {
+            self.tsm.unbind(t.tdi)?
+        };
         if done == Completion::Done {
             self.update_tdi(t.sla, |x| {
                 x.guest_device_id = 0;

@@ -195,6 +195,8 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::TdiInError
         | Error::UnbindInProgress => SevStatus::INVALID_TDI_STATE,
         Error::NotOwner => SevStatus::INVALID_GUEST,
+        // The device's IDE stream was cut by a forced TDI_UNBIND: reconnect it first.
+        Error::StreamCut => SevStatus::INVALID_DEV_STATE,
         Error::HpaNotOwned => SevStatus::INVALID_PAGE_OWNER,
         // RMP entry states (assigned, blocked, fenced).
         Error::GpaAlreadyMapped
@@ -222,6 +224,7 @@ pub const fn to_error(s: SevStatus) -> Error {
         SevStatus::IN_USE => Error::TdiBound,
         SevStatus::INVALID_TDI_STATE => Error::TdiNotBound,
         SevStatus::INVALID_GUEST => Error::NotOwner,
+        SevStatus::INVALID_DEV_STATE => Error::StreamCut,
         SevStatus::INVALID_PAGE_OWNER => Error::HpaNotOwned,
         SevStatus::INVALID_PAGE_STATE => Error::NotMapped,
         SevStatus::ERR_IN_DEV_CONN => Error::DeviceUnresponsive,

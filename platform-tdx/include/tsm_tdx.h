@@ -68,11 +68,13 @@ struct tsm_tdx_range_list {
 #define TSM_TD_CREATE          0xF000u /* -> RCX TD */
 #define TSM_TD_DESTROY         0xF001u /* RCX TD */
 #define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 0; ranges come from the device report */
-#define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI; TDX_INTERRUPTED_RESUMABLE until done */
+#define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI, RDX flags; TDX_INTERRUPTED_RESUMABLE until done */
+#define TSM_UNBIND_FLAG_FORCE  (1ull << 0) /* RDX bit 0: cut the IDE stream, unbind without STOP */
 #define TSM_DEVIF_ERROR        0xF004u /* RCX TDI */
 #define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
 #define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state */
+#define TSM_IDE_STREAM_SETUP   0xF008u /* RCX device; IDE stream re-established after a force */
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info */
 #define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI */
@@ -103,6 +105,7 @@ struct tsm_tdx_range_list {
 #define TSM_RESERVED_MEMORY            0xC000F00500000000ull
 #define TSM_FOREIGN_INTERFACE          0xC000F02700000000ull
 #define TSM_BAR_IN_USE                 0xC000F02800000000ull
+#define TSM_STREAM_CUT                 0xC000F02900000000ull
 #define TSM_INCONSISTENT               0xC000F0FF00000000ull
 #define TDX_STATUS_CODE(s)             ((s) & 0xFFFFFFFF00000000ull)
 #define TDX_STATUS_OPERAND(s)          ((uint32_t)((s) & 0xFFFFFFFFull))

@@ -87,8 +87,12 @@ pub const TSM_TD_DESTROY: u16 = 0xF001;
 /// Ours, bind: RCX TDI, RDX TD; R8 reserved (zero). The firmware sends LOCK_INTERFACE and
 /// takes the MMIO ranges from the device's own interface report, never from the host.
 pub const TSM_DEVIF_BIND: u16 = 0xF002;
-/// Ours, bounded unbind: RCX TDI. TDX_INTERRUPTED_RESUMABLE until done.
+/// Ours, bounded unbind: RCX TDI, RDX flags ([`UNBIND_FLAG_FORCE`]; other bits reserved,
+/// OPERAND_INVALID + RDX). TDX_INTERRUPTED_RESUMABLE until done.
 pub const TSM_DEVIF_UNBIND: u16 = 0xF003;
+/// TSM.DEVIF.UNBIND RDX bit 0 (ours): force. The firmware cuts the device's IDE stream at the
+/// root port and unbinds without the device's STOP_INTERFACE (`Tsm::unbind_forced`).
+pub const UNBIND_FLAG_FORCE: u64 = 1 << 0;
 /// Ours, the device reported ERROR for a TDI: RCX TDI. Resumable like unbind.
 pub const TSM_DEVIF_ERROR: u16 = 0xF004;
 /// Ours, TDI state: RCX TDI. Out: RCX TDISP state, RDX [`TdiStateCode`], R8 owner TD or
@@ -99,6 +103,10 @@ pub const TSM_MMIO_ZAP_CHECK: u16 = 0xF006;
 /// Ours, ask the device for the TDI's TDISP state (GET_DEVICE_INTERFACE_STATE): RCX TDI. A
 /// bound TDI the device reports in ERROR, or unlocked, goes to ERROR. Resumable like unbind.
 pub const TSM_DEVIF_CHECK: u16 = 0xF007;
+/// Ours, TSM.IDE.STREAM_SETUP: RCX device. The host has re-established the device's IDE
+/// stream after a forced unbind cut it (`Tsm::setup_stream`); refused while a TDI of the
+/// device is bound. Its TDIs can be bound again.
+pub const TSM_IDE_STREAM_SETUP: u16 = 0xF008;
 
 // ---- guest leaves (TDCALL, entered for the calling TD) ------------------------------------
 
@@ -260,7 +268,7 @@ pub const fn operands(leaf: u16) -> Operands {
             list: rdx,
             ..none
         },
-        TDH_SPDM_DELETE => Operands {
+        TDH_SPDM_DELETE | TSM_IDE_STREAM_SETUP => Operands {
             device: rcx,
             ..none
         },
@@ -662,7 +670,18 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             }
             TSM_DEVIF_UNBIND => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                Outcome::Core(tsm.unbind(tdi))
+                if r.rdx & !UNBIND_FLAG_FORCE != 0 {
+                    return Err(refuse(invalid(OPERAND_ID_RDX)));
+                }
+                if r.rdx & UNBIND_FLAG_FORCE != 0 {
+                    Outcome::Core(tsm.unbind_forced(tdi))
+                } else {
+                    Outcome::Core(tsm.unbind(tdi))
+                }
+            }
+            TSM_IDE_STREAM_SETUP => {
+                let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                tsm.setup_stream(dev).into()
             }
             TSM_DEVIF_ERROR => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;

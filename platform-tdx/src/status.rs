@@ -112,6 +112,9 @@ pub const TSM_DUPLICATE_TDI: u64 = 0xC000_F026_0000_0000;
 pub const TSM_FOREIGN_INTERFACE: u64 = 0xC000_F027_0000_0000;
 /// Ours: a BAR overlaps a BAR of another registered device.
 pub const TSM_BAR_IN_USE: u64 = 0xC000_F028_0000_0000;
+/// Ours: bind of a TDI whose device's IDE stream a forced unbind cut; TSM.IDE.STREAM_SETUP
+/// first.
+pub const TSM_STREAM_CUT: u64 = 0xC000_F029_0000_0000;
 /// Ours: the firmware's own records disagree; refused with nothing changed.
 pub const TSM_INCONSISTENT: u64 = 0xC000_F0FF_0000_0000;
 /// Ours: the device did not answer a TDISP request (recoverable: retry).
@@ -236,6 +239,7 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::ReservedMemory => (TSM_RESERVED_MEMORY, Operands::first(&[ops.hpa, ops.list])),
         Error::ForeignInterface => (TSM_FOREIGN_INTERFACE, Operands::first(&[ops.rid])),
         Error::BarInUse => (TSM_BAR_IN_USE, ops.ranges()),
+        Error::StreamCut => (TSM_STREAM_CUT, ops.handle()),
         Error::Inconsistent => (TSM_INCONSISTENT, 0),
         Error::DeviceTableFull => (TSM_DEVICE_TABLE_FULL, 0),
         Error::TdiTableFull => (TSM_TDI_TABLE_FULL, 0),
@@ -328,6 +332,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_RESERVED_MEMORY => Error::ReservedMemory,
         TSM_FOREIGN_INTERFACE => Error::ForeignInterface,
         TSM_BAR_IN_USE => Error::BarInUse,
+        TSM_STREAM_CUT => Error::StreamCut,
         TSM_INCONSISTENT => Error::Inconsistent,
         TSM_DEVICE_TABLE_FULL => Error::DeviceTableFull,
         TSM_TDI_TABLE_FULL => Error::TdiTableFull,
@@ -478,6 +483,7 @@ mod header_tests {
             ("TSM_RESERVED_MEMORY", TSM_RESERVED_MEMORY),
             ("TSM_FOREIGN_INTERFACE", TSM_FOREIGN_INTERFACE),
             ("TSM_BAR_IN_USE", TSM_BAR_IN_USE),
+            ("TSM_STREAM_CUT", TSM_STREAM_CUT),
             ("TSM_INCONSISTENT", TSM_INCONSISTENT),
         ];
         let mut defined = 0;

@@ -43,6 +43,7 @@ pub use ids::{DeviceId, GuestId, Handle, RequesterId, TdiId};
 pub use lifecycle::{TdiState, TdispState};
 pub use mmio::MmioRange;
 pub use page::PageSize;
+pub use registry::IdeStream;
 pub use reserved::ReservedMemory;
 pub use secure_table::{Leaf, LeafState, SecureTable, TableError};
 pub use status::{Completion, Error, Operand, TsmResult};

@@ -23,6 +23,23 @@ pub struct Device {
     pub bars: Bars,
     /// TDIs on this device and their interface IDs.
     pub tdis: heapless::Vec<(TdiId, InterfaceId), MAX_TDIS_PER_DEVICE>,
+    /// The root port's end of the device's IDE stream.
+    pub stream: IdeStream,
+}
+
+/// The root port's end of a device's IDE stream, which the firmware controls on its own side
+/// of the link. A forced unbind cuts it: from then on the root port drops the device's TEE
+/// (IDE, T-bit) traffic, so the device can reach neither a guest's private memory nor a
+/// guest's private MMIO mappings, whatever it does. Only the host's stream set-up
+/// ([`crate::Tsm::setup_stream`]) makes it live again, and no TDI of the device can be bound
+/// while it is cut (`StreamCut`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IdeStream {
+    /// Keys programmed, TEE traffic flows (the state a device is created in).
+    #[default]
+    Live,
+    /// Cut by a forced unbind: the root port refuses the device's TEE traffic.
+    Cut,
 }
 
 /// A TDI: the device it belongs to, its interface ID, its state.

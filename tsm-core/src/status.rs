@@ -34,6 +34,7 @@
 //! | 0x30b | `DuplicateTdi` | that interface already has a TDI |
 //! | 0x30c | `HpaNotOwned` | the host page is not inside a range the TDI owns |
 //! | 0x30d | `BarInUse` | a BAR overlaps a BAR of another registered device |
+//! | 0x30e | `StreamCut` | bind on a device whose IDE stream a forced unbind cut: the host sets the stream up again first |
 //! | 0x401 | `GpaAlreadyMapped` | the guest address already has a leaf |
 //! | 0x402 | `HpaAlreadyMapped` | the host page is already mapped |
 //! | 0x403 | `NotMapped` | no leaf at that guest address |
@@ -134,6 +135,7 @@ pub enum Error {
     DuplicateTdi,
     HpaNotOwned,
     BarInUse,
+    StreamCut,
     GpaAlreadyMapped,
     HpaAlreadyMapped,
     NotMapped,
@@ -169,7 +171,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 46] = [
+    pub const ALL: [Error; 47] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -199,6 +201,7 @@ impl Error {
         Error::DuplicateTdi,
         Error::HpaNotOwned,
         Error::BarInUse,
+        Error::StreamCut,
         Error::GpaAlreadyMapped,
         Error::HpaAlreadyMapped,
         Error::NotMapped,
@@ -250,6 +253,7 @@ impl Error {
             Error::DuplicateTdi => 0x30b,
             Error::HpaNotOwned => 0x30c,
             Error::BarInUse => 0x30d,
+            Error::StreamCut => 0x30e,
             Error::GpaAlreadyMapped => 0x401,
             Error::HpaAlreadyMapped => 0x402,
             Error::NotMapped => 0x403,

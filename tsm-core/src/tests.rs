@@ -516,6 +516,11 @@ fn refused_start_puts_the_tdi_in_error() {
 // | check_interface, ERROR/unbinding|           |        | x   |       | x         | x            |           |
 // | unbind, bound                   |           |        | x   | x     | x         | x            | x         |
 // | unbind, unbound                 |           |        | x   |       |           |              |           |
+// | unbind_forced, bound, cuts      |           | x      | x+  | x     | x         | x            |           |
+// | unbind_forced, stream cut       |           | x      | x   | x     | x         | x            |           |
+// | unbind_forced, unbound          |           | x      | x   |       |           |              |           |
+// | setup_stream, cut               |           | x      | x*  |       |           |              | x         |
+// | setup_stream, live              |           | x      |     |       |           |              |           |
 // | host_unmap, host_block          |           |        |     | x     | x         | x            |           |
 // | host_track                      |           |        |     | x     |           | x            |           |
 // | host_zap, range not owned       |           |        |     |       | x         | x            |           |
@@ -527,6 +532,9 @@ fn refused_start_puts_the_tdi_in_error() {
 // | leaf, with_table                |           |        |     |       |           | x            |           |
 // | with_transport                  |           |        |     |       |           |              | x         |
 // | snapshot(_with)                 | x         | x      | x   | x     | x         | x            |           |
+//
+// x+: the TDI, then (when the stream is cut by this call) every other TDI of the device, all
+// held together. x*: each TDI of the device in turn, one at a time, under the device lock.
 
 /// The lock tests' firmware: `bound(1)` (t0 bound to g1 and CONFIG_LOCKED, one 4 KiB leaf at
 /// GPA -> BAR; t1 unbound, its device reporting a range for the next bind), plus `dev2`, a
@@ -686,6 +694,77 @@ const LOCK_CASES: &[LockCase] = &[
         setup: nothing,
         run: |f| f.w.tsm.unbind(f.w.t1).map(drop),
         takes: &[(Td, Some(1))],
+    },
+    LockCase {
+        op: "unbind_forced of a bound TDI (cuts the stream; t1 is the device's other TDI)",
+        setup: nothing,
+        run: |f| f.w.tsm.unbind_forced(f.w.t0).map(drop),
+        takes: &[
+            (Dv, Some(0)),
+            (Td, Some(0)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+        ],
+    },
+    LockCase {
+        op: "unbind_forced of a bound TDI: the device's other TDI is locked too",
+        setup: nothing,
+        run: |f| f.w.tsm.unbind_forced(f.w.t0).map(drop),
+        takes: &[
+            (Dv, Some(0)),
+            (Td, Some(1)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+        ],
+    },
+    LockCase {
+        op: "unbind_forced of a bound TDI whose stream is cut",
+        setup: |f| {
+            bind(&f.w.tsm, f.w.t1, f.w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
+            assert_eq!(f.w.tsm.unbind_forced(f.w.t1), Ok(Completion::Done));
+        },
+        run: |f| f.w.tsm.unbind_forced(f.w.t0).map(drop),
+        takes: &[
+            (Dv, Some(0)),
+            (Td, Some(0)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+        ],
+    },
+    LockCase {
+        op: "unbind_forced of an unbound TDI",
+        setup: nothing,
+        run: |f| f.w.tsm.unbind_forced(f.w.t1).map(drop),
+        takes: &[(Dv, Some(0)), (Td, Some(1))],
+    },
+    LockCase {
+        op: "setup_stream of a cut stream",
+        setup: |f| {
+            bind(&f.w.tsm, f.w.t1, f.w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
+            assert_eq!(f.w.tsm.unbind_forced(f.w.t1), Ok(Completion::Done));
+            f.w.tsm.unbind(f.w.t0).unwrap();
+        },
+        run: |f| f.w.tsm.setup_stream(f.w.dev),
+        takes: &[(Dv, Some(0)), (Td, Some(0)), (Tr, None)],
+    },
+    LockCase {
+        op: "setup_stream of a cut stream, second TDI",
+        setup: |f| {
+            bind(&f.w.tsm, f.w.t1, f.w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
+            assert_eq!(f.w.tsm.unbind_forced(f.w.t1), Ok(Completion::Done));
+            f.w.tsm.unbind(f.w.t0).unwrap();
+        },
+        run: |f| f.w.tsm.setup_stream(f.w.dev),
+        takes: &[(Dv, Some(0)), (Td, Some(1)), (Tr, None)],
+    },
+    LockCase {
+        op: "setup_stream of a live stream",
+        setup: nothing,
+        run: |f| f.w.tsm.setup_stream(f.w.dev),
+        takes: &[(Dv, Some(0))],
     },
     LockCase {
         op: "host_unmap",
@@ -1259,4 +1338,159 @@ fn operands_are_checked_in_one_order() {
     refused(tsm, Error::NotMapped, || {
         tsm.host_unmap(w.g1, gpa(GPA + 0x20_0000), PageSize::Size2M)
     });
+}
+
+// ---- issue 11 section 2: force unbind ----------------------------------------------------
+
+fn stream(w: &World) -> IdeStream {
+    w.tsm.device(w.dev).unwrap().stream
+}
+
+#[test]
+fn forced_unbind_cuts_the_stream_and_needs_no_stop() {
+    for fault in [
+        DeviceFault::NoResponse,
+        DeviceFault::Refused,
+        DeviceFault::Malformed,
+    ] {
+        let w = bound(2);
+        let tsm = &w.tsm;
+        tsm.guest_start(w.g1, w.t0).unwrap();
+        tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(fault)))
+            .unwrap();
+        // A plain unbind blocks, then waits at STOP.
+        assert_eq!(tsm.unbind(w.t0), Err(Error::from(fault)), "{fault:?}");
+        assert!(matches!(
+            state(&w, w.t0),
+            TdiState::Unbinding {
+                step: lifecycle::UnbindStep::Stop,
+                ..
+            }
+        ));
+        refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1)));
+        assert_eq!(stream(&w), IdeStream::Live);
+        // Forced: the stream is cut, the TDI unbound, the device never asked.
+        assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
+        assert_eq!(state(&w, w.t0), TdiState::Unbound);
+        assert_eq!(stream(&w), IdeStream::Cut);
+        assert_eq!(mapped(tsm), 0);
+        assert_eq!(tsm.guest(w.g1).unwrap().bound_tdis, 0);
+        tsm.host_zap(range(BAR, 1)).unwrap();
+        // No bind on the device until its stream is set up again.
+        tsm.with_transport(|d| d.set_fault(rid(3, 0), None))
+            .unwrap();
+        tsm.with_transport(|d| d.report_ranges(rid(3, 0), &[range(BAR, 512)]))
+            .unwrap();
+        refused(tsm, Error::StreamCut, || tsm.bind(w.t0, w.g1));
+        refused(tsm, Error::StreamCut, || tsm.bind(w.t1, w.g2));
+        tsm.setup_stream(w.dev).unwrap();
+        assert_eq!(stream(&w), IdeStream::Live);
+        // The interface was returned to CONFIG_UNLOCKED: the rebind locks it again.
+        tsm.bind(w.t0, w.g1).unwrap();
+        assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    }
+}
+
+#[test]
+fn forced_unbind_is_bounded_and_resumable() {
+    let n = u64::from(UNBIND_OPS_PER_CALL) * 2 + 1;
+    let w = bound(n);
+    let tsm = &w.tsm;
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        match tsm.unbind_forced(w.t0).unwrap() {
+            Completion::Done => break,
+            Completion::Resumable => {
+                assert_eq!(stream(&w), IdeStream::Cut);
+                assert!(state(&w, w.t0).is_bound());
+            }
+        }
+        assert!(calls < 100);
+    }
+    // Two blocking passes and two removal passes at least.
+    assert!(calls >= 4, "{calls}");
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+    assert_eq!(mapped(tsm), 0);
+    // A second forced unbind of the unbound TDI changes nothing.
+    refused_ok(tsm, || tsm.unbind_forced(w.t0));
+}
+
+#[test]
+fn forced_unbind_of_an_unbound_tdi_does_not_cut() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    refused_ok(tsm, || tsm.unbind_forced(w.t1));
+    assert_eq!(stream(&w), IdeStream::Live);
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.unbind_forced(TdiId::from_slot(40))
+    });
+}
+
+#[test]
+fn the_cut_cuts_off_every_tdi_of_the_device() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
+    tsm.map_mmio(w.t1, w.g2, gpa(GPA), hpa(BAR + 0x20_0000), PageSize::Size4K)
+        .unwrap();
+    tsm.guest_start(w.g2, w.t1).unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
+    // t1 is in ERROR: no map, no start; its leaves are blocked by the next device_error.
+    assert!(matches!(state(&w, w.t1), TdiState::Error { owner, .. } if owner == w.g2));
+    refused(tsm, Error::TdiInError, || {
+        tsm.map_mmio(
+            w.t1,
+            w.g2,
+            gpa(GPA + 0x1000),
+            hpa(BAR + 0x20_1000),
+            PageSize::Size4K,
+        )
+    });
+    assert_eq!(tsm.device_error(w.t1), Ok(Completion::Done));
+    assert!(matches!(
+        tsm.leaf(w.g2, gpa(GPA)).unwrap().map(|l| l.state),
+        Some(LeafState::Blocked { .. })
+    ));
+    // The stream stays up only once every TDI is unbound.
+    refused(tsm, Error::TdiBound, || tsm.setup_stream(w.dev));
+    // t1 is force-unbound too, with the device silent; the stream is already cut.
+    tsm.with_transport(|d| d.set_fault(rid(3, 1), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    assert_eq!(tsm.unbind_forced(w.t1), Ok(Completion::Done));
+    assert_eq!(state(&w, w.t1), TdiState::Unbound);
+    assert_eq!(tsm.leaf(w.g2, gpa(GPA)).unwrap(), None);
+    tsm.with_transport(|d| d.set_fault(rid(3, 1), None))
+        .unwrap();
+    tsm.setup_stream(w.dev).unwrap();
+    // A live stream: set-up again is a no-op.
+    refused_ok(tsm, || tsm.setup_stream(w.dev).map(|()| Completion::Done));
+    bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
+}
+
+#[test]
+fn forced_unbind_refusals_change_nothing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    // The owner's record drifted: the unbind runs to the release and stops there.
+    tsm.set_bound_tdis_for_test(w.g1, 0);
+    assert_eq!(tsm.unbind_forced(w.t0), Err(Error::Inconsistent));
+    assert!(state(&w, w.t0).is_bound());
+    refused(tsm, Error::Inconsistent, || tsm.unbind_forced(w.t0));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.setup_stream(DeviceId::from_slot(40))
+    });
+}
+
+#[test]
+fn a_normal_unbind_whose_stop_fails_keeps_its_step() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.with_transport(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceRefused));
+    refused(tsm, Error::DeviceRefused, || tsm.unbind(w.t0));
+    assert_eq!(stream(&w), IdeStream::Live);
 }

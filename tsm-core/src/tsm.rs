@@ -8,14 +8,16 @@
 use spin::Mutex;
 
 use crate::addr::{Gpa, Hpa};
-use crate::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, UNBIND_OPS_PER_CALL};
+use crate::capacity::{
+    MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, MAX_TDIS_PER_DEVICE, UNBIND_OPS_PER_CALL,
+};
 use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, TdispState, transition};
 use crate::mmio::{MmioRange, any_overlap};
 use crate::ownership::Ownership;
 use crate::page::PageSize;
-use crate::registry::{Bars, Device, DeviceClaim, GuestRecord, Slots, Tdi, try_lock};
+use crate::registry::{Bars, Device, DeviceClaim, GuestRecord, IdeStream, Slots, Tdi, try_lock};
 use crate::reserved::ReservedMemory;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
@@ -149,6 +151,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             functions,
             bars,
             tdis: heapless::Vec::new(),
+            stream: IdeStream::Live,
         });
         Ok(handle)
     }
@@ -233,6 +236,10 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let mut guest_slot = self.guests.lock(guest.slot())?;
         let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::Bind(guest))?;
+        // A device a forced unbind cut off stays cut off until the host sets its stream up.
+        if dev.stream == IdeStream::Cut {
+            return Err(Error::StreamCut);
+        }
         let mut owners = try_lock(&self.owners, Operand::Ownership)?;
         // At most MAX_TDIS can be bound: a count that would overflow is drift.
         let bound = guest_record
@@ -471,7 +478,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             owner,
             owners: &mut owners,
             table: &mut *table,
-            device: &mut *transport,
+            device: Some(&mut *transport),
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
         if state == TdiState::Unbound
@@ -481,6 +488,108 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         }
         record.state = state;
         outcome
+    }
+
+    /// Force-unbinds `tdi` without the device's STOP_INTERFACE, for a device that is silent,
+    /// garbles or refuses. The firmware first cuts the device's IDE stream at the root port
+    /// ([`IdeStream::Cut`]), so the device can no longer reach any guest's private memory or
+    /// MMIO with TEE traffic; then it blocks, tracks, removes and releases exactly as
+    /// [`Tsm::unbind`] does, with the same budget and `Resumable` steps, except that the Stop
+    /// step asks nothing of the device. The TDI ends Unbound (CONFIG_UNLOCKED, shared).
+    ///
+    /// Cutting the stream cuts off every TDI of the device: each other bound one goes to
+    /// ERROR (leaves still to block, as for [`Tsm::device_error`]; the next device_error,
+    /// check_interface or unbind of it blocks them, bounded and resumable) and can itself be
+    /// force-unbound. No TDI of the device can be bound (`StreamCut`) until
+    /// [`Tsm::setup_stream`]. A stream already cut stays so and the other TDIs are not
+    /// touched; a forced unbind of an unbound TDI is `Done` and changes nothing (it does not
+    /// cut the stream).
+    ///
+    /// Locks: device, the TDI, (when it cuts) every other TDI of the device, the owner,
+    /// ownership, secure table; never the transport. Every lock is taken before anything
+    /// changes, so `Busy` changes nothing.
+    pub fn unbind_forced(&self, tdi: TdiId) -> TsmResult<Completion> {
+        let device = self.tdi(tdi)?.device;
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
+        let started = transition(record.state, Event::Unbind)?;
+        let TdiState::Unbinding { owner, step } = started else {
+            return Ok(Completion::Done);
+        };
+        let cut = dev.stream == IdeStream::Live;
+        let mut others: heapless::Vec<_, MAX_TDIS_PER_DEVICE> = heapless::Vec::new();
+        if cut {
+            for &(other, _) in dev.tdis.iter().filter(|(t, _)| *t != tdi) {
+                let guard = self.tdis.lock(other.slot())?;
+                // Cannot fail: the device lists at most MAX_TDIS_PER_DEVICE TDIs.
+                others.push(guard).map_err(|_| Error::Inconsistent)?;
+            }
+        }
+        let mut guest_slot = self.guests.lock(owner.slot())?;
+        let remaining = guest_slot
+            .as_ref()
+            .and_then(|g| g.bound_tdis.checked_sub(1));
+        let mut owners = try_lock(&self.owners, Operand::Ownership)?;
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+
+        if cut {
+            dev.stream = IdeStream::Cut;
+            for other in others.iter_mut().filter_map(|g| g.as_mut()) {
+                // Locked and Run go to ERROR; ERROR and unbinding stay; unbound stays unbound.
+                other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
+            }
+        }
+        let mut ctx = UnbindCtx::<T, D> {
+            releasable: remaining.is_some(),
+            tdi,
+            iface: record.iface,
+            owner,
+            owners: &mut owners,
+            table: &mut *table,
+            device: None,
+        };
+        let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
+        if state == TdiState::Unbound
+            && let (Some(record), Some(count)) = (guest_slot.as_mut(), remaining)
+        {
+            record.bound_tdis = count;
+        }
+        record.state = state;
+        outcome
+    }
+
+    /// The host has re-established the device's IDE stream (key programming) after a forced
+    /// unbind cut it: the root port passes its TEE traffic again and its TDIs can be bound.
+    /// Only once every TDI of the device is unbound (`TdiBound` otherwise: a TDI the cut left
+    /// in ERROR is force-unbound first), so no bound TDI ever sees its device come back. The
+    /// firmware then sends STOP_INTERFACE to each TDI's interface to return it to
+    /// CONFIG_UNLOCKED from wherever the cut left it; the answers are not the status (an
+    /// interface already unlocked refuses, and one that did not stop refuses the next bind's
+    /// LOCK, which changes nothing). A live stream is `Ok` and nothing is sent.
+    pub fn setup_stream(&self, device: DeviceId) -> TsmResult<()> {
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if dev.stream == IdeStream::Live {
+            return Ok(());
+        }
+        // Binding takes the device lock first: no TDI can become bound while it is held.
+        for &(tdi, _) in dev.tdis.iter() {
+            let slot = self.tdis.lock(tdi.slot())?;
+            if slot.as_ref().is_some_and(|r| r.state.is_bound()) {
+                return Err(Error::TdiBound);
+            }
+        }
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        for &(_, iface) in dev.tdis.iter() {
+            let _ = transport.stop_interface(iface);
+        }
+        dev.stream = IdeStream::Live;
+        Ok(())
     }
 
     // ---- host requests on private pages -------------------------------------------------

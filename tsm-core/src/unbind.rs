@@ -86,7 +86,9 @@ pub(crate) struct UnbindCtx<'a, T, D> {
     pub owner: GuestId,
     pub owners: &'a mut Ownership,
     pub table: &'a mut T,
-    pub device: &'a mut D,
+    /// The device, asked for STOP; `None` for a forced unbind, whose device's IDE stream is
+    /// cut: the Stop step then needs no answer (the device can no longer reach the guest).
+    pub device: Option<&'a mut D>,
 }
 
 enum Next {
@@ -146,9 +148,13 @@ fn advance<T: SecureTable, D: TdispDevice>(
             }
         }
         // STOP before the pages go back: the device scrubs and stops TEE traffic (PCIe 6.x
-        // 11.3.9) while the firmware still owns its MMIO. A failure keeps this step.
+        // 11.3.9) while the firmware still owns its MMIO. A failure keeps this step. With the
+        // stream cut (forced unbind) the root port already drops the device's TEE traffic:
+        // nothing to ask.
         UnbindStep::Stop => {
-            ctx.device.stop_interface(ctx.iface)?;
+            if let Some(device) = ctx.device.as_deref_mut() {
+                device.stop_interface(ctx.iface)?;
+            }
             Next::Step(UnbindStep::Track)
         }
         // Every leaf is blocked: one epoch advance covers them all.
