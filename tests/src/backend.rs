@@ -45,6 +45,11 @@ pub trait Backend {
     fn check(&mut self, tdi: TdiId) -> TsmResult<Completion>;
     /// One unbind call.
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion>;
+    /// One forced unbind call: the firmware cuts the device's IDE stream and unbinds without
+    /// the device's STOP.
+    fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion>;
+    /// The host sets the device's IDE stream up again after a forced unbind cut it.
+    fn setup_stream(&mut self, device: DeviceId) -> TsmResult<()>;
     /// Host asks to remove a private leaf.
     fn host_unmap(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()>;
     /// Host asks to block a private leaf.
@@ -136,6 +141,12 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     }
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         self.tsm.unbind(tdi)
+    }
+    fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        self.tsm.unbind_forced(tdi)
+    }
+    fn setup_stream(&mut self, device: DeviceId) -> TsmResult<()> {
+        self.tsm.setup_stream(device)
     }
     fn host_unmap(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         self.tsm.host_unmap(guest, gpa, size).map(drop)

@@ -468,6 +468,32 @@ impl Backend for SevBackend<'_> {
         self.issue(&c).to_core()
     }
 
+    /// TIO_TDI_UNBIND with FLAG_FORCE.
+    fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let (dev, t, _) = self.tdi_slas(tdi);
+        let mut c = abi::TdiUnbind::new_zeroed();
+        c.length = length::<abi::TdiUnbind>();
+        c.flags = abi::FLAG_FORCE.into();
+        c.dev_ctx = dev.into();
+        c.tdi_ctx = t.into();
+        c.gctx_paddr = self.owner_gctx(tdi).into();
+        self.issue(&c).to_core()
+    }
+
+    /// TIO_DEV_DISCONNECT then TIO_DEV_CONNECT: connecting is where SEV-TIO sets up IDE.
+    fn setup_stream(&mut self, device: DeviceId) -> TsmResult<()> {
+        let dev = self.dev_sla(device);
+        let mut c = abi::DevDisconnect::new_zeroed();
+        c.length = length::<abi::DevDisconnect>();
+        c.dev_ctx = dev.into();
+        self.done(&c)?;
+        let mut k = abi::DevConnect::new_zeroed();
+        k.length = length::<abi::DevConnect>();
+        k.dev_ctx = dev.into();
+        k.tc_mask = 1;
+        self.done(&k)
+    }
+
     /// Ours: TIO_MMIO_UNMAP.
     fn host_unmap(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         let mut c = abi::MmioUnmap::new_zeroed();

@@ -254,6 +254,31 @@ impl Backend for TdxBackend<'_, '_> {
         Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
     }
 
+    /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
+    fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let out = self.seamcall(
+            abi::TSM_DEVIF_UNBIND,
+            SeamRegs {
+                rcx: handle_reg(tdi),
+                rdx: abi::UNBIND_FLAG_FORCE,
+                ..SeamRegs::default()
+            },
+        );
+        Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
+    }
+
+    /// Ours: TSM.IDE.STREAM_SETUP.
+    fn setup_stream(&mut self, device: DeviceId) -> TsmResult<()> {
+        let out = self.seamcall(
+            abi::TSM_IDE_STREAM_SETUP,
+            SeamRegs {
+                rcx: handle_reg(device),
+                ..SeamRegs::default()
+            },
+        );
+        Self::outcome(abi::TSM_IDE_STREAM_SETUP, &out).map(drop)
+    }
+
     /// TDH.MMIO.UNMAP.
     fn host_unmap(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         let regs = SeamRegs {

@@ -237,6 +237,11 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::Unbind { tdi } => Observed::Status(self.backend.unbind(self.tdi(tdi)?.0)),
             Op::UnbindAll { tdi } => Observed::Status(self.unbind_all(self.tdi(tdi)?.0)),
+            Op::UnbindForce { tdi } => {
+                Observed::Status(self.backend.unbind_force(self.tdi(tdi)?.0))
+            }
+            Op::UnbindForceAll { tdi } => Observed::Status(self.unbind_force_all(self.tdi(tdi)?.0)),
+            Op::StreamSetup { device } => done(self.backend.setup_stream(self.device(device)?)),
             Op::DeviceError { tdi } => {
                 Observed::Status(self.backend.device_error(self.tdi(tdi)?.0))
             }
@@ -301,6 +306,17 @@ impl<'a> Interpreter<'a, '_> {
         last
     }
 
+    fn unbind_force_all(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut last = Ok(Completion::Resumable);
+        for _ in 0..MAX_UNBIND_CALLS {
+            last = self.backend.unbind_force(tdi);
+            if last != Ok(Completion::Resumable) {
+                break;
+            }
+        }
+        last
+    }
+
     fn zap(&mut self, device: &str, bar: Option<u8>) -> TsmResult<()> {
         let (bars, _) = self
             .device_parts(device)
@@ -339,10 +355,18 @@ impl<'a> Interpreter<'a, '_> {
             }
         }
         Ok((|| {
-            if order == Order::UnbindFirst {
-                for &t in &tdis {
-                    self.unbind_all(t)?;
+            match order {
+                Order::UnbindFirst => {
+                    for &t in &tdis {
+                        self.unbind_all(t)?;
+                    }
                 }
+                Order::UnbindForceFirst => {
+                    for &t in &tdis {
+                        self.unbind_force_all(t)?;
+                    }
+                }
+                Order::ZapFirst => {}
             }
             for d in devices {
                 self.zap(d, None)?;

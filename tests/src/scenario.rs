@@ -10,12 +10,15 @@
 //! start <g> <t>                               guest accepts and starts the TDI
 //! unbind <t>                                  one unbind call
 //! unbind-all <t>                              unbind calls until it is Done (bounded)
+//! unbind-force <t>                            one forced unbind call (cut the IDE stream, no STOP)
+//! unbind-force-all <t>                        forced unbind calls until it is Done (bounded)
+//! stream-setup <d>                            host sets the device's IDE stream up again
 //! device-error <t>                            the device reports ERROR
 //! check <t>                                   the firmware asks the device for the TDI's state
 //! zap <d> [<bar index>]                       host zaps a BAR (all BARs without an index)
 //! host-unmap <g> <gpa> <size>                 host asks to remove a private leaf
 //! host-block <g> <gpa> <size>                 host asks to block a private leaf
-//! host <path> <d>... <unbind-first|zap-first> a vfio-pci host path, in the patched or the old order
+//! host <path> <d>... <unbind-first|unbind-force-first|zap-first> a vfio-pci host path: patched (plain or forced unbind first) or old order
 //! device-event <t> <disturb|reset>            FLR / decode or bus-master off / D3hot; conventional reset
 //! device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>
 //! defer-flush <g> <on|off>                    hold back (or complete) the guest's TLB flushes
@@ -77,6 +80,8 @@ impl HostPath {
 pub enum Order {
     /// vfio_pci_tsm_unbind() first, then zap: the patched kernel.
     UnbindFirst,
+    /// Forced unbind of every TDI first (the device does not answer STOP), then zap.
+    UnbindForceFirst,
     /// Zap while bound: the kernel before the patch.
     ZapFirst,
 }
@@ -168,6 +173,15 @@ pub enum Op<'a> {
     },
     UnbindAll {
         tdi: &'a str,
+    },
+    UnbindForce {
+        tdi: &'a str,
+    },
+    UnbindForceAll {
+        tdi: &'a str,
+    },
+    StreamSetup {
+        device: &'a str,
     },
     DeviceError {
         tdi: &'a str,
@@ -298,6 +312,9 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("start", [guest, tdi]) => Op::Start { guest, tdi },
         ("unbind", [tdi]) => Op::Unbind { tdi },
         ("unbind-all", [tdi]) => Op::UnbindAll { tdi },
+        ("unbind-force", [tdi]) => Op::UnbindForce { tdi },
+        ("unbind-force-all", [tdi]) => Op::UnbindForceAll { tdi },
+        ("stream-setup", [device]) => Op::StreamSetup { device },
         ("device-error", [tdi]) => Op::DeviceError { tdi },
         ("check", [tdi]) => Op::Check { tdi },
         ("zap", [device]) => Op::Zap { device, bar: None },
@@ -320,6 +337,7 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
             devices: Vec::from_slice(devices).map_err(|_| ParseError::TooMany)?,
             order: match *order {
                 "unbind-first" => Order::UnbindFirst,
+                "unbind-force-first" => Order::UnbindForceFirst,
                 "zap-first" => Order::ZapFirst,
                 _ => return Err(ParseError::BadToken),
             },
@@ -379,9 +397,10 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("destroy-guest", [guest]) => Op::DestroyGuest { guest },
         (
             "guest" | "device" | "tdi" | "bind" | "map" | "start" | "unbind" | "unbind-all"
-            | "device-error" | "check" | "zap" | "host-unmap" | "host-block" | "host"
-            | "device-event" | "device-misbehave" | "defer-flush" | "expect-state" | "expect-leaf"
-            | "remove-tdi" | "remove-device" | "destroy-guest",
+            | "unbind-force" | "unbind-force-all" | "stream-setup" | "device-error" | "check"
+            | "zap" | "host-unmap" | "host-block" | "host" | "device-event" | "device-misbehave"
+            | "defer-flush" | "expect-state" | "expect-leaf" | "remove-tdi" | "remove-device"
+            | "destroy-guest",
             _,
         ) => return Err(ParseError::Arity),
         _ => return Err(ParseError::UnknownOp),
@@ -539,6 +558,16 @@ mod tests {
             Err(ParseError::BadToken)
         );
         assert_eq!(parse_line("unbind t ->"), Err(ParseError::BadToken));
+        assert_eq!(parse_line("unbind-force"), Err(ParseError::Arity));
+        assert_eq!(parse_line("stream-setup d x"), Err(ParseError::Arity));
+        assert_eq!(
+            parse_line("host close nic unbind-force-first").map(|l| l.map(|l| l.op)),
+            Ok(Some(Op::Host {
+                path: HostPath::Close,
+                devices: Vec::from_slice(&["nic"]).unwrap(),
+                order: Order::UnbindForceFirst,
+            }))
+        );
         assert_eq!(parse_line("guest"), Err(ParseError::Arity));
         assert_eq!(num("0x1_0000_0000_0000_0000"), Err(ParseError::BadToken));
         assert_eq!(num("0x"), Err(ParseError::BadToken));

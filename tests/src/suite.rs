@@ -27,6 +27,7 @@ scenarios!(
     "path-reset-ioctl",
     "path-hot-reset",
     "path-close",
+    "force-unbind",
 );
 
 /// Builds a fresh firmware, hands it to the closure it is given, and tears it down.
