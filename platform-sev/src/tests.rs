@@ -2501,3 +2501,46 @@ fn a_bar_over_system_memory_or_another_device_is_refused() {
         .unwrap();
     ok(w.cmd(&c));
 }
+
+/// TDI_UNBIND FORCE: the device's IDE stream is cut and the TDI unbound without STOP; a bind
+/// is INVALID_DEV_STATE (detail `StreamCut`) until DEV_DISCONNECT and DEV_CONNECT set the
+/// stream up again.
+#[test]
+fn forced_unbind_cuts_the_stream_until_reconnect() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let silent = |w: &mut World, fault| {
+        w.sev
+            .tsm()
+            .with_transport(|d| d.set_fault(rid(0), fault))
+            .unwrap();
+    };
+    silent(&mut w, Some(tsm_core::DeviceFault::NoResponse));
+    assert_eq!(
+        w.cmd(&tdi_unbind(GCTX)).to_core(),
+        Err(Error::DeviceUnresponsive)
+    );
+    let mut force = tdi_unbind(GCTX);
+    force.flags = abi::FLAG_FORCE.into();
+    let mut calls = 0;
+    while w.cmd(&force).status == SevStatus::RESUME_REQUIRED {
+        calls += 1;
+        assert!(calls < 100);
+    }
+    assert!(!w.sev.tsm().tdi(w.tdi()).unwrap().state.is_bound());
+    assert_eq!(
+        w.sev
+            .tsm()
+            .device(w.sev.dev_ctx(dev_sla()).unwrap().device)
+            .unwrap()
+            .stream,
+        tsm_core::IdeStream::Cut
+    );
+    ok(w.cmd(&force));
+    silent(&mut w, None);
+    let o = refused(&mut w, Error::StreamCut, |w| w.cmd(&tdi_bind(GCTX)));
+    assert_eq!(o.status, SevStatus::INVALID_DEV_STATE);
+    ok(w.cmd(&dev_disconnect()));
+    ok(w.cmd(&dev_connect()));
+    ok(w.cmd(&tdi_bind(GCTX)));
+}

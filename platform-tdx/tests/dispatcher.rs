@@ -784,3 +784,76 @@ fn bar_lists_with_reserved_fields_set_are_refused() {
         );
     }
 }
+
+/// TSM.DEVIF.UNBIND RDX bit 0 forces the unbind (no STOP, the IDE stream is cut); other RDX
+/// bits are reserved. A bind is then `TSM_STREAM_CUT` until TSM.IDE.STREAM_SETUP.
+#[test]
+fn forced_unbind_flag_and_stream_setup() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let unbind = |rdx: u64| {
+        w.call(
+            u64::from(abi::TSM_DEVIF_UNBIND),
+            SeamRegs {
+                rcx: tdi,
+                rdx,
+                ..Default::default()
+            },
+        )
+    };
+    let before = w.image();
+    for rdx in [2, 3, 1 << 63] {
+        assert_eq!(
+            unbind(rdx).rax,
+            TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
+            "{rdx:#x}"
+        );
+        assert_eq!(
+            w.image(),
+            before,
+            "reserved RDX bits {rdx:#x} changed something"
+        );
+    }
+    let iface = RequesterId::try_new(0, 3, 0, 0).unwrap();
+    w.tsm
+        .with_transport(|d| d.set_fault(iface, Some(tsm_core::DeviceFault::NoResponse)))
+        .unwrap();
+    assert_eq!(unbind(0).rax & CODE_MASK, TSM_DEVICE_UNRESPONSIVE);
+    let mut calls = 0;
+    while unbind(abi::UNBIND_FLAG_FORCE).rax == TDX_INTERRUPTED_RESUMABLE {
+        calls += 1;
+        assert!(calls < 100);
+    }
+    assert_eq!(unbind(abi::UNBIND_FLAG_FORCE).rax, TDX_SUCCESS);
+    w.tsm.with_transport(|d| d.set_fault(iface, None)).unwrap();
+    let bind = || {
+        w.call(
+            u64::from(abi::TSM_DEVIF_BIND),
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..Default::default()
+            },
+        )
+    };
+    let before = w.image();
+    assert_eq!(bind().rax, TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX));
+    assert_eq!(w.image(), before, "a refused bind changed something");
+    let setup = |rcx: u64| {
+        w.call(
+            u64::from(abi::TSM_IDE_STREAM_SETUP),
+            SeamRegs {
+                rcx,
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(
+        setup(99).rax,
+        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX)
+    );
+    assert_eq!(setup(0).rax, TDX_SUCCESS);
+    assert_eq!(bind().rax, TDX_SUCCESS);
+    // A bound TDI keeps the stream as it is: set-up of a live stream changes nothing.
+    assert_eq!(setup(0).rax, TDX_SUCCESS);
+}
