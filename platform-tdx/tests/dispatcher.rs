@@ -854,6 +854,8 @@ fn forced_unbind_flag_and_stream_setup() {
     );
     assert_eq!(setup(0).rax, TDX_SUCCESS);
     assert_eq!(bind().rax, TDX_SUCCESS);
-    // A bound TDI keeps the stream as it is: set-up of a live stream changes nothing.
-    assert_eq!(setup(0).rax, TDX_SUCCESS);
+    // Set-up under a bound TDI is refused, live stream or not, and changes nothing.
+    let before = w.image();
+    assert_eq!(setup(0).rax & CODE_MASK, TDX_DEVIF_TDISP_INVALID_STATE);
+    assert_eq!(w.image(), before);
 }

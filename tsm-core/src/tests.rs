@@ -520,7 +520,7 @@ fn refused_start_puts_the_tdi_in_error() {
 // | unbind_forced, stream cut       |           | x      | x   | x     | x         | x            |           |
 // | unbind_forced, unbound          |           | x      | x   |       |           |              |           |
 // | setup_stream, cut               |           | x      | x*  |       |           |              | x         |
-// | setup_stream, live              |           | x      |     |       |           |              |           |
+// | setup_stream, live, TDI bound   |           | x      | x   |       |           |              |           |
 // | host_unmap, host_block          |           |        |     | x     | x         | x            |           |
 // | host_track                      |           |        |     | x     |           | x            |           |
 // | host_zap, range not owned       |           |        |     |       | x         | x            |           |
@@ -761,10 +761,10 @@ const LOCK_CASES: &[LockCase] = &[
         takes: &[(Dv, Some(0)), (Td, Some(1)), (Tr, None)],
     },
     LockCase {
-        op: "setup_stream of a live stream",
+        op: "setup_stream of a live stream (t0 bound: TdiBound)",
         setup: nothing,
         run: |f| f.w.tsm.setup_stream(f.w.dev),
-        takes: &[(Dv, Some(0))],
+        takes: &[(Dv, Some(0)), (Td, Some(0))],
     },
     LockCase {
         op: "host_unmap",
@@ -1424,6 +1424,8 @@ fn forced_unbind_of_an_unbound_tdi_does_not_cut() {
     let tsm = &w.tsm;
     refused_ok(tsm, || tsm.unbind_forced(w.t1));
     assert_eq!(stream(&w), IdeStream::Live);
+    // Stream set-up under a bound TDI is refused, live stream or not.
+    refused(tsm, Error::TdiBound, || tsm.setup_stream(w.dev));
     refused(tsm, Error::InvalidHandle, || {
         tsm.unbind_forced(TdiId::from_slot(40))
     });

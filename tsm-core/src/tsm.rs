@@ -570,19 +570,21 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// firmware then sends STOP_INTERFACE to each TDI's interface to return it to
     /// CONFIG_UNLOCKED from wherever the cut left it; the answers are not the status (an
     /// interface already unlocked refuses, and one that did not stop refuses the next bind's
-    /// LOCK, which changes nothing). A live stream is `Ok` and nothing is sent.
+    /// LOCK, which changes nothing). A live stream is `Ok` and nothing is sent, after the same
+    /// check (setting up a stream under a bound TDI is `TdiBound` whatever the stream's state,
+    /// as SEV's DEV_DISCONNECT before DEV_CONNECT refuses it).
     pub fn setup_stream(&self, device: DeviceId) -> TsmResult<()> {
         let mut dev_slot = self.devices.lock(device.slot())?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if dev.stream == IdeStream::Live {
-            return Ok(());
-        }
         // Binding takes the device lock first: no TDI can become bound while it is held.
         for &(tdi, _) in dev.tdis.iter() {
             let slot = self.tdis.lock(tdi.slot())?;
             if slot.as_ref().is_some_and(|r| r.state.is_bound()) {
                 return Err(Error::TdiBound);
             }
+        }
+        if dev.stream == IdeStream::Live {
+            return Ok(());
         }
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
         for &(_, iface) in dev.tdis.iter() {
