@@ -19,7 +19,7 @@
 //! the BARs, past a BAR's end, overlapping, misaligned, empty, wrapping, too many ranges,
 //! reserved memory, the whole BAR or another TDI's share), maps (a page the TDI owns for its
 //! owner; or misaligned, reserved, outside the BARs, another TDI's page, for a guest that is
-//! not the owner, an unknown guest or TDI), starts, device errors, checks, unbinds, host
+//! not the owner, an unknown guest or TDI), starts, device errors, checks, unbinds and forced unbinds, stream set-ups, host
 //! unmap/block (a leaf exactly, misaligned, with the wrong size, another guest's; any
 //! address), zaps (a BAR, part of one, outside the BARs), device events and misbehaviour
 //! (silent, refuse, garbage, wrong interface or version, inconsistent report, none), held or
@@ -398,6 +398,8 @@ enum Op {
     DeviceError(Pick),
     Check(Pick),
     Unbind(Pick),
+    UnbindForce(Pick),
+    StreamSetup(Pick),
     HostHitLeaf {
         leaf: Index,
         block: bool,
@@ -586,6 +588,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => tdi_pick().prop_map(Op::DeviceError),
         2 => tdi_pick().prop_map(Op::Check),
         4 => tdi_pick().prop_map(Op::Unbind),
+        1 => tdi_pick().prop_map(Op::UnbindForce),
+        1 => pick(2, RAW_DEVICES).prop_map(Op::StreamSetup),
         3 => (any::<Index>(), any::<bool>(), prop_oneof![
                 3 => Just(Hit::Exact), 1 => Just(Hit::Misaligned),
                 1 => Just(Hit::WrongSize), 1 => Just(Hit::OtherGuest)])
@@ -956,6 +960,8 @@ enum Call {
     DeviceError(Pick),
     Check(Pick),
     Unbind(Pick),
+    UnbindForce(Pick),
+    StreamSetup(Pick),
     HostUnmap {
         guest: Pick,
         gpa: u64,
@@ -1074,6 +1080,8 @@ impl fmt::Display for Call {
             Call::DeviceError(p) => write!(f, "device-error {}", t(*p)),
             Call::Check(p) => write!(f, "check {}", t(*p)),
             Call::Unbind(p) => write!(f, "unbind {}", t(*p)),
+            Call::UnbindForce(p) => write!(f, "unbind-force {}", t(*p)),
+            Call::StreamSetup(p) => write!(f, "stream-setup {}", Name('d', *p)),
             Call::HostUnmap { guest, gpa, size } => {
                 write!(f, "host-unmap {} {gpa:#x} {}", g(*guest), size_name(*size))
             }
@@ -1193,6 +1201,7 @@ fn fix(op: &Op, r: &Reference<'_>) -> Op {
         | Op::DeviceError(tdi)
         | Op::Check(tdi)
         | Op::Unbind(tdi)
+        | Op::UnbindForce(tdi)
         | Op::RemoveTdi(tdi) => *tdi = p(*tdi),
         Op::MapOwned { tdi, .. }
         | Op::MapRun { tdi, .. }
@@ -1205,6 +1214,7 @@ fn fix(op: &Op, r: &Reference<'_>) -> Op {
         | Op::HostZap { .. }
         | Op::DeferFlush { .. }
         | Op::RemoveDevice(_)
+        | Op::StreamSetup(_)
         | Op::DestroyGuest(_)
         | Op::CreateGuest
         | Op::RecreateDevice(_)
@@ -1348,6 +1358,8 @@ fn resolve(op: &Op, r: &Reference<'_>, core_leaves: &[tsm_core::Leaf]) -> Call {
         Call::DeviceError(p) => Call::DeviceError(t(p)),
         Call::Check(p) => Call::Check(t(p)),
         Call::Unbind(p) => Call::Unbind(t(p)),
+        Call::UnbindForce(p) => Call::UnbindForce(t(p)),
+        Call::StreamSetup(p) => Call::StreamSetup(wrap(p, 2)),
         Call::HostUnmap { guest, gpa, size } => Call::HostUnmap {
             guest: g(guest),
             gpa,
@@ -1472,6 +1484,8 @@ fn resolve_op(op: &Op, r: &Reference<'_>, core_leaves: &[tsm_core::Leaf]) -> Cal
         Op::DeviceError(t) => Call::DeviceError(*t),
         Op::Check(t) => Call::Check(*t),
         Op::Unbind(t) => Call::Unbind(*t),
+        Op::UnbindForce(t) => Call::UnbindForce(*t),
+        Op::StreamSetup(d) => Call::StreamSetup(*d),
         Op::HostHitLeaf { leaf, block, how } => {
             let (guest, gpa, size) = match core_leaves.get(leaf.index(core_leaves.len().max(1))) {
                 None => (Pick::Obj(0), GPA_4K, PageSize::Size4K),
@@ -1616,6 +1630,8 @@ fn apply(call: &Call, b: &mut dyn Backend, h: &mut Handles, w: &WorldSpec) -> Ve
         Call::DeviceError(t) => one(b.device_error(h.tdi(*t))),
         Call::Check(t) => one(b.check(h.tdi(*t))),
         Call::Unbind(t) => one(b.unbind(h.tdi(*t))),
+        Call::UnbindForce(t) => one(b.unbind_force(h.tdi(*t))),
+        Call::StreamSetup(d) => one(done(b.setup_stream(h.device(*d)))),
         Call::HostUnmap { guest, gpa, size } => one(done(
             Gpa::try_new(*gpa).and_then(|gpa| b.host_unmap(h.guest(*guest), gpa, *size)),
         )),
@@ -1859,6 +1875,8 @@ impl Reached {
         let what = match (call, r) {
             (Call::Unbind(_), Ok(Completion::Resumable)) => "unbind: Resumable",
             (Call::Unbind(_), Ok(Completion::Done)) => "unbind: Done",
+            (Call::UnbindForce(_), Ok(Completion::Done)) => "unbind-force: Done",
+            (Call::Bind { .. }, Err(Error::StreamCut)) => "bind: StreamCut",
             (Call::Check(_) | Call::DeviceError(_), Ok(Completion::Resumable)) => {
                 "check/device-error: Resumable"
             }
