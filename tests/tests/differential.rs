@@ -20,8 +20,8 @@
 //! reserved memory, the whole BAR or another TDI's share), maps (a page the TDI owns for its
 //! owner; or misaligned, reserved, outside the BARs, another TDI's page, for a guest that is
 //! not the owner, an unknown guest or TDI), starts, device errors, checks, unbinds, forced
-//! unbinds and stream set-ups, host unmap/block (a leaf exactly, misaligned, with the wrong size, another guest's; any
-//! address), zaps (a BAR, part of one, outside the BARs), device events and misbehaviour
+//! unbinds and stream set-ups, host unmap/block (a leaf exactly, misaligned, with the wrong
+//! size, another guest's; any address), zaps (a BAR, part of one, outside the BARs), device events and misbehaviour
 //! (silent, refuse, garbage, wrong interface or version, inconsistent report, none), held or
 //! released flushes, removals and creations, and raw handles no firmware gave out.
 //!
