@@ -21,9 +21,9 @@
 //! owner; or misaligned, reserved, outside the BARs, another TDI's page, for a guest that is
 //! not the owner, an unknown guest or TDI), starts, device errors, checks, unbinds, forced
 //! unbinds and stream set-ups, host unmap/block (a leaf exactly, misaligned, with the wrong
-//! size, another guest's; any address), zaps (a BAR, part of one, outside the BARs), device events and misbehaviour
-//! (silent, refuse, garbage, wrong interface or version, inconsistent report, none), held or
-//! released flushes, removals and creations, and raw handles no firmware gave out.
+//! size, another guest's; any address), zaps (a BAR, part of one, outside the BARs), device
+//! events and misbehaviour (silent, refuse, garbage, wrong interface or version, inconsistent
+//! report, none), held or released flushes, removals and creations, and raw handles no firmware gave out.
 //!
 //! Operations name objects by index (or "the k-th bound / unbound / live TDI"); each
 //! firmware's own handles come from its world setup and its creations. Operations that depend
