@@ -23,7 +23,8 @@
 //! unbinds and stream set-ups, host unmap/block (a leaf exactly, misaligned, with the wrong
 //! size, another guest's; any address), zaps (a BAR, part of one, outside the BARs), device
 //! events and misbehaviour (silent, refuse, garbage, wrong interface or version, inconsistent
-//! report, none), held or released flushes, removals and creations, and raw handles no firmware gave out.
+//! report, none), held or released flushes, removals and creations, and raw handles no
+//! firmware gave out.
 //!
 //! Operations name objects by index (or "the k-th bound / unbound / live TDI"); each
 //! firmware's own handles come from its world setup and its creations. Operations that depend
