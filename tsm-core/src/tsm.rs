@@ -5,7 +5,7 @@
 //! Lock order (every operation takes a subset, in this order, and only with try-locks):
 //! device table -> device -> TDI -> guest -> ownership -> secure table -> transport.
 
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 
 use crate::addr::{Gpa, Hpa};
 use crate::capacity::{
@@ -13,11 +13,13 @@ use crate::capacity::{
 };
 use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
-use crate::lifecycle::{Event, TdiState, TdispState, transition};
+use crate::lifecycle::{Event, TdiState, TdispState, UnbindStep, transition};
 use crate::mmio::{MmioRange, any_overlap};
 use crate::ownership::Ownership;
 use crate::page::PageSize;
-use crate::registry::{Bars, Device, DeviceClaim, GuestRecord, IdeStream, Slots, Tdi, try_lock};
+use crate::registry::{
+    Bars, Device, DeviceClaim, GuestRecord, IdeStream, SlotGuard, Slots, Tdi, try_lock,
+};
 use crate::reserved::ReservedMemory;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
@@ -37,6 +39,14 @@ pub struct Tsm<T, D> {
     transport: Mutex<D>,
     /// Memory that is never MMIO; fixed at construction, so read without a lock.
     reserved: ReservedMemory,
+}
+
+/// What an unbind holds besides the TDI (and, forced, the device): the owner's record, the
+/// ownership table and the secure table.
+struct UnbindLocks<'a, T> {
+    guest: SlotGuard<'a, GuestRecord>,
+    owners: MutexGuard<'a, Ownership>,
+    table: MutexGuard<'a, T>,
 }
 
 /// A copy of every table, for tests that prove a refusal changed nothing.
@@ -461,30 +471,50 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let TdiState::Unbinding { owner, step } = started else {
             return Ok(Completion::Done);
         };
-        let mut guest_slot = self.guests.lock(owner.slot())?;
-        // A bound TDI's owner exists and counts it. Drift is `Inconsistent` at the release;
-        // the guest still loses its MMIO first.
-        let remaining = guest_slot
+        let mut locks = self.lock_for_unbind(owner)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        Self::run_unbind(&mut locks, tdi, record, owner, step, Some(&mut *transport))
+    }
+
+    /// The locks an unbind of a TDI bound to `owner` takes after the TDI's, in lock order.
+    fn lock_for_unbind(&self, owner: GuestId) -> TsmResult<UnbindLocks<'_, T>> {
+        Ok(UnbindLocks {
+            guest: self.guests.lock(owner.slot())?,
+            owners: try_lock(&self.owners, Operand::Ownership)?,
+            table: try_lock(&self.table, Operand::SecureTable)?,
+        })
+    }
+
+    /// Runs unbind steps of `record` from `step` within one call's budget and stores the
+    /// outcome; `device` is `None` when the stream is cut and STOP is not asked. A bound TDI's
+    /// owner exists and counts it: drift is `Inconsistent` at the release, after the guest
+    /// lost its MMIO.
+    fn run_unbind(
+        locks: &mut UnbindLocks<'_, T>,
+        tdi: TdiId,
+        record: &mut Tdi,
+        owner: GuestId,
+        step: UnbindStep,
+        device: Option<&mut D>,
+    ) -> TsmResult<Completion> {
+        let remaining = locks
+            .guest
             .as_ref()
             .and_then(|g| g.bound_tdis.checked_sub(1));
-        let mut owners = try_lock(&self.owners, Operand::Ownership)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
-
         let mut ctx = UnbindCtx {
             releasable: remaining.is_some(),
             tdi,
             iface: record.iface,
             owner,
-            owners: &mut owners,
-            table: &mut *table,
-            device: Some(&mut *transport),
+            owners: &mut locks.owners,
+            table: &mut *locks.table,
+            device,
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
         if state == TdiState::Unbound
-            && let (Some(record), Some(count)) = (guest_slot.as_mut(), remaining)
+            && let (Some(guest), Some(count)) = (locks.guest.as_mut(), remaining)
         {
-            record.bound_tdis = count;
+            guest.bound_tdis = count;
         }
         record.state = state;
         outcome
@@ -530,13 +560,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 others.push(guard).map_err(|_| Error::Inconsistent)?;
             }
         }
-        let mut guest_slot = self.guests.lock(owner.slot())?;
-        let remaining = guest_slot
-            .as_ref()
-            .and_then(|g| g.bound_tdis.checked_sub(1));
-        let mut owners = try_lock(&self.owners, Operand::Ownership)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
-
+        let mut locks = self.lock_for_unbind(owner)?;
         if cut {
             dev.stream = IdeStream::Cut;
             for other in others.iter_mut().filter_map(|g| g.as_mut()) {
@@ -544,23 +568,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
                 other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
             }
         }
-        let mut ctx = UnbindCtx::<T, D> {
-            releasable: remaining.is_some(),
-            tdi,
-            iface: record.iface,
-            owner,
-            owners: &mut owners,
-            table: &mut *table,
-            device: None,
-        };
-        let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
-        if state == TdiState::Unbound
-            && let (Some(record), Some(count)) = (guest_slot.as_mut(), remaining)
-        {
-            record.bound_tdis = count;
-        }
-        record.state = state;
-        outcome
+        Self::run_unbind(&mut locks, tdi, record, owner, step, None)
     }
 
     /// The host has re-established the device's IDE stream (key programming) after a forced
