@@ -1,6 +1,7 @@
 //! A device security manager (DSM) for tests: it answers encoded TDISP requests per the TDISP
 //! state machine, keeps each interface's state and report, and can be told to misbehave.
-//! [`ModelDevice`] is the firmware's requester wired to it.
+//! [`ModelDevice`] is that DSM behind its DOE mailbox and its end of the SPDM session: what a
+//! host relays the firmware's requests to.
 
 use crate::capacity::MAX_TDIS;
 use crate::ids::RequesterId;
@@ -12,14 +13,27 @@ use crate::tdisp::message::{
 use crate::tdisp::report::{
     MAX_REPORT_BYTES, RANGE_ATTR_NON_TEE, WireMmioRange, encode_report, report_head, wire_range,
 };
-use crate::tdisp::requester::{TdispLink, WireTdisp};
+use crate::relay::spdm::{self, VENDOR_DEFINED_REQUEST};
+use crate::relay::{self, Direction, MAX_RELAY_BYTES, ModelSession, RecordContext, doe};
+use crate::tdisp::requester::MAX_MESSAGE_BYTES;
 use crate::tdisp::{NONCE_SIZE, TDISP_VERSION_1_0, error_code, function_id};
 use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
 use zerocopy::little_endian::{U16, U32};
 
-/// The firmware's TDISP requester talking to the model DSM: the transport of host tests, the
-/// scenario suite and the QEMU boot.
-pub type ModelDevice = WireTdisp<DsmModel>;
+/// The model DSM behind its DOE mailbox, with the device's end of the session: the device of
+/// host tests, the scenario suite and the QEMU boot. The host hands it relayed requests
+/// ([`ModelDevice::answer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDevice {
+    dsm: DsmModel,
+    session: ModelSession,
+}
+
+impl Default for ModelDevice {
+    fn default() -> Self {
+        Self::model()
+    }
+}
 
 /// Most ranges a model report holds: more than the firmware accepts, to test that limit.
 pub const MODEL_MAX_RANGES: usize = 20;
@@ -68,9 +82,44 @@ pub struct DsmModel {
 }
 
 impl ModelDevice {
-    /// A requester wired to a fresh model DSM.
+    /// A fresh model DSM with the session [`ModelSession::model`].
     pub const fn model() -> Self {
-        WireTdisp::new(DsmModel::new())
+        Self {
+            dsm: DsmModel::new(),
+            session: ModelSession::model(),
+        }
+    }
+
+    /// The DSM.
+    pub fn link_mut(&mut self) -> &mut DsmModel {
+        &mut self.dsm
+    }
+
+    /// The DSM, read only.
+    pub fn dsm(&self) -> &DsmModel {
+        &self.dsm
+    }
+
+    /// What the device's DOE mailbox returns for the relayed `request`: the answer's length in
+    /// `response`, or `None` when the device does not answer (it is silent, or the request
+    /// does not open under its session: a real DSM drops such a record).
+    pub fn answer(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
+        let body = doe::decode(request, doe::TYPE_SECURED_SPDM).ok()?;
+        let record = relay::record_of(&self.session, body).ok()?;
+        let mut app = [0u8; MAX_RELAY_BYTES];
+        // FUNCTION_ID sits at bytes 4..8 of the TDISP header, after the SPDM head and protocol.
+        let fid_at = spdm::OVERHEAD + 4;
+        let (ctx, n) = self
+            .session
+            .open_any(Direction::Request, record, fid_at, &mut app)?;
+        let tdisp = spdm::decode(app.get(..n)?, VENDOR_DEFINED_REQUEST).ok()?;
+        let mut reply = [0u8; MAX_MESSAGE_BYTES];
+        let k = self.dsm.exchange(tdisp, &mut reply)?;
+        let back = RecordContext {
+            direction: Direction::Response,
+            ..ctx
+        };
+        relay::frame(&mut self.session, &back, reply.get(..k)?, response).ok()
     }
 
     /// The device will report `ranges` (plain TEE ranges, IDs in order) for `iface`.
@@ -306,8 +355,10 @@ enum Answer {
     },
 }
 
-impl TdispLink for DsmModel {
-    fn exchange(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
+impl DsmModel {
+    /// Answers one TDISP request (the message itself, unframed) into `response`; `None` when
+    /// the interface is silent.
+    pub fn exchange(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
         let mut report_buf = [0u8; MAX_REPORT_BYTES];
         let (fid, req) = match decode_request(request) {
             Ok(decoded) => decoded,

@@ -21,6 +21,7 @@
 pub mod addr;
 pub mod capacity;
 pub mod device_model;
+pub mod exchange;
 pub mod functions;
 pub mod ids;
 pub mod lifecycle;
@@ -29,6 +30,7 @@ pub mod mmio;
 pub mod ownership;
 pub mod page;
 pub mod registry;
+pub mod relay;
 pub mod reserved;
 pub mod secure_table;
 pub mod status;
@@ -47,7 +49,9 @@ pub use registry::IdeStream;
 pub use reserved::ReservedMemory;
 pub use secure_table::{Leaf, LeafState, SecureTable, TableError};
 pub use status::{Completion, Error, Operand, TsmResult};
-pub use transport::{DeviceFault, InterfaceId, ReportedRange, TdispDevice};
+pub use exchange::{BindStep, DeviceOp, Exchange};
+pub use relay::{MAX_RELAY_BYTES, ModelSession, SecureSession};
+pub use transport::{DeviceFault, InterfaceId, ReportedRange};
 pub use tsm::Tsm;
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use spin::{Mutex, MutexGuard};
 use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
 use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, TdiId};
-use crate::lifecycle::TdiState;
+use crate::exchange::Exchange;
+use crate::lifecycle::{TdiState, TdispState};
+use crate::tdisp::NONCE_SIZE;
+use crate::tdisp::report::ReportAssembler;
 use crate::mmio::MmioRange;
 use crate::status::{Error, Operand};
 use crate::transport::InterfaceId;
@@ -25,6 +28,8 @@ pub struct Device {
     pub tdis: heapless::Vec<(TdiId, InterfaceId), MAX_TDIS_PER_DEVICE>,
     /// The root port's end of the device's IDE stream.
     pub stream: IdeStream,
+    /// The report a bind is reading (one bind per device reads at a time).
+    pub report_read: Option<ReportRead>,
 }
 
 /// The root port's end of a device's IDE stream, which the firmware controls on its own side
@@ -42,7 +47,8 @@ pub enum IdeStream {
     Cut,
 }
 
-/// A TDI: the device it belongs to, its interface ID, its state.
+/// A TDI: the device it belongs to, its interface ID, its state, and its exchange with the
+/// device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tdi {
     /// The device the interface belongs to.
@@ -51,6 +57,42 @@ pub struct Tdi {
     pub iface: InterfaceId,
     /// Lifecycle state.
     pub state: TdiState,
+    /// The request outstanding with the device, if any (at most one).
+    pub exchange: Option<Exchange>,
+    /// Sequence number of the next exchange.
+    pub next_seq: u32,
+    /// The interface may be left locked on the device (a bind failed or was abandoned after
+    /// LOCK, or a forced unbind cut the stream): the next bind sends STOP_INTERFACE first.
+    pub unlock_first: bool,
+    /// What the device said at the last completed check (GET_DEVICE_INTERFACE_STATE).
+    pub device_state: Option<TdispState>,
+    /// START_INTERFACE_NONCE of the device's last LOCK_INTERFACE_RESPONSE, while locked.
+    pub nonce: Option<[u8; NONCE_SIZE]>,
+}
+
+impl Tdi {
+    /// A fresh TDI of `device` for `iface`: unbound, nothing outstanding.
+    pub const fn new(device: DeviceId, iface: InterfaceId) -> Self {
+        Self {
+            device,
+            iface,
+            state: TdiState::Unbound,
+            exchange: None,
+            next_seq: 0,
+            unlock_first: false,
+            device_state: None,
+            nonce: None,
+        }
+    }
+}
+
+/// The device's one interface report being read: by which TDI's bind, and the bytes so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRead {
+    /// The TDI whose bind reads it.
+    pub tdi: TdiId,
+    /// The portions received.
+    pub report: ReportAssembler,
 }
 
 /// What the device table keeps of every device so a new one can be checked against all of

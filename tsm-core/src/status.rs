@@ -5,6 +5,7 @@
 //! |-------|--------|---------|
 //! | 0x000 | `Done` | the operation completed |
 //! | 0x001 | `Resumable` | bounded work done, progress kept; call again to continue |
+//! | 0x002 | `Relay(n)` | relay the `n` request bytes written to the caller's buffer to the device, then hand the answer to `device_response` |
 //! | 0x101 | `InvalidAddress` | address at or above 2^52 |
 //! | 0x102 | `Misaligned` | address not aligned to the page or leaf size |
 //! | 0x103 | `InvalidRange` | empty range, or one that runs past the address space |
@@ -44,6 +45,10 @@
 //! | 0x501 | `DeviceUnresponsive` | the device did not answer a TDISP request |
 //! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
 //! | 0x503 | `DeviceMalformed` | the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout) |
+//! | 0x504 | `ExchangePending` | another operation of the TDI (or a bind of another TDI of the device) waits on the device: answer it, or unbind to abandon it |
+//! | 0x505 | `NoExchange` | a device response for a TDI with no request outstanding |
+//! | 0x506 | `RelayMalformed` | relayed bytes are not a DOE/SPDM/secured record of the outstanding exchange (garbled, too long, another TDI's, stale): nothing changed, the exchange stays outstanding |
+//! | 0x507 | `RelayBufferTooSmall` | the buffer for the request to relay holds fewer than `MAX_RELAY_BYTES` |
 //! | 0x6xx | `Busy(operand)` | the operand's lock is held by another CPU; retry |
 //! | 0x701 | `Inconsistent` | the firmware's own records disagree (a counter would drift): refused, nothing changed |
 
@@ -56,6 +61,9 @@ pub enum Completion {
     Done,
     /// A bounded step completed and its progress is kept; call again to continue.
     Resumable,
+    /// The operation waits on the device: relay the first `n` bytes of the request buffer to
+    /// it and pass its answer to [`crate::Tsm::device_response`].
+    Relay(usize),
 }
 
 /// The object whose lock was contended (carried by [`Error::Busy`]).
@@ -145,6 +153,10 @@ pub enum Error {
     DeviceUnresponsive,
     DeviceRefused,
     DeviceMalformed,
+    ExchangePending,
+    NoExchange,
+    RelayMalformed,
+    RelayBufferTooSmall,
     Busy(Operand),
     Inconsistent,
 }
@@ -156,6 +168,8 @@ pub type TsmResult<T> = Result<T, Error>;
 pub const CODE_DONE: u16 = 0x000;
 /// Code of [`Completion::Resumable`].
 pub const CODE_RESUMABLE: u16 = 0x001;
+/// Code of [`Completion::Relay`].
+pub const CODE_RELAY: u16 = 0x002;
 /// Base of the `Busy` codes; the low byte names the operand.
 pub const CODE_BUSY_BASE: u16 = 0x600;
 
@@ -165,13 +179,14 @@ impl Completion {
         match self {
             Completion::Done => CODE_DONE,
             Completion::Resumable => CODE_RESUMABLE,
+            Completion::Relay(_) => CODE_RELAY,
         }
     }
 }
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 47] = [
+    pub const ALL: [Error; 51] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -211,6 +226,10 @@ impl Error {
         Error::DeviceUnresponsive,
         Error::DeviceRefused,
         Error::DeviceMalformed,
+        Error::ExchangePending,
+        Error::NoExchange,
+        Error::RelayMalformed,
+        Error::RelayBufferTooSmall,
         Error::Busy(Operand::DeviceTable),
         Error::Busy(Operand::Device),
         Error::Busy(Operand::Tdi),
@@ -263,6 +282,10 @@ impl Error {
             Error::DeviceUnresponsive => 0x501,
             Error::DeviceRefused => 0x502,
             Error::DeviceMalformed => 0x503,
+            Error::ExchangePending => 0x504,
+            Error::NoExchange => 0x505,
+            Error::RelayMalformed => 0x506,
+            Error::RelayBufferTooSmall => 0x507,
             Error::Busy(operand) => CODE_BUSY_BASE | operand.code(),
             Error::Inconsistent => 0x701,
         }

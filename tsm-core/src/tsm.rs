@@ -23,12 +23,19 @@ use crate::registry::{
 use crate::reserved::ReservedMemory;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
-use crate::transport::{DeviceFault, InterfaceId, ReportedRange, TdispDevice};
-use crate::unbind::{self, UnbindCtx, Walk};
+use crate::exchange::{BindStep, DeviceOp, Exchange};
+use crate::registry::{ReportRead};
+use crate::relay::{MAX_RELAY_BYTES, SecureSession};
+use crate::tdisp::message::{LOCK_FLAG_NO_FW_UPDATE, Response};
+use crate::tdisp::report::{DeviceInterfaceReport, REPORT_PORTION, ReportAssembler};
+use crate::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Requester};
+use crate::tdisp::{TDISP_VERSION_1_0, WireError, error_code};
+use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
+use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
-/// `T` and the device transport `D`. Every method takes `&self`: it is entered from many CPUs.
-pub struct Tsm<T, D> {
+/// `T`, and the secure session `S` its relayed TDISP exchanges are sealed with. Every method takes `&self`: it is entered from many CPUs.
+pub struct Tsm<T, S> {
     /// Every device's functions and BARs, indexed like `devices`: the device table lock.
     claims: Mutex<[Option<DeviceClaim>; MAX_DEVICES]>,
     devices: Slots<Device, MAX_DEVICES>,
@@ -36,7 +43,7 @@ pub struct Tsm<T, D> {
     guests: Slots<GuestRecord, MAX_GUESTS>,
     owners: Mutex<Ownership>,
     table: Mutex<T>,
-    transport: Mutex<D>,
+    transport: Mutex<Requester<S>>,
     /// Memory that is never MMIO; fixed at construction, so read without a lock.
     reserved: ReservedMemory,
 }
@@ -66,17 +73,17 @@ pub struct Snapshot<T> {
     pub table: T,
 }
 
-impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
+impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// A firmware instance over the platform's secure table and device transport that reserves
     /// no memory: for tables whose host pages are not real memory (tests, the in-memory table).
     /// A platform over real memory uses [`Tsm::with_reserved`].
-    pub const fn new(table: T, transport: D) -> Self {
-        Self::with_reserved(table, transport, ReservedMemory::new())
+    pub const fn new(table: T, session: S) -> Self {
+        Self::with_reserved(table, session, ReservedMemory::new())
     }
 
     /// A firmware instance that refuses every BAR, reported range and mapping touching
     /// `reserved` (its own pages and the platform's system memory) with `ReservedMemory`.
-    pub const fn with_reserved(table: T, transport: D, reserved: ReservedMemory) -> Self {
+    pub const fn with_reserved(table: T, session: S, reserved: ReservedMemory) -> Self {
         Self {
             claims: Mutex::new([const { None }; MAX_DEVICES]),
             devices: Slots::new(Operand::Device),
@@ -84,7 +91,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             guests: Slots::new(Operand::Guest),
             owners: Mutex::new(Ownership::new()),
             table: Mutex::new(table),
-            transport: Mutex::new(transport),
+            transport: Mutex::new(Requester::new(session)),
             reserved,
         }
     }
@@ -162,6 +169,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             bars,
             tdis: heapless::Vec::new(),
             stream: IdeStream::Live,
+            report_read: None,
         });
         Ok(handle)
     }
@@ -197,11 +205,7 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         if record.tdis.is_full() {
             return Err(Error::TdiTableFull);
         }
-        let tdi = Tdi {
-            device,
-            iface,
-            state: TdiState::Unbound,
-        };
+        let tdi = Tdi::new(device, iface);
         let handle = TdiId::from_slot(self.tdis.insert(tdi, Error::TdiTableFull)?);
         // Cannot fail: fullness was checked under the same device lock.
         record
@@ -211,7 +215,8 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         Ok(handle)
     }
 
-    /// Removes an unbound TDI (`TdiBound` while bound).
+    /// Removes an unbound TDI (`TdiBound` while bound, `ExchangePending` while a bind of it
+    /// waits on the device: unbind abandons that first).
     pub fn remove_tdi(&self, tdi: TdiId) -> TsmResult<()> {
         let device = self.tdi(tdi)?.device;
         let mut dev_slot = self.devices.lock(device.slot())?;
@@ -222,6 +227,9 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             return Err(Error::Busy(Operand::Tdi));
         }
         transition(record.state, Event::HostTouch)?;
+        if record.exchange.is_some() {
+            return Err(Error::ExchangePending);
+        }
         dev.tdis.retain(|(t, _)| *t != tdi);
         *slot = None;
         Ok(())
@@ -229,66 +237,97 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     // ---- binding and mapping ------------------------------------------------------------
 
-    /// Binds `tdi` to `guest`: LOCK_INTERFACE, then the device's own interface report names
-    /// the MMIO ranges the TDI will own; the host names none. Every range of the report,
-    /// private or shared, must lie inside the device's BARs and touch no other bound TDI's
-    /// range; the private ones become the TDI's. A report the firmware will not trust undoes
-    /// the lock with STOP_INTERFACE, and nothing changes.
-    pub fn bind(&self, tdi: TdiId, guest: GuestId) -> TsmResult<()> {
+    /// Binds `tdi` to `guest`, in exchanges the host relays: (STOP_INTERFACE when an earlier
+    /// bind may have left the interface locked,) GET_TDISP_VERSION, GET_TDISP_CAPABILITIES,
+    /// LOCK_INTERFACE, then the device's own interface report, portion by portion, names the
+    /// MMIO ranges the TDI will own; the host names none. This call checks everything it can
+    /// and returns `Relay(n)` with the first request in `out`; [`Tsm::device_response`]
+    /// continues, and the last answer binds: every range of the report, private or shared,
+    /// must lie inside the device's BARs and touch no other bound TDI's range; the private
+    /// ones become the TDI's. Until then the TDI stays unbound. A bind the firmware refuses
+    /// after LOCK leaves the interface to be unlocked by the next bind's first request.
+    ///
+    /// Calling it again for the same guest while its bind waits re-sends the outstanding
+    /// request unchanged; another operation waiting on the TDI is `ExchangePending`, and so is
+    /// a bind while another TDI's bind of the same device reads its report. `unbind`
+    /// abandons a waiting bind.
+    pub fn bind(&self, tdi: TdiId, guest: GuestId, out: &mut [u8]) -> TsmResult<Completion> {
         let device = self.tdi(tdi)?.device;
-        let dev_slot = self.devices.lock(device.slot())?;
-        let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let mut tdi_slot = self.tdis.lock(tdi.slot())?;
         let record = tdi_slot.as_mut().ok_or(Error::InvalidHandle)?;
         if record.device != device {
             return Err(Error::Busy(Operand::Tdi));
         }
-        let mut guest_slot = self.guests.lock(guest.slot())?;
-        let guest_record = guest_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let next = transition(record.state, Event::Bind(guest))?;
+        let guest_slot = self.guests.lock(guest.slot())?;
+        let guest_record = guest_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        check_relay_buffer(out)?;
+        if let Some(ex) = record.exchange {
+            return match ex.op {
+                DeviceOp::Bind { guest: g, .. } if g == guest => {
+                    let mut transport = try_lock(&self.transport, Operand::Transport)?;
+                    Ok(Completion::Relay(transport.request(record, &ex, out)?))
+                }
+                _ => Err(Error::ExchangePending),
+            };
+        }
+        transition(record.state, Event::Bind(guest))?;
         // A device a forced unbind cut off stays cut off until the host sets its stream up.
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
         }
-        let mut owners = try_lock(&self.owners, Operand::Ownership)?;
         // At most MAX_TDIS can be bound: a count that would overflow is drift.
-        let bound = guest_record
+        guest_record
             .bound_tdis
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
+        // One report read per device at a time: its bytes live in the device record.
+        if dev.report_read.as_ref().is_some_and(|r| r.tdi != tdi) {
+            return Err(Error::ExchangePending);
+        }
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
-
-        // The report is only meaningful once the interface is locked (PCIe 6.x 11.3.11).
-        if let Err(fault) = transport.lock_interface(record.iface) {
-            // The device may have locked and then garbled or lost its answer: put it back in a
-            // known state. The failed LOCK is the status whatever STOP returns.
-            let _ = transport.stop_interface(record.iface);
-            return Err(fault.into());
-        }
-        let reported = transport
-            .interface_ranges(record.iface)
-            .map_err(Error::from)
-            .and_then(|reported| {
-                Self::check_report(&dev.bars, &reported)?;
-                owners.check_claim(&reported)?;
-                Ok(reported)
-            });
-        let reported = match reported {
-            Ok(r) => r,
-            Err(e) => {
-                // Undo the lock; the refusal is the status whatever the device answers.
-                let _ = transport.stop_interface(record.iface);
-                return Err(e);
-            }
+        let step = if record.unlock_first {
+            BindStep::Unlock
+        } else {
+            BindStep::Version
         };
-        if let Err(e) = owners.claim(tdi, guest, &reported) {
-            // Unreachable while check_claim ran under the same lock; undo the lock regardless.
-            let _ = transport.stop_interface(record.iface);
-            return Err(e);
+        let ex = Exchange {
+            op: DeviceOp::Bind { guest, step },
+            seq: record.next_seq,
+            attempts: 0,
+        };
+        let n = transport.request(record, &ex, out)?;
+        dev.report_read = Some(ReportRead {
+            tdi,
+            report: ReportAssembler::new(),
+        });
+        Self::start_exchange(record, ex);
+        Ok(Completion::Relay(n))
+    }
+
+    /// Records `ex` as the TDI's outstanding exchange and advances its sequence number.
+    fn start_exchange(record: &mut Tdi, ex: Exchange) {
+        record.exchange = Some(ex);
+        record.next_seq = ex.seq.wrapping_add(1);
+    }
+
+    /// Ends a bind that will not complete: the TDI stays unbound, the report read ends, and an
+    /// interface the device may have locked is unlocked by the next bind.
+    fn abandon_bind(
+        dev: &mut Device,
+        tdi: TdiId,
+        record: &mut Tdi,
+        step: BindStep,
+    ) {
+        record.exchange = None;
+        if matches!(step, BindStep::Lock | BindStep::Report { .. }) {
+            record.unlock_first = true;
+            record.nonce = None;
         }
-        guest_record.bound_tdis = bound;
-        record.state = next;
-        Ok(())
+        if dev.report_read.as_ref().is_some_and(|r| r.tdi == tdi) {
+            dev.report_read = None;
+        }
     }
 
     /// Every range of a report, private or shared, lies inside one of the device's BARs. That
@@ -350,84 +389,97 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
 
     // ---- guest and device side ----------------------------------------------------------
 
-    /// The owning guest accepts and starts a CONFIG_LOCKED TDI (START_INTERFACE). A device
-    /// that refuses puts the TDI in ERROR; one that does not answer leaves it as it was.
-    pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+    /// The owning guest accepts and starts a CONFIG_LOCKED TDI: `Relay(n)` with
+    /// START_INTERFACE (and the nonce of the LOCK) in `out`; [`Tsm::device_response`] ends
+    /// it. A device that refuses or garbles START puts the TDI in ERROR; one that does not
+    /// answer leaves it as it was. Calling it again while START waits re-sends it.
+    pub fn guest_start(
+        &self,
+        guest: GuestId,
+        tdi: TdiId,
+        out: &mut [u8],
+    ) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         self.guests
             .lock(guest.slot())?
             .as_ref()
             .ok_or(Error::InvalidHandle)?;
-        let next = transition(record.state, Event::Start(guest))?;
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
-        match transport.start_interface(record.iface) {
-            Ok(()) => {
-                record.state = next;
-                Ok(())
-            }
-            Err(DeviceFault::NoResponse) => Err(Error::DeviceUnresponsive),
-            // A device that refuses or garbles START cannot be trusted with the guest: ERROR.
-            Err(fault) => {
-                let errored = transition(record.state, Event::DeviceError)?;
-                record.state = errored;
-                // The fault is the status; blocking resumes on the next device_error/unbind.
-                let _ = Self::continue_blocking(tdi, record, &owners, &mut *table);
-                Err(Error::from(fault))
-            }
+        check_relay_buffer(out)?;
+        if let Some(ex) = record.exchange
+            && ex.op == (DeviceOp::Start { guest })
+        {
+            let mut transport = try_lock(&self.transport, Operand::Transport)?;
+            return Ok(Completion::Relay(transport.request(record, &ex, out)?));
         }
+        transition(record.state, Event::Start(guest))?;
+        if record.exchange.is_some() {
+            return Err(Error::ExchangePending);
+        }
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let ex = Exchange {
+            op: DeviceOp::Start { guest },
+            seq: record.next_seq,
+            attempts: 0,
+        };
+        let n = transport.request(record, &ex, out)?;
+        Self::start_exchange(record, ex);
+        Ok(Completion::Relay(n))
     }
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
     /// to ERROR and its leaves are blocked, at most [`UNBIND_OPS_PER_CALL`] per call
     /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is still
-    /// blocking (an unbind the host abandoned) it finishes that pass.
+    /// blocking (an unbind the host abandoned) it finishes that pass. A START or check waiting
+    /// on the device is abandoned: its answer no longer matters.
     pub fn device_error(&self, tdi: TdiId) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::DeviceError)?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        if matches!(
+            record.exchange.map(|e| e.op),
+            Some(DeviceOp::Start { .. } | DeviceOp::Check)
+        ) {
+            record.exchange = None;
+        }
         record.state = next;
         Self::continue_blocking(tdi, record, &owners, &mut *table)
     }
 
-    /// Asks the device for the interface's TDISP state (GET_DEVICE_INTERFACE_STATE). A device
-    /// that says ERROR, or CONFIG_UNLOCKED for a TDI the firmware holds locked or running (a
-    /// reset it did not announce), puts the TDI in ERROR exactly as [`Tsm::device_error`] does.
-    pub fn check_interface(&self, tdi: TdiId) -> TsmResult<Completion> {
-        self.check_interface_state(tdi).map(|(done, _)| done)
-    }
-
-    /// [`Tsm::check_interface`], also returning the TDISP state it found: the device's answer
-    /// for a locked or running TDI; for one in ERROR or being unbound, which the device is not
-    /// asked about, the firmware's own view (ERROR until STOP is done).
-    pub fn check_interface_state(&self, tdi: TdiId) -> TsmResult<(Completion, TdispState)> {
+    /// Checks the interface's TDISP state. A locked or running TDI asks the device
+    /// (GET_DEVICE_INTERFACE_STATE): `Relay(n)`, and [`Tsm::device_response`] compares; a
+    /// device that says ERROR, or CONFIG_UNLOCKED for a TDI the firmware holds locked or
+    /// running (a reset it did not announce), puts the TDI in ERROR exactly as
+    /// [`Tsm::device_error`] does, and the answer is kept in the record
+    /// ([`Tdi::device_state`]). A TDI in ERROR or being unbound is not the device's to
+    /// judge: the call finishes blocking its leaves without asking (`Done` or `Resumable`).
+    pub fn check_interface(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let errored = transition(record.state, Event::DeviceError)?;
+        transition(record.state, Event::DeviceError)?;
+        check_relay_buffer(out)?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
-        // A TDI already in ERROR or being unbound is not the device's to judge: finish
-        // taking its MMIO from the guest, whether or not the device answers.
         if !matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
-            let done = Self::continue_blocking(tdi, record, &owners, &mut *table)?;
-            return Ok((done, record.state.tdisp()));
+            return Self::continue_blocking(tdi, record, &owners, &mut *table);
         }
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
-        let device_says = transport.interface_state(record.iface)?;
-        let agrees = matches!(
-            (record.state, device_says),
-            (TdiState::Locked { .. }, TdispState::ConfigLocked)
-                | (TdiState::Run { .. }, TdispState::Run)
-        );
-        if !agrees {
-            record.state = errored;
+        if let Some(ex) = record.exchange {
+            return match ex.op {
+                DeviceOp::Check => Ok(Completion::Relay(transport.request(record, &ex, out)?)),
+                _ => Err(Error::ExchangePending),
+            };
         }
-        let done = Self::continue_blocking(tdi, record, &owners, &mut *table)?;
-        Ok((done, device_says))
+        let ex = Exchange {
+            op: DeviceOp::Check,
+            seq: record.next_seq,
+            attempts: 0,
+        };
+        let n = transport.request(record, &ex, out)?;
+        Self::start_exchange(record, ex);
+        Ok(Completion::Relay(n))
     }
 
     /// Blocks the leaves still live in a TDI the guest must no longer reach (ERROR, or an
@@ -459,21 +511,56 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// Unbinds `tdi`: block every leaf, STOP_INTERFACE, advance the TLB epoch and require the
     /// flush, remove the leaves, release the ranges; the TDI ends CONFIG_UNLOCKED with no
     /// owner. The leaves are blocked before STOP is sent, so no call of an unbind ever returns
-    /// with the guest holding live MMIO: `Resumable` while blocking, and a STOP the device
-    /// does not answer is the status only once every leaf is blocked (retry resumes at STOP).
-    /// At most [`UNBIND_OPS_PER_CALL`] leaf operations per call. A guest count that would
-    /// drift is `Inconsistent` at the release, after the leaves are gone, with the ranges
-    /// still owned. Unbinding an unbound TDI is `Done` and changes nothing.
-    pub fn unbind(&self, tdi: TdiId) -> TsmResult<Completion> {
+    /// with the guest holding live MMIO: `Resumable` while blocking, then `Relay(n)` with
+    /// STOP_INTERFACE in `out`; the device's answer ([`Tsm::device_response`]) goes on with
+    /// the rest, and a STOP that fails leaves the unbind at Stop (call again to resend, or
+    /// [`Tsm::unbind_forced`]). At most [`UNBIND_OPS_PER_CALL`] leaf operations per call. A
+    /// guest count that would drift is `Inconsistent` at the release, after the leaves are
+    /// gone, with the ranges still owned.
+    ///
+    /// Unbind works from every state and never waits on an abandoned exchange: a START or
+    /// check still waiting is dropped (its late answer does not open), a bind still waiting
+    /// is abandoned (`Done`: the TDI stays unbound, its interface is unlocked at the next
+    /// bind), and an unbind already waiting for STOP resends it. Unbinding an unbound TDI
+    /// with nothing waiting is `Done` and changes nothing.
+    pub fn unbind(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
+        let device = self.tdi(tdi)?.device;
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
+        check_relay_buffer(out)?;
         let started = transition(record.state, Event::Unbind)?;
         let TdiState::Unbinding { owner, step } = started else {
+            if let Some(Exchange {
+                op: DeviceOp::Bind { step, .. },
+                ..
+            }) = record.exchange
+            {
+                Self::abandon_bind(dev, tdi, record, step);
+            }
             return Ok(Completion::Done);
         };
         let mut locks = self.lock_for_unbind(owner)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
-        Self::run_unbind(&mut locks, tdi, record, owner, step, Some(&mut *transport))
+        if let Some(ex) = record.exchange {
+            if matches!(ex.op, DeviceOp::Stop { .. }) {
+                return Ok(Completion::Relay(transport.request(record, &ex, out)?));
+            }
+            // A START or check waiting: the TDI is being taken from the guest anyway.
+            record.exchange = None;
+        }
+        Self::run_unbind(
+            &mut locks,
+            tdi,
+            record,
+            owner,
+            step,
+            Some((&mut *transport, out)),
+        )
     }
 
     /// The locks an unbind of a TDI bound to `owner` takes after the TDI's, in lock order.
@@ -486,16 +573,17 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     }
 
     /// Runs unbind steps of `record` from `step` within one call's budget and stores the
-    /// outcome; `device` is `None` when the stream is cut and STOP is not asked. A bound TDI's
-    /// owner exists and counts it: drift is `Inconsistent` at the release, after the guest
-    /// lost its MMIO.
+    /// outcome. `ask` is where a STOP request goes when the Stop step needs the device;
+    /// `None` when it needs nothing (the device acknowledged STOP, or its stream is cut). A
+    /// bound TDI's owner exists and counts it: drift is `Inconsistent` at the release, after
+    /// the guest lost its MMIO.
     fn run_unbind(
         locks: &mut UnbindLocks<'_, T>,
         tdi: TdiId,
         record: &mut Tdi,
         owner: GuestId,
         step: UnbindStep,
-        device: Option<&mut D>,
+        ask: Option<(&mut Requester<S>, &mut [u8])>,
     ) -> TsmResult<Completion> {
         let remaining = locks
             .guest
@@ -504,11 +592,14 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         let mut ctx = UnbindCtx {
             releasable: remaining.is_some(),
             tdi,
-            iface: record.iface,
             owner,
             owners: &mut locks.owners,
             table: &mut *locks.table,
-            device,
+            stop: if ask.is_some() {
+                StopBy::Device
+            } else {
+                StopBy::Done
+            },
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
         if state == TdiState::Unbound
@@ -517,7 +608,20 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             guest.bound_tdis = count;
         }
         record.state = state;
-        outcome
+        match outcome? {
+            Ended::Completion(done) => Ok(done),
+            Ended::AskStop => {
+                let (transport, out) = ask.ok_or(Error::Inconsistent)?;
+                let ex = Exchange {
+                    op: DeviceOp::Stop { confirm: false },
+                    seq: record.next_seq,
+                    attempts: 0,
+                };
+                let n = transport.request(record, &ex, out)?;
+                Self::start_exchange(record, ex);
+                Ok(Completion::Relay(n))
+            }
+        }
     }
 
     /// Force-unbinds `tdi` without the device's STOP_INTERFACE, for a device that is silent,
@@ -549,6 +653,13 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         }
         let started = transition(record.state, Event::Unbind)?;
         let TdiState::Unbinding { owner, step } = started else {
+            if let Some(Exchange {
+                op: DeviceOp::Bind { step, .. },
+                ..
+            }) = record.exchange
+            {
+                Self::abandon_bind(dev, tdi, record, step);
+            }
             return Ok(Completion::Done);
         };
         let cut = dev.stream == IdeStream::Live;
@@ -561,9 +672,29 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             }
         }
         let mut locks = self.lock_for_unbind(owner)?;
+        // Nothing the device says can matter any more: every exchange of the TDI (and, when
+        // the stream is cut now, of the device) is dropped, and late answers do not open.
+        record.exchange = None;
+        record.nonce = None;
+        record.unlock_first = true;
         if cut {
             dev.stream = IdeStream::Cut;
             for other in others.iter_mut().filter_map(|g| g.as_mut()) {
+                if let Some(Exchange {
+                    op: DeviceOp::Bind { step, .. },
+                    ..
+                }) = other.exchange
+                {
+                    let id = dev.tdis.iter().find(|(_, i)| *i == other.iface).map(|(t, _)| *t);
+                    if let Some(id) = id {
+                        Self::abandon_bind(dev, id, other, step);
+                    }
+                }
+                // Only an unbind waiting for STOP keeps its exchange: STOP can still land.
+                if !matches!(other.exchange.map(|e| e.op), Some(DeviceOp::Stop { .. })) {
+                    other.exchange = None;
+                }
+                other.unlock_first = true;
                 // Locked and Run go to ERROR; ERROR and unbinding stay; unbound stays unbound.
                 other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
             }
@@ -574,31 +705,308 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
     /// The host has re-established the device's IDE stream (key programming) after a forced
     /// unbind cut it: the root port passes its TEE traffic again and its TDIs can be bound.
     /// Only once every TDI of the device is unbound (`TdiBound` otherwise: a TDI the cut left
-    /// in ERROR is force-unbound first), so no bound TDI ever sees its device come back. The
-    /// firmware then sends STOP_INTERFACE to each TDI's interface to return it to
-    /// CONFIG_UNLOCKED from wherever the cut left it; the answers are not the status (an
-    /// interface already unlocked refuses, and one that did not stop refuses the next bind's
-    /// LOCK, which changes nothing). A live stream is `Ok` and nothing is sent, after the same
+    /// in ERROR is force-unbound first), so no bound TDI ever sees its device come back. Each
+    /// TDI's next bind starts with STOP_INTERFACE, which returns its interface to
+    /// CONFIG_UNLOCKED from wherever the cut left it (an interface already unlocked refuses
+    /// it, which the bind ignores). A live stream is `Ok` and nothing changes, after the same
     /// check (setting up a stream under a bound TDI is `TdiBound` whatever the stream's state,
     /// as SEV's DEV_DISCONNECT before DEV_CONNECT refuses it).
     pub fn setup_stream(&self, device: DeviceId) -> TsmResult<()> {
         let mut dev_slot = self.devices.lock(device.slot())?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         // Binding takes the device lock first: no TDI can become bound while it is held.
+        let mut tdis: heapless::Vec<_, MAX_TDIS_PER_DEVICE> = heapless::Vec::new();
         for &(tdi, _) in dev.tdis.iter() {
             let slot = self.tdis.lock(tdi.slot())?;
             if slot.as_ref().is_some_and(|r| r.state.is_bound()) {
                 return Err(Error::TdiBound);
             }
+            // Cannot fail: the device lists at most MAX_TDIS_PER_DEVICE TDIs.
+            tdis.push(slot).map_err(|_| Error::Inconsistent)?;
         }
         if dev.stream == IdeStream::Live {
             return Ok(());
         }
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
-        for &(_, iface) in dev.tdis.iter() {
-            let _ = transport.stop_interface(iface);
+        for record in tdis.iter_mut().filter_map(|g| g.as_mut()) {
+            record.unlock_first = true;
         }
         dev.stream = IdeStream::Live;
+        Ok(())
+    }
+
+    // ---- the device's answers -----------------------------------------------------------
+
+    /// The host hands back the device's answer to `tdi`'s outstanding request: the bytes its
+    /// DOE mailbox returned, or `None` when the device did not answer. The operation that
+    /// waits goes on: `Relay(n)` with its next request in `out`, or its own outcome (bind:
+    /// `Done` once bound; start: `Done` in RUN; unbind: `Done` or `Resumable` as
+    /// [`Tsm::unbind`]; check: `Done` or `Resumable` as blocking goes).
+    ///
+    /// Refused, and nothing changes (the exchange stays outstanding): no exchange outstanding
+    /// (`NoExchange`); bytes that are not a DOE object holding a secured record of this very
+    /// exchange with an SPDM vendor-defined TDISP response, or longer than
+    /// [`MAX_RELAY_BYTES`](crate::relay::MAX_RELAY_BYTES) (`RelayMalformed`: garbled,
+    /// another TDI's, a stale answer, the request itself). An answer that opens is the
+    /// device's own word: TDISP_ERROR (`DeviceRefused`), or not the response the request
+    /// asked for (`DeviceMalformed`), ends the operation as its failure does. `None` counts
+    /// against [`MAX_ATTEMPTS`]: below it the same request is to be sent again (`Relay`),
+    /// at it the operation ends `DeviceUnresponsive`.
+    ///
+    /// Locks: device, TDI, guest (the bind's or the owner), ownership, secure table,
+    /// transport, all taken before anything changes.
+    pub fn device_response(
+        &self,
+        tdi: TdiId,
+        response: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> TsmResult<Completion> {
+        let device = self.tdi(tdi)?.device;
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
+        check_relay_buffer(out)?;
+        let ex = record.exchange.ok_or(Error::NoExchange)?;
+        let consistent = match (ex.op, record.state) {
+            (DeviceOp::Bind { .. }, TdiState::Unbound) => true,
+            (DeviceOp::Start { guest }, TdiState::Locked { owner }) => guest == owner,
+            (DeviceOp::Check, TdiState::Locked { .. } | TdiState::Run { .. }) => true,
+            (
+                DeviceOp::Stop { .. },
+                TdiState::Unbinding {
+                    step: UnbindStep::Stop,
+                    ..
+                },
+            ) => true,
+            _ => false,
+        };
+        if !consistent {
+            return Err(Error::Inconsistent);
+        }
+        let guest = match ex.op {
+            DeviceOp::Bind { guest, .. } => guest,
+            _ => record.state.owner().ok_or(Error::Inconsistent)?,
+        };
+        let mut locks = self.lock_for_unbind(guest)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+
+        let Some(bytes) = response else {
+            let attempts = ex.attempts.saturating_add(1);
+            if attempts < MAX_ATTEMPTS {
+                let again = Exchange { attempts, ..ex };
+                let n = transport.request(record, &again, out)?;
+                record.exchange = Some(again);
+                return Ok(Completion::Relay(n));
+            }
+            // The device stays silent: the operation ends, leaving the TDI as it was.
+            match ex.op {
+                DeviceOp::Bind { step, .. } => {
+                    Self::abandon_bind(dev, tdi, record, step);
+                }
+                _ => record.exchange = None,
+            }
+            return Err(Error::DeviceUnresponsive);
+        };
+        let mut msg = [0u8; MAX_MESSAGE_BYTES];
+        let n = transport.open(record.iface, &ex, bytes, &mut msg)?;
+        let msg = msg.get(..n).ok_or(Error::Inconsistent)?;
+        let answer = transport.decode(record.iface, &ex, msg);
+        match ex.op {
+            DeviceOp::Bind { guest, step } => {
+                let next = match (step, answer) {
+                    // Whatever the device says to the unlocking STOP, LOCK will tell.
+                    (BindStep::Unlock, _) => Ok(Some(BindStep::Version)),
+                    (BindStep::Version, Ok(Response::Version(v))) => {
+                        if v.contains(&TDISP_VERSION_1_0) {
+                            Ok(Some(BindStep::Capabilities))
+                        } else {
+                            Err(Error::DeviceMalformed)
+                        }
+                    }
+                    (BindStep::Capabilities, Ok(Response::Capabilities(c))) => {
+                        if c.lock_interface_flags_supported.get() & LOCK_FLAG_NO_FW_UPDATE != 0 {
+                            Ok(Some(BindStep::Lock))
+                        } else {
+                            Err(Error::DeviceRefused)
+                        }
+                    }
+                    (BindStep::Lock, Ok(Response::Lock(nonce))) => {
+                        record.nonce = Some(nonce);
+                        Ok(Some(BindStep::Report { offset: 0 }))
+                    }
+                    (BindStep::Report { offset }, Ok(Response::Report { portion, remainder })) => {
+                        Self::take_portion(dev, tdi, offset, portion, remainder)
+                    }
+                    (_, Err(fault)) => Err(fault.into()),
+                    (_, Ok(_)) => Err(Error::DeviceMalformed),
+                };
+                let done = match next {
+                    // The whole report is in: bind or refuse.
+                    Ok(None) => Self::finish_bind(dev, tdi, record, guest, &mut locks),
+                    Ok(Some(next)) => {
+                        let ex = Exchange {
+                            op: DeviceOp::Bind { guest, step: next },
+                            seq: record.next_seq,
+                            attempts: 0,
+                        };
+                        let n = transport.request(record, &ex, out);
+                        match n {
+                            Ok(n) => {
+                                Self::start_exchange(record, ex);
+                                return Ok(Completion::Relay(n));
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    Self::abandon_bind(dev, tdi, record, step);
+                    return Err(e);
+                }
+                Ok(Completion::Done)
+            }
+            DeviceOp::Start { guest } => {
+                record.exchange = None;
+                match answer {
+                    Ok(Response::Start) => {
+                        record.state = transition(record.state, Event::Start(guest))?;
+                        Ok(Completion::Done)
+                    }
+                    // A device that refuses or garbles START cannot be trusted with the guest.
+                    failed => {
+                        let fault = match failed {
+                            Err(fault) => Error::from(fault),
+                            Ok(_) => Error::DeviceMalformed,
+                        };
+                        record.state = transition(record.state, Event::DeviceError)?;
+                        // The fault is the status; blocking resumes on the next call that does.
+                        let _ = Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table);
+                        Err(fault)
+                    }
+                }
+            }
+            DeviceOp::Check => {
+                record.exchange = None;
+                let said = match answer {
+                    Ok(Response::State(s)) => s,
+                    Ok(_) => return Err(Error::DeviceMalformed),
+                    Err(fault) => return Err(fault.into()),
+                };
+                record.device_state = Some(said);
+                let agrees = matches!(
+                    (record.state, said),
+                    (TdiState::Locked { .. }, TdispState::ConfigLocked)
+                        | (TdiState::Run { .. }, TdispState::Run)
+                );
+                if !agrees {
+                    record.state = transition(record.state, Event::DeviceError)?;
+                }
+                Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table)
+            }
+            DeviceOp::Stop { confirm } => {
+                let stopped = match (confirm, answer) {
+                    (false, Ok(Response::Stop))
+                    | (true, Ok(Response::State(TdispState::ConfigUnlocked))) => Ok(()),
+                    // STOP of an interface a reset already unlocked: done if the device says so.
+                    (false, Err(DeviceFault::Refused))
+                        if matches!(
+                            transport.last_error(),
+                            Some(WireError::Refused {
+                                code: error_code::INVALID_INTERFACE_STATE,
+                                ..
+                            })
+                        ) =>
+                    {
+                        let ex = Exchange {
+                            op: DeviceOp::Stop { confirm: true },
+                            seq: record.next_seq,
+                            attempts: 0,
+                        };
+                        let n = transport.request(record, &ex, out)?;
+                        Self::start_exchange(record, ex);
+                        return Ok(Completion::Relay(n));
+                    }
+                    (true, Ok(Response::State(_))) => Err(Error::DeviceRefused),
+                    (_, Err(fault)) => Err(fault.into()),
+                    (_, Ok(_)) => Err(Error::DeviceMalformed),
+                };
+                record.exchange = None;
+                stopped?;
+                record.nonce = None;
+                let owner = record.state.owner().ok_or(Error::Inconsistent)?;
+                Self::run_unbind(&mut locks, tdi, record, owner, UnbindStep::Stop, None)
+            }
+        }
+    }
+
+    /// Adds a report portion to the device's report read; `None` once the report is whole
+    /// (the caller finishes the bind), else the next step.
+    fn take_portion(
+        dev: &mut Device,
+        tdi: TdiId,
+        offset: u16,
+        portion: &[u8],
+        remainder: u16,
+    ) -> TsmResult<Option<BindStep>> {
+        let read = dev
+            .report_read
+            .as_mut()
+            .filter(|r| r.tdi == tdi)
+            .ok_or(Error::Inconsistent)?;
+        if read.report.offset() != usize::from(offset) {
+            return Err(Error::Inconsistent);
+        }
+        if portion.len() > usize::from(REPORT_PORTION) {
+            return Err(Error::DeviceMalformed);
+        }
+        match read.report.accept(portion, remainder) {
+            Ok(true) => Ok(None),
+            // Each accepted portion adds at least one byte and the total is capped, so the
+            // read ends within MAX_REPORT_BYTES rounds.
+            Ok(false) => Ok(Some(BindStep::Report {
+                offset: u16::try_from(read.report.offset()).map_err(|_| Error::DeviceMalformed)?,
+            })),
+            Err(_) => Err(Error::DeviceMalformed),
+        }
+    }
+
+    /// The report is whole: check it and bind, or refuse with nothing bound.
+    fn finish_bind(
+        dev: &mut Device,
+        tdi: TdiId,
+        record: &mut Tdi,
+        guest: GuestId,
+        locks: &mut UnbindLocks<'_, T>,
+    ) -> TsmResult<()> {
+        let reported = {
+            let read = dev
+                .report_read
+                .as_ref()
+                .filter(|r| r.tdi == tdi)
+                .ok_or(Error::Inconsistent)?;
+            DeviceInterfaceReport::parse(read.report.bytes(), 0)?.reported_ranges()
+        };
+        if dev.stream == IdeStream::Cut {
+            return Err(Error::StreamCut);
+        }
+        let guest_record = locks.guest.as_mut().ok_or(Error::InvalidHandle)?;
+        let next = transition(record.state, Event::Bind(guest))?;
+        let bound = guest_record
+            .bound_tdis
+            .checked_add(1)
+            .ok_or(Error::Inconsistent)?;
+        Self::check_report(&dev.bars, &reported)?;
+        locks.owners.check_claim(&reported)?;
+        locks.owners.claim(tdi, guest, &reported)?;
+        guest_record.bound_tdis = bound;
+        record.state = next;
+        record.exchange = None;
+        record.unlock_first = false;
+        dev.report_read = None;
         Ok(())
     }
 
@@ -716,8 +1124,8 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
         Ok(f(&mut *try_lock(&self.table, Operand::SecureTable)?))
     }
 
-    /// Runs `f` on the device transport (tests drive the device model through it).
-    pub fn with_transport<R>(&self, f: impl FnOnce(&mut D) -> R) -> TsmResult<R> {
+    /// Runs `f` on the requester and its secure session.
+    pub fn with_transport<R>(&self, f: impl FnOnce(&mut Requester<S>) -> R) -> TsmResult<R> {
         Ok(f(&mut *try_lock(&self.transport, Operand::Transport)?))
     }
 
@@ -803,4 +1211,12 @@ impl<T: SecureTable, D: TdispDevice> Tsm<T, D> {
             table: image(&*try_lock(&self.table, Operand::SecureTable)?),
         })
     }
+}
+
+/// `RelayBufferTooSmall` unless `out` holds any request the firmware sends.
+fn check_relay_buffer(out: &[u8]) -> TsmResult<()> {
+    if out.len() < MAX_RELAY_BYTES {
+        return Err(Error::RelayBufferTooSmall);
+    }
+    Ok(())
 }

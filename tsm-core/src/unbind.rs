@@ -5,7 +5,6 @@ use crate::lifecycle::{Cursor, TdiState, UnbindStep};
 use crate::ownership::Ownership;
 use crate::secure_table::{Leaf, LeafState, SecureTable, TableError};
 use crate::status::{Completion, Error};
-use crate::transport::{InterfaceId, TdispDevice};
 
 /// Where a walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,33 +76,50 @@ pub(crate) fn block_leaves<T: SecureTable>(
     })
 }
 
+/// What the Stop step needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopBy {
+    /// The device must acknowledge STOP_INTERFACE: the step ends the call asking for it.
+    Device,
+    /// Nothing more: the device acknowledged STOP, or a forced unbind cut its IDE stream so
+    /// it can no longer reach the guest.
+    Done,
+}
+
 /// The objects an unbind works on, all locked by the caller in lock order.
-pub(crate) struct UnbindCtx<'a, T, D> {
+pub(crate) struct UnbindCtx<'a, T> {
     /// The owner's bound count can drop by one: the unbind may release.
     pub releasable: bool,
     pub tdi: TdiId,
-    pub iface: InterfaceId,
     pub owner: GuestId,
     pub owners: &'a mut Ownership,
     pub table: &'a mut T,
-    /// The device, asked for STOP; `None` for a forced unbind, whose device's IDE stream is
-    /// cut: the Stop step then needs no answer (the device can no longer reach the guest).
-    pub device: Option<&'a mut D>,
+    pub stop: StopBy,
+}
+
+/// How a call of the unbind machine ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Done or Resumable.
+    Completion(Completion),
+    /// At Stop, every leaf blocked: the device must be asked.
+    AskStop,
 }
 
 enum Next {
     Step(UnbindStep),
     Yield(UnbindStep),
+    AskStop,
     Release,
 }
 
 /// Runs unbind steps from `step` within `budget` leaf operations. Returns the state to store
 /// and the outcome; on an error the state keeps the step that failed, so a retry resumes there.
-pub(crate) fn run<T: SecureTable, D: TdispDevice>(
-    ctx: &mut UnbindCtx<'_, T, D>,
+pub(crate) fn run<T: SecureTable>(
+    ctx: &mut UnbindCtx<'_, T>,
     mut step: UnbindStep,
     mut budget: u32,
-) -> (TdiState, Result<Completion, Error>) {
+) -> (TdiState, Result<Ended, Error>) {
     loop {
         let unbinding = TdiState::Unbinding {
             owner: ctx.owner,
@@ -117,23 +133,24 @@ pub(crate) fn run<T: SecureTable, D: TdispDevice>(
                         owner: ctx.owner,
                         step: next,
                     },
-                    Ok(Completion::Resumable),
+                    Ok(Ended::Completion(Completion::Resumable)),
                 );
             }
+            Ok(Next::AskStop) => return (unbinding, Ok(Ended::AskStop)),
             // The owner's count would drift: every leaf is gone, but the ranges stay owned and
             // the TDI bound until the firmware's records agree again.
             Ok(Next::Release) if !ctx.releasable => return (unbinding, Err(Error::Inconsistent)),
             Ok(Next::Release) => {
                 ctx.owners.release(ctx.tdi);
-                return (TdiState::Unbound, Ok(Completion::Done));
+                return (TdiState::Unbound, Ok(Ended::Completion(Completion::Done)));
             }
             Err(e) => return (unbinding, Err(e)),
         }
     }
 }
 
-fn advance<T: SecureTable, D: TdispDevice>(
-    ctx: &mut UnbindCtx<'_, T, D>,
+fn advance<T: SecureTable>(
+    ctx: &mut UnbindCtx<'_, T>,
     step: UnbindStep,
     budget: &mut u32,
 ) -> Result<Next, Error> {
@@ -148,19 +165,17 @@ fn advance<T: SecureTable, D: TdispDevice>(
             }
         }
         // STOP before the pages go back: the device scrubs and stops TEE traffic (PCIe 6.x
-        // 11.3.9) while the firmware still owns its MMIO. A failure keeps this step. With the
-        // stream cut (forced unbind) the root port already drops the device's TEE traffic:
-        // nothing to ask.
-        UnbindStep::Stop => {
-            if let Some(device) = ctx.device.as_deref_mut() {
-                device.stop_interface(ctx.iface)?;
-            }
-            Next::Step(UnbindStep::Track)
-        }
+        // 11.3.9) while the firmware still owns its MMIO; the call returns with the request
+        // and the device's answer resumes here. With the stream cut (forced unbind) the root
+        // port already drops the device's TEE traffic: nothing to ask.
+        UnbindStep::Stop => match ctx.stop {
+            StopBy::Device => Next::AskStop,
+            StopBy::Done => Next::Step(UnbindStep::Track),
+        },
         // Every leaf is blocked: one epoch advance covers them all.
         UnbindStep::Track => match ctx.table.track(ctx.owner)? {
             Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
-            Completion::Resumable => Next::Yield(UnbindStep::Track),
+            Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
         },
         UnbindStep::Remove(cursor) => {
             match walk(ctx.owners, ctx.tdi, ctx.table, cursor, budget, |t, leaf| {

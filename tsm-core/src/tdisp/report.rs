@@ -203,7 +203,7 @@ pub fn encode_report(
 
 /// Collects a report from DEVICE_INTERFACE_REPORT portions (11.3.12: PORTION_LENGTH,
 /// REMAINDER_LENGTH), requested in order from offset 0.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportAssembler {
     buf: [u8; MAX_REPORT_BYTES],
     len: usize,

@@ -1,0 +1,146 @@
+//! A host that relays: the firmware and a [`ModelDevice`] side by side, with the firmware's
+//! operations driven to their end the way a host kernel drives them (call, relay the request
+//! to the DOE mailbox, hand the answer back, repeat). Tests, the scenario shim and the boot
+//! use it; no firmware path does. Everything else of the firmware is reached through `Deref`.
+
+use core::ops::Deref;
+
+use spin::Mutex;
+
+use crate::device_model::ModelDevice;
+use crate::ids::{GuestId, TdiId};
+use crate::lifecycle::{TdiState, TdispState};
+use crate::relay::{MAX_RELAY_BYTES, ModelSession};
+use crate::reserved::ReservedMemory;
+use crate::secure_table::SecureTable;
+use crate::status::{Completion, Error, Operand, TsmResult};
+use crate::tsm::Tsm;
+
+/// Times a relay step is retried while the firmware reports `Busy` (another CPU holds a lock
+/// the answer needs) before the host gives up and leaves the exchange outstanding.
+pub const BUSY_RETRIES: u32 = 10_000;
+
+/// The firmware over table `T`, sealed with [`ModelSession`], and the model device its host
+/// relays to.
+pub struct Relayed<T> {
+    fw: Tsm<T, ModelSession>,
+    device: Mutex<ModelDevice>,
+}
+
+impl<T> Deref for Relayed<T> {
+    type Target = Tsm<T, ModelSession>;
+    fn deref(&self) -> &Self::Target {
+        &self.fw
+    }
+}
+
+impl<T: SecureTable> Relayed<T> {
+    /// The firmware over `table` and the host's `device`.
+    pub const fn new(table: T, device: ModelDevice) -> Self {
+        Self::with_reserved(table, device, ReservedMemory::new())
+    }
+
+    /// [`Relayed::new`] with memory the firmware reserves.
+    pub const fn with_reserved(table: T, device: ModelDevice, reserved: ReservedMemory) -> Self {
+        Self {
+            fw: Tsm::with_reserved(table, ModelSession::model(), reserved),
+            device: Mutex::new(device),
+        }
+    }
+
+    /// The firmware alone.
+    pub fn firmware(&self) -> &Tsm<T, ModelSession> {
+        &self.fw
+    }
+
+    /// Runs `f` on the model device (`Busy(Transport)` while another CPU relays through it).
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut ModelDevice) -> R) -> TsmResult<R> {
+        let mut device = self
+            .device
+            .try_lock()
+            .ok_or(Error::Busy(Operand::Transport))?;
+        Ok(f(&mut device))
+    }
+
+    /// Relays from `first` (the outcome of the call that started an operation on `tdi`) until
+    /// the operation ends: each `Relay(n)` goes to the device, and its answer (or its silence)
+    /// back through `device_response`. Returns the operation's own outcome.
+    pub fn relay(
+        &self,
+        tdi: TdiId,
+        first: TsmResult<Completion>,
+        buf: &mut [u8; MAX_RELAY_BYTES],
+    ) -> TsmResult<Completion> {
+        let mut outcome = first;
+        loop {
+            let Ok(Completion::Relay(n)) = outcome else {
+                return outcome;
+            };
+            let mut answer = [0u8; MAX_RELAY_BYTES];
+            let request = buf.get(..n).ok_or(Error::Inconsistent)?;
+            let len = self.device.lock().answer(request, &mut answer);
+            let response = match len {
+                Some(k) => Some(answer.get(..k).ok_or(Error::Inconsistent)?),
+                None => None,
+            };
+            outcome = Self::retry_busy(|| self.fw.device_response(tdi, response, buf));
+        }
+    }
+
+    fn retry_busy(mut call: impl FnMut() -> TsmResult<Completion>) -> TsmResult<Completion> {
+        let mut outcome = call();
+        for _ in 0..BUSY_RETRIES {
+            if !matches!(outcome, Err(Error::Busy(_))) {
+                break;
+            }
+            core::hint::spin_loop();
+            outcome = call();
+        }
+        outcome
+    }
+
+    /// [`Tsm::bind`], relayed to its end.
+    pub fn bind(&self, tdi: TdiId, guest: GuestId) -> TsmResult<()> {
+        let mut buf = [0u8; MAX_RELAY_BYTES];
+        let first = self.fw.bind(tdi, guest, &mut buf);
+        self.relay(tdi, first, &mut buf).map(drop)
+    }
+
+    /// [`Tsm::guest_start`], relayed to its end.
+    pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        let mut buf = [0u8; MAX_RELAY_BYTES];
+        let first = self.fw.guest_start(guest, tdi, &mut buf);
+        self.relay(tdi, first, &mut buf).map(drop)
+    }
+
+    /// One call of [`Tsm::unbind`], with its STOP relayed: `Done` or `Resumable`.
+    pub fn unbind(&self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut buf = [0u8; MAX_RELAY_BYTES];
+        let first = self.fw.unbind(tdi, &mut buf);
+        self.relay(tdi, first, &mut buf)
+    }
+
+    /// One call of [`Tsm::check_interface`], its question relayed: `Done` or `Resumable`.
+    pub fn check_interface(&self, tdi: TdiId) -> TsmResult<Completion> {
+        self.check_interface_state(tdi).map(|(done, _)| done)
+    }
+
+    /// [`Relayed::check_interface`], with the TDISP state it found: the device's answer for a
+    /// locked or running TDI; the firmware's own view for one in ERROR or being unbound, which
+    /// the device is not asked about.
+    pub fn check_interface_state(&self, tdi: TdiId) -> TsmResult<(Completion, TdispState)> {
+        let asks = matches!(
+            self.fw.tdi(tdi)?.state,
+            TdiState::Locked { .. } | TdiState::Run { .. }
+        );
+        let mut buf = [0u8; MAX_RELAY_BYTES];
+        let first = self.fw.check_interface(tdi, &mut buf);
+        let done = self.relay(tdi, first, &mut buf)?;
+        let record = self.fw.tdi(tdi)?;
+        let state = match record.device_state {
+            Some(said) if asks => said,
+            _ => record.state.tdisp(),
+        };
+        Ok((done, state))
+    }
+}
