@@ -196,6 +196,78 @@ impl SpdmCtrl {
     }
 }
 
+/// The header every SLA buffer starts with (sev-dev-tio.c `struct sla_buffer_hdr`, 0x40
+/// bytes; sev-linux-buffers.md section 2.2). The request and response of a relayed exchange
+/// follow it as a data object ([`DobjHdr`]) at 0x40.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SlaBufferHdr {
+    /// Bytes the buffer holds (the host writes `npages << 12` when it allocates it).
+    pub capacity_sz: U32,
+    /// Bytes of payload, the data object's header included; a multiple of
+    /// [`SLA_PAYLOAD_ALIGN`] (@0x04).
+    pub payload_sz: U32,
+    /// Bit 0 [`SLA_FLAG_ENCRYPTION`] (@0x08).
+    pub flags: U32,
+    /// Reserved.
+    pub reserved1: U32,
+    /// IV of an encrypted payload (@0x10).
+    pub iv: [u8; 16],
+    /// Tag of an encrypted payload (@0x20).
+    pub authtag: [u8; 16],
+    /// Reserved.
+    pub reserved2: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SlaBufferHdr>() == 0x40);
+
+/// `sla_buffer_hdr.flags` bit 0: the payload is encrypted (sev-linux-buffers.md section 2.2,
+/// "flags (bit 0 ENCRYPTION)"). This firmware neither sends nor takes encrypted buffers: the
+/// secured SPDM record inside is the protection.
+pub const SLA_FLAG_ENCRYPTION: u32 = 1 << 0;
+/// `payload_sz` is a multiple of 32 bytes (sev-linux-buffers.md section 2.2; Linux writes
+/// `ALIGN(0x10 + n, 32)` for a response, section 3).
+pub const SLA_PAYLOAD_ALIGN: usize = 32;
+
+/// A data object header for a request or response (sev-dev-tio.c `struct spdm_dobj_hdr` with
+/// the REQ/RESP `data_type` byte, 0x10 bytes, at 0x40 of its SLA buffer).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct DobjHdr {
+    /// [`DOBJ_ID_REQ`] or [`DOBJ_ID_RESP`].
+    pub id: U32,
+    /// Bytes of the object, this header included (@0x04).
+    pub length: U32,
+    /// Version, minor (@0x08): [`DOBJ_VERSION`] `.0`.
+    pub version_minor: u8,
+    /// Version, major (@0x09): [`DOBJ_VERSION`] `.1`.
+    pub version_major: u8,
+    /// [`DOBJ_DATA_TYPE_SPDM`] or [`DOBJ_DATA_TYPE_SECURE_SPDM`] (@0x0A): the DOE data object
+    /// type the host relays the bytes with.
+    pub data_type: u8,
+    /// Reserved.
+    pub reserved: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<DobjHdr>() == 0x10);
+
+/// Where the data object starts in an SLA buffer: right after [`SlaBufferHdr`].
+pub const DOBJ_OFFSET: usize = core::mem::size_of::<SlaBufferHdr>();
+/// Where the SPDM bytes start: after the data object header (Linux relays from
+/// `reqbuf + 0x50` and receives at `respbuf + 0x50`, sev-linux-buffers.md section 3).
+pub const SPDM_PAYLOAD_OFFSET: usize = DOBJ_OFFSET + core::mem::size_of::<DobjHdr>();
+const _: () = assert!(SPDM_PAYLOAD_OFFSET == 0x50);
+/// Data object ID of a request (sev-dev-tio.c `SPDM_DOBJ_ID_REQ = 1`).
+pub const DOBJ_ID_REQ: u32 = 1;
+/// Data object ID of a response (`SPDM_DOBJ_ID_RESP = 2`; Linux's `dobj_response_init`
+/// writes it once at DEV_CONNECT).
+pub const DOBJ_ID_RESP: u32 = 2;
+/// Data object version 1.0 as (minor, major) (`dobj_response_init`).
+pub const DOBJ_VERSION: (u8, u8) = (0, 1);
+/// `data_type` 1: plain SPDM, relayed as DOE data object type 1 (CMA/SPDM).
+pub const DOBJ_DATA_TYPE_SPDM: u8 = 1;
+/// `data_type` 2: secured SPDM, relayed as DOE data object type 2 (secured CMA/SPDM). Every
+/// TDISP exchange this firmware relays is one (DSP0277 records).
+pub const DOBJ_DATA_TYPE_SECURE_SPDM: u8 = 2;
+
 macro_rules! command {
     ($(#[$m:meta])* $name:ident = $id:expr, $len:expr, { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }
      reserved($me:ident) $body:block) => {
@@ -220,7 +292,9 @@ macro_rules! command {
 }
 
 command! {
-    /// TIO_DEV_CREATE (0x20 bytes): register a device, named by its routing ID and segment.
+    /// TIO_DEV_CREATE (0x20 bytes): register a device, named by its routing ID and segment,
+    /// with the BARs the host programmed (`bar_list`, ours: sev-dev-tio.c has reserved bytes
+    /// there and Linux sends 0, a device without BARs).
     DevCreate = TIO_DEV_CREATE, 0x20, {
         /// Buffer length.
         length: U32, /// Reserved.
@@ -229,9 +303,41 @@ command! {
         device_id: U16, /// PCIe routing ID of its root port (@0x12).
         root_port_id: U16, /// PCIe segment (@0x14).
         segment_id: u8, /// Reserved.
-        reserved2: [u8; 11],
+        reserved2: [u8; 3], /// Ours: system physical address of a [`BarList`], 0 for none (@0x18).
+        bar_list: U64,
     } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
 }
+
+/// Most entries a [`BarList`] holds (ours: a type 0 header has six BARs; two more, so that an
+/// oversized list reaches the core's own check, `MAX_BARS`, and gets the core's status).
+pub const MAX_BAR_ENTRIES: usize = 8;
+
+/// One BAR of a [`BarList`] (ours): the memory range the host programmed into it.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct BarEntry {
+    /// First host physical address, 4K aligned.
+    pub base: U64,
+    /// Size in 4K pages (@0x08).
+    pub pages: U64,
+}
+const _: () = assert!(core::mem::size_of::<BarEntry>() == 16);
+
+/// The device's memory BARs as the host programmed them, named by DEV_CREATE `bar_list`
+/// (ours; 0x88 bytes, 8-byte aligned, within one page). Entries past `count` are not read.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct BarList {
+    /// BARs that follow (at most [`MAX_BAR_ENTRIES`]).
+    pub count: U32,
+    /// Reserved, zero.
+    pub reserved: U32,
+    /// The BARs (@0x08).
+    pub bars: [BarEntry; MAX_BAR_ENTRIES],
+}
+const _: () = assert!(core::mem::size_of::<BarList>() == 0x88);
+/// Alignment of a [`BarList`] (its 64-bit fields).
+pub const BAR_LIST_ALIGN: u64 = 8;
 
 command! {
     /// TIO_DEV_RECLAIM (0x10 bytes): forget a device with no TDIs.
@@ -263,6 +369,24 @@ command! {
 /// DEV_DISCONNECT / TDI_UNBIND flag: force. sev-dev-tio.c `TIO_DEV_DISCONNECT_FLAG_FORCE`,
 /// `TIO_TDI_UNBIND_FLAG_FORCE` = BIT(0).
 pub const FLAG_FORCE: u32 = 1 << 0;
+
+/// Ours: bit 31 of the `u32` at 0x04 (reserved, or TDI_UNBIND's flags) of the commands that
+/// relay a device exchange (TDI_BIND, TDI_UNBIND, TDI_STATUS, GUEST_REQUEST). The firmware
+/// sets it in the buffer it writes back when it answers `SPDM_REQUEST`, and clears it when it
+/// answers `SUCCESS` or `RESUME_REQUIRED`; the host reissues the written-back buffer (Linux
+/// `sev_tio_continue` resends exactly those bytes, sev-linux-buffers.md section 3), so a
+/// buffer with it set asks the firmware to take `spdm_ctrl.resp` as the device's answer to the
+/// TDI's outstanding request. The firmware does not trust it: the continuation must match the
+/// exchange the TDI has outstanding (`NoExchange`, `ExchangePending` otherwise).
+pub const FLAG_CONTINUE: u32 = 1 << 31;
+
+/// The commands that relay device exchanges (they carry [`FLAG_CONTINUE`] at 0x04).
+pub const RELAYING: [CommandId; 4] = [TIO_TDI_BIND, TIO_TDI_UNBIND, TIO_TDI_STATUS, TIO_GUEST_REQUEST];
+/// Offset of the `u32` that carries [`FLAG_CONTINUE`].
+pub const CONTINUE_WORD: usize = 4;
+/// Offset of `spdm_ctrl` in every command that has one (sev-dev-tio.c: right after the length
+/// and the reserved or flags word).
+pub const SPDM_CTRL_OFFSET: usize = 8;
 
 command! {
     /// TIO_DEV_DISCONNECT (0x30 bytes): tear the secure session down.
@@ -335,7 +459,7 @@ command! {
     /// TIO_TDI_BIND (0x50 bytes): lock the interface and bind it to a guest.
     TdiBind = TIO_TDI_BIND, 0x50, {
         /// Buffer length.
-        length: U32, /// Reserved.
+        length: U32, /// Reserved but for [`FLAG_CONTINUE`] (@0x04).
         reserved: U32, /// SPDM buffers (@0x08).
         spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
         dev_ctx: U64, /// TDI context SLA (@0x30).
@@ -346,7 +470,7 @@ command! {
         run_flags: U16, /// Reserved.
         reserved3: [u8; 10],
     } reserved(c) {
-        c.reserved.get() == 0 && c.lock_flags.get() & !BIND_LOCK_FLAGS == 0
+        c.reserved.get() & !FLAG_CONTINUE == 0 && c.lock_flags.get() & !BIND_LOCK_FLAGS == 0
             && c.run_flags.get() == 0 && zero(&c.reserved3)
     }
 }
@@ -355,13 +479,13 @@ command! {
     /// TIO_TDI_UNBIND (0x40 bytes): one bounded step of the unbind.
     TdiUnbind = TIO_TDI_UNBIND, 0x40, {
         /// Buffer length.
-        length: U32, /// Flags: only [`FLAG_FORCE`] (@0x04).
+        length: U32, /// Flags: [`FLAG_FORCE`] and [`FLAG_CONTINUE`] (@0x04).
         flags: U32, /// SPDM buffers (@0x08).
         spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
         dev_ctx: U64, /// TDI context SLA (@0x30).
         tdi_ctx: U64, /// Guest context page (@0x38).
         gctx_paddr: U64,
-    } reserved(c) { c.flags.get() & !FLAG_FORCE == 0 }
+    } reserved(c) { c.flags.get() & !(FLAG_FORCE | FLAG_CONTINUE) == 0 }
 }
 
 command! {
@@ -381,13 +505,13 @@ command! {
     /// TIO_TDI_STATUS (0x40 bytes): the TDISP state, written to `status_paddr`.
     TdiStatus = TIO_TDI_STATUS, 0x40, {
         /// Buffer length.
-        length: U32, /// Reserved.
+        length: U32, /// Reserved but for [`FLAG_CONTINUE`] (@0x04).
         reserved1: U32, /// SPDM buffers (@0x08).
         spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
         dev_ctx: U64, /// TDI context SLA (@0x30).
         tdi_ctx: U64, /// Where to write [`TdiStatusData`] (@0x38).
         status_paddr: U64,
-    } reserved(c) { c.reserved1.get() == 0 }
+    } reserved(c) { c.reserved1.get() & !FLAG_CONTINUE == 0 }
 }
 
 /// TDI_STATUS output (sev-dev-tio.c `struct sev_tio_tdi_status_data`, 0x10 bytes).
@@ -407,7 +531,7 @@ command! {
     /// TIO_GUEST_REQUEST (0x50 bytes): a guest's TIO message, request and response pages.
     GuestRequest = TIO_GUEST_REQUEST, 0x50, {
         /// Buffer length.
-        length: U32, /// Reserved.
+        length: U32, /// Reserved but for [`FLAG_CONTINUE`] (@0x04).
         reserved: U32, /// SPDM buffers (@0x08).
         spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
         dev_ctx: U64, /// TDI context SLA (@0x30).
@@ -415,7 +539,7 @@ command! {
         gctx_paddr: U64, /// Request message page (@0x40).
         req_paddr: U64, /// Response message page (@0x48).
         res_paddr: U64,
-    } reserved(c) { c.reserved.get() == 0 }
+    } reserved(c) { c.reserved.get() & !FLAG_CONTINUE == 0 }
 }
 
 command! {

@@ -12,20 +12,29 @@
 //! one page, system memory the host owns (not device MMIO, not a page the firmware holds as a
 //! context) and writable. After that check, delivering the answer cannot fail, so a command
 //! never changes state and then fails to report it.
+//!
+//! The firmware never talks to a device: a command that needs one (TDI_BIND, TDI_UNBIND
+//! without FORCE, TDI_STATUS, the guest's TDI_START) answers `SPDM_REQUEST` with the core's
+//! request in `spdm_ctrl.req` ([`crate::relay`]), and the host reissues the same command, with
+//! [`abi::FLAG_CONTINUE`] set in the buffer the firmware wrote back and the device's answer in
+//! `spdm_ctrl.resp`. The request page is one of the outputs checked first; the response page
+//! is read once, into firmware memory, before the core sees it. A continuation must match the
+//! exchange the core has outstanding for that TDI (`NoExchange`, `ExchangePending`), and an
+//! answer that is not the device's answer to it is `RelayMalformed`: both change nothing.
 
-use tsm_core::ReservedMemory;
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::lifecycle::{Event, transition};
+use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tsm::Tsm;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange, PageSize, RequesterId,
-    TdiId, TdiState,
+    Completion, DeviceId, DeviceOp, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange, PageSize,
+    RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::abi::{self, SlaAddr, SpdmCtrl};
-use crate::device::DeviceView;
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
+use crate::relay;
 use crate::memory::SystemMemory;
 use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate, ValidateFault};
 use crate::status::{Outcome, SevStatus};
@@ -124,9 +133,10 @@ impl From<Error> for Fail {
 type Step = Result<Completion, Fail>;
 const DONE: Step = Ok(Completion::Done);
 
-/// The SEV-TIO firmware over the core, an RMP in memory `S` and devices `D`.
-pub struct Sev<S, D> {
-    tsm: Tsm<Rmp<S>, D>,
+/// The SEV-TIO firmware over the core, an RMP in memory `R` and the SPDM session `S` its
+/// relayed TDISP exchanges are sealed with.
+pub struct Sev<R, S> {
+    tsm: Tsm<Rmp<R>, S>,
     guests: heapless::Vec<GuestCtx, MAX_GUESTS>,
     devices: heapless::Vec<DevCtx, MAX_DEVICES>,
     tdis: heapless::Vec<TdiCtx, MAX_TDIS>,
@@ -178,14 +188,37 @@ fn spdm(ctrl: &SpdmCtrl) -> Result<(), Fail> {
     }
 }
 
-impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
-    /// The firmware over an RMP and the devices. `system_memory` is what the platform gives
-    /// at SNP init: the system memory the RMP covers (DRAM, where guests and command buffers
-    /// live) and the firmware's own pages (the RMP table, its image). No device BAR, reported
-    /// range or MMIO mapping may touch it (`ReservedMemory`): system memory is never MMIO.
-    pub fn new(rmp: Rmp<S>, devices: D, system_memory: ReservedMemory) -> Self {
+/// The request and response pages of a command that relays, checked before anything changes:
+/// the request page is an [`Output`] for [`relay::WINDOW`] bytes.
+struct RelayPages {
+    req: Output,
+    resp: u64,
+}
+
+/// Refusals of a relayed step that change nothing and leave the exchange as it was: the host's
+/// relay, not the operation, failed (and `Busy`: another CPU holds a lock).
+fn relay_refusal(e: Error) -> bool {
+    matches!(
+        e,
+        Error::NoExchange
+            | Error::RelayMalformed
+            | Error::RelayBufferTooSmall
+            | Error::ExchangePending
+            | Error::Busy(_)
+            | Error::Inconsistent
+    )
+}
+
+impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
+    /// The firmware over an RMP and the SPDM session it shares with the devices. The session
+    /// is the platform's (established at DEV_CONNECT on hardware). `system_memory` is what the
+    /// platform gives at SNP init: the system memory the RMP covers (DRAM, where guests and
+    /// command buffers live) and the firmware's own pages (the RMP table, its image). No device
+    /// BAR, reported range or MMIO mapping may touch it (`ReservedMemory`): system memory is
+    /// never MMIO.
+    pub fn new(rmp: Rmp<R>, session: S, system_memory: ReservedMemory) -> Self {
         Self {
-            tsm: Tsm::with_reserved(rmp, devices, system_memory),
+            tsm: Tsm::with_reserved(rmp, session, system_memory),
             guests: heapless::Vec::new(),
             devices: heapless::Vec::new(),
             tdis: heapless::Vec::new(),
@@ -193,7 +226,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
     }
 
     /// The core underneath (tests inspect it).
-    pub fn tsm(&self) -> &Tsm<Rmp<S>, D> {
+    pub fn tsm(&self) -> &Tsm<Rmp<R>, S> {
         &self.tsm
     }
 
@@ -213,7 +246,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
     }
 
     /// Runs one command on the host's buffer `buf`; `mem` is the system memory the command's
-    /// addresses point into. Never panics; a refusal changes nothing.
+    /// addresses point into. Never panics; a refusal changes nothing (the buffer included).
+    /// The buffer is written back for the commands that relay: [`abi::FLAG_CONTINUE`] set when
+    /// the answer is `SPDM_REQUEST`, cleared when it is `SUCCESS` or `RESUME_REQUIRED`.
     pub fn command(
         &mut self,
         mem: &mut dyn SystemMemory,
@@ -224,14 +259,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             abi::SNP_GCTX_CREATE => self.gctx_create(buf),
             abi::SNP_ACTIVATE => self.activate(buf),
             abi::SNP_DECOMMISSION => self.decommission(buf),
-            abi::TIO_DEV_CREATE => self.dev_create(buf),
+            abi::TIO_DEV_CREATE => self.dev_create(mem, buf),
             abi::TIO_DEV_RECLAIM => self.dev_reclaim(buf),
             abi::TIO_DEV_CONNECT => self.dev_connect(buf),
             abi::TIO_DEV_DISCONNECT => self.dev_disconnect(buf),
             abi::TIO_TDI_CREATE => self.tdi_create(buf),
             abi::TIO_TDI_RECLAIM => self.tdi_reclaim(buf),
-            abi::TIO_TDI_BIND => self.tdi_bind(buf),
-            abi::TIO_TDI_UNBIND => self.tdi_unbind(buf),
+            abi::TIO_TDI_BIND => self.tdi_bind(mem, buf),
+            abi::TIO_TDI_UNBIND => self.tdi_unbind(mem, buf),
             abi::TIO_TDI_REPORT => self.tdi_report(mem, buf),
             abi::TIO_TDI_STATUS => self.tdi_status(mem, buf),
             abi::TIO_GUEST_REQUEST => self.guest_request(mem, buf),
@@ -246,6 +281,11 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             // An unknown command is a bad parameter like any other (README, differences).
             _ => Err(SevStatus::INVALID_PARAM.into()),
         };
+        if abi::RELAYING.contains(&id)
+            && let Ok(done) = step
+        {
+            mark_continue(buf, matches!(done, Completion::Relay(_)));
+        }
         match step {
             Ok(c) => Outcome::from_core(Ok(c)),
             Err(Fail::Core(e)) => Outcome::from_core(Err(e)),
@@ -341,6 +381,88 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         Ok(Output { spa, len })
     }
 
+    /// The request and response pages of a command that relays (`spdm_ctrl.req` and
+    /// `.resp`): both named (single 4K data pages, `INVALID_PARAM` otherwise) and distinct
+    /// (`INVALID_PARAM`), the request page an output for [`relay::WINDOW`] bytes ([`Sev::output`]
+    /// statuses). Checked on every issue, before anything changes, whether or not this call
+    /// will need the device: once checked, writing a request cannot fail.
+    fn relay_pages(&self, mem: &dyn SystemMemory, ctrl: &SpdmCtrl) -> Result<RelayPages, Fail> {
+        spdm(ctrl)?;
+        let (req, resp) = (ctrl.req.get(), ctrl.resp.get());
+        if req == 0 || resp == 0 || req == resp {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let req = self.output(mem, sla_page(req), abi::PAGE_4K, relay::WINDOW)?;
+        Ok(RelayPages {
+            req,
+            resp: sla_page(resp),
+        })
+    }
+
+    /// A continuation ([`abi::FLAG_CONTINUE`]) is only for the exchange `tdi` has outstanding,
+    /// and only if `ours` (the command's own operation): `NoExchange` when it has none,
+    /// `ExchangePending` when another operation's waits.
+    fn expect_exchange(&self, tdi: TdiId, ours: impl FnOnce(DeviceOp) -> bool) -> Result<(), Fail> {
+        match self.tsm.tdi(tdi)?.exchange {
+            None => Err(Error::NoExchange.into()),
+            Some(ex) if ours(ex.op) => Ok(()),
+            Some(_) => Err(Error::ExchangePending.into()),
+        }
+    }
+
+    /// Reads the host's answer in the response page once, into firmware memory, and rebuilds
+    /// the DOE object the device sent ([`relay::decode_response`]): `None` when the host says
+    /// the device did not answer. An unreadable page is `INVALID_ADDRESS`, a buffer that does
+    /// not hold a response `RelayMalformed`; nothing changes either way.
+    fn response(
+        &self,
+        mem: &dyn SystemMemory,
+        resp: u64,
+        out: &mut [u8; MAX_RELAY_BYTES],
+    ) -> Result<Option<usize>, Fail> {
+        let mut window = [0u8; relay::WINDOW];
+        mem.read(resp, &mut window)
+            .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        let n = self.tsm.with_transport(|r| {
+            relay::decode_response(&window, |b| r.session_mut().record_len(b), out)
+        })??;
+        Ok(n)
+    }
+
+    /// One core step of a command that relays: `start` for a fresh issue, or, for a
+    /// continuation, the host's answer handed to `Tsm::device_response`. A `Relay` outcome
+    /// writes the next request to the request page, checked by [`Sev::relay_pages`]. The outer
+    /// error is a refusal before the core ran (the response page unreadable or not a
+    /// response); the inner result is the core's.
+    fn relay_call(
+        &self,
+        mem: &mut dyn SystemMemory,
+        pages: RelayPages,
+        tdi: TdiId,
+        continuing: bool,
+        start: impl FnOnce(&Tsm<Rmp<R>, S>, &mut [u8]) -> TsmResult<Completion>,
+    ) -> Result<TsmResult<Completion>, Fail> {
+        let mut out = [0u8; MAX_RELAY_BYTES];
+        let outcome = if continuing {
+            let mut answer = [0u8; MAX_RELAY_BYTES];
+            let response = match self.response(mem, pages.resp, &mut answer)? {
+                Some(n) => Some(answer.get(..n).ok_or(Error::Inconsistent)?),
+                None => None,
+            };
+            self.tsm.device_response(tdi, response, &mut out)
+        } else {
+            start(&self.tsm, &mut out)
+        };
+        if let Ok(Completion::Relay(n)) = outcome {
+            let mut page = [0u8; relay::WINDOW];
+            let len = relay::encode_request(out.get(..n).ok_or(Error::Inconsistent)?, &mut page)?;
+            pages
+                .req
+                .deliver(mem, page.get(..len).ok_or(SevStatus::INVALID_PARAM)?)?;
+        }
+        Ok(outcome)
+    }
+
     fn update_tdi(&mut self, sla: u64, f: impl FnOnce(&mut TdiCtx)) {
         if let Some(t) = self.tdis.iter_mut().find(|t| t.sla == sla) {
             f(t);
@@ -408,7 +530,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
 
     // ---- devices ------------------------------------------------------------------------
 
-    fn dev_create(&mut self, buf: &[u8]) -> Step {
+    fn dev_create(&mut self, mem: &dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::DevCreate = abi::parse(buf)?;
         let sla = self.sla_unused(c.dev_ctx.get())?;
         let [devfn, bus] = c.device_id.get().to_le_bytes();
@@ -422,13 +544,12 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             0,
             0,
         ]))?;
-        let bars = self
-            .tsm
-            .with_transport(|d| d.bars(rid))?
-            .map_err(Error::from)?;
-        // The core checks in its own order (too many BARs, overlap, duplicate, full) and its
+        // The BARs the host programmed, from its list (ours; see `abi::BarList`): the firmware
+        // cannot read configuration space, and the core checks them against reserved memory and
+        // every other device's BARs. The core checks in its own order (too many BARs, overlap, duplicate, full) and its
         // refusal passes through as it is; a context table as large as the core's, one context
         // per core device, then always has room.
+        let bars = read_bars(mem, c.bar_list.get())?;
         let device = self.tsm.create_device(rid, &bars)?;
         let ctx = DevCtx {
             sla,
@@ -533,33 +654,48 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         DONE
     }
 
-    fn tdi_bind(&mut self, buf: &[u8]) -> Step {
+    fn tdi_bind(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::TdiBind = abi::parse(buf)?;
         spdm(&c.spdm_ctrl)?;
         let (dev, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         let g = self.guest(c.gctx_paddr.get())?;
+        let pages = self.relay_pages(mem, &c.spdm_ctrl)?;
         if g.asid == 0 {
             return Err(SevStatus::INVALID_GUEST_STATE.into());
         }
         if !dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
-        // The core's own first refusal (an already bound TDI, an unbind in progress), which
-        // changes nothing; then the guest device ID: it must name this TDI alone among the
-        // guest's, since the guest's requests name TDIs by it (IN_USE otherwise).
-        transition(self.tsm.tdi(t.tdi)?.state, Event::Bind(g.guest))?;
+        let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
+        if continuing {
+            // The answer is for this guest's bind of this TDI, or for nothing here.
+            self.expect_exchange(t.tdi, |op| {
+                matches!(op, DeviceOp::Bind { guest, .. } if guest == g.guest)
+            })?;
+        } else {
+            // The core's own first refusal (an already bound TDI, an unbind in progress),
+            // which changes nothing.
+            transition(self.tsm.tdi(t.tdi)?.state, Event::Bind(g.guest))?;
+        }
+        // The guest device ID must name this TDI alone among the guest's, since the guest's
+        // requests name TDIs by it (IN_USE otherwise). Checked on every round: the last one
+        // binds, and no command runs between this check and it.
         let (id, flags) = (c.guest_device_id.get(), c.lock_flags.get());
         if self.named_tdi(&g, id)?.is_some() {
             return Err(SevStatus::IN_USE.into());
         }
         // The ranges come from the device's own report over the secure session (the core
-        // reads it after LOCK_INTERFACE), never from the host.
-        self.tsm.bind(t.tdi, g.guest)?;
-        self.update_tdi(t.sla, |x| {
-            x.guest_device_id = id;
-            x.lock_flags = flags;
-        });
-        DONE
+        // reads it after LOCK_INTERFACE, in exchanges the host relays), never from the host.
+        let done = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+            tsm.bind(t.tdi, g.guest, out)
+        })??;
+        if done == Completion::Done {
+            self.update_tdi(t.sla, |x| {
+                x.guest_device_id = id;
+                x.lock_flags = flags;
+            });
+        }
+        Ok(done)
     }
 
     fn owned_by(&self, t: &TdiCtx, g: &GuestCtx) -> Result<TdiState, Fail> {
@@ -571,8 +707,14 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         }
     }
 
-    fn tdi_unbind(&mut self, buf: &[u8]) -> Step {
+    fn tdi_unbind(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::TdiUnbind = abi::parse(buf)?;
+        let force = c.flags.get() & abi::FLAG_FORCE != 0;
+        let continuing = c.flags.get() & abi::FLAG_CONTINUE != 0;
+        // A forced unbind asks the device nothing, so it never continues an exchange.
+        if force && continuing {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
         spdm(&c.spdm_ctrl)?;
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         // Unbinding an unbound TDI is done and changes nothing, as in the core: the guest
@@ -583,11 +725,18 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
                 return Err(SevStatus::INVALID_GUEST.into());
             }
         }
-        // FORCE: the firmware cuts the device's IDE stream and unbinds without STOP.
-        let done = if c.flags.get() & abi::FLAG_FORCE != 0 {
+        // FORCE: the firmware cuts the device's IDE stream and unbinds without STOP, whatever
+        // exchange is outstanding (the core drops it: its late answer does not open).
+        let done = if force {
             self.tsm.unbind_forced(t.tdi)?
         } else {
-            self.tsm.unbind(t.tdi)?
+            let pages = self.relay_pages(mem, &c.spdm_ctrl)?;
+            if continuing {
+                self.expect_exchange(t.tdi, |op| matches!(op, DeviceOp::Stop { .. }))?;
+            }
+            self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+                tsm.unbind(t.tdi, out)
+            })??
         };
         if done == Completion::Done {
             self.update_tdi(t.sla, |x| {
@@ -625,13 +774,30 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             STATUS_ALIGN,
             core::mem::size_of::<abi::TdiStatusData>(),
         )?;
-        // The core's check, once: an unbound TDI is `TdiNotBound`; a locked or running one's
-        // device is asked, and a device that does not answer fails the command with nothing
-        // changed; one that disagrees puts the TDI in ERROR, as on TDX. A TDI in ERROR or
-        // being unbound is not asked about. Leaves are blocked at most UNBIND_OPS_PER_CALL per
-        // call: `Resumable` (RESUME_REQUIRED) until every one is. The output page was checked
-        // above, so the answer is delivered whatever the check changed.
-        let (done, said) = self.tsm.check_interface_state(t.tdi)?;
+        let pages = self.relay_pages(mem, &c.spdm_ctrl)?;
+        let continuing = c.reserved1.get() & abi::FLAG_CONTINUE != 0;
+        if continuing {
+            self.expect_exchange(t.tdi, |op| op == DeviceOp::Check)?;
+        }
+        // The core's check: an unbound TDI is `TdiNotBound`; a locked or running one's device
+        // is asked (SPDM_REQUEST, GET_DEVICE_INTERFACE_STATE), and one that disagrees puts the
+        // TDI in ERROR, as on TDX. A TDI in ERROR or being unbound is not asked about. Leaves
+        // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED) until
+        // every one is. The status page was checked above, so the answer is delivered whatever
+        // the check changed; it is written once the check ends.
+        let done = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+            tsm.check_interface(t.tdi, out)
+        })??;
+        if let Completion::Relay(_) = done {
+            return Ok(done);
+        }
+        // The device's word when it was asked (the check ended in a continuation), else the
+        // firmware's own view.
+        let record = self.tsm.tdi(t.tdi)?;
+        let said = match record.device_state {
+            Some(said) if continuing => said,
+            _ => record.state.tdisp(),
+        };
         let mut data = abi::TdiStatusData::new_zeroed();
         data.length = u32::try_from(core::mem::size_of::<abi::TdiStatusData>())
             .unwrap_or(0)
@@ -768,8 +934,10 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         // The answer's page first: a message that changes state (START, MMIO_VALIDATE) runs
-        // only once its answer is sure to arrive.
+        // only once its answer is sure to arrive; then the SPDM request page, for a START.
         let res = self.output(mem, c.res_paddr.get(), abi::PAGE_4K, MAX_RESPONSE)?;
+        let pages = self.relay_pages(mem, &c.spdm_ctrl)?;
+        let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
         let mut hdr = MsgHeader::new_zeroed();
         mem.read(req, hdr.as_mut_bytes())
             .map_err(|_| SevStatus::INVALID_ADDRESS)?;
@@ -783,17 +951,27 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         let (rsp_type, len) = match hdr.msg_type {
             msg::MSG_TDI_INFO_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
+                if continuing {
+                    // Only a START waits on the device.
+                    self.expect_exchange(t.tdi, |_| false)?;
+                }
                 let rsp = self.msg_tdi_info(&t, &g, &r)?;
                 (msg::MSG_TDI_INFO_RSP, write_body(&mut out, &rsp)?)
             }
             msg::MSG_MMIO_VALIDATE_REQ => {
                 let r: msg::MmioValidateReq = read_body(mem, body, size)?;
+                if continuing {
+                    self.expect_exchange(t.tdi, |_| false)?;
+                }
                 let rsp = self.msg_mmio_validate(&t, &g, &r)?;
                 (msg::MSG_MMIO_VALIDATE_RSP, write_body(&mut out, &rsp)?)
             }
             msg::MSG_TDI_START_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
-                let rsp = self.msg_tdi_start(&t, &g, &r)?;
+                let Some(rsp) = self.msg_tdi_start(mem, pages, &t, &g, &r, continuing)? else {
+                    // START waits on the device: the guest's answer comes with the last round.
+                    return Ok(Completion::Relay(0));
+                };
                 (msg::MSG_TDI_START_RSP, write_body(&mut out, &rsp)?)
             }
             _ => return Err(SevStatus::INVALID_PARAM.into()),
@@ -852,22 +1030,41 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         Ok(rsp)
     }
 
+    /// The guest's START: `None` while it waits on the device (the request is in the SPDM
+    /// request page), else the answer, which carries the start's own outcome (the core's
+    /// refusal, or the device's: a START the device refuses or garbles puts the TDI in ERROR).
+    /// A continuation that does not match the outstanding START, or whose relay fails, is
+    /// refused as a command and changes nothing.
     fn msg_tdi_start(
         &self,
+        mem: &mut dyn SystemMemory,
+        pages: RelayPages,
         t: &TdiCtx,
         g: &GuestCtx,
         r: &msg::TdiReq,
-    ) -> Result<msg::TdiStartRsp, Fail> {
+        continuing: bool,
+    ) -> Result<Option<msg::TdiStartRsp>, Fail> {
         if r.reserved.iter().any(|b| *b != 0) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let state = self.tsm.tdi(t.tdi)?.state;
-        let outcome = if self.names(t, g, r.guest_device_id.get())? {
-            Outcome::from_core(
-                self.tsm
-                    .guest_start(g.guest, t.tdi)
-                    .map(|()| Completion::Done),
-            )
+        let names = self.names(t, g, r.guest_device_id.get())?;
+        if continuing {
+            self.expect_exchange(t.tdi, |op| op == DeviceOp::Start { guest: g.guest })?;
+            // The message still names the TDI whose START it continues.
+            if !names {
+                return Err(SevStatus::INVALID_PARAM.into());
+            }
+        }
+        let outcome = if names {
+            let started = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+                tsm.guest_start(g.guest, t.tdi, out)
+            })?;
+            match started {
+                Ok(Completion::Relay(_)) => return Ok(None),
+                Err(e) if continuing && relay_refusal(e) => return Err(e.into()),
+                other => Outcome::from_core(other),
+            }
         } else if state.owner() == Some(g.guest) {
             // The guest's own TDI, but the guest named another one (or none): the host may
             // not choose which of the guest's TDIs starts.
@@ -884,7 +1081,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
         rsp.guest_device_id = r.guest_device_id;
         rsp.status = outcome.status.0.into();
         rsp.detail = outcome.detail.into();
-        Ok(rsp)
+        Ok(Some(rsp))
     }
 
     fn msg_mmio_validate(
@@ -1018,6 +1215,62 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, D: DeviceView> Sev<S, D> {
 /// The page an SLA names (its low bits are flags, checked when the SLA was accepted).
 fn sla_page(sla: u64) -> u64 {
     SlaAddr::from_bits(sla).address()
+}
+
+/// Sets (`true`) or clears [`abi::FLAG_CONTINUE`] in the host's buffer of a command that
+/// relays: the written-back buffer the host reissues.
+fn mark_continue(buf: &mut [u8], set: bool) {
+    let end = abi::CONTINUE_WORD.saturating_add(4);
+    if let Some(word) = buf
+        .get_mut(abi::CONTINUE_WORD..end)
+        .and_then(|w| <&mut [u8; 4]>::try_from(w).ok())
+    {
+        let v = u32::from_le_bytes(*word);
+        let v = if set {
+            v | abi::FLAG_CONTINUE
+        } else {
+            v & !abi::FLAG_CONTINUE
+        };
+        *word = v.to_le_bytes();
+    }
+}
+
+/// The BARs the host lists at `at` for DEV_CREATE (ours, [`abi::BarList`]), read once: none
+/// for a null address. The list must be 8-byte aligned, below 2^52 and within one page, and
+/// readable (`INVALID_ADDRESS`), with its reserved word zero (`INVALID_PARAM`); more entries
+/// than it holds is the core's `TooManyRanges`, a BAR that is no range the core's status
+/// (`InvalidAddress`, `Misaligned`, `InvalidRange`).
+fn read_bars(
+    mem: &dyn SystemMemory,
+    at: u64,
+) -> Result<heapless::Vec<MmioRange, { abi::MAX_BAR_ENTRIES }>, Fail> {
+    let mut bars = heapless::Vec::new();
+    if at == 0 {
+        return Ok(bars);
+    }
+    let at = page_aligned(at, abi::BAR_LIST_ALIGN)?;
+    let size = core::mem::size_of::<abi::BarList>();
+    let within_page = (at & (abi::PAGE_4K - 1))
+        .checked_add(u64::try_from(size).map_err(|_| SevStatus::INVALID_ADDRESS)?)
+        .is_some_and(|end| end <= abi::PAGE_4K);
+    if !within_page {
+        return Err(SevStatus::INVALID_ADDRESS.into());
+    }
+    let mut list = abi::BarList::new_zeroed();
+    mem.read(at, list.as_mut_bytes())
+        .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+    if list.reserved.get() != 0 {
+        return Err(SevStatus::INVALID_PARAM.into());
+    }
+    let count = usize::try_from(list.count.get()).map_err(|_| Error::TooManyRanges)?;
+    if count > abi::MAX_BAR_ENTRIES {
+        return Err(Error::TooManyRanges.into());
+    }
+    for bar in list.bars.iter().take(count) {
+        let range = MmioRange::from_raw(bar.base.get(), bar.pages.get())?;
+        bars.push(range).map_err(|_| Error::TooManyRanges)?;
+    }
+    Ok(bars)
 }
 
 /// Encodes TDI_REPORT's output into `out`: header, one entry per range, trailing length word.

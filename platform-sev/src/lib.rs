@@ -7,7 +7,10 @@
 //!   table on them.
 //! - [`fw`]: the dispatcher and the context tables (guest contexts, device and TDI contexts).
 //! - [`guest_msg`]: the guest messages TIO_GUEST_REQUEST carries (MMIO_VALIDATE, ...).
-//! - [`device`], [`memory`]: what the firmware reads from devices and system memory.
+//! - [`relay`]: the SPDM request and response buffers of `spdm_ctrl`, as the Linux host reads
+//!   and writes them, around the core's relayed DOE objects.
+//! - [`memory`]: system memory as the firmware reaches it (command inputs and outputs).
+//! - [`host`]: the host's side of the relay (the Linux reissue loop), for tests and the shim.
 //! - [`pfn`]: the typed values bitfield entries take (a setter never sees a raw integer).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
@@ -23,11 +26,12 @@
 )]
 
 pub mod abi;
-pub mod device;
 pub mod fw;
 pub mod guest_msg;
+pub mod host;
 pub mod memory;
 pub mod pfn;
+pub mod relay;
 pub mod rmp;
 pub mod status;
 

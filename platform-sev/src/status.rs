@@ -2,9 +2,13 @@
 //!
 //! Numbers are AMD's (SEV API, doc 55766, "Status Codes"; SEV-TIO firmware interface, doc
 //! 58271), as the Linux host driver spells them in `include/uapi/linux/psp-sev.h`
-//! (`enum sev_ret_code`). Two codes are ours, in a range AMD does not use (`0xFF00` up):
-//! [`SevStatus::RESUME_REQUIRED`] and [`SevStatus::BUSY`]; the PSP has neither because it runs
-//! one command at a time to completion, our firmware does neither.
+//! (`enum sev_ret_code`), and the SEV-TIO ones as the upstream series adds them (psp-sev.h,
+//! "[PATCH kernel v3 2/4]" `<20251202024449.542361-3-aik@amd.com>`). Four codes are ours, in
+//! a range AMD does not use (`0xFF00` up): [`SevStatus::RESUME_REQUIRED`] and
+//! [`SevStatus::BUSY`] (the PSP has neither because it runs one command at a time to
+//! completion, our firmware does neither), and two refusals of a relayed answer that change
+//! nothing ([`SevStatus::NO_SPDM_REQUEST`], [`SevStatus::INVALID_SPDM_RESPONSE`]), which AMD's
+//! firmware does not publish.
 
 use tsm_core::status::{Completion, Error, TsmResult};
 
@@ -45,6 +49,17 @@ impl SevStatus {
     pub const INVALID_PAGE_STATE: Self = Self(0x001A);
     /// A page belongs to someone else. psp-sev.h `SEV_RET_INVALID_PAGE_OWNER = 0x001C`.
     pub const INVALID_PAGE_OWNER: Self = Self(0x001C);
+    /// A buffer is too small for what the firmware must write there.
+    /// psp-sev.h `SEV_RET_INCORRECT_BUFFER_LENGTH = 0x0030`.
+    pub const INCORRECT_BUFFER_LENGTH: Self = Self(0x0030);
+    /// The firmware needs bigger output or scratch buffers: it wrote the capacity it needs
+    /// into their headers. psp-sev.h `SEV_RET_EXPAND_BUFFER_LENGTH_REQUEST = 0x0031`. Not
+    /// produced: every buffer this firmware writes fits one 4K page.
+    pub const EXPAND_BUFFER_LENGTH_REQUEST: Self = Self(0x0031);
+    /// The command waits on the device: relay the request in `spdm_ctrl.req` to the device's
+    /// DOE mailbox, put its answer in `spdm_ctrl.resp` and issue the written-back command
+    /// again. psp-sev.h `SEV_RET_SPDM_REQUEST = 0x0032`.
+    pub const SPDM_REQUEST: Self = Self(0x0032);
     /// An SPDM exchange with the device failed (the device answered with an error).
     /// psp-sev.h `SEV_RET_SPDM_ERROR = 0x0033`.
     pub const SPDM_ERROR: Self = Self(0x0033);
@@ -74,9 +89,16 @@ impl SevStatus {
     pub const RESUME_REQUIRED: Self = Self(0xFF01);
     /// Ours: another CPU holds a lock the command needs; retry.
     pub const BUSY: Self = Self(0xFF02);
+    /// Ours: a continuation ([`crate::abi::FLAG_CONTINUE`]) for a TDI that has no request
+    /// outstanding with its device; nothing changed.
+    pub const NO_SPDM_REQUEST: Self = Self(0xFF03);
+    /// Ours: `spdm_ctrl.resp` does not hold the device's answer to the TDI's outstanding
+    /// request (garbled, too long, stale, another TDI's, the request itself); nothing changed
+    /// and the request stays outstanding: relay it again, or unbind.
+    pub const INVALID_SPDM_RESPONSE: Self = Self(0xFF04);
 
     /// Every status this firmware returns, for exhaustive tests and the README table.
-    pub const ALL: [SevStatus; 24] = [
+    pub const ALL: [SevStatus; 29] = [
         Self::SUCCESS,
         Self::INVALID_PLATFORM_STATE,
         Self::INVALID_GUEST_STATE,
@@ -90,6 +112,9 @@ impl SevStatus {
         Self::INVALID_PAGE_SIZE,
         Self::INVALID_PAGE_STATE,
         Self::INVALID_PAGE_OWNER,
+        Self::INCORRECT_BUFFER_LENGTH,
+        Self::EXPAND_BUFFER_LENGTH_REQUEST,
+        Self::SPDM_REQUEST,
         Self::SPDM_ERROR,
         Self::ERR_IN_DEV_CONN,
         Self::INVALID_DEV_CTX,
@@ -101,6 +126,8 @@ impl SevStatus {
         Self::INVALID_TDI_STATE,
         Self::RESUME_REQUIRED,
         Self::BUSY,
+        Self::NO_SPDM_REQUEST,
+        Self::INVALID_SPDM_RESPONSE,
     ];
 }
 
@@ -142,10 +169,13 @@ impl Outcome {
     }
 
     /// Back to a core result: `detail` when present, else the coarse [`to_error`].
+    /// `SPDM_REQUEST` is `Relay(0)`: the request's length is in the data object header of
+    /// `spdm_ctrl.req`, not in the status.
     pub fn to_core(self) -> TsmResult<Completion> {
         match self.status {
             SevStatus::SUCCESS => Ok(Completion::Done),
             SevStatus::RESUME_REQUIRED => Ok(Completion::Resumable),
+            SevStatus::SPDM_REQUEST => Ok(Completion::Relay(0)),
             status => Err(Error::from_code(self.detail).unwrap_or_else(|| to_error(status))),
         }
     }
@@ -156,6 +186,7 @@ pub const fn from_completion(c: Completion) -> SevStatus {
     match c {
         Completion::Done => SevStatus::SUCCESS,
         Completion::Resumable => SevStatus::RESUME_REQUIRED,
+        Completion::Relay(_) => SevStatus::SPDM_REQUEST,
     }
 }
 
@@ -206,6 +237,14 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::TlbFlushPending => SevStatus::INVALID_PAGE_STATE,
         Error::DeviceUnresponsive => SevStatus::ERR_IN_DEV_CONN,
         Error::DeviceRefused | Error::DeviceMalformed => SevStatus::SPDM_ERROR,
+        // Another operation of the TDI (or another TDI's bind of the device) holds the
+        // device's SPDM exchange: the object the command needs is in use.
+        Error::ExchangePending => SevStatus::IN_USE,
+        // The relay itself: AMD publishes no code for these (ours).
+        Error::NoExchange => SevStatus::NO_SPDM_REQUEST,
+        Error::RelayMalformed => SevStatus::INVALID_SPDM_RESPONSE,
+        // The request does not fit where it must be written.
+        Error::RelayBufferTooSmall => SevStatus::INCORRECT_BUFFER_LENGTH,
         Error::Busy(_) => SevStatus::BUSY,
         // The firmware's own records disagree: the platform state is not one to act on.
         Error::Inconsistent => SevStatus::INVALID_PLATFORM_STATE,
@@ -230,6 +269,9 @@ pub const fn to_error(s: SevStatus) -> Error {
         SevStatus::ERR_IN_DEV_CONN => Error::DeviceUnresponsive,
         SevStatus::SPDM_ERROR => Error::DeviceRefused,
         SevStatus::BUSY => Error::Busy(tsm_core::status::Operand::SecureTable),
+        SevStatus::NO_SPDM_REQUEST => Error::NoExchange,
+        SevStatus::INVALID_SPDM_RESPONSE => Error::RelayMalformed,
+        SevStatus::INCORRECT_BUFFER_LENGTH => Error::RelayBufferTooSmall,
         // Unknown contexts are unknown handles; everything else is malformed input.
         _ => Error::InvalidHandle,
     }
@@ -256,6 +298,9 @@ mod tests {
             Outcome::from_core(Ok(Completion::Resumable)).to_core(),
             Ok(Completion::Resumable)
         );
+        let relay = Outcome::from_core(Ok(Completion::Relay(40)));
+        assert_eq!(relay, Outcome::plain(SevStatus::SPDM_REQUEST));
+        assert_eq!(relay.to_core(), Ok(Completion::Relay(0)));
     }
 
     #[test]
@@ -265,6 +310,9 @@ mod tests {
         assert_eq!(SevStatus::INVALID_PAGE_STATE.0, 0x1A);
         assert_eq!(SevStatus::IN_USE.0, 0x3A);
         assert_eq!(SevStatus::INVALID_TDI_STATE.0, 0x3C);
+        assert_eq!(SevStatus::INCORRECT_BUFFER_LENGTH.0, 0x30);
+        assert_eq!(SevStatus::EXPAND_BUFFER_LENGTH_REQUEST.0, 0x31);
+        assert_eq!(SevStatus::SPDM_REQUEST.0, 0x32);
         for (i, a) in SevStatus::ALL.iter().enumerate() {
             for b in SevStatus::ALL.iter().skip(i + 1) {
                 assert_ne!(a, b);
