@@ -1,26 +1,30 @@
 //! Command tests: golden byte layouts, a good buffer per command with its effect, hostile
 //! buffers (short, misaligned, wrong length, reserved bits, bad handles, unknown command)
 //! refused with `INVALID_PARAM` (or the precise status) and changing nothing, and the RMP
-//! rules for private MMIO.
+//! rules for private MMIO. Every command goes through command buffers only, and a command
+//! that needs the device through the host's reissue loop ([`crate::host::run`]) with a
+//! [`ModelDevice`] behind the DOE mailbox; `relay.rs` tests the relay itself.
 
-use tsm_core::ReservedMemory;
-use tsm_core::device_model::DeviceEvent;
+use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    Error, GuestId, Hpa, MmioRange, PageSize, RequesterId, SecureTable, TdiState, TdispState,
+    Error, GuestId, Hpa, MmioRange, ModelSession, PageSize, RequesterId, ReservedMemory,
+    SecureTable, TdiId, TdiState, TdispState,
 };
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::abi::{self, Command, SlaAddr, len_of};
-use crate::device::{Bars, PciModel};
 use crate::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
 use crate::memory::{PageMemory, SystemMemory};
 use crate::pfn::Pfn;
 use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
+
+mod relay;
 
 // ---- a small world ----------------------------------------------------------------------
 
@@ -29,15 +33,24 @@ const RMP_PAGES: usize = 2048; // 8 MiB of MMIO
 const BAR: u64 = 0x8000_0000;
 const BAR_PAGES: u64 = 1024;
 /// System memory: status (0), request (1), response (2), report (3), a guest context (4), a
-/// read-only page (5) and a device context (6).
+/// read-only page (5), a device context (6), the SPDM request (7) and response (8) buffers
+/// (`spdm_ctrl.req`, `.resp`) and the BAR list (9).
 const MEM: u64 = 0x1_0000_0000;
-const MEM_PAGES: usize = 7;
+const MEM_PAGES: usize = 10;
 /// A page of system memory the tests put a guest context on (a firmware page).
 const FW_PAGE: u64 = MEM + 0x4000;
 /// A page of system memory the firmware may read but not write.
 const RO_PAGE: u64 = MEM + 0x5000;
 /// A page of system memory the tests put a device context on (a firmware page).
 const FW_PAGE2: u64 = MEM + 0x6000;
+/// The SPDM request buffer: firmware-written.
+const SPDM_REQ: u64 = MEM + 0x7000;
+/// The SPDM response buffer: host-written.
+const SPDM_RESP: u64 = MEM + 0x8000;
+/// The BAR list DEV_CREATE names.
+const BAR_LIST: u64 = MEM + 0x9000;
+/// Another BAR list, on the same page.
+const OTHER_BARS: u64 = BAR_LIST + 0x200;
 /// A page-aligned address no memory answers at.
 const UNMAPPED: u64 = MEM + 0x10_0000;
 const GCTX: u64 = 0x2_0000_0000;
@@ -66,11 +79,16 @@ fn hpa(v: u64) -> Hpa {
 #[repr(C, align(8))]
 struct Buf([u8; 256]);
 
-type Fw = Sev<Vec<RmpEntry>, PciModel>;
+type Fw = Sev<Vec<RmpEntry>, ModelSession>;
 
 struct World {
     sev: Fw,
     mem: PageMemory<MEM_PAGES>,
+    /// The device behind the DOE mailbox the host relays to.
+    device: ModelDevice,
+    /// The last command issued once ([`World::once`]): its ID, its buffer as written back,
+    /// and its length.
+    last: (abi::CommandId, Buf, usize),
 }
 
 /// Everything a refused command must leave as it was.
@@ -84,10 +102,9 @@ struct State {
     tdis: Vec<TdiCtx>,
     /// The fence counters of every ASID (every RMP entry's 16 bytes are in `core.table`).
     fences: Vec<AsidFence>,
-    /// The device model: each interface's TDISP state and report, and configuration space.
+    /// The device: each interface's TDISP state and report.
     tdisp: Vec<(RequesterId, TdispState, Vec<WireMmioRange>)>,
-    config: Vec<(RequesterId, Bars)>,
-    /// System memory: status, request, response and report pages.
+    /// System memory: status, message, report, SPDM buffer and BAR list pages.
     mem: Vec<u8>,
 }
 
@@ -100,38 +117,88 @@ fn system_memory() -> ReservedMemory {
     ReservedMemory::from_ranges(&[MmioRange::from_raw(MEM, MEM_PAGES as u64).unwrap()]).unwrap()
 }
 
+/// Writes a BAR list (ours, `abi::BarList`) with `bars` at `at`.
+fn put_bars(mem: &mut PageMemory<MEM_PAGES>, at: u64, bars: &[MmioRange]) {
+    let mut list = abi::BarList::new_zeroed();
+    list.count = (bars.len() as u32).into();
+    for (e, b) in list.bars.iter_mut().zip(bars) {
+        e.base = b.base().as_u64().into();
+        e.pages = b.pages().into();
+    }
+    mem.write(at, list.as_bytes()).unwrap();
+}
+
 impl World {
     fn new() -> Box<Self> {
         let rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
-        let mut model = PciModel::new();
-        model
-            .set_bars(rid(0), &[MmioRange::from_raw(BAR, BAR_PAGES).unwrap()])
-            .unwrap();
-        model
-            .set_report(
-                rid(0),
-                &[
-                    MmioRange::from_raw(BAR, 512).unwrap(),
-                    MmioRange::from_raw(BAR + 0x20_0000, 16).unwrap(),
-                ],
-            )
-            .unwrap();
+        let mut device = ModelDevice::model();
+        device.report_ranges(
+            rid(0),
+            &[
+                MmioRange::from_raw(BAR, 512).unwrap(),
+                MmioRange::from_raw(BAR + 0x20_0000, 16).unwrap(),
+            ],
+        );
         let mut mem = PageMemory::new(MEM);
         mem.set_read_only(5, true);
+        put_bars(
+            &mut mem,
+            BAR_LIST,
+            &[MmioRange::from_raw(BAR, BAR_PAGES).unwrap()],
+        );
+        // What Linux writes to the response buffer it allocates at DEV_CONNECT.
+        crate::host::response_init(&mut mem, SPDM_RESP).unwrap();
         Box::new(World {
-            sev: Sev::new(rmp, model, system_memory()),
+            sev: Sev::new(rmp, ModelSession::model(), system_memory()),
             mem,
+            device,
+            last: (0, Buf([0; 256]), 0),
         })
     }
 
+    /// Issues `bytes` as command `id` as the host does: again and again while the answer is
+    /// `SPDM_REQUEST`, with the request relayed to the device and its answer in the response
+    /// buffer ([`crate::host::run`]).
     fn raw(&mut self, id: abi::CommandId, bytes: &[u8]) -> Outcome {
         let mut b = Buf([0; 256]);
         b.0[..bytes.len()].copy_from_slice(bytes);
-        self.sev.command(&mut self.mem, id, &mut b.0[..bytes.len()])
+        crate::host::run(
+            &mut self.sev,
+            &mut self.mem,
+            &mut self.device,
+            id,
+            &mut b.0[..bytes.len()],
+        )
     }
 
     fn cmd<C: Command>(&mut self, c: &C) -> Outcome {
         self.raw(C::ID, c.as_bytes())
+    }
+
+    /// Issues `c` once, keeping the written-back buffer for [`World::reissue`].
+    fn once<C: Command>(&mut self, c: &C) -> Outcome {
+        let bytes = c.as_bytes();
+        self.last = (C::ID, Buf([0; 256]), bytes.len());
+        self.last.1.0[..bytes.len()].copy_from_slice(bytes);
+        self.reissue()
+    }
+
+    /// Issues the written-back buffer of the last [`World::once`] again, as it is.
+    fn reissue(&mut self) -> Outcome {
+        let (id, buf, n) = &mut self.last;
+        self.sev.command(&mut self.mem, *id, &mut buf.0[..*n])
+    }
+
+    /// The host's DOE exchange for the last command: its request relayed to the device, the
+    /// answer written to the response buffer.
+    fn relay(&mut self) {
+        let (_, buf, n) = &self.last;
+        crate::host::exchange(&mut self.mem, &buf.0[..*n], &mut self.device).unwrap();
+    }
+
+    /// The written-back buffer of the last [`World::once`].
+    fn last_bytes(&self) -> &[u8] {
+        &self.last.1.0[..self.last.2]
     }
 
     fn state(&self) -> State {
@@ -144,18 +211,11 @@ impl World {
         // Every interface a test names: those with a TDI context and the functions of bus 3.
         let mut ifaces: Vec<RequesterId> = (0..8).map(rid).collect();
         ifaces.extend(self.sev.tdis().iter().map(|t| t.iface));
-        let (tdisp, config) = self
-            .sev
-            .tsm()
-            .with_transport(|d| {
-                let dsm = d.tdisp.link_mut();
-                let tdisp = ifaces
-                    .iter()
-                    .map(|i| (*i, dsm.state(*i), dsm.report(*i).to_vec()))
-                    .collect();
-                (tdisp, d.configured().to_vec())
-            })
-            .unwrap();
+        let dsm = self.device.dsm();
+        let tdisp = ifaces
+            .iter()
+            .map(|i| (*i, dsm.state(*i), dsm.report(*i).to_vec()))
+            .collect();
         State {
             core,
             guests: self.sev.guests().to_vec(),
@@ -163,7 +223,6 @@ impl World {
             tdis: self.sev.tdis().to_vec(),
             fences,
             tdisp,
-            config,
             mem,
         }
     }
@@ -172,7 +231,7 @@ impl World {
         self.sev.guest_ctx(gctx).unwrap().guest
     }
 
-    fn tdi(&self) -> tsm_core::TdiId {
+    fn tdi(&self) -> TdiId {
         self.sev.tdi_ctx(tdi_sla()).unwrap().tdi
     }
 
@@ -353,9 +412,6 @@ fn diff(before: &State, after: &State) -> Result<(), String> {
             before.tdisp, after.tdisp
         ));
     }
-    if before.config != after.config {
-        parts.push("device configuration space".to_string());
-    }
     if let Some(i) = (0..before.mem.len()).find(|&i| before.mem[i] != after.mem[i]) {
         parts.push(format!("memory at {:#x}", MEM + i as u64));
     }
@@ -364,7 +420,7 @@ fn diff(before: &State, after: &State) -> Result<(), String> {
 
 /// Runs `op`, which must be refused as `want`, and checks it changed nothing: the core's
 /// tables, the firmware's contexts, ASIDs and fence counters, every RMP entry, the device's
-/// TDISP state and configuration space, and system memory.
+/// TDISP state and reports, and system memory.
 #[track_caller]
 fn refused(w: &mut World, want: impl Want, op: impl FnOnce(&mut World) -> Outcome) -> Outcome {
     let before = w.state();
@@ -375,7 +431,58 @@ fn refused(w: &mut World, want: impl Want, op: impl FnOnce(&mut World) -> Outcom
     o
 }
 
+/// What a refused operation that went through device exchanges may change besides nothing:
+/// the exchange bookkeeping of its TDI (sequence number, the unlock-first mark, the nonce,
+/// the device's last word; nothing is left outstanding), that interface's TDISP state on the
+/// device (a LOCK it answered), and the SPDM request and response buffers.
+#[track_caller]
+fn refused_relayed(
+    w: &mut World,
+    want: impl Want,
+    tdi: TdiId,
+    op: impl FnOnce(&mut World) -> Outcome,
+) -> Outcome {
+    let before = w.state();
+    let o = op(w);
+    assert!(want.matches(o), "wanted {want:?}, got {o:?}");
+    assert_ne!(o.status, SevStatus::SUCCESS);
+    let after = w.state();
+    let record = w.sev.tsm().tdi(tdi).unwrap();
+    assert_eq!(record.exchange, None, "an exchange left outstanding");
+    same(
+        &masked(before, tdi, record.iface),
+        &masked(after, tdi, record.iface),
+        format_args!("refused {o:?}"),
+    );
+    o
+}
+
+/// `state` without what [`refused_relayed`] allows to change.
+fn masked(mut state: State, tdi: TdiId, iface: RequesterId) -> State {
+    if let Some(Some(t)) = state.core.tdis.get_mut(usize::from(tdi.slot())) {
+        (t.next_seq, t.unlock_first, t.nonce, t.device_state) = (0, false, None, None);
+    }
+    for (i, s, _) in &mut state.tdisp {
+        if *i == iface {
+            *s = TdispState::ConfigUnlocked;
+        }
+    }
+    let spdm = (SPDM_REQ - MEM) as usize..(SPDM_RESP - MEM) as usize + 4096;
+    state.mem[spdm].fill(0);
+    state
+}
+
 // ---- buffer builders (good buffers) -------------------------------------------------------
+
+/// The device's SPDM buffers (Linux allocates them at DEV_CONNECT and names them in every
+/// later command of the device): request and response; scratch and output unused here.
+fn spdm_ctrl() -> abi::SpdmCtrl {
+    abi::SpdmCtrl {
+        req: sla(SPDM_REQ >> 12).into(),
+        resp: sla(SPDM_RESP >> 12).into(),
+        ..abi::SpdmCtrl::default()
+    }
+}
 
 fn gctx_create(g: u64) -> abi::GctxCreate {
     abi::GctxCreate {
@@ -398,6 +505,7 @@ fn dev_create() -> abi::DevCreate {
     c.length = len::<abi::DevCreate>();
     c.dev_ctx = dev_sla().into();
     c.device_id = rid(0).routing_id().into();
+    c.bar_list = BAR_LIST.into();
     c
 }
 fn dev_reclaim() -> abi::DevReclaim {
@@ -409,6 +517,7 @@ fn dev_reclaim() -> abi::DevReclaim {
 fn dev_connect() -> abi::DevConnect {
     let mut c = abi::DevConnect::new_zeroed();
     c.length = len::<abi::DevConnect>();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c.tc_mask = 1;
     c
@@ -416,6 +525,7 @@ fn dev_connect() -> abi::DevConnect {
 fn dev_disconnect() -> abi::DevDisconnect {
     let mut c = abi::DevDisconnect::new_zeroed();
     c.length = len::<abi::DevDisconnect>();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c
 }
@@ -437,6 +547,7 @@ fn tdi_reclaim() -> abi::TdiReclaim {
 fn tdi_bind(g: u64) -> abi::TdiBind {
     let mut c = abi::TdiBind::new_zeroed();
     c.length = len::<abi::TdiBind>();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c.tdi_ctx = tdi_sla().into();
     c.gctx_paddr = g.into();
@@ -447,6 +558,7 @@ fn tdi_bind(g: u64) -> abi::TdiBind {
 fn tdi_unbind(g: u64) -> abi::TdiUnbind {
     let mut c = abi::TdiUnbind::new_zeroed();
     c.length = len::<abi::TdiUnbind>();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c.tdi_ctx = tdi_sla().into();
     c.gctx_paddr = g.into();
@@ -464,6 +576,7 @@ fn tdi_report(g: u64) -> abi::TdiReport {
 fn tdi_status() -> abi::TdiStatus {
     let mut c = abi::TdiStatus::new_zeroed();
     c.length = len::<abi::TdiStatus>();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c.tdi_ctx = tdi_sla().into();
     c.status_paddr = MEM.into();
@@ -480,6 +593,7 @@ fn tdi_info() -> abi::TdiInfo {
 fn guest_request(g: u64) -> abi::GuestRequest {
     let mut c = abi::GuestRequest::new_zeroed();
     c.length = len::<abi::GuestRequest>();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c.tdi_ctx = tdi_sla().into();
     c.gctx_paddr = g.into();
@@ -564,7 +678,7 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
         (
             abi::TIO_DEV_CREATE,
             dev_create().as_bytes().to_vec(),
-            &[4, 0x15, 0x1F],
+            &[4, 0x15, 0x17],
         ),
         (
             abi::TIO_DEV_RECLAIM,
@@ -604,7 +718,8 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
         (
             abi::TIO_TDI_REPORT,
             tdi_report(GCTX).as_bytes().to_vec(),
-            &[4],
+            // Byte 7: FLAG_CONTINUE's bit, reserved in a command that never relays.
+            &[4, 7],
         ),
         (abi::TIO_TDI_STATUS, tdi_status().as_bytes().to_vec(), &[4]),
         (
@@ -625,7 +740,7 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
         (
             abi::TIO_TDI_INFO,
             tdi_info().as_bytes().to_vec(),
-            &[4, 0x20],
+            &[4, 7, 0x20],
         ),
         (
             abi::TIO_MMIO_MAP,
@@ -707,6 +822,7 @@ fn golden_layouts_match_the_published_offsets() {
         c.root_port_id,
         c.segment_id,
     ) = (0x20.into(), s1, 0x0318.into(), 0x0010.into(), 7);
+    c.bar_list = 0x4008.into();
     golden!(
         c,
         0x20,
@@ -715,8 +831,37 @@ fn golden_layouts_match_the_published_offsets() {
             (8, 8, s1.get()),
             (0x10, 2, 0x0318),
             (0x12, 2, 0x10),
-            (0x14, 1, 7)
+            (0x14, 1, 7),
+            (0x18, 8, 0x4008)
         ]
+    );
+    // Ours: the BAR list it names.
+    let mut l = abi::BarList::new_zeroed();
+    l.count = 2.into();
+    (l.bars[0].base, l.bars[0].pages) = (0x8000_0000.into(), 16.into());
+    (l.bars[7].base, l.bars[7].pages) = (0x9000_0000.into(), 1.into());
+    golden!(
+        l,
+        0x88,
+        [
+            (0, 4, 2),
+            (8, 8, 0x8000_0000),
+            (0x10, 8, 16),
+            (0x78, 8, 0x9000_0000),
+            (0x80, 8, 1)
+        ]
+    );
+    // The SPDM buffers' headers (sev-linux-buffers.md section 2.2).
+    let mut h = abi::SlaBufferHdr::new_zeroed();
+    (h.capacity_sz, h.payload_sz, h.flags) = (0x1000.into(), 0x60.into(), 1.into());
+    golden!(h, 0x40, [(0, 4, 0x1000), (4, 4, 0x60), (8, 4, 1)]);
+    let mut d = abi::DobjHdr::new_zeroed();
+    (d.id, d.length, d.version_minor, d.version_major, d.data_type) =
+        (2.into(), 0x4C.into(), 0, 1, 2);
+    golden!(
+        d,
+        0x10,
+        [(0, 4, 2), (4, 4, 0x4C), (8, 1, 0), (9, 1, 1), (0xA, 1, 2)]
     );
 
     let mut c = abi::DevReclaim::new_zeroed();
@@ -1188,11 +1333,12 @@ fn malformed_handles_are_refused_and_change_nothing() {
     let mut dc = dev_create();
     dc.dev_ctx = sla(0x30_0009).into();
     // Another physical device (device number 1): function 7 of the same one would be a
-    // duplicate of its requester IDs.
+    // duplicate of its requester IDs. No BARs.
     dc.device_id = RequesterId::try_new(0, 3, 1, 0)
         .unwrap()
         .routing_id()
         .into();
+    dc.bar_list = 0.into();
     ok(w.cmd(&dc));
     let before2 = w.state();
     let mut c = tdi_unbind(GCTX);
@@ -1321,22 +1467,19 @@ fn tdi_bind_report_status_info_unbind() {
     refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
         w.cmd(&tdi_bind(0x2_0000_7000))
     });
-    // The report comes from the device: a device with a range outside its BARs is refused.
-    w.sev
-        .tsm()
-        .with_transport(|d| {
-            d.set_report(rid(0), &[MmioRange::from_raw(BAR, BAR_PAGES + 1).unwrap()])
-        })
-        .unwrap()
-        .unwrap();
-    refused(&mut w, Error::RangeOutsideDevice, |w| {
+    // The report comes from the device: a device with a range outside its BARs is refused
+    // once the report is in, and nothing is bound (the device answered LOCK, so its interface
+    // is locked until the next bind's STOP).
+    w.device
+        .report_ranges(rid(0), &[MmioRange::from_raw(BAR, BAR_PAGES + 1).unwrap()]);
+    refused_relayed(&mut w, Error::RangeOutsideDevice, t, |w| {
         w.cmd(&tdi_bind(GCTX))
     });
-    w.sev
-        .tsm()
-        .with_transport(|d| d.set_report(rid(0), &[MmioRange::from_raw(BAR, 512).unwrap()]))
-        .unwrap()
-        .unwrap();
+    assert_eq!(w.device.state(rid(0)), TdispState::ConfigLocked);
+    // The host resets the device (its report changes only while unlocked) and binds again.
+    w.device.event(rid(0), DeviceEvent::ConventionalReset);
+    w.device
+        .report_ranges(rid(0), &[MmioRange::from_raw(BAR, 512).unwrap()]);
     ok(w.cmd(&tdi_bind(GCTX)));
     assert_eq!(
         w.sev.tsm().tdi(t).unwrap().state,
@@ -1884,7 +2027,7 @@ fn rmp_window_and_leaf_sizes() {
 #[test]
 #[cfg_attr(miri, ignore)] // searches of the README's text: 25 s under Miri, no firmware code
 fn every_implemented_command_is_dispatched_and_documented() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let cmds = every_command();
     assert_eq!(cmds.len(), abi::IMPLEMENTED.len());
     for id in abi::IMPLEMENTED {
@@ -1921,11 +2064,9 @@ fn world_with_pending_changes() -> Box<World> {
         .unwrap()
         .routing_id()
         .into();
+    dev.bar_list = 0.into();
     ok(w.cmd(&dev));
-    w.sev
-        .tsm()
-        .with_transport(|d| d.event(rid(0), DeviceEvent::Disturb))
-        .unwrap();
+    w.device.event(rid(0), DeviceEvent::Disturb);
     w
 }
 
@@ -2073,8 +2214,9 @@ fn tdi_status_of_an_unbound_tdi_is_the_cores_tdi_not_bound() {
     let o = refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_status()));
     assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
     // The core answers the same call the same way.
+    let mut out = [0u8; MAX_RELAY_BYTES];
     assert_eq!(
-        w.sev.tsm().check_interface(w.tdi()),
+        w.sev.tsm().check_interface(w.tdi(), &mut out),
         Err(Error::TdiNotBound)
     );
 }
@@ -2092,10 +2234,7 @@ fn tdi_status_says_resume_required_while_leaves_remain_to_block() {
             0,
         )));
     }
-    w.sev
-        .tsm()
-        .with_transport(|d| d.event(rid(0), DeviceEvent::Disturb))
-        .unwrap();
+    w.device.event(rid(0), DeviceEvent::Disturb);
     let mapped = |w: &World| {
         w.sev
             .tsm()
@@ -2135,16 +2274,10 @@ const TDI2_RANGE: (u64, u64) = (BAR + 0x30_0000, 16);
 
 /// A second TDI on the device (function 1), reporting [`TDI2_RANGE`].
 fn add_second_tdi(w: &mut World) {
-    w.sev
-        .tsm()
-        .with_transport(|d| {
-            d.set_report(
-                rid(1),
-                &[MmioRange::from_raw(TDI2_RANGE.0, TDI2_RANGE.1).unwrap()],
-            )
-        })
-        .unwrap()
-        .unwrap();
+    w.device.report_ranges(
+        rid(1),
+        &[MmioRange::from_raw(TDI2_RANGE.0, TDI2_RANGE.1).unwrap()],
+    );
     let mut c = tdi_create();
     c.tdi_ctx = sla(TDI2_PFN).into();
     c.interface_id.function_id = u32::from(rid(1).routing_id()).into();
@@ -2461,8 +2594,8 @@ fn decommission_gives_back_exactly_what_it_released() {
 
 // ---- reserved memory and BARs (issue 9, item 1) ---------------------------------------------
 
-/// A device whose configuration space shows a BAR over system memory (here: the command-buffer
-/// pages the firmware was given at init) or over another device's BAR is never registered.
+/// A device whose BAR list shows a BAR over system memory (here: the command-buffer pages the
+/// firmware was given at init) or over another device's BAR is never registered.
 #[test]
 fn a_bar_over_system_memory_or_another_device_is_refused() {
     let mut w = World::new();
@@ -2471,6 +2604,7 @@ fn a_bar_over_system_memory_or_another_device_is_refused() {
     let mut c = dev_create();
     c.dev_ctx = sla(0x30_0009).into();
     c.device_id = other.routing_id().into();
+    c.bar_list = OTHER_BARS.into();
     for (bar, want) in [
         (MmioRange::from_raw(MEM, 1).unwrap(), Error::ReservedMemory),
         (
@@ -2482,23 +2616,14 @@ fn a_bar_over_system_memory_or_another_device_is_refused() {
             Error::BarInUse,
         ),
     ] {
-        w.sev
-            .tsm()
-            .with_transport(|d| d.set_bars(other, &[bar]))
-            .unwrap()
-            .unwrap();
+        put_bars(&mut w.mem, OTHER_BARS, &[bar]);
         refused(&mut w, want, |w| w.cmd(&c));
     }
-    w.sev
-        .tsm()
-        .with_transport(|d| {
-            d.set_bars(
-                other,
-                &[MmioRange::from_raw(BAR + BAR_PAGES * 0x1000, 1).unwrap()],
-            )
-        })
-        .unwrap()
-        .unwrap();
+    put_bars(
+        &mut w.mem,
+        OTHER_BARS,
+        &[MmioRange::from_raw(BAR + BAR_PAGES * 0x1000, 1).unwrap()],
+    );
     ok(w.cmd(&c));
 }
 
@@ -2509,12 +2634,7 @@ fn a_bar_over_system_memory_or_another_device_is_refused() {
 fn forced_unbind_cuts_the_stream_until_reconnect() {
     let mut w = World::new();
     w.setup(Stage::Mapped);
-    let silent = |w: &mut World, fault| {
-        w.sev
-            .tsm()
-            .with_transport(|d| d.set_fault(rid(0), fault))
-            .unwrap();
-    };
+    let silent = |w: &mut World, fault| w.device.set_fault(rid(0), fault);
     silent(&mut w, Some(tsm_core::DeviceFault::NoResponse));
     assert_eq!(
         w.cmd(&tdi_unbind(GCTX)).to_core(),

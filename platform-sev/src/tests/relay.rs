@@ -1,0 +1,1 @@
+//! The relay on SEV-TIO: `SPDM_REQUEST`, the request and response buffers, the reissue.
