@@ -381,7 +381,12 @@ pub const FLAG_FORCE: u32 = 1 << 0;
 pub const FLAG_CONTINUE: u32 = 1 << 31;
 
 /// The commands that relay device exchanges (they carry [`FLAG_CONTINUE`] at 0x04).
-pub const RELAYING: [CommandId; 4] = [TIO_TDI_BIND, TIO_TDI_UNBIND, TIO_TDI_STATUS, TIO_GUEST_REQUEST];
+pub const RELAYING: [CommandId; 4] = [
+    TIO_TDI_BIND,
+    TIO_TDI_UNBIND,
+    TIO_TDI_STATUS,
+    TIO_GUEST_REQUEST,
+];
 /// Offset of the `u32` that carries [`FLAG_CONTINUE`].
 pub const CONTINUE_WORD: usize = 4;
 /// Offset of `spdm_ctrl` in every command that has one (sev-dev-tio.c: right after the length

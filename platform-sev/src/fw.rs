@@ -34,8 +34,8 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::abi::{self, SlaAddr, SpdmCtrl};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
-use crate::relay;
 use crate::memory::SystemMemory;
+use crate::relay;
 use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate, ValidateFault};
 use crate::status::{Outcome, SevStatus};
 
@@ -669,9 +669,10 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
         if continuing {
             // The answer is for this guest's bind of this TDI, or for nothing here.
-            self.expect_exchange(t.tdi, |op| {
-                matches!(op, DeviceOp::Bind { guest, .. } if guest == g.guest)
-            })?;
+            self.expect_exchange(
+                t.tdi,
+                |op| matches!(op, DeviceOp::Bind { guest, .. } if guest == g.guest),
+            )?;
         } else {
             // The core's own first refusal (an already bound TDI, an unbind in progress),
             // which changes nothing.

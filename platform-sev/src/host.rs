@@ -17,8 +17,8 @@ use tsm_core::relay::{MAX_RELAY_BYTES, doe};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::abi::{
-    self, DOBJ_DATA_TYPE_SECURE_SPDM, DOBJ_DATA_TYPE_SPDM, DOBJ_ID_RESP, DOBJ_OFFSET,
-    DOBJ_VERSION, DobjHdr, SPDM_CTRL_OFFSET, SPDM_PAYLOAD_OFFSET, SlaAddr, SlaBufferHdr, SpdmCtrl,
+    self, DOBJ_DATA_TYPE_SECURE_SPDM, DOBJ_DATA_TYPE_SPDM, DOBJ_ID_RESP, DOBJ_OFFSET, DOBJ_VERSION,
+    DobjHdr, SPDM_CTRL_OFFSET, SPDM_PAYLOAD_OFFSET, SlaAddr, SlaBufferHdr, SpdmCtrl,
 };
 use crate::fw::Sev;
 use crate::memory::{MemoryFault, SystemMemory};

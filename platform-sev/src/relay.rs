@@ -118,8 +118,7 @@ pub fn decode_response(
     let (dobj_bytes, data) = rest.split_at(DOBJ_HDR);
     let hdr = SlaBufferHdr::read_from_bytes(head).map_err(|_| malformed)?;
     let dobj = DobjHdr::read_from_bytes(dobj_bytes).map_err(|_| malformed)?;
-    if dobj.id.get() != DOBJ_ID_RESP || (dobj.version_minor, dobj.version_major) != DOBJ_VERSION
-    {
+    if dobj.id.get() != DOBJ_ID_RESP || (dobj.version_minor, dobj.version_major) != DOBJ_VERSION {
         return Err(malformed);
     }
     let length = usize::try_from(dobj.length.get()).map_err(|_| malformed)?;
@@ -158,7 +157,10 @@ mod tests {
 
     /// A record whose header says it is `len` bytes: its first two bytes, for these tests.
     fn toy_len(bytes: &[u8]) -> Option<usize> {
-        Some(usize::from(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?])))
+        Some(usize::from(u16::from_le_bytes([
+            *bytes.first()?,
+            *bytes.get(1)?,
+        ])))
     }
 
     fn object(payload: &[u8]) -> Vec<u8> {
@@ -240,10 +242,7 @@ mod tests {
         let mut out = [0u8; MAX_RELAY_BYTES];
         let refused = |w: [u8; WINDOW], f: &dyn Fn(&[u8]) -> Option<usize>| {
             let mut out = [0u8; MAX_RELAY_BYTES];
-            assert_eq!(
-                decode_response(&w, f, &mut out),
-                Err(Error::RelayMalformed)
-            );
+            assert_eq!(decode_response(&w, f, &mut out), Err(Error::RelayMalformed));
         };
         let with = |at: usize, bytes: &[u8]| {
             let mut w = good;

@@ -76,6 +76,7 @@ fn hpa(v: u64) -> Hpa {
     Hpa::try_new(v).unwrap()
 }
 
+#[derive(Clone)]
 #[repr(C, align(8))]
 struct Buf([u8; 256]);
 
@@ -856,8 +857,13 @@ fn golden_layouts_match_the_published_offsets() {
     (h.capacity_sz, h.payload_sz, h.flags) = (0x1000.into(), 0x60.into(), 1.into());
     golden!(h, 0x40, [(0, 4, 0x1000), (4, 4, 0x60), (8, 4, 1)]);
     let mut d = abi::DobjHdr::new_zeroed();
-    (d.id, d.length, d.version_minor, d.version_major, d.data_type) =
-        (2.into(), 0x4C.into(), 0, 1, 2);
+    (
+        d.id,
+        d.length,
+        d.version_minor,
+        d.version_major,
+        d.data_type,
+    ) = (2.into(), 0x4C.into(), 0, 1, 2);
     golden!(
         d,
         0x10,
