@@ -15,6 +15,14 @@ use crate::*;
 // ---- layers ------------------------------------------------------------------------------
 
 #[test]
+fn the_relay_buffer_size_is_the_documented_one() {
+    // README.md, "Relayed exchanges"; a DOE object is whole dwords.
+    assert_eq!(MAX_RELAY_BYTES, 328);
+    assert_eq!(MAX_RELAY_BYTES % 4, 0);
+    assert!(include_str!("../../../README.md").contains("`MAX_RELAY_BYTES` (328)"));
+}
+
+#[test]
 fn doe_object_golden_bytes() {
     let mut out = [0u8; 32];
     let n = doe::encode(&mut out, doe::TYPE_SECURED_SPDM, &[1, 2, 3, 4, 5]).unwrap();
