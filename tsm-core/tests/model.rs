@@ -2,6 +2,8 @@
 //! included, against the core; the invariants hold after every step.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unreachable,
     clippy::panic,
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
