@@ -31,6 +31,10 @@ use crate::status::{Outcome, SevStatus};
 /// is retried at most `MAX_ATTEMPTS` times.
 pub const MAX_ROUNDS: usize = 64;
 
+/// A model device a host shares between threads (a host relaying for several CPUs at once,
+/// tsm-core's `RelayHost`).
+pub type SharedDevice = spin::Mutex<ModelDevice>;
+
 /// A device's DOE mailbox: a whole data object in, a whole data object out (or none).
 pub trait Mailbox {
     /// The device's answer to `request` in `response`, its length; `None`: no answer.

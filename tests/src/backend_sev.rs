@@ -10,39 +10,54 @@
 //! context pages; the core's handles the interpreter sees are read back from the firmware's
 //! context tables (as a host reads TDI_INFO). A handle the firmware never gave out becomes a
 //! context address nobody registered, which the firmware refuses as an unknown context.
+//!
+//! The device: the backend is the host, and owns the device behind the DOE mailbox (a
+//! [`ModelDevice`]). Bind, start, check and unbind go through the command that needs the device
+//! (TDI_BIND, GUEST_REQUEST with TDI_START, TDI_STATUS, TDI_UNBIND); its `SPDM_REQUEST` (0x32)
+//! hands back the request the firmware wrote to `spdm_ctrl.req`, as a DOE object, and
+//! [`Backend::respond`] writes the device's answer to `spdm_ctrl.resp` as Linux does and
+//! reissues the TDI's saved command, written back with `FLAG_CONTINUE`, as Linux's
+//! `sev_tio_continue` does (`platform_sev::host`). The BARs the scenario gives a device go into
+//! the BAR list DEV_CREATE names (the firmware does not read configuration space).
 
 use platform_sev::Sev;
 use platform_sev::abi::{self, Command, SlaAddr};
-use platform_sev::device::{ConfigError, PciModel};
 use platform_sev::guest_msg::{self as msg, MsgHeader};
+use platform_sev::host::{self as linux, SharedDevice};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{Rmp, RmpEntry};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::byteorder::little_endian::{U16, U32, U64};
 use platform_sev::zerocopy::{FromZeros, IntoBytes};
-use tsm_core::ReservedMemory;
-use tsm_core::device_model::{DeviceEvent, Misbehaviour};
+use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
+use tsm_core::relay::doe;
+use tsm_core::relay::host::RelayHost;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, PageSize,
-    RequesterId, SecureTable, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, ModelSession,
+    PageSize, RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TsmResult,
 };
 
-use crate::backend::{Backend, FlushControl};
+use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
 
 /// First host page the backend's RMP covers: below every BAR the scenarios use.
 pub const RMP_BASE: u64 = 0x7fe0_0000;
 /// Pages the backend's RMP covers (to 0xa020_0000, past every BAR the scenarios use).
 pub const RMP_PAGES: usize = 0x2_0400;
-/// Where the backend's status, message and report pages live.
+/// Where the backend's status, message, report, SPDM and BAR list pages live.
 pub const MEM_BASE: u64 = 0x1_0000_0000;
-/// Pages of system memory the backend uses: status, request, response, report.
-pub const MEM_PAGES: usize = 4;
+/// Pages of system memory the backend uses: status, guest request, guest response, report,
+/// the SPDM request and response buffers (`spdm_ctrl.req`, `.resp`: one pair for every device,
+/// read or written right after each command) and the BAR list.
+pub const MEM_PAGES: usize = 7;
 const STATUS_PAGE: u64 = 0;
 const REQ_PAGE: u64 = 1;
 const RES_PAGE: u64 = 2;
 const REPORT_PAGE: u64 = 3;
+const SPDM_REQ_PAGE: u64 = 4;
+const SPDM_RESP_PAGE: u64 = 5;
+const BAR_LIST_PAGE: u64 = 6;
 /// Guest context pages the backend donates, one per guest created.
 const GCTX_BASE: u64 = 0x2_0000_0000;
 /// Page frames of the device and TDI context SLAs the backend donates.
@@ -50,12 +65,28 @@ const CTX_PFN_BASE: u64 = 0x30_0000;
 /// Page frames of context addresses nobody registered (handles the firmware never gave out).
 const UNKNOWN_PFN_BASE: u64 = 0x40_0000;
 
-/// The firmware the backend drives: SEV-TIO over an RMP in `'a` memory and the device model.
-pub type SevFirmware<'a> = Sev<&'a mut [RmpEntry], PciModel>;
+/// The firmware the backend drives: SEV-TIO over an RMP in `'a` memory, sealed with the model
+/// session its device shares.
+pub type SevFirmware<'a> = Sev<&'a mut [RmpEntry], ModelSession>;
 
 /// A command buffer: the mailbox's 128 bytes, aligned as the firmware requires.
+#[derive(Clone)]
 #[repr(C, align(8))]
 struct CmdBuf([u8; abi::MAX_COMMAND_LENGTH]);
+
+/// A command the host saved when it answered `SPDM_REQUEST` (Linux's `cmd_data`), kept per
+/// TDI so held exchanges of several TDIs can interleave: reissued, as written back, with each
+/// answer.
+#[derive(Clone)]
+struct Saved {
+    tdi: TdiId,
+    id: abi::CommandId,
+    buf: CmdBuf,
+    len: usize,
+    /// The guest's TDI_START message, put back on the request page before a reissue (the
+    /// page is shared by every guest message the backend sends).
+    start: Option<msg::TdiReq>,
+}
 
 impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> FlushControl for Rmp<S> {
     /// Holds the guest's ASID fences (they stay pending), or completes them and stops holding.
@@ -64,17 +95,31 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> FlushControl for Rmp<S> {
     }
 }
 
-/// The SEV-TIO backend.
+/// The SEV-TIO backend: the firmware, the host's memory and the device.
 pub struct SevBackend<'a> {
     /// The firmware.
     pub sev: SevFirmware<'a>,
     /// System memory the commands point into.
     pub mem: PageMemory<MEM_PAGES>,
+    /// The device behind the DOE mailbox (shared so a [`RelayHost`] can relay from many
+    /// threads, see [`SevBackend::host`]).
+    pub device: SharedDevice,
+    saved: heapless::Vec<Saved, { tsm_core::capacity::MAX_TDIS }>,
     next: u64,
 }
 
 fn length<C: Command>() -> U32 {
     U32::new(u32::try_from(abi::len_of::<C>()).unwrap_or(0))
+}
+
+/// The buffer length of a command that relays.
+fn command_len(id: abi::CommandId) -> usize {
+    match id {
+        abi::TIO_TDI_BIND => abi::len_of::<abi::TdiBind>(),
+        abi::TIO_GUEST_REQUEST => abi::len_of::<abi::GuestRequest>(),
+        abi::TIO_TDI_STATUS => abi::len_of::<abi::TdiStatus>(),
+        _ => abi::len_of::<abi::TdiUnbind>(),
+    }
 }
 
 /// The SLA of page frame `pfn` (0, a null SLA the firmware refuses, past 40 bits).
@@ -113,11 +158,28 @@ impl<'a> SevBackend<'a> {
         system_memory: ReservedMemory,
     ) -> TsmResult<Self> {
         let rmp = Rmp::new(Hpa::try_new(base)?, rmp).map_err(|_| Error::InvalidAddress)?;
+        let mut mem = PageMemory::new(MEM_BASE);
+        // What Linux writes into the response buffer it allocates at DEV_CONNECT.
+        let resp = mem.page(SPDM_RESP_PAGE);
+        linux::response_init(&mut mem, resp).map_err(|_| Error::InvalidAddress)?;
         Ok(Self {
-            sev: Sev::new(rmp, PciModel::new(), system_memory),
-            mem: PageMemory::new(MEM_BASE),
+            sev: Sev::new(rmp, ModelSession::model(), system_memory),
+            mem,
+            device: SharedDevice::new(ModelDevice::model()),
+            saved: heapless::Vec::new(),
             next: 0,
         })
+    }
+
+    /// A host relaying for the firmware's core to this backend's device, for callers that
+    /// drive the core itself from many threads (the concurrency tests, the boot).
+    pub fn host(&self) -> RelayHost<'_, Rmp<&'a mut [RmpEntry]>, ModelSession> {
+        RelayHost::new(self.sev.tsm(), &self.device)
+    }
+
+    /// The device.
+    pub fn device_mut(&mut self) -> &mut ModelDevice {
+        self.device.get_mut()
     }
 
     fn fresh(&mut self) -> u64 {
@@ -136,6 +198,145 @@ impl<'a> SevBackend<'a> {
             return Outcome::plain(SevStatus::INVALID_PARAM);
         }
         self.sev.command(&mut self.mem, C::ID, &mut buf.0)
+    }
+
+    /// The device's SPDM buffers (Linux allocates them at DEV_CONNECT and names them in every
+    /// later command of the device); scratch and output unused.
+    fn spdm_ctrl(&self) -> abi::SpdmCtrl {
+        abi::SpdmCtrl {
+            req: sla(self.page(SPDM_REQ_PAGE) >> 12).into(),
+            resp: sla(self.page(SPDM_RESP_PAGE) >> 12).into(),
+            ..abi::SpdmCtrl::default()
+        }
+    }
+
+    /// Issues a command that may need the device, as the host does: on `SPDM_REQUEST` the
+    /// written-back buffer is saved for `tdi` and the request the firmware wrote is returned
+    /// in `request` (`Relay(n)`, a whole DOE object); otherwise the outcome.
+    fn issue_relayed(&mut self, mut saved: Saved, request: &mut RelayBuf) -> TsmResult<Completion> {
+        if let Some(start) = &saved.start {
+            self.put_guest_msg(msg::MSG_TDI_START_REQ, start.as_bytes())?;
+        }
+        let len = saved.len;
+        let buf = saved.buf.0.get_mut(..len).ok_or(Error::Inconsistent)?;
+        let out = self.sev.command(&mut self.mem, saved.id, buf);
+        let is_start = saved.start.is_some();
+        if out.status == SevStatus::SPDM_REQUEST {
+            self.save(saved)?;
+            return self.read_request(request);
+        }
+        out.to_core()?;
+        if is_start {
+            return self.start_answer();
+        }
+        out.to_core()
+    }
+
+    /// Keeps `saved` as its TDI's command to reissue.
+    fn save(&mut self, saved: Saved) -> TsmResult<()> {
+        self.saved.retain(|s| s.tdi != saved.tdi);
+        self.saved.push(saved).map_err(|_| Error::Inconsistent)
+    }
+
+    /// The request the firmware wrote to `spdm_ctrl.req`, read as Linux reads it, as the DOE
+    /// object `pci_doe` sends.
+    fn read_request(&self, request: &mut RelayBuf) -> TsmResult<Completion> {
+        let mut payload = [0u8; platform_sev::relay::WINDOW];
+        let (t, len) = linux::read_request(&self.mem, self.page(SPDM_REQ_PAGE), &mut payload)
+            .ok_or(Error::Inconsistent)?;
+        let bytes = payload.get(..len).ok_or(Error::Inconsistent)?;
+        let n = doe::encode(request, t, bytes).map_err(|_| Error::Inconsistent)?;
+        Ok(Completion::Relay(n))
+    }
+
+    /// The outcome the guest's TDI_START answer carries.
+    fn start_answer(&self) -> TsmResult<Completion> {
+        let mut rsp = msg::TdiStartRsp::new_zeroed();
+        let at = self.page(RES_PAGE).wrapping_add(u64::from(msg::HDR_SIZE));
+        self.mem
+            .read(at, rsp.as_mut_bytes())
+            .map_err(|_| Error::InvalidAddress)?;
+        Outcome {
+            status: SevStatus(rsp.status.get()),
+            detail: rsp.detail.get(),
+        }
+        .to_core()
+    }
+
+    /// Writes a guest message, header and body, to the guest request page.
+    fn put_guest_msg(&mut self, msg_type: u8, body: &[u8]) -> TsmResult<()> {
+        let hdr = MsgHeader::new(msg_type, body.len());
+        let req = self.page(REQ_PAGE);
+        self.mem
+            .write(req, hdr.as_bytes())
+            .and_then(|()| {
+                self.mem
+                    .write(req.wrapping_add(u64::from(msg::HDR_SIZE)), body)
+            })
+            .map_err(|_| Error::InvalidAddress)
+    }
+
+    /// The command `call` issues, ready to be saved.
+    fn command_for(&self, call: DeviceCall) -> Saved {
+        let spdm_ctrl = self.spdm_ctrl();
+        let tdi = call.tdi();
+        let (dev, t, id) = self.tdi_slas(tdi);
+        let mut buf = CmdBuf([0; abi::MAX_COMMAND_LENGTH]);
+        let (cmd_id, start) = match call {
+            DeviceCall::Bind { guest, .. } => {
+                let mut c = abi::TdiBind::new_zeroed();
+                c.length = length::<abi::TdiBind>();
+                c.spdm_ctrl = spdm_ctrl;
+                c.dev_ctx = dev.into();
+                c.tdi_ctx = t.into();
+                c.gctx_paddr = self.gctx(guest).into();
+                // The guest knows the TDI by its slot (any routing ID the host likes).
+                c.guest_device_id = U16::new(tdi.slot());
+                let _ = c.write_to_prefix(&mut buf.0);
+                (abi::TIO_TDI_BIND, None)
+            }
+            DeviceCall::Start { guest, .. } => {
+                let mut c = abi::GuestRequest::new_zeroed();
+                c.length = length::<abi::GuestRequest>();
+                c.spdm_ctrl = spdm_ctrl;
+                c.dev_ctx = dev.into();
+                c.tdi_ctx = t.into();
+                c.gctx_paddr = self.gctx(guest).into();
+                c.req_paddr = self.page(REQ_PAGE).into();
+                c.res_paddr = self.page(RES_PAGE).into();
+                let _ = c.write_to_prefix(&mut buf.0);
+                let mut r = msg::TdiReq::new_zeroed();
+                r.guest_device_id = id.into();
+                (abi::TIO_GUEST_REQUEST, Some(r))
+            }
+            DeviceCall::Check { .. } => {
+                let mut c = abi::TdiStatus::new_zeroed();
+                c.length = length::<abi::TdiStatus>();
+                c.spdm_ctrl = spdm_ctrl;
+                c.dev_ctx = dev.into();
+                c.tdi_ctx = t.into();
+                c.status_paddr = self.page(STATUS_PAGE).into();
+                let _ = c.write_to_prefix(&mut buf.0);
+                (abi::TIO_TDI_STATUS, None)
+            }
+            DeviceCall::Unbind { .. } => {
+                let mut c = abi::TdiUnbind::new_zeroed();
+                c.length = length::<abi::TdiUnbind>();
+                c.spdm_ctrl = spdm_ctrl;
+                c.dev_ctx = dev.into();
+                c.tdi_ctx = t.into();
+                c.gctx_paddr = self.owner_gctx(tdi).into();
+                let _ = c.write_to_prefix(&mut buf.0);
+                (abi::TIO_TDI_UNBIND, None)
+            }
+        };
+        Saved {
+            tdi,
+            id: cmd_id,
+            len: command_len(cmd_id),
+            buf,
+            start,
+        }
     }
 
     fn done(&mut self, cmd: &impl Command) -> TsmResult<()> {
@@ -233,6 +434,7 @@ impl<'a> SevBackend<'a> {
         let (dev, t, _) = self.tdi_slas(tdi);
         let mut c = abi::GuestRequest::new_zeroed();
         c.length = length::<abi::GuestRequest>();
+        c.spdm_ctrl = self.spdm_ctrl();
         c.dev_ctx = dev.into();
         c.tdi_ctx = t.into();
         c.gctx_paddr = self.gctx(guest).into();
@@ -304,35 +506,34 @@ impl Backend for SevBackend<'_> {
         self.done(&c)
     }
 
-    /// The device's BARs go into its configuration space (the model), then TIO_DEV_CREATE
-    /// and TIO_DEV_CONNECT. A refused DEV_CREATE puts configuration space back as it was.
+    /// The device's BARs go into the BAR list (ours, `abi::BarList`; more than it holds are
+    /// counted, and refused by the firmware as the core refuses them), then TIO_DEV_CREATE
+    /// naming it and TIO_DEV_CONNECT.
     fn create_device(&mut self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
         let segment = u8::try_from(rid.segment()).map_err(|_| Error::InvalidRequesterId)?;
-        let previous = self
-            .sev
-            .tsm()
-            .with_transport(|d| d.set_bars(rid, bars))?
-            .map_err(|e| match e {
-                // More BARs than any function has: the firmware would refuse them the same way.
-                ConfigError::TooManyBars => Error::TooManyRanges,
-                // Never while devices are removed through here: the model holds one more device
-                // than the firmware's table.
-                ConfigError::Full => Error::DeviceTableFull,
-            })?;
+        let mut list = abi::BarList::new_zeroed();
+        list.count = u32::try_from(bars.len())
+            .map_err(|_| Error::TooManyRanges)?
+            .into();
+        for (entry, bar) in list.bars.iter_mut().zip(bars) {
+            entry.base = bar.base().as_u64().into();
+            entry.pages = bar.pages().into();
+        }
+        let at = self.page(BAR_LIST_PAGE);
+        self.mem
+            .write(at, list.as_bytes())
+            .map_err(|_| Error::InvalidAddress)?;
         let dev = sla(CTX_PFN_BASE.wrapping_add(self.fresh()));
         let mut c = abi::DevCreate::new_zeroed();
         c.length = length::<abi::DevCreate>();
         c.dev_ctx = dev.into();
         c.device_id = rid.routing_id().into();
         c.segment_id = segment;
-        if let Err(e) = self.done(&c) {
-            self.sev
-                .tsm()
-                .with_transport(|d| d.restore_bars(rid, previous))?;
-            return Err(e);
-        }
+        c.bar_list = at.into();
+        self.done(&c)?;
         let mut k = abi::DevConnect::new_zeroed();
         k.length = length::<abi::DevConnect>();
+        k.spdm_ctrl = self.spdm_ctrl();
         k.dev_ctx = dev.into();
         k.tc_mask = 1;
         self.done(&k)?;
@@ -342,23 +543,12 @@ impl Backend for SevBackend<'_> {
             .ok_or(Error::InvalidHandle)
     }
 
-    /// TIO_DEV_RECLAIM; once the firmware has let the device go, it leaves configuration
-    /// space too (unplugged), so its entry in the model is free for the next device.
+    /// TIO_DEV_RECLAIM.
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()> {
-        let rid = self
-            .sev
-            .devices()
-            .iter()
-            .find(|d| d.device == device)
-            .map(|d| d.rid);
         let mut c = abi::DevReclaim::new_zeroed();
         c.length = length::<abi::DevReclaim>();
         c.dev_ctx = self.dev_sla(device).into();
-        self.done(&c)?;
-        if let Some(rid) = rid {
-            self.sev.tsm().with_transport(|d| d.remove_bars(rid))?;
-        }
-        Ok(())
+        self.done(&c)
     }
 
     /// TIO_TDI_CREATE.
@@ -386,26 +576,66 @@ impl Backend for SevBackend<'_> {
         c.length = length::<abi::TdiReclaim>();
         c.dev_ctx = dev.into();
         c.tdi_ctx = t.into();
-        self.done(&c)
+        self.done(&c)?;
+        // Its slot may come back for another TDI: a saved command of this one is no one's.
+        self.saved.retain(|s| s.tdi != tdi);
+        Ok(())
     }
 
-    /// The ranges go into the device's interface report (the model DSM), then TIO_TDI_BIND,
-    /// which locks the interface and fetches the report from the device itself.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
+    /// Issues the command that starts `call` (TDI_BIND, GUEST_REQUEST with TDI_START,
+    /// TDI_STATUS, TDI_UNBIND): `Relay(n)` on `SPDM_REQUEST`, with the command saved for
+    /// [`Backend::respond`].
+    fn begin(&mut self, call: DeviceCall, request: &mut RelayBuf) -> TsmResult<Completion> {
+        let saved = self.command_for(call);
+        self.issue_relayed(saved, request)
+    }
+
+    /// Writes the device's answer to `spdm_ctrl.resp` as Linux does (`pci_doe` strips the DOE
+    /// header; an answer that is not a DOE object goes in as it came, and is no answer to
+    /// anything; no answer is an empty data object), then reissues `tdi`'s saved command with
+    /// `FLAG_CONTINUE`, as `sev_tio_continue` does. A TDI the host never saved a command for
+    /// gets a TDI_STATUS continuation, which the firmware refuses if nothing is outstanding.
+    fn respond(
+        &mut self,
+        tdi: TdiId,
+        answer: Option<&[u8]>,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let payload = answer
+            .map(|bytes| doe::decode(bytes, abi::DOBJ_DATA_TYPE_SECURE_SPDM).unwrap_or(bytes));
+        let resp = self.page(SPDM_RESP_PAGE);
+        linux::write_response(
+            &mut self.mem,
+            resp,
+            abi::DOBJ_DATA_TYPE_SECURE_SPDM,
+            payload,
+        )
+        .map_err(|_| Error::RelayMalformed)?;
+        let mut saved = match self.saved.iter().find(|s| s.tdi == tdi) {
+            Some(s) => s.clone(),
+            None => self.command_for(DeviceCall::Check { tdi }),
+        };
+        let word = saved
+            .buf
+            .0
+            .get_mut(abi::CONTINUE_WORD..abi::CONTINUE_WORD.saturating_add(4))
+            .ok_or(Error::Inconsistent)?;
+        let flags = u32::from_le_bytes(word.try_into().map_err(|_| Error::Inconsistent)?);
+        word.copy_from_slice(&(flags | abi::FLAG_CONTINUE).to_le_bytes());
+        self.issue_relayed(saved, request)
+    }
+
+    /// The device model's DOE mailbox.
+    fn mailbox(&mut self, request: &[u8], answer: &mut RelayBuf) -> Option<usize> {
+        self.device.get_mut().answer(request, answer)
+    }
+
+    /// The device will report `report` for the TDI's interface.
+    fn set_report(&mut self, tdi: TdiId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Some(iface) = self.iface_of(tdi) {
-            self.sev
-                .tsm()
-                .with_transport(|d| d.set_wire_report(iface, report))?;
+            self.device.get_mut().link_mut().set_report(iface, report);
         }
-        let (dev, t, _) = self.tdi_slas(tdi);
-        let mut c = abi::TdiBind::new_zeroed();
-        c.length = length::<abi::TdiBind>();
-        c.dev_ctx = dev.into();
-        c.tdi_ctx = t.into();
-        c.gctx_paddr = self.gctx(guest).into();
-        // The guest knows the TDI by its slot (any routing ID the host likes).
-        c.guest_device_id = U16::new(tdi.slot());
-        self.done(&c)
+        Ok(())
     }
 
     /// Ours: TIO_MMIO_MAP (the host's RMPUPDATE, done by the TSM).
@@ -428,25 +658,6 @@ impl Backend for SevBackend<'_> {
         self.done(&c)
     }
 
-    /// The guest's TDI_START message through TIO_GUEST_REQUEST.
-    fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        let (_, _, id) = self.tdi_slas(tdi);
-        let mut r = msg::TdiReq::new_zeroed();
-        r.guest_device_id = id.into();
-        let (out, bytes) = self.guest_message(guest, tdi, msg::MSG_TDI_START_REQ, r.as_bytes());
-        out.to_core()?;
-        let mut rsp = msg::TdiStartRsp::new_zeroed();
-        if let Some(b) = bytes.get(..core::mem::size_of::<msg::TdiStartRsp>()) {
-            rsp.as_mut_bytes().copy_from_slice(b);
-        }
-        Outcome {
-            status: SevStatus(rsp.status.get()),
-            detail: rsp.detail.get(),
-        }
-        .to_core()
-        .map(drop)
-    }
-
     /// Ours: TIO_TDI_ERROR.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let (dev, t, _) = self.tdi_slas(tdi);
@@ -457,23 +668,13 @@ impl Backend for SevBackend<'_> {
         self.issue(&c).to_core()
     }
 
-    /// TIO_TDI_UNBIND (one bounded step; `RESUME_REQUIRED` is `Resumable`).
-    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let (dev, t, _) = self.tdi_slas(tdi);
-        let mut c = abi::TdiUnbind::new_zeroed();
-        c.length = length::<abi::TdiUnbind>();
-        c.dev_ctx = dev.into();
-        c.tdi_ctx = t.into();
-        c.gctx_paddr = self.owner_gctx(tdi).into();
-        self.issue(&c).to_core()
-    }
-
     /// TIO_TDI_UNBIND with FLAG_FORCE.
     fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let (dev, t, _) = self.tdi_slas(tdi);
         let mut c = abi::TdiUnbind::new_zeroed();
         c.length = length::<abi::TdiUnbind>();
         c.flags = abi::FLAG_FORCE.into();
+        c.spdm_ctrl = self.spdm_ctrl();
         c.dev_ctx = dev.into();
         c.tdi_ctx = t.into();
         c.gctx_paddr = self.owner_gctx(tdi).into();
@@ -485,10 +686,12 @@ impl Backend for SevBackend<'_> {
         let dev = self.dev_sla(device);
         let mut c = abi::DevDisconnect::new_zeroed();
         c.length = length::<abi::DevDisconnect>();
+        c.spdm_ctrl = self.spdm_ctrl();
         c.dev_ctx = dev.into();
         self.done(&c)?;
         let mut k = abi::DevConnect::new_zeroed();
         k.length = length::<abi::DevConnect>();
+        k.spdm_ctrl = self.spdm_ctrl();
         k.dev_ctx = dev.into();
         k.tc_mask = 1;
         self.done(&k)
@@ -546,26 +749,16 @@ impl Backend for SevBackend<'_> {
     }
 
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
-        self.sev.tsm().with_transport(|d| d.event(iface, event))
+        self.device.get_mut().event(iface, event);
+        Ok(())
     }
 
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
-        self.sev
-            .tsm()
-            .with_transport(|d| d.tdisp.link_mut().set_misbehaviour(iface, how))
-    }
-
-    /// TIO_TDI_STATUS: the firmware asks the device (GET_DEVICE_INTERFACE_STATE) and puts a
-    /// bound TDI whose device disagrees in ERROR (`RESUME_REQUIRED` is `Resumable`: leaves
-    /// remain to be blocked).
-    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let (dev, t, _) = self.tdi_slas(tdi);
-        let mut c = abi::TdiStatus::new_zeroed();
-        c.length = length::<abi::TdiStatus>();
-        c.dev_ctx = dev.into();
-        c.tdi_ctx = t.into();
-        c.status_paddr = self.page(STATUS_PAGE).into();
-        self.issue(&c).to_core()
+        self.device
+            .get_mut()
+            .link_mut()
+            .set_misbehaviour(iface, how);
+        Ok(())
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {

@@ -40,21 +40,24 @@ fn every_scenario_passes_on_sev() {
     });
 }
 
-/// The SEV backend's device model (configuration space) frees a device's entry when the host
-/// removes it, and a full firmware refuses the next device exactly as the core does: many
-/// more create/remove cycles than there are device slots, then a full table.
+/// Devices come and go through the SEV backend (each DEV_CREATE names the BAR list the host
+/// wrote), and a full firmware refuses the next device exactly as the core does: many more
+/// create/remove cycles than there are device slots, then a full table, and a BAR list longer
+/// than a device may have.
 #[test]
 fn devices_come_and_go_past_every_table_size() {
     use tsm_core::capacity::{MAX_BARS, MAX_DEVICES};
     use tsm_core::device_model::ModelDevice;
     use tsm_core::mem_table::MemTable;
-    use tsm_core::{Error, MmioRange, RequesterId, Tsm};
+    use tsm_core::relay::host::Relayed;
+    use tsm_core::{Error, MmioRange, RequesterId};
     use tsm_tests::backend::CoreBackend;
 
     on_big_stack(|| {
         let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
         let mut sev = Box::new(SevBackend::new(&mut rmp).unwrap());
-        let tsm: Tsm<MemTable<64>, ModelDevice> = Tsm::new(MemTable::new(), ModelDevice::model());
+        let tsm: Box<Relayed<MemTable<64>>> =
+            Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
         let mut core = CoreBackend {
             tsm: &tsm,
             label: "core",
@@ -99,6 +102,12 @@ fn devices_come_and_go_past_every_table_size() {
         let too_many = [bar; MAX_BARS + 1];
         assert_eq!(
             both(&mut |b| b.create_device(next, &too_many).map(drop)),
+            Err(Error::TooManyRanges)
+        );
+        // More than a BAR list holds: counted, and refused the same way.
+        let far_too_many = [bar; 2 * MAX_BARS];
+        assert_eq!(
+            both(&mut |b| b.create_device(next, &far_too_many).map(drop)),
             Err(Error::TooManyRanges)
         );
         assert_eq!(
