@@ -545,10 +545,10 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             0,
         ]))?;
         // The BARs the host programmed, from its list (ours; see `abi::BarList`): the firmware
-        // cannot read configuration space, and the core checks them against reserved memory and
-        // every other device's BARs. The core checks in its own order (too many BARs, overlap, duplicate, full) and its
-        // refusal passes through as it is; a context table as large as the core's, one context
-        // per core device, then always has room.
+        // cannot read configuration space, and the core checks them against reserved memory
+        // and every other device's BARs. The core checks in its own order (too many BARs,
+        // overlap, duplicate, full) and its refusal passes through as it is; a context table as
+        // large as the core's, one context per core device, then always has room.
         let bars = read_bars(mem, c.bar_list.get())?;
         let device = self.tsm.create_device(rid, &bars)?;
         let ctx = DevCtx {
