@@ -4,8 +4,13 @@
 //! declarations are in `include/tsm_tdx.h`.
 //!
 //! The prototype runs with physical addresses equal to the addresses the caller passes
-//! (identity mapping, as in a firmware image without paging tricks), and uses the core's
-//! device model as its TDISP transport.
+//! (identity mapping, as in a firmware image without paging tricks). It never talks to a
+//! device: a leaf that needs one answers `TDX_SPDM_REQUEST` with the request in the TDI's
+//! request page, and the C host relays it (README, "The relay"). Requests are sealed with
+//! [`ModelSession`], the session the core's model device shares; a real platform plugs in
+//! the SPDM session it established with the device. With feature `model-device` (test
+//! support, never in a firmware build) the library also carries that model device for a C
+//! host to relay to ([`ModelMailbox`]: `tsm_tdx_model_doe`, `tsm_tdx_model_report`).
 //!
 //! What the entry points guarantee:
 //! - `tsm_tdx_init` checks its arguments without touching memory, then builds the pool inside
@@ -28,24 +33,26 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
-use tsm_core::device_model::ModelDevice;
-use tsm_core::tdisp::report::{WireMmioRange, wire_range};
-use tsm_core::{MmioRange, ReservedMemory, Tsm};
+use tsm_core::{MmioRange, ModelSession, ReservedMemory};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::abi::{
-    Dispatcher, HostFault, HostMemory, ListError, RANGE_LIST_CAPACITY, RangeList, SeamRegs,
-};
+use crate::abi::{Dispatcher, HostFault, HostMemory, SeamRegs};
 use crate::frames::{FramePool, PAGE_BYTES, Page};
+use crate::module::TdxModule;
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
-    self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
-    OPERAND_ID_TDR, Operands, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
-    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TSM_TOO_MANY_RANGES, TdxStatus,
+    OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
+    OPERAND_ID_TDR, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
+    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TdxStatus,
 };
 
+#[cfg(any(feature = "model-device", test))]
+mod model;
+#[cfg(any(feature = "model-device", test))]
+pub use model::ModelMailbox;
+
 /// The firmware instance the C entry points drive.
-pub type CFirmware = Tsm<Sept<'static>, ModelDevice>;
+pub type CFirmware = TdxModule<'static, ModelSession>;
 
 /// Bytes of one host-memory access: the accessor moves 8-byte words.
 const WORD: usize = core::mem::size_of::<u64>();
@@ -180,6 +187,19 @@ impl HostMemory for HostWindow {
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         HostWindow::read(self, hpa, out)
     }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.words(hpa, len).map(drop)
+    }
+
+    /// The window is writable wherever it is readable, and never moves.
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.words(hpa, len).map(drop)
+    }
+
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
+        HostWindow::write(self, hpa, src)
+    }
 }
 
 /// An initialized firmware: its state and the host memory it may touch.
@@ -207,6 +227,11 @@ impl Firmware {
 
     fn instance(&self) -> Option<&Instance> {
         self.state.get()?.as_ref()
+    }
+
+    /// The host memory registered at init (`None` before).
+    pub fn host(&self) -> Option<&HostWindow> {
+        Some(&self.instance()?.host)
     }
 
     /// `tsm_tdx_init`: see the C header.
@@ -269,9 +294,9 @@ impl Firmware {
                 unsafe { core::slice::from_raw_parts_mut(mem.cast::<Page>(), pages) };
             let pool = FramePool::new(frames, mem_addr as u64)?;
             Some(Instance {
-                tsm: Tsm::with_reserved(
+                tsm: TdxModule::with_reserved(
                     Sept::new(pool, SeptLevels::Four),
-                    ModelDevice::model(),
+                    ModelSession::model(),
                     reserved,
                 ),
                 host: window,
@@ -322,41 +347,6 @@ impl Firmware {
             Err(_) => block.rax = invalid(OPERAND_ID_TDR),
         })
     }
-
-    /// `tsm_tdx_model_report`: see the C header.
-    pub fn model_report(&self, iface: u64, list: *const RangeList) -> TdxStatus {
-        let Some(fw) = self.instance() else {
-            return TDX_SYS_NOT_READY;
-        };
-        let Ok(iface) = tsm_core::RequesterId::from_packed(iface) else {
-            return invalid(OPERAND_ID_RCX);
-        };
-        let list: RangeList = match fw.host.read_value(list.addr() as u64) {
-            Ok(l) => l,
-            Err(f) => return fault(f, OPERAND_ID_RDX),
-        };
-        let entries = match list.entries::<RANGE_LIST_CAPACITY>() {
-            Ok(e) => e,
-            Err(ListError::Reserved) => return invalid(OPERAND_ID_RDX),
-            Err(ListError::TooMany) => return TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX),
-        };
-        let mut wire: heapless::Vec<WireMmioRange, RANGE_LIST_CAPACITY> = heapless::Vec::new();
-        for e in entries {
-            if wire
-                .push(wire_range(e.first_page, e.pages, e.attributes, e.range_id))
-                .is_err()
-            {
-                return TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX);
-            }
-        }
-        match fw
-            .tsm
-            .with_transport(|d| d.link_mut().set_report(iface, &wire))
-        {
-            Ok(()) => TDX_SUCCESS,
-            Err(e) => status::encode(Err(e), &Operands::default()),
-        }
-    }
 }
 
 /// The firmware's pool, its own state (the [`Firmware`] object, which holds every table of
@@ -371,9 +361,9 @@ fn reserved_memory(
 ) -> Option<ReservedMemory> {
     let pages_over = |base: u64, bytes: u64| {
         let page = PAGE_BYTES as u64;
-        let first = base / page * page;
+        let first = base.checked_div(page)?.checked_mul(page)?;
         let end = base.checked_add(bytes)?.checked_next_multiple_of(page)?;
-        MmioRange::from_raw(first, end.checked_sub(first)? / page).ok()
+        MmioRange::from_raw(first, end.checked_sub(first)?.checked_div(page)?).ok()
     };
     let pool = MmioRange::from_raw(pool, pages as u64).ok()?;
     let host = pages_over(host.base(), host.len as u64)?;
@@ -414,12 +404,41 @@ pub extern "C" fn tsm_tdx_tdcall(td: u64, regs: *mut SeamRegs) -> TdxStatus {
     FIRMWARE.tdcall(td, regs)
 }
 
-/// Sets what the prototype's device reports for interface `iface` (packed requester ID): the
-/// ranges of the list at `list` (in host memory), as a real device's firmware would. On
-/// hardware this call has no counterpart.
+/// Test support (feature `model-device`): the model device a C host relays to.
+#[cfg(feature = "model-device")]
+static MODEL: ModelMailbox = ModelMailbox::new();
+
+/// Test support (feature `model-device`): sets what the model device reports for interface
+/// `iface` (packed requester ID): the ranges of the list at `list` (in host memory), as a
+/// real device's firmware would. On hardware this call has no counterpart.
+#[cfg(feature = "model-device")]
 #[unsafe(no_mangle)]
-pub extern "C" fn tsm_tdx_model_report(iface: u64, list: *const RangeList) -> TdxStatus {
-    FIRMWARE.model_report(iface, list)
+pub extern "C" fn tsm_tdx_model_report(
+    iface: u64,
+    list: *const crate::abi::RangeList,
+) -> TdxStatus {
+    MODEL.report(&FIRMWARE, iface, list.addr() as u64)
+}
+
+/// Test support (feature `model-device`): one exchange with the model device's DOE mailbox:
+/// the `len` request bytes at `request` in, the answer to `response` and its length (0: no
+/// answer) to `*response_len`, all in host memory. The host's side of the relay; on hardware
+/// the host's DOE driver and the device take its place.
+#[cfg(feature = "model-device")]
+#[unsafe(no_mangle)]
+pub extern "C" fn tsm_tdx_model_doe(
+    request: *const u8,
+    len: u64,
+    response: *mut u8,
+    response_len: *mut u64,
+) -> TdxStatus {
+    MODEL.doe(
+        &FIRMWARE,
+        request.addr() as u64,
+        len,
+        response.addr() as u64,
+        response_len.addr() as u64,
+    )
 }
 
 /// Without `std` the static library needs its own panic handler. The lints make host input
@@ -452,10 +471,13 @@ mod tests {
     //! static behind the `extern "C"` functions). They run under Miri (`scripts/miri.sh`),
     //! which checks every host-memory access for data races and out-of-bounds use.
     use super::*;
-    use crate::abi::{self, RangeEntry};
+    use crate::abi::{self, RangeEntry, RangeList};
+    use crate::module::MessagePages;
+    use crate::status::{self, TSM_TOO_MANY_RANGES};
     use std::boxed::Box;
     use std::vec::Vec;
-    use tsm_core::TdispState;
+    use tsm_core::TdiId;
+    use tsm_core::capacity::MAX_TDIS;
     use tsm_core::tsm::Snapshot;
 
     /// One 4 KiB page of host memory, as the C side would allocate it.
@@ -578,18 +600,17 @@ mod tests {
             out
         }
         /// Every record table of the core and the pool's pages (read through the firmware's
-        /// own `&mut`, no second alias), and every interface's TDISP state on the device.
-        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<(u32, TdispState)>) {
+        /// own `&mut`, no second alias), and every TDI's message pages.
+        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<Option<MessagePages>>) {
             let fw = self.fw.instance().expect("initialised");
             let snap = fw
                 .tsm
                 .snapshot_with(|t| t.pool().pages().copied().collect())
                 .expect("not busy");
-            let device = fw
-                .tsm
-                .with_transport(|d| d.link_mut().tdisp_states().to_vec())
-                .expect("not busy");
-            (snap, device)
+            let pages = (0..MAX_TDIS as u16)
+                .map(|s| fw.tsm.message_pages(TdiId::from_slot(s)).expect("not busy"))
+                .collect();
+            (snap, pages)
         }
     }
 
@@ -850,14 +871,18 @@ mod tests {
         }
         assert_eq!(w.pool_image(), pool_before);
         // The model report's list: outside, reserved field set, too many entries.
+        let model = ModelMailbox::new();
         assert_eq!(
-            w.fw.model_report(RID, w.pool.cast()),
+            ModelMailbox::new().report(w.fw, RID, w.pool.addr() as u64),
             range_error(OPERAND_ID_RDX)
         );
         let mut list = one_range(BAR_A, 16);
         list.reserved = 1;
         w.put_list(&list);
-        assert_eq!(w.fw.model_report(RID, w.list_at()), invalid(OPERAND_ID_RDX));
+        assert_eq!(
+            model.report(w.fw, RID, w.list_at().addr() as u64),
+            invalid(OPERAND_ID_RDX)
+        );
         let out = w.call(
             abi::TDH_SPDM_CREATE,
             SeamRegs {
@@ -871,11 +896,14 @@ mod tests {
         list.count = 17;
         w.put_list(&list);
         assert_eq!(
-            w.fw.model_report(RID, w.list_at()),
+            model.report(w.fw, RID, w.list_at().addr() as u64),
             TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX)
         );
         w.put_list(&one_range(BAR_A, 16));
-        assert_eq!(w.fw.model_report(RID, w.list_at()), TDX_SUCCESS);
+        assert_eq!(
+            model.report(w.fw, RID, w.list_at().addr() as u64),
+            TDX_SUCCESS
+        );
         assert_eq!(w.pool_image().0.table.len(), w.pool_pages);
     }
 
