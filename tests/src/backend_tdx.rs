@@ -1,20 +1,30 @@
 //! The TDX SEAMCALL register ABI as a scenario backend: every operation is encoded as the
 //! register block a host VMM would load before SEAMCALL (or a TD before TDCALL), run through
 //! platform-tdx's dispatcher, and the 64-bit status in RAX decoded back to a core status with
-//! `platform_tdx::status::decode`.
+//! `platform_tdx::abi::outcome`.
+//!
+//! The backend is also the host's relay, as Linux's TDX Connect event loop is: when a leaf
+//! answers TDX_SPDM_REQUEST, it takes the DOE object from the request page (its length from
+//! its own header, as Linux does), hands it to its model device (the device behind its DOE
+//! mailbox), writes the answer to the response page and calls TDH.DEVIF.RESPONSE with its
+//! length (0 when the device stays silent), until the operation ends. Every TDI gets the same
+//! two message pages, as Linux keeps one pair per device: the backend relays one exchange at
+//! a time.
 //!
 //! Where the TDX status is coarser than the core's: OPERAND_INVALID on an address operand
 //! decodes to `Misaligned` (the core's `InvalidPageSize` looks the same), and the TDI state
 //! query returns the state's kind and owner but not an unbind's step or a block walk's
 //! cursor (the backend reports `Unbinding { step: Stop }` and `Error { blocking: START }`).
-//! A status `decode` does not know becomes `InvalidHandle`. Ranges that do not fit a
+//! A status the decoder does not know becomes `InvalidHandle`. Ranges that do not fit a
 //! [`RangeList`] are refused here with `TooManyRanges` before any call.
 //!
 //! Test knobs (device events and faults, held TLB flushes) are not firmware leaves: they act
-//! on the device model and the S-EPT directly.
+//! on the backend's model device and the S-EPT directly.
 
-use platform_tdx::abi::{self, Dispatcher, RangeList, SeamRegs, page_info};
+use platform_tdx::TdxModule;
+use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
 use platform_tdx::ept::SeptEntry;
+use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::sept::{Sept, leaf_size};
 use platform_tdx::status;
 use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
@@ -22,17 +32,35 @@ use tsm_core::lifecycle::{Cursor, UnbindStep};
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
     Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange,
-    PageSize, RequesterId, TdiId, TdiState, Tsm, TsmResult,
+    ModelSession, PageSize, RequesterId, TdiId, TdiState, TsmResult,
 };
 
 use crate::backend::{Backend, FlushControl};
 
-/// Host physical address of the backend's parameter page (range lists), far from every BAR
-/// the scenarios use.
-pub const PARAM_HPA: u64 = 0x7_0000_0000;
+/// Host physical address of the backend's host memory, far from every BAR the scenarios use:
+/// page 0 the parameter page (range lists), page 1 the request page, page 2 the response page.
+pub const HOST_BASE: u64 = 0x7_0000_0000;
+/// Host physical address of the parameter page.
+pub const PARAM_HPA: u64 = HOST_BASE;
+/// Host physical address of every TDI's request page (firmware to host).
+pub const REQUEST_HPA: u64 = HOST_BASE + MESSAGE_PAGE_BYTES as u64;
+/// Host physical address of every TDI's response page (host to firmware).
+pub const RESPONSE_HPA: u64 = HOST_BASE + 2 * MESSAGE_PAGE_BYTES as u64;
+/// Bytes of the backend's host memory.
+const HOST_BYTES: usize = 3 * MESSAGE_PAGE_BYTES;
+/// Offsets of the pages in it.
+const REQUEST_AT: usize = MESSAGE_PAGE_BYTES;
+const RESPONSE_AT: usize = 2 * MESSAGE_PAGE_BYTES;
+/// DOE header dword 1 length field: bits 17:0, in dwords (PCIe 6.x 6.30.1), read as Linux's
+/// `tdx_spdm_msg_exchange` reads it.
+const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
+/// Relay rounds one operation may take before the backend calls the firmware stuck: a bind is
+/// a handful of requests and the report's portions, each sent at most three times.
+const MAX_RELAY_ROUNDS: usize = 100;
 
-/// The firmware the backend drives.
-pub type TdxFirmware<'m> = Tsm<Sept<'m>, ModelDevice>;
+/// The firmware the backend drives: the S-EPT, sealed with the model session its device
+/// shares.
+pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
 
 impl FlushControl for Sept<'_> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
@@ -40,11 +68,12 @@ impl FlushControl for Sept<'_> {
     }
 }
 
-/// The TDX backend: a firmware instance and the host's parameter page.
+/// The TDX backend: a firmware instance, the host's memory and the device it relays to.
 pub struct TdxBackend<'t, 'm> {
     /// The firmware.
     pub tsm: &'t TdxFirmware<'m>,
-    params: RangeList,
+    host: [u8; HOST_BYTES],
+    device: ModelDevice,
 }
 
 fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
@@ -52,51 +81,123 @@ fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
 }
 
 impl<'t, 'm> TdxBackend<'t, 'm> {
-    /// A backend over `tsm`.
+    /// A backend over `tsm` relaying to a fresh model device.
     pub fn new(tsm: &'t TdxFirmware<'m>) -> Self {
+        Self::with_device(tsm, ModelDevice::model())
+    }
+
+    /// A backend over `tsm` relaying to `device`.
+    pub fn with_device(tsm: &'t TdxFirmware<'m>, device: ModelDevice) -> Self {
         Self {
             tsm,
-            params: RangeList::default(),
+            host: [0; HOST_BYTES],
+            device,
         }
     }
 
+    /// The device the backend relays to.
+    pub fn device(&mut self) -> &mut ModelDevice {
+        &mut self.device
+    }
+
+    /// The device, for a host that goes on relaying without the backend.
+    pub fn into_device(self) -> ModelDevice {
+        self.device
+    }
+
     /// One SEAMCALL of `leaf` with operands from `regs`; the registers as they come back.
-    pub fn seamcall(&self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+    pub fn seamcall(&mut self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let host = abi::BufferMemory {
-            base: PARAM_HPA,
-            bytes: self.params.bytes(),
-        };
+        let host = HostBuffer::new(HOST_BASE, &mut self.host);
         Dispatcher::new(self.tsm, host).seamcall(&mut regs);
         regs
     }
 
     /// One TDCALL of `leaf` from TD `td`.
-    pub fn tdcall(&self, td: GuestId, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+    pub fn tdcall(&mut self, td: GuestId, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let host = abi::BufferMemory {
-            base: PARAM_HPA,
-            bytes: &[],
-        };
+        let host = HostBuffer::new(HOST_BASE, &mut self.host);
         Dispatcher::new(self.tsm, host).tdcall(td, &mut regs);
         regs
     }
 
-    fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
-        status::decode(regs.rax, &abi::operands(leaf)).unwrap_or(Err(Error::InvalidHandle))
+    /// The host's event loop: while `out` says TDX_SPDM_REQUEST, one DOE exchange with the
+    /// device and TDH.DEVIF.RESPONSE for `tdi`. The registers of the call that ended it.
+    pub fn relay(&mut self, tdi: u64, mut out: SeamRegs) -> TsmResult<SeamRegs> {
+        for _ in 0..MAX_RELAY_ROUNDS {
+            if out.rax != status::TDX_SPDM_REQUEST {
+                return Ok(out);
+            }
+            let answered = self.exchange()?;
+            out = self.seamcall(
+                abi::TDH_DEVIF_RESPONSE,
+                SeamRegs {
+                    rcx: tdi,
+                    rdx: answered,
+                    ..SeamRegs::default()
+                },
+            );
+        }
+        // The firmware ends every operation within its bounded attempts and report size.
+        Err(Error::Inconsistent)
     }
 
-    fn call(&self, leaf: u16, regs: SeamRegs) -> TsmResult<SeamRegs> {
+    /// One DOE exchange: the request page's object to the device, its answer to the response
+    /// page. The answer's length (0: the device said nothing).
+    fn exchange(&mut self) -> TsmResult<u64> {
+        let (pages, response) = self.host.split_at_mut(RESPONSE_AT);
+        let request = pages.get(REQUEST_AT..).ok_or(Error::Inconsistent)?;
+        let dw1 = request
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .ok_or(Error::Inconsistent)?;
+        let len = usize::try_from(dw1 & DOE_LENGTH_MASK)
+            .ok()
+            .and_then(|dwords| dwords.checked_mul(4))
+            .ok_or(Error::Inconsistent)?;
+        let request = request.get(..len).ok_or(Error::Inconsistent)?;
+        let answered = self.device.answer(request, response).unwrap_or(0);
+        u64::try_from(answered).map_err(|_| Error::Inconsistent)
+    }
+
+    fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
+        abi::outcome(leaf, regs).unwrap_or(Err(Error::InvalidHandle))
+    }
+
+    fn call(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<SeamRegs> {
         let out = self.seamcall(leaf, regs);
         Self::outcome(leaf, &out).map(|_| out)
     }
 
-    fn done(&self, leaf: u16, regs: SeamRegs) -> TsmResult<()> {
+    fn done(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<()> {
         self.call(leaf, regs).map(drop)
     }
 
+    /// A SEAMCALL of `leaf` on the TDI in RCX, relayed to its end: the operation's outcome
+    /// (`Resumable` for an unbind that goes on).
+    fn relayed(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<Completion> {
+        let first = self.seamcall(leaf, regs);
+        self.finish_relay(leaf, regs.rcx, first)
+    }
+
+    /// Relays from `first`, a leaf's registers, to the operation's end and decodes it: the
+    /// first call's status if it asked nothing, else TDH.DEVIF.RESPONSE's last.
+    fn finish_relay(&mut self, leaf: u16, tdi: u64, first: SeamRegs) -> TsmResult<Completion> {
+        if first.rax != status::TDX_SPDM_REQUEST {
+            return Self::outcome(leaf, &first);
+        }
+        let last = self.relay(tdi, first)?;
+        Self::outcome(abi::TDH_DEVIF_RESPONSE, &last)
+    }
+
     fn stage(&mut self, ranges: &[MmioRange]) -> TsmResult<()> {
-        self.params = RangeList::from_ranges(ranges).ok_or(Error::TooManyRanges)?;
+        let list = RangeList::from_ranges(ranges).ok_or(Error::TooManyRanges)?;
+        let bytes = list.bytes();
+        self.host
+            .get_mut(..bytes.len())
+            .ok_or(Error::TooManyRanges)?
+            .copy_from_slice(bytes);
         Ok(())
     }
 }
@@ -147,11 +248,13 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// TDH.DEVIF.CREATE.
+    /// TDH.DEVIF.CREATE with the backend's request and response pages.
     fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
         let regs = SeamRegs {
             rcx: handle_reg(device),
             rdx: u64::from(iface.packed()),
+            r9: REQUEST_HPA,
+            r10: RESPONSE_HPA,
             ..SeamRegs::default()
         };
         TdiId::from_raw(self.call(abi::TDH_DEVIF_CREATE, regs)?.rcx)
@@ -170,18 +273,17 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     /// The device model reports `report`; then ours: TSM.DEVIF.BIND, which locks the
-    /// interface and reads the report from the device.
+    /// interface and reads the report from the device, every exchange relayed.
     fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Ok(record) = self.tsm.tdi(tdi) {
-            self.tsm
-                .with_transport(|d| d.link_mut().set_report(record.iface, report))?;
+            self.device.link_mut().set_report(record.iface, report);
         }
         let regs = SeamRegs {
             rcx: handle_reg(tdi),
             rdx: handle_reg(guest),
             ..SeamRegs::default()
         };
-        self.done(abi::TSM_DEVIF_BIND, regs)
+        self.relayed(abi::TSM_DEVIF_BIND, regs).map(drop)
     }
 
     /// TDH.MMIO.MAP.
@@ -203,11 +305,11 @@ impl Backend for TdxBackend<'_, '_> {
         self.done(abi::TDH_MMIO_MAP, regs)
     }
 
-    /// Ours, TDCALL from the guest: TSM.GUEST.DEVIF.START.
+    /// Ours, TDCALL from the guest: TSM.GUEST.DEVIF.START; the host relays START_INTERFACE.
     fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         let leaf = abi::TSM_GUEST_DEVIF_START;
         let rcx = handle_reg(tdi);
-        let out = self.tdcall(
+        let first = self.tdcall(
             guest,
             leaf,
             SeamRegs {
@@ -215,7 +317,7 @@ impl Backend for TdxBackend<'_, '_> {
                 ..SeamRegs::default()
             },
         );
-        Self::outcome(leaf, &out).map(drop)
+        self.finish_relay(leaf, rcx, first).map(drop)
     }
 
     /// Ours: TSM.DEVIF.ERROR.
@@ -231,27 +333,22 @@ impl Backend for TdxBackend<'_, '_> {
         Self::outcome(abi::TSM_DEVIF_ERROR, &out)
     }
 
-    /// Ours: TSM.DEVIF.CHECK (GET_DEVICE_INTERFACE_STATE from the device).
+    /// Ours: TSM.DEVIF.CHECK (GET_DEVICE_INTERFACE_STATE from the device, relayed).
     fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let regs = SeamRegs {
             rcx: handle_reg(tdi),
             ..SeamRegs::default()
         };
-        let out = self.seamcall(abi::TSM_DEVIF_CHECK, regs);
-        Self::outcome(abi::TSM_DEVIF_CHECK, &out)
+        self.relayed(abi::TSM_DEVIF_CHECK, regs)
     }
 
-    /// Ours: TSM.DEVIF.UNBIND (INTERRUPTED_RESUMABLE is `Resumable`).
+    /// Ours: one TSM.DEVIF.UNBIND, its STOP relayed (INTERRUPTED_RESUMABLE is `Resumable`).
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let rcx = handle_reg(tdi);
-        let out = self.seamcall(
-            abi::TSM_DEVIF_UNBIND,
-            SeamRegs {
-                rcx,
-                ..SeamRegs::default()
-            },
-        );
-        Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
+        let regs = SeamRegs {
+            rcx: handle_reg(tdi),
+            ..SeamRegs::default()
+        };
+        self.relayed(abi::TSM_DEVIF_UNBIND, regs)
     }
 
     /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
@@ -372,12 +469,13 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
-        self.tsm.with_transport(|d| d.event(iface, event))
+        self.device.event(iface, event);
+        Ok(())
     }
 
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
-        self.tsm
-            .with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
+        self.device.link_mut().set_misbehaviour(iface, how);
+        Ok(())
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
