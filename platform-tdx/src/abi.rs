@@ -165,6 +165,11 @@ const MESSAGE_PAGE_ALIGN: PageSize = PageSize::Size4K;
 const WORD: usize = 8;
 /// The firmware's buffer for a request: `MAX_RELAY_BYTES` rounded up to whole words.
 const REQUEST_BUFFER: usize = MAX_RELAY_BYTES.next_multiple_of(WORD);
+
+/// `len` bytes rounded up to whole host-memory words (`None` past `usize`).
+pub(crate) const fn whole_words(len: usize) -> Option<usize> {
+    len.checked_next_multiple_of(WORD)
+}
 const _: () = assert!(REQUEST_BUFFER <= MESSAGE_PAGE_BYTES);
 const _: () = assert!(MESSAGE_PAGE_BYTES.is_multiple_of(WORD));
 
@@ -718,8 +723,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     }
                     // One read of the page into firmware memory; only the copy is looked at.
                     let mut answer = [0u8; MESSAGE_PAGE_BYTES];
-                    let words = answer
-                        .get_mut(..len.next_multiple_of(WORD))
+                    let words = whole_words(len)
+                        .and_then(|w| answer.get_mut(..w))
                         .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;
                     self.host
                         .read(pages.response.as_u64(), words)
@@ -876,18 +881,17 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let mut buf = [0u8; REQUEST_BUFFER];
         let result = op(&pages, &mut buf)?;
         if let Ok(Completion::Relay(n)) = result {
-            let words = n.next_multiple_of(WORD);
-            let inconsistent = Outcome::Core(Err(Error::Inconsistent));
-            buf.get_mut(n..words).ok_or(inconsistent)?.fill(0);
-            let bytes = buf
-                .get(..words)
-                .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;
+            // The core frames at most MAX_RELAY_BYTES into the buffer, so these cannot fail.
+            let inconsistent = || Outcome::Core(Err(Error::Inconsistent));
+            let words = whole_words(n).ok_or_else(inconsistent)?;
+            buf.get_mut(n..words).ok_or_else(inconsistent)?.fill(0);
+            let bytes = buf.get(..words).ok_or_else(inconsistent)?;
             // Cannot fail: probed above, and host memory does not move. Were it to, the
             // request stays outstanding and TDH.DEVIF.REQUEST writes it again.
             self.host
                 .write(request, bytes)
                 .map_err(|f| Outcome::Status(host_fault(f, OPERAND_ID_REQUEST_PAGE)))?;
-            out.rcx = u64::try_from(n).map_err(|_| Outcome::Core(Err(Error::Inconsistent)))?;
+            out.rcx = u64::try_from(n).map_err(|_| inconsistent())?;
         }
         Ok(Outcome::Core(result))
     }

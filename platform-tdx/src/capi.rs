@@ -542,7 +542,14 @@ mod tests {
             .collect()
     }
 
-    /// Host memory layout of the tests: page 0 the range list, page 1 the register block.
+    /// Host memory layout of the tests: page 0 the range list, page 1 the register block (and
+    /// in word [`LEN_WORD`] the model's answer length), pages 2 and 3 a TDI's request and
+    /// response pages.
+    const HOST_PAGES: usize = 4;
+    const REQUEST_PAGE: usize = 2;
+    const RESPONSE_PAGE: usize = 3;
+    const LEN_WORD: usize = 64;
+
     struct World {
         fw: &'static Firmware,
         host: *mut HostPage,
@@ -556,14 +563,14 @@ mod tests {
             let pool = leak_pages(24, 0);
             let pool_pages = pool.len();
             let pool = pool.as_mut_ptr();
-            let host = leak_host(2).as_mut_ptr();
+            let host = leak_host(HOST_PAGES).as_mut_ptr();
             // SAFETY: both leaked, exclusively handed to this firmware.
             let s = unsafe {
                 fw.init(
                     pool.cast(),
                     pool_pages * PAGE_BYTES,
                     host.cast(),
-                    2 * PAGE_BYTES,
+                    HOST_PAGES * PAGE_BYTES,
                 )
             };
             assert_eq!(s, TDX_SUCCESS);
@@ -578,8 +585,74 @@ mod tests {
             self.host.cast()
         }
         fn regs_at(&self) -> *mut SeamRegs {
-            // SAFETY: page 1 of the two leaked host pages.
+            // SAFETY: page 1 of the leaked host pages.
             unsafe { self.host.add(1) }.cast()
+        }
+        /// Host address of page `i`.
+        fn page(&self, i: usize) -> u64 {
+            self.host.wrapping_add(i).addr() as u64
+        }
+        /// The TDI's answer length word, as the model writes it.
+        fn len_at(&self) -> u64 {
+            self.page(1) + (LEN_WORD * 8) as u64
+        }
+        /// The host's event loop over the C entry points: while the status says
+        /// TDX_SPDM_REQUEST, one DOE exchange with `model` and TDH.DEVIF.RESPONSE.
+        fn relay(&self, model: &ModelMailbox, tdi: u64, mut out: SeamRegs) -> SeamRegs {
+            let mut rounds = 0;
+            while out.rax == status::TDX_SPDM_REQUEST {
+                rounds += 1;
+                assert!(rounds < 100);
+                let doe = model.doe(
+                    self.fw,
+                    self.page(REQUEST_PAGE),
+                    out.rcx,
+                    self.page(RESPONSE_PAGE),
+                    self.len_at(),
+                );
+                assert_eq!(doe, TDX_SUCCESS);
+                let len = word(self.host, 1, LEN_WORD).load(Ordering::Relaxed);
+                out = self.call(
+                    abi::TDH_DEVIF_RESPONSE,
+                    SeamRegs {
+                        rcx: tdi,
+                        rdx: len,
+                        ..SeamRegs::default()
+                    },
+                );
+            }
+            out
+        }
+        /// A TD, a device with one BAR that `model` reports for its interface, and its TDI
+        /// with message pages 2 and 3: (TD, TDI).
+        fn td_and_tdi(&self, model: &ModelMailbox) -> (u64, u64) {
+            let td = self.call(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+            self.put_list(&one_range(BAR_A, 16));
+            let dev = self.call(
+                abi::TDH_SPDM_CREATE,
+                SeamRegs {
+                    rcx: RID,
+                    rdx: self.list_at().addr() as u64,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(dev.rax, TDX_SUCCESS);
+            assert_eq!(
+                model.report(self.fw, RID, self.list_at().addr() as u64),
+                TDX_SUCCESS
+            );
+            let tdi = self.call(
+                abi::TDH_DEVIF_CREATE,
+                SeamRegs {
+                    rcx: dev.rcx,
+                    rdx: RID,
+                    r9: self.page(REQUEST_PAGE),
+                    r10: self.page(RESPONSE_PAGE),
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(tdi.rax, TDX_SUCCESS);
+            (td, tdi.rcx)
         }
         fn put_list(&self, list: &RangeList) {
             for (i, w) in list_words(list).into_iter().enumerate() {
@@ -822,7 +895,7 @@ mod tests {
     fn addresses_outside_host_memory_are_refused_and_reserved_fields_must_be_zero() {
         let w = World::new();
         let pool_before = w.pool_image();
-        let host_end = w.host.addr() as u64 + 2 * PAGE_BYTES as u64;
+        let host_end = w.host.addr() as u64 + (HOST_PAGES * PAGE_BYTES) as u64;
         w.put_list(&one_range(BAR_A, 16));
         let range_error = |op: u32| TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(op);
         // The list operand.
@@ -857,7 +930,10 @@ mod tests {
             ),
             (
                 "straddling the end",
-                w.host.cast::<u8>().wrapping_add(2 * PAGE_BYTES - 16).cast(),
+                w.host
+                    .cast::<u8>()
+                    .wrapping_add(HOST_PAGES * PAGE_BYTES - 16)
+                    .cast(),
                 range_error(OPERAND_ID_REG_BLOCK),
             ),
             (
@@ -988,6 +1064,160 @@ mod tests {
         }
         assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)));
         assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY);
+    }
+
+    /// Bind and unbind through the C entry points, every exchange relayed by the host through
+    /// its pages to the model device: the request lands in the request page (whole words,
+    /// its length in RCX), the answer is read from the response page.
+    #[test]
+    fn bind_and_unbind_relayed_through_host_pages() {
+        let w = World::new();
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        // The DOE header: PCI-SIG, secured SPDM, its length in dwords.
+        let head = word(w.host, REQUEST_PAGE, 0).load(Ordering::Relaxed);
+        assert_eq!(head & 0xffff_ffff, 0x0002_0001);
+        assert_eq!((head >> 32) * 4, out.rcx);
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        let state = w.call(
+            abi::TSM_DEVIF_STATE,
+            SeamRegs {
+                rcx: tdi,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(state.rdx, abi::TdiStateCode::Locked as u64);
+        let unbind = w.call(
+            abi::TSM_DEVIF_UNBIND,
+            SeamRegs {
+                rcx: tdi,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(w.relay(&model, tdi, unbind).rax, TDX_SUCCESS);
+        // The model's own refusals: a length past a page, an output outside host memory.
+        let req = w.page(REQUEST_PAGE);
+        let rsp = w.page(RESPONSE_PAGE);
+        assert_eq!(
+            model.doe(w.fw, req, 4097, rsp, w.len_at()),
+            invalid(OPERAND_ID_RDX)
+        );
+        assert_eq!(
+            model.doe(w.fw, req, 8, w.pool.addr() as u64, w.len_at()),
+            TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8)
+        );
+    }
+
+    /// A host thread rewrites the response page, word by word, between the device's answer
+    /// and garbage while TDH.DEVIF.RESPONSE reads it. Each call reads every word once into
+    /// firmware memory: it takes the whole answer (the exchange moves on by exactly one
+    /// step) or refuses what it read with TDX_DEVIF_TDISP_INVALID_MESSAGE and changes
+    /// nothing; never a fault (and, under Miri, no data race).
+    #[test]
+    fn a_response_page_rewritten_during_the_call_is_read_once() {
+        let w = World::new();
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        let doe = model.doe(
+            w.fw,
+            w.page(REQUEST_PAGE),
+            out.rcx,
+            w.page(RESPONSE_PAGE),
+            w.len_at(),
+        );
+        assert_eq!(doe, TDX_SUCCESS);
+        let len = word(w.host, 1, LEN_WORD).load(Ordering::Relaxed);
+        let words = usize::try_from(len).unwrap().div_ceil(8);
+        let answer: Vec<u64> = (0..words)
+            .map(|i| word(w.host, RESPONSE_PAGE, i).load(Ordering::Relaxed))
+            .collect();
+        let seq = |w: &World| {
+            let fw = w.fw.instance().unwrap();
+            let t = fw.tsm.tdi(TdiId::from_raw(tdi).unwrap()).unwrap();
+            t.exchange.map(|e| e.seq)
+        };
+        let first = seq(&w).unwrap();
+        let host = Shared(w.host);
+        let stop = Box::leak(Box::new(core::sync::atomic::AtomicBool::new(false)));
+        let writer = {
+            let stop: &'static core::sync::atomic::AtomicBool = stop;
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let host = host;
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for (i, &good) in answer.iter().enumerate() {
+                        let garbage = good ^ (round | 1);
+                        let v = if round.is_multiple_of(2) {
+                            good
+                        } else {
+                            garbage
+                        };
+                        word(host.0, RESPONSE_PAGE, i).store(v, Ordering::Relaxed);
+                    }
+                    round = round.wrapping_add(1);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let calls = if cfg!(miri) { 8 } else { 2000 };
+        let mut taken = None;
+        for call in 0..calls {
+            let out = w.call(
+                abi::TDH_DEVIF_RESPONSE,
+                SeamRegs {
+                    rcx: tdi,
+                    rdx: len,
+                    ..SeamRegs::default()
+                },
+            );
+            match out.rax {
+                s if s == status::TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX) => {
+                    assert_eq!(seq(&w), Some(first), "a refused answer moved the exchange");
+                }
+                status::TDX_SPDM_REQUEST => {
+                    taken = Some(call);
+                    break;
+                }
+                s => panic!("unexpected status {s:#x}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        if taken.is_none() {
+            // The writer never left the whole answer in place during a call: put it back.
+            for (i, &good) in answer.iter().enumerate() {
+                word(w.host, RESPONSE_PAGE, i).store(good, Ordering::Relaxed);
+            }
+            let out = w.call(
+                abi::TDH_DEVIF_RESPONSE,
+                SeamRegs {
+                    rcx: tdi,
+                    rdx: len,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        }
+        assert_eq!(seq(&w), Some(first.wrapping_add(1)), "exactly one step");
     }
 
     /// The `extern "C"` functions drive the one static firmware (the only test that uses it).

@@ -13,7 +13,7 @@ use tsm_core::tdisp::report::{WireMmioRange, wire_range};
 use tsm_core::{Error, Operand};
 
 use super::{Firmware, HostWindow, fault, invalid};
-use crate::abi::{ListError, RANGE_LIST_CAPACITY, RangeList};
+use crate::abi::{ListError, RANGE_LIST_CAPACITY, RangeList, whole_words};
 use crate::module::MESSAGE_PAGE_BYTES;
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, Operands, TDX_SUCCESS,
@@ -112,7 +112,7 @@ impl ModelMailbox {
             return invalid(OPERAND_ID_RDX);
         };
         let mut req = [0u8; MESSAGE_PAGE_BYTES];
-        let Some(words) = req.get_mut(..len.next_multiple_of(WORD)) else {
+        let Some(words) = whole_words(len).and_then(|w| req.get_mut(..w)) else {
             return invalid(OPERAND_ID_RDX);
         };
         if let Err(f) = host.read(request, words) {
@@ -134,7 +134,7 @@ impl ModelMailbox {
             Err(e) => return status::encode(Err(e), &Operands::default()),
         };
         let n = answer.filter(|&n| n <= MESSAGE_PAGE_BYTES).unwrap_or(0);
-        let Some(words) = rsp.get(..n.next_multiple_of(WORD)) else {
+        let Some(words) = whole_words(n).and_then(|w| rsp.get(..w)) else {
             return invalid(OPERAND_ID_R8);
         };
         if let Err(f) = host.write(response, words) {
