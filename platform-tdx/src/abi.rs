@@ -460,7 +460,8 @@ impl From<Result<(), Error>> for Outcome {
 /// page-info GPA for leaves the core does not align-check, range lists); (4) the core, which
 /// checks alignment of MAP's addresses and every state. A refusal of step (3) is reported only
 /// after step (2) found every handle known, so a call with a bad handle and a bad address gets
-/// the handle's status, as it would from the core.
+/// the handle's status, as it would from the core. Message pages are step (3) too: their
+/// operands at TDH.DEVIF.CREATE, and before every relay leaf the TDI's pages themselves.
 ///
 /// A leaf that may leave a request for the host ([`Dispatcher::relayed`]) finds the TDI's
 /// message pages and probes the request page before the core runs, so a refusal writes
