@@ -1,13 +1,88 @@
 //! What the scenario interpreter drives: one trait over "a firmware", implemented by the core
 //! directly and by each platform's ABI (register blocks on TDX, command buffers on SEV).
 
-use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
+use tsm_core::device_model::{DeviceEvent, Misbehaviour};
 use tsm_core::mem_table::MemTable;
+use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, PageSize, RequesterId,
-    SecureTable, TdiId, TdiState, Tsm, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MAX_RELAY_BYTES,
+    MmioRange, PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
 };
+
+/// A request or answer as the host carries it between the firmware and the DOE mailbox.
+pub type RelayBuf = [u8; MAX_RELAY_BYTES];
+
+/// A firmware operation that may need the device: started with [`Backend::begin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceCall {
+    /// Bind a TDI to a guest.
+    Bind {
+        /// The TDI.
+        tdi: TdiId,
+        /// The guest.
+        guest: GuestId,
+    },
+    /// The guest starts a TDI.
+    Start {
+        /// The owner.
+        guest: GuestId,
+        /// The TDI.
+        tdi: TdiId,
+    },
+    /// Check a TDI's state with the device.
+    Check {
+        /// The TDI.
+        tdi: TdiId,
+    },
+    /// One unbind call.
+    Unbind {
+        /// The TDI.
+        tdi: TdiId,
+    },
+}
+
+impl DeviceCall {
+    /// The TDI the call is about.
+    pub const fn tdi(&self) -> TdiId {
+        match *self {
+            DeviceCall::Bind { tdi, .. }
+            | DeviceCall::Start { tdi, .. }
+            | DeviceCall::Check { tdi }
+            | DeviceCall::Unbind { tdi } => tdi,
+        }
+    }
+}
+
+/// Most request/answer rounds one operation may take before the host gives up: a bind with a
+/// whole report and its undo, with every request tried three times, is far below this.
+pub const MAX_RELAY_ROUNDS: u32 = 256;
+
+/// Relays `first` (the outcome of [`Backend::begin`]) to its end: every request to the
+/// backend's device and its answer back, as a host kernel does. Returns the operation's own
+/// outcome (never `Relay`).
+pub fn relay_to_end(
+    b: &mut (impl Backend + ?Sized),
+    tdi: TdiId,
+    first: TsmResult<Completion>,
+    request: &mut RelayBuf,
+) -> TsmResult<Completion> {
+    let mut outcome = first;
+    for _ in 0..MAX_RELAY_ROUNDS {
+        let Ok(Completion::Relay(n)) = outcome else {
+            return outcome;
+        };
+        let mut answer = [0u8; MAX_RELAY_BYTES];
+        let sent = request.get(..n).ok_or(Error::Inconsistent)?;
+        let len = b.mailbox(sent, &mut answer);
+        let got = match len {
+            Some(k) => Some(answer.get(..k).ok_or(Error::Inconsistent)?),
+            None => None,
+        };
+        outcome = b.respond(tdi, got, request);
+    }
+    Err(Error::Inconsistent)
+}
 
 /// Every operation a scenario line can ask of a firmware, plus the test knobs of its models.
 pub trait Backend {
@@ -25,9 +100,30 @@ pub trait Backend {
     fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId>;
     /// Removes a TDI.
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()>;
+    /// Starts `call` in the firmware, through the platform's ABI: `Relay(n)` with the request
+    /// to relay in `request`, or the operation's outcome when it needs no device.
+    fn begin(&mut self, call: DeviceCall, request: &mut RelayBuf) -> TsmResult<Completion>;
+    /// Hands the device's answer (`None`: it did not answer) for `tdi`'s outstanding request
+    /// to the firmware through the platform's ABI: the next `Relay(n)`, or the outcome.
+    fn respond(
+        &mut self,
+        tdi: TdiId,
+        answer: Option<&[u8]>,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion>;
+    /// The device model's DOE mailbox: its answer to a relayed request, `None` when silent.
+    fn mailbox(&mut self, request: &[u8], answer: &mut RelayBuf) -> Option<usize>;
+    /// Device model: the TDI's interface will report `report`.
+    fn set_report(&mut self, tdi: TdiId, report: &[WireMmioRange]) -> TsmResult<()>;
     /// The device reports `report` for the TDI's interface (device model), then the host binds
-    /// the TDI to a guest; the firmware takes the ranges from the device alone.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()>;
+    /// the TDI to a guest, relaying every request; the firmware takes the ranges from the
+    /// device alone.
+    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
+        self.set_report(tdi, report)?;
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.begin(DeviceCall::Bind { tdi, guest }, &mut request);
+        relay_to_end(self, tdi, first, &mut request).map(drop)
+    }
     /// Maps a private MMIO page.
     fn map(
         &mut self,
@@ -37,14 +133,27 @@ pub trait Backend {
         hpa: Hpa,
         size: PageSize,
     ) -> TsmResult<()>;
-    /// Guest starts a TDI.
-    fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()>;
+    /// Guest starts a TDI, its START relayed.
+    fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.begin(DeviceCall::Start { guest, tdi }, &mut request);
+        relay_to_end(self, tdi, first, &mut request).map(drop)
+    }
     /// Device reports ERROR for a TDI.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion>;
-    /// The firmware asks the device for the interface's state (GET_DEVICE_INTERFACE_STATE).
-    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion>;
-    /// One unbind call.
-    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion>;
+    /// The firmware asks the device for the interface's state (GET_DEVICE_INTERFACE_STATE),
+    /// relayed.
+    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.begin(DeviceCall::Check { tdi }, &mut request);
+        relay_to_end(self, tdi, first, &mut request)
+    }
+    /// One unbind call, its STOP relayed.
+    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
+        relay_to_end(self, tdi, first, &mut request)
+    }
     /// One forced unbind call: the firmware cuts the device's IDE stream and unbinds without
     /// the device's STOP.
     fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion>;
@@ -83,10 +192,10 @@ impl<const N: usize> FlushControl for MemTable<N> {
     }
 }
 
-/// The core driven directly: `Tsm` over any secure table and the device model.
+/// The core driven directly: [`Relayed`] (the core over any secure table, and its model device).
 pub struct CoreBackend<'a, T> {
-    /// The firmware instance.
-    pub tsm: &'a Tsm<T, ModelDevice>,
+    /// The firmware instance and its device.
+    pub tsm: &'a Relayed<T>,
     /// Name printed in run headers.
     pub label: &'static str,
 }
@@ -113,12 +222,35 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()> {
         self.tsm.remove_tdi(tdi)
     }
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
+    fn begin(&mut self, call: DeviceCall, request: &mut RelayBuf) -> TsmResult<Completion> {
+        let fw = self.tsm.firmware();
+        match call {
+            DeviceCall::Bind { tdi, guest } => fw.bind(tdi, guest, request),
+            DeviceCall::Start { guest, tdi } => fw.guest_start(guest, tdi, request),
+            DeviceCall::Check { tdi } => fw.check_interface(tdi, request),
+            DeviceCall::Unbind { tdi } => fw.unbind(tdi, request),
+        }
+    }
+    fn respond(
+        &mut self,
+        tdi: TdiId,
+        answer: Option<&[u8]>,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        self.tsm.firmware().device_response(tdi, answer, request)
+    }
+    fn mailbox(&mut self, request: &[u8], answer: &mut RelayBuf) -> Option<usize> {
+        self.tsm
+            .with_device(|d| d.answer(request, answer))
+            .ok()
+            .flatten()
+    }
+    fn set_report(&mut self, tdi: TdiId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Ok(record) = self.tsm.tdi(tdi) {
             self.tsm
-                .with_transport(|d| d.link_mut().set_report(record.iface, report))?;
+                .with_device(|d| d.link_mut().set_report(record.iface, report))?;
         }
-        self.tsm.bind(tdi, guest)
+        Ok(())
     }
     fn map(
         &mut self,
@@ -130,17 +262,8 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     ) -> TsmResult<()> {
         self.tsm.map_mmio(tdi, guest, gpa, hpa, size)
     }
-    fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        self.tsm.guest_start(guest, tdi)
-    }
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         self.tsm.device_error(tdi)
-    }
-    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        self.tsm.check_interface(tdi)
-    }
-    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        self.tsm.unbind(tdi)
     }
     fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         self.tsm.unbind_forced(tdi)
@@ -164,11 +287,11 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         self.tsm.leaf(guest, gpa)
     }
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
-        self.tsm.with_transport(|d| d.event(iface, event))
+        self.tsm.with_device(|d| d.event(iface, event))
     }
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
         self.tsm
-            .with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
+            .with_device(|d| d.link_mut().set_misbehaviour(iface, how))
     }
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
         self.tsm.with_table(|t| t.defer_flush(guest, defer))

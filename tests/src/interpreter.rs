@@ -12,8 +12,11 @@ use tsm_core::{
     MmioRange, TdiId, TdiState, TsmResult,
 };
 
-use crate::backend::Backend;
-use crate::scenario::{EventName, HostPath, LeafName, Line, Op, Order, StateName, parse_line};
+use crate::backend::{Backend, DeviceCall, MAX_RELAY_ROUNDS, RelayBuf};
+use crate::scenario::{
+    AnswerWith, EventName, HostPath, LeafName, Line, Op, Order, StateName, parse_line,
+};
+use tsm_core::MAX_RELAY_BYTES;
 
 /// Named objects one scenario may create.
 pub const MAX_NAMES: usize = 64;
@@ -67,6 +70,7 @@ impl fmt::Display for Observed {
         match self {
             Observed::Status(Ok(Completion::Done)) => f.write_str("Ok"),
             Observed::Status(Ok(Completion::Resumable)) => f.write_str("Resumable"),
+            Observed::Status(Ok(Completion::Relay(_))) => f.write_str("Relay"),
             Observed::Status(Err(e)) => write!(f, "{e:?}"),
             Observed::State(s) => write!(f, "state={s:?}"),
             Observed::Leaf(l) => write!(f, "leaf={l:?}"),
@@ -80,12 +84,37 @@ enum Setup {
     UnknownName,
     WrongKind,
     TooManyNames,
+    /// `answer` or `relay` of a TDI with no held request.
+    NothingHeld,
+    /// `answer ... stale` of a TDI with no answer relayed yet, or `flip` past the answer's end.
+    NoSuchAnswer,
+}
+
+/// Requests held at once (`hold`), and TDIs whose last answer is kept for `answer ... stale`.
+const MAX_HELD: usize = 4;
+const MAX_KEPT_ANSWERS: usize = 8;
+
+/// A request the host keeps instead of relaying.
+struct Held {
+    tdi: TdiId,
+    request: RelayBuf,
+    len: usize,
 }
 
 struct Interpreter<'a, 'b> {
     backend: &'b mut dyn Backend,
     names: Vec<(&'a str, Obj<'a>), MAX_NAMES>,
+    /// TDIs whose next device call stops at its first request.
+    hold_next: Vec<TdiId, MAX_HELD>,
+    held: Vec<Held, MAX_HELD>,
+    /// The last answer relayed for a TDI.
+    answers: Vec<(TdiId, RelayBuf, usize), MAX_KEPT_ANSWERS>,
 }
+
+/// One byte more than the relay carries.
+static TOO_LONG: [u8; MAX_RELAY_BYTES + 1] = [0; MAX_RELAY_BYTES + 1];
+/// Bytes that are no DOE object (vendor 0xa5a5).
+static GARBAGE: [u8; 24] = [0xa5; 24];
 
 fn done(r: TsmResult<()>) -> Observed {
     Observed::Status(r.map(|()| Completion::Done))
@@ -216,7 +245,12 @@ impl<'a> Interpreter<'a, '_> {
                         wire_range(r.base, r.pages, attributes, id)
                     })
                     .collect();
-                done(self.backend.bind(t, g, &report))
+                match self.backend.set_report(t, &report) {
+                    Ok(()) => Observed::Status(
+                        self.device_call(DeviceCall::Bind { tdi: t, guest: g })?,
+                    ),
+                    Err(e) => done(Err(e)),
+                }
             }
             Op::Map {
                 tdi,
@@ -233,9 +267,12 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::Start { guest, tdi } => {
                 let (g, t) = (self.guest(guest)?, self.tdi(tdi)?.0);
-                done(self.backend.start(g, t))
+                Observed::Status(self.device_call(DeviceCall::Start { guest: g, tdi: t })?)
             }
-            Op::Unbind { tdi } => Observed::Status(self.backend.unbind(self.tdi(tdi)?.0)),
+            Op::Unbind { tdi } => {
+                let t = self.tdi(tdi)?.0;
+                Observed::Status(self.device_call(DeviceCall::Unbind { tdi: t })?)
+            }
             Op::UnbindAll { tdi } => Observed::Status(self.unbind_all(self.tdi(tdi)?.0)),
             Op::UnbindForce { tdi } => {
                 Observed::Status(self.backend.unbind_force(self.tdi(tdi)?.0))
@@ -245,7 +282,27 @@ impl<'a> Interpreter<'a, '_> {
             Op::DeviceError { tdi } => {
                 Observed::Status(self.backend.device_error(self.tdi(tdi)?.0))
             }
-            Op::Check { tdi } => Observed::Status(self.backend.check(self.tdi(tdi)?.0)),
+            Op::Check { tdi } => {
+                let t = self.tdi(tdi)?.0;
+                Observed::Status(self.device_call(DeviceCall::Check { tdi: t })?)
+            }
+            Op::Hold { tdi } => {
+                let t = self.tdi(tdi)?.0;
+                if !self.hold_next.contains(&t) {
+                    self.hold_next.push(t).map_err(|_| Setup::TooManyNames)?;
+                }
+                done(Ok(()))
+            }
+            Op::Relay { tdi } => {
+                let t = self.tdi(tdi)?.0;
+                let mut held = self.take_held(t)?;
+                let first = Ok(Completion::Relay(held.len));
+                Observed::Status(self.relay_from(t, first, &mut held.request))
+            }
+            Op::Answer { tdi, with } => {
+                let t = self.tdi(tdi)?.0;
+                Observed::Status(self.answer(t, *with)?)
+            }
             Op::Zap { device, bar } => done(self.zap(device, *bar)),
             Op::HostUnmap { guest, gpa, size } => {
                 let g = self.guest(guest)?;
@@ -293,6 +350,133 @@ impl<'a> Interpreter<'a, '_> {
             Op::RemoveDevice { device } => done(self.backend.remove_device(self.device(device)?)),
             Op::DestroyGuest { guest } => done(self.backend.destroy_guest(self.guest(guest)?)),
         })
+    }
+
+    /// Starts `call`; a held TDI keeps its first request, any other is relayed to its end.
+    fn device_call(&mut self, call: DeviceCall) -> Result<TsmResult<Completion>, Setup> {
+        let tdi = call.tdi();
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.backend.begin(call, &mut request);
+        if let Some(i) = self.hold_next.iter().position(|t| *t == tdi)
+            && let Ok(Completion::Relay(len)) = first
+        {
+            self.hold_next.swap_remove(i);
+            self.keep(Held { tdi, request, len })?;
+            return Ok(first);
+        }
+        Ok(self.relay_from(tdi, first, &mut request))
+    }
+
+    fn keep(&mut self, held: Held) -> Result<(), Setup> {
+        self.held.retain(|h| h.tdi != held.tdi);
+        self.held.push(held).map_err(|_| Setup::TooManyNames)
+    }
+
+    fn take_held(&mut self, tdi: TdiId) -> Result<Held, Setup> {
+        let i = self
+            .held
+            .iter()
+            .position(|h| h.tdi == tdi)
+            .ok_or(Setup::NothingHeld)?;
+        Ok(self.held.swap_remove(i))
+    }
+
+    /// The device's answer to `request`, kept as `tdi`'s last.
+    fn ask_device(&mut self, tdi: TdiId, request: &[u8], answer: &mut RelayBuf) -> Option<usize> {
+        let len = self.backend.mailbox(request, answer)?;
+        self.answers.retain(|(t, _, _)| *t != tdi);
+        if self.answers.is_full() {
+            self.answers.remove(0);
+        }
+        let _ = self.answers.push((tdi, *answer, len));
+        Some(len)
+    }
+
+    /// Relays from `first` until the operation ends, as the host does.
+    fn relay_from(
+        &mut self,
+        tdi: TdiId,
+        first: TsmResult<Completion>,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let mut outcome = first;
+        for _ in 0..MAX_RELAY_ROUNDS {
+            let Ok(Completion::Relay(n)) = outcome else {
+                return outcome;
+            };
+            let sent = *request;
+            let mut answer = [0u8; MAX_RELAY_BYTES];
+            let len = self.ask_device(tdi, sent.get(..n).ok_or(Error::Inconsistent)?, &mut answer);
+            let got = match len {
+                Some(k) => Some(answer.get(..k).ok_or(Error::Inconsistent)?),
+                None => None,
+            };
+            outcome = self.backend.respond(tdi, got, request);
+        }
+        Err(Error::Inconsistent)
+    }
+
+    /// `answer`: hands the firmware what `with` says for `tdi`'s held request. The request
+    /// stays held while the exchange is outstanding (a refused answer, or a next request).
+    fn answer(&mut self, tdi: TdiId, with: AnswerWith<'_>) -> Result<TsmResult<Completion>, Setup> {
+        // Answers that need no request can be handed in with nothing held: the firmware then
+        // has no exchange either (`NoExchange`).
+        let held = self.take_held(tdi).ok();
+        let mut bytes = [0u8; MAX_RELAY_BYTES];
+        let answer: Option<&[u8]> = match with {
+            AnswerWith::None => None,
+            AnswerWith::Garbage => Some(&GARBAGE),
+            AnswerWith::Long => Some(&TOO_LONG),
+            AnswerWith::Stale => {
+                let (_, kept, n) = self
+                    .answers
+                    .iter()
+                    .find(|(t, _, _)| *t == tdi)
+                    .ok_or(Setup::NoSuchAnswer)?;
+                bytes = *kept;
+                bytes.get(..*n)
+            }
+            AnswerWith::Genuine | AnswerWith::Flip(_) => {
+                let held = held.as_ref().ok_or(Setup::NothingHeld)?;
+                let sent = held.request.get(..held.len).ok_or(Setup::NothingHeld)?;
+                let n = self.ask_device(tdi, sent, &mut bytes);
+                match (with, n) {
+                    (AnswerWith::Flip(at), Some(n)) => {
+                        let byte = bytes
+                            .get_mut(usize::from(at))
+                            .filter(|_| usize::from(at) < n)
+                            .ok_or(Setup::NoSuchAnswer)?;
+                        *byte ^= 1;
+                        bytes.get(..n)
+                    }
+                    (AnswerWith::Flip(_), None) => return Err(Setup::NoSuchAnswer),
+                    (_, n) => n.and_then(|n| bytes.get(..n)),
+                }
+            }
+            AnswerWith::Other(name) => {
+                let other = self.tdi(name)?.0;
+                let theirs = self
+                    .held
+                    .iter()
+                    .find(|h| h.tdi == other)
+                    .ok_or(Setup::NothingHeld)?;
+                let (req, len) = (theirs.request, theirs.len);
+                let n = self
+                    .backend
+                    .mailbox(req.get(..len).ok_or(Setup::NothingHeld)?, &mut bytes)
+                    .ok_or(Setup::NoSuchAnswer)?;
+                bytes.get(..n)
+            }
+        };
+        let mut request = held.as_ref().map_or([0u8; MAX_RELAY_BYTES], |h| h.request);
+        let outcome = self.backend.respond(tdi, answer, &mut request);
+        match (outcome, held) {
+            (Ok(Completion::Relay(len)), _) => self.keep(Held { tdi, request, len })?,
+            // The answer was refused: the exchange is outstanding, its request still held.
+            (Err(Error::RelayMalformed | Error::Busy(_)), Some(held)) => self.keep(held)?,
+            _ => {}
+        }
+        Ok(outcome)
     }
 
     fn unbind_all(&mut self, tdi: TdiId) -> TsmResult<Completion> {
@@ -420,6 +604,9 @@ pub fn run_scenario(
     let mut interp = Interpreter {
         backend,
         names: Vec::new(),
+        hold_next: Vec::new(),
+        held: Vec::new(),
+        answers: Vec::new(),
     };
     for (index, raw) in text.lines().enumerate() {
         let lineno = index.saturating_add(1);

@@ -2,7 +2,9 @@
 //! run, on the host or in the QEMU boot): every private leaf lies in a range owned by a TDI
 //! bound to the leaf's guest; owned ranges never overlap; an unbound TDI owns nothing; a TDI
 //! whose leaves have all been blocked (ERROR done blocking, an unbind past its block pass) has
-//! no live leaf; every guest's bound-TDI count is the number of TDIs bound to it.
+//! no live leaf; every guest's bound-TDI count is the number of TDIs bound to it; a TDI's
+//! outstanding exchange is one its state can have (a bind of an unbound TDI, a START of a
+//! locked one, a check of a locked or running one, the STOP of an unbind at Stop).
 
 use heapless::Vec;
 use tsm_core::addr::PHYS_ADDR_LIMIT;
@@ -10,7 +12,8 @@ use tsm_core::capacity::{MAX_GUESTS, MAX_OWNED_RANGES, MAX_TDIS};
 use tsm_core::lifecycle::UnbindStep;
 use tsm_core::page::PAGE_SIZE_4K;
 use tsm_core::{
-    Error, GuestId, Hpa, LeafState, MmioRange, SecureTable, TdiId, TdiState, TdispDevice, Tsm,
+    DeviceOp, Error, GuestId, Hpa, LeafState, MmioRange, SecureSession, SecureTable, TdiId,
+    TdiState, Tsm,
 };
 
 /// Which invariant broke.
@@ -37,21 +40,41 @@ pub enum Violation {
     },
     /// A TDI is bound to a guest that does not exist.
     OwnerMissing(TdiId),
+    /// A TDI's outstanding exchange is not one its state can have.
+    ExchangeState(TdiId),
     /// The firmware was busy or refused a query (the check needs a quiet firmware).
     Query(Error),
 }
 
 /// Checks every invariant of a quiet firmware.
-pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Violation> {
+pub fn check<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>) -> Result<(), Violation> {
     let mut owned: Vec<(MmioRange, TdiState), MAX_OWNED_RANGES> = Vec::new();
     let mut bound = [0u16; MAX_GUESTS];
     for slot in 0..MAX_TDIS {
         let id = TdiId::from_slot(u16::try_from(slot).unwrap_or(u16::MAX));
-        let state = match tsm.tdi(id) {
-            Ok(t) => t.state,
+        let record = match tsm.tdi(id) {
+            Ok(t) => t,
             Err(Error::InvalidHandle) => continue,
             Err(e) => return Err(Violation::Query(e)),
         };
+        let state = record.state;
+        let consistent = match (record.exchange.map(|e| e.op), state) {
+            (None, _) => true,
+            (Some(DeviceOp::Bind { .. }), TdiState::Unbound) => true,
+            (Some(DeviceOp::Start { guest }), TdiState::Locked { owner }) => guest == owner,
+            (Some(DeviceOp::Check), TdiState::Locked { .. } | TdiState::Run { .. }) => true,
+            (
+                Some(DeviceOp::Stop { .. }),
+                TdiState::Unbinding {
+                    step: UnbindStep::Stop,
+                    ..
+                },
+            ) => true,
+            _ => false,
+        };
+        if !consistent {
+            return Err(Violation::ExchangeState(id));
+        }
         if let Some(owner) = state.owner() {
             let count = bound
                 .get_mut(usize::from(owner.slot()))
@@ -128,7 +151,7 @@ pub fn check<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<(), Viol
 }
 
 /// The number of private leaves in the secure table (every guest's), on a quiet firmware.
-pub fn leaf_count<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>) -> Result<usize, Violation> {
+pub fn leaf_count<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>) -> Result<usize, Violation> {
     let everything =
         MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
     tsm.with_table(|table| {

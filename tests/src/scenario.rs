@@ -25,6 +25,18 @@
 //! expect-state <t> <unbound|locked|run|error|unbinding>
 //! expect-leaf <g> <gpa> <mapped|blocked|none>
 //! remove-tdi <t> / remove-device <d> / destroy-guest <g>
+//! hold <t>                                    the next bind/start/check/unbind of <t> stops at its
+//!                                             first request (status `Relay`): the host keeps it
+//! answer <t> <none|genuine|garbage|long|stale|flip <byte>|other <t2>>
+//!                                             hands an answer for <t>'s held request to the
+//!                                             firmware: none (no answer), the device's own,
+//!                                             bytes that are no DOE object, one over the
+//!                                             largest, the last answer relayed for <t>, the
+//!                                             device's own with bit 0 of byte <byte> flipped,
+//!                                             or the device's answer to <t2>'s held request;
+//!                                             a next request (`Relay`) is held again
+//! relay <t>                                   relays the held request and all that follow
+//!                                             until the operation ends: its status
 //! ```
 //! Numbers are decimal or `0x` hex, `_` allowed. A name `#N` is the raw handle N, for hostile
 //! tests. Without `-> Status` a line must succeed (`Ok`).
@@ -132,6 +144,25 @@ pub enum LeafName {
     None,
 }
 
+/// What `answer` hands the firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerWith<'a> {
+    /// The host says the device did not answer.
+    None,
+    /// The device's own answer.
+    Genuine,
+    /// Bytes that are not a DOE object.
+    Garbage,
+    /// One byte more than the largest message the relay carries.
+    Long,
+    /// The last answer relayed for this TDI (an earlier exchange's).
+    Stale,
+    /// The device's own answer with bit 0 of this byte flipped.
+    Flip(u16),
+    /// The device's answer to another TDI's held request.
+    Other(&'a str),
+}
+
 /// One operation, with raw numbers: turning them into checked types is part of running it,
 /// so a bad address is the firmware's status, not a parse error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +268,16 @@ pub enum Op<'a> {
     },
     DestroyGuest {
         guest: &'a str,
+    },
+    Hold {
+        tdi: &'a str,
+    },
+    Answer {
+        tdi: &'a str,
+        with: AnswerWith<'a>,
+    },
+    Relay {
+        tdi: &'a str,
     },
 }
 
@@ -395,12 +436,33 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("remove-tdi", [tdi]) => Op::RemoveTdi { tdi },
         ("remove-device", [device]) => Op::RemoveDevice { device },
         ("destroy-guest", [guest]) => Op::DestroyGuest { guest },
+        ("hold", [tdi]) => Op::Hold { tdi },
+        ("relay", [tdi]) => Op::Relay { tdi },
+        ("answer", [tdi, how]) => Op::Answer {
+            tdi,
+            with: match *how {
+                "none" => AnswerWith::None,
+                "genuine" => AnswerWith::Genuine,
+                "garbage" => AnswerWith::Garbage,
+                "long" => AnswerWith::Long,
+                "stale" => AnswerWith::Stale,
+                _ => return Err(ParseError::BadToken),
+            },
+        },
+        ("answer", [tdi, "flip", byte]) => Op::Answer {
+            tdi,
+            with: AnswerWith::Flip(u16::try_from(num(byte)?).map_err(|_| ParseError::BadToken)?),
+        },
+        ("answer", [tdi, "other", other]) => Op::Answer {
+            tdi,
+            with: AnswerWith::Other(other),
+        },
         (
             "guest" | "device" | "tdi" | "bind" | "map" | "start" | "unbind" | "unbind-all"
             | "unbind-force" | "unbind-force-all" | "stream-setup" | "device-error" | "check"
             | "zap" | "host-unmap" | "host-block" | "host" | "device-event" | "device-misbehave"
             | "defer-flush" | "expect-state" | "expect-leaf" | "remove-tdi" | "remove-device"
-            | "destroy-guest",
+            | "destroy-guest" | "hold" | "relay" | "answer",
             _,
         ) => return Err(ParseError::Arity),
         _ => return Err(ParseError::UnknownOp),

@@ -28,6 +28,7 @@ scenarios!(
     "path-hot-reset",
     "path-close",
     "force-unbind",
+    "relay",
 );
 
 /// Builds a fresh firmware, hands it to the closure it is given, and tears it down.

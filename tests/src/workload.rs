@@ -11,10 +11,12 @@ use core::fmt;
 use tsm_core::tdisp::report::wire_range;
 use tsm_core::{
     Completion, Error, Gpa, GuestId, Hpa, MmioRange, Operand, PageSize, RequesterId, SecureTable,
-    TdiId, TdispDevice, Tsm, TsmResult,
+    TdiId, TsmResult,
 };
 
 use crate::backend::Backend;
+use tsm_core::SecureSession;
+use tsm_core::relay::host::RelayHost;
 
 /// Guests the workload binds to: few, so that operations meet on them.
 pub const GUESTS: usize = 2;
@@ -177,8 +179,8 @@ impl Rng {
 }
 
 /// One random operation on `tsm`, tallied.
-pub fn step<T: SecureTable, D: TdispDevice>(
-    tsm: &Tsm<T, D>,
+pub fn step<T: SecureTable, S: SecureSession>(
+    tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
     rng: &mut Rng,
     tally: &mut Tally,
@@ -203,7 +205,7 @@ pub fn step<T: SecureTable, D: TdispDevice>(
         return;
     };
     let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
-    let outcome = match rng.below(10) {
+    let outcome = match rng.below(12) {
         0 => done(tsm.bind(tdi, guest)),
         1 | 2 => done(tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)),
         3 => done(tsm.guest_start(owner, tdi)),
@@ -212,6 +214,13 @@ pub fn step<T: SecureTable, D: TdispDevice>(
         6 => tsm.check_interface(tdi),
         7 => done(MmioRange::try_new(hpa, 1).and_then(|r| tsm.host_zap(r))),
         8 => tsm.host_track(owner),
+        // A forced unbind cuts the stream of every TDI of the device; the host sets it up
+        // again, which the firmware refuses while any of them is still bound.
+        9 => tsm.unbind_forced(tdi),
+        10 => done(
+            tsm.tdi(tdi)
+                .and_then(|t| tsm.setup_stream(t.device)),
+        ),
         _ => {
             let r = tsm.host_unmap(owner, gpa, PageSize::Size4K);
             // Every private leaf belongs to a bound TDI: the host may never remove one.
@@ -226,8 +235,8 @@ pub fn step<T: SecureTable, D: TdispDevice>(
 
 /// One CPU's part of a round: operations of its stream for as long as `more` says, which it
 /// asks before every operation with the number done so far.
-pub fn run_round<T: SecureTable, D: TdispDevice>(
-    tsm: &Tsm<T, D>,
+pub fn run_round<T: SecureTable, S: SecureSession>(
+    tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
     rng: &mut Rng,
     more: &mut dyn FnMut(u64) -> bool,
@@ -241,8 +250,8 @@ pub fn run_round<T: SecureTable, D: TdispDevice>(
 
 /// On a quiet firmware: unbinds every TDI completely. `Err` names a TDI whose unbind did not
 /// finish within [`MAX_UNBIND_CALLS`] calls, with its last status.
-pub fn drain<T: SecureTable, D: TdispDevice>(
-    tsm: &Tsm<T, D>,
+pub fn drain<T: SecureTable, S: SecureSession>(
+    tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
 ) -> Result<(), (TdiId, TsmResult<Completion>)> {
     for &tdi in &targets.tdis {

@@ -25,7 +25,8 @@ use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
-use tsm_core::{SecureTable, TdispDevice, Tsm};
+use tsm_core::relay::host::{RelayHost, Relayed};
+use tsm_core::{SecureSession, SecureTable};
 use tsm_tests::backend::CoreBackend;
 use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
@@ -56,11 +57,12 @@ fn knob(name: &str, default: usize) -> usize {
 /// Runs the workload on `tsm` from `TSM_CONC_THREADS` threads for `TSM_CONC_ROUNDS` rounds,
 /// checking every invariant after every round; then asserts the contention floor and that
 /// every TDI unbinds completely.
-fn hammer<T: SecureTable + Send, D: TdispDevice + Send>(
+fn hammer<T: SecureTable + Send, S: SecureSession + Send>(
     label: &str,
-    tsm: &Tsm<T, D>,
+    host: &RelayHost<'_, T, S>,
     targets: &Targets,
 ) -> Tally {
+    let tsm = host.firmware();
     let threads = knob("TSM_CONC_THREADS", 8).max(1);
     let rounds = knob("TSM_CONC_ROUNDS", 20);
     invariants::check(tsm).unwrap();
@@ -77,7 +79,7 @@ fn hammer<T: SecureTable + Send, D: TdispDevice + Send>(
                         start.wait();
                         let began = Instant::now();
                         let mut more = |ops| ops < OPS_PER_ROUND || began.elapsed() < ROUND_TIME;
-                        workload::run_round(tsm, targets, rng, &mut more)
+                        workload::run_round(host, targets, rng, &mut more)
                     })
                 })
                 .collect();
@@ -105,7 +107,7 @@ fn hammer<T: SecureTable + Send, D: TdispDevice + Send>(
         );
     }
     let leaves = invariants::leaf_count(tsm).unwrap();
-    workload::drain(tsm, targets)
+    workload::drain(host, targets)
         .unwrap_or_else(|e| panic!("{label}: unbind never finished: {e:?}"));
     invariants::check(tsm).unwrap();
     assert_eq!(
@@ -130,14 +132,14 @@ fn on_big_stack(f: impl FnOnce() + Send + 'static) {
 #[test]
 fn concurrent_workload_on_the_core_table() {
     on_big_stack(|| {
-        let tsm: Box<Tsm<MemTable<1024>, ModelDevice>> =
-            Box::new(Tsm::new(MemTable::new(), ModelDevice::model()));
+        let tsm: Box<Relayed<MemTable<1024>>> =
+            Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
         let targets = workload::setup(&mut CoreBackend {
             tsm: &tsm,
             label: "core",
         })
         .unwrap();
-        hammer("core", &tsm, &targets);
+        hammer("core", &tsm.host(), &targets);
     });
 }
 

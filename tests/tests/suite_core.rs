@@ -8,17 +8,17 @@
 
 mod common;
 
-use tsm_core::Tsm;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
+use tsm_core::relay::host::Relayed;
 use tsm_tests::backend::{Backend, CoreBackend};
 use tsm_tests::interpreter::run_scenario;
 use tsm_tests::suite::{SCENARIOS, run_suite};
 
-type CoreTsm = Tsm<MemTable<1024>, ModelDevice>;
+type CoreTsm = Relayed<MemTable<1024>>;
 
 fn with_core(f: &mut dyn FnMut(&mut dyn Backend)) {
-    let tsm: CoreTsm = Tsm::new(MemTable::new(), ModelDevice::model());
+    let tsm: Box<CoreTsm> = Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
     f(&mut CoreBackend {
         tsm: &tsm,
         label: "core",

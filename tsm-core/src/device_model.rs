@@ -7,14 +7,14 @@ use crate::capacity::MAX_TDIS;
 use crate::ids::RequesterId;
 use crate::lifecycle::TdispState;
 use crate::mmio::MmioRange;
+use crate::relay::spdm::{self, VENDOR_DEFINED_REQUEST};
+use crate::relay::{self, Direction, MAX_RELAY_BYTES, ModelSession, RecordContext, doe};
 use crate::tdisp::message::{
     Capabilities, ErrorBody, Request, Response, decode_request, encode_response,
 };
 use crate::tdisp::report::{
     MAX_REPORT_BYTES, RANGE_ATTR_NON_TEE, WireMmioRange, encode_report, report_head, wire_range,
 };
-use crate::relay::spdm::{self, VENDOR_DEFINED_REQUEST};
-use crate::relay::{self, Direction, MAX_RELAY_BYTES, ModelSession, RecordContext, doe};
 use crate::tdisp::requester::MAX_MESSAGE_BYTES;
 use crate::tdisp::{NONCE_SIZE, TDISP_VERSION_1_0, error_code, function_id};
 use crate::transport::{DeviceFault, InterfaceId, ReportedRange};

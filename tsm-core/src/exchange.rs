@@ -3,6 +3,7 @@
 //! the TDI record, so every call returns to the host and the next one resumes here.
 
 use crate::ids::GuestId;
+use crate::status::Error;
 use crate::tdisp::request;
 
 /// Where a bind stands: the requests of PCIe 6.x 11.3.6-11.3.12 in order.
@@ -21,6 +22,13 @@ pub enum BindStep {
     Report {
         /// Report bytes received so far.
         offset: u16,
+    },
+    /// STOP_INTERFACE to undo a LOCK the firmware will not keep (the report is refused, or the
+    /// device garbled or lost its answer to LOCK or to a report request); the bind then fails
+    /// with `error` whatever the device answers.
+    Undo {
+        /// The bind's status.
+        error: Error,
     },
 }
 
@@ -54,7 +62,7 @@ impl DeviceOp {
     pub const fn request_code(&self) -> u8 {
         match self {
             DeviceOp::Bind { step, .. } => match step {
-                BindStep::Unlock => request::STOP_INTERFACE,
+                BindStep::Unlock | BindStep::Undo { .. } => request::STOP_INTERFACE,
                 BindStep::Version => request::GET_VERSION,
                 BindStep::Capabilities => request::GET_CAPABILITIES,
                 BindStep::Lock => request::LOCK_INTERFACE,

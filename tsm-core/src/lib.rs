@@ -40,17 +40,17 @@ pub mod tsm;
 mod unbind;
 
 pub use addr::{Gpa, Hpa};
+pub use exchange::{BindStep, DeviceOp, Exchange};
 pub use functions::{DeviceFunctions, VfLayout};
 pub use ids::{DeviceId, GuestId, Handle, RequesterId, TdiId};
 pub use lifecycle::{TdiState, TdispState};
 pub use mmio::MmioRange;
 pub use page::PageSize;
 pub use registry::IdeStream;
+pub use relay::{MAX_RELAY_BYTES, ModelSession, SecureSession};
 pub use reserved::ReservedMemory;
 pub use secure_table::{Leaf, LeafState, SecureTable, TableError};
 pub use status::{Completion, Error, Operand, TsmResult};
-pub use exchange::{BindStep, DeviceOp, Exchange};
-pub use relay::{MAX_RELAY_BYTES, ModelSession, SecureSession};
 pub use transport::{DeviceFault, InterfaceId, ReportedRange};
 pub use tsm::Tsm;
 

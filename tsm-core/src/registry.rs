@@ -4,14 +4,14 @@
 use spin::{Mutex, MutexGuard};
 
 use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
+use crate::exchange::Exchange;
 use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, TdiId};
-use crate::exchange::Exchange;
 use crate::lifecycle::{TdiState, TdispState};
-use crate::tdisp::NONCE_SIZE;
-use crate::tdisp::report::ReportAssembler;
 use crate::mmio::MmioRange;
 use crate::status::{Error, Operand};
+use crate::tdisp::NONCE_SIZE;
+use crate::tdisp::report::ReportAssembler;
 use crate::transport::InterfaceId;
 
 /// The memory BARs of one device.

@@ -11,21 +11,21 @@ use crate::addr::{Gpa, Hpa};
 use crate::capacity::{
     MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, MAX_TDIS_PER_DEVICE, UNBIND_OPS_PER_CALL,
 };
+use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, TdispState, UnbindStep, transition};
 use crate::mmio::{MmioRange, any_overlap};
 use crate::ownership::Ownership;
 use crate::page::PageSize;
+use crate::registry::ReportRead;
 use crate::registry::{
     Bars, Device, DeviceClaim, GuestRecord, IdeStream, SlotGuard, Slots, Tdi, try_lock,
 };
+use crate::relay::{MAX_RELAY_BYTES, SecureSession};
 use crate::reserved::ReservedMemory;
 use crate::secure_table::{Leaf, SecureTable};
 use crate::status::{Completion, Error, Operand, TsmResult};
-use crate::exchange::{BindStep, DeviceOp, Exchange};
-use crate::registry::{ReportRead};
-use crate::relay::{MAX_RELAY_BYTES, SecureSession};
 use crate::tdisp::message::{LOCK_FLAG_NO_FW_UPDATE, Response};
 use crate::tdisp::report::{DeviceInterfaceReport, REPORT_PORTION, ReportAssembler};
 use crate::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Requester};
@@ -314,14 +314,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
 
     /// Ends a bind that will not complete: the TDI stays unbound, the report read ends, and an
     /// interface the device may have locked is unlocked by the next bind.
-    fn abandon_bind(
-        dev: &mut Device,
-        tdi: TdiId,
-        record: &mut Tdi,
-        step: BindStep,
-    ) {
+    fn abandon_bind(dev: &mut Device, tdi: TdiId, record: &mut Tdi, step: BindStep) {
         record.exchange = None;
-        if matches!(step, BindStep::Lock | BindStep::Report { .. }) {
+        if matches!(
+            step,
+            BindStep::Lock | BindStep::Report { .. } | BindStep::Undo { .. }
+        ) {
             record.unlock_first = true;
             record.nonce = None;
         }
@@ -393,12 +391,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// START_INTERFACE (and the nonce of the LOCK) in `out`; [`Tsm::device_response`] ends
     /// it. A device that refuses or garbles START puts the TDI in ERROR; one that does not
     /// answer leaves it as it was. Calling it again while START waits re-sends it.
-    pub fn guest_start(
-        &self,
-        guest: GuestId,
-        tdi: TdiId,
-        out: &mut [u8],
-    ) -> TsmResult<Completion> {
+    pub fn guest_start(&self, guest: GuestId, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         self.guests
@@ -685,7 +678,11 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     ..
                 }) = other.exchange
                 {
-                    let id = dev.tdis.iter().find(|(_, i)| *i == other.iface).map(|(t, _)| *t);
+                    let id = dev
+                        .tdis
+                        .iter()
+                        .find(|(_, i)| *i == other.iface)
+                        .map(|(t, _)| *t);
                     if let Some(id) = id {
                         Self::abandon_bind(dev, id, other, step);
                     }
@@ -817,13 +814,29 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 return Ok(Completion::Relay(n));
             }
             // The device stays silent: the operation ends, leaving the TDI as it was.
-            match ex.op {
-                DeviceOp::Bind { step, .. } => {
-                    Self::abandon_bind(dev, tdi, record, step);
+            return match ex.op {
+                DeviceOp::Bind {
+                    step: BindStep::Undo { error },
+                    ..
+                } => {
+                    Self::abandon_bind(dev, tdi, record, BindStep::Undo { error });
+                    Err(error)
                 }
-                _ => record.exchange = None,
-            }
-            return Err(Error::DeviceUnresponsive);
+                DeviceOp::Bind { guest, step } => Self::fail_bind(
+                    dev,
+                    tdi,
+                    record,
+                    guest,
+                    step,
+                    Error::DeviceUnresponsive,
+                    &mut transport,
+                    out,
+                ),
+                _ => {
+                    record.exchange = None;
+                    Err(Error::DeviceUnresponsive)
+                }
+            };
         };
         let mut msg = [0u8; MAX_MESSAGE_BYTES];
         let n = transport.open(record.iface, &ex, bytes, &mut msg)?;
@@ -832,6 +845,13 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         match ex.op {
             DeviceOp::Bind { guest, step } => {
                 let next = match (step, answer) {
+                    // The undoing STOP ends the bind with its status, whatever the answer.
+                    (BindStep::Undo { error }, answer) => {
+                        let stopped = matches!(answer, Ok(Response::Stop));
+                        Self::abandon_bind(dev, tdi, record, step);
+                        record.unlock_first = !stopped;
+                        return Err(error);
+                    }
                     // Whatever the device says to the unlocking STOP, LOCK will tell.
                     (BindStep::Unlock, _) => Ok(Some(BindStep::Version)),
                     (BindStep::Version, Ok(Response::Version(v))) => {
@@ -858,31 +878,23 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     (_, Err(fault)) => Err(fault.into()),
                     (_, Ok(_)) => Err(Error::DeviceMalformed),
                 };
-                let done = match next {
-                    // The whole report is in: bind or refuse.
-                    Ok(None) => Self::finish_bind(dev, tdi, record, guest, &mut locks),
-                    Ok(Some(next)) => {
-                        let ex = Exchange {
-                            op: DeviceOp::Bind { guest, step: next },
-                            seq: record.next_seq,
-                            attempts: 0,
-                        };
-                        let n = transport.request(record, &ex, out);
-                        match n {
-                            Ok(n) => {
-                                Self::start_exchange(record, ex);
-                                return Ok(Completion::Relay(n));
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
+                let next = match next {
+                    // The whole report is in: bind, or refuse it.
+                    Ok(None) => match Self::finish_bind(dev, tdi, record, guest, &mut locks) {
+                        Ok(()) => return Ok(Completion::Done),
+                        Err(e) => Err(e),
+                    },
+                    other => other,
                 };
-                if let Err(e) = done {
-                    Self::abandon_bind(dev, tdi, record, step);
-                    return Err(e);
+                match next {
+                    Ok(Some(next)) => {
+                        Self::continue_bind(dev, tdi, record, guest, next, &mut transport, out)
+                    }
+                    Ok(None) => Err(Error::Inconsistent),
+                    Err(e) => {
+                        Self::fail_bind(dev, tdi, record, guest, step, e, &mut transport, out)
+                    }
                 }
-                Ok(Completion::Done)
             }
             DeviceOp::Start { guest } => {
                 record.exchange = None;
@@ -899,7 +911,8 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                         };
                         record.state = transition(record.state, Event::DeviceError)?;
                         // The fault is the status; blocking resumes on the next call that does.
-                        let _ = Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table);
+                        let _ =
+                            Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table);
                         Err(fault)
                     }
                 }
@@ -954,6 +967,69 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 record.nonce = None;
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
                 Self::run_unbind(&mut locks, tdi, record, owner, UnbindStep::Stop, None)
+            }
+        }
+    }
+
+    /// Sends the bind's next request.
+    fn continue_bind(
+        dev: &mut Device,
+        tdi: TdiId,
+        record: &mut Tdi,
+        guest: GuestId,
+        step: BindStep,
+        transport: &mut Requester<S>,
+        out: &mut [u8],
+    ) -> TsmResult<Completion> {
+        let ex = Exchange {
+            op: DeviceOp::Bind { guest, step },
+            seq: record.next_seq,
+            attempts: 0,
+        };
+        match transport.request(record, &ex, out) {
+            Ok(n) => {
+                Self::start_exchange(record, ex);
+                Ok(Completion::Relay(n))
+            }
+            Err(e) => {
+                Self::abandon_bind(dev, tdi, record, step);
+                Err(e)
+            }
+        }
+    }
+
+    /// The bind at `step` fails with `error`. Once LOCK was sent the device may hold the
+    /// interface locked: STOP_INTERFACE undoes it first (`Relay`), and the bind ends with
+    /// `error` after the device's answer. Before LOCK it ends now.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_bind(
+        dev: &mut Device,
+        tdi: TdiId,
+        record: &mut Tdi,
+        guest: GuestId,
+        step: BindStep,
+        error: Error,
+        transport: &mut Requester<S>,
+        out: &mut [u8],
+    ) -> TsmResult<Completion> {
+        match step {
+            BindStep::Lock | BindStep::Report { .. } => {
+                match Self::continue_bind(
+                    dev,
+                    tdi,
+                    record,
+                    guest,
+                    BindStep::Undo { error },
+                    transport,
+                    out,
+                ) {
+                    Ok(relay) => Ok(relay),
+                    Err(_) => Err(error),
+                }
+            }
+            _ => {
+                Self::abandon_bind(dev, tdi, record, step);
+                Err(error)
             }
         }
     }

@@ -2,6 +2,8 @@
 //! included, against the core; the invariants hold after every step.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unreachable,
     clippy::panic,
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
@@ -86,6 +88,26 @@ enum Op {
         fault: Option<DeviceFault>,
     },
     DeferFlush(bool),
+    /// A forced unbind call: cuts the device's IDE stream, no STOP.
+    UnbindForced {
+        tdi: usize,
+    },
+    /// The host sets a device's stream up again.
+    SetupStream {
+        dev: usize,
+    },
+    /// The host starts an operation (0 bind, 1 start, 2 check, 3 unbind) and never relays its
+    /// request.
+    Abandon {
+        tdi: usize,
+        guest: usize,
+        what: u8,
+    },
+    /// The host hands arbitrary bytes (or nothing) to `device_response`.
+    Garble {
+        tdi: usize,
+        bytes: Option<Vec<u8>>,
+    },
 }
 
 fn size() -> impl Strategy<Value = PageSize> {
@@ -134,6 +156,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (tdi, prop_oneof![Just(None), Just(Some(DeviceFault::NoResponse)), Just(Some(DeviceFault::Refused)), Just(Some(DeviceFault::Malformed))])
             .prop_map(|(tdi, fault)| Op::Fault { tdi, fault }),
         1 => any::<bool>().prop_map(Op::DeferFlush),
+        1 => (0usize..5).prop_map(|tdi| Op::UnbindForced { tdi }),
+        1 => (0usize..3).prop_map(|dev| Op::SetupStream { dev }),
+        1 => (0usize..5, 0usize..4, 0u8..4).prop_map(|(tdi, guest, what)| Op::Abandon { tdi, guest, what }),
+        1 => (0usize..5, prop::option::of(prop::collection::vec(any::<u8>(), 0..400)))
+            .prop_map(|(tdi, bytes)| Op::Garble { tdi, bytes }),
     ]
 }
 
@@ -268,14 +295,44 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
                 DeviceEvent::Disturb
             };
             let iface = w.ifaces[*tdi % w.ifaces.len()];
-            (false, done(tsm.with_transport(|d| d.event(iface, event))))
+            (false, done(tsm.with_device(|d| d.event(iface, event))))
         }
         Op::Fault { tdi, fault } => {
             let iface = w.ifaces[*tdi % w.ifaces.len()];
-            (
-                false,
-                done(tsm.with_transport(|d| d.set_fault(iface, *fault))),
-            )
+            (false, done(tsm.with_device(|d| d.set_fault(iface, *fault))))
+        }
+        Op::UnbindForced { tdi } => (false, tsm.unbind_forced(tdi_of(w, *tdi))),
+        Op::SetupStream { dev } => {
+            let d = tsm
+                .tdi(w.tdis[(*dev * 2) % w.tdis.len()])
+                .map(|t| t.device)
+                .unwrap_or(DeviceId::from_slot(40));
+            let d = if *dev >= 2 {
+                DeviceId::from_slot(40)
+            } else {
+                d
+            };
+            (false, done(tsm.setup_stream(d)))
+        }
+        Op::Abandon { tdi, guest, what } => {
+            let fw = tsm.firmware();
+            let (t, g) = (tdi_of(w, *tdi), guest_of(w, *guest));
+            let owner = tsm.tdi(t).ok().and_then(|r| r.state.owner()).unwrap_or(g);
+            let mut out = [0u8; MAX_RELAY_BYTES];
+            let r = match what {
+                0 => fw.bind(t, g, &mut out),
+                1 => fw.guest_start(owner, t, &mut out),
+                2 => fw.check_interface(t, &mut out),
+                _ => fw.unbind(t, &mut out),
+            };
+            (false, r)
+        }
+        Op::Garble { tdi, bytes } => {
+            let mut out = [0u8; MAX_RELAY_BYTES];
+            let r = tsm
+                .firmware()
+                .device_response(tdi_of(w, *tdi), bytes.as_deref(), &mut out);
+            (false, r)
         }
         Op::DeferFlush(on) => {
             let g = w.guests.clone();
@@ -297,7 +354,13 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
 /// The TDI index an unbind or a start names.
 fn tdi_index(op: &Op) -> usize {
     match op {
-        Op::Unbind { tdi } | Op::Start { tdi, .. } => *tdi,
+        Op::Unbind { tdi }
+        | Op::Start { tdi, .. }
+        | Op::Garble { tdi, .. }
+        | Op::UnbindForced { tdi }
+        | Op::Bind { tdi, .. }
+        | Op::BindOwn { tdi, .. }
+        | Op::Check { tdi } => *tdi,
         _ => usize::MAX,
     }
 }
@@ -307,18 +370,26 @@ fn tdi_index(op: &Op) -> usize {
 /// the Busy-on-every-lock test in `src/tests.rs` covers it —, `TdiNotBound`, `NotOwner`, `UnbindInProgress`,
 /// `TdiInError`, `TdiNotLocked`, an unanswered START, every error of `device_error` and
 /// `check`, which change state by design only when they succeed, ...) changes nothing: the
-/// whole snapshot (every record table, the secure table) and every interface's TDISP state.
+/// whole snapshot (every record table, the secure table) and every interface's TDISP state,
+/// except three relay memos ([`normalised`]): a TDI's exchange counter (a refused operation
+/// that asked the device consumed sequence numbers, never reused), the device's last
+/// answer to a check, and `unlock_first` (a bind refused after LOCK whose undoing STOP went
+/// unanswered: the next bind unlocks first).
 ///
 /// | operation | status | may change |
 /// |---|---|---|
 /// | unbind | `DeviceUnresponsive`, `DeviceRefused`, `DeviceMalformed` (a failed STOP) | that TDI to `Unbinding { owner, step: Stop }` with none of its leaves left `Mapped` (they are blocked before STOP); its leaves `Mapped` -> `Blocked` at the owner's current epoch; its interface's TDISP state |
 /// | unbind | `TlbFlushPending`, `Inconsistent` (progress kept) | that TDI to `Unbinding { owner, step: Track or Remove }`; its leaves `Mapped` -> `Blocked`, then one epoch advance of the owner, then removal of its blocked leaves; its interface's TDISP state (STOP done) |
 /// | guest_start | `DeviceRefused`, `DeviceMalformed` (START refused or garbled) | that TDI `Locked` -> `Error { owner }`; its leaves `Mapped` -> `Blocked`; its interface's TDISP state |
+/// | unbind_forced | `TlbFlushPending`, `Inconsistent` (progress kept) | the device's stream `Cut`, its other TDIs cut off (to ERROR, exchanges dropped); that TDI to `Unbinding { Track or Remove }` with its leaves blocked, then removed; nothing of other devices |
+/// | device_response with no answer | `DeviceUnresponsive` (or, ending a bind's undo, the bind's own status) | that TDI's exchange ends (a bind's report read and nonce with it); nothing else |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exempt {
     UnbindStopFailed,
     UnbindProgressKept,
     StartFault,
+    ExchangeEnded,
+    ForcedProgressKept,
 }
 
 fn exemption(op: &Op, err: Error) -> Option<Exempt> {
@@ -330,9 +401,18 @@ fn exemption(op: &Op, err: Error) -> Option<Exempt> {
         (Op::Unbind { .. }, Error::TlbFlushPending | Error::Inconsistent) => {
             Some(Exempt::UnbindProgressKept)
         }
+        (Op::UnbindForced { .. }, Error::TlbFlushPending | Error::Inconsistent) => {
+            Some(Exempt::ForcedProgressKept)
+        }
         (Op::Start { .. }, Error::DeviceRefused | Error::DeviceMalformed) => {
             Some(Exempt::StartFault)
         }
+        // A host that reports no answer three times ends the operation waiting (arbitrary
+        // bytes never open: they are refused and change nothing, checked below).
+        (
+            Op::Garble { bytes: None, .. },
+            Error::DeviceUnresponsive | Error::DeviceRefused | Error::DeviceMalformed,
+        ) => Some(Exempt::ExchangeEnded),
         _ => None,
     }
 }
@@ -342,7 +422,7 @@ type Tdisp = Vec<(u32, TdispState)>;
 
 fn tdisp_states(w: &World) -> Tdisp {
     w.tsm
-        .with_transport(|d| d.link_mut().tdisp_states().to_vec())
+        .with_device(|d| d.link_mut().tdisp_states().to_vec())
         .unwrap()
 }
 
@@ -360,6 +440,61 @@ fn check_exempt(
 ) -> Result<(), TestCaseError> {
     let t = tdi_of(w, tdi_index(op));
     let slot = t.slot() as usize;
+    if kind == Exempt::ForcedProgressKept {
+        // The stream is cut (the device's other TDIs cut off with it), and the TDI's unbind went
+        // past blocking and STOP: only the TLB flush or a drifting count holds it.
+        let rec = after.tdis[slot].expect("the TDI exists");
+        prop_assert!(
+            matches!(
+                rec.state,
+                TdiState::Unbinding {
+                    step: UnbindStep::Track | UnbindStep::Remove(_),
+                    ..
+                }
+            ),
+            "{:?}",
+            rec.state
+        );
+        prop_assert_eq!(rec.exchange, None);
+        let dev = after.devices[rec.device.slot() as usize]
+            .as_ref()
+            .expect("its device");
+        prop_assert_eq!(dev.stream, IdeStream::Cut);
+        prop_assert_eq!(&after.claims, &before.claims);
+        prop_assert_eq!(&after.guests, &before.guests);
+        prop_assert_eq!(&after.owners, &before.owners);
+        for (i, (a, b)) in after.tdis.iter().zip(before.tdis.iter()).enumerate() {
+            if let (Some(a), Some(b)) = (a, b)
+                && i != slot
+                && a.device != rec.device
+            {
+                prop_assert_eq!(a, b, "TDI #{} of another device changed", i);
+            }
+        }
+        return Ok(());
+    }
+    if kind == Exempt::ExchangeEnded {
+        // The waiting operation ended: only its exchange (and a bind's report read) is gone.
+        let mut devices = before.devices.clone();
+        for d in devices.iter_mut().flatten() {
+            if d.report_read.as_ref().is_some_and(|r| r.tdi == t) {
+                d.report_read = None;
+            }
+        }
+        prop_assert_eq!(&after.devices, &devices);
+        let mut tdis = before.tdis;
+        if let Some(rec) = tdis[slot].as_mut() {
+            rec.exchange = None;
+            rec.nonce = after.tdis[slot].and_then(|r| r.nonce);
+        }
+        prop_assert_eq!(&after.tdis, &tdis);
+        prop_assert_eq!(&after.claims, &before.claims);
+        prop_assert_eq!(&after.guests, &before.guests);
+        prop_assert_eq!(&after.owners, &before.owners);
+        prop_assert_eq!(&after.table, &before.table);
+        prop_assert_eq!(dev_after, dev_before);
+        return Ok(());
+    }
     prop_assert_eq!(&after.claims, &before.claims);
     prop_assert_eq!(&after.devices, &before.devices);
     prop_assert_eq!(&after.guests, &before.guests);
@@ -420,6 +555,7 @@ fn check_exempt(
                 rec_after.state
             );
         }
+        Exempt::ExchangeEnded | Exempt::ForcedProgressKept => unreachable!("checked above"),
     }
 
     // The TDI's leaves, in unbind's walk order (its private ranges in order, then by address).
@@ -510,6 +646,38 @@ fn check_exempt(
     Ok(())
 }
 
+/// Whether `op` calls again an operation its TDI has waiting on the device (a bind, start
+/// or check the host abandoned): the call resends the request and relays it to the end, so
+/// its failure ends that exchange (exempt as `ExchangeEnded`) rather than refusing the call.
+fn resumes_exchange(w: &World, op: &Op, before: &Snap) -> bool {
+    let t = tdi_of(w, tdi_index(op));
+    let waiting = before
+        .tdis
+        .get(usize::from(t.slot()))
+        .and_then(|r| r.as_ref())
+        .and_then(|r| r.exchange)
+        .map(|e| e.op);
+    match (op, waiting) {
+        (
+            Op::Bind { guest, .. } | Op::BindOwn { guest, .. },
+            Some(DeviceOp::Bind { guest: g, .. }),
+        ) => guest_of(w, *guest) == g,
+        (Op::Start { guest, .. }, Some(DeviceOp::Start { guest: g })) => guest_of(w, *guest) == g,
+        (Op::Check { .. }, Some(DeviceOp::Check)) => true,
+        _ => false,
+    }
+}
+
+/// `snap` without the relay memos a refusal may leave (see [`Exempt`]).
+fn normalised<U>(mut snap: tsm_core::tsm::Snapshot<U>) -> tsm_core::tsm::Snapshot<U> {
+    for t in snap.tdis.iter_mut().flatten() {
+        t.next_seq = 0;
+        t.device_state = None;
+        t.unlock_first = false;
+    }
+    snap
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -517,18 +685,33 @@ proptest! {
     fn invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
         let w = world();
         for op in &ops {
-            let before = w.tsm.snapshot().unwrap();
+            let raw_before = w.tsm.snapshot().unwrap();
+            let before = normalised(raw_before.clone());
             let dev_before = tdisp_states(&w);
             let owned_before: Vec<_> = w.tdis.iter().map(|&t| w.tsm.owned_ranges(t).unwrap()).collect();
             let (host_request, outcome) = apply(&w, op);
-            let after = w.tsm.snapshot().unwrap();
+            let after = normalised(w.tsm.snapshot().unwrap());
             let dev_after = tdisp_states(&w);
             if let Err(err) = outcome {
-                match exemption(op, err) {
+                let resumed = resumes_exchange(&w, op, &before);
+                match exemption(op, err).or(resumed.then_some(Exempt::ExchangeEnded)) {
                     Some(kind) => check_exempt(&w, op, kind, (&before, &after), (&dev_before, &dev_after))?,
                     None => {
                         prop_assert_eq!(&after, &before, "refused {:?} ({:?}) changed state", op, err);
-                        prop_assert_eq!(&dev_after, &dev_before, "refused {:?} ({:?}) changed a TDISP state", op, err);
+                        // A bind that first unlocks an interface a cut or an abandoned bind may
+                        // have left locked returns the device to what the firmware records
+                        // (CONFIG_UNLOCKED), whatever the bind's status.
+                        let dev_expected = match (op, tdi_index(op)) {
+                            (Op::Bind { .. } | Op::BindOwn { .. }, i) if i < w.tdis.len()
+                                && raw_before.tdis[usize::from(w.tdis[i].slot())].is_some_and(|r| r.unlock_first) =>
+                            {
+                                let fid = tsm_core::tdisp::function_id(w.ifaces[i]).unwrap();
+                                dev_before.iter().copied().filter(|(f, _)| *f != fid).collect()
+                            }
+                            _ => dev_before.clone(),
+                        };
+                        prop_assert!(dev_after == dev_expected || dev_after == dev_before,
+                            "refused {:?} ({:?}) changed a TDISP state: {:?} -> {:?}", op, err, dev_before, dev_after);
                     }
                 }
             }
@@ -548,7 +731,7 @@ proptest! {
         // Every TDI can always be unbound completely once the device and TLBs cooperate.
         w.tsm.with_table(|t| w.guests.iter().for_each(|&g| { t.set_defer_flush(g, false); t.complete_flush(g); })).unwrap();
         for &iface in &w.ifaces {
-            w.tsm.with_transport(|d| d.set_fault(iface, None)).unwrap();
+            w.tsm.with_device(|d| d.set_fault(iface, None)).unwrap();
         }
         for &t in &w.tdis {
             let mut calls = 0;

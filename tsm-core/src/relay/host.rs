@@ -10,7 +10,7 @@ use spin::Mutex;
 use crate::device_model::ModelDevice;
 use crate::ids::{GuestId, TdiId};
 use crate::lifecycle::{TdiState, TdispState};
-use crate::relay::{MAX_RELAY_BYTES, ModelSession};
+use crate::relay::{MAX_RELAY_BYTES, ModelSession, SecureSession};
 use crate::reserved::ReservedMemory;
 use crate::secure_table::SecureTable;
 use crate::status::{Completion, Error, Operand, TsmResult};
@@ -20,37 +20,36 @@ use crate::tsm::Tsm;
 /// the answer needs) before the host gives up and leaves the exchange outstanding.
 pub const BUSY_RETRIES: u32 = 10_000;
 
-/// The firmware over table `T`, sealed with [`ModelSession`], and the model device its host
-/// relays to.
-pub struct Relayed<T> {
-    fw: Tsm<T, ModelSession>,
-    device: Mutex<ModelDevice>,
+/// A host relaying for the firmware `fw` to the model device `device`, both borrowed: what a
+/// test or the boot uses when the firmware lives elsewhere (inside a platform, in a static).
+pub struct RelayHost<'a, T, S> {
+    fw: &'a Tsm<T, S>,
+    device: &'a Mutex<ModelDevice>,
 }
 
-impl<T> Deref for Relayed<T> {
-    type Target = Tsm<T, ModelSession>;
+impl<T, S> Clone for RelayHost<'_, T, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T, S> Copy for RelayHost<'_, T, S> {}
+
+impl<T, S> Deref for RelayHost<'_, T, S> {
+    type Target = Tsm<T, S>;
     fn deref(&self) -> &Self::Target {
-        &self.fw
+        self.fw
     }
 }
 
-impl<T: SecureTable> Relayed<T> {
-    /// The firmware over `table` and the host's `device`.
-    pub const fn new(table: T, device: ModelDevice) -> Self {
-        Self::with_reserved(table, device, ReservedMemory::new())
-    }
-
-    /// [`Relayed::new`] with memory the firmware reserves.
-    pub const fn with_reserved(table: T, device: ModelDevice, reserved: ReservedMemory) -> Self {
-        Self {
-            fw: Tsm::with_reserved(table, ModelSession::model(), reserved),
-            device: Mutex::new(device),
-        }
+impl<'a, T: SecureTable, S: SecureSession> RelayHost<'a, T, S> {
+    /// The host of `fw`, relaying to `device`.
+    pub const fn new(fw: &'a Tsm<T, S>, device: &'a Mutex<ModelDevice>) -> Self {
+        Self { fw, device }
     }
 
     /// The firmware alone.
-    pub fn firmware(&self) -> &Tsm<T, ModelSession> {
-        &self.fw
+    pub fn firmware(&self) -> &'a Tsm<T, S> {
+        self.fw
     }
 
     /// Runs `f` on the model device (`Busy(Transport)` while another CPU relays through it).
@@ -83,20 +82,8 @@ impl<T: SecureTable> Relayed<T> {
                 Some(k) => Some(answer.get(..k).ok_or(Error::Inconsistent)?),
                 None => None,
             };
-            outcome = Self::retry_busy(|| self.fw.device_response(tdi, response, buf));
+            outcome = retry_busy(|| self.fw.device_response(tdi, response, buf));
         }
-    }
-
-    fn retry_busy(mut call: impl FnMut() -> TsmResult<Completion>) -> TsmResult<Completion> {
-        let mut outcome = call();
-        for _ in 0..BUSY_RETRIES {
-            if !matches!(outcome, Err(Error::Busy(_))) {
-                break;
-            }
-            core::hint::spin_loop();
-            outcome = call();
-        }
-        outcome
     }
 
     /// [`Tsm::bind`], relayed to its end.
@@ -125,9 +112,9 @@ impl<T: SecureTable> Relayed<T> {
         self.check_interface_state(tdi).map(|(done, _)| done)
     }
 
-    /// [`Relayed::check_interface`], with the TDISP state it found: the device's answer for a
-    /// locked or running TDI; the firmware's own view for one in ERROR or being unbound, which
-    /// the device is not asked about.
+    /// [`RelayHost::check_interface`], with the TDISP state it found: the device's answer for
+    /// a locked or running TDI; the firmware's own view for one in ERROR or being unbound,
+    /// which the device is not asked about.
     pub fn check_interface_state(&self, tdi: TdiId) -> TsmResult<(Completion, TdispState)> {
         let asks = matches!(
             self.fw.tdi(tdi)?.state,
@@ -142,5 +129,96 @@ impl<T: SecureTable> Relayed<T> {
             _ => record.state.tdisp(),
         };
         Ok((done, state))
+    }
+}
+
+fn retry_busy(mut call: impl FnMut() -> TsmResult<Completion>) -> TsmResult<Completion> {
+    let mut outcome = call();
+    for _ in 0..BUSY_RETRIES {
+        if !matches!(outcome, Err(Error::Busy(_))) {
+            break;
+        }
+        core::hint::spin_loop();
+        outcome = call();
+    }
+    outcome
+}
+
+/// The firmware over table `T`, sealed with [`ModelSession`], and the model device its host
+/// relays to, owned together.
+pub struct Relayed<T> {
+    fw: Tsm<T, ModelSession>,
+    device: Mutex<ModelDevice>,
+}
+
+impl<T> Deref for Relayed<T> {
+    type Target = Tsm<T, ModelSession>;
+    fn deref(&self) -> &Self::Target {
+        &self.fw
+    }
+}
+
+impl<T: SecureTable> Relayed<T> {
+    /// The firmware over `table` and the host's `device`.
+    pub const fn new(table: T, device: ModelDevice) -> Self {
+        Self::with_reserved(table, device, ReservedMemory::new())
+    }
+
+    /// [`Relayed::new`] with memory the firmware reserves.
+    pub const fn with_reserved(table: T, device: ModelDevice, reserved: ReservedMemory) -> Self {
+        Self {
+            fw: Tsm::with_reserved(table, ModelSession::model(), reserved),
+            device: Mutex::new(device),
+        }
+    }
+
+    /// The host relaying for this firmware.
+    pub fn host(&self) -> RelayHost<'_, T, ModelSession> {
+        RelayHost::new(&self.fw, &self.device)
+    }
+
+    /// The firmware alone.
+    pub fn firmware(&self) -> &Tsm<T, ModelSession> {
+        &self.fw
+    }
+
+    /// See [`RelayHost::with_device`].
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut ModelDevice) -> R) -> TsmResult<R> {
+        self.host().with_device(f)
+    }
+
+    /// See [`RelayHost::relay`].
+    pub fn relay(
+        &self,
+        tdi: TdiId,
+        first: TsmResult<Completion>,
+        buf: &mut [u8; MAX_RELAY_BYTES],
+    ) -> TsmResult<Completion> {
+        self.host().relay(tdi, first, buf)
+    }
+
+    /// See [`RelayHost::bind`].
+    pub fn bind(&self, tdi: TdiId, guest: GuestId) -> TsmResult<()> {
+        self.host().bind(tdi, guest)
+    }
+
+    /// See [`RelayHost::guest_start`].
+    pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.host().guest_start(guest, tdi)
+    }
+
+    /// See [`RelayHost::unbind`].
+    pub fn unbind(&self, tdi: TdiId) -> TsmResult<Completion> {
+        self.host().unbind(tdi)
+    }
+
+    /// See [`RelayHost::check_interface`].
+    pub fn check_interface(&self, tdi: TdiId) -> TsmResult<Completion> {
+        self.host().check_interface(tdi)
+    }
+
+    /// See [`RelayHost::check_interface_state`].
+    pub fn check_interface_state(&self, tdi: TdiId) -> TsmResult<(Completion, TdispState)> {
+        self.host().check_interface_state(tdi)
     }
 }

@@ -89,16 +89,17 @@ pub fn unframe<S: SecureSession>(
     };
     let app = app.get(..n).ok_or(RelayError::Session)?;
     let msg = spdm::decode(app, code).map_err(RelayError::Spdm)?;
-    let dst = out
-        .get_mut(..msg.len())
-        .ok_or(RelayError::BufferTooSmall)?;
+    let dst = out.get_mut(..msg.len()).ok_or(RelayError::BufferTooSmall)?;
     dst.copy_from_slice(msg);
     Ok(msg.len())
 }
 
 /// The record in a DOE payload: its own header says where it ends; only dword padding may
 /// follow.
-pub fn record_of<'b, S: SecureSession>(session: &S, body: &'b [u8]) -> Result<&'b [u8], RelayError> {
+pub fn record_of<'b, S: SecureSession>(
+    session: &S,
+    body: &'b [u8],
+) -> Result<&'b [u8], RelayError> {
     let len = session
         .record_len(body)
         .ok_or(RelayError::Doe(doe::DoeError::Short))?;

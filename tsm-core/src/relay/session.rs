@@ -189,8 +189,12 @@ impl SecureSession for ModelSession {
         let total = length.checked_add(HEADER)?;
         let dst = out.get_mut(..total)?;
         let (header, rest) = dst.split_at_mut(HEADER);
-        header.get_mut(..4)?.copy_from_slice(U32::new(self.session_id).as_bytes());
-        header.get_mut(4..8)?.copy_from_slice(U32::new(ctx.seq).as_bytes());
+        header
+            .get_mut(..4)?
+            .copy_from_slice(U32::new(self.session_id).as_bytes());
+        header
+            .get_mut(4..8)?
+            .copy_from_slice(U32::new(ctx.seq).as_bytes());
         header
             .get_mut(8..)?
             .copy_from_slice(U16::new(u16::try_from(length).ok()?).as_bytes());

@@ -63,7 +63,10 @@ pub enum SpdmError {
 /// Wraps the TDISP message `tdisp` in a vendor-defined message with `code` (request or
 /// response) at `out`; returns the length.
 pub fn encode(out: &mut [u8], code: u8, tdisp: &[u8]) -> Result<usize, SpdmError> {
-    let payload = tdisp.len().checked_add(1).ok_or(SpdmError::BufferTooSmall)?;
+    let payload = tdisp
+        .len()
+        .checked_add(1)
+        .ok_or(SpdmError::BufferTooSmall)?;
     let total = payload
         .checked_add(HEAD_SIZE)
         .ok_or(SpdmError::BufferTooSmall)?;

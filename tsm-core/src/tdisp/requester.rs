@@ -8,8 +8,8 @@ use super::message::{
 };
 use super::report::REPORT_PORTION;
 use super::{HEADER_SIZE, NONCE_SIZE, WireError, function_id};
-use crate::registry::Tdi;
 use crate::exchange::{BindStep, DeviceOp, Exchange};
+use crate::registry::Tdi;
 use crate::relay::{self, Direction, RecordContext, SecureSession};
 use crate::status::Error;
 use crate::transport::{DeviceFault, InterfaceId};
@@ -59,7 +59,7 @@ impl<S: SecureSession> Requester<S> {
         let fid = function_id(tdi.iface).map_err(|_| Error::InvalidRequesterId)?;
         let req = match ex.op {
             DeviceOp::Bind { step, .. } => match step {
-                BindStep::Unlock => Request::Stop,
+                BindStep::Unlock | BindStep::Undo { .. } => Request::Stop,
                 BindStep::Version => Request::GetVersion,
                 BindStep::Capabilities => Request::GetCapabilities(CapabilitiesRequest {
                     tsm_caps: U32::new(0),

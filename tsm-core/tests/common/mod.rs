@@ -15,7 +15,7 @@ use tsm_core::tdisp::report::wire_range;
 use tsm_core::*;
 
 /// The firmware under test.
-pub type T = Tsm<MemTable<512>, ModelDevice>;
+pub type T = tsm_core::relay::host::Relayed<MemTable<512>>;
 
 /// BAR base of device `d`: 16 MiB apart, 8 MiB each.
 pub fn bar(d: usize) -> u64 {
@@ -122,7 +122,7 @@ pub fn check_invariants(w: &World) {
         let iface = snap.tdis[owned.tdi.slot() as usize].as_ref().unwrap().iface;
         let reported = w
             .tsm
-            .with_transport(|d| {
+            .with_device(|d| {
                 d.link_mut().report(iface).iter().any(|r| {
                     r.first_page.get() == owned.range.base().as_u64()
                         && u64::from(r.number_of_pages.get()) == owned.range.pages()
@@ -170,7 +170,7 @@ pub fn report_and_bind(
             })
             .collect();
         w.tsm
-            .with_transport(|d| d.link_mut().set_report(record.iface, &wire))?;
+            .with_device(|d| d.link_mut().set_report(record.iface, &wire))?;
     }
     w.tsm.bind(tdi, guest)
 }
