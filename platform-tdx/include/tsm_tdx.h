@@ -81,7 +81,7 @@ struct tsm_tdx_range_list {
 #define TDH_DEVIF_REQUEST      139u    /* RCX TDI -> TDX_SPDM_REQUEST, RCX length: the outstanding
                                           request written to the request page again */
 #define TDH_DEVIF_RESPONSE     140u    /* RCX TDI, RDX answer length in the response page (0: no
-                                          answer, at most TSM_TDX_MESSAGE_PAGE_BYTES) */
+                                          answer; past TSM_TDX_MESSAGE_PAGE_BYTES: too long) */
 #define TDH_MMIO_MAP           158u    /* RCX page info, RDX TD, R8 HPA, R9 TDI */
 #define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TD */
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TD -> R8 HPA */

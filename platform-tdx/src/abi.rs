@@ -90,9 +90,9 @@ pub const TDH_DEVIF_REMOVE: u16 = 138;
 /// RDX; here only the firmware's own operations start requests.)
 pub const TDH_DEVIF_REQUEST: u16 = 139;
 /// TDH.DEVIF.RESPONSE (TDX-IO: 140): RCX TDI, RDX the answer's length in bytes in the TDI's
-/// response page (0: the device did not answer; at most [`MESSAGE_PAGE_BYTES`], else
-/// OPERAND_INVALID + RDX). The answer is copied once into firmware memory and handed to the
-/// operation that waits: `TDX_SPDM_REQUEST` (its next request, RCX length), or its own
+/// response page (0: the device did not answer; more than [`MESSAGE_PAGE_BYTES`] is longer
+/// than any answer: nothing is read, `TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX). The answer is
+/// copied once into firmware memory and handed to the operation that waits: `TDX_SPDM_REQUEST` (its next request, RCX length), or its own
 /// outcome (`TDX_SUCCESS`, `TDX_INTERRUPTED_RESUMABLE` for an unbind that goes on, or the
 /// status of its failure). Bytes that are not the answer to the outstanding request
 /// (`TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX) change nothing.
@@ -171,6 +171,8 @@ pub(crate) const fn whole_words(len: usize) -> Option<usize> {
     len.checked_next_multiple_of(WORD)
 }
 const _: () = assert!(REQUEST_BUFFER <= MESSAGE_PAGE_BYTES);
+// A whole page is longer than any answer the core takes: it stands for every longer one.
+const _: () = assert!(MAX_RELAY_BYTES < MESSAGE_PAGE_BYTES);
 const _: () = assert!(MESSAGE_PAGE_BYTES.is_multiple_of(WORD));
 
 /// TDI state codes in RDX of [`TSM_DEVIF_STATE`] (ours).
@@ -714,16 +716,18 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             }
             TDH_DEVIF_RESPONSE => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let len = usize::try_from(r.rdx)
-                    .ok()
-                    .filter(|&len| len <= MESSAGE_PAGE_BYTES)
-                    .ok_or_else(|| refuse(invalid(OPERAND_ID_RDX)))?;
+                let len = usize::try_from(r.rdx).ok();
                 self.relayed(leaf, r, out, tdi, |pages, buf| {
-                    if len == 0 {
-                        return Ok(tsm.device_response(tdi, None, buf));
-                    }
-                    // One read of the page into firmware memory; only the copy is looked at.
                     let mut answer = [0u8; MESSAGE_PAGE_BYTES];
+                    let len = match len {
+                        Some(0) => return Ok(tsm.device_response(tdi, None, buf)),
+                        Some(len) if len <= MESSAGE_PAGE_BYTES => len,
+                        // Longer than the page: nothing is read, and the core refuses an
+                        // answer longer than any message (RelayMalformed) in its own order
+                        // (after NoExchange), as it would the same bytes from any host.
+                        _ => return Ok(tsm.device_response(tdi, Some(&answer), buf)),
+                    };
+                    // One read of the page into firmware memory; only the copy is looked at.
                     let words = whole_words(len)
                         .and_then(|w| answer.get_mut(..w))
                         .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;

@@ -1241,18 +1241,14 @@ fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
     let mut long = answer_a.clone();
     long.resize(MAX_RELAY_BYTES + 8, 0);
     refuse("longer than any message", &long, len(&long), malformed);
+    // Longer than the page: nothing is read, the core's RelayMalformed.
     refuse(
         "longer than a page",
         &answer_a,
         MESSAGE_PAGE_BYTES as u64 + 1,
-        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
+        malformed,
     );
-    refuse(
-        "a length no register of a page holds",
-        &answer_a,
-        u64::MAX,
-        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
-    );
+    refuse("as long as RDX holds", &answer_a, u64::MAX, malformed);
 
     // The right answer goes on; handed in again it is stale.
     let out = w.respond(a, Some(&answer_a));
@@ -1267,6 +1263,13 @@ fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
         "no exchange outstanding",
         &answer,
         len(&answer),
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+    );
+    // An answer longer than a page with nothing outstanding: NoExchange first, as in the core.
+    refuse(
+        "too long, none outstanding",
+        &answer,
+        u64::MAX,
         TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
     );
     // An unknown TDI is named before its length is looked at.

@@ -3,13 +3,15 @@
 //! platform-tdx's dispatcher, and the 64-bit status in RAX decoded back to a core status with
 //! `platform_tdx::abi::outcome`.
 //!
-//! The backend is also the host's relay, as Linux's TDX Connect event loop is: when a leaf
-//! answers TDX_SPDM_REQUEST, it takes the DOE object from the request page (its length from
-//! its own header, as Linux does), hands it to its model device (the device behind its DOE
-//! mailbox), writes the answer to the response page and calls TDH.DEVIF.RESPONSE with its
-//! length (0 when the device stays silent), until the operation ends. Every TDI gets the same
-//! two message pages, as Linux keeps one pair per device: the backend relays one exchange at
-//! a time.
+//! The relay goes through the ABI as a Linux TDX Connect host's does: a leaf that needs the
+//! device answers TDX_SPDM_REQUEST, and the backend takes the DOE object from the request
+//! page (its length from its own header, as Linux does; RCX must say the same) to the relaying
+//! host ([`Backend::begin`]; the scenario interpreter carries it to the backend's model device,
+//! [`Backend::mailbox`], or holds, garbles or swaps it), and hands an answer back by writing it
+//! to the response page and calling TDH.DEVIF.RESPONSE with its length ([`Backend::respond`];
+//! 0 when the device stays silent). Every TDI gets the same two message pages, as Linux keeps
+//! one pair per device: the firmware writes each request over the last, and the backend copies
+//! each out as soon as it is written. On TDX an empty answer is no answer (RDX 0).
 //!
 //! Where the TDX status is coarser than the core's: OPERAND_INVALID on an address operand
 //! decodes to `Misaligned` (the core's `InvalidPageSize` looks the same), and the TDI state
@@ -26,7 +28,6 @@ use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_
 use platform_tdx::ept::SeptEntry;
 use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::sept::{Sept, leaf_size};
-use platform_tdx::status;
 use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::lifecycle::{Cursor, UnbindStep};
 use tsm_core::tdisp::report::WireMmioRange;
@@ -35,7 +36,7 @@ use tsm_core::{
     ModelSession, PageSize, RequesterId, TdiId, TdiState, TsmResult,
 };
 
-use crate::backend::{Backend, FlushControl};
+use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
 
 /// Host physical address of the backend's host memory, far from every BAR the scenarios use:
 /// page 0 the parameter page (range lists), page 1 the request page, page 2 the response page.
@@ -54,9 +55,6 @@ const RESPONSE_AT: usize = 2 * MESSAGE_PAGE_BYTES;
 /// DOE header dword 1 length field: bits 17:0, in dwords (PCIe 6.x 6.30.1), read as Linux's
 /// `tdx_spdm_msg_exchange` reads it.
 const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
-/// Relay rounds one operation may take before the backend calls the firmware stuck: a bind is
-/// a handful of requests and the report's portions, each sent at most three times.
-const MAX_RELAY_ROUNDS: usize = 100;
 
 /// The firmware the backend drives: the S-EPT, sealed with the model session its device
 /// shares.
@@ -100,7 +98,9 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         &mut self.device
     }
 
-    /// The device, for a host that goes on relaying without the backend.
+    /// The device, for a host that goes on relaying without the backend (such as
+    /// `tsm_core::relay::host::RelayHost` over the firmware's core, after a set-up through the
+    /// backend).
     pub fn into_device(self) -> ModelDevice {
         self.device
     }
@@ -121,33 +121,28 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         regs
     }
 
-    /// The host's event loop: while `out` says TDX_SPDM_REQUEST, one DOE exchange with the
-    /// device and TDH.DEVIF.RESPONSE for `tdi`. The registers of the call that ended it.
-    pub fn relay(&mut self, tdi: u64, mut out: SeamRegs) -> TsmResult<SeamRegs> {
-        for _ in 0..MAX_RELAY_ROUNDS {
-            if out.rax != status::TDX_SPDM_REQUEST {
-                return Ok(out);
-            }
-            let answered = self.exchange()?;
-            out = self.seamcall(
-                abi::TDH_DEVIF_RESPONSE,
-                SeamRegs {
-                    rcx: tdi,
-                    rdx: answered,
-                    ..SeamRegs::default()
-                },
-            );
-        }
-        // The firmware ends every operation within its bounded attempts and report size.
-        Err(Error::Inconsistent)
+    fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
+        abi::outcome(leaf, regs).unwrap_or(Err(Error::InvalidHandle))
     }
 
-    /// One DOE exchange: the request page's object to the device, its answer to the response
-    /// page. The answer's length (0: the device said nothing).
-    fn exchange(&mut self) -> TsmResult<u64> {
-        let (pages, response) = self.host.split_at_mut(RESPONSE_AT);
-        let request = pages.get(REQUEST_AT..).ok_or(Error::Inconsistent)?;
-        let dw1 = request
+    /// `leaf`'s outcome from the registers it returned; for TDX_SPDM_REQUEST the request,
+    /// copied from the request page to `request`: as many bytes as the DOE object's own
+    /// header says, which must be RCX (`Inconsistent` otherwise).
+    fn take_request(
+        &self,
+        leaf: u16,
+        out: &SeamRegs,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let outcome = Self::outcome(leaf, out)?;
+        let Completion::Relay(n) = outcome else {
+            return Ok(outcome);
+        };
+        let page = self
+            .host
+            .get(REQUEST_AT..RESPONSE_AT)
+            .ok_or(Error::Inconsistent)?;
+        let dw1 = page
             .get(4..8)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_le_bytes)
@@ -155,14 +150,13 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         let len = usize::try_from(dw1 & DOE_LENGTH_MASK)
             .ok()
             .and_then(|dwords| dwords.checked_mul(4))
+            .filter(|&len| len == n)
             .ok_or(Error::Inconsistent)?;
-        let request = request.get(..len).ok_or(Error::Inconsistent)?;
-        let answered = self.device.answer(request, response).unwrap_or(0);
-        u64::try_from(answered).map_err(|_| Error::Inconsistent)
-    }
-
-    fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
-        abi::outcome(leaf, regs).unwrap_or(Err(Error::InvalidHandle))
+        request
+            .get_mut(..len)
+            .ok_or(Error::Inconsistent)?
+            .copy_from_slice(page.get(..len).ok_or(Error::Inconsistent)?);
+        Ok(outcome)
     }
 
     fn call(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<SeamRegs> {
@@ -172,23 +166,6 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
 
     fn done(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<()> {
         self.call(leaf, regs).map(drop)
-    }
-
-    /// A SEAMCALL of `leaf` on the TDI in RCX, relayed to its end: the operation's outcome
-    /// (`Resumable` for an unbind that goes on).
-    fn relayed(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<Completion> {
-        let first = self.seamcall(leaf, regs);
-        self.finish_relay(leaf, regs.rcx, first)
-    }
-
-    /// Relays from `first`, a leaf's registers, to the operation's end and decodes it: the
-    /// first call's status if it asked nothing, else TDH.DEVIF.RESPONSE's last.
-    fn finish_relay(&mut self, leaf: u16, tdi: u64, first: SeamRegs) -> TsmResult<Completion> {
-        if first.rax != status::TDX_SPDM_REQUEST {
-            return Self::outcome(leaf, &first);
-        }
-        let last = self.relay(tdi, first)?;
-        Self::outcome(abi::TDH_DEVIF_RESPONSE, &last)
     }
 
     fn stage(&mut self, ranges: &[MmioRange]) -> TsmResult<()> {
@@ -272,18 +249,81 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// The device model reports `report`; then ours: TSM.DEVIF.BIND, which locks the
-    /// interface and reads the report from the device, every exchange relayed.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
+    /// Ours: TSM.DEVIF.BIND, TSM.DEVIF.CHECK, TSM.DEVIF.UNBIND (no FORCE), or the guest's
+    /// TDCALL TSM.GUEST.DEVIF.START: `Relay(n)` with the request from the request page.
+    fn begin(&mut self, call: DeviceCall, request: &mut RelayBuf) -> TsmResult<Completion> {
+        let on = |tdi: TdiId| SeamRegs {
+            rcx: handle_reg(tdi),
+            ..SeamRegs::default()
+        };
+        let (leaf, out) = match call {
+            DeviceCall::Bind { tdi, guest } => {
+                let regs = SeamRegs {
+                    rdx: handle_reg(guest),
+                    ..on(tdi)
+                };
+                (
+                    abi::TSM_DEVIF_BIND,
+                    self.seamcall(abi::TSM_DEVIF_BIND, regs),
+                )
+            }
+            DeviceCall::Start { guest, tdi } => {
+                let leaf = abi::TSM_GUEST_DEVIF_START;
+                (leaf, self.tdcall(guest, leaf, on(tdi)))
+            }
+            DeviceCall::Check { tdi } => (
+                abi::TSM_DEVIF_CHECK,
+                self.seamcall(abi::TSM_DEVIF_CHECK, on(tdi)),
+            ),
+            DeviceCall::Unbind { tdi } => (
+                abi::TSM_DEVIF_UNBIND,
+                self.seamcall(abi::TSM_DEVIF_UNBIND, on(tdi)),
+            ),
+        };
+        self.take_request(leaf, &out, request)
+    }
+
+    /// TDH.DEVIF.RESPONSE with `answer` in the response page (RDX its length; 0 for none). An
+    /// answer longer than the page is cut to the page, RDX still its whole length: the
+    /// firmware refuses it unread.
+    fn respond(
+        &mut self,
+        tdi: TdiId,
+        answer: Option<&[u8]>,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let rdx = match answer {
+            None => 0,
+            Some(bytes) => {
+                let fits = bytes.get(..MESSAGE_PAGE_BYTES).unwrap_or(bytes);
+                self.host
+                    .get_mut(RESPONSE_AT..)
+                    .and_then(|page| page.get_mut(..fits.len()))
+                    .ok_or(Error::Inconsistent)?
+                    .copy_from_slice(fits);
+                u64::try_from(bytes.len()).map_err(|_| Error::Inconsistent)?
+            }
+        };
+        let regs = SeamRegs {
+            rcx: handle_reg(tdi),
+            rdx,
+            ..SeamRegs::default()
+        };
+        let out = self.seamcall(abi::TDH_DEVIF_RESPONSE, regs);
+        self.take_request(abi::TDH_DEVIF_RESPONSE, &out, request)
+    }
+
+    /// The model device behind its DOE mailbox.
+    fn mailbox(&mut self, request: &[u8], answer: &mut RelayBuf) -> Option<usize> {
+        self.device.answer(request, answer)
+    }
+
+    /// The model device will report `report` for the TDI's interface.
+    fn set_report(&mut self, tdi: TdiId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Ok(record) = self.tsm.tdi(tdi) {
             self.device.link_mut().set_report(record.iface, report);
         }
-        let regs = SeamRegs {
-            rcx: handle_reg(tdi),
-            rdx: handle_reg(guest),
-            ..SeamRegs::default()
-        };
-        self.relayed(abi::TSM_DEVIF_BIND, regs).map(drop)
+        Ok(())
     }
 
     /// TDH.MMIO.MAP.
@@ -305,21 +345,6 @@ impl Backend for TdxBackend<'_, '_> {
         self.done(abi::TDH_MMIO_MAP, regs)
     }
 
-    /// Ours, TDCALL from the guest: TSM.GUEST.DEVIF.START; the host relays START_INTERFACE.
-    fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        let leaf = abi::TSM_GUEST_DEVIF_START;
-        let rcx = handle_reg(tdi);
-        let first = self.tdcall(
-            guest,
-            leaf,
-            SeamRegs {
-                rcx,
-                ..SeamRegs::default()
-            },
-        );
-        self.finish_relay(leaf, rcx, first).map(drop)
-    }
-
     /// Ours: TSM.DEVIF.ERROR.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let rcx = handle_reg(tdi);
@@ -331,24 +356,6 @@ impl Backend for TdxBackend<'_, '_> {
             },
         );
         Self::outcome(abi::TSM_DEVIF_ERROR, &out)
-    }
-
-    /// Ours: TSM.DEVIF.CHECK (GET_DEVICE_INTERFACE_STATE from the device, relayed).
-    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let regs = SeamRegs {
-            rcx: handle_reg(tdi),
-            ..SeamRegs::default()
-        };
-        self.relayed(abi::TSM_DEVIF_CHECK, regs)
-    }
-
-    /// Ours: one TSM.DEVIF.UNBIND, its STOP relayed (INTERRUPTED_RESUMABLE is `Resumable`).
-    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let regs = SeamRegs {
-            rcx: handle_reg(tdi),
-            ..SeamRegs::default()
-        };
-        self.relayed(abi::TSM_DEVIF_UNBIND, regs)
     }
 
     /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
