@@ -21,8 +21,6 @@ use crate::sept::Sept;
 /// any request or response the firmware exchanges (`tsm_core::MAX_RELAY_BYTES`).
 pub const MESSAGE_PAGE_BYTES: usize = 4096;
 
-const _: () = assert!(tsm_core::MAX_RELAY_BYTES <= MESSAGE_PAGE_BYTES);
-
 /// The host pages a TDI's requests and answers travel in, as TDH.DEVIF.CREATE named them:
 /// 4 KiB aligned host physical addresses inside host memory. Host memory, not the firmware's:
 /// the host reads and writes them at will, so the firmware writes a request there only after

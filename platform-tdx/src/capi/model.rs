@@ -12,16 +12,13 @@ use tsm_core::device_model::ModelDevice;
 use tsm_core::tdisp::report::{WireMmioRange, wire_range};
 use tsm_core::{Error, Operand};
 
-use super::{Firmware, HostWindow, fault, invalid};
+use super::{Firmware, HostWindow, WORD, fault, invalid};
 use crate::abi::{ListError, RANGE_LIST_CAPACITY, RangeList, whole_words};
 use crate::module::MESSAGE_PAGE_BYTES;
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, Operands, TDX_SUCCESS,
     TDX_SYS_NOT_READY, TSM_TOO_MANY_RANGES, TdxStatus,
 };
-
-/// Bytes of one host-memory word.
-const WORD: usize = 8;
 
 /// The model device and its DOE mailbox.
 pub struct ModelMailbox {
