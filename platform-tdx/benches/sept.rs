@@ -7,7 +7,8 @@
 //!    TDX protocol: block every page, one TLB track, then remove; it also keeps the MMIO
 //!    metadata table and frees empty table pages, which `OffsetPageTable` does not.
 //! 2. A full unbind of one TDI with 64 GiB of MMIO mapped in 2 MiB leaves (32768 leaves),
-//!    through the core's bounded unbind: total time, and per call.
+//!    through the core's bounded unbind (its STOP relayed to the model device by the core's
+//!    test host, `Relayed`): total time, and per call.
 //!
 //! Criterion reports each measurement; a summary at the end prints pages per second for both
 //! mappers and their ratio, and the unbind's calls, total and per-call time.
@@ -27,7 +28,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::device_model::ModelDevice;
-use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize, RequesterId, Tsm};
+use tsm_core::relay::host::Relayed;
+use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize, RequesterId};
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page as VPage, PageTable, PageTableFlags, PhysFrame,
     Size4KiB,
@@ -170,19 +172,19 @@ fn mappers(c: &mut Criterion) {
 const BIG_BAR_PAGES: u64 = 16 << 20;
 const BIG_LEAVES: u64 = 32 * 1024;
 
-type Firmware<'m> = Tsm<Sept<'m>, ModelDevice>;
+/// The core over the S-EPT with a host that relays its STOP to the model device.
+type Firmware<'m> = Relayed<Sept<'m>>;
 
 /// A firmware with one TDI bound and 64 GiB mapped in 2 MiB leaves; its TDI.
 fn bound_64g(mem: &mut [Page]) -> (Firmware<'_>, tsm_core::TdiId) {
     let pool = FramePool::new(mem, POOL_PHYS).unwrap();
-    let tsm = Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model());
+    let tsm = Relayed::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model());
     let bar = MmioRange::from_raw(HPA_BASE, BIG_BAR_PAGES).unwrap();
     let g = tsm.create_guest().unwrap();
     let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();
     let dev = tsm.create_device(rid, &[bar]).unwrap();
     let tdi = tsm.create_tdi(dev, rid).unwrap();
-    tsm.with_transport(|d| d.report_ranges(rid, &[bar]))
-        .unwrap();
+    tsm.with_device(|d| d.report_ranges(rid, &[bar])).unwrap();
     tsm.bind(tdi, g).unwrap();
     let size = PageSize::Size2M;
     for i in 0..BIG_LEAVES {
@@ -208,6 +210,7 @@ fn unbind_all(tsm: &Firmware<'_>, tdi: tsm_core::TdiId) -> (u32, Duration) {
         match tsm.unbind(tdi).unwrap() {
             Completion::Resumable => continue,
             Completion::Done => break,
+            Completion::Relay(_) => panic!("Relayed hands every request to the device"),
         }
     }
     (calls, start.elapsed())

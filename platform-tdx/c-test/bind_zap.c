@@ -2,7 +2,10 @@
  * The proof that a C firmware prototype can link the TSM: the host flow the vfio fix
  * needed, driven through the C entry point. Bind a TDI, map its MMIO, see the zap of the
  * bound BAR refused (the firmware error the old host order hit), unbind, and see the zap
- * allowed. Exits 0 when every status is the expected one.
+ * allowed. Every exchange with the device is relayed by this host, as Linux's TDX Connect
+ * event loop does: on TDX_SPDM_REQUEST it takes the DOE object from the TDI's request page to
+ * the device (here the library's model device, feature `model-device`), puts the answer in the
+ * response page and calls TDH_DEVIF_RESPONSE. Exits 0 when every status is the expected one.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,13 +17,50 @@ static int failures;
 
 /*
  * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
- * aligned, as every TDX page operand is) and the register block. Anything outside it is
- * refused, never dereferenced.
+ * aligned, as every TDX page operand is), the TDI's request and response pages, the register
+ * block and the length word of the model's DOE exchange. Anything outside it is refused,
+ * never dereferenced.
  */
 static struct {
 	_Alignas(4096) struct tsm_tdx_range_list list;
+	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
+	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
 	struct tsm_tdx_regs regs;
+	uint64_t response_len;
 } host;
+
+/*
+ * The host's event loop: while the firmware says TDX_SPDM_REQUEST, relay the DOE object in the
+ * request page (its length from its own header, dword 1 bits 17:0 in dwords, as Linux takes
+ * it) to the device and hand the answer back. Returns the operation's own status.
+ */
+static uint64_t relay(uint64_t status, uint64_t tdi)
+{
+	struct tsm_tdx_regs *r = &host.regs;
+	int rounds = 0;
+
+	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
+		uint32_t dw1;
+		uint64_t len;
+
+		memcpy(&dw1, host.request + 4, sizeof(dw1));
+		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
+		if (len != r->rcx) {
+			printf("request length %llu, RCX %llu\n", (unsigned long long)len,
+			       (unsigned long long)r->rcx);
+			failures++;
+		}
+		if (tsm_tdx_model_doe(host.request, len, host.response, &host.response_len) !=
+		    TDX_SUCCESS)
+			failures++;
+		memset(r, 0, sizeof(*r));
+		r->rax = TDH_DEVIF_RESPONSE;
+		r->rcx = tdi;
+		r->rdx = host.response_len;
+		status = tsm_tdx_seamcall(r);
+	}
+	return status;
+}
 
 static uint64_t call(const char *what, uint16_t leaf, struct tsm_tdx_regs *r, uint64_t expect)
 {
@@ -82,9 +122,19 @@ int main(void)
 	call("list outside host memory", TDH_SPDM_CREATE, r,
 	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
 
+	/* The TDI's message pages: the request page (firmware to host), the response page. */
 	memset(r, 0, sizeof(*r));
 	r->rcx = dev;
 	r->rdx = 0x00000300;
+	r->r9 = (uint64_t)(uintptr_t)host.request + 8;
+	r->r10 = (uint64_t)(uintptr_t)host.response;
+	call("create TDI, page misaligned", TDH_DEVIF_CREATE, r,
+	     TDX_OPERAND_INVALID | TDX_OPERAND_ID_R9);
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = 0x00000300;
+	r->r9 = (uint64_t)(uintptr_t)host.request;
+	r->r10 = (uint64_t)(uintptr_t)host.response;
 	call("create TDI", TDH_DEVIF_CREATE, r, TDX_SUCCESS);
 	tdi = r->rcx;
 
@@ -97,7 +147,28 @@ int main(void)
 	r->r8 = (uint64_t)(uintptr_t)list;
 	call("bind with a host range list", TSM_DEVIF_BIND, r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_R8);
 	r->r8 = 0;
-	call("bind", TSM_DEVIF_BIND, r, TDX_SUCCESS);
+	call("bind: relay this", TSM_DEVIF_BIND, r, TDX_SPDM_REQUEST);
+	/* An answer that is not the device's (garbled) is refused; the request still waits. */
+	memset(host.response, 0xa5, 64);
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	r->rdx = 64;
+	call("garbled response", TDH_DEVIF_RESPONSE, r,
+	     TDX_DEVIF_TDISP_INVALID_MESSAGE | TDX_OPERAND_ID_RDX);
+	/* The host lost the request: the firmware writes it again. */
+	memset(host.request, 0, sizeof(host.request));
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	call("the request again", TDH_DEVIF_REQUEST, r, TDX_SPDM_REQUEST);
+	status = relay(TDX_SPDM_REQUEST, tdi);
+	printf("%-28s status 0x%016llx %s\n", "bind relayed", (unsigned long long)status,
+	       status == TDX_SUCCESS ? "ok" : "UNEXPECTED");
+	if (status != TDX_SUCCESS)
+		failures++;
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	call("response, none outstanding", TDH_DEVIF_RESPONSE, r,
+	     TDX_DEVIF_TDISP_INVALID_REQ_STS | TDX_OPERAND_ID_RCX);
 
 	memset(r, 0, sizeof(*r));
 	r->rcx = TSM_TDX_PAGE_INFO(gpa, 1);
@@ -130,13 +201,13 @@ int main(void)
 	call("block while bound", TDH_MMIO_BLOCK, r,
 	     TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
 
-	/* The fixed order: unbind first (resumable), then zap. */
+	/* The fixed order: unbind first (resumable, STOP relayed), then zap. */
 	calls = 0;
 	do {
 		memset(r, 0, sizeof(*r));
 		r->rax = TSM_DEVIF_UNBIND;
 		r->rcx = tdi;
-		status = tsm_tdx_seamcall(r);
+		status = relay(tsm_tdx_seamcall(r), tdi);
 		calls++;
 	} while (status == TDX_INTERRUPTED_RESUMABLE && calls < 1000);
 	printf("%-28s status 0x%016llx after %d call(s) %s\n", "unbind", (unsigned long long)status,

@@ -20,6 +20,21 @@
  * checked as a whole like any other input. Reserved fields must be zero, in a BAR list also
  * each range's attributes and range_id. Memory given at init (the pool, the host range) and
  * the firmware's own state are never accepted as MMIO (TSM_RESERVED_MEMORY).
+ *
+ * The relay. The firmware never talks to a device. Each TDI has two message pages in host
+ * memory, named at TDH_DEVIF_CREATE: the request page (firmware to host) and the response page
+ * (host to firmware). A leaf that needs the device (TSM_DEVIF_BIND, TSM_DEVIF_UNBIND without
+ * FORCE, TSM_DEVIF_CHECK, TSM_GUEST_DEVIF_START) returns TDX_SPDM_REQUEST: the request, a whole
+ * DOE data object (vendor 0x0001, type 2: a secured SPDM record holding a vendor-defined TDISP
+ * message), is in the request page and RCX holds its length in bytes (the object's own header
+ * says the same). The host sends it to the device's DOE mailbox, writes the device's answer (a
+ * whole DOE object, header included) to the response page, and calls TDH_DEVIF_RESPONSE with
+ * RDX = its length (0: the device did not answer). That call returns TDX_SPDM_REQUEST again
+ * (the next request is in the request page), or the operation's own status: TDX_SUCCESS,
+ * TDX_INTERRUPTED_RESUMABLE (unbind: call TSM_DEVIF_UNBIND again), or its failure. A request
+ * the host lost is written again by TDH_DEVIF_REQUEST. The firmware writes the request page in
+ * whole 8-byte words (zeros after the object) and reads the response page once, in whole words
+ * (at most 7 bytes past the answer), into its own memory before looking at it.
  */
 #ifndef TSM_TDX_H
 #define TSM_TDX_H
@@ -44,7 +59,7 @@ struct tsm_tdx_range {
 	uint16_t range_id;
 };
 
-#define TSM_TDX_RANGE_LIST_CAPACITY 16
+#define TSM_TDX_RANGE_LIST_CAPACITY 16u
 
 /* A range list in host memory: BARs (device create) or a report's ranges (the model's
  * report). `count` entries are used (at most TSM_TDX_RANGE_LIST_CAPACITY, and at most 6 BARs
@@ -60,24 +75,34 @@ struct tsm_tdx_range_list {
 #define TDH_MEM_TRACK          38u     /* RCX TD; TDX_INTERRUPTED_RESUMABLE: call again */
 #define TDH_SPDM_CREATE        130u    /* RCX requester ID, RDX range list (BARs) -> RCX device */
 #define TDH_SPDM_DELETE        131u    /* RCX device */
-#define TDH_DEVIF_CREATE       137u    /* RCX device, RDX interface ID -> RCX TDI */
+#define TDH_DEVIF_CREATE       137u    /* RCX device, RDX interface ID, R8 0, R9 request page,
+                                          R10 response page (4 KiB aligned, in host memory) -> RCX TDI */
 #define TDH_DEVIF_REMOVE       138u    /* RCX TDI */
+#define TDH_DEVIF_REQUEST      139u    /* RCX TDI -> TDX_SPDM_REQUEST, RCX length: the outstanding
+                                          request written to the request page again */
+#define TDH_DEVIF_RESPONSE     140u    /* RCX TDI, RDX answer length in the response page (0: no
+                                          answer; past TSM_TDX_MESSAGE_PAGE_BYTES: too long) */
 #define TDH_MMIO_MAP           158u    /* RCX page info, RDX TD, R8 HPA, R9 TDI */
 #define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TD */
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TD -> R8 HPA */
 #define TSM_TD_CREATE          0xF000u /* -> RCX TD */
 #define TSM_TD_DESTROY         0xF001u /* RCX TD */
-#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 0; ranges come from the device report */
-#define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI, RDX flags; TDX_INTERRUPTED_RESUMABLE until done */
+#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 0; ranges come from the device report;
+                                          TDX_SPDM_REQUEST until the last answer binds */
+#define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI, RDX flags; TDX_INTERRUPTED_RESUMABLE until done;
+                                          TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE) */
 #define TSM_UNBIND_FLAG_FORCE  (1ull << 0) /* RDX bit 0: cut the IDE stream, unbind without STOP */
 #define TSM_DEVIF_ERROR        0xF004u /* RCX TDI */
 #define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
-#define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state */
+#define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state (TDX_SPDM_REQUEST) */
 #define TSM_IDE_STREAM_SETUP   0xF008u /* RCX device; IDE stream re-established after a force */
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info */
-#define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI */
+#define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI; TDX_SPDM_REQUEST: the host relays START_INTERFACE */
+
+/* Bytes of a message page; every request and answer fits in one. */
+#define TSM_TDX_MESSAGE_PAGE_BYTES 4096u
 
 /* Page info operand: guest physical address | level (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB). The
  * GPA must be below the TD's S-EPT width (2^48 with the 4-level S-EPT tsm_tdx_init builds):
@@ -99,6 +124,14 @@ struct tsm_tdx_range_list {
 #define TDX_TLB_TRACKING_NOT_DONE      0xC0000B0800000000ull
 #define TDX_DEVIF_TDISP_INVALID_STATE  0xC0000F1000000000ull
 #define TDX_DEVIF_INVALID_STATE        0xC0000F1100000000ull
+/* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
+ * or a request re-read with nothing outstanding; bytes that are not the answer to the
+ * outstanding request (garbled, another TDI's, stale, too long; nothing changed, the request
+ * still waits); another operation of the TDI waits on the device. */
+#define TDX_SPDM_REQUEST               0xC0000F5700000000ull
+#define TDX_DEVIF_TDISP_INVALID_REQ_STS 0xC0000F0E00000000ull
+#define TDX_DEVIF_TDISP_INVALID_MESSAGE 0xC0000F0F00000000ull
+#define TDX_DEVIF_TDISP_OUT_REQ        0xC0000F1400000000ull
 /* Ours (class 0xF0): memory given at init (pool, host range) or the firmware's state as a BAR
  * or mapping; a BAR over another device's; an interface that is not a function of its device;
  * the firmware's own records disagreeing (refused, nothing changed). */
@@ -107,6 +140,11 @@ struct tsm_tdx_range_list {
 #define TSM_BAR_IN_USE                 0xC000F02800000000ull
 #define TSM_STREAM_CUT                 0xC000F02900000000ull
 #define TSM_INCONSISTENT               0xC000F0FF00000000ull
+/* Ours: the device did not answer (after three empty responses), answered TDISP_ERROR, or
+ * answered something that is not the response asked for. */
+#define TSM_DEVICE_UNRESPONSIVE        0x8000F03000000000ull
+#define TSM_DEVICE_REFUSED             0xC000F03100000000ull
+#define TSM_DEVICE_MALFORMED           0xC000F03200000000ull
 #define TDX_STATUS_CODE(s)             ((s) & 0xFFFFFFFF00000000ull)
 #define TDX_STATUS_OPERAND(s)          ((uint32_t)((s) & 0xFFFFFFFFull))
 #define TDX_OPERAND_ID_RAX 0u
@@ -114,8 +152,13 @@ struct tsm_tdx_range_list {
 #define TDX_OPERAND_ID_RDX 2u
 #define TDX_OPERAND_ID_R8  8u
 #define TDX_OPERAND_ID_R9  9u
+#define TDX_OPERAND_ID_R10 10u
 #define TDX_OPERAND_ID_TDR 128u          /* the calling TD of a TDCALL */
+#define TDX_OPERAND_ID_DEVIF 0xF02u      /* ours: a TDI (OPERAND_BUSY: retry) */
+#define TDX_OPERAND_ID_TRANSPORT 0xF06u  /* ours: the device channel (device statuses) */
 #define TDX_OPERAND_ID_REG_BLOCK 0xF07u  /* ours: the register block's address */
+#define TDX_OPERAND_ID_REQUEST_PAGE 0xF08u  /* ours: the TDI's request page */
+#define TDX_OPERAND_ID_RESPONSE_PAGE 0xF09u /* ours: the TDI's response page */
 
 /* Gives the firmware `len` bytes at `mem` (4 KiB aligned, never used by the caller again)
  * for its S-EPT table pages, and registers `[host, host + host_len)` (8-byte aligned, a
@@ -134,11 +177,25 @@ uint64_t tsm_tdx_init(void *mem, size_t len, void *host, size_t host_len);
  * left in regs->rax. TDX_SYS_NOT_READY before tsm_tdx_init (nothing written). */
 uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
 
-/* The prototype's device model: what interface `iface` (packed requester ID) reports, from
- * the list at `list` (in host memory). TDX_OPERAND_INVALID + RCX (bad interface ID), + RDX
- * (reserved field not 0, list not 8-byte aligned); TDX_OPERAND_ADDR_RANGE_ERROR + RDX (list
- * outside host memory); TSM too-many-ranges (0xC000F00100000000) + RDX. */
+/* Test support, only in a library built with feature `model-device` (never in a firmware
+ * build): the model device a C host relays to, standing in for the device behind its DOE
+ * mailbox. Both take addresses in host memory and need tsm_tdx_init first (else
+ * TDX_SYS_NOT_READY).
+ *
+ * tsm_tdx_model_report: what interface `iface` (packed requester ID) reports, from the list at
+ * `list`. TDX_OPERAND_INVALID + RCX (bad interface ID), + RDX (reserved field not 0, list not
+ * 8-byte aligned); TDX_OPERAND_ADDR_RANGE_ERROR + RDX (list outside host memory); TSM
+ * too-many-ranges (0xC000F00100000000) + RDX.
+ *
+ * tsm_tdx_model_doe: one DOE exchange: the `len` bytes at `request` (a request page) to the
+ * device, its answer to `response` (a whole page, written in words) and the answer's length
+ * in bytes (0: the device did not answer) to `*response_len`. TDX_OPERAND_INVALID + RDX (len
+ * 0 or past a page); TDX_OPERAND_ADDR_RANGE_ERROR (or TDX_OPERAND_INVALID when not 8-byte
+ * aligned) + RCX / R8 / R9 for request / response / response_len; every address is checked
+ * before the device sees the request. */
 uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *list);
+uint64_t tsm_tdx_model_doe(const void *request, uint64_t len, void *response,
+			   uint64_t *response_len);
 
 /* One TDCALL from TD `td`; as tsm_tdx_seamcall. An unknown TD is TDX_OPERAND_INVALID +
  * TDX_OPERAND_ID_TDR. */

@@ -9,18 +9,27 @@
 //! where public (Linux `arch/x86/virt/vmx/tdx/tdx.h` for the memory leaves, intel/tdx-module
 //! TDX-IO branch `tdx_api_defs.h` for the device leaves); the rest are ours, in 0xF000-0xF0FF,
 //! far above every TDX leaf. See README.md for the operand table.
+//!
+//! Leaves that need the device (bind, unbind without FORCE, check, the guest's start) and the
+//! two relay leaves (TDH.DEVIF.REQUEST, TDH.DEVIF.RESPONSE) may answer `TDX_SPDM_REQUEST`:
+//! the request, a whole DOE object, is in the TDI's request page and RCX holds its length;
+//! the host relays it and hands the device's answer back with TDH.DEVIF.RESPONSE
+//! ([`crate::module`]).
+
+use core::cell::Cell;
 
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
-use tsm_core::transport::TdispDevice;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MmioRange, PageSize, RequesterId,
-    TdiId, TdiState, Tsm,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MAX_RELAY_BYTES, MmioRange,
+    PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::module::{MESSAGE_PAGE_BYTES, MessagePages, TdxModule};
 use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
-    self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RAX, OPERAND_ID_RCX, OPERAND_ID_RDX, Operands,
+    self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RAX, OPERAND_ID_RCX,
+    OPERAND_ID_RDX, OPERAND_ID_REQUEST_PAGE, OPERAND_ID_RESPONSE_PAGE, Operands,
     TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS, TdxStatus,
 };
 
@@ -66,10 +75,28 @@ pub const TDH_SPDM_CREATE: u16 = 130;
 /// TDH.SPDM.DELETE (TDX-IO: 131), "remove device": RCX device handle.
 pub const TDH_SPDM_DELETE: u16 = 131;
 /// TDH.DEVIF.CREATE (TDX-IO: 137), "create TDI": RCX device handle, RDX interface ID
-/// (packed requester ID). Out: RCX TDI handle.
+/// (packed requester ID), R8 reserved (zero; TDX's DEVIFCS page: this firmware keeps the TDI
+/// in its own memory), R9 the request page (module to host), R10 the response page (host to
+/// module): 4 KiB-aligned host physical addresses of whole pages of host memory, kept with
+/// the TDI ([`MessagePages`]). Out: RCX TDI handle. (TDX-IO's R9/R10 are its two TDISP
+/// message buffers; which is which, and R8 reserved, are ours.)
 pub const TDH_DEVIF_CREATE: u16 = 137;
-/// TDH.DEVIF.REMOVE (TDX-IO: 138): RCX TDI handle.
+/// TDH.DEVIF.REMOVE (TDX-IO: 138): RCX TDI handle. The TDI's message pages are forgotten.
 pub const TDH_DEVIF_REMOVE: u16 = 138;
+/// TDH.DEVIF.REQUEST (TDX-IO: 139), here "the outstanding request again": RCX TDI. Writes
+/// the request the TDI waits on to its request page again (for a host that lost it) and
+/// answers `TDX_SPDM_REQUEST` with RCX its length; nothing changes. No request outstanding:
+/// `TDX_DEVIF_TDISP_INVALID_REQ_STS` + RCX. (TDX-IO's builds a new request from a code in
+/// RDX; here only the firmware's own operations start requests.)
+pub const TDH_DEVIF_REQUEST: u16 = 139;
+/// TDH.DEVIF.RESPONSE (TDX-IO: 140): RCX TDI, RDX the answer's length in bytes in the TDI's
+/// response page (0: the device did not answer; more than [`MESSAGE_PAGE_BYTES`] is longer
+/// than any answer: nothing is read, `TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX). The answer is
+/// copied once into firmware memory and handed to the operation that waits: `TDX_SPDM_REQUEST` (its next request, RCX length), or its own
+/// outcome (`TDX_SUCCESS`, `TDX_INTERRUPTED_RESUMABLE` for an unbind that goes on, or the
+/// status of its failure). Bytes that are not the answer to the outstanding request
+/// (`TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX) change nothing.
+pub const TDH_DEVIF_RESPONSE: u16 = 140;
 /// TDH.MMIO.MAP (TDX-IO: 158): RCX page info, RDX TD, R8 host address, R9 TDI handle (ours:
 /// the TDX module finds the TDI in its MMIO metadata).
 pub const TDH_MMIO_MAP: u16 = 158;
@@ -84,11 +111,14 @@ pub const TSM_LEAF_BASE: u16 = 0xF000;
 pub const TSM_TD_CREATE: u16 = 0xF000;
 /// Ours, "destroy TD" (stands in for TD teardown): RCX TD.
 pub const TSM_TD_DESTROY: u16 = 0xF001;
-/// Ours, bind: RCX TDI, RDX TD; R8 reserved (zero). The firmware sends LOCK_INTERFACE and
-/// takes the MMIO ranges from the device's own interface report, never from the host.
+/// Ours, bind: RCX TDI, RDX TD; R8 reserved (zero). The firmware locks the interface and
+/// takes the MMIO ranges from the device's own interface report, never from the host: every
+/// step is a relayed exchange (`TDX_SPDM_REQUEST`), the last answer binds (`TDX_SUCCESS` from
+/// TDH.DEVIF.RESPONSE).
 pub const TSM_DEVIF_BIND: u16 = 0xF002;
 /// Ours, bounded unbind: RCX TDI, RDX flags ([`UNBIND_FLAG_FORCE`]; other bits reserved,
-/// OPERAND_INVALID + RDX). TDX_INTERRUPTED_RESUMABLE until done.
+/// OPERAND_INVALID + RDX). TDX_INTERRUPTED_RESUMABLE until done; without FORCE, once every
+/// leaf is blocked, `TDX_SPDM_REQUEST` with STOP_INTERFACE to relay.
 pub const TSM_DEVIF_UNBIND: u16 = 0xF003;
 /// TSM.DEVIF.UNBIND RDX bit 0 (ours): force. The firmware cuts the device's IDE stream at the
 /// root port and unbinds without the device's STOP_INTERFACE (`Tsm::unbind_forced`).
@@ -101,7 +131,9 @@ pub const TSM_DEVIF_STATE: u16 = 0xF005;
 /// Ours, may the host zap `[RCX, RCX + RDX pages)`: refused while any page is bound or mapped.
 pub const TSM_MMIO_ZAP_CHECK: u16 = 0xF006;
 /// Ours, ask the device for the TDI's TDISP state (GET_DEVICE_INTERFACE_STATE): RCX TDI. A
-/// bound TDI the device reports in ERROR, or unlocked, goes to ERROR. Resumable like unbind.
+/// locked or running TDI: `TDX_SPDM_REQUEST`, and the answer (TDH.DEVIF.RESPONSE) puts the
+/// TDI in ERROR if the device reports ERROR, or unlocked. A TDI in ERROR or being unbound is
+/// not asked about: resumable like unbind while its leaves are blocked.
 pub const TSM_DEVIF_CHECK: u16 = 0xF007;
 /// Ours, TSM.IDE.STREAM_SETUP: RCX device. The host has re-established the device's IDE
 /// stream after a forced unbind cut it (`Tsm::setup_stream`); refused while a TDI of the
@@ -113,7 +145,8 @@ pub const TSM_IDE_STREAM_SETUP: u16 = 0xF008;
 /// TDG.MMIO.ACCEPT (TDX-IO: 71): RCX page info. MMIO_PENDING -> MMIO_MAPPED.
 pub const TDG_MMIO_ACCEPT: u16 = 71;
 /// Ours, the guest accepts and starts a TDI (START_INTERFACE; the TDX guest sends it through
-/// TDG.DEVIF.REQUEST): RCX TDI.
+/// TDG.DEVIF.REQUEST): RCX TDI. `TDX_SPDM_REQUEST` with START_INTERFACE in the TDI's request
+/// page: the host relays it, and its TDH.DEVIF.RESPONSE ends the start (`TDX_SUCCESS`: RUN).
 pub const TSM_GUEST_DEVIF_START: u16 = 0xF080;
 
 /// Leaf version bits 23:16 and reserved bits 63:24 of RAX (TDX Module ABI, SEAMCALL RAX).
@@ -124,6 +157,23 @@ const PAGE_INFO_RESERVED: u64 = 0xfff0_0000_0000_0ff8;
 
 /// The host page a range list lives in must be 4 KiB aligned (TDX: every page operand is).
 const LIST_ALIGN: PageSize = PageSize::Size4K;
+/// Message pages too.
+const MESSAGE_PAGE_ALIGN: PageSize = PageSize::Size4K;
+
+/// Bytes of one host-memory word: requests are written and answers read in whole 8-byte
+/// words (the C entry point moves host memory in aligned words), padded with zeros.
+const WORD: usize = 8;
+/// The firmware's buffer for a request: `MAX_RELAY_BYTES` rounded up to whole words.
+const REQUEST_BUFFER: usize = MAX_RELAY_BYTES.next_multiple_of(WORD);
+
+/// `len` bytes rounded up to whole host-memory words (`None` past `usize`).
+pub(crate) const fn whole_words(len: usize) -> Option<usize> {
+    len.checked_next_multiple_of(WORD)
+}
+const _: () = assert!(REQUEST_BUFFER <= MESSAGE_PAGE_BYTES);
+// A whole page is longer than any answer the core takes: it stands for every longer one.
+const _: () = assert!(MAX_RELAY_BYTES < MESSAGE_PAGE_BYTES);
+const _: () = assert!(MESSAGE_PAGE_BYTES.is_multiple_of(WORD));
 
 /// TDI state codes in RDX of [`TSM_DEVIF_STATE`] (ours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,11 +291,19 @@ pub enum HostFault {
     Misaligned,
 }
 
-/// Host memory the firmware reads parameter pages from.
+/// Host memory the firmware reads parameter pages and answers from, and writes requests to.
 pub trait HostMemory {
     /// Copies `out.len()` bytes at host physical address `hpa` into `out`, reading each byte
     /// of host memory once; the firmware decodes only the copy.
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault>;
+    /// Whether `len` bytes at `hpa` can be read, reading nothing.
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault>;
+    /// Whether `len` bytes at `hpa` can be written, writing nothing. `Ok` is a promise: a
+    /// [`HostMemory::write`] of at most `len` bytes at `hpa` then succeeds (host memory does
+    /// not move), so a leaf probes before the core commits and delivers after.
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault>;
+    /// Copies `src` to host memory at `hpa`.
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault>;
 }
 
 /// The operand roles of `leaf` (what decoders need to read its status).
@@ -258,6 +316,7 @@ pub const fn operands(leaf: u16) -> Operands {
         hpa: None,
         list: None,
         rid: None,
+        msg: None,
     };
     let rcx = Some(OPERAND_ID_RCX);
     let rdx = Some(OPERAND_ID_RDX);
@@ -278,6 +337,7 @@ pub const fn operands(leaf: u16) -> Operands {
             ..none
         },
         TDH_DEVIF_REMOVE
+        | TDH_DEVIF_REQUEST
         | TSM_DEVIF_UNBIND
         | TSM_DEVIF_ERROR
         | TSM_DEVIF_STATE
@@ -286,6 +346,11 @@ pub const fn operands(leaf: u16) -> Operands {
         TSM_DEVIF_BIND => Operands {
             tdi: rcx,
             td: rdx,
+            ..none
+        },
+        TDH_DEVIF_RESPONSE => Operands {
+            tdi: rcx,
+            msg: rdx,
             ..none
         },
         TDH_MMIO_MAP => Operands {
@@ -367,6 +432,7 @@ fn reg(regs: &SeamRegs, id: u32) -> Option<u64> {
         OPERAND_ID_RDX => regs.rdx,
         OPERAND_ID_R8 => regs.r8,
         OPERAND_ID_R9 => regs.r9,
+        OPERAND_ID_R10 => regs.r10,
         _ => return None,
     })
 }
@@ -396,16 +462,26 @@ impl From<Result<(), Error>> for Outcome {
 /// page-info GPA for leaves the core does not align-check, range lists); (4) the core, which
 /// checks alignment of MAP's addresses and every state. A refusal of step (3) is reported only
 /// after step (2) found every handle known, so a call with a bad handle and a bad address gets
-/// the handle's status, as it would from the core.
-pub struct Dispatcher<'t, 'm, D, M> {
-    tsm: &'t Tsm<Sept<'m>, D>,
+/// the handle's status, as it would from the core. Message pages are step (3) too: their
+/// operands at TDH.DEVIF.CREATE, and before every relay leaf the TDI's pages themselves.
+///
+/// A leaf that may leave a request for the host ([`Dispatcher::relayed`]) finds the TDI's
+/// message pages and probes the request page before the core runs, so a refusal writes
+/// nothing anywhere and a request the core commits to is always delivered.
+pub struct Dispatcher<'t, 'm, S, M> {
+    fw: &'t TdxModule<'m, S>,
+    tsm: &'t Tsm<Sept<'m>, S>,
     host: M,
 }
 
-impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
-    /// A dispatcher for `tsm` reading parameter pages through `host`.
-    pub const fn new(tsm: &'t Tsm<Sept<'m>, D>, host: M) -> Self {
-        Self { tsm, host }
+impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
+    /// A dispatcher for `fw` reading and writing host memory through `host`.
+    pub fn new(fw: &'t TdxModule<'m, S>, host: M) -> Self {
+        Self {
+            fw,
+            tsm: fw.tsm(),
+            host,
+        }
     }
 
     /// Handles one SEAMCALL from the host: `regs.rax` is the leaf on entry and the status on
@@ -608,13 +684,61 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             TDH_DEVIF_CREATE => {
                 let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 let iface = decode_rid(r.rdx, OPERAND_ID_RDX).map_err(refuse)?;
+                if r.r8 != 0 {
+                    return Err(refuse(invalid(OPERAND_ID_R8)));
+                }
+                let pages = self.message_pages_operands(r).map_err(refuse)?;
+                let mut table = self.fw.lock_pages().map_err(core)?;
+                // Cannot fail once the core made the TDI: its slot is below MAX_TDIS, the
+                // table's length. Checked before the core runs all the same.
                 let tdi = tsm.create_tdi(dev, iface).map_err(core)?;
+                let entry = table
+                    .get_mut(usize::from(tdi.slot()))
+                    .ok_or(core(Error::Inconsistent))?;
+                *entry = Some(pages);
                 out.rcx = u64::from(tdi.slot());
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_DEVIF_REMOVE => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                tsm.remove_tdi(tdi).into()
+                let mut table = self.fw.lock_pages().map_err(core)?;
+                tsm.remove_tdi(tdi).map_err(core)?;
+                if let Some(entry) = table.get_mut(usize::from(tdi.slot())) {
+                    *entry = None;
+                }
+                Outcome::Core(Ok(Completion::Done))
+            }
+            TDH_DEVIF_REQUEST => {
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                self.relayed(leaf, r, out, tdi, |_, buf| {
+                    Ok(tsm.outstanding_request(tdi, buf).map(Completion::Relay))
+                })?
+            }
+            TDH_DEVIF_RESPONSE => {
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let len = usize::try_from(r.rdx).ok();
+                self.relayed(leaf, r, out, tdi, |pages, buf| {
+                    let mut answer = [0u8; MESSAGE_PAGE_BYTES];
+                    let len = match len {
+                        Some(0) => return Ok(tsm.device_response(tdi, None, buf)),
+                        Some(len) if len <= MESSAGE_PAGE_BYTES => len,
+                        // Longer than the page: nothing is read, and the core refuses an
+                        // answer longer than any message (RelayMalformed) in its own order
+                        // (after NoExchange), as it would the same bytes from any host.
+                        _ => return Ok(tsm.device_response(tdi, Some(&answer), buf)),
+                    };
+                    // One read of the page into firmware memory; only the copy is looked at.
+                    let words = whole_words(len)
+                        .and_then(|w| answer.get_mut(..w))
+                        .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;
+                    self.host
+                        .read(pages.response.as_u64(), words)
+                        .map_err(|f| refuse(host_fault(f, OPERAND_ID_RESPONSE_PAGE)))?;
+                    let bytes = answer
+                        .get(..len)
+                        .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;
+                    Ok(tsm.device_response(tdi, Some(bytes), buf))
+                })?
             }
             TSM_DEVIF_BIND => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
@@ -622,7 +746,7 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
                 if r.r8 != 0 {
                     return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
-                tsm.bind(tdi, td).into()
+                self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.bind(tdi, td, buf)))?
             }
             TDH_MMIO_MAP => {
                 let tdi: TdiId = decode_handle(r.r9, OPERAND_ID_R9).map_err(st)?;
@@ -674,9 +798,10 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
                     return Err(refuse(invalid(OPERAND_ID_RDX)));
                 }
                 if r.rdx & UNBIND_FLAG_FORCE != 0 {
+                    // Asks nothing of the device: no request, no message pages.
                     Outcome::Core(tsm.unbind_forced(tdi))
                 } else {
-                    Outcome::Core(tsm.unbind(tdi))
+                    self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.unbind(tdi, buf)))?
                 }
             }
             TSM_IDE_STREAM_SETUP => {
@@ -695,7 +820,13 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             }
             TSM_DEVIF_CHECK => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                Outcome::Core(tsm.check_interface(tdi))
+                self.relayed(
+                    leaf,
+                    r,
+                    out,
+                    tdi,
+                    |_, buf| Ok(tsm.check_interface(tdi, buf)),
+                )?
             }
             TSM_MMIO_ZAP_CHECK => {
                 let base = decode_hpa(r.rcx, PageSize::Size4K, OPERAND_ID_RCX).map_err(st)?;
@@ -706,6 +837,68 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             }
             _ => st(invalid(OPERAND_ID_RAX)),
         })
+    }
+
+    /// R9 and R10 of TDH.DEVIF.CREATE: the request page (written: probed writable) and the
+    /// response page (read: probed readable), each a whole 4 KiB-aligned page of host memory.
+    fn message_pages_operands(&self, r: &SeamRegs) -> Result<MessagePages, TdxStatus> {
+        let page = |raw: u64, operand: u32, write: bool| {
+            let at = decode_hpa(raw, MESSAGE_PAGE_ALIGN, operand)?;
+            let probe = if write {
+                self.host.probe_write(at.as_u64(), MESSAGE_PAGE_BYTES)
+            } else {
+                self.host.probe_read(at.as_u64(), MESSAGE_PAGE_BYTES)
+            };
+            probe.map_err(|f| host_fault(f, operand))?;
+            Ok::<Hpa, TdxStatus>(at)
+        };
+        Ok(MessagePages {
+            request: page(r.r9, OPERAND_ID_R9, true)?,
+            response: page(r.r10, OPERAND_ID_R10, false)?,
+        })
+    }
+
+    /// Runs `op`, a core operation on `tdi` that may leave a request for the host to relay,
+    /// with the TDI's message pages: it gets them and a firmware buffer for the request.
+    /// Before `op` runs, the pages are found (a TDI TDH.DEVIF.CREATE did not make has none:
+    /// OPERAND_INVALID on RCX, as an unknown TDI) and the request page probed writable; the
+    /// page table stays locked until the request is delivered. After, a `Relay(n)` is written
+    /// to the request page in whole words (zero padded) and RCX is `n`. Refusals (of the
+    /// dispatcher's, after the leaf's handle checks, or of the core) write nothing.
+    fn relayed(
+        &self,
+        leaf: u16,
+        input: &SeamRegs,
+        out: &mut SeamRegs,
+        tdi: TdiId,
+        op: impl FnOnce(&MessagePages, &mut [u8]) -> Result<TsmResult<Completion>, Outcome>,
+    ) -> Result<Outcome, Outcome> {
+        let table = self.fw.lock_pages().map_err(|e| Outcome::Core(Err(e)))?;
+        let pages = table
+            .get(usize::from(tdi.slot()))
+            .copied()
+            .flatten()
+            .ok_or_else(|| self.refuse(leaf, input, invalid(OPERAND_ID_RCX)))?;
+        let request = pages.request.as_u64();
+        self.host
+            .probe_write(request, MESSAGE_PAGE_BYTES)
+            .map_err(|f| self.refuse(leaf, input, host_fault(f, OPERAND_ID_REQUEST_PAGE)))?;
+        let mut buf = [0u8; REQUEST_BUFFER];
+        let result = op(&pages, &mut buf)?;
+        if let Ok(Completion::Relay(n)) = result {
+            // The core frames at most MAX_RELAY_BYTES into the buffer, so these cannot fail.
+            let inconsistent = || Outcome::Core(Err(Error::Inconsistent));
+            let words = whole_words(n).ok_or_else(inconsistent)?;
+            buf.get_mut(n..words).ok_or_else(inconsistent)?.fill(0);
+            let bytes = buf.get(..words).ok_or_else(inconsistent)?;
+            // Cannot fail: probed above, and host memory does not move. Were it to, the
+            // request stays outstanding and TDH.DEVIF.REQUEST writes it again.
+            self.host
+                .write(request, bytes)
+                .map_err(|f| Outcome::Status(host_fault(f, OPERAND_ID_REQUEST_PAGE)))?;
+            out.rcx = u64::try_from(n).map_err(|_| inconsistent())?;
+        }
+        Ok(Outcome::Core(result))
     }
 
     fn sept_rd(
@@ -746,7 +939,7 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
         td: GuestId,
         leaf: u16,
         r: &SeamRegs,
-        _out: &mut SeamRegs,
+        out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
         Ok(match leaf {
@@ -767,7 +960,14 @@ impl<'t, 'm, D: TdispDevice, M: HostMemory> Dispatcher<'t, 'm, D, M> {
             }
             TSM_GUEST_DEVIF_START => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                self.tsm.guest_start(td, tdi).into()
+                let tsm = self.tsm;
+                self.relayed(
+                    leaf,
+                    r,
+                    out,
+                    tdi,
+                    |_, buf| Ok(tsm.guest_start(td, tdi, buf)),
+                )?
             }
             _ => st(invalid(OPERAND_ID_RAX)),
         })
@@ -811,8 +1011,27 @@ fn encode_tdi_state(state: TdiState, regs: &mut SeamRegs) {
     regs.r9 = detail;
 }
 
-/// Host memory for tests and the identity-mapped C prototype: one byte buffer at a host
-/// physical base address.
+/// A leaf's outcome as the host reads it from the registers it got back: the status decoded
+/// ([`status::decode`]) with `Relay`'s length from RCX. `None` for a status the leaf's
+/// operand roles do not explain.
+pub fn outcome(leaf: u16, regs: &SeamRegs) -> Option<TsmResult<Completion>> {
+    match status::decode(regs.rax, &operands(leaf))? {
+        Ok(Completion::Relay(_)) => Some(Ok(Completion::Relay(usize::try_from(regs.rcx).ok()?))),
+        other => Some(other),
+    }
+}
+
+/// The bytes `[hpa, hpa + len)` of a buffer of `size` bytes at host physical `base`: their
+/// offset, or `None` when any byte lies outside.
+fn span(base: u64, size: usize, hpa: u64, len: usize) -> Option<core::ops::Range<usize>> {
+    let start = usize::try_from(hpa.checked_sub(base)?).ok()?;
+    let end = start.checked_add(len)?;
+    (end <= size).then_some(start..end)
+}
+
+/// Read-only host memory for tests: one byte buffer at a host physical base address. Every
+/// write (and so every TDI's request page) is refused as outside host memory: a firmware over
+/// it cannot create TDIs; [`HostBuffer`] can.
 pub struct BufferMemory<'b> {
     /// Host physical address of `bytes[0]`.
     pub base: u64,
@@ -822,12 +1041,73 @@ pub struct BufferMemory<'b> {
 
 impl HostMemory for BufferMemory<'_> {
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
-        let src = hpa
-            .checked_sub(self.base)
-            .and_then(|o| usize::try_from(o).ok())
-            .and_then(|start| self.bytes.get(start..start.checked_add(out.len())?))
+        let src = span(self.base, self.bytes.len(), hpa, out.len())
+            .and_then(|r| self.bytes.get(r))
             .ok_or(HostFault::OutsideHostMemory)?;
         out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        span(self.base, self.bytes.len(), hpa, len)
+            .map(drop)
+            .ok_or(HostFault::OutsideHostMemory)
+    }
+
+    fn probe_write(&self, _: u64, _: usize) -> Result<(), HostFault> {
+        Err(HostFault::OutsideHostMemory)
+    }
+
+    fn write(&self, _: u64, _: &[u8]) -> Result<(), HostFault> {
+        Err(HostFault::OutsideHostMemory)
+    }
+}
+
+/// Host memory for tests and the scenario shim: one byte buffer at a host physical base
+/// address that the firmware reads and writes (parameter pages, message pages) and the host
+/// owns between calls. Build one per call over the host's bytes ([`HostBuffer::new`]).
+pub struct HostBuffer<'b> {
+    base: u64,
+    bytes: &'b [Cell<u8>],
+}
+
+impl<'b> HostBuffer<'b> {
+    /// `bytes` as host memory at host physical address `base`.
+    pub fn new(base: u64, bytes: &'b mut [u8]) -> Self {
+        Self {
+            base,
+            bytes: Cell::from_mut(bytes).as_slice_of_cells(),
+        }
+    }
+
+    fn cells(&self, hpa: u64, len: usize) -> Result<&'b [Cell<u8>], HostFault> {
+        span(self.base, self.bytes.len(), hpa, len)
+            .and_then(|r| self.bytes.get(r))
+            .ok_or(HostFault::OutsideHostMemory)
+    }
+}
+
+impl HostMemory for HostBuffer<'_> {
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
+        let cells = self.cells(hpa, out.len())?;
+        for (o, c) in out.iter_mut().zip(cells) {
+            *o = c.get();
+        }
+        Ok(())
+    }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.cells(hpa, len).map(drop)
+    }
+
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.cells(hpa, len).map(drop)
+    }
+
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
+        for (c, &b) in self.cells(hpa, src.len())?.iter().zip(src) {
+            c.set(b);
+        }
         Ok(())
     }
 }
@@ -835,5 +1115,17 @@ impl HostMemory for BufferMemory<'_> {
 impl<M: HostMemory + ?Sized> HostMemory for &M {
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         (**self).read(hpa, out)
+    }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        (**self).probe_read(hpa, len)
+    }
+
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        (**self).probe_write(hpa, len)
+    }
+
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
+        (**self).write(hpa, src)
     }
 }

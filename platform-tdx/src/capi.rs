@@ -4,8 +4,13 @@
 //! declarations are in `include/tsm_tdx.h`.
 //!
 //! The prototype runs with physical addresses equal to the addresses the caller passes
-//! (identity mapping, as in a firmware image without paging tricks), and uses the core's
-//! device model as its TDISP transport.
+//! (identity mapping, as in a firmware image without paging tricks). It never talks to a
+//! device: a leaf that needs one answers `TDX_SPDM_REQUEST` with the request in the TDI's
+//! request page, and the C host relays it (README, "The relay"). Requests are sealed with
+//! [`ModelSession`], the session the core's model device shares; a real platform plugs in
+//! the SPDM session it established with the device. With feature `model-device` (test
+//! support, never in a firmware build) the library also carries that model device for a C
+//! host to relay to ([`ModelMailbox`]: `tsm_tdx_model_doe`, `tsm_tdx_model_report`).
 //!
 //! What the entry points guarantee:
 //! - `tsm_tdx_init` checks its arguments without touching memory, then builds the pool inside
@@ -28,24 +33,26 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
-use tsm_core::device_model::ModelDevice;
-use tsm_core::tdisp::report::{WireMmioRange, wire_range};
-use tsm_core::{MmioRange, ReservedMemory, Tsm};
+use tsm_core::{MmioRange, ModelSession, ReservedMemory};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::abi::{
-    Dispatcher, HostFault, HostMemory, ListError, RANGE_LIST_CAPACITY, RangeList, SeamRegs,
-};
+use crate::abi::{Dispatcher, HostFault, HostMemory, SeamRegs};
 use crate::frames::{FramePool, PAGE_BYTES, Page};
+use crate::module::TdxModule;
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
-    self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
-    OPERAND_ID_TDR, Operands, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
-    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TSM_TOO_MANY_RANGES, TdxStatus,
+    OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
+    OPERAND_ID_TDR, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
+    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TdxStatus,
 };
 
+#[cfg(any(feature = "model-device", test))]
+mod model;
+#[cfg(any(feature = "model-device", test))]
+pub use model::ModelMailbox;
+
 /// The firmware instance the C entry points drive.
-pub type CFirmware = Tsm<Sept<'static>, ModelDevice>;
+pub type CFirmware = TdxModule<'static, ModelSession>;
 
 /// Bytes of one host-memory access: the accessor moves 8-byte words.
 const WORD: usize = core::mem::size_of::<u64>();
@@ -180,6 +187,19 @@ impl HostMemory for HostWindow {
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         HostWindow::read(self, hpa, out)
     }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.words(hpa, len).map(drop)
+    }
+
+    /// The window is writable wherever it is readable, and never moves.
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.words(hpa, len).map(drop)
+    }
+
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
+        HostWindow::write(self, hpa, src)
+    }
 }
 
 /// An initialized firmware: its state and the host memory it may touch.
@@ -207,6 +227,11 @@ impl Firmware {
 
     fn instance(&self) -> Option<&Instance> {
         self.state.get()?.as_ref()
+    }
+
+    /// The host memory registered at init (`None` before).
+    pub fn host(&self) -> Option<&HostWindow> {
+        Some(&self.instance()?.host)
     }
 
     /// `tsm_tdx_init`: see the C header.
@@ -269,9 +294,9 @@ impl Firmware {
                 unsafe { core::slice::from_raw_parts_mut(mem.cast::<Page>(), pages) };
             let pool = FramePool::new(frames, mem_addr as u64)?;
             Some(Instance {
-                tsm: Tsm::with_reserved(
+                tsm: TdxModule::with_reserved(
                     Sept::new(pool, SeptLevels::Four),
-                    ModelDevice::model(),
+                    ModelSession::model(),
                     reserved,
                 ),
                 host: window,
@@ -322,41 +347,6 @@ impl Firmware {
             Err(_) => block.rax = invalid(OPERAND_ID_TDR),
         })
     }
-
-    /// `tsm_tdx_model_report`: see the C header.
-    pub fn model_report(&self, iface: u64, list: *const RangeList) -> TdxStatus {
-        let Some(fw) = self.instance() else {
-            return TDX_SYS_NOT_READY;
-        };
-        let Ok(iface) = tsm_core::RequesterId::from_packed(iface) else {
-            return invalid(OPERAND_ID_RCX);
-        };
-        let list: RangeList = match fw.host.read_value(list.addr() as u64) {
-            Ok(l) => l,
-            Err(f) => return fault(f, OPERAND_ID_RDX),
-        };
-        let entries = match list.entries::<RANGE_LIST_CAPACITY>() {
-            Ok(e) => e,
-            Err(ListError::Reserved) => return invalid(OPERAND_ID_RDX),
-            Err(ListError::TooMany) => return TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX),
-        };
-        let mut wire: heapless::Vec<WireMmioRange, RANGE_LIST_CAPACITY> = heapless::Vec::new();
-        for e in entries {
-            if wire
-                .push(wire_range(e.first_page, e.pages, e.attributes, e.range_id))
-                .is_err()
-            {
-                return TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX);
-            }
-        }
-        match fw
-            .tsm
-            .with_transport(|d| d.link_mut().set_report(iface, &wire))
-        {
-            Ok(()) => TDX_SUCCESS,
-            Err(e) => status::encode(Err(e), &Operands::default()),
-        }
-    }
 }
 
 /// The firmware's pool, its own state (the [`Firmware`] object, which holds every table of
@@ -371,9 +361,9 @@ fn reserved_memory(
 ) -> Option<ReservedMemory> {
     let pages_over = |base: u64, bytes: u64| {
         let page = PAGE_BYTES as u64;
-        let first = base / page * page;
+        let first = base.checked_div(page)?.checked_mul(page)?;
         let end = base.checked_add(bytes)?.checked_next_multiple_of(page)?;
-        MmioRange::from_raw(first, end.checked_sub(first)? / page).ok()
+        MmioRange::from_raw(first, end.checked_sub(first)?.checked_div(page)?).ok()
     };
     let pool = MmioRange::from_raw(pool, pages as u64).ok()?;
     let host = pages_over(host.base(), host.len as u64)?;
@@ -414,12 +404,41 @@ pub extern "C" fn tsm_tdx_tdcall(td: u64, regs: *mut SeamRegs) -> TdxStatus {
     FIRMWARE.tdcall(td, regs)
 }
 
-/// Sets what the prototype's device reports for interface `iface` (packed requester ID): the
-/// ranges of the list at `list` (in host memory), as a real device's firmware would. On
-/// hardware this call has no counterpart.
+/// Test support (feature `model-device`): the model device a C host relays to.
+#[cfg(feature = "model-device")]
+static MODEL: ModelMailbox = ModelMailbox::new();
+
+/// Test support (feature `model-device`): sets what the model device reports for interface
+/// `iface` (packed requester ID): the ranges of the list at `list` (in host memory), as a
+/// real device's firmware would. On hardware this call has no counterpart.
+#[cfg(feature = "model-device")]
 #[unsafe(no_mangle)]
-pub extern "C" fn tsm_tdx_model_report(iface: u64, list: *const RangeList) -> TdxStatus {
-    FIRMWARE.model_report(iface, list)
+pub extern "C" fn tsm_tdx_model_report(
+    iface: u64,
+    list: *const crate::abi::RangeList,
+) -> TdxStatus {
+    MODEL.report(&FIRMWARE, iface, list.addr() as u64)
+}
+
+/// Test support (feature `model-device`): one exchange with the model device's DOE mailbox:
+/// the `len` request bytes at `request` in, the answer to `response` and its length (0: no
+/// answer) to `*response_len`, all in host memory. The host's side of the relay; on hardware
+/// the host's DOE driver and the device take its place.
+#[cfg(feature = "model-device")]
+#[unsafe(no_mangle)]
+pub extern "C" fn tsm_tdx_model_doe(
+    request: *const u8,
+    len: u64,
+    response: *mut u8,
+    response_len: *mut u64,
+) -> TdxStatus {
+    MODEL.doe(
+        &FIRMWARE,
+        request.addr() as u64,
+        len,
+        response.addr() as u64,
+        response_len.addr() as u64,
+    )
 }
 
 /// Without `std` the static library needs its own panic handler. The lints make host input
@@ -452,10 +471,13 @@ mod tests {
     //! static behind the `extern "C"` functions). They run under Miri (`scripts/miri.sh`),
     //! which checks every host-memory access for data races and out-of-bounds use.
     use super::*;
-    use crate::abi::{self, RangeEntry};
+    use crate::abi::{self, RangeEntry, RangeList};
+    use crate::module::MessagePages;
+    use crate::status::{self, TSM_TOO_MANY_RANGES};
     use std::boxed::Box;
     use std::vec::Vec;
-    use tsm_core::TdispState;
+    use tsm_core::TdiId;
+    use tsm_core::capacity::MAX_TDIS;
     use tsm_core::tsm::Snapshot;
 
     /// One 4 KiB page of host memory, as the C side would allocate it.
@@ -520,7 +542,14 @@ mod tests {
             .collect()
     }
 
-    /// Host memory layout of the tests: page 0 the range list, page 1 the register block.
+    /// Host memory layout of the tests: page 0 the range list, page 1 the register block (and
+    /// in word [`LEN_WORD`] the model's answer length), pages 2 and 3 a TDI's request and
+    /// response pages.
+    const HOST_PAGES: usize = 4;
+    const REQUEST_PAGE: usize = 2;
+    const RESPONSE_PAGE: usize = 3;
+    const LEN_WORD: usize = 64;
+
     struct World {
         fw: &'static Firmware,
         host: *mut HostPage,
@@ -534,14 +563,14 @@ mod tests {
             let pool = leak_pages(24, 0);
             let pool_pages = pool.len();
             let pool = pool.as_mut_ptr();
-            let host = leak_host(2).as_mut_ptr();
+            let host = leak_host(HOST_PAGES).as_mut_ptr();
             // SAFETY: both leaked, exclusively handed to this firmware.
             let s = unsafe {
                 fw.init(
                     pool.cast(),
                     pool_pages * PAGE_BYTES,
                     host.cast(),
-                    2 * PAGE_BYTES,
+                    HOST_PAGES * PAGE_BYTES,
                 )
             };
             assert_eq!(s, TDX_SUCCESS);
@@ -556,8 +585,74 @@ mod tests {
             self.host.cast()
         }
         fn regs_at(&self) -> *mut SeamRegs {
-            // SAFETY: page 1 of the two leaked host pages.
+            // SAFETY: page 1 of the leaked host pages.
             unsafe { self.host.add(1) }.cast()
+        }
+        /// Host address of page `i`.
+        fn page(&self, i: usize) -> u64 {
+            self.host.wrapping_add(i).addr() as u64
+        }
+        /// The TDI's answer length word, as the model writes it.
+        fn len_at(&self) -> u64 {
+            self.page(1) + (LEN_WORD * 8) as u64
+        }
+        /// The host's event loop over the C entry points: while the status says
+        /// TDX_SPDM_REQUEST, one DOE exchange with `model` and TDH.DEVIF.RESPONSE.
+        fn relay(&self, model: &ModelMailbox, tdi: u64, mut out: SeamRegs) -> SeamRegs {
+            let mut rounds = 0;
+            while out.rax == status::TDX_SPDM_REQUEST {
+                rounds += 1;
+                assert!(rounds < 100);
+                let doe = model.doe(
+                    self.fw,
+                    self.page(REQUEST_PAGE),
+                    out.rcx,
+                    self.page(RESPONSE_PAGE),
+                    self.len_at(),
+                );
+                assert_eq!(doe, TDX_SUCCESS);
+                let len = word(self.host, 1, LEN_WORD).load(Ordering::Relaxed);
+                out = self.call(
+                    abi::TDH_DEVIF_RESPONSE,
+                    SeamRegs {
+                        rcx: tdi,
+                        rdx: len,
+                        ..SeamRegs::default()
+                    },
+                );
+            }
+            out
+        }
+        /// A TD, a device with one BAR that `model` reports for its interface, and its TDI
+        /// with message pages 2 and 3: (TD, TDI).
+        fn td_and_tdi(&self, model: &ModelMailbox) -> (u64, u64) {
+            let td = self.call(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+            self.put_list(&one_range(BAR_A, 16));
+            let dev = self.call(
+                abi::TDH_SPDM_CREATE,
+                SeamRegs {
+                    rcx: RID,
+                    rdx: self.list_at().addr() as u64,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(dev.rax, TDX_SUCCESS);
+            assert_eq!(
+                model.report(self.fw, RID, self.list_at().addr() as u64),
+                TDX_SUCCESS
+            );
+            let tdi = self.call(
+                abi::TDH_DEVIF_CREATE,
+                SeamRegs {
+                    rcx: dev.rcx,
+                    rdx: RID,
+                    r9: self.page(REQUEST_PAGE),
+                    r10: self.page(RESPONSE_PAGE),
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(tdi.rax, TDX_SUCCESS);
+            (td, tdi.rcx)
         }
         fn put_list(&self, list: &RangeList) {
             for (i, w) in list_words(list).into_iter().enumerate() {
@@ -578,18 +673,17 @@ mod tests {
             out
         }
         /// Every record table of the core and the pool's pages (read through the firmware's
-        /// own `&mut`, no second alias), and every interface's TDISP state on the device.
-        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<(u32, TdispState)>) {
+        /// own `&mut`, no second alias), and every TDI's message pages.
+        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<Option<MessagePages>>) {
             let fw = self.fw.instance().expect("initialised");
             let snap = fw
                 .tsm
                 .snapshot_with(|t| t.pool().pages().copied().collect())
                 .expect("not busy");
-            let device = fw
-                .tsm
-                .with_transport(|d| d.link_mut().tdisp_states().to_vec())
-                .expect("not busy");
-            (snap, device)
+            let pages = (0..MAX_TDIS as u16)
+                .map(|s| fw.tsm.message_pages(TdiId::from_slot(s)).expect("not busy"))
+                .collect();
+            (snap, pages)
         }
     }
 
@@ -801,7 +895,7 @@ mod tests {
     fn addresses_outside_host_memory_are_refused_and_reserved_fields_must_be_zero() {
         let w = World::new();
         let pool_before = w.pool_image();
-        let host_end = w.host.addr() as u64 + 2 * PAGE_BYTES as u64;
+        let host_end = w.host.addr() as u64 + (HOST_PAGES * PAGE_BYTES) as u64;
         w.put_list(&one_range(BAR_A, 16));
         let range_error = |op: u32| TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(op);
         // The list operand.
@@ -836,7 +930,10 @@ mod tests {
             ),
             (
                 "straddling the end",
-                w.host.cast::<u8>().wrapping_add(2 * PAGE_BYTES - 16).cast(),
+                w.host
+                    .cast::<u8>()
+                    .wrapping_add(HOST_PAGES * PAGE_BYTES - 16)
+                    .cast(),
                 range_error(OPERAND_ID_REG_BLOCK),
             ),
             (
@@ -850,14 +947,18 @@ mod tests {
         }
         assert_eq!(w.pool_image(), pool_before);
         // The model report's list: outside, reserved field set, too many entries.
+        let model = ModelMailbox::new();
         assert_eq!(
-            w.fw.model_report(RID, w.pool.cast()),
+            ModelMailbox::new().report(w.fw, RID, w.pool.addr() as u64),
             range_error(OPERAND_ID_RDX)
         );
         let mut list = one_range(BAR_A, 16);
         list.reserved = 1;
         w.put_list(&list);
-        assert_eq!(w.fw.model_report(RID, w.list_at()), invalid(OPERAND_ID_RDX));
+        assert_eq!(
+            model.report(w.fw, RID, w.list_at().addr() as u64),
+            invalid(OPERAND_ID_RDX)
+        );
         let out = w.call(
             abi::TDH_SPDM_CREATE,
             SeamRegs {
@@ -871,11 +972,14 @@ mod tests {
         list.count = 17;
         w.put_list(&list);
         assert_eq!(
-            w.fw.model_report(RID, w.list_at()),
+            model.report(w.fw, RID, w.list_at().addr() as u64),
             TSM_TOO_MANY_RANGES | u64::from(OPERAND_ID_RDX)
         );
         w.put_list(&one_range(BAR_A, 16));
-        assert_eq!(w.fw.model_report(RID, w.list_at()), TDX_SUCCESS);
+        assert_eq!(
+            model.report(w.fw, RID, w.list_at().addr() as u64),
+            TDX_SUCCESS
+        );
         assert_eq!(w.pool_image().0.table.len(), w.pool_pages);
     }
 
@@ -960,6 +1064,160 @@ mod tests {
         }
         assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)));
         assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY);
+    }
+
+    /// Bind and unbind through the C entry points, every exchange relayed by the host through
+    /// its pages to the model device: the request lands in the request page (whole words,
+    /// its length in RCX), the answer is read from the response page.
+    #[test]
+    fn bind_and_unbind_relayed_through_host_pages() {
+        let w = World::new();
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        // The DOE header: PCI-SIG, secured SPDM, its length in dwords.
+        let head = word(w.host, REQUEST_PAGE, 0).load(Ordering::Relaxed);
+        assert_eq!(head & 0xffff_ffff, 0x0002_0001);
+        assert_eq!((head >> 32) * 4, out.rcx);
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        let state = w.call(
+            abi::TSM_DEVIF_STATE,
+            SeamRegs {
+                rcx: tdi,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(state.rdx, abi::TdiStateCode::Locked as u64);
+        let unbind = w.call(
+            abi::TSM_DEVIF_UNBIND,
+            SeamRegs {
+                rcx: tdi,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(w.relay(&model, tdi, unbind).rax, TDX_SUCCESS);
+        // The model's own refusals: a length past a page, an output outside host memory.
+        let req = w.page(REQUEST_PAGE);
+        let rsp = w.page(RESPONSE_PAGE);
+        assert_eq!(
+            model.doe(w.fw, req, 4097, rsp, w.len_at()),
+            invalid(OPERAND_ID_RDX)
+        );
+        assert_eq!(
+            model.doe(w.fw, req, 8, w.pool.addr() as u64, w.len_at()),
+            TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8)
+        );
+    }
+
+    /// A host thread rewrites the response page, word by word, between the device's answer
+    /// and garbage while TDH.DEVIF.RESPONSE reads it. Each call reads every word once into
+    /// firmware memory: it takes the whole answer (the exchange moves on by exactly one
+    /// step) or refuses what it read with TDX_DEVIF_TDISP_INVALID_MESSAGE and changes
+    /// nothing; never a fault (and, under Miri, no data race).
+    #[test]
+    fn a_response_page_rewritten_during_the_call_is_read_once() {
+        let w = World::new();
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        let doe = model.doe(
+            w.fw,
+            w.page(REQUEST_PAGE),
+            out.rcx,
+            w.page(RESPONSE_PAGE),
+            w.len_at(),
+        );
+        assert_eq!(doe, TDX_SUCCESS);
+        let len = word(w.host, 1, LEN_WORD).load(Ordering::Relaxed);
+        let words = usize::try_from(len).unwrap().div_ceil(8);
+        let answer: Vec<u64> = (0..words)
+            .map(|i| word(w.host, RESPONSE_PAGE, i).load(Ordering::Relaxed))
+            .collect();
+        let seq = |w: &World| {
+            let fw = w.fw.instance().unwrap();
+            let t = fw.tsm.tdi(TdiId::from_raw(tdi).unwrap()).unwrap();
+            t.exchange.map(|e| e.seq)
+        };
+        let first = seq(&w).unwrap();
+        let host = Shared(w.host);
+        let stop = Box::leak(Box::new(core::sync::atomic::AtomicBool::new(false)));
+        let writer = {
+            let stop: &'static core::sync::atomic::AtomicBool = stop;
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let host = host;
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for (i, &good) in answer.iter().enumerate() {
+                        let garbage = good ^ (round | 1);
+                        let v = if round.is_multiple_of(2) {
+                            good
+                        } else {
+                            garbage
+                        };
+                        word(host.0, RESPONSE_PAGE, i).store(v, Ordering::Relaxed);
+                    }
+                    round = round.wrapping_add(1);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let calls = if cfg!(miri) { 8 } else { 2000 };
+        let mut taken = None;
+        for call in 0..calls {
+            let out = w.call(
+                abi::TDH_DEVIF_RESPONSE,
+                SeamRegs {
+                    rcx: tdi,
+                    rdx: len,
+                    ..SeamRegs::default()
+                },
+            );
+            match out.rax {
+                s if s == status::TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX) => {
+                    assert_eq!(seq(&w), Some(first), "a refused answer moved the exchange");
+                }
+                status::TDX_SPDM_REQUEST => {
+                    taken = Some(call);
+                    break;
+                }
+                s => panic!("unexpected status {s:#x}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        if taken.is_none() {
+            // The writer never left the whole answer in place during a call: put it back.
+            for (i, &good) in answer.iter().enumerate() {
+                word(w.host, RESPONSE_PAGE, i).store(good, Ordering::Relaxed);
+            }
+            let out = w.call(
+                abi::TDH_DEVIF_RESPONSE,
+                SeamRegs {
+                    rcx: tdi,
+                    rdx: len,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        }
+        assert_eq!(seq(&w), Some(first.wrapping_add(1)), "exactly one step");
     }
 
     /// The `extern "C"` functions drive the one static firmware (the only test that uses it).

@@ -7,6 +7,8 @@
 //! - [`sept`]: one S-EPT per TD and the MMIO metadata table, implementing
 //!   [`tsm_core::SecureTable`];
 //! - [`status`]: TDX completion statuses, and the one mapping from core statuses to them;
+//! - [`module`]: the firmware object, [`TdxModule`]: the core over the S-EPT and the
+//!   platform's SPDM session, with each TDI's message pages for the relayed device traffic;
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
 //! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):
 //!   the `extern "C"` entry points of the static library.
@@ -28,8 +30,10 @@ pub mod bits;
 pub mod capi;
 pub mod ept;
 pub mod frames;
+pub mod module;
 pub mod radix;
 pub mod sept;
 pub mod status;
 
+pub use module::{MessagePages, TdxModule};
 pub use tsm_core;

@@ -69,6 +69,26 @@ pub const TDX_DEVIF_TDISP_INVALID_STATE: u64 = 0xC000_0F10_0000_0000;
 pub const TDX_DEVIF_INVALID_STATE: u64 = 0xC000_0F11_0000_0000;
 /// TDX_MMIO_DEVIF_OWNER_MISMATCH (TDX-IO): the TD named does not own the TDI.
 pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
+/// TDX_DEVIF_TDISP_INVALID_REQ_STS (TDX-IO, intel/tdx-module @a56a9173
+/// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a
+/// device response (or a request re-read) for a TDI with no request outstanding. (The module
+/// answers TDX_DEVIF_TDISP_OUT_REQ both for a request while one is outstanding and for a
+/// response while none is; this firmware tells the two apart, so a host knows which.)
+pub const TDX_DEVIF_TDISP_INVALID_REQ_STS: u64 = 0xC000_0F0E_0000_0000;
+/// TDX_DEVIF_TDISP_INVALID_MESSAGE (TDX-IO, same file; `tdh_devif_response.c` answers it on
+/// RDX for a response whose headers do not verify): the relayed bytes are not a DOE object
+/// holding a secured record of the outstanding exchange (garbled, another TDI's, stale, too
+/// long). Nothing changed; the exchange stays outstanding.
+pub const TDX_DEVIF_TDISP_INVALID_MESSAGE: u64 = 0xC000_0F0F_0000_0000;
+/// TDX_DEVIF_TDISP_OUT_REQ (TDX-IO, same file; `tdh_devif_request.c` answers it when a
+/// request is already outstanding): another operation of the TDI waits on the device.
+pub const TDX_DEVIF_TDISP_OUT_REQ: u64 = 0xC000_0F14_0000_0000;
+/// TDX_SPDM_REQUEST (Linux `arch/x86/include/asm/shared/tdx_errno.h` of the TDX Connect host
+/// series, devsec/tsm @2632a8c5; the event loop in `drivers/virt/coco/tdx-host/tdx-host.c`
+/// relays on it): not a failure but "relay this". The leaf wrote a request (a whole DOE
+/// object) to the TDI's request page, RCX holds its length in bytes; the host sends it to the
+/// device's DOE mailbox and hands the answer back with TDH.DEVIF.RESPONSE.
+pub const TDX_SPDM_REQUEST: u64 = 0xC000_0F57_0000_0000;
 
 // ---- ours: class 0xF0 (no TDX code exists) -------------------------------------------------
 
@@ -123,6 +143,10 @@ pub const TSM_DEVICE_UNRESPONSIVE: u64 = 0x8000_F030_0000_0000;
 pub const TSM_DEVICE_REFUSED: u64 = 0xC000_F031_0000_0000;
 /// Ours: the device's answer was not a well-formed TDISP response (or its report was).
 pub const TSM_DEVICE_MALFORMED: u64 = 0xC000_F032_0000_0000;
+/// Ours: the firmware's buffer for a request to relay is smaller than any request it sends.
+/// The dispatcher always hands the core a buffer of `MAX_RELAY_BYTES`, so no leaf answers it;
+/// it exists so that the mapping from core statuses stays total.
+pub const TSM_RELAY_BUFFER_TOO_SMALL: u64 = 0xC000_F033_0000_0000;
 
 // ---- operand ids (TDX ABI "details L2"; intel/tdx-module OPERAND_ID_*) ---------------------
 
@@ -136,6 +160,8 @@ pub const OPERAND_ID_RDX: u32 = 2;
 pub const OPERAND_ID_R8: u32 = 8;
 /// R9.
 pub const OPERAND_ID_R9: u32 = 9;
+/// R10.
+pub const OPERAND_ID_R10: u32 = 10;
 /// The TD (its TDR page).
 pub const OPERAND_ID_TDR: u32 = 128;
 /// The TD's secure EPT tree.
@@ -154,6 +180,10 @@ pub const OPERAND_ID_DEVIF: u32 = 0xF02;
 pub const OPERAND_ID_TRANSPORT: u32 = 0xF06;
 /// Ours: the register block of the C entry point (its address, not a register's value).
 pub const OPERAND_ID_REG_BLOCK: u32 = 0xF07;
+/// Ours: the TDI's request page (module to host), given in R9 of TDH.DEVIF.CREATE.
+pub const OPERAND_ID_REQUEST_PAGE: u32 = 0xF08;
+/// Ours: the TDI's response page (host to module), given in R10 of TDH.DEVIF.CREATE.
+pub const OPERAND_ID_RESPONSE_PAGE: u32 = 0xF09;
 
 /// Which register of a leaf carries which kind of operand (`None`: the leaf has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,6 +202,8 @@ pub struct Operands {
     pub list: Option<u32>,
     /// A packed requester / interface ID.
     pub rid: Option<u32>,
+    /// The relayed message a device response leaf hands in (its length register).
+    pub msg: Option<u32>,
 }
 
 impl Operands {
@@ -219,6 +251,8 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
     let e = match outcome {
         Ok(Completion::Done) => return TDX_SUCCESS,
         Ok(Completion::Resumable) => return TDX_INTERRUPTED_RESUMABLE,
+        // The length goes to RCX, the request to the TDI's request page (the dispatcher's).
+        Ok(Completion::Relay(_)) => return TDX_SPDM_REQUEST,
         Err(e) => e,
     };
     let (code, operand) = match e {
@@ -267,6 +301,10 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::DeviceUnresponsive => (TSM_DEVICE_UNRESPONSIVE, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceRefused => (TSM_DEVICE_REFUSED, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceMalformed => (TSM_DEVICE_MALFORMED, u64::from(OPERAND_ID_TRANSPORT)),
+        Error::ExchangePending => (TDX_DEVIF_TDISP_OUT_REQ, ops.handle()),
+        Error::NoExchange => (TDX_DEVIF_TDISP_INVALID_REQ_STS, ops.handle()),
+        Error::RelayMalformed => (TDX_DEVIF_TDISP_INVALID_MESSAGE, Operands::first(&[ops.msg])),
+        Error::RelayBufferTooSmall => (TSM_RELAY_BUFFER_TOO_SMALL, u64::from(OPERAND_ID_TRANSPORT)),
         Error::Busy(op) => (TDX_OPERAND_BUSY, u64::from(busy_operand(op))),
     };
     code | (operand & OPERAND_ID_MASK)
@@ -312,13 +350,16 @@ pub const fn is_success(status: TdxStatus) -> bool {
 /// Coarser than the core where TDX is: OPERAND_INVALID on an address operand is `Misaligned`
 /// (the core's `InvalidPageSize` on page info decodes to it too); OPERAND_INVALID on RAX (an
 /// unknown leaf or reserved RAX bits) has no core status and decodes to `InvalidHandle`.
-/// PREVIOUS_TLB_EPOCH_BUSY decodes to `TlbFlushPending`. Unknown codes decode to `None`.
+/// PREVIOUS_TLB_EPOCH_BUSY decodes to `TlbFlushPending`. TDX_SPDM_REQUEST decodes to
+/// `Relay(0)`: the length is in RCX, not in the status (`abi::outcome` reads both). Unknown
+/// codes decode to `None`.
 pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Error>> {
     let operand = u32::try_from(status & OPERAND_ID_MASK).ok()?;
     let is = |role: Option<u32>| role == Some(operand);
     let e = match status & CODE_MASK {
         TDX_SUCCESS | TDX_PAGE_ALREADY_ACCEPTED => return Some(Ok(Completion::Done)),
         TDX_INTERRUPTED_RESUMABLE => return Some(Ok(Completion::Resumable)),
+        TDX_SPDM_REQUEST => return Some(Ok(Completion::Relay(0))),
         TDX_OPERAND_ADDR_RANGE_ERROR => Error::InvalidAddress,
         TDX_OPERAND_INVALID if is(ops.tdi) || is(ops.device) || is(ops.td) => Error::InvalidHandle,
         TDX_OPERAND_INVALID if is(ops.rid) => Error::InvalidRequesterId,
@@ -360,6 +401,10 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,
         TSM_DEVICE_REFUSED => Error::DeviceRefused,
         TSM_DEVICE_MALFORMED => Error::DeviceMalformed,
+        TDX_DEVIF_TDISP_OUT_REQ => Error::ExchangePending,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS => Error::NoExchange,
+        TDX_DEVIF_TDISP_INVALID_MESSAGE => Error::RelayMalformed,
+        TSM_RELAY_BUFFER_TOO_SMALL => Error::RelayBufferTooSmall,
         TDX_OPERAND_BUSY => Error::Busy(match operand {
             OPERAND_ID_DEVICE_TABLE => Operand::DeviceTable,
             OPERAND_ID_DEVICE => Operand::Device,
@@ -387,6 +432,24 @@ mod tests {
         hpa: Some(OPERAND_ID_R8),
         list: None,
         rid: None,
+        msg: None,
+    };
+
+    /// TDH.DEVIF.RESPONSE's roles: the TDI in RCX, the response length in RDX.
+    const RESPONSE_OPS: Operands = Operands {
+        tdi: Some(OPERAND_ID_RCX),
+        msg: Some(OPERAND_ID_RDX),
+        ..NO_OPS
+    };
+    const NO_OPS: Operands = Operands {
+        tdi: None,
+        device: None,
+        td: None,
+        page: None,
+        hpa: None,
+        list: None,
+        rid: None,
+        msg: None,
     };
 
     #[test]
@@ -441,7 +504,44 @@ mod tests {
         for ok in [Completion::Done, Completion::Resumable] {
             assert_eq!(decode(encode(Ok(ok), &MAP_OPS), &MAP_OPS), Some(Ok(ok)));
         }
+        // "Relay this": the status carries no length (RCX does).
+        for n in [0, 1, 332, 4096] {
+            assert_eq!(encode(Ok(Completion::Relay(n)), &MAP_OPS), TDX_SPDM_REQUEST);
+        }
+        assert_eq!(
+            decode(TDX_SPDM_REQUEST, &MAP_OPS),
+            Some(Ok(Completion::Relay(0)))
+        );
         assert_eq!(decode(0xC000_7700_0000_0000, &MAP_OPS), None);
+    }
+
+    /// The relay's statuses are the TDX module's DEVIF ones where it has them, and name the
+    /// operand a host must look at: the TDI for an exchange outstanding (or not), the
+    /// response's length register for bytes that are not the answer.
+    #[test]
+    fn relay_statuses_name_the_tdi_or_the_response() {
+        assert_eq!(TDX_SPDM_REQUEST, 0xC000_0F57_0000_0000);
+        assert_eq!(
+            encode(Err(Error::ExchangePending), &RESPONSE_OPS),
+            0xC000_0F14_0000_0001
+        );
+        assert_eq!(
+            encode(Err(Error::NoExchange), &RESPONSE_OPS),
+            0xC000_0F0E_0000_0001
+        );
+        assert_eq!(
+            encode(Err(Error::RelayMalformed), &RESPONSE_OPS),
+            0xC000_0F0F_0000_0002
+        );
+        for e in [
+            Error::ExchangePending,
+            Error::NoExchange,
+            Error::RelayMalformed,
+            Error::RelayBufferTooSmall,
+        ] {
+            let status = encode(Err(e), &RESPONSE_OPS);
+            assert_eq!(decode(status, &RESPONSE_OPS), Some(Err(e)), "{status:#x}");
+        }
     }
 
     #[test]
@@ -457,10 +557,14 @@ mod tests {
 #[cfg(test)]
 mod header_tests {
     use super::*;
+    use crate::abi;
+    use crate::module::MESSAGE_PAGE_BYTES;
 
-    /// Every status the C header defines has the value of the Rust constant of that name.
+    /// Every number the C header defines (`#define NAME 0x...ull` or `...u`: statuses, leaf
+    /// numbers, operand ids, sizes) has the value of the Rust constant of that name, and every
+    /// constant listed here is in the header.
     #[test]
-    fn header_statuses_match_the_rust_constants() {
+    fn header_numbers_match_the_rust_constants() {
         let header = include_str!("../include/tsm_tdx.h");
         let rust: &[(&str, u64)] = &[
             ("TDX_SUCCESS", TDX_SUCCESS),
@@ -480,11 +584,72 @@ mod header_tests {
                 TDX_DEVIF_TDISP_INVALID_STATE,
             ),
             ("TDX_DEVIF_INVALID_STATE", TDX_DEVIF_INVALID_STATE),
+            ("TDX_SPDM_REQUEST", TDX_SPDM_REQUEST),
+            (
+                "TDX_DEVIF_TDISP_INVALID_REQ_STS",
+                TDX_DEVIF_TDISP_INVALID_REQ_STS,
+            ),
+            (
+                "TDX_DEVIF_TDISP_INVALID_MESSAGE",
+                TDX_DEVIF_TDISP_INVALID_MESSAGE,
+            ),
+            ("TDX_DEVIF_TDISP_OUT_REQ", TDX_DEVIF_TDISP_OUT_REQ),
             ("TSM_RESERVED_MEMORY", TSM_RESERVED_MEMORY),
             ("TSM_FOREIGN_INTERFACE", TSM_FOREIGN_INTERFACE),
             ("TSM_BAR_IN_USE", TSM_BAR_IN_USE),
             ("TSM_STREAM_CUT", TSM_STREAM_CUT),
             ("TSM_INCONSISTENT", TSM_INCONSISTENT),
+            ("TSM_DEVICE_UNRESPONSIVE", TSM_DEVICE_UNRESPONSIVE),
+            ("TSM_DEVICE_REFUSED", TSM_DEVICE_REFUSED),
+            ("TSM_DEVICE_MALFORMED", TSM_DEVICE_MALFORMED),
+            // Leaves.
+            ("TDH_MEM_SEPT_RD", abi::TDH_MEM_SEPT_RD.into()),
+            ("TDH_MEM_TRACK", abi::TDH_MEM_TRACK.into()),
+            ("TDH_SPDM_CREATE", abi::TDH_SPDM_CREATE.into()),
+            ("TDH_SPDM_DELETE", abi::TDH_SPDM_DELETE.into()),
+            ("TDH_DEVIF_CREATE", abi::TDH_DEVIF_CREATE.into()),
+            ("TDH_DEVIF_REMOVE", abi::TDH_DEVIF_REMOVE.into()),
+            ("TDH_DEVIF_REQUEST", abi::TDH_DEVIF_REQUEST.into()),
+            ("TDH_DEVIF_RESPONSE", abi::TDH_DEVIF_RESPONSE.into()),
+            ("TDH_MMIO_MAP", abi::TDH_MMIO_MAP.into()),
+            ("TDH_MMIO_BLOCK", abi::TDH_MMIO_BLOCK.into()),
+            ("TDH_MMIO_UNMAP", abi::TDH_MMIO_UNMAP.into()),
+            ("TSM_TD_CREATE", abi::TSM_TD_CREATE.into()),
+            ("TSM_TD_DESTROY", abi::TSM_TD_DESTROY.into()),
+            ("TSM_DEVIF_BIND", abi::TSM_DEVIF_BIND.into()),
+            ("TSM_DEVIF_UNBIND", abi::TSM_DEVIF_UNBIND.into()),
+            ("TSM_DEVIF_ERROR", abi::TSM_DEVIF_ERROR.into()),
+            ("TSM_DEVIF_STATE", abi::TSM_DEVIF_STATE.into()),
+            ("TSM_MMIO_ZAP_CHECK", abi::TSM_MMIO_ZAP_CHECK.into()),
+            ("TSM_DEVIF_CHECK", abi::TSM_DEVIF_CHECK.into()),
+            ("TSM_IDE_STREAM_SETUP", abi::TSM_IDE_STREAM_SETUP.into()),
+            ("TDG_MMIO_ACCEPT", abi::TDG_MMIO_ACCEPT.into()),
+            ("TSM_GUEST_DEVIF_START", abi::TSM_GUEST_DEVIF_START.into()),
+            // Operand ids.
+            ("TDX_OPERAND_ID_RAX", OPERAND_ID_RAX.into()),
+            ("TDX_OPERAND_ID_RCX", OPERAND_ID_RCX.into()),
+            ("TDX_OPERAND_ID_RDX", OPERAND_ID_RDX.into()),
+            ("TDX_OPERAND_ID_R8", OPERAND_ID_R8.into()),
+            ("TDX_OPERAND_ID_R9", OPERAND_ID_R9.into()),
+            ("TDX_OPERAND_ID_R10", OPERAND_ID_R10.into()),
+            ("TDX_OPERAND_ID_TDR", OPERAND_ID_TDR.into()),
+            ("TDX_OPERAND_ID_DEVIF", OPERAND_ID_DEVIF.into()),
+            ("TDX_OPERAND_ID_TRANSPORT", OPERAND_ID_TRANSPORT.into()),
+            ("TDX_OPERAND_ID_REG_BLOCK", OPERAND_ID_REG_BLOCK.into()),
+            (
+                "TDX_OPERAND_ID_REQUEST_PAGE",
+                OPERAND_ID_REQUEST_PAGE.into(),
+            ),
+            (
+                "TDX_OPERAND_ID_RESPONSE_PAGE",
+                OPERAND_ID_RESPONSE_PAGE.into(),
+            ),
+            // Sizes.
+            (
+                "TSM_TDX_RANGE_LIST_CAPACITY",
+                abi::RANGE_LIST_CAPACITY as u64,
+            ),
+            ("TSM_TDX_MESSAGE_PAGE_BYTES", MESSAGE_PAGE_BYTES as u64),
         ];
         let mut defined = 0;
         for line in header.lines() {
@@ -494,17 +659,26 @@ mod header_tests {
             else {
                 continue;
             };
-            let Some(hex) = value.strip_prefix("0x").and_then(|v| v.strip_suffix("ull")) else {
+            let number = value
+                .strip_suffix("ull")
+                .or_else(|| value.strip_suffix('u'))
+                .and_then(|v| match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => v.parse().ok(),
+                });
+            let Some(value) = number else {
                 continue;
             };
-            let value = u64::from_str_radix(hex, 16).unwrap();
             let (_, expected) = rust
                 .iter()
                 .find(|(n, _)| *n == name)
-                .unwrap_or_else(|| panic!("header status {name} has no Rust constant here"));
+                .unwrap_or_else(|| panic!("header number {name} has no Rust constant here"));
             assert_eq!(value, *expected, "{name}");
             defined += 1;
         }
-        assert_eq!(defined, rust.len(), "a status is missing from the header");
+        assert_eq!(defined, rust.len(), "a number is missing from the header");
+        // The one flag, written as a shift.
+        assert!(header.contains("#define TSM_UNBIND_FLAG_FORCE  (1ull << 0)"));
+        assert_eq!(abi::UNBIND_FLAG_FORCE, 1 << 0);
     }
 }

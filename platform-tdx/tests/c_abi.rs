@@ -1,7 +1,8 @@
-//! The C entry point: builds platform-tdx as a static library (feature `capi`), compiles
+//! The C entry point: builds platform-tdx as a static library (feature `capi`, with the test
+//! support `model-device`: the model device a C host relays to), compiles
 //! `c-test/bind_zap.c` against `include/tsm_tdx.h` with the machine's `cc`, links them, and
-//! runs the program: bind, map, refused zap, unbind, allowed zap, all through
-//! `tsm_tdx_seamcall`.
+//! runs the program: bind (every exchange relayed by the C host), map, refused zap, unbind,
+//! allowed zap, all through `tsm_tdx_seamcall`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ fn c_program_links_the_static_library_and_runs_the_host_flow() {
             "platform-tdx",
             "--lib",
             "--features",
-            "capi",
+            "model-device",
             "--crate-type",
             "staticlib",
             "--target-dir",
@@ -69,6 +70,14 @@ fn c_program_links_the_static_library_and_runs_the_host_flow() {
     );
     assert!(
         stdout.contains("zap after unbind             status 0x0000000000000000 ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("bind relayed                 status 0x0000000000000000 ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("garbled response             status 0xc0000f0f00000002 ok"),
         "{stdout}"
     );
     assert!(stdout.ends_with("PASS: 0 failure(s)\n"), "{stdout}");

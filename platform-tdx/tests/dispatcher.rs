@@ -1,5 +1,8 @@
 //! The SEAMCALL dispatcher: operand checks (unknown leaves, reserved bits, address widths and
-//! alignment) answer the documented status and change nothing; statuses name the operand.
+//! alignment) answer the documented status and change nothing; statuses name the operand. And
+//! the relay: every leaf that needs the device is driven here through registers and host pages
+//! alone, the test acting as the Linux host's event loop with a model device behind its DOE
+//! mailbox.
 #![allow(
     clippy::unwrap_used,
     clippy::panic,
@@ -7,101 +10,266 @@
     clippy::arithmetic_side_effects
 )]
 
-use platform_tdx::abi::{self, BufferMemory, Dispatcher, RangeList, SeamRegs, page_info};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use platform_tdx::TdxModule;
+use platform_tdx::abi::{
+    self, BufferMemory, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info,
+};
 use platform_tdx::ept::SeptState;
 use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::module::{MESSAGE_PAGE_BYTES, MessagePages};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
-use tsm_core::device_model::ModelDevice;
+use tsm_core::capacity::MAX_TDIS;
+use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::mem_table::MemTable;
+use tsm_core::relay::host::Relayed;
 use tsm_core::tsm::Snapshot;
-use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, TdispState, Tsm};
+use tsm_core::{
+    Gpa, MAX_RELAY_BYTES, MmioRange, ModelSession, PageSize, RequesterId, TdiId, TdispState,
+};
 
-const PARAMS: u64 = 0x7_0000_0000;
+/// Host memory: page 0 the range list, then message pages (request, response) of TDIs.
+const HOST: u64 = 0x7_0000_0000;
+const HOST_PAGES: usize = 7;
+const PARAMS: u64 = HOST;
 const BAR: u64 = 0x8000_0000;
 const GPA: u64 = 0x10_0000_0000;
 
-/// What `World::image` returns: the core's tables with the S-EPT, and the device's state.
+/// Host page `i`.
+const fn host_page(i: u64) -> u64 {
+    HOST + i * MESSAGE_PAGE_BYTES as u64
+}
+
+/// The message pages of the first TDI, and of a second and third one.
+const PAGES_A: (u64, u64) = (host_page(1), host_page(2));
+const PAGES_B: (u64, u64) = (host_page(3), host_page(4));
+const PAGES_C: (u64, u64) = (host_page(5), host_page(6));
+
+/// What `World::image` returns: the core's tables with the S-EPT, the device's state, every
+/// TDI's message pages, and host memory.
 type Image = (
     Snapshot<(Vec<Page>, SeptBookkeeping)>,
     Vec<(u32, TdispState)>,
+    Vec<Option<MessagePages>>,
+    Vec<u8>,
 );
 
+/// A firmware, the host's memory and the device behind its DOE mailbox.
 struct World<'m> {
-    tsm: Tsm<Sept<'m>, ModelDevice>,
-    params: RangeList,
+    fw: TdxModule<'m, ModelSession>,
+    mem: RefCell<Vec<u8>>,
+    device: RefCell<ModelDevice>,
+    /// The message pages the host gave each TDI it created.
+    pages: RefCell<BTreeMap<u64, (u64, u64)>>,
 }
 
-impl World<'_> {
+impl<'m> World<'m> {
+    fn new(mem: &'m mut [Page]) -> Self {
+        let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
+        World {
+            fw: TdxModule::new(Sept::new(pool, SeptLevels::Four), ModelSession::model()),
+            mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
+            device: RefCell::new(ModelDevice::model()),
+            pages: RefCell::new(BTreeMap::new()),
+        }
+    }
+
     fn call(&self, leaf: u64, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = leaf;
-        let host = BufferMemory {
-            base: PARAMS,
-            bytes: self.params.bytes(),
-        };
-        Dispatcher::new(&self.tsm, host).seamcall(&mut regs);
+        let mut mem = self.mem.borrow_mut();
+        Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).seamcall(&mut regs);
         regs
     }
+
+    fn tdcall(&self, td: u64, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+        regs.rax = u64::from(leaf);
+        let td = tsm_core::GuestId::from_raw(td).unwrap();
+        let mut mem = self.mem.borrow_mut();
+        Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).tdcall(td, &mut regs);
+        regs
+    }
+
     fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
         let out = self.call(u64::from(leaf), regs);
-        assert_eq!(out.rax, TDX_SUCCESS, "leaf {leaf:#x}");
+        assert_eq!(out.rax, TDX_SUCCESS, "leaf {leaf:#x}: {:#x}", out.rax);
         out
     }
+
+    fn read(&self, at: u64, len: usize) -> Vec<u8> {
+        let off = (at - HOST) as usize;
+        self.mem.borrow()[off..off + len].to_vec()
+    }
+
+    fn write(&self, at: u64, bytes: &[u8]) {
+        let off = (at - HOST) as usize;
+        self.mem.borrow_mut()[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn put_list(&self, list: &RangeList) {
+        self.write(PARAMS, list.bytes());
+    }
+
+    /// TDH.DEVIF.CREATE of `iface` on `dev` with message pages `pages`: the TDI.
+    fn create_tdi(&self, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
+        let tdi = self
+            .ok(
+                abi::TDH_DEVIF_CREATE,
+                SeamRegs {
+                    rcx: dev,
+                    rdx: u64::from(iface.packed()),
+                    r9: pages.0,
+                    r10: pages.1,
+                    ..Default::default()
+                },
+            )
+            .rcx;
+        self.pages.borrow_mut().insert(tdi, pages);
+        tdi
+    }
+
+    fn pages_of(&self, tdi: u64) -> (u64, u64) {
+        self.pages.borrow()[&tdi]
+    }
+
+    /// The DOE object in `tdi`'s request page: its length from its own header (dword 1, bits
+    /// 17:0, in dwords), as Linux takes it; RCX of the leaf (`rcx`) must say the same.
+    fn request(&self, tdi: u64, rcx: u64) -> Vec<u8> {
+        let page = self.pages_of(tdi).0;
+        let header = self.read(page, 8);
+        let dwords = u32::from_le_bytes(header[4..8].try_into().unwrap()) & 0x3_ffff;
+        let len = dwords as usize * 4;
+        assert_eq!(len as u64, rcx, "RCX is the request's length");
+        assert_eq!(
+            &header[..4],
+            &[0x01, 0x00, 0x02, 0x00],
+            "PCI-SIG, secured SPDM"
+        );
+        self.read(page, len)
+    }
+
+    /// The device's DOE mailbox: its answer to `request`, if it answers.
+    fn doe(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let mut answer = [0u8; MESSAGE_PAGE_BYTES];
+        let n = self.device.borrow_mut().answer(request, &mut answer)?;
+        Some(answer[..n].to_vec())
+    }
+
+    /// TDH.DEVIF.RESPONSE for `tdi` with `answer` in its response page (`None`: no answer).
+    fn respond(&self, tdi: u64, answer: Option<&[u8]>) -> SeamRegs {
+        if let Some(bytes) = answer {
+            self.write(self.pages_of(tdi).1, bytes);
+        }
+        self.call(
+            u64::from(abi::TDH_DEVIF_RESPONSE),
+            SeamRegs {
+                rcx: tdi,
+                rdx: answer.map_or(0, |b| b.len() as u64),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The host's event loop (Linux `tdx_link_event_handler`, with TDH.DEVIF.RESPONSE where
+    /// Linux reissues the leaf): while `out` says TDX_SPDM_REQUEST, take the request from
+    /// `tdi`'s request page to the device and hand its answer (or its silence) back.
+    fn relay(&self, tdi: u64, mut out: SeamRegs) -> SeamRegs {
+        let mut rounds = 0;
+        while out.rax == TDX_SPDM_REQUEST {
+            rounds += 1;
+            assert!(rounds < 100, "a relay that never ends");
+            let request = self.request(tdi, out.rcx);
+            let answer = self.doe(&request);
+            out = self.respond(tdi, answer.as_deref());
+        }
+        out
+    }
+
+    /// A leaf on TDI `tdi`, relayed to its end.
+    fn relayed(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
+        let out = self.call(u64::from(leaf), regs);
+        self.relay(regs.rcx, out)
+    }
+
+    /// Unbind (without FORCE) to the end: every call relayed, INTERRUPTED_RESUMABLE repeated.
+    fn unbind_all(&self, tdi: u64) -> u64 {
+        for _ in 0..100 {
+            let out = self.relayed(
+                abi::TSM_DEVIF_UNBIND,
+                SeamRegs {
+                    rcx: tdi,
+                    ..Default::default()
+                },
+            );
+            if out.rax != TDX_INTERRUPTED_RESUMABLE {
+                return out.rax;
+            }
+        }
+        panic!("unbind never ends");
+    }
+
+    /// TSM.DEVIF.STATE: the state code in RDX.
+    fn state_code(&self, tdi: u64) -> u64 {
+        self.ok(
+            abi::TSM_DEVIF_STATE,
+            SeamRegs {
+                rcx: tdi,
+                ..Default::default()
+            },
+        )
+        .rdx
+    }
+
     /// Every record table of the core, the S-EPT pool's bytes and bookkeeping (epochs, roots,
-    /// free list), and the device's TDISP state of every interface: what a refusal must leave
-    /// alone.
+    /// free list), the device's TDISP state of every interface, every TDI's message pages and
+    /// every byte of host memory: what a refusal must leave alone.
     fn image(&self) -> Image {
         let snap = self
-            .tsm
+            .fw
             .snapshot_with(|t| (t.pool().pages().copied().collect(), t.bookkeeping()))
             .unwrap();
-        let device = self
-            .tsm
-            .with_transport(|d| d.link_mut().tdisp_states().to_vec())
-            .unwrap();
-        (snap, device)
+        let device = self.device.borrow().dsm().tdisp_states().to_vec();
+        let pages = (0..MAX_TDIS as u16)
+            .map(|s| self.fw.message_pages(TdiId::from_slot(s)).unwrap())
+            .collect();
+        (snap, device, pages, self.mem.borrow().clone())
     }
 }
 
-/// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
-fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
-    let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
-    let mut w = World {
-        tsm: Tsm::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model()),
-        params: RangeList::from_ranges(&[MmioRange::from_raw(BAR, 1024).unwrap()]).unwrap(),
-    };
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
-    let rid = u64::from(RequesterId::try_new(0, 3, 0, 0).unwrap().packed());
+fn rid(bus: u8) -> RequesterId {
+    RequesterId::try_new(0, bus, 0, 0).unwrap()
+}
+
+/// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports.
+fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
+    w.put_list(&RangeList::from_ranges(&[MmioRange::from_raw(bar, 1024).unwrap()]).unwrap());
     let dev = w
         .ok(
             abi::TDH_SPDM_CREATE,
             SeamRegs {
-                rcx: rid,
+                rcx: u64::from(rid(bus).packed()),
                 rdx: PARAMS,
                 ..Default::default()
             },
         )
         .rcx;
-    let tdi = w
-        .ok(
-            abi::TDH_DEVIF_CREATE,
-            SeamRegs {
-                rcx: dev,
-                rdx: rid,
-                ..Default::default()
-            },
-        )
-        .rcx;
+    w.put_list(&RangeList::default());
     // The device reports the BAR; bind takes the ranges from it, not from the host.
-    w.tsm
-        .with_transport(|d| {
-            d.report_ranges(
-                RequesterId::try_new(0, 3, 0, 0).unwrap(),
-                &[MmioRange::from_raw(BAR, 1024).unwrap()],
-            )
-        })
-        .unwrap();
-    w.ok(
+    w.device
+        .borrow_mut()
+        .report_ranges(rid(bus), &[MmioRange::from_raw(bar, 1024).unwrap()]);
+    dev
+}
+
+/// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
+fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
+    let w = World::new(mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let out = w.relayed(
         abi::TSM_DEVIF_BIND,
         SeamRegs {
             rcx: tdi,
@@ -109,6 +277,7 @@ fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
             ..Default::default()
         },
     );
+    assert_eq!(out.rax, TDX_SUCCESS);
     w.ok(
         abi::TDH_MMIO_MAP,
         SeamRegs {
@@ -119,7 +288,6 @@ fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
             ..Default::default()
         },
     );
-    w.params = RangeList::default();
     (w, td, tdi)
 }
 
@@ -205,7 +373,7 @@ fn malformed_calls_get_operand_invalid_and_change_nothing() {
     for (what, leaf, regs, expect) in cases {
         let out = w.call(leaf, regs);
         assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
-        assert_eq!(w.image(), before, "{what} changed state");
+        assert!(w.image() == before, "{what} changed state");
     }
 }
 
@@ -258,24 +426,10 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
         },
     );
     assert_eq!(out.rax, TDX_OPERAND_INVALID | 2);
-    assert_eq!(w.image(), before);
+    assert!(w.image() == before);
 
     // After unbind the page is gone; a block of it reports the walk: level and state.
-    let mut calls = 0;
-    while w
-        .call(
-            u64::from(abi::TSM_DEVIF_UNBIND),
-            SeamRegs {
-                rcx: tdi,
-                ..Default::default()
-            },
-        )
-        .rax
-        == TDX_INTERRUPTED_RESUMABLE
-    {
-        calls += 1;
-        assert!(calls < 100);
-    }
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     let out = w.call(
         u64::from(abi::TDH_MMIO_BLOCK),
         SeamRegs {
@@ -323,7 +477,7 @@ fn track_busy_sept_read_and_guest_accept() {
         base: 0,
         bytes: &[],
     };
-    let d = Dispatcher::new(&w.tsm, host);
+    let d = Dispatcher::new(&w.fw, host);
     let mut regs = SeamRegs {
         rax: u64::from(abi::TDG_MMIO_ACCEPT),
         rcx: page,
@@ -348,7 +502,7 @@ fn track_busy_sept_read_and_guest_accept() {
     );
     assert_eq!(out.rdx >> 8, SeptState::MmioMapped as u64);
 
-    w.tsm.with_table(|t| t.hold_flush(g, true)).unwrap();
+    w.fw.with_table(|t| t.hold_flush(g, true)).unwrap();
     w.ok(
         abi::TDH_MEM_TRACK,
         SeamRegs {
@@ -388,7 +542,7 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
                 rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
                 ..Default::default()
             };
-            Dispatcher::new(&w.tsm, &host).tdcall(g, &mut regs);
+            Dispatcher::new(&w.fw, &host).tdcall(g, &mut regs);
             assert_eq!(regs.rax, TDX_SUCCESS);
         }
         for high in [48, 50, 51] {
@@ -422,22 +576,21 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
                     "{what} with bit {high}: {:#x}",
                     out.rax
                 );
-                assert_eq!(w.image(), before, "{what} with bit {high} changed state");
+                assert!(w.image() == before, "{what} with bit {high} changed state");
             }
             let mut regs = SeamRegs {
                 rax: u64::from(abi::TDG_MMIO_ACCEPT),
                 rcx: page,
                 ..Default::default()
             };
-            Dispatcher::new(&w.tsm, &host).tdcall(g, &mut regs);
+            Dispatcher::new(&w.fw, &host).tdcall(g, &mut regs);
             assert_eq!(
                 regs.rax,
                 TDX_OPERAND_ADDR_RANGE_ERROR | 1,
                 "TDG.MMIO.ACCEPT"
             );
-            assert_eq!(
-                w.image(),
-                before,
+            assert!(
+                w.image() == before,
                 "TDG.MMIO.ACCEPT with bit {high} changed state"
             );
         }
@@ -456,19 +609,14 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
 
 /// The core over its in-memory table, set up as `bound_world`: the reference for which status
 /// a bad call gets.
-fn core_world() -> (
-    Tsm<MemTable<64>, ModelDevice>,
-    tsm_core::GuestId,
-    tsm_core::TdiId,
-) {
-    let tsm = Tsm::new(MemTable::<64>::new(), ModelDevice::model());
+fn core_world() -> (Relayed<MemTable<64>>, tsm_core::GuestId, tsm_core::TdiId) {
+    let tsm = Relayed::new(MemTable::<64>::new(), ModelDevice::model());
     let td = tsm.create_guest().unwrap();
     let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();
     let bar = MmioRange::from_raw(BAR, 1024).unwrap();
     let dev = tsm.create_device(rid, &[bar]).unwrap();
     let tdi = tsm.create_tdi(dev, rid).unwrap();
-    tsm.with_transport(|d| d.report_ranges(rid, &[bar]))
-        .unwrap();
+    tsm.with_device(|d| d.report_ranges(rid, &[bar])).unwrap();
     tsm.bind(tdi, td).unwrap();
     let g = Gpa::try_new(GPA).unwrap();
     let h = tsm_core::Hpa::try_new(BAR).unwrap();
@@ -580,7 +728,7 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
             "{what}: TDX {:#x}",
             out.rax
         );
-        assert_eq!(w.image(), before, "{what} changed state");
+        assert!(w.image() == before, "{what} changed state");
     }
 }
 
@@ -672,7 +820,7 @@ fn handles_are_checked_before_the_dispatchers_own_operand_checks() {
     for (what, leaf, regs, expect) in cases {
         let out = w.call(u64::from(leaf), regs);
         assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
-        assert_eq!(w.image(), before, "{what} changed state");
+        assert!(w.image() == before, "{what} changed state");
     }
 }
 
@@ -733,16 +881,7 @@ fn track_past_a_window(host_tracks: bool) {
         );
         w.ok(abi::TDH_MEM_TRACK, track);
     }
-    let mut calls = 0;
-    loop {
-        let rax = w.call(u64::from(abi::TSM_DEVIF_UNBIND), tdi_regs).rax;
-        if rax == TDX_SUCCESS {
-            break;
-        }
-        assert_eq!(rax, TDX_INTERRUPTED_RESUMABLE);
-        calls += 1;
-        assert!(calls < 10);
-    }
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     let out = w.call(
         u64::from(abi::TSM_MMIO_ZAP_CHECK),
         SeamRegs {
@@ -759,15 +898,15 @@ fn track_past_a_window(host_tracks: bool) {
 #[test]
 fn bar_lists_with_reserved_fields_set_are_refused() {
     let mut mem = vec![Page::ZERO; 32];
-    let (mut w, _, _) = bound_world(&mut mem);
+    let (w, _, _) = bound_world(&mut mem);
     let rid = u64::from(RequesterId::try_new(0, 9, 0, 0).unwrap().packed());
-    let before = w.image();
     for (what, attributes, range_id) in [("attributes", 1 << 2, 0), ("range ID", 0, 7)] {
         let mut list =
             RangeList::from_ranges(&[MmioRange::from_raw(0x9000_0000, 4).unwrap()]).unwrap();
         list.ranges[0].attributes = attributes;
         list.ranges[0].range_id = range_id;
-        w.params = list;
+        w.put_list(&list);
+        let before = w.image();
         let out = w.call(
             u64::from(abi::TDH_SPDM_CREATE),
             SeamRegs {
@@ -777,9 +916,9 @@ fn bar_lists_with_reserved_fields_set_are_refused() {
             },
         );
         assert_eq!(out.rax, TDX_OPERAND_INVALID | 2, "BAR with {what} set");
-        assert_eq!(w.image(), before);
+        assert!(w.image() == before);
         assert_eq!(
-            w.tsm.device(tsm_core::DeviceId::from_slot(1)).err(),
+            w.fw.device(tsm_core::DeviceId::from_slot(1)).err(),
             Some(tsm_core::Error::InvalidHandle)
         );
     }
@@ -808,27 +947,30 @@ fn forced_unbind_flag_and_stream_setup() {
             TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RDX),
             "{rdx:#x}"
         );
-        assert_eq!(
-            w.image(),
-            before,
+        assert!(
+            w.image() == before,
             "reserved RDX bits {rdx:#x} changed something"
         );
     }
-    let iface = RequesterId::try_new(0, 3, 0, 0).unwrap();
-    w.tsm
-        .with_transport(|d| d.set_fault(iface, Some(tsm_core::DeviceFault::NoResponse)))
-        .unwrap();
-    assert_eq!(unbind(0).rax & CODE_MASK, TSM_DEVICE_UNRESPONSIVE);
+    let iface = rid(3);
+    w.device
+        .borrow_mut()
+        .set_fault(iface, Some(tsm_core::DeviceFault::NoResponse));
+    // A silent device: STOP is relayed three times, then the unbind waits at STOP.
+    assert_eq!(
+        w.relay(tdi, unbind(0)).rax & CODE_MASK,
+        TSM_DEVICE_UNRESPONSIVE
+    );
     let mut calls = 0;
     while unbind(abi::UNBIND_FLAG_FORCE).rax == TDX_INTERRUPTED_RESUMABLE {
         calls += 1;
         assert!(calls < 100);
     }
     assert_eq!(unbind(abi::UNBIND_FLAG_FORCE).rax, TDX_SUCCESS);
-    w.tsm.with_transport(|d| d.set_fault(iface, None)).unwrap();
+    w.device.borrow_mut().set_fault(iface, None);
     let bind = || {
-        w.call(
-            u64::from(abi::TSM_DEVIF_BIND),
+        w.relayed(
+            abi::TSM_DEVIF_BIND,
             SeamRegs {
                 rcx: tdi,
                 rdx: td,
@@ -838,7 +980,7 @@ fn forced_unbind_flag_and_stream_setup() {
     };
     let before = w.image();
     assert_eq!(bind().rax, TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX));
-    assert_eq!(w.image(), before, "a refused bind changed something");
+    assert!(w.image() == before, "a refused bind changed something");
     let setup = |rcx: u64| {
         w.call(
             u64::from(abi::TSM_IDE_STREAM_SETUP),
@@ -857,5 +999,598 @@ fn forced_unbind_flag_and_stream_setup() {
     // Set-up under a bound TDI is refused, live stream or not, and changes nothing.
     let before = w.image();
     assert_eq!(setup(0).rax & CODE_MASK, TDX_DEVIF_TDISP_INVALID_STATE);
-    assert_eq!(w.image(), before);
+    assert!(w.image() == before);
+}
+
+// ---- the relay ------------------------------------------------------------------------------
+
+/// TDI regs: RCX the TDI.
+fn on(tdi: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    }
+}
+
+/// Bind, start, check and unbind with nothing but register blocks and host pages: every leaf
+/// that needs the device answers TDX_SPDM_REQUEST with a DOE object in the TDI's request
+/// page, and the host's loop of DOE exchanges and TDH.DEVIF.RESPONSE carries each operation
+/// to its end.
+#[test]
+fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    assert_eq!(
+        w.fw.message_pages(TdiId::from_raw(tdi).unwrap()).unwrap(),
+        Some(MessagePages {
+            request: tsm_core::Hpa::try_new(PAGES_A.0).unwrap(),
+            response: tsm_core::Hpa::try_new(PAGES_A.1).unwrap(),
+        })
+    );
+
+    // Bind: the first request is written, nothing is bound until the last answer.
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    let mut out = w.call(u64::from(abi::TSM_DEVIF_BIND), bind);
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    let mut exchanges = 0;
+    while out.rax == TDX_SPDM_REQUEST {
+        assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+        let answer = w.doe(&w.request(tdi, out.rcx)).unwrap();
+        out = w.respond(tdi, Some(&answer));
+        exchanges += 1;
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    // VERSION, CAPABILITIES, LOCK, then the report in portions.
+    assert!(exchanges >= 4, "{exchanges} exchanges");
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Locked as u64);
+    assert_eq!(
+        w.device.borrow().dsm().state(rid(3)),
+        TdispState::ConfigLocked
+    );
+    w.ok(
+        abi::TDH_MMIO_MAP,
+        SeamRegs {
+            rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+            rdx: td,
+            r8: BAR,
+            r9: tdi,
+            ..Default::default()
+        },
+    );
+
+    // The guest starts it: its TDCALL leaves START_INTERFACE in the request page; the host
+    // relays it and its TDH.DEVIF.RESPONSE ends the start.
+    let out = w.tdcall(td, abi::TSM_GUEST_DEVIF_START, on(tdi));
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
+    assert_eq!(w.device.borrow().dsm().state(rid(3)), TdispState::Run);
+
+    // A check the device agrees with changes nothing but the TDI's record of the answer.
+    let out = w.call(u64::from(abi::TSM_DEVIF_CHECK), on(tdi));
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
+    assert_eq!(
+        w.fw.tdi(TdiId::from_raw(tdi).unwrap())
+            .unwrap()
+            .device_state,
+        Some(TdispState::Run)
+    );
+
+    // The device is disturbed (an FLR the firmware was not told of): the next check finds
+    // ERROR and blocks the TDI's leaves.
+    w.device.borrow_mut().event(rid(3), DeviceEvent::Disturb);
+    assert_eq!(w.relayed(abi::TSM_DEVIF_CHECK, on(tdi)).rax, TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
+
+    // Unbind: STOP is relayed, then the leaves go and the ranges are released.
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+    assert_eq!(
+        w.device.borrow().dsm().state(rid(3)),
+        TdispState::ConfigUnlocked
+    );
+    w.ok(
+        abi::TSM_MMIO_ZAP_CHECK,
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    // Nothing is outstanding any more, and a rebind works.
+    assert_eq!(
+        w.respond(tdi, None).rax,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX)
+    );
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    // Removal forgets the TDI's message pages.
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
+    assert_eq!(
+        w.fw.message_pages(TdiId::from_raw(tdi).unwrap()).unwrap(),
+        None
+    );
+}
+
+/// TDH.DEVIF.REQUEST writes the outstanding request to the request page again, byte for byte,
+/// and changes nothing else; with nothing outstanding it is refused and writes nothing.
+#[test]
+fn devif_request_writes_the_same_request_again() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    let mut out = w.call(u64::from(abi::TSM_DEVIF_BIND), bind);
+    let mut rounds = 0;
+    while out.rax == TDX_SPDM_REQUEST {
+        let sent = w.request(tdi, out.rcx);
+        // The host lost the page.
+        w.write(PAGES_A.0, &[0xA5; MESSAGE_PAGE_BYTES]);
+        let before = w.image();
+        let again = w.call(u64::from(abi::TDH_DEVIF_REQUEST), on(tdi));
+        assert_eq!(again.rax, TDX_SPDM_REQUEST);
+        assert_eq!(again.rcx, out.rcx);
+        assert_eq!(w.request(tdi, again.rcx), sent, "round {rounds}");
+        let after = w.image();
+        assert!(
+            after.0 == before.0 && after.1 == before.1 && after.2 == before.2,
+            "REQUEST changed the firmware"
+        );
+        // Only the request page was written: the request, then zeros to a whole word.
+        let mut expect = before.3.clone();
+        let at = (PAGES_A.0 - HOST) as usize;
+        let words = sent.len().next_multiple_of(8);
+        expect[at..at + sent.len()].copy_from_slice(&sent);
+        expect[at + sent.len()..at + words].fill(0);
+        assert!(after.3 == expect, "REQUEST wrote more than the request");
+        // Calling bind again while its exchange waits also resends it, unchanged.
+        let rebind = w.call(u64::from(abi::TSM_DEVIF_BIND), bind);
+        assert_eq!((rebind.rax, rebind.rcx), (TDX_SPDM_REQUEST, out.rcx));
+        assert_eq!(w.request(tdi, rebind.rcx), sent);
+        let answer = w.doe(&sent).unwrap();
+        out = w.respond(tdi, Some(&answer));
+        rounds += 1;
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    // Nothing outstanding: refused, nothing written.
+    let before = w.image();
+    assert_eq!(
+        w.call(u64::from(abi::TDH_DEVIF_REQUEST), on(tdi)).rax,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX)
+    );
+    assert!(w.image() == before);
+    // An unknown TDI.
+    assert_eq!(
+        w.call(u64::from(abi::TDH_DEVIF_REQUEST), on(77)).rax,
+        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX)
+    );
+    assert!(w.image() == before);
+}
+
+/// TDH.DEVIF.RESPONSE with bytes that are not the answer to the outstanding request (garbled,
+/// another TDI's answer, a stale answer, the request itself, cut short, longer than any
+/// message, longer than a page), or for a TDI with nothing outstanding, is refused with its
+/// precise status and changes nothing: the exchange still waits, and the right answer then
+/// goes on.
+#[test]
+fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev_a = device_world(&w, 3, BAR);
+    let dev_b = device_world(&w, 4, 0x9000_0000);
+    let a = w.create_tdi(dev_a, rid(3), PAGES_A);
+    let b = w.create_tdi(dev_b, rid(4), PAGES_B);
+    let bind = |tdi| SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    let out_a = w.call(u64::from(abi::TSM_DEVIF_BIND), bind(a));
+    let out_b = w.call(u64::from(abi::TSM_DEVIF_BIND), bind(b));
+    assert_eq!((out_a.rax, out_b.rax), (TDX_SPDM_REQUEST, TDX_SPDM_REQUEST));
+    let request_a = w.request(a, out_a.rcx);
+    let answer_a = w.doe(&request_a).unwrap();
+    let answer_b = w.doe(&w.request(b, out_b.rcx)).unwrap();
+
+    let malformed = TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX);
+    let refuse = |what: &str, bytes: &[u8], rdx: u64, expect: u64| {
+        w.write(PAGES_A.1, bytes);
+        let before = w.image();
+        let out = w.call(
+            u64::from(abi::TDH_DEVIF_RESPONSE),
+            SeamRegs {
+                rcx: a,
+                rdx,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert!(w.image() == before, "{what} changed something");
+    };
+    let len = |b: &[u8]| b.len() as u64;
+    let mut garbled = answer_a.clone();
+    *garbled.last_mut().unwrap() ^= 1;
+    refuse("a garbled answer", &garbled, len(&garbled), malformed);
+    let mut garbled_header = answer_a.clone();
+    garbled_header[2] = 1; // DOE data object type 1: unsecured SPDM
+    refuse(
+        "a garbled DOE header",
+        &garbled_header,
+        len(&garbled_header),
+        malformed,
+    );
+    refuse("another TDI's answer", &answer_b, len(&answer_b), malformed);
+    refuse("the request itself", &request_a, len(&request_a), malformed);
+    refuse("cut short", &answer_a, len(&answer_a) - 4, malformed);
+    let mut long = answer_a.clone();
+    long.resize(MAX_RELAY_BYTES + 8, 0);
+    refuse("longer than any message", &long, len(&long), malformed);
+    // Longer than the page: nothing is read, the core's RelayMalformed.
+    refuse(
+        "longer than a page",
+        &answer_a,
+        MESSAGE_PAGE_BYTES as u64 + 1,
+        malformed,
+    );
+    refuse("as long as RDX holds", &answer_a, u64::MAX, malformed);
+
+    // The right answer goes on; handed in again it is stale.
+    let out = w.respond(a, Some(&answer_a));
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    refuse("a stale answer", &answer_a, len(&answer_a), malformed);
+    assert_eq!(w.relay(a, out).rax, TDX_SUCCESS);
+    assert_eq!(w.relay(b, w.respond(b, Some(&answer_b))).rax, TDX_SUCCESS);
+
+    // Nothing outstanding for A any more.
+    let answer = answer_a.clone();
+    refuse(
+        "no exchange outstanding",
+        &answer,
+        len(&answer),
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+    );
+    // An answer longer than a page with nothing outstanding: NoExchange first, as in the core.
+    refuse(
+        "too long, none outstanding",
+        &answer,
+        u64::MAX,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+    );
+    // An unknown TDI is named before its length is looked at.
+    let before = w.image();
+    let out = w.call(
+        u64::from(abi::TDH_DEVIF_RESPONSE),
+        SeamRegs {
+            rcx: 77,
+            rdx: u64::MAX,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX));
+    assert!(w.image() == before);
+
+    // A check waits on the device: the guest's start is another operation of the TDI.
+    let check = w.call(u64::from(abi::TSM_DEVIF_CHECK), on(a));
+    assert_eq!(check.rax, TDX_SPDM_REQUEST);
+    let before = w.image();
+    let start = w.tdcall(td, abi::TSM_GUEST_DEVIF_START, on(a));
+    assert_eq!(
+        start.rax,
+        TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX)
+    );
+    assert!(w.image() == before, "a refused start changed something");
+    assert_eq!(w.relay(a, check).rax, TDX_SUCCESS);
+}
+
+/// A device that never answers: TDH.DEVIF.RESPONSE with length 0 hands the same request back
+/// twice, the third ends the operation DeviceUnresponsive, and the TDI is left as it was.
+#[test]
+fn three_empty_responses_end_the_operation_unresponsive() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    let first = w.call(u64::from(abi::TSM_DEVIF_BIND), bind);
+    assert_eq!(first.rax, TDX_SPDM_REQUEST);
+    let sent = w.request(tdi, first.rcx);
+    for _ in 0..2 {
+        let out = w.respond(tdi, None);
+        assert_eq!((out.rax, out.rcx), (TDX_SPDM_REQUEST, first.rcx));
+        assert_eq!(w.request(tdi, out.rcx), sent, "the same request, resent");
+    }
+    let out = w.respond(tdi, None);
+    assert_eq!(
+        out.rax,
+        TSM_DEVICE_UNRESPONSIVE | u64::from(OPERAND_ID_TRANSPORT)
+    );
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+    assert_eq!(
+        w.respond(tdi, None).rax,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX)
+    );
+    // The device answers again: the bind works.
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+}
+
+/// A forced unbind needs no answer: it works while STOP, or a check, waits on the device, and
+/// the late answer is then refused as an answer to nothing.
+#[test]
+fn forced_unbind_works_while_an_exchange_is_outstanding() {
+    for waiting in [abi::TSM_DEVIF_UNBIND, abi::TSM_DEVIF_CHECK] {
+        let mut mem = vec![Page::ZERO; 32];
+        let (w, td, tdi) = bound_world(&mut mem);
+        let out = w.call(u64::from(waiting), on(tdi));
+        assert_eq!(out.rax, TDX_SPDM_REQUEST, "{waiting:#x}");
+        let late = w.doe(&w.request(tdi, out.rcx)).unwrap();
+        let mut calls = 0;
+        let force = SeamRegs {
+            rcx: tdi,
+            rdx: abi::UNBIND_FLAG_FORCE,
+            ..Default::default()
+        };
+        let status = loop {
+            let rax = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force).rax;
+            if rax != TDX_INTERRUPTED_RESUMABLE {
+                break rax;
+            }
+            calls += 1;
+            assert!(calls < 100);
+        };
+        assert_eq!(status, TDX_SUCCESS, "{waiting:#x}");
+        assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+        assert_eq!(
+            w.respond(tdi, Some(&late)).rax,
+            TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+            "{waiting:#x}: the late answer"
+        );
+        w.ok(
+            abi::TSM_MMIO_ZAP_CHECK,
+            SeamRegs {
+                rcx: BAR,
+                rdx: 1024,
+                ..Default::default()
+            },
+        );
+        // The stream is cut until the host sets it up; then the TDI binds again (its first
+        // request unlocks the interface the forced unbind left locked).
+        let bind = SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        };
+        assert_eq!(
+            w.call(u64::from(abi::TSM_DEVIF_BIND), bind).rax,
+            TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX)
+        );
+        w.ok(abi::TSM_IDE_STREAM_SETUP, on(0));
+        assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    }
+}
+
+/// TDH.DEVIF.CREATE's message pages are checked like every host address the dispatcher
+/// touches, after the handles: R8 reserved, R9 and R10 4 KiB aligned, below 2^52, whole pages
+/// of host memory, the request page writable. A refusal creates nothing.
+#[test]
+fn devif_create_checks_its_message_pages() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let dev = device_world(&w, 3, BAR);
+    let iface = u64::from(rid(3).packed());
+    let create = |rcx: u64, r8: u64, r9: u64, r10: u64| {
+        w.call(
+            u64::from(abi::TDH_DEVIF_CREATE),
+            SeamRegs {
+                rcx,
+                rdx: iface,
+                r8,
+                r9,
+                r10,
+                ..Default::default()
+            },
+        )
+    };
+    let end = host_page(HOST_PAGES as u64);
+    let cases = [
+        (
+            "R8 not zero",
+            dev,
+            1,
+            PAGES_A.0,
+            PAGES_A.1,
+            TDX_OPERAND_INVALID | 8,
+        ),
+        (
+            "request page misaligned",
+            dev,
+            0,
+            PAGES_A.0 + 8,
+            PAGES_A.1,
+            TDX_OPERAND_INVALID | 9,
+        ),
+        (
+            "response page misaligned",
+            dev,
+            0,
+            PAGES_A.0,
+            PAGES_A.1 + 0x800,
+            TDX_OPERAND_INVALID | 10,
+        ),
+        (
+            "request page past 2^52",
+            dev,
+            0,
+            1 << 52,
+            PAGES_A.1,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 9,
+        ),
+        (
+            "request page outside host memory",
+            dev,
+            0,
+            end,
+            PAGES_A.1,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 9,
+        ),
+        (
+            "response page outside host memory",
+            dev,
+            0,
+            PAGES_A.0,
+            0,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 10,
+        ),
+        (
+            "unknown device before bad pages",
+            9,
+            0,
+            8,
+            8,
+            TDX_OPERAND_INVALID | 1,
+        ),
+    ];
+    let before = w.image();
+    for (what, rcx, r8, r9, r10, expect) in cases {
+        let out = create(rcx, r8, r9, r10);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert!(w.image() == before, "{what} created something");
+    }
+    // A request page the firmware can read but not write (read-only host memory).
+    let host_bytes = w.mem.borrow().clone();
+    let mut regs = SeamRegs {
+        rax: u64::from(abi::TDH_DEVIF_CREATE),
+        rcx: dev,
+        rdx: iface,
+        r9: PAGES_A.0,
+        r10: PAGES_A.1,
+        ..Default::default()
+    };
+    Dispatcher::new(
+        &w.fw,
+        BufferMemory {
+            base: HOST,
+            bytes: &host_bytes,
+        },
+    )
+    .seamcall(&mut regs);
+    assert_eq!(regs.rax, TDX_OPERAND_ADDR_RANGE_ERROR | 9);
+    assert!(w.image() == before);
+    // Valid pages create the TDI; two TDIs may share pages (Linux keeps one pair per
+    // device): each request overwrites the page, and DEVIF.REQUEST writes a TDI's again.
+    let first = w.create_tdi(dev, rid(3), PAGES_A);
+    let second = w.create_tdi(dev, RequesterId::try_new(0, 3, 0, 1).unwrap(), PAGES_A);
+    assert_ne!(first, second);
+    for tdi in [first, second] {
+        assert_eq!(
+            w.fw.message_pages(TdiId::from_raw(tdi).unwrap())
+                .unwrap()
+                .map(|p| (p.request.as_u64(), p.response.as_u64())),
+            Some(PAGES_A)
+        );
+    }
+}
+
+/// The request page is probed before the core commits: a leaf whose TDI's request page is
+/// not writable host memory (here the host presents a smaller window) is refused before the
+/// core runs, so no exchange starts and nothing is written.
+#[test]
+fn a_request_page_that_cannot_be_written_refuses_the_leaf_before_the_core_runs() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_C);
+    let before = w.image();
+    let mut regs = SeamRegs {
+        rax: u64::from(abi::TSM_DEVIF_BIND),
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    {
+        let mut host = w.mem.borrow_mut();
+        let window = &mut host[..5 * MESSAGE_PAGE_BYTES];
+        Dispatcher::new(&w.fw, HostBuffer::new(HOST, window)).seamcall(&mut regs);
+    }
+    assert_eq!(
+        regs.rax,
+        TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_REQUEST_PAGE)
+    );
+    assert!(w.image() == before, "the refused bind changed something");
+    assert_eq!(
+        w.fw.tdi(TdiId::from_raw(tdi).unwrap()).unwrap().exchange,
+        None
+    );
+    // With the whole window the same call starts the bind.
+    assert_eq!(
+        w.relayed(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..Default::default()
+            }
+        )
+        .rax,
+        TDX_SUCCESS
+    );
+}
+
+/// A TDI the core knows but TDH.DEVIF.CREATE did not make has no message pages: to the TDX
+/// ABI it is no TDI (OPERAND_INVALID on RCX), and nothing changes.
+#[test]
+fn a_tdi_without_message_pages_is_unknown_to_the_relay_leaves() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let dev = device_world(&w, 3, BAR);
+    let tdi =
+        w.fw.create_tdi(tsm_core::DeviceId::from_raw(dev).unwrap(), rid(3))
+            .unwrap();
+    let raw = u64::from(tdi.slot());
+    let before = w.image();
+    for (what, leaf, regs) in [
+        (
+            "bind",
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: raw,
+                rdx: td,
+                ..Default::default()
+            },
+        ),
+        ("check", abi::TSM_DEVIF_CHECK, on(raw)),
+        ("unbind", abi::TSM_DEVIF_UNBIND, on(raw)),
+        ("request", abi::TDH_DEVIF_REQUEST, on(raw)),
+        ("response", abi::TDH_DEVIF_RESPONSE, on(raw)),
+    ] {
+        let out = w.call(u64::from(leaf), regs);
+        assert_eq!(
+            out.rax,
+            TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX),
+            "{what}"
+        );
+        assert!(w.image() == before, "{what} changed something");
+    }
 }

@@ -1,38 +1,64 @@
 //! The TDX SEAMCALL register ABI as a scenario backend: every operation is encoded as the
 //! register block a host VMM would load before SEAMCALL (or a TD before TDCALL), run through
 //! platform-tdx's dispatcher, and the 64-bit status in RAX decoded back to a core status with
-//! `platform_tdx::status::decode`.
+//! `platform_tdx::abi::outcome`.
+//!
+//! The relay goes through the ABI as a Linux TDX Connect host's does: a leaf that needs the
+//! device answers TDX_SPDM_REQUEST, and the backend takes the DOE object from the request
+//! page (its length from its own header, as Linux does; RCX must say the same) to the relaying
+//! host ([`Backend::begin`]; the scenario interpreter carries it to the backend's model device,
+//! [`Backend::mailbox`], or holds, garbles or swaps it), and hands an answer back by writing it
+//! to the response page and calling TDH.DEVIF.RESPONSE with its length ([`Backend::respond`];
+//! 0 when the device stays silent). Every TDI gets the same two message pages, as Linux keeps
+//! one pair per device: the firmware writes each request over the last, and the backend copies
+//! each out as soon as it is written. On TDX an empty answer is no answer (RDX 0).
 //!
 //! Where the TDX status is coarser than the core's: OPERAND_INVALID on an address operand
 //! decodes to `Misaligned` (the core's `InvalidPageSize` looks the same), and the TDI state
 //! query returns the state's kind and owner but not an unbind's step or a block walk's
 //! cursor (the backend reports `Unbinding { step: Stop }` and `Error { blocking: START }`).
-//! A status `decode` does not know becomes `InvalidHandle`. Ranges that do not fit a
+//! A status the decoder does not know becomes `InvalidHandle`. Ranges that do not fit a
 //! [`RangeList`] are refused here with `TooManyRanges` before any call.
 //!
 //! Test knobs (device events and faults, held TLB flushes) are not firmware leaves: they act
-//! on the device model and the S-EPT directly.
+//! on the backend's model device and the S-EPT directly.
 
-use platform_tdx::abi::{self, Dispatcher, RangeList, SeamRegs, page_info};
+use platform_tdx::TdxModule;
+use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
 use platform_tdx::ept::SeptEntry;
+use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::sept::{Sept, leaf_size};
-use platform_tdx::status;
 use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::lifecycle::{Cursor, UnbindStep};
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
     Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange,
-    PageSize, RequesterId, TdiId, TdiState, Tsm, TsmResult,
+    ModelSession, PageSize, RequesterId, TdiId, TdiState, TsmResult,
 };
 
-use crate::backend::{Backend, FlushControl};
+use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
 
-/// Host physical address of the backend's parameter page (range lists), far from every BAR
-/// the scenarios use.
-pub const PARAM_HPA: u64 = 0x7_0000_0000;
+/// Host physical address of the backend's host memory, far from every BAR the scenarios use:
+/// page 0 the parameter page (range lists), page 1 the request page, page 2 the response page.
+pub const HOST_BASE: u64 = 0x7_0000_0000;
+/// Host physical address of the parameter page.
+pub const PARAM_HPA: u64 = HOST_BASE;
+/// Host physical address of every TDI's request page (firmware to host).
+pub const REQUEST_HPA: u64 = HOST_BASE + MESSAGE_PAGE_BYTES as u64;
+/// Host physical address of every TDI's response page (host to firmware).
+pub const RESPONSE_HPA: u64 = HOST_BASE + 2 * MESSAGE_PAGE_BYTES as u64;
+/// Bytes of the backend's host memory.
+const HOST_BYTES: usize = 3 * MESSAGE_PAGE_BYTES;
+/// Offsets of the pages in it.
+const REQUEST_AT: usize = MESSAGE_PAGE_BYTES;
+const RESPONSE_AT: usize = 2 * MESSAGE_PAGE_BYTES;
+/// DOE header dword 1 length field: bits 17:0, in dwords (PCIe 6.x 6.30.1), read as Linux's
+/// `tdx_spdm_msg_exchange` reads it.
+const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
 
-/// The firmware the backend drives.
-pub type TdxFirmware<'m> = Tsm<Sept<'m>, ModelDevice>;
+/// The firmware the backend drives: the S-EPT, sealed with the model session its device
+/// shares.
+pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
 
 impl FlushControl for Sept<'_> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
@@ -40,11 +66,12 @@ impl FlushControl for Sept<'_> {
     }
 }
 
-/// The TDX backend: a firmware instance and the host's parameter page.
+/// The TDX backend: a firmware instance, the host's memory and the device it relays to.
 pub struct TdxBackend<'t, 'm> {
     /// The firmware.
     pub tsm: &'t TdxFirmware<'m>,
-    params: RangeList,
+    host: [u8; HOST_BYTES],
+    device: ModelDevice,
 }
 
 fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
@@ -52,51 +79,102 @@ fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
 }
 
 impl<'t, 'm> TdxBackend<'t, 'm> {
-    /// A backend over `tsm`.
+    /// A backend over `tsm` relaying to a fresh model device.
     pub fn new(tsm: &'t TdxFirmware<'m>) -> Self {
+        Self::with_device(tsm, ModelDevice::model())
+    }
+
+    /// A backend over `tsm` relaying to `device`.
+    pub fn with_device(tsm: &'t TdxFirmware<'m>, device: ModelDevice) -> Self {
         Self {
             tsm,
-            params: RangeList::default(),
+            host: [0; HOST_BYTES],
+            device,
         }
     }
 
+    /// The device the backend relays to.
+    pub fn device(&mut self) -> &mut ModelDevice {
+        &mut self.device
+    }
+
+    /// The device, for a host that goes on relaying without the backend (such as
+    /// `tsm_core::relay::host::RelayHost` over the firmware's core, after a set-up through the
+    /// backend).
+    pub fn into_device(self) -> ModelDevice {
+        self.device
+    }
+
     /// One SEAMCALL of `leaf` with operands from `regs`; the registers as they come back.
-    pub fn seamcall(&self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+    pub fn seamcall(&mut self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let host = abi::BufferMemory {
-            base: PARAM_HPA,
-            bytes: self.params.bytes(),
-        };
+        let host = HostBuffer::new(HOST_BASE, &mut self.host);
         Dispatcher::new(self.tsm, host).seamcall(&mut regs);
         regs
     }
 
     /// One TDCALL of `leaf` from TD `td`.
-    pub fn tdcall(&self, td: GuestId, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+    pub fn tdcall(&mut self, td: GuestId, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let host = abi::BufferMemory {
-            base: PARAM_HPA,
-            bytes: &[],
-        };
+        let host = HostBuffer::new(HOST_BASE, &mut self.host);
         Dispatcher::new(self.tsm, host).tdcall(td, &mut regs);
         regs
     }
 
     fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
-        status::decode(regs.rax, &abi::operands(leaf)).unwrap_or(Err(Error::InvalidHandle))
+        abi::outcome(leaf, regs).unwrap_or(Err(Error::InvalidHandle))
     }
 
-    fn call(&self, leaf: u16, regs: SeamRegs) -> TsmResult<SeamRegs> {
+    /// `leaf`'s outcome from the registers it returned; for TDX_SPDM_REQUEST the request,
+    /// copied from the request page to `request`: as many bytes as the DOE object's own
+    /// header says, which must be RCX (`Inconsistent` otherwise).
+    fn take_request(
+        &self,
+        leaf: u16,
+        out: &SeamRegs,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let outcome = Self::outcome(leaf, out)?;
+        let Completion::Relay(n) = outcome else {
+            return Ok(outcome);
+        };
+        let page = self
+            .host
+            .get(REQUEST_AT..RESPONSE_AT)
+            .ok_or(Error::Inconsistent)?;
+        let dw1 = page
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .ok_or(Error::Inconsistent)?;
+        let len = usize::try_from(dw1 & DOE_LENGTH_MASK)
+            .ok()
+            .and_then(|dwords| dwords.checked_mul(4))
+            .filter(|&len| len == n)
+            .ok_or(Error::Inconsistent)?;
+        request
+            .get_mut(..len)
+            .ok_or(Error::Inconsistent)?
+            .copy_from_slice(page.get(..len).ok_or(Error::Inconsistent)?);
+        Ok(outcome)
+    }
+
+    fn call(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<SeamRegs> {
         let out = self.seamcall(leaf, regs);
         Self::outcome(leaf, &out).map(|_| out)
     }
 
-    fn done(&self, leaf: u16, regs: SeamRegs) -> TsmResult<()> {
+    fn done(&mut self, leaf: u16, regs: SeamRegs) -> TsmResult<()> {
         self.call(leaf, regs).map(drop)
     }
 
     fn stage(&mut self, ranges: &[MmioRange]) -> TsmResult<()> {
-        self.params = RangeList::from_ranges(ranges).ok_or(Error::TooManyRanges)?;
+        let list = RangeList::from_ranges(ranges).ok_or(Error::TooManyRanges)?;
+        let bytes = list.bytes();
+        self.host
+            .get_mut(..bytes.len())
+            .ok_or(Error::TooManyRanges)?
+            .copy_from_slice(bytes);
         Ok(())
     }
 }
@@ -147,11 +225,13 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// TDH.DEVIF.CREATE.
+    /// TDH.DEVIF.CREATE with the backend's request and response pages.
     fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
         let regs = SeamRegs {
             rcx: handle_reg(device),
             rdx: u64::from(iface.packed()),
+            r9: REQUEST_HPA,
+            r10: RESPONSE_HPA,
             ..SeamRegs::default()
         };
         TdiId::from_raw(self.call(abi::TDH_DEVIF_CREATE, regs)?.rcx)
@@ -169,19 +249,81 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// The device model reports `report`; then ours: TSM.DEVIF.BIND, which locks the
-    /// interface and reads the report from the device.
-    fn bind(&mut self, tdi: TdiId, guest: GuestId, report: &[WireMmioRange]) -> TsmResult<()> {
-        if let Ok(record) = self.tsm.tdi(tdi) {
-            self.tsm
-                .with_transport(|d| d.link_mut().set_report(record.iface, report))?;
-        }
-        let regs = SeamRegs {
+    /// Ours: TSM.DEVIF.BIND, TSM.DEVIF.CHECK, TSM.DEVIF.UNBIND (no FORCE), or the guest's
+    /// TDCALL TSM.GUEST.DEVIF.START: `Relay(n)` with the request from the request page.
+    fn begin(&mut self, call: DeviceCall, request: &mut RelayBuf) -> TsmResult<Completion> {
+        let on = |tdi: TdiId| SeamRegs {
             rcx: handle_reg(tdi),
-            rdx: handle_reg(guest),
             ..SeamRegs::default()
         };
-        self.done(abi::TSM_DEVIF_BIND, regs)
+        let (leaf, out) = match call {
+            DeviceCall::Bind { tdi, guest } => {
+                let regs = SeamRegs {
+                    rdx: handle_reg(guest),
+                    ..on(tdi)
+                };
+                (
+                    abi::TSM_DEVIF_BIND,
+                    self.seamcall(abi::TSM_DEVIF_BIND, regs),
+                )
+            }
+            DeviceCall::Start { guest, tdi } => {
+                let leaf = abi::TSM_GUEST_DEVIF_START;
+                (leaf, self.tdcall(guest, leaf, on(tdi)))
+            }
+            DeviceCall::Check { tdi } => (
+                abi::TSM_DEVIF_CHECK,
+                self.seamcall(abi::TSM_DEVIF_CHECK, on(tdi)),
+            ),
+            DeviceCall::Unbind { tdi } => (
+                abi::TSM_DEVIF_UNBIND,
+                self.seamcall(abi::TSM_DEVIF_UNBIND, on(tdi)),
+            ),
+        };
+        self.take_request(leaf, &out, request)
+    }
+
+    /// TDH.DEVIF.RESPONSE with `answer` in the response page (RDX its length; 0 for none). An
+    /// answer longer than the page is cut to the page, RDX still its whole length: the
+    /// firmware refuses it unread.
+    fn respond(
+        &mut self,
+        tdi: TdiId,
+        answer: Option<&[u8]>,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let rdx = match answer {
+            None => 0,
+            Some(bytes) => {
+                let fits = bytes.get(..MESSAGE_PAGE_BYTES).unwrap_or(bytes);
+                self.host
+                    .get_mut(RESPONSE_AT..)
+                    .and_then(|page| page.get_mut(..fits.len()))
+                    .ok_or(Error::Inconsistent)?
+                    .copy_from_slice(fits);
+                u64::try_from(bytes.len()).map_err(|_| Error::Inconsistent)?
+            }
+        };
+        let regs = SeamRegs {
+            rcx: handle_reg(tdi),
+            rdx,
+            ..SeamRegs::default()
+        };
+        let out = self.seamcall(abi::TDH_DEVIF_RESPONSE, regs);
+        self.take_request(abi::TDH_DEVIF_RESPONSE, &out, request)
+    }
+
+    /// The model device behind its DOE mailbox.
+    fn mailbox(&mut self, request: &[u8], answer: &mut RelayBuf) -> Option<usize> {
+        self.device.answer(request, answer)
+    }
+
+    /// The model device will report `report` for the TDI's interface.
+    fn set_report(&mut self, tdi: TdiId, report: &[WireMmioRange]) -> TsmResult<()> {
+        if let Ok(record) = self.tsm.tdi(tdi) {
+            self.device.link_mut().set_report(record.iface, report);
+        }
+        Ok(())
     }
 
     /// TDH.MMIO.MAP.
@@ -203,21 +345,6 @@ impl Backend for TdxBackend<'_, '_> {
         self.done(abi::TDH_MMIO_MAP, regs)
     }
 
-    /// Ours, TDCALL from the guest: TSM.GUEST.DEVIF.START.
-    fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        let leaf = abi::TSM_GUEST_DEVIF_START;
-        let rcx = handle_reg(tdi);
-        let out = self.tdcall(
-            guest,
-            leaf,
-            SeamRegs {
-                rcx,
-                ..SeamRegs::default()
-            },
-        );
-        Self::outcome(leaf, &out).map(drop)
-    }
-
     /// Ours: TSM.DEVIF.ERROR.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let rcx = handle_reg(tdi);
@@ -229,29 +356,6 @@ impl Backend for TdxBackend<'_, '_> {
             },
         );
         Self::outcome(abi::TSM_DEVIF_ERROR, &out)
-    }
-
-    /// Ours: TSM.DEVIF.CHECK (GET_DEVICE_INTERFACE_STATE from the device).
-    fn check(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let regs = SeamRegs {
-            rcx: handle_reg(tdi),
-            ..SeamRegs::default()
-        };
-        let out = self.seamcall(abi::TSM_DEVIF_CHECK, regs);
-        Self::outcome(abi::TSM_DEVIF_CHECK, &out)
-    }
-
-    /// Ours: TSM.DEVIF.UNBIND (INTERRUPTED_RESUMABLE is `Resumable`).
-    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let rcx = handle_reg(tdi);
-        let out = self.seamcall(
-            abi::TSM_DEVIF_UNBIND,
-            SeamRegs {
-                rcx,
-                ..SeamRegs::default()
-            },
-        );
-        Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
     }
 
     /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
@@ -372,12 +476,13 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
-        self.tsm.with_transport(|d| d.event(iface, event))
+        self.device.event(iface, event);
+        Ok(())
     }
 
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
-        self.tsm
-            .with_transport(|d| d.link_mut().set_misbehaviour(iface, how))
+        self.device.link_mut().set_misbehaviour(iface, how);
+        Ok(())
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {

@@ -1,5 +1,6 @@
 //! The scenario suite against the TDX back end: every operation goes through the SEAMCALL
-//! register ABI and the secure EPT in page frames.
+//! register ABI and the secure EPT in page frames, every exchange with the device relayed by
+//! the backend through the TDI's message pages.
 #![allow(
     clippy::unwrap_used,
     clippy::panic,
@@ -11,8 +12,7 @@ mod common;
 
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
-use tsm_core::Tsm;
-use tsm_core::device_model::ModelDevice;
+use tsm_core::ModelSession;
 use tsm_tests::backend::Backend;
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::suite::run_suite;
@@ -25,7 +25,7 @@ const POOL_PHYS: u64 = 0x20_0000_0000;
 fn with_tdx(levels: SeptLevels, f: &mut dyn FnMut(&mut dyn Backend)) {
     let mut mem = vec![Page::ZERO; POOL_PAGES];
     let pool = FramePool::new(&mut mem, POOL_PHYS).unwrap();
-    let tsm: TdxFirmware<'_> = Tsm::new(Sept::new(pool, levels), ModelDevice::model());
+    let tsm = TdxFirmware::new(Sept::new(pool, levels), ModelSession::model());
     f(&mut TdxBackend::new(&tsm));
 }
 

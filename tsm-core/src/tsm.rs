@@ -733,6 +733,21 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
 
     // ---- the device's answers -----------------------------------------------------------
 
+    /// The request of `tdi`'s outstanding exchange, framed again at `out`: the same bytes the
+    /// call that sent it returned, for a host that lost them (TDX: TDH.DEVIF.REQUEST). Its
+    /// length; `NoExchange` when nothing is outstanding. Changes nothing, and unlike calling
+    /// the waiting operation again it can never start one.
+    ///
+    /// Locks: TDI, transport.
+    pub fn outstanding_request(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<usize> {
+        let slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        check_relay_buffer(out)?;
+        let ex = record.exchange.ok_or(Error::NoExchange)?;
+        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        transport.request(record, &ex, out)
+    }
+
     /// The host hands back the device's answer to `tdi`'s outstanding request: the bytes its
     /// DOE mailbox returned, or `None` when the device did not answer. The operation that
     /// waits goes on: `Relay(n)` with its next request in `out`, or its own outcome (bind:
