@@ -10,7 +10,8 @@ use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
-use tsm_core::{MmioRange, ReservedMemory, Tsm};
+use tsm_core::relay::host::Relayed;
+use tsm_core::{MmioRange, ModelSession, ReservedMemory};
 use tsm_tests::backend::{Backend, CoreBackend};
 use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
@@ -29,9 +30,9 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
     let mut total = Summary::default();
 
     let mut fresh_core = |run: &mut dyn FnMut(&mut dyn Backend)| {
-        // On the BSP stack (2 MiB): one firmware per scenario, dropped after it.
-        let tsm: Tsm<MemTable<CORE_LEAVES>, ModelDevice> =
-            Tsm::new(MemTable::new(), ModelDevice::model());
+        // On the BSP stack (8 MiB): one firmware and its device per scenario, dropped after it.
+        let tsm: Relayed<MemTable<CORE_LEAVES>> =
+            Relayed::new(MemTable::new(), ModelDevice::model());
         run(&mut CoreBackend {
             tsm: &tsm,
             label: "core",
@@ -47,9 +48,9 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
                     return;
                 };
                 // Never MMIO: system RAM (the S-EPT pool's frames among it).
-                let tsm: TdxFirmware<'_> = Tsm::with_reserved(
+                let tsm: TdxFirmware<'_> = TdxFirmware::with_reserved(
                     Sept::new(pool, SeptLevels::Four),
-                    ModelDevice::model(),
+                    ModelSession::model(),
                     ram.clone(),
                 );
                 run(&mut TdxBackend::new(&tsm));

@@ -18,7 +18,8 @@ use platform_tdx::sept::{Sept, SeptLevels};
 use spin::Once;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
-use tsm_core::{SecureTable, TdispDevice, Tsm};
+use tsm_core::relay::host::{RelayHost, Relayed};
+use tsm_core::{ModelSession, SecureSession, SecureTable};
 use tsm_tests::backend::CoreBackend;
 use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
@@ -41,17 +42,19 @@ const CORE_LEAVES: usize = 1024;
 /// Physical frames of the TDX S-EPT pool.
 const TDX_POOL_FRAMES: u64 = 512;
 
-type CoreFirmware = Tsm<MemTable<CORE_LEAVES>, ModelDevice>;
+type CoreFirmware = Relayed<MemTable<CORE_LEAVES>>;
 
-/// The core's firmware, built at compile time: it is far too large for an AP's stack.
-static CORE: CoreFirmware = Tsm::new(MemTable::new(), ModelDevice::model());
+/// The core's firmware and its device, built at compile time: far too large for an AP's stack.
+static CORE: CoreFirmware = Relayed::new(MemTable::new(), ModelDevice::model());
 
 /// The handles the workload works on in each firmware, once `prepare` built them (`None`:
 /// that one could not be set up, which `verify` reports). The TDX and SEV firmwares are
 /// built at run time over physical frames; each is set up in its own function, so that no
 /// stack frame holds more than one of them.
 static CORE_TARGETS: Once<Option<Targets>> = Once::new();
-static TDX: Once<Option<(TdxFirmware<'static>, Targets)>> = Once::new();
+static TDX: Once<Option<(TdxBackend<'static, 'static>, Targets)>> = Once::new();
+/// The TDX firmware the backend above drives (it borrows it for the rest of the boot).
+static TDX_FW: Once<Option<TdxFirmware<'static>>> = Once::new();
 static SEV: Once<Option<(SevBackend<'static>, Targets)>> = Once::new();
 
 /// CPUs that reached each table's start barrier.
@@ -99,17 +102,23 @@ fn setup_core() -> Option<Targets> {
 }
 
 #[inline(never)]
-fn setup_tdx() -> Option<(TdxFirmware<'static>, Targets)> {
+fn build_tdx() -> Option<TdxFirmware<'static>> {
     let (phys, pages) = shim::physical::<Page>(TDX_POOL_FRAMES)?;
     let pool = FramePool::new(pages, phys)?;
     // Never MMIO: system RAM (the S-EPT pool's frames among it).
-    let tsm: TdxFirmware<'static> = Tsm::with_reserved(
+    Some(TdxFirmware::with_reserved(
         Sept::new(pool, SeptLevels::Four),
-        ModelDevice::model(),
+        ModelSession::model(),
         shim::system_ram()?,
-    );
-    let targets = workload::setup(&mut TdxBackend::new(&tsm)).ok()?;
-    Some((tsm, targets))
+    ))
+}
+
+#[inline(never)]
+fn setup_tdx() -> Option<(TdxBackend<'static, 'static>, Targets)> {
+    let fw = TDX_FW.call_once(build_tdx).as_ref()?;
+    let mut backend = TdxBackend::new(fw);
+    let targets = workload::setup(&mut backend).ok()?;
+    Some((backend, targets))
 }
 
 #[inline(never)]
@@ -146,8 +155,8 @@ fn barrier(k: usize, ncpu: usize) -> bool {
 
 /// CPU `cpu`'s part of table `k`: the barrier, then [`OPS`] operations, then more until every
 /// CPU has done its [`OPS`] (or the stage deadline passes).
-fn part<T: SecureTable, D: TdispDevice>(
-    tsm: &Tsm<T, D>,
+fn part<T: SecureTable, S: SecureSession>(
+    tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
     k: usize,
     (cpu, ncpu): (usize, usize),
@@ -185,15 +194,15 @@ pub fn run_concurrent(cpu: usize, ncpu: usize) -> CpuResult {
     let mut result = CpuResult::default();
     let me = (cpu, ncpu);
     match CORE_TARGETS.get() {
-        Some(Some(targets)) => part(&CORE, targets, 0, me, &mut result),
+        Some(Some(targets)) => part(&CORE.host(), targets, 0, me, &mut result),
         _ => result.failed += 1,
     }
     match TDX.get() {
-        Some(Some((tsm, targets))) => part(tsm, targets, 1, me, &mut result),
+        Some(Some((backend, targets))) => part(&backend.host(), targets, 1, me, &mut result),
         _ => result.failed += 1,
     }
     match SEV.get() {
-        Some(Some((backend, targets))) => part(backend.sev.tsm(), targets, 2, me, &mut result),
+        Some(Some((backend, targets))) => part(&backend.host(), targets, 2, me, &mut result),
         _ => result.failed += 1,
     }
     result
@@ -201,8 +210,8 @@ pub fn run_concurrent(cpu: usize, ncpu: usize) -> CpuResult {
 
 /// Table `k` after every CPU finished: contention happened, the invariants hold, every TDI
 /// unbinds completely.
-fn verify_table<T: SecureTable, D: TdispDevice>(
-    tsm: &Tsm<T, D>,
+fn verify_table<T: SecureTable, S: SecureSession>(
+    host: &RelayHost<'_, T, S>,
     targets: &Targets,
     k: usize,
     results: &[CpuResult],
@@ -228,6 +237,7 @@ fn verify_table<T: SecureTable, D: TdispDevice>(
         );
         ok = false;
     }
+    let tsm = host.firmware();
     if let Err(v) = invariants::check(tsm) {
         let _ = writeln!(
             out,
@@ -236,7 +246,7 @@ fn verify_table<T: SecureTable, D: TdispDevice>(
         return false;
     }
     let leaves_before = invariants::leaf_count(tsm).unwrap_or(0);
-    if let Err((tdi, last)) = workload::drain(tsm, targets) {
+    if let Err((tdi, last)) = workload::drain(host, targets) {
         let _ = writeln!(
             out,
             "smp: FAIL {name}: TDI {tdi:?} never finished unbinding ({last:?})"
@@ -263,14 +273,16 @@ fn verify_table<T: SecureTable, D: TdispDevice>(
 pub fn verify(results: &[CpuResult], out: &mut dyn Write) -> bool {
     let mut ok = true;
     match CORE_TARGETS.get() {
-        Some(Some(targets)) => ok &= verify_table(&CORE, targets, 0, results, out),
+        Some(Some(targets)) => ok &= verify_table(&CORE.host(), targets, 0, results, out),
         _ => {
             let _ = writeln!(out, "smp: FAIL core: no firmware");
             ok = false;
         }
     }
     match TDX.get() {
-        Some(Some((tsm, targets))) => ok &= verify_table(tsm, targets, 1, results, out),
+        Some(Some((backend, targets))) => {
+            ok &= verify_table(&backend.host(), targets, 1, results, out);
+        }
         _ => {
             let _ = writeln!(out, "smp: FAIL tdx: no firmware (frames or RAM map)");
             ok = false;
@@ -278,7 +290,7 @@ pub fn verify(results: &[CpuResult], out: &mut dyn Write) -> bool {
     }
     match SEV.get() {
         Some(Some((backend, targets))) => {
-            ok &= verify_table(backend.sev.tsm(), targets, 2, results, out);
+            ok &= verify_table(&backend.host(), targets, 2, results, out);
         }
         _ => {
             let _ = writeln!(out, "smp: FAIL sev: no firmware (frames)");

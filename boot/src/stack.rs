@@ -8,7 +8,7 @@
 //!
 //! | slots | stack size | used by |
 //! |---|---|---|
-//! | 1 | [`BSP_STACK_SIZE`] (2 MiB) | the BSP, from `bsp_start64` on (entry.rs) |
+//! | 1 | [`BSP_STACK_SIZE`] (8 MiB) | the BSP, from `bsp_start64` on (entry.rs) |
 //! | `MAX_CPUS - 1` | [`AP_STACK_SIZE`] (64 KiB) | CPUs 1.., from `ap_start64` on |
 //! | `MAX_CPUS` | [`IST_STACK_SIZE`] (16 KiB) | double faults (IST1), one per CPU |
 //! | `MAX_CPUS` | [`IST_STACK_SIZE`] (16 KiB) | page faults (IST2), one per CPU |
@@ -28,7 +28,9 @@ pub const PAGE_SIZE: usize = 4096;
 /// One unmapped page under every stack.
 pub const GUARD_SIZE: usize = PAGE_SIZE;
 /// The BSP's stack: the shim builds firmware instances on it.
-pub const BSP_STACK_SIZE: usize = 2 * 1024 * 1024;
+/// Debug builds keep several copies of a platform firmware and its backend (each up to ~170
+/// KiB) on the stack while building them.
+pub const BSP_STACK_SIZE: usize = 8 * 1024 * 1024;
 /// Each AP's stack.
 pub const AP_STACK_SIZE: usize = 64 * 1024;
 /// Each interrupt stack (IST): double faults and page faults, per CPU.

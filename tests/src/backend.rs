@@ -6,8 +6,8 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MAX_RELAY_BYTES,
-    MmioRange, PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MAX_RELAY_BYTES, MmioRange,
+    PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
 };
 
 /// A request or answer as the host carries it between the firmware and the DOE mailbox.

@@ -30,6 +30,7 @@ use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::sept::{Sept, leaf_size};
 use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::lifecycle::{Cursor, UnbindStep};
+use tsm_core::relay::host::{RelayHost, SharedDevice};
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
     Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange,
@@ -71,7 +72,7 @@ pub struct TdxBackend<'t, 'm> {
     /// The firmware.
     pub tsm: &'t TdxFirmware<'m>,
     host: [u8; HOST_BYTES],
-    device: ModelDevice,
+    device: SharedDevice,
 }
 
 fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
@@ -89,20 +90,26 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         Self {
             tsm,
             host: [0; HOST_BYTES],
-            device,
+            device: SharedDevice::new(device),
         }
     }
 
     /// The device the backend relays to.
     pub fn device(&mut self) -> &mut ModelDevice {
-        &mut self.device
+        self.device.get_mut()
+    }
+
+    /// A host relaying for the firmware's core to this backend's device, for callers that
+    /// drive the core itself from many threads (the concurrency tests, the boot).
+    pub fn host(&self) -> RelayHost<'_, Sept<'m>, ModelSession> {
+        RelayHost::new(self.tsm.tsm(), &self.device)
     }
 
     /// The device, for a host that goes on relaying without the backend (such as
     /// `tsm_core::relay::host::RelayHost` over the firmware's core, after a set-up through the
     /// backend).
     pub fn into_device(self) -> ModelDevice {
-        self.device
+        self.device.into_inner()
     }
 
     /// One SEAMCALL of `leaf` with operands from `regs`; the registers as they come back.
@@ -315,13 +322,16 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// The model device behind its DOE mailbox.
     fn mailbox(&mut self, request: &[u8], answer: &mut RelayBuf) -> Option<usize> {
-        self.device.answer(request, answer)
+        self.device.get_mut().answer(request, answer)
     }
 
     /// The model device will report `report` for the TDI's interface.
     fn set_report(&mut self, tdi: TdiId, report: &[WireMmioRange]) -> TsmResult<()> {
         if let Ok(record) = self.tsm.tdi(tdi) {
-            self.device.link_mut().set_report(record.iface, report);
+            self.device
+                .get_mut()
+                .link_mut()
+                .set_report(record.iface, report);
         }
         Ok(())
     }
@@ -476,12 +486,15 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
-        self.device.event(iface, event);
+        self.device.get_mut().event(iface, event);
         Ok(())
     }
 
     fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
-        self.device.link_mut().set_misbehaviour(iface, how);
+        self.device
+            .get_mut()
+            .link_mut()
+            .set_misbehaviour(iface, how);
         Ok(())
     }
 

@@ -246,9 +246,9 @@ impl<'a> Interpreter<'a, '_> {
                     })
                     .collect();
                 match self.backend.set_report(t, &report) {
-                    Ok(()) => Observed::Status(
-                        self.device_call(DeviceCall::Bind { tdi: t, guest: g })?,
-                    ),
+                    Ok(()) => {
+                        Observed::Status(self.device_call(DeviceCall::Bind { tdi: t, guest: g })?)
+                    }
                     Err(e) => done(Err(e)),
                 }
             }

@@ -217,10 +217,7 @@ pub fn step<T: SecureTable, S: SecureSession>(
         // A forced unbind cuts the stream of every TDI of the device; the host sets it up
         // again, which the firmware refuses while any of them is still bound.
         9 => tsm.unbind_forced(tdi),
-        10 => done(
-            tsm.tdi(tdi)
-                .and_then(|t| tsm.setup_stream(t.device)),
-        ),
+        10 => done(tsm.tdi(tdi).and_then(|t| tsm.setup_stream(t.device))),
         _ => {
             let r = tsm.host_unmap(owner, gpa, PageSize::Size4K);
             // Every private leaf belongs to a bound TDI: the host may never remove one.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use platform_sev::RmpEntry;
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
+use tsm_core::ModelSession;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
@@ -148,12 +149,13 @@ fn concurrent_workload_on_the_tdx_sept() {
     on_big_stack(|| {
         let mut mem = vec![Page::ZERO; 512];
         let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
-        let tsm: Box<TdxFirmware<'_>> = Box::new(Tsm::new(
+        let tsm: Box<TdxFirmware<'_>> = Box::new(TdxFirmware::new(
             Sept::new(pool, SeptLevels::Four),
-            ModelDevice::model(),
+            ModelSession::model(),
         ));
-        let targets = workload::setup(&mut TdxBackend::new(&tsm)).unwrap();
-        hammer("tdx", &tsm, &targets);
+        let mut backend = Box::new(TdxBackend::new(&tsm));
+        let targets = workload::setup(&mut *backend).unwrap();
+        hammer("tdx", &backend.host(), &targets);
     });
 }
 
@@ -163,6 +165,6 @@ fn concurrent_workload_on_the_sev_rmp() {
         let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
         let mut backend = Box::new(SevBackend::new(&mut rmp).unwrap());
         let targets = workload::setup(&mut *backend).unwrap();
-        hammer("sev", backend.sev.tsm(), &targets);
+        hammer("sev", &backend.host(), &targets);
     });
 }

@@ -70,13 +70,14 @@ use proptest::sample::Index;
 use proptest::test_runner::{
     Config, RngSeed, TestCaseError, TestCaseResult, TestError, TestRunner,
 };
-use tsm_core::device_model::{DeviceEvent, DsmModel, Misbehaviour, ModelDevice};
+use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::mem_table::MemTable;
+use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, LeafState, MmioRange, PageSize,
-    RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TdispDevice, TdispState, Tsm,
-    TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, LeafState, MmioRange,
+    ModelSession, PageSize, RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId,
+    TdiState, TdispState, TsmResult,
 };
 use tsm_tests::backend::{Backend, CoreBackend};
 use tsm_tests::backend_sev::{MEM_BASE, MEM_PAGES, SevBackend};
@@ -749,23 +750,6 @@ fn phrase() -> impl Strategy<Value = Vec<Op>> {
 // ------------------------------------------------------------------------------------------
 // The firmwares under test.
 
-/// The device model behind a firmware's transport.
-trait Dsm {
-    fn dsm(&mut self) -> &mut DsmModel;
-}
-
-impl Dsm for ModelDevice {
-    fn dsm(&mut self) -> &mut DsmModel {
-        self.link_mut()
-    }
-}
-
-impl Dsm for platform_sev::device::PciModel {
-    fn dsm(&mut self) -> &mut DsmModel {
-        self.tdisp.link_mut()
-    }
-}
-
 /// What the test reads from a firmware besides its interface: the core instance inside it.
 trait Peek {
     fn state(&self, tdi: TdiId) -> TsmResult<TdiState>;
@@ -776,7 +760,7 @@ trait Peek {
     fn invariants(&self) -> Result<(), Violation>;
 }
 
-impl<T: SecureTable, D: TdispDevice + Dsm> Peek for Tsm<T, D> {
+impl<T: SecureTable, S: SecureSession> Peek for RelayHost<'_, T, S> {
     fn state(&self, tdi: TdiId) -> TsmResult<TdiState> {
         self.tdi(tdi).map(|t| t.state)
     }
@@ -801,10 +785,10 @@ impl<T: SecureTable, D: TdispDevice + Dsm> Peek for Tsm<T, D> {
         self.guest(guest).map(|g| g.bound_tdis)
     }
     fn device_state(&self, iface: InterfaceId) -> TsmResult<TdispState> {
-        self.with_transport(|d| d.dsm().state(iface))
+        self.with_device(|d| d.state(iface))
     }
     fn invariants(&self) -> Result<(), Violation> {
-        invariants::check(self)
+        invariants::check(self.firmware())
     }
 }
 
@@ -812,7 +796,7 @@ impl<T: SecureTable, D: TdispDevice + Dsm> Peek for Tsm<T, D> {
 trait Subject {
     fn label(&self) -> &'static str;
     fn backend(&mut self) -> &mut dyn Backend;
-    fn peek(&self) -> &dyn Peek;
+    fn peek(&self) -> Box<dyn Peek + '_>;
 }
 
 struct CoreSubject<'a>(CoreBackend<'a, MemTable<CORE_LEAVES>>);
@@ -824,8 +808,8 @@ impl Subject for CoreSubject<'_> {
     fn backend(&mut self) -> &mut dyn Backend {
         &mut self.0
     }
-    fn peek(&self) -> &dyn Peek {
-        self.0.tsm
+    fn peek(&self) -> Box<dyn Peek + '_> {
+        Box::new(self.0.tsm.host())
     }
 }
 
@@ -838,8 +822,8 @@ impl Subject for TdxSubject<'_, '_> {
     fn backend(&mut self) -> &mut dyn Backend {
         &mut self.1
     }
-    fn peek(&self) -> &dyn Peek {
-        self.1.tsm
+    fn peek(&self) -> Box<dyn Peek + '_> {
+        Box::new(self.1.host())
     }
 }
 
@@ -852,8 +836,8 @@ impl Subject for SevSubject<'_> {
     fn backend(&mut self) -> &mut dyn Backend {
         &mut *self.0
     }
-    fn peek(&self) -> &dyn Peek {
-        self.0.sev.tsm()
+    fn peek(&self) -> Box<dyn Peek + '_> {
+        Box::new(self.0.host())
     }
 }
 
@@ -1936,27 +1920,27 @@ impl Tally {
 
 /// Builds the four firmwares and runs `f` on them.
 fn with_firmwares(f: impl FnOnce(&mut [&mut dyn Subject]) -> TestCaseResult) -> TestCaseResult {
-    let core_tsm = Box::new(Tsm::with_reserved(
+    let core_tsm = Box::new(Relayed::with_reserved(
         MemTable::<CORE_LEAVES>::new(),
         ModelDevice::model(),
         reserved(),
     ));
     let mut mem4 = vec![Page::ZERO; POOL_PAGES];
     let mut mem5 = vec![Page::ZERO; POOL_PAGES];
-    let tdx4: Box<TdxFirmware<'_>> = Box::new(Tsm::with_reserved(
+    let tdx4: Box<TdxFirmware<'_>> = Box::new(TdxFirmware::with_reserved(
         Sept::new(
             FramePool::new(&mut mem4, POOL4_PHYS).unwrap(),
             SeptLevels::Four,
         ),
-        ModelDevice::model(),
+        ModelSession::model(),
         reserved(),
     ));
-    let tdx5: Box<TdxFirmware<'_>> = Box::new(Tsm::with_reserved(
+    let tdx5: Box<TdxFirmware<'_>> = Box::new(TdxFirmware::with_reserved(
         Sept::new(
             FramePool::new(&mut mem5, POOL5_PHYS).unwrap(),
             SeptLevels::Five,
         ),
-        ModelDevice::model(),
+        ModelSession::model(),
         reserved(),
     ));
     let mut rmp = vec![RmpEntry::new(); WINDOW_PAGES];
@@ -1981,6 +1965,7 @@ fn outcome_text(r: &[Outcome]) -> String {
         [one] => match one {
             Ok(Completion::Done) => "Ok".into(),
             Ok(Completion::Resumable) => "Resumable".into(),
+            Ok(Completion::Relay(n)) => format!("Relay({n})"),
             Err(e) => format!("{e:?}"),
         },
         many => {
@@ -2144,8 +2129,9 @@ fn run_case(case: &Case, tally: &Tally) -> TestCaseResult {
         for (k, op) in case.ops() {
             let leaves = fws[0].peek().leaves().unwrap();
             let call = {
+                let peek = fws[0].peek();
                 let r = Reference {
-                    peek: fws[0].peek(),
+                    peek: &*peek,
                     handles: &handles[0],
                     world: w,
                 };

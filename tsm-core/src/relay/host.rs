@@ -20,6 +20,9 @@ use crate::tsm::Tsm;
 /// the answer needs) before the host gives up and leaves the exchange outstanding.
 pub const BUSY_RETRIES: u32 = 10_000;
 
+/// A model device several CPUs' hosts relay to.
+pub type SharedDevice = Mutex<ModelDevice>;
+
 /// A host relaying for the firmware `fw` to the model device `device`, both borrowed: what a
 /// test or the boot uses when the firmware lives elsewhere (inside a platform, in a static).
 pub struct RelayHost<'a, T, S> {
