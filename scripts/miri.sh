@@ -4,7 +4,7 @@
 # the memory it reads, out-of-bounds or misaligned accesses, use of memory it does not own,
 # aliasing violations, leaks (platform-sev).
 #
-#   scripts/miri.sh                 every Miri-able test of both crates, and the two racing
+#   scripts/miri.sh                 every Miri-able test of both crates, and the three racing
 #                                   C entry point tests again under 4 more scheduler seeds
 #   scripts/miri.sh capi            only tests whose name contains "capi" (cargo test filter)
 #   TSM_MIRI_CRATES=platform-sev scripts/miri.sh      one crate only
@@ -60,18 +60,19 @@ for crate in ${TSM_MIRI_CRATES:-platform-tdx platform-sev}; do
 	echo "miri.sh: cargo miri test -p $crate took $(($(date +%s) - start)) s, exit status $rc"
 	[ "$rc" = 0 ] || status=$rc
 	# Which thread wins init, and where the host's writes fall in a call, depend on Miri's
-	# scheduler (seed 0 above): the two racing tests run again under seeds 1-4 (full runs only).
+	# scheduler (seed 0 above): the three racing tests run again under seeds 1-4 (full runs only).
 	if [ "$crate" = platform-tdx ] && [ $# = 0 ]; then
 		start=$(date +%s)
 		out=$(MIRIFLAGS="$(flags "$crate") -Zmiri-many-seeds=1..5" cargo +nightly miri test \
 			-p platform-tdx --lib -- --exact \
 			capi::tests::init_from_two_threads_exactly_one_wins_and_the_loser_is_untouched \
-			capi::tests::host_memory_changing_under_a_read_gives_one_consistent_snapshot 2>&1)
+			capi::tests::host_memory_changing_under_a_read_gives_one_consistent_snapshot \
+			capi::tests::a_response_page_rewritten_during_the_call_is_read_once 2>&1)
 		rc=$?
 		printf '%s\n' "$out"
 		# Exact names: a renamed test must fail this run, not pass it with nothing run.
-		if [ "$rc" = 0 ] && ! printf '%s\n' "$out" | grep -q "running 2 tests"; then
-			echo "miri.sh: the two racing tests were not found (renamed?)" >&2
+		if [ "$rc" = 0 ] && ! printf '%s\n' "$out" | grep -q "running 3 tests"; then
+			echo "miri.sh: the three racing tests were not found (renamed?)" >&2
 			rc=1
 		fi
 		echo "miri.sh: the racing tests under 4 more seeds took $(($(date +%s) - start)) s," \
