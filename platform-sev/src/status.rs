@@ -96,9 +96,12 @@ impl SevStatus {
     /// request (garbled, too long, stale, another TDI's, the request itself); nothing changed
     /// and the request stays outstanding: relay it again, or unbind.
     pub const INVALID_SPDM_RESPONSE: Self = Self(0xFF04);
+    /// Ours: the SPDM session has used every sequence number and must be rekeyed (SPDM
+    /// KEY_UPDATE) before another exchange; nothing changed.
+    pub const SPDM_SESSION_EXHAUSTED: Self = Self(0xFF05);
 
     /// Every status this firmware returns, for exhaustive tests and the README table.
-    pub const ALL: [SevStatus; 29] = [
+    pub const ALL: [SevStatus; 30] = [
         Self::SUCCESS,
         Self::INVALID_PLATFORM_STATE,
         Self::INVALID_GUEST_STATE,
@@ -128,6 +131,7 @@ impl SevStatus {
         Self::BUSY,
         Self::NO_SPDM_REQUEST,
         Self::INVALID_SPDM_RESPONSE,
+        Self::SPDM_SESSION_EXHAUSTED,
     ];
 }
 
@@ -243,6 +247,7 @@ pub const fn from_error(e: Error) -> SevStatus {
         // The relay itself: AMD publishes no code for these (ours).
         Error::NoExchange => SevStatus::NO_SPDM_REQUEST,
         Error::RelayMalformed => SevStatus::INVALID_SPDM_RESPONSE,
+        Error::SequenceExhausted => SevStatus::SPDM_SESSION_EXHAUSTED,
         // The request does not fit where it must be written.
         Error::RelayBufferTooSmall => SevStatus::INCORRECT_BUFFER_LENGTH,
         Error::Busy(_) => SevStatus::BUSY,
@@ -271,6 +276,7 @@ pub const fn to_error(s: SevStatus) -> Error {
         SevStatus::BUSY => Error::Busy(tsm_core::status::Operand::SecureTable),
         SevStatus::NO_SPDM_REQUEST => Error::NoExchange,
         SevStatus::INVALID_SPDM_RESPONSE => Error::RelayMalformed,
+        SevStatus::SPDM_SESSION_EXHAUSTED => Error::SequenceExhausted,
         SevStatus::INCORRECT_BUFFER_LENGTH => Error::RelayBufferTooSmall,
         // Unknown contexts are unknown handles; everything else is malformed input.
         _ => Error::InvalidHandle,

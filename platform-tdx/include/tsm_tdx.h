@@ -132,6 +132,8 @@ struct tsm_tdx_range_list {
 #define TDX_DEVIF_TDISP_INVALID_REQ_STS 0xC0000F0E00000000ull
 #define TDX_DEVIF_TDISP_INVALID_MESSAGE 0xC0000F0F00000000ull
 #define TDX_DEVIF_TDISP_OUT_REQ        0xC0000F1400000000ull
+/* The SPDM session used every sequence number: rekey it (TDH.SPDM.MNG KEY_UPDATE) first. */
+#define TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH 0xC0000F4500000000ull
 /* Ours (class 0xF0): memory given at init (pool, host range) or the firmware's state as a BAR
  * or mapping; a BAR over another device's; an interface that is not a function of its device;
  * the firmware's own records disagreeing (refused, nothing changed). */

@@ -852,10 +852,16 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             probe.map_err(|f| host_fault(f, operand))?;
             Ok::<Hpa, TdxStatus>(at)
         };
-        Ok(MessagePages {
+        let pages = MessagePages {
             request: page(r.r9, OPERAND_ID_R9, true)?,
             response: page(r.r10, OPERAND_ID_R10, false)?,
-        })
+        };
+        // One page both ways would let the firmware's next request overwrite the answer the
+        // host is about to hand in (SEV refuses `req == resp` too).
+        if pages.request == pages.response {
+            return Err(TDX_OPERAND_INVALID | u64::from(OPERAND_ID_R10));
+        }
+        Ok(pages)
     }
 
     /// Runs `op`, a core operation on `tdi` that may leave a request for the host to relay,

@@ -89,6 +89,10 @@ pub const TDX_DEVIF_TDISP_OUT_REQ: u64 = 0xC000_0F14_0000_0000;
 /// object) to the TDI's request page, RCX holds its length in bytes; the host sends it to the
 /// device's DOE mailbox and hands the answer back with TDH.DEVIF.RESPONSE.
 pub const TDX_SPDM_REQUEST: u64 = 0xC000_0F57_0000_0000;
+/// TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH (Linux `tdx_errno.h` of the TDX Connect host series,
+/// as TDX_SPDM_REQUEST; the host then runs TDH.SPDM.MNG KEY_UPDATE): the session has used every
+/// sequence number and must be rekeyed before another exchange. Nothing changed.
+pub const TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH: u64 = 0xC000_0F45_0000_0000;
 
 // ---- ours: class 0xF0 (no TDX code exists) -------------------------------------------------
 
@@ -305,6 +309,10 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::NoExchange => (TDX_DEVIF_TDISP_INVALID_REQ_STS, ops.handle()),
         Error::RelayMalformed => (TDX_DEVIF_TDISP_INVALID_MESSAGE, Operands::first(&[ops.msg])),
         Error::RelayBufferTooSmall => (TSM_RELAY_BUFFER_TOO_SMALL, u64::from(OPERAND_ID_TRANSPORT)),
+        Error::SequenceExhausted => (
+            TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH,
+            u64::from(OPERAND_ID_TRANSPORT),
+        ),
         Error::Busy(op) => (TDX_OPERAND_BUSY, u64::from(busy_operand(op))),
     };
     code | (operand & OPERAND_ID_MASK)
@@ -404,6 +412,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TDX_DEVIF_TDISP_OUT_REQ => Error::ExchangePending,
         TDX_DEVIF_TDISP_INVALID_REQ_STS => Error::NoExchange,
         TDX_DEVIF_TDISP_INVALID_MESSAGE => Error::RelayMalformed,
+        TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH => Error::SequenceExhausted,
         TSM_RELAY_BUFFER_TOO_SMALL => Error::RelayBufferTooSmall,
         TDX_OPERAND_BUSY => Error::Busy(match operand {
             OPERAND_ID_DEVICE_TABLE => Operand::DeviceTable,
@@ -594,6 +603,10 @@ mod header_tests {
                 TDX_DEVIF_TDISP_INVALID_MESSAGE,
             ),
             ("TDX_DEVIF_TDISP_OUT_REQ", TDX_DEVIF_TDISP_OUT_REQ),
+            (
+                "TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH",
+                TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH,
+            ),
             ("TSM_RESERVED_MEMORY", TSM_RESERVED_MEMORY),
             ("TSM_FOREIGN_INTERFACE", TSM_FOREIGN_INTERFACE),
             ("TSM_BAR_IN_USE", TSM_BAR_IN_USE),

@@ -1391,7 +1391,7 @@ fn forced_unbind_works_while_an_exchange_is_outstanding() {
 
 /// TDH.DEVIF.CREATE's message pages are checked like every host address the dispatcher
 /// touches, after the handles: R8 reserved, R9 and R10 4 KiB aligned, below 2^52, whole pages
-/// of host memory, the request page writable. A refusal creates nothing.
+/// of host memory, the request page writable, two different pages. A refusal creates nothing.
 #[test]
 fn devif_create_checks_its_message_pages() {
     let mut mem = vec![Page::ZERO; 32];
@@ -1460,6 +1460,14 @@ fn devif_create_checks_its_message_pages() {
             PAGES_A.0,
             0,
             TDX_OPERAND_ADDR_RANGE_ERROR | 10,
+        ),
+        (
+            "one page both ways",
+            dev,
+            0,
+            PAGES_A.0,
+            PAGES_A.0,
+            TDX_OPERAND_INVALID | 10,
         ),
         (
             "unknown device before bad pages",

@@ -27,6 +27,22 @@ use zerocopy::little_endian::{U16, U32};
 pub struct ModelDevice {
     dsm: DsmModel,
     session: ModelSession,
+    /// The last requests the device acted on, by sequence number, with its answers: a request
+    /// sent again (the host lost the answer) gets the same answer without being acted on
+    /// twice, and one older than all of them is a replay the device drops (a host replaying
+    /// an old STOP), as a real session's sequence window does.
+    answered: heapless::Deque<Answered, ANSWER_WINDOW>,
+}
+
+/// Requests the model device remembers answering.
+pub const ANSWER_WINDOW: usize = 8;
+
+/// One answered request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answered {
+    seq: u64,
+    answer: [u8; MAX_RELAY_BYTES],
+    len: usize,
 }
 
 impl Default for ModelDevice {
@@ -87,6 +103,7 @@ impl ModelDevice {
         Self {
             dsm: DsmModel::new(),
             session: ModelSession::model(),
+            answered: heapless::Deque::new(),
         }
     }
 
@@ -101,8 +118,10 @@ impl ModelDevice {
     }
 
     /// What the device's DOE mailbox returns for the relayed `request`: the answer's length in
-    /// `response`, or `None` when the device does not answer (it is silent, or the request
-    /// does not open under its session: a real DSM drops such a record).
+    /// `response`, or `None` when the device does not answer (it is silent, the request does
+    /// not open under its session, or it is older than every request the device remembers
+    /// answering: a real DSM drops such a record). A request it answered lately gets the same
+    /// answer again, without being acted on twice.
     pub fn answer(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
         let body = doe::decode(request, doe::TYPE_SECURED_SPDM).ok()?;
         let record = relay::record_of(&self.session, body).ok()?;
@@ -112,6 +131,15 @@ impl ModelDevice {
         let (ctx, n) = self
             .session
             .open_any(Direction::Request, record, fid_at, &mut app)?;
+        if let Some(done) = self.answered.iter().find(|a| a.seq == ctx.seq) {
+            let dst = response.get_mut(..done.len)?;
+            dst.copy_from_slice(done.answer.get(..done.len)?);
+            return Some(done.len);
+        }
+        let oldest = self.answered.iter().map(|a| a.seq).min();
+        if self.answered.is_full() && oldest.is_some_and(|o| ctx.seq < o) {
+            return None;
+        }
         let tdisp = spdm::decode(app.get(..n)?, VENDOR_DEFINED_REQUEST).ok()?;
         let mut reply = [0u8; MAX_MESSAGE_BYTES];
         let k = self.dsm.exchange(tdisp, &mut reply)?;
@@ -119,7 +147,20 @@ impl ModelDevice {
             direction: Direction::Response,
             ..ctx
         };
-        relay::frame(&mut self.session, &back, reply.get(..k)?, response).ok()
+        let n = relay::frame(&mut self.session, &back, reply.get(..k)?, response).ok()?;
+        let mut done = Answered {
+            seq: ctx.seq,
+            answer: [0; MAX_RELAY_BYTES],
+            len: n,
+        };
+        done.answer
+            .get_mut(..n)?
+            .copy_from_slice(response.get(..n)?);
+        if self.answered.is_full() {
+            self.answered.pop_front();
+        }
+        let _ = self.answered.push_back(done);
+        Some(n)
     }
 
     /// The device will report `ranges` (plain TEE ranges, IDs in order) for `iface`.

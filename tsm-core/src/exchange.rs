@@ -39,6 +39,9 @@ pub enum DeviceOp {
     Bind {
         /// The guest the TDI will be bound to.
         guest: GuestId,
+        /// Which guest of that slot ([`GuestRecord::serial`](crate::registry::GuestRecord)):
+        /// a guest destroyed mid-bind and a new one in its slot is not the bind's.
+        serial: u64,
         /// Progress.
         step: BindStep,
     },
@@ -82,9 +85,9 @@ impl DeviceOp {
 pub struct Exchange {
     /// What waits on the answer.
     pub op: DeviceOp,
-    /// The sequence number its records are bound to: an answer to any other exchange does
-    /// not open.
-    pub seq: u32,
+    /// The sequence number its records are bound to, unique in the session: an answer to any
+    /// other exchange, of any TDI, before or after, does not open.
+    pub seq: u64,
     /// Times the host reported no answer.
     pub attempts: u8,
 }

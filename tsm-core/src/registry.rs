@@ -59,8 +59,6 @@ pub struct Tdi {
     pub state: TdiState,
     /// The request outstanding with the device, if any (at most one).
     pub exchange: Option<Exchange>,
-    /// Sequence number of the next exchange.
-    pub next_seq: u32,
     /// The interface may be left locked on the device (a bind failed or was abandoned after
     /// LOCK, or a forced unbind cut the stream): the next bind sends STOP_INTERFACE first.
     pub unlock_first: bool,
@@ -78,7 +76,6 @@ impl Tdi {
             iface,
             state: TdiState::Unbound,
             exchange: None,
-            next_seq: 0,
             unlock_first: false,
             device_state: None,
             nonce: None,
@@ -110,6 +107,10 @@ pub struct DeviceClaim {
 pub struct GuestRecord {
     /// TDIs bound to the guest; it cannot be destroyed while this is non-zero.
     pub bound_tdis: u16,
+    /// Which guest this is of every guest the firmware created: a handle names a slot, and a
+    /// slot is reused, so a bind started for a guest checks at its end that its slot still
+    /// holds that guest.
+    pub serial: u64,
 }
 
 /// `N` slots of records `R`, each behind its own try-lock.

@@ -49,6 +49,7 @@
 //! | 0x505 | `NoExchange` | a device response for a TDI with no request outstanding |
 //! | 0x506 | `RelayMalformed` | relayed bytes are not a DOE/SPDM/secured record of the outstanding exchange (garbled, too long, another TDI's, stale): nothing changed, the exchange stays outstanding |
 //! | 0x507 | `RelayBufferTooSmall` | the buffer for the request to relay holds fewer than `MAX_RELAY_BYTES` |
+//! | 0x508 | `SequenceExhausted` | the secure session has used every sequence number: it must be rekeyed (SPDM KEY_UPDATE) before another exchange; nothing changed |
 //! | 0x6xx | `Busy(operand)` | the operand's lock is held by another CPU; retry |
 //! | 0x701 | `Inconsistent` | the firmware's own records disagree (a counter would drift): refused, nothing changed |
 
@@ -157,6 +158,7 @@ pub enum Error {
     NoExchange,
     RelayMalformed,
     RelayBufferTooSmall,
+    SequenceExhausted,
     Busy(Operand),
     Inconsistent,
 }
@@ -186,7 +188,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 51] = [
+    pub const ALL: [Error; 52] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -230,6 +232,7 @@ impl Error {
         Error::NoExchange,
         Error::RelayMalformed,
         Error::RelayBufferTooSmall,
+        Error::SequenceExhausted,
         Error::Busy(Operand::DeviceTable),
         Error::Busy(Operand::Device),
         Error::Busy(Operand::Tdi),
@@ -286,6 +289,7 @@ impl Error {
             Error::NoExchange => 0x505,
             Error::RelayMalformed => 0x506,
             Error::RelayBufferTooSmall => 0x507,
+            Error::SequenceExhausted => 0x508,
             Error::Busy(operand) => CODE_BUSY_BASE | operand.code(),
             Error::Inconsistent => 0x701,
         }

@@ -5,6 +5,8 @@
 //! Lock order (every operation takes a subset, in this order, and only with try-locks):
 //! device table -> device -> TDI -> guest -> ownership -> secure table -> transport.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use spin::{Mutex, MutexGuard};
 
 use crate::addr::{Gpa, Hpa};
@@ -46,6 +48,8 @@ pub struct Tsm<T, S> {
     transport: Mutex<Requester<S>>,
     /// Memory that is never MMIO; fixed at construction, so read without a lock.
     reserved: ReservedMemory,
+    /// Guests created so far: the next guest's [`GuestRecord::serial`].
+    guests_created: AtomicU64,
 }
 
 /// What an unbind holds besides the TDI (and, forced, the device): the owner's record, the
@@ -93,6 +97,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             table: Mutex::new(table),
             transport: Mutex::new(Requester::new(session)),
             reserved,
+            guests_created: AtomicU64::new(0),
         }
     }
 
@@ -105,8 +110,16 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
 
     /// Registers a guest (TD or SNP guest) with the firmware.
     pub fn create_guest(&self) -> TsmResult<GuestId> {
+        let serial = self
+            .guests_created
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .map_err(|_| Error::GuestTableFull)?;
+        let record = GuestRecord {
+            bound_tdis: 0,
+            serial,
+        };
         self.guests
-            .insert(GuestRecord::default(), Error::GuestTableFull)
+            .insert(record, Error::GuestTableFull)
             .map(GuestId::from_slot)
     }
 
@@ -265,7 +278,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         check_relay_buffer(out)?;
         if let Some(ex) = record.exchange {
             return match ex.op {
-                DeviceOp::Bind { guest: g, .. } if g == guest => {
+                DeviceOp::Bind {
+                    guest: g, serial, ..
+                } if g == guest && serial == guest_record.serial => {
                     let mut transport = try_lock(&self.transport, Operand::Transport)?;
                     Ok(Completion::Relay(transport.request(record, &ex, out)?))
                 }
@@ -293,8 +308,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             BindStep::Version
         };
         let ex = Exchange {
-            op: DeviceOp::Bind { guest, step },
-            seq: record.next_seq,
+            op: DeviceOp::Bind {
+                guest,
+                serial: guest_record.serial,
+                step,
+            },
+            seq: transport.take_seq()?,
             attempts: 0,
         };
         let n = transport.request(record, &ex, out)?;
@@ -306,10 +325,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         Ok(Completion::Relay(n))
     }
 
-    /// Records `ex` as the TDI's outstanding exchange and advances its sequence number.
+    /// Records `ex` as the TDI's outstanding exchange.
     fn start_exchange(record: &mut Tdi, ex: Exchange) {
         record.exchange = Some(ex);
-        record.next_seq = ex.seq.wrapping_add(1);
     }
 
     /// Ends a bind that will not complete: the TDI stays unbound, the report read ends, and an
@@ -412,7 +430,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
         let ex = Exchange {
             op: DeviceOp::Start { guest },
-            seq: record.next_seq,
+            seq: transport.take_seq()?,
             attempts: 0,
         };
         let n = transport.request(record, &ex, out)?;
@@ -467,7 +485,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         }
         let ex = Exchange {
             op: DeviceOp::Check,
-            seq: record.next_seq,
+            seq: transport.take_seq()?,
             attempts: 0,
         };
         let n = transport.request(record, &ex, out)?;
@@ -607,7 +625,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 let (transport, out) = ask.ok_or(Error::Inconsistent)?;
                 let ex = Exchange {
                     op: DeviceOp::Stop { confirm: false },
-                    seq: record.next_seq,
+                    seq: transport.take_seq()?,
                     attempts: 0,
                 };
                 let n = transport.request(record, &ex, out)?;
@@ -822,11 +840,15 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     Self::abandon_bind(dev, tdi, record, BindStep::Undo { error });
                     Err(error)
                 }
-                DeviceOp::Bind { guest, step } => Self::fail_bind(
+                DeviceOp::Bind {
+                    guest,
+                    serial,
+                    step,
+                } => Self::fail_bind(
                     dev,
                     tdi,
                     record,
-                    guest,
+                    (guest, serial),
                     step,
                     Error::DeviceUnresponsive,
                     &mut transport,
@@ -843,7 +865,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let msg = msg.get(..n).ok_or(Error::Inconsistent)?;
         let answer = transport.decode(record.iface, &ex, msg);
         match ex.op {
-            DeviceOp::Bind { guest, step } => {
+            DeviceOp::Bind {
+                guest,
+                serial,
+                step,
+            } => {
+                let target = (guest, serial);
                 let next = match (step, answer) {
                     // The undoing STOP ends the bind with its status, whatever the answer.
                     (BindStep::Undo { error }, answer) => {
@@ -880,7 +907,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 let next = match next {
                     // The whole report is in: bind, or refuse it.
-                    Ok(None) => match Self::finish_bind(dev, tdi, record, guest, &mut locks) {
+                    Ok(None) => match Self::finish_bind(dev, tdi, record, target, &mut locks) {
                         Ok(()) => return Ok(Completion::Done),
                         Err(e) => Err(e),
                     },
@@ -888,11 +915,11 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 match next {
                     Ok(Some(next)) => {
-                        Self::continue_bind(dev, tdi, record, guest, next, &mut transport, out)
+                        Self::continue_bind(dev, tdi, record, target, next, &mut transport, out)
                     }
                     Ok(None) => Err(Error::Inconsistent),
                     Err(e) => {
-                        Self::fail_bind(dev, tdi, record, guest, step, e, &mut transport, out)
+                        Self::fail_bind(dev, tdi, record, target, step, e, &mut transport, out)
                     }
                 }
             }
@@ -951,7 +978,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     {
                         let ex = Exchange {
                             op: DeviceOp::Stop { confirm: true },
-                            seq: record.next_seq,
+                            seq: transport.take_seq()?,
                             attempts: 0,
                         };
                         let n = transport.request(record, &ex, out)?;
@@ -976,14 +1003,18 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         dev: &mut Device,
         tdi: TdiId,
         record: &mut Tdi,
-        guest: GuestId,
+        (guest, serial): (GuestId, u64),
         step: BindStep,
         transport: &mut Requester<S>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
         let ex = Exchange {
-            op: DeviceOp::Bind { guest, step },
-            seq: record.next_seq,
+            op: DeviceOp::Bind {
+                guest,
+                serial,
+                step,
+            },
+            seq: transport.take_seq()?,
             attempts: 0,
         };
         match transport.request(record, &ex, out) {
@@ -1006,7 +1037,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         dev: &mut Device,
         tdi: TdiId,
         record: &mut Tdi,
-        guest: GuestId,
+        target: (GuestId, u64),
         step: BindStep,
         error: Error,
         transport: &mut Requester<S>,
@@ -1018,7 +1049,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     dev,
                     tdi,
                     record,
-                    guest,
+                    target,
                     BindStep::Undo { error },
                     transport,
                     out,
@@ -1070,7 +1101,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         dev: &mut Device,
         tdi: TdiId,
         record: &mut Tdi,
-        guest: GuestId,
+        (guest, serial): (GuestId, u64),
         locks: &mut UnbindLocks<'_, T>,
     ) -> TsmResult<()> {
         let reported = {
@@ -1084,7 +1115,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
         }
-        let guest_record = locks.guest.as_mut().ok_or(Error::InvalidHandle)?;
+        // The guest the bind was started for, not another created in its slot since.
+        let guest_record = locks
+            .guest
+            .as_mut()
+            .filter(|g| g.serial == serial)
+            .ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::Bind(guest))?;
         let bound = guest_record
             .bound_tdis

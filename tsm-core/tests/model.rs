@@ -371,9 +371,8 @@ fn tdi_index(op: &Op) -> usize {
 /// `TdiInError`, `TdiNotLocked`, an unanswered START, every error of `device_error` and
 /// `check`, which change state by design only when they succeed, ...) changes nothing: the
 /// whole snapshot (every record table, the secure table) and every interface's TDISP state,
-/// except three relay memos ([`normalised`]): a TDI's exchange counter (a refused operation
-/// that asked the device consumed sequence numbers, never reused), the device's last
-/// answer to a check, and `unlock_first` (a bind refused after LOCK whose undoing STOP went
+/// except two relay memos ([`normalised`]): the device's last answer to a check, and
+/// `unlock_first` (a bind refused after LOCK whose undoing STOP went
 /// unanswered: the next bind unlocks first).
 ///
 /// | operation | status | may change |
@@ -671,7 +670,6 @@ fn resumes_exchange(w: &World, op: &Op, before: &Snap) -> bool {
 /// `snap` without the relay memos a refusal may leave (see [`Exempt`]).
 fn normalised<U>(mut snap: tsm_core::tsm::Snapshot<U>) -> tsm_core::tsm::Snapshot<U> {
     for t in snap.tdis.iter_mut().flatten() {
-        t.next_seq = 0;
         t.device_state = None;
         t.unlock_first = false;
     }

@@ -461,7 +461,7 @@ fn refused_relayed(
 /// `state` without what [`refused_relayed`] allows to change.
 fn masked(mut state: State, tdi: TdiId, iface: RequesterId) -> State {
     if let Some(Some(t)) = state.core.tdis.get_mut(usize::from(tdi.slot())) {
-        (t.next_seq, t.unlock_first, t.nonce, t.device_state) = (0, false, None, None);
+        (t.unlock_first, t.nonce, t.device_state) = (false, None, None);
     }
     for (i, s, _) in &mut state.tdisp {
         if *i == iface {

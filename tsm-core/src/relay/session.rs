@@ -3,7 +3,7 @@
 //! the platform's SPDM session, so sealing and opening is a trait; the firmware only says which
 //! exchange a record belongs to.
 
-use zerocopy::little_endian::{U16, U32};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// SessionID field of the record header (DSP0277 6.2 "Secured message format").
@@ -30,14 +30,15 @@ pub enum Direction {
 }
 
 /// What a record is bound to: the interface, the exchange's sequence number and the
-/// direction. A real session binds the implicit sequence number into its AEAD nonce; a record
-/// of another exchange, another TDI or the other direction does not open.
+/// direction. Sequence numbers come from one counter of the session that never repeats (a real
+/// session binds it into its AEAD nonce, which must never repeat under one key); a record of
+/// another exchange, another TDI or the other direction does not open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordContext {
     /// TDISP FUNCTION_ID of the interface.
     pub function_id: u32,
     /// The exchange's sequence number.
-    pub seq: u32,
+    pub seq: u64,
     /// Which way it travels.
     pub direction: Direction,
 }
@@ -59,7 +60,7 @@ pub trait SecureSession {
 /// and MAC (a keyed FNV-1a), so a test proves records are sealed, bound to their exchange and
 /// checked, never skipped. Not cryptography: a real platform plugs in its SPDM session.
 ///
-/// Record: SessionID (4) | SequenceNumber (4, explicit: the exchange's) | Length (2) |
+/// Record: SessionID (4) | SequenceNumber (8, explicit: the exchange's) | Length (2) |
 /// encrypted { ApplicationDataLength (2) | data } | MAC (16). The PCIe DOE binding keeps the
 /// sequence number implicit (a counter both ends keep); this model carries it so a device
 /// model need not mirror the firmware's counters. The MAC covers the interface (FUNCTION_ID,
@@ -92,18 +93,14 @@ impl ModelSession {
         h
     }
 
-    fn keystream(&self, direction: Direction, seq: u32, i: usize) -> u8 {
-        let word = self.mix(&[dir_code(direction), u64::from(seq)], (i / 8) as u64);
+    fn keystream(&self, direction: Direction, seq: u64, i: usize) -> u8 {
+        let word = self.mix(&[dir_code(direction), seq], (i / 8) as u64);
         word.to_le_bytes().get(i % 8).copied().unwrap_or(0)
     }
 
     fn mac(&self, ctx: &RecordContext, header: &[u8], body: &[u8]) -> [u8; MAC_SIZE] {
         let mut out = [0u8; MAC_SIZE];
-        let words = [
-            dir_code(ctx.direction),
-            u64::from(ctx.seq),
-            u64::from(ctx.function_id),
-        ];
+        let words = [dir_code(ctx.direction), ctx.seq, u64::from(ctx.function_id)];
         for (half, chunk) in out.chunks_mut(8).enumerate() {
             let mut h = self.mix(&words, 0xa5a5_0000 | half as u64);
             for &b in header.iter().chain(body) {
@@ -124,8 +121,8 @@ impl ModelSession {
     ) -> Option<Decrypted<'r>> {
         let (header, rest) = record.split_at_checked(HEADER)?;
         let session = U32::read_from_bytes(header.get(..4)?).ok()?.get();
-        let seq = U32::read_from_bytes(header.get(4..8)?).ok()?.get();
-        let length = usize::from(U16::read_from_bytes(header.get(8..)?).ok()?.get());
+        let seq = U64::read_from_bytes(header.get(4..12)?).ok()?.get();
+        let length = usize::from(U16::read_from_bytes(header.get(12..)?).ok()?.get());
         if session != self.session_id || rest.len() != length {
             return None;
         }
@@ -170,10 +167,10 @@ impl ModelSession {
 }
 
 /// A decrypted record: data length, sequence number, and the header, body and MAC.
-type Decrypted<'r> = (usize, u32, &'r [u8], &'r [u8], &'r [u8]);
+type Decrypted<'r> = (usize, u64, &'r [u8], &'r [u8], &'r [u8]);
 
 /// Header of a [`ModelSession`] record: SessionID, SequenceNumber, Length.
-const HEADER: usize = SESSION_ID_SIZE + 4 + LENGTH_SIZE;
+const HEADER: usize = SESSION_ID_SIZE + MAX_SEQUENCE_SIZE + LENGTH_SIZE;
 
 const fn dir_code(direction: Direction) -> u64 {
     match direction {
@@ -193,10 +190,10 @@ impl SecureSession for ModelSession {
             .get_mut(..4)?
             .copy_from_slice(U32::new(self.session_id).as_bytes());
         header
-            .get_mut(4..8)?
-            .copy_from_slice(U32::new(ctx.seq).as_bytes());
+            .get_mut(4..12)?
+            .copy_from_slice(U64::new(ctx.seq).as_bytes());
         header
-            .get_mut(8..)?
+            .get_mut(12..)?
             .copy_from_slice(U16::new(u16::try_from(length).ok()?).as_bytes());
         let (body, mac) = rest.split_at_mut(body_len);
         let (len_field, data) = body.split_at_mut(APP_LENGTH);
@@ -220,7 +217,7 @@ impl SecureSession for ModelSession {
     }
 
     fn record_len(&self, bytes: &[u8]) -> Option<usize> {
-        let length = U16::read_from_bytes(bytes.get(8..HEADER)?).ok()?.get();
+        let length = U16::read_from_bytes(bytes.get(12..HEADER)?).ok()?.get();
         HEADER.checked_add(usize::from(length))
     }
 }

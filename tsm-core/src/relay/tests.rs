@@ -126,7 +126,7 @@ fn spdm_vendor_defined_golden_bytes() {
     );
 }
 
-fn ctx(fid: u32, seq: u32, direction: Direction) -> RecordContext {
+fn ctx(fid: u32, seq: u64, direction: Direction) -> RecordContext {
     RecordContext {
         function_id: fid,
         seq,
@@ -143,8 +143,8 @@ fn a_sealed_record_opens_only_for_its_own_exchange() {
     let n = s.seal(&c, &app, &mut rec).unwrap();
     // SessionID, SequenceNumber, Length in the clear; the data is not.
     assert_eq!(&rec[..4], &s.session_id.to_le_bytes());
-    assert_eq!(&rec[4..8], &7u32.to_le_bytes());
-    assert_eq!(usize::from(u16::from_le_bytes([rec[8], rec[9]])), n - 10);
+    assert_eq!(&rec[4..12], &7u64.to_le_bytes());
+    assert_eq!(usize::from(u16::from_le_bytes([rec[12], rec[13]])), n - 14);
     assert!(!rec[..n].windows(8).any(|w| w == &app[4..12]), "sealed");
     assert_eq!(s.record_len(&rec[..n]), Some(n));
     let mut out = [0u8; 128];
@@ -168,7 +168,7 @@ fn a_sealed_record_opens_only_for_its_own_exchange() {
 
 proptest! {
     #[test]
-    fn layers_round_trip(msg in prop::collection::vec(any::<u8>(), 16..MAX_MESSAGE_BYTES), fid in any::<u32>(), seq in any::<u32>()) {
+    fn layers_round_trip(msg in prop::collection::vec(any::<u8>(), 16..MAX_MESSAGE_BYTES), fid in any::<u32>(), seq in any::<u64>()) {
         let mut s = ModelSession::model();
         let c = ctx(fid, seq, Direction::Response);
         let mut out = [0u8; MAX_RELAY_BYTES];
@@ -745,4 +745,155 @@ proptest! {
         let guest = if tdi == w.t0 { w.g1 } else { w.g2 };
         prop_assert_eq!(w.fw.bind(tdi, guest), Ok(()));
     }
+}
+
+// ---- sequence numbers: one counter for the session ---------------------------------------
+
+/// The sequence number in a request this firmware framed (the model session's header).
+fn seq_of(request: &[u8]) -> u64 {
+    u64::from_le_bytes(request[12..20].try_into().unwrap())
+}
+
+/// Runs a bind of `tdi` to its end through the device, returning every answer it relayed.
+fn bind_recording(w: &World, tdi: TdiId, guest: GuestId) -> Vec<Vec<u8>> {
+    let fw = w.fw.firmware();
+    let mut out = buf();
+    let mut answers = vec![];
+    let mut step = fw.bind(tdi, guest, &mut out);
+    while let Ok(Completion::Relay(n)) = step {
+        let a = answer(w, &out, n);
+        answers.push(a.clone());
+        step = fw.device_response(tdi, Some(&a), &mut out);
+    }
+    assert_eq!(step, Ok(Completion::Done));
+    answers
+}
+
+#[test]
+fn a_recreated_tdi_never_accepts_the_answers_of_its_predecessor() {
+    let w = world();
+    let fw = w.fw.firmware();
+    let old = bind_recording(&w, w.t0, w.g1);
+    assert_eq!(w.fw.unbind(w.t0), Ok(Completion::Done));
+    let dev = fw.tdi(w.t0).unwrap().device;
+    fw.remove_tdi(w.t0).unwrap();
+    let t = fw.create_tdi(dev, rid(0)).unwrap();
+    let mut out = buf();
+    relay_n(fw.bind(t, w.g1, &mut out));
+    let before = w.fw.snapshot().unwrap();
+    for a in &old {
+        assert_eq!(
+            fw.device_response(t, Some(a), &mut out),
+            Err(Error::RelayMalformed)
+        );
+    }
+    unchanged(&w, &before);
+}
+
+#[test]
+fn no_two_exchanges_of_any_tdis_share_a_sequence_number() {
+    let w = world();
+    let fw = w.fw.firmware();
+    let mut seqs = vec![];
+    let mut out = buf();
+    for _ in 0..3 {
+        for (t, g) in [(w.t0, w.g1), (w.t1, w.g2)] {
+            let n = relay_n(fw.bind(t, g, &mut out));
+            seqs.push(seq_of(&out[..n]));
+            // Resent unchanged while it waits.
+            let again = relay_n(fw.bind(t, g, &mut out));
+            assert_eq!(seq_of(&out[..again]), *seqs.last().unwrap());
+            assert_eq!(w.fw.unbind(t), Ok(Completion::Done));
+        }
+    }
+    let mut sorted = seqs.clone();
+    sorted.dedup();
+    assert_eq!(sorted, seqs, "strictly increasing: {seqs:?}");
+    assert!(seqs.windows(2).all(|p| p[0] < p[1]), "{seqs:?}");
+}
+
+#[test]
+fn a_session_out_of_sequence_numbers_refuses_new_exchanges() {
+    let w = world();
+    let fw = w.fw.firmware();
+    fw.with_transport(|r| r.set_next_seq(u64::MAX)).unwrap();
+    let before = w.fw.snapshot().unwrap();
+    let mut out = buf();
+    assert_eq!(fw.bind(w.t0, w.g1, &mut out), Err(Error::SequenceExhausted));
+    unchanged(&w, &before);
+}
+
+#[test]
+fn a_bind_lands_only_on_the_guest_it_was_started_for() {
+    let w = world();
+    let fw = w.fw.firmware();
+    let mut out = buf();
+    let mut step = fw.bind(w.t0, w.g1, &mut out);
+    // The guest goes away mid-bind and another takes its slot.
+    fw.destroy_guest(w.g1).unwrap();
+    let g = fw.create_guest().unwrap();
+    assert_eq!(g, w.g1, "the same handle");
+    while let Ok(Completion::Relay(n)) = step {
+        let a = answer(&w, &out, n);
+        step = fw.device_response(w.t0, Some(&a), &mut out);
+    }
+    assert_eq!(step, Err(Error::InvalidHandle));
+    assert_eq!(fw.tdi(w.t0).unwrap().state, TdiState::Unbound);
+    assert_eq!(fw.guest(g).unwrap().bound_tdis, 0);
+    // The report read ended with the bind, and the interface is unlocked again.
+    assert_eq!(
+        fw.device(fw.tdi(w.t0).unwrap().device).unwrap().report_read,
+        None
+    );
+    assert_eq!(
+        w.fw.with_device(|d| d.state(rid(0))).unwrap(),
+        TdispState::ConfigUnlocked
+    );
+    // A bind for the new guest starts afresh.
+    assert_eq!(w.fw.bind(w.t0, g), Ok(()));
+}
+
+#[test]
+fn the_model_device_never_acts_on_a_replayed_request() {
+    let w = bound();
+    let fw = w.fw.firmware();
+    let mut out = buf();
+    // A STOP the host kept from an abandoned unbind...
+    let n = relay_n(fw.unbind(w.t0, &mut out));
+    let old_stop = out[..n].to_vec();
+    assert_eq!(fw.unbind_forced(w.t0), Ok(Completion::Done));
+    fw.setup_stream(fw.tdi(w.t0).unwrap().device).unwrap();
+    w.fw.bind(w.t0, w.g1).unwrap();
+    w.fw.guest_start(w.g1, w.t0).unwrap();
+    for _ in 0..crate::device_model::ANSWER_WINDOW {
+        w.fw.check_interface(w.t0).unwrap();
+    }
+    // ... replayed to the device later does not unlock the running interface behind the
+    // firmware's back.
+    let mut resp = buf();
+    assert_eq!(
+        w.fw.with_device(|d| d.answer(&old_stop, &mut resp))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        w.fw.with_device(|d| d.state(rid(0))).unwrap(),
+        TdispState::Run
+    );
+    // A request answered lately is answered again, the same, and not acted on twice.
+    let n = relay_n(fw.check_interface(w.t0, &mut out));
+    let (mut a, mut b) = (buf(), buf());
+    let first =
+        w.fw.with_device(|d| d.answer(&out[..n], &mut a))
+            .unwrap()
+            .unwrap();
+    let again =
+        w.fw.with_device(|d| d.answer(&out[..n], &mut b))
+            .unwrap()
+            .unwrap();
+    assert_eq!(a[..first], b[..again]);
+    assert_eq!(
+        fw.device_response(w.t0, Some(&b[..again]), &mut out),
+        Ok(Completion::Done)
+    );
 }

@@ -26,6 +26,9 @@ pub const MAX_MESSAGE_BYTES: usize = HEADER_SIZE + 4 + REPORT_PORTION as usize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requester<S> {
     session: S,
+    /// The next exchange's sequence number: one counter for the whole session, never reset
+    /// and never wrapped, so no two exchanges of any TDIs share one.
+    next_seq: u64,
     last_error: Option<WireError>,
 }
 
@@ -34,6 +37,7 @@ impl<S: SecureSession> Requester<S> {
     pub const fn new(session: S) -> Self {
         Self {
             session,
+            next_seq: 0,
             last_error: None,
         }
     }
@@ -41,6 +45,25 @@ impl<S: SecureSession> Requester<S> {
     /// The session (platform glue rekeys it).
     pub fn session_mut(&mut self) -> &mut S {
         &mut self.session
+    }
+
+    /// The session, read only.
+    pub fn session(&self) -> &S {
+        &self.session
+    }
+
+    /// A fresh sequence number for a new exchange. `SequenceExhausted` once the session has
+    /// used them all: it must be rekeyed (SPDM KEY_UPDATE) before it seals anything again.
+    pub(crate) fn take_seq(&mut self) -> Result<u64, Error> {
+        let seq = self.next_seq;
+        self.next_seq = seq.checked_add(1).ok_or(Error::SequenceExhausted)?;
+        Ok(seq)
+    }
+
+    /// The sequence number the next exchange will get (tests drive it to the end).
+    #[cfg(test)]
+    pub(crate) fn set_next_seq(&mut self, seq: u64) {
+        self.next_seq = seq;
     }
 
     /// The most recent TDISP-level error a device answered, for diagnostics.
