@@ -11,9 +11,11 @@
 //! The dispatcher targets check after every call; [`exempt`] lists the refusals that may
 //! change something, in one place.
 
+pub mod answer;
 pub mod common;
 pub mod enc;
 pub mod exempt;
+pub mod relay;
 pub mod seeds;
 pub mod sev;
 pub mod tdx;

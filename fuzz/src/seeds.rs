@@ -13,8 +13,10 @@ use tsm_core::tdisp::report::{
 use tsm_core::{RequesterId, TdispState};
 
 use crate::sev::{self, Cmd, HdrMut, Msg, Mut, SevReport, Stage, Val};
+use crate::answer::Answer;
 use crate::tdx::{
-    self, At, Bars, DevAction, GpaPick, HpaPick, LeafNum, ListMut, Op, Report, Td, Zap,
+    self, At, Bars, DevAction, GpaPick, HpaPick, LeafNum, ListMut, Op, Rdx, Relay, Report, Td,
+    Zap,
 };
 
 /// What a seed must reach when run.
@@ -65,6 +67,7 @@ fn td_device(dev: u8, bars: Bars) -> [Op; 2] {
             dev,
             bus: dev,
             func: 0,
+            pages: 0,
         },
     ]
 }
@@ -80,6 +83,7 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             report: Report::Split,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Map {
             tdi: 0,
@@ -99,7 +103,11 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             at: At::Leaf { i: 0 },
         },
-        Op::Start { td: T0, tdi: 0 },
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::State { tdi: 0 },
         Op::SeptRd {
             td: T0,
@@ -117,7 +125,10 @@ fn tdx_seeds() -> Vec<Seed> {
             zap: Zap::Bar { dev: 0 },
         },
         Op::Track { td: T0 },
-        Op::Check { tdi: 0 },
+        Op::Check {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::UnbindAll { tdi: 0 },
         Op::ZapCheck {
             zap: Zap::Bar { dev: 0 },
@@ -127,6 +138,7 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             report: Report::Keep,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::TdDestroy { td: T0 },
     ]);
@@ -146,6 +158,7 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             report: Report::Bars,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::MapRun {
             tdi: 0,
@@ -153,10 +166,22 @@ fn tdx_seeds() -> Vec<Seed> {
             region: 0,
         },
         Op::HoldFlush { td: T0, hold: true },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Track { td: T0 },
         Op::HoldFlush {
             td: T0,
@@ -183,6 +208,7 @@ fn tdx_seeds() -> Vec<Seed> {
                 td,
                 report: Report::Bars,
                 r8: false,
+                relay: Relay::Drive,
             },
             Op::Map {
                 tdi,
@@ -194,24 +220,41 @@ fn tdx_seeds() -> Vec<Seed> {
         ]);
     }
     ops.extend([
-        Op::Start { td: T0, tdi: 0 },
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Device {
             tdi: 0,
             action: DevAction::Disturb,
         },
-        Op::Check { tdi: 0 },
+        Op::Check {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Device {
             tdi: 1,
             action: DevAction::Misbehave { how: 4 },
         },
-        Op::Start { td: T1, tdi: 1 },
+        Op::Start {
+            td: T1,
+            tdi: 1,
+            relay: Relay::Drive,
+        },
         Op::DevError { tdi: 1 },
         Op::Device {
             tdi: 0,
             action: DevAction::Misbehave { how: 0 },
         },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Device {
             tdi: 0,
             action: DevAction::Behave,
@@ -256,51 +299,60 @@ fn tdx_seeds() -> Vec<Seed> {
             dev: 0,
             bus: 1,
             func: 0,
+            pages: 0,
         },
         Op::DevifCreate {
             dev: 0,
             bus: 0,
             func: 8,
+            pages: 0,
         },
         Op::DevifCreate {
             dev: 0,
             bus: 0,
             func: 0,
+            pages: 0,
         },
         Op::DevifCreate {
             dev: 0,
             bus: 0,
             func: 0,
+            pages: 0,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Outside,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::TooMany,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Overlapping,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Bars,
             r8: true,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Bars,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Map {
             tdi: 0,
@@ -331,6 +383,7 @@ fn tdx_seeds() -> Vec<Seed> {
             rdx: 0,
             r8: 0,
             r9: 0,
+            r10: 0,
         },
         Op::Raw {
             leaf: LeafNum::Any {
@@ -340,6 +393,7 @@ fn tdx_seeds() -> Vec<Seed> {
             rdx: 0,
             r8: 0,
             r9: 0,
+            r10: 0,
         },
         Op::RawGuest {
             td: T0,
@@ -377,6 +431,7 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             out: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiInfo {
             d: 0,
@@ -406,6 +461,7 @@ fn sev_seeds() -> Vec<Seed> {
             req: 0,
             res: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::MmioBlock {
             g: 0,
@@ -447,6 +503,7 @@ fn sev_seeds() -> Vec<Seed> {
             g: 1,
             gdev: 1,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiReclaim {
             d: 0,
@@ -468,19 +525,25 @@ fn sev_seeds() -> Vec<Seed> {
             d: 0,
             t: 1,
             g: 1,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiUnbind {
             d: 0,
             t: 1,
             g: 1,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiUnbind {
             d: 0,
             t: 1,
             g: 1,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::FenceStatus {
             d: 0,
@@ -514,12 +577,14 @@ fn sev_seeds() -> Vec<Seed> {
             req: 0,
             res: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiStatus {
             d: 0,
             t: 0,
             out: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiError {
             d: 0,
@@ -534,7 +599,9 @@ fn sev_seeds() -> Vec<Seed> {
             d: 0,
             t: 0,
             g: 0,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::Device {
             t: 0,
@@ -551,6 +618,7 @@ fn sev_seeds() -> Vec<Seed> {
             g: 0,
             gdev: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
     ];
     out.push(seed(
@@ -568,6 +636,7 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             out: out_pick,
             m: m0(),
+            relay: Relay::Drive,
         });
         cmds.push(Cmd::Guest {
             d: 0,
@@ -585,6 +654,7 @@ fn sev_seeds() -> Vec<Seed> {
             req: out_pick % 4,
             res: out_pick,
             m: m0(),
+            relay: Relay::Drive,
         });
     }
     for hdr in [
@@ -604,6 +674,7 @@ fn sev_seeds() -> Vec<Seed> {
             req: 0,
             res: 0,
             m: m0(),
+            relay: Relay::Drive,
         });
     }
     cmds.extend([
@@ -721,6 +792,7 @@ fn sev_seeds() -> Vec<Seed> {
             g: 0,
             gdev: 3,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::DevDisconnect {
             d: 0,

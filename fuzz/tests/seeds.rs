@@ -50,6 +50,7 @@ fn every_corpus_file_passes_its_target() {
                     "tdisp_response" => tsm_fuzz::wire::response_target(&data),
                     "tdisp_report" => tsm_fuzz::wire::report_target(&data),
                     "report_portions" => tsm_fuzz::wire::portions_target(&data),
+                    "relay_answers" => drop(tsm_fuzz::relay::run(&data)),
                     other => panic!("unknown target folder {other}"),
                 }
                 ran += 1;
