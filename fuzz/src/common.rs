@@ -19,6 +19,14 @@ pub fn fail(what: impl core::fmt::Display) -> ! {
     panic!("{what}")
 }
 
+/// Prints `what` when `TSM_FUZZ_TRACE` is set (reading a failing input by hand).
+pub fn trace(what: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("TSM_FUZZ_TRACE").is_some()) {
+        eprintln!("{what}");
+    }
+}
+
 /// `tsm_tests::invariants::check` (every private leaf lies in a range owned by a TDI bound to
 /// the leaf's guest, owned ranges never overlap, an unbound TDI owns nothing, a TDI that has
 /// blocked all its leaves has no live leaf).
@@ -91,7 +99,12 @@ pub fn registry_consistent<U>(s: &Snapshot<U>) -> Result<(), String> {
                 .tdis
                 .get(usize::from(t.slot()))
                 .and_then(Option::as_ref)
-                .is_some_and(|r| matches!(r.exchange.map(|e| e.op), Some(tsm_core::DeviceOp::Bind { .. })));
+                .is_some_and(|r| {
+                    matches!(
+                        r.exchange.map(|e| e.op),
+                        Some(tsm_core::DeviceOp::Bind { .. })
+                    )
+                });
             let reads = dev.report_read.as_ref().is_some_and(|r| r.tdi == t);
             if binding != reads {
                 return Err(format!(
@@ -102,7 +115,10 @@ pub fn registry_consistent<U>(s: &Snapshot<U>) -> Result<(), String> {
         if let Some(r) = &dev.report_read
             && !dev.tdis.iter().any(|(t, _)| *t == r.tdi)
         {
-            return Err(format!("device {d} reads a report for {:?}, not its TDI", r.tdi));
+            return Err(format!(
+                "device {d} reads a report for {:?}, not its TDI",
+                r.tdi
+            ));
         }
     }
     for o in s.owners.iter() {
@@ -294,4 +310,3 @@ pub fn changed_outside<T: PartialEq>(
     }
     (0..a.len()).find(|&i| !w.contains(&i) && a[i] != b[i])
 }
-

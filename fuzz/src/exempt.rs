@@ -240,7 +240,8 @@ impl Exempt {
                 match resent {
                     Some(e) => {
                         if a.next_seq != b.next_seq
-                            || !(ex.attempts == e.attempts || Some(ex.attempts) == e.attempts.checked_add(1))
+                            || !(ex.attempts == e.attempts
+                                || Some(ex.attempts) == e.attempts.checked_add(1))
                         {
                             return fail("a resent request changed its exchange");
                         }
@@ -288,10 +289,13 @@ impl Exempt {
                 }
             }
             Exempt::StartError(_) => {
-                if !matches!(b.state, TdiState::Locked { .. })
-                    || !(same_owner(a.state) && matches!(a.state, TdiState::Error { .. }))
+                let errored = matches!(b.state, TdiState::Locked { .. })
+                    && same_owner(a.state)
+                    && matches!(a.state, TdiState::Error { .. });
+                if !errored
                     || a.exchange.is_some()
-                    || (a.next_seq, a.unlock_first, a.nonce) != (b.next_seq, b.unlock_first, b.nonce)
+                    || (a.next_seq, a.unlock_first, a.nonce)
+                        != (b.next_seq, b.unlock_first, b.nonce)
                 {
                     return fail("a refused START did more than put the TDI in ERROR");
                 }
@@ -345,7 +349,9 @@ impl Exempt {
         if ok {
             Ok(())
         } else {
-            Err(format!("{self:?}: another TDI of the device: {b:?} -> {a:?}"))
+            Err(format!(
+                "{self:?}: another TDI of the device: {b:?} -> {a:?}"
+            ))
         }
     }
 

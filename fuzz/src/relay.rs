@@ -212,6 +212,7 @@ impl World {
         let after = self.snapshot();
         self.stats.calls += 1;
         let what = format!("{call:?} of TDI {i}, handed {handed:02x?} -> {outcome:?}");
+        common::trace(&what);
         common::invariants(&self.fw, &what);
         if let Err(e) = registry_consistent(&after) {
             fail(format!("records disagree after {what}: {e}"));
@@ -220,12 +221,16 @@ impl World {
         let waiting = rec(&before).exchange.map(|e| e.op);
         // The answer oracle.
         if let (Call::Respond(_), Some(bytes), Some(ex)) = (call, handed, rec(&before).exchange) {
-            let genuine = self.answers.opens_for(bytes, fid_of(self.ifaces[i]), ex.seq);
+            let genuine = self
+                .answers
+                .opens_for(bytes, fid_of(self.ifaces[i]), ex.seq);
             match outcome {
                 Err(Error::RelayMalformed) => {
                     self.stats.malformed += 1;
                     if genuine {
-                        fail(format!("the device's own answer refused as malformed: {what}"));
+                        fail(format!(
+                            "the device's own answer refused as malformed: {what}"
+                        ));
                     }
                 }
                 _ if !genuine => fail(format!(
@@ -271,7 +276,9 @@ impl World {
             let ex = rec(&after)
                 .exchange
                 .unwrap_or_else(|| fail(format!("relay with nothing outstanding: {what}")));
-            let request = buf.get(..n).unwrap_or_else(|| fail("relay past the buffer"));
+            let request = buf
+                .get(..n)
+                .unwrap_or_else(|| fail("relay past the buffer"));
             if let Err(e) = check_request(request, fid_of(self.ifaces[i]), ex.seq) {
                 fail(format!("{e}: {what}"));
             }
@@ -299,7 +306,11 @@ impl World {
 
     /// The device's own answers to TDI `i`'s requests from `outcome` on, until the operation
     /// ends.
-    fn finish_relay(&mut self, i: usize, mut outcome: TsmResult<Completion>) -> TsmResult<Completion> {
+    fn finish_relay(
+        &mut self,
+        i: usize,
+        mut outcome: TsmResult<Completion>,
+    ) -> TsmResult<Completion> {
         for _ in 0..MAX_ROUNDS {
             let Ok(Completion::Relay(_)) = outcome else {
                 return outcome;
@@ -308,7 +319,9 @@ impl World {
             let answer = self.answers.genuine(&mut self.device, &request);
             outcome = self.give(i, answer);
         }
-        fail(format!("TDI {i}'s relay did not end in {MAX_ROUNDS} rounds"))
+        fail(format!(
+            "TDI {i}'s relay did not end in {MAX_ROUNDS} rounds"
+        ))
     }
 
     fn step(&mut self, step: Step, raw: &[u8]) {
@@ -328,7 +341,9 @@ impl World {
             }
             Step::Give { tdi, of, answer } => {
                 let i = usize::from(tdi) % n;
-                let request = self.requests[usize::from(of) % n].clone().unwrap_or_default();
+                let request = self.requests[usize::from(of) % n]
+                    .clone()
+                    .unwrap_or_default();
                 let (bytes, _) = self.answers.make(answer, &mut self.device, &request);
                 let _ = self.give(i, bytes);
             }
@@ -359,7 +374,10 @@ impl World {
                 let Ok(rec) = self.fw.tdi(t) else { return };
                 let (Some(owner), Some(range)) = (
                     rec.state.owner(),
-                    self.fw.owned_ranges(t).ok().and_then(|r| r.first().copied()),
+                    self.fw
+                        .owned_ranges(t)
+                        .ok()
+                        .and_then(|r| r.first().copied()),
                 ) else {
                     return;
                 };
@@ -440,7 +458,9 @@ impl World {
                 )),
             }
         }
-        fail(format!("{what}: TDI {i} did not unbind in {UNBIND_CALLS} calls"));
+        fail(format!(
+            "{what}: TDI {i} did not unbind in {UNBIND_CALLS} calls"
+        ));
     }
 
     /// Once the host cooperates, every TDI unbinds, and after the host resets the devices and
@@ -463,7 +483,9 @@ impl World {
         }
         for d in 0..DEVICES {
             if let Err(e) = self.fw.setup_stream(self.devices[d]) {
-                fail(format!("stream set-up of device {d} with every TDI unbound: {e:?}"));
+                fail(format!(
+                    "stream set-up of device {d} with every TDI unbound: {e:?}"
+                ));
             }
         }
         for i in 0..self.tdis.len() {

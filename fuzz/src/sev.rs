@@ -42,8 +42,8 @@
 use arbitrary::{Arbitrary, Unstructured};
 use platform_sev::abi::{self, Command, SlaAddr, len_of};
 use platform_sev::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
-use platform_sev::host::{read_request, response_init, write_response};
 use platform_sev::guest_msg::{self as msg, MsgHeader};
+use platform_sev::host::{read_request, response_init, write_response};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpUpdate};
@@ -822,8 +822,9 @@ impl World {
         policy: Relay,
     ) -> Outcome {
         let (mut o, id, mut buf) = self.issue_buf(id, bytes, muts);
+        let mut waiting = o.status == SevStatus::SPDM_REQUEST;
         for round in 0..40 {
-            if o.status != SevStatus::SPDM_REQUEST {
+            if !waiting {
                 break;
             }
             let answer = match policy {
@@ -835,7 +836,13 @@ impl World {
                 Relay::Once { .. } => Answer::Genuine,
             };
             self.put_answer(&buf, answer, RespMut::Fine, false);
-            (o, _, buf) = self.issue_buf(id, &buf, [Mut::Keep; 2]);
+            let written;
+            (o, _, written) = self.issue_buf(id, &buf, [Mut::Keep; 2]);
+            // An answer refused as not the device's leaves the request outstanding: the
+            // written-back buffer (unchanged by the refusal) is issued again.
+            waiting =
+                o.status == SevStatus::SPDM_REQUEST || o.detail == Error::RelayMalformed.code();
+            buf = written;
         }
         o
     }
@@ -854,17 +861,22 @@ impl World {
         // answer goes to the SPDM response buffer, where the firmware will not look).
         let named = self.mem.probe_write(resp_at, 4096).is_ok();
         let resp_at = if named { resp_at } else { SPDM_RESP };
-        let tdi = self.sev.tdi_ctx(word(0x30)).map(|c| usize::from(c.tdi.slot()));
+        let tdi = self
+            .sev
+            .tdi_ctx(word(0x30))
+            .map(|c| usize::from(c.tdi.slot()));
         let stored = tdi.and_then(|t| self.requests.get(t).cloned().flatten());
         let request = match stored {
             Some(r) if !from_page => r,
             _ => self.request_in(req).unwrap_or_default(),
         };
         let (bytes, _) = self.answers.make(answer, &mut self.device, &request);
-        let payload = bytes.as_ref().map(|b| match doe::decode(b, doe::TYPE_SECURED_SPDM) {
-            Ok(p) => p.to_vec(),
-            Err(_) => b.get(doe::HEADER_SIZE..).unwrap_or(&[]).to_vec(),
-        });
+        let payload = bytes
+            .as_ref()
+            .map(|b| match doe::decode(b, doe::TYPE_SECURED_SPDM) {
+                Ok(p) => p.to_vec(),
+                Err(_) => b.get(doe::HEADER_SIZE..).unwrap_or(&[]).to_vec(),
+            });
         // At most what the page holds after the payload offset.
         let payload = payload.map(|mut p| {
             p.truncate(4096 - 0x50);
@@ -872,7 +884,12 @@ impl World {
         });
         // As Linux leaves the buffer after DEV_CONNECT (`dobj_response_init`), then the answer.
         let _ = response_init(&mut self.mem, resp_at);
-        let _ = write_response(&mut self.mem, resp_at, doe::TYPE_SECURED_SPDM, payload.as_deref());
+        let _ = write_response(
+            &mut self.mem,
+            resp_at,
+            doe::TYPE_SECURED_SPDM,
+            payload.as_deref(),
+        );
         let w32 = |mem: &mut PageMemory<MEM_PAGES>, off: u64, v: u32| {
             let _ = mem.write(resp_at + off, &v.to_le_bytes());
         };
@@ -989,6 +1006,7 @@ impl World {
     ) {
         let what = format!("command {id:#x} {buf:02x?} -> {o:?}");
         self.stats.commands += 1;
+        common::trace(&what);
         common::invariants(self.sev.tsm(), &what);
         if let Err(e) = registry_consistent(&after.core).and_then(|()| contexts_consistent(after)) {
             fail(format!("records disagree after {what}: {e}"));
@@ -1016,7 +1034,9 @@ impl World {
         if relay {
             self.stats.relays += 1;
             if !relaying || call.tdi().is_none() || matches!(call, Call::Force(_)) {
-                fail(format!("only bind, unbind, status and a start relay: {what}"));
+                fail(format!(
+                    "only bind, unbind, status and a start relay: {what}"
+                ));
             }
         }
         let refused = o.status != SevStatus::SUCCESS && !progress && !relay;
@@ -1039,9 +1059,8 @@ impl World {
             fail(format!("the buffer written back is {written:02x?}: {what}"));
         }
         let t = call.tdi();
-        let rec = |s: &State| {
-            t.and_then(|t| s.core.tdis.get(usize::from(t.slot())).cloned().flatten())
-        };
+        let rec =
+            |s: &State| t.and_then(|t| s.core.tdis.get(usize::from(t.slot())).cloned().flatten());
         let waiting = rec(before).and_then(|r| r.exchange).map(|e| e.op);
         let err = (o.detail != 0)
             .then(|| Error::from_code(o.detail))
@@ -1059,7 +1078,8 @@ impl World {
             let window = relay
                 .then(|| {
                     let req = buf.get(8..16)?;
-                    let req = SlaAddr::from_bits(u64::from_le_bytes(req.try_into().ok()?)).address();
+                    let req =
+                        SlaAddr::from_bits(u64::from_le_bytes(req.try_into().ok()?)).address();
                     let start = usize::try_from(req.checked_sub(MEM)?).ok()?;
                     Some(start..start + platform_sev::relay::WINDOW)
                 })
@@ -1140,7 +1160,9 @@ impl World {
         if err == Some(Error::RelayMalformed) {
             self.stats.malformed += 1;
             if self.answers.payload_of(&h.payload, fid, ex.seq, true) {
-                fail(format!("the device's own answer refused as malformed: {what}"));
+                fail(format!(
+                    "the device's own answer refused as malformed: {what}"
+                ));
             }
         }
         let taken = !(refused
@@ -1239,7 +1261,12 @@ impl World {
             abi::TIO_TDI_BIND if ok => {
                 // Only the device's last answer binds.
                 let rec = call.tdi().and_then(|t| {
-                    after.core.tdis.get(usize::from(t.slot())).cloned().flatten()
+                    after
+                        .core
+                        .tdis
+                        .get(usize::from(t.slot()))
+                        .cloned()
+                        .flatten()
                 });
                 match (call, waiting, rec) {
                     (Call::Respond(_), Some(DeviceOp::Bind { guest, .. }), Some(r))
@@ -1339,7 +1366,12 @@ impl World {
     fn unbind_all(&mut self, c: abi::TdiUnbind) -> Outcome {
         let mut o = Outcome::SUCCESS;
         for _ in 0..40 {
-            o = self.relayed(abi::TIO_TDI_UNBIND, c.as_bytes(), [Mut::Keep; 2], Relay::Drive);
+            o = self.relayed(
+                abi::TIO_TDI_UNBIND,
+                c.as_bytes(),
+                [Mut::Keep; 2],
+                Relay::Drive,
+            );
             if o.status != SevStatus::RESUME_REQUIRED {
                 break;
             }
@@ -1362,7 +1394,11 @@ impl World {
             };
             self.device.link_mut().set_misbehaviour(t.iface, None);
             let owner = rec.state.owner().and_then(|o| {
-                self.sev.guests().iter().find(|g| g.guest == o).map(|g| g.gctx)
+                self.sev
+                    .guests()
+                    .iter()
+                    .find(|g| g.guest == o)
+                    .map(|g| g.gctx)
             });
             let mut c = abi::TdiUnbind::new_zeroed();
             c.length = len::<abi::TdiUnbind>().into();
@@ -1657,9 +1693,7 @@ impl World {
                 common::invariants(self.sev.tsm(), &what);
                 match r {
                     Err(_) => {
-                        if let Err(e) =
-                            diff(&before, &after, Exempt::Nothing, None)
-                        {
+                        if let Err(e) = diff(&before, &after, Exempt::Nothing, None) {
                             fail(format!("refused {what} changed state: {e}"));
                         }
                     }

@@ -47,11 +47,11 @@ use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
-use zerocopy::IntoBytes;
 use tsm_core::{
     Completion, DeviceOp, Error, GuestId, MmioRange, ModelSession, PageSize, RequesterId,
     ReservedMemory, TdiId, TdiState, TdispState,
 };
+use zerocopy::IntoBytes;
 
 use crate::answer::{Answer, Answers, check_request};
 use crate::common::{self, core_diff, fail, fid_of, registry_consistent};
@@ -713,6 +713,7 @@ impl World<'_> {
         };
         let leaf = u16::try_from(regs.rax).ok();
         self.stats.calls += 1;
+        common::trace(&what);
         common::invariants(&self.fw, &what);
         if let Err(e) = registry_consistent(&after.core) {
             fail(format!("records disagree after {what}: {e}"));
@@ -754,7 +755,9 @@ impl World<'_> {
         if relay {
             self.stats.relays += 1;
             if call.tdi().is_none() || matches!(call, Call::Force(_)) {
-                fail(format!("only bind, unbind, check, start, a device answer and TDH.DEVIF.REQUEST relay: {what}"));
+                fail(format!(
+                    "only bind, unbind, check, start, a device answer and TDH.DEVIF.REQUEST relay: {what}"
+                ));
             }
         }
         let record = |img: &Image| {
@@ -785,7 +788,10 @@ impl World<'_> {
             _ => None,
         };
         if let Some(i) = common::changed_outside(&before.host, &after.host, window) {
-            fail(format!("{what} wrote host memory at {:#x}", HOST + i as u64));
+            fail(format!(
+                "{what} wrote host memory at {:#x}",
+                HOST + i as u64
+            ));
         }
         if refused || relay || read_only {
             let exempt = if refused {
@@ -837,7 +843,9 @@ impl World<'_> {
         if kept(regs) != kept(out) {
             fail(format!("a relay wrote registers but RCX: {what}: {out:x?}"));
         }
-        let Some(t) = tdi else { fail("relay without a TDI") };
+        let Some(t) = tdi else {
+            fail("relay without a TDI")
+        };
         let rec = after
             .core
             .tdis
@@ -889,7 +897,9 @@ impl World<'_> {
             Some(Err(Error::RelayMalformed)) => {
                 self.stats.malformed += 1;
                 if genuine {
-                    fail(format!("the device's own answer refused as malformed: {what}"));
+                    fail(format!(
+                        "the device's own answer refused as malformed: {what}"
+                    ));
                 }
             }
             Some(Err(
@@ -955,9 +965,12 @@ impl World<'_> {
                     fail(format!("zap allowed over leaf {l:?}: {what}"));
                 }
             }
-            (None, Some(abi::TSM_DEVIF_UNBIND)) if ok => self.unbind_done(regs, before, after, what),
+            (None, Some(abi::TSM_DEVIF_UNBIND)) if ok => {
+                self.unbind_done(regs, before, after, what)
+            }
             (None, Some(abi::TDH_DEVIF_RESPONSE)) if ok || out.rax == TDX_INTERRUPTED_RESUMABLE => {
-                let rec = tdi_rec(after).unwrap_or_else(|| fail(format!("answered no TDI: {what}")));
+                let rec =
+                    tdi_rec(after).unwrap_or_else(|| fail(format!("answered no TDI: {what}")));
                 let device = self.device.dsm().state(rec.iface);
                 match waiting {
                     None => fail(format!("an answer to nothing went on: {what}")),
@@ -1140,8 +1153,7 @@ impl World<'_> {
         let request = if from_page || self.requests[slot].is_none() {
             let at = (req_at - HOST) as usize;
             let page = &self.host[at..at + MESSAGE_PAGE_BYTES];
-            let dwords =
-                u32::from_le_bytes([page[4], page[5], page[6], page[7]]) & ((1 << 18) - 1);
+            let dwords = u32::from_le_bytes([page[4], page[5], page[6], page[7]]) & ((1 << 18) - 1);
             let n = (dwords as usize * 4).min(tsm_core::MAX_RELAY_BYTES);
             page[..n].to_vec()
         } else {
@@ -1180,8 +1192,14 @@ impl World<'_> {
     /// Relays from `out` (a leaf's registers) for TDI slot `t` as `policy` says; the last
     /// registers.
     fn relay(&mut self, t: u64, mut out: SeamRegs, policy: Relay) -> SeamRegs {
+        // An answer refused as not the device's leaves the request outstanding: relay on.
+        let refused_answer = |o: &SeamRegs| {
+            st::decode(o.rax, &abi::operands(abi::TDH_DEVIF_RESPONSE))
+                == Some(Err(Error::RelayMalformed))
+        };
+        let mut waiting = is_relay(out.rax);
         for round in 0..MAX_ROUNDS {
-            if !is_relay(out.rax) {
+            if !waiting {
                 break;
             }
             let answer = match policy {
@@ -1193,6 +1211,7 @@ impl World<'_> {
                 Relay::Once { .. } => Answer::Genuine,
             };
             out = self.respond(t, answer, Rdx::Exact, false);
+            waiting = is_relay(out.rax) || refused_answer(&out);
         }
         out
     }
@@ -1434,7 +1453,8 @@ impl World<'_> {
                 };
                 let rcx = tdi_slot(tdi);
                 for _ in 0..UNBIND_CALLS {
-                    let out = self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, rdx, ..r });
+                    let out =
+                        self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, rdx, ..r });
                     if out.rax != TDX_INTERRUPTED_RESUMABLE {
                         break;
                     }

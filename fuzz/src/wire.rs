@@ -20,16 +20,14 @@
 
 use tsm_core::addr::PHYS_ADDR_LIMIT;
 use tsm_core::capacity::MAX_RANGES_PER_TDI;
+use tsm_core::device_model::DsmModel;
+use tsm_core::mem_table::MemTable;
+use tsm_core::relay::{self, Direction, MAX_RELAY_BYTES, ModelSession, RecordContext, doe, spdm};
 use tsm_core::tdisp::message::{
     Request, Response, decode_request, decode_response, encode_request, encode_response,
 };
 use tsm_core::tdisp::report::{
     DeviceInterfaceReport, MAX_REPORT_BYTES, RANGE_ATTR_NON_TEE, REPORT_PORTION, ReportAssembler,
-};
-use tsm_core::device_model::DsmModel;
-use tsm_core::mem_table::MemTable;
-use tsm_core::relay::{
-    self, Direction, MAX_RELAY_BYTES, ModelSession, RecordContext, doe, spdm,
 };
 use tsm_core::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES};
 use tsm_core::tdisp::{HEADER_SIZE, TDISP_VERSION_1_0, WireError, function_id, request, response};
@@ -409,8 +407,8 @@ fn rule(total: Option<usize>, offset: usize, len: usize, rem: u16) -> Result<boo
     Ok(rem == 0)
 }
 
-/// The device's BAR in `report_portions`: 4 MiB at 2 GiB.
-const PORTIONS_BAR: (u64, u64) = (0x8000_0000, 1024);
+/// The device's BAR in `report_portions`: 16 MiB at 2 GiB.
+const PORTIONS_BAR: (u64, u64) = (0x8000_0000, 4096);
 
 /// What the device's end sends back.
 enum Sent {
@@ -473,8 +471,7 @@ impl Scripted<'_> {
                         data: 0.into(),
                     }),
                     Step::Portion { len, rem } => {
-                        let (bytes, rem) =
-                            portion(self.report, self.expect, len.min(256), rem);
+                        let (bytes, rem) = portion(self.report, self.expect, len.min(256), rem);
                         if let Ok(done) = rule(self.total, self.expect, bytes.len(), rem) {
                             self.total = Some(self.expect + bytes.len() + usize::from(rem));
                             if !done {
@@ -493,7 +490,8 @@ impl Scripted<'_> {
                         return self.seal(ctx, &out[..n]);
                     }
                 };
-                encode_response(&mut out, self.fid, &resp).unwrap_or_else(|e| fail(format!("{e:?}")))
+                encode_response(&mut out, self.fid, &resp)
+                    .unwrap_or_else(|e| fail(format!("{e:?}")))
             }
             _ => match self.dsm.exchange(&msg, &mut out) {
                 Some(n) => n,
@@ -531,6 +529,12 @@ impl Scripted<'_> {
 
 /// `report_portions`.
 pub fn portions_target(data: &[u8]) {
+    let _ = portions_run(data);
+}
+
+/// `report_portions`, returning how the bind ended (the seed test checks what its seeds
+/// reach).
+pub fn portions_run(data: &[u8]) -> tsm_core::TsmResult<Completion> {
     let (steps, report) = steps(data);
     // 1. The assembler, fed every portion step in order.
     let mut asm = ReportAssembler::new();
@@ -564,14 +568,14 @@ pub fn portions_target(data: &[u8]) {
     }
 
     // 2. A bind relayed to a device answering the report from the same script.
-    bind_through_relay(&steps, report);
+    bind_through_relay(&steps, report)
 }
 
 /// The firmware of `report_portions`: the core over an in-memory table, one guest, one device
 /// with the BAR [`PORTIONS_BAR`], one TDI.
 type PortionsFw = Tsm<MemTable<64>, ModelSession>;
 
-fn bind_through_relay(steps: &[Step], report: &[u8]) {
+fn bind_through_relay(steps: &[Step], report: &[u8]) -> tsm_core::TsmResult<Completion> {
     let fw = PortionsFw::new(MemTable::new(), ModelSession::model());
     let iface = RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| fail(e));
     let fid = function_id(iface).unwrap_or_else(|e| fail(format!("{e:?}")));
@@ -591,9 +595,9 @@ fn bind_through_relay(steps: &[Step], report: &[u8]) {
         asked: Vec::new(),
     };
     let want = predict(steps, report).and_then(|ranges| {
-        let inside = ranges
-            .iter()
-            .all(|r| r.0 >= PORTIONS_BAR.0 && r.0 + r.1 * 0x1000 <= PORTIONS_BAR.0 + PORTIONS_BAR.1 * 0x1000);
+        let inside = ranges.iter().all(|r| {
+            r.0 >= PORTIONS_BAR.0 && r.0 + r.1 * 0x1000 <= PORTIONS_BAR.0 + PORTIONS_BAR.1 * 0x1000
+        });
         if inside {
             Ok(ranges)
         } else {
@@ -666,6 +670,7 @@ fn bind_through_relay(steps: &[Step], report: &[u8]) {
             device.dsm.state(iface)
         ));
     }
+    got
 }
 
 /// Relays from `first` until the operation ends: each request to `answer`; bytes that are no
