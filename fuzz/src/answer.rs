@@ -77,8 +77,14 @@ impl Answers {
         let mut out = [0u8; MAX_RELAY_BYTES];
         let n = device.answer(request, &mut out)?;
         let bytes = out.get(..n)?.to_vec();
-        let ctx = context_of(&bytes, Direction::Response)
-            .unwrap_or_else(|| crate::common::fail("the device's own answer does not open"));
+        // The device seals its answer for the exchange of the request it opened (the answer's
+        // own TDISP header may name another interface: a device that garbles).
+        let ctx = context_of(request, Direction::Request)
+            .map(|c| RecordContext {
+                direction: Direction::Response,
+                ..c
+            })
+            .unwrap_or_else(|| crate::common::fail("the device answered a request it cannot open"));
         self.produced.insert(bytes.clone(), ctx);
         if self.history.len() == HISTORY {
             self.history.remove(0);

@@ -42,6 +42,11 @@
 //!    leaves it as it was." Allowed: that TDI `Locked` -> `Error` with the same owner, its
 //!    exchange ended, its leaves blocked.
 //!
+//! An exemption allows changes and never requires them: the targets check separately that an
+//! exchange the device's answer ended (`DeviceUnresponsive`, `DeviceRefused`,
+//! `DeviceMalformed` from a device answer) is no longer outstanding and that a refused or
+//! garbled START left the TDI in ERROR ([`ended`]).
+//!
 //! `RelayMalformed` and `NoExchange` are never exempt: "Bytes that are not a record of *this*
 //! exchange [...] are `RelayMalformed` (0x506) and change nothing: the exchange stays
 //! outstanding" (the request page included). `Resumable` (TDX `TDX_INTERRUPTED_RESUMABLE`, SEV
@@ -144,11 +149,13 @@ pub fn exemption(
         Call::Unbind(t) if progress => Exempt::UnbindProgress(t),
         Call::Force(t) if progress => Exempt::ForcedProgress(t),
         Call::Respond(t) => match (err, waiting) {
-            // Refusals of the answer itself, and of the call, change nothing.
+            // Refusals of the answer itself change nothing. (Any other status may also be a
+            // bind's own, ending it: `InvalidHandle` for a guest gone, `Misaligned` for its
+            // report; a refusal before the core, of the message pages, changes nothing, which
+            // every exemption allows.)
             (
                 Error::RelayMalformed
                 | Error::NoExchange
-                | Error::InvalidHandle
                 | Error::RelayBufferTooSmall
                 | Error::Busy(_),
                 _,
@@ -218,9 +225,14 @@ impl Exempt {
         self.blocks()
     }
 
-    /// Checks the exempt TDI's record before and after against what the exemption allows.
+    /// Checks the exempt TDI's record before and after against what the exemption allows:
+    /// an exemption allows changes, it never requires them (a refusal before the core changes
+    /// nothing), but a relayed step always leaves an exchange outstanding.
     pub fn check_record(self, b: &Tdi, a: &Tdi) -> Result<(), String> {
         let fail = |why: &str| Err(format!("{self:?}: {why}: {b:?} -> {a:?}"));
+        if b == a && !matches!(self, Exempt::Relayed { .. }) {
+            return Ok(());
+        }
         if (b.device, b.iface, b.device_state) != (a.device, a.iface, a.device_state) {
             return fail("identity or the device's last word changed");
         }
@@ -384,4 +396,30 @@ impl Exempt {
                 && a.stream == tsm_core::IdeStream::Cut);
         if read_ok && stream_ok { Ok(()) } else { fail() }
     }
+}
+
+/// After the device's answer for `waiting` ended the operation with `err`: the TDI's record
+/// `after` has nothing outstanding and, for a START the device refused or garbled, is in ERROR.
+pub fn ended(
+    waiting: Option<DeviceOp>,
+    err: Option<Error>,
+    after: Option<&Tdi>,
+) -> Result<(), String> {
+    let (Some(op), Some(e), Some(a)) = (waiting, err, after) else {
+        return Ok(());
+    };
+    let device = matches!(
+        e,
+        Error::DeviceUnresponsive | Error::DeviceRefused | Error::DeviceMalformed
+    );
+    if device && a.exchange.is_some() {
+        return Err(format!("{e:?} ended {op:?}, yet {a:?} waits"));
+    }
+    if matches!(op, DeviceOp::Start { .. })
+        && matches!(e, Error::DeviceRefused | Error::DeviceMalformed)
+        && !matches!(a.state, TdiState::Error { .. })
+    {
+        return Err(format!("a START the device {e:?} left {a:?}"));
+    }
+    Ok(())
 }

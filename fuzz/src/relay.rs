@@ -239,6 +239,11 @@ impl World {
                 _ => self.stats.opened += 1,
             }
         }
+        if let (Call::Respond(_), Err(e)) = (call, outcome)
+            && let Err(why) = crate::exempt::ended(waiting, Some(e), Some(&rec(&after)))
+        {
+            fail(format!("{why}: {what}"));
+        }
         match outcome {
             Err(Error::RelayMalformed | Error::NoExchange) => {
                 if outcome == Err(Error::NoExchange) {

@@ -1105,6 +1105,9 @@ impl World {
         }
         if let Call::Respond(_) = call {
             self.answer_oracle(rec(before), o, refused, &what);
+            if refused && let Err(e) = crate::exempt::ended(waiting, err, rec(after).as_ref()) {
+                fail(format!("{e}: {what}"));
+            }
         }
         self.oracles(id, buf, o, call, waiting, output, before, after, &what);
         self.record(after);
@@ -1322,6 +1325,17 @@ impl World {
             (true, Some(e)) => exemption(call, Err(Some(e)), waiting),
             _ => Exempt::Nothing,
         };
+        if let (true, Call::Respond(t)) = (tdi, call) {
+            let rec = after
+                .core
+                .tdis
+                .get(usize::from(t.slot()))
+                .cloned()
+                .flatten();
+            if let Err(e) = crate::exempt::ended(waiting, Error::from_code(detail), rec.as_ref()) {
+                fail(format!("{e}: {what}"));
+            }
+        }
         let page = off..off + MAX_RESPONSE;
         if let Err(e) = diff(before, after, exempt, Some(page)) {
             fail(format!(

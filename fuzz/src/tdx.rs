@@ -821,8 +821,11 @@ impl World<'_> {
         if relay {
             self.take_request(tdi, regs, out, after, &what);
         }
-        if call == Call::Respond(tdi.unwrap_or(TdiId::from_slot(0))) {
+        if let Call::Respond(_) = call {
             self.answer_oracle(record(before), decoded, &what);
+            if let Err(e) = crate::exempt::ended(waiting, err, record(after).as_ref()) {
+                fail(format!("{e}: {what}"));
+            }
         }
         self.oracles(guest, leaf, regs, out, before, after, waiting, &what);
         self.record(after);
