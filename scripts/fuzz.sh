@@ -30,7 +30,7 @@ case $seconds in
 	exit 2
 	;;
 esac
-all_targets=(tdx_dispatcher sev_dispatcher tdisp_request tdisp_response tdisp_report report_portions)
+all_targets=(tdx_dispatcher sev_dispatcher relay_answers tdisp_request tdisp_response tdisp_report report_portions)
 if [ $# -gt 0 ]; then
 	targets=("$@")
 else
@@ -90,7 +90,7 @@ for t in "${targets[@]}"; do
 		grep -A 4 -m 1 'panicked at' "$log" >&2 || tail -20 "$log" >&2
 		echo "fuzz.sh: the input:" >&2
 		ls -1 "fuzz/artifacts/$t"/crash-* "fuzz/artifacts/$t"/timeout-* \
-			"fuzz/artifacts/$t"/oom-* 2>/dev/null >&2
+			"fuzz/artifacts/$t"/oom-* >&2 2>/dev/null
 	fi
 	echo "$line"
 	summary+=("$line")

@@ -7,11 +7,11 @@ use tsm_core::ownership::Ownership;
 use tsm_core::tdisp::function_id;
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    DeviceId, GuestId, InterfaceId, Leaf, LeafState, MmioRange, SecureTable, TdiId, TdispDevice,
-    Tsm,
+    DeviceId, GuestId, IdeStream, InterfaceId, Leaf, LeafState, MmioRange, SecureSession,
+    SecureTable, TdiId, Tsm,
 };
 
-use crate::exempt::{Exempt, acts_then_garbles};
+use crate::exempt::Exempt;
 
 /// Fails the run with a message (the fuzz target's crash).
 #[track_caller]
@@ -19,10 +19,18 @@ pub fn fail(what: impl core::fmt::Display) -> ! {
     panic!("{what}")
 }
 
+/// Prints `what` when `TSM_FUZZ_TRACE` is set (reading a failing input by hand).
+pub fn trace(what: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("TSM_FUZZ_TRACE").is_some()) {
+        eprintln!("{what}");
+    }
+}
+
 /// `tsm_tests::invariants::check` (every private leaf lies in a range owned by a TDI bound to
 /// the leaf's guest, owned ranges never overlap, an unbound TDI owns nothing, a TDI that has
 /// blocked all its leaves has no live leaf).
-pub fn invariants<T: SecureTable, D: TdispDevice>(tsm: &Tsm<T, D>, after: &str) {
+pub fn invariants<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>, after: &str) {
     if let Err(v) = tsm_tests::invariants::check(tsm) {
         fail(format!("invariant broken after {after}: {v:?}"));
     }
@@ -83,6 +91,36 @@ pub fn registry_consistent<U>(s: &Snapshot<U>) -> Result<(), String> {
             ));
         }
     }
+    // A device's report read belongs to the one TDI of it whose bind waits on the device.
+    for (d, dev) in s.devices.iter().enumerate() {
+        let Some(dev) = dev else { continue };
+        for &(t, _) in &dev.tdis {
+            let binding = s
+                .tdis
+                .get(usize::from(t.slot()))
+                .and_then(Option::as_ref)
+                .is_some_and(|r| {
+                    matches!(
+                        r.exchange.map(|e| e.op),
+                        Some(tsm_core::DeviceOp::Bind { .. })
+                    )
+                });
+            let reads = dev.report_read.as_ref().is_some_and(|r| r.tdi == t);
+            if binding != reads {
+                return Err(format!(
+                    "device {d}: TDI {t:?} binding {binding}, the report read names it {reads}"
+                ));
+            }
+        }
+        if let Some(r) = &dev.report_read
+            && !dev.tdis.iter().any(|(t, _)| *t == r.tdi)
+        {
+            return Err(format!(
+                "device {d} reads a report for {:?}, not its TDI",
+                r.tdi
+            ));
+        }
+    }
     for o in s.owners.iter() {
         let owner = s
             .tdis
@@ -96,7 +134,13 @@ pub fn registry_consistent<U>(s: &Snapshot<U>) -> Result<(), String> {
     Ok(())
 }
 
-/// What differs between two core snapshots that `exempt` does not allow.
+/// What differs between two core snapshots that `exempt` does not allow: the device table,
+/// the guests and the ownership never change under any exemption; the exempt TDI's record,
+/// its device's record and (under a forced unbind that cut the stream) the device's other
+/// TDIs only as [`Exempt::check_record`], [`Exempt::check_device`] and
+/// [`Exempt::check_sibling`] say; everything else is equal. The secure table is compared whole
+/// unless the exemption may touch it ([`Exempt::touches_table`]): then leaf by leaf
+/// ([`leaves_diff`]) and its epochs by the target.
 pub fn core_diff<U: PartialEq>(
     before: &Snapshot<U>,
     after: &Snapshot<U>,
@@ -106,32 +150,48 @@ pub fn core_diff<U: PartialEq>(
     if before.claims != after.claims {
         parts.push("device table".to_string());
     }
-    if before.devices != after.devices {
-        parts.push("devices".to_string());
-    }
     if before.guests != after.guests {
         parts.push(format!("guests {:?} -> {:?}", before.guests, after.guests));
     }
     if before.owners != after.owners {
         parts.push("ownership".to_string());
     }
-    for (t, (b, a)) in before.tdis.iter().zip(&after.tdis).enumerate() {
-        if exempt.tdi() == Some(TdiId::from_slot(t as u16)) {
-            match (b, a) {
-                (Some(b), Some(a)) if b.device == a.device && b.iface == a.iface => {
-                    if let Err(e) = exempt.check_state(b.state, a.state) {
-                        parts.push(e);
-                    }
+    let rec = |s: &Snapshot<U>, t: TdiId| s.tdis.get(usize::from(t.slot())).cloned().flatten();
+    let device = exempt.tdi().and_then(|t| rec(before, t)).map(|r| r.device);
+    let mut cut = false;
+    for (d, (b, a)) in before.devices.iter().zip(&after.devices).enumerate() {
+        let mine = device == Some(DeviceId::from_slot(d as u16));
+        match (b, a) {
+            (Some(b), Some(a)) => {
+                if mine && b.stream == IdeStream::Live && a.stream == IdeStream::Cut {
+                    cut = true;
                 }
-                _ => parts.push(format!("TDI {t}: {b:?} -> {a:?} under {exempt:?}")),
+                if let Err(e) = exempt.check_device(mine, b, a) {
+                    parts.push(e);
+                }
             }
-        } else if b != a {
-            parts.push(format!("TDI {t}: {b:?} -> {a:?}"));
+            (None, None) => {}
+            _ => parts.push(format!("device {d}: {b:?} -> {a:?}")),
         }
     }
-    // Under an exemption the table's leaves are compared by `leaves_diff` and its epochs by
-    // the target; without one, everything of it.
-    if exempt == Exempt::Nothing && before.table != after.table {
+    for (t, (b, a)) in before.tdis.iter().zip(&after.tdis).enumerate() {
+        let id = TdiId::from_slot(t as u16);
+        match (b, a) {
+            (Some(b), Some(a)) if exempt.tdi() == Some(id) => {
+                if let Err(e) = exempt.check_record(b, a) {
+                    parts.push(e);
+                }
+            }
+            (Some(b), Some(a)) if Some(b.device) == device => {
+                if let Err(e) = exempt.check_sibling(cut, b, a) {
+                    parts.push(e);
+                }
+            }
+            _ if b == a => {}
+            _ => parts.push(format!("TDI {t}: {b:?} -> {a:?}")),
+        }
+    }
+    if !exempt.touches_table() && before.table != after.table {
         parts.push("secure table".to_string());
     }
     if parts.is_empty() {
@@ -163,10 +223,10 @@ pub fn leaves<T: SecureTable>(table: &T) -> Vec<Leaf> {
 
 /// What differs between the secure table's leaves before and after a refusal beyond what
 /// `exempt` allows (`owners`: the ownership before the call). Leaves of the exempt TDI (whose
-/// host pages lie in a private range it owns) may only go `Mapped` -> `Blocked` (any
-/// exemption) or be removed ([`Exempt::removes`]); after a failed STOP none of them is left
-/// `Mapped`. Every other leaf, of every guest, is exactly as it was; no leaf appears, moves,
-/// changes size or host address, changes its blocking epoch or goes `Blocked` -> `Mapped`.
+/// host pages lie in a private range it owns) may only go `Mapped` -> `Blocked`
+/// ([`Exempt::blocks`]) or be removed ([`Exempt::removes`]). Every other leaf, of every guest,
+/// is exactly as it was; no leaf appears, moves, changes size or host address, changes its
+/// blocking epoch or goes `Blocked` -> `Mapped`.
 pub fn leaves_diff(
     owners: &Ownership,
     before: &[Leaf],
@@ -196,16 +256,10 @@ pub fn leaves_diff(
                     (b.state, a.state),
                     (LeafState::Mapped, LeafState::Blocked { .. })
                 );
-                if !(blocks && exempt != Exempt::Nothing && of_tdi(&b)) {
+                if !(blocks && exempt.blocks() && of_tdi(&b)) {
                     parts.push(format!("leaf {b:?} -> {:?}", a.state));
                 }
             }
-        }
-        if matches!(exempt, Exempt::UnbindStopFailed(_))
-            && of_tdi(a)
-            && a.state == LeafState::Mapped
-        {
-            parts.push(format!("a failed STOP left leaf {a:?} live"));
         }
     }
     for b in before {
@@ -220,41 +274,9 @@ pub fn leaves_diff(
     }
 }
 
-/// The misbehaviours the harness has set on the device model, mirrored exactly: the model
-/// keeps at most eight interfaces misbehaving and ignores more (`DsmModel::set_misbehaviour`).
-#[derive(Debug, Default, Clone)]
-pub struct Faults {
-    set: Vec<(u32, Misbehaviour)>,
-}
-
 /// The model's key for an interface (`device_model::fid_of`).
 pub fn fid_of(iface: InterfaceId) -> u32 {
     function_id(iface).unwrap_or(0)
-}
-
-impl Faults {
-    /// Records what `DsmModel::set_misbehaviour(iface, how)` did.
-    pub fn set(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) {
-        let fid = fid_of(iface);
-        self.set.retain(|(f, _)| *f != fid);
-        if let Some(m) = how
-            && self.set.len() < 8
-        {
-            self.set.push((fid, m));
-        }
-    }
-
-    /// Whether the interface with model key `fid` may change its TDISP state under a refused
-    /// call (exemption 3): only if the call sent a request to it (`addressed`: the model key of
-    /// the interface of the TDI a bind, start, unbind or interface check named, read from the
-    /// request before the call) and it acts and then garbles.
-    pub fn garbles(&self, fid: u32, addressed: Option<u32>) -> bool {
-        addressed == Some(fid)
-            && self
-                .set
-                .iter()
-                .any(|(f, m)| *f == fid && acts_then_garbles(*m))
-    }
 }
 
 /// The misbehaviour numbered `n` (six of them), or `None`.
@@ -268,4 +290,23 @@ pub fn misbehaviour(n: u8) -> Option<Misbehaviour> {
         5 => Misbehaviour::InconsistentReport,
         _ => return None,
     })
+}
+
+/// The first index where `a` and `b` differ outside `window` (whole-slice comparisons first:
+/// a `memcmp`, not a loop the coverage instrumentation would slow down).
+pub fn changed_outside<T: PartialEq>(
+    a: &[T],
+    b: &[T],
+    window: Option<core::ops::Range<usize>>,
+) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    let w = window.map_or(0..0, |w| {
+        w.start.min(a.len())..w.end.min(a.len()).max(w.start.min(a.len()))
+    });
+    if a[..w.start] == b[..w.start] && a[w.end..] == b[w.end..] {
+        return None;
+    }
+    (0..a.len()).find(|&i| !w.contains(&i) && a[i] != b[i])
 }

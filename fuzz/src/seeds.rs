@@ -12,9 +12,11 @@ use tsm_core::tdisp::report::{
 };
 use tsm_core::{RequesterId, TdispState};
 
-use crate::sev::{self, Cmd, HdrMut, Msg, Mut, SevReport, Stage, Val};
+use crate::answer::Answer;
+use crate::relay::{self, Step};
+use crate::sev::{self, Cmd, HdrMut, Msg, Mut, RespMut, SevReport, Stage, Val};
 use crate::tdx::{
-    self, At, Bars, DevAction, GpaPick, HpaPick, LeafNum, ListMut, Op, Report, Td, Zap,
+    self, At, Bars, DevAction, GpaPick, HpaPick, LeafNum, ListMut, Op, Rdx, Relay, Report, Td, Zap,
 };
 
 /// What a seed must reach when run.
@@ -26,6 +28,13 @@ pub enum Reach {
     ResumableUnbind,
     /// A TDI went to ERROR.
     Error,
+    /// Relayed answers refused as malformed, an exempt refusal (an exchange ended), a TDI run
+    /// and a bound TDI unbound.
+    Relays,
+    /// The bind of `report_portions` bound the TDI.
+    Bound,
+    /// The bind of `report_portions` was refused.
+    Refused,
     /// Only that the checks pass.
     Checks,
 }
@@ -65,6 +74,7 @@ fn td_device(dev: u8, bars: Bars) -> [Op; 2] {
             dev,
             bus: dev,
             func: 0,
+            pages: 0,
         },
     ]
 }
@@ -80,6 +90,7 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             report: Report::Split,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Map {
             tdi: 0,
@@ -99,7 +110,11 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             at: At::Leaf { i: 0 },
         },
-        Op::Start { td: T0, tdi: 0 },
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::State { tdi: 0 },
         Op::SeptRd {
             td: T0,
@@ -117,7 +132,10 @@ fn tdx_seeds() -> Vec<Seed> {
             zap: Zap::Bar { dev: 0 },
         },
         Op::Track { td: T0 },
-        Op::Check { tdi: 0 },
+        Op::Check {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::UnbindAll { tdi: 0 },
         Op::ZapCheck {
             zap: Zap::Bar { dev: 0 },
@@ -127,6 +145,7 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             report: Report::Keep,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::TdDestroy { td: T0 },
     ]);
@@ -146,6 +165,7 @@ fn tdx_seeds() -> Vec<Seed> {
             td: T0,
             report: Report::Bars,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::MapRun {
             tdi: 0,
@@ -153,10 +173,22 @@ fn tdx_seeds() -> Vec<Seed> {
             region: 0,
         },
         Op::HoldFlush { td: T0, hold: true },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Track { td: T0 },
         Op::HoldFlush {
             td: T0,
@@ -183,6 +215,7 @@ fn tdx_seeds() -> Vec<Seed> {
                 td,
                 report: Report::Bars,
                 r8: false,
+                relay: Relay::Drive,
             },
             Op::Map {
                 tdi,
@@ -194,24 +227,41 @@ fn tdx_seeds() -> Vec<Seed> {
         ]);
     }
     ops.extend([
-        Op::Start { td: T0, tdi: 0 },
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Device {
             tdi: 0,
             action: DevAction::Disturb,
         },
-        Op::Check { tdi: 0 },
+        Op::Check {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Device {
             tdi: 1,
             action: DevAction::Misbehave { how: 4 },
         },
-        Op::Start { td: T1, tdi: 1 },
+        Op::Start {
+            td: T1,
+            tdi: 1,
+            relay: Relay::Drive,
+        },
         Op::DevError { tdi: 1 },
         Op::Device {
             tdi: 0,
             action: DevAction::Misbehave { how: 0 },
         },
-        Op::Unbind { tdi: 0 },
-        Op::Unbind { tdi: 0 },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
         Op::Device {
             tdi: 0,
             action: DevAction::Behave,
@@ -256,51 +306,60 @@ fn tdx_seeds() -> Vec<Seed> {
             dev: 0,
             bus: 1,
             func: 0,
+            pages: 0,
         },
         Op::DevifCreate {
             dev: 0,
             bus: 0,
             func: 8,
+            pages: 0,
         },
         Op::DevifCreate {
             dev: 0,
             bus: 0,
             func: 0,
+            pages: 0,
         },
         Op::DevifCreate {
             dev: 0,
             bus: 0,
             func: 0,
+            pages: 0,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Outside,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::TooMany,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Overlapping,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Bars,
             r8: true,
+            relay: Relay::Drive,
         },
         Op::Bind {
             tdi: 0,
             td: T0,
             report: Report::Bars,
             r8: false,
+            relay: Relay::Drive,
         },
         Op::Map {
             tdi: 0,
@@ -331,6 +390,7 @@ fn tdx_seeds() -> Vec<Seed> {
             rdx: 0,
             r8: 0,
             r9: 0,
+            r10: 0,
         },
         Op::Raw {
             leaf: LeafNum::Any {
@@ -340,6 +400,7 @@ fn tdx_seeds() -> Vec<Seed> {
             rdx: 0,
             r8: 0,
             r9: 0,
+            r10: 0,
         },
         Op::RawGuest {
             td: T0,
@@ -360,6 +421,188 @@ fn tdx_seeds() -> Vec<Seed> {
         tdx::encode(true, &ops),
         Reach::Checks,
     ));
+    // The relay under a hostile host: two TDIs of one device on pairs A and B, a third of
+    // another device sharing pair A; a bind with one garbled answer, a bind abandoned and then
+    // handed every kind of wrong answer (a replay, cut short, padded, a wrong DOE length, the
+    // request itself, made-up bytes, too long, RDX off or past the page, the request read
+    // from the page again), a START left unanswered three times, a request page made
+    // read-only, a STOP answered with another TDI's answer, a forced unbind and the stream
+    // set up again, message pages of every bad kind.
+    let answer = |tdi: u8, answer: Answer| Op::Respond {
+        tdi,
+        answer,
+        rdx: Rdx::Exact,
+        from_page: false,
+    };
+    let mut ops = vec![Op::TdCreate, Op::TdCreate];
+    ops.extend([
+        Op::DeviceCreate {
+            dev: 0,
+            bars: Bars::One,
+            list: ListMut::Fine,
+        },
+        Op::DevifCreate {
+            dev: 0,
+            bus: 0,
+            func: 0,
+            pages: 0,
+        },
+        Op::DevifCreate {
+            dev: 0,
+            bus: 0,
+            func: 1,
+            pages: 2,
+        },
+        Op::DeviceCreate {
+            dev: 1,
+            bars: Bars::Two,
+            list: ListMut::Fine,
+        },
+        Op::DevifCreate {
+            dev: 1,
+            bus: 1,
+            func: 0,
+            pages: 0,
+        },
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Split,
+            r8: false,
+            relay: Relay::Once {
+                answer: Answer::Flip { at: 30, bit: 3 },
+            },
+        },
+        Op::Bind {
+            tdi: 1,
+            td: T1,
+            report: Report::Sub {
+                start: 900,
+                pages: 16,
+            },
+            r8: false,
+            relay: Relay::Rounds { n: 0 },
+        },
+        answer(1, Answer::Replay { back: 1 }),
+        answer(1, Answer::Truncate { len: 20 }),
+        answer(1, Answer::Extend { by: 3, fill: 0 }),
+        answer(1, Answer::DoeLength { delta: 1 }),
+        answer(1, Answer::Reflect),
+        answer(
+            1,
+            Answer::Bytes {
+                len: 64,
+                fill: 0x5a,
+                doe: true,
+            },
+        ),
+        answer(1, Answer::TooLong),
+        Op::Respond {
+            tdi: 1,
+            answer: Answer::Genuine,
+            rdx: Rdx::Past,
+            from_page: false,
+        },
+        Op::Respond {
+            tdi: 1,
+            answer: Answer::Genuine,
+            rdx: Rdx::Delta { d: 4 },
+            from_page: false,
+        },
+        Op::Reread { tdi: 1 },
+        Op::Respond {
+            tdi: 1,
+            answer: Answer::Genuine,
+            rdx: Rdx::Exact,
+            from_page: true,
+        },
+        Op::Bind {
+            tdi: 1,
+            td: T1,
+            report: Report::Keep,
+            r8: false,
+            relay: Relay::Drive,
+        },
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Leave,
+        },
+        Op::Check {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        answer(0, Answer::Silent),
+        answer(0, Answer::Silent),
+        answer(0, Answer::Silent),
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        answer(0, Answer::Replay { back: 0 }),
+        Op::HostPage {
+            page: 1,
+            read_only: true,
+        },
+        Op::Check {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::HostPage {
+            page: 1,
+            read_only: false,
+        },
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Leave,
+        },
+        answer(0, Answer::Replay { back: 2 }),
+        answer(0, Answer::Genuine),
+        Op::Bind {
+            tdi: 2,
+            td: T0,
+            report: Report::Bars,
+            r8: false,
+            relay: Relay::Drive,
+        },
+        Op::UnbindForce { tdi: 2, bits: 0 },
+        Op::UnbindForce { tdi: 1, bits: 3 },
+        Op::Bind {
+            tdi: 2,
+            td: T0,
+            report: Report::Keep,
+            r8: false,
+            relay: Relay::Drive,
+        },
+        Op::StreamSetup { dev: 1 },
+        Op::Bind {
+            tdi: 2,
+            td: T0,
+            report: Report::Keep,
+            r8: false,
+            relay: Relay::Drive,
+        },
+        Op::HostPage {
+            page: 5,
+            read_only: true,
+        },
+    ]);
+    for pages in 4..10u8 {
+        ops.push(Op::DevifCreate {
+            dev: 0,
+            bus: 0,
+            func: 2 + pages,
+            pages,
+        });
+    }
+    ops.push(Op::UnbindAll { tdi: 1 });
+    out.push(seed(
+        "tdx_dispatcher",
+        "relay-answers",
+        tdx::encode(false, &ops),
+        Reach::Relays,
+    ));
     out
 }
 
@@ -377,6 +620,7 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             out: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiInfo {
             d: 0,
@@ -406,6 +650,7 @@ fn sev_seeds() -> Vec<Seed> {
             req: 0,
             res: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::MmioBlock {
             g: 0,
@@ -447,6 +692,7 @@ fn sev_seeds() -> Vec<Seed> {
             g: 1,
             gdev: 1,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiReclaim {
             d: 0,
@@ -468,19 +714,25 @@ fn sev_seeds() -> Vec<Seed> {
             d: 0,
             t: 1,
             g: 1,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiUnbind {
             d: 0,
             t: 1,
             g: 1,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiUnbind {
             d: 0,
             t: 1,
             g: 1,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::FenceStatus {
             d: 0,
@@ -514,12 +766,14 @@ fn sev_seeds() -> Vec<Seed> {
             req: 0,
             res: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiStatus {
             d: 0,
             t: 0,
             out: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::TdiError {
             d: 0,
@@ -534,7 +788,9 @@ fn sev_seeds() -> Vec<Seed> {
             d: 0,
             t: 0,
             g: 0,
+            force: false,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::Device {
             t: 0,
@@ -551,6 +807,7 @@ fn sev_seeds() -> Vec<Seed> {
             g: 0,
             gdev: 0,
             m: m0(),
+            relay: Relay::Drive,
         },
     ];
     out.push(seed(
@@ -568,6 +825,7 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             out: out_pick,
             m: m0(),
+            relay: Relay::Drive,
         });
         cmds.push(Cmd::Guest {
             d: 0,
@@ -585,6 +843,7 @@ fn sev_seeds() -> Vec<Seed> {
             req: out_pick % 4,
             res: out_pick,
             m: m0(),
+            relay: Relay::Drive,
         });
     }
     for hdr in [
@@ -604,6 +863,7 @@ fn sev_seeds() -> Vec<Seed> {
             req: 0,
             res: 0,
             m: m0(),
+            relay: Relay::Drive,
         });
     }
     cmds.extend([
@@ -721,6 +981,7 @@ fn sev_seeds() -> Vec<Seed> {
             g: 0,
             gdev: 3,
             m: m0(),
+            relay: Relay::Drive,
         },
         Cmd::DevDisconnect {
             d: 0,
@@ -741,6 +1002,147 @@ fn sev_seeds() -> Vec<Seed> {
         "from-nothing",
         sev::encode(Stage::Empty, &cmds),
         Reach::Checks,
+    ));
+    // Continuations of a saved written-back buffer with every kind of wrong answer and
+    // mangled response buffer, then the device's own; a START left unanswered three times
+    // (the guest hears DeviceUnresponsive), a bind abandoned by an unbind, a forced unbind and
+    // the stream set up again by DEV_DISCONNECT and DEV_CONNECT.
+    let cont = |answer: Answer, resp: RespMut| Cmd::Continue {
+        k: 0,
+        answer,
+        resp,
+        from_page: false,
+        m: m0(),
+    };
+    let mut cmds = vec![Cmd::TdiStatus {
+        d: 0,
+        t: 0,
+        out: 0,
+        m: m0(),
+        relay: Relay::Leave,
+    }];
+    for (answer, resp) in [
+        (Answer::Flip { at: 40, bit: 1 }, RespMut::Fine),
+        (Answer::Genuine, RespMut::Id),
+        (Answer::Genuine, RespMut::Version),
+        (Answer::Genuine, RespMut::Type { t: 1 }),
+        (Answer::Genuine, RespMut::Length { d: 32 }),
+        (Answer::Genuine, RespMut::PayloadSize),
+        (Answer::Genuine, RespMut::Encrypted),
+        (Answer::Replay { back: 3 }, RespMut::Fine),
+        (Answer::Reflect, RespMut::Fine),
+        (Answer::TooLong, RespMut::Fine),
+        (
+            Answer::Bytes {
+                len: 80,
+                fill: 7,
+                doe: true,
+            },
+            RespMut::Fine,
+        ),
+        (Answer::Genuine, RespMut::Empty),
+        (Answer::Genuine, RespMut::Fine),
+        (Answer::Genuine, RespMut::Fine),
+    ] {
+        cmds.push(cont(answer, resp));
+    }
+    cmds.extend([
+        Cmd::Guest {
+            d: 0,
+            t: 0,
+            g: 0,
+            msg: Msg::Start { gdev: 0 },
+            hdr: HdrMut::Fine,
+            req: 0,
+            res: 0,
+            m: m0(),
+            relay: Relay::Leave,
+        },
+        cont(Answer::Silent, RespMut::Fine),
+        cont(Answer::Silent, RespMut::Fine),
+        cont(Answer::Silent, RespMut::Fine),
+        Cmd::Guest {
+            d: 0,
+            t: 0,
+            g: 0,
+            msg: Msg::Start { gdev: 0 },
+            hdr: HdrMut::Fine,
+            req: 0,
+            res: 0,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 0,
+            g: 0,
+            force: false,
+            m: m0(),
+            relay: Relay::Once {
+                answer: Answer::Silent,
+            },
+        },
+        Cmd::TdiBind {
+            d: 0,
+            t: 1,
+            g: 1,
+            gdev: 1,
+            m: m0(),
+            relay: Relay::Rounds { n: 2 },
+        },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 1,
+            g: 1,
+            force: false,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        cont(Answer::Genuine, RespMut::Fine),
+        Cmd::TdiBind {
+            d: 0,
+            t: 1,
+            g: 1,
+            gdev: 1,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        Cmd::TdiUnbind {
+            d: 0,
+            t: 1,
+            g: 1,
+            force: true,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        Cmd::TdiBind {
+            d: 0,
+            t: 1,
+            g: 1,
+            gdev: 1,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        Cmd::DevDisconnect {
+            d: 0,
+            force: false,
+            m: m0(),
+        },
+        Cmd::DevConnect { d: 0, m: m0() },
+        Cmd::TdiBind {
+            d: 0,
+            t: 1,
+            g: 1,
+            gdev: 1,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+    ]);
+    out.push(seed(
+        "sev_dispatcher",
+        "relay-continuations",
+        sev::encode(Stage::Bound, &cmds),
+        Reach::Relays,
     ));
     out
 }
@@ -894,10 +1296,10 @@ fn decoder_seeds() -> Vec<Seed> {
     // (name, steps, report)
     type Script = (&'static str, Vec<Vec<u8>>, Vec<u8>);
     let scripts: Vec<Script> = vec![
-        ("one-portion", vec![step(0, 256, 0)], reports()[1].1.clone()),
+        ("one-portion", vec![step(0, 52, 0)], reports()[1].1.clone()),
         (
             "three-portions",
-            vec![step(0, 256, 0), step(0, 256, 0), step(0, 256, 0)],
+            vec![step(0, 256, 0), step(0, 100, 0), step(0, 20, 0)],
             big.clone(),
         ),
         (
@@ -922,6 +1324,27 @@ fn decoder_seeds() -> Vec<Seed> {
             vec![step(5, 0, 0), step(6, 0, 0), step(7, 0, 0)],
             reports()[0].1.clone(),
         ),
+        (
+            "no-record-between-portions",
+            vec![
+                step(8, 0, 0),
+                step(0, 30, 0),
+                step(8, 0, 0),
+                step(4, 0, 0),
+                step(0, 22, 0),
+            ],
+            reports()[1].1.clone(),
+        ),
+        (
+            "outside-the-bar",
+            vec![step(0, 256, 0)],
+            report_bytes(&[wire_range(0x8100_0000, 1, 0, 0)], &[]),
+        ),
+        (
+            "silent-three-times",
+            vec![step(0, 20, 0), step(4, 0, 0), step(4, 0, 0), step(4, 0, 0)],
+            reports()[1].1.clone(),
+        ),
     ];
     for (name, steps, report) in scripts {
         let mut b = vec![steps.len() as u8];
@@ -929,8 +1352,153 @@ fn decoder_seeds() -> Vec<Seed> {
             b.extend(s);
         }
         b.extend(report);
-        out.push(seed("report_portions", name, b, Reach::Checks));
+        let reach = match name {
+            "one-portion" | "three-portions" | "no-record-between-portions" => Reach::Bound,
+            "outside-the-bar" | "silent-three-times" | "garbage-other-refuse" => Reach::Refused,
+            _ => Reach::Checks,
+        };
+        out.push(seed("report_portions", name, b, reach));
     }
+    out
+}
+
+fn relay_seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let begin = |tdi: u8, op: u8| {
+        (
+            Step::Begin {
+                tdi,
+                op,
+                guest: tdi / 2,
+            },
+            Vec::new(),
+        )
+    };
+    let give = |tdi: u8, of: u8, answer: Answer| (Step::Give { tdi, of, answer }, Vec::new());
+    let finish = |tdi: u8| (Step::Finish { tdi }, Vec::new());
+    // One TDI through bind, start, check and unbind, each step first handed every kind of
+    // wrong answer, silence and bytes from the input.
+    let mut steps = vec![begin(0, 0)];
+    for answer in [
+        Answer::Flip { at: 9, bit: 0 },
+        Answer::Truncate { len: 33 },
+        Answer::Extend { by: 4, fill: 0 },
+        Answer::DoeLength { delta: -1 },
+        Answer::Reflect,
+        Answer::Bytes {
+            len: 60,
+            fill: 0,
+            doe: true,
+        },
+        Answer::TooLong,
+        Answer::Silent,
+        Answer::Genuine,
+    ] {
+        steps.push(give(0, 0, answer));
+    }
+    steps.push((
+        Step::Raw {
+            tdi: 0,
+            len: 39,
+            doe: true,
+        },
+        (0..40u8).collect(),
+    ));
+    steps.extend([finish(0), (Step::Map { tdi: 0, page: 3 }, Vec::new())]);
+    steps.extend([
+        begin(0, 1),
+        give(0, 0, Answer::Silent),
+        give(0, 0, Answer::Silent),
+        give(0, 0, Answer::Silent),
+        begin(0, 1),
+        give(0, 0, Answer::Replay { back: 4 }),
+        finish(0),
+        give(0, 0, Answer::Genuine),
+        begin(0, 2),
+        give(0, 0, Answer::Replay { back: 0 }),
+        finish(0),
+        (
+            Step::HoldFlush {
+                guest: 0,
+                hold: true,
+            },
+            Vec::new(),
+        ),
+        begin(0, 3),
+        give(0, 0, Answer::Flip { at: 100, bit: 7 }),
+        finish(0),
+        begin(0, 3),
+        (
+            Step::HoldFlush {
+                guest: 0,
+                hold: false,
+            },
+            Vec::new(),
+        ),
+        begin(0, 3),
+    ]);
+    out.push(seed(
+        "relay_answers",
+        "every-step-garbled",
+        relay::encode(&steps),
+        Reach::Relays,
+    ));
+
+    // Two TDIs of two devices interleaved: answers to one handed to the other, a second bind
+    // of a device while another TDI reads its report, abandoned exchanges, a device error
+    // dropping a START, a forced unbind and the stream set up again.
+    let steps = vec![
+        begin(0, 0),
+        begin(2, 0),
+        give(0, 2, Answer::Genuine),
+        give(2, 2, Answer::Genuine),
+        give(0, 0, Answer::Genuine),
+        begin(1, 0),
+        give(2, 0, Answer::Replay { back: 0 }),
+        finish(2),
+        finish(0),
+        begin(0, 1),
+        (Step::DeviceError { tdi: 0 }, Vec::new()),
+        give(0, 0, Answer::Genuine),
+        begin(1, 0),
+        give(1, 1, Answer::Genuine),
+        give(1, 1, Answer::Genuine),
+        give(1, 1, Answer::Genuine),
+        begin(1, 3),
+        give(1, 1, Answer::Genuine),
+        begin(1, 0),
+        finish(1),
+        (
+            Step::Device {
+                tdi: 2,
+                action: DevAction::Misbehave { how: 0 },
+            },
+            Vec::new(),
+        ),
+        begin(2, 3),
+        give(2, 2, Answer::Genuine),
+        give(2, 2, Answer::Genuine),
+        give(2, 2, Answer::Genuine),
+        begin(2, 4),
+        give(2, 2, Answer::Genuine),
+        begin(3, 0),
+        (Step::Setup { dev: 1 }, Vec::new()),
+        (
+            Step::Device {
+                tdi: 2,
+                action: DevAction::Behave,
+            },
+            Vec::new(),
+        ),
+        begin(3, 0),
+        finish(3),
+    ];
+    out.push(seed(
+        "relay_answers",
+        "interleaved-tdis",
+        relay::encode(&steps),
+        Reach::Relays,
+    ));
     out
 }
 
@@ -939,6 +1507,7 @@ pub fn all() -> Vec<Seed> {
     let mut v = tdx_seeds();
     v.extend(sev_seeds());
     v.extend(decoder_seeds());
+    v.extend(relay_seeds());
     v
 }
 
@@ -956,7 +1525,11 @@ pub fn check(s: &Seed) -> Result<String, String> {
                 Reach::RunThenUnbound => st.run && st.unbound,
                 Reach::ResumableUnbind => st.resumable > 0 && st.exempt > 0 && st.unbound,
                 Reach::Error => st.error && st.unbound,
+                Reach::Relays => {
+                    st.malformed > 0 && st.exempt > 0 && st.run && st.unbound && st.relays > 0
+                }
                 Reach::Checks => true,
+                Reach::Bound | Reach::Refused => false,
             };
             (format!("{st:?}"), reached)
         }
@@ -970,7 +1543,11 @@ pub fn check(s: &Seed) -> Result<String, String> {
                 Reach::RunThenUnbound => st.run && st.unbound && st.validated,
                 Reach::ResumableUnbind => st.resumable > 0 && st.unbound,
                 Reach::Error => st.error && st.unbound && st.refused_in_answer > 0,
+                Reach::Relays => {
+                    st.malformed > 0 && st.refused_in_answer > 0 && st.run && st.unbound
+                }
                 Reach::Checks => true,
+                Reach::Bound | Reach::Refused => false,
             };
             (format!("{st:?}"), reached)
         }
@@ -987,8 +1564,30 @@ pub fn check(s: &Seed) -> Result<String, String> {
             (String::new(), true)
         }
         "report_portions" => {
-            crate::wire::portions_target(&s.bytes);
-            (String::new(), true)
+            let outcome = crate::wire::portions_run(&s.bytes);
+            let reached = match s.reach {
+                Reach::Bound => outcome == Ok(tsm_core::Completion::Done),
+                Reach::Refused => outcome.is_err(),
+                _ => true,
+            };
+            (format!("{outcome:?}"), reached)
+        }
+        "relay_answers" => {
+            if relay::encode(&relay::decode(&s.bytes)) != s.bytes {
+                return Err("does not decode to what was encoded".into());
+            }
+            let st = relay::run(&s.bytes);
+            let reached = match s.reach {
+                Reach::Relays => {
+                    st.malformed > 0
+                        && st.exempt > 0
+                        && st.opened > 0
+                        && st.no_exchange > 0
+                        && st.unbinding
+                }
+                _ => true,
+            };
+            (format!("{st:?}"), reached)
         }
         t => return Err(format!("unknown target {t}")),
     };

@@ -1,52 +1,70 @@
 //! `sev_dispatcher`: SEV-TIO command sequences through `platform_sev::Sev::command`.
 //!
 //! An input first names a setup stage, run with every check like any other command and
-//! required to succeed: guest contexts created and activated, a device created and connected
-//! with two TDIs, one TDI bound, its MMIO mapped, validated and started by the guest through
-//! guest requests (MMIO_VALIDATE, TDI_START), or a second TDI bound to another guest with 80
-//! leaves (so its unbind is resumable). Then come commands built from templates with
-//! mostly-valid operands (contexts in use, addresses in the BARs and at the mappings, the
-//! status, request, response and report pages) and mutated: any field of the buffer set to an
+//! required to succeed: guest contexts created and activated, a device created (its BARs in a
+//! BAR list in system memory) and connected with two TDIs, one TDI bound, its MMIO mapped,
+//! validated and started by the guest through guest requests (MMIO_VALIDATE, TDI_START), or a
+//! second TDI bound to another guest with 80 leaves (so its unbind is resumable); every
+//! command that needs the device relayed to the model device as the Linux host does (the
+//! request from `spdm_ctrl.req`, the answer to `spdm_ctrl.resp`, the written-back buffer
+//! issued again). Then come commands built from templates with mostly-valid operands
+//! (contexts in use, addresses in the BARs and at the mappings, the status, request,
+//! response, report, SPDM and BAR-list pages) and mutated: any field of the buffer set to an
 //! interesting value (zero, all ones, a bit, an address of a kind the firmware must refuse:
 //! read-only, unmapped, a context page, device MMIO, misaligned, crossing a page, past 2^52),
 //! its length changed, the buffer misaligned, the command ID changed; guest requests with
 //! their header and body mutated and their output and request addresses picked from the same
-//! kinds; and the host's actions beside commands: device misbehaviour and events, the device's
-//! report, fences held, the host's own RMPUPDATE and PSMASH.
+//! kinds; relays as the command says (the device's answers to the end, a few rounds then
+//! nothing, one round with another answer: nothing, mangled, replayed, reflected, made up,
+//! too long) and later continuations of a saved written-back buffer with any answer and a
+//! mangled response buffer; and the host's actions beside commands: device misbehaviour and
+//! events, the device's report, fences held, the host's own RMPUPDATE and PSMASH.
 //!
 //! After every command: `tsm_tests::invariants::check`, the record tables' consistency and the
 //! context tables' (every context names a live core object of its kind, guest device IDs are
-//! unique per guest); a refused command (any status but SUCCESS and RESUME_REQUIRED) must
+//! unique per guest); the device model untouched (the firmware never talks to it); the buffer
+//! written back unchanged but for `FLAG_CONTINUE` (set exactly when the answer is
+//! SPDM_REQUEST, cleared on SUCCESS and RESUME_REQUIRED, untouched by a refusal); a refused
+//! command (any status but SUCCESS, RESUME_REQUIRED and SPDM_REQUEST) and a relayed one must
 //! leave everything as it was, under the exemptions of [`crate::exempt`]: the core's tables,
-//! the RMP (every entry, fence counters), guest, device and TDI contexts, the device model's
-//! TDISP state and configuration space, and all of system memory; a successful one writes
-//! system memory only inside the output it names; a guest message refused inside its answer
-//! changes nothing but the response page. Beside those: host MMIO block and unmap never
-//! succeed, a permitted zap or host RMPUPDATE touches no private owned page and no leaf, a
-//! finished unbind leaves the TDI unbound and owning nothing, a started TDI runs, read-only
-//! commands (TDI_INFO, ASID_FENCE_STATUS, TDI_REPORT) change no table, and only unbind, device
-//! error, TDI_STATUS and the fence clear answer RESUME_REQUIRED.
+//! the RMP (every entry, fence counters), guest, device and TDI contexts and all of system
+//! memory (a relayed one writes the request buffer only, and the device opens what it holds
+//! as the TDI's outstanding exchange); a successful one writes system memory only inside the
+//! output it names; a guest message refused inside its answer changes nothing but the
+//! response page (and what its exemption allows); a continuation that went on carried the
+//! device's own answer to the outstanding exchange, and the device's own answer is never
+//! refused as malformed. Beside those: host MMIO block and unmap never succeed, a permitted
+//! zap or host RMPUPDATE touches no private owned page and no leaf, a finished unbind leaves
+//! the TDI unbound and owning nothing, read-only commands (TDI_INFO, ASID_FENCE_STATUS,
+//! TDI_REPORT) change no table, and only unbind, device error, TDI_STATUS and the fence clear
+//! answer RESUME_REQUIRED. At the end every TDI unbinds (fences released, the device behaving).
 
 use arbitrary::{Arbitrary, Unstructured};
 use platform_sev::abi::{self, Command, SlaAddr, len_of};
-use platform_sev::device::{Bars as DevBars, PciModel};
 use platform_sev::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use platform_sev::guest_msg::{self as msg, MsgHeader};
+use platform_sev::host::{read_request, response_init, write_response};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpUpdate};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::{FromZeros, IntoBytes};
-use tsm_core::device_model::DeviceEvent;
+use tsm_core::capacity::MAX_TDIS;
+use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::relay::{MAX_RELAY_BYTES, doe};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
-use tsm_core::{Error, GuestId, Hpa, MmioRange, RequesterId, ReservedMemory, TdiState};
+use tsm_core::{
+    Completion, DeviceOp, Error, GuestId, Hpa, MmioRange, ModelSession, RequesterId,
+    ReservedMemory, TdiId, TdiState,
+};
 use tsm_core::{TdispState, capacity::MAX_RANGES_PER_TDI};
 
-use crate::common::{self, Faults, core_diff, fail, fid_of, registry_consistent};
+use crate::answer::{Answer, Answers, check_request};
+use crate::common::{self, changed_outside, core_diff, fail, fid_of, registry_consistent};
 use crate::enc::ops;
 use crate::exempt::{Call, Exempt, exemption};
-use crate::tdx::DevAction;
+use crate::tdx::{DevAction, Relay};
 
 /// The RMP window: device MMIO.
 pub const RMP_BASE: u64 = 0x8000_0000;
@@ -54,9 +72,16 @@ const RMP_PAGES: usize = 4096;
 /// Device 0's BAR (4 MiB).
 pub const BAR: u64 = 0x8000_0000;
 /// System memory: status (0), request (1), response (2), report (3), a page the tests put a
-/// guest context on (4), read-only (5), a page a device context may sit on (6), spare (7).
+/// guest context on (4), read-only (5), a page a device context may sit on (6), spare (7),
+/// the SPDM request (8) and response (9) buffers, the BAR lists (10), spare (11).
 pub const MEM: u64 = 0x1_0000_0000;
-const MEM_PAGES: usize = 8;
+const MEM_PAGES: usize = 12;
+/// The SPDM request buffer (`spdm_ctrl.req` of every relaying command).
+pub const SPDM_REQ: u64 = MEM + 0x8000;
+/// The SPDM response buffer (`spdm_ctrl.resp`).
+pub const SPDM_RESP: u64 = MEM + 0x9000;
+/// The BAR list of configuration `k` is at `BAR_LISTS + k * 0x90`.
+pub const BAR_LISTS: u64 = MEM + 0xA000;
 const RO_PAGE: u64 = MEM + 0x5000;
 const FW_PAGE: u64 = MEM + 0x4000;
 const FW_PAGE2: u64 = MEM + 0x6000;
@@ -74,8 +99,9 @@ pub const MAX_CMDS: usize = 64;
 const MAX_RESPONSE: usize = msg::HDR_SIZE as usize + msg::MAX_BODY;
 const MAX_REPORT: usize = 16 + 16 * MAX_RANGES_PER_TDI + 4;
 
-/// Configuration space of the model's devices, by index (bus 3 + index, function 0):
-/// good BARs, one over system memory, one over device 0's BAR, one outside the RMP window.
+/// The BARs the host lists for each device configuration, by index (bus 3 + index,
+/// function 0), in BAR lists at [`BAR_LISTS`]: good BARs, one over system memory, one over
+/// device 0's BAR, one outside the RMP window, two that overlap.
 const CONFIG: [&[(u64, u64)]; 7] = [
     &[(BAR, 1024)],
     &[(0x8040_0000, 512), (0x8060_0000, 16)],
@@ -179,6 +205,28 @@ ops! {
 }
 
 ops! {
+    /// What the host does to the response buffer after writing an answer there.
+    pub enum RespMut {
+        /// Nothing: as Linux writes it.
+        Fine,
+        /// The data object's ID is the request's.
+        Id,
+        /// Version 1.1.
+        Version,
+        /// Data type `t`.
+        Type { t: u8 },
+        /// The data object's length moved by `d` (and `payload_sz` with it).
+        Length { d: i8 },
+        /// `payload_sz` disagrees with the data object's length.
+        PayloadSize,
+        /// The buffer says it is encrypted.
+        Encrypted,
+        /// No answer (length 0x10), whatever the payload.
+        Empty,
+    }
+}
+
+ops! {
     /// The report the device will send at the interface's next bind.
     pub enum SevReport {
         /// The device's first BAR, private.
@@ -220,16 +268,16 @@ ops! {
         TdiCreate { d: u8, t: u8, bus: u8, func: u8, m: [Mut; 2] },
         /// TIO_TDI_RECLAIM.
         TdiReclaim { d: u8, t: u8, m: [Mut; 2] },
-        /// TIO_TDI_BIND with guest device ID pick `gdev`.
-        TdiBind { d: u8, t: u8, g: u8, gdev: u8, m: [Mut; 2] },
-        /// One TIO_TDI_UNBIND.
-        TdiUnbind { d: u8, t: u8, g: u8, m: [Mut; 2] },
-        /// TIO_TDI_UNBIND until it does not ask to resume (at most 40).
+        /// TIO_TDI_BIND with guest device ID pick `gdev`, relayed.
+        TdiBind { d: u8, t: u8, g: u8, gdev: u8, m: [Mut; 2], relay: Relay },
+        /// One TIO_TDI_UNBIND (FORCE when `force`), relayed.
+        TdiUnbind { d: u8, t: u8, g: u8, force: bool, m: [Mut; 2], relay: Relay },
+        /// TIO_TDI_UNBIND, relayed to the end, until it does not ask to resume (at most 40).
         TdiUnbindAll { d: u8, t: u8, g: u8 },
         /// TIO_TDI_REPORT.
         TdiReport { d: u8, t: u8, g: u8, out: u8, m: [Mut; 2] },
-        /// TIO_TDI_STATUS.
-        TdiStatus { d: u8, t: u8, out: u8, m: [Mut; 2] },
+        /// TIO_TDI_STATUS, relayed.
+        TdiStatus { d: u8, t: u8, out: u8, m: [Mut; 2], relay: Relay },
         /// TIO_TDI_INFO.
         TdiInfo { d: u8, t: u8, out: u8, m: [Mut; 2] },
         /// TIO_TDI_ERROR.
@@ -246,8 +294,12 @@ ops! {
         MmioUnmap { g: u8, gpa: u8, size: u8, m: [Mut; 2] },
         /// TIO_MMIO_ZAP.
         MmioZap { base: u8, pages: u8, m: [Mut; 2] },
-        /// TIO_GUEST_REQUEST carrying `msg`, request page pick `req`, response `res`.
-        Guest { d: u8, t: u8, g: u8, msg: Msg, hdr: HdrMut, req: u8, res: u8, m: [Mut; 2] },
+        /// TIO_GUEST_REQUEST carrying `msg`, request page pick `req`, response `res`, relayed.
+        Guest { d: u8, t: u8, g: u8, msg: Msg, hdr: HdrMut, req: u8, res: u8, m: [Mut; 2], relay: Relay },
+        /// The written-back buffer saved `k` relays ago issued again, with `answer` (to the
+        /// last request of its TDI, or to what the request buffer holds now when `from_page`)
+        /// in the response buffer, mangled as `resp` says.
+        Continue { k: u8, answer: Answer, resp: RespMut, from_page: bool, m: [Mut; 2] },
         /// The device or host acts on TDI context `t`'s interface.
         Device { t: u8, action: DevAction },
         /// Hold the guest's fences, or complete them.
@@ -286,13 +338,17 @@ pub struct Stats {
     pub unbound: bool,
     /// A guest MMIO_VALIDATE succeeded.
     pub validated: bool,
+    /// SPDM_REQUEST answers.
+    pub relays: usize,
+    /// Continuations refused as not the device's answer.
+    pub malformed: usize,
 }
 
-type Fw = Sev<Vec<RmpEntry>, PciModel>;
+type Fw = Sev<Vec<RmpEntry>, ModelSession>;
 
 /// Everything a refused command must leave as it was: the core's record tables with the RMP's
 /// fence counters, every RMP entry and system memory (both kept apart so that their buffers
-/// are reused), the context tables, the device model's TDISP states and configuration space.
+/// are reused), the context tables, the device model's TDISP states.
 #[derive(Debug, Clone, PartialEq)]
 struct State {
     core: Snapshot<Vec<AsidFence>>,
@@ -304,14 +360,32 @@ struct State {
     devices: Vec<DevCtx>,
     tdis: Vec<TdiCtx>,
     tdisp: Vec<(u32, TdispState)>,
-    config: Vec<(RequesterId, DevBars)>,
     mem: Vec<u8>,
 }
+
+/// What the host handed a continuation, for the answer oracle.
+#[derive(Debug, Clone)]
+struct Handed {
+    /// The DOE payload written to the response buffer.
+    payload: Vec<u8>,
+    /// Written as Linux writes it (no [`RespMut`]).
+    clean: bool,
+}
+
+/// Written-back buffers kept for continuations.
+const SAVED: usize = 4;
 
 struct World {
     sev: Fw,
     mem: PageMemory<MEM_PAGES>,
-    faults: Faults,
+    device: ModelDevice,
+    answers: Answers,
+    /// Each TDI's last request (a DOE object), as the host took it from the request buffer.
+    requests: Vec<Option<Vec<u8>>>,
+    /// The last written-back buffers that answered SPDM_REQUEST, newest last.
+    saved: Vec<(abi::CommandId, Vec<u8>)>,
+    /// The answer of the continuation being issued.
+    handed: Option<Handed>,
     stats: Stats,
     /// The states taken around each command, reused.
     states: Option<Box<(State, State)>>,
@@ -385,6 +459,20 @@ fn gdev(k: u8) -> u16 {
     }
 }
 
+/// The BAR list of device configuration `k`.
+fn bar_list(k: u8) -> u64 {
+    BAR_LISTS + u64::from(k % 8) * 0x90
+}
+
+/// The SPDM buffers every relaying command names.
+fn spdm_ctrl() -> abi::SpdmCtrl {
+    abi::SpdmCtrl {
+        req: sla(SPDM_REQ >> 12).into(),
+        resp: sla(SPDM_RESP >> 12).into(),
+        ..abi::SpdmCtrl::default()
+    }
+}
+
 fn len<C: Command>() -> u32 {
     len_of::<C>() as u32
 }
@@ -403,6 +491,7 @@ pub fn run(data: &[u8]) -> Stats {
         w.step(cmd);
         n += 1;
     }
+    w.finish();
     w.stats
 }
 
@@ -413,17 +502,21 @@ impl World {
             vec![RmpEntry::new(); RMP_PAGES],
         )
         .unwrap_or_else(|e| fail(format!("{e:?}")));
-        let mut model = PciModel::new();
+        let mut mem = PageMemory::new(MEM);
         for (i, bars) in CONFIG.iter().enumerate() {
-            let bars: Vec<MmioRange> = bars
-                .iter()
-                .map(|&(b, p)| MmioRange::from_raw(b, p).unwrap_or_else(|e| fail(e)))
-                .collect();
-            model
-                .set_bars(rid(3 + i as u8, 0), &bars)
-                .unwrap_or_else(|e| fail(format!("{e:?}")));
+            let mut list = abi::BarList::new_zeroed();
+            list.count = (bars.len() as u32).into();
+            for (e, &(b, p)) in list.bars.iter_mut().zip(bars.iter()) {
+                e.base = b.into();
+                e.pages = p.into();
+            }
+            if mem.write(bar_list(i as u8), list.as_bytes()).is_err() {
+                fail("BAR list");
+            }
         }
+        mem.set_read_only(5, true);
         let r = |b: u64, p: u64| MmioRange::from_raw(b, p).unwrap_or_else(|e| fail(e));
+        let mut device = ModelDevice::model();
         let reports: [(RequesterId, Vec<MmioRange>); 4] = [
             (rid(3, 0), vec![r(BAR, 512), r(BAR + 0x20_0000, 16)]),
             (rid(3, 1), vec![r(BAR + 0x30_0000, 128)]),
@@ -431,17 +524,17 @@ impl World {
             (rid(5, 0), vec![r(0x8080_0000, 1024)]),
         ];
         for (iface, ranges) in &reports {
-            model
-                .set_report(*iface, ranges)
-                .unwrap_or_else(|e| fail(format!("{e:?}")));
+            device.report_ranges(*iface, ranges);
         }
-        let mut mem = PageMemory::new(MEM);
-        mem.set_read_only(5, true);
         let system = ReservedMemory::from_ranges(&[r(MEM, 16)]).unwrap_or_else(|e| fail(e));
         World {
-            sev: Sev::new(rmp, model, system),
+            sev: Sev::new(rmp, ModelSession::model(), system),
             mem,
-            faults: Faults::default(),
+            device,
+            answers: Answers::default(),
+            requests: vec![None; MAX_TDIS],
+            saved: Vec::new(),
+            handed: None,
             stats: Stats::default(),
             states: None,
         }
@@ -467,16 +560,6 @@ impl World {
                 r.fences().to_vec()
             })
             .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
-        let (tdisp, config) = self
-            .sev
-            .tsm()
-            .with_transport(|d| {
-                (
-                    d.tdisp.link_mut().tdisp_states().to_vec(),
-                    d.configured().to_vec(),
-                )
-            })
-            .unwrap_or_else(|e| fail(format!("transport: {e:?}")));
         *out = Some(State {
             core,
             rmp,
@@ -484,8 +567,7 @@ impl World {
             guests: self.sev.guests().to_vec(),
             devices: self.sev.devices().to_vec(),
             tdis: self.sev.tdis().to_vec(),
-            tdisp,
-            config,
+            tdisp: self.device.dsm().tdisp_states().to_vec(),
             mem,
         });
     }
@@ -507,7 +589,7 @@ impl World {
     // ---- the setup --------------------------------------------------------------------
 
     fn must(&mut self, what: &str, id: abi::CommandId, bytes: &[u8]) {
-        let o = self.issue(id, bytes, [Mut::Keep; 2]);
+        let o = self.relayed(id, bytes, [Mut::Keep; 2], Relay::Drive);
         if o != Outcome::SUCCESS {
             fail(format!("setup step {what}: {o:?}"));
         }
@@ -659,8 +741,14 @@ impl World {
         let _ = self.mem.write(MEM + 0x1000 + 0x60, &body);
     }
 
-    /// Issues a command: mutates the buffer, runs it, checks everything.
-    fn issue(&mut self, id: abi::CommandId, bytes: &[u8], muts: [Mut; 2]) -> Outcome {
+    /// Issues a command: mutates the buffer, runs it, checks everything. Returns the outcome
+    /// and the buffer as the firmware wrote it back.
+    fn issue_buf(
+        &mut self,
+        id: abi::CommandId,
+        bytes: &[u8],
+        muts: [Mut; 2],
+    ) -> (Outcome, abi::CommandId, Vec<u8>) {
         let mut b = Buf([0; 0x68]);
         let n = bytes.len().min(0x60);
         b.0[..n].copy_from_slice(&bytes[..n]);
@@ -690,7 +778,7 @@ impl World {
             b.0.copy_within(0..0x60, off);
         }
         let buf = b.0[off..off + len].to_vec();
-        let (call, addressed) = self.call_of(id, &buf);
+        let call = self.call_of(id, &buf);
         let output = self.output_of(id, &buf);
         let mut states = self.states.take().map(|b| {
             let (a, b) = *b;
@@ -705,35 +793,187 @@ impl World {
         let (Some(before), Some(after)) = (before.take(), after.take()) else {
             fail("states");
         };
-        self.check(id, &buf, o, (call, addressed), output, &before, &after);
+        let written = b.0[off..off + len].to_vec();
+        self.check(id, &buf, &written, o, call, output, &before, &after);
         self.states = Some(Box::new((before, after)));
+        self.handed = None;
+        if o.status == SevStatus::SPDM_REQUEST {
+            if self.saved.len() == SAVED {
+                self.saved.remove(0);
+            }
+            self.saved.push((id, written.clone()));
+        }
+        (o, id, written)
+    }
+
+    /// [`World::issue_buf`], the outcome only.
+    fn issue(&mut self, id: abi::CommandId, bytes: &[u8], muts: [Mut; 2]) -> Outcome {
+        self.issue_buf(id, bytes, muts).0
+    }
+
+    /// Issues a command and relays it as `policy` says, the Linux way: while it answers
+    /// SPDM_REQUEST, the answer goes to the response buffer and the written-back buffer is
+    /// issued again. The last outcome.
+    fn relayed(
+        &mut self,
+        id: abi::CommandId,
+        bytes: &[u8],
+        muts: [Mut; 2],
+        policy: Relay,
+    ) -> Outcome {
+        let (mut o, id, mut buf) = self.issue_buf(id, bytes, muts);
+        let mut waiting = o.status == SevStatus::SPDM_REQUEST;
+        for round in 0..40 {
+            if !waiting {
+                break;
+            }
+            let answer = match policy {
+                Relay::Drive => Answer::Genuine,
+                Relay::Leave => break,
+                Relay::Rounds { n } if round > usize::from(n % 4) => break,
+                Relay::Rounds { .. } => Answer::Genuine,
+                Relay::Once { answer } if round == 0 => answer,
+                Relay::Once { .. } => Answer::Genuine,
+            };
+            self.put_answer(&buf, answer, RespMut::Fine, false);
+            let written;
+            (o, _, written) = self.issue_buf(id, &buf, [Mut::Keep; 2]);
+            // An answer refused as not the device's leaves the request outstanding: the
+            // written-back buffer (unchanged by the refusal) is issued again.
+            waiting =
+                o.status == SevStatus::SPDM_REQUEST || o.detail == Error::RelayMalformed.code();
+            buf = written;
+        }
         o
     }
 
-    /// The exemption-relevant operation a buffer names, read before the call: an unbind, or
-    /// a guest request that may be a start, of the TDI whose context the buffer names (a start
-    /// acts only on that TDI, and only if the guest names it by its guest device ID too); and
-    /// the model key of the interface the call may send a request to (bind, unbind, status,
-    /// guest request: exemption 3).
-    fn call_of(&self, id: abi::CommandId, buf: &[u8]) -> (Call, Option<u32>) {
+    /// Writes `answer` to the last request of the TDI `buf` names (or to what the request
+    /// buffer holds, `from_page`) into the response buffer `buf` names (the SPDM response
+    /// buffer when it names none we have), as Linux writes it, then mangles it as `resp` says.
+    fn put_answer(&mut self, buf: &[u8], answer: Answer, resp: RespMut, from_page: bool) {
+        let word = |at: usize| {
+            buf.get(at..at + 8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        let req = SlaAddr::from_bits(word(abi::SPDM_CTRL_OFFSET)).address();
+        let resp_at = SlaAddr::from_bits(word(abi::SPDM_CTRL_OFFSET + 8)).address();
+        // The host writes the buffer it named; one it cannot write stays as it is (and the
+        // answer goes to the SPDM response buffer, where the firmware will not look).
+        let named = self.mem.probe_write(resp_at, 4096).is_ok();
+        let resp_at = if named { resp_at } else { SPDM_RESP };
+        let tdi = self
+            .sev
+            .tdi_ctx(word(0x30))
+            .map(|c| usize::from(c.tdi.slot()));
+        let stored = tdi.and_then(|t| self.requests.get(t).cloned().flatten());
+        let request = match stored {
+            Some(r) if !from_page => r,
+            _ => self.request_in(req).unwrap_or_default(),
+        };
+        let (bytes, _) = self.answers.make(answer, &mut self.device, &request);
+        let payload = bytes
+            .as_ref()
+            .map(|b| match doe::decode(b, doe::TYPE_SECURED_SPDM) {
+                Ok(p) => p.to_vec(),
+                Err(_) => b.get(doe::HEADER_SIZE..).unwrap_or(&[]).to_vec(),
+            });
+        // At most what the page holds after the payload offset.
+        let payload = payload.map(|mut p| {
+            p.truncate(4096 - 0x50);
+            p
+        });
+        // As Linux leaves the buffer after DEV_CONNECT (`dobj_response_init`), then the answer.
+        let _ = response_init(&mut self.mem, resp_at);
+        let _ = write_response(
+            &mut self.mem,
+            resp_at,
+            doe::TYPE_SECURED_SPDM,
+            payload.as_deref(),
+        );
+        let w32 = |mem: &mut PageMemory<MEM_PAGES>, off: u64, v: u32| {
+            let _ = mem.write(resp_at + off, &v.to_le_bytes());
+        };
+        let read32 = |mem: &PageMemory<MEM_PAGES>, off: u64| {
+            let mut b = [0u8; 4];
+            let _ = mem.read(resp_at + off, &mut b);
+            u32::from_le_bytes(b)
+        };
+        match resp {
+            RespMut::Fine => {}
+            RespMut::Id => w32(&mut self.mem, 0x40, 1),
+            RespMut::Version => {
+                let _ = self.mem.write(resp_at + 0x48, &[1]);
+            }
+            RespMut::Type { t } => {
+                let _ = self.mem.write(resp_at + 0x4A, &[t]);
+            }
+            RespMut::Length { d } => {
+                let v = read32(&self.mem, 0x44).wrapping_add_signed(i32::from(d) | 1);
+                w32(&mut self.mem, 0x44, v);
+                w32(&mut self.mem, 0x04, v);
+            }
+            RespMut::PayloadSize => {
+                let v = read32(&self.mem, 0x04) ^ 0x20;
+                w32(&mut self.mem, 0x04, v);
+            }
+            RespMut::Encrypted => w32(&mut self.mem, 0x08, 1),
+            RespMut::Empty => {
+                w32(&mut self.mem, 0x44, 0x10);
+                w32(&mut self.mem, 0x04, 0x10);
+            }
+        }
+        self.handed = payload.map(|payload| Handed {
+            payload,
+            clean: resp == RespMut::Fine && named,
+        });
+    }
+
+    /// The request in the request buffer at `req` as Linux relays it: the DOE object.
+    fn request_in(&self, req: u64) -> Option<Vec<u8>> {
+        let mut payload = [0u8; 4096];
+        let (t, n) = read_request(&self.mem, req, &mut payload)?;
+        let mut out = vec![0u8; MAX_RELAY_BYTES + 8];
+        let k = doe::encode(&mut out, t, payload.get(..n)?).ok()?;
+        out.truncate(k);
+        Some(out)
+    }
+
+    /// The exemption-relevant operation a buffer names, read before the call, and the TDI
+    /// whose context it names: a bind, unbind (FORCE or not), status or a guest's TDI_START of
+    /// that TDI, or, with `FLAG_CONTINUE`, the device's answer to it.
+    fn call_of(&self, id: abi::CommandId, buf: &[u8]) -> Call {
         let word = |at: usize| {
             buf.get(at..at + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         };
-        let ctx = word(0x30).and_then(|t| self.sev.tdi_ctx(t));
-        let call = match (id, ctx) {
-            (abi::TIO_TDI_UNBIND, Some(c)) => Call::Unbind(c.tdi),
-            (abi::TIO_GUEST_REQUEST, Some(c)) => Call::Start(c.tdi),
+        let flags = buf
+            .get(4..8)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+        let continuing = flags & abi::FLAG_CONTINUE != 0;
+        let Some(t) = word(0x30).and_then(|t| self.sev.tdi_ctx(t)).map(|c| c.tdi) else {
+            return Call::Other;
+        };
+        let start = || {
+            let mut hdr = MsgHeader::new_zeroed();
+            word(0x40).is_some_and(|at| {
+                self.mem.read(at, hdr.as_mut_bytes()).is_ok()
+                    && hdr.msg_type == msg::MSG_TDI_START_REQ
+            })
+        };
+        match id {
+            abi::TIO_TDI_BIND | abi::TIO_TDI_STATUS | abi::TIO_TDI_UNBIND
+                if continuing && flags & abi::FLAG_FORCE == 0 =>
+            {
+                Call::Respond(t)
+            }
+            abi::TIO_TDI_BIND => Call::Bind(t),
+            abi::TIO_TDI_STATUS => Call::Check(t),
+            abi::TIO_TDI_UNBIND if flags & abi::FLAG_FORCE != 0 => Call::Force(t),
+            abi::TIO_TDI_UNBIND => Call::Unbind(t),
+            abi::TIO_GUEST_REQUEST if start() && continuing => Call::Respond(t),
+            abi::TIO_GUEST_REQUEST if start() => Call::Start(t),
             _ => Call::Other,
-        };
-        let addressed = match id {
-            abi::TIO_TDI_BIND
-            | abi::TIO_TDI_UNBIND
-            | abi::TIO_TDI_STATUS
-            | abi::TIO_GUEST_REQUEST => ctx.map(|c| fid_of(c.iface)),
-            _ => None,
-        };
-        (call, addressed)
+        }
     }
 
     /// Where a command may write system memory, and how much: its output.
@@ -757,19 +997,26 @@ impl World {
         &mut self,
         id: abi::CommandId,
         buf: &[u8],
+        written: &[u8],
         o: Outcome,
-        (call, addressed): (Call, Option<u32>),
+        call: Call,
         output: Option<(u64, usize)>,
         before: &State,
         after: &State,
     ) {
         let what = format!("command {id:#x} {buf:02x?} -> {o:?}");
         self.stats.commands += 1;
+        common::trace(&what);
         common::invariants(self.sev.tsm(), &what);
         if let Err(e) = registry_consistent(&after.core).and_then(|()| contexts_consistent(after)) {
             fail(format!("records disagree after {what}: {e}"));
         }
+        if before.tdisp != after.tdisp {
+            fail(format!("the firmware changed the device: {what}"));
+        }
         let progress = o.status == SevStatus::RESUME_REQUIRED;
+        let relay = o.status == SevStatus::SPDM_REQUEST;
+        let relaying = abi::RELAYING.contains(&id);
         if progress {
             self.stats.resumable += 1;
             if !matches!(
@@ -784,22 +1031,61 @@ impl World {
                 ));
             }
         }
-        let refused = o.status != SevStatus::SUCCESS && !progress;
-        if refused {
-            self.stats.refused += 1;
-            let err = (o.detail != 0)
-                .then(|| Error::from_code(o.detail))
-                .flatten();
-            // A start's refusal is in the answer of a command that succeeds: a refused guest
-            // request is never exempt.
-            let call = if id == abi::TIO_GUEST_REQUEST {
-                Call::Other
+        if relay {
+            self.stats.relays += 1;
+            if !relaying || call.tdi().is_none() || matches!(call, Call::Force(_)) {
+                fail(format!(
+                    "only bind, unbind, status and a start relay: {what}"
+                ));
+            }
+        }
+        let refused = o.status != SevStatus::SUCCESS && !progress && !relay;
+        // The buffer written back: FLAG_CONTINUE set on SPDM_REQUEST, cleared on SUCCESS and
+        // RESUME_REQUIRED, in a relaying command; nothing else, ever.
+        let mut want = buf.to_vec();
+        if relaying
+            && !refused
+            && let Some(w) = want.get_mut(abi::CONTINUE_WORD..abi::CONTINUE_WORD + 4)
+        {
+            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            let v = if relay {
+                v | abi::FLAG_CONTINUE
             } else {
-                call
+                v & !abi::FLAG_CONTINUE
             };
-            let exempt = exemption(call, err);
-            if let Err(e) = diff(before, after, exempt, None, (&self.faults, addressed)) {
-                fail(format!("refused {what} ({err:?}) changed state: {e}"));
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+        if written != want.as_slice() {
+            fail(format!("the buffer written back is {written:02x?}: {what}"));
+        }
+        let t = call.tdi();
+        let rec =
+            |s: &State| t.and_then(|t| s.core.tdis.get(usize::from(t.slot())).cloned().flatten());
+        let waiting = rec(before).and_then(|r| r.exchange).map(|e| e.op);
+        let err = (o.detail != 0)
+            .then(|| Error::from_code(o.detail))
+            .flatten();
+        if refused || relay {
+            if refused {
+                self.stats.refused += 1;
+            }
+            let exempt = if relay {
+                exemption(call, Ok(Completion::Relay(0)), waiting)
+            } else {
+                exemption(call, Err(err), waiting)
+            };
+            // A relay writes the request buffer the command names, nothing else.
+            let window = relay
+                .then(|| {
+                    let req = buf.get(8..16)?;
+                    let req =
+                        SlaAddr::from_bits(u64::from_le_bytes(req.try_into().ok()?)).address();
+                    let start = usize::try_from(req.checked_sub(MEM)?).ok()?;
+                    Some(start..start + platform_sev::relay::WINDOW)
+                })
+                .flatten();
+            if let Err(e) = diff(before, after, exempt, window) {
+                fail(format!("{what} ({err:?}, {exempt:?}) changed state: {e}"));
             }
         } else {
             // Memory changes only inside the output the command named (checked before use).
@@ -814,8 +1100,91 @@ impl World {
                 ));
             }
         }
-        self.oracles(id, buf, o, (call, addressed), output, before, after, &what);
+        if relay {
+            self.take_request(buf, t, after, &what);
+        }
+        if let Call::Respond(_) = call {
+            self.answer_oracle(rec(before), o, refused, &what);
+            if refused && let Err(e) = crate::exempt::ended(waiting, err, rec(after).as_ref()) {
+                fail(format!("{e}: {what}"));
+            }
+        }
+        self.oracles(id, buf, o, call, waiting, output, before, after, &what);
         self.record(after);
+    }
+
+    /// After SPDM_REQUEST: the request buffer holds a request the device opens as the TDI's
+    /// outstanding exchange; the host copies it out, and keeps the written-back buffer.
+    fn take_request(&mut self, buf: &[u8], t: Option<TdiId>, after: &State, what: &str) {
+        let Some(t) = t else { return };
+        let rec = after
+            .core
+            .tdis
+            .get(usize::from(t.slot()))
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| fail(format!("relay for no TDI: {what}")));
+        let ex = rec
+            .exchange
+            .unwrap_or_else(|| fail(format!("relay with nothing outstanding: {what}")));
+        let req = buf
+            .get(8..16)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        let request = self
+            .request_in(SlaAddr::from_bits(req).address())
+            .unwrap_or_else(|| fail(format!("no request in the request buffer: {what}")));
+        if let Err(e) = check_request(&request, fid_of(rec.iface), ex.seq) {
+            fail(format!("{e}: {what}"));
+        }
+        self.requests[usize::from(t.slot())] = Some(request);
+    }
+
+    /// A continuation the core took (written as Linux writes it) went on only with the
+    /// device's own answer to the TDI's outstanding exchange (the payload the host wrote
+    /// starts with it: what follows the record is hidden by Linux's rounding or refused as too
+    /// long), and the device's own answer is never refused as malformed.
+    fn answer_oracle(
+        &mut self,
+        before: Option<tsm_core::registry::Tdi>,
+        o: Outcome,
+        refused: bool,
+        what: &str,
+    ) {
+        let Some(h) = self.handed.clone() else { return };
+        let Some(rec) = before else { return };
+        let Some(ex) = rec.exchange else { return };
+        if !h.clean || h.payload.is_empty() {
+            return;
+        }
+        let fid = fid_of(rec.iface);
+        let err = (o.detail != 0)
+            .then(|| Error::from_code(o.detail))
+            .flatten();
+        if err == Some(Error::RelayMalformed) {
+            self.stats.malformed += 1;
+            if self.answers.payload_of(&h.payload, fid, ex.seq, true) {
+                fail(format!(
+                    "the device's own answer refused as malformed: {what}"
+                ));
+            }
+        }
+        let taken = !(refused
+            && (o.detail == 0
+                || matches!(
+                    err,
+                    Some(
+                        Error::RelayMalformed
+                            | Error::NoExchange
+                            | Error::ExchangePending
+                            | Error::InvalidHandle
+                            | Error::Busy(_)
+                    )
+                )));
+        if taken && !self.answers.payload_of(&h.payload, fid, ex.seq, false) {
+            fail(format!(
+                "bytes the device never sent for this exchange went on: {what}"
+            ));
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -824,7 +1193,8 @@ impl World {
         id: abi::CommandId,
         buf: &[u8],
         o: Outcome,
-        call: (Call, Option<u32>),
+        call: Call,
+        waiting: Option<DeviceOp>,
         output: Option<(u64, usize)>,
         before: &State,
         after: &State,
@@ -871,7 +1241,7 @@ impl World {
                     .get(usize::from(ctx.tdi.slot()))
                     .cloned()
                     .flatten();
-                if rec.map(|r| r.state) != Some(TdiState::Unbound)
+                if rec.map(|r| (r.state, r.exchange.is_some())) != Some((TdiState::Unbound, false))
                     || after.core.owners.iter().any(|r| r.tdi == ctx.tdi)
                     || ctx.guest_device_id != 0
                 {
@@ -889,7 +1259,23 @@ impl World {
             }
             abi::TIO_GUEST_REQUEST if ok => {
                 let at = output.map_or(0, |(at, _)| at);
-                self.answered(at, call, before, after, what);
+                self.answered(at, call, waiting, before, after, what);
+            }
+            abi::TIO_TDI_BIND if ok => {
+                // Only the device's last answer binds.
+                let rec = call.tdi().and_then(|t| {
+                    after
+                        .core
+                        .tdis
+                        .get(usize::from(t.slot()))
+                        .cloned()
+                        .flatten()
+                });
+                match (call, waiting, rec) {
+                    (Call::Respond(_), Some(DeviceOp::Bind { guest, .. }), Some(r))
+                        if r.state == (TdiState::Locked { owner: guest }) => {}
+                    _ => fail(format!("bind done, TDI {rec:?}: {what}")),
+                }
             }
             _ => {}
         }
@@ -900,7 +1286,8 @@ impl World {
     fn answered(
         &mut self,
         res: u64,
-        (call, addressed): (Call, Option<u32>),
+        call: Call,
+        waiting: Option<DeviceOp>,
         before: &State,
         after: &State,
         what: &str,
@@ -935,11 +1322,22 @@ impl World {
         }
         let exempt = match (tdi, Error::from_code(detail)) {
             // The TDI the request named (its context, read before the call).
-            (true, Some(e)) if matches!(call, Call::Start(_)) => exemption(call, Some(e)),
+            (true, Some(e)) => exemption(call, Err(Some(e)), waiting),
             _ => Exempt::Nothing,
         };
+        if let (true, Call::Respond(t)) = (tdi, call) {
+            let rec = after
+                .core
+                .tdis
+                .get(usize::from(t.slot()))
+                .cloned()
+                .flatten();
+            if let Err(e) = crate::exempt::ended(waiting, Error::from_code(detail), rec.as_ref()) {
+                fail(format!("{e}: {what}"));
+            }
+        }
         let page = off..off + MAX_RESPONSE;
-        if let Err(e) = diff(before, after, exempt, Some(page), (&self.faults, addressed)) {
+        if let Err(e) = diff(before, after, exempt, Some(page)) {
             fail(format!(
                 "a guest message refused in its answer changed state: {e}: {what}"
             ));
@@ -976,6 +1374,63 @@ impl World {
             .filter(|e| RmpEntry::from_bits(**e).assigned())
             .count();
         self.stats.max_pages = self.stats.max_pages.max(n);
+    }
+
+    /// TIO_TDI_UNBIND, relayed to the end, until it does not ask to resume: the last outcome.
+    fn unbind_all(&mut self, c: abi::TdiUnbind) -> Outcome {
+        let mut o = Outcome::SUCCESS;
+        for _ in 0..40 {
+            o = self.relayed(
+                abi::TIO_TDI_UNBIND,
+                c.as_bytes(),
+                [Mut::Keep; 2],
+                Relay::Drive,
+            );
+            if o.status != SevStatus::RESUME_REQUIRED {
+                break;
+            }
+        }
+        o
+    }
+
+    /// Every TDI can be unbound once the host cooperates: fences completed, the device
+    /// behaving.
+    fn finish(&mut self) {
+        for g in self.sev.guests().to_vec() {
+            let _ = self
+                .sev
+                .tsm()
+                .with_table(|r| r.hold_fences_of(g.guest, false));
+        }
+        for t in self.sev.tdis().to_vec() {
+            let Ok(rec) = self.sev.tsm().tdi(t.tdi) else {
+                fail(format!("context of no TDI: {t:?}"));
+            };
+            self.device.link_mut().set_misbehaviour(t.iface, None);
+            let owner = rec.state.owner().and_then(|o| {
+                self.sev
+                    .guests()
+                    .iter()
+                    .find(|g| g.guest == o)
+                    .map(|g| g.gctx)
+            });
+            let mut c = abi::TdiUnbind::new_zeroed();
+            c.length = len::<abi::TdiUnbind>().into();
+            c.spdm_ctrl = spdm_ctrl();
+            c.dev_ctx = t.dev_sla.into();
+            c.tdi_ctx = t.sla.into();
+            c.gctx_paddr = owner.unwrap_or(GCTX).into();
+            let o = self.unbind_all(c);
+            let after = self.sev.tsm().tdi(t.tdi);
+            if o != Outcome::SUCCESS
+                || after.is_ok_and(|r| r.state != TdiState::Unbound || r.exchange.is_some())
+            {
+                fail(format!(
+                    "TDI {t:?} ({:?}) did not unbind: {o:?}, now {after:?}",
+                    rec.state
+                ));
+            }
+        }
     }
 
     fn iface_of(&self, t: u8) -> RequesterId {
@@ -1029,23 +1484,33 @@ impl World {
                 c.tdi_ctx = tdi_sla(t).into();
                 self.issue(abi::TIO_TDI_RECLAIM, c.as_bytes(), m);
             }
-            Cmd::TdiBind { d, t, g, gdev, m } => {
-                self.issue(abi::TIO_TDI_BIND, tdi_bind(d, t, g, gdev).as_bytes(), m);
+            Cmd::TdiBind {
+                d,
+                t,
+                g,
+                gdev,
+                m,
+                relay,
+            } => {
+                let c = tdi_bind(d, t, g, gdev);
+                self.relayed(abi::TIO_TDI_BIND, c.as_bytes(), m, relay);
             }
-            Cmd::TdiUnbind { d, t, g, m } => {
-                self.issue(abi::TIO_TDI_UNBIND, tdi_unbind(d, t, g).as_bytes(), m);
+            Cmd::TdiUnbind {
+                d,
+                t,
+                g,
+                force,
+                m,
+                relay,
+            } => {
+                let mut c = tdi_unbind(d, t, g);
+                if force {
+                    c.flags = abi::FLAG_FORCE.into();
+                }
+                self.relayed(abi::TIO_TDI_UNBIND, c.as_bytes(), m, relay);
             }
             Cmd::TdiUnbindAll { d, t, g } => {
-                for _ in 0..40 {
-                    let o = self.issue(
-                        abi::TIO_TDI_UNBIND,
-                        tdi_unbind(d, t, g).as_bytes(),
-                        [Mut::Keep; 2],
-                    );
-                    if o.status != SevStatus::RESUME_REQUIRED {
-                        break;
-                    }
-                }
+                self.unbind_all(tdi_unbind(d, t, g));
             }
             Cmd::TdiReport { d, t, g, out, m } => {
                 let mut c = abi::TdiReport::new_zeroed();
@@ -1058,13 +1523,20 @@ impl World {
                 c.gctx_paddr = gctx(g).into();
                 self.issue(abi::TIO_TDI_REPORT, c.as_bytes(), m);
             }
-            Cmd::TdiStatus { d, t, out, m } => {
+            Cmd::TdiStatus {
+                d,
+                t,
+                out,
+                m,
+                relay,
+            } => {
                 let mut c = abi::TdiStatus::new_zeroed();
                 c.length = len::<abi::TdiStatus>().into();
+                c.spdm_ctrl = spdm_ctrl();
                 c.dev_ctx = dev_sla(d).into();
                 c.tdi_ctx = tdi_sla(t).into();
                 c.status_paddr = out_addr(out, MEM).into();
-                self.issue(abi::TIO_TDI_STATUS, c.as_bytes(), m);
+                self.relayed(abi::TIO_TDI_STATUS, c.as_bytes(), m, relay);
             }
             Cmd::TdiInfo { d, t, out, m } => {
                 let mut c = abi::TdiInfo::new_zeroed();
@@ -1140,29 +1612,44 @@ impl World {
                 req,
                 res,
                 m,
+                relay,
             } => {
                 self.put_msg(msg, hdr);
                 let req =
                     [MEM + 0x1000, UNMAPPED, MEM + 0x1008, MEM + 0x2000][usize::from(req % 4)];
                 let c = guest_request(d, t, g, req, out_addr(res, MEM + 0x2000));
-                self.issue(abi::TIO_GUEST_REQUEST, c.as_bytes(), m);
+                self.relayed(abi::TIO_GUEST_REQUEST, c.as_bytes(), m, relay);
+            }
+            Cmd::Continue {
+                k,
+                answer,
+                resp,
+                from_page,
+                m,
+            } => {
+                let n = self.saved.len();
+                let Some((id, buf)) = n
+                    .checked_sub(1 + usize::from(k) % n.max(1))
+                    .and_then(|i| self.saved.get(i))
+                    .cloned()
+                else {
+                    return;
+                };
+                self.put_answer(&buf, answer, resp, from_page);
+                self.issue(id, &buf, m);
             }
             Cmd::Device { t, action } => {
                 let iface = self.iface_of(t);
-                let faults = &mut self.faults;
-                let _ = self.sev.tsm().with_transport(|d| match action {
+                let d = &mut self.device;
+                match action {
                     DevAction::Misbehave { how } => {
-                        let m = common::misbehaviour(how);
-                        d.tdisp.link_mut().set_misbehaviour(iface, m);
-                        faults.set(iface, m);
+                        d.link_mut()
+                            .set_misbehaviour(iface, common::misbehaviour(how));
                     }
-                    DevAction::Behave => {
-                        d.tdisp.link_mut().set_misbehaviour(iface, None);
-                        faults.set(iface, None);
-                    }
+                    DevAction::Behave => d.link_mut().set_misbehaviour(iface, None),
                     DevAction::Disturb => d.event(iface, DeviceEvent::Disturb),
                     DevAction::Reset => d.event(iface, DeviceEvent::ConventionalReset),
-                });
+                }
             }
             Cmd::HoldFences { g, hold } => {
                 if let Some(c) = self.sev.guest_ctx(gctx(g)) {
@@ -1195,10 +1682,7 @@ impl World {
                         vec![wire_range(first, pages, attr, 0)]
                     }
                 };
-                let _ = self
-                    .sev
-                    .tsm()
-                    .with_transport(|d| d.set_wire_report(iface, &wire));
+                self.device.link_mut().set_report(iface, &wire);
             }
             Cmd::HostRmp {
                 page,
@@ -1223,9 +1707,7 @@ impl World {
                 common::invariants(self.sev.tsm(), &what);
                 match r {
                     Err(_) => {
-                        if let Err(e) =
-                            diff(&before, &after, Exempt::Nothing, None, (&self.faults, None))
-                        {
+                        if let Err(e) = diff(&before, &after, Exempt::Nothing, None) {
                             fail(format!("refused {what} changed state: {e}"));
                         }
                     }
@@ -1469,33 +1951,14 @@ fn hpa_pick(k: u8) -> u64 {
     ][usize::from(k % 8)]
 }
 
-/// The first index where `a` and `b` differ outside `window` (whole-slice comparisons first:
-/// a `memcmp`, not a loop the coverage instrumentation would slow down).
-fn changed_outside<T: PartialEq>(
-    a: &[T],
-    b: &[T],
-    window: Option<core::ops::Range<usize>>,
-) -> Option<usize> {
-    if a.len() != b.len() {
-        return Some(a.len().min(b.len()));
-    }
-    let w = window.map_or(0..0, |w| {
-        w.start.min(a.len())..w.end.min(a.len()).max(w.start.min(a.len()))
-    });
-    if a[..w.start] == b[..w.start] && a[w.end..] == b[w.end..] {
-        return None;
-    }
-    (0..a.len()).find(|&i| !w.contains(&i) && a[i] != b[i])
-}
-
 /// Parts of two states that differ beyond what `exempt` allows; `page` is a memory range that
-/// may change (the response page of a guest message refused in its answer).
+/// may change (the request buffer of a relay, the response page of a guest message refused in
+/// its answer).
 fn diff(
     before: &State,
     after: &State,
     exempt: Exempt,
     page: Option<core::ops::Range<usize>>,
-    (faults, addressed): (&Faults, Option<u32>),
 ) -> Result<(), String> {
     let mut parts = Vec::new();
     if let Err(e) = core_diff(&before.core, &after.core, exempt) {
@@ -1520,34 +1983,8 @@ fn diff(
             before.guests, before.devices, before.tdis, after.guests, after.devices, after.tdis
         ));
     }
-    if before.config != after.config {
-        parts.push("configuration space".to_string());
-    }
     if let Some(i) = changed_outside(&before.mem, &after.mem, page) {
         parts.push(format!("memory at {:#x}", MEM + i as u64));
-    }
-    let moved = exempt
-        .unbinding()
-        .and_then(|t| before.core.tdis.get(usize::from(t.slot())))
-        .and_then(Option::as_ref)
-        .map(|r| fid_of(r.iface));
-    let state = |s: &State, fid: u32| {
-        s.tdisp
-            .iter()
-            .find(|(f, _)| *f == fid)
-            .map_or(TdispState::ConfigUnlocked, |(_, st)| *st)
-    };
-    for (fid, _) in before.tdisp.iter().chain(&after.tdisp) {
-        if Some(*fid) != moved
-            && !faults.garbles(*fid, addressed)
-            && state(before, *fid) != state(after, *fid)
-        {
-            parts.push(format!(
-                "device TDISP {:?} -> {:?}",
-                before.tdisp, after.tdisp
-            ));
-            break;
-        }
     }
     if parts.is_empty() {
         Ok(())
@@ -1715,6 +2152,7 @@ fn dev_create(d: u8, cfg: u8) -> abi::DevCreate {
         rid(3 + cfg % 8, 0)
     };
     c.device_id = id.routing_id().into();
+    c.bar_list = bar_list(cfg % 7).into();
     c
 }
 
@@ -1739,6 +2177,7 @@ fn tdi_bind(d: u8, t: u8, g: u8, gd: u8) -> abi::TdiBind {
     let mut c = abi::TdiBind::new_zeroed();
     c.length = len::<abi::TdiBind>().into();
     c.dev_ctx = dev_sla(d).into();
+    c.spdm_ctrl = spdm_ctrl();
     c.tdi_ctx = tdi_sla(t).into();
     c.gctx_paddr = gctx(g).into();
     c.guest_device_id = gdev(gd).into();
@@ -1749,6 +2188,7 @@ fn tdi_bind(d: u8, t: u8, g: u8, gd: u8) -> abi::TdiBind {
 fn tdi_unbind(d: u8, t: u8, g: u8) -> abi::TdiUnbind {
     let mut c = abi::TdiUnbind::new_zeroed();
     c.length = len::<abi::TdiUnbind>().into();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla(d).into();
     c.tdi_ctx = tdi_sla(t).into();
     c.gctx_paddr = gctx(g).into();
@@ -1769,6 +2209,7 @@ fn mmio_map(t: u8, g: u8, gpa: u64, hpa: u64, size: u8) -> abi::MmioMap {
 fn guest_request(d: u8, t: u8, g: u8, req: u64, res: u64) -> abi::GuestRequest {
     let mut c = abi::GuestRequest::new_zeroed();
     c.length = len::<abi::GuestRequest>().into();
+    c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla(d).into();
     c.tdi_ctx = tdi_sla(t).into();
     c.gctx_paddr = gctx(g).into();

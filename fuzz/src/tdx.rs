@@ -1,38 +1,60 @@
 //! `tdx_dispatcher`: sequences of SEAMCALL and TDCALL leaves through
-//! `platform_tdx::abi::Dispatcher`, on a firmware with a 4- or 5-level S-EPT over a small frame
-//! pool, the model DSM, and reserved memory (the pool, the parameter page, system memory).
+//! `platform_tdx::abi::Dispatcher`, on a `TdxModule` with a 4- or 5-level S-EPT over a small
+//! frame pool, host memory the dispatcher reads and writes (a parameter page, two pairs of
+//! message pages, a spare page; any page can be made read-only), the model device behind the
+//! host's relay, and reserved memory (the pool, host memory, system memory).
 //!
 //! Each operation is one of a small set of leaves with mostly-valid operands (handles are slot
 //! numbers near the ones in use, addresses are picked in the BARs, in owned ranges, at existing
-//! leaves), raw register sets for any leaf, and the host's side-channel actions on the device
-//! model (misbehaviour, FLR-style disturbance, reset) and on TLB flushes.
+//! leaves, message pages among the host's pages and bad ones), raw register sets for any leaf,
+//! and the host's actions beside the firmware: on the device model (misbehaviour, FLR-style
+//! disturbance, reset), on TLB flushes and on its own pages. A leaf that answers
+//! `TDX_SPDM_REQUEST` is relayed as its operation says: the device's own answers to the end,
+//! a few rounds and then nothing (the host abandons it), or one round with another answer
+//! ([`Answer`]: nothing, bits flipped, cut short, padded, a wrong DOE length, a replay of an
+//! earlier answer, the request reflected, made-up bytes, too long); `Respond` hands any answer
+//! to any TDI's exchange later, with RDX exact, zero, off or past the page.
 //!
 //! After every call: `tsm_tests::invariants::check`, the record tables' consistency
-//! ([`registry_consistent`]), and, when the call was refused (any status but success and
-//! `TDX_INTERRUPTED_RESUMABLE`) or is a read-only leaf, a comparison of the whole state before
-//! and after under the exemptions of [`crate::exempt`]: every core record table, the S-EPT
-//! pool's bytes and bookkeeping (`Sept::bookkeeping`), and the device model's TDISP state of
-//! every interface. A refused call must also leave every register but RAX as it was (or write
-//! only the walk details TDX documents). Beside those: host block and unmap never succeed
-//! (every leaf is a bound TDI's), a permitted zap covers no private owned range and no leaf, a
-//! finished unbind leaves the TDI unbound and owning nothing with no leaf left in its ranges,
-//! a bind or start that succeeds leaves the TDI and the device in the matching state, and only
-//! unbind, device error, check and TRACK ever answer `TDX_INTERRUPTED_RESUMABLE`.
+//! ([`registry_consistent`]), host memory (written only by a relay, only in the TDI's request
+//! page), and, when the call was refused (any status but success, `TDX_INTERRUPTED_RESUMABLE`
+//! and `TDX_SPDM_REQUEST`), relayed or read-only, a comparison of the whole state before and
+//! after under the exemptions of [`crate::exempt`]: every core record table, the S-EPT pool's
+//! bytes and bookkeeping (`Sept::bookkeeping`), the message-page table and host memory. A
+//! refused call must also leave every register but RAX as it was (or write only the walk
+//! details TDX documents); a relayed one writes RCX only, the request's length, and the
+//! request page holds a DOE object of that length that the device opens as the TDI's
+//! outstanding exchange. An answer handed back opens exactly when it is the device's own
+//! answer to that exchange ([`Answers::opens_for`]). Beside those: host block and unmap never
+//! succeed (every leaf is a bound TDI's), a permitted zap covers no private owned range and no
+//! leaf, a finished unbind leaves the TDI unbound, with nothing outstanding, owning nothing
+//! with no leaf left in its ranges, a bind or start the device's answer completes leaves the
+//! TDI (and, answered just now, the device) in the matching state, bind and start never
+//! complete without the device, and only unbind, device error, check, TRACK and a device
+//! answer ever answer `TDX_INTERRUPTED_RESUMABLE`. At the end every TDI is unbound (flushes
+//! released, the device behaving, pages writable) within a bounded number of calls.
+
+use std::cell::Cell;
 
 use arbitrary::{Arbitrary, Unstructured};
-use platform_tdx::abi::{self, BufferMemory, Dispatcher, RangeEntry, RangeList, SeamRegs};
+use platform_tdx::abi::{self, Dispatcher, HostFault, HostMemory, RangeEntry, RangeList, SeamRegs};
 use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
-use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SUCCESS};
-use tsm_core::capacity::MAX_GUESTS;
+use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SPDM_REQUEST, TDX_SUCCESS};
+use platform_tdx::{MessagePages, TdxModule};
+use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    GuestId, MmioRange, PageSize, RequesterId, ReservedMemory, TdiId, TdiState, TdispState, Tsm,
+    Completion, DeviceOp, Error, GuestId, MmioRange, ModelSession, PageSize, RequesterId,
+    ReservedMemory, TdiId, TdiState, TdispState,
 };
+use zerocopy::IntoBytes;
 
-use crate::common::{self, Faults, core_diff, fail, fid_of, registry_consistent};
+use crate::answer::{Answer, Answers, check_request};
+use crate::common::{self, core_diff, fail, fid_of, registry_consistent};
 use crate::enc::ops;
 use crate::exempt::{Call, Exempt, exemption};
 
@@ -40,8 +62,20 @@ use crate::exempt::{Call, Exempt, exemption};
 pub const POOL_BASE: u64 = 0x20_0000_0000;
 /// Pages in the pool: few, so that `SecureTableFull` is reachable.
 pub const POOL_PAGES: usize = 40;
-/// The host page range lists are read from (reserved memory).
-pub const PARAMS: u64 = 0x7_0000_0000;
+/// Host memory (reserved): the parameter page (range lists), request and response pages of
+/// pair A, then of pair B, a spare page.
+pub const HOST: u64 = 0x7_0000_0000;
+/// The host page range lists are read from.
+pub const PARAMS: u64 = HOST;
+/// Pages of host memory.
+pub const HOST_PAGES: usize = 6;
+const PAGE: u64 = MESSAGE_PAGE_BYTES as u64;
+/// Request and response pages of pair A and pair B.
+pub const REQ_A: u64 = HOST + PAGE;
+const RESP_A: u64 = HOST + 2 * PAGE;
+const REQ_B: u64 = HOST + 3 * PAGE;
+const RESP_B: u64 = HOST + 4 * PAGE;
+const SPARE: u64 = HOST + 5 * PAGE;
 /// System memory the firmware reserves at init: never a BAR, a reported range or a mapping.
 pub const SYSTEM: u64 = 0x1_0000_0000;
 const SYSTEM_PAGES: u64 = 0x1_0000;
@@ -55,17 +89,22 @@ pub const HUGE_BAR: u64 = 0x40_0000_0000;
 pub const GPA_BASE: u64 = 0x10_0000_0000;
 /// Operations per input.
 pub const MAX_OPS: usize = 96;
-/// Unbind calls an `UnbindAll` makes at most.
+/// Unbind calls an `UnbindAll` (and the final sweep) makes at most.
 const UNBIND_CALLS: usize = 40;
+/// Rounds a relay drives at most (a bind of the largest report with every request retried
+/// takes fewer).
+const MAX_ROUNDS: usize = 40;
 
 /// Every leaf number the dispatcher knows, and one of ours it does not.
-pub const LEAVES: [u16; 20] = [
+pub const LEAVES: [u16; 23] = [
     abi::TDH_MEM_SEPT_RD,
     abi::TDH_MEM_TRACK,
     abi::TDH_SPDM_CREATE,
     abi::TDH_SPDM_DELETE,
     abi::TDH_DEVIF_CREATE,
     abi::TDH_DEVIF_REMOVE,
+    abi::TDH_DEVIF_REQUEST,
+    abi::TDH_DEVIF_RESPONSE,
     abi::TDH_MMIO_MAP,
     abi::TDH_MMIO_BLOCK,
     abi::TDH_MMIO_UNMAP,
@@ -77,6 +116,7 @@ pub const LEAVES: [u16; 20] = [
     abi::TSM_DEVIF_STATE,
     abi::TSM_MMIO_ZAP_CHECK,
     abi::TSM_DEVIF_CHECK,
+    abi::TSM_IDE_STREAM_SETUP,
     abi::TDG_MMIO_ACCEPT,
     abi::TSM_GUEST_DEVIF_START,
     0xF0FF,
@@ -232,10 +272,38 @@ ops! {
 ops! {
     /// The leaf number of a raw call.
     pub enum LeafNum {
-        /// `LEAVES[i % 20]`.
+        /// `LEAVES[i % 23]`.
         Known { i: u8 },
         /// Any RAX.
         Any { v: u64 },
+    }
+}
+
+ops! {
+    /// What the host does with a request a leaf left in the request page.
+    pub enum Relay {
+        /// The device's own answers, round after round, until the operation ends.
+        Drive,
+        /// Nothing: the host abandons the request.
+        Leave,
+        /// `n % 4 + 1` rounds of the device's answers, then nothing.
+        Rounds { n: u8 },
+        /// One round with `answer`, then the device's answers to the end.
+        Once { answer: Answer },
+    }
+}
+
+ops! {
+    /// RDX of a TDH.DEVIF.RESPONSE.
+    pub enum Rdx {
+        /// The answer's length (0 for none).
+        Exact,
+        /// 0: no answer, whatever the page holds.
+        Zero,
+        /// The answer's length plus `d` (wrapping in 64 bits).
+        Delta { d: i8 },
+        /// Past the page.
+        Past,
     }
 }
 
@@ -250,12 +318,13 @@ ops! {
         DeviceCreate { dev: u8, bars: Bars, list: ListMut },
         /// TDH.SPDM.DELETE of device slot `dev % 6`.
         DeviceDelete { dev: u8 },
-        /// TDH.DEVIF.CREATE on device slot `dev % 6` for interface `(3 + bus % 5):(func % 9)`.
-        DevifCreate { dev: u8, bus: u8, func: u8 },
+        /// TDH.DEVIF.CREATE on device slot `dev % 6` for interface `(3 + bus % 5):(func % 9)`,
+        /// message pages pick `pages` ([`message_pages`]).
+        DevifCreate { dev: u8, bus: u8, func: u8, pages: u8 },
         /// TDH.DEVIF.REMOVE of TDI slot `tdi % 20`.
         DevifRemove { tdi: u8 },
-        /// The device is told its report, then TSM.DEVIF.BIND (R8 not zero if `r8`).
-        Bind { tdi: u8, td: Td, report: Report, r8: bool },
+        /// The device is told its report, then TSM.DEVIF.BIND (R8 not zero if `r8`), relayed.
+        Bind { tdi: u8, td: Td, report: Report, r8: bool, relay: Relay },
         /// TDH.MMIO.MAP at level `level % 4`.
         Map { tdi: u8, td: Td, gpa: GpaPick, hpa: HpaPick, level: u8 },
         /// `count % 100` TDH.MMIO.MAPs of consecutive 4 KiB pages of the TDI's first range.
@@ -270,26 +339,37 @@ ops! {
         Track { td: Td },
         /// Hold the TD's TLB flushes, or complete them.
         HoldFlush { td: Td, hold: bool },
-        /// One TSM.DEVIF.UNBIND.
-        Unbind { tdi: u8 },
-        /// TSM.DEVIF.UNBIND until it is not resumable (at most 40 calls).
+        /// One TSM.DEVIF.UNBIND, relayed.
+        Unbind { tdi: u8, relay: Relay },
+        /// TSM.DEVIF.UNBIND, its STOP relayed to the end, until it is done (at most 40 calls).
         UnbindAll { tdi: u8 },
+        /// TSM.DEVIF.UNBIND with FORCE (RDX bit 0), or with reserved RDX bits `bits`.
+        UnbindForce { tdi: u8, bits: u8 },
+        /// TSM.IDE.STREAM_SETUP of device slot `dev % 6`.
+        StreamSetup { dev: u8 },
         /// TSM.DEVIF.ERROR.
         DevError { tdi: u8 },
-        /// TSM.DEVIF.CHECK.
-        Check { tdi: u8 },
+        /// TSM.DEVIF.CHECK, relayed.
+        Check { tdi: u8, relay: Relay },
         /// TSM.DEVIF.STATE.
         State { tdi: u8 },
         /// TSM.MMIO.ZAP_CHECK.
         ZapCheck { zap: Zap },
         /// TDG.MMIO.ACCEPT from the TD.
         Accept { td: Td, at: At },
-        /// TSM.GUEST.DEVIF.START from the TD.
-        Start { td: Td, tdi: u8 },
+        /// TSM.GUEST.DEVIF.START from the TD, relayed.
+        Start { td: Td, tdi: u8, relay: Relay },
+        /// TDH.DEVIF.RESPONSE for TDI slot `tdi % 20` with `answer` to its last request (or,
+        /// `from_page`, to whatever its request page holds now) in its response page.
+        Respond { tdi: u8, answer: Answer, rdx: Rdx, from_page: bool },
+        /// TDH.DEVIF.REQUEST.
+        Reread { tdi: u8 },
+        /// Host page `page % 6` becomes read-only, or writable again.
+        HostPage { page: u8, read_only: bool },
         /// The device or host acts on the TDI's interface.
         Device { tdi: u8, action: DevAction },
         /// Any SEAMCALL.
-        Raw { leaf: LeafNum, rcx: u64, rdx: u64, r8: u64, r9: u64 },
+        Raw { leaf: LeafNum, rcx: u64, rdx: u64, r8: u64, r9: u64, r10: u64 },
         /// Any TDCALL from the TD.
         RawGuest { td: Td, leaf: LeafNum, rcx: u64 },
     }
@@ -306,6 +386,10 @@ pub struct Stats {
     pub exempt: usize,
     /// Calls answered TDX_INTERRUPTED_RESUMABLE.
     pub resumable: usize,
+    /// Calls answered TDX_SPDM_REQUEST.
+    pub relays: usize,
+    /// Answers refused as not the device's answer to the outstanding request.
+    pub malformed: usize,
     /// Most leaves in the S-EPT at once.
     pub max_leaves: usize,
     /// Whether some TDI was bound, running, in ERROR, mid-unbind; an unbind finished.
@@ -322,8 +406,8 @@ pub struct Stats {
 
 /// Everything a refusal must leave as it was: the core's record tables with the S-EPT's
 /// bookkeeping, the pool's page bytes (kept apart so that their buffer is reused: a fresh
-/// 160 KiB copy per call costs more in page faults than the call itself) and the device
-/// model's TDISP states.
+/// 160 KiB copy per call costs more in page faults than the call itself), the message-page
+/// table and host memory; and the device model's TDISP states.
 #[derive(Debug, Clone, PartialEq)]
 struct Image {
     core: Snapshot<SeptBookkeeping>,
@@ -331,12 +415,82 @@ struct Image {
     /// Every leaf, by host address (what an exempt refusal is checked on).
     leaves: Vec<tsm_core::Leaf>,
     tdisp: Vec<(u32, TdispState)>,
+    messages: Vec<Option<MessagePages>>,
+    host: Vec<u8>,
+}
+
+/// The host's memory as the dispatcher reaches it: `HOST_PAGES` pages at [`HOST`], each of
+/// which may be read-only (a write or a write probe touching it is outside host memory).
+struct Host<'b> {
+    bytes: &'b [Cell<u8>],
+    read_only: u8,
+}
+
+impl Host<'_> {
+    fn cells(&self, hpa: u64, len: usize, write: bool) -> Result<&[Cell<u8>], HostFault> {
+        let start = hpa
+            .checked_sub(HOST)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(HostFault::OutsideHostMemory)?;
+        let end = start.checked_add(len).ok_or(HostFault::OutsideHostMemory)?;
+        let cells = self
+            .bytes
+            .get(start..end)
+            .ok_or(HostFault::OutsideHostMemory)?;
+        if write && len > 0 {
+            let first = start / MESSAGE_PAGE_BYTES;
+            let last = (end - 1) / MESSAGE_PAGE_BYTES;
+            if (first..=last).any(|p| self.read_only & (1 << p) != 0) {
+                return Err(HostFault::OutsideHostMemory);
+            }
+        }
+        Ok(cells)
+    }
+}
+
+impl HostMemory for Host<'_> {
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
+        let n = out.len();
+        for (o, c) in out.iter_mut().zip(self.cells(hpa, n, false)?) {
+            *o = c.get();
+        }
+        Ok(())
+    }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.cells(hpa, len, false).map(drop)
+    }
+
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.cells(hpa, len, true).map(drop)
+    }
+
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
+        for (c, &b) in self.cells(hpa, src.len(), true)?.iter().zip(src) {
+            c.set(b);
+        }
+        Ok(())
+    }
+}
+
+/// What the host handed TDH.DEVIF.RESPONSE, for the answer oracle.
+#[derive(Debug, Clone)]
+struct Handed {
+    bytes: Option<Vec<u8>>,
+    /// The device's answer, produced just before the call.
+    fresh: bool,
 }
 
 struct World<'m> {
-    tsm: Tsm<Sept<'m>, ModelDevice>,
-    params: RangeList,
-    faults: Faults,
+    fw: TdxModule<'m, ModelSession>,
+    host: Vec<u8>,
+    read_only: u8,
+    device: ModelDevice,
+    answers: Answers,
+    /// Each TDI slot's last request, as the host copied it from the request page.
+    requests: Vec<Option<Vec<u8>>>,
+    /// The answer of the TDH.DEVIF.RESPONSE being made.
+    handed: Option<Handed>,
     stats: Stats,
     /// The images taken around each call, reused.
     images: Option<Box<(Image, Image)>>,
@@ -369,6 +523,28 @@ fn slot_gpa(i: u8, level: u64) -> u64 {
     }
 }
 
+/// R9 and R10 of a TDH.DEVIF.CREATE: pair A, pair B, A's request with B's response, one page
+/// for both, the spare page (read-only if the host made it so) with A's response, the
+/// parameter page as request page, a misaligned page, a page past host memory, a page past
+/// 2^52.
+pub fn message_pages(k: u8) -> (u64, u64) {
+    match k % 10 {
+        0 | 1 => (REQ_A, RESP_A),
+        2 => (REQ_B, RESP_B),
+        3 => (REQ_A, RESP_B),
+        4 => (REQ_A, REQ_A),
+        5 => (SPARE, RESP_A),
+        6 => (PARAMS, RESP_B),
+        7 => (REQ_A + 8, RESP_A),
+        8 => (REQ_B, HOST + HOST_PAGES as u64 * PAGE),
+        _ => (1 << 52, RESP_A),
+    }
+}
+
+fn is_relay(rax: u64) -> bool {
+    rax == TDX_SPDM_REQUEST
+}
+
 /// Runs one input; panics when a check fails.
 pub fn run(data: &[u8]) -> Stats {
     let mut u = Unstructured::new(data);
@@ -382,14 +558,18 @@ pub fn run(data: &[u8]) -> Stats {
     };
     let reserved = ReservedMemory::from_ranges(&[
         MmioRange::from_raw(POOL_BASE, POOL_PAGES as u64).unwrap_or_else(|e| fail(e)),
-        MmioRange::from_raw(PARAMS, 1).unwrap_or_else(|e| fail(e)),
+        MmioRange::from_raw(HOST, HOST_PAGES as u64).unwrap_or_else(|e| fail(e)),
         MmioRange::from_raw(SYSTEM, SYSTEM_PAGES).unwrap_or_else(|e| fail(e)),
     ])
     .unwrap_or_else(|e| fail(e));
     let mut w = World {
-        tsm: Tsm::with_reserved(Sept::new(pool, levels), ModelDevice::model(), reserved),
-        params: RangeList::default(),
-        faults: Faults::default(),
+        fw: TdxModule::with_reserved(Sept::new(pool, levels), ModelSession::model(), reserved),
+        host: vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES],
+        read_only: 0,
+        device: ModelDevice::model(),
+        answers: Answers::default(),
+        requests: vec![None; MAX_TDIS],
+        handed: None,
         stats: Stats::default(),
         images: None,
     };
@@ -400,31 +580,42 @@ pub fn run(data: &[u8]) -> Stats {
         let Ok(op) = Op::arbitrary(&mut u) else { break };
         w.apply(op);
     }
+    w.finish();
     w.stats
 }
 
 impl World<'_> {
-    /// Takes an image into `out`, reusing its page buffer.
+    /// Takes an image into `out`, reusing its buffers.
     fn image(&self, out: &mut Option<Image>) {
-        let (mut pages, mut leaves) = out.take().map(|i| (i.pages, i.leaves)).unwrap_or_default();
+        let (mut pages, mut leaves, mut host) = out
+            .take()
+            .map(|i| (i.pages, i.leaves, i.host))
+            .unwrap_or_default();
         pages.clear();
         let core = self
-            .tsm
+            .fw
             .snapshot_with(|t| {
                 pages.extend(t.pool().pages().copied());
                 leaves = common::leaves(t);
                 t.bookkeeping()
             })
             .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
-        let tdisp = self
-            .tsm
-            .with_transport(|d| d.link_mut().tdisp_states().to_vec())
-            .unwrap_or_else(|e| fail(format!("transport: {e:?}")));
+        let messages = (0..MAX_TDIS)
+            .map(|t| {
+                self.fw
+                    .message_pages(TdiId::from_slot(t as u16))
+                    .unwrap_or_else(|e| fail(format!("message pages: {e:?}")))
+            })
+            .collect();
+        host.clear();
+        host.extend_from_slice(&self.host);
         *out = Some(Image {
             core,
             pages,
             leaves,
-            tdisp,
+            tdisp: self.device.dsm().tdisp_states().to_vec(),
+            messages,
+            host,
         });
     }
 
@@ -432,7 +623,7 @@ impl World<'_> {
         match td {
             Td::Slot { slot } => u64::from(slot % 34),
             Td::OwnerOf { tdi } => self
-                .tsm
+                .fw
                 .tdi(TdiId::from_slot(tdi_slot(tdi) as u16))
                 .ok()
                 .and_then(|t| t.state.owner())
@@ -442,7 +633,7 @@ impl World<'_> {
     }
 
     fn leaves(&self) -> Vec<tsm_core::Leaf> {
-        self.tsm
+        self.fw
             .with_table(|t| common::leaves(t))
             .unwrap_or_default()
     }
@@ -486,11 +677,11 @@ impl World<'_> {
         self.image(before);
         let mut out = regs;
         {
-            let host = BufferMemory {
-                base: PARAMS,
-                bytes: self.params.bytes(),
+            let host = Host {
+                bytes: Cell::from_mut(&mut self.host[..]).as_slice_of_cells(),
+                read_only: self.read_only,
             };
-            let d = Dispatcher::new(&self.tsm, host);
+            let d = Dispatcher::new(&self.fw, host);
             match guest {
                 None => d.seamcall(&mut out),
                 Some(g) => d.tdcall(g, &mut out),
@@ -502,6 +693,7 @@ impl World<'_> {
         };
         self.check(guest, &regs, &out, &before, &after);
         self.images = Some(Box::new((before, after)));
+        self.handed = None;
         out
     }
 
@@ -521,9 +713,13 @@ impl World<'_> {
         };
         let leaf = u16::try_from(regs.rax).ok();
         self.stats.calls += 1;
-        common::invariants(&self.tsm, &what);
+        common::trace(&what);
+        common::invariants(&self.fw, &what);
         if let Err(e) = registry_consistent(&after.core) {
             fail(format!("records disagree after {what}: {e}"));
+        }
+        if before.tdisp != after.tdisp {
+            fail(format!("the firmware changed the device: {what}"));
         }
         let is = |l: u16| leaf == Some(l);
         let host = guest.is_none();
@@ -531,89 +727,200 @@ impl World<'_> {
             && (is(abi::TSM_DEVIF_UNBIND)
                 || is(abi::TSM_DEVIF_ERROR)
                 || is(abi::TSM_DEVIF_CHECK)
-                || is(abi::TDH_MEM_TRACK));
+                || is(abi::TDH_MEM_TRACK)
+                || is(abi::TDH_DEVIF_RESPONSE));
         let progress = status == TDX_INTERRUPTED_RESUMABLE;
         if progress && !resumable_leaf {
             fail(format!(
-                "only unbind, error, check and TRACK resume: {what}"
+                "only unbind, error, check, TRACK and a device answer resume: {what}"
             ));
         }
         if progress {
             self.stats.resumable += 1;
         }
-        let refused = status != TDX_SUCCESS && !progress;
+        let relay = is_relay(status);
+        let tdi = TdiId::from_raw(regs.rcx).ok();
+        let call = match (host, leaf, tdi) {
+            (true, Some(abi::TSM_DEVIF_BIND), Some(t)) => Call::Bind(t),
+            (true, Some(abi::TSM_DEVIF_UNBIND), Some(t)) if regs.rdx == 0 => Call::Unbind(t),
+            (true, Some(abi::TSM_DEVIF_UNBIND), Some(t)) if regs.rdx == abi::UNBIND_FLAG_FORCE => {
+                Call::Force(t)
+            }
+            (true, Some(abi::TSM_DEVIF_CHECK), Some(t)) => Call::Check(t),
+            (true, Some(abi::TDH_DEVIF_RESPONSE), Some(t)) => Call::Respond(t),
+            (true, Some(abi::TDH_DEVIF_REQUEST), Some(t)) => Call::Request(t),
+            (false, Some(abi::TSM_GUEST_DEVIF_START), Some(t)) => Call::Start(t),
+            _ => Call::Other,
+        };
+        if relay {
+            self.stats.relays += 1;
+            if call.tdi().is_none() || matches!(call, Call::Force(_)) {
+                fail(format!(
+                    "only bind, unbind, check, start, a device answer and TDH.DEVIF.REQUEST relay: {what}"
+                ));
+            }
+        }
+        let record = |img: &Image| {
+            tdi.and_then(|t| img.core.tdis.get(usize::from(t.slot())).cloned().flatten())
+        };
+        let waiting = record(before).and_then(|r| r.exchange).map(|e| e.op);
+        let refused = status != TDX_SUCCESS && !progress && !relay;
         let read_only = host
             && (is(abi::TDH_MEM_SEPT_RD)
                 || is(abi::TSM_DEVIF_STATE)
-                || is(abi::TSM_MMIO_ZAP_CHECK));
+                || is(abi::TSM_MMIO_ZAP_CHECK)
+                || is(abi::TDH_DEVIF_REQUEST));
+        let decoded = leaf.and_then(|l| st::decode(status, &abi::operands(l)));
+        let err = decoded.and_then(Result::err);
         if refused {
             self.stats.refused += 1;
             check_registers(regs, out, &what);
         }
-        if refused || read_only {
-            let tdi = TdiId::from_raw(regs.rcx).ok();
-            let call = match (host, leaf, tdi) {
-                (true, Some(abi::TSM_DEVIF_UNBIND), Some(t)) => Call::Unbind(t),
-                (false, Some(abi::TSM_GUEST_DEVIF_START), Some(t)) => Call::Start(t),
-                _ => Call::Other,
-            };
-            let err = leaf
-                .and_then(|l| st::decode(status, &abi::operands(l)))
-                .and_then(Result::err);
+        // Host memory: written only by a relay, and only in the TDI's request page.
+        let request_page = tdi
+            .and_then(|t| after.messages.get(usize::from(t.slot())).copied().flatten())
+            .map(|p| p.request.as_u64());
+        let window = match (relay, request_page) {
+            (true, Some(at)) => {
+                let start = (at - HOST) as usize;
+                Some(start..start + MESSAGE_PAGE_BYTES)
+            }
+            _ => None,
+        };
+        if let Some(i) = common::changed_outside(&before.host, &after.host, window) {
+            fail(format!(
+                "{what} wrote host memory at {:#x}",
+                HOST + i as u64
+            ));
+        }
+        if refused || relay || read_only {
             let exempt = if refused {
-                exemption(call, err)
+                exemption(call, Err(err), waiting)
+            } else if relay && !read_only {
+                exemption(call, Ok(Completion::Relay(0)), waiting)
             } else {
                 Exempt::Nothing
             };
             if let Err(e) = core_diff(&before.core, &after.core, exempt) {
                 fail(format!("{what} ({err:?}) changed state: {e}"));
             }
-            if exempt == Exempt::Nothing {
-                if before.pages != after.pages {
-                    fail(format!("{what} ({err:?}) changed the S-EPT pool's bytes"));
+            if !exempt.touches_table() {
+                if before.pages != after.pages || before.core.table != after.core.table {
+                    fail(format!("{what} ({err:?}) changed the S-EPT"));
                 }
             } else if let Err(e) = exempt_table(before, after, exempt) {
                 fail(format!("{what} ({err:?}) changed the S-EPT: {e}"));
             }
-            // The device's own state: the TDI an unbind progressed on may have been stopped;
-            // an interface that acts and then garbles may have acted, if the call sent it a
-            // request (bind, unbind, check or start of a TDI of that interface).
-            let iface_of = |t: TdiId| {
-                before
-                    .core
-                    .tdis
-                    .get(usize::from(t.slot()))
-                    .and_then(Option::as_ref)
-                    .map(|r| fid_of(r.iface))
-            };
-            let moved = exempt.unbinding().and_then(iface_of);
-            let addressed = match (host, leaf) {
-                (
-                    true,
-                    Some(abi::TSM_DEVIF_BIND | abi::TSM_DEVIF_UNBIND | abi::TSM_DEVIF_CHECK),
-                )
-                | (false, Some(abi::TSM_GUEST_DEVIF_START)) => tdi.and_then(iface_of),
-                _ => None,
-            };
-            for fid in tdisp_fids(before, after) {
-                if Some(fid) == moved || self.faults.garbles(fid, addressed) {
-                    continue;
-                }
-                if tdisp_of(before, fid) != tdisp_of(after, fid) {
-                    fail(format!(
-                        "{what} changed the device: {}",
-                        tdisp_diff(before, after)
-                    ));
-                }
+            if before.messages != after.messages {
+                fail(format!("{what} changed the message pages"));
             }
-            if exempt != Exempt::Nothing
-                && (before.core != after.core || before.pages != after.pages)
-            {
+            if exempt != Exempt::Nothing && refused && before.core != after.core {
                 self.stats.exempt += 1;
             }
         }
-        self.oracles(guest, leaf, regs, out, before, after, &what);
+        if relay {
+            self.take_request(tdi, regs, out, after, &what);
+        }
+        if let Call::Respond(_) = call {
+            self.answer_oracle(record(before), decoded, &what);
+            if let Err(e) = crate::exempt::ended(waiting, err, record(after).as_ref()) {
+                fail(format!("{e}: {what}"));
+            }
+        }
+        self.oracles(guest, leaf, regs, out, before, after, waiting, &what);
         self.record(after);
+    }
+
+    /// A relay wrote RCX only: the request's length; the TDI's request page holds a DOE
+    /// object of that length, zeros to the next word, that the device opens as a request of
+    /// the TDI's outstanding exchange. The host copies it out.
+    fn take_request(
+        &mut self,
+        tdi: Option<TdiId>,
+        regs: &SeamRegs,
+        out: &SeamRegs,
+        after: &Image,
+        what: &str,
+    ) {
+        let kept = |a: &SeamRegs| (a.rdx, a.r8, a.r9, a.r10, a.r11, a.r12, a.r13);
+        if kept(regs) != kept(out) {
+            fail(format!("a relay wrote registers but RCX: {what}: {out:x?}"));
+        }
+        let Some(t) = tdi else {
+            fail("relay without a TDI")
+        };
+        let rec = after
+            .core
+            .tdis
+            .get(usize::from(t.slot()))
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| fail(format!("relay for no TDI: {what}")));
+        let ex = rec
+            .exchange
+            .unwrap_or_else(|| fail(format!("relay with nothing outstanding: {what}")));
+        let page = after.messages[usize::from(t.slot())]
+            .unwrap_or_else(|| fail(format!("relay for a TDI without pages: {what}")));
+        let at = (page.request.as_u64() - HOST) as usize;
+        let n = usize::try_from(out.rcx).unwrap_or(usize::MAX);
+        let bytes = &self.host[at..at + MESSAGE_PAGE_BYTES];
+        let dwords = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) & ((1 << 18) - 1);
+        if n > tsm_core::MAX_RELAY_BYTES || dwords as usize * 4 != n {
+            fail(format!("RCX {n} is not the request's DOE length: {what}"));
+        }
+        if bytes[n..n.next_multiple_of(8)].iter().any(|b| *b != 0) {
+            fail(format!("the request is not zero padded to a word: {what}"));
+        }
+        let request = bytes[..n].to_vec();
+        if let Err(e) = check_request(&request, fid_of(rec.iface), ex.seq) {
+            fail(format!("{e}: {what}"));
+        }
+        self.requests[usize::from(t.slot())] = Some(request);
+    }
+
+    /// The answer handed to TDH.DEVIF.RESPONSE opens exactly when the device produced it as
+    /// the answer to the TDI's outstanding exchange: refused as `RelayMalformed` otherwise,
+    /// never refused so when it is.
+    fn answer_oracle(
+        &mut self,
+        before: Option<tsm_core::registry::Tdi>,
+        decoded: Option<Result<Completion, Error>>,
+        what: &str,
+    ) {
+        let Some(Handed {
+            bytes: Some(bytes), ..
+        }) = self.handed.clone()
+        else {
+            return;
+        };
+        let Some(rec) = before else { return };
+        let Some(ex) = rec.exchange else { return };
+        let genuine = self.answers.opens_for(&bytes, fid_of(rec.iface), ex.seq);
+        match decoded {
+            Some(Err(Error::RelayMalformed)) => {
+                self.stats.malformed += 1;
+                if genuine {
+                    fail(format!(
+                        "the device's own answer refused as malformed: {what}"
+                    ));
+                }
+            }
+            Some(Err(
+                Error::NoExchange
+                | Error::InvalidHandle
+                | Error::Busy(_)
+                | Error::InvalidAddress
+                | Error::Misaligned,
+            ))
+            | None => {}
+            Some(other) => {
+                if !genuine {
+                    fail(format!(
+                        "bytes the device never sent for this exchange went on ({other:?}): {what}"
+                    ));
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -625,6 +932,7 @@ impl World<'_> {
         out: &SeamRegs,
         before: &Image,
         after: &Image,
+        waiting: Option<DeviceOp>,
         what: &str,
     ) {
         let ok = out.rax == TDX_SUCCESS;
@@ -633,11 +941,17 @@ impl World<'_> {
                 .ok()
                 .and_then(|t| img.core.tdis.get(usize::from(t.slot())).cloned().flatten())
         };
+        let fresh = self.handed.as_ref().is_some_and(|h| h.fresh);
         match (guest, leaf) {
             (None, Some(abi::TDH_MMIO_BLOCK | abi::TDH_MMIO_UNMAP)) if ok => {
                 fail(format!(
                     "the host blocked or removed a bound TDI's leaf: {what}"
                 ));
+            }
+            (None, Some(abi::TSM_DEVIF_BIND)) | (Some(_), Some(abi::TSM_GUEST_DEVIF_START))
+                if ok =>
+            {
+                fail(format!("completed without the device: {what}"));
             }
             (None, Some(abi::TSM_MMIO_ZAP_CHECK)) if ok => {
                 let range = MmioRange::from_raw(regs.rcx, regs.rdx).unwrap_or_else(|e| {
@@ -646,8 +960,8 @@ impl World<'_> {
                 if let Some(o) = after.core.owners.overlapping_private(&range) {
                     fail(format!("zap allowed over {o:?}: {what}"));
                 }
-                if let Some(l) = self
-                    .leaves()
+                if let Some(l) = after
+                    .leaves
                     .iter()
                     .find(|l| l.host_range().is_ok_and(|r| r.overlaps(&range)))
                 {
@@ -655,53 +969,37 @@ impl World<'_> {
                 }
             }
             (None, Some(abi::TSM_DEVIF_UNBIND)) if ok => {
-                let Some(t) = TdiId::from_raw(regs.rcx).ok() else {
-                    return;
-                };
-                if let Some(rec) = tdi_rec(after)
-                    && rec.state != TdiState::Unbound
-                {
-                    fail(format!("unbind done, TDI {:?}: {what}", rec.state));
-                }
-                if after.core.owners.iter().any(|o| o.tdi == t) {
-                    fail(format!("unbind done, the TDI still owns ranges: {what}"));
-                }
-                let was: Vec<MmioRange> = before
-                    .core
-                    .owners
-                    .iter()
-                    .filter(|o| o.tdi == t)
-                    .map(|o| o.range)
-                    .collect();
-                if let Some(l) = self
-                    .leaves()
-                    .iter()
-                    .find(|l| was.iter().any(|r| r.contains_page(l.hpa, l.size)))
-                {
-                    fail(format!("unbind done, leaf {l:?} left: {what}"));
-                }
-                if tdi_rec(before).is_some_and(|r| r.state.is_bound()) {
-                    self.stats.unbound = true;
-                }
+                self.unbind_done(regs, before, after, what)
             }
-            (None, Some(abi::TSM_DEVIF_BIND)) if ok => {
-                let rec = tdi_rec(after).unwrap_or_else(|| fail(format!("bound no TDI: {what}")));
-                if rec.state.owner().map(|g| u64::from(g.slot())) != Some(regs.rdx)
-                    || !matches!(rec.state, TdiState::Locked { .. })
-                {
-                    fail(format!("bind done, TDI {:?}: {what}", rec.state));
-                }
-                if tdisp_of(after, fid_of(rec.iface)) != TdispState::ConfigLocked {
-                    fail(format!("bind done, the device is not locked: {what}"));
-                }
-            }
-            (Some(g), Some(abi::TSM_GUEST_DEVIF_START)) if ok => {
-                let rec = tdi_rec(after).unwrap_or_else(|| fail(format!("started no TDI: {what}")));
-                if rec.state != (TdiState::Run { owner: g }) {
-                    fail(format!("start done, TDI {:?}: {what}", rec.state));
-                }
-                if tdisp_of(after, fid_of(rec.iface)) != TdispState::Run {
-                    fail(format!("start done, the device does not run: {what}"));
+            (None, Some(abi::TDH_DEVIF_RESPONSE)) if ok || out.rax == TDX_INTERRUPTED_RESUMABLE => {
+                let rec =
+                    tdi_rec(after).unwrap_or_else(|| fail(format!("answered no TDI: {what}")));
+                let device = self.device.dsm().state(rec.iface);
+                match waiting {
+                    None => fail(format!("an answer to nothing went on: {what}")),
+                    Some(DeviceOp::Bind { guest, .. }) if ok => {
+                        if rec.state != (TdiState::Locked { owner: guest }) {
+                            fail(format!("bind done, TDI {:?}: {what}", rec.state));
+                        }
+                        if fresh && device != TdispState::ConfigLocked {
+                            fail(format!("bind done, the device is {device:?}: {what}"));
+                        }
+                    }
+                    Some(DeviceOp::Start { guest }) if ok => {
+                        if rec.state != (TdiState::Run { owner: guest }) {
+                            fail(format!("start done, TDI {:?}: {what}", rec.state));
+                        }
+                        if fresh && device != TdispState::Run {
+                            fail(format!("start done, the device is {device:?}: {what}"));
+                        }
+                    }
+                    Some(DeviceOp::Stop { .. }) if ok => {
+                        self.unbind_done(regs, before, after, what);
+                    }
+                    Some(DeviceOp::Bind { .. } | DeviceOp::Start { .. }) => {
+                        fail(format!("a bind or start resumed: {what}"));
+                    }
+                    Some(_) => {}
                 }
             }
             (None, Some(abi::TSM_TD_CREATE | abi::TDH_SPDM_CREATE | abi::TDH_DEVIF_CREATE))
@@ -727,8 +1025,51 @@ impl World<'_> {
                         "create returned slot {slot}, not a new one: {what}"
                     ));
                 }
+                if leaf == Some(abi::TDH_DEVIF_CREATE) {
+                    let want = MessagePages {
+                        request: tsm_core::Hpa::try_new(regs.r9).unwrap_or_else(|e| fail(e)),
+                        response: tsm_core::Hpa::try_new(regs.r10).unwrap_or_else(|e| fail(e)),
+                    };
+                    if after.messages.get(slot).copied().flatten() != Some(want) {
+                        fail(format!("a TDI created without its message pages: {what}"));
+                    }
+                }
             }
             _ => {}
+        }
+    }
+
+    /// A finished unbind: the TDI unbound with nothing outstanding, owning nothing, with no
+    /// leaf left in the ranges it owned.
+    fn unbind_done(&mut self, regs: &SeamRegs, before: &Image, after: &Image, what: &str) {
+        let Some(t) = TdiId::from_raw(regs.rcx).ok() else {
+            return;
+        };
+        let rec = |img: &Image| img.core.tdis.get(usize::from(t.slot())).cloned().flatten();
+        if let Some(r) = rec(after)
+            && (r.state != TdiState::Unbound || r.exchange.is_some())
+        {
+            fail(format!("unbind done, TDI {r:?}: {what}"));
+        }
+        if after.core.owners.iter().any(|o| o.tdi == t) {
+            fail(format!("unbind done, the TDI still owns ranges: {what}"));
+        }
+        let was: Vec<MmioRange> = before
+            .core
+            .owners
+            .iter()
+            .filter(|o| o.tdi == t)
+            .map(|o| o.range)
+            .collect();
+        if let Some(l) = after
+            .leaves
+            .iter()
+            .find(|l| was.iter().any(|r| r.contains_page(l.hpa, l.size)))
+        {
+            fail(format!("unbind done, leaf {l:?} left: {what}"));
+        }
+        if rec(before).is_some_and(|r| r.state.is_bound()) {
+            self.stats.unbound = true;
         }
     }
 
@@ -742,16 +1083,15 @@ impl World<'_> {
                 TdiState::Unbinding { .. } => self.stats.unbinding = true,
             }
         }
-        let n = self.leaves().len();
-        self.stats.max_leaves = self.stats.max_leaves.max(n);
+        self.stats.max_leaves = self.stats.max_leaves.max(after.leaves.len());
     }
 
     fn set_report(&mut self, tdi: u8, report: Report) {
-        let Ok(rec) = self.tsm.tdi(TdiId::from_slot(tdi_slot(tdi) as u16)) else {
+        let Ok(rec) = self.fw.tdi(TdiId::from_slot(tdi_slot(tdi) as u16)) else {
             return;
         };
         let bars = self
-            .tsm
+            .fw
             .device(rec.device)
             .map(|d| d.bars)
             .unwrap_or_default();
@@ -788,16 +1128,141 @@ impl World<'_> {
             Report::Misaligned => vec![private(b0 + 0x800, 4, 0)],
             Report::Raw { first, pages, attr } => vec![wire_range(first, pages, attr, 0)],
         };
-        let _ = self
-            .tsm
-            .with_transport(|d| d.link_mut().set_report(rec.iface, &wire));
+        self.device.link_mut().set_report(rec.iface, &wire);
     }
 
     fn owned(&self, tdi: u8) -> Vec<MmioRange> {
-        self.tsm
+        self.fw
             .owned_ranges(TdiId::from_slot(tdi_slot(tdi) as u16))
             .map(|r| r.to_vec())
             .unwrap_or_default()
+    }
+
+    // ---- the relay ----------------------------------------------------------------------
+
+    /// TDH.DEVIF.RESPONSE for TDI slot `t` with `answer` to its last request (`from_page`:
+    /// to what its request page holds now), in its response page (pair A's for a TDI without
+    /// pages), RDX as `rdx` says.
+    fn respond(&mut self, t: u64, answer: Answer, rdx: Rdx, from_page: bool) -> SeamRegs {
+        let slot = t as usize % MAX_TDIS;
+        let pages = self
+            .fw
+            .message_pages(TdiId::from_slot(slot as u16))
+            .ok()
+            .flatten();
+        let (req_at, resp_at) = pages.map_or((REQ_A, RESP_A), |p| {
+            (p.request.as_u64(), p.response.as_u64())
+        });
+        let request = if from_page || self.requests[slot].is_none() {
+            let at = (req_at - HOST) as usize;
+            let page = &self.host[at..at + MESSAGE_PAGE_BYTES];
+            let dwords = u32::from_le_bytes([page[4], page[5], page[6], page[7]]) & ((1 << 18) - 1);
+            let n = (dwords as usize * 4).min(tsm_core::MAX_RELAY_BYTES);
+            page[..n].to_vec()
+        } else {
+            self.requests[slot].clone().unwrap_or_default()
+        };
+        let (bytes, fresh) = self.answers.make(answer, &mut self.device, &request);
+        let len = bytes.as_ref().map_or(0, Vec::len);
+        if let Some(b) = &bytes {
+            let at = (resp_at - HOST) as usize;
+            let n = b.len().min(MESSAGE_PAGE_BYTES);
+            self.host[at..at + n].copy_from_slice(&b[..n]);
+        }
+        let rdx = match rdx {
+            Rdx::Exact => len as u64,
+            Rdx::Zero => 0,
+            Rdx::Delta { d } => (len as u64).wrapping_add_signed(i64::from(d)),
+            Rdx::Past => PAGE + 1,
+        };
+        // The oracle knows what the firmware reads only when RDX says the answer's length.
+        self.handed = Some(Handed {
+            bytes: if rdx == len as u64 && rdx != 0 && len <= MESSAGE_PAGE_BYTES {
+                bytes
+            } else {
+                None
+            },
+            fresh: fresh && rdx == len as u64,
+        });
+        let regs = SeamRegs {
+            rcx: t,
+            rdx,
+            ..SeamRegs::default()
+        };
+        self.seamcall(u64::from(abi::TDH_DEVIF_RESPONSE), regs)
+    }
+
+    /// Relays from `out` (a leaf's registers) for TDI slot `t` as `policy` says; the last
+    /// registers.
+    fn relay(&mut self, t: u64, mut out: SeamRegs, policy: Relay) -> SeamRegs {
+        // An answer refused as not the device's leaves the request outstanding: relay on.
+        let refused_answer = |o: &SeamRegs| {
+            st::decode(o.rax, &abi::operands(abi::TDH_DEVIF_RESPONSE))
+                == Some(Err(Error::RelayMalformed))
+        };
+        let mut waiting = is_relay(out.rax);
+        for round in 0..MAX_ROUNDS {
+            if !waiting {
+                break;
+            }
+            let answer = match policy {
+                Relay::Drive => Answer::Genuine,
+                Relay::Leave => break,
+                Relay::Rounds { n } if round > usize::from(n % 4) => break,
+                Relay::Rounds { .. } => Answer::Genuine,
+                Relay::Once { answer } if round == 0 => answer,
+                Relay::Once { .. } => Answer::Genuine,
+            };
+            out = self.respond(t, answer, Rdx::Exact, false);
+            waiting = is_relay(out.rax) || refused_answer(&out);
+        }
+        out
+    }
+
+    /// TSM.DEVIF.UNBIND, relayed to the end, until it is not resumable: the last registers.
+    fn unbind_all(&mut self, rcx: u64) -> SeamRegs {
+        let mut out = SeamRegs::default();
+        for _ in 0..UNBIND_CALLS {
+            let first = self.seamcall(
+                u64::from(abi::TSM_DEVIF_UNBIND),
+                SeamRegs {
+                    rcx,
+                    ..SeamRegs::default()
+                },
+            );
+            out = self.relay(rcx, first, Relay::Drive);
+            if out.rax != TDX_INTERRUPTED_RESUMABLE {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Every TDI can be unbound once the host cooperates: TLB flushes completed, the device
+    /// behaving, every page writable.
+    fn finish(&mut self) {
+        let _ = self.fw.with_table(|t| {
+            for g in 0..MAX_GUESTS {
+                t.hold_flush(GuestId::from_slot(g as u16), false);
+            }
+        });
+        self.read_only = 0;
+        for t in 0..MAX_TDIS {
+            let Ok(rec) = self.fw.tdi(TdiId::from_slot(t as u16)) else {
+                continue;
+            };
+            self.device.link_mut().set_misbehaviour(rec.iface, None);
+            let out = self.unbind_all(t as u64);
+            let after = self.fw.tdi(TdiId::from_slot(t as u16));
+            if out.rax != TDX_SUCCESS
+                || after.is_ok_and(|r| r.state != TdiState::Unbound || r.exchange.is_some())
+            {
+                fail(format!(
+                    "TDI {t} ({:?}) did not unbind: {:#x}, now {after:?}",
+                    rec.state, out.rax
+                ));
+            }
+        }
     }
 
     fn apply(&mut self, op: Op) {
@@ -849,10 +1314,11 @@ impl World<'_> {
                     ListMut::Fine => {}
                     ListMut::Reserved => l.reserved = 1,
                     ListMut::Count { count } => l.count = count,
-                    ListMut::Outside => rdx = PARAMS + 0x1000,
+                    ListMut::Outside => rdx = HOST + HOST_PAGES as u64 * PAGE,
                     ListMut::Misaligned => rdx = PARAMS + 8,
                 }
-                self.params = l;
+                let bytes = l.as_bytes();
+                self.host[..bytes.len()].copy_from_slice(bytes);
                 let rcx = u64::from(rid.packed());
                 self.seamcall(leaf(abi::TDH_SPDM_CREATE), SeamRegs { rcx, rdx, ..r });
             }
@@ -860,13 +1326,21 @@ impl World<'_> {
                 let rcx = u64::from(dev % 6);
                 self.seamcall(leaf(abi::TDH_SPDM_DELETE), SeamRegs { rcx, ..r });
             }
-            Op::DevifCreate { dev, bus, func } => {
+            Op::DevifCreate {
+                dev,
+                bus,
+                func,
+                pages,
+            } => {
                 let f = func % 9;
                 let iface =
                     RequesterId::try_new(0, 3 + bus % 5, f / 8, f % 8).unwrap_or_else(|e| fail(e));
+                let (r9, r10) = message_pages(pages);
                 let regs = SeamRegs {
                     rcx: u64::from(dev % 6),
                     rdx: u64::from(iface.packed()),
+                    r9,
+                    r10,
                     ..r
                 };
                 self.seamcall(leaf(abi::TDH_DEVIF_CREATE), regs);
@@ -880,6 +1354,7 @@ impl World<'_> {
                 td,
                 report,
                 r8,
+                relay,
             } => {
                 self.set_report(tdi, report);
                 let regs = SeamRegs {
@@ -888,7 +1363,8 @@ impl World<'_> {
                     r8: if r8 { PARAMS } else { 0 },
                     ..r
                 };
-                self.seamcall(leaf(abi::TSM_DEVIF_BIND), regs);
+                let out = self.seamcall(leaf(abi::TSM_DEVIF_BIND), regs);
+                self.relay(tdi_slot(tdi), out, relay);
             }
             Op::Map {
                 tdi,
@@ -962,28 +1438,43 @@ impl World<'_> {
             }
             Op::HoldFlush { td, hold } => {
                 let g = GuestId::from_slot(self.td(td) as u16);
-                let _ = self.tsm.with_table(|t| t.hold_flush(g, hold));
+                let _ = self.fw.with_table(|t| t.hold_flush(g, hold));
             }
-            Op::Unbind { tdi } => {
+            Op::Unbind { tdi, relay } => {
                 let rcx = tdi_slot(tdi);
-                self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, ..r });
+                let out = self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, ..r });
+                self.relay(rcx, out, relay);
             }
             Op::UnbindAll { tdi } => {
+                self.unbind_all(tdi_slot(tdi));
+            }
+            Op::UnbindForce { tdi, bits } => {
+                let rdx = if bits == 0 {
+                    abi::UNBIND_FLAG_FORCE
+                } else {
+                    u64::from(bits) << 1
+                };
                 let rcx = tdi_slot(tdi);
                 for _ in 0..UNBIND_CALLS {
-                    let out = self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, ..r });
+                    let out =
+                        self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, rdx, ..r });
                     if out.rax != TDX_INTERRUPTED_RESUMABLE {
                         break;
                     }
                 }
             }
+            Op::StreamSetup { dev } => {
+                let rcx = u64::from(dev % 6);
+                self.seamcall(leaf(abi::TSM_IDE_STREAM_SETUP), SeamRegs { rcx, ..r });
+            }
             Op::DevError { tdi } => {
                 let rcx = tdi_slot(tdi);
                 self.seamcall(leaf(abi::TSM_DEVIF_ERROR), SeamRegs { rcx, ..r });
             }
-            Op::Check { tdi } => {
+            Op::Check { tdi, relay } => {
                 let rcx = tdi_slot(tdi);
-                self.seamcall(leaf(abi::TSM_DEVIF_CHECK), SeamRegs { rcx, ..r });
+                let out = self.seamcall(leaf(abi::TSM_DEVIF_CHECK), SeamRegs { rcx, ..r });
+                self.relay(rcx, out, relay);
             }
             Op::State { tdi } => {
                 let rcx = tdi_slot(tdi);
@@ -1012,33 +1503,50 @@ impl World<'_> {
                 let (g, rcx) = self.at(self.td(td), at);
                 self.tdcall(g, leaf(abi::TDG_MMIO_ACCEPT), SeamRegs { rcx, ..r });
             }
-            Op::Start { td, tdi } => {
+            Op::Start { td, tdi, relay } => {
                 let g = self.td(td);
                 let rcx = tdi_slot(tdi);
-                self.tdcall(g, leaf(abi::TSM_GUEST_DEVIF_START), SeamRegs { rcx, ..r });
+                let out = self.tdcall(g, leaf(abi::TSM_GUEST_DEVIF_START), SeamRegs { rcx, ..r });
+                self.relay(rcx, out, relay);
+            }
+            Op::Respond {
+                tdi,
+                answer,
+                rdx,
+                from_page,
+            } => {
+                self.respond(tdi_slot(tdi), answer, rdx, from_page);
+            }
+            Op::Reread { tdi } => {
+                let rcx = tdi_slot(tdi);
+                self.seamcall(leaf(abi::TDH_DEVIF_REQUEST), SeamRegs { rcx, ..r });
+            }
+            Op::HostPage { page, read_only } => {
+                let bit = 1u8 << (page % HOST_PAGES as u8);
+                if read_only {
+                    self.read_only |= bit;
+                } else {
+                    self.read_only &= !bit;
+                }
             }
             Op::Device { tdi, action } => {
                 let iface = self
-                    .tsm
+                    .fw
                     .tdi(TdiId::from_slot(tdi_slot(tdi) as u16))
                     .map(|t| t.iface)
                     .unwrap_or_else(|_| {
                         RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| fail(e))
                     });
-                let faults = &mut self.faults;
-                let _ = self.tsm.with_transport(|d| match action {
+                let d = &mut self.device;
+                match action {
                     DevAction::Misbehave { how } => {
-                        let m = common::misbehaviour(how);
-                        d.link_mut().set_misbehaviour(iface, m);
-                        faults.set(iface, m);
+                        d.link_mut()
+                            .set_misbehaviour(iface, common::misbehaviour(how));
                     }
-                    DevAction::Behave => {
-                        d.link_mut().set_misbehaviour(iface, None);
-                        faults.set(iface, None);
-                    }
+                    DevAction::Behave => d.link_mut().set_misbehaviour(iface, None),
                     DevAction::Disturb => d.event(iface, DeviceEvent::Disturb),
                     DevAction::Reset => d.event(iface, DeviceEvent::ConventionalReset),
-                });
+                }
             }
             Op::Raw {
                 leaf: l,
@@ -1046,12 +1554,14 @@ impl World<'_> {
                 rdx,
                 r8,
                 r9,
+                r10,
             } => {
                 let regs = SeamRegs {
                     rcx,
                     rdx,
                     r8,
                     r9,
+                    r10,
                     ..r
                 };
                 self.seamcall(leaf_num(l), regs);
@@ -1125,24 +1635,6 @@ fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), Str
         }
     }
     Ok(())
-}
-
-fn tdisp_of(img: &Image, fid: u32) -> TdispState {
-    img.tdisp
-        .iter()
-        .find(|(f, _)| *f == fid)
-        .map_or(TdispState::ConfigUnlocked, |(_, s)| *s)
-}
-
-fn tdisp_fids(a: &Image, b: &Image) -> Vec<u32> {
-    let mut fids: Vec<u32> = a.tdisp.iter().chain(&b.tdisp).map(|(f, _)| *f).collect();
-    fids.sort_unstable();
-    fids.dedup();
-    fids
-}
-
-fn tdisp_diff(before: &Image, after: &Image) -> String {
-    format!("device TDISP {:?} -> {:?}", before.tdisp, after.tdisp)
 }
 
 /// A seed's operations (the seed generator's view of [`Op`]).

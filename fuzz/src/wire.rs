@@ -9,22 +9,29 @@
 //! - `tdisp_report`: `DeviceInterfaceReport::parse` with a reporting offset.
 //! - `report_portions`: `ReportAssembler` fed portions directly (checked against the
 //!   portion rules: what is accepted is appended, a refusal changes nothing, the first portion
-//!   fixes the total, the report is whole exactly when nothing remains), and the requester's
-//!   `WireTdisp::read_report` against a device that answers with the same portions, silence,
-//!   garbage, another message or TDISP_ERROR (checked: the offsets it asks for, and the
-//!   outcome the portion rules and the report reading predict).
+//!   fixes the total, the report is whole exactly when nothing remains), and a whole bind of
+//!   the core, relayed by a host to a device whose security manager answers
+//!   GET_DEVICE_INTERFACE_REPORT from the same script (portions, silence, garbage, another
+//!   message, TDISP_ERROR, bytes that are no record at all) and everything else as the model
+//!   DSM does (checked: the offsets the firmware asks for, that bytes which are no record are
+//!   refused as `RelayMalformed` and change nothing, the bind's outcome as the portion rules,
+//!   the retries, the report reading and the device's BARs predict, the device locked exactly
+//!   when the bind succeeds, and that the TDI always unbinds after).
 
 use tsm_core::addr::PHYS_ADDR_LIMIT;
 use tsm_core::capacity::MAX_RANGES_PER_TDI;
+use tsm_core::device_model::DsmModel;
+use tsm_core::mem_table::MemTable;
+use tsm_core::relay::{self, Direction, MAX_RELAY_BYTES, ModelSession, RecordContext, doe, spdm};
 use tsm_core::tdisp::message::{
     Request, Response, decode_request, decode_response, encode_request, encode_response,
 };
 use tsm_core::tdisp::report::{
     DeviceInterfaceReport, MAX_REPORT_BYTES, RANGE_ATTR_NON_TEE, REPORT_PORTION, ReportAssembler,
 };
-use tsm_core::tdisp::requester::{MAX_ATTEMPTS, TdispLink, WireTdisp};
+use tsm_core::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES};
 use tsm_core::tdisp::{HEADER_SIZE, TDISP_VERSION_1_0, WireError, function_id, request, response};
-use tsm_core::{DeviceFault, Error, RequesterId};
+use tsm_core::{Completion, DeviceFault, Error, MmioRange, RequesterId, TdiState, TdispState, Tsm};
 
 use crate::common::fail;
 
@@ -314,20 +321,23 @@ pub fn report_target(data: &[u8]) {
     let _ = check_report(bytes, offset);
 }
 
-/// One thing the device does in `report_portions`.
-#[derive(Debug, Clone, Copy)]
+/// One thing the device does in `report_portions` when asked for a report portion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// Sends `len` bytes of the report from where the requester is, with `rem` remaining
     /// (`None`: the true remainder).
     Portion { len: usize, rem: Option<u16> },
     /// Says nothing.
     Silent,
-    /// Sends bytes that are not a TDISP message.
+    /// Sends bytes that are not a TDISP message (in a record of the exchange).
     Garbage,
     /// Answers with another response (DEVICE_INTERFACE_STATE).
     Other,
     /// Answers TDISP_ERROR.
     Refuse,
+    /// The host hands bytes that are no record at all (`RelayMalformed`: the request stays
+    /// outstanding, nothing counts).
+    Unframed,
 }
 
 /// `report_portions` input: byte 0 the number of steps (mod 17), five bytes per step (kind,
@@ -342,7 +352,7 @@ fn steps(data: &[u8]) -> (Vec<Step>, &[u8]) {
         .map(|c| {
             let len = usize::from(u16_at(c, 1));
             let rem = u16_at(c, 3);
-            match c[0] % 8 {
+            match c[0] % 9 {
                 0 | 1 => Step::Portion {
                     len: len % 300,
                     rem: None,
@@ -358,7 +368,8 @@ fn steps(data: &[u8]) -> (Vec<Step>, &[u8]) {
                 4 => Step::Silent,
                 5 => Step::Garbage,
                 6 => Step::Other,
-                _ => Step::Refuse,
+                7 => Step::Refuse,
+                _ => Step::Unframed,
             }
         })
         .collect();
@@ -396,61 +407,134 @@ fn rule(total: Option<usize>, offset: usize, len: usize, rem: u16) -> Result<boo
     Ok(rem == 0)
 }
 
-/// A device that answers GET_DEVICE_INTERFACE_REPORT from a script, and checks what it is
-/// asked.
+/// The device's BAR in `report_portions`: 16 MiB at 2 GiB.
+const PORTIONS_BAR: (u64, u64) = (0x8000_0000, 4096);
+
+/// What the device's end sends back.
+enum Sent {
+    /// A record of the exchange.
+    Record(Vec<u8>),
+    /// Nothing.
+    Silent,
+    /// Bytes that are no record.
+    Unframed(Vec<u8>),
+}
+
+/// A device whose security manager answers GET_DEVICE_INTERFACE_REPORT from a script and
+/// everything else as the model DSM, behind the model session; it checks what it is asked.
 struct Scripted<'a> {
+    dsm: DsmModel,
+    session: ModelSession,
     fid: u32,
     steps: &'a [Step],
     next: usize,
     report: &'a [u8],
-    /// The offset the requester should ask for next (the predicted assembler offset).
+    /// The offset the firmware should ask for next (the predicted assembler offset).
     expect: usize,
+    total: Option<usize>,
     asked: Vec<String>,
 }
 
-impl TdispLink for Scripted<'_> {
-    fn exchange(&mut self, req: &[u8], out: &mut [u8]) -> Option<usize> {
-        match decode_request(req) {
-            Ok((fid, Request::GetReport(r)))
-                if fid == self.fid
-                    && usize::from(r.offset.get()) == self.expect
-                    && r.length.get() == REPORT_PORTION => {}
-            other => self
-                .asked
-                .push(format!("asked {other:?}, expected offset {}", self.expect)),
-        }
-        let step = self.steps.get(self.next).copied().unwrap_or(Step::Silent);
-        self.next += 1;
-        let resp = match step {
-            Step::Silent => return None,
-            Step::Garbage => {
-                out.get_mut(..7)?.copy_from_slice(&[0xa5; 7]);
-                return Some(7);
-            }
-            Step::Other => Response::State(tsm_core::TdispState::ConfigLocked),
-            Step::Refuse => Response::Error(tsm_core::tdisp::message::ErrorBody {
-                code: 5.into(),
-                data: 0.into(),
-            }),
-            Step::Portion { len, rem } => {
-                let (bytes, rem) = portion(self.report, self.expect, len.min(256), rem);
-                return encode_response(
-                    out,
-                    self.fid,
-                    &Response::Report {
-                        portion: &bytes,
-                        remainder: rem,
-                    },
-                )
-                .ok();
-            }
+impl Scripted<'_> {
+    /// The device's answer to the relayed `request`.
+    fn answer(&mut self, request: &[u8]) -> Sent {
+        let Some((ctx, msg)) = self.open(request) else {
+            self.asked.push("a request that does not open".into());
+            return Sent::Silent;
         };
-        encode_response(out, self.fid, &resp).ok()
+        let mut out = [0u8; MAX_MESSAGE_BYTES];
+        let n = match decode_request(&msg) {
+            Ok((fid, Request::GetReport(r))) => {
+                if fid != self.fid
+                    || usize::from(r.offset.get()) != self.expect
+                    || r.length.get() != REPORT_PORTION
+                {
+                    self.asked.push(format!(
+                        "asked for {} bytes at {} of {fid:#x}, expected offset {}",
+                        r.length.get(),
+                        r.offset.get(),
+                        self.expect
+                    ));
+                }
+                let step = self.steps.get(self.next).copied().unwrap_or(Step::Silent);
+                self.next += 1;
+                let resp = match step {
+                    Step::Silent => return Sent::Silent,
+                    Step::Unframed => return Sent::Unframed(vec![0xa5; 40]),
+                    Step::Garbage => {
+                        out[..7].copy_from_slice(&[0xa5; 7]);
+                        return self.seal(ctx, &out[..7]);
+                    }
+                    Step::Other => Response::State(TdispState::ConfigLocked),
+                    Step::Refuse => Response::Error(tsm_core::tdisp::message::ErrorBody {
+                        code: 5.into(),
+                        data: 0.into(),
+                    }),
+                    Step::Portion { len, rem } => {
+                        let (bytes, rem) = portion(self.report, self.expect, len.min(256), rem);
+                        if let Ok(done) = rule(self.total, self.expect, bytes.len(), rem) {
+                            self.total = Some(self.expect + bytes.len() + usize::from(rem));
+                            if !done {
+                                self.expect += bytes.len();
+                            }
+                        }
+                        let n = encode_response(
+                            &mut out,
+                            self.fid,
+                            &Response::Report {
+                                portion: &bytes,
+                                remainder: rem,
+                            },
+                        )
+                        .unwrap_or_else(|e| fail(format!("{e:?}")));
+                        return self.seal(ctx, &out[..n]);
+                    }
+                };
+                encode_response(&mut out, self.fid, &resp)
+                    .unwrap_or_else(|e| fail(format!("{e:?}")))
+            }
+            _ => match self.dsm.exchange(&msg, &mut out) {
+                Some(n) => n,
+                None => return Sent::Silent,
+            },
+        };
+        self.seal(ctx, &out[..n])
+    }
+
+    /// Opens a relayed request as the device's end does: its exchange and TDISP message.
+    fn open(&self, request: &[u8]) -> Option<(RecordContext, Vec<u8>)> {
+        let body = doe::decode(request, doe::TYPE_SECURED_SPDM).ok()?;
+        let record = relay::record_of(&self.session, body).ok()?;
+        let mut app = [0u8; MAX_RELAY_BYTES];
+        let (ctx, n) =
+            self.session
+                .open_any(Direction::Request, record, spdm::OVERHEAD + 4, &mut app)?;
+        let msg = spdm::decode(app.get(..n)?, spdm::VENDOR_DEFINED_REQUEST).ok()?;
+        Some((ctx, msg.to_vec()))
+    }
+
+    /// `tdisp` sealed as the answer to the exchange `ctx`.
+    fn seal(&mut self, ctx: RecordContext, tdisp: &[u8]) -> Sent {
+        let back = RecordContext {
+            direction: Direction::Response,
+            ..ctx
+        };
+        let mut out = [0u8; MAX_RELAY_BYTES];
+        match relay::frame(&mut self.session, &back, tdisp, &mut out) {
+            Ok(n) => Sent::Record(out[..n].to_vec()),
+            Err(e) => fail(format!("framing the answer: {e:?}")),
+        }
     }
 }
 
 /// `report_portions`.
 pub fn portions_target(data: &[u8]) {
+    let _ = portions_run(data);
+}
+
+/// `report_portions`, returning how the bind ended (the seed test checks what its seeds
+/// reach).
+pub fn portions_run(data: &[u8]) -> tsm_core::TsmResult<Completion> {
     let (steps, report) = steps(data);
     // 1. The assembler, fed every portion step in order.
     let mut asm = ReportAssembler::new();
@@ -483,86 +567,153 @@ pub fn portions_target(data: &[u8]) {
         }
     }
 
-    // 2. The requester against a device answering from the same script.
+    // 2. A bind relayed to a device answering the report from the same script.
+    bind_through_relay(&steps, report)
+}
+
+/// The firmware of `report_portions`: the core over an in-memory table, one guest, one device
+/// with the BAR [`PORTIONS_BAR`], one TDI.
+type PortionsFw = Tsm<MemTable<64>, ModelSession>;
+
+fn bind_through_relay(steps: &[Step], report: &[u8]) -> tsm_core::TsmResult<Completion> {
+    let fw = PortionsFw::new(MemTable::new(), ModelSession::model());
     let iface = RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| fail(e));
     let fid = function_id(iface).unwrap_or_else(|e| fail(format!("{e:?}")));
-    let want = predict(&steps, report);
-    let mut link = Scripted {
+    let bar = MmioRange::from_raw(PORTIONS_BAR.0, PORTIONS_BAR.1).unwrap_or_else(|e| fail(e));
+    let guest = fw.create_guest().unwrap_or_else(|e| fail(e));
+    let dev = fw.create_device(iface, &[bar]).unwrap_or_else(|e| fail(e));
+    let tdi = fw.create_tdi(dev, iface).unwrap_or_else(|e| fail(e));
+    let mut device = Scripted {
+        dsm: DsmModel::new(),
+        session: ModelSession::model(),
         fid,
-        steps: &steps,
+        steps,
         next: 0,
         report,
         expect: 0,
+        total: None,
         asked: Vec::new(),
     };
-    // The link must know the offset the requester is at: replay the prediction's offsets.
-    let got = read_with_offsets(&mut link, iface, &steps, report);
-    if !link.asked.is_empty() {
-        fail(format!("the requester asked: {:?}", link.asked));
-    }
-    let same = match (&got, &want) {
-        (Ok(r), Ok(w)) => {
-            let ranges: Vec<Range> = r
-                .ranges
-                .iter()
-                .map(|x| (x.range.base().as_u64(), x.range.pages(), x.attributes, x.id))
-                .collect();
-            ranges == *w
+    let want = predict(steps, report).and_then(|ranges| {
+        let inside = ranges.iter().all(|r| {
+            r.0 >= PORTIONS_BAR.0 && r.0 + r.1 * 0x1000 <= PORTIONS_BAR.0 + PORTIONS_BAR.1 * 0x1000
+        });
+        if inside {
+            Ok(ranges)
+        } else {
+            Err(DeviceFault::BadReport(Error::RangeOutsideDevice))
         }
-        (Err(e), Err(w)) => e == w,
-        _ => false,
-    };
-    if !same {
+    });
+    let mut buf = [0u8; MAX_RELAY_BYTES];
+    let first = fw.bind(tdi, guest, &mut buf);
+    let got = relay_to_end(&fw, tdi, first, &mut buf, &mut |req| device.answer(req));
+    if !device.asked.is_empty() {
+        fail(format!("the firmware asked: {:?}", device.asked));
+    }
+    let rec = fw.tdi(tdi).unwrap_or_else(|e| fail(e));
+    let owned: Vec<(u64, u64)> = fw
+        .owned_ranges(tdi)
+        .unwrap_or_else(|e| fail(e))
+        .iter()
+        .map(|r| (r.base().as_u64(), r.pages()))
+        .collect();
+    let dsm_state = device.dsm.state(iface);
+    match (&got, &want) {
+        (Ok(Completion::Done), Ok(ranges)) => {
+            let private: Vec<(u64, u64)> = ranges
+                .iter()
+                .filter(|r| r.2 & RANGE_ATTR_NON_TEE == 0)
+                .map(|r| (r.0, r.1))
+                .collect();
+            if rec.state != (TdiState::Locked { owner: guest }) || owned != private {
+                fail(format!(
+                    "bound as {:?} owning {owned:x?}, the report's private ranges are {private:x?}",
+                    rec.state
+                ));
+            }
+            if dsm_state != TdispState::ConfigLocked {
+                fail(format!("bound, the device is {dsm_state:?}"));
+            }
+        }
+        (Err(e), Err(w)) if *e == Error::from(*w) => {
+            if rec.state != TdiState::Unbound || rec.exchange.is_some() || !owned.is_empty() {
+                fail(format!("a refused bind left {rec:?} owning {owned:x?}"));
+            }
+            // The firmware undid the device's LOCK with STOP_INTERFACE, which the device
+            // answered.
+            if dsm_state != TdispState::ConfigUnlocked || rec.unlock_first {
+                fail(format!(
+                    "a refused bind left the device {dsm_state:?}, unlock first {}",
+                    rec.unlock_first
+                ));
+            }
+        }
+        _ => fail(format!(
+            "the bind ended {got:?}, predicted {want:?} (steps {steps:?})"
+        )),
+    }
+    if let Err(v) = tsm_tests::invariants::check(&fw) {
+        fail(format!("invariant broken after the bind: {v:?}"));
+    }
+    // The TDI always unbinds, whatever the bind did, and the device ends unlocked.
+    let first = fw.unbind(tdi, &mut buf);
+    let done = relay_to_end(&fw, tdi, first, &mut buf, &mut |req| device.answer(req));
+    let rec = fw.tdi(tdi).unwrap_or_else(|e| fail(e));
+    if done != Ok(Completion::Done)
+        || rec.state != TdiState::Unbound
+        || rec.exchange.is_some()
+        || device.dsm.state(iface) != TdispState::ConfigUnlocked
+        || !fw.owned_ranges(tdi).is_ok_and(|r| r.is_empty())
+    {
         fail(format!(
-            "read_report = {got:?}, predicted {want:?} (steps {steps:?})"
+            "unbind after the bind: {done:?}, {rec:?}, device {:?}",
+            device.dsm.state(iface)
         ));
     }
+    got
 }
 
-/// Runs `read_report` with the link's expected offset tracking the portions it accepts.
-fn read_with_offsets(
-    link: &mut Scripted<'_>,
-    iface: RequesterId,
-    steps: &[Step],
-    report: &[u8],
-) -> Result<DeviceInterfaceReport, DeviceFault> {
-    // The offsets the requester will ask for follow the accepted portions; a link cannot see
-    // the requester's assembler, so it follows the same rules.
-    struct Tracking<'l, 'a> {
-        link: &'l mut Scripted<'a>,
-        total: Option<usize>,
-        steps: Vec<Step>,
-        report: Vec<u8>,
-    }
-    impl TdispLink for Tracking<'_, '_> {
-        fn exchange(&mut self, req: &[u8], out: &mut [u8]) -> Option<usize> {
-            let step = self.steps.get(self.link.next).copied();
-            let n = self.link.exchange(req, out);
-            if let (Some(Step::Portion { len, rem }), Some(_)) = (step, n) {
-                let (bytes, rem) = portion(&self.report, self.link.expect, len.min(256), rem);
-                if let Ok(done) = rule(self.total, self.link.expect, bytes.len(), rem) {
-                    self.total = Some(self.link.expect + bytes.len() + usize::from(rem));
-                    if !done {
-                        self.link.expect += bytes.len();
-                    }
+/// Relays from `first` until the operation ends: each request to `answer`; bytes that are no
+/// record must be refused as `RelayMalformed` with nothing changed (the request stays
+/// outstanding and is answered again).
+fn relay_to_end(
+    fw: &PortionsFw,
+    tdi: tsm_core::TdiId,
+    first: tsm_core::TsmResult<Completion>,
+    buf: &mut [u8; MAX_RELAY_BYTES],
+    answer: &mut dyn FnMut(&[u8]) -> Sent,
+) -> tsm_core::TsmResult<Completion> {
+    let mut outcome = first;
+    for _ in 0..200 {
+        let Ok(Completion::Relay(n)) = outcome else {
+            return outcome;
+        };
+        let request = buf[..n].to_vec();
+        outcome = match answer(&request) {
+            Sent::Record(bytes) => fw.device_response(tdi, Some(&bytes), buf),
+            Sent::Silent => fw.device_response(tdi, None, buf),
+            Sent::Unframed(bytes) => {
+                let before = fw.snapshot().unwrap_or_else(|e| fail(e));
+                let r = fw.device_response(tdi, Some(&bytes), buf);
+                if r != Err(Error::RelayMalformed)
+                    || fw.snapshot().unwrap_or_else(|e| fail(e)) != before
+                {
+                    fail(format!("bytes that are no record: {r:?}"));
                 }
+                // The same request is still outstanding: the host relays it again.
+                buf[..n].copy_from_slice(&request);
+                Ok(Completion::Relay(n))
             }
-            n
-        }
+        };
     }
-    let mut requester = WireTdisp::new(Tracking {
-        link,
-        total: None,
-        steps: steps.to_vec(),
-        report: report.to_vec(),
-    });
-    requester.read_report(iface)
+    fail("the relay did not end in 200 rounds")
 }
 
-/// What `read_report` must return for a script: up to `MAX_ATTEMPTS` exchanges per request
-/// (silence retried), the first answer decoded (garbage and another message `Malformed`,
-/// TDISP_ERROR `Refused`), portions assembled by the rules (a broken rule `Malformed`), the
-/// whole report read by the format (`BadReport`).
+/// What the bind must end with for a script: up to `MAX_ATTEMPTS` unanswered rounds per
+/// request (silence retried; bytes that are no record are refused and do not count), the first
+/// answer decoded (garbage and another message `Malformed`, TDISP_ERROR `Refused`), portions
+/// assembled by the rules (a broken rule `Malformed`), the whole report read by the format
+/// (`BadReport`).
 fn predict(steps: &[Step], report: &[u8]) -> Result<Vec<Range>, DeviceFault> {
     let mut next = 0;
     let mut offset = 0;
@@ -570,16 +721,21 @@ fn predict(steps: &[Step], report: &[u8]) -> Result<Vec<Range>, DeviceFault> {
     let mut assembled: Vec<u8> = Vec::new();
     for _ in 0..=MAX_REPORT_BYTES {
         let mut answer = None;
-        for _ in 0..MAX_ATTEMPTS {
+        let mut silent = 0;
+        while silent < MAX_ATTEMPTS {
             let step = steps.get(next).copied().unwrap_or(Step::Silent);
             next += 1;
-            if !matches!(step, Step::Silent) {
-                answer = Some(step);
-                break;
+            match step {
+                Step::Silent => silent += 1,
+                Step::Unframed => {}
+                other => {
+                    answer = Some(other);
+                    break;
+                }
             }
         }
         match answer.ok_or(DeviceFault::NoResponse)? {
-            Step::Silent => unreachable!(),
+            Step::Silent | Step::Unframed => unreachable!(),
             Step::Garbage | Step::Other => return Err(DeviceFault::Malformed),
             Step::Refuse => return Err(DeviceFault::Refused),
             Step::Portion { len, rem } => {
