@@ -94,7 +94,7 @@ impl Answers {
     }
 
     /// Whether `bytes` are the device's answer to exchange `seq` of interface `fid`.
-    pub fn opens_for(&self, bytes: &[u8], fid: u32, seq: u32) -> bool {
+    pub fn opens_for(&self, bytes: &[u8], fid: u32, seq: u64) -> bool {
         self.produced.get(bytes).is_some_and(|c| {
             c.function_id == fid && c.seq == seq && c.direction == Direction::Response
         })
@@ -102,7 +102,7 @@ impl Answers {
 
     /// Whether `payload` (a DOE payload the host wrote) is (`exact`) or starts with the
     /// payload of the device's answer to exchange `seq` of interface `fid`.
-    pub fn payload_of(&self, payload: &[u8], fid: u32, seq: u32, exact: bool) -> bool {
+    pub fn payload_of(&self, payload: &[u8], fid: u32, seq: u64, exact: bool) -> bool {
         self.produced.iter().any(|(bytes, c)| {
             c.function_id == fid
                 && c.seq == seq
@@ -205,7 +205,7 @@ impl Answers {
 
 /// Checks a request the firmware handed out for the TDI with interface `fid`: a DOE object
 /// that the device's end opens as a request of exchange `seq` of that interface.
-pub fn check_request(request: &[u8], fid: u32, seq: u32) -> Result<(), String> {
+pub fn check_request(request: &[u8], fid: u32, seq: u64) -> Result<(), String> {
     match context_of(request, Direction::Request) {
         Some(c) if c.function_id == fid && c.seq == seq => Ok(()),
         other => Err(format!(
