@@ -431,13 +431,13 @@ fn rid(bus: u8, devfn: u8) -> RequesterId {
 pub fn interesting(k: u8, default: u64) -> u64 {
     match k % 12 {
         0 => default,
-        1 => default + 0x10,
+        1 => default.wrapping_add(0x10),
         2 => RO_PAGE,
         3 => FW_PAGE,
         4 => FW_PAGE2,
         5 => UNMAPPED,
         6 => RMP_BASE,
-        7 => default + 8,
+        7 => default.wrapping_add(8),
         8 => MEM + 0xff0,
         9 => 0,
         10 => 1 << 52,
