@@ -310,3 +310,29 @@ pub fn changed_outside<T: PartialEq>(
     }
     (0..a.len()).find(|&i| !w.contains(&i) && a[i] != b[i])
 }
+
+/// Whether every leaf that changed between `before` and `after` (blocked or removed) belongs to
+/// a TDI whose leaves the host may tear down in `before`'s state
+/// (`Tsm::host_may_tear_down`: its unbind past STOP, or its device's stream cut).
+pub fn host_teardown_only<U>(before: &Snapshot<U>, before_leaves: &[Leaf], after: &[Leaf]) -> bool {
+    before_leaves
+        .iter()
+        .filter(|l| !after.contains(l))
+        .all(|l| {
+            before
+                .owners
+                .iter()
+                .find(|o| o.range.contains_page(l.hpa, l.size))
+                .is_some_and(|o| {
+                    let Some(Some(rec)) = before.tdis.get(usize::from(o.tdi.slot())) else {
+                        return false;
+                    };
+                    let Some(Some(dev)) = before.devices.get(usize::from(rec.device.slot())) else {
+                        return false;
+                    };
+                    Tsm::<tsm_core::mem_table::MemTable<1>, tsm_core::ModelSession>::host_may_tear_down(
+                        rec.state, dev.stream,
+                    )
+                })
+        })
+}

@@ -1206,9 +1206,16 @@ impl World {
                 .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         };
         match id {
-            abi::TIO_MMIO_BLOCK | abi::TIO_MMIO_UNMAP if ok => {
+            abi::TIO_MMIO_BLOCK | abi::TIO_MMIO_UNMAP
+                if ok
+                    && !crate::common::host_teardown_only(
+                        &before.core,
+                        &before.leaves,
+                        &after.leaves,
+                    ) =>
+            {
                 fail(format!(
-                    "the host blocked or removed a bound TDI's leaf: {what}"
+                    "the host blocked or removed a bound TDI's leaf before its device was cut off: {what}"
                 ));
             }
             abi::TIO_MMIO_ZAP if ok => {

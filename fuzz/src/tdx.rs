@@ -943,9 +943,16 @@ impl World<'_> {
         };
         let fresh = self.handed.as_ref().is_some_and(|h| h.fresh);
         match (guest, leaf) {
-            (None, Some(abi::TDH_MMIO_BLOCK | abi::TDH_MMIO_UNMAP)) if ok => {
+            (None, Some(abi::TDH_MMIO_BLOCK | abi::TDH_MMIO_UNMAP))
+                if ok
+                    && !crate::common::host_teardown_only(
+                        &before.core,
+                        &before.leaves,
+                        &after.leaves,
+                    ) =>
+            {
                 fail(format!(
-                    "the host blocked or removed a bound TDI's leaf: {what}"
+                    "the host blocked or removed a bound TDI's leaf before its device was cut off: {what}"
                 ));
             }
             (None, Some(abi::TSM_DEVIF_BIND)) | (Some(_), Some(abi::TSM_GUEST_DEVIF_START))

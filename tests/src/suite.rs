@@ -29,6 +29,7 @@ scenarios!(
     "path-close",
     "force-unbind",
     "relay",
+    "host-teardown",
 );
 
 /// Builds a fresh firmware, hands it to the closure it is given, and tears it down.

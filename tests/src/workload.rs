@@ -15,8 +15,8 @@ use tsm_core::{
 };
 
 use crate::backend::Backend;
-use tsm_core::SecureSession;
 use tsm_core::relay::host::RelayHost;
+use tsm_core::{SecureSession, Tsm};
 
 /// Guests the workload binds to: few, so that operations meet on them.
 pub const GUESTS: usize = 2;
@@ -219,9 +219,19 @@ pub fn step<T: SecureTable, S: SecureSession>(
         9 => tsm.unbind_forced(tdi),
         10 => done(tsm.tdi(tdi).and_then(|t| tsm.setup_stream(t.device))),
         _ => {
+            let may = |t: TdiId| {
+                tsm.tdi(t).ok().and_then(|r| {
+                    let stream = tsm.device(r.device).ok()?.stream;
+                    Some(!r.state.is_bound() || Tsm::<T, S>::host_may_tear_down(r.state, stream))
+                })
+            };
+            let before = may(tdi);
             let r = tsm.host_unmap(owner, gpa, PageSize::Size4K);
-            // Every private leaf belongs to a bound TDI: the host may never remove one.
-            if r.is_ok() {
+            // Every private leaf belongs to a bound TDI: the host may remove one only once that
+            // TDI's device can no longer reach the guest (its unbind past STOP, or its stream
+            // cut). Another CPU may have moved the TDI there meanwhile, so a removal counts as
+            // a failure only when the TDI allowed it neither before nor after.
+            if r.is_ok() && before == Some(false) && may(tdi) == Some(false) {
                 tally.failed = tally.failed.saturating_add(1);
             }
             r.map(|_| Completion::Done)

@@ -2,8 +2,9 @@
 //!
 //! It keeps devices, their TDISP interfaces (TDIs) and confidential guests in fixed tables,
 //! owns the private MMIO of bound TDIs through a platform's secure table ([`SecureTable`]:
-//! S-EPT on TDX, RMP on SEV), refuses every host request that would unmap, block or steal a
-//! bound page ([`Error::TdiBound`]), and provides the bounded, idempotent unbind that returns a
+//! S-EPT on TDX, RMP on SEV), refuses every host request that would steal a bound page, or
+//! unmap or block one while the device can still reach the guest ([`Error::TdiBound`]), and
+//! provides the bounded, idempotent unbind that returns a
 //! device to the host. Platforms drive it through their own calling convention.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]

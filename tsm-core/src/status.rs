@@ -22,7 +22,7 @@
 //! | 0x203 | `GuestTableFull` | no free guest slot |
 //! | 0x204 | `OwnershipTableFull` | no room to record the ranges of another bound TDI |
 //! | 0x205 | `SecureTableFull` | the secure mapping structure has no free table pages |
-//! | 0x301 | `TdiBound` | a host request touches MMIO of a bound TDI (bind, run, error or mid-unbind) |
+//! | 0x301 | `TdiBound` | a host request touches MMIO of a bound TDI while its device can still reach the guest (locked, running, in error, or unbinding before STOP is acknowledged, stream live); a zap, whenever bound |
 //! | 0x302 | `TdiNotBound` | the TDI is not bound to any guest |
 //! | 0x303 | `TdiAlreadyBound` | bind of a TDI that is already bound |
 //! | 0x304 | `NotOwner` | the guest named is not the TDI's owner |

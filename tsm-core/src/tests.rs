@@ -530,7 +530,7 @@ fn refused_start_puts_the_tdi_in_error() {
 // | unbind_forced, unbound          |           | x      | x   |       |           |              |           |
 // | setup_stream, cut               |           | x      | x+  |       |           |              |           |
 // | setup_stream, live, TDI bound   |           | x      | x   |       |           |              |           |
-// | host_unmap, host_block          |           |        |     | x     | x         | x            |           |
+// | host_unmap, host_block          |           | x      | x   | x     | x         | x            |           |
 // | host_track                      |           |        |     | x     |           | x            |           |
 // | host_zap, range not owned       |           |        |     |       | x         | x            |           |
 // | host_zap, range of a bound TDI  |           |        |     |       | x         |              |           |
@@ -782,20 +782,32 @@ const LOCK_CASES: &[LockCase] = &[
         takes: &[(Dv, Some(0)), (Td, Some(0))],
     },
     LockCase {
-        op: "host_unmap",
+        op: "host_unmap of a bound TDI's leaf (its owner found, then every lock in order)",
         setup: nothing,
         run: |f| {
             f.w.tsm
                 .host_unmap(f.w.g1, gpa(GPA), PageSize::Size4K)
                 .map(drop)
         },
-        takes: &[(Gu, Some(0)), (Ow, None), (St, None)],
+        takes: &[
+            (Dv, Some(0)),
+            (Td, Some(0)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+        ],
     },
     LockCase {
-        op: "host_block",
+        op: "host_block of a bound TDI's leaf",
         setup: nothing,
         run: |f| f.w.tsm.host_block(f.w.g1, gpa(GPA), PageSize::Size4K),
-        takes: &[(Gu, Some(0)), (Ow, None), (St, None)],
+        takes: &[
+            (Dv, Some(0)),
+            (Td, Some(0)),
+            (Gu, Some(0)),
+            (Ow, None),
+            (St, None),
+        ],
     },
     LockCase {
         op: "host_track",
@@ -1511,4 +1523,39 @@ fn a_normal_unbind_whose_stop_fails_keeps_its_step() {
     assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceRefused));
     refused(tsm, Error::DeviceRefused, || tsm.unbind(w.t0));
     assert_eq!(stream(&w), IdeStream::Live);
+}
+
+#[test]
+fn the_host_may_tear_down_leaves_only_once_the_device_cannot_reach_the_guest() {
+    use crate::lifecycle::{Cursor, UnbindStep};
+    let o = GuestId::from_slot(0);
+    let unbinding = |step| TdiState::Unbinding { owner: o, step };
+    for (state, live, cut) in [
+        (TdiState::Unbound, false, false),
+        (TdiState::Locked { owner: o }, false, true),
+        (TdiState::Run { owner: o }, false, true),
+        (
+            TdiState::Error {
+                owner: o,
+                blocking: None,
+            },
+            false,
+            true,
+        ),
+        (unbinding(UnbindStep::Block(Cursor::START)), false, true),
+        (unbinding(UnbindStep::Stop), false, true),
+        (unbinding(UnbindStep::Track), true, true),
+        (unbinding(UnbindStep::Remove(Cursor::START)), true, true),
+    ] {
+        assert_eq!(
+            Tsm::<MemTable<256>, ModelSession>::host_may_tear_down(state, IdeStream::Live),
+            live,
+            "{state:?}"
+        );
+        assert_eq!(
+            Tsm::<MemTable<256>, ModelSession>::host_may_tear_down(state, IdeStream::Cut),
+            cut,
+            "{state:?}"
+        );
+    }
 }

@@ -1140,16 +1140,21 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     // ---- host requests on private pages -------------------------------------------------
 
     /// The host asks to remove the private leaf at `gpa` (TDX: TDH.MMIO.UNMAP /
-    /// TDH.MEM.PAGE.REMOVE). A leaf of a bound TDI is refused with `TdiBound`: only unbind
-    /// removes those.
+    /// TDH.MEM.PAGE.REMOVE). A leaf of a bound TDI is refused with `TdiBound` while its device
+    /// can still reach the guest with TEE traffic; once the device cannot (the TDI's unbind
+    /// is past STOP, or its device's IDE stream is cut) the host may tear the leaf down
+    /// itself, in the secure table's block -> track -> remove order, as the TDX host does
+    /// after unbinding ([`Tsm::host_may_tear_down`]). Unbind removes whatever leaves the
+    /// host left.
     /// Returns the host page the removed leaf mapped (TDX returns it in R8).
     pub fn host_unmap(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<Hpa> {
         self.host_leaf_request(guest, gpa, size, |t| t.remove(guest, gpa, size))
     }
 
     /// The host asks to block the private leaf at `gpa` (TDX: TDH.MMIO.BLOCK /
-    /// TDH.MEM.RANGE.BLOCK). Refused with `TdiBound` for a bound TDI's leaf: a block the host
-    /// could not follow with an unmap would leave the guest with a dead page.
+    /// TDH.MEM.RANGE.BLOCK). Refused with `TdiBound` for a bound TDI's leaf while its device
+    /// can still reach the guest (a block the host could not follow with an unmap would leave
+    /// the guest with a dead page); allowed once it cannot, as for [`Tsm::host_unmap`].
     pub fn host_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         self.host_leaf_request(guest, gpa, size, |t| t.block(guest, gpa, size))
     }
@@ -1164,6 +1169,21 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         Ok(table.track(guest)?)
     }
 
+    /// Whether the host may block and remove the leaves of a bound TDI in `state` on a device
+    /// whose stream is `stream`: only once the device can no longer send TEE traffic for the
+    /// guest, because STOP_INTERFACE was acknowledged (the unbind is past its Stop step) or
+    /// the firmware cut the device's IDE stream. Before that (CONFIG_LOCKED, RUN, ERROR, an
+    /// unbind still blocking or waiting for STOP) the leaves are the firmware's alone.
+    pub fn host_may_tear_down(state: TdiState, stream: IdeStream) -> bool {
+        match state {
+            TdiState::Unbinding {
+                step: UnbindStep::Track | UnbindStep::Remove(_),
+                ..
+            } => true,
+            s => s.is_bound() && stream == IdeStream::Cut,
+        }
+    }
+
     fn host_leaf_request<R>(
         &self,
         guest: GuestId,
@@ -1171,21 +1191,63 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         size: PageSize,
         act: impl FnOnce(&mut T) -> Result<R, crate::secure_table::TableError>,
     ) -> TsmResult<R> {
+        // Which TDI owns the leaf decides; its record comes before the guest in lock order, so
+        // a first look finds it, and the request then runs with every lock in order.
+        let owner = {
+            let slot = self.guests.lock(guest.slot())?;
+            slot.as_ref().ok_or(Error::InvalidHandle)?;
+            if !gpa.is_aligned(size) {
+                return Err(Error::Misaligned);
+            }
+            let owners = try_lock(&self.owners, Operand::Ownership)?;
+            let table = try_lock(&self.table, Operand::SecureTable)?;
+            let leaf = table.leaf(guest, gpa).ok_or(Error::NotMapped)?;
+            owners.holding(leaf.hpa, leaf.size).map(|o| o.tdi)
+        };
+        let Some(tdi) = owner else {
+            let slot = self.guests.lock(guest.slot())?;
+            slot.as_ref().ok_or(Error::InvalidHandle)?;
+            let owners = try_lock(&self.owners, Operand::Ownership)?;
+            let mut table = try_lock(&self.table, Operand::SecureTable)?;
+            return Self::leaf_request(&owners, &mut table, guest, gpa, size, None, act);
+        };
+        let device = self.tdi(tdi)?.device;
+        let dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let tdi_slot = self.tdis.lock(tdi.slot())?;
+        let record = tdi_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
-        if !gpa.is_aligned(size) {
-            return Err(Error::Misaligned);
-        }
         let owners = try_lock(&self.owners, Operand::Ownership)?;
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let allowed = Self::host_may_tear_down(record.state, dev.stream).then_some(tdi);
+        Self::leaf_request(&owners, &mut table, guest, gpa, size, allowed, act)
+    }
+
+    /// The leaf request with every lock held: a leaf owned by any TDI but `torn_down` (the
+    /// TDI whose leaves the host may tear down, if any) is `TdiBound`.
+    fn leaf_request<R>(
+        owners: &Ownership,
+        table: &mut T,
+        guest: GuestId,
+        gpa: Gpa,
+        size: PageSize,
+        torn_down: Option<TdiId>,
+        act: impl FnOnce(&mut T) -> Result<R, crate::secure_table::TableError>,
+    ) -> TsmResult<R> {
         let leaf = table.leaf(guest, gpa).ok_or(Error::NotMapped)?;
-        if owners.holding(leaf.hpa, leaf.size).is_some() {
+        if let Some(o) = owners.holding(leaf.hpa, leaf.size)
+            && Some(o.tdi) != torn_down
+        {
             return Err(Error::TdiBound);
         }
         if leaf.gpa != gpa || leaf.size != size {
             return Err(Error::SizeMismatch);
         }
-        Ok(act(&mut *table)?)
+        Ok(act(table)?)
     }
 
     /// The host is about to zap its mappings of `range` (a BAR) and reset or power the device:
