@@ -991,6 +991,7 @@ impl World {
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         };
         match id {
+            abi::TIO_STATUS => Some((word(0x08)?, 0x40)),
             abi::TIO_TDI_STATUS => Some((word(0x38)?, 16)),
             abi::TIO_TDI_INFO => Some((word(0x18)?, 0xC0)),
             abi::TIO_ASID_FENCE_STATUS => Some((word(0x14)?, 8)),

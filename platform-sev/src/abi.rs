@@ -760,10 +760,12 @@ command! {
 }
 
 /// Every command ID we implement, in ID order.
-pub const IMPLEMENTED: [CommandId; 22] = [
+pub const IMPLEMENTED: [CommandId; 24] = [
     SNP_DECOMMISSION,
     SNP_ACTIVATE,
     SNP_GCTX_CREATE,
+    TIO_STATUS,
+    TIO_INIT,
     TIO_DEV_CREATE,
     TIO_DEV_RECLAIM,
     TIO_DEV_CONNECT,

@@ -699,6 +699,27 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
             &[],
         ),
         (
+            abi::TIO_STATUS,
+            abi::TioStatus {
+                length: len::<abi::TioStatus>(),
+                reserved: [0; 4],
+                status_paddr: TIO_STATUS_PAGE.into(),
+            }
+            .as_bytes()
+            .to_vec(),
+            &[4],
+        ),
+        (
+            abi::TIO_INIT,
+            abi::TioInit {
+                length: len::<abi::TioInit>(),
+                reserved: [0; 12],
+            }
+            .as_bytes()
+            .to_vec(),
+            &[4, 8, 15],
+        ),
+        (
             abi::TIO_DEV_CREATE,
             dev_create().as_bytes().to_vec(),
             &[4, 0x15, 0x17],
