@@ -43,7 +43,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use platform_sev::abi::{self, Command, SlaAddr, len_of};
 use platform_sev::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use platform_sev::guest_msg::{self as msg, MsgHeader};
-use platform_sev::host::{read_request, response_init, write_response};
+use platform_sev::host::{self, read_request, response_init, write_response};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpUpdate};
@@ -73,7 +73,8 @@ const RMP_PAGES: usize = 4096;
 pub const BAR: u64 = 0x8000_0000;
 /// System memory: status (0), request (1), response (2), report (3), a page the tests put a
 /// guest context on (4), read-only (5), a page a device context may sit on (6), spare (7),
-/// the SPDM request (8) and response (9) buffers, the BAR lists (10), spare (11).
+/// the SPDM request (8) and response (9) buffers, the BAR lists (10), the TIO status page
+/// (11, [`TIO_STATUS_PAGE`]).
 pub const MEM: u64 = 0x1_0000_0000;
 const MEM_PAGES: usize = 12;
 /// The SPDM request buffer (`spdm_ctrl.req` of every relaying command).
@@ -82,6 +83,8 @@ pub const SPDM_REQ: u64 = MEM + 0x8000;
 pub const SPDM_RESP: u64 = MEM + 0x9000;
 /// The BAR list of configuration `k` is at `BAR_LISTS + k * 0x90`.
 pub const BAR_LISTS: u64 = MEM + 0xA000;
+/// Where TIO_STATUS writes `sev_tio_status` (Linux's `tio_status_page`).
+pub const TIO_STATUS_PAGE: u64 = MEM + 0xB000;
 const RO_PAGE: u64 = MEM + 0x5000;
 const FW_PAGE: u64 = MEM + 0x4000;
 const FW_PAGE2: u64 = MEM + 0x6000;
@@ -527,8 +530,13 @@ impl World {
             device.report_ranges(*iface, ranges);
         }
         let system = ReservedMemory::from_ranges(&[r(MEM, 16)]).unwrap_or_else(|e| fail(e));
+        let mut sev = Sev::new(rmp, ModelSession::model(), system);
+        // Linux's init first (`sev_tio_init_locked`): TIO_STATUS, TIO_INIT, TIO_STATUS.
+        if host::tio_init(&mut sev, &mut mem, TIO_STATUS_PAGE).is_err() {
+            fail("TIO init");
+        }
         World {
-            sev: Sev::new(rmp, ModelSession::model(), system),
+            sev,
             mem,
             device,
             answers: Answers::default(),
@@ -983,6 +991,7 @@ impl World {
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         };
         match id {
+            abi::TIO_STATUS => Some((word(0x08)?, 0x40)),
             abi::TIO_TDI_STATUS => Some((word(0x38)?, 16)),
             abi::TIO_TDI_INFO => Some((word(0x18)?, 0xC0)),
             abi::TIO_ASID_FENCE_STATUS => Some((word(0x14)?, 8)),

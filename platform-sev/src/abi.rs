@@ -37,6 +37,12 @@ pub const SNP_DECOMMISSION: CommandId = 0x090;
 pub const SNP_ACTIVATE: CommandId = 0x091;
 /// psp-sev.h `SEV_CMD_SNP_GCTX_CREATE = 0x093`: create a guest context.
 pub const SNP_GCTX_CREATE: CommandId = 0x093;
+/// psp-sev.h `SEV_CMD_TIO_STATUS = 0x0D0`: report the platform's TIO state and buffer sizes
+/// (issued first by sev-dev-tio.c `sev_tio_init_locked`, AMDESE/linux-kvm @16f379f5).
+pub const TIO_STATUS: CommandId = 0x0D0;
+/// psp-sev.h `SEV_CMD_TIO_INIT = 0x0D1`: initialise TIO (`sev_tio_init_locked`, after a
+/// TIO_STATUS saying enabled and not yet initialised). Every other TIO command needs it.
+pub const TIO_INIT: CommandId = 0x0D1;
 /// psp-sev.h `SEV_CMD_TIO_DEV_CREATE = 0x0D2`.
 pub const TIO_DEV_CREATE: CommandId = 0x0D2;
 /// psp-sev.h `SEV_CMD_TIO_DEV_RECLAIM = 0x0D3`.
@@ -146,11 +152,16 @@ pub struct SlaAddr {
 }
 
 impl SlaAddr {
-    /// Checks a host-supplied SLA: reserved bits clear, not null. We take only single 4K data
-    /// pages (ours: no scatter lists; our contexts live in firmware tables).
-    pub fn checked(raw: u64) -> Result<Self, SevStatus> {
+    /// Checks a host-supplied SLA for a buffer of `size` bytes (one of the sizes TIO_STATUS
+    /// reports: [`SPDM_REQ_SIZE`], [`SPDM_RSP_SIZE`], [`SPDM_SCRATCH_SIZE`],
+    /// [`SPDM_OUT_SIZE`], [`DEV_CTX_SIZE`], [`TDI_CTX_SIZE`]): reserved bits clear, not null,
+    /// and a single 4K data page, which is what Linux's `sla_alloc` gives for a size of at
+    /// most one page (sev-linux-buffers.md section 2.1). A size past one page would need a
+    /// scatter list, which this firmware does not take (ours).
+    pub fn checked(raw: u64, size: u32) -> Result<Self, SevStatus> {
         let sla = Self::from_bits(raw);
         if raw == 0
+            || u64::from(size) > PAGE_4K
             || sla.reserved1() != 0
             || sla.reserved2() != 0
             || sla.page_type()
@@ -188,11 +199,16 @@ pub struct SpdmCtrl {
 const _: () = assert!(core::mem::size_of::<SpdmCtrl>() == 0x20);
 
 impl SpdmCtrl {
-    /// Each SLA is null or well formed.
+    /// Each SLA is null or well formed for the size TIO_STATUS reports for it.
     pub fn well_formed(&self) -> bool {
-        [self.req, self.resp, self.scratch, self.output]
-            .iter()
-            .all(|s| s.get() == 0 || SlaAddr::checked(s.get()).is_ok())
+        [
+            (self.req, SPDM_REQ_SIZE),
+            (self.resp, SPDM_RSP_SIZE),
+            (self.scratch, SPDM_SCRATCH_SIZE),
+            (self.output, SPDM_OUT_SIZE),
+        ]
+        .iter()
+        .all(|(s, size)| s.get() == 0 || SlaAddr::checked(s.get(), *size).is_ok())
     }
 }
 
@@ -379,6 +395,30 @@ pub const FLAG_FORCE: u32 = 1 << 0;
 /// TDI's outstanding request. The firmware does not trust it: the continuation must match the
 /// exchange the TDI has outstanding (`NoExchange`, `ExchangePending` otherwise).
 pub const FLAG_CONTINUE: u32 = 1 << 31;
+
+/// Every command that needs TIO_INIT first: every TIO command (and ours) but TIO_STATUS and
+/// TIO_INIT; the SNP guest-context commands do not (they are SNP's, initialised by SNP_INIT).
+pub const NEEDS_TIO_INIT: [CommandId; 19] = [
+    TIO_DEV_CREATE,
+    TIO_DEV_RECLAIM,
+    TIO_DEV_CONNECT,
+    TIO_DEV_DISCONNECT,
+    TIO_TDI_CREATE,
+    TIO_TDI_RECLAIM,
+    TIO_TDI_BIND,
+    TIO_TDI_UNBIND,
+    TIO_TDI_REPORT,
+    TIO_TDI_STATUS,
+    TIO_GUEST_REQUEST,
+    TIO_ASID_FENCE_CLEAR,
+    TIO_ASID_FENCE_STATUS,
+    TIO_TDI_INFO,
+    TIO_MMIO_MAP,
+    TIO_MMIO_BLOCK,
+    TIO_MMIO_UNMAP,
+    TIO_MMIO_ZAP,
+    TIO_TDI_ERROR,
+];
 
 /// The commands that relay device exchanges (they carry [`FLAG_CONTINUE`] at 0x04).
 pub const RELAYING: [CommandId; 4] = [
@@ -720,10 +760,12 @@ command! {
 }
 
 /// Every command ID we implement, in ID order.
-pub const IMPLEMENTED: [CommandId; 22] = [
+pub const IMPLEMENTED: [CommandId; 24] = [
     SNP_DECOMMISSION,
     SNP_ACTIVATE,
     SNP_GCTX_CREATE,
+    TIO_STATUS,
+    TIO_INIT,
     TIO_DEV_CREATE,
     TIO_DEV_RECLAIM,
     TIO_DEV_CONNECT,
@@ -779,3 +821,123 @@ pub struct ReportRange {
     pub range_id: U16,
 }
 const _: () = assert!(core::mem::size_of::<ReportRange>() == 16);
+
+// ---- TIO_STATUS / TIO_INIT --------------------------------------------------------------
+//
+// The sizes TIO_STATUS reports are the sizes this firmware checks: each is one constant,
+// reported here and passed to [`SlaAddr::checked`] where the buffer is taken (ours: every
+// buffer is one 4K data page, so minimum and maximum are the same). Linux allocates `req`
+// and `resp` with `spdm_req_size_max`, `scratch` with `spdm_scratch_size_max`, `output` with
+// `spdm_out_size_max`, the contexts with `devctx_size` and `tdictx_size`, and relays
+// responses of at most `spdm_req_size_max - 0x50` bytes (sev-linux-buffers.md sections 2.1,
+// 3; AMDESE/linux-kvm @16f379f5 sev-dev-tio.c `spdm_ctrl_alloc`, `sev_tio_do_cmd`).
+
+/// `spdm_req_size_min` and `_max`: the SPDM request buffer (`spdm_ctrl.req`), and the
+/// response buffer, which Linux sizes alike (ours: one page).
+pub const SPDM_REQ_SIZE: u32 = 4096;
+/// `spdm_rsp_size_min` and `_max`: the SPDM response buffer (`spdm_ctrl.resp`) (ours).
+pub const SPDM_RSP_SIZE: u32 = SPDM_REQ_SIZE;
+/// `spdm_scratch_size_min` and `_max`: `spdm_ctrl.scratch` (ours).
+pub const SPDM_SCRATCH_SIZE: u32 = 4096;
+/// `spdm_out_size_min` and `_max`: `spdm_ctrl.output`, where TDI_REPORT writes (ours).
+pub const SPDM_OUT_SIZE: u32 = 4096;
+/// `devctx_size`: a device context (DEV_CREATE `dev_ctx`) (ours).
+pub const DEV_CTX_SIZE: u32 = 4096;
+/// `tdictx_size`: a TDI context (TDI_CREATE `tdi_ctx`) (ours).
+pub const TDI_CTX_SIZE: u32 = 4096;
+/// `tio_crypto_alg` (psp-sev.h kerneldoc "TIO crypto algorithms supported"; no public
+/// encoding). Ours: 0, the SPDM session's algorithms are the platform's, fixed at
+/// construction, and Linux does not read the field.
+pub const TIO_CRYPTO_ALG: u32 = 0;
+const _: () = assert!(SPDM_REQ_SIZE as u64 <= PAGE_4K && SPDM_RSP_SIZE as u64 <= PAGE_4K);
+const _: () = assert!(SPDM_SCRATCH_SIZE as u64 <= PAGE_4K && SPDM_OUT_SIZE as u64 <= PAGE_4K);
+const _: () = assert!(DEV_CTX_SIZE as u64 <= PAGE_4K && TDI_CTX_SIZE as u64 <= PAGE_4K);
+
+/// `sev_tio_status.flags` bit 0 `tio_en`: the platform has TIO (sev-dev-tio.h @16f379f5).
+pub const TIO_FLAG_EN: u32 = 1 << 0;
+/// `sev_tio_status.flags` bit 1 `tio_init_done`: TIO_INIT ran (sev-dev-tio.h @16f379f5).
+pub const TIO_FLAG_INIT_DONE: u32 = 1 << 1;
+
+command! {
+    /// TIO_STATUS (0x10 bytes, sev-dev-tio.c `struct sev_data_tio_status` @16f379f5): write
+    /// [`TioStatusData`] to `status_paddr`. Allowed before TIO_INIT.
+    TioStatus = TIO_STATUS, 0x10, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: [u8; 4], /// Where the firmware writes [`TioStatusData`] (@0x08).
+        status_paddr: U64,
+    } reserved(c) { zero(&c.reserved) }
+}
+
+command! {
+    /// TIO_INIT (0x10 bytes, sev-dev-tio.c `struct sev_data_tio_init` @16f379f5): length, then
+    /// 12 reserved bytes.
+    TioInit = TIO_INIT, 0x10, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: [u8; 12],
+    } reserved(c) { zero(&c.reserved) }
+}
+
+/// What TIO_STATUS writes (sev-dev-tio.h `struct sev_tio_status` @16f379f5, 0x40 bytes,
+/// `__packed`). Linux requires `length >= 0x30` and `flags` bits 31:2 clear.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct TioStatusData {
+    /// Structure length (@0x00).
+    pub length: U32,
+    /// [`TIO_FLAG_EN`], [`TIO_FLAG_INIT_DONE`] (@0x04).
+    pub flags: U32,
+    /// @0x08.
+    pub spdm_req_size_min: U32,
+    /// @0x0C.
+    pub spdm_req_size_max: U32,
+    /// @0x10.
+    pub spdm_scratch_size_min: U32,
+    /// @0x14.
+    pub spdm_scratch_size_max: U32,
+    /// @0x18.
+    pub spdm_out_size_min: U32,
+    /// @0x1C.
+    pub spdm_out_size_max: U32,
+    /// @0x20.
+    pub spdm_rsp_size_min: U32,
+    /// @0x24.
+    pub spdm_rsp_size_max: U32,
+    /// @0x28.
+    pub devctx_size: U32,
+    /// @0x2C.
+    pub tdictx_size: U32,
+    /// @0x30.
+    pub tio_crypto_alg: U32,
+    /// Reserved (@0x34).
+    pub reserved: [u8; 12],
+}
+const _: () = assert!(core::mem::size_of::<TioStatusData>() == 0x40);
+
+impl TioStatusData {
+    /// The status this firmware reports, `init_done` after TIO_INIT.
+    pub fn report(init_done: bool) -> Self {
+        let flags = if init_done {
+            TIO_FLAG_EN | TIO_FLAG_INIT_DONE
+        } else {
+            TIO_FLAG_EN
+        };
+        Self {
+            length: U32::new(0x40),
+            flags: flags.into(),
+            spdm_req_size_min: SPDM_REQ_SIZE.into(),
+            spdm_req_size_max: SPDM_REQ_SIZE.into(),
+            spdm_scratch_size_min: SPDM_SCRATCH_SIZE.into(),
+            spdm_scratch_size_max: SPDM_SCRATCH_SIZE.into(),
+            spdm_out_size_min: SPDM_OUT_SIZE.into(),
+            spdm_out_size_max: SPDM_OUT_SIZE.into(),
+            spdm_rsp_size_min: SPDM_RSP_SIZE.into(),
+            spdm_rsp_size_max: SPDM_RSP_SIZE.into(),
+            devctx_size: DEV_CTX_SIZE.into(),
+            tdictx_size: TDI_CTX_SIZE.into(),
+            tio_crypto_alg: TIO_CRYPTO_ALG.into(),
+            reserved: [0; 12],
+        }
+    }
+}

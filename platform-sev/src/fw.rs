@@ -59,7 +59,10 @@ const MAX_REPORT: usize = core::mem::size_of::<abi::ReportHeader>()
     + core::mem::size_of::<u32>();
 // Both answers fit the one page a command names for them.
 const _: () = assert!(MAX_RESPONSE <= abi::PAGE_4K as usize);
-const _: () = assert!(MAX_REPORT <= abi::PAGE_4K as usize);
+const _: () = assert!(MAX_REPORT <= abi::SPDM_OUT_SIZE as usize);
+// The relay's request and response windows fit the SPDM buffer sizes TIO_STATUS reports.
+const _: () = assert!(relay::WINDOW <= abi::SPDM_REQ_SIZE as usize);
+const _: () = assert!(relay::WINDOW <= abi::SPDM_RSP_SIZE as usize);
 // Every response body fits the answer GUEST_REQUEST checks before a message runs: after the
 // message ran, only copies of sizes fixed here remain before the answer is delivered.
 const _: () = assert!(core::mem::size_of::<msg::TdiInfoRsp>() <= msg::MAX_BODY);
@@ -140,6 +143,8 @@ pub struct Sev<R, S> {
     guests: heapless::Vec<GuestCtx, MAX_GUESTS>,
     devices: heapless::Vec<DevCtx, MAX_DEVICES>,
     tdis: heapless::Vec<TdiCtx, MAX_TDIS>,
+    /// TIO_INIT ran: every TIO command but TIO_STATUS and TIO_INIT needs it.
+    tio_init_done: bool,
 }
 
 /// Where a command's answer goes, checked before the command changes anything
@@ -222,7 +227,13 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             guests: heapless::Vec::new(),
             devices: heapless::Vec::new(),
             tdis: heapless::Vec::new(),
+            tio_init_done: false,
         }
+    }
+
+    /// Whether TIO_INIT ran (TIO_STATUS `tio_init_done`).
+    pub fn tio_init_done(&self) -> bool {
+        self.tio_init_done
     }
 
     /// The core underneath (tests inspect it).
@@ -255,7 +266,33 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         id: abi::CommandId,
         buf: &mut [u8],
     ) -> Outcome {
-        let step = match id {
+        let step = if abi::NEEDS_TIO_INIT.contains(&id) && !self.tio_init_done {
+            // Before TIO_INIT the platform is not in the TIO state (SEV API, doc 55766: a
+            // command in the wrong platform state is INVALID_PLATFORM_STATE).
+            Err(SevStatus::INVALID_PLATFORM_STATE.into())
+        } else {
+            self.dispatch(mem, id, buf)
+        };
+        if abi::RELAYING.contains(&id)
+            && let Ok(done) = step
+        {
+            mark_continue(buf, matches!(done, Completion::Relay(_)));
+        }
+        match step {
+            Ok(c) => Outcome::from_core(Ok(c)),
+            Err(Fail::Core(e)) => Outcome::from_core(Err(e)),
+            Err(Fail::Sev(s)) => Outcome::plain(s),
+            Err(Fail::Handle(s)) => Outcome {
+                status: s,
+                detail: Error::InvalidHandle.code(),
+            },
+        }
+    }
+
+    fn dispatch(&mut self, mem: &mut dyn SystemMemory, id: abi::CommandId, buf: &[u8]) -> Step {
+        match id {
+            abi::TIO_STATUS => self.tio_status(mem, buf),
+            abi::TIO_INIT => self.tio_init(buf),
             abi::SNP_GCTX_CREATE => self.gctx_create(buf),
             abi::SNP_ACTIVATE => self.activate(buf),
             abi::SNP_DECOMMISSION => self.decommission(buf),
@@ -280,21 +317,33 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             abi::TIO_TDI_ERROR => self.tdi_error(buf),
             // An unknown command is a bad parameter like any other (README, differences).
             _ => Err(SevStatus::INVALID_PARAM.into()),
-        };
-        if abi::RELAYING.contains(&id)
-            && let Ok(done) = step
-        {
-            mark_continue(buf, matches!(done, Completion::Relay(_)));
         }
-        match step {
-            Ok(c) => Outcome::from_core(Ok(c)),
-            Err(Fail::Core(e)) => Outcome::from_core(Err(e)),
-            Err(Fail::Sev(s)) => Outcome::plain(s),
-            Err(Fail::Handle(s)) => Outcome {
-                status: s,
-                detail: Error::InvalidHandle.code(),
-            },
+    }
+
+    // ---- TIO_STATUS / TIO_INIT ----------------------------------------------------------
+
+    fn tio_status(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::TioStatus = abi::parse(buf)?;
+        let out = self.output(
+            mem,
+            c.status_paddr.get(),
+            STATUS_ALIGN,
+            core::mem::size_of::<abi::TioStatusData>(),
+        )?;
+        out.put(mem, &abi::TioStatusData::report(self.tio_init_done))?;
+        DONE
+    }
+
+    fn tio_init(&mut self, buf: &[u8]) -> Step {
+        let _: abi::TioInit = abi::parse(buf)?;
+        if self.tio_init_done {
+            // TIO_INIT twice: the platform is already initialised (SEV API, doc 55766, INIT
+            // outside the UNINIT state is INVALID_PLATFORM_STATE). Linux never sends it: it
+            // stops at a TIO_STATUS with `tio_init_done` set (-EBUSY).
+            return Err(SevStatus::INVALID_PLATFORM_STATE.into());
         }
+        self.tio_init_done = true;
+        DONE
     }
 
     /// Every guest context.
@@ -321,14 +370,14 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     }
 
     fn device(&self, raw: u64) -> Result<DevCtx, Fail> {
-        let sla = SlaAddr::checked(raw)?;
+        let sla = SlaAddr::checked(raw, abi::DEV_CTX_SIZE)?;
         self.dev_ctx(sla.into_bits())
             .ok_or(Fail::Handle(SevStatus::INVALID_DEV_CTX))
     }
 
     fn tdi(&self, dev_raw: u64, tdi_raw: u64) -> Result<(DevCtx, TdiCtx), Fail> {
         let dev = self.device(dev_raw)?;
-        let sla = SlaAddr::checked(tdi_raw)?;
+        let sla = SlaAddr::checked(tdi_raw, abi::TDI_CTX_SIZE)?;
         let tdi = self
             .tdi_ctx(sla.into_bits())
             .ok_or(Fail::Handle(SevStatus::INVALID_TDI_CTX))?;
@@ -338,8 +387,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         Ok((dev, tdi))
     }
 
-    fn sla_unused(&self, raw: u64) -> Result<u64, Fail> {
-        let sla = SlaAddr::checked(raw)?.into_bits();
+    fn sla_unused(&self, raw: u64, size: u32) -> Result<u64, Fail> {
+        let sla = SlaAddr::checked(raw, size)?.into_bits();
         if self.dev_ctx(sla).is_some() || self.tdi_ctx(sla).is_some() {
             return Err(SevStatus::IN_USE.into());
         }
@@ -532,7 +581,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
 
     fn dev_create(&mut self, mem: &dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::DevCreate = abi::parse(buf)?;
-        let sla = self.sla_unused(c.dev_ctx.get())?;
+        let sla = self.sla_unused(c.dev_ctx.get(), abi::DEV_CTX_SIZE)?;
         let [devfn, bus] = c.device_id.get().to_le_bytes();
         let rid = RequesterId::from_packed(u64::from_le_bytes([
             devfn,
@@ -615,7 +664,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn tdi_create(&mut self, buf: &[u8]) -> Step {
         let c: abi::TdiCreate = abi::parse(buf)?;
         let dev = self.device(c.dev_ctx.get())?;
-        let sla = self.sla_unused(c.tdi_ctx.get())?;
+        let sla = self.sla_unused(c.tdi_ctx.get(), abi::TDI_CTX_SIZE)?;
         if !dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
@@ -751,7 +800,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn tdi_report(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::TdiReport = abi::parse(buf)?;
         spdm(&c.spdm_ctrl)?;
-        let out = SlaAddr::checked(c.spdm_ctrl.output.get())?.address();
+        let out = SlaAddr::checked(c.spdm_ctrl.output.get(), abi::SPDM_OUT_SIZE)?.address();
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         let g = self.guest(c.gctx_paddr.get())?;
         self.owned_by(&t, &g)?;
@@ -886,7 +935,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
 
     fn mmio_map(&mut self, buf: &[u8]) -> Step {
         let c: abi::MmioMap = abi::parse(buf)?;
-        let sla = SlaAddr::checked(c.tdi_ctx.get())?.into_bits();
+        let sla = SlaAddr::checked(c.tdi_ctx.get(), abi::TDI_CTX_SIZE)?.into_bits();
         let t = self
             .tdi_ctx(sla)
             .ok_or(Fail::Handle(SevStatus::INVALID_TDI_CTX))?;

@@ -173,3 +173,85 @@ where
     }
     outcome
 }
+
+/// Why [`tio_init`] stopped, as Linux's `sev_tio_init_locked` would return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// A command answered anything but `SUCCESS` (`-EIO`, with `psp_ret`).
+    Status(Outcome),
+    /// The status page is shorter than 0x30 bytes or has `flags` bits 31:2 set (`-EFAULT`).
+    Malformed,
+    /// Neither `tio_en` nor `tio_init_done` (`-ENOENT`).
+    NoTio,
+    /// `tio_init_done` already (`-EBUSY`: Linux does not initialise twice).
+    AlreadyInitialised,
+    /// The status page could not be read.
+    Memory(MemoryFault),
+}
+
+/// `offsetofend(struct sev_tio_status, tdictx_size)`: the shortest status Linux takes.
+pub const TIO_STATUS_MIN_LEN: u32 = 0x30;
+
+/// What Linux does at init, byte for byte (sev-dev-tio.c `sev_tio_init_locked`,
+/// AMDESE/linux-kvm @16f379f5; sev-linux-buffers.md sections 4 and 5): TIO_STATUS with
+/// `length` 0x10 and `status_paddr` = `status_page`, the checks on what it wrote, TIO_INIT with
+/// `length` 0x10, and TIO_STATUS again with the same buffer. Returns the last status read.
+pub fn tio_init<R, S>(
+    sev: &mut Sev<R, S>,
+    mem: &mut dyn SystemMemory,
+    status_page: u64,
+) -> Result<abi::TioStatusData, InitError>
+where
+    R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>,
+    S: SecureSession,
+{
+    /// A command buffer at the alignment the firmware requires ([`abi::COMMAND_ALIGN`]).
+    #[repr(C, align(8))]
+    struct Buf([u8; 0x10]);
+    let mut status = Buf([0; 0x10]);
+    abi::TioStatus {
+        length: 0x10.into(),
+        reserved: [0; 4],
+        status_paddr: status_page.into(),
+    }
+    .write_to(&mut status.0)
+    .map_err(|_| InitError::Malformed)?;
+    let read = |mem: &dyn SystemMemory| -> Result<abi::TioStatusData, InitError> {
+        let mut page = [0u8; 0x40];
+        mem.read(status_page, &mut page)
+            .map_err(InitError::Memory)?;
+        abi::TioStatusData::read_from_bytes(&page).map_err(|_| InitError::Malformed)
+    };
+    let issue = |sev: &mut Sev<R, S>, mem: &mut dyn SystemMemory, id, buf: &mut [u8]| {
+        let out = sev.command(mem, id, buf);
+        if out.status == SevStatus::SUCCESS {
+            Ok(())
+        } else {
+            Err(InitError::Status(out))
+        }
+    };
+    issue(sev, mem, abi::TIO_STATUS, &mut status.0)?;
+    let first = read(mem)?;
+    let flags = first.flags.get();
+    if first.length.get() < TIO_STATUS_MIN_LEN
+        || flags & !(abi::TIO_FLAG_EN | abi::TIO_FLAG_INIT_DONE) != 0
+    {
+        return Err(InitError::Malformed);
+    }
+    if flags & (abi::TIO_FLAG_EN | abi::TIO_FLAG_INIT_DONE) == 0 {
+        return Err(InitError::NoTio);
+    }
+    if flags & abi::TIO_FLAG_INIT_DONE != 0 {
+        return Err(InitError::AlreadyInitialised);
+    }
+    let mut init = Buf([0; 0x10]);
+    abi::TioInit {
+        length: 0x10.into(),
+        reserved: [0; 12],
+    }
+    .write_to(&mut init.0)
+    .map_err(|_| InitError::Malformed)?;
+    issue(sev, mem, abi::TIO_INIT, &mut init.0)?;
+    issue(sev, mem, abi::TIO_STATUS, &mut status.0)?;
+    read(mem)
+}

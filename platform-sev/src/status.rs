@@ -84,6 +84,20 @@ impl SevStatus {
     /// The TDI is not in a state that allows the command.
     /// psp-sev.h `SEV_RET_SEV_STATUS_INVALID_TDI_STATE = 0x003C`.
     pub const INVALID_TDI_STATE: Self = Self(0x003C);
+    /// The device's certificates changed since DEV_CONNECT. psp-sev.h
+    /// `SEV_RET_SEV_STATUS_DEV_CERT_CHANGED = 0x003D` ("[PATCH kernel v3 2/4]"
+    /// `<20251202024449.542361-3-aik@amd.com>`); Linux treats it as an error. Not produced: the
+    /// session is given at construction and never renegotiated.
+    pub const DEV_CERT_CHANGED: Self = Self(0x003D);
+    /// The SPDM session must be resynchronised. psp-sev.h `SEV_RET_SEV_STATUS_RESYNC_REQ =
+    /// 0x003E` (same patch); Linux treats it as an error. Not produced: an exhausted session
+    /// is [`SevStatus::SPDM_SESSION_EXHAUSTED`], which names the rekey it needs.
+    pub const RESYNC_REQ: Self = Self(0x003E);
+    /// The answer does not fit the buffer. psp-sev.h `SEV_RET_SEV_STATUS_RESPONSE_TOO_LARGE =
+    /// 0x003F` (same patch); Linux treats it as an error. Not produced: every answer fits its
+    /// page (`relay::WINDOW`, `MAX_REPORT` and the status pages are asserted at compile time
+    /// to fit the sizes TIO_STATUS reports).
+    pub const RESPONSE_TOO_LARGE: Self = Self(0x003F);
     /// Ours: a bounded step of a long command (TDI_UNBIND) completed and its progress is kept;
     /// issue the same command again to continue.
     pub const RESUME_REQUIRED: Self = Self(0xFF01);
@@ -101,7 +115,7 @@ impl SevStatus {
     pub const SPDM_SESSION_EXHAUSTED: Self = Self(0xFF05);
 
     /// Every status this firmware returns, for exhaustive tests and the README table.
-    pub const ALL: [SevStatus; 30] = [
+    pub const ALL: [SevStatus; 33] = [
         Self::SUCCESS,
         Self::INVALID_PLATFORM_STATE,
         Self::INVALID_GUEST_STATE,
@@ -132,6 +146,9 @@ impl SevStatus {
         Self::NO_SPDM_REQUEST,
         Self::INVALID_SPDM_RESPONSE,
         Self::SPDM_SESSION_EXHAUSTED,
+        Self::DEV_CERT_CHANGED,
+        Self::RESYNC_REQ,
+        Self::RESPONSE_TOO_LARGE,
     ];
 }
 

@@ -162,8 +162,13 @@ impl<'a> SevBackend<'a> {
         // What Linux writes into the response buffer it allocates at DEV_CONNECT.
         let resp = mem.page(SPDM_RESP_PAGE);
         linux::response_init(&mut mem, resp).map_err(|_| Error::InvalidAddress)?;
+        let mut sev = Sev::new(rmp, ModelSession::model(), system_memory);
+        // Linux's `sev_tio_init_locked` before anything else: TIO_STATUS, TIO_INIT,
+        // TIO_STATUS (sev-linux-buffers.md section 5), the status page written to page 0.
+        let status_page = mem.page(STATUS_PAGE);
+        linux::tio_init(&mut sev, &mut mem, status_page).map_err(|_| Error::Inconsistent)?;
         Ok(Self {
-            sev: Sev::new(rmp, ModelSession::model(), system_memory),
+            sev,
             mem,
             device: SharedDevice::new(ModelDevice::model()),
             saved: heapless::Vec::new(),

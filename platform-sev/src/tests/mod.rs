@@ -25,6 +25,7 @@ use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
 
 mod relay;
+mod tio_init;
 
 // ---- a small world ----------------------------------------------------------------------
 
@@ -34,9 +35,11 @@ const BAR: u64 = 0x8000_0000;
 const BAR_PAGES: u64 = 1024;
 /// System memory: status (0), request (1), response (2), report (3), a guest context (4), a
 /// read-only page (5), a device context (6), the SPDM request (7) and response (8) buffers
-/// (`spdm_ctrl.req`, `.resp`) and the BAR list (9).
+/// (`spdm_ctrl.req`, `.resp`), the BAR list (9) and the TIO status page (10).
 const MEM: u64 = 0x1_0000_0000;
-const MEM_PAGES: usize = 10;
+const MEM_PAGES: usize = 11;
+/// The page TIO_STATUS writes `sev_tio_status` to (Linux's `tio_status_page`).
+const TIO_STATUS_PAGE: u64 = MEM + 0xA000;
 /// A page of system memory the tests put a guest context on (a firmware page).
 const FW_PAGE: u64 = MEM + 0x4000;
 /// A page of system memory the firmware may read but not write.
@@ -107,6 +110,8 @@ struct State {
     tdisp: Vec<(RequesterId, TdispState, Vec<WireMmioRange>)>,
     /// System memory: status, message, report, SPDM buffer and BAR list pages.
     mem: Vec<u8>,
+    /// Whether TIO_INIT ran.
+    tio_init_done: bool,
 }
 
 fn len<C: Command>() -> U32 {
@@ -130,7 +135,20 @@ fn put_bars(mem: &mut PageMemory<MEM_PAGES>, at: u64, bars: &[MmioRange]) {
 }
 
 impl World {
+    /// A world whose firmware the host initialised as Linux does ([`crate::host::tio_init`]:
+    /// TIO_STATUS, TIO_INIT, TIO_STATUS).
     fn new() -> Box<Self> {
+        let mut w = Self::uninitialised();
+        let status = crate::host::tio_init(&mut w.sev, &mut w.mem, TIO_STATUS_PAGE).unwrap();
+        assert_eq!(
+            status.flags.get(),
+            abi::TIO_FLAG_EN | abi::TIO_FLAG_INIT_DONE
+        );
+        w
+    }
+
+    /// A world whose firmware has not run TIO_INIT yet.
+    fn uninitialised() -> Box<Self> {
         let rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
         let mut device = ModelDevice::model();
         device.report_ranges(
@@ -225,6 +243,7 @@ impl World {
             fences,
             tdisp,
             mem,
+            tio_init_done: self.sev.tio_init_done(),
         }
     }
 
@@ -365,6 +384,9 @@ fn diff(before: &State, after: &State) -> Result<(), String> {
         return Ok(());
     }
     let mut parts = Vec::new();
+    if before.tio_init_done != after.tio_init_done {
+        parts.push("TIO_INIT done".to_string());
+    }
     if before.core.devices != after.core.devices {
         parts.push("core devices".to_string());
     }
@@ -675,6 +697,27 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
             abi::SNP_GCTX_CREATE,
             gctx_create(0x2_0000_5000).as_bytes().to_vec(),
             &[],
+        ),
+        (
+            abi::TIO_STATUS,
+            abi::TioStatus {
+                length: len::<abi::TioStatus>(),
+                reserved: [0; 4],
+                status_paddr: TIO_STATUS_PAGE.into(),
+            }
+            .as_bytes()
+            .to_vec(),
+            &[4],
+        ),
+        (
+            abi::TIO_INIT,
+            abi::TioInit {
+                length: len::<abi::TioInit>(),
+                reserved: [0; 12],
+            }
+            .as_bytes()
+            .to_vec(),
+            &[4, 8, 15],
         ),
         (
             abi::TIO_DEV_CREATE,
