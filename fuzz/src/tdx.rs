@@ -76,6 +76,20 @@ const RESP_A: u64 = HOST + 2 * PAGE;
 const REQ_B: u64 = HOST + 3 * PAGE;
 const RESP_B: u64 = HOST + 4 * PAGE;
 const SPARE: u64 = HOST + 5 * PAGE;
+/// The TDR pages TDs are created with (TDH.MNG.CREATE RCX): right after the bytes of host
+/// memory, one more than the core has guest slots (so a full table is the core's
+/// `GuestTableFull`). Host memory the firmware never reads or writes (it only checks that a
+/// TDR is a whole page of host memory): [`Host`] answers for them without bytes.
+pub const TDR_BASE: u64 = HOST + HOST_PAGES as u64 * PAGE;
+/// TDR pages.
+const TDR_PAGES: u64 = MAX_GUESTS as u64 + 1;
+/// The HKID TDs are created with.
+const HKID: u64 = 1;
+
+/// TDR page `i` (past the TDR pages for `i >= TDR_PAGES`: not host memory).
+fn tdr_page(i: u64) -> u64 {
+    TDR_BASE + i * PAGE
+}
 /// System memory the firmware reserves at init: never a BAR, a reported range or a mapping.
 pub const SYSTEM: u64 = 0x1_0000_0000;
 const SYSTEM_PAGES: u64 = 0x1_0000;
@@ -108,7 +122,7 @@ pub const LEAVES: [u16; 23] = [
     abi::TDH_MMIO_MAP,
     abi::TDH_MMIO_BLOCK,
     abi::TDH_MMIO_UNMAP,
-    abi::TSM_TD_CREATE,
+    abi::TDH_MNG_CREATE,
     abi::TSM_TD_DESTROY,
     abi::TSM_DEVIF_BIND,
     abi::TSM_DEVIF_UNBIND,
@@ -427,6 +441,13 @@ struct Host<'b> {
 }
 
 impl Host<'_> {
+    /// Whether `[hpa, hpa + len)` lies in the TDR pages.
+    fn in_tdrs(hpa: u64, len: usize) -> bool {
+        let end = tdr_page(TDR_PAGES);
+        hpa >= TDR_BASE
+            && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
+    }
+
     fn cells(&self, hpa: u64, len: usize, write: bool) -> Result<&[Cell<u8>], HostFault> {
         let start = hpa
             .checked_sub(HOST)
@@ -451,6 +472,10 @@ impl Host<'_> {
 impl HostMemory for Host<'_> {
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         let n = out.len();
+        if Self::in_tdrs(hpa, n) {
+            out.fill(0);
+            return Ok(());
+        }
         for (o, c) in out.iter_mut().zip(self.cells(hpa, n, false)?) {
             *o = c.get();
         }
@@ -458,6 +483,9 @@ impl HostMemory for Host<'_> {
     }
 
     fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        if Self::in_tdrs(hpa, len) {
+            return Ok(());
+        }
         self.cells(hpa, len, false).map(drop)
     }
 
@@ -621,14 +649,24 @@ impl World<'_> {
 
     fn td(&self, td: Td) -> u64 {
         match td {
-            Td::Slot { slot } => u64::from(slot % 34),
+            // TDR pages 0-32 and one past them (never a TD).
+            Td::Slot { slot } => tdr_page(u64::from(slot % 34)),
             Td::OwnerOf { tdi } => self
                 .fw
                 .tdi(TdiId::from_slot(tdi_slot(tdi) as u16))
                 .ok()
                 .and_then(|t| t.state.owner())
-                .map_or(33, |g| u64::from(g.slot())),
+                .map_or(tdr_page(33), |g| self.tdr(g)),
             Td::Raw { v } => v,
+        }
+    }
+
+    /// How the host names `g`: its TDR page (one past the TDR pages for a TD the firmware
+    /// does not know by one).
+    fn tdr(&self, g: GuestId) -> u64 {
+        match self.fw.tdr_of(g) {
+            Ok(Some(e)) => e.tdr.as_u64(),
+            _ => tdr_page(33),
         }
     }
 
@@ -645,7 +683,7 @@ impl World<'_> {
                 let leaves = self.leaves();
                 match leaves.get(usize::from(i) % leaves.len().max(1)) {
                     Some(l) => (
-                        u64::from(l.guest.slot()),
+                        self.tdr(l.guest),
                         page_info(l.gpa.as_u64(), u64::from(l.size.tdx_level())),
                     ),
                     None => (td, GPA_BASE),
@@ -664,11 +702,19 @@ impl World<'_> {
     }
 
     fn tdcall(&mut self, td: u64, rax: u64, regs: SeamRegs) -> SeamRegs {
-        let g = GuestId::from_slot(td as u16);
-        self.dispatch(Some(g), SeamRegs { rax, ..regs })
+        self.dispatch(Some(td), SeamRegs { rax, ..regs })
     }
 
-    fn dispatch(&mut self, guest: Option<GuestId>, regs: SeamRegs) -> SeamRegs {
+    /// One SEAMCALL (`tdr` none) or one TDCALL from the TD whose TDR page is `tdr`.
+    fn dispatch(&mut self, tdr: Option<u64>, regs: SeamRegs) -> SeamRegs {
+        // The calling TD for the checks (a TDR naming none: a slot no TD has).
+        let guest = tdr.map(|t| {
+            self.fw
+                .td_of(t)
+                .ok()
+                .flatten()
+                .unwrap_or(GuestId::from_slot(u16::MAX))
+        });
         let mut images = self.images.take().map(|b| {
             let (a, b) = *b;
             (Some(a), Some(b))
@@ -682,9 +728,9 @@ impl World<'_> {
                 read_only: self.read_only,
             };
             let d = Dispatcher::new(&self.fw, host);
-            match guest {
+            match tdr {
                 None => d.seamcall(&mut out),
-                Some(g) => d.tdcall(g, &mut out),
+                Some(t) => d.tdcall(t, &mut out),
             }
         }
         self.image(after);
@@ -1009,12 +1055,20 @@ impl World<'_> {
                     Some(_) => {}
                 }
             }
-            (None, Some(abi::TSM_TD_CREATE | abi::TDH_SPDM_CREATE | abi::TDH_DEVIF_CREATE))
+            (None, Some(abi::TDH_MNG_CREATE | abi::TDH_SPDM_CREATE | abi::TDH_DEVIF_CREATE))
                 if ok =>
             {
-                let slot = usize::try_from(out.rcx).unwrap_or(usize::MAX);
+                // TDH.MNG.CREATE returns nothing: its TD is the one its TDR now names.
+                let slot = if leaf == Some(abi::TDH_MNG_CREATE) {
+                    match self.fw.td_of(regs.rcx) {
+                        Ok(Some(g)) => usize::from(g.slot()),
+                        _ => fail(format!("TDH.MNG.CREATE named no TD: {what}")),
+                    }
+                } else {
+                    usize::try_from(out.rcx).unwrap_or(usize::MAX)
+                };
                 let (was, is) = match leaf {
-                    Some(abi::TSM_TD_CREATE) => (
+                    Some(abi::TDH_MNG_CREATE) => (
                         before.core.guests.get(slot).map(Option::is_some),
                         after.core.guests.get(slot).map(Option::is_some),
                     ),
@@ -1277,7 +1331,13 @@ impl World<'_> {
         let leaf = |l: u16| u64::from(l);
         match op {
             Op::TdCreate => {
-                self.seamcall(leaf(abi::TSM_TD_CREATE), r);
+                // As Linux's tdh_mng_create: RCX a TDR page no TD has, RDX the HKID.
+                let rcx = (0..TDR_PAGES)
+                    .map(tdr_page)
+                    .find(|&t| matches!(self.fw.td_of(t), Ok(None)))
+                    .unwrap_or(tdr_page(0));
+                let rdx = HKID;
+                self.seamcall(leaf(abi::TDH_MNG_CREATE), SeamRegs { rcx, rdx, ..r });
             }
             Op::TdDestroy { td } => {
                 let rcx = self.td(td);
@@ -1444,8 +1504,9 @@ impl World<'_> {
                 self.seamcall(leaf(abi::TDH_MEM_TRACK), SeamRegs { rcx, ..r });
             }
             Op::HoldFlush { td, hold } => {
-                let g = GuestId::from_slot(self.td(td) as u16);
-                let _ = self.fw.with_table(|t| t.hold_flush(g, hold));
+                if let Ok(Some(g)) = self.fw.td_of(self.td(td)) {
+                    let _ = self.fw.with_table(|t| t.hold_flush(g, hold));
+                }
             }
             Op::Unbind { tdi, relay } => {
                 let rcx = tdi_slot(tdi);

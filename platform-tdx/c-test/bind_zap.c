@@ -17,7 +17,8 @@ static int failures;
 
 /*
  * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
- * aligned, as every TDX page operand is), the TDI's request and response pages, the register
+ * aligned, as every TDX page operand is), the TDI's request and response pages, the TD's TDR
+ * page (TDH.MNG.CREATE RCX; the firmware never writes it), the register
  * block and the length word of the model's DOE exchange. Anything outside it is refused,
  * never dereferenced.
  */
@@ -25,6 +26,7 @@ static struct {
 	_Alignas(4096) struct tsm_tdx_range_list list;
 	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
 	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
+	_Alignas(4096) uint8_t tdr[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
 } host;
@@ -101,9 +103,13 @@ int main(void)
 		failures++;
 	}
 
+	/* The TD, as Linux's tdh_mng_create() makes it: RCX the TDR page, RDX the HKID. From now
+	 * on every operand naming the TD is the TDR's physical address. */
 	memset(r, 0, sizeof(*r));
-	call("create TD", TSM_TD_CREATE, r, TDX_SUCCESS);
-	td = r->rcx;
+	r->rcx = (uint64_t)(uintptr_t)host.tdr;
+	r->rdx = 1;
+	call("create TD", TDH_MNG_CREATE, r, TDX_SUCCESS);
+	td = (uint64_t)(uintptr_t)host.tdr;
 
 	memset(list, 0, sizeof(*list));
 	list->count = 1;

@@ -70,9 +70,11 @@ struct tsm_tdx_range_list {
 	struct tsm_tdx_range ranges[TSM_TDX_RANGE_LIST_CAPACITY];
 };
 
-/* Host leaves (SEAMCALL). */
-#define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TD -> RCX entry, RDX level|state<<8 */
-#define TDH_MEM_TRACK          38u     /* RCX TD; TDX_INTERRUPTED_RESUMABLE: call again */
+/* Host leaves (SEAMCALL). A TD is named by its TDR page's physical address ("TDR"). */
+#define TDH_MNG_CREATE         9u      /* RCX TDR (4 KiB aligned, in host memory), RDX HKID (15:0,
+                                          not 0; 63:16 reserved); no outputs */
+#define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TDR -> RCX entry, RDX level|state<<8 */
+#define TDH_MEM_TRACK          38u     /* RCX TDR; TDX_INTERRUPTED_RESUMABLE: call again */
 #define TDH_SPDM_CREATE        130u    /* RCX requester ID, RDX range list (BARs) -> RCX device */
 #define TDH_SPDM_DELETE        131u    /* RCX device */
 #define TDH_DEVIF_CREATE       137u    /* RCX device, RDX interface ID, R8 0, R9 request page,
@@ -82,18 +84,17 @@ struct tsm_tdx_range_list {
                                           request written to the request page again */
 #define TDH_DEVIF_RESPONSE     140u    /* RCX TDI, RDX answer length in the response page (0: no
                                           answer; past TSM_TDX_MESSAGE_PAGE_BYTES: too long) */
-#define TDH_MMIO_MAP           158u    /* RCX page info, RDX TD, R8 HPA, R9 TDI */
-#define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TD */
-#define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TD -> R8 HPA */
-#define TSM_TD_CREATE          0xF000u /* -> RCX TD */
-#define TSM_TD_DESTROY         0xF001u /* RCX TD */
-#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TD, R8 0; ranges come from the device report;
+#define TDH_MMIO_MAP           158u    /* RCX page info, RDX TDR, R8 HPA, R9 TDI */
+#define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TDR */
+#define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TDR -> R8 HPA */
+#define TSM_TD_DESTROY         0xF001u /* RCX TDR; the TDR then names no TD */
+#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TDR, R8 0; ranges come from the device report;
                                           TDX_SPDM_REQUEST until the last answer binds */
 #define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI, RDX flags; TDX_INTERRUPTED_RESUMABLE until done;
                                           TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE) */
 #define TSM_UNBIND_FLAG_FORCE  (1ull << 0) /* RDX bit 0: cut the IDE stream, unbind without STOP */
 #define TSM_DEVIF_ERROR        0xF004u /* RCX TDI */
-#define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner */
+#define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner TDR or ~0 */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
 #define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state (TDX_SPDM_REQUEST) */
 #define TSM_IDE_STREAM_SETUP   0xF008u /* RCX device; IDE stream re-established after a force */
@@ -199,8 +200,8 @@ uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *l
 uint64_t tsm_tdx_model_doe(const void *request, uint64_t len, void *response,
 			   uint64_t *response_len);
 
-/* One TDCALL from TD `td`; as tsm_tdx_seamcall. An unknown TD is TDX_OPERAND_INVALID +
- * TDX_OPERAND_ID_TDR. */
+/* One TDCALL from the TD whose TDR page is at `td`; as tsm_tdx_seamcall. A TDR naming no TD is
+ * TDX_OPERAND_INVALID + TDX_OPERAND_ID_TDR. */
 uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
 
 #ifdef __cplusplus

@@ -25,7 +25,7 @@ use tsm_core::{
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::module::{MESSAGE_PAGE_BYTES, MessagePages, TdxModule};
+use crate::module::{MESSAGE_PAGE_BYTES, MessagePages, TdEntry, TdxModule, td_in};
 use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RAX, OPERAND_ID_RCX,
@@ -63,10 +63,29 @@ const _: () = assert!(core::mem::size_of::<SeamRegs>() == 9 * 8);
 
 // ---- host leaves (SEAMCALL) ---------------------------------------------------------------
 
-/// TDH.MEM.SEPT.RD (Linux tdx.h / tdx-module: leaf 25): RCX page info, RDX TD. Out: RCX the
+/// TDH.MNG.CREATE (Linux `arch/x86/virt/vmx/tdx/tdx.h` @a4a508df: leaf 9; wrapper
+/// `tdh_mng_create(td, hkid)` in `tdx.c` @a4a508df): RCX the TDR page's physical address, RDX
+/// the HKID. No outputs. Registers a TD under its TDR page: every later operand that names a TD
+/// is that address. Checked in the TDX module's order (intel/tdx-module `tdh_mng_create.c`:
+/// HKID first, then the TDR page): RDX bits 63:16 reserved or HKID 0 (never private):
+/// OPERAND_INVALID + RDX; RCX not 4 KiB aligned: OPERAND_INVALID + RCX; at or above 2^52 or not
+/// a whole page of host memory: OPERAND_ADDR_RANGE_ERROR + RCX; a page already a TD's TDR or a
+/// TDI's message page (the firmware's already): PAGE_METADATA_INCORRECT + RCX (the module's
+/// PAMT "not PT_NDA"); no guest slot left: the core's `GuestTableFull`.
+pub const TDH_MNG_CREATE: u16 = 9;
+/// TDH.MNG.CREATE RDX: the HKID is bits 15:0 (`hkid_api_input_t`, intel/tdx-module
+/// `tdx_api_defs.h` @a56a9173: `hkid : 16, reserved : 48`).
+const HKID_MASK: u64 = 0xffff;
+/// The TDR is one 4 KiB page (intel/tdx-module `tdx_api_defs.h` @a56a9173, `TDR_PAGE`; Linux
+/// allocates it with `alloc_page`).
+const TDR_ALIGN: PageSize = PageSize::Size4K;
+/// Bytes of the TDR page.
+const TDR_BYTES: usize = 4096;
+
+/// TDH.MEM.SEPT.RD (Linux tdx.h / tdx-module: leaf 25): RCX page info, RDX TDR PA. Out: RCX the
 /// entry the walk stopped at, RDX `{level[2:0], state[15:8]}`, R8 (ours) the blocking epoch.
 pub const TDH_MEM_SEPT_RD: u16 = 25;
-/// TDH.MEM.TRACK (Linux tdx.h: leaf 38): RCX TD.
+/// TDH.MEM.TRACK (Linux tdx.h: leaf 38): RCX TDR PA.
 pub const TDH_MEM_TRACK: u16 = 38;
 /// TDH.SPDM.CREATE (tdx-module TDX-IO: leaf 130), here "create device": RCX requester ID
 /// (`segment << 16 | bus << 8 | devfn`), RDX host address of a [`RangeList`] of BARs.
@@ -107,9 +126,11 @@ pub const TDH_MMIO_UNMAP: u16 = 160;
 
 /// First leaf number of ours; every TDX leaf is below it.
 pub const TSM_LEAF_BASE: u16 = 0xF000;
-/// Ours, "create TD" (stands in for TDH.MNG.CREATE/INIT). Out: RCX TD handle.
-pub const TSM_TD_CREATE: u16 = 0xF000;
-/// Ours, "destroy TD" (stands in for TD teardown): RCX TD.
+/// Ours, "destroy TD": RCX the TDR PA. Stands in for Linux's TD teardown (TDH.MNG.VPFLUSHDONE,
+/// TDH.MNG.KEY.FREEID, then TDH.PHYMEM.PAGE.RECLAIM 28 of the TDR page), which this firmware
+/// does not model: refused with `TD_ASSOCIATED_PAGES_EXIST` while a TDI is bound to the TD;
+/// afterwards the TDR PA names no TD and may be given to TDH.MNG.CREATE again. (0xF000, the
+/// old "create TD", is retired: TDH.MNG.CREATE replaces it.)
 pub const TSM_TD_DESTROY: u16 = 0xF001;
 /// Ours, bind: RCX TDI, RDX TD; R8 reserved (zero). The firmware locks the interface and
 /// takes the MMIO ranges from the device's own interface report, never from the host: every
@@ -322,6 +343,7 @@ pub const fn operands(leaf: u16) -> Operands {
     let rdx = Some(OPERAND_ID_RDX);
     match leaf {
         TSM_TD_DESTROY | TDH_MEM_TRACK => Operands { td: rcx, ..none },
+        TDH_MNG_CREATE => Operands { hpa: rcx, ..none },
         TDH_SPDM_CREATE => Operands {
             rid: rcx,
             list: rdx,
@@ -502,14 +524,15 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         *regs = out;
     }
 
-    /// Handles one TDCALL from TD `td` (the guest side: accept and start).
-    pub fn tdcall(&self, td: GuestId, regs: &mut SeamRegs) {
+    /// Handles one TDCALL from the TD whose TDR page is at `tdr` (the guest side: accept and
+    /// start). A TDR naming no TD: OPERAND_INVALID + TDR (`OPERAND_ID_TDR`).
+    pub fn tdcall(&self, tdr: u64, regs: &mut SeamRegs) {
         let input = *regs;
         let mut out = input;
         let status = match leaf_of(input.rax) {
             None => invalid(OPERAND_ID_RAX),
             Some(leaf) => {
-                let outcome = match self.guest_leaf(td, leaf, &input, &mut out) {
+                let outcome = match self.guest_leaf(tdr, leaf, &input, &mut out) {
                     Ok(o) | Err(o) => o,
                 };
                 self.finish(leaf, outcome, &input, &mut out)
@@ -562,8 +585,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             }
         }
         if let Some(id) = ops.td {
-            let known = GuestId::from_raw(reg(input, id)?).map(|g| self.tsm.guest(g).map(drop));
-            if known.is_err() || known.is_ok_and(unknown) {
+            // A TD is named by its TDR page; busy counts as known, as above.
+            if self.fw.td_of(reg(input, id)?) == Ok(None) {
                 return Some(invalid(id));
             }
         }
@@ -578,9 +601,9 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
 
     /// On an S-EPT walk or state error TDX returns the entry in RCX and `{level, state}` in RDX.
     fn walk_details(&self, input: &SeamRegs, out: &mut SeamRegs) {
-        let (Ok((gpa, _)), Ok(td)) = (
+        let (Ok((gpa, _)), Ok(Some(td))) = (
             decode_page_info(input.rcx, OPERAND_ID_RCX),
-            GuestId::from_raw(input.rdx),
+            self.fw.td_of(input.rdx),
         ) else {
             return;
         };
@@ -660,15 +683,29 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let core = |e| Outcome::Core(Err(e));
         let refuse = |s| self.refuse(leaf, r, s);
         let tsm = self.tsm;
+        // A leaf naming a TD holds the TD table (shared) until it returns, so the TD its TDR
+        // PA names cannot be destroyed and another created in its slot meanwhile.
+        let tds = match operands(leaf).td {
+            Some(_) if leaf != TSM_TD_DESTROY => Some(self.fw.read_tds().map_err(core)?),
+            _ => None,
+        };
+        // The TD a TDR PA operand names; none: OPERAND_INVALID on that register, after the
+        // leaf's other handles (the core's order: `refuse`).
+        let td_at = |raw: u64, operand: u32| -> Result<GuestId, Outcome> {
+            tds.as_deref()
+                .and_then(|t| td_in(t, raw))
+                .ok_or_else(|| self.refuse(leaf, r, invalid(operand)))
+        };
         Ok(match leaf {
-            TSM_TD_CREATE => {
-                let td = tsm.create_guest().map_err(core)?;
-                out.rcx = u64::from(td.slot());
-                Outcome::Core(Ok(Completion::Done))
-            }
+            TDH_MNG_CREATE => self.mng_create(r)?,
             TSM_TD_DESTROY => {
-                let td: GuestId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                tsm.destroy_guest(td).into()
+                let mut tds = self.fw.write_tds().map_err(core)?;
+                let td = td_in(&tds, r.rcx).ok_or(st(invalid(OPERAND_ID_RCX)))?;
+                tsm.destroy_guest(td).map_err(core)?;
+                if let Some(entry) = tds.get_mut(usize::from(td.slot())) {
+                    *entry = None;
+                }
+                Outcome::Core(Ok(Completion::Done))
             }
             TDH_SPDM_CREATE => {
                 let rid = decode_rid(r.rcx, OPERAND_ID_RCX).map_err(st)?;
@@ -688,6 +725,19 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
                 let pages = self.message_pages_operands(r).map_err(refuse)?;
+                // A TD's TDR page is the firmware's, never a message page (TDH.MNG.CREATE
+                // refuses the converse).
+                let tds = self.fw.read_tds().map_err(core)?;
+                for (page, operand) in [
+                    (pages.request, OPERAND_ID_R9),
+                    (pages.response, OPERAND_ID_R10),
+                ] {
+                    if td_in(&tds, page.as_u64()).is_some() {
+                        return Err(refuse(
+                            status::TDX_PAGE_METADATA_INCORRECT | u64::from(operand),
+                        ));
+                    }
+                }
                 let mut table = self.fw.lock_pages().map_err(core)?;
                 // Cannot fail once the core made the TDI: its slot is below MAX_TDIS, the
                 // table's length. Checked before the core runs all the same.
@@ -742,7 +792,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             }
             TSM_DEVIF_BIND => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 if r.r8 != 0 {
                     return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
@@ -750,7 +800,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             }
             TDH_MMIO_MAP => {
                 let tdi: TdiId = decode_handle(r.r9, OPERAND_ID_R9).map_err(st)?;
-                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 // Alignment of both addresses is the core's check (Misaligned, operand named
                 // in `finish`); only what the core cannot be handed is refused here.
                 let (gpa, size) = self.page_operand(leaf, r, td, false)?;
@@ -759,19 +809,19 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 tsm.map_mmio(tdi, td, gpa, hpa, size).into()
             }
             TDH_MMIO_BLOCK => {
-                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 tsm.host_block(td, gpa, size).into()
             }
             TDH_MMIO_UNMAP => {
-                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
+                let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 // The host page of the leaf this call removed, from the removal itself.
                 out.r8 = tsm.host_unmap(td, gpa, size).map_err(core)?.as_u64();
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_MEM_TRACK => {
-                let td: GuestId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let td = td_at(r.rcx, OPERAND_ID_RCX)?;
                 match tsm.host_track(td) {
                     // TRACK's own words: the previous epoch is not flushed yet. (Re-stamping
                     // old blocked leaves is `Resumable`, INTERRUPTED_RESUMABLE, from the
@@ -784,11 +834,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 }
             }
             TDH_MEM_SEPT_RD => {
-                let td: GuestId = decode_handle(r.rdx, OPERAND_ID_RDX).map_err(st)?;
-                // The S-EPT read bypasses the core: the TD must exist.
-                if let Some(s) = self.which_handle(&operands(leaf), r) {
-                    return Err(st(s));
-                }
+                // The S-EPT read bypasses the core: the TD must exist (its TDR names it).
+                let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 self.sept_rd(td, gpa, size, out)?
             }
@@ -815,7 +862,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             TSM_DEVIF_STATE => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 let state = tsm.tdi(tdi).map_err(core)?.state;
-                encode_tdi_state(state, out);
+                // The owner as the host names it: its TDR PA (~0: none, or a TD the core
+                // knows that TDH.MNG.CREATE did not make).
+                let owner = match state.owner() {
+                    None => None,
+                    Some(g) => self.fw.tdr_of(g).map_err(core)?,
+                };
+                encode_tdi_state(state, owner, out);
                 Outcome::Core(Ok(Completion::Done))
             }
             TSM_DEVIF_CHECK => {
@@ -837,6 +890,46 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             }
             _ => st(invalid(OPERAND_ID_RAX)),
         })
+    }
+
+    /// TDH.MNG.CREATE ([`TDH_MNG_CREATE`]): RDX the HKID, then RCX the TDR page, then the page
+    /// is no TD's TDR and no TDI's message page, then the core makes the guest; the TD table
+    /// and the message-page table are held from the check to the insertion.
+    fn mng_create(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let core = |e| Outcome::Core(Err(e));
+        // HKID 0 is the platform's (TME) key, never a private one.
+        let hkid = match u16::try_from(r.rdx & HKID_MASK) {
+            Ok(h) if h != 0 && r.rdx & !HKID_MASK == 0 => h,
+            _ => return Err(st(invalid(OPERAND_ID_RDX))),
+        };
+        let tdr = decode_hpa(r.rcx, TDR_ALIGN, OPERAND_ID_RCX).map_err(st)?;
+        self.host
+            .probe_read(tdr.as_u64(), TDR_BYTES)
+            .map_err(|f| st(host_fault(f, OPERAND_ID_RCX)))?;
+        let mut tds = self.fw.write_tds().map_err(core)?;
+        let pages = self.fw.lock_pages().map_err(core)?;
+        let in_use = td_in(&tds, tdr.as_u64()).is_some()
+            || pages
+                .iter()
+                .flatten()
+                .any(|p| p.request == tdr || p.response == tdr);
+        if in_use {
+            return Err(st(
+                status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
+            ));
+        }
+        let td = self.tsm.create_guest().map_err(core)?;
+        match tds.get_mut(usize::from(td.slot())) {
+            Some(entry @ None) => *entry = Some(TdEntry { tdr, hkid }),
+            // Cannot happen: the core's guest slots are the table's, and a destroyed TD's
+            // entry is cleared with it. Undone all the same, so the refusal changes nothing.
+            _ => {
+                let _ = self.tsm.destroy_guest(td);
+                return Err(core(Error::Inconsistent));
+            }
+        }
+        Ok(Outcome::Core(Ok(Completion::Done)))
     }
 
     /// R9 and R10 of TDH.DEVIF.CREATE: the request page (written: probed writable) and the
@@ -942,12 +1035,15 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
 
     fn guest_leaf(
         &self,
-        td: GuestId,
+        tdr: u64,
         leaf: u16,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
+        // Held for the whole leaf, as for host leaves naming a TD.
+        let tds = self.fw.read_tds().map_err(|e| Outcome::Core(Err(e)))?;
+        let td = td_in(&tds, tdr).ok_or(st(invalid(status::OPERAND_ID_TDR)))?;
         Ok(match leaf {
             TDG_MMIO_ACCEPT => {
                 // The accept bypasses the core: the calling TD must exist.
@@ -1003,7 +1099,7 @@ fn which_misaligned(leaf: u16, input: &SeamRegs) -> Option<TdxStatus> {
     Some(invalid(operand))
 }
 
-fn encode_tdi_state(state: TdiState, regs: &mut SeamRegs) {
+fn encode_tdi_state(state: TdiState, owner: Option<TdEntry>, regs: &mut SeamRegs) {
     let (code, detail) = match state {
         TdiState::Unbound => (TdiStateCode::Unbound, 0),
         TdiState::Locked { .. } => (TdiStateCode::Locked, 0),
@@ -1013,7 +1109,7 @@ fn encode_tdi_state(state: TdiState, regs: &mut SeamRegs) {
     };
     regs.rcx = state.tdisp() as u64;
     regs.rdx = code as u64;
-    regs.r8 = state.owner().map_or(u64::MAX, |g| u64::from(g.slot()));
+    regs.r8 = owner.map_or(u64::MAX, |e| e.tdr.as_u64());
     regs.r9 = detail;
 }
 

@@ -42,8 +42,8 @@ use crate::module::TdxModule;
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
     OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
-    OPERAND_ID_TDR, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
-    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TdxStatus,
+    TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS, TDX_SYS_NOT_READY,
+    TDX_SYSINIT_NOT_PENDING, TdxStatus,
 };
 
 #[cfg(any(feature = "model-device", test))]
@@ -342,9 +342,9 @@ impl Firmware {
 
     /// `tsm_tdx_tdcall`: see the C header.
     pub fn tdcall(&self, td: u64, regs: *mut SeamRegs) -> TdxStatus {
-        self.with_regs(regs, |fw, block| match tsm_core::GuestId::from_raw(td) {
-            Ok(td) => Dispatcher::new(&fw.tsm, &fw.host).tdcall(td, block),
-            Err(_) => block.rax = invalid(OPERAND_ID_TDR),
+        // `td` is the calling TD's TDR page (TDH.MNG.CREATE RCX).
+        self.with_regs(regs, |fw, block| {
+            Dispatcher::new(&fw.tsm, &fw.host).tdcall(td, block);
         })
     }
 }
@@ -544,8 +544,11 @@ mod tests {
 
     /// Host memory layout of the tests: page 0 the range list, page 1 the register block (and
     /// in word [`LEN_WORD`] the model's answer length), pages 2 and 3 a TDI's request and
-    /// response pages.
-    const HOST_PAGES: usize = 4;
+    /// response pages, page 4 the TD's TDR page.
+    const HOST_PAGES: usize = 5;
+    const TDR_PAGE: usize = 4;
+    /// The HKID the tests' TD is created with (any private one: not 0).
+    const HKID: u64 = 1;
     const REQUEST_PAGE: usize = 2;
     const RESPONSE_PAGE: usize = 3;
     const LEN_WORD: usize = 64;
@@ -626,7 +629,16 @@ mod tests {
         /// A TD, a device with one BAR that `model` reports for its interface, and its TDI
         /// with message pages 2 and 3: (TD, TDI).
         fn td_and_tdi(&self, model: &ModelMailbox) -> (u64, u64) {
-            let td = self.call(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+            let td = self.page(TDR_PAGE);
+            let created = self.call(
+                abi::TDH_MNG_CREATE,
+                SeamRegs {
+                    rcx: td,
+                    rdx: HKID,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(created.rax, TDX_SUCCESS);
             self.put_list(&one_range(BAR_A, 16));
             let dev = self.call(
                 abi::TDH_SPDM_CREATE,
@@ -758,7 +770,11 @@ mod tests {
         put_regs(
             winner_host,
             SeamRegs {
-                rax: u64::from(abi::TSM_TD_CREATE),
+                rax: u64::from(abi::TDH_MNG_CREATE),
+                // The TDR: the winner's one host page (the firmware only checks it is host
+                // memory; it never writes a TDR page).
+                rcx: winner_host.addr() as u64,
+                rdx: HKID,
                 ..SeamRegs::default()
             },
         );
@@ -1239,12 +1255,15 @@ mod tests {
         put_regs(
             regs,
             SeamRegs {
-                rax: u64::from(abi::TSM_TD_CREATE),
+                rax: u64::from(abi::TDH_MNG_CREATE),
+                // The TDR: the one host page (never written by the firmware).
+                rcx: regs.addr() as u64,
+                rdx: HKID,
                 ..SeamRegs::default()
             },
         );
         assert_eq!(tsm_tdx_seamcall(regs), TDX_SUCCESS);
-        let td = get_regs(regs).rcx;
+        let td = regs.addr() as u64;
         put_regs(
             regs,
             SeamRegs {

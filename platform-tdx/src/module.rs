@@ -11,9 +11,11 @@
 
 use core::ops::Deref;
 
-use spin::{Mutex, MutexGuard};
-use tsm_core::capacity::MAX_TDIS;
-use tsm_core::{Error, Hpa, Operand, ReservedMemory, SecureSession, TdiId, Tsm, TsmResult};
+use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
+use tsm_core::{
+    Error, GuestId, Hpa, Operand, ReservedMemory, SecureSession, TdiId, Tsm, TsmResult,
+};
 
 use crate::sept::Sept;
 
@@ -36,6 +38,32 @@ pub struct MessagePages {
 /// Every TDI's message pages, indexed by TDI slot.
 pub(crate) type PageTable = [Option<MessagePages>; MAX_TDIS];
 
+/// A TD as the host names it: the physical address of its TDR page (TDH.MNG.CREATE RCX) and
+/// the HKID it was created with (RDX). The TD's state lives in the core's guest record; the
+/// TDR page itself is host memory the firmware never writes (this firmware keeps the TD in
+/// its own memory, the TDX module keeps it in the TDR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdEntry {
+    /// The TDR page: 4 KiB aligned, a whole page of host memory.
+    pub tdr: Hpa,
+    /// The TD's private HKID (bits 15:0 of TDH.MNG.CREATE RDX).
+    pub hkid: u16,
+}
+
+/// Every TD's TDR, indexed by the core's guest slot: the table TDR PA -> [`GuestId`] (a scan
+/// of [`MAX_GUESTS`] entries, bounded).
+pub(crate) type TdTable = [Option<TdEntry>; MAX_GUESTS];
+
+/// The TD whose TDR page is at `tdr` in `table` (exact match: an address that is not a TDR,
+/// misaligned or wider than any address included, names no TD).
+pub(crate) fn td_in(table: &TdTable, tdr: u64) -> Option<GuestId> {
+    table
+        .iter()
+        .position(|e| e.is_some_and(|e| e.tdr.as_u64() == tdr))
+        .and_then(|slot| u16::try_from(slot).ok())
+        .map(GuestId::from_slot)
+}
+
 /// The TDX back end's firmware: the core over the S-EPT, sealed with session `S`, and each
 /// TDI's message pages. Everything of the core is reached through `Deref`; the dispatcher
 /// ([`crate::abi::Dispatcher`]) is the only writer of the message pages.
@@ -46,6 +74,10 @@ pub struct TdxModule<'m, S> {
     /// cannot change under a request being written. Those leaves all take the core's transport
     /// lock too, so this lock serialises nothing the core does not already.
     pages: Mutex<PageTable>,
+    /// The TDs by TDR page. Read (try-lock, shared) for the whole of every leaf that names a
+    /// TD, so the TD a TDR names cannot change under it; written by TDH.MNG.CREATE and TD
+    /// destroy. Contended: `Busy(Guest)`, `TDX_OPERAND_BUSY` + TDR.
+    tds: RwLock<TdTable>,
 }
 
 impl<'m, S> Deref for TdxModule<'m, S> {
@@ -66,6 +98,7 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
         Self {
             tsm: Tsm::with_reserved(table, session, reserved),
             pages: Mutex::new([const { None }; MAX_TDIS]),
+            tds: RwLock::new([const { None }; MAX_GUESTS]),
         }
     }
 
@@ -79,6 +112,29 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
     pub fn message_pages(&self, tdi: TdiId) -> TsmResult<Option<MessagePages>> {
         let table = self.lock_pages()?;
         Ok(table.get(usize::from(tdi.slot())).copied().flatten())
+    }
+
+    /// The TD whose TDR page is at host physical address `tdr` (`None`: no TD has it);
+    /// `Busy(Guest)` while TDH.MNG.CREATE or TD destroy holds the table.
+    pub fn td_of(&self, tdr: u64) -> TsmResult<Option<GuestId>> {
+        Ok(td_in(&*self.read_tds()?, tdr))
+    }
+
+    /// The TDR page of `guest` (`None`: no TD TDH.MNG.CREATE made has that handle).
+    pub fn tdr_of(&self, guest: GuestId) -> TsmResult<Option<TdEntry>> {
+        let table = self.read_tds()?;
+        Ok(table.get(usize::from(guest.slot())).copied().flatten())
+    }
+
+    /// The TD table, shared, for one leaf naming a TD; `Busy(Guest)` while it is written.
+    pub(crate) fn read_tds(&self) -> TsmResult<RwLockReadGuard<'_, TdTable>> {
+        self.tds.try_read().ok_or(Error::Busy(Operand::Guest))
+    }
+
+    /// The TD table, exclusive, for TDH.MNG.CREATE and TD destroy; `Busy(Guest)` while any
+    /// other leaf holds it.
+    pub(crate) fn write_tds(&self) -> TsmResult<RwLockWriteGuard<'_, TdTable>> {
+        self.tds.try_write().ok_or(Error::Busy(Operand::Guest))
     }
 
     /// The message-page table, for one leaf; `Busy(Tdi)` (OPERAND_BUSY on the DEVIF) while

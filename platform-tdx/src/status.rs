@@ -616,6 +616,7 @@ mod header_tests {
             ("TSM_DEVICE_REFUSED", TSM_DEVICE_REFUSED),
             ("TSM_DEVICE_MALFORMED", TSM_DEVICE_MALFORMED),
             // Leaves.
+            ("TDH_MNG_CREATE", abi::TDH_MNG_CREATE.into()),
             ("TDH_MEM_SEPT_RD", abi::TDH_MEM_SEPT_RD.into()),
             ("TDH_MEM_TRACK", abi::TDH_MEM_TRACK.into()),
             ("TDH_SPDM_CREATE", abi::TDH_SPDM_CREATE.into()),
@@ -627,7 +628,6 @@ mod header_tests {
             ("TDH_MMIO_MAP", abi::TDH_MMIO_MAP.into()),
             ("TDH_MMIO_BLOCK", abi::TDH_MMIO_BLOCK.into()),
             ("TDH_MMIO_UNMAP", abi::TDH_MMIO_UNMAP.into()),
-            ("TSM_TD_CREATE", abi::TSM_TD_CREATE.into()),
             ("TSM_TD_DESTROY", abi::TSM_TD_DESTROY.into()),
             ("TSM_DEVIF_BIND", abi::TSM_DEVIF_BIND.into()),
             ("TSM_DEVIF_UNBIND", abi::TSM_DEVIF_UNBIND.into()),

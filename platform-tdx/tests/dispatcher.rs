@@ -31,9 +31,15 @@ use tsm_core::{
     Gpa, MAX_RELAY_BYTES, MmioRange, ModelSession, PageSize, RequesterId, TdiId, TdispState,
 };
 
-/// Host memory: page 0 the range list, then message pages (request, response) of TDIs.
+/// Host memory: page 0 the range list, then message pages (request, response) of TDIs, then
+/// pages 7-10 the TDR pages of the TDs `World::create_td` makes.
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 7;
+const HOST_PAGES: usize = 11;
+/// The first TDR page, and how many there are.
+const TDR_FIRST: u64 = 7;
+const TDRS: u64 = 4;
+/// The HKID TDs are created with (any private one: not 0).
+const HKID: u64 = 5;
 const PARAMS: u64 = HOST;
 const BAR: u64 = 0x8000_0000;
 const GPA: u64 = 0x10_0000_0000;
@@ -64,6 +70,8 @@ struct World<'m> {
     device: RefCell<ModelDevice>,
     /// The message pages the host gave each TDI it created.
     pages: RefCell<BTreeMap<u64, (u64, u64)>>,
+    /// TDs made so far by `create_td`.
+    tds: std::cell::Cell<u64>,
 }
 
 impl<'m> World<'m> {
@@ -74,6 +82,7 @@ impl<'m> World<'m> {
             mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
             device: RefCell::new(ModelDevice::model()),
             pages: RefCell::new(BTreeMap::new()),
+            tds: std::cell::Cell::new(0),
         }
     }
 
@@ -86,10 +95,27 @@ impl<'m> World<'m> {
 
     fn tdcall(&self, td: u64, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let td = tsm_core::GuestId::from_raw(td).unwrap();
         let mut mem = self.mem.borrow_mut();
         Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).tdcall(td, &mut regs);
         regs
+    }
+
+    /// TDH.MNG.CREATE with the next TDR page, as Linux's `tdh_mng_create` calls it: RCX the
+    /// TDR PA, RDX the HKID; nothing read back. The TD, named by its TDR PA.
+    fn create_td(&self) -> u64 {
+        let n = self.tds.get();
+        assert!(n < TDRS);
+        self.tds.set(n + 1);
+        let tdr = host_page(TDR_FIRST + n);
+        self.ok(
+            abi::TDH_MNG_CREATE,
+            SeamRegs {
+                rcx: tdr,
+                rdx: HKID,
+                ..Default::default()
+            },
+        );
+        tdr
     }
 
     fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
@@ -266,7 +292,7 @@ fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
 /// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
 fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
     let w = World::new(mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
     let out = w.relayed(
@@ -324,7 +350,7 @@ fn malformed_calls_get_operand_invalid_and_change_nothing() {
         ),
         (
             "reserved RAX bits",
-            u64::from(abi::TSM_TD_CREATE) | 1 << 63,
+            u64::from(abi::TDH_MNG_CREATE) | 1 << 63,
             SeamRegs::default(),
             TDX_OPERAND_INVALID,
         ),
@@ -460,7 +486,7 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
 fn track_busy_sept_read_and_guest_accept() {
     let mut mem = vec![Page::ZERO; 32];
     let (w, td, _) = bound_world(&mut mem);
-    let g = tsm_core::GuestId::from_raw(td).unwrap();
+    let g = w.fw.td_of(td).unwrap().unwrap();
     let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
     let out = w.ok(
         abi::TDH_MEM_SEPT_RD,
@@ -483,14 +509,14 @@ fn track_busy_sept_read_and_guest_accept() {
         rcx: page,
         ..Default::default()
     };
-    d.tdcall(g, &mut regs);
+    d.tdcall(td, &mut regs);
     assert_eq!(regs.rax, TDX_SUCCESS);
     let mut regs = SeamRegs {
         rax: u64::from(abi::TDG_MMIO_ACCEPT),
         rcx: page,
         ..Default::default()
     };
-    d.tdcall(g, &mut regs);
+    d.tdcall(td, &mut regs);
     assert_eq!(regs.rax, TDX_PAGE_ALREADY_ACCEPTED | 1);
     let out = w.ok(
         abi::TDH_MEM_SEPT_RD,
@@ -530,7 +556,6 @@ fn track_busy_sept_read_and_guest_accept() {
 fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
     let mut mem = vec![Page::ZERO; 32];
     let (w, td, tdi) = bound_world(&mut mem);
-    let g = tsm_core::GuestId::from_raw(td).unwrap();
     let host = BufferMemory {
         base: 0,
         bytes: &[],
@@ -542,7 +567,7 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
                 rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
                 ..Default::default()
             };
-            Dispatcher::new(&w.fw, &host).tdcall(g, &mut regs);
+            Dispatcher::new(&w.fw, &host).tdcall(td, &mut regs);
             assert_eq!(regs.rax, TDX_SUCCESS);
         }
         for high in [48, 50, 51] {
@@ -583,7 +608,7 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
                 rcx: page,
                 ..Default::default()
             };
-            Dispatcher::new(&w.fw, &host).tdcall(g, &mut regs);
+            Dispatcher::new(&w.fw, &host).tdcall(td, &mut regs);
             assert_eq!(
                 regs.rax,
                 TDX_OPERAND_ADDR_RANGE_ERROR | 1,
@@ -632,7 +657,9 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
     let mut mem = vec![Page::ZERO; 32];
     let (w, td, tdi) = bound_world(&mut mem);
     let (core, ctd, ctdi) = core_world();
-    assert_eq!((u64::from(ctd.slot()), u64::from(ctdi.slot())), (td, tdi));
+    // The TD is named by its TDR page; the core's guest behind it is the reference's.
+    assert_eq!(w.fw.td_of(td), Ok(Some(ctd)));
+    assert_eq!(u64::from(ctdi.slot()), tdi);
     let unknown_td = tsm_core::GuestId::from_slot(9);
     let unknown_tdi = tsm_core::TdiId::from_slot(99);
     let gpa = |v: u64| Gpa::try_new(v).unwrap();
@@ -1020,7 +1047,7 @@ fn on(tdi: u64) -> SeamRegs {
 fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
     assert_eq!(
@@ -1127,7 +1154,7 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
 fn devif_request_writes_the_same_request_again() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
     let bind = SeamRegs {
@@ -1191,7 +1218,7 @@ fn devif_request_writes_the_same_request_again() {
 fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev_a = device_world(&w, 3, BAR);
     let dev_b = device_world(&w, 4, 0x9000_0000);
     let a = w.create_tdi(dev_a, rid(3), PAGES_A);
@@ -1304,7 +1331,7 @@ fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
 fn three_empty_responses_end_the_operation_unresponsive() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
     let bind = SeamRegs {
@@ -1526,7 +1553,7 @@ fn devif_create_checks_its_message_pages() {
 fn a_request_page_that_cannot_be_written_refuses_the_leaf_before_the_core_runs() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_C);
     let before = w.image();
@@ -1571,7 +1598,7 @@ fn a_request_page_that_cannot_be_written_refuses_the_leaf_before_the_core_runs()
 fn a_tdi_without_message_pages_is_unknown_to_the_relay_leaves() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
-    let td = w.ok(abi::TSM_TD_CREATE, SeamRegs::default()).rcx;
+    let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi =
         w.fw.create_tdi(tsm_core::DeviceId::from_raw(dev).unwrap(), rid(3))
@@ -1601,4 +1628,268 @@ fn a_tdi_without_message_pages_is_unknown_to_the_relay_leaves() {
         );
         assert!(w.image() == before, "{what} changed something");
     }
+}
+
+/// TDH.MNG.CREATE as Linux's `tdh_mng_create(td, hkid)` (arch/x86/virt/vmx/tdx/tdx.c
+/// @a4a508df) calls it: RAX 9, RCX the TDR page's physical address, RDX the HKID; Linux reads
+/// nothing back. Every later operand naming the TD is that address. Each refusal names its
+/// register, in the TDX module's order (HKID first), and changes nothing.
+#[test]
+fn tdh_mng_create_names_the_td_by_its_tdr_page() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let tdr = host_page(TDR_FIRST);
+    let input = SeamRegs {
+        rax: 9,
+        rcx: tdr,
+        rdx: HKID,
+        ..Default::default()
+    };
+    let before = w.image();
+    let refusals: [(&str, u64, u64, u64); 8] = [
+        ("HKID 0", tdr, 0, TDX_OPERAND_INVALID | 2),
+        (
+            "HKID reserved bit 16",
+            tdr,
+            1 << 16 | HKID,
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "bad HKID and bad TDR: HKID first",
+            tdr + 8,
+            0,
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "TDR not 4 KiB aligned",
+            tdr + 0x800,
+            HKID,
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "TDR at 2^52",
+            1 << 52,
+            HKID,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+        ),
+        (
+            "TDR outside host memory",
+            HOST + (HOST_PAGES * MESSAGE_PAGE_BYTES) as u64,
+            HKID,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+        ),
+        (
+            "TDR below host memory",
+            HOST - 0x1000,
+            HKID,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+        ),
+        (
+            "slot number, not a TDR page",
+            0,
+            HKID,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 1,
+        ),
+    ];
+    for (what, rcx, rdx, expect) in refusals {
+        let out = w.call(9, SeamRegs { rcx, rdx, ..input });
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert_eq!((out.rcx, out.rdx), (rcx, rdx), "{what}: registers written");
+        assert!(w.image() == before, "{what} changed state");
+        assert_eq!(w.fw.td_of(rcx), Ok(None), "{what} made a TD");
+    }
+    // Golden: success, every register as it was but RAX.
+    let mut regs = input;
+    let mut host = w.mem.borrow_mut();
+    Dispatcher::new(&w.fw, HostBuffer::new(HOST, &mut host)).seamcall(&mut regs);
+    drop(host);
+    assert_eq!(
+        regs,
+        SeamRegs {
+            rax: TDX_SUCCESS,
+            ..input
+        }
+    );
+    let td = w.fw.td_of(tdr).unwrap().unwrap();
+    assert_eq!(
+        w.fw.tdr_of(td).unwrap().map(|e| (e.tdr.as_u64(), e.hkid)),
+        Some((tdr, 5))
+    );
+    // The same page again, or a TDI's message page, is a page already in use.
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let before = w.image();
+    for (what, rcx) in [
+        ("the same TDR", tdr),
+        ("a request page", PAGES_A.0),
+        ("a response page", PAGES_A.1),
+    ] {
+        let out = w.call(9, SeamRegs { rcx, ..input });
+        assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 1, "{what}");
+        assert!(w.image() == before, "{what} changed state");
+    }
+    // The converse: a TDR is never a TDI's message page.
+    let out = w.call(
+        u64::from(abi::TDH_DEVIF_CREATE),
+        SeamRegs {
+            rcx: dev,
+            rdx: u64::from(rid(3).packed()) + 1,
+            r9: tdr,
+            r10: PAGES_B.1,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
+    assert!(w.image() == before, "DEVIF.CREATE on a TDR changed state");
+    // Every operand naming a TD takes the TDR PA: the old slot number (0) and an unused host
+    // page name no TD (OPERAND_INVALID + that register), and change nothing.
+    let other = host_page(TDR_FIRST + 1);
+    for not_a_td in [0, other, tdr + 0x1000 * 64] {
+        let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+        let cases: [(&str, u16, SeamRegs, u64); 7] = [
+            (
+                "TRACK",
+                abi::TDH_MEM_TRACK,
+                SeamRegs {
+                    rcx: not_a_td,
+                    ..Default::default()
+                },
+                1,
+            ),
+            (
+                "destroy",
+                abi::TSM_TD_DESTROY,
+                SeamRegs {
+                    rcx: not_a_td,
+                    ..Default::default()
+                },
+                1,
+            ),
+            (
+                "SEPT.RD",
+                abi::TDH_MEM_SEPT_RD,
+                SeamRegs {
+                    rcx: page,
+                    rdx: not_a_td,
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "BLOCK",
+                abi::TDH_MMIO_BLOCK,
+                SeamRegs {
+                    rcx: page,
+                    rdx: not_a_td,
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "UNMAP",
+                abi::TDH_MMIO_UNMAP,
+                SeamRegs {
+                    rcx: page,
+                    rdx: not_a_td,
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "MAP",
+                abi::TDH_MMIO_MAP,
+                SeamRegs {
+                    rcx: page,
+                    rdx: not_a_td,
+                    r8: BAR,
+                    r9: tdi,
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "bind",
+                abi::TSM_DEVIF_BIND,
+                SeamRegs {
+                    rcx: tdi,
+                    rdx: not_a_td,
+                    ..Default::default()
+                },
+                2,
+            ),
+        ];
+        for (what, leaf, regs, operand) in cases {
+            let out = w.call(u64::from(leaf), regs);
+            assert_eq!(
+                out.rax,
+                TDX_OPERAND_INVALID | operand,
+                "{what} on {not_a_td:#x}"
+            );
+            assert!(w.image() == before, "{what} on {not_a_td:#x} changed state");
+        }
+        let out = w.tdcall(
+            not_a_td,
+            abi::TDG_MMIO_ACCEPT,
+            SeamRegs {
+                rcx: page,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.rax, TDX_OPERAND_INVALID | u64::from(OPERAND_ID_TDR));
+    }
+    // The owner of a bound TDI reads back as its TDR.
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: tdr,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let out = w.ok(
+        abi::TSM_DEVIF_STATE,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.r8, tdr);
+    // Destroy is refused while the TD owns a TDI; after unbind it forgets the TDR, which
+    // TDH.MNG.CREATE may then use again.
+    let out = w.call(
+        u64::from(abi::TSM_TD_DESTROY),
+        SeamRegs {
+            rcx: tdr,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_TD_ASSOCIATED_PAGES_EXIST | 1);
+    assert_eq!(w.fw.td_of(tdr), Ok(Some(td)));
+    let out = w.relayed(
+        abi::TSM_DEVIF_UNBIND,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    w.ok(
+        abi::TSM_TD_DESTROY,
+        SeamRegs {
+            rcx: tdr,
+            ..Default::default()
+        },
+    );
+    assert_eq!(w.fw.td_of(tdr), Ok(None));
+    let out = w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: tdr,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_OPERAND_INVALID | 1);
+    w.ok(abi::TDH_MNG_CREATE, input);
+    assert!(w.fw.td_of(tdr).unwrap().is_some());
 }

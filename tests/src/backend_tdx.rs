@@ -24,7 +24,9 @@
 //! on the backend's model device and the S-EPT directly.
 
 use platform_tdx::TdxModule;
-use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
+use platform_tdx::abi::{
+    self, Dispatcher, HostBuffer, HostFault, HostMemory, RangeList, SeamRegs, page_info,
+};
 use platform_tdx::ept::SeptEntry;
 use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::sept::{Sept, leaf_size};
@@ -50,6 +52,16 @@ pub const REQUEST_HPA: u64 = HOST_BASE + MESSAGE_PAGE_BYTES as u64;
 pub const RESPONSE_HPA: u64 = HOST_BASE + 2 * MESSAGE_PAGE_BYTES as u64;
 /// Bytes of the backend's host memory.
 const HOST_BYTES: usize = 3 * MESSAGE_PAGE_BYTES;
+/// Host physical address of the first TDR page: the TDs' TDR pages (TDH.MNG.CREATE RCX) follow
+/// the three pages above, one more than the core has guest slots, so a TDH.MNG.CREATE always
+/// finds a free page and a full table is the core's `GuestTableFull`. The firmware never
+/// reads or writes a TDR page (it only checks that it is host memory), so they are not backed
+/// by bytes: [`BackendHost`] answers for them.
+pub const TDR_BASE: u64 = HOST_BASE + HOST_BYTES as u64;
+/// TDR pages.
+const TDR_PAGES: usize = tsm_core::capacity::MAX_GUESTS + 1;
+/// The HKID every TD is created with (any private one: not 0; the firmware keeps it).
+const HKID: u64 = 1;
 /// Offsets of the pages in it.
 const REQUEST_AT: usize = MESSAGE_PAGE_BYTES;
 const RESPONSE_AT: usize = 2 * MESSAGE_PAGE_BYTES;
@@ -77,6 +89,53 @@ pub struct TdxBackend<'t, 'm> {
 
 fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
     u64::from(h.slot())
+}
+
+/// TDR page `i` (`i` below [`TDR_PAGES`]; `None` past the address space).
+fn tdr_page(i: usize) -> Option<u64> {
+    let offset = i.checked_mul(MESSAGE_PAGE_BYTES)?;
+    TDR_BASE.checked_add(u64::try_from(offset).ok()?)
+}
+
+/// One past the last TDR page.
+const TDR_END: u64 = TDR_BASE + (TDR_PAGES * MESSAGE_PAGE_BYTES) as u64;
+
+/// The backend's host memory: its three pages of bytes, and the TDR pages, readable whole
+/// pages of host memory that the firmware never looks into (reading one gives zeros; writing
+/// one is refused as outside host memory).
+struct BackendHost<'b>(HostBuffer<'b>);
+
+impl BackendHost<'_> {
+    fn in_tdrs(hpa: u64, len: usize) -> bool {
+        let end = TDR_END;
+        hpa >= TDR_BASE
+            && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
+    }
+}
+
+impl HostMemory for BackendHost<'_> {
+    fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
+        if Self::in_tdrs(hpa, out.len()) {
+            out.fill(0);
+            return Ok(());
+        }
+        self.0.read(hpa, out)
+    }
+
+    fn probe_read(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        if Self::in_tdrs(hpa, len) {
+            return Ok(());
+        }
+        self.0.probe_read(hpa, len)
+    }
+
+    fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault> {
+        self.0.probe_write(hpa, len)
+    }
+
+    fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
+        self.0.write(hpa, src)
+    }
 }
 
 impl<'t, 'm> TdxBackend<'t, 'm> {
@@ -115,7 +174,7 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     /// One SEAMCALL of `leaf` with operands from `regs`; the registers as they come back.
     pub fn seamcall(&mut self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let host = HostBuffer::new(HOST_BASE, &mut self.host);
+        let host = BackendHost(HostBuffer::new(HOST_BASE, &mut self.host));
         Dispatcher::new(self.tsm, host).seamcall(&mut regs);
         regs
     }
@@ -123,9 +182,19 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     /// One TDCALL of `leaf` from TD `td`.
     pub fn tdcall(&mut self, td: GuestId, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = u64::from(leaf);
-        let host = HostBuffer::new(HOST_BASE, &mut self.host);
-        Dispatcher::new(self.tsm, host).tdcall(td, &mut regs);
+        let tdr = self.tdr(td);
+        let host = BackendHost(HostBuffer::new(HOST_BASE, &mut self.host));
+        Dispatcher::new(self.tsm, host).tdcall(tdr, &mut regs);
         regs
+    }
+
+    /// How the host names `td`: its TDR page. A TD the firmware does not know (a scenario's
+    /// bad handle) gets its slot number, which is below host memory and so never a TDR.
+    pub fn tdr(&self, td: GuestId) -> u64 {
+        match self.tsm.tdr_of(td) {
+            Ok(Some(entry)) => entry.tdr.as_u64(),
+            _ => handle_reg(td),
+        }
     }
 
     fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
@@ -191,15 +260,26 @@ impl Backend for TdxBackend<'_, '_> {
         "tdx"
     }
 
-    /// Ours: TSM.TD.CREATE.
+    /// TDH.MNG.CREATE as Linux calls it: RCX the first TDR page no TD has, RDX the HKID.
     fn create_guest(&mut self) -> TsmResult<GuestId> {
-        let out = self.call(abi::TSM_TD_CREATE, SeamRegs::default())?;
-        GuestId::from_raw(out.rcx)
+        let tdr = (0..TDR_PAGES)
+            .filter_map(tdr_page)
+            .find(|&t| matches!(self.tsm.td_of(t), Ok(None)))
+            .ok_or(Error::GuestTableFull)?;
+        self.done(
+            abi::TDH_MNG_CREATE,
+            SeamRegs {
+                rcx: tdr,
+                rdx: HKID,
+                ..SeamRegs::default()
+            },
+        )?;
+        self.tsm.td_of(tdr)?.ok_or(Error::Inconsistent)
     }
 
-    /// Ours: TSM.TD.DESTROY.
+    /// Ours: TSM.TD.DESTROY, RCX the TDR.
     fn destroy_guest(&mut self, guest: GuestId) -> TsmResult<()> {
-        let rcx = handle_reg(guest);
+        let rcx = self.tdr(guest);
         self.done(
             abi::TSM_TD_DESTROY,
             SeamRegs {
@@ -266,7 +346,7 @@ impl Backend for TdxBackend<'_, '_> {
         let (leaf, out) = match call {
             DeviceCall::Bind { tdi, guest } => {
                 let regs = SeamRegs {
-                    rdx: handle_reg(guest),
+                    rdx: self.tdr(guest),
                     ..on(tdi)
                 };
                 (
@@ -347,7 +427,7 @@ impl Backend for TdxBackend<'_, '_> {
     ) -> TsmResult<()> {
         let regs = SeamRegs {
             rcx: page_info(gpa, size),
-            rdx: handle_reg(guest),
+            rdx: self.tdr(guest),
             r8: hpa.as_u64(),
             r9: handle_reg(tdi),
             ..SeamRegs::default()
@@ -397,7 +477,7 @@ impl Backend for TdxBackend<'_, '_> {
     fn host_unmap(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         let regs = SeamRegs {
             rcx: page_info(gpa, size),
-            rdx: handle_reg(guest),
+            rdx: self.tdr(guest),
             ..SeamRegs::default()
         };
         self.done(abi::TDH_MMIO_UNMAP, regs)
@@ -407,7 +487,7 @@ impl Backend for TdxBackend<'_, '_> {
     fn host_block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<()> {
         let regs = SeamRegs {
             rcx: page_info(gpa, size),
-            rdx: handle_reg(guest),
+            rdx: self.tdr(guest),
             ..SeamRegs::default()
         };
         self.done(abi::TDH_MMIO_BLOCK, regs)
@@ -433,7 +513,8 @@ impl Backend for TdxBackend<'_, '_> {
                 ..SeamRegs::default()
             },
         )?;
-        let owner = GuestId::from_raw(out.r8);
+        // The owner as the firmware names it: its TDR.
+        let owner = self.tsm.td_of(out.r8)?.ok_or(Error::InvalidHandle);
         let code = out.rdx;
         Ok(match code {
             c if c == abi::TdiStateCode::Unbound as u64 => TdiState::Unbound,
@@ -456,7 +537,7 @@ impl Backend for TdxBackend<'_, '_> {
         let page = Gpa::try_new(gpa.as_u64() & !PageSize::Size4K.offset_mask())?;
         let regs = SeamRegs {
             rcx: page_info(page, PageSize::Size4K),
-            rdx: handle_reg(guest),
+            rdx: self.tdr(guest),
             ..SeamRegs::default()
         };
         let out = self.seamcall(abi::TDH_MEM_SEPT_RD, regs);
