@@ -101,6 +101,23 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         }
     }
 
+    /// Locks `tdi`'s device, then the TDI, in lock order: `Busy(Tdi)` if the TDI was removed
+    /// and its slot given to another device's TDI in between.
+    fn lock_tdi_and_device(
+        &self,
+        tdi: TdiId,
+    ) -> TsmResult<(SlotGuard<'_, Device>, SlotGuard<'_, Tdi>)> {
+        let device = self.tdi(tdi)?.device;
+        let dev_slot = self.devices.lock(device.slot())?;
+        dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        if record.device != device {
+            return Err(Error::Busy(Operand::Tdi));
+        }
+        Ok((dev_slot, slot))
+    }
+
     /// The memory this instance never hands out as MMIO.
     pub fn reserved(&self) -> &ReservedMemory {
         &self.reserved
@@ -231,14 +248,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// Removes an unbound TDI (`TdiBound` while bound, `ExchangePending` while a bind of it
     /// waits on the device: unbind abandons that first).
     pub fn remove_tdi(&self, tdi: TdiId) -> TsmResult<()> {
-        let device = self.tdi(tdi)?.device;
-        let mut dev_slot = self.devices.lock(device.slot())?;
+        let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
-        if record.device != device {
-            return Err(Error::Busy(Operand::Tdi));
-        }
         transition(record.state, Event::HostTouch)?;
         if record.exchange.is_some() {
             return Err(Error::ExchangePending);
@@ -265,14 +277,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// a bind while another TDI's bind of the same device reads its report. `unbind`
     /// abandons a waiting bind.
     pub fn bind(&self, tdi: TdiId, guest: GuestId, out: &mut [u8]) -> TsmResult<Completion> {
-        let device = self.tdi(tdi)?.device;
-        let mut dev_slot = self.devices.lock(device.slot())?;
+        let (mut dev_slot, mut tdi_slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let mut tdi_slot = self.tdis.lock(tdi.slot())?;
         let record = tdi_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if record.device != device {
-            return Err(Error::Busy(Operand::Tdi));
-        }
         let guest_slot = self.guests.lock(guest.slot())?;
         let guest_record = guest_slot.as_ref().ok_or(Error::InvalidHandle)?;
         check_relay_buffer(out)?;
@@ -535,14 +542,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// bind), and an unbind already waiting for STOP resends it. Unbinding an unbound TDI
     /// with nothing waiting is `Done` and changes nothing.
     pub fn unbind(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
-        let device = self.tdi(tdi)?.device;
-        let mut dev_slot = self.devices.lock(device.slot())?;
+        let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if record.device != device {
-            return Err(Error::Busy(Operand::Tdi));
-        }
         check_relay_buffer(out)?;
         let started = transition(record.state, Event::Unbind)?;
         let TdiState::Unbinding { owner, step } = started else {
@@ -654,14 +656,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// ownership, secure table; never the transport. Every lock is taken before anything
     /// changes, so `Busy` changes nothing.
     pub fn unbind_forced(&self, tdi: TdiId) -> TsmResult<Completion> {
-        let device = self.tdi(tdi)?.device;
-        let mut dev_slot = self.devices.lock(device.slot())?;
+        let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if record.device != device {
-            return Err(Error::Busy(Operand::Tdi));
-        }
         let started = transition(record.state, Event::Unbind)?;
         let TdiState::Unbinding { owner, step } = started else {
             if let Some(Exchange {
@@ -790,14 +787,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        let device = self.tdi(tdi)?.device;
-        let mut dev_slot = self.devices.lock(device.slot())?;
+        let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
-        let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if record.device != device {
-            return Err(Error::Busy(Operand::Tdi));
-        }
         check_relay_buffer(out)?;
         let ex = record.exchange.ok_or(Error::NoExchange)?;
         let consistent = match (ex.op, record.state) {
@@ -1211,14 +1203,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             let mut table = try_lock(&self.table, Operand::SecureTable)?;
             return Self::leaf_request(&owners, &mut table, guest, gpa, size, None, act);
         };
-        let device = self.tdi(tdi)?.device;
-        let dev_slot = self.devices.lock(device.slot())?;
+        let (dev_slot, tdi_slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
-        let tdi_slot = self.tdis.lock(tdi.slot())?;
         let record = tdi_slot.as_ref().ok_or(Error::InvalidHandle)?;
-        if record.device != device {
-            return Err(Error::Busy(Operand::Tdi));
-        }
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
         let owners = try_lock(&self.owners, Operand::Ownership)?;
