@@ -101,6 +101,9 @@ pub const TDH_SPDM_DELETE: u16 = 131;
 /// message buffers; which is which, and R8 reserved, are ours.)
 pub const TDH_DEVIF_CREATE: u16 = 137;
 /// TDH.DEVIF.REMOVE (TDX-IO: 138): RCX TDI handle. The TDI's message pages are forgotten.
+/// Refused (`TDX_DEVIF_TDISP_INVALID_STATE` + RCX, nothing changed) unless the TDI is unbound,
+/// and an unbound TDI owns no range and has no leaf: the core's unbind ends only once its last
+/// leaf is gone, whether it or the host (BLOCK, TRACK, UNMAP) removed them.
 pub const TDH_DEVIF_REMOVE: u16 = 138;
 /// TDH.DEVIF.REQUEST (TDX-IO: 139), here "the outstanding request again": RCX TDI. Writes
 /// the request the TDI waits on to its request page again (for a host that lost it) and

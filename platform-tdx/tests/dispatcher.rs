@@ -2072,3 +2072,143 @@ fn mmio_map_block_unmap_take_linux_registers() {
         assert!(w.image() == before, "{leaf} changed state");
     }
 }
+
+/// TDH.DEVIF.REMOVE (138) refuses a TDI that has leaves or owns ranges, naming RCX and
+/// changing nothing: the core refuses removing a TDI that is not unbound (bound, or unbinding
+/// until its last leaf is gone), and an unbound TDI owns nothing by construction. Shown
+/// through the leaves alone, including after the host tore the leaves down itself (BLOCK,
+/// TRACK, UNMAP as Linux's zap issues them, allowed once STOP_INTERFACE is acknowledged; the
+/// scenario `tests/scenarios/host-teardown.scn`): the finished unbind leaves the TDI owning
+/// nothing, with no leaf, and only then does REMOVE succeed.
+#[test]
+fn devif_remove_is_refused_while_the_tdi_has_leaves_or_owned_ranges() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let remove = SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    };
+    let refused = |what: &str| {
+        let before = w.image();
+        let out = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
+        assert_eq!(
+            out.rax,
+            TDX_DEVIF_TDISP_INVALID_STATE | 1,
+            "{what}: {:#x}",
+            out.rax
+        );
+        assert_eq!(
+            SeamRegs { rax: 0, ..out },
+            remove,
+            "{what}: registers written"
+        );
+        assert!(w.image() == before, "{what}: REMOVE changed something");
+    };
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let owner = |hpa: u64| {
+        w.fw.tsm()
+            .owner_of(tsm_core::Hpa::try_new(hpa).unwrap(), PageSize::Size4K)
+            .unwrap()
+    };
+    assert_eq!(owner(BAR), Some(TdiId::from_slot(tdi as u16)));
+    refused("bound, owning its report's ranges, no leaf");
+    // Two 4 KiB leaves, mapped as Linux maps them.
+    let leaf = |i: u64| GPA + (i << 12);
+    for i in 0..2 {
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: leaf(i),
+                rdx: td,
+                r8: BAR + (i << 12),
+                ..Default::default()
+            },
+        );
+    }
+    refused("bound with leaves");
+    // Unbind with the TD's TLB flush held back: STOP is acknowledged, the leaves stay blocked
+    // for the host to remove.
+    let guest = w.fw.td_of(td).unwrap().unwrap();
+    w.fw.tsm()
+        .with_table(|t| t.hold_flush(guest, true))
+        .unwrap();
+    let out = w.relayed(
+        abi::TSM_DEVIF_UNBIND,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        out.rax,
+        TDX_TLB_TRACKING_NOT_DONE | u64::from(OPERAND_ID_TD_EPOCH)
+    );
+    refused("unbinding, leaves blocked");
+    w.fw.tsm()
+        .with_table(|t| t.hold_flush(guest, false))
+        .unwrap();
+    // The host's own zap of the first leaf, with Linux's registers: BLOCK (already blocked:
+    // success, no change), TRACK, UNMAP (R8 the page it freed).
+    let linux = SeamRegs {
+        rcx: leaf(0),
+        rdx: td,
+        ..Default::default()
+    };
+    w.ok(abi::TDH_MMIO_BLOCK, linux);
+    let tracked = w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    );
+    assert!(
+        tracked.rax == TDX_SUCCESS
+            || tracked.rax == TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_RCX),
+        "{:#x}",
+        tracked.rax
+    );
+    let out = w.ok(abi::TDH_MMIO_UNMAP, linux);
+    assert_eq!(out.r8, BAR);
+    refused("unbinding, one leaf left, ranges still owned");
+    // The unbind removes what the host left and ends owning nothing, with no leaf.
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    assert_eq!(owner(BAR), None);
+    assert_eq!(owner(BAR + 0x1000), None);
+    for i in 0..2 {
+        let out = w.call(
+            u64::from(abi::TDH_MEM_SEPT_RD),
+            SeamRegs {
+                rcx: leaf(i),
+                rdx: td,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.rax & CODE_MASK, TDX_EPT_WALK_FAILED, "leaf {i}");
+    }
+    let zap = w.call(
+        u64::from(abi::TSM_MMIO_ZAP_CHECK),
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(zap.rax, TDX_SUCCESS, "the BAR is no one's");
+    // Unbound: it owns nothing, so it can go; its message pages go with it.
+    w.ok(abi::TDH_DEVIF_REMOVE, remove);
+    assert_eq!(w.fw.message_pages(TdiId::from_slot(tdi as u16)), Ok(None));
+    let again = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
+    assert_eq!(again.rax, TDX_OPERAND_INVALID | 1);
+}
