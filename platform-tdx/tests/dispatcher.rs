@@ -2212,3 +2212,75 @@ fn devif_remove_is_refused_while_the_tdi_has_leaves_or_owned_ranges() {
     let again = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
     assert_eq!(again.rax, TDX_OPERAND_INVALID | 1);
 }
+
+/// TDH.MMIO.MAP of a page no bound TDI holds is checked like any map before the core's
+/// `HpaNotOwned` answer: alignment first, then reserved memory (`TSM_RESERVED_MEMORY` + R8),
+/// and only then `TDX_PAGE_METADATA_INCORRECT` + R8; none changes anything.
+#[test]
+fn mmio_map_of_an_unowned_page_checks_alignment_and_reserved_memory_first() {
+    let mut mem = vec![Page::ZERO; 32];
+    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
+    let reserved =
+        tsm_core::ReservedMemory::from_ranges(&[MmioRange::from_raw(0x9000_0000, 512).unwrap()])
+            .unwrap();
+    let fw = TdxModule::with_reserved(
+        Sept::new(pool, SeptLevels::Four),
+        ModelSession::model(),
+        reserved,
+    );
+    let mut host = vec![0u8; HOST_PAGES * MESSAGE_PAGE_BYTES];
+    let call = |host: &mut Vec<u8>, regs: SeamRegs| {
+        let mut regs = regs;
+        Dispatcher::new(&fw, HostBuffer::new(HOST, host)).seamcall(&mut regs);
+        regs
+    };
+    let tdr = host_page(TDR_FIRST);
+    let created = call(
+        &mut host,
+        SeamRegs {
+            rax: 9,
+            rcx: tdr,
+            rdx: HKID,
+            ..Default::default()
+        },
+    );
+    assert_eq!(created.rax, TDX_SUCCESS);
+    let image = |host: &Vec<u8>| {
+        (
+            fw.snapshot_with(|t| {
+                (
+                    t.pool().pages().copied().collect::<Vec<_>>(),
+                    t.bookkeeping(),
+                )
+            })
+            .unwrap(),
+            host.clone(),
+        )
+    };
+    let before = image(&host);
+    let map = |r8: u64| SeamRegs {
+        rax: 158,
+        rcx: GPA | 1,
+        rdx: tdr,
+        r8,
+        ..Default::default()
+    };
+    for (what, r8, expect) in [
+        (
+            "reserved and misaligned",
+            0x9000_1000,
+            TDX_OPERAND_INVALID | 8,
+        ),
+        ("reserved", 0x9000_0000, TSM_RESERVED_MEMORY | 8),
+        (
+            "the page just below reserved memory",
+            0x8fe0_0000,
+            TDX_PAGE_METADATA_INCORRECT | 8,
+        ),
+        ("no one's", BAR, TDX_PAGE_METADATA_INCORRECT | 8),
+    ] {
+        let out = call(&mut host, map(r8));
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert!(image(&host) == before, "{what} changed something");
+    }
+}
