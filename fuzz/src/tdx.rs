@@ -1466,7 +1466,6 @@ impl World<'_> {
                     rcx,
                     rdx: self.td(td),
                     r8,
-                    r9: tdi_slot(tdi),
                     ..r
                 };
                 self.seamcall(leaf(abi::TDH_MMIO_MAP), regs);
@@ -1482,7 +1481,6 @@ impl World<'_> {
                         rcx: page_info(gpa + i * 0x1000, 0),
                         rdx: td,
                         r8: first.base().as_u64() + i * 0x1000,
-                        r9: tdi_slot(tdi),
                         ..r
                     };
                     if self.seamcall(leaf(abi::TDH_MMIO_MAP), regs).rax != TDX_SUCCESS {

@@ -176,11 +176,21 @@ int main(void)
 	call("response, none outstanding", TDH_DEVIF_RESPONSE, r,
 	     TDX_DEVIF_TDISP_INVALID_REQ_STS | TDX_OPERAND_ID_RCX);
 
+	/*
+	 * TDH.MMIO.MAP as Linux's tdh_mmio_map() issues it: RCX gpa | level, RDX TDR, R8 HPA,
+	 * nothing else; the firmware finds the TDI that owns the page. R9 is reserved: a
+	 * non-zero R9 is refused, naming R9, and maps nothing.
+	 */
 	memset(r, 0, sizeof(*r));
 	r->rcx = TSM_TDX_PAGE_INFO(gpa, 1);
 	r->rdx = td;
 	r->r8 = bar;
-	r->r9 = tdi;
+	r->r9 = 1;
+	call("map, R9 set", TDH_MMIO_MAP, r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_R9);
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_PAGE_INFO(gpa, 1);
+	r->rdx = td;
+	r->r8 = bar;
 	call("map 2M", TDH_MMIO_MAP, r, TDX_SUCCESS);
 
 	/* Reserved bits in RAX and an unaligned page are refused with OPERAND_INVALID. */
@@ -192,7 +202,6 @@ int main(void)
 	r->rcx = TSM_TDX_PAGE_INFO(gpa + 0x1000, 1);
 	r->rdx = td;
 	r->r8 = bar;
-	r->r9 = tdi;
 	call("map unaligned", TDH_MMIO_MAP, r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_RCX);
 
 	/* The old host order: zap (and block) while bound. */

@@ -84,7 +84,9 @@ struct tsm_tdx_range_list {
                                           request written to the request page again */
 #define TDH_DEVIF_RESPONSE     140u    /* RCX TDI, RDX answer length in the response page (0: no
                                           answer; past TSM_TDX_MESSAGE_PAGE_BYTES: too long) */
-#define TDH_MMIO_MAP           158u    /* RCX page info, RDX TDR, R8 HPA, R9 TDI */
+#define TDH_MMIO_MAP           158u    /* RCX page info, RDX TDR, R8 HPA; R9 reserved (0):
+                                        * Linux's tdh_mmio_map() layout, the firmware finds
+                                        * the TDI that owns the page */
 #define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TDR */
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TDR -> R8 HPA */
 #define TSM_TD_DESTROY         0xF001u /* RCX TDR; the TDR then names no TD */

@@ -101,6 +101,9 @@ pub const TDH_SPDM_DELETE: u16 = 131;
 /// message buffers; which is which, and R8 reserved, are ours.)
 pub const TDH_DEVIF_CREATE: u16 = 137;
 /// TDH.DEVIF.REMOVE (TDX-IO: 138): RCX TDI handle. The TDI's message pages are forgotten.
+/// Refused (`TDX_DEVIF_TDISP_INVALID_STATE` + RCX, nothing changed) unless the TDI is unbound,
+/// and an unbound TDI owns no range and has no leaf: the core's unbind ends only once its last
+/// leaf is gone, whether it or the host (BLOCK, TRACK, UNMAP) removed them.
 pub const TDH_DEVIF_REMOVE: u16 = 138;
 /// TDH.DEVIF.REQUEST (TDX-IO: 139), here "the outstanding request again": RCX TDI. Writes
 /// the request the TDI waits on to its request page again (for a host that lost it) and
@@ -116,12 +119,27 @@ pub const TDH_DEVIF_REQUEST: u16 = 139;
 /// status of its failure). Bytes that are not the answer to the outstanding request
 /// (`TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX) change nothing.
 pub const TDH_DEVIF_RESPONSE: u16 = 140;
-/// TDH.MMIO.MAP (TDX-IO: 158): RCX page info, RDX TD, R8 host address, R9 TDI handle (ours:
-/// the TDX module finds the TDI in its MMIO metadata).
+/// TDH.MMIO.MAP (TDX-IO: 158), Linux's layout: RCX page info (`gpa | level`), RDX TDR PA, R8
+/// the MMIO page's host address; no TDI operand: the firmware finds the bound TDI whose report
+/// holds the page (`Tsm::owner_of`), as the TDX module does in its MMIO metadata. R9 is
+/// reserved ([`MMIO_MAP_RESERVED_R9`]). Outputs: none on success (Linux reads RCX/RDX only to
+/// print an error). Source: `tdh_mmio_map(tdr, gpa, level, hpa, *rcx, *rdx)`, "[RFC PATCH
+/// 12/12] KVM: TDX: Implement TDX specific private MMIO map/unmap for SEPT",
+/// <20250107142719.179636-13-yilun.xu@linux.intel.com> (kvm-coco-queue v6.13-rc2 base); number
+/// from intel/tdx-module `include/tdx_api_defs.h` @a56a9173cda32a711510ac2fb87ce049c22f1450.
 pub const TDH_MMIO_MAP: u16 = 158;
-/// TDH.MMIO.BLOCK (TDX-IO: 159): RCX page info, RDX TD.
+/// R9 of TDH.MMIO.MAP: Linux's `tdh_mmio_map` leaves it 0 (its `struct tdx_module_args` is
+/// zero-initialised and only RCX, RDX, R8 are set; same source as [`TDH_MMIO_MAP`]). Anything
+/// else (e.g. a TDI handle, as this firmware's earlier layout took there) is refused,
+/// `TDX_OPERAND_INVALID` + R9, never read as something else.
+pub const MMIO_MAP_RESERVED_R9: u64 = 0;
+/// TDH.MMIO.BLOCK (TDX-IO: 159), Linux's layout: RCX page info, RDX TDR PA. Source:
+/// `tdh_mmio_block(tdr, gpa, level, *rcx, *rdx)`, same RFC as [`TDH_MMIO_MAP`].
 pub const TDH_MMIO_BLOCK: u16 = 159;
-/// TDH.MMIO.UNMAP (TDX-IO: 160): RCX page info, RDX TD. Out: R8 the host address.
+/// TDH.MMIO.UNMAP (TDX-IO: 160), Linux's layout: RCX page info, RDX TDR PA. Out: R8 the host
+/// address (ours; Linux's `tdh_mmio_unmap(tdr, gpa, level, *rcx, *rdx)` reads back only RCX
+/// and RDX, to print an error, and this firmware leaves both as the caller sent them on
+/// success). Same source as [`TDH_MMIO_MAP`].
 pub const TDH_MMIO_UNMAP: u16 = 160;
 
 /// First leaf number of ours; every TDX leaf is below it.
@@ -379,7 +397,6 @@ pub const fn operands(leaf: u16) -> Operands {
             page: rcx,
             td: rdx,
             hpa: Some(OPERAND_ID_R8),
-            tdi: Some(OPERAND_ID_R9),
             ..none
         },
         TDH_MMIO_BLOCK | TDH_MMIO_UNMAP | TDH_MEM_SEPT_RD => Operands {
@@ -564,6 +581,39 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 }
                 status
             }
+        }
+    }
+
+    /// TDH.MMIO.MAP once its operands are decoded. The host names no TDI: the page's owner
+    /// is looked up, and the core maps for it, so the core still decides every refusal
+    /// (`TdiBound` for a page another TDI shares, `NotOwner`, the TDI's state, the S-EPT's).
+    /// The core's operand order is kept whatever the owner: alignment first (`Misaligned`,
+    /// RCX or R8 named in `finish`), then the page's range, reserved memory, and with no
+    /// owner the core's own answer for a page no bound TDI holds, `HpaNotOwned`
+    /// (`TDX_PAGE_METADATA_INCORRECT` + R8). Nothing changes on any refusal.
+    fn map_mmio(&self, td: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize) -> Outcome {
+        let tsm = self.tsm;
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Outcome::Core(Err(Error::Misaligned));
+        }
+        let page = match MmioRange::try_new(hpa, size.base_pages()) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Core(Err(e)),
+        };
+        if tsm.reserved().touches(&page) {
+            return Outcome::Core(Err(Error::ReservedMemory));
+        }
+        match tsm.owner_of(hpa, size) {
+            Err(e) => Outcome::Core(Err(e)),
+            Ok(None) => Outcome::Core(Err(Error::HpaNotOwned)),
+            Ok(Some(tdi)) => match tsm.map_mmio(tdi, td, gpa, hpa, size) {
+                // The owner was unbound (or unbound and removed) between the look-up and the
+                // map: the page is no bound TDI's any more.
+                Err(Error::TdiNotBound | Error::InvalidHandle) => {
+                    Outcome::Core(Err(Error::HpaNotOwned))
+                }
+                r => r.into(),
+            },
         }
     }
 
@@ -799,14 +849,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.bind(tdi, td, buf)))?
             }
             TDH_MMIO_MAP => {
-                let tdi: TdiId = decode_handle(r.r9, OPERAND_ID_R9).map_err(st)?;
                 let td = td_at(r.rdx, OPERAND_ID_RDX)?;
-                // Alignment of both addresses is the core's check (Misaligned, operand named
-                // in `finish`); only what the core cannot be handed is refused here.
+                if r.r9 != MMIO_MAP_RESERVED_R9 {
+                    return Err(refuse(invalid(OPERAND_ID_R9)));
+                }
                 let (gpa, size) = self.page_operand(leaf, r, td, false)?;
                 let hpa = Hpa::try_new(r.r8)
                     .map_err(|_| refuse(TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_R8)))?;
-                tsm.map_mmio(tdi, td, gpa, hpa, size).into()
+                self.map_mmio(td, gpa, hpa, size)
             }
             TDH_MMIO_BLOCK => {
                 let td = td_at(r.rdx, OPERAND_ID_RDX)?;

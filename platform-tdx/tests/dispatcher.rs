@@ -310,7 +310,6 @@ fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
             rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
             rdx: td,
             r8: BAR,
-            r9: tdi,
             ..Default::default()
         },
     );
@@ -326,7 +325,6 @@ fn malformed_calls_get_operand_invalid_and_change_nothing() {
         rcx,
         rdx: td,
         r8,
-        r9: tdi,
         ..Default::default()
     };
     let cases: [(&str, u64, SeamRegs, u64); 10] = [
@@ -437,7 +435,6 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
             rcx: page_info(Gpa::try_new(GPA + 0x40_0000).unwrap(), PageSize::Size2M),
             rdx: 9,
             r8: BAR + 0x20_0000,
-            r9: tdi,
             ..Default::default()
         },
     );
@@ -555,7 +552,7 @@ fn track_busy_sept_read_and_guest_accept() {
 #[test]
 fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
     let mut mem = vec![Page::ZERO; 32];
-    let (w, td, tdi) = bound_world(&mut mem);
+    let (w, td, _) = bound_world(&mut mem);
     let host = BufferMemory {
         base: 0,
         bytes: &[],
@@ -586,7 +583,6 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
                     abi::TDH_MMIO_MAP,
                     SeamRegs {
                         r8: BAR + 0x20_0000,
-                        r9: tdi,
                         ..with_td
                     },
                 ),
@@ -661,7 +657,6 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
     assert_eq!(w.fw.td_of(td), Ok(Some(ctd)));
     assert_eq!(u64::from(ctdi.slot()), tdi);
     let unknown_td = tsm_core::GuestId::from_slot(9);
-    let unknown_tdi = tsm_core::TdiId::from_slot(99);
     let gpa = |v: u64| Gpa::try_new(v).unwrap();
     let hpa = |v: u64| tsm_core::Hpa::try_new(v).unwrap();
     let k2m = PageSize::Size2M;
@@ -689,16 +684,48 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
             core.host_unmap(unknown_td, gpa(misaligned), k2m).map(drop),
         ),
         (
-            "map: unknown TDI, misaligned GPA",
+            "map: misaligned GPA (the host names no TDI; the core is asked for the owner)",
             abi::TDH_MMIO_MAP,
             SeamRegs {
                 rcx: misaligned | 1,
                 rdx: td,
                 r8: BAR + 0x20_0000,
-                r9: 99,
                 ..Default::default()
             },
-            core.map_mmio(unknown_tdi, ctd, gpa(misaligned), hpa(BAR + 0x20_0000), k2m),
+            core.map_mmio(ctdi, ctd, gpa(misaligned), hpa(BAR + 0x20_0000), k2m),
+        ),
+        (
+            "map: unknown TD, misaligned GPA",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: misaligned | 1,
+                rdx: 9,
+                r8: BAR + 0x20_0000,
+                ..Default::default()
+            },
+            core.map_mmio(ctdi, unknown_td, gpa(misaligned), hpa(BAR + 0x20_0000), k2m),
+        ),
+        (
+            "map: a page no bound TDI holds, misaligned host address",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: (GPA + 0x40_0000) | 1,
+                rdx: td,
+                r8: BAR + 0x40_1000,
+                ..Default::default()
+            },
+            core.map_mmio(ctdi, ctd, gpa(GPA + 0x40_0000), hpa(BAR + 0x40_1000), k2m),
+        ),
+        (
+            "map: a page no bound TDI holds",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: (GPA + 0x40_0000) | 1,
+                rdx: td,
+                r8: BAR + 0x40_0000,
+                ..Default::default()
+            },
+            core.map_mmio(ctdi, ctd, gpa(GPA + 0x40_0000), hpa(BAR + 0x40_0000), k2m),
         ),
         (
             "map: misaligned host address",
@@ -707,22 +734,20 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
                 rcx: (GPA + 0x40_0000) | 1,
                 rdx: td,
                 r8: BAR + 0x1000,
-                r9: tdi,
                 ..Default::default()
             },
             core.map_mmio(ctdi, ctd, gpa(GPA + 0x40_0000), hpa(BAR + 0x1000), k2m),
         ),
         (
-            "map: unknown TDI, GPA beyond the 4-level S-EPT",
+            "map: unknown TD, GPA beyond the 4-level S-EPT",
             abi::TDH_MMIO_MAP,
             SeamRegs {
                 rcx: (1 << 48) | 1,
-                rdx: td,
+                rdx: 9,
                 r8: BAR + 0x20_0000,
-                r9: 99,
                 ..Default::default()
             },
-            core.map_mmio(unknown_tdi, ctd, gpa(1 << 48), hpa(BAR + 0x20_0000), k2m),
+            core.map_mmio(ctdi, unknown_td, gpa(1 << 48), hpa(BAR + 0x20_0000), k2m),
         ),
         (
             "block: unknown TD, GPA beyond the 4-level S-EPT",
@@ -767,18 +792,29 @@ fn handles_are_checked_before_the_dispatchers_own_operand_checks() {
     let mut mem = vec![Page::ZERO; 32];
     let (w, td, tdi) = bound_world(&mut mem);
     let before = w.image();
-    let cases: [(&str, u16, SeamRegs, u64); 7] = [
+    let cases: [(&str, u16, SeamRegs, u64); 8] = [
         (
-            "map: unknown TDI, host address past 2^52",
+            "map: unknown TD, host address past 2^52",
             abi::TDH_MMIO_MAP,
             SeamRegs {
                 rcx: (GPA + 0x40_0000) | 1,
-                rdx: td,
+                rdx: 9,
                 r8: 1 << 52,
-                r9: 99,
                 ..Default::default()
             },
-            TDX_OPERAND_INVALID | 9,
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "map: unknown TD, R9 set (the TDI of the earlier layout)",
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: (GPA + 0x40_0000) | 1,
+                rdx: 9,
+                r8: BAR + 0x20_0000,
+                r9: tdi,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 2,
         ),
         (
             "map: unknown TD, page-info reserved bits",
@@ -787,7 +823,6 @@ fn handles_are_checked_before_the_dispatchers_own_operand_checks() {
                 rcx: GPA | 1 << 60,
                 rdx: 9,
                 r8: BAR,
-                r9: tdi,
                 ..Default::default()
             },
             TDX_OPERAND_INVALID | 2,
@@ -878,7 +913,6 @@ fn track_past_a_window(host_tracks: bool) {
                 ),
                 rdx: td,
                 r8: BAR + 0x20_0000 + (i << 12),
-                r9: tdi,
                 ..Default::default()
             },
         );
@@ -1087,7 +1121,6 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
             rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
             rdx: td,
             r8: BAR,
-            r9: tdi,
             ..Default::default()
         },
     );
@@ -1802,7 +1835,6 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
                     rcx: page,
                     rdx: not_a_td,
                     r8: BAR,
-                    r9: tdi,
                     ..Default::default()
                 },
                 2,
@@ -1892,4 +1924,363 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
     assert_eq!(out.rax, TDX_OPERAND_INVALID | 1);
     w.ok(abi::TDH_MNG_CREATE, input);
     assert!(w.fw.td_of(tdr).unwrap().is_some());
+}
+
+/// TDH.MMIO.MAP, BLOCK and UNMAP as Linux issues them ("[RFC PATCH 12/12] KVM: TDX: Implement
+/// TDX specific private MMIO map/unmap for SEPT", <20250107142719.179636-13-yilun.xu@linux.intel.com>):
+/// `tdh_mmio_map(tdr, gpa, level, hpa)` is RAX 158, RCX `gpa | level`, RDX the TDR PA, R8 the
+/// MMIO page, every other register 0 (zero-initialised `struct tdx_module_args`); BLOCK 159
+/// and UNMAP 160 are RCX `gpa | level`, RDX the TDR PA. KVM maps private MMIO 4 KiB at a time
+/// (level 0). The firmware finds the TDI owning the page itself; each refusal names its
+/// register and changes nothing.
+#[test]
+fn mmio_map_block_unmap_take_linux_registers() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let gpa4k = GPA + 0x20_0000;
+    let hpa4k = BAR + 0x20_0000;
+    let linux_map = SeamRegs {
+        rax: 158,
+        rcx: gpa4k, // | 0: 4 KiB
+        rdx: td,
+        r8: hpa4k,
+        ..Default::default()
+    };
+    // Refusals first, each against the same state.
+    let other_td = w.create_td();
+    let before = w.image();
+    let refusals: [(&str, SeamRegs, u64); 9] = [
+        (
+            "R9 holding a TDI handle (this firmware's earlier layout; slot 0 is 0 itself)",
+            SeamRegs {
+                r9: tdi + 1,
+                ..linux_map
+            },
+            TDX_OPERAND_INVALID | 9,
+        ),
+        (
+            "R9 any other non-zero value",
+            SeamRegs {
+                r9: 1 << 63,
+                ..linux_map
+            },
+            TDX_OPERAND_INVALID | 9,
+        ),
+        (
+            "level 3",
+            SeamRegs {
+                rcx: gpa4k | 3,
+                ..linux_map
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "RDX naming no TD (a TDI handle, say)",
+            SeamRegs {
+                rdx: tdi,
+                ..linux_map
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "a page no bound TDI holds",
+            SeamRegs {
+                r8: BAR + 0x40_0000,
+                ..linux_map
+            },
+            TDX_PAGE_METADATA_INCORRECT | 8,
+        ),
+        (
+            "a page no bound TDI holds, misaligned: alignment first, as the core",
+            SeamRegs {
+                r8: BAR + 0x40_0800,
+                ..linux_map
+            },
+            TDX_OPERAND_INVALID | 8,
+        ),
+        (
+            "an owned page, misaligned GPA",
+            SeamRegs {
+                rcx: gpa4k + 0x800,
+                ..linux_map
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "an owned page for a TD that does not own its TDI",
+            SeamRegs {
+                rdx: other_td,
+                ..linux_map
+            },
+            TDX_MMIO_DEVIF_OWNER_MISMATCH | 2,
+        ),
+        (
+            "an owned page already mapped (the 2 MiB leaf's host page)",
+            SeamRegs {
+                r8: BAR,
+                ..linux_map
+            },
+            TDX_PAGE_NOT_FREE | 8,
+        ),
+    ];
+    for (what, regs, expect) in refusals {
+        let out = w.call(regs.rax, regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert_eq!(
+            SeamRegs {
+                rax: regs.rax,
+                ..out
+            },
+            regs,
+            "{what}: a refusal writes no register but RAX"
+        );
+        assert!(w.image() == before, "{what} changed state");
+    }
+    // Linux's exact call maps the page for the TDI whose report holds it; Linux reads nothing
+    // back on success and the registers come back as sent.
+    let out = w.call(linux_map.rax, linux_map);
+    assert_eq!(
+        out,
+        SeamRegs {
+            rax: 0,
+            ..linux_map
+        }
+    );
+    let rd = w.ok(
+        abi::TDH_MEM_SEPT_RD,
+        SeamRegs {
+            rcx: gpa4k,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    // RDX: the walk level (1, the 4 KiB leaf) | state << 8.
+    assert_eq!(rd.rdx, 1 | (SeptState::MmioPending as u64) << 8);
+    // BLOCK and UNMAP with Linux's registers reach the core: the TDI is bound and its device
+    // can reach the guest, so both are the core's TdiBound naming RCX, and change nothing.
+    let before = w.image();
+    for leaf in [159, 160] {
+        let regs = SeamRegs {
+            rax: leaf,
+            rcx: gpa4k,
+            rdx: td,
+            ..Default::default()
+        };
+        let out = w.call(leaf, regs);
+        assert_eq!(out.rax, TDX_DEVIF_TDISP_INVALID_STATE | 1, "{leaf}");
+        assert_eq!(SeamRegs { rax: leaf, ..out }, regs, "{leaf}");
+        assert!(w.image() == before, "{leaf} changed state");
+    }
+}
+
+/// TDH.DEVIF.REMOVE (138) refuses a TDI that has leaves or owns ranges, naming RCX and
+/// changing nothing: the core refuses removing a TDI that is not unbound (bound, or unbinding
+/// until its last leaf is gone), and an unbound TDI owns nothing by construction. Shown
+/// through the leaves alone, including after the host tore the leaves down itself (BLOCK,
+/// TRACK, UNMAP as Linux's zap issues them, allowed once STOP_INTERFACE is acknowledged; the
+/// scenario `tests/scenarios/host-teardown.scn`): the finished unbind leaves the TDI owning
+/// nothing, with no leaf, and only then does REMOVE succeed.
+#[test]
+fn devif_remove_is_refused_while_the_tdi_has_leaves_or_owned_ranges() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let remove = SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    };
+    let refused = |what: &str| {
+        let before = w.image();
+        let out = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
+        assert_eq!(
+            out.rax,
+            TDX_DEVIF_TDISP_INVALID_STATE | 1,
+            "{what}: {:#x}",
+            out.rax
+        );
+        assert_eq!(
+            SeamRegs { rax: 0, ..out },
+            remove,
+            "{what}: registers written"
+        );
+        assert!(w.image() == before, "{what}: REMOVE changed something");
+    };
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let owner = |hpa: u64| {
+        w.fw.tsm()
+            .owner_of(tsm_core::Hpa::try_new(hpa).unwrap(), PageSize::Size4K)
+            .unwrap()
+    };
+    assert_eq!(owner(BAR), Some(TdiId::from_slot(tdi as u16)));
+    refused("bound, owning its report's ranges, no leaf");
+    // Two 4 KiB leaves, mapped as Linux maps them.
+    let leaf = |i: u64| GPA + (i << 12);
+    for i in 0..2 {
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: leaf(i),
+                rdx: td,
+                r8: BAR + (i << 12),
+                ..Default::default()
+            },
+        );
+    }
+    refused("bound with leaves");
+    // Unbind with the TD's TLB flush held back: STOP is acknowledged, the leaves stay blocked
+    // for the host to remove.
+    let guest = w.fw.td_of(td).unwrap().unwrap();
+    w.fw.tsm()
+        .with_table(|t| t.hold_flush(guest, true))
+        .unwrap();
+    let out = w.relayed(
+        abi::TSM_DEVIF_UNBIND,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        out.rax,
+        TDX_TLB_TRACKING_NOT_DONE | u64::from(OPERAND_ID_TD_EPOCH)
+    );
+    refused("unbinding, leaves blocked");
+    w.fw.tsm()
+        .with_table(|t| t.hold_flush(guest, false))
+        .unwrap();
+    // The host's own zap of the first leaf, with Linux's registers: BLOCK (already blocked:
+    // success, no change), TRACK, UNMAP (R8 the page it freed).
+    let linux = SeamRegs {
+        rcx: leaf(0),
+        rdx: td,
+        ..Default::default()
+    };
+    w.ok(abi::TDH_MMIO_BLOCK, linux);
+    let tracked = w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    );
+    assert!(
+        tracked.rax == TDX_SUCCESS
+            || tracked.rax == TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_RCX),
+        "{:#x}",
+        tracked.rax
+    );
+    let out = w.ok(abi::TDH_MMIO_UNMAP, linux);
+    assert_eq!(out.r8, BAR);
+    refused("unbinding, one leaf left, ranges still owned");
+    // The unbind removes what the host left and ends owning nothing, with no leaf.
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    assert_eq!(owner(BAR), None);
+    assert_eq!(owner(BAR + 0x1000), None);
+    for i in 0..2 {
+        let out = w.call(
+            u64::from(abi::TDH_MEM_SEPT_RD),
+            SeamRegs {
+                rcx: leaf(i),
+                rdx: td,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.rax & CODE_MASK, TDX_EPT_WALK_FAILED, "leaf {i}");
+    }
+    let zap = w.call(
+        u64::from(abi::TSM_MMIO_ZAP_CHECK),
+        SeamRegs {
+            rcx: BAR,
+            rdx: 1024,
+            ..Default::default()
+        },
+    );
+    assert_eq!(zap.rax, TDX_SUCCESS, "the BAR is no one's");
+    // Unbound: it owns nothing, so it can go; its message pages go with it.
+    w.ok(abi::TDH_DEVIF_REMOVE, remove);
+    assert_eq!(w.fw.message_pages(TdiId::from_slot(tdi as u16)), Ok(None));
+    let again = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
+    assert_eq!(again.rax, TDX_OPERAND_INVALID | 1);
+}
+
+/// TDH.MMIO.MAP of a page no bound TDI holds is checked like any map before the core's
+/// `HpaNotOwned` answer: alignment first, then reserved memory (`TSM_RESERVED_MEMORY` + R8),
+/// and only then `TDX_PAGE_METADATA_INCORRECT` + R8; none changes anything.
+#[test]
+fn mmio_map_of_an_unowned_page_checks_alignment_and_reserved_memory_first() {
+    let mut mem = vec![Page::ZERO; 32];
+    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
+    let reserved =
+        tsm_core::ReservedMemory::from_ranges(&[MmioRange::from_raw(0x9000_0000, 512).unwrap()])
+            .unwrap();
+    let fw = TdxModule::with_reserved(
+        Sept::new(pool, SeptLevels::Four),
+        ModelSession::model(),
+        reserved,
+    );
+    let mut host = vec![0u8; HOST_PAGES * MESSAGE_PAGE_BYTES];
+    let call = |host: &mut Vec<u8>, regs: SeamRegs| {
+        let mut regs = regs;
+        Dispatcher::new(&fw, HostBuffer::new(HOST, host)).seamcall(&mut regs);
+        regs
+    };
+    let tdr = host_page(TDR_FIRST);
+    let created = call(
+        &mut host,
+        SeamRegs {
+            rax: 9,
+            rcx: tdr,
+            rdx: HKID,
+            ..Default::default()
+        },
+    );
+    assert_eq!(created.rax, TDX_SUCCESS);
+    let image = |host: &Vec<u8>| {
+        (
+            fw.snapshot_with(|t| {
+                (
+                    t.pool().pages().copied().collect::<Vec<_>>(),
+                    t.bookkeeping(),
+                )
+            })
+            .unwrap(),
+            host.clone(),
+        )
+    };
+    let before = image(&host);
+    let map = |r8: u64| SeamRegs {
+        rax: 158,
+        rcx: GPA | 1,
+        rdx: tdr,
+        r8,
+        ..Default::default()
+    };
+    for (what, r8, expect) in [
+        (
+            "reserved and misaligned",
+            0x9000_1000,
+            TDX_OPERAND_INVALID | 8,
+        ),
+        ("reserved", 0x9000_0000, TSM_RESERVED_MEMORY | 8),
+        (
+            "the page just below reserved memory",
+            0x8fe0_0000,
+            TDX_PAGE_METADATA_INCORRECT | 8,
+        ),
+        ("no one's", BAR, TDX_PAGE_METADATA_INCORRECT | 8),
+    ] {
+        let out = call(&mut host, map(r8));
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert!(image(&host) == before, "{what} changed something");
+    }
 }

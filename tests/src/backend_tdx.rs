@@ -416,7 +416,14 @@ impl Backend for TdxBackend<'_, '_> {
         Ok(())
     }
 
-    /// TDH.MMIO.MAP.
+    /// TDH.MMIO.MAP as Linux issues it (`tdh_mmio_map`: RCX `gpa | level`, RDX TDR PA, R8
+    /// HPA, nothing else). TDX's host names no TDI: the firmware maps for the page's owner.
+    /// A scenario names the TDI it maps for, as a Linux host knows whose dma-buf the page
+    /// comes from; a page that is not that TDI's is one that host never hands to
+    /// TDH.MMIO.MAP for it, and the ABI cannot say "for `tdi`". So the backend issues the
+    /// leaf only for a page `tdi` owns; otherwise (the look-up refusing included) the answer
+    /// is the core's refusal for `tdi`, which by construction changes nothing (a success
+    /// there would be reported as `Inconsistent`, so the firmwares would disagree).
     fn map(
         &mut self,
         tdi: TdiId,
@@ -425,11 +432,17 @@ impl Backend for TdxBackend<'_, '_> {
         hpa: Hpa,
         size: PageSize,
     ) -> TsmResult<()> {
+        let core = self.tsm.tsm();
+        if core.owner_of(hpa, size) != Ok(Some(tdi)) {
+            return match core.map_mmio(tdi, guest, gpa, hpa, size) {
+                Ok(()) => Err(Error::Inconsistent),
+                Err(e) => Err(e),
+            };
+        }
         let regs = SeamRegs {
             rcx: page_info(gpa, size),
             rdx: self.tdr(guest),
             r8: hpa.as_u64(),
-            r9: handle_reg(tdi),
             ..SeamRegs::default()
         };
         self.done(abi::TDH_MMIO_MAP, regs)

@@ -1559,3 +1559,25 @@ fn the_host_may_tear_down_leaves_only_once_the_device_cannot_reach_the_guest() {
         );
     }
 }
+
+#[test]
+fn the_owner_of_a_page_is_the_bound_tdi_whose_report_holds_it() {
+    let w = bound(0);
+    let tsm = &w.tsm;
+    assert_eq!(tsm.owner_of(hpa(BAR), PageSize::Size4K), Ok(Some(w.t0)));
+    assert_eq!(
+        tsm.owner_of(hpa(BAR + 0x1f_f000), PageSize::Size4K),
+        Ok(Some(w.t0))
+    );
+    assert_eq!(tsm.owner_of(hpa(BAR), PageSize::Size2M), Ok(Some(w.t0)));
+    assert_eq!(
+        tsm.owner_of(hpa(BAR + 0x20_0000), PageSize::Size4K),
+        Ok(None)
+    );
+    assert_eq!(
+        tsm.owner_of(hpa(u64::MAX & !0xfff & ((1 << 52) - 1)), PageSize::Size1G),
+        Err(Error::InvalidRange)
+    );
+    tsm.unbind(w.t0).unwrap();
+    assert_eq!(tsm.owner_of(hpa(BAR), PageSize::Size4K), Ok(None));
+}

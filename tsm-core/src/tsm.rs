@@ -1281,6 +1281,15 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             .ok_or(Error::InvalidHandle)
     }
 
+    /// The bound TDI whose report shares a byte with the page at `hpa` of `size` (private or
+    /// shared range), if any: what a platform whose host names no TDI in a map request (TDX's
+    /// TDH.MMIO.MAP) asks before mapping. One lookup under the ownership lock.
+    pub fn owner_of(&self, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
+        let page = MmioRange::try_new(hpa, size.base_pages())?;
+        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        Ok(owners.overlapping(&page).map(|o| o.tdi))
+    }
+
     /// The private ranges `tdi` owns (empty when unbound).
     pub fn owned_ranges(
         &self,
