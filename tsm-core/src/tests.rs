@@ -1575,7 +1575,7 @@ fn the_owner_of_a_page_is_the_bound_tdi_whose_report_holds_it() {
         Ok(None)
     );
     assert_eq!(
-        tsm.owner_of(hpa(u64::MAX & !0xfff & ((1 << 52) - 1)), PageSize::Size1G),
+        tsm.owner_of(hpa(!0xfff & ((1 << 52) - 1)), PageSize::Size1G),
         Err(Error::InvalidRange)
     );
     tsm.unbind(w.t0).unwrap();
