@@ -462,7 +462,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     /// Reads the host's answer in the response page once, into firmware memory, and rebuilds
     /// the DOE object the device sent ([`relay::decode_response`]): `None` when the host says
     /// the device did not answer. An unreadable page is `INVALID_ADDRESS`, a buffer that does
-    /// not hold a response `RelayMalformed`; nothing changes either way.
+    /// not hold the answer `RelayMalformed`, a consistent answer longer than the firmware takes
+    /// `RESPONSE_TOO_LARGE` (detail 0); nothing changes in any case.
     fn response(
         &self,
         mem: &dyn SystemMemory,
@@ -474,8 +475,11 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             .map_err(|_| SevStatus::INVALID_ADDRESS)?;
         let n = self.tsm.with_transport(|r| {
             relay::decode_response(&window, |b| r.session_mut().record_len(b), out)
-        })??;
-        Ok(n)
+        })?;
+        n.map_err(|e| match e {
+            relay::Refused::Malformed => Error::RelayMalformed.into(),
+            relay::Refused::TooLarge => SevStatus::RESPONSE_TOO_LARGE.into(),
+        })
     }
 
     /// One core step of a command that relays: `start` for a fresh issue, or, for a
