@@ -37,6 +37,9 @@ pub enum Reach {
     Refused,
     /// Only that the checks pass.
     Checks,
+    /// TIO commands refused before TIO_INIT, TIO_STATUS answered before and after it, one
+    /// TIO_INIT, and a TDI bound after it.
+    TioInit,
 }
 
 /// One seed file.
@@ -1029,6 +1032,15 @@ fn sev_seeds() -> Vec<Seed> {
         (Answer::Genuine, RespMut::Length { d: 32 }),
         (Answer::Genuine, RespMut::PayloadSize),
         (Answer::Genuine, RespMut::Encrypted),
+        // A consistent answer longer than any the firmware takes: RESPONSE_TOO_LARGE.
+        (
+            Answer::Bytes {
+                len: 399,
+                fill: 0x5a,
+                doe: false,
+            },
+            RespMut::Fine,
+        ),
         (Answer::Replay { back: 3 }, RespMut::Fine),
         (Answer::Reflect, RespMut::Fine),
         (Answer::TooLong, RespMut::Fine),
@@ -1143,6 +1155,76 @@ fn sev_seeds() -> Vec<Seed> {
         "relay-continuations",
         sev::encode(Stage::Bound, &cmds),
         Reach::Relays,
+    ));
+
+    // Linux's init as commands (sev_tio_init_locked: TIO_STATUS, TIO_INIT, TIO_STATUS) with
+    // TIO refused before it, a misplaced status page, a reserved field set, a short TIO_INIT,
+    // TIO_INIT twice, then a device connected and a TDI bound.
+    let cmds = vec![
+        Cmd::DevCreate {
+            d: 0,
+            cfg: 0,
+            m: m0(),
+        },
+        Cmd::GctxCreate { g: 0, m: m0() },
+        Cmd::Activate {
+            g: 0,
+            asid: 5,
+            m: m0(),
+        },
+        Cmd::TioStatus { out: 2, m: m0() },
+        Cmd::TioStatus {
+            out: 0,
+            m: [
+                Mut::Field {
+                    field: 1,
+                    val: Val::Raw { v: 1 },
+                },
+                Mut::Keep,
+            ],
+        },
+        Cmd::TioStatus { out: 0, m: m0() },
+        Cmd::TioInit {
+            m: [Mut::Length { len: 8 }, Mut::Keep],
+        },
+        Cmd::TdiStatus {
+            d: 0,
+            t: 0,
+            out: 0,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        Cmd::TioInit { m: m0() },
+        Cmd::TioStatus { out: 0, m: m0() },
+        Cmd::TioInit { m: m0() },
+        Cmd::DevCreate {
+            d: 0,
+            cfg: 0,
+            m: m0(),
+        },
+        Cmd::DevConnect { d: 0, m: m0() },
+        Cmd::TdiCreate {
+            d: 0,
+            t: 0,
+            bus: 0,
+            func: 0,
+            m: m0(),
+        },
+        Cmd::TdiBind {
+            d: 0,
+            t: 0,
+            g: 0,
+            gdev: 0,
+            m: m0(),
+            relay: Relay::Drive,
+        },
+        Cmd::TioStatus { out: 1, m: m0() },
+    ];
+    out.push(seed(
+        "sev_dispatcher",
+        "tio-init",
+        sev::encode(Stage::Uninit, &cmds),
+        Reach::TioInit,
     ));
     out
 }
@@ -1529,7 +1611,7 @@ pub fn check(s: &Seed) -> Result<String, String> {
                     st.malformed > 0 && st.exempt > 0 && st.run && st.unbound && st.relays > 0
                 }
                 Reach::Checks => true,
-                Reach::Bound | Reach::Refused => false,
+                Reach::Bound | Reach::Refused | Reach::TioInit => false,
             };
             (format!("{st:?}"), reached)
         }
@@ -1544,7 +1626,14 @@ pub fn check(s: &Seed) -> Result<String, String> {
                 Reach::ResumableUnbind => st.resumable > 0 && st.unbound,
                 Reach::Error => st.error && st.unbound && st.refused_in_answer > 0,
                 Reach::Relays => {
-                    st.malformed > 0 && st.refused_in_answer > 0 && st.run && st.unbound
+                    st.malformed > 0
+                        && st.too_large > 0
+                        && st.refused_in_answer > 0
+                        && st.run
+                        && st.unbound
+                }
+                Reach::TioInit => {
+                    st.before_init > 0 && st.tio_inits == 1 && st.tio_status >= 2 && st.locked
                 }
                 Reach::Checks => true,
                 Reach::Bound | Reach::Refused => false,

@@ -132,6 +132,10 @@ ops! {
         Started,
         /// + TDI 1 bound to G1 with 80 4 KiB leaves.
         Many,
+        /// Nothing, and TIO not initialised: Linux's init (TIO_STATUS, TIO_INIT, TIO_STATUS,
+        /// `sev_tio_init_locked`) is left to the commands; every other TIO command answers
+        /// INVALID_PLATFORM_STATE until TIO_INIT ran.
+        Uninit,
     }
 }
 
@@ -313,6 +317,11 @@ ops! {
         HostRmp { page: u16, assign: bool, psmash: bool },
         /// Any command ID and buffer.
         Raw { id: u16, len: u8, words: [u64; 6] },
+        /// TIO_STATUS (0xD0) writing `sev_tio_status` to status page pick `out` (default
+        /// [`TIO_STATUS_PAGE`]).
+        TioStatus { out: u8, m: [Mut; 2] },
+        /// TIO_INIT (0xD1).
+        TioInit { m: [Mut; 2] },
     }
 }
 
@@ -345,6 +354,14 @@ pub struct Stats {
     pub relays: usize,
     /// Continuations refused as not the device's answer.
     pub malformed: usize,
+    /// Continuations refused as RESPONSE_TOO_LARGE.
+    pub too_large: usize,
+    /// TIO_STATUS answers written.
+    pub tio_status: usize,
+    /// TIO_INIT runs that initialised TIO.
+    pub tio_inits: usize,
+    /// TIO commands refused as INVALID_PLATFORM_STATE before TIO_INIT.
+    pub before_init: usize,
 }
 
 type Fw = Sev<Vec<RmpEntry>, ModelSession>;
@@ -364,6 +381,8 @@ struct State {
     tdis: Vec<TdiCtx>,
     tdisp: Vec<(u32, TdispState)>,
     mem: Vec<u8>,
+    /// TIO_INIT ran.
+    tio: bool,
 }
 
 /// What the host handed a continuation, for the answer oracle.
@@ -484,7 +503,7 @@ fn len<C: Command>() -> u32 {
 pub fn run(data: &[u8]) -> Stats {
     let mut u = Unstructured::new(data);
     let stage = Stage::arbitrary(&mut u).unwrap_or(Stage::Empty);
-    let mut w = World::new();
+    let mut w = World::new(stage != Stage::Uninit);
     w.setup(stage);
     let mut n = 0;
     while !u.is_empty() && n < MAX_CMDS {
@@ -499,7 +518,8 @@ pub fn run(data: &[u8]) -> Stats {
 }
 
 impl World {
-    fn new() -> Self {
+    /// The world, with Linux's TIO init done when `tio`.
+    fn new(tio: bool) -> Self {
         let rmp = Rmp::new(
             Hpa::try_new(RMP_BASE).unwrap_or_else(|e| fail(e)),
             vec![RmpEntry::new(); RMP_PAGES],
@@ -532,7 +552,7 @@ impl World {
         let system = ReservedMemory::from_ranges(&[r(MEM, 16)]).unwrap_or_else(|e| fail(e));
         let mut sev = Sev::new(rmp, ModelSession::model(), system);
         // Linux's init first (`sev_tio_init_locked`): TIO_STATUS, TIO_INIT, TIO_STATUS.
-        if host::tio_init(&mut sev, &mut mem, TIO_STATUS_PAGE).is_err() {
+        if tio && host::tio_init(&mut sev, &mut mem, TIO_STATUS_PAGE).is_err() {
             fail("TIO init");
         }
         World {
@@ -577,6 +597,7 @@ impl World {
             tdis: self.sev.tdis().to_vec(),
             tdisp: self.device.dsm().tdisp_states().to_vec(),
             mem,
+            tio: self.sev.tio_init_done(),
         });
     }
 
@@ -617,6 +638,9 @@ impl World {
     }
 
     fn setup(&mut self, stage: Stage) {
+        if stage == Stage::Uninit {
+            return;
+        }
         let at_least = |s: Stage| stage as u8 >= s as u8;
         if !at_least(Stage::Guests) {
             return;
@@ -848,8 +872,9 @@ impl World {
             (o, _, written) = self.issue_buf(id, &buf, [Mut::Keep; 2]);
             // An answer refused as not the device's leaves the request outstanding: the
             // written-back buffer (unchanged by the refusal) is issued again.
-            waiting =
-                o.status == SevStatus::SPDM_REQUEST || o.detail == Error::RelayMalformed.code();
+            waiting = o.status == SevStatus::SPDM_REQUEST
+                || o.detail == Error::RelayMalformed.code()
+                || o.status == SevStatus::RESPONSE_TOO_LARGE;
             buf = written;
         }
         o
@@ -1067,6 +1092,7 @@ impl World {
         if written != want.as_slice() {
             fail(format!("the buffer written back is {written:02x?}: {what}"));
         }
+        self.tio_oracle(id, buf, o, before, after, &what);
         let t = call.tdi();
         let rec =
             |s: &State| t.and_then(|t| s.core.tdis.get(usize::from(t.slot())).cloned().flatten());
@@ -1177,6 +1203,13 @@ impl World {
                 ));
             }
         }
+        if o.status == SevStatus::RESPONSE_TOO_LARGE
+            && self.answers.payload_of(&h.payload, fid, ex.seq, true)
+        {
+            fail(format!(
+                "the device's own answer refused as too large: {what}"
+            ));
+        }
         let taken = !(refused
             && (o.detail == 0
                 || matches!(
@@ -1193,6 +1226,66 @@ impl World {
             fail(format!(
                 "bytes the device never sent for this exchange went on: {what}"
             ));
+        }
+    }
+
+    /// TIO_STATUS and TIO_INIT (sev_tio_init_locked): before TIO_INIT every other TIO command
+    /// is INVALID_PLATFORM_STATE (detail 0) whatever its buffer; only a successful TIO_INIT
+    /// initialises, and only once (again: INVALID_PLATFORM_STATE); a successful TIO_STATUS
+    /// wrote exactly the status this firmware reports at `status_paddr`; a response refused
+    /// as too large changed nothing (the generic refusal check) and is counted.
+    fn tio_oracle(
+        &mut self,
+        id: abi::CommandId,
+        buf: &[u8],
+        o: Outcome,
+        before: &State,
+        after: &State,
+        what: &str,
+    ) {
+        let ok = o == Outcome::SUCCESS;
+        if o.status == SevStatus::RESPONSE_TOO_LARGE {
+            self.stats.too_large += 1;
+            if o.detail != 0 {
+                fail(format!("RESPONSE_TOO_LARGE with a detail: {what}"));
+            }
+        }
+        if !before.tio && abi::NEEDS_TIO_INIT.contains(&id) {
+            if o != Outcome::plain(SevStatus::INVALID_PLATFORM_STATE) {
+                fail(format!("a TIO command before TIO_INIT: {what}"));
+            }
+            self.stats.before_init += 1;
+        }
+        if after.tio != (before.tio || (id == abi::TIO_INIT && ok)) {
+            fail(format!("TIO_INIT state moved: {what}"));
+        }
+        if id == abi::TIO_INIT {
+            if ok && before.tio {
+                fail(format!("TIO_INIT twice succeeded: {what}"));
+            }
+            if ok {
+                self.stats.tio_inits += 1;
+            }
+            if before.tio
+                && o.status != SevStatus::INVALID_PARAM
+                && o != Outcome::plain(SevStatus::INVALID_PLATFORM_STATE)
+            {
+                fail(format!("TIO_INIT twice: {what}"));
+            }
+        }
+        if id == abi::TIO_STATUS && ok {
+            self.stats.tio_status += 1;
+            let at = buf
+                .get(0x08..0x10)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            let mut page = [0u8; 0x40];
+            if self.mem.read(at, &mut page).is_err() {
+                fail(format!("TIO_STATUS answered at an unreadable page: {what}"));
+            }
+            if page != *abi::TioStatusData::report(after.tio).as_bytes() {
+                fail(format!("TIO_STATUS wrote {page:02x?}: {what}"));
+            }
         }
     }
 
@@ -1748,6 +1841,19 @@ impl World {
                 let n = usize::from(len) % 0x60;
                 self.issue(id, &bytes[..n], [Mut::Keep; 2]);
             }
+            Cmd::TioStatus { out, m } => {
+                let c = abi::TioStatus {
+                    length: len::<abi::TioStatus>().into(),
+                    reserved: [0; 4],
+                    status_paddr: out_addr(out, TIO_STATUS_PAGE).into(),
+                };
+                self.issue(abi::TIO_STATUS, c.as_bytes(), m);
+            }
+            Cmd::TioInit { m } => {
+                let mut c = abi::TioInit::new_zeroed();
+                c.length = len::<abi::TioInit>().into();
+                self.issue(abi::TIO_INIT, c.as_bytes(), m);
+            }
         }
     }
 }
@@ -1780,6 +1886,8 @@ fn put(buf: &mut [u8], at: usize, w: usize, val: Val) {
 /// `platform_sev::abi` (reserved runs wider than 8 bytes split); 8-byte words for an ID we do
 /// not implement.
 fn fields(id: abi::CommandId) -> &'static [(u8, u8)] {
+    // TIO_STATUS: length, reserved, status_paddr; TIO_INIT: length, reserved[12].
+    static TIO: [(u8, u8); 3] = [(0, 4), (4, 4), (0x08, 8)];
     const SPDM: [(u8, u8); 4] = [(0x08, 8), (0x10, 8), (0x18, 8), (0x20, 8)];
     static DEV_CREATE: [(u8, u8); 9] = [
         (0, 4),
@@ -1937,6 +2045,7 @@ fn fields(id: abi::CommandId) -> &'static [(u8, u8)] {
         abi::TIO_MMIO_ZAP | abi::TIO_TDI_ERROR => &FOUR_WORDS,
         abi::SNP_GCTX_CREATE | abi::SNP_DECOMMISSION => &GCTX,
         abi::SNP_ACTIVATE => &ACTIVATE,
+        abi::TIO_STATUS | abi::TIO_INIT => &TIO,
         _ => &WORDS,
     }
 }

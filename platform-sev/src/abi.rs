@@ -132,6 +132,18 @@ fn zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 
+/// The end of a scatter list: pfn all ones, every other bit zero (sev-dev-tio.c
+/// `SLA_EOL = { .pfn = (1UL << 40) - 1 }`, AMDESE/linux-kvm @16f379f5 and torvalds/linux
+/// @ec496f77; sev-linux-buffers.md section 2.1).
+pub const SLA_EOL: u64 = 0x000F_FFFF_FFFF_F000;
+/// Entries in one 4K scatter page (sev-dev-tio.c `SLA_SCATTER_LEN(s)` = `SZ_4K /
+/// sizeof(struct sla_addr_t)`, same sources): the data entries and the EOL after them.
+pub const SLA_SCATTER_LEN: usize = (PAGE_4K / 8) as usize;
+/// Most data pages one scatter page lists: every slot but the EOL's (ours: Linux's
+/// `sla_alloc` allows 513 pages, which with their EOL would not fit the page it writes them
+/// to; a list past the page is refused).
+pub const MAX_SCATTER_PAGES: usize = SLA_SCATTER_LEN - 1;
+
 /// A scatter-list address (sev-dev-tio.h `struct sla_addr_t`): names a context or data page.
 /// Every settable field takes a type that fits it ([`crate::pfn`]); the reserved fields are
 /// read-only.
@@ -156,8 +168,8 @@ impl SlaAddr {
     /// reports: [`SPDM_REQ_SIZE`], [`SPDM_RSP_SIZE`], [`SPDM_SCRATCH_SIZE`],
     /// [`SPDM_OUT_SIZE`], [`DEV_CTX_SIZE`], [`TDI_CTX_SIZE`]): reserved bits clear, not null,
     /// and a single 4K data page, which is what Linux's `sla_alloc` gives for a size of at
-    /// most one page (sev-linux-buffers.md section 2.1). A size past one page would need a
-    /// scatter list, which this firmware does not take (ours).
+    /// most one page (sev-linux-buffers.md section 2.1). A size past one page needs a scatter
+    /// list: `fw::Sev::buffer_pages` walks it (every size TIO_STATUS reports is one page).
     pub fn checked(raw: u64, size: u32) -> Result<Self, SevStatus> {
         let sla = Self::from_bits(raw);
         if raw == 0
@@ -170,6 +182,11 @@ impl SlaAddr {
             return Err(SevStatus::INVALID_PARAM);
         }
         Ok(sla)
+    }
+
+    /// Whether this is Linux's end-of-list entry (`SLA_EOL`, [`SLA_EOL`]).
+    pub fn is_eol(self) -> bool {
+        self.into_bits() == SLA_EOL
     }
 
     /// The SLA of one 4K data page: the page holding `addr`.

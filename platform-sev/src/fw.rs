@@ -61,6 +61,10 @@ const MAX_REPORT: usize = core::mem::size_of::<abi::ReportHeader>()
 const _: () = assert!(MAX_RESPONSE <= abi::PAGE_4K as usize);
 const _: () = assert!(MAX_REPORT <= abi::SPDM_OUT_SIZE as usize);
 // The relay's request and response windows fit the SPDM buffer sizes TIO_STATUS reports.
+/// A 4K page in bytes, as the scatter walk counts them.
+const PAGE_BYTES: usize = abi::PAGE_4K as usize;
+/// A 4K page as a buffer size ([`SlaAddr::checked`]).
+const PAGE_U32: u32 = abi::PAGE_4K as u32;
 const _: () = assert!(relay::WINDOW <= abi::SPDM_REQ_SIZE as usize);
 const _: () = assert!(relay::WINDOW <= abi::SPDM_RSP_SIZE as usize);
 // Every response body fits the answer GUEST_REQUEST checks before a message runs: after the
@@ -395,6 +399,115 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         Ok(sla)
     }
 
+    /// The data pages of a host buffer of `size` bytes named by `raw`, checked before anything
+    /// uses them, as Linux's `sla_alloc` lays them out (sev-linux-buffers.md section 2.1,
+    /// AMDESE/linux-kvm @16f379f5 `sla_alloc`): a buffer of at most one page is one 4K data
+    /// SLA ([`SlaAddr::checked`]); a larger one is a SCATTER SLA naming a 4K page of data SLAs,
+    /// exactly `ceil(size / 4K)` of them (at most [`abi::MAX_SCATTER_PAGES`]), then
+    /// [`abi::SLA_EOL`]. The scatter page is read once, at most the entries the size needs and
+    /// the EOL, so the walk is bounded whatever the page holds.
+    ///
+    /// Refusals, each changing nothing (the walk only reads and probes): `INVALID_PARAM` for
+    /// the form (null, reserved bits, a 2M page, a data SLA where a scatter list is needed or
+    /// the reverse, a size past what one scatter page lists, an entry that is null, a scatter
+    /// SLA (nesting), 2M or has reserved bits, the EOL early or missing where the size puts
+    /// it, a page listed twice or the scatter page listed as data: the loops a list can
+    /// make); `INVALID_ADDRESS` for a scatter page in device MMIO or unreadable; and for each
+    /// data page exactly the checks of an output page (`Sev::output`: device MMIO, unmapped
+    /// or not writable `INVALID_ADDRESS`; a page the firmware holds as a context
+    /// `INVALID_PAGE_STATE`), which is also what a scatter page held as a context gets.
+    ///
+    /// Where Linux may send one: wherever a size TIO_STATUS reports is past one page. Every
+    /// size this firmware reports is one page today, so every command takes a single data
+    /// SLA and Linux never builds a scatter list for it; a buffer whose size grows takes its
+    /// scatter list through here.
+    pub fn buffer_pages(
+        &self,
+        mem: &dyn SystemMemory,
+        raw: u64,
+        size: u32,
+    ) -> Result<heapless::Vec<u64, { abi::MAX_SCATTER_PAGES }>, SevStatus> {
+        let status = |f: Fail| match f {
+            Fail::Sev(s) | Fail::Handle(s) => s,
+            Fail::Core(e) => crate::status::from_error(e),
+        };
+        let mut pages = heapless::Vec::new();
+        let page = abi::PAGE_4K;
+        if u64::from(size) <= page {
+            let sla = SlaAddr::checked(raw, size)?;
+            self.output(mem, sla.address(), page, PAGE_BYTES)
+                .map(drop)
+                .map_err(status)?;
+            pages
+                .push(sla.address())
+                .map_err(|_| SevStatus::INVALID_PARAM)?;
+            return Ok(pages);
+        }
+        let count = usize::try_from(u64::from(size).div_ceil(page))
+            .map_err(|_| SevStatus::INVALID_PARAM)?;
+        let list = SlaAddr::from_bits(raw);
+        if count > abi::MAX_SCATTER_PAGES
+            || !list.page_type()
+            || list.page_size()
+            || SlaAddr::checked(raw & !1, PAGE_U32).is_err()
+        {
+            return Err(SevStatus::INVALID_PARAM);
+        }
+        let at = list.address();
+        // The scatter page: host memory the firmware reads, never MMIO nor a context.
+        if self
+            .tsm
+            .with_table(|r| r.overlaps(at, page))
+            .map_err(|e| status(e.into()))?
+        {
+            return Err(SevStatus::INVALID_ADDRESS);
+        }
+        if self.guests.iter().any(|g| g.gctx == at)
+            || self.devices.iter().any(|d| sla_page(d.sla) == at)
+            || self.tdis.iter().any(|t| sla_page(t.sla) == at)
+        {
+            return Err(SevStatus::INVALID_PAGE_STATE);
+        }
+        // Read once: the entries the size needs and the EOL after them.
+        let mut bytes = [0u8; PAGE_BYTES];
+        let want = count
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .ok_or(SevStatus::INVALID_PARAM)?;
+        let entries = bytes.get_mut(..want).ok_or(SevStatus::INVALID_PARAM)?;
+        mem.read(at, entries)
+            .map_err(|_| SevStatus::INVALID_ADDRESS)?;
+        let mut words = entries
+            .chunks_exact(8)
+            .map(|c| <[u8; 8]>::try_from(c).map(u64::from_le_bytes));
+        for _ in 0..count {
+            let raw_entry = words
+                .next()
+                .and_then(|w| w.ok())
+                .ok_or(SevStatus::INVALID_PARAM)?;
+            let entry = SlaAddr::from_bits(raw_entry);
+            // Early EOL, null, nested scatter, 2M, reserved bits: not a data page.
+            if entry.is_eol() {
+                return Err(SevStatus::INVALID_PARAM);
+            }
+            let data = SlaAddr::checked(raw_entry, PAGE_U32)?.address();
+            if data == at || pages.contains(&data) {
+                return Err(SevStatus::INVALID_PARAM);
+            }
+            pages.push(data).map_err(|_| SevStatus::INVALID_PARAM)?;
+        }
+        let eol = words.next().and_then(|w| w.ok());
+        if !eol.is_some_and(|w| SlaAddr::from_bits(w).is_eol()) {
+            return Err(SevStatus::INVALID_PARAM);
+        }
+        for &data in &pages {
+            self.output(mem, data, page, PAGE_BYTES)
+                .map(drop)
+                .map_err(status)?;
+        }
+        Ok(pages)
+    }
+
     /// Checks where a command will write its answer of `len` bytes, before it changes
     /// anything: `spa` not null, aligned to `align`, below 2^52, the answer within one 4K page
     /// (`INVALID_ADDRESS`); not device MMIO (the RMP window, `INVALID_ADDRESS`); not a page the
@@ -462,7 +575,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     /// Reads the host's answer in the response page once, into firmware memory, and rebuilds
     /// the DOE object the device sent ([`relay::decode_response`]): `None` when the host says
     /// the device did not answer. An unreadable page is `INVALID_ADDRESS`, a buffer that does
-    /// not hold a response `RelayMalformed`; nothing changes either way.
+    /// not hold the answer `RelayMalformed`, a consistent answer longer than the firmware takes
+    /// `RESPONSE_TOO_LARGE` (detail 0); nothing changes in any case.
     fn response(
         &self,
         mem: &dyn SystemMemory,
@@ -474,8 +588,11 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             .map_err(|_| SevStatus::INVALID_ADDRESS)?;
         let n = self.tsm.with_transport(|r| {
             relay::decode_response(&window, |b| r.session_mut().record_len(b), out)
-        })??;
-        Ok(n)
+        })?;
+        n.map_err(|e| match e {
+            relay::Refused::Malformed => Error::RelayMalformed.into(),
+            relay::Refused::TooLarge => SevStatus::RESPONSE_TOO_LARGE.into(),
+        })
     }
 
     /// One core step of a command that relays: `start` for a fresh issue, or, for a

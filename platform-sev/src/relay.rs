@@ -16,7 +16,9 @@
 //! the request's length is exact; the response's length is rounded up to 32 bytes, so the
 //! firmware finds its end from the secured record's own header (its `Length` field) and takes
 //! exactly the DOE payload: the record and its dword padding. A response whose rounded length
-//! is not exactly what that payload gives is refused as too long.
+//! is not exactly what that payload gives is refused as garbled ([`Refused::Malformed`]); a
+//! consistent response data object longer than the firmware takes ([`MAX_DOBJ`]) is
+//! [`Refused::TooLarge`] (RESPONSE_TOO_LARGE).
 
 use tsm_core::relay::{MAX_RELAY_BYTES, doe};
 use tsm_core::{Error, TsmResult};
@@ -98,22 +100,36 @@ fn u32_of(n: usize) -> TsmResult<u32> {
     u32::try_from(n).map_err(|_| Error::Inconsistent)
 }
 
+/// Why the host's `spdm_ctrl.resp` is refused. Either way nothing changes and the TDI's request
+/// stays outstanding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not the device's answer to the outstanding request (garbled, inconsistent headers,
+    /// stale, another TDI's): the core's `RelayMalformed`, INVALID_SPDM_RESPONSE (ours).
+    Malformed,
+    /// A response data object whose headers agree (id RESP, version 1.0, secured SPDM, not
+    /// encrypted, `payload_sz` = `length`) but which is longer than [`MAX_DOBJ`], the largest
+    /// answer the firmware reads: psp-sev.h `SEV_RET_SEV_STATUS_RESPONSE_TOO_LARGE` (0x3F).
+    TooLarge,
+}
+
 /// What the host left in `spdm_ctrl.resp` (`window`, read once): `Ok(None)` when it holds no
 /// answer (data object length 0 or header only: the device did not answer), else the device's
 /// DOE object rebuilt in `out` (the DOE header the host's `pci_doe` stripped, then the payload)
 /// and its length, for `Tsm::device_response`. `record_len` is the session's
 /// (`SecureSession::record_len`): where the secured record in the payload ends.
 ///
-/// `RelayMalformed` (nothing is changed by a refusal here; the request stays outstanding): not
-/// a response data object (id, version), an encrypted buffer, another data type than secured
-/// SPDM, `payload_sz` not the object's length, longer than [`MAX_DOBJ`], a payload too short
-/// for its record, or a length other than Linux's rounding of the record's payload.
+/// [`Refused::Malformed`] (nothing is changed by a refusal here; the request stays
+/// outstanding): not a response data object (id, version), an encrypted buffer, another data
+/// type than secured SPDM, `payload_sz` not the object's length, a payload too short for its
+/// record, or a length other than Linux's rounding of the record's payload. Only then
+/// [`Refused::TooLarge`]: the headers agree but the object is longer than [`MAX_DOBJ`].
 pub fn decode_response(
     window: &[u8; WINDOW],
     record_len: impl FnOnce(&[u8]) -> Option<usize>,
     out: &mut [u8; MAX_RELAY_BYTES],
-) -> TsmResult<Option<usize>> {
-    let malformed = Error::RelayMalformed;
+) -> Result<Option<usize>, Refused> {
+    let malformed = Refused::Malformed;
     let (head, rest) = window.split_at(DOBJ_OFFSET);
     let (dobj_bytes, data) = rest.split_at(DOBJ_HDR);
     let hdr = SlaBufferHdr::read_from_bytes(head).map_err(|_| malformed)?;
@@ -128,9 +144,11 @@ pub fn decode_response(
     if hdr.flags.get() & SLA_FLAG_ENCRYPTION != 0
         || dobj.data_type != DOBJ_DATA_TYPE_SECURE_SPDM
         || usize::try_from(hdr.payload_sz.get()).ok() != Some(length)
-        || length > MAX_DOBJ
     {
         return Err(malformed);
+    }
+    if length > MAX_DOBJ {
+        return Err(Refused::TooLarge);
     }
     let payload = data
         .get(..length.checked_sub(DOBJ_HDR).ok_or(malformed)?)
@@ -242,7 +260,7 @@ mod tests {
         let mut out = [0u8; MAX_RELAY_BYTES];
         let refused = |w: [u8; WINDOW], f: &dyn Fn(&[u8]) -> Option<usize>| {
             let mut out = [0u8; MAX_RELAY_BYTES];
-            assert_eq!(decode_response(&w, f, &mut out), Err(Error::RelayMalformed));
+            assert_eq!(decode_response(&w, f, &mut out), Err(Refused::Malformed));
         };
         let with = |at: usize, bytes: &[u8]| {
             let mut w = good;
@@ -254,11 +272,10 @@ mod tests {
         refused(with(0x4A, &[1]), &toy_len); // plain SPDM
         refused(with(0x08, &[1]), &toy_len); // encrypted
         refused(with(0x04, &0x60u32.to_le_bytes()), &toy_len); // payload_sz disagrees
-        // Longer than any answer, or padded past Linux's rounding.
+        // Longer than any answer, with headers that disagree: garbled, not too large.
         let big = (MAX_DOBJ + 32) as u32;
-        let mut w = with(0x44, &big.to_le_bytes());
-        w[4..8].copy_from_slice(&big.to_le_bytes());
-        refused(w, &toy_len);
+        refused(with(0x44, &big.to_le_bytes()), &toy_len);
+        // Padded past Linux's rounding.
         let mut w = with(0x44, &0x60u32.to_le_bytes());
         w[4..8].copy_from_slice(&0x60u32.to_le_bytes());
         refused(w, &toy_len);
@@ -266,5 +283,33 @@ mod tests {
         refused(with(0x50, &[200]), &toy_len);
         refused(good, &|_| None);
         assert!(decode_response(&good, toy_len, &mut out).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_consistent_response_longer_than_the_firmware_takes_is_too_large() {
+        let mut payload = vec![0u8; 44];
+        payload[0] = 42;
+        let good = response(&payload, 0);
+        // Just past MAX_DOBJ, the whole page Linux sizes `resp` by (`spdm_req_size_max`),
+        // past it, and the largest u32.
+        let page = abi::SPDM_RSP_SIZE - DOBJ_OFFSET as u32;
+        for len in [MAX_DOBJ as u32 + 32, page, page + 32, u32::MAX] {
+            let mut w = good;
+            w[0x44..0x48].copy_from_slice(&len.to_le_bytes());
+            w[4..8].copy_from_slice(&len.to_le_bytes());
+            let mut out = [0u8; MAX_RELAY_BYTES];
+            assert_eq!(
+                decode_response(&w, toy_len, &mut out),
+                Err(Refused::TooLarge),
+                "{len:#x}"
+            );
+            assert!(out.iter().all(|b| *b == 0));
+            // The same length with a garbled header is garbled first.
+            w[0x4A] = 1;
+            assert_eq!(
+                decode_response(&w, toy_len, &mut out),
+                Err(Refused::Malformed)
+            );
+        }
     }
 }

@@ -93,10 +93,15 @@ impl SevStatus {
     /// 0x003E` (same patch); Linux treats it as an error. Not produced: an exhausted session
     /// is [`SevStatus::SPDM_SESSION_EXHAUSTED`], which names the rekey it needs.
     pub const RESYNC_REQ: Self = Self(0x003E);
-    /// The answer does not fit the buffer. psp-sev.h `SEV_RET_SEV_STATUS_RESPONSE_TOO_LARGE =
-    /// 0x003F` (same patch); Linux treats it as an error. Not produced: every answer fits its
-    /// page (`relay::WINDOW`, `MAX_REPORT` and the status pages are asserted at compile time
-    /// to fit the sizes TIO_STATUS reports).
+    /// The device's response is larger than the firmware takes. psp-sev.h
+    /// `SEV_RET_SEV_STATUS_RESPONSE_TOO_LARGE = 0x003F` (same patch; the name is all the
+    /// public source says); Linux treats it as an error and ends its continuation loop.
+    /// Produced for the one response the firmware is handed: a `spdm_ctrl.resp` data object
+    /// whose headers agree but which is longer than `relay::MAX_DOBJ` (Linux sizes its
+    /// `pci_doe` response by `spdm_req_size_max - 0x50`, so a device's long answer arrives
+    /// consistent); detail 0, nothing changed, the request stays outstanding. A response whose
+    /// headers disagree is [`SevStatus::INVALID_SPDM_RESPONSE`]. What the firmware writes
+    /// always fits (asserted at compile time against the sizes TIO_STATUS reports).
     pub const RESPONSE_TOO_LARGE: Self = Self(0x003F);
     /// Ours: a bounded step of a long command (TDI_UNBIND) completed and its progress is kept;
     /// issue the same command again to continue.
@@ -295,6 +300,9 @@ pub const fn to_error(s: SevStatus) -> Error {
         SevStatus::INVALID_SPDM_RESPONSE => Error::RelayMalformed,
         SevStatus::SPDM_SESSION_EXHAUSTED => Error::SequenceExhausted,
         SevStatus::INCORRECT_BUFFER_LENGTH => Error::RelayBufferTooSmall,
+        // The relay was refused, nothing changed and the exchange is outstanding, as for a
+        // garbled response; the core has no status of its own for a response too long.
+        SevStatus::RESPONSE_TOO_LARGE => Error::RelayMalformed,
         // Unknown contexts are unknown handles; everything else is malformed input.
         _ => Error::InvalidHandle,
     }
@@ -336,6 +344,9 @@ mod tests {
         assert_eq!(SevStatus::INCORRECT_BUFFER_LENGTH.0, 0x30);
         assert_eq!(SevStatus::EXPAND_BUFFER_LENGTH_REQUEST.0, 0x31);
         assert_eq!(SevStatus::SPDM_REQUEST.0, 0x32);
+        assert_eq!(SevStatus::DEV_CERT_CHANGED.0, 0x3D);
+        assert_eq!(SevStatus::RESYNC_REQ.0, 0x3E);
+        assert_eq!(SevStatus::RESPONSE_TOO_LARGE.0, 0x3F);
         for (i, a) in SevStatus::ALL.iter().enumerate() {
             for b in SevStatus::ALL.iter().skip(i + 1) {
                 assert_ne!(a, b);

@@ -245,15 +245,17 @@ fn a_reissue_whose_response_is_not_the_answer_is_refused_and_changes_nothing() {
         refused(&mut w, malformed, |w| w.reissue());
         w.mem.write(at, &old).unwrap();
     }
-    // Too long: past any answer, and padded past Linux's rounding.
+    // Padded past Linux's rounding of the record: garbled. A length past any answer that
+    // `payload_sz` does not repeat: garbled too.
     let mut len = [0u8; 4];
     w.mem.read(SPDM_RESP + 0x44, &mut len).unwrap();
     let len = u32::from_le_bytes(len);
-    for bad in [0x800, len + 32] {
-        put_u32(&mut w, SPDM_RESP + 0x44, bad);
-        put_u32(&mut w, SPDM_RESP + 4, bad);
-        refused(&mut w, malformed, |w| w.reissue());
-    }
+    put_u32(&mut w, SPDM_RESP + 0x44, len + 32);
+    put_u32(&mut w, SPDM_RESP + 4, len + 32);
+    refused(&mut w, malformed, |w| w.reissue());
+    put_u32(&mut w, SPDM_RESP + 0x44, 0x800);
+    put_u32(&mut w, SPDM_RESP + 4, len);
+    refused(&mut w, malformed, |w| w.reissue());
     put_u32(&mut w, SPDM_RESP + 0x44, len);
     put_u32(&mut w, SPDM_RESP + 4, len);
 
@@ -307,6 +309,67 @@ fn a_reissue_whose_response_is_not_the_answer_is_refused_and_changes_nothing() {
         w.sev.tsm().tdi(t).unwrap().state,
         TdiState::Locked { .. }
     ));
+}
+
+/// RESPONSE_TOO_LARGE (psp-sev.h `SEV_RET_SEV_STATUS_RESPONSE_TOO_LARGE` 0x3F): the host's
+/// response data object is consistent (its headers agree, as Linux writes them after a
+/// `pci_doe` of up to `spdm_req_size_max - 0x50` bytes) but longer than the firmware takes.
+/// Distinct from a garbled response (INVALID_SPDM_RESPONSE); detail 0 (the SEV layer
+/// decides); nothing changes and the exchange stays outstanding, for TDI_BIND and for a
+/// TDI_START relayed by TIO_GUEST_REQUEST alike.
+#[test]
+fn a_consistent_response_longer_than_the_firmware_takes_is_response_too_large() {
+    let too_large = Outcome::plain(SevStatus::RESPONSE_TOO_LARGE);
+    // Just past the largest answer, a whole page as Linux sizes `resp`, past the page, u32::MAX.
+    let lengths = [
+        crate::relay::MAX_DOBJ as u32 + 32,
+        abi::SPDM_RSP_SIZE - 0x40,
+        abi::SPDM_RSP_SIZE,
+        u32::MAX - 31,
+    ];
+    let mut w = bind_waiting_for_its_answer();
+    let t = w.tdi();
+    let mut len = [0u8; 4];
+    w.mem.read(SPDM_RESP + 0x44, &mut len).unwrap();
+    let len = u32::from_le_bytes(len);
+    for bad in lengths {
+        put_u32(&mut w, SPDM_RESP + 0x44, bad);
+        put_u32(&mut w, SPDM_RESP + 4, bad);
+        let o = refused(&mut w, too_large, |w| w.reissue());
+        assert_eq!(o.status.0, 0x3F);
+        assert_ne!(o.status, SevStatus::INVALID_SPDM_RESPONSE);
+        assert!(w.sev.tsm().tdi(t).unwrap().exchange.is_some());
+    }
+    // The true answer still goes on, and the bind completes.
+    put_u32(&mut w, SPDM_RESP + 0x44, len);
+    put_u32(&mut w, SPDM_RESP + 4, len);
+    let mut o = w.reissue();
+    while o == spdm_request() {
+        w.relay();
+        o = w.reissue();
+    }
+    ok(o);
+
+    // TDI_START inside TIO_GUEST_REQUEST: the command's status; the guest hears nothing.
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    assert_eq!(w.once(&guest_request(GCTX)), spdm_request());
+    w.relay();
+    let mut len = [0u8; 4];
+    w.mem.read(SPDM_RESP + 0x44, &mut len).unwrap();
+    let len = u32::from_le_bytes(len);
+    for bad in lengths {
+        put_u32(&mut w, SPDM_RESP + 0x44, bad);
+        put_u32(&mut w, SPDM_RESP + 4, bad);
+        refused(&mut w, too_large, |w| w.reissue());
+    }
+    put_u32(&mut w, SPDM_RESP + 0x44, len);
+    put_u32(&mut w, SPDM_RESP + 4, len);
+    ok(w.reissue());
+    assert_eq!(start_outcome(&w.response()), Outcome::SUCCESS);
 }
 
 #[test]
