@@ -39,11 +39,11 @@ use std::cell::Cell;
 use arbitrary::{Arbitrary, Unstructured};
 use platform_tdx::abi::{self, Dispatcher, HostFault, HostMemory, RangeEntry, RangeList, SeamRegs};
 use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::module::MESSAGE_PAGE_BYTES;
+use platform_tdx::module::{MESSAGE_PAGE_BYTES, SpdmEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SPDM_REQUEST, TDX_SUCCESS};
 use platform_tdx::{MessagePages, TdxModule};
-use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
+use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
@@ -90,6 +90,13 @@ const HKID: u64 = 1;
 fn tdr_page(i: u64) -> u64 {
     TDR_BASE + i * PAGE
 }
+/// SPDM metadata pages (TDH.SPDM.CREATE RDX), after the TDR pages: page `k` for device `k`.
+/// Like the TDR pages, host memory the firmware only records ([`Host`] answers for them).
+const SPDM_PAGES: u64 = 8;
+/// SPDM metadata page `k`.
+fn spdm_page(k: u64) -> u64 {
+    tdr_page(TDR_PAGES) + k * PAGE
+}
 /// System memory the firmware reserves at init: never a BAR, a reported range or a mapping.
 pub const SYSTEM: u64 = 0x1_0000_0000;
 const SYSTEM_PAGES: u64 = 0x1_0000;
@@ -110,7 +117,7 @@ const UNBIND_CALLS: usize = 40;
 const MAX_ROUNDS: usize = 40;
 
 /// Every leaf number the dispatcher knows, and one of ours it does not.
-pub const LEAVES: [u16; 23] = [
+pub const LEAVES: [u16; 24] = [
     abi::TDH_MEM_SEPT_RD,
     abi::TDH_MEM_TRACK,
     abi::TDH_SPDM_CREATE,
@@ -134,6 +141,7 @@ pub const LEAVES: [u16; 23] = [
     abi::TDG_MMIO_ACCEPT,
     abi::TSM_GUEST_DEVIF_START,
     0xF0FF,
+    abi::TSM_SPDM_BARS,
 ];
 
 ops! {
@@ -286,7 +294,7 @@ ops! {
 ops! {
     /// The leaf number of a raw call.
     pub enum LeafNum {
-        /// `LEAVES[i % 23]`.
+        /// `LEAVES[i % 24]`.
         Known { i: u8 },
         /// Any RAX.
         Any { v: u64 },
@@ -431,6 +439,8 @@ struct Image {
     tdisp: Vec<(u32, TdispState)>,
     messages: Vec<Option<MessagePages>>,
     host: Vec<u8>,
+    /// Every SPDM id's record.
+    spdm: Vec<Option<SpdmEntry>>,
 }
 
 /// The host's memory as the dispatcher reaches it: `HOST_PAGES` pages at [`HOST`], each of
@@ -441,9 +451,9 @@ struct Host<'b> {
 }
 
 impl Host<'_> {
-    /// Whether `[hpa, hpa + len)` lies in the TDR pages.
+    /// Whether `[hpa, hpa + len)` lies in the TDR or SPDM metadata pages.
     fn in_tdrs(hpa: u64, len: usize) -> bool {
-        let end = tdr_page(TDR_PAGES);
+        let end = spdm_page(SPDM_PAGES);
         hpa >= TDR_BASE
             && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
     }
@@ -637,7 +647,15 @@ impl World<'_> {
             .collect();
         host.clear();
         host.extend_from_slice(&self.host);
+        let spdm = (0..MAX_DEVICES as u64)
+            .map(|id| {
+                self.fw
+                    .spdm(id)
+                    .unwrap_or_else(|e| fail(format!("SPDM ids: {e:?}")))
+            })
+            .collect();
         *out = Some(Image {
+            spdm,
             core,
             pages,
             leaves,
@@ -860,6 +878,9 @@ impl World<'_> {
             if before.messages != after.messages {
                 fail(format!("{what} changed the message pages"));
             }
+            if before.spdm != after.spdm {
+                fail(format!("{what} ({err:?}) changed the SPDM ids"));
+            }
             if exempt != Exempt::Nothing && refused && before.core != after.core {
                 self.stats.exempt += 1;
             }
@@ -1055,9 +1076,35 @@ impl World<'_> {
                     Some(_) => {}
                 }
             }
-            (None, Some(abi::TDH_MNG_CREATE | abi::TDH_SPDM_CREATE | abi::TDH_DEVIF_CREATE))
-                if ok =>
-            {
+            (None, Some(abi::TDH_SPDM_CREATE)) if ok => {
+                let id = usize::try_from(out.rcx).unwrap_or(usize::MAX);
+                let (was, is) = (before.spdm.get(id), after.spdm.get(id));
+                if !matches!((was, is), (Some(None), Some(Some(e))) if e.device.is_none()) {
+                    fail(format!("create returned SPDM id {id}, not a new one: {what}"));
+                }
+                if before.core.devices != after.core.devices {
+                    fail(format!("TDH.SPDM.CREATE made a core device: {what}"));
+                }
+            }
+            (None, Some(abi::TSM_SPDM_BARS)) if ok => {
+                let id = usize::try_from(regs.rcx).unwrap_or(usize::MAX);
+                let dev = match after.spdm.get(id) {
+                    Some(Some(e)) => e.device,
+                    _ => None,
+                };
+                let Some(dev) = dev else {
+                    fail(format!("TSM.SPDM.BARS left SPDM id {id} without a device: {what}"));
+                };
+                let slot = usize::from(dev.slot());
+                let made = (
+                    before.core.devices.get(slot).map(Option::is_some),
+                    after.core.devices.get(slot).map(Option::is_some),
+                );
+                if made != (Some(false), Some(true)) {
+                    fail(format!("TSM.SPDM.BARS named device {slot}, not a new one: {what}"));
+                }
+            }
+            (None, Some(abi::TDH_MNG_CREATE | abi::TDH_DEVIF_CREATE)) if ok => {
                 // TDH.MNG.CREATE returns nothing: its TD is the one its TDR now names.
                 let slot = if leaf == Some(abi::TDH_MNG_CREATE) {
                     match self.fw.td_of(regs.rcx) {
@@ -1071,10 +1118,6 @@ impl World<'_> {
                     Some(abi::TDH_MNG_CREATE) => (
                         before.core.guests.get(slot).map(Option::is_some),
                         after.core.guests.get(slot).map(Option::is_some),
-                    ),
-                    Some(abi::TDH_SPDM_CREATE) => (
-                        before.core.devices.get(slot).map(Option::is_some),
-                        after.core.devices.get(slot).map(Option::is_some),
                     ),
                     _ => (
                         before.core.tdis.get(slot).map(Option::is_some),
@@ -1386,10 +1429,22 @@ impl World<'_> {
                 }
                 let bytes = l.as_bytes();
                 self.host[..bytes.len()].copy_from_slice(bytes);
-                let rcx = u64::from(rid.packed());
-                self.seamcall(leaf(abi::TDH_SPDM_CREATE), SeamRegs { rcx, rdx, ..r });
+                // Linux's tdh_spdm_create: the function ID, one metadata page (device k's).
+                let create = SeamRegs {
+                    rcx: abi::function_id(rid),
+                    rdx: abi::hpa_array(spdm_page(k), 1),
+                    ..r
+                };
+                let out = self.seamcall(leaf(abi::TDH_SPDM_CREATE), create);
+                // Then the BARs, for the SPDM id just made (a refusal leaves it without BARs:
+                // its TDH.DEVIF.CREATE is then refused).
+                if out.rax == TDX_SUCCESS {
+                    let rcx = out.rcx;
+                    self.seamcall(leaf(abi::TSM_SPDM_BARS), SeamRegs { rcx, rdx, ..r });
+                }
             }
             Op::DeviceDelete { dev } => {
+                // Linux's tdh_spdm_delete: RDX 0 for a one-page array.
                 let rcx = u64::from(dev % 6);
                 self.seamcall(leaf(abi::TDH_SPDM_DELETE), SeamRegs { rcx, ..r });
             }

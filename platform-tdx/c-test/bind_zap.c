@@ -18,7 +18,8 @@ static int failures;
 /*
  * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
  * aligned, as every TDX page operand is), the TDI's request and response pages, the TD's TDR
- * page (TDH.MNG.CREATE RCX; the firmware never writes it), the register
+ * page (TDH.MNG.CREATE RCX; the firmware never writes it), the device's SPDM metadata page
+ * (TDH.SPDM.CREATE RDX; recorded, never written), the register
  * block and the length word of the model's DOE exchange. Anything outside it is refused,
  * never dereferenced.
  */
@@ -27,6 +28,7 @@ static struct {
 	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
 	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
 	_Alignas(4096) uint8_t tdr[4096];
+	_Alignas(4096) uint8_t spdm_mt[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
 } host;
@@ -111,22 +113,47 @@ int main(void)
 	call("create TD", TDH_MNG_CREATE, r, TDX_SUCCESS);
 	td = (uint64_t)(uintptr_t)host.tdr;
 
+	/* The device's SPDM id, as Linux's tdh_spdm_create() asks for it: RCX the TDISP function
+	 * ID of its DSM, RDX an HPA_ARRAY_T of the SPDM metadata pages (one page here). */
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_FUNC_ID(0, 0x0300); /* 0000:03:00.0 */
+	r->rdx = TSM_TDX_HPA_ARRAY((uintptr_t)host.spdm_mt, 1);
+	call("create SPDM id", TDH_SPDM_CREATE, r, TDX_SUCCESS);
+	dev = r->rcx;
+
+	/* Metadata outside the registered host memory (here: the firmware's own pool). */
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_FUNC_ID(0, 0x0400);
+	r->rdx = TSM_TDX_HPA_ARRAY((uintptr_t)pool, 1);
+	call("metadata outside host memory", TDH_SPDM_CREATE, r,
+	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
+
+	/* No TDI before the device's BARs are registered. */
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = 0x00000300;
+	r->r9 = (uint64_t)(uintptr_t)host.request;
+	r->r10 = (uint64_t)(uintptr_t)host.response;
+	call("create TDI before the BARs", TDH_DEVIF_CREATE, r,
+	     TSM_BARS_NOT_REGISTERED | TDX_OPERAND_ID_RCX);
+
 	memset(list, 0, sizeof(*list));
 	list->count = 1;
 	list->ranges[0].first_page = bar;
 	list->ranges[0].pages = (uint32_t)bar_pages;
+	/* A list outside the registered host memory is refused. */
 	memset(r, 0, sizeof(*r));
-	r->rcx = 0x00000300; /* 0000:03:00.0 */
-	r->rdx = (uint64_t)(uintptr_t)list;
-	call("create device", TDH_SPDM_CREATE, r, TDX_SUCCESS);
-	dev = r->rcx;
-
-	/* A list outside the registered host memory (here: the firmware's own pool) is refused. */
-	memset(r, 0, sizeof(*r));
-	r->rcx = 0x00000400;
+	r->rcx = dev;
 	r->rdx = (uint64_t)(uintptr_t)pool;
-	call("list outside host memory", TDH_SPDM_CREATE, r,
+	call("list outside host memory", TSM_SPDM_BARS, r,
 	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("register the BARs", TSM_SPDM_BARS, r, TDX_SUCCESS);
+	call("register the BARs again", TSM_SPDM_BARS, r,
+	     TSM_BARS_REGISTERED | TDX_OPERAND_ID_RCX);
+
 
 	/* The TDI's message pages: the request page (firmware to host), the response page. */
 	memset(r, 0, sizeof(*r));
@@ -243,9 +270,14 @@ int main(void)
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
 	call("remove TDI", TDH_DEVIF_REMOVE, r, TDX_SUCCESS);
+	/* As Linux's tdh_spdm_delete(): RDX 0 for a one-page array; RCX the released array. */
 	memset(r, 0, sizeof(*r));
 	r->rcx = dev;
 	call("remove device", TDH_SPDM_DELETE, r, TDX_SUCCESS);
+	if (r->rcx != TSM_TDX_HPA_ARRAY((uintptr_t)host.spdm_mt, 1)) {
+		puts("released array is not the metadata page");
+		failures++;
+	}
 
 	printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
 	return failures ? 1 : 0;

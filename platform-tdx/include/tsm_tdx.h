@@ -75,9 +75,13 @@ struct tsm_tdx_range_list {
                                           not 0; 63:16 reserved); no outputs */
 #define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TDR -> RCX entry, RDX level|state<<8 */
 #define TDH_MEM_TRACK          38u     /* RCX TDR; TDX_INTERRUPTED_RESUMABLE: call again */
-#define TDH_SPDM_CREATE        130u    /* RCX requester ID, RDX range list (BARs) -> RCX device */
-#define TDH_SPDM_DELETE        131u    /* RCX device */
-#define TDH_DEVIF_CREATE       137u    /* RCX device, RDX interface ID, R8 0, R9 request page,
+#define TDH_SPDM_CREATE        130u    /* RCX TDISP function ID (TSM_TDX_FUNC_ID), RDX HPA_ARRAY_T of
+                                          the SPDM metadata pages (TSM_TDX_HPA_ARRAY) -> RCX SPDM id
+                                          (Linux's tdh_spdm_create() layout) */
+#define TDH_SPDM_DELETE        131u    /* RCX SPDM id, RDX 0 (one page) or the array's root page ->
+                                          RCX HPA_ARRAY_T of the released pages; refused while the
+                                          device has TDIs (Linux's tdh_spdm_delete() layout) */
+#define TDH_DEVIF_CREATE       137u    /* RCX SPDM id, RDX interface ID, R8 0, R9 request page,
                                           R10 response page (4 KiB aligned, in host memory) -> RCX TDI */
 #define TDH_DEVIF_REMOVE       138u    /* RCX TDI */
 #define TDH_DEVIF_REQUEST      139u    /* RCX TDI -> TDX_SPDM_REQUEST, RCX length: the outstanding
@@ -99,10 +103,25 @@ struct tsm_tdx_range_list {
 #define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner TDR or ~0 */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
 #define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state (TDX_SPDM_REQUEST) */
-#define TSM_IDE_STREAM_SETUP   0xF008u /* RCX device; IDE stream re-established after a force */
+#define TSM_IDE_STREAM_SETUP   0xF008u /* RCX SPDM id; IDE stream re-established after a force */
+#define TSM_SPDM_BARS          0xF009u /* RCX SPDM id, RDX range list (BARs): once, after
+                                          TDH_SPDM_CREATE, before the first TDH_DEVIF_CREATE */
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info */
 #define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI; TDX_SPDM_REQUEST: the host relays START_INTERFACE */
+
+/* TDH_SPDM_CREATE RCX, as Linux's tdisp_func_id(): requester ID (bus << 8 | devfn) in 15:0,
+ * segment in 23:16, SEG_VALID (bit 24) set only for a non-zero segment; 63:25 reserved. */
+#define TSM_TDX_FUNC_ID_SEG_VALID (1ull << 24)
+#define TSM_TDX_FUNC_ID(segment, rid)                                                        \
+	(((uint64_t)(segment) << 16) | (uint64_t)(rid) |                                   \
+	 ((segment) ? TSM_TDX_FUNC_ID_SEG_VALID : 0))
+/* TDH_SPDM_CREATE RDX, as Linux's hpa_array_t_assign_raw(): PFN in 51:12 (the page itself for
+ * one page, else a root page of u64 page addresses), pages - 1 in 63:55. At most
+ * TSM_TDX_SPDM_MT_MAX_PAGES pages, each a whole 4 KiB page of host memory in use by nothing. */
+#define TSM_TDX_HPA_ARRAY(base, pages)                                                       \
+	(((uint64_t)(base) & 0x000FFFFFFFFFF000ull) | (((uint64_t)(pages) - 1) << 55))
+#define TSM_TDX_SPDM_MT_MAX_PAGES 4u
 
 /* Bytes of a message page; every request and answer fits in one. */
 #define TSM_TDX_MESSAGE_PAGE_BYTES 4096u
@@ -144,6 +163,11 @@ struct tsm_tdx_range_list {
 #define TSM_FOREIGN_INTERFACE          0xC000F02700000000ull
 #define TSM_BAR_IN_USE                 0xC000F02800000000ull
 #define TSM_STREAM_CUT                 0xC000F02900000000ull
+/* Ours: TDH_DEVIF_CREATE / TSM_IDE_STREAM_SETUP before TSM_SPDM_BARS; TSM_SPDM_BARS again. */
+#define TSM_BARS_NOT_REGISTERED        0xC000F02A00000000ull
+#define TSM_BARS_REGISTERED            0xC000F02B00000000ull
+/* A page already in use (a TD's TDR, a message page, SPDM metadata). */
+#define TDX_PAGE_METADATA_INCORRECT    0xC000030000000000ull
 #define TSM_INCONSISTENT               0xC000F0FF00000000ull
 /* Ours: the device did not answer (after three empty responses), answered TDISP_ERROR, or
  * answered something that is not the response asked for. */

@@ -25,7 +25,10 @@ use tsm_core::{
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::module::{MESSAGE_PAGE_BYTES, MessagePages, TdEntry, TdxModule, td_in};
+use crate::module::{
+    MESSAGE_PAGE_BYTES, MessagePages, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable, TdEntry,
+    TdxModule, spdm_in, td_in,
+};
 use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RAX, OPERAND_ID_RCX,
@@ -87,12 +90,46 @@ const TDR_BYTES: usize = 4096;
 pub const TDH_MEM_SEPT_RD: u16 = 25;
 /// TDH.MEM.TRACK (Linux tdx.h: leaf 38): RCX TDR PA.
 pub const TDH_MEM_TRACK: u16 = 38;
-/// TDH.SPDM.CREATE (tdx-module TDX-IO: leaf 130), here "create device": RCX requester ID
-/// (`segment << 16 | bus << 8 | devfn`), RDX host address of a [`RangeList`] of BARs.
-/// Out: RCX device handle. (Operands ours: the TDX leaf takes SPDM session pages.)
+/// TDH.SPDM.CREATE (leaf 130, Linux devsec tsm tree `arch/x86/virt/vmx/tdx/tdx.h` @29838fc9 and
+/// intel/tdx-module `tdx_api_defs.h` @a56a9173), Linux's layout (`tdh_spdm_create(func_id,
+/// spdm_mt, *spdm_id)`, `arch/x86/virt/vmx/tdx/tdx.c` @2c2d99f4): RCX the TDISP function ID of
+/// the device's DSM ([`FUNC_ID_RID_MASK`], [`FUNC_ID_SEGMENT_MASK`], [`FUNC_ID_SEG_VALID`];
+/// other bits reserved), RDX an HPA_ARRAY_T of the SPDM metadata pages
+/// ([`HPA_ARRAY_PFN_MASK`], [`HPA_ARRAY_SIZE_SHIFT`]). Out: RCX the SPDM id, the device's
+/// handle in every later operand. The pages are only recorded (in use until
+/// TDH.SPDM.DELETE). The device's BARs come with [`TSM_SPDM_BARS`].
 pub const TDH_SPDM_CREATE: u16 = 130;
-/// TDH.SPDM.DELETE (TDX-IO: 131), "remove device": RCX device handle.
+/// TDH.SPDM.DELETE (leaf 131, same sources), Linux's layout (`tdh_spdm_delete(spdm_id,
+/// spdm_mt, *nr_released, *released_hpa)`, `tdx.c` @2c2d99f4): RCX the SPDM id, RDX the
+/// release form of the metadata array (`hpa_array_t_release_raw`: 0 for one page, else the
+/// root page). Out: RCX an HPA_ARRAY_T of the released pages (Linux checks `SIZE + 1` pages
+/// and the PFN: the page itself, or the root). Refused while the device has TDIs.
 pub const TDH_SPDM_DELETE: u16 = 131;
+/// TDISP function ID, bits 15:0: the requester ID `bus << 8 | devfn` (Linux devsec tsm tree
+/// `drivers/virt/coco/tdx-host/tdx-host.c` @191928fb, `TDISP_FUNC_ID GENMASK(15, 0)`).
+pub const FUNC_ID_RID_MASK: u64 = 0xffff;
+/// TDISP function ID, bits 23:16: the PCI segment (same source, `TDISP_FUNC_ID_SEGMENT
+/// GENMASK(23, 16)`).
+pub const FUNC_ID_SEGMENT_MASK: u64 = 0xff << FUNC_ID_SEGMENT_SHIFT;
+/// Shift of [`FUNC_ID_SEGMENT_MASK`].
+pub const FUNC_ID_SEGMENT_SHIFT: u32 = 16;
+/// TDISP function ID, bit 24: the segment is valid (same source, `TDISP_FUNC_ID_SEG_VALID
+/// BIT(24)`; Linux sets it only for a non-zero segment). A segment without it is refused.
+pub const FUNC_ID_SEG_VALID: u64 = 1 << 24;
+/// TDISP function ID bits 63:25: reserved (Linux leaves them 0).
+const FUNC_ID_RESERVED: u64 = !(FUNC_ID_SEG_VALID | FUNC_ID_SEGMENT_MASK | FUNC_ID_RID_MASK);
+/// HPA_ARRAY_T, bits 51:12: the PFN of the page (one page) or of the root page holding the
+/// pages' addresses (Linux devsec tsm tree `arch/x86/virt/vmx/tdx/tdx.c` @2c2d99f4,
+/// `hpa_array_t_assign_raw`).
+pub const HPA_ARRAY_PFN_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// HPA_ARRAY_T, bits 63:55: the number of pages - 1 (same source).
+pub const HPA_ARRAY_SIZE_SHIFT: u32 = 55;
+/// HPA_ARRAY_T bits 54:52 and 11:0: reserved (zero in Linux's encoding).
+const HPA_ARRAY_RESERVED: u64 = 0x0070_0000_0000_0fff;
+/// Bytes of one HPA_ARRAY_T root entry (a page's physical address, u64).
+const HPA_ARRAY_ENTRY_BYTES: usize = 8;
+/// Bytes of an SPDM metadata page (and of the array's root page): 4 KiB pages.
+const SPDM_MT_PAGE_BYTES: usize = 4096;
 /// TDH.DEVIF.CREATE (TDX-IO: 137), "create TDI": RCX device handle, RDX interface ID
 /// (packed requester ID), R8 reserved (zero; TDX's DEVIFCS page: this firmware keeps the TDI
 /// in its own memory), R9 the request page (module to host), R10 the response page (host to
@@ -178,6 +215,13 @@ pub const TSM_DEVIF_CHECK: u16 = 0xF007;
 /// stream after a forced unbind cut it (`Tsm::setup_stream`); refused while a TDI of the
 /// device is bound. Its TDIs can be bound again.
 pub const TSM_IDE_STREAM_SETUP: u16 = 0xF008;
+/// Ours, TSM.SPDM.BARS: RCX SPDM id, RDX host address of a [`RangeList`] of the device's BARs.
+/// The public TDH.SPDM.CREATE has no BAR operand (the TDX module learns MMIO from its MMIO
+/// metadata, not modelled here); this firmware needs the BARs to check every reported range,
+/// so the host registers them once per SPDM id, after TDH.SPDM.CREATE and before the first
+/// TDH.DEVIF.CREATE (which refuses an SPDM id without them, `TSM_BARS_NOT_REGISTERED` +
+/// RCX). A second call: `TSM_BARS_REGISTERED` + RCX. The core's device is made here.
+pub const TSM_SPDM_BARS: u16 = 0xF009;
 
 // ---- guest leaves (TDCALL, entered for the calling TD) ------------------------------------
 
@@ -364,6 +408,11 @@ pub const fn operands(leaf: u16) -> Operands {
         TDH_MNG_CREATE => Operands { hpa: rcx, ..none },
         TDH_SPDM_CREATE => Operands {
             rid: rcx,
+            hpa: rdx,
+            ..none
+        },
+        TSM_SPDM_BARS => Operands {
+            device: rcx,
             list: rdx,
             ..none
         },
@@ -452,8 +501,53 @@ fn decode_handle<K>(raw: u64, operand: u32) -> Result<tsm_core::Handle<K>, TdxSt
     tsm_core::Handle::from_raw(raw).map_err(|_| invalid(operand))
 }
 
+/// TDH.SPDM.CREATE RCX: a TDISP function ID. Reserved bits 63:25, or a segment without
+/// SEG_VALID: OPERAND_INVALID + RCX.
+fn decode_function_id(raw: u64) -> Result<RequesterId, TdxStatus> {
+    if raw & FUNC_ID_RESERVED != 0
+        || (raw & FUNC_ID_SEGMENT_MASK != 0 && raw & FUNC_ID_SEG_VALID == 0)
+    {
+        return Err(invalid(OPERAND_ID_RCX));
+    }
+    let segment = u16::try_from((raw & FUNC_ID_SEGMENT_MASK) >> FUNC_ID_SEGMENT_SHIFT)
+        .map_err(|_| invalid(OPERAND_ID_RCX))?;
+    let routing = u16::try_from(raw & FUNC_ID_RID_MASK).map_err(|_| invalid(OPERAND_ID_RCX))?;
+    Ok(RequesterId::from_routing(segment, routing))
+}
+
+/// Builds a TDISP function ID as Linux's `tdisp_func_id` does (SEG_VALID only for a non-zero
+/// segment).
+pub const fn function_id(rid: RequesterId) -> u64 {
+    let packed = rid.packed() as u64;
+    let segment = (packed >> 16) & 0xffff;
+    if segment > 0xff {
+        // Not expressible: 8 segment bits. Reserved bits set, so the firmware refuses it.
+        return packed | FUNC_ID_SEG_VALID;
+    }
+    if segment == 0 {
+        packed
+    } else {
+        packed | FUNC_ID_SEG_VALID
+    }
+}
+
+/// An HPA_ARRAY_T as Linux's `hpa_array_t_assign_raw` builds it: `pages` pages (1-512) whose
+/// first page (one page) or root page is at `base`.
+pub const fn hpa_array(base: u64, pages: u64) -> u64 {
+    (base & HPA_ARRAY_PFN_MASK) | (pages.saturating_sub(1) << HPA_ARRAY_SIZE_SHIFT)
+}
+
 fn decode_rid(raw: u64, operand: u32) -> Result<RequesterId, TdxStatus> {
     RequesterId::from_packed(raw).map_err(|_| invalid(operand))
+}
+
+/// The core device SPDM id `raw` names in `table`: none, `TDX_OPERAND_INVALID` + RCX; no BARs
+/// registered yet (TSM.SPDM.BARS), `TSM_BARS_NOT_REGISTERED` + RCX.
+fn device_in(table: &SpdmTable, raw: u64) -> Result<DeviceId, TdxStatus> {
+    spdm_in(table, raw)
+        .ok_or(invalid(OPERAND_ID_RCX))?
+        .device
+        .ok_or(status::TSM_BARS_NOT_REGISTERED | u64::from(OPERAND_ID_RCX))
 }
 
 /// The status for a host-memory fault on the operand `operand`.
@@ -629,8 +723,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             }
         }
         if let Some(id) = ops.device {
-            let known = DeviceId::from_raw(reg(input, id)?).map(|d| self.tsm.device(d).map(drop));
-            if known.is_err() || known.is_ok_and(unknown) {
+            // An SPDM id; busy (this leaf holds the table) counts as known, as above.
+            if self.fw.spdm(reg(input, id)?) == Ok(None) {
                 return Some(invalid(id));
             }
         }
@@ -757,32 +851,65 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 }
                 Outcome::Core(Ok(Completion::Done))
             }
-            TDH_SPDM_CREATE => {
-                let rid = decode_rid(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let bars = self.read_ranges::<MAX_BARS>(r.rdx, OPERAND_ID_RDX)?;
-                let dev = tsm.create_device(rid, &bars).map_err(core)?;
-                out.rcx = u64::from(dev.slot());
+            TDH_SPDM_CREATE => self.spdm_create(r, out)?,
+            TDH_SPDM_DELETE => {
+                let mut spdm = self.fw.lock_spdm().map_err(core)?;
+                let slot = usize::try_from(r.rcx)
+                    .ok()
+                    .and_then(|i| spdm.get_mut(i))
+                    .ok_or(st(invalid(OPERAND_ID_RCX)))?;
+                let entry = slot.as_ref().ok_or(st(invalid(OPERAND_ID_RCX)))?;
+                // Linux's `hpa_array_t_release_raw`: 0 for one page, else the root page.
+                let release = entry.metadata.root.map_or(0, |h| h.as_u64());
+                if r.rdx != release {
+                    return Err(st(invalid(OPERAND_ID_RDX)));
+                }
+                let first = match (entry.metadata.root, entry.metadata.pages.first()) {
+                    (Some(root), _) => root,
+                    (None, Some(page)) => *page,
+                    (None, None) => return Err(core(Error::Inconsistent)),
+                };
+                let count = u64::try_from(entry.metadata.pages.len())
+                    .map_err(|_| core(Error::Inconsistent))?;
+                if let Some(dev) = entry.device {
+                    tsm.remove_device(dev).map_err(core)?;
+                }
+                *slot = None;
+                out.rcx = hpa_array(first.as_u64(), count);
                 Outcome::Core(Ok(Completion::Done))
             }
-            TDH_SPDM_DELETE => {
-                let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                tsm.remove_device(dev).into()
+            TSM_SPDM_BARS => {
+                let mut spdm = self.fw.lock_spdm().map_err(core)?;
+                let entry = usize::try_from(r.rcx)
+                    .ok()
+                    .and_then(|i| spdm.get_mut(i))
+                    .and_then(Option::as_mut)
+                    .ok_or(st(invalid(OPERAND_ID_RCX)))?;
+                if entry.device.is_some() {
+                    return Err(st(status::TSM_BARS_REGISTERED | u64::from(OPERAND_ID_RCX)));
+                }
+                let bars = self.read_ranges::<MAX_BARS>(r.rdx, OPERAND_ID_RDX)?;
+                entry.device = Some(tsm.create_device(entry.function, &bars).map_err(core)?);
+                Outcome::Core(Ok(Completion::Done))
             }
             TDH_DEVIF_CREATE => {
-                let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let spdm = self.fw.lock_spdm().map_err(core)?;
+                let dev = device_in(&spdm, r.rcx).map_err(st)?;
                 let iface = decode_rid(r.rdx, OPERAND_ID_RDX).map_err(refuse)?;
                 if r.r8 != 0 {
                     return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
                 let pages = self.message_pages_operands(r).map_err(refuse)?;
-                // A TD's TDR page is the firmware's, never a message page (TDH.MNG.CREATE
-                // refuses the converse).
+                // A TD's TDR page and SPDM metadata are the firmware's, never a message page
+                // (TDH.MNG.CREATE and TDH.SPDM.CREATE refuse the converse).
                 let tds = self.fw.read_tds().map_err(core)?;
                 for (page, operand) in [
                     (pages.request, OPERAND_ID_R9),
                     (pages.response, OPERAND_ID_R10),
                 ] {
-                    if td_in(&tds, page.as_u64()).is_some() {
+                    if td_in(&tds, page.as_u64()).is_some()
+                        || spdm.iter().flatten().any(|e| e.metadata.holds(page))
+                    {
                         return Err(refuse(
                             status::TDX_PAGE_METADATA_INCORRECT | u64::from(operand),
                         ));
@@ -902,7 +1029,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 }
             }
             TSM_IDE_STREAM_SETUP => {
-                let dev: DeviceId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let spdm = self.fw.lock_spdm().map_err(core)?;
+                let dev = device_in(&spdm, r.rcx).map_err(st)?;
                 tsm.setup_stream(dev).into()
             }
             TSM_DEVIF_ERROR => {
@@ -942,6 +1070,104 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         })
     }
 
+    /// TDH.SPDM.CREATE ([`TDH_SPDM_CREATE`]): RCX the function ID, then RDX the array's
+    /// format and pages (each a whole 4 KiB page of host memory below 2^52, none twice, not the
+    /// root), then pages in use (a TD's
+    /// TDR, a TDI's message page, another SPDM id's metadata: `TDX_PAGE_METADATA_INCORRECT` +
+    /// RDX), then a function another SPDM id has (`TSM_DUPLICATE_DEVICE` + RCX), then a free
+    /// SPDM id (`TSM_DEVICE_TABLE_FULL`). The TD, message-page and SPDM tables are held from
+    /// the check to the insertion.
+    fn spdm_create(&self, r: &SeamRegs, out: &mut SeamRegs) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let core = |e| Outcome::Core(Err(e));
+        let rdx = |code: TdxStatus| st(code | u64::from(OPERAND_ID_RDX));
+        let function = decode_function_id(r.rcx).map_err(st)?;
+        if r.rdx & HPA_ARRAY_RESERVED != 0 {
+            return Err(rdx(TDX_OPERAND_INVALID));
+        }
+        let base =
+            decode_hpa(r.rdx & HPA_ARRAY_PFN_MASK, PageSize::Size4K, OPERAND_ID_RDX).map_err(st)?;
+        let count = usize::try_from(r.rdx >> HPA_ARRAY_SIZE_SHIFT)
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .filter(|n| *n <= SPDM_MT_MAX_PAGES)
+            .ok_or(rdx(TDX_OPERAND_INVALID))?;
+        let whole_page = |at: Hpa| {
+            self.host
+                .probe_read(at.as_u64(), SPDM_MT_PAGE_BYTES)
+                .map_err(|f| st(host_fault(f, OPERAND_ID_RDX)))
+        };
+        whole_page(base)?;
+        let mut metadata = SpdmPages {
+            root: None,
+            pages: heapless::Vec::new(),
+        };
+        if count == 1 {
+            metadata
+                .pages
+                .push(base)
+                .map_err(|_| core(Error::Inconsistent))?;
+        } else {
+            // One read of the root's entries into firmware memory; only the copy is decoded.
+            let mut raw = [0u8; SPDM_MT_MAX_PAGES * HPA_ARRAY_ENTRY_BYTES];
+            let bytes = count
+                .checked_mul(HPA_ARRAY_ENTRY_BYTES)
+                .and_then(|n| raw.get_mut(..n))
+                .ok_or(core(Error::Inconsistent))?;
+            self.host
+                .read(base.as_u64(), bytes)
+                .map_err(|f| st(host_fault(f, OPERAND_ID_RDX)))?;
+            metadata.root = Some(base);
+            for word in bytes.chunks_exact(HPA_ARRAY_ENTRY_BYTES) {
+                let word: [u8; HPA_ARRAY_ENTRY_BYTES] =
+                    word.try_into().map_err(|_| core(Error::Inconsistent))?;
+                let page = decode_hpa(u64::from_le_bytes(word), PageSize::Size4K, OPERAND_ID_RDX)
+                    .map_err(st)?;
+                whole_page(page)?;
+                if metadata.holds(page) {
+                    return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
+                }
+                metadata
+                    .pages
+                    .push(page)
+                    .map_err(|_| rdx(TDX_OPERAND_INVALID))?;
+            }
+        }
+        // Host memory never holds the firmware's own memory (pool, state), so a page of it is
+        // the host's; the firmware's reserved memory (which includes host memory: it is never
+        // MMIO) is not asked. In use is what remains.
+        let all = || metadata.root.iter().chain(metadata.pages.iter()).copied();
+        let tds = self.fw.read_tds().map_err(core)?;
+        let pages = self.fw.lock_pages().map_err(core)?;
+        let mut spdm = self.fw.lock_spdm().map_err(core)?;
+        for page in all() {
+            let in_use = td_in(&tds, page.as_u64()).is_some()
+                || pages
+                    .iter()
+                    .flatten()
+                    .any(|p| p.request == page || p.response == page)
+                || spdm.iter().flatten().any(|e| e.metadata.holds(page));
+            if in_use {
+                return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
+            }
+        }
+        if spdm.iter().flatten().any(|e| e.function == function) {
+            return Err(st(status::TSM_DUPLICATE_DEVICE | u64::from(OPERAND_ID_RCX)));
+        }
+        let (id, slot) = spdm
+            .iter_mut()
+            .enumerate()
+            .find(|(_, e)| e.is_none())
+            .ok_or(core(Error::DeviceTableFull))?;
+        out.rcx = u64::try_from(id).map_err(|_| core(Error::Inconsistent))?;
+        *slot = Some(SpdmEntry {
+            function,
+            metadata,
+            device: None,
+        });
+        Ok(Outcome::Core(Ok(Completion::Done)))
+    }
+
     /// TDH.MNG.CREATE ([`TDH_MNG_CREATE`]): RDX the HKID, then RCX the TDR page, then the page
     /// is no TD's TDR and no TDI's message page, then the core makes the guest; the TD table
     /// and the message-page table are held from the check to the insertion.
@@ -959,11 +1185,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             .map_err(|f| st(host_fault(f, OPERAND_ID_RCX)))?;
         let mut tds = self.fw.write_tds().map_err(core)?;
         let pages = self.fw.lock_pages().map_err(core)?;
+        let spdm = self.fw.lock_spdm().map_err(core)?;
         let in_use = td_in(&tds, tdr.as_u64()).is_some()
             || pages
                 .iter()
                 .flatten()
-                .any(|p| p.request == tdr || p.response == tdr);
+                .any(|p| p.request == tdr || p.response == tdr)
+            || spdm.iter().flatten().any(|e| e.metadata.holds(tdr));
         if in_use {
             return Err(st(
                 status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)

@@ -545,7 +545,9 @@ mod tests {
     /// Host memory layout of the tests: page 0 the range list, page 1 the register block (and
     /// in word [`LEN_WORD`] the model's answer length), pages 2 and 3 a TDI's request and
     /// response pages, page 4 the TD's TDR page.
-    const HOST_PAGES: usize = 5;
+    const HOST_PAGES: usize = 6;
+    /// The device's one SPDM metadata page (TDH.SPDM.CREATE RDX).
+    const SPDM_PAGE: usize = 5;
     const TDR_PAGE: usize = 4;
     /// The HKID the tests' TD is created with (any private one: not 0).
     const HKID: u64 = 1;
@@ -639,16 +641,9 @@ mod tests {
                 },
             );
             assert_eq!(created.rax, TDX_SUCCESS);
+            let dev = self.spdm_create();
             self.put_list(&one_range(BAR_A, 16));
-            let dev = self.call(
-                abi::TDH_SPDM_CREATE,
-                SeamRegs {
-                    rcx: RID,
-                    rdx: self.list_at().addr() as u64,
-                    ..SeamRegs::default()
-                },
-            );
-            assert_eq!(dev.rax, TDX_SUCCESS);
+            assert_eq!(self.bars(dev).rax, TDX_SUCCESS);
             assert_eq!(
                 model.report(self.fw, RID, self.list_at().addr() as u64),
                 TDX_SUCCESS
@@ -656,7 +651,7 @@ mod tests {
             let tdi = self.call(
                 abi::TDH_DEVIF_CREATE,
                 SeamRegs {
-                    rcx: dev.rcx,
+                    rcx: dev,
                     rdx: RID,
                     r9: self.page(REQUEST_PAGE),
                     r10: self.page(RESPONSE_PAGE),
@@ -665,6 +660,31 @@ mod tests {
             );
             assert_eq!(tdi.rax, TDX_SUCCESS);
             (td, tdi.rcx)
+        }
+        /// TDH.SPDM.CREATE of the device (function `RID`, segment 0) with its one metadata
+        /// page: the SPDM id.
+        fn spdm_create(&self) -> u64 {
+            let out = self.call(
+                abi::TDH_SPDM_CREATE,
+                SeamRegs {
+                    rcx: RID,
+                    rdx: abi::hpa_array(self.page(SPDM_PAGE), 1),
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(out.rax, TDX_SUCCESS);
+            out.rcx
+        }
+        /// TSM.SPDM.BARS of SPDM id `dev` with the list in page 0.
+        fn bars(&self, dev: u64) -> SeamRegs {
+            self.call(
+                abi::TSM_SPDM_BARS,
+                SeamRegs {
+                    rcx: dev,
+                    rdx: self.list_at().addr() as u64,
+                    ..SeamRegs::default()
+                },
+            )
         }
         fn put_list(&self, list: &RangeList) {
             for (i, w) in list_words(list).into_iter().enumerate() {
@@ -789,10 +809,13 @@ mod tests {
     #[test]
     fn host_memory_changing_under_a_read_gives_one_consistent_snapshot() {
         let w = World::new();
+        let spdm_id = w.spdm_create();
         let calls = if cfg!(miri) { 12 } else { 400 };
         let good = one_range(BAR_A, 16);
         w.put_list(&good);
         let list_addr = w.list_at().addr() as u64;
+        // RDX before the writer's first store: the list (not what TDH.SPDM.CREATE left).
+        word(w.host, 1, 2).store(list_addr, Ordering::Relaxed);
         let outside = w.pool.addr() as u64;
         let host = Shared(w.host);
         let stop = Box::leak(Box::new(core::sync::atomic::AtomicBool::new(false)));
@@ -824,17 +847,20 @@ mod tests {
             })
         };
         let mut seen = std::collections::BTreeSet::new();
+        let id = spdm_id;
         for _ in 0..calls {
             // Only RAX and RCX are the caller's; RDX belongs to the writer.
-            word(w.host, 1, 0).store(u64::from(abi::TDH_SPDM_CREATE), Ordering::Relaxed);
-            word(w.host, 1, 1).store(RID, Ordering::Relaxed);
+            word(w.host, 1, 0).store(u64::from(abi::TSM_SPDM_BARS), Ordering::Relaxed);
+            word(w.host, 1, 1).store(id, Ordering::Relaxed);
             let status = w.fw.seamcall(w.regs_at());
             let out = get_regs(w.regs_at());
             assert_eq!(out.rax, status);
             match status {
                 TDX_SUCCESS => {
-                    let dev = tsm_core::DeviceId::from_raw(out.rcx).unwrap();
                     let fw = w.fw.instance().unwrap();
+                    let mut spdm = fw.tsm.lock_spdm().unwrap();
+                    let entry = spdm[id as usize].as_mut().unwrap();
+                    let dev = entry.device.take().unwrap();
                     let bars = fw.tsm.device(dev).unwrap().bars;
                     assert_eq!(bars.len(), 1);
                     let base = bars[0].base().as_u64();
@@ -859,6 +885,7 @@ mod tests {
     #[test]
     fn a_bar_over_the_pool_or_host_memory_is_reserved_memory() {
         let w = World::new();
+        let dev = w.spdm_create();
         let pool_before = w.pool_image();
         // The host registers a device whose BAR is the frame pool's base (then one over its
         // own memory): with it the TD could have been given S-EPT pages as private MMIO.
@@ -875,14 +902,7 @@ mod tests {
             ),
         ] {
             w.put_list(&one_range(base, 1));
-            let out = w.call(
-                abi::TDH_SPDM_CREATE,
-                SeamRegs {
-                    rcx: RID,
-                    rdx: w.list_at().addr() as u64,
-                    ..SeamRegs::default()
-                },
-            );
+            let out = w.bars(dev);
             assert_eq!(
                 out.rax,
                 status::TSM_RESERVED_MEMORY | u64::from(OPERAND_ID_RDX),
@@ -892,15 +912,7 @@ mod tests {
         assert_eq!(w.pool_image(), pool_before);
         // A real MMIO BAR is fine.
         w.put_list(&one_range(BAR_A, 16));
-        let out = w.call(
-            abi::TDH_SPDM_CREATE,
-            SeamRegs {
-                rcx: RID,
-                rdx: w.list_at().addr() as u64,
-                ..SeamRegs::default()
-            },
-        );
-        assert_eq!(out.rax, TDX_SUCCESS);
+        assert_eq!(w.bars(dev).rax, TDX_SUCCESS);
     }
 
     /// Every address the host passes is checked against the host memory registered at init:
@@ -910,6 +922,7 @@ mod tests {
     #[test]
     fn addresses_outside_host_memory_are_refused_and_reserved_fields_must_be_zero() {
         let w = World::new();
+        let dev = w.spdm_create();
         let pool_before = w.pool_image();
         let host_end = w.host.addr() as u64 + (HOST_PAGES * PAGE_BYTES) as u64;
         w.put_list(&one_range(BAR_A, 16));
@@ -922,14 +935,24 @@ mod tests {
             ("far away", 0x7_0000_0000),
         ] {
             let out = w.call(
-                abi::TDH_SPDM_CREATE,
+                abi::TSM_SPDM_BARS,
                 SeamRegs {
-                    rcx: RID,
+                    rcx: dev,
                     rdx,
                     ..SeamRegs::default()
                 },
             );
             assert_eq!(out.rax, range_error(OPERAND_ID_RDX), "list in {what}");
+            // The metadata array too, and nothing is recorded.
+            let out = w.call(
+                abi::TDH_SPDM_CREATE,
+                SeamRegs {
+                    rcx: RID | 1,
+                    rdx: abi::hpa_array(rdx, 1),
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(out.rax, range_error(OPERAND_ID_RDX), "metadata in {what}");
         }
         // The register block itself: outside, straddling the end, misaligned. Nothing is
         // written anywhere (the pool is compared byte for byte).
@@ -975,15 +998,7 @@ mod tests {
             model.report(w.fw, RID, w.list_at().addr() as u64),
             invalid(OPERAND_ID_RDX)
         );
-        let out = w.call(
-            abi::TDH_SPDM_CREATE,
-            SeamRegs {
-                rcx: RID,
-                rdx: w.list_at().addr() as u64,
-                ..SeamRegs::default()
-            },
-        );
-        assert_eq!(out.rax, invalid(OPERAND_ID_RDX));
+        assert_eq!(w.bars(dev).rax, invalid(OPERAND_ID_RDX));
         list.reserved = 0;
         list.count = 17;
         w.put_list(&list);

@@ -12,9 +12,10 @@
 use core::ops::Deref;
 
 use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
+use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::{
-    Error, GuestId, Hpa, Operand, ReservedMemory, SecureSession, TdiId, Tsm, TsmResult,
+    DeviceId, Error, GuestId, Hpa, Operand, RequesterId, ReservedMemory, SecureSession, TdiId, Tsm,
+    TsmResult,
 };
 
 use crate::sept::Sept;
@@ -64,6 +65,47 @@ pub(crate) fn td_in(table: &TdTable, tdr: u64) -> Option<GuestId> {
         .map(GuestId::from_slot)
 }
 
+/// SPDM metadata pages one TDH.SPDM.CREATE may hand over (ours: the TDX module publishes its
+/// own count as `spdm_mt_page_count`, global metadata field 0x3000000100000002, Linux
+/// `tdx_global_metadata` in the devsec tsm tree @2c2d99f4, which this firmware does not
+/// model). An HPA_ARRAY_T can name up to 512 pages; more than this is `TDX_OPERAND_INVALID` +
+/// RDX.
+pub const SPDM_MT_MAX_PAGES: usize = 4;
+
+/// The SPDM metadata pages TDH.SPDM.CREATE handed over, as the firmware recorded them: the
+/// array's root page (`None` for a singleton, whose PFN is the one page) and the pages. The
+/// firmware only records them (it keeps the device in its own memory): they are in use until
+/// TDH.SPDM.DELETE hands them back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpdmPages {
+    /// The root page of a multi-page array (its entries are `pages`).
+    pub root: Option<Hpa>,
+    /// The metadata pages, in the array's order.
+    pub pages: heapless::Vec<Hpa, SPDM_MT_MAX_PAGES>,
+}
+
+impl SpdmPages {
+    /// Whether `page` is one of these pages or their root.
+    pub fn holds(&self, page: Hpa) -> bool {
+        self.root == Some(page) || self.pages.contains(&page)
+    }
+}
+
+/// An SPDM id's record: the DSM function TDH.SPDM.CREATE named, its metadata pages, and the
+/// core device once TSM.SPDM.BARS registered the device's BARs (`None` until then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpdmEntry {
+    /// The device's DSM function (TDH.SPDM.CREATE RCX).
+    pub function: RequesterId,
+    /// Its metadata pages (TDH.SPDM.CREATE RDX).
+    pub metadata: SpdmPages,
+    /// The core's device, made by TSM.SPDM.BARS.
+    pub device: Option<DeviceId>,
+}
+
+/// Every SPDM id's record, indexed by SPDM id.
+pub(crate) type SpdmTable = [Option<SpdmEntry>; MAX_DEVICES];
+
 /// The TDX back end's firmware: the core over the S-EPT, sealed with session `S`, and each
 /// TDI's message pages. Everything of the core is reached through `Deref`; the dispatcher
 /// ([`crate::abi::Dispatcher`]) is the only writer of the message pages.
@@ -78,6 +120,9 @@ pub struct TdxModule<'m, S> {
     /// TD, so the TD a TDR names cannot change under it; written by TDH.MNG.CREATE and TD
     /// destroy. Contended: `Busy(Guest)`, `TDX_OPERAND_BUSY` + TDR.
     tds: RwLock<TdTable>,
+    /// The SPDM ids (try-lock, held for the whole of every leaf naming one, so the device an
+    /// SPDM id names cannot change under it). Contended: `Busy(Device)`.
+    spdm: Mutex<SpdmTable>,
 }
 
 impl<'m, S> Deref for TdxModule<'m, S> {
@@ -99,6 +144,7 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
             tsm: Tsm::with_reserved(table, session, reserved),
             pages: Mutex::new([const { None }; MAX_TDIS]),
             tds: RwLock::new([const { None }; MAX_GUESTS]),
+            spdm: Mutex::new([const { None }; MAX_DEVICES]),
         }
     }
 
@@ -137,9 +183,29 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
         self.tds.try_write().ok_or(Error::Busy(Operand::Guest))
     }
 
+    /// The record of SPDM id `id` (`None`: no TDH.SPDM.CREATE made it); `Busy(Device)` while
+    /// a leaf holds the table.
+    pub fn spdm(&self, id: u64) -> TsmResult<Option<SpdmEntry>> {
+        let table = self.lock_spdm()?;
+        Ok(spdm_in(&table, id).cloned())
+    }
+
+    /// The SPDM table, for one leaf; `Busy(Device)` while another CPU's leaf holds it.
+    pub(crate) fn lock_spdm(&self) -> TsmResult<MutexGuard<'_, SpdmTable>> {
+        self.spdm.try_lock().ok_or(Error::Busy(Operand::Device))
+    }
+
     /// The message-page table, for one leaf; `Busy(Tdi)` (OPERAND_BUSY on the DEVIF) while
     /// another CPU's leaf holds it.
     pub(crate) fn lock_pages(&self) -> TsmResult<MutexGuard<'_, PageTable>> {
         self.pages.try_lock().ok_or(Error::Busy(Operand::Tdi))
     }
+}
+
+/// The record of SPDM id `id` in `table` (an id past the table names none).
+pub(crate) fn spdm_in(table: &SpdmTable, id: u64) -> Option<&SpdmEntry> {
+    usize::try_from(id)
+        .ok()
+        .and_then(|i| table.get(i))
+        .and_then(Option::as_ref)
 }

@@ -139,6 +139,11 @@ pub const TSM_BAR_IN_USE: u64 = 0xC000_F028_0000_0000;
 /// Ours: bind of a TDI whose device's IDE stream a forced unbind cut; TSM.IDE.STREAM_SETUP
 /// first.
 pub const TSM_STREAM_CUT: u64 = 0xC000_F029_0000_0000;
+/// Ours: TDH.DEVIF.CREATE or TSM.IDE.STREAM_SETUP of an SPDM id whose BARs TSM.SPDM.BARS has
+/// not registered yet.
+pub const TSM_BARS_NOT_REGISTERED: u64 = 0xC000_F02A_0000_0000;
+/// Ours: TSM.SPDM.BARS of an SPDM id whose BARs are registered already.
+pub const TSM_BARS_REGISTERED: u64 = 0xC000_F02B_0000_0000;
 /// Ours: the firmware's own records disagree; refused with nothing changed.
 pub const TSM_INCONSISTENT: u64 = 0xC000_F0FF_0000_0000;
 /// Ours: the device did not answer a TDISP request (recoverable: retry).
@@ -611,6 +616,9 @@ mod header_tests {
             ("TSM_FOREIGN_INTERFACE", TSM_FOREIGN_INTERFACE),
             ("TSM_BAR_IN_USE", TSM_BAR_IN_USE),
             ("TSM_STREAM_CUT", TSM_STREAM_CUT),
+            ("TSM_BARS_NOT_REGISTERED", TSM_BARS_NOT_REGISTERED),
+            ("TSM_BARS_REGISTERED", TSM_BARS_REGISTERED),
+            ("TDX_PAGE_METADATA_INCORRECT", TDX_PAGE_METADATA_INCORRECT),
             ("TSM_INCONSISTENT", TSM_INCONSISTENT),
             ("TSM_DEVICE_UNRESPONSIVE", TSM_DEVICE_UNRESPONSIVE),
             ("TSM_DEVICE_REFUSED", TSM_DEVICE_REFUSED),
@@ -636,6 +644,7 @@ mod header_tests {
             ("TSM_MMIO_ZAP_CHECK", abi::TSM_MMIO_ZAP_CHECK.into()),
             ("TSM_DEVIF_CHECK", abi::TSM_DEVIF_CHECK.into()),
             ("TSM_IDE_STREAM_SETUP", abi::TSM_IDE_STREAM_SETUP.into()),
+            ("TSM_SPDM_BARS", abi::TSM_SPDM_BARS.into()),
             ("TDG_MMIO_ACCEPT", abi::TDG_MMIO_ACCEPT.into()),
             ("TSM_GUEST_DEVIF_START", abi::TSM_GUEST_DEVIF_START.into()),
             // Operand ids.
@@ -663,6 +672,10 @@ mod header_tests {
                 abi::RANGE_LIST_CAPACITY as u64,
             ),
             ("TSM_TDX_MESSAGE_PAGE_BYTES", MESSAGE_PAGE_BYTES as u64),
+            (
+                "TSM_TDX_SPDM_MT_MAX_PAGES",
+                crate::module::SPDM_MT_MAX_PAGES as u64,
+            ),
         ];
         let mut defined = 0;
         for line in header.lines() {
@@ -693,5 +706,10 @@ mod header_tests {
         // The one flag, written as a shift.
         assert!(header.contains("#define TSM_UNBIND_FLAG_FORCE  (1ull << 0)"));
         assert_eq!(abi::UNBIND_FLAG_FORCE, 1 << 0);
+        assert!(header.contains("#define TSM_TDX_FUNC_ID_SEG_VALID (1ull << 24)"));
+        assert_eq!(abi::FUNC_ID_SEG_VALID, 1 << 24);
+        assert!(header.contains("& 0x000FFFFFFFFFF000ull) | (((uint64_t)(pages) - 1) << 55))"));
+        assert_eq!(abi::HPA_ARRAY_PFN_MASK, 0x000F_FFFF_FFFF_F000);
+        assert_eq!(abi::HPA_ARRAY_SIZE_SHIFT, 55);
     }
 }

@@ -19,10 +19,10 @@ use platform_tdx::abi::{
 };
 use platform_tdx::ept::SeptState;
 use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::module::{MESSAGE_PAGE_BYTES, MessagePages};
+use platform_tdx::module::{MESSAGE_PAGE_BYTES, MessagePages, SpdmEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
-use tsm_core::capacity::MAX_TDIS;
+use tsm_core::capacity::{MAX_DEVICES, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
@@ -32,9 +32,13 @@ use tsm_core::{
 };
 
 /// Host memory: page 0 the range list, then message pages (request, response) of TDIs, then
-/// pages 7-10 the TDR pages of the TDs `World::create_td` makes.
+/// pages 7-10 the TDR pages of the TDs `World::create_td` makes, then pages 11-18 SPDM
+/// metadata (one per device, by bus: `spdm_page`).
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 11;
+const HOST_PAGES: usize = 19;
+/// The first SPDM metadata page, and how many there are.
+const SPDM_FIRST: u64 = 11;
+const SPDM_PAGES: u64 = 8;
 /// The first TDR page, and how many there are.
 const TDR_FIRST: u64 = 7;
 const TDRS: u64 = 4;
@@ -49,6 +53,11 @@ const fn host_page(i: u64) -> u64 {
     HOST + i * MESSAGE_PAGE_BYTES as u64
 }
 
+/// The SPDM metadata page of the device on bus `bus`.
+const fn spdm_page(bus: u8) -> u64 {
+    host_page(SPDM_FIRST + bus as u64 % SPDM_PAGES)
+}
+
 /// The message pages of the first TDI, and of a second and third one.
 const PAGES_A: (u64, u64) = (host_page(1), host_page(2));
 const PAGES_B: (u64, u64) = (host_page(3), host_page(4));
@@ -61,6 +70,7 @@ type Image = (
     Vec<(u32, TdispState)>,
     Vec<Option<MessagePages>>,
     Vec<u8>,
+    Vec<Option<SpdmEntry>>,
 );
 
 /// A firmware, the host's memory and the device behind its DOE mailbox.
@@ -260,7 +270,10 @@ impl<'m> World<'m> {
         let pages = (0..MAX_TDIS as u16)
             .map(|s| self.fw.message_pages(TdiId::from_slot(s)).unwrap())
             .collect();
-        (snap, device, pages, self.mem.borrow().clone())
+        let spdm = (0..MAX_DEVICES as u64)
+            .map(|id| self.fw.spdm(id).unwrap())
+            .collect();
+        (snap, device, pages, self.mem.borrow().clone(), spdm)
     }
 }
 
@@ -268,19 +281,33 @@ fn rid(bus: u8) -> RequesterId {
     RequesterId::try_new(0, bus, 0, 0).unwrap()
 }
 
-/// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports.
+/// TDH.SPDM.CREATE of the device on bus `bus` (segment 0) with its one metadata page, as
+/// Linux's `tdh_spdm_create` calls it: the SPDM id.
+fn spdm_create(w: &World<'_>, bus: u8) -> u64 {
+    w.ok(
+        abi::TDH_SPDM_CREATE,
+        SeamRegs {
+            rcx: abi::function_id(rid(bus)),
+            rdx: abi::hpa_array(spdm_page(bus), 1),
+            ..Default::default()
+        },
+    )
+    .rcx
+}
+
+/// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports: TDH.SPDM.CREATE
+/// then TSM.SPDM.BARS.
 fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
+    let dev = spdm_create(w, bus);
     w.put_list(&RangeList::from_ranges(&[MmioRange::from_raw(bar, 1024).unwrap()]).unwrap());
-    let dev = w
-        .ok(
-            abi::TDH_SPDM_CREATE,
-            SeamRegs {
-                rcx: u64::from(rid(bus).packed()),
-                rdx: PARAMS,
-                ..Default::default()
-            },
-        )
-        .rcx;
+    w.ok(
+        abi::TSM_SPDM_BARS,
+        SeamRegs {
+            rcx: dev,
+            rdx: PARAMS,
+            ..Default::default()
+        },
+    );
     w.put_list(&RangeList::default());
     // The device reports the BAR; bind takes the ranges from it, not from the host.
     w.device
@@ -960,7 +987,7 @@ fn track_past_a_window(host_tracks: bool) {
 fn bar_lists_with_reserved_fields_set_are_refused() {
     let mut mem = vec![Page::ZERO; 32];
     let (w, _, _) = bound_world(&mut mem);
-    let rid = u64::from(RequesterId::try_new(0, 9, 0, 0).unwrap().packed());
+    let dev = spdm_create(&w, 9);
     for (what, attributes, range_id) in [("attributes", 1 << 2, 0), ("range ID", 0, 7)] {
         let mut list =
             RangeList::from_ranges(&[MmioRange::from_raw(0x9000_0000, 4).unwrap()]).unwrap();
@@ -969,14 +996,15 @@ fn bar_lists_with_reserved_fields_set_are_refused() {
         w.put_list(&list);
         let before = w.image();
         let out = w.call(
-            u64::from(abi::TDH_SPDM_CREATE),
+            u64::from(abi::TSM_SPDM_BARS),
             SeamRegs {
-                rcx: rid,
+                rcx: dev,
                 rdx: PARAMS,
                 ..Default::default()
             },
         );
         assert_eq!(out.rax, TDX_OPERAND_INVALID | 2, "BAR with {what} set");
+        assert_eq!(w.fw.spdm(dev).unwrap().unwrap().device, None);
         assert!(w.image() == before);
         assert_eq!(
             w.fw.device(tsm_core::DeviceId::from_slot(1)).err(),
@@ -2283,4 +2311,365 @@ fn mmio_map_of_an_unowned_page_checks_alignment_and_reserved_memory_first() {
         assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
         assert!(image(&host) == before, "{what} changed something");
     }
+}
+
+/// TDH.SPDM.CREATE / TDH.SPDM.DELETE as Linux's `tdh_spdm_create(func_id, spdm_mt, *spdm_id)`
+/// and `tdh_spdm_delete(spdm_id, spdm_mt, *nr_released, *released_hpa)` (devsec tsm tree
+/// `arch/x86/virt/vmx/tdx/tdx.c` @2c2d99f4) issue them: golden registers in and out, for one
+/// page and for a root page of three.
+#[test]
+fn spdm_create_and_delete_golden_registers() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    // 0001:1a:00.0: `tdisp_func_id` sets SEG_VALID for the non-zero segment.
+    let func = RequesterId::try_new(1, 0x1a, 0, 0).unwrap();
+    assert_eq!(abi::function_id(func), 0x0101_1a00);
+    assert_eq!(abi::function_id(rid(0x1a)), 0x0000_1a00);
+    // One page: RDX is the page itself, size - 1 = 0.
+    let one = host_page(SPDM_FIRST);
+    assert_eq!(abi::hpa_array(one, 1), one);
+    let regs = SeamRegs {
+        rcx: 0x0101_1a00,
+        rdx: one,
+        ..Default::default()
+    };
+    let out = w.call(u64::from(abi::TDH_SPDM_CREATE), regs);
+    assert_eq!(
+        out,
+        SeamRegs {
+            rax: TDX_SUCCESS,
+            rcx: 0,
+            ..regs
+        },
+        "out: RCX the SPDM id, nothing else"
+    );
+    let entry = w.fw.spdm(0).unwrap().unwrap();
+    assert_eq!(entry.function, func);
+    assert_eq!(entry.metadata.root, None);
+    assert_eq!(entry.device, None, "no BARs yet");
+    // Three pages: RDX names the root page (SIZE 2 in bits 63:55), whose entries are the pages.
+    let root = host_page(SPDM_FIRST + 1);
+    let pages = [
+        host_page(SPDM_FIRST + 2),
+        host_page(SPDM_FIRST + 3),
+        host_page(SPDM_FIRST + 4),
+    ];
+    let bytes: Vec<u8> = pages.iter().flat_map(|p| p.to_le_bytes()).collect();
+    w.write(root, &bytes);
+    let rdx = root | 2 << 55;
+    assert_eq!(abi::hpa_array(root, 3), rdx);
+    let out = w.ok(
+        abi::TDH_SPDM_CREATE,
+        SeamRegs {
+            rcx: 0x0000_1a00,
+            rdx,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rcx, 1);
+    let entry = w.fw.spdm(1).unwrap().unwrap();
+    assert_eq!(entry.metadata.root.map(|h| h.as_u64()), Some(root));
+    let recorded: Vec<u64> = entry.metadata.pages.iter().map(|h| h.as_u64()).collect();
+    assert_eq!(recorded, pages);
+    // DELETE: RDX `hpa_array_t_release_raw` (0 for one page, else the root); out RCX the
+    // released array, checked by Linux as SIZE + 1 pages at PFN.
+    let out = w.ok(
+        abi::TDH_SPDM_DELETE,
+        SeamRegs {
+            rcx: 1,
+            rdx: root,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rcx, root | 2 << 55);
+    assert_eq!((out.rcx >> 55) + 1, 3, "nr_released");
+    let out = w.ok(
+        abi::TDH_SPDM_DELETE,
+        SeamRegs {
+            rcx: 0,
+            rdx: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rcx, one);
+    assert_eq!(w.fw.spdm(0).unwrap(), None);
+    assert_eq!(w.fw.spdm(1).unwrap(), None);
+    // Released pages are the host's again: a TD may take one as its TDR.
+    w.ok(
+        abi::TDH_MNG_CREATE,
+        SeamRegs {
+            rcx: root,
+            rdx: HKID,
+            ..Default::default()
+        },
+    );
+}
+
+/// Every refused TDH.SPDM.CREATE names its operand, writes no register but RAX and changes
+/// nothing (the SPDM table included).
+#[test]
+fn spdm_create_refusals_name_the_operand_and_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, _tdi) = bound_world(&mut mem);
+    // Bus 3's SPDM id exists (bound_world), with its page spdm_page(3).
+    let free = spdm_page(5);
+    let root = spdm_page(6);
+    let put_root = |entries: &[u64]| {
+        let bytes: Vec<u8> = entries.iter().flat_map(|p| p.to_le_bytes()).collect();
+        w.write(root, &bytes);
+    };
+    let inv = |op: u32| TDX_OPERAND_INVALID | u64::from(op);
+    let range = |op: u32| TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(op);
+    let in_use = TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RDX);
+    let func = abi::function_id(rid(5));
+    let cases: Vec<(&str, u64, u64, Vec<u64>, u64)> = vec![
+        ("RCX bit 25", func | 1 << 25, free, vec![], inv(1)),
+        ("RCX bit 63", func | 1 << 63, free, vec![], inv(1)),
+        (
+            "segment without SEG_VALID",
+            func | 1 << 16,
+            free,
+            vec![],
+            inv(1),
+        ),
+        ("RDX bit 0", func, free | 1, vec![], inv(2)),
+        ("RDX bit 52", func, free | 1 << 52, vec![], inv(2)),
+        (
+            "more pages than the firmware takes",
+            func,
+            abi::hpa_array(root, 5),
+            vec![spdm_page(7); 5],
+            inv(2),
+        ),
+        (
+            "page outside host memory",
+            func,
+            abi::hpa_array(0x1000, 1),
+            vec![],
+            range(2),
+        ),
+        (
+            "page past host memory",
+            func,
+            abi::hpa_array(host_page(HOST_PAGES as u64), 1),
+            vec![],
+            range(2),
+        ),
+        (
+            "root entry misaligned",
+            func,
+            abi::hpa_array(root, 2),
+            vec![free, spdm_page(7) + 8],
+            inv(2),
+        ),
+        (
+            "root entry at 2^52",
+            func,
+            abi::hpa_array(root, 2),
+            vec![free, 1 << 52],
+            range(2),
+        ),
+        (
+            "root entry outside host memory",
+            func,
+            abi::hpa_array(root, 2),
+            vec![free, 0x1000],
+            range(2),
+        ),
+        (
+            "a page twice",
+            func,
+            abi::hpa_array(root, 2),
+            vec![free, free],
+            in_use,
+        ),
+        (
+            "the root as a page",
+            func,
+            abi::hpa_array(root, 2),
+            vec![free, root],
+            in_use,
+        ),
+        ("a TD's TDR", func, abi::hpa_array(td, 1), vec![], in_use),
+        (
+            "a TDI's request page",
+            func,
+            abi::hpa_array(PAGES_A.0, 1),
+            vec![],
+            in_use,
+        ),
+        (
+            "another SPDM id's page",
+            func,
+            abi::hpa_array(spdm_page(3), 1),
+            vec![],
+            in_use,
+        ),
+        (
+            "another SPDM id's page behind a root",
+            func,
+            abi::hpa_array(root, 2),
+            vec![free, spdm_page(3)],
+            in_use,
+        ),
+        (
+            "the function of another SPDM id",
+            abi::function_id(rid(3)),
+            abi::hpa_array(free, 1),
+            vec![],
+            TSM_DUPLICATE_DEVICE | 1,
+        ),
+    ];
+    for (what, rcx, rdx, entries, expect) in cases {
+        put_root(&entries);
+        let before = w.image();
+        let regs = SeamRegs {
+            rcx,
+            rdx,
+            r8: 0x55,
+            ..Default::default()
+        };
+        let out = w.call(u64::from(abi::TDH_SPDM_CREATE), regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert_eq!(
+            SeamRegs {
+                rax: regs.rax,
+                ..out
+            },
+            SeamRegs { rax: 0, ..regs },
+            "{what}: a register other than RAX written"
+        );
+        assert!(w.image() == before, "{what}: something changed");
+    }
+    // A page of SPDM metadata is refused the other way round too.
+    let before = w.image();
+    let out = w.call(
+        u64::from(abi::TDH_MNG_CREATE),
+        SeamRegs {
+            rcx: spdm_page(3),
+            rdx: HKID,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 1);
+    assert!(w.image() == before);
+    let out = w.call(
+        u64::from(abi::TDH_DEVIF_CREATE),
+        SeamRegs {
+            rcx: 0,
+            rdx: u64::from(RequesterId::try_new(0, 3, 0, 1).unwrap().packed()),
+            r9: spdm_page(3),
+            r10: PAGES_B.1,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
+    assert!(w.image() == before);
+}
+
+/// The BARs come by TSM.SPDM.BARS, once, before the first TDI; TDH.SPDM.DELETE takes the
+/// release form of the array and is refused while TDIs remain. Every refusal changes nothing.
+#[test]
+fn spdm_bars_and_delete_refusals_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let dev = spdm_create(&w, 4);
+    let iface = u64::from(rid(4).packed());
+    let devif = SeamRegs {
+        rcx: dev,
+        rdx: iface,
+        r9: PAGES_A.0,
+        r10: PAGES_A.1,
+        ..Default::default()
+    };
+    let before = w.image();
+    let expect = [
+        (abi::TDH_DEVIF_CREATE, devif, TSM_BARS_NOT_REGISTERED | 1),
+        (
+            abi::TSM_IDE_STREAM_SETUP,
+            SeamRegs {
+                rcx: dev,
+                ..Default::default()
+            },
+            TSM_BARS_NOT_REGISTERED | 1,
+        ),
+        (
+            abi::TSM_SPDM_BARS,
+            SeamRegs {
+                rcx: dev + 1,
+                rdx: PARAMS,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            abi::TDH_SPDM_DELETE,
+            SeamRegs {
+                rcx: dev + 1,
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            abi::TDH_SPDM_DELETE,
+            SeamRegs {
+                rcx: dev,
+                rdx: spdm_page(4),
+                ..Default::default()
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+    ];
+    for (leaf, regs, status) in expect {
+        let out = w.call(u64::from(leaf), regs);
+        assert_eq!(out.rax, status, "leaf {leaf:#x}");
+        assert_eq!(
+            SeamRegs { rax: 0, ..out },
+            regs,
+            "leaf {leaf:#x}: registers"
+        );
+        assert!(w.image() == before, "leaf {leaf:#x}: something changed");
+    }
+    w.put_list(&RangeList::from_ranges(&[MmioRange::from_raw(BAR, 1024).unwrap()]).unwrap());
+    let bars = SeamRegs {
+        rcx: dev,
+        rdx: PARAMS,
+        ..Default::default()
+    };
+    w.ok(abi::TSM_SPDM_BARS, bars);
+    let core_dev = w.fw.spdm(dev).unwrap().unwrap().device.unwrap();
+    assert_eq!(w.fw.device(core_dev).unwrap().bars.len(), 1);
+    let before = w.image();
+    assert_eq!(
+        w.call(u64::from(abi::TSM_SPDM_BARS), bars).rax,
+        TSM_BARS_REGISTERED | 1
+    );
+    assert!(w.image() == before);
+    let tdi = w.create_tdi(dev, rid(4), PAGES_A);
+    let before = w.image();
+    let delete = SeamRegs {
+        rcx: dev,
+        ..Default::default()
+    };
+    assert_eq!(
+        w.call(u64::from(abi::TDH_SPDM_DELETE), delete).rax,
+        TSM_DEVICE_IN_USE | 1
+    );
+    assert!(w.image() == before, "a refused delete changed something");
+    w.ok(
+        abi::TDH_DEVIF_REMOVE,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        w.ok(abi::TDH_SPDM_DELETE, delete).rcx,
+        abi::hpa_array(spdm_page(4), 1)
+    );
+    assert_eq!(w.fw.spdm(dev).unwrap(), None);
+    assert_eq!(
+        w.fw.device(core_dev).err(),
+        Some(tsm_core::Error::InvalidHandle)
+    );
 }

@@ -99,15 +99,22 @@ fn tdr_page(i: usize) -> Option<u64> {
 
 /// One past the last TDR page.
 const TDR_END: u64 = TDR_BASE + (TDR_PAGES * MESSAGE_PAGE_BYTES) as u64;
+/// SPDM metadata pages (TDH.SPDM.CREATE RDX, one per SPDM id), after the TDR pages: one more
+/// than the firmware has SPDM ids, so a create always finds a page no SPDM id holds and a full
+/// table is `DeviceTableFull`. Like the TDR pages they are not backed by bytes: the firmware
+/// only records them.
+const SPDM_PAGES: usize = tsm_core::capacity::MAX_DEVICES + 1;
+/// One past the last SPDM metadata page.
+const SPDM_END: u64 = TDR_END + (SPDM_PAGES * MESSAGE_PAGE_BYTES) as u64;
 
-/// The backend's host memory: its three pages of bytes, and the TDR pages, readable whole
-/// pages of host memory that the firmware never looks into (reading one gives zeros; writing
-/// one is refused as outside host memory).
+/// The backend's host memory: its three pages of bytes, and the TDR and SPDM metadata pages,
+/// readable whole pages of host memory that the firmware never looks into (reading one gives
+/// zeros; writing one is refused as outside host memory).
 struct BackendHost<'b>(HostBuffer<'b>);
 
 impl BackendHost<'_> {
     fn in_tdrs(hpa: u64, len: usize) -> bool {
-        let end = TDR_END;
+        let end = SPDM_END;
         hpa >= TDR_BASE
             && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
     }
@@ -195,6 +202,38 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             Ok(Some(entry)) => entry.tdr.as_u64(),
             _ => handle_reg(td),
         }
+    }
+
+    /// How the host names `device`: the SPDM id whose record holds it. A device no SPDM id
+    /// holds (a scenario's bad handle) gets a number past every SPDM id, which names none.
+    pub fn spdm_id(&self, device: DeviceId) -> u64 {
+        let max = tsm_core::capacity::MAX_DEVICES as u64;
+        (0..max)
+            .find(|&id| matches!(self.tsm.spdm(id), Ok(Some(e)) if e.device == Some(device)))
+            .unwrap_or(max.saturating_add(handle_reg(device)))
+    }
+
+    /// A metadata page no SPDM id holds.
+    fn free_spdm_page(&self) -> TsmResult<u64> {
+        let max = tsm_core::capacity::MAX_DEVICES as u64;
+        let mut held = heapless::Vec::<
+            u64,
+            { tsm_core::capacity::MAX_DEVICES * (platform_tdx::module::SPDM_MT_MAX_PAGES + 1) },
+        >::new();
+        for id in 0..max {
+            if let Some(e) = self.tsm.spdm(id)? {
+                for p in e.metadata.pages.iter().chain(e.metadata.root.iter()) {
+                    held.push(p.as_u64()).map_err(|_| Error::Inconsistent)?;
+                }
+            }
+        }
+        (0..SPDM_PAGES)
+            .filter_map(|i| {
+                let offset = u64::try_from(i.checked_mul(MESSAGE_PAGE_BYTES)?).ok()?;
+                TDR_END.checked_add(offset)
+            })
+            .find(|p| !held.contains(p))
+            .ok_or(Error::Inconsistent)
     }
 
     fn outcome(leaf: u16, regs: &SeamRegs) -> TsmResult<Completion> {
@@ -289,20 +328,44 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// TDH.SPDM.CREATE with the BARs in the parameter page.
+    /// TDH.SPDM.CREATE as Linux's `tdh_spdm_create` calls it (RCX the TDISP function ID,
+    /// RDX a one-page HPA_ARRAY_T: a metadata page no SPDM id holds), then TSM.SPDM.BARS with
+    /// the BARs in the parameter page; a refused TSM.SPDM.BARS is undone with TDH.SPDM.DELETE,
+    /// so a refused create leaves nothing. The device is named by the core's handle the SPDM
+    /// id's record holds (the backend translates back for every leaf).
     fn create_device(&mut self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
         self.stage(bars)?;
+        let page = self.free_spdm_page()?;
         let regs = SeamRegs {
-            rcx: u64::from(rid.packed()),
+            rcx: abi::function_id(rid),
+            rdx: abi::hpa_array(page, 1),
+            ..SeamRegs::default()
+        };
+        let id = self.call(abi::TDH_SPDM_CREATE, regs)?.rcx;
+        let bars = SeamRegs {
+            rcx: id,
             rdx: PARAM_HPA,
             ..SeamRegs::default()
         };
-        DeviceId::from_raw(self.call(abi::TDH_SPDM_CREATE, regs)?.rcx)
+        if let Err(e) = self.done(abi::TSM_SPDM_BARS, bars) {
+            self.done(
+                abi::TDH_SPDM_DELETE,
+                SeamRegs {
+                    rcx: id,
+                    ..SeamRegs::default()
+                },
+            )?;
+            return Err(e);
+        }
+        self.tsm
+            .spdm(id)?
+            .and_then(|e| e.device)
+            .ok_or(Error::Inconsistent)
     }
 
-    /// TDH.SPDM.DELETE.
+    /// TDH.SPDM.DELETE as Linux's `tdh_spdm_delete` calls it: RDX 0 (a one-page array).
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()> {
-        let rcx = handle_reg(device);
+        let rcx = self.spdm_id(device);
         self.done(
             abi::TDH_SPDM_DELETE,
             SeamRegs {
@@ -315,7 +378,7 @@ impl Backend for TdxBackend<'_, '_> {
     /// TDH.DEVIF.CREATE with the backend's request and response pages.
     fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
         let regs = SeamRegs {
-            rcx: handle_reg(device),
+            rcx: self.spdm_id(device),
             rdx: u64::from(iface.packed()),
             r9: REQUEST_HPA,
             r10: RESPONSE_HPA,
@@ -479,7 +542,7 @@ impl Backend for TdxBackend<'_, '_> {
         let out = self.seamcall(
             abi::TSM_IDE_STREAM_SETUP,
             SeamRegs {
-                rcx: handle_reg(device),
+                rcx: self.spdm_id(device),
                 ..SeamRegs::default()
             },
         );
