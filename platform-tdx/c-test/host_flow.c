@@ -1,0 +1,313 @@
+/*
+ * The Linux TDX Connect host's whole flow, through the C entry point only (tsm_tdx_init,
+ * tsm_tdx_seamcall, tsm_tdx_tdcall and the test-only model device): TD create, device set-up,
+ * TDI create with its message pages, bind (every request relayed through the model device's
+ * DOE mailbox and TDH_DEVIF_RESPONSE), map, the guest's accept and start. Then, once per vfio
+ * host path (the names only label the iterations: the firmware sees the same calls), the old
+ * order is refused with nothing changed and the patched order succeeds: unbind (STOP
+ * relayed), zap check, TDI remove, and a new TDI bound for the next path. Every other path the
+ * host removes the leaves itself (BLOCK, TRACK, UNMAP) once STOP is acknowledged. One line per
+ * step; the first mismatch ends the program with exit status 1.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tsm_tdx.h"
+
+/* Host memory registered at init: every register block and page the firmware touches. */
+static struct {
+	_Alignas(4096) struct tsm_tdx_range_list list;
+	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
+	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
+	_Alignas(4096) uint8_t tdr[4096];
+	_Alignas(4096) uint8_t spdm_mt[4096];
+	struct tsm_tdx_regs regs;
+	uint64_t response_len;
+} host;
+
+static struct tsm_tdx_regs *const r = &host.regs;
+
+enum { IFACE = 0x0300 }; /* 0000:03:00.0 */
+static const uint64_t bar = 0x80000000ull, bar_pages = 1024; /* 4 MiB BAR */
+static const uint64_t gpa = 0x1000000000ull;      /* the TD sees the BAR here */
+
+/*
+ * The TDI's leaves: leaf 0 a 2 MiB page at the BAR's start, leaf i > 0 the 4 KiB page
+ * (i - 1) after it. A path with the host's own teardown maps 70 4 KiB leaves: unbind blocks or
+ * removes at most 64 leaves a call, so after STOP it still has blocked leaves left for the host.
+ */
+#define MAX_4K 70u
+static size_t nleaves;
+
+static uint64_t leaf_gpa(size_t i)
+{
+	return i ? gpa + 0x200000ull + (i - 1) * 0x1000ull : gpa;
+}
+
+static uint64_t leaf_hpa(size_t i)
+{
+	return i ? bar + 0x200000ull + (i - 1) * 0x1000ull : bar;
+}
+
+static uint64_t leaf_level(size_t i)
+{
+	return i ? 0 : 1;
+}
+
+static uint64_t leaf_info(size_t i)
+{
+	return TSM_TDX_PAGE_INFO(leaf_gpa(i), leaf_level(i));
+}
+
+static void check(const char *path, const char *what, uint64_t status, uint64_t expect)
+{
+	printf("%-11s %-34s 0x%016llx %s\n", path, what, (unsigned long long)status,
+	       status == expect ? "ok" : "MISMATCH");
+	if (status != expect) {
+		printf("expected 0x%016llx\n", (unsigned long long)expect);
+		exit(1);
+	}
+}
+
+static void set(uint64_t leaf, uint64_t rcx, uint64_t rdx, uint64_t r8)
+{
+	memset(r, 0, sizeof(*r));
+	r->rax = leaf;
+	r->rcx = rcx;
+	r->rdx = rdx;
+	r->r8 = r8;
+}
+
+static uint64_t seam(uint64_t leaf, uint64_t rcx, uint64_t rdx, uint64_t r8)
+{
+	set(leaf, rcx, rdx, r8);
+	return tsm_tdx_seamcall(r);
+}
+
+/* Linux's event loop: while TDX_SPDM_REQUEST, the DOE object (length from its own header,
+ * dword 1 bits 17:0 in dwords) to the device, its answer back with TDH_DEVIF_RESPONSE. */
+static uint64_t relay(const char *path, uint64_t status, uint64_t tdi)
+{
+	int rounds = 0;
+
+	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
+		uint32_t dw1;
+		uint64_t len;
+
+		memcpy(&dw1, host.request + 4, sizeof(dw1));
+		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
+		check(path, "relay: request length = RCX", len, r->rcx);
+		check(path, "relay: DOE exchange",
+		      tsm_tdx_model_doe(host.request, len, host.response, &host.response_len),
+		      TDX_SUCCESS);
+		status = seam(TDH_DEVIF_RESPONSE, tdi, host.response_len, 0);
+	}
+	return status;
+}
+
+/* TSM_DEVIF_STATE: RDX state code, R8 owner TDR (or ~0). */
+static void expect_state(const char *path, uint64_t tdi, uint64_t code, uint64_t owner)
+{
+	check(path, "TSM.DEVIF.STATE", seam(TSM_DEVIF_STATE, tdi, 0, 0), TDX_SUCCESS);
+	check(path, "  state code", r->rdx, code);
+	check(path, "  owner", r->r8, owner);
+}
+
+/* TDH_MEM_SEPT_RD of leaf i: the S-EPT state code (RDX 15:8) and, when `entry` is not 0, the
+ * whole entry (RCX) as read before. Returns the entry. */
+static uint64_t expect_leaf(const char *path, uint64_t td, size_t i, uint64_t state,
+			    uint64_t entry)
+{
+	uint64_t status = seam(TDH_MEM_SEPT_RD, leaf_info(i),
+			       td, 0);
+
+	if (state == 0) {
+		/* Removed: no table down to the leaf's level, or a FREE entry in it. */
+		if (status == TDX_SUCCESS && ((r->rdx >> 8) & 0xff) == 0 &&
+		    (r->rdx & 0xff) == leaf_level(i) + 1)
+			check(path, "TDH.MEM.SEPT.RD (removed: FREE)", status, TDX_SUCCESS);
+		else
+			check(path, "TDH.MEM.SEPT.RD (removed: no walk)", status,
+			      TDX_EPT_WALK_FAILED | TDX_OPERAND_ID_RCX);
+		return 0;
+	}
+	check(path, "TDH.MEM.SEPT.RD", status, TDX_SUCCESS);
+	check(path, "  state", (r->rdx >> 8) & 0xff, state);
+	check(path, "  EPT level (4 KiB = 1)", r->rdx & 0xff, leaf_level(i) + 1);
+	if (entry)
+		check(path, "  entry unchanged", r->rcx, entry);
+	return r->rcx;
+}
+
+/* TDI create, bind (relayed), map, guest accept, guest start (relayed). */
+static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
+{
+	uint64_t tdi;
+	size_t i;
+
+	set(TDH_DEVIF_CREATE, dev, IFACE, 0);
+	r->r9 = (uint64_t)(uintptr_t)host.request;
+	r->r10 = (uint64_t)(uintptr_t)host.response;
+	check(path, "TDH.DEVIF.CREATE", tsm_tdx_seamcall(r), TDX_SUCCESS);
+	tdi = r->rcx;
+	check(path, "TSM.DEVIF.BIND", seam(TSM_DEVIF_BIND, tdi, td, 0), TDX_SPDM_REQUEST);
+	check(path, "bind relayed", relay(path, TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
+	expect_state(path, tdi, 1, td);
+	for (i = 0; i < nleaves; i++) {
+		check(path, "TDH.MMIO.MAP",
+		      seam(TDH_MMIO_MAP, leaf_info(i), td,
+			   leaf_hpa(i)),
+		      TDX_SUCCESS);
+		expect_leaf(path, td, i, 2, 0);
+		set(TDG_MMIO_ACCEPT, leaf_info(i), 0, 0);
+		check(path, "TDG.MMIO.ACCEPT (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
+		expect_leaf(path, td, i, 3, 0);
+	}
+	set(TSM_GUEST_DEVIF_START, tdi, 0, 0);
+	check(path, "TSM.GUEST.DEVIF.START (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SPDM_REQUEST);
+	check(path, "start relayed", relay(path, TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
+	expect_state(path, tdi, 2, td);
+	return tdi;
+}
+
+/* The old order: zap check, then BLOCK and UNMAP of every leaf, while bound. Each is refused
+ * and the TDI and every leaf are as they were. */
+static void old_order(const char *path, uint64_t tdi, uint64_t td)
+{
+	uint64_t entry[1 + MAX_4K];
+	size_t i;
+
+	for (i = 0; i < nleaves; i++)
+		entry[i] = expect_leaf(path, td, i, 3, 0);
+	check(path, "old: TSM.MMIO.ZAP_CHECK", seam(TSM_MMIO_ZAP_CHECK, bar, bar_pages, 0),
+	      TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+	for (i = 0; i < nleaves; i++) {
+		uint64_t info = leaf_info(i);
+
+		check(path, "old: TDH.MMIO.BLOCK", seam(TDH_MMIO_BLOCK, info, td, 0),
+		      TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+		check(path, "old: TDH.MMIO.UNMAP", seam(TDH_MMIO_UNMAP, info, td, 0),
+		      TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+	}
+	expect_state(path, tdi, 2, td);
+	for (i = 0; i < nleaves; i++)
+		expect_leaf(path, td, i, 3, entry[i]);
+}
+
+/* The patched order: unbind first (STOP relayed), then the zap check, then TDI remove. With
+ * `host_teardown`, the host first sees BLOCK and UNMAP refused until STOP is acknowledged,
+ * then, while the unbind still has leaves, removes them itself (BLOCK, TRACK, UNMAP) before
+ * finishing the unbind. */
+static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_teardown)
+{
+	uint64_t status;
+	size_t i;
+	int calls = 1, stop_seen = 0, host_did = 0;
+
+	status = seam(TSM_DEVIF_UNBIND, tdi, 0, 0);
+	for (;;) {
+		if (status == TDX_SPDM_REQUEST) {
+			check(path, "TSM.DEVIF.UNBIND: relay STOP", status, TDX_SPDM_REQUEST);
+			if (host_teardown && !stop_seen) {
+				/* Before STOP is acknowledged the device may still reach the guest. */
+				check(path, "host: BLOCK before STOP acked",
+				      seam(TDH_MMIO_BLOCK, leaf_info(0), td, 0),
+				      TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+				check(path, "host: UNMAP before STOP acked",
+				      seam(TDH_MMIO_UNMAP, leaf_info(0), td, 0),
+				      TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+				check(path, "TDH.DEVIF.REQUEST (STOP again)",
+				      seam(TDH_DEVIF_REQUEST, tdi, 0, 0), TDX_SPDM_REQUEST);
+			}
+			stop_seen = 1;
+			status = relay(path, status, tdi);
+		}
+		if (status != TDX_INTERRUPTED_RESUMABLE || calls > 1000)
+			break;
+		check(path, "TSM.DEVIF.UNBIND: resumable", status, TDX_INTERRUPTED_RESUMABLE);
+		if (host_teardown && stop_seen && !host_did) {
+			expect_state(path, tdi, 4, td);
+			for (i = 0; i < nleaves; i++) {
+				if (seam(TDH_MEM_SEPT_RD, leaf_info(i), td, 0) != TDX_SUCCESS ||
+				    ((r->rdx >> 8) & 0xff) == 0)
+					continue; /* removed by the unbind already */
+				check(path, "host: leaf left blocked", (r->rdx >> 8) & 0xff, 4);
+				check(path, "host: TDH.MMIO.BLOCK",
+				      seam(TDH_MMIO_BLOCK, leaf_info(i), td, 0), TDX_SUCCESS);
+				do
+					status = seam(TDH_MEM_TRACK, td, 0, 0);
+				while (status == TDX_INTERRUPTED_RESUMABLE);
+				check(path, "host: TDH.MEM.TRACK", status, TDX_SUCCESS);
+				check(path, "host: TDH.MMIO.UNMAP",
+				      seam(TDH_MMIO_UNMAP, leaf_info(i), td, 0), TDX_SUCCESS);
+				check(path, "  R8 the leaf's HPA", r->r8, leaf_hpa(i));
+				expect_leaf(path, td, i, 0, 0);
+				host_did++;
+			}
+		}
+		status = seam(TSM_DEVIF_UNBIND, tdi, 0, 0);
+		calls++;
+	}
+	printf("%-11s %-34s %d call(s), host removed %d leaves\n", path, "unbind", calls,
+	       host_did);
+	check(path, "unbind done", status, TDX_SUCCESS);
+	if (host_teardown && !host_did)
+		check(path, "host removed leaves", 0, 1);
+	expect_state(path, tdi, 0, ~0ull);
+	for (i = 0; i < nleaves; i++)
+		expect_leaf(path, td, i, 0, 0);
+	check(path, "new: TSM.MMIO.ZAP_CHECK", seam(TSM_MMIO_ZAP_CHECK, bar, bar_pages, 0),
+	      TDX_SUCCESS);
+	check(path, "TDH.DEVIF.REMOVE", seam(TDH_DEVIF_REMOVE, tdi, 0, 0), TDX_SUCCESS);
+}
+
+int main(void)
+{
+	enum { POOL_PAGES = 64 };
+	static const char *const paths[] = { "mem-disable", "d3hot",	"runtime-pm", "flr-pcie",
+					     "flr-af",	    "reset-ioctl", "hot-reset",	 "close" };
+	uint64_t td, dev;
+	void *pool = aligned_alloc(4096, POOL_PAGES * 4096);
+	size_t p;
+
+	if (!pool)
+		return 2;
+	check("setup", "tsm_tdx_init", tsm_tdx_init(pool, POOL_PAGES * 4096, &host, sizeof(host)),
+	      TDX_SUCCESS);
+
+	/* TD create as Linux's tdh_mng_create(): RCX the TDR page, RDX the HKID. */
+	td = (uint64_t)(uintptr_t)host.tdr;
+	check("setup", "TDH.MNG.CREATE", seam(TDH_MNG_CREATE, td, 1, 0), TDX_SUCCESS);
+
+	/* Device set-up: the SPDM id (function ID + HPA_ARRAY_T), then the device's BARs. */
+	check("setup", "TDH.SPDM.CREATE",
+	      seam(TDH_SPDM_CREATE, TSM_TDX_FUNC_ID(0, IFACE),
+		   TSM_TDX_HPA_ARRAY((uintptr_t)host.spdm_mt, 1), 0),
+	      TDX_SUCCESS);
+	dev = r->rcx;
+	memset(&host.list, 0, sizeof(host.list));
+	host.list.count = 1;
+	host.list.ranges[0].first_page = bar;
+	host.list.ranges[0].pages = (uint32_t)bar_pages;
+	check("setup", "TSM.SPDM.BARS",
+	      seam(TSM_SPDM_BARS, dev, (uint64_t)(uintptr_t)&host.list, 0), TDX_SUCCESS);
+	/* What the device reports for the interface: its whole BAR. */
+	check("setup", "model device report", tsm_tdx_model_report(IFACE, &host.list),
+	      TDX_SUCCESS);
+
+	for (p = 0; p < sizeof(paths) / sizeof(paths[0]); p++) {
+		uint64_t tdi;
+
+		nleaves = 1 + ((p & 1) ? MAX_4K : 1);
+		tdi = bring_up(paths[p], dev, td);
+
+		old_order(paths[p], tdi, td);
+		patched_order(paths[p], tdi, td, (int)(p & 1));
+	}
+
+	check("teardown", "TDH.SPDM.DELETE", seam(TDH_SPDM_DELETE, dev, 0, 0), TDX_SUCCESS);
+	check("teardown", "TSM.TD.DESTROY", seam(TSM_TD_DESTROY, td, 0, 0), TDX_SUCCESS);
+	puts("PASS");
+	return 0;
+}
