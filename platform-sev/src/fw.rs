@@ -624,7 +624,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             let len = relay::encode_request(out.get(..n).ok_or(Error::Inconsistent)?, &mut page)?;
             pages
                 .req
-                .deliver(mem, page.get(..len).ok_or(SevStatus::INVALID_PARAM)?)?;
+                .deliver(mem, page.get(..len).ok_or(Error::Inconsistent)?)?;
         }
         Ok(outcome)
     }
@@ -1104,6 +1104,10 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         // only once its answer is sure to arrive; then the SPDM request page, for a START.
         let res = self.output(mem, c.res_paddr.get(), abi::PAGE_4K, MAX_RESPONSE)?;
         let pages = self.relay_pages(mem, &c.spdm_ctrl)?;
+        // A request the firmware writes must not land on the guest's message it still reads.
+        if sla_page(c.spdm_ctrl.req.get()) == req {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
         let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
         let mut hdr = MsgHeader::new_zeroed();
         mem.read(req, hdr.as_mut_bytes())

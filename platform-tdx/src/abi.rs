@@ -919,9 +919,11 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 // Cannot fail once the core made the TDI: its slot is below MAX_TDIS, the
                 // table's length. Checked before the core runs all the same.
                 let tdi = tsm.create_tdi(dev, iface).map_err(core)?;
-                let entry = table
-                    .get_mut(usize::from(tdi.slot()))
-                    .ok_or(core(Error::Inconsistent))?;
+                let Some(entry) = table.get_mut(usize::from(tdi.slot())) else {
+                    // Unreachable (see above); the refusal must leave no TDI behind.
+                    let _ = tsm.remove_tdi(tdi);
+                    return Err(core(Error::Inconsistent));
+                };
                 *entry = Some(pages);
                 out.rcx = u64::from(tdi.slot());
                 Outcome::Core(Ok(Completion::Done))

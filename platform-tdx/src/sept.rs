@@ -683,14 +683,15 @@ impl<'m> Sept<'m> {
             .epochs
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        if let Some(n) = td.blocked.get_mut(stale) {
-            *n = left;
-        }
+        // Both counts computed before either is written: a drift refuses with neither moved.
         let grown = td
             .blocked
             .get(here)
             .and_then(|n| n.checked_add(moved))
             .ok_or(SeptError::Inconsistent)?;
+        if let Some(n) = td.blocked.get_mut(stale) {
+            *n = left;
+        }
         if let Some(n) = td.blocked.get_mut(here) {
             *n = grown;
         }

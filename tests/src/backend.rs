@@ -54,9 +54,7 @@ impl DeviceCall {
     }
 }
 
-/// Most request/answer rounds one operation may take before the host gives up: a bind with a
-/// whole report and its undo, with every request tried three times, is far below this.
-pub const MAX_RELAY_ROUNDS: u32 = 256;
+pub use tsm_core::relay::host::MAX_RELAY_ROUNDS;
 
 /// Relays `first` (the outcome of [`Backend::begin`]) to its end: every request to the
 /// backend's device and its answer back, as a host kernel does. Returns the operation's own

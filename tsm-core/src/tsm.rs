@@ -314,27 +314,17 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         } else {
             BindStep::Version
         };
-        let ex = Exchange {
-            op: DeviceOp::Bind {
-                guest,
-                serial: guest_record.serial,
-                step,
-            },
-            seq: transport.take_seq()?,
-            attempts: 0,
+        let op = DeviceOp::Bind {
+            guest,
+            serial: guest_record.serial,
+            step,
         };
-        let n = transport.request(record, &ex, out)?;
+        let relay = transport.begin(record, op, out)?;
         dev.report_read = Some(ReportRead {
             tdi,
             report: ReportAssembler::new(),
         });
-        Self::start_exchange(record, ex);
-        Ok(Completion::Relay(n))
-    }
-
-    /// Records `ex` as the TDI's outstanding exchange.
-    fn start_exchange(record: &mut Tdi, ex: Exchange) {
-        record.exchange = Some(ex);
+        Ok(relay)
     }
 
     /// Ends a bind that will not complete: the TDI stays unbound, the report read ends, and an
@@ -435,14 +425,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             return Err(Error::ExchangePending);
         }
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
-        let ex = Exchange {
-            op: DeviceOp::Start { guest },
-            seq: transport.take_seq()?,
-            attempts: 0,
-        };
-        let n = transport.request(record, &ex, out)?;
-        Self::start_exchange(record, ex);
-        Ok(Completion::Relay(n))
+        transport.begin(record, DeviceOp::Start { guest }, out)
     }
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
@@ -490,14 +473,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 _ => Err(Error::ExchangePending),
             };
         }
-        let ex = Exchange {
-            op: DeviceOp::Check,
-            seq: transport.take_seq()?,
-            attempts: 0,
-        };
-        let n = transport.request(record, &ex, out)?;
-        Self::start_exchange(record, ex);
-        Ok(Completion::Relay(n))
+        transport.begin(record, DeviceOp::Check, out)
     }
 
     /// Blocks the leaves still live in a TDI the guest must no longer reach (ERROR, or an
@@ -625,14 +601,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             Ended::Completion(done) => Ok(done),
             Ended::AskStop => {
                 let (transport, out) = ask.ok_or(Error::Inconsistent)?;
-                let ex = Exchange {
-                    op: DeviceOp::Stop { confirm: false },
-                    seq: transport.take_seq()?,
-                    attempts: 0,
-                };
-                let n = transport.request(record, &ex, out)?;
-                Self::start_exchange(record, ex);
-                Ok(Completion::Relay(n))
+                transport.begin(record, DeviceOp::Stop { confirm: false }, out)
             }
         }
     }
@@ -968,14 +937,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                             })
                         ) =>
                     {
-                        let ex = Exchange {
-                            op: DeviceOp::Stop { confirm: true },
-                            seq: transport.take_seq()?,
-                            attempts: 0,
-                        };
-                        let n = transport.request(record, &ex, out)?;
-                        Self::start_exchange(record, ex);
-                        return Ok(Completion::Relay(n));
+                        // The STOP exchange ended; the state query is a new one.
+                        record.exchange = None;
+                        return transport.begin(record, DeviceOp::Stop { confirm: true }, out);
                     }
                     (true, Ok(Response::State(_))) => Err(Error::DeviceRefused),
                     (_, Err(fault)) => Err(fault.into()),
@@ -1000,20 +964,13 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         transport: &mut Requester<S>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        let ex = Exchange {
-            op: DeviceOp::Bind {
-                guest,
-                serial,
-                step,
-            },
-            seq: transport.take_seq()?,
-            attempts: 0,
+        let op = DeviceOp::Bind {
+            guest,
+            serial,
+            step,
         };
-        match transport.request(record, &ex, out) {
-            Ok(n) => {
-                Self::start_exchange(record, ex);
-                Ok(Completion::Relay(n))
-            }
+        match transport.begin(record, op, out) {
+            Ok(relay) => Ok(relay),
             Err(e) => {
                 Self::abandon_bind(dev, tdi, record, step);
                 Err(e)

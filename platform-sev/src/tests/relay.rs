@@ -616,3 +616,22 @@ fn a_start_whose_relay_fails_is_refused_as_a_command_and_the_guest_hears_nothing
         TdiState::Error { .. }
     ));
 }
+
+#[test]
+fn a_start_whose_request_page_is_the_guests_message_is_refused_before_anything_changes() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let t = w.tdi();
+    let mut start = msg::TdiReq::new_zeroed();
+    start.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_START_REQ, start.as_bytes());
+    let mut c = guest_request(GCTX);
+    // The firmware would write its STOP/START request over the guest's message.
+    c.spdm_ctrl.req = sla(c.req_paddr.get() >> 12).into();
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&c));
+    assert!(matches!(
+        w.sev.tsm().tdi(t).unwrap().state,
+        TdiState::Locked { .. }
+    ));
+    assert_eq!(w.sev.tsm().tdi(t).unwrap().exchange, None);
+}

@@ -20,6 +20,10 @@ use crate::tsm::Tsm;
 /// the answer needs) before the host gives up and leaves the exchange outstanding.
 pub const BUSY_RETRIES: u32 = 10_000;
 
+/// Request/answer rounds one operation may take before the host gives up: a bind with a
+/// whole report and its undo, every request tried three times, is far below this.
+pub const MAX_RELAY_ROUNDS: u32 = 256;
+
 /// A model device several CPUs' hosts relay to.
 pub type SharedDevice = Mutex<ModelDevice>;
 
@@ -74,7 +78,7 @@ impl<'a, T: SecureTable, S: SecureSession> RelayHost<'a, T, S> {
         buf: &mut [u8; MAX_RELAY_BYTES],
     ) -> TsmResult<Completion> {
         let mut outcome = first;
-        loop {
+        for _ in 0..MAX_RELAY_ROUNDS {
             let Ok(Completion::Relay(n)) = outcome else {
                 return outcome;
             };
@@ -87,6 +91,8 @@ impl<'a, T: SecureTable, S: SecureSession> RelayHost<'a, T, S> {
             };
             outcome = retry_busy(|| self.fw.device_response(tdi, response, buf));
         }
+        // An operation that never ends its relay is a firmware bug, not a reason to hang.
+        Err(Error::Inconsistent)
     }
 
     /// [`Tsm::bind`], relayed to its end.

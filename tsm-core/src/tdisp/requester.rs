@@ -11,7 +11,7 @@ use super::{HEADER_SIZE, NONCE_SIZE, WireError, function_id};
 use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::registry::Tdi;
 use crate::relay::{self, Direction, RecordContext, SecureSession};
-use crate::status::Error;
+use crate::status::{Completion, Error};
 use crate::transport::{DeviceFault, InterfaceId};
 use zerocopy::little_endian::{U16, U32, U64};
 
@@ -115,6 +115,25 @@ impl<S: SecureSession> Requester<S> {
             relay::RelayError::BufferTooSmall => Error::RelayBufferTooSmall,
             _ => Error::Inconsistent,
         })
+    }
+
+    /// Starts a new exchange `op` for `tdi`: a fresh sequence number, the request framed at
+    /// `out`, and the exchange recorded in the TDI only once the request is written (a
+    /// failure leaves the record as it was).
+    pub(crate) fn begin(
+        &mut self,
+        tdi: &mut Tdi,
+        op: DeviceOp,
+        out: &mut [u8],
+    ) -> Result<Completion, Error> {
+        let ex = Exchange {
+            op,
+            seq: self.take_seq()?,
+            attempts: 0,
+        };
+        let n = self.request(tdi, &ex, out)?;
+        tdi.exchange = Some(ex);
+        Ok(Completion::Relay(n))
     }
 
     /// Opens relayed `bytes` as the answer to `ex` into `msg`: the TDISP message's length.
