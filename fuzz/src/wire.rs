@@ -205,7 +205,7 @@ type Range = (u64, u64, u16, u16);
 /// A device interface report per the format and the parser's documented checks, in its
 /// documented order: head (16 bytes, reserved zero), count at most `MAX_RANGES_PER_TDI`
 /// (`TooManyRanges`), the ranges and the DEVICE_SPECIFIC_INFO length present and adding up
-/// (`DeviceMalformed`), each range's first page past the offset (`InvalidRange`), below 2^52
+/// (`DeviceMalformed`), each range's first page past the offset (`DeviceMalformed`), below 2^52
 /// (`InvalidRange`), 4 KiB aligned (`Misaligned`), non-empty and within 2^52 (`InvalidRange`),
 /// and no two overlapping (`RangesOverlap`).
 fn read_report(b: &[u8], offset: u64) -> Result<Vec<Range>, Error> {
@@ -225,7 +225,7 @@ fn read_report(b: &[u8], offset: u64) -> Result<Vec<Range>, Error> {
         let r = &b[16 + 16 * i..32 + 16 * i];
         let base = u64_at(r, 0)
             .checked_sub(offset)
-            .ok_or(Error::InvalidRange)?;
+            .ok_or(Error::DeviceMalformed)?;
         let pages = u64::from(u32_at(r, 8));
         if base >= PHYS_ADDR_LIMIT {
             return Err(Error::InvalidRange);

@@ -336,7 +336,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             BindStep::Lock | BindStep::Report { .. } | BindStep::Undo { .. }
         ) {
             record.unlock_first = true;
-            record.nonce = None;
+            record.forget_lock();
         }
         if dev.report_read.as_ref().is_some_and(|r| r.tdi == tdi) {
             dev.report_read = None;
@@ -652,7 +652,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         // Nothing the device says can matter any more: every exchange of the TDI (and, when
         // the stream is cut now, of the device) is dropped, and late answers do not open.
         record.exchange = None;
-        record.nonce = None;
+        record.forget_lock();
         record.unlock_first = true;
         if cut {
             dev.stream = IdeStream::Cut;
@@ -858,6 +858,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     }
                     (BindStep::Lock, Ok(Response::Lock(nonce))) => {
                         record.nonce = Some(nonce);
+                        record.mmio_offset = Some(transport.reporting_offset(record.iface, &ex)?);
                         Ok(Some(BindStep::Report { offset: 0 }))
                     }
                     (BindStep::Report { offset }, Ok(Response::Report { portion, remainder })) => {
@@ -868,7 +869,14 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 let next = match next {
                     // The whole report is in: bind, or refuse it.
-                    Ok(None) => match Self::finish_bind(dev, tdi, record, target, &mut locks) {
+                    Ok(None) => match Self::finish_bind(
+                        dev,
+                        tdi,
+                        record,
+                        target,
+                        &mut locks,
+                        &transport,
+                    ) {
                         Ok(()) => return Ok(Completion::Done),
                         Err(e) => Err(e),
                     },
@@ -947,7 +955,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 record.exchange = None;
                 stopped?;
-                record.nonce = None;
+                record.forget_lock();
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
                 Self::run_unbind(&mut locks, tdi, record, owner, UnbindStep::Stop, None)
             }
@@ -1052,14 +1060,19 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record: &mut Tdi,
         (guest, serial): (GuestId, u64),
         locks: &mut UnbindLocks<'_, T>,
+        transport: &Requester<S>,
     ) -> TsmResult<()> {
-        let reported = {
+        // The LOCK that this report answers gave the offset: a bind past LOCK always has one.
+        let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
+        let (reported, digest) = {
             let read = dev
                 .report_read
                 .as_ref()
                 .filter(|r| r.tdi == tdi)
                 .ok_or(Error::Inconsistent)?;
-            DeviceInterfaceReport::parse(read.report.bytes(), 0)?.reported_ranges()
+            let bytes = read.report.bytes();
+            let parsed = DeviceInterfaceReport::parse(bytes, offset)?;
+            (parsed.reported_ranges(), transport.report_digest(bytes))
         };
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
@@ -1082,6 +1095,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record.state = next;
         record.exchange = None;
         record.unlock_first = false;
+        record.report_digest = Some(digest);
         dev.report_read = None;
         Ok(())
     }

@@ -17,7 +17,7 @@ pub mod host;
 pub mod session;
 pub mod spdm;
 
-pub use session::{Direction, ModelSession, RecordContext, SecureSession};
+pub use session::{Direction, ModelSession, REPORT_DIGEST_SIZE, RecordContext, SecureSession};
 
 use crate::tdisp::requester::MAX_MESSAGE_BYTES;
 
