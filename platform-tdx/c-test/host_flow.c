@@ -143,7 +143,7 @@ static uint64_t expect_leaf(const char *path, uint64_t td, size_t i, uint64_t st
 /* TDI create, bind (relayed), map, guest accept, guest start (relayed). */
 static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 {
-	uint64_t tdi;
+	uint64_t tdi, first_page;
 	size_t i;
 
 	set(TDH_DEVIF_CREATE, dev, IFACE, 0);
@@ -154,13 +154,18 @@ static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 	check(path, "TSM.DEVIF.BIND", seam(TSM_DEVIF_BIND, tdi, td, 0), TDX_SPDM_REQUEST);
 	check(path, "bind relayed", relay(path, TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
 	expect_state(path, tdi, 1, td);
+	/* The guest reads where its report puts the BAR (the bind's reporting offset included)
+	 * and accepts each page at that address plus the page's offset in the BAR. */
+	set(TDG_DEVIF_RD, tdi, TSM_DEVIF_FIELD_REPORTED_RANGE, 0);
+	check(path, "TDG.DEVIF.RD (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
+	first_page = r->rcx;
 	for (i = 0; i < nleaves; i++) {
 		check(path, "TDH.MMIO.MAP",
 		      seam(TDH_MMIO_MAP, leaf_info(i), td,
 			   leaf_hpa(i)),
 		      TDX_SUCCESS);
 		expect_leaf(path, td, i, 2, 0);
-		set(TDG_MMIO_ACCEPT, leaf_info(i), 0, 0);
+		set(TDG_MMIO_ACCEPT, leaf_info(i), first_page + (leaf_hpa(i) - bar), 0);
 		check(path, "TDG.MMIO.ACCEPT (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
 		expect_leaf(path, td, i, 3, 0);
 	}

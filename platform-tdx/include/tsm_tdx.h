@@ -107,7 +107,13 @@ struct tsm_tdx_range_list {
 #define TSM_SPDM_BARS          0xF009u /* RCX SPDM id, RDX range list (BARs): once, after
                                           TDH_SPDM_CREATE, before the first TDH_DEVIF_CREATE */
 /* Guest leaves (TDCALL). */
-#define TDG_MMIO_ACCEPT        71u     /* RCX page info */
+#define TDG_MMIO_ACCEPT        71u     /* RCX page info, RDX the page's reported address (report
+                                          FIRST_PAGE + page offset, MMIO_REPORTING_OFFSET included) */
+#define TDG_DEVIF_RD           67u     /* RCX TDI, RDX field code (7:0, rest 0), R9 0 -> RCX value */
+#define TSM_DEVIF_FIELD_TDISP_VERSION 0x01u /* TDX-IO TDISP_VER_FIELD_CODE */
+#define TSM_DEVIF_FIELD_TDISP_STATE   0x80u /* ours */
+#define TSM_DEVIF_FIELD_REPORT_DIGEST 0x81u /* ours: + word 0..5 of the 48-byte report digest */
+#define TSM_DEVIF_FIELD_REPORTED_RANGE 0x90u /* ours: + private range index: its FIRST_PAGE */
 #define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI; TDX_SPDM_REQUEST: the host relays START_INTERFACE */
 
 /* TDH_SPDM_CREATE RCX, as Linux's tdisp_func_id(): requester ID (bus << 8 | devfn) in 15:0,
@@ -168,6 +174,8 @@ struct tsm_tdx_range_list {
 #define TSM_BARS_REGISTERED            0xC000F02B00000000ull
 /* A page already in use (a TD's TDR, a message page, SPDM metadata). */
 #define TDX_PAGE_METADATA_INCORRECT    0xC000030000000000ull
+/* TDG_MMIO_ACCEPT: RDX is not the S-EPT's host page plus the TDI's MMIO reporting offset. */
+#define TDX_MMIO_INVALID_HPA_OFFSET    0xC0000F4D00000000ull
 #define TSM_INCONSISTENT               0xC000F0FF00000000ull
 /* Ours: the device did not answer (after three empty responses), answered TDISP_ERROR, or
  * answered something that is not the response asked for. */

@@ -20,11 +20,12 @@ use core::cell::Cell;
 
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MAX_RELAY_BYTES, MmioRange,
-    PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestField, GuestId, Hpa, LeafState, MAX_RELAY_BYTES,
+    MmioRange, PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::ept::SeptState;
 use crate::module::{
     MESSAGE_PAGE_BYTES, MessagePages, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable, TdEntry,
     TdxModule, spdm_in, td_in,
@@ -225,8 +226,35 @@ pub const TSM_SPDM_BARS: u16 = 0xF009;
 
 // ---- guest leaves (TDCALL, entered for the calling TD) ------------------------------------
 
-/// TDG.MMIO.ACCEPT (TDX-IO: 71): RCX page info. MMIO_PENDING -> MMIO_MAPPED.
+/// TDG.MMIO.ACCEPT (TDX-IO: 71; intel/tdx-module @1666adc4
+/// `src/td_dispatcher/vm_exits/tdxio/tdg_mmio_accept.c`): RCX page info, RDX the page's
+/// reported address: what the guest read in its TDI's interface report, FIRST_PAGE plus the
+/// page's offset in its range, the bind's MMIO_REPORTING_OFFSET included (the module's
+/// `mmio_pa_offset`; our encoding, since the module turns it into a host address in its own
+/// way). MMIO_PENDING -> MMIO_MAPPED once the S-EPT entry passes its state checks and RDX is
+/// the entry's host page plus the owning TDI's offset ([`tsm_core::Tsm::guest_accept`]);
+/// otherwise TDX_MMIO_INVALID_HPA_OFFSET + RCX, as the module, and nothing changes.
 pub const TDG_MMIO_ACCEPT: u16 = 71;
+/// TDG.DEVIF.RD (TDX-IO: 67; intel/tdx-module @6e66b9d2
+/// `src/td_dispatcher/vm_exits/tdxio/tdg_devif_rd.c`): RCX the TDI (ours: its handle, as
+/// [`TSM_GUEST_DEVIF_START`]; the module takes a function ID), RDX `devif_rd_input_t` (field
+/// code in 7:0, 63:8 reserved), R9 zero. Out: RCX the field ([`DEVIF_FIELD_TDISP_VERSION`]
+/// and ours). Only the calling TD's own TDI: another TD's is `TDX_MMIO_DEVIF_OWNER_MISMATCH`.
+pub const TDG_DEVIF_RD: u16 = 67;
+/// TDG.DEVIF.RD field TDISP_VER_FIELD_CODE (intel/tdx-module @6e66b9d2 `devif_defs.h`
+/// `devif_field_code_e`): the TDISP version, 0x10.
+pub const DEVIF_FIELD_TDISP_VERSION: u8 = 1;
+/// Ours, TDG.DEVIF.RD field: the TDI's TDISP state as the firmware holds it (PCIe code).
+pub const DEVIF_FIELD_TDISP_STATE: u8 = 0x80;
+/// Ours, TDG.DEVIF.RD fields `0x81 + n`, n < 6: word n (little-endian) of the 48-byte digest
+/// of the interface report the bind took ([`tsm_core::GuestField::ReportDigest`]).
+pub const DEVIF_FIELD_REPORT_DIGEST: u8 = 0x81;
+/// Ours, TDG.DEVIF.RD fields `0x90 + n`, n < `MAX_RANGES_PER_TDI`: FIRST_PAGE of the TDI's
+/// n-th private range as reported (MMIO_REPORTING_OFFSET included): where the guest's
+/// TDG.MMIO.ACCEPT RDX values come from.
+pub const DEVIF_FIELD_REPORTED_RANGE: u8 = 0x90;
+/// `devif_rd_input_t` reserved bits 63:8 (intel/tdx-module `devif_defs.h`).
+const DEVIF_RD_RESERVED: u64 = !0xff;
 /// Ours, the guest accepts and starts a TDI (START_INTERFACE; the TDX guest sends it through
 /// TDG.DEVIF.REQUEST): RCX TDI. `TDX_SPDM_REQUEST` with START_INTERFACE in the TDI's request
 /// page: the host relays it, and its TDH.DEVIF.RESPONSE ends the start (`TDX_SUCCESS`: RUN).
@@ -454,6 +482,7 @@ pub const fn operands(leaf: u16) -> Operands {
             ..none
         },
         TDG_MMIO_ACCEPT => Operands { page: rcx, ..none },
+        TDG_DEVIF_RD => Operands { tdi: rcx, ..none },
         TSM_MMIO_ZAP_CHECK => Operands { hpa: rcx, ..none },
         _ => none,
     }
@@ -1331,14 +1360,44 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     return Err(st(invalid(status::OPERAND_ID_TDR)));
                 }
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
+                let reported = r.rdx;
                 let r = self
                     .tsm
-                    .with_table(|t| t.mmio_accept(td, gpa, size))
+                    .guest_accept(td, gpa, |t, check| {
+                        // The module's order: the entry's own state first, then its host
+                        // page against RDX, and only then the update.
+                        if let Ok(p) = t.probe(td, gpa)
+                            && p.state == SeptState::MmioPending
+                            && p.level == ept_level(size)
+                        {
+                            let hpa = Hpa::try_new(p.entry.phys()).map_err(Err)?;
+                            check.check(hpa, size, reported).map_err(Err)?;
+                        }
+                        t.mmio_accept(td, gpa, size).map_err(Ok)
+                    })
                     .map_err(|e| Outcome::Core(Err(e)))?;
                 match r {
                     Ok(()) => st(TDX_SUCCESS),
-                    Err(e) => st(status::sept_status(e, OPERAND_ID_RCX)),
+                    Err(Ok(e)) => st(status::sept_status(e, OPERAND_ID_RCX)),
+                    Err(Err(e)) => Outcome::Core(Err(e)),
                 }
+            }
+            TDG_DEVIF_RD => {
+                // The module's operand order: R9, RDX, then the TDI.
+                if r.r9 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R9)));
+                }
+                let field = devif_field(r.rdx).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                if self.tsm.guest(td) == Err(Error::InvalidHandle) {
+                    return Err(st(invalid(status::OPERAND_ID_TDR)));
+                }
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let value = self
+                    .tsm
+                    .guest_read(td, tdi, field)
+                    .map_err(|e| Outcome::Core(Err(e)))?;
+                out.rcx = value;
+                st(TDX_SUCCESS)
             }
             TSM_GUEST_DEVIF_START => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
@@ -1354,6 +1413,28 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }
+}
+
+/// TDG.DEVIF.RD's RDX as a field; `None` for reserved bits set or a code we do not define.
+fn devif_field(rdx: u64) -> Option<GuestField> {
+    if rdx & DEVIF_RD_RESERVED != 0 {
+        return None;
+    }
+    let code = u8::try_from(rdx).ok()?;
+    let digest_end = DEVIF_FIELD_REPORT_DIGEST.checked_add(tsm_core::guest::REPORT_DIGEST_WORDS)?;
+    let ranges_end =
+        DEVIF_FIELD_REPORTED_RANGE.checked_add(u8::try_from(MAX_RANGES_PER_TDI).ok()?)?;
+    Some(match code {
+        DEVIF_FIELD_TDISP_VERSION => GuestField::TdispVersion,
+        DEVIF_FIELD_TDISP_STATE => GuestField::TdispState,
+        c if (DEVIF_FIELD_REPORT_DIGEST..digest_end).contains(&c) => {
+            GuestField::ReportDigest(c.checked_sub(DEVIF_FIELD_REPORT_DIGEST)?)
+        }
+        c if (DEVIF_FIELD_REPORTED_RANGE..ranges_end).contains(&c) => {
+            GuestField::ReportedRange(c.checked_sub(DEVIF_FIELD_REPORTED_RANGE)?)
+        }
+        _ => return None,
+    })
 }
 
 /// The leaf number in RAX; `None` when version or reserved bits are set.

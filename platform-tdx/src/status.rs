@@ -69,6 +69,10 @@ pub const TDX_DEVIF_TDISP_INVALID_STATE: u64 = 0xC000_0F10_0000_0000;
 pub const TDX_DEVIF_INVALID_STATE: u64 = 0xC000_0F11_0000_0000;
 /// TDX_MMIO_DEVIF_OWNER_MISMATCH (TDX-IO): the TD named does not own the TDI.
 pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
+/// TDX_MMIO_INVALID_HPA_OFFSET (TDX-IO, intel/tdx-module @a56a9173
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h`; + RCX as `tdg_mmio_accept.c` @1666adc4
+/// names it): TDG.MMIO.ACCEPT's RDX does not name the page the S-EPT maps at the GPA.
+pub const TDX_MMIO_INVALID_HPA_OFFSET: u64 = 0xC000_0F4D_0000_0000;
 /// TDX_DEVIF_TDISP_INVALID_REQ_STS (TDX-IO, intel/tdx-module @a56a9173
 /// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a
 /// device response (or a request re-read) for a TDI with no request outstanding. (The module
@@ -301,6 +305,7 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::DuplicateDevice => (TSM_DUPLICATE_DEVICE, Operands::first(&[ops.rid])),
         Error::DuplicateTdi => (TSM_DUPLICATE_TDI, Operands::first(&[ops.rid])),
         Error::HpaNotOwned => (TDX_PAGE_METADATA_INCORRECT, ops.host()),
+        Error::ReportedAddressMismatch => (TDX_MMIO_INVALID_HPA_OFFSET, ops.address()),
         Error::GpaAlreadyMapped => (TDX_EPT_ENTRY_NOT_FREE, ops.address()),
         Error::HpaAlreadyMapped => (TDX_PAGE_NOT_FREE, ops.host()),
         Error::NotMapped => (TDX_EPT_WALK_FAILED, ops.address()),
@@ -405,6 +410,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_DUPLICATE_DEVICE => Error::DuplicateDevice,
         TSM_DUPLICATE_TDI => Error::DuplicateTdi,
         TDX_PAGE_METADATA_INCORRECT => Error::HpaNotOwned,
+        TDX_MMIO_INVALID_HPA_OFFSET => Error::ReportedAddressMismatch,
         TDX_EPT_ENTRY_NOT_FREE => Error::GpaAlreadyMapped,
         TDX_PAGE_NOT_FREE => Error::HpaAlreadyMapped,
         TDX_EPT_WALK_FAILED | TDX_EPT_ENTRY_STATE_INCORRECT => Error::NotMapped,
@@ -619,6 +625,7 @@ mod header_tests {
             ("TSM_BARS_NOT_REGISTERED", TSM_BARS_NOT_REGISTERED),
             ("TSM_BARS_REGISTERED", TSM_BARS_REGISTERED),
             ("TDX_PAGE_METADATA_INCORRECT", TDX_PAGE_METADATA_INCORRECT),
+            ("TDX_MMIO_INVALID_HPA_OFFSET", TDX_MMIO_INVALID_HPA_OFFSET),
             ("TSM_INCONSISTENT", TSM_INCONSISTENT),
             ("TSM_DEVICE_UNRESPONSIVE", TSM_DEVICE_UNRESPONSIVE),
             ("TSM_DEVICE_REFUSED", TSM_DEVICE_REFUSED),
@@ -646,6 +653,23 @@ mod header_tests {
             ("TSM_IDE_STREAM_SETUP", abi::TSM_IDE_STREAM_SETUP.into()),
             ("TSM_SPDM_BARS", abi::TSM_SPDM_BARS.into()),
             ("TDG_MMIO_ACCEPT", abi::TDG_MMIO_ACCEPT.into()),
+            ("TDG_DEVIF_RD", abi::TDG_DEVIF_RD.into()),
+            (
+                "TSM_DEVIF_FIELD_TDISP_VERSION",
+                abi::DEVIF_FIELD_TDISP_VERSION.into(),
+            ),
+            (
+                "TSM_DEVIF_FIELD_TDISP_STATE",
+                abi::DEVIF_FIELD_TDISP_STATE.into(),
+            ),
+            (
+                "TSM_DEVIF_FIELD_REPORT_DIGEST",
+                abi::DEVIF_FIELD_REPORT_DIGEST.into(),
+            ),
+            (
+                "TSM_DEVIF_FIELD_REPORTED_RANGE",
+                abi::DEVIF_FIELD_REPORTED_RANGE.into(),
+            ),
             ("TSM_GUEST_DEVIF_START", abi::TSM_GUEST_DEVIF_START.into()),
             // Operand ids.
             ("TDX_OPERAND_ID_RAX", OPERAND_ID_RAX.into()),

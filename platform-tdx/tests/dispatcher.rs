@@ -128,6 +128,13 @@ impl<'m> World<'m> {
         tdr
     }
 
+    /// Where the report of bound `tdi` puts host page `hpa`: what the guest's TDG.MMIO.ACCEPT
+    /// gives in RDX (the bind's MMIO_REPORTING_OFFSET added).
+    fn reported(&self, tdi: u64, hpa: u64) -> u64 {
+        let id = TdiId::from_raw(tdi).unwrap();
+        hpa + self.fw.tsm().tdi(id).unwrap().mmio_offset.unwrap()
+    }
+
     fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
         let out = self.call(u64::from(leaf), regs);
         assert_eq!(out.rax, TDX_SUCCESS, "leaf {leaf:#x}: {:#x}", out.rax);
@@ -509,7 +516,7 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
 #[test]
 fn track_busy_sept_read_and_guest_accept() {
     let mut mem = vec![Page::ZERO; 32];
-    let (w, td, _) = bound_world(&mut mem);
+    let (w, td, tdi) = bound_world(&mut mem);
     let g = w.fw.td_of(td).unwrap().unwrap();
     let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
     let out = w.ok(
@@ -531,6 +538,7 @@ fn track_busy_sept_read_and_guest_accept() {
     let mut regs = SeamRegs {
         rax: u64::from(abi::TDG_MMIO_ACCEPT),
         rcx: page,
+        rdx: w.reported(tdi, BAR),
         ..Default::default()
     };
     d.tdcall(td, &mut regs);
@@ -538,6 +546,7 @@ fn track_busy_sept_read_and_guest_accept() {
     let mut regs = SeamRegs {
         rax: u64::from(abi::TDG_MMIO_ACCEPT),
         rcx: page,
+        rdx: w.reported(tdi, BAR),
         ..Default::default()
     };
     d.tdcall(td, &mut regs);
@@ -579,7 +588,7 @@ fn track_busy_sept_read_and_guest_accept() {
 #[test]
 fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
     let mut mem = vec![Page::ZERO; 32];
-    let (w, td, _) = bound_world(&mut mem);
+    let (w, td, tdi) = bound_world(&mut mem);
     let host = BufferMemory {
         base: 0,
         bytes: &[],
@@ -589,6 +598,7 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
             let mut regs = SeamRegs {
                 rax: u64::from(abi::TDG_MMIO_ACCEPT),
                 rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+                rdx: w.reported(tdi, BAR),
                 ..Default::default()
             };
             Dispatcher::new(&w.fw, &host).tdcall(td, &mut regs);

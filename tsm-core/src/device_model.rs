@@ -369,15 +369,15 @@ impl DsmModel {
                 if matches!(i.state, TdispState::ConfigLocked | TdispState::Run) =>
             {
                 let head = report_head(u32::try_from(i.report.len()).unwrap_or(0));
-                // FIRST_PAGE is the host address plus the LOCK's offset (11.3.11); a range
-                // the addition would carry past 64 bits cannot be reported.
+                // FIRST_PAGE is the host address plus the LOCK's offset (11.3.11), in the
+                // field's 64 bits: a (hostile) range the addition carries past them arrives
+                // wrapped, below the offset, and the firmware refuses it as malformed.
                 let offset = if no_offset { 0 } else { i.offset };
                 let mut shifted: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES> =
                     heapless::Vec::new();
                 for r in &i.report {
                     let mut r = *r;
-                    let first = r.first_page.get().checked_add(offset);
-                    r.first_page = U64::new(first.ok_or(error_code::UNSPECIFIED)?);
+                    r.first_page = U64::new(r.first_page.get().wrapping_add(offset));
                     shifted.push(r).map_err(|_| error_code::UNSPECIFIED)?;
                 }
                 let total = encode_report(report_buf, &head, &shifted, &[])

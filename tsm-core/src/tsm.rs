@@ -15,6 +15,7 @@ use crate::capacity::{
 };
 use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::functions::DeviceFunctions;
+use crate::guest::{AcceptCheck, GuestField};
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, TdispState, UnbindStep, transition};
 use crate::mmio::{MmioRange, any_overlap};
@@ -717,6 +718,110 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
 
     // ---- the device's answers -----------------------------------------------------------
 
+    /// A field of `tdi` for its owner `guest` (TDX: TDG.DEVIF.RD). Refused, changing nothing:
+    /// an unknown TDI or guest (`InvalidHandle`), an unbound TDI (`TdiNotBound`), another
+    /// guest's (`NotOwner`); the report's fields only while the TDI is locked or running
+    /// (`TdiInError`, `UnbindInProgress`), and `InvalidRange` for a digest word or range
+    /// index past the end.
+    ///
+    /// Locks: guest, TDI, ownership (one at a time).
+    pub fn guest_read(&self, guest: GuestId, tdi: TdiId, field: GuestField) -> TsmResult<u64> {
+        self.guest(guest)?;
+        let record = self.tdi(tdi)?;
+        Self::guest_owns(
+            &record,
+            guest,
+            matches!(field, GuestField::TdispVersion | GuestField::TdispState),
+        )?;
+        match field {
+            GuestField::TdispVersion => Ok(u64::from(TDISP_VERSION_1_0)),
+            GuestField::TdispState => Ok(record.state.tdisp() as u64),
+            GuestField::ReportDigest(word) => {
+                let digest = record.report_digest.ok_or(Error::Inconsistent)?;
+                let at = usize::from(word)
+                    .checked_mul(8)
+                    .ok_or(Error::InvalidRange)?;
+                let bytes = digest
+                    .get(at..at.saturating_add(8))
+                    .ok_or(Error::InvalidRange)?;
+                let bytes: [u8; 8] = bytes.try_into().map_err(|_| Error::InvalidRange)?;
+                Ok(u64::from_le_bytes(bytes))
+            }
+            GuestField::ReportedRange(index) => {
+                let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
+                let ranges = self.owned_ranges(tdi)?;
+                let range = ranges.get(usize::from(index)).ok_or(Error::InvalidRange)?;
+                range
+                    .base()
+                    .as_u64()
+                    .checked_add(offset)
+                    .ok_or(Error::Inconsistent)
+            }
+        }
+    }
+
+    /// Whether `guest` may read or accept through `record`: its owner, and (unless
+    /// `any_bound_state`) locked or running.
+    fn guest_owns(record: &Tdi, guest: GuestId, any_bound_state: bool) -> TsmResult<()> {
+        match record.state.owner() {
+            None => return Err(Error::TdiNotBound),
+            Some(owner) if owner != guest => return Err(Error::NotOwner),
+            Some(_) => {}
+        }
+        match record.state {
+            _ if any_bound_state => Ok(()),
+            TdiState::Locked { .. } | TdiState::Run { .. } => Ok(()),
+            TdiState::Error { .. } => Err(Error::TdiInError),
+            TdiState::Unbinding { .. } => Err(Error::UnbindInProgress),
+            TdiState::Unbound => Err(Error::TdiNotBound),
+        }
+    }
+
+    /// The guest accepts the private MMIO page its secure table maps at `gpa`: the rule every
+    /// platform's accept follows. The core finds the bound TDI owning the host page mapped
+    /// there, checks that it is `guest`'s and locked or running, and runs the platform's
+    /// `accept` on the secure table with an [`AcceptCheck`] of that TDI's
+    /// MMIO_REPORTING_OFFSET and ranges, all under the TDI's lock (so the TDI cannot unbind
+    /// meanwhile) and the table's (so the entry cannot change between the platform's check
+    /// and its update). `accept` makes its own entry checks first, then
+    /// [`AcceptCheck::check`]s the host page of the entry against what the guest read from
+    /// the report, and only then changes the entry; its refusals change nothing.
+    ///
+    /// With no leaf at `gpa` the check has no owner (it refuses every page) and `accept`
+    /// refuses on its own. Refused before `accept` runs, changing nothing: unknown guest
+    /// (`InvalidHandle`), the owner another guest (`NotOwner`), the TDI in ERROR
+    /// (`TdiInError`) or being unbound (`UnbindInProgress`).
+    ///
+    /// Locks: guest, secure table, ownership (each briefly), then TDI, ownership, secure table.
+    pub fn guest_accept<R>(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        accept: impl FnOnce(&mut T, &AcceptCheck) -> R,
+    ) -> TsmResult<R> {
+        self.guest(guest)?;
+        let owner = match self.leaf(guest, gpa)? {
+            Some(leaf) => self.owner_of(leaf.hpa, leaf.size)?,
+            None => None,
+        };
+        let slot = match owner {
+            Some(tdi) => Some((tdi, self.tdis.lock(tdi.slot())?)),
+            None => None,
+        };
+        let check = match &slot {
+            Some((tdi, guard)) => {
+                // The owner was just looked up under the ownership lock: its record exists.
+                let record = guard.as_ref().ok_or(Error::Inconsistent)?;
+                Self::guest_owns(record, guest, false)?;
+                let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
+                AcceptCheck::of(offset, self.owned_ranges(*tdi)?)
+            }
+            None => AcceptCheck::no_owner(),
+        };
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        Ok(accept(&mut table, &check))
+    }
+
     /// The request of `tdi`'s outstanding exchange, framed again at `out`: the same bytes the
     /// call that sent it returned, for a host that lost them (TDX: TDH.DEVIF.REQUEST). Its
     /// length; `NoExchange` when nothing is outstanding. Changes nothing, and unlike calling
@@ -869,17 +974,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 let next = match next {
                     // The whole report is in: bind, or refuse it.
-                    Ok(None) => match Self::finish_bind(
-                        dev,
-                        tdi,
-                        record,
-                        target,
-                        &mut locks,
-                        &transport,
-                    ) {
-                        Ok(()) => return Ok(Completion::Done),
-                        Err(e) => Err(e),
-                    },
+                    Ok(None) => {
+                        match Self::finish_bind(dev, tdi, record, target, &mut locks, &transport) {
+                            Ok(()) => return Ok(Completion::Done),
+                            Err(e) => Err(e),
+                        }
+                    }
                     other => other,
                 };
                 match next {
