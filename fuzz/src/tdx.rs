@@ -1235,6 +1235,19 @@ impl World<'_> {
         self.device.link_mut().set_report(rec.iface, &wire);
     }
 
+    /// Where the report of the TDI owning the page TD `tdr` maps at page info `info` puts
+    /// that page: its host page plus the TDI's MMIO_REPORTING_OFFSET.
+    fn reported(&self, tdr: u64, info: u64) -> Option<u64> {
+        let tsm = self.fw.tsm();
+        let g = self.fw.td_of(tdr).ok()??;
+        let gpa = tsm_core::Gpa::try_new(info & 0x000f_ffff_ffff_f000).ok()?;
+        let leaf = tsm.leaf(g, gpa).ok()??;
+        let tdi = tsm.owner_of(leaf.hpa, leaf.size).ok()??;
+        let offset = tsm.tdi(tdi).ok()?.mmio_offset?;
+        let within = gpa.as_u64().checked_sub(leaf.gpa.as_u64())?;
+        leaf.hpa.as_u64().checked_add(within)?.checked_add(offset)
+    }
+
     fn owned(&self, tdi: u8) -> Vec<MmioRange> {
         self.fw
             .owned_ranges(TdiId::from_slot(tdi_slot(tdi) as u16))
@@ -1622,7 +1635,10 @@ impl World<'_> {
             }
             Op::Accept { td, at } => {
                 let (g, rcx) = self.at(self.td(td), at);
-                self.tdcall(g, leaf(abi::TDG_MMIO_ACCEPT), SeamRegs { rcx, ..r });
+                // What the guest read in its report for the page (RDX, the bind's reporting
+                // offset included), or 0 where there is none: then only a refusal is possible.
+                let rdx = self.reported(g, rcx).unwrap_or(0);
+                self.tdcall(g, leaf(abi::TDG_MMIO_ACCEPT), SeamRegs { rcx, rdx, ..r });
             }
             Op::Start { td, tdi, relay } => {
                 let g = self.td(td);
