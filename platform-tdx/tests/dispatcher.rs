@@ -2683,3 +2683,210 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
         Some(tsm_core::Error::InvalidHandle)
     );
 }
+
+/// TDG.MMIO.ACCEPT takes in RDX the page's reported address (the report's FIRST_PAGE plus
+/// the page's offset, the bind's MMIO_REPORTING_OFFSET included). Anything else, the host
+/// address among them, is TDX_MMIO_INVALID_HPA_OFFSET + RCX with the S-EPT entry still
+/// pending and nothing else changed; the right address accepts.
+#[test]
+fn guest_accept_checks_rdx_against_the_report() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+    let right = w.reported(tdi, BAR);
+    let sept_state = |w: &World| {
+        let out = w.ok(
+            abi::TDH_MEM_SEPT_RD,
+            SeamRegs {
+                rcx: page,
+                rdx: td,
+                ..Default::default()
+            },
+        );
+        out.rdx >> 8
+    };
+    assert_eq!(sept_state(&w), SeptState::MmioPending as u64);
+    for wrong in [0, BAR, right + 0x20_0000, right + 0x1000, right ^ (1 << 52)] {
+        let before = w.image();
+        let regs = SeamRegs {
+            rcx: page,
+            rdx: wrong,
+            ..Default::default()
+        };
+        let out = w.tdcall(td, abi::TDG_MMIO_ACCEPT, regs);
+        assert_eq!(
+            out.rax,
+            TDX_MMIO_INVALID_HPA_OFFSET | 1,
+            "RDX {wrong:#x}: {:#x}",
+            out.rax
+        );
+        assert_eq!(SeamRegs { rax: 0, ..out }, SeamRegs { rax: 0, ..regs });
+        assert!(
+            w.image() == before,
+            "a refused accept ({wrong:#x}) changed state"
+        );
+        assert_eq!(sept_state(&w), SeptState::MmioPending as u64);
+    }
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: right,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    assert_eq!(sept_state(&w), SeptState::MmioMapped as u64);
+    // Accepted: the entry's own state decides first, as in the module.
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_PAGE_ALREADY_ACCEPTED | 1);
+}
+
+/// The offset of each bind is its own: after an unbind and a new bind of the same TDI the
+/// old reported address no longer accepts.
+#[test]
+fn a_rebind_moves_the_reported_addresses() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let old = w.reported(tdi, BAR);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+    w.ok(
+        abi::TDH_MMIO_MAP,
+        SeamRegs {
+            rcx: page,
+            rdx: td,
+            r8: BAR,
+            ..Default::default()
+        },
+    );
+    let new = w.reported(tdi, BAR);
+    assert_ne!(old, new);
+    let before = w.image();
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: old,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_MMIO_INVALID_HPA_OFFSET | 1);
+    assert!(w.image() == before);
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: new,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+}
+
+/// TDG.DEVIF.RD: the calling TD reads its own TDI (TDISP version, state, reported ranges,
+/// report digest); another TD's TDI, an unknown TDI, a field we do not define, reserved bits
+/// and a non-zero R9 are refused with the operand named and nothing changed.
+#[test]
+fn devif_rd_reads_the_calling_tds_own_tdi() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let other = w.create_td();
+    let rd = |td: u64, rcx: u64, rdx: u64, r9: u64| {
+        w.tdcall(
+            td,
+            abi::TDG_DEVIF_RD,
+            SeamRegs {
+                rcx,
+                rdx,
+                r9,
+                ..Default::default()
+            },
+        )
+    };
+    let read = |field: u8| {
+        let out = rd(td, tdi, u64::from(field), 0);
+        assert_eq!(out.rax, TDX_SUCCESS, "field {field:#x}: {:#x}", out.rax);
+        out.rcx
+    };
+    assert_eq!(read(abi::DEVIF_FIELD_TDISP_VERSION), 0x10);
+    assert_eq!(read(abi::DEVIF_FIELD_TDISP_STATE), 1, "CONFIG_LOCKED");
+    let base =
+        w.fw.tsm()
+            .owned_ranges(TdiId::from_raw(tdi).unwrap())
+            .unwrap()[0]
+            .base()
+            .as_u64();
+    assert_eq!(read(abi::DEVIF_FIELD_REPORTED_RANGE), w.reported(tdi, base));
+    let id = TdiId::from_raw(tdi).unwrap();
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    for word in 0..6u8 {
+        assert_eq!(
+            read(abi::DEVIF_FIELD_REPORT_DIGEST + word),
+            w.fw.tsm()
+                .guest_read(g, id, tsm_core::GuestField::ReportDigest(word))
+                .unwrap()
+        );
+    }
+
+    let before = w.image();
+    let state = u64::from(abi::DEVIF_FIELD_TDISP_STATE);
+    let cases = [
+        (
+            "another TD's TDI",
+            rd(other, tdi, state, 0),
+            TDX_MMIO_DEVIF_OWNER_MISMATCH,
+        ),
+        (
+            "unknown TDI",
+            rd(td, tdi + 5, state, 0),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "no such TDI handle",
+            rd(td, 1 << 40, state, 0),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        ("field 0", rd(td, tdi, 0, 0), TDX_OPERAND_INVALID | 2),
+        ("field 0x87", rd(td, tdi, 0x87, 0), TDX_OPERAND_INVALID | 2),
+        (
+            "reserved bits",
+            rd(td, tdi, state | 1 << 8, 0),
+            TDX_OPERAND_INVALID | 2,
+        ),
+        ("R9", rd(td, tdi, state, 1), TDX_OPERAND_INVALID | 9),
+        (
+            "a range past the report",
+            rd(td, tdi, u64::from(abi::DEVIF_FIELD_REPORTED_RANGE) + 1, 0),
+            TSM_INVALID_RANGE,
+        ),
+    ];
+    for (what, out, want) in cases {
+        if want == TDX_MMIO_DEVIF_OWNER_MISMATCH || want == TSM_INVALID_RANGE {
+            assert_eq!(out.rax >> 32, want >> 32, "{what}: {:#x}", out.rax);
+        } else {
+            assert_eq!(out.rax, want, "{what}: {:#x}", out.rax);
+        }
+    }
+    assert!(w.image() == before, "a refused TDG.DEVIF.RD changed state");
+}
