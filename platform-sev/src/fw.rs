@@ -1195,6 +1195,16 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 _ => 0,
             };
             rsp.tdi_status = status.into();
+            // The session's digest of the report the bind took, while locked or running.
+            if status != 0 {
+                for (word, chunk) in rsp.interface_report_digest.chunks_mut(8).enumerate() {
+                    let word = u8::try_from(word).map_err(|_| SevStatus::INVALID_PARAM)?;
+                    let v = self
+                        .tsm
+                        .guest_read(g.guest, t.tdi, GuestField::ReportDigest(word))?;
+                    chunk.copy_from_slice(&v.to_le_bytes());
+                }
+            }
             rsp.lock_flags = u32::from(t.lock_flags).into();
             rsp.tdi_report_count = t.reports.into();
         }
