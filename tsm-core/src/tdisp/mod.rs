@@ -101,8 +101,8 @@ pub const REPORTING_OFFSET_FLOOR: u64 = crate::addr::PHYS_ADDR_LIMIT;
 
 const _: () = {
     assert!(REPORTING_OFFSET_FLOOR & REPORTING_OFFSET_MASK == REPORTING_OFFSET_FLOOR);
-    // The largest offset plus the largest physical address stays below 2^63.
-    assert!((REPORTING_OFFSET_MASK | REPORTING_OFFSET_FLOOR) < (1 << 62));
+    // The largest offset is below 2^62: plus any physical address it stays below 2^63.
+    assert!(REPORTING_OFFSET_MASK.leading_zeros() >= 2);
 };
 
 /// START_INTERFACE_NONCE length (PCIe 6.x 11.3.10).
