@@ -24,6 +24,7 @@ use crate::pfn::Pfn;
 use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
 
+mod fields;
 mod relay;
 mod scatter;
 mod tio_init;
