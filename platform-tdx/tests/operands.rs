@@ -652,6 +652,15 @@ fn spdm_create(w: &World<'_>) -> Setup {
             .flat_map(|p| p.to_le_bytes())
             .collect::<Vec<_>>(),
     );
+    // A root whose first entry is the root itself.
+    let self_root = host_page(SCRATCH + 1);
+    w.write(
+        self_root,
+        &[self_root, host_page(SCRATCH + 2)]
+            .iter()
+            .flat_map(|p| p.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
     let good = SeamRegs {
         rcx: abi::function_id(rid(3)),
         rdx: abi::hpa_array(spdm_page(3), 1),
@@ -745,6 +754,11 @@ fn spdm_create(w: &World<'_>) -> Setup {
             bad(
                 "RDX a root listing one page twice",
                 rdx(abi::hpa_array(dup_root, 2)),
+                pmi,
+            ),
+            bad(
+                "RDX a root listing itself",
+                rdx(abi::hpa_array(self_root, 2)),
                 pmi,
             ),
             bad(
@@ -1157,6 +1171,15 @@ fn zap_check(w: &World<'_>) -> Setup {
             bad("RCX past 2^52", rcx(BAR | PAST_52), range(OPERAND_ID_RCX)),
             bad("RDX 0 pages", rdx(0), inval),
             bad("RDX past the address space", rdx(u64::MAX), inval),
+            bad(
+                "RCX + RDX pages past 2^52",
+                SeamRegs {
+                    rcx: PAST_52 - 0x1000,
+                    rdx: 2,
+                    ..good
+                },
+                inval,
+            ),
         ],
     }
 }
