@@ -29,7 +29,9 @@ use platform_tdx::status::*;
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::ModelDevice;
 use tsm_core::tsm::Snapshot;
-use tsm_core::{Gpa, GuestId, MmioRange, ModelSession, PageSize, RequesterId, TdiId, TdispState};
+use tsm_core::{
+    Gpa, GuestId, MmioRange, ModelSession, PageSize, RequesterId, ReservedMemory, TdiId, TdispState,
+};
 
 // ---- the world (the minimum of tests/dispatcher.rs's, copied so that file stays as it is) ----
 
@@ -85,7 +87,15 @@ impl<'m> World<'m> {
     fn new(mem: &'m mut [Page]) -> Self {
         let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
         World {
-            fw: TdxModule::new(Sept::new(pool, SeptLevels::Four), ModelSession::model()),
+            // Host memory is reserved at init, as the C entry point does: never MMIO.
+            fw: TdxModule::with_reserved(
+                Sept::new(pool, SeptLevels::Four),
+                ModelSession::model(),
+                ReservedMemory::from_ranges(&[
+                    MmioRange::from_raw(HOST, HOST_PAGES as u64).unwrap()
+                ])
+                .unwrap(),
+            ),
             mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
             device: RefCell::new(ModelDevice::model()),
             pages: RefCell::new(BTreeMap::new()),
@@ -1015,6 +1025,11 @@ fn mmio_map(w: &World<'_>) -> Setup {
         ),
         bad("R8 past 2^52", r8(BAR | PAST_52), range(OPERAND_ID_R8)),
         bad(
+            "R8 a page of host memory (reserved at init)",
+            r8(HOST),
+            TSM_RESERVED_MEMORY | u64::from(OPERAND_ID_R8),
+        ),
+        bad(
             "R8 a page no bound TDI holds",
             r8(BAR + 0x40_0000),
             TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_R8),
@@ -1226,7 +1241,8 @@ fn spdm_bars(w: &World<'_>) -> Setup {
     attrs.ranges[0].attributes = 1;
     let mut id = bars(BAR);
     id.ranges[0].range_id = 1;
-    for (i, list) in [reserved, many, attrs, id].iter().enumerate() {
+    let host = RangeList::from_ranges(&[MmioRange::from_raw(HOST, 1).unwrap()]).unwrap();
+    for (i, list) in [reserved, many, attrs, id, host].iter().enumerate() {
         w.write(host_page(SCRATCH + i as u64), list.bytes());
     }
     let good = SeamRegs {
@@ -1267,6 +1283,11 @@ fn spdm_bars(w: &World<'_>) -> Setup {
             "RDX a BAR with a range ID",
             rdx(host_page(SCRATCH + 3)),
             inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX a BAR over host memory (reserved at init)",
+            rdx(host_page(SCRATCH + 4)),
+            TSM_RESERVED_MEMORY | u64::from(OPERAND_ID_RDX),
         ),
     ]);
     Setup {
