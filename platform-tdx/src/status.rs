@@ -94,6 +94,38 @@ pub const TDX_SPDM_REQUEST: u64 = 0xC000_0F57_0000_0000;
 /// sequence number and must be rekeyed before another exchange. Nothing changed.
 pub const TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH: u64 = 0xC000_0F45_0000_0000;
 
+// ---- TDX Connect link statuses (intel/tdx-module `include/auto_gen_2_0/tdx_error_codes_defs.h`
+// @1666adc494dbea5db99895f37125a338c20bec5a; where each is answered: `crate::link`) --------
+
+/// TDX_SPDM_HAS_ACTIVE_IDE_STREAMS: TDH.SPDM.DISCONNECT or TDH.SPDM.DELETE of an SPDM id that
+/// still has an IDE stream.
+pub const TDX_SPDM_HAS_ACTIVE_IDE_STREAMS: u64 = 0xC000_0F05_0000_0000;
+/// TDX_SPDM_INVALID_STATE: the SPDM session is not in a state for the leaf (not connected,
+/// connected already, or a CONNECT re-issued with other registers than the one it continues).
+pub const TDX_SPDM_INVALID_STATE: u64 = 0xC000_0F06_0000_0000;
+/// TDX_IDE_STREAM_NOT_FREE: TDH.IDE.STREAM.CREATE for an SPDM id that has its stream.
+pub const TDX_IDE_STREAM_NOT_FREE: u64 = 0xC000_0F16_0000_0000;
+/// TDX_IDE_STREAM_NOT_CONFIGURED: no such stream (a stream ID not the SPDM id's; a bind of a
+/// TDI whose device has no stream).
+pub const TDX_IDE_STREAM_NOT_CONFIGURED: u64 = 0xC000_0F18_0000_0000;
+/// TDX_IDE_STREAM_BLOCKED: the stream is blocked (TDH.IDE.STREAM.BLOCK); only DELETE is left.
+pub const TDX_IDE_STREAM_BLOCKED: u64 = 0xC000_0F19_0000_0000;
+/// TDX_IDE_STREAM_NOT_BLOCKED: TDH.IDE.STREAM.DELETE of a stream not blocked.
+pub const TDX_IDE_STREAM_NOT_BLOCKED: u64 = 0xC000_0F1A_0000_0000;
+/// TDX_IDE_STREAM_HAS_DEVICE_INTERFACES: key STOP or DELETE of the stream while its device
+/// has TDIs (the module's `tdi_ref_cnt` check in `tdh_ide_stream_delete.c` @6e66b9d2).
+pub const TDX_IDE_STREAM_HAS_DEVICE_INTERFACES: u64 = 0xC000_0F1F_0000_0000;
+/// TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY: a bind of a TDI whose device's stream has no keys
+/// (TDH.IDE.STREAM.KM SETUP not done, or STOPped).
+pub const TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY: u64 = 0xC000_0F21_0000_0000;
+/// TDX_IDE_STREAM_INVALID_STATE: a key operation the stream's key state does not allow
+/// (REFRESH or STOP without keys).
+pub const TDX_IDE_STREAM_INVALID_STATE: u64 = 0xC000_0F24_0000_0000;
+/// TDX_SDPM_INVALID_MESSAGE (sic, the module's spelling): the DOE object the host handed in
+/// is not the answer the exchange waits for (TDH.SPDM.CONNECT: not a VERSION offering SPDM
+/// 1.2). Nothing changed; the exchange stays outstanding.
+pub const TDX_SPDM_INVALID_MESSAGE: u64 = 0xC000_0F4E_0000_0000;
+
 // ---- ours: class 0xF0 (no TDX code exists) -------------------------------------------------
 
 /// Ours: a bind report or device creation lists more ranges than a TDI or device may have.
@@ -136,10 +168,10 @@ pub const TSM_DUPLICATE_TDI: u64 = 0xC000_F026_0000_0000;
 pub const TSM_FOREIGN_INTERFACE: u64 = 0xC000_F027_0000_0000;
 /// Ours: a BAR overlaps a BAR of another registered device.
 pub const TSM_BAR_IN_USE: u64 = 0xC000_F028_0000_0000;
-/// Ours: bind of a TDI whose device's IDE stream a forced unbind cut; TSM.IDE.STREAM_SETUP
-/// first.
+/// Ours: bind of a TDI whose device's IDE stream a forced unbind cut (keys set, not
+/// blocked); TDH.IDE.STREAM.KM SETUP re-establishes it.
 pub const TSM_STREAM_CUT: u64 = 0xC000_F029_0000_0000;
-/// Ours: TDH.DEVIF.CREATE or TSM.IDE.STREAM_SETUP of an SPDM id whose BARs TSM.SPDM.BARS has
+/// Ours: TDH.DEVIF.CREATE or TDH.IDE.STREAM.CREATE of an SPDM id whose BARs TSM.SPDM.BARS has
 /// not registered yet.
 pub const TSM_BARS_NOT_REGISTERED: u64 = 0xC000_F02A_0000_0000;
 /// Ours: TSM.SPDM.BARS of an SPDM id whose BARs are registered already.
@@ -171,6 +203,14 @@ pub const OPERAND_ID_R8: u32 = 8;
 pub const OPERAND_ID_R9: u32 = 9;
 /// R10.
 pub const OPERAND_ID_R10: u32 = 10;
+/// R11.
+pub const OPERAND_ID_R11: u32 = 11;
+/// R12.
+pub const OPERAND_ID_R12: u32 = 12;
+/// R13.
+pub const OPERAND_ID_R13: u32 = 13;
+/// R14.
+pub const OPERAND_ID_R14: u32 = 14;
 /// The TD (its TDR page).
 pub const OPERAND_ID_TDR: u32 = 128;
 /// The TD's secure EPT tree.
@@ -386,7 +426,13 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_RESERVED_MEMORY => Error::ReservedMemory,
         TSM_FOREIGN_INTERFACE => Error::ForeignInterface,
         TSM_BAR_IN_USE => Error::BarInUse,
-        TSM_STREAM_CUT => Error::StreamCut,
+        TSM_STREAM_CUT
+        | TDX_IDE_STREAM_NOT_CONFIGURED
+        | TDX_IDE_STREAM_BLOCKED
+        | TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY => Error::StreamCut,
+        TDX_IDE_STREAM_HAS_DEVICE_INTERFACES | TDX_SPDM_HAS_ACTIVE_IDE_STREAMS => {
+            Error::DeviceInUse
+        }
         TSM_INCONSISTENT => Error::Inconsistent,
         TSM_DEVICE_TABLE_FULL => Error::DeviceTableFull,
         TSM_TDI_TABLE_FULL => Error::TdiTableFull,
