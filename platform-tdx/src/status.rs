@@ -689,7 +689,50 @@ mod header_tests {
             ("TSM_DEVIF_STATE", abi::TSM_DEVIF_STATE.into()),
             ("TSM_MMIO_ZAP_CHECK", abi::TSM_MMIO_ZAP_CHECK.into()),
             ("TSM_DEVIF_CHECK", abi::TSM_DEVIF_CHECK.into()),
-            ("TSM_IDE_STREAM_SETUP", abi::TSM_IDE_STREAM_SETUP.into()),
+            ("TDH_IDE_STREAM_CREATE", abi::TDH_IDE_STREAM_CREATE.into()),
+            ("TDH_IDE_STREAM_BLOCK", abi::TDH_IDE_STREAM_BLOCK.into()),
+            ("TDH_IDE_STREAM_DELETE", abi::TDH_IDE_STREAM_DELETE.into()),
+            ("TDH_IDE_STREAM_KM", abi::TDH_IDE_STREAM_KM.into()),
+            ("TDH_SPDM_CONNECT", abi::TDH_SPDM_CONNECT.into()),
+            ("TDH_SPDM_DISCONNECT", abi::TDH_SPDM_DISCONNECT.into()),
+            ("TDH_SPDM_MNG", abi::TDH_SPDM_MNG.into()),
+            ("TSM_TDX_IDE_KM_SETUP", crate::link::IDE_KM_SETUP),
+            ("TSM_TDX_IDE_KM_REFRESH", crate::link::IDE_KM_REFRESH),
+            ("TSM_TDX_IDE_KM_STOP", crate::link::IDE_KM_STOP),
+            ("TSM_TDX_SPDM_MNG_HEARTBEAT", crate::link::SPDM_MNG_HEARTBEAT),
+            ("TSM_TDX_SPDM_MNG_KEY_UPDATE", crate::link::SPDM_MNG_KEY_UPDATE),
+            ("TSM_TDX_SPDM_MNG_RECOLLECT", crate::link::SPDM_MNG_RECOLLECT),
+            (
+                "TSM_TDX_DEV_INFO_BYTES",
+                crate::link::DEV_INFO_BYTES as u64,
+            ),
+            (
+                "TDX_SPDM_HAS_ACTIVE_IDE_STREAMS",
+                TDX_SPDM_HAS_ACTIVE_IDE_STREAMS,
+            ),
+            ("TDX_SPDM_INVALID_STATE", TDX_SPDM_INVALID_STATE),
+            ("TDX_IDE_STREAM_NOT_FREE", TDX_IDE_STREAM_NOT_FREE),
+            (
+                "TDX_IDE_STREAM_NOT_CONFIGURED",
+                TDX_IDE_STREAM_NOT_CONFIGURED,
+            ),
+            ("TDX_IDE_STREAM_BLOCKED", TDX_IDE_STREAM_BLOCKED),
+            ("TDX_IDE_STREAM_NOT_BLOCKED", TDX_IDE_STREAM_NOT_BLOCKED),
+            (
+                "TDX_IDE_STREAM_HAS_DEVICE_INTERFACES",
+                TDX_IDE_STREAM_HAS_DEVICE_INTERFACES,
+            ),
+            (
+                "TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY",
+                TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY,
+            ),
+            ("TDX_IDE_STREAM_INVALID_STATE", TDX_IDE_STREAM_INVALID_STATE),
+            ("TDX_SPDM_INVALID_MESSAGE", TDX_SPDM_INVALID_MESSAGE),
+            ("TSM_DEVICE_IN_USE", TSM_DEVICE_IN_USE),
+            ("TDX_OPERAND_ID_R11", OPERAND_ID_R11.into()),
+            ("TDX_OPERAND_ID_R12", OPERAND_ID_R12.into()),
+            ("TDX_OPERAND_ID_R13", OPERAND_ID_R13.into()),
+            ("TDX_OPERAND_ID_R14", OPERAND_ID_R14.into()),
             ("TSM_SPDM_BARS", abi::TSM_SPDM_BARS.into()),
             ("TDG_MMIO_ACCEPT", abi::TDG_MMIO_ACCEPT.into()),
             ("TSM_GUEST_DEVIF_START", abi::TSM_GUEST_DEVIF_START.into()),
@@ -753,6 +796,15 @@ mod header_tests {
         assert!(header.contains("#define TSM_UNBIND_FLAG_FORCE  (1ull << 0)"));
         assert_eq!(abi::UNBIND_FLAG_FORCE, 1 << 0);
         assert!(header.contains("#define TSM_TDX_FUNC_ID_SEG_VALID (1ull << 24)"));
+        assert!(header.contains("#define TSM_TDX_SPDM_CAP_HBEAT       (1u << 13)"));
+        assert_eq!(crate::link::SPDM_CAP_HBEAT, 1 << 13);
+        assert!(header.contains("#define TSM_TDX_SPDM_CAP_KEY_UPD     (1u << 14)"));
+        assert_eq!(crate::link::SPDM_CAP_KEY_UPD, 1 << 14);
+        assert!(header.contains("#define TSM_TDX_STREAM_INFO_TYPE_SEL (1ull << 8)"));
+        assert_eq!(crate::link::STREAM_INFO_TYPE_SEL, 1 << 8);
+        assert!(header.contains("#define TSM_TDX_ASSOC_VALID          (1ull << 0)"));
+        assert_eq!(crate::link::ASSOC_VALID, 1);
+        assert!(header.contains("uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13, r14;"));
         assert_eq!(abi::FUNC_ID_SEG_VALID, 1 << 24);
         assert!(header.contains("& 0x000FFFFFFFFFF000ull) | (((uint64_t)(pages) - 1) << 55))"));
         assert_eq!(abi::HPA_ARRAY_PFN_MASK, 0x000F_FFFF_FFFF_F000);
