@@ -25,11 +25,11 @@ use tsm_core::{
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::link::{Link, Session};
 pub use crate::link::{
     TDH_IDE_STREAM_BLOCK, TDH_IDE_STREAM_CREATE, TDH_IDE_STREAM_DELETE, TDH_IDE_STREAM_KM,
     TDH_SPDM_CONNECT, TDH_SPDM_DISCONNECT, TDH_SPDM_MNG,
 };
-use crate::link::{Link, Session};
 use crate::module::{
     MESSAGE_PAGE_BYTES, MessagePages, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable, TdEntry,
     TdxModule, spdm_in, td_in,
@@ -888,7 +888,9 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     ));
                 }
                 if matches!(entry.link.session, Session::Connected(_)) {
-                    return Err(st(status::TDX_SPDM_INVALID_STATE | u64::from(OPERAND_ID_RCX)));
+                    return Err(st(
+                        status::TDX_SPDM_INVALID_STATE | u64::from(OPERAND_ID_RCX)
+                    ));
                 }
                 let first = match (entry.metadata.root, entry.metadata.pages.first()) {
                     (Some(root), _) => root,
@@ -1066,10 +1068,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.unbind(tdi, buf)))?
                 }
             }
-            TDH_SPDM_CONNECT | TDH_SPDM_DISCONNECT | TDH_SPDM_MNG | TDH_IDE_STREAM_CREATE
-            | TDH_IDE_STREAM_BLOCK | TDH_IDE_STREAM_DELETE | TDH_IDE_STREAM_KM => {
-                self.link_leaf(leaf, r, out)?
-            }
+            TDH_SPDM_CONNECT
+            | TDH_SPDM_DISCONNECT
+            | TDH_SPDM_MNG
+            | TDH_IDE_STREAM_CREATE
+            | TDH_IDE_STREAM_BLOCK
+            | TDH_IDE_STREAM_DELETE
+            | TDH_IDE_STREAM_KM => self.link_leaf(leaf, r, out)?,
             TSM_DEVIF_ERROR => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 Outcome::Core(tsm.device_error(tdi))

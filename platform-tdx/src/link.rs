@@ -154,7 +154,9 @@ const SPDM_CAP_RESERVED: u32 = !(SPDM_CAP_HBEAT | SPDM_CAP_KEY_UPD);
 /// The head of the SPDM config page (`spdm_config_info_t`, packed, tdx-host.c @191928fb
 /// `tdx_link_pf0_probe`); the rest of the 4 KiB page is zero.
 #[repr(C, packed)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct SpdmConfig {
     /// Capabilities the host asks for: [`SPDM_CAP_KEY_UPD`] (Linux), [`SPDM_CAP_HBEAT`].
     pub vmm_spdm_cap: u32,
@@ -173,7 +175,9 @@ const _: () = assert!(SPDM_CONFIG_BYTES == 7);
 /// The dev_info record TDH.SPDM.CONNECT writes to the first dev_info page (ours: the TDX
 /// module's format is not public; Linux only copies `dev_info_size` bytes out). Little endian.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct DevInfo {
     /// [`DEV_INFO_FORMAT`].
     pub format: u32,
@@ -363,8 +367,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     /// `message` is asked) a TDI's message page.
     fn held(&self, spdm: &SpdmTable, page: Hpa, message: bool) -> Result<bool, Outcome> {
         let tds = self.fw.read_tds().map_err(core_err)?;
-        if td_in(&tds, page.as_u64()).is_some() || spdm.iter().flatten().any(|e| e.holds(page))
-        {
+        if td_in(&tds, page.as_u64()).is_some() || spdm.iter().flatten().any(|e| e.holds(page)) {
             return Ok(true);
         }
         if message {
@@ -739,7 +742,11 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R8));
         }
         self.relay_pages(spdm, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
-        let stream = entry.link.stream.as_ref().ok_or(core_err(Error::Inconsistent))?;
+        let stream = entry
+            .link
+            .stream
+            .as_ref()
+            .ok_or(core_err(Error::Inconsistent))?;
         if stream.blocked {
             return Err(named(status::TDX_IDE_STREAM_BLOCKED, OPERAND_ID_RDX));
         }
@@ -781,7 +788,11 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     /// `TDX_IDE_STREAM_BLOCKED` + RDX. The core cuts the stream ([`tsm_core::Tsm::cut_stream`]).
     fn stream_block(&self, spdm: &mut SpdmTable, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let entry = Self::stream_of(spdm, r)?;
-        let stream = entry.link.stream.as_ref().ok_or(core_err(Error::Inconsistent))?;
+        let stream = entry
+            .link
+            .stream
+            .as_ref()
+            .ok_or(core_err(Error::Inconsistent))?;
         if stream.blocked {
             return Err(named(status::TDX_IDE_STREAM_BLOCKED, OPERAND_ID_RDX));
         }
@@ -804,7 +815,11 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
         let entry = Self::stream_of(spdm, r)?;
-        let stream = entry.link.stream.as_ref().ok_or(core_err(Error::Inconsistent))?;
+        let stream = entry
+            .link
+            .stream
+            .as_ref()
+            .ok_or(core_err(Error::Inconsistent))?;
         if r.r8 != stream.metadata.root.map_or(0, |h| h.as_u64()) {
             return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R8));
         }

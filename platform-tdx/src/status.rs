@@ -699,13 +699,19 @@ mod header_tests {
             ("TSM_TDX_IDE_KM_SETUP", crate::link::IDE_KM_SETUP),
             ("TSM_TDX_IDE_KM_REFRESH", crate::link::IDE_KM_REFRESH),
             ("TSM_TDX_IDE_KM_STOP", crate::link::IDE_KM_STOP),
-            ("TSM_TDX_SPDM_MNG_HEARTBEAT", crate::link::SPDM_MNG_HEARTBEAT),
-            ("TSM_TDX_SPDM_MNG_KEY_UPDATE", crate::link::SPDM_MNG_KEY_UPDATE),
-            ("TSM_TDX_SPDM_MNG_RECOLLECT", crate::link::SPDM_MNG_RECOLLECT),
             (
-                "TSM_TDX_DEV_INFO_BYTES",
-                crate::link::DEV_INFO_BYTES as u64,
+                "TSM_TDX_SPDM_MNG_HEARTBEAT",
+                crate::link::SPDM_MNG_HEARTBEAT,
             ),
+            (
+                "TSM_TDX_SPDM_MNG_KEY_UPDATE",
+                crate::link::SPDM_MNG_KEY_UPDATE,
+            ),
+            (
+                "TSM_TDX_SPDM_MNG_RECOLLECT",
+                crate::link::SPDM_MNG_RECOLLECT,
+            ),
+            ("TSM_TDX_DEV_INFO_BYTES", crate::link::DEV_INFO_BYTES as u64),
             (
                 "TDX_SPDM_HAS_ACTIVE_IDE_STREAMS",
                 TDX_SPDM_HAS_ACTIVE_IDE_STREAMS,

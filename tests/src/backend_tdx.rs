@@ -247,9 +247,11 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         >::new();
         for id in 0..max {
             if let Some(e) = self.tsm.spdm(id)? {
-                let stream = e.link.stream.iter().flat_map(|s| {
-                    s.metadata.pages.iter().chain(s.metadata.root.iter())
-                });
+                let stream = e
+                    .link
+                    .stream
+                    .iter()
+                    .flat_map(|s| s.metadata.pages.iter().chain(s.metadata.root.iter()));
                 for p in e
                     .metadata
                     .pages
@@ -378,7 +380,8 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             r10: routing << platform_tdx::link::RID_ASSOC_RID_SHIFT,
             r11: platform_tdx::link::ASSOC_VALID
                 | routing << platform_tdx::link::RID_ASSOC_RID_SHIFT,
-            r12: platform_tdx::link::ASSOC_VALID | 0xfff << platform_tdx::link::ADDR_ASSOC1_LIMIT_SHIFT,
+            r12: platform_tdx::link::ASSOC_VALID
+                | 0xfff << platform_tdx::link::ADDR_ASSOC1_LIMIT_SHIFT,
             r13: 0xffff_ffff,
             ..SeamRegs::default()
         };
@@ -734,11 +737,7 @@ impl Backend for TdxBackend<'_, '_> {
                         ..SeamRegs::default()
                     },
                 )?;
-                let rid = self
-                    .tsm
-                    .spdm(id)?
-                    .ok_or(Error::InvalidHandle)?
-                    .function;
+                let rid = self.tsm.spdm(id)?.ok_or(Error::InvalidHandle)?.function;
                 self.stream_create(id, rid)?
             }
             None => id,

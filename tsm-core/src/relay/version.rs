@@ -113,7 +113,10 @@ mod tests {
         assert_eq!(&req[..n], &[1, 0, 1, 0, 3, 0, 0, 0, 0x10, 0x84, 0, 0]);
         let mut rsp = [0u8; 64];
         let m = respond(&req[..n], &mut rsp).unwrap();
-        assert_eq!(&rsp[..m], &[1, 0, 1, 0, 4, 0, 0, 0, 0x10, 0x04, 0, 0, 0, 1, 0, 0x12]);
+        assert_eq!(
+            &rsp[..m],
+            &[1, 0, 1, 0, 4, 0, 0, 0, 0x10, 0x04, 0, 0, 0, 1, 0, 0x12]
+        );
         assert_eq!(check_version(&rsp[..m]), Ok(()));
     }
 
