@@ -332,7 +332,8 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             .copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
         *config.get_mut(5).ok_or(Error::Inconsistent)? = 0xFF;
         self.host
-            .get_mut(CONFIG_AT..CONFIG_AT + config.len())
+            .get_mut(CONFIG_AT..)
+            .and_then(|page| page.get_mut(..config.len()))
             .ok_or(Error::Inconsistent)?
             .copy_from_slice(&config);
         let regs = SeamRegs {
@@ -356,7 +357,8 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
                         .answer(req, &mut answer)
                         .ok_or(Error::DeviceUnresponsive)?;
                     self.host
-                        .get_mut(RESPONSE_AT..RESPONSE_AT + len)
+                        .get_mut(RESPONSE_AT..)
+                        .and_then(|page| page.get_mut(..len))
                         .ok_or(Error::Inconsistent)?
                         .copy_from_slice(answer.get(..len).ok_or(Error::Inconsistent)?);
                 }
