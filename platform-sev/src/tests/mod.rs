@@ -24,6 +24,8 @@ use crate::pfn::Pfn;
 use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
 use crate::status::{Outcome, SevStatus};
 
+mod fields;
+mod linux_flow;
 mod relay;
 mod scatter;
 mod tio_init;

@@ -1,0 +1,285 @@
+//! `include/tsm_tdx.h` names the numbers the Rust crate uses: every object-like `#define` of
+//! the header is in [`TABLE`] with the Rust constant it stands for, and has its value; every
+//! Rust leaf (`abi`: `TDH_*`, `TDG_*`, `TSM_*` of type `u16`), status (`status`: `TDX_*`,
+//! `TSM_*`) and operand id (`status::OPERAND_ID_*`) is in the header, but for those listed in
+//! [`KNOWN_MISSING`]. A new leaf is one `same!` line (header and Rust spell it alike).
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use platform_tdx::{abi, module, status};
+
+const HEADER: &str = include_str!("../include/tsm_tdx.h");
+const ABI_RS: &str = include_str!("../src/abi.rs");
+const STATUS_RS: &str = include_str!("../src/status.rs");
+
+/// One header name, the Rust constant's path and its value.
+type Entry = (&'static str, &'static str, u64);
+
+/// A constant spelt the same in the header and in Rust.
+macro_rules! same {
+    ($module:ident :: $name:ident) => {
+        (stringify!($name), stringify!($name), $module::$name as u64)
+    };
+}
+
+/// A header name for the Rust constant `$module::$rust`.
+macro_rules! named {
+    ($header:literal, $module:ident :: $rust:ident) => {
+        ($header, stringify!($rust), $module::$rust as u64)
+    };
+}
+
+const TABLE: &[Entry] = &[
+    // Layout.
+    named!("TSM_TDX_RANGE_LIST_CAPACITY", abi::RANGE_LIST_CAPACITY),
+    named!("TSM_TDX_FUNC_ID_SEG_VALID", abi::FUNC_ID_SEG_VALID),
+    named!("TSM_TDX_SPDM_MT_MAX_PAGES", module::SPDM_MT_MAX_PAGES),
+    named!("TSM_TDX_MESSAGE_PAGE_BYTES", module::MESSAGE_PAGE_BYTES),
+    named!("TSM_UNBIND_FLAG_FORCE", abi::UNBIND_FLAG_FORCE),
+    // Host leaves.
+    same!(abi::TDH_MNG_CREATE),
+    same!(abi::TDH_MEM_SEPT_RD),
+    same!(abi::TDH_MEM_TRACK),
+    same!(abi::TDH_SPDM_CREATE),
+    same!(abi::TDH_SPDM_DELETE),
+    same!(abi::TDH_DEVIF_CREATE),
+    same!(abi::TDH_DEVIF_REMOVE),
+    same!(abi::TDH_DEVIF_REQUEST),
+    same!(abi::TDH_DEVIF_RESPONSE),
+    same!(abi::TDH_MMIO_MAP),
+    same!(abi::TDH_MMIO_BLOCK),
+    same!(abi::TDH_MMIO_UNMAP),
+    same!(abi::TSM_TD_DESTROY),
+    same!(abi::TSM_DEVIF_BIND),
+    same!(abi::TSM_DEVIF_UNBIND),
+    same!(abi::TSM_DEVIF_ERROR),
+    same!(abi::TSM_DEVIF_STATE),
+    same!(abi::TSM_MMIO_ZAP_CHECK),
+    same!(abi::TSM_DEVIF_CHECK),
+    same!(abi::TSM_IDE_STREAM_SETUP),
+    same!(abi::TSM_SPDM_BARS),
+    // Guest leaves.
+    same!(abi::TDG_MMIO_ACCEPT),
+    same!(abi::TSM_GUEST_DEVIF_START),
+    // Statuses.
+    same!(status::TDX_SUCCESS),
+    same!(status::TDX_INTERRUPTED_RESUMABLE),
+    same!(status::TDX_OPERAND_INVALID),
+    same!(status::TDX_OPERAND_ADDR_RANGE_ERROR),
+    same!(status::TDX_OPERAND_BUSY),
+    same!(status::TDX_PREVIOUS_TLB_EPOCH_BUSY),
+    same!(status::TDX_SYSINIT_NOT_PENDING),
+    same!(status::TDX_SYS_NOT_READY),
+    same!(status::TDX_EPT_WALK_FAILED),
+    same!(status::TDX_EPT_ENTRY_NOT_FREE),
+    same!(status::TDX_GPA_RANGE_NOT_BLOCKED),
+    same!(status::TDX_TLB_TRACKING_NOT_DONE),
+    same!(status::TDX_DEVIF_TDISP_INVALID_STATE),
+    same!(status::TDX_DEVIF_INVALID_STATE),
+    same!(status::TDX_SPDM_REQUEST),
+    same!(status::TDX_DEVIF_TDISP_INVALID_REQ_STS),
+    same!(status::TDX_DEVIF_TDISP_INVALID_MESSAGE),
+    same!(status::TDX_DEVIF_TDISP_OUT_REQ),
+    same!(status::TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH),
+    same!(status::TSM_RESERVED_MEMORY),
+    same!(status::TSM_FOREIGN_INTERFACE),
+    same!(status::TSM_BAR_IN_USE),
+    same!(status::TSM_STREAM_CUT),
+    same!(status::TSM_BARS_NOT_REGISTERED),
+    same!(status::TSM_BARS_REGISTERED),
+    same!(status::TDX_PAGE_METADATA_INCORRECT),
+    same!(status::TSM_INCONSISTENT),
+    same!(status::TSM_DEVICE_UNRESPONSIVE),
+    same!(status::TSM_DEVICE_REFUSED),
+    same!(status::TSM_DEVICE_MALFORMED),
+    // Operand ids.
+    named!("TDX_OPERAND_ID_RAX", status::OPERAND_ID_RAX),
+    named!("TDX_OPERAND_ID_RCX", status::OPERAND_ID_RCX),
+    named!("TDX_OPERAND_ID_RDX", status::OPERAND_ID_RDX),
+    named!("TDX_OPERAND_ID_R8", status::OPERAND_ID_R8),
+    named!("TDX_OPERAND_ID_R9", status::OPERAND_ID_R9),
+    named!("TDX_OPERAND_ID_R10", status::OPERAND_ID_R10),
+    named!("TDX_OPERAND_ID_TDR", status::OPERAND_ID_TDR),
+    named!("TDX_OPERAND_ID_DEVIF", status::OPERAND_ID_DEVIF),
+    named!("TDX_OPERAND_ID_TRANSPORT", status::OPERAND_ID_TRANSPORT),
+    named!("TDX_OPERAND_ID_REG_BLOCK", status::OPERAND_ID_REG_BLOCK),
+    named!(
+        "TDX_OPERAND_ID_REQUEST_PAGE",
+        status::OPERAND_ID_REQUEST_PAGE
+    ),
+    named!(
+        "TDX_OPERAND_ID_RESPONSE_PAGE",
+        status::OPERAND_ID_RESPONSE_PAGE
+    ),
+];
+
+/// Rust leaf, status and operand-id constants the header does not define today. A C host can
+/// get every one of these statuses from a leaf (e.g. TDX_PAGE_NOT_FREE from TDH.MMIO.MAP,
+/// TSM_DUPLICATE_DEVICE from TDH.SPDM.CREATE, TSM_DUPLICATE_TDI from TDH.DEVIF.CREATE), so
+/// each is a gap in the header; the test fails when this list and the header part ways.
+const KNOWN_MISSING: &[&str] = &[
+    "TDX_PAGE_NOT_FREE",
+    "TDX_TD_ASSOCIATED_PAGES_EXIST",
+    "TDX_PAGE_ALREADY_ACCEPTED",
+    "TDX_PAGE_SIZE_MISMATCH",
+    "TDX_EPT_ENTRY_STATE_INCORRECT",
+    "TDX_MMIO_DEVIF_OWNER_MISMATCH",
+    "TSM_TOO_MANY_RANGES",
+    "TSM_RANGE_OUTSIDE_DEVICE",
+    "TSM_RANGES_OVERLAP",
+    "TSM_INVALID_RANGE",
+    "TSM_DEVICE_TABLE_FULL",
+    "TSM_TDI_TABLE_FULL",
+    "TSM_TD_TABLE_FULL",
+    "TSM_OWNERSHIP_TABLE_FULL",
+    "TSM_SEPT_POOL_EMPTY",
+    "TSM_TDI_ALREADY_BOUND",
+    "TSM_TDI_NOT_LOCKED",
+    "TSM_TDI_IN_ERROR",
+    "TSM_UNBIND_IN_PROGRESS",
+    "TSM_DEVICE_IN_USE",
+    "TSM_DUPLICATE_DEVICE",
+    "TSM_DUPLICATE_TDI",
+    "TSM_RELAY_BUFFER_TOO_SMALL",
+    "OPERAND_ID_SEPT_TREE",
+    "OPERAND_ID_TD_EPOCH",
+    "OPERAND_ID_MMIOMT",
+    "OPERAND_ID_DEVICE_TABLE",
+    "OPERAND_ID_DEVICE",
+];
+
+/// Object-like `#define NAME value` lines of the header (function-like macros and the include
+/// guard are skipped): name and the value as written.
+fn defines() -> Vec<(&'static str, &'static str)> {
+    HEADER
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("#define "))
+        .filter_map(|rest| {
+            let rest = rest.trim_start();
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let (name, tail) = rest.split_at(end);
+            // `NAME(` is function-like.
+            if tail.starts_with('(') {
+                return None;
+            }
+            let value = tail.split("/*").next().unwrap().trim();
+            (!value.is_empty()).then_some((name, value))
+        })
+        .collect()
+}
+
+/// A C integer constant expression of the forms the header uses: `9u`, `0xF001u`,
+/// `0xC000...ull`, `(1ull << 24)`.
+fn c_value(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if let Some(inner) = t.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+        let (a, b) = inner.split_once("<<")?;
+        return c_value(a)?.checked_shl(u32::try_from(c_value(b)?).ok()?);
+    }
+    let t = t.trim_end_matches(['u', 'U', 'l', 'L']);
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => t.parse().ok(),
+    }
+}
+
+/// `pub const NAME: TYPE` names of `src` whose name starts with one of `prefixes` and whose
+/// type is one of `types`.
+fn rust_consts(src: &'static str, prefixes: &[&str], types: &[&str]) -> Vec<&'static str> {
+    src.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("pub const "))
+        .filter_map(|rest| rest.split_once(':'))
+        .filter(|(name, ty)| {
+            prefixes.iter().any(|p| name.starts_with(p))
+                && types.iter().any(|t| ty.trim_start().starts_with(t))
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[test]
+fn every_header_define_has_the_rust_value() {
+    let defines = defines();
+    assert!(defines.len() > 50, "the header parsed to {defines:?}");
+    let mut wrong = Vec::new();
+    for (name, text) in &defines {
+        if *name == "TSM_TDX_H" {
+            continue;
+        }
+        let Some(value) = c_value(text) else {
+            wrong.push(format!(
+                "{name}: value {text:?} is not a constant this test reads"
+            ));
+            continue;
+        };
+        match TABLE.iter().find(|(h, _, _)| h == name) {
+            None => wrong.push(format!("{name} = {text}: no Rust counterpart in TABLE")),
+            Some((_, rust, v)) if *v != value => {
+                wrong.push(format!("{name} = {value:#x}, Rust {rust} = {v:#x}"));
+            }
+            Some(_) => {}
+        }
+    }
+    // And every TABLE row names a define the header has (a row for a removed define is stale).
+    for (h, _, _) in TABLE {
+        if !defines.iter().any(|(n, _)| n == h) {
+            wrong.push(format!("{h}: in TABLE but not defined in the header"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn every_rust_leaf_status_and_operand_id_is_in_the_header() {
+    let mut rust = rust_consts(ABI_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]);
+    rust.retain(|n| *n != "TSM_LEAF_BASE");
+    rust.extend(rust_consts(STATUS_RS, &["TDX_", "TSM_"], &["u64"]));
+    rust.extend(rust_consts(STATUS_RS, &["OPERAND_ID_"], &["u32"]));
+    assert!(rust.len() > 60, "the sources parsed to {rust:?}");
+    let in_header = |n: &&str| TABLE.iter().any(|(_, r, _)| r == n);
+    let missing: Vec<_> = rust.iter().filter(|n| !in_header(n)).copied().collect();
+    let new: Vec<_> = missing
+        .iter()
+        .filter(|n| !KNOWN_MISSING.contains(n))
+        .collect();
+    let stale: Vec<_> = KNOWN_MISSING
+        .iter()
+        .filter(|n| !missing.contains(n))
+        .collect();
+    assert!(
+        new.is_empty() && stale.is_empty(),
+        "Rust constants missing from include/tsm_tdx.h (add them, and a TABLE row): {new:?}\n\
+         in KNOWN_MISSING but now in TABLE, or gone from Rust (drop them): {stale:?}"
+    );
+}
+
+/// The function-like macros use the Rust masks and shifts.
+#[test]
+fn header_macros_use_the_rust_masks() {
+    let pfn = format!("{:#018X}", abi::HPA_ARRAY_PFN_MASK).replace("0X", "0x");
+    assert!(
+        HEADER.contains(&format!("{pfn}ull")),
+        "TSM_TDX_HPA_ARRAY's PFN mask is not {pfn}"
+    );
+    assert!(
+        HEADER.contains(&format!("<< {})", abi::HPA_ARRAY_SIZE_SHIFT)),
+        "TSM_TDX_HPA_ARRAY's size shift is not {}",
+        abi::HPA_ARRAY_SIZE_SHIFT
+    );
+    assert!(
+        HEADER.contains(&format!("<< {})", abi::FUNC_ID_SEGMENT_SHIFT)),
+        "TSM_TDX_FUNC_ID's segment shift is not {}",
+        abi::FUNC_ID_SEGMENT_SHIFT
+    );
+    let code = format!("{:#018X}", status::CODE_MASK).replace("0X", "0x");
+    assert!(
+        HEADER.contains(&format!("TDX_STATUS_CODE(s)             ((s) & {code}ull)")),
+        "TDX_STATUS_CODE's mask is not {code}"
+    );
+    let operand = format!("{:#X}", status::OPERAND_ID_MASK).replace("0X", "0x");
+    assert!(
+        HEADER.contains(&format!("((s) & {operand}ull)")),
+        "TDX_STATUS_OPERAND's mask is not {operand}"
+    );
+}
