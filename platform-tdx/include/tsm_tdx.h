@@ -142,7 +142,7 @@ struct tsm_tdx_range_list {
 #define TSM_TDX_SPDM_MT_MAX_PAGES 4u
 
 /* Link operands (Linux devsec tsm tree tdx-host.c @191928fb, drivers/pci/ide.c). */
-#define TSM_TDX_NULL_PAGE            (~0ull)      /* SPDM.MNG R8/R11: no page */
+#define TSM_TDX_NULL_PAGE            0xFFFFFFFFFFFFFFFFull /* SPDM.MNG R8/R11: no page */
 #define TSM_TDX_SPDM_CAP_HBEAT       (1u << 13)   /* spdm_config_info_t vmm_spdm_cap */
 #define TSM_TDX_SPDM_CAP_KEY_UPD     (1u << 14)   /* Linux sets it */
 #define TSM_TDX_STREAM_INFO_TYPE_SEL (1ull << 8)  /* stream info: selective; 7:0 RP devfn */
