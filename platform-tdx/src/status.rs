@@ -696,6 +696,7 @@ mod header_tests {
             ("TDH_SPDM_CONNECT", abi::TDH_SPDM_CONNECT.into()),
             ("TDH_SPDM_DISCONNECT", abi::TDH_SPDM_DISCONNECT.into()),
             ("TDH_SPDM_MNG", abi::TDH_SPDM_MNG.into()),
+            ("TSM_TDX_NULL_PAGE", crate::link::NULL_PAGE),
             ("TSM_TDX_IDE_KM_SETUP", crate::link::IDE_KM_SETUP),
             ("TSM_TDX_IDE_KM_REFRESH", crate::link::IDE_KM_REFRESH),
             ("TSM_TDX_IDE_KM_STOP", crate::link::IDE_KM_STOP),
