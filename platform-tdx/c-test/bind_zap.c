@@ -179,7 +179,7 @@ int main(void)
 		    TDX_SUCCESS)
 			failures++;
 		*r = in;
-		r->r10 = 0;
+		r->r10 = TSM_TDX_HPA_ARRAY((uintptr_t)host.ide_mt, 1);
 		call("SPDM connect, other registers", TDH_SPDM_CONNECT, r,
 		     TDX_SPDM_INVALID_STATE | TDX_OPERAND_ID_R10);
 		*r = in;

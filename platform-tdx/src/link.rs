@@ -405,12 +405,12 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         Ok(config)
     }
 
-    /// TDH.SPDM.CONNECT ([`TDH_SPDM_CONNECT`]). Order: RCX the SPDM id; the session's state
-    /// (connected: `TDX_SPDM_INVALID_STATE` + RCX; an exchange started by a call with other
-    /// registers: `TDX_SPDM_INVALID_STATE` naming the first register that differs); then RDX
-    /// the config, R8/R9 the pages, R10 the dev_info array (writable pages the firmware does
-    /// not hold: `TDX_PAGE_METADATA_INCORRECT` + R10; none a message page of this call:
-    /// `TDX_OPERAND_INVALID` + R10). First call: GET_VERSION to R9, `TDX_SPDM_REQUEST`, RCX its
+    /// TDH.SPDM.CONNECT ([`TDH_SPDM_CONNECT`]). Order: RCX the SPDM id; RDX the config, R8/R9
+    /// the pages, R10 the dev_info array (writable pages the firmware does not hold:
+    /// `TDX_PAGE_METADATA_INCORRECT` + R10; none a message page of this call:
+    /// `TDX_OPERAND_INVALID` + R10); then the session's state (connected:
+    /// `TDX_SPDM_INVALID_STATE` + RCX; an exchange started by a call with other registers:
+    /// `TDX_SPDM_INVALID_STATE` naming the first register that differs). First call: GET_VERSION to R9, `TDX_SPDM_REQUEST`, RCX its
     /// length. The re-issue: the DOE object in R8 (its length from its header, at most a page)
     /// must be VERSION offering SPDM 1.2 (else `TDX_SPDM_INVALID_MESSAGE` + R8, nothing
     /// changed, the exchange stays open); then the [`DevInfo`] record goes to the first
@@ -429,6 +429,18 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         };
         let entry = entry_at(spdm, r.rcx, OPERAND_ID_RCX)?;
         let (session, function) = (entry.link.session, entry.function);
+        let config = self.spdm_config(r.rdx)?;
+        let (response, request) =
+            self.relay_pages(spdm, (r.r8, OPERAND_ID_R8), (r.r9, OPERAND_ID_R9))?;
+        let dev_info = self.page_array(r.r10, OPERAND_ID_R10, true)?;
+        for page in dev_info.root.iter().chain(dev_info.pages.iter()).copied() {
+            if self.held(spdm, page, false)? {
+                return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R10));
+            }
+            if page == response || page == request || page.as_u64() == r.rdx {
+                return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R10));
+            }
+        }
         match session {
             Session::Connected(_) => {
                 return Err(named(status::TDX_SPDM_INVALID_STATE, OPERAND_ID_RCX));
@@ -447,18 +459,6 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 return Err(named(status::TDX_SPDM_INVALID_STATE, operand));
             }
             _ => {}
-        }
-        let config = self.spdm_config(r.rdx)?;
-        let (response, request) =
-            self.relay_pages(spdm, (r.r8, OPERAND_ID_R8), (r.r9, OPERAND_ID_R9))?;
-        let dev_info = self.page_array(r.r10, OPERAND_ID_R10, true)?;
-        for page in dev_info.root.iter().chain(dev_info.pages.iter()).copied() {
-            if self.held(spdm, page, false)? {
-                return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R10));
-            }
-            if page == response || page == request || page.as_u64() == r.rdx {
-                return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R10));
-            }
         }
         let first_info = *dev_info
             .pages

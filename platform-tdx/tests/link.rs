@@ -887,9 +887,10 @@ fn connect_refusals_change_nothing_body() {
     config[..8].copy_from_slice(&linux_config());
     w.write(CONFIG, &config);
 
-    // The exchange started: a re-issue with other registers is refused, naming the first
-    // that differs; a VERSION that is not one (or offers no 1.2) leaves it open.
+    // The exchange started: a re-issue with other (well-formed) registers is refused, naming
+    // the first that differs; a VERSION that is not one (or offers no 1.2) leaves it open.
     assert_eq!(w.call(abi::TDH_SPDM_CONNECT, r).rax, TDX_SPDM_REQUEST);
+    w.write(SPARE, &linux_config());
     for (what, regs, status) in [
         (
             "re-issue, other config",
@@ -943,6 +944,16 @@ fn connect_refusals_change_nothing_body() {
         abi::TDH_SPDM_CONNECT,
         r,
         TDX_SPDM_INVALID_STATE | 1,
+    );
+    // Operands before state, as every leaf: a malformed register is named first.
+    w.refused(
+        "connected already, config misaligned",
+        abi::TDH_SPDM_CONNECT,
+        SeamRegs {
+            rdx: CONFIG + 8,
+            ..r
+        },
+        INVALID | 2,
     );
 }
 
