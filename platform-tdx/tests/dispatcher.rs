@@ -33,9 +33,15 @@ use tsm_core::{
 
 /// Host memory: page 0 the range list, then message pages (request, response) of TDIs, then
 /// pages 7-10 the TDR pages of the TDs `World::create_td` makes, then pages 11-18 SPDM
-/// metadata (one per device, by bus: `spdm_page`).
+/// metadata (one per device, by bus: `spdm_page`), then the link's pages: 19 the SPDM config
+/// page, 20 the dev_info page, 21 and 22 the link's response and request pages, 23-30 IDE
+/// stream metadata (one per device, by bus: `ide_page`).
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 19;
+const HOST_PAGES: usize = 31;
+const CONFIG_PAGE: u64 = host_page(19);
+const DEV_INFO_PAGE: u64 = host_page(20);
+const LINK_RESPONSE: u64 = host_page(21);
+const LINK_REQUEST: u64 = host_page(22);
 /// The first SPDM metadata page, and how many there are.
 const SPDM_FIRST: u64 = 11;
 const SPDM_PAGES: u64 = 8;
@@ -56,6 +62,11 @@ const fn host_page(i: u64) -> u64 {
 /// The SPDM metadata page of the device on bus `bus`.
 const fn spdm_page(bus: u8) -> u64 {
     host_page(SPDM_FIRST + bus as u64 % SPDM_PAGES)
+}
+
+/// The IDE stream metadata page of the device on bus `bus`.
+const fn ide_page(bus: u8) -> u64 {
+    host_page(23 + bus as u64 % SPDM_PAGES)
 }
 
 /// The message pages of the first TDI, and of a second and third one.
@@ -316,11 +327,68 @@ fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
         },
     );
     w.put_list(&RangeList::default());
+    link(w, dev, bus);
     // The device reports the BAR; bind takes the ranges from it, not from the host.
     w.device
         .borrow_mut()
         .report_ranges(rid(bus), &[MmioRange::from_raw(bar, 1024).unwrap()]);
     dev
+}
+
+/// The Linux host's link set-up of SPDM id `dev` (the device on bus `bus`), as
+/// `tdx_link_connect` issues it: TDH.SPDM.CONNECT relayed (GET_VERSION to the device, the same
+/// registers re-issued), TDH.IDE.STREAM.CREATE, TDH.IDE.STREAM.KM SETUP.
+fn link(w: &World<'_>, dev: u64, bus: u8) {
+    let mut config = [0u8; 8];
+    config[..4].copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
+    config[5] = 0xFF;
+    w.write(CONFIG_PAGE, &config);
+    let connect = SeamRegs {
+        rcx: dev,
+        rdx: CONFIG_PAGE,
+        r8: LINK_RESPONSE,
+        r9: LINK_REQUEST,
+        r10: abi::hpa_array(DEV_INFO_PAGE, 1),
+        ..Default::default()
+    };
+    let mut out = w.call(u64::from(abi::TDH_SPDM_CONNECT), connect);
+    while out.rax == TDX_SPDM_REQUEST {
+        let req = w.read(LINK_REQUEST, out.rcx as usize);
+        let answer = w.doe(&req).unwrap();
+        w.write(LINK_RESPONSE, &answer);
+        out = w.call(u64::from(abi::TDH_SPDM_CONNECT), connect);
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let rid = u64::from(bus) << 8;
+    let stream = w.ok(
+        abi::TDH_IDE_STREAM_CREATE,
+        SeamRegs {
+            rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
+            rdx: dev,
+            r8: abi::hpa_array(ide_page(bus), 1),
+            r10: rid << 8,
+            r11: 1 | rid << 8,
+            r12: 1 | 0xfff << 20,
+            r13: 0xffff_ffff,
+            ..Default::default()
+        },
+    );
+    assert_eq!(km(w, dev, stream.rcx, 0).rax, TDX_SUCCESS);
+}
+
+/// TDH.IDE.STREAM.KM `op` on SPDM id `dev`'s stream `stream`, with the link's pages.
+fn km(w: &World<'_>, dev: u64, stream: u64, op: u64) -> SeamRegs {
+    w.call(
+        u64::from(abi::TDH_IDE_STREAM_KM),
+        SeamRegs {
+            rcx: dev,
+            rdx: stream,
+            r8: op,
+            r9: LINK_RESPONSE,
+            r10: LINK_REQUEST,
+            ..Default::default()
+        },
+    )
 }
 
 /// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
@@ -1024,7 +1092,7 @@ fn bar_lists_with_reserved_fields_set_are_refused() {
 }
 
 /// TSM.DEVIF.UNBIND RDX bit 0 forces the unbind (no STOP, the IDE stream is cut); other RDX
-/// bits are reserved. A bind is then `TSM_STREAM_CUT` until TSM.IDE.STREAM_SETUP.
+/// bits are reserved. A bind is then `TSM_STREAM_CUT` until TDH.IDE.STREAM.KM SETUP.
 #[test]
 fn forced_unbind_flag_and_stream_setup() {
     let mut mem = vec![Page::ZERO; 32];
@@ -1080,15 +1148,7 @@ fn forced_unbind_flag_and_stream_setup() {
     let before = w.image();
     assert_eq!(bind().rax, TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX));
     assert!(w.image() == before, "a refused bind changed something");
-    let setup = |rcx: u64| {
-        w.call(
-            u64::from(abi::TSM_IDE_STREAM_SETUP),
-            SeamRegs {
-                rcx,
-                ..Default::default()
-            },
-        )
-    };
+    let setup = |rcx: u64| km(&w, rcx, 0, 0);
     assert_eq!(
         setup(99).rax,
         TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX)
@@ -1482,7 +1542,7 @@ fn forced_unbind_works_while_an_exchange_is_outstanding() {
             w.call(u64::from(abi::TSM_DEVIF_BIND), bind).rax,
             TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX)
         );
-        w.ok(abi::TSM_IDE_STREAM_SETUP, on(0));
+        assert_eq!(km(&w, 0, 0, 0).rax, TDX_SUCCESS);
         assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
     }
 }
@@ -2595,14 +2655,6 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
     let before = w.image();
     let expect = [
         (abi::TDH_DEVIF_CREATE, devif, TSM_BARS_NOT_REGISTERED | 1),
-        (
-            abi::TSM_IDE_STREAM_SETUP,
-            SeamRegs {
-                rcx: dev,
-                ..Default::default()
-            },
-            TSM_BARS_NOT_REGISTERED | 1,
-        ),
         (
             abi::TSM_SPDM_BARS,
             SeamRegs {

@@ -127,6 +127,10 @@ impl ModelDevice {
     /// answering: a real DSM drops such a record). A request it answered lately gets the same
     /// answer again, without being acted on twice.
     pub fn answer(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
+        // In the clear (DOE type 1): only version negotiation, answered beside the session.
+        if doe::decode(request, doe::TYPE_SPDM).is_ok() {
+            return relay::version::respond(request, response);
+        }
         let body = doe::decode(request, doe::TYPE_SECURED_SPDM).ok()?;
         let record = relay::record_of(&self.session, body).ok()?;
         let mut app = [0u8; MAX_RELAY_BYTES];

@@ -1788,3 +1788,46 @@ fn the_guest_reads_its_own_tdi_only() {
         tsm.guest_read(w.g1, w.t0, GuestField::ReportedRange(1))
     });
 }
+
+/// The platform's stream cut (`Tsm::cut_stream`, TDX TDH.IDE.STREAM.BLOCK): a bound TDI goes
+/// to ERROR and the host may then tear its leaves down itself; no TDI binds and the stream
+/// cannot be set up under a bound TDI; a second cut changes nothing; after the TDI's unbind,
+/// `setup_stream` makes the stream live and the TDI binds again.
+#[test]
+fn cut_stream_is_the_forced_cut_without_an_unbind() {
+    let w = bound(2);
+    let tsm = &w.tsm;
+    assert_eq!(tsm.cut_stream(w.dev), Ok(()));
+    assert_eq!(tsm.device(w.dev).unwrap().stream, IdeStream::Cut);
+    assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
+    assert!(tsm.tdi(w.t0).unwrap().unlock_first);
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.cut_stream(w.dev), Ok(()));
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        before,
+        "a second cut changed something"
+    );
+    refused(tsm, Error::StreamCut, || {
+        bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 16)])
+    });
+    refused(tsm, Error::TdiBound, || tsm.setup_stream(w.dev));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.cut_stream(DeviceId::from_slot(7))
+    });
+    // The device can no longer reach the guest: the host removes a leaf itself.
+    assert_eq!(tsm.host_block(w.g1, gpa(GPA), PageSize::Size4K), Ok(()));
+    assert_eq!(tsm.host_track(w.g1), Ok(Completion::Done));
+    assert_eq!(
+        tsm.host_unmap(w.g1, gpa(GPA), PageSize::Size4K),
+        Ok(hpa(BAR))
+    );
+    let mut done = tsm.unbind_forced(w.t0);
+    while done == Ok(Completion::Resumable) {
+        done = tsm.unbind_forced(w.t0);
+    }
+    assert_eq!(done, Ok(Completion::Done));
+    assert_eq!(tsm.setup_stream(w.dev), Ok(()));
+    assert_eq!(tsm.device(w.dev).unwrap().stream, IdeStream::Live);
+    assert_eq!(bind(tsm, w.t0, w.g1, &[range(BAR, 512)]), Ok(()));
+}

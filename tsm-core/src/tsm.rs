@@ -656,32 +656,64 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record.forget_lock();
         record.unlock_first = true;
         if cut {
-            dev.stream = IdeStream::Cut;
-            for other in others.iter_mut().filter_map(|g| g.as_mut()) {
-                if let Some(Exchange {
-                    op: DeviceOp::Bind { step, .. },
-                    ..
-                }) = other.exchange
-                {
-                    let id = dev
-                        .tdis
-                        .iter()
-                        .find(|(_, i)| *i == other.iface)
-                        .map(|(t, _)| *t);
-                    if let Some(id) = id {
-                        Self::abandon_bind(dev, id, other, step);
-                    }
-                }
-                // Only an unbind waiting for STOP keeps its exchange: STOP can still land.
-                if !matches!(other.exchange.map(|e| e.op), Some(DeviceOp::Stop { .. })) {
-                    other.exchange = None;
-                }
-                other.unlock_first = true;
-                // Locked and Run go to ERROR; ERROR and unbinding stay; unbound stays unbound.
-                other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
-            }
+            Self::cut(dev, &mut others);
         }
         Self::run_unbind(&mut locks, tdi, record, owner, step, None)
+    }
+
+    /// Cuts `dev`'s IDE stream at the root port ([`IdeStream::Cut`]) with `others`, the
+    /// device's TDIs the caller locked (every one but a TDI being force-unbound): each bound
+    /// one goes to ERROR, its exchanges are dropped (an unbind waiting for STOP keeps its own)
+    /// and its interface is unlocked first at its next bind; a bind waiting is abandoned. The
+    /// one cut [`Tsm::unbind_forced`] and [`Tsm::cut_stream`] share.
+    fn cut(dev: &mut Device, others: &mut [SlotGuard<'_, Tdi>]) {
+        dev.stream = IdeStream::Cut;
+        for other in others.iter_mut().filter_map(|g| g.as_mut()) {
+            if let Some(Exchange {
+                op: DeviceOp::Bind { step, .. },
+                ..
+            }) = other.exchange
+            {
+                let id = dev
+                    .tdis
+                    .iter()
+                    .find(|(_, i)| *i == other.iface)
+                    .map(|(t, _)| *t);
+                if let Some(id) = id {
+                    Self::abandon_bind(dev, id, other, step);
+                }
+            }
+            // Only an unbind waiting for STOP keeps its exchange: STOP can still land.
+            if !matches!(other.exchange.map(|e| e.op), Some(DeviceOp::Stop { .. })) {
+                other.exchange = None;
+            }
+            other.unlock_first = true;
+            // Locked and Run go to ERROR; ERROR and unbinding stay; unbound stays unbound.
+            other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
+        }
+    }
+
+    /// The platform cuts `device`'s IDE stream itself (TDX: TDH.IDE.STREAM.BLOCK, or the key
+    /// STOP of TDH.IDE.STREAM.KM): the cut of [`Tsm::unbind_forced`] without an unbind. Every
+    /// bound TDI of the device goes to ERROR (the host may then tear its leaves down:
+    /// [`Tsm::host_may_tear_down`]) and can be unbound, forced or not; no TDI of the device
+    /// can be bound (`StreamCut`) until [`Tsm::setup_stream`]. A stream already cut stays so
+    /// and nothing changes.
+    ///
+    /// Locks: device, every TDI of the device, all taken before anything changes.
+    pub fn cut_stream(&self, device: DeviceId) -> TsmResult<()> {
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let mut tdis: heapless::Vec<_, MAX_TDIS_PER_DEVICE> = heapless::Vec::new();
+        for &(tdi, _) in dev.tdis.iter() {
+            // Cannot fail: the device lists at most MAX_TDIS_PER_DEVICE TDIs.
+            tdis.push(self.tdis.lock(tdi.slot())?)
+                .map_err(|_| Error::Inconsistent)?;
+        }
+        if dev.stream == IdeStream::Live {
+            Self::cut(dev, &mut tdis);
+        }
+        Ok(())
     }
 
     /// The host has re-established the device's IDE stream (key programming) after a forced

@@ -16,6 +16,7 @@ pub mod doe;
 pub mod host;
 pub mod session;
 pub mod spdm;
+pub mod version;
 
 pub use session::{Direction, ModelSession, REPORT_DIGEST_SIZE, RecordContext, SecureSession};
 
