@@ -32,8 +32,8 @@ pub use crate::link::{
     TDH_SPDM_CONNECT, TDH_SPDM_DISCONNECT, TDH_SPDM_MNG,
 };
 use crate::module::{
-    MESSAGE_PAGE_BYTES, MessagePages, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable, TdEntry,
-    TdxModule, spdm_in, td_in,
+    MESSAGE_PAGE_BYTES, MessagePages, PageUse, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable,
+    TdEntry, TdxModule, page_held, spdm_in, td_in,
 };
 use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
@@ -964,22 +964,20 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
                 let pages = self.message_pages_operands(r).map_err(refuse)?;
-                // A TD's TDR page and SPDM metadata are the firmware's, never a message page
-                // (TDH.MNG.CREATE and TDH.SPDM.CREATE refuse the converse).
+                // A page the firmware holds privately (a TDR, metadata) is never a message
+                // page; TDIs may share message pages (Linux keeps one pair per device).
                 let tds = self.fw.read_tds().map_err(core)?;
+                let mut table = self.fw.lock_pages().map_err(core)?;
                 for (page, operand) in [
                     (pages.request, OPERAND_ID_R9),
                     (pages.response, OPERAND_ID_R10),
                 ] {
-                    if td_in(&tds, page.as_u64()).is_some()
-                        || spdm.iter().flatten().any(|e| e.holds(page))
-                    {
+                    if page_held(&tds, &table, &spdm, page, PageUse::Shared) {
                         return Err(refuse(
                             status::TDX_PAGE_METADATA_INCORRECT | u64::from(operand),
                         ));
                     }
                 }
-                let mut table = self.fw.lock_pages().map_err(core)?;
                 // Cannot fail once the core made the TDI: its slot is below MAX_TDIS, the
                 // table's length. Checked before the core runs all the same.
                 let tdi = tsm.create_tdi(dev, iface).map_err(core)?;
@@ -1232,16 +1230,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let tds = self.fw.read_tds().map_err(core)?;
         let pages = self.fw.lock_pages().map_err(core)?;
         let mut spdm = self.fw.lock_spdm().map_err(core)?;
-        for page in all() {
-            let in_use = td_in(&tds, page.as_u64()).is_some()
-                || pages
-                    .iter()
-                    .flatten()
-                    .any(|p| p.request == page || p.response == page)
-                || spdm.iter().flatten().any(|e| e.holds(page));
-            if in_use {
-                return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
-            }
+        if all().any(|page| page_held(&tds, &pages, &spdm, page, PageUse::Private)) {
+            return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
         }
         if spdm.iter().flatten().any(|e| e.function == function) {
             return Err(st(status::TSM_DUPLICATE_DEVICE | u64::from(OPERAND_ID_RCX)));
@@ -1279,13 +1269,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let mut tds = self.fw.write_tds().map_err(core)?;
         let pages = self.fw.lock_pages().map_err(core)?;
         let spdm = self.fw.lock_spdm().map_err(core)?;
-        let in_use = td_in(&tds, tdr.as_u64()).is_some()
-            || pages
-                .iter()
-                .flatten()
-                .any(|p| p.request == tdr || p.response == tdr)
-            || spdm.iter().flatten().any(|e| e.holds(tdr));
-        if in_use {
+        if page_held(&tds, &pages, &spdm, tdr, PageUse::Private) {
             return Err(st(
                 status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
             ));

@@ -32,7 +32,7 @@ use crate::abi::{
     Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, decode_hpa, function_id,
     host_fault, hpa_array, whole_words,
 };
-use crate::module::{MESSAGE_PAGE_BYTES, SpdmEntry, SpdmPages, SpdmTable, td_in};
+use crate::module::{MESSAGE_PAGE_BYTES, PageUse, SpdmEntry, SpdmPages, SpdmTable, page_held};
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11, OPERAND_ID_R12,
     OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RAX, OPERAND_ID_RCX, OPERAND_ID_RDX,
@@ -334,7 +334,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             self.host.probe_read(at.as_u64(), MESSAGE_PAGE_BYTES)
         };
         probe.map_err(|f| Outcome::Status(host_fault(f, operand)))?;
-        if write && self.held(spdm, at, false)? {
+        if write && self.held(spdm, at, PageUse::Shared)? {
             return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
         }
         Ok(at)
@@ -365,19 +365,10 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
 
     /// Whether `page` is the firmware's: a TD's TDR, SPDM or IDE metadata, and (when
     /// `message` is asked) a TDI's message page.
-    fn held(&self, spdm: &SpdmTable, page: Hpa, message: bool) -> Result<bool, Outcome> {
+    fn held(&self, spdm: &SpdmTable, page: Hpa, new: PageUse) -> Result<bool, Outcome> {
         let tds = self.fw.read_tds().map_err(core_err)?;
-        if td_in(&tds, page.as_u64()).is_some() || spdm.iter().flatten().any(|e| e.holds(page)) {
-            return Ok(true);
-        }
-        if message {
-            let pages = self.fw.lock_pages().map_err(core_err)?;
-            return Ok(pages
-                .iter()
-                .flatten()
-                .any(|p| p.request == page || p.response == page));
-        }
-        Ok(false)
+        let pages = self.fw.lock_pages().map_err(core_err)?;
+        Ok(page_held(&tds, &pages, spdm, page, new))
     }
 
     /// Reads the config page at `raw` (RDX) once into firmware memory and checks it as Linux
@@ -434,7 +425,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             self.relay_pages(spdm, (r.r8, OPERAND_ID_R8), (r.r9, OPERAND_ID_R9))?;
         let dev_info = self.page_array(r.r10, OPERAND_ID_R10, true)?;
         for page in dev_info.root.iter().chain(dev_info.pages.iter()).copied() {
-            if self.held(spdm, page, false)? {
+            if self.held(spdm, page, PageUse::Shared)? {
                 return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R10));
             }
             if page == response || page == request || page.as_u64() == r.rdx {
@@ -589,7 +580,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         } else {
             let pages = self.page_array(r.r11, OPERAND_ID_R11, true)?;
             for page in pages.root.iter().chain(pages.pages.iter()).copied() {
-                if self.held(spdm, page, false)? {
+                if self.held(spdm, page, PageUse::Shared)? {
                     return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R11));
                 }
             }
@@ -692,7 +683,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             return bad(OPERAND_ID_R10);
         }
         for page in metadata.root.iter().chain(metadata.pages.iter()).copied() {
-            if self.held(spdm, page, true)? {
+            if self.held(spdm, page, PageUse::Private)? {
                 return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R8));
             }
         }

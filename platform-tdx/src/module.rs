@@ -122,6 +122,37 @@ impl SpdmEntry {
 /// Every SPDM id's record, indexed by SPDM id.
 pub(crate) type SpdmTable = [Option<SpdmEntry>; MAX_DEVICES];
 
+/// What a leaf is about to make of a host page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PageUse {
+    /// The firmware's own (a TDR, SPDM or IDE metadata): no other use may share it.
+    Private,
+    /// A shared page the firmware writes or reads for the host (a TDI's or a link leaf's
+    /// request or response page, an output array): several such uses may share it (Linux
+    /// keeps one message pair per device), a private page never.
+    Shared,
+}
+
+/// Whether `page` may not take the use `new`: it is a TD's TDR, an SPDM id's or its IDE
+/// stream's metadata, or (for a private use) a TDI's request or response page. The one test
+/// every leaf that records or writes a host page applies (`TDX_PAGE_METADATA_INCORRECT`, the
+/// TDX module's PAMT "not PT_NDA").
+pub(crate) fn page_held(
+    tds: &TdTable,
+    pages: &PageTable,
+    spdm: &SpdmTable,
+    page: Hpa,
+    new: PageUse,
+) -> bool {
+    td_in(tds, page.as_u64()).is_some()
+        || spdm.iter().flatten().any(|e| e.holds(page))
+        || (new == PageUse::Private
+            && pages
+                .iter()
+                .flatten()
+                .any(|p| p.request == page || p.response == page))
+}
+
 /// The TDX back end's firmware: the core over the S-EPT, sealed with session `S`, and each
 /// TDI's message pages. Everything of the core is reached through `Deref`; the dispatcher
 /// ([`crate::abi::Dispatcher`]) is the only writer of the message pages.

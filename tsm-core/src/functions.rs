@@ -121,6 +121,56 @@ impl DeviceFunctions {
     }
 }
 
+/// Most functions one device has: its eight PFs and up to [`MAX_VFS`] VFs.
+pub const MAX_FUNCTIONS: usize = PCI_FUNCTIONS_PER_DEVICE as usize + MAX_VFS as usize;
+
+impl DeviceFunctions {
+    /// The position of `rid` among the device's functions (PFs 0-7, then VFs in order), or
+    /// `None` if it is not one of them; below [`MAX_FUNCTIONS`].
+    pub fn index(&self, rid: RequesterId) -> Option<usize> {
+        if !self.contains(rid) {
+            return None;
+        }
+        let pf0 = pf0(self.dsm);
+        let routing = rid.routing_id();
+        if routing >> 3 == pf0 >> 3 {
+            return usize::try_from(routing.checked_sub(pf0)?).ok();
+        }
+        let v = self.vfs?;
+        let n = routing
+            .checked_sub(pf0.checked_add(v.first_offset)?)?
+            .checked_div(v.stride)?;
+        usize::from(n).checked_add(usize::from(PCI_FUNCTIONS_PER_DEVICE))
+    }
+}
+
+/// A set of a device's functions, by [`DeviceFunctions::index`]: fixed size, no heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FunctionSet([u64; MAX_FUNCTIONS.div_ceil(64)]);
+
+impl FunctionSet {
+    /// Adds function `index` (an index past [`MAX_FUNCTIONS`] is ignored: none exists).
+    pub fn insert(&mut self, index: usize) {
+        if let Some(word) = self.0.get_mut(index / 64) {
+            *word |= 1 << (index % 64);
+        }
+    }
+
+    /// Whether function `index` is in the set.
+    pub fn contains(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+
+    /// Removes function `index`.
+    pub fn remove(&mut self, index: usize) {
+        if let Some(word) = self.0.get_mut(index / 64) {
+            *word &= !(1 << (index % 64));
+        }
+    }
+}
+
 /// Routing ID of function 0 of `rid`'s device number (function number: bits 2:0).
 const fn pf0(rid: RequesterId) -> u16 {
     rid.routing_id() & !0x7
@@ -168,6 +218,30 @@ mod tests {
         assert!(!f.intersects(&other) && !other.intersects(&f));
         let clash = DeviceFunctions::physical(rid(3, 16, 0));
         assert!(f.intersects(&clash) && clash.intersects(&f));
+    }
+
+    #[test]
+    fn every_function_has_its_own_index() {
+        let vfs = VfLayout {
+            first_offset: 0x80,
+            stride: 2,
+            count: MAX_VFS,
+        };
+        let f = DeviceFunctions::new(rid(3, 0, 0), Some(vfs)).unwrap();
+        let mut seen = std::vec::Vec::new();
+        for r in f.iter() {
+            let i = f.index(r).unwrap();
+            assert!(i < MAX_FUNCTIONS && !seen.contains(&i), "{r:?} -> {i}");
+            seen.push(i);
+        }
+        assert_eq!(seen.len(), MAX_FUNCTIONS);
+        assert_eq!(f.index(RequesterId::from_routing(0, 0x0381)), None);
+        let mut set = FunctionSet::default();
+        set.insert(MAX_FUNCTIONS - 1);
+        set.insert(MAX_FUNCTIONS + 64);
+        assert!(set.contains(MAX_FUNCTIONS - 1) && !set.contains(MAX_FUNCTIONS + 64));
+        set.remove(MAX_FUNCTIONS - 1);
+        assert_eq!(set, FunctionSet::default());
     }
 
     #[test]

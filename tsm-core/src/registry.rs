@@ -5,7 +5,7 @@ use spin::{Mutex, MutexGuard};
 
 use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
 use crate::exchange::Exchange;
-use crate::functions::DeviceFunctions;
+use crate::functions::{DeviceFunctions, FunctionSet};
 use crate::ids::{DeviceId, TdiId};
 use crate::lifecycle::{TdiState, TdispState};
 use crate::mmio::MmioRange;
@@ -31,6 +31,9 @@ pub struct Device {
     pub stream: IdeStream,
     /// The report a bind is reading (one bind per device reads at a time).
     pub report_read: Option<ReportRead>,
+    /// Interfaces whose removed TDI may have left them locked on the device (its
+    /// `unlock_first`): a TDI created again for one inherits it, so its first bind sends STOP.
+    pub maybe_locked: FunctionSet,
 }
 
 /// The root port's end of a device's IDE stream, which the firmware controls on its own side

@@ -1831,3 +1831,30 @@ fn cut_stream_is_the_forced_cut_without_an_unbind() {
     assert_eq!(tsm.device(w.dev).unwrap().stream, IdeStream::Live);
     assert_eq!(bind(tsm, w.t0, w.g1, &[range(BAR, 512)]), Ok(()));
 }
+
+/// A TDI removed while its interface may still be locked on the device (a forced unbind
+/// never sent STOP) hands that on: the TDI created again for the interface sends STOP first,
+/// so its bind succeeds; an interface whose TDI was removed cleanly starts without one.
+#[test]
+fn a_tdi_created_again_unlocks_what_its_removed_predecessor_left_locked() {
+    let w = bound(2);
+    let tsm = &w.tsm;
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
+    assert!(tsm.tdi(w.t0).unwrap().unlock_first);
+    tsm.remove_tdi(w.t0).unwrap();
+    tsm.setup_stream(w.dev).unwrap();
+    let again = tsm.create_tdi(w.dev, rid(3, 0)).unwrap();
+    assert!(tsm.tdi(again).unwrap().unlock_first, "inherited");
+    tsm.with_device(|d| d.report_ranges(rid(3, 0), &[range(BAR, 512)]))
+        .unwrap();
+    tsm.bind(again, w.g1).unwrap();
+    assert_eq!(state(&w, again), TdiState::Locked { owner: w.g1 });
+    assert!(!tsm.tdi(again).unwrap().unlock_first);
+    assert_eq!(tsm.unbind(again), Ok(Completion::Done));
+    // Removed cleanly: nothing is handed on.
+    tsm.remove_tdi(again).unwrap();
+    let third = tsm.create_tdi(w.dev, rid(3, 0)).unwrap();
+    assert!(!tsm.tdi(third).unwrap().unlock_first);
+    assert_eq!(tsm.device(w.dev).unwrap().maybe_locked, Default::default());
+}

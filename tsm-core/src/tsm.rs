@@ -15,6 +15,7 @@ use crate::capacity::{
 };
 use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::functions::DeviceFunctions;
+use crate::functions::FunctionSet;
 use crate::guest::{AcceptCheck, GuestField};
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, TdispState, UnbindStep, transition};
@@ -201,6 +202,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             tdis: heapless::Vec::new(),
             stream: IdeStream::Live,
             report_read: None,
+            maybe_locked: FunctionSet::default(),
         });
         Ok(handle)
     }
@@ -236,13 +238,18 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         if record.tdis.is_full() {
             return Err(Error::TdiTableFull);
         }
-        let tdi = Tdi::new(device, iface);
+        let index = record.functions.index(iface);
+        let mut tdi = Tdi::new(device, iface);
+        tdi.unlock_first = index.is_some_and(|i| record.maybe_locked.contains(i));
         let handle = TdiId::from_slot(self.tdis.insert(tdi, Error::TdiTableFull)?);
         // Cannot fail: fullness was checked under the same device lock.
         record
             .tdis
             .push((handle, iface))
             .map_err(|_| Error::TdiTableFull)?;
+        if let Some(i) = index {
+            record.maybe_locked.remove(i);
+        }
         Ok(handle)
     }
 
@@ -255,6 +262,14 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         transition(record.state, Event::HostTouch)?;
         if record.exchange.is_some() {
             return Err(Error::ExchangePending);
+        }
+        // The device may still hold the interface locked: the next TDI for it unlocks first.
+        if let Some(i) = record
+            .unlock_first
+            .then(|| dev.functions.index(record.iface))
+            .flatten()
+        {
+            dev.maybe_locked.insert(i);
         }
         dev.tdis.retain(|(t, _)| *t != tdi);
         *slot = None;
