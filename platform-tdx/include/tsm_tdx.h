@@ -255,6 +255,36 @@ struct tsm_tdx_dev_info {
 #define TSM_DEVICE_UNRESPONSIVE        0x8000F03000000000ull
 #define TSM_DEVICE_REFUSED             0xC000F03100000000ull
 #define TSM_DEVICE_MALFORMED           0xC000F03200000000ull
+/* The S-EPT and TD (intel/tdx-module tdx_error_codes_defs.h @a56a9173): a leaf not free for
+ * MAP; a TD destroyed with a TDI bound; a page the guest accepted already (not an error); a
+ * level other than the entry's; an entry in another state; MAP of a page another TD's TDI owns. */
+#define TDX_PAGE_NOT_FREE              0xC000030300000000ull
+#define TDX_TD_ASSOCIATED_PAGES_EXIST  0xC000040000000000ull
+#define TDX_PAGE_ALREADY_ACCEPTED      0x00000B0A00000000ull
+#define TDX_PAGE_SIZE_MISMATCH         0xC0000B0B00000000ull
+#define TDX_EPT_ENTRY_STATE_INCORRECT  0xC0000B0D00000000ull
+#define TDX_MMIO_DEVIF_OWNER_MISMATCH  0xC0000F2700000000ull
+/* Ours (class 0xF0): the core's refusals. Ranges: too many, outside the device's BARs,
+ * overlapping, empty or past the address space. Capacities (recoverable: free something):
+ * device, TDI, TD, ownership tables, S-EPT page pool. States: a TDI bound already, not
+ * locked, in ERROR, being unbound; a function another SPDM id has; an interface with a TDI;
+ * a relay buffer smaller than a request. */
+#define TSM_TOO_MANY_RANGES            0xC000F00100000000ull
+#define TSM_RANGE_OUTSIDE_DEVICE       0xC000F00200000000ull
+#define TSM_RANGES_OVERLAP             0xC000F00300000000ull
+#define TSM_INVALID_RANGE              0xC000F00400000000ull
+#define TSM_DEVICE_TABLE_FULL          0x8000F01000000000ull
+#define TSM_TDI_TABLE_FULL             0x8000F01100000000ull
+#define TSM_TD_TABLE_FULL              0x8000F01200000000ull
+#define TSM_OWNERSHIP_TABLE_FULL       0x8000F01300000000ull
+#define TSM_SEPT_POOL_EMPTY            0x8000F01400000000ull
+#define TSM_TDI_ALREADY_BOUND          0xC000F02000000000ull
+#define TSM_TDI_NOT_LOCKED             0xC000F02100000000ull
+#define TSM_TDI_IN_ERROR               0xC000F02200000000ull
+#define TSM_UNBIND_IN_PROGRESS         0xC000F02300000000ull
+#define TSM_DUPLICATE_DEVICE           0xC000F02500000000ull
+#define TSM_DUPLICATE_TDI              0xC000F02600000000ull
+#define TSM_RELAY_BUFFER_TOO_SMALL     0xC000F03300000000ull
 #define TDX_STATUS_CODE(s)             ((s) & 0xFFFFFFFF00000000ull)
 #define TDX_STATUS_OPERAND(s)          ((uint32_t)((s) & 0xFFFFFFFFull))
 #define TDX_OPERAND_ID_RAX 0u
@@ -268,6 +298,11 @@ struct tsm_tdx_dev_info {
 #define TDX_OPERAND_ID_R13 13u
 #define TDX_OPERAND_ID_R14 14u
 #define TDX_OPERAND_ID_TDR 128u          /* the calling TD of a TDCALL */
+#define TDX_OPERAND_ID_SEPT_TREE 146u    /* the S-EPT (busy, walk) */
+#define TDX_OPERAND_ID_TD_EPOCH 169u     /* the TD's TLB epoch (TDH.MEM.TRACK) */
+#define TDX_OPERAND_ID_MMIOMT 257u       /* MMIO ownership (the module's MMIO metadata) */
+#define TDX_OPERAND_ID_DEVICE_TABLE 0xF00u /* ours: the device table (busy) */
+#define TDX_OPERAND_ID_DEVICE 0xF01u     /* ours: a device (busy) */
 #define TDX_OPERAND_ID_DEVIF 0xF02u      /* ours: a TDI (OPERAND_BUSY: retry) */
 #define TDX_OPERAND_ID_TRANSPORT 0xF06u  /* ours: the device channel (device statuses) */
 #define TDX_OPERAND_ID_REG_BLOCK 0xF07u  /* ours: the register block's address */
