@@ -21,20 +21,22 @@
  * each range's attributes and range_id. Memory given at init (the pool, the host range) and
  * the firmware's own state are never accepted as MMIO (TSM_RESERVED_MEMORY).
  *
- * The relay. The firmware never talks to a device. Each TDI has two message pages in host
- * memory, named at TDH_DEVIF_CREATE: the request page (firmware to host) and the response page
- * (host to firmware). A leaf that needs the device (TSM_DEVIF_BIND, TSM_DEVIF_UNBIND without
- * FORCE, TSM_DEVIF_CHECK, TSM_GUEST_DEVIF_START) returns TDX_SPDM_REQUEST: the request, a whole
- * DOE data object (vendor 0x0001, type 2: a secured SPDM record holding a vendor-defined TDISP
- * message), is in the request page and RCX holds its length in bytes (the object's own header
- * says the same). The host sends it to the device's DOE mailbox, writes the device's answer (a
- * whole DOE object, header included) to the response page, and calls TDH_DEVIF_RESPONSE with
- * RDX = its length (0: the device did not answer). That call returns TDX_SPDM_REQUEST again
- * (the next request is in the request page), or the operation's own status: TDX_SUCCESS,
- * TDX_INTERRUPTED_RESUMABLE (unbind: call TSM_DEVIF_UNBIND again), or its failure. A request
- * the host lost is written again by TDH_DEVIF_REQUEST. The firmware writes the request page in
- * whole 8-byte words (zeros after the object) and reads the response page once, in whole words
- * (at most 7 bytes past the answer), into its own memory before looking at it.
+ * The relay. The firmware never talks to a device. A TDI is named by its TDISP function ID
+ * (function_id_reg_t: bits 31:0, 63:32 zero) in RCX of every leaf on it; TDH_DEVIF_CREATE's
+ * three pages are the firmware's (never read or written by the host). A leaf that needs the
+ * device (TDH_DEVIF_REQUEST, TSM_DEVIF_BIND, TSM_DEVIF_UNBIND without FORCE, TSM_DEVIF_CHECK)
+ * takes in R8 a shared page and returns TDX_SPDM_REQUEST: the request, a whole DOE data object
+ * (vendor 0x0001, type 2: a secured SPDM record holding a vendor-defined TDISP message), is in
+ * that page and RCX is devif_req_out_t (message code 7:0, length in bytes 23:8; the object's
+ * own header says the same). The host sends it to the device's DOE mailbox, writes the
+ * device's answer (a whole DOE object, header included) to a shared page, and calls
+ * TDH_DEVIF_RESPONSE with RDX = devif_rsp_in_t (that page in 51:12; page 0: the device did not
+ * answer) and R8 the page for the next request. That call returns TDX_SPDM_REQUEST again, or
+ * the operation's own status: TDX_SUCCESS (RCX devif_rsp_out_t), TDX_INTERRUPTED_RESUMABLE
+ * (unbind: call again), or its failure. A request the host lost is written again by
+ * TDH_DEVIF_REQUEST with the same code. The firmware writes the request page in whole 8-byte
+ * words (zeros after the object) and reads the answer once, in whole words (at most 7 bytes
+ * past the answer), into its own memory before looking at it.
  */
 #ifndef TSM_TDX_H
 #define TSM_TDX_H
@@ -99,40 +101,64 @@ struct tsm_tdx_range_list {
 #define TDH_SPDM_MNG           144u    /* RCX SPDM id, RDX op (TSM_TDX_SPDM_MNG_*), R8 param page or
                                           ~0, R9 response page, R10 request page, R11 HPA_ARRAY_T
                                           or ~0 -> RCX 0 (RECOLLECT: dev_info size) */
-#define TDH_DEVIF_CREATE       137u    /* RCX SPDM id, RDX interface ID, R8 0, R9 request page,
-                                          R10 response page (4 KiB aligned, in host memory) -> RCX TDI */
-#define TDH_DEVIF_REMOVE       138u    /* RCX TDI */
-#define TDH_DEVIF_REQUEST      139u    /* RCX TDI -> TDX_SPDM_REQUEST, RCX length: the outstanding
-                                          request written to the request page again */
-#define TDH_DEVIF_RESPONSE     140u    /* RCX TDI, RDX answer length in the response page (0: no
-                                          answer; past TSM_TDX_MESSAGE_PAGE_BYTES: too long) */
+#define TDH_DEVIF_CREATE       137u    /* RCX devif_id_t, RDX TDR, R8 DEVIFCS page, R9 TD buffer,
+                                          R10 VMM buffer (firmware-private until REMOVE) */
+#define TDH_DEVIF_REMOVE       138u    /* RCX function ID -> RCX R9 page, RDX R10 page, R8 TDR */
+#define TDH_DEVIF_REQUEST      139u    /* RCX function ID, RDX devif_req_in_t, R8 shared page,
+                                          R9 0 -> TDX_SPDM_REQUEST, RCX devif_req_out_t */
+#define TDH_DEVIF_RESPONSE     140u    /* RCX function ID, RDX devif_rsp_in_t, R8 0 or next
+                                          request page, R9 0 -> RCX devif_req_out_t or
+                                          devif_rsp_out_t */
 #define TDH_MMIO_MAP           158u    /* RCX page info, RDX TDR, R8 HPA; R9 reserved (0):
                                         * Linux's tdh_mmio_map() layout, the firmware finds
                                         * the TDI that owns the page */
 #define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TDR */
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TDR -> R8 HPA */
 #define TSM_TD_DESTROY         0xF001u /* RCX TDR; the TDR then names no TD */
-#define TSM_DEVIF_BIND         0xF002u /* RCX TDI, RDX TDR, R8 0; ranges come from the device report;
+#define TSM_DEVIF_BIND         0xF002u /* RCX function ID, RDX TDR (CREATE's), R8 request page;
                                           TDX_SPDM_REQUEST until the last answer binds */
-#define TSM_DEVIF_UNBIND       0xF003u /* RCX TDI, RDX flags; TDX_INTERRUPTED_RESUMABLE until done;
+#define TSM_DEVIF_UNBIND       0xF003u /* RCX function ID, RDX flags, R8 request page (0 with
+                                          FORCE); TDX_INTERRUPTED_RESUMABLE until done;
                                           TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE) */
 #define TSM_UNBIND_FLAG_FORCE  (1ull << 0) /* RDX bit 0: cut the IDE stream, unbind without STOP */
-#define TSM_DEVIF_ERROR        0xF004u /* RCX TDI */
-#define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner TDR or ~0 */
+#define TSM_DEVIF_ERROR        0xF004u /* RCX function ID */
+#define TSM_DEVIF_STATE        0xF005u /* RCX function ID -> RCX TDISP state, RDX code, R8 owner
+                                          TDR or ~0 */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
-#define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state (TDX_SPDM_REQUEST) */
+#define TSM_DEVIF_CHECK        0xF007u /* RCX function ID, R8 request page; asks the device its
+                                          TDISP state (TDX_SPDM_REQUEST) */
 /* 0xF008 (TSM_IDE_STREAM_SETUP) is retired: TDH_IDE_STREAM_KM SETUP re-establishes a stream. */
 #define TSM_SPDM_BARS          0xF009u /* RCX SPDM id, RDX range list (BARs): once, after
                                           TDH_SPDM_CREATE, before the first TDH_DEVIF_CREATE */
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info, RDX the page's reported address (report
                                           FIRST_PAGE + page offset, MMIO_REPORTING_OFFSET included) */
-#define TDG_DEVIF_RD           67u     /* RCX TDI, RDX field code (7:0, rest 0), R9 0 -> RCX value */
+#define TDG_DEVIF_RD           67u     /* RCX function ID, RDX field code (7:0, rest 0), R9 0 ->
+                                          RCX value */
+#define TDG_DEVIF_REQUEST      68u     /* RCX function ID, RDX 0x86 (START_INTERFACE), R9 0:
+                                          queued for TDH_DEVIF_REQUEST td_flag */
+#define TDG_DEVIF_RESPONSE     69u     /* RCX function ID, RDX 0, R9 0 -> the start's status,
+                                          RCX devif_rsp_out_t */
 #define TSM_DEVIF_FIELD_TDISP_VERSION 0x01u /* TDX-IO TDISP_VER_FIELD_CODE */
 #define TSM_DEVIF_FIELD_TDISP_STATE   0x80u /* ours */
 #define TSM_DEVIF_FIELD_REPORT_DIGEST 0x81u /* ours: + word 0..5 of the 48-byte report digest */
 #define TSM_DEVIF_FIELD_REPORTED_RANGE 0x90u /* ours: + private range index: its FIRST_PAGE */
-#define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI; TDX_SPDM_REQUEST: the host relays START_INTERFACE */
+/* 0xF080 (TSM_GUEST_DEVIF_START) is retired: TDG_DEVIF_REQUEST START replaces it. */
+
+/* TDX-IO DEVIF operands (intel/tdx-module devif_defs.h): devif_id_t = iommu id 15:0 (0 here),
+ * stream id 23:16, devif type 31:24 (0: PF/VF), function ID 63:32; devif_req_in_t = TDISP
+ * request code 7:0, no_fw_update 8 (LOCK only), td_flag 63; devif_rsp_in_t = answer page
+ * 51:12, td_flag 63; devif_req_out_t / devif_rsp_out_t = code 7:0, length 23:8 (STATE
+ * response: TDISP state 31:24). */
+#define TSM_TDX_DEVIF_ID(stream, func_id) (((uint64_t)(stream) << 16) | ((uint64_t)(func_id) << 32))
+#define TSM_TDX_REQ_IN_NO_FW_UPDATE (1ull << 8)
+#define TSM_TDX_REQ_IN_TD_FLAG   (1ull << 63)
+#define TSM_TDX_RSP_IN_PA_MASK   0x000FFFFFFFFFF000ull
+#define TSM_TDX_OUT_LENGTH(rcx)  (((rcx) >> 8) & 0xFFFFu)
+#define TSM_TDX_TDISP_LOCK_INTERFACE 0x83u
+#define TSM_TDX_TDISP_GET_STATE      0x85u
+#define TSM_TDX_TDISP_START_INTERFACE 0x86u
+#define TSM_TDX_TDISP_STOP_INTERFACE 0x87u
 
 /* TDH_SPDM_CREATE RCX, as Linux's tdisp_func_id(): requester ID (bus << 8 | devfn) in 15:0,
  * segment in 23:16, SEG_VALID (bit 24) set only for a non-zero segment; 63:25 reserved. */
@@ -218,6 +244,11 @@ struct tsm_tdx_dev_info {
 #define TDX_DEVIF_TDISP_INVALID_REQ_STS 0xC0000F0E00000000ull
 #define TDX_DEVIF_TDISP_INVALID_MESSAGE 0xC0000F0F00000000ull
 #define TDX_DEVIF_TDISP_OUT_REQ        0xC0000F1400000000ull
+/* TDX-IO: no TDI has the function ID; the calling TD is not the TDI's; CREATE of a function
+ * that has a TDI. */
+#define TDX_DEVIFMT_NOT_PRESENT        0xC0000F4000000000ull
+#define TDX_DEVIF_INVALID_METADATA     0xC0000F4100000000ull
+#define TDX_DEVIFMT_ALREADY_PRESENT    0xC0000F4200000000ull
 /* The SPDM session used every sequence number: rekey it (TDH.SPDM.MNG KEY_UPDATE) first. */
 #define TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH 0xC0000F4500000000ull
 /* Ours (class 0xF0): memory given at init (pool, host range) or the firmware's state as a BAR

@@ -10,21 +10,29 @@
 //! TDX-IO branch `tdx_api_defs.h` for the device leaves); the rest are ours, in 0xF000-0xF0FF,
 //! far above every TDX leaf. See README.md for the operand table.
 //!
-//! Leaves that need the device (bind, unbind without FORCE, check, the guest's start) and the
-//! two relay leaves (TDH.DEVIF.REQUEST, TDH.DEVIF.RESPONSE) may answer `TDX_SPDM_REQUEST`:
-//! the request, a whole DOE object, is in the TDI's request page and RCX holds its length;
-//! the host relays it and hands the device's answer back with TDH.DEVIF.RESPONSE
-//! ([`crate::module`]).
+//! Leaves that need the device (bind, unbind without FORCE, check, and TDH.DEVIF.REQUEST /
+//! RESPONSE, which also carry the guest's start) may answer `TDX_SPDM_REQUEST`: the request, a
+//! whole DOE object, is in the shared page the call named in R8 and RCX is `devif_req_out_t`
+//! (code and length); the host relays it and hands the device's answer back with
+//! TDH.DEVIF.RESPONSE ([`crate::devif`]).
 
 use core::cell::Cell;
 
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestField, GuestId, Hpa, LeafState, MAX_RELAY_BYTES,
-    MmioRange, PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
+    Completion, Error, Gpa, GuestField, GuestId, Hpa, LeafState, MAX_RELAY_BYTES, MmioRange,
+    PageSize, RequesterId, SecureSession, TdiState, Tsm, TsmResult,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::devif::devif_at;
+pub use crate::devif::{
+    DEVIF_ID_FUNCTION_SHIFT, DEVIF_ID_IOMMU_MASK, DEVIF_ID_STREAM_SHIFT, DEVIF_ID_TYPE_SHIFT,
+    DEVIF_TYPE_PFVF, FUNCTION_ID_REG_RESERVED, OUT_LENGTH_SHIFT, REQ_IN_CODE_MASK,
+    REQ_IN_NO_FW_UPDATE, REQ_IN_TD_FLAG, RSP_IN_PA_MASK, RSP_OUT_STATE_SHIFT, TDG_DEVIF_REQUEST,
+    TDG_DEVIF_RESPONSE, TDH_DEVIF_CREATE, TDH_DEVIF_REMOVE, TDH_DEVIF_REQUEST, TDH_DEVIF_RESPONSE,
+    devif_id, devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
+};
 use crate::ept::SeptState;
 use crate::link::{Link, Session};
 pub use crate::link::{
@@ -32,14 +40,14 @@ pub use crate::link::{
     TDH_SPDM_CONNECT, TDH_SPDM_DISCONNECT, TDH_SPDM_MNG,
 };
 use crate::module::{
-    MESSAGE_PAGE_BYTES, MessagePages, PageUse, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable,
-    TdEntry, TdxModule, page_held, spdm_in, td_in,
+    MESSAGE_PAGE_BYTES, PageUse, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, TdEntry, TdxModule,
+    page_held, td_in,
 };
 use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RAX, OPERAND_ID_RCX,
-    OPERAND_ID_RDX, OPERAND_ID_REQUEST_PAGE, OPERAND_ID_RESPONSE_PAGE, Operands,
-    TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS, TdxStatus,
+    OPERAND_ID_RDX, Operands, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
+    TdxStatus,
 };
 
 /// The registers a SEAMCALL passes (TDX Module ABI spec: RAX leaf, operands in RCX, RDX, R8-R14).
@@ -138,32 +146,6 @@ pub(crate) const HPA_ARRAY_RESERVED: u64 = 0x0070_0000_0000_0fff;
 const HPA_ARRAY_ENTRY_BYTES: usize = 8;
 /// Bytes of an SPDM metadata page (and of the array's root page): 4 KiB pages.
 const SPDM_MT_PAGE_BYTES: usize = 4096;
-/// TDH.DEVIF.CREATE (TDX-IO: 137), "create TDI": RCX device handle, RDX interface ID
-/// (packed requester ID), R8 reserved (zero; TDX's DEVIFCS page: this firmware keeps the TDI
-/// in its own memory), R9 the request page (module to host), R10 the response page (host to
-/// module): 4 KiB-aligned host physical addresses of whole pages of host memory, kept with
-/// the TDI ([`MessagePages`]). Out: RCX TDI handle. (TDX-IO's R9/R10 are its two TDISP
-/// message buffers; which is which, and R8 reserved, are ours.)
-pub const TDH_DEVIF_CREATE: u16 = 137;
-/// TDH.DEVIF.REMOVE (TDX-IO: 138): RCX TDI handle. The TDI's message pages are forgotten.
-/// Refused (`TDX_DEVIF_TDISP_INVALID_STATE` + RCX, nothing changed) unless the TDI is unbound,
-/// and an unbound TDI owns no range and has no leaf: the core's unbind ends only once its last
-/// leaf is gone, whether it or the host (BLOCK, TRACK, UNMAP) removed them.
-pub const TDH_DEVIF_REMOVE: u16 = 138;
-/// TDH.DEVIF.REQUEST (TDX-IO: 139), here "the outstanding request again": RCX TDI. Writes
-/// the request the TDI waits on to its request page again (for a host that lost it) and
-/// answers `TDX_SPDM_REQUEST` with RCX its length; nothing changes. No request outstanding:
-/// `TDX_DEVIF_TDISP_INVALID_REQ_STS` + RCX. (TDX-IO's builds a new request from a code in
-/// RDX; here only the firmware's own operations start requests.)
-pub const TDH_DEVIF_REQUEST: u16 = 139;
-/// TDH.DEVIF.RESPONSE (TDX-IO: 140): RCX TDI, RDX the answer's length in bytes in the TDI's
-/// response page (0: the device did not answer; more than [`MESSAGE_PAGE_BYTES`] is longer
-/// than any answer: nothing is read, `TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX). The answer is
-/// copied once into firmware memory and handed to the operation that waits: `TDX_SPDM_REQUEST` (its next request, RCX length), or its own
-/// outcome (`TDX_SUCCESS`, `TDX_INTERRUPTED_RESUMABLE` for an unbind that goes on, or the
-/// status of its failure). Bytes that are not the answer to the outstanding request
-/// (`TDX_DEVIF_TDISP_INVALID_MESSAGE` + RDX) change nothing.
-pub const TDH_DEVIF_RESPONSE: u16 = 140;
 /// TDH.MMIO.MAP (TDX-IO: 158), Linux's layout: RCX page info (`gpa | level`), RDX TDR PA, R8
 /// the MMIO page's host address; no TDI operand: the firmware finds the bound TDI whose report
 /// holds the page (`Tsm::owner_of`), as the TDX module does in its MMIO metadata. R9 is
@@ -195,26 +177,34 @@ pub const TSM_LEAF_BASE: u16 = 0xF000;
 /// afterwards the TDR PA names no TD and may be given to TDH.MNG.CREATE again. (0xF000, the
 /// old "create TD", is retired: TDH.MNG.CREATE replaces it.)
 pub const TSM_TD_DESTROY: u16 = 0xF001;
-/// Ours, bind: RCX TDI, RDX TD; R8 reserved (zero). The firmware locks the interface and
-/// takes the MMIO ranges from the device's own interface report, never from the host: every
-/// step is a relayed exchange (`TDX_SPDM_REQUEST`), the last answer binds (`TDX_SUCCESS` from
-/// TDH.DEVIF.RESPONSE).
+/// Ours, bind: RCX the TDI's `function_id_reg_t`, RDX the TDR PA, which must be the one
+/// TDH.DEVIF.CREATE named (ours, kept so a host names the TD it means: another TD's
+/// `TDX_MMIO_DEVIF_OWNER_MISMATCH` + RDX), R8 the shared request page. The firmware locks the
+/// interface and takes the MMIO ranges from the device's own interface report, never from the
+/// host: every step is a relayed exchange (`TDX_SPDM_REQUEST`, RCX [`devif_req_out`]), the last
+/// answer binds (`TDX_SUCCESS` from TDH.DEVIF.RESPONSE). TDH.DEVIF.REQUEST LOCK_INTERFACE
+/// starts the same bind; unlike it, calling this again while another operation waits is the
+/// core's `ExchangePending`, and the core's semantics hold throughout.
 pub const TSM_DEVIF_BIND: u16 = 0xF002;
-/// Ours, bounded unbind: RCX TDI, RDX flags ([`UNBIND_FLAG_FORCE`]; other bits reserved,
-/// OPERAND_INVALID + RDX). TDX_INTERRUPTED_RESUMABLE until done; without FORCE, once every
-/// leaf is blocked, `TDX_SPDM_REQUEST` with STOP_INTERFACE to relay.
+/// Ours, bounded unbind: RCX `function_id_reg_t`, RDX flags ([`UNBIND_FLAG_FORCE`]; other
+/// bits reserved, OPERAND_INVALID + RDX), R8 the shared request page (0 with FORCE, which asks
+/// nothing of the device). TDX_INTERRUPTED_RESUMABLE until done; without FORCE, once every
+/// leaf is blocked, `TDX_SPDM_REQUEST` with STOP_INTERFACE to relay. Unlike
+/// TDH.DEVIF.REQUEST STOP_INTERFACE it abandons a bind, start or check still waiting (the
+/// core's unbind).
 pub const TSM_DEVIF_UNBIND: u16 = 0xF003;
 /// TSM.DEVIF.UNBIND RDX bit 0 (ours): force. The firmware cuts the device's IDE stream at the
 /// root port and unbinds without the device's STOP_INTERFACE (`Tsm::unbind_forced`).
 pub const UNBIND_FLAG_FORCE: u64 = 1 << 0;
-/// Ours, the device reported ERROR for a TDI: RCX TDI. Resumable like unbind.
+/// Ours, the device reported ERROR for a TDI: RCX `function_id_reg_t`. Resumable like unbind.
 pub const TSM_DEVIF_ERROR: u16 = 0xF004;
-/// Ours, TDI state: RCX TDI. Out: RCX TDISP state, RDX [`TdiStateCode`], R8 owner TD or
+/// Ours, TDI state: RCX `function_id_reg_t`. Out: RCX TDISP state, RDX [`TdiStateCode`], R8 owner TD or
 /// `u64::MAX`, R9 1 while a device-error block walk is unfinished.
 pub const TSM_DEVIF_STATE: u16 = 0xF005;
 /// Ours, may the host zap `[RCX, RCX + RDX pages)`: refused while any page is bound or mapped.
 pub const TSM_MMIO_ZAP_CHECK: u16 = 0xF006;
-/// Ours, ask the device for the TDI's TDISP state (GET_DEVICE_INTERFACE_STATE): RCX TDI. A
+/// Ours, ask the device for the TDI's TDISP state (GET_DEVICE_INTERFACE_STATE): RCX
+/// `function_id_reg_t`, R8 the shared request page (as TDH.DEVIF.REQUEST 0x85). A
 /// locked or running TDI: `TDX_SPDM_REQUEST`, and the answer (TDH.DEVIF.RESPONSE) puts the
 /// TDI in ERROR if the device reports ERROR, or unlocked. A TDI in ERROR or being unbound is
 /// not asked about: resumable like unbind while its leaves are blocked.
@@ -242,8 +232,8 @@ pub const TSM_SPDM_BARS: u16 = 0xF009;
 /// otherwise TDX_MMIO_INVALID_HPA_OFFSET + RCX, as the module, and nothing changes.
 pub const TDG_MMIO_ACCEPT: u16 = 71;
 /// TDG.DEVIF.RD (TDX-IO: 67; intel/tdx-module @6e66b9d2
-/// `src/td_dispatcher/vm_exits/tdxio/tdg_devif_rd.c`): RCX the TDI (ours: its handle, as
-/// [`TSM_GUEST_DEVIF_START`]; the module takes a function ID), RDX `devif_rd_input_t` (field
+/// `src/td_dispatcher/vm_exits/tdxio/tdg_devif_rd.c`): RCX the TDI's `function_id_reg_t`
+/// (unknown: `TDX_DEVIFMT_NOT_PRESENT` + RCX), RDX `devif_rd_input_t` (field
 /// code in 7:0, 63:8 reserved), R9 zero. Out: RCX the field ([`DEVIF_FIELD_TDISP_VERSION`]
 /// and ours). Only the calling TD's own TDI: another TD's is `TDX_MMIO_DEVIF_OWNER_MISMATCH`.
 pub const TDG_DEVIF_RD: u16 = 67;
@@ -261,10 +251,6 @@ pub const DEVIF_FIELD_REPORT_DIGEST: u8 = 0x81;
 pub const DEVIF_FIELD_REPORTED_RANGE: u8 = 0x90;
 /// `devif_rd_input_t` reserved bits 63:8 (intel/tdx-module `devif_defs.h`).
 const DEVIF_RD_RESERVED: u64 = !0xff;
-/// Ours, the guest accepts and starts a TDI (START_INTERFACE; the TDX guest sends it through
-/// TDG.DEVIF.REQUEST): RCX TDI. `TDX_SPDM_REQUEST` with START_INTERFACE in the TDI's request
-/// page: the host relays it, and its TDH.DEVIF.RESPONSE ends the start (`TDX_SUCCESS`: RUN).
-pub const TSM_GUEST_DEVIF_START: u16 = 0xF080;
 
 /// Leaf version bits 23:16 and reserved bits 63:24 of RAX (TDX Module ABI, SEAMCALL RAX).
 const RAX_NON_LEAF_BITS: u64 = !0xffff;
@@ -281,7 +267,7 @@ pub(crate) const MESSAGE_PAGE_ALIGN: PageSize = PageSize::Size4K;
 /// words (the C entry point moves host memory in aligned words), padded with zeros.
 const WORD: usize = 8;
 /// The firmware's buffer for a request: `MAX_RELAY_BYTES` rounded up to whole words.
-const REQUEST_BUFFER: usize = MAX_RELAY_BYTES.next_multiple_of(WORD);
+pub(crate) const REQUEST_BUFFER: usize = MAX_RELAY_BYTES.next_multiple_of(WORD);
 
 /// `len` bytes rounded up to whole host-memory words (`None` past `usize`).
 pub(crate) const fn whole_words(len: usize) -> Option<usize> {
@@ -466,17 +452,15 @@ pub const fn operands(leaf: u16) -> Operands {
             ..none
         },
         TDH_DEVIF_CREATE => Operands {
-            device: rcx,
-            rid: rdx,
+            rid: rcx,
+            td: rdx,
+            hpa: Some(OPERAND_ID_R8),
             ..none
         },
-        TDH_DEVIF_REMOVE
-        | TDH_DEVIF_REQUEST
-        | TSM_DEVIF_UNBIND
-        | TSM_DEVIF_ERROR
-        | TSM_DEVIF_STATE
-        | TSM_DEVIF_CHECK
-        | TSM_GUEST_DEVIF_START => Operands { tdi: rcx, ..none },
+        TDH_DEVIF_REMOVE | TDH_DEVIF_REQUEST | TSM_DEVIF_UNBIND | TSM_DEVIF_ERROR
+        | TSM_DEVIF_STATE | TSM_DEVIF_CHECK | TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => {
+            Operands { tdi: rcx, ..none }
+        }
         TSM_DEVIF_BIND => Operands {
             tdi: rcx,
             td: rdx,
@@ -543,13 +527,9 @@ pub(crate) fn decode_hpa(raw: u64, size: PageSize, operand: u32) -> Result<Hpa, 
     Ok(hpa)
 }
 
-fn decode_handle<K>(raw: u64, operand: u32) -> Result<tsm_core::Handle<K>, TdxStatus> {
-    tsm_core::Handle::from_raw(raw).map_err(|_| invalid(operand))
-}
-
 /// TDH.SPDM.CREATE RCX: a TDISP function ID. Reserved bits 63:25, or a segment without
 /// SEG_VALID: OPERAND_INVALID + RCX.
-fn decode_function_id(raw: u64) -> Result<RequesterId, TdxStatus> {
+pub(crate) fn decode_function_id(raw: u64) -> Result<RequesterId, TdxStatus> {
     if raw & FUNC_ID_RESERVED != 0
         || (raw & FUNC_ID_SEGMENT_MASK != 0 && raw & FUNC_ID_SEG_VALID == 0)
     {
@@ -581,19 +561,6 @@ pub const fn function_id(rid: RequesterId) -> u64 {
 /// first page (one page) or root page is at `base`.
 pub const fn hpa_array(base: u64, pages: u64) -> u64 {
     (base & HPA_ARRAY_PFN_MASK) | (pages.saturating_sub(1) << HPA_ARRAY_SIZE_SHIFT)
-}
-
-fn decode_rid(raw: u64, operand: u32) -> Result<RequesterId, TdxStatus> {
-    RequesterId::from_packed(raw).map_err(|_| invalid(operand))
-}
-
-/// The core device SPDM id `raw` names in `table`: none, `TDX_OPERAND_INVALID` + RCX; no BARs
-/// registered yet (TSM.SPDM.BARS), `TSM_BARS_NOT_REGISTERED` + RCX.
-fn device_in(table: &SpdmTable, raw: u64) -> Result<DeviceId, TdxStatus> {
-    spdm_in(table, raw)
-        .ok_or(invalid(OPERAND_ID_RCX))?
-        .device
-        .ok_or(status::TSM_BARS_NOT_REGISTERED | u64::from(OPERAND_ID_RCX))
 }
 
 /// The status for a host-memory fault on the operand `operand`.
@@ -761,11 +728,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     /// can have or that the firmware does not know (a handle whose lock is busy counts as
     /// known: the core reports the contention itself).
     fn which_handle(&self, ops: &Operands, input: &SeamRegs) -> Option<TdxStatus> {
-        let unknown = |r: Result<(), Error>| r == Err(Error::InvalidHandle);
         if let Some(id) = ops.tdi {
-            let known = TdiId::from_raw(reg(input, id)?).map(|t| self.tsm.tdi(t).map(drop));
-            if known.is_err() || known.is_ok_and(unknown) {
-                return Some(invalid(id));
+            // A function ID; busy (this leaf holds the table) counts as known, as above.
+            let raw = reg(input, id)?;
+            if let Ok(table) = self.fw.lock_pages()
+                && let Err(s) = devif_at(&table, raw)
+            {
+                return Some(s);
             }
         }
         if let Some(id) = ops.device {
@@ -956,88 +925,23 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 entry.device = Some(dev);
                 Outcome::Core(Ok(Completion::Done))
             }
-            TDH_DEVIF_CREATE => {
-                let spdm = self.fw.lock_spdm().map_err(core)?;
-                let dev = device_in(&spdm, r.rcx).map_err(st)?;
-                let iface = decode_rid(r.rdx, OPERAND_ID_RDX).map_err(refuse)?;
-                if r.r8 != 0 {
-                    return Err(refuse(invalid(OPERAND_ID_R8)));
-                }
-                let pages = self.message_pages_operands(r).map_err(refuse)?;
-                // A page the firmware holds privately (a TDR, metadata) is never a message
-                // page; TDIs may share message pages (Linux keeps one pair per device).
-                let tds = self.fw.read_tds().map_err(core)?;
-                let mut table = self.fw.lock_pages().map_err(core)?;
-                for (page, operand) in [
-                    (pages.request, OPERAND_ID_R9),
-                    (pages.response, OPERAND_ID_R10),
-                ] {
-                    if page_held(&tds, &table, &spdm, page, PageUse::Shared) {
-                        return Err(refuse(
-                            status::TDX_PAGE_METADATA_INCORRECT | u64::from(operand),
-                        ));
-                    }
-                }
-                // Cannot fail once the core made the TDI: its slot is below MAX_TDIS, the
-                // table's length. Checked before the core runs all the same.
-                let tdi = tsm.create_tdi(dev, iface).map_err(core)?;
-                let Some(entry) = table.get_mut(usize::from(tdi.slot())) else {
-                    // Unreachable (see above); the refusal must leave no TDI behind.
-                    let _ = tsm.remove_tdi(tdi);
-                    return Err(core(Error::Inconsistent));
-                };
-                *entry = Some(pages);
-                out.rcx = u64::from(tdi.slot());
-                Outcome::Core(Ok(Completion::Done))
-            }
-            TDH_DEVIF_REMOVE => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let mut table = self.fw.lock_pages().map_err(core)?;
-                tsm.remove_tdi(tdi).map_err(core)?;
-                if let Some(entry) = table.get_mut(usize::from(tdi.slot())) {
-                    *entry = None;
-                }
-                Outcome::Core(Ok(Completion::Done))
-            }
-            TDH_DEVIF_REQUEST => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                self.relayed(leaf, r, out, tdi, |_, buf| {
-                    Ok(tsm.outstanding_request(tdi, buf).map(Completion::Relay))
-                })?
-            }
-            TDH_DEVIF_RESPONSE => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let len = usize::try_from(r.rdx).ok();
-                self.relayed(leaf, r, out, tdi, |pages, buf| {
-                    let mut answer = [0u8; MESSAGE_PAGE_BYTES];
-                    let len = match len {
-                        Some(0) => return Ok(tsm.device_response(tdi, None, buf)),
-                        Some(len) if len <= MESSAGE_PAGE_BYTES => len,
-                        // Longer than the page: nothing is read, and the core refuses an
-                        // answer longer than any message (RelayMalformed) in its own order
-                        // (after NoExchange), as it would the same bytes from any host.
-                        _ => return Ok(tsm.device_response(tdi, Some(&answer), buf)),
-                    };
-                    // One read of the page into firmware memory; only the copy is looked at.
-                    let words = whole_words(len)
-                        .and_then(|w| answer.get_mut(..w))
-                        .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;
-                    self.host
-                        .read(pages.response.as_u64(), words)
-                        .map_err(|f| refuse(host_fault(f, OPERAND_ID_RESPONSE_PAGE)))?;
-                    let bytes = answer
-                        .get(..len)
-                        .ok_or(Outcome::Core(Err(Error::Inconsistent)))?;
-                    Ok(tsm.device_response(tdi, Some(bytes), buf))
-                })?
-            }
+            TDH_DEVIF_CREATE => self.devif_create(r)?,
+            TDH_DEVIF_REMOVE => self.devif_remove(r, out)?,
+            TDH_DEVIF_REQUEST => self.devif_request(r, out)?,
+            TDH_DEVIF_RESPONSE => self.devif_response(leaf, r, out)?,
             TSM_DEVIF_BIND => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let table = self.fw.lock_pages().map_err(core)?;
+                let (tdi, entry) = devif_at(&table, r.rcx).map_err(st)?;
                 let td = td_at(r.rdx, OPERAND_ID_RDX)?;
-                if r.r8 != 0 {
-                    return Err(refuse(invalid(OPERAND_ID_R8)));
+                if entry.tdr.as_u64() != r.rdx {
+                    return Err(st(
+                        status::TDX_MMIO_DEVIF_OWNER_MISMATCH | u64::from(OPERAND_ID_RDX)
+                    ));
                 }
-                match self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.bind(tdi, td, buf)))? {
+                let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
+                let o = self.relayed(out, tdi, Some(page), |buf| Ok(tsm.bind(tdi, td, buf)))?;
+                drop(table);
+                match o {
                     Outcome::Core(Err(Error::StreamCut)) => st(self.stream_not_live(tdi)),
                     o => o,
                 }
@@ -1084,15 +988,20 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 self.sept_rd(td, gpa, size, out)?
             }
             TSM_DEVIF_UNBIND => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let table = self.fw.lock_pages().map_err(core)?;
+                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
                 if r.rdx & !UNBIND_FLAG_FORCE != 0 {
-                    return Err(refuse(invalid(OPERAND_ID_RDX)));
+                    return Err(st(invalid(OPERAND_ID_RDX)));
                 }
                 if r.rdx & UNBIND_FLAG_FORCE != 0 {
-                    // Asks nothing of the device: no request, no message pages.
+                    // Asks nothing of the device: no request, no page.
+                    if r.r8 != 0 {
+                        return Err(st(invalid(OPERAND_ID_R8)));
+                    }
                     Outcome::Core(tsm.unbind_forced(tdi))
                 } else {
-                    self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.unbind(tdi, buf)))?
+                    let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
+                    self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
                 }
             }
             TDH_SPDM_CONNECT
@@ -1103,11 +1012,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             | TDH_IDE_STREAM_DELETE
             | TDH_IDE_STREAM_KM => self.link_leaf(leaf, r, out)?,
             TSM_DEVIF_ERROR => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let table = self.fw.lock_pages().map_err(core)?;
+                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
                 Outcome::Core(tsm.device_error(tdi))
             }
             TSM_DEVIF_STATE => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let table = self.fw.lock_pages().map_err(core)?;
+                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
                 let state = tsm.tdi(tdi).map_err(core)?.state;
                 // The owner as the host names it: its TDR PA (~0: none, or a TD the core
                 // knows that TDH.MNG.CREATE did not make).
@@ -1119,13 +1030,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 Outcome::Core(Ok(Completion::Done))
             }
             TSM_DEVIF_CHECK => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let table = self.fw.lock_pages().map_err(core)?;
+                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
+                let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
                 self.relayed(
-                    leaf,
-                    r,
                     out,
                     tdi,
-                    |_, buf| Ok(tsm.check_interface(tdi, buf)),
+                    Some(page),
+                    |buf| Ok(tsm.check_interface(tdi, buf)),
                 )?
             }
             TSM_MMIO_ZAP_CHECK => {
@@ -1287,74 +1199,6 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         Ok(Outcome::Core(Ok(Completion::Done)))
     }
 
-    /// R9 and R10 of TDH.DEVIF.CREATE: the request page (written: probed writable) and the
-    /// response page (read: probed readable), each a whole 4 KiB-aligned page of host memory.
-    fn message_pages_operands(&self, r: &SeamRegs) -> Result<MessagePages, TdxStatus> {
-        let page = |raw: u64, operand: u32, write: bool| {
-            let at = decode_hpa(raw, MESSAGE_PAGE_ALIGN, operand)?;
-            let probe = if write {
-                self.host.probe_write(at.as_u64(), MESSAGE_PAGE_BYTES)
-            } else {
-                self.host.probe_read(at.as_u64(), MESSAGE_PAGE_BYTES)
-            };
-            probe.map_err(|f| host_fault(f, operand))?;
-            Ok::<Hpa, TdxStatus>(at)
-        };
-        let pages = MessagePages {
-            request: page(r.r9, OPERAND_ID_R9, true)?,
-            response: page(r.r10, OPERAND_ID_R10, false)?,
-        };
-        // One page both ways would let the firmware's next request overwrite the answer the
-        // host is about to hand in (SEV refuses `req == resp` too).
-        if pages.request == pages.response {
-            return Err(TDX_OPERAND_INVALID | u64::from(OPERAND_ID_R10));
-        }
-        Ok(pages)
-    }
-
-    /// Runs `op`, a core operation on `tdi` that may leave a request for the host to relay,
-    /// with the TDI's message pages: it gets them and a firmware buffer for the request.
-    /// Before `op` runs, the pages are found (a TDI TDH.DEVIF.CREATE did not make has none:
-    /// OPERAND_INVALID on RCX, as an unknown TDI) and the request page probed writable; the
-    /// page table stays locked until the request is delivered. After, a `Relay(n)` is written
-    /// to the request page in whole words (zero padded) and RCX is `n`. Refusals (of the
-    /// dispatcher's, after the leaf's handle checks, or of the core) write nothing.
-    fn relayed(
-        &self,
-        leaf: u16,
-        input: &SeamRegs,
-        out: &mut SeamRegs,
-        tdi: TdiId,
-        op: impl FnOnce(&MessagePages, &mut [u8]) -> Result<TsmResult<Completion>, Outcome>,
-    ) -> Result<Outcome, Outcome> {
-        let table = self.fw.lock_pages().map_err(|e| Outcome::Core(Err(e)))?;
-        let pages = table
-            .get(usize::from(tdi.slot()))
-            .copied()
-            .flatten()
-            .ok_or_else(|| self.refuse(leaf, input, invalid(OPERAND_ID_RCX)))?;
-        let request = pages.request.as_u64();
-        self.host
-            .probe_write(request, MESSAGE_PAGE_BYTES)
-            .map_err(|f| self.refuse(leaf, input, host_fault(f, OPERAND_ID_REQUEST_PAGE)))?;
-        let mut buf = [0u8; REQUEST_BUFFER];
-        let result = op(&pages, &mut buf)?;
-        if let Ok(Completion::Relay(n)) = result {
-            // The core frames at most MAX_RELAY_BYTES into the buffer, so these cannot fail.
-            let inconsistent = || Outcome::Core(Err(Error::Inconsistent));
-            let words = whole_words(n).ok_or_else(inconsistent)?;
-            buf.get_mut(n..words).ok_or_else(inconsistent)?.fill(0);
-            let bytes = buf.get(..words).ok_or_else(inconsistent)?;
-            // Cannot fail: probed above, and host memory does not move. Were it to, the
-            // request stays outstanding and TDH.DEVIF.REQUEST writes it again.
-            self.host
-                .write(request, bytes)
-                .map_err(|f| Outcome::Status(host_fault(f, OPERAND_ID_REQUEST_PAGE)))?;
-            out.rcx = u64::try_from(n).map_err(|_| inconsistent())?;
-        }
-        Ok(Outcome::Core(result))
-    }
-
     fn sept_rd(
         &self,
         td: GuestId,
@@ -1437,7 +1281,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 if self.tsm.guest(td) == Err(Error::InvalidHandle) {
                     return Err(st(invalid(status::OPERAND_ID_TDR)));
                 }
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let table = self.fw.lock_pages().map_err(|e| Outcome::Core(Err(e)))?;
+                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
                 let value = self
                     .tsm
                     .guest_read(td, tdi, field)
@@ -1445,17 +1290,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 out.rcx = value;
                 st(TDX_SUCCESS)
             }
-            TSM_GUEST_DEVIF_START => {
-                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
-                let tsm = self.tsm;
-                self.relayed(
-                    leaf,
-                    r,
-                    out,
-                    tdi,
-                    |_, buf| Ok(tsm.guest_start(td, tdi, buf)),
-                )?
-            }
+            TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => self.devif_guest(leaf, td, tdr, r, out)?,
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }
@@ -1525,7 +1360,9 @@ fn encode_tdi_state(state: TdiState, owner: Option<TdEntry>, regs: &mut SeamRegs
 /// operand roles do not explain.
 pub fn outcome(leaf: u16, regs: &SeamRegs) -> Option<TsmResult<Completion>> {
     match status::decode(regs.rax, &operands(leaf))? {
-        Ok(Completion::Relay(_)) => Some(Ok(Completion::Relay(usize::try_from(regs.rcx).ok()?))),
+        Ok(Completion::Relay(_)) => Some(Ok(Completion::Relay(usize::from(
+            u16::try_from((regs.rcx >> OUT_LENGTH_SHIFT) & 0xffff).ok()?,
+        )))),
         other => Some(other),
     }
 }

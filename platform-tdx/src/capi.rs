@@ -472,7 +472,7 @@ mod tests {
     //! which checks every host-memory access for data races and out-of-bounds use.
     use super::*;
     use crate::abi::{self, RangeEntry, RangeList};
-    use crate::module::MessagePages;
+    use crate::module::DevifEntry;
     use crate::status::{self, TSM_TOO_MANY_RANGES};
     use std::boxed::Box;
     use std::vec::Vec;
@@ -546,7 +546,9 @@ mod tests {
     /// in word [`LEN_WORD`] the model's answer length), pages 2 and 3 a TDI's request and
     /// response pages, page 4 the TD's TDR page, page 5 the SPDM metadata, page 6 the SPDM
     /// config page, page 7 the dev_info page, page 8 the IDE stream's metadata.
-    const HOST_PAGES: usize = 9;
+    const HOST_PAGES: usize = 12;
+    /// The TDI's private pages (TDH.DEVIF.CREATE R8, R9, R10).
+    const DEVIF_PAGES: [usize; 3] = [9, 10, 11];
     const CONFIG_PAGE: usize = 6;
     const DEV_INFO_PAGE: usize = 7;
     const IDE_PAGE: usize = 8;
@@ -615,22 +617,42 @@ mod tests {
                 let doe = model.doe(
                     self.fw,
                     self.page(REQUEST_PAGE),
-                    out.rcx,
+                    (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff,
                     self.page(RESPONSE_PAGE),
                     self.len_at(),
                 );
                 assert_eq!(doe, TDX_SUCCESS);
                 let len = word(self.host, 1, LEN_WORD).load(Ordering::Relaxed);
-                out = self.call(
-                    abi::TDH_DEVIF_RESPONSE,
-                    SeamRegs {
-                        rcx: tdi,
-                        rdx: len,
-                        ..SeamRegs::default()
-                    },
-                );
+                out = self.call(abi::TDH_DEVIF_RESPONSE, self.response(tdi, len != 0));
             }
             out
+        }
+        /// TDH.DEVIF.RESPONSE's registers: the answer in the response page (or none), the
+        /// next request to the request page.
+        fn response(&self, tdi: u64, answered: bool) -> SeamRegs {
+            SeamRegs {
+                rcx: tdi,
+                rdx: abi::devif_rsp_in(
+                    if answered {
+                        self.page(RESPONSE_PAGE)
+                    } else {
+                        0
+                    },
+                    false,
+                ),
+                r8: self.page(REQUEST_PAGE),
+                ..SeamRegs::default()
+            }
+        }
+        /// Registers of a leaf on `tdi` that may leave a request: RDX `rdx`, R8 the request
+        /// page.
+        fn on_tdi(&self, tdi: u64, rdx: u64) -> SeamRegs {
+            SeamRegs {
+                rcx: tdi,
+                rdx,
+                r8: self.page(REQUEST_PAGE),
+                ..SeamRegs::default()
+            }
         }
         /// A TD, a device with one BAR that `model` reports for its interface, and its TDI
         /// with message pages 2 and 3: (TD, TDI).
@@ -653,18 +675,20 @@ mod tests {
                 model.report(self.fw, RID, self.list_at().addr() as u64),
                 TDX_SUCCESS
             );
-            let tdi = self.call(
+            let created = self.call(
                 abi::TDH_DEVIF_CREATE,
                 SeamRegs {
-                    rcx: dev,
-                    rdx: RID,
-                    r9: self.page(REQUEST_PAGE),
-                    r10: self.page(RESPONSE_PAGE),
+                    rcx: abi::devif_id(0, dev as u8, RID as u32),
+                    rdx: td,
+                    r8: self.page(DEVIF_PAGES[0]),
+                    r9: self.page(DEVIF_PAGES[1]),
+                    r10: self.page(DEVIF_PAGES[2]),
                     ..SeamRegs::default()
                 },
             );
-            assert_eq!(tdi.rax, TDX_SUCCESS);
-            (td, tdi.rcx)
+            assert_eq!(created.rax, TDX_SUCCESS);
+            // The TDI is named by its function ID.
+            (td, RID)
         }
         /// The Linux host's link set-up of SPDM id `dev` (function `RID`), as `tdx_link_connect`
         /// issues it: TDH.SPDM.CONNECT relayed to `model` (the same registers re-issued after
@@ -771,15 +795,15 @@ mod tests {
             out
         }
         /// Every record table of the core and the pool's pages (read through the firmware's
-        /// own `&mut`, no second alias), and every TDI's message pages.
-        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<Option<MessagePages>>) {
+        /// own `&mut`, no second alias), and every TDI's record.
+        fn pool_image(&self) -> (Snapshot<Vec<Page>>, Vec<Option<DevifEntry>>) {
             let fw = self.fw.instance().expect("initialised");
             let snap = fw
                 .tsm
                 .snapshot_with(|t| t.pool().pages().copied().collect())
                 .expect("not busy");
             let pages = (0..MAX_TDIS as u16)
-                .map(|s| fw.tsm.message_pages(TdiId::from_slot(s)).expect("not busy"))
+                .map(|s| fw.tsm.devif(TdiId::from_slot(s)).expect("not busy"))
                 .collect();
             (snap, pages)
         }
@@ -1171,19 +1195,12 @@ mod tests {
         let w = World::new();
         let model = ModelMailbox::new();
         let (td, tdi) = w.td_and_tdi(&model);
-        let out = w.call(
-            abi::TSM_DEVIF_BIND,
-            SeamRegs {
-                rcx: tdi,
-                rdx: td,
-                ..SeamRegs::default()
-            },
-        );
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
         assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
-        // The DOE header: PCI-SIG, secured SPDM, its length in dwords.
+        // The DOE header: PCI-SIG, secured SPDM, its length in dwords; RCX devif_req_out_t.
         let head = word(w.host, REQUEST_PAGE, 0).load(Ordering::Relaxed);
         assert_eq!(head & 0xffff_ffff, 0x0002_0001);
-        assert_eq!((head >> 32) * 4, out.rcx);
+        assert_eq!((head >> 32) * 4, (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff);
         assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
         let state = w.call(
             abi::TSM_DEVIF_STATE,
@@ -1193,13 +1210,7 @@ mod tests {
             },
         );
         assert_eq!(state.rdx, abi::TdiStateCode::Locked as u64);
-        let unbind = w.call(
-            abi::TSM_DEVIF_UNBIND,
-            SeamRegs {
-                rcx: tdi,
-                ..SeamRegs::default()
-            },
-        );
+        let unbind = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
         assert_eq!(w.relay(&model, tdi, unbind).rax, TDX_SUCCESS);
         // The model's own refusals: a length past a page, an output outside host memory.
         let req = w.page(REQUEST_PAGE);
@@ -1224,19 +1235,12 @@ mod tests {
         let w = World::new();
         let model = ModelMailbox::new();
         let (td, tdi) = w.td_and_tdi(&model);
-        let out = w.call(
-            abi::TSM_DEVIF_BIND,
-            SeamRegs {
-                rcx: tdi,
-                rdx: td,
-                ..SeamRegs::default()
-            },
-        );
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
         assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
         let doe = model.doe(
             w.fw,
             w.page(REQUEST_PAGE),
-            out.rcx,
+            (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff,
             w.page(RESPONSE_PAGE),
             w.len_at(),
         );
@@ -1248,7 +1252,8 @@ mod tests {
             .collect();
         let seq = |w: &World| {
             let fw = w.fw.instance().unwrap();
-            let t = fw.tsm.tdi(TdiId::from_raw(tdi).unwrap()).unwrap();
+            let id = fw.tsm.devif_of(tdi as u32).unwrap().unwrap().0;
+            let t = fw.tsm.tdi(id).unwrap();
             t.exchange.map(|e| e.seq)
         };
         let first = seq(&w).unwrap();
@@ -1278,14 +1283,7 @@ mod tests {
         let calls = if cfg!(miri) { 8 } else { 2000 };
         let mut taken = None;
         for call in 0..calls {
-            let out = w.call(
-                abi::TDH_DEVIF_RESPONSE,
-                SeamRegs {
-                    rcx: tdi,
-                    rdx: len,
-                    ..SeamRegs::default()
-                },
-            );
+            let out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
             match out.rax {
                 s if s == status::TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX) => {
                     assert_eq!(seq(&w), Some(first), "a refused answer moved the exchange");
@@ -1304,14 +1302,7 @@ mod tests {
             for (i, &good) in answer.iter().enumerate() {
                 word(w.host, RESPONSE_PAGE, i).store(good, Ordering::Relaxed);
             }
-            let out = w.call(
-                abi::TDH_DEVIF_RESPONSE,
-                SeamRegs {
-                    rcx: tdi,
-                    rdx: len,
-                    ..SeamRegs::default()
-                },
-            );
+            let out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
             assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
         }
         assert_eq!(seq(&w), Some(first.wrapping_add(1)), "exactly one step");

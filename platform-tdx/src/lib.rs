@@ -30,6 +30,7 @@ pub mod abi;
 pub mod bits;
 #[cfg(any(feature = "capi", test))]
 pub mod capi;
+pub mod devif;
 pub mod ept;
 pub mod frames;
 pub mod link;
@@ -38,5 +39,5 @@ pub mod radix;
 pub mod sept;
 pub mod status;
 
-pub use module::{MessagePages, TdxModule};
+pub use module::{DevifEntry, DevifPages, TdxModule};
 pub use tsm_core;

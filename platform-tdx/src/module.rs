@@ -1,11 +1,11 @@
 //! The firmware object of the TDX back end: the core's [`Tsm`] over the S-EPT and the
-//! platform's SPDM session, and what only the TDX ABI keeps beside it: each TDI's two message
-//! pages (the TDX module keeps them in the DEVIF's control structure).
+//! platform's SPDM session, and what only the TDX ABI keeps beside it: each TDI's function
+//! ID, TD and private pages (the TDX module keeps them in the DEVIF's control structure).
 //!
 //! The firmware never talks to a device. A leaf that needs the device writes the request (a
-//! whole DOE object) to the TDI's request page and answers `TDX_SPDM_REQUEST`; the host
-//! relays it to the device's DOE mailbox, puts the answer in the TDI's response page and calls
-//! TDH.DEVIF.RESPONSE (README, "The relay"). The session seals every request and opens every
+//! whole DOE object) to the shared page the call named (R8) and answers `TDX_SPDM_REQUEST`;
+//! the host relays it to the device's DOE mailbox, puts the answer in a shared page and
+//! calls TDH.DEVIF.RESPONSE naming that page (README, "The relay"). The session seals every request and opens every
 //! answer: tests and the C prototype use [`tsm_core::ModelSession`]; a real platform plugs in
 //! the SPDM session it established with the device (TDH.SPDM.CONNECT).
 
@@ -25,20 +25,75 @@ use crate::sept::Sept;
 /// any request or response the firmware exchanges (`tsm_core::MAX_RELAY_BYTES`).
 pub const MESSAGE_PAGE_BYTES: usize = 4096;
 
-/// The host pages a TDI's requests and answers travel in, as TDH.DEVIF.CREATE named them:
-/// 4 KiB aligned host physical addresses inside host memory. Host memory, not the firmware's:
-/// the host reads and writes them at will, so the firmware writes a request there only after
-/// it is sealed, and reads an answer once into its own memory before looking at it.
+/// The three firmware-private pages TDH.DEVIF.CREATE takes (intel/tdx-module TDX-IO
+/// @6e66b9d2070aa49562518087160b2c6ae6418555 `tdh_devif_create.c`: R8 the DEVIFCS root page,
+/// R9 the TD's and R10 the VMM's TDISP message buffer, all three becoming the TD's metadata).
+/// This firmware keeps the TDI in its own memory: it only records the pages, refuses them to
+/// every other use until TDH.DEVIF.REMOVE hands them back, and never reads or writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MessagePages {
-    /// Module to host: the firmware writes each request here (Linux's `out_msg`).
-    pub request: Hpa,
-    /// Host to module: the host writes the device's answer here (Linux's `in_msg`).
-    pub response: Hpa,
+pub struct DevifPages {
+    /// R8: the DEVIFCS page.
+    pub devifcs: Hpa,
+    /// R9: the TD's TDISP buffer (REMOVE returns it in RCX).
+    pub td_buffer: Hpa,
+    /// R10: the VMM's TDISP buffer (REMOVE returns it in RDX).
+    pub vmm_buffer: Hpa,
 }
 
-/// Every TDI's message pages, indexed by TDI slot.
-pub(crate) type PageTable = [Option<MessagePages>; MAX_TDIS];
+impl DevifPages {
+    /// Whether `page` is one of the three.
+    pub fn holds(&self, page: Hpa) -> bool {
+        self.devifcs == page || self.td_buffer == page || self.vmm_buffer == page
+    }
+}
+
+/// Where the request the TD started (TDG.DEVIF.REQUEST) stands: the module's
+/// `td_tdisp_req_sts` (AVAILABLE, REQUESTED, PROCESSED; intel/tdx-module TDX-IO @1666adc4
+/// `src/common/tdxio/tdisp.c`), its GENERATED folded into REQUESTED (ours: the host may fetch
+/// the request again until it answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TdRequest {
+    /// The TD may start a request.
+    #[default]
+    Available,
+    /// The TD's START waits for the host to relay it (TDH.DEVIF.REQUEST/RESPONSE `td_flag`).
+    Requested,
+    /// The device's answer came: the status and RCX TDG.DEVIF.RESPONSE gives the TD.
+    Processed {
+        /// The outcome's status.
+        status: u64,
+        /// `devif_rsp_out_t` (0 on a failure).
+        out: u64,
+    },
+}
+
+/// A TDI as TDH.DEVIF.CREATE made it: its TDISP function ID (the name every later leaf uses),
+/// the TD it is for, and its private pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevifEntry {
+    /// The TDISP function ID (`fucntion_id_t`, bits 31:0 of `devif_id_t` 63:32).
+    pub function: u32,
+    /// The TDR page of the TD the TDI was created for (RDX): the only TD it may be bound to.
+    pub tdr: Hpa,
+    /// R8, R9, R10.
+    pub pages: DevifPages,
+    /// The TD's own request.
+    pub td_request: TdRequest,
+}
+
+/// Every TDI's record, indexed by the core's TDI slot (a function has at most one TDI: the
+/// table maps function ID -> TDI by a bounded scan).
+pub(crate) type PageTable = [Option<DevifEntry>; MAX_TDIS];
+
+/// The slot and record of the TDI of function `function` in `table`.
+pub(crate) fn devif_in(table: &PageTable, function: u32) -> Option<(TdiId, DevifEntry)> {
+    table.iter().enumerate().find_map(|(slot, e)| {
+        let e = (*e)?;
+        (e.function == function)
+            .then(|| u16::try_from(slot).ok().map(|s| (TdiId::from_slot(s), e)))
+            .flatten()
+    })
+}
 
 /// A TD as the host names it: the physical address of its TDR page (TDH.MNG.CREATE RCX) and
 /// the HKID it was created with (RDX). The TD's state lives in the core's guest record; the
@@ -134,7 +189,9 @@ pub(crate) enum PageUse {
 }
 
 /// Whether `page` may not take the use `new`: it is a TD's TDR, an SPDM id's or its IDE
-/// stream's metadata, or (for a private use) a TDI's request or response page. The one test
+/// stream's metadata, or one of a TDI's private pages. Every page the firmware records is
+/// now private, so both uses meet the same set (the use is kept: call sites say which they
+/// make, and a shared page recorded again would differ). The one test
 /// every leaf that records or writes a host page applies (`TDX_PAGE_METADATA_INCORRECT`, the
 /// TDX module's PAMT "not PT_NDA").
 pub(crate) fn page_held(
@@ -142,25 +199,21 @@ pub(crate) fn page_held(
     pages: &PageTable,
     spdm: &SpdmTable,
     page: Hpa,
-    new: PageUse,
+    _new: PageUse,
 ) -> bool {
     td_in(tds, page.as_u64()).is_some()
         || spdm.iter().flatten().any(|e| e.holds(page))
-        || (new == PageUse::Private
-            && pages
-                .iter()
-                .flatten()
-                .any(|p| p.request == page || p.response == page))
+        || pages.iter().flatten().any(|p| p.pages.holds(page))
 }
 
 /// The TDX back end's firmware: the core over the S-EPT, sealed with session `S`, and each
-/// TDI's message pages. Everything of the core is reached through `Deref`; the dispatcher
-/// ([`crate::abi::Dispatcher`]) is the only writer of the message pages.
+/// TDI's record ([`DevifEntry`]). Everything of the core is reached through `Deref`; the dispatcher
+/// ([`crate::abi::Dispatcher`]) is the only writer of those records.
 pub struct TdxModule<'m, S> {
     tsm: Tsm<Sept<'m>, S>,
-    /// Taken (try-lock, after nothing) by every leaf that creates or removes a TDI or may
-    /// leave a request in its request page, and held for the whole leaf, so a TDI's pages
-    /// cannot change under a request being written. Those leaves all take the core's transport
+    /// Taken (try-lock, after nothing) by every leaf that names a TDI by function ID, creates
+    /// or removes one, or may leave a request for the host, and held for the whole leaf, so
+    /// the TDI a function ID names cannot change under it. Those leaves all take the core's transport
     /// lock too, so this lock serialises nothing the core does not already.
     pages: Mutex<PageTable>,
     /// The TDs by TDR page. Read (try-lock, shared) for the whole of every leaf that names a
@@ -200,11 +253,16 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
         &self.tsm
     }
 
-    /// `tdi`'s message pages (`None`: no TDI TDH.DEVIF.CREATE made has that handle);
+    /// The record of the TDI in core slot `tdi` (`None`: TDH.DEVIF.CREATE made none there);
     /// `Busy(Tdi)` while a leaf holds the table.
-    pub fn message_pages(&self, tdi: TdiId) -> TsmResult<Option<MessagePages>> {
+    pub fn devif(&self, tdi: TdiId) -> TsmResult<Option<DevifEntry>> {
         let table = self.lock_pages()?;
         Ok(table.get(usize::from(tdi.slot())).copied().flatten())
+    }
+
+    /// The TDI of TDISP function `function` and its record (`None`: none was created).
+    pub fn devif_of(&self, function: u32) -> TsmResult<Option<(TdiId, DevifEntry)>> {
+        Ok(devif_in(&*self.lock_pages()?, function))
     }
 
     /// The TD whose TDR page is at host physical address `tdr` (`None`: no TD has it);
@@ -242,7 +300,7 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
         self.spdm.try_lock().ok_or(Error::Busy(Operand::Device))
     }
 
-    /// The message-page table, for one leaf; `Busy(Tdi)` (OPERAND_BUSY on the DEVIF) while
+    /// The TDI table, for one leaf; `Busy(Tdi)` (OPERAND_BUSY on the DEVIF) while
     /// another CPU's leaf holds it.
     pub(crate) fn lock_pages(&self) -> TsmResult<MutexGuard<'_, PageTable>> {
         self.pages.try_lock().ok_or(Error::Busy(Operand::Tdi))

@@ -77,6 +77,16 @@ pub const TDX_MMIO_INVALID_HPA_OFFSET: u64 = 0xC000_0F4D_0000_0000;
 /// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a
 /// device response (or a request re-read) for a TDI with no request outstanding. (The module
 /// answers TDX_DEVIF_TDISP_OUT_REQ both for a request while one is outstanding and for a
+/// TDX_DEVIFMT_NOT_PRESENT (intel/tdx-module TDX-IO @6e66b9d2
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h`): no TDI has the function ID (every leaf
+/// naming a TDI, + RCX).
+pub const TDX_DEVIFMT_NOT_PRESENT: u64 = 0xC000_0F40_0000_0000;
+/// TDX_DEVIF_INVALID_METADATA (same source): the calling TD is not the TDI's (TDG leaves,
+/// + RCX).
+pub const TDX_DEVIF_INVALID_METADATA: u64 = 0xC000_0F41_0000_0000;
+/// TDX_DEVIFMT_ALREADY_PRESENT (same source): TDH.DEVIF.CREATE of a function that has a TDI
+/// (+ RCX).
+pub const TDX_DEVIFMT_ALREADY_PRESENT: u64 = 0xC000_0F42_0000_0000;
 /// response while none is; this firmware tells the two apart, so a host knows which.)
 pub const TDX_DEVIF_TDISP_INVALID_REQ_STS: u64 = 0xC000_0F0E_0000_0000;
 /// TDX_DEVIF_TDISP_INVALID_MESSAGE (TDX-IO, same file; `tdh_devif_response.c` answers it on
@@ -660,6 +670,9 @@ mod header_tests {
                 TDX_DEVIF_TDISP_INVALID_MESSAGE,
             ),
             ("TDX_DEVIF_TDISP_OUT_REQ", TDX_DEVIF_TDISP_OUT_REQ),
+            ("TDX_DEVIFMT_NOT_PRESENT", TDX_DEVIFMT_NOT_PRESENT),
+            ("TDX_DEVIF_INVALID_METADATA", TDX_DEVIF_INVALID_METADATA),
+            ("TDX_DEVIFMT_ALREADY_PRESENT", TDX_DEVIFMT_ALREADY_PRESENT),
             (
                 "TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH",
                 TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH,
@@ -766,7 +779,27 @@ mod header_tests {
                 "TSM_DEVIF_FIELD_REPORTED_RANGE",
                 abi::DEVIF_FIELD_REPORTED_RANGE.into(),
             ),
-            ("TSM_GUEST_DEVIF_START", abi::TSM_GUEST_DEVIF_START.into()),
+            ("TDG_DEVIF_REQUEST", abi::TDG_DEVIF_REQUEST.into()),
+            ("TDG_DEVIF_RESPONSE", abi::TDG_DEVIF_RESPONSE.into()),
+            ("TSM_TDX_REQ_IN_NO_FW_UPDATE", abi::REQ_IN_NO_FW_UPDATE),
+            ("TSM_TDX_REQ_IN_TD_FLAG", abi::REQ_IN_TD_FLAG),
+            ("TSM_TDX_RSP_IN_PA_MASK", abi::RSP_IN_PA_MASK),
+            (
+                "TSM_TDX_TDISP_LOCK_INTERFACE",
+                tsm_core::tdisp::request::LOCK_INTERFACE.into(),
+            ),
+            (
+                "TSM_TDX_TDISP_GET_STATE",
+                tsm_core::tdisp::request::GET_DEVICE_INTERFACE_STATE.into(),
+            ),
+            (
+                "TSM_TDX_TDISP_START_INTERFACE",
+                tsm_core::tdisp::request::START_INTERFACE.into(),
+            ),
+            (
+                "TSM_TDX_TDISP_STOP_INTERFACE",
+                tsm_core::tdisp::request::STOP_INTERFACE.into(),
+            ),
             // Operand ids.
             ("TDX_OPERAND_ID_RAX", OPERAND_ID_RAX.into()),
             ("TDX_OPERAND_ID_RCX", OPERAND_ID_RCX.into()),

@@ -19,7 +19,7 @@ use platform_tdx::abi::{
 };
 use platform_tdx::ept::SeptState;
 use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::module::{MESSAGE_PAGE_BYTES, MessagePages, SpdmEntry};
+use platform_tdx::module::{DevifEntry, MESSAGE_PAGE_BYTES, SpdmEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
 use tsm_core::capacity::{MAX_DEVICES, MAX_TDIS};
@@ -35,9 +35,11 @@ use tsm_core::{
 /// pages 7-10 the TDR pages of the TDs `World::create_td` makes, then pages 11-18 SPDM
 /// metadata (one per device, by bus: `spdm_page`), then the link's pages: 19 the SPDM config
 /// page, 20 the dev_info page, 21 and 22 the link's response and request pages, 23-30 IDE
-/// stream metadata (one per device, by bus: `ide_page`).
+/// stream metadata (one per device, by bus: `ide_page`), 31-39 the private page triples
+/// (DEVIFCS, TD buffer, VMM buffer) TDH.DEVIF.CREATE takes for the TDIs whose shared pages are
+/// `PAGES_A`, `PAGES_B`, `PAGES_C` (`private_pages`).
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 31;
+const HOST_PAGES: usize = 40;
 const CONFIG_PAGE: u64 = host_page(19);
 const DEV_INFO_PAGE: u64 = host_page(20);
 const LINK_RESPONSE: u64 = host_page(21);
@@ -64,6 +66,17 @@ const fn spdm_page(bus: u8) -> u64 {
     host_page(SPDM_FIRST + bus as u64 % SPDM_PAGES)
 }
 
+/// The private pages (R8, R9, R10 of TDH.DEVIF.CREATE) of the TDI whose shared request page
+/// is `request` (host page 1, 3 or 5).
+const fn private_pages(request: u64) -> (u64, u64, u64) {
+    let k = ((request - HOST) / MESSAGE_PAGE_BYTES as u64 - 1) / 2;
+    (
+        host_page(31 + 3 * k),
+        host_page(32 + 3 * k),
+        host_page(33 + 3 * k),
+    )
+}
+
 /// The IDE stream metadata page of the device on bus `bus`.
 const fn ide_page(bus: u8) -> u64 {
     host_page(23 + bus as u64 % SPDM_PAGES)
@@ -79,7 +92,7 @@ const PAGES_C: (u64, u64) = (host_page(5), host_page(6));
 type Image = (
     Snapshot<(Vec<Page>, SeptBookkeeping)>,
     Vec<(u32, TdispState)>,
-    Vec<Option<MessagePages>>,
+    Vec<Option<DevifEntry>>,
     Vec<u8>,
     Vec<Option<SpdmEntry>>,
 );
@@ -89,7 +102,7 @@ struct World<'m> {
     fw: TdxModule<'m, ModelSession>,
     mem: RefCell<Vec<u8>>,
     device: RefCell<ModelDevice>,
-    /// The message pages the host gave each TDI it created.
+    /// The shared request and response pages the host relays each TDI's messages in.
     pages: RefCell<BTreeMap<u64, (u64, u64)>>,
     /// TDs made so far by `create_td`.
     tds: std::cell::Cell<u64>,
@@ -107,7 +120,27 @@ impl<'m> World<'m> {
         }
     }
 
+    /// The core's TDI of function ID `tdi`.
+    fn id(&self, tdi: u64) -> TdiId {
+        self.fw.devif_of(tdi as u32).unwrap().unwrap().0
+    }
+
+    /// A SEAMCALL; a leaf that may leave a request and names a TDI this host relays for gets
+    /// the TDI's shared request page in R8 when R8 is 0 (`call_raw` does not).
     fn call(&self, leaf: u64, mut regs: SeamRegs) -> SeamRegs {
+        let relays = [abi::TSM_DEVIF_BIND, abi::TSM_DEVIF_CHECK, abi::TDH_DEVIF_REQUEST]
+            .map(u64::from)
+            .contains(&leaf)
+            || (leaf == u64::from(abi::TSM_DEVIF_UNBIND) && regs.rdx == 0);
+        if relays && regs.r8 == 0 {
+            if let Some(pages) = self.pages.borrow().get(&regs.rcx) {
+                regs.r8 = pages.0;
+            }
+        }
+        self.call_raw(leaf, regs)
+    }
+
+    fn call_raw(&self, leaf: u64, mut regs: SeamRegs) -> SeamRegs {
         regs.rax = leaf;
         let mut mem = self.mem.borrow_mut();
         Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).seamcall(&mut regs);
@@ -142,8 +175,7 @@ impl<'m> World<'m> {
     /// Where the report of bound `tdi` puts host page `hpa`: what the guest's TDG.MMIO.ACCEPT
     /// gives in RDX (the bind's MMIO_REPORTING_OFFSET added).
     fn reported(&self, tdi: u64, hpa: u64) -> u64 {
-        let id = TdiId::from_raw(tdi).unwrap();
-        hpa + self.fw.tsm().tdi(id).unwrap().mmio_offset.unwrap()
+        hpa + self.fw.tsm().tdi(self.id(tdi)).unwrap().mmio_offset.unwrap()
     }
 
     fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
@@ -166,20 +198,41 @@ impl<'m> World<'m> {
         self.write(PARAMS, list.bytes());
     }
 
-    /// TDH.DEVIF.CREATE of `iface` on `dev` with message pages `pages`: the TDI.
+    /// The TD TDIs are created for unless a test names another: the first one (made here if
+    /// the test made none).
+    fn first_td(&self) -> u64 {
+        let first = host_page(TDR_FIRST);
+        if self.fw.td_of(first).unwrap().is_none() {
+            assert_eq!(self.create_td(), first);
+        }
+        first
+    }
+
+    /// TDH.DEVIF.CREATE's registers for `iface` on SPDM id `dev` (its stream: ours, stream ID
+    /// == SPDM id) for TD `td`, with the private pages of the TDI relaying through `pages`.
+    fn create_regs(dev: u64, iface: RequesterId, td: u64, pages: (u64, u64)) -> SeamRegs {
+        let (devifcs, td_buf, vmm_buf) = private_pages(pages.0);
+        SeamRegs {
+            rcx: abi::devif_id(0, dev as u8, abi::function_id(iface) as u32),
+            rdx: td,
+            r8: devifcs,
+            r9: td_buf,
+            r10: vmm_buf,
+            ..Default::default()
+        }
+    }
+
+    /// TDH.DEVIF.CREATE of `iface` on `dev` for the first TD, relaying through `pages`: the
+    /// TDI, named by its function ID.
     fn create_tdi(&self, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
-        let tdi = self
-            .ok(
-                abi::TDH_DEVIF_CREATE,
-                SeamRegs {
-                    rcx: dev,
-                    rdx: u64::from(iface.packed()),
-                    r9: pages.0,
-                    r10: pages.1,
-                    ..Default::default()
-                },
-            )
-            .rcx;
+        let td = self.first_td();
+        self.create_tdi_for(td, dev, iface, pages)
+    }
+
+    /// TDH.DEVIF.CREATE of `iface` on `dev` for TD `td`.
+    fn create_tdi_for(&self, td: u64, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
+        self.ok(abi::TDH_DEVIF_CREATE, Self::create_regs(dev, iface, td, pages));
+        let tdi = abi::function_id(iface);
         self.pages.borrow_mut().insert(tdi, pages);
         tdi
     }
@@ -195,7 +248,7 @@ impl<'m> World<'m> {
         let header = self.read(page, 8);
         let dwords = u32::from_le_bytes(header[4..8].try_into().unwrap()) & 0x3_ffff;
         let len = dwords as usize * 4;
-        assert_eq!(len as u64, rcx, "RCX is the request's length");
+        assert_eq!(len as u64, (rcx >> 8) & 0xffff, "RCX 23:8 is the request's length");
         assert_eq!(
             &header[..4],
             &[0x01, 0x00, 0x02, 0x00],
@@ -211,16 +264,24 @@ impl<'m> World<'m> {
         Some(answer[..n].to_vec())
     }
 
-    /// TDH.DEVIF.RESPONSE for `tdi` with `answer` in its response page (`None`: no answer).
+    /// TDH.DEVIF.RESPONSE for `tdi` with `answer` in its response page (`None`: no answer,
+    /// RDX's page 0), the next request into its request page.
     fn respond(&self, tdi: u64, answer: Option<&[u8]>) -> SeamRegs {
+        self.respond_flag(tdi, answer, false)
+    }
+
+    /// [`World::respond`] with `td_flag`.
+    fn respond_flag(&self, tdi: u64, answer: Option<&[u8]>, td_flag: bool) -> SeamRegs {
+        let (request, response) = self.pages_of(tdi);
         if let Some(bytes) = answer {
-            self.write(self.pages_of(tdi).1, bytes);
+            self.write(response, bytes);
         }
         self.call(
             u64::from(abi::TDH_DEVIF_RESPONSE),
             SeamRegs {
                 rcx: tdi,
-                rdx: answer.map_or(0, |b| b.len() as u64),
+                rdx: abi::devif_rsp_in(answer.map_or(0, |_| response), td_flag),
+                r8: request,
                 ..Default::default()
             },
         )
@@ -239,6 +300,50 @@ impl<'m> World<'m> {
             out = self.respond(tdi, answer.as_deref());
         }
         out
+    }
+
+    /// The guest's start of `tdi` from TD `td`, as a TDX-IO host and TD run it: TDG.DEVIF.REQUEST
+    /// START, TDH.DEVIF.REQUEST `td_flag`, the relay with TDH.DEVIF.RESPONSE `td_flag`, then
+    /// TDG.DEVIF.RESPONSE: the status the TD reads (or the first refusal on the way).
+    fn start(&self, td: u64, tdi: u64) -> u64 {
+        let out = self.tdcall(
+            td,
+            abi::TDG_DEVIF_REQUEST,
+            SeamRegs {
+                rcx: tdi,
+                rdx: 0x86,
+                ..Default::default()
+            },
+        );
+        if out.rax != TDX_SUCCESS {
+            return out.rax;
+        }
+        let mut out = self.call(
+            u64::from(abi::TDH_DEVIF_REQUEST),
+            SeamRegs {
+                rcx: tdi,
+                rdx: abi::devif_req_in(0, false, true),
+                r8: self.pages_of(tdi).0,
+                ..Default::default()
+            },
+        );
+        let mut rounds = 0;
+        while out.rax == TDX_SPDM_REQUEST {
+            rounds += 1;
+            assert!(rounds < 100, "a relay that never ends");
+            let answer = self.doe(&self.request(tdi, out.rcx));
+            out = self.respond_flag(tdi, answer.as_deref(), true);
+        }
+        let read = self.tdcall(
+            td,
+            abi::TDG_DEVIF_RESPONSE,
+            SeamRegs {
+                rcx: tdi,
+                ..Default::default()
+            },
+        );
+        assert_eq!(read.rax, out.rax, "the TD reads what the host got");
+        read.rax
     }
 
     /// A leaf on TDI `tdi`, relayed to its end.
@@ -286,7 +391,7 @@ impl<'m> World<'m> {
             .unwrap();
         let device = self.device.borrow().dsm().tdisp_states().to_vec();
         let pages = (0..MAX_TDIS as u16)
-            .map(|s| self.fw.message_pages(TdiId::from_slot(s)).unwrap())
+            .map(|s| self.fw.devif(TdiId::from_slot(s)).unwrap())
             .collect();
         let spdm = (0..MAX_DEVICES as u64)
             .map(|id| self.fw.spdm(id).unwrap())
@@ -485,12 +590,12 @@ fn malformed_calls_get_operand_invalid_and_change_nothing() {
             TDX_OPERAND_ADDR_RANGE_ERROR | 8,
         ),
         (
-            "bind with a host range list (R8 is reserved)",
+            "bind with a misaligned request page",
             u64::from(abi::TSM_DEVIF_BIND),
             SeamRegs {
                 rcx: tdi,
                 rdx: td,
-                r8: PARAMS,
+                r8: PARAMS + 8,
                 ..Default::default()
             },
             TDX_OPERAND_INVALID | 8,
@@ -760,7 +865,7 @@ fn tdx_reports_the_core_status_for_the_same_bad_call() {
     let (core, ctd, ctdi) = core_world();
     // The TD is named by its TDR page; the core's guest behind it is the reference's.
     assert_eq!(w.fw.td_of(td), Ok(Some(ctd)));
-    assert_eq!(u64::from(ctdi.slot()), tdi);
+    assert_eq!(ctdi, w.id(tdi));
     let unknown_td = tsm_core::GuestId::from_slot(9);
     let gpa = |v: u64| Gpa::try_new(v).unwrap();
     let hpa = |v: u64| tsm_core::Hpa::try_new(v).unwrap();
@@ -943,25 +1048,25 @@ fn handles_are_checked_before_the_dispatchers_own_operand_checks() {
             TDX_OPERAND_INVALID | 2,
         ),
         (
-            "bind: unknown TDI, R8 not zero",
+            "bind: unknown TDI, R8 misaligned",
             abi::TSM_DEVIF_BIND,
             SeamRegs {
                 rcx: 99,
                 rdx: td,
-                r8: PARAMS,
+                r8: PARAMS + 8,
                 ..Default::default()
             },
-            TDX_OPERAND_INVALID | 1,
+            TDX_DEVIFMT_NOT_PRESENT | 1,
         ),
         (
-            "create TDI: unknown device, bad interface ID",
+            "create TDI: DEVIFCS page 0 of no host memory first (the module's order)",
             abi::TDH_DEVIF_CREATE,
             SeamRegs {
                 rcx: 9,
                 rdx: u64::MAX,
                 ..Default::default()
             },
-            TDX_OPERAND_INVALID | 1,
+            TDX_OPERAND_ADDR_RANGE_ERROR | 8,
         ),
         (
             "S-EPT read: unknown TD",
@@ -1182,11 +1287,19 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
     let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let (devifcs, td_buffer, vmm_buffer) = private_pages(PAGES_A.0);
+    let hpa = |p| tsm_core::Hpa::try_new(p).unwrap();
     assert_eq!(
-        w.fw.message_pages(TdiId::from_raw(tdi).unwrap()).unwrap(),
-        Some(MessagePages {
-            request: tsm_core::Hpa::try_new(PAGES_A.0).unwrap(),
-            response: tsm_core::Hpa::try_new(PAGES_A.1).unwrap(),
+        w.fw.devif(w.id(tdi)).unwrap(),
+        Some(DevifEntry {
+            function: tdi as u32,
+            tdr: hpa(td),
+            pages: platform_tdx::DevifPages {
+                devifcs: hpa(devifcs),
+                td_buffer: hpa(td_buffer),
+                vmm_buffer: hpa(vmm_buffer),
+            },
+            td_request: platform_tdx::module::TdRequest::Available,
         })
     );
 
@@ -1223,11 +1336,10 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
         },
     );
 
-    // The guest starts it: its TDCALL leaves START_INTERFACE in the request page; the host
-    // relays it and its TDH.DEVIF.RESPONSE ends the start.
-    let out = w.tdcall(td, abi::TSM_GUEST_DEVIF_START, on(tdi));
-    assert_eq!(out.rax, TDX_SPDM_REQUEST);
-    assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
+    // The guest starts it: its TDG.DEVIF.REQUEST queues START_INTERFACE; the host fetches it
+    // (TDH.DEVIF.REQUEST td_flag), relays it, and its TDH.DEVIF.RESPONSE td_flag ends the
+    // start; the TD reads the outcome with TDG.DEVIF.RESPONSE.
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
     assert_eq!(w.device.borrow().dsm().state(rid(3)), TdispState::Run);
 
@@ -1237,7 +1349,7 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
     assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
     assert_eq!(
-        w.fw.tdi(TdiId::from_raw(tdi).unwrap())
+        w.fw.tdi(w.id(tdi))
             .unwrap()
             .device_state,
         Some(TdispState::Run)
@@ -1267,16 +1379,15 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
     // Nothing is outstanding any more, and a rebind works.
     assert_eq!(
         w.respond(tdi, None).rax,
-        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX)
+        TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX)
     );
     assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
-    // Removal forgets the TDI's message pages.
+    // Removal hands the private pages back (RCX, RDX: the buffers; R8: the TDR).
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
-    w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
-    assert_eq!(
-        w.fw.message_pages(TdiId::from_raw(tdi).unwrap()).unwrap(),
-        None
-    );
+    let id = w.id(tdi);
+    let out = w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
+    assert_eq!((out.rcx, out.rdx, out.r8), (td_buffer, vmm_buffer, td));
+    assert_eq!(w.fw.devif(id).unwrap(), None);
 }
 
 /// TDH.DEVIF.REQUEST writes the outstanding request to the request page again, byte for byte,
@@ -1293,14 +1404,33 @@ fn devif_request_writes_the_same_request_again() {
         rdx: td,
         ..Default::default()
     };
+    let lock = SeamRegs {
+        rcx: tdi,
+        rdx: abi::devif_req_in(0x83, false, false),
+        r8: PAGES_A.0,
+        ..Default::default()
+    };
     let mut out = w.call(u64::from(abi::TSM_DEVIF_BIND), bind);
     let mut rounds = 0;
     while out.rax == TDX_SPDM_REQUEST {
         let sent = w.request(tdi, out.rcx);
+        // Another code while the bind waits: OUT_REQ, nothing changed.
+        for code in [0x85, 0x87] {
+            let before = w.image();
+            let other = w.call(
+                u64::from(abi::TDH_DEVIF_REQUEST),
+                SeamRegs {
+                    rdx: abi::devif_req_in(code, false, false),
+                    ..lock
+                },
+            );
+            assert_eq!(other.rax, TDX_DEVIF_TDISP_OUT_REQ | 1, "code {code:#x}");
+            assert!(w.image() == before);
+        }
         // The host lost the page.
         w.write(PAGES_A.0, &[0xA5; MESSAGE_PAGE_BYTES]);
         let before = w.image();
-        let again = w.call(u64::from(abi::TDH_DEVIF_REQUEST), on(tdi));
+        let again = w.call(u64::from(abi::TDH_DEVIF_REQUEST), lock);
         assert_eq!(again.rax, TDX_SPDM_REQUEST);
         assert_eq!(again.rcx, out.rcx);
         assert_eq!(w.request(tdi, again.rcx), sent, "round {rounds}");
@@ -1325,17 +1455,24 @@ fn devif_request_writes_the_same_request_again() {
         rounds += 1;
     }
     assert_eq!(out.rax, TDX_SUCCESS);
-    // Nothing outstanding: refused, nothing written.
+    // The TD's request with none queued: refused, nothing written.
     let before = w.image();
     assert_eq!(
-        w.call(u64::from(abi::TDH_DEVIF_REQUEST), on(tdi)).rax,
+        w.call(
+            u64::from(abi::TDH_DEVIF_REQUEST),
+            SeamRegs {
+                rdx: abi::devif_req_in(0, false, true),
+                ..lock
+            }
+        )
+        .rax,
         TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX)
     );
     assert!(w.image() == before);
     // An unknown TDI.
     assert_eq!(
-        w.call(u64::from(abi::TDH_DEVIF_REQUEST), on(77)).rax,
-        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX)
+        w.call(u64::from(abi::TDH_DEVIF_REQUEST), SeamRegs { rcx: 77, ..lock }).rax,
+        TDX_DEVIFMT_NOT_PRESENT | u64::from(OPERAND_ID_RCX)
     );
     assert!(w.image() == before);
 }
@@ -1367,87 +1504,157 @@ fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
     let answer_b = w.doe(&w.request(b, out_b.rcx)).unwrap();
 
     let malformed = TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX);
-    let refuse = |what: &str, bytes: &[u8], rdx: u64, expect: u64| {
+    // The answer's length is its own DOE header's (dword 1, bits 17:0, in dwords).
+    let with_dwords = |bytes: &[u8], dwords: u32| {
+        let mut b = bytes.to_vec();
+        b[4..8].copy_from_slice(&dwords.to_le_bytes());
+        b
+    };
+    let dwords = |b: &[u8]| (b.len() / 4) as u32;
+    let refuse_regs = |what: &str, bytes: &[u8], regs: SeamRegs, expect: u64| {
         w.write(PAGES_A.1, bytes);
         let before = w.image();
-        let out = w.call(
-            u64::from(abi::TDH_DEVIF_RESPONSE),
-            SeamRegs {
-                rcx: a,
-                rdx,
-                ..Default::default()
-            },
-        );
+        let out = w.call(u64::from(abi::TDH_DEVIF_RESPONSE), regs);
         assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
         assert!(w.image() == before, "{what} changed something");
     };
-    let len = |b: &[u8]| b.len() as u64;
+    let answer_regs = SeamRegs {
+        rcx: a,
+        rdx: abi::devif_rsp_in(PAGES_A.1, false),
+        r8: PAGES_A.0,
+        ..Default::default()
+    };
+    let refuse = |what: &str, bytes: &[u8], expect: u64| {
+        refuse_regs(what, bytes, answer_regs, expect);
+    };
     let mut garbled = answer_a.clone();
     *garbled.last_mut().unwrap() ^= 1;
-    refuse("a garbled answer", &garbled, len(&garbled), malformed);
+    refuse("a garbled answer", &garbled, malformed);
     let mut garbled_header = answer_a.clone();
     garbled_header[2] = 1; // DOE data object type 1: unsecured SPDM
-    refuse(
-        "a garbled DOE header",
-        &garbled_header,
-        len(&garbled_header),
-        malformed,
-    );
-    refuse("another TDI's answer", &answer_b, len(&answer_b), malformed);
-    refuse("the request itself", &request_a, len(&request_a), malformed);
-    refuse("cut short", &answer_a, len(&answer_a) - 4, malformed);
+    refuse("a garbled DOE header", &garbled_header, malformed);
+    refuse("another TDI's answer", &answer_b, malformed);
+    refuse("the request itself", &request_a, malformed);
+    let short = with_dwords(&answer_a, dwords(&answer_a) - 1);
+    refuse("cut short", &short, malformed);
     let mut long = answer_a.clone();
     long.resize(MAX_RELAY_BYTES + 8, 0);
-    refuse("longer than any message", &long, len(&long), malformed);
-    // Longer than the page: nothing is read, the core's RelayMalformed.
+    let long = with_dwords(&long, dwords(&long));
+    refuse("longer than any message", &long, malformed);
+    // A header longer than the page (0: 2^18 dwords): the whole page, the core's
+    // RelayMalformed.
     refuse(
         "longer than a page",
-        &answer_a,
-        MESSAGE_PAGE_BYTES as u64 + 1,
+        &with_dwords(&answer_a, 0x3_ffff),
         malformed,
     );
-    refuse("as long as RDX holds", &answer_a, u64::MAX, malformed);
+    refuse("length field 0", &with_dwords(&answer_a, 0), malformed);
+    // devif_rsp_in_t's reserved bits, R9, and a bind's next-request page 0.
+    for (what, regs, expect) in [
+        (
+            "RDX bits 11:0",
+            SeamRegs {
+                rdx: answer_regs.rdx | 0x8,
+                ..answer_regs
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "RDX bits 62:52",
+            SeamRegs {
+                rdx: answer_regs.rdx | 1 << 52,
+                ..answer_regs
+            },
+            TDX_OPERAND_INVALID | 2,
+        ),
+        (
+            "R9",
+            SeamRegs {
+                r9: 1,
+                ..answer_regs
+            },
+            TDX_OPERAND_INVALID | 9,
+        ),
+        (
+            "R8 0 while the bind goes on",
+            SeamRegs { r8: 0, ..answer_regs },
+            TDX_OPERAND_INVALID | 8,
+        ),
+        (
+            "R8 a TD's TDR page",
+            SeamRegs {
+                r8: td,
+                ..answer_regs
+            },
+            TDX_PAGE_METADATA_INCORRECT | 8,
+        ),
+        (
+            "td_flag on the host's own request",
+            SeamRegs {
+                rdx: answer_regs.rdx | abi::REQ_IN_TD_FLAG,
+                ..answer_regs
+            },
+            TDX_DEVIF_TDISP_INVALID_REQ_STS | 2,
+        ),
+        (
+            "an answer page outside host memory",
+            SeamRegs {
+                rdx: abi::devif_rsp_in(HOST - 0x1000, false),
+                ..answer_regs
+            },
+            TDX_OPERAND_ADDR_RANGE_ERROR | 2,
+        ),
+    ] {
+        refuse_regs(what, &answer_a, regs, expect);
+    }
 
     // The right answer goes on; handed in again it is stale.
     let out = w.respond(a, Some(&answer_a));
     assert_eq!(out.rax, TDX_SPDM_REQUEST);
-    refuse("a stale answer", &answer_a, len(&answer_a), malformed);
+    refuse("a stale answer", &answer_a, malformed);
     assert_eq!(w.relay(a, out).rax, TDX_SUCCESS);
     assert_eq!(w.relay(b, w.respond(b, Some(&answer_b))).rax, TDX_SUCCESS);
 
-    // Nothing outstanding for A any more.
+    // Nothing outstanding for A any more: the module's OUT_REQ.
     let answer = answer_a.clone();
     refuse(
         "no exchange outstanding",
         &answer,
-        len(&answer),
-        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+        TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX),
     );
-    // An answer longer than a page with nothing outstanding: NoExchange first, as in the core.
-    refuse(
-        "too long, none outstanding",
+    // An unknown TDI is named before anything of the TDI is looked at.
+    refuse_regs(
+        "an unknown function",
         &answer,
-        u64::MAX,
-        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
-    );
-    // An unknown TDI is named before its length is looked at.
-    let before = w.image();
-    let out = w.call(
-        u64::from(abi::TDH_DEVIF_RESPONSE),
         SeamRegs {
             rcx: 77,
-            rdx: u64::MAX,
-            ..Default::default()
+            ..answer_regs
         },
+        TDX_DEVIFMT_NOT_PRESENT | u64::from(OPERAND_ID_RCX),
     );
-    assert_eq!(out.rax, TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX));
-    assert!(w.image() == before);
+    refuse_regs(
+        "function_id_reg_t bits 63:32",
+        &answer,
+        SeamRegs {
+            rcx: a | 1 << 32,
+            ..answer_regs
+        },
+        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX),
+    );
 
     // A check waits on the device: the guest's start is another operation of the TDI.
     let check = w.call(u64::from(abi::TSM_DEVIF_CHECK), on(a));
     assert_eq!(check.rax, TDX_SPDM_REQUEST);
     let before = w.image();
-    let start = w.tdcall(td, abi::TSM_GUEST_DEVIF_START, on(a));
+    let start = w.tdcall(
+        td,
+        abi::TDG_DEVIF_REQUEST,
+        SeamRegs {
+            rcx: a,
+            rdx: 0x86,
+            ..Default::default()
+        },
+    );
     assert_eq!(
         start.rax,
         TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX)
@@ -1486,7 +1693,7 @@ fn three_empty_responses_end_the_operation_unresponsive() {
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
     assert_eq!(
         w.respond(tdi, None).rax,
-        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX)
+        TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX)
     );
     // The device answers again: the bind works.
     assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
@@ -1520,7 +1727,7 @@ fn forced_unbind_works_while_an_exchange_is_outstanding() {
         assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
         assert_eq!(
             w.respond(tdi, Some(&late)).rax,
-            TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+            TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX),
             "{waiting:#x}: the late answer"
         );
         w.ok(
@@ -1544,220 +1751,6 @@ fn forced_unbind_works_while_an_exchange_is_outstanding() {
         );
         assert_eq!(km(&w, 0, 0, 0).rax, TDX_SUCCESS);
         assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
-    }
-}
-
-/// TDH.DEVIF.CREATE's message pages are checked like every host address the dispatcher
-/// touches, after the handles: R8 reserved, R9 and R10 4 KiB aligned, below 2^52, whole pages
-/// of host memory, the request page writable, two different pages. A refusal creates nothing.
-#[test]
-fn devif_create_checks_its_message_pages() {
-    let mut mem = vec![Page::ZERO; 32];
-    let w = World::new(&mut mem);
-    let dev = device_world(&w, 3, BAR);
-    let iface = u64::from(rid(3).packed());
-    let create = |rcx: u64, r8: u64, r9: u64, r10: u64| {
-        w.call(
-            u64::from(abi::TDH_DEVIF_CREATE),
-            SeamRegs {
-                rcx,
-                rdx: iface,
-                r8,
-                r9,
-                r10,
-                ..Default::default()
-            },
-        )
-    };
-    let end = host_page(HOST_PAGES as u64);
-    let cases = [
-        (
-            "R8 not zero",
-            dev,
-            1,
-            PAGES_A.0,
-            PAGES_A.1,
-            TDX_OPERAND_INVALID | 8,
-        ),
-        (
-            "request page misaligned",
-            dev,
-            0,
-            PAGES_A.0 + 8,
-            PAGES_A.1,
-            TDX_OPERAND_INVALID | 9,
-        ),
-        (
-            "response page misaligned",
-            dev,
-            0,
-            PAGES_A.0,
-            PAGES_A.1 + 0x800,
-            TDX_OPERAND_INVALID | 10,
-        ),
-        (
-            "request page past 2^52",
-            dev,
-            0,
-            1 << 52,
-            PAGES_A.1,
-            TDX_OPERAND_ADDR_RANGE_ERROR | 9,
-        ),
-        (
-            "request page outside host memory",
-            dev,
-            0,
-            end,
-            PAGES_A.1,
-            TDX_OPERAND_ADDR_RANGE_ERROR | 9,
-        ),
-        (
-            "response page outside host memory",
-            dev,
-            0,
-            PAGES_A.0,
-            0,
-            TDX_OPERAND_ADDR_RANGE_ERROR | 10,
-        ),
-        (
-            "one page both ways",
-            dev,
-            0,
-            PAGES_A.0,
-            PAGES_A.0,
-            TDX_OPERAND_INVALID | 10,
-        ),
-        (
-            "unknown device before bad pages",
-            9,
-            0,
-            8,
-            8,
-            TDX_OPERAND_INVALID | 1,
-        ),
-    ];
-    let before = w.image();
-    for (what, rcx, r8, r9, r10, expect) in cases {
-        let out = create(rcx, r8, r9, r10);
-        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
-        assert!(w.image() == before, "{what} created something");
-    }
-    // A request page the firmware can read but not write (read-only host memory).
-    let host_bytes = w.mem.borrow().clone();
-    let mut regs = SeamRegs {
-        rax: u64::from(abi::TDH_DEVIF_CREATE),
-        rcx: dev,
-        rdx: iface,
-        r9: PAGES_A.0,
-        r10: PAGES_A.1,
-        ..Default::default()
-    };
-    Dispatcher::new(
-        &w.fw,
-        BufferMemory {
-            base: HOST,
-            bytes: &host_bytes,
-        },
-    )
-    .seamcall(&mut regs);
-    assert_eq!(regs.rax, TDX_OPERAND_ADDR_RANGE_ERROR | 9);
-    assert!(w.image() == before);
-    // Valid pages create the TDI; two TDIs may share pages (Linux keeps one pair per
-    // device): each request overwrites the page, and DEVIF.REQUEST writes a TDI's again.
-    let first = w.create_tdi(dev, rid(3), PAGES_A);
-    let second = w.create_tdi(dev, RequesterId::try_new(0, 3, 0, 1).unwrap(), PAGES_A);
-    assert_ne!(first, second);
-    for tdi in [first, second] {
-        assert_eq!(
-            w.fw.message_pages(TdiId::from_raw(tdi).unwrap())
-                .unwrap()
-                .map(|p| (p.request.as_u64(), p.response.as_u64())),
-            Some(PAGES_A)
-        );
-    }
-}
-
-/// The request page is probed before the core commits: a leaf whose TDI's request page is
-/// not writable host memory (here the host presents a smaller window) is refused before the
-/// core runs, so no exchange starts and nothing is written.
-#[test]
-fn a_request_page_that_cannot_be_written_refuses_the_leaf_before_the_core_runs() {
-    let mut mem = vec![Page::ZERO; 32];
-    let w = World::new(&mut mem);
-    let td = w.create_td();
-    let dev = device_world(&w, 3, BAR);
-    let tdi = w.create_tdi(dev, rid(3), PAGES_C);
-    let before = w.image();
-    let mut regs = SeamRegs {
-        rax: u64::from(abi::TSM_DEVIF_BIND),
-        rcx: tdi,
-        rdx: td,
-        ..Default::default()
-    };
-    {
-        let mut host = w.mem.borrow_mut();
-        let window = &mut host[..5 * MESSAGE_PAGE_BYTES];
-        Dispatcher::new(&w.fw, HostBuffer::new(HOST, window)).seamcall(&mut regs);
-    }
-    assert_eq!(
-        regs.rax,
-        TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_REQUEST_PAGE)
-    );
-    assert!(w.image() == before, "the refused bind changed something");
-    assert_eq!(
-        w.fw.tdi(TdiId::from_raw(tdi).unwrap()).unwrap().exchange,
-        None
-    );
-    // With the whole window the same call starts the bind.
-    assert_eq!(
-        w.relayed(
-            abi::TSM_DEVIF_BIND,
-            SeamRegs {
-                rcx: tdi,
-                rdx: td,
-                ..Default::default()
-            }
-        )
-        .rax,
-        TDX_SUCCESS
-    );
-}
-
-/// A TDI the core knows but TDH.DEVIF.CREATE did not make has no message pages: to the TDX
-/// ABI it is no TDI (OPERAND_INVALID on RCX), and nothing changes.
-#[test]
-fn a_tdi_without_message_pages_is_unknown_to_the_relay_leaves() {
-    let mut mem = vec![Page::ZERO; 32];
-    let w = World::new(&mut mem);
-    let td = w.create_td();
-    let dev = device_world(&w, 3, BAR);
-    let tdi =
-        w.fw.create_tdi(tsm_core::DeviceId::from_raw(dev).unwrap(), rid(3))
-            .unwrap();
-    let raw = u64::from(tdi.slot());
-    let before = w.image();
-    for (what, leaf, regs) in [
-        (
-            "bind",
-            abi::TSM_DEVIF_BIND,
-            SeamRegs {
-                rcx: raw,
-                rdx: td,
-                ..Default::default()
-            },
-        ),
-        ("check", abi::TSM_DEVIF_CHECK, on(raw)),
-        ("unbind", abi::TSM_DEVIF_UNBIND, on(raw)),
-        ("request", abi::TDH_DEVIF_REQUEST, on(raw)),
-        ("response", abi::TDH_DEVIF_RESPONSE, on(raw)),
-    ] {
-        let out = w.call(u64::from(leaf), regs);
-        assert_eq!(
-            out.rax,
-            TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX),
-            "{what}"
-        );
-        assert!(w.image() == before, "{what} changed something");
     }
 }
 
@@ -1846,30 +1839,25 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         w.fw.tdr_of(td).unwrap().map(|e| (e.tdr.as_u64(), e.hkid)),
         Some((tdr, 5))
     );
-    // The same page again, or a TDI's message page, is a page already in use.
+    // The same page again, or one of a TDI's private pages, is a page already in use.
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
     let before = w.image();
+    let (devifcs, td_buffer, vmm_buffer) = private_pages(PAGES_A.0);
     for (what, rcx) in [
         ("the same TDR", tdr),
-        ("a request page", PAGES_A.0),
-        ("a response page", PAGES_A.1),
+        ("a DEVIFCS page", devifcs),
+        ("a TD buffer", td_buffer),
+        ("a VMM buffer", vmm_buffer),
     ] {
         let out = w.call(9, SeamRegs { rcx, ..input });
         assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 1, "{what}");
         assert!(w.image() == before, "{what} changed state");
     }
-    // The converse: a TDR is never a TDI's message page.
-    let out = w.call(
-        u64::from(abi::TDH_DEVIF_CREATE),
-        SeamRegs {
-            rcx: dev,
-            rdx: u64::from(rid(3).packed()) + 1,
-            r9: tdr,
-            r10: PAGES_B.1,
-            ..Default::default()
-        },
-    );
+    // The converse: a TDR is never a TDI's private page.
+    let mut create = World::create_regs(dev, RequesterId::try_new(0, 3, 0, 1).unwrap(), tdr, PAGES_B);
+    create.r9 = tdr;
+    let out = w.call(u64::from(abi::TDH_DEVIF_CREATE), create);
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
     assert!(w.image() == before, "DEVIF.CREATE on a TDR changed state");
     // Every operand naming a TD takes the TDR PA: the old slot number (0) and an unused host
@@ -2194,7 +2182,7 @@ fn devif_remove_is_refused_while_the_tdi_has_leaves_or_owned_ranges() {
         let out = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
         assert_eq!(
             out.rax,
-            TDX_DEVIF_TDISP_INVALID_STATE | 1,
+            TDX_DEVIF_INVALID_STATE | 1,
             "{what}: {:#x}",
             out.rax
         );
@@ -2219,7 +2207,7 @@ fn devif_remove_is_refused_while_the_tdi_has_leaves_or_owned_ranges() {
             .owner_of(tsm_core::Hpa::try_new(hpa).unwrap(), PageSize::Size4K)
             .unwrap()
     };
-    assert_eq!(owner(BAR), Some(TdiId::from_slot(tdi as u16)));
+    assert_eq!(owner(BAR), Some(w.id(tdi)));
     refused("bound, owning its report's ranges, no leaf");
     // Two 4 KiB leaves, mapped as Linux maps them.
     let leaf = |i: u64| GPA + (i << 12);
@@ -2304,11 +2292,12 @@ fn devif_remove_is_refused_while_the_tdi_has_leaves_or_owned_ranges() {
         },
     );
     assert_eq!(zap.rax, TDX_SUCCESS, "the BAR is no one's");
-    // Unbound: it owns nothing, so it can go; its message pages go with it.
+    // Unbound: it owns nothing, so it can go; its private pages go with it.
+    let id = w.id(tdi);
     w.ok(abi::TDH_DEVIF_REMOVE, remove);
-    assert_eq!(w.fw.message_pages(TdiId::from_slot(tdi as u16)), Ok(None));
+    assert_eq!(w.fw.devif(id), Ok(None));
     let again = w.call(u64::from(abi::TDH_DEVIF_REMOVE), remove);
-    assert_eq!(again.rax, TDX_OPERAND_INVALID | 1);
+    assert_eq!(again.rax, TDX_DEVIFMT_NOT_PRESENT | 1);
 }
 
 /// TDH.MMIO.MAP of a page no bound TDI holds is checked like any map before the core's
@@ -2562,9 +2551,9 @@ fn spdm_create_refusals_name_the_operand_and_change_nothing() {
         ),
         ("a TD's TDR", func, abi::hpa_array(td, 1), vec![], in_use),
         (
-            "a TDI's request page",
+            "a TDI's DEVIFCS page",
             func,
-            abi::hpa_array(PAGES_A.0, 1),
+            abi::hpa_array(private_pages(PAGES_A.0).0, 1),
             vec![],
             in_use,
         ),
@@ -2623,16 +2612,10 @@ fn spdm_create_refusals_name_the_operand_and_change_nothing() {
     );
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 1);
     assert!(w.image() == before);
-    let out = w.call(
-        u64::from(abi::TDH_DEVIF_CREATE),
-        SeamRegs {
-            rcx: 0,
-            rdx: u64::from(RequesterId::try_new(0, 3, 0, 1).unwrap().packed()),
-            r9: spdm_page(3),
-            r10: PAGES_B.1,
-            ..Default::default()
-        },
-    );
+    let mut create =
+        World::create_regs(0, RequesterId::try_new(0, 3, 0, 1).unwrap(), td, PAGES_B);
+    create.r9 = spdm_page(3);
+    let out = w.call(u64::from(abi::TDH_DEVIF_CREATE), create);
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
     assert!(w.image() == before);
 }
@@ -2644,17 +2627,11 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
     let mut mem = vec![Page::ZERO; 32];
     let w = World::new(&mut mem);
     let dev = spdm_create(&w, 4);
-    let iface = u64::from(rid(4).packed());
-    let devif = SeamRegs {
-        rcx: dev,
-        rdx: iface,
-        r9: PAGES_A.0,
-        r10: PAGES_A.1,
-        ..Default::default()
-    };
+    // No BARs, so no IDE stream (TDH.IDE.STREAM.CREATE needs them): no stream to name.
+    let devif = World::create_regs(dev, rid(4), w.first_td(), PAGES_A);
     let before = w.image();
     let expect = [
-        (abi::TDH_DEVIF_CREATE, devif, TSM_BARS_NOT_REGISTERED | 1),
+        (abi::TDH_DEVIF_CREATE, devif, TDX_IDE_STREAM_INVALID_STATE | 1),
         (
             abi::TSM_SPDM_BARS,
             SeamRegs {
@@ -2707,24 +2684,12 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
         TSM_BARS_REGISTERED | 1
     );
     assert!(w.image() == before);
-    let tdi = w.create_tdi(dev, rid(4), PAGES_A);
-    let before = w.image();
+    // A TDI needs the SPDM id's IDE stream (TDH.DEVIF.CREATE names it), and DELETE is
+    // refused while the stream exists (link.rs tests): no TDI can outlive its SPDM id.
     let delete = SeamRegs {
         rcx: dev,
         ..Default::default()
     };
-    assert_eq!(
-        w.call(u64::from(abi::TDH_SPDM_DELETE), delete).rax,
-        TSM_DEVICE_IN_USE | 1
-    );
-    assert!(w.image() == before, "a refused delete changed something");
-    w.ok(
-        abi::TDH_DEVIF_REMOVE,
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    );
     assert_eq!(
         w.ok(abi::TDH_SPDM_DELETE, delete).rcx,
         abi::hpa_array(spdm_page(4), 1)
@@ -2885,12 +2850,12 @@ fn devif_rd_reads_the_calling_tds_own_tdi() {
     assert_eq!(read(abi::DEVIF_FIELD_TDISP_STATE), 1, "CONFIG_LOCKED");
     let base =
         w.fw.tsm()
-            .owned_ranges(TdiId::from_raw(tdi).unwrap())
+            .owned_ranges(w.id(tdi))
             .unwrap()[0]
             .base()
             .as_u64();
     assert_eq!(read(abi::DEVIF_FIELD_REPORTED_RANGE), w.reported(tdi, base));
-    let id = TdiId::from_raw(tdi).unwrap();
+    let id = w.id(tdi);
     let g = w.fw.td_of(td).unwrap().unwrap();
     for word in 0..6u8 {
         assert_eq!(
@@ -2912,10 +2877,10 @@ fn devif_rd_reads_the_calling_tds_own_tdi() {
         (
             "unknown TDI",
             rd(td, tdi + 5, state, 0),
-            TDX_OPERAND_INVALID | 1,
+            TDX_DEVIFMT_NOT_PRESENT | 1,
         ),
         (
-            "no such TDI handle",
+            "function_id_reg_t bits 63:32",
             rd(td, 1 << 40, state, 0),
             TDX_OPERAND_INVALID | 1,
         ),

@@ -91,7 +91,8 @@ const TABLE: &[Entry] = &[
         "TSM_DEVIF_FIELD_REPORTED_RANGE",
         abi::DEVIF_FIELD_REPORTED_RANGE
     ),
-    same!(abi::TSM_GUEST_DEVIF_START),
+    same!(abi::TDG_DEVIF_REQUEST),
+    same!(abi::TDG_DEVIF_RESPONSE),
     // Statuses.
     same!(status::TDX_SUCCESS),
     same!(status::TDX_INTERRUPTED_RESUMABLE),
