@@ -1200,7 +1200,10 @@ mod tests {
         // The DOE header: PCI-SIG, secured SPDM, its length in dwords; RCX devif_req_out_t.
         let head = word(w.host, REQUEST_PAGE, 0).load(Ordering::Relaxed);
         assert_eq!(head & 0xffff_ffff, 0x0002_0001);
-        assert_eq!((head >> 32) * 4, (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff);
+        assert_eq!(
+            (head >> 32) * 4,
+            (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff
+        );
         assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
         let state = w.call(
             abi::TSM_DEVIF_STATE,

@@ -128,9 +128,13 @@ impl<'m> World<'m> {
     /// A SEAMCALL; a leaf that may leave a request and names a TDI this host relays for gets
     /// the TDI's shared request page in R8 when R8 is 0 (`call_raw` does not).
     fn call(&self, leaf: u64, mut regs: SeamRegs) -> SeamRegs {
-        let relays = [abi::TSM_DEVIF_BIND, abi::TSM_DEVIF_CHECK, abi::TDH_DEVIF_REQUEST]
-            .map(u64::from)
-            .contains(&leaf)
+        let relays = [
+            abi::TSM_DEVIF_BIND,
+            abi::TSM_DEVIF_CHECK,
+            abi::TDH_DEVIF_REQUEST,
+        ]
+        .map(u64::from)
+        .contains(&leaf)
             || (leaf == u64::from(abi::TSM_DEVIF_UNBIND) && regs.rdx == 0);
         if relays && regs.r8 == 0 {
             if let Some(pages) = self.pages.borrow().get(&regs.rcx) {
@@ -175,7 +179,13 @@ impl<'m> World<'m> {
     /// Where the report of bound `tdi` puts host page `hpa`: what the guest's TDG.MMIO.ACCEPT
     /// gives in RDX (the bind's MMIO_REPORTING_OFFSET added).
     fn reported(&self, tdi: u64, hpa: u64) -> u64 {
-        hpa + self.fw.tsm().tdi(self.id(tdi)).unwrap().mmio_offset.unwrap()
+        hpa + self
+            .fw
+            .tsm()
+            .tdi(self.id(tdi))
+            .unwrap()
+            .mmio_offset
+            .unwrap()
     }
 
     fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
@@ -231,7 +241,10 @@ impl<'m> World<'m> {
 
     /// TDH.DEVIF.CREATE of `iface` on `dev` for TD `td`.
     fn create_tdi_for(&self, td: u64, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
-        self.ok(abi::TDH_DEVIF_CREATE, Self::create_regs(dev, iface, td, pages));
+        self.ok(
+            abi::TDH_DEVIF_CREATE,
+            Self::create_regs(dev, iface, td, pages),
+        );
         let tdi = abi::function_id(iface);
         self.pages.borrow_mut().insert(tdi, pages);
         tdi
@@ -248,7 +261,11 @@ impl<'m> World<'m> {
         let header = self.read(page, 8);
         let dwords = u32::from_le_bytes(header[4..8].try_into().unwrap()) & 0x3_ffff;
         let len = dwords as usize * 4;
-        assert_eq!(len as u64, (rcx >> 8) & 0xffff, "RCX 23:8 is the request's length");
+        assert_eq!(
+            len as u64,
+            (rcx >> 8) & 0xffff,
+            "RCX 23:8 is the request's length"
+        );
         assert_eq!(
             &header[..4],
             &[0x01, 0x00, 0x02, 0x00],
@@ -1349,9 +1366,7 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
     assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
     assert_eq!(
-        w.fw.tdi(w.id(tdi))
-            .unwrap()
-            .device_state,
+        w.fw.tdi(w.id(tdi)).unwrap().device_state,
         Some(TdispState::Run)
     );
 
@@ -1471,7 +1486,11 @@ fn devif_request_writes_the_same_request_again() {
     assert!(w.image() == before);
     // An unknown TDI.
     assert_eq!(
-        w.call(u64::from(abi::TDH_DEVIF_REQUEST), SeamRegs { rcx: 77, ..lock }).rax,
+        w.call(
+            u64::from(abi::TDH_DEVIF_REQUEST),
+            SeamRegs { rcx: 77, ..lock }
+        )
+        .rax,
         TDX_DEVIFMT_NOT_PRESENT | u64::from(OPERAND_ID_RCX)
     );
     assert!(w.image() == before);
@@ -1577,7 +1596,10 @@ fn responses_that_are_not_the_answer_are_refused_and_change_nothing() {
         ),
         (
             "R8 0 while the bind goes on",
-            SeamRegs { r8: 0, ..answer_regs },
+            SeamRegs {
+                r8: 0,
+                ..answer_regs
+            },
             TDX_OPERAND_INVALID | 8,
         ),
         (
@@ -1855,7 +1877,8 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         assert!(w.image() == before, "{what} changed state");
     }
     // The converse: a TDR is never a TDI's private page.
-    let mut create = World::create_regs(dev, RequesterId::try_new(0, 3, 0, 1).unwrap(), tdr, PAGES_B);
+    let mut create =
+        World::create_regs(dev, RequesterId::try_new(0, 3, 0, 1).unwrap(), tdr, PAGES_B);
     create.r9 = tdr;
     let out = w.call(u64::from(abi::TDH_DEVIF_CREATE), create);
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
@@ -2612,8 +2635,7 @@ fn spdm_create_refusals_name_the_operand_and_change_nothing() {
     );
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 1);
     assert!(w.image() == before);
-    let mut create =
-        World::create_regs(0, RequesterId::try_new(0, 3, 0, 1).unwrap(), td, PAGES_B);
+    let mut create = World::create_regs(0, RequesterId::try_new(0, 3, 0, 1).unwrap(), td, PAGES_B);
     create.r9 = spdm_page(3);
     let out = w.call(u64::from(abi::TDH_DEVIF_CREATE), create);
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
@@ -2631,7 +2653,11 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
     let devif = World::create_regs(dev, rid(4), w.first_td(), PAGES_A);
     let before = w.image();
     let expect = [
-        (abi::TDH_DEVIF_CREATE, devif, TDX_IDE_STREAM_INVALID_STATE | 1),
+        (
+            abi::TDH_DEVIF_CREATE,
+            devif,
+            TDX_IDE_STREAM_INVALID_STATE | 1,
+        ),
         (
             abi::TSM_SPDM_BARS,
             SeamRegs {
@@ -2848,12 +2874,9 @@ fn devif_rd_reads_the_calling_tds_own_tdi() {
     };
     assert_eq!(read(abi::DEVIF_FIELD_TDISP_VERSION), 0x10);
     assert_eq!(read(abi::DEVIF_FIELD_TDISP_STATE), 1, "CONFIG_LOCKED");
-    let base =
-        w.fw.tsm()
-            .owned_ranges(w.id(tdi))
-            .unwrap()[0]
-            .base()
-            .as_u64();
+    let base = w.fw.tsm().owned_ranges(w.id(tdi)).unwrap()[0]
+        .base()
+        .as_u64();
     assert_eq!(read(abi::DEVIF_FIELD_REPORTED_RANGE), w.reported(tdi, base));
     let id = w.id(tdi);
     let g = w.fw.td_of(td).unwrap().unwrap();

@@ -22,7 +22,7 @@ use platform_tdx::link::{
     SPDM_CAP_HBEAT, SPDM_CAP_KEY_UPD, SPDM_MNG_HEARTBEAT, SPDM_MNG_KEY_UPDATE, SPDM_MNG_RECOLLECT,
     STREAM_INFO_TYPE_SEL, Session,
 };
-use platform_tdx::module::{MESSAGE_PAGE_BYTES, MessagePages, SpdmEntry};
+use platform_tdx::module::{DevifEntry, MESSAGE_PAGE_BYTES, SpdmEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
 use tsm_core::capacity::{MAX_DEVICES, MAX_TDIS};
@@ -32,7 +32,7 @@ use tsm_core::{Gpa, IdeStream, MmioRange, ModelSession, PageSize, RequesterId, T
 use zerocopy::FromBytes;
 
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: u64 = 14;
+const HOST_PAGES: u64 = 17;
 const fn page(i: u64) -> u64 {
     HOST + i * MESSAGE_PAGE_BYTES as u64
 }
@@ -52,6 +52,8 @@ const IDE_MT: u64 = page(9);
 const SPDM_MT_2: u64 = page(10);
 const SPARE: u64 = page(11);
 const SPARE_2: u64 = page(12);
+/// The TDI's private pages (TDH.DEVIF.CREATE R8, R9, R10).
+const DEVIF_PAGES: [u64; 3] = [page(14), page(15), page(16)];
 const OUTSIDE: u64 = page(HOST_PAGES);
 const BAR: u64 = 0x8000_0000;
 const GPA: u64 = 0x10_0000_0000;
@@ -62,7 +64,7 @@ const ROUTING: u64 = 0x0300;
 type Image = (
     Snapshot<(Vec<Page>, SeptBookkeeping)>,
     Vec<Option<SpdmEntry>>,
-    Vec<Option<MessagePages>>,
+    Vec<Option<DevifEntry>>,
     Vec<u8>,
 );
 
@@ -86,7 +88,23 @@ impl<'m> World<'m> {
         }
     }
 
+    /// A SEAMCALL; a leaf on the TDI that may leave a request gets the TDI's request page in
+    /// R8 when R8 is 0, and TDH.DEVIF.RESPONSE's RDX, when below a page, is the answer's length
+    /// of the earlier layout: it becomes the response page (0: no answer).
     fn call(&self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+        let relays = [
+            abi::TSM_DEVIF_BIND,
+            abi::TSM_DEVIF_CHECK,
+            abi::TDH_DEVIF_REQUEST,
+        ]
+        .contains(&leaf)
+            || (leaf == abi::TSM_DEVIF_UNBIND && regs.rdx == 0);
+        if (relays || leaf == abi::TDH_DEVIF_RESPONSE) && regs.rcx == ROUTING && regs.r8 == 0 {
+            regs.r8 = TDI_REQ;
+        }
+        if leaf == abi::TDH_DEVIF_RESPONSE && regs.rdx < MESSAGE_PAGE_BYTES as u64 {
+            regs.rdx = abi::devif_rsp_in(if regs.rdx == 0 { 0 } else { TDI_RSP }, false);
+        }
         regs.rax = u64::from(leaf);
         let mut mem = self.mem.borrow_mut();
         Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).seamcall(&mut regs);
@@ -118,7 +136,7 @@ impl<'m> World<'m> {
             .map(|id| self.fw.spdm(id).unwrap())
             .collect();
         let pages = (0..MAX_TDIS as u16)
-            .map(|s| self.fw.message_pages(TdiId::from_slot(s)).unwrap())
+            .map(|s| self.fw.devif(TdiId::from_slot(s)).unwrap())
             .collect();
         (snap, spdm, pages, self.mem.borrow().clone())
     }
@@ -159,7 +177,7 @@ impl<'m> World<'m> {
             },
         );
         while out.rax == TDX_SPDM_REQUEST {
-            let request = self.read(TDI_REQ, out.rcx as usize);
+            let request = self.read(TDI_REQ, ((out.rcx >> 8) & 0xffff) as usize);
             let answer = self.doe(&request).unwrap();
             self.write(TDI_RSP, &answer);
             out = self.call(
@@ -174,18 +192,21 @@ impl<'m> World<'m> {
         out
     }
 
+    /// TDH.DEVIF.CREATE of 0000:03:00.0 on SPDM id `dev`'s stream (ours: stream ID == SPDM
+    /// id) for the TD at `TDR`: the TDI, named by its function ID.
     fn create_tdi(&self, dev: u64) -> u64 {
         self.ok(
             abi::TDH_DEVIF_CREATE,
             SeamRegs {
-                rcx: dev,
-                rdx: u64::from(rid(BUS).packed()),
-                r9: TDI_REQ,
-                r10: TDI_RSP,
+                rcx: abi::devif_id(0, dev as u8, ROUTING as u32),
+                rdx: TDR,
+                r8: DEVIF_PAGES[0],
+                r9: DEVIF_PAGES[1],
+                r10: DEVIF_PAGES[2],
                 ..Default::default()
             },
-        )
-        .rcx
+        );
+        ROUTING
     }
 }
 
@@ -545,7 +566,9 @@ fn whole_connect_bind_teardown_flow_body() {
     for _ in 0..100 {
         match out.rax {
             TDX_SPDM_REQUEST => {
-                let answer = w.doe(&w.read(TDI_REQ, out.rcx as usize)).unwrap();
+                let answer = w
+                    .doe(&w.read(TDI_REQ, ((out.rcx >> 8) & 0xffff) as usize))
+                    .unwrap();
                 w.write(TDI_RSP, &answer);
                 out = w.call(
                     abi::TDH_DEVIF_RESPONSE,
@@ -1441,13 +1464,14 @@ fn stream_create_refusals_change_nothing_body() {
         IN_USE | 2,
     );
     w.refused(
-        "a TDI's message page a stream's metadata",
+        "a TDI's private page a stream's metadata",
         abi::TDH_DEVIF_CREATE,
         SeamRegs {
-            rcx: dev2,
-            rdx: u64::from(rid(4).packed()),
+            rcx: abi::devif_id(0, dev2 as u8, abi::function_id(rid(4)) as u32),
+            rdx: TDR,
+            r8: SPARE,
             r9: IDE_MT,
-            r10: SPARE,
+            r10: SPARE_2,
             ..Default::default()
         },
         IN_USE | 9,
