@@ -130,6 +130,16 @@ pub const OUT_LENGTH_SHIFT: u32 = 8;
 /// `devif_rsp_out_t` bits 31:24 of a STATE response: the TDI's TDISP state.
 pub const RSP_OUT_STATE_SHIFT: u32 = 24;
 
+/// `devif_req_in_t` code LOCK_INTERFACE_REQUEST (PCIe 6.x Table 11-4; `tdisp_defs.h`
+/// @a56a9173): starts the bind.
+pub const TDISP_LOCK_INTERFACE: u8 = request::LOCK_INTERFACE;
+/// `devif_req_in_t` code GET_DEVICE_INTERFACE_STATE: starts the check.
+pub const TDISP_GET_STATE: u8 = request::GET_DEVICE_INTERFACE_STATE;
+/// `devif_req_in_t` code START_INTERFACE_REQUEST: the TD's start (TDG.DEVIF.REQUEST).
+pub const TDISP_START_INTERFACE: u8 = request::START_INTERFACE;
+/// `devif_req_in_t` code STOP_INTERFACE_REQUEST: starts the unbind.
+pub const TDISP_STOP_INTERFACE: u8 = request::STOP_INTERFACE;
+
 /// A `devif_id_t`: `function` on `stream` through IOMMU `iommu`, type PF/VF.
 pub const fn devif_id(iommu: u16, stream: u8, function: u32) -> u64 {
     iommu as u64
@@ -415,15 +425,15 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let no_fw_update = r.rdx & REQ_IN_NO_FW_UPDATE != 0;
         if r.rdx & REQ_IN_RESERVED != 0
             || (td_flag && (code != 0 || no_fw_update))
-            || (no_fw_update && code != request::LOCK_INTERFACE)
+            || (no_fw_update && code != TDISP_LOCK_INTERFACE)
         {
             return Err(st(invalid(OPERAND_ID_RDX)));
         }
         let wanted = match (td_flag, code) {
             (true, _) => Wanted::Start,
-            (false, request::LOCK_INTERFACE) => Wanted::Bind,
-            (false, request::STOP_INTERFACE) => Wanted::Unbind,
-            (false, request::GET_DEVICE_INTERFACE_STATE) => Wanted::Check,
+            (false, TDISP_LOCK_INTERFACE) => Wanted::Bind,
+            (false, TDISP_STOP_INTERFACE) => Wanted::Unbind,
+            (false, TDISP_GET_STATE) => Wanted::Check,
             _ => return Err(st(invalid(OPERAND_ID_RDX))),
         };
         if r.r9 != 0 {
@@ -598,7 +608,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         }
         let starting = leaf == TDG_DEVIF_REQUEST;
         let rdx_ok = if starting {
-            r.rdx == u64::from(request::START_INTERFACE)
+            r.rdx == u64::from(TDISP_START_INTERFACE)
         } else {
             r.rdx == 0
         };

@@ -786,19 +786,19 @@ mod header_tests {
             ("TSM_TDX_RSP_IN_PA_MASK", abi::RSP_IN_PA_MASK),
             (
                 "TSM_TDX_TDISP_LOCK_INTERFACE",
-                tsm_core::tdisp::request::LOCK_INTERFACE.into(),
+                crate::devif::TDISP_LOCK_INTERFACE.into(),
             ),
             (
                 "TSM_TDX_TDISP_GET_STATE",
-                tsm_core::tdisp::request::GET_DEVICE_INTERFACE_STATE.into(),
+                crate::devif::TDISP_GET_STATE.into(),
             ),
             (
                 "TSM_TDX_TDISP_START_INTERFACE",
-                tsm_core::tdisp::request::START_INTERFACE.into(),
+                crate::devif::TDISP_START_INTERFACE.into(),
             ),
             (
                 "TSM_TDX_TDISP_STOP_INTERFACE",
-                tsm_core::tdisp::request::STOP_INTERFACE.into(),
+                crate::devif::TDISP_STOP_INTERFACE.into(),
             ),
             // Operand ids.
             ("TDX_OPERAND_ID_RAX", OPERAND_ID_RAX.into()),

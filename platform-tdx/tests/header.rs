@@ -5,10 +5,11 @@
 //! [`KNOWN_MISSING`]. A new leaf is one `same!` line (header and Rust spell it alike).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use platform_tdx::{abi, link, module, status};
+use platform_tdx::{abi, devif, link, module, status};
 
 const HEADER: &str = include_str!("../include/tsm_tdx.h");
 const ABI_RS: &str = include_str!("../src/abi.rs");
+const DEVIF_RS: &str = include_str!("../src/devif.rs");
 const STATUS_RS: &str = include_str!("../src/status.rs");
 
 /// One header name, the Rust constant's path and its value.
@@ -47,6 +48,16 @@ const TABLE: &[Entry] = &[
     named!("TSM_TDX_SPDM_MNG_KEY_UPDATE", link::SPDM_MNG_KEY_UPDATE),
     named!("TSM_TDX_SPDM_MNG_RECOLLECT", link::SPDM_MNG_RECOLLECT),
     named!("TSM_TDX_DEV_INFO_BYTES", link::DEV_INFO_BYTES),
+    named!("TSM_TDX_REQ_IN_NO_FW_UPDATE", devif::REQ_IN_NO_FW_UPDATE),
+    named!("TSM_TDX_REQ_IN_TD_FLAG", devif::REQ_IN_TD_FLAG),
+    named!("TSM_TDX_RSP_IN_PA_MASK", devif::RSP_IN_PA_MASK),
+    named!("TSM_TDX_TDISP_LOCK_INTERFACE", devif::TDISP_LOCK_INTERFACE),
+    named!("TSM_TDX_TDISP_GET_STATE", devif::TDISP_GET_STATE),
+    named!(
+        "TSM_TDX_TDISP_START_INTERFACE",
+        devif::TDISP_START_INTERFACE
+    ),
+    named!("TSM_TDX_TDISP_STOP_INTERFACE", devif::TDISP_STOP_INTERFACE),
     // Host leaves.
     same!(abi::TDH_MNG_CREATE),
     same!(abi::TDH_MEM_SEPT_RD),
@@ -112,6 +123,9 @@ const TABLE: &[Entry] = &[
     same!(status::TDX_DEVIF_TDISP_INVALID_REQ_STS),
     same!(status::TDX_DEVIF_TDISP_INVALID_MESSAGE),
     same!(status::TDX_DEVIF_TDISP_OUT_REQ),
+    same!(status::TDX_DEVIFMT_NOT_PRESENT),
+    same!(status::TDX_DEVIF_INVALID_METADATA),
+    same!(status::TDX_DEVIFMT_ALREADY_PRESENT),
     same!(status::TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH),
     same!(status::TSM_RESERVED_MEMORY),
     same!(status::TSM_FOREIGN_INTERFACE),
@@ -283,6 +297,7 @@ fn every_header_define_has_the_rust_value() {
 #[test]
 fn every_rust_leaf_status_and_operand_id_is_in_the_header() {
     let mut rust = rust_consts(ABI_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]);
+    rust.extend(rust_consts(DEVIF_RS, &["TDH_", "TDG_"], &["u16"]));
     rust.retain(|n| *n != "TSM_LEAF_BASE");
     rust.extend(rust_consts(STATUS_RS, &["TDX_", "TSM_"], &["u64"]));
     rust.extend(rust_consts(STATUS_RS, &["OPERAND_ID_"], &["u32"]));

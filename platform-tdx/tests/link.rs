@@ -91,7 +91,16 @@ impl<'m> World<'m> {
     /// A SEAMCALL; a leaf on the TDI that may leave a request gets the TDI's request page in
     /// R8 when R8 is 0, and TDH.DEVIF.RESPONSE's RDX, when below a page, is the answer's length
     /// of the earlier layout: it becomes the response page (0: no answer).
-    fn call(&self, leaf: u16, mut regs: SeamRegs) -> SeamRegs {
+    fn call(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
+        let mut regs = Self::fill(leaf, regs);
+        regs.rax = u64::from(leaf);
+        let mut mem = self.mem.borrow_mut();
+        Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).seamcall(&mut regs);
+        regs
+    }
+
+    /// The registers `call` sends for `leaf` and `regs`.
+    fn fill(leaf: u16, mut regs: SeamRegs) -> SeamRegs {
         let relays = [
             abi::TSM_DEVIF_BIND,
             abi::TSM_DEVIF_CHECK,
@@ -105,9 +114,6 @@ impl<'m> World<'m> {
         if leaf == abi::TDH_DEVIF_RESPONSE && regs.rdx < MESSAGE_PAGE_BYTES as u64 {
             regs.rdx = abi::devif_rsp_in(if regs.rdx == 0 { 0 } else { TDI_RSP }, false);
         }
-        regs.rax = u64::from(leaf);
-        let mut mem = self.mem.borrow_mut();
-        Dispatcher::new(&self.fw, HostBuffer::new(HOST, &mut mem)).seamcall(&mut regs);
         regs
     }
 
@@ -144,6 +150,7 @@ impl<'m> World<'m> {
     /// `leaf` with `regs` is refused with `status` (operand included), every register but RAX
     /// comes back as sent, and nothing changed.
     fn refused(&self, what: &str, leaf: u16, regs: SeamRegs, status: u64) {
+        let regs = Self::fill(leaf, regs);
         let before = self.image();
         let out = self.call(leaf, regs);
         assert_eq!(out.rax, status, "{what}: {:#x}", out.rax);
@@ -621,23 +628,36 @@ fn bind_needs_a_live_stream() {
 fn bind_needs_a_live_stream_body() {
     let mut mem = pool();
     let (w, td, dev) = connected(&mut mem);
+    // No stream: the devif_id_t's stream ID names none (TDX-IO: a TDI hangs off its stream).
+    let create = SeamRegs {
+        rcx: abi::devif_id(0, dev as u8, ROUTING as u32),
+        rdx: TDR,
+        r8: DEVIF_PAGES[0],
+        r9: DEVIF_PAGES[1],
+        r10: DEVIF_PAGES[2],
+        ..Default::default()
+    };
+    w.refused(
+        "no stream",
+        abi::TDH_DEVIF_CREATE,
+        create,
+        TDX_IDE_STREAM_INVALID_STATE | 1,
+    );
+    let stream = w.ok(abi::TDH_IDE_STREAM_CREATE, create_regs(dev)).rcx;
     let tdi = w.create_tdi(dev);
     let bind = SeamRegs {
         rcx: tdi,
         rdx: td,
         ..Default::default()
     };
-    w.refused(
-        "no stream",
-        abi::TSM_DEVIF_BIND,
-        bind,
-        TDX_IDE_STREAM_NOT_CONFIGURED | 1,
-    );
-    let stream = w.ok(abi::TDH_IDE_STREAM_CREATE, create_regs(dev)).rcx;
+    let bind_with_page = SeamRegs {
+        r8: TDI_REQ,
+        ..bind
+    };
     w.refused(
         "keys not set up",
         abi::TSM_DEVIF_BIND,
-        bind,
+        bind_with_page,
         TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY | 1,
     );
     w.ok(abi::TDH_IDE_STREAM_KM, km_regs(dev, stream, IDE_KM_SETUP));
@@ -649,20 +669,20 @@ fn bind_needs_a_live_stream_body() {
         },
     );
     w.ok(abi::TDH_IDE_STREAM_KM, km_regs(dev, stream, IDE_KM_STOP));
-    let tdi = w.create_tdi(dev);
-    let bind = SeamRegs { rcx: tdi, ..bind };
+    // A stopped or blocked stream takes no new TDI (the module: not SEL_IDE / config-locked,
+    // or blocked).
     w.refused(
         "keys stopped",
-        abi::TSM_DEVIF_BIND,
-        bind,
-        TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY | 1,
+        abi::TDH_DEVIF_CREATE,
+        create,
+        TDX_IDE_STREAM_INVALID_STATE | 1,
     );
     w.ok(abi::TDH_IDE_STREAM_BLOCK, stream_regs(dev, stream));
     w.refused(
         "blocked",
-        abi::TSM_DEVIF_BIND,
-        bind,
-        TDX_IDE_STREAM_BLOCKED | 1,
+        abi::TDH_DEVIF_CREATE,
+        create,
+        TDX_IDE_STREAM_INVALID_STATE | 1,
     );
 }
 
@@ -1147,13 +1167,8 @@ fn disconnect_and_mng_refusals_change_nothing_body() {
     );
     w.ok(abi::TDH_IDE_STREAM_BLOCK, stream_regs(dev, stream));
     w.ok(abi::TDH_IDE_STREAM_DELETE, stream_regs(dev, stream));
-    let tdi = w.create_tdi(dev);
-    w.refused(
-        "disconnect with a TDI",
-        abi::TDH_SPDM_DISCONNECT,
-        d,
-        TSM_DEVICE_IN_USE | 1,
-    );
+    // (A TDI needs the stream, which DISCONNECT already refuses above: TDX-IO's CREATE names
+    // the stream, so no TDI outlives it.)
     w.refused(
         "SPDM delete while connected",
         abi::TDH_SPDM_DELETE,
@@ -1162,13 +1177,6 @@ fn disconnect_and_mng_refusals_change_nothing_body() {
             ..Default::default()
         },
         TDX_SPDM_INVALID_STATE | 1,
-    );
-    w.ok(
-        abi::TDH_DEVIF_REMOVE,
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
     );
     w.ok(abi::TDH_SPDM_DISCONNECT, d);
     // A session that asked for heartbeats gets them.
@@ -1203,8 +1211,6 @@ fn stream_create_refusals_change_nothing_body() {
         TDX_SPDM_INVALID_STATE | 2,
     );
     assert_eq!(connect(&w, connect_regs(dev)).rax, TDX_SUCCESS);
-    // A TDI, so that its message pages are in use.
-    let _tdi = w.create_tdi(dev);
     let other = ROUTING + 1;
     let cases: &[(&str, SeamRegs, u64)] = &[
         ("unknown SPDM id", SeamRegs { rdx: 9, ..c }, INVALID | 2),
@@ -1382,14 +1388,6 @@ fn stream_create_refusals_change_nothing_body() {
             "metadata SPDM's",
             SeamRegs {
                 r8: abi::hpa_array(SPDM_MT, 1),
-                ..c
-            },
-            IN_USE | 8,
-        ),
-        (
-            "metadata a TDI's page",
-            SeamRegs {
-                r8: abi::hpa_array(TDI_REQ, 1),
                 ..c
             },
             IN_USE | 8,
