@@ -31,7 +31,8 @@ pub use crate::devif::{
     DEVIF_TYPE_PFVF, FUNCTION_ID_REG_RESERVED, OUT_LENGTH_SHIFT, REQ_IN_CODE_MASK,
     REQ_IN_NO_FW_UPDATE, REQ_IN_TD_FLAG, RSP_IN_PA_MASK, RSP_OUT_STATE_SHIFT, TDG_DEVIF_REQUEST,
     TDG_DEVIF_RESPONSE, TDH_DEVIF_CREATE, TDH_DEVIF_REMOVE, TDH_DEVIF_REQUEST, TDH_DEVIF_RESPONSE,
-    devif_id, devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
+    TDISP_GET_STATE, TDISP_LOCK_INTERFACE, TDISP_START_INTERFACE, TDISP_STOP_INTERFACE, devif_id,
+    devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
 };
 use crate::ept::SeptState;
 use crate::link::{Link, Session};

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeEntry, RangeList, SeamRegs, page_info};
 use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::module::{MESSAGE_PAGE_BYTES, MessagePages, SpdmEntry, TdEntry};
+use platform_tdx::module::{DevifEntry, MESSAGE_PAGE_BYTES, SpdmEntry, TdEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
@@ -35,12 +35,13 @@ use tsm_core::{
 
 // ---- the world (the minimum of tests/dispatcher.rs's, copied so that file stays as it is) ----
 
-/// Host memory: page 0 the range list, 1-6 message pages, 7-10 TDR pages, 11-18 SPDM metadata
+/// Host memory: page 0 the range list, 1-6 shared request/response pages, 7-10 TDR pages, 11-18 SPDM metadata
 /// (one per device, by bus), 19-23 scratch pages for bad parameter pages, then the link's
 /// pages: 24 the SPDM config page, 25 dev_info, 26 and 27 the link's response and request
-/// pages, 28-35 IDE stream metadata (one per device, by bus).
+/// pages, 28-35 IDE stream metadata (one per device, by bus), 36-41 the private page triples
+/// (TDH.DEVIF.CREATE R8, R9, R10) of the TDIs relaying through `PAGES_A` and `PAGES_B`.
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 36;
+const HOST_PAGES: usize = 42;
 const CONFIG_PAGE: u64 = host_page(24);
 const DEV_INFO_PAGE: u64 = host_page(25);
 const LINK_RESPONSE: u64 = host_page(26);
@@ -70,15 +71,29 @@ const fn host_page(i: u64) -> u64 {
 const fn spdm_page(bus: u8) -> u64 {
     host_page(SPDM_FIRST + bus as u64 % 8)
 }
+/// The shared request and response pages the host relays a TDI's messages in.
 const PAGES_A: (u64, u64) = (host_page(1), host_page(2));
 const PAGES_B: (u64, u64) = (host_page(3), host_page(4));
+/// A second device's BAR.
+const BAR_4: u64 = 0x9000_0000;
+
+/// The private pages (R8, R9, R10 of TDH.DEVIF.CREATE) of the TDI relaying through the shared
+/// request page `request` (`PAGES_A.0` or `PAGES_B.0`).
+const fn private_pages(request: u64) -> (u64, u64, u64) {
+    let k = ((request - HOST) / MESSAGE_PAGE_BYTES as u64 - 1) / 2;
+    (
+        host_page(36 + 3 * k),
+        host_page(37 + 3 * k),
+        host_page(38 + 3 * k),
+    )
+}
 
 /// Everything a refusal must leave alone.
 #[derive(PartialEq)]
 struct Image {
     core: Snapshot<(Vec<Page>, SeptBookkeeping)>,
     device: Vec<(u32, TdispState)>,
-    pages: Vec<Option<MessagePages>>,
+    pages: Vec<Option<DevifEntry>>,
     host: Vec<u8>,
     spdm: Vec<Option<SpdmEntry>>,
     tds: Vec<Option<TdEntry>>,
@@ -227,27 +242,37 @@ impl<'m> World<'m> {
         dev
     }
 
+    /// TDH.DEVIF.CREATE of `iface` on SPDM id `dev`'s stream (ours: stream ID == SPDM id)
+    /// for TD `td`, with the private pages of the TDI relaying through `pages`.
+    fn create_regs(dev: u64, iface: RequesterId, td: u64, pages: (u64, u64)) -> SeamRegs {
+        let (devifcs, td_buf, vmm_buf) = private_pages(pages.0);
+        SeamRegs {
+            rcx: abi::devif_id(0, dev as u8, abi::function_id(iface) as u32),
+            rdx: td,
+            r8: devifcs,
+            r9: td_buf,
+            r10: vmm_buf,
+            ..Default::default()
+        }
+    }
+
+    /// TDH.DEVIF.CREATE for the first TD: the TDI, named by its function ID.
     fn create_tdi(&self, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
-        let tdi = self
-            .ok(
-                abi::TDH_DEVIF_CREATE,
-                SeamRegs {
-                    rcx: dev,
-                    rdx: u64::from(iface.packed()),
-                    r9: pages.0,
-                    r10: pages.1,
-                    ..Default::default()
-                },
-            )
-            .rcx;
+        let td = host_page(TDR_FIRST);
+        self.ok(
+            abi::TDH_DEVIF_CREATE,
+            Self::create_regs(dev, iface, td, pages),
+        );
+        let tdi = abi::function_id(iface);
         self.pages.borrow_mut().insert(tdi, pages);
         tdi
     }
 
-    /// The device's answer to the request `tdi`'s leaf left (RCX `len`), written to its
-    /// response page: the answer's length.
-    fn answer_into_response_page(&self, tdi: u64, len: u64) -> Option<u64> {
+    /// The device's answer to the request `tdi`'s leaf left (RCX `out`, `devif_req_out_t`),
+    /// written to its response page: whether it answered.
+    fn answer_into_response_page(&self, tdi: u64, out: u64) -> Option<u64> {
         let (req, resp) = self.pages.borrow()[&tdi];
+        let len = (out >> abi::OUT_LENGTH_SHIFT) & 0xffff;
         let request = self.read(req, len as usize);
         let mut answer = [0u8; MESSAGE_PAGE_BYTES];
         let n = self.device.borrow_mut().answer(&request, &mut answer)?;
@@ -262,11 +287,13 @@ impl<'m> World<'m> {
                 return out;
             }
             let n = self.answer_into_response_page(tdi, out.rcx);
+            let (req, resp) = self.pages.borrow()[&tdi];
             out = self.call(
                 u64::from(abi::TDH_DEVIF_RESPONSE),
                 SeamRegs {
                     rcx: tdi,
-                    rdx: n.unwrap_or(0),
+                    rdx: abi::devif_rsp_in(n.map_or(0, |_| resp), false),
+                    r8: req,
                     ..Default::default()
                 },
             );
@@ -287,7 +314,7 @@ impl<'m> World<'m> {
                 .unwrap(),
             device: self.device.borrow().dsm().tdisp_states().to_vec(),
             pages: (0..MAX_TDIS as u16)
-                .map(|s| self.fw.message_pages(TdiId::from_slot(s)).unwrap())
+                .map(|s| self.fw.devif(TdiId::from_slot(s)).unwrap())
                 .collect(),
             host: self.mem.borrow().clone(),
             spdm: (0..MAX_DEVICES as u64)
@@ -436,7 +463,8 @@ fn rows() -> Vec<Row> {
         row!(TDH_IDE_STREAM_DELETE, ide_stream_delete),
         row!(TDG_MMIO_ACCEPT, mmio_accept),
         row!(TDG_DEVIF_RD, devif_rd),
-        row!(TSM_GUEST_DEVIF_START, guest_start),
+        row!(TDG_DEVIF_REQUEST, tdg_devif_request),
+        row!(TDG_DEVIF_RESPONSE, tdg_devif_response),
     ]
 }
 
@@ -489,6 +517,70 @@ fn bad_handle(good: SeamRegs, set: fn(&mut SeamRegs, u64), id: u64, expect: u64)
         bad("handle: past the table (0xFFFF)", with(0xffff), expect),
         bad("handle: past 16 bits", with(1 << 16 | id), expect),
         bad("handle: all ones", with(u64::MAX), expect),
+    ]
+}
+
+/// RCX of `good`, the TDI's `function_id_reg_t` (`tdi`), malformed or naming no TDI: no TDI
+/// (`TDX_DEVIFMT_NOT_PRESENT`), bits 63:32, the function ID's reserved bits 31:25, a segment
+/// without SEG_VALID (`TDX_OPERAND_INVALID`), each + RCX.
+fn bad_fid(good: SeamRegs, tdi: u64) -> Vec<Bad> {
+    let with = |v: u64| SeamRegs { rcx: v, ..good };
+    let none = TDX_DEVIFMT_NOT_PRESENT | u64::from(OPERAND_ID_RCX);
+    vec![
+        bad("function ID: function 7, no TDI", with(tdi | 7), none),
+        bad("function ID: another bus, no TDI", with(tdi ^ 0x100), none),
+        bad(
+            "function_id_reg_t: bit 32",
+            with(tdi | 1 << 32),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "function_id_reg_t: bit 63",
+            with(tdi | 1 << 63),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "function ID: reserved bit 25",
+            with(tdi | 1 << 25),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "function ID: a segment without SEG_VALID",
+            with(tdi | 1 << 16),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad("function ID: all ones", with(u64::MAX), inv(OPERAND_ID_RCX)),
+    ]
+}
+
+/// A shared page operand of `good` the firmware writes a request to (the register `set`
+/// writes, operand `op`): unaligned, past 2^52, outside host memory, 0 (no host memory), the
+/// TD's TDR page and a TDI's private page (the firmware's: `TDX_PAGE_METADATA_INCORRECT`).
+fn bad_request_page(good: SeamRegs, set: fn(&mut SeamRegs, u64), td: u64, op: u32) -> Vec<Bad> {
+    let with = |v: u64| {
+        let mut r = good;
+        set(&mut r, v);
+        r
+    };
+    let pmi = TDX_PAGE_METADATA_INCORRECT | u64::from(op);
+    vec![
+        bad("request page: unaligned (+8)", with(PAGES_A.0 + 8), inv(op)),
+        bad(
+            "request page: past 2^52",
+            with(PAGES_A.0 | PAST_52),
+            range(op),
+        ),
+        bad(
+            "request page: outside host memory",
+            with(OUTSIDE),
+            range(op),
+        ),
+        bad("request page: the TD's TDR page", with(td), pmi),
+        bad(
+            "request page: a TDI's DEVIFCS page",
+            with(private_pages(PAGES_A.0).0),
+            pmi,
+        ),
     ]
 }
 
@@ -563,6 +655,7 @@ fn bound(w: &World<'_>) -> (u64, u64, u64) {
         SeamRegs {
             rcx: tdi,
             rdx: td,
+            r8: PAGES_A.0,
             ..Default::default()
         },
     );
@@ -599,7 +692,13 @@ fn teardown(w: &World<'_>) -> (u64, SeamRegs) {
     w.fw.tsm()
         .with_table(|t| t.hold_flush(guest, true))
         .unwrap();
-    let out = w.relayed(abi::TSM_DEVIF_UNBIND, on(tdi));
+    let out = w.relayed(
+        abi::TSM_DEVIF_UNBIND,
+        SeamRegs {
+            r8: PAGES_A.0,
+            ..on(tdi)
+        },
+    );
     assert_eq!(
         out.rax,
         TDX_TLB_TRACKING_NOT_DONE | u64::from(OPERAND_ID_TD_EPOCH)
@@ -644,8 +743,21 @@ fn mng_create(w: &World<'_>) -> Setup {
                 range(OPERAND_ID_RCX),
             ),
             bad("RCX a TD's TDR page already", rcx(td), pmi),
-            bad("RCX a TDI's request page", rcx(PAGES_A.0), pmi),
-            bad("RCX a TDI's response page", rcx(PAGES_A.1), pmi),
+            bad(
+                "RCX a TDI's DEVIFCS page",
+                rcx(private_pages(PAGES_A.0).0),
+                pmi,
+            ),
+            bad(
+                "RCX a TDI's TD buffer",
+                rcx(private_pages(PAGES_A.0).1),
+                pmi,
+            ),
+            bad(
+                "RCX a TDI's VMM buffer",
+                rcx(private_pages(PAGES_A.0).2),
+                pmi,
+            ),
             bad("RCX an SPDM metadata page", rcx(spdm_page(3)), pmi),
             bad(
                 "RDX HKID 0 (the platform's key)",
@@ -809,13 +921,13 @@ fn spdm_create(w: &World<'_>) -> Setup {
             ),
             bad("RDX the TD's TDR page", rdx(abi::hpa_array(td, 1)), pmi),
             bad(
-                "RDX a TDI's request page",
-                rdx(abi::hpa_array(PAGES_A.0, 1)),
+                "RDX a TDI's DEVIFCS page",
+                rdx(abi::hpa_array(private_pages(PAGES_A.0).0, 1)),
                 pmi,
             ),
             bad(
-                "RDX a TDI's response page",
-                rdx(abi::hpa_array(PAGES_A.1, 1)),
+                "RDX a TDI's VMM buffer",
+                rdx(abi::hpa_array(private_pages(PAGES_A.0).2, 1)),
                 pmi,
             ),
             bad(
@@ -883,105 +995,144 @@ fn spdm_delete(w: &World<'_>) -> Setup {
 fn devif_create(w: &World<'_>) -> Setup {
     let td = w.create_td();
     let dev = w.device(3, BAR);
+    // A second device (bus 4, its own stream) whose TDI holds the private pages of PAGES_B;
+    // a third SPDM id without BARs, so without a stream.
+    let dev4 = w.device(4, BAR_4);
+    w.create_tdi(dev4, rid(4), PAGES_B);
     let bare = w.spdm(5);
-    // Function 1 of the device already has a TDI, with message pages B.
-    let f1 = RequesterId::try_new(0, 3, 0, 1).unwrap();
-    w.create_tdi(dev, f1, PAGES_B);
-    let good = SeamRegs {
-        rcx: dev,
-        rdx: u64::from(rid(3).packed()),
-        r9: PAGES_A.0,
-        r10: PAGES_A.1,
-        ..Default::default()
-    };
-    let mut v = bad_handle(good, |r, x| r.rcx = x, bare, inv(OPERAND_ID_RCX));
+    let good = World::create_regs(dev, rid(3), td, PAGES_A);
+    let (devifcs, td_buf, _) = private_pages(PAGES_A.0);
+    let taken = private_pages(PAGES_B.0).0;
     let pmi = |op: u32| TDX_PAGE_METADATA_INCORRECT | u64::from(op);
-    v.extend([
-        bad(
-            "RCX an SPDM id without BARs",
-            SeamRegs { rcx: bare, ..good },
-            TSM_BARS_NOT_REGISTERED | u64::from(OPERAND_ID_RCX),
-        ),
-        bad(
-            "RDX past 32 bits",
-            SeamRegs {
-                rdx: good.rdx | 1 << 32,
-                ..good
-            },
-            inv(OPERAND_ID_RDX),
-        ),
-        bad(
-            "RDX another device's function",
-            SeamRegs {
-                rdx: u64::from(rid(4).packed()),
-                ..good
-            },
-            TSM_FOREIGN_INTERFACE | u64::from(OPERAND_ID_RDX),
-        ),
-        bad(
-            "RDX an interface that has a TDI already",
-            SeamRegs {
-                rdx: u64::from(f1.packed()),
-                ..good
-            },
-            TSM_DUPLICATE_TDI | u64::from(OPERAND_ID_RDX),
-        ),
-        bad(
-            "R8 nonzero (reserved)",
-            SeamRegs { r8: 1, ..good },
-            inv(OPERAND_ID_R8),
-        ),
-        bad(
-            "R8 a page (a DEVIFCS page, which this firmware does not take)",
-            SeamRegs {
-                r8: host_page(SCRATCH),
-                ..good
-            },
-            inv(OPERAND_ID_R8),
-        ),
-    ]);
-    for (reg, op, name) in [(9, OPERAND_ID_R9, "R9"), (10, OPERAND_ID_R10, "R10")] {
+    let mut v = Vec::new();
+    // R8, R9, R10: the three private pages, each checked as the module's
+    // check_and_lock_explicit_4k_private_hpa (in that order, RDX between R8 and R9).
+    for (op, name) in [
+        (OPERAND_ID_R8, "R8"),
+        (OPERAND_ID_R9, "R9"),
+        (OPERAND_ID_R10, "R10"),
+    ] {
         let is = |what: &str| format!("{name} {what}");
         let with = |v: u64| {
             let mut r = good;
-            if reg == 9 {
-                r.r9 = v;
-            } else {
-                r.r10 = v;
+            match op {
+                OPERAND_ID_R8 => r.r8 = v,
+                OPERAND_ID_R9 => r.r9 = v,
+                _ => r.r10 = v,
             }
             r
         };
-        let page = if reg == 9 { PAGES_A.0 } else { PAGES_A.1 };
+        let page = match op {
+            OPERAND_ID_R8 => good.r8,
+            OPERAND_ID_R9 => good.r9,
+            _ => good.r10,
+        };
         v.extend([
-            bad(is("message page unaligned (+8)"), with(page + 8), inv(op)),
+            bad(is("unaligned (+8)"), with(page + 8), inv(op)),
+            bad(is("past 2^52"), with(page | PAST_52), range(op)),
+            bad(is("outside host memory"), with(OUTSIDE), range(op)),
+            bad(is("0 (no host memory)"), with(0), range(op)),
+            bad(is("the TD's TDR page"), with(td), pmi(op)),
+            bad(is("an SPDM metadata page"), with(spdm_page(3)), pmi(op)),
             bad(
-                is("message page past 2^52"),
-                with(page | PAST_52),
-                range(op),
-            ),
-            bad(
-                is("message page outside host memory"),
-                with(OUTSIDE),
-                range(op),
-            ),
-            bad(is("message page the TD's TDR page"), with(td), pmi(op)),
-            bad(
-                is("message page an SPDM metadata page"),
-                with(spdm_page(3)),
+                is("an IDE stream metadata page"),
+                with(ide_page(3)),
                 pmi(op),
             ),
-            // Another TDI's message pages are not in the list: message pages are shared
-            // pages, and TDIs may share them (Linux keeps one pair per device).
+            bad(is("another TDI's private page"), with(taken), pmi(op)),
         ]);
     }
-    v.push(bad(
-        "R10 the same page as R9",
-        SeamRegs {
-            r10: PAGES_A.0,
-            ..good
-        },
-        inv(OPERAND_ID_R10),
-    ));
+    v.extend([
+        bad(
+            "R9 the R8 page",
+            SeamRegs {
+                r9: devifcs,
+                ..good
+            },
+            pmi(OPERAND_ID_R9),
+        ),
+        bad(
+            "R10 the R8 page",
+            SeamRegs {
+                r10: devifcs,
+                ..good
+            },
+            pmi(OPERAND_ID_R10),
+        ),
+        bad(
+            "R10 the R9 page",
+            SeamRegs {
+                r10: td_buf,
+                ..good
+            },
+            pmi(OPERAND_ID_R10),
+        ),
+    ]);
+    v.extend(bad_tdr(good, |r, x| r.rdx = x, td, inv(OPERAND_ID_RDX)));
+    let fid = abi::function_id(rid(3));
+    let with_rcx = |rcx: u64| SeamRegs { rcx, ..good };
+    let stream_state = TDX_IDE_STREAM_INVALID_STATE | u64::from(OPERAND_ID_RCX);
+    v.extend([
+        bad(
+            "RCX iommu id 1 (ours: none)",
+            with_rcx(good.rcx | 1),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX iommu id bits 15:8",
+            with_rcx(good.rcx | 0x100),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX devif type 1",
+            with_rcx(good.rcx | 1 << 24),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX function ID reserved bit 25 (bit 57)",
+            with_rcx(good.rcx | 1 << 57),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX a segment without SEG_VALID",
+            with_rcx(good.rcx | 1 << 48),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX the stream of an SPDM id without one",
+            with_rcx(abi::devif_id(0, bare as u8, fid as u32)),
+            stream_state,
+        ),
+        bad(
+            "RCX stream page selector set",
+            with_rcx(good.rcx | 1 << 23),
+            stream_state,
+        ),
+        bad(
+            "RCX a stream index no stream has",
+            with_rcx(abi::devif_id(0, 0x7f, fid as u32)),
+            stream_state,
+        ),
+        bad(
+            "RCX a function outside the stream's RID range",
+            with_rcx(abi::devif_id(0, dev as u8, abi::function_id(rid(6)) as u32)),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX this function on another device's stream",
+            with_rcx(abi::devif_id(0, dev4 as u8, fid as u32)),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RCX a function that has a TDI (bus 4's, on its stream)",
+            with_rcx(abi::devif_id(
+                0,
+                dev4 as u8,
+                abi::function_id(rid(4)) as u32,
+            )),
+            TDX_DEVIFMT_ALREADY_PRESENT | u64::from(OPERAND_ID_RCX),
+        ),
+    ]);
     Setup {
         tdcall: None,
         good,
@@ -990,14 +1141,14 @@ fn devif_create(w: &World<'_>) -> Setup {
     }
 }
 
-/// A TDI leaf whose only operand is the TDI handle in RCX.
+/// A TDI leaf whose only operand is the TDI's function ID in RCX.
 fn tdi_only(tdi: u64, good_status: u64) -> Setup {
     let good = on(tdi);
     Setup {
         tdcall: None,
         good,
         good_status,
-        bad: bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX)),
+        bad: bad_fid(good, tdi),
     }
 }
 
@@ -1006,56 +1157,137 @@ fn devif_remove(w: &World<'_>) -> Setup {
     tdi_only(tdi, TDX_SUCCESS)
 }
 
-/// `tdi_world` with a bind started: its first request outstanding; RCX its length.
-fn outstanding(w: &World<'_>) -> (u64, u64) {
+/// `tdi_world` with a bind started (TDH.DEVIF.REQUEST LOCK_INTERFACE): its first request
+/// outstanding; (TD, TDI, RCX `devif_req_out_t`).
+fn outstanding(w: &World<'_>) -> (u64, u64, u64) {
     let (td, _, tdi) = tdi_world(w);
-    let out = w.call(
-        u64::from(abi::TSM_DEVIF_BIND),
-        SeamRegs {
-            rcx: tdi,
-            rdx: td,
-            ..Default::default()
-        },
-    );
+    let out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), lock(tdi));
     assert_eq!(out.rax, TDX_SPDM_REQUEST);
-    (tdi, out.rcx)
+    (td, tdi, out.rcx)
+}
+
+/// TDH.DEVIF.REQUEST LOCK_INTERFACE for `tdi`, the request into `PAGES_A.0`.
+fn lock(tdi: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: tdi,
+        rdx: abi::devif_req_in(abi::TDISP_LOCK_INTERFACE, false, false),
+        r8: PAGES_A.0,
+        ..Default::default()
+    }
 }
 
 fn devif_request(w: &World<'_>) -> Setup {
-    let (tdi, _) = outstanding(w);
-    tdi_only(tdi, TDX_SPDM_REQUEST)
+    let (td, _, tdi) = tdi_world(w);
+    let good = lock(tdi);
+    let mut v = bad_fid(good, tdi);
+    let with_rdx = |rdx: u64| SeamRegs { rdx, ..good };
+    for (what, rdx) in [
+        ("RDX reserved bit 9", good.rdx | 1 << 9),
+        ("RDX reserved bit 62", good.rdx | 1 << 62),
+        ("RDX code 0", 0),
+        ("RDX code GET_REPORT (the TD's)", 0x84),
+        ("RDX code START (the TD's)", 0x86),
+        ("RDX code GET_VERSION (not the host's)", 0x81),
+        (
+            "RDX no_fw_update with STOP",
+            abi::devif_req_in(abi::TDISP_STOP_INTERFACE, true, false),
+        ),
+        ("RDX td_flag with a code", good.rdx | abi::REQ_IN_TD_FLAG),
+        (
+            "RDX td_flag with no_fw_update",
+            abi::devif_req_in(0, true, true),
+        ),
+    ] {
+        v.push(bad(what, with_rdx(rdx), inv(OPERAND_ID_RDX)));
+    }
+    v.push(bad(
+        "R9 not zero",
+        SeamRegs { r9: 1, ..good },
+        inv(OPERAND_ID_R9),
+    ));
+    v.extend(bad_request_page(good, |r, x| r.r8 = x, td, OPERAND_ID_R8));
+    v.push(bad(
+        "td_flag with no request of the TD's",
+        with_rdx(abi::devif_req_in(0, false, true)),
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RCX),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SPDM_REQUEST,
+        bad: v,
+    }
 }
 
 fn devif_response(w: &World<'_>) -> Setup {
-    let (tdi, len) = outstanding(w);
-    let n = w.answer_into_response_page(tdi, len).unwrap();
+    let (td, tdi, out) = outstanding(w);
+    w.answer_into_response_page(tdi, out).unwrap();
     let good = SeamRegs {
         rcx: tdi,
-        rdx: n,
+        rdx: abi::devif_rsp_in(PAGES_A.1, false),
+        r8: PAGES_A.0,
         ..Default::default()
     };
-    let mut v = bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX));
+    let mut v = bad_fid(good, tdi);
     let msg = TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX);
+    let with_rdx = |rdx: u64| SeamRegs { rdx, ..good };
     v.extend([
-        bad("RDX one byte short", SeamRegs { rdx: n - 1, ..good }, msg),
-        bad("RDX one byte long", SeamRegs { rdx: n + 1, ..good }, msg),
         bad(
-            "RDX longer than a page",
-            SeamRegs {
-                rdx: MESSAGE_PAGE_BYTES as u64 + 1,
-                ..good
-            },
+            "RDX reserved bit 0",
+            with_rdx(good.rdx | 1),
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX reserved bit 11",
+            with_rdx(good.rdx | 1 << 11),
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX reserved bit 52",
+            with_rdx(good.rdx | 1 << 52),
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX reserved bit 62",
+            with_rdx(good.rdx | 1 << 62),
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX an answer page outside host memory",
+            with_rdx(abi::devif_rsp_in(OUTSIDE, false)),
+            range(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX td_flag on the host's own request",
+            with_rdx(good.rdx | abi::REQ_IN_TD_FLAG),
+            TDX_DEVIF_TDISP_INVALID_REQ_STS | u64::from(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX a page that is not the answer (the request page)",
+            with_rdx(abi::devif_rsp_in(PAGES_A.0, false)),
             msg,
         ),
         bad(
-            "RDX all ones",
-            SeamRegs {
-                rdx: u64::MAX,
-                ..good
-            },
+            "RDX a zeroed page (DOE length 0: past the page)",
+            with_rdx(abi::devif_rsp_in(host_page(SCRATCH), false)),
             msg,
+        ),
+        bad(
+            "R9 not zero",
+            SeamRegs { r9: 1, ..good },
+            inv(OPERAND_ID_R9),
+        ),
+        bad(
+            "R8 0 while the bind goes on",
+            SeamRegs { r8: 0, ..good },
+            inv(OPERAND_ID_R8),
         ),
     ]);
+    v.extend(
+        bad_request_page(good, |r, x| r.r8 = x, td, OPERAND_ID_R8)
+            .into_iter()
+            .filter(|b| !b.what.contains("0 (")),
+    );
     Setup {
         tdcall: None,
         good,
@@ -1159,28 +1391,21 @@ fn td_destroy(w: &World<'_>) -> Setup {
 
 fn devif_bind(w: &World<'_>) -> Setup {
     let (td, _, tdi) = tdi_world(w);
+    let other = w.create_td();
     let good = SeamRegs {
         rcx: tdi,
         rdx: td,
+        r8: PAGES_A.0,
         ..Default::default()
     };
-    let mut v = bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX));
+    let mut v = bad_fid(good, tdi);
     v.extend(bad_tdr(good, |r, x| r.rdx = x, td, inv(OPERAND_ID_RDX)));
-    v.extend([
-        bad(
-            "R8 nonzero (reserved)",
-            SeamRegs { r8: 1, ..good },
-            inv(OPERAND_ID_R8),
-        ),
-        bad(
-            "R8 bit 63",
-            SeamRegs {
-                r8: 1 << 63,
-                ..good
-            },
-            inv(OPERAND_ID_R8),
-        ),
-    ]);
+    v.push(bad(
+        "RDX another TD than CREATE's",
+        SeamRegs { rdx: other, ..good },
+        TDX_MMIO_DEVIF_OWNER_MISMATCH | u64::from(OPERAND_ID_RDX),
+    ));
+    v.extend(bad_request_page(good, |r, x| r.r8 = x, td, OPERAND_ID_R8));
     Setup {
         tdcall: None,
         good,
@@ -1190,9 +1415,12 @@ fn devif_bind(w: &World<'_>) -> Setup {
 }
 
 fn devif_unbind(w: &World<'_>) -> Setup {
-    let (_, _, tdi) = mapped(w);
-    let good = on(tdi);
-    let mut v = bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX));
+    let (td, _, tdi) = mapped(w);
+    let good = SeamRegs {
+        r8: PAGES_A.0,
+        ..on(tdi)
+    };
+    let mut v = bad_fid(good, tdi);
     v.extend([
         bad(
             "RDX reserved flag bit 1",
@@ -1207,7 +1435,16 @@ fn devif_unbind(w: &World<'_>) -> Setup {
             },
             inv(OPERAND_ID_RDX),
         ),
+        bad(
+            "R8 a page with FORCE (asks nothing of the device)",
+            SeamRegs {
+                rdx: abi::UNBIND_FLAG_FORCE,
+                ..good
+            },
+            inv(OPERAND_ID_R8),
+        ),
     ]);
+    v.extend(bad_request_page(good, |r, x| r.r8 = x, td, OPERAND_ID_R8));
     Setup {
         tdcall: None,
         good,
@@ -1227,8 +1464,19 @@ fn devif_state(w: &World<'_>) -> Setup {
 }
 
 fn devif_check(w: &World<'_>) -> Setup {
-    let (_, _, tdi) = mapped(w);
-    tdi_only(tdi, TDX_SPDM_REQUEST)
+    let (td, _, tdi) = mapped(w);
+    let good = SeamRegs {
+        r8: PAGES_A.0,
+        ..on(tdi)
+    };
+    let mut v = bad_fid(good, tdi);
+    v.extend(bad_request_page(good, |r, x| r.r8 = x, td, OPERAND_ID_R8));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SPDM_REQUEST,
+        bad: v,
+    }
 }
 
 fn zap_check(w: &World<'_>) -> Setup {
@@ -1816,7 +2064,7 @@ fn spdm_bars(w: &World<'_>) -> Setup {
 /// Where the report of bound `tdi` puts host page `hpa`: TDG.MMIO.ACCEPT's RDX (the bind's
 /// MMIO_REPORTING_OFFSET added).
 fn reported(w: &World<'_>, tdi: u64, hpa: u64) -> u64 {
-    let id = TdiId::from_raw(tdi).unwrap();
+    let id = w.fw.devif_of(tdi as u32).unwrap().unwrap().0;
     hpa + w.fw.tsm().tdi(id).unwrap().mmio_offset.unwrap()
 }
 
@@ -1852,7 +2100,7 @@ fn devif_rd(w: &World<'_>) -> Setup {
         rdx: u64::from(abi::DEVIF_FIELD_TDISP_STATE),
         ..on(tdi)
     };
-    let mut bads = bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX));
+    let mut bads = bad_fid(good, tdi);
     for (what, rdx) in [
         ("field: 0", 0),
         ("field: not defined (0x87)", 0x87),
@@ -1874,7 +2122,8 @@ fn devif_rd(w: &World<'_>) -> Setup {
     }
 }
 
-fn guest_start(w: &World<'_>) -> Setup {
+/// `mapped` with the TD's page accepted: the TD may start its TDI.
+fn accepted(w: &World<'_>) -> (u64, u64) {
     let (td, _, tdi) = mapped(w);
     let out = w.tdcall(
         td,
@@ -1885,12 +2134,94 @@ fn guest_start(w: &World<'_>) -> Setup {
         },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
-    let good = on(tdi);
+    (td, tdi)
+}
+
+/// TDG.DEVIF.REQUEST START for `tdi`.
+fn start(tdi: u64) -> SeamRegs {
+    SeamRegs {
+        rdx: u64::from(abi::TDISP_START_INTERFACE),
+        ..on(tdi)
+    }
+}
+
+fn tdg_devif_request(w: &World<'_>) -> Setup {
+    let (td, tdi) = accepted(w);
+    let good = start(tdi);
+    let mut bads = bad_fid(good, tdi);
+    for (what, rdx) in [
+        ("RDX code 0", 0),
+        ("RDX GET_REPORT (ours: the firmware read the report)", 0x84),
+        ("RDX GET_STATE (ours)", 0x85),
+        ("RDX LOCK (the host's)", 0x83),
+        (
+            "RDX START with no_fw_update",
+            good.rdx | abi::REQ_IN_NO_FW_UPDATE,
+        ),
+        ("RDX START with td_flag", good.rdx | abi::REQ_IN_TD_FLAG),
+        ("RDX START with reserved bit 9", good.rdx | 1 << 9),
+    ] {
+        bads.push(bad(what, SeamRegs { rdx, ..good }, inv(OPERAND_ID_RDX)));
+    }
+    bads.push(bad(
+        "R9 not zero",
+        SeamRegs { r9: 1, ..good },
+        inv(OPERAND_ID_R9),
+    ));
     Setup {
         tdcall: Some(td),
         good,
-        good_status: TDX_SPDM_REQUEST,
-        bad: bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX)),
+        good_status: TDX_SUCCESS,
+        bad: bads,
+    }
+}
+
+fn tdg_devif_response(w: &World<'_>) -> Setup {
+    let (td, tdi) = accepted(w);
+    // The TD's START, fetched and answered by the host (td_flag).
+    assert_eq!(
+        w.tdcall(td, u64::from(abi::TDG_DEVIF_REQUEST), start(tdi))
+            .rax,
+        TDX_SUCCESS
+    );
+    let fetch = SeamRegs {
+        rcx: tdi,
+        rdx: abi::devif_req_in(0, false, true),
+        r8: PAGES_A.0,
+        ..Default::default()
+    };
+    let out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), fetch);
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    w.answer_into_response_page(tdi, out.rcx).unwrap();
+    let answered = w.call(
+        u64::from(abi::TDH_DEVIF_RESPONSE),
+        SeamRegs {
+            rcx: tdi,
+            rdx: abi::devif_rsp_in(PAGES_A.1, true),
+            r8: PAGES_A.0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(answered.rax, TDX_SUCCESS);
+    let good = on(tdi);
+    let mut bads = bad_fid(good, tdi);
+    bads.extend([
+        bad(
+            "RDX a GPA (ours: nothing to copy)",
+            SeamRegs { rdx: GPA, ..good },
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "R9 not zero",
+            SeamRegs { r9: 1, ..good },
+            inv(OPERAND_ID_R9),
+        ),
+    ]);
+    Setup {
+        tdcall: Some(td),
+        good,
+        good_status: TDX_SUCCESS,
+        bad: bads,
     }
 }
 
@@ -2049,6 +2380,7 @@ fn every_register_of_every_leaf_out_of_range() {
 fn every_leaf_constant_has_a_row() {
     let src = concat!(
         include_str!("../src/abi.rs"),
+        include_str!("../src/devif.rs"),
         include_str!("../src/link.rs")
     );
     let names: Vec<&str> = rows().iter().map(|r| r.name).collect();
