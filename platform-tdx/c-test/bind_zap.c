@@ -3,9 +3,12 @@
  * needed, driven through the C entry point. Bind a TDI, map its MMIO, see the zap of the
  * bound BAR refused (the firmware error the old host order hit), unbind, and see the zap
  * allowed. Every exchange with the device is relayed by this host, as Linux's TDX Connect
- * event loop does: on TDX_SPDM_REQUEST it takes the DOE object from the TDI's request page to
- * the device (here the library's model device, feature `model-device`), puts the answer in the
- * response page and calls TDH_DEVIF_RESPONSE. Exits 0 when every status is the expected one.
+ * event loop does: on TDX_SPDM_REQUEST it takes the DOE object from the request page the call
+ * named (R8) to the device (here the library's model device, feature `model-device`), puts the
+ * answer in the response page and calls TDH_DEVIF_RESPONSE naming it (RDX devif_rsp_in_t), R8
+ * the page for the next request. The TDI is named by its TDISP function ID. This program
+ * drives bind and unbind with the firmware's own leaves (TSM_DEVIF_BIND / UNBIND); host_flow.c
+ * drives them with TDH_DEVIF_REQUEST. Exits 0 when every status is the expected one.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,10 +20,10 @@ static int failures;
 
 /*
  * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
- * aligned, as every TDX page operand is), the TDI's request and response pages, the TD's TDR
+ * aligned, as every TDX page operand is), the shared request and response pages, the TD's TDR
  * page (TDH.MNG.CREATE RCX; the firmware never writes it), the device's SPDM metadata page
  * (TDH.SPDM.CREATE RDX; recorded, never written), the link's SPDM config, dev_info and IDE
- * metadata pages, the register
+ * metadata pages, TDH.DEVIF.CREATE's three private pages, the register
  * block and the length word of the model's DOE exchange. Anything outside it is refused,
  * never dereferenced.
  */
@@ -33,6 +36,9 @@ static struct {
 	_Alignas(4096) uint8_t spdm_conf[4096];
 	_Alignas(4096) uint8_t dev_info[4096];
 	_Alignas(4096) uint8_t ide_mt[4096];
+	_Alignas(4096) uint8_t devifcs[4096];
+	_Alignas(4096) uint8_t td_buffer[4096];
+	_Alignas(4096) uint8_t vmm_buffer[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
 } host;
@@ -53,8 +59,8 @@ static uint64_t relay(uint64_t status, uint64_t tdi)
 
 		memcpy(&dw1, host.request + 4, sizeof(dw1));
 		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
-		if (len != r->rcx) {
-			printf("request length %llu, RCX %llu\n", (unsigned long long)len,
+		if (len != TSM_TDX_OUT_LENGTH(r->rcx)) {
+			printf("request length %llu, RCX %llx\n", (unsigned long long)len,
 			       (unsigned long long)r->rcx);
 			failures++;
 		}
@@ -64,10 +70,23 @@ static uint64_t relay(uint64_t status, uint64_t tdi)
 		memset(r, 0, sizeof(*r));
 		r->rax = TDH_DEVIF_RESPONSE;
 		r->rcx = tdi;
-		r->rdx = host.response_len;
+		r->rdx = host.response_len ? (uint64_t)(uintptr_t)host.response : 0;
+		r->r8 = (uint64_t)(uintptr_t)host.request;
 		status = tsm_tdx_seamcall(r);
 	}
 	return status;
+}
+
+/* TDH.DEVIF.CREATE of 0000:03:00.0 on SPDM id `dev`'s stream (ours: stream ID == SPDM id)
+ * for TD `td`: RCX devif_id_t, RDX the TDR, R8-R10 the private pages. */
+static void create_regs(struct tsm_tdx_regs *r, uint64_t dev, uint64_t td)
+{
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_DEVIF_ID(dev, TSM_TDX_FUNC_ID(0, 0x0300));
+	r->rdx = td;
+	r->r8 = (uint64_t)(uintptr_t)host.devifcs;
+	r->r9 = (uint64_t)(uintptr_t)host.td_buffer;
+	r->r10 = (uint64_t)(uintptr_t)host.vmm_buffer;
 }
 
 static uint64_t call(const char *what, uint16_t leaf, struct tsm_tdx_regs *r, uint64_t expect)
@@ -132,14 +151,10 @@ int main(void)
 	call("metadata outside host memory", TDH_SPDM_CREATE, r,
 	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
 
-	/* No TDI before the device's BARs are registered. */
-	memset(r, 0, sizeof(*r));
-	r->rcx = dev;
-	r->rdx = 0x00000300;
-	r->r9 = (uint64_t)(uintptr_t)host.request;
-	r->r10 = (uint64_t)(uintptr_t)host.response;
-	call("create TDI before the BARs", TDH_DEVIF_CREATE, r,
-	     TSM_BARS_NOT_REGISTERED | TDX_OPERAND_ID_RCX);
+	/* No TDI before the device has an IDE stream (which needs its BARs). */
+	create_regs(r, dev, td);
+	call("create TDI before the stream", TDH_DEVIF_CREATE, r,
+	     TDX_IDE_STREAM_INVALID_STATE | TDX_OPERAND_ID_RCX);
 
 	memset(list, 0, sizeof(*list));
 	list->count = 1;
@@ -209,21 +224,20 @@ int main(void)
 	}
 
 
-	/* The TDI's message pages: the request page (firmware to host), the response page. */
-	memset(r, 0, sizeof(*r));
-	r->rcx = dev;
-	r->rdx = 0x00000300;
-	r->r9 = (uint64_t)(uintptr_t)host.request + 8;
-	r->r10 = (uint64_t)(uintptr_t)host.response;
+	/* The TDI's private pages: the DEVIFCS page, the TD's and the VMM's buffers. */
+	create_regs(r, dev, td);
+	r->r9 += 8;
 	call("create TDI, page misaligned", TDH_DEVIF_CREATE, r,
 	     TDX_OPERAND_INVALID | TDX_OPERAND_ID_R9);
-	memset(r, 0, sizeof(*r));
-	r->rcx = dev;
-	r->rdx = 0x00000300;
-	r->r9 = (uint64_t)(uintptr_t)host.request;
-	r->r10 = (uint64_t)(uintptr_t)host.response;
+	create_regs(r, dev, td);
+	r->r10 = (uint64_t)(uintptr_t)host.tdr;
+	call("create TDI, R10 the TDR", TDH_DEVIF_CREATE, r,
+	     TDX_PAGE_METADATA_INCORRECT | TDX_OPERAND_ID_R10);
+	create_regs(r, dev, td);
 	call("create TDI", TDH_DEVIF_CREATE, r, TDX_SUCCESS);
-	tdi = r->rcx;
+	call("create TDI again", TDH_DEVIF_CREATE, r,
+	     TDX_PAGE_METADATA_INCORRECT | TDX_OPERAND_ID_R8);
+	tdi = TSM_TDX_FUNC_ID(0, 0x0300);
 
 	/* The device reports the BAR as the interface's MMIO; bind reads it from the device. */
 	if (tsm_tdx_model_report(0x00000300, list) != TDX_SUCCESS)
@@ -231,21 +245,25 @@ int main(void)
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
 	r->rdx = td;
-	r->r8 = (uint64_t)(uintptr_t)list;
-	call("bind with a host range list", TSM_DEVIF_BIND, r, TDX_OPERAND_INVALID | TDX_OPERAND_ID_R8);
-	r->r8 = 0;
+	r->r8 = (uint64_t)(uintptr_t)host.devifcs;
+	call("bind, request into DEVIFCS", TSM_DEVIF_BIND, r,
+	     TDX_PAGE_METADATA_INCORRECT | TDX_OPERAND_ID_R8);
+	r->r8 = (uint64_t)(uintptr_t)host.request;
 	call("bind: relay this", TSM_DEVIF_BIND, r, TDX_SPDM_REQUEST);
 	/* An answer that is not the device's (garbled) is refused; the request still waits. */
 	memset(host.response, 0xa5, 64);
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
-	r->rdx = 64;
+	r->rdx = (uint64_t)(uintptr_t)host.response;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
 	call("garbled response", TDH_DEVIF_RESPONSE, r,
 	     TDX_DEVIF_TDISP_INVALID_MESSAGE | TDX_OPERAND_ID_RDX);
-	/* The host lost the request: the firmware writes it again. */
+	/* The host lost the request: the firmware writes it again (the bind's code, LOCK). */
 	memset(host.request, 0, sizeof(host.request));
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
+	r->rdx = TSM_TDX_TDISP_LOCK_INTERFACE;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
 	call("the request again", TDH_DEVIF_REQUEST, r, TDX_SPDM_REQUEST);
 	status = relay(TDX_SPDM_REQUEST, tdi);
 	printf("%-28s status 0x%016llx %s\n", "bind relayed", (unsigned long long)status,
@@ -255,7 +273,7 @@ int main(void)
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
 	call("response, none outstanding", TDH_DEVIF_RESPONSE, r,
-	     TDX_DEVIF_TDISP_INVALID_REQ_STS | TDX_OPERAND_ID_RCX);
+	     TDX_DEVIF_TDISP_OUT_REQ | TDX_OPERAND_ID_RCX);
 
 	/*
 	 * TDH.MMIO.MAP as Linux's tdh_mmio_map() issues it: RCX gpa | level, RDX TDR, R8 HPA,
@@ -303,6 +321,7 @@ int main(void)
 		memset(r, 0, sizeof(*r));
 		r->rax = TSM_DEVIF_UNBIND;
 		r->rcx = tdi;
+		r->r8 = (uint64_t)(uintptr_t)host.request;
 		status = relay(tsm_tdx_seamcall(r), tdi);
 		calls++;
 	} while (status == TDX_INTERRUPTED_RESUMABLE && calls < 1000);
@@ -324,6 +343,11 @@ int main(void)
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
 	call("remove TDI", TDH_DEVIF_REMOVE, r, TDX_SUCCESS);
+	if (r->rcx != (uint64_t)(uintptr_t)host.td_buffer ||
+	    r->rdx != (uint64_t)(uintptr_t)host.vmm_buffer || r->r8 != td) {
+		puts("REMOVE did not hand back the TD buffer, the VMM buffer and the TDR");
+		failures++;
+	}
 	/* As Linux's tdx_link_disconnect(): the stream's keys stopped, the stream blocked and
 	 * deleted, the session disconnected; an SPDM delete before that is refused. */
 	memset(r, 0, sizeof(*r));

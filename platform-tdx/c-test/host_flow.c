@@ -3,12 +3,15 @@
  * tsm_tdx_seamcall, tsm_tdx_tdcall and the test-only model device): TD create, device set-up,
  * the link as Linux's tdx_link_connect() sets it up (TDH_SPDM_CONNECT with its DOE round trip:
  * GET_VERSION relayed to the model device and the same registers re-issued; then
- * TDH_IDE_STREAM_CREATE and TDH_IDE_STREAM_KM SETUP), TDI create with its message pages, bind
- * (every request relayed through the model device's
- * DOE mailbox and TDH_DEVIF_RESPONSE), map, the guest's accept and start. Then, once per vfio
+ * TDH_IDE_STREAM_CREATE and TDH_IDE_STREAM_KM SETUP), TDI create with the TDX-IO operands
+ * (devif_id_t naming the stream and the function, the TD, three private pages), bind
+ * (TDH_DEVIF_REQUEST LOCK_INTERFACE, every request relayed through the model device's DOE
+ * mailbox and TDH_DEVIF_RESPONSE), map, the guest's accept and start (TDG_DEVIF_REQUEST, the
+ * host's TDH_DEVIF_REQUEST/RESPONSE with td_flag, TDG_DEVIF_RESPONSE). Then, once per vfio
  * host path (the names only label the iterations: the firmware sees the same calls), the old
- * order is refused with nothing changed and the patched order succeeds: unbind (STOP
- * relayed), zap check, TDI remove, and a new TDI bound for the next path. Every other path the
+ * order is refused with nothing changed and the patched order succeeds: unbind
+ * (TDH_DEVIF_REQUEST STOP_INTERFACE, relayed), zap check, TDI remove (its pages handed back),
+ * and a new TDI bound for the next path. Every other path the
  * host removes the leaves itself (BLOCK, TRACK, UNMAP) once STOP is acknowledged. One line per
  * step. At the end Linux's teardown (tdx_link_disconnect): KM STOP, BLOCK, DELETE, DISCONNECT,
  * SPDM DELETE. The first mismatch ends the program with exit status 1.
@@ -29,6 +32,10 @@ static struct {
 	_Alignas(4096) uint8_t spdm_conf[4096];
 	_Alignas(4096) uint8_t dev_info[4096];
 	_Alignas(4096) uint8_t ide_mt[4096];
+	/* TDH_DEVIF_CREATE's private pages: the firmware's until TDH_DEVIF_REMOVE. */
+	_Alignas(4096) uint8_t devifcs[4096];
+	_Alignas(4096) uint8_t td_buffer[4096];
+	_Alignas(4096) uint8_t vmm_buffer[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
 } host;
@@ -92,9 +99,16 @@ static uint64_t seam(uint64_t leaf, uint64_t rcx, uint64_t rdx, uint64_t r8)
 	return tsm_tdx_seamcall(r);
 }
 
-/* Linux's event loop: while TDX_SPDM_REQUEST, the DOE object (length from its own header,
- * dword 1 bits 17:0 in dwords) to the device, its answer back with TDH_DEVIF_RESPONSE. */
-static uint64_t relay(const char *path, uint64_t status, uint64_t tdi)
+static uint64_t page_of(const uint8_t *p)
+{
+	return (uint64_t)(uintptr_t)p;
+}
+
+/* The event loop: while TDX_SPDM_REQUEST, the DOE object (length from its own header, dword 1
+ * bits 17:0 in dwords; RCX devif_req_out_t says the same in 23:8) to the device, its answer
+ * back with TDH_DEVIF_RESPONSE: RDX devif_rsp_in_t (the response page, or 0 when the device
+ * did not answer; `td_flag` for the TD's request), R8 the page for the next request. */
+static uint64_t relay_flag(const char *path, uint64_t status, uint64_t tdi, uint64_t td_flag)
 {
 	int rounds = 0;
 
@@ -104,13 +118,37 @@ static uint64_t relay(const char *path, uint64_t status, uint64_t tdi)
 
 		memcpy(&dw1, host.request + 4, sizeof(dw1));
 		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
-		check(path, "relay: request length = RCX", len, r->rcx);
+		check(path, "relay: request length = RCX 23:8", len, TSM_TDX_OUT_LENGTH(r->rcx));
 		check(path, "relay: DOE exchange",
 		      tsm_tdx_model_doe(host.request, len, host.response, &host.response_len),
 		      TDX_SUCCESS);
-		status = seam(TDH_DEVIF_RESPONSE, tdi, host.response_len, 0);
+		status = seam(TDH_DEVIF_RESPONSE, tdi,
+			      (host.response_len ? page_of(host.response) : 0) | td_flag,
+			      page_of(host.request));
 	}
 	return status;
+}
+
+static uint64_t relay(const char *path, uint64_t status, uint64_t tdi)
+{
+	return relay_flag(path, status, tdi, 0);
+}
+
+/* TDH_DEVIF_REQUEST with TDISP request `code`, the request into the request page. */
+static uint64_t devif_request(uint64_t tdi, uint64_t code)
+{
+	return seam(TDH_DEVIF_REQUEST, tdi, code, page_of(host.request));
+}
+
+/* TDH_DEVIF_CREATE of IFACE on SPDM id `dev`'s stream (its stream ID is the SPDM id) for TD
+ * `td`, with the private pages. The TDI is named by its function ID from here on. */
+static uint64_t devif_create(uint64_t dev, uint64_t td)
+{
+	set(TDH_DEVIF_CREATE, TSM_TDX_DEVIF_ID(dev, TSM_TDX_FUNC_ID(0, IFACE)), td,
+	    page_of(host.devifcs));
+	r->r9 = page_of(host.td_buffer);
+	r->r10 = page_of(host.vmm_buffer);
+	return tsm_tdx_seamcall(r);
 }
 
 /* The link's relay (tdx_link_event_handler / tdx_spdm_msg_exchange): while
@@ -262,13 +300,12 @@ static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 	uint64_t tdi, first_page;
 	size_t i;
 
-	set(TDH_DEVIF_CREATE, dev, IFACE, 0);
-	r->r9 = (uint64_t)(uintptr_t)host.request;
-	r->r10 = (uint64_t)(uintptr_t)host.response;
-	check(path, "TDH.DEVIF.CREATE", tsm_tdx_seamcall(r), TDX_SUCCESS);
-	tdi = r->rcx;
-	check(path, "TSM.DEVIF.BIND", seam(TSM_DEVIF_BIND, tdi, td, 0), TDX_SPDM_REQUEST);
+	check(path, "TDH.DEVIF.CREATE", devif_create(dev, td), TDX_SUCCESS);
+	tdi = TSM_TDX_FUNC_ID(0, IFACE);
+	check(path, "TDH.DEVIF.REQUEST LOCK", devif_request(tdi, TSM_TDX_TDISP_LOCK_INTERFACE),
+	      TDX_SPDM_REQUEST);
 	check(path, "bind relayed", relay(path, TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
+	check(path, "  RCX LOCK_INTERFACE_RESPONSE", r->rcx & 0xff, 0x03);
 	expect_state(path, tdi, 1, td);
 	/* The guest reads where its report puts the BAR (the bind's reporting offset included)
 	 * and accepts each page at that address plus the page's offset in the BAR. */
@@ -285,9 +322,15 @@ static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 		check(path, "TDG.MMIO.ACCEPT (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
 		expect_leaf(path, td, i, 3, 0);
 	}
-	set(TSM_GUEST_DEVIF_START, tdi, 0, 0);
-	check(path, "TSM.GUEST.DEVIF.START (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SPDM_REQUEST);
-	check(path, "start relayed", relay(path, TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
+	set(TDG_DEVIF_REQUEST, tdi, TSM_TDX_TDISP_START_INTERFACE, 0);
+	check(path, "TDG.DEVIF.REQUEST START (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
+	check(path, "TDH.DEVIF.REQUEST td_flag", devif_request(tdi, TSM_TDX_REQ_IN_TD_FLAG),
+	      TDX_SPDM_REQUEST);
+	check(path, "start relayed",
+	      relay_flag(path, TDX_SPDM_REQUEST, tdi, TSM_TDX_REQ_IN_TD_FLAG), TDX_SUCCESS);
+	set(TDG_DEVIF_RESPONSE, tdi, 0, 0);
+	check(path, "TDG.DEVIF.RESPONSE (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
+	check(path, "  RCX START_INTERFACE_RESPONSE", r->rcx & 0xff, 0x06);
 	expect_state(path, tdi, 2, td);
 	return tdi;
 }
@@ -326,7 +369,7 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 	size_t i;
 	int calls = 1, stop_seen = 0, host_did = 0;
 
-	status = seam(TSM_DEVIF_UNBIND, tdi, 0, 0);
+	status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
 	for (;;) {
 		if (status == TDX_SPDM_REQUEST) {
 			check(path, "TSM.DEVIF.UNBIND: relay STOP", status, TDX_SPDM_REQUEST);
@@ -338,8 +381,12 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 				check(path, "host: UNMAP before STOP acked",
 				      seam(TDH_MMIO_UNMAP, leaf_info(0), td, 0),
 				      TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+				check(path, "TDH.DEVIF.REQUEST LOCK while STOP waits",
+				      devif_request(tdi, TSM_TDX_TDISP_LOCK_INTERFACE),
+				      TDX_DEVIF_TDISP_OUT_REQ | TDX_OPERAND_ID_RCX);
 				check(path, "TDH.DEVIF.REQUEST (STOP again)",
-				      seam(TDH_DEVIF_REQUEST, tdi, 0, 0), TDX_SPDM_REQUEST);
+				      devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE),
+				      TDX_SPDM_REQUEST);
 			}
 			stop_seen = 1;
 			status = relay(path, status, tdi);
@@ -367,7 +414,7 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 				host_did++;
 			}
 		}
-		status = seam(TSM_DEVIF_UNBIND, tdi, 0, 0);
+		status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
 		calls++;
 	}
 	printf("%-11s %-34s %d call(s), host removed %d leaves\n", path, "unbind", calls,
@@ -381,6 +428,9 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 	check(path, "new: TSM.MMIO.ZAP_CHECK", seam(TSM_MMIO_ZAP_CHECK, bar, bar_pages, 0),
 	      TDX_SUCCESS);
 	check(path, "TDH.DEVIF.REMOVE", seam(TDH_DEVIF_REMOVE, tdi, 0, 0), TDX_SUCCESS);
+	check(path, "  RCX the TD buffer", r->rcx, page_of(host.td_buffer));
+	check(path, "  RDX the VMM buffer", r->rdx, page_of(host.vmm_buffer));
+	check(path, "  R8 the TDR", r->r8, td);
 }
 
 int main(void)
@@ -413,15 +463,9 @@ int main(void)
 	host.list.ranges[0].pages = (uint32_t)bar_pages;
 	check("setup", "TSM.SPDM.BARS",
 	      seam(TSM_SPDM_BARS, dev, (uint64_t)(uintptr_t)&host.list, 0), TDX_SUCCESS);
-	/* A bind before the link is up: no IDE stream. */
-	set(TDH_DEVIF_CREATE, dev, IFACE, 0);
-	r->r9 = (uint64_t)(uintptr_t)host.request;
-	r->r10 = (uint64_t)(uintptr_t)host.response;
-	check("setup", "TDH.DEVIF.CREATE (no stream yet)", tsm_tdx_seamcall(r), TDX_SUCCESS);
-	p = r->rcx;
-	check("setup", "TSM.DEVIF.BIND without a stream", seam(TSM_DEVIF_BIND, p, td, 0),
-	      TDX_IDE_STREAM_NOT_CONFIGURED | TDX_OPERAND_ID_RCX);
-	check("setup", "TDH.DEVIF.REMOVE", seam(TDH_DEVIF_REMOVE, p, 0, 0), TDX_SUCCESS);
+	/* A TDI before the link is up: its devif_id_t names no IDE stream. */
+	check("setup", "TDH.DEVIF.CREATE (no stream yet)", devif_create(dev, td),
+	      TDX_IDE_STREAM_INVALID_STATE | TDX_OPERAND_ID_RCX);
 	connect(dev);
 	/* What the device reports for the interface: its whole BAR. */
 	check("setup", "model device report", tsm_tdx_model_report(IFACE, &host.list),

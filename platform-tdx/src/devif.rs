@@ -171,6 +171,18 @@ pub const fn devif_rsp_in(page: u64, td_flag: bool) -> u64 {
     (page & RSP_IN_PA_MASK) | if td_flag { REQ_IN_TD_FLAG } else { 0 }
 }
 
+/// The response code `devif_rsp_out_t` names when the operation `op` ends: the response to
+/// the request the host's code named (ours: a bind ends on its last report portion, an unbind
+/// that had to confirm on GET_STATE, yet the host asked for LOCK or STOP).
+fn operation_response(op: DeviceOp) -> u8 {
+    match op {
+        DeviceOp::Bind { .. } => response::LOCK_INTERFACE,
+        DeviceOp::Stop { .. } => response::STOP_INTERFACE,
+        DeviceOp::Check => response::DEVICE_INTERFACE_STATE,
+        DeviceOp::Start { .. } => response::START_INTERFACE,
+    }
+}
+
 /// DOE header dword 1 length field: bits 17:0, in dwords (PCIe 6.x 6.30.1).
 const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
 /// Bytes of the DOE header.
@@ -575,7 +587,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 }
                 _ => 0,
             };
-            out.rcx = devif_rsp_out(ex.op.request_code() & !0x80, 0, state);
+            out.rcx = devif_rsp_out(operation_response(ex.op), 0, state);
         }
         // The TD's request ended (its START no longer waits): the TD reads the outcome.
         if start && after.exchange.is_none_or(|e| e.seq != ex.seq) {
@@ -656,6 +668,3 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         }
     }
 }
-
-// The TDISP response codes the outputs name are the requests' with bit 7 clear.
-const _: () = assert!(request::LOCK_INTERFACE & !0x80 == response::LOCK_INTERFACE);
