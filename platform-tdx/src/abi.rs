@@ -31,8 +31,8 @@ pub use crate::devif::{
     DEVIF_TYPE_PFVF, FUNCTION_ID_REG_RESERVED, OUT_LENGTH_SHIFT, REQ_IN_CODE_MASK,
     REQ_IN_NO_FW_UPDATE, REQ_IN_TD_FLAG, RSP_IN_PA_MASK, RSP_OUT_STATE_SHIFT, TDG_DEVIF_REQUEST,
     TDG_DEVIF_RESPONSE, TDH_DEVIF_CREATE, TDH_DEVIF_REMOVE, TDH_DEVIF_REQUEST, TDH_DEVIF_RESPONSE,
-    TDISP_GET_STATE, TDISP_LOCK_INTERFACE, TDISP_START_INTERFACE, TDISP_STOP_INTERFACE, devif_id,
-    devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
+    TDISP_GET_STATE, TDISP_LOCK_INTERFACE, TDISP_START_INTERFACE, TDISP_STOP_INTERFACE,
+    TSM_DEVIF_SET_TD, devif_id, devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
 };
 use crate::ept::SeptState;
 use crate::link::{Link, Session};
@@ -462,7 +462,7 @@ pub const fn operands(leaf: u16) -> Operands {
         | TSM_DEVIF_STATE | TSM_DEVIF_CHECK | TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => {
             Operands { tdi: rcx, ..none }
         }
-        TSM_DEVIF_BIND => Operands {
+        TSM_DEVIF_BIND | TSM_DEVIF_SET_TD => Operands {
             tdi: rcx,
             td: rdx,
             ..none
@@ -933,20 +933,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             TSM_DEVIF_BIND => {
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, entry) = devif_at(&table, r.rcx).map_err(st)?;
-                let td = td_at(r.rdx, OPERAND_ID_RDX)?;
-                if entry.tdr.as_u64() != r.rdx {
-                    return Err(st(
-                        status::TDX_MMIO_DEVIF_OWNER_MISMATCH | u64::from(OPERAND_ID_RDX)
-                    ));
-                }
-                let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                let o = self.relayed(out, tdi, Some(page), |buf| Ok(tsm.bind(tdi, td, buf)))?;
+                let o = self.devif_bind(&table, tdi, &entry, r, out)?;
                 drop(table);
                 match o {
                     Outcome::Core(Err(Error::StreamCut)) => st(self.stream_not_live(tdi)),
                     o => o,
                 }
             }
+            TSM_DEVIF_SET_TD => self.devif_set_td(r)?,
             TDH_MMIO_MAP => {
                 let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 if r.r9 != MMIO_MAP_RESERVED_R9 {

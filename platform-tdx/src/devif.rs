@@ -46,19 +46,22 @@ use crate::status::{
 /// 15:0, 0 here: ours, no IOMMU model; stream id 23:16, an IDE stream TDH.IDE.STREAM.CREATE
 /// made, which names the SPDM id; devif type 31:24, [`DEVIF_TYPE_PFVF`]; function ID 63:32,
 /// inside the stream's RID association range and a function of the device), RDX the TDR page
-/// of the TD the TDI is for (the only TD TSM.DEVIF.BIND / LOCK may bind it to), R8 the DEVIFCS
-/// page, R9 and R10 the TD's and the VMM's TDISP buffers: three firmware-private pages
-/// ([`DevifPages`], until REMOVE). No output. Checked in the module's order: R8, RDX, R9, R10,
-/// then RCX: format (`TDX_OPERAND_INVALID`), a TDI already there
-/// (`TDX_DEVIFMT_ALREADY_PRESENT`), the stream (none or blocked:
-/// `TDX_IDE_STREAM_INVALID_STATE`), the RID range (`TDX_OPERAND_INVALID`), the session
-/// (`TDX_SPDM_INVALID_STATE`), each + RCX; then the core (`TSM_FOREIGN_INTERFACE` + RCX).
+/// of the TD the TDI is for (the only TD TSM.DEVIF.BIND / LOCK may bind it to; ours: 0 for no
+/// TD yet, for a host that creates TDIs before their TD, [`TSM_DEVIF_SET_TD`] names it), R8
+/// the DEVIFCS page, R9 and R10 the TD's and the VMM's TDISP buffers: three firmware-private
+/// pages ([`DevifPages`], until REMOVE). No output. Checked in the module's order: R8, RDX,
+/// R9, R10, then RCX: format (`TDX_OPERAND_INVALID`), the stream (none, stopped or blocked:
+/// `TDX_IDE_STREAM_INVALID_STATE`), a function that is not the device's
+/// (`TSM_FOREIGN_INTERFACE`, ours: the core's own check, before the module's), a TDI already
+/// there (`TDX_DEVIFMT_ALREADY_PRESENT`), the RID range (`TDX_OPERAND_INVALID`), the session
+/// (`TDX_SPDM_INVALID_STATE`), each + RCX; then the core (`TSM_TDI_TABLE_FULL`).
 pub const TDH_DEVIF_CREATE: u16 = 137;
 /// TDH.DEVIF.REMOVE (TDX-IO 138; `tdh_devif_remove.c` @6e66b9d2): RCX `function_id_reg_t`.
-/// Refused (`TDX_DEVIF_INVALID_STATE` + RCX, nothing changed) unless the TDI is unbound with
-/// nothing outstanding; an unbound TDI owns no range and has no leaf (the core's unbind ends
-/// only once its last leaf is gone). Out: RCX the R9 page, RDX the R10 page, R8 the TDR PA, as
-/// the module returns them; the three pages are free again.
+/// Refused (`TDX_DEVIF_INVALID_STATE` + RCX, nothing changed) unless the TDI is unbound; an
+/// unbound TDI owns no range and has no leaf (the core's unbind ends only once its last leaf
+/// is gone). A bind still waiting on the device: `TDX_DEVIF_TDISP_OUT_REQ` + RCX (ours; the
+/// module does not ask). Out: RCX the R9 page, RDX the R10 page, R8 the TDR PA (0 for none),
+/// as the module returns them; the three pages are free again.
 pub const TDH_DEVIF_REMOVE: u16 = 138;
 /// TDH.DEVIF.REQUEST (TDX-IO 139; `tdh_devif_request.c` @a56a9173): RCX `function_id_reg_t`,
 /// RDX `devif_req_in_t` ([`REQ_IN_CODE_MASK`], [`REQ_IN_NO_FW_UPDATE`], [`REQ_IN_TD_FLAG`]),
@@ -86,9 +89,11 @@ pub const TDH_DEVIF_RESPONSE: u16 = 140;
 /// TDG.DEVIF.REQUEST (TDX-IO 68; `tdg_devif_request.c` @6e66b9d2): RCX `function_id_reg_t`,
 /// RDX `devif_req_in_t` with only the code (START_INTERFACE 0x86; the module's 0x84 and 0x85
 /// are ours to refuse: the firmware read the report at bind, `TDX_OPERAND_INVALID` + RDX), R9
-/// zero. The calling TD must be the TDI's (`TDX_DEVIF_INVALID_METADATA` + RCX) and have no
-/// request of its own waiting (`TDX_DEVIF_TDISP_INVALID_REQ_STS` + RCX). The core's start
-/// begins and the request waits for the host's TDH.DEVIF.REQUEST `td_flag`: `TDX_SUCCESS`.
+/// zero. The TDI's own TD may have no request waiting or unread
+/// (`TDX_DEVIF_TDISP_INVALID_REQ_STS` + RCX); then the core's start judges (its refusals: an
+/// unbound TDI `TDX_DEVIF_INVALID_STATE`, another TD's `TDX_DEVIF_INVALID_METADATA`, each +
+/// RCX). The core's start begins and the request waits for the host's TDH.DEVIF.REQUEST
+/// `td_flag`: `TDX_SUCCESS`.
 pub const TDG_DEVIF_REQUEST: u16 = 68;
 /// TDG.DEVIF.RESPONSE (TDX-IO 69; `tdg_devif_response.c` @6e66b9d2): RCX `function_id_reg_t`,
 /// RDX 0 (ours: nothing to copy, the start's answer has no payload; else
@@ -97,6 +102,13 @@ pub const TDG_DEVIF_REQUEST: u16 = 68;
 /// another. Not answered yet: `TDX_DEVIF_TDISP_INVALID_REQ_STS` + RCX. A request the host
 /// abandoned (unbind, device error) reads `TDX_DEVIF_INVALID_STATE` + RCX (ours).
 pub const TDG_DEVIF_RESPONSE: u16 = 69;
+/// Ours, TSM.DEVIF.SET_TD: RCX `function_id_reg_t`, RDX the TDR page of another TD (it must
+/// name one: `TDX_OPERAND_INVALID` + RDX). The TDI is then for that TD, as TDH.DEVIF.REMOVE
+/// and TDH.DEVIF.CREATE for it would make it, keeping its slot and private pages: for a host
+/// that keeps a TDI across TDs (the scenario model; a TDX-IO host removes and creates). Only
+/// an unbound TDI with nothing outstanding (`TDX_DEVIF_INVALID_STATE` + RCX; a bind waiting,
+/// `TDX_DEVIF_TDISP_OUT_REQ` + RCX); a request of the old TD's unread is dropped.
+pub const TSM_DEVIF_SET_TD: u16 = 0xF00A;
 
 // ---- operand encodings --------------------------------------------------------------------
 
@@ -330,8 +342,13 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             Ok(at)
         };
         let devifcs = private(r.r8, OPERAND_ID_R8, &[])?;
-        td_in(&tds, r.rdx).ok_or(st(invalid(OPERAND_ID_RDX)))?;
-        let tdr = Hpa::try_new(r.rdx).map_err(|_| st(invalid(OPERAND_ID_RDX)))?;
+        let tdr = match r.rdx {
+            0 => None,
+            raw => {
+                td_in(&tds, raw).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                Some(Hpa::try_new(raw).map_err(|_| st(invalid(OPERAND_ID_RDX)))?)
+            }
+        };
         let td_buffer = private(r.r9, OPERAND_ID_R9, &[devifcs])?;
         let vmm_buffer = private(r.r10, OPERAND_ID_R10, &[devifcs, td_buffer])?;
         // RCX: iommu 0 (ours), type PF/VF, the function ID's format.
@@ -342,9 +359,6 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let raw_function = r.rcx >> DEVIF_ID_FUNCTION_SHIFT;
         let function = canonical(raw_function).map_err(st)?;
         let rid = decode_function_id(raw_function).map_err(st)?;
-        if devif_in(&table, function).is_some() {
-            return Err(named(status::TDX_DEVIFMT_ALREADY_PRESENT, OPERAND_ID_RCX));
-        }
         // The stream names the SPDM id (ours: stream ID == SPDM id, page selector 0).
         let stream_id = (r.rcx >> DEVIF_ID_STREAM_SHIFT) & 0xff;
         let entry = spdm
@@ -358,6 +372,21 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             .as_ref()
             .filter(|s| !s.blocked && s.keys != Keys::Stopped)
             .ok_or(named(status::TDX_IDE_STREAM_INVALID_STATE, OPERAND_ID_RCX))?;
+        let dev = entry
+            .device
+            .ok_or(named(status::TSM_BARS_NOT_REGISTERED, OPERAND_ID_RCX))?;
+        if !self
+            .tsm
+            .device(dev)
+            .map_err(core_err)?
+            .functions
+            .contains(rid)
+        {
+            return Err(core_err(Error::ForeignInterface));
+        }
+        if devif_in(&table, function).is_some() {
+            return Err(named(status::TDX_DEVIFMT_ALREADY_PRESENT, OPERAND_ID_RCX));
+        }
         let [rid1, rid2] = stream.rid;
         let limit = (rid1 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
         let base = (rid2 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
@@ -369,9 +398,6 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if !matches!(entry.link.session, Session::Connected(_)) {
             return Err(named(status::TDX_SPDM_INVALID_STATE, OPERAND_ID_RCX));
         }
-        let dev = entry
-            .device
-            .ok_or(named(status::TSM_BARS_NOT_REGISTERED, OPERAND_ID_RCX))?;
         let tdi = self.tsm.create_tdi(dev, rid).map_err(core_err)?;
         let Some(slot) = table.get_mut(usize::from(tdi.slot())) else {
             // Unreachable: the core's TDI slots are the table's. Undone all the same.
@@ -401,8 +427,8 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let (tdi, entry) = devif_at(&table, r.rcx).map_err(Outcome::Status)?;
         match self.tsm.remove_tdi(tdi) {
             Ok(()) => {}
-            // Bound, being unbound, or a bind waiting on the device: not CONFIG_UNLOCKED.
-            Err(Error::TdiBound | Error::ExchangePending | Error::UnbindInProgress) => {
+            // Bound or being unbound: not CONFIG_UNLOCKED.
+            Err(Error::TdiBound) => {
                 return Err(named(status::TDX_DEVIF_INVALID_STATE, OPERAND_ID_RCX));
             }
             Err(e) => return Err(core_err(e)),
@@ -412,15 +438,71 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         }
         out.rcx = entry.pages.td_buffer.as_u64();
         out.rdx = entry.pages.vmm_buffer.as_u64();
-        out.r8 = entry.tdr.as_u64();
+        out.r8 = entry.tdr.map_or(0, |t| t.as_u64());
         Ok(Outcome::Core(Ok(Completion::Done)))
     }
 
-    /// The TD TDH.DEVIF.CREATE named for `entry` (gone: `TDX_OPERAND_INVALID` + TDR).
+    /// The TD `entry` is for (none, or gone: `TDX_OPERAND_INVALID` + TDR).
     fn td_of(&self, entry: &DevifEntry) -> Result<GuestId, Outcome> {
         let tds = self.fw.read_tds().map_err(core_err)?;
-        td_in(&tds, entry.tdr.as_u64())
+        entry
+            .tdr
+            .and_then(|t| td_in(&tds, t.as_u64()))
             .ok_or(named(status::TDX_OPERAND_INVALID, status::OPERAND_ID_TDR))
+    }
+
+    /// TSM.DEVIF.BIND ([`crate::abi::TSM_DEVIF_BIND`]) once RCX named `tdi` (`entry`): RDX
+    /// names a TD (`TDX_OPERAND_INVALID` + RDX), R8 the request page; a TD other than the
+    /// TDI's is `TDX_MMIO_DEVIF_OWNER_MISMATCH` + RDX where the core would start the bind, and
+    /// the core's own refusal where it would not (bound, unbinding, another bind waiting), so
+    /// the host learns first what the core would say.
+    pub(crate) fn devif_bind(
+        &self,
+        table: &PageTable,
+        tdi: TdiId,
+        entry: &DevifEntry,
+        r: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
+        let td = {
+            let tds = self.fw.read_tds().map_err(core_err)?;
+            td_in(&tds, r.rdx).ok_or(named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?
+        };
+        let page = self.request_page(table, r.r8, OPERAND_ID_R8)?;
+        let tsm = self.tsm;
+        if entry.tdr.map(|t| t.as_u64()) != Some(r.rdx) {
+            let record = tsm.tdi(tdi).map_err(core_err)?;
+            // Unbound with nothing waiting: the core would bind to RDX's TD.
+            if record.state == tsm_core::TdiState::Unbound && record.exchange.is_none() {
+                return Err(named(status::TDX_MMIO_DEVIF_OWNER_MISMATCH, OPERAND_ID_RDX));
+            }
+        }
+        self.relayed(out, tdi, Some(page), |buf| Ok(tsm.bind(tdi, td, buf)))
+    }
+
+    /// TSM.DEVIF.SET_TD ([`TSM_DEVIF_SET_TD`]).
+    pub(crate) fn devif_set_td(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
+        let mut table = self.fw.lock_pages().map_err(core_err)?;
+        let (tdi, _) = devif_at(&table, r.rcx).map_err(Outcome::Status)?;
+        let tdr = {
+            let tds = self.fw.read_tds().map_err(core_err)?;
+            td_in(&tds, r.rdx).ok_or(named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
+            Hpa::try_new(r.rdx).map_err(|_| named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?
+        };
+        let record = self.tsm.tdi(tdi).map_err(core_err)?;
+        if record.exchange.is_some() {
+            return Err(named(status::TDX_DEVIF_TDISP_OUT_REQ, OPERAND_ID_RCX));
+        }
+        if record.state != tsm_core::TdiState::Unbound {
+            return Err(named(status::TDX_DEVIF_INVALID_STATE, OPERAND_ID_RCX));
+        }
+        let slot = table
+            .get_mut(usize::from(tdi.slot()))
+            .and_then(Option::as_mut)
+            .ok_or(core_err(Error::Inconsistent))?;
+        slot.tdr = Some(tdr);
+        slot.td_request = TdRequest::Available;
+        Ok(Outcome::Core(Ok(Completion::Done)))
     }
 
     /// TDH.DEVIF.REQUEST ([`TDH_DEVIF_REQUEST`]). Order (the module's): RDX, R9, RCX, an
@@ -629,9 +711,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         }
         let mut table = self.fw.lock_pages().map_err(core_err)?;
         let (tdi, entry) = devif_at(&table, r.rcx).map_err(st)?;
-        if entry.tdr.as_u64() != tdr {
-            return Err(named(status::TDX_DEVIF_INVALID_METADATA, OPERAND_ID_RCX));
-        }
+        let own = entry.tdr.map(|t| t.as_u64()) == Some(tdr);
         let waiting = self.tsm.tdi(tdi).map_err(core_err)?.exchange.map(|e| e.op);
         let now = td_request_now(&entry, waiting);
         let slot = table
@@ -639,21 +719,30 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             .and_then(Option::as_mut)
             .ok_or(core_err(Error::Inconsistent))?;
         if starting {
-            if now != TdRequest::Available {
+            if own && now != TdRequest::Available {
                 return Err(named(
                     status::TDX_DEVIF_TDISP_INVALID_REQ_STS,
                     OPERAND_ID_RCX,
                 ));
             }
             // The request is framed again when the host fetches it: this copy is dropped.
+            // Another TD's call reaches the core only to be refused: the TDI is bound to its
+            // own TD or to none, and a START waits for its owner alone.
             let mut buf = [0u8; crate::abi::REQUEST_BUFFER];
             return match self.tsm.guest_start(td, tdi, &mut buf) {
-                Ok(Completion::Relay(_)) => {
+                Ok(Completion::Relay(_)) if own => {
                     slot.td_request = TdRequest::Requested;
                     Ok(Outcome::Status(TDX_SUCCESS))
                 }
-                r => Ok(Outcome::Core(r)),
+                Ok(_) => Err(core_err(Error::Inconsistent)),
+                Err(Error::NotOwner) => {
+                    Err(named(status::TDX_DEVIF_INVALID_METADATA, OPERAND_ID_RCX))
+                }
+                Err(e) => Err(core_err(e)),
             };
+        }
+        if !own {
+            return Err(named(status::TDX_DEVIF_INVALID_METADATA, OPERAND_ID_RCX));
         }
         match now {
             TdRequest::Processed { status, out: rsp } => {

@@ -73,8 +73,9 @@ pub enum TdRequest {
 pub struct DevifEntry {
     /// The TDISP function ID (`fucntion_id_t`, bits 31:0 of `devif_id_t` 63:32).
     pub function: u32,
-    /// The TDR page of the TD the TDI was created for (RDX): the only TD it may be bound to.
-    pub tdr: Hpa,
+    /// The TDR page of the TD the TDI is for (CREATE's RDX, or TSM.DEVIF.SET_TD's): the only
+    /// TD it may be bound to. `None`: created for no TD yet (ours, CREATE RDX 0).
+    pub tdr: Option<Hpa>,
     /// R8, R9, R10.
     pub pages: DevifPages,
     /// The TD's own request.

@@ -136,10 +136,11 @@ impl<'m> World<'m> {
         .map(u64::from)
         .contains(&leaf)
             || (leaf == u64::from(abi::TSM_DEVIF_UNBIND) && regs.rdx == 0);
-        if relays && regs.r8 == 0 {
-            if let Some(pages) = self.pages.borrow().get(&regs.rcx) {
-                regs.r8 = pages.0;
-            }
+        if relays
+            && regs.r8 == 0
+            && let Some(pages) = self.pages.borrow().get(&regs.rcx)
+        {
+            regs.r8 = pages.0;
         }
         self.call_raw(leaf, regs)
     }
@@ -1310,7 +1311,7 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
         w.fw.devif(w.id(tdi)).unwrap(),
         Some(DevifEntry {
             function: tdi as u32,
-            tdr: hpa(td),
+            tdr: Some(hpa(td)),
             pages: platform_tdx::DevifPages {
                 devifcs: hpa(devifcs),
                 td_buffer: hpa(td_buffer),
@@ -2929,4 +2930,320 @@ fn devif_rd_reads_the_calling_tds_own_tdi() {
         }
     }
     assert!(w.image() == before, "a refused TDG.DEVIF.RD changed state");
+}
+
+/// The TDX-IO register sets, exactly as the module's unions lay them out (intel/tdx-module
+/// `devif_defs.h` @a56a9173): CREATE's `devif_id_t` and three private pages (no output),
+/// REQUEST's `devif_req_in_t` in and `devif_req_out_t` out, RESPONSE's `devif_rsp_in_t` in and
+/// `devif_rsp_out_t` out, the guest's TDG.DEVIF.REQUEST/RESPONSE, and REMOVE's three outputs.
+/// Every register a leaf does not write comes back as sent.
+#[test]
+fn devif_golden_registers_in_and_back() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let fid: u64 = 0x0300; // 0000:03:00.0: RID 15:0, segment 0, SEG_VALID clear
+    let (devifcs, td_buffer, vmm_buffer) = private_pages(PAGES_C.0);
+    let create = SeamRegs {
+        rax: u64::from(abi::TDH_DEVIF_CREATE),
+        // iommu 15:0 = 0, stream 23:16 = the SPDM id's stream (ours: its id), type 31:24 = 0,
+        // function ID 63:32.
+        rcx: dev << 16 | fid << 32,
+        rdx: td,
+        r8: devifcs,
+        r9: td_buffer,
+        r10: vmm_buffer,
+        ..Default::default()
+    };
+    let out = w.call(create.rax, create);
+    assert_eq!(
+        out,
+        SeamRegs {
+            rax: TDX_SUCCESS,
+            ..create
+        },
+        "CREATE has no output"
+    );
+    w.pages.borrow_mut().insert(fid, PAGES_C);
+
+    // REQUEST LOCK_INTERFACE: RDX code 0x83, R8 the shared page, R9 0.
+    let lock = SeamRegs {
+        rax: u64::from(abi::TDH_DEVIF_REQUEST),
+        rcx: fid,
+        rdx: 0x83,
+        r8: PAGES_C.0,
+        ..Default::default()
+    };
+    let out = w.call(lock.rax, lock);
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    // devif_req_out_t: the message written (the bind's first: GET_TDISP_VERSION), its DOE
+    // length in 23:8, 63:24 zero.
+    assert_eq!(out.rcx & 0xff, 0x81, "GET_TDISP_VERSION first");
+    assert_eq!(out.rcx >> 24, 0);
+    let len = w.request(fid, out.rcx).len() as u64;
+    assert_eq!((out.rcx >> 8) & 0xffff, len);
+    assert_eq!(
+        SeamRegs {
+            rax: 0,
+            rcx: 0,
+            ..out
+        },
+        SeamRegs {
+            rax: 0,
+            rcx: 0,
+            ..lock
+        }
+    );
+
+    // RESPONSE: RDX the answer's page (51:12), R8 the next request's page, R9 0.
+    let mut out = out;
+    let mut last = out;
+    while out.rax == TDX_SPDM_REQUEST {
+        let answer = w.doe(&w.request(fid, out.rcx)).unwrap();
+        w.write(PAGES_C.1, &answer);
+        let regs = SeamRegs {
+            rax: u64::from(abi::TDH_DEVIF_RESPONSE),
+            rcx: fid,
+            rdx: PAGES_C.1,
+            r8: PAGES_C.0,
+            ..Default::default()
+        };
+        last = regs;
+        out = w.call(regs.rax, regs);
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    // devif_rsp_out_t: LOCK_INTERFACE_RESPONSE 0x03, nothing copied (length 0).
+    assert_eq!(out.rcx, 0x03);
+    assert_eq!(
+        SeamRegs {
+            rax: 0,
+            rcx: 0,
+            ..out
+        },
+        SeamRegs {
+            rax: 0,
+            rcx: 0,
+            ..last
+        }
+    );
+    assert_eq!(w.state_code(fid), abi::TdiStateCode::Locked as u64);
+
+    // GET_DEVICE_INTERFACE_STATE: the STATE response carries the TDISP state in 31:24.
+    let state = w.relayed(
+        abi::TDH_DEVIF_REQUEST,
+        SeamRegs {
+            rcx: fid,
+            rdx: 0x85,
+            r8: PAGES_C.0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(state.rax, TDX_SUCCESS);
+    assert_eq!(state.rcx, 0x05 | 1 << 24, "STATE response, CONFIG_LOCKED");
+
+    // The guest: TDG.DEVIF.REQUEST START (RDX 0x86) queues it and writes nothing back.
+    let start = SeamRegs {
+        rax: u64::from(abi::TDG_DEVIF_REQUEST),
+        rcx: fid,
+        rdx: 0x86,
+        ..Default::default()
+    };
+    let mut regs = start;
+    Dispatcher::new(&w.fw, HostBuffer::new(HOST, &mut w.mem.borrow_mut())).tdcall(td, &mut regs);
+    assert_eq!(
+        regs,
+        SeamRegs {
+            rax: TDX_SUCCESS,
+            ..start
+        }
+    );
+    // The host fetches it: td_flag (bit 63), code 0.
+    let fetch = w.call(
+        u64::from(abi::TDH_DEVIF_REQUEST),
+        SeamRegs {
+            rcx: fid,
+            rdx: 1 << 63,
+            r8: PAGES_C.0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(fetch.rax, TDX_SPDM_REQUEST);
+    assert_eq!(fetch.rcx & 0xff, 0x86);
+    let answer = w.doe(&w.request(fid, fetch.rcx)).unwrap();
+    w.write(PAGES_C.1, &answer);
+    let answered = w.call(
+        u64::from(abi::TDH_DEVIF_RESPONSE),
+        SeamRegs {
+            rcx: fid,
+            rdx: PAGES_C.1 | 1 << 63,
+            r8: PAGES_C.0,
+            ..Default::default()
+        },
+    );
+    assert_eq!((answered.rax, answered.rcx), (TDX_SUCCESS, 0x06));
+    // TDG.DEVIF.RESPONSE: RDX 0 (no copy), the outcome in RCX.
+    let read = w.tdcall(
+        td,
+        abi::TDG_DEVIF_RESPONSE,
+        SeamRegs {
+            rcx: fid,
+            ..Default::default()
+        },
+    );
+    assert_eq!((read.rax, read.rcx), (TDX_SUCCESS, 0x06));
+    assert_eq!(w.state_code(fid), abi::TdiStateCode::Run as u64);
+    // Read once: a second read finds nothing processed.
+    let again = w.tdcall(
+        td,
+        abi::TDG_DEVIF_RESPONSE,
+        SeamRegs {
+            rcx: fid,
+            ..Default::default()
+        },
+    );
+    assert_eq!(again.rax, TDX_DEVIF_TDISP_INVALID_REQ_STS | 1);
+
+    // STOP_INTERFACE: the bounded unbind, INTERRUPTED_RESUMABLE until done; its last
+    // outcome names STOP_INTERFACE_RESPONSE 0x07.
+    let stop = SeamRegs {
+        rcx: fid,
+        rdx: 0x87,
+        r8: PAGES_C.0,
+        ..Default::default()
+    };
+    let mut out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
+    for _ in 0..100 {
+        if out.rax != TDX_INTERRUPTED_RESUMABLE {
+            break;
+        }
+        out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    assert_eq!(w.state_code(fid), abi::TdiStateCode::Unbound as u64);
+
+    // REMOVE: RCX the function ID; out RCX the TD buffer, RDX the VMM buffer, R8 the TDR.
+    let remove = SeamRegs {
+        rax: u64::from(abi::TDH_DEVIF_REMOVE),
+        rcx: fid,
+        ..Default::default()
+    };
+    let out = w.call(remove.rax, remove);
+    assert_eq!(
+        out,
+        SeamRegs {
+            rax: TDX_SUCCESS,
+            rcx: td_buffer,
+            rdx: vmm_buffer,
+            r8: td,
+            ..remove
+        }
+    );
+    // The pages are free again: the same CREATE works.
+    w.ok(abi::TDH_DEVIF_CREATE, create);
+}
+
+/// A TDI is for one TD (CREATE's RDX): TSM.DEVIF.BIND for another is OWNER_MISMATCH + RDX
+/// where the core would start a bind, and the core's own refusal where it would not; LOCK
+/// binds only to the TDI's TD; TSM.DEVIF.SET_TD (ours) hands an unbound, idle TDI to another
+/// TD, and is refused while the TDI is bound or a bind waits. A TDI created for no TD (RDX 0,
+/// ours) is bound by nobody until SET_TD names one. Every refusal changes nothing.
+#[test]
+fn a_tdi_is_bound_only_to_its_own_td() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td1 = w.create_td();
+    let td2 = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi_for(td1, dev, rid(3), PAGES_A);
+    let refused = |what: &str, leaf: u16, regs: SeamRegs, expect: u64| {
+        let before = w.image();
+        let out = w.call(u64::from(leaf), regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert!(w.image() == before, "{what} changed something");
+    };
+    let bind = |td: u64| SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        r8: PAGES_A.0,
+        ..Default::default()
+    };
+    let set_td = |td: u64| SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    refused(
+        "bind for another TD",
+        abi::TSM_DEVIF_BIND,
+        bind(td2),
+        TDX_MMIO_DEVIF_OWNER_MISMATCH | 2,
+    );
+    refused(
+        "SET_TD to no TD",
+        abi::TSM_DEVIF_SET_TD,
+        set_td(host_page(TDR_FIRST + 3)),
+        TDX_OPERAND_INVALID | 2,
+    );
+    // A bind of td1 waits: td2's bind gets the core's ExchangePending, SET_TD OUT_REQ.
+    let first = w.call(u64::from(abi::TSM_DEVIF_BIND), bind(td1));
+    assert_eq!(first.rax, TDX_SPDM_REQUEST);
+    refused(
+        "bind for another TD while a bind waits",
+        abi::TSM_DEVIF_BIND,
+        bind(td2),
+        TDX_DEVIF_TDISP_OUT_REQ | 1,
+    );
+    refused(
+        "SET_TD while a bind waits",
+        abi::TSM_DEVIF_SET_TD,
+        set_td(td2),
+        TDX_DEVIF_TDISP_OUT_REQ | 1,
+    );
+    assert_eq!(w.relay(tdi, first).rax, TDX_SUCCESS);
+    refused(
+        "bind for another TD while bound",
+        abi::TSM_DEVIF_BIND,
+        bind(td2),
+        TSM_TDI_ALREADY_BOUND | 1,
+    );
+    refused(
+        "SET_TD while bound",
+        abi::TSM_DEVIF_SET_TD,
+        set_td(td2),
+        TDX_DEVIF_INVALID_STATE | 1,
+    );
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    w.ok(abi::TSM_DEVIF_SET_TD, set_td(td2));
+    refused(
+        "bind for the old TD",
+        abi::TSM_DEVIF_BIND,
+        bind(td1),
+        TDX_MMIO_DEVIF_OWNER_MISMATCH | 2,
+    );
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind(td2)).rax, TDX_SUCCESS);
+    let state = w.ok(abi::TSM_DEVIF_STATE, on(tdi));
+    assert_eq!(state.r8, td2, "owner td2");
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
+
+    // Created for no TD: LOCK has no TD to bind to; SET_TD names one.
+    let mut create = World::create_regs(dev, rid(3), 0, PAGES_A);
+    create.rdx = 0;
+    w.ok(abi::TDH_DEVIF_CREATE, create);
+    let lock = SeamRegs {
+        rcx: tdi,
+        rdx: 0x83,
+        r8: PAGES_A.0,
+        ..Default::default()
+    };
+    refused(
+        "LOCK of a TDI for no TD",
+        abi::TDH_DEVIF_REQUEST,
+        lock,
+        TDX_OPERAND_INVALID | u64::from(OPERAND_ID_TDR),
+    );
+    w.ok(abi::TSM_DEVIF_SET_TD, set_td(td1));
+    assert_eq!(w.relayed(abi::TDH_DEVIF_REQUEST, lock).rax, TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Locked as u64);
 }

@@ -102,6 +102,7 @@ const TABLE: &[Entry] = &[
         "TSM_DEVIF_FIELD_REPORTED_RANGE",
         abi::DEVIF_FIELD_REPORTED_RANGE
     ),
+    same!(abi::TSM_DEVIF_SET_TD),
     same!(abi::TDG_DEVIF_REQUEST),
     same!(abi::TDG_DEVIF_RESPONSE),
     // Statuses.
@@ -297,7 +298,7 @@ fn every_header_define_has_the_rust_value() {
 #[test]
 fn every_rust_leaf_status_and_operand_id_is_in_the_header() {
     let mut rust = rust_consts(ABI_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]);
-    rust.extend(rust_consts(DEVIF_RS, &["TDH_", "TDG_"], &["u16"]));
+    rust.extend(rust_consts(DEVIF_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]));
     rust.retain(|n| *n != "TSM_LEAF_BASE");
     rust.extend(rust_consts(STATUS_RS, &["TDX_", "TSM_"], &["u64"]));
     rust.extend(rust_consts(STATUS_RS, &["OPERAND_ID_"], &["u32"]));

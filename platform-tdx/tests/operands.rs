@@ -453,6 +453,7 @@ fn rows() -> Vec<Row> {
         row!(TSM_DEVIF_STATE, devif_state),
         row!(TSM_MMIO_ZAP_CHECK, zap_check),
         row!(TSM_DEVIF_CHECK, devif_check),
+        row!(TSM_DEVIF_SET_TD, devif_set_td),
         row!(TSM_SPDM_BARS, spdm_bars),
         row!(TDH_SPDM_CONNECT, spdm_connect),
         row!(TDH_SPDM_DISCONNECT, spdm_disconnect),
@@ -1068,8 +1069,14 @@ fn devif_create(w: &World<'_>) -> Setup {
             pmi(OPERAND_ID_R10),
         ),
     ]);
-    v.extend(bad_tdr(good, |r, x| r.rdx = x, td, inv(OPERAND_ID_RDX)));
+    // RDX 0 is a TDI for no TD yet (ours), not a bad TDR.
+    v.extend(
+        bad_tdr(good, |r, x| r.rdx = x, td, inv(OPERAND_ID_RDX))
+            .into_iter()
+            .filter(|b| b.regs.rdx != 0),
+    );
     let fid = abi::function_id(rid(3));
+    let foreign = TSM_FOREIGN_INTERFACE | u64::from(OPERAND_ID_RCX);
     let with_rcx = |rcx: u64| SeamRegs { rcx, ..good };
     let stream_state = TDX_IDE_STREAM_INVALID_STATE | u64::from(OPERAND_ID_RCX);
     v.extend([
@@ -1114,13 +1121,22 @@ fn devif_create(w: &World<'_>) -> Setup {
             stream_state,
         ),
         bad(
-            "RCX a function outside the stream's RID range",
+            "RCX a function of no device",
             with_rcx(abi::devif_id(0, dev as u8, abi::function_id(rid(6)) as u32)),
-            inv(OPERAND_ID_RCX),
+            foreign,
         ),
         bad(
             "RCX this function on another device's stream",
             with_rcx(abi::devif_id(0, dev4 as u8, fid as u32)),
+            foreign,
+        ),
+        bad(
+            "RCX the device's function 1, outside its stream's RID range (function 0 alone)",
+            with_rcx(abi::devif_id(
+                0,
+                dev as u8,
+                abi::function_id(RequesterId::try_new(0, 3, 0, 1).unwrap()) as u32,
+            )),
             inv(OPERAND_ID_RCX),
         ),
         bad(
@@ -1475,6 +1491,24 @@ fn devif_check(w: &World<'_>) -> Setup {
         tdcall: None,
         good,
         good_status: TDX_SPDM_REQUEST,
+        bad: v,
+    }
+}
+
+fn devif_set_td(w: &World<'_>) -> Setup {
+    let (_, _, tdi) = tdi_world(w);
+    let other = w.create_td();
+    let good = SeamRegs {
+        rcx: tdi,
+        rdx: other,
+        ..Default::default()
+    };
+    let mut v = bad_fid(good, tdi);
+    v.extend(bad_tdr(good, |r, x| r.rdx = x, other, inv(OPERAND_ID_RDX)));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
         bad: v,
     }
 }
