@@ -1350,14 +1350,29 @@ fn encode_tdi_state(state: TdiState, owner: Option<TdEntry>, regs: &mut SeamRegs
     regs.r9 = detail;
 }
 
+/// Whether `leaf` answers a relay with `devif_req_out_t` in RCX ([`crate::devif`]).
+const fn devif_relay(leaf: u16) -> bool {
+    matches!(
+        leaf,
+        TDH_DEVIF_REQUEST
+            | TDH_DEVIF_RESPONSE
+            | TSM_DEVIF_BIND
+            | TSM_DEVIF_UNBIND
+            | TSM_DEVIF_CHECK
+    )
+}
+
 /// A leaf's outcome as the host reads it from the registers it got back: the status decoded
-/// ([`status::decode`]) with `Relay`'s length from RCX. `None` for a status the leaf's
-/// operand roles do not explain.
+/// ([`status::decode`]) with `Relay`'s length from RCX (bits 23:8, `devif_req_out_t`, for the
+/// DEVIF leaves; all of RCX for the link leaves). `None` for a status the leaf's operand roles
+/// do not explain.
 pub fn outcome(leaf: u16, regs: &SeamRegs) -> Option<TsmResult<Completion>> {
     match status::decode(regs.rax, &operands(leaf))? {
-        Ok(Completion::Relay(_)) => Some(Ok(Completion::Relay(usize::from(
+        // The DEVIF leaves say `devif_req_out_t` (length in 23:8), the link leaves the length.
+        Ok(Completion::Relay(_)) if devif_relay(leaf) => Some(Ok(Completion::Relay(usize::from(
             u16::try_from((regs.rcx >> OUT_LENGTH_SHIFT) & 0xffff).ok()?,
         )))),
+        Ok(Completion::Relay(_)) => Some(Ok(Completion::Relay(usize::try_from(regs.rcx).ok()?))),
         other => Some(other),
     }
 }

@@ -3,15 +3,29 @@
 //! platform-tdx's dispatcher, and the 64-bit status in RAX decoded back to a core status with
 //! `platform_tdx::abi::outcome`.
 //!
-//! The relay goes through the ABI as a Linux TDX Connect host's does: a leaf that needs the
-//! device answers TDX_SPDM_REQUEST, and the backend takes the DOE object from the request
-//! page (its length from its own header, as Linux does; RCX must say the same) to the relaying
-//! host ([`Backend::begin`]; the scenario interpreter carries it to the backend's model device,
-//! [`Backend::mailbox`], or holds, garbles or swaps it), and hands an answer back by writing it
-//! to the response page and calling TDH.DEVIF.RESPONSE with its length ([`Backend::respond`];
-//! 0 when the device stays silent). Every TDI gets the same two message pages, as Linux keeps
-//! one pair per device: the firmware writes each request over the last, and the backend copies
-//! each out as soon as it is written. On TDX an empty answer is no answer (RDX 0).
+//! The relay goes through the ABI as a TDX-IO host's does: a leaf that needs the device
+//! answers TDX_SPDM_REQUEST, and the backend takes the DOE object from the request page it
+//! named in R8 (its length from its own header, as Linux does; RCX 23:8, `devif_req_out_t`,
+//! must say the same) to the relaying host ([`Backend::begin`]; the scenario interpreter
+//! carries it to the backend's model device, [`Backend::mailbox`], or holds, garbles or swaps
+//! it), and hands an answer back by writing it to the response page and calling
+//! TDH.DEVIF.RESPONSE with that page in RDX (`devif_rsp_in_t`; page 0 when the device stays
+//! silent) and the request page in R8 ([`Backend::respond`]). Every TDI uses the same two
+//! shared pages: the firmware writes each request over the last, and the backend copies each
+//! out as soon as it is written. On TDX an empty answer is no answer (RDX page 0).
+//!
+//! TDIs are named by their TDISP function ID, as the TDX-IO leaves name them; the handles the
+//! backend gives out are the core's, so a scenario's handle maps to the function ID through
+//! the firmware's own TDI records. TDH.DEVIF.CREATE takes three private pages per TDI (from a
+//! range of unbacked host pages) and the TD the TDI is for: the lowest TD there is (0, none,
+//! before the first). A scenario binds a TDI to any guest; the backend hands an unbound TDI to
+//! that guest's TD first with TSM.DEVIF.SET_TD (ours), as a TDX-IO host would remove and
+//! create it. The guest's start is TDG.DEVIF.REQUEST START, the host's TDH.DEVIF.REQUEST and
+//! TDH.DEVIF.RESPONSE with `td_flag`, and the guest's TDG.DEVIF.RESPONSE, whose status is the
+//! start's outcome. TDH.DEVIF.REMOVE of a TDI that is not unbound answers the module's
+//! TDX_DEVIF_INVALID_STATE, which decodes as `TdiNotBound` elsewhere: here it is the core's
+//! `TdiBound`; TDH.DEVIF.RESPONSE with nothing outstanding answers the module's
+//! TDX_DEVIF_TDISP_OUT_REQ, which decodes as `ExchangePending`: here it is `NoExchange`.
 //!
 //! Where the TDX status is coarser than the core's: OPERAND_INVALID on an address operand
 //! decodes to `Misaligned` (the core's `InvalidPageSize` looks the same), and the TDI state
@@ -34,7 +48,7 @@ use platform_tdx::abi::{
     self, Dispatcher, HostBuffer, HostFault, HostMemory, RangeList, SeamRegs, page_info,
 };
 use platform_tdx::ept::SeptEntry;
-use platform_tdx::module::MESSAGE_PAGE_BYTES;
+use platform_tdx::module::{MESSAGE_PAGE_BYTES, TdRequest};
 use platform_tdx::sept::{Sept, leaf_size};
 use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::lifecycle::{Cursor, UnbindStep};
@@ -127,6 +141,13 @@ const IDE_PAGES: usize = tsm_core::capacity::MAX_DEVICES + 1;
 /// One past the last IDE stream metadata page.
 const IDE_END: u64 = SPDM_END + (IDE_PAGES * MESSAGE_PAGE_BYTES) as u64;
 
+/// Private page triples of TDH.DEVIF.CREATE (R8, R9, R10), after the IDE ones: one more
+/// triple than the firmware has TDIs, so a create always finds one no TDI holds and a full
+/// table is `TdiTableFull`. Unbacked, as the metadata pages: the firmware only records them.
+const DEVIF_TRIPLES: usize = tsm_core::capacity::MAX_TDIS + 1;
+/// One past the last private page.
+const DEVIF_END: u64 = IDE_END + (3 * DEVIF_TRIPLES * MESSAGE_PAGE_BYTES) as u64;
+
 /// The backend's host memory: its pages of bytes, and the TDR, SPDM and IDE metadata pages,
 /// readable whole pages of host memory that the firmware never looks into (reading one gives
 /// zeros; writing one is refused as outside host memory).
@@ -134,7 +155,7 @@ struct BackendHost<'b>(HostBuffer<'b>);
 
 impl BackendHost<'_> {
     fn in_tdrs(hpa: u64, len: usize) -> bool {
-        let end = IDE_END;
+        let end = DEVIF_END;
         hpa >= TDR_BASE
             && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
     }
@@ -231,6 +252,57 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         (0..max)
             .find(|&id| matches!(self.tsm.spdm(id), Ok(Some(e)) if e.device == Some(device)))
             .unwrap_or(max.saturating_add(handle_reg(device)))
+    }
+
+    /// How the host names `tdi`: its function ID (`function_id_reg_t`). A TDI the firmware
+    /// does not know (a scenario's bad handle) gets its slot with bit 32 set, which is never a
+    /// function ID (bits 63:32 are reserved: `TDX_OPERAND_INVALID` + RCX).
+    pub fn function_of(&self, tdi: TdiId) -> u64 {
+        match self.tsm.devif(tdi) {
+            Ok(Some(entry)) => u64::from(entry.function),
+            _ => handle_reg(tdi) | 1 << 32,
+        }
+    }
+
+    /// The TDR of the TD `tdi` is for (`None`: none, or no such TDI).
+    fn td_of_tdi(&self, tdi: TdiId) -> Option<u64> {
+        match self.tsm.devif(tdi) {
+            Ok(Some(entry)) => entry.tdr.map(|t| t.as_u64()),
+            _ => None,
+        }
+    }
+
+    /// A private page triple (DEVIFCS, TD buffer, VMM buffer) no TDI holds.
+    fn free_devif_pages(&self) -> TsmResult<(u64, u64, u64)> {
+        let page = |k: usize, i: usize| -> Option<u64> {
+            let index = k.checked_mul(3)?.checked_add(i)?;
+            let offset = u64::try_from(index.checked_mul(MESSAGE_PAGE_BYTES)?).ok()?;
+            IDE_END.checked_add(offset)
+        };
+        let mut held = heapless::Vec::<u64, { 3 * tsm_core::capacity::MAX_TDIS }>::new();
+        for slot in 0..tsm_core::capacity::MAX_TDIS {
+            let slot = u16::try_from(slot).map_err(|_| Error::Inconsistent)?;
+            if let Some(e) = self.tsm.devif(TdiId::from_slot(slot))? {
+                for p in [e.pages.devifcs, e.pages.td_buffer, e.pages.vmm_buffer] {
+                    held.push(p.as_u64()).map_err(|_| Error::Inconsistent)?;
+                }
+            }
+        }
+        (0..DEVIF_TRIPLES)
+            .find_map(|k| {
+                let t = (page(k, 0)?, page(k, 1)?, page(k, 2)?);
+                (!held.contains(&t.0) && !held.contains(&t.1) && !held.contains(&t.2)).then_some(t)
+            })
+            .ok_or(Error::Inconsistent)
+    }
+
+    /// The IDE stream ID SPDM id `id` has (`devif_id_t` bits 23:16); a stream ID no stream has
+    /// (page selector set: ours, never used) when it has none or names no SPDM id.
+    fn stream_id_of(&self, id: u64) -> u64 {
+        match self.stream_of(id) {
+            Ok(Some((stream, _))) => stream,
+            _ => 0xff,
+        }
     }
 
     /// A metadata page no SPDM id holds.
@@ -369,19 +441,21 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     }
 
     /// TDH.IDE.STREAM.CREATE for SPDM id `id` (function `rid`) as Linux's
-    /// `tdx_ide_stream_create` issues it: a selective stream, the endpoint alone in its RID
-    /// association, one address window (here all of the low 4 GiB and above, the model has no
-    /// bridge window), a free metadata page. The stream ID.
+    /// `tdx_ide_stream_create` issues it: a selective stream whose RID association covers the
+    /// device's functions (the eight of its device number, the core's
+    /// `DeviceFunctions::physical`: every TDI of the device hangs off this stream), one address
+    /// window (here all of the low 4 GiB and above, the model has no bridge window), a free
+    /// metadata page. The stream ID.
     fn stream_create(&mut self, id: u64, rid: RequesterId) -> TsmResult<u64> {
         let page = self.free_page(SPDM_END, IDE_PAGES)?;
         let routing = u64::from(rid.routing_id());
+        let (first, last) = (routing & !0x7, routing | 0x7);
         let regs = SeamRegs {
             rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
             rdx: id,
             r8: abi::hpa_array(page, 1),
-            r10: routing << platform_tdx::link::RID_ASSOC_RID_SHIFT,
-            r11: platform_tdx::link::ASSOC_VALID
-                | routing << platform_tdx::link::RID_ASSOC_RID_SHIFT,
+            r10: last << platform_tdx::link::RID_ASSOC_RID_SHIFT,
+            r11: platform_tdx::link::ASSOC_VALID | first << platform_tdx::link::RID_ASSOC_RID_SHIFT,
             r12: platform_tdx::link::ASSOC_VALID
                 | 0xfff << platform_tdx::link::ADDR_ASSOC1_LIMIT_SHIFT,
             r13: 0xffff_ffff,
@@ -453,6 +527,61 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             )?;
         }
         Ok(())
+    }
+
+    /// The TD whose start of `tdi` waits on the device (the TDI's TD), if one does.
+    fn start_waits(&self, tdi: TdiId) -> Option<GuestId> {
+        let waiting = self.tsm.tsm().tdi(tdi).ok()?.exchange?;
+        match waiting.op {
+            tsm_core::DeviceOp::Start { guest } => Some(guest),
+            _ => None,
+        }
+    }
+
+    /// The guest's start of `tdi` from `guest` (TDI `fid`): an outcome of the TD's earlier
+    /// request still unread is read first (the core has no such state); TDG.DEVIF.REQUEST
+    /// START, unless this guest's START already waits (the core sends it again); then the
+    /// host fetches the request (TDH.DEVIF.REQUEST `td_flag`).
+    fn start_request(
+        &mut self,
+        guest: GuestId,
+        tdi: TdiId,
+        fid: u64,
+        request: &mut RelayBuf,
+    ) -> TsmResult<Completion> {
+        let on = SeamRegs {
+            rcx: fid,
+            ..SeamRegs::default()
+        };
+        let own = self.td_of_tdi(tdi) == Some(self.tdr(guest));
+        let waiting = self.start_waits(tdi) == Some(guest);
+        let unread = matches!(
+            self.tsm.devif(tdi),
+            Ok(Some(e)) if e.td_request != TdRequest::Available
+        );
+        if own && unread && !waiting {
+            let _ = self.tdcall(guest, abi::TDG_DEVIF_RESPONSE, on);
+        }
+        if !(own && waiting) {
+            let out = self.tdcall(
+                guest,
+                abi::TDG_DEVIF_REQUEST,
+                SeamRegs {
+                    rdx: u64::from(abi::TDISP_START_INTERFACE),
+                    ..on
+                },
+            );
+            Self::outcome(abi::TDG_DEVIF_REQUEST, &out)?;
+        }
+        let out = self.seamcall(
+            abi::TDH_DEVIF_REQUEST,
+            SeamRegs {
+                rdx: abi::devif_req_in(0, false, true),
+                r8: REQUEST_HPA,
+                ..on
+            },
+        );
+        self.take_request(abi::TDH_DEVIF_REQUEST, &out, request)
     }
 
     fn stage(&mut self, ranges: &[MmioRange]) -> TsmResult<()> {
@@ -558,42 +687,77 @@ impl Backend for TdxBackend<'_, '_> {
         )
     }
 
-    /// TDH.DEVIF.CREATE with the backend's request and response pages.
+    /// TDH.DEVIF.CREATE as a TDX-IO host issues it: RCX `devif_id_t` (the device's stream,
+    /// the interface's function ID), RDX the lowest TD there is (0 before the first: ours),
+    /// R8-R10 a free private page triple. The TDI is the core's handle its record names.
     fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+        let stream = self.stream_id_of(self.spdm_id(device));
+        let function = u32::try_from(abi::function_id(iface)).map_err(|_| Error::Inconsistent)?;
+        let td = (0..TDR_PAGES)
+            .filter_map(tdr_page)
+            .find(|&t| matches!(self.tsm.td_of(t), Ok(Some(_))))
+            .unwrap_or(0);
+        let (devifcs, td_buffer, vmm_buffer) = self.free_devif_pages()?;
         let regs = SeamRegs {
-            rcx: self.spdm_id(device),
-            rdx: u64::from(iface.packed()),
-            r9: REQUEST_HPA,
-            r10: RESPONSE_HPA,
+            rcx: abi::devif_id(0, u8::try_from(stream).unwrap_or(0xff), function),
+            rdx: td,
+            r8: devifcs,
+            r9: td_buffer,
+            r10: vmm_buffer,
             ..SeamRegs::default()
         };
-        TdiId::from_raw(self.call(abi::TDH_DEVIF_CREATE, regs)?.rcx)
+        self.done(abi::TDH_DEVIF_CREATE, regs)?;
+        self.tsm
+            .devif_of(function)?
+            .map(|(tdi, _)| tdi)
+            .ok_or(Error::Inconsistent)
     }
 
-    /// TDH.DEVIF.REMOVE.
+    /// TDH.DEVIF.REMOVE: RCX the function ID.
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()> {
-        let rcx = handle_reg(tdi);
-        self.done(
+        let rcx = self.function_of(tdi);
+        match self.done(
             abi::TDH_DEVIF_REMOVE,
             SeamRegs {
                 rcx,
                 ..SeamRegs::default()
             },
-        )
+        ) {
+            // The module's TDX_DEVIF_INVALID_STATE: not CONFIG_UNLOCKED (the core's TdiBound).
+            Err(Error::TdiNotBound) => Err(Error::TdiBound),
+            r => r,
+        }
     }
 
-    /// Ours: TSM.DEVIF.BIND, TSM.DEVIF.CHECK, TSM.DEVIF.UNBIND (no FORCE), or the guest's
-    /// TDCALL TSM.GUEST.DEVIF.START: `Relay(n)` with the request from the request page.
+    /// TSM.DEVIF.BIND (after TSM.DEVIF.SET_TD when the TDI is for another TD: its refusal,
+    /// if any, leaves the bind to give the precise one), TSM.DEVIF.CHECK, TSM.DEVIF.UNBIND (no
+    /// FORCE), each with R8 the request page; or the guest's start (TDG.DEVIF.REQUEST START,
+    /// then the host's TDH.DEVIF.REQUEST `td_flag`): `Relay(n)` with the request from the
+    /// request page.
     fn begin(&mut self, call: DeviceCall, request: &mut RelayBuf) -> TsmResult<Completion> {
-        let on = |tdi: TdiId| SeamRegs {
-            rcx: handle_reg(tdi),
+        let on = |rcx: u64| SeamRegs {
+            rcx,
+            r8: REQUEST_HPA,
             ..SeamRegs::default()
         };
+        let fid = self.function_of(call.tdi());
         let (leaf, out) = match call {
             DeviceCall::Bind { tdi, guest } => {
+                let tdr = self.tdr(guest);
+                let known = matches!(self.tsm.tdr_of(guest), Ok(Some(_)));
+                if known && self.td_of_tdi(tdi) != Some(tdr) {
+                    let _ = self.seamcall(
+                        abi::TSM_DEVIF_SET_TD,
+                        SeamRegs {
+                            rcx: fid,
+                            rdx: tdr,
+                            ..SeamRegs::default()
+                        },
+                    );
+                }
                 let regs = SeamRegs {
-                    rdx: self.tdr(guest),
-                    ..on(tdi)
+                    rdx: tdr,
+                    ..on(fid)
                 };
                 (
                     abi::TSM_DEVIF_BIND,
@@ -601,32 +765,33 @@ impl Backend for TdxBackend<'_, '_> {
                 )
             }
             DeviceCall::Start { guest, tdi } => {
-                let leaf = abi::TSM_GUEST_DEVIF_START;
-                (leaf, self.tdcall(guest, leaf, on(tdi)))
+                return self.start_request(guest, tdi, fid, request);
             }
-            DeviceCall::Check { tdi } => (
+            DeviceCall::Check { tdi: _ } => (
                 abi::TSM_DEVIF_CHECK,
-                self.seamcall(abi::TSM_DEVIF_CHECK, on(tdi)),
+                self.seamcall(abi::TSM_DEVIF_CHECK, on(fid)),
             ),
-            DeviceCall::Unbind { tdi } => (
+            DeviceCall::Unbind { tdi: _ } => (
                 abi::TSM_DEVIF_UNBIND,
-                self.seamcall(abi::TSM_DEVIF_UNBIND, on(tdi)),
+                self.seamcall(abi::TSM_DEVIF_UNBIND, on(fid)),
             ),
         };
         self.take_request(leaf, &out, request)
     }
 
-    /// TDH.DEVIF.RESPONSE with `answer` in the response page (RDX its length; 0 for none). An
-    /// answer longer than the page is cut to the page, RDX still its whole length: the
-    /// firmware refuses it unread.
+    /// TDH.DEVIF.RESPONSE with `answer` in the response page (RDX `devif_rsp_in_t`: the page,
+    /// or 0 for none; `td_flag` when the guest's start waits), R8 the request page. An answer
+    /// longer than the page is cut to the page: its own header says more than the page holds,
+    /// and the firmware refuses it. When the guest's start ends, the guest reads its outcome
+    /// (TDG.DEVIF.RESPONSE), which is returned.
     fn respond(
         &mut self,
         tdi: TdiId,
         answer: Option<&[u8]>,
         request: &mut RelayBuf,
     ) -> TsmResult<Completion> {
-        let rdx = match answer {
-            None => 0,
+        let page = match answer {
+            None | Some([]) => 0,
             Some(bytes) => {
                 let fits = bytes.get(..MESSAGE_PAGE_BYTES).unwrap_or(bytes);
                 self.host
@@ -634,16 +799,37 @@ impl Backend for TdxBackend<'_, '_> {
                     .and_then(|page| page.get_mut(..fits.len()))
                     .ok_or(Error::Inconsistent)?
                     .copy_from_slice(fits);
-                u64::try_from(bytes.len()).map_err(|_| Error::Inconsistent)?
+                RESPONSE_HPA
             }
         };
+        let start = self.start_waits(tdi);
+        let fid = self.function_of(tdi);
         let regs = SeamRegs {
-            rcx: handle_reg(tdi),
-            rdx,
+            rcx: fid,
+            rdx: abi::devif_rsp_in(page, start.is_some()),
+            r8: REQUEST_HPA,
             ..SeamRegs::default()
         };
         let out = self.seamcall(abi::TDH_DEVIF_RESPONSE, regs);
-        self.take_request(abi::TDH_DEVIF_RESPONSE, &out, request)
+        // The module's OUT_REQ on RESPONSE says "nothing outstanding": the core's NoExchange.
+        let host = match self.take_request(abi::TDH_DEVIF_RESPONSE, &out, request) {
+            Err(Error::ExchangePending) => Err(Error::NoExchange),
+            r => r,
+        };
+        match (start, self.tsm.devif(tdi)?) {
+            (Some(td), Some(e)) if matches!(e.td_request, TdRequest::Processed { .. }) => {
+                let read = self.tdcall(
+                    td,
+                    abi::TDG_DEVIF_RESPONSE,
+                    SeamRegs {
+                        rcx: fid,
+                        ..SeamRegs::default()
+                    },
+                );
+                Self::outcome(abi::TDG_DEVIF_RESPONSE, &read)
+            }
+            _ => host,
+        }
     }
 
     /// The model device behind its DOE mailbox.
@@ -696,7 +882,7 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// Ours: TSM.DEVIF.ERROR.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let rcx = handle_reg(tdi);
+        let rcx = self.function_of(tdi);
         let out = self.seamcall(
             abi::TSM_DEVIF_ERROR,
             SeamRegs {
@@ -712,7 +898,7 @@ impl Backend for TdxBackend<'_, '_> {
         let out = self.seamcall(
             abi::TSM_DEVIF_UNBIND,
             SeamRegs {
-                rcx: handle_reg(tdi),
+                rcx: self.function_of(tdi),
                 rdx: abi::UNBIND_FLAG_FORCE,
                 ..SeamRegs::default()
             },
@@ -779,7 +965,7 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// Ours: TSM.DEVIF.STATE.
     fn tdi_state(&mut self, tdi: TdiId) -> TsmResult<TdiState> {
-        let rcx = handle_reg(tdi);
+        let rcx = self.function_of(tdi);
         let out = self.call(
             abi::TSM_DEVIF_STATE,
             SeamRegs {
