@@ -1,8 +1,11 @@
 //! `tdx_dispatcher`: sequences of SEAMCALL and TDCALL leaves through
 //! `platform_tdx::abi::Dispatcher`, on a `TdxModule` with a 4- or 5-level S-EPT over a small
 //! frame pool, host memory the dispatcher reads and writes (a parameter page, two pairs of
-//! message pages, a spare page; any page can be made read-only), the model device behind the
-//! host's relay, and reserved memory (the pool, host memory, system memory).
+//! shared request/response pages, a spare page; any page can be made read-only; and unbacked
+//! pages for TDRs, metadata and TDIs' private page triples), the model device behind the
+//! host's relay, and reserved memory (the pool, host memory, system memory). TDIs are named
+//! by their TDISP function ID (the TDX-IO encodings, `platform_tdx::devif`); the operations
+//! pick them by core slot and the harness names each by its function ID.
 //!
 //! Each operation is one of a small set of leaves with mostly-valid operands (handles are slot
 //! numbers near the ones in use, addresses are picked in the BARs, in owned ranges, at existing
@@ -13,18 +16,19 @@
 //! a few rounds and then nothing (the host abandons it), or one round with another answer
 //! ([`Answer`]: nothing, bits flipped, cut short, padded, a wrong DOE length, a replay of an
 //! earlier answer, the request reflected, made-up bytes, too long); `Respond` hands any answer
-//! to any TDI's exchange later, with RDX exact, zero, off or past the page.
+//! to any TDI's exchange later, its DOE length exact, none (RDX page 0), off or past the page.
 //!
 //! After every call: `tsm_tests::invariants::check`, the record tables' consistency
 //! ([`registry_consistent`]), host memory (written only by a relay, only in the TDI's request
 //! page), and, when the call was refused (any status but success, `TDX_INTERRUPTED_RESUMABLE`
 //! and `TDX_SPDM_REQUEST`), relayed or read-only, a comparison of the whole state before and
 //! after under the exemptions of [`crate::exempt`]: every core record table, the S-EPT pool's
-//! bytes and bookkeeping (`Sept::bookkeeping`), the message-page table and host memory. A
-//! refused call must also leave every register but RAX as it was (or write only the walk
-//! details TDX documents); a relayed one writes RCX only, the request's length, and the
-//! request page holds a DOE object of that length that the device opens as the TDI's
-//! outstanding exchange. An answer handed back opens exactly when it is the device's own
+//! bytes and bookkeeping (`Sept::bookkeeping`), the TDI records (their TD's request state
+//! aside for the leaves that end or read it) and host memory. A refused call must also leave
+//! every register but RAX as it was (or write only the walk details TDX documents); a relayed
+//! one writes RCX only (`devif_req_out_t`: the code of the outstanding request, its length),
+//! and the request page R8 named holds a DOE object of that length that the device opens as
+//! the TDI's outstanding exchange. An answer handed back opens exactly when it is the device's own
 //! answer to that exchange ([`Answers::opens_for`]). Beside those: host block and unmap never
 //! succeed (every leaf is a bound TDI's), a permitted zap covers no private owned range and no
 //! leaf, a finished unbind leaves the TDI unbound, with nothing outstanding, owning nothing
@@ -37,12 +41,13 @@
 use std::cell::Cell;
 
 use arbitrary::{Arbitrary, Unstructured};
+use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostFault, HostMemory, RangeEntry, RangeList, SeamRegs};
 use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::module::{DevifEntry, TdRequest};
 use platform_tdx::module::{MESSAGE_PAGE_BYTES, SpdmEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SPDM_REQUEST, TDX_SUCCESS};
-use platform_tdx::{MessagePages, TdxModule};
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
@@ -97,6 +102,13 @@ const SPDM_PAGES: u64 = 8;
 fn spdm_page(k: u64) -> u64 {
     tdr_page(TDR_PAGES) + k * PAGE
 }
+/// Private page triples of TDH.DEVIF.CREATE (R8, R9, R10), after the SPDM and IDE metadata
+/// pages: one more than the firmware has TDIs. Unbacked like the metadata pages.
+const DEVIF_TRIPLES: u64 = MAX_TDIS as u64 + 1;
+/// Page `i` of private triple `k`.
+fn devif_page(k: u64, i: u64) -> u64 {
+    spdm_page(2 * SPDM_PAGES) + (3 * k + i) * PAGE
+}
 /// System memory the firmware reserves at init: never a BAR, a reported range or a mapping.
 pub const SYSTEM: u64 = 0x1_0000_0000;
 const SYSTEM_PAGES: u64 = 0x1_0000;
@@ -117,7 +129,7 @@ const UNBIND_CALLS: usize = 40;
 const MAX_ROUNDS: usize = 40;
 
 /// Every leaf number the dispatcher knows, and one of ours it does not.
-pub const LEAVES: [u16; 24] = [
+pub const LEAVES: [u16; 26] = [
     abi::TDH_MEM_SEPT_RD,
     abi::TDH_MEM_TRACK,
     abi::TDH_SPDM_CREATE,
@@ -139,9 +151,11 @@ pub const LEAVES: [u16; 24] = [
     abi::TSM_DEVIF_CHECK,
     abi::TDH_IDE_STREAM_KM,
     abi::TDG_MMIO_ACCEPT,
-    abi::TSM_GUEST_DEVIF_START,
+    abi::TDG_DEVIF_REQUEST,
     0xF0FF,
     abi::TSM_SPDM_BARS,
+    abi::TDG_DEVIF_RESPONSE,
+    abi::TSM_DEVIF_SET_TD,
 ];
 
 ops! {
@@ -294,7 +308,7 @@ ops! {
 ops! {
     /// The leaf number of a raw call.
     pub enum LeafNum {
-        /// `LEAVES[i % 24]`.
+        /// `LEAVES[i % 26]`.
         Known { i: u8 },
         /// Any RAX.
         Any { v: u64 },
@@ -316,15 +330,16 @@ ops! {
 }
 
 ops! {
-    /// RDX of a TDH.DEVIF.RESPONSE.
+    /// How a TDH.DEVIF.RESPONSE hands its answer: RDX names the response page, whose DOE
+    /// header gives the length.
     pub enum Rdx {
-        /// The answer's length (0 for none).
+        /// The answer as it is (RDX page 0 when there is none).
         Exact,
-        /// 0: no answer, whatever the page holds.
+        /// RDX page 0: no answer, whatever the page holds.
         Zero,
-        /// The answer's length plus `d` (wrapping in 64 bits).
+        /// The DOE header's length off by `d` dwords (wrapping in its 18 bits).
         Delta { d: i8 },
-        /// Past the page.
+        /// The DOE header's length past the page.
         Past,
     }
 }
@@ -340,12 +355,15 @@ ops! {
         DeviceCreate { dev: u8, bars: Bars, list: ListMut },
         /// TDH.SPDM.DELETE of device slot `dev % 6`.
         DeviceDelete { dev: u8 },
-        /// TDH.DEVIF.CREATE on device slot `dev % 6` for interface `(3 + bus % 5):(func % 9)`,
-        /// message pages pick `pages` ([`message_pages`]).
+        /// TDH.DEVIF.CREATE on SPDM id `dev % 6`'s stream for interface
+        /// `(3 + bus % 5):(func % 9)`, for the lowest TD (0 before the first), private pages
+        /// pick `pages` ([`private_pages`]).
         DevifCreate { dev: u8, bus: u8, func: u8, pages: u8 },
         /// TDH.DEVIF.REMOVE of TDI slot `tdi % 20`.
         DevifRemove { tdi: u8 },
-        /// The device is told its report, then TSM.DEVIF.BIND (R8 not zero if `r8`), relayed.
+        /// The device is told its report, then TSM.DEVIF.BIND for `td` (after TSM.DEVIF.SET_TD
+        /// to it when the TDI is for another TD), or with `r8` TDH.DEVIF.REQUEST
+        /// LOCK_INTERFACE (the TDI's own TD), relayed.
         Bind { tdi: u8, td: Td, report: Report, r8: bool, relay: Relay },
         /// TDH.MMIO.MAP at level `level % 4`.
         Map { tdi: u8, td: Td, gpa: GpaPick, hpa: HpaPick, level: u8 },
@@ -380,12 +398,15 @@ ops! {
         ZapCheck { zap: Zap },
         /// TDG.MMIO.ACCEPT from the TD.
         Accept { td: Td, at: At },
-        /// TSM.GUEST.DEVIF.START from the TD, relayed.
+        /// The TD's start: TDG.DEVIF.REQUEST START (after TDG.DEVIF.RESPONSE, which reads an
+        /// earlier outcome), the host's TDH.DEVIF.REQUEST `td_flag`, relayed, then
+        /// TDG.DEVIF.RESPONSE.
         Start { td: Td, tdi: u8, relay: Relay },
         /// TDH.DEVIF.RESPONSE for TDI slot `tdi % 20` with `answer` to its last request (or,
         /// `from_page`, to whatever its request page holds now) in its response page.
         Respond { tdi: u8, answer: Answer, rdx: Rdx, from_page: bool },
-        /// TDH.DEVIF.REQUEST.
+        /// TDH.DEVIF.REQUEST with the code of the operation that waits (`td_flag` for the
+        /// TD's start, and when nothing waits).
         Reread { tdi: u8 },
         /// Host page `page % 6` becomes read-only, or writable again.
         HostPage { page: u8, read_only: bool },
@@ -438,7 +459,7 @@ struct Image {
     /// Every leaf, by host address (what an exempt refusal is checked on).
     leaves: Vec<tsm_core::Leaf>,
     tdisp: Vec<(u32, TdispState)>,
-    messages: Vec<Option<MessagePages>>,
+    messages: Vec<Option<DevifEntry>>,
     host: Vec<u8>,
     /// Every SPDM id's record.
     spdm: Vec<Option<SpdmEntry>>,
@@ -454,8 +475,8 @@ struct Host<'b> {
 impl Host<'_> {
     /// Whether `[hpa, hpa + len)` lies in the TDR or SPDM metadata pages.
     fn in_tdrs(hpa: u64, len: usize) -> bool {
-        // The SPDM metadata pages and, after them, the IDE stream metadata pages.
-        let end = spdm_page(2 * SPDM_PAGES);
+        // The SPDM metadata pages, the IDE stream metadata pages and the TDIs' private pages.
+        let end = devif_page(DEVIF_TRIPLES, 0);
         hpa >= TDR_BASE
             && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
     }
@@ -563,21 +584,22 @@ fn slot_gpa(i: u8, level: u64) -> u64 {
     }
 }
 
-/// R9 and R10 of a TDH.DEVIF.CREATE: pair A, pair B, A's request with B's response, one page
-/// for both, the spare page (read-only if the host made it so) with A's response, the
-/// parameter page as request page, a misaligned page, a page past host memory, a page past
-/// 2^52.
-pub fn message_pages(k: u8) -> (u64, u64) {
-    match k % 10 {
-        0 | 1 => (REQ_A, RESP_A),
-        2 => (REQ_B, RESP_B),
-        3 => (REQ_A, RESP_B),
-        4 => (REQ_A, REQ_A),
-        5 => (SPARE, RESP_A),
-        6 => (PARAMS, RESP_B),
-        7 => (REQ_A + 8, RESP_A),
-        8 => (REQ_B, HOST + HOST_PAGES as u64 * PAGE),
-        _ => (1 << 52, RESP_A),
+/// R8, R9 and R10 of a TDH.DEVIF.CREATE by `k`: a free triple (mostly), one page twice, a
+/// TDR page, another TDI's page, an SPDM metadata page, a misaligned page, a page past host
+/// memory, a page past 2^52. `free` is the first triple no TDI holds, `held` a page one
+/// holds (a free one when none does).
+pub fn private_pages(k: u8, free: (u64, u64, u64), held: u64) -> (u64, u64, u64) {
+    let (a, b, c) = free;
+    match k % 12 {
+        0..=3 => free,
+        4 => (a, a, c),
+        5 => (a, b, b),
+        6 => (tdr_page(0), b, c),
+        7 => (a, held, c),
+        8 => (a, b, spdm_page(0)),
+        9 => (a + 8, b, c),
+        10 => (a, b, HOST + HOST_PAGES as u64 * PAGE),
+        _ => (1 << 52, b, c),
     }
 }
 
@@ -643,8 +665,8 @@ impl World<'_> {
         let messages = (0..MAX_TDIS)
             .map(|t| {
                 self.fw
-                    .message_pages(TdiId::from_slot(t as u16))
-                    .unwrap_or_else(|e| fail(format!("message pages: {e:?}")))
+                    .devif(TdiId::from_slot(t as u16))
+                    .unwrap_or_else(|e| fail(format!("TDI records: {e:?}")))
             })
             .collect();
         host.clear();
@@ -688,6 +710,27 @@ impl World<'_> {
             Ok(Some(e)) => e.tdr.as_u64(),
             _ => tdr_page(33),
         }
+    }
+
+    /// How the host names TDI slot `slot`: its function ID. A slot without a TDI gets a
+    /// function no TDI has (bus 2; `TDX_DEVIFMT_NOT_PRESENT`) or, for odd slots, the slot
+    /// with bit 32 set (a malformed `function_id_reg_t`).
+    fn fid(&self, slot: u64) -> u64 {
+        match self.fw.devif(TdiId::from_slot(slot as u16)) {
+            Ok(Some(e)) => u64::from(e.function),
+            _ if slot.is_multiple_of(2) => 0x0200 | slot,
+            _ => slot | 1 << 32,
+        }
+    }
+
+    /// The TDR of the TD TDI slot `slot` is for.
+    fn td_of_slot(&self, slot: u64) -> Option<u64> {
+        self.fw
+            .devif(TdiId::from_slot(slot as u16))
+            .ok()
+            .flatten()
+            .and_then(|e| e.tdr)
+            .map(|t| t.as_u64())
     }
 
     fn leaves(&self) -> Vec<tsm_core::Leaf> {
@@ -794,7 +837,8 @@ impl World<'_> {
                 || is(abi::TSM_DEVIF_ERROR)
                 || is(abi::TSM_DEVIF_CHECK)
                 || is(abi::TDH_MEM_TRACK)
-                || is(abi::TDH_DEVIF_RESPONSE));
+                || is(abi::TDH_DEVIF_RESPONSE)
+                || is(abi::TDH_DEVIF_REQUEST));
         let progress = status == TDX_INTERRUPTED_RESUMABLE;
         if progress && !resumable_leaf {
             fail(format!(
@@ -805,7 +849,7 @@ impl World<'_> {
             self.stats.resumable += 1;
         }
         let relay = is_relay(status);
-        let tdi = TdiId::from_raw(regs.rcx).ok();
+        let tdi = tdi_named(regs.rcx, before, after);
         let call = match (host, leaf, tdi) {
             (true, Some(abi::TSM_DEVIF_BIND), Some(t)) => Call::Bind(t),
             (true, Some(abi::TSM_DEVIF_UNBIND), Some(t)) if regs.rdx == 0 => Call::Unbind(t),
@@ -814,8 +858,14 @@ impl World<'_> {
             }
             (true, Some(abi::TSM_DEVIF_CHECK), Some(t)) => Call::Check(t),
             (true, Some(abi::TDH_DEVIF_RESPONSE), Some(t)) => Call::Respond(t),
-            (true, Some(abi::TDH_DEVIF_REQUEST), Some(t)) => Call::Request(t),
-            (false, Some(abi::TSM_GUEST_DEVIF_START), Some(t)) => Call::Start(t),
+            // TDH.DEVIF.REQUEST starts (or writes again) the operation its code names.
+            (true, Some(abi::TDH_DEVIF_REQUEST), Some(t)) => match regs.rdx {
+                0x83 | 0x183 => Call::Bind(t),
+                0x87 => Call::Unbind(t),
+                0x85 => Call::Check(t),
+                _ => Call::Request(t),
+            },
+            (false, Some(abi::TDG_DEVIF_REQUEST), Some(t)) => Call::Start(t),
             _ => Call::Other,
         };
         if relay {
@@ -834,21 +884,17 @@ impl World<'_> {
         let read_only = host
             && (is(abi::TDH_MEM_SEPT_RD)
                 || is(abi::TSM_DEVIF_STATE)
-                || is(abi::TSM_MMIO_ZAP_CHECK)
-                || is(abi::TDH_DEVIF_REQUEST));
+                || is(abi::TSM_MMIO_ZAP_CHECK));
         let decoded = leaf.and_then(|l| st::decode(status, &abi::operands(l)));
         let err = decoded.and_then(Result::err);
         if refused {
             self.stats.refused += 1;
             check_registers(regs, out, &what);
         }
-        // Host memory: written only by a relay, and only in the TDI's request page.
-        let request_page = tdi
-            .and_then(|t| after.messages.get(usize::from(t.slot())).copied().flatten())
-            .map(|p| p.request.as_u64());
-        let window = match (relay, request_page) {
-            (true, Some(at)) => {
-                let start = (at - HOST) as usize;
+        // Host memory: written only by a relay, and only in the request page R8 named.
+        let window = match relay {
+            true if (HOST..HOST + HOST_PAGES as u64 * PAGE).contains(&regs.r8) => {
+                let start = (regs.r8 - HOST) as usize;
                 Some(start..start + MESSAGE_PAGE_BYTES)
             }
             _ => None,
@@ -877,8 +923,24 @@ impl World<'_> {
             } else if let Err(e) = exempt_table(before, after, exempt) {
                 fail(format!("{what} ({err:?}) changed the S-EPT: {e}"));
             }
-            if before.messages != after.messages {
-                fail(format!("{what} changed the message pages"));
+            // The TD's request state is the one thing a refused answer or the TD's read of
+            // its outcome may change (the TD's start ended, or its outcome was read).
+            let ends_td_request = is(abi::TDH_DEVIF_RESPONSE) || is(abi::TDG_DEVIF_RESPONSE);
+            let records = |img: &Image| -> Vec<Option<DevifEntry>> {
+                img.messages
+                    .iter()
+                    .map(|e| {
+                        e.map(|mut e| {
+                            if ends_td_request {
+                                e.td_request = TdRequest::Available;
+                            }
+                            e
+                        })
+                    })
+                    .collect()
+            };
+            if records(before) != records(after) {
+                fail(format!("{what} changed the TDI records"));
             }
             if before.spdm != after.spdm {
                 fail(format!("{what} ({err:?}) changed the SPDM ids"));
@@ -890,6 +952,22 @@ impl World<'_> {
         if relay {
             self.take_request(tdi, regs, out, after, &what);
         }
+        if !host && is(abi::TDG_DEVIF_REQUEST) && status == TDX_SUCCESS {
+            let start = tdi
+                .and_then(|t| {
+                    after
+                        .core
+                        .tdis
+                        .get(usize::from(t.slot()))
+                        .cloned()
+                        .flatten()
+                })
+                .and_then(|r| r.exchange)
+                .map(|e| e.op);
+            if !matches!(start, Some(DeviceOp::Start { .. })) {
+                fail(format!("the TD's start queued nothing: {what}"));
+            }
+        }
         if let Call::Respond(_) = call {
             self.answer_oracle(record(before), decoded, &what);
             if let Err(e) = crate::exempt::ended(waiting, err, record(after).as_ref()) {
@@ -900,9 +978,10 @@ impl World<'_> {
         self.record(after);
     }
 
-    /// A relay wrote RCX only: the request's length; the TDI's request page holds a DOE
-    /// object of that length, zeros to the next word, that the device opens as a request of
-    /// the TDI's outstanding exchange. The host copies it out.
+    /// A relay wrote RCX only: `devif_req_out_t`, the outstanding request's code and length;
+    /// the request page R8 named holds a DOE object of that length, zeros to the next word,
+    /// that the device opens as a request of the TDI's outstanding exchange. The host copies
+    /// it out.
     fn take_request(
         &mut self,
         tdi: Option<TdiId>,
@@ -928,10 +1007,20 @@ impl World<'_> {
         let ex = rec
             .exchange
             .unwrap_or_else(|| fail(format!("relay with nothing outstanding: {what}")));
-        let page = after.messages[usize::from(t.slot())]
-            .unwrap_or_else(|| fail(format!("relay for a TDI without pages: {what}")));
-        let at = (page.request.as_u64() - HOST) as usize;
-        let n = usize::try_from(out.rcx).unwrap_or(usize::MAX);
+        if after.messages[usize::from(t.slot())].is_none() {
+            fail(format!("relay for a TDI without a record: {what}"));
+        }
+        if !(HOST..HOST + HOST_PAGES as u64 * PAGE).contains(&regs.r8) {
+            fail(format!("relay into a page outside host memory: {what}"));
+        }
+        let at = (regs.r8 - HOST) as usize;
+        if out.rcx & 0xff != u64::from(ex.op.request_code()) || out.rcx >> 24 != 0 {
+            fail(format!(
+                "RCX {:#x} is not the outstanding request: {what}",
+                out.rcx
+            ));
+        }
+        let n = usize::try_from((out.rcx >> 8) & 0xffff).unwrap_or(usize::MAX);
         let bytes = &self.host[at..at + MESSAGE_PAGE_BYTES];
         let dwords = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) & ((1 << 18) - 1);
         if n > tsm_core::MAX_RELAY_BYTES || dwords as usize * 4 != n {
@@ -1005,10 +1094,9 @@ impl World<'_> {
         what: &str,
     ) {
         let ok = out.rax == TDX_SUCCESS;
+        let named = tdi_named(regs.rcx, before, after);
         let tdi_rec = |img: &Image| {
-            TdiId::from_raw(regs.rcx)
-                .ok()
-                .and_then(|t| img.core.tdis.get(usize::from(t.slot())).cloned().flatten())
+            named.and_then(|t| img.core.tdis.get(usize::from(t.slot())).cloned().flatten())
         };
         let fresh = self.handed.as_ref().is_some_and(|h| h.fresh);
         match (guest, leaf) {
@@ -1024,9 +1112,7 @@ impl World<'_> {
                     "the host blocked or removed a bound TDI's leaf before its device was cut off: {what}"
                 ));
             }
-            (None, Some(abi::TSM_DEVIF_BIND)) | (Some(_), Some(abi::TSM_GUEST_DEVIF_START))
-                if ok =>
-            {
+            (None, Some(abi::TSM_DEVIF_BIND)) if ok => {
                 fail(format!("completed without the device: {what}"));
             }
             (None, Some(abi::TSM_MMIO_ZAP_CHECK)) if ok => {
@@ -1045,6 +1131,9 @@ impl World<'_> {
                 }
             }
             (None, Some(abi::TSM_DEVIF_UNBIND)) if ok => {
+                self.unbind_done(regs, before, after, what)
+            }
+            (None, Some(abi::TDH_DEVIF_REQUEST)) if ok && regs.rdx == 0x87 => {
                 self.unbind_done(regs, before, after, what)
             }
             (None, Some(abi::TDH_DEVIF_RESPONSE)) if ok || out.rax == TDX_INTERRUPTED_RESUMABLE => {
@@ -1082,7 +1171,9 @@ impl World<'_> {
                 let id = usize::try_from(out.rcx).unwrap_or(usize::MAX);
                 let (was, is) = (before.spdm.get(id), after.spdm.get(id));
                 if !matches!((was, is), (Some(None), Some(Some(e))) if e.device.is_none()) {
-                    fail(format!("create returned SPDM id {id}, not a new one: {what}"));
+                    fail(format!(
+                        "create returned SPDM id {id}, not a new one: {what}"
+                    ));
                 }
                 if before.core.devices != after.core.devices {
                     fail(format!("TDH.SPDM.CREATE made a core device: {what}"));
@@ -1095,7 +1186,9 @@ impl World<'_> {
                     _ => None,
                 };
                 let Some(dev) = dev else {
-                    fail(format!("TSM.SPDM.BARS left SPDM id {id} without a device: {what}"));
+                    fail(format!(
+                        "TSM.SPDM.BARS left SPDM id {id} without a device: {what}"
+                    ));
                 };
                 let slot = usize::from(dev.slot());
                 let made = (
@@ -1103,18 +1196,22 @@ impl World<'_> {
                     after.core.devices.get(slot).map(Option::is_some),
                 );
                 if made != (Some(false), Some(true)) {
-                    fail(format!("TSM.SPDM.BARS named device {slot}, not a new one: {what}"));
+                    fail(format!(
+                        "TSM.SPDM.BARS named device {slot}, not a new one: {what}"
+                    ));
                 }
             }
             (None, Some(abi::TDH_MNG_CREATE | abi::TDH_DEVIF_CREATE)) if ok => {
-                // TDH.MNG.CREATE returns nothing: its TD is the one its TDR now names.
+                // Neither returns anything: TDH.MNG.CREATE's TD is the one its TDR now names,
+                // TDH.DEVIF.CREATE's TDI the one its function ID now names.
                 let slot = if leaf == Some(abi::TDH_MNG_CREATE) {
                     match self.fw.td_of(regs.rcx) {
                         Ok(Some(g)) => usize::from(g.slot()),
                         _ => fail(format!("TDH.MNG.CREATE named no TD: {what}")),
                     }
                 } else {
-                    usize::try_from(out.rcx).unwrap_or(usize::MAX)
+                    tdi_named(regs.rcx >> 32, after, after)
+                        .map_or(usize::MAX, |t| usize::from(t.slot()))
                 };
                 let (was, is) = match leaf {
                     Some(abi::TDH_MNG_CREATE) => (
@@ -1132,12 +1229,18 @@ impl World<'_> {
                     ));
                 }
                 if leaf == Some(abi::TDH_DEVIF_CREATE) {
-                    let want = MessagePages {
-                        request: tsm_core::Hpa::try_new(regs.r9).unwrap_or_else(|e| fail(e)),
-                        response: tsm_core::Hpa::try_new(regs.r10).unwrap_or_else(|e| fail(e)),
-                    };
-                    if after.messages.get(slot).copied().flatten() != Some(want) {
-                        fail(format!("a TDI created without its message pages: {what}"));
+                    let pages = after
+                        .messages
+                        .get(slot)
+                        .copied()
+                        .flatten()
+                        .map(|e| (e.pages.devifcs, e.pages.td_buffer, e.pages.vmm_buffer))
+                        .map(|(a, b, c)| (a.as_u64(), b.as_u64(), c.as_u64()));
+                    if pages != Some((regs.r8, regs.r9, regs.r10)) {
+                        fail(format!("a TDI created without its private pages: {what}"));
+                    }
+                    if out.rcx != regs.rcx || out.rdx != regs.rdx || out.r8 != regs.r8 {
+                        fail(format!("TDH.DEVIF.CREATE wrote registers: {what}"));
                     }
                 }
             }
@@ -1148,7 +1251,7 @@ impl World<'_> {
     /// A finished unbind: the TDI unbound with nothing outstanding, owning nothing, with no
     /// leaf left in the ranges it owned.
     fn unbind_done(&mut self, regs: &SeamRegs, before: &Image, after: &Image, what: &str) {
-        let Some(t) = TdiId::from_raw(regs.rcx).ok() else {
+        let Some(t) = tdi_named(regs.rcx, before, after) else {
             return;
         };
         let rec = |img: &Image| img.core.tdis.get(usize::from(t.slot())).cloned().flatten();
@@ -1260,18 +1363,11 @@ impl World<'_> {
     // ---- the relay ----------------------------------------------------------------------
 
     /// TDH.DEVIF.RESPONSE for TDI slot `t` with `answer` to its last request (`from_page`:
-    /// to what its request page holds now), in its response page (pair A's for a TDI without
-    /// pages), RDX as `rdx` says.
+    /// to what the request page holds now) in the response page (RDX names it, `td_flag` when
+    /// the TD's start waits; its DOE length as `rdx` says), R8 the request page.
     fn respond(&mut self, t: u64, answer: Answer, rdx: Rdx, from_page: bool) -> SeamRegs {
         let slot = t as usize % MAX_TDIS;
-        let pages = self
-            .fw
-            .message_pages(TdiId::from_slot(slot as u16))
-            .ok()
-            .flatten();
-        let (req_at, resp_at) = pages.map_or((REQ_A, RESP_A), |p| {
-            (p.request.as_u64(), p.response.as_u64())
-        });
+        let (req_at, resp_at) = (REQ_A, RESP_A);
         let request = if from_page || self.requests[slot].is_none() {
             let at = (req_at - HOST) as usize;
             let page = &self.host[at..at + MESSAGE_PAGE_BYTES];
@@ -1283,29 +1379,53 @@ impl World<'_> {
         };
         let (bytes, fresh) = self.answers.make(answer, &mut self.device, &request);
         let len = bytes.as_ref().map_or(0, Vec::len);
+        let at = (resp_at - HOST) as usize;
         if let Some(b) = &bytes {
-            let at = (resp_at - HOST) as usize;
             let n = b.len().min(MESSAGE_PAGE_BYTES);
             self.host[at..at + n].copy_from_slice(&b[..n]);
         }
-        let rdx = match rdx {
-            Rdx::Exact => len as u64,
-            Rdx::Zero => 0,
-            Rdx::Delta { d } => (len as u64).wrapping_add_signed(i64::from(d)),
-            Rdx::Past => PAGE + 1,
+        // The DOE length the firmware will read: the answer's own header, or as `rdx` sets it.
+        let header = |host: &[u8]| {
+            u32::from_le_bytes([host[at + 4], host[at + 5], host[at + 6], host[at + 7]])
         };
-        // The oracle knows what the firmware reads only when RDX says the answer's length.
+        let set_dwords = |host: &mut [u8], dwords: u32| {
+            let dw1 = (header(host) & !((1 << 18) - 1)) | (dwords & ((1 << 18) - 1));
+            host[at + 4..at + 8].copy_from_slice(&dw1.to_le_bytes());
+        };
+        let page = match (rdx, &bytes) {
+            (Rdx::Zero, _) | (_, None) => 0,
+            (_, Some(b)) if b.is_empty() => 0,
+            (Rdx::Exact, _) => resp_at,
+            (Rdx::Delta { d }, _) => {
+                let dwords =
+                    (header(&self.host) & ((1 << 18) - 1)).wrapping_add_signed(i32::from(d));
+                set_dwords(&mut self.host, dwords);
+                resp_at
+            }
+            (Rdx::Past, _) => {
+                set_dwords(&mut self.host, (MESSAGE_PAGE_BYTES / 4 + 1) as u32);
+                resp_at
+            }
+        };
+        // The oracle knows what the firmware reads only when the header says the answer's
+        // own length.
+        let exact = page != 0
+            && (8..=MESSAGE_PAGE_BYTES).contains(&len)
+            && (header(&self.host) & ((1 << 18) - 1)) as usize * 4 == len;
         self.handed = Some(Handed {
-            bytes: if rdx == len as u64 && rdx != 0 && len <= MESSAGE_PAGE_BYTES {
-                bytes
-            } else {
-                None
-            },
-            fresh: fresh && rdx == len as u64,
+            bytes: if exact { bytes } else { None },
+            fresh: fresh && exact,
         });
+        let start = self
+            .fw
+            .tdi(TdiId::from_slot(slot as u16))
+            .ok()
+            .and_then(|r| r.exchange)
+            .is_some_and(|e| matches!(e.op, DeviceOp::Start { .. }));
         let regs = SeamRegs {
-            rcx: t,
-            rdx,
+            rcx: self.fid(t),
+            rdx: abi::devif_rsp_in(page, start),
+            r8: req_at,
             ..SeamRegs::default()
         };
         self.seamcall(u64::from(abi::TDH_DEVIF_RESPONSE), regs)
@@ -1365,8 +1485,9 @@ impl World<'_> {
             rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
             rdx: id,
             r8: abi::hpa_array(spdm_page(SPDM_PAGES + k % SPDM_PAGES), 1),
-            r10: routing << 8,
-            r11: 1 | routing << 8 | u64::from(rid.segment() & 0xff) << 24,
+            // The device's functions: the eight of its device number.
+            r10: (routing | 7) << 8,
+            r11: 1 | (routing & !7) << 8 | u64::from(rid.segment() & 0xff) << 24,
             r12: 1 | 0xfff << 20,
             r13: 0xffff_ffff,
             ..SeamRegs::default()
@@ -1391,7 +1512,9 @@ impl World<'_> {
         let mut out = call(self, connect);
         if out.rax == TDX_SPDM_REQUEST {
             let at = (REQ_B - HOST) as usize;
-            let len = usize::try_from(out.rcx).unwrap_or(0).min(MESSAGE_PAGE_BYTES);
+            let len = usize::try_from(out.rcx)
+                .unwrap_or(0)
+                .min(MESSAGE_PAGE_BYTES);
             let request = self.host[at..at + len].to_vec();
             let mut answer = [0u8; MESSAGE_PAGE_BYTES];
             if let Some(n) = self.device.answer(&request, &mut answer) {
@@ -1405,18 +1528,20 @@ impl World<'_> {
         }
     }
 
-    /// TSM.DEVIF.UNBIND, relayed to the end, until it is not resumable: the last registers.
-    fn unbind_all(&mut self, rcx: u64) -> SeamRegs {
+    /// TSM.DEVIF.UNBIND of TDI slot `slot`, relayed to the end, until it is not resumable:
+    /// the last registers.
+    fn unbind_all(&mut self, slot: u64) -> SeamRegs {
         let mut out = SeamRegs::default();
         for _ in 0..UNBIND_CALLS {
             let first = self.seamcall(
                 u64::from(abi::TSM_DEVIF_UNBIND),
                 SeamRegs {
-                    rcx,
+                    rcx: self.fid(slot),
+                    r8: REQ_A,
                     ..SeamRegs::default()
                 },
             );
-            out = self.relay(rcx, first, Relay::Drive);
+            out = self.relay(slot, first, Relay::Drive);
             if out.rax != TDX_INTERRUPTED_RESUMABLE {
                 break;
             }
@@ -1522,8 +1647,7 @@ impl World<'_> {
                 // its TDH.DEVIF.CREATE is then refused).
                 if out.rax == TDX_SUCCESS {
                     let rcx = out.rcx;
-                    let bars =
-                        self.seamcall(leaf(abi::TSM_SPDM_BARS), SeamRegs { rcx, rdx, ..r });
+                    let bars = self.seamcall(leaf(abi::TSM_SPDM_BARS), SeamRegs { rcx, rdx, ..r });
                     if bars.rax == TDX_SUCCESS {
                         self.link(rcx, k, rid);
                     }
@@ -1543,10 +1667,32 @@ impl World<'_> {
                 let f = func % 9;
                 let iface =
                     RequesterId::try_new(0, 3 + bus % 5, f / 8, f % 8).unwrap_or_else(|e| fail(e));
-                let (r9, r10) = message_pages(pages);
+                let id = u64::from(dev % 6);
+                // The SPDM id's stream (ours: its ID is the SPDM id); 0xff names none.
+                let stream = match self.fw.spdm(id) {
+                    Ok(Some(e)) => e.link.stream.map_or(0xff, |s| s.id as u8),
+                    _ => 0xff,
+                };
+                let td = (0..TDR_PAGES)
+                    .map(tdr_page)
+                    .find(|&t| matches!(self.fw.td_of(t), Ok(Some(_))))
+                    .unwrap_or(0);
+                let held: Vec<u64> = (0..MAX_TDIS)
+                    .filter_map(|t| self.fw.devif(TdiId::from_slot(t as u16)).ok().flatten())
+                    .flat_map(|e| [e.pages.devifcs, e.pages.td_buffer, e.pages.vmm_buffer])
+                    .map(|p| p.as_u64())
+                    .collect();
+                let free = (0..DEVIF_TRIPLES)
+                    .map(|k| (devif_page(k, 0), devif_page(k, 1), devif_page(k, 2)))
+                    .find(|(a, b, c)| !held.contains(a) && !held.contains(b) && !held.contains(c))
+                    .unwrap_or((devif_page(0, 0), devif_page(0, 1), devif_page(0, 2)));
+                let (r8, r9, r10) =
+                    private_pages(pages, free, held.first().copied().unwrap_or(free.0));
+                let function = u32::try_from(abi::function_id(iface)).unwrap_or(u32::MAX);
                 let regs = SeamRegs {
-                    rcx: u64::from(dev % 6),
-                    rdx: u64::from(iface.packed()),
+                    rcx: abi::devif_id(0, stream, function),
+                    rdx: td,
+                    r8,
                     r9,
                     r10,
                     ..r
@@ -1554,7 +1700,7 @@ impl World<'_> {
                 self.seamcall(leaf(abi::TDH_DEVIF_CREATE), regs);
             }
             Op::DevifRemove { tdi } => {
-                let rcx = tdi_slot(tdi);
+                let rcx = self.fid(tdi_slot(tdi));
                 self.seamcall(leaf(abi::TDH_DEVIF_REMOVE), SeamRegs { rcx, ..r });
             }
             Op::Bind {
@@ -1565,14 +1711,32 @@ impl World<'_> {
                 relay,
             } => {
                 self.set_report(tdi, report);
-                let regs = SeamRegs {
-                    rcx: tdi_slot(tdi),
-                    rdx: self.td(td),
-                    r8: if r8 { PARAMS } else { 0 },
-                    ..r
+                let slot = tdi_slot(tdi);
+                let rcx = self.fid(slot);
+                let out = if r8 {
+                    // TDX-IO's bind: LOCK_INTERFACE, for the TDI's own TD.
+                    let regs = SeamRegs {
+                        rcx,
+                        rdx: abi::devif_req_in(abi::TDISP_LOCK_INTERFACE, false, false),
+                        r8: REQ_A,
+                        ..r
+                    };
+                    self.seamcall(leaf(abi::TDH_DEVIF_REQUEST), regs)
+                } else {
+                    let rdx = self.td(td);
+                    let known = matches!(self.fw.td_of(rdx), Ok(Some(_)));
+                    if known && self.td_of_slot(slot) != Some(rdx) {
+                        self.seamcall(leaf(abi::TSM_DEVIF_SET_TD), SeamRegs { rcx, rdx, ..r });
+                    }
+                    let regs = SeamRegs {
+                        rcx,
+                        rdx,
+                        r8: REQ_A,
+                        ..r
+                    };
+                    self.seamcall(leaf(abi::TSM_DEVIF_BIND), regs)
                 };
-                let out = self.seamcall(leaf(abi::TSM_DEVIF_BIND), regs);
-                self.relay(tdi_slot(tdi), out, relay);
+                self.relay(slot, out, relay);
             }
             Op::Map {
                 tdi,
@@ -1648,9 +1812,15 @@ impl World<'_> {
                 }
             }
             Op::Unbind { tdi, relay } => {
-                let rcx = tdi_slot(tdi);
-                let out = self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, ..r });
-                self.relay(rcx, out, relay);
+                let slot = tdi_slot(tdi);
+                let rcx = self.fid(slot);
+                let regs = SeamRegs {
+                    rcx,
+                    r8: REQ_A,
+                    ..r
+                };
+                let out = self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), regs);
+                self.relay(slot, out, relay);
             }
             Op::UnbindAll { tdi } => {
                 self.unbind_all(tdi_slot(tdi));
@@ -1661,7 +1831,7 @@ impl World<'_> {
                 } else {
                     u64::from(bits) << 1
                 };
-                let rcx = tdi_slot(tdi);
+                let rcx = self.fid(tdi_slot(tdi));
                 for _ in 0..UNBIND_CALLS {
                     let out =
                         self.seamcall(leaf(abi::TSM_DEVIF_UNBIND), SeamRegs { rcx, rdx, ..r });
@@ -1683,16 +1853,22 @@ impl World<'_> {
                 self.seamcall(leaf(abi::TDH_IDE_STREAM_KM), km);
             }
             Op::DevError { tdi } => {
-                let rcx = tdi_slot(tdi);
+                let rcx = self.fid(tdi_slot(tdi));
                 self.seamcall(leaf(abi::TSM_DEVIF_ERROR), SeamRegs { rcx, ..r });
             }
             Op::Check { tdi, relay } => {
-                let rcx = tdi_slot(tdi);
-                let out = self.seamcall(leaf(abi::TSM_DEVIF_CHECK), SeamRegs { rcx, ..r });
-                self.relay(rcx, out, relay);
+                let slot = tdi_slot(tdi);
+                let rcx = self.fid(slot);
+                let regs = SeamRegs {
+                    rcx,
+                    r8: REQ_A,
+                    ..r
+                };
+                let out = self.seamcall(leaf(abi::TSM_DEVIF_CHECK), regs);
+                self.relay(slot, out, relay);
             }
             Op::State { tdi } => {
-                let rcx = tdi_slot(tdi);
+                let rcx = self.fid(tdi_slot(tdi));
                 self.seamcall(leaf(abi::TSM_DEVIF_STATE), SeamRegs { rcx, ..r });
             }
             Op::ZapCheck { zap } => {
@@ -1723,9 +1899,24 @@ impl World<'_> {
             }
             Op::Start { td, tdi, relay } => {
                 let g = self.td(td);
-                let rcx = tdi_slot(tdi);
-                let out = self.tdcall(g, leaf(abi::TSM_GUEST_DEVIF_START), SeamRegs { rcx, ..r });
-                self.relay(rcx, out, relay);
+                let slot = tdi_slot(tdi);
+                let rcx = self.fid(slot);
+                // An earlier outcome unread first (refused, nothing changed, when none is).
+                self.tdcall(g, leaf(abi::TDG_DEVIF_RESPONSE), SeamRegs { rcx, ..r });
+                let rdx = u64::from(abi::TDISP_START_INTERFACE);
+                let queued =
+                    self.tdcall(g, leaf(abi::TDG_DEVIF_REQUEST), SeamRegs { rcx, rdx, ..r });
+                if queued.rax == TDX_SUCCESS {
+                    let fetch = SeamRegs {
+                        rcx,
+                        rdx: abi::devif_req_in(0, false, true),
+                        r8: REQ_A,
+                        ..r
+                    };
+                    let out = self.seamcall(leaf(abi::TDH_DEVIF_REQUEST), fetch);
+                    self.relay(slot, out, relay);
+                    self.tdcall(g, leaf(abi::TDG_DEVIF_RESPONSE), SeamRegs { rcx, ..r });
+                }
             }
             Op::Respond {
                 tdi,
@@ -1736,8 +1927,27 @@ impl World<'_> {
                 self.respond(tdi_slot(tdi), answer, rdx, from_page);
             }
             Op::Reread { tdi } => {
-                let rcx = tdi_slot(tdi);
-                self.seamcall(leaf(abi::TDH_DEVIF_REQUEST), SeamRegs { rcx, ..r });
+                let slot = tdi_slot(tdi);
+                let rcx = self.fid(slot);
+                let waiting = self
+                    .fw
+                    .tdi(TdiId::from_slot(slot as u16))
+                    .ok()
+                    .and_then(|t| t.exchange)
+                    .map(|e| e.op);
+                let rdx = match waiting {
+                    Some(DeviceOp::Bind { .. }) => 0x83,
+                    Some(DeviceOp::Stop { .. }) => 0x87,
+                    Some(DeviceOp::Check) => 0x85,
+                    _ => abi::devif_req_in(0, false, true),
+                };
+                let regs = SeamRegs {
+                    rcx,
+                    rdx,
+                    r8: REQ_A,
+                    ..r
+                };
+                self.seamcall(leaf(abi::TDH_DEVIF_REQUEST), regs);
             }
             Op::HostPage { page, read_only } => {
                 let bit = 1u8 << (page % HOST_PAGES as u8);
@@ -1790,6 +2000,21 @@ impl World<'_> {
             }
         }
     }
+}
+
+/// The TDI a `function_id_reg_t` names in the records of `before` (or, for one just made,
+/// `after`): the slot whose record has that function ID, in the canonical spelling (bits
+/// 63:32 zero).
+fn tdi_named(rcx: u64, before: &Image, after: &Image) -> Option<TdiId> {
+    let function = u32::try_from(rcx).ok()?;
+    let find = |img: &Image| {
+        img.messages
+            .iter()
+            .position(|e| e.is_some_and(|e| e.function == function))
+            .and_then(|slot| u16::try_from(slot).ok())
+            .map(TdiId::from_slot)
+    };
+    find(before).or_else(|| find(after))
 }
 
 fn leaf_num(l: LeafNum) -> u64 {

@@ -747,7 +747,10 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         match now {
             TdRequest::Processed { status, out: rsp } => {
                 slot.td_request = TdRequest::Available;
-                out.rcx = rsp;
+                // A failed start's status alone: RCX stays as the TD sent it.
+                if status == TDX_SUCCESS {
+                    out.rcx = rsp;
+                }
                 Ok(Outcome::Status(status))
             }
             _ => Err(named(
