@@ -278,7 +278,7 @@ struct tsm_tdx_dev_info {
 #define TDX_IDE_STREAM_INVALID_STATE   0xC0000F2400000000ull
 #define TDX_SPDM_INVALID_MESSAGE       0xC0000F4E00000000ull /* the module's TDX_SDPM_... */
 #define TSM_DEVICE_IN_USE              0xC000F02400000000ull
-/* A page already in use (a TD's TDR, a message page, SPDM metadata). */
+/* A page already in use (a TD's TDR, a TDI's private page, SPDM metadata). */
 #define TDX_PAGE_METADATA_INCORRECT    0xC000030000000000ull
 /* TDG_MMIO_ACCEPT: RDX is not the S-EPT's host page plus the TDI's MMIO reporting offset. */
 #define TDX_MMIO_INVALID_HPA_OFFSET    0xC0000F4D00000000ull

@@ -90,7 +90,7 @@ const _: () = assert!(core::mem::size_of::<SeamRegs>() == 10 * 8);
 /// HKID first, then the TDR page): RDX bits 63:16 reserved or HKID 0 (never private):
 /// OPERAND_INVALID + RDX; RCX not 4 KiB aligned: OPERAND_INVALID + RCX; at or above 2^52 or not
 /// a whole page of host memory: OPERAND_ADDR_RANGE_ERROR + RCX; a page already a TD's TDR or a
-/// TDI's message page (the firmware's already): PAGE_METADATA_INCORRECT + RCX (the module's
+/// TDI's private page (the firmware's already): PAGE_METADATA_INCORRECT + RCX (the module's
 /// PAMT "not PT_NDA"); no guest slot left: the core's `GuestTableFull`.
 pub const TDH_MNG_CREATE: u16 = 9;
 /// TDH.MNG.CREATE RDX: the HKID is bits 15:0 (`hkid_api_input_t`, intel/tdx-module
@@ -609,12 +609,12 @@ impl From<Result<(), Error>> for Outcome {
 /// page-info GPA for leaves the core does not align-check, range lists); (4) the core, which
 /// checks alignment of MAP's addresses and every state. A refusal of step (3) is reported only
 /// after step (2) found every handle known, so a call with a bad handle and a bad address gets
-/// the handle's status, as it would from the core. Message pages are step (3) too: their
-/// operands at TDH.DEVIF.CREATE, and before every relay leaf the TDI's pages themselves.
+/// the handle's status, as it would from the core. The DEVIF leaves ([`crate::devif`]) check
+/// their operands in the TDX module's order instead, each leaf's doc says it.
 ///
-/// A leaf that may leave a request for the host ([`Dispatcher::relayed`]) finds the TDI's
-/// message pages and probes the request page before the core runs, so a refusal writes
-/// nothing anywhere and a request the core commits to is always delivered.
+/// A leaf that may leave a request for the host ([`Dispatcher::relayed`]) checks the request
+/// page it names before the core runs, so a refusal writes nothing anywhere and a request the
+/// core commits to is always delivered.
 pub struct Dispatcher<'t, 'm, S, M> {
     pub(crate) fw: &'t TdxModule<'m, S>,
     pub(crate) tsm: &'t Tsm<Sept<'m>, S>,
@@ -1120,7 +1120,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     /// TDH.SPDM.CREATE ([`TDH_SPDM_CREATE`]): RCX the function ID, then RDX the array's
     /// format and pages (each a whole 4 KiB page of host memory below 2^52, none twice, not the
     /// root), then pages in use (a TD's
-    /// TDR, a TDI's message page, another SPDM id's metadata: `TDX_PAGE_METADATA_INCORRECT` +
+    /// TDR, a TDI's private page, another SPDM id's metadata: `TDX_PAGE_METADATA_INCORRECT` +
     /// RDX), then a function another SPDM id has (`TSM_DUPLICATE_DEVICE` + RCX), then a free
     /// SPDM id (`TSM_DEVICE_TABLE_FULL`). The TD, message-page and SPDM tables are held from
     /// the check to the insertion.
@@ -1159,7 +1159,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     }
 
     /// TDH.MNG.CREATE ([`TDH_MNG_CREATE`]): RDX the HKID, then RCX the TDR page, then the page
-    /// is no TD's TDR and no TDI's message page, then the core makes the guest; the TD table
+    /// is no TD's TDR and no TDI's private page, then the core makes the guest; the TD table
     /// and the message-page table are held from the check to the insertion.
     fn mng_create(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
@@ -1420,7 +1420,7 @@ impl HostMemory for BufferMemory<'_> {
 }
 
 /// Host memory for tests and the scenario shim: one byte buffer at a host physical base
-/// address that the firmware reads and writes (parameter pages, message pages) and the host
+/// address that the firmware reads and writes (parameter pages, request and response pages) and the host
 /// owns between calls. Build one per call over the host's bytes ([`HostBuffer::new`]).
 pub struct HostBuffer<'b> {
     base: u64,

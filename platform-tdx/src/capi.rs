@@ -655,7 +655,7 @@ mod tests {
             }
         }
         /// A TD, a device with one BAR that `model` reports for its interface, and its TDI
-        /// with message pages 2 and 3: (TD, TDI).
+        /// for the TD, with the private pages `DEVIF_PAGES`: (TD, the TDI's function ID).
         fn td_and_tdi(&self, model: &ModelMailbox) -> (u64, u64) {
             let td = self.page(TDR_PAGE);
             let created = self.call(

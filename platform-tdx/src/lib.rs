@@ -8,8 +8,10 @@
 //!   [`tsm_core::SecureTable`];
 //! - [`status`]: TDX completion statuses, and the one mapping from core statuses to them;
 //! - [`module`]: the firmware object, [`TdxModule`]: the core over the S-EPT and the
-//!   platform's SPDM session, with each TDI's message pages for the relayed device traffic;
+//!   platform's SPDM session, with each TDI's record (function ID, TD, private pages);
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
+//! - [`devif`]: the TDX-IO device-interface leaves with the public operand encodings (TDIs by
+//!   TDISP function ID, `devif_id_t`, `devif_req_in_t`/`_out_t`, `devif_rsp_in_t`/`_out_t`);
 //! - [`link`]: the TDX Connect link leaves: the SPDM session (TDH.SPDM.CONNECT, DISCONNECT,
 //!   MNG) and the device's IDE stream (TDH.IDE.STREAM.CREATE, KM, BLOCK, DELETE);
 //! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):

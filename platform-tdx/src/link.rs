@@ -364,7 +364,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     }
 
     /// Whether `page` is the firmware's: a TD's TDR, SPDM or IDE metadata, and (when
-    /// `message` is asked) a TDI's message page.
+    /// `message` is asked) a TDI's private page.
     fn held(&self, spdm: &SpdmTable, page: Hpa, new: PageUse) -> Result<bool, Outcome> {
         let tds = self.fw.read_tds().map_err(core_err)?;
         let pages = self.fw.lock_pages().map_err(core_err)?;
