@@ -18,7 +18,17 @@
 //! - The host never names the report: the firmware reads it itself during the bind, and the
 //!   TD reads what it needs with TDG.DEVIF.RD.
 //! - No IOMMU model: `devif_id_t.iommu_id` must be 0. No DEVIFMT: the TDI table is the
-//!   firmware's own, so TDH.DEVIF.MT.ADD is not needed.
+//!   firmware's own, so TDH.DEVIF.MT.ADD is not needed; the IDE stream's ID is its SPDM id.
+//! - TDH.DEVIF.CREATE's RDX may be 0 (no TD yet) and TSM.DEVIF.SET_TD hands an unbound TDI to
+//!   another TD: the scenario model keeps a TDI across TDs, where a TDX-IO host removes and
+//!   creates it. TSM.DEVIF.BIND's RDX must be the TDI's TD (else
+//!   `TDX_MMIO_DEVIF_OWNER_MISMATCH` + RDX); LOCK_INTERFACE binds to it.
+//! - TDH.DEVIF.RESPONSE: RDX page 0 says the device did not answer (the core counts it against
+//!   its attempts); R8 must name a page whenever the operation may go on; the `devif_rsp_out_t`
+//!   of a finished operation names the response to the host's code (a bind's last exchange is
+//!   a report portion, yet the host asked for LOCK), with nothing copied (length 0).
+//! - The TD's requests: only START (0x86); the report was read by the bind and the TD reads it
+//!   with TDG.DEVIF.RD, so TDG.DEVIF.RESPONSE copies nothing (RDX 0).
 
 use tsm_core::tdisp::{request, response};
 use tsm_core::{Completion, DeviceOp, Error, GuestId, Hpa, SecureSession, TdiId, TsmResult};
@@ -66,8 +76,9 @@ pub const TDH_DEVIF_REMOVE: u16 = 138;
 /// TDH.DEVIF.REQUEST (TDX-IO 139; `tdh_devif_request.c` @a56a9173): RCX `function_id_reg_t`,
 /// RDX `devif_req_in_t` ([`REQ_IN_CODE_MASK`], [`REQ_IN_NO_FW_UPDATE`], [`REQ_IN_TD_FLAG`]),
 /// R8 the shared 4 KiB page the request (a whole DOE object) is written to, R9 zero. The code
-/// starts the core's operation: LOCK_INTERFACE (0x83) the bind to the TD of CREATE (its first
-/// request may be STOP or GET_VERSION: RCX names the message written), STOP_INTERFACE (0x87)
+/// starts the core's operation: LOCK_INTERFACE (0x83) the bind to the TDI's TD (none, or gone:
+/// `TDX_OPERAND_INVALID` + TDR; its first request may be STOP or GET_VERSION: RCX names the
+/// message written), STOP_INTERFACE (0x87)
 /// the bounded unbind (`TDX_INTERRUPTED_RESUMABLE` until the leaves are blocked, then STOP),
 /// GET_DEVICE_INTERFACE_STATE (0x85) the check; `td_flag` hands out the request the TD
 /// started (TDG.DEVIF.REQUEST). A request written: `TDX_SPDM_REQUEST` (ours; the module says
