@@ -28,6 +28,19 @@ pub const COMMAND_ALIGN: usize = 8;
 /// Size of a system physical page.
 pub const PAGE_4K: u64 = 4096;
 
+/// The memory-encryption bit (C-bit) in a system physical address: bit 51, the position EPYC
+/// parts report in CPUID 0x8000001F EBX[5:0]. With SME active Linux sets it in every address
+/// it hands the PSP (`__psp_pa` = `__sme_pa`, and `make_sla` `__sme_set`, AMDESE/linux-kvm
+/// @16f379f5 sev-dev-tio.c); the SEV-SNP firmware ABI (doc 56860) takes such addresses as
+/// sPA, whose C-bit the firmware ignores. Stripped once, where an address is decoded
+/// ([`strip_c_bit`]): the firmware's own tables and checks never see it.
+pub const C_BIT: u64 = 1 << 51;
+
+/// An address the host passed, without the C-bit ([`C_BIT`]).
+pub const fn strip_c_bit(addr: u64) -> u64 {
+    addr & !C_BIT
+}
+
 /// A command ID as the host writes it into the mailbox (CMDRESP bits 25:16).
 pub type CommandId = u32;
 
@@ -170,7 +183,10 @@ impl SlaAddr {
     /// and a single 4K data page, which is what Linux's `sla_alloc` gives for a size of at
     /// most one page (sev-linux-buffers.md section 2.1). A size past one page needs a scatter
     /// list: `fw::Sev::buffer_pages` walks it (every size TIO_STATUS reports is one page).
+    /// The C-bit in the pfn ([`C_BIT`]) is accepted and cleared: the SLA returned is the
+    /// page's, whatever the host's encryption bit.
     pub fn checked(raw: u64, size: u32) -> Result<Self, SevStatus> {
+        let raw = strip_c_bit(raw);
         let sla = Self::from_bits(raw);
         if raw == 0
             || u64::from(size) > PAGE_4K

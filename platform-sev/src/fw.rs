@@ -182,7 +182,11 @@ impl Output {
     }
 }
 
+/// A plain address the host passed (a guest context, a status page, a guest message page):
+/// the C-bit stripped ([`abi::strip_c_bit`]), then not null, aligned to `align` and below 2^52
+/// (`INVALID_ADDRESS`).
 fn page_aligned(addr: u64, align: u64) -> Result<u64, Fail> {
+    let addr = abi::strip_c_bit(addr);
     if addr == 0 || addr & align.wrapping_sub(1) != 0 || Hpa::try_new(addr).is_err() {
         return Err(SevStatus::INVALID_ADDRESS.into());
     }
@@ -368,7 +372,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     // ---- handle resolution --------------------------------------------------------------
 
     fn guest(&self, gctx: u64) -> Result<GuestCtx, Fail> {
-        page_aligned(gctx, abi::PAGE_4K)?;
+        let gctx = page_aligned(gctx, abi::PAGE_4K)?;
         self.guest_ctx(gctx)
             .ok_or(Fail::Handle(SevStatus::INVALID_GUEST))
     }
@@ -391,12 +395,25 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         Ok((dev, tdi))
     }
 
+    /// A context SLA for a context the command creates: well formed, and its page not one the
+    /// firmware already holds ([`Sev::firmware_page`], `IN_USE`).
     fn sla_unused(&self, raw: u64, size: u32) -> Result<u64, Fail> {
-        let sla = SlaAddr::checked(raw, size)?.into_bits();
-        if self.dev_ctx(sla).is_some() || self.tdi_ctx(sla).is_some() {
+        let sla = SlaAddr::checked(raw, size)?;
+        if self.firmware_page(sla.address()) {
             return Err(SevStatus::IN_USE.into());
         }
-        Ok(sla)
+        Ok(sla.into_bits())
+    }
+
+    /// Whether `page` is a page the firmware holds as a context of any kind: a guest context
+    /// page, a device or TDI context page. The one check every command that takes a page makes:
+    /// a command that creates a context refuses such a page with `IN_USE`, one that writes or
+    /// reads host memory there with `INVALID_PAGE_STATE` ([`Sev::output`],
+    /// [`Sev::buffer_pages`]).
+    fn firmware_page(&self, page: u64) -> bool {
+        self.guests.iter().any(|g| g.gctx == page)
+            || self.devices.iter().any(|d| sla_page(d.sla) == page)
+            || self.tdis.iter().any(|t| sla_page(t.sla) == page)
     }
 
     /// The data pages of a host buffer of `size` bytes named by `raw`, checked before anything
@@ -445,7 +462,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         }
         let count = usize::try_from(u64::from(size).div_ceil(page))
             .map_err(|_| SevStatus::INVALID_PARAM)?;
-        let list = SlaAddr::from_bits(raw);
+        let list = SlaAddr::from_bits(abi::strip_c_bit(raw));
         if count > abi::MAX_SCATTER_PAGES
             || !list.page_type()
             || list.page_size()
@@ -462,10 +479,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         {
             return Err(SevStatus::INVALID_ADDRESS);
         }
-        if self.guests.iter().any(|g| g.gctx == at)
-            || self.devices.iter().any(|d| sla_page(d.sla) == at)
-            || self.tdis.iter().any(|t| sla_page(t.sla) == at)
-        {
+        if self.firmware_page(at) {
             return Err(SevStatus::INVALID_PAGE_STATE);
         }
         // Read once: the entries the size needs and the EOL after them.
@@ -532,10 +546,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         if self.tsm.with_table(|r| r.overlaps(spa, bytes))? {
             return Err(SevStatus::INVALID_ADDRESS.into());
         }
-        let firmware_page = self.guests.iter().any(|g| g.gctx == page)
-            || self.devices.iter().any(|d| sla_page(d.sla) == page)
-            || self.tdis.iter().any(|t| sla_page(t.sla) == page);
-        if firmware_page {
+        if self.firmware_page(page) {
             return Err(SevStatus::INVALID_PAGE_STATE.into());
         }
         mem.probe_write(spa, len)
@@ -551,7 +562,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn relay_pages(&self, mem: &dyn SystemMemory, ctrl: &SpdmCtrl) -> Result<RelayPages, Fail> {
         spdm(ctrl)?;
         let (req, resp) = (ctrl.req.get(), ctrl.resp.get());
-        if req == 0 || resp == 0 || req == resp {
+        if req == 0 || resp == 0 || sla_page(req) == sla_page(resp) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let req = self.output(mem, sla_page(req), abi::PAGE_4K, relay::WINDOW)?;
@@ -640,7 +651,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn gctx_create(&mut self, buf: &[u8]) -> Step {
         let c: abi::GctxCreate = abi::parse(buf)?;
         let gctx = page_aligned(c.gctx_paddr.get(), abi::PAGE_4K)?;
-        if self.guest_ctx(gctx).is_some() {
+        if self.firmware_page(gctx) {
             return Err(SevStatus::IN_USE.into());
         }
         // The core decides (`GuestTableFull`); a context table as large as the core's, one
@@ -952,9 +963,17 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED) until
         // every one is. The status page was checked above, so the answer is delivered whatever
         // the check changed; it is written once the check ends.
-        let done = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
-            tsm.check_interface(t.tdi, out)
-        })??;
+        // An unbound TDI is CONFIG_UNLOCKED, as the firmware left it: answered without asking
+        // the device (Linux's `tdi_unbind` reads it right after TDI_UNBIND to verify the
+        // transition, sev-dev-tsm.c @16f379f5).
+        let record = self.tsm.tdi(t.tdi)?;
+        let done = if !continuing && record.state == TdiState::Unbound {
+            Completion::Done
+        } else {
+            self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+                tsm.check_interface(t.tdi, out)
+            })??
+        };
         if let Completion::Relay(_) = done {
             return Ok(done);
         }
@@ -1097,7 +1116,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         let g = self.guest(c.gctx_paddr.get())?;
         let req = page_aligned(c.req_paddr.get(), abi::PAGE_4K)?;
-        if req == c.res_paddr.get() {
+        if req == abi::strip_c_bit(c.res_paddr.get()) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         // The answer's page first: a message that changes state (START, MMIO_VALIDATE) runs
@@ -1383,9 +1402,10 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     }
 }
 
-/// The page an SLA names (its low bits are flags, checked when the SLA was accepted).
+/// The page an SLA names (its low bits are flags, checked when the SLA was accepted), without
+/// the C-bit.
 fn sla_page(sla: u64) -> u64 {
-    SlaAddr::from_bits(sla).address()
+    SlaAddr::from_bits(abi::strip_c_bit(sla)).address()
 }
 
 /// Sets (`true`) or clears [`abi::FLAG_CONTINUE`] in the host's buffer of a command that

@@ -81,15 +81,7 @@ struct Row {
 
 /// Refusals that today answer another status than documented, or change state: `(command,
 /// what)`. Each is a firmware bug for its owner to fix.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    // A page already held as a guest context is taken as a device or TDI context, and a
-    // device context's page as a guest context (SUCCESS, a second context on one page): the
-    // check for a context address in use (IN_USE, detail 0) looks only at contexts of the
-    // same kind (a TDI context on a device context's page is refused).
-    ("SNP_GCTX_CREATE", "gctx_paddr a device context's page"),
-    ("TIO_DEV_CREATE", "dev_ctx a guest context's page"),
-    ("TIO_TDI_CREATE", "tdi_ctx a guest context's page"),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 /// A context SLA no context has.
 fn unknown_sla() -> u64 {

@@ -2258,12 +2258,20 @@ fn an_answer_goes_only_to_writable_host_memory() {
 // ---- TDI_STATUS tells the truth ---------------------------------------------------------------
 
 #[test]
-fn tdi_status_of_an_unbound_tdi_is_the_cores_tdi_not_bound() {
+fn tdi_status_of_an_unbound_tdi_is_config_unlocked_without_asking_the_device() {
     let mut w = World::new();
     w.setup(Stage::Created);
-    let o = refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_status()));
-    assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
-    // The core answers the same call the same way.
+    w.mem.write(MEM, &[0xEE; 16]).unwrap();
+    let before = w.sev.tsm().snapshot().unwrap();
+    ok(w.cmd(&tdi_status()));
+    assert_eq!(before, w.sev.tsm().snapshot().unwrap(), "nothing changed");
+    let mut s = [0u8; 16];
+    w.mem.read(MEM, &mut s).unwrap();
+    assert_eq!(
+        (u32::from_le_bytes(s[..4].try_into().unwrap()), s[4]),
+        (0x10, 0)
+    );
+    // The core would refuse to ask: nothing was asked.
     let mut out = [0u8; MAX_RELAY_BYTES];
     assert_eq!(
         w.sev.tsm().check_interface(w.tdi(), &mut out),
