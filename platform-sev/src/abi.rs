@@ -341,9 +341,10 @@ macro_rules! command {
 }
 
 command! {
-    /// TIO_DEV_CREATE (0x20 bytes): register a device, named by its routing ID and segment,
-    /// with the BARs the host programmed (`bar_list`, ours: sev-dev-tio.c has reserved bytes
-    /// there and Linux sends 0, a device without BARs).
+    /// TIO_DEV_CREATE (0x20 bytes), as Linux sends it (sev-dev-tio.c `struct
+    /// sev_data_tio_dev_create`, AMDESE/linux-kvm @16f379f5): register a device, named by its
+    /// routing ID and segment, without a BAR list: the PSP cannot read configuration space, so
+    /// its interface reports are checked without BARs (`Tsm::create_device_unlisted`).
     DevCreate = TIO_DEV_CREATE, 0x20, {
         /// Buffer length.
         length: U32, /// Reserved.
@@ -351,8 +352,24 @@ command! {
         dev_ctx: U64, /// PCIe routing ID of the device (@0x10).
         device_id: U16, /// PCIe routing ID of its root port (@0x12).
         root_port_id: U16, /// PCIe segment (@0x14).
-        segment_id: u8, /// Reserved.
-        reserved2: [u8; 3], /// Ours: system physical address of a [`BarList`], 0 for none (@0x18).
+        segment_id: u8, /// Reserved (@0x15).
+        reserved2: [u8; 11],
+    } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
+}
+
+command! {
+    /// TIO_DEV_CREATE with a BAR list (ours, 0x28 bytes, told apart by its `length`): Linux's
+    /// 0x20 bytes, then the address of a [`BarList`] naming the BARs the host programmed. A
+    /// device registered this way has every reported range checked to lie inside its BARs.
+    DevCreateBars = TIO_DEV_CREATE, 0x28, {
+        /// Buffer length: 0x28.
+        length: U32, /// Reserved.
+        reserved1: [u8; 4], /// Device context SLA (@0x08).
+        dev_ctx: U64, /// PCIe routing ID of the device (@0x10).
+        device_id: U16, /// PCIe routing ID of its root port (@0x12).
+        root_port_id: U16, /// PCIe segment (@0x14).
+        segment_id: u8, /// Reserved (@0x15).
+        reserved2: [u8; 11], /// Ours: system physical address of a [`BarList`], 0 for none (@0x20).
         bar_list: U64,
     } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
 }

@@ -707,8 +707,27 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
 
     // ---- devices ------------------------------------------------------------------------
 
+    /// DEV_CREATE: Linux's 0x20 bytes register a device without a BAR list; our 0x28-byte
+    /// form ([`abi::DevCreateBars`], chosen by its `length`) adds one.
     fn dev_create(&mut self, mem: &dyn SystemMemory, buf: &[u8]) -> Step {
-        let c: abi::DevCreate = abi::parse(buf)?;
+        let length = buf.first_chunk::<4>().map(|b| u32::from_le_bytes(*b));
+        let (c, bars) = if length.and_then(|l| usize::try_from(l).ok())
+            == Some(abi::len_of::<abi::DevCreateBars>())
+        {
+            let c: abi::DevCreateBars = abi::parse(buf)?;
+            let linux = abi::DevCreate {
+                length: 0.into(),
+                reserved1: c.reserved1,
+                dev_ctx: c.dev_ctx,
+                device_id: c.device_id,
+                root_port_id: c.root_port_id,
+                segment_id: c.segment_id,
+                reserved2: c.reserved2,
+            };
+            (linux, Some(c.bar_list.get()))
+        } else {
+            (abi::parse::<abi::DevCreate>(buf)?, None)
+        };
         let sla = self.sla_unused(c.dev_ctx.get(), abi::DEV_CTX_SIZE)?;
         let [devfn, bus] = c.device_id.get().to_le_bytes();
         let rid = RequesterId::from_packed(u64::from_le_bytes([
@@ -726,8 +745,12 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         // and every other device's BARs. The core checks in its own order (too many BARs,
         // overlap, duplicate, full) and its refusal passes through as it is; a context table as
         // large as the core's, one context per core device, then always has room.
-        let bars = read_bars(mem, c.bar_list.get())?;
-        let device = self.tsm.create_device(rid, &bars)?;
+        // No list (Linux's form): the reports are checked without BARs, against reserved
+        // memory, each other and every bound TDI's ranges (`Tsm::create_device_unlisted`).
+        let device = match bars {
+            Some(at) => self.tsm.create_device(rid, &read_bars(mem, at)?)?,
+            None => self.tsm.create_device_unlisted(rid)?,
+        };
         let ctx = DevCtx {
             sla,
             device,

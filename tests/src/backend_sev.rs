@@ -529,8 +529,8 @@ impl Backend for SevBackend<'_> {
             .write(at, list.as_bytes())
             .map_err(|_| Error::InvalidAddress)?;
         let dev = sla(CTX_PFN_BASE.wrapping_add(self.fresh()));
-        let mut c = abi::DevCreate::new_zeroed();
-        c.length = length::<abi::DevCreate>();
+        let mut c = abi::DevCreateBars::new_zeroed();
+        c.length = length::<abi::DevCreateBars>();
         c.dev_ctx = dev.into();
         c.device_id = rid.routing_id().into();
         c.segment_id = segment;

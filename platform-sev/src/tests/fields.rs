@@ -462,6 +462,9 @@ fn rows() -> Vec<Row> {
     let gctx_create_good = gctx_create(GCTX).as_bytes().to_vec();
     let activate_good = activate(GCTX, 5).as_bytes().to_vec();
     let dc = dev_create().as_bytes().to_vec();
+    // Linux's form: the same bytes but the BAR list, length 0x20.
+    let mut dc_linux = dc[..0x20].to_vec();
+    dc_linux[..4].copy_from_slice(&0x20u32.to_le_bytes());
     let conn = dev_connect().as_bytes().to_vec();
     let tc = tdi_create().as_bytes().to_vec();
     let map = mmio_map(GPA, BAR, abi::MMIO_SIZE_2M).as_bytes().to_vec();
@@ -605,7 +608,7 @@ fn rows() -> Vec<Row> {
                 f("segment_id", 0x14, 1, Kind::Value),
                 f(
                     "bar_list",
-                    0x18,
+                    0x20,
                     8,
                     Kind::Input {
                         align: abi::BAR_LIST_ALIGN,
@@ -630,18 +633,51 @@ fn rows() -> Vec<Row> {
                 ),
                 bad(
                     "bar_list crossing its page",
-                    patch(&dc, 0x18, 8, MEM + 0x9FF8),
+                    patch(&dc, 0x20, 8, MEM + 0x9FF8),
                     SevStatus::INVALID_ADDRESS,
                 ),
                 bad(
                     "bar_list with its reserved word set",
-                    patch(&dc, 0x18, 8, OTHER_BARS),
+                    patch(&dc, 0x20, 8, OTHER_BARS),
                     SevStatus::INVALID_PARAM,
                 ),
                 bad(
                     "bar_list naming a BAR over system memory",
-                    patch(&dc, 0x18, 8, BAR_LIST + 0x400),
+                    patch(&dc, 0x20, 8, BAR_LIST + 0x400),
                     SevStatus::INVALID_ADDRESS,
+                ),
+            ],
+        },
+        Row {
+            name: "TIO_DEV_CREATE (Linux's 0x20 bytes, no BAR list)",
+            id: abi::TIO_DEV_CREATE,
+            world: |w| {
+                guests(w);
+                other_device(w);
+            },
+            good: dc_linux.clone(),
+            fields: vec![
+                LEN,
+                f("dev_ctx", 8, 8, Kind::NewCtx(sla(0x30_0009))),
+                f("device_id", 0x10, 2, Kind::Value),
+                f("root_port_id", 0x12, 2, Kind::Value),
+                f("segment_id", 0x14, 1, Kind::Value),
+            ],
+            extra: vec![
+                bad(
+                    "dev_ctx a guest context's page",
+                    patch(&dc_linux, 8, 8, sla(FW_PAGE >> 12)),
+                    SevStatus::IN_USE,
+                ),
+                bad(
+                    "device_id of another device",
+                    patch(
+                        &dc_linux,
+                        0x10,
+                        2,
+                        u64::from(RequesterId::try_new(0, 3, 1, 0).unwrap().routing_id()),
+                    ),
+                    SevStatus::IN_USE,
                 ),
             ],
         },

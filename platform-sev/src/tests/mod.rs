@@ -526,9 +526,10 @@ fn decommission(g: u64) -> abi::Decommission {
         gctx_paddr: g.into(),
     }
 }
-fn dev_create() -> abi::DevCreate {
-    let mut c = abi::DevCreate::new_zeroed();
-    c.length = len::<abi::DevCreate>();
+/// DEV_CREATE in our form with a BAR list ([`abi::DevCreateBars`]).
+fn dev_create() -> abi::DevCreateBars {
+    let mut c = abi::DevCreateBars::new_zeroed();
+    c.length = len::<abi::DevCreateBars>();
     c.dev_ctx = dev_sla().into();
     c.device_id = rid(0).routing_id().into();
     c.bar_list = BAR_LIST.into();
@@ -869,7 +870,6 @@ fn golden_layouts_match_the_published_offsets() {
         c.root_port_id,
         c.segment_id,
     ) = (0x20.into(), s1, 0x0318.into(), 0x0010.into(), 7);
-    c.bar_list = 0x4008.into();
     golden!(
         c,
         0x20,
@@ -879,7 +879,28 @@ fn golden_layouts_match_the_published_offsets() {
             (0x10, 2, 0x0318),
             (0x12, 2, 0x10),
             (0x14, 1, 7),
-            (0x18, 8, 0x4008)
+        ]
+    );
+    // Ours: the same with a BAR list after Linux's bytes.
+    let mut c = abi::DevCreateBars::new_zeroed();
+    (
+        c.length,
+        c.dev_ctx,
+        c.device_id,
+        c.root_port_id,
+        c.segment_id,
+    ) = (0x28.into(), s1, 0x0318.into(), 0x0010.into(), 7);
+    c.bar_list = 0x4008.into();
+    golden!(
+        c,
+        0x28,
+        [
+            (0, 4, 0x28),
+            (8, 8, s1.get()),
+            (0x10, 2, 0x0318),
+            (0x12, 2, 0x10),
+            (0x14, 1, 7),
+            (0x20, 8, 0x4008)
         ]
     );
     // Ours: the BAR list it names.
