@@ -57,6 +57,16 @@ const MAX_RESPONSE: usize = msg::HDR_SIZE as usize + msg::MAX_BODY;
 const MAX_REPORT: usize = core::mem::size_of::<abi::ReportHeader>()
     + core::mem::size_of::<abi::ReportRange>() * tsm_core::capacity::MAX_RANGES_PER_TDI
     + core::mem::size_of::<u32>();
+/// Longest data object written to an output SLA: its header and the largest payload (an
+/// interface report), padded to the payload alignment Linux expects.
+const MAX_BLOB: usize = (core::mem::size_of::<abi::DobjBlobHdr>() + MAX_REPORT)
+    .next_multiple_of(abi::SLA_PAYLOAD_ALIGN);
+/// What the firmware writes in an output SLA: from `payload_sz` (0x04; the host's
+/// `capacity_sz` at 0 stays) to the end of the data object.
+const BLOB_OUT: usize = abi::DOBJ_OFFSET - PAYLOAD_SZ_AT + MAX_BLOB;
+/// Offset of `sla_buffer_hdr.payload_sz`.
+const PAYLOAD_SZ_AT: usize = 4;
+const _: () = assert!(abi::DOBJ_OFFSET + MAX_BLOB <= abi::SPDM_OUT_SIZE as usize);
 // Both answers fit the one page a command names for them.
 const _: () = assert!(MAX_RESPONSE <= abi::PAGE_4K as usize);
 const _: () = assert!(MAX_REPORT <= abi::SPDM_OUT_SIZE as usize);
@@ -114,6 +124,9 @@ pub struct TdiCtx {
     pub lock_flags: u16,
     /// Interface reports produced.
     pub reports: u64,
+    /// The owning guest asked for RUN ([`msg::MSG_TDI_RUN_REQ`]) and the TDI has not started
+    /// since: the one thing that lets the host's TDI_BIND with RUN_FORCE start it.
+    pub run_requested: bool,
 }
 
 /// Why a handler stopped: an SEV-layer status or a core status.
@@ -308,6 +321,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             abi::TIO_DEV_RECLAIM => self.dev_reclaim(buf),
             abi::TIO_DEV_CONNECT => self.dev_connect(buf),
             abi::TIO_DEV_DISCONNECT => self.dev_disconnect(buf),
+            abi::TIO_DEV_MEASUREMENTS => self.dev_measurements(mem, buf),
+            abi::TIO_DEV_CERTIFICATES => self.dev_certificates(mem, buf),
             abi::TIO_TDI_CREATE => self.tdi_create(buf),
             abi::TIO_TDI_RECLAIM => self.tdi_reclaim(buf),
             abi::TIO_TDI_BIND => self.tdi_bind(mem, buf),
@@ -572,6 +587,24 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         })
     }
 
+    /// The output SLA a command writes a data object to, checked before anything changes: a
+    /// single 4K data page (`INVALID_PARAM`), an output ([`Sev::output`] statuses) from its
+    /// `payload_sz` on. `None` for a null SLA.
+    fn blob_output(&self, mem: &dyn SystemMemory, ctrl: &SpdmCtrl) -> Result<Option<Output>, Fail> {
+        let raw = ctrl.output.get();
+        if raw == 0 {
+            return Ok(None);
+        }
+        let page = SlaAddr::checked(raw, abi::SPDM_OUT_SIZE)?.address();
+        let at = page | PAYLOAD_SZ_AT as u64;
+        Ok(Some(self.output(
+            mem,
+            at,
+            PAYLOAD_SZ_AT as u64,
+            BLOB_OUT,
+        )?))
+    }
+
     /// A continuation ([`abi::FLAG_CONTINUE`]) is only for the exchange `tdi` has outstanding,
     /// and only if `ours` (the command's own operation): `NoExchange` when it has none,
     /// `ExchangePending` when another operation's waits.
@@ -802,6 +835,54 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         DONE
     }
 
+    /// DEV_MEASUREMENTS: the device's measurements as a measurement data object in the output
+    /// SLA, for a connected device (`INVALID_DEV_STATE`); the output SLA is required
+    /// (`INVALID_PARAM`). The firmware never talks to the device: it answers with what it
+    /// learned at DEV_CONNECT, and this model's DEV_CONNECT relays no GET_MEASUREMENTS (the
+    /// model device has none), so the object carries no records. Linux's loop sees SUCCESS on
+    /// the first round. The nonce is taken as given: no record to bind it to.
+    fn dev_measurements(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::DevMeasurements = abi::parse(buf)?;
+        self.device_blob(
+            mem,
+            &c.spdm_ctrl,
+            c.dev_ctx.get(),
+            (abi::DOBJ_ID_MEASUREMENT, abi::DOBJ_TYPE_MEAS_RECORDS),
+        )
+    }
+
+    /// DEV_CERTIFICATES: the device's certificate chain as a certificate data object in the
+    /// output SLA, checked as [`Sev::dev_measurements`]; empty for the same reason (this
+    /// model's DEV_CONNECT relays no GET_CERTIFICATE).
+    fn dev_certificates(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::DevCertificates = abi::parse(buf)?;
+        self.device_blob(
+            mem,
+            &c.spdm_ctrl,
+            c.dev_ctx.get(),
+            (abi::DOBJ_ID_CERTIFICATE, abi::DOBJ_TYPE_CERT_CHAIN),
+        )
+    }
+
+    fn device_blob(
+        &self,
+        mem: &mut dyn SystemMemory,
+        ctrl: &SpdmCtrl,
+        dev_raw: u64,
+        (id, kind): (u32, u8),
+    ) -> Step {
+        spdm(ctrl)?;
+        let dev = self.device(dev_raw)?;
+        let out = self
+            .blob_output(mem, ctrl)?
+            .ok_or(SevStatus::INVALID_PARAM)?;
+        if !dev.connected {
+            return Err(SevStatus::INVALID_DEV_STATE.into());
+        }
+        write_blob(mem, out, (id, kind), dev.rid, &[])?;
+        DONE
+    }
+
     fn dev_reclaim(&mut self, buf: &[u8]) -> Step {
         let c: abi::DevReclaim = abi::parse(buf)?;
         let dev = self.device(c.dev_ctx.get())?;
@@ -838,6 +919,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             guest_device_id: 0,
             lock_flags: 0,
             reports: 0,
+            run_requested: false,
         };
         if self.tdis.push(ctx).is_err() {
             self.tsm.remove_tdi(tdi)?;
@@ -867,6 +949,12 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
         let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
+        if c.run_flags.get() & abi::BIND_RUN_FORCE != 0 {
+            return self.tdi_run(mem, pages, &c, &t, &g, continuing);
+        }
+        // The report goes to the output SLA at bind completion (Linux's `tio_save_output`
+        // takes a report data object from it): checked before anything changes.
+        let report_out = self.blob_output(mem, &c.spdm_ctrl)?;
         if continuing {
             // The answer is for this guest's bind of this TDI, or for nothing here.
             self.expect_exchange(
@@ -895,8 +983,68 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 x.guest_device_id = id;
                 x.lock_flags = flags;
             });
+            if let Some(out) = report_out {
+                // The interface report as the core accepted it, re-assembled from the ranges
+                // it claimed (the core keeps no copy of the device's bytes). Every range came
+                // from a TDISP report, whose page counts are 32-bit, so the encoding cannot
+                // fail here.
+                let mut report = [0u8; MAX_REPORT];
+                let len = report_bytes(&self.tsm.owned_ranges(t.tdi)?, &mut report)?;
+                let bytes = report.get(..len).ok_or(Error::Inconsistent)?;
+                write_blob(
+                    mem,
+                    out,
+                    (abi::DOBJ_ID_REPORT, abi::DOBJ_TYPE_REPORT),
+                    t.iface,
+                    bytes,
+                )?;
+            }
         }
         Ok(done)
+    }
+
+    /// TDI_BIND with RUN_FORCE (Linux's `tdi_run`, after the guest asked the host for RUN):
+    /// starts the TDI with the core's `guest_start`, START_INTERFACE relayed through the same
+    /// continuation loop. Only for a TDI bound to this guest (`TdiNotBound`, `NotOwner`),
+    /// CONFIG_LOCKED (`INVALID_TDI_STATE`), whose guest asked for RUN itself
+    /// (`INVALID_GUEST_STATE` otherwise: the host alone never starts a TDI), with the guest
+    /// device ID and lock flags of its bind (`INVALID_PARAM`). Each refusal changes nothing.
+    /// A START the device refuses puts the TDI in ERROR (the core's status), and the guest's
+    /// request is spent.
+    fn tdi_run(
+        &mut self,
+        mem: &mut dyn SystemMemory,
+        pages: RelayPages,
+        c: &abi::TdiBind,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        continuing: bool,
+    ) -> Step {
+        if continuing {
+            self.expect_exchange(t.tdi, |op| op == DeviceOp::Start { guest: g.guest })?;
+        } else {
+            let state = self.owned_by(t, g)?;
+            if !matches!(state, TdiState::Locked { .. }) {
+                return Err(SevStatus::INVALID_TDI_STATE.into());
+            }
+            if !t.run_requested {
+                return Err(SevStatus::INVALID_GUEST_STATE.into());
+            }
+        }
+        if c.guest_device_id.get() != t.guest_device_id || c.lock_flags.get() != t.lock_flags {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let started = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+            tsm.guest_start(g.guest, t.tdi, out)
+        })?;
+        match started {
+            Ok(Completion::Relay(n)) => Ok(Completion::Relay(n)),
+            Err(e) if relay_refusal(e) => Err(e.into()),
+            other => {
+                self.update_tdi(t.sla, |x| x.run_requested = false);
+                Ok(other?)
+            }
+        }
     }
 
     fn owned_by(&self, t: &TdiCtx, g: &GuestCtx) -> Result<TdiState, Fail> {
@@ -943,6 +1091,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             self.update_tdi(t.sla, |x| {
                 x.guest_device_id = 0;
                 x.lock_flags = 0;
+                x.run_requested = false;
             });
         }
         Ok(done)
@@ -1161,6 +1310,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let size = usize::from(hdr.msg_sz.get());
         // Read, answer, and only then write: a malformed request writes nothing.
         let mut out = [0u8; msg::MAX_BODY];
+        // A guest's RUN request, recorded once its answer is delivered.
+        let mut record_run = false;
         let (rsp_type, len) = match hdr.msg_type {
             msg::MSG_TDI_INFO_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
@@ -1178,6 +1329,15 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 }
                 let rsp = self.msg_mmio_validate(&t, &g, &r)?;
                 (msg::MSG_MMIO_VALIDATE_RSP, write_body(&mut out, &rsp)?)
+            }
+            msg::MSG_TDI_RUN_REQ => {
+                let r: msg::TdiReq = read_body(mem, body, size)?;
+                if continuing {
+                    self.expect_exchange(t.tdi, |_| false)?;
+                }
+                let (rsp, record) = self.msg_tdi_run(&t, &g, &r)?;
+                record_run = record;
+                (msg::MSG_TDI_RUN_RSP, write_body(&mut out, &rsp)?)
             }
             msg::MSG_TDI_START_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
@@ -1199,7 +1359,46 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             .ok_or(SevStatus::INVALID_PARAM)?
             .copy_from_slice(bytes);
         res.deliver(mem, page.get(..total).ok_or(SevStatus::INVALID_PARAM)?)?;
+        if record_run {
+            self.update_tdi(t.sla, |x| x.run_requested = true);
+        }
         DONE
+    }
+
+    /// The guest's RUN request: recorded (the `bool`) for the TDI the guest names, bound to it
+    /// and CONFIG_LOCKED; answered SUCCESS and not recorded when it runs already. Otherwise
+    /// the answer says why and nothing is recorded: the core's `TdiNotBound` / `NotOwner` for
+    /// a TDI that is not the guest's, `INVALID_PARAM` for the guest's own TDI under another
+    /// ID, `INVALID_TDI_STATE` for one in ERROR or being unbound.
+    fn msg_tdi_run(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::TdiReq,
+    ) -> Result<(msg::TdiStartRsp, bool), Fail> {
+        if r.reserved.iter().any(|b| *b != 0) {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let state = self.tsm.tdi(t.tdi)?.state;
+        let (outcome, record) = if self.names(t, g, r.guest_device_id.get())? {
+            match state {
+                TdiState::Locked { .. } => (Outcome::SUCCESS, true),
+                TdiState::Run { .. } => (Outcome::SUCCESS, false),
+                _ => (Outcome::plain(SevStatus::INVALID_TDI_STATE), false),
+            }
+        } else if state.owner() == Some(g.guest) {
+            (Outcome::plain(SevStatus::INVALID_PARAM), false)
+        } else {
+            match transition(state, Event::Start(g.guest)) {
+                Err(e) => (Outcome::from_core(Err(e)), false),
+                Ok(_) => (Outcome::plain(SevStatus::INVALID_PARAM), false),
+            }
+        };
+        let mut rsp = msg::TdiStartRsp::new_zeroed();
+        rsp.guest_device_id = r.guest_device_id;
+        rsp.status = outcome.status.0.into();
+        rsp.detail = outcome.detail.into();
+        Ok((rsp, record))
     }
 
     /// The TDI guest `g` knows by guest device ID `id`: the one TDI bound to `g` under that
@@ -1485,6 +1684,58 @@ fn read_bars(
         bars.push(range).map_err(|_| Error::TooManyRanges)?;
     }
     Ok(bars)
+}
+
+/// Writes a data object (`id`, `kind`) about `who` holding `payload` to a checked output SLA
+/// (sev-linux-buffers.md section 2.2): `payload_sz` the object's length padded to 32 bytes,
+/// the rest of the buffer header zero, the object's header at 0x40, then the payload, zeros to
+/// the padded end. A payload longer than [`MAX_REPORT`] is refused before anything is written.
+fn write_blob(
+    mem: &mut dyn SystemMemory,
+    out: Output,
+    (id, kind): (u32, u8),
+    who: RequesterId,
+    payload: &[u8],
+) -> Result<(), Fail> {
+    if payload.len() > MAX_REPORT {
+        return Err(SevStatus::INVALID_PARAM.into());
+    }
+    let hdr_len = core::mem::size_of::<abi::DobjBlobHdr>();
+    let length = hdr_len.saturating_add(payload.len());
+    let padded = length.next_multiple_of(abi::SLA_PAYLOAD_ALIGN);
+    let mut bytes = [0u8; BLOB_OUT];
+    let to_u32 = |n: usize| u32::try_from(n).map_err(|_| SevStatus::INVALID_PARAM);
+    bytes
+        .get_mut(..4)
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(&to_u32(padded)?.to_le_bytes());
+    let [seg, _] = who.segment().to_le_bytes();
+    let hdr = abi::DobjBlobHdr {
+        id: id.into(),
+        length: to_u32(length)?.into(),
+        version_minor: abi::DOBJ_VERSION.0,
+        version_major: abi::DOBJ_VERSION.1,
+        device_id: who.routing_id().into(),
+        segment_id: seg,
+        kind,
+        ..abi::DobjBlobHdr::default()
+    };
+    let at = abi::DOBJ_OFFSET - PAYLOAD_SZ_AT;
+    let end = at.saturating_add(hdr_len);
+    bytes
+        .get_mut(at..end)
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(hdr.as_bytes());
+    bytes
+        .get_mut(end..end.saturating_add(payload.len()))
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(payload);
+    out.deliver(
+        mem,
+        bytes
+            .get(..at.saturating_add(padded))
+            .ok_or(SevStatus::INVALID_PARAM)?,
+    )
 }
 
 /// Encodes TDI_REPORT's output into `out`: header, one entry per range, trailing length word.

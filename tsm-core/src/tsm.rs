@@ -901,7 +901,14 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 let next = match next {
                     // The whole report is in: bind, or refuse it.
-                    Ok(None) => match Self::finish_bind(dev, tdi, record, target, &self.reserved, &mut locks) {
+                    Ok(None) => match Self::finish_bind(
+                        dev,
+                        tdi,
+                        record,
+                        target,
+                        &self.reserved,
+                        &mut locks,
+                    ) {
                         Ok(()) => return Ok(Completion::Done),
                         Err(e) => Err(e),
                     },

@@ -467,6 +467,8 @@ fn rows() -> Vec<Row> {
     dc_linux[..4].copy_from_slice(&0x20u32.to_le_bytes());
     let conn = dev_connect().as_bytes().to_vec();
     let tc = tdi_create().as_bytes().to_vec();
+    let meas = dev_measurements().as_bytes().to_vec();
+    let certs = dev_certificates().as_bytes().to_vec();
     let map = mmio_map(GPA, BAR, abi::MMIO_SIZE_2M).as_bytes().to_vec();
     let block = mmio_block(GPA, abi::MMIO_SIZE_2M).as_bytes().to_vec();
     let unmap = mmio_unmap(GPA, abi::MMIO_SIZE_2M).as_bytes().to_vec();
@@ -750,6 +752,49 @@ fn rows() -> Vec<Row> {
             extra: vec![],
         },
         Row {
+            name: "TIO_DEV_MEASUREMENTS",
+            id: abi::TIO_DEV_MEASUREMENTS,
+            world: connected,
+            good: meas.clone(),
+            fields: vec![
+                LEN,
+                f(
+                    "flags",
+                    4,
+                    4,
+                    Kind::Flags {
+                        allowed: abi::MEAS_FLAG_RAW_BITSTREAM as u64,
+                    },
+                ),
+                f("spdm_ctrl.req", 0x08, 8, Kind::SpdmForm),
+                f("spdm_ctrl.resp", 0x10, 8, Kind::SpdmForm),
+                f("spdm_ctrl.scratch", 0x18, 8, Kind::SpdmForm),
+                f("spdm_ctrl.output", 0x20, 8, Kind::SpdmOut),
+                f("dev_ctx", 0x28, 8, DEV),
+                f("meas_nonce[0..8]", 0x30, 8, Kind::Value),
+                f("meas_nonce[8..16]", 0x38, 8, Kind::Value),
+                f("meas_nonce[16..24]", 0x40, 8, Kind::Value),
+                f("meas_nonce[24..32]", 0x48, 8, Kind::Value),
+            ],
+            extra: vec![],
+        },
+        Row {
+            name: "TIO_DEV_CERTIFICATES",
+            id: abi::TIO_DEV_CERTIFICATES,
+            world: connected,
+            good: certs.clone(),
+            fields: vec![
+                LEN,
+                f("reserved", 4, 4, Kind::Flags { allowed: 0 }),
+                f("spdm_ctrl.req", 0x08, 8, Kind::SpdmForm),
+                f("spdm_ctrl.resp", 0x10, 8, Kind::SpdmForm),
+                f("spdm_ctrl.scratch", 0x18, 8, Kind::SpdmForm),
+                f("spdm_ctrl.output", 0x20, 8, Kind::SpdmOut),
+                f("dev_ctx", 0x28, 8, DEV),
+            ],
+            extra: vec![],
+        },
+        Row {
             name: "TIO_TDI_CREATE",
             id: abi::TIO_TDI_CREATE,
             world: connected,
@@ -818,14 +863,28 @@ fn rows() -> Vec<Row> {
                             allowed: u64::from(abi::BIND_LOCK_FLAGS),
                         },
                     ),
-                    f("run_flags", 0x44, 2, Kind::Flags { allowed: 0 }),
+                    f(
+                        "run_flags",
+                        0x44,
+                        2,
+                        Kind::Flags {
+                            allowed: u64::from(abi::BIND_RUN_FORCE),
+                        },
+                    ),
                 ],
             ),
-            extra: vec![bad(
-                "FLAG_CONTINUE with nothing outstanding",
-                patch(&bind, 4, 4, u64::from(abi::FLAG_CONTINUE)),
-                SevStatus::NO_SPDM_REQUEST,
-            )],
+            extra: vec![
+                bad(
+                    "FLAG_CONTINUE with nothing outstanding",
+                    patch(&bind, 4, 4, u64::from(abi::FLAG_CONTINUE)),
+                    SevStatus::NO_SPDM_REQUEST,
+                ),
+                bad(
+                    "RUN_FORCE on a TDI not bound (tdi_run before bind)",
+                    patch(&bind, 0x44, 2, u64::from(abi::BIND_RUN_FORCE)),
+                    SevStatus::INVALID_TDI_STATE,
+                ),
+            ],
         },
         Row {
             name: "TIO_TDI_UNBIND",

@@ -591,6 +591,25 @@ fn tdi_unbind(g: u64) -> abi::TdiUnbind {
     c.gctx_paddr = g.into();
     c
 }
+/// DEV_MEASUREMENTS as Linux sends it, its output SLA the page TDI_REPORT writes.
+fn dev_measurements() -> abi::DevMeasurements {
+    let mut c = abi::DevMeasurements::new_zeroed();
+    c.length = len::<abi::DevMeasurements>();
+    c.flags = abi::MEAS_FLAG_RAW_BITSTREAM.into();
+    c.spdm_ctrl = spdm_ctrl();
+    c.spdm_ctrl.output = sla((MEM + 0x3000) >> 12).into();
+    c.dev_ctx = dev_sla().into();
+    c.meas_nonce = [0x5A; 32];
+    c
+}
+fn dev_certificates() -> abi::DevCertificates {
+    let mut c = abi::DevCertificates::new_zeroed();
+    c.length = len::<abi::DevCertificates>();
+    c.spdm_ctrl = spdm_ctrl();
+    c.spdm_ctrl.output = sla((MEM + 0x3000) >> 12).into();
+    c.dev_ctx = dev_sla().into();
+    c
+}
 fn tdi_report(g: u64) -> abi::TdiReport {
     let mut c = abi::TdiReport::new_zeroed();
     c.length = len::<abi::TdiReport>();
@@ -742,6 +761,16 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
             abi::TIO_DEV_DISCONNECT,
             dev_disconnect().as_bytes().to_vec(),
             &[4],
+        ),
+        (
+            abi::TIO_DEV_MEASUREMENTS,
+            dev_measurements().as_bytes().to_vec(),
+            &[4, 5],
+        ),
+        (
+            abi::TIO_DEV_CERTIFICATES,
+            dev_certificates().as_bytes().to_vec(),
+            &[4, 7],
         ),
         (
             abi::TIO_TDI_CREATE,
@@ -1535,7 +1564,7 @@ fn tdi_bind_report_status_info_unbind() {
     // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
     let mut b = tdi_bind(GCTX);
     b.run_flags = abi::BIND_RUN_FORCE.into();
-    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&b));
+    refused(&mut w, Error::TdiNotBound, |w| w.cmd(&b));
     ok(w.cmd(&gctx_create(0x2_0000_7000)));
     refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
         w.cmd(&tdi_bind(0x2_0000_7000))
