@@ -8,13 +8,17 @@
 //! tables and deliver the answer. A refusal at any step changes nothing.
 //!
 //! A command that answers in memory (TDI_STATUS, TDI_INFO, TDI_REPORT, ASID_FENCE_STATUS,
-//! GUEST_REQUEST) checks its output before anything else can change: mapped, aligned, within
+//! GUEST_REQUEST; the data objects DEV_CONNECT, DEV_MEASUREMENTS, DEV_CERTIFICATES and
+//! TDI_BIND write to `spdm_ctrl.output`) checks its output before anything else can change: mapped, aligned, within
 //! one page, system memory the host owns (not device MMIO, not a page the firmware holds as a
 //! context) and writable. After that check, delivering the answer cannot fail, so a command
 //! never changes state and then fails to report it.
 //!
-//! The firmware never talks to a device: a command that needs one (TDI_BIND, TDI_UNBIND
-//! without FORCE, TDI_STATUS, the guest's TDI_START) answers `SPDM_REQUEST` with the core's
+//! Addresses arrive with or without the C-bit ([`abi::C_BIT`]); it is stripped where each is
+//! decoded ([`SlaAddr::checked`], `page_aligned`), so nothing below sees it.
+//!
+//! The firmware never talks to a device: a command that needs one (TDI_BIND, with RUN_FORCE
+//! too, TDI_UNBIND without FORCE, TDI_STATUS, the guest's TDI_START) answers `SPDM_REQUEST` with the core's
 //! request in `spdm_ctrl.req` ([`crate::relay`]), and the host reissues the same command, with
 //! [`abi::FLAG_CONTINUE`] set in the buffer the firmware wrote back and the device's answer in
 //! `spdm_ctrl.resp`. The request page is one of the outputs checked first; the response page
@@ -319,7 +323,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             abi::SNP_DECOMMISSION => self.decommission(buf),
             abi::TIO_DEV_CREATE => self.dev_create(mem, buf),
             abi::TIO_DEV_RECLAIM => self.dev_reclaim(buf),
-            abi::TIO_DEV_CONNECT => self.dev_connect(buf),
+            abi::TIO_DEV_CONNECT => self.dev_connect(mem, buf),
             abi::TIO_DEV_DISCONNECT => self.dev_disconnect(buf),
             abi::TIO_DEV_MEASUREMENTS => self.dev_measurements(mem, buf),
             abi::TIO_DEV_CERTIFICATES => self.dev_certificates(mem, buf),
@@ -773,13 +777,14 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             0,
             0,
         ]))?;
-        // The BARs the host programmed, from its list (ours; see `abi::BarList`): the firmware
-        // cannot read configuration space, and the core checks them against reserved memory
-        // and every other device's BARs. The core checks in its own order (too many BARs,
-        // overlap, duplicate, full) and its refusal passes through as it is; a context table as
-        // large as the core's, one context per core device, then always has room.
-        // No list (Linux's form): the reports are checked without BARs, against reserved
-        // memory, each other and every bound TDI's ranges (`Tsm::create_device_unlisted`).
+        // The BARs the host programmed, from its list when it gives one (ours; see
+        // `abi::BarList`): the firmware cannot read configuration space, and the core checks
+        // them against reserved memory and every other device's BARs. No list (Linux's form):
+        // the reports are checked without BARs, against reserved memory, each other and every
+        // bound TDI's ranges (`Tsm::create_device_unlisted`). The core checks in its own order
+        // (too many BARs, overlap, duplicate, full) and its refusal passes through as it is; a
+        // context table as large as the core's, one context per core device, then always has
+        // room.
         let device = match bars {
             Some(at) => self.tsm.create_device(rid, &read_bars(mem, at)?)?,
             None => self.tsm.create_device_unlisted(rid)?,
@@ -797,13 +802,15 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         DONE
     }
 
-    fn dev_connect(&mut self, buf: &[u8]) -> Step {
+    fn dev_connect(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::DevConnect = abi::parse(buf)?;
         spdm(&c.spdm_ctrl)?;
         if c.tc_mask & TC_MASK_TC0 == 0 || c.cert_slot > MAX_CERT_SLOT {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let dev = self.device(c.dev_ctx.get())?;
+        // Linux's `dsm_connect` saves a certificate object from the output SLA: checked first.
+        let certs = self.blob_output(mem, &c.spdm_ctrl)?;
         if dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
@@ -812,6 +819,16 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         self.tsm.setup_stream(dev.device)?;
         if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
             d.connected = true;
+        }
+        // The certificate chain, empty in this model (see `Sev::dev_certificates`).
+        if let Some(out) = certs {
+            write_blob(
+                mem,
+                out,
+                (abi::DOBJ_ID_CERTIFICATE, abi::DOBJ_TYPE_CERT_CHAIN),
+                dev.rid,
+                &[],
+            )?;
         }
         DONE
     }

@@ -434,6 +434,9 @@ fn linux_flow(sme: bool) {
     ));
     let connect = dev_connect_buf(&d, 1, linux_stream_ids(), 0);
     ok(run(&mut w, abi::TIO_DEV_CONNECT, &connect, &mut log));
+    // `tio_save_output`: a certificate object (id 4), no chain in this model.
+    let (payload, id, len, _) = output_object(&w, d.ctrl[3]);
+    assert_eq!((payload, id, len), (0x20, 4, 0x20));
     ok(run(
         &mut w,
         abi::TIO_DEV_MEASUREMENTS,
