@@ -807,8 +807,31 @@ fn what_linux_bytes_are_refused_for() {
         w.raw(abi::TIO_TDI_BIND, &other_guest)
     });
     assert!(w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
+    // An unbind ends the request: bound again, RUN_FORCE waits for the guest again.
+    ok(linux_cmd(
+        &mut w,
+        abi::TIO_TDI_UNBIND,
+        &tdi_unbind_buf(&d, &t, false),
+        &mut Vec::new(),
+    )
+    .0);
+    assert!(!w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
+    ok(linux_cmd(&mut w, abi::TIO_TDI_BIND, &bind, &mut Vec::new()).0);
+    refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
+        w.raw(abi::TIO_TDI_BIND, &run_force)
+    });
+    assert_eq!(
+        guest_asks_run(&mut w, &d, &t, &mut Vec::new()).status.get(),
+        0
+    );
     ok(linux_cmd(&mut w, abi::TIO_TDI_BIND, &run_force, &mut Vec::new()).0);
-    // Running: a second RUN_FORCE is not CONFIG_LOCKED.
+    // Running: a second RUN_FORCE is not CONFIG_LOCKED; the guest's RUN request is answered
+    // SUCCESS and not recorded.
+    assert_eq!(
+        guest_asks_run(&mut w, &d, &t, &mut Vec::new()).status.get(),
+        0
+    );
+    assert!(!w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
     refused(&mut w, SevStatus::INVALID_TDI_STATE, |w| {
         w.raw(abi::TIO_TDI_BIND, &run_force)
     });
@@ -830,10 +853,20 @@ fn what_linux_bytes_are_refused_for() {
         w.raw(abi::TIO_DEV_MEASUREMENTS, &no_out)
     });
 
-    // A bind whose output SLA is device MMIO: refused before the device is asked.
-    let mut w = linux_created(&d, &t);
+    // A connect whose output SLA is device MMIO: refused before the stream is set up.
+    let mut w = linux_world(&d);
+    ok(w.raw(abi::TIO_DEV_CREATE, &linux_dev_create(&d)));
     let mut mmio_out = d;
     mmio_out.ctrl[3] = sla(BAR >> 12);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.raw(
+            abi::TIO_DEV_CONNECT,
+            &dev_connect_buf(&mmio_out, 1, linux_stream_ids(), 0),
+        )
+    });
+
+    // A bind whose output SLA is device MMIO: refused before the device is asked.
+    let mut w = linux_created(&d, &t);
     refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
         w.raw(
             abi::TIO_TDI_BIND,
