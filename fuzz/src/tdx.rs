@@ -137,7 +137,7 @@ pub const LEAVES: [u16; 24] = [
     abi::TSM_DEVIF_STATE,
     abi::TSM_MMIO_ZAP_CHECK,
     abi::TSM_DEVIF_CHECK,
-    abi::TSM_IDE_STREAM_SETUP,
+    abi::TDH_IDE_STREAM_KM,
     abi::TDG_MMIO_ACCEPT,
     abi::TSM_GUEST_DEVIF_START,
     0xF0FF,
@@ -367,7 +367,8 @@ ops! {
         UnbindAll { tdi: u8 },
         /// TSM.DEVIF.UNBIND with FORCE (RDX bit 0), or with reserved RDX bits `bits`.
         UnbindForce { tdi: u8, bits: u8 },
-        /// TSM.IDE.STREAM_SETUP of device slot `dev % 6`.
+        /// TDH.IDE.STREAM.KM SETUP of device slot `dev % 6`'s stream (its ID is its SPDM id):
+        /// the host's re-establishment of a cut stream.
         StreamSetup { dev: u8 },
         /// TSM.DEVIF.ERROR.
         DevError { tdi: u8 },
@@ -453,7 +454,8 @@ struct Host<'b> {
 impl Host<'_> {
     /// Whether `[hpa, hpa + len)` lies in the TDR or SPDM metadata pages.
     fn in_tdrs(hpa: u64, len: usize) -> bool {
-        let end = spdm_page(SPDM_PAGES);
+        // The SPDM metadata pages and, after them, the IDE stream metadata pages.
+        let end = spdm_page(2 * SPDM_PAGES);
         hpa >= TDR_BASE
             && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
     }
@@ -1235,6 +1237,19 @@ impl World<'_> {
         self.device.link_mut().set_report(rec.iface, &wire);
     }
 
+    /// Where the report of the TDI owning the page TD `tdr` maps at page info `info` puts
+    /// that page: its host page plus the TDI's MMIO_REPORTING_OFFSET.
+    fn reported(&self, tdr: u64, info: u64) -> Option<u64> {
+        let tsm = self.fw.tsm();
+        let g = self.fw.td_of(tdr).ok()??;
+        let gpa = tsm_core::Gpa::try_new(info & 0x000f_ffff_ffff_f000).ok()?;
+        let leaf = tsm.leaf(g, gpa).ok()??;
+        let tdi = tsm.owner_of(leaf.hpa, leaf.size).ok()??;
+        let offset = tsm.tdi(tdi).ok()?.mmio_offset?;
+        let within = gpa.as_u64().checked_sub(leaf.gpa.as_u64())?;
+        leaf.hpa.as_u64().checked_add(within)?.checked_add(offset)
+    }
+
     fn owned(&self, tdi: u8) -> Vec<MmioRange> {
         self.fw
             .owned_ranges(TdiId::from_slot(tdi_slot(tdi) as u16))
@@ -1321,6 +1336,73 @@ impl World<'_> {
             waiting = is_relay(out.rax) || refused_answer(&out);
         }
         out
+    }
+
+    /// The link of SPDM id `id` (device `k`, function `rid`) as Linux's `tdx_link_connect`
+    /// sets it up: TDH.SPDM.CONNECT (its GET_VERSION answered by the model device, the same
+    /// registers re-issued), TDH.IDE.STREAM.CREATE, TDH.IDE.STREAM.KM SETUP. Issued outside
+    /// the per-leaf checks (they judge the device leaves; the link has its own tests in
+    /// platform-tdx), on writable pages: the spare page the config, the parameter page the
+    /// dev_info, pair B the messages, and device `k`'s IDE metadata page after the SPDM ones.
+    fn link(&mut self, id: u64, k: u64, rid: RequesterId) {
+        let spare = (SPARE - HOST) as usize;
+        self.host[spare..spare + MESSAGE_PAGE_BYTES].fill(0);
+        self.host[spare..spare + 4]
+            .copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
+        self.host[spare + 5] = 0xFF;
+        let connect = SeamRegs {
+            rax: u64::from(abi::TDH_SPDM_CONNECT),
+            rcx: id,
+            rdx: SPARE,
+            r8: RESP_B,
+            r9: REQ_B,
+            r10: abi::hpa_array(PARAMS, 1),
+            ..SeamRegs::default()
+        };
+        let routing = u64::from(rid.routing_id());
+        let create = SeamRegs {
+            rax: u64::from(abi::TDH_IDE_STREAM_CREATE),
+            rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
+            rdx: id,
+            r8: abi::hpa_array(spdm_page(SPDM_PAGES + k % SPDM_PAGES), 1),
+            r10: routing << 8,
+            r11: 1 | routing << 8 | u64::from(rid.segment() & 0xff) << 24,
+            r12: 1 | 0xfff << 20,
+            r13: 0xffff_ffff,
+            ..SeamRegs::default()
+        };
+        let km = SeamRegs {
+            rax: u64::from(abi::TDH_IDE_STREAM_KM),
+            rcx: id,
+            rdx: id,
+            r8: platform_tdx::link::IDE_KM_SETUP,
+            r9: RESP_B,
+            r10: REQ_B,
+            ..SeamRegs::default()
+        };
+        let call = |w: &mut World, mut regs: SeamRegs| {
+            let host = Host {
+                bytes: Cell::from_mut(&mut w.host[..]).as_slice_of_cells(),
+                read_only: 0,
+            };
+            Dispatcher::new(&w.fw, host).seamcall(&mut regs);
+            regs
+        };
+        let mut out = call(self, connect);
+        if out.rax == TDX_SPDM_REQUEST {
+            let at = (REQ_B - HOST) as usize;
+            let len = usize::try_from(out.rcx).unwrap_or(0).min(MESSAGE_PAGE_BYTES);
+            let request = self.host[at..at + len].to_vec();
+            let mut answer = [0u8; MESSAGE_PAGE_BYTES];
+            if let Some(n) = self.device.answer(&request, &mut answer) {
+                let at = (RESP_B - HOST) as usize;
+                self.host[at..at + n].copy_from_slice(&answer[..n]);
+            }
+            out = call(self, connect);
+        }
+        if out.rax == TDX_SUCCESS && call(self, create).rax == TDX_SUCCESS {
+            call(self, km);
+        }
     }
 
     /// TSM.DEVIF.UNBIND, relayed to the end, until it is not resumable: the last registers.
@@ -1440,7 +1522,11 @@ impl World<'_> {
                 // its TDH.DEVIF.CREATE is then refused).
                 if out.rax == TDX_SUCCESS {
                     let rcx = out.rcx;
-                    self.seamcall(leaf(abi::TSM_SPDM_BARS), SeamRegs { rcx, rdx, ..r });
+                    let bars =
+                        self.seamcall(leaf(abi::TSM_SPDM_BARS), SeamRegs { rcx, rdx, ..r });
+                    if bars.rax == TDX_SUCCESS {
+                        self.link(rcx, k, rid);
+                    }
                 }
             }
             Op::DeviceDelete { dev } => {
@@ -1586,7 +1672,15 @@ impl World<'_> {
             }
             Op::StreamSetup { dev } => {
                 let rcx = u64::from(dev % 6);
-                self.seamcall(leaf(abi::TSM_IDE_STREAM_SETUP), SeamRegs { rcx, ..r });
+                let km = SeamRegs {
+                    rcx,
+                    rdx: rcx,
+                    r8: platform_tdx::link::IDE_KM_SETUP,
+                    r9: RESP_A,
+                    r10: REQ_A,
+                    ..r
+                };
+                self.seamcall(leaf(abi::TDH_IDE_STREAM_KM), km);
             }
             Op::DevError { tdi } => {
                 let rcx = tdi_slot(tdi);
@@ -1622,7 +1716,10 @@ impl World<'_> {
             }
             Op::Accept { td, at } => {
                 let (g, rcx) = self.at(self.td(td), at);
-                self.tdcall(g, leaf(abi::TDG_MMIO_ACCEPT), SeamRegs { rcx, ..r });
+                // What the guest read in its report for the page (RDX, the bind's reporting
+                // offset included), or 0 where there is none: then only a refusal is possible.
+                let rdx = self.reported(g, rcx).unwrap_or(0);
+                self.tdcall(g, leaf(abi::TDG_MMIO_ACCEPT), SeamRegs { rcx, rdx, ..r });
             }
             Op::Start { td, tdi, relay } => {
                 let g = self.td(td);

@@ -205,7 +205,7 @@ type Range = (u64, u64, u16, u16);
 /// A device interface report per the format and the parser's documented checks, in its
 /// documented order: head (16 bytes, reserved zero), count at most `MAX_RANGES_PER_TDI`
 /// (`TooManyRanges`), the ranges and the DEVICE_SPECIFIC_INFO length present and adding up
-/// (`DeviceMalformed`), each range's first page past the offset (`InvalidRange`), below 2^52
+/// (`DeviceMalformed`), each range's first page past the offset (`DeviceMalformed`), below 2^52
 /// (`InvalidRange`), 4 KiB aligned (`Misaligned`), non-empty and within 2^52 (`InvalidRange`),
 /// and no two overlapping (`RangesOverlap`).
 fn read_report(b: &[u8], offset: u64) -> Result<Vec<Range>, Error> {
@@ -225,7 +225,7 @@ fn read_report(b: &[u8], offset: u64) -> Result<Vec<Range>, Error> {
         let r = &b[16 + 16 * i..32 + 16 * i];
         let base = u64_at(r, 0)
             .checked_sub(offset)
-            .ok_or(Error::InvalidRange)?;
+            .ok_or(Error::DeviceMalformed)?;
         let pages = u64::from(u32_at(r, 8));
         if base >= PHYS_ADDR_LIMIT {
             return Err(Error::InvalidRange);
@@ -376,6 +376,24 @@ fn steps(data: &[u8]) -> (Vec<Step>, &[u8]) {
     (steps, &rest[5 * n..])
 }
 
+/// `report` as a device serves it after a LOCK with MMIO_REPORTING_OFFSET `offset`: each
+/// range present (as many as the count says and the bytes hold) has `offset` added to its
+/// FIRST_PAGE, in the field's 64 bits.
+fn shifted(report: &[u8], offset: u64) -> Vec<u8> {
+    let mut out = report.to_vec();
+    if out.len() < 16 {
+        return out;
+    }
+    let count = u32_at(&out, 12) as usize;
+    let room = (out.len() - 16) / 16;
+    for i in 0..count.min(room) {
+        let at = 16 + 16 * i;
+        let first = u64_at(&out, at).wrapping_add(offset);
+        out[at..at + 8].copy_from_slice(&first.to_le_bytes());
+    }
+    out
+}
+
 /// The portion the device sends at `offset` for a step.
 fn portion(report: &[u8], offset: usize, len: usize, rem: Option<u16>) -> (Vec<u8>, u16) {
     let start = offset.min(report.len());
@@ -428,7 +446,11 @@ struct Scripted<'a> {
     fid: u32,
     steps: &'a [Step],
     next: usize,
+    /// The report as scripted: host addresses.
     report: &'a [u8],
+    /// The report as served: every FIRST_PAGE plus the MMIO_REPORTING_OFFSET of the LOCK the
+    /// device answered (`None` before it).
+    served: Option<(u64, Vec<u8>)>,
     /// The offset the firmware should ask for next (the predicted assembler offset).
     expect: usize,
     total: Option<usize>,
@@ -471,7 +493,8 @@ impl Scripted<'_> {
                         data: 0.into(),
                     }),
                     Step::Portion { len, rem } => {
-                        let (bytes, rem) = portion(self.report, self.expect, len.min(256), rem);
+                        let served = self.served.as_ref().map_or(self.report, |(_, b)| b);
+                        let (bytes, rem) = portion(served, self.expect, len.min(256), rem);
                         if let Ok(done) = rule(self.total, self.expect, bytes.len(), rem) {
                             self.total = Some(self.expect + bytes.len() + usize::from(rem));
                             if !done {
@@ -492,6 +515,14 @@ impl Scripted<'_> {
                 };
                 encode_response(&mut out, self.fid, &resp)
                     .unwrap_or_else(|e| fail(format!("{e:?}")))
+            }
+            Ok((_, Request::LockInterface(p))) => {
+                let offset = p.mmio_reporting_offset.get();
+                self.served = Some((offset, shifted(self.report, offset)));
+                match self.dsm.exchange(&msg, &mut out) {
+                    Some(n) => n,
+                    None => return Sent::Silent,
+                }
             }
             _ => match self.dsm.exchange(&msg, &mut out) {
                 Some(n) => n,
@@ -590,11 +621,21 @@ fn bind_through_relay(steps: &[Step], report: &[u8]) -> tsm_core::TsmResult<Comp
         steps,
         next: 0,
         report,
+        served: None,
         expect: 0,
         total: None,
         asked: Vec::new(),
     };
-    let want = predict(steps, report).and_then(|ranges| {
+    let mut buf = [0u8; MAX_RELAY_BYTES];
+    let first = fw.bind(tdi, guest, &mut buf);
+    let got = relay_to_end(&fw, tdi, first, &mut buf, &mut |req| device.answer(req));
+    if !device.asked.is_empty() {
+        fail(format!("the firmware asked: {:?}", device.asked));
+    }
+    // Every bind gets as far as LOCK (the script answers only report requests): the report
+    // the device served carries that LOCK's offset.
+    let offset = device.served.as_ref().map_or(0, |(o, _)| *o);
+    let want = predict(steps, report, offset).and_then(|ranges| {
         let inside = ranges.iter().all(|r| {
             r.0 >= PORTIONS_BAR.0 && r.0 + r.1 * 0x1000 <= PORTIONS_BAR.0 + PORTIONS_BAR.1 * 0x1000
         });
@@ -604,12 +645,6 @@ fn bind_through_relay(steps: &[Step], report: &[u8]) -> tsm_core::TsmResult<Comp
             Err(DeviceFault::BadReport(Error::RangeOutsideDevice))
         }
     });
-    let mut buf = [0u8; MAX_RELAY_BYTES];
-    let first = fw.bind(tdi, guest, &mut buf);
-    let got = relay_to_end(&fw, tdi, first, &mut buf, &mut |req| device.answer(req));
-    if !device.asked.is_empty() {
-        fail(format!("the firmware asked: {:?}", device.asked));
-    }
     let rec = fw.tdi(tdi).unwrap_or_else(|e| fail(e));
     let owned: Vec<(u64, u64)> = fw
         .owned_ranges(tdi)
@@ -713,8 +748,9 @@ fn relay_to_end(
 /// request (silence retried; bytes that are no record are refused and do not count), the first
 /// answer decoded (garbage and another message `Malformed`, TDISP_ERROR `Refused`), portions
 /// assembled by the rules (a broken rule `Malformed`), the whole report read by the format
-/// (`BadReport`).
-fn predict(steps: &[Step], report: &[u8]) -> Result<Vec<Range>, DeviceFault> {
+/// (`BadReport`), the device having added the LOCK's `lock_offset` to every FIRST_PAGE.
+fn predict(steps: &[Step], report: &[u8], lock_offset: u64) -> Result<Vec<Range>, DeviceFault> {
+    let report = &shifted(report, lock_offset);
     let mut next = 0;
     let mut offset = 0;
     let mut total = None;
@@ -747,7 +783,8 @@ fn predict(steps: &[Step], report: &[u8]) -> Result<Vec<Range>, DeviceFault> {
                         assembled.extend_from_slice(&bytes);
                         offset += bytes.len();
                         if done {
-                            return read_report(&assembled, 0).map_err(DeviceFault::BadReport);
+                            return read_report(&assembled, lock_offset)
+                                .map_err(DeviceFault::BadReport);
                         }
                     }
                 }

@@ -31,8 +31,8 @@ use tsm_core::lifecycle::{Event, transition};
 use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tsm::Tsm;
 use tsm_core::{
-    Completion, DeviceId, DeviceOp, Error, Gpa, GuestId, Hpa, InterfaceId, MmioRange, PageSize,
-    RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, InterfaceId, MmioRange,
+    PageSize, RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId, TdiState, TsmResult,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -1453,6 +1453,16 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 _ => 0,
             };
             rsp.tdi_status = status.into();
+            // The session's digest of the report the bind took, while locked or running.
+            if status != 0 {
+                for (word, chunk) in rsp.interface_report_digest.chunks_mut(8).enumerate() {
+                    let word = u8::try_from(word).map_err(|_| SevStatus::INVALID_PARAM)?;
+                    let v = self
+                        .tsm
+                        .guest_read(g.guest, t.tdi, GuestField::ReportDigest(word))?;
+                    chunk.copy_from_slice(&v.to_le_bytes());
+                }
+            }
             rsp.lock_flags = u32::from(t.lock_flags).into();
             rsp.tdi_report_count = t.reports.into();
         }
@@ -1586,14 +1596,49 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             flags & msg::VALIDATE_FLAG_VALIDATED != 0,
             flags & msg::VALIDATE_FLAG_FORCE != 0,
         );
+        // What the guest read of the range in its report: FIRST_PAGE, offset included.
+        let index = u8::try_from(r.range_id.get()).map_err(|_| Mv::NotReported)?;
+        let first = self
+            .tsm
+            .guest_read(g.guest, t.tdi, GuestField::ReportedRange(index))
+            .map_err(|_| Mv::NotReported)?;
         self.tsm
-            .with_table(|rmp| rmp.validate(g.guest, hpa, gpa, pages, want, force))
-            .map_err(|_| Mv::NotAssigned)?
-            .map_err(|f| match f {
-                ValidateFault::NotAssigned => Mv::NotAssigned,
-                ValidateFault::NotMapped => Mv::NotMapped,
-                ValidateFault::NotUniform => Mv::NotUniform,
+            .guest_accept(g.guest, gpa, |rmp, check| {
+                // The core's rule, page by page: each page the RMP assigns at the subrange's
+                // guest addresses is the one the report puts there. A page not assigned there
+                // at all is the RMP's own refusal below.
+                for i in 0..pages {
+                    let step = i.saturating_mul(abi::PAGE_4K);
+                    let Some(page_gpa) = gpa.checked_add(step) else {
+                        return Err(Mv::OutOfRange);
+                    };
+                    let Some(leaf) = rmp.leaf(g.guest, page_gpa) else {
+                        continue;
+                    };
+                    let within = page_gpa.as_u64().saturating_sub(leaf.gpa.as_u64());
+                    let host = leaf.hpa.checked_add(within).ok_or(Mv::NotMapped)?;
+                    let reported = offset
+                        .checked_add(i)
+                        .and_then(|p| p.checked_mul(abi::PAGE_4K))
+                        .and_then(|b| first.checked_add(b))
+                        .ok_or(Mv::OutOfRange)?;
+                    check
+                        .check(host, PageSize::Size4K, reported)
+                        .map_err(|_| Mv::NotMapped)?;
+                }
+                rmp.validate(g.guest, hpa, gpa, pages, want, force)
+                    .map_err(|f| match f {
+                        ValidateFault::NotAssigned => Mv::NotAssigned,
+                        ValidateFault::NotMapped => Mv::NotMapped,
+                        ValidateFault::NotUniform => Mv::NotUniform,
+                    })
             })
+            .map_err(|e| match e {
+                // The page at the subrange's start is another TDI's (or another guest's).
+                Error::NotOwner | Error::HpaNotOwned => Mv::NotMapped,
+                Error::TdiInError | Error::UnbindInProgress | Error::TdiNotBound => Mv::TdiUnbound,
+                _ => Mv::NotAssigned,
+            })?
     }
 
     // ---- the host's RMP instructions ----------------------------------------------------

@@ -255,8 +255,10 @@ pub const fn from_error(e: Error) -> SevStatus {
         // The device's IDE stream was cut by a forced TDI_UNBIND: reconnect it first.
         Error::StreamCut => SevStatus::INVALID_DEV_STATE,
         Error::HpaNotOwned => SevStatus::INVALID_PAGE_OWNER,
-        // RMP entry states (assigned, blocked, fenced).
-        Error::GpaAlreadyMapped
+        // RMP entry states (assigned, blocked, fenced); a page assigned where the report does
+        // not put it is one in the wrong state for the guest's validation.
+        Error::ReportedAddressMismatch
+        | Error::GpaAlreadyMapped
         | Error::HpaAlreadyMapped
         | Error::NotMapped
         | Error::NotBlocked

@@ -19,7 +19,8 @@ static int failures;
  * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
  * aligned, as every TDX page operand is), the TDI's request and response pages, the TD's TDR
  * page (TDH.MNG.CREATE RCX; the firmware never writes it), the device's SPDM metadata page
- * (TDH.SPDM.CREATE RDX; recorded, never written), the register
+ * (TDH.SPDM.CREATE RDX; recorded, never written), the link's SPDM config, dev_info and IDE
+ * metadata pages, the register
  * block and the length word of the model's DOE exchange. Anything outside it is refused,
  * never dereferenced.
  */
@@ -29,6 +30,9 @@ static struct {
 	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
 	_Alignas(4096) uint8_t tdr[4096];
 	_Alignas(4096) uint8_t spdm_mt[4096];
+	_Alignas(4096) uint8_t spdm_conf[4096];
+	_Alignas(4096) uint8_t dev_info[4096];
+	_Alignas(4096) uint8_t ide_mt[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
 } host;
@@ -154,6 +158,56 @@ int main(void)
 	call("register the BARs again", TSM_SPDM_BARS, r,
 	     TSM_BARS_REGISTERED | TDX_OPERAND_ID_RCX);
 
+	/* The link (Linux's tdx_link_connect): SPDM CONNECT, whose GET_VERSION goes to the
+	 * device and whose answer comes back with the same registers; the IDE stream; its keys. */
+	{
+		struct tsm_tdx_spdm_config conf = { .vmm_spdm_cap = TSM_TDX_SPDM_CAP_KEY_UPD,
+						    .certificate_slot_mask = 0xff };
+		struct tsm_tdx_regs in;
+		uint64_t stream;
+
+		memcpy(host.spdm_conf, &conf, sizeof(conf));
+		memset(&in, 0, sizeof(in));
+		in.rcx = dev;
+		in.rdx = (uint64_t)(uintptr_t)host.spdm_conf;
+		in.r8 = (uint64_t)(uintptr_t)host.response;
+		in.r9 = (uint64_t)(uintptr_t)host.request;
+		in.r10 = TSM_TDX_HPA_ARRAY((uintptr_t)host.dev_info, 1);
+		*r = in;
+		call("SPDM connect: relay this", TDH_SPDM_CONNECT, r, TDX_SPDM_REQUEST);
+		if (tsm_tdx_model_doe(host.request, r->rcx, host.response, &host.response_len) !=
+		    TDX_SUCCESS)
+			failures++;
+		*r = in;
+		r->r10 = TSM_TDX_HPA_ARRAY((uintptr_t)host.ide_mt, 1);
+		call("SPDM connect, other registers", TDH_SPDM_CONNECT, r,
+		     TDX_SPDM_INVALID_STATE | TDX_OPERAND_ID_R10);
+		*r = in;
+		call("SPDM connect: the VERSION", TDH_SPDM_CONNECT, r, TDX_SUCCESS);
+		memset(r, 0, sizeof(*r));
+		r->rcx = TSM_TDX_STREAM_INFO_TYPE_SEL;
+		r->rdx = dev;
+		r->r8 = TSM_TDX_HPA_ARRAY((uintptr_t)host.ide_mt, 1);
+		r->r10 = TSM_TDX_RID_ASSOC1(0x0300);
+		r->r11 = TSM_TDX_RID_ASSOC2(0x0300, 0) & ~TSM_TDX_ASSOC_VALID;
+		r->r12 = TSM_TDX_ADDR_ASSOC1(0, 0xffffffffull);
+		call("IDE stream, RID assoc not valid", TDH_IDE_STREAM_CREATE, r,
+		     TDX_OPERAND_INVALID | TDX_OPERAND_ID_R11);
+		r->r11 |= TSM_TDX_ASSOC_VALID;
+		call("IDE stream create", TDH_IDE_STREAM_CREATE, r, TDX_SUCCESS);
+		stream = r->rcx;
+		memset(r, 0, sizeof(*r));
+		r->rcx = dev;
+		r->rdx = stream;
+		r->r8 = TSM_TDX_IDE_KM_SETUP;
+		r->r9 = (uint64_t)(uintptr_t)host.response;
+		r->r10 = (uint64_t)(uintptr_t)host.response;
+		call("IDE KM, one page both ways", TDH_IDE_STREAM_KM, r,
+		     TDX_OPERAND_INVALID | TDX_OPERAND_ID_R10);
+		r->r10 = (uint64_t)(uintptr_t)host.request;
+		call("IDE KM SETUP", TDH_IDE_STREAM_KM, r, TDX_SUCCESS);
+	}
+
 
 	/* The TDI's message pages: the request page (firmware to host), the response page. */
 	memset(r, 0, sizeof(*r));
@@ -270,6 +324,31 @@ int main(void)
 	memset(r, 0, sizeof(*r));
 	r->rcx = tdi;
 	call("remove TDI", TDH_DEVIF_REMOVE, r, TDX_SUCCESS);
+	/* As Linux's tdx_link_disconnect(): the stream's keys stopped, the stream blocked and
+	 * deleted, the session disconnected; an SPDM delete before that is refused. */
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	call("remove device with a stream", TDH_SPDM_DELETE, r,
+	     TDX_SPDM_HAS_ACTIVE_IDE_STREAMS | TDX_OPERAND_ID_RCX);
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = dev; /* the stream ID: ours, the SPDM id */
+	r->r8 = TSM_TDX_IDE_KM_STOP;
+	r->r9 = (uint64_t)(uintptr_t)host.response;
+	r->r10 = (uint64_t)(uintptr_t)host.request;
+	call("IDE KM STOP", TDH_IDE_STREAM_KM, r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = dev;
+	call("IDE delete before block", TDH_IDE_STREAM_DELETE, r,
+	     TDX_IDE_STREAM_NOT_BLOCKED | TDX_OPERAND_ID_RDX);
+	call("IDE block", TDH_IDE_STREAM_BLOCK, r, TDX_SUCCESS);
+	call("IDE delete", TDH_IDE_STREAM_DELETE, r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)host.response;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
+	call("SPDM disconnect", TDH_SPDM_DISCONNECT, r, TDX_SUCCESS);
 	/* As Linux's tdh_spdm_delete(): RDX 0 for a one-page array; RCX the released array. */
 	memset(r, 0, sizeof(*r));
 	r->rcx = dev;

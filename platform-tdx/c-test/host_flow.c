@@ -1,13 +1,17 @@
 /*
  * The Linux TDX Connect host's whole flow, through the C entry point only (tsm_tdx_init,
  * tsm_tdx_seamcall, tsm_tdx_tdcall and the test-only model device): TD create, device set-up,
- * TDI create with its message pages, bind (every request relayed through the model device's
+ * the link as Linux's tdx_link_connect() sets it up (TDH_SPDM_CONNECT with its DOE round trip:
+ * GET_VERSION relayed to the model device and the same registers re-issued; then
+ * TDH_IDE_STREAM_CREATE and TDH_IDE_STREAM_KM SETUP), TDI create with its message pages, bind
+ * (every request relayed through the model device's
  * DOE mailbox and TDH_DEVIF_RESPONSE), map, the guest's accept and start. Then, once per vfio
  * host path (the names only label the iterations: the firmware sees the same calls), the old
  * order is refused with nothing changed and the patched order succeeds: unbind (STOP
  * relayed), zap check, TDI remove, and a new TDI bound for the next path. Every other path the
  * host removes the leaves itself (BLOCK, TRACK, UNMAP) once STOP is acknowledged. One line per
- * step; the first mismatch ends the program with exit status 1.
+ * step. At the end Linux's teardown (tdx_link_disconnect): KM STOP, BLOCK, DELETE, DISCONNECT,
+ * SPDM DELETE. The first mismatch ends the program with exit status 1.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +26,9 @@ static struct {
 	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
 	_Alignas(4096) uint8_t tdr[4096];
 	_Alignas(4096) uint8_t spdm_mt[4096];
+	_Alignas(4096) uint8_t spdm_conf[4096];
+	_Alignas(4096) uint8_t dev_info[4096];
+	_Alignas(4096) uint8_t ide_mt[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
 } host;
@@ -106,6 +113,115 @@ static uint64_t relay(const char *path, uint64_t status, uint64_t tdi)
 	return status;
 }
 
+/* The link's relay (tdx_link_event_handler / tdx_spdm_msg_exchange): while
+ * TDX_SPDM_REQUEST, the DOE object in the request page (its length from its own header) to
+ * the device, its answer into the response page, and the SAME registers again. */
+static uint64_t link_loop(const char *what, const struct tsm_tdx_regs *in)
+{
+	uint64_t status;
+	int rounds = 0;
+
+	*r = *in;
+	status = tsm_tdx_seamcall(r);
+	while (status == TDX_SPDM_REQUEST && rounds++ < 8) {
+		uint32_t dw1;
+		uint64_t len;
+
+		memcpy(&dw1, host.request + 4, sizeof(dw1));
+		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
+		check("link", "relay: request length = RCX", len, r->rcx);
+		check("link", "relay: DOE type 1 (CMA/SPDM)", host.request[2], 1);
+		check("link", "relay: DOE exchange",
+		      tsm_tdx_model_doe(host.request, len, host.response, &host.response_len),
+		      TDX_SUCCESS);
+		*r = *in;
+		status = tsm_tdx_seamcall(r);
+	}
+	printf("%-11s %-34s %d round trip(s)\n", "link", what, rounds);
+	return status;
+}
+
+static uint64_t stream_id;
+
+/* tdx_link_connect(): SPDM CONNECT (relayed), IDE stream create, KM SETUP. */
+static void connect(uint64_t dev)
+{
+	struct tsm_tdx_spdm_config conf = { .vmm_spdm_cap = TSM_TDX_SPDM_CAP_KEY_UPD,
+					    .certificate_slot_mask = 0xff };
+	struct tsm_tdx_regs in, out;
+	struct tsm_tdx_dev_info info;
+
+	memset(host.spdm_conf, 0, sizeof(host.spdm_conf));
+	memcpy(host.spdm_conf, &conf, sizeof(conf));
+	memset(&in, 0, sizeof(in));
+	in.rax = TDH_SPDM_CONNECT;
+	in.rcx = dev;
+	in.rdx = (uint64_t)(uintptr_t)host.spdm_conf;
+	in.r8 = (uint64_t)(uintptr_t)host.response;
+	in.r9 = (uint64_t)(uintptr_t)host.request;
+	in.r10 = TSM_TDX_HPA_ARRAY((uintptr_t)host.dev_info, 1);
+	check("link", "TDH.SPDM.CONNECT", link_loop("TDH.SPDM.CONNECT", &in), TDX_SUCCESS);
+	check("link", "  RCX dev_info size", r->rcx, TSM_TDX_DEV_INFO_BYTES);
+	memcpy(&info, host.dev_info, sizeof(info));
+	check("link", "  dev_info SPDM version", info.spdm_version, 0x12);
+	check("link", "  dev_info function ID", info.function_id, TSM_TDX_FUNC_ID(0, IFACE));
+
+	/* As tdx_ide_stream_create(): selective stream, RID association of the endpoint alone,
+	 * one address window (here 4 GiB at 0). */
+	memset(&out, 0, sizeof(out));
+	out.rax = TDH_IDE_STREAM_CREATE;
+	out.rcx = TSM_TDX_STREAM_INFO_TYPE_SEL;
+	out.rdx = dev;
+	out.r8 = TSM_TDX_HPA_ARRAY((uintptr_t)host.ide_mt, 1);
+	out.r10 = TSM_TDX_RID_ASSOC1(IFACE);
+	out.r11 = TSM_TDX_RID_ASSOC2(IFACE, 0);
+	out.r12 = TSM_TDX_ADDR_ASSOC1(0, 0xffffffffull);
+	*r = out;
+	check("link", "TDH.IDE.STREAM.CREATE", tsm_tdx_seamcall(r), TDX_SUCCESS);
+	stream_id = r->rcx;
+
+	memset(&in, 0, sizeof(in));
+	in.rax = TDH_IDE_STREAM_KM;
+	in.rcx = dev;
+	in.rdx = stream_id;
+	in.r8 = TSM_TDX_IDE_KM_SETUP;
+	in.r9 = (uint64_t)(uintptr_t)host.response;
+	in.r10 = (uint64_t)(uintptr_t)host.request;
+	check("link", "TDH.IDE.STREAM.KM SETUP", link_loop("TDH.IDE.STREAM.KM", &in), TDX_SUCCESS);
+}
+
+/* tdx_link_disconnect(): KM STOP, BLOCK, DELETE, DISCONNECT, SPDM DELETE. */
+static void disconnect(uint64_t dev)
+{
+	struct tsm_tdx_regs in;
+
+	memset(&in, 0, sizeof(in));
+	in.rax = TDH_IDE_STREAM_KM;
+	in.rcx = dev;
+	in.rdx = stream_id;
+	in.r8 = TSM_TDX_IDE_KM_STOP;
+	in.r9 = (uint64_t)(uintptr_t)host.response;
+	in.r10 = (uint64_t)(uintptr_t)host.request;
+	check("teardown", "TDH.IDE.STREAM.KM STOP", link_loop("TDH.IDE.STREAM.KM", &in),
+	      TDX_SUCCESS);
+	check("teardown", "TDH.IDE.STREAM.BLOCK", seam(TDH_IDE_STREAM_BLOCK, dev, stream_id, 0),
+	      TDX_SUCCESS);
+	check("teardown", "TDH.IDE.STREAM.DELETE", seam(TDH_IDE_STREAM_DELETE, dev, stream_id, 0),
+	      TDX_SUCCESS);
+	check("teardown", "  RCX released pages", r->rcx,
+	      TSM_TDX_HPA_ARRAY((uintptr_t)host.ide_mt, 1));
+	memset(&in, 0, sizeof(in));
+	in.rax = TDH_SPDM_DISCONNECT;
+	in.rcx = dev;
+	in.rdx = (uint64_t)(uintptr_t)host.response;
+	in.r8 = (uint64_t)(uintptr_t)host.request;
+	check("teardown", "TDH.SPDM.DISCONNECT", link_loop("TDH.SPDM.DISCONNECT", &in),
+	      TDX_SUCCESS);
+	check("teardown", "TDH.SPDM.DELETE", seam(TDH_SPDM_DELETE, dev, 0, 0), TDX_SUCCESS);
+	check("teardown", "  RCX released pages", r->rcx,
+	      TSM_TDX_HPA_ARRAY((uintptr_t)host.spdm_mt, 1));
+}
+
 /* TSM_DEVIF_STATE: RDX state code, R8 owner TDR (or ~0). */
 static void expect_state(const char *path, uint64_t tdi, uint64_t code, uint64_t owner)
 {
@@ -143,7 +259,7 @@ static uint64_t expect_leaf(const char *path, uint64_t td, size_t i, uint64_t st
 /* TDI create, bind (relayed), map, guest accept, guest start (relayed). */
 static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 {
-	uint64_t tdi;
+	uint64_t tdi, first_page;
 	size_t i;
 
 	set(TDH_DEVIF_CREATE, dev, IFACE, 0);
@@ -154,13 +270,18 @@ static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 	check(path, "TSM.DEVIF.BIND", seam(TSM_DEVIF_BIND, tdi, td, 0), TDX_SPDM_REQUEST);
 	check(path, "bind relayed", relay(path, TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
 	expect_state(path, tdi, 1, td);
+	/* The guest reads where its report puts the BAR (the bind's reporting offset included)
+	 * and accepts each page at that address plus the page's offset in the BAR. */
+	set(TDG_DEVIF_RD, tdi, TSM_DEVIF_FIELD_REPORTED_RANGE, 0);
+	check(path, "TDG.DEVIF.RD (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
+	first_page = r->rcx;
 	for (i = 0; i < nleaves; i++) {
 		check(path, "TDH.MMIO.MAP",
 		      seam(TDH_MMIO_MAP, leaf_info(i), td,
 			   leaf_hpa(i)),
 		      TDX_SUCCESS);
 		expect_leaf(path, td, i, 2, 0);
-		set(TDG_MMIO_ACCEPT, leaf_info(i), 0, 0);
+		set(TDG_MMIO_ACCEPT, leaf_info(i), first_page + (leaf_hpa(i) - bar), 0);
 		check(path, "TDG.MMIO.ACCEPT (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
 		expect_leaf(path, td, i, 3, 0);
 	}
@@ -292,6 +413,16 @@ int main(void)
 	host.list.ranges[0].pages = (uint32_t)bar_pages;
 	check("setup", "TSM.SPDM.BARS",
 	      seam(TSM_SPDM_BARS, dev, (uint64_t)(uintptr_t)&host.list, 0), TDX_SUCCESS);
+	/* A bind before the link is up: no IDE stream. */
+	set(TDH_DEVIF_CREATE, dev, IFACE, 0);
+	r->r9 = (uint64_t)(uintptr_t)host.request;
+	r->r10 = (uint64_t)(uintptr_t)host.response;
+	check("setup", "TDH.DEVIF.CREATE (no stream yet)", tsm_tdx_seamcall(r), TDX_SUCCESS);
+	p = r->rcx;
+	check("setup", "TSM.DEVIF.BIND without a stream", seam(TSM_DEVIF_BIND, p, td, 0),
+	      TDX_IDE_STREAM_NOT_CONFIGURED | TDX_OPERAND_ID_RCX);
+	check("setup", "TDH.DEVIF.REMOVE", seam(TDH_DEVIF_REMOVE, p, 0, 0), TDX_SUCCESS);
+	connect(dev);
 	/* What the device reports for the interface: its whole BAR. */
 	check("setup", "model device report", tsm_tdx_model_report(IFACE, &host.list),
 	      TDX_SUCCESS);
@@ -306,7 +437,7 @@ int main(void)
 		patched_order(paths[p], tdi, td, (int)(p & 1));
 	}
 
-	check("teardown", "TDH.SPDM.DELETE", seam(TDH_SPDM_DELETE, dev, 0, 0), TDX_SUCCESS);
+	disconnect(dev);
 	check("teardown", "TSM.TD.DESTROY", seam(TSM_TD_DESTROY, td, 0, 0), TDX_SUCCESS);
 	puts("PASS");
 	return 0;

@@ -48,7 +48,7 @@ extern "C" {
 
 /* The register block (matches platform_tdx::abi::SeamRegs, #[repr(C)]). */
 struct tsm_tdx_regs {
-	uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13;
+	uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13, r14;
 };
 
 /* A host MMIO range in a range list (TDISP MMIO_RANGE layout). */
@@ -81,6 +81,24 @@ struct tsm_tdx_range_list {
 #define TDH_SPDM_DELETE        131u    /* RCX SPDM id, RDX 0 (one page) or the array's root page ->
                                           RCX HPA_ARRAY_T of the released pages; refused while the
                                           device has TDIs (Linux's tdh_spdm_delete() layout) */
+/* The link (Linux devsec tsm tree tdx.c @2c2d99f4 wrappers; TDX_SPDM_REQUEST: relay the DOE
+ * object in the request page and re-issue the same registers). */
+#define TDH_IDE_STREAM_CREATE  132u    /* RCX stream info, RDX SPDM id (connected), R8 HPA_ARRAY_T
+                                          of stream metadata pages, R9 stream ctrl (0), R10 RID
+                                          assoc 1, R11 RID assoc 2, R12-R14 address assoc 1-3
+                                          -> RCX stream ID, RDX root-port IDE ID */
+#define TDH_IDE_STREAM_BLOCK   133u    /* RCX SPDM id, RDX stream ID: the stream is cut */
+#define TDH_IDE_STREAM_DELETE  134u    /* RCX SPDM id, RDX stream ID (blocked, no TDIs), R8 0 or the
+                                          array's root -> RCX HPA_ARRAY_T of the released pages */
+#define TDH_IDE_STREAM_KM      135u    /* RCX SPDM id, RDX stream ID, R8 op (TSM_TDX_IDE_KM_*), R9
+                                          response page, R10 request page -> RCX 0 */
+#define TDH_SPDM_CONNECT       142u    /* RCX SPDM id, RDX config page, R8 response page, R9 request
+                                          page, R10 HPA_ARRAY_T of dev_info pages -> RCX request
+                                          length (TDX_SPDM_REQUEST) or dev_info size (success) */
+#define TDH_SPDM_DISCONNECT    143u    /* RCX SPDM id, RDX response page, R8 request page -> RCX 0 */
+#define TDH_SPDM_MNG           144u    /* RCX SPDM id, RDX op (TSM_TDX_SPDM_MNG_*), R8 param page or
+                                          ~0, R9 response page, R10 request page, R11 HPA_ARRAY_T
+                                          or ~0 -> RCX 0 (RECOLLECT: dev_info size) */
 #define TDH_DEVIF_CREATE       137u    /* RCX SPDM id, RDX interface ID, R8 0, R9 request page,
                                           R10 response page (4 KiB aligned, in host memory) -> RCX TDI */
 #define TDH_DEVIF_REMOVE       138u    /* RCX TDI */
@@ -103,11 +121,17 @@ struct tsm_tdx_range_list {
 #define TSM_DEVIF_STATE        0xF005u /* RCX TDI -> RCX TDISP state, RDX code, R8 owner TDR or ~0 */
 #define TSM_MMIO_ZAP_CHECK     0xF006u /* RCX HPA, RDX pages */
 #define TSM_DEVIF_CHECK        0xF007u /* RCX TDI; asks the device its TDISP state (TDX_SPDM_REQUEST) */
-#define TSM_IDE_STREAM_SETUP   0xF008u /* RCX SPDM id; IDE stream re-established after a force */
+/* 0xF008 (TSM_IDE_STREAM_SETUP) is retired: TDH_IDE_STREAM_KM SETUP re-establishes a stream. */
 #define TSM_SPDM_BARS          0xF009u /* RCX SPDM id, RDX range list (BARs): once, after
                                           TDH_SPDM_CREATE, before the first TDH_DEVIF_CREATE */
 /* Guest leaves (TDCALL). */
-#define TDG_MMIO_ACCEPT        71u     /* RCX page info */
+#define TDG_MMIO_ACCEPT        71u     /* RCX page info, RDX the page's reported address (report
+                                          FIRST_PAGE + page offset, MMIO_REPORTING_OFFSET included) */
+#define TDG_DEVIF_RD           67u     /* RCX TDI, RDX field code (7:0, rest 0), R9 0 -> RCX value */
+#define TSM_DEVIF_FIELD_TDISP_VERSION 0x01u /* TDX-IO TDISP_VER_FIELD_CODE */
+#define TSM_DEVIF_FIELD_TDISP_STATE   0x80u /* ours */
+#define TSM_DEVIF_FIELD_REPORT_DIGEST 0x81u /* ours: + word 0..5 of the 48-byte report digest */
+#define TSM_DEVIF_FIELD_REPORTED_RANGE 0x90u /* ours: + private range index: its FIRST_PAGE */
 #define TSM_GUEST_DEVIF_START  0xF080u /* RCX TDI; TDX_SPDM_REQUEST: the host relays START_INTERFACE */
 
 /* TDH_SPDM_CREATE RCX, as Linux's tdisp_func_id(): requester ID (bus << 8 | devfn) in 15:0,
@@ -122,6 +146,46 @@ struct tsm_tdx_range_list {
 #define TSM_TDX_HPA_ARRAY(base, pages)                                                       \
 	(((uint64_t)(base) & 0x000FFFFFFFFFF000ull) | (((uint64_t)(pages) - 1) << 55))
 #define TSM_TDX_SPDM_MT_MAX_PAGES 4u
+
+/* Link operands (Linux devsec tsm tree tdx-host.c @191928fb, drivers/pci/ide.c). */
+#define TSM_TDX_NULL_PAGE            0xFFFFFFFFFFFFFFFFull /* SPDM.MNG R8/R11: no page */
+#define TSM_TDX_SPDM_CAP_HBEAT       (1u << 13)   /* spdm_config_info_t vmm_spdm_cap */
+#define TSM_TDX_SPDM_CAP_KEY_UPD     (1u << 14)   /* Linux sets it */
+#define TSM_TDX_STREAM_INFO_TYPE_SEL (1ull << 8)  /* stream info: selective; 7:0 RP devfn */
+#define TSM_TDX_ASSOC_VALID          (1ull << 0)  /* RID assoc 2, address assoc 1 */
+/* RID assoc 1: limit in 23:8. RID assoc 2: VALID, base in 23:8, segment base in 31:24. */
+#define TSM_TDX_RID_ASSOC1(limit) ((uint64_t)(limit) << 8)
+#define TSM_TDX_RID_ASSOC2(base, segment)                                                    \
+	(TSM_TDX_ASSOC_VALID | ((uint64_t)(base) << 8) | ((uint64_t)(segment) << 24))
+/* Address assoc 1: VALID, base[31:20] in 19:8, limit[31:20] in 31:20; 2: limit[63:32];
+ * 3: base[63:32]. */
+#define TSM_TDX_ADDR_ASSOC1(base, limit)                                                     \
+	(TSM_TDX_ASSOC_VALID | ((((uint64_t)(base) >> 20) & 0xFFF) << 8) |                 \
+	 ((((uint64_t)(limit) >> 20) & 0xFFF) << 20))
+#define TSM_TDX_IDE_KM_SETUP   0ull
+#define TSM_TDX_IDE_KM_REFRESH 1ull
+#define TSM_TDX_IDE_KM_STOP    2ull
+#define TSM_TDX_SPDM_MNG_HEARTBEAT  0ull
+#define TSM_TDX_SPDM_MNG_KEY_UPDATE 1ull
+#define TSM_TDX_SPDM_MNG_RECOLLECT  2ull
+/* spdm_config_info_t, packed at the head of the 4 KiB config page (the rest 0). */
+struct tsm_tdx_spdm_config {
+	uint32_t vmm_spdm_cap;          /* TSM_TDX_SPDM_CAP_* only */
+	uint8_t spdm_session_policy;    /* 0 */
+	uint8_t certificate_slot_mask;  /* not 0; Linux 0xFF */
+	uint8_t raw_bitstream_requested; /* 0 or 1 */
+} __attribute__((packed));
+/* The dev_info record TDH_SPDM_CONNECT writes (ours). */
+struct tsm_tdx_dev_info {
+	uint32_t format;                /* 1 */
+	uint8_t spdm_version;           /* 0x12 */
+	uint8_t certificate_slot_mask;
+	uint16_t reserved;
+	uint64_t function_id;
+	uint32_t vmm_spdm_cap;
+	uint32_t reserved2;
+};
+#define TSM_TDX_DEV_INFO_BYTES 24u
 
 /* Bytes of a message page; every request and answer fits in one. */
 #define TSM_TDX_MESSAGE_PAGE_BYTES 4096u
@@ -163,11 +227,28 @@ struct tsm_tdx_range_list {
 #define TSM_FOREIGN_INTERFACE          0xC000F02700000000ull
 #define TSM_BAR_IN_USE                 0xC000F02800000000ull
 #define TSM_STREAM_CUT                 0xC000F02900000000ull
-/* Ours: TDH_DEVIF_CREATE / TSM_IDE_STREAM_SETUP before TSM_SPDM_BARS; TSM_SPDM_BARS again. */
+/* Ours: TDH_DEVIF_CREATE / TDH_IDE_STREAM_CREATE before TSM_SPDM_BARS; TSM_SPDM_BARS again. */
 #define TSM_BARS_NOT_REGISTERED        0xC000F02A00000000ull
 #define TSM_BARS_REGISTERED            0xC000F02B00000000ull
+/* The link (intel/tdx-module tdx_error_codes_defs.h @1666adc4). A bind of a TDI whose device's
+ * stream does not exist, is blocked, or has no keys (KM SETUP not done, or STOPped) gets
+ * TDX_IDE_STREAM_NOT_CONFIGURED / _BLOCKED / _IDEKM_KEYS_NOT_READY + RCX; one a forced unbind
+ * cut, TSM_STREAM_CUT + RCX. */
+#define TDX_SPDM_HAS_ACTIVE_IDE_STREAMS 0xC0000F0500000000ull
+#define TDX_SPDM_INVALID_STATE         0xC0000F0600000000ull
+#define TDX_IDE_STREAM_NOT_FREE        0xC0000F1600000000ull
+#define TDX_IDE_STREAM_NOT_CONFIGURED  0xC0000F1800000000ull
+#define TDX_IDE_STREAM_BLOCKED         0xC0000F1900000000ull
+#define TDX_IDE_STREAM_NOT_BLOCKED     0xC0000F1A00000000ull
+#define TDX_IDE_STREAM_HAS_DEVICE_INTERFACES 0xC0000F1F00000000ull
+#define TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY 0xC0000F2100000000ull
+#define TDX_IDE_STREAM_INVALID_STATE   0xC0000F2400000000ull
+#define TDX_SPDM_INVALID_MESSAGE       0xC0000F4E00000000ull /* the module's TDX_SDPM_... */
+#define TSM_DEVICE_IN_USE              0xC000F02400000000ull
 /* A page already in use (a TD's TDR, a message page, SPDM metadata). */
 #define TDX_PAGE_METADATA_INCORRECT    0xC000030000000000ull
+/* TDG_MMIO_ACCEPT: RDX is not the S-EPT's host page plus the TDI's MMIO reporting offset. */
+#define TDX_MMIO_INVALID_HPA_OFFSET    0xC0000F4D00000000ull
 #define TSM_INCONSISTENT               0xC000F0FF00000000ull
 /* Ours: the device did not answer (after three empty responses), answered TDISP_ERROR, or
  * answered something that is not the response asked for. */
@@ -182,6 +263,10 @@ struct tsm_tdx_range_list {
 #define TDX_OPERAND_ID_R8  8u
 #define TDX_OPERAND_ID_R9  9u
 #define TDX_OPERAND_ID_R10 10u
+#define TDX_OPERAND_ID_R11 11u
+#define TDX_OPERAND_ID_R12 12u
+#define TDX_OPERAND_ID_R13 13u
+#define TDX_OPERAND_ID_R14 14u
 #define TDX_OPERAND_ID_TDR 128u          /* the calling TD of a TDCALL */
 #define TDX_OPERAND_ID_DEVIF 0xF02u      /* ours: a TDI (OPERAND_BUSY: retry) */
 #define TDX_OPERAND_ID_TRANSPORT 0xF06u  /* ours: the device channel (device statuses) */

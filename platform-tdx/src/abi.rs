@@ -20,11 +20,17 @@ use core::cell::Cell;
 
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MAX_RELAY_BYTES, MmioRange,
-    PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestField, GuestId, Hpa, LeafState, MAX_RELAY_BYTES,
+    MmioRange, PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::ept::SeptState;
+use crate::link::{Link, Session};
+pub use crate::link::{
+    TDH_IDE_STREAM_BLOCK, TDH_IDE_STREAM_CREATE, TDH_IDE_STREAM_DELETE, TDH_IDE_STREAM_KM,
+    TDH_SPDM_CONNECT, TDH_SPDM_DISCONNECT, TDH_SPDM_MNG,
+};
 use crate::module::{
     MESSAGE_PAGE_BYTES, MessagePages, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, SpdmTable, TdEntry,
     TdxModule, spdm_in, td_in,
@@ -36,7 +42,7 @@ use crate::status::{
     TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS, TdxStatus,
 };
 
-/// The registers a SEAMCALL passes (TDX Module ABI spec: RAX leaf, operands in RCX, RDX, R8-R13).
+/// The registers a SEAMCALL passes (TDX Module ABI spec: RAX leaf, operands in RCX, RDX, R8-R14).
 #[repr(C)]
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
@@ -60,9 +66,11 @@ pub struct SeamRegs {
     pub r12: u64,
     /// Operand / output.
     pub r13: u64,
+    /// Operand / output (TDH.IDE.STREAM.CREATE's third address association register).
+    pub r14: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SeamRegs>() == 9 * 8);
+const _: () = assert!(core::mem::size_of::<SeamRegs>() == 10 * 8);
 
 // ---- host leaves (SEAMCALL) ---------------------------------------------------------------
 
@@ -125,7 +133,7 @@ pub const HPA_ARRAY_PFN_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// HPA_ARRAY_T, bits 63:55: the number of pages - 1 (same source).
 pub const HPA_ARRAY_SIZE_SHIFT: u32 = 55;
 /// HPA_ARRAY_T bits 54:52 and 11:0: reserved (zero in Linux's encoding).
-const HPA_ARRAY_RESERVED: u64 = 0x0070_0000_0000_0fff;
+pub(crate) const HPA_ARRAY_RESERVED: u64 = 0x0070_0000_0000_0fff;
 /// Bytes of one HPA_ARRAY_T root entry (a page's physical address, u64).
 const HPA_ARRAY_ENTRY_BYTES: usize = 8;
 /// Bytes of an SPDM metadata page (and of the array's root page): 4 KiB pages.
@@ -211,10 +219,9 @@ pub const TSM_MMIO_ZAP_CHECK: u16 = 0xF006;
 /// TDI in ERROR if the device reports ERROR, or unlocked. A TDI in ERROR or being unbound is
 /// not asked about: resumable like unbind while its leaves are blocked.
 pub const TSM_DEVIF_CHECK: u16 = 0xF007;
-/// Ours, TSM.IDE.STREAM_SETUP: RCX device. The host has re-established the device's IDE
-/// stream after a forced unbind cut it (`Tsm::setup_stream`); refused while a TDI of the
-/// device is bound. Its TDIs can be bound again.
-pub const TSM_IDE_STREAM_SETUP: u16 = 0xF008;
+// 0xF008, ours, TSM.IDE.STREAM_SETUP, is retired: the host re-establishes a device's IDE
+// stream with the TDX Connect leaves ([`TDH_IDE_STREAM_KM`] SETUP, after
+// [`TDH_IDE_STREAM_DELETE`] and [`TDH_IDE_STREAM_CREATE`] of a blocked one).
 /// Ours, TSM.SPDM.BARS: RCX SPDM id, RDX host address of a [`RangeList`] of the device's BARs.
 /// The public TDH.SPDM.CREATE has no BAR operand (the TDX module learns MMIO from its MMIO
 /// metadata, not modelled here); this firmware needs the BARs to check every reported range,
@@ -225,8 +232,35 @@ pub const TSM_SPDM_BARS: u16 = 0xF009;
 
 // ---- guest leaves (TDCALL, entered for the calling TD) ------------------------------------
 
-/// TDG.MMIO.ACCEPT (TDX-IO: 71): RCX page info. MMIO_PENDING -> MMIO_MAPPED.
+/// TDG.MMIO.ACCEPT (TDX-IO: 71; intel/tdx-module @1666adc4
+/// `src/td_dispatcher/vm_exits/tdxio/tdg_mmio_accept.c`): RCX page info, RDX the page's
+/// reported address: what the guest read in its TDI's interface report, FIRST_PAGE plus the
+/// page's offset in its range, the bind's MMIO_REPORTING_OFFSET included (the module's
+/// `mmio_pa_offset`; our encoding, since the module turns it into a host address in its own
+/// way). MMIO_PENDING -> MMIO_MAPPED once the S-EPT entry passes its state checks and RDX is
+/// the entry's host page plus the owning TDI's offset ([`tsm_core::Tsm::guest_accept`]);
+/// otherwise TDX_MMIO_INVALID_HPA_OFFSET + RCX, as the module, and nothing changes.
 pub const TDG_MMIO_ACCEPT: u16 = 71;
+/// TDG.DEVIF.RD (TDX-IO: 67; intel/tdx-module @6e66b9d2
+/// `src/td_dispatcher/vm_exits/tdxio/tdg_devif_rd.c`): RCX the TDI (ours: its handle, as
+/// [`TSM_GUEST_DEVIF_START`]; the module takes a function ID), RDX `devif_rd_input_t` (field
+/// code in 7:0, 63:8 reserved), R9 zero. Out: RCX the field ([`DEVIF_FIELD_TDISP_VERSION`]
+/// and ours). Only the calling TD's own TDI: another TD's is `TDX_MMIO_DEVIF_OWNER_MISMATCH`.
+pub const TDG_DEVIF_RD: u16 = 67;
+/// TDG.DEVIF.RD field TDISP_VER_FIELD_CODE (intel/tdx-module @6e66b9d2 `devif_defs.h`
+/// `devif_field_code_e`): the TDISP version, 0x10.
+pub const DEVIF_FIELD_TDISP_VERSION: u8 = 1;
+/// Ours, TDG.DEVIF.RD field: the TDI's TDISP state as the firmware holds it (PCIe code).
+pub const DEVIF_FIELD_TDISP_STATE: u8 = 0x80;
+/// Ours, TDG.DEVIF.RD fields `0x81 + n`, n < 6: word n (little-endian) of the 48-byte digest
+/// of the interface report the bind took ([`tsm_core::GuestField::ReportDigest`]).
+pub const DEVIF_FIELD_REPORT_DIGEST: u8 = 0x81;
+/// Ours, TDG.DEVIF.RD fields `0x90 + n`, n < `MAX_RANGES_PER_TDI`: FIRST_PAGE of the TDI's
+/// n-th private range as reported (MMIO_REPORTING_OFFSET included): where the guest's
+/// TDG.MMIO.ACCEPT RDX values come from.
+pub const DEVIF_FIELD_REPORTED_RANGE: u8 = 0x90;
+/// `devif_rd_input_t` reserved bits 63:8 (intel/tdx-module `devif_defs.h`).
+const DEVIF_RD_RESERVED: u64 = !0xff;
 /// Ours, the guest accepts and starts a TDI (START_INTERFACE; the TDX guest sends it through
 /// TDG.DEVIF.REQUEST): RCX TDI. `TDX_SPDM_REQUEST` with START_INTERFACE in the TDI's request
 /// page: the host relays it, and its TDH.DEVIF.RESPONSE ends the start (`TDX_SUCCESS`: RUN).
@@ -241,7 +275,7 @@ const PAGE_INFO_RESERVED: u64 = 0xfff0_0000_0000_0ff8;
 /// The host page a range list lives in must be 4 KiB aligned (TDX: every page operand is).
 const LIST_ALIGN: PageSize = PageSize::Size4K;
 /// Message pages too.
-const MESSAGE_PAGE_ALIGN: PageSize = PageSize::Size4K;
+pub(crate) const MESSAGE_PAGE_ALIGN: PageSize = PageSize::Size4K;
 
 /// Bytes of one host-memory word: requests are written and answers read in whole 8-byte
 /// words (the C entry point moves host memory in aligned words), padded with zeros.
@@ -416,8 +450,19 @@ pub const fn operands(leaf: u16) -> Operands {
             list: rdx,
             ..none
         },
-        TDH_SPDM_DELETE | TSM_IDE_STREAM_SETUP => Operands {
+        TDH_SPDM_DELETE
+        | TDH_SPDM_CONNECT
+        | TDH_SPDM_DISCONNECT
+        | TDH_SPDM_MNG
+        | TDH_IDE_STREAM_BLOCK
+        | TDH_IDE_STREAM_DELETE
+        | TDH_IDE_STREAM_KM => Operands {
             device: rcx,
+            ..none
+        },
+        TDH_IDE_STREAM_CREATE => Operands {
+            device: rdx,
+            hpa: Some(OPERAND_ID_R8),
             ..none
         },
         TDH_DEVIF_CREATE => Operands {
@@ -454,6 +499,7 @@ pub const fn operands(leaf: u16) -> Operands {
             ..none
         },
         TDG_MMIO_ACCEPT => Operands { page: rcx, ..none },
+        TDG_DEVIF_RD => Operands { tdi: rcx, ..none },
         TSM_MMIO_ZAP_CHECK => Operands { hpa: rcx, ..none },
         _ => none,
     }
@@ -464,7 +510,7 @@ pub const fn page_info(gpa: Gpa, size: PageSize) -> u64 {
     gpa.as_u64() | size.tdx_level() as u64
 }
 
-fn invalid(operand: u32) -> TdxStatus {
+pub(crate) fn invalid(operand: u32) -> TdxStatus {
     TDX_OPERAND_INVALID | u64::from(operand)
 }
 
@@ -489,7 +535,7 @@ fn decode_page_info(raw: u64, operand: u32) -> Result<(Gpa, PageSize), TdxStatus
 }
 
 /// A host physical address operand: below 2^52 and aligned to `size`.
-fn decode_hpa(raw: u64, size: PageSize, operand: u32) -> Result<Hpa, TdxStatus> {
+pub(crate) fn decode_hpa(raw: u64, size: PageSize, operand: u32) -> Result<Hpa, TdxStatus> {
     let hpa = Hpa::try_new(raw).map_err(|_| TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(operand))?;
     if !hpa.is_aligned(size) {
         return Err(invalid(operand));
@@ -551,7 +597,7 @@ fn device_in(table: &SpdmTable, raw: u64) -> Result<DeviceId, TdxStatus> {
 }
 
 /// The status for a host-memory fault on the operand `operand`.
-fn host_fault(fault: HostFault, operand: u32) -> TdxStatus {
+pub(crate) fn host_fault(fault: HostFault, operand: u32) -> TdxStatus {
     match fault {
         HostFault::OutsideHostMemory => TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(operand),
         HostFault::Misaligned => invalid(operand),
@@ -571,7 +617,7 @@ fn reg(regs: &SeamRegs, id: u32) -> Option<u64> {
 }
 
 /// A leaf's outcome before encoding: a core outcome, or a status from the operand checks.
-enum Outcome {
+pub(crate) enum Outcome {
     Core(Result<Completion, Error>),
     Status(TdxStatus),
 }
@@ -602,9 +648,9 @@ impl From<Result<(), Error>> for Outcome {
 /// message pages and probes the request page before the core runs, so a refusal writes
 /// nothing anywhere and a request the core commits to is always delivered.
 pub struct Dispatcher<'t, 'm, S, M> {
-    fw: &'t TdxModule<'m, S>,
-    tsm: &'t Tsm<Sept<'m>, S>,
-    host: M,
+    pub(crate) fw: &'t TdxModule<'m, S>,
+    pub(crate) tsm: &'t Tsm<Sept<'m>, S>,
+    pub(crate) host: M,
 }
 
 impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
@@ -864,6 +910,17 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 if r.rdx != release {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
+                // Linux's teardown deletes the stream and disconnects first (§6(d)).
+                if entry.link.stream.is_some() {
+                    return Err(st(
+                        status::TDX_SPDM_HAS_ACTIVE_IDE_STREAMS | u64::from(OPERAND_ID_RCX)
+                    ));
+                }
+                if matches!(entry.link.session, Session::Connected(_)) {
+                    return Err(st(
+                        status::TDX_SPDM_INVALID_STATE | u64::from(OPERAND_ID_RCX)
+                    ));
+                }
                 let first = match (entry.metadata.root, entry.metadata.pages.first()) {
                     (Some(root), _) => root,
                     (None, Some(page)) => *page,
@@ -889,7 +946,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     return Err(st(status::TSM_BARS_REGISTERED | u64::from(OPERAND_ID_RCX)));
                 }
                 let bars = self.read_ranges::<MAX_BARS>(r.rdx, OPERAND_ID_RDX)?;
-                entry.device = Some(tsm.create_device(entry.function, &bars).map_err(core)?);
+                let dev = tsm.create_device(entry.function, &bars).map_err(core)?;
+                // No IDE stream yet: the core's stream is live only once TDH.IDE.STREAM.KM
+                // SETUP makes it so (the core creates devices live, as SEV connects them).
+                if let Err(e) = tsm.cut_stream(dev) {
+                    let _ = tsm.remove_device(dev);
+                    return Err(core(e));
+                }
+                entry.device = Some(dev);
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_DEVIF_CREATE => {
@@ -908,7 +972,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     (pages.response, OPERAND_ID_R10),
                 ] {
                     if td_in(&tds, page.as_u64()).is_some()
-                        || spdm.iter().flatten().any(|e| e.metadata.holds(page))
+                        || spdm.iter().flatten().any(|e| e.holds(page))
                     {
                         return Err(refuse(
                             status::TDX_PAGE_METADATA_INCORRECT | u64::from(operand),
@@ -975,7 +1039,10 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 if r.r8 != 0 {
                     return Err(refuse(invalid(OPERAND_ID_R8)));
                 }
-                self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.bind(tdi, td, buf)))?
+                match self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.bind(tdi, td, buf)))? {
+                    Outcome::Core(Err(Error::StreamCut)) => st(self.stream_not_live(tdi)),
+                    o => o,
+                }
             }
             TDH_MMIO_MAP => {
                 let td = td_at(r.rdx, OPERAND_ID_RDX)?;
@@ -1030,11 +1097,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     self.relayed(leaf, r, out, tdi, |_, buf| Ok(tsm.unbind(tdi, buf)))?
                 }
             }
-            TSM_IDE_STREAM_SETUP => {
-                let spdm = self.fw.lock_spdm().map_err(core)?;
-                let dev = device_in(&spdm, r.rcx).map_err(st)?;
-                tsm.setup_stream(dev).into()
-            }
+            TDH_SPDM_CONNECT
+            | TDH_SPDM_DISCONNECT
+            | TDH_SPDM_MNG
+            | TDH_IDE_STREAM_CREATE
+            | TDH_IDE_STREAM_BLOCK
+            | TDH_IDE_STREAM_DELETE
+            | TDH_IDE_STREAM_KM => self.link_leaf(leaf, r, out)?,
             TSM_DEVIF_ERROR => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
                 Outcome::Core(tsm.device_error(tdi))
@@ -1072,6 +1141,77 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         })
     }
 
+    /// An HPA_ARRAY_T operand (`operand`): its format (reserved bits, at most
+    /// [`SPDM_MT_MAX_PAGES`] pages: `TDX_OPERAND_INVALID`), then each page and the root: 4 KiB
+    /// aligned, below 2^52, a whole page of host memory (readable; writable too when the
+    /// firmware will `write` the pages), none twice (`TDX_PAGE_METADATA_INCORRECT`). The
+    /// root's entries are read once into firmware memory; only the copy is decoded. Nothing
+    /// is written.
+    pub(crate) fn page_array(
+        &self,
+        raw: u64,
+        operand: u32,
+        write: bool,
+    ) -> Result<SpdmPages, Outcome> {
+        let st = Outcome::Status;
+        let core = |e| Outcome::Core(Err(e));
+        let named = |code: TdxStatus| st(code | u64::from(operand));
+        if raw & HPA_ARRAY_RESERVED != 0 {
+            return Err(named(TDX_OPERAND_INVALID));
+        }
+        let base = decode_hpa(raw & HPA_ARRAY_PFN_MASK, PageSize::Size4K, operand).map_err(st)?;
+        let count = usize::try_from(raw >> HPA_ARRAY_SIZE_SHIFT)
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .filter(|n| *n <= SPDM_MT_MAX_PAGES)
+            .ok_or(named(TDX_OPERAND_INVALID))?;
+        let whole_page = |at: Hpa, page: bool| {
+            let probe = if write && page {
+                self.host.probe_write(at.as_u64(), SPDM_MT_PAGE_BYTES)
+            } else {
+                self.host.probe_read(at.as_u64(), SPDM_MT_PAGE_BYTES)
+            };
+            probe.map_err(|f| st(host_fault(f, operand)))
+        };
+        let mut metadata = SpdmPages {
+            root: None,
+            pages: heapless::Vec::new(),
+        };
+        if count == 1 {
+            whole_page(base, true)?;
+            metadata
+                .pages
+                .push(base)
+                .map_err(|_| core(Error::Inconsistent))?;
+            return Ok(metadata);
+        }
+        whole_page(base, false)?;
+        let mut raw_entries = [0u8; SPDM_MT_MAX_PAGES * HPA_ARRAY_ENTRY_BYTES];
+        let bytes = count
+            .checked_mul(HPA_ARRAY_ENTRY_BYTES)
+            .and_then(|n| raw_entries.get_mut(..n))
+            .ok_or(core(Error::Inconsistent))?;
+        self.host
+            .read(base.as_u64(), bytes)
+            .map_err(|f| st(host_fault(f, operand)))?;
+        metadata.root = Some(base);
+        for word in bytes.chunks_exact(HPA_ARRAY_ENTRY_BYTES) {
+            let word: [u8; HPA_ARRAY_ENTRY_BYTES] =
+                word.try_into().map_err(|_| core(Error::Inconsistent))?;
+            let page =
+                decode_hpa(u64::from_le_bytes(word), PageSize::Size4K, operand).map_err(st)?;
+            whole_page(page, true)?;
+            if metadata.holds(page) {
+                return Err(named(status::TDX_PAGE_METADATA_INCORRECT));
+            }
+            metadata
+                .pages
+                .push(page)
+                .map_err(|_| named(TDX_OPERAND_INVALID))?;
+        }
+        Ok(metadata)
+    }
+
     /// TDH.SPDM.CREATE ([`TDH_SPDM_CREATE`]): RCX the function ID, then RDX the array's
     /// format and pages (each a whole 4 KiB page of host memory below 2^52, none twice, not the
     /// root), then pages in use (a TD's
@@ -1084,57 +1224,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let core = |e| Outcome::Core(Err(e));
         let rdx = |code: TdxStatus| st(code | u64::from(OPERAND_ID_RDX));
         let function = decode_function_id(r.rcx).map_err(st)?;
-        if r.rdx & HPA_ARRAY_RESERVED != 0 {
-            return Err(rdx(TDX_OPERAND_INVALID));
-        }
-        let base =
-            decode_hpa(r.rdx & HPA_ARRAY_PFN_MASK, PageSize::Size4K, OPERAND_ID_RDX).map_err(st)?;
-        let count = usize::try_from(r.rdx >> HPA_ARRAY_SIZE_SHIFT)
-            .ok()
-            .and_then(|n| n.checked_add(1))
-            .filter(|n| *n <= SPDM_MT_MAX_PAGES)
-            .ok_or(rdx(TDX_OPERAND_INVALID))?;
-        let whole_page = |at: Hpa| {
-            self.host
-                .probe_read(at.as_u64(), SPDM_MT_PAGE_BYTES)
-                .map_err(|f| st(host_fault(f, OPERAND_ID_RDX)))
-        };
-        whole_page(base)?;
-        let mut metadata = SpdmPages {
-            root: None,
-            pages: heapless::Vec::new(),
-        };
-        if count == 1 {
-            metadata
-                .pages
-                .push(base)
-                .map_err(|_| core(Error::Inconsistent))?;
-        } else {
-            // One read of the root's entries into firmware memory; only the copy is decoded.
-            let mut raw = [0u8; SPDM_MT_MAX_PAGES * HPA_ARRAY_ENTRY_BYTES];
-            let bytes = count
-                .checked_mul(HPA_ARRAY_ENTRY_BYTES)
-                .and_then(|n| raw.get_mut(..n))
-                .ok_or(core(Error::Inconsistent))?;
-            self.host
-                .read(base.as_u64(), bytes)
-                .map_err(|f| st(host_fault(f, OPERAND_ID_RDX)))?;
-            metadata.root = Some(base);
-            for word in bytes.chunks_exact(HPA_ARRAY_ENTRY_BYTES) {
-                let word: [u8; HPA_ARRAY_ENTRY_BYTES] =
-                    word.try_into().map_err(|_| core(Error::Inconsistent))?;
-                let page = decode_hpa(u64::from_le_bytes(word), PageSize::Size4K, OPERAND_ID_RDX)
-                    .map_err(st)?;
-                whole_page(page)?;
-                if metadata.holds(page) {
-                    return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
-                }
-                metadata
-                    .pages
-                    .push(page)
-                    .map_err(|_| rdx(TDX_OPERAND_INVALID))?;
-            }
-        }
+        let metadata = self.page_array(r.rdx, OPERAND_ID_RDX, false)?;
         // Host memory never holds the firmware's own memory (pool, state), so a page of it is
         // the host's; the firmware's reserved memory (which includes host memory: it is never
         // MMIO) is not asked. In use is what remains.
@@ -1148,7 +1238,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     .iter()
                     .flatten()
                     .any(|p| p.request == page || p.response == page)
-                || spdm.iter().flatten().any(|e| e.metadata.holds(page));
+                || spdm.iter().flatten().any(|e| e.holds(page));
             if in_use {
                 return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
             }
@@ -1166,6 +1256,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             function,
             metadata,
             device: None,
+            link: Link::default(),
         });
         Ok(Outcome::Core(Ok(Completion::Done)))
     }
@@ -1193,7 +1284,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 .iter()
                 .flatten()
                 .any(|p| p.request == tdr || p.response == tdr)
-            || spdm.iter().flatten().any(|e| e.metadata.holds(tdr));
+            || spdm.iter().flatten().any(|e| e.holds(tdr));
         if in_use {
             return Err(st(
                 status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
@@ -1331,14 +1422,44 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     return Err(st(invalid(status::OPERAND_ID_TDR)));
                 }
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
+                let reported = r.rdx;
                 let r = self
                     .tsm
-                    .with_table(|t| t.mmio_accept(td, gpa, size))
+                    .guest_accept(td, gpa, |t, check| {
+                        // The module's order: the entry's own state first, then its host
+                        // page against RDX, and only then the update.
+                        if let Ok(p) = t.probe(td, gpa)
+                            && p.state == SeptState::MmioPending
+                            && p.level == ept_level(size)
+                        {
+                            let hpa = Hpa::try_new(p.entry.phys()).map_err(Err)?;
+                            check.check(hpa, size, reported).map_err(Err)?;
+                        }
+                        t.mmio_accept(td, gpa, size).map_err(Ok)
+                    })
                     .map_err(|e| Outcome::Core(Err(e)))?;
                 match r {
                     Ok(()) => st(TDX_SUCCESS),
-                    Err(e) => st(status::sept_status(e, OPERAND_ID_RCX)),
+                    Err(Ok(e)) => st(status::sept_status(e, OPERAND_ID_RCX)),
+                    Err(Err(e)) => Outcome::Core(Err(e)),
                 }
+            }
+            TDG_DEVIF_RD => {
+                // The module's operand order: R9, RDX, then the TDI.
+                if r.r9 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R9)));
+                }
+                let field = devif_field(r.rdx).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                if self.tsm.guest(td) == Err(Error::InvalidHandle) {
+                    return Err(st(invalid(status::OPERAND_ID_TDR)));
+                }
+                let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
+                let value = self
+                    .tsm
+                    .guest_read(td, tdi, field)
+                    .map_err(|e| Outcome::Core(Err(e)))?;
+                out.rcx = value;
+                st(TDX_SUCCESS)
             }
             TSM_GUEST_DEVIF_START => {
                 let tdi: TdiId = decode_handle(r.rcx, OPERAND_ID_RCX).map_err(st)?;
@@ -1354,6 +1475,28 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }
+}
+
+/// TDG.DEVIF.RD's RDX as a field; `None` for reserved bits set or a code we do not define.
+fn devif_field(rdx: u64) -> Option<GuestField> {
+    if rdx & DEVIF_RD_RESERVED != 0 {
+        return None;
+    }
+    let code = u8::try_from(rdx).ok()?;
+    let digest_end = DEVIF_FIELD_REPORT_DIGEST.checked_add(tsm_core::guest::REPORT_DIGEST_WORDS)?;
+    let ranges_end =
+        DEVIF_FIELD_REPORTED_RANGE.checked_add(u8::try_from(MAX_RANGES_PER_TDI).ok()?)?;
+    Some(match code {
+        DEVIF_FIELD_TDISP_VERSION => GuestField::TdispVersion,
+        DEVIF_FIELD_TDISP_STATE => GuestField::TdispState,
+        c if (DEVIF_FIELD_REPORT_DIGEST..digest_end).contains(&c) => {
+            GuestField::ReportDigest(c.checked_sub(DEVIF_FIELD_REPORT_DIGEST)?)
+        }
+        c if (DEVIF_FIELD_REPORTED_RANGE..ranges_end).contains(&c) => {
+            GuestField::ReportedRange(c.checked_sub(DEVIF_FIELD_REPORTED_RANGE)?)
+        }
+        _ => return None,
+    })
 }
 
 /// The leaf number in RAX; `None` when version or reserved bits are set.

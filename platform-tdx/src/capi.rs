@@ -544,8 +544,12 @@ mod tests {
 
     /// Host memory layout of the tests: page 0 the range list, page 1 the register block (and
     /// in word [`LEN_WORD`] the model's answer length), pages 2 and 3 a TDI's request and
-    /// response pages, page 4 the TD's TDR page.
-    const HOST_PAGES: usize = 6;
+    /// response pages, page 4 the TD's TDR page, page 5 the SPDM metadata, page 6 the SPDM
+    /// config page, page 7 the dev_info page, page 8 the IDE stream's metadata.
+    const HOST_PAGES: usize = 9;
+    const CONFIG_PAGE: usize = 6;
+    const DEV_INFO_PAGE: usize = 7;
+    const IDE_PAGE: usize = 8;
     /// The device's one SPDM metadata page (TDH.SPDM.CREATE RDX).
     const SPDM_PAGE: usize = 5;
     const TDR_PAGE: usize = 4;
@@ -644,6 +648,7 @@ mod tests {
             let dev = self.spdm_create();
             self.put_list(&one_range(BAR_A, 16));
             assert_eq!(self.bars(dev).rax, TDX_SUCCESS);
+            self.link(model, dev);
             assert_eq!(
                 model.report(self.fw, RID, self.list_at().addr() as u64),
                 TDX_SUCCESS
@@ -660,6 +665,67 @@ mod tests {
             );
             assert_eq!(tdi.rax, TDX_SUCCESS);
             (td, tdi.rcx)
+        }
+        /// The Linux host's link set-up of SPDM id `dev` (function `RID`), as `tdx_link_connect`
+        /// issues it: TDH.SPDM.CONNECT relayed to `model` (the same registers re-issued after
+        /// the DOE round trip), TDH.IDE.STREAM.CREATE, TDH.IDE.STREAM.KM SETUP.
+        fn link(&self, model: &ModelMailbox, dev: u64) {
+            // spdm_config_info_t: KEY_UPD, policy 0, every certificate slot.
+            word(self.host, CONFIG_PAGE, 0).store(
+                u64::from(crate::link::SPDM_CAP_KEY_UPD) | 0xFF << 40,
+                Ordering::Relaxed,
+            );
+            let connect = SeamRegs {
+                rcx: dev,
+                rdx: self.page(CONFIG_PAGE),
+                r8: self.page(RESPONSE_PAGE),
+                r9: self.page(REQUEST_PAGE),
+                r10: abi::hpa_array(self.page(DEV_INFO_PAGE), 1),
+                ..SeamRegs::default()
+            };
+            let mut out = self.call(abi::TDH_SPDM_CONNECT, connect);
+            let mut rounds = 0;
+            while out.rax == status::TDX_SPDM_REQUEST {
+                rounds += 1;
+                assert!(rounds < 4);
+                let doe = model.doe(
+                    self.fw,
+                    self.page(REQUEST_PAGE),
+                    out.rcx,
+                    self.page(RESPONSE_PAGE),
+                    self.len_at(),
+                );
+                assert_eq!(doe, TDX_SUCCESS);
+                out = self.call(abi::TDH_SPDM_CONNECT, connect);
+            }
+            assert_eq!(out.rax, TDX_SUCCESS);
+            let rid = RID & 0xffff;
+            let stream = self.call(
+                abi::TDH_IDE_STREAM_CREATE,
+                SeamRegs {
+                    rcx: crate::link::STREAM_INFO_TYPE_SEL,
+                    rdx: dev,
+                    r8: abi::hpa_array(self.page(IDE_PAGE), 1),
+                    r10: rid << 8,
+                    r11: 1 | rid << 8,
+                    r12: 1 | 0xfff << 20,
+                    r13: 0xffff_ffff,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(stream.rax, TDX_SUCCESS);
+            let km = self.call(
+                abi::TDH_IDE_STREAM_KM,
+                SeamRegs {
+                    rcx: dev,
+                    rdx: stream.rcx,
+                    r8: crate::link::IDE_KM_SETUP,
+                    r9: self.page(RESPONSE_PAGE),
+                    r10: self.page(REQUEST_PAGE),
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(km.rax, TDX_SUCCESS);
         }
         /// TDH.SPDM.CREATE of the device (function `RID`, segment 0) with its one metadata
         /// page: the SPDM id.

@@ -10,6 +10,8 @@
 //! - [`module`]: the firmware object, [`TdxModule`]: the core over the S-EPT and the
 //!   platform's SPDM session, with each TDI's message pages for the relayed device traffic;
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
+//! - [`link`]: the TDX Connect link leaves: the SPDM session (TDH.SPDM.CONNECT, DISCONNECT,
+//!   MNG) and the device's IDE stream (TDH.IDE.STREAM.CREATE, KM, BLOCK, DELETE);
 //! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):
 //!   the `extern "C"` entry points of the static library.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
@@ -30,6 +32,7 @@ pub mod bits;
 pub mod capi;
 pub mod ept;
 pub mod frames;
+pub mod link;
 pub mod module;
 pub mod radix;
 pub mod sept;

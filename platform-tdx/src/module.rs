@@ -18,6 +18,7 @@ use tsm_core::{
     TsmResult,
 };
 
+use crate::link::Link;
 use crate::sept::Sept;
 
 /// Bytes of a message page: one 4 KiB page (TDX: every page operand is one), large enough for
@@ -101,6 +102,21 @@ pub struct SpdmEntry {
     pub metadata: SpdmPages,
     /// The core's device, made by TSM.SPDM.BARS.
     pub device: Option<DeviceId>,
+    /// The SPDM session's state and the device's IDE stream (TDH.SPDM.CONNECT,
+    /// TDH.IDE.STREAM.CREATE; [`crate::link`]).
+    pub link: Link,
+}
+
+impl SpdmEntry {
+    /// Whether `page` is one of this SPDM id's metadata pages, or of its IDE stream's.
+    pub fn holds(&self, page: Hpa) -> bool {
+        self.metadata.holds(page)
+            || self
+                .link
+                .stream
+                .as_ref()
+                .is_some_and(|s| s.metadata.holds(page))
+    }
 }
 
 /// Every SPDM id's record, indexed by SPDM id.

@@ -69,6 +69,10 @@ pub const TDX_DEVIF_TDISP_INVALID_STATE: u64 = 0xC000_0F10_0000_0000;
 pub const TDX_DEVIF_INVALID_STATE: u64 = 0xC000_0F11_0000_0000;
 /// TDX_MMIO_DEVIF_OWNER_MISMATCH (TDX-IO): the TD named does not own the TDI.
 pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
+/// TDX_MMIO_INVALID_HPA_OFFSET (TDX-IO, intel/tdx-module @a56a9173
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h`; + RCX as `tdg_mmio_accept.c` @1666adc4
+/// names it): TDG.MMIO.ACCEPT's RDX does not name the page the S-EPT maps at the GPA.
+pub const TDX_MMIO_INVALID_HPA_OFFSET: u64 = 0xC000_0F4D_0000_0000;
 /// TDX_DEVIF_TDISP_INVALID_REQ_STS (TDX-IO, intel/tdx-module @a56a9173
 /// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a
 /// device response (or a request re-read) for a TDI with no request outstanding. (The module
@@ -93,6 +97,38 @@ pub const TDX_SPDM_REQUEST: u64 = 0xC000_0F57_0000_0000;
 /// as TDX_SPDM_REQUEST; the host then runs TDH.SPDM.MNG KEY_UPDATE): the session has used every
 /// sequence number and must be rekeyed before another exchange. Nothing changed.
 pub const TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH: u64 = 0xC000_0F45_0000_0000;
+
+// ---- TDX Connect link statuses (intel/tdx-module `include/auto_gen_2_0/tdx_error_codes_defs.h`
+// @1666adc494dbea5db99895f37125a338c20bec5a; where each is answered: `crate::link`) --------
+
+/// TDX_SPDM_HAS_ACTIVE_IDE_STREAMS: TDH.SPDM.DISCONNECT or TDH.SPDM.DELETE of an SPDM id that
+/// still has an IDE stream.
+pub const TDX_SPDM_HAS_ACTIVE_IDE_STREAMS: u64 = 0xC000_0F05_0000_0000;
+/// TDX_SPDM_INVALID_STATE: the SPDM session is not in a state for the leaf (not connected,
+/// connected already, or a CONNECT re-issued with other registers than the one it continues).
+pub const TDX_SPDM_INVALID_STATE: u64 = 0xC000_0F06_0000_0000;
+/// TDX_IDE_STREAM_NOT_FREE: TDH.IDE.STREAM.CREATE for an SPDM id that has its stream.
+pub const TDX_IDE_STREAM_NOT_FREE: u64 = 0xC000_0F16_0000_0000;
+/// TDX_IDE_STREAM_NOT_CONFIGURED: no such stream (a stream ID not the SPDM id's; a bind of a
+/// TDI whose device has no stream).
+pub const TDX_IDE_STREAM_NOT_CONFIGURED: u64 = 0xC000_0F18_0000_0000;
+/// TDX_IDE_STREAM_BLOCKED: the stream is blocked (TDH.IDE.STREAM.BLOCK); only DELETE is left.
+pub const TDX_IDE_STREAM_BLOCKED: u64 = 0xC000_0F19_0000_0000;
+/// TDX_IDE_STREAM_NOT_BLOCKED: TDH.IDE.STREAM.DELETE of a stream not blocked.
+pub const TDX_IDE_STREAM_NOT_BLOCKED: u64 = 0xC000_0F1A_0000_0000;
+/// TDX_IDE_STREAM_HAS_DEVICE_INTERFACES: key STOP or DELETE of the stream while its device
+/// has TDIs (the module's `tdi_ref_cnt` check in `tdh_ide_stream_delete.c` @6e66b9d2).
+pub const TDX_IDE_STREAM_HAS_DEVICE_INTERFACES: u64 = 0xC000_0F1F_0000_0000;
+/// TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY: a bind of a TDI whose device's stream has no keys
+/// (TDH.IDE.STREAM.KM SETUP not done, or STOPped).
+pub const TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY: u64 = 0xC000_0F21_0000_0000;
+/// TDX_IDE_STREAM_INVALID_STATE: a key operation the stream's key state does not allow
+/// (REFRESH or STOP without keys).
+pub const TDX_IDE_STREAM_INVALID_STATE: u64 = 0xC000_0F24_0000_0000;
+/// TDX_SDPM_INVALID_MESSAGE (sic, the module's spelling): the DOE object the host handed in
+/// is not the answer the exchange waits for (TDH.SPDM.CONNECT: not a VERSION offering SPDM
+/// 1.2). Nothing changed; the exchange stays outstanding.
+pub const TDX_SPDM_INVALID_MESSAGE: u64 = 0xC000_0F4E_0000_0000;
 
 // ---- ours: class 0xF0 (no TDX code exists) -------------------------------------------------
 
@@ -136,10 +172,10 @@ pub const TSM_DUPLICATE_TDI: u64 = 0xC000_F026_0000_0000;
 pub const TSM_FOREIGN_INTERFACE: u64 = 0xC000_F027_0000_0000;
 /// Ours: a BAR overlaps a BAR of another registered device.
 pub const TSM_BAR_IN_USE: u64 = 0xC000_F028_0000_0000;
-/// Ours: bind of a TDI whose device's IDE stream a forced unbind cut; TSM.IDE.STREAM_SETUP
-/// first.
+/// Ours: bind of a TDI whose device's IDE stream a forced unbind cut (keys set, not
+/// blocked); TDH.IDE.STREAM.KM SETUP re-establishes it.
 pub const TSM_STREAM_CUT: u64 = 0xC000_F029_0000_0000;
-/// Ours: TDH.DEVIF.CREATE or TSM.IDE.STREAM_SETUP of an SPDM id whose BARs TSM.SPDM.BARS has
+/// Ours: TDH.DEVIF.CREATE or TDH.IDE.STREAM.CREATE of an SPDM id whose BARs TSM.SPDM.BARS has
 /// not registered yet.
 pub const TSM_BARS_NOT_REGISTERED: u64 = 0xC000_F02A_0000_0000;
 /// Ours: TSM.SPDM.BARS of an SPDM id whose BARs are registered already.
@@ -171,6 +207,14 @@ pub const OPERAND_ID_R8: u32 = 8;
 pub const OPERAND_ID_R9: u32 = 9;
 /// R10.
 pub const OPERAND_ID_R10: u32 = 10;
+/// R11.
+pub const OPERAND_ID_R11: u32 = 11;
+/// R12.
+pub const OPERAND_ID_R12: u32 = 12;
+/// R13.
+pub const OPERAND_ID_R13: u32 = 13;
+/// R14.
+pub const OPERAND_ID_R14: u32 = 14;
 /// The TD (its TDR page).
 pub const OPERAND_ID_TDR: u32 = 128;
 /// The TD's secure EPT tree.
@@ -301,6 +345,7 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::DuplicateDevice => (TSM_DUPLICATE_DEVICE, Operands::first(&[ops.rid])),
         Error::DuplicateTdi => (TSM_DUPLICATE_TDI, Operands::first(&[ops.rid])),
         Error::HpaNotOwned => (TDX_PAGE_METADATA_INCORRECT, ops.host()),
+        Error::ReportedAddressMismatch => (TDX_MMIO_INVALID_HPA_OFFSET, ops.address()),
         Error::GpaAlreadyMapped => (TDX_EPT_ENTRY_NOT_FREE, ops.address()),
         Error::HpaAlreadyMapped => (TDX_PAGE_NOT_FREE, ops.host()),
         Error::NotMapped => (TDX_EPT_WALK_FAILED, ops.address()),
@@ -386,7 +431,13 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_RESERVED_MEMORY => Error::ReservedMemory,
         TSM_FOREIGN_INTERFACE => Error::ForeignInterface,
         TSM_BAR_IN_USE => Error::BarInUse,
-        TSM_STREAM_CUT => Error::StreamCut,
+        TSM_STREAM_CUT
+        | TDX_IDE_STREAM_NOT_CONFIGURED
+        | TDX_IDE_STREAM_BLOCKED
+        | TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY => Error::StreamCut,
+        TDX_IDE_STREAM_HAS_DEVICE_INTERFACES | TDX_SPDM_HAS_ACTIVE_IDE_STREAMS => {
+            Error::DeviceInUse
+        }
         TSM_INCONSISTENT => Error::Inconsistent,
         TSM_DEVICE_TABLE_FULL => Error::DeviceTableFull,
         TSM_TDI_TABLE_FULL => Error::TdiTableFull,
@@ -405,6 +456,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_DUPLICATE_DEVICE => Error::DuplicateDevice,
         TSM_DUPLICATE_TDI => Error::DuplicateTdi,
         TDX_PAGE_METADATA_INCORRECT => Error::HpaNotOwned,
+        TDX_MMIO_INVALID_HPA_OFFSET => Error::ReportedAddressMismatch,
         TDX_EPT_ENTRY_NOT_FREE => Error::GpaAlreadyMapped,
         TDX_PAGE_NOT_FREE => Error::HpaAlreadyMapped,
         TDX_EPT_WALK_FAILED | TDX_EPT_ENTRY_STATE_INCORRECT => Error::NotMapped,
@@ -619,6 +671,7 @@ mod header_tests {
             ("TSM_BARS_NOT_REGISTERED", TSM_BARS_NOT_REGISTERED),
             ("TSM_BARS_REGISTERED", TSM_BARS_REGISTERED),
             ("TDX_PAGE_METADATA_INCORRECT", TDX_PAGE_METADATA_INCORRECT),
+            ("TDX_MMIO_INVALID_HPA_OFFSET", TDX_MMIO_INVALID_HPA_OFFSET),
             ("TSM_INCONSISTENT", TSM_INCONSISTENT),
             ("TSM_DEVICE_UNRESPONSIVE", TSM_DEVICE_UNRESPONSIVE),
             ("TSM_DEVICE_REFUSED", TSM_DEVICE_REFUSED),
@@ -643,9 +696,76 @@ mod header_tests {
             ("TSM_DEVIF_STATE", abi::TSM_DEVIF_STATE.into()),
             ("TSM_MMIO_ZAP_CHECK", abi::TSM_MMIO_ZAP_CHECK.into()),
             ("TSM_DEVIF_CHECK", abi::TSM_DEVIF_CHECK.into()),
-            ("TSM_IDE_STREAM_SETUP", abi::TSM_IDE_STREAM_SETUP.into()),
+            ("TDH_IDE_STREAM_CREATE", abi::TDH_IDE_STREAM_CREATE.into()),
+            ("TDH_IDE_STREAM_BLOCK", abi::TDH_IDE_STREAM_BLOCK.into()),
+            ("TDH_IDE_STREAM_DELETE", abi::TDH_IDE_STREAM_DELETE.into()),
+            ("TDH_IDE_STREAM_KM", abi::TDH_IDE_STREAM_KM.into()),
+            ("TDH_SPDM_CONNECT", abi::TDH_SPDM_CONNECT.into()),
+            ("TDH_SPDM_DISCONNECT", abi::TDH_SPDM_DISCONNECT.into()),
+            ("TDH_SPDM_MNG", abi::TDH_SPDM_MNG.into()),
+            ("TSM_TDX_NULL_PAGE", crate::link::NULL_PAGE),
+            ("TSM_TDX_IDE_KM_SETUP", crate::link::IDE_KM_SETUP),
+            ("TSM_TDX_IDE_KM_REFRESH", crate::link::IDE_KM_REFRESH),
+            ("TSM_TDX_IDE_KM_STOP", crate::link::IDE_KM_STOP),
+            (
+                "TSM_TDX_SPDM_MNG_HEARTBEAT",
+                crate::link::SPDM_MNG_HEARTBEAT,
+            ),
+            (
+                "TSM_TDX_SPDM_MNG_KEY_UPDATE",
+                crate::link::SPDM_MNG_KEY_UPDATE,
+            ),
+            (
+                "TSM_TDX_SPDM_MNG_RECOLLECT",
+                crate::link::SPDM_MNG_RECOLLECT,
+            ),
+            ("TSM_TDX_DEV_INFO_BYTES", crate::link::DEV_INFO_BYTES as u64),
+            (
+                "TDX_SPDM_HAS_ACTIVE_IDE_STREAMS",
+                TDX_SPDM_HAS_ACTIVE_IDE_STREAMS,
+            ),
+            ("TDX_SPDM_INVALID_STATE", TDX_SPDM_INVALID_STATE),
+            ("TDX_IDE_STREAM_NOT_FREE", TDX_IDE_STREAM_NOT_FREE),
+            (
+                "TDX_IDE_STREAM_NOT_CONFIGURED",
+                TDX_IDE_STREAM_NOT_CONFIGURED,
+            ),
+            ("TDX_IDE_STREAM_BLOCKED", TDX_IDE_STREAM_BLOCKED),
+            ("TDX_IDE_STREAM_NOT_BLOCKED", TDX_IDE_STREAM_NOT_BLOCKED),
+            (
+                "TDX_IDE_STREAM_HAS_DEVICE_INTERFACES",
+                TDX_IDE_STREAM_HAS_DEVICE_INTERFACES,
+            ),
+            (
+                "TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY",
+                TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY,
+            ),
+            ("TDX_IDE_STREAM_INVALID_STATE", TDX_IDE_STREAM_INVALID_STATE),
+            ("TDX_SPDM_INVALID_MESSAGE", TDX_SPDM_INVALID_MESSAGE),
+            ("TSM_DEVICE_IN_USE", TSM_DEVICE_IN_USE),
+            ("TDX_OPERAND_ID_R11", OPERAND_ID_R11.into()),
+            ("TDX_OPERAND_ID_R12", OPERAND_ID_R12.into()),
+            ("TDX_OPERAND_ID_R13", OPERAND_ID_R13.into()),
+            ("TDX_OPERAND_ID_R14", OPERAND_ID_R14.into()),
             ("TSM_SPDM_BARS", abi::TSM_SPDM_BARS.into()),
             ("TDG_MMIO_ACCEPT", abi::TDG_MMIO_ACCEPT.into()),
+            ("TDG_DEVIF_RD", abi::TDG_DEVIF_RD.into()),
+            (
+                "TSM_DEVIF_FIELD_TDISP_VERSION",
+                abi::DEVIF_FIELD_TDISP_VERSION.into(),
+            ),
+            (
+                "TSM_DEVIF_FIELD_TDISP_STATE",
+                abi::DEVIF_FIELD_TDISP_STATE.into(),
+            ),
+            (
+                "TSM_DEVIF_FIELD_REPORT_DIGEST",
+                abi::DEVIF_FIELD_REPORT_DIGEST.into(),
+            ),
+            (
+                "TSM_DEVIF_FIELD_REPORTED_RANGE",
+                abi::DEVIF_FIELD_REPORTED_RANGE.into(),
+            ),
             ("TSM_GUEST_DEVIF_START", abi::TSM_GUEST_DEVIF_START.into()),
             // Operand ids.
             ("TDX_OPERAND_ID_RAX", OPERAND_ID_RAX.into()),
@@ -707,6 +827,15 @@ mod header_tests {
         assert!(header.contains("#define TSM_UNBIND_FLAG_FORCE  (1ull << 0)"));
         assert_eq!(abi::UNBIND_FLAG_FORCE, 1 << 0);
         assert!(header.contains("#define TSM_TDX_FUNC_ID_SEG_VALID (1ull << 24)"));
+        assert!(header.contains("#define TSM_TDX_SPDM_CAP_HBEAT       (1u << 13)"));
+        assert_eq!(crate::link::SPDM_CAP_HBEAT, 1 << 13);
+        assert!(header.contains("#define TSM_TDX_SPDM_CAP_KEY_UPD     (1u << 14)"));
+        assert_eq!(crate::link::SPDM_CAP_KEY_UPD, 1 << 14);
+        assert!(header.contains("#define TSM_TDX_STREAM_INFO_TYPE_SEL (1ull << 8)"));
+        assert_eq!(crate::link::STREAM_INFO_TYPE_SEL, 1 << 8);
+        assert!(header.contains("#define TSM_TDX_ASSOC_VALID          (1ull << 0)"));
+        assert_eq!(crate::link::ASSOC_VALID, 1);
+        assert!(header.contains("uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13, r14;"));
         assert_eq!(abi::FUNC_ID_SEG_VALID, 1 << 24);
         assert!(header.contains("& 0x000FFFFFFFFFF000ull) | (((uint64_t)(pages) - 1) << 55))"));
         assert_eq!(abi::HPA_ARRAY_PFN_MASK, 0x000F_FFFF_FFFF_F000);

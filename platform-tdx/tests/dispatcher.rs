@@ -33,9 +33,15 @@ use tsm_core::{
 
 /// Host memory: page 0 the range list, then message pages (request, response) of TDIs, then
 /// pages 7-10 the TDR pages of the TDs `World::create_td` makes, then pages 11-18 SPDM
-/// metadata (one per device, by bus: `spdm_page`).
+/// metadata (one per device, by bus: `spdm_page`), then the link's pages: 19 the SPDM config
+/// page, 20 the dev_info page, 21 and 22 the link's response and request pages, 23-30 IDE
+/// stream metadata (one per device, by bus: `ide_page`).
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 19;
+const HOST_PAGES: usize = 31;
+const CONFIG_PAGE: u64 = host_page(19);
+const DEV_INFO_PAGE: u64 = host_page(20);
+const LINK_RESPONSE: u64 = host_page(21);
+const LINK_REQUEST: u64 = host_page(22);
 /// The first SPDM metadata page, and how many there are.
 const SPDM_FIRST: u64 = 11;
 const SPDM_PAGES: u64 = 8;
@@ -56,6 +62,11 @@ const fn host_page(i: u64) -> u64 {
 /// The SPDM metadata page of the device on bus `bus`.
 const fn spdm_page(bus: u8) -> u64 {
     host_page(SPDM_FIRST + bus as u64 % SPDM_PAGES)
+}
+
+/// The IDE stream metadata page of the device on bus `bus`.
+const fn ide_page(bus: u8) -> u64 {
+    host_page(23 + bus as u64 % SPDM_PAGES)
 }
 
 /// The message pages of the first TDI, and of a second and third one.
@@ -126,6 +137,13 @@ impl<'m> World<'m> {
             },
         );
         tdr
+    }
+
+    /// Where the report of bound `tdi` puts host page `hpa`: what the guest's TDG.MMIO.ACCEPT
+    /// gives in RDX (the bind's MMIO_REPORTING_OFFSET added).
+    fn reported(&self, tdi: u64, hpa: u64) -> u64 {
+        let id = TdiId::from_raw(tdi).unwrap();
+        hpa + self.fw.tsm().tdi(id).unwrap().mmio_offset.unwrap()
     }
 
     fn ok(&self, leaf: u16, regs: SeamRegs) -> SeamRegs {
@@ -309,11 +327,68 @@ fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
         },
     );
     w.put_list(&RangeList::default());
+    link(w, dev, bus);
     // The device reports the BAR; bind takes the ranges from it, not from the host.
     w.device
         .borrow_mut()
         .report_ranges(rid(bus), &[MmioRange::from_raw(bar, 1024).unwrap()]);
     dev
+}
+
+/// The Linux host's link set-up of SPDM id `dev` (the device on bus `bus`), as
+/// `tdx_link_connect` issues it: TDH.SPDM.CONNECT relayed (GET_VERSION to the device, the same
+/// registers re-issued), TDH.IDE.STREAM.CREATE, TDH.IDE.STREAM.KM SETUP.
+fn link(w: &World<'_>, dev: u64, bus: u8) {
+    let mut config = [0u8; 8];
+    config[..4].copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
+    config[5] = 0xFF;
+    w.write(CONFIG_PAGE, &config);
+    let connect = SeamRegs {
+        rcx: dev,
+        rdx: CONFIG_PAGE,
+        r8: LINK_RESPONSE,
+        r9: LINK_REQUEST,
+        r10: abi::hpa_array(DEV_INFO_PAGE, 1),
+        ..Default::default()
+    };
+    let mut out = w.call(u64::from(abi::TDH_SPDM_CONNECT), connect);
+    while out.rax == TDX_SPDM_REQUEST {
+        let req = w.read(LINK_REQUEST, out.rcx as usize);
+        let answer = w.doe(&req).unwrap();
+        w.write(LINK_RESPONSE, &answer);
+        out = w.call(u64::from(abi::TDH_SPDM_CONNECT), connect);
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let rid = u64::from(bus) << 8;
+    let stream = w.ok(
+        abi::TDH_IDE_STREAM_CREATE,
+        SeamRegs {
+            rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
+            rdx: dev,
+            r8: abi::hpa_array(ide_page(bus), 1),
+            r10: rid << 8,
+            r11: 1 | rid << 8,
+            r12: 1 | 0xfff << 20,
+            r13: 0xffff_ffff,
+            ..Default::default()
+        },
+    );
+    assert_eq!(km(w, dev, stream.rcx, 0).rax, TDX_SUCCESS);
+}
+
+/// TDH.IDE.STREAM.KM `op` on SPDM id `dev`'s stream `stream`, with the link's pages.
+fn km(w: &World<'_>, dev: u64, stream: u64, op: u64) -> SeamRegs {
+    w.call(
+        u64::from(abi::TDH_IDE_STREAM_KM),
+        SeamRegs {
+            rcx: dev,
+            rdx: stream,
+            r8: op,
+            r9: LINK_RESPONSE,
+            r10: LINK_REQUEST,
+            ..Default::default()
+        },
+    )
 }
 
 /// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
@@ -509,7 +584,7 @@ fn refused_zap_block_and_unmap_name_the_operand_and_change_nothing() {
 #[test]
 fn track_busy_sept_read_and_guest_accept() {
     let mut mem = vec![Page::ZERO; 32];
-    let (w, td, _) = bound_world(&mut mem);
+    let (w, td, tdi) = bound_world(&mut mem);
     let g = w.fw.td_of(td).unwrap().unwrap();
     let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
     let out = w.ok(
@@ -531,6 +606,7 @@ fn track_busy_sept_read_and_guest_accept() {
     let mut regs = SeamRegs {
         rax: u64::from(abi::TDG_MMIO_ACCEPT),
         rcx: page,
+        rdx: w.reported(tdi, BAR),
         ..Default::default()
     };
     d.tdcall(td, &mut regs);
@@ -538,6 +614,7 @@ fn track_busy_sept_read_and_guest_accept() {
     let mut regs = SeamRegs {
         rax: u64::from(abi::TDG_MMIO_ACCEPT),
         rcx: page,
+        rdx: w.reported(tdi, BAR),
         ..Default::default()
     };
     d.tdcall(td, &mut regs);
@@ -579,7 +656,7 @@ fn track_busy_sept_read_and_guest_accept() {
 #[test]
 fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
     let mut mem = vec![Page::ZERO; 32];
-    let (w, td, _) = bound_world(&mut mem);
+    let (w, td, tdi) = bound_world(&mut mem);
     let host = BufferMemory {
         base: 0,
         bytes: &[],
@@ -589,6 +666,7 @@ fn every_gpa_leaf_refuses_an_aliasing_address_on_a_4_level_table() {
             let mut regs = SeamRegs {
                 rax: u64::from(abi::TDG_MMIO_ACCEPT),
                 rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+                rdx: w.reported(tdi, BAR),
                 ..Default::default()
             };
             Dispatcher::new(&w.fw, &host).tdcall(td, &mut regs);
@@ -1014,7 +1092,7 @@ fn bar_lists_with_reserved_fields_set_are_refused() {
 }
 
 /// TSM.DEVIF.UNBIND RDX bit 0 forces the unbind (no STOP, the IDE stream is cut); other RDX
-/// bits are reserved. A bind is then `TSM_STREAM_CUT` until TSM.IDE.STREAM_SETUP.
+/// bits are reserved. A bind is then `TSM_STREAM_CUT` until TDH.IDE.STREAM.KM SETUP.
 #[test]
 fn forced_unbind_flag_and_stream_setup() {
     let mut mem = vec![Page::ZERO; 32];
@@ -1070,15 +1148,7 @@ fn forced_unbind_flag_and_stream_setup() {
     let before = w.image();
     assert_eq!(bind().rax, TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX));
     assert!(w.image() == before, "a refused bind changed something");
-    let setup = |rcx: u64| {
-        w.call(
-            u64::from(abi::TSM_IDE_STREAM_SETUP),
-            SeamRegs {
-                rcx,
-                ..Default::default()
-            },
-        )
-    };
+    let setup = |rcx: u64| km(&w, rcx, 0, 0);
     assert_eq!(
         setup(99).rax,
         TDX_OPERAND_INVALID | u64::from(OPERAND_ID_RCX)
@@ -1472,7 +1542,7 @@ fn forced_unbind_works_while_an_exchange_is_outstanding() {
             w.call(u64::from(abi::TSM_DEVIF_BIND), bind).rax,
             TSM_STREAM_CUT | u64::from(OPERAND_ID_RCX)
         );
-        w.ok(abi::TSM_IDE_STREAM_SETUP, on(0));
+        assert_eq!(km(&w, 0, 0, 0).rax, TDX_SUCCESS);
         assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
     }
 }
@@ -2586,14 +2656,6 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
     let expect = [
         (abi::TDH_DEVIF_CREATE, devif, TSM_BARS_NOT_REGISTERED | 1),
         (
-            abi::TSM_IDE_STREAM_SETUP,
-            SeamRegs {
-                rcx: dev,
-                ..Default::default()
-            },
-            TSM_BARS_NOT_REGISTERED | 1,
-        ),
-        (
             abi::TSM_SPDM_BARS,
             SeamRegs {
                 rcx: dev + 1,
@@ -2672,4 +2734,211 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
         w.fw.device(core_dev).err(),
         Some(tsm_core::Error::InvalidHandle)
     );
+}
+
+/// TDG.MMIO.ACCEPT takes in RDX the page's reported address (the report's FIRST_PAGE plus
+/// the page's offset, the bind's MMIO_REPORTING_OFFSET included). Anything else, the host
+/// address among them, is TDX_MMIO_INVALID_HPA_OFFSET + RCX with the S-EPT entry still
+/// pending and nothing else changed; the right address accepts.
+#[test]
+fn guest_accept_checks_rdx_against_the_report() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+    let right = w.reported(tdi, BAR);
+    let sept_state = |w: &World| {
+        let out = w.ok(
+            abi::TDH_MEM_SEPT_RD,
+            SeamRegs {
+                rcx: page,
+                rdx: td,
+                ..Default::default()
+            },
+        );
+        out.rdx >> 8
+    };
+    assert_eq!(sept_state(&w), SeptState::MmioPending as u64);
+    for wrong in [0, BAR, right + 0x20_0000, right + 0x1000, right ^ (1 << 52)] {
+        let before = w.image();
+        let regs = SeamRegs {
+            rcx: page,
+            rdx: wrong,
+            ..Default::default()
+        };
+        let out = w.tdcall(td, abi::TDG_MMIO_ACCEPT, regs);
+        assert_eq!(
+            out.rax,
+            TDX_MMIO_INVALID_HPA_OFFSET | 1,
+            "RDX {wrong:#x}: {:#x}",
+            out.rax
+        );
+        assert_eq!(SeamRegs { rax: 0, ..out }, SeamRegs { rax: 0, ..regs });
+        assert!(
+            w.image() == before,
+            "a refused accept ({wrong:#x}) changed state"
+        );
+        assert_eq!(sept_state(&w), SeptState::MmioPending as u64);
+    }
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: right,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    assert_eq!(sept_state(&w), SeptState::MmioMapped as u64);
+    // Accepted: the entry's own state decides first, as in the module.
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_PAGE_ALREADY_ACCEPTED | 1);
+}
+
+/// The offset of each bind is its own: after an unbind and a new bind of the same TDI the
+/// old reported address no longer accepts.
+#[test]
+fn a_rebind_moves_the_reported_addresses() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let old = w.reported(tdi, BAR);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
+    w.ok(
+        abi::TDH_MMIO_MAP,
+        SeamRegs {
+            rcx: page,
+            rdx: td,
+            r8: BAR,
+            ..Default::default()
+        },
+    );
+    let new = w.reported(tdi, BAR);
+    assert_ne!(old, new);
+    let before = w.image();
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: old,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_MMIO_INVALID_HPA_OFFSET | 1);
+    assert!(w.image() == before);
+    let out = w.tdcall(
+        td,
+        abi::TDG_MMIO_ACCEPT,
+        SeamRegs {
+            rcx: page,
+            rdx: new,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+}
+
+/// TDG.DEVIF.RD: the calling TD reads its own TDI (TDISP version, state, reported ranges,
+/// report digest); another TD's TDI, an unknown TDI, a field we do not define, reserved bits
+/// and a non-zero R9 are refused with the operand named and nothing changed.
+#[test]
+fn devif_rd_reads_the_calling_tds_own_tdi() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (w, td, tdi) = bound_world(&mut mem);
+    let other = w.create_td();
+    let rd = |td: u64, rcx: u64, rdx: u64, r9: u64| {
+        w.tdcall(
+            td,
+            abi::TDG_DEVIF_RD,
+            SeamRegs {
+                rcx,
+                rdx,
+                r9,
+                ..Default::default()
+            },
+        )
+    };
+    let read = |field: u8| {
+        let out = rd(td, tdi, u64::from(field), 0);
+        assert_eq!(out.rax, TDX_SUCCESS, "field {field:#x}: {:#x}", out.rax);
+        out.rcx
+    };
+    assert_eq!(read(abi::DEVIF_FIELD_TDISP_VERSION), 0x10);
+    assert_eq!(read(abi::DEVIF_FIELD_TDISP_STATE), 1, "CONFIG_LOCKED");
+    let base =
+        w.fw.tsm()
+            .owned_ranges(TdiId::from_raw(tdi).unwrap())
+            .unwrap()[0]
+            .base()
+            .as_u64();
+    assert_eq!(read(abi::DEVIF_FIELD_REPORTED_RANGE), w.reported(tdi, base));
+    let id = TdiId::from_raw(tdi).unwrap();
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    for word in 0..6u8 {
+        assert_eq!(
+            read(abi::DEVIF_FIELD_REPORT_DIGEST + word),
+            w.fw.tsm()
+                .guest_read(g, id, tsm_core::GuestField::ReportDigest(word))
+                .unwrap()
+        );
+    }
+
+    let before = w.image();
+    let state = u64::from(abi::DEVIF_FIELD_TDISP_STATE);
+    let cases = [
+        (
+            "another TD's TDI",
+            rd(other, tdi, state, 0),
+            TDX_MMIO_DEVIF_OWNER_MISMATCH,
+        ),
+        (
+            "unknown TDI",
+            rd(td, tdi + 5, state, 0),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        (
+            "no such TDI handle",
+            rd(td, 1 << 40, state, 0),
+            TDX_OPERAND_INVALID | 1,
+        ),
+        ("field 0", rd(td, tdi, 0, 0), TDX_OPERAND_INVALID | 2),
+        ("field 0x87", rd(td, tdi, 0x87, 0), TDX_OPERAND_INVALID | 2),
+        (
+            "reserved bits",
+            rd(td, tdi, state | 1 << 8, 0),
+            TDX_OPERAND_INVALID | 2,
+        ),
+        ("R9", rd(td, tdi, state, 1), TDX_OPERAND_INVALID | 9),
+        (
+            "a range past the report",
+            rd(td, tdi, u64::from(abi::DEVIF_FIELD_REPORTED_RANGE) + 1, 0),
+            TSM_INVALID_RANGE,
+        ),
+    ];
+    for (what, out, want) in cases {
+        if want == TDX_MMIO_DEVIF_OWNER_MISMATCH || want == TSM_INVALID_RANGE {
+            assert_eq!(out.rax >> 32, want >> 32, "{what}: {:#x}", out.rax);
+        } else {
+            assert_eq!(out.rax, want, "{what}: {:#x}", out.rax);
+        }
+    }
+    assert!(w.image() == before, "a refused TDG.DEVIF.RD changed state");
 }

@@ -5,7 +5,7 @@
 //! [`KNOWN_MISSING`]. A new leaf is one `same!` line (header and Rust spell it alike).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use platform_tdx::{abi, module, status};
+use platform_tdx::{abi, link, module, status};
 
 const HEADER: &str = include_str!("../include/tsm_tdx.h");
 const ABI_RS: &str = include_str!("../src/abi.rs");
@@ -35,6 +35,18 @@ const TABLE: &[Entry] = &[
     named!("TSM_TDX_SPDM_MT_MAX_PAGES", module::SPDM_MT_MAX_PAGES),
     named!("TSM_TDX_MESSAGE_PAGE_BYTES", module::MESSAGE_PAGE_BYTES),
     named!("TSM_UNBIND_FLAG_FORCE", abi::UNBIND_FLAG_FORCE),
+    named!("TSM_TDX_NULL_PAGE", link::NULL_PAGE),
+    named!("TSM_TDX_SPDM_CAP_HBEAT", link::SPDM_CAP_HBEAT),
+    named!("TSM_TDX_SPDM_CAP_KEY_UPD", link::SPDM_CAP_KEY_UPD),
+    named!("TSM_TDX_STREAM_INFO_TYPE_SEL", link::STREAM_INFO_TYPE_SEL),
+    named!("TSM_TDX_ASSOC_VALID", link::ASSOC_VALID),
+    named!("TSM_TDX_IDE_KM_SETUP", link::IDE_KM_SETUP),
+    named!("TSM_TDX_IDE_KM_REFRESH", link::IDE_KM_REFRESH),
+    named!("TSM_TDX_IDE_KM_STOP", link::IDE_KM_STOP),
+    named!("TSM_TDX_SPDM_MNG_HEARTBEAT", link::SPDM_MNG_HEARTBEAT),
+    named!("TSM_TDX_SPDM_MNG_KEY_UPDATE", link::SPDM_MNG_KEY_UPDATE),
+    named!("TSM_TDX_SPDM_MNG_RECOLLECT", link::SPDM_MNG_RECOLLECT),
+    named!("TSM_TDX_DEV_INFO_BYTES", link::DEV_INFO_BYTES),
     // Host leaves.
     same!(abi::TDH_MNG_CREATE),
     same!(abi::TDH_MEM_SEPT_RD),
@@ -55,10 +67,30 @@ const TABLE: &[Entry] = &[
     same!(abi::TSM_DEVIF_STATE),
     same!(abi::TSM_MMIO_ZAP_CHECK),
     same!(abi::TSM_DEVIF_CHECK),
-    same!(abi::TSM_IDE_STREAM_SETUP),
+    same!(abi::TDH_IDE_STREAM_CREATE),
+    same!(abi::TDH_IDE_STREAM_BLOCK),
+    same!(abi::TDH_IDE_STREAM_DELETE),
+    same!(abi::TDH_IDE_STREAM_KM),
+    same!(abi::TDH_SPDM_CONNECT),
+    same!(abi::TDH_SPDM_DISCONNECT),
+    same!(abi::TDH_SPDM_MNG),
     same!(abi::TSM_SPDM_BARS),
     // Guest leaves.
     same!(abi::TDG_MMIO_ACCEPT),
+    same!(abi::TDG_DEVIF_RD),
+    named!(
+        "TSM_DEVIF_FIELD_TDISP_VERSION",
+        abi::DEVIF_FIELD_TDISP_VERSION
+    ),
+    named!("TSM_DEVIF_FIELD_TDISP_STATE", abi::DEVIF_FIELD_TDISP_STATE),
+    named!(
+        "TSM_DEVIF_FIELD_REPORT_DIGEST",
+        abi::DEVIF_FIELD_REPORT_DIGEST
+    ),
+    named!(
+        "TSM_DEVIF_FIELD_REPORTED_RANGE",
+        abi::DEVIF_FIELD_REPORTED_RANGE
+    ),
     same!(abi::TSM_GUEST_DEVIF_START),
     // Statuses.
     same!(status::TDX_SUCCESS),
@@ -87,10 +119,22 @@ const TABLE: &[Entry] = &[
     same!(status::TSM_BARS_NOT_REGISTERED),
     same!(status::TSM_BARS_REGISTERED),
     same!(status::TDX_PAGE_METADATA_INCORRECT),
+    same!(status::TDX_MMIO_INVALID_HPA_OFFSET),
     same!(status::TSM_INCONSISTENT),
     same!(status::TSM_DEVICE_UNRESPONSIVE),
     same!(status::TSM_DEVICE_REFUSED),
     same!(status::TSM_DEVICE_MALFORMED),
+    same!(status::TSM_DEVICE_IN_USE),
+    same!(status::TDX_SPDM_HAS_ACTIVE_IDE_STREAMS),
+    same!(status::TDX_SPDM_INVALID_STATE),
+    same!(status::TDX_IDE_STREAM_NOT_FREE),
+    same!(status::TDX_IDE_STREAM_NOT_CONFIGURED),
+    same!(status::TDX_IDE_STREAM_BLOCKED),
+    same!(status::TDX_IDE_STREAM_NOT_BLOCKED),
+    same!(status::TDX_IDE_STREAM_HAS_DEVICE_INTERFACES),
+    same!(status::TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY),
+    same!(status::TDX_IDE_STREAM_INVALID_STATE),
+    same!(status::TDX_SPDM_INVALID_MESSAGE),
     // Operand ids.
     named!("TDX_OPERAND_ID_RAX", status::OPERAND_ID_RAX),
     named!("TDX_OPERAND_ID_RCX", status::OPERAND_ID_RCX),
@@ -98,6 +142,10 @@ const TABLE: &[Entry] = &[
     named!("TDX_OPERAND_ID_R8", status::OPERAND_ID_R8),
     named!("TDX_OPERAND_ID_R9", status::OPERAND_ID_R9),
     named!("TDX_OPERAND_ID_R10", status::OPERAND_ID_R10),
+    named!("TDX_OPERAND_ID_R11", status::OPERAND_ID_R11),
+    named!("TDX_OPERAND_ID_R12", status::OPERAND_ID_R12),
+    named!("TDX_OPERAND_ID_R13", status::OPERAND_ID_R13),
+    named!("TDX_OPERAND_ID_R14", status::OPERAND_ID_R14),
     named!("TDX_OPERAND_ID_TDR", status::OPERAND_ID_TDR),
     named!("TDX_OPERAND_ID_DEVIF", status::OPERAND_ID_DEVIF),
     named!("TDX_OPERAND_ID_TRANSPORT", status::OPERAND_ID_TRANSPORT),
@@ -136,7 +184,6 @@ const KNOWN_MISSING: &[&str] = &[
     "TSM_TDI_NOT_LOCKED",
     "TSM_TDI_IN_ERROR",
     "TSM_UNBIND_IN_PROGRESS",
-    "TSM_DEVICE_IN_USE",
     "TSM_DUPLICATE_DEVICE",
     "TSM_DUPLICATE_TDI",
     "TSM_RELAY_BUFFER_TOO_SMALL",

@@ -36,9 +36,18 @@ use tsm_core::{
 // ---- the world (the minimum of tests/dispatcher.rs's, copied so that file stays as it is) ----
 
 /// Host memory: page 0 the range list, 1-6 message pages, 7-10 TDR pages, 11-18 SPDM metadata
-/// (one per device, by bus), 19-23 scratch pages for bad parameter pages.
+/// (one per device, by bus), 19-23 scratch pages for bad parameter pages, then the link's
+/// pages: 24 the SPDM config page, 25 dev_info, 26 and 27 the link's response and request
+/// pages, 28-35 IDE stream metadata (one per device, by bus).
 const HOST: u64 = 0x7_0000_0000;
-const HOST_PAGES: usize = 24;
+const HOST_PAGES: usize = 36;
+const CONFIG_PAGE: u64 = host_page(24);
+const DEV_INFO_PAGE: u64 = host_page(25);
+const LINK_RESPONSE: u64 = host_page(26);
+const LINK_REQUEST: u64 = host_page(27);
+const fn ide_page(bus: u8) -> u64 {
+    host_page(28 + bus as u64 % 8)
+}
 const SPDM_FIRST: u64 = 11;
 const TDR_FIRST: u64 = 7;
 const TDRS: u64 = 4;
@@ -164,8 +173,43 @@ impl<'m> World<'m> {
         .rcx
     }
 
-    /// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports.
+    /// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports, its
+    /// link up as Linux's `tdx_link_connect` sets it up: SPDM CONNECT relayed, the IDE stream
+    /// created, its keys set up (KM SETUP).
     fn device(&self, bus: u8, bar: u64) -> u64 {
+        let dev = self.device_connected(bus, bar);
+        let stream = self.ok(abi::TDH_IDE_STREAM_CREATE, create(dev, bus)).rcx;
+        self.ok(abi::TDH_IDE_STREAM_KM, km(dev, stream, 0));
+        dev
+    }
+
+    /// `device_unlinked`, then TDH.SPDM.CONNECT relayed to its end (no stream yet).
+    fn device_connected(&self, bus: u8, bar: u64) -> u64 {
+        let dev = self.device_unlinked(bus, bar);
+        let mut config = [0u8; 8];
+        config[..4].copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
+        config[5] = 0xFF;
+        self.write(CONFIG_PAGE, &config);
+        let connect = connect(dev);
+        let mut out = self.call(u64::from(abi::TDH_SPDM_CONNECT), connect);
+        while out.rax == TDX_SPDM_REQUEST {
+            let request = self.read(LINK_REQUEST, out.rcx as usize);
+            let mut answer = [0u8; MESSAGE_PAGE_BYTES];
+            let n = self
+                .device
+                .borrow_mut()
+                .answer(&request, &mut answer)
+                .unwrap();
+            self.write(LINK_RESPONSE, &answer[..n]);
+            out = self.call(u64::from(abi::TDH_SPDM_CONNECT), connect);
+        }
+        assert_eq!(out.rax, TDX_SUCCESS);
+        dev
+    }
+
+    /// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports, with no
+    /// link (not connected, no IDE stream: its TDIs cannot bind).
+    fn device_unlinked(&self, bus: u8, bar: u64) -> u64 {
         let dev = self.spdm(bus);
         self.write(PARAMS, bars(bar).bytes());
         self.ok(
@@ -264,6 +308,48 @@ fn bars(bar: u64) -> RangeList {
     RangeList::from_ranges(&[MmioRange::from_raw(bar, 1024).unwrap()]).unwrap()
 }
 
+/// TDH.SPDM.CONNECT as Linux's `tdh_exec_spdm_connect` loads it, with the link's pages.
+fn connect(dev: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: dev,
+        rdx: CONFIG_PAGE,
+        r8: LINK_RESPONSE,
+        r9: LINK_REQUEST,
+        r10: abi::hpa_array(DEV_INFO_PAGE, 1),
+        ..Default::default()
+    }
+}
+
+/// TDH.IDE.STREAM.CREATE as Linux's `tdh_ide_stream_create` loads it for the endpoint on bus
+/// `bus` alone and an address window of 4 GiB at 0.
+fn create(dev: u64, bus: u8) -> SeamRegs {
+    let routing = u64::from(bus) << 8;
+    SeamRegs {
+        rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
+        rdx: dev,
+        r8: abi::hpa_array(ide_page(bus), 1),
+        r9: 0,
+        r10: routing << 8,
+        r11: 1 | routing << 8,
+        r12: 1 | 0xfff << 20,
+        r13: 0,
+        r14: 0,
+        ..Default::default()
+    }
+}
+
+/// TDH.IDE.STREAM.KM `op` as Linux's `tdh_ide_stream_km` loads it, with the link's pages.
+fn km(dev: u64, stream: u64, op: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: dev,
+        rdx: stream,
+        r8: op,
+        r9: LINK_RESPONSE,
+        r10: LINK_REQUEST,
+        ..Default::default()
+    }
+}
+
 fn on(rcx: u64) -> SeamRegs {
     SeamRegs {
         rcx,
@@ -340,9 +426,16 @@ fn rows() -> Vec<Row> {
         row!(TSM_DEVIF_STATE, devif_state),
         row!(TSM_MMIO_ZAP_CHECK, zap_check),
         row!(TSM_DEVIF_CHECK, devif_check),
-        row!(TSM_IDE_STREAM_SETUP, stream_setup),
         row!(TSM_SPDM_BARS, spdm_bars),
+        row!(TDH_SPDM_CONNECT, spdm_connect),
+        row!(TDH_SPDM_DISCONNECT, spdm_disconnect),
+        row!(TDH_SPDM_MNG, spdm_mng),
+        row!(TDH_IDE_STREAM_CREATE, ide_stream_create),
+        row!(TDH_IDE_STREAM_KM, ide_stream_km),
+        row!(TDH_IDE_STREAM_BLOCK, ide_stream_block),
+        row!(TDH_IDE_STREAM_DELETE, ide_stream_delete),
         row!(TDG_MMIO_ACCEPT, mmio_accept),
+        row!(TDG_DEVIF_RD, devif_rd),
         row!(TSM_GUEST_DEVIF_START, guest_start),
     ]
 }
@@ -782,7 +875,7 @@ fn spdm_create(w: &World<'_>) -> Setup {
 
 fn spdm_delete(w: &World<'_>) -> Setup {
     w.create_td();
-    let dev = w.device(3, BAR);
+    let dev = w.device_unlinked(3, BAR);
     let good = SeamRegs {
         rcx: dev,
         rdx: 0,
@@ -1199,15 +1292,466 @@ fn zap_check(w: &World<'_>) -> Setup {
     }
 }
 
-fn stream_setup(w: &World<'_>) -> Setup {
-    let (_, dev, _) = tdi_world(w);
-    let bare = w.spdm(5);
-    let good = on(dev);
-    let mut v = bad_handle(good, |r, x| r.rcx = x, bare, inv(OPERAND_ID_RCX));
+/// A page operand of `good` (the register `set` writes, operand id `op`) out of range:
+/// unaligned, past 2^52, outside host memory.
+fn bad_page(what: &str, good: SeamRegs, set: fn(&mut SeamRegs, u64), at: u64, op: u32) -> Vec<Bad> {
+    let with = |v: u64| {
+        let mut r = good;
+        set(&mut r, v);
+        r
+    };
+    vec![
+        bad(format!("{what}: unaligned"), with(at + 8), inv(op)),
+        bad(format!("{what}: past 2^52"), with(at | PAST_52), range(op)),
+        bad(
+            format!("{what}: outside host memory"),
+            with(OUTSIDE),
+            range(op),
+        ),
+    ]
+}
+
+/// An HPA_ARRAY_T operand of `good` out of range: reserved bits, more pages than taken, a page
+/// outside host memory, a TD's TDR page.
+fn bad_array(good: SeamRegs, set: fn(&mut SeamRegs, u64), at: u64, tdr: u64, op: u32) -> Vec<Bad> {
+    let with = |v: u64| {
+        let mut r = good;
+        set(&mut r, v);
+        r
+    };
+    vec![
+        bad(
+            "array: reserved bit 0",
+            with(abi::hpa_array(at, 1) | 1),
+            inv(op),
+        ),
+        bad(
+            "array: reserved bit 52",
+            with(abi::hpa_array(at, 1) | 1 << 52),
+            inv(op),
+        ),
+        bad("array: 9 pages", with(abi::hpa_array(at, 9)), inv(op)),
+        bad(
+            "array: outside host memory",
+            with(abi::hpa_array(OUTSIDE, 1)),
+            range(op),
+        ),
+        bad(
+            "array: a TD's TDR page",
+            with(abi::hpa_array(tdr, 1)),
+            TDX_PAGE_METADATA_INCORRECT | u64::from(op),
+        ),
+    ]
+}
+
+fn spdm_connect(w: &World<'_>) -> Setup {
+    let td = w.create_td();
+    let dev = w.device_unlinked(3, BAR);
+    let mut config = [0u8; 8];
+    config[..4].copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
+    config[5] = 0xFF;
+    w.write(CONFIG_PAGE, &config);
+    let good = connect(dev);
+    let mut v = bad_handle(good, |r, x| r.rcx = x, dev, inv(OPERAND_ID_RCX));
+    v.extend(bad_page(
+        "RDX config",
+        good,
+        |r, x| r.rdx = x,
+        CONFIG_PAGE,
+        OPERAND_ID_RDX,
+    ));
+    v.extend(bad_page(
+        "R8 response",
+        good,
+        |r, x| r.r8 = x,
+        LINK_RESPONSE,
+        OPERAND_ID_R8,
+    ));
+    v.extend(bad_page(
+        "R9 request",
+        good,
+        |r, x| r.r9 = x,
+        LINK_REQUEST,
+        OPERAND_ID_R9,
+    ));
     v.push(bad(
-        "RCX an SPDM id without BARs",
-        on(bare),
-        TSM_BARS_NOT_REGISTERED | u64::from(OPERAND_ID_RCX),
+        "R9 the response page",
+        SeamRegs {
+            r9: LINK_RESPONSE,
+            ..good
+        },
+        inv(OPERAND_ID_R9),
+    ));
+    v.push(bad(
+        "R9 a TD's TDR page",
+        SeamRegs { r9: td, ..good },
+        TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_R9),
+    ));
+    v.extend(bad_array(
+        good,
+        |r, x| r.r10 = x,
+        DEV_INFO_PAGE,
+        td,
+        OPERAND_ID_R10,
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SPDM_REQUEST,
+        bad: v,
+    }
+}
+
+fn spdm_disconnect(w: &World<'_>) -> Setup {
+    let td = w.create_td();
+    let dev = w.device_connected(3, BAR);
+    let good = SeamRegs {
+        rcx: dev,
+        rdx: LINK_RESPONSE,
+        r8: LINK_REQUEST,
+        ..Default::default()
+    };
+    let mut v = bad_handle(good, |r, x| r.rcx = x, dev, inv(OPERAND_ID_RCX));
+    v.extend(bad_page(
+        "RDX response",
+        good,
+        |r, x| r.rdx = x,
+        LINK_RESPONSE,
+        OPERAND_ID_RDX,
+    ));
+    v.extend(bad_page(
+        "R8 request",
+        good,
+        |r, x| r.r8 = x,
+        LINK_REQUEST,
+        OPERAND_ID_R8,
+    ));
+    v.push(bad(
+        "R8 the response page",
+        SeamRegs {
+            r8: LINK_RESPONSE,
+            ..good
+        },
+        inv(OPERAND_ID_R8),
+    ));
+    v.push(bad(
+        "R8 a TD's TDR page",
+        SeamRegs { r8: td, ..good },
+        TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_R8),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn spdm_mng(w: &World<'_>) -> Setup {
+    let td = w.create_td();
+    let dev = w.device_connected(3, BAR);
+    let null = platform_tdx::link::NULL_PAGE;
+    let good = SeamRegs {
+        rcx: dev,
+        rdx: platform_tdx::link::SPDM_MNG_KEY_UPDATE,
+        r8: null,
+        r9: LINK_RESPONSE,
+        r10: LINK_REQUEST,
+        r11: null,
+        ..Default::default()
+    };
+    let mut v = bad_handle(good, |r, x| r.rcx = x, dev, inv(OPERAND_ID_RCX));
+    v.push(bad(
+        "RDX op 3",
+        SeamRegs { rdx: 3, ..good },
+        inv(OPERAND_ID_RDX),
+    ));
+    v.push(bad(
+        "RDX op 1 << 63",
+        SeamRegs {
+            rdx: 1 << 63,
+            ..good
+        },
+        inv(OPERAND_ID_RDX),
+    ));
+    v.extend(bad_page(
+        "R8 parameters",
+        good,
+        |r, x| r.r8 = x,
+        host_page(SCRATCH),
+        OPERAND_ID_R8,
+    ));
+    v.extend(bad_page(
+        "R9 response",
+        good,
+        |r, x| r.r9 = x,
+        LINK_RESPONSE,
+        OPERAND_ID_R9,
+    ));
+    v.extend(bad_page(
+        "R10 request",
+        good,
+        |r, x| r.r10 = x,
+        LINK_REQUEST,
+        OPERAND_ID_R10,
+    ));
+    v.push(bad(
+        "R10 the response page",
+        SeamRegs {
+            r10: LINK_RESPONSE,
+            ..good
+        },
+        inv(OPERAND_ID_R10),
+    ));
+    v.extend(bad_array(
+        good,
+        |r, x| r.r11 = x,
+        host_page(SCRATCH),
+        td,
+        OPERAND_ID_R11,
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn ide_stream_create(w: &World<'_>) -> Setup {
+    let td = w.create_td();
+    let dev = w.device_connected(3, BAR);
+    let good = create(dev, 3);
+    let mut v = bad_handle(good, |r, x| r.rdx = x, dev, inv(OPERAND_ID_RDX));
+    let reg = |what: &str, regs: SeamRegs, op: u32| bad(what, regs, inv(op));
+    v.extend([
+        reg(
+            "RCX bit 9",
+            SeamRegs {
+                rcx: good.rcx | 1 << 9,
+                ..good
+            },
+            OPERAND_ID_RCX,
+        ),
+        reg(
+            "RCX a link stream",
+            SeamRegs { rcx: 0, ..good },
+            OPERAND_ID_RCX,
+        ),
+        reg("R9 not 0", SeamRegs { r9: 1, ..good }, OPERAND_ID_R9),
+        reg(
+            "R10 bit 0",
+            SeamRegs {
+                r10: good.r10 | 1,
+                ..good
+            },
+            OPERAND_ID_R10,
+        ),
+        reg(
+            "R10 bit 63",
+            SeamRegs {
+                r10: good.r10 | 1 << 63,
+                ..good
+            },
+            OPERAND_ID_R10,
+        ),
+        reg(
+            "R10 limit below the function",
+            SeamRegs {
+                r10: 0,
+                r11: 1,
+                ..good
+            },
+            OPERAND_ID_R10,
+        ),
+        reg(
+            "R11 not valid",
+            SeamRegs {
+                r11: good.r11 & !1,
+                ..good
+            },
+            OPERAND_ID_R11,
+        ),
+        reg(
+            "R11 bit 63",
+            SeamRegs {
+                r11: good.r11 | 1 << 63,
+                ..good
+            },
+            OPERAND_ID_R11,
+        ),
+        reg(
+            "R11 another segment",
+            SeamRegs {
+                r11: good.r11 | 7 << 24,
+                ..good
+            },
+            OPERAND_ID_R11,
+        ),
+        reg(
+            "R12 not valid",
+            SeamRegs {
+                r12: good.r12 & !1,
+                ..good
+            },
+            OPERAND_ID_R12,
+        ),
+        reg(
+            "R12 bit 63",
+            SeamRegs {
+                r12: good.r12 | 1 << 63,
+                ..good
+            },
+            OPERAND_ID_R12,
+        ),
+        reg(
+            "R13 bit 63",
+            SeamRegs {
+                r13: 1 << 63,
+                ..good
+            },
+            OPERAND_ID_R13,
+        ),
+        reg(
+            "R14 bit 63",
+            SeamRegs {
+                r14: 1 << 63,
+                ..good
+            },
+            OPERAND_ID_R14,
+        ),
+        reg(
+            "R14 base above the limit",
+            SeamRegs { r14: 1, ..good },
+            OPERAND_ID_R12,
+        ),
+    ]);
+    v.extend(bad_array(
+        good,
+        |r, x| r.r8 = x,
+        ide_page(3),
+        td,
+        OPERAND_ID_R8,
+    ));
+    v.push(bad(
+        "R8 the SPDM metadata page",
+        SeamRegs {
+            r8: abi::hpa_array(spdm_page(3), 1),
+            ..good
+        },
+        TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_R8),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+/// A device connected with its stream created: (SPDM id, stream ID).
+fn streamed(w: &World<'_>) -> (u64, u64) {
+    w.create_td();
+    let dev = w.device_connected(3, BAR);
+    let stream = w.ok(abi::TDH_IDE_STREAM_CREATE, create(dev, 3)).rcx;
+    (dev, stream)
+}
+
+fn ide_stream_km(w: &World<'_>) -> Setup {
+    let (dev, stream) = streamed(w);
+    let good = km(dev, stream, 0);
+    let mut v = bad_handle(good, |r, x| r.rcx = x, dev, inv(OPERAND_ID_RCX));
+    v.push(bad(
+        "RDX another stream",
+        SeamRegs {
+            rdx: stream + 1,
+            ..good
+        },
+        TDX_IDE_STREAM_NOT_CONFIGURED | u64::from(OPERAND_ID_RDX),
+    ));
+    v.push(bad(
+        "R8 op 3",
+        SeamRegs { r8: 3, ..good },
+        inv(OPERAND_ID_R8),
+    ));
+    v.extend(bad_page(
+        "R9 response",
+        good,
+        |r, x| r.r9 = x,
+        LINK_RESPONSE,
+        OPERAND_ID_R9,
+    ));
+    v.extend(bad_page(
+        "R10 request",
+        good,
+        |r, x| r.r10 = x,
+        LINK_REQUEST,
+        OPERAND_ID_R10,
+    ));
+    v.push(bad(
+        "R10 the response page",
+        SeamRegs {
+            r10: LINK_RESPONSE,
+            ..good
+        },
+        inv(OPERAND_ID_R10),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn ide_stream_block(w: &World<'_>) -> Setup {
+    let (dev, stream) = streamed(w);
+    let good = SeamRegs {
+        rcx: dev,
+        rdx: stream,
+        ..Default::default()
+    };
+    let mut v = bad_handle(good, |r, x| r.rcx = x, dev, inv(OPERAND_ID_RCX));
+    v.push(bad(
+        "RDX another stream",
+        SeamRegs {
+            rdx: stream + 1,
+            ..good
+        },
+        TDX_IDE_STREAM_NOT_CONFIGURED | u64::from(OPERAND_ID_RDX),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn ide_stream_delete(w: &World<'_>) -> Setup {
+    let (dev, stream) = streamed(w);
+    let good = SeamRegs {
+        rcx: dev,
+        rdx: stream,
+        ..Default::default()
+    };
+    w.ok(abi::TDH_IDE_STREAM_BLOCK, good);
+    let mut v = bad_handle(good, |r, x| r.rcx = x, dev, inv(OPERAND_ID_RCX));
+    v.push(bad(
+        "RDX another stream",
+        SeamRegs {
+            rdx: stream + 1,
+            ..good
+        },
+        TDX_IDE_STREAM_NOT_CONFIGURED | u64::from(OPERAND_ID_RDX),
+    ));
+    v.push(bad(
+        "R8 the page itself (one page releases with 0)",
+        SeamRegs {
+            r8: ide_page(3),
+            ..good
+        },
+        inv(OPERAND_ID_R8),
     ));
     Setup {
         tdcall: None,
@@ -1298,14 +1842,64 @@ fn spdm_bars(w: &World<'_>) -> Setup {
     }
 }
 
+/// Where the report of bound `tdi` puts host page `hpa`: TDG.MMIO.ACCEPT's RDX (the bind's
+/// MMIO_REPORTING_OFFSET added).
+fn reported(w: &World<'_>, tdi: u64, hpa: u64) -> u64 {
+    let id = TdiId::from_raw(tdi).unwrap();
+    hpa + w.fw.tsm().tdi(id).unwrap().mmio_offset.unwrap()
+}
+
 fn mmio_accept(w: &World<'_>) -> Setup {
-    let (td, _, _) = mapped(w);
-    let good = on(pi(GPA, PageSize::Size2M));
+    let (td, _, tdi) = mapped(w);
+    let right = reported(w, tdi, BAR);
+    let good = SeamRegs {
+        rdx: right,
+        ..on(pi(GPA, PageSize::Size2M))
+    };
+    let mut bads = bad_page_info(good, GPA, PageSize::Size2M);
+    // RDX: anything but the page's reported address, the host address among them.
+    let offset = TDX_MMIO_INVALID_HPA_OFFSET | u64::from(OPERAND_ID_RCX);
+    for (what, rdx) in [
+        ("reported address: 0", 0),
+        ("reported address: the host address", BAR),
+        ("reported address: the next page's", right + 0x1000),
+        ("reported address: all ones", u64::MAX),
+    ] {
+        bads.push(bad(what, SeamRegs { rdx, ..good }, offset));
+    }
     Setup {
         tdcall: Some(td),
         good,
         good_status: TDX_SUCCESS,
-        bad: bad_page_info(good, GPA, PageSize::Size2M),
+        bad: bads,
+    }
+}
+
+fn devif_rd(w: &World<'_>) -> Setup {
+    let (td, _, tdi) = mapped(w);
+    let good = SeamRegs {
+        rdx: u64::from(abi::DEVIF_FIELD_TDISP_STATE),
+        ..on(tdi)
+    };
+    let mut bads = bad_handle(good, |r, x| r.rcx = x, tdi, inv(OPERAND_ID_RCX));
+    for (what, rdx) in [
+        ("field: 0", 0),
+        ("field: not defined (0x87)", 0x87),
+        ("field: reserved bit 8", good.rdx | 1 << 8),
+        ("field: all ones", u64::MAX),
+    ] {
+        bads.push(bad(what, SeamRegs { rdx, ..good }, inv(OPERAND_ID_RDX)));
+    }
+    bads.push(bad(
+        "R9: not zero",
+        SeamRegs { r9: 1, ..good },
+        inv(OPERAND_ID_R9),
+    ));
+    Setup {
+        tdcall: Some(td),
+        good,
+        good_status: TDX_SUCCESS,
+        bad: bads,
     }
 }
 
@@ -1314,7 +1908,10 @@ fn guest_start(w: &World<'_>) -> Setup {
     let out = w.tdcall(
         td,
         u64::from(abi::TDG_MMIO_ACCEPT),
-        on(pi(GPA, PageSize::Size2M)),
+        SeamRegs {
+            rdx: reported(w, tdi, BAR),
+            ..on(pi(GPA, PageSize::Size2M))
+        },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
     let good = on(tdi);
@@ -1475,11 +2072,14 @@ fn every_register_of_every_leaf_out_of_range() {
     );
 }
 
-/// Every `pub const TDH_*/TDG_*/TSM_*: u16` of `src/abi.rs` is a row (the crate has no list of
+/// Every `pub const TDH_*/TDG_*/TSM_*: u16` of `src/abi.rs` and `src/link.rs` is a row (the crate has no list of
 /// its leaves to ask instead).
 #[test]
 fn every_leaf_constant_has_a_row() {
-    let src = include_str!("../src/abi.rs");
+    let src = concat!(
+        include_str!("../src/abi.rs"),
+        include_str!("../src/link.rs")
+    );
     let names: Vec<&str> = rows().iter().map(|r| r.name).collect();
     let mut missing = Vec::new();
     for line in src.lines() {

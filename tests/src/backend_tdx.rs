@@ -20,6 +20,12 @@
 //! A status the decoder does not know becomes `InvalidHandle`. Ranges that do not fit a
 //! [`RangeList`] are refused here with `TooManyRanges` before any call.
 //!
+//! A device is set up as Linux's `tdx_link_connect` does (devsec tsm tree tdx-host.c
+//! @191928fb): TDH.SPDM.CREATE, TSM.SPDM.BARS (ours), TDH.SPDM.CONNECT relayed (its GET_VERSION
+//! to the model device's DOE mailbox and the same registers re-issued), TDH.IDE.STREAM.CREATE,
+//! TDH.IDE.STREAM.KM SETUP; removed as `tdx_link_disconnect` does: KM STOP, BLOCK, DELETE,
+//! TDH.SPDM.DISCONNECT, TDH.SPDM.DELETE.
+//!
 //! Test knobs (device events and faults, held TLB flushes) are not firmware leaves: they act
 //! on the backend's model device and the S-EPT directly.
 
@@ -42,7 +48,9 @@ use tsm_core::{
 use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
 
 /// Host physical address of the backend's host memory, far from every BAR the scenarios use:
-/// page 0 the parameter page (range lists), page 1 the request page, page 2 the response page.
+/// page 0 the parameter page (range lists), page 1 the request page, page 2 the response page
+/// (every TDI's, and the link's: Linux keeps one pair per device), page 3 the SPDM config page,
+/// page 4 the dev_info page.
 pub const HOST_BASE: u64 = 0x7_0000_0000;
 /// Host physical address of the parameter page.
 pub const PARAM_HPA: u64 = HOST_BASE;
@@ -50,8 +58,14 @@ pub const PARAM_HPA: u64 = HOST_BASE;
 pub const REQUEST_HPA: u64 = HOST_BASE + MESSAGE_PAGE_BYTES as u64;
 /// Host physical address of every TDI's response page (host to firmware).
 pub const RESPONSE_HPA: u64 = HOST_BASE + 2 * MESSAGE_PAGE_BYTES as u64;
+/// Host physical address of the SPDM config page (TDH.SPDM.CONNECT RDX).
+pub const CONFIG_HPA: u64 = HOST_BASE + 3 * MESSAGE_PAGE_BYTES as u64;
+/// Host physical address of the dev_info page (TDH.SPDM.CONNECT R10).
+pub const DEV_INFO_HPA: u64 = HOST_BASE + 4 * MESSAGE_PAGE_BYTES as u64;
 /// Bytes of the backend's host memory.
-const HOST_BYTES: usize = 3 * MESSAGE_PAGE_BYTES;
+const HOST_BYTES: usize = 5 * MESSAGE_PAGE_BYTES;
+/// Offset of the config page.
+const CONFIG_AT: usize = 3 * MESSAGE_PAGE_BYTES;
 /// Host physical address of the first TDR page: the TDs' TDR pages (TDH.MNG.CREATE RCX) follow
 /// the three pages above, one more than the core has guest slots, so a TDH.MNG.CREATE always
 /// finds a free page and a full table is the core's `GuestTableFull`. The firmware never
@@ -107,14 +121,20 @@ const SPDM_PAGES: usize = tsm_core::capacity::MAX_DEVICES + 1;
 /// One past the last SPDM metadata page.
 const SPDM_END: u64 = TDR_END + (SPDM_PAGES * MESSAGE_PAGE_BYTES) as u64;
 
-/// The backend's host memory: its three pages of bytes, and the TDR and SPDM metadata pages,
+/// IDE stream metadata pages (TDH.IDE.STREAM.CREATE R8, one per stream), after the SPDM ones,
+/// as many and as little backed.
+const IDE_PAGES: usize = tsm_core::capacity::MAX_DEVICES + 1;
+/// One past the last IDE stream metadata page.
+const IDE_END: u64 = SPDM_END + (IDE_PAGES * MESSAGE_PAGE_BYTES) as u64;
+
+/// The backend's host memory: its pages of bytes, and the TDR, SPDM and IDE metadata pages,
 /// readable whole pages of host memory that the firmware never looks into (reading one gives
 /// zeros; writing one is refused as outside host memory).
 struct BackendHost<'b>(HostBuffer<'b>);
 
 impl BackendHost<'_> {
     fn in_tdrs(hpa: u64, len: usize) -> bool {
-        let end = SPDM_END;
+        let end = IDE_END;
         hpa >= TDR_BASE
             && u64::try_from(len).is_ok_and(|l| hpa.checked_add(l).is_some_and(|e| e <= end))
     }
@@ -215,22 +235,38 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
 
     /// A metadata page no SPDM id holds.
     fn free_spdm_page(&self) -> TsmResult<u64> {
+        self.free_page(TDR_END, SPDM_PAGES)
+    }
+
+    /// A page of the `count` metadata pages from `first` that no SPDM id or stream holds.
+    fn free_page(&self, first: u64, count: usize) -> TsmResult<u64> {
         let max = tsm_core::capacity::MAX_DEVICES as u64;
         let mut held = heapless::Vec::<
             u64,
-            { tsm_core::capacity::MAX_DEVICES * (platform_tdx::module::SPDM_MT_MAX_PAGES + 1) },
+            { 2 * tsm_core::capacity::MAX_DEVICES * (platform_tdx::module::SPDM_MT_MAX_PAGES + 1) },
         >::new();
         for id in 0..max {
             if let Some(e) = self.tsm.spdm(id)? {
-                for p in e.metadata.pages.iter().chain(e.metadata.root.iter()) {
+                let stream = e
+                    .link
+                    .stream
+                    .iter()
+                    .flat_map(|s| s.metadata.pages.iter().chain(s.metadata.root.iter()));
+                for p in e
+                    .metadata
+                    .pages
+                    .iter()
+                    .chain(e.metadata.root.iter())
+                    .chain(stream)
+                {
                     held.push(p.as_u64()).map_err(|_| Error::Inconsistent)?;
                 }
             }
         }
-        (0..SPDM_PAGES)
+        (0..count)
             .filter_map(|i| {
                 let offset = u64::try_from(i.checked_mul(MESSAGE_PAGE_BYTES)?).ok()?;
-                TDR_END.checked_add(offset)
+                first.checked_add(offset)
             })
             .find(|p| !held.contains(p))
             .ok_or(Error::Inconsistent)
@@ -283,6 +319,142 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         self.call(leaf, regs).map(drop)
     }
 
+    /// TDH.SPDM.CONNECT of SPDM id `id` as Linux's event loop drives it: while the firmware
+    /// answers TDX_SPDM_REQUEST, the DOE object in the request page (its length from its own
+    /// header) goes to the model device and its answer into the response page, and the same
+    /// registers are issued again. The config page says what Linux's `tdx_link_pf0_probe`
+    /// fills: KEY_UPD, policy 0, every certificate slot.
+    fn connect(&mut self, id: u64) -> TsmResult<()> {
+        let mut config = [0u8; 8];
+        config
+            .get_mut(..4)
+            .ok_or(Error::Inconsistent)?
+            .copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
+        *config.get_mut(5).ok_or(Error::Inconsistent)? = 0xFF;
+        self.host
+            .get_mut(CONFIG_AT..)
+            .and_then(|page| page.get_mut(..config.len()))
+            .ok_or(Error::Inconsistent)?
+            .copy_from_slice(&config);
+        let regs = SeamRegs {
+            rcx: id,
+            rdx: CONFIG_HPA,
+            r8: RESPONSE_HPA,
+            r9: REQUEST_HPA,
+            r10: abi::hpa_array(DEV_INFO_HPA, 1),
+            ..SeamRegs::default()
+        };
+        for _ in 0..4 {
+            let out = self.seamcall(abi::TDH_SPDM_CONNECT, regs);
+            let mut request = [0u8; tsm_core::MAX_RELAY_BYTES];
+            match self.take_request(abi::TDH_SPDM_CONNECT, &out, &mut request)? {
+                Completion::Relay(n) => {
+                    let mut answer = [0u8; tsm_core::MAX_RELAY_BYTES];
+                    let req = request.get(..n).ok_or(Error::Inconsistent)?;
+                    let len = self
+                        .device
+                        .get_mut()
+                        .answer(req, &mut answer)
+                        .ok_or(Error::DeviceUnresponsive)?;
+                    self.host
+                        .get_mut(RESPONSE_AT..)
+                        .and_then(|page| page.get_mut(..len))
+                        .ok_or(Error::Inconsistent)?
+                        .copy_from_slice(answer.get(..len).ok_or(Error::Inconsistent)?);
+                }
+                _ => return Ok(()),
+            }
+        }
+        Err(Error::Inconsistent)
+    }
+
+    /// TDH.IDE.STREAM.CREATE for SPDM id `id` (function `rid`) as Linux's
+    /// `tdx_ide_stream_create` issues it: a selective stream, the endpoint alone in its RID
+    /// association, one address window (here all of the low 4 GiB and above, the model has no
+    /// bridge window), a free metadata page. The stream ID.
+    fn stream_create(&mut self, id: u64, rid: RequesterId) -> TsmResult<u64> {
+        let page = self.free_page(SPDM_END, IDE_PAGES)?;
+        let routing = u64::from(rid.routing_id());
+        let regs = SeamRegs {
+            rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
+            rdx: id,
+            r8: abi::hpa_array(page, 1),
+            r10: routing << platform_tdx::link::RID_ASSOC_RID_SHIFT,
+            r11: platform_tdx::link::ASSOC_VALID
+                | routing << platform_tdx::link::RID_ASSOC_RID_SHIFT,
+            r12: platform_tdx::link::ASSOC_VALID
+                | 0xfff << platform_tdx::link::ADDR_ASSOC1_LIMIT_SHIFT,
+            r13: 0xffff_ffff,
+            ..SeamRegs::default()
+        };
+        Ok(self.call(abi::TDH_IDE_STREAM_CREATE, regs)?.rcx)
+    }
+
+    /// TDH.IDE.STREAM.KM `op` on SPDM id `id`'s stream `stream`.
+    fn km(&mut self, id: u64, stream: u64, op: u64) -> TsmResult<()> {
+        self.done(
+            abi::TDH_IDE_STREAM_KM,
+            SeamRegs {
+                rcx: id,
+                rdx: stream,
+                r8: op,
+                r9: RESPONSE_HPA,
+                r10: REQUEST_HPA,
+                ..SeamRegs::default()
+            },
+        )
+    }
+
+    /// The stream SPDM id `id` has, as the firmware recorded it: (stream ID, blocked).
+    fn stream_of(&self, id: u64) -> TsmResult<Option<(u64, bool)>> {
+        Ok(self
+            .tsm
+            .spdm(id)?
+            .and_then(|e| e.link.stream)
+            .map(|s| (s.id, s.blocked)))
+    }
+
+    /// Linux's `tdx_link_disconnect` for SPDM id `id`, up to TDH.SPDM.DISCONNECT: KM STOP,
+    /// BLOCK, DELETE (of the stream it has, if any), DISCONNECT (if connected). The first
+    /// refusal ends it.
+    fn disconnect(&mut self, id: u64) -> TsmResult<()> {
+        if let Some((stream, blocked)) = self.stream_of(id)? {
+            if !blocked {
+                self.km(id, stream, platform_tdx::link::IDE_KM_STOP)?;
+                let on = SeamRegs {
+                    rcx: id,
+                    rdx: stream,
+                    ..SeamRegs::default()
+                };
+                self.done(abi::TDH_IDE_STREAM_BLOCK, on)?;
+            }
+            self.done(
+                abi::TDH_IDE_STREAM_DELETE,
+                SeamRegs {
+                    rcx: id,
+                    rdx: stream,
+                    ..SeamRegs::default()
+                },
+            )?;
+        }
+        let connected = matches!(
+            self.tsm.spdm(id)?.map(|e| e.link.session),
+            Some(platform_tdx::link::Session::Connected(_))
+        );
+        if connected {
+            self.done(
+                abi::TDH_SPDM_DISCONNECT,
+                SeamRegs {
+                    rcx: id,
+                    rdx: RESPONSE_HPA,
+                    r8: REQUEST_HPA,
+                    ..SeamRegs::default()
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     fn stage(&mut self, ranges: &[MmioRange]) -> TsmResult<()> {
         let list = RangeList::from_ranges(ranges).ok_or(Error::TooManyRanges)?;
         let bytes = list.bytes();
@@ -330,9 +502,11 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// TDH.SPDM.CREATE as Linux's `tdh_spdm_create` calls it (RCX the TDISP function ID,
     /// RDX a one-page HPA_ARRAY_T: a metadata page no SPDM id holds), then TSM.SPDM.BARS with
-    /// the BARs in the parameter page; a refused TSM.SPDM.BARS is undone with TDH.SPDM.DELETE,
-    /// so a refused create leaves nothing. The device is named by the core's handle the SPDM
-    /// id's record holds (the backend translates back for every leaf).
+    /// the BARs in the parameter page, then the link as Linux's `tdx_link_connect` sets it up
+    /// (CONNECT relayed, IDE stream create, KM SETUP); a refusal after TDH.SPDM.CREATE is
+    /// undone (the link torn down as `tdx_link_disconnect` does, then TDH.SPDM.DELETE), so a
+    /// refused create leaves nothing. The device is named by the core's handle the SPDM id's
+    /// record holds (the backend translates back for every leaf).
     fn create_device(&mut self, rid: RequesterId, bars: &[MmioRange]) -> TsmResult<DeviceId> {
         self.stage(bars)?;
         let page = self.free_spdm_page()?;
@@ -347,7 +521,13 @@ impl Backend for TdxBackend<'_, '_> {
             rdx: PARAM_HPA,
             ..SeamRegs::default()
         };
-        if let Err(e) = self.done(abi::TSM_SPDM_BARS, bars) {
+        let linked = self.done(abi::TSM_SPDM_BARS, bars).and_then(|()| {
+            self.connect(id)?;
+            let stream = self.stream_create(id, rid)?;
+            self.km(id, stream, platform_tdx::link::IDE_KM_SETUP)
+        });
+        if let Err(e) = linked {
+            self.disconnect(id)?;
             self.done(
                 abi::TDH_SPDM_DELETE,
                 SeamRegs {
@@ -363,9 +543,12 @@ impl Backend for TdxBackend<'_, '_> {
             .ok_or(Error::Inconsistent)
     }
 
-    /// TDH.SPDM.DELETE as Linux's `tdh_spdm_delete` calls it: RDX 0 (a one-page array).
+    /// Linux's `tdx_link_disconnect`: KM STOP (refused while the device has TDIs: the core's
+    /// `DeviceInUse`, nothing changed), BLOCK, DELETE, DISCONNECT, then TDH.SPDM.DELETE as
+    /// Linux's `tdh_spdm_delete` calls it: RDX 0 (a one-page array).
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()> {
         let rcx = self.spdm_id(device);
+        self.disconnect(rcx)?;
         self.done(
             abi::TDH_SPDM_DELETE,
             SeamRegs {
@@ -537,16 +720,31 @@ impl Backend for TdxBackend<'_, '_> {
         Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
     }
 
-    /// Ours: TSM.IDE.STREAM_SETUP.
+    /// The host's re-establishment of the device's IDE stream, as a TDX Connect host does it:
+    /// TDH.IDE.STREAM.KM SETUP, which re-keys the stream a forced unbind cut at the root port
+    /// (the firmware's `Tsm::setup_stream`: refused while a TDI of the device is bound). A
+    /// stream the host BLOCKed cannot be re-keyed: it is deleted and created again first
+    /// (scenarios never block one). A device no SPDM id holds: the SPDM id that names none,
+    /// `InvalidHandle`.
     fn setup_stream(&mut self, device: DeviceId) -> TsmResult<()> {
-        let out = self.seamcall(
-            abi::TSM_IDE_STREAM_SETUP,
-            SeamRegs {
-                rcx: self.spdm_id(device),
-                ..SeamRegs::default()
-            },
-        );
-        Self::outcome(abi::TSM_IDE_STREAM_SETUP, &out).map(drop)
+        let id = self.spdm_id(device);
+        let stream = match self.stream_of(id)? {
+            Some((stream, false)) => stream,
+            Some((stream, true)) => {
+                self.done(
+                    abi::TDH_IDE_STREAM_DELETE,
+                    SeamRegs {
+                        rcx: id,
+                        rdx: stream,
+                        ..SeamRegs::default()
+                    },
+                )?;
+                let rid = self.tsm.spdm(id)?.ok_or(Error::InvalidHandle)?.function;
+                self.stream_create(id, rid)?
+            }
+            None => id,
+        };
+        self.km(id, stream, platform_tdx::link::IDE_KM_SETUP)
     }
 
     /// TDH.MMIO.UNMAP.

@@ -1009,6 +1009,7 @@ fn misbehaviour_name(how: Option<Misbehaviour>) -> &'static str {
         Some(Misbehaviour::WrongVersion) => "wrong-version",
         Some(Misbehaviour::Refuse) => "refuse",
         Some(Misbehaviour::InconsistentReport) => "inconsistent-report",
+        Some(Misbehaviour::IgnoresReportingOffset) => "ignores-reporting-offset",
     }
 }
 

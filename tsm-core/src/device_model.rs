@@ -18,7 +18,7 @@ use crate::tdisp::report::{
 use crate::tdisp::requester::MAX_MESSAGE_BYTES;
 use crate::tdisp::{NONCE_SIZE, TDISP_VERSION_1_0, error_code, function_id};
 use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
-use zerocopy::little_endian::{U16, U32};
+use zerocopy::little_endian::{U16, U32, U64};
 
 /// The model DSM behind its DOE mailbox, with the device's end of the session: the device of
 /// host tests, the scenario suite and the QEMU boot. The host hands it relayed requests
@@ -79,6 +79,8 @@ pub enum Misbehaviour {
     Refuse,
     /// Sends report portions whose remainders do not add up.
     InconsistentReport,
+    /// Reports its ranges' host addresses without the MMIO_REPORTING_OFFSET of the LOCK.
+    IgnoresReportingOffset,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,8 @@ struct Interface {
     fid: u32,
     state: TdispState,
     nonce: [u8; NONCE_SIZE],
+    /// MMIO_REPORTING_OFFSET of the LOCK that locked the interface.
+    offset: u64,
     report: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES>,
 }
 
@@ -123,6 +127,10 @@ impl ModelDevice {
     /// answering: a real DSM drops such a record). A request it answered lately gets the same
     /// answer again, without being acted on twice.
     pub fn answer(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
+        // In the clear (DOE type 1): only version negotiation, answered beside the session.
+        if doe::decode(request, doe::TYPE_SPDM).is_ok() {
+            return relay::version::respond(request, response);
+        }
         let body = doe::decode(request, doe::TYPE_SECURED_SPDM).ok()?;
         let record = relay::record_of(&self.session, body).ok()?;
         let mut app = [0u8; MAX_RELAY_BYTES];
@@ -236,6 +244,7 @@ impl DsmModel {
                 fid,
                 state: TdispState::ConfigUnlocked,
                 nonce: [0; NONCE_SIZE],
+                offset: 0,
                 report: heapless::Vec::new(),
             };
             self.interfaces.push(fresh).ok()?;
@@ -274,7 +283,17 @@ impl DsmModel {
         }
     }
 
-    /// The ranges the device reports for `iface`.
+    /// The MMIO_REPORTING_OFFSET the interface's last LOCK carried (0 before any).
+    pub fn reporting_offset(&self, iface: InterfaceId) -> u64 {
+        let fid = fid_of(iface);
+        self.interfaces
+            .iter()
+            .find(|i| i.fid == fid)
+            .map_or(0, |i| i.offset)
+    }
+
+    /// The ranges the device reports for `iface`, as host addresses (the report adds the
+    /// LOCK's MMIO_REPORTING_OFFSET to each).
     pub fn report(&self, iface: InterfaceId) -> &[WireMmioRange] {
         let fid = fid_of(iface);
         self.interfaces
@@ -324,6 +343,7 @@ impl DsmModel {
         self.nonces_issued = self.nonces_issued.wrapping_add(1);
         let counter = self.nonces_issued;
         let inconsistent = self.misbehaviour_of(fid) == Some(Misbehaviour::InconsistentReport);
+        let no_offset = self.misbehaviour_of(fid) == Some(Misbehaviour::IgnoresReportingOffset);
         let i = self.interface(fid).ok_or(error_code::UNSPECIFIED)?;
         let refuse_state = Err(error_code::INVALID_INTERFACE_STATE);
         match req {
@@ -339,8 +359,9 @@ impl DsmModel {
                     num_req_all: 1,
                 })))
             }
-            Request::LockInterface(_) if i.state == TdispState::ConfigUnlocked => {
+            Request::LockInterface(p) if i.state == TdispState::ConfigUnlocked => {
                 i.state = TdispState::ConfigLocked;
+                i.offset = p.mmio_reporting_offset.get();
                 let mut nonce = [0u8; NONCE_SIZE];
                 for (k, b) in nonce.iter_mut().enumerate() {
                     *b = counter.to_le_bytes().get(k % 8).copied().unwrap_or(0) ^ (k as u8);
@@ -352,7 +373,18 @@ impl DsmModel {
                 if matches!(i.state, TdispState::ConfigLocked | TdispState::Run) =>
             {
                 let head = report_head(u32::try_from(i.report.len()).unwrap_or(0));
-                let total = encode_report(report_buf, &head, &i.report, &[])
+                // FIRST_PAGE is the host address plus the LOCK's offset (11.3.11), in the
+                // field's 64 bits: a (hostile) range the addition carries past them arrives
+                // wrapped, below the offset, and the firmware refuses it as malformed.
+                let offset = if no_offset { 0 } else { i.offset };
+                let mut shifted: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES> =
+                    heapless::Vec::new();
+                for r in &i.report {
+                    let mut r = *r;
+                    r.first_page = U64::new(r.first_page.get().wrapping_add(offset));
+                    shifted.push(r).map_err(|_| error_code::UNSPECIFIED)?;
+                }
+                let total = encode_report(report_buf, &head, &shifted, &[])
                     .map_err(|_| error_code::UNSPECIFIED)?;
                 let start = usize::from(r.offset.get()).min(total);
                 let end = start.saturating_add(usize::from(r.length.get())).min(total);

@@ -9,6 +9,7 @@ use crate::functions::DeviceFunctions;
 use crate::ids::{DeviceId, TdiId};
 use crate::lifecycle::{TdiState, TdispState};
 use crate::mmio::MmioRange;
+use crate::relay::REPORT_DIGEST_SIZE;
 use crate::status::{Error, Operand};
 use crate::tdisp::NONCE_SIZE;
 use crate::tdisp::report::ReportAssembler;
@@ -69,9 +70,22 @@ pub struct Tdi {
     pub device_state: Option<TdispState>,
     /// START_INTERFACE_NONCE of the device's last LOCK_INTERFACE_RESPONSE, while locked.
     pub nonce: Option<[u8; NONCE_SIZE]>,
+    /// MMIO_REPORTING_OFFSET of the device's last LOCK_INTERFACE_RESPONSE, while locked: the
+    /// report was parsed with it, and a guest's accept is checked against it.
+    pub mmio_offset: Option<u64>,
+    /// The session's digest of the report the bind took, while bound (the guest reads it).
+    pub report_digest: Option<[u8; REPORT_DIGEST_SIZE]>,
 }
 
 impl Tdi {
+    /// Forgets what the last LOCK gave: nonce, reporting offset, report digest (the interface
+    /// is unlocked, or may be).
+    pub fn forget_lock(&mut self) {
+        self.nonce = None;
+        self.mmio_offset = None;
+        self.report_digest = None;
+    }
+
     /// A fresh TDI of `device` for `iface`: unbound, nothing outstanding.
     pub const fn new(device: DeviceId, iface: InterfaceId) -> Self {
         Self {
@@ -82,6 +96,8 @@ impl Tdi {
             unlock_first: false,
             device_state: None,
             nonce: None,
+            mmio_offset: None,
+            report_digest: None,
         }
     }
 }

@@ -36,6 +36,7 @@
 //! | 0x30c | `HpaNotOwned` | the host page is not inside a range the TDI owns |
 //! | 0x30d | `BarInUse` | a BAR overlaps a BAR of another registered device |
 //! | 0x30e | `StreamCut` | bind on a device whose IDE stream a forced unbind cut: the host sets the stream up again first |
+//! | 0x30f | `ReportedAddressMismatch` | a guest accepts a private MMIO page naming a reported address (FIRST_PAGE plus page offset, MMIO_REPORTING_OFFSET included) other than the host page mapped there plus its TDI's offset: nothing changed |
 //! | 0x401 | `GpaAlreadyMapped` | the guest address already has a leaf |
 //! | 0x402 | `HpaAlreadyMapped` | the host page is already mapped |
 //! | 0x403 | `NotMapped` | no leaf at that guest address |
@@ -145,6 +146,7 @@ pub enum Error {
     HpaNotOwned,
     BarInUse,
     StreamCut,
+    ReportedAddressMismatch,
     GpaAlreadyMapped,
     HpaAlreadyMapped,
     NotMapped,
@@ -188,7 +190,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 52] = [
+    pub const ALL: [Error; 53] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -219,6 +221,7 @@ impl Error {
         Error::HpaNotOwned,
         Error::BarInUse,
         Error::StreamCut,
+        Error::ReportedAddressMismatch,
         Error::GpaAlreadyMapped,
         Error::HpaAlreadyMapped,
         Error::NotMapped,
@@ -276,6 +279,7 @@ impl Error {
             Error::HpaNotOwned => 0x30c,
             Error::BarInUse => 0x30d,
             Error::StreamCut => 0x30e,
+            Error::ReportedAddressMismatch => 0x30f,
             Error::GpaAlreadyMapped => 0x401,
             Error::HpaAlreadyMapped => 0x402,
             Error::NotMapped => 0x403,

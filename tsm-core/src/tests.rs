@@ -3,6 +3,7 @@
 use crate::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS_PER_DEVICE, UNBIND_OPS_PER_CALL};
 use crate::device_model::{DeviceEvent, ModelDevice};
 use crate::mem_table::MemTable;
+use crate::tdisp::report;
 use crate::*;
 
 type T = crate::relay::host::Relayed<MemTable<256>>;
@@ -1579,4 +1580,254 @@ fn the_owner_of_a_page_is_the_bound_tdi_whose_report_holds_it() {
     );
     tsm.unbind(w.t0).unwrap();
     assert_eq!(tsm.owner_of(hpa(BAR), PageSize::Size4K), Ok(None));
+}
+
+// ---- the MMIO reporting offset, the guest's accept and reads ----------------------------
+
+/// The offset a TDI's last LOCK carried, as the firmware keeps it and as the device got it.
+fn lock_offset(w: &World, t: TdiId) -> u64 {
+    let record = w.tsm.tdi(t).unwrap();
+    let kept = record.mmio_offset.unwrap();
+    let got = w
+        .tsm
+        .with_device(|d| d.dsm().reporting_offset(record.iface))
+        .unwrap();
+    assert_eq!(kept, got, "the device adds the offset the firmware keeps");
+    kept
+}
+
+#[test]
+fn every_lock_gets_its_own_reporting_offset_within_the_documented_bounds() {
+    let w = world();
+    let tsm = &w.tsm;
+    let mut seen = std::vec::Vec::new();
+    for _ in 0..3 {
+        bind(tsm, w.t0, w.g1, &[range(BAR, 512)]).unwrap();
+        bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 16)]).unwrap();
+        for t in [w.t0, w.t1] {
+            let offset = lock_offset(&w, t);
+            assert_eq!(offset % 0x1000, 0, "4 KiB aligned: {offset:#x}");
+            assert!(offset >= 1 << 52, "never a physical address: {offset:#x}");
+            assert!(offset < 1 << 62, "no addition can overflow: {offset:#x}");
+            assert!(!seen.contains(&offset), "{offset:#x} repeats");
+            seen.push(offset);
+            // Parsed with it: the TDI owns the host pages, not the reported addresses.
+            assert!(tsm.owned_ranges(t).unwrap()[0].base().as_u64() < 1 << 52);
+        }
+        assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+        assert_eq!(tsm.unbind(w.t1), Ok(Completion::Done));
+        for t in [w.t0, w.t1] {
+            let r = tsm.tdi(t).unwrap();
+            assert_eq!(
+                (r.mmio_offset, r.report_digest, r.nonce),
+                (None, None, None)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_device_that_reports_without_the_offset_is_refused_and_nothing_changes() {
+    let w = world();
+    let tsm = &w.tsm;
+    tsm.with_device(|d| {
+        d.link_mut().set_misbehaviour(
+            rid(3, 0),
+            Some(device_model::Misbehaviour::IgnoresReportingOffset),
+        )
+    })
+    .unwrap();
+    refused(tsm, Error::DeviceMalformed, || {
+        bind(tsm, w.t0, w.g1, &[range(BAR, 4)])
+    });
+    let r = tsm.tdi(w.t0).unwrap();
+    assert_eq!((r.state, r.mmio_offset), (TdiState::Unbound, None));
+    // The same device behaving binds.
+    tsm.with_device(|d| d.link_mut().set_misbehaviour(rid(3, 0), None))
+        .unwrap();
+    bind(tsm, w.t0, w.g1, &[range(BAR, 4)]).unwrap();
+}
+
+#[test]
+fn a_report_that_wraps_with_the_offset_is_malformed() {
+    let w = world();
+    let tsm = &w.tsm;
+    // The device's 64-bit FIRST_PAGE wraps once the offset is added: below the offset.
+    let wild = report::wire_range(0xffff_ffff_ffff_f000, 1, 0, 0);
+    tsm.with_device(|d| d.link_mut().set_report(rid(3, 0), &[wild]))
+        .unwrap();
+    refused(tsm, Error::DeviceMalformed, || tsm.bind(w.t0, w.g1));
+}
+
+/// The guest's accept of the page at `gpa` naming `reported`: the check's verdict on the
+/// page the table maps there (the model table has no pending state to change).
+fn accept(w: &World, guest: GuestId, at: u64, reported: u64) -> TsmResult<()> {
+    let g = gpa(at);
+    w.tsm
+        .guest_accept(guest, g, |t, check| {
+            let leaf = SecureTable::leaf(t, guest, g).ok_or(Error::NotMapped)?;
+            check.check(leaf.hpa, leaf.size, reported)
+        })
+        .and_then(|r| r)
+}
+
+#[test]
+fn the_guest_accepts_a_page_only_where_its_report_puts_it() {
+    let w = bound(4);
+    let tsm = &w.tsm;
+    let offset = lock_offset(&w, w.t0);
+    for i in 0..4 {
+        let reported = BAR + i * 0x1000 + offset;
+        assert_eq!(accept(&w, w.g1, GPA + i * 0x1000, reported), Ok(()));
+        // Another page of the same report, the host address, the offset of another bind:
+        // each refused, nothing changed.
+        for wrong in [reported + 0x1000, BAR + i * 0x1000, reported ^ (1 << 40)] {
+            refused(tsm, Error::ReportedAddressMismatch, || {
+                accept(&w, w.g1, GPA + i * 0x1000, wrong)
+            });
+        }
+    }
+    // Another guest's page, an unknown guest, a page with no leaf (the platform refuses).
+    refused(tsm, Error::NotMapped, || {
+        accept(&w, w.g2, GPA, BAR + offset)
+    });
+    refused(tsm, Error::NotMapped, || {
+        accept(&w, w.g1, GPA + 0x10_0000, BAR + offset)
+    });
+    refused(tsm, Error::InvalidHandle, || {
+        accept(&w, GuestId::from_slot(9), GPA, BAR + offset)
+    });
+    // A TDI in ERROR is no longer accepted into: the guest must not take its MMIO.
+    tsm.device_error(w.t0).unwrap();
+    refused(tsm, Error::TdiInError, || {
+        accept(&w, w.g1, GPA, BAR + offset)
+    });
+}
+
+#[test]
+fn the_check_refuses_a_page_outside_the_tdis_ranges_and_without_an_owner() {
+    let w = bound(1);
+    let offset = lock_offset(&w, w.t0);
+    w.tsm
+        .guest_accept(w.g1, gpa(GPA), |_, check| {
+            // A page past the TDI's 2 MiB, even one whose address matches.
+            let outside = BAR + 0x20_0000;
+            assert_eq!(
+                check.check(hpa(outside), PageSize::Size4K, outside + offset),
+                Err(Error::HpaNotOwned)
+            );
+        })
+        .unwrap();
+    w.tsm
+        .guest_accept(w.g1, gpa(GPA + 0x1000), |_, check| {
+            assert_eq!(
+                check.check(hpa(BAR), PageSize::Size4K, BAR + offset),
+                Err(Error::HpaNotOwned),
+                "no leaf at the address: no owner to check against"
+            );
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_guest_reads_its_own_tdi_only() {
+    let w = bound(0);
+    let tsm = &w.tsm;
+    let offset = lock_offset(&w, w.t0);
+    assert_eq!(
+        tsm.guest_read(w.g1, w.t0, GuestField::TdispVersion),
+        Ok(0x10)
+    );
+    assert_eq!(
+        tsm.guest_read(w.g1, w.t0, GuestField::TdispState),
+        Ok(TdispState::ConfigLocked as u64)
+    );
+    assert_eq!(
+        tsm.guest_read(w.g1, w.t0, GuestField::ReportedRange(0)),
+        Ok(BAR + offset)
+    );
+    // The digest is the session's digest of the report the device sent: the guest hashes
+    // the report it reads (the device's, offset included) and compares.
+    let report = {
+        let mut buf = [0u8; report::MAX_REPORT_BYTES];
+        let ranges = [report::wire_range(BAR + offset, 512, 0, 0)];
+        let n = report::encode_report(&mut buf, &report::report_head(1), &ranges, &[]).unwrap();
+        buf[..n].to_vec()
+    };
+    let digest = ModelSession::model().report_digest(&report);
+    for word in 0..6u8 {
+        let at = usize::from(word) * 8;
+        let want = u64::from_le_bytes(digest[at..at + 8].try_into().unwrap());
+        assert_eq!(
+            tsm.guest_read(w.g1, w.t0, GuestField::ReportDigest(word)),
+            Ok(want)
+        );
+    }
+    let fields = [
+        GuestField::TdispVersion,
+        GuestField::TdispState,
+        GuestField::ReportDigest(0),
+        GuestField::ReportedRange(0),
+    ];
+    for field in fields {
+        refused(tsm, Error::NotOwner, || tsm.guest_read(w.g2, w.t0, field));
+        refused(tsm, Error::TdiNotBound, || {
+            tsm.guest_read(w.g1, w.t1, field)
+        });
+        refused(tsm, Error::InvalidHandle, || {
+            tsm.guest_read(w.g1, TdiId::from_slot(60), field)
+        });
+        refused(tsm, Error::InvalidHandle, || {
+            tsm.guest_read(GuestId::from_slot(9), w.t0, field)
+        });
+    }
+    refused(tsm, Error::InvalidRange, || {
+        tsm.guest_read(w.g1, w.t0, GuestField::ReportDigest(6))
+    });
+    refused(tsm, Error::InvalidRange, || {
+        tsm.guest_read(w.g1, w.t0, GuestField::ReportedRange(1))
+    });
+}
+
+/// The platform's stream cut (`Tsm::cut_stream`, TDX TDH.IDE.STREAM.BLOCK): a bound TDI goes
+/// to ERROR and the host may then tear its leaves down itself; no TDI binds and the stream
+/// cannot be set up under a bound TDI; a second cut changes nothing; after the TDI's unbind,
+/// `setup_stream` makes the stream live and the TDI binds again.
+#[test]
+fn cut_stream_is_the_forced_cut_without_an_unbind() {
+    let w = bound(2);
+    let tsm = &w.tsm;
+    assert_eq!(tsm.cut_stream(w.dev), Ok(()));
+    assert_eq!(tsm.device(w.dev).unwrap().stream, IdeStream::Cut);
+    assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
+    assert!(tsm.tdi(w.t0).unwrap().unlock_first);
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.cut_stream(w.dev), Ok(()));
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        before,
+        "a second cut changed something"
+    );
+    refused(tsm, Error::StreamCut, || {
+        bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 16)])
+    });
+    refused(tsm, Error::TdiBound, || tsm.setup_stream(w.dev));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.cut_stream(DeviceId::from_slot(7))
+    });
+    // The device can no longer reach the guest: the host removes a leaf itself.
+    assert_eq!(tsm.host_block(w.g1, gpa(GPA), PageSize::Size4K), Ok(()));
+    assert_eq!(tsm.host_track(w.g1), Ok(Completion::Done));
+    assert_eq!(
+        tsm.host_unmap(w.g1, gpa(GPA), PageSize::Size4K),
+        Ok(hpa(BAR))
+    );
+    let mut done = tsm.unbind_forced(w.t0);
+    while done == Ok(Completion::Resumable) {
+        done = tsm.unbind_forced(w.t0);
+    }
+    assert_eq!(done, Ok(Completion::Done));
+    assert_eq!(tsm.setup_stream(w.dev), Ok(()));
+    assert_eq!(tsm.device(w.dev).unwrap().stream, IdeStream::Live);
+    assert_eq!(bind(tsm, w.t0, w.g1, &[range(BAR, 512)]), Ok(()));
 }

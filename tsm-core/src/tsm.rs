@@ -15,6 +15,7 @@ use crate::capacity::{
 };
 use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::functions::DeviceFunctions;
+use crate::guest::{AcceptCheck, GuestField};
 use crate::ids::{DeviceId, GuestId, RequesterId, TdiId};
 use crate::lifecycle::{Event, TdiState, TdispState, UnbindStep, transition};
 use crate::mmio::{MmioRange, any_overlap};
@@ -355,7 +356,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             BindStep::Lock | BindStep::Report { .. } | BindStep::Undo { .. }
         ) {
             record.unlock_first = true;
-            record.nonce = None;
+            record.forget_lock();
         }
         if dev.report_read.as_ref().is_some_and(|r| r.tdi == tdi) {
             dev.report_read = None;
@@ -685,35 +686,67 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         // Nothing the device says can matter any more: every exchange of the TDI (and, when
         // the stream is cut now, of the device) is dropped, and late answers do not open.
         record.exchange = None;
-        record.nonce = None;
+        record.forget_lock();
         record.unlock_first = true;
         if cut {
-            dev.stream = IdeStream::Cut;
-            for other in others.iter_mut().filter_map(|g| g.as_mut()) {
-                if let Some(Exchange {
-                    op: DeviceOp::Bind { step, .. },
-                    ..
-                }) = other.exchange
-                {
-                    let id = dev
-                        .tdis
-                        .iter()
-                        .find(|(_, i)| *i == other.iface)
-                        .map(|(t, _)| *t);
-                    if let Some(id) = id {
-                        Self::abandon_bind(dev, id, other, step);
-                    }
-                }
-                // Only an unbind waiting for STOP keeps its exchange: STOP can still land.
-                if !matches!(other.exchange.map(|e| e.op), Some(DeviceOp::Stop { .. })) {
-                    other.exchange = None;
-                }
-                other.unlock_first = true;
-                // Locked and Run go to ERROR; ERROR and unbinding stay; unbound stays unbound.
-                other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
-            }
+            Self::cut(dev, &mut others);
         }
         Self::run_unbind(&mut locks, tdi, record, owner, step, None)
+    }
+
+    /// Cuts `dev`'s IDE stream at the root port ([`IdeStream::Cut`]) with `others`, the
+    /// device's TDIs the caller locked (every one but a TDI being force-unbound): each bound
+    /// one goes to ERROR, its exchanges are dropped (an unbind waiting for STOP keeps its own)
+    /// and its interface is unlocked first at its next bind; a bind waiting is abandoned. The
+    /// one cut [`Tsm::unbind_forced`] and [`Tsm::cut_stream`] share.
+    fn cut(dev: &mut Device, others: &mut [SlotGuard<'_, Tdi>]) {
+        dev.stream = IdeStream::Cut;
+        for other in others.iter_mut().filter_map(|g| g.as_mut()) {
+            if let Some(Exchange {
+                op: DeviceOp::Bind { step, .. },
+                ..
+            }) = other.exchange
+            {
+                let id = dev
+                    .tdis
+                    .iter()
+                    .find(|(_, i)| *i == other.iface)
+                    .map(|(t, _)| *t);
+                if let Some(id) = id {
+                    Self::abandon_bind(dev, id, other, step);
+                }
+            }
+            // Only an unbind waiting for STOP keeps its exchange: STOP can still land.
+            if !matches!(other.exchange.map(|e| e.op), Some(DeviceOp::Stop { .. })) {
+                other.exchange = None;
+            }
+            other.unlock_first = true;
+            // Locked and Run go to ERROR; ERROR and unbinding stay; unbound stays unbound.
+            other.state = transition(other.state, Event::DeviceError).unwrap_or(other.state);
+        }
+    }
+
+    /// The platform cuts `device`'s IDE stream itself (TDX: TDH.IDE.STREAM.BLOCK, or the key
+    /// STOP of TDH.IDE.STREAM.KM): the cut of [`Tsm::unbind_forced`] without an unbind. Every
+    /// bound TDI of the device goes to ERROR (the host may then tear its leaves down:
+    /// [`Tsm::host_may_tear_down`]) and can be unbound, forced or not; no TDI of the device
+    /// can be bound (`StreamCut`) until [`Tsm::setup_stream`]. A stream already cut stays so
+    /// and nothing changes.
+    ///
+    /// Locks: device, every TDI of the device, all taken before anything changes.
+    pub fn cut_stream(&self, device: DeviceId) -> TsmResult<()> {
+        let mut dev_slot = self.devices.lock(device.slot())?;
+        let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let mut tdis: heapless::Vec<_, MAX_TDIS_PER_DEVICE> = heapless::Vec::new();
+        for &(tdi, _) in dev.tdis.iter() {
+            // Cannot fail: the device lists at most MAX_TDIS_PER_DEVICE TDIs.
+            tdis.push(self.tdis.lock(tdi.slot())?)
+                .map_err(|_| Error::Inconsistent)?;
+        }
+        if dev.stream == IdeStream::Live {
+            Self::cut(dev, &mut tdis);
+        }
+        Ok(())
     }
 
     /// The host has re-established the device's IDE stream (key programming) after a forced
@@ -749,6 +782,110 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     }
 
     // ---- the device's answers -----------------------------------------------------------
+
+    /// A field of `tdi` for its owner `guest` (TDX: TDG.DEVIF.RD). Refused, changing nothing:
+    /// an unknown TDI or guest (`InvalidHandle`), an unbound TDI (`TdiNotBound`), another
+    /// guest's (`NotOwner`); the report's fields only while the TDI is locked or running
+    /// (`TdiInError`, `UnbindInProgress`), and `InvalidRange` for a digest word or range
+    /// index past the end.
+    ///
+    /// Locks: guest, TDI, ownership (one at a time).
+    pub fn guest_read(&self, guest: GuestId, tdi: TdiId, field: GuestField) -> TsmResult<u64> {
+        self.guest(guest)?;
+        let record = self.tdi(tdi)?;
+        Self::guest_owns(
+            &record,
+            guest,
+            matches!(field, GuestField::TdispVersion | GuestField::TdispState),
+        )?;
+        match field {
+            GuestField::TdispVersion => Ok(u64::from(TDISP_VERSION_1_0)),
+            GuestField::TdispState => Ok(record.state.tdisp() as u64),
+            GuestField::ReportDigest(word) => {
+                let digest = record.report_digest.ok_or(Error::Inconsistent)?;
+                let at = usize::from(word)
+                    .checked_mul(8)
+                    .ok_or(Error::InvalidRange)?;
+                let bytes = digest
+                    .get(at..at.saturating_add(8))
+                    .ok_or(Error::InvalidRange)?;
+                let bytes: [u8; 8] = bytes.try_into().map_err(|_| Error::InvalidRange)?;
+                Ok(u64::from_le_bytes(bytes))
+            }
+            GuestField::ReportedRange(index) => {
+                let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
+                let ranges = self.owned_ranges(tdi)?;
+                let range = ranges.get(usize::from(index)).ok_or(Error::InvalidRange)?;
+                range
+                    .base()
+                    .as_u64()
+                    .checked_add(offset)
+                    .ok_or(Error::Inconsistent)
+            }
+        }
+    }
+
+    /// Whether `guest` may read or accept through `record`: its owner, and (unless
+    /// `any_bound_state`) locked or running.
+    fn guest_owns(record: &Tdi, guest: GuestId, any_bound_state: bool) -> TsmResult<()> {
+        match record.state.owner() {
+            None => return Err(Error::TdiNotBound),
+            Some(owner) if owner != guest => return Err(Error::NotOwner),
+            Some(_) => {}
+        }
+        match record.state {
+            _ if any_bound_state => Ok(()),
+            TdiState::Locked { .. } | TdiState::Run { .. } => Ok(()),
+            TdiState::Error { .. } => Err(Error::TdiInError),
+            TdiState::Unbinding { .. } => Err(Error::UnbindInProgress),
+            TdiState::Unbound => Err(Error::TdiNotBound),
+        }
+    }
+
+    /// The guest accepts the private MMIO page its secure table maps at `gpa`: the rule every
+    /// platform's accept follows. The core finds the bound TDI owning the host page mapped
+    /// there, checks that it is `guest`'s and locked or running, and runs the platform's
+    /// `accept` on the secure table with an [`AcceptCheck`] of that TDI's
+    /// MMIO_REPORTING_OFFSET and ranges, all under the TDI's lock (so the TDI cannot unbind
+    /// meanwhile) and the table's (so the entry cannot change between the platform's check
+    /// and its update). `accept` makes its own entry checks first, then
+    /// [`AcceptCheck::check`]s the host page of the entry against what the guest read from
+    /// the report, and only then changes the entry; its refusals change nothing.
+    ///
+    /// With no leaf at `gpa` the check has no owner (it refuses every page) and `accept`
+    /// refuses on its own. Refused before `accept` runs, changing nothing: unknown guest
+    /// (`InvalidHandle`), the owner another guest (`NotOwner`), the TDI in ERROR
+    /// (`TdiInError`) or being unbound (`UnbindInProgress`).
+    ///
+    /// Locks: guest, secure table, ownership (each briefly), then TDI, ownership, secure table.
+    pub fn guest_accept<R>(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        accept: impl FnOnce(&mut T, &AcceptCheck) -> R,
+    ) -> TsmResult<R> {
+        self.guest(guest)?;
+        let owner = match self.leaf(guest, gpa)? {
+            Some(leaf) => self.owner_of(leaf.hpa, leaf.size)?,
+            None => None,
+        };
+        let slot = match owner {
+            Some(tdi) => Some((tdi, self.tdis.lock(tdi.slot())?)),
+            None => None,
+        };
+        let check = match &slot {
+            Some((tdi, guard)) => {
+                // The owner was just looked up under the ownership lock: its record exists.
+                let record = guard.as_ref().ok_or(Error::Inconsistent)?;
+                Self::guest_owns(record, guest, false)?;
+                let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
+                AcceptCheck::of(offset, self.owned_ranges(*tdi)?)
+            }
+            None => AcceptCheck::no_owner(),
+        };
+        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        Ok(accept(&mut table, &check))
+    }
 
     /// The request of `tdi`'s outstanding exchange, framed again at `out`: the same bytes the
     /// call that sent it returned, for a host that lost them (TDX: TDH.DEVIF.REQUEST). Its
@@ -891,6 +1028,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     }
                     (BindStep::Lock, Ok(Response::Lock(nonce))) => {
                         record.nonce = Some(nonce);
+                        record.mmio_offset = Some(transport.reporting_offset(record.iface, &ex)?);
                         Ok(Some(BindStep::Report { offset: 0 }))
                     }
                     (BindStep::Report { offset }, Ok(Response::Report { portion, remainder })) => {
@@ -908,6 +1046,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                         target,
                         &self.reserved,
                         &mut locks,
+                        &transport,
                     ) {
                         Ok(()) => return Ok(Completion::Done),
                         Err(e) => Err(e),
@@ -987,7 +1126,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 record.exchange = None;
                 stopped?;
-                record.nonce = None;
+                record.forget_lock();
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
                 Self::run_unbind(&mut locks, tdi, record, owner, UnbindStep::Stop, None)
             }
@@ -1093,14 +1232,19 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         (guest, serial): (GuestId, u64),
         reserved: &ReservedMemory,
         locks: &mut UnbindLocks<'_, T>,
+        transport: &Requester<S>,
     ) -> TsmResult<()> {
-        let reported = {
+        // The LOCK that this report answers gave the offset: a bind past LOCK always has one.
+        let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
+        let (reported, digest) = {
             let read = dev
                 .report_read
                 .as_ref()
                 .filter(|r| r.tdi == tdi)
                 .ok_or(Error::Inconsistent)?;
-            DeviceInterfaceReport::parse(read.report.bytes(), 0)?.reported_ranges()
+            let bytes = read.report.bytes();
+            let parsed = DeviceInterfaceReport::parse(bytes, offset)?;
+            (parsed.reported_ranges(), transport.report_digest(bytes))
         };
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
@@ -1123,6 +1267,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record.state = next;
         record.exchange = None;
         record.unlock_first = false;
+        record.report_digest = Some(digest);
         dev.report_read = None;
         Ok(())
     }

@@ -1119,8 +1119,8 @@ fn valid_report() -> impl Strategy<Value = ValidReport> {
 }
 
 /// What `parse` must say of the ranges in `b` (the first `n` after the head): each range in
-/// report order is checked for an address below the offset or past the limit
-/// (`InvalidRange`), alignment (`Misaligned`), emptiness and running past the limit
+/// report order is checked for an address below the offset (`DeviceMalformed`: the device
+/// did not add it) or past the limit (`InvalidRange`), alignment (`Misaligned`), emptiness and running past the limit
 /// (`InvalidRange`); then any two sharing a byte are `RangesOverlap`.
 fn ranges_verdict(b: &[u8], n: usize, offset: u64) -> Expect<Error> {
     let mut spans = Vec::new();
@@ -1128,7 +1128,7 @@ fn ranges_verdict(b: &[u8], n: usize, offset: u64) -> Expect<Error> {
         let at = REPORT_HEAD + i * RANGE_SIZE;
         let (first, pages) = (get_u64(b, at), u64::from(get_u32(b, at + 8)));
         let Some(base) = first.checked_sub(offset) else {
-            return Expect::Refuse(Error::InvalidRange);
+            return Expect::Refuse(Error::DeviceMalformed);
         };
         if base >= PHYS_ADDR_LIMIT {
             return Expect::Refuse(Error::InvalidRange);
@@ -1267,7 +1267,7 @@ fn mutate_report(v: &ValidReport, m: &Mutation) -> (String, Vec<u8>, Expect<Erro
                 }
                 "below offset" => {
                     put(&mut b, first_at, &(value % v.offset).to_le_bytes());
-                    Expect::Refuse(Error::InvalidRange)
+                    Expect::Refuse(Error::DeviceMalformed)
                 }
                 "move" => {
                     // Anywhere it fits below the limit: valid unless it lands on another range.

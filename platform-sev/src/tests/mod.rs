@@ -1910,6 +1910,9 @@ fn guest_validates_its_mmio() {
     let mut info = msg::TdiInfoRsp::new_zeroed();
     w.mem.read(MEM + 0x2060, info.as_mut_bytes()).unwrap();
     assert_eq!(info.tdi_status.get(), 1);
+    // The report digest is the one the core keeps for the bind.
+    let kept = w.sev.tsm().tdi(w.tdi()).unwrap().report_digest.unwrap();
+    assert_eq!(info.interface_report_digest, kept);
 }
 
 #[test]
@@ -2771,4 +2774,57 @@ fn forced_unbind_cuts_the_stream_until_reconnect() {
     ok(w.cmd(&dev_disconnect()));
     ok(w.cmd(&dev_connect()));
     ok(w.cmd(&tdi_bind(GCTX)));
+}
+
+/// MMIO_VALIDATE names pages in the report's terms (range, page offset in it: no reporting
+/// offset travels in the message); every page the RMP assigns at the subrange's guest
+/// addresses is checked against the report through the core's rule, the TDI's
+/// MMIO_REPORTING_OFFSET included. A host that swapped two pages of a range gets the
+/// guest's validation refused (NOT_MAPPED) with nothing changed; the page the report puts
+/// there validates.
+#[test]
+fn validate_refuses_pages_the_host_mapped_where_the_report_does_not_put_them() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    // Range 1, pages 1 and 2, mapped swapped.
+    ok(w.cmd(&mmio_map(
+        GPA + 0x20_1000,
+        BAR + 0x20_2000,
+        abi::MMIO_SIZE_4K,
+    )));
+    ok(w.cmd(&mmio_map(
+        GPA + 0x20_2000,
+        BAR + 0x20_1000,
+        abi::MMIO_SIZE_4K,
+    )));
+    let v = msg::VALIDATE_FLAG_VALIDATED;
+    for req in [
+        validate_req(1, 1, 1, GPA + 0x20_1000, v),
+        validate_req(1, 2, 1, GPA + 0x20_2000, v),
+        validate_req(1, 0, 3, GPA + 0x20_0000, v),
+    ] {
+        let rsp: msg::MmioValidateRsp =
+            refused_in_answer(&mut w, GCTX, msg::MSG_MMIO_VALIDATE_REQ, req.as_bytes());
+        assert_eq!(rsp.status.get(), Mv::NotMapped as u16, "{req:?}");
+    }
+    // Where the host put them is where their report positions say they are not: the
+    // report's page 2 is at the first address, page 1 at the second.
+    let (o, rsp) = w.validate(GCTX, validate_req(1, 2, 1, GPA + 0x20_1000, v));
+    ok(o);
+    assert_eq!(rsp.status.get(), 0);
+    let (o, rsp) = w.validate(GCTX, validate_req(1, 1, 1, GPA + 0x20_2000, v));
+    ok(o);
+    assert_eq!(rsp.status.get(), 0);
+    // The core's own reading of the report: FIRST_PAGE of range 1 is its host base plus the
+    // bind's offset, which lies past every physical address.
+    let tdi = w.tdi();
+    let g = w.guest(GCTX);
+    let first = w
+        .sev
+        .tsm()
+        .guest_read(g, tdi, tsm_core::GuestField::ReportedRange(1))
+        .unwrap();
+    let offset = w.sev.tsm().tdi(tdi).unwrap().mmio_offset.unwrap();
+    assert_eq!(first, BAR + 0x20_0000 + offset);
+    assert!(offset >= 1 << 52);
 }

@@ -16,8 +16,9 @@ pub mod doe;
 pub mod host;
 pub mod session;
 pub mod spdm;
+pub mod version;
 
-pub use session::{Direction, ModelSession, RecordContext, SecureSession};
+pub use session::{Direction, ModelSession, REPORT_DIGEST_SIZE, RecordContext, SecureSession};
 
 use crate::tdisp::requester::MAX_MESSAGE_BYTES;
 

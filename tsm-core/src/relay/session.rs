@@ -54,7 +54,23 @@ pub trait SecureSession {
     /// The length of the record that starts `bytes`, from its header (`None`: too short to
     /// tell). What follows it in a DOE object may only be padding.
     fn record_len(&self, bytes: &[u8]) -> Option<usize>;
+    /// 64 bits the host can neither predict nor choose, for the LOCK_INTERFACE request whose
+    /// records are bound to `ctx`: the core shapes them into that LOCK's
+    /// MMIO_REPORTING_OFFSET ([`crate::tdisp::reporting_offset`]). `ctx.seq` never repeats in
+    /// the session, so neither does the input. A real platform derives them with its session
+    /// KDF from the session secret (or takes them from its RNG and keeps them per sequence
+    /// number); the same `ctx` must always give the same bits, since a re-sent LOCK is the
+    /// request first sent.
+    fn lock_secret(&self, ctx: &RecordContext) -> u64;
+    /// The digest of an interface report, as the guest computes it over the report it
+    /// reads (a real platform: the hash algorithm its SPDM session negotiated, SHA-384 for
+    /// the 48 bytes here, as SEV-TIO's TDI_INFO `interface_report_digest`).
+    fn report_digest(&self, report: &[u8]) -> [u8; REPORT_DIGEST_SIZE];
 }
+
+/// Bytes of an interface report digest (SHA-384; SEV-TIO doc 58271 Table 61,
+/// `interface_report_digest`, 48 bytes).
+pub const REPORT_DIGEST_SIZE: usize = 48;
 
 /// A session for tests and the model device, with DSP0277's record layout but a toy cipher
 /// and MAC (a keyed FNV-1a), so a test proves records are sealed, bound to their exchange and
@@ -220,4 +236,30 @@ impl SecureSession for ModelSession {
         let length = U16::read_from_bytes(bytes.get(12..HEADER)?).ok()?.get();
         HEADER.checked_add(usize::from(length))
     }
+
+    /// The keyed toy function of the session over the LOCK's context: not cryptography (a
+    /// host that knows the model key predicts it), like the rest of this session.
+    fn lock_secret(&self, ctx: &RecordContext) -> u64 {
+        let words = [dir_code(ctx.direction), ctx.seq, u64::from(ctx.function_id)];
+        self.mix(&words, LOCK_SECRET_SALT)
+    }
+
+    /// Six keyed FNV-1a words over the report: not a cryptographic hash (collisions are easy
+    /// to make), only a stand-in with the real digest's size.
+    fn report_digest(&self, report: &[u8]) -> [u8; REPORT_DIGEST_SIZE] {
+        let mut out = [0u8; REPORT_DIGEST_SIZE];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = self.mix(&[report.len() as u64], REPORT_DIGEST_SALT | i as u64);
+            for &b in report {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            chunk.copy_from_slice(&h.to_le_bytes());
+        }
+        out
+    }
 }
+
+/// Salt of [`ModelSession`]'s LOCK secret (ours: keeps it apart from keystream and MAC words).
+const LOCK_SECRET_SALT: u64 = 0x10c4_0000_0000_0000;
+/// Salt of [`ModelSession`]'s report digest words (ours).
+const REPORT_DIGEST_SALT: u64 = 0xd1_0000_0000;

@@ -74,6 +74,37 @@ pub mod error_code {
     pub const INVALID_NONCE: u32 = 0x0102;
 }
 
+/// The MMIO_REPORTING_OFFSET (PCIe 6.x 11.3.9, LOCK_INTERFACE_REQUEST) the firmware sends
+/// with a LOCK, shaped from the session's secret bits for it
+/// ([`crate::relay::SecureSession::lock_secret`]); the device adds it to every FIRST_PAGE it
+/// reports (11.3.11). Constraints (ours), each with its reason:
+/// - 4 KiB aligned ([`REPORTING_OFFSET_MASK`] clears bits 11:0): FIRST_PAGE stays page
+///   aligned and a page's offset inside its range survives, so a guest adds page offsets to
+///   a reported address as it would to the host one;
+/// - at least 2^52 ([`REPORTING_OFFSET_FLOOR`], one past the widest physical address): a
+///   reported address is never a physical address, so a device that reports without the
+///   offset is caught (its addresses lie below the offset: `DeviceMalformed`);
+/// - below 2^62 (bits 63:62 clear): any physical address (< 2^52) plus it stays below 2^63,
+///   so the device's addition cannot overflow 64 bits (checked anyway on both sides).
+///
+/// 49 secret bits (61:12 less the floor's bit 52 always set) remain: the host, which relays
+/// only sealed records, can neither predict nor choose them.
+pub const fn reporting_offset(secret: u64) -> u64 {
+    (secret & REPORTING_OFFSET_MASK) | REPORTING_OFFSET_FLOOR
+}
+
+/// Bits of the secret an MMIO_REPORTING_OFFSET keeps: 61:12 (ours; see [`reporting_offset`]).
+pub const REPORTING_OFFSET_MASK: u64 = 0x3fff_ffff_ffff_f000;
+/// Every MMIO_REPORTING_OFFSET has bit 52 set: it is at least one past the widest physical
+/// address ([`crate::addr::PHYS_ADDR_LIMIT`]; ours).
+pub const REPORTING_OFFSET_FLOOR: u64 = crate::addr::PHYS_ADDR_LIMIT;
+
+const _: () = {
+    assert!(REPORTING_OFFSET_FLOOR & REPORTING_OFFSET_MASK == REPORTING_OFFSET_FLOOR);
+    // The largest offset is below 2^62: plus any physical address it stays below 2^63.
+    assert!(REPORTING_OFFSET_MASK.leading_zeros() >= 2);
+};
+
 /// START_INTERFACE_NONCE length (PCIe 6.x 11.3.10).
 pub const NONCE_SIZE: usize = 32;
 

@@ -97,7 +97,9 @@ impl DeviceInterfaceReport {
     /// Parses and validates `bytes`, a whole report. Addresses have `reporting_offset`
     /// (the MMIO_REPORTING_OFFSET sent with LOCK_INTERFACE) taken off.
     ///
-    /// `DeviceMalformed` when lengths do not add up or reserved bits are set, `TooManyRanges`,
+    /// `DeviceMalformed` when lengths do not add up or reserved bits are set, or a FIRST_PAGE
+    /// lies below the offset (the device did not add it: with the firmware's offsets, at
+    /// least 2^52, no address reported without it can pass), `TooManyRanges`,
     /// `Misaligned` (a first page not 4 KiB aligned), `InvalidRange` (empty or wrapping) and
     /// `RangesOverlap` for ranges the firmware will not trust.
     pub fn parse(bytes: &[u8], reporting_offset: u64) -> Result<Self, Error> {
@@ -123,7 +125,7 @@ impl DeviceInterfaceReport {
                 .first_page
                 .get()
                 .checked_sub(reporting_offset)
-                .ok_or(Error::InvalidRange)?;
+                .ok_or(Error::DeviceMalformed)?;
             let range = MmioRange::from_raw(base, u64::from(w.number_of_pages.get())).map_err(
                 |e| match e {
                     Error::InvalidAddress => Error::InvalidRange,

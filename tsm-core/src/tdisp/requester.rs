@@ -87,13 +87,12 @@ impl<S: SecureSession> Requester<S> {
                 BindStep::Capabilities => Request::GetCapabilities(CapabilitiesRequest {
                     tsm_caps: U32::new(0),
                 }),
-                // Addresses in the report are host physical addresses as they are: no
-                // reporting offset.
+                // The device reports every address plus this LOCK's own offset.
                 BindStep::Lock => Request::LockInterface(LockParams {
                     flags: U16::new(LOCK_FLAG_NO_FW_UPDATE),
                     default_stream_id: 0,
                     reserved: 0,
-                    mmio_reporting_offset: U64::new(0),
+                    mmio_reporting_offset: U64::new(self.reporting_offset_for(fid, ex)),
                     bind_p2p_address_mask: U64::new(0),
                 }),
                 BindStep::Report { offset } => Request::GetReport(ReportRequest {
@@ -115,6 +114,24 @@ impl<S: SecureSession> Requester<S> {
             relay::RelayError::BufferTooSmall => Error::RelayBufferTooSmall,
             _ => Error::Inconsistent,
         })
+    }
+
+    /// The MMIO_REPORTING_OFFSET of LOCK exchange `ex` with interface `iface`: derived in the
+    /// session from the exchange's sequence number, so it is the same for a re-sent LOCK and
+    /// differs between any two LOCKs of the session, of any TDIs.
+    pub(crate) fn reporting_offset(&self, iface: InterfaceId, ex: &Exchange) -> Result<u64, Error> {
+        let fid = function_id(iface).map_err(|_| Error::InvalidRequesterId)?;
+        Ok(self.reporting_offset_for(fid, ex))
+    }
+
+    fn reporting_offset_for(&self, fid: u32, ex: &Exchange) -> u64 {
+        let ctx = context(fid, ex, Direction::Request);
+        super::reporting_offset(self.session.lock_secret(&ctx))
+    }
+
+    /// The session's digest of `report` (what the guest reads back for its TDI).
+    pub(crate) fn report_digest(&self, report: &[u8]) -> [u8; crate::relay::REPORT_DIGEST_SIZE] {
+        self.session.report_digest(report)
     }
 
     /// Starts a new exchange `op` for `tdi`: a fresh sequence number, the request framed at

@@ -323,3 +323,45 @@ fn round_trips() {
         Err(WireError::BufferTooSmall)
     );
 }
+
+#[test]
+fn reporting_offsets_keep_their_documented_shape() {
+    for secret in [
+        0,
+        u64::MAX,
+        0x0010_0000_0000_0fff,
+        0xc000_0000_0000_0000,
+        0x1234_5678_9abc_def0,
+    ] {
+        let o = reporting_offset(secret);
+        assert_eq!(o % 0x1000, 0, "{secret:#x}");
+        assert!((1 << 52..1 << 62).contains(&o), "{secret:#x} -> {o:#x}");
+        // The largest physical page plus the offset never overflows.
+        assert!(
+            (crate::addr::PHYS_ADDR_LIMIT - 0x1000)
+                .checked_add(o)
+                .is_some()
+        );
+    }
+    // Different secrets give different offsets in every kept bit.
+    assert_ne!(reporting_offset(0x1000), reporting_offset(0x2000));
+    assert_ne!(reporting_offset(1 << 61), reporting_offset(0));
+}
+
+#[test]
+fn a_report_is_read_with_its_offset_and_refused_without_it() {
+    let offset = reporting_offset(0x5a5a_5a5a_5a5a_5a5a);
+    let host = 0x8000_0000;
+    let shifted = report_bytes(&[wire_range(host + offset, 4, 0, 0)], &[]);
+    let r = DeviceInterfaceReport::parse(&shifted, offset).unwrap();
+    assert_eq!(r.ranges[0].range, MmioRange::from_raw(host, 4).unwrap());
+    // The host address as it is (the device ignored the offset): below the offset.
+    let plain = report_bytes(&[wire_range(host, 4, 0, 0)], &[]);
+    assert_eq!(
+        DeviceInterfaceReport::parse(&plain, offset),
+        Err(Error::DeviceMalformed)
+    );
+    // Another bind's offset: the addresses land past every physical address, or below.
+    let other = reporting_offset(0x0101_0101_0101_0101);
+    assert!(DeviceInterfaceReport::parse(&shifted, other).is_err());
+}
