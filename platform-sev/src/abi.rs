@@ -29,11 +29,13 @@ pub const COMMAND_ALIGN: usize = 8;
 pub const PAGE_4K: u64 = 4096;
 
 /// The memory-encryption bit (C-bit) in a system physical address: bit 51, the position EPYC
-/// parts report in CPUID 0x8000001F EBX[5:0]. With SME active Linux sets it in every address
+/// parts report in CPUID 0x8000001F `EBX[5:0]`. With SME active Linux sets it in every address
 /// it hands the PSP (`__psp_pa` = `__sme_pa`, and `make_sla` `__sme_set`, AMDESE/linux-kvm
-/// @16f379f5 sev-dev-tio.c); the SEV-SNP firmware ABI (doc 56860) takes such addresses as
-/// sPA, whose C-bit the firmware ignores. Stripped once, where an address is decoded
-/// ([`strip_c_bit`]): the firmware's own tables and checks never see it.
+/// @16f379f5 sev-dev-tio.c), and the PSP accepts such addresses: the bit says how the page is
+/// reached (encrypted with the host's key), not which page it is. This model's memory is not
+/// encrypted, so the bit is stripped once, where an address is decoded ([`strip_c_bit`]), and
+/// the firmware's handles, checks and tables never see it. (The SEV-SNP ABI, doc 56860, calls
+/// these addresses sPA; its text on the C-bit was not at hand to quote.)
 pub const C_BIT: u64 = 1 << 51;
 
 /// An address the host passed, without the C-bit ([`C_BIT`]).
