@@ -32,7 +32,7 @@ use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tsm::Tsm;
 use tsm_core::{
     Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, InterfaceId, MmioRange,
-    PageSize, RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId, TdiState, TsmResult,
+    PageSize, RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -1604,28 +1604,17 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             .map_err(|_| Mv::NotReported)?;
         self.tsm
             .guest_accept(g.guest, gpa, |rmp, check| {
-                // The core's rule, page by page: each page the RMP assigns at the subrange's
-                // guest addresses is the one the report puts there. A page not assigned there
-                // at all is the RMP's own refusal below.
-                for i in 0..pages {
-                    let step = i.saturating_mul(abi::PAGE_4K);
-                    let Some(page_gpa) = gpa.checked_add(step) else {
-                        return Err(Mv::OutOfRange);
-                    };
-                    let Some(leaf) = rmp.leaf(g.guest, page_gpa) else {
-                        continue;
-                    };
-                    let within = page_gpa.as_u64().saturating_sub(leaf.gpa.as_u64());
-                    let host = leaf.hpa.checked_add(within).ok_or(Mv::NotMapped)?;
-                    let reported = offset
-                        .checked_add(i)
-                        .and_then(|p| p.checked_mul(abi::PAGE_4K))
-                        .and_then(|b| first.checked_add(b))
-                        .ok_or(Mv::OutOfRange)?;
-                    check
-                        .check(host, PageSize::Size4K, reported)
-                        .map_err(|_| Mv::NotMapped)?;
-                }
+                // The core's rule, once for the subrange: its first host page is the one the
+                // guest read in the report. The RMP walk below then holds every page of it to
+                // the subrange's guest addresses (a page assigned elsewhere: NOT_MAPPED), in
+                // one pass over the RMP entries of `[hpa, hpa + pages)`.
+                let reported = offset
+                    .checked_mul(abi::PAGE_4K)
+                    .and_then(|b| first.checked_add(b))
+                    .ok_or(Mv::OutOfRange)?;
+                check
+                    .check(hpa, PageSize::Size4K, reported)
+                    .map_err(|_| Mv::NotMapped)?;
                 rmp.validate(g.guest, hpa, gpa, pages, want, force)
                     .map_err(|f| match f {
                         ValidateFault::NotAssigned => Mv::NotAssigned,

@@ -243,6 +243,10 @@ struct tsm_tdx_dev_info {
 #define TDX_IDE_STREAM_HAS_DEVICE_INTERFACES 0xC0000F1F00000000ull
 #define TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY 0xC0000F2100000000ull
 #define TDX_IDE_STREAM_INVALID_STATE   0xC0000F2400000000ull
+#define TDX_IDE_STREAM_ADDR_OVERLAP    0xC0000F1B00000000ull
+#define TDX_IDE_STREAM_RID_OVERLAP     0xC0000F1C00000000ull
+/* TDH_MMIO_MAP of a page outside its device's IDE stream address association (+ R8). */
+#define TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE 0xC0000F4C00000000ull
 #define TDX_SPDM_INVALID_MESSAGE       0xC0000F4E00000000ull /* the module's TDX_SDPM_... */
 #define TSM_DEVICE_IN_USE              0xC000F02400000000ull
 /* A page already in use (a TD's TDR, a message page, SPDM metadata). */

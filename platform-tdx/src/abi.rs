@@ -746,14 +746,43 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         match tsm.owner_of(hpa, size) {
             Err(e) => Outcome::Core(Err(e)),
             Ok(None) => Outcome::Core(Err(Error::HpaNotOwned)),
-            Ok(Some(tdi)) => match tsm.map_mmio(tdi, td, gpa, hpa, size) {
-                // The owner was unbound (or unbound and removed) between the look-up and the
-                // map: the page is no bound TDI's any more.
-                Err(Error::TdiNotBound | Error::InvalidHandle) => {
-                    Outcome::Core(Err(Error::HpaNotOwned))
+            Ok(Some(tdi)) => {
+                // The module's check (`tdh_mmio_map.c` @1666adc4), after the owner's (which
+                // the core makes): the page's TEE traffic must use its device's IDE stream, so
+                // the page lies in the stream's address association.
+                let covered = tsm.tdi(tdi).and_then(|record| {
+                    if record.state.owner() != Some(td) {
+                        return Ok(true);
+                    }
+                    let spdm = self.fw.lock_spdm()?;
+                    Ok(crate::link::stream_of_device(&spdm, record.device)
+                        .is_some_and(|s| s.covers(hpa.as_u64(), size.bytes())))
+                });
+                match covered {
+                    // Removed since the look-up: the page is no bound TDI's any more.
+                    Err(Error::InvalidHandle) => return Outcome::Core(Err(Error::HpaNotOwned)),
+                    Err(e) => return Outcome::Core(Err(e)),
+                    Ok(false) => {
+                        return Outcome::Status(
+                            status::TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE | u64::from(OPERAND_ID_R8),
+                        );
+                    }
+                    Ok(true) => {}
                 }
-                r => r.into(),
-            },
+                self.map_owned(tdi, td, gpa, hpa, size)
+            }
+        }
+    }
+
+    /// The core's map of a page `tdi` owns (see [`Dispatcher::map_mmio`]).
+    fn map_owned(&self, tdi: TdiId, td: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize) -> Outcome {
+        match self.tsm.map_mmio(tdi, td, gpa, hpa, size) {
+            // The owner was unbound (or unbound and removed) between the look-up and the
+            // map: the page is no bound TDI's any more.
+            Err(Error::TdiNotBound | Error::InvalidHandle) => {
+                Outcome::Core(Err(Error::HpaNotOwned))
+            }
+            r => r.into(),
         }
     }
 

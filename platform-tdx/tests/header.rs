@@ -134,6 +134,9 @@ const TABLE: &[Entry] = &[
     same!(status::TDX_IDE_STREAM_HAS_DEVICE_INTERFACES),
     same!(status::TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY),
     same!(status::TDX_IDE_STREAM_INVALID_STATE),
+    same!(status::TDX_IDE_STREAM_ADDR_OVERLAP),
+    same!(status::TDX_IDE_STREAM_RID_OVERLAP),
+    same!(status::TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE),
     same!(status::TDX_SPDM_INVALID_MESSAGE),
     same!(status::TDX_PAGE_NOT_FREE),
     same!(status::TDX_TD_ASSOCIATED_PAGES_EXIST),
@@ -306,6 +309,8 @@ fn every_rust_leaf_status_and_operand_id_is_in_the_header() {
 /// The function-like macros use the Rust masks and shifts.
 #[test]
 fn header_macros_use_the_rust_masks() {
+    // The register block the C entry point takes, in `SeamRegs` order.
+    assert!(HEADER.contains("uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13, r14;"));
     let pfn = format!("{:#018X}", abi::HPA_ARRAY_PFN_MASK).replace("0X", "0x");
     assert!(
         HEADER.contains(&format!("{pfn}ull")),
