@@ -807,9 +807,11 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// Locks: guest, TDI, ownership (one at a time).
     pub fn guest_read(&self, guest: GuestId, tdi: TdiId, field: GuestField) -> TsmResult<u64> {
         self.guest(guest)?;
-        let record = self.tdi(tdi)?;
+        // The TDI stays locked to the end, so every field read comes from one bind.
+        let slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
         Self::guest_owns(
-            &record,
+            record,
             guest,
             matches!(field, GuestField::TdispVersion | GuestField::TdispState),
         )?;
@@ -829,8 +831,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             }
             GuestField::ReportedRange(index) => {
                 let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
-                let ranges = self.owned_ranges(tdi)?;
-                let range = ranges.get(usize::from(index)).ok_or(Error::InvalidRange)?;
+                // TDI, then ownership: the core's lock order.
+                let owners = try_lock(&self.owners, Operand::Ownership)?;
+                let range = owners.range_of(tdi, index).ok_or(Error::InvalidRange)?;
                 range
                     .base()
                     .as_u64()
