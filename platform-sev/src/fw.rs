@@ -1447,7 +1447,9 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let mut rsp = msg::TdiInfoRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
         if self.names(t, g, r.guest_device_id.get())? {
-            let status: u16 = match self.tsm.tdi(t.tdi)?.state {
+            // One copy of the record: state and digest from the same bind.
+            let record = self.tsm.tdi(t.tdi)?;
+            let status: u16 = match record.state {
                 TdiState::Locked { .. } => 1,
                 TdiState::Run { .. } => 2,
                 _ => 0,
@@ -1455,13 +1457,11 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             rsp.tdi_status = status.into();
             // The session's digest of the report the bind took, while locked or running.
             if status != 0 {
-                for (word, chunk) in rsp.interface_report_digest.chunks_mut(8).enumerate() {
-                    let word = u8::try_from(word).map_err(|_| SevStatus::INVALID_PARAM)?;
-                    let v = self
-                        .tsm
-                        .guest_read(g.guest, t.tdi, GuestField::ReportDigest(word))?;
-                    chunk.copy_from_slice(&v.to_le_bytes());
+                if record.state.owner() != Some(g.guest) {
+                    return Err(Error::NotOwner.into());
                 }
+                let digest = record.report_digest.ok_or(Error::Inconsistent)?;
+                rsp.interface_report_digest.copy_from_slice(&digest);
             }
             rsp.lock_flags = u32::from(t.lock_flags).into();
             rsp.tdi_report_count = t.reports.into();
