@@ -48,6 +48,28 @@ pub const TDX_SYSINIT_NOT_PENDING: u64 = 0xC000_0500_0000_0000;
 pub const TDX_SYS_NOT_READY: u64 = 0xC000_0505_0000_0000;
 /// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
 pub const TDX_TD_ASSOCIATED_PAGES_EXIST: u64 = 0xC000_0400_0000_0000;
+/// TDX_LIFECYCLE_STATE_INCORRECT: a teardown leaf out of the TD's lifecycle order (intel/tdx-module
+/// `include/auto_gen/tdx_error_codes_defs.h` @72d8cffb214b74ae94d75afce36423020f74b47c; no
+/// operand, as `tdh_mng_vpflushdone.c`, `tdh_mng_key_freeid.c`, `tdh_phymem_page_reclaim.c`).
+pub const TDX_LIFECYCLE_STATE_INCORRECT: u64 = 0xC000_0607_0000_0000;
+/// TDX_TD_KEYS_NOT_CONFIGURED: a leaf named a TD past TDH.MNG.VPFLUSHDONE (same header; no
+/// operand, as `check_td_in_correct_build_state` in `helpers.c` @72d8cffb).
+pub const TDX_TD_KEYS_NOT_CONFIGURED: u64 = 0x8000_0810_0000_0000;
+/// TDX_WBCACHE_NOT_COMPLETE: KEY.FREEID before a TDH.PHYMEM.CACHE.WB completed (same header).
+pub const TDX_WBCACHE_NOT_COMPLETE: u64 = 0x8000_0817_0000_0000;
+/// TDX_HKID_NOT_FREE: TDH.MNG.CREATE with an HKID a TD holds until KEY.FREEID (same header;
+/// no operand, as `tdh_mng_create.c`).
+pub const TDX_HKID_NOT_FREE: u64 = 0xC000_0820_0000_0000;
+/// TDX_NO_HKID_READY_TO_WBCACHE: a warning (no error bit): CACHE.WB start with no TD flushed
+/// (same header; Linux's `smp_func_do_phymem_cache_wb` takes it as done).
+pub const TDX_NO_HKID_READY_TO_WBCACHE: u64 = 0x0000_0821_0000_0000;
+/// TDX_WBCACHE_RESUME_ERROR: CACHE.WB resume with none interrupted (same header).
+pub const TDX_WBCACHE_RESUME_ERROR: u64 = 0xC000_0823_0000_0000;
+/// TDX_TD_HAS_ATTACHED_DEVICES: VPFLUSHDONE while a TDI is bound to the TD (intel/tdx-module
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h` @1666adc494dbea5db99895f37125a338c20bec5a;
+/// `tdh_mng_vpflushdone.c` there calls `check_no_tdx_io_device_attached`, whose body was not
+/// found: the status is the header's name for it, without an operand).
+pub const TDX_TD_HAS_ATTACHED_DEVICES: u64 = 0xC000_0F3A_0000_0000;
 /// TDX_EPT_WALK_FAILED (+ operand id); RDX holds the level the walk stopped at.
 pub const TDX_EPT_WALK_FAILED: u64 = 0xC000_0B00_0000_0000;
 /// TDX_EPT_ENTRY_NOT_FREE (+ operand id).
@@ -221,6 +243,9 @@ pub const OPERAND_ID_TDR: u32 = 128;
 pub const OPERAND_ID_SEPT_TREE: u32 = 146;
 /// The TD's TLB epoch.
 pub const OPERAND_ID_TD_EPOCH: u32 = 169;
+/// OPERAND_ID_WBCACHE: the platform's TDH.PHYMEM.CACHE.WB state, busy (intel/tdx-module
+/// `tdx_error_codes_defs.h` @72d8cffb: 188).
+pub const OPERAND_ID_WBCACHE: u32 = 188;
 /// The MMIO metadata table (TDX-IO).
 pub const OPERAND_ID_MMIOMT: u32 = 257;
 /// Ours: the device table as a whole.
@@ -415,7 +440,9 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
     let operand = u32::try_from(status & OPERAND_ID_MASK).ok()?;
     let is = |role: Option<u32>| role == Some(operand);
     let e = match status & CODE_MASK {
-        TDX_SUCCESS | TDX_PAGE_ALREADY_ACCEPTED => return Some(Ok(Completion::Done)),
+        TDX_SUCCESS | TDX_PAGE_ALREADY_ACCEPTED | TDX_NO_HKID_READY_TO_WBCACHE => {
+            return Some(Ok(Completion::Done));
+        }
         TDX_INTERRUPTED_RESUMABLE => return Some(Ok(Completion::Resumable)),
         TDX_SPDM_REQUEST => return Some(Ok(Completion::Relay(0))),
         TDX_OPERAND_ADDR_RANGE_ERROR => Error::InvalidAddress,
@@ -452,7 +479,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_TDI_IN_ERROR => Error::TdiInError,
         TSM_UNBIND_IN_PROGRESS => Error::UnbindInProgress,
         TSM_DEVICE_IN_USE => Error::DeviceInUse,
-        TDX_TD_ASSOCIATED_PAGES_EXIST => Error::GuestInUse,
+        TDX_TD_ASSOCIATED_PAGES_EXIST | TDX_TD_HAS_ATTACHED_DEVICES => Error::GuestInUse,
         TSM_DUPLICATE_DEVICE => Error::DuplicateDevice,
         TSM_DUPLICATE_TDI => Error::DuplicateTdi,
         TDX_PAGE_METADATA_INCORRECT => Error::HpaNotOwned,
@@ -689,7 +716,72 @@ mod header_tests {
             ("TDH_MMIO_MAP", abi::TDH_MMIO_MAP.into()),
             ("TDH_MMIO_BLOCK", abi::TDH_MMIO_BLOCK.into()),
             ("TDH_MMIO_UNMAP", abi::TDH_MMIO_UNMAP.into()),
-            ("TSM_TD_DESTROY", abi::TSM_TD_DESTROY.into()),
+            ("TDH_MNG_VPFLUSHDONE", abi::TDH_MNG_VPFLUSHDONE.into()),
+            ("TDH_MNG_KEY_FREEID", abi::TDH_MNG_KEY_FREEID.into()),
+            (
+                "TDH_PHYMEM_PAGE_RECLAIM",
+                abi::TDH_PHYMEM_PAGE_RECLAIM.into(),
+            ),
+            ("TDH_PHYMEM_CACHE_WB", abi::TDH_PHYMEM_CACHE_WB.into()),
+            ("TDH_PHYMEM_PAGE_WBINVD", abi::TDH_PHYMEM_PAGE_WBINVD.into()),
+            ("TSM_TDX_CACHE_WB_START", crate::td::CACHE_WB_START),
+            ("TSM_TDX_CACHE_WB_RESUME", crate::td::CACHE_WB_RESUME),
+            ("TSM_TDX_KEYID_SHIFT", crate::td::KEYID_SHIFT.into()),
+            (
+                "TSM_TDX_PRIVATE_HKID_MAX",
+                crate::td::PRIVATE_HKID_MAX.into(),
+            ),
+            ("TSM_TDX_PT_TDR", crate::td::PT_TDR),
+            (
+                "TDX_LIFECYCLE_STATE_INCORRECT",
+                TDX_LIFECYCLE_STATE_INCORRECT,
+            ),
+            ("TDX_TD_KEYS_NOT_CONFIGURED", TDX_TD_KEYS_NOT_CONFIGURED),
+            ("TDX_WBCACHE_NOT_COMPLETE", TDX_WBCACHE_NOT_COMPLETE),
+            ("TDX_HKID_NOT_FREE", TDX_HKID_NOT_FREE),
+            ("TDX_NO_HKID_READY_TO_WBCACHE", TDX_NO_HKID_READY_TO_WBCACHE),
+            ("TDX_WBCACHE_RESUME_ERROR", TDX_WBCACHE_RESUME_ERROR),
+            ("TDX_TD_HAS_ATTACHED_DEVICES", TDX_TD_HAS_ATTACHED_DEVICES),
+            ("TDX_OPERAND_ID_WBCACHE", OPERAND_ID_WBCACHE.into()),
+            ("TDX_PAGE_NOT_FREE", TDX_PAGE_NOT_FREE),
+            (
+                "TDX_TD_ASSOCIATED_PAGES_EXIST",
+                TDX_TD_ASSOCIATED_PAGES_EXIST,
+            ),
+            ("TDX_PAGE_ALREADY_ACCEPTED", TDX_PAGE_ALREADY_ACCEPTED),
+            ("TDX_PAGE_SIZE_MISMATCH", TDX_PAGE_SIZE_MISMATCH),
+            (
+                "TDX_EPT_ENTRY_STATE_INCORRECT",
+                TDX_EPT_ENTRY_STATE_INCORRECT,
+            ),
+            (
+                "TDX_MMIO_DEVIF_OWNER_MISMATCH",
+                TDX_MMIO_DEVIF_OWNER_MISMATCH,
+            ),
+            ("TSM_TOO_MANY_RANGES", TSM_TOO_MANY_RANGES),
+            ("TSM_RANGE_OUTSIDE_DEVICE", TSM_RANGE_OUTSIDE_DEVICE),
+            ("TSM_RANGES_OVERLAP", TSM_RANGES_OVERLAP),
+            ("TSM_INVALID_RANGE", TSM_INVALID_RANGE),
+            ("TSM_DEVICE_TABLE_FULL", TSM_DEVICE_TABLE_FULL),
+            ("TSM_TDI_TABLE_FULL", TSM_TDI_TABLE_FULL),
+            ("TSM_TD_TABLE_FULL", TSM_TD_TABLE_FULL),
+            ("TSM_OWNERSHIP_TABLE_FULL", TSM_OWNERSHIP_TABLE_FULL),
+            ("TSM_SEPT_POOL_EMPTY", TSM_SEPT_POOL_EMPTY),
+            ("TSM_TDI_ALREADY_BOUND", TSM_TDI_ALREADY_BOUND),
+            ("TSM_TDI_NOT_LOCKED", TSM_TDI_NOT_LOCKED),
+            ("TSM_TDI_IN_ERROR", TSM_TDI_IN_ERROR),
+            ("TSM_UNBIND_IN_PROGRESS", TSM_UNBIND_IN_PROGRESS),
+            ("TSM_DUPLICATE_DEVICE", TSM_DUPLICATE_DEVICE),
+            ("TSM_DUPLICATE_TDI", TSM_DUPLICATE_TDI),
+            ("TSM_RELAY_BUFFER_TOO_SMALL", TSM_RELAY_BUFFER_TOO_SMALL),
+            ("TDX_OPERAND_ID_SEPT_TREE", OPERAND_ID_SEPT_TREE.into()),
+            ("TDX_OPERAND_ID_TD_EPOCH", OPERAND_ID_TD_EPOCH.into()),
+            ("TDX_OPERAND_ID_MMIOMT", OPERAND_ID_MMIOMT.into()),
+            (
+                "TDX_OPERAND_ID_DEVICE_TABLE",
+                OPERAND_ID_DEVICE_TABLE.into(),
+            ),
+            ("TDX_OPERAND_ID_DEVICE", OPERAND_ID_DEVICE.into()),
             ("TSM_DEVIF_BIND", abi::TSM_DEVIF_BIND.into()),
             ("TSM_DEVIF_UNBIND", abi::TSM_DEVIF_UNBIND.into()),
             ("TSM_DEVIF_ERROR", abi::TSM_DEVIF_ERROR.into()),
