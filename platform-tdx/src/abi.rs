@@ -441,13 +441,11 @@ pub const fn operands(leaf: u16) -> Operands {
     let rcx = Some(OPERAND_ID_RCX);
     let rdx = Some(OPERAND_ID_RDX);
     match leaf {
-        TDH_MEM_TRACK => Operands { td: rcx, ..none },
-        // The teardown leaves name the TDR as a page (the module's PAMT statuses).
-        TDH_MNG_CREATE
-        | TDH_MNG_VPFLUSHDONE
-        | TDH_MNG_KEY_FREEID
-        | TDH_PHYMEM_PAGE_RECLAIM
-        | TDH_PHYMEM_PAGE_WBINVD => Operands { hpa: rcx, ..none },
+        TDH_MEM_TRACK | TDH_MNG_VPFLUSHDONE | TDH_MNG_KEY_FREEID => Operands { td: rcx, ..none },
+        // RECLAIM and WBINVD name a page (the module's PAMT statuses).
+        TDH_MNG_CREATE | TDH_PHYMEM_PAGE_RECLAIM | TDH_PHYMEM_PAGE_WBINVD => {
+            Operands { hpa: rcx, ..none }
+        }
         TDH_SPDM_CREATE => Operands {
             rid: rcx,
             hpa: rdx,
@@ -882,9 +880,11 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let refuse = |s| self.refuse(leaf, r, s);
         let tsm = self.tsm;
         // A leaf naming a TD holds the TD table (shared) until it returns, so the TD its TDR
-        // PA names cannot be destroyed and another created in its slot meanwhile.
+        // PA names cannot be destroyed and another created in its slot meanwhile (the teardown
+        // leaves take it exclusive themselves).
+        let teardown = matches!(leaf, TDH_MNG_VPFLUSHDONE | TDH_MNG_KEY_FREEID);
         let tds = match operands(leaf).td {
-            Some(_) => Some(self.fw.read_tds().map_err(core)?),
+            Some(_) if !teardown => Some(self.fw.read_tds().map_err(core)?),
             _ => None,
         };
         // The TD a TDR PA operand names; none: OPERAND_INVALID on that register, after the

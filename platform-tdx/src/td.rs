@@ -28,16 +28,16 @@ use crate::status::{
 
 /// TDH.MNG.VPFLUSHDONE (Linux `arch/x86/virt/vmx/tdx/tdx.h` @a4a508df: 19; wrapper
 /// `tdh_mng_vpflushdone(td)`, `tdx.c` @a4a508df: RCX the TDR PA, no outputs). Checked as
-/// intel/tdx-module `tdh_mng_vpflushdone.c` @1666adc4 does: the TDR page (format:
-/// OPERAND_INVALID + RCX; outside host memory: OPERAND_ADDR_RANGE_ERROR + RCX; not a TDR:
-/// PAGE_METADATA_INCORRECT + RCX), then the lifecycle (not HKID_ASSIGNED:
+/// intel/tdx-module `tdh_mng_vpflushdone.c` @1666adc4 does: the TDR (an RCX naming no TD:
+/// OPERAND_INVALID + RCX, this firmware's answer for every TDR operand; the module tells a
+/// malformed address, one outside its TDMRs and a page that is no TDR apart), then the lifecycle (not HKID_ASSIGNED:
 /// `TDX_LIFECYCLE_STATE_INCORRECT`), then no TDX-IO device attached (a TDI bound to the TD,
 /// which is also every TD with private MMIO leaves: `TDX_TD_HAS_ATTACHED_DEVICES`; Linux
 /// unbinds every TDI before it destroys the VM). The TD is then BLOCKED: no bind, map or
 /// other leaf naming it succeeds (`TDX_TD_KEYS_NOT_CONFIGURED`).
 pub const TDH_MNG_VPFLUSHDONE: u16 = 19;
 /// TDH.MNG.KEY.FREEID (Linux tdx.h @a4a508df: 20; `tdh_mng_key_freeid(td)`: RCX the TDR PA).
-/// intel/tdx-module `tdh_mng_key_freeid.c` @1666adc4: the TDR page as VPFLUSHDONE, then not
+/// intel/tdx-module `tdh_mng_key_freeid.c` @1666adc4: the TDR as VPFLUSHDONE, then not
 /// BLOCKED: `TDX_LIFECYCLE_STATE_INCORRECT`; no TDH.PHYMEM.CACHE.WB completed since
 /// VPFLUSHDONE: `TDX_WBCACHE_NOT_COMPLETE`. The HKID is then free for TDH.MNG.CREATE and the
 /// TD in TEARDOWN.
@@ -214,17 +214,25 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             }
             _ => {}
         }
-        // The rest name a TDR page in RCX; RECLAIM refuses KeyID bits there, as do
-        // VPFLUSHDONE and FREEID (the module's `hpa_check_with_pwr_2_alignment`).
-        let page = if r.rcx & KEYID_MASK != 0 {
+        // VPFLUSHDONE and FREEID name a TD by its TDR, as every leaf of this firmware does: an
+        // RCX that names no TD is OPERAND_INVALID + RCX (the module answers a malformed or
+        // non-TDR page with its PAMT statuses). RECLAIM names a page: the module's statuses.
+        let names_td = leaf != TDH_PHYMEM_PAGE_RECLAIM;
+        if !names_td && r.rcx & KEYID_MASK != 0 {
             return Err(st(invalid(OPERAND_ID_RCX)));
+        }
+        let page = if names_td {
+            r.rcx
         } else {
-            self.page_operand_4k(r.rcx).map_err(st)?
+            self.page_operand_4k(r.rcx).map_err(st)?.as_u64()
         };
         let mut tds = self.fw.write_tds().map_err(core)?;
-        let not_tdr = || st(status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX));
-        let Some(td) = td_in(&tds, page.as_u64()) else {
-            return Err(not_tdr());
+        let Some(td) = td_in(&tds, page) else {
+            return Err(st(if names_td {
+                invalid(OPERAND_ID_RCX)
+            } else {
+                status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
+            }));
         };
         let entry = tds
             .get_mut(usize::from(td.slot()))

@@ -1170,7 +1170,7 @@ fn mmio_unmap(w: &World<'_>) -> Setup {
     }
 }
 
-/// The teardown leaves' TDR page in RCX of `good` (the TD's at `td`) malformed, as the TDX
+/// RECLAIM's page in RCX of `good` (the TD's at `td`) malformed, as the TDX
 /// module checks it (`check_lock_and_map_explicit_tdr`): unaligned, KeyID bits or past 2^52
 /// (OPERAND_INVALID), outside host memory (ADDR_RANGE_ERROR), a page that is no TDR
 /// (PAGE_METADATA_INCORRECT).
@@ -1233,7 +1233,7 @@ fn vpflushdone(w: &World<'_>) -> Setup {
         tdcall: None,
         good,
         good_status: TDX_SUCCESS,
-        bad: bad_tdr_page(good, td),
+        bad: bad_td_rcx(good, td),
     }
 }
 
@@ -1244,8 +1244,34 @@ fn key_freeid(w: &World<'_>) -> Setup {
         tdcall: None,
         good,
         good_status: TDX_SUCCESS,
-        bad: bad_tdr_page(good, td),
+        bad: bad_td_rcx(good, td),
     }
+}
+
+/// VPFLUSHDONE's and FREEID's TDR in RCX: `bad_tdr`'s values, pages the firmware holds for
+/// something else, and KeyID bits: OPERAND_INVALID + RCX (this firmware's answer for a TDR
+/// operand naming no TD).
+fn bad_td_rcx(good: SeamRegs, td: u64) -> Vec<Bad> {
+    let mut v = bad_tdr(good, |r, x| r.rcx = x, td, inv(OPERAND_ID_RCX));
+    let with = |v: u64| SeamRegs { rcx: v, ..good };
+    v.extend([
+        bad(
+            "TDR: KeyID bits (HKID 5)",
+            with(td | 5 << td::KEYID_SHIFT),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "TDR: a TDI's request page",
+            with(PAGES_A.0),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "TDR: an SPDM metadata page",
+            with(spdm_page(3)),
+            inv(OPERAND_ID_RCX),
+        ),
+    ]);
+    v
 }
 
 fn page_reclaim(w: &World<'_>) -> Setup {
