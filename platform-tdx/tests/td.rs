@@ -726,12 +726,17 @@ fn every_out_of_order_call_is_refused_and_changes_nothing() {
     // Reclaimed: the TDR is a page like any other.
     let pmi = TDX_PAGE_METADATA_INCORRECT | 1;
     w.refused("RECLAIM twice", abi::TDH_PHYMEM_PAGE_RECLAIM, on(td), pmi);
-    w.refused("FREEID, reclaimed", abi::TDH_MNG_KEY_FREEID, on(td), pmi);
+    w.refused(
+        "FREEID, reclaimed",
+        abi::TDH_MNG_KEY_FREEID,
+        on(td),
+        TDX_OPERAND_INVALID | 1,
+    );
     w.refused(
         "VPFLUSHDONE, reclaimed",
         abi::TDH_MNG_VPFLUSHDONE,
         on(td),
-        pmi,
+        TDX_OPERAND_INVALID | 1,
     );
     w.refused(
         "TRACK, reclaimed",
