@@ -91,7 +91,7 @@ struct tsm_tdx_range_list {
 #define TSM_TDX_CACHE_WB_START   0u
 #define TSM_TDX_CACHE_WB_RESUME  1u
 #define TSM_TDX_KEYID_SHIFT      48u   /* ours: KeyID bits 51:48 of a physical address */
-#define TSM_TDX_PRIVATE_HKID_MAX 15u   /* ours: private HKIDs are 1..15 */
+#define TSM_TDX_PRIVATE_HKID_MAX 63u   /* ours: private HKIDs are 1..63 */
 #define TSM_TDX_PT_TDR           4u    /* PAMT page type of a TDR (RECLAIM RCX out) */
 #define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TDR -> RCX entry, RDX level|state<<8 */
 #define TDH_MEM_TRACK          38u     /* RCX TDR; TDX_INTERRUPTED_RESUMABLE: call again */

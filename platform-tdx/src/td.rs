@@ -90,11 +90,15 @@ pub const CACHE_WB_SUB_BLOCKS: u8 = 2;
 pub const KEYID_SHIFT: u32 = 48;
 /// The KeyID bits 51:48 of a physical address operand (see [`KEYID_SHIFT`]).
 pub const KEYID_MASK: u64 = 0xf << KEYID_SHIFT;
-/// The highest private HKID (ours: the KeyIDs the 4 KeyID bits can name; the TDX module
-/// publishes its range as `private_hkid_min/max`, Linux's `tdx_keyid_start`/`nr_tdx_keyids`).
-/// HKID 0 is the platform's (TME) key and never private. TDH.MNG.CREATE refuses any other
-/// HKID with OPERAND_INVALID + RDX (intel/tdx-module `tdh_mng_create.c`, `is_private_hkid`).
-pub const PRIVATE_HKID_MAX: u16 = 15;
+/// The highest private HKID (ours: the TDX module publishes its range as
+/// `private_hkid_min/max`, Linux reads it as `tdx_keyid_start`/`nr_tdx_keyids`; 63 is at least
+/// the firmware's TD slots, so HKIDs never run out before `GuestTableFull`). HKID 0 is the
+/// platform's (TME) key and never private. TDH.MNG.CREATE refuses any other HKID with
+/// OPERAND_INVALID + RDX (intel/tdx-module `tdh_mng_create.c`, `is_private_hkid`). Only
+/// KeyIDs 0-15 fit the KeyID field of a physical address here ([`KEYID_MASK`]): this
+/// firmware keeps no page under a TD's key, so the one keyed address Linux gives it, the
+/// PAGE.WBINVD operand, needs no more (the key is not used).
+pub const PRIVATE_HKID_MAX: u16 = 63;
 
 /// TDH.PHYMEM.PAGE.RECLAIM RCX out for a TDR page: the PAMT page type PT_TDR (intel/tdx-module
 /// `pamt_manager.h` @72d8cffb, `page_type_t`).
