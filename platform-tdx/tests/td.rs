@@ -942,7 +942,7 @@ fn wbinvd_of_released_pages_and_refused_for_pages_in_use() {
     let out = w.ok(abi::TDH_SPDM_DELETE, on(dev4));
     assert_eq!(out.rcx, abi::hpa_array(spdm_page(4), 1));
     let before = w.image();
-    for key in [0, GLOBAL_KEYID, u64::from(td::PRIVATE_HKID_MAX)] {
+    for key in [0, GLOBAL_KEYID, td::KEYID_MASK >> td::KEYID_SHIFT] {
         let regs = on(keyed(spdm_page(4), key));
         let out = w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, regs);
         assert_eq!(out, SeamRegs { rax: 0, ..regs });
