@@ -465,9 +465,12 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
                         if e.hkid == h && e.life.holds_hkid())
                 })
         };
-        let start = u16::try_from(i).map_err(|_| Error::GuestTableFull)? % max;
+        let start = u16::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_rem(max))
+            .ok_or(Error::GuestTableFull)?;
         (0..max)
-            .map(|k| (start + k) % max + 1)
+            .filter_map(|k| start.checked_add(k)?.checked_rem(max)?.checked_add(1))
             .find(|&h| !held(h))
             .map(u64::from)
             .ok_or(Error::GuestTableFull)
