@@ -532,8 +532,8 @@ fn golden_register_sets_as_linux_fills_them() {
 }
 
 /// Linux's order: the TDI unbound first (VFIO's close path), then the TD torn down. A TD
-/// with a TDI still bound (with private MMIO mapped) is refused at VPFLUSHDONE with
-/// TDX_TD_HAS_ATTACHED_DEVICES and nothing changes; after unbind the whole teardown runs and
+/// with a TDI still bound (with private MMIO mapped) or being unbound is refused at
+/// VPFLUSHDONE with TDX_TD_HAS_ATTACHED_DEVICES and nothing changes; after unbind the whole teardown runs and
 /// the TDR names no TD, while the device and its TDI are untouched.
 #[test]
 fn whole_teardown_after_an_unbind() {
@@ -562,7 +562,16 @@ fn whole_teardown_after_an_unbind() {
         on(td),
         TDX_LIFECYCLE_STATE_INCORRECT,
     );
-    w.unbind(tdi);
+    // Unbinding (its leaf blocked, STOP_INTERFACE out to the device): still attached.
+    let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi));
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    w.refused(
+        "VPFLUSHDONE, TDI unbinding",
+        abi::TDH_MNG_VPFLUSHDONE,
+        on(td),
+        TDX_TD_HAS_ATTACHED_DEVICES,
+    );
+    assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
     w.tear_down(td);
     assert_eq!(w.fw.td_of(td).unwrap(), None);
     assert!(w.fw.spdm(dev).unwrap().is_some());
