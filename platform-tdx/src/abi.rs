@@ -86,8 +86,8 @@ const _: () = assert!(core::mem::size_of::<SeamRegs>() == 10 * 8);
 /// `hkid_api_input_t`, `hkid : 16, reserved : 48`, intel/tdx-module `tdx_api_defs.h`
 /// @a56a9173), HKID 0 or above [`crate::td::PRIVATE_HKID_MAX`] (not private):
 /// OPERAND_INVALID + RDX; RCX not 4 KiB aligned: OPERAND_INVALID + RCX; at or above 2^52 or
-/// not a whole page of host memory: OPERAND_ADDR_RANGE_ERROR + RCX; KeyID bits set ([`crate::td::KEYID_MASK`]):
-/// OPERAND_INVALID + RCX; a page already a TD's TDR (until TDH.PHYMEM.PAGE.RECLAIM) or a
+/// not a whole page of host memory: OPERAND_ADDR_RANGE_ERROR + RCX; KeyID bits set
+/// ([`crate::td::KEYID_MASK`]): OPERAND_INVALID + RCX; a page already a TD's TDR (until TDH.PHYMEM.PAGE.RECLAIM) or a
 /// TDI's message page (the firmware's already): PAGE_METADATA_INCORRECT + RCX (the module's
 /// PAMT "not PT_NDA"); an HKID a TD holds until TDH.MNG.KEY.FREEID: `TDX_HKID_NOT_FREE`; no
 /// guest slot left: the core's `GuestTableFull`.

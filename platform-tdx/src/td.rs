@@ -15,6 +15,11 @@
 //! KEY.FREEID makes it [`TdLife::Teardown`] (TD_TEARDOWN, the HKID free for a new TD); and
 //! RECLAIM of its TDR forgets it (the core's `destroy_guest`). Every leaf refuses a call out
 //! of that order with the module's status and changes nothing.
+//!
+//! Sources, in full: torvalds/linux a4a508df2aa34f8650afde54ea804321c618f45f; intel/tdx-module
+//! 1666adc494dbea5db99895f37125a338c20bec5a (TDX-IO leaves and error codes) and
+//! 72d8cffb214b74ae94d75afce36423020f74b47c (TDX 1.5.01: `tdx_api_defs.h`, `pamt_manager.h`,
+//! `td_control_structures.h`, `helpers.c`).
 
 use tsm_core::capacity::MAX_GUESTS;
 use tsm_core::{Completion, Error, GuestId, Hpa, PageSize, SecureSession};
@@ -30,8 +35,9 @@ use crate::status::{
 /// `tdh_mng_vpflushdone(td)`, `tdx.c` @a4a508df: RCX the TDR PA, no outputs). Checked as
 /// intel/tdx-module `tdh_mng_vpflushdone.c` @1666adc4 does: the TDR (an RCX naming no TD:
 /// OPERAND_INVALID + RCX, this firmware's answer for every TDR operand; the module tells a
-/// malformed address, one outside its TDMRs and a page that is no TDR apart), then the lifecycle (not HKID_ASSIGNED:
-/// `TDX_LIFECYCLE_STATE_INCORRECT`), then no TDX-IO device attached (a TDI bound to the TD,
+/// malformed address, one outside its TDMRs and a page that is no TDR apart), then the
+/// lifecycle (not HKID_ASSIGNED: `TDX_LIFECYCLE_STATE_INCORRECT`), then no TDX-IO device
+/// attached (a TDI bound to the TD,
 /// which is also every TD with private MMIO leaves: `TDX_TD_HAS_ATTACHED_DEVICES`; Linux
 /// unbinds every TDI before it destroys the VM). The TD is then BLOCKED: no bind, map or
 /// other leaf naming it succeeds (`TDX_TD_KEYS_NOT_CONFIGURED`).
