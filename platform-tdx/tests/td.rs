@@ -418,17 +418,6 @@ impl World<'_> {
         assert_eq!(out.rax, TDX_SUCCESS);
     }
 
-    fn unbind(&self, tdi: u64) {
-        let mut out = self.relayed(abi::TSM_DEVIF_UNBIND, on(tdi));
-        for _ in 0..100 {
-            if out.rax != TDX_INTERRUPTED_RESUMABLE {
-                break;
-            }
-            out = self.relayed(abi::TSM_DEVIF_UNBIND, on(tdi));
-        }
-        assert_eq!(out.rax, TDX_SUCCESS);
-    }
-
     fn map(&self, td: u64) {
         self.ok(
             abi::TDH_MMIO_MAP,
