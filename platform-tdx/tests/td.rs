@@ -892,12 +892,13 @@ fn reclaim_of_a_page_that_is_no_tdr_is_refused() {
 /// TDH.PHYMEM.PAGE.WBINVD as Linux issues it after TDH.SPDM.DELETE released a metadata page
 /// (global KeyID) and after RECLAIM of the TDR: accepted, a no-op. A page the firmware still
 /// holds (SPDM or IDE metadata in use, a TDR) is refused PAGE_METADATA_INCORRECT + RCX; a
-/// message page (the host's, shared) is accepted.
+/// message page (the host's, shared) is accepted; so are the IDE stream's pages after
+/// TDH.IDE.STREAM.DELETE released them.
 #[test]
 fn wbinvd_of_released_pages_and_refused_for_pages_in_use() {
     let mut f = frames();
     let w = World::new(&mut f);
-    let (td, _, _) = tdi_world(&w);
+    let (td, dev, tdi) = tdi_world(&w);
     let dev4 = w.device_unlinked(4, BAR + 0x100_0000);
     let pmi = TDX_PAGE_METADATA_INCORRECT | 1;
     w.refused(
@@ -947,5 +948,35 @@ fn wbinvd_of_released_pages_and_refused_for_pages_in_use() {
     }
     w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, on(PAGES_A.0));
     assert!(w.image() == before, "WBINVD changed state");
+    // Linux's tdx_link_disconnect: KM STOP, BLOCK, DELETE of the stream (its TDI removed
+    // first), then WBINVD of the released stream metadata.
+    w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
+    let stream = dev;
+    w.ok(abi::TDH_IDE_STREAM_KM, km(dev, stream, 2));
+    w.ok(
+        abi::TDH_IDE_STREAM_BLOCK,
+        SeamRegs {
+            rcx: dev,
+            rdx: stream,
+            ..Default::default()
+        },
+    );
+    let ide = on(keyed(ide_page(3), GLOBAL_KEYID));
+    w.refused(
+        "IDE metadata of a blocked stream",
+        abi::TDH_PHYMEM_PAGE_WBINVD,
+        ide,
+        pmi,
+    );
+    let out = w.ok(
+        abi::TDH_IDE_STREAM_DELETE,
+        SeamRegs {
+            rcx: dev,
+            rdx: stream,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rcx, abi::hpa_array(ide_page(3), 1));
+    w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, ide);
     w.tear_down(td);
 }
