@@ -10,6 +10,8 @@
 //! - [`module`]: the firmware object, [`TdxModule`]: the core over the S-EPT and the
 //!   platform's SPDM session, with each TDI's message pages for the relayed device traffic;
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
+//! - [`td`]: the TD teardown leaves (VPFLUSHDONE, CACHE.WB, KEY.FREEID, PAGE.RECLAIM,
+//!   PAGE.WBINVD) and the TD's lifecycle;
 //! - [`link`]: the TDX Connect link leaves: the SPDM session (TDH.SPDM.CONNECT, DISCONNECT,
 //!   MNG) and the device's IDE stream (TDH.IDE.STREAM.CREATE, KM, BLOCK, DELETE);
 //! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):
@@ -37,6 +39,7 @@ pub mod module;
 pub mod radix;
 pub mod sept;
 pub mod status;
+pub mod td;
 
 pub use module::{MessagePages, TdxModule};
 pub use tsm_core;

@@ -48,6 +48,28 @@ pub const TDX_SYSINIT_NOT_PENDING: u64 = 0xC000_0500_0000_0000;
 pub const TDX_SYS_NOT_READY: u64 = 0xC000_0505_0000_0000;
 /// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
 pub const TDX_TD_ASSOCIATED_PAGES_EXIST: u64 = 0xC000_0400_0000_0000;
+/// TDX_LIFECYCLE_STATE_INCORRECT: a teardown leaf out of the TD's lifecycle order (intel/tdx-module
+/// `include/auto_gen/tdx_error_codes_defs.h` @72d8cffb214b74ae94d75afce36423020f74b47c; no
+/// operand, as `tdh_mng_vpflushdone.c`, `tdh_mng_key_freeid.c`, `tdh_phymem_page_reclaim.c`).
+pub const TDX_LIFECYCLE_STATE_INCORRECT: u64 = 0xC000_0607_0000_0000;
+/// TDX_TD_KEYS_NOT_CONFIGURED: a leaf named a TD past TDH.MNG.VPFLUSHDONE (same header; no
+/// operand, as `check_td_in_correct_build_state` in `helpers.c` @72d8cffb).
+pub const TDX_TD_KEYS_NOT_CONFIGURED: u64 = 0x8000_0810_0000_0000;
+/// TDX_WBCACHE_NOT_COMPLETE: KEY.FREEID before a TDH.PHYMEM.CACHE.WB completed (same header).
+pub const TDX_WBCACHE_NOT_COMPLETE: u64 = 0x8000_0817_0000_0000;
+/// TDX_HKID_NOT_FREE: TDH.MNG.CREATE with an HKID a TD holds until KEY.FREEID (same header;
+/// no operand, as `tdh_mng_create.c`).
+pub const TDX_HKID_NOT_FREE: u64 = 0xC000_0820_0000_0000;
+/// TDX_NO_HKID_READY_TO_WBCACHE: a warning (no error bit): CACHE.WB start with no TD flushed
+/// (same header; Linux's `smp_func_do_phymem_cache_wb` takes it as done).
+pub const TDX_NO_HKID_READY_TO_WBCACHE: u64 = 0x0000_0821_0000_0000;
+/// TDX_WBCACHE_RESUME_ERROR: CACHE.WB resume with none interrupted (same header).
+pub const TDX_WBCACHE_RESUME_ERROR: u64 = 0xC000_0823_0000_0000;
+/// TDX_TD_HAS_ATTACHED_DEVICES: VPFLUSHDONE while a TDI is bound to the TD (intel/tdx-module
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h` @1666adc494dbea5db99895f37125a338c20bec5a;
+/// `tdh_mng_vpflushdone.c` there calls `check_no_tdx_io_device_attached`, whose body was not
+/// found: the status is the header's name for it, without an operand).
+pub const TDX_TD_HAS_ATTACHED_DEVICES: u64 = 0xC000_0F3A_0000_0000;
 /// TDX_EPT_WALK_FAILED (+ operand id); RDX holds the level the walk stopped at.
 pub const TDX_EPT_WALK_FAILED: u64 = 0xC000_0B00_0000_0000;
 /// TDX_EPT_ENTRY_NOT_FREE (+ operand id).
@@ -230,6 +252,9 @@ pub const OPERAND_ID_TDR: u32 = 128;
 pub const OPERAND_ID_SEPT_TREE: u32 = 146;
 /// The TD's TLB epoch.
 pub const OPERAND_ID_TD_EPOCH: u32 = 169;
+/// OPERAND_ID_WBCACHE: the platform's TDH.PHYMEM.CACHE.WB state, busy (intel/tdx-module
+/// `tdx_error_codes_defs.h` @72d8cffb: 188).
+pub const OPERAND_ID_WBCACHE: u32 = 188;
 /// The MMIO metadata table (TDX-IO).
 pub const OPERAND_ID_MMIOMT: u32 = 257;
 /// Ours: the device table as a whole.
@@ -424,7 +449,9 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
     let operand = u32::try_from(status & OPERAND_ID_MASK).ok()?;
     let is = |role: Option<u32>| role == Some(operand);
     let e = match status & CODE_MASK {
-        TDX_SUCCESS | TDX_PAGE_ALREADY_ACCEPTED => return Some(Ok(Completion::Done)),
+        TDX_SUCCESS | TDX_PAGE_ALREADY_ACCEPTED | TDX_NO_HKID_READY_TO_WBCACHE => {
+            return Some(Ok(Completion::Done));
+        }
         TDX_INTERRUPTED_RESUMABLE => return Some(Ok(Completion::Resumable)),
         TDX_SPDM_REQUEST => return Some(Ok(Completion::Relay(0))),
         TDX_OPERAND_ADDR_RANGE_ERROR => Error::InvalidAddress,
@@ -461,7 +488,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_TDI_IN_ERROR => Error::TdiInError,
         TSM_UNBIND_IN_PROGRESS => Error::UnbindInProgress,
         TSM_DEVICE_IN_USE => Error::DeviceInUse,
-        TDX_TD_ASSOCIATED_PAGES_EXIST => Error::GuestInUse,
+        TDX_TD_ASSOCIATED_PAGES_EXIST | TDX_TD_HAS_ATTACHED_DEVICES => Error::GuestInUse,
         TSM_DUPLICATE_DEVICE => Error::DuplicateDevice,
         TSM_DUPLICATE_TDI => Error::DuplicateTdi,
         TDX_PAGE_METADATA_INCORRECT => Error::HpaNotOwned,
