@@ -1,7 +1,7 @@
 //! The one list of calls that may change something without succeeding outright, each with the
 //! doc comment that allows it. Every other refusal, on every target, must leave the whole state
 //! as it was: the core's record tables, the secure table (bytes and bookkeeping), the
-//! platform's own tables (TDX message pages, SEV contexts) and host memory. No call of the
+//! platform's own tables (TDX TDI records, SEV contexts) and host memory. No call of the
 //! firmware ever changes the device: the firmware never talks to it, the host relays (so the
 //! device model's TDISP state is compared around every call, whatever its outcome).
 //!
@@ -151,7 +151,7 @@ pub fn exemption(
         Call::Respond(t) => match (err, waiting) {
             // Refusals of the answer itself change nothing. (Any other status may also be a
             // bind's own, ending it: `InvalidHandle` for a guest gone, `Misaligned` for its
-            // report; a refusal before the core, of the message pages, changes nothing, which
+            // report; a refusal before the core, of the request page, changes nothing, which
             // every exemption allows.)
             (
                 Error::RelayMalformed

@@ -3,7 +3,7 @@
 //! runs:
 //!
 //! - [`tdx`]: `tdx_dispatcher`, SEAMCALL/TDCALL sequences through the TDX register dispatcher,
-//!   relayed through the TDIs' message pages;
+//!   relayed through shared request/response pages;
 //! - [`sev`]: `sev_dispatcher`, SEV-TIO command sequences from templates (guest requests
 //!   included) with their fields mutated, relayed through the SPDM buffers;
 //! - [`relay`]: `relay_answers`, arbitrary and mangled answers handed to the core's

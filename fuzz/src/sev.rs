@@ -1889,7 +1889,8 @@ fn fields(id: abi::CommandId) -> &'static [(u8, u8)] {
     // TIO_STATUS: length, reserved, status_paddr; TIO_INIT: length, reserved[12].
     static TIO: [(u8, u8); 3] = [(0, 4), (4, 4), (0x08, 8)];
     const SPDM: [(u8, u8); 4] = [(0x08, 8), (0x10, 8), (0x18, 8), (0x20, 8)];
-    static DEV_CREATE: [(u8, u8); 9] = [
+    // Our form with the BAR list (`abi::DevCreateBars`): Linux's 0x20 bytes, then bar_list.
+    static DEV_CREATE: [(u8, u8); 10] = [
         (0, 4),
         (4, 4),
         (0x08, 8),
@@ -1899,6 +1900,7 @@ fn fields(id: abi::CommandId) -> &'static [(u8, u8)] {
         (0x15, 1),
         (0x16, 2),
         (0x18, 8),
+        (0x20, 8),
     ];
     static DEV_RECLAIM: [(u8, u8); 3] = [(0, 4), (4, 4), (0x08, 8)];
     static DEV_CONNECT: [(u8, u8); 14] = [
@@ -2267,9 +2269,9 @@ fn activate(g: u8, asid: u32) -> abi::Activate {
     }
 }
 
-fn dev_create(d: u8, cfg: u8) -> abi::DevCreate {
-    let mut c = abi::DevCreate::new_zeroed();
-    c.length = len::<abi::DevCreate>().into();
+fn dev_create(d: u8, cfg: u8) -> abi::DevCreateBars {
+    let mut c = abi::DevCreateBars::new_zeroed();
+    c.length = len::<abi::DevCreateBars>().into();
     c.dev_ctx = dev_sla(d).into();
     let id = if cfg % 8 == 7 {
         rid(3, 1)

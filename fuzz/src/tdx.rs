@@ -9,7 +9,7 @@
 //!
 //! Each operation is one of a small set of leaves with mostly-valid operands (handles are slot
 //! numbers near the ones in use, addresses are picked in the BARs, in owned ranges, at existing
-//! leaves, message pages among the host's pages and bad ones), raw register sets for any leaf,
+//! leaves, private page triples among free and bad ones), raw register sets for any leaf,
 //! and the host's actions beside the firmware: on the device model (misbehaviour, FLR-style
 //! disturbance, reset), on TLB flushes and on its own pages. A leaf that answers
 //! `TDX_SPDM_REQUEST` is relayed as its operation says: the device's own answers to the end,
@@ -88,7 +88,7 @@ const SPARE: u64 = HOST + 5 * PAGE;
 pub const TDR_BASE: u64 = HOST + HOST_PAGES as u64 * PAGE;
 /// TDR pages.
 const TDR_PAGES: u64 = MAX_GUESTS as u64 + 1;
-/// The HKID TDs are created with.
+/// The first HKID TDs are created with (each takes the first one no live TD holds).
 const HKID: u64 = 1;
 
 /// TDR page `i` (past the TDR pages for `i >= TDR_PAGES`: not host memory).
@@ -129,7 +129,7 @@ const UNBIND_CALLS: usize = 40;
 const MAX_ROUNDS: usize = 40;
 
 /// Every leaf number the dispatcher knows, and one of ours it does not.
-pub const LEAVES: [u16; 26] = [
+pub const LEAVES: [u16; 30] = [
     abi::TDH_MEM_SEPT_RD,
     abi::TDH_MEM_TRACK,
     abi::TDH_SPDM_CREATE,
@@ -142,7 +142,11 @@ pub const LEAVES: [u16; 26] = [
     abi::TDH_MMIO_BLOCK,
     abi::TDH_MMIO_UNMAP,
     abi::TDH_MNG_CREATE,
-    abi::TSM_TD_DESTROY,
+    abi::TDH_MNG_VPFLUSHDONE,
+    abi::TDH_PHYMEM_CACHE_WB,
+    abi::TDH_MNG_KEY_FREEID,
+    abi::TDH_PHYMEM_PAGE_RECLAIM,
+    abi::TDH_PHYMEM_PAGE_WBINVD,
     abi::TSM_DEVIF_BIND,
     abi::TSM_DEVIF_UNBIND,
     abi::TSM_DEVIF_ERROR,
@@ -308,7 +312,7 @@ ops! {
 ops! {
     /// The leaf number of a raw call.
     pub enum LeafNum {
-        /// `LEAVES[i % 26]`.
+        /// `LEAVES[i % 30]`.
         Known { i: u8 },
         /// Any RAX.
         Any { v: u64 },
@@ -347,9 +351,10 @@ ops! {
 ops! {
     /// One operation.
     pub enum Op {
-        /// TSM.TD.CREATE.
+        /// TDH.MNG.CREATE with a TDR page and an HKID no live TD holds.
         TdCreate,
-        /// TSM.TD.DESTROY.
+        /// Linux's TD teardown: VPFLUSHDONE, CACHE.WB (START, RESUME while interrupted),
+        /// KEY.FREEID, RECLAIM of the TDR, WBINVD of it (each a SEAMCALL the checks see).
         TdDestroy { td: Td },
         /// TDH.SPDM.CREATE for device `dev % 5` (4: a function of device 0) with a BAR list.
         DeviceCreate { dev: u8, bars: Bars, list: ListMut },
@@ -837,12 +842,13 @@ impl World<'_> {
                 || is(abi::TSM_DEVIF_ERROR)
                 || is(abi::TSM_DEVIF_CHECK)
                 || is(abi::TDH_MEM_TRACK)
+                || is(abi::TDH_PHYMEM_CACHE_WB)
                 || is(abi::TDH_DEVIF_RESPONSE)
                 || is(abi::TDH_DEVIF_REQUEST));
         let progress = status == TDX_INTERRUPTED_RESUMABLE;
         if progress && !resumable_leaf {
             fail(format!(
-                "only unbind, error, check, TRACK and a device answer resume: {what}"
+                "only unbind, error, check, TRACK, CACHE.WB and a device answer resume: {what}"
             ));
         }
         if progress {
@@ -1586,12 +1592,41 @@ impl World<'_> {
                     .map(tdr_page)
                     .find(|&t| matches!(self.fw.td_of(t), Ok(None)))
                     .unwrap_or(tdr_page(0));
-                let rdx = HKID;
+                // The first HKID no live TD holds, as KVM's keyid allocator.
+                let held = |h: u64| {
+                    (0..MAX_GUESTS as u16).any(|g| {
+                        matches!(self.fw.tdr_of(GuestId::from_slot(g)), Ok(Some(e))
+                            if u64::from(e.hkid) == h && e.life.holds_hkid())
+                    })
+                };
+                let rdx = (HKID..=u64::from(platform_tdx::td::PRIVATE_HKID_MAX))
+                    .find(|&h| !held(h))
+                    .unwrap_or(HKID);
                 self.seamcall(leaf(abi::TDH_MNG_CREATE), SeamRegs { rcx, rdx, ..r });
             }
             Op::TdDestroy { td } => {
                 let rcx = self.td(td);
-                self.seamcall(leaf(abi::TSM_TD_DESTROY), SeamRegs { rcx, ..r });
+                let out = self.seamcall(leaf(abi::TDH_MNG_VPFLUSHDONE), SeamRegs { rcx, ..r });
+                if out.rax != TDX_SUCCESS {
+                    return;
+                }
+                let mut cmd = platform_tdx::td::CACHE_WB_START;
+                for _ in 0..=platform_tdx::td::CACHE_WB_SUB_BLOCKS {
+                    let wb = SeamRegs { rcx: cmd, ..r };
+                    if self.seamcall(leaf(abi::TDH_PHYMEM_CACHE_WB), wb).rax
+                        != TDX_INTERRUPTED_RESUMABLE
+                    {
+                        break;
+                    }
+                    cmd = platform_tdx::td::CACHE_WB_RESUME;
+                }
+                self.seamcall(leaf(abi::TDH_MNG_KEY_FREEID), SeamRegs { rcx, ..r });
+                self.seamcall(leaf(abi::TDH_PHYMEM_PAGE_RECLAIM), SeamRegs { rcx, ..r });
+                let keyed = rcx | 1 << platform_tdx::td::KEYID_SHIFT;
+                self.seamcall(
+                    leaf(abi::TDH_PHYMEM_PAGE_WBINVD),
+                    SeamRegs { rcx: keyed, ..r },
+                );
             }
             Op::DeviceCreate { dev, bars, list } => {
                 let k = u64::from(dev % 5);

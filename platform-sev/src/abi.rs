@@ -28,6 +28,21 @@ pub const COMMAND_ALIGN: usize = 8;
 /// Size of a system physical page.
 pub const PAGE_4K: u64 = 4096;
 
+/// The memory-encryption bit (C-bit) in a system physical address: bit 51, the position EPYC
+/// parts report in CPUID 0x8000001F `EBX[5:0]`. With SME active Linux sets it in every address
+/// it hands the PSP (`__psp_pa` = `__sme_pa`, and `make_sla` `__sme_set`, AMDESE/linux-kvm
+/// @16f379f5 sev-dev-tio.c), and the PSP accepts such addresses: the bit says how the page is
+/// reached (encrypted with the host's key), not which page it is. This model's memory is not
+/// encrypted, so the bit is stripped once, where an address is decoded ([`strip_c_bit`]), and
+/// the firmware's handles, checks and tables never see it. (The SEV-SNP ABI, doc 56860, calls
+/// these addresses sPA; its text on the C-bit was not at hand to quote.)
+pub const C_BIT: u64 = 1 << 51;
+
+/// An address the host passed, without the C-bit ([`C_BIT`]).
+pub const fn strip_c_bit(addr: u64) -> u64 {
+    addr & !C_BIT
+}
+
 /// A command ID as the host writes it into the mailbox (CMDRESP bits 25:16).
 pub type CommandId = u32;
 
@@ -51,6 +66,10 @@ pub const TIO_DEV_RECLAIM: CommandId = 0x0D3;
 pub const TIO_DEV_CONNECT: CommandId = 0x0D4;
 /// psp-sev.h `SEV_CMD_TIO_DEV_DISCONNECT = 0x0D5`.
 pub const TIO_DEV_DISCONNECT: CommandId = 0x0D5;
+/// psp-sev.h `SEV_CMD_TIO_DEV_MEASUREMENTS = 0x0D7`.
+pub const TIO_DEV_MEASUREMENTS: CommandId = 0x0D7;
+/// psp-sev.h `SEV_CMD_TIO_DEV_CERTIFICATES = 0x0D8`.
+pub const TIO_DEV_CERTIFICATES: CommandId = 0x0D8;
 /// psp-sev.h `SEV_CMD_TIO_TDI_CREATE = 0x0DA`.
 pub const TIO_TDI_CREATE: CommandId = 0x0DA;
 /// psp-sev.h `SEV_CMD_TIO_TDI_RECLAIM = 0x0DB`.
@@ -170,7 +189,10 @@ impl SlaAddr {
     /// and a single 4K data page, which is what Linux's `sla_alloc` gives for a size of at
     /// most one page (sev-linux-buffers.md section 2.1). A size past one page needs a scatter
     /// list: `fw::Sev::buffer_pages` walks it (every size TIO_STATUS reports is one page).
+    /// The C-bit in the pfn ([`C_BIT`]) is accepted and cleared: the SLA returned is the
+    /// page's, whatever the host's encryption bit.
     pub fn checked(raw: u64, size: u32) -> Result<Self, SevStatus> {
+        let raw = strip_c_bit(raw);
         let sla = Self::from_bits(raw);
         if raw == 0
             || u64::from(size) > PAGE_4K
@@ -301,6 +323,48 @@ pub const DOBJ_DATA_TYPE_SPDM: u8 = 1;
 /// TDISP exchange this firmware relays is one (DSP0277 records).
 pub const DOBJ_DATA_TYPE_SECURE_SPDM: u8 = 2;
 
+/// The header of a certificate, measurement or report data object the firmware writes in the
+/// output SLA (sev-dev-tio.c `struct spdm_dobj_hdr_cert` / `_meas` / `_report`, 0x20 bytes at
+/// 0x40 of the buffer; sev-linux-buffers.md section 2.2). Linux's `tio_save_output` takes the
+/// object whose `id` it expects and `length` bytes of it.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct DobjBlobHdr {
+    /// [`DOBJ_ID_CERTIFICATE`], [`DOBJ_ID_MEASUREMENT`] or [`DOBJ_ID_REPORT`].
+    pub id: U32,
+    /// Bytes of the object, this header included (@0x04).
+    pub length: U32,
+    /// Version, minor (@0x08): [`DOBJ_VERSION`] `.0`.
+    pub version_minor: u8,
+    /// Version, major (@0x09): [`DOBJ_VERSION`] `.1`.
+    pub version_major: u8,
+    /// Reserved.
+    pub reserved1: [u8; 6],
+    /// PCIe routing ID of the device (or of the TDI, for a report) (@0x10).
+    pub device_id: U16,
+    /// PCIe segment (@0x12).
+    pub segment_id: u8,
+    /// What the object holds (@0x13): [`DOBJ_TYPE_CERT_CHAIN`], [`DOBJ_TYPE_MEAS_RECORDS`],
+    /// [`DOBJ_TYPE_REPORT`].
+    pub kind: u8,
+    /// Reserved.
+    pub reserved2: [u8; 12],
+}
+const _: () = assert!(core::mem::size_of::<DobjBlobHdr>() == 0x20);
+
+/// Data object ID of a certificate chain (sev-dev-tio.c `SPDM_DOBJ_ID_CERTIFICATE = 4`).
+pub const DOBJ_ID_CERTIFICATE: u32 = 4;
+/// Data object ID of measurements (`SPDM_DOBJ_ID_MEASUREMENT = 5`).
+pub const DOBJ_ID_MEASUREMENT: u32 = 5;
+/// Data object ID of an interface report (`SPDM_DOBJ_ID_REPORT = 6`).
+pub const DOBJ_ID_REPORT: u32 = 6;
+/// `type` of a certificate object: the certificate chain (sev-linux-buffers.md 2.2, "cert 1").
+pub const DOBJ_TYPE_CERT_CHAIN: u8 = 1;
+/// `type` of a measurement object: measurement records (2.2, "meas 1 = measurements").
+pub const DOBJ_TYPE_MEAS_RECORDS: u8 = 1;
+/// `type` of a report object: the TDISP interface report (2.2, "report 1").
+pub const DOBJ_TYPE_REPORT: u8 = 1;
+
 macro_rules! command {
     ($(#[$m:meta])* $name:ident = $id:expr, $len:expr, { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }
      reserved($me:ident) $body:block) => {
@@ -325,9 +389,10 @@ macro_rules! command {
 }
 
 command! {
-    /// TIO_DEV_CREATE (0x20 bytes): register a device, named by its routing ID and segment,
-    /// with the BARs the host programmed (`bar_list`, ours: sev-dev-tio.c has reserved bytes
-    /// there and Linux sends 0, a device without BARs).
+    /// TIO_DEV_CREATE (0x20 bytes), as Linux sends it (sev-dev-tio.c `struct
+    /// sev_data_tio_dev_create`, AMDESE/linux-kvm @16f379f5): register a device, named by its
+    /// routing ID and segment, without a BAR list: the PSP cannot read configuration space, so
+    /// its interface reports are checked without BARs (`Tsm::create_device_unlisted`).
     DevCreate = TIO_DEV_CREATE, 0x20, {
         /// Buffer length.
         length: U32, /// Reserved.
@@ -335,8 +400,24 @@ command! {
         dev_ctx: U64, /// PCIe routing ID of the device (@0x10).
         device_id: U16, /// PCIe routing ID of its root port (@0x12).
         root_port_id: U16, /// PCIe segment (@0x14).
-        segment_id: u8, /// Reserved.
-        reserved2: [u8; 3], /// Ours: system physical address of a [`BarList`], 0 for none (@0x18).
+        segment_id: u8, /// Reserved (@0x15).
+        reserved2: [u8; 11],
+    } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
+}
+
+command! {
+    /// TIO_DEV_CREATE with a BAR list (ours, 0x28 bytes, told apart by its `length`): Linux's
+    /// 0x20 bytes, then the address of a [`BarList`] naming the BARs the host programmed. A
+    /// device registered this way has every reported range checked to lie inside its BARs.
+    DevCreateBars = TIO_DEV_CREATE, 0x28, {
+        /// Buffer length: 0x28.
+        length: U32, /// Reserved.
+        reserved1: [u8; 4], /// Device context SLA (@0x08).
+        dev_ctx: U64, /// PCIe routing ID of the device (@0x10).
+        device_id: U16, /// PCIe routing ID of its root port (@0x12).
+        root_port_id: U16, /// PCIe segment (@0x14).
+        segment_id: u8, /// Reserved (@0x15).
+        reserved2: [u8; 11], /// Ours: system physical address of a [`BarList`], 0 for none (@0x20).
         bar_list: U64,
     } reserved(c) { zero(&c.reserved1) && zero(&c.reserved2) }
 }
@@ -415,11 +496,13 @@ pub const FLAG_CONTINUE: u32 = 1 << 31;
 
 /// Every command that needs TIO_INIT first: every TIO command (and ours) but TIO_STATUS and
 /// TIO_INIT; the SNP guest-context commands do not (they are SNP's, initialised by SNP_INIT).
-pub const NEEDS_TIO_INIT: [CommandId; 19] = [
+pub const NEEDS_TIO_INIT: [CommandId; 21] = [
     TIO_DEV_CREATE,
     TIO_DEV_RECLAIM,
     TIO_DEV_CONNECT,
     TIO_DEV_DISCONNECT,
+    TIO_DEV_MEASUREMENTS,
+    TIO_DEV_CERTIFICATES,
     TIO_TDI_CREATE,
     TIO_TDI_RECLAIM,
     TIO_TDI_BIND,
@@ -514,7 +597,9 @@ command! {
 /// TDI_BIND lock flags we accept: sev-dev-tio.c `TIO_TDI_BIND_FLAG_NO_FW_UPDATE` BIT(0),
 /// `_LOCK_MSIX` BIT(2), `_BIND_P2P` BIT(3), `_ALL_REQUEST_REDIRECT` BIT(4).
 pub const BIND_LOCK_FLAGS: u16 = 1 | 1 << 2 | 1 << 3 | 1 << 4;
-/// TDI_BIND run flag `TIO_TDI_BIND_RUN_FORCE` BIT(0): refused by us (only the guest starts).
+/// TDI_BIND run flag `TIO_TDI_BIND_RUN_FORCE` BIT(0): Linux's `tdi_run` starts a
+/// CONFIG_LOCKED TDI with it (sev-dev-tsm.c @16f379f5). Accepted only once the guest that owns
+/// the TDI asked for RUN itself (`fw::Sev`, guest message [`crate::guest_msg::MSG_TDI_RUN_REQ`]).
 pub const BIND_RUN_FORCE: u16 = 1 << 0;
 
 command! {
@@ -528,12 +613,12 @@ command! {
         tdi_ctx: U64, /// Guest context page (@0x38).
         gctx_paddr: U64, /// Routing ID the guest knows the TDI by (@0x40).
         guest_device_id: U16, /// TDISP LOCK_INTERFACE flags (@0x42).
-        lock_flags: U16, /// Run flags (@0x44); must be 0 here.
+        lock_flags: U16, /// Run flags (@0x44): only [`BIND_RUN_FORCE`].
         run_flags: U16, /// Reserved.
         reserved3: [u8; 10],
     } reserved(c) {
         c.reserved.get() & !FLAG_CONTINUE == 0 && c.lock_flags.get() & !BIND_LOCK_FLAGS == 0
-            && c.run_flags.get() == 0 && zero(&c.reserved3)
+            && c.run_flags.get() & !BIND_RUN_FORCE == 0 && zero(&c.reserved3)
     }
 }
 
@@ -776,8 +861,37 @@ command! {
     } reserved(c) { c.reserved.get() == 0 }
 }
 
+/// DEV_MEASUREMENTS flag: the measurements as a raw bit stream (sev-dev-tio.c
+/// `TIO_DEV_MEAS_FLAG_RAW_BITSTREAM` BIT(0); Linux always sets it).
+pub const MEAS_FLAG_RAW_BITSTREAM: u32 = 1 << 0;
+
+command! {
+    /// TIO_DEV_MEASUREMENTS (0x50 bytes): the device's measurements into `spdm_ctrl.output`
+    /// (sev-dev-tio.c `struct sev_data_tio_dev_meas`).
+    DevMeasurements = TIO_DEV_MEASUREMENTS, 0x50, {
+        /// Buffer length.
+        length: U32, /// Flags: only [`MEAS_FLAG_RAW_BITSTREAM`] (@0x04).
+        flags: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64, /// Nonce for the measurements (@0x30).
+        meas_nonce: [u8; 32],
+    } reserved(c) { c.flags.get() & !MEAS_FLAG_RAW_BITSTREAM == 0 }
+}
+
+command! {
+    /// TIO_DEV_CERTIFICATES (0x30 bytes): the device's certificate chain into
+    /// `spdm_ctrl.output` (sev-dev-tio.c `struct sev_data_tio_dev_certs`).
+    DevCertificates = TIO_DEV_CERTIFICATES, 0x30, {
+        /// Buffer length.
+        length: U32, /// Reserved.
+        reserved: U32, /// SPDM buffers (@0x08).
+        spdm_ctrl: SpdmCtrl, /// Device context SLA (@0x28).
+        dev_ctx: U64,
+    } reserved(c) { c.reserved.get() == 0 }
+}
+
 /// Every command ID we implement, in ID order.
-pub const IMPLEMENTED: [CommandId; 24] = [
+pub const IMPLEMENTED: [CommandId; 26] = [
     SNP_DECOMMISSION,
     SNP_ACTIVATE,
     SNP_GCTX_CREATE,
@@ -787,6 +901,8 @@ pub const IMPLEMENTED: [CommandId; 24] = [
     TIO_DEV_RECLAIM,
     TIO_DEV_CONNECT,
     TIO_DEV_DISCONNECT,
+    TIO_DEV_MEASUREMENTS,
+    TIO_DEV_CERTIFICATES,
     TIO_TDI_CREATE,
     TIO_TDI_RECLAIM,
     TIO_TDI_BIND,

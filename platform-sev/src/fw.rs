@@ -8,13 +8,17 @@
 //! tables and deliver the answer. A refusal at any step changes nothing.
 //!
 //! A command that answers in memory (TDI_STATUS, TDI_INFO, TDI_REPORT, ASID_FENCE_STATUS,
-//! GUEST_REQUEST) checks its output before anything else can change: mapped, aligned, within
+//! GUEST_REQUEST; the data objects DEV_CONNECT, DEV_MEASUREMENTS, DEV_CERTIFICATES and
+//! TDI_BIND write to `spdm_ctrl.output`) checks its output before anything else can change: mapped, aligned, within
 //! one page, system memory the host owns (not device MMIO, not a page the firmware holds as a
 //! context) and writable. After that check, delivering the answer cannot fail, so a command
 //! never changes state and then fails to report it.
 //!
-//! The firmware never talks to a device: a command that needs one (TDI_BIND, TDI_UNBIND
-//! without FORCE, TDI_STATUS, the guest's TDI_START) answers `SPDM_REQUEST` with the core's
+//! Addresses arrive with or without the C-bit ([`abi::C_BIT`]); it is stripped where each is
+//! decoded ([`SlaAddr::checked`], `page_aligned`), so nothing below sees it.
+//!
+//! The firmware never talks to a device: a command that needs one (TDI_BIND, with RUN_FORCE
+//! too, TDI_UNBIND without FORCE, TDI_STATUS, the guest's TDI_START) answers `SPDM_REQUEST` with the core's
 //! request in `spdm_ctrl.req` ([`crate::relay`]), and the host reissues the same command, with
 //! [`abi::FLAG_CONTINUE`] set in the buffer the firmware wrote back and the device's answer in
 //! `spdm_ctrl.resp`. The request page is one of the outputs checked first; the response page
@@ -28,7 +32,7 @@ use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tsm::Tsm;
 use tsm_core::{
     Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, InterfaceId, MmioRange,
-    PageSize, RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId, TdiState, TsmResult,
+    PageSize, RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -57,6 +61,16 @@ const MAX_RESPONSE: usize = msg::HDR_SIZE as usize + msg::MAX_BODY;
 const MAX_REPORT: usize = core::mem::size_of::<abi::ReportHeader>()
     + core::mem::size_of::<abi::ReportRange>() * tsm_core::capacity::MAX_RANGES_PER_TDI
     + core::mem::size_of::<u32>();
+/// Longest data object written to an output SLA: its header and the largest payload (an
+/// interface report), padded to the payload alignment Linux expects.
+const MAX_BLOB: usize = (core::mem::size_of::<abi::DobjBlobHdr>() + MAX_REPORT)
+    .next_multiple_of(abi::SLA_PAYLOAD_ALIGN);
+/// What the firmware writes in an output SLA: from `payload_sz` (0x04; the host's
+/// `capacity_sz` at 0 stays) to the end of the data object.
+const BLOB_OUT: usize = abi::DOBJ_OFFSET - PAYLOAD_SZ_AT + MAX_BLOB;
+/// Offset of `sla_buffer_hdr.payload_sz`.
+const PAYLOAD_SZ_AT: usize = 4;
+const _: () = assert!(abi::DOBJ_OFFSET + MAX_BLOB <= abi::SPDM_OUT_SIZE as usize);
 // Both answers fit the one page a command names for them.
 const _: () = assert!(MAX_RESPONSE <= abi::PAGE_4K as usize);
 const _: () = assert!(MAX_REPORT <= abi::SPDM_OUT_SIZE as usize);
@@ -114,6 +128,9 @@ pub struct TdiCtx {
     pub lock_flags: u16,
     /// Interface reports produced.
     pub reports: u64,
+    /// The owning guest asked for RUN ([`msg::MSG_TDI_RUN_REQ`]) and the TDI has not started
+    /// since: the one thing that lets the host's TDI_BIND with RUN_FORCE start it.
+    pub run_requested: bool,
 }
 
 /// Why a handler stopped: an SEV-layer status or a core status.
@@ -182,7 +199,11 @@ impl Output {
     }
 }
 
+/// A plain address the host passed (a guest context, a status page, a guest message page):
+/// the C-bit stripped ([`abi::strip_c_bit`]), then not null, aligned to `align` and below 2^52
+/// (`INVALID_ADDRESS`).
 fn page_aligned(addr: u64, align: u64) -> Result<u64, Fail> {
+    let addr = abi::strip_c_bit(addr);
     if addr == 0 || addr & align.wrapping_sub(1) != 0 || Hpa::try_new(addr).is_err() {
         return Err(SevStatus::INVALID_ADDRESS.into());
     }
@@ -302,8 +323,10 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             abi::SNP_DECOMMISSION => self.decommission(buf),
             abi::TIO_DEV_CREATE => self.dev_create(mem, buf),
             abi::TIO_DEV_RECLAIM => self.dev_reclaim(buf),
-            abi::TIO_DEV_CONNECT => self.dev_connect(buf),
+            abi::TIO_DEV_CONNECT => self.dev_connect(mem, buf),
             abi::TIO_DEV_DISCONNECT => self.dev_disconnect(buf),
+            abi::TIO_DEV_MEASUREMENTS => self.dev_measurements(mem, buf),
+            abi::TIO_DEV_CERTIFICATES => self.dev_certificates(mem, buf),
             abi::TIO_TDI_CREATE => self.tdi_create(buf),
             abi::TIO_TDI_RECLAIM => self.tdi_reclaim(buf),
             abi::TIO_TDI_BIND => self.tdi_bind(mem, buf),
@@ -368,7 +391,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     // ---- handle resolution --------------------------------------------------------------
 
     fn guest(&self, gctx: u64) -> Result<GuestCtx, Fail> {
-        page_aligned(gctx, abi::PAGE_4K)?;
+        let gctx = page_aligned(gctx, abi::PAGE_4K)?;
         self.guest_ctx(gctx)
             .ok_or(Fail::Handle(SevStatus::INVALID_GUEST))
     }
@@ -391,12 +414,25 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         Ok((dev, tdi))
     }
 
+    /// A context SLA for a context the command creates: well formed, and its page not one the
+    /// firmware already holds ([`Sev::firmware_page`], `IN_USE`).
     fn sla_unused(&self, raw: u64, size: u32) -> Result<u64, Fail> {
-        let sla = SlaAddr::checked(raw, size)?.into_bits();
-        if self.dev_ctx(sla).is_some() || self.tdi_ctx(sla).is_some() {
+        let sla = SlaAddr::checked(raw, size)?;
+        if self.firmware_page(sla.address()) {
             return Err(SevStatus::IN_USE.into());
         }
-        Ok(sla)
+        Ok(sla.into_bits())
+    }
+
+    /// Whether `page` is a page the firmware holds as a context of any kind: a guest context
+    /// page, a device or TDI context page. The one check every command that takes a page makes:
+    /// a command that creates a context refuses such a page with `IN_USE`, one that writes or
+    /// reads host memory there with `INVALID_PAGE_STATE` ([`Sev::output`],
+    /// [`Sev::buffer_pages`]).
+    fn firmware_page(&self, page: u64) -> bool {
+        self.guests.iter().any(|g| g.gctx == page)
+            || self.devices.iter().any(|d| sla_page(d.sla) == page)
+            || self.tdis.iter().any(|t| sla_page(t.sla) == page)
     }
 
     /// The data pages of a host buffer of `size` bytes named by `raw`, checked before anything
@@ -445,7 +481,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         }
         let count = usize::try_from(u64::from(size).div_ceil(page))
             .map_err(|_| SevStatus::INVALID_PARAM)?;
-        let list = SlaAddr::from_bits(raw);
+        let list = SlaAddr::from_bits(abi::strip_c_bit(raw));
         if count > abi::MAX_SCATTER_PAGES
             || !list.page_type()
             || list.page_size()
@@ -462,10 +498,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         {
             return Err(SevStatus::INVALID_ADDRESS);
         }
-        if self.guests.iter().any(|g| g.gctx == at)
-            || self.devices.iter().any(|d| sla_page(d.sla) == at)
-            || self.tdis.iter().any(|t| sla_page(t.sla) == at)
-        {
+        if self.firmware_page(at) {
             return Err(SevStatus::INVALID_PAGE_STATE);
         }
         // Read once: the entries the size needs and the EOL after them.
@@ -532,10 +565,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         if self.tsm.with_table(|r| r.overlaps(spa, bytes))? {
             return Err(SevStatus::INVALID_ADDRESS.into());
         }
-        let firmware_page = self.guests.iter().any(|g| g.gctx == page)
-            || self.devices.iter().any(|d| sla_page(d.sla) == page)
-            || self.tdis.iter().any(|t| sla_page(t.sla) == page);
-        if firmware_page {
+        if self.firmware_page(page) {
             return Err(SevStatus::INVALID_PAGE_STATE.into());
         }
         mem.probe_write(spa, len)
@@ -551,7 +581,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn relay_pages(&self, mem: &dyn SystemMemory, ctrl: &SpdmCtrl) -> Result<RelayPages, Fail> {
         spdm(ctrl)?;
         let (req, resp) = (ctrl.req.get(), ctrl.resp.get());
-        if req == 0 || resp == 0 || req == resp {
+        if req == 0 || resp == 0 || sla_page(req) == sla_page(resp) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let req = self.output(mem, sla_page(req), abi::PAGE_4K, relay::WINDOW)?;
@@ -559,6 +589,24 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             req,
             resp: sla_page(resp),
         })
+    }
+
+    /// The output SLA a command writes a data object to, checked before anything changes: a
+    /// single 4K data page (`INVALID_PARAM`), an output ([`Sev::output`] statuses) from its
+    /// `payload_sz` on. `None` for a null SLA.
+    fn blob_output(&self, mem: &dyn SystemMemory, ctrl: &SpdmCtrl) -> Result<Option<Output>, Fail> {
+        let raw = ctrl.output.get();
+        if raw == 0 {
+            return Ok(None);
+        }
+        let page = SlaAddr::checked(raw, abi::SPDM_OUT_SIZE)?.address();
+        let at = page | PAYLOAD_SZ_AT as u64;
+        Ok(Some(self.output(
+            mem,
+            at,
+            PAYLOAD_SZ_AT as u64,
+            BLOB_OUT,
+        )?))
     }
 
     /// A continuation ([`abi::FLAG_CONTINUE`]) is only for the exchange `tdi` has outstanding,
@@ -640,7 +688,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn gctx_create(&mut self, buf: &[u8]) -> Step {
         let c: abi::GctxCreate = abi::parse(buf)?;
         let gctx = page_aligned(c.gctx_paddr.get(), abi::PAGE_4K)?;
-        if self.guest_ctx(gctx).is_some() {
+        if self.firmware_page(gctx) {
             return Err(SevStatus::IN_USE.into());
         }
         // The core decides (`GuestTableFull`); a context table as large as the core's, one
@@ -696,8 +744,27 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
 
     // ---- devices ------------------------------------------------------------------------
 
+    /// DEV_CREATE: Linux's 0x20 bytes register a device without a BAR list; our 0x28-byte
+    /// form ([`abi::DevCreateBars`], chosen by its `length`) adds one.
     fn dev_create(&mut self, mem: &dyn SystemMemory, buf: &[u8]) -> Step {
-        let c: abi::DevCreate = abi::parse(buf)?;
+        let length = buf.first_chunk::<4>().map(|b| u32::from_le_bytes(*b));
+        let (c, bars) = if length.and_then(|l| usize::try_from(l).ok())
+            == Some(abi::len_of::<abi::DevCreateBars>())
+        {
+            let c: abi::DevCreateBars = abi::parse(buf)?;
+            let linux = abi::DevCreate {
+                length: 0.into(),
+                reserved1: c.reserved1,
+                dev_ctx: c.dev_ctx,
+                device_id: c.device_id,
+                root_port_id: c.root_port_id,
+                segment_id: c.segment_id,
+                reserved2: c.reserved2,
+            };
+            (linux, Some(c.bar_list.get()))
+        } else {
+            (abi::parse::<abi::DevCreate>(buf)?, None)
+        };
         let sla = self.sla_unused(c.dev_ctx.get(), abi::DEV_CTX_SIZE)?;
         let [devfn, bus] = c.device_id.get().to_le_bytes();
         let rid = RequesterId::from_packed(u64::from_le_bytes([
@@ -710,13 +777,18 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             0,
             0,
         ]))?;
-        // The BARs the host programmed, from its list (ours; see `abi::BarList`): the firmware
-        // cannot read configuration space, and the core checks them against reserved memory
-        // and every other device's BARs. The core checks in its own order (too many BARs,
-        // overlap, duplicate, full) and its refusal passes through as it is; a context table as
-        // large as the core's, one context per core device, then always has room.
-        let bars = read_bars(mem, c.bar_list.get())?;
-        let device = self.tsm.create_device(rid, &bars)?;
+        // The BARs the host programmed, from its list when it gives one (ours; see
+        // `abi::BarList`): the firmware cannot read configuration space, and the core checks
+        // them against reserved memory and every other device's BARs. No list (Linux's form):
+        // the reports are checked without BARs, against reserved memory, each other and every
+        // bound TDI's ranges (`Tsm::create_device_unlisted`). The core checks in its own order
+        // (too many BARs, overlap, duplicate, full) and its refusal passes through as it is; a
+        // context table as large as the core's, one context per core device, then always has
+        // room.
+        let device = match bars {
+            Some(at) => self.tsm.create_device(rid, &read_bars(mem, at)?)?,
+            None => self.tsm.create_device_unlisted(rid)?,
+        };
         let ctx = DevCtx {
             sla,
             device,
@@ -730,13 +802,15 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         DONE
     }
 
-    fn dev_connect(&mut self, buf: &[u8]) -> Step {
+    fn dev_connect(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
         let c: abi::DevConnect = abi::parse(buf)?;
         spdm(&c.spdm_ctrl)?;
         if c.tc_mask & TC_MASK_TC0 == 0 || c.cert_slot > MAX_CERT_SLOT {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let dev = self.device(c.dev_ctx.get())?;
+        // Linux's `dsm_connect` saves a certificate object from the output SLA: checked first.
+        let certs = self.blob_output(mem, &c.spdm_ctrl)?;
         if dev.connected {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
@@ -745,6 +819,16 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         self.tsm.setup_stream(dev.device)?;
         if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
             d.connected = true;
+        }
+        // The certificate chain, empty in this model (see `Sev::dev_certificates`).
+        if let Some(out) = certs {
+            write_blob(
+                mem,
+                out,
+                (abi::DOBJ_ID_CERTIFICATE, abi::DOBJ_TYPE_CERT_CHAIN),
+                dev.rid,
+                &[],
+            )?;
         }
         DONE
     }
@@ -765,6 +849,54 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
             d.connected = false;
         }
+        DONE
+    }
+
+    /// DEV_MEASUREMENTS: the device's measurements as a measurement data object in the output
+    /// SLA, for a connected device (`INVALID_DEV_STATE`); the output SLA is required
+    /// (`INVALID_PARAM`). The firmware never talks to the device: it answers with what it
+    /// learned at DEV_CONNECT, and this model's DEV_CONNECT relays no GET_MEASUREMENTS (the
+    /// model device has none), so the object carries no records. Linux's loop sees SUCCESS on
+    /// the first round. The nonce is taken as given: no record to bind it to.
+    fn dev_measurements(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::DevMeasurements = abi::parse(buf)?;
+        self.device_blob(
+            mem,
+            &c.spdm_ctrl,
+            c.dev_ctx.get(),
+            (abi::DOBJ_ID_MEASUREMENT, abi::DOBJ_TYPE_MEAS_RECORDS),
+        )
+    }
+
+    /// DEV_CERTIFICATES: the device's certificate chain as a certificate data object in the
+    /// output SLA, checked as [`Sev::dev_measurements`]; empty for the same reason (this
+    /// model's DEV_CONNECT relays no GET_CERTIFICATE).
+    fn dev_certificates(&mut self, mem: &mut dyn SystemMemory, buf: &[u8]) -> Step {
+        let c: abi::DevCertificates = abi::parse(buf)?;
+        self.device_blob(
+            mem,
+            &c.spdm_ctrl,
+            c.dev_ctx.get(),
+            (abi::DOBJ_ID_CERTIFICATE, abi::DOBJ_TYPE_CERT_CHAIN),
+        )
+    }
+
+    fn device_blob(
+        &self,
+        mem: &mut dyn SystemMemory,
+        ctrl: &SpdmCtrl,
+        dev_raw: u64,
+        (id, kind): (u32, u8),
+    ) -> Step {
+        spdm(ctrl)?;
+        let dev = self.device(dev_raw)?;
+        let out = self
+            .blob_output(mem, ctrl)?
+            .ok_or(SevStatus::INVALID_PARAM)?;
+        if !dev.connected {
+            return Err(SevStatus::INVALID_DEV_STATE.into());
+        }
+        write_blob(mem, out, (id, kind), dev.rid, &[])?;
         DONE
     }
 
@@ -804,6 +936,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             guest_device_id: 0,
             lock_flags: 0,
             reports: 0,
+            run_requested: false,
         };
         if self.tdis.push(ctx).is_err() {
             self.tsm.remove_tdi(tdi)?;
@@ -833,6 +966,12 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             return Err(SevStatus::INVALID_DEV_STATE.into());
         }
         let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
+        if c.run_flags.get() & abi::BIND_RUN_FORCE != 0 {
+            return self.tdi_run(mem, pages, &c, &t, &g, continuing);
+        }
+        // The report goes to the output SLA at bind completion (Linux's `tio_save_output`
+        // takes a report data object from it): checked before anything changes.
+        let report_out = self.blob_output(mem, &c.spdm_ctrl)?;
         if continuing {
             // The answer is for this guest's bind of this TDI, or for nothing here.
             self.expect_exchange(
@@ -861,8 +1000,68 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 x.guest_device_id = id;
                 x.lock_flags = flags;
             });
+            if let Some(out) = report_out {
+                // The interface report as the core accepted it, re-assembled from the ranges
+                // it claimed (the core keeps no copy of the device's bytes). Every range came
+                // from a TDISP report, whose page counts are 32-bit, so the encoding cannot
+                // fail here.
+                let mut report = [0u8; MAX_REPORT];
+                let len = report_bytes(&self.tsm.owned_ranges(t.tdi)?, &mut report)?;
+                let bytes = report.get(..len).ok_or(Error::Inconsistent)?;
+                write_blob(
+                    mem,
+                    out,
+                    (abi::DOBJ_ID_REPORT, abi::DOBJ_TYPE_REPORT),
+                    t.iface,
+                    bytes,
+                )?;
+            }
         }
         Ok(done)
+    }
+
+    /// TDI_BIND with RUN_FORCE (Linux's `tdi_run`, after the guest asked the host for RUN):
+    /// starts the TDI with the core's `guest_start`, START_INTERFACE relayed through the same
+    /// continuation loop. Only for a TDI bound to this guest (`TdiNotBound`, `NotOwner`),
+    /// CONFIG_LOCKED (`INVALID_TDI_STATE`), whose guest asked for RUN itself
+    /// (`INVALID_GUEST_STATE` otherwise: the host alone never starts a TDI), with the guest
+    /// device ID and lock flags of its bind (`INVALID_PARAM`). Each refusal changes nothing.
+    /// A START the device refuses puts the TDI in ERROR (the core's status), and the guest's
+    /// request is spent.
+    fn tdi_run(
+        &mut self,
+        mem: &mut dyn SystemMemory,
+        pages: RelayPages,
+        c: &abi::TdiBind,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        continuing: bool,
+    ) -> Step {
+        if continuing {
+            self.expect_exchange(t.tdi, |op| op == DeviceOp::Start { guest: g.guest })?;
+        } else {
+            let state = self.owned_by(t, g)?;
+            if !matches!(state, TdiState::Locked { .. }) {
+                return Err(SevStatus::INVALID_TDI_STATE.into());
+            }
+            if !t.run_requested {
+                return Err(SevStatus::INVALID_GUEST_STATE.into());
+            }
+        }
+        if c.guest_device_id.get() != t.guest_device_id || c.lock_flags.get() != t.lock_flags {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let started = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+            tsm.guest_start(g.guest, t.tdi, out)
+        })?;
+        match started {
+            Ok(Completion::Relay(n)) => Ok(Completion::Relay(n)),
+            Err(e) if relay_refusal(e) => Err(e.into()),
+            other => {
+                self.update_tdi(t.sla, |x| x.run_requested = false);
+                Ok(other?)
+            }
+        }
     }
 
     fn owned_by(&self, t: &TdiCtx, g: &GuestCtx) -> Result<TdiState, Fail> {
@@ -909,6 +1108,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             self.update_tdi(t.sla, |x| {
                 x.guest_device_id = 0;
                 x.lock_flags = 0;
+                x.run_requested = false;
             });
         }
         Ok(done)
@@ -952,9 +1152,17 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED) until
         // every one is. The status page was checked above, so the answer is delivered whatever
         // the check changed; it is written once the check ends.
-        let done = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
-            tsm.check_interface(t.tdi, out)
-        })??;
+        // An unbound TDI is CONFIG_UNLOCKED, as the firmware left it: answered without asking
+        // the device (Linux's `tdi_unbind` reads it right after TDI_UNBIND to verify the
+        // transition, sev-dev-tsm.c @16f379f5).
+        let record = self.tsm.tdi(t.tdi)?;
+        let done = if !continuing && record.state == TdiState::Unbound {
+            Completion::Done
+        } else {
+            self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
+                tsm.check_interface(t.tdi, out)
+            })??
+        };
         if let Completion::Relay(_) = done {
             return Ok(done);
         }
@@ -1097,7 +1305,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let (_, t) = self.tdi(c.dev_ctx.get(), c.tdi_ctx.get())?;
         let g = self.guest(c.gctx_paddr.get())?;
         let req = page_aligned(c.req_paddr.get(), abi::PAGE_4K)?;
-        if req == c.res_paddr.get() {
+        if req == abi::strip_c_bit(c.res_paddr.get()) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         // The answer's page first: a message that changes state (START, MMIO_VALIDATE) runs
@@ -1119,6 +1327,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let size = usize::from(hdr.msg_sz.get());
         // Read, answer, and only then write: a malformed request writes nothing.
         let mut out = [0u8; msg::MAX_BODY];
+        // A guest's RUN request, recorded once its answer is delivered.
+        let mut record_run = false;
         let (rsp_type, len) = match hdr.msg_type {
             msg::MSG_TDI_INFO_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
@@ -1136,6 +1346,15 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 }
                 let rsp = self.msg_mmio_validate(&t, &g, &r)?;
                 (msg::MSG_MMIO_VALIDATE_RSP, write_body(&mut out, &rsp)?)
+            }
+            msg::MSG_TDI_RUN_REQ => {
+                let r: msg::TdiReq = read_body(mem, body, size)?;
+                if continuing {
+                    self.expect_exchange(t.tdi, |_| false)?;
+                }
+                let (rsp, record) = self.msg_tdi_run(&t, &g, &r)?;
+                record_run = record;
+                (msg::MSG_TDI_RUN_RSP, write_body(&mut out, &rsp)?)
             }
             msg::MSG_TDI_START_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
@@ -1157,7 +1376,46 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             .ok_or(SevStatus::INVALID_PARAM)?
             .copy_from_slice(bytes);
         res.deliver(mem, page.get(..total).ok_or(SevStatus::INVALID_PARAM)?)?;
+        if record_run {
+            self.update_tdi(t.sla, |x| x.run_requested = true);
+        }
         DONE
+    }
+
+    /// The guest's RUN request: recorded (the `bool`) for the TDI the guest names, bound to it
+    /// and CONFIG_LOCKED; answered SUCCESS and not recorded when it runs already. Otherwise
+    /// the answer says why and nothing is recorded: the core's `TdiNotBound` / `NotOwner` for
+    /// a TDI that is not the guest's, `INVALID_PARAM` for the guest's own TDI under another
+    /// ID, `INVALID_TDI_STATE` for one in ERROR or being unbound.
+    fn msg_tdi_run(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::TdiReq,
+    ) -> Result<(msg::TdiStartRsp, bool), Fail> {
+        if r.reserved.iter().any(|b| *b != 0) {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let state = self.tsm.tdi(t.tdi)?.state;
+        let (outcome, record) = if self.names(t, g, r.guest_device_id.get())? {
+            match state {
+                TdiState::Locked { .. } => (Outcome::SUCCESS, true),
+                TdiState::Run { .. } => (Outcome::SUCCESS, false),
+                _ => (Outcome::plain(SevStatus::INVALID_TDI_STATE), false),
+            }
+        } else if state.owner() == Some(g.guest) {
+            (Outcome::plain(SevStatus::INVALID_PARAM), false)
+        } else {
+            match transition(state, Event::Start(g.guest)) {
+                Err(e) => (Outcome::from_core(Err(e)), false),
+                Ok(_) => (Outcome::plain(SevStatus::INVALID_PARAM), false),
+            }
+        };
+        let mut rsp = msg::TdiStartRsp::new_zeroed();
+        rsp.guest_device_id = r.guest_device_id;
+        rsp.status = outcome.status.0.into();
+        rsp.detail = outcome.detail.into();
+        Ok((rsp, record))
     }
 
     /// The TDI guest `g` knows by guest device ID `id`: the one TDI bound to `g` under that
@@ -1189,7 +1447,9 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let mut rsp = msg::TdiInfoRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
         if self.names(t, g, r.guest_device_id.get())? {
-            let status: u16 = match self.tsm.tdi(t.tdi)?.state {
+            // One copy of the record: state and digest from the same bind.
+            let record = self.tsm.tdi(t.tdi)?;
+            let status: u16 = match record.state {
                 TdiState::Locked { .. } => 1,
                 TdiState::Run { .. } => 2,
                 _ => 0,
@@ -1197,13 +1457,11 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             rsp.tdi_status = status.into();
             // The session's digest of the report the bind took, while locked or running.
             if status != 0 {
-                for (word, chunk) in rsp.interface_report_digest.chunks_mut(8).enumerate() {
-                    let word = u8::try_from(word).map_err(|_| SevStatus::INVALID_PARAM)?;
-                    let v = self
-                        .tsm
-                        .guest_read(g.guest, t.tdi, GuestField::ReportDigest(word))?;
-                    chunk.copy_from_slice(&v.to_le_bytes());
+                if record.state.owner() != Some(g.guest) {
+                    return Err(Error::NotOwner.into());
                 }
+                let digest = record.report_digest.ok_or(Error::Inconsistent)?;
+                rsp.interface_report_digest.copy_from_slice(&digest);
             }
             rsp.lock_flags = u32::from(t.lock_flags).into();
             rsp.tdi_report_count = t.reports.into();
@@ -1346,28 +1604,17 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             .map_err(|_| Mv::NotReported)?;
         self.tsm
             .guest_accept(g.guest, gpa, |rmp, check| {
-                // The core's rule, page by page: each page the RMP assigns at the subrange's
-                // guest addresses is the one the report puts there. A page not assigned there
-                // at all is the RMP's own refusal below.
-                for i in 0..pages {
-                    let step = i.saturating_mul(abi::PAGE_4K);
-                    let Some(page_gpa) = gpa.checked_add(step) else {
-                        return Err(Mv::OutOfRange);
-                    };
-                    let Some(leaf) = rmp.leaf(g.guest, page_gpa) else {
-                        continue;
-                    };
-                    let within = page_gpa.as_u64().saturating_sub(leaf.gpa.as_u64());
-                    let host = leaf.hpa.checked_add(within).ok_or(Mv::NotMapped)?;
-                    let reported = offset
-                        .checked_add(i)
-                        .and_then(|p| p.checked_mul(abi::PAGE_4K))
-                        .and_then(|b| first.checked_add(b))
-                        .ok_or(Mv::OutOfRange)?;
-                    check
-                        .check(host, PageSize::Size4K, reported)
-                        .map_err(|_| Mv::NotMapped)?;
-                }
+                // The core's rule, once for the subrange: its first host page is the one the
+                // guest read in the report. The RMP walk below then holds every page of it to
+                // the subrange's guest addresses (a page assigned elsewhere: NOT_MAPPED), in
+                // one pass over the RMP entries of `[hpa, hpa + pages)`.
+                let reported = offset
+                    .checked_mul(abi::PAGE_4K)
+                    .and_then(|b| first.checked_add(b))
+                    .ok_or(Mv::OutOfRange)?;
+                check
+                    .check(hpa, PageSize::Size4K, reported)
+                    .map_err(|_| Mv::NotMapped)?;
                 rmp.validate(g.guest, hpa, gpa, pages, want, force)
                     .map_err(|f| match f {
                         ValidateFault::NotAssigned => Mv::NotAssigned,
@@ -1428,9 +1675,10 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     }
 }
 
-/// The page an SLA names (its low bits are flags, checked when the SLA was accepted).
+/// The page an SLA names (its low bits are flags, checked when the SLA was accepted), without
+/// the C-bit.
 fn sla_page(sla: u64) -> u64 {
-    SlaAddr::from_bits(sla).address()
+    SlaAddr::from_bits(abi::strip_c_bit(sla)).address()
 }
 
 /// Sets (`true`) or clears [`abi::FLAG_CONTINUE`] in the host's buffer of a command that
@@ -1487,6 +1735,58 @@ fn read_bars(
         bars.push(range).map_err(|_| Error::TooManyRanges)?;
     }
     Ok(bars)
+}
+
+/// Writes a data object (`id`, `kind`) about `who` holding `payload` to a checked output SLA
+/// (sev-linux-buffers.md section 2.2): `payload_sz` the object's length padded to 32 bytes,
+/// the rest of the buffer header zero, the object's header at 0x40, then the payload, zeros to
+/// the padded end. A payload longer than [`MAX_REPORT`] is refused before anything is written.
+fn write_blob(
+    mem: &mut dyn SystemMemory,
+    out: Output,
+    (id, kind): (u32, u8),
+    who: RequesterId,
+    payload: &[u8],
+) -> Result<(), Fail> {
+    if payload.len() > MAX_REPORT {
+        return Err(SevStatus::INVALID_PARAM.into());
+    }
+    let hdr_len = core::mem::size_of::<abi::DobjBlobHdr>();
+    let length = hdr_len.saturating_add(payload.len());
+    let padded = length.next_multiple_of(abi::SLA_PAYLOAD_ALIGN);
+    let mut bytes = [0u8; BLOB_OUT];
+    let to_u32 = |n: usize| u32::try_from(n).map_err(|_| SevStatus::INVALID_PARAM);
+    bytes
+        .get_mut(..4)
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(&to_u32(padded)?.to_le_bytes());
+    let [seg, _] = who.segment().to_le_bytes();
+    let hdr = abi::DobjBlobHdr {
+        id: id.into(),
+        length: to_u32(length)?.into(),
+        version_minor: abi::DOBJ_VERSION.0,
+        version_major: abi::DOBJ_VERSION.1,
+        device_id: who.routing_id().into(),
+        segment_id: seg,
+        kind,
+        ..abi::DobjBlobHdr::default()
+    };
+    let at = abi::DOBJ_OFFSET - PAYLOAD_SZ_AT;
+    let end = at.saturating_add(hdr_len);
+    bytes
+        .get_mut(at..end)
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(hdr.as_bytes());
+    bytes
+        .get_mut(end..end.saturating_add(payload.len()))
+        .ok_or(SevStatus::INVALID_PARAM)?
+        .copy_from_slice(payload);
+    out.deliver(
+        mem,
+        bytes
+            .get(..at.saturating_add(padded))
+            .ok_or(SevStatus::INVALID_PARAM)?,
+    )
 }
 
 /// Encodes TDI_REPORT's output into `out`: header, one entry per range, trailing length word.

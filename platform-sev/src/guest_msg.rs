@@ -28,6 +28,12 @@ pub const MSG_MMIO_VALIDATE_RSP: u8 = 22;
 pub const MSG_TDI_START_REQ: u8 = 0xF1;
 /// Ours: answer to [`MSG_TDI_START_REQ`].
 pub const MSG_TDI_START_RSP: u8 = 0xF2;
+/// Ours: the guest asks for its CONFIG_LOCKED TDI to run; the firmware records it, and the
+/// host's TDI_BIND with RUN_FORCE then starts it (Linux's guest asks the host alone, GHCB
+/// `SVM_VMGEXIT_SEV_TIO_OP` RUN; the firmware hears the guest here). Body [`TdiReq`].
+pub const MSG_TDI_RUN_REQ: u8 = 0xF3;
+/// Ours: answer to [`MSG_TDI_RUN_REQ`]. Body [`TdiStartRsp`].
+pub const MSG_TDI_RUN_RSP: u8 = 0xF4;
 
 /// The SNP guest message header (0x60 bytes).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -47,9 +47,9 @@ impl Mailbox for ModelDevice {
     }
 }
 
-/// The page an SLA names.
+/// The page an SLA names (the host knows its own pages: the C-bit it set is not part of it).
 fn page(sla: u64) -> u64 {
-    SlaAddr::from_bits(sla).address()
+    SlaAddr::from_bits(crate::abi::strip_c_bit(sla)).address()
 }
 
 /// Offset of `dobj.length` in an SLA buffer.

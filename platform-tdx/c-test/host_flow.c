@@ -482,7 +482,23 @@ int main(void)
 	}
 
 	disconnect(dev);
-	check("teardown", "TSM.TD.DESTROY", seam(TSM_TD_DESTROY, td, 0, 0), TDX_SUCCESS);
+	/* KVM's tdx_mmu_release_hkid and tdx_reclaim_td_control_pages: the HKID released, the
+	 * TDR reclaimed and its cache lines written back under the global KeyID. */
+	check("teardown", "TDH.MNG.VPFLUSHDONE", seam(TDH_MNG_VPFLUSHDONE, td, 0, 0), TDX_SUCCESS);
+	check("teardown", "TDH.PHYMEM.CACHE.WB start",
+	      seam(TDH_PHYMEM_CACHE_WB, TSM_TDX_CACHE_WB_START, 0, 0), TDX_INTERRUPTED_RESUMABLE);
+	check("teardown", "TDH.PHYMEM.CACHE.WB resume",
+	      seam(TDH_PHYMEM_CACHE_WB, TSM_TDX_CACHE_WB_RESUME, 0, 0), TDX_SUCCESS);
+	check("teardown", "TDH.MNG.KEY.FREEID", seam(TDH_MNG_KEY_FREEID, td, 0, 0), TDX_SUCCESS);
+	check("teardown", "TDH.PHYMEM.PAGE.RECLAIM", seam(TDH_PHYMEM_PAGE_RECLAIM, td, 0, 0),
+	      TDX_SUCCESS);
+	if (r->rcx != TSM_TDX_PT_TDR || r->rdx != 0 || r->r8 != 0) {
+		printf("FAIL teardown: RECLAIM out %llx %llx %llx\n", (unsigned long long)r->rcx,
+		       (unsigned long long)r->rdx, (unsigned long long)r->r8);
+		return 1;
+	}
+	check("teardown", "TDH.PHYMEM.PAGE.WBINVD",
+	      seam(TDH_PHYMEM_PAGE_WBINVD, td | (1ull << TSM_TDX_KEYID_SHIFT), 0, 0), TDX_SUCCESS);
 	puts("PASS");
 	return 0;
 }

@@ -73,8 +73,28 @@ struct tsm_tdx_range_list {
 };
 
 /* Host leaves (SEAMCALL). A TD is named by its TDR page's physical address ("TDR"). */
-#define TDH_MNG_CREATE         9u      /* RCX TDR (4 KiB aligned, in host memory), RDX HKID (15:0,
-                                          not 0; 63:16 reserved); no outputs */
+#define TDH_MNG_CREATE         9u      /* RCX TDR (4 KiB aligned, in host memory, no KeyID bits),
+                                          RDX HKID (15:0, 1..TSM_TDX_PRIVATE_HKID_MAX; 63:16
+                                          reserved; TDX_HKID_NOT_FREE until that HKID's TD is
+                                          KEY.FREEID'd); no outputs */
+/* TD teardown, Linux's order (KVM tdx_mmu_release_hkid, tdx_reclaim_td_control_pages):
+ * VPFLUSHDONE, CACHE.WB (START, then RESUME while TDX_INTERRUPTED_RESUMABLE), KEY.FREEID,
+ * PAGE.RECLAIM of the TDR, PAGE.WBINVD of it. No vCPUs, no TDCS pages are modelled. */
+#define TDH_MNG_VPFLUSHDONE    19u     /* RCX TDR; TDX_TD_HAS_ATTACHED_DEVICES while a TDI is bound;
+                                          afterwards every other leaf naming the TD is
+                                          TDX_TD_KEYS_NOT_CONFIGURED */
+#define TDH_MNG_KEY_FREEID     20u     /* RCX TDR; TDX_WBCACHE_NOT_COMPLETE before a CACHE.WB */
+#define TDH_PHYMEM_PAGE_RECLAIM 28u    /* RCX page (no KeyID bits) -> RCX page type
+                                          (TSM_TDX_PT_TDR), RDX owner (0), R8 size (0 = 4K); only
+                                          a TDR after KEY.FREEID: the TDR then names no TD */
+#define TDH_PHYMEM_CACHE_WB    40u     /* RCX TSM_TDX_CACHE_WB_START or _RESUME */
+#define TDH_PHYMEM_PAGE_WBINVD 41u     /* RCX page | KeyID << TSM_TDX_KEYID_SHIFT; a no-op for a page
+                                          the firmware does not hold */
+#define TSM_TDX_CACHE_WB_START   0u
+#define TSM_TDX_CACHE_WB_RESUME  1u
+#define TSM_TDX_KEYID_SHIFT      48u   /* ours: KeyID bits 51:48 of a physical address */
+#define TSM_TDX_PRIVATE_HKID_MAX 63u   /* ours: private HKIDs are 1..63 */
+#define TSM_TDX_PT_TDR           4u    /* PAMT page type of a TDR (RECLAIM RCX out) */
 #define TDH_MEM_SEPT_RD        25u     /* RCX page info, RDX TDR -> RCX entry, RDX level|state<<8 */
 #define TDH_MEM_TRACK          38u     /* RCX TDR; TDX_INTERRUPTED_RESUMABLE: call again */
 #define TDH_SPDM_CREATE        130u    /* RCX TDISP function ID (TSM_TDX_FUNC_ID), RDX HPA_ARRAY_T of
@@ -114,7 +134,7 @@ struct tsm_tdx_range_list {
                                         * the TDI that owns the page */
 #define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TDR */
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TDR -> R8 HPA */
-#define TSM_TD_DESTROY         0xF001u /* RCX TDR; the TDR then names no TD */
+/* 0xF001 (TSM_TD_DESTROY) is retired: the TD teardown leaves above replace it. */
 #define TSM_DEVIF_BIND         0xF002u /* RCX function ID, RDX TDR (CREATE's), R8 request page;
                                           TDX_SPDM_REQUEST until the last answer binds */
 #define TSM_DEVIF_UNBIND       0xF003u /* RCX function ID, RDX flags, R8 request page (0 with
@@ -276,6 +296,10 @@ struct tsm_tdx_dev_info {
 #define TDX_IDE_STREAM_HAS_DEVICE_INTERFACES 0xC0000F1F00000000ull
 #define TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY 0xC0000F2100000000ull
 #define TDX_IDE_STREAM_INVALID_STATE   0xC0000F2400000000ull
+#define TDX_IDE_STREAM_ADDR_OVERLAP    0xC0000F1B00000000ull
+#define TDX_IDE_STREAM_RID_OVERLAP     0xC0000F1C00000000ull
+/* TDH_MMIO_MAP of a page outside its device's IDE stream address association (+ R8). */
+#define TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE 0xC0000F4C00000000ull
 #define TDX_SPDM_INVALID_MESSAGE       0xC0000F4E00000000ull /* the module's TDX_SDPM_... */
 #define TSM_DEVICE_IN_USE              0xC000F02400000000ull
 /* A page already in use (a TD's TDR, a TDI's private page, SPDM metadata). */
@@ -289,7 +313,7 @@ struct tsm_tdx_dev_info {
 #define TSM_DEVICE_REFUSED             0xC000F03100000000ull
 #define TSM_DEVICE_MALFORMED           0xC000F03200000000ull
 /* The S-EPT and TD (intel/tdx-module tdx_error_codes_defs.h @a56a9173): a leaf not free for
- * MAP; a TD destroyed with a TDI bound; a page the guest accepted already (not an error); a
+ * MAP; a TDR with child pages; a page the guest accepted already (not an error); a
  * level other than the entry's; an entry in another state; MAP of a page another TD's TDI owns. */
 #define TDX_PAGE_NOT_FREE              0xC000030300000000ull
 #define TDX_TD_ASSOCIATED_PAGES_EXIST  0xC000040000000000ull
@@ -297,6 +321,17 @@ struct tsm_tdx_dev_info {
 #define TDX_PAGE_SIZE_MISMATCH         0xC0000B0B00000000ull
 #define TDX_EPT_ENTRY_STATE_INCORRECT  0xC0000B0D00000000ull
 #define TDX_MMIO_DEVIF_OWNER_MISMATCH  0xC0000F2700000000ull
+/* TD teardown (intel/tdx-module tdx_error_codes_defs.h @72d8cffb; TD_HAS_ATTACHED_DEVICES
+ * @1666adc4): a teardown leaf out of order; a leaf naming a TD past VPFLUSHDONE; KEY.FREEID
+ * before CACHE.WB; an HKID a live TD holds; CACHE.WB START with nothing to do (a warning);
+ * CACHE.WB RESUME with nothing interrupted; VPFLUSHDONE with a TDI bound. No operand. */
+#define TDX_LIFECYCLE_STATE_INCORRECT  0xC000060700000000ull
+#define TDX_TD_KEYS_NOT_CONFIGURED     0x8000081000000000ull
+#define TDX_WBCACHE_NOT_COMPLETE       0x8000081700000000ull
+#define TDX_HKID_NOT_FREE              0xC000082000000000ull
+#define TDX_NO_HKID_READY_TO_WBCACHE   0x0000082100000000ull
+#define TDX_WBCACHE_RESUME_ERROR       0xC000082300000000ull
+#define TDX_TD_HAS_ATTACHED_DEVICES    0xC0000F3A00000000ull
 /* Ours (class 0xF0): the core's refusals. Ranges: too many, outside the device's BARs,
  * overlapping, empty or past the address space. Capacities (recoverable: free something):
  * device, TDI, TD, ownership tables, S-EPT page pool. States: a TDI bound already, not
@@ -333,6 +368,7 @@ struct tsm_tdx_dev_info {
 #define TDX_OPERAND_ID_TDR 128u          /* the calling TD of a TDCALL */
 #define TDX_OPERAND_ID_SEPT_TREE 146u    /* the S-EPT (busy, walk) */
 #define TDX_OPERAND_ID_TD_EPOCH 169u     /* the TD's TLB epoch (TDH.MEM.TRACK) */
+#define TDX_OPERAND_ID_WBCACHE 188u      /* the platform's CACHE.WB state (busy) */
 #define TDX_OPERAND_ID_MMIOMT 257u       /* MMIO ownership (the module's MMIO metadata) */
 #define TDX_OPERAND_ID_DEVICE_TABLE 0xF00u /* ours: the device table (busy) */
 #define TDX_OPERAND_ID_DEVICE 0xF01u     /* ours: a device (busy) */

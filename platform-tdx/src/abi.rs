@@ -21,7 +21,7 @@ use core::cell::Cell;
 use tsm_core::capacity::{MAX_BARS, MAX_RANGES_PER_TDI};
 use tsm_core::{
     Completion, Error, Gpa, GuestField, GuestId, Hpa, LeafState, MAX_RELAY_BYTES, MmioRange,
-    PageSize, RequesterId, SecureSession, TdiState, Tsm, TsmResult,
+    PageSize, RequesterId, SecureSession, TdiId, TdiState, Tsm, TsmResult,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -49,6 +49,10 @@ use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RAX, OPERAND_ID_RCX,
     OPERAND_ID_RDX, Operands, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
     TdxStatus,
+};
+pub use crate::td::{
+    TDH_MNG_KEY_FREEID, TDH_MNG_VPFLUSHDONE, TDH_PHYMEM_CACHE_WB, TDH_PHYMEM_PAGE_RECLAIM,
+    TDH_PHYMEM_PAGE_WBINVD,
 };
 
 /// The registers a SEAMCALL passes (TDX Module ABI spec: RAX leaf, operands in RCX, RDX, R8-R14).
@@ -87,15 +91,16 @@ const _: () = assert!(core::mem::size_of::<SeamRegs>() == 10 * 8);
 /// `tdh_mng_create(td, hkid)` in `tdx.c` @a4a508df): RCX the TDR page's physical address, RDX
 /// the HKID. No outputs. Registers a TD under its TDR page: every later operand that names a TD
 /// is that address. Checked in the TDX module's order (intel/tdx-module `tdh_mng_create.c`:
-/// HKID first, then the TDR page): RDX bits 63:16 reserved or HKID 0 (never private):
-/// OPERAND_INVALID + RDX; RCX not 4 KiB aligned: OPERAND_INVALID + RCX; at or above 2^52 or not
-/// a whole page of host memory: OPERAND_ADDR_RANGE_ERROR + RCX; a page already a TD's TDR or a
+/// HKID first, then the TDR page, then the HKID's key): RDX bits 63:16 reserved (RDX is
+/// `hkid_api_input_t`, `hkid : 16, reserved : 48`, intel/tdx-module `tdx_api_defs.h`
+/// @a56a9173), HKID 0 or above [`crate::td::PRIVATE_HKID_MAX`] (not private):
+/// OPERAND_INVALID + RDX; RCX not 4 KiB aligned: OPERAND_INVALID + RCX; at or above 2^52 or
+/// not a whole page of host memory: OPERAND_ADDR_RANGE_ERROR + RCX; KeyID bits set
+/// ([`crate::td::KEYID_MASK`]): OPERAND_INVALID + RCX; a page already a TD's TDR (until TDH.PHYMEM.PAGE.RECLAIM) or a
 /// TDI's private page (the firmware's already): PAGE_METADATA_INCORRECT + RCX (the module's
-/// PAMT "not PT_NDA"); no guest slot left: the core's `GuestTableFull`.
+/// PAMT "not PT_NDA"); an HKID a TD holds until TDH.MNG.KEY.FREEID: `TDX_HKID_NOT_FREE`; no
+/// guest slot left: the core's `GuestTableFull`.
 pub const TDH_MNG_CREATE: u16 = 9;
-/// TDH.MNG.CREATE RDX: the HKID is bits 15:0 (`hkid_api_input_t`, intel/tdx-module
-/// `tdx_api_defs.h` @a56a9173: `hkid : 16, reserved : 48`).
-const HKID_MASK: u64 = 0xffff;
 /// The TDR is one 4 KiB page (intel/tdx-module `tdx_api_defs.h` @a56a9173, `TDR_PAGE`; Linux
 /// allocates it with `alloc_page`).
 const TDR_ALIGN: PageSize = PageSize::Size4K;
@@ -172,12 +177,10 @@ pub const TDH_MMIO_UNMAP: u16 = 160;
 
 /// First leaf number of ours; every TDX leaf is below it.
 pub const TSM_LEAF_BASE: u16 = 0xF000;
-/// Ours, "destroy TD": RCX the TDR PA. Stands in for Linux's TD teardown (TDH.MNG.VPFLUSHDONE,
-/// TDH.MNG.KEY.FREEID, then TDH.PHYMEM.PAGE.RECLAIM 28 of the TDR page), which this firmware
-/// does not model: refused with `TD_ASSOCIATED_PAGES_EXIST` while a TDI is bound to the TD;
-/// afterwards the TDR PA names no TD and may be given to TDH.MNG.CREATE again. (0xF000, the
-/// old "create TD", is retired: TDH.MNG.CREATE replaces it.)
-pub const TSM_TD_DESTROY: u16 = 0xF001;
+// 0xF001, ours, TSM.TD.DESTROY, is retired: the host tears a TD down as Linux does
+// ([`TDH_MNG_VPFLUSHDONE`], [`TDH_PHYMEM_CACHE_WB`], [`TDH_MNG_KEY_FREEID`],
+// [`TDH_PHYMEM_PAGE_RECLAIM`] of the TDR, [`TDH_PHYMEM_PAGE_WBINVD`]; `crate::td`). (0xF000,
+// the old "create TD", is retired too: TDH.MNG.CREATE replaces it.)
 /// Ours, bind: RCX the TDI's `function_id_reg_t`, RDX the TDR PA, which must be the one
 /// TDH.DEVIF.CREATE named (ours, kept so a host names the TD it means: another TD's
 /// `TDX_MMIO_DEVIF_OWNER_MISMATCH` + RDX), R8 the shared request page. The firmware locks the
@@ -425,8 +428,11 @@ pub const fn operands(leaf: u16) -> Operands {
     let rcx = Some(OPERAND_ID_RCX);
     let rdx = Some(OPERAND_ID_RDX);
     match leaf {
-        TSM_TD_DESTROY | TDH_MEM_TRACK => Operands { td: rcx, ..none },
-        TDH_MNG_CREATE => Operands { hpa: rcx, ..none },
+        TDH_MEM_TRACK | TDH_MNG_VPFLUSHDONE | TDH_MNG_KEY_FREEID => Operands { td: rcx, ..none },
+        // RECLAIM and WBINVD name a page (the module's PAMT statuses).
+        TDH_MNG_CREATE | TDH_PHYMEM_PAGE_RECLAIM | TDH_PHYMEM_PAGE_WBINVD => {
+            Operands { hpa: rcx, ..none }
+        }
         TDH_SPDM_CREATE => Operands {
             rid: rcx,
             hpa: rdx,
@@ -714,14 +720,43 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         match tsm.owner_of(hpa, size) {
             Err(e) => Outcome::Core(Err(e)),
             Ok(None) => Outcome::Core(Err(Error::HpaNotOwned)),
-            Ok(Some(tdi)) => match tsm.map_mmio(tdi, td, gpa, hpa, size) {
-                // The owner was unbound (or unbound and removed) between the look-up and the
-                // map: the page is no bound TDI's any more.
-                Err(Error::TdiNotBound | Error::InvalidHandle) => {
-                    Outcome::Core(Err(Error::HpaNotOwned))
+            Ok(Some(tdi)) => {
+                // The module's check (`tdh_mmio_map.c` @1666adc4), after the owner's (which
+                // the core makes): the page's TEE traffic must use its device's IDE stream, so
+                // the page lies in the stream's address association.
+                let covered = tsm.tdi(tdi).and_then(|record| {
+                    if record.state.owner() != Some(td) {
+                        return Ok(true);
+                    }
+                    let spdm = self.fw.lock_spdm()?;
+                    Ok(crate::link::stream_of_device(&spdm, record.device)
+                        .is_some_and(|s| s.covers(hpa.as_u64(), size.bytes())))
+                });
+                match covered {
+                    // Removed since the look-up: the page is no bound TDI's any more.
+                    Err(Error::InvalidHandle) => return Outcome::Core(Err(Error::HpaNotOwned)),
+                    Err(e) => return Outcome::Core(Err(e)),
+                    Ok(false) => {
+                        return Outcome::Status(
+                            status::TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE | u64::from(OPERAND_ID_R8),
+                        );
+                    }
+                    Ok(true) => {}
                 }
-                r => r.into(),
-            },
+                self.map_owned(tdi, td, gpa, hpa, size)
+            }
+        }
+    }
+
+    /// The core's map of a page `tdi` owns (see [`Dispatcher::map_mmio`]).
+    fn map_owned(&self, tdi: TdiId, td: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize) -> Outcome {
+        match self.tsm.map_mmio(tdi, td, gpa, hpa, size) {
+            // The owner was unbound (or unbound and removed) between the look-up and the
+            // map: the page is no bound TDI's any more.
+            Err(Error::TdiNotBound | Error::InvalidHandle) => {
+                Outcome::Core(Err(Error::HpaNotOwned))
+            }
+            r => r.into(),
         }
     }
 
@@ -844,29 +879,32 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let refuse = |s| self.refuse(leaf, r, s);
         let tsm = self.tsm;
         // A leaf naming a TD holds the TD table (shared) until it returns, so the TD its TDR
-        // PA names cannot be destroyed and another created in its slot meanwhile.
+        // PA names cannot be destroyed and another created in its slot meanwhile (the teardown
+        // leaves take it exclusive themselves).
+        let teardown = matches!(leaf, TDH_MNG_VPFLUSHDONE | TDH_MNG_KEY_FREEID);
         let tds = match operands(leaf).td {
-            Some(_) if leaf != TSM_TD_DESTROY => Some(self.fw.read_tds().map_err(core)?),
+            Some(_) if !teardown => Some(self.fw.read_tds().map_err(core)?),
             _ => None,
         };
         // The TD a TDR PA operand names; none: OPERAND_INVALID on that register, after the
-        // leaf's other handles (the core's order: `refuse`).
+        // leaf's other handles (the core's order: `refuse`); past VPFLUSHDONE, the module's
+        // TD_KEYS_NOT_CONFIGURED.
         let td_at = |raw: u64, operand: u32| -> Result<GuestId, Outcome> {
-            tds.as_deref()
+            let t = tds.as_deref();
+            let td = t
                 .and_then(|t| td_in(t, raw))
-                .ok_or_else(|| self.refuse(leaf, r, invalid(operand)))
+                .ok_or_else(|| self.refuse(leaf, r, invalid(operand)))?;
+            t.map_or(Ok(()), |t| crate::td::usable(t, td))
+                .map_err(|s| self.refuse(leaf, r, s))?;
+            Ok(td)
         };
         Ok(match leaf {
             TDH_MNG_CREATE => self.mng_create(r)?,
-            TSM_TD_DESTROY => {
-                let mut tds = self.fw.write_tds().map_err(core)?;
-                let td = td_in(&tds, r.rcx).ok_or(st(invalid(OPERAND_ID_RCX)))?;
-                tsm.destroy_guest(td).map_err(core)?;
-                if let Some(entry) = tds.get_mut(usize::from(td.slot())) {
-                    *entry = None;
-                }
-                Outcome::Core(Ok(Completion::Done))
-            }
+            TDH_MNG_VPFLUSHDONE
+            | TDH_MNG_KEY_FREEID
+            | TDH_PHYMEM_PAGE_RECLAIM
+            | TDH_PHYMEM_CACHE_WB
+            | TDH_PHYMEM_PAGE_WBINVD => self.td_leaf(leaf, r, out)?,
             TDH_SPDM_CREATE => self.spdm_create(r, out)?,
             TDH_SPDM_DELETE => {
                 let mut spdm = self.fw.lock_spdm().map_err(core)?;
@@ -1164,12 +1202,12 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     fn mng_create(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
         let core = |e| Outcome::Core(Err(e));
-        // HKID 0 is the platform's (TME) key, never a private one.
-        let hkid = match u16::try_from(r.rdx & HKID_MASK) {
-            Ok(h) if h != 0 && r.rdx & !HKID_MASK == 0 => h,
-            _ => return Err(st(invalid(OPERAND_ID_RDX))),
-        };
+        let hkid = crate::td::private_hkid(r.rdx).map_err(st)?;
         let tdr = decode_hpa(r.rcx, TDR_ALIGN, OPERAND_ID_RCX).map_err(st)?;
+        // KeyID bits in a TDR address: the module's `hpa_check_with_pwr_2_alignment`.
+        if r.rcx & crate::td::KEYID_MASK != 0 {
+            return Err(st(invalid(OPERAND_ID_RCX)));
+        }
         self.host
             .probe_read(tdr.as_u64(), TDR_BYTES)
             .map_err(|f| st(host_fault(f, OPERAND_ID_RCX)))?;
@@ -1181,9 +1219,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
             ));
         }
+        // Held until TDH.MNG.KEY.FREEID (the module's KOT entry not HKID_FREE).
+        if crate::td::hkid_held(&tds, hkid) {
+            return Err(st(status::TDX_HKID_NOT_FREE));
+        }
         let td = self.tsm.create_guest().map_err(core)?;
+        let life = crate::td::TdLife::HkidAssigned;
         match tds.get_mut(usize::from(td.slot())) {
-            Some(entry @ None) => *entry = Some(TdEntry { tdr, hkid }),
+            Some(entry @ None) => *entry = Some(TdEntry { tdr, hkid, life }),
             // Cannot happen: the core's guest slots are the table's, and a destroyed TD's
             // entry is cleared with it. Undone all the same, so the refusal changes nothing.
             _ => {
@@ -1238,6 +1281,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         // Held for the whole leaf, as for host leaves naming a TD.
         let tds = self.fw.read_tds().map_err(|e| Outcome::Core(Err(e)))?;
         let td = td_in(&tds, tdr).ok_or(st(invalid(status::OPERAND_ID_TDR)))?;
+        crate::td::usable(&tds, td).map_err(st)?;
         Ok(match leaf {
             TDG_MMIO_ACCEPT => {
                 // The accept bypasses the core: the calling TD must exist.

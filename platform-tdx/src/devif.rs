@@ -356,7 +356,8 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let tdr = match r.rdx {
             0 => None,
             raw => {
-                td_in(&tds, raw).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                let td = td_in(&tds, raw).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                crate::td::usable(&tds, td).map_err(st)?;
                 Some(Hpa::try_new(raw).map_err(|_| st(invalid(OPERAND_ID_RDX)))?)
             }
         };
@@ -453,13 +454,25 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         Ok(Outcome::Core(Ok(Completion::Done)))
     }
 
-    /// The TD `entry` is for (none, or gone: `TDX_OPERAND_INVALID` + TDR).
+    /// The TD `entry` is for (none, or gone: `TDX_OPERAND_INVALID` + TDR; past VPFLUSHDONE:
+    /// `TDX_TD_KEYS_NOT_CONFIGURED`).
     fn td_of(&self, entry: &DevifEntry) -> Result<GuestId, Outcome> {
         let tds = self.fw.read_tds().map_err(core_err)?;
-        entry
+        let td = entry
             .tdr
             .and_then(|t| td_in(&tds, t.as_u64()))
-            .ok_or(named(status::TDX_OPERAND_INVALID, status::OPERAND_ID_TDR))
+            .ok_or(named(status::TDX_OPERAND_INVALID, status::OPERAND_ID_TDR))?;
+        crate::td::usable(&tds, td).map_err(Outcome::Status)?;
+        Ok(td)
+    }
+
+    /// The TD TDR page `raw` names for a TDI (none: `TDX_OPERAND_INVALID` + RDX; past
+    /// VPFLUSHDONE: `TDX_TD_KEYS_NOT_CONFIGURED`).
+    fn td_named(&self, raw: u64) -> Result<GuestId, Outcome> {
+        let tds = self.fw.read_tds().map_err(core_err)?;
+        let td = td_in(&tds, raw).ok_or(named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
+        crate::td::usable(&tds, td).map_err(Outcome::Status)?;
+        Ok(td)
     }
 
     /// TSM.DEVIF.BIND ([`crate::abi::TSM_DEVIF_BIND`]) once RCX named `tdi` (`entry`): RDX
@@ -475,10 +488,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
-        let td = {
-            let tds = self.fw.read_tds().map_err(core_err)?;
-            td_in(&tds, r.rdx).ok_or(named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?
-        };
+        let td = self.td_named(r.rdx)?;
         let page = self.request_page(table, r.r8, OPERAND_ID_R8)?;
         let tsm = self.tsm;
         if entry.tdr.map(|t| t.as_u64()) != Some(r.rdx) {
@@ -495,11 +505,9 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     pub(crate) fn devif_set_td(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let mut table = self.fw.lock_pages().map_err(core_err)?;
         let (tdi, _) = devif_at(&table, r.rcx).map_err(Outcome::Status)?;
-        let tdr = {
-            let tds = self.fw.read_tds().map_err(core_err)?;
-            td_in(&tds, r.rdx).ok_or(named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
-            Hpa::try_new(r.rdx).map_err(|_| named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?
-        };
+        self.td_named(r.rdx)?;
+        let tdr =
+            Hpa::try_new(r.rdx).map_err(|_| named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
         let record = self.tsm.tdi(tdi).map_err(core_err)?;
         if record.exchange.is_some() {
             return Err(named(status::TDX_DEVIF_TDISP_OUT_REQ, OPERAND_ID_RCX));

@@ -12,6 +12,8 @@
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
 //! - [`devif`]: the TDX-IO device-interface leaves with the public operand encodings (TDIs by
 //!   TDISP function ID, `devif_id_t`, `devif_req_in_t`/`_out_t`, `devif_rsp_in_t`/`_out_t`);
+//! - [`td`]: the TD teardown leaves (VPFLUSHDONE, CACHE.WB, KEY.FREEID, PAGE.RECLAIM,
+//!   PAGE.WBINVD) and the TD's lifecycle;
 //! - [`link`]: the TDX Connect link leaves: the SPDM session (TDH.SPDM.CONNECT, DISCONNECT,
 //!   MNG) and the device's IDE stream (TDH.IDE.STREAM.CREATE, KM, BLOCK, DELETE);
 //! - `capi` (feature `capi`; also built for the crate's own tests, which run it under Miri):
@@ -40,6 +42,7 @@ pub mod module;
 pub mod radix;
 pub mod sept;
 pub mod status;
+pub mod td;
 
 pub use module::{DevifEntry, DevifPages, TdxModule};
 pub use tsm_core;

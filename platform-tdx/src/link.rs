@@ -262,6 +262,56 @@ pub struct IdeStreamEntry {
     pub blocked: bool,
 }
 
+impl IdeStreamEntry {
+    /// The RID association: segment base, first and last routing ID.
+    pub fn rids(&self) -> (u64, u64, u64) {
+        rid_window(self.rid[0], self.rid[1])
+    }
+
+    /// Address association block 0: first and last byte address.
+    pub fn window(&self) -> (u64, u64) {
+        addr_window(self.addr)
+    }
+
+    /// Whether `[base, base + bytes)` lies inside the address association, so the device's
+    /// TEE traffic for it uses this stream.
+    pub fn covers(&self, base: u64, bytes: u64) -> bool {
+        let (first, last) = self.window();
+        bytes
+            .checked_sub(1)
+            .and_then(|n| base.checked_add(n))
+            .is_some_and(|end| base >= first && end <= last)
+    }
+}
+
+/// RID association 1 (limit) and 2 (VALID, base, segment): segment, first, last routing ID.
+fn rid_window(rid1: u64, rid2: u64) -> (u64, u64, u64) {
+    let limit = (rid1 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
+    let base = (rid2 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
+    let segment = (rid2 & RID_ASSOC_SEGMENT_MASK) >> RID_ASSOC_SEGMENT_SHIFT;
+    (segment, base, limit)
+}
+
+/// Address association 1-3 (checked: high halves within their fields): first and last byte
+/// address of the window (1 MiB granules, as PCIe 6.x 7.9.26.5 defines them).
+fn addr_window([a1, a2, a3]: [u64; 3]) -> (u64, u64) {
+    let base = (a3 << 32) | (((a1 >> ADDR_ASSOC1_BASE_SHIFT) & ADDR_FIELD_MASK) << 20);
+    let limit =
+        (a2 << 32) | (((a1 >> ADDR_ASSOC1_LIMIT_SHIFT) & ADDR_FIELD_MASK) << 20) | ADDR_LIMIT_LOW;
+    (base, limit)
+}
+
+/// The IDE stream of the SPDM id whose core device is `device`, if it has one.
+pub(crate) fn stream_of_device(
+    spdm: &SpdmTable,
+    device: tsm_core::DeviceId,
+) -> Option<&IdeStreamEntry> {
+    spdm.iter()
+        .flatten()
+        .find(|e| e.device == Some(device))
+        .and_then(|e| e.link.stream.as_ref())
+}
+
 /// An SPDM id's link: its session and its stream.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Link {
@@ -423,6 +473,11 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let config = self.spdm_config(r.rdx)?;
         let (response, request) =
             self.relay_pages(spdm, (r.r8, OPERAND_ID_R8), (r.r9, OPERAND_ID_R9))?;
+        // The config page is read on every re-issue: a message page would overwrite it and
+        // leave the session connecting for good.
+        if r.rdx == response.as_u64() || r.rdx == request.as_u64() {
+            return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_RDX));
+        }
         let dev_info = self.page_array(r.r10, OPERAND_ID_R10, true)?;
         for page in dev_info.root.iter().chain(dev_info.pages.iter()).copied() {
             if self.held(spdm, page, PageUse::Shared)? {
@@ -639,9 +694,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if r.r11 & RID2_RESERVED != 0 || r.r11 & ASSOC_VALID == 0 {
             return bad(OPERAND_ID_R11);
         }
-        let rid_limit = (r.r10 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
-        let rid_base = (r.r11 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
-        let segment = (r.r11 & RID_ASSOC_SEGMENT_MASK) >> RID_ASSOC_SEGMENT_SHIFT;
+        let (segment, rid_base, rid_limit) = rid_window(r.r10, r.r11);
         if rid_base > rid_limit {
             return bad(OPERAND_ID_R10);
         }
@@ -654,10 +707,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if r.r14 & ADDR_HIGH_RESERVED != 0 {
             return bad(OPERAND_ID_R14);
         }
-        let base = (r.r14 << 32) | (((r.r12 >> ADDR_ASSOC1_BASE_SHIFT) & ADDR_FIELD_MASK) << 20);
-        let limit = (r.r13 << 32)
-            | (((r.r12 >> ADDR_ASSOC1_LIMIT_SHIFT) & ADDR_FIELD_MASK) << 20)
-            | ADDR_LIMIT_LOW;
+        let (base, limit) = addr_window([r.r12, r.r13, r.r14]);
         if base > limit {
             return bad(OPERAND_ID_R12);
         }
@@ -688,8 +738,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             }
         }
         let id = r.rdx;
-        let slot = entry_at(spdm, r.rdx, OPERAND_ID_RDX)?;
-        slot.link.stream = Some(IdeStreamEntry {
+        let stream = IdeStreamEntry {
             id,
             rp_ide_id: id,
             info: r.rcx,
@@ -698,7 +747,9 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             metadata,
             keys: Keys::None,
             blocked: false,
-        });
+        };
+        let slot = entry_at(spdm, r.rdx, OPERAND_ID_RDX)?;
+        slot.link.stream = Some(stream);
         out.rcx = id;
         out.rdx = id;
         Ok(done())

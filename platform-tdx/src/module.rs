@@ -20,6 +20,7 @@ use tsm_core::{
 
 use crate::link::Link;
 use crate::sept::Sept;
+use crate::td::{CacheWb, TdLife};
 
 /// Bytes of a message page: one 4 KiB page (TDX: every page operand is one), large enough for
 /// any request or response the firmware exchanges (`tsm_core::MAX_RELAY_BYTES`).
@@ -106,6 +107,8 @@ pub struct TdEntry {
     pub tdr: Hpa,
     /// The TD's private HKID (bits 15:0 of TDH.MNG.CREATE RDX).
     pub hkid: u16,
+    /// Where the TD is in its teardown ([`crate::td`]).
+    pub life: TdLife,
 }
 
 /// Every TD's TDR, indexed by the core's guest slot: the table TDR PA -> [`GuestId`] (a scan
@@ -219,11 +222,14 @@ pub struct TdxModule<'m, S> {
     pages: Mutex<PageTable>,
     /// The TDs by TDR page. Read (try-lock, shared) for the whole of every leaf that names a
     /// TD, so the TD a TDR names cannot change under it; written by TDH.MNG.CREATE and TD
-    /// destroy. Contended: `Busy(Guest)`, `TDX_OPERAND_BUSY` + TDR.
+    /// the teardown leaves ([`crate::td`]). Contended: `Busy(Guest)`, `TDX_OPERAND_BUSY` + TDR.
     tds: RwLock<TdTable>,
     /// The SPDM ids (try-lock, held for the whole of every leaf naming one, so the device an
     /// SPDM id names cannot change under it). Contended: `Busy(Device)`.
     spdm: Mutex<SpdmTable>,
+    /// The platform's interrupted TDH.PHYMEM.CACHE.WB (try-lock, taken before the TD table;
+    /// contended: `TDX_OPERAND_BUSY` + WBCACHE).
+    cache_wb: Mutex<CacheWb>,
 }
 
 impl<'m, S> Deref for TdxModule<'m, S> {
@@ -246,6 +252,7 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
             pages: Mutex::new([const { None }; MAX_TDIS]),
             tds: RwLock::new([const { None }; MAX_GUESTS]),
             spdm: Mutex::new([const { None }; MAX_DEVICES]),
+            cache_wb: Mutex::new(CacheWb::new()),
         }
     }
 
@@ -267,7 +274,7 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
     }
 
     /// The TD whose TDR page is at host physical address `tdr` (`None`: no TD has it);
-    /// `Busy(Guest)` while TDH.MNG.CREATE or TD destroy holds the table.
+    /// `Busy(Guest)` while TDH.MNG.CREATE or a teardown leaf holds the table.
     pub fn td_of(&self, tdr: u64) -> TsmResult<Option<GuestId>> {
         Ok(td_in(&*self.read_tds()?, tdr))
     }
@@ -283,10 +290,20 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
         self.tds.try_read().ok_or(Error::Busy(Operand::Guest))
     }
 
-    /// The TD table, exclusive, for TDH.MNG.CREATE and TD destroy; `Busy(Guest)` while any
+    /// The TD table, exclusive, for TDH.MNG.CREATE and the teardown leaves; `Busy(Guest)` while any
     /// other leaf holds it.
     pub(crate) fn write_tds(&self) -> TsmResult<RwLockWriteGuard<'_, TdTable>> {
         self.tds.try_write().ok_or(Error::Busy(Operand::Guest))
+    }
+
+    /// The platform's TDH.PHYMEM.CACHE.WB progress; `Busy(Guest)` while a leaf holds it.
+    pub fn cache_wb(&self) -> TsmResult<CacheWb> {
+        Ok(*self.lock_cache_wb().ok_or(Error::Busy(Operand::Guest))?)
+    }
+
+    /// The CACHE.WB progress, for TDH.PHYMEM.CACHE.WB; `None` while another CPU holds it.
+    pub(crate) fn lock_cache_wb(&self) -> Option<MutexGuard<'_, CacheWb>> {
+        self.cache_wb.try_lock()
     }
 
     /// The record of SPDM id `id` (`None`: no TDH.SPDM.CREATE made it); `Busy(Device)` while

@@ -170,7 +170,8 @@ impl<'m> World<'m> {
             abi::TDH_MNG_CREATE,
             SeamRegs {
                 rcx: tdr,
-                rdx: HKID,
+                // One HKID per live TD, as KVM's `tdx_guest_keyid_alloc` hands them out.
+                rdx: HKID + n,
                 ..Default::default()
             },
         );
@@ -1889,19 +1890,10 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
     let other = host_page(TDR_FIRST + 1);
     for not_a_td in [0, other, tdr + 0x1000 * 64] {
         let page = page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M);
-        let cases: [(&str, u16, SeamRegs, u64); 7] = [
+        let cases: [(&str, u16, SeamRegs, u64); 6] = [
             (
                 "TRACK",
                 abi::TDH_MEM_TRACK,
-                SeamRegs {
-                    rcx: not_a_td,
-                    ..Default::default()
-                },
-                1,
-            ),
-            (
-                "destroy",
-                abi::TSM_TD_DESTROY,
                 SeamRegs {
                     rcx: not_a_td,
                     ..Default::default()
@@ -1997,16 +1989,16 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         },
     );
     assert_eq!(out.r8, tdr);
-    // Destroy is refused while the TD owns a TDI; after unbind it forgets the TDR, which
-    // TDH.MNG.CREATE may then use again.
+    // Teardown is refused at VPFLUSHDONE while the TD owns a TDI; after unbind Linux's
+    // sequence forgets the TDR, which TDH.MNG.CREATE may then use again.
     let out = w.call(
-        u64::from(abi::TSM_TD_DESTROY),
+        u64::from(abi::TDH_MNG_VPFLUSHDONE),
         SeamRegs {
             rcx: tdr,
             ..Default::default()
         },
     );
-    assert_eq!(out.rax, TDX_TD_ASSOCIATED_PAGES_EXIST | 1);
+    assert_eq!(out.rax, TDX_TD_HAS_ATTACHED_DEVICES);
     assert_eq!(w.fw.td_of(tdr), Ok(Some(td)));
     let out = w.relayed(
         abi::TSM_DEVIF_UNBIND,
@@ -2016,13 +2008,26 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
-    w.ok(
-        abi::TSM_TD_DESTROY,
-        SeamRegs {
-            rcx: tdr,
-            ..Default::default()
-        },
-    );
+    for (leaf, rcx) in [
+        (abi::TDH_MNG_VPFLUSHDONE, tdr),
+        (abi::TDH_PHYMEM_CACHE_WB, 0),
+        (abi::TDH_PHYMEM_CACHE_WB, 1),
+        (abi::TDH_MNG_KEY_FREEID, tdr),
+        (abi::TDH_PHYMEM_PAGE_RECLAIM, tdr),
+    ] {
+        let out = w.call(
+            u64::from(leaf),
+            SeamRegs {
+                rcx,
+                ..Default::default()
+            },
+        );
+        assert!(
+            out.rax == TDX_SUCCESS || out.rax == TDX_INTERRUPTED_RESUMABLE,
+            "leaf {leaf}: {:#x}",
+            out.rax
+        );
+    }
     assert_eq!(w.fw.td_of(tdr), Ok(None));
     let out = w.call(
         u64::from(abi::TDH_MEM_TRACK),

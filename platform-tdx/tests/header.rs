@@ -5,7 +5,7 @@
 //! [`KNOWN_MISSING`]. A new leaf is one `same!` line (header and Rust spell it alike).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use platform_tdx::{abi, devif, link, module, status};
+use platform_tdx::{abi, devif, link, module, status, td};
 
 const HEADER: &str = include_str!("../include/tsm_tdx.h");
 const ABI_RS: &str = include_str!("../src/abi.rs");
@@ -71,7 +71,16 @@ const TABLE: &[Entry] = &[
     same!(abi::TDH_MMIO_MAP),
     same!(abi::TDH_MMIO_BLOCK),
     same!(abi::TDH_MMIO_UNMAP),
-    same!(abi::TSM_TD_DESTROY),
+    same!(abi::TDH_MNG_VPFLUSHDONE),
+    same!(abi::TDH_MNG_KEY_FREEID),
+    same!(abi::TDH_PHYMEM_PAGE_RECLAIM),
+    same!(abi::TDH_PHYMEM_CACHE_WB),
+    same!(abi::TDH_PHYMEM_PAGE_WBINVD),
+    named!("TSM_TDX_CACHE_WB_START", td::CACHE_WB_START),
+    named!("TSM_TDX_CACHE_WB_RESUME", td::CACHE_WB_RESUME),
+    named!("TSM_TDX_KEYID_SHIFT", td::KEYID_SHIFT),
+    named!("TSM_TDX_PRIVATE_HKID_MAX", td::PRIVATE_HKID_MAX),
+    named!("TSM_TDX_PT_TDR", td::PT_TDR),
     same!(abi::TSM_DEVIF_BIND),
     same!(abi::TSM_DEVIF_UNBIND),
     same!(abi::TSM_DEVIF_ERROR),
@@ -150,9 +159,19 @@ const TABLE: &[Entry] = &[
     same!(status::TDX_IDE_STREAM_HAS_DEVICE_INTERFACES),
     same!(status::TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY),
     same!(status::TDX_IDE_STREAM_INVALID_STATE),
+    same!(status::TDX_IDE_STREAM_ADDR_OVERLAP),
+    same!(status::TDX_IDE_STREAM_RID_OVERLAP),
+    same!(status::TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE),
     same!(status::TDX_SPDM_INVALID_MESSAGE),
     same!(status::TDX_PAGE_NOT_FREE),
     same!(status::TDX_TD_ASSOCIATED_PAGES_EXIST),
+    same!(status::TDX_LIFECYCLE_STATE_INCORRECT),
+    same!(status::TDX_TD_KEYS_NOT_CONFIGURED),
+    same!(status::TDX_WBCACHE_NOT_COMPLETE),
+    same!(status::TDX_HKID_NOT_FREE),
+    same!(status::TDX_NO_HKID_READY_TO_WBCACHE),
+    same!(status::TDX_WBCACHE_RESUME_ERROR),
+    same!(status::TDX_TD_HAS_ATTACHED_DEVICES),
     same!(status::TDX_PAGE_ALREADY_ACCEPTED),
     same!(status::TDX_PAGE_SIZE_MISMATCH),
     same!(status::TDX_EPT_ENTRY_STATE_INCORRECT),
@@ -175,6 +194,7 @@ const TABLE: &[Entry] = &[
     same!(status::TSM_RELAY_BUFFER_TOO_SMALL),
     named!("TDX_OPERAND_ID_SEPT_TREE", status::OPERAND_ID_SEPT_TREE),
     named!("TDX_OPERAND_ID_TD_EPOCH", status::OPERAND_ID_TD_EPOCH),
+    named!("TDX_OPERAND_ID_WBCACHE", status::OPERAND_ID_WBCACHE),
     named!("TDX_OPERAND_ID_MMIOMT", status::OPERAND_ID_MMIOMT),
     named!(
         "TDX_OPERAND_ID_DEVICE_TABLE",
@@ -323,6 +343,8 @@ fn every_rust_leaf_status_and_operand_id_is_in_the_header() {
 /// The function-like macros use the Rust masks and shifts.
 #[test]
 fn header_macros_use_the_rust_masks() {
+    // The register block the C entry point takes, in `SeamRegs` order.
+    assert!(HEADER.contains("uint64_t rax, rcx, rdx, r8, r9, r10, r11, r12, r13, r14;"));
     let pfn = format!("{:#018X}", abi::HPA_ARRAY_PFN_MASK).replace("0X", "0x");
     assert!(
         HEADER.contains(&format!("{pfn}ull")),

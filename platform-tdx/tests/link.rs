@@ -910,6 +910,18 @@ fn connect_refusals_change_nothing_body() {
     for (what, regs, status) in cases {
         w.refused(what, abi::TDH_SPDM_CONNECT, *regs, *status);
     }
+    // A config page that is also a message page (valid config bytes in it): the first
+    // request would overwrite it and the re-issues could never complete.
+    for page in [IN_MSG, OUT_MSG] {
+        w.write(page, &linux_config());
+        w.refused(
+            "config = a message page",
+            abi::TDH_SPDM_CONNECT,
+            SeamRegs { rdx: page, ..r },
+            INVALID | 2,
+        );
+        w.write(page, &[0; 8]);
+    }
     // The config page as Linux fills it, and each field otherwise.
     for (what, offset, byte) in [
         ("a reserved capability bit", 0, 0x01),
@@ -1696,4 +1708,44 @@ fn km_setup_re_establishes_a_stream_a_forced_unbind_cut_body() {
     );
     w.ok(abi::TDH_IDE_STREAM_KM, km_regs(dev, stream, IDE_KM_SETUP));
     assert_eq!(w.bind(tdi, td).rax, TDX_SUCCESS);
+}
+
+/// TDH.MMIO.MAP of a page outside the address association of its device's IDE stream is
+/// refused (the module's `TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE` + R8) and changes nothing: the
+/// device's TEE traffic for it would not use the stream. Inside the window it maps.
+#[test]
+fn map_outside_the_streams_address_window_is_refused() {
+    big_stack(map_outside_the_streams_address_window_is_refused_body);
+}
+
+fn map_outside_the_streams_address_window_is_refused_body() {
+    let mut mem = pool();
+    let (w, td, dev) = connected(&mut mem);
+    // A window of 0x9000_0000-0x9fff_ffff: the BAR at 0x8000_0000 is outside it.
+    let regs = SeamRegs {
+        r12: 1 | (0x900 << 8) | (0x9ff << 20),
+        ..create_regs(dev)
+    };
+    let stream = w.ok(abi::TDH_IDE_STREAM_CREATE, regs).rcx;
+    w.ok(abi::TDH_IDE_STREAM_KM, km_regs(dev, stream, IDE_KM_SETUP));
+    let tdi = w.create_tdi(dev);
+    assert_eq!(w.bind(tdi, td).rax, TDX_SUCCESS);
+    let map = SeamRegs {
+        rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size4K),
+        rdx: td,
+        r8: BAR,
+        ..Default::default()
+    };
+    w.refused(
+        "a page outside the stream's window",
+        abi::TDH_MMIO_MAP,
+        map,
+        platform_tdx::status::TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE | 8,
+    );
+    // The same device with a window over its BAR maps the page.
+    let mut mem = pool();
+    let (w, td, dev, _) = live(&mut mem);
+    let tdi = w.create_tdi(dev);
+    assert_eq!(w.bind(tdi, td).rax, TDX_SUCCESS);
+    w.ok(abi::TDH_MMIO_MAP, SeamRegs { rdx: td, ..map });
 }

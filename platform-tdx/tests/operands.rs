@@ -26,6 +26,7 @@ use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::module::{DevifEntry, MESSAGE_PAGE_BYTES, SpdmEntry, TdEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
 use platform_tdx::status::*;
+use platform_tdx::td::{self, CacheWb};
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::ModelDevice;
 use tsm_core::tsm::Snapshot;
@@ -97,6 +98,7 @@ struct Image {
     host: Vec<u8>,
     spdm: Vec<Option<SpdmEntry>>,
     tds: Vec<Option<TdEntry>>,
+    cache_wb: CacheWb,
 }
 
 struct World<'m> {
@@ -167,7 +169,8 @@ impl<'m> World<'m> {
             abi::TDH_MNG_CREATE,
             SeamRegs {
                 rcx: tdr,
-                rdx: HKID,
+                // One HKID per live TD, as KVM's `tdx_guest_keyid_alloc` hands them out.
+                rdx: HKID + n,
                 ..Default::default()
             },
         );
@@ -323,6 +326,7 @@ impl<'m> World<'m> {
             tds: (0..MAX_GUESTS as u16)
                 .map(|s| self.fw.tdr_of(GuestId::from_slot(s)).unwrap())
                 .collect(),
+            cache_wb: self.fw.cache_wb().unwrap(),
         }
     }
 }
@@ -446,7 +450,11 @@ fn rows() -> Vec<Row> {
         row!(TDH_MMIO_MAP, mmio_map),
         row!(TDH_MMIO_BLOCK, mmio_block),
         row!(TDH_MMIO_UNMAP, mmio_unmap),
-        row!(TSM_TD_DESTROY, td_destroy),
+        row!(TDH_MNG_VPFLUSHDONE, vpflushdone),
+        row!(TDH_PHYMEM_CACHE_WB, cache_wb),
+        row!(TDH_MNG_KEY_FREEID, key_freeid),
+        row!(TDH_PHYMEM_PAGE_RECLAIM, page_reclaim),
+        row!(TDH_PHYMEM_PAGE_WBINVD, page_wbinvd),
         row!(TSM_DEVIF_BIND, devif_bind),
         row!(TSM_DEVIF_UNBIND, devif_unbind),
         row!(TSM_DEVIF_ERROR, devif_error),
@@ -715,7 +723,7 @@ fn mng_create(w: &World<'_>) -> Setup {
     let (td, _, _) = tdi_world(w);
     let good = SeamRegs {
         rcx: host_page(TDR_FIRST + 1),
-        rdx: HKID,
+        rdx: HKID + 1,
         ..Default::default()
     };
     let rcx = |v| SeamRegs { rcx: v, ..good };
@@ -774,6 +782,22 @@ fn mng_create(w: &World<'_>) -> Setup {
                 "RDX reserved bit 63",
                 rdx(HKID | 1 << 63),
                 inv(OPERAND_ID_RDX),
+            ),
+            bad(
+                "RDX HKID past the private range",
+                rdx(u64::from(td::PRIVATE_HKID_MAX) + 1),
+                inv(OPERAND_ID_RDX),
+            ),
+            bad("RDX HKID 0xFFFF", rdx(0xffff), inv(OPERAND_ID_RDX)),
+            bad(
+                "RDX the HKID of a live TD (not KEY.FREEID'd)",
+                rdx(HKID),
+                TDX_HKID_NOT_FREE,
+            ),
+            bad(
+                "RCX KeyID bits (HKID 5)",
+                rcx(good.rcx | 5 << td::KEYID_SHIFT),
+                inv(OPERAND_ID_RCX),
             ),
             bad(
                 "RDX bad and RCX bad: RDX first (tdh_mng_create.c order)",
@@ -1394,14 +1418,169 @@ fn mmio_unmap(w: &World<'_>) -> Setup {
     }
 }
 
-fn td_destroy(w: &World<'_>) -> Setup {
+/// RECLAIM's page in RCX of `good` (the TD's at `td`) malformed, as the TDX
+/// module checks it (`check_lock_and_map_explicit_tdr`): unaligned, KeyID bits or past 2^52
+/// (OPERAND_INVALID), outside host memory (ADDR_RANGE_ERROR), a page that is no TDR
+/// (PAGE_METADATA_INCORRECT).
+fn bad_tdr_page(good: SeamRegs, td: u64) -> Vec<Bad> {
+    let with = |v: u64| SeamRegs { rcx: v, ..good };
+    let pmi = TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX);
+    vec![
+        bad("TDR: unaligned (+8)", with(td + 8), inv(OPERAND_ID_RCX)),
+        bad(
+            "TDR: unaligned (+0x800)",
+            with(td + 0x800),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "TDR: KeyID bits (HKID 5)",
+            with(td | 5 << td::KEYID_SHIFT),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad("TDR: past 2^52", with(td | PAST_52), inv(OPERAND_ID_RCX)),
+        bad("TDR: all ones", with(u64::MAX), inv(OPERAND_ID_RCX)),
+        bad(
+            "TDR: outside host memory",
+            with(OUTSIDE),
+            range(OPERAND_ID_RCX),
+        ),
+        bad("TDR: 0", with(0), range(OPERAND_ID_RCX)),
+        bad(
+            "TDR: a host page no TD has",
+            with(host_page(TDR_FIRST + 3)),
+            pmi,
+        ),
+        bad("TDR: a TDI's request page", with(PAGES_A.0), pmi),
+        bad("TDR: an SPDM metadata page", with(spdm_page(3)), pmi),
+        bad("TDR: an IDE metadata page", with(ide_page(3)), pmi),
+    ]
+}
+
+/// `tdi_world` torn down as Linux's `tdx_mmu_release_hkid` does, up to (not including) `upto`.
+fn torn(w: &World<'_>, upto: u16) -> u64 {
     let (td, _, _) = tdi_world(w);
+    for (leaf, rcx) in [
+        (abi::TDH_MNG_VPFLUSHDONE, td),
+        (abi::TDH_PHYMEM_CACHE_WB, td::CACHE_WB_START),
+        (abi::TDH_PHYMEM_CACHE_WB, td::CACHE_WB_RESUME),
+        (abi::TDH_MNG_KEY_FREEID, td),
+    ] {
+        if leaf == upto {
+            break;
+        }
+        let out = w.call(u64::from(leaf), on(rcx));
+        assert!(out.rax == TDX_SUCCESS || out.rax == TDX_INTERRUPTED_RESUMABLE);
+    }
+    td
+}
+
+fn vpflushdone(w: &World<'_>) -> Setup {
+    let td = torn(w, abi::TDH_MNG_VPFLUSHDONE);
     let good = on(td);
     Setup {
         tdcall: None,
         good,
         good_status: TDX_SUCCESS,
-        bad: bad_tdr(good, |r, x| r.rcx = x, td, inv(OPERAND_ID_RCX)),
+        bad: bad_td_rcx(good, td),
+    }
+}
+
+fn key_freeid(w: &World<'_>) -> Setup {
+    let td = torn(w, abi::TDH_MNG_KEY_FREEID);
+    let good = on(td);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: bad_td_rcx(good, td),
+    }
+}
+
+/// VPFLUSHDONE's and FREEID's TDR in RCX: `bad_tdr`'s values, pages the firmware holds for
+/// something else, and KeyID bits: OPERAND_INVALID + RCX (this firmware's answer for a TDR
+/// operand naming no TD).
+fn bad_td_rcx(good: SeamRegs, td: u64) -> Vec<Bad> {
+    let mut v = bad_tdr(good, |r, x| r.rcx = x, td, inv(OPERAND_ID_RCX));
+    let with = |v: u64| SeamRegs { rcx: v, ..good };
+    v.extend([
+        bad(
+            "TDR: KeyID bits (HKID 5)",
+            with(td | 5 << td::KEYID_SHIFT),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "TDR: a TDI's request page",
+            with(PAGES_A.0),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "TDR: an SPDM metadata page",
+            with(spdm_page(3)),
+            inv(OPERAND_ID_RCX),
+        ),
+    ]);
+    v
+}
+
+fn page_reclaim(w: &World<'_>) -> Setup {
+    let td = torn(w, abi::TDH_PHYMEM_PAGE_RECLAIM);
+    let good = on(td);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: bad_tdr_page(good, td),
+    }
+}
+
+fn cache_wb(w: &World<'_>) -> Setup {
+    // A TD flushed: the start writes back its first sub-block and is interrupted.
+    let _ = torn(w, abi::TDH_PHYMEM_CACHE_WB);
+    let good = on(td::CACHE_WB_START);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_INTERRUPTED_RESUMABLE,
+        bad: vec![
+            bad("RCX command 2", on(2), inv(OPERAND_ID_RCX)),
+            bad("RCX command 1 << 63", on(1 << 63), inv(OPERAND_ID_RCX)),
+            bad("RCX all ones", on(u64::MAX), inv(OPERAND_ID_RCX)),
+        ],
+    }
+}
+
+fn page_wbinvd(w: &World<'_>) -> Setup {
+    // As Linux's `tdh_phymem_page_wbinvd_hkid`: a page the host owns again, with a KeyID.
+    let (td, _, _) = tdi_world(w);
+    let page = host_page(SCRATCH);
+    let keyed = |p: u64| p | 5 << td::KEYID_SHIFT;
+    let good = on(keyed(page));
+    let pmi = TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: vec![
+            bad(
+                "page unaligned (+8)",
+                on(keyed(page + 8)),
+                inv(OPERAND_ID_RCX),
+            ),
+            bad(
+                "page past 2^52",
+                on(keyed(page) | PAST_52),
+                inv(OPERAND_ID_RCX),
+            ),
+            bad("all ones", on(u64::MAX), inv(OPERAND_ID_RCX)),
+            bad(
+                "page outside host memory",
+                on(keyed(OUTSIDE)),
+                range(OPERAND_ID_RCX),
+            ),
+            bad("a live TD's TDR", on(keyed(td)), pmi),
+            bad("SPDM metadata in use", on(keyed(spdm_page(3))), pmi),
+            bad("IDE metadata in use", on(keyed(ide_page(3))), pmi),
+        ],
     }
 }
 
@@ -2408,14 +2587,15 @@ fn every_register_of_every_leaf_out_of_range() {
     );
 }
 
-/// Every `pub const TDH_*/TDG_*/TSM_*: u16` of `src/abi.rs` and `src/link.rs` is a row (the crate has no list of
+/// Every `pub const TDH_*/TDG_*/TSM_*: u16` of `src/abi.rs`, `src/link.rs` and `src/td.rs` is a row (the crate has no list of
 /// its leaves to ask instead).
 #[test]
 fn every_leaf_constant_has_a_row() {
     let src = concat!(
         include_str!("../src/abi.rs"),
         include_str!("../src/devif.rs"),
-        include_str!("../src/link.rs")
+        include_str!("../src/link.rs"),
+        include_str!("../src/td.rs")
     );
     let names: Vec<&str> = rows().iter().map(|r| r.name).collect();
     let mut missing = Vec::new();

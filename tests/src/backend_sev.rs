@@ -36,7 +36,7 @@ use tsm_core::relay::host::RelayHost;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
     Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, ModelSession,
-    PageSize, RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TsmResult,
+    PageSize, RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TdispState, TsmResult,
 };
 
 use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
@@ -120,6 +120,13 @@ fn command_len(id: abi::CommandId) -> usize {
         abi::TIO_TDI_STATUS => abi::len_of::<abi::TdiStatus>(),
         _ => abi::len_of::<abi::TdiUnbind>(),
     }
+}
+
+/// Whether a saved command buffer is a continuation ([`abi::FLAG_CONTINUE`] at 0x04).
+fn continuing(buf: &[u8]) -> bool {
+    buf.get(abi::CONTINUE_WORD..abi::CONTINUE_WORD.saturating_add(4))
+        .and_then(|w| <[u8; 4]>::try_from(w).ok())
+        .is_some_and(|w| u32::from_le_bytes(w) & abi::FLAG_CONTINUE != 0)
 }
 
 /// The SLA of page frame `pfn` (0, a null SLA the firmware refuses, past 40 bits).
@@ -223,6 +230,7 @@ impl<'a> SevBackend<'a> {
             self.put_guest_msg(msg::MSG_TDI_START_REQ, start.as_bytes())?;
         }
         let len = saved.len;
+        let first_issue = !continuing(&saved.buf.0);
         let buf = saved.buf.0.get_mut(..len).ok_or(Error::Inconsistent)?;
         let out = self.sev.command(&mut self.mem, saved.id, buf);
         let is_start = saved.start.is_some();
@@ -234,7 +242,27 @@ impl<'a> SevBackend<'a> {
         if is_start {
             return self.start_answer();
         }
+        if saved.id == abi::TIO_TDI_STATUS && first_issue {
+            return self.unbound_status(saved.tdi);
+        }
         out.to_core()
+    }
+
+    /// A TDI_STATUS the firmware answered at once for `tdi`: CONFIG_UNLOCKED (the status page)
+    /// of an unbound TDI (the firmware reads it without the device, as Linux's `tdi_unbind`
+    /// wants it) is what the scenarios, in the core's words, call `TdiNotBound`. A TDI being
+    /// unbound also reads CONFIG_UNLOCKED; the core's record tells the two apart.
+    fn unbound_status(&self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut data = abi::TdiStatusData::new_zeroed();
+        self.mem
+            .read(self.page(STATUS_PAGE), data.as_mut_bytes())
+            .map_err(|_| Error::InvalidAddress)?;
+        if data.tdisp_state == TdispState::ConfigUnlocked as u8
+            && self.sev.tsm().tdi(tdi)?.state == TdiState::Unbound
+        {
+            return Err(Error::TdiNotBound);
+        }
+        Ok(Completion::Done)
     }
 
     /// Keeps `saved` as its TDI's command to reissue.
@@ -529,8 +557,8 @@ impl Backend for SevBackend<'_> {
             .write(at, list.as_bytes())
             .map_err(|_| Error::InvalidAddress)?;
         let dev = sla(CTX_PFN_BASE.wrapping_add(self.fresh()));
-        let mut c = abi::DevCreate::new_zeroed();
-        c.length = length::<abi::DevCreate>();
+        let mut c = abi::DevCreateBars::new_zeroed();
+        c.length = length::<abi::DevCreateBars>();
         c.dev_ctx = dev.into();
         c.device_id = rid.routing_id().into();
         c.segment_id = segment;

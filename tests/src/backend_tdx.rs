@@ -88,8 +88,6 @@ const CONFIG_AT: usize = 3 * MESSAGE_PAGE_BYTES;
 pub const TDR_BASE: u64 = HOST_BASE + HOST_BYTES as u64;
 /// TDR pages.
 const TDR_PAGES: usize = tsm_core::capacity::MAX_GUESTS + 1;
-/// The HKID every TD is created with (any private one: not 0; the firmware keeps it).
-const HKID: u64 = 1;
 /// Offsets of the pages in it.
 const REQUEST_AT: usize = MESSAGE_PAGE_BYTES;
 const RESPONSE_AT: usize = 2 * MESSAGE_PAGE_BYTES;
@@ -584,6 +582,29 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         self.take_request(abi::TDH_DEVIF_REQUEST, &out, request)
     }
 
+    /// A private HKID no live TD holds, starting from TDR page `i`'s own (`GuestTableFull`:
+    /// none left, which cannot happen with more HKIDs than TD slots).
+    fn free_hkid(&self, i: usize) -> TsmResult<u64> {
+        let max = platform_tdx::td::PRIVATE_HKID_MAX;
+        let held = |h: u16| {
+            (0..tsm_core::capacity::MAX_GUESTS)
+                .filter_map(|g| u16::try_from(g).ok())
+                .any(|g| {
+                    matches!(self.tsm.tdr_of(GuestId::from_slot(g)), Ok(Some(e))
+                        if e.hkid == h && e.life.holds_hkid())
+                })
+        };
+        let start = u16::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_rem(max))
+            .ok_or(Error::GuestTableFull)?;
+        (0..max)
+            .filter_map(|k| start.checked_add(k)?.checked_rem(max)?.checked_add(1))
+            .find(|&h| !held(h))
+            .map(u64::from)
+            .ok_or(Error::GuestTableFull)
+    }
+
     fn stage(&mut self, ranges: &[MmioRange]) -> TsmResult<()> {
         let list = RangeList::from_ranges(ranges).ok_or(Error::TooManyRanges)?;
         let bytes = list.bytes();
@@ -602,31 +623,47 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// TDH.MNG.CREATE as Linux calls it: RCX the first TDR page no TD has, RDX the HKID.
     fn create_guest(&mut self) -> TsmResult<GuestId> {
-        let tdr = (0..TDR_PAGES)
-            .filter_map(tdr_page)
-            .find(|&t| matches!(self.tsm.td_of(t), Ok(None)))
+        let (i, tdr) = (0..TDR_PAGES)
+            .filter_map(|i| Some((i, tdr_page(i)?)))
+            .find(|&(_, t)| matches!(self.tsm.td_of(t), Ok(None)))
             .ok_or(Error::GuestTableFull)?;
+        let hkid = self.free_hkid(i)?;
         self.done(
             abi::TDH_MNG_CREATE,
             SeamRegs {
                 rcx: tdr,
-                rdx: HKID,
+                rdx: hkid,
                 ..SeamRegs::default()
             },
         )?;
         self.tsm.td_of(tdr)?.ok_or(Error::Inconsistent)
     }
 
-    /// Ours: TSM.TD.DESTROY, RCX the TDR.
+    /// Linux's TD teardown (KVM `tdx_mmu_release_hkid`, `tdx_reclaim_td_control_pages`,
+    /// torvalds/linux `arch/x86/kvm/vmx/tdx.c` @a4a508df): TDH.MNG.VPFLUSHDONE (refused while
+    /// a TDI is bound: the core's `GuestInUse`), TDH.PHYMEM.CACHE.WB START then RESUME while
+    /// TDX_INTERRUPTED_RESUMABLE (NO_HKID_READY_TO_WBCACHE counts as done), TDH.MNG.KEY.FREEID,
+    /// TDH.PHYMEM.PAGE.RECLAIM of the TDR, TDH.PHYMEM.PAGE.WBINVD of it with the global KeyID.
     fn destroy_guest(&mut self, guest: GuestId) -> TsmResult<()> {
-        let rcx = self.tdr(guest);
-        self.done(
-            abi::TSM_TD_DESTROY,
-            SeamRegs {
-                rcx,
-                ..SeamRegs::default()
-            },
-        )
+        let tdr = self.tdr(guest);
+        let on = |rcx| SeamRegs {
+            rcx,
+            ..SeamRegs::default()
+        };
+        self.done(abi::TDH_MNG_VPFLUSHDONE, on(tdr))?;
+        // Bounded as KVM's loop (TDX_SEAMCALL_RETRIES); KEY.FREEID says whether it finished.
+        let mut cmd = platform_tdx::td::CACHE_WB_START;
+        for _ in 0..=platform_tdx::td::CACHE_WB_SUB_BLOCKS {
+            let out = self.call(abi::TDH_PHYMEM_CACHE_WB, on(cmd))?;
+            if out.rax != platform_tdx::status::TDX_INTERRUPTED_RESUMABLE {
+                break;
+            }
+            cmd = platform_tdx::td::CACHE_WB_RESUME;
+        }
+        self.done(abi::TDH_MNG_KEY_FREEID, on(tdr))?;
+        self.done(abi::TDH_PHYMEM_PAGE_RECLAIM, on(tdr))?;
+        let keyed = tdr | 1 << platform_tdx::td::KEYID_SHIFT;
+        self.done(abi::TDH_PHYMEM_PAGE_WBINVD, on(keyed))
     }
 
     /// TDH.SPDM.CREATE as Linux's `tdh_spdm_create` calls it (RCX the TDISP function ID,

@@ -1,6 +1,6 @@
 //! The scenario suite against the TDX back end: every operation goes through the SEAMCALL
 //! register ABI and the secure EPT in page frames, every exchange with the device relayed by
-//! the backend through the TDI's message pages.
+//! the backend through shared request/response pages.
 #![allow(
     clippy::unwrap_used,
     clippy::panic,

@@ -134,7 +134,7 @@ impl DeviceFunctions {
         let pf0 = pf0(self.dsm);
         let routing = rid.routing_id();
         if routing >> 3 == pf0 >> 3 {
-            return usize::try_from(routing.checked_sub(pf0)?).ok();
+            return Some(usize::from(routing.checked_sub(pf0)?));
         }
         let v = self.vfs?;
         let n = routing

@@ -25,6 +25,9 @@ pub struct Device {
     pub functions: DeviceFunctions,
     /// The device's memory BARs, as the host reported them at creation.
     pub bars: Bars,
+    /// Whether the host listed the BARs at all (false: registered without a list,
+    /// [`crate::Tsm::create_device_unlisted`]; its reports are checked without BARs).
+    pub bars_listed: bool,
     /// TDIs on this device and their interface IDs.
     pub tdis: heapless::Vec<(TdiId, InterfaceId), MAX_TDIS_PER_DEVICE>,
     /// The root port's end of the device's IDE stream.

@@ -170,6 +170,24 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         functions: DeviceFunctions,
         bars: &[MmioRange],
     ) -> TsmResult<DeviceId> {
+        self.register_device(functions, bars, true)
+    }
+
+    /// Registers a physical device whose BARs the platform cannot know (SEV-TIO: Linux's
+    /// DEV_CREATE names none, and the PSP cannot read configuration space). Its interface
+    /// reports are checked without BARs: every range inside the address space, clear of
+    /// reserved memory (`ReservedMemory`), of each other (`RangesOverlap`) and of every bound
+    /// TDI's ranges (`TdiBound`); the guest's own MMIO validation is the check of last resort.
+    pub fn create_device_unlisted(&self, rid: RequesterId) -> TsmResult<DeviceId> {
+        self.register_device(DeviceFunctions::physical(rid), &[], false)
+    }
+
+    fn register_device(
+        &self,
+        functions: DeviceFunctions,
+        bars: &[MmioRange],
+        bars_listed: bool,
+    ) -> TsmResult<DeviceId> {
         let bars = Bars::from_slice(bars).map_err(|_| Error::TooManyRanges)?;
         if any_overlap(&bars) {
             return Err(Error::RangesOverlap);
@@ -199,6 +217,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         *slot = Some(Device {
             functions,
             bars,
+            bars_listed,
             tdis: heapless::Vec::new(),
             stream: IdeStream::Live,
             report_read: None,
@@ -361,7 +380,21 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
 
     /// Every range of a report, private or shared, lies inside one of the device's BARs. That
     /// also keeps reports clear of reserved memory: no BAR touches it (`create_device_with`).
-    fn check_report(bars: &Bars, reported: &[ReportedRange]) -> TsmResult<()> {
+    /// A device registered without a BAR list ([`Tsm::create_device_unlisted`]) has its
+    /// ranges kept clear of reserved memory here (`ReservedMemory`), and of each other and of
+    /// other TDIs' ranges by the ownership check that follows.
+    fn check_report(
+        dev: &Device,
+        reserved: &ReservedMemory,
+        reported: &[ReportedRange],
+    ) -> TsmResult<()> {
+        if !dev.bars_listed {
+            if reported.iter().any(|r| reserved.touches(&r.range)) {
+                return Err(Error::ReservedMemory);
+            }
+            return Ok(());
+        }
+        let bars = &dev.bars;
         let inside = |r: &ReportedRange| {
             bars.iter()
                 .any(|bar| bar.contains_span(r.range.base().as_u64(), r.range.bytes()))
@@ -774,9 +807,11 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// Locks: guest, TDI, ownership (one at a time).
     pub fn guest_read(&self, guest: GuestId, tdi: TdiId, field: GuestField) -> TsmResult<u64> {
         self.guest(guest)?;
-        let record = self.tdi(tdi)?;
+        // The TDI stays locked to the end, so every field read comes from one bind.
+        let slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
         Self::guest_owns(
-            &record,
+            record,
             guest,
             matches!(field, GuestField::TdispVersion | GuestField::TdispState),
         )?;
@@ -796,8 +831,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             }
             GuestField::ReportedRange(index) => {
                 let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
-                let ranges = self.owned_ranges(tdi)?;
-                let range = ranges.get(usize::from(index)).ok_or(Error::InvalidRange)?;
+                // TDI, then ownership: the core's lock order.
+                let owners = try_lock(&self.owners, Operand::Ownership)?;
+                let range = owners.range_of(tdi, index).ok_or(Error::InvalidRange)?;
                 range
                     .base()
                     .as_u64()
@@ -1021,12 +1057,18 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 };
                 let next = match next {
                     // The whole report is in: bind, or refuse it.
-                    Ok(None) => {
-                        match Self::finish_bind(dev, tdi, record, target, &mut locks, &transport) {
-                            Ok(()) => return Ok(Completion::Done),
-                            Err(e) => Err(e),
-                        }
-                    }
+                    Ok(None) => match Self::finish_bind(
+                        dev,
+                        tdi,
+                        record,
+                        target,
+                        &self.reserved,
+                        &mut locks,
+                        &transport,
+                    ) {
+                        Ok(()) => return Ok(Completion::Done),
+                        Err(e) => Err(e),
+                    },
                     other => other,
                 };
                 match next {
@@ -1206,6 +1248,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         tdi: TdiId,
         record: &mut Tdi,
         (guest, serial): (GuestId, u64),
+        reserved: &ReservedMemory,
         locks: &mut UnbindLocks<'_, T>,
         transport: &Requester<S>,
     ) -> TsmResult<()> {
@@ -1235,7 +1278,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             .bound_tdis
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
-        Self::check_report(&dev.bars, &reported)?;
+        Self::check_report(dev, reserved, &reported)?;
         locks.owners.check_claim(&reported)?;
         locks.owners.claim(tdi, guest, &reported)?;
         guest_record.bound_tdis = bound;

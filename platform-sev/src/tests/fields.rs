@@ -81,15 +81,7 @@ struct Row {
 
 /// Refusals that today answer another status than documented, or change state: `(command,
 /// what)`. Each is a firmware bug for its owner to fix.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    // A page already held as a guest context is taken as a device or TDI context, and a
-    // device context's page as a guest context (SUCCESS, a second context on one page): the
-    // check for a context address in use (IN_USE, detail 0) looks only at contexts of the
-    // same kind (a TDI context on a device context's page is refused).
-    ("SNP_GCTX_CREATE", "gctx_paddr a device context's page"),
-    ("TIO_DEV_CREATE", "dev_ctx a guest context's page"),
-    ("TIO_TDI_CREATE", "tdi_ctx a guest context's page"),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 /// A context SLA no context has.
 fn unknown_sla() -> u64 {
@@ -470,8 +462,13 @@ fn rows() -> Vec<Row> {
     let gctx_create_good = gctx_create(GCTX).as_bytes().to_vec();
     let activate_good = activate(GCTX, 5).as_bytes().to_vec();
     let dc = dev_create().as_bytes().to_vec();
+    // Linux's form: the same bytes but the BAR list, length 0x20.
+    let mut dc_linux = dc[..0x20].to_vec();
+    dc_linux[..4].copy_from_slice(&0x20u32.to_le_bytes());
     let conn = dev_connect().as_bytes().to_vec();
     let tc = tdi_create().as_bytes().to_vec();
+    let meas = dev_measurements().as_bytes().to_vec();
+    let certs = dev_certificates().as_bytes().to_vec();
     let map = mmio_map(GPA, BAR, abi::MMIO_SIZE_2M).as_bytes().to_vec();
     let block = mmio_block(GPA, abi::MMIO_SIZE_2M).as_bytes().to_vec();
     let unmap = mmio_unmap(GPA, abi::MMIO_SIZE_2M).as_bytes().to_vec();
@@ -613,7 +610,7 @@ fn rows() -> Vec<Row> {
                 f("segment_id", 0x14, 1, Kind::Value),
                 f(
                     "bar_list",
-                    0x18,
+                    0x20,
                     8,
                     Kind::Input {
                         align: abi::BAR_LIST_ALIGN,
@@ -638,18 +635,51 @@ fn rows() -> Vec<Row> {
                 ),
                 bad(
                     "bar_list crossing its page",
-                    patch(&dc, 0x18, 8, MEM + 0x9FF8),
+                    patch(&dc, 0x20, 8, MEM + 0x9FF8),
                     SevStatus::INVALID_ADDRESS,
                 ),
                 bad(
                     "bar_list with its reserved word set",
-                    patch(&dc, 0x18, 8, OTHER_BARS),
+                    patch(&dc, 0x20, 8, OTHER_BARS),
                     SevStatus::INVALID_PARAM,
                 ),
                 bad(
                     "bar_list naming a BAR over system memory",
-                    patch(&dc, 0x18, 8, BAR_LIST + 0x400),
+                    patch(&dc, 0x20, 8, BAR_LIST + 0x400),
                     SevStatus::INVALID_ADDRESS,
+                ),
+            ],
+        },
+        Row {
+            name: "TIO_DEV_CREATE (Linux's 0x20 bytes, no BAR list)",
+            id: abi::TIO_DEV_CREATE,
+            world: |w| {
+                guests(w);
+                other_device(w);
+            },
+            good: dc_linux.clone(),
+            fields: vec![
+                LEN,
+                f("dev_ctx", 8, 8, Kind::NewCtx(sla(0x30_0009))),
+                f("device_id", 0x10, 2, Kind::Value),
+                f("root_port_id", 0x12, 2, Kind::Value),
+                f("segment_id", 0x14, 1, Kind::Value),
+            ],
+            extra: vec![
+                bad(
+                    "dev_ctx a guest context's page",
+                    patch(&dc_linux, 8, 8, sla(FW_PAGE >> 12)),
+                    SevStatus::IN_USE,
+                ),
+                bad(
+                    "device_id of another device",
+                    patch(
+                        &dc_linux,
+                        0x10,
+                        2,
+                        u64::from(RequesterId::try_new(0, 3, 1, 0).unwrap().routing_id()),
+                    ),
+                    SevStatus::IN_USE,
                 ),
             ],
         },
@@ -722,6 +752,49 @@ fn rows() -> Vec<Row> {
             extra: vec![],
         },
         Row {
+            name: "TIO_DEV_MEASUREMENTS",
+            id: abi::TIO_DEV_MEASUREMENTS,
+            world: connected,
+            good: meas.clone(),
+            fields: vec![
+                LEN,
+                f(
+                    "flags",
+                    4,
+                    4,
+                    Kind::Flags {
+                        allowed: abi::MEAS_FLAG_RAW_BITSTREAM as u64,
+                    },
+                ),
+                f("spdm_ctrl.req", 0x08, 8, Kind::SpdmForm),
+                f("spdm_ctrl.resp", 0x10, 8, Kind::SpdmForm),
+                f("spdm_ctrl.scratch", 0x18, 8, Kind::SpdmForm),
+                f("spdm_ctrl.output", 0x20, 8, Kind::SpdmOut),
+                f("dev_ctx", 0x28, 8, DEV),
+                f("meas_nonce[0..8]", 0x30, 8, Kind::Value),
+                f("meas_nonce[8..16]", 0x38, 8, Kind::Value),
+                f("meas_nonce[16..24]", 0x40, 8, Kind::Value),
+                f("meas_nonce[24..32]", 0x48, 8, Kind::Value),
+            ],
+            extra: vec![],
+        },
+        Row {
+            name: "TIO_DEV_CERTIFICATES",
+            id: abi::TIO_DEV_CERTIFICATES,
+            world: connected,
+            good: certs.clone(),
+            fields: vec![
+                LEN,
+                f("reserved", 4, 4, Kind::Flags { allowed: 0 }),
+                f("spdm_ctrl.req", 0x08, 8, Kind::SpdmForm),
+                f("spdm_ctrl.resp", 0x10, 8, Kind::SpdmForm),
+                f("spdm_ctrl.scratch", 0x18, 8, Kind::SpdmForm),
+                f("spdm_ctrl.output", 0x20, 8, Kind::SpdmOut),
+                f("dev_ctx", 0x28, 8, DEV),
+            ],
+            extra: vec![],
+        },
+        Row {
             name: "TIO_TDI_CREATE",
             id: abi::TIO_TDI_CREATE,
             world: connected,
@@ -790,14 +863,28 @@ fn rows() -> Vec<Row> {
                             allowed: u64::from(abi::BIND_LOCK_FLAGS),
                         },
                     ),
-                    f("run_flags", 0x44, 2, Kind::Flags { allowed: 0 }),
+                    f(
+                        "run_flags",
+                        0x44,
+                        2,
+                        Kind::Flags {
+                            allowed: u64::from(abi::BIND_RUN_FORCE),
+                        },
+                    ),
                 ],
             ),
-            extra: vec![bad(
-                "FLAG_CONTINUE with nothing outstanding",
-                patch(&bind, 4, 4, u64::from(abi::FLAG_CONTINUE)),
-                SevStatus::NO_SPDM_REQUEST,
-            )],
+            extra: vec![
+                bad(
+                    "FLAG_CONTINUE with nothing outstanding",
+                    patch(&bind, 4, 4, u64::from(abi::FLAG_CONTINUE)),
+                    SevStatus::NO_SPDM_REQUEST,
+                ),
+                bad(
+                    "RUN_FORCE on a TDI not bound (tdi_run before bind)",
+                    patch(&bind, 0x44, 2, u64::from(abi::BIND_RUN_FORCE)),
+                    SevStatus::INVALID_TDI_STATE,
+                ),
+            ],
         },
         Row {
             name: "TIO_TDI_UNBIND",

@@ -14,8 +14,11 @@
 //! The builders write offsets by hand from those structs, not through `crate::abi`, so a
 //! layout error in either shows.
 //!
-//! Where this firmware needs the host to differ from Linux, the flow says so and
-//! `where_linux_and_this_firmware_part` pins what happens to Linux's exact bytes.
+//! The flow runs twice: with plain addresses, and with SME active (the C-bit in every address
+//! Linux passes). The one step Linux's host does not take is the guest's: this firmware hears
+//! the guest's RUN request through a guest message of ours (TDI_RUN_REQ), relayed by Linux's
+//! own `guest_request`, before `tdi_run`'s TDI_BIND with RUN_FORCE. The refusals that stay are
+//! in `what_linux_bytes_are_refused_for`.
 
 use super::*;
 
@@ -307,14 +310,9 @@ fn linux_world(d: &LinuxDev) -> Box<World> {
 }
 
 /// `dsm_create`'s DEV_CREATE: `pci_dev_id(pdev)`, the root port's LNKCAP port number (1 here),
-/// the PCI domain. `bar_list`: this firmware's BAR list at 0x18, reserved in Linux's struct
-/// (`None`: Linux's bytes exactly).
-fn linux_dev_create(d: &LinuxDev, bar_list: Option<u64>) -> [u8; 0x20] {
-    let mut b = dev_create_buf(d, rid(0).routing_id(), 1, 0);
-    if let Some(at) = bar_list {
-        put(&mut b, 0x18, &at.to_le_bytes());
-    }
-    b
+/// the PCI domain; reserved bytes 0x15-0x1F zero (no BAR list).
+fn linux_dev_create(d: &LinuxDev) -> [u8; 0x20] {
+    dev_create_buf(d, rid(0).routing_id(), 1, 0)
 }
 
 /// `streams_setup` for one stream on TC0: `tc_mask` 1, `ids[0]` the host bridge's stream
@@ -334,22 +332,90 @@ fn expect(log: &[(abi::CommandId, Outcome)], want: &[(abi::CommandId, SevStatus)
 const SPDM: SevStatus = SevStatus::SPDM_REQUEST;
 const OK: SevStatus = SevStatus::SUCCESS;
 
-/// The whole flow as `sev-dev-tsm.c` runs it, with the three differences this firmware
-/// needs of the host: DEV_CREATE names the BAR list at 0x18 (reserved in Linux's struct: a
-/// device without BARs can bind nothing); `dsm_connect`'s DEV_MEASUREMENTS is skipped (not
-/// implemented here); the TDI goes to RUN by the guest's own start message (TDI_START, ours,
-/// through GUEST_REQUEST), not by `tdi_run`'s TDI_BIND with RUN_FORCE. Every other buffer is
-/// Linux's byte for byte, and every buffer the firmware writes back ends as Linux sent it.
-#[test]
-fn linux_flow_through_the_dispatcher() {
+/// The C-bit as Linux's `__psp_pa` and `__sme_set` put it on an EPYC part (`sme_me_mask`).
+const C_BIT: u64 = 1 << 51;
+
+/// An address as the world's memory knows it (the C-bit stripped).
+fn plain(a: u64) -> u64 {
+    a & !C_BIT
+}
+
+/// `d` and `t` with the C-bit in every address, as Linux fills them with SME active.
+fn with_c_bit(d: &LinuxDev, t: &LinuxTdi) -> (LinuxDev, LinuxTdi) {
+    let mut d = *d;
+    let mut t = *t;
+    d.dev_ctx |= C_BIT;
+    for s in &mut d.ctrl {
+        *s |= C_BIT;
+    }
+    d.data_pg |= C_BIT;
+    d.guest_req_buf |= C_BIT;
+    d.guest_resp_buf |= C_BIT;
+    t.tdi_ctx |= C_BIT;
+    t.gctx_paddr |= C_BIT;
+    (d, t)
+}
+
+/// The SLA buffer of `s` from its `payload_sz` on: (`payload_sz`, data object id, its length,
+/// the object's header and payload).
+fn output_object(w: &World, s: u64) -> (u32, u32, u32, Vec<u8>) {
+    let mut page = vec![0u8; 4096];
+    w.mem
+        .read(plain(SlaAddr::from_bits(plain(s)).address()), &mut page)
+        .unwrap();
+    let word = |o: usize| u32::from_le_bytes(page[o..o + 4].try_into().unwrap());
+    let len = word(0x44) as usize;
+    (
+        word(4),
+        word(0x40),
+        word(0x44),
+        page[0x40..0x40 + len].to_vec(),
+    )
+}
+
+/// The guest's message `ty` with `body` in Linux's `guest_req_buf`, as the guest's encrypted
+/// request arrives there (our model does not encrypt).
+fn guest_message(w: &mut World, d: &LinuxDev, ty: u8, body: &[u8]) {
+    let at = plain(d.guest_req_buf);
+    w.mem
+        .write(at, MsgHeader::new(ty, body.len()).as_bytes())
+        .unwrap();
+    w.mem.write(at + 0x60, body).unwrap();
+}
+
+/// The guest's RUN request for its TDI `GDEV` (ours: TDI_RUN_REQ), through Linux's
+/// `guest_request` (GUEST_REQUEST + loop); the answer from `guest_resp_buf`.
+fn guest_asks_run(
+    w: &mut World,
+    d: &LinuxDev,
+    t: &LinuxTdi,
+    log: &mut Vec<(abi::CommandId, Outcome)>,
+) -> msg::TdiStartRsp {
+    let mut req = msg::TdiReq::new_zeroed();
+    req.guest_device_id = GDEV.into();
+    guest_message(w, d, msg::MSG_TDI_RUN_REQ, req.as_bytes());
+    let (o, _) = linux_cmd(w, abi::TIO_GUEST_REQUEST, &guest_request_buf(d, t), log);
+    ok(o);
+    let mut rsp = msg::TdiStartRsp::new_zeroed();
+    w.mem
+        .read(plain(d.guest_resp_buf) + 0x60, rsp.as_mut_bytes())
+        .unwrap();
+    rsp
+}
+
+/// The whole flow as `sev-dev-tsm.c` runs it, every buffer Linux's byte for byte (`sme`: the
+/// C-bit in every address): connect with DEV_MEASUREMENTS, bind with the report saved, the
+/// guest's RUN request, `tdi_run`, unbind with CONFIG_UNLOCKED read back, disconnect.
+fn linux_flow(sme: bool) {
     let d = linux_dev();
-    let mut t = LinuxTdi {
+    let t = LinuxTdi {
         tdi_ctx: tdi_sla(),
-        gctx_paddr: 0,
-        asid: 0,
+        gctx_paddr: GCTX,
+        asid: 5,
         unfence: false,
     };
-    let mut w = linux_world(&d);
+    let (d, mut t) = if sme { with_c_bit(&d, &t) } else { (d, t) };
+    let mut w = linux_world(&linux_dev());
     let mut log = Vec::new();
     let run = |w: &mut World, id, bytes: &[u8], log: &mut Vec<_>| {
         let (o, back) = linux_cmd(w, id, bytes, log);
@@ -359,25 +425,63 @@ fn linux_flow_through_the_dispatcher() {
         o
     };
 
-    // dsm_connect: DEV_CREATE, DEV_CONNECT + loop (DEV_MEASUREMENTS skipped, see above).
+    // dsm_connect: DEV_CREATE (no BARs), DEV_CONNECT + loop, DEV_MEASUREMENTS(nonce) + loop.
     ok(run(
         &mut w,
         abi::TIO_DEV_CREATE,
-        &linux_dev_create(&d, Some(BAR_LIST)),
+        &linux_dev_create(&d),
         &mut log,
     ));
     let connect = dev_connect_buf(&d, 1, linux_stream_ids(), 0);
     ok(run(&mut w, abi::TIO_DEV_CONNECT, &connect, &mut log));
+    // `tio_save_output`: a certificate object (id 4), no chain in this model.
+    let (payload, id, len, _) = output_object(&w, d.ctrl[3]);
+    assert_eq!((payload, id, len), (0x20, 4, 0x20));
+    ok(run(
+        &mut w,
+        abi::TIO_DEV_MEASUREMENTS,
+        &dev_measurements_buf(&d, [0x5A; 32]),
+        &mut log,
+    ));
     expect(
         &log,
-        &[(abi::TIO_DEV_CREATE, OK), (abi::TIO_DEV_CONNECT, OK)],
+        &[
+            (abi::TIO_DEV_CREATE, OK),
+            (abi::TIO_DEV_CONNECT, OK),
+            (abi::TIO_DEV_MEASUREMENTS, OK),
+        ],
     );
-    assert!(w.sev.dev_ctx(d.dev_ctx).unwrap().connected);
+    let dev = w.sev.dev_ctx(plain(d.dev_ctx)).unwrap();
+    assert!(dev.connected);
+    assert!(
+        w.sev
+            .tsm()
+            .snapshot()
+            .unwrap()
+            .devices
+            .iter()
+            .flatten()
+            .all(|x| !x.bars_listed)
+    );
+    // `tio_save_output`: a measurement object (id 5) for the device, no records in this model.
+    let (payload, id, len, obj) = output_object(&w, d.ctrl[3]);
+    assert_eq!((payload, id, len), (0x20, 5, 0x20));
+    assert_eq!(
+        (
+            u16::from_le_bytes([obj[0x10], obj[0x11]]),
+            obj[0x12],
+            obj[0x13]
+        ),
+        (rid(0).routing_id(), 0, 1)
+    );
+    let mut cap = [0u8; 4];
+    w.mem
+        .read(SlaAddr::from_bits(plain(d.ctrl[3])).address(), &mut cap)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(cap), 4096, "capacity_sz is the host's");
 
-    // tdi_bind: TDI_CREATE, TDI_BIND(run_flags 0) + loop, TDI_STATUS + loop, status_fin.
+    // tdi_bind: TDI_CREATE, TDI_BIND(run_flags 0) + loop, the report saved, TDI_STATUS + loop.
     log.clear();
-    t.gctx_paddr = GCTX;
-    t.asid = 5;
     ok(run(
         &mut w,
         abi::TIO_TDI_CREATE,
@@ -390,7 +494,36 @@ fn linux_flow_through_the_dispatcher() {
         &tdi_bind_buf(&d, &t, u32::from(GDEV), false),
         &mut log,
     ));
-    w.mem.write(d.data_pg, &[0xEE; 16]).unwrap();
+    // `tio_save_output`: the interface report (id 6) with every range the core claimed.
+    let ranges = w.sev.tsm().owned_ranges(w.tdi()).unwrap();
+    let (payload, id, len, obj) = output_object(&w, d.ctrl[3]);
+    assert_eq!((id, len as usize), (6, 0x20 + 16 + 16 * ranges.len() + 4));
+    assert_eq!(payload, (len + 31) & !31);
+    assert_eq!(
+        (
+            u16::from_le_bytes([obj[0x10], obj[0x11]]),
+            obj[0x12],
+            obj[0x13]
+        ),
+        (rid(0).routing_id(), 0, 1)
+    );
+    let report = &obj[0x20..];
+    assert_eq!(
+        u32::from_le_bytes(report[12..16].try_into().unwrap()) as usize,
+        ranges.len()
+    );
+    for (i, r) in ranges.iter().enumerate() {
+        let e = &report[16 + 16 * i..32 + 16 * i];
+        assert_eq!(
+            (
+                u64::from_le_bytes(e[..8].try_into().unwrap()),
+                u64::from(u32::from_le_bytes(e[8..12].try_into().unwrap())),
+                u16::from_le_bytes([e[14], e[15]]) as usize
+            ),
+            (r.base().as_u64() >> 12, r.pages(), i)
+        );
+    }
+    w.mem.write(plain(d.data_pg), &[0xEE; 16]).unwrap();
     ok(run(
         &mut w,
         abi::TIO_TDI_STATUS,
@@ -411,52 +544,60 @@ fn linux_flow_through_the_dispatcher() {
             (abi::TIO_TDI_STATUS, OK),
         ],
     );
+    let status = |w: &World| {
+        let mut s = [0u8; 16];
+        w.mem.read(plain(d.data_pg), &mut s).unwrap();
+        assert!(s[5..].iter().all(|b| *b == 0));
+        (u32::from_le_bytes(s[..4].try_into().unwrap()), s[4])
+    };
     // `sev_tio_tdi_status_fin`: length 0x10, tdisp_state 1 (CONFIG_LOCKED).
-    let mut s = [0u8; 16];
-    w.mem.read(d.data_pg, &mut s).unwrap();
-    assert_eq!(
-        (u32::from_le_bytes(s[..4].try_into().unwrap()), s[4]),
-        (0x10, 1)
-    );
-    assert!(s[5..].iter().all(|b| *b == 0));
+    assert_eq!(status(&w), (0x10, 1));
     assert_eq!(w.device.state(rid(0)), TdispState::ConfigLocked);
 
     // The host maps the BAR's first 2M for the guest (ours: the host's RMPUPDATE).
     ok(w.cmd(&mmio_map(GPA, BAR, abi::MMIO_SIZE_2M)));
 
-    // guest_request: the guest's message copied to guest_req_buf, GUEST_REQUEST + loop, the
-    // answer read from guest_resp_buf.
+    // The guest asks for RUN: its message (ours) through Linux's guest_request, then the
+    // GHCB exit Linux's guest takes runs `tdi_run`: TDI_STATUS + loop, and, CONFIG_LOCKED,
+    // TDI_BIND(RUN_FORCE) + loop (START_INTERFACE), `unfence` remembered.
     log.clear();
-    let mut start = msg::TdiReq::new_zeroed();
-    start.guest_device_id = GDEV.into();
-    w.mem
-        .write(
-            d.guest_req_buf,
-            MsgHeader::new(msg::MSG_TDI_START_REQ, 16).as_bytes(),
-        )
-        .unwrap();
-    w.mem
-        .write(d.guest_req_buf + 0x60, start.as_bytes())
-        .unwrap();
+    let rsp = guest_asks_run(&mut w, &d, &t, &mut log);
+    assert_eq!((rsp.status.get(), rsp.guest_device_id.get()), (0, GDEV));
+    assert!(w.sev.tdi_ctx(plain(t.tdi_ctx)).unwrap().run_requested);
     ok(run(
         &mut w,
-        abi::TIO_GUEST_REQUEST,
-        &guest_request_buf(&d, &t),
+        abi::TIO_TDI_STATUS,
+        &tdi_status_buf(&d, &t),
         &mut log,
     ));
+    assert_eq!(status(&w), (0x10, 1));
+    ok(run(
+        &mut w,
+        abi::TIO_TDI_BIND,
+        &tdi_bind_buf(&d, &t, u32::from(GDEV), true),
+        &mut log,
+    ));
+    t.unfence = true;
     expect(
         &log,
-        &[(abi::TIO_GUEST_REQUEST, SPDM), (abi::TIO_GUEST_REQUEST, OK)],
+        &[
+            (abi::TIO_GUEST_REQUEST, OK),
+            (abi::TIO_TDI_STATUS, SPDM),
+            (abi::TIO_TDI_STATUS, OK),
+            (abi::TIO_TDI_BIND, SPDM),
+            (abi::TIO_TDI_BIND, OK),
+        ],
     );
-    let mut rsp = msg::TdiStartRsp::new_zeroed();
-    w.mem
-        .read(d.guest_resp_buf + 0x60, rsp.as_mut_bytes())
-        .unwrap();
-    assert_eq!((rsp.status.get(), rsp.guest_device_id.get()), (0, GDEV));
     assert_eq!(w.device.state(rid(0)), TdispState::Run);
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Run { .. }
+    ));
+    assert!(!w.sev.tdi_ctx(plain(t.tdi_ctx)).unwrap().run_requested);
 
-    // tdi_unbind: TDI_UNBIND(0) + loop (FORCE if that fails), TDI_STATUS + loop,
-    // TDI_RECLAIM, ASID_FENCE_STATUS, ASID_FENCE_CLEAR if fenced and unfence.
+    // tdi_unbind: TDI_UNBIND(0) + loop (FORCE if that fails), TDI_STATUS + loop (the
+    // transition to CONFIG_UNLOCKED verified), TDI_RECLAIM, ASID_FENCE_STATUS,
+    // ASID_FENCE_CLEAR if fenced and unfence.
     log.clear();
     let o = run(
         &mut w,
@@ -472,16 +613,14 @@ fn linux_flow_through_the_dispatcher() {
             &mut log,
         ));
     }
-    // Linux's "hunk to verify transitioning to CONFIG_UNLOCKED": this firmware answers
-    // INVALID_TDI_STATE for an unbound TDI (Linux logs "TDI status failed to read" and goes
-    // on); see `where_linux_and_this_firmware_part`.
-    let status = run(
+    w.mem.write(plain(d.data_pg), &[0xEE; 16]).unwrap();
+    ok(run(
         &mut w,
         abi::TIO_TDI_STATUS,
         &tdi_status_buf(&d, &t),
         &mut log,
-    );
-    assert_eq!(status.status, SevStatus::INVALID_TDI_STATE);
+    ));
+    assert_eq!(status(&w), (0x10, 0), "CONFIG_UNLOCKED");
     // Linux ignores TDI_RECLAIM's status; it succeeds here.
     ok(run(
         &mut w,
@@ -496,7 +635,7 @@ fn linux_flow_through_the_dispatcher() {
         &mut log,
     ));
     let mut word = [0u8; 8];
-    w.mem.read(d.data_pg, &mut word).unwrap();
+    w.mem.read(plain(d.data_pg), &mut word).unwrap();
     let fenced = (u64::from_le_bytes(word) >> 2) & 3 == 3;
     assert!(!fenced, "the unbind's fence completed");
     if fenced && t.unfence {
@@ -512,7 +651,7 @@ fn linux_flow_through_the_dispatcher() {
         &[
             (abi::TIO_TDI_UNBIND, SPDM),
             (abi::TIO_TDI_UNBIND, OK),
-            (abi::TIO_TDI_STATUS, SevStatus::INVALID_TDI_STATE),
+            (abi::TIO_TDI_STATUS, OK),
             (abi::TIO_TDI_RECLAIM, OK),
             (abi::TIO_ASID_FENCE_STATUS, OK),
         ],
@@ -546,19 +685,39 @@ fn linux_flow_through_the_dispatcher() {
     );
 }
 
-/// What Linux's exact bytes meet where this firmware differs from the real one (each is a
-/// divergence the report lists; none changes anything it should not):
-/// 1. DEV_CREATE without a BAR list (Linux's reserved bytes at 0x15-0x1F): a device without
-///    BARs, whose TDI's bind is refused once the report names ranges outside them.
-/// 2. `dsm_connect`'s DEV_MEASUREMENTS: not implemented, INVALID_PARAM; Linux then fails the
-///    connect and reclaims the device.
-/// 3. `tdi_run`'s TDI_BIND with RUN_FORCE on a CONFIG_LOCKED TDI: INVALID_PARAM.
-/// 4. After bind, the output SLA holds no report data object (id 6) for `tio_save_output`.
-/// 5. With SME active, Linux's `__psp_pa` and `make_sla` (`__sme_set`) put the C-bit in every
-///    address (bit 51 on EPYC, `sme_me_mask`): this firmware takes it as part of the address,
-///    so the SPDM request page and the status page are INVALID_ADDRESS.
 #[test]
-fn where_linux_and_this_firmware_part() {
+fn linux_flow_through_the_dispatcher() {
+    linux_flow(false);
+}
+
+#[test]
+fn linux_flow_with_sme_active() {
+    linux_flow(true);
+}
+
+/// A world where Linux has connected the device (no BARs) and created its TDI.
+fn linux_created(d: &LinuxDev, t: &LinuxTdi) -> Box<World> {
+    let mut w = linux_world(d);
+    ok(w.raw(abi::TIO_DEV_CREATE, &linux_dev_create(d)));
+    ok(w.raw(
+        abi::TIO_DEV_CONNECT,
+        &dev_connect_buf(d, 1, linux_stream_ids(), 0),
+    ));
+    ok(w.raw(
+        abi::TIO_TDI_CREATE,
+        &tdi_create_buf(d, t, rid(0).routing_id(), 0),
+    ));
+    w
+}
+
+/// The refusals Linux's exact bytes can still meet, each for a reason a real PSP has too, each
+/// changing nothing: a device without BARs whose report names system memory; RUN_FORCE
+/// before the guest asked, on an unbound TDI, on another guest's, or with other IDs; the
+/// guest's RUN request for a TDI it does not name; DEV_MEASUREMENTS before DEV_CONNECT or
+/// with no output SLA; a bind whose output SLA is device MMIO; the C-bit does not excuse an
+/// address past 2^52.
+#[test]
+fn what_linux_bytes_are_refused_for() {
     let d = linux_dev();
     let t = LinuxTdi {
         tdi_ctx: tdi_sla(),
@@ -566,128 +725,165 @@ fn where_linux_and_this_firmware_part() {
         asid: 5,
         unfence: false,
     };
-
-    // 1 and 2: dsm_connect with Linux's DEV_CREATE.
-    let mut w = linux_world(&d);
-    let mut log = Vec::new();
-    ok(linux_cmd(
-        &mut w,
-        abi::TIO_DEV_CREATE,
-        &linux_dev_create(&d, None),
-        &mut log,
-    )
-    .0);
-    assert!(
-        w.sev
-            .tsm()
-            .snapshot()
-            .unwrap()
-            .devices
-            .iter()
-            .flatten()
-            .all(|dev| dev.bars.is_empty())
-    );
-    let connect = dev_connect_buf(&d, 1, linux_stream_ids(), 0);
-    ok(linux_cmd(&mut w, abi::TIO_DEV_CONNECT, &connect, &mut log).0);
-    let before = w.state();
-    let meas = dev_measurements_buf(&d, [0x5A; 32]);
-    let (o, back) = linux_cmd(&mut w, 0xD7, &meas, &mut log);
-    assert_eq!(o.status, SevStatus::INVALID_PARAM, "DEV_MEASUREMENTS");
-    assert_eq!(back, meas);
-    same(&before, &w.state(), "DEV_MEASUREMENTS");
-    // Linux's `free_exit`: DEV_RECLAIM of the connected device.
-    ok(linux_cmd(&mut w, abi::TIO_DEV_RECLAIM, &dev_reclaim_buf(&d), &mut log).0);
-    assert!(w.sev.devices().is_empty());
-
-    // 1: were the connect to go on, the bind of a device without BARs fails at the report.
-    let mut w = linux_world(&d);
-    ok(w.raw(abi::TIO_DEV_CREATE, &linux_dev_create(&d, None)));
-    ok(w.raw(abi::TIO_DEV_CONNECT, &connect));
-    ok(w.raw(
-        abi::TIO_TDI_CREATE,
-        &tdi_create_buf(&d, &t, rid(0).routing_id(), 0),
-    ));
-    let mut log = Vec::new();
-    let (o, _) = linux_cmd(
-        &mut w,
-        abi::TIO_TDI_BIND,
-        &tdi_bind_buf(&d, &t, u32::from(GDEV), false),
-        &mut log,
-    );
-    assert_eq!(
-        o,
-        Outcome::from_core(Err(Error::RangeOutsideDevice)),
-        "{log:?}"
-    );
-    assert_eq!(w.sev.tsm().tdi(w.tdi()).unwrap().state, TdiState::Unbound);
-
-    // 3 and 4: a bound TDI (BAR list given), then tdi_run's TDI_STATUS and RUN_FORCE bind.
-    let mut w = linux_world(&d);
-    ok(w.raw(abi::TIO_DEV_CREATE, &linux_dev_create(&d, Some(BAR_LIST))));
-    ok(w.raw(abi::TIO_DEV_CONNECT, &connect));
-    ok(w.raw(
-        abi::TIO_TDI_CREATE,
-        &tdi_create_buf(&d, &t, rid(0).routing_id(), 0),
-    ));
-    let mut log = Vec::new();
-    ok(linux_cmd(
-        &mut w,
-        abi::TIO_TDI_BIND,
-        &tdi_bind_buf(&d, &t, u32::from(GDEV), false),
-        &mut log,
-    )
-    .0);
-    let mut out = [0u8; 0x50];
-    w.mem
-        .read(SlaAddr::from_bits(d.ctrl[3]).address(), &mut out)
-        .unwrap();
-    assert_ne!(
-        u32::from_le_bytes(out[0x40..0x44].try_into().unwrap()),
-        6,
-        "a report data object in the output SLA: drop divergence 4"
-    );
-    ok(linux_cmd(
-        &mut w,
-        abi::TIO_TDI_STATUS,
-        &tdi_status_buf(&d, &t),
-        &mut log,
-    )
-    .0);
-    let before = w.state();
+    let bind = tdi_bind_buf(&d, &t, u32::from(GDEV), false);
     let run_force = tdi_bind_buf(&d, &t, u32::from(GDEV), true);
-    let (o, back) = linux_cmd(&mut w, abi::TIO_TDI_BIND, &run_force, &mut log);
-    assert_eq!(o.status, SevStatus::INVALID_PARAM, "TDI_BIND RUN_FORCE");
-    assert_eq!(back, run_force);
-    same(&before, &w.state(), "TDI_BIND RUN_FORCE");
 
-    // 5: the C-bit in the SPDM SLAs and in data_pg (a TDI_STATUS of the bound TDI).
-    const C_BIT: u64 = 1 << 51;
-    let mut sme = d;
-    for s in &mut sme.ctrl {
-        *s = sla((SlaAddr::from_bits(*s).address() | C_BIT) >> 12);
-    }
+    // A device without a BAR list: a report naming system memory (reserved) is refused once
+    // it is in; nothing is bound.
+    let mut w = linux_created(&d, &t);
+    w.device
+        .report_ranges(rid(0), &[MmioRange::from_raw(MEM, 1).unwrap()]);
+    let tdi = w.tdi();
+    refused_relayed(&mut w, Error::ReservedMemory, tdi, |w| {
+        linux_cmd(w, abi::TIO_TDI_BIND, &bind, &mut Vec::new()).0
+    });
+    assert_eq!(w.sev.tsm().tdi(tdi).unwrap().state, TdiState::Unbound);
+    // Two overlapping ranges: the ownership check's.
+    w.device.report_ranges(
+        rid(0),
+        &[
+            MmioRange::from_raw(BAR, 2).unwrap(),
+            MmioRange::from_raw(BAR + 0x1000, 1).unwrap(),
+        ],
+    );
+    refused_relayed(&mut w, Error::RangesOverlap, tdi, |w| {
+        linux_cmd(w, abi::TIO_TDI_BIND, &bind, &mut Vec::new()).0
+    });
+
+    // RUN_FORCE: on an unbound TDI; bound, before the guest asked; with another ID; from
+    // another guest's context; after the TDI runs.
+    let mut w = linux_created(&d, &t);
+    refused(&mut w, Error::TdiNotBound, |w| {
+        w.raw(abi::TIO_TDI_BIND, &run_force)
+    });
+    ok(linux_cmd(&mut w, abi::TIO_TDI_BIND, &bind, &mut Vec::new()).0);
     let before = w.state();
-    let o = linux_cmd(
-        &mut w,
-        abi::TIO_TDI_STATUS,
-        &tdi_status_buf(&sme, &t),
-        &mut log,
-    )
-    .0;
-    assert_eq!(o.status, SevStatus::INVALID_ADDRESS, "C-bit in spdm_ctrl");
-    sme.ctrl = d.ctrl;
-    sme.data_pg |= C_BIT;
-    let o = linux_cmd(
-        &mut w,
-        abi::TIO_TDI_STATUS,
-        &tdi_status_buf(&sme, &t),
-        &mut log,
-    )
-    .0;
+    let (o, back) = linux_cmd(&mut w, abi::TIO_TDI_BIND, &run_force, &mut Vec::new());
     assert_eq!(
         o.status,
-        SevStatus::INVALID_ADDRESS,
-        "C-bit in status_paddr"
+        SevStatus::INVALID_GUEST_STATE,
+        "RUN_FORCE unasked"
     );
-    same(&before, &w.state(), "C-bit");
+    assert_eq!(back, run_force);
+    same(&before, &w.state(), "RUN_FORCE unasked");
+    // The guest names another TDI: answered INVALID_PARAM, nothing recorded.
+    let mut req = msg::TdiReq::new_zeroed();
+    req.guest_device_id = (GDEV + 1).into();
+    guest_message(&mut w, &d, msg::MSG_TDI_RUN_REQ, req.as_bytes());
+    ok(linux_cmd(
+        &mut w,
+        abi::TIO_GUEST_REQUEST,
+        &guest_request_buf(&d, &t),
+        &mut Vec::new(),
+    )
+    .0);
+    let mut rsp = msg::TdiStartRsp::new_zeroed();
+    w.mem
+        .read(d.guest_resp_buf + 0x60, rsp.as_mut_bytes())
+        .unwrap();
+    assert_eq!(rsp.status.get(), SevStatus::INVALID_PARAM.0);
+    assert!(!w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
+    // Asked; then RUN_FORCE with another guest device ID or lock flags, or naming another
+    // guest: refused, the request kept.
+    assert_eq!(
+        guest_asks_run(&mut w, &d, &t, &mut Vec::new()).status.get(),
+        0
+    );
+    let mut other_id = run_force;
+    other_id[0x40..0x42].copy_from_slice(&(GDEV + 1).to_le_bytes());
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+        w.raw(abi::TIO_TDI_BIND, &other_id)
+    });
+    let mut other_flags = run_force;
+    other_flags[0x42] = 1;
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+        w.raw(abi::TIO_TDI_BIND, &other_flags)
+    });
+    ok(w.cmd(&gctx_create(GCTX2)));
+    ok(w.cmd(&activate(GCTX2, 6)));
+    let mut other_guest = run_force;
+    other_guest[0x38..0x40].copy_from_slice(&GCTX2.to_le_bytes());
+    refused(&mut w, Error::NotOwner, |w| {
+        w.raw(abi::TIO_TDI_BIND, &other_guest)
+    });
+    assert!(w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
+    // An unbind ends the request: bound again, RUN_FORCE waits for the guest again.
+    ok(linux_cmd(
+        &mut w,
+        abi::TIO_TDI_UNBIND,
+        &tdi_unbind_buf(&d, &t, false),
+        &mut Vec::new(),
+    )
+    .0);
+    assert!(!w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
+    ok(linux_cmd(&mut w, abi::TIO_TDI_BIND, &bind, &mut Vec::new()).0);
+    refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
+        w.raw(abi::TIO_TDI_BIND, &run_force)
+    });
+    assert_eq!(
+        guest_asks_run(&mut w, &d, &t, &mut Vec::new()).status.get(),
+        0
+    );
+    ok(linux_cmd(&mut w, abi::TIO_TDI_BIND, &run_force, &mut Vec::new()).0);
+    // Running: a second RUN_FORCE is not CONFIG_LOCKED; the guest's RUN request is answered
+    // SUCCESS and not recorded.
+    assert_eq!(
+        guest_asks_run(&mut w, &d, &t, &mut Vec::new()).status.get(),
+        0
+    );
+    assert!(!w.sev.tdi_ctx(t.tdi_ctx).unwrap().run_requested);
+    refused(&mut w, SevStatus::INVALID_TDI_STATE, |w| {
+        w.raw(abi::TIO_TDI_BIND, &run_force)
+    });
+
+    // DEV_MEASUREMENTS: before DEV_CONNECT; with no output SLA.
+    let mut w = linux_world(&d);
+    ok(w.raw(abi::TIO_DEV_CREATE, &linux_dev_create(&d)));
+    let meas = dev_measurements_buf(&d, [0x5A; 32]);
+    refused(&mut w, SevStatus::INVALID_DEV_STATE, |w| {
+        w.raw(abi::TIO_DEV_MEASUREMENTS, &meas)
+    });
+    ok(w.raw(
+        abi::TIO_DEV_CONNECT,
+        &dev_connect_buf(&d, 1, linux_stream_ids(), 0),
+    ));
+    let mut no_out = meas;
+    no_out[0x20..0x28].fill(0);
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+        w.raw(abi::TIO_DEV_MEASUREMENTS, &no_out)
+    });
+
+    // A connect whose output SLA is device MMIO: refused before the stream is set up.
+    let mut w = linux_world(&d);
+    ok(w.raw(abi::TIO_DEV_CREATE, &linux_dev_create(&d)));
+    let mut mmio_out = d;
+    mmio_out.ctrl[3] = sla(BAR >> 12);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.raw(
+            abi::TIO_DEV_CONNECT,
+            &dev_connect_buf(&mmio_out, 1, linux_stream_ids(), 0),
+        )
+    });
+
+    // A bind whose output SLA is device MMIO: refused before the device is asked.
+    let mut w = linux_created(&d, &t);
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.raw(
+            abi::TIO_TDI_BIND,
+            &tdi_bind_buf(&mmio_out, &t, u32::from(GDEV), false),
+        )
+    });
+
+    // The C-bit is stripped, nothing else: bit 52 is still past the address space.
+    let (sme, _) = with_c_bit(&d, &t);
+    let mut past = sme;
+    past.data_pg |= 1 << 52;
+    refused(&mut w, SevStatus::INVALID_ADDRESS, |w| {
+        w.raw(abi::TIO_TDI_STATUS, &tdi_status_buf(&past, &t))
+    });
+    let mut past = sme;
+    past.dev_ctx |= 1 << 52;
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+        w.raw(abi::TIO_TDI_STATUS, &tdi_status_buf(&past, &t))
+    });
 }

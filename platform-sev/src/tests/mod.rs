@@ -526,9 +526,10 @@ fn decommission(g: u64) -> abi::Decommission {
         gctx_paddr: g.into(),
     }
 }
-fn dev_create() -> abi::DevCreate {
-    let mut c = abi::DevCreate::new_zeroed();
-    c.length = len::<abi::DevCreate>();
+/// DEV_CREATE in our form with a BAR list ([`abi::DevCreateBars`]).
+fn dev_create() -> abi::DevCreateBars {
+    let mut c = abi::DevCreateBars::new_zeroed();
+    c.length = len::<abi::DevCreateBars>();
     c.dev_ctx = dev_sla().into();
     c.device_id = rid(0).routing_id().into();
     c.bar_list = BAR_LIST.into();
@@ -588,6 +589,25 @@ fn tdi_unbind(g: u64) -> abi::TdiUnbind {
     c.dev_ctx = dev_sla().into();
     c.tdi_ctx = tdi_sla().into();
     c.gctx_paddr = g.into();
+    c
+}
+/// DEV_MEASUREMENTS as Linux sends it, its output SLA the page TDI_REPORT writes.
+fn dev_measurements() -> abi::DevMeasurements {
+    let mut c = abi::DevMeasurements::new_zeroed();
+    c.length = len::<abi::DevMeasurements>();
+    c.flags = abi::MEAS_FLAG_RAW_BITSTREAM.into();
+    c.spdm_ctrl = spdm_ctrl();
+    c.spdm_ctrl.output = sla((MEM + 0x3000) >> 12).into();
+    c.dev_ctx = dev_sla().into();
+    c.meas_nonce = [0x5A; 32];
+    c
+}
+fn dev_certificates() -> abi::DevCertificates {
+    let mut c = abi::DevCertificates::new_zeroed();
+    c.length = len::<abi::DevCertificates>();
+    c.spdm_ctrl = spdm_ctrl();
+    c.spdm_ctrl.output = sla((MEM + 0x3000) >> 12).into();
+    c.dev_ctx = dev_sla().into();
     c
 }
 fn tdi_report(g: u64) -> abi::TdiReport {
@@ -743,6 +763,16 @@ fn every_command() -> Vec<(abi::CommandId, Vec<u8>, &'static [usize])> {
             &[4],
         ),
         (
+            abi::TIO_DEV_MEASUREMENTS,
+            dev_measurements().as_bytes().to_vec(),
+            &[4, 5],
+        ),
+        (
+            abi::TIO_DEV_CERTIFICATES,
+            dev_certificates().as_bytes().to_vec(),
+            &[4, 7],
+        ),
+        (
             abi::TIO_TDI_CREATE,
             tdi_create().as_bytes().to_vec(),
             &[4, 0x1B, 0x1C, 0x24],
@@ -869,7 +899,6 @@ fn golden_layouts_match_the_published_offsets() {
         c.root_port_id,
         c.segment_id,
     ) = (0x20.into(), s1, 0x0318.into(), 0x0010.into(), 7);
-    c.bar_list = 0x4008.into();
     golden!(
         c,
         0x20,
@@ -879,7 +908,28 @@ fn golden_layouts_match_the_published_offsets() {
             (0x10, 2, 0x0318),
             (0x12, 2, 0x10),
             (0x14, 1, 7),
-            (0x18, 8, 0x4008)
+        ]
+    );
+    // Ours: the same with a BAR list after Linux's bytes.
+    let mut c = abi::DevCreateBars::new_zeroed();
+    (
+        c.length,
+        c.dev_ctx,
+        c.device_id,
+        c.root_port_id,
+        c.segment_id,
+    ) = (0x28.into(), s1, 0x0318.into(), 0x0010.into(), 7);
+    c.bar_list = 0x4008.into();
+    golden!(
+        c,
+        0x28,
+        [
+            (0, 4, 0x28),
+            (8, 8, s1.get()),
+            (0x10, 2, 0x0318),
+            (0x12, 2, 0x10),
+            (0x14, 1, 7),
+            (0x20, 8, 0x4008)
         ]
     );
     // Ours: the BAR list it names.
@@ -1514,7 +1564,7 @@ fn tdi_bind_report_status_info_unbind() {
     // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
     let mut b = tdi_bind(GCTX);
     b.run_flags = abi::BIND_RUN_FORCE.into();
-    refused(&mut w, SevStatus::INVALID_PARAM, |w| w.cmd(&b));
+    refused(&mut w, Error::TdiNotBound, |w| w.cmd(&b));
     ok(w.cmd(&gctx_create(0x2_0000_7000)));
     refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
         w.cmd(&tdi_bind(0x2_0000_7000))
@@ -2261,12 +2311,20 @@ fn an_answer_goes_only_to_writable_host_memory() {
 // ---- TDI_STATUS tells the truth ---------------------------------------------------------------
 
 #[test]
-fn tdi_status_of_an_unbound_tdi_is_the_cores_tdi_not_bound() {
+fn tdi_status_of_an_unbound_tdi_is_config_unlocked_without_asking_the_device() {
     let mut w = World::new();
     w.setup(Stage::Created);
-    let o = refused(&mut w, Error::TdiNotBound, |w| w.cmd(&tdi_status()));
-    assert_eq!(o.status, SevStatus::INVALID_TDI_STATE);
-    // The core answers the same call the same way.
+    w.mem.write(MEM, &[0xEE; 16]).unwrap();
+    let before = w.sev.tsm().snapshot().unwrap();
+    ok(w.cmd(&tdi_status()));
+    assert_eq!(before, w.sev.tsm().snapshot().unwrap(), "nothing changed");
+    let mut s = [0u8; 16];
+    w.mem.read(MEM, &mut s).unwrap();
+    assert_eq!(
+        (u32::from_le_bytes(s[..4].try_into().unwrap()), s[4]),
+        (0x10, 0)
+    );
+    // The core would refuse to ask: nothing was asked.
     let mut out = [0u8; MAX_RELAY_BYTES];
     assert_eq!(
         w.sev.tsm().check_interface(w.tdi(), &mut out),
