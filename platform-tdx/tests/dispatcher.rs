@@ -3252,3 +3252,192 @@ fn a_tdi_is_bound_only_to_its_own_td() {
     assert_eq!(w.relayed(abi::TDH_DEVIF_REQUEST, lock).rax, TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Locked as u64);
 }
+
+/// The TD's own request (TDG.DEVIF.REQUEST START) through its states, every refusal with
+/// nothing changed: from another TD (`TDX_DEVIF_INVALID_METADATA`), on an unbound TDI (the
+/// core's `TdiNotBound`, `TDX_DEVIF_INVALID_STATE`), a second one while it waits
+/// (`TDX_DEVIF_TDISP_INVALID_REQ_STS` + RCX), the host's answer without `td_flag` or its
+/// `td_flag` on its own request (`TDX_DEVIF_TDISP_INVALID_REQ_STS` + RDX), another code while
+/// it waits (`TDX_DEVIF_TDISP_OUT_REQ`), a read before the answer; then a START a forced unbind
+/// abandons reads `TDX_DEVIF_INVALID_STATE` once, and the TD may ask again.
+#[test]
+fn the_tds_start_request_and_its_refusals() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.create_td();
+    let other = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi_for(td, dev, rid(3), PAGES_A);
+    let start = SeamRegs {
+        rcx: tdi,
+        rdx: 0x86,
+        ..Default::default()
+    };
+    let read = SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    };
+    let guest_refused = |what: &str, from: u64, leaf: u16, regs: SeamRegs, expect: u64| {
+        let before = w.image();
+        let out = w.tdcall(from, leaf, regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert_eq!(SeamRegs { rax: 0, ..out }, regs, "{what}: registers");
+        assert!(w.image() == before, "{what} changed something");
+    };
+    let host_refused = |what: &str, leaf: u16, regs: SeamRegs, expect: u64| {
+        let before = w.image();
+        let out = w.call(u64::from(leaf), regs);
+        assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+        assert!(w.image() == before, "{what} changed something");
+    };
+    guest_refused(
+        "START of an unbound TDI",
+        td,
+        abi::TDG_DEVIF_REQUEST,
+        start,
+        TDX_DEVIF_INVALID_STATE | 1,
+    );
+    assert_eq!(
+        w.relayed(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..Default::default()
+            }
+        )
+        .rax,
+        TDX_SUCCESS
+    );
+    guest_refused(
+        "START from another TD",
+        other,
+        abi::TDG_DEVIF_REQUEST,
+        start,
+        TDX_DEVIF_INVALID_METADATA | 1,
+    );
+    guest_refused(
+        "a read with nothing asked",
+        td,
+        abi::TDG_DEVIF_RESPONSE,
+        read,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | 1,
+    );
+    guest_refused(
+        "a read from another TD",
+        other,
+        abi::TDG_DEVIF_RESPONSE,
+        read,
+        TDX_DEVIF_INVALID_METADATA | 1,
+    );
+    host_refused(
+        "the host's td_flag with nothing asked",
+        abi::TDH_DEVIF_REQUEST,
+        SeamRegs {
+            rcx: tdi,
+            rdx: abi::REQ_IN_TD_FLAG,
+            r8: PAGES_A.0,
+            ..Default::default()
+        },
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | 1,
+    );
+    // The TD asks: queued, nothing written for the host yet.
+    let out = w.tdcall(td, abi::TDG_DEVIF_REQUEST, start);
+    assert_eq!(out.rax, TDX_SUCCESS);
+    guest_refused(
+        "a second START while it waits",
+        td,
+        abi::TDG_DEVIF_REQUEST,
+        start,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | 1,
+    );
+    guest_refused(
+        "a read before the answer",
+        td,
+        abi::TDG_DEVIF_RESPONSE,
+        read,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | 1,
+    );
+    host_refused(
+        "GET_STATE while the TD's START waits",
+        abi::TDH_DEVIF_REQUEST,
+        SeamRegs {
+            rcx: tdi,
+            rdx: 0x85,
+            r8: PAGES_A.0,
+            ..Default::default()
+        },
+        TDX_DEVIF_TDISP_OUT_REQ | 1,
+    );
+    let fetch = w.call(
+        u64::from(abi::TDH_DEVIF_REQUEST),
+        SeamRegs {
+            rcx: tdi,
+            rdx: abi::REQ_IN_TD_FLAG,
+            r8: PAGES_A.0,
+            ..Default::default()
+        },
+    );
+    assert_eq!((fetch.rax, fetch.rcx & 0xff), (TDX_SPDM_REQUEST, 0x86));
+    let answer = w.doe(&w.request(tdi, fetch.rcx)).unwrap();
+    w.write(PAGES_A.1, &answer);
+    host_refused(
+        "the TD's answer without td_flag",
+        abi::TDH_DEVIF_RESPONSE,
+        SeamRegs {
+            rcx: tdi,
+            rdx: abi::devif_rsp_in(PAGES_A.1, false),
+            r8: PAGES_A.0,
+            ..Default::default()
+        },
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | 2,
+    );
+    // A forced unbind abandons the START: the TD reads that once, then may ask again.
+    let force = SeamRegs {
+        rcx: tdi,
+        rdx: abi::UNBIND_FLAG_FORCE,
+        ..Default::default()
+    };
+    let mut out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
+    while out.rax == TDX_INTERRUPTED_RESUMABLE {
+        out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
+    }
+    assert_eq!(out.rax, TDX_SUCCESS);
+    let gone = w.tdcall(td, abi::TDG_DEVIF_RESPONSE, read);
+    assert_eq!(gone.rax, TDX_DEVIF_INVALID_STATE | 1);
+    assert_eq!(gone.rcx, tdi, "a failed start's read leaves RCX");
+    guest_refused(
+        "the abandoned START read twice",
+        td,
+        abi::TDG_DEVIF_RESPONSE,
+        read,
+        TDX_DEVIF_TDISP_INVALID_REQ_STS | 1,
+    );
+    // The host sets the stream up again, binds, and the TD starts it.
+    let km = w.call(
+        u64::from(abi::TDH_IDE_STREAM_KM),
+        SeamRegs {
+            rcx: dev,
+            rdx: dev,
+            r8: 0,
+            r9: LINK_RESPONSE,
+            r10: LINK_REQUEST,
+            ..Default::default()
+        },
+    );
+    assert_eq!(km.rax, TDX_SUCCESS);
+    assert_eq!(
+        w.relayed(
+            abi::TSM_DEVIF_BIND,
+            SeamRegs {
+                rcx: tdi,
+                rdx: td,
+                ..Default::default()
+            }
+        )
+        .rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
+}
