@@ -367,7 +367,13 @@ impl<'a> Interpreter<'a, '_> {
                 let t = self.tdi(tdi)?.0;
                 Observed::Status(self.answer(t, with)?)
             }
-            Op::Zap { device, bar } => done(self.zap(device, bar)),
+            Op::Zap { device, bar } => {
+                // A raw handle has no BARs the host knows: the zap names none (InvalidHandle).
+                if !device.starts_with('#') {
+                    self.device_parts(device)?;
+                }
+                done(self.zap(device, bar))
+            }
             Op::HostUnmap { guest, gpa, size } => {
                 let g = self.guest(guest)?;
                 done(Gpa::try_new(gpa).and_then(|gpa| self.backend.host_unmap(g, gpa, size)))
