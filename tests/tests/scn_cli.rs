@@ -320,3 +320,39 @@ fn tsm_scn_refuses_a_bad_command_line() {
         "{out}"
     );
 }
+
+/// The first `text` block after `marker` in the README.
+fn readme_block(marker: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let after = &readme[readme.find(marker).unwrap()..];
+    let body = &after[after.find("```text\n").unwrap() + "```text\n".len()..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+/// The README's first scenario passes as it says, and its error example is what a misspelt
+/// status prints.
+#[test]
+fn the_readme_first_scenario_runs_as_shown() {
+    let text = readme_block("here `mine.scn`:");
+    let file = temp_scenario("mine.scn", &text);
+    let (code, out) = tsm_scn(&[file.to_str()]);
+    assert_eq!(code, Some(0), "{out}");
+    let shown = readme_block("Run it on every backend");
+    let shown: Vec<&str> = shown.lines().skip(1).collect();
+    let got: Vec<String> = out
+        .lines()
+        .map(|l| l.replace(file.to_str(), "mine.scn"))
+        .collect();
+    assert_eq!(got, shown);
+
+    let typo = temp_scenario("mine-typo.scn", &text.replace("-> TdiBound", "-> TdiBund"));
+    let (code, out) = tsm_scn(&[typo.to_str()]);
+    assert_eq!(code, Some(1), "{out}");
+    let shown = readme_block("so a typo cannot pass");
+    let shown: Vec<&str> = shown.lines().skip(1).collect();
+    let got: Vec<String> = out
+        .lines()
+        .map(|l| l.replace(typo.to_str(), "mine.scn"))
+        .collect();
+    assert_eq!(got, shown);
+}
