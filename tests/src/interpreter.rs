@@ -14,7 +14,8 @@ use tsm_core::{
 
 use crate::backend::{Backend, DeviceCall, MAX_RELAY_ROUNDS, RelayBuf};
 use crate::scenario::{
-    AnswerWith, EventName, HostPath, LeafName, Line, Op, Order, StateName, parse_line,
+    AnswerWith, Diagnostic, EventName, HostPath, LeafName, Line, NameKind, Op, Order, Problem,
+    StateName, nearest, parse_line,
 };
 use tsm_core::MAX_RELAY_BYTES;
 
@@ -55,6 +56,16 @@ enum Obj<'a> {
     },
 }
 
+impl Obj<'_> {
+    fn kind(&self) -> NameKind {
+        match self {
+            Obj::Guest(_) => NameKind::Guest,
+            Obj::Device { .. } => NameKind::Device,
+            Obj::Tdi { .. } => NameKind::Tdi,
+        }
+    }
+}
+
 /// A device's BARs (raw base, pages) and the names of its TDIs.
 type DeviceParts<'s, 'a> = (&'s [(u64, u64)], &'s [&'a str]);
 
@@ -78,16 +89,32 @@ impl fmt::Display for Observed {
     }
 }
 
-/// Why a line could not run at all (as opposed to returning a status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Setup {
-    UnknownName,
-    WrongKind,
-    TooManyNames,
-    /// `answer` or `relay` of a TDI with no held request.
-    NothingHeld,
-    /// `answer ... stale` of a TDI with no answer relayed yet, or `flip` past the answer's end.
-    NoSuchAnswer,
+/// Why a line could not run at all (as opposed to returning a status): a diagnostic whose
+/// token is empty when the fault is the operation's (filled in with the operation's word).
+type Setup<'a> = Diagnostic<'a>;
+
+fn too_many() -> Setup<'static> {
+    Diagnostic::new(
+        Problem::TooManyNames,
+        "",
+        "fewer objects: a scenario keeps at most 64 names, 4 held requests",
+    )
+}
+
+fn nothing_held() -> Setup<'static> {
+    Diagnostic::new(
+        Problem::NothingHeld,
+        "",
+        "`hold <t>` and an operation that stopped at `Relay` before it",
+    )
+}
+
+fn no_such_answer() -> Setup<'static> {
+    Diagnostic::new(
+        Problem::NoSuchAnswer,
+        "",
+        "an answer relayed earlier for the TDI (stale), or a byte inside the answer (flip)",
+    )
 }
 
 /// Requests held at once (`hold`), and TDIs whose last answer is kept for `answer ... stale`.
@@ -121,74 +148,103 @@ fn done(r: TsmResult<()>) -> Observed {
 }
 
 impl<'a> Interpreter<'a, '_> {
-    fn find(&self, name: &str) -> Result<&Obj<'a>, Setup> {
-        self.names
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, o)| o)
-            .ok_or(Setup::UnknownName)
+    /// The object `name` stands for, which must be of kind `want`.
+    fn find(&self, name: &'a str, want: NameKind) -> Result<&Obj<'a>, Setup<'a>> {
+        let same_kind = || {
+            self.names
+                .iter()
+                .filter(move |(_, o)| o.kind() == want)
+                .map(|(n, _)| *n)
+        };
+        match self.names.iter().find(|(n, _)| *n == name) {
+            Some((_, o)) if o.kind() == want => Ok(o),
+            Some((_, o)) => {
+                Err(
+                    Diagnostic::new(Problem::WrongKind(o.kind()), name, want.expected())
+                        .nearest(nearest(name, same_kind())),
+                )
+            }
+            None => Err(Diagnostic::new(Problem::UnknownName, name, want.expected())
+                .nearest(nearest(name, same_kind()))),
+        }
     }
 
-    fn raw<K>(name: &str) -> Option<Result<Handle<K>, Setup>> {
+    fn raw<K>(name: &'a str) -> Option<Result<Handle<K>, Setup<'a>>> {
         let raw = name.strip_prefix('#')?;
         // Wider than a slot: the highest slot, which no table has, so the firmware says InvalidHandle.
         Some(
             crate::scenario::num(raw)
-                .map(|v| Handle::from_slot(u16::try_from(v).unwrap_or(u16::MAX)))
-                .map_err(|_| Setup::WrongKind),
+                .map(|v| Handle::from_slot(u16::try_from(v).unwrap_or(u16::MAX))),
         )
     }
 
-    fn guest(&self, name: &str) -> Result<GuestId, Setup> {
+    fn guest(&self, name: &'a str) -> Result<GuestId, Setup<'a>> {
         if let Some(h) = Self::raw(name) {
             return h;
         }
-        match self.find(name)? {
+        match self.find(name, NameKind::Guest)? {
             Obj::Guest(g) => Ok(*g),
-            _ => Err(Setup::WrongKind),
+            _ => Err(Diagnostic::new(
+                Problem::UnknownName,
+                name,
+                NameKind::Guest.expected(),
+            )),
         }
     }
 
-    fn tdi(&self, name: &str) -> Result<(TdiId, Option<InterfaceId>), Setup> {
+    fn tdi(&self, name: &'a str) -> Result<(TdiId, Option<InterfaceId>), Setup<'a>> {
         if let Some(h) = Self::raw(name) {
             return h.map(|t| (t, None));
         }
-        match self.find(name)? {
+        match self.find(name, NameKind::Tdi)? {
             Obj::Tdi { id, iface } => Ok((*id, Some(*iface))),
-            _ => Err(Setup::WrongKind),
+            _ => Err(Diagnostic::new(
+                Problem::UnknownName,
+                name,
+                NameKind::Tdi.expected(),
+            )),
         }
     }
 
-    fn iface(&self, name: &str) -> Result<InterfaceId, Setup> {
-        self.tdi(name)?.1.ok_or(Setup::WrongKind)
+    /// A device event or misbehaviour names the interface, which a raw handle does not carry.
+    fn iface(&self, name: &'a str) -> Result<InterfaceId, Setup<'a>> {
+        self.tdi(name)?
+            .1
+            .ok_or_else(|| Diagnostic::new(Problem::RawHandle, name, NameKind::Tdi.expected()))
     }
 
-    fn device(&self, name: &str) -> Result<DeviceId, Setup> {
+    fn device(&self, name: &'a str) -> Result<DeviceId, Setup<'a>> {
         if let Some(h) = Self::raw(name) {
             return h;
         }
-        match self.find(name)? {
+        match self.find(name, NameKind::Device)? {
             Obj::Device { id, .. } => Ok(*id),
-            _ => Err(Setup::WrongKind),
+            _ => Err(Diagnostic::new(
+                Problem::UnknownName,
+                name,
+                NameKind::Device.expected(),
+            )),
         }
     }
 
-    fn device_parts(&self, name: &str) -> Result<DeviceParts<'_, 'a>, Setup> {
-        match self.find(name)? {
+    fn device_parts(&self, name: &'a str) -> Result<DeviceParts<'_, 'a>, Setup<'a>> {
+        match self.find(name, NameKind::Device)? {
             Obj::Device { bars, tdis, .. } => Ok((bars, tdis)),
-            _ => Err(Setup::WrongKind),
+            _ => Err(Diagnostic::new(
+                Problem::UnknownName,
+                name,
+                NameKind::Device.expected(),
+            )),
         }
     }
 
-    fn name(&mut self, name: &'a str, obj: Obj<'a>) -> Result<(), Setup> {
-        self.names
-            .push((name, obj))
-            .map_err(|_| Setup::TooManyNames)
+    fn name(&mut self, name: &'a str, obj: Obj<'a>) -> Result<(), Setup<'a>> {
+        self.names.push((name, obj)).map_err(|_| too_many())
     }
 
-    fn run(&mut self, op: &Op<'a>) -> Result<Observed, Setup> {
+    fn run(&mut self, op: &Op<'a>) -> Result<Observed, Setup<'a>> {
         let b = &mut *self.backend;
-        Ok(match op {
+        Ok(match *op {
             Op::Guest { name } => match b.create_guest() {
                 Ok(g) => {
                     self.name(name, Obj::Guest(g))?;
@@ -196,12 +252,16 @@ impl<'a> Interpreter<'a, '_> {
                 }
                 Err(e) => done(Err(e)),
             },
-            Op::Device { name, rid, bars } => {
+            Op::Device {
+                name,
+                rid,
+                ref bars,
+            } => {
                 let ranges: Result<Vec<MmioRange, { tsm_core::capacity::MAX_BARS }>, Error> = bars
                     .iter()
                     .map(|&(base, pages)| MmioRange::from_raw(base, pages))
                     .collect();
-                match ranges.and_then(|r| b.create_device(*rid, &r)) {
+                match ranges.and_then(|r| b.create_device(rid, &r)) {
                     Ok(id) => {
                         self.name(
                             name,
@@ -222,20 +282,24 @@ impl<'a> Interpreter<'a, '_> {
                 iface,
             } => {
                 let dev = self.device(device)?;
-                match self.backend.create_tdi(dev, *iface) {
+                match self.backend.create_tdi(dev, iface) {
                     Ok(id) => {
                         if let Some((_, Obj::Device { tdis, .. })) =
-                            self.names.iter_mut().find(|(n, _)| n == device)
+                            self.names.iter_mut().find(|(n, _)| *n == device)
                         {
-                            tdis.push(name).map_err(|_| Setup::TooManyNames)?;
+                            tdis.push(name).map_err(|_| too_many())?;
                         }
-                        self.name(name, Obj::Tdi { id, iface: *iface })?;
+                        self.name(name, Obj::Tdi { id, iface })?;
                         done(Ok(()))
                     }
                     Err(e) => done(Err(e)),
                 }
             }
-            Op::Bind { tdi, guest, ranges } => {
+            Op::Bind {
+                tdi,
+                guest,
+                ref ranges,
+            } => {
                 let (t, g) = (self.tdi(tdi)?.0, self.guest(guest)?);
                 let report: Vec<WireMmioRange, MODEL_MAX_RANGES> = ranges
                     .iter()
@@ -260,9 +324,9 @@ impl<'a> Interpreter<'a, '_> {
                 size,
             } => {
                 let (t, g) = (self.tdi(tdi)?.0, self.guest(guest)?);
-                done(Gpa::try_new(*gpa).and_then(|gpa| {
-                    let hpa = Hpa::try_new(*hpa)?;
-                    self.backend.map(t, g, gpa, hpa, *size)
+                done(Gpa::try_new(gpa).and_then(|gpa| {
+                    let hpa = Hpa::try_new(hpa)?;
+                    self.backend.map(t, g, gpa, hpa, size)
                 }))
             }
             Op::Start { guest, tdi } => {
@@ -289,7 +353,7 @@ impl<'a> Interpreter<'a, '_> {
             Op::Hold { tdi } => {
                 let t = self.tdi(tdi)?.0;
                 if !self.hold_next.contains(&t) {
-                    self.hold_next.push(t).map_err(|_| Setup::TooManyNames)?;
+                    self.hold_next.push(t).map_err(|_| too_many())?;
                 }
                 done(Ok(()))
             }
@@ -301,22 +365,28 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::Answer { tdi, with } => {
                 let t = self.tdi(tdi)?.0;
-                Observed::Status(self.answer(t, *with)?)
+                Observed::Status(self.answer(t, with)?)
             }
-            Op::Zap { device, bar } => done(self.zap(device, *bar)),
+            Op::Zap { device, bar } => {
+                // A raw handle has no BARs the host knows: the zap names none (InvalidHandle).
+                if !device.starts_with('#') {
+                    self.device_parts(device)?;
+                }
+                done(self.zap(device, bar))
+            }
             Op::HostUnmap { guest, gpa, size } => {
                 let g = self.guest(guest)?;
-                done(Gpa::try_new(*gpa).and_then(|gpa| self.backend.host_unmap(g, gpa, *size)))
+                done(Gpa::try_new(gpa).and_then(|gpa| self.backend.host_unmap(g, gpa, size)))
             }
             Op::HostBlock { guest, gpa, size } => {
                 let g = self.guest(guest)?;
-                done(Gpa::try_new(*gpa).and_then(|gpa| self.backend.host_block(g, gpa, *size)))
+                done(Gpa::try_new(gpa).and_then(|gpa| self.backend.host_block(g, gpa, size)))
             }
             Op::Host {
                 path,
-                devices,
+                ref devices,
                 order,
-            } => done(self.host_path(*path, devices, *order)?),
+            } => done(self.host_path(path, devices, order)?),
             Op::DeviceEvent { tdi, event } => {
                 let iface = self.iface(tdi)?;
                 let event = match event {
@@ -327,21 +397,21 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::DeviceMisbehave { tdi, how } => {
                 let iface = self.iface(tdi)?;
-                done(self.backend.device_misbehave(iface, *how))
+                done(self.backend.device_misbehave(iface, how))
             }
             Op::DeferFlush { guest, on } => {
                 let g = self.guest(guest)?;
-                done(self.backend.defer_flush(g, *on))
+                done(self.backend.defer_flush(g, on))
             }
             Op::ExpectState { tdi, state } => match self.backend.tdi_state(self.tdi(tdi)?.0) {
-                Ok(s) if state_is(s, *state) => done(Ok(())),
+                Ok(s) if state_is(s, state) => done(Ok(())),
                 Ok(s) => Observed::State(s),
                 Err(e) => done(Err(e)),
             },
             Op::ExpectLeaf { guest, gpa, leaf } => {
                 let g = self.guest(guest)?;
-                match Gpa::try_new(*gpa).and_then(|gpa| self.backend.leaf(g, gpa)) {
-                    Ok(l) if leaf_is(l.as_ref(), *leaf) => done(Ok(())),
+                match Gpa::try_new(gpa).and_then(|gpa| self.backend.leaf(g, gpa)) {
+                    Ok(l) if leaf_is(l.as_ref(), leaf) => done(Ok(())),
                     Ok(l) => Observed::Leaf(l),
                     Err(e) => done(Err(e)),
                 }
@@ -353,7 +423,7 @@ impl<'a> Interpreter<'a, '_> {
     }
 
     /// Starts `call`; a held TDI keeps its first request, any other is relayed to its end.
-    fn device_call(&mut self, call: DeviceCall) -> Result<TsmResult<Completion>, Setup> {
+    fn device_call(&mut self, call: DeviceCall) -> Result<TsmResult<Completion>, Setup<'a>> {
         let tdi = call.tdi();
         let mut request = [0u8; MAX_RELAY_BYTES];
         let first = self.backend.begin(call, &mut request);
@@ -367,17 +437,17 @@ impl<'a> Interpreter<'a, '_> {
         Ok(self.relay_from(tdi, first, &mut request))
     }
 
-    fn keep(&mut self, held: Held) -> Result<(), Setup> {
+    fn keep(&mut self, held: Held) -> Result<(), Setup<'a>> {
         self.held.retain(|h| h.tdi != held.tdi);
-        self.held.push(held).map_err(|_| Setup::TooManyNames)
+        self.held.push(held).map_err(|_| too_many())
     }
 
-    fn take_held(&mut self, tdi: TdiId) -> Result<Held, Setup> {
+    fn take_held(&mut self, tdi: TdiId) -> Result<Held, Setup<'a>> {
         let i = self
             .held
             .iter()
             .position(|h| h.tdi == tdi)
-            .ok_or(Setup::NothingHeld)?;
+            .ok_or_else(nothing_held)?;
         Ok(self.held.swap_remove(i))
     }
 
@@ -418,7 +488,11 @@ impl<'a> Interpreter<'a, '_> {
 
     /// `answer`: hands the firmware what `with` says for `tdi`'s held request. The request
     /// stays held while the exchange is outstanding (a refused answer, or a next request).
-    fn answer(&mut self, tdi: TdiId, with: AnswerWith<'_>) -> Result<TsmResult<Completion>, Setup> {
+    fn answer(
+        &mut self,
+        tdi: TdiId,
+        with: AnswerWith<'a>,
+    ) -> Result<TsmResult<Completion>, Setup<'a>> {
         // Answers that need no request can be handed in with nothing held: the firmware then
         // has no exchange either (`NoExchange`).
         let held = self.take_held(tdi).ok();
@@ -432,24 +506,24 @@ impl<'a> Interpreter<'a, '_> {
                     .answers
                     .iter()
                     .find(|(t, _, _)| *t == tdi)
-                    .ok_or(Setup::NoSuchAnswer)?;
+                    .ok_or_else(no_such_answer)?;
                 bytes = *kept;
                 bytes.get(..*n)
             }
             AnswerWith::Genuine | AnswerWith::Flip(_) => {
-                let held = held.as_ref().ok_or(Setup::NothingHeld)?;
-                let sent = held.request.get(..held.len).ok_or(Setup::NothingHeld)?;
+                let held = held.as_ref().ok_or_else(nothing_held)?;
+                let sent = held.request.get(..held.len).ok_or_else(nothing_held)?;
                 let n = self.ask_device(tdi, sent, &mut bytes);
                 match (with, n) {
                     (AnswerWith::Flip(at), Some(n)) => {
                         let byte = bytes
                             .get_mut(usize::from(at))
                             .filter(|_| usize::from(at) < n)
-                            .ok_or(Setup::NoSuchAnswer)?;
+                            .ok_or_else(no_such_answer)?;
                         *byte ^= 1;
                         bytes.get(..n)
                     }
-                    (AnswerWith::Flip(_), None) => return Err(Setup::NoSuchAnswer),
+                    (AnswerWith::Flip(_), None) => return Err(no_such_answer()),
                     (_, n) => n.and_then(|n| bytes.get(..n)),
                 }
             }
@@ -459,12 +533,12 @@ impl<'a> Interpreter<'a, '_> {
                     .held
                     .iter()
                     .find(|h| h.tdi == other)
-                    .ok_or(Setup::NothingHeld)?;
+                    .ok_or_else(nothing_held)?;
                 let (req, len) = (theirs.request, theirs.len);
                 let n = self
                     .backend
-                    .mailbox(req.get(..len).ok_or(Setup::NothingHeld)?, &mut bytes)
-                    .ok_or(Setup::NoSuchAnswer)?;
+                    .mailbox(req.get(..len).ok_or_else(nothing_held)?, &mut bytes)
+                    .ok_or_else(no_such_answer)?;
                 bytes.get(..n)
             }
         };
@@ -501,7 +575,7 @@ impl<'a> Interpreter<'a, '_> {
         last
     }
 
-    fn zap(&mut self, device: &str, bar: Option<u8>) -> TsmResult<()> {
+    fn zap(&mut self, device: &'a str, bar: Option<u8>) -> TsmResult<()> {
         let (bars, _) = self
             .device_parts(device)
             .map_err(|_| Error::InvalidHandle)?;
@@ -522,20 +596,17 @@ impl<'a> Interpreter<'a, '_> {
         path: HostPath,
         devices: &[&'a str],
         order: Order,
-    ) -> Result<TsmResult<()>, Setup> {
+    ) -> Result<TsmResult<()>, Setup<'a>> {
         let mut tdis: Vec<TdiId, { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET }> =
             Vec::new();
         let mut ifaces: Vec<
             InterfaceId,
             { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET },
         > = Vec::new();
-        for d in devices {
-            for t in self.device_parts(d)?.1 {
-                let (id, iface) = self.tdi(t)?;
-                tdis.push(id).map_err(|_| Setup::TooManyNames)?;
-                ifaces
-                    .push(iface.ok_or(Setup::WrongKind)?)
-                    .map_err(|_| Setup::TooManyNames)?;
+        for &d in devices {
+            for &t in self.device_parts(d)?.1 {
+                tdis.push(self.tdi(t)?.0).map_err(|_| too_many())?;
+                ifaces.push(self.iface(t)?).map_err(|_| too_many())?;
             }
         }
         Ok((|| {
@@ -593,12 +664,26 @@ fn leaf_is(l: Option<&Leaf>, want: LeafName) -> bool {
     )
 }
 
-/// Runs one scenario. Stops at the first line that fails (its line number is printed).
+/// Runs one scenario, printing every line (see [`run_scenario_with`]).
 pub fn run_scenario(
     backend: &mut dyn Backend,
-    name: &str,
+    path: &str,
     text: &str,
     out: &mut dyn Write,
+) -> Summary {
+    run_scenario_with(backend, path, text, out, true)
+}
+
+/// Runs one scenario, read from `path`. Stops at the first line that fails: a status other
+/// than the expected one prints `path:line: operation => got FAIL expected X`, a line that
+/// does not parse or names what it cannot (`path:line:column: message`). With `verbose`,
+/// every line that passes prints `path:line: operation => got (expected X)` as well.
+pub fn run_scenario_with(
+    backend: &mut dyn Backend,
+    path: &str,
+    text: &str,
+    out: &mut dyn Write,
+    verbose: bool,
 ) -> Summary {
     let mut summary = Summary::default();
     let mut interp = Interpreter {
@@ -610,34 +695,43 @@ pub fn run_scenario(
     };
     for (index, raw) in text.lines().enumerate() {
         let lineno = index.saturating_add(1);
-        let shown = crate::scenario::strip_comment(raw).trim();
-        let line: Line<'_> = match parse_line(raw) {
-            Ok(Some(line)) => line,
+        let body = crate::scenario::strip_comment(raw)
+            .split("->")
+            .next()
+            .unwrap_or("")
+            .trim();
+        let result = parse_line(raw).and_then(|line| match line {
+            Some(line) => interp.run(&line.op).map(|o| Some((line, o))),
+            None => Ok(None),
+        });
+        let (line, observed): (Line<'_>, Observed) = match result {
+            Ok(Some(done)) => done,
             Ok(None) => continue,
-            Err(e) => {
-                let _ = writeln!(out, "{name}:{lineno}: {shown} FAIL parse error {e:?}");
-                summary.failed = summary.failed.saturating_add(1);
-                return summary;
-            }
-        };
-        let observed = match interp.run(&line.op) {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = writeln!(out, "{name}:{lineno}: {shown} FAIL {e:?}");
+            Err(mut e) => {
+                if e.token.is_empty() {
+                    e.token = body.split_whitespace().next().unwrap_or("");
+                }
+                let e = e.in_line(raw);
+                let _ = writeln!(out, "{}", e.at(path, lineno));
                 summary.failed = summary.failed.saturating_add(1);
                 return summary;
             }
         };
         let mut got: String<160> = String::new();
         let _ = write!(got, "{observed}");
-        let body = shown.split("->").next().unwrap_or("").trim();
         if got.as_str() == line.expect {
-            let _ = writeln!(out, "{name}:{lineno}: {body} => {got}");
+            if verbose {
+                let _ = writeln!(
+                    out,
+                    "{path}:{lineno}: {body} => {got} (expected {})",
+                    line.expect
+                );
+            }
             summary.passed = summary.passed.saturating_add(1);
         } else {
             let _ = writeln!(
                 out,
-                "{name}:{lineno}: {body} => {got} FAIL expected {}",
+                "{path}:{lineno}: {body} => {got} FAIL expected {}",
                 line.expect
             );
             summary.failed = summary.failed.saturating_add(1);
@@ -645,4 +739,17 @@ pub fn run_scenario(
         }
     }
     summary
+}
+
+/// Parses every line of a scenario without running it: prints each line that does not parse
+/// (`path:line:column: message`) and returns how many did not.
+pub fn check_scenario(path: &str, text: &str, out: &mut dyn Write) -> u32 {
+    let mut errors = 0u32;
+    for (index, raw) in text.lines().enumerate() {
+        if let Err(e) = parse_line(raw) {
+            let _ = writeln!(out, "{}", e.at(path, index.saturating_add(1)));
+            errors = errors.saturating_add(1);
+        }
+    }
+    errors
 }

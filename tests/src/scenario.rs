@@ -41,11 +41,13 @@
 //! Numbers are decimal or `0x` hex, `_` allowed. A name `#N` is the raw handle N, for hostile
 //! tests. Without `-> Status` a line must succeed (`Ok`).
 
+use core::fmt::{self, Write};
+
 use heapless::Vec;
-use tsm_core::PageSize;
 use tsm_core::capacity::MAX_BARS;
 use tsm_core::device_model::{MODEL_MAX_RANGES, Misbehaviour};
 use tsm_core::ids::RequesterId;
+use tsm_core::{Error, PageSize};
 
 /// Most devices one `host` line may name (a hot-reset device set).
 pub const MAX_DEVICE_SET: usize = 4;
@@ -69,22 +71,6 @@ pub enum HostPath {
     HotReset,
     /// vfio_pci_core_close_device.
     Close,
-}
-
-impl HostPath {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "mem-disable" => HostPath::MemDisable,
-            "d3hot" => HostPath::D3hot,
-            "runtime-pm" => HostPath::RuntimePm,
-            "flr-pcie" => HostPath::FlrPcie,
-            "flr-af" => HostPath::FlrAf,
-            "reset-ioctl" => HostPath::ResetIoctl,
-            "hot-reset" => HostPath::HotReset,
-            "close" => HostPath::Close,
-            _ => return None,
-        })
-    }
 }
 
 /// Whether a host path unbinds before it zaps (the patch) or zaps while bound (before it).
@@ -290,42 +276,403 @@ pub struct Line<'a> {
     pub expect: &'a str,
 }
 
-/// Why a line did not parse.
+/// The kinds of object a name stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParseError {
-    /// Unknown first word.
-    UnknownOp,
-    /// Too few or too many words, or a keyword missing.
-    Arity,
-    /// A number, requester ID, size or keyword that does not parse.
-    BadToken,
-    /// More BARs, ranges or devices than the language allows.
-    TooMany,
+pub enum NameKind {
+    /// Declared by a `guest` line.
+    Guest,
+    /// Declared by a `device` line.
+    Device,
+    /// Declared by a `tdi` line.
+    Tdi,
 }
 
+impl NameKind {
+    /// The form a name of this kind has in a scenario: what an error says it expected.
+    pub const fn expected(self) -> &'static str {
+        match self {
+            NameKind::Guest => "a guest name like td1 (declared by `guest td1`)",
+            NameKind::Device => "a device name like nic (declared by `device nic ...`)",
+            NameKind::Tdi => "a TDI name like nic.0 (declared by `tdi nic.0 nic ...`)",
+        }
+    }
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameKind::Guest => "guest",
+            NameKind::Device => "device",
+            NameKind::Tdi => "TDI",
+        })
+    }
+}
+
+/// What is wrong with the word a [`Diagnostic`] points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The first word is no operation.
+    UnknownOp,
+    /// Too few or too many words for the operation, or a keyword missing.
+    Arity,
+    /// A status written without `->` before it.
+    MissingArrow,
+    /// Nothing, or more than one word, after `->`.
+    BadStatus,
+    /// A word after `->` that is no status the firmware returns.
+    UnknownStatus,
+    /// A number that does not parse or does not fit.
+    BadNumber,
+    /// A keyword (size, path, order, event, ...) that is none of the allowed ones.
+    BadKeyword,
+    /// A requester ID that is not `seg:bus:dev.fn` in hex.
+    BadRequesterId,
+    /// More BARs, ranges, devices or words than the language allows.
+    TooMany,
+    /// A name no earlier line declared.
+    UnknownName,
+    /// A name declared as another kind of object.
+    WrongKind(NameKind),
+    /// A raw handle `#N` where the line needs a declared name.
+    RawHandle,
+    /// More names, held requests or kept answers than the interpreter has room for.
+    TooManyNames,
+    /// `answer` or `relay` of a TDI with no held request.
+    NothingHeld,
+    /// `answer ... stale` with no answer relayed yet, or `flip` past the answer's end.
+    NoSuchAnswer,
+}
+
+/// Room for a suggested word (every operation, status and keyword is shorter).
+pub type Word = heapless::String<32>;
+
+/// Why a line did not parse or could not run: the word at fault, where it is, what was
+/// expected there and the nearest known word. Printed as `path:line:column: message` with
+/// [`Diagnostic::at`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic<'a> {
+    /// What is wrong.
+    pub problem: Problem,
+    /// The word at fault (a slice of the line).
+    pub token: &'a str,
+    /// 1-based column of `token` in its line (0 when it is not in the line).
+    pub column: usize,
+    /// The form the line needed there.
+    pub expected: &'static str,
+    /// The nearest known word, when one is close.
+    pub nearest: Option<Word>,
+}
+
+/// The error [`parse_line`] returns.
+pub type ParseError<'a> = Diagnostic<'a>;
+
+impl<'a> Diagnostic<'a> {
+    /// A diagnostic about `token`; its column is set by [`Diagnostic::in_line`].
+    pub fn new(problem: Problem, token: &'a str, expected: &'static str) -> Self {
+        Diagnostic {
+            problem,
+            token,
+            column: 0,
+            expected,
+            nearest: None,
+        }
+    }
+
+    /// The same, with the nearest known word.
+    #[must_use]
+    pub fn nearest(mut self, word: Option<&str>) -> Self {
+        self.nearest = word.and_then(|w| Word::try_from(w).ok());
+        self
+    }
+
+    /// The same, with the column of its token in `line`.
+    #[must_use]
+    pub fn in_line(mut self, line: &str) -> Self {
+        self.column = column_of(line, self.token);
+        self
+    }
+
+    /// Prints it at `path:line:column:` (column 1 when the word is not in the line).
+    pub fn at<'d>(&'d self, path: &'d str, line: usize) -> impl fmt::Display + 'd {
+        struct At<'d, 'a>(&'d Diagnostic<'a>, &'d str, usize);
+        impl fmt::Display for At<'_, '_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "{}:{}:{}: {}",
+                    self.1,
+                    self.2,
+                    self.0.column.max(1),
+                    self.0
+                )
+            }
+        }
+        At(self, path, line)
+    }
+}
+
+impl fmt::Display for Diagnostic<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.token;
+        match self.problem {
+            Problem::UnknownOp => write!(f, "unknown operation `{t}`")?,
+            Problem::Arity => write!(f, "wrong arguments to `{t}`")?,
+            Problem::MissingArrow => write!(f, "status `{t}` without `->` before it")?,
+            Problem::BadStatus if t == "->" => f.write_str("no status after `->`")?,
+            Problem::BadStatus => write!(f, "unexpected `{t}` after the status")?,
+            Problem::UnknownStatus => write!(f, "unknown status `{t}`")?,
+            Problem::BadNumber => write!(f, "bad number `{t}`")?,
+            Problem::BadKeyword => write!(f, "unexpected `{t}`")?,
+            Problem::BadRequesterId => write!(f, "bad requester ID `{t}`")?,
+            Problem::TooMany => write!(f, "one too many at `{t}`")?,
+            Problem::UnknownName => write!(f, "unknown name `{t}`")?,
+            Problem::WrongKind(is) => write!(f, "`{t}` is a {is}")?,
+            Problem::RawHandle => write!(f, "`{t}` is a raw handle")?,
+            Problem::TooManyNames => write!(f, "no room for what `{t}` keeps")?,
+            Problem::NothingHeld => write!(f, "`{t}` has no held request")?,
+            Problem::NoSuchAnswer => write!(f, "no such answer for `{t}`")?,
+        }
+        write!(f, ": expected {}", self.expected)?;
+        if let Some(n) = &self.nearest {
+            write!(f, "; did you mean `{n}`?")?;
+        }
+        Ok(())
+    }
+}
+
+/// 1-based column (in characters) of `token` when it is a slice of `line`, else 0.
+pub fn column_of(line: &str, token: &str) -> usize {
+    let offset = (token.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+    line.get(..offset)
+        .filter(|_| {
+            offset
+                .checked_add(token.len())
+                .is_some_and(|end| end <= line.len())
+        })
+        .map_or(0, |before| before.chars().count().saturating_add(1))
+}
+
+/// Edit distance (Levenshtein, ASCII case counts) between two short words; `usize::MAX` when
+/// `b` is longer than the words of the language.
+pub fn distance(a: &str, b: &str) -> usize {
+    const LONGEST: usize = 64;
+    let mut row = [0usize; LONGEST + 1];
+    if b.len() > LONGEST {
+        return usize::MAX;
+    }
+    for (j, cell) in row.iter_mut().enumerate() {
+        *cell = j;
+    }
+    for (i, ca) in a.bytes().enumerate() {
+        // `diag` is the previous row's cell up-left, `left` the new row's cell to the left.
+        let mut diag = i;
+        let mut left = i.saturating_add(1);
+        if let Some(first) = row.first_mut() {
+            *first = left;
+        }
+        for (cb, cell) in b.bytes().zip(row.iter_mut().skip(1)) {
+            let up = *cell;
+            let substitute = diag.saturating_add(usize::from(ca != cb));
+            let best = substitute
+                .min(up.saturating_add(1))
+                .min(left.saturating_add(1));
+            diag = up;
+            *cell = best;
+            left = best;
+        }
+    }
+    row.get(b.len()).copied().unwrap_or(usize::MAX)
+}
+
+/// The candidate nearest to `word`, if it is close enough to be a misspelling of it (at most
+/// one edit in three characters, and at least one).
+pub fn nearest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (distance(word, c), c))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Every operation with its arguments, as the grammar above writes them.
+pub const USAGE: &[(&str, &str)] = &[
+    ("guest", "guest <g>"),
+    (
+        "device",
+        "device <d> <seg:bus:dev.fn> [bar <base> <pages>]...",
+    ),
+    ("tdi", "tdi <t> <d> <seg:bus:dev.fn>"),
+    (
+        "bind",
+        "bind <t> <g> [range|shared-range <base> <pages>]...",
+    ),
+    ("map", "map <t> <g> <gpa> <hpa> <4k|2m|1g>"),
+    ("start", "start <g> <t>"),
+    ("unbind", "unbind <t>"),
+    ("unbind-all", "unbind-all <t>"),
+    ("unbind-force", "unbind-force <t>"),
+    ("unbind-force-all", "unbind-force-all <t>"),
+    ("stream-setup", "stream-setup <d>"),
+    ("device-error", "device-error <t>"),
+    ("check", "check <t>"),
+    ("zap", "zap <d> [<bar index>]"),
+    ("host-unmap", "host-unmap <g> <gpa> <size>"),
+    ("host-block", "host-block <g> <gpa> <size>"),
+    (
+        "host",
+        "host <path> <d>... <unbind-first|unbind-force-first|zap-first>",
+    ),
+    ("device-event", "device-event <t> <disturb|reset>"),
+    (
+        "device-misbehave",
+        "device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>",
+    ),
+    ("defer-flush", "defer-flush <g> <on|off>"),
+    (
+        "expect-state",
+        "expect-state <t> <unbound|locked|run|error|unbinding>",
+    ),
+    ("expect-leaf", "expect-leaf <g> <gpa> <mapped|blocked|none>"),
+    ("remove-tdi", "remove-tdi <t>"),
+    ("remove-device", "remove-device <d>"),
+    ("destroy-guest", "destroy-guest <g>"),
+    ("hold", "hold <t>"),
+    (
+        "answer",
+        "answer <t> <none|genuine|garbage|long|stale|flip <byte>|other <t2>>",
+    ),
+    ("relay", "relay <t>"),
+];
+
+/// Statuses with no error: what a line returns when it succeeds.
+const SUCCESSES: [&str; 3] = ["Ok", "Resumable", "Relay"];
+
+/// `s` printed into a [`Word`].
+fn word_of(s: impl fmt::Display) -> Word {
+    let mut w = Word::new();
+    let _ = write!(w, "{s}");
+    w
+}
+
+/// Whether `s` is a status a line can return, as the interpreter prints it.
+pub fn is_status(s: &str) -> bool {
+    SUCCESSES.contains(&s) || Error::ALL.iter().any(|e| word_of(e).as_str() == s)
+}
+
+/// The status nearest to `s`.
+fn nearest_status(s: &str) -> Option<Word> {
+    let limit = (s.chars().count() / 3).max(1);
+    SUCCESSES
+        .iter()
+        .map(word_of)
+        .chain(Error::ALL.iter().map(word_of))
+        .map(|w| (distance(s, &w), w))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, w)| w)
+}
+
+/// What the status after `->` must look like.
+const EXPECTED_STATUS: &str =
+    "a status like TdiBound (README, \"Statuses\"), or Ok, Resumable, Relay";
+
 /// Parses one line; `Ok(None)` for blank lines and comments.
-pub fn parse_line(text: &str) -> Result<Option<Line<'_>>, ParseError> {
+pub fn parse_line(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
+    parse_words(text).map_err(|d| d.in_line(text))
+}
+
+fn parse_words(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
     let text = strip_comment(text);
-    let (body, expect) = match text.split_once("->") {
-        Some((b, e)) => (b, e.trim()),
-        None => (text, "Ok"),
+    let (body, status) = match text.split_once("->") {
+        Some((b, e)) => (b, Some((text.get(b.len()..).unwrap_or(text), e))),
+        None => (text, None),
     };
     // Room for a bind reporting MODEL_MAX_RANGES ranges (three words each).
     let mut words: Vec<&str, 64> = Vec::new();
     for w in body.split_whitespace() {
-        words.push(w).map_err(|_| ParseError::TooMany)?;
+        words
+            .push(w)
+            .map_err(|_| Diagnostic::new(Problem::TooMany, w, "at most 64 words on a line"))?;
     }
     let Some((&first, args)) = words.split_first() else {
-        return Ok(None);
+        return match status {
+            Some((arrow, _)) => Err(Diagnostic::new(
+                Problem::UnknownOp,
+                arrow.get(..2).unwrap_or(arrow),
+                "an operation before `->`",
+            )),
+            None => Ok(None),
+        };
     };
-    if expect.is_empty() || expect.contains(char::is_whitespace) {
-        return Err(ParseError::BadToken);
-    }
-    let op = parse_op(first, args)?;
+    let op = parse_op(first, args).map_err(|d| match d.problem {
+        // `unbind t TdiBound`, `unbind t => TdiBound`: the arrow is what is missing.
+        Problem::Arity => args.iter().find(|w| is_status(w)).map_or(d, |w| {
+            Diagnostic::new(Problem::MissingArrow, w, "`-> Status` after the operation")
+        }),
+        _ => d,
+    })?;
+    let expect = match status {
+        None => "Ok",
+        Some((arrow, after)) => {
+            let mut it = after.split_whitespace();
+            match (it.next(), it.next()) {
+                (None, _) => {
+                    return Err(Diagnostic::new(
+                        Problem::BadStatus,
+                        arrow.get(..2).unwrap_or(arrow),
+                        EXPECTED_STATUS,
+                    ));
+                }
+                (Some(_), Some(extra)) => {
+                    return Err(Diagnostic::new(
+                        Problem::BadStatus,
+                        extra,
+                        "one status after `->`",
+                    ));
+                }
+                (Some(s), None) if !is_status(s) => {
+                    let mut d = Diagnostic::new(Problem::UnknownStatus, s, EXPECTED_STATUS);
+                    d.nearest = nearest_status(s);
+                    return Err(d);
+                }
+                (Some(s), None) => s,
+            }
+        }
+    };
     Ok(Some(Line { op, expect }))
 }
 
-fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
+/// A keyword from `allowed`, or a diagnostic naming them and the nearest.
+fn keyword<'a, T: Copy>(
+    word: &'a str,
+    allowed: &[(&'static str, T)],
+    expected: &'static str,
+) -> Result<T, ParseError<'a>> {
+    allowed
+        .iter()
+        .find(|(k, _)| *k == word)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            Diagnostic::new(Problem::BadKeyword, word, expected)
+                .nearest(nearest(word, allowed.iter().map(|(k, _)| *k)))
+        })
+}
+
+/// `word` as a number that fits `T`.
+fn narrow<'a, T: TryFrom<u64>>(word: &'a str, expected: &'static str) -> Result<T, ParseError<'a>> {
+    T::try_from(num_as(word, expected)?)
+        .map_err(|_| Diagnostic::new(Problem::BadNumber, word, expected))
+}
+
+const GPA: &str = "a guest physical address like 0x10_0000_0000";
+const HPA: &str = "a host physical address like 0x8000_0000";
+const BASE: &str = "a base address like 0x8000_0000";
+const PAGES: &str = "a number of 4 KiB pages like 16";
+const RID: &str = "a requester ID seg:bus:dev.fn in hex like 0000:03:00.0";
+
+fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>> {
     Ok(match (first, a) {
         ("guest", [name]) => Op::Guest { name },
         ("device", [name, rid, rest @ ..]) => Op::Device {
@@ -346,8 +693,8 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("map", [tdi, guest, gpa, hpa, size]) => Op::Map {
             tdi,
             guest,
-            gpa: num(gpa)?,
-            hpa: num(hpa)?,
+            gpa: num_as(gpa, GPA)?,
+            hpa: num_as(hpa, HPA)?,
             size: size_of(size)?,
         },
         ("start", [guest, tdi]) => Op::Start { guest, tdi },
@@ -361,77 +708,107 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("zap", [device]) => Op::Zap { device, bar: None },
         ("zap", [device, bar]) => Op::Zap {
             device,
-            bar: Some(u8::try_from(num(bar)?).map_err(|_| ParseError::BadToken)?),
+            bar: Some(narrow(bar, "a BAR index from 0 to 255")?),
         },
         ("host-unmap", [guest, gpa, size]) => Op::HostUnmap {
             guest,
-            gpa: num(gpa)?,
+            gpa: num_as(gpa, GPA)?,
             size: size_of(size)?,
         },
         ("host-block", [guest, gpa, size]) => Op::HostBlock {
             guest,
-            gpa: num(gpa)?,
+            gpa: num_as(gpa, GPA)?,
             size: size_of(size)?,
         },
         ("host", [path, devices @ .., order]) if !devices.is_empty() => Op::Host {
-            path: HostPath::parse(path).ok_or(ParseError::BadToken)?,
-            devices: Vec::from_slice(devices).map_err(|_| ParseError::TooMany)?,
-            order: match *order {
-                "unbind-first" => Order::UnbindFirst,
-                "unbind-force-first" => Order::UnbindForceFirst,
-                "zap-first" => Order::ZapFirst,
-                _ => return Err(ParseError::BadToken),
-            },
+            path: keyword(
+                path,
+                &[
+                    ("mem-disable", HostPath::MemDisable),
+                    ("d3hot", HostPath::D3hot),
+                    ("runtime-pm", HostPath::RuntimePm),
+                    ("flr-pcie", HostPath::FlrPcie),
+                    ("flr-af", HostPath::FlrAf),
+                    ("reset-ioctl", HostPath::ResetIoctl),
+                    ("hot-reset", HostPath::HotReset),
+                    ("close", HostPath::Close),
+                ],
+                "a host path: mem-disable, d3hot, runtime-pm, flr-pcie, flr-af, reset-ioctl, hot-reset or close",
+            )?,
+            devices: Vec::from_slice(devices).map_err(|_| {
+                Diagnostic::new(
+                    Problem::TooMany,
+                    devices.get(MAX_DEVICE_SET).copied().unwrap_or(first),
+                    "at most 4 devices (a hot-reset set)",
+                )
+            })?,
+            order: keyword(
+                order,
+                &[
+                    ("unbind-first", Order::UnbindFirst),
+                    ("unbind-force-first", Order::UnbindForceFirst),
+                    ("zap-first", Order::ZapFirst),
+                ],
+                "an order: unbind-first, unbind-force-first or zap-first",
+            )?,
         },
         ("device-event", [tdi, event]) => Op::DeviceEvent {
             tdi,
-            event: match *event {
-                "disturb" => EventName::Disturb,
-                "reset" => EventName::Reset,
-                _ => return Err(ParseError::BadToken),
-            },
+            event: keyword(
+                event,
+                &[("disturb", EventName::Disturb), ("reset", EventName::Reset)],
+                "an event: disturb or reset",
+            )?,
         },
         ("device-misbehave", [tdi, how]) => Op::DeviceMisbehave {
             tdi,
-            how: match *how {
-                "none" => None,
-                "silent" => Some(Misbehaviour::Silent),
-                "garbage" => Some(Misbehaviour::Garbage),
-                "wrong-interface" => Some(Misbehaviour::WrongInterface),
-                "wrong-version" => Some(Misbehaviour::WrongVersion),
-                "refuse" => Some(Misbehaviour::Refuse),
-                "inconsistent-report" => Some(Misbehaviour::InconsistentReport),
-                _ => return Err(ParseError::BadToken),
-            },
+            how: keyword(
+                how,
+                &[
+                    ("none", None),
+                    ("silent", Some(Misbehaviour::Silent)),
+                    ("garbage", Some(Misbehaviour::Garbage)),
+                    ("wrong-interface", Some(Misbehaviour::WrongInterface)),
+                    ("wrong-version", Some(Misbehaviour::WrongVersion)),
+                    ("refuse", Some(Misbehaviour::Refuse)),
+                    (
+                        "inconsistent-report",
+                        Some(Misbehaviour::InconsistentReport),
+                    ),
+                ],
+                "a misbehaviour: none, silent, garbage, wrong-interface, wrong-version, refuse or inconsistent-report",
+            )?,
         },
         ("defer-flush", [guest, on]) => Op::DeferFlush {
             guest,
-            on: match *on {
-                "on" => true,
-                "off" => false,
-                _ => return Err(ParseError::BadToken),
-            },
+            on: keyword(on, &[("on", true), ("off", false)], "on or off")?,
         },
         ("expect-state", [tdi, state]) => Op::ExpectState {
             tdi,
-            state: match *state {
-                "unbound" => StateName::Unbound,
-                "locked" => StateName::Locked,
-                "run" => StateName::Run,
-                "error" => StateName::Error,
-                "unbinding" => StateName::Unbinding,
-                _ => return Err(ParseError::BadToken),
-            },
+            state: keyword(
+                state,
+                &[
+                    ("unbound", StateName::Unbound),
+                    ("locked", StateName::Locked),
+                    ("run", StateName::Run),
+                    ("error", StateName::Error),
+                    ("unbinding", StateName::Unbinding),
+                ],
+                "a TDI state: unbound, locked, run, error or unbinding",
+            )?,
         },
         ("expect-leaf", [guest, gpa, leaf]) => Op::ExpectLeaf {
             guest,
-            gpa: num(gpa)?,
-            leaf: match *leaf {
-                "mapped" => LeafName::Mapped,
-                "blocked" => LeafName::Blocked,
-                "none" => LeafName::None,
-                _ => return Err(ParseError::BadToken),
-            },
+            gpa: num_as(gpa, GPA)?,
+            leaf: keyword(
+                leaf,
+                &[
+                    ("mapped", LeafName::Mapped),
+                    ("blocked", LeafName::Blocked),
+                    ("none", LeafName::None),
+                ],
+                "a leaf state: mapped, blocked or none",
+            )?,
         },
         ("remove-tdi", [tdi]) => Op::RemoveTdi { tdi },
         ("remove-device", [device]) => Op::RemoveDevice { device },
@@ -440,32 +817,37 @@ fn parse_op<'a>(first: &str, a: &[&'a str]) -> Result<Op<'a>, ParseError> {
         ("relay", [tdi]) => Op::Relay { tdi },
         ("answer", [tdi, how]) => Op::Answer {
             tdi,
-            with: match *how {
-                "none" => AnswerWith::None,
-                "genuine" => AnswerWith::Genuine,
-                "garbage" => AnswerWith::Garbage,
-                "long" => AnswerWith::Long,
-                "stale" => AnswerWith::Stale,
-                _ => return Err(ParseError::BadToken),
-            },
+            with: keyword(
+                how,
+                &[
+                    ("none", AnswerWith::None),
+                    ("genuine", AnswerWith::Genuine),
+                    ("garbage", AnswerWith::Garbage),
+                    ("long", AnswerWith::Long),
+                    ("stale", AnswerWith::Stale),
+                ],
+                "an answer: none, genuine, garbage, long, stale, flip <byte> or other <t2>",
+            )?,
         },
         ("answer", [tdi, "flip", byte]) => Op::Answer {
             tdi,
-            with: AnswerWith::Flip(u16::try_from(num(byte)?).map_err(|_| ParseError::BadToken)?),
+            with: AnswerWith::Flip(narrow(byte, "a byte index from 0 to 65535")?),
         },
         ("answer", [tdi, "other", other]) => Op::Answer {
             tdi,
             with: AnswerWith::Other(other),
         },
-        (
-            "guest" | "device" | "tdi" | "bind" | "map" | "start" | "unbind" | "unbind-all"
-            | "unbind-force" | "unbind-force-all" | "stream-setup" | "device-error" | "check"
-            | "zap" | "host-unmap" | "host-block" | "host" | "device-event" | "device-misbehave"
-            | "defer-flush" | "expect-state" | "expect-leaf" | "remove-tdi" | "remove-device"
-            | "destroy-guest" | "hold" | "relay" | "answer",
-            _,
-        ) => return Err(ParseError::Arity),
-        _ => return Err(ParseError::UnknownOp),
+        _ => {
+            return Err(match USAGE.iter().find(|(op, _)| *op == first) {
+                Some((_, usage)) => Diagnostic::new(Problem::Arity, first, usage),
+                None => Diagnostic::new(
+                    Problem::UnknownOp,
+                    first,
+                    "an operation such as guest, device, tdi, bind, map, start or unbind",
+                )
+                .nearest(nearest(first, USAGE.iter().map(|(op, _)| *op))),
+            });
+        }
     })
 }
 
@@ -483,47 +865,75 @@ pub fn strip_comment(text: &str) -> &str {
     }
 }
 
+/// A repeated group (`bar ...`, `range ...`) that is cut short or has another keyword.
+fn group_error<'a>(chunk: &[&'a str], expected: &'static str) -> ParseError<'a> {
+    Diagnostic::new(
+        Problem::Arity,
+        chunk.first().copied().unwrap_or(""),
+        expected,
+    )
+}
+
 /// `range <base> <pages>` or `shared-range <base> <pages>`, repeated: a device's report.
-fn reported<const N: usize>(words: &[&str]) -> Result<Vec<ReportedRange, N>, ParseError> {
+fn reported<'a, const N: usize>(
+    words: &[&'a str],
+) -> Result<Vec<ReportedRange, N>, ParseError<'a>> {
+    const EXPECTED: &str = "`range <base> <pages>` or `shared-range <base> <pages>`";
     let mut out = Vec::new();
     for chunk in words.chunks(3) {
         let [k, base, pages] = chunk else {
-            return Err(ParseError::Arity);
+            return Err(group_error(chunk, EXPECTED));
         };
         let shared = match *k {
             "range" => false,
             "shared-range" => true,
-            _ => return Err(ParseError::Arity),
+            _ => return Err(group_error(chunk, EXPECTED)),
         };
-        let pages = u32::try_from(num(pages)?).map_err(|_| ParseError::BadToken)?;
+        let pages = narrow(pages, "a number of 4 KiB pages that fits 32 bits")?;
         out.push(ReportedRange {
-            base: num(base)?,
+            base: num_as(base, BASE)?,
             pages,
             shared,
         })
-        .map_err(|_| ParseError::TooMany)?;
+        .map_err(|_| {
+            Diagnostic::new(
+                Problem::TooMany,
+                k,
+                "no more ranges than a device report holds",
+            )
+        })?;
     }
     Ok(out)
 }
 
 /// `<keyword> <base> <pages>` repeated.
-fn pairs<const N: usize>(words: &[&str], keyword: &str) -> Result<Vec<(u64, u64), N>, ParseError> {
+fn pairs<'a, const N: usize>(
+    words: &[&'a str],
+    keyword: &str,
+) -> Result<Vec<(u64, u64), N>, ParseError<'a>> {
+    const EXPECTED: &str = "`bar <base> <pages>`";
     let mut out = Vec::new();
     for chunk in words.chunks(3) {
         let [k, base, pages] = chunk else {
-            return Err(ParseError::Arity);
+            return Err(group_error(chunk, EXPECTED));
         };
         if *k != keyword {
-            return Err(ParseError::Arity);
+            return Err(group_error(chunk, EXPECTED));
         }
-        out.push((num(base)?, num(pages)?))
-            .map_err(|_| ParseError::TooMany)?;
+        out.push((num_as(base, BASE)?, num_as(pages, PAGES)?))
+            .map_err(|_| Diagnostic::new(Problem::TooMany, k, "no more BARs than a device has"))?;
     }
     Ok(out)
 }
 
 /// A decimal or `0x` hexadecimal number, `_` separators allowed.
-pub fn num(s: &str) -> Result<u64, ParseError> {
+pub fn num(s: &str) -> Result<u64, ParseError<'_>> {
+    num_as(s, "a number like 4096 or 0x1000")
+}
+
+/// [`num`], with what the number stands for in the error.
+fn num_as<'a>(s: &'a str, expected: &'static str) -> Result<u64, ParseError<'a>> {
+    let bad = || Diagnostic::new(Problem::BadNumber, s, expected);
     let (digits, radix) = match s.strip_prefix("0x") {
         Some(hex) => (hex, 16),
         None => (s, 10),
@@ -531,47 +941,47 @@ pub fn num(s: &str) -> Result<u64, ParseError> {
     let mut value: u64 = 0;
     let mut any = false;
     for c in digits.chars().filter(|&c| c != '_') {
-        let d = c.to_digit(radix).ok_or(ParseError::BadToken)?;
+        let d = c.to_digit(radix).ok_or_else(bad)?;
         value = value
             .checked_mul(u64::from(radix))
             .and_then(|v| v.checked_add(u64::from(d)))
-            .ok_or(ParseError::BadToken)?;
+            .ok_or_else(bad)?;
         any = true;
     }
-    if any {
-        Ok(value)
-    } else {
-        Err(ParseError::BadToken)
-    }
+    if any { Ok(value) } else { Err(bad()) }
 }
 
-fn size_of(s: &str) -> Result<PageSize, ParseError> {
-    match s {
-        "4k" => Ok(PageSize::Size4K),
-        "2m" => Ok(PageSize::Size2M),
-        "1g" => Ok(PageSize::Size1G),
-        _ => Err(ParseError::BadToken),
-    }
+fn size_of(s: &str) -> Result<PageSize, ParseError<'_>> {
+    keyword(
+        s,
+        &[
+            ("4k", PageSize::Size4K),
+            ("2m", PageSize::Size2M),
+            ("1g", PageSize::Size1G),
+        ],
+        "a page size: 4k, 2m or 1g",
+    )
 }
 
 /// `seg:bus:dev.fn` in hex, as lspci prints it.
-fn rid_of(s: &str) -> Result<RequesterId, ParseError> {
-    let hex = |t: &str| u64::from_str_radix(t, 16).map_err(|_| ParseError::BadToken);
+fn rid_of(s: &str) -> Result<RequesterId, ParseError<'_>> {
+    let bad = || Diagnostic::new(Problem::BadRequesterId, s, RID);
+    let hex = |t: &str| u64::from_str_radix(t, 16).map_err(|_| bad());
     let mut parts = s.split(':');
     let (Some(seg), Some(bus), Some(devfn), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(ParseError::BadToken);
+        return Err(bad());
     };
-    let (dev, func) = devfn.split_once('.').ok_or(ParseError::BadToken)?;
-    let narrow = |v: u64| u8::try_from(v).map_err(|_| ParseError::BadToken);
+    let (dev, func) = devfn.split_once('.').ok_or_else(bad)?;
+    let narrow = |v: u64| u8::try_from(v).map_err(|_| bad());
     RequesterId::try_new(
-        u16::try_from(hex(seg)?).map_err(|_| ParseError::BadToken)?,
+        u16::try_from(hex(seg)?).map_err(|_| bad())?,
         narrow(hex(bus)?)?,
         narrow(hex(dev)?)?,
         narrow(hex(func)?)?,
     )
-    .map_err(|_| ParseError::BadToken)
+    .map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -607,21 +1017,35 @@ mod tests {
         assert_eq!(parse_line(""), Ok(None));
     }
 
+    /// The problem and 1-based column of the error `text` gets.
+    fn fault(text: &str) -> (Problem, usize, &str) {
+        let e = parse_line(text).unwrap_err();
+        (e.problem, e.column, e.token)
+    }
+
     #[test]
     fn rejects_malformed_lines() {
-        assert_eq!(parse_line("frobnicate x"), Err(ParseError::UnknownOp));
-        assert_eq!(parse_line("bind t g range 0x1000"), Err(ParseError::Arity));
+        assert_eq!(fault("frobnicate x"), (Problem::UnknownOp, 1, "frobnicate"));
         assert_eq!(
-            parse_line("map t g 0x1000 0x2000 3m"),
-            Err(ParseError::BadToken)
+            fault("bind t g range 0x1000"),
+            (Problem::Arity, 10, "range")
         );
         assert_eq!(
-            parse_line("tdi t d 0000:03:20.0"),
-            Err(ParseError::BadToken)
+            fault("map t g 0x1000 0x2000 3m"),
+            (Problem::BadKeyword, 23, "3m")
         );
-        assert_eq!(parse_line("unbind t ->"), Err(ParseError::BadToken));
-        assert_eq!(parse_line("unbind-force"), Err(ParseError::Arity));
-        assert_eq!(parse_line("stream-setup d x"), Err(ParseError::Arity));
+        assert_eq!(
+            fault("tdi t d 0000:03:20.0"),
+            (Problem::BadRequesterId, 9, "0000:03:20.0")
+        );
+        assert_eq!(fault("unbind t ->"), (Problem::BadStatus, 10, "->"));
+        assert_eq!(fault("unbind t -> Ok Ok"), (Problem::BadStatus, 16, "Ok"));
+        assert_eq!(fault("-> Ok"), (Problem::UnknownOp, 1, "->"));
+        assert_eq!(fault("unbind-force"), (Problem::Arity, 1, "unbind-force"));
+        assert_eq!(
+            fault("stream-setup d x"),
+            (Problem::Arity, 1, "stream-setup")
+        );
         assert_eq!(
             parse_line("host close nic unbind-force-first").map(|l| l.map(|l| l.op)),
             Ok(Some(Op::Host {
@@ -630,16 +1054,83 @@ mod tests {
                 order: Order::UnbindForceFirst,
             }))
         );
-        assert_eq!(parse_line("guest"), Err(ParseError::Arity));
-        assert_eq!(num("0x1_0000_0000_0000_0000"), Err(ParseError::BadToken));
-        assert_eq!(num("0x"), Err(ParseError::BadToken));
+        assert_eq!(fault("guest"), (Problem::Arity, 1, "guest"));
         assert_eq!(
-            parse_line("host flr-pcie nic sideways"),
-            Err(ParseError::BadToken)
+            num("0x1_0000_0000_0000_0000").unwrap_err().problem,
+            Problem::BadNumber
+        );
+        assert_eq!(num("0x").unwrap_err().problem, Problem::BadNumber);
+        assert_eq!(
+            fault("host flr-pcie nic sideways"),
+            (Problem::BadKeyword, 19, "sideways")
         );
         assert_eq!(
-            parse_line("host flr-pcie unbind-first"),
-            Err(ParseError::Arity)
+            fault("host flr-pcie unbind-first"),
+            (Problem::Arity, 1, "host")
         );
+        assert_eq!(fault("zap nic 256"), (Problem::BadNumber, 9, "256"));
+        assert_eq!(
+            fault("unbind t => TdiBound"),
+            (Problem::MissingArrow, 13, "TdiBound")
+        );
+        assert_eq!(
+            fault("unbind t -> TdiBund"),
+            (Problem::UnknownStatus, 13, "TdiBund")
+        );
+    }
+
+    #[test]
+    fn statuses_are_the_firmwares() {
+        for s in [
+            "Ok",
+            "Resumable",
+            "Relay",
+            "TdiBound",
+            "Busy(Tdi)",
+            "Inconsistent",
+        ] {
+            assert!(is_status(s), "{s}");
+        }
+        for s in ["OK", "tdibound", "Busy", "Busy(Lock)", ""] {
+            assert!(!is_status(s), "{s}");
+        }
+        assert_eq!(nearest_status("TdiBund").unwrap(), "TdiBound");
+        assert_eq!(nearest_status("Busy(tdi)").unwrap(), "Busy(Tdi)");
+        assert_eq!(nearest_status("Nonsense"), None);
+    }
+
+    #[test]
+    fn nearest_words_are_misspellings_only() {
+        assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("abc", ""), 3);
+        assert_eq!(distance("nic.0", "nic.0"), 0);
+        assert_eq!(nearest("nic.9", ["td1", "nic.0", "nic.1"]), Some("nic.0"));
+        assert_eq!(
+            nearest("biind", USAGE.iter().map(|(op, _)| *op)),
+            Some("bind")
+        );
+        assert_eq!(nearest("frobnicate", USAGE.iter().map(|(op, _)| *op)), None);
+        assert_eq!(nearest("x", ["yy"]), None);
+    }
+
+    #[test]
+    fn every_operation_has_its_usage_in_the_grammar() {
+        let grammar: std::vec::Vec<&str> = include_str!("scenario.rs")
+            .lines()
+            .filter(|l| l.starts_with("//!"))
+            .collect();
+        for (op, usage) in USAGE {
+            assert!(usage.starts_with(op), "{op}");
+            assert!(grammar.iter().any(|l| l.contains(usage)), "{op}: {usage}");
+            assert_eq!(fault(op).0, Problem::Arity, "{op}");
+        }
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(column_of("ab cd", "ab cd".get(3..).unwrap()), 4);
+        assert_eq!(column_of("ab", "elsewhere"), 0);
+        assert_eq!(column_of("é x", "é x".get(3..).unwrap()), 3);
     }
 }

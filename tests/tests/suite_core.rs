@@ -47,7 +47,7 @@ fn each_host_path_asserts_both_orders() {
     ] {
         let (_, text) = SCENARIOS
             .iter()
-            .find(|(n, _)| *n == format!("path-{path}"))
+            .find(|(n, _)| *n == format!("tests/scenarios/path-{path}.scn"))
             .unwrap();
         assert!(text.contains(&format!("host {path} ")), "{path}");
         assert!(
@@ -80,15 +80,15 @@ fn a_wrong_expectation_fails_with_its_line_number() {
 
 #[test]
 fn parse_errors_and_unknown_names_fail_the_run() {
-    for text in [
-        "guest g\nbind nope g\n",
-        "frobnicate\n",
-        "guest g\nstart g g\n",
+    for (text, at) in [
+        ("guest g\nbind nope g\n", "bad:2:6: unknown name `nope`"),
+        ("frobnicate\n", "bad:1:1: unknown operation `frobnicate`"),
+        ("guest g\nstart g g\n", "bad:2:9: `g` is a guest"),
     ] {
         let mut out = String::new();
         let mut summary = Default::default();
         with_core(&mut |b| summary = run_scenario(b, "bad", text, &mut out));
         assert_eq!(summary.failed, 1, "{text}: {out}");
-        assert!(out.contains("FAIL"), "{out}");
+        assert!(out.contains(at), "{out}");
     }
 }
