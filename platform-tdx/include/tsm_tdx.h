@@ -151,7 +151,8 @@ struct tsm_tdx_range_list {
 #define TSM_SPDM_BARS          0xF009u /* RCX SPDM id, RDX range list (BARs): once, after
                                           TDH_SPDM_CREATE, before the first TDH_DEVIF_CREATE */
 #define TSM_DEVIF_SET_TD       0xF00Au /* RCX function ID, RDX TDR: an unbound, idle TDI is for that
-                                          TD from now (as REMOVE + CREATE would make it) */
+                                          TD from now (as REMOVE + CREATE would make it); RDX 0:
+                                          for no TD (its old TDR can then be reclaimed) */
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info, RDX the page's reported address (report
                                           FIRST_PAGE + page offset, MMIO_REPORTING_OFFSET included) */

@@ -114,7 +114,8 @@ pub const TDG_DEVIF_REQUEST: u16 = 68;
 /// abandoned (unbind, device error) reads `TDX_DEVIF_INVALID_STATE` + RCX (ours).
 pub const TDG_DEVIF_RESPONSE: u16 = 69;
 /// Ours, TSM.DEVIF.SET_TD: RCX `function_id_reg_t`, RDX the TDR page of another TD (it must
-/// name one: `TDX_OPERAND_INVALID` + RDX). The TDI is then for that TD, as TDH.DEVIF.REMOVE
+/// name one: `TDX_OPERAND_INVALID` + RDX), or 0: for no TD (as CREATE's RDX 0), which lets
+/// the old TD's TDR be reclaimed (TDH.PHYMEM.PAGE.RECLAIM refuses a TDR a TDI is still for). The TDI is then for that TD, as TDH.DEVIF.REMOVE
 /// and TDH.DEVIF.CREATE for it would make it, keeping its slot and private pages: for a host
 /// that keeps a TDI across TDs (the scenario model; a TDX-IO host removes and creates). Only
 /// an unbound TDI with nothing outstanding (`TDX_DEVIF_INVALID_STATE` + RCX; a bind waiting,
@@ -505,9 +506,16 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     pub(crate) fn devif_set_td(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let mut table = self.fw.lock_pages().map_err(core_err)?;
         let (tdi, _) = devif_at(&table, r.rcx).map_err(Outcome::Status)?;
-        self.td_named(r.rdx)?;
-        let tdr =
-            Hpa::try_new(r.rdx).map_err(|_| named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
+        // RDX 0: the TDI is for no TD any more (as CREATE's RDX 0), so its TD can be torn down.
+        let tdr = if r.rdx == 0 {
+            None
+        } else {
+            self.td_named(r.rdx)?;
+            Some(
+                Hpa::try_new(r.rdx)
+                    .map_err(|_| named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?,
+            )
+        };
         let record = self.tsm.tdi(tdi).map_err(core_err)?;
         if record.exchange.is_some() {
             return Err(named(status::TDX_DEVIF_TDISP_OUT_REQ, OPERAND_ID_RCX));
@@ -519,7 +527,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             .get_mut(usize::from(tdi.slot()))
             .and_then(Option::as_mut)
             .ok_or(core_err(Error::Inconsistent))?;
-        slot.tdr = Some(tdr);
+        slot.tdr = tdr;
         slot.td_request = TdRequest::Available;
         Ok(Outcome::Core(Ok(Completion::Done)))
     }

@@ -5,7 +5,8 @@
 //! it. Linux issues TDH.VP.FLUSH per vCPU first; this firmware models no vCPUs and no TDCS
 //! pages (the TD lives in the firmware's own memory, the TDR page is the only control page),
 //! so VP.FLUSH has no leaf here, VPFLUSHDONE never answers FLUSHVP_NOT_DONE, and the TDR has
-//! no child pages (RECLAIM never answers TD_ASSOCIATED_PAGES_EXIST).
+//! no child pages but the TDIs created for the TD (RECLAIM answers TD_ASSOCIATED_PAGES_EXIST
+//! while one is).
 //!
 //! The lifecycle is the TDX module's (intel/tdx-module `td_control_structures.h` @72d8cffb,
 //! `td_lifecycle_state_e`): TDH.MNG.CREATE leaves a TD [`TdLife::HkidAssigned`] (the module's
@@ -274,6 +275,19 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 if entry.life != TdLife::Teardown {
                     return Err(lifecycle);
                 }
+                // A TDI still created for the TD keeps its TDR (the module's TDR child count):
+                // the TDR PA could otherwise name a new TD that inherits it.
+                let pages = self.fw.lock_pages().map_err(core)?;
+                if pages
+                    .iter()
+                    .flatten()
+                    .any(|d| d.tdr.is_some_and(|t| t.as_u64() == page))
+                {
+                    return Err(st(
+                        status::TDX_TD_ASSOCIATED_PAGES_EXIST | u64::from(OPERAND_ID_RCX)
+                    ));
+                }
+                drop(pages);
                 // Cannot be refused for a bound TDI (VPFLUSHDONE saw none, and none binds
                 // since); contention is the core's `Busy`.
                 self.tsm.destroy_guest(td).map_err(core)?;

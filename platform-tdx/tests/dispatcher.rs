@@ -2008,6 +2008,14 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
+    // The TDI is handed to no TD, so the TDR can be reclaimed.
+    w.ok(
+        abi::TSM_DEVIF_SET_TD,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
     for (leaf, rcx) in [
         (abi::TDH_MNG_VPFLUSHDONE, tdr),
         (abi::TDH_PHYMEM_CACHE_WB, 0),

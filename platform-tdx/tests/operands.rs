@@ -1457,8 +1457,9 @@ fn bad_tdr_page(good: SeamRegs, td: u64) -> Vec<Bad> {
 }
 
 /// `tdi_world` torn down as Linux's `tdx_mmu_release_hkid` does, up to (not including) `upto`.
-fn torn(w: &World<'_>, upto: u16) -> u64 {
-    let (td, _, _) = tdi_world(w);
+/// A TD with a TDI made for it, its teardown run up to `upto`: (TD, TDI).
+fn torn(w: &World<'_>, upto: u16) -> (u64, u64) {
+    let (td, _, tdi) = tdi_world(w);
     for (leaf, rcx) in [
         (abi::TDH_MNG_VPFLUSHDONE, td),
         (abi::TDH_PHYMEM_CACHE_WB, td::CACHE_WB_START),
@@ -1471,11 +1472,11 @@ fn torn(w: &World<'_>, upto: u16) -> u64 {
         let out = w.call(u64::from(leaf), on(rcx));
         assert!(out.rax == TDX_SUCCESS || out.rax == TDX_INTERRUPTED_RESUMABLE);
     }
-    td
+    (td, tdi)
 }
 
 fn vpflushdone(w: &World<'_>) -> Setup {
-    let td = torn(w, abi::TDH_MNG_VPFLUSHDONE);
+    let (td, _) = torn(w, abi::TDH_MNG_VPFLUSHDONE);
     let good = on(td);
     Setup {
         tdcall: None,
@@ -1486,7 +1487,7 @@ fn vpflushdone(w: &World<'_>) -> Setup {
 }
 
 fn key_freeid(w: &World<'_>) -> Setup {
-    let td = torn(w, abi::TDH_MNG_KEY_FREEID);
+    let (td, _) = torn(w, abi::TDH_MNG_KEY_FREEID);
     let good = on(td);
     Setup {
         tdcall: None,
@@ -1523,7 +1524,10 @@ fn bad_td_rcx(good: SeamRegs, td: u64) -> Vec<Bad> {
 }
 
 fn page_reclaim(w: &World<'_>) -> Setup {
-    let td = torn(w, abi::TDH_PHYMEM_PAGE_RECLAIM);
+    let (td, tdi) = torn(w, abi::TDH_PHYMEM_PAGE_RECLAIM);
+    // The TDI made for the TD is handed to no TD first, or the TDR stays its (the module's
+    // TDR child count).
+    w.ok(abi::TSM_DEVIF_SET_TD, on(tdi));
     let good = on(td);
     Setup {
         tdcall: None,
@@ -1683,7 +1687,12 @@ fn devif_set_td(w: &World<'_>) -> Setup {
         ..Default::default()
     };
     let mut v = bad_fid(good, tdi);
-    v.extend(bad_tdr(good, |r, x| r.rdx = x, other, inv(OPERAND_ID_RDX)));
+    // RDX 0 is no TD (the TDI is for none), not a bad TDR.
+    v.extend(
+        bad_tdr(good, |r, x| r.rdx = x, other, inv(OPERAND_ID_RDX))
+            .into_iter()
+            .filter(|b| b.regs.rdx != 0),
+    );
     Setup {
         tdcall: None,
         good,

@@ -606,7 +606,20 @@ fn whole_teardown_after_an_unbind() {
         TDX_TD_HAS_ATTACHED_DEVICES,
     );
     assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
-    w.tear_down(td);
+    w.ok(abi::TDH_MNG_VPFLUSHDONE, on(td));
+    assert_eq!(w.cache_wb().last(), Some(&TDX_SUCCESS));
+    w.ok(abi::TDH_MNG_KEY_FREEID, on(td));
+    // The TDI is still for this TD (the module's TDR child count): its TDR stays.
+    w.refused(
+        "RECLAIM with a TDI created for the TD",
+        abi::TDH_PHYMEM_PAGE_RECLAIM,
+        on(td),
+        platform_tdx::status::TDX_TD_ASSOCIATED_PAGES_EXIST | 1,
+    );
+    // Handed to no TD (TSM.DEVIF.SET_TD RDX 0), the TDR is reclaimed.
+    w.ok(abi::TSM_DEVIF_SET_TD, on(tdi));
+    w.ok(abi::TDH_PHYMEM_PAGE_RECLAIM, on(td));
+    w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, on(keyed(td, GLOBAL_KEYID)));
     assert_eq!(w.fw.td_of(td).unwrap(), None);
     assert!(w.fw.spdm(dev).unwrap().is_some());
     assert!(w.fw.devif_of(tdi as u32).unwrap().is_some());

@@ -650,6 +650,21 @@ impl Backend for TdxBackend<'_, '_> {
             rcx,
             ..SeamRegs::default()
         };
+        // A TDI still created for the TD would keep its TDR from being reclaimed: the host
+        // hands each unbound one to no TD (TSM.DEVIF.SET_TD RDX 0), as it would remove it.
+        for slot in 0..tsm_core::capacity::MAX_TDIS {
+            let Ok(slot) = u16::try_from(slot) else { break };
+            let tdi = TdiId::from_slot(slot);
+            let unbound =
+                matches!(self.tsm.tsm().tdi(tdi), Ok(r) if r.state == tsm_core::TdiState::Unbound);
+            if unbound && self.td_of_tdi(tdi) == Some(tdr) {
+                let regs = SeamRegs {
+                    rcx: self.function_of(tdi),
+                    ..SeamRegs::default()
+                };
+                self.done(abi::TSM_DEVIF_SET_TD, regs)?;
+            }
+        }
         self.done(abi::TDH_MNG_VPFLUSHDONE, on(tdr))?;
         // Bounded as KVM's loop (TDX_SEAMCALL_RETRIES); KEY.FREEID says whether it finished.
         let mut cmd = platform_tdx::td::CACHE_WB_START;
