@@ -501,6 +501,27 @@ pub const fn page_info(gpa: Gpa, size: PageSize) -> u64 {
     gpa.as_u64() | size.tdx_level() as u64
 }
 
+/// A core refusal of a guest leaf, naming the register the guest passed: `handle` (the TDI
+/// or page) for the owner and state refusals, `field` for a field past the record; anything
+/// else as every leaf reports it. Guest leaves have no TD or list operand for the generic
+/// mapping to name (the calling TD is implicit).
+fn guest_refusal(leaf: u16, e: Error, handle: u32, field: u32) -> Outcome {
+    let operand = match e {
+        Error::NotOwner | Error::TdiNotBound | Error::TdiInError | Error::UnbindInProgress => {
+            handle
+        }
+        Error::InvalidRange => field,
+        _ => return Outcome::Core(Err(e)),
+    };
+    // Another TD's TDI: the module's TDG leaves answer DEVIF_INVALID_METADATA (its
+    // `tdg_devifmt_get_devifcs` ownership check), not the host's owner mismatch.
+    let code = match e {
+        Error::NotOwner => status::TDX_DEVIF_INVALID_METADATA,
+        _ => status::encode(Err(e), &operands(leaf)) & !0xFFFF_FFFF,
+    };
+    Outcome::Status(code | u64::from(operand))
+}
+
 pub(crate) fn invalid(operand: u32) -> TdxStatus {
     TDX_OPERAND_INVALID | u64::from(operand)
 }
@@ -1304,7 +1325,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                         }
                         t.mmio_accept(td, gpa, size).map_err(Ok)
                     })
-                    .map_err(|e| Outcome::Core(Err(e)))?;
+                    .map_err(|e| guest_refusal(leaf, e, OPERAND_ID_RCX, OPERAND_ID_RCX))?;
                 match r {
                     Ok(()) => st(TDX_SUCCESS),
                     Err(Ok(e)) => st(status::sept_status(e, OPERAND_ID_RCX)),
@@ -1325,7 +1346,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 let value = self
                     .tsm
                     .guest_read(td, tdi, field)
-                    .map_err(|e| Outcome::Core(Err(e)))?;
+                    .map_err(|e| guest_refusal(leaf, e, OPERAND_ID_RCX, OPERAND_ID_RDX))?;
                 out.rcx = value;
                 st(TDX_SUCCESS)
             }

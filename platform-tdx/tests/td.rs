@@ -430,10 +430,25 @@ impl World<'_> {
     }
 
     /// KVM's `tdx_mmu_release_hkid` then `tdx_reclaim_td_control_pages` for the TD at `tdr`.
+    /// Hands each TDI still created for the TD at `tdr` to no TD (TSM.DEVIF.SET_TD RDX 0):
+    /// RECLAIM refuses a TDR a TDI is for.
+    fn detach(&self, tdr: u64) {
+        for slot in 0..tsm_core::capacity::MAX_TDIS as u16 {
+            let Ok(Some(entry)) = self.fw.devif(tsm_core::TdiId::from_slot(slot)) else {
+                continue;
+            };
+            if entry.tdr.map(|t| t.as_u64()) == Some(tdr) {
+                self.ok(abi::TSM_DEVIF_SET_TD, on(u64::from(entry.function)));
+            }
+        }
+    }
+
+    /// Each TDI still created for it is first handed to no TD (TSM.DEVIF.SET_TD RDX 0).
     fn tear_down(&self, tdr: u64) {
         self.ok(abi::TDH_MNG_VPFLUSHDONE, on(tdr));
         assert_eq!(self.cache_wb().last(), Some(&TDX_SUCCESS));
         self.ok(abi::TDH_MNG_KEY_FREEID, on(tdr));
+        self.detach(tdr);
         self.ok(abi::TDH_PHYMEM_PAGE_RECLAIM, on(tdr));
         self.ok(abi::TDH_PHYMEM_PAGE_WBINVD, on(keyed(tdr, GLOBAL_KEYID)));
     }
@@ -775,6 +790,7 @@ fn every_out_of_order_call_is_refused_and_changes_nothing() {
         on(keyed(td, GLOBAL_KEYID)),
         TDX_PAGE_METADATA_INCORRECT | 1,
     );
+    w.detach(td);
     w.ok(abi::TDH_PHYMEM_PAGE_RECLAIM, on(td));
     // Reclaimed: the TDR is a page like any other.
     let pmi = TDX_PAGE_METADATA_INCORRECT | 1;
@@ -901,6 +917,7 @@ fn the_tdr_page_is_reusable_after_reclaim() {
         again,
         pmi,
     );
+    w.detach(td);
     w.ok(abi::TDH_PHYMEM_PAGE_RECLAIM, on(td));
     w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, on(keyed(td, GLOBAL_KEYID)));
     // The same page, and the same HKID (freed), make a new TD.
