@@ -1486,6 +1486,20 @@ impl World<'_> {
             ..SeamRegs::default()
         };
         let routing = u64::from(rid.routing_id());
+        // The window is the span of the device's BARs (two devices' streams never overlap).
+        let bars = self
+            .fw
+            .spdm(id)
+            .ok()
+            .flatten()
+            .and_then(|e| e.device)
+            .and_then(|d| self.fw.tsm().device(d).ok())
+            .map(|d| d.bars)
+            .unwrap_or_default();
+        let window = platform_tdx::link::bars_window(&bars).unwrap_or_else(|| {
+            let at = (1 << 50) + (id << 20);
+            platform_tdx::link::addr_assoc(at, at + 0xf_ffff)
+        });
         let create = SeamRegs {
             rax: u64::from(abi::TDH_IDE_STREAM_CREATE),
             rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
@@ -1494,8 +1508,9 @@ impl World<'_> {
             // The device's functions: the eight of its device number.
             r10: (routing | 7) << 8,
             r11: 1 | (routing & !7) << 8 | u64::from(rid.segment() & 0xff) << 24,
-            r12: 1 | 0xfff << 20,
-            r13: 0xffff_ffff,
+            r12: window[0],
+            r13: window[1],
+            r14: window[2],
             ..SeamRegs::default()
         };
         let km = SeamRegs {

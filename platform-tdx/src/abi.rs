@@ -746,7 +746,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 // the core makes): the page's TEE traffic must use its device's IDE stream, so
                 // the page lies in the stream's address association.
                 let covered = tsm.tdi(tdi).and_then(|record| {
-                    if record.state.owner() != Some(td) {
+                    // The core's own refusals (state, owner) come first: only a TDI the core
+                    // would map for this TD is held to its stream.
+                    let mappable = matches!(
+                        record.state,
+                        tsm_core::TdiState::Locked { owner } | tsm_core::TdiState::Run { owner }
+                            if owner == td
+                    );
+                    if !mappable {
                         return Ok(true);
                     }
                     let spdm = self.fw.lock_spdm()?;
@@ -757,6 +764,9 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     // Removed since the look-up: the page is no bound TDI's any more.
                     Err(Error::InvalidHandle) => return Outcome::Core(Err(Error::HpaNotOwned)),
                     Err(e) => return Outcome::Core(Err(e)),
+                    // A page the TDI does not wholly own: the core refuses it in its own words
+                    // (the module checks its MMIO metadata before the stream, too).
+                    Ok(false) if !self.wholly_owned(tdi, hpa, size) => {}
                     Ok(false) => {
                         return Outcome::Status(
                             status::TDX_MMIO_PAGE_NOT_IN_ASSOC_RANGE | u64::from(OPERAND_ID_R8),
@@ -767,6 +777,15 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 self.map_owned(tdi, td, gpa, hpa, size)
             }
         }
+    }
+
+    /// Whether one of `tdi`'s private ranges holds the whole page of `size` at `hpa`.
+    fn wholly_owned(&self, tdi: TdiId, hpa: Hpa, size: PageSize) -> bool {
+        self.tsm.owned_ranges(tdi).is_ok_and(|ranges| {
+            ranges
+                .iter()
+                .any(|r| r.contains_span(hpa.as_u64(), size.bytes()))
+        })
     }
 
     /// The core's map of a page `tdi` owns (see [`Dispatcher::map_mmio`]).

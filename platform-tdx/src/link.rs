@@ -282,6 +282,35 @@ impl IdeStreamEntry {
             .and_then(|n| base.checked_add(n))
             .is_some_and(|end| base >= first && end <= last)
     }
+
+    /// Whether this stream's associations overlap `other`'s: `Some(R10)` for the RIDs (same
+    /// segment, or a root port that does not capture it), `Some(R12)` for the addresses.
+    fn overlap(&self, other: &Self) -> Option<u32> {
+        let ((sa, fa, la), (sb, fb, lb)) = (self.rids(), other.rids());
+        if (sa == sb || sa == 0 || sb == 0) && fa <= lb && fb <= la {
+            return Some(OPERAND_ID_R10);
+        }
+        let ((fa, la), (fb, lb)) = (self.window(), other.window());
+        (fa <= lb && fb <= la).then_some(OPERAND_ID_R12)
+    }
+}
+
+/// Address association 1-3 (R12, R13, R14 of TDH.IDE.STREAM.CREATE) for the window
+/// `[first, last]` in 1 MiB granules, VALID set, as Linux's `pci_ide_stream_to_regs` fills
+/// them (PCIe 6.x 7.9.26.5.4): the granule of `first` to the end of the granule of `last`.
+pub const fn addr_assoc(first: u64, last: u64) -> [u64; 3] {
+    let low = ASSOC_VALID
+        | (((first >> 20) & ADDR_FIELD_MASK) << ADDR_ASSOC1_BASE_SHIFT)
+        | (((last >> 20) & ADDR_FIELD_MASK) << ADDR_ASSOC1_LIMIT_SHIFT);
+    [low, last >> 32, first >> 32]
+}
+
+/// The address association a host gives a device's stream to cover its BARs: the span from
+/// the first BAR's start to the last BAR's end ([`addr_assoc`]); `None` for no BARs.
+pub fn bars_window(bars: &[tsm_core::MmioRange]) -> Option<[u64; 3]> {
+    let first = bars.iter().map(|b| b.base().as_u64()).min()?;
+    let last = bars.iter().filter_map(|b| b.end().checked_sub(1)).max()?;
+    Some(addr_assoc(first, last))
 }
 
 /// RID association 1 (limit) and 2 (VALID, base, segment): segment, first, last routing ID.
@@ -748,6 +777,21 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             keys: Keys::None,
             blocked: false,
         };
+        // Two devices' streams never claim the same requester or address: the root port
+        // would key one device's TEE traffic with the other's stream.
+        if let Some(operand) = spdm
+            .iter()
+            .flatten()
+            .filter_map(|e| e.link.stream.as_ref())
+            .find_map(|other| stream.overlap(other))
+        {
+            let code = if operand == OPERAND_ID_R10 {
+                status::TDX_IDE_STREAM_RID_OVERLAP
+            } else {
+                status::TDX_IDE_STREAM_ADDR_OVERLAP
+            };
+            return Err(named(code, operand));
+        }
         let slot = entry_at(spdm, r.rdx, OPERAND_ID_RDX)?;
         slot.link.stream = Some(stream);
         out.rcx = id;

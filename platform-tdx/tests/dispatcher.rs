@@ -451,7 +451,7 @@ fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
         },
     );
     w.put_list(&RangeList::default());
-    link(w, dev, bus);
+    link(w, dev, bus, bar);
     // The device reports the BAR; bind takes the ranges from it, not from the host.
     w.device
         .borrow_mut()
@@ -462,7 +462,7 @@ fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
 /// The Linux host's link set-up of SPDM id `dev` (the device on bus `bus`), as
 /// `tdx_link_connect` issues it: TDH.SPDM.CONNECT relayed (GET_VERSION to the device, the same
 /// registers re-issued), TDH.IDE.STREAM.CREATE, TDH.IDE.STREAM.KM SETUP.
-fn link(w: &World<'_>, dev: u64, bus: u8) {
+fn link(w: &World<'_>, dev: u64, bus: u8, bar: u64) {
     let mut config = [0u8; 8];
     config[..4].copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
     config[5] = 0xFF;
@@ -484,6 +484,8 @@ fn link(w: &World<'_>, dev: u64, bus: u8) {
     }
     assert_eq!(out.rax, TDX_SUCCESS);
     let rid = u64::from(bus) << 8;
+    // The device's 4 MiB BAR is its stream's address window.
+    let window = platform_tdx::link::addr_assoc(bar, bar + (4 << 20) - 1);
     let stream = w.ok(
         abi::TDH_IDE_STREAM_CREATE,
         SeamRegs {
@@ -492,8 +494,9 @@ fn link(w: &World<'_>, dev: u64, bus: u8) {
             r8: abi::hpa_array(ide_page(bus), 1),
             r10: rid << 8,
             r11: 1 | rid << 8,
-            r12: 1 | 0xfff << 20,
-            r13: 0xffff_ffff,
+            r12: window[0],
+            r13: window[1],
+            r14: window[2],
             ..Default::default()
         },
     );

@@ -1463,6 +1463,40 @@ fn stream_create_refusals_change_nothing_body() {
         },
         IN_USE | 8,
     );
+    // Two devices' streams never claim the same requester or address (the module's
+    // TDX_IDE_STREAM_RID_OVERLAP + R10, TDX_IDE_STREAM_ADDR_OVERLAP + R12).
+    let [w12, w13, w14] = link::addr_assoc(0x9000_0000, 0x900f_ffff);
+    let mine = SeamRegs {
+        rdx: dev2,
+        r8: abi::hpa_array(SPARE, 1),
+        r10: 0x0400 << 8,
+        r11: 1 | 0x0400 << 8,
+        r12: w12,
+        r13: w13,
+        r14: w14,
+        ..c
+    };
+    w.refused(
+        "RIDs over the other device's",
+        abi::TDH_IDE_STREAM_CREATE,
+        SeamRegs {
+            r10: 0x04ff << 8,
+            r11: 1 | 0x0300 << 8,
+            ..mine
+        },
+        platform_tdx::status::TDX_IDE_STREAM_RID_OVERLAP | 10,
+    );
+    w.refused(
+        "a window over the other device's",
+        abi::TDH_IDE_STREAM_CREATE,
+        SeamRegs {
+            r12: c.r12,
+            r13: c.r13,
+            r14: c.r14,
+            ..mine
+        },
+        platform_tdx::status::TDX_IDE_STREAM_ADDR_OVERLAP | 12,
+    );
     w.refused(
         "SPDM metadata a stream's",
         abi::TDH_SPDM_CREATE,

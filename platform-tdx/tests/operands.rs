@@ -196,7 +196,9 @@ impl<'m> World<'m> {
     /// created, its keys set up (KM SETUP).
     fn device(&self, bus: u8, bar: u64) -> u64 {
         let dev = self.device_connected(bus, bar);
-        let stream = self.ok(abi::TDH_IDE_STREAM_CREATE, create(dev, bus)).rcx;
+        let stream = self
+            .ok(abi::TDH_IDE_STREAM_CREATE, create(dev, bus, bar))
+            .rcx;
         self.ok(abi::TDH_IDE_STREAM_KM, km(dev, stream, 0));
         dev
     }
@@ -353,8 +355,11 @@ fn connect(dev: u64) -> SeamRegs {
 
 /// TDH.IDE.STREAM.CREATE as Linux's `tdh_ide_stream_create` loads it for the endpoint on bus
 /// `bus` alone and an address window of 4 GiB at 0.
-fn create(dev: u64, bus: u8) -> SeamRegs {
+/// TDH.IDE.STREAM.CREATE for the device on bus `bus` whose 4 MiB BAR is at `bar`: its
+/// functions alone in the RID association, its BAR the address window.
+fn create(dev: u64, bus: u8, bar: u64) -> SeamRegs {
     let routing = u64::from(bus) << 8;
+    let [r12, r13, r14] = platform_tdx::link::addr_assoc(bar, bar + (4 << 20) - 1);
     SeamRegs {
         rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
         rdx: dev,
@@ -362,9 +367,9 @@ fn create(dev: u64, bus: u8) -> SeamRegs {
         r9: 0,
         r10: routing << 8,
         r11: 1 | routing << 8,
-        r12: 1 | 0xfff << 20,
-        r13: 0,
-        r14: 0,
+        r12,
+        r13,
+        r14,
         ..Default::default()
     }
 }
@@ -1962,7 +1967,7 @@ fn spdm_mng(w: &World<'_>) -> Setup {
 fn ide_stream_create(w: &World<'_>) -> Setup {
     let td = w.create_td();
     let dev = w.device_connected(3, BAR);
-    let good = create(dev, 3);
+    let good = create(dev, 3, BAR);
     let mut v = bad_handle(good, |r, x| r.rdx = x, dev, inv(OPERAND_ID_RDX));
     let reg = |what: &str, regs: SeamRegs, op: u32| bad(what, regs, inv(op));
     v.extend([
@@ -2094,7 +2099,7 @@ fn ide_stream_create(w: &World<'_>) -> Setup {
 fn streamed(w: &World<'_>) -> (u64, u64) {
     w.create_td();
     let dev = w.device_connected(3, BAR);
-    let stream = w.ok(abi::TDH_IDE_STREAM_CREATE, create(dev, 3)).rcx;
+    let stream = w.ok(abi::TDH_IDE_STREAM_CREATE, create(dev, 3, BAR)).rcx;
     (dev, stream)
 }
 

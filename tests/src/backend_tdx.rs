@@ -442,21 +442,32 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     /// `tdx_ide_stream_create` issues it: a selective stream whose RID association covers the
     /// device's functions (the eight of its device number, the core's
     /// `DeviceFunctions::physical`: every TDI of the device hangs off this stream), one address
-    /// window (here all of the low 4 GiB and above, the model has no bridge window), a free
+    /// window (the span of the device's BARs: the model has no bridge window), a free
     /// metadata page. The stream ID.
     fn stream_create(&mut self, id: u64, rid: RequesterId) -> TsmResult<u64> {
         let page = self.free_page(SPDM_END, IDE_PAGES)?;
         let routing = u64::from(rid.routing_id());
         let (first, last) = (routing & !0x7, routing | 0x7);
+        // The window covers the device's BARs (streams of two devices never overlap: the
+        // firmware refuses it); a device without BARs gets a 1 MiB window of its own far up.
+        let dev = self.tsm.spdm(id)?.and_then(|e| e.device);
+        let bars = match dev {
+            Some(d) => self.tsm.tsm().device(d)?.bars,
+            None => tsm_core::registry::Bars::new(),
+        };
+        let window = platform_tdx::link::bars_window(&bars).unwrap_or_else(|| {
+            let at = (1u64 << 50) | (id & 0xff) << 20;
+            platform_tdx::link::addr_assoc(at, at | 0xf_ffff)
+        });
         let regs = SeamRegs {
             rcx: platform_tdx::link::STREAM_INFO_TYPE_SEL,
             rdx: id,
             r8: abi::hpa_array(page, 1),
             r10: last << platform_tdx::link::RID_ASSOC_RID_SHIFT,
             r11: platform_tdx::link::ASSOC_VALID | first << platform_tdx::link::RID_ASSOC_RID_SHIFT,
-            r12: platform_tdx::link::ASSOC_VALID
-                | 0xfff << platform_tdx::link::ADDR_ASSOC1_LIMIT_SHIFT,
-            r13: 0xffff_ffff,
+            r12: window[0],
+            r13: window[1],
+            r14: window[2],
             ..SeamRegs::default()
         };
         Ok(self.call(abi::TDH_IDE_STREAM_CREATE, regs)?.rcx)
