@@ -32,7 +32,9 @@ use crate::abi::{
     Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, decode_hpa, function_id,
     host_fault, hpa_array, whole_words,
 };
-use crate::module::{MESSAGE_PAGE_BYTES, PageUse, SpdmEntry, SpdmPages, SpdmTable, page_held};
+use crate::module::{
+    MESSAGE_PAGE_BYTES, PageTable, PageUse, SpdmEntry, SpdmPages, SpdmTable, TdTable, page_held,
+};
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11, OPERAND_ID_R12,
     OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RAX, OPERAND_ID_RCX, OPERAND_ID_RDX,
@@ -374,23 +376,38 @@ fn entry_at(table: &mut SpdmTable, raw: u64, operand: u32) -> Result<&mut SpdmEn
         .ok_or(named(TDX_OPERAND_INVALID, operand))
 }
 
+/// The TD table and the TDI page table a link leaf holds (with the SPDM table) throughout.
+struct Held<'g> {
+    tds: &'g TdTable,
+    pages: &'g PageTable,
+}
+
 impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
-    /// The link leaves: each holds the SPDM table for the whole leaf.
+    /// The link leaves: each holds the TDI page table and the SPDM table for the whole leaf,
+    /// taken in the platform's one order (TD table, TDI pages, SPDM table) as every leaf
+    /// takes them, so two leaves never each hold what the other waits for.
     pub(crate) fn link_leaf(
         &self,
         leaf: u16,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
+        let tds = self.fw.read_tds().map_err(core_err)?;
+        let pages = self.fw.lock_pages().map_err(core_err)?;
         let mut spdm = self.fw.lock_spdm().map_err(core_err)?;
+        let held = Held {
+            tds: &tds,
+            pages: &pages,
+        };
+        let spdm = &mut *spdm;
         match leaf {
-            TDH_SPDM_CONNECT => self.spdm_connect(&mut spdm, r, out),
-            TDH_SPDM_DISCONNECT => self.spdm_disconnect(&mut spdm, r, out),
-            TDH_SPDM_MNG => self.spdm_mng(&mut spdm, r, out),
-            TDH_IDE_STREAM_CREATE => self.stream_create(&mut spdm, r, out),
-            TDH_IDE_STREAM_KM => self.stream_km(&mut spdm, r, out),
-            TDH_IDE_STREAM_BLOCK => self.stream_block(&mut spdm, r),
-            TDH_IDE_STREAM_DELETE => self.stream_delete(&mut spdm, r, out),
+            TDH_SPDM_CONNECT => self.spdm_connect(spdm, &held, r, out),
+            TDH_SPDM_DISCONNECT => self.spdm_disconnect(spdm, &held, r, out),
+            TDH_SPDM_MNG => self.spdm_mng(spdm, &held, r, out),
+            TDH_IDE_STREAM_CREATE => self.stream_create(spdm, &held, r, out),
+            TDH_IDE_STREAM_KM => self.stream_km(spdm, &held, r, out),
+            TDH_IDE_STREAM_BLOCK => self.stream_block(spdm, r),
+            TDH_IDE_STREAM_DELETE => self.stream_delete(spdm, r, out),
             _ => Err(named(TDX_OPERAND_INVALID, OPERAND_ID_RAX)),
         }
     }
@@ -402,6 +419,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn message_page(
         &self,
         spdm: &SpdmTable,
+        held: &Held<'_>,
         raw: u64,
         operand: u32,
         write: bool,
@@ -413,7 +431,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             self.host.probe_read(at.as_u64(), MESSAGE_PAGE_BYTES)
         };
         probe.map_err(|f| Outcome::Status(host_fault(f, operand)))?;
-        if write && self.held(spdm, at, PageUse::Shared)? {
+        if write && Self::held(spdm, held, at, PageUse::Shared)? {
             return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
         }
         Ok(at)
@@ -424,17 +442,18 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn relay_pages(
         &self,
         spdm: &SpdmTable,
+        held: &Held<'_>,
         (rsp, rsp_op): (u64, u32),
         (req, req_op): (u64, u32),
     ) -> Result<(Hpa, Hpa), Outcome> {
         let first_op = rsp_op.min(req_op);
         let second_op = rsp_op.max(req_op);
         let (response, request) = if rsp_op == first_op {
-            let a = self.message_page(spdm, rsp, rsp_op, false)?;
-            (a, self.message_page(spdm, req, req_op, true)?)
+            let a = self.message_page(spdm, held, rsp, rsp_op, false)?;
+            (a, self.message_page(spdm, held, req, req_op, true)?)
         } else {
-            let b = self.message_page(spdm, req, req_op, true)?;
-            (self.message_page(spdm, rsp, rsp_op, false)?, b)
+            let b = self.message_page(spdm, held, req, req_op, true)?;
+            (self.message_page(spdm, held, rsp, rsp_op, false)?, b)
         };
         if response == request {
             return Err(named(TDX_OPERAND_INVALID, second_op));
@@ -444,10 +463,8 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
 
     /// Whether `page` is the firmware's: a TD's TDR, SPDM or IDE metadata, and (when
     /// `message` is asked) a TDI's private page.
-    fn held(&self, spdm: &SpdmTable, page: Hpa, new: PageUse) -> Result<bool, Outcome> {
-        let tds = self.fw.read_tds().map_err(core_err)?;
-        let pages = self.fw.lock_pages().map_err(core_err)?;
-        Ok(page_held(&tds, &pages, spdm, page, new))
+    fn held(spdm: &SpdmTable, held: &Held<'_>, page: Hpa, new: PageUse) -> Result<bool, Outcome> {
+        Ok(page_held(held.tds, held.pages, spdm, page, new))
     }
 
     /// Reads the config page at `raw` (RDX) once into firmware memory and checks it as Linux
@@ -488,6 +505,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn spdm_connect(
         &self,
         spdm: &mut SpdmTable,
+        held: &Held<'_>,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
@@ -501,7 +519,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let (session, function) = (entry.link.session, entry.function);
         let config = self.spdm_config(r.rdx)?;
         let (response, request) =
-            self.relay_pages(spdm, (r.r8, OPERAND_ID_R8), (r.r9, OPERAND_ID_R9))?;
+            self.relay_pages(spdm, held, (r.r8, OPERAND_ID_R8), (r.r9, OPERAND_ID_R9))?;
         // The config page is read on every re-issue: a message page would overwrite it and
         // leave the session connecting for good.
         if r.rdx == response.as_u64() || r.rdx == request.as_u64() {
@@ -509,7 +527,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         }
         let dev_info = self.page_array(r.r10, OPERAND_ID_R10, true)?;
         for page in dev_info.root.iter().chain(dev_info.pages.iter()).copied() {
-            if self.held(spdm, page, PageUse::Shared)? {
+            if Self::held(spdm, held, page, PageUse::Shared)? {
                 return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R10));
             }
             if page == response || page == request || page.as_u64() == r.rdx {
@@ -608,11 +626,12 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn spdm_disconnect(
         &self,
         spdm: &mut SpdmTable,
+        held: &Held<'_>,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
         let entry = entry_at(spdm, r.rcx, OPERAND_ID_RCX)?.clone();
-        self.relay_pages(spdm, (r.rdx, OPERAND_ID_RDX), (r.r8, OPERAND_ID_R8))?;
+        self.relay_pages(spdm, held, (r.rdx, OPERAND_ID_RDX), (r.r8, OPERAND_ID_R8))?;
         if !matches!(entry.link.session, Session::Connected(_)) {
             return Err(named(status::TDX_SPDM_INVALID_STATE, OPERAND_ID_RCX));
         }
@@ -648,6 +667,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn spdm_mng(
         &self,
         spdm: &mut SpdmTable,
+        held: &Held<'_>,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
@@ -656,15 +676,15 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_RDX));
         }
         if r.r8 != NULL_PAGE {
-            self.message_page(spdm, r.r8, OPERAND_ID_R8, false)?;
+            self.message_page(spdm, held, r.r8, OPERAND_ID_R8, false)?;
         }
-        self.relay_pages(spdm, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
+        self.relay_pages(spdm, held, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
         let output = if r.r11 == NULL_PAGE {
             None
         } else {
             let pages = self.page_array(r.r11, OPERAND_ID_R11, true)?;
             for page in pages.root.iter().chain(pages.pages.iter()).copied() {
-                if self.held(spdm, page, PageUse::Shared)? {
+                if Self::held(spdm, held, page, PageUse::Shared)? {
                     return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R11));
                 }
             }
@@ -705,6 +725,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn stream_create(
         &self,
         spdm: &mut SpdmTable,
+        held: &Held<'_>,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
@@ -762,7 +783,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             return bad(OPERAND_ID_R10);
         }
         for page in metadata.root.iter().chain(metadata.pages.iter()).copied() {
-            if self.held(spdm, page, PageUse::Private)? {
+            if Self::held(spdm, held, page, PageUse::Private)? {
                 return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R8));
             }
         }
@@ -820,6 +841,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     fn stream_km(
         &self,
         spdm: &mut SpdmTable,
+        held: &Held<'_>,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
@@ -827,7 +849,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if r.r8 > IDE_KM_STOP {
             return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R8));
         }
-        self.relay_pages(spdm, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
+        self.relay_pages(spdm, held, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
         let stream = entry
             .link
             .stream
