@@ -146,8 +146,9 @@ impl TdLife {
 pub struct CacheWb {
     /// The next sub-block to write back; 0: no write-back is interrupted.
     pub next: u8,
-    /// The TD slots that were BLOCKED when the write-back started.
-    pub flushed: [bool; MAX_GUESTS],
+    /// The TDs that were BLOCKED when the write-back started, by slot: the core's serial of
+    /// the guest in the slot then (a TD made later in a reclaimed TD's slot is not one).
+    pub flushed: [Option<u64>; MAX_GUESTS],
 }
 
 impl CacheWb {
@@ -155,7 +156,7 @@ impl CacheWb {
     pub const fn new() -> Self {
         Self {
             next: 0,
-            flushed: [false; MAX_GUESTS],
+            flushed: [None; MAX_GUESTS],
         }
     }
 }
@@ -260,6 +261,24 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 if self.tsm.guest(td).map_err(core)?.bound_tdis != 0 {
                     return Err(st(status::TDX_TD_HAS_ATTACHED_DEVICES));
                 }
+                // Nor a TDI created for the TD with an exchange under way (a bind waiting on
+                // the device would otherwise complete after this and bind to a TD whose HKID
+                // is about to be freed).
+                let pages = self.fw.lock_pages().map_err(core)?;
+                for (slot, d) in pages.iter().enumerate() {
+                    if !d.is_some_and(|d| d.tdr.is_some_and(|t| t.as_u64() == page)) {
+                        continue;
+                    }
+                    let slot = u16::try_from(slot).map_err(|_| core(Error::Inconsistent))?;
+                    let record = self
+                        .tsm
+                        .tdi(tsm_core::TdiId::from_slot(slot))
+                        .map_err(core)?;
+                    if record.exchange.is_some() || record.state != tsm_core::TdiState::Unbound {
+                        return Err(st(status::TDX_TD_HAS_ATTACHED_DEVICES));
+                    }
+                }
+                drop(pages);
                 entry.life = TdLife::Blocked {
                     written_back: false,
                 };
@@ -317,6 +336,18 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         Ok(page)
     }
 
+    /// The core's serial of the guest in TD slot `slot` (`None`: no guest there).
+    fn serial_at(&self, slot: usize) -> Result<Option<u64>, Outcome> {
+        let Ok(slot) = u16::try_from(slot) else {
+            return Ok(None);
+        };
+        match self.tsm.guest(GuestId::from_slot(slot)) {
+            Ok(g) => Ok(Some(g.serial)),
+            Err(Error::InvalidHandle) => Ok(None),
+            Err(e) => Err(Outcome::Core(Err(e))),
+        }
+    }
+
     /// TDH.PHYMEM.CACHE.WB with command `cmd` ([`TDH_PHYMEM_CACHE_WB`]).
     fn cache_wb(&self, cmd: u64) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
@@ -329,11 +360,13 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             .ok_or(st(TDX_OPERAND_BUSY | u64::from(OPERAND_ID_WBCACHE)))?;
         let mut tds = self.fw.write_tds().map_err(|e| Outcome::Core(Err(e)))?;
         let mut next = if cmd == CACHE_WB_START {
-            let mut flushed = [false; MAX_GUESTS];
-            for (f, e) in flushed.iter_mut().zip(tds.iter()) {
-                *f = e.is_some_and(|e| matches!(e.life, TdLife::Blocked { .. }));
+            let mut flushed = [None; MAX_GUESTS];
+            for (slot, (f, e)) in flushed.iter_mut().zip(tds.iter()).enumerate() {
+                if e.is_some_and(|e| matches!(e.life, TdLife::Blocked { .. })) {
+                    *f = self.serial_at(slot)?;
+                }
             }
-            if !flushed.contains(&true) {
+            if flushed.iter().all(Option::is_none) {
                 // A warning, not an error: Linux takes it as "another CPU did it".
                 return Ok(st(status::TDX_NO_HKID_READY_TO_WBCACHE));
             }
@@ -351,8 +384,11 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             wb.next = next;
             return Ok(st(TDX_INTERRUPTED_RESUMABLE));
         }
-        for (flushed, e) in wb.flushed.iter().zip(tds.iter_mut()) {
-            if let Some(e) = e.as_mut().filter(|_| *flushed)
+        for (slot, (flushed, e)) in wb.flushed.iter().zip(tds.iter_mut()).enumerate() {
+            // Only the TD that was flushed when the write-back started, not one made since in
+            // its slot.
+            let same = flushed.is_some() && *flushed == self.serial_at(slot)?;
+            if let Some(e) = e.as_mut().filter(|_| same)
                 && let TdLife::Blocked { written_back } = &mut e.life
             {
                 *written_back = true;

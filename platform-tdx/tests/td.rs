@@ -1053,3 +1053,56 @@ fn wbinvd_of_released_pages_and_refused_for_pages_in_use() {
     w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, ide);
     w.tear_down(td);
 }
+
+/// A bind still waiting on the device keeps the TD from VPFLUSHDONE (it would otherwise bind
+/// to a TD whose HKID is about to be freed): TDX_TD_HAS_ATTACHED_DEVICES, nothing changed;
+/// once the bind is abandoned (unbind) the teardown goes on.
+#[test]
+fn a_bind_in_flight_keeps_the_td_from_vpflushdone() {
+    let mut f = frames();
+    let w = World::new(&mut f);
+    let (td, _, tdi) = tdi_world(&w);
+    let out = w.call(
+        u64::from(abi::TSM_DEVIF_BIND),
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    w.refused(
+        "VPFLUSHDONE, a bind waiting",
+        abi::TDH_MNG_VPFLUSHDONE,
+        on(td),
+        TDX_TD_HAS_ATTACHED_DEVICES,
+    );
+    assert_eq!(w.life(td), Some(TdLife::HkidAssigned));
+}
+
+/// A write-back interrupted before a TD was reclaimed does not count for a TD made later in
+/// the same slot and flushed after the write-back started: its FREEID still needs one.
+#[test]
+fn an_interrupted_write_back_does_not_cover_a_td_made_in_a_reclaimed_slot() {
+    let mut f = frames();
+    let w = World::new(&mut f);
+    let a = w.create_td();
+    w.ok(abi::TDH_MNG_VPFLUSHDONE, on(a));
+    assert_eq!(w.cache_wb().last(), Some(&TDX_SUCCESS));
+    let start = w.call(u64::from(abi::TDH_PHYMEM_CACHE_WB), on(td::CACHE_WB_START));
+    assert_eq!(start.rax, TDX_INTERRUPTED_RESUMABLE);
+    w.ok(abi::TDH_MNG_KEY_FREEID, on(a));
+    w.ok(abi::TDH_PHYMEM_PAGE_RECLAIM, on(a));
+    let c = w.create_td();
+    w.ok(abi::TDH_MNG_VPFLUSHDONE, on(c));
+    let resume = w.call(u64::from(abi::TDH_PHYMEM_CACHE_WB), on(td::CACHE_WB_RESUME));
+    assert_eq!(resume.rax, TDX_SUCCESS);
+    w.refused(
+        "FREEID of a TD the write-back did not cover",
+        abi::TDH_MNG_KEY_FREEID,
+        on(c),
+        platform_tdx::status::TDX_WBCACHE_NOT_COMPLETE,
+    );
+    assert_eq!(w.cache_wb().last(), Some(&TDX_SUCCESS));
+    w.ok(abi::TDH_MNG_KEY_FREEID, on(c));
+}
