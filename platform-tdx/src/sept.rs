@@ -811,7 +811,8 @@ impl SecureTable for Sept<'_> {
 /// Sizing the pool: how many table pages a [`Sept`] takes for the leaves a platform means to
 /// map, so a firmware image can reserve its pool ([`FramePool::pages_for`] adds the pool's
 /// count pages). Table pages are taken only by maps (each TD's S-EPT root at its first map)
-/// and given back when a table empties; nothing else uses the pool.
+/// and given back when a table empties; nothing else uses the pool. `const`, so a static pool
+/// can be sized at build time (`examples/static_firmware.rs`).
 impl Sept<'_> {
     /// Table pages an empty table of `levels` takes to map, in one TD, `count` leaves of
     /// `size` at guest addresses `gpa`, `gpa + size`, ... and host addresses `hpa`,
@@ -821,7 +822,7 @@ impl Sept<'_> {
     /// (`SeptError::PoolEmpty`, the core's `SecureTableFull`). `None` for a misaligned run or
     /// one the tables cannot hold (a GPA at or past 2^48 with four levels, 2^52 with five; an
     /// HPA at or past 2^52).
-    pub fn table_pages_for_run(
+    pub const fn table_pages_for_run(
         levels: SeptLevels,
         gpa: u64,
         hpa: u64,
@@ -831,11 +832,23 @@ impl Sept<'_> {
         let Some(last) = count.checked_sub(1) else {
             return Some(0);
         };
-        let span = last.checked_mul(size.bytes())?;
+        let Some(span) = last.checked_mul(size.bytes()) else {
+            return None;
+        };
+        let (Some(gpa_last), Some(hpa_last)) = (gpa.checked_add(span), hpa.checked_add(span))
+        else {
+            return None;
+        };
         let leaf = ept_level(size);
-        let sept = run_tables(levels as u8, gpa, gpa.checked_add(span)?, size, leaf)?;
-        let mt = run_tables(MMIOMT_LEVELS, hpa, hpa.checked_add(span)?, size, leaf)?;
-        usize::try_from(sept.checked_add(mt)?).ok()
+        let sept = run_tables(levels as u8, gpa, gpa_last, size, leaf);
+        let mt = run_tables(MMIOMT_LEVELS, hpa, hpa_last, size, leaf);
+        match (sept, mt) {
+            (Some(a), Some(b)) => match a.checked_add(b) {
+                Some(n) if n <= usize::MAX as u64 => Some(n as usize),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Table pages `leaves` leaves of `size` take at most in a table of `levels`, spread over
@@ -843,7 +856,7 @@ impl Sept<'_> {
     /// `tds`, at most one per leaf) and the MMIOMT root, and below them, at every level, one
     /// table per leaf, up to the number of table-sized windows the address space has at that
     /// level (per TD in the S-EPTs). Leaves that share tables take fewer. `None` on overflow.
-    pub fn table_pages_worst_case(
+    pub const fn table_pages_worst_case(
         levels: SeptLevels,
         tds: usize,
         leaves: usize,
@@ -852,56 +865,77 @@ impl Sept<'_> {
         if leaves == 0 || tds == 0 {
             return Some(0);
         }
-        let trees = tds.min(leaves);
+        let trees = if tds < leaves { tds } else { leaves };
         let leaf = ept_level(size);
-        let sept = worst_tables(levels as u8, trees, leaves, leaf)?;
-        let mt = worst_tables(MMIOMT_LEVELS, 1, leaves, leaf)?;
-        sept.checked_add(mt)
+        match (
+            worst_tables(levels as u8, trees, leaves, leaf),
+            worst_tables(MMIOMT_LEVELS, 1, leaves, leaf),
+        ) {
+            (Some(a), Some(b)) => a.checked_add(b),
+            _ => None,
+        }
     }
 
     /// Pool pages (what [`FramePool::new`] is handed) for `leaves` leaves of `size` in at most
     /// `tds` TDs, mapped anywhere: [`Sept::table_pages_worst_case`] table pages and their count
     /// pages. One mapped 4 KiB page with four levels: 10 (4 S-EPT pages, 5 MMIOMT pages, one
     /// count page); with 9 the map is refused with `SecureTableFull`.
-    pub fn pool_pages_needed(
+    pub const fn pool_pages_needed(
         levels: SeptLevels,
         tds: usize,
         leaves: usize,
         size: PageSize,
     ) -> Option<usize> {
-        FramePool::pages_for(Self::table_pages_worst_case(levels, tds, leaves, size)?)
+        match Self::table_pages_worst_case(levels, tds, leaves, size) {
+            Some(tables) => FramePool::pages_for(tables),
+            None => None,
+        }
     }
 }
 
 /// Tables of a `top`-level tree that leaves of `size` at level `leaf`, from `first` to `last`
 /// (both leaf addresses), take when the tree is empty. `None`: misaligned or out of reach.
-fn run_tables(top: u8, first: u64, last: u64, size: PageSize, leaf: u8) -> Option<u64> {
+const fn run_tables(top: u8, first: u64, last: u64, size: PageSize, leaf: u8) -> Option<u64> {
     let reach = Radix::<SeptFormat>::new(top).limit();
-    if first & (size.bytes().wrapping_sub(1)) != 0 || last >= reach {
+    if first & size.bytes().wrapping_sub(1) != 0 || last >= reach || last < first {
         return None;
     }
     // The root, then the tables at each level below it: a level-k table covers one entry of
-    // level k + 1, so the run touches (last >> shift) - (first >> shift) + 1 of them.
+    // level k + 1, so the run touches (last >> shift) - (first >> shift) + 1 of them. Below
+    // `reach` < 2^52 every count is far from overflowing.
     let mut tables = 1u64;
-    for k in leaf..top {
-        let shift = crate::radix::level_shift(k.checked_add(1)?);
+    let mut k = leaf;
+    while k < top {
+        let shift = crate::radix::level_shift(k.saturating_add(1));
         let windows = (last >> shift)
-            .checked_sub(first >> shift)?
-            .checked_add(1)?;
-        tables = tables.checked_add(windows)?;
+            .saturating_sub(first >> shift)
+            .saturating_add(1);
+        tables = tables.saturating_add(windows);
+        k = k.saturating_add(1);
     }
     Some(tables)
 }
 
 /// Most tables `leaves` leaves at level `leaf` take in `trees` trees of `top` levels: the
 /// roots, then per level one table per leaf, capped by the windows the trees' reach has.
-fn worst_tables(top: u8, trees: usize, leaves: usize, leaf: u8) -> Option<usize> {
+const fn worst_tables(top: u8, trees: usize, leaves: usize, leaf: u8) -> Option<usize> {
     let reach = Radix::<SeptFormat>::new(top).limit();
     let mut tables = trees;
-    for k in leaf..top {
-        let shift = crate::radix::level_shift(k.checked_add(1)?);
-        let windows = usize::try_from(reach >> shift).unwrap_or(usize::MAX);
-        tables = tables.checked_add(leaves.min(windows.saturating_mul(trees)))?;
+    let mut k = leaf;
+    while k < top {
+        let shift = crate::radix::level_shift(k.saturating_add(1));
+        let windows = reach >> shift;
+        let windows = if windows > usize::MAX as u64 {
+            usize::MAX
+        } else {
+            windows as usize
+        };
+        let cap = windows.saturating_mul(trees);
+        let Some(sum) = tables.checked_add(if leaves < cap { leaves } else { cap }) else {
+            return None;
+        };
+        tables = sum;
+        k = k.saturating_add(1);
     }
     Some(tables)
 }
