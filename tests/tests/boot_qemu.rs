@@ -28,7 +28,18 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the kernel once (own target dir, so it never waits on the outer cargo's lock).
+/// The target folder this test was built in (`CARGO_TARGET_TMPDIR` is its `tmp/`): the
+/// kernel is built there, where `cargo run -p boot` put it, so a boot before the tests leaves
+/// nothing to compile, and the dependencies compile once for both. Cargo releases the folder's
+/// lock before it runs the tests, so the nested build does not wait on the outer one.
+fn target_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent()
+        .expect("CARGO_TARGET_TMPDIR is <target-dir>/tmp")
+        .to_path_buf()
+}
+
+/// Builds the kernel once.
 fn kernel() -> &'static Path {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
     KERNEL.get_or_init(|| {
@@ -37,7 +48,7 @@ fn kernel() -> &'static Path {
         let _ = Command::new("rustup")
             .args(["target", "add", TARGET])
             .output();
-        let target_dir = root.join("target").join("boot-test");
+        let target_dir = target_dir();
         let out = Command::new(env!("CARGO"))
             .args(["build", "-p", "boot", "--target", TARGET, "--target-dir"])
             .arg(&target_dir)
