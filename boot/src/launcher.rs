@@ -50,12 +50,13 @@ pub fn main() -> ExitCode {
 }
 
 /// The target folder this launcher was built in: it runs from `<target-dir>/<profile>/boot`,
-/// and cargo marks every target folder with a `CACHEDIR.TAG`. `None` (the inner cargo picks
-/// the folder as usual) for a launcher run from anywhere else.
+/// a folder cargo made (its target folder tagged `CACHEDIR.TAG`, or the profile folder holding
+/// `.fingerprint`). `None` (the inner cargo picks the folder as usual) for a launcher run from
+/// anywhere else.
 fn target_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?;
-    dir.join("CACHEDIR.TAG")
-        .is_file()
-        .then(|| dir.to_path_buf())
+    let profile = exe.parent()?;
+    let dir = profile.parent()?;
+    let cargos = dir.join("CACHEDIR.TAG").is_file() || profile.join(".fingerprint").is_dir();
+    cargos.then(|| dir.to_path_buf())
 }

@@ -29,6 +29,7 @@ fn static_lib() -> &'static Path {
             .parent()
             .expect("CARGO_TARGET_TMPDIR is <target-dir>/tmp")
             .to_path_buf();
+        std::fs::create_dir_all(work()).expect("create the C programs' folder");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let build = Command::new(cargo)
             .current_dir(manifest())
