@@ -1834,6 +1834,9 @@ mod sizing_tests {
     }
 
     #[test]
+    // Thousands of maps, each copying the pool to prove a refusal changed nothing: minutes
+    // under Miri, safe code only.
+    #[cfg_attr(miri, ignore)]
     fn a_run_takes_exactly_what_table_pages_for_run_says() {
         let cases = [
             // 1100 4 KiB pages: across three 2 MiB boundaries of the GPA, two of the HPA.
@@ -1907,6 +1910,8 @@ mod sizing_tests {
     }
 
     #[test]
+    // Pools of a thousand pages built over and over: minutes under Miri, safe code only.
+    #[cfg_attr(miri, ignore)]
     fn sizing_refuses_what_the_tables_cannot_hold() {
         let four = SeptLevels::Four;
         // Misaligned, past 2^48 with four levels, an HPA past 2^52, an overflowing run.
