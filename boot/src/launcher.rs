@@ -1,8 +1,10 @@
 //! Host side of `cargo run -p boot [-- words]`: adds the bare-metal target with rustup, then
 //! runs `cargo run -p boot --target x86_64-unknown-none -- words` from the workspace root,
 //! which builds the kernel and boots it through `run-qemu.sh` (the target's cargo runner).
+//! The kernel goes to the launcher's own target folder (the one `--target-dir` or
+//! `CARGO_TARGET_DIR` chose), where `cargo test`'s boot test finds it already built.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const TARGET: &str = "x86_64-unknown-none";
@@ -24,8 +26,13 @@ pub fn main() -> ExitCode {
         Err(e) => eprintln!("boot: rustup not available ({e}); assuming {TARGET} is installed"),
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["run", "-p", "boot", "--target", TARGET, "--"])
+    let mut run = Command::new(cargo);
+    run.args(["run", "-p", "boot", "--target", TARGET]);
+    if let Some(dir) = target_dir() {
+        run.arg("--target-dir").arg(dir);
+    }
+    let status = run
+        .arg("--")
         .args(std::env::args_os().skip(1))
         .current_dir(root)
         .status();
@@ -40,4 +47,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The target folder this launcher was built in: it runs from `<target-dir>/<profile>/boot`,
+/// a folder cargo made (its target folder tagged `CACHEDIR.TAG`, or the profile folder holding
+/// `.fingerprint`). `None` (the inner cargo picks the folder as usual) for a launcher run from
+/// anywhere else.
+fn target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?;
+    let dir = profile.parent()?;
+    let cargos = dir.join("CACHEDIR.TAG").is_file() || profile.join(".fingerprint").is_dir();
+    cargos.then(|| dir.to_path_buf())
 }

@@ -112,6 +112,14 @@ impl<'m> FramePool<'m> {
         Some(pool)
     }
 
+    /// Pages to hand [`FramePool::new`] for a pool of `table_pages` table pages: those and the
+    /// count pages beside them (one per 512 table pages, see the type). The smallest such
+    /// number; `None` if it overflows. [`crate::sept::Sept::pool_pages_needed`] says how many
+    /// table pages the S-EPT needs.
+    pub const fn pages_for(table_pages: usize) -> Option<usize> {
+        table_pages.checked_add(table_pages.div_ceil(ENTRIES_PER_PAGE))
+    }
+
     /// Whether [`FramePool::new`] accepts `total` pages at `phys_base`, decided without
     /// touching the memory (the C entry point checks before it takes the pages).
     pub fn fits(total: usize, phys_base: u64) -> bool {

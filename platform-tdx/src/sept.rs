@@ -808,6 +808,138 @@ impl SecureTable for Sept<'_> {
     }
 }
 
+/// Sizing the pool: how many table pages a [`Sept`] takes for the leaves a platform means to
+/// map, so a firmware image can reserve its pool ([`FramePool::pages_for`] adds the pool's
+/// count pages). Table pages are taken only by maps (each TD's S-EPT root at its first map)
+/// and given back when a table empties; nothing else uses the pool. `const`, so a static pool
+/// can be sized at build time (`examples/static_firmware.rs`).
+impl Sept<'_> {
+    /// Table pages an empty table of `levels` takes to map, in one TD, `count` leaves of
+    /// `size` at guest addresses `gpa`, `gpa + size`, ... and host addresses `hpa`,
+    /// `hpa + size`, ...: in the TD's S-EPT and in the MMIO metadata table, the root and, at
+    /// every level down to the leaves', one table per table-sized window the run touches.
+    /// Exact: a pool of that many table pages maps the run, one fewer refuses a map of it
+    /// (`SeptError::PoolEmpty`, the core's `SecureTableFull`). `None` for a misaligned run or
+    /// one the tables cannot hold (a GPA at or past 2^48 with four levels, 2^52 with five; an
+    /// HPA at or past 2^52).
+    pub const fn table_pages_for_run(
+        levels: SeptLevels,
+        gpa: u64,
+        hpa: u64,
+        count: u64,
+        size: PageSize,
+    ) -> Option<usize> {
+        let Some(last) = count.checked_sub(1) else {
+            return Some(0);
+        };
+        let Some(span) = last.checked_mul(size.bytes()) else {
+            return None;
+        };
+        let (Some(gpa_last), Some(hpa_last)) = (gpa.checked_add(span), hpa.checked_add(span))
+        else {
+            return None;
+        };
+        let leaf = ept_level(size);
+        let sept = run_tables(levels as u8, gpa, gpa_last, size, leaf);
+        let mt = run_tables(MMIOMT_LEVELS, hpa, hpa_last, size, leaf);
+        match (sept, mt) {
+            (Some(a), Some(b)) => match a.checked_add(b) {
+                Some(n) if n <= usize::MAX as u64 => Some(n as usize),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Table pages `leaves` leaves of `size` take at most in a table of `levels`, spread over
+    /// at most `tds` TDs and mapped anywhere: the S-EPT roots of the TDs that map (at most
+    /// `tds`, at most one per leaf) and the MMIOMT root, and below them, at every level, one
+    /// table per leaf, up to the number of table-sized windows the address space has at that
+    /// level (per TD in the S-EPTs). Leaves that share tables take fewer. `None` on overflow.
+    pub const fn table_pages_worst_case(
+        levels: SeptLevels,
+        tds: usize,
+        leaves: usize,
+        size: PageSize,
+    ) -> Option<usize> {
+        if leaves == 0 || tds == 0 {
+            return Some(0);
+        }
+        let trees = if tds < leaves { tds } else { leaves };
+        let leaf = ept_level(size);
+        match (
+            worst_tables(levels as u8, trees, leaves, leaf),
+            worst_tables(MMIOMT_LEVELS, 1, leaves, leaf),
+        ) {
+            (Some(a), Some(b)) => a.checked_add(b),
+            _ => None,
+        }
+    }
+
+    /// Pool pages (what [`FramePool::new`] is handed) for `leaves` leaves of `size` in at most
+    /// `tds` TDs, mapped anywhere: [`Sept::table_pages_worst_case`] table pages and their count
+    /// pages. One mapped 4 KiB page with four levels: 10 (4 S-EPT pages, 5 MMIOMT pages, one
+    /// count page); with 9 the map is refused with `SecureTableFull`.
+    pub const fn pool_pages_needed(
+        levels: SeptLevels,
+        tds: usize,
+        leaves: usize,
+        size: PageSize,
+    ) -> Option<usize> {
+        match Self::table_pages_worst_case(levels, tds, leaves, size) {
+            Some(tables) => FramePool::pages_for(tables),
+            None => None,
+        }
+    }
+}
+
+/// Tables of a `top`-level tree that leaves of `size` at level `leaf`, from `first` to `last`
+/// (both leaf addresses), take when the tree is empty. `None`: misaligned or out of reach.
+const fn run_tables(top: u8, first: u64, last: u64, size: PageSize, leaf: u8) -> Option<u64> {
+    let reach = Radix::<SeptFormat>::new(top).limit();
+    if first & size.bytes().wrapping_sub(1) != 0 || last >= reach || last < first {
+        return None;
+    }
+    // The root, then the tables at each level below it: a level-k table covers one entry of
+    // level k + 1, so the run touches (last >> shift) - (first >> shift) + 1 of them. Below
+    // `reach` < 2^52 every count is far from overflowing.
+    let mut tables = 1u64;
+    let mut k = leaf;
+    while k < top {
+        let shift = crate::radix::level_shift(k.saturating_add(1));
+        let windows = (last >> shift)
+            .saturating_sub(first >> shift)
+            .saturating_add(1);
+        tables = tables.saturating_add(windows);
+        k = k.saturating_add(1);
+    }
+    Some(tables)
+}
+
+/// Most tables `leaves` leaves at level `leaf` take in `trees` trees of `top` levels: the
+/// roots, then per level one table per leaf, capped by the windows the trees' reach has.
+const fn worst_tables(top: u8, trees: usize, leaves: usize, leaf: u8) -> Option<usize> {
+    let reach = Radix::<SeptFormat>::new(top).limit();
+    let mut tables = trees;
+    let mut k = leaf;
+    while k < top {
+        let shift = crate::radix::level_shift(k.saturating_add(1));
+        let windows = reach >> shift;
+        let windows = if windows > usize::MAX as u64 {
+            usize::MAX
+        } else {
+            windows as usize
+        };
+        let cap = windows.saturating_mul(trees);
+        let Some(sum) = tables.checked_add(if leaves < cap { leaves } else { cap }) else {
+            return None;
+        };
+        tables = sum;
+        k = k.saturating_add(1);
+    }
+    Some(tables)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1615,5 +1747,207 @@ mod tests {
             s.mmio_map(G, high, hpa(0x20_0000), PageSize::Size2M),
             Err(SeptError::GpaTooWide)
         );
+    }
+}
+
+/// The sizing helpers against the pool itself: the pages they name suffice, one fewer does not.
+#[cfg(test)]
+mod sizing_tests {
+    use super::*;
+    use crate::frames::Page;
+
+    const PHYS: u64 = 0x1_0000_0000;
+    const G: GuestId = GuestId::from_slot(0);
+
+    fn gpa(v: u64) -> Gpa {
+        Gpa::try_new(v).unwrap()
+    }
+    fn hpa(v: u64) -> Hpa {
+        Hpa::try_new(v).unwrap()
+    }
+
+    /// Maps `leaves` (TD, GPA, HPA) of `size` through the core's trait into a pool of `pages`
+    /// pages: `Ok` with the free pages left, or the first refusal, which must change nothing.
+    fn map_all(
+        pages: usize,
+        levels: SeptLevels,
+        leaves: &[(GuestId, u64, u64)],
+        size: PageSize,
+    ) -> Result<usize, TableError> {
+        let mut mem = vec![Page::ZERO; pages];
+        let mut s = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), levels);
+        for &(td, g, h) in leaves {
+            let before = (
+                s.pool().pages().copied().collect::<Vec<_>>(),
+                s.bookkeeping(),
+            );
+            if let Err(e) = SecureTable::map(&mut s, td, gpa(g), hpa(h), size) {
+                let after = (
+                    s.pool().pages().copied().collect::<Vec<_>>(),
+                    s.bookkeeping(),
+                );
+                assert!(after == before, "a refused map changed the table");
+                return Err(e);
+            }
+        }
+        Ok(s.pool().free_frames())
+    }
+
+    /// A pool of exactly `tables` table pages maps `leaves` and is used up; one page fewer
+    /// is refused with the core's `SecureTableFull`, nothing changed.
+    #[track_caller]
+    fn exactly(tables: usize, levels: SeptLevels, leaves: &[(GuestId, u64, u64)], size: PageSize) {
+        let pages = FramePool::pages_for(tables).unwrap();
+        assert_eq!(map_all(pages, levels, leaves, size), Ok(0));
+        let short = map_all(pages - 1, levels, leaves, size);
+        assert_eq!(short, Err(TableError::OutOfFrames));
+        assert_eq!(
+            tsm_core::Error::from(TableError::OutOfFrames),
+            tsm_core::Error::SecureTableFull
+        );
+    }
+
+    fn run(g: u64, h: u64, count: u64, size: PageSize) -> Vec<(GuestId, u64, u64)> {
+        (0..count)
+            .map(|i| (G, g + i * size.bytes(), h + i * size.bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn one_4k_page_takes_ten_pool_pages() {
+        assert_eq!(
+            Sept::pool_pages_needed(SeptLevels::Four, 1, 1, PageSize::Size4K),
+            Some(10)
+        );
+        assert_eq!(
+            Sept::pool_pages_needed(SeptLevels::Five, 1, 1, PageSize::Size4K),
+            Some(11)
+        );
+        let one = [(G, 0x1000, 0x9000)];
+        assert_eq!(map_all(10, SeptLevels::Four, &one, PageSize::Size4K), Ok(0));
+        assert_eq!(
+            map_all(9, SeptLevels::Four, &one, PageSize::Size4K),
+            Err(TableError::OutOfFrames)
+        );
+        exactly(9, SeptLevels::Four, &one, PageSize::Size4K);
+        exactly(10, SeptLevels::Five, &one, PageSize::Size4K);
+    }
+
+    #[test]
+    // Thousands of maps, each copying the pool to prove a refusal changed nothing: minutes
+    // under Miri, safe code only.
+    #[cfg_attr(miri, ignore)]
+    fn a_run_takes_exactly_what_table_pages_for_run_says() {
+        let cases = [
+            // 1100 4 KiB pages: across three 2 MiB boundaries of the GPA, two of the HPA.
+            (0x10_001f_f000, 0x8_0000_1000, 1100, PageSize::Size4K),
+            // 2 MiB leaves across a 1 GiB boundary.
+            (0x3fe0_0000, 0x2_3fc0_0000, 6, PageSize::Size2M),
+            // 1 GiB leaves across a 512 GiB boundary of the GPA.
+            (0x7f_c000_0000, 0x40_0000_0000, 3, PageSize::Size1G),
+            (0x1000, 0x9000, 0, PageSize::Size4K),
+        ];
+        for levels in [SeptLevels::Four, SeptLevels::Five] {
+            for (g, h, count, size) in cases {
+                let tables = Sept::table_pages_for_run(levels, g, h, count, size).unwrap();
+                let leaves = run(g, h, count, size);
+                if count == 0 {
+                    assert_eq!(tables, 0);
+                    continue;
+                }
+                exactly(tables, levels, &leaves, size);
+                // The worst case over these leaves is never below what they take.
+                let worst = Sept::table_pages_worst_case(levels, 1, leaves.len(), size).unwrap();
+                assert!(worst >= tables, "{worst} < {tables}");
+            }
+        }
+        // By hand: 1100 4 KiB pages from GPA 0x10_001f_f000 (to 0x10_0064_a000) touch four
+        // 2 MiB windows, so four PTs under one PD, one PDPT and the root; from HPA
+        // 0x8_0000_1000 (to 0x8_0044_c000) three PTs and one MMIOMT table at each of the four
+        // levels above.
+        assert_eq!(
+            Sept::table_pages_for_run(
+                SeptLevels::Four,
+                0x10_001f_f000,
+                0x8_0000_1000,
+                1100,
+                PageSize::Size4K
+            ),
+            Some((1 + 1 + 1 + 4) + (1 + 1 + 1 + 1 + 3))
+        );
+    }
+
+    #[test]
+    fn the_worst_case_is_reached_by_scattered_leaves() {
+        // 16 leaves, each in its own top-level slot of the S-EPT (512 GiB apart) and of the
+        // MMIOMT (2^48 apart, the 16 such slots below 2^52): every leaf its own chain.
+        let leaves: Vec<_> = (0..16u64)
+            .map(|i| (G, i << 39, (i << 48) + 0x1000))
+            .collect();
+        let tables =
+            Sept::table_pages_worst_case(SeptLevels::Four, 1, leaves.len(), PageSize::Size4K);
+        assert_eq!(tables, Some(1 + 16 * 3 + 1 + 16 * 4));
+        exactly(tables.unwrap(), SeptLevels::Four, &leaves, PageSize::Size4K);
+        // Two TDs, eight leaves each, scattered alike: one more root.
+        let h = GuestId::from_slot(1);
+        let two: Vec<_> = leaves
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, g, hp))| (if i % 2 == 0 { G } else { h }, g, hp))
+            .collect();
+        let tables = Sept::table_pages_worst_case(SeptLevels::Four, 2, two.len(), PageSize::Size4K);
+        assert_eq!(tables, Some(2 + 16 * 3 + 1 + 16 * 4));
+        exactly(tables.unwrap(), SeptLevels::Four, &two, PageSize::Size4K);
+        // Past 16 leaves the MMIOMT's top level is shared: the cap holds the bound down.
+        assert_eq!(
+            Sept::table_pages_worst_case(SeptLevels::Four, 1, 17, PageSize::Size4K),
+            Some(1 + 17 * 3 + 1 + 16 + 17 * 3)
+        );
+        assert_eq!(
+            Sept::table_pages_worst_case(SeptLevels::Four, 4, 0, PageSize::Size4K),
+            Some(0)
+        );
+    }
+
+    #[test]
+    // Pools of a thousand pages built over and over: minutes under Miri, safe code only.
+    #[cfg_attr(miri, ignore)]
+    fn sizing_refuses_what_the_tables_cannot_hold() {
+        let four = SeptLevels::Four;
+        // Misaligned, past 2^48 with four levels, an HPA past 2^52, an overflowing run.
+        assert_eq!(
+            Sept::table_pages_for_run(four, 0x1000, 0x9000, 1, PageSize::Size2M),
+            None
+        );
+        assert_eq!(
+            Sept::table_pages_for_run(four, 1 << 48, 0x9000, 1, PageSize::Size4K),
+            None
+        );
+        assert!(
+            Sept::table_pages_for_run(SeptLevels::Five, 1 << 48, 0x9000, 1, PageSize::Size4K)
+                .is_some()
+        );
+        assert_eq!(
+            Sept::table_pages_for_run(four, 0x1000, 1 << 52, 1, PageSize::Size4K),
+            None
+        );
+        assert_eq!(
+            Sept::table_pages_for_run(four, 0x1000, 0x9000, u64::MAX, PageSize::Size4K),
+            None
+        );
+        assert_eq!(FramePool::pages_for(usize::MAX), None);
+        assert_eq!(FramePool::pages_for(512), Some(513));
+        assert_eq!(FramePool::pages_for(513), Some(515));
+        // The pool those pages make has exactly the table pages asked for.
+        for tables in [1, 9, 511, 512, 513, 1024, 1025] {
+            let pages = FramePool::pages_for(tables).unwrap();
+            let mut mem = vec![Page::ZERO; pages];
+            assert_eq!(
+                FramePool::new(&mut mem, PHYS).unwrap().total_frames(),
+                tables
+            );
+            let mut mem = vec![Page::ZERO; pages - 1];
+            assert!(FramePool::new(&mut mem, PHYS).unwrap().total_frames() < tables);
+        }
     }
 }

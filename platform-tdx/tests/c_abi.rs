@@ -23,7 +23,13 @@ fn work() -> PathBuf {
 fn static_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
-        let target_dir = work().join("target");
+        // The outer build's target folder (`CARGO_TARGET_TMPDIR` is its `tmp/`): the
+        // dependencies the tests already compiled are not compiled again.
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR is <target-dir>/tmp")
+            .to_path_buf();
+        std::fs::create_dir_all(work()).expect("create the C programs' folder");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let build = Command::new(cargo)
             .current_dir(manifest())

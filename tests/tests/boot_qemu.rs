@@ -3,7 +3,8 @@
 //! a normal boot, a deliberate page fault, a deliberate stack overflow, a deliberate failing
 //! check and a CPU that misses the concurrent stage's deadline.
 //!
-//! Needs `qemu-system-x86_64` (CI installs it); without it these tests fail, they never skip.
+//! Needs `qemu-system-x86_64`: run as root, the first boot installs it with apt-get (the
+//! README says so at its top); otherwise these tests fail without it, they never skip.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -28,7 +29,18 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the kernel once (own target dir, so it never waits on the outer cargo's lock).
+/// The target folder this test was built in (`CARGO_TARGET_TMPDIR` is its `tmp/`): the
+/// kernel is built there, where `cargo run -p boot` put it, so a boot before the tests leaves
+/// nothing to compile, and the dependencies compile once for both. Cargo releases the folder's
+/// lock before it runs the tests, so the nested build does not wait on the outer one.
+fn target_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent()
+        .expect("CARGO_TARGET_TMPDIR is <target-dir>/tmp")
+        .to_path_buf()
+}
+
+/// Builds the kernel once.
 fn kernel() -> &'static Path {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
     KERNEL.get_or_init(|| {
@@ -37,7 +49,7 @@ fn kernel() -> &'static Path {
         let _ = Command::new("rustup")
             .args(["target", "add", TARGET])
             .output();
-        let target_dir = root.join("target").join("boot-test");
+        let target_dir = target_dir();
         let out = Command::new(env!("CARGO"))
             .args(["build", "-p", "boot", "--target", TARGET, "--target-dir"])
             .arg(&target_dir)
@@ -138,173 +150,180 @@ fn boot(words: &[&str]) -> Run {
     }
 }
 
-#[test]
-fn normal_boot_passes_on_every_cpu() {
-    let run = boot(&[]);
-    assert_eq!(run.code, Some(0), "boot failed:\n{}", run.log);
-    let (passed, failed) = run.summary().expect("summary line");
-    assert!(
-        passed > 0 && failed == 0,
-        "summary {passed} passed, {failed} failed"
-    );
-    // Every scenario ran on every back end inside the firmware environment.
-    for (name, _) in tsm_tests::suite::SCENARIOS {
-        for backend in ["core", "tdx", "sev"] {
-            let header = format!("== {name} ({backend})");
-            assert!(
-                run.lines().any(|l| l == header),
-                "no `{header}`:
+/// The boots, in a module of their own so the quick loop can leave them out by name
+/// (`cargo test --workspace -- --skip qemu::`, README "Run it").
+mod qemu {
+    use super::*;
+
+    #[test]
+    fn normal_boot_passes_on_every_cpu() {
+        let run = boot(&[]);
+        assert_eq!(run.code, Some(0), "boot failed:\n{}", run.log);
+        let (passed, failed) = run.summary().expect("summary line");
+        assert!(
+            passed > 0 && failed == 0,
+            "summary {passed} passed, {failed} failed"
+        );
+        // Every scenario ran on every back end inside the firmware environment.
+        for (name, _) in tsm_tests::suite::SCENARIOS {
+            for backend in ["core", "tdx", "sev"] {
+                let header = format!("== {name} ({backend})");
+                assert!(
+                    run.lines().any(|l| l == header),
+                    "no `{header}`:
 {}",
+                    run.log
+                );
+            }
+        }
+        assert!(
+            !run.log.contains("FAIL"),
+            "a line failed:
+{}",
+            run.log
+        );
+        assert!(
+            run.lines()
+                .any(|l| l.starts_with("stack: ") && l.contains(" guard pages unmapped")),
+            "no guard pages:\n{}",
+            run.log
+        );
+        let smp_ok = format!("smp: {CPUS} cpus ok");
+        assert!(
+            run.lines().any(|l| l == smp_ok),
+            "no `{smp_ok}` line:\n{}",
+            run.log
+        );
+        for cpu in 0..CPUS {
+            let prefix = format!("smp: cpu {cpu} (apic ");
+            assert!(
+                run.lines()
+                    .any(|l| l.starts_with(&prefix) && l.ends_with(" 0 failed")),
+                "no result line for cpu {cpu}:\n{}",
+                run.log
+            );
+        }
+        // The concurrent stage ran on every secure table, the CPUs met (the kernel enforces its
+        // Busy floor; the count is read back here too), and every TDI unbound completely.
+        for table in ["core", "tdx", "sev"] {
+            let prefix = format!("smp: {table}: ");
+            let busy = run
+                .lines()
+                .find_map(|l| {
+                    let (_, rest) = l.strip_prefix(&prefix)?.split_once(" ok, ")?;
+                    rest.split_once(" busy ")?.0.parse::<u64>().ok()
+                })
+                .unwrap_or_else(|| panic!("no stage tally for {table}:\n{}", run.log));
+            assert!(busy > 0, "no contention on {table}:\n{}", run.log);
+            assert!(
+                run.lines().any(|l| l.starts_with(&prefix)
+                    && l.ends_with(" leaves mapped at the end, 0 after unbinding every TDI")),
+                "{table}: TDIs left bound after the stage:\n{}",
                 run.log
             );
         }
     }
-    assert!(
-        !run.log.contains("FAIL"),
-        "a line failed:
-{}",
-        run.log
-    );
-    assert!(
-        run.lines()
-            .any(|l| l.starts_with("stack: ") && l.contains(" guard pages unmapped")),
-        "no guard pages:\n{}",
-        run.log
-    );
-    let smp_ok = format!("smp: {CPUS} cpus ok");
-    assert!(
-        run.lines().any(|l| l == smp_ok),
-        "no `{smp_ok}` line:\n{}",
-        run.log
-    );
-    for cpu in 0..CPUS {
-        let prefix = format!("smp: cpu {cpu} (apic ");
+
+    #[test]
+    fn page_fault_is_red() {
+        let run = boot(&["fault"]);
+        assert_ne!(
+            run.code,
+            Some(0),
+            "a page fault must fail the run:\n{}",
+            run.log
+        );
         assert!(
-            run.lines()
-                .any(|l| l.starts_with(&prefix) && l.ends_with(" 0 failed")),
-            "no result line for cpu {cpu}:\n{}",
+            run.log.contains("EXCEPTION: #PF page fault (vector 14)")
+                && run.log.contains("at rip 0x"),
+            "no exception report:\n{}",
+            run.log
+        );
+        assert!(
+            !run.log.contains("stack overflow"),
+            "a wild access is not a stack overflow:\n{}",
+            run.log
+        );
+        assert!(
+            run.summary().is_none(),
+            "the run went on after the fault:\n{}",
             run.log
         );
     }
-    // The concurrent stage ran on every secure table, the CPUs met (the kernel enforces its
-    // Busy floor; the count is read back here too), and every TDI unbound completely.
-    for table in ["core", "tdx", "sev"] {
-        let prefix = format!("smp: {table}: ");
-        let busy = run
+
+    #[test]
+    fn stack_overflow_is_reported_as_a_fault() {
+        let run = boot(&["overflow"]);
+        assert_ne!(
+            run.code,
+            Some(0),
+            "a stack overflow must fail the run:\n{}",
+            run.log
+        );
+        // The kernel itself reported the failure through isa-debug-exit: not a triple fault (QEMU
+        // status 0 under -no-reboot), not a timeout.
+        assert_eq!(run.code, Some(1), "not a failure verdict:\n{}", run.log);
+        assert!(
+            run.log.contains("run-qemu: FAIL (kernel reported failure)"),
+            "the kernel did not report the failure itself:\n{}",
+            run.log
+        );
+        // The overflow page-faults in the guard page under the BSP stack, on the page-fault IST
+        // stack, and is named as an overflow of that stack, at the guard page the boot announced.
+        let guard = run
             .lines()
             .find_map(|l| {
-                let (_, rest) = l.strip_prefix(&prefix)?.split_once(" ok, ")?;
-                rest.split_once(" busy ")?.0.parse::<u64>().ok()
+                l.strip_prefix("stack: BSP stack ")?
+                    .split_once(", guard page at ")
             })
-            .unwrap_or_else(|| panic!("no stage tally for {table}:\n{}", run.log));
-        assert!(busy > 0, "no contention on {table}:\n{}", run.log);
+            .map(|(_, guard)| guard.to_string())
+            .expect("boot line naming the BSP stack's guard page");
         assert!(
-            run.lines().any(|l| l.starts_with(&prefix)
-                && l.ends_with(" leaves mapped at the end, 0 after unbinding every TDI")),
-            "{table}: TDIs left bound after the stage:\n{}",
+            run.log.contains("EXCEPTION: #PF page fault (vector 14)"),
+            "no page-fault report:\n{}",
+            run.log
+        );
+        let fault = run
+            .lines()
+            .find(|l| l.starts_with("FAULT: stack overflow: BSP stack of cpu 0 "))
+            .unwrap_or_else(|| panic!("no stack overflow report:\n{}", run.log));
+        assert!(
+            fault.contains(&format!("ran into its guard page at {guard} ")),
+            "the report names another guard page than {guard}: {fault}"
+        );
+        assert!(
+            run.summary().is_none(),
+            "the run went on after the overflow:\n{}",
             run.log
         );
     }
-}
 
-#[test]
-fn page_fault_is_red() {
-    let run = boot(&["fault"]);
-    assert_ne!(
-        run.code,
-        Some(0),
-        "a page fault must fail the run:\n{}",
-        run.log
-    );
-    assert!(
-        run.log.contains("EXCEPTION: #PF page fault (vector 14)") && run.log.contains("at rip 0x"),
-        "no exception report:\n{}",
-        run.log
-    );
-    assert!(
-        !run.log.contains("stack overflow"),
-        "a wild access is not a stack overflow:\n{}",
-        run.log
-    );
-    assert!(
-        run.summary().is_none(),
-        "the run went on after the fault:\n{}",
-        run.log
-    );
-}
+    #[test]
+    fn failing_check_is_red() {
+        let run = boot(&["fail"]);
+        assert_ne!(
+            run.code,
+            Some(0),
+            "a failed check must fail the run:\n{}",
+            run.log
+        );
+        let (_, failed) = run.summary().expect("summary line");
+        assert!(failed >= 1, "summary reports no failure:\n{}", run.log);
+    }
 
-#[test]
-fn stack_overflow_is_reported_as_a_fault() {
-    let run = boot(&["overflow"]);
-    assert_ne!(
-        run.code,
-        Some(0),
-        "a stack overflow must fail the run:\n{}",
-        run.log
-    );
-    // The kernel itself reported the failure through isa-debug-exit: not a triple fault (QEMU
-    // status 0 under -no-reboot), not a timeout.
-    assert_eq!(run.code, Some(1), "not a failure verdict:\n{}", run.log);
-    assert!(
-        run.log.contains("run-qemu: FAIL (kernel reported failure)"),
-        "the kernel did not report the failure itself:\n{}",
-        run.log
-    );
-    // The overflow page-faults in the guard page under the BSP stack, on the page-fault IST
-    // stack, and is named as an overflow of that stack, at the guard page the boot announced.
-    let guard = run
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("stack: BSP stack ")?
-                .split_once(", guard page at ")
-        })
-        .map(|(_, guard)| guard.to_string())
-        .expect("boot line naming the BSP stack's guard page");
-    assert!(
-        run.log.contains("EXCEPTION: #PF page fault (vector 14)"),
-        "no page-fault report:\n{}",
-        run.log
-    );
-    let fault = run
-        .lines()
-        .find(|l| l.starts_with("FAULT: stack overflow: BSP stack of cpu 0 "))
-        .unwrap_or_else(|| panic!("no stack overflow report:\n{}", run.log));
-    assert!(
-        fault.contains(&format!("ran into its guard page at {guard} ")),
-        "the report names another guard page than {guard}: {fault}"
-    );
-    assert!(
-        run.summary().is_none(),
-        "the run went on after the overflow:\n{}",
-        run.log
-    );
-}
-
-#[test]
-fn failing_check_is_red() {
-    let run = boot(&["fail"]);
-    assert_ne!(
-        run.code,
-        Some(0),
-        "a failed check must fail the run:\n{}",
-        run.log
-    );
-    let (_, failed) = run.summary().expect("summary line");
-    assert!(failed >= 1, "summary reports no failure:\n{}", run.log);
-}
-
-#[test]
-fn missed_stage_deadline_is_red() {
-    let run = boot(&["hang", "deadline=500"]);
-    assert_ne!(
-        run.code,
-        Some(0),
-        "a hung CPU must fail the run:\n{}",
-        run.log
-    );
-    assert!(
-        run.log.contains("did not finish within 500 ms"),
-        "no deadline message:\n{}",
-        run.log
-    );
+    #[test]
+    fn missed_stage_deadline_is_red() {
+        let run = boot(&["hang", "deadline=500"]);
+        assert_ne!(
+            run.code,
+            Some(0),
+            "a hung CPU must fail the run:\n{}",
+            run.log
+        );
+        assert!(
+            run.log.contains("did not finish within 500 ms"),
+            "no deadline message:\n{}",
+            run.log
+        );
+    }
 }

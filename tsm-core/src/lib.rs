@@ -6,6 +6,52 @@
 //! unmap or block one while the device can still reach the guest ([`Error::TdiBound`]), and
 //! provides the bounded, idempotent unbind that returns a
 //! device to the host. Platforms drive it through their own calling convention.
+//!
+//! # A TDI's life, on the in-memory table
+//!
+//! The firmware over [`mem_table::MemTable`] (a platform gives its S-EPT or RMP instead), with
+//! the host that relays its TDISP requests to the [`device_model::ModelDevice`]
+//! ([`relay::host::Relayed`]): bind, map, a host unmap of the bound page refused with
+//! [`Error::TdiBound`] and nothing changed, unbind, and then the host may have the page back.
+//!
+//! ```
+//! use tsm_core::device_model::ModelDevice;
+//! use tsm_core::mem_table::MemTable;
+//! use tsm_core::relay::host::Relayed;
+//! use tsm_core::{Completion, Error, Gpa, Hpa, MmioRange, PageSize, RequesterId};
+//!
+//! # fn main() -> Result<(), Error> {
+//! // Room for 64 leaves; the table is the firmware's, the device is on the host's side.
+//! let fw = Relayed::new(MemTable::<64>::new(), ModelDevice::model());
+//! let guest = fw.create_guest()?;
+//! let rid = RequesterId::try_new(0, 3, 0, 0)?; // 0000:03:00.0
+//! let bar = MmioRange::from_raw(0x8000_0000, 16)?; // 64 KiB BAR at 2 GiB
+//! let device = fw.create_device(rid, &[bar])?;
+//! let tdi = fw.create_tdi(device, rid)?;
+//!
+//! // The device reports its first 4 KiB as private MMIO; bind runs LOCK and the report
+//! // through the host's relay and leaves the TDI CONFIG_LOCKED, owned by the guest.
+//! let private = MmioRange::from_raw(0x8000_0000, 1)?;
+//! fw.with_device(|d| d.report_ranges(rid, &[private]))?;
+//! fw.bind(tdi, guest)?;
+//! let (gpa, hpa) = (Gpa::try_new(0x10_0000_0000)?, Hpa::try_new(0x8000_0000)?);
+//! fw.map_mmio(tdi, guest, gpa, hpa, PageSize::Size4K)?;
+//! assert_eq!(fw.owner_of(hpa, PageSize::Size4K)?, Some(tdi));
+//!
+//! // The host may not take the page back while the TDI is bound: refused, nothing changed.
+//! let before = fw.snapshot()?;
+//! assert_eq!(fw.host_unmap(guest, gpa, PageSize::Size4K), Err(Error::TdiBound));
+//! assert_eq!(fw.snapshot()?, before);
+//! assert!(fw.leaf(guest, gpa)?.is_some());
+//!
+//! // Unbind blocks the leaf, sends STOP_INTERFACE (relayed), flushes and removes it.
+//! assert_eq!(fw.unbind(tdi)?, Completion::Done);
+//! assert_eq!(fw.leaf(guest, gpa)?, None);
+//! assert_eq!(fw.owner_of(hpa, PageSize::Size4K)?, None);
+//! fw.host_zap(bar)?; // the host may now zap and reset the device
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 #![cfg_attr(
