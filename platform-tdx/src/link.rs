@@ -354,6 +354,21 @@ pub struct Link {
 
 // ---- the leaves ---------------------------------------------------------------------------
 
+/// The stream of `entry` (found by `stream_of`) and its core device, unless the host blocked
+/// it (`TDX_IDE_STREAM_BLOCKED` + RDX).
+fn unblocked(entry: &SpdmEntry) -> Result<(&IdeStreamEntry, tsm_core::DeviceId), Outcome> {
+    let stream = entry
+        .link
+        .stream
+        .as_ref()
+        .ok_or(core_err(Error::Inconsistent))?;
+    if stream.blocked {
+        return Err(named(status::TDX_IDE_STREAM_BLOCKED, OPERAND_ID_RDX));
+    }
+    let dev = entry.device.ok_or(core_err(Error::Inconsistent))?;
+    Ok((stream, dev))
+}
+
 /// `code` naming `operand`.
 fn named(code: TdxStatus, operand: u32) -> Outcome {
     Outcome::Status(code | u64::from(operand))
@@ -850,15 +865,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R8));
         }
         self.relay_pages(spdm, held, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
-        let stream = entry
-            .link
-            .stream
-            .as_ref()
-            .ok_or(core_err(Error::Inconsistent))?;
-        if stream.blocked {
-            return Err(named(status::TDX_IDE_STREAM_BLOCKED, OPERAND_ID_RDX));
-        }
-        let dev = entry.device.ok_or(core_err(Error::Inconsistent))?;
+        let (stream, dev) = unblocked(&entry)?;
         let keys = match r.r8 {
             IDE_KM_SETUP => {
                 self.tsm.setup_stream(dev).map_err(core_err)?;
@@ -896,15 +903,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     /// `TDX_IDE_STREAM_BLOCKED` + RDX. The core cuts the stream ([`tsm_core::Tsm::cut_stream`]).
     fn stream_block(&self, spdm: &mut SpdmTable, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let entry = Self::stream_of(spdm, r)?;
-        let stream = entry
-            .link
-            .stream
-            .as_ref()
-            .ok_or(core_err(Error::Inconsistent))?;
-        if stream.blocked {
-            return Err(named(status::TDX_IDE_STREAM_BLOCKED, OPERAND_ID_RDX));
-        }
-        let dev = entry.device.ok_or(core_err(Error::Inconsistent))?;
+        let (_, dev) = unblocked(&entry)?;
         self.tsm.cut_stream(dev).map_err(core_err)?;
         if let Some(s) = entry_at(spdm, r.rcx, OPERAND_ID_RCX)?.link.stream.as_mut() {
             s.blocked = true;
