@@ -563,7 +563,12 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let table = self.fw.lock_pages().map_err(core_err)?;
         let (tdi, entry) = devif_at(&table, r.rcx).map_err(st)?;
         let waiting = self.tsm.tdi(tdi).map_err(core_err)?.exchange.map(|e| e.op);
-        if waiting.is_some_and(|op| !wanted.waits_in(op)) {
+        let resend = waiting.is_some_and(|op| wanted.waits_in(op));
+        // The host's STOP is not held up by the TD's START (the module lets it through while
+        // the TD's request is only queued; ours: also once the host fetched it): the core's
+        // unbind drops the START. Another host request waiting: one at a time, as the module.
+        let start_waits = matches!(waiting, Some(DeviceOp::Start { .. }));
+        if waiting.is_some() && !resend && !(wanted == Wanted::Unbind && start_waits) {
             return Err(named(status::TDX_DEVIF_TDISP_OUT_REQ, OPERAND_ID_RCX));
         }
         if wanted == Wanted::Start && td_request_now(&entry, waiting) != TdRequest::Requested {
@@ -574,7 +579,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         }
         let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
         let tsm = self.tsm;
-        if waiting.is_some() {
+        if resend {
             return self.relayed(out, tdi, Some(page), |buf| {
                 Ok(tsm.outstanding_request(tdi, buf).map(Completion::Relay))
             });

@@ -3449,3 +3449,52 @@ fn the_tds_start_request_and_its_refusals() {
     assert_eq!(w.start(td, tdi), TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
 }
+
+/// The host's STOP (TDH.DEVIF.REQUEST 0x87) is not held up by the TD's START queued with
+/// TDG.DEVIF.REQUEST (the module lets it through while the TD's request is only queued): the
+/// unbind drops the START, runs to its end, and the TD then reads the abandoned request as
+/// TDX_DEVIF_INVALID_STATE.
+#[test]
+fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi_for(td, dev, rid(3), PAGES_A);
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    let start = SeamRegs {
+        rcx: tdi,
+        rdx: 0x86,
+        ..Default::default()
+    };
+    assert_eq!(w.tdcall(td, abi::TDG_DEVIF_REQUEST, start).rax, TDX_SUCCESS);
+    let stop = SeamRegs {
+        rcx: tdi,
+        rdx: abi::devif_req_in(0x87, false, false),
+        r8: w.pages_of(tdi).0,
+        ..Default::default()
+    };
+    let mut out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+    for _ in 0..100 {
+        match out.rax {
+            TDX_INTERRUPTED_RESUMABLE => out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop),
+            TDX_SPDM_REQUEST => out = w.relay(tdi, out),
+            _ => break,
+        }
+    }
+    assert_eq!(out.rax, TDX_SUCCESS, "{:#x}", out.rax);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+    let read = SeamRegs {
+        rcx: tdi,
+        ..Default::default()
+    };
+    assert_eq!(
+        w.tdcall(td, abi::TDG_DEVIF_RESPONSE, read).rax,
+        TDX_DEVIF_INVALID_STATE | 1
+    );
+}
