@@ -155,6 +155,54 @@ impl SevStatus {
         Self::RESYNC_REQ,
         Self::RESPONSE_TOO_LARGE,
     ];
+
+    /// The status's name as this module spells it (psp-sev.h's without `SEV_RET_`, ours
+    /// marked in the docs above), or `None` for a value with no constant here.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::SUCCESS => "SUCCESS",
+            Self::INVALID_PLATFORM_STATE => "INVALID_PLATFORM_STATE",
+            Self::INVALID_GUEST_STATE => "INVALID_GUEST_STATE",
+            Self::INVALID_LEN => "INVALID_LEN",
+            Self::INVALID_ADDRESS => "INVALID_ADDRESS",
+            Self::INVALID_ASID => "INVALID_ASID",
+            Self::INVALID_GUEST => "INVALID_GUEST",
+            Self::INVALID_COMMAND => "INVALID_COMMAND",
+            Self::INVALID_PARAM => "INVALID_PARAM",
+            Self::RESOURCE_LIMIT => "RESOURCE_LIMIT",
+            Self::INVALID_PAGE_SIZE => "INVALID_PAGE_SIZE",
+            Self::INVALID_PAGE_STATE => "INVALID_PAGE_STATE",
+            Self::INVALID_PAGE_OWNER => "INVALID_PAGE_OWNER",
+            Self::INCORRECT_BUFFER_LENGTH => "INCORRECT_BUFFER_LENGTH",
+            Self::EXPAND_BUFFER_LENGTH_REQUEST => "EXPAND_BUFFER_LENGTH_REQUEST",
+            Self::SPDM_REQUEST => "SPDM_REQUEST",
+            Self::SPDM_ERROR => "SPDM_ERROR",
+            Self::ERR_IN_DEV_CONN => "ERR_IN_DEV_CONN",
+            Self::INVALID_DEV_CTX => "INVALID_DEV_CTX",
+            Self::INVALID_TDI_CTX => "INVALID_TDI_CTX",
+            Self::INVALID_TDI => "INVALID_TDI",
+            Self::RECLAIM_REQUIRED => "RECLAIM_REQUIRED",
+            Self::IN_USE => "IN_USE",
+            Self::INVALID_DEV_STATE => "INVALID_DEV_STATE",
+            Self::INVALID_TDI_STATE => "INVALID_TDI_STATE",
+            Self::DEV_CERT_CHANGED => "DEV_CERT_CHANGED",
+            Self::RESYNC_REQ => "RESYNC_REQ",
+            Self::RESPONSE_TOO_LARGE => "RESPONSE_TOO_LARGE",
+            Self::RESUME_REQUIRED => "RESUME_REQUIRED",
+            Self::BUSY => "BUSY",
+            Self::NO_SPDM_REQUEST => "NO_SPDM_REQUEST",
+            Self::INVALID_SPDM_RESPONSE => "INVALID_SPDM_RESPONSE",
+            Self::SPDM_SESSION_EXHAUSTED => "SPDM_SESSION_EXHAUSTED",
+            _ => return None,
+        })
+    }
+}
+
+/// `0x003a IN_USE`, or `0x1234 (unknown)` for a value with no name.
+impl core::fmt::Display for SevStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:#06x} {}", self.0, self.name().unwrap_or("(unknown)"))
+    }
 }
 
 /// The answer to one command: AMD's status, plus the precise tsm-core code behind it.
@@ -354,5 +402,18 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+    #[test]
+    fn every_status_displays_its_own_name() {
+        for (i, a) in SevStatus::ALL.iter().enumerate() {
+            let n = a.name().expect("every returned status is named");
+            assert_eq!(a.to_string(), format!("{:#06x} {n}", a.0));
+            for b in SevStatus::ALL.iter().skip(i + 1) {
+                assert_ne!(b.name(), Some(n));
+            }
+        }
+        assert_eq!(SevStatus::IN_USE.to_string(), "0x003a IN_USE");
+        assert_eq!(SevStatus(0x1234).name(), None);
+        assert_eq!(SevStatus(0x1234).to_string(), "0x1234 (unknown)");
     }
 }

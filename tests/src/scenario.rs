@@ -556,9 +556,14 @@ fn word_of(s: impl fmt::Display) -> Word {
     w
 }
 
+/// An error's name as the interpreter prints it (`Debug`: `Display` adds code and meaning).
+fn error_word(e: &Error) -> Word {
+    word_of(format_args!("{e:?}"))
+}
+
 /// Whether `s` is a status a line can return, as the interpreter prints it.
 pub fn is_status(s: &str) -> bool {
-    SUCCESSES.contains(&s) || Error::ALL.iter().any(|e| word_of(e).as_str() == s)
+    SUCCESSES.contains(&s) || Error::ALL.iter().any(|e| error_word(e).as_str() == s)
 }
 
 /// The status nearest to `s`.
@@ -567,7 +572,7 @@ fn nearest_status(s: &str) -> Option<Word> {
     SUCCESSES
         .iter()
         .map(word_of)
-        .chain(Error::ALL.iter().map(word_of))
+        .chain(Error::ALL.iter().map(error_word))
         .map(|w| (distance(s, &w), w))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)

@@ -299,6 +299,83 @@ impl Error {
         }
     }
 
+    /// What the status means: the module table's meaning column, one line.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Error::InvalidAddress => "address at or above 2^52",
+            Error::Misaligned => "address not aligned to the page or leaf size",
+            Error::InvalidRange => "empty range, or one that runs past the address space",
+            Error::InvalidHandle => "no such device, TDI or guest",
+            Error::InvalidRequesterId => "device or function number out of range",
+            Error::TooManyRanges => "more ranges than a device or report may have",
+            Error::RangeOutsideDevice => "a reported range is not inside the device's BARs",
+            Error::RangesOverlap => "ranges given together overlap each other",
+            Error::InvalidPageSize => "a page size no MMIO leaf can have",
+            Error::ReservedMemory => {
+                "a BAR, reported range or mapped page touches memory the firmware reserved at init (its own pages, system memory): never MMIO"
+            }
+            Error::ForeignInterface => {
+                "the interface ID is not a function of the device (see `DeviceFunctions`)"
+            }
+            Error::DeviceTableFull => "no free device slot",
+            Error::TdiTableFull => "no free TDI slot",
+            Error::GuestTableFull => "no free guest slot",
+            Error::OwnershipTableFull => "no room to record the ranges of another bound TDI",
+            Error::SecureTableFull => "the secure mapping structure has no free table pages",
+            Error::TdiBound => {
+                "a host request touches MMIO of a bound TDI while its device can still reach the guest (locked, running, in error, or unbinding before STOP is acknowledged, stream live); a zap, whenever bound"
+            }
+            Error::TdiNotBound => "the TDI is not bound to any guest",
+            Error::TdiAlreadyBound => "bind of a TDI that is already bound",
+            Error::NotOwner => "the guest named is not the TDI's owner",
+            Error::TdiNotLocked => "start of a TDI that is not CONFIG_LOCKED",
+            Error::TdiInError => "the TDI is in ERROR: only unbind leaves it",
+            Error::UnbindInProgress => "an unbind has started: finish it first",
+            Error::DeviceInUse => "the device still has TDIs",
+            Error::GuestInUse => "the guest still owns TDIs",
+            Error::DuplicateDevice => {
+                "a registered device already has one of this device's requester IDs"
+            }
+            Error::DuplicateTdi => "that interface already has a TDI",
+            Error::HpaNotOwned => "the host page is not inside a range the TDI owns",
+            Error::BarInUse => "a BAR overlaps a BAR of another registered device",
+            Error::StreamCut => {
+                "bind on a device whose IDE stream a forced unbind cut: the host sets the stream up again first"
+            }
+            Error::ReportedAddressMismatch => {
+                "a guest accepts a private MMIO page naming a reported address (FIRST_PAGE plus page offset, MMIO_REPORTING_OFFSET included) other than the host page mapped there plus its TDI's offset: nothing changed"
+            }
+            Error::GpaAlreadyMapped => "the guest address already has a leaf",
+            Error::HpaAlreadyMapped => "the host page is already mapped",
+            Error::NotMapped => "no leaf at that guest address",
+            Error::SizeMismatch => "the leaf there has another size",
+            Error::NotBlocked => "removal of a leaf that was not blocked first",
+            Error::TlbFlushPending => "blocked, but the TLB flush for that epoch is not done",
+            Error::DeviceUnresponsive => "the device did not answer a TDISP request",
+            Error::DeviceRefused => "the device answered a TDISP request with an error",
+            Error::DeviceMalformed => {
+                "the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout)"
+            }
+            Error::ExchangePending => {
+                "another operation of the TDI (or a bind of another TDI of the device) waits on the device: answer it, or unbind to abandon it"
+            }
+            Error::NoExchange => "a device response for a TDI with no request outstanding",
+            Error::RelayMalformed => {
+                "relayed bytes are not a DOE/SPDM/secured record of the outstanding exchange (garbled, too long, another TDI's, stale): nothing changed, the exchange stays outstanding"
+            }
+            Error::RelayBufferTooSmall => {
+                "the buffer for the request to relay holds fewer than `MAX_RELAY_BYTES`"
+            }
+            Error::SequenceExhausted => {
+                "the secure session has used every sequence number: it must be rekeyed (SPDM KEY_UPDATE) before another exchange; nothing changed"
+            }
+            Error::Busy(_) => "the operand's lock is held by another CPU; retry",
+            Error::Inconsistent => {
+                "the firmware's own records disagree (a counter would drift): refused, nothing changed"
+            }
+        }
+    }
+
     /// The error with this code, if any (ABI decoders use it).
     pub fn from_code(code: u16) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.code() == code)
@@ -313,14 +390,15 @@ pub fn outcome_code(outcome: &TsmResult<Completion>) -> u16 {
     }
 }
 
+/// `0x301 TdiBound: <meaning>`: the code, the name and the module table's meaning, one line.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        write!(f, "{:#05x} {self:?}: {}", self.code(), self.meaning())
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for Error {}
+/// Always, not only with `std`: `core::error::Error` lets no_std callers box or chain it too.
+impl core::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -351,8 +429,35 @@ mod tests {
                 Error::Busy(_) => "0x6xx".to_string(),
                 other => format!("{:#05x}", other.code()),
             };
-            let row = format!("//! | {code} | `{name}` |");
+            let row = format!("//! | {code} | `{name}` | {} |", e.meaning());
             assert!(doc.contains(&row), "status table lacks row {row}");
         }
+    }
+    #[test]
+    fn display_gives_code_name_and_a_distinct_meaning() {
+        for (i, a) in Error::ALL.iter().enumerate() {
+            let shown = a.to_string();
+            let head = format!("{:#05x} {a:?}: ", a.code());
+            assert!(shown.starts_with(&head), "{shown:?} lacks {head:?}");
+            assert!(!a.meaning().is_empty(), "{a:?} has no meaning");
+            assert_eq!(shown.len(), head.len() + a.meaning().len());
+            assert!(
+                !shown.contains('\n'),
+                "{a:?} displays on more than one line"
+            );
+            for b in Error::ALL.iter().skip(i + 1) {
+                assert_ne!(shown, b.to_string());
+                // Busy carries its operand in the name; the other meanings are each their own.
+                if !matches!((a, b), (Error::Busy(_), Error::Busy(_))) {
+                    assert_ne!(a.meaning(), b.meaning(), "{a:?} and {b:?} mean the same");
+                }
+            }
+        }
+        assert_eq!(
+            Error::TdiBound.to_string().split(':').next(),
+            Some("0x301 TdiBound")
+        );
+        let boxed: &dyn core::error::Error = &Error::Inconsistent;
+        assert!(boxed.source().is_none());
     }
 }
