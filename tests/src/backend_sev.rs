@@ -238,7 +238,8 @@ impl<'a> SevBackend<'a> {
             self.save(saved)?;
             return self.read_request(request);
         }
-        out.to_core()?;
+        // SPDM_REQUEST went back to the host above: only a refusal stops what follows.
+        let _ = out.to_core()?;
         if is_start {
             return self.start_answer();
         }

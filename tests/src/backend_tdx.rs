@@ -580,7 +580,8 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
                     ..on
                 },
             );
-            Self::outcome(abi::TDG_DEVIF_REQUEST, &out)?;
+            // The TD's request only queues: the host's fetch below gives the outcome.
+            let _ = Self::outcome(abi::TDG_DEVIF_REQUEST, &out)?;
         }
         let out = self.seamcall(
             abi::TDH_DEVIF_REQUEST,

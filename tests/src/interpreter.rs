@@ -613,12 +613,14 @@ impl<'a> Interpreter<'a, '_> {
             match order {
                 Order::UnbindFirst => {
                     for &t in &tdis {
-                        self.unbind_all(t)?;
+                        // Still Resumable after MAX_UNBIND_CALLS: the zap then shows the result.
+                        let _ = self.unbind_all(t)?;
                     }
                 }
                 Order::UnbindForceFirst => {
                     for &t in &tdis {
-                        self.unbind_force_all(t)?;
+                        // As above.
+                        let _ = self.unbind_force_all(t)?;
                     }
                 }
                 Order::ZapFirst => {}

@@ -126,6 +126,7 @@ impl ModelDevice {
     /// not open under its session, or it is older than every request the device remembers
     /// answering: a real DSM drops such a record). A request it answered lately gets the same
     /// answer again, without being acted on twice.
+    #[must_use = "the answer's length is what the host relays back; None is a silent device"]
     pub fn answer(&mut self, request: &[u8], response: &mut [u8]) -> Option<usize> {
         // In the clear (DOE type 1): only version negotiation, answered beside the session.
         if doe::decode(request, doe::TYPE_SPDM).is_ok() {

@@ -58,6 +58,8 @@ use core::fmt;
 
 /// A successful outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use = "Resumable means the operation is not finished: call it again; Relay(n) means a \
+              request waits in the buffer for the device"]
 pub enum Completion {
     /// The operation completed.
     Done,

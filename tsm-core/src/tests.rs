@@ -312,7 +312,7 @@ fn host_requests_on_bound_pages_are_refused() {
     refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1024)));
     assert_eq!(tsm.host_zap(range(BAR + 0x20_0000, 512)), Ok(()));
     // Refused in every bound state, including ERROR and mid-unbind.
-    tsm.device_error(w.t0).unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
     refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1)));
     refused(tsm, Error::TdiBound, || {
         tsm.host_unmap(w.g1, gpa(GPA), PageSize::Size4K)
@@ -686,7 +686,7 @@ const LOCK_CASES: &[LockCase] = &[
     LockCase {
         op: "check_interface of a TDI in ERROR",
         setup: |f| {
-            f.w.tsm.device_error(f.w.t0).unwrap();
+            assert_eq!(f.w.tsm.device_error(f.w.t0), Ok(Completion::Done));
         },
         run: |f| f.w.tsm.check_interface(f.w.t0).map(drop),
         takes: &[(Td, Some(0)), (Ow, None), (St, None)],
@@ -760,7 +760,7 @@ const LOCK_CASES: &[LockCase] = &[
         setup: |f| {
             bind(&f.w.tsm, f.w.t1, f.w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
             assert_eq!(f.w.tsm.unbind_forced(f.w.t1), Ok(Completion::Done));
-            f.w.tsm.unbind(f.w.t0).unwrap();
+            assert_eq!(f.w.tsm.unbind(f.w.t0), Ok(Completion::Done));
         },
         run: |f| f.w.tsm.setup_stream(f.w.dev),
         takes: &[(Dv, Some(0)), (Td, Some(0))],
@@ -770,7 +770,7 @@ const LOCK_CASES: &[LockCase] = &[
         setup: |f| {
             bind(&f.w.tsm, f.w.t1, f.w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
             assert_eq!(f.w.tsm.unbind_forced(f.w.t1), Ok(Completion::Done));
-            f.w.tsm.unbind(f.w.t0).unwrap();
+            assert_eq!(f.w.tsm.unbind(f.w.t0), Ok(Completion::Done));
         },
         run: |f| f.w.tsm.setup_stream(f.w.dev),
         takes: &[(Dv, Some(0)), (Td, Some(1))],
@@ -970,7 +970,7 @@ fn teardown_order_is_enforced() {
     let w = bound(0);
     let tsm = &w.tsm;
     refused(tsm, Error::DeviceInUse, || tsm.remove_device(w.dev));
-    tsm.unbind(w.t0).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     tsm.remove_tdi(w.t0).unwrap();
     tsm.remove_tdi(w.t1).unwrap();
     refused(tsm, Error::InvalidHandle, || tsm.remove_tdi(w.t1));
@@ -1578,7 +1578,7 @@ fn the_owner_of_a_page_is_the_bound_tdi_whose_report_holds_it() {
         tsm.owner_of(hpa(!0xfff & ((1 << 52) - 1)), PageSize::Size1G),
         Err(Error::InvalidRange)
     );
-    tsm.unbind(w.t0).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert_eq!(tsm.owner_of(hpa(BAR), PageSize::Size4K), Ok(None));
 }
 
@@ -1698,7 +1698,7 @@ fn the_guest_accepts_a_page_only_where_its_report_puts_it() {
         accept(&w, GuestId::from_slot(9), GPA, BAR + offset)
     });
     // A TDI in ERROR is no longer accepted into: the guest must not take its MMIO.
-    tsm.device_error(w.t0).unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
     refused(tsm, Error::TdiInError, || {
         accept(&w, w.g1, GPA, BAR + offset)
     });

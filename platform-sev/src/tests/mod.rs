@@ -2111,7 +2111,7 @@ fn rmp_window_and_leaf_sizes() {
     rmp_refused(&mut rmp, Err(TableError::TlbNotFlushed), |r| {
         r.remove(g, gpa(0x20_0000), PageSize::Size2M)
     });
-    rmp.track(g).unwrap();
+    assert_eq!(rmp.track(g), Ok(tsm_core::Completion::Done));
     assert!(rmp.fence_pending(g));
     rmp_refused(&mut rmp, Err(TableError::TlbNotFlushed), |r| {
         r.remove(g, gpa(0x20_0000), PageSize::Size2M)
@@ -2658,7 +2658,7 @@ fn decommission_gives_back_exactly_what_it_released() {
     let g = GuestId::from_slot(2);
     rmp.set_asid(g, 7).unwrap();
     rmp.hold_fences(true);
-    rmp.track(g).unwrap();
+    assert_eq!(rmp.track(g), Ok(tsm_core::Completion::Done));
     // One fence outstanding at a time: a second while it is pending is refused.
     let pending = rmp.clone();
     assert_eq!(
