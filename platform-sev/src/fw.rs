@@ -168,6 +168,19 @@ pub struct Sev<R, S> {
     tio_init_done: bool,
 }
 
+/// How many contexts of each kind, and the core's summary: never the RMP or its memory.
+impl<R, S> core::fmt::Debug for Sev<R, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Sev")
+            .field("tsm", &self.tsm)
+            .field("guests", &self.guests.len())
+            .field("devices", &self.devices.len())
+            .field("tdis", &self.tdis.len())
+            .field("tio_init_done", &self.tio_init_done)
+            .finish()
+    }
+}
+
 /// Where a command's answer goes, checked before the command changes anything
 /// ([`Sev::output`]): writing at most `len` bytes there cannot fail afterwards.
 #[must_use = "an output is checked to be written"]

@@ -41,6 +41,17 @@ pub struct PageMemory<const N: usize> {
     read_only: [bool; N],
 }
 
+/// Where the pages are and how many are read-only, not their bytes.
+impl<const N: usize> core::fmt::Debug for PageMemory<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageMemory")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("pages", &N)
+            .field("read_only", &self.read_only.iter().filter(|&&r| r).count())
+            .finish()
+    }
+}
+
 impl<const N: usize> PageMemory<N> {
     /// Zeroed, writable pages starting at `base`.
     pub const fn new(base: u64) -> Self {

@@ -648,6 +648,15 @@ pub struct Dispatcher<'t, 'm, S, M> {
     pub(crate) host: M,
 }
 
+/// The firmware's summary; the host memory is not printed (it need not be `Debug`).
+impl<S, M> core::fmt::Debug for Dispatcher<'_, '_, S, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("fw", self.fw)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     /// A dispatcher for `fw` reading and writing host memory through `host`.
     pub fn new(fw: &'t TdxModule<'m, S>, host: M) -> Self {
@@ -1479,6 +1488,16 @@ pub struct BufferMemory<'b> {
     pub bytes: &'b [u8],
 }
 
+/// Where the buffer is and how long, not its bytes.
+impl core::fmt::Debug for BufferMemory<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BufferMemory")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
 impl HostMemory for BufferMemory<'_> {
     fn read(&self, hpa: u64, out: &mut [u8]) -> Result<(), HostFault> {
         let src = span(self.base, self.bytes.len(), hpa, out.len())
@@ -1509,6 +1528,16 @@ impl HostMemory for BufferMemory<'_> {
 pub struct HostBuffer<'b> {
     base: u64,
     bytes: &'b [Cell<u8>],
+}
+
+/// Where the buffer is and how long, not its bytes.
+impl core::fmt::Debug for HostBuffer<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostBuffer")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl<'b> HostBuffer<'b> {

@@ -213,6 +213,15 @@ pub struct Firmware {
     state: Once<Option<Instance>>,
 }
 
+/// Whether init ran and succeeded, never the firmware's memory.
+impl core::fmt::Debug for Firmware {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Firmware")
+            .field("initialized", &self.state.get().map(Option::is_some))
+            .finish()
+    }
+}
+
 impl Default for Firmware {
     fn default() -> Self {
         Self::new()

@@ -87,6 +87,17 @@ pub struct FramePool<'m> {
     free: usize,
 }
 
+/// The pool's shape and free count, never its pages.
+impl core::fmt::Debug for FramePool<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FramePool")
+            .field("phys_base", &format_args!("{:#x}", self.phys_base))
+            .field("table_pages", &self.pages.len())
+            .field("free", &self.free)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'m> FramePool<'m> {
     /// A pool over `pages`, whose first page is at physical address `phys_base`.
     ///

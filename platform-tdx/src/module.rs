@@ -232,6 +232,15 @@ pub struct TdxModule<'m, S> {
     cache_wb: Mutex<CacheWb>,
 }
 
+/// The core's summary; the module's tables are not locked to print it.
+impl<S> core::fmt::Debug for TdxModule<'_, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TdxModule")
+            .field("tsm", &self.tsm)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'m, S> Deref for TdxModule<'m, S> {
     type Target = Tsm<Sept<'m>, S>;
     fn deref(&self) -> &Self::Target {

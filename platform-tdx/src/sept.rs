@@ -310,6 +310,15 @@ pub struct Sept<'m> {
     mmiomt: Radix<MtFormat>,
 }
 
+/// The pool's summary, never the tables.
+impl core::fmt::Debug for Sept<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Sept")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'m> Sept<'m> {
     /// An empty S-EPT of `levels` for every TD, with table pages from `pool`.
     pub fn new(pool: FramePool<'m>, levels: SeptLevels) -> Self {

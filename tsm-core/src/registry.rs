@@ -141,6 +141,16 @@ pub struct Slots<R, const N: usize> {
     operand: Operand,
 }
 
+/// The capacity and operand, not the records: it takes no lock.
+impl<R, const N: usize> core::fmt::Debug for Slots<R, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Slots")
+            .field("capacity", &N)
+            .field("operand", &self.operand)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A locked slot.
 pub type SlotGuard<'a, R> = MutexGuard<'a, Option<R>>;
 

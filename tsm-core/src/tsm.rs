@@ -5,6 +5,7 @@
 //! Lock order (every operation takes a subset, in this order, and only with try-locks):
 //! device table -> device -> TDI -> guest -> ownership -> secure table -> transport.
 
+use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::{Mutex, MutexGuard};
@@ -52,6 +53,19 @@ pub struct Tsm<T, S> {
     reserved: ReservedMemory,
     /// Guests created so far: the next guest's [`GuestRecord::serial`].
     guests_created: AtomicU64,
+}
+
+/// A summary, never the tables: it takes no lock, so it prints even while another CPU holds one.
+impl<T, S> fmt::Debug for Tsm<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tsm")
+            .field(
+                "guests_created",
+                &self.guests_created.load(Ordering::Relaxed),
+            )
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an unbind holds besides the TDI (and, forced, the device): the owner's record, the

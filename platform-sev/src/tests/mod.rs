@@ -2828,3 +2828,19 @@ fn validate_refuses_pages_the_host_mapped_where_the_report_does_not_put_them() {
     assert_eq!(first, BAR + 0x20_0000 + offset);
     assert!(offset >= 1 << 52);
 }
+
+#[test]
+fn firmware_and_memory_format_as_short_summaries() {
+    let w = World::uninitialised();
+    let shown = format!("{:?}", w.sev);
+    assert!(shown.starts_with("Sev { tsm: Tsm {"), "{shown}");
+    assert!(
+        shown.ends_with("guests: 0, devices: 0, tdis: 0, tio_init_done: false }"),
+        "{shown}"
+    );
+    let shown = format!("{:?}", w.mem);
+    assert_eq!(
+        shown,
+        format!("PageMemory {{ base: {MEM:#x}, pages: {MEM_PAGES}, read_only: 1 }}")
+    );
+}

@@ -25,6 +25,13 @@ pub struct ModelMailbox {
     device: Mutex<ModelDevice>,
 }
 
+/// The device is not locked to print it.
+impl core::fmt::Debug for ModelMailbox {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ModelMailbox").finish_non_exhaustive()
+    }
+}
+
 impl Default for ModelMailbox {
     fn default() -> Self {
         Self::new()

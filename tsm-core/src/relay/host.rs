@@ -34,6 +34,15 @@ pub struct RelayHost<'a, T, S> {
     device: &'a Mutex<ModelDevice>,
 }
 
+/// The firmware's summary; the device is not locked to print it.
+impl<T, S> core::fmt::Debug for RelayHost<'_, T, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RelayHost")
+            .field("fw", self.fw)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T, S> Clone for RelayHost<'_, T, S> {
     fn clone(&self) -> Self {
         *self
@@ -158,6 +167,15 @@ fn retry_busy(mut call: impl FnMut() -> TsmResult<Completion>) -> TsmResult<Comp
 pub struct Relayed<T> {
     fw: Tsm<T, ModelSession>,
     device: Mutex<ModelDevice>,
+}
+
+/// The firmware's summary; the device is not locked to print it.
+impl<T> core::fmt::Debug for Relayed<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Relayed")
+            .field("fw", &self.fw)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Deref for Relayed<T> {

@@ -897,3 +897,24 @@ fn the_model_device_never_acts_on_a_replayed_request() {
         Ok(Completion::Done)
     );
 }
+
+#[test]
+fn every_public_firmware_type_formats_as_a_short_summary() {
+    let w = bound();
+    let tsm = format!("{:?}", *w.fw);
+    // Two guests made: the summary counts them and prints no table.
+    assert!(
+        tsm.starts_with("Tsm { guests_created: 2, reserved: "),
+        "{tsm}"
+    );
+    assert!(tsm.len() < 200, "{tsm}");
+    let relayed = format!("{:?}", w.fw);
+    assert!(relayed.starts_with("Relayed { fw: Tsm {"), "{relayed}");
+    let host = format!("{:?}", w.fw.host());
+    assert!(host.starts_with("RelayHost { fw: Tsm {"), "{host}");
+    let slots = crate::registry::Slots::<u8, 4>::new(crate::status::Operand::Tdi);
+    assert_eq!(
+        format!("{slots:?}"),
+        "Slots { capacity: 4, operand: Tdi, .. }"
+    );
+}

@@ -1,0 +1,55 @@
+//! Every public type of the TDX back end formats as a short summary: never a page pool.
+#![allow(clippy::unwrap_used)]
+
+use platform_tdx::TdxModule;
+use platform_tdx::abi::{BufferMemory, Dispatcher, HostBuffer};
+use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::sept::{Sept, SeptLevels};
+use tsm_core::ModelSession;
+
+#[test]
+fn firmware_types_format_as_short_summaries() {
+    let mut mem = vec![Page::ZERO; 64];
+    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
+    let shown = format!("{pool:?}");
+    assert!(
+        shown.starts_with("FramePool { phys_base: 0x2000000000, table_pages: "),
+        "{shown}"
+    );
+    let sept = Sept::new(pool, SeptLevels::Four);
+    let shown = format!("{sept:?}");
+    assert!(shown.starts_with("Sept { pool: FramePool {"), "{shown}");
+    let fw = TdxModule::new(sept, ModelSession::model());
+    let shown = format!("{fw:?}");
+    assert!(shown.starts_with("TdxModule { tsm: Tsm {"), "{shown}");
+    // 64 pages of 4 KiB would print as megabytes: a summary stays short.
+    assert!(shown.len() < 400, "{shown}");
+
+    let bytes = [0u8; 32];
+    let host = BufferMemory {
+        base: 0x1000,
+        bytes: &bytes,
+    };
+    assert_eq!(
+        format!("{host:?}"),
+        "BufferMemory { base: 0x1000, len: 32 }"
+    );
+    let d = Dispatcher::new(&fw, host);
+    let shown = format!("{d:?}");
+    assert!(shown.starts_with("Dispatcher { fw: TdxModule {"), "{shown}");
+    let mut bytes = [0u8; 16];
+    let buffer = HostBuffer::new(0x2000, &mut bytes);
+    assert_eq!(
+        format!("{buffer:?}"),
+        "HostBuffer { base: 0x2000, len: 16 }"
+    );
+}
+
+#[cfg(feature = "capi")]
+#[test]
+fn the_c_firmware_formats_whether_it_is_initialized() {
+    let c = platform_tdx::capi::Firmware::new();
+    assert_eq!(format!("{c:?}"), "Firmware { initialized: None }");
+    let m = platform_tdx::capi::ModelMailbox::new();
+    assert_eq!(format!("{m:?}"), "ModelMailbox { .. }");
+}
