@@ -1,4 +1,5 @@
-//! Every public type of the TDX back end formats as a short summary: never a page pool.
+//! Every public type of the TDX back end formats as a short summary (never a page pool), and
+//! the firmware is no larger than the core's docs say.
 #![allow(clippy::unwrap_used)]
 
 use platform_tdx::TdxModule;
@@ -52,4 +53,16 @@ fn the_c_firmware_formats_whether_it_is_initialized() {
     assert_eq!(format!("{c:?}"), "Firmware { initialized: None }");
     let m = platform_tdx::capi::ModelMailbox::new();
     assert_eq!(format!("{m:?}"), "ModelMailbox { .. }");
+}
+
+/// The sizes `Tsm`'s docs ("Size: keep it in a static") promise: a change that grows them past
+/// these bounds updates those docs too.
+#[test]
+fn the_firmware_is_as_large_as_the_core_docs_say() {
+    use core::mem::size_of;
+    use tsm_core::relay::host::Relayed;
+    use tsm_core::tsm::Tsm;
+    assert!(size_of::<Tsm<Sept<'static>, ModelSession>>() <= 96 * 1024);
+    assert!(size_of::<Relayed<Sept<'static>>>() <= 144 * 1024);
+    assert!(size_of::<TdxModule<'static, ModelSession>>() <= 112 * 1024);
 }

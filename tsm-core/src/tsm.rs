@@ -40,6 +40,19 @@ use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
 /// `T`, and the secure session `S` its relayed TDISP exchanges are sealed with. Every method takes `&self`: it is entered from many CPUs.
+///
+/// # Size: keep it in a static
+///
+/// Every table is a fixed array (no heap), so a `Tsm` is large: about 80 KiB over the TDX
+/// S-EPT with the model session (`Tsm<Sept, ModelSession>`), 88 KiB over a 256-entry
+/// `MemTable`; a [`Relayed`](crate::relay::host::Relayed) adds the model device's 50 KiB, and
+/// the TDX module wrapping a `Tsm` is about 97 KiB (x86_64, measured with
+/// `core::mem::size_of`). Tests bound these: 96 KiB for a `Tsm`, 64 KiB for the model device,
+/// 144 KiB for a `Relayed<Sept>`, 112 KiB for the TDX module (tsm-core `relay::tests`,
+/// platform-tdx `tests/debug.rs`). A firmware stack is often 16 to 64 KiB and a guard page does
+/// not catch a frame that jumps past it, so build the firmware in a static (initialised once,
+/// as platform-tdx's `examples/static_firmware.rs` does) or in memory the platform hands over,
+/// never in a local of an entry point; host tests may box it.
 pub struct Tsm<T, S> {
     /// Every device's functions and BARs, indexed like `devices`: the device table lock.
     claims: Mutex<[Option<DeviceClaim>; MAX_DEVICES]>,

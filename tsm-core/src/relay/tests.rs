@@ -918,3 +918,12 @@ fn every_public_firmware_type_formats_as_a_short_summary() {
         "Slots { capacity: 4, operand: Tdi, .. }"
     );
 }
+
+/// The sizes [`Tsm`](crate::tsm::Tsm)'s docs ("Size: keep it in a static") promise: a change
+/// that grows them past these bounds updates those docs too.
+#[test]
+fn the_firmware_is_as_large_as_its_docs_say() {
+    use core::mem::size_of;
+    assert!(size_of::<crate::tsm::Tsm<MemTable<256>, ModelSession>>() <= 96 * 1024);
+    assert!(size_of::<ModelDevice>() <= 64 * 1024);
+}
