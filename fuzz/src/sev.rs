@@ -1250,7 +1250,7 @@ impl World {
                 fail(format!("RESPONSE_TOO_LARGE with a detail: {what}"));
             }
         }
-        if !before.tio && abi::NEEDS_TIO_INIT.contains(&id) {
+        if !before.tio && abi::needs_tio_init(id) {
             if o != Outcome::plain(SevStatus::INVALID_PLATFORM_STATE) {
                 fail(format!("a TIO command before TIO_INIT: {what}"));
             }

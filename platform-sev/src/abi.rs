@@ -43,6 +43,12 @@ pub const fn strip_c_bit(addr: u64) -> u64 {
     addr & !C_BIT
 }
 
+/// The page an SLA names (its low bits are flags, checked when the SLA was accepted), without
+/// the C-bit: the one decoder the firmware and the host use.
+pub fn sla_page(sla: u64) -> u64 {
+    SlaAddr::from_bits(strip_c_bit(sla)).address()
+}
+
 /// A command ID as the host writes it into the mailbox (CMDRESP bits 25:16).
 pub type CommandId = u32;
 
@@ -494,30 +500,21 @@ pub const FLAG_FORCE: u32 = 1 << 0;
 /// exchange the TDI has outstanding (`NoExchange`, `ExchangePending` otherwise).
 pub const FLAG_CONTINUE: u32 = 1 << 31;
 
-/// Every command that needs TIO_INIT first: every TIO command (and ours) but TIO_STATUS and
-/// TIO_INIT; the SNP guest-context commands do not (they are SNP's, initialised by SNP_INIT).
-pub const NEEDS_TIO_INIT: [CommandId; 21] = [
-    TIO_DEV_CREATE,
-    TIO_DEV_RECLAIM,
-    TIO_DEV_CONNECT,
-    TIO_DEV_DISCONNECT,
-    TIO_DEV_MEASUREMENTS,
-    TIO_DEV_CERTIFICATES,
-    TIO_TDI_CREATE,
-    TIO_TDI_RECLAIM,
-    TIO_TDI_BIND,
-    TIO_TDI_UNBIND,
-    TIO_TDI_REPORT,
-    TIO_TDI_STATUS,
-    TIO_GUEST_REQUEST,
-    TIO_ASID_FENCE_CLEAR,
-    TIO_ASID_FENCE_STATUS,
-    TIO_TDI_INFO,
-    TIO_MMIO_MAP,
-    TIO_MMIO_BLOCK,
-    TIO_MMIO_UNMAP,
-    TIO_MMIO_ZAP,
-    TIO_TDI_ERROR,
+/// Whether command `id` needs TIO_INIT first: every TIO command we implement (and ours) but
+/// TIO_STATUS and TIO_INIT; the SNP guest-context commands do not (they are SNP's,
+/// initialised by SNP_INIT). Derived from [`IMPLEMENTED`], so a new command cannot be missed.
+pub fn needs_tio_init(id: CommandId) -> bool {
+    IMPLEMENTED.contains(&id) && !BEFORE_TIO_INIT.contains(&id)
+}
+
+/// The commands we implement that run before TIO_INIT: SNP's guest-context commands and the
+/// two that set TIO up.
+pub const BEFORE_TIO_INIT: [CommandId; 5] = [
+    SNP_DECOMMISSION,
+    SNP_ACTIVATE,
+    SNP_GCTX_CREATE,
+    TIO_STATUS,
+    TIO_INIT,
 ];
 
 /// The commands that relay device exchanges (they carry [`FLAG_CONTINUE`] at 0x04).

@@ -304,7 +304,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         id: abi::CommandId,
         buf: &mut [u8],
     ) -> Outcome {
-        let step = if abi::NEEDS_TIO_INIT.contains(&id) && !self.tio_init_done {
+        let step = if abi::needs_tio_init(id) && !self.tio_init_done {
             // Before TIO_INIT the platform is not in the TIO state (SEV API, doc 55766: a
             // command in the wrong platform state is INVALID_PLATFORM_STATE).
             Err(SevStatus::INVALID_PLATFORM_STATE.into())
@@ -444,8 +444,8 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     /// [`Sev::buffer_pages`]).
     fn firmware_page(&self, page: u64) -> bool {
         self.guests.iter().any(|g| g.gctx == page)
-            || self.devices.iter().any(|d| sla_page(d.sla) == page)
-            || self.tdis.iter().any(|t| sla_page(t.sla) == page)
+            || self.devices.iter().any(|d| abi::sla_page(d.sla) == page)
+            || self.tdis.iter().any(|t| abi::sla_page(t.sla) == page)
     }
 
     /// The data pages of a host buffer of `size` bytes named by `raw`, checked before anything
@@ -594,13 +594,13 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     fn relay_pages(&self, mem: &dyn SystemMemory, ctrl: &SpdmCtrl) -> Result<RelayPages, Fail> {
         spdm(ctrl)?;
         let (req, resp) = (ctrl.req.get(), ctrl.resp.get());
-        if req == 0 || resp == 0 || sla_page(req) == sla_page(resp) {
+        if req == 0 || resp == 0 || abi::sla_page(req) == abi::sla_page(resp) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
-        let req = self.output(mem, sla_page(req), abi::PAGE_4K, relay::WINDOW)?;
+        let req = self.output(mem, abi::sla_page(req), abi::PAGE_4K, relay::WINDOW)?;
         Ok(RelayPages {
             req,
-            resp: sla_page(resp),
+            resp: abi::sla_page(resp),
         })
     }
 
@@ -1326,7 +1326,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         let res = self.output(mem, c.res_paddr.get(), abi::PAGE_4K, MAX_RESPONSE)?;
         let pages = self.relay_pages(mem, &c.spdm_ctrl)?;
         // A request the firmware writes must not land on the guest's message it still reads.
-        if sla_page(c.spdm_ctrl.req.get()) == req {
+        if abi::sla_page(c.spdm_ctrl.req.get()) == req {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let continuing = c.reserved.get() & abi::FLAG_CONTINUE != 0;
@@ -1686,12 +1686,6 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
             Err(_) => Err(RmpFault::InUse),
         }
     }
-}
-
-/// The page an SLA names (its low bits are flags, checked when the SLA was accepted), without
-/// the C-bit.
-fn sla_page(sla: u64) -> u64 {
-    SlaAddr::from_bits(abi::strip_c_bit(sla)).address()
 }
 
 /// Sets (`true`) or clears [`abi::FLAG_CONTINUE`] in the host's buffer of a command that

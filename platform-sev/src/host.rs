@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::abi::{
     self, DOBJ_DATA_TYPE_SECURE_SPDM, DOBJ_DATA_TYPE_SPDM, DOBJ_ID_RESP, DOBJ_OFFSET, DOBJ_VERSION,
-    DobjHdr, SPDM_CTRL_OFFSET, SPDM_PAYLOAD_OFFSET, SlaAddr, SlaBufferHdr, SpdmCtrl,
+    DobjHdr, SPDM_CTRL_OFFSET, SPDM_PAYLOAD_OFFSET, SlaBufferHdr, SpdmCtrl,
 };
 use crate::fw::Sev;
 use crate::memory::{MemoryFault, SystemMemory};
@@ -49,7 +49,7 @@ impl Mailbox for ModelDevice {
 
 /// The page an SLA names (the host knows its own pages: the C-bit it set is not part of it).
 fn page(sla: u64) -> u64 {
-    SlaAddr::from_bits(crate::abi::strip_c_bit(sla)).address()
+    crate::abi::sla_page(sla)
 }
 
 /// Offset of `dobj.length` in an SLA buffer.
@@ -238,7 +238,8 @@ where
     {
         return Err(InitError::Malformed);
     }
-    if flags & (abi::TIO_FLAG_EN | abi::TIO_FLAG_INIT_DONE) == 0 {
+    // Linux's `sev_tio_init_locked` tests TIO_EN on its own.
+    if flags & abi::TIO_FLAG_EN == 0 {
         return Err(InitError::NoTio);
     }
     if flags & abi::TIO_FLAG_INIT_DONE != 0 {

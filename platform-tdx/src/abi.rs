@@ -41,8 +41,8 @@ pub use crate::link::{
     TDH_SPDM_CONNECT, TDH_SPDM_DISCONNECT, TDH_SPDM_MNG,
 };
 use crate::module::{
-    MESSAGE_PAGE_BYTES, PageUse, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, TdEntry, TdxModule,
-    page_held, td_in,
+    MESSAGE_PAGE_BYTES, SPDM_MT_MAX_PAGES, SpdmEntry, SpdmPages, TdEntry, TdxModule, page_held,
+    td_in,
 };
 use crate::sept::{Sept, SeptError, ept_level};
 use crate::status::{
@@ -1224,7 +1224,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let tds = self.fw.read_tds().map_err(core)?;
         let pages = self.fw.lock_pages().map_err(core)?;
         let mut spdm = self.fw.lock_spdm().map_err(core)?;
-        if all().any(|page| page_held(&tds, &pages, &spdm, page, PageUse::Private)) {
+        if all().any(|page| page_held(&tds, &pages, &spdm, page)) {
             return Err(rdx(status::TDX_PAGE_METADATA_INCORRECT));
         }
         if spdm.iter().flatten().any(|e| e.function == function) {
@@ -1263,7 +1263,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let mut tds = self.fw.write_tds().map_err(core)?;
         let pages = self.fw.lock_pages().map_err(core)?;
         let spdm = self.fw.lock_spdm().map_err(core)?;
-        if page_held(&tds, &pages, &spdm, tdr, PageUse::Private) {
+        if page_held(&tds, &pages, &spdm, tdr) {
             return Err(st(
                 status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
             ));

@@ -37,13 +37,9 @@ use crate::abi::{
     Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, decode_function_id, decode_hpa,
     function_id, host_fault, invalid, whole_words,
 };
-use crate::link::{
-    Keys, RID_ASSOC_RID_MASK, RID_ASSOC_RID_SHIFT, RID_ASSOC_SEGMENT_MASK, RID_ASSOC_SEGMENT_SHIFT,
-    Session,
-};
+use crate::link::{Keys, Session};
 use crate::module::{
-    DevifEntry, DevifPages, MESSAGE_PAGE_BYTES, PageTable, PageUse, TdRequest, devif_in, page_held,
-    td_in,
+    DevifEntry, DevifPages, MESSAGE_PAGE_BYTES, PageTable, TdRequest, devif_in, page_held, td_in,
 };
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RCX, OPERAND_ID_RDX,
@@ -290,7 +286,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             .map_err(|f| Outcome::Status(host_fault(f, operand)))?;
         let tds = self.fw.read_tds().map_err(core_err)?;
         let spdm = self.fw.lock_spdm().map_err(core_err)?;
-        if page_held(&tds, table, &spdm, at, PageUse::Shared) {
+        if page_held(&tds, table, &spdm, at) {
             return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
         }
         Ok(at)
@@ -348,7 +344,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 .map_err(|f| st(host_fault(f, operand)))?;
             // The module's PAMT: a page that is not PT_NDA (the firmware's already, or one of
             // this call's other pages) is PAGE_METADATA_INCORRECT.
-            if taken.contains(&at) || page_held(&tds, &table, &spdm, at, PageUse::Private) {
+            if taken.contains(&at) || page_held(&tds, &table, &spdm, at) {
                 return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
             }
             Ok(at)
@@ -400,12 +396,13 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if devif_in(&table, function).is_some() {
             return Err(named(status::TDX_DEVIFMT_ALREADY_PRESENT, OPERAND_ID_RCX));
         }
-        let [rid1, rid2] = stream.rid;
-        let limit = (rid1 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
-        let base = (rid2 & RID_ASSOC_RID_MASK) >> RID_ASSOC_RID_SHIFT;
-        let segment = (rid2 & RID_ASSOC_SEGMENT_MASK) >> RID_ASSOC_SEGMENT_SHIFT;
+        // The stream's RID association, read as TDH.IDE.STREAM.CREATE checked it (a segment
+        // base of 0: a root port that does not capture segments).
+        let (segment, base, limit) = stream.rids();
         let routing = u64::from(rid.routing_id());
-        if u64::from(rid.segment()) != segment || !(base..=limit).contains(&routing) {
+        if (segment != 0 && u64::from(rid.segment()) != segment)
+            || !(base..=limit).contains(&routing)
+        {
             return Err(rcx());
         }
         if !matches!(entry.link.session, Session::Connected(_)) {
@@ -504,6 +501,8 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
 
     /// TSM.DEVIF.SET_TD ([`TSM_DEVIF_SET_TD`]).
     pub(crate) fn devif_set_td(&self, r: &SeamRegs) -> Result<Outcome, Outcome> {
+        // The platform's lock order: the TD table before the TDI pages.
+        let _tds = self.fw.read_tds().map_err(core_err)?;
         let mut table = self.fw.lock_pages().map_err(core_err)?;
         let (tdi, _) = devif_at(&table, r.rcx).map_err(Outcome::Status)?;
         // RDX 0: the TDI is for no TD any more (as CREATE's RDX 0), so its TD can be torn down.

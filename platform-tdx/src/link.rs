@@ -33,7 +33,7 @@ use crate::abi::{
     host_fault, hpa_array, whole_words,
 };
 use crate::module::{
-    MESSAGE_PAGE_BYTES, PageTable, PageUse, SpdmEntry, SpdmPages, SpdmTable, TdTable, page_held,
+    MESSAGE_PAGE_BYTES, PageTable, SpdmEntry, SpdmPages, SpdmTable, TdTable, page_held,
 };
 use crate::status::{
     self, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11, OPERAND_ID_R12,
@@ -446,7 +446,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             self.host.probe_read(at.as_u64(), MESSAGE_PAGE_BYTES)
         };
         probe.map_err(|f| Outcome::Status(host_fault(f, operand)))?;
-        if write && Self::held(spdm, held, at, PageUse::Shared)? {
+        if write && Self::held(spdm, held, at) {
             return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
         }
         Ok(at)
@@ -476,10 +476,32 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         Ok((response, request))
     }
 
-    /// Whether `page` is the firmware's: a TD's TDR, SPDM or IDE metadata, and (when
-    /// `message` is asked) a TDI's private page.
-    fn held(spdm: &SpdmTable, held: &Held<'_>, page: Hpa, new: PageUse) -> Result<bool, Outcome> {
-        Ok(page_held(held.tds, held.pages, spdm, page, new))
+    /// An output page array the firmware writes (CONNECT's dev_info R10, MNG's R11): whole
+    /// writable pages, none the firmware holds (`TDX_PAGE_METADATA_INCORRECT`), none one of
+    /// `own`, the call's other pages (`TDX_OPERAND_INVALID`), each naming `operand`.
+    fn output_pages(
+        &self,
+        spdm: &SpdmTable,
+        held: &Held<'_>,
+        raw: u64,
+        operand: u32,
+        own: &[Hpa],
+    ) -> Result<SpdmPages, Outcome> {
+        let pages = self.page_array(raw, operand, true)?;
+        for page in pages.root.iter().chain(pages.pages.iter()).copied() {
+            if Self::held(spdm, held, page) {
+                return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
+            }
+            if own.contains(&page) {
+                return Err(named(TDX_OPERAND_INVALID, operand));
+            }
+        }
+        Ok(pages)
+    }
+
+    /// Whether the firmware holds `page` ([`page_held`] over the tables the leaf holds).
+    fn held(spdm: &SpdmTable, held: &Held<'_>, page: Hpa) -> bool {
+        page_held(held.tds, held.pages, spdm, page)
     }
 
     /// Reads the config page at `raw` (RDX) once into firmware memory and checks it as Linux
@@ -540,15 +562,15 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if r.rdx == response.as_u64() || r.rdx == request.as_u64() {
             return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_RDX));
         }
-        let dev_info = self.page_array(r.r10, OPERAND_ID_R10, true)?;
-        for page in dev_info.root.iter().chain(dev_info.pages.iter()).copied() {
-            if Self::held(spdm, held, page, PageUse::Shared)? {
-                return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R10));
-            }
-            if page == response || page == request || page.as_u64() == r.rdx {
-                return Err(named(TDX_OPERAND_INVALID, OPERAND_ID_R10));
-            }
-        }
+        let config_page =
+            Hpa::try_new(r.rdx).map_err(|_| named(TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
+        let dev_info = self.output_pages(
+            spdm,
+            held,
+            r.r10,
+            OPERAND_ID_R10,
+            &[response, request, config_page],
+        )?;
         match session {
             Session::Connected(_) => {
                 return Err(named(status::TDX_SPDM_INVALID_STATE, OPERAND_ID_RCX));
@@ -693,16 +715,14 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         if r.r8 != NULL_PAGE {
             self.message_page(spdm, held, r.r8, OPERAND_ID_R8, false)?;
         }
-        self.relay_pages(spdm, held, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
+        let (response, request) =
+            self.relay_pages(spdm, held, (r.r9, OPERAND_ID_R9), (r.r10, OPERAND_ID_R10))?;
         let output = if r.r11 == NULL_PAGE {
             None
         } else {
-            let pages = self.page_array(r.r11, OPERAND_ID_R11, true)?;
-            for page in pages.root.iter().chain(pages.pages.iter()).copied() {
-                if Self::held(spdm, held, page, PageUse::Shared)? {
-                    return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R11));
-                }
-            }
+            // RECOLLECT writes dev_info there: never over this call's own message pages.
+            let pages =
+                self.output_pages(spdm, held, r.r11, OPERAND_ID_R11, &[response, request])?;
             pages.pages.first().copied()
         };
         if r.rdx == SPDM_MNG_RECOLLECT && output.is_none() {
@@ -798,7 +818,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             return bad(OPERAND_ID_R10);
         }
         for page in metadata.root.iter().chain(metadata.pages.iter()).copied() {
-            if Self::held(spdm, held, page, PageUse::Private)? {
+            if Self::held(spdm, held, page) {
                 return Err(named(status::TDX_PAGE_METADATA_INCORRECT, OPERAND_ID_R8));
             }
         }

@@ -181,30 +181,11 @@ impl SpdmEntry {
 /// Every SPDM id's record, indexed by SPDM id.
 pub(crate) type SpdmTable = [Option<SpdmEntry>; MAX_DEVICES];
 
-/// What a leaf is about to make of a host page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PageUse {
-    /// The firmware's own (a TDR, SPDM or IDE metadata): no other use may share it.
-    Private,
-    /// A shared page the firmware writes or reads for the host (a TDI's or a link leaf's
-    /// request or response page, an output array): several such uses may share it (Linux
-    /// keeps one message pair per device), a private page never.
-    Shared,
-}
-
-/// Whether `page` may not take the use `new`: it is a TD's TDR, an SPDM id's or its IDE
-/// stream's metadata, or one of a TDI's private pages. Every page the firmware records is
-/// now private, so both uses meet the same set (the use is kept: call sites say which they
-/// make, and a shared page recorded again would differ). The one test
+/// Whether the firmware holds `page`: a TD's TDR, an SPDM id's or its IDE stream's metadata,
+/// or one of a TDI's private pages (every page it records is private). The one test
 /// every leaf that records or writes a host page applies (`TDX_PAGE_METADATA_INCORRECT`, the
 /// TDX module's PAMT "not PT_NDA").
-pub(crate) fn page_held(
-    tds: &TdTable,
-    pages: &PageTable,
-    spdm: &SpdmTable,
-    page: Hpa,
-    _new: PageUse,
-) -> bool {
+pub(crate) fn page_held(tds: &TdTable, pages: &PageTable, spdm: &SpdmTable, page: Hpa) -> bool {
     td_in(tds, page.as_u64()).is_some()
         || spdm.iter().flatten().any(|e| e.holds(page))
         || pages.iter().flatten().any(|p| p.pages.holds(page))

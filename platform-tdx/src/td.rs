@@ -26,7 +26,7 @@ use tsm_core::capacity::MAX_GUESTS;
 use tsm_core::{Completion, Error, GuestId, Hpa, PageSize, SecureSession};
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, invalid};
-use crate::module::{PageUse, TdTable, page_held, td_in};
+use crate::module::{TdTable, page_held, td_in};
 use crate::status::{
     self, OPERAND_ID_RCX, OPERAND_ID_WBCACHE, TDX_INTERRUPTED_RESUMABLE,
     TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_BUSY, TdxStatus,
@@ -217,7 +217,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 let pages = self.fw.lock_pages().map_err(core)?;
                 let spdm = self.fw.lock_spdm().map_err(core)?;
                 // Held privately (a TDR, metadata): `page_held` for a shared use.
-                if page_held(&tds, &pages, &spdm, page, PageUse::Shared) {
+                if page_held(&tds, &pages, &spdm, page) {
                     return Err(st(
                         status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
                     ));

@@ -1994,6 +1994,7 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
     assert_eq!(out.r8, tdr);
     // Teardown is refused at VPFLUSHDONE while the TD owns a TDI; after unbind Linux's
     // sequence forgets the TDR, which TDH.MNG.CREATE may then use again.
+    let before = w.image();
     let out = w.call(
         u64::from(abi::TDH_MNG_VPFLUSHDONE),
         SeamRegs {
@@ -2002,6 +2003,7 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         },
     );
     assert_eq!(out.rax, TDX_TD_HAS_ATTACHED_DEVICES);
+    assert!(w.image() == before, "a refused VPFLUSHDONE changed state");
     assert_eq!(w.fw.td_of(tdr), Ok(Some(td)));
     let out = w.relayed(
         abi::TSM_DEVIF_UNBIND,

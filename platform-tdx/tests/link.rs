@@ -1124,6 +1124,26 @@ fn disconnect_and_mng_refusals_change_nothing_body() {
             IN_USE | 11,
         ),
         (
+            "recollect over its own request page",
+            abi::TDH_SPDM_MNG,
+            SeamRegs {
+                rdx: SPDM_MNG_RECOLLECT,
+                r11: abi::hpa_array(OUT_MSG, 1),
+                ..m
+            },
+            INVALID | 11,
+        ),
+        (
+            "recollect over its own response page",
+            abi::TDH_SPDM_MNG,
+            SeamRegs {
+                rdx: SPDM_MNG_RECOLLECT,
+                r11: abi::hpa_array(IN_MSG, 1),
+                ..m
+            },
+            INVALID | 11,
+        ),
+        (
             "recollect without an output",
             abi::TDH_SPDM_MNG,
             SeamRegs {

@@ -1691,6 +1691,14 @@ fn the_guest_accepts_a_page_only_where_its_report_puts_it() {
     refused(tsm, Error::NotMapped, || {
         accept(&w, w.g2, GPA, BAR + offset)
     });
+    // ... and the core's check itself, given to g2's accept, refuses g1's page at its very
+    // reported address (no leaf of g2 there: no owner), whatever the platform would do.
+    assert_eq!(
+        tsm.guest_accept(w.g2, gpa(GPA), |_, check| {
+            check.check(hpa(BAR), PageSize::Size4K, BAR + offset)
+        }),
+        Ok(Err(Error::HpaNotOwned))
+    );
     refused(tsm, Error::NotMapped, || {
         accept(&w, w.g1, GPA + 0x10_0000, BAR + offset)
     });

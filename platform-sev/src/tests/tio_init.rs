@@ -140,7 +140,15 @@ fn every_tio_command_before_tio_init_is_invalid_platform_state_and_changes_nothi
     }
     // Every command that needs it, whatever its buffer says (the platform state is checked
     // before the buffer), the relaying ones without their FLAG_CONTINUE written back.
-    for id in abi::NEEDS_TIO_INIT {
+    let needing: Vec<_> = abi::IMPLEMENTED
+        .into_iter()
+        .filter(|id| abi::needs_tio_init(*id))
+        .collect();
+    assert_eq!(
+        needing.len(),
+        abi::IMPLEMENTED.len() - abi::BEFORE_TIO_INIT.len()
+    );
+    for id in needing {
         for fill in [0u8, 0xFF] {
             let mut b = Buf([fill; 256]);
             b.0[..4].copy_from_slice(&0x50u32.to_le_bytes());
