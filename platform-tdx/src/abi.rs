@@ -522,6 +522,16 @@ fn guest_refusal(leaf: u16, e: Error, handle: u32, field: u32) -> Outcome {
     Outcome::Status(code | u64::from(operand))
 }
 
+/// `code` naming `operand`, as a leaf's outcome.
+pub(crate) fn named(code: TdxStatus, operand: u32) -> Outcome {
+    Outcome::Status(code | u64::from(operand))
+}
+
+/// A core refusal as a leaf's outcome.
+pub(crate) fn core_err(e: Error) -> Outcome {
+    Outcome::Core(Err(e))
+}
+
 pub(crate) fn invalid(operand: u32) -> TdxStatus {
     TDX_OPERAND_INVALID | u64::from(operand)
 }

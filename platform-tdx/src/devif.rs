@@ -34,8 +34,8 @@ use tsm_core::tdisp::{request, response};
 use tsm_core::{Completion, DeviceOp, Error, GuestId, Hpa, SecureSession, TdiId, TsmResult};
 
 use crate::abi::{
-    Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, decode_function_id, decode_hpa,
-    function_id, host_fault, invalid, whole_words,
+    Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, core_err, decode_function_id,
+    decode_hpa, function_id, host_fault, invalid, named, whole_words,
 };
 use crate::link::{Keys, Session};
 use crate::module::{
@@ -260,14 +260,6 @@ fn td_request_now(entry: &DevifEntry, waiting: Option<DeviceOp>) -> TdRequest {
         }
         other => other,
     }
-}
-
-fn named(code: TdxStatus, operand: u32) -> Outcome {
-    Outcome::Status(code | u64::from(operand))
-}
-
-fn core_err(e: Error) -> Outcome {
-    Outcome::Core(Err(e))
 }
 
 impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {

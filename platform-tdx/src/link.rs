@@ -29,8 +29,8 @@ use tsm_core::{Completion, Error, Hpa, IdeStream, SecureSession, TdiId, TsmResul
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::abi::{
-    Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, decode_hpa, function_id,
-    host_fault, hpa_array, whole_words,
+    Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, core_err, decode_hpa,
+    function_id, host_fault, hpa_array, named, whole_words,
 };
 use crate::module::{
     MESSAGE_PAGE_BYTES, PageTable, SpdmEntry, SpdmPages, SpdmTable, TdTable, page_held,
@@ -367,15 +367,6 @@ fn unblocked(entry: &SpdmEntry) -> Result<(&IdeStreamEntry, tsm_core::DeviceId),
     }
     let dev = entry.device.ok_or(core_err(Error::Inconsistent))?;
     Ok((stream, dev))
-}
-
-/// `code` naming `operand`.
-fn named(code: TdxStatus, operand: u32) -> Outcome {
-    Outcome::Status(code | u64::from(operand))
-}
-
-fn core_err(e: Error) -> Outcome {
-    Outcome::Core(Err(e))
 }
 
 fn done() -> Outcome {
@@ -978,21 +969,17 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     /// (`TSM_STREAM_CUT`); each + RCX.
     pub(crate) fn stream_not_live(&self, tdi: TdiId) -> TdxStatus {
         let rcx = u64::from(OPERAND_ID_RCX);
-        let found = || -> TsmResult<Option<Option<IdeStreamEntry>>> {
+        let found = || -> TsmResult<Option<IdeStreamEntry>> {
             let dev = self.tsm.tdi(tdi)?.device;
             let spdm = self.fw.lock_spdm()?;
-            Ok(spdm
-                .iter()
-                .flatten()
-                .find(|e| e.device == Some(dev))
-                .map(|e| e.link.stream.clone()))
+            Ok(stream_of_device(&spdm, dev).cloned())
         };
         match found() {
-            Ok(Some(None)) => status::TDX_IDE_STREAM_NOT_CONFIGURED | rcx,
-            Ok(Some(Some(s))) if s.blocked => status::TDX_IDE_STREAM_BLOCKED | rcx,
-            Ok(Some(Some(s))) if s.keys != Keys::Set => {
-                status::TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY | rcx
-            }
+            // Contention is contention, not a reason.
+            Err(e) => status::encode(Err(e), &crate::abi::operands(crate::abi::TSM_DEVIF_BIND)),
+            Ok(None) => status::TDX_IDE_STREAM_NOT_CONFIGURED | rcx,
+            Ok(Some(s)) if s.blocked => status::TDX_IDE_STREAM_BLOCKED | rcx,
+            Ok(Some(s)) if s.keys != Keys::Set => status::TDX_IDE_STREAM_IDEKM_KEYS_NOT_READY | rcx,
             _ => status::TSM_STREAM_CUT | rcx,
         }
     }
