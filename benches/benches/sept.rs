@@ -1,4 +1,4 @@
-//! Benchmarks (`cargo bench -p platform-tdx --bench sept`):
+//! Benchmarks (`cargo bench -p tsm-bench --bench sept`):
 //!
 //! 1. Map then unmap the same set of 4 KiB pages through our S-EPT and through the `x86_64`
 //!    crate's `OffsetPageTable`, both over the same kind of frame pool (a heap buffer of
