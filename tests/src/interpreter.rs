@@ -743,13 +743,53 @@ pub fn run_scenario_with(
     summary
 }
 
-/// Parses every line of a scenario without running it: prints each line that does not parse
-/// (`path:line:column: message`) and returns how many did not.
+/// Checks every line of a scenario without running it, once for every backend: prints each
+/// line that does not parse, or uses a name no earlier line declared (or declared as another
+/// kind), as `path:line:column: message`, and returns how many such lines there are. Raw
+/// handles (`#N`) are the firmware's to judge. A name whose declaring line fails at run time
+/// is still caught then, on the backend where it failed.
 pub fn check_scenario(path: &str, text: &str, out: &mut dyn Write) -> u32 {
     let mut errors = 0u32;
+    let mut declared: Vec<(&str, NameKind), MAX_NAMES> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
-        if let Err(e) = parse_line(raw) {
-            let _ = writeln!(out, "{}", e.at(path, index.saturating_add(1)));
+        let lineno = index.saturating_add(1);
+        let line = match parse_line(raw) {
+            Ok(Some(line)) => line,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = writeln!(out, "{}", e.at(path, lineno));
+                errors = errors.saturating_add(1);
+                continue;
+            }
+        };
+        let mut problem = None;
+        line.op.for_each_use(|name, want| {
+            if problem.is_some() || name.starts_with('#') {
+                return;
+            }
+            let same_kind = declared.iter().filter(|(_, k)| *k == want).map(|(n, _)| *n);
+            problem = match declared.iter().find(|(n, _)| *n == name) {
+                Some((_, k)) if *k == want => None,
+                Some((_, k)) => Some(
+                    Diagnostic::new(Problem::WrongKind(*k), name, want.expected())
+                        .nearest(nearest(name, same_kind)),
+                ),
+                None => Some(
+                    Diagnostic::new(Problem::UnknownName, name, want.expected())
+                        .nearest(nearest(name, same_kind)),
+                ),
+            };
+        });
+        if let Some(e) = problem {
+            let _ = writeln!(out, "{}", e.in_line(raw).at(path, lineno));
+            errors = errors.saturating_add(1);
+        }
+        if let Some(d) = line.op.declares()
+            && declared.push(d).is_err()
+        {
+            let mut e = too_many();
+            e.token = d.0;
+            let _ = writeln!(out, "{}", e.in_line(raw).at(path, lineno));
             errors = errors.saturating_add(1);
         }
     }

@@ -267,6 +267,62 @@ pub enum Op<'a> {
     },
 }
 
+impl<'a> Op<'a> {
+    /// The name this line declares, with its kind (`guest`, `device` and `tdi` lines).
+    pub fn declares(&self) -> Option<(&'a str, NameKind)> {
+        match *self {
+            Op::Guest { name } => Some((name, NameKind::Guest)),
+            Op::Device { name, .. } => Some((name, NameKind::Device)),
+            Op::Tdi { name, .. } => Some((name, NameKind::Tdi)),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` with every name the line uses and the kind it must be, in line order.
+    pub fn for_each_use(&self, mut f: impl FnMut(&'a str, NameKind)) {
+        use NameKind::{Device, Guest, Tdi};
+        match self {
+            Op::Guest { .. } | Op::Device { .. } => {}
+            Op::Tdi { device, .. } | Op::StreamSetup { device } | Op::Zap { device, .. } => {
+                f(device, Device)
+            }
+            Op::RemoveDevice { device } => f(device, Device),
+            Op::Bind { tdi, guest, .. } | Op::Map { tdi, guest, .. } => {
+                f(tdi, Tdi);
+                f(guest, Guest);
+            }
+            Op::Start { guest, tdi } => {
+                f(guest, Guest);
+                f(tdi, Tdi);
+            }
+            Op::Unbind { tdi }
+            | Op::UnbindAll { tdi }
+            | Op::UnbindForce { tdi }
+            | Op::UnbindForceAll { tdi }
+            | Op::DeviceError { tdi }
+            | Op::Check { tdi }
+            | Op::DeviceEvent { tdi, .. }
+            | Op::DeviceMisbehave { tdi, .. }
+            | Op::ExpectState { tdi, .. }
+            | Op::RemoveTdi { tdi }
+            | Op::Hold { tdi }
+            | Op::Relay { tdi } => f(tdi, Tdi),
+            Op::Answer { tdi, with } => {
+                f(tdi, Tdi);
+                if let AnswerWith::Other(other) = with {
+                    f(other, Tdi);
+                }
+            }
+            Op::HostUnmap { guest, .. }
+            | Op::HostBlock { guest, .. }
+            | Op::DeferFlush { guest, .. }
+            | Op::ExpectLeaf { guest, .. }
+            | Op::DestroyGuest { guest } => f(guest, Guest),
+            Op::Host { devices, .. } => devices.iter().for_each(|d| f(d, Device)),
+        }
+    }
+}
+
 /// A parsed line: the operation and the status it must return (`Ok` when not written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line<'a> {

@@ -89,7 +89,8 @@ fn an_unknown_status_is_refused_before_anything_runs() {
 
 #[test]
 fn a_wrong_kind_of_argument_names_the_expected_form() {
-    // Swapped names: found when the line runs, by what each name was declared as.
+    // Swapped names: found by the file's check, before any backend runs, by what each name
+    // was declared as.
     assert_eq!(
         error_of("start nic.0 td1"),
         "mine.scn:4:7: `nic.0` is a TDI: expected a guest name like td1 (declared by \
@@ -190,6 +191,9 @@ fn the_suite_runs_every_scenario_file() {
     for (path, text) in SCENARIOS {
         let on_disk = std::fs::read_to_string(dir.join(path.rsplit('/').next().unwrap()));
         assert_eq!(on_disk.unwrap(), *text, "{path}");
+        // Every name a suite file uses is declared before, as what it is used for.
+        let mut out = String::new();
+        assert_eq!(check_scenario(path, text, &mut out), 0, "{out}");
     }
 }
 
@@ -291,13 +295,29 @@ fn tsm_scn_names_the_failing_line_and_exits_non_zero() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("{t}: 1 line does not parse: not run\n")),
+        out.contains(&format!("{t}: 1 line is wrong: not run\n")),
         "{out}"
     );
     // The next file still runs.
     assert!(
         out.ends_with(&format!("{p} (core): 4 passed, 1 failed\n")),
         "{out}"
+    );
+}
+
+#[test]
+fn a_name_error_is_found_once_per_file_not_once_per_backend() {
+    let wrong = FIRST.replace("zap nic -> TdiBound", "zap nix -> TdiBound");
+    let path = temp_scenario("wrong-name.scn", &wrong);
+    let p = path.to_str();
+    let (code, out) = tsm_scn(&[p, "--backend", "all"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "{p}:6:5: unknown name `nix`: expected a device name like nic (declared by \
+             `device nic ...`); did you mean `nic`?\n{p}: 1 line is wrong: not run\n"
+        )
     );
 }
 

@@ -4,8 +4,8 @@
 //! cargo run -p tsm-tests --bin tsm-scn -- FILE... [--backend core|tdx|sev|all] [--verbose]
 //! ```
 //!
-//! Every file is parsed first (each line that does not parse is printed as
-//! `path:line:column: message`, and the file is not run), then run on each backend chosen
+//! Every file is checked first, once (each line that does not parse or uses a name no earlier
+//! line declared is printed as `path:line:column: message`, and the file is not run), then run on each backend chosen
 //! (all by default), each on a fresh firmware: a line whose status differs, or that names what
 //! it cannot, is printed, and each file and backend ends with `path (backend): N passed, M
 //! failed`. `--verbose` prints every line as well. Exits 1 when anything failed, 2 on a bad
@@ -179,8 +179,8 @@ mod host {
             let errors = check_scenario(path, &text, &mut out);
             if errors > 0 {
                 print!("{out}");
-                let lines = if errors == 1 { "line does" } else { "lines do" };
-                println!("{path}: {errors} {lines} not parse: not run");
+                let lines = if errors == 1 { "line is" } else { "lines are" };
+                println!("{path}: {errors} {lines} wrong: not run");
                 all_ok = false;
                 continue;
             }
