@@ -42,14 +42,14 @@ pub fn init() {
     }
 }
 
-/// Applies a command-line `log=LEVEL` word (`None`: keep the level). An unknown level keeps the
-/// current one and says so.
+/// Applies a command-line `log=LEVEL` word (`None`: keep the level), and says so through the
+/// logger itself (shown from `info` on). An unknown level keeps the current one and says so.
 pub fn set_level(word: Option<&str>) {
     let Some(word) = word else { return };
     match word.parse::<LevelFilter>() {
         Ok(level) => {
             log::set_max_level(level);
-            kprintln!("boot: log level {level}");
+            log::info!("serial logger at level {level}");
         }
         Err(_) => kprintln!(
             "boot: unknown log level '{word}' (off, error, warn, info, debug or trace), keeping {}",
