@@ -113,8 +113,8 @@ pub extern "sysv64" fn kmain(start_info: u32) -> ! {
     }
 
     smp_stage::prepare();
-    // The APs start only now: until the concurrent stage they would only spin, taking emulator
-    // time from the replay above; before their SIPI they wait halted.
+    // The APs start only now: started earlier they would spin until the concurrent stage,
+    // taking emulator time from the replay above; until their SIPI they stay halted.
     let (online, expected) = smp::start_aps(info.rsdp);
     kprintln!("smp: {online} of {expected} cpus online");
     let deadline = info
