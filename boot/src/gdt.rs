@@ -24,6 +24,14 @@ pub const PAGE_FAULT_IST_INDEX: u16 = 1;
 /// Null, code, data and the two-entry TSS descriptor.
 const GDT_ENTRIES: usize = 5;
 
+// Our GDTs keep the boot GDT's selectors (entry.rs: 0x08 code, 0x10 data), which the exception
+// gates (built with the BSP's CS) and every AP (on the boot GDT until `init_cpu`) rely on.
+const _: () = {
+    let mut table = GlobalDescriptorTable::<GDT_ENTRIES>::empty();
+    assert!(table.append(Descriptor::kernel_code_segment()).0 == 0x08);
+    assert!(table.append(Descriptor::kernel_data_segment()).0 == 0x10);
+};
+
 /// One CPU's GDT and the selectors its entries got.
 struct Gdt {
     table: GlobalDescriptorTable<GDT_ENTRIES>,
@@ -56,7 +64,8 @@ pub fn init_cpu(cpu: usize) {
     });
     let gdt = gdt.call_once(|| {
         let mut table = GlobalDescriptorTable::empty();
-        // Appended in the boot GDT's order, so the selectors are its 0x08 and 0x10.
+        // Appended in the boot GDT's order, so the selectors are its 0x08 and 0x10 (checked
+        // above) and the TSS's 0x18.
         let code = table.append(Descriptor::kernel_code_segment());
         let data = table.append(Descriptor::kernel_data_segment());
         let tss = table.append(Descriptor::tss_segment(tss));
