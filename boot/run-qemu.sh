@@ -5,7 +5,7 @@
 #
 # Used as the cargo runner for x86_64-unknown-none (.cargo/config.toml), so `cargo boot [words]`
 # builds and boots. Words go to the kernel command line: `fault`, `overflow`, `fail`, `hang`,
-# `deadline=MS`.
+# `deadline=MS`, `log=LEVEL`. The verdict line gives the boot's wall time (QEMU start to exit).
 # Exit status: 0 iff the kernel wrote PASS to isa-debug-exit (QEMU status 33); 1 for a failing
 # run (including a triple fault), 2 for a timeout, 127 if QEMU is missing.
 # Environment: BOOT_TIMEOUT (seconds, default 60), BOOT_SMP (default 4), QEMU (binary name).
@@ -37,6 +37,7 @@ log=$(mktemp "${TMPDIR:-/tmp}/tsm-boot.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 echo "run-qemu: booting $kernel (cmdline: \"$append\", timeout ${timeout_s}s)" >&2
+started=$(date +%s%N)
 # TCG, not KVM: the same behaviour everywhere, and the kernel is tiny.
 timeout --kill-after=5 "$timeout_s" "$qemu" \
     -machine q35,accel=tcg -cpu max -m 256M -smp "${BOOT_SMP:-4}" \
@@ -44,23 +45,25 @@ timeout --kill-after=5 "$timeout_s" "$qemu" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$kernel" -append "$append" </dev/null | tee "$log"
 status=${PIPESTATUS[0]}
+elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+took=$(printf '%d.%03d s' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
 
 case $status in
     33)
-        echo "run-qemu: PASS" >&2
+        echo "run-qemu: PASS in $took" >&2
         exit 0
         ;;
     124 | 137)
-        echo "TIMEOUT: no verdict from the kernel within ${timeout_s}s; serial log:" >&2
+        echo "TIMEOUT: no verdict from the kernel within ${timeout_s}s ($took); serial log:" >&2
         cat "$log" >&2
         exit 2
         ;;
     35)
-        echo "run-qemu: FAIL (kernel reported failure)" >&2
+        echo "run-qemu: FAIL (kernel reported failure) in $took" >&2
         exit 1
         ;;
     *)
-        echo "run-qemu: FAIL (qemu exit status $status: no verdict from the kernel)" >&2
+        echo "run-qemu: FAIL (qemu exit status $status: no verdict from the kernel) in $took" >&2
         exit 1
         ;;
 esac

@@ -3,7 +3,7 @@
 //! triple fault under `-no-reboot` exits with 0, so 0 never means pass; the runner maps 33 to 0
 //! and everything else to failure.
 
-use crate::port::outl;
+use x86_64::instructions::port::PortWriteOnly;
 
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Written on success: QEMU exit status 33.
@@ -14,7 +14,7 @@ pub const FAIL: u32 = 0x11;
 /// Ends the QEMU run with `code`; halts forever if the exit device is missing.
 pub fn exit(code: u32) -> ! {
     // SAFETY: the debug-exit port only ends the VM; nothing else listens there.
-    unsafe { outl(DEBUG_EXIT_PORT, code) };
+    unsafe { PortWriteOnly::<u32>::new(DEBUG_EXIT_PORT).write(code) };
     halt_forever()
 }
 
@@ -30,8 +30,8 @@ pub fn fail() -> ! {
 
 /// Stops this CPU for good (interrupts off, halt).
 pub fn halt_forever() -> ! {
+    x86_64::instructions::interrupts::disable();
     loop {
-        // SAFETY: cli; hlt only stops this CPU.
-        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+        x86_64::instructions::hlt(); // interrupts off: an SMI may wake it, then it halts again
     }
 }

@@ -1,14 +1,16 @@
-//! Exception handling: the 32 CPU exceptions print vector, error code and RIP on the serial
-//! console and end the run as a failure. A fault is a red run, never a hang.
+//! Exception handling: the CPU exceptions print vector, error code and RIP on the serial console
+//! and end the run as a failure. A fault is a red run, never a hang.
 //!
 //! Double faults and page faults run on their own interrupt stacks (IST1, IST2; gdt.rs), so a
 //! stack overflow, which page-faults in the guard page under the stack (stack.rs), is reported
 //! like any other fault and named as an overflow: `FAULT: stack overflow: ...`.
 
-use crate::gdt::{DOUBLE_FAULT_IST, PAGE_FAULT_IST};
+use crate::gdt::{DOUBLE_FAULT_IST_INDEX, PAGE_FAULT_IST_INDEX};
 use crate::stack;
-use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering};
+use x86_64::VirtAddr;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{EntryOptions, InterruptDescriptorTable};
 
 /// Exceptions that push an error code: 8, 10-14, 17, 21, 29, 30.
 const fn has_error_code(vector: usize) -> bool {
@@ -89,50 +91,79 @@ unsafe extern "C" {
     static tsm_isr_stub_table: [u64; 32];
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Entry {
-    offset_low: u16,
-    selector: u16,
-    ist: u8,
-    attributes: u8,
-    offset_mid: u16,
-    offset_high: u32,
-    reserved: u32,
+/// The IDT (`x86_64`'s type: all 256 gates, those past the exceptions not present).
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+
+/// Points exception `vector`'s gate at `stub` and returns the gate's options; `None` for the
+/// vectors `x86_64` keeps private because no current CPU raises them (9, 15, 22-27, 31): they
+/// stay not present, and were one raised, the CPU would report a #NP naming the gate instead.
+///
+/// # Safety
+/// `stub` must be the address of a handler for `vector` (it takes the frame the CPU pushes for
+/// this vector, error code or not, and never returns).
+unsafe fn set_gate(
+    idt: &mut InterruptDescriptorTable,
+    vector: usize,
+    stub: VirtAddr,
+) -> Option<&mut EntryOptions> {
+    // SAFETY: the caller passes this vector's handler.
+    let options = unsafe {
+        match vector {
+            0 => idt.divide_error.set_handler_addr(stub),
+            1 => idt.debug.set_handler_addr(stub),
+            2 => idt.non_maskable_interrupt.set_handler_addr(stub),
+            3 => idt.breakpoint.set_handler_addr(stub),
+            4 => idt.overflow.set_handler_addr(stub),
+            5 => idt.bound_range_exceeded.set_handler_addr(stub),
+            6 => idt.invalid_opcode.set_handler_addr(stub),
+            7 => idt.device_not_available.set_handler_addr(stub),
+            8 => idt.double_fault.set_handler_addr(stub),
+            10 => idt.invalid_tss.set_handler_addr(stub),
+            11 => idt.segment_not_present.set_handler_addr(stub),
+            12 => idt.stack_segment_fault.set_handler_addr(stub),
+            13 => idt.general_protection_fault.set_handler_addr(stub),
+            14 => idt.page_fault.set_handler_addr(stub),
+            16 => idt.x87_floating_point.set_handler_addr(stub),
+            17 => idt.alignment_check.set_handler_addr(stub),
+            18 => idt.machine_check.set_handler_addr(stub),
+            19 => idt.simd_floating_point.set_handler_addr(stub),
+            20 => idt.virtualization.set_handler_addr(stub),
+            21 => idt.cp_protection_exception.set_handler_addr(stub),
+            28 => idt.hv_injection_exception.set_handler_addr(stub),
+            29 => idt.vmm_communication_exception.set_handler_addr(stub),
+            30 => idt.security_exception.set_handler_addr(stub),
+            _ => return None,
+        }
+    };
+    Some(options)
 }
 
-static IDT: spin::Once<[Entry; 32]> = spin::Once::new();
-
-/// Builds the IDT (once, on the BSP).
+/// Builds the IDT (once, on the BSP, after its GDT is loaded: the gates take the current CS).
 pub fn init() {
     IDT.call_once(|| {
         // SAFETY: the table is 32 addresses in .rodata, defined above.
         let stubs = unsafe { tsm_isr_stub_table };
-        let mut idt = [Entry {
-            offset_low: 0,
-            selector: 0,
-            ist: 0,
-            attributes: 0,
-            offset_mid: 0,
-            offset_high: 0,
-            reserved: 0,
-        }; 32];
-        for (vector, (entry, stub)) in idt.iter_mut().zip(stubs).enumerate() {
-            *entry = Entry {
-                offset_low: stub as u16,
-                selector: 0x08,
-                // Page faults and double faults switch to their own stacks (gdt.rs): an
-                // overflow leaves no room on the faulting stack to push the frame.
-                ist: match vector {
-                    8 => DOUBLE_FAULT_IST,
-                    14 => PAGE_FAULT_IST,
-                    _ => 0,
-                },
-                attributes: 0x8e, // present, ring 0, 64-bit interrupt gate
-                offset_mid: (stub >> 16) as u16,
-                offset_high: (stub >> 32) as u32,
-                reserved: 0,
+        let mut idt = InterruptDescriptorTable::new();
+        for (vector, stub) in stubs.into_iter().enumerate() {
+            // SAFETY: `stub` is this vector's stub above: it pushes a dummy error code where
+            // the CPU pushes none, and the common path never returns.
+            let Some(options) =
+                (unsafe { set_gate(&mut idt, vector, VirtAddr::new_truncate(stub)) })
+            else {
+                continue;
             };
+            // Page faults and double faults switch to their own stacks (gdt.rs): an overflow
+            // leaves no room on the faulting stack to push the frame.
+            let ist = match vector {
+                8 => Some(DOUBLE_FAULT_IST_INDEX),
+                14 => Some(PAGE_FAULT_IST_INDEX),
+                _ => None,
+            };
+            if let Some(ist) = ist {
+                // SAFETY: each CPU's TSS (gdt.rs) gives this slot a stack of its own, used by
+                // this vector alone.
+                unsafe { options.set_stack_index(ist) };
+            }
         }
         idt
     });
@@ -144,19 +175,7 @@ pub fn load() {
         kprintln!("idt: load before init");
         crate::exit::fail();
     };
-    #[repr(C, packed)]
-    struct Ptr {
-        limit: u16,
-        base: u64,
-    }
-    let ptr = Ptr {
-        limit: (size_of::<[Entry; 32]>() - 1) as u16,
-        base: idt.as_ptr() as u64,
-    };
-    // SAFETY: the IDT is a 'static table of valid gates pointing at the stubs above.
-    unsafe {
-        asm!("lidt [{}]", in(reg) &raw const ptr, options(readonly, nostack, preserves_flags))
-    };
+    idt.load();
 }
 
 /// What the stubs leave on the stack.
@@ -224,9 +243,7 @@ extern "sysv64" fn exception_handler(frame: *const Frame) -> ! {
     }
     // SAFETY: the stub passes its stack pointer, where it and the CPU just pushed a Frame.
     let frame = unsafe { &*frame };
-    let cr2: u64;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    let cr2 = Cr2::read_raw();
     let name = usize::try_from(frame.vector)
         .ok()
         .and_then(|v| NAMES.get(v))

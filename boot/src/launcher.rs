@@ -1,6 +1,8 @@
 //! Host side of `cargo run -p boot [-- words]`: adds the bare-metal target with rustup, then
-//! runs `cargo run -p boot --target x86_64-unknown-none -- words` from the workspace root,
-//! which builds the kernel and boots it through `run-qemu.sh` (the target's cargo runner).
+//! runs `cargo run -p boot --target x86_64-unknown-none --profile kernel -- words` from the
+//! workspace root (what `cargo boot` runs), which builds the kernel optimised (the `kernel`
+//! profile of the workspace manifest keeps debug assertions and overflow checks) and boots it
+//! through `run-qemu.sh` (the target's cargo runner), which prints the boot's wall time.
 //! The kernel goes to the launcher's own target folder (the one `--target-dir` or
 //! `CARGO_TARGET_DIR` chose), where `cargo test`'s boot test finds it already built.
 
@@ -8,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const TARGET: &str = "x86_64-unknown-none";
+/// The kernel's build profile (workspace Cargo.toml; the QEMU tests use the same one).
+const PROFILE: &str = "kernel";
 
 /// Builds and boots the kernel; the exit code is the boot's verdict.
 pub fn main() -> ExitCode {
@@ -27,7 +31,15 @@ pub fn main() -> ExitCode {
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut run = Command::new(cargo);
-    run.args(["run", "-p", "boot", "--target", TARGET]);
+    run.args([
+        "run",
+        "-p",
+        "boot",
+        "--target",
+        TARGET,
+        "--profile",
+        PROFILE,
+    ]);
     if let Some(dir) = target_dir() {
         run.arg("--target-dir").arg(dir);
     }

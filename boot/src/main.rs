@@ -20,9 +20,9 @@ mod gdt;
 #[cfg(target_os = "none")]
 mod idt;
 #[cfg(target_os = "none")]
-mod paging;
+mod logger;
 #[cfg(target_os = "none")]
-mod port;
+mod paging;
 #[cfg(target_os = "none")]
 mod pvh;
 #[cfg(target_os = "none")]

@@ -1,49 +1,54 @@
-//! The serial console on COM1 (0x3f8): a `core::fmt::Write` sink and the `kprint!` /
-//! `kprintln!` macros. Lines from different CPUs are kept whole by a lock.
+//! The serial console on COM1 (0x3f8), driven by `uart_16550`: a `core::fmt::Write` sink and
+//! the `kprint!` / `kprintln!` macros. Lines from different CPUs are kept whole by a lock.
 
-use crate::port::{inb, outb};
 use core::fmt::{self, Write};
+use uart_16550::backend::PioBackend;
+use uart_16550::{BaudRate, Config, InitError, Uart16550};
 
+/// The first PC serial port's I/O base (QEMU's `-serial stdio`).
 const COM1: u16 = 0x3f8;
 
-/// Serialises whole lines between CPUs.
-static LOCK: spin::Mutex<()> = spin::Mutex::new(());
-
-/// Programs COM1 for 115200 baud, 8N1, FIFO on, interrupts off.
-pub fn init() {
-    // SAFETY: COM1 belongs to this kernel; the sequence is the standard 16550 set-up.
-    unsafe {
-        outb(COM1 + 1, 0x00); // interrupts off
-        outb(COM1 + 3, 0x80); // DLAB on: next two writes are the divisor
-        outb(COM1, 0x01); // divisor 1 = 115200 baud (low byte)
-        outb(COM1 + 1, 0x00); //   (high byte)
-        outb(COM1 + 3, 0x03); // DLAB off, 8 data bits, no parity, 1 stop bit
-        outb(COM1 + 2, 0xC7); // FIFO on, cleared, 14-byte threshold
-        outb(COM1 + 4, 0x03); // DTR | RTS
+/// A handle on COM1; it does no I/O until used.
+const fn com1() -> Uart16550<PioBackend> {
+    // SAFETY: COM1's eight registers (0x3f8-0x3ff) belong to this kernel for the whole run.
+    match unsafe { Uart16550::new_port(COM1) } {
+        Ok(uart) => uart,
+        // Only for a base whose eight registers wrap past port 0xffff: not COM1 (const-checked).
+        Err(_) => panic!("COM1 is a valid port base"),
     }
 }
 
-fn write_byte(byte: u8) {
-    // SAFETY: COM1 belongs to this kernel; reading LSR and writing THR have no other effect.
-    unsafe {
-        while inb(COM1 + 5) & 0x20 == 0 {
-            core::hint::spin_loop(); // wait for an empty transmit holding register
-        }
-        outb(COM1, byte);
+/// COM1 behind the lock that keeps lines from different CPUs whole.
+static CONSOLE: spin::Mutex<Uart16550<PioBackend>> = spin::Mutex::new(com1());
+
+/// Programs COM1 for 115200 baud, 8N1, FIFO on (14-byte threshold), interrupts off. Fails if
+/// no UART answers at COM1.
+pub fn init() -> Result<(), InitError> {
+    CONSOLE.lock().init(Config {
+        baud_rate: BaudRate::Baud115200,
+        ..Config::DEFAULT
+    })
+}
+
+/// Sends `s` with every `\n` as `\r\n` (a terminal's line end), in FIFO-sized bursts.
+fn send(uart: &mut Uart16550<PioBackend>, s: &str) {
+    let mut lines = s.split('\n');
+    if let Some(first) = lines.next() {
+        uart.send_bytes_exact(first.as_bytes());
+    }
+    for line in lines {
+        uart.send_bytes_exact(b"\r\n");
+        uart.send_bytes_exact(line.as_bytes());
     }
 }
 
 /// Unlocked COM1 writer: use [`Console`] or the macros unless the lock may be held (faults).
+/// It writes through a handle of its own on the UART [`init`] already programmed.
 pub struct Raw;
 
 impl Write for Raw {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for byte in s.bytes() {
-            if byte == b'\n' {
-                write_byte(b'\r');
-            }
-            write_byte(byte);
-        }
+        send(&mut com1(), s);
         Ok(())
     }
 }
@@ -53,16 +58,26 @@ pub struct Console;
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let _guard = LOCK.lock();
-        Raw.write_str(s)
+        send(&mut CONSOLE.lock(), s);
+        Ok(())
     }
 }
 
-/// Prints formatted text as one unit (used by the macros).
+/// Locked writer for one formatted unit: holds the lock across every piece of it.
+struct Locked<'a>(&'a mut Uart16550<PioBackend>);
+
+impl Write for Locked<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        send(self.0, s);
+        Ok(())
+    }
+}
+
+/// Prints formatted text as one unit (used by the macros and the logger).
 pub fn print(args: fmt::Arguments) {
-    let _guard = LOCK.lock();
-    // Raw never fails.
-    let _ = Raw.write_fmt(args);
+    let mut uart = CONSOLE.lock();
+    // Sending never fails.
+    let _ = Locked(&mut uart).write_fmt(args);
 }
 
 /// Prints to the serial console.

@@ -1,6 +1,7 @@
 //! Application processors: INIT-SIPI-SIPI through the xAPIC (MMIO at 0xFEE00000), a 16-bit
 //! real-mode trampoline copied to 0x8000, then the concurrent stage every CPU runs at once
-//! behind a start barrier and under a TSC deadline.
+//! behind a start barrier and under a TSC deadline. The BSP starts them just before that stage
+//! (kernel.rs), so an AP only waits for the others to check in, never through the replay.
 //!
 //! The CPUs to start come from the ACPI MADT (RSDP from the PVH start info). Without one, APIC
 //! IDs 1, 2, ... are tried in turn until one fails to check in within [`CHECKIN_MS`].
@@ -195,7 +196,7 @@ pub extern "sysv64" fn ap_main(cpu: u64) -> ! {
     idt::load();
     ONLINE.fetch_add(1, Ordering::AcqRel);
     while !GO.load(Ordering::Acquire) {
-        core::hint::spin_loop();
+        core::hint::spin_loop(); // until the last AP checked in: the stage starts right after
     }
     stage(cpu);
     crate::exit::halt_forever()

@@ -32,8 +32,8 @@ use crate::{shim, smp, time};
 /// Operations each CPU performs on each table, at least.
 const OPS: u64 = 4_000;
 /// `Busy` results the CPUs must have met on each table together (with two CPUs or more). The
-/// least 20 boots (4 CPUs, TCG, loaded two-core host) showed was 13,245 (boot/README.md): this
-/// floor is far below it, yet no run without contention reaches it.
+/// least 20 boots of the optimised kernel (4 CPUs, TCG, loaded two-core host) showed was 10,265
+/// (boot/README.md): this floor is far below it, yet no run without contention reaches it.
 pub const MIN_BUSY: u64 = 1_000;
 /// The tables, in the order the stage runs them.
 const TABLES: [&str; 3] = ["core", "tdx", "sev"];

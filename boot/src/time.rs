@@ -1,7 +1,7 @@
 //! Time from the TSC, calibrated once against PIT channel 2.
 
-use crate::port::{inb, outb};
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::instructions::port::{Port, PortWriteOnly};
 
 static TSC_PER_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -19,13 +19,16 @@ pub fn calibrate() -> u64 {
     // SAFETY: the PIT and port 0x61 belong to this kernel; channel 2 drives nothing but the
     // (disabled) speaker.
     let ticks = unsafe {
-        let gate = inb(0x61);
-        outb(0x61, (gate & !0x02) | 0x01); // speaker off, channel 2 gate on
-        outb(0x43, 0xB0); // channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count)
-        outb(0x42, count as u8);
-        outb(0x42, (count >> 8) as u8); // counting starts now
+        let mut control = Port::<u8>::new(0x61); // NMI status and PC speaker control
+        let mut mode = PortWriteOnly::<u8>::new(0x43);
+        let mut channel2 = Port::<u8>::new(0x42);
+        let gate = control.read();
+        control.write((gate & !0x02) | 0x01); // speaker off, channel 2 gate on
+        mode.write(0xB0); // channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count)
+        channel2.write(count as u8);
+        channel2.write((count >> 8) as u8); // counting starts now
         let start = now();
-        while inb(0x61) & 0x20 == 0 {
+        while control.read() & 0x20 == 0 {
             core::hint::spin_loop(); // OUT2 goes high at terminal count
         }
         now().wrapping_sub(start)

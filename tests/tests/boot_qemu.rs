@@ -18,6 +18,9 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 const TARGET: &str = "x86_64-unknown-none";
+/// The kernel's build profile, the one `cargo boot` and `cargo run -p boot` use: optimised, with
+/// debug assertions and overflow checks (workspace Cargo.toml).
+const PROFILE: &str = "kernel";
 const QEMU: &str = "qemu-system-x86_64";
 /// CPUs the runner gives QEMU (`-smp 4`).
 const CPUS: usize = 4;
@@ -51,7 +54,16 @@ fn kernel() -> &'static Path {
             .output();
         let target_dir = target_dir();
         let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "boot", "--target", TARGET, "--target-dir"])
+            .args([
+                "build",
+                "-p",
+                "boot",
+                "--target",
+                TARGET,
+                "--profile",
+                PROFILE,
+            ])
+            .arg("--target-dir")
             .arg(&target_dir)
             .current_dir(&root)
             .output()
@@ -61,7 +73,7 @@ fn kernel() -> &'static Path {
             "building the kernel failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        target_dir.join(TARGET).join("debug").join("boot")
+        target_dir.join(TARGET).join(PROFILE).join("boot")
     })
 }
 
@@ -188,6 +200,12 @@ mod qemu {
             "no guard pages:\n{}",
             run.log
         );
+        assert!(
+            run.lines()
+                .any(|l| l.starts_with("run-qemu: PASS in ") && l.ends_with(" s")),
+            "the runner did not give the boot's wall time:\n{}",
+            run.log
+        );
         let smp_ok = format!("smp: {CPUS} cpus ok");
         assert!(
             run.lines().any(|l| l == smp_ok),
@@ -226,7 +244,15 @@ mod qemu {
 
     #[test]
     fn page_fault_is_red() {
-        let run = boot(&["fault"]);
+        // `log=info` also shows that `log` records reach the serial console, as
+        // `[LEVEL target] message`, before the fault.
+        let run = boot(&["fault", "log=info"]);
+        assert!(
+            run.lines()
+                .any(|l| l == "[INFO boot::logger] serial logger at level INFO"),
+            "no log record on the console:\n{}",
+            run.log
+        );
         assert_ne!(
             run.code,
             Some(0),
@@ -253,7 +279,19 @@ mod qemu {
 
     #[test]
     fn stack_overflow_is_reported_as_a_fault() {
-        let run = boot(&["overflow"]);
+        // An unknown log level is named and the default kept (nothing logged at info).
+        let run = boot(&["overflow", "log=loud"]);
+        assert!(
+            run.lines().any(|l| l
+                == "boot: unknown log level 'loud' (off, error, warn, info, debug or trace), keeping WARN"),
+            "an unknown log level went unreported:\n{}",
+            run.log
+        );
+        assert!(
+            !run.log.contains("[INFO "),
+            "an info record showed at the default level:\n{}",
+            run.log
+        );
         assert_ne!(
             run.code,
             Some(0),
