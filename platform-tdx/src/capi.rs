@@ -1451,6 +1451,8 @@ mod tests {
         open_mode: AtomicUsize,
         /// Added to the record length the model reads.
         record_len_past: AtomicUsize,
+        /// 0: seal delegates; 1: seal fails; 2: seal claims one byte past its buffer.
+        seal_mode: AtomicUsize,
     }
 
     impl Counting {
@@ -1492,8 +1494,15 @@ mod tests {
     ) -> core::ffi::c_int {
         // SAFETY: the firmware's pointers, valid for the lengths given; ctx a Counting.
         unsafe {
-            Counting::of(ctx, 0);
-            session::model::seal(ctx, rc, app, app_len, out, cap, out_len)
+            match Counting::of(ctx, 0).seal_mode.load(Ordering::Relaxed) {
+                0 => session::model::seal(ctx, rc, app, app_len, out, cap, out_len),
+                1 => -1,
+                _ => {
+                    let s = session::model::seal(ctx, rc, app, app_len, out, cap, out_len);
+                    *out_len = cap + 1;
+                    s
+                }
+            }
         }
     }
 
@@ -1762,6 +1771,43 @@ mod tests {
         counting.open_mode.store(0, Ordering::Relaxed);
         counting.record_len_past.store(0, Ordering::Relaxed);
         let out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+    }
+
+    /// A C session whose seal() fails or claims more than its buffer: the bind writes no
+    /// request, answers TSM_RELAY_BUFFER_TOO_SMALL + the transport and changes nothing (the
+    /// TDI stays unbound, no exchange begun); once seal behaves the bind goes through.
+    #[test]
+    fn a_c_session_failing_to_seal_leaves_no_request_and_changes_nothing() {
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let before = w.pool_image();
+        let page = |w: &World| -> Vec<u64> {
+            (0..512)
+                .map(|i| word(w.host, REQUEST_PAGE, i).load(Ordering::Relaxed))
+                .collect()
+        };
+        let request_page = page(&w);
+        for (what, mode) in [("seal fails", 1), ("seal claims past its buffer", 2)] {
+            counting.seal_mode.store(mode, Ordering::Relaxed);
+            let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+            assert_eq!(
+                out.rax,
+                status::TSM_RELAY_BUFFER_TOO_SMALL | u64::from(status::OPERAND_ID_TRANSPORT),
+                "{what}"
+            );
+            assert_eq!(w.pool_image(), before, "{what}");
+            assert_eq!(
+                page(&w),
+                request_page,
+                "{what}: the request page was written"
+            );
+        }
+        counting.seal_mode.store(0, Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
         assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
     }
 
