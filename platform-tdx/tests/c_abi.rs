@@ -9,7 +9,12 @@
 //! the device's answer). `pool_pages.c`: the header's pool-size macros against the Rust rule.
 //! `bare_metal.c`: the library built for `x86_64-unknown-none` and linked into a freestanding
 //! ELF with its own `_start` (linked, not run).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

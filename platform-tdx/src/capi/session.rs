@@ -32,6 +32,10 @@ pub struct CRecordContext {
     pub seq: u64,
 }
 
+// The layouts `include/tsm_tdx.h` declares (c-test/session.c asserts the same in C).
+const _: () = assert!(core::mem::size_of::<CRecordContext>() == 16);
+const _: () = assert!(core::mem::offset_of!(CRecordContext, seq) == 8);
+
 impl CRecordContext {
     /// The C view of `ctx`.
     pub fn of(ctx: &RecordContext) -> Self {
@@ -93,6 +97,11 @@ pub struct SessionOps {
     /// [`SecureSession::report_digest`].
     pub report_digest: Option<ReportDigestFn>,
 }
+
+/// Bytes of a C pointer: `SessionOps` is one and five function pointers.
+const PTR: usize = core::mem::size_of::<usize>();
+const _: () = assert!(core::mem::size_of::<SessionOps>() == PTR.saturating_mul(6));
+const _: () = assert!(core::mem::offset_of!(SessionOps, report_digest) == PTR.saturating_mul(5));
 
 /// A C session whose every callback is present (checked once, at init).
 #[derive(Clone, Copy)]
@@ -273,7 +282,7 @@ pub mod model {
         if len == 0 {
             return Some(&[]);
         }
-        // SAFETY: non-null (checked by `as_ref`'s contract below) and the caller's contract.
+        // SAFETY: non-null (checked first), valid for `len` bytes by the caller's contract.
         (!ptr.is_null()).then(|| unsafe { core::slice::from_raw_parts(ptr, len) })
     }
 
@@ -286,7 +295,7 @@ pub mod model {
         if len == 0 {
             return Some(&mut []);
         }
-        // SAFETY: the caller's contract.
+        // SAFETY: non-null (checked first), writable for `len` bytes by the caller's contract.
         (!ptr.is_null()).then(|| unsafe { core::slice::from_raw_parts_mut(ptr, len) })
     }
 
