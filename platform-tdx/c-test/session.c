@@ -289,6 +289,20 @@ static uint64_t set_up(uint64_t bar, uint64_t bar_pages, uint64_t *tdi)
 	r->rcx = dev;
 	r->rdx = (uint64_t)(uintptr_t)list;
 	call("BARs, no pages", TSM_SPDM_BARS, r, TSM_INVALID_RANGE | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = 1ull << 52;
+	list->ranges[0].pages = 1;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("BARs, first_page at 2^52", TSM_SPDM_BARS, r,
+	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = (1ull << 52) - 4096;
+	list->ranges[0].pages = 2;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("BARs, running past 2^52", TSM_SPDM_BARS, r, TSM_INVALID_RANGE | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = bar;
 	list->ranges[0].pages = (uint32_t)bar_pages;
 	memset(r, 0, sizeof(*r));
 	r->rcx = dev;

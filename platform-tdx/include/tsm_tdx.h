@@ -31,11 +31,11 @@
  * Range lists (struct tsm_tdx_range_list: TSM_SPDM_BARS, tsm_tdx_model_report). On TDX
  * `first_page` is a byte address, the host physical address of the range's first byte, 4 KiB
  * aligned, and `pages` counts 4 KiB pages: a first_page not 4 KiB aligned is
- * TDX_OPERAND_INVALID on the list's operand; pages 0, or a range running past 2^52, is
+ * TDX_OPERAND_INVALID on the list's operand, one at or past 2^52
+ * TDX_OPERAND_ADDR_RANGE_ERROR on it; pages 0, or a range running past 2^52, is
  * TSM_INVALID_RANGE on it. SEV-TIO differs (platform-sev/src/abi.rs): its interface report's
- * MMIO ranges (ReportRange.first_page) carry a 4 KiB page number, PFN = address >> 12, as the
- * TDISP report it is modelled on; its DEV_CREATE BAR list (BarEntry.base) is a byte address,
- * 4 KiB aligned. Convert when moving a list between the two.
+ * MMIO ranges (ReportRange.first_page) carry a 4 KiB page number, PFN = address >> 12;
+ * its DEV_CREATE BAR list (BarEntry.base) is a byte address, 4 KiB aligned. Convert when moving a list between the two.
  *
  * The pool (tsm_tdx_init's `mem`) holds only the S-EPT (4 levels) and MMIO metadata (5
  * levels) table pages and their reference counts; see TSM_TDX_POOL_PAGES for its size.
@@ -491,8 +491,8 @@ struct tsm_tdx_record_ctx {
  * (*out_len > out_cap, a record_len past `len`), is the exchange's failure, never a fault. A
  * seal failure leaves no request: the leaf that would have written one answers
  * TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT and changes nothing; an open or
- * record_len failure refuses the host's TDH_DEVIF_RESPONSE (or TDG_DEVIF_RESPONSE)
- * with TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, as any answer that is not the device's: nothing
+ * record_len failure refuses the host's TDH_DEVIF_RESPONSE with
+ * TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, as any answer that is not the device's: nothing
  * changes and the request still waits. The firmware calls them with its device-channel lock
  * held: never two at once, but from whichever thread entered the firmware, and a callback
  * must not call into the firmware.

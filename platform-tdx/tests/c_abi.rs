@@ -213,6 +213,8 @@ fn c_session_carries_the_whole_flow() {
         ("init with the C session", "0x0000000000000000"),
         ("BARs, first_page not 4 KiB aligned", "0xc000010000000002"),
         ("BARs, no pages", "0xc000f00400000002"),
+        ("BARs, first_page at 2^52", "0xc000010100000002"),
+        ("BARs, running past 2^52", "0xc000f00400000002"),
         ("bind relayed", "0x0000000000000000"),
         ("zap while bound", "0xc0000f1000000001"),
         ("unbind relayed", "0x0000000000000000"),
