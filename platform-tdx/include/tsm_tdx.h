@@ -21,6 +21,25 @@
  * each range's attributes and range_id. Memory given at init (the pool, the host range) and
  * the firmware's own state are never accepted as MMIO (TSM_RESERVED_MEMORY).
  *
+ * Addresses are physical, identity-mapped. Every address the firmware is given (the pool and
+ * host range at init, register blocks, parameter and message pages, TDRs, BARs, range lists)
+ * is a host physical address, and for memory the firmware reads or writes it is also the
+ * address it dereferences: the prototype runs with virtual == physical (a firmware image
+ * without paging tricks). An embedder that maps the pool or the host range elsewhere cannot
+ * use this library unchanged.
+ *
+ * Range lists (struct tsm_tdx_range_list: TSM_SPDM_BARS, tsm_tdx_model_report). On TDX
+ * `first_page` is a byte address, the host physical address of the range's first byte, 4 KiB
+ * aligned, and `pages` counts 4 KiB pages: a first_page not 4 KiB aligned is
+ * TDX_OPERAND_INVALID on the list's operand, one at or past 2^52
+ * TDX_OPERAND_ADDR_RANGE_ERROR on it; pages 0, or a range running past 2^52, is
+ * TSM_INVALID_RANGE on it. SEV-TIO differs (platform-sev/src/abi.rs): its interface report's
+ * MMIO ranges (ReportRange.first_page) carry a 4 KiB page number, PFN = address >> 12;
+ * its DEV_CREATE BAR list (BarEntry.base) is a byte address, 4 KiB aligned. Convert when moving a list between the two.
+ *
+ * The pool (tsm_tdx_init's `mem`) holds only the S-EPT (4 levels) and MMIO metadata (5
+ * levels) table pages and their reference counts; see TSM_TDX_POOL_PAGES for its size.
+ *
  * The relay. The firmware never talks to a device. A TDI is named by its TDISP function ID
  * (function_id_reg_t: bits 31:0, 63:32 zero) in RCX of every leaf on it; TDH_DEVIF_CREATE's
  * three pages are the firmware's (never read or written by the host). A leaf that needs the
@@ -378,6 +397,41 @@ struct tsm_tdx_dev_info {
 #define TDX_OPERAND_ID_REG_BLOCK 0xF07u  /* ours: the register block's address */
 #define TDX_OPERAND_ID_REQUEST_PAGE 0xF08u  /* ours: the TDI's request page */
 #define TDX_OPERAND_ID_RESPONSE_PAGE 0xF09u /* ours: the TDI's response page */
+/* Ours: a NULL function in tsm_tdx_init_session's struct tsm_tdx_session. */
+#define TDX_OPERAND_ID_SESSION_SEAL          0xF0Au
+#define TDX_OPERAND_ID_SESSION_OPEN          0xF0Bu
+#define TDX_OPERAND_ID_SESSION_RECORD_LEN    0xF0Cu
+#define TDX_OPERAND_ID_SESSION_LOCK_SECRET   0xF0Du
+#define TDX_OPERAND_ID_SESSION_REPORT_DIGEST 0xF0Eu
+
+/* Pool pages (tsm_tdx_init's len / 4096) for `leaves` private MMIO leaves of page level
+ * `level` (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB) mapped at once, anywhere, over at most `tds` TDs:
+ * the worst case, exactly as platform_tdx::sept::Sept::pool_pages_needed(SeptLevels::Four,
+ * tds, leaves, size) computes it (leaves that share tables take fewer). Per leaf, one table
+ * at each S-EPT level above it (3 - level) and at each MMIO metadata level above it
+ * (4 - level); one S-EPT root per TD that maps, one metadata root; one count page per 512
+ * table pages. So, as an upper bound:
+ *   tables <= min(tds, leaves) + (7 - 2 * level) * leaves + 1,
+ *   pages   = tables + ceil(tables / 512);
+ * and exactly, a level's tables are also capped by the windows the address space has there
+ * (S-EPT, 48 bits per TD: 2^27, 2^18, 512 per TD at the levels holding 4 KiB, 2 MiB, 1 GiB
+ * leaves' tables; MMIO metadata, 52 bits: 2^31, 2^22, 8192, 16), which the macros apply.
+ * One mapped 4 KiB page: 10 pages (with 9 TDH_MMIO_MAP is TSM_SEPT_POOL_EMPTY); no leaves: 0.
+ */
+#define TSM_TDX_MIN_(a, b) ((a) < (b) ? (a) : (b))
+#define TSM_TDX_POOL_TABLES_(t, n, level)                                                    \
+	((t) + 1ull + TSM_TDX_MIN_(n, (t) * 512ull) + TSM_TDX_MIN_(n, 8192ull) +            \
+	 TSM_TDX_MIN_(n, 16ull) +                                                          \
+	 ((level) <= 1 ? TSM_TDX_MIN_(n, (t) << 18) + TSM_TDX_MIN_(n, 1ull << 22) : 0ull) + \
+	 ((level) == 0 ? TSM_TDX_MIN_(n, (t) << 27) + TSM_TDX_MIN_(n, 1ull << 31) : 0ull))
+#define TSM_TDX_POOL_TABLES(tds, leaves, level)                                              \
+	((uint64_t)(tds) == 0 || (uint64_t)(leaves) == 0                                     \
+		 ? 0ull                                                                    \
+		 : TSM_TDX_POOL_TABLES_(TSM_TDX_MIN_((uint64_t)(tds), (uint64_t)(leaves)),  \
+					(uint64_t)(leaves), (uint64_t)(level)))
+#define TSM_TDX_POOL_PAGES(tds, leaves, level)                                               \
+	(TSM_TDX_POOL_TABLES(tds, leaves, level) +                                         \
+	 (TSM_TDX_POOL_TABLES(tds, leaves, level) + 511ull) / 512ull)
 
 /* Gives the firmware `len` bytes at `mem` (4 KiB aligned, never used by the caller again)
  * for its S-EPT table pages, and registers `[host, host + host_len)` (8-byte aligned, a
@@ -389,8 +443,79 @@ struct tsm_tdx_dev_info {
  * multiple of 8); TDX_OPERAND_ADDR_RANGE_ERROR + RDX / R9 (a range past 2^52);
  * TDX_SYSINIT_NOT_PENDING when initialized already (also for the loser of two racing calls).
  * Arguments are checked before any memory is touched, and only the successful call ever
- * touches `mem`. */
+ * touches `mem`. Requests are sealed and answers opened with the model session (the one the
+ * test support's model device shares); tsm_tdx_init_session takes the integrator's. */
 uint64_t tsm_tdx_init(void *mem, size_t len, void *host, size_t host_len);
+
+/*
+ * The device link a C integrator supplies: its SPDM secured session with the device (DSP0277
+ * secured messages), which seals every TDISP request the firmware writes for the host to relay
+ * and opens every answer the host hands back (Rust: tsm_core::SecureSession). One session for
+ * the whole firmware: route by rc->function_id when devices have their own.
+ *
+ * What a record is bound to: the interface (TDISP FUNCTION_ID), the exchange's sequence
+ * number (one counter for the session, never repeated, never reset: bind it into the AEAD
+ * nonce) and the direction. A record of another exchange, TDI or direction must not open.
+ */
+struct tsm_tdx_record_ctx {
+	uint32_t function_id;
+	uint32_t direction; /* TSM_TDX_DIRECTION_* */
+	uint64_t seq;
+};
+#define TSM_TDX_DIRECTION_REQUEST  0u /* firmware (SPDM requester) to device */
+#define TSM_TDX_DIRECTION_RESPONSE 1u /* device to firmware */
+/* Bytes of an interface report digest (SHA-384, as SEV-TIO's interface_report_digest). */
+#define TSM_TDX_REPORT_DIGEST_BYTES 48u
+/* Most bytes a record adds around its message (DSP0277 6.2: SessionID 4, SequenceNumber up to
+ * 8, Length 2, ApplicationDataLength 2, a 16-byte MAC; no random padding). */
+#define TSM_TDX_SESSION_MAX_OVERHEAD 32u
+
+/*
+ * The callbacks. `ctx` is the struct's own, passed back as is (never dereferenced by the
+ * firmware). Every pointer the firmware passes is valid for the length given, for that call
+ * only: keep none. Return 0 on success; anything else is a failure.
+ * - seal: wrap the `app_len` bytes at `app` (an SPDM message) in one secured record for `rc`,
+ *   written to `out` (at most `out_cap` bytes, at most TSM_TDX_SESSION_MAX_OVERHEAD bytes
+ *   longer than the message); its length to *out_len.
+ * - open: verify and decrypt the one record at `record` (`record_len` bytes) for `rc` into
+ *   `out` (at most `out_cap` bytes); the application data's length to *out_len. Fail when it
+ *   does not verify for `rc`.
+ * - record_len: the length of the record that starts the `len` bytes at `bytes`, from its
+ *   header (fail: too short to tell). Only DOE padding may follow it.
+ * - lock_secret: 64 bits the host can neither predict nor choose for the LOCK_INTERFACE
+ *   request bound to `rc` (the firmware makes that LOCK's MMIO_REPORTING_OFFSET of them); the
+ *   same `rc` must always give the same bits (a re-sent LOCK is the request first sent).
+ * - report_digest: the digest of the `len`-byte interface report at `report`, the hash the
+ *   session negotiated, TSM_TDX_REPORT_DIGEST_BYTES bytes to `digest`.
+ * Every answer is checked, never trusted: a failure, or a length past the buffer given
+ * (*out_len > out_cap, a record_len past `len`), is the exchange's failure, never a fault. A
+ * seal failure leaves no request: the leaf that would have written one answers
+ * TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT and changes nothing; an open or
+ * record_len failure refuses the host's TDH_DEVIF_RESPONSE with
+ * TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, as any answer that is not the device's: nothing
+ * changes and the request still waits. The firmware calls them with its device-channel lock
+ * held: never two at once, but from whichever thread entered the firmware, and a callback
+ * must not call into the firmware.
+ */
+struct tsm_tdx_session {
+	void *ctx;
+	int (*seal)(void *ctx, const struct tsm_tdx_record_ctx *rc, const uint8_t *app,
+		    size_t app_len, uint8_t *out, size_t out_cap, size_t *out_len);
+	int (*open)(void *ctx, const struct tsm_tdx_record_ctx *rc, const uint8_t *record,
+		    size_t record_len, uint8_t *out, size_t out_cap, size_t *out_len);
+	int (*record_len)(void *ctx, const uint8_t *bytes, size_t len, size_t *record_len);
+	uint64_t (*lock_secret)(void *ctx, const struct tsm_tdx_record_ctx *rc);
+	void (*report_digest)(void *ctx, const uint8_t *report, size_t len, uint8_t *digest);
+};
+
+/* As tsm_tdx_init, sealing and opening with the session `*ops`, copied once by this call
+ * (later changes to the struct are not seen; `ctx` and the functions must stay valid for the
+ * rest of the program). `ops` is operand R10, checked after the four memory arguments and
+ * before anything is touched: TDX_OPERAND_INVALID + R10 (ops NULL or not aligned for the
+ * struct), + TDX_OPERAND_ID_SESSION_* (the first NULL function, in the struct's order). The
+ * firmware stays uninitialized after a refusal. */
+uint64_t tsm_tdx_init_session(void *mem, size_t len, void *host, size_t host_len,
+			      const struct tsm_tdx_session *ops);
 
 /* One SEAMCALL on the register block at `regs` (in host memory); returns the status, also
  * left in regs->rax. TDX_SYS_NOT_READY before tsm_tdx_init (nothing written). */
@@ -411,10 +536,15 @@ uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
  * in bytes (0: the device did not answer) to `*response_len`. TDX_OPERAND_INVALID + RDX (len
  * 0 or past a page); TDX_OPERAND_ADDR_RANGE_ERROR (or TDX_OPERAND_INVALID when not 8-byte
  * aligned) + RCX / R8 / R9 for request / response / response_len; every address is checked
- * before the device sees the request. */
+ * before the device sees the request.
+ *
+ * tsm_tdx_model_session: writes the model session's callbacks (ctx NULL) to `*ops`, for a C
+ * session that delegates to them (the model device opens only what they seal).
+ * TDX_OPERAND_INVALID + RCX for a NULL or misaligned `ops` (nothing written). */
 uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *list);
 uint64_t tsm_tdx_model_doe(const void *request, uint64_t len, void *response,
 			   uint64_t *response_len);
+uint64_t tsm_tdx_model_session(struct tsm_tdx_session *ops);
 
 /* One TDCALL from the TD whose TDR page is at `td`; as tsm_tdx_seamcall. A TDR naming no TD is
  * TDX_OPERAND_INVALID + TDX_OPERAND_ID_TDR. */

@@ -6,14 +6,18 @@
 //! The prototype runs with physical addresses equal to the addresses the caller passes
 //! (identity mapping, as in a firmware image without paging tricks). It never talks to a
 //! device: a leaf that needs one answers `TDX_SPDM_REQUEST` with the request in the TDI's
-//! request page, and the C host relays it (README, "The relay"). Requests are sealed with
-//! [`ModelSession`], the session the core's model device shares; a real platform plugs in
-//! the SPDM session it established with the device. With feature `model-device` (test
-//! support, never in a firmware build) the library also carries that model device for a C
-//! host to relay to ([`ModelMailbox`]: `tsm_tdx_model_doe`, `tsm_tdx_model_report`).
+//! request page, and the C host relays it (README, "The relay"). `tsm_tdx_init` seals
+//! requests with [`ModelSession`], the session the core's model device shares;
+//! `tsm_tdx_init_session` takes the SPDM session the integrator established with the device
+//! as C callbacks ([`session`]: `struct tsm_tdx_session`, copied once, every callback's answer
+//! checked). With feature `model-device` (test support, never in a firmware build) the
+//! library also carries that model device for a C host to relay to ([`ModelMailbox`]:
+//! `tsm_tdx_model_doe`, `tsm_tdx_model_report`) and the model session as C callbacks
+//! (`tsm_tdx_model_session`).
 //!
 //! What the entry points guarantee:
-//! - `tsm_tdx_init` checks its arguments without touching memory, then builds the pool inside
+//! - `tsm_tdx_init` (and `tsm_tdx_init_session`, which also checks and copies the session's
+//!   callbacks) checks its arguments without touching memory, then builds the pool inside
 //!   the one-time initialization: of two racing callers exactly one succeeds, the other gets
 //!   `TDX_SYSINIT_NOT_PENDING` and its buffer is never touched.
 //! - Every read and write of host memory, the register block included, goes through one
@@ -41,18 +45,20 @@ use crate::frames::{FramePool, PAGE_BYTES, Page};
 use crate::module::TdxModule;
 use crate::sept::{Sept, SeptLevels};
 use crate::status::{
-    OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_RCX, OPERAND_ID_RDX, OPERAND_ID_REG_BLOCK,
-    TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS, TDX_SYS_NOT_READY,
-    TDX_SYSINIT_NOT_PENDING, TdxStatus,
+    OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_RCX, OPERAND_ID_RDX,
+    OPERAND_ID_REG_BLOCK, TDX_OPERAND_ADDR_RANGE_ERROR, TDX_OPERAND_INVALID, TDX_SUCCESS,
+    TDX_SYS_NOT_READY, TDX_SYSINIT_NOT_PENDING, TdxStatus,
 };
 
 #[cfg(any(feature = "model-device", test))]
 mod model;
+pub mod session;
 #[cfg(any(feature = "model-device", test))]
 pub use model::ModelMailbox;
+pub use session::{CRecordContext, CSession, LinkSession, SessionOps};
 
 /// The firmware instance the C entry points drive.
-pub type CFirmware = TdxModule<'static, ModelSession>;
+pub type CFirmware = TdxModule<'static, LinkSession>;
 
 /// Bytes of one host-memory access: the accessor moves 8-byte words.
 const WORD: usize = core::mem::size_of::<u64>();
@@ -208,6 +214,14 @@ struct Instance {
     host: HostWindow,
 }
 
+/// Init's arguments once checked (nothing touched yet).
+struct InitArgs {
+    mem: *mut u8,
+    pages: usize,
+    window: HostWindow,
+    reserved: ReservedMemory,
+}
+
 /// A firmware behind the C entry points: initialized once, then entered from any thread.
 pub struct Firmware {
     state: Once<Option<Instance>>,
@@ -243,7 +257,7 @@ impl Firmware {
         Some(&self.instance()?.host)
     }
 
-    /// `tsm_tdx_init`: see the C header.
+    /// `tsm_tdx_init`: see the C header. The firmware seals with [`ModelSession::model`].
     ///
     /// # Safety
     ///
@@ -257,26 +271,80 @@ impl Firmware {
         host: *mut u8,
         host_len: usize,
     ) -> TdxStatus {
-        // Every argument is checked before anything is touched.
+        // SAFETY: the caller's contract.
+        match unsafe { self.check(mem, len, host, host_len) } {
+            Ok(args) => self.commit(args, LinkSession::Model(ModelSession::model())),
+            Err(s) => s,
+        }
+    }
+
+    /// `tsm_tdx_init_session`: as [`Firmware::init`], sealing with the C session `*ops`
+    /// (copied once, here). `ops` is operand R10: NULL or not aligned for the struct is
+    /// `TDX_OPERAND_INVALID` + R10, a NULL callback `TDX_OPERAND_INVALID` naming it
+    /// (`OPERAND_ID_SESSION_*`). Checked after the memory arguments, before anything is
+    /// touched.
+    ///
+    /// # Safety
+    ///
+    /// As [`Firmware::init`]; and a non-null, aligned `ops` must be valid for one read of a
+    /// [`SessionOps`], whose callbacks, if this call succeeds, must be safe to call for the
+    /// rest of the program as the header describes (from any thread entering the firmware, one
+    /// call at a time, never calling back into it).
+    pub unsafe fn init_session(
+        &self,
+        mem: *mut u8,
+        len: usize,
+        host: *mut u8,
+        host_len: usize,
+        ops: *const SessionOps,
+    ) -> TdxStatus {
+        // SAFETY: the caller's contract.
+        let args = match unsafe { self.check(mem, len, host, host_len) } {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        if ops.is_null() || !ops.is_aligned() {
+            return invalid(OPERAND_ID_R10);
+        }
+        // SAFETY: non-null and aligned (checked), valid for a read by the caller's contract;
+        // every bit pattern is a valid `SessionOps` (a pointer and nullable function
+        // pointers). Read once: later changes to the caller's struct are never seen.
+        let ops = unsafe { ops.read() };
+        match CSession::new(&ops) {
+            Ok(session) => self.commit(args, LinkSession::C(session)),
+            Err(s) => s,
+        }
+    }
+
+    /// Init's argument checks, touching no memory: the pool's pages, the host window and the
+    /// memory the firmware reserves.
+    ///
+    /// # Safety
+    ///
+    /// As [`Firmware::init`] for `host` (the window is only kept if init succeeds).
+    unsafe fn check(
+        &self,
+        mem: *mut u8,
+        len: usize,
+        host: *mut u8,
+        host_len: usize,
+    ) -> Result<InitArgs, TdxStatus> {
         let mem_addr = mem.addr();
         if mem.is_null() || !mem_addr.is_multiple_of(PAGE_BYTES) {
-            return invalid(OPERAND_ID_RCX);
+            return Err(invalid(OPERAND_ID_RCX));
         }
         let pages = len / PAGE_BYTES;
         if pages == 0 {
-            return invalid(OPERAND_ID_RDX);
+            return Err(invalid(OPERAND_ID_RDX));
         }
         if !FramePool::fits(pages, mem_addr as u64) {
-            return TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX);
+            return Err(TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX));
         }
         // SAFETY: the caller's contract for `host`; the window is only kept on success.
-        let window = match unsafe { HostWindow::new(host, host_len) } {
-            Ok(w) => w,
-            Err(s) => return s,
-        };
+        let window = unsafe { HostWindow::new(host, host_len) }?;
         let pool_bytes = (pages as u64).saturating_mul(PAGE_BYTES as u64);
         if window.overlaps(mem_addr as u64, pool_bytes) {
-            return invalid(OPERAND_ID_R8);
+            return Err(invalid(OPERAND_ID_R8));
         }
         // Never MMIO: the pool (S-EPT pages) and host memory (system RAM, the TDX-usable
         // memory of this prototype). A BAR, report or mapping touching either is refused.
@@ -284,10 +352,25 @@ impl Firmware {
             core::ptr::from_ref(self).addr() as u64,
             core::mem::size_of::<Self>(),
         );
-        let reserved = match reserved_memory(mem_addr as u64, pages, &window, state) {
-            Some(r) => r,
-            None => return TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX),
-        };
+        let reserved = reserved_memory(mem_addr as u64, pages, &window, state)
+            .ok_or(TDX_OPERAND_ADDR_RANGE_ERROR | u64::from(OPERAND_ID_RDX))?;
+        Ok(InitArgs {
+            mem,
+            pages,
+            window,
+            reserved,
+        })
+    }
+
+    /// Builds the firmware from checked arguments, once: of two racing callers exactly one
+    /// runs this, the other's memory is never touched.
+    fn commit(&self, args: InitArgs, session: LinkSession) -> TdxStatus {
+        let InitArgs {
+            mem,
+            pages,
+            window,
+            reserved,
+        } = args;
         if self.state.is_completed() {
             return TDX_SYSINIT_NOT_PENDING;
         }
@@ -296,18 +379,14 @@ impl Firmware {
         // the closure: its memory is never touched.
         self.state.call_once(|| {
             ours = true;
-            // SAFETY: `mem` is non-null and 4 KiB aligned (checked above) and, by this
-            // function's contract, `pages * 4096` bytes exclusively ours forever; `Page` is
-            // plain `u64`s, valid for any bit pattern.
+            // SAFETY: `mem` is non-null and 4 KiB aligned (checked in `check`) and, by init's
+            // contract, `pages * 4096` bytes exclusively ours forever; `Page` is plain `u64`s,
+            // valid for any bit pattern.
             let frames: &'static mut [Page] =
                 unsafe { core::slice::from_raw_parts_mut(mem.cast::<Page>(), pages) };
-            let pool = FramePool::new(frames, mem_addr as u64)?;
+            let pool = FramePool::new(frames, mem.addr() as u64)?;
             Some(Instance {
-                tsm: TdxModule::with_reserved(
-                    Sept::new(pool, SeptLevels::Four),
-                    ModelSession::model(),
-                    reserved,
-                ),
+                tsm: TdxModule::with_reserved(Sept::new(pool, SeptLevels::Four), session, reserved),
                 host: window,
             })
         });
@@ -400,6 +479,24 @@ pub unsafe extern "C" fn tsm_tdx_init(
     unsafe { FIRMWARE.init(mem, len, host, host_len) }
 }
 
+/// As [`tsm_tdx_init`], sealing every request and opening every answer with the integrator's
+/// SPDM session `*ops` (copied once). See `include/tsm_tdx.h` for the statuses.
+///
+/// # Safety
+///
+/// As [`Firmware::init_session`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tsm_tdx_init_session(
+    mem: *mut u8,
+    len: usize,
+    host: *mut u8,
+    host_len: usize,
+    ops: *const SessionOps,
+) -> TdxStatus {
+    // SAFETY: the caller's contract is Firmware::init_session's.
+    unsafe { FIRMWARE.init_session(mem, len, host, host_len, ops) }
+}
+
 /// One SEAMCALL: the block at `regs` (in host memory) holds the leaf in RAX on entry and the
 /// status on return. Returns the status too.
 #[unsafe(no_mangle)]
@@ -450,6 +547,24 @@ pub extern "C" fn tsm_tdx_model_doe(
     )
 }
 
+/// Test support (feature `model-device`): writes the model session's callbacks (`ctx` NULL)
+/// to `*ops`, for a C session that delegates to them. `TDX_OPERAND_INVALID` + RCX for a NULL
+/// or misaligned `ops` (nothing written).
+///
+/// # Safety
+///
+/// A non-null, aligned `ops` must be valid for one write of a [`SessionOps`].
+#[cfg(feature = "model-device")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tsm_tdx_model_session(ops: *mut SessionOps) -> TdxStatus {
+    if ops.is_null() || !ops.is_aligned() {
+        return invalid(OPERAND_ID_RCX);
+    }
+    // SAFETY: non-null and aligned (checked), writable by the caller's contract.
+    unsafe { ops.write(session::model::OPS) };
+    TDX_SUCCESS
+}
+
 /// Without `std` the static library needs its own panic handler. The lints make host input
 /// unable to reach a panic; if one happens anyway, trap (SIGILL on a host, #UD in firmware)
 /// rather than continue.
@@ -483,6 +598,7 @@ mod tests {
     use crate::abi::{self, RangeEntry, RangeList};
     use crate::module::DevifEntry;
     use crate::status::{self, TSM_TOO_MANY_RANGES};
+    use core::sync::atomic::AtomicUsize;
     use std::boxed::Box;
     use std::vec::Vec;
     use tsm_core::TdiId;
@@ -579,19 +695,24 @@ mod tests {
 
     impl World {
         fn new() -> World {
+            Self::sealing_with(None)
+        }
+        /// A firmware sealing with the model session, or with the C session `ops`.
+        fn sealing_with(ops: Option<&SessionOps>) -> World {
             let fw: &'static Firmware = Box::leak(Box::new(Firmware::new()));
             let pool = leak_pages(24, 0);
             let pool_pages = pool.len();
             let pool = pool.as_mut_ptr();
             let host = leak_host(HOST_PAGES).as_mut_ptr();
-            // SAFETY: both leaked, exclusively handed to this firmware.
+            let (mem, len) = (pool.cast(), pool_pages * PAGE_BYTES);
+            let (host_at, host_len) = (host.cast(), HOST_PAGES * PAGE_BYTES);
+            // SAFETY: both leaked, exclusively handed to this firmware; `ops` a valid struct
+            // whose callbacks are sound for the program's life.
             let s = unsafe {
-                fw.init(
-                    pool.cast(),
-                    pool_pages * PAGE_BYTES,
-                    host.cast(),
-                    HOST_PAGES * PAGE_BYTES,
-                )
+                match ops {
+                    None => fw.init(mem, len, host_at, host_len),
+                    Some(ops) => fw.init_session(mem, len, host_at, host_len, ops),
+                }
             };
             assert_eq!(s, TDX_SUCCESS);
             World {
@@ -1318,6 +1439,376 @@ mod tests {
             assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
         }
         assert_eq!(seq(&w), Some(first.wrapping_add(1)), "exactly one step");
+    }
+
+    /// A C session for the tests: counts its calls and delegates to the model session's C
+    /// callbacks, or lies when told to (`ctx` points to it).
+    #[derive(Default)]
+    struct Counting {
+        /// seal, open, record_len, lock_secret, report_digest.
+        calls: [AtomicUsize; 5],
+        /// 0: open delegates; 1: open fails; 2: open claims one byte past its buffer.
+        open_mode: AtomicUsize,
+        /// Added to the record length the model reads.
+        record_len_past: AtomicUsize,
+        /// 0: seal delegates; 1: seal fails; 2: seal claims one byte past its buffer.
+        seal_mode: AtomicUsize,
+    }
+
+    impl Counting {
+        fn leak() -> &'static Counting {
+            Box::leak(Box::default())
+        }
+        fn ops(&'static self) -> SessionOps {
+            SessionOps {
+                ctx: core::ptr::from_ref(self).cast_mut().cast(),
+                seal: Some(counting_seal),
+                open: Some(counting_open),
+                record_len: Some(counting_record_len),
+                lock_secret: Some(counting_lock_secret),
+                report_digest: Some(counting_report_digest),
+            }
+        }
+        fn calls(&self) -> [usize; 5] {
+            self.calls.each_ref().map(|c| c.load(Ordering::Relaxed))
+        }
+        /// # Safety
+        ///
+        /// `ctx` is a `Counting` (the tests' ops).
+        unsafe fn of<'a>(ctx: *mut core::ffi::c_void, call: usize) -> &'a Counting {
+            // SAFETY: the caller's contract.
+            let c = unsafe { &*ctx.cast::<Counting>() };
+            c.calls[call].fetch_add(1, Ordering::Relaxed);
+            c
+        }
+    }
+
+    unsafe extern "C" fn counting_seal(
+        ctx: *mut core::ffi::c_void,
+        rc: *const CRecordContext,
+        app: *const u8,
+        app_len: usize,
+        out: *mut u8,
+        cap: usize,
+        out_len: *mut usize,
+    ) -> core::ffi::c_int {
+        // SAFETY: the firmware's pointers, valid for the lengths given; ctx a Counting.
+        unsafe {
+            match Counting::of(ctx, 0).seal_mode.load(Ordering::Relaxed) {
+                0 => session::model::seal(ctx, rc, app, app_len, out, cap, out_len),
+                1 => -1,
+                _ => {
+                    let s = session::model::seal(ctx, rc, app, app_len, out, cap, out_len);
+                    *out_len = cap + 1;
+                    s
+                }
+            }
+        }
+    }
+
+    unsafe extern "C" fn counting_open(
+        ctx: *mut core::ffi::c_void,
+        rc: *const CRecordContext,
+        record: *const u8,
+        record_len: usize,
+        out: *mut u8,
+        cap: usize,
+        out_len: *mut usize,
+    ) -> core::ffi::c_int {
+        // SAFETY: as in `counting_seal`.
+        unsafe {
+            match Counting::of(ctx, 1).open_mode.load(Ordering::Relaxed) {
+                0 => session::model::open(ctx, rc, record, record_len, out, cap, out_len),
+                1 => -1,
+                _ => {
+                    let s = session::model::open(ctx, rc, record, record_len, out, cap, out_len);
+                    *out_len = cap + 1;
+                    s
+                }
+            }
+        }
+    }
+
+    unsafe extern "C" fn counting_record_len(
+        ctx: *mut core::ffi::c_void,
+        bytes: *const u8,
+        len: usize,
+        out: *mut usize,
+    ) -> core::ffi::c_int {
+        // SAFETY: as in `counting_seal`.
+        unsafe {
+            let c = Counting::of(ctx, 2);
+            let s = session::model::record_len(ctx, bytes, len, out);
+            *out += c.record_len_past.load(Ordering::Relaxed);
+            s
+        }
+    }
+
+    unsafe extern "C" fn counting_lock_secret(
+        ctx: *mut core::ffi::c_void,
+        rc: *const CRecordContext,
+    ) -> u64 {
+        // SAFETY: as in `counting_seal`.
+        unsafe {
+            Counting::of(ctx, 3);
+            session::model::lock_secret(ctx, rc)
+        }
+    }
+
+    unsafe extern "C" fn counting_report_digest(
+        ctx: *mut core::ffi::c_void,
+        report: *const u8,
+        len: usize,
+        digest: *mut u8,
+    ) {
+        // SAFETY: as in `counting_seal`.
+        unsafe {
+            Counting::of(ctx, 4);
+            session::model::report_digest(ctx, report, len, digest);
+        }
+    }
+
+    /// `init_session` checks the memory arguments first (as `init`), then the session: NULL
+    /// or misaligned ops is OPERAND_INVALID + R10, a NULL callback OPERAND_INVALID naming it;
+    /// nothing is touched, and the firmware stays not ready until a whole session is given.
+    #[test]
+    fn init_session_refuses_a_missing_session_or_callback_without_touching_memory() {
+        let fw = Firmware::new();
+        let pool = leak_pages(8, 7);
+        let host = leak_host(1);
+        let (p, h) = (
+            pool.as_mut_ptr().cast::<u8>(),
+            host.as_mut_ptr().cast::<u8>(),
+        );
+        let full = Counting::leak().ops();
+        let ops_words = [0u64; 7];
+        let misaligned = ops_words
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(4)
+            .cast::<SessionOps>();
+        let cases: [(&str, *mut u8, *const SessionOps, SessionOps, TdxStatus); 8] = [
+            (
+                "null ops",
+                p,
+                core::ptr::null(),
+                full,
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "misaligned ops",
+                p,
+                misaligned,
+                full,
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "null pool and null ops: the pool first",
+                core::ptr::null_mut(),
+                core::ptr::null(),
+                full,
+                invalid(OPERAND_ID_RCX),
+            ),
+            (
+                "no seal",
+                p,
+                core::ptr::null(),
+                SessionOps { seal: None, ..full },
+                invalid(status::OPERAND_ID_SESSION_SEAL),
+            ),
+            (
+                "no open",
+                p,
+                core::ptr::null(),
+                SessionOps { open: None, ..full },
+                invalid(status::OPERAND_ID_SESSION_OPEN),
+            ),
+            (
+                "no record_len",
+                p,
+                core::ptr::null(),
+                SessionOps {
+                    record_len: None,
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_RECORD_LEN),
+            ),
+            (
+                "no lock_secret",
+                p,
+                core::ptr::null(),
+                SessionOps {
+                    lock_secret: None,
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_LOCK_SECRET),
+            ),
+            (
+                "no report_digest",
+                p,
+                core::ptr::null(),
+                SessionOps {
+                    report_digest: None,
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_REPORT_DIGEST),
+            ),
+        ];
+        for (what, mem, at, ops, expect) in cases {
+            // A case without its own pointer passes its struct.
+            let at = if at.is_null() && what.starts_with("no ") {
+                &raw const ops
+            } else {
+                at
+            };
+            // SAFETY: leaked memory; refused calls touch nothing.
+            let status = unsafe { fw.init_session(mem, 8 * PAGE_BYTES, h, PAGE_BYTES, at) };
+            assert_eq!(status, expect, "{what}");
+            assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)), "{what}");
+            assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY, "{what}");
+        }
+        // SAFETY: as above; a whole session is taken.
+        let status = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, PAGE_BYTES, &full) };
+        assert_eq!(status, TDX_SUCCESS);
+        // SAFETY: as above; refused, nothing touched.
+        let again = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, PAGE_BYTES, &full) };
+        assert_eq!(again, TDX_SYSINIT_NOT_PENDING);
+        assert!(matches!(
+            fw.instance().unwrap().tsm.with_transport(|r| *r.session()),
+            Ok(LinkSession::C(_))
+        ));
+    }
+
+    /// Bind, then unbind, with the firmware sealing and opening through a C session that
+    /// delegates to the model: every request is sealed and every answer opened through the
+    /// callbacks (the model device shares the model's keys, so the exchange only completes if
+    /// they are used), the LOCK's offset and the report digest come from them too. The ops
+    /// struct was copied at init: clearing the caller's copy afterwards changes nothing.
+    #[test]
+    fn bind_and_unbind_through_a_c_session() {
+        let counting = Counting::leak();
+        let ops: &'static mut SessionOps = Box::leak(Box::new(counting.ops()));
+        let w = World::sealing_with(Some(ops));
+        // The integrator's struct changes after init: the firmware's copy does not.
+        *ops = SessionOps {
+            ctx: core::ptr::null_mut(),
+            seal: None,
+            ..*ops
+        };
+        core::hint::black_box(&*ops);
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        assert_eq!(counting.calls(), [0; 5]);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        let [seal, open, record_len, lock_secret, digest] = counting.calls();
+        assert!(
+            seal >= 4 && open == seal && record_len == open,
+            "{:?}",
+            counting.calls()
+        );
+        assert!(lock_secret >= 1 && digest == 1, "{:?}", counting.calls());
+        let unbind = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        assert_eq!(w.relay(&model, tdi, unbind).rax, TDX_SUCCESS);
+        assert!(counting.calls()[0] > seal && counting.calls()[1] > open);
+    }
+
+    /// A C session whose open() fails, or claims more bytes than its buffer, or whose
+    /// record_len runs past the bytes it was given: the device's answer to the bind is
+    /// refused with TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX and nothing changes (the request
+    /// still waits, re-read unchanged); once the session behaves the bind completes.
+    #[test]
+    fn a_c_session_refusing_the_answer_refuses_the_response_and_changes_nothing() {
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        let len = (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff;
+        let doe = model.doe(
+            w.fw,
+            w.page(REQUEST_PAGE),
+            len,
+            w.page(RESPONSE_PAGE),
+            w.len_at(),
+        );
+        assert_eq!(doe, TDX_SUCCESS);
+        let request: Vec<u64> = (0..512)
+            .map(|i| word(w.host, REQUEST_PAGE, i).load(Ordering::Relaxed))
+            .collect();
+        let before = w.pool_image();
+        let refused = status::TDX_DEVIF_TDISP_INVALID_MESSAGE | u64::from(OPERAND_ID_RDX);
+        for (what, open_mode, past) in [
+            ("open fails", 1, 0),
+            ("open claims past its buffer", 2, 0),
+            ("record_len past the input", 0, 1),
+            ("record_len far past the input", 0, 1 << 40),
+        ] {
+            counting.open_mode.store(open_mode, Ordering::Relaxed);
+            counting.record_len_past.store(past, Ordering::Relaxed);
+            let out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
+            assert_eq!(out.rax, refused, "{what}");
+            assert_eq!(w.pool_image(), before, "{what}");
+        }
+        // The request still waits: re-read, it is the one first written.
+        let again = w.call(
+            abi::TDH_DEVIF_REQUEST,
+            SeamRegs {
+                rcx: tdi,
+                rdx: crate::devif::TDISP_LOCK_INTERFACE as u64,
+                r8: w.page(REQUEST_PAGE),
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(again.rax, status::TDX_SPDM_REQUEST);
+        let reread: Vec<u64> = (0..512)
+            .map(|i| word(w.host, REQUEST_PAGE, i).load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(reread, request);
+        assert_eq!(w.pool_image(), before);
+        counting.open_mode.store(0, Ordering::Relaxed);
+        counting.record_len_past.store(0, Ordering::Relaxed);
+        let out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+    }
+
+    /// A C session whose seal() fails or claims more than its buffer: the bind writes no
+    /// request, answers TSM_RELAY_BUFFER_TOO_SMALL + the transport and changes nothing (the
+    /// TDI stays unbound, no exchange begun); once seal behaves the bind goes through.
+    #[test]
+    fn a_c_session_failing_to_seal_leaves_no_request_and_changes_nothing() {
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let before = w.pool_image();
+        let page = |w: &World| -> Vec<u64> {
+            (0..512)
+                .map(|i| word(w.host, REQUEST_PAGE, i).load(Ordering::Relaxed))
+                .collect()
+        };
+        let request_page = page(&w);
+        for (what, mode) in [("seal fails", 1), ("seal claims past its buffer", 2)] {
+            counting.seal_mode.store(mode, Ordering::Relaxed);
+            let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+            assert_eq!(
+                out.rax,
+                status::TSM_RELAY_BUFFER_TOO_SMALL | u64::from(status::OPERAND_ID_TRANSPORT),
+                "{what}"
+            );
+            assert_eq!(w.pool_image(), before, "{what}");
+            assert_eq!(
+                page(&w),
+                request_page,
+                "{what}: the request page was written"
+            );
+        }
+        counting.seal_mode.store(0, Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
     }
 
     /// The `extern "C"` functions drive the one static firmware (the only test that uses it).

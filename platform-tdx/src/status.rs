@@ -281,6 +281,16 @@ pub const OPERAND_ID_REG_BLOCK: u32 = 0xF07;
 pub const OPERAND_ID_REQUEST_PAGE: u32 = 0xF08;
 /// Ours: the TDI's response page (host to module), given in R10 of TDH.DEVIF.CREATE.
 pub const OPERAND_ID_RESPONSE_PAGE: u32 = 0xF09;
+/// Ours: `seal` of the C entry point's `struct tsm_tdx_session` (NULL at init).
+pub const OPERAND_ID_SESSION_SEAL: u32 = 0xF0A;
+/// Ours: `open` of `struct tsm_tdx_session` (NULL at init).
+pub const OPERAND_ID_SESSION_OPEN: u32 = 0xF0B;
+/// Ours: `record_len` of `struct tsm_tdx_session` (NULL at init).
+pub const OPERAND_ID_SESSION_RECORD_LEN: u32 = 0xF0C;
+/// Ours: `lock_secret` of `struct tsm_tdx_session` (NULL at init).
+pub const OPERAND_ID_SESSION_LOCK_SECRET: u32 = 0xF0D;
+/// Ours: `report_digest` of `struct tsm_tdx_session` (NULL at init).
+pub const OPERAND_ID_SESSION_REPORT_DIGEST: u32 = 0xF0E;
 
 /// Which register of a leaf carries which kind of operand (`None`: the leaf has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,8 +4,17 @@
 //! `bind_zap.c`: bind (every exchange relayed by the C host), map, refused zap, unbind,
 //! allowed zap. `host_flow.c`: the Linux host's whole flow, then the eight vfio paths (old
 //! order refused with nothing changed, patched order allowed, rebind), all through
-//! `tsm_tdx_seamcall` / `tsm_tdx_tdcall`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `tsm_tdx_seamcall` / `tsm_tdx_tdcall`. `session.c`: the firmware sealing through a C
+//! session (`tsm_tdx_init_session`), run once per mode (delegating, and three that refuse
+//! the device's answer). `pool_pages.c`: the header's pool-size macros against the Rust rule.
+//! `bare_metal.c`: the library built for `x86_64-unknown-none` and linked into a freestanding
+//! ELF with its own `_start` (linked, not run).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,53 +28,79 @@ fn work() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-abi")
 }
 
+/// The outer build's target folder (`CARGO_TARGET_TMPDIR` is its `tmp/`): the dependencies
+/// the tests already compiled are not compiled again.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target-dir>/tmp")
+        .to_path_buf()
+}
+
+/// Builds platform-tdx as a static library with `features`, for `target` (`None`: the
+/// host), into the outer target folder; its path.
+fn build_static_lib(features: &str, target: Option<&str>) -> PathBuf {
+    let target_dir = target_dir();
+    std::fs::create_dir_all(work()).expect("create the C programs' folder");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(manifest()).args([
+        "rustc",
+        "-p",
+        "platform-tdx",
+        "--lib",
+        "--features",
+        features,
+        "--crate-type",
+        "staticlib",
+    ]);
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    let build = cmd
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // The outer test build's flags are for the host test binary, not for this library.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("run cargo");
+    assert!(
+        build.status.success(),
+        "static library build ({features}, {target:?}) failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let lib = match target {
+        Some(t) => target_dir.join(t),
+        None => target_dir,
+    }
+    .join("debug")
+    .join("libplatform_tdx.a");
+    assert!(lib.exists(), "{} missing", lib.display());
+    lib
+}
+
 /// The static library with the model device, built once for every test of this file.
 fn static_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        // The outer build's target folder (`CARGO_TARGET_TMPDIR` is its `tmp/`): the
-        // dependencies the tests already compiled are not compiled again.
-        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("CARGO_TARGET_TMPDIR is <target-dir>/tmp")
-            .to_path_buf();
-        std::fs::create_dir_all(work()).expect("create the C programs' folder");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let build = Command::new(cargo)
-            .current_dir(manifest())
-            .args([
-                "rustc",
-                "-p",
-                "platform-tdx",
-                "--lib",
-                "--features",
-                "model-device",
-                "--crate-type",
-                "staticlib",
-                "--target-dir",
-            ])
-            .arg(&target_dir)
-            // The outer test build's flags are for the host test binary, not for this library.
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .expect("run cargo");
-        assert!(
-            build.status.success(),
-            "static library build failed:\n{}",
-            String::from_utf8_lossy(&build.stderr)
-        );
-        let lib = target_dir.join("debug").join("libplatform_tdx.a");
-        assert!(lib.exists(), "{} missing", lib.display());
-        lib
-    })
+    LIB.get_or_init(|| build_static_lib("model-device", None))
 }
 
 /// Compiles `c-test/<name>.c` (`-Wall -Wextra -Werror`), links the library, runs it; returns
 /// its standard output after checking it exited 0.
 fn run_c_program(name: &str) -> String {
+    run_c_program_with(name, &[])
+}
+
+/// As [`run_c_program`], with arguments; the executable is compiled once per argument list.
+fn run_c_program_with(name: &str, args: &[&str]) -> String {
     let lib = static_lib();
-    let exe = work().join(name);
+    let exe = work().join(
+        std::iter::once(name)
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join("-"),
+    );
     let cc = Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(manifest().join("include"))
@@ -80,10 +115,16 @@ fn run_c_program(name: &str) -> String {
         "cc failed:\n{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let run = Command::new(&exe).output().expect("run the C program");
+    let run = Command::new(&exe)
+        .args(args)
+        .output()
+        .expect("run the C program");
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     print!("{stdout}");
-    assert!(run.status.success(), "C program {name} failed:\n{stdout}");
+    assert!(
+        run.status.success(),
+        "C program {name} {args:?} failed:\n{stdout}"
+    );
     stdout
 }
 
@@ -151,4 +192,197 @@ fn c_host_flow_runs_every_vfio_path_in_the_old_and_the_patched_order() {
         );
     }
     assert!(stdout.ends_with("\nPASS\n"), "{stdout}");
+}
+
+/// The firmware sealing through a session written in C that delegates to the model session's
+/// callbacks: init's refusals of a missing session or function (each named), the struct
+/// changed after init (not seen), and the whole flow; every callback was called.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn c_session_carries_the_whole_flow() {
+    let stdout = run_c_program_with("session", &["delegate"]);
+    for (what, status) in [
+        ("init, NULL session", "0xc00001000000000a"),
+        ("init, NULL pool and NULL session", "0xc000010000000001"),
+        ("init, no seal", "0xc000010000000f0a"),
+        ("init, no open", "0xc000010000000f0b"),
+        ("init, no record_len", "0xc000010000000f0c"),
+        ("init, no lock_secret", "0xc000010000000f0d"),
+        ("init, no report_digest", "0xc000010000000f0e"),
+        ("refused inits left it not ready", "0xc000050500000000"),
+        ("init with the C session", "0x0000000000000000"),
+        ("BARs, first_page not 4 KiB aligned", "0xc000010000000002"),
+        ("BARs, no pages", "0xc000f00400000002"),
+        ("BARs, first_page at 2^52", "0xc000010100000002"),
+        ("BARs, running past 2^52", "0xc000f00400000002"),
+        ("bind relayed", "0x0000000000000000"),
+        ("zap while bound", "0xc0000f1000000001"),
+        ("unbind relayed", "0x0000000000000000"),
+        ("zap after unbind", "0x0000000000000000"),
+    ] {
+        let line = format!("{what:<34} status {status} ok\n");
+        assert!(stdout.contains(&line), "{line}:\n{stdout}");
+    }
+    for call in ["seal", "open", "record_len", "lock_secret", "report_digest"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{call:<34} ")) && l.ends_with(" call(s) ok")),
+            "{call}:\n{stdout}"
+        );
+    }
+    assert!(stdout.ends_with("PASS: 0 failure(s)\n"), "{stdout}");
+}
+
+/// A C session that will not open the device's answer (fails, claims more than its buffer,
+/// or a record past the bytes): the bind's relayed response is refused with
+/// TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, the TDI's state is unchanged and the request still
+/// waits, byte for byte.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn c_session_refusing_the_answer_refuses_the_response_and_changes_nothing() {
+    for mode in ["open-fails", "open-overlong", "record-len-past"] {
+        let stdout = run_c_program_with("session", &[mode]);
+        let refused = format!(
+            "{:<34} status 0xc0000f0f00000002 ok\n",
+            "the device's answer refused"
+        );
+        assert_eq!(stdout.matches(&refused).count(), 2, "{mode}:\n{stdout}");
+        let unchanged = format!(
+            "{:<34} status 0x{:016x} ok\n",
+            "  TDI state, code, owner unchanged", 0
+        );
+        assert_eq!(stdout.matches(&unchanged).count(), 2, "{mode}:\n{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "{:<34} status 0x{:016x} ok\n",
+                "  the same bytes", 0
+            )),
+            "{mode}:\n{stdout}"
+        );
+        assert!(
+            stdout.ends_with("PASS: 0 failure(s)\n"),
+            "{mode}:\n{stdout}"
+        );
+    }
+}
+
+/// The header's pool-size macros give what `Sept::pool_pages_needed` gives, over the grid the
+/// C program prints.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn header_pool_size_macros_match_the_rust_rule() {
+    use platform_tdx::sept::{Sept, SeptLevels};
+    use platform_tdx::tsm_core::PageSize;
+    let stdout = run_c_program("pool_pages");
+    let mut rows = 0;
+    for line in stdout.lines().filter_map(|l| l.strip_prefix("pool ")) {
+        let v: Vec<usize> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+        let [tds, leaves, level, pages] = v[..] else {
+            panic!("{line}")
+        };
+        let size = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G][level];
+        assert_eq!(
+            Sept::pool_pages_needed(SeptLevels::Four, tds, leaves, size),
+            Some(pages),
+            "TSM_TDX_POOL_PAGES({tds}, {leaves}, {level})"
+        );
+        rows += 1;
+    }
+    assert_eq!(rows, 4 * 13 * 3, "{stdout}");
+}
+
+/// Which of `tools` is not on PATH, if any.
+fn missing_tool(tools: &[&'static str]) -> Option<&'static str> {
+    tools.iter().copied().find(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .map_or(true, |o| !o.status.success())
+    })
+}
+
+/// The static library built for `x86_64-unknown-none` (feature `capi` only, as a firmware
+/// image takes it) links with a freestanding C object that has its own `_start` into a static
+/// ELF: no undefined symbols, and the entry points are in it. Not run.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn static_library_links_into_a_freestanding_x86_64_unknown_none_image() {
+    if let Some(tool) = missing_tool(&["cc", "ld", "nm"]) {
+        println!("skipped: `{tool}` is not installed (the freestanding link needs cc, ld and nm)");
+        return;
+    }
+    let lib = build_static_lib("capi", Some("x86_64-unknown-none"));
+    let dir = work().join("bare-metal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let obj = dir.join("bare_metal.o");
+    let elf = dir.join("firmware.elf");
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(
+        Command::new("cc")
+            .args([
+                "-std=c11",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-ffreestanding",
+                "-nostdlib",
+                "-fno-pic",
+                "-static",
+                // A hosted compiler's defaults a freestanding image has no runtime for.
+                "-fno-stack-protector",
+                "-mno-red-zone",
+                "-c",
+                "-I",
+            ])
+            .arg(manifest().join("include"))
+            .arg(manifest().join("c-test").join("bare_metal.c"))
+            .arg("-o")
+            .arg(&obj),
+        "cc -ffreestanding",
+    );
+    run(
+        Command::new("ld")
+            .args([
+                "-static",
+                "-nostdlib",
+                "--gc-sections",
+                "-e",
+                "_start",
+                "-o",
+            ])
+            .arg(&elf)
+            .arg(&obj)
+            .arg(&lib),
+        "ld -static -nostdlib",
+    );
+    let undefined = run(Command::new("nm").arg("-u").arg(&elf), "nm -u");
+    assert!(
+        undefined.trim().is_empty(),
+        "undefined symbols:\n{undefined}"
+    );
+    let symbols = run(Command::new("nm").arg(&elf), "nm");
+    for entry in [
+        "_start",
+        "tsm_tdx_init",
+        "tsm_tdx_init_session",
+        "tsm_tdx_seamcall",
+        "tsm_tdx_tdcall",
+    ] {
+        assert!(
+            symbols.lines().any(|l| l.ends_with(&format!(" T {entry}"))),
+            "{entry} is not a defined text symbol:\n{symbols}"
+        );
+    }
+    // The test support never reaches a firmware build.
+    assert!(!symbols.contains("tsm_tdx_model_"), "{symbols}");
 }

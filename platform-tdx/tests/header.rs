@@ -5,6 +5,7 @@
 //! [`KNOWN_MISSING`]. A new leaf is one `same!` line (header and Rust spell it alike).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+use platform_tdx::tsm_core::relay::{self, Direction, session};
 use platform_tdx::{abi, devif, link, module, status, td};
 
 const HEADER: &str = include_str!("../include/tsm_tdx.h");
@@ -58,6 +59,19 @@ const TABLE: &[Entry] = &[
         devif::TDISP_START_INTERFACE
     ),
     named!("TSM_TDX_TDISP_STOP_INTERFACE", devif::TDISP_STOP_INTERFACE),
+    // The C session (struct tsm_tdx_session): directions are `Direction`'s discriminants.
+    (
+        "TSM_TDX_DIRECTION_REQUEST",
+        "Direction::Request",
+        Direction::Request as u64,
+    ),
+    (
+        "TSM_TDX_DIRECTION_RESPONSE",
+        "Direction::Response",
+        Direction::Response as u64,
+    ),
+    named!("TSM_TDX_REPORT_DIGEST_BYTES", relay::REPORT_DIGEST_SIZE),
+    named!("TSM_TDX_SESSION_MAX_OVERHEAD", session::MAX_OVERHEAD),
     // Host leaves.
     same!(abi::TDH_MNG_CREATE),
     same!(abi::TDH_MEM_SEPT_RD),
@@ -223,6 +237,26 @@ const TABLE: &[Entry] = &[
     named!(
         "TDX_OPERAND_ID_RESPONSE_PAGE",
         status::OPERAND_ID_RESPONSE_PAGE
+    ),
+    named!(
+        "TDX_OPERAND_ID_SESSION_SEAL",
+        status::OPERAND_ID_SESSION_SEAL
+    ),
+    named!(
+        "TDX_OPERAND_ID_SESSION_OPEN",
+        status::OPERAND_ID_SESSION_OPEN
+    ),
+    named!(
+        "TDX_OPERAND_ID_SESSION_RECORD_LEN",
+        status::OPERAND_ID_SESSION_RECORD_LEN
+    ),
+    named!(
+        "TDX_OPERAND_ID_SESSION_LOCK_SECRET",
+        status::OPERAND_ID_SESSION_LOCK_SECRET
+    ),
+    named!(
+        "TDX_OPERAND_ID_SESSION_REPORT_DIGEST",
+        status::OPERAND_ID_SESSION_REPORT_DIGEST
     ),
 ];
 

@@ -1,0 +1,473 @@
+/*
+ * A device link supplied from C: the firmware is initialized with tsm_tdx_init_session and a
+ * struct tsm_tdx_session implemented here, which counts its calls and delegates to the model
+ * session's callbacks (tsm_tdx_model_session, feature `model-device`), the session the model
+ * device opens and seals with. The model device only answers requests sealed with the model's
+ * keys and the firmware only accepts answers opened with them, so a bind that completes went
+ * through these callbacks.
+ *
+ *   session delegate        init refusals (NULL ops, each NULL function), the struct changed
+ *                           after init (not seen: it was copied), then the whole flow: TD,
+ *                           SPDM id, BAR list refusals, link, TDI, bind relayed, map, zap
+ *                           refused, unbind relayed, zap allowed; every callback was called
+ *   session open-fails      open() always fails: the bind's relayed answer is refused with
+ *                           TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, the TDI's state unchanged
+ *                           and its request still waiting (re-read byte for byte)
+ *   session open-overlong   open() claims one byte more than its buffer: the same refusal
+ *   session record-len-past record_len() runs past the bytes it was given: the same refusal
+ *
+ * One line per step; exits 0 when every status is the expected one.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tsm_tdx.h"
+
+/* The struct layout the library reads (a pointer and five function pointers). */
+_Static_assert(sizeof(struct tsm_tdx_session) == 6 * sizeof(void *), "session layout");
+_Static_assert(offsetof(struct tsm_tdx_session, report_digest) == 5 * sizeof(void *),
+	       "session layout");
+_Static_assert(sizeof(struct tsm_tdx_record_ctx) == 16, "record context layout");
+_Static_assert(offsetof(struct tsm_tdx_record_ctx, seq) == 8, "record context layout");
+
+static int failures;
+
+enum { SEAL, OPEN, RECORD_LEN, LOCK_SECRET, REPORT_DIGEST, CALLS };
+static const char *const call_names[CALLS] = { "seal", "open", "record_len", "lock_secret",
+					       "report_digest" };
+
+enum mode { DELEGATE, OPEN_FAILS, OPEN_OVERLONG, RECORD_LEN_PAST };
+
+/* The C session's own state, its `ctx`. */
+struct counting {
+	struct tsm_tdx_session model; /* the model's callbacks */
+	unsigned long calls[CALLS];
+	enum mode mode;
+};
+
+static struct counting counting;
+
+static int c_seal(void *ctx, const struct tsm_tdx_record_ctx *rc, const uint8_t *app,
+		  size_t app_len, uint8_t *out, size_t out_cap, size_t *out_len)
+{
+	struct counting *c = ctx;
+
+	c->calls[SEAL]++;
+	return c->model.seal(c->model.ctx, rc, app, app_len, out, out_cap, out_len);
+}
+
+static int c_open(void *ctx, const struct tsm_tdx_record_ctx *rc, const uint8_t *record,
+		  size_t record_len, uint8_t *out, size_t out_cap, size_t *out_len)
+{
+	struct counting *c = ctx;
+	int status;
+
+	c->calls[OPEN]++;
+	if (c->mode == OPEN_FAILS)
+		return -1;
+	status = c->model.open(c->model.ctx, rc, record, record_len, out, out_cap, out_len);
+	if (c->mode == OPEN_OVERLONG)
+		*out_len = out_cap + 1;
+	return status;
+}
+
+static int c_record_len(void *ctx, const uint8_t *bytes, size_t len, size_t *record_len)
+{
+	struct counting *c = ctx;
+	int status;
+
+	c->calls[RECORD_LEN]++;
+	status = c->model.record_len(c->model.ctx, bytes, len, record_len);
+	if (c->mode == RECORD_LEN_PAST)
+		*record_len = len + 1;
+	return status;
+}
+
+static uint64_t c_lock_secret(void *ctx, const struct tsm_tdx_record_ctx *rc)
+{
+	struct counting *c = ctx;
+
+	c->calls[LOCK_SECRET]++;
+	return c->model.lock_secret(c->model.ctx, rc);
+}
+
+static void c_report_digest(void *ctx, const uint8_t *report, size_t len, uint8_t *digest)
+{
+	struct counting *c = ctx;
+
+	c->calls[REPORT_DIGEST]++;
+	c->model.report_digest(c->model.ctx, report, len, digest);
+}
+
+/* The host memory registered at init, as in bind_zap.c. */
+static struct {
+	_Alignas(4096) struct tsm_tdx_range_list list;
+	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
+	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
+	_Alignas(4096) uint8_t tdr[4096];
+	_Alignas(4096) uint8_t spdm_mt[4096];
+	_Alignas(4096) uint8_t spdm_conf[4096];
+	_Alignas(4096) uint8_t dev_info[4096];
+	_Alignas(4096) uint8_t ide_mt[4096];
+	_Alignas(4096) uint8_t devifcs[4096];
+	_Alignas(4096) uint8_t td_buffer[4096];
+	_Alignas(4096) uint8_t vmm_buffer[4096];
+	struct tsm_tdx_regs regs;
+	uint64_t response_len;
+} host;
+
+static void expect(const char *what, uint64_t status, uint64_t want)
+{
+	printf("%-34s status 0x%016llx %s\n", what, (unsigned long long)status,
+	       status == want ? "ok" : "UNEXPECTED");
+	if (status != want)
+		failures++;
+}
+
+static uint64_t call(const char *what, uint16_t leaf, struct tsm_tdx_regs *r, uint64_t want)
+{
+	uint64_t status;
+
+	r->rax = leaf;
+	status = tsm_tdx_seamcall(r);
+	expect(what, status, want);
+	if (r->rax != status)
+		failures++;
+	return status;
+}
+
+/* One DOE exchange of the request the last call left (RCX devif_req_out_t) with the model. */
+static void doe(void)
+{
+	if (tsm_tdx_model_doe(host.request, TSM_TDX_OUT_LENGTH(host.regs.rcx), host.response,
+			      &host.response_len) != TDX_SUCCESS)
+		failures++;
+}
+
+/* TDH_DEVIF_RESPONSE naming the response page (or none), R8 the next request's page. */
+static uint64_t respond(uint64_t tdi)
+{
+	struct tsm_tdx_regs *r = &host.regs;
+
+	memset(r, 0, sizeof(*r));
+	r->rax = TDH_DEVIF_RESPONSE;
+	r->rcx = tdi;
+	r->rdx = host.response_len ? (uint64_t)(uintptr_t)host.response : 0;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
+	return tsm_tdx_seamcall(r);
+}
+
+/* The host's event loop: relay while the firmware says TDX_SPDM_REQUEST. */
+static uint64_t relay(uint64_t status, uint64_t tdi)
+{
+	int rounds = 0;
+
+	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
+		doe();
+		status = respond(tdi);
+	}
+	return status;
+}
+
+/* TSM_DEVIF_STATE's outputs: TDISP state, state code, owner TDR. */
+struct tdi_state {
+	uint64_t tdisp, code, owner;
+};
+
+static struct tdi_state tdi_state(uint64_t tdi)
+{
+	struct tsm_tdx_regs *r = &host.regs;
+	struct tdi_state st;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	call("TSM.DEVIF.STATE", TSM_DEVIF_STATE, r, TDX_SUCCESS);
+	st.tdisp = r->rcx;
+	st.code = r->rdx;
+	st.owner = r->r8;
+	return st;
+}
+
+/* Init's refusals of the session, then init with it. Returns 0 when initialized. */
+static int init(void *pool, size_t pool_bytes, enum mode mode)
+{
+	struct tsm_tdx_session ops = { .ctx = &counting,
+				       .seal = c_seal,
+				       .open = c_open,
+				       .record_len = c_record_len,
+				       .lock_secret = c_lock_secret,
+				       .report_digest = c_report_digest };
+	struct tsm_tdx_session bad;
+	struct tsm_tdx_regs *r = &host.regs;
+
+	expect("model session, NULL ops", tsm_tdx_model_session(NULL),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_RCX);
+	expect("model session", tsm_tdx_model_session(&counting.model), TDX_SUCCESS);
+	counting.mode = mode;
+
+	expect("init, NULL session",
+	       tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), NULL),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_R10);
+	expect("init, NULL pool and NULL session",
+	       tsm_tdx_init_session(NULL, pool_bytes, &host, sizeof(host), NULL),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_RCX);
+	bad = ops;
+	bad.seal = NULL;
+	expect("init, no seal", tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &bad),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_SESSION_SEAL);
+	bad = ops;
+	bad.open = NULL;
+	expect("init, no open", tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &bad),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_SESSION_OPEN);
+	bad = ops;
+	bad.record_len = NULL;
+	expect("init, no record_len",
+	       tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &bad),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_SESSION_RECORD_LEN);
+	bad = ops;
+	bad.lock_secret = NULL;
+	expect("init, no lock_secret",
+	       tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &bad),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_SESSION_LOCK_SECRET);
+	bad = ops;
+	bad.report_digest = NULL;
+	expect("init, no report_digest",
+	       tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &bad),
+	       TDX_OPERAND_INVALID | TDX_OPERAND_ID_SESSION_REPORT_DIGEST);
+	memset(r, 0, sizeof(*r));
+	r->rax = TDH_MEM_TRACK;
+	expect("refused inits left it not ready", tsm_tdx_seamcall(r), TDX_SYS_NOT_READY);
+
+	expect("init with the C session",
+	       tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &ops),
+	       TDX_SUCCESS);
+	expect("init again", tsm_tdx_init_session(pool, pool_bytes, &host, sizeof(host), &ops),
+	       TDX_SYSINIT_NOT_PENDING);
+	/* The struct was copied: what the caller does with it now is not seen. */
+	memset(&ops, 0, sizeof(ops));
+	return failures;
+}
+
+/* TD, SPDM id, BARs, link, TDI, the report: everything the bind needs. Returns the TD. */
+static uint64_t set_up(uint64_t bar, uint64_t bar_pages, uint64_t *tdi)
+{
+	struct tsm_tdx_regs *r = &host.regs;
+	struct tsm_tdx_range_list *list = &host.list;
+	struct tsm_tdx_spdm_config conf = { .vmm_spdm_cap = TSM_TDX_SPDM_CAP_KEY_UPD,
+					    .certificate_slot_mask = 0xff };
+	struct tsm_tdx_regs in;
+	uint64_t td, dev, stream;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = (uint64_t)(uintptr_t)host.tdr;
+	r->rdx = 1;
+	call("create TD", TDH_MNG_CREATE, r, TDX_SUCCESS);
+	td = (uint64_t)(uintptr_t)host.tdr;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_FUNC_ID(0, 0x0300);
+	r->rdx = TSM_TDX_HPA_ARRAY((uintptr_t)host.spdm_mt, 1);
+	call("create SPDM id", TDH_SPDM_CREATE, r, TDX_SUCCESS);
+	dev = r->rcx;
+
+	/* The range list rules of the header: first_page a byte address, 4 KiB aligned; at
+	 * least one page. */
+	memset(list, 0, sizeof(*list));
+	list->count = 1;
+	list->ranges[0].first_page = bar + 0x800;
+	list->ranges[0].pages = (uint32_t)bar_pages;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("BARs, first_page not 4 KiB aligned", TSM_SPDM_BARS, r,
+	     TDX_OPERAND_INVALID | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = bar;
+	list->ranges[0].pages = 0;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("BARs, no pages", TSM_SPDM_BARS, r, TSM_INVALID_RANGE | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = 1ull << 52;
+	list->ranges[0].pages = 1;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("BARs, first_page at 2^52", TSM_SPDM_BARS, r,
+	     TDX_OPERAND_ADDR_RANGE_ERROR | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = (1ull << 52) - 4096;
+	list->ranges[0].pages = 2;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("BARs, running past 2^52", TSM_SPDM_BARS, r, TSM_INVALID_RANGE | TDX_OPERAND_ID_RDX);
+	list->ranges[0].first_page = bar;
+	list->ranges[0].pages = (uint32_t)bar_pages;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = (uint64_t)(uintptr_t)list;
+	call("register the BARs", TSM_SPDM_BARS, r, TDX_SUCCESS);
+
+	memcpy(host.spdm_conf, &conf, sizeof(conf));
+	memset(&in, 0, sizeof(in));
+	in.rcx = dev;
+	in.rdx = (uint64_t)(uintptr_t)host.spdm_conf;
+	in.r8 = (uint64_t)(uintptr_t)host.response;
+	in.r9 = (uint64_t)(uintptr_t)host.request;
+	in.r10 = TSM_TDX_HPA_ARRAY((uintptr_t)host.dev_info, 1);
+	*r = in;
+	call("SPDM connect: relay this", TDH_SPDM_CONNECT, r, TDX_SPDM_REQUEST);
+	if (tsm_tdx_model_doe(host.request, r->rcx, host.response, &host.response_len) !=
+	    TDX_SUCCESS)
+		failures++;
+	*r = in;
+	call("SPDM connect: the VERSION", TDH_SPDM_CONNECT, r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_STREAM_INFO_TYPE_SEL;
+	r->rdx = dev;
+	r->r8 = TSM_TDX_HPA_ARRAY((uintptr_t)host.ide_mt, 1);
+	r->r10 = TSM_TDX_RID_ASSOC1(0x0300);
+	r->r11 = TSM_TDX_RID_ASSOC2(0x0300, 0);
+	r->r12 = TSM_TDX_ADDR_ASSOC1(0, 0xffffffffull);
+	call("IDE stream create", TDH_IDE_STREAM_CREATE, r, TDX_SUCCESS);
+	stream = r->rcx;
+	memset(r, 0, sizeof(*r));
+	r->rcx = dev;
+	r->rdx = stream;
+	r->r8 = TSM_TDX_IDE_KM_SETUP;
+	r->r9 = (uint64_t)(uintptr_t)host.response;
+	r->r10 = (uint64_t)(uintptr_t)host.request;
+	call("IDE KM SETUP", TDH_IDE_STREAM_KM, r, TDX_SUCCESS);
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_DEVIF_ID(dev, TSM_TDX_FUNC_ID(0, 0x0300));
+	r->rdx = td;
+	r->r8 = (uint64_t)(uintptr_t)host.devifcs;
+	r->r9 = (uint64_t)(uintptr_t)host.td_buffer;
+	r->r10 = (uint64_t)(uintptr_t)host.vmm_buffer;
+	call("create TDI", TDH_DEVIF_CREATE, r, TDX_SUCCESS);
+	*tdi = TSM_TDX_FUNC_ID(0, 0x0300);
+	if (tsm_tdx_model_report(0x00000300, list) != TDX_SUCCESS)
+		failures++;
+	return td;
+}
+
+/* The whole flow through the C session. */
+static void delegate(uint64_t td, uint64_t tdi, uint64_t bar, uint64_t bar_pages)
+{
+	const uint64_t gpa = 0x1000000000ull;
+	struct tsm_tdx_regs *r = &host.regs;
+	uint64_t status;
+	int i, calls = 0;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	r->rdx = td;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
+	call("bind: relay this", TSM_DEVIF_BIND, r, TDX_SPDM_REQUEST);
+	expect("bind relayed", relay(TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = TSM_TDX_PAGE_INFO(gpa, 1);
+	r->rdx = td;
+	r->r8 = bar;
+	call("map 2M", TDH_MMIO_MAP, r, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = bar;
+	r->rdx = bar_pages;
+	call("zap while bound", TSM_MMIO_ZAP_CHECK, r,
+	     TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+	do {
+		memset(r, 0, sizeof(*r));
+		r->rax = TSM_DEVIF_UNBIND;
+		r->rcx = tdi;
+		r->r8 = (uint64_t)(uintptr_t)host.request;
+		status = relay(tsm_tdx_seamcall(r), tdi);
+	} while (status == TDX_INTERRUPTED_RESUMABLE && ++calls < 1000);
+	expect("unbind relayed", status, TDX_SUCCESS);
+	memset(r, 0, sizeof(*r));
+	r->rcx = bar;
+	r->rdx = bar_pages;
+	call("zap after unbind", TSM_MMIO_ZAP_CHECK, r, TDX_SUCCESS);
+
+	for (i = 0; i < CALLS; i++) {
+		printf("%-34s %lu call(s) %s\n", call_names[i], counting.calls[i],
+		       counting.calls[i] ? "ok" : "UNEXPECTED");
+		if (!counting.calls[i])
+			failures++;
+	}
+}
+
+/* The session refuses the device's answer: refused, nothing changes, the request waits. */
+static void refused(uint64_t td, uint64_t tdi)
+{
+	static uint8_t first[TSM_TDX_MESSAGE_PAGE_BYTES];
+	struct tsm_tdx_regs *r = &host.regs;
+	unsigned long opens = counting.calls[OPEN], lens = counting.calls[RECORD_LEN];
+	struct tdi_state state, now;
+	int round;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	r->rdx = td;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
+	call("bind: relay this", TSM_DEVIF_BIND, r, TDX_SPDM_REQUEST);
+	memcpy(first, host.request, sizeof(first));
+	doe();
+	state = tdi_state(tdi);
+	for (round = 0; round < 2; round++) {
+		expect("the device's answer refused", respond(tdi),
+		       TDX_DEVIF_TDISP_INVALID_MESSAGE | TDX_OPERAND_ID_RDX);
+		now = tdi_state(tdi);
+		expect("  TDI state, code, owner unchanged",
+		       (uint64_t)memcmp(&now, &state, sizeof(now)), 0);
+	}
+	/* The request still waits: re-read, it is the one first written. */
+	memset(host.request, 0, sizeof(host.request));
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	r->rdx = TSM_TDX_TDISP_LOCK_INTERFACE;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
+	call("the request again", TDH_DEVIF_REQUEST, r, TDX_SPDM_REQUEST);
+	expect("  the same bytes", (uint64_t)memcmp(first, host.request, sizeof(first)), 0);
+	/* The firmware asked the C session (not something else) each time. */
+	expect("  the session was asked",
+	       counting.mode == RECORD_LEN_PAST ? counting.calls[RECORD_LEN] > lens :
+						 counting.calls[OPEN] > opens,
+	       1);
+}
+
+int main(int argc, char **argv)
+{
+	enum { POOL_PAGES = 64 };
+	const uint64_t bar = 0x80000000ull, bar_pages = 1024;
+	const char *name = argc > 1 ? argv[1] : "delegate";
+	enum mode mode;
+	uint64_t td, tdi;
+	void *pool = aligned_alloc(4096, POOL_PAGES * 4096);
+
+	if (!pool)
+		return 2;
+	if (!strcmp(name, "delegate"))
+		mode = DELEGATE;
+	else if (!strcmp(name, "open-fails"))
+		mode = OPEN_FAILS;
+	else if (!strcmp(name, "open-overlong"))
+		mode = OPEN_OVERLONG;
+	else if (!strcmp(name, "record-len-past"))
+		mode = RECORD_LEN_PAST;
+	else
+		return 2;
+	printf("mode %s\n", name);
+	if (init(pool, POOL_PAGES * 4096, mode))
+		goto out;
+	td = set_up(bar, bar_pages, &tdi);
+	if (mode == DELEGATE)
+		delegate(td, tdi, bar, bar_pages);
+	else
+		refused(td, tdi);
+out:
+	printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+	return failures ? 1 : 0;
+}
