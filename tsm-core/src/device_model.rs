@@ -230,7 +230,9 @@ fn fid_of(iface: RequesterId) -> u32 {
 
 impl DsmModel {
     /// A DSM with no interfaces; they appear CONFIG_UNLOCKED with an empty report when first
-    /// addressed.
+    /// addressed. An interface never given a report answers with MMIO_RANGE_COUNT 0, not
+    /// distinctly: TDISP has no "no report" answer (an error would read as `DeviceRefused`),
+    /// and a zero-range report is what the firmware must refuse anyway (`EmptyReport`).
     pub const fn new() -> Self {
         Self {
             interfaces: heapless::Vec::new(),

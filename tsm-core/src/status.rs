@@ -17,6 +17,7 @@
 //! | 0x109 | `InvalidPageSize` | a page size no MMIO leaf can have |
 //! | 0x10a | `ReservedMemory` | a BAR, reported range or mapped page touches memory the firmware reserved at init (its own pages, system memory): never MMIO |
 //! | 0x10b | `ForeignInterface` | the interface ID is not a function of the device (see `DeviceFunctions`) |
+//! | 0x10c | `EmptyReport` | the device's interface report names no MMIO range (a device never given one reports none): a bind would own nothing, so it is refused and the lock undone |
 //! | 0x201 | `DeviceTableFull` | no free device slot |
 //! | 0x202 | `TdiTableFull` | no free TDI slot |
 //! | 0x203 | `GuestTableFull` | no free guest slot |
@@ -129,6 +130,7 @@ pub enum Error {
     InvalidPageSize,
     ReservedMemory,
     ForeignInterface,
+    EmptyReport,
     DeviceTableFull,
     TdiTableFull,
     GuestTableFull,
@@ -192,7 +194,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 53] = [
+    pub const ALL: [Error; 54] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -204,6 +206,7 @@ impl Error {
         Error::InvalidPageSize,
         Error::ReservedMemory,
         Error::ForeignInterface,
+        Error::EmptyReport,
         Error::DeviceTableFull,
         Error::TdiTableFull,
         Error::GuestTableFull,
@@ -262,6 +265,7 @@ impl Error {
             Error::InvalidPageSize => 0x109,
             Error::ReservedMemory => 0x10a,
             Error::ForeignInterface => 0x10b,
+            Error::EmptyReport => 0x10c,
             Error::DeviceTableFull => 0x201,
             Error::TdiTableFull => 0x202,
             Error::GuestTableFull => 0x203,
@@ -318,6 +322,9 @@ impl Error {
             }
             Error::ForeignInterface => {
                 "the interface ID is not a function of the device (see `DeviceFunctions`)"
+            }
+            Error::EmptyReport => {
+                "the device's interface report names no MMIO range (a device never given one reports none): a bind would own nothing, so it is refused and the lock undone"
             }
             Error::DeviceTableFull => "no free device slot",
             Error::TdiTableFull => "no free TDI slot",

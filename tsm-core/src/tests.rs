@@ -991,6 +991,7 @@ fn a_report_the_firmware_will_not_trust_undoes_the_lock() {
         ),
         (&[range(BAR, 1025)][..], Error::RangeOutsideDevice),
         (&[range(BAR, 1); 17][..], Error::TooManyRanges),
+        (&[][..], Error::EmptyReport),
     ] {
         refused(tsm, err, || bind(tsm, w.t0, w.g1, ranges));
         assert_eq!(
@@ -1010,6 +1011,30 @@ fn a_report_the_firmware_will_not_trust_undoes_the_lock() {
     assert_eq!(
         tsm.owned_ranges(w.t0).unwrap().as_slice(),
         &[range(BAR + 0x10_0000, 8)]
+    );
+}
+
+#[test]
+fn a_bind_with_no_report_is_refused_and_the_interface_unlocked() {
+    let w = world();
+    let tsm = &w.tsm;
+    // The device model was never given a report for t1: it reports no range.
+    assert!(
+        tsm.with_device(|d| d.link_mut().report(rid(3, 1)).is_empty())
+            .unwrap()
+    );
+    refused(tsm, Error::EmptyReport, || tsm.bind(w.t1, w.g1));
+    assert_eq!(
+        tsm.with_device(|d| d.state(rid(3, 1))).unwrap(),
+        TdispState::ConfigUnlocked
+    );
+    assert_eq!(state(&w, w.t1), TdiState::Unbound);
+    assert!(!tsm.tdi(w.t1).unwrap().unlock_first, "STOP was acknowledged");
+    // Given a report, the same TDI binds.
+    bind(tsm, w.t1, w.g1, &[range(BAR + 0x10_0000, 1)]).unwrap();
+    assert_eq!(
+        tsm.owned_ranges(w.t1).unwrap().as_slice(),
+        &[range(BAR + 0x10_0000, 1)]
     );
 }
 

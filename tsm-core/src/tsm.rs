@@ -331,8 +331,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// and returns `Relay(n)` with the first request in `out`; [`Tsm::device_response`]
     /// continues, and the last answer binds: every range of the report, private or shared,
     /// must lie inside the device's BARs and touch no other bound TDI's range; the private
-    /// ones become the TDI's. Until then the TDI stays unbound. A bind the firmware refuses
-    /// after LOCK leaves the interface to be unlocked by the next bind's first request.
+    /// ones become the TDI's, and a report naming no range at all is `EmptyReport` (what a
+    /// device, or the test device model, with no report for the interface sends). Until then
+    /// the TDI stays unbound. A report the firmware refuses is answered with STOP_INTERFACE and
+    /// the bind ends with its status after the device's answer: the TDI is unbound,
+    /// CONFIG_UNLOCKED, as before the bind; an interface that STOP did not unlock is unlocked
+    /// by the next bind's first request.
     ///
     /// Calling it again for the same guest while its bind waits re-sends the outstanding
     /// request unchanged; another operation waiting on the TDI is `ExchangePending`, and so is
@@ -1291,6 +1295,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             let parsed = DeviceInterfaceReport::parse(bytes, offset)?;
             (parsed.reported_ranges(), transport.report_digest(bytes))
         };
+        // A TDI with no MMIO would be bound owning nothing: the guest could accept no page,
+        // and a device never given a report looks exactly like this. Refused as the report's
+        // other faults are: the caller undoes the LOCK with STOP_INTERFACE.
+        if reported.is_empty() {
+            return Err(Error::EmptyReport);
+        }
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
         }

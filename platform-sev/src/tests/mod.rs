@@ -1569,6 +1569,13 @@ fn tdi_bind_report_status_info_unbind() {
     refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
         w.cmd(&tdi_bind(0x2_0000_7000))
     });
+    // A report naming no range (what a device model never given one sends) would bind a TDI
+    // owning nothing: refused once the report is in, the LOCK undone, nothing bound.
+    w.device.report_ranges(rid(0), &[]);
+    let o = refused_relayed(&mut w, Error::EmptyReport, t, |w| w.cmd(&tdi_bind(GCTX)));
+    assert_eq!(o.status, SevStatus::INVALID_PARAM);
+    assert_eq!(w.device.state(rid(0)), TdispState::ConfigUnlocked);
+    assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
     // The report comes from the device: a device with a range outside its BARs is refused
     // once the report is in, nothing is bound, and the LOCK is undone (STOP_INTERFACE, one
     // more round).
