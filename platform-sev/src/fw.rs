@@ -31,8 +31,8 @@ use tsm_core::lifecycle::{Event, transition};
 use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tsm::Tsm;
 use tsm_core::{
-    Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, InterfaceId, MmioRange,
-    PageSize, RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, MmioRange, PageSize,
+    RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -120,8 +120,9 @@ pub struct TdiCtx {
     pub tdi: TdiId,
     /// The device context it was created on.
     pub dev_sla: u64,
-    /// Its interface ID.
-    pub iface: InterfaceId,
+    /// Its interface's requester ID, as TIO_TDI_CREATE named it (the core's `create_tdi`
+    /// checked it by the `InterfaceId` rule).
+    pub iface: RequesterId,
     /// Routing ID the guest knows it by (from TDI_BIND).
     pub guest_device_id: u16,
     /// LOCK_INTERFACE flags from TDI_BIND.

@@ -35,7 +35,7 @@ use crate::tdisp::message::{LOCK_FLAG_NO_FW_UPDATE, Response};
 use crate::tdisp::report::{DeviceInterfaceReport, REPORT_PORTION, ReportAssembler};
 use crate::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Requester};
 use crate::tdisp::{TDISP_VERSION_1_0, WireError, error_code};
-use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
+use crate::transport::{DeviceFault, ReportedRange};
 use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
@@ -269,22 +269,22 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         Ok(())
     }
 
-    /// Creates the TDI for interface `iface` of `device`, CONFIG_UNLOCKED and unbound. The
-    /// interface must be one of the device's functions (`ForeignInterface`); since no
-    /// requester ID is a function of two devices, one interface has at most one TDI anywhere.
-    pub fn create_tdi(&self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+    /// Creates the TDI for the interface with requester ID `rid` of `device`, CONFIG_UNLOCKED
+    /// and unbound. `rid` must be an interface ID of the device by the [`InterfaceId`](crate::InterfaceId) rule
+    /// (`ForeignInterface`: not one of its functions; `InvalidRequesterId`: a segment wider
+    /// than FUNCTION_ID's 8 bits); since no requester ID is a function of two devices, one
+    /// interface has at most one TDI anywhere.
+    pub fn create_tdi(&self, device: DeviceId, rid: RequesterId) -> TsmResult<TdiId> {
         let mut slot = self.devices.lock(device.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if !record.functions.contains(iface) {
-            return Err(Error::ForeignInterface);
-        }
+        let iface = record.functions.interface(rid)?;
         if record.tdis.iter().any(|(_, i)| *i == iface) {
             return Err(Error::DuplicateTdi);
         }
         if record.tdis.is_full() {
             return Err(Error::TdiTableFull);
         }
-        let index = record.functions.index(iface);
+        let index = record.functions.index(rid);
         let mut tdi = Tdi::new(device, iface);
         tdi.unlock_first = index.is_some_and(|i| record.maybe_locked.contains(i));
         let handle = TdiId::from_slot(self.tdis.insert(tdi, Error::TdiTableFull)?);
@@ -312,7 +312,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         // The device may still hold the interface locked: the next TDI for it unlocks first.
         if let Some(i) = record
             .unlock_first
-            .then(|| dev.functions.index(record.iface))
+            .then(|| dev.functions.index(record.iface.requester_id()))
             .flatten()
         {
             dev.maybe_locked.insert(i);

@@ -476,8 +476,8 @@ fn refused_relayed(
     let record = w.sev.tsm().tdi(tdi).unwrap();
     assert_eq!(record.exchange, None, "an exchange left outstanding");
     same(
-        &masked(before, tdi, record.iface),
-        &masked(after, tdi, record.iface),
+        &masked(before, tdi, record.iface.requester_id()),
+        &masked(after, tdi, record.iface.requester_id()),
         format_args!("refused {o:?}"),
     );
     o
@@ -1560,6 +1560,21 @@ fn tdi_bind_report_status_info_unbind() {
     let mut dup = tdi_create();
     dup.tdi_ctx = sla(0x30_0007).into();
     refused(&mut w, Error::DuplicateTdi, |w| w.cmd(&dup));
+    // The interface ID rule (`InterfaceId`): a function of the device, in its segment.
+    for (iid, why) in [
+        (0x0400, "another bus"),
+        (0x0308, "another device number"),
+        (
+            abi::IID_RSEG_VALID | 1 << 16 | 0x0300,
+            "the device's function in segment 1",
+        ),
+    ] {
+        let mut c = tdi_create();
+        c.tdi_ctx = sla(0x30_0007).into();
+        c.interface_id.function_id = iid.into();
+        let o = refused(&mut w, Error::ForeignInterface, |w| w.cmd(&c));
+        assert_eq!(o.status, SevStatus::INVALID_PARAM, "{why}");
+    }
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_create()));
     // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
     let mut b = tdi_bind(GCTX);
