@@ -525,6 +525,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         ) {
             record.exchange = None;
         }
+        if !matches!(record.state, TdiState::Error { .. }) {
+            log::warn!("TDI {tdi:?} ({}): the device reported ERROR", record.iface);
+        }
         record.state = next;
         Self::continue_blocking(tdi, record, &owners, &mut *table)
     }
@@ -735,6 +738,10 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record.forget_lock();
         record.unlock_first = true;
         if cut {
+            log::warn!(
+                "TDI {tdi:?} ({}): forced unbind cuts its device's IDE stream",
+                record.iface
+            );
             Self::cut(dev, &mut others);
         }
         Self::run_unbind(&mut locks, tdi, record, owner, step, None)
@@ -790,6 +797,10 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 .map_err(|_| Error::Inconsistent)?;
         }
         if dev.stream == IdeStream::Live {
+            log::warn!(
+                "device {device:?} ({}): IDE stream cut",
+                dev.functions.dsm()
+            );
             Self::cut(dev, &mut tdis);
         }
         Ok(())
@@ -975,6 +986,25 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
+        let outcome = self.take_response(tdi, response, out);
+        match outcome {
+            // The device failed the operation: what an integrator looks for first.
+            Err(
+                e @ (Error::DeviceUnresponsive | Error::DeviceRefused | Error::DeviceMalformed),
+            ) => log::warn!("TDI {tdi:?}: device fault: {e}"),
+            Err(e) => log::debug!("TDI {tdi:?}: device response refused: {e}"),
+            Ok(_) => {}
+        }
+        outcome
+    }
+
+    /// [`Tsm::device_response`] without its log line.
+    fn take_response(
+        &self,
+        tdi: TdiId,
+        response: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1147,7 +1177,13 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                         | (TdiState::Run { .. }, TdispState::Run)
                 );
                 if !agrees {
-                    record.state = transition(record.state, Event::DeviceError)?;
+                    let next = transition(record.state, Event::DeviceError)?;
+                    log::warn!(
+                        "TDI {tdi:?} ({}): the device says {said:?} while the TDI is {:?}",
+                        record.iface,
+                        record.state
+                    );
+                    record.state = next;
                 }
                 Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table)
             }

@@ -2866,3 +2866,20 @@ fn firmware_and_memory_format_as_short_summaries() {
         format!("PageMemory {{ base: {MEM:#x}, pages: {MEM_PAGES}, read_only: 1 }}")
     );
 }
+
+/// The command buffers the `command!` macro generates format every field by name (Debug is
+/// part of the macro, so every command has it): what a host tool or a log shows of a buffer.
+#[test]
+fn a_command_buffer_formats_its_fields() {
+    let shown = format!("{:?}", tdi_create());
+    assert_eq!(
+        shown,
+        format!(
+            "TdiCreate {{ length: U32(48), reserved: U32(0), dev_ctx: U64({}), tdi_ctx: U64({}), \
+             interface_id: TdispInterfaceId {{ function_id: U32(768), reserved: [0, 0, 0, 0, 0, \
+             0, 0, 0] }}, reserved2: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }}",
+            dev_sla(),
+            tdi_sla()
+        )
+    );
+}
