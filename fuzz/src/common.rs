@@ -7,7 +7,7 @@ use tsm_core::ownership::Ownership;
 use tsm_core::tdisp::function_id;
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    DeviceId, GuestId, IdeStream, InterfaceId, Leaf, LeafState, MmioRange, SecureSession,
+    DeviceId, GuestId, IdeStream, Leaf, LeafState, MmioRange, RequesterId, SecureSession,
     SecureTable, TdiId, Tsm,
 };
 
@@ -275,8 +275,8 @@ pub fn leaves_diff(
 }
 
 /// The model's key for an interface (`device_model::fid_of`).
-pub fn fid_of(iface: InterfaceId) -> u32 {
-    function_id(iface).unwrap_or(0)
+pub fn fid_of(iface: impl Into<RequesterId>) -> u32 {
+    function_id(iface.into()).unwrap_or(0)
 }
 
 /// The misbehaviour numbered `n` (six of them), or `None`.

@@ -25,8 +25,8 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, MAX_RELAY_BYTES, MmioRange,
-    ModelSession, PageSize, RequesterId, TdiId, TdiState, Tsm, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, MAX_RELAY_BYTES, MmioRange, ModelSession,
+    PageSize, RequesterId, TdiId, TdiState, Tsm, TsmResult,
 };
 
 use crate::answer::{Answer, Answers, check_request};
@@ -115,7 +115,7 @@ struct World {
     guests: Vec<GuestId>,
     devices: Vec<DeviceId>,
     tdis: Vec<TdiId>,
-    ifaces: Vec<InterfaceId>,
+    ifaces: Vec<RequesterId>,
     /// Each TDI's last request, as the host kept it.
     requests: Vec<Option<Vec<u8>>>,
     /// Guest pages mapped so far (each map takes a fresh one).

@@ -2011,7 +2011,7 @@ impl World<'_> {
                 let iface = self
                     .fw
                     .tdi(TdiId::from_slot(tdi_slot(tdi) as u16))
-                    .map(|t| t.iface)
+                    .map(|t| t.iface.requester_id())
                     .unwrap_or_else(|_| {
                         RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| fail(e))
                     });

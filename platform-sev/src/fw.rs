@@ -31,8 +31,8 @@ use tsm_core::lifecycle::{Event, transition};
 use tsm_core::relay::MAX_RELAY_BYTES;
 use tsm_core::tsm::Tsm;
 use tsm_core::{
-    Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, InterfaceId, MmioRange,
-    PageSize, RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, DeviceOp, Error, Gpa, GuestField, GuestId, Hpa, MmioRange, PageSize,
+    RequesterId, ReservedMemory, SecureSession, TdiId, TdiState, TsmResult,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -120,8 +120,9 @@ pub struct TdiCtx {
     pub tdi: TdiId,
     /// The device context it was created on.
     pub dev_sla: u64,
-    /// Its interface ID.
-    pub iface: InterfaceId,
+    /// Its interface's requester ID, as TIO_TDI_CREATE named it (the core's `create_tdi`
+    /// checked it by the `InterfaceId` rule).
+    pub iface: RequesterId,
     /// Routing ID the guest knows it by (from TDI_BIND).
     pub guest_device_id: u16,
     /// LOCK_INTERFACE flags from TDI_BIND.
@@ -252,6 +253,24 @@ fn relay_refusal(e: Error) -> bool {
     )
 }
 
+/// The one log point of the SEV command interface: a refusal, at `debug` (a host can cause
+/// any number of them, so never above), with the command, the SEV status by name and the
+/// core status behind it (SEV has no operand IDs: the core's status names what was refused).
+/// SUCCESS, RESUME_REQUIRED and SPDM_REQUEST (work under way) are not logged; nothing of the
+/// buffer is printed.
+fn log_refusal(id: abi::CommandId, outcome: Outcome) {
+    if matches!(
+        outcome.status,
+        SevStatus::SUCCESS | SevStatus::RESUME_REQUIRED | SevStatus::SPDM_REQUEST
+    ) {
+        return;
+    }
+    match Error::from_code(outcome.detail) {
+        Some(core) => log::debug!("sev: command {id:#x} refused: {} ({core})", outcome.status),
+        None => log::debug!("sev: command {id:#x} refused: {}", outcome.status),
+    }
+}
+
 impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
     /// The firmware over an RMP and the SPDM session it shares with the devices. The session
     /// is the platform's (established at DEV_CONNECT on hardware). `system_memory` is what the
@@ -316,7 +335,7 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
         {
             mark_continue(buf, matches!(done, Completion::Relay(_)));
         }
-        match step {
+        let outcome = match step {
             Ok(c) => Outcome::from_core(Ok(c)),
             Err(Fail::Core(e)) => Outcome::from_core(Err(e)),
             Err(Fail::Sev(s)) => Outcome::plain(s),
@@ -324,7 +343,9 @@ impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
                 status: s,
                 detail: Error::InvalidHandle.code(),
             },
-        }
+        };
+        log_refusal(id, outcome);
+        outcome
     }
 
     fn dispatch(&mut self, mem: &mut dyn SystemMemory, id: abi::CommandId, buf: &[u8]) -> Step {

@@ -275,7 +275,8 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::InvalidRequesterId
         | Error::RangeOutsideDevice
         | Error::RangesOverlap
-        | Error::ForeignInterface => SevStatus::INVALID_PARAM,
+        | Error::ForeignInterface
+        | Error::EmptyReport => SevStatus::INVALID_PARAM,
         // Memory the firmware reserved (RMP-covered system memory, its own pages).
         Error::ReservedMemory => SevStatus::INVALID_ADDRESS,
         Error::InvalidPageSize | Error::SizeMismatch => SevStatus::INVALID_PAGE_SIZE,

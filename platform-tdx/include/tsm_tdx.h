@@ -361,6 +361,7 @@ struct tsm_tdx_dev_info {
 #define TSM_RANGE_OUTSIDE_DEVICE       0xC000F00200000000ull
 #define TSM_RANGES_OVERLAP             0xC000F00300000000ull
 #define TSM_INVALID_RANGE              0xC000F00400000000ull
+#define TSM_EMPTY_REPORT               0xC000F00600000000ull
 #define TSM_DEVICE_TABLE_FULL          0x8000F01000000000ull
 #define TSM_TDI_TABLE_FULL             0x8000F01100000000ull
 #define TSM_TD_TABLE_FULL              0x8000F01200000000ull

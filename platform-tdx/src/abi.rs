@@ -691,6 +691,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 self.finish(leaf, outcome, &input, &mut out)
             }
         };
+        log_refusal("SEAMCALL", input.rax, status);
         out.rax = status;
         *regs = out;
     }
@@ -709,6 +710,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                 self.finish(leaf, outcome, &input, &mut out)
             }
         };
+        log_refusal("TDCALL", input.rax, status);
         out.rax = status;
         *regs = out;
     }
@@ -1417,6 +1419,26 @@ fn devif_field(rdx: u64) -> Option<GuestField> {
 }
 
 /// The leaf number in RAX; `None` when version or reserved bits are set.
+/// The one log point of the TDX ABI: a refusal, at `debug` (a host can cause any number of
+/// them, so never above), with the leaf (RAX as the caller gave it), the status by name and
+/// the operand it names. Successes, INTERRUPTED_RESUMABLE and SPDM_REQUEST (work under way,
+/// not refusals) are not logged. Registers are not printed: a leaf's inputs are host
+/// addresses and IDs, but no key or secret ever passes through RAX's status.
+fn log_refusal(call: &str, rax: u64, status: TdxStatus) {
+    let code = status & status::CODE_MASK;
+    if status::is_success(status)
+        || code == status::TDX_INTERRUPTED_RESUMABLE
+        || code == status::TDX_SPDM_REQUEST
+    {
+        return;
+    }
+    log::debug!(
+        "tdx: {call} leaf {rax:#x} refused: {status:#018x} {} operand {}",
+        status::name(status).unwrap_or("(unnamed)"),
+        status & status::OPERAND_ID_MASK
+    );
+}
+
 fn leaf_of(rax: u64) -> Option<u16> {
     if rax & RAX_NON_LEAF_BITS != 0 {
         return None;

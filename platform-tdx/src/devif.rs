@@ -58,7 +58,8 @@ use crate::status::{
 /// pages ([`DevifPages`], until REMOVE). No output. Checked in the module's order: R8, RDX,
 /// R9, R10, then RCX: format (`TDX_OPERAND_INVALID`), the stream (none, stopped or blocked:
 /// `TDX_IDE_STREAM_INVALID_STATE`), a function that is not the device's
-/// (`TSM_FOREIGN_INTERFACE`, ours: the core's own check, before the module's), a TDI already
+/// (`TSM_FOREIGN_INTERFACE`, ours: the core's `InterfaceId` rule, before the module's checks: another
+/// segment, bus or device number, an undeclared VF), a TDI already
 /// there (`TDX_DEVIFMT_ALREADY_PRESENT`), the RID range (`TDX_OPERAND_INVALID`), the session
 /// (`TDX_SPDM_INVALID_STATE`), each + RCX; then the core (`TSM_TDI_TABLE_FULL`).
 pub const TDH_DEVIF_CREATE: u16 = 137;
@@ -376,15 +377,14 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let dev = entry
             .device
             .ok_or(named(status::TSM_BARS_NOT_REGISTERED, OPERAND_ID_RCX))?;
-        if !self
-            .tsm
+        // The interface ID rule (`InterfaceId`), checked here in the module's order and again
+        // by the core's create_tdi: one check, `DeviceFunctions::interface`.
+        self.tsm
             .device(dev)
             .map_err(core_err)?
             .functions
-            .contains(rid)
-        {
-            return Err(core_err(Error::ForeignInterface));
-        }
+            .interface(rid)
+            .map_err(core_err)?;
         if devif_in(&table, function).is_some() {
             return Err(named(status::TDX_DEVIFMT_ALREADY_PRESENT, OPERAND_ID_RCX));
         }

@@ -181,6 +181,9 @@ pub const TSM_RANGE_OUTSIDE_DEVICE: u64 = 0xC000_F002_0000_0000;
 pub const TSM_RANGES_OVERLAP: u64 = 0xC000_F003_0000_0000;
 /// Ours: an empty range, or one that runs past the address space.
 pub const TSM_INVALID_RANGE: u64 = 0xC000_F004_0000_0000;
+/// Ours: the device's interface report names no MMIO range: a bind would own nothing (+ the
+/// transport operand: the device's answer, not a register, is at fault).
+pub const TSM_EMPTY_REPORT: u64 = 0xC000_F006_0000_0000;
 /// Ours: a BAR, reported range or mapped page touches memory the firmware reserved (its pool,
 /// TDX-usable memory): never MMIO.
 pub const TSM_RESERVED_MEMORY: u64 = 0xC000_F005_0000_0000;
@@ -379,6 +382,7 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::InvalidPageSize => (TDX_OPERAND_INVALID, Operands::first(&[ops.page])),
         Error::ReservedMemory => (TSM_RESERVED_MEMORY, Operands::first(&[ops.hpa, ops.list])),
         Error::ForeignInterface => (TSM_FOREIGN_INTERFACE, Operands::first(&[ops.rid])),
+        Error::EmptyReport => (TSM_EMPTY_REPORT, u64::from(OPERAND_ID_TRANSPORT)),
         Error::BarInUse => (TSM_BAR_IN_USE, ops.ranges()),
         Error::StreamCut => (TSM_STREAM_CUT, ops.handle()),
         Error::Inconsistent => (TSM_INCONSISTENT, 0),
@@ -486,6 +490,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_RANGES_OVERLAP => Error::RangesOverlap,
         TSM_RESERVED_MEMORY => Error::ReservedMemory,
         TSM_FOREIGN_INTERFACE => Error::ForeignInterface,
+        TSM_EMPTY_REPORT => Error::EmptyReport,
         TSM_BAR_IN_USE => Error::BarInUse,
         TSM_STREAM_CUT
         | TDX_IDE_STREAM_NOT_CONFIGURED
@@ -546,7 +551,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
 }
 
 /// Every named status code above (success and class codes included), for [`name`] and tests.
-pub const NAMED: [TdxStatus; 77] = [
+pub const NAMED: [TdxStatus; 78] = [
     TDX_SUCCESS,
     TDX_INTERRUPTED_RESUMABLE,
     TDX_OPERAND_INVALID,
@@ -602,6 +607,7 @@ pub const NAMED: [TdxStatus; 77] = [
     TSM_RANGES_OVERLAP,
     TSM_INVALID_RANGE,
     TSM_RESERVED_MEMORY,
+    TSM_EMPTY_REPORT,
     TSM_DEVICE_TABLE_FULL,
     TSM_TDI_TABLE_FULL,
     TSM_TD_TABLE_FULL,
@@ -685,6 +691,7 @@ pub const fn name(status: TdxStatus) -> Option<&'static str> {
         TSM_RANGES_OVERLAP => "TSM_RANGES_OVERLAP",
         TSM_INVALID_RANGE => "TSM_INVALID_RANGE",
         TSM_RESERVED_MEMORY => "TSM_RESERVED_MEMORY",
+        TSM_EMPTY_REPORT => "TSM_EMPTY_REPORT",
         TSM_DEVICE_TABLE_FULL => "TSM_DEVICE_TABLE_FULL",
         TSM_TDI_TABLE_FULL => "TSM_TDI_TABLE_FULL",
         TSM_TD_TABLE_FULL => "TSM_TD_TABLE_FULL",

@@ -546,6 +546,46 @@ fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
 }
 
 #[test]
+fn a_bind_whose_report_names_no_range_is_refused_and_the_lock_undone() {
+    let mut mem = vec![Page::ZERO; 32];
+    let w = World::new(&mut mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    // What a device model never given a report sends: MMIO_RANGE_COUNT 0.
+    w.device.borrow_mut().report_ranges(rid(3), &[]);
+    let before = w.image();
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    let out = w.relayed(abi::TSM_DEVIF_BIND, bind);
+    assert_eq!(
+        out.rax,
+        TSM_EMPTY_REPORT | u64::from(OPERAND_ID_TRANSPORT),
+        "{:#x}",
+        out.rax
+    );
+    // Everything but the host's relay pages is as before: unbound, the interface unlocked by
+    // the undoing STOP_INTERFACE.
+    let after = w.image();
+    assert_eq!(after.0, before.0);
+    assert_eq!(after.1, before.1);
+    assert_eq!(after.2, before.2);
+    assert_eq!(after.4, before.4);
+    assert_eq!(
+        w.device.borrow().dsm().state(rid(3)),
+        TdispState::ConfigUnlocked
+    );
+    // Given a report, the same call binds.
+    w.device
+        .borrow_mut()
+        .report_ranges(rid(3), &[MmioRange::from_raw(BAR, 1).unwrap()]);
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+}
+
+#[test]
 fn malformed_calls_get_operand_invalid_and_change_nothing() {
     let mut mem = vec![Page::ZERO; 32];
     let (w, td, tdi) = bound_world(&mut mem);

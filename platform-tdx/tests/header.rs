@@ -194,6 +194,7 @@ const TABLE: &[Entry] = &[
     same!(status::TSM_RANGE_OUTSIDE_DEVICE),
     same!(status::TSM_RANGES_OVERLAP),
     same!(status::TSM_INVALID_RANGE),
+    same!(status::TSM_EMPTY_REPORT),
     same!(status::TSM_DEVICE_TABLE_FULL),
     same!(status::TSM_TDI_TABLE_FULL),
     same!(status::TSM_TD_TABLE_FULL),

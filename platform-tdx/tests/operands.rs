@@ -1155,6 +1155,15 @@ fn devif_create(w: &World<'_>) -> Setup {
             foreign,
         ),
         bad(
+            "RCX the device's bus, device and function in segment 1",
+            with_rcx(abi::devif_id(
+                0,
+                dev as u8,
+                abi::function_id(RequesterId::try_new(1, 3, 0, 0).unwrap()) as u32,
+            )),
+            foreign,
+        ),
+        bad(
             "RCX this function on another device's stream",
             with_rcx(abi::devif_id(0, dev4 as u8, fid as u32)),
             foreign,

@@ -6,8 +6,8 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MAX_RELAY_BYTES, MmioRange,
-    PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, Leaf, MAX_RELAY_BYTES, MmioRange, PageSize,
+    RequesterId, SecureTable, TdiId, TdiState, TsmResult,
 };
 
 /// A request or answer as the host carries it between the firmware and the DOE mailbox.
@@ -95,7 +95,7 @@ pub trait Backend {
     /// Forgets a device.
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()>;
     /// Creates a TDI on a device.
-    fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId>;
+    fn create_tdi(&mut self, device: DeviceId, iface: RequesterId) -> TsmResult<TdiId>;
     /// Removes a TDI.
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()>;
     /// Starts `call` in the firmware, through the platform's ABI: `Relay(n)` with the request
@@ -168,9 +168,9 @@ pub trait Backend {
     /// The leaf covering `gpa` of `guest`.
     fn leaf(&mut self, guest: GuestId, gpa: Gpa) -> TsmResult<Option<Leaf>>;
     /// Device model: an out-of-band event on an interface.
-    fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()>;
+    fn device_event(&mut self, iface: RequesterId, event: DeviceEvent) -> TsmResult<()>;
     /// Device model: make an interface misbehave on the wire (or behave again).
-    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()>;
+    fn device_misbehave(&mut self, iface: RequesterId, how: Option<Misbehaviour>) -> TsmResult<()>;
     /// Secure table model: hold TLB flushes until released (`false` completes them).
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()>;
 }
@@ -214,7 +214,7 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     fn remove_device(&mut self, device: DeviceId) -> TsmResult<()> {
         self.tsm.remove_device(device)
     }
-    fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+    fn create_tdi(&mut self, device: DeviceId, iface: RequesterId) -> TsmResult<TdiId> {
         self.tsm.create_tdi(device, iface)
     }
     fn remove_tdi(&mut self, tdi: TdiId) -> TsmResult<()> {
@@ -284,10 +284,10 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     fn leaf(&mut self, guest: GuestId, gpa: Gpa) -> TsmResult<Option<Leaf>> {
         self.tsm.leaf(guest, gpa)
     }
-    fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
+    fn device_event(&mut self, iface: RequesterId, event: DeviceEvent) -> TsmResult<()> {
         self.tsm.with_device(|d| d.event(iface, event))
     }
-    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
+    fn device_misbehave(&mut self, iface: RequesterId, how: Option<Misbehaviour>) -> TsmResult<()> {
         self.tsm
             .with_device(|d| d.link_mut().set_misbehaviour(iface, how))
     }

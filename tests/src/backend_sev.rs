@@ -35,8 +35,8 @@ use tsm_core::relay::doe;
 use tsm_core::relay::host::RelayHost;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, MmioRange, ModelSession,
-    PageSize, RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TdispState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, Leaf, MmioRange, ModelSession, PageSize,
+    RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TdispState, TsmResult,
 };
 
 use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
@@ -412,7 +412,7 @@ impl<'a> SevBackend<'a> {
         )
     }
 
-    fn iface_of(&self, tdi: TdiId) -> Option<InterfaceId> {
+    fn iface_of(&self, tdi: TdiId) -> Option<RequesterId> {
         self.sev
             .tdis()
             .iter()
@@ -586,7 +586,7 @@ impl Backend for SevBackend<'_> {
     }
 
     /// TIO_TDI_CREATE.
-    fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+    fn create_tdi(&mut self, device: DeviceId, iface: RequesterId) -> TsmResult<TdiId> {
         let t = sla(CTX_PFN_BASE.wrapping_add(self.fresh()));
         let mut c = abi::TdiCreate::new_zeroed();
         c.length = length::<abi::TdiCreate>();
@@ -782,12 +782,12 @@ impl Backend for SevBackend<'_> {
         self.sev.tsm().with_table(|rmp| rmp.leaf(guest, gpa))
     }
 
-    fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
+    fn device_event(&mut self, iface: RequesterId, event: DeviceEvent) -> TsmResult<()> {
         self.device.get_mut().event(iface, event);
         Ok(())
     }
 
-    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
+    fn device_misbehave(&mut self, iface: RequesterId, how: Option<Misbehaviour>) -> TsmResult<()> {
         self.device
             .get_mut()
             .link_mut()

@@ -55,8 +55,8 @@ use tsm_core::lifecycle::{Cursor, UnbindStep};
 use tsm_core::relay::host::{RelayHost, SharedDevice};
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange,
-    ModelSession, PageSize, RequesterId, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, ModelSession,
+    PageSize, RequesterId, TdiId, TdiState, TsmResult,
 };
 
 use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
@@ -754,7 +754,7 @@ impl Backend for TdxBackend<'_, '_> {
     /// TDH.DEVIF.CREATE as a TDX-IO host issues it: RCX `devif_id_t` (the device's stream,
     /// the interface's function ID), RDX the lowest TD there is (0 before the first: ours),
     /// R8-R10 a free private page triple. The TDI is the core's handle its record names.
-    fn create_tdi(&mut self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+    fn create_tdi(&mut self, device: DeviceId, iface: RequesterId) -> TsmResult<TdiId> {
         let stream = self.stream_id_of(self.spdm_id(device));
         let function = u32::try_from(abi::function_id(iface)).map_err(|_| Error::Inconsistent)?;
         let td = (0..TDR_PAGES)
@@ -1090,12 +1090,12 @@ impl Backend for TdxBackend<'_, '_> {
         }))
     }
 
-    fn device_event(&mut self, iface: InterfaceId, event: DeviceEvent) -> TsmResult<()> {
+    fn device_event(&mut self, iface: RequesterId, event: DeviceEvent) -> TsmResult<()> {
         self.device.get_mut().event(iface, event);
         Ok(())
     }
 
-    fn device_misbehave(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) -> TsmResult<()> {
+    fn device_misbehave(&mut self, iface: RequesterId, how: Option<Misbehaviour>) -> TsmResult<()> {
         self.device
             .get_mut()
             .link_mut()

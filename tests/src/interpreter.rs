@@ -8,8 +8,8 @@ use tsm_core::capacity::MAX_TDIS_PER_DEVICE;
 use tsm_core::device_model::{DeviceEvent, MODEL_MAX_RANGES};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Handle, Hpa, InterfaceId, Leaf, LeafState,
-    MmioRange, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Handle, Hpa, Leaf, LeafState, MmioRange,
+    RequesterId, TdiId, TdiState, TsmResult,
 };
 
 use crate::backend::{Backend, DeviceCall, MAX_RELAY_ROUNDS, RelayBuf};
@@ -52,7 +52,7 @@ enum Obj<'a> {
     },
     Tdi {
         id: TdiId,
-        iface: InterfaceId,
+        iface: RequesterId,
     },
 }
 
@@ -192,7 +192,7 @@ impl<'a> Interpreter<'a, '_> {
         }
     }
 
-    fn tdi(&self, name: &'a str) -> Result<(TdiId, Option<InterfaceId>), Setup<'a>> {
+    fn tdi(&self, name: &'a str) -> Result<(TdiId, Option<RequesterId>), Setup<'a>> {
         if let Some(h) = Self::raw(name) {
             return h.map(|t| (t, None));
         }
@@ -207,7 +207,7 @@ impl<'a> Interpreter<'a, '_> {
     }
 
     /// A device event or misbehaviour names the interface, which a raw handle does not carry.
-    fn iface(&self, name: &'a str) -> Result<InterfaceId, Setup<'a>> {
+    fn iface(&self, name: &'a str) -> Result<RequesterId, Setup<'a>> {
         self.tdi(name)?
             .1
             .ok_or_else(|| Diagnostic::new(Problem::RawHandle, name, NameKind::Tdi.expected()))
@@ -600,7 +600,7 @@ impl<'a> Interpreter<'a, '_> {
         let mut tdis: Vec<TdiId, { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET }> =
             Vec::new();
         let mut ifaces: Vec<
-            InterfaceId,
+            RequesterId,
             { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET },
         > = Vec::new();
         for &d in devices {

@@ -75,9 +75,9 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, InterfaceId, LeafState, MmioRange,
-    ModelSession, PageSize, RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId,
-    TdiState, TdispState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, LeafState, MmioRange, ModelSession, PageSize,
+    RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId, TdiState, TdispState,
+    TsmResult,
 };
 use tsm_tests::backend::{Backend, CoreBackend};
 use tsm_tests::backend_sev::{MEM_BASE, MEM_PAGES, SevBackend};
@@ -156,7 +156,7 @@ struct WorldSpec {
 #[derive(Debug, Clone, Copy)]
 struct TdiSpec {
     dev: usize,
-    iface: InterfaceId,
+    iface: RequesterId,
 }
 
 fn rid(bus: u8, function: u8) -> RequesterId {
@@ -756,7 +756,7 @@ trait Peek {
     fn owned(&self, tdi: TdiId) -> TsmResult<Vec<MmioRange>>;
     fn leaves(&self) -> TsmResult<Vec<tsm_core::Leaf>>;
     fn bound_tdis(&self, guest: GuestId) -> TsmResult<u16>;
-    fn device_state(&self, iface: InterfaceId) -> TsmResult<TdispState>;
+    fn device_state(&self, iface: RequesterId) -> TsmResult<TdispState>;
     fn invariants(&self) -> Result<(), Violation>;
 }
 
@@ -784,7 +784,7 @@ impl<T: SecureTable, S: SecureSession> Peek for RelayHost<'_, T, S> {
     fn bound_tdis(&self, guest: GuestId) -> TsmResult<u16> {
         self.guest(guest).map(|g| g.bound_tdis)
     }
-    fn device_state(&self, iface: InterfaceId) -> TsmResult<TdispState> {
+    fn device_state(&self, iface: RequesterId) -> TsmResult<TdispState> {
         self.with_device(|d| d.state(iface))
     }
     fn invariants(&self) -> Result<(), Violation> {

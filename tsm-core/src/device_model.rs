@@ -17,7 +17,7 @@ use crate::tdisp::report::{
 };
 use crate::tdisp::requester::MAX_MESSAGE_BYTES;
 use crate::tdisp::{NONCE_SIZE, TDISP_VERSION_1_0, error_code, function_id};
-use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
+use crate::transport::{DeviceFault, ReportedRange};
 use zerocopy::little_endian::{U16, U32, U64};
 
 /// The model DSM behind its DOE mailbox, with the device's end of the session: the device of
@@ -173,7 +173,7 @@ impl ModelDevice {
     }
 
     /// The device will report `ranges` (plain TEE ranges, IDs in order) for `iface`.
-    pub fn report_ranges(&mut self, iface: InterfaceId, ranges: &[MmioRange]) {
+    pub fn report_ranges(&mut self, iface: impl Into<RequesterId>, ranges: &[MmioRange]) {
         let all: heapless::Vec<ReportedRange, MODEL_MAX_RANGES> = ranges
             .iter()
             .map(|&range| ReportedRange {
@@ -185,7 +185,7 @@ impl ModelDevice {
     }
 
     /// The device will report `ranges` for `iface`, shared ones marked IS_NON_TEE_MEM.
-    pub fn report(&mut self, iface: InterfaceId, ranges: &[ReportedRange]) {
+    pub fn report(&mut self, iface: impl Into<RequesterId>, ranges: &[ReportedRange]) {
         let wire: heapless::Vec<WireMmioRange, MODEL_MAX_RANGES> = ranges
             .iter()
             .zip(0u16..)
@@ -203,7 +203,7 @@ impl ModelDevice {
     }
 
     /// Injects the device-side cause of `fault` for `iface` (`None` clears it).
-    pub fn set_fault(&mut self, iface: InterfaceId, fault: Option<DeviceFault>) {
+    pub fn set_fault(&mut self, iface: impl Into<RequesterId>, fault: Option<DeviceFault>) {
         let how = fault.map(|f| match f {
             DeviceFault::NoResponse => Misbehaviour::Silent,
             DeviceFault::Refused => Misbehaviour::Refuse,
@@ -213,24 +213,27 @@ impl ModelDevice {
     }
 
     /// The interface's TDISP state as the device sees it.
-    pub fn state(&mut self, iface: InterfaceId) -> TdispState {
+    pub fn state(&mut self, iface: impl Into<RequesterId>) -> TdispState {
         self.link_mut().state(iface)
     }
 
     /// Applies an out-of-band event to `iface` on the device.
-    pub fn event(&mut self, iface: InterfaceId, event: DeviceEvent) {
+    pub fn event(&mut self, iface: impl Into<RequesterId>, event: DeviceEvent) {
         self.link_mut().event(iface, event);
     }
 }
 
-fn fid_of(iface: RequesterId) -> u32 {
+fn fid_of(iface: impl Into<RequesterId>) -> u32 {
+    let iface = iface.into();
     // Interfaces in tests live in segments below 256; wider ones share FUNCTION_ID 0.
     function_id(iface).unwrap_or(0)
 }
 
 impl DsmModel {
     /// A DSM with no interfaces; they appear CONFIG_UNLOCKED with an empty report when first
-    /// addressed.
+    /// addressed. An interface never given a report answers with MMIO_RANGE_COUNT 0, not
+    /// distinctly: TDISP has no "no report" answer (an error would read as `DeviceRefused`),
+    /// and a zero-range report is what the firmware must refuse anyway (`EmptyReport`).
     pub const fn new() -> Self {
         Self {
             interfaces: heapless::Vec::new(),
@@ -254,7 +257,7 @@ impl DsmModel {
     }
 
     /// The interface's TDISP state as the device sees it.
-    pub fn state(&self, iface: InterfaceId) -> TdispState {
+    pub fn state(&self, iface: impl Into<RequesterId>) -> TdispState {
         let fid = fid_of(iface);
         self.interfaces
             .iter()
@@ -276,7 +279,7 @@ impl DsmModel {
     /// The ranges the device will report for `iface` (extra ones beyond the model's room are
     /// dropped). Like a real device's, the report is frozen while the interface is locked:
     /// a change then is ignored.
-    pub fn set_report(&mut self, iface: InterfaceId, ranges: &[WireMmioRange]) {
+    pub fn set_report(&mut self, iface: impl Into<RequesterId>, ranges: &[WireMmioRange]) {
         if let Some(i) = self.interface(fid_of(iface))
             && i.state == TdispState::ConfigUnlocked
         {
@@ -285,7 +288,7 @@ impl DsmModel {
     }
 
     /// The MMIO_REPORTING_OFFSET the interface's last LOCK carried (0 before any).
-    pub fn reporting_offset(&self, iface: InterfaceId) -> u64 {
+    pub fn reporting_offset(&self, iface: impl Into<RequesterId>) -> u64 {
         let fid = fid_of(iface);
         self.interfaces
             .iter()
@@ -295,7 +298,7 @@ impl DsmModel {
 
     /// The ranges the device reports for `iface`, as host addresses (the report adds the
     /// LOCK's MMIO_REPORTING_OFFSET to each).
-    pub fn report(&self, iface: InterfaceId) -> &[WireMmioRange] {
+    pub fn report(&self, iface: impl Into<RequesterId>) -> &[WireMmioRange] {
         let fid = fid_of(iface);
         self.interfaces
             .iter()
@@ -304,7 +307,7 @@ impl DsmModel {
     }
 
     /// Makes `iface` misbehave (or behave again with `None`).
-    pub fn set_misbehaviour(&mut self, iface: InterfaceId, how: Option<Misbehaviour>) {
+    pub fn set_misbehaviour(&mut self, iface: impl Into<RequesterId>, how: Option<Misbehaviour>) {
         let fid = fid_of(iface);
         self.misbehaviour.retain(|(f, _)| *f != fid);
         if let Some(m) = how {
@@ -314,7 +317,7 @@ impl DsmModel {
     }
 
     /// Applies an out-of-band event to `iface`.
-    pub fn event(&mut self, iface: InterfaceId, event: DeviceEvent) {
+    pub fn event(&mut self, iface: impl Into<RequesterId>, event: DeviceEvent) {
         if let Some(i) = self.interface(fid_of(iface)) {
             i.state = match (event, i.state) {
                 (DeviceEvent::Disturb, TdispState::ConfigLocked | TdispState::Run) => {

@@ -11,9 +11,79 @@
 //!
 //! Every TDI's interface ID must be one of its device's functions, and no requester ID is a
 //! function of two registered devices, so one interface can never be bound through two TDIs.
+//! [`InterfaceId`] states the rule; [`DeviceFunctions::interface`] is its one check.
+
+use core::fmt;
 
 use crate::ids::{PCI_FUNCTIONS_PER_DEVICE, RequesterId};
 use crate::status::Error;
+use crate::tdisp::{FUNCTION_ID_SEGMENT_SHIFT, FUNCTION_ID_SEGMENT_VALID};
+
+/// Widest segment a TDISP FUNCTION_ID carries: REQUESTER_SEGMENT is 8 bits (PCIe 6.x 11.3.4,
+/// INTERFACE_ID: FUNCTION_ID bits 23:16, valid flag bit 24).
+pub const MAX_INTERFACE_SEGMENT: u16 = 0xff;
+
+/// A TDISP interface ID (PCIe 6.x 11.3.4, INTERFACE_ID; its FUNCTION_ID names the function).
+///
+/// The rule, the same on every path (the core's `create_tdi`, TDX TDH.DEVIF.CREATE by function
+/// ID, SEV TIO_TDI_CREATE by `interface_id`): an interface ID is the requester ID, segment
+/// included, of one function (a PF or an enabled VF, [`DeviceFunctions`]) of the device the
+/// host registered and creates the TDI under, in a segment the FUNCTION_ID can carry (at most
+/// [`MAX_INTERFACE_SEGMENT`]). Another segment, bus or device number, or a VF the device did
+/// not declare, is `ForeignInterface`; a segment above 255 is `InvalidRequesterId`. Only
+/// [`DeviceFunctions::interface`] makes one, so every `InterfaceId` the firmware holds passed
+/// that check; since no requester ID is a function of two registered devices, an interface
+/// has at most one TDI anywhere.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceId(RequesterId);
+
+impl InterfaceId {
+    /// The function's requester ID.
+    pub const fn requester_id(self) -> RequesterId {
+        self.0
+    }
+
+    /// The TDISP FUNCTION_ID (PCIe 6.x 11.3.4): routing ID in bits 15:0, then, for a segment
+    /// other than 0, the segment in bits 23:16 with bit 24 set. Total: the segment was checked.
+    pub fn function_id(self) -> u32 {
+        let routing = u32::from(self.0.routing_id());
+        match self.0.segment() {
+            0 => routing,
+            segment => {
+                routing
+                    | (u32::from(segment & MAX_INTERFACE_SEGMENT) << FUNCTION_ID_SEGMENT_SHIFT)
+                    | FUNCTION_ID_SEGMENT_VALID
+            }
+        }
+    }
+}
+
+impl From<InterfaceId> for RequesterId {
+    fn from(iface: InterfaceId) -> Self {
+        iface.0
+    }
+}
+
+/// An interface is the function it names: comparing with a requester ID compares that.
+impl PartialEq<RequesterId> for InterfaceId {
+    fn eq(&self, rid: &RequesterId) -> bool {
+        self.0 == *rid
+    }
+}
+
+/// As the requester ID: `0000:03:00.1`.
+impl fmt::Debug for InterfaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// As the requester ID: `0000:03:00.1`.
+impl fmt::Display for InterfaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// VFs one device may declare: what a 16-bit routing ID space allows past the PF.
 pub const MAX_VFS: u16 = 256;
@@ -72,6 +142,20 @@ impl DeviceFunctions {
     /// The VF layout, if any.
     pub const fn vfs(&self) -> Option<VfLayout> {
         self.vfs
+    }
+
+    /// `rid` as an interface ID of this device: the one check of the [`InterfaceId`] rule.
+    /// `ForeignInterface` when `rid` is not one of the device's functions (another segment,
+    /// bus or device number, an undeclared VF); `InvalidRequesterId` when its segment is wider
+    /// than a FUNCTION_ID carries.
+    pub fn interface(&self, rid: RequesterId) -> Result<InterfaceId, Error> {
+        if !self.contains(rid) {
+            return Err(Error::ForeignInterface);
+        }
+        if rid.segment() > MAX_INTERFACE_SEGMENT {
+            return Err(Error::InvalidRequesterId);
+        }
+        Ok(InterfaceId(rid))
     }
 
     /// Whether `rid` is one of the device's functions.

@@ -52,6 +52,18 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Logging
+//!
+//! Through the `log` facade, for an integrator to see why an operation failed: `warn` when a
+//! device fails an exchange (unresponsive, refusing, malformed), reports ERROR or disagrees
+//! with the firmware's state, and when a forced unbind or the platform cuts an IDE stream;
+//! `debug` for a device response the core refuses, and in the platform crates for every
+//! refused leaf or command (one line: the leaf or command, the status by name, the operand).
+//! Nothing on a success path, refusals of host input only at `debug` (a host repeats them at
+//! will; a `warn` costs it a whole failed exchange), and never a session key, nonce or lock
+//! secret. Without a logger each call site is one load and
+//! compare; `log`'s `max_level_*` / `release_max_level_*` features remove them at build time.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 #![cfg_attr(

@@ -10,13 +10,14 @@
 //! | 0x102 | `Misaligned` | address not aligned to the page or leaf size |
 //! | 0x103 | `InvalidRange` | empty range, or one that runs past the address space |
 //! | 0x104 | `InvalidHandle` | no such device, TDI or guest |
-//! | 0x105 | `InvalidRequesterId` | device or function number out of range |
+//! | 0x105 | `InvalidRequesterId` | device or function number out of range, or an interface in a segment above 255 (FUNCTION_ID carries 8 bits) |
 //! | 0x106 | `TooManyRanges` | more ranges than a device or report may have |
 //! | 0x107 | `RangeOutsideDevice` | a reported range is not inside the device's BARs |
 //! | 0x108 | `RangesOverlap` | ranges given together overlap each other |
 //! | 0x109 | `InvalidPageSize` | a page size no MMIO leaf can have |
 //! | 0x10a | `ReservedMemory` | a BAR, reported range or mapped page touches memory the firmware reserved at init (its own pages, system memory): never MMIO |
-//! | 0x10b | `ForeignInterface` | the interface ID is not a function of the device (see `DeviceFunctions`) |
+//! | 0x10b | `ForeignInterface` | the interface ID is not a function (PF or declared VF, same segment) of the device the TDI is created under (see `InterfaceId`) |
+//! | 0x10c | `EmptyReport` | the device's interface report names no MMIO range (a device never given one reports none): a bind would own nothing, so it is refused and the lock undone |
 //! | 0x201 | `DeviceTableFull` | no free device slot |
 //! | 0x202 | `TdiTableFull` | no free TDI slot |
 //! | 0x203 | `GuestTableFull` | no free guest slot |
@@ -129,6 +130,7 @@ pub enum Error {
     InvalidPageSize,
     ReservedMemory,
     ForeignInterface,
+    EmptyReport,
     DeviceTableFull,
     TdiTableFull,
     GuestTableFull,
@@ -192,7 +194,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 53] = [
+    pub const ALL: [Error; 54] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -204,6 +206,7 @@ impl Error {
         Error::InvalidPageSize,
         Error::ReservedMemory,
         Error::ForeignInterface,
+        Error::EmptyReport,
         Error::DeviceTableFull,
         Error::TdiTableFull,
         Error::GuestTableFull,
@@ -262,6 +265,7 @@ impl Error {
             Error::InvalidPageSize => 0x109,
             Error::ReservedMemory => 0x10a,
             Error::ForeignInterface => 0x10b,
+            Error::EmptyReport => 0x10c,
             Error::DeviceTableFull => 0x201,
             Error::TdiTableFull => 0x202,
             Error::GuestTableFull => 0x203,
@@ -308,7 +312,9 @@ impl Error {
             Error::Misaligned => "address not aligned to the page or leaf size",
             Error::InvalidRange => "empty range, or one that runs past the address space",
             Error::InvalidHandle => "no such device, TDI or guest",
-            Error::InvalidRequesterId => "device or function number out of range",
+            Error::InvalidRequesterId => {
+                "device or function number out of range, or an interface in a segment above 255 (FUNCTION_ID carries 8 bits)"
+            }
             Error::TooManyRanges => "more ranges than a device or report may have",
             Error::RangeOutsideDevice => "a reported range is not inside the device's BARs",
             Error::RangesOverlap => "ranges given together overlap each other",
@@ -317,7 +323,10 @@ impl Error {
                 "a BAR, reported range or mapped page touches memory the firmware reserved at init (its own pages, system memory): never MMIO"
             }
             Error::ForeignInterface => {
-                "the interface ID is not a function of the device (see `DeviceFunctions`)"
+                "the interface ID is not a function (PF or declared VF, same segment) of the device the TDI is created under (see `InterfaceId`)"
+            }
+            Error::EmptyReport => {
+                "the device's interface report names no MMIO range (a device never given one reports none): a bind would own nothing, so it is refused and the lock undone"
             }
             Error::DeviceTableFull => "no free device slot",
             Error::TdiTableFull => "no free TDI slot",

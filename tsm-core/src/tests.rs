@@ -991,6 +991,7 @@ fn a_report_the_firmware_will_not_trust_undoes_the_lock() {
         ),
         (&[range(BAR, 1025)][..], Error::RangeOutsideDevice),
         (&[range(BAR, 1); 17][..], Error::TooManyRanges),
+        (&[][..], Error::EmptyReport),
     ] {
         refused(tsm, err, || bind(tsm, w.t0, w.g1, ranges));
         assert_eq!(
@@ -1010,6 +1011,33 @@ fn a_report_the_firmware_will_not_trust_undoes_the_lock() {
     assert_eq!(
         tsm.owned_ranges(w.t0).unwrap().as_slice(),
         &[range(BAR + 0x10_0000, 8)]
+    );
+}
+
+#[test]
+fn a_bind_with_no_report_is_refused_and_the_interface_unlocked() {
+    let w = world();
+    let tsm = &w.tsm;
+    // The device model was never given a report for t1: it reports no range.
+    assert!(
+        tsm.with_device(|d| d.link_mut().report(rid(3, 1)).is_empty())
+            .unwrap()
+    );
+    refused(tsm, Error::EmptyReport, || tsm.bind(w.t1, w.g1));
+    assert_eq!(
+        tsm.with_device(|d| d.state(rid(3, 1))).unwrap(),
+        TdispState::ConfigUnlocked
+    );
+    assert_eq!(state(&w, w.t1), TdiState::Unbound);
+    assert!(
+        !tsm.tdi(w.t1).unwrap().unlock_first,
+        "STOP was acknowledged"
+    );
+    // Given a report, the same TDI binds.
+    bind(tsm, w.t1, w.g1, &[range(BAR + 0x10_0000, 1)]).unwrap();
+    assert_eq!(
+        tsm.owned_ranges(w.t1).unwrap().as_slice(),
+        &[range(BAR + 0x10_0000, 1)]
     );
 }
 
@@ -1166,10 +1194,56 @@ fn an_interface_belongs_to_one_device_and_has_one_tdi() {
     refused(tsm, Error::ForeignInterface, || {
         tsm.create_tdi(w.dev, RequesterId::try_new(0, 3, 3, 0).unwrap())
     });
+    // The device's own bus, device and function numbers in another segment: another function.
+    refused(tsm, Error::ForeignInterface, || {
+        tsm.create_tdi(w.dev, RequesterId::try_new(1, 3, 0, 2).unwrap())
+    });
     // VFs of the device are its interfaces.
-    assert!(
-        tsm.create_tdi(w.dev, RequesterId::try_new(0, 3, 2, 7).unwrap())
-            .is_ok()
+    let vf = tsm
+        .create_tdi(w.dev, RequesterId::try_new(0, 3, 2, 7).unwrap())
+        .unwrap();
+    assert_eq!(
+        tsm.tdi(vf).unwrap().iface,
+        RequesterId::try_new(0, 3, 2, 7).unwrap()
+    );
+}
+
+#[test]
+fn an_interface_id_is_a_function_of_its_device_in_a_segment_tdisp_can_name() {
+    let w = world();
+    let tsm = &w.tsm;
+    // A device in segment 0x100: its functions are its own, but FUNCTION_ID's segment is
+    // 8 bits, so none of them can be a TDISP interface.
+    let wide = tsm
+        .create_device(
+            RequesterId::try_new(0x100, 3, 0, 0).unwrap(),
+            &[range(0x9000_0000, 16)],
+        )
+        .unwrap();
+    refused(tsm, Error::InvalidRequesterId, || {
+        tsm.create_tdi(wide, RequesterId::try_new(0x100, 3, 0, 0).unwrap())
+    });
+    // A function of it named in segment 0 is another device's, not this one's.
+    refused(tsm, Error::ForeignInterface, || {
+        tsm.create_tdi(wide, RequesterId::try_new(0, 3, 0, 2).unwrap())
+    });
+    // Segment 0xff is the widest FUNCTION_ID carries: bits 23:16 with bit 24 set.
+    let seg = tsm
+        .create_device(
+            RequesterId::try_new(0xff, 3, 0, 0).unwrap(),
+            &[range(0xa000_0000, 16)],
+        )
+        .unwrap();
+    let t = tsm
+        .create_tdi(seg, RequesterId::try_new(0xff, 3, 0, 1).unwrap())
+        .unwrap();
+    assert_eq!(tsm.tdi(t).unwrap().iface.function_id(), 0x01ff_0301);
+    assert_eq!(tsm.tdi(w.t1).unwrap().iface.function_id(), 0x0301);
+    let functions = DeviceFunctions::physical(rid(3, 0));
+    assert_eq!(functions.interface(rid(4, 0)), Err(Error::ForeignInterface));
+    assert_eq!(
+        functions.interface(rid(3, 5)).map(RequesterId::from),
+        Ok(rid(3, 5))
     );
 }
 

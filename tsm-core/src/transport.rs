@@ -1,12 +1,10 @@
 //! What the firmware learns from a device's security manager: how an exchange failed, and the
 //! ranges an interface report names.
 
-use crate::ids::RequesterId;
 use crate::mmio::MmioRange;
 use crate::status::Error;
 
-/// A TDISP interface ID: the function's requester ID (PCIe 6.x 11.3.4, INTERFACE_ID).
-pub type InterfaceId = RequesterId;
+pub use crate::functions::InterfaceId;
 
 /// How a TDISP exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

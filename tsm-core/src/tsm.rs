@@ -35,7 +35,7 @@ use crate::tdisp::message::{LOCK_FLAG_NO_FW_UPDATE, Response};
 use crate::tdisp::report::{DeviceInterfaceReport, REPORT_PORTION, ReportAssembler};
 use crate::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Requester};
 use crate::tdisp::{TDISP_VERSION_1_0, WireError, error_code};
-use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
+use crate::transport::{DeviceFault, ReportedRange};
 use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
@@ -269,22 +269,22 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         Ok(())
     }
 
-    /// Creates the TDI for interface `iface` of `device`, CONFIG_UNLOCKED and unbound. The
-    /// interface must be one of the device's functions (`ForeignInterface`); since no
-    /// requester ID is a function of two devices, one interface has at most one TDI anywhere.
-    pub fn create_tdi(&self, device: DeviceId, iface: InterfaceId) -> TsmResult<TdiId> {
+    /// Creates the TDI for the interface with requester ID `rid` of `device`, CONFIG_UNLOCKED
+    /// and unbound. `rid` must be an interface ID of the device by the [`InterfaceId`](crate::InterfaceId) rule
+    /// (`ForeignInterface`: not one of its functions; `InvalidRequesterId`: a segment wider
+    /// than FUNCTION_ID's 8 bits); since no requester ID is a function of two devices, one
+    /// interface has at most one TDI anywhere.
+    pub fn create_tdi(&self, device: DeviceId, rid: RequesterId) -> TsmResult<TdiId> {
         let mut slot = self.devices.lock(device.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
-        if !record.functions.contains(iface) {
-            return Err(Error::ForeignInterface);
-        }
+        let iface = record.functions.interface(rid)?;
         if record.tdis.iter().any(|(_, i)| *i == iface) {
             return Err(Error::DuplicateTdi);
         }
         if record.tdis.is_full() {
             return Err(Error::TdiTableFull);
         }
-        let index = record.functions.index(iface);
+        let index = record.functions.index(rid);
         let mut tdi = Tdi::new(device, iface);
         tdi.unlock_first = index.is_some_and(|i| record.maybe_locked.contains(i));
         let handle = TdiId::from_slot(self.tdis.insert(tdi, Error::TdiTableFull)?);
@@ -312,7 +312,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         // The device may still hold the interface locked: the next TDI for it unlocks first.
         if let Some(i) = record
             .unlock_first
-            .then(|| dev.functions.index(record.iface))
+            .then(|| dev.functions.index(record.iface.requester_id()))
             .flatten()
         {
             dev.maybe_locked.insert(i);
@@ -331,8 +331,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// and returns `Relay(n)` with the first request in `out`; [`Tsm::device_response`]
     /// continues, and the last answer binds: every range of the report, private or shared,
     /// must lie inside the device's BARs and touch no other bound TDI's range; the private
-    /// ones become the TDI's. Until then the TDI stays unbound. A bind the firmware refuses
-    /// after LOCK leaves the interface to be unlocked by the next bind's first request.
+    /// ones become the TDI's, and a report naming no range at all is `EmptyReport` (what a
+    /// device, or the test device model, with no report for the interface sends). Until then
+    /// the TDI stays unbound. A report the firmware refuses is answered with STOP_INTERFACE and
+    /// the bind ends with its status after the device's answer: the TDI is unbound,
+    /// CONFIG_UNLOCKED, as before the bind; an interface that STOP did not unlock is unlocked
+    /// by the next bind's first request.
     ///
     /// Calling it again for the same guest while its bind waits re-sends the outstanding
     /// request unchanged; another operation waiting on the TDI is `ExchangePending`, and so is
@@ -520,6 +524,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             Some(DeviceOp::Start { .. } | DeviceOp::Check)
         ) {
             record.exchange = None;
+        }
+        if !matches!(record.state, TdiState::Error { .. }) {
+            log::warn!("TDI {tdi:?} ({}): the device reported ERROR", record.iface);
         }
         record.state = next;
         Self::continue_blocking(tdi, record, &owners, &mut *table)
@@ -731,6 +738,10 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record.forget_lock();
         record.unlock_first = true;
         if cut {
+            log::warn!(
+                "TDI {tdi:?} ({}): forced unbind cuts its device's IDE stream",
+                record.iface
+            );
             Self::cut(dev, &mut others);
         }
         Self::run_unbind(&mut locks, tdi, record, owner, step, None)
@@ -786,6 +797,10 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 .map_err(|_| Error::Inconsistent)?;
         }
         if dev.stream == IdeStream::Live {
+            log::warn!(
+                "device {device:?} ({}): IDE stream cut",
+                dev.functions.dsm()
+            );
             Self::cut(dev, &mut tdis);
         }
         Ok(())
@@ -971,6 +986,25 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
+        let outcome = self.take_response(tdi, response, out);
+        match outcome {
+            // The device failed the operation: what an integrator looks for first.
+            Err(
+                e @ (Error::DeviceUnresponsive | Error::DeviceRefused | Error::DeviceMalformed),
+            ) => log::warn!("TDI {tdi:?}: device fault: {e}"),
+            Err(e) => log::debug!("TDI {tdi:?}: device response refused: {e}"),
+            Ok(_) => {}
+        }
+        outcome
+    }
+
+    /// [`Tsm::device_response`] without its log line.
+    fn take_response(
+        &self,
+        tdi: TdiId,
+        response: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1143,7 +1177,13 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                         | (TdiState::Run { .. }, TdispState::Run)
                 );
                 if !agrees {
-                    record.state = transition(record.state, Event::DeviceError)?;
+                    let next = transition(record.state, Event::DeviceError)?;
+                    log::warn!(
+                        "TDI {tdi:?} ({}): the device says {said:?} while the TDI is {:?}",
+                        record.iface,
+                        record.state
+                    );
+                    record.state = next;
                 }
                 Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table)
             }
@@ -1291,6 +1331,12 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             let parsed = DeviceInterfaceReport::parse(bytes, offset)?;
             (parsed.reported_ranges(), transport.report_digest(bytes))
         };
+        // A TDI with no MMIO would be bound owning nothing: the guest could accept no page,
+        // and a device never given a report looks exactly like this. Refused as the report's
+        // other faults are: the caller undoes the LOCK with STOP_INTERFACE.
+        if reported.is_empty() {
+            return Err(Error::EmptyReport);
+        }
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
         }

@@ -630,7 +630,7 @@ fn check_exempt(
     );
 
     // Only the TDI's own interface may have moved on the device.
-    let fid = tsm_core::tdisp::function_id(rec_before.iface).unwrap();
+    let fid = rec_before.iface.function_id();
     let others = |v: &Tdisp| {
         v.iter()
             .filter(|(f, _)| *f != fid)

@@ -476,8 +476,8 @@ fn refused_relayed(
     let record = w.sev.tsm().tdi(tdi).unwrap();
     assert_eq!(record.exchange, None, "an exchange left outstanding");
     same(
-        &masked(before, tdi, record.iface),
-        &masked(after, tdi, record.iface),
+        &masked(before, tdi, record.iface.requester_id()),
+        &masked(after, tdi, record.iface.requester_id()),
         format_args!("refused {o:?}"),
     );
     o
@@ -1560,6 +1560,21 @@ fn tdi_bind_report_status_info_unbind() {
     let mut dup = tdi_create();
     dup.tdi_ctx = sla(0x30_0007).into();
     refused(&mut w, Error::DuplicateTdi, |w| w.cmd(&dup));
+    // The interface ID rule (`InterfaceId`): a function of the device, in its segment.
+    for (iid, why) in [
+        (0x0400, "another bus"),
+        (0x0308, "another device number"),
+        (
+            abi::IID_RSEG_VALID | 1 << 16 | 0x0300,
+            "the device's function in segment 1",
+        ),
+    ] {
+        let mut c = tdi_create();
+        c.tdi_ctx = sla(0x30_0007).into();
+        c.interface_id.function_id = iid.into();
+        let o = refused(&mut w, Error::ForeignInterface, |w| w.cmd(&c));
+        assert_eq!(o.status, SevStatus::INVALID_PARAM, "{why}");
+    }
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_create()));
     // Bind: run flags are the guest's business; an unactivated guest cannot own a TDI.
     let mut b = tdi_bind(GCTX);
@@ -1569,6 +1584,13 @@ fn tdi_bind_report_status_info_unbind() {
     refused(&mut w, SevStatus::INVALID_GUEST_STATE, |w| {
         w.cmd(&tdi_bind(0x2_0000_7000))
     });
+    // A report naming no range (what a device model never given one sends) would bind a TDI
+    // owning nothing: refused once the report is in, the LOCK undone, nothing bound.
+    w.device.report_ranges(rid(0), &[]);
+    let o = refused_relayed(&mut w, Error::EmptyReport, t, |w| w.cmd(&tdi_bind(GCTX)));
+    assert_eq!(o.status, SevStatus::INVALID_PARAM);
+    assert_eq!(w.device.state(rid(0)), TdispState::ConfigUnlocked);
+    assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
     // The report comes from the device: a device with a range outside its BARs is refused
     // once the report is in, nothing is bound, and the LOCK is undone (STOP_INTERFACE, one
     // more round).
@@ -2842,5 +2864,22 @@ fn firmware_and_memory_format_as_short_summaries() {
     assert_eq!(
         shown,
         format!("PageMemory {{ base: {MEM:#x}, pages: {MEM_PAGES}, read_only: 1 }}")
+    );
+}
+
+/// The command buffers the `command!` macro generates format every field by name (Debug is
+/// part of the macro, so every command has it): what a host tool or a log shows of a buffer.
+#[test]
+fn a_command_buffer_formats_its_fields() {
+    let shown = format!("{:?}", tdi_create());
+    assert_eq!(
+        shown,
+        format!(
+            "TdiCreate {{ length: U32(48), reserved: U32(0), dev_ctx: U64({}), tdi_ctx: U64({}), \
+             interface_id: TdispInterfaceId {{ function_id: U32(768), reserved: [0, 0, 0, 0, 0, \
+             0, 0, 0] }}, reserved2: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }}",
+            dev_sla(),
+            tdi_sla()
+        )
     );
 }

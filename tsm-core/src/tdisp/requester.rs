@@ -7,7 +7,7 @@ use super::message::{
     decode_response, encode_request,
 };
 use super::report::REPORT_PORTION;
-use super::{HEADER_SIZE, NONCE_SIZE, WireError, function_id};
+use super::{HEADER_SIZE, NONCE_SIZE, WireError};
 use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::registry::Tdi;
 use crate::relay::{self, Direction, RecordContext, SecureSession};
@@ -79,7 +79,7 @@ impl<S: SecureSession> Requester<S> {
         ex: &Exchange,
         out: &mut [u8],
     ) -> Result<usize, Error> {
-        let fid = function_id(tdi.iface).map_err(|_| Error::InvalidRequesterId)?;
+        let fid = tdi.iface.function_id();
         let req = match ex.op {
             DeviceOp::Bind { step, .. } => match step {
                 BindStep::Unlock | BindStep::Undo { .. } => Request::Stop,
@@ -120,7 +120,7 @@ impl<S: SecureSession> Requester<S> {
     /// session from the exchange's sequence number, so it is the same for a re-sent LOCK and
     /// differs between any two LOCKs of the session, of any TDIs.
     pub(crate) fn reporting_offset(&self, iface: InterfaceId, ex: &Exchange) -> Result<u64, Error> {
-        let fid = function_id(iface).map_err(|_| Error::InvalidRequesterId)?;
+        let fid = iface.function_id();
         Ok(self.reporting_offset_for(fid, ex))
     }
 
@@ -162,7 +162,7 @@ impl<S: SecureSession> Requester<S> {
         bytes: &[u8],
         msg: &mut [u8; MAX_MESSAGE_BYTES],
     ) -> Result<usize, Error> {
-        let fid = function_id(iface).map_err(|_| Error::InvalidRequesterId)?;
+        let fid = iface.function_id();
         let ctx = context(fid, ex, Direction::Response);
         relay::unframe(&mut self.session, &ctx, bytes, msg).map_err(|_| Error::RelayMalformed)
     }
@@ -175,7 +175,7 @@ impl<S: SecureSession> Requester<S> {
         ex: &Exchange,
         msg: &'m [u8],
     ) -> Result<Response<'m>, DeviceFault> {
-        let fid = function_id(iface).map_err(|_| DeviceFault::Malformed)?;
+        let fid = iface.function_id();
         decode_response(msg, fid, ex.op.request_code()).map_err(|e| {
             self.last_error = Some(e);
             match e {

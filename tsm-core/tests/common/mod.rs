@@ -31,7 +31,7 @@ pub struct World {
     /// TDI handles, two per device.
     pub tdis: Vec<TdiId>,
     /// Interface IDs, by TDI index.
-    pub ifaces: Vec<InterfaceId>,
+    pub ifaces: Vec<RequesterId>,
 }
 
 /// Three guests, two devices with two TDIs each.
