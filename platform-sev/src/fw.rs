@@ -3,7 +3,7 @@
 //! into the core's.
 //!
 //! Every handler follows the same order: copy and check the buffer ([`abi::parse`]), resolve
-//! every handle, check where its answer goes ([`Output`]), check what only this layer knows,
+//! every handle, check where its answer goes (`Output`), check what only this layer knows,
 //! then make exactly one core call that changes state, then record its result in the context
 //! tables and deliver the answer. A refusal at any step changes nothing.
 //!

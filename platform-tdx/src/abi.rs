@@ -649,7 +649,7 @@ impl From<Result<(), Error>> for Outcome {
 /// the handle's status, as it would from the core. The DEVIF leaves ([`crate::devif`]) check
 /// their operands in the TDX module's order instead, each leaf's doc says it.
 ///
-/// A leaf that may leave a request for the host ([`Dispatcher::relayed`]) checks the request
+/// A leaf that may leave a request for the host (`Dispatcher::relayed`) checks the request
 /// page it names before the core runs, so a refusal writes nothing anywhere and a request the
 /// core commits to is always delivered.
 pub struct Dispatcher<'t, 'm, S, M> {

@@ -580,7 +580,7 @@ impl<'m> Sept<'m> {
 
     /// TDH.MEM.TRACK: advances the TD epoch; refused while the previous one is not flushed.
     /// Entering a new bucket of epochs first re-stamps the TD's blocked leaves of the bucket
-    /// before the previous one (see [`TdEpoch`]), at most [`RESTAMP_PER_CALL`] MMIOMT leaves
+    /// before the previous one (see `TdEpoch`), at most `RESTAMP_PER_CALL` MMIOMT leaves
     /// per call: `TrackResumable`, with the work kept, until that is done.
     pub fn mem_track(&mut self, guest: GuestId) -> Result<(), SeptError> {
         let e = self.epoch(guest)?;

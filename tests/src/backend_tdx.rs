@@ -84,7 +84,7 @@ const CONFIG_AT: usize = 3 * MESSAGE_PAGE_BYTES;
 /// the three pages above, one more than the core has guest slots, so a TDH.MNG.CREATE always
 /// finds a free page and a full table is the core's `GuestTableFull`. The firmware never
 /// reads or writes a TDR page (it only checks that it is host memory), so they are not backed
-/// by bytes: [`BackendHost`] answers for them.
+/// by bytes: `BackendHost` answers for them.
 pub const TDR_BASE: u64 = HOST_BASE + HOST_BYTES as u64;
 /// TDR pages.
 const TDR_PAGES: usize = tsm_core::capacity::MAX_GUESTS + 1;

@@ -971,7 +971,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// Refused, and nothing changes (the exchange stays outstanding): no exchange outstanding
     /// (`NoExchange`); bytes that are not a DOE object holding a secured record of this very
     /// exchange with an SPDM vendor-defined TDISP response, or longer than
-    /// [`MAX_RELAY_BYTES`](crate::relay::MAX_RELAY_BYTES) (`RelayMalformed`: garbled,
+    /// [`MAX_RELAY_BYTES`] (`RelayMalformed`: garbled,
     /// another TDI's, a stale answer, the request itself). An answer that opens is the
     /// device's own word: TDISP_ERROR (`DeviceRefused`), or not the response the request
     /// asked for (`DeviceMalformed`), ends the operation as its failure does. `None` counts

@@ -1,7 +1,7 @@
 //! TDISP on the wire (PCIe 6.x 11.3, "TEE Device Interface Security Protocol"): message codes,
 //! the message header, the codec, the device interface report, and the requester the firmware
 //! runs. Messages travel inside an SPDM secured session that the host relays; that envelope is
-//! the transport's business ([`requester::TdispLink`]).
+//! the relay's business ([`crate::relay`]).
 
 pub mod message;
 pub mod report;
