@@ -267,7 +267,7 @@ impl Exempt {
                 let locked = matches!(
                     b.exchange.map(|e| e.op),
                     Some(DeviceOp::Bind {
-                        step: BindStep::Lock,
+                        step: BindStep::Lock { .. },
                         ..
                     })
                 );

@@ -16,8 +16,14 @@ pub enum BindStep {
     Version,
     /// GET_TDISP_CAPABILITIES: the device must support the lock flags this firmware sets.
     Capabilities,
-    /// LOCK_INTERFACE_REQUEST.
-    Lock,
+    /// LOCK_INTERFACE_REQUEST with this MMIO_REPORTING_OFFSET, derived from the session once,
+    /// when the exchange begins ([`Requester::begin`](crate::tdisp::requester::Requester)):
+    /// every re-send carries it and the answer is parsed with it, whatever the session says
+    /// when asked again.
+    Lock {
+        /// The offset the device adds to every address it reports.
+        offset: u64,
+    },
     /// GET_DEVICE_INTERFACE_REPORT from `offset`.
     Report {
         /// Report bytes received so far.
@@ -68,7 +74,7 @@ impl DeviceOp {
                 BindStep::Unlock | BindStep::Undo { .. } => request::STOP_INTERFACE,
                 BindStep::Version => request::GET_VERSION,
                 BindStep::Capabilities => request::GET_CAPABILITIES,
-                BindStep::Lock => request::LOCK_INTERFACE,
+                BindStep::Lock { .. } => request::LOCK_INTERFACE,
                 BindStep::Report { .. } => request::GET_DEVICE_INTERFACE_REPORT,
             },
             DeviceOp::Start { .. } => request::START_INTERFACE,

@@ -399,7 +399,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         record.exchange = None;
         if matches!(
             step,
-            BindStep::Lock | BindStep::Report { .. } | BindStep::Undo { .. }
+            BindStep::Lock { .. } | BindStep::Report { .. } | BindStep::Undo { .. }
         ) {
             record.unlock_first = true;
             record.forget_lock();
@@ -1100,14 +1100,15 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                     }
                     (BindStep::Capabilities, Ok(Response::Capabilities(c))) => {
                         if c.lock_interface_flags_supported.get() & LOCK_FLAG_NO_FW_UPDATE != 0 {
-                            Ok(Some(BindStep::Lock))
+                            // The offset is derived when the exchange begins.
+                            Ok(Some(BindStep::Lock { offset: 0 }))
                         } else {
                             Err(Error::DeviceRefused)
                         }
                     }
-                    (BindStep::Lock, Ok(Response::Lock(nonce))) => {
+                    (BindStep::Lock { offset }, Ok(Response::Lock(nonce))) => {
                         record.nonce = Some(nonce);
-                        record.mmio_offset = Some(transport.reporting_offset(record.iface, &ex)?);
+                        record.mmio_offset = Some(offset);
                         Ok(Some(BindStep::Report { offset: 0 }))
                     }
                     (BindStep::Report { offset }, Ok(Response::Report { portion, remainder })) => {
@@ -1257,7 +1258,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         out: &mut [u8],
     ) -> TsmResult<Completion> {
         match step {
-            BindStep::Lock | BindStep::Report { .. } => {
+            BindStep::Lock { .. } | BindStep::Report { .. } => {
                 match Self::continue_bind(
                     dev,
                     tdi,

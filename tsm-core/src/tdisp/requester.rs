@@ -88,11 +88,11 @@ impl<S: SecureSession> Requester<S> {
                     tsm_caps: U32::new(0),
                 }),
                 // The device reports every address plus this LOCK's own offset.
-                BindStep::Lock => Request::LockInterface(LockParams {
+                BindStep::Lock { offset } => Request::LockInterface(LockParams {
                     flags: U16::new(LOCK_FLAG_NO_FW_UPDATE),
                     default_stream_id: 0,
                     reserved: 0,
-                    mmio_reporting_offset: U64::new(self.reporting_offset_for(fid, ex)),
+                    mmio_reporting_offset: U64::new(offset),
                     bind_p2p_address_mask: U64::new(0),
                 }),
                 BindStep::Report { offset } => Request::GetReport(ReportRequest {
@@ -116,19 +116,6 @@ impl<S: SecureSession> Requester<S> {
         })
     }
 
-    /// The MMIO_REPORTING_OFFSET of LOCK exchange `ex` with interface `iface`: derived in the
-    /// session from the exchange's sequence number, so it is the same for a re-sent LOCK and
-    /// differs between any two LOCKs of the session, of any TDIs.
-    pub(crate) fn reporting_offset(&self, iface: InterfaceId, ex: &Exchange) -> Result<u64, Error> {
-        let fid = iface.function_id();
-        Ok(self.reporting_offset_for(fid, ex))
-    }
-
-    fn reporting_offset_for(&self, fid: u32, ex: &Exchange) -> u64 {
-        let ctx = context(fid, ex, Direction::Request);
-        super::reporting_offset(self.session.lock_secret(&ctx))
-    }
-
     /// The session's digest of `report` (what the guest reads back for its TDI).
     pub(crate) fn report_digest(&self, report: &[u8]) -> [u8; crate::relay::REPORT_DIGEST_SIZE] {
         self.session.report_digest(report)
@@ -143,11 +130,23 @@ impl<S: SecureSession> Requester<S> {
         op: DeviceOp,
         out: &mut [u8],
     ) -> Result<Completion, Error> {
-        let ex = Exchange {
+        let mut ex = Exchange {
             op,
             seq: self.take_seq()?,
             attempts: 0,
         };
+        // A LOCK's MMIO_REPORTING_OFFSET is asked of the session once, for this exchange's
+        // fresh sequence number (so it differs from every other LOCK's as long as the
+        // session's secret does), and kept in the exchange: a re-send and the answer use the
+        // kept value, never a second answer of the session.
+        let ctx = context(tdi.iface.function_id(), &ex, Direction::Request);
+        if let DeviceOp::Bind {
+            step: BindStep::Lock { offset },
+            ..
+        } = &mut ex.op
+        {
+            *offset = super::reporting_offset(self.session.lock_secret(&ctx));
+        }
         let n = self.request(tdi, &ex, out)?;
         tdi.exchange = Some(ex);
         Ok(Completion::Relay(n))
