@@ -20,7 +20,7 @@
 //! Index: no operation scans the RMP. Beside the entries (whose bytes stay the hardware
 //! structure's) the table keeps, in fixed arrays, the first entry of every firmware leaf in
 //! host-address order and in (ASID, guest frame) order, and every host-assigned entry in
-//! (ASID, guest frame) order ([`index`]). A lookup is a binary search over them; a change
+//! (ASID, guest frame) order (`rmp/index.rs`). A lookup is a binary search over them; a change
 //! moves at most their length of 4-byte positions. Capacities: [`MAX_RMP_LEAVES`] leaves (a
 //! map past it is `TableError::OutOfFrames`, the core's `SecureTableFull`) and
 //! [`MAX_RMP_HOST_PAGES`] host-assigned pages (an RMPUPDATE past it is [`RmpFault::IndexFull`]),
@@ -222,8 +222,8 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         self.entries.as_ref()
     }
 
-    /// Leaves that can still be mapped before the index is full ([`MAX_RMP_LEAVES`]): a run
-    /// of more is refused by its first page past the room.
+    /// Leaves that can still be mapped before the index is full ([`MAX_RMP_LEAVES`]): what a
+    /// caller mapping a run of leaves checks first, so the run is all or nothing.
     pub fn leaf_room(&self) -> usize {
         self.idx.leaf_room()
     }

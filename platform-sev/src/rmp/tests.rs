@@ -245,6 +245,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
+    #[cfg_attr(miri, ignore)] // thousands of scans of the whole RMP: minutes under Miri, safe code only
     fn indexed_rmp_answers_like_a_scan(
         setup in prop::collection::vec(1..5u32, GUESTS as usize),
         steps in prop::collection::vec((op(), probes()), 1..120),
@@ -270,6 +271,7 @@ proptest! {
 /// A 1G leaf and 4K leaves around it in a window of 1 GiB and 8 MiB: the lookups inside and
 /// around each leaf, and the walk by host address, answer as the scans do.
 #[test]
+#[cfg_attr(miri, ignore)] // a 1 GiB window (262144 entries) written and scanned: safe code only
 fn big_leaves_answer_like_a_scan() {
     let pages = (1 << 18) + 2048;
     let mut t = Rmp::new(hpa(0), vec![RmpEntry::new(); pages]).unwrap();
@@ -328,6 +330,7 @@ fn big_leaves_answer_like_a_scan() {
 /// A full index is a status with nothing changed, for the firmware's maps and the host's
 /// RMPUPDATE alike; a removal makes room again.
 #[test]
+#[cfg_attr(miri, ignore)] // 4096 maps and their index checks: a minute under Miri, safe code only
 fn full_index_is_a_status() {
     let pages = super::MAX_RMP_LEAVES + super::MAX_RMP_HOST_PAGES + 2;
     let mut t = Rmp::new(hpa(0), vec![RmpEntry::new(); pages]).unwrap();
