@@ -431,6 +431,50 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         Ok((first..end, leaf))
     }
 
+    /// Every check of [`SecureTable::map`], in its order: the guest's ASID, the host entries
+    /// of the leaf, its first guest frame and its last; then the index's room, last, so every
+    /// other refusal is the one a table without an index gives.
+    fn map_checked(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(u32, core::ops::Range<usize>, Pfn, Pfn), TableError> {
+        let asid = self.fence(guest)?.asid;
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(TableError::Misaligned);
+        }
+        let r = self
+            .span(hpa.as_u64(), size.base_pages())
+            .ok_or(TableError::OutOfFrames)?;
+        // Guest side first, then host side (the order the core's reference table checks).
+        let lo = Pfn::of(gpa);
+        let hi = lo.get().saturating_add(size.base_pages());
+        if self
+            .idx
+            .gpa_mapped(self.entries.as_ref(), asid, lo.get()..hi)
+        {
+            return Err(TableError::GpaMapped);
+        }
+        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
+        // 2^52, so the leaf ends at 2^52 at most.
+        let last = lo
+            .checked_add(size.base_pages().saturating_sub(1))
+            .ok_or(TableError::Misaligned)?;
+        let entries = self
+            .entries()
+            .get(r.clone())
+            .ok_or(TableError::OutOfFrames)?;
+        if entries.iter().any(|e| e.assigned()) {
+            return Err(TableError::HpaMapped);
+        }
+        if self.idx.leaf_room() == 0 {
+            return Err(TableError::OutOfFrames);
+        }
+        Ok((asid, r, lo, last))
+    }
+
     fn entries_mut(&mut self, r: core::ops::Range<usize>) -> &mut [RmpEntry] {
         self.entries.as_mut().get_mut(r).unwrap_or_default()
     }
@@ -552,34 +596,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         hpa: Hpa,
         size: PageSize,
     ) -> Result<(), TableError> {
-        let asid = self.fence(guest)?.asid;
-        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
-            return Err(TableError::Misaligned);
-        }
-        let r = self
-            .span(hpa.as_u64(), size.base_pages())
-            .ok_or(TableError::OutOfFrames)?;
-        // Guest side first, then host side (the order the core's reference table checks).
-        let lo = Pfn::of(gpa);
-        let hi = lo.get().saturating_add(size.base_pages());
-        if self
-            .idx
-            .gpa_mapped(self.entries.as_ref(), asid, lo.get()..hi)
-        {
-            return Err(TableError::GpaMapped);
-        }
-        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
-        // 2^52, so the leaf ends at 2^52 at most.
-        let last = lo
-            .checked_add(size.base_pages().saturating_sub(1))
-            .ok_or(TableError::Misaligned)?;
-        let entries = self
-            .entries()
-            .get(r.clone())
-            .ok_or(TableError::OutOfFrames)?;
-        if entries.iter().any(|e| e.assigned()) {
-            return Err(TableError::HpaMapped);
-        }
+        let (asid, r, lo, last) = self.map_checked(guest, gpa, hpa, size)?;
         let template = RmpEntry::new()
             .with_assigned(true)
             .with_immutable(true)
@@ -591,7 +608,6 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             } else {
                 RMP_PAGE_2M
             });
-        // Checked last, so every other refusal is the one an unindexed table gives.
         let first = u32::try_from(r.start).map_err(|_| TableError::OutOfFrames)?;
         self.idx
             .add_leaf(self.entries.as_ref(), Key::leaf(asid, lo, first))?;
