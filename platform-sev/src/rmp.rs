@@ -680,7 +680,8 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
     }
 
     /// The leaves by host address, through the index: a binary search to the first leaf at or
-    /// after `from`, then one leaf at a time.
+    /// after `from`, then at most one more (leaves do not overlap: the one after a leaf that
+    /// leaves `within` starts past it).
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
         let start = from.max(within.base()).as_u64().max(self.base);
         // Round up to a page: entries are per page.
