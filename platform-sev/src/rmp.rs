@@ -16,6 +16,16 @@
 //! bits ([`AsidFence::blocked_at`]). That is exact while fewer than 2^32 fences are raised
 //! between a block and the removal; after more, it comes out later than the truth, never
 //! earlier: a removal may wait for one more fence, it never skips one.
+//!
+//! Index: no operation scans the RMP. Beside the entries (whose bytes stay the hardware
+//! structure's) the table keeps, in fixed arrays, the first entry of every firmware leaf in
+//! host-address order and in (ASID, guest frame) order, and every host-assigned entry in
+//! (ASID, guest frame) order (`rmp/index.rs`). A lookup is a binary search over them; a change
+//! moves at most their length of 4-byte positions. Capacities: [`MAX_RMP_LEAVES`] leaves (a
+//! map past it is `TableError::OutOfFrames`, the core's `SecureTableFull`) and
+//! [`MAX_RMP_HOST_PAGES`] host-assigned pages (an RMPUPDATE past it is [`RmpFault::IndexFull`]),
+//! each refused with nothing changed; a window of more than 2^32 pages is refused at
+//! [`Rmp::new`].
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::MAX_GUESTS;
@@ -24,6 +34,13 @@ use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize};
 
 use crate::pfn::{LeafCode, Pfn};
 use crate::status::SevStatus;
+
+mod index;
+#[cfg(test)]
+mod tests;
+
+use index::{Index, Key};
+pub use index::{MAX_RMP_HOST_PAGES, MAX_RMP_LEAVES};
 
 /// RMP `Page_Size` values (APM Vol. 2 15.36.3: 0 = 4K, 1 = 2M).
 pub const RMP_PAGE_4K: bool = false;
@@ -129,6 +146,9 @@ pub enum RmpFault {
     Permission = 2,
     /// The page belongs to a bound TDI (or the 2M page is in use). `FAIL_INUSE = 3`.
     InUse = 3,
+    /// Ours (no APM code: the hardware's RMP needs no index): the page would be one more
+    /// host-assigned page than the model's index holds ([`MAX_RMP_HOST_PAGES`]).
+    IndexFull = 0x80,
 }
 
 /// What the host asks RMPUPDATE to write (its own pages only).
@@ -164,15 +184,21 @@ pub struct Rmp<S> {
     fences: [AsidFence; MAX_GUESTS],
     /// Tests: the guests whose fences stay pending until released.
     held: [bool; MAX_GUESTS],
+    /// Where the assigned entries are, so no operation scans `entries`.
+    idx: Index,
 }
 
 const PAGE: u64 = 4096;
 
 impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     /// An RMP over `entries.len()` pages from `base` (4K aligned, wholly below 2^52). Every
-    /// entry is cleared: the window starts as the host's.
+    /// entry is cleared: the window starts as the host's. `RESOURCE_LIMIT` for a window of
+    /// more than 2^32 pages (16 TiB), past what the index numbers.
     pub fn new(base: Hpa, mut entries: S) -> Result<Self, SevStatus> {
         let pages = u64::try_from(entries.as_ref().len()).map_err(|_| SevStatus::INVALID_PARAM)?;
+        if pages > index::MAX_WINDOW_PAGES {
+            return Err(SevStatus::RESOURCE_LIMIT);
+        }
         if !base.is_aligned(PageSize::Size4K)
             || pages
                 .checked_mul(PAGE)
@@ -187,12 +213,19 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
             entries,
             fences: [AsidFence::default(); MAX_GUESTS],
             held: [false; MAX_GUESTS],
+            idx: Index::new(),
         })
     }
 
     /// The entries (RMPREAD for tests and the host shim).
     pub fn entries(&self) -> &[RmpEntry] {
         self.entries.as_ref()
+    }
+
+    /// Leaves that can still be mapped before the index is full ([`MAX_RMP_LEAVES`]): what a
+    /// caller mapping a run of leaves checks first, so the run is all or nothing.
+    pub fn leaf_room(&self) -> usize {
+        self.idx.leaf_room()
     }
 
     /// The fence state of every guest slot (index = the core's guest slot).
@@ -257,12 +290,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     pub fn release_asid(&mut self, guest: GuestId) -> Result<ReleasedAsid, SevStatus> {
         let slot = usize::from(guest.slot());
         let fence = *self.fences.get(slot).ok_or(SevStatus::INVALID_GUEST)?;
-        if fence.asid != 0
-            && self
-                .entries()
-                .iter()
-                .any(|e| e.assigned() && e.asid() == fence.asid)
-        {
+        if fence.asid != 0 && self.idx.asid_in_use(self.entries.as_ref(), fence.asid) {
             return Err(SevStatus::IN_USE);
         }
         if let Some(f) = self.fences.get_mut(slot) {
@@ -286,12 +314,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
             return Err(SevStatus::INVALID_ASID);
         }
         let old = self.fence(guest).map(|f| f.asid).unwrap_or(0);
-        if old != 0
-            && self
-                .entries()
-                .iter()
-                .any(|e| e.assigned() && e.asid() == old)
-        {
+        if old != 0 && self.idx.asid_in_use(self.entries.as_ref(), old) {
             return Err(SevStatus::IN_USE);
         }
         let slot = self
@@ -384,11 +407,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     /// Finds `guest`'s leaf that covers `gpa`: the entry index of its first page.
     fn find(&self, guest: GuestId, gpa: Gpa) -> Result<(usize, Leaf), TableError> {
         let asid = self.fence(guest)?.asid;
-        let pfn = Pfn::of(gpa);
         let i = self
-            .entries()
-            .iter()
-            .position(|e| e.assigned() && e.mmio() && e.asid() == asid && e.gpa_pfn() == pfn)
+            .idx
+            .entry_of(self.entries.as_ref(), asid, Pfn::of(gpa))
             .ok_or(TableError::NotMapped)?;
         self.leaf_at(i).ok_or(TableError::NotMapped)
     }
@@ -408,6 +429,50 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
             .checked_add(usize::try_from(size.base_pages()).map_err(|_| TableError::OutOfFrames)?)
             .ok_or(TableError::OutOfFrames)?;
         Ok((first..end, leaf))
+    }
+
+    /// Every check of [`SecureTable::map`], in its order: the guest's ASID, the host entries
+    /// of the leaf, its first guest frame and its last; then the index's room, last, so every
+    /// other refusal is the one a table without an index gives.
+    fn map_checked(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(u32, core::ops::Range<usize>, Pfn, Pfn), TableError> {
+        let asid = self.fence(guest)?.asid;
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(TableError::Misaligned);
+        }
+        let r = self
+            .span(hpa.as_u64(), size.base_pages())
+            .ok_or(TableError::OutOfFrames)?;
+        // Guest side first, then host side (the order the core's reference table checks).
+        let lo = Pfn::of(gpa);
+        let hi = lo.get().saturating_add(size.base_pages());
+        if self
+            .idx
+            .gpa_mapped(self.entries.as_ref(), asid, lo.get()..hi)
+        {
+            return Err(TableError::GpaMapped);
+        }
+        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
+        // 2^52, so the leaf ends at 2^52 at most.
+        let last = lo
+            .checked_add(size.base_pages().saturating_sub(1))
+            .ok_or(TableError::Misaligned)?;
+        let entries = self
+            .entries()
+            .get(r.clone())
+            .ok_or(TableError::OutOfFrames)?;
+        if entries.iter().any(|e| e.assigned()) {
+            return Err(TableError::HpaMapped);
+        }
+        if self.idx.leaf_room() == 0 {
+            return Err(TableError::OutOfFrames);
+        }
+        Ok((asid, r, lo, last))
     }
 
     fn entries_mut(&mut self, r: core::ops::Range<usize>) -> &mut [RmpEntry] {
@@ -439,6 +504,13 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         } else {
             RmpEntry::new()
         };
+        let at = u32::try_from(i).map_err(|_| RmpFault::Input)?;
+        // A mutable entry is the host's: unassigned, or assigned by an earlier RMPUPDATE.
+        let old = e.assigned().then(|| Key::of(&e, at));
+        let new_key = new.assigned().then(|| Key::of(&new, at));
+        self.idx
+            .rekey_host(self.entries.as_ref(), old, new_key)
+            .map_err(|_| RmpFault::IndexFull)?;
         if let Some(slot) = self.entries.as_mut().get_mut(i) {
             *slot = new;
         }
@@ -524,33 +596,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         hpa: Hpa,
         size: PageSize,
     ) -> Result<(), TableError> {
-        let asid = self.fence(guest)?.asid;
-        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
-            return Err(TableError::Misaligned);
-        }
-        let r = self
-            .span(hpa.as_u64(), size.base_pages())
-            .ok_or(TableError::OutOfFrames)?;
-        // Guest side first, then host side (the order the core's reference table checks).
-        let lo = Pfn::of(gpa);
-        let hi = lo.get().saturating_add(size.base_pages());
-        if self.entries().iter().any(|e| {
-            e.assigned() && e.asid() == asid && (lo.get()..hi).contains(&e.gpa_pfn().get())
-        }) {
-            return Err(TableError::GpaMapped);
-        }
-        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
-        // 2^52, so the leaf ends at 2^52 at most.
-        let last = lo
-            .checked_add(size.base_pages().saturating_sub(1))
-            .ok_or(TableError::Misaligned)?;
-        let entries = self
-            .entries()
-            .get(r.clone())
-            .ok_or(TableError::OutOfFrames)?;
-        if entries.iter().any(|e| e.assigned()) {
-            return Err(TableError::HpaMapped);
-        }
+        let (asid, r, lo, last) = self.map_checked(guest, gpa, hpa, size)?;
         let template = RmpEntry::new()
             .with_assigned(true)
             .with_immutable(true)
@@ -562,6 +608,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             } else {
                 RMP_PAGE_2M
             });
+        let first = u32::try_from(r.start).map_err(|_| TableError::OutOfFrames)?;
+        self.idx
+            .add_leaf(self.entries.as_ref(), Key::leaf(asid, lo, first))?;
         for (e, i) in self.entries_mut(r).iter_mut().zip(0u64..) {
             *e = template.with_gpa_pfn(lo.checked_add(i).unwrap_or(last));
         }
@@ -616,6 +665,10 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
             LeafState::Mapped => Err(TableError::NotBlocked),
             LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
             LeafState::Blocked { .. } => {
+                let first = u32::try_from(r.start).map_err(|_| TableError::Inconsistent)?;
+                let asid = self.fence(guest)?.asid;
+                let key = Key::leaf(asid, Pfn::of(leaf.gpa), first);
+                self.idx.drop_leaf(self.entries.as_ref(), key)?;
                 self.entries_mut(r).fill(RmpEntry::new());
                 Ok(leaf.hpa)
             }
@@ -626,33 +679,26 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         self.find(guest, gpa).ok().map(|(_, l)| l)
     }
 
-    /// Walks the RMP window by host address.
+    /// The leaves by host address, through the index: a binary search to the first leaf at or
+    /// after `from`, then at most one more (leaves do not overlap: the one after a leaf that
+    /// leaves `within` starts past it).
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
         let start = from.max(within.base()).as_u64().max(self.base);
         // Round up to a page: entries are per page.
         let start = start.checked_add(PAGE - 1)? & !(PAGE - 1);
-        let mut i = self.index(start)?;
-        loop {
-            let hpa = self.hpa_of(i)?;
-            if hpa.as_u64() >= within.end() {
+        let i = u32::try_from(self.index(start)?).ok()?;
+        for first in self.idx.leaves_from(i) {
+            let first = usize::try_from(first).ok()?;
+            if self.hpa_of(first)?.as_u64() >= within.end() {
                 return None;
             }
-            match self.leaf_at(i) {
-                Some((_, leaf))
-                    if leaf.hpa >= from && within.contains_page(leaf.hpa, leaf.size) =>
-                {
-                    return Some(leaf);
-                }
-                Some((first, leaf)) => {
-                    // Inside a leaf that starts before `from` or leaves `within`: skip it.
-                    let pages = usize::try_from(leaf.size.base_pages()).ok()?;
-                    i = first.checked_add(pages)?.max(i.checked_add(1)?);
-                }
-                None => i = i.checked_add(1)?,
-            }
-            if i >= self.entries().len() {
-                return None;
+            if let Some((_, leaf)) = self.leaf_at(first)
+                && leaf.hpa >= from
+                && within.contains_page(leaf.hpa, leaf.size)
+            {
+                return Some(leaf);
             }
         }
+        None
     }
 }

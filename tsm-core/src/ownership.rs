@@ -2,6 +2,13 @@
 //! host. It holds every range of a bound TDI's report: the private ones, which the TDI owns and
 //! the guest may map, and the shared ones (IS_NON_TEE_MEM), kept so that no other TDI can claim
 //! a page under them. Ranges in it never overlap.
+//!
+//! The ranges are kept grouped by TDI, each TDI's in the order it claimed them (the order of
+//! [`Ownership::range_of`], which an unbind's cursor walks), with an index of their positions
+//! in host-address order beside them (ranges never overlap, so their ends are sorted too and
+//! one binary search finds the range at an address). Fixed capacity, no heap: a lookup by
+//! address costs a binary search, one by TDI a binary search and a step per range of that TDI;
+//! a claim or release moves entries of the two arrays and renumbers the 2-byte positions.
 
 use crate::addr::Hpa;
 use crate::capacity::{MAX_OWNED_RANGES, MAX_RANGES_PER_TDI};
@@ -10,6 +17,11 @@ use crate::mmio::{MmioRange, any_overlap};
 use crate::page::PageSize;
 use crate::status::Error;
 use crate::transport::ReportedRange;
+
+/// A position in [`Ownership`]'s TDI-ordered array.
+type Pos = u16;
+// Every position, and every position plus a claim's ranges, fits.
+const _: () = assert!(MAX_OWNED_RANGES + MAX_RANGES_PER_TDI <= Pos::MAX as usize);
 
 /// One owned range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,36 +36,83 @@ pub struct OwnedRange {
     pub private: bool,
 }
 
-/// Ranges owned by bound TDIs, in the order they were claimed.
+/// Ranges owned by bound TDIs, indexed by TDI and by host address. Both arrays follow from
+/// the ranges and each TDI's claim order, so two tables holding the same are equal.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ownership {
-    entries: heapless::Vec<OwnedRange, MAX_OWNED_RANGES>,
+    /// Every range, by TDI (ascending), each TDI's in claim order.
+    by_tdi: heapless::Vec<OwnedRange, MAX_OWNED_RANGES>,
+    /// The positions in `by_tdi` of every range, by base address.
+    by_hpa: heapless::Vec<Pos, MAX_OWNED_RANGES>,
 }
 
 impl Ownership {
     /// An empty table.
     pub const fn new() -> Self {
         Self {
-            entries: heapless::Vec::new(),
+            by_tdi: heapless::Vec::new(),
+            by_hpa: heapless::Vec::new(),
         }
     }
 
-    /// Every owned range.
-    pub fn iter(&self) -> impl Iterator<Item = &OwnedRange> {
-        self.entries.iter()
+    fn at(&self, pos: Pos) -> Option<&OwnedRange> {
+        self.by_tdi.get(usize::from(pos))
     }
 
-    /// The range of a bound TDI's report, private or shared, that shares a byte with `range`.
+    /// Every owned range, by host address.
+    pub fn iter(&self) -> impl Iterator<Item = &OwnedRange> {
+        self.by_hpa.iter().filter_map(|&p| self.at(p))
+    }
+
+    /// The ranges from the first one that ends above `hpa`, by host address: the one holding
+    /// `hpa`, if any, comes first.
+    fn ending_above(&self, hpa: u64) -> impl Iterator<Item = &OwnedRange> {
+        let first = self
+            .by_hpa
+            .partition_point(|&p| self.at(p).is_some_and(|o| o.range.end() <= hpa));
+        self.by_hpa
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|&p| self.at(p))
+    }
+
+    /// Where the ranges of `tdi` lie in `by_tdi`.
+    fn group(&self, tdi: TdiId) -> core::ops::Range<usize> {
+        let first = self.by_tdi.partition_point(|o| o.tdi < tdi);
+        let end = self.by_tdi.partition_point(|o| o.tdi <= tdi);
+        first..end.max(first)
+    }
+
+    /// The ranges of `tdi`, in the order it claimed them.
+    fn of(&self, tdi: TdiId) -> &[OwnedRange] {
+        self.by_tdi.get(self.group(tdi)).unwrap_or_default()
+    }
+
+    /// The ranges that share a byte with `range`, by host address.
+    fn touching(&self, range: &MmioRange) -> impl Iterator<Item = &OwnedRange> + use<'_> {
+        let end = range.end();
+        self.ending_above(range.base().as_u64())
+            .take_while(move |o| o.range.base().as_u64() < end)
+    }
+
+    /// The range of a bound TDI's report, private or shared, that shares a byte with `range`
+    /// (the lowest, if several do).
     pub fn overlapping(&self, range: &MmioRange) -> Option<&OwnedRange> {
-        self.entries.iter().find(|o| o.range.overlaps(range))
+        self.touching(range).next()
     }
 
     /// The private range of a bound TDI that shares a byte with `range`: what the host may not
-    /// zap (shared ranges, such as an MSI-X table, stay the host's to manage).
+    /// zap (shared ranges, such as an MSI-X table, stay the host's to manage). The lowest, if
+    /// several do.
     pub fn overlapping_private(&self, range: &MmioRange) -> Option<&OwnedRange> {
-        self.entries
-            .iter()
-            .find(|o| o.private && o.range.overlaps(range))
+        self.touching(range).find(|o| o.private)
+    }
+
+    /// A range of a TDI other than `tdi`, private or shared, that shares a byte with `range`
+    /// (the lowest, if several do): a page another bound TDI holds.
+    pub fn overlapping_other(&self, tdi: TdiId, range: &MmioRange) -> Option<&OwnedRange> {
+        self.touching(range).find(|o| o.tdi != tdi)
     }
 
     /// Whether a report's `ranges` could be claimed: each fits, none overlaps another or any
@@ -70,13 +129,14 @@ impl Ownership {
         if plain.iter().any(|r| self.overlapping(r).is_some()) {
             return Err(Error::TdiBound);
         }
-        if ranges.len() > self.entries.capacity().saturating_sub(self.entries.len()) {
+        if ranges.len() > MAX_OWNED_RANGES.saturating_sub(self.by_tdi.len()) {
             return Err(Error::OwnershipTableFull);
         }
         Ok(())
     }
 
     /// Claims a report's `ranges` for `tdi` bound to `guest`: all of them or, on error, none.
+    /// They follow whatever `tdi` already holds in its claim order.
     pub fn claim(
         &mut self,
         tdi: TdiId,
@@ -84,48 +144,80 @@ impl Ownership {
         ranges: &[ReportedRange],
     ) -> Result<(), Error> {
         self.check_claim(ranges)?;
-        for r in ranges {
+        if self.by_hpa.len() != self.by_tdi.len() {
+            return Err(Error::Inconsistent);
+        }
+        let at = self.group(tdi).end;
+        let (Ok(first), Ok(added)) = (Pos::try_from(at), Pos::try_from(ranges.len())) else {
+            return Err(Error::OwnershipTableFull);
+        };
+        // Room for every range in both arrays was checked above: no insert below fails.
+        for (i, r) in (at..).zip(ranges) {
             let entry = OwnedRange {
                 range: r.range,
                 tdi,
                 guest,
                 private: r.private,
             };
-            self.entries
-                .push(entry)
-                .map_err(|_| Error::OwnershipTableFull)?;
+            if self.by_tdi.insert(i, entry).is_err() {
+                return Err(Error::Inconsistent);
+            }
+        }
+        for p in self.by_hpa.iter_mut().filter(|p| **p >= first) {
+            *p = p.saturating_add(added);
+        }
+        for pos in first..first.saturating_add(added) {
+            let Some(base) = self.at(pos).map(|o| o.range.base()) else {
+                return Err(Error::Inconsistent);
+            };
+            let i = self
+                .by_hpa
+                .partition_point(|&p| self.at(p).is_some_and(|o| o.range.base() < base));
+            if self.by_hpa.insert(i, pos).is_err() {
+                return Err(Error::Inconsistent);
+            }
         }
         Ok(())
     }
 
-    /// The private ranges of `tdi`: the pages it owns.
+    /// The private ranges of `tdi`: the pages it owns, in claim order.
     pub fn private_of(&self, tdi: TdiId) -> impl Iterator<Item = MmioRange> + '_ {
-        self.entries
-            .iter()
-            .filter(move |o| o.tdi == tdi && o.private)
-            .map(|o| o.range)
+        self.of(tdi).iter().filter(|o| o.private).map(|o| o.range)
     }
 
     /// Releases every range of `tdi`.
     pub fn release(&mut self, tdi: TdiId) {
-        self.entries.retain(|o| o.tdi != tdi);
+        let group = self.group(tdi);
+        let (Ok(first), Ok(end)) = (Pos::try_from(group.start), Pos::try_from(group.end)) else {
+            return;
+        };
+        if first >= end {
+            return;
+        }
+        let gone = end.saturating_sub(first);
+        self.by_hpa.retain(|p| !(first..end).contains(p));
+        for p in self.by_hpa.iter_mut().filter(|p| **p >= end) {
+            *p = p.saturating_sub(gone);
+        }
+        self.by_tdi.drain(group);
     }
 
-    /// The `index`-th private range of `tdi`.
+    /// The `index`-th private range of `tdi`, in claim order: it stays where it is while other
+    /// TDIs claim and release.
     pub fn range_of(&self, tdi: TdiId, index: u8) -> Option<MmioRange> {
         self.private_of(tdi).nth(usize::from(index))
     }
 
     /// The private entry whose range holds the whole page of `size` at `hpa`.
     pub fn holding(&self, hpa: Hpa, size: PageSize) -> Option<&OwnedRange> {
-        self.entries
-            .iter()
-            .find(|o| o.private && o.range.contains_page(hpa, size))
+        self.ending_above(hpa.as_u64())
+            .next()
+            .filter(|o| o.private && o.range.contains_page(hpa, size))
     }
 
     /// Whether `tdi` owns anything.
     pub fn owns_any(&self, tdi: TdiId) -> bool {
-        self.entries.iter().any(|o| o.tdi == tdi)
+        !self.group(tdi).is_empty()
     }
 }
 

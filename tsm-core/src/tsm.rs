@@ -467,12 +467,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         match owners.holding(hpa, size) {
             Some(owned) if owned.tdi == tdi => {}
             // Part of the page is another bound TDI's: mapping it here would steal it.
-            _ if owners
-                .iter()
-                .any(|o| o.tdi != tdi && o.range.overlaps(&page)) =>
-            {
-                return Err(Error::TdiBound);
-            }
+            _ if owners.overlapping_other(tdi, &page).is_some() => return Err(Error::TdiBound),
             _ => return Err(Error::HpaNotOwned),
         }
         let mut table = try_lock(&self.table, Operand::SecureTable)?;
