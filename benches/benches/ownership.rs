@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use platform_sev::pfn::Pfn;
-use platform_sev::{Rmp, RmpEntry};
+use platform_sev::{Rmp, RmpEntry, RmpStore, rmp_index_words};
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::device_model::ModelDevice;
@@ -222,10 +222,15 @@ const WINDOWS: [usize; 2] = [2048, 1 << 18];
 const SEV_LEAVES: u64 = 64;
 const RMP_BASE: u64 = 0x200_0000_0000;
 
-fn rmp(pages: usize) -> Rmp<Vec<RmpEntry>> {
+type VecRmp = Rmp<RmpStore<Vec<RmpEntry>, Vec<u32>>>;
+
+fn rmp(pages: usize) -> VecRmp {
     let mut t = Rmp::new(
         Hpa::try_new(RMP_BASE).unwrap(),
-        vec![RmpEntry::new(); pages],
+        RmpStore::new(
+            vec![RmpEntry::new(); pages],
+            vec![0; rmp_index_words(pages)],
+        ),
     )
     .unwrap();
     let g = GuestId::from_slot(0);
@@ -247,7 +252,7 @@ fn sev_leaf(pages: usize, i: u64) -> (Gpa, Hpa) {
 }
 
 /// The lookup as it was: the first entry, by host address, of the ASID naming the frame.
-fn leaf_scan(t: &Rmp<Vec<RmpEntry>>, asid: u32, gpa: Gpa) -> Option<usize> {
+fn leaf_scan(t: &VecRmp, asid: u32, gpa: Gpa) -> Option<usize> {
     let pfn = Pfn::of(gpa);
     t.entries()
         .iter()
@@ -255,7 +260,7 @@ fn leaf_scan(t: &Rmp<Vec<RmpEntry>>, asid: u32, gpa: Gpa) -> Option<usize> {
 }
 
 /// One 4 KiB leaf's life in the RMP's free top page: map, block, fence, remove.
-fn sev_cycle(t: &mut Rmp<Vec<RmpEntry>>, pages: usize) {
+fn sev_cycle(t: &mut VecRmp, pages: usize) {
     let g = GuestId::from_slot(0);
     let gpa = Gpa::try_new(GPA_BASE + 0x1000_0000).unwrap();
     let hpa = Hpa::try_new(RMP_BASE + (pages as u64 - 1) * 0x1000).unwrap();

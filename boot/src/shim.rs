@@ -13,7 +13,7 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::{MmioRange, ModelSession, ReservedMemory};
 use tsm_tests::backend::{Backend, CoreBackend};
-use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::interpreter::Summary;
 use tsm_tests::suite::run_suite;
@@ -69,11 +69,15 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
     }
 
     let rmp_frames = (RMP_PAGES * core::mem::size_of::<RmpEntry>()) as u64 / FRAME_SIZE + 1;
-    match physical::<RmpEntry>(rmp_frames) {
-        Some((_, rmp)) => {
+    let index_frames = (RMP_INDEX_WORDS * core::mem::size_of::<u32>()) as u64 / FRAME_SIZE + 1;
+    match (
+        physical::<RmpEntry>(rmp_frames),
+        physical::<u32>(index_frames),
+    ) {
+        (Some((_, rmp)), Some((_, index))) => {
             let mut fresh_sev = |run: &mut dyn FnMut(&mut dyn Backend)| {
                 rmp.fill(RmpEntry::new());
-                match SevBackend::new(&mut *rmp) {
+                match SevBackend::new(&mut *rmp, &mut *index) {
                     Ok(mut backend) => run(&mut backend),
                     Err(e) => {
                         let _ =
@@ -83,7 +87,7 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
             };
             total.add(run_suite(&mut fresh_sev, out));
         }
-        None => total.failed = total.failed.saturating_add(1),
+        _ => total.failed = total.failed.saturating_add(1),
     }
     (total.passed, total.failed)
 }
@@ -103,7 +107,7 @@ pub(crate) fn physical<T>(frames: u64) -> Option<(u64, &'static mut [T])> {
     let len = usize::try_from(frames * FRAME_SIZE).ok()? / core::mem::size_of::<T>();
     // SAFETY: the frames are identity mapped (phys == virt), zeroed, page aligned (so aligned
     // for any table entry type), owned by nobody else and never freed; every `T` used here
-    // (S-EPT pages, RMP entries) is plain data valid for the all-zero bit pattern.
+    // (S-EPT pages, RMP entries, RMP index words) is plain data valid for the all-zero bit pattern.
     let slice = unsafe { core::slice::from_raw_parts_mut(phys as *mut T, len) };
     Some((phys, slice))
 }

@@ -21,7 +21,7 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::{ModelSession, SecureSession, SecureTable};
 use tsm_tests::backend::CoreBackend;
-use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::invariants;
 use tsm_tests::workload::{self, Rng, Tally, Targets};
@@ -125,7 +125,9 @@ fn setup_tdx() -> Option<(TdxBackend<'static, 'static>, Targets)> {
 fn setup_sev() -> Option<(SevBackend<'static>, Targets)> {
     let rmp_frames = (RMP_PAGES * core::mem::size_of::<RmpEntry>()) as u64 / FRAME_SIZE + 1;
     let (_, rmp) = shim::physical::<RmpEntry>(rmp_frames)?;
-    let mut backend = SevBackend::new(rmp).ok()?;
+    let index_frames = (RMP_INDEX_WORDS * core::mem::size_of::<u32>()) as u64 / FRAME_SIZE + 1;
+    let (_, index) = shim::physical::<u32>(index_frames)?;
+    let mut backend = SevBackend::new(rmp, index).ok()?;
     let targets = workload::setup(&mut backend).ok()?;
     Some((backend, targets))
 }

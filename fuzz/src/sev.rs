@@ -46,7 +46,7 @@ use platform_sev::guest_msg::{self as msg, MsgHeader};
 use platform_sev::host::{self, read_request, response_init, write_response};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
-use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpUpdate};
+use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpStore, RmpUpdate, rmp_index_words};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::{FromZeros, IntoBytes};
 use tsm_core::capacity::MAX_TDIS;
@@ -364,7 +364,7 @@ pub struct Stats {
     pub before_init: usize,
 }
 
-type Fw = Sev<Vec<RmpEntry>, ModelSession>;
+type Fw = Sev<RmpStore<Vec<RmpEntry>, Vec<u32>>, ModelSession>;
 
 /// Everything a refused command must leave as it was: the core's record tables with the RMP's
 /// fence counters, every RMP entry and system memory (both kept apart so that their buffers
@@ -522,7 +522,10 @@ impl World {
     fn new(tio: bool) -> Self {
         let rmp = Rmp::new(
             Hpa::try_new(RMP_BASE).unwrap_or_else(|e| fail(e)),
-            vec![RmpEntry::new(); RMP_PAGES],
+            RmpStore::new(
+                vec![RmpEntry::new(); RMP_PAGES],
+                vec![0; rmp_index_words(RMP_PAGES)],
+            ),
         )
         .unwrap_or_else(|e| fail(format!("{e:?}")));
         let mut mem = PageMemory::new(MEM);

@@ -40,7 +40,7 @@ use crate::abi::{self, SlaAddr, SpdmCtrl};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
 use crate::memory::SystemMemory;
 use crate::relay;
-use crate::rmp::{Rmp, RmpEntry, RmpFault, RmpUpdate, ValidateFault};
+use crate::rmp::{Rmp, RmpFault, RmpMemory, RmpUpdate, ValidateFault};
 use crate::status::{Outcome, SevStatus};
 
 /// Highest ASID we accept at SNP_ACTIVATE (ours: the core tracks at most `MAX_GUESTS` guests;
@@ -271,7 +271,7 @@ fn log_refusal(id: abi::CommandId, outcome: Outcome) {
     }
 }
 
-impl<R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, S: SecureSession> Sev<R, S> {
+impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
     /// The firmware over an RMP and the SPDM session it shares with the devices. The session
     /// is the platform's (established at DEV_CONNECT on hardware). `system_memory` is what the
     /// platform gives at SNP init: the system memory the RMP covers (DRAM, where guests and

@@ -23,7 +23,7 @@ use crate::abi::{
 use crate::fw::Sev;
 use crate::memory::{MemoryFault, SystemMemory};
 use crate::relay::WINDOW;
-use crate::rmp::RmpEntry;
+use crate::rmp::RmpMemory;
 use crate::status::{Outcome, SevStatus};
 
 /// Rounds a host drives one command through before it gives up and returns the last outcome
@@ -161,7 +161,7 @@ pub fn run<R, S>(
     buf: &mut [u8],
 ) -> Outcome
 where
-    R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>,
+    R: RmpMemory,
     S: SecureSession,
 {
     let mut outcome = sev.command(mem, id, buf);
@@ -202,7 +202,7 @@ pub fn tio_init<R, S>(
     status_page: u64,
 ) -> Result<abi::TioStatusData, InitError>
 where
-    R: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>,
+    R: RmpMemory,
     S: SecureSession,
 {
     /// A command buffer at the alignment the firmware requires ([`abi::COMMAND_ALIGN`]).

@@ -29,7 +29,7 @@
 //! use platform_sev::tsm_core::{Error, Gpa, Hpa, MmioRange, ModelSession, RequesterId};
 //! use platform_sev::tsm_core::ReservedMemory;
 //! use platform_sev::zerocopy::{FromZeros, IntoBytes};
-//! use platform_sev::{Outcome, Rmp, RmpEntry, Sev, host};
+//! use platform_sev::{Outcome, Rmp, RmpEntry, RmpStore, Sev, host, rmp_index_words};
 //!
 //! const BAR: u64 = 0x8000_0000; // one 64 KiB BAR; the RMP covers its 16 pages
 //! const MEM: u64 = 0x1_0000_0000; // pages: TIO status, BAR list, SPDM request, SPDM response
@@ -41,7 +41,8 @@
 //!     ..abi::SpdmCtrl::default() };
 //! let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();
 //!
-//! let rmp = Rmp::new(Hpa::try_new(BAR).unwrap(), vec![RmpEntry::new(); 16]).unwrap();
+//! let memory = RmpStore::new(vec![RmpEntry::new(); 16], vec![0; rmp_index_words(16)]);
+//! let rmp = Rmp::new(Hpa::try_new(BAR).unwrap(), memory).unwrap();
 //! let system = ReservedMemory::from_ranges(&[MmioRange::from_raw(MEM, 4).unwrap()]).unwrap();
 //! let mut sev = Sev::new(rmp, ModelSession::model(), system);
 //! let mut mem = PageMemory::<4>::new(MEM);
@@ -134,7 +135,7 @@ pub mod rmp;
 pub mod status;
 
 pub use fw::Sev;
-pub use rmp::{Rmp, RmpEntry};
+pub use rmp::{Rmp, RmpEntry, RmpMemory, RmpStore, rmp_index_words};
 pub use status::{Outcome, SevStatus};
 pub use tsm_core;
 /// The byte-layout crate the buffers derive from, for hosts that build buffers.

@@ -17,15 +17,18 @@
 //! between a block and the removal; after more, it comes out later than the truth, never
 //! earlier: a removal may wait for one more fence, it never skips one.
 //!
-//! Index: no operation scans the RMP. Beside the entries (whose bytes stay the hardware
-//! structure's) the table keeps, in fixed arrays, the first entry of every firmware leaf in
-//! host-address order and in (ASID, guest frame) order, and every host-assigned entry in
-//! (ASID, guest frame) order (`rmp/index.rs`). A lookup is a binary search over them; a change
-//! moves at most their length of 4-byte positions. Capacities: [`MAX_RMP_LEAVES`] leaves (a
-//! map past it is `TableError::OutOfFrames`, the core's `SecureTableFull`) and
-//! [`MAX_RMP_HOST_PAGES`] host-assigned pages (an RMPUPDATE past it is [`RmpFault::IndexFull`]),
-//! each refused with nothing changed; a window of more than 2^32 pages is refused at
-//! [`Rmp::new`].
+//! Index: a lookup searches instead of scanning the window. Beside the entries (whose bytes
+//! stay the hardware structure's) the caller's index memory ([`RmpMemory`]) holds the first
+//! entry of every firmware leaf in host-address order and in (ASID, guest frame) order, and
+//! every host-assigned entry in (ASID, guest frame) order (`rmp/index.rs`). Finding a leaf by
+//! guest or host address, the guest-side overlap check of a map and whether an ASID still
+//! names a page are binary searches; a change moves at most the window's page count of 4-byte
+//! positions. What is not a search: a map, block or removal reads or writes every entry of its
+//! leaf (262144 for a 1G leaf), MMIO_VALIDATE every entry of its range and the host's PSMASH
+//! the 512 of its 2M page. The index has room for every page of the window as a 4K leaf or a
+//! host page ([`RMP_INDEX_WORDS_PER_PAGE`] words a page, 8 bytes beside each 16-byte entry),
+//! so it never refuses what the entries allow; [`Rmp::new`] refuses index memory smaller than
+//! that, and a window of more than 2^32 pages.
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::MAX_GUESTS;
@@ -39,8 +42,8 @@ mod index;
 #[cfg(test)]
 mod tests;
 
-use index::{Index, Key};
-pub use index::{MAX_RMP_HOST_PAGES, MAX_RMP_LEAVES};
+pub use index::RMP_INDEX_WORDS_PER_PAGE;
+use index::{Index, Key, View};
 
 /// RMP `Page_Size` values (APM Vol. 2 15.36.3: 0 = 4K, 1 = 2M).
 pub const RMP_PAGE_4K: bool = false;
@@ -136,7 +139,8 @@ pub struct ReleasedAsid {
 
 /// Why the host's own RMP instruction failed. APM Vol. 3 RMPUPDATE / PSMASH return codes
 /// (Linux `arch/x86/include/asm/sev.h`): `FAIL_INPUT = 1`, `FAIL_PERMISSION = 2`,
-/// `FAIL_INUSE = 3`.
+/// `FAIL_INUSE = 3` (and `RMPUPDATE_FAIL_OVERLAP = 7`, which the model never returns: it has
+/// no 2M host page to overlap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RmpFault {
@@ -146,9 +150,6 @@ pub enum RmpFault {
     Permission = 2,
     /// The page belongs to a bound TDI (or the 2M page is in use). `FAIL_INUSE = 3`.
     InUse = 3,
-    /// Ours (no APM code: the hardware's RMP needs no index): the page would be one more
-    /// host-assigned page than the model's index holds ([`MAX_RMP_HOST_PAGES`]).
-    IndexFull = 0x80,
 }
 
 /// What the host asks RMPUPDATE to write (its own pages only).
@@ -175,29 +176,82 @@ pub enum ValidateFault {
     NotUniform,
 }
 
+/// The memory an RMP lives in, the caller's: the entries (the hardware structure, 16 bytes a
+/// window page) and the index beside them ([`RMP_INDEX_WORDS_PER_PAGE`] 4-byte words a window
+/// page), lent together so the index can be changed while the entries are read.
+pub trait RmpMemory {
+    /// The entries and the index words.
+    fn parts(&self) -> (&[RmpEntry], &[u32]);
+    /// The same, writable.
+    fn parts_mut(&mut self) -> (&mut [RmpEntry], &mut [u32]);
+}
+
+/// [`RmpMemory`] in two pieces: `&'static mut` slices in firmware, `Vec`s in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RmpStore<E, I> {
+    /// One entry per window page.
+    pub entries: E,
+    /// At least [`rmp_index_words`] of the window's page count.
+    pub index: I,
+}
+
+impl<E, I> RmpStore<E, I> {
+    /// The entries and the index memory.
+    pub const fn new(entries: E, index: I) -> Self {
+        Self { entries, index }
+    }
+}
+
+impl<E: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>, I: AsRef<[u32]> + AsMut<[u32]>> RmpMemory
+    for RmpStore<E, I>
+{
+    fn parts(&self) -> (&[RmpEntry], &[u32]) {
+        (self.entries.as_ref(), self.index.as_ref())
+    }
+
+    fn parts_mut(&mut self) -> (&mut [RmpEntry], &mut [u32]) {
+        (self.entries.as_mut(), self.index.as_mut())
+    }
+}
+
+/// The index words a window of `pages` pages needs: [`RMP_INDEX_WORDS_PER_PAGE`] a page
+/// (saturating: no memory is that large, and [`Rmp::new`] refuses it).
+pub const fn rmp_index_words(pages: usize) -> usize {
+    match Index::words_for(pages) {
+        Some(w) => w,
+        None => usize::MAX,
+    }
+}
+
 /// The RMP over a window of host MMIO pages: entry `i` is the page at `base + i * 4K`.
-/// `S` is the caller's memory (`&'static mut [RmpEntry]` in firmware, a `Vec` in tests).
+/// `S` is the caller's memory, entries and index ([`RmpMemory`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rmp<S> {
     base: u64,
-    entries: S,
+    mem: S,
     fences: [AsidFence; MAX_GUESTS],
     /// Tests: the guests whose fences stay pending until released.
     held: [bool; MAX_GUESTS],
-    /// Where the assigned entries are, so no operation scans `entries`.
+    /// How long the index's lists in `mem` are.
     idx: Index,
 }
 
 const PAGE: u64 = 4096;
 
-impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
-    /// An RMP over `entries.len()` pages from `base` (4K aligned, wholly below 2^52). Every
-    /// entry is cleared: the window starts as the host's. `RESOURCE_LIMIT` for a window of
-    /// more than 2^32 pages (16 TiB), past what the index numbers.
-    pub fn new(base: Hpa, mut entries: S) -> Result<Self, SevStatus> {
-        let pages = u64::try_from(entries.as_ref().len()).map_err(|_| SevStatus::INVALID_PARAM)?;
+impl<S: RmpMemory> Rmp<S> {
+    /// An RMP over one page per entry of `mem` from `base` (4K aligned, wholly below 2^52).
+    /// Every entry and index word is cleared: the window starts as the host's.
+    /// `RESOURCE_LIMIT` for a window of more than 2^32 pages (16 TiB), past what the index
+    /// numbers; `INVALID_LEN` for index memory of fewer than [`rmp_index_words`] words.
+    pub fn new(base: Hpa, mut mem: S) -> Result<Self, SevStatus> {
+        let (entries, words) = mem.parts();
+        let n = entries.len();
+        let pages = u64::try_from(n).map_err(|_| SevStatus::INVALID_PARAM)?;
         if pages > index::MAX_WINDOW_PAGES {
             return Err(SevStatus::RESOURCE_LIMIT);
+        }
+        if Index::words_for(n).is_none_or(|w| words.len() < w) {
+            return Err(SevStatus::INVALID_LEN);
         }
         if !base.is_aligned(PageSize::Size4K)
             || pages
@@ -207,25 +261,27 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         {
             return Err(SevStatus::INVALID_ADDRESS);
         }
-        entries.as_mut().fill(RmpEntry::new());
+        let (entries, words) = mem.parts_mut();
+        entries.fill(RmpEntry::new());
+        words.fill(0);
         Ok(Self {
             base: base.as_u64(),
-            entries,
+            mem,
             fences: [AsidFence::default(); MAX_GUESTS],
             held: [false; MAX_GUESTS],
-            idx: Index::new(),
+            idx: Index::new(n),
         })
     }
 
     /// The entries (RMPREAD for tests and the host shim).
     pub fn entries(&self) -> &[RmpEntry] {
-        self.entries.as_ref()
+        self.mem.parts().0
     }
 
-    /// Leaves that can still be mapped before the index is full ([`MAX_RMP_LEAVES`]): what a
-    /// caller mapping a run of leaves checks first, so the run is all or nothing.
-    pub fn leaf_room(&self) -> usize {
-        self.idx.leaf_room()
+    /// The index's lists over the entries.
+    fn view(&self) -> View<'_> {
+        let (entries, words) = self.mem.parts();
+        self.idx.view(entries, words)
     }
 
     /// The fence state of every guest slot (index = the core's guest slot).
@@ -290,7 +346,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     pub fn release_asid(&mut self, guest: GuestId) -> Result<ReleasedAsid, SevStatus> {
         let slot = usize::from(guest.slot());
         let fence = *self.fences.get(slot).ok_or(SevStatus::INVALID_GUEST)?;
-        if fence.asid != 0 && self.idx.asid_in_use(self.entries.as_ref(), fence.asid) {
+        if fence.asid != 0 && self.view().asid_in_use(fence.asid) {
             return Err(SevStatus::IN_USE);
         }
         if let Some(f) = self.fences.get_mut(slot) {
@@ -314,7 +370,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
             return Err(SevStatus::INVALID_ASID);
         }
         let old = self.fence(guest).map(|f| f.asid).unwrap_or(0);
-        if old != 0 && self.idx.asid_in_use(self.entries.as_ref(), old) {
+        if old != 0 && self.view().asid_in_use(old) {
             return Err(SevStatus::IN_USE);
         }
         let slot = self
@@ -408,8 +464,8 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     fn find(&self, guest: GuestId, gpa: Gpa) -> Result<(usize, Leaf), TableError> {
         let asid = self.fence(guest)?.asid;
         let i = self
-            .idx
-            .entry_of(self.entries.as_ref(), asid, Pfn::of(gpa))
+            .view()
+            .entry_of(asid, Pfn::of(gpa))
             .ok_or(TableError::NotMapped)?;
         self.leaf_at(i).ok_or(TableError::NotMapped)
     }
@@ -432,8 +488,8 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     }
 
     /// Every check of [`SecureTable::map`], in its order: the guest's ASID, the host entries
-    /// of the leaf, its first guest frame and its last; then the index's room, last, so every
-    /// other refusal is the one a table without an index gives.
+    /// of the leaf, its first guest frame and its last. The index always has room for a leaf
+    /// these allow (its entries are unassigned), so it adds no refusal of its own.
     fn map_checked(
         &self,
         guest: GuestId,
@@ -451,10 +507,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         // Guest side first, then host side (the order the core's reference table checks).
         let lo = Pfn::of(gpa);
         let hi = lo.get().saturating_add(size.base_pages());
-        if self
-            .idx
-            .gpa_mapped(self.entries.as_ref(), asid, lo.get()..hi)
-        {
+        if self.view().gpa_mapped(asid, lo.get()..hi) {
             return Err(TableError::GpaMapped);
         }
         // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
@@ -469,20 +522,20 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         if entries.iter().any(|e| e.assigned()) {
             return Err(TableError::HpaMapped);
         }
-        if self.idx.leaf_room() == 0 {
-            return Err(TableError::OutOfFrames);
-        }
         Ok((asid, r, lo, last))
     }
 
     fn entries_mut(&mut self, r: core::ops::Range<usize>) -> &mut [RmpEntry] {
-        self.entries.as_mut().get_mut(r).unwrap_or_default()
+        self.mem.parts_mut().0.get_mut(r).unwrap_or_default()
     }
 
     // ---- the host's own instructions ---------------------------------------------------
 
     /// The host's RMPUPDATE of page `hpa`. Refused for a firmware-owned (immutable) entry,
-    /// which every private MMIO page is: the host can neither reassign nor unassign it.
+    /// which every private MMIO page is: the host can neither reassign nor unassign it. The
+    /// index has room for every page of the window as a host page, so it adds no refusal of
+    /// its own (should it ever disagree with the entries, a firmware fault, the update is
+    /// refused as `InUse` with nothing changed).
     pub fn host_rmpupdate(&mut self, hpa: u64, update: RmpUpdate) -> Result<(), RmpFault> {
         let i = self.index(hpa).ok_or(RmpFault::Input)?;
         let e = *self.entries().get(i).ok_or(RmpFault::Input)?;
@@ -508,10 +561,11 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         // A mutable entry is the host's: unassigned, or assigned by an earlier RMPUPDATE.
         let old = e.assigned().then(|| Key::of(&e, at));
         let new_key = new.assigned().then(|| Key::of(&new, at));
+        let (entries, words) = self.mem.parts_mut();
         self.idx
-            .rekey_host(self.entries.as_ref(), old, new_key)
-            .map_err(|_| RmpFault::IndexFull)?;
-        if let Some(slot) = self.entries.as_mut().get_mut(i) {
+            .rekey_host(entries, words, old, new_key)
+            .map_err(|_| RmpFault::InUse)?;
+        if let Some(slot) = entries.get_mut(i) {
             *slot = new;
         }
         Ok(())
@@ -586,7 +640,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
     }
 }
 
-impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
+impl<S: RmpMemory> SecureTable for Rmp<S> {
     /// RMPUPDATE of every host page of the leaf: assigned to the guest's ASID at its guest
     /// page, MMIO, immutable, not yet validated.
     fn map(
@@ -609,8 +663,9 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
                 RMP_PAGE_2M
             });
         let first = u32::try_from(r.start).map_err(|_| TableError::OutOfFrames)?;
+        let (entries, words) = self.mem.parts_mut();
         self.idx
-            .add_leaf(self.entries.as_ref(), Key::leaf(asid, lo, first))?;
+            .add_leaf(entries, words, Key::leaf(asid, lo, first))?;
         for (e, i) in self.entries_mut(r).iter_mut().zip(0u64..) {
             *e = template.with_gpa_pfn(lo.checked_add(i).unwrap_or(last));
         }
@@ -668,7 +723,8 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
                 let first = u32::try_from(r.start).map_err(|_| TableError::Inconsistent)?;
                 let asid = self.fence(guest)?.asid;
                 let key = Key::leaf(asid, Pfn::of(leaf.gpa), first);
-                self.idx.drop_leaf(self.entries.as_ref(), key)?;
+                let (entries, words) = self.mem.parts_mut();
+                self.idx.drop_leaf(entries, words, key)?;
                 self.entries_mut(r).fill(RmpEntry::new());
                 Ok(leaf.hpa)
             }
@@ -680,14 +736,15 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
     }
 
     /// The leaves by host address, through the index: a binary search to the first leaf at or
-    /// after `from`, then at most one more (leaves do not overlap: the one after a leaf that
-    /// leaves `within` starts past it).
+    /// after `from`, then the following leaves until one is in `within` or starts past it
+    /// (while every listed leaf decodes, at most one more: leaves do not overlap, so the one
+    /// after a leaf that leaves `within` starts past it).
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
         let start = from.max(within.base()).as_u64().max(self.base);
         // Round up to a page: entries are per page.
         let start = start.checked_add(PAGE - 1)? & !(PAGE - 1);
         let i = u32::try_from(self.index(start)?).ok()?;
-        for first in self.idx.leaves_from(i) {
+        for first in self.view().leaves_from(i) {
             let first = usize::try_from(first).ok()?;
             if self.hpa_of(first)?.as_u64() >= within.end() {
                 return None;
@@ -701,4 +758,17 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         }
         None
     }
+}
+
+/// Tests: RMP memory on the heap.
+#[cfg(test)]
+pub(crate) type VecStore = RmpStore<Vec<RmpEntry>, Vec<u32>>;
+
+/// Tests: zeroed memory for a window of `pages` pages, index included.
+#[cfg(test)]
+pub(crate) fn vec_store(pages: usize) -> VecStore {
+    RmpStore::new(
+        vec![RmpEntry::new(); pages],
+        vec![0; rmp_index_words(pages)],
+    )
 }

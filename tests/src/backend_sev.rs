@@ -26,7 +26,7 @@ use platform_sev::guest_msg::{self as msg, MsgHeader};
 use platform_sev::host::{self as linux, SharedDevice};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
-use platform_sev::rmp::{Rmp, RmpEntry};
+use platform_sev::rmp::{Rmp, RmpEntry, RmpMemory, RmpStore, rmp_index_words};
 use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::byteorder::little_endian::{U16, U32, U64};
 use platform_sev::zerocopy::{FromZeros, IntoBytes};
@@ -45,6 +45,8 @@ use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
 pub const RMP_BASE: u64 = 0x7fe0_0000;
 /// Pages the backend's RMP covers (to 0xa020_0000, past every BAR the scenarios use).
 pub const RMP_PAGES: usize = 0x2_0400;
+/// Index words the backend's RMP needs beside its entries.
+pub const RMP_INDEX_WORDS: usize = rmp_index_words(RMP_PAGES);
 /// Where the backend's status, message, report, SPDM and BAR list pages live.
 pub const MEM_BASE: u64 = 0x1_0000_0000;
 /// Pages of system memory the backend uses: status, guest request, guest response, report,
@@ -65,9 +67,12 @@ const CTX_PFN_BASE: u64 = 0x30_0000;
 /// Page frames of context addresses nobody registered (handles the firmware never gave out).
 const UNKNOWN_PFN_BASE: u64 = 0x40_0000;
 
+/// The RMP memory the backend's firmware keeps: entries and index in `'a` memory.
+pub type SevRmpMemory<'a> = RmpStore<&'a mut [RmpEntry], &'a mut [u32]>;
+
 /// The firmware the backend drives: SEV-TIO over an RMP in `'a` memory, sealed with the model
 /// session its device shares.
-pub type SevFirmware<'a> = Sev<&'a mut [RmpEntry], ModelSession>;
+pub type SevFirmware<'a> = Sev<SevRmpMemory<'a>, ModelSession>;
 
 /// A command buffer: the mailbox's 128 bytes, aligned as the firmware requires.
 #[derive(Clone)]
@@ -88,7 +93,7 @@ struct Saved {
     start: Option<msg::TdiReq>,
 }
 
-impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> FlushControl for Rmp<S> {
+impl<S: RmpMemory> FlushControl for Rmp<S> {
     /// Holds the guest's ASID fences (they stay pending), or completes them and stops holding.
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
         self.hold_fences_of(guest, defer);
@@ -149,22 +154,26 @@ pub fn system_memory() -> TsmResult<ReservedMemory> {
 }
 
 impl<'a> SevBackend<'a> {
-    /// A firmware whose RMP lives in `rmp` (at least [`RMP_PAGES`] entries are used).
-    pub fn new(rmp: &'a mut [RmpEntry]) -> TsmResult<Self> {
+    /// A firmware whose RMP lives in `rmp` (at least [`RMP_PAGES`] entries are used) with its
+    /// index in `index` (at least [`RMP_INDEX_WORDS`] words).
+    pub fn new(rmp: &'a mut [RmpEntry], index: &'a mut [u32]) -> TsmResult<Self> {
         let window = rmp.get_mut(..RMP_PAGES).ok_or(Error::SecureTableFull)?;
-        Self::with_rmp(window, RMP_BASE, system_memory()?)
+        Self::with_rmp(window, index, RMP_BASE, system_memory()?)
     }
 
-    /// A firmware whose RMP covers one page per entry of `rmp` from host address `base`, and
-    /// which reserves `system_memory` at init (it must include [`system_memory`]'s pages,
-    /// where the commands' buffers live). A smaller window than [`SevBackend::new`]'s makes
-    /// every RMP scan shorter (the differential test's world fits in a few thousand pages).
+    /// A firmware whose RMP covers one page per entry of `rmp` from host address `base`, its
+    /// index in `index` (at least `rmp_index_words(rmp.len())` words), and which reserves
+    /// `system_memory` at init (it must include [`system_memory`]'s pages, where the commands'
+    /// buffers live). A smaller window than [`SevBackend::new`]'s makes every walk of the
+    /// entries shorter (the differential test's world fits in a few thousand pages).
     pub fn with_rmp(
         rmp: &'a mut [RmpEntry],
+        index: &'a mut [u32],
         base: u64,
         system_memory: ReservedMemory,
     ) -> TsmResult<Self> {
-        let rmp = Rmp::new(Hpa::try_new(base)?, rmp).map_err(|_| Error::InvalidAddress)?;
+        let rmp = Rmp::new(Hpa::try_new(base)?, RmpStore::new(rmp, index))
+            .map_err(|_| Error::InvalidAddress)?;
         let mut mem = PageMemory::new(MEM_BASE);
         // What Linux writes into the response buffer it allocates at DEV_CONNECT.
         let resp = mem.page(SPDM_RESP_PAGE);
@@ -185,7 +194,7 @@ impl<'a> SevBackend<'a> {
 
     /// A host relaying for the firmware's core to this backend's device, for callers that
     /// drive the core itself from many threads (the concurrency tests, the boot).
-    pub fn host(&self) -> RelayHost<'_, Rmp<&'a mut [RmpEntry]>, ModelSession> {
+    pub fn host(&self) -> RelayHost<'_, Rmp<SevRmpMemory<'a>>, ModelSession> {
         RelayHost::new(self.sev.tsm(), &self.device)
     }
 

@@ -29,7 +29,7 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::{SecureSession, SecureTable};
 use tsm_tests::backend::CoreBackend;
-use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::invariants;
 use tsm_tests::workload::{self, Rng, Tally, Targets};
@@ -163,7 +163,8 @@ fn concurrent_workload_on_the_tdx_sept() {
 fn concurrent_workload_on_the_sev_rmp() {
     on_big_stack(|| {
         let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
-        let mut backend = Box::new(SevBackend::new(&mut rmp).unwrap());
+        let mut index = vec![0; RMP_INDEX_WORDS];
+        let mut backend = Box::new(SevBackend::new(&mut rmp, &mut index).unwrap());
         let targets = workload::setup(&mut *backend).unwrap();
         hammer("sev", &backend.host(), &targets);
     });

@@ -62,7 +62,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::time::Instant;
 
-use platform_sev::RmpEntry;
+use platform_sev::{RmpEntry, rmp_index_words};
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
 use proptest::prelude::*;
@@ -1945,7 +1945,9 @@ fn with_firmwares(f: impl FnOnce(&mut [&mut dyn Subject]) -> TestCaseResult) -> 
         reserved(),
     ));
     let mut rmp = vec![RmpEntry::new(); WINDOW_PAGES];
-    let sev = Box::new(SevBackend::with_rmp(&mut rmp, WINDOW_BASE, reserved()).unwrap());
+    let mut index = vec![0; rmp_index_words(WINDOW_PAGES)];
+    let sev =
+        Box::new(SevBackend::with_rmp(&mut rmp, &mut index, WINDOW_BASE, reserved()).unwrap());
     let mut core = CoreSubject(CoreBackend {
         tsm: &core_tsm,
         label: "core",

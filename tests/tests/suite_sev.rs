@@ -11,12 +11,13 @@ mod common;
 
 use platform_sev::RmpEntry;
 use tsm_tests::backend::Backend;
-use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::suite::run_suite;
 
 fn with_sev(f: &mut dyn FnMut(&mut dyn Backend)) {
     let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
-    let mut backend = Box::new(SevBackend::new(&mut rmp).unwrap());
+    let mut index = vec![0; RMP_INDEX_WORDS];
+    let mut backend = Box::new(SevBackend::new(&mut rmp, &mut index).unwrap());
     f(&mut *backend);
 }
 
@@ -55,7 +56,8 @@ fn devices_come_and_go_past_every_table_size() {
 
     on_big_stack(|| {
         let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
-        let mut sev = Box::new(SevBackend::new(&mut rmp).unwrap());
+        let mut index = vec![0; RMP_INDEX_WORDS];
+        let mut sev = Box::new(SevBackend::new(&mut rmp, &mut index).unwrap());
         let tsm: Box<Relayed<MemTable<64>>> =
             Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
         let mut core = CoreBackend {

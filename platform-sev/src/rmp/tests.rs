@@ -1,22 +1,30 @@
 //! The indexed RMP against scans of its entries (the code before the index, kept here as the
 //! reference): over random sequences of every operation, the index equals the one a scan
-//! builds, every lookup answers as the scan does, and every refusal changes nothing.
+//! builds, every lookup answers as the scan does, and every refusal changes nothing; in a
+//! window of 2 MiB and one so small that every page of it gets mapped. The index's capacity:
+//! every page of a window larger than any fixed index had can be a 4K leaf or a host page.
 
 use proptest::prelude::*;
 use tsm_core::secure_table::{Leaf, SecureTable, TableError};
 use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
 
-use super::index::Index;
-use super::{Rmp, RmpEntry, RmpFault, RmpUpdate};
+use super::index::scanned;
+use super::{
+    RMP_INDEX_WORDS_PER_PAGE, Rmp, RmpEntry, RmpFault, RmpStore, RmpUpdate, VecStore,
+    rmp_index_words, vec_store,
+};
 use crate::pfn::Pfn;
+use crate::status::SevStatus;
 
-type Table = Rmp<Vec<RmpEntry>>;
+type Table = Rmp<VecStore>;
 
 const BASE: u64 = 0x1_0000_0000;
 /// 8 MiB: four 2M leaves or 2048 4K ones.
 const PAGES: u64 = 2048;
 /// Guest frames the sequences use: twice the window, so guest ranges collide.
 const GPA_PAGES: u64 = 4096;
+/// A window every page of which a sequence maps (`Op::Fill`).
+const SMALL_PAGES: u64 = 24;
 const GUESTS: u16 = 3;
 
 fn hpa(page: u64) -> Hpa {
@@ -106,6 +114,8 @@ enum Op {
     Host(u64, bool, u32, u64, bool),
     Psmash(u64),
     Validate(u16, u64, u64, u64, bool, bool),
+    /// Map every page of the window, in order, as a 4K leaf of the guest from guest frame on.
+    Fill(u16, u64),
 }
 
 fn size(big: bool) -> PageSize {
@@ -116,29 +126,33 @@ fn size(big: bool) -> PageSize {
     }
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// The ops over a window of `pages` pages and guest frames below `gpa_pages`.
+fn op(pages: u64, gpa_pages: u64) -> impl Strategy<Value = Op> {
     let g = 0..GUESTS;
     let big = prop::bool::weighted(0.15);
     prop_oneof![
+        1 => (g.clone(), 0..gpa_pages).prop_map(|(g, gp)| Op::Fill(g, gp)),
         1 => (g.clone(), 0..5u32).prop_map(|(g, a)| Op::SetAsid(g, a)),
         1 => (g.clone(), any::<bool>()).prop_map(|(g, r)| Op::Release(g, r)),
-        12 => (g.clone(), 0..GPA_PAGES, 0..PAGES + 4, big)
+        12 => (g.clone(), 0..gpa_pages, 0..pages + 4, big)
             .prop_map(|(g, gp, hp, b)| Op::Map(g, gp, hp, b)),
-        3 => (g.clone(), 0..GPA_PAGES, big).prop_map(|(g, gp, b)| Op::Block(g, gp, b)),
+        3 => (g.clone(), 0..gpa_pages, big).prop_map(|(g, gp, b)| Op::Block(g, gp, b)),
         2 => g.clone().prop_map(Op::Track),
         1 => (g.clone(), any::<bool>()).prop_map(|(g, h)| Op::Hold(g, h)),
-        3 => (g.clone(), 0..GPA_PAGES, big).prop_map(|(g, gp, b)| Op::Remove(g, gp, b)),
-        3 => (0..PAGES + 2, any::<bool>(), 0..5u32, 0..GPA_PAGES, any::<bool>())
+        3 => (g.clone(), 0..gpa_pages, big).prop_map(|(g, gp, b)| Op::Remove(g, gp, b)),
+        3 => (0..pages + 2, any::<bool>(), 0..5u32, 0..gpa_pages, any::<bool>())
             .prop_map(|(hp, a, asid, gp, ps)| Op::Host(hp, a, asid, gp, ps)),
-        1 => (0..PAGES / 512 + 1).prop_map(|c| Op::Psmash(c * 512)),
-        2 => (g, 0..PAGES, 0..GPA_PAGES, 1..8u64, any::<bool>(), any::<bool>())
+        1 => (0..pages / 512 + 1).prop_map(|c| Op::Psmash(c * 512)),
+        2 => (g, 0..pages, 0..gpa_pages, 1..8u64, any::<bool>(), any::<bool>())
             .prop_map(|(g, hp, gp, n, v, f)| Op::Validate(g, hp, gp, n, v, f)),
     ]
 }
 
 /// Whether the op's own lookups, and a spread of others, answer as the scans do.
 fn lookups_agree(t: &Table, probes: &[(u16, u64, u64, u64)]) -> Result<(), TestCaseError> {
-    prop_assert_eq!(&t.idx, &Index::scanned(t.entries()));
+    let (idx, words) = scanned(t.entries(), t.mem.index.len());
+    prop_assert_eq!(t.idx, idx);
+    prop_assert_eq!(&t.mem.index, &words);
     for &(g, gp, lo, n) in probes {
         let guest = GuestId::from_slot(g);
         prop_assert_eq!(t.find(guest, gpa(gp)), find_scan(t, guest, gpa(gp)));
@@ -150,14 +164,11 @@ fn lookups_agree(t: &Table, probes: &[(u16, u64, u64, u64)]) -> Result<(), TestC
         for pages in [1, 512] {
             let pfns = gp..gp + pages;
             prop_assert_eq!(
-                t.idx.gpa_mapped(t.entries(), asid, pfns.clone()),
+                t.view().gpa_mapped(asid, pfns.clone()),
                 gpa_mapped_scan(t, asid, pfns)
             );
         }
-        prop_assert_eq!(
-            t.idx.asid_in_use(t.entries(), asid),
-            asid_in_use_scan(t, asid)
-        );
+        prop_assert_eq!(t.view().asid_in_use(asid), asid_in_use_scan(t, asid));
         let within = MmioRange::try_new(hpa(lo), n).unwrap();
         for from in [within.base(), hpa(lo + n / 2), hpa(lo.saturating_sub(3))] {
             prop_assert_eq!(t.next_leaf(within, from), next_leaf_scan(t, within, from));
@@ -233,12 +244,46 @@ fn apply(t: &mut Table, op: &Op) -> Result<(), TestCaseError> {
             let r = t.validate(GuestId::from_slot(g), hpa(hp), gpa(gp), n, v, force);
             unchanged_on(t, r.is_err())?;
         }
+        Op::Fill(g, gp) => {
+            let pages = t.entries().len() as u64;
+            for i in 0..pages {
+                apply(t, &Op::Map(g, gp + i, i, false))?;
+            }
+        }
     }
     Ok(())
 }
 
-fn probes() -> impl Strategy<Value = Vec<(u16, u64, u64, u64)>> {
-    prop::collection::vec((0..GUESTS, 0..GPA_PAGES, 0..PAGES - 600, 1..600u64), 4)
+/// A lookup: guest slot, guest frame, and a host range (first page, pages).
+type Probe = (u16, u64, u64, u64);
+
+/// Lookups spread over guest frames below `gpa_pages` and host ranges in `pages`.
+fn probes(pages: u64, gpa_pages: u64) -> impl Strategy<Value = Vec<Probe>> {
+    let span = (pages / 4).max(2);
+    prop::collection::vec((0..GUESTS, 0..gpa_pages, 0..pages - span, 1..span), 4)
+}
+
+/// Runs `steps` from a fresh RMP of `pages` pages, the index checked against scans around
+/// every op.
+fn run(pages: u64, setup: &[u32], steps: &[(Op, Vec<Probe>)]) -> Result<(), TestCaseError> {
+    let mut t = Rmp::new(hpa(0), vec_store(pages as usize)).unwrap();
+    for (g, &asid) in (0..GUESTS).zip(setup) {
+        let _ = t.set_asid(GuestId::from_slot(g), asid);
+    }
+    for (op, probes) in steps {
+        // The op's own lookups first, as it will make them.
+        let own = match *op {
+            Op::Map(g, gp, hp, _) | Op::Validate(g, hp, gp, ..) => {
+                vec![(g, gp, hp.min(pages - 1), 1)]
+            }
+            Op::Block(g, gp, _) | Op::Remove(g, gp, _) => vec![(g, gp, 0, pages)],
+            _ => vec![],
+        };
+        lookups_agree(&t, &own)?;
+        apply(&mut t, op)?;
+        lookups_agree(&t, probes)?;
+    }
+    Ok(())
 }
 
 proptest! {
@@ -248,23 +293,23 @@ proptest! {
     #[cfg_attr(miri, ignore)] // thousands of scans of the whole RMP: minutes under Miri, safe code only
     fn indexed_rmp_answers_like_a_scan(
         setup in prop::collection::vec(1..5u32, GUESTS as usize),
-        steps in prop::collection::vec((op(), probes()), 1..120),
+        steps in prop::collection::vec((op(PAGES, GPA_PAGES), probes(PAGES, GPA_PAGES)), 1..120),
     ) {
-        let mut t = Rmp::new(hpa(0), vec![RmpEntry::new(); PAGES as usize]).unwrap();
-        for (g, asid) in (0..GUESTS).zip(setup) {
-            let _ = t.set_asid(GuestId::from_slot(g), asid);
-        }
-        for (op, probes) in &steps {
-            // The op's own lookups first, as it will make them.
-            let own = match *op {
-                Op::Map(g, gp, hp, _) | Op::Validate(g, hp, gp, ..) => vec![(g, gp, hp.min(PAGES - 1), 1)],
-                Op::Block(g, gp, _) | Op::Remove(g, gp, _) => vec![(g, gp, 0, PAGES)],
-                _ => vec![],
-            };
-            lookups_agree(&t, &own)?;
-            apply(&mut t, op)?;
-            lookups_agree(&t, probes)?;
-        }
+        run(PAGES, &setup, &steps)?;
+    }
+
+    /// A window so small that fills and maps take every page (as 4K leaves of one guest or
+    /// several, or host pages): the index's lists meet, and every op still agrees.
+    #[test]
+    #[cfg_attr(miri, ignore)] // as above
+    fn full_small_window_answers_like_a_scan(
+        setup in prop::collection::vec(1..5u32, GUESTS as usize),
+        steps in prop::collection::vec(
+            (op(SMALL_PAGES, 2 * SMALL_PAGES), probes(SMALL_PAGES, 2 * SMALL_PAGES)),
+            1..160,
+        ),
+    ) {
+        run(SMALL_PAGES, &setup, &steps)?;
     }
 }
 
@@ -274,7 +319,7 @@ proptest! {
 #[cfg_attr(miri, ignore)] // a 1 GiB window (262144 entries) written and scanned: safe code only
 fn big_leaves_answer_like_a_scan() {
     let pages = (1 << 18) + 2048;
-    let mut t = Rmp::new(hpa(0), vec![RmpEntry::new(); pages]).unwrap();
+    let mut t = Rmp::new(hpa(0), vec_store(pages)).unwrap();
     let g = GuestId::from_slot(0);
     t.set_asid(g, 7).unwrap();
     let giant = Gpa::try_new(1 << 30).unwrap();
@@ -283,7 +328,7 @@ fn big_leaves_answer_like_a_scan() {
         let at = (1 << 18) + 16 * i;
         assert_eq!(t.map(g, gpa(i), hpa(at), PageSize::Size4K), Ok(()));
     }
-    assert_eq!(t.idx, Index::scanned(t.entries()));
+    assert_index_scanned(&t);
     for gp in [
         0,
         3,
@@ -327,60 +372,160 @@ fn big_leaves_answer_like_a_scan() {
     );
 }
 
-/// A full index is a status with nothing changed, for the firmware's maps and the host's
-/// RMPUPDATE alike; a removal makes room again.
+/// The index the RMP keeps, counts and every word, is the one a scan of its entries lays out.
+#[track_caller]
+fn assert_index_scanned(t: &Table) {
+    let (idx, words) = scanned(t.entries(), t.mem.index.len());
+    assert_eq!(t.idx, idx);
+    assert!(t.mem.index == words, "the index words differ from a scan's");
+}
+
+/// The index memory: 8 bytes a window page (two 4-byte words), half the entry's 16; less is
+/// refused at construction, with nothing to change; more is accepted and stays 0.
 #[test]
-#[cfg_attr(miri, ignore)] // 4096 maps and their index checks: a minute under Miri, safe code only
-fn full_index_is_a_status() {
-    let pages = super::MAX_RMP_LEAVES + super::MAX_RMP_HOST_PAGES + 2;
-    let mut t = Rmp::new(hpa(0), vec![RmpEntry::new(); pages]).unwrap();
+fn index_memory_is_two_words_a_page() {
+    assert_eq!(RMP_INDEX_WORDS_PER_PAGE * size_of::<u32>(), 8);
+    assert_eq!(
+        2 * RMP_INDEX_WORDS_PER_PAGE * size_of::<u32>(),
+        size_of::<RmpEntry>()
+    );
+    assert_eq!(rmp_index_words(1000), 2000);
+    assert_eq!(rmp_index_words(usize::MAX), usize::MAX);
+    let short = RmpStore::new(vec![RmpEntry::new(); 16], vec![0u32; 31]);
+    assert_eq!(Rmp::new(hpa(0), short).err(), Some(SevStatus::INVALID_LEN));
+    let none = RmpStore::new(Vec::<RmpEntry>::new(), Vec::<u32>::new());
+    assert!(Rmp::new(hpa(0), none).is_ok());
+    // Stale words from an earlier life are cleared with the entries.
+    let spare = RmpStore::new(vec![RmpEntry::new(); 16], vec![7u32; 40]);
+    let mut t = Rmp::new(hpa(0), spare).unwrap();
+    assert!(t.mem.index.iter().all(|&w| w == 0));
     let g = GuestId::from_slot(0);
     t.set_asid(g, 1).unwrap();
-    for i in 0..super::MAX_RMP_LEAVES as u64 {
+    for i in 0..16 {
         assert_eq!(t.map(g, gpa(i), hpa(i), PageSize::Size4K), Ok(()));
     }
-    assert_eq!(t.leaf_room(), 0);
+    assert_index_scanned(&t);
+    assert!(t.mem.index[32..].iter().all(|&w| w == 0));
+    // The RMP itself holds no per-page memory: the index is the caller's, like the entries.
+    assert!(size_of::<Rmp<RmpStore<&mut [RmpEntry], &mut [u32]>>>() < 2048);
+}
+
+/// Every page of a window larger than the fixed index of old (4096 leaves) maps as a 4K leaf:
+/// two guests take it page by page, alternating, so both leaf lists are full; then every map
+/// is refused as a table without an index refuses it (the host page is taken), with nothing
+/// changed, and a removal lets exactly that page be mapped again.
+#[test]
+#[cfg_attr(miri, ignore)] // 8448 maps in an 8448-page window: minutes under Miri, safe code only
+fn whole_window_maps_in_4k_leaves() {
+    let pages = 4096 * 2 + 256;
+    let mut t = Rmp::new(hpa(0), vec_store(pages)).unwrap();
+    let (a, b) = (GuestId::from_slot(0), GuestId::from_slot(1));
+    t.set_asid(a, 1).unwrap();
+    t.set_asid(b, 2).unwrap();
+    for i in 0..pages as u64 {
+        let g = if i % 2 == 0 { a } else { b };
+        assert_eq!(
+            t.map(g, gpa(i), hpa(i), PageSize::Size4K),
+            Ok(()),
+            "page {i}"
+        );
+    }
+    assert_index_scanned(&t);
+    assert!(t.entries().iter().all(|e| e.assigned() && e.mmio()));
     let before = t.clone();
-    let next = super::MAX_RMP_LEAVES as u64;
-    // Every other refusal comes first, as without the index.
-    assert_eq!(
-        t.map(g, gpa(0), hpa(next), PageSize::Size4K),
-        Err(TableError::GpaMapped)
-    );
-    assert_eq!(
-        t.map(g, gpa(next), hpa(0), PageSize::Size4K),
-        Err(TableError::HpaMapped)
-    );
-    assert_eq!(
-        t.map(g, gpa(next), hpa(next), PageSize::Size4K),
-        Err(TableError::OutOfFrames)
-    );
-    assert_eq!(t, before);
-    // The host's pages.
-    let steal = |i: u64| RmpUpdate {
+    let last = pages as u64;
+    for (g, gp, hp, want) in [
+        (a, last, 0, TableError::HpaMapped),
+        (b, last, last - 1, TableError::HpaMapped),
+        (a, 0, 1, TableError::GpaMapped),
+        (a, last, last, TableError::OutOfFrames),
+    ] {
+        let h = Hpa::try_new(BASE + hp * 0x1000).unwrap();
+        assert_eq!(t.map(g, gpa(gp), h, PageSize::Size4K), Err(want));
+        assert_eq!(t, before);
+    }
+    // The host cannot take a firmware page, full or not.
+    let steal = RmpUpdate {
         assigned: true,
         asid: 9,
+        gpa: 0,
+        page_size: false,
+    };
+    assert_eq!(t.host_rmpupdate(BASE, steal), Err(RmpFault::Permission));
+    assert_eq!(t, before);
+    // A lookup of the last leaf and the walk from it, in a full index.
+    assert_eq!(t.leaf(b, gpa(last - 1)).map(|l| l.hpa), Some(hpa(last - 1)));
+    let whole = MmioRange::try_new(hpa(0), last).unwrap();
+    assert_eq!(
+        t.next_leaf(whole, hpa(last - 1)),
+        next_leaf_scan(&t, whole, hpa(last - 1))
+    );
+    t.block(a, gpa(6), PageSize::Size4K).unwrap();
+    assert_eq!(t.track(a), Ok(tsm_core::Completion::Done));
+    assert_eq!(t.remove(a, gpa(6), PageSize::Size4K), Ok(hpa(6)));
+    assert_index_scanned(&t);
+    assert_eq!(t.map(b, gpa(last), hpa(6), PageSize::Size4K), Ok(()));
+    assert_index_scanned(&t);
+}
+
+/// Every page of a window larger than the fixed host list of old (256 pages) can be the
+/// host's; re-keying them in a full index needs no room; the firmware maps what the host gives
+/// back, up to a window shared by host pages and leaves to the last page.
+#[test]
+#[cfg_attr(miri, ignore)] // thousands of RMPUPDATEs: a minute under Miri, safe code only
+fn whole_window_as_host_pages() {
+    let pages = 1024u64;
+    let mut t = Rmp::new(hpa(0), vec_store(pages as usize)).unwrap();
+    let steal = |asid: u32, i: u64| RmpUpdate {
+        assigned: true,
+        asid,
         gpa: i * 0x1000,
         page_size: false,
     };
-    for i in 0..super::MAX_RMP_HOST_PAGES as u64 {
-        assert_eq!(
-            t.host_rmpupdate(BASE + (next + i) * 0x1000, steal(i)),
-            Ok(())
-        );
+    // Descending guest frames, so every page sorts first among the host pages.
+    for i in 0..pages {
+        let at = BASE + i * 0x1000;
+        assert_eq!(t.host_rmpupdate(at, steal(9, pages - i)), Ok(()));
     }
+    assert_index_scanned(&t);
+    // Moves within a full list: each page to another ASID and frame, and back.
+    for i in (0..pages).step_by(7) {
+        let at = BASE + i * 0x1000;
+        assert_eq!(t.host_rmpupdate(at, steal(3, i)), Ok(()));
+        assert_index_scanned(&t);
+    }
+    assert_eq!(t.host_rmpupdate(BASE, steal(12, 5)), Ok(()));
+    assert_index_scanned(&t);
+    // Nothing left for a leaf: the host page is a refusal, the index none.
+    let g = GuestId::from_slot(0);
+    t.set_asid(g, 1).unwrap();
     let before = t.clone();
-    let last = BASE + (pages as u64 - 1) * 0x1000;
-    assert_eq!(t.host_rmpupdate(last, steal(0)), Err(RmpFault::IndexFull));
+    assert_eq!(
+        t.map(g, gpa(1 << 20), hpa(0), PageSize::Size4K),
+        Err(TableError::HpaMapped)
+    );
     assert_eq!(t, before);
-    // Re-assigning a page the host holds needs no room.
-    assert_eq!(t.host_rmpupdate(BASE + next * 0x1000, steal(77)), Ok(()));
-    assert_eq!(t.idx, Index::scanned(t.entries()));
-    // A removal frees a leaf's room.
-    t.block(g, gpa(5), PageSize::Size4K).unwrap();
-    assert_eq!(t.track(g), Ok(tsm_core::Completion::Done));
-    assert_eq!(t.remove(g, gpa(5), PageSize::Size4K), Ok(hpa(5)));
-    assert_eq!(t.leaf_room(), 1);
-    assert_eq!(t.map(g, gpa(next), hpa(5), PageSize::Size4K), Ok(()));
-    assert_eq!(t.idx, Index::scanned(t.entries()));
+    // Half the pages back, then leaves into them: the window is full of both kinds.
+    let give_back = RmpUpdate {
+        assigned: false,
+        asid: 0,
+        gpa: 0,
+        page_size: false,
+    };
+    for i in (0..pages).step_by(2) {
+        assert_eq!(t.host_rmpupdate(BASE + i * 0x1000, give_back), Ok(()));
+        assert_eq!(t.map(g, gpa(i), hpa(i), PageSize::Size4K), Ok(()));
+    }
+    assert_index_scanned(&t);
+    assert!(t.entries().iter().all(|e| e.assigned()));
+    // Giving back a host page lets the host take it again at another key.
+    let odd = BASE + 0x1000;
+    assert_eq!(t.host_rmpupdate(odd, give_back), Ok(()));
+    assert_eq!(t.host_rmpupdate(odd, steal(1, 0)), Ok(()));
+    assert_index_scanned(&t);
+    assert!(t.view().asid_in_use(1));
+    assert_eq!(
+        t.map(g, gpa(0), hpa(1), PageSize::Size4K),
+        Err(TableError::GpaMapped)
+    );
 }

@@ -21,7 +21,7 @@ use crate::fw::{DevCtx, GuestCtx, Sev, TdiCtx};
 use crate::guest_msg::{self as msg, MmioValidateStatus as Mv, MsgHeader};
 use crate::memory::{PageMemory, SystemMemory};
 use crate::pfn::Pfn;
-use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate};
+use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate, VecStore, vec_store};
 use crate::status::{Outcome, SevStatus};
 
 mod fields;
@@ -86,7 +86,7 @@ fn hpa(v: u64) -> Hpa {
 #[repr(C, align(8))]
 struct Buf([u8; 256]);
 
-type Fw = Sev<Vec<RmpEntry>, ModelSession>;
+type Fw = Sev<VecStore, ModelSession>;
 
 struct World {
     sev: Fw,
@@ -102,7 +102,7 @@ struct World {
 #[derive(Debug, PartialEq)]
 struct State {
     /// Every table of the core (`Tsm::snapshot`).
-    core: Snapshot<Rmp<Vec<RmpEntry>>>,
+    core: Snapshot<Rmp<VecStore>>,
     /// The SEV firmware's own tables: guest contexts (with ASIDs), device and TDI contexts.
     guests: Vec<GuestCtx>,
     devices: Vec<DevCtx>,
@@ -152,7 +152,7 @@ impl World {
 
     /// A world whose firmware has not run TIO_INIT yet.
     fn uninitialised() -> Box<Self> {
-        let rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
+        let rmp = Rmp::new(hpa(RMP_BASE), vec_store(RMP_PAGES)).unwrap();
         let mut device = ModelDevice::model();
         device.report_ranges(
             rid(0),
@@ -2056,9 +2056,9 @@ fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
 /// An RMP operation refused as `want` that leaves every entry and fence counter as it was.
 #[track_caller]
 fn rmp_refused<R: PartialEq + core::fmt::Debug>(
-    rmp: &mut Rmp<Vec<RmpEntry>>,
+    rmp: &mut Rmp<VecStore>,
     want: R,
-    op: impl FnOnce(&mut Rmp<Vec<RmpEntry>>) -> R,
+    op: impl FnOnce(&mut Rmp<VecStore>) -> R,
 ) {
     let before = rmp.clone();
     assert_eq!(op(rmp), want);
@@ -2067,9 +2067,9 @@ fn rmp_refused<R: PartialEq + core::fmt::Debug>(
 
 #[test]
 fn rmp_window_and_leaf_sizes() {
-    let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); RMP_PAGES]).unwrap();
+    let mut rmp = Rmp::new(hpa(RMP_BASE), vec_store(RMP_PAGES)).unwrap();
     assert_eq!(
-        Rmp::new(hpa(RMP_BASE + 8), vec![RmpEntry::new(); 4]).err(),
+        Rmp::new(hpa(RMP_BASE + 8), vec_store(4)).err(),
         Some(SevStatus::INVALID_ADDRESS)
     );
     let g = GuestId::from_slot(0);
@@ -2676,7 +2676,7 @@ fn a_leaf_blocked_2_pow_32_fences_ago_waits_for_one_more_never_one_fewer() {
 
 #[test]
 fn decommission_gives_back_exactly_what_it_released() {
-    let mut rmp = Rmp::new(hpa(RMP_BASE), vec![RmpEntry::new(); 16]).unwrap();
+    let mut rmp = Rmp::new(hpa(RMP_BASE), vec_store(16)).unwrap();
     let g = GuestId::from_slot(2);
     rmp.set_asid(g, 7).unwrap();
     rmp.hold_fences(true);

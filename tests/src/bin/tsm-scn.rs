@@ -38,7 +38,7 @@ mod host {
     use tsm_core::mem_table::MemTable;
     use tsm_core::relay::host::Relayed;
     use tsm_tests::backend::{Backend, CoreBackend};
-    use tsm_tests::backend_sev::{RMP_PAGES, SevBackend};
+    use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
     use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
     use tsm_tests::interpreter::{Summary, check_scenario, run_scenario_with};
 
@@ -96,8 +96,10 @@ mod host {
                 }
                 Which::Sev => {
                     let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
+                    let mut index = vec![0; RMP_INDEX_WORDS];
                     let mut backend = Box::new(
-                        SevBackend::new(&mut rmp).map_err(|e| format!("no SEV firmware: {e:?}"))?,
+                        SevBackend::new(&mut rmp, &mut index)
+                            .map_err(|e| format!("no SEV firmware: {e:?}"))?,
                     );
                     f(&mut *backend);
                 }
