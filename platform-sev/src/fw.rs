@@ -1667,7 +1667,9 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
     // ---- the host's RMP instructions ----------------------------------------------------
 
     /// The host's RMPUPDATE of page `hpa`: refused with `FAIL_PERMISSION` for a private MMIO
-    /// page (immutable), `FAIL_INUSE` for any other page a bound TDI owns.
+    /// page (immutable), `FAIL_INUSE` for any other page a bound TDI owns, `FAIL_INPUT` outside
+    /// the window or for a malformed guest address; nothing changes then. No capacity of the
+    /// model's own refuses it: the RMP's index holds every page of the window as a host page.
     pub fn host_rmpupdate(&self, hpa: u64, update: RmpUpdate) -> Result<(), RmpFault> {
         self.host_rmp_check(hpa, 1)?;
         self.tsm
