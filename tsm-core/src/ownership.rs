@@ -136,7 +136,9 @@ impl Ownership {
     }
 
     /// Claims a report's `ranges` for `tdi` bound to `guest`: all of them or, on error, none.
-    /// They follow whatever `tdi` already holds in its claim order.
+    /// They follow whatever `tdi` already holds in its claim order. Every step that can fail
+    /// runs before the first change: the new ranges and the whole new address index are built
+    /// aside, then the ranges go in with one all-or-nothing append and the index is replaced.
     pub fn claim(
         &mut self,
         tdi: TdiId,
@@ -144,39 +146,63 @@ impl Ownership {
         ranges: &[ReportedRange],
     ) -> Result<(), Error> {
         self.check_claim(ranges)?;
-        if self.by_hpa.len() != self.by_tdi.len() {
+        let len = self.by_tdi.len();
+        let at = self.group(tdi).end;
+        if self.by_hpa.len() != len || at > len {
             return Err(Error::Inconsistent);
         }
-        let at = self.group(tdi).end;
         let (Ok(first), Ok(added)) = (Pos::try_from(at), Pos::try_from(ranges.len())) else {
             return Err(Error::OwnershipTableFull);
         };
-        // Room for every range in both arrays was checked above: no insert below fails.
-        for (i, r) in (at..).zip(ranges) {
+        let mut fresh: heapless::Vec<OwnedRange, MAX_RANGES_PER_TDI> = heapless::Vec::new();
+        for r in ranges {
             let entry = OwnedRange {
                 range: r.range,
                 tdi,
                 guest,
                 private: r.private,
             };
-            if self.by_tdi.insert(i, entry).is_err() {
-                return Err(Error::Inconsistent);
+            fresh.push(entry).map_err(|_| Error::TooManyRanges)?;
+        }
+        // The new ranges' positions by base, merged with the others' (renumbered past the
+        // insertion point): the address index as it will be.
+        let mut new_pos: heapless::Vec<(Hpa, Pos), MAX_RANGES_PER_TDI> = heapless::Vec::new();
+        for (pos, o) in (first..).zip(&fresh) {
+            new_pos
+                .push((o.range.base(), pos))
+                .map_err(|_| Error::TooManyRanges)?;
+        }
+        new_pos.sort_unstable();
+        let mut index: heapless::Vec<Pos, MAX_OWNED_RANGES> = heapless::Vec::new();
+        let mut new_iter = new_pos.iter().peekable();
+        for &p in &self.by_hpa {
+            let base = self.at(p).ok_or(Error::Inconsistent)?.range.base();
+            while let Some(&&(b, q)) = new_iter.peek() {
+                if b >= base {
+                    break;
+                }
+                index.push(q).map_err(|_| Error::Inconsistent)?;
+                new_iter.next();
             }
-        }
-        for p in self.by_hpa.iter_mut().filter(|p| **p >= first) {
-            *p = p.saturating_add(added);
-        }
-        for pos in first..first.saturating_add(added) {
-            let Some(base) = self.at(pos).map(|o| o.range.base()) else {
-                return Err(Error::Inconsistent);
+            let p = if p >= first {
+                p.checked_add(added).ok_or(Error::Inconsistent)?
+            } else {
+                p
             };
-            let i = self
-                .by_hpa
-                .partition_point(|&p| self.at(p).is_some_and(|o| o.range.base() < base));
-            if self.by_hpa.insert(i, pos).is_err() {
-                return Err(Error::Inconsistent);
-            }
+            index.push(p).map_err(|_| Error::Inconsistent)?;
         }
+        for &(_, q) in new_iter {
+            index.push(q).map_err(|_| Error::Inconsistent)?;
+        }
+        // The first change: all or nothing (room was checked by `check_claim`); the appended
+        // ranges then rotate into place after `tdi`'s own (`at <= len` was checked above).
+        self.by_tdi
+            .extend_from_slice(&fresh)
+            .map_err(|_| Error::OwnershipTableFull)?;
+        if let Some(tail) = self.by_tdi.get_mut(at..) {
+            tail.rotate_right(fresh.len());
+        }
+        self.by_hpa = index;
         Ok(())
     }
 
@@ -185,14 +211,19 @@ impl Ownership {
         self.of(tdi).iter().filter(|o| o.private).map(|o| o.range)
     }
 
-    /// Releases every range of `tdi`.
-    pub fn release(&mut self, tdi: TdiId) {
+    /// Releases every range of `tdi` (none held is no change). `Inconsistent`, with nothing
+    /// changed, if the two arrays disagree in length or a position does not fit (neither can
+    /// happen: every change keeps them equal, and a const assert bounds the positions).
+    pub fn release(&mut self, tdi: TdiId) -> Result<(), Error> {
         let group = self.group(tdi);
         let (Ok(first), Ok(end)) = (Pos::try_from(group.start), Pos::try_from(group.end)) else {
-            return;
+            return Err(Error::Inconsistent);
         };
+        if self.by_hpa.len() != self.by_tdi.len() {
+            return Err(Error::Inconsistent);
+        }
         if first >= end {
-            return;
+            return Ok(());
         }
         let gone = end.saturating_sub(first);
         self.by_hpa.retain(|p| !(first..end).contains(p));
@@ -200,6 +231,7 @@ impl Ownership {
             *p = p.saturating_sub(gone);
         }
         self.by_tdi.drain(group);
+        Ok(())
     }
 
     /// The `index`-th private range of `tdi`, in claim order: it stays where it is while other
@@ -256,8 +288,12 @@ mod tests {
         assert_eq!(o, before);
         assert_eq!(o.range_of(T1, 1), Some(r(0x20_0000, 4).range));
         assert_eq!(o.range_of(T1, 2), None);
-        o.release(T1);
+        assert_eq!(o.release(T1), Ok(()));
         assert!(!o.owns_any(T1));
+        // Releasing what is not held changes nothing.
+        let none = o.clone();
+        assert_eq!(o.release(T1), Ok(()));
+        assert_eq!(o, none);
         assert_eq!(o.claim(T2, G, &[r(0x10_3000, 1)]), Ok(()));
     }
 
@@ -275,8 +311,44 @@ mod tests {
         assert!(o.holding(hpa(0x50_0000), PageSize::Size4K).is_none());
         assert_eq!(o.private_of(T1).count(), 1);
         assert_eq!(o.range_of(T1, 1), None);
-        o.release(T1);
+        assert_eq!(o.release(T1), Ok(()));
         assert_eq!(o.claim(T2, G, &[r(0x50_1000, 1)]), Ok(()));
+    }
+
+    /// Arrays out of step (no change makes them so: forced here) are `Inconsistent` for a
+    /// claim and a release alike, before anything changes.
+    #[test]
+    fn out_of_step_arrays_change_nothing() {
+        let mut o = Ownership::new();
+        assert_eq!(o.claim(T1, G, &[r(0x10_0000, 4), r(0x20_0000, 4)]), Ok(()));
+        assert_eq!(o.by_hpa.pop(), Some(1));
+        let broken = o.clone();
+        assert_eq!(o.claim(T2, G, &[r(0x30_0000, 1)]), Err(Error::Inconsistent));
+        assert_eq!(o, broken);
+        assert_eq!(o.release(T1), Err(Error::Inconsistent));
+        assert_eq!(o, broken);
+    }
+
+    /// A claim between and around others' ranges, by a TDI before and after them in order:
+    /// the address index is the one a sort of every range's base gives.
+    #[test]
+    fn claims_merge_into_the_address_index() {
+        let mut o = Ownership::new();
+        assert_eq!(o.claim(T2, G, &[r(0x40_0000, 1), r(0x10_0000, 1)]), Ok(()));
+        assert_eq!(o.claim(T1, G, &[r(0x50_0000, 1), r(0x20_0000, 1)]), Ok(()));
+        assert_eq!(o.claim(T1, G, &[r(0x05_0000, 1)]), Ok(()));
+        let t3 = TdiId::from_slot(3);
+        assert_eq!(o.claim(t3, G, &[r(0x30_0000, 1), r(0x60_0000, 1)]), Ok(()));
+        let bases: Vec<u64> = o.iter().map(|x| x.range.base().as_u64()).collect();
+        assert_eq!(
+            bases,
+            [
+                0x05_0000, 0x10_0000, 0x20_0000, 0x30_0000, 0x40_0000, 0x50_0000, 0x60_0000
+            ]
+        );
+        let order: Vec<u64> = o.private_of(T1).map(|x| x.base().as_u64()).collect();
+        assert_eq!(order, [0x50_0000, 0x20_0000, 0x05_0000]);
+        assert_eq!(o.by_hpa.len(), o.by_tdi.len());
     }
 
     #[test]

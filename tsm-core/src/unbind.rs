@@ -141,7 +141,10 @@ pub(crate) fn run<T: SecureTable>(
             // the TDI bound until the firmware's records agree again.
             Ok(Next::Release) if !ctx.releasable => return (unbinding, Err(Error::Inconsistent)),
             Ok(Next::Release) => {
-                ctx.owners.release(ctx.tdi);
+                // A refused release changed nothing: the TDI stays unbinding, its ranges owned.
+                if let Err(e) = ctx.owners.release(ctx.tdi) {
+                    return (unbinding, Err(e));
+                }
                 return (TdiState::Unbound, Ok(Ended::Completion(Completion::Done)));
             }
             Err(e) => return (unbinding, Err(e)),
