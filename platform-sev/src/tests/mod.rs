@@ -152,21 +152,28 @@ impl World {
 
     /// A world whose firmware has not run TIO_INIT yet.
     fn uninitialised() -> Box<Self> {
-        let rmp = Rmp::new(hpa(RMP_BASE), vec_store(RMP_PAGES)).unwrap();
-        let mut device = ModelDevice::model();
-        device.report_ranges(
-            rid(0),
+        Self::uninitialised_over(
+            RMP_PAGES,
+            BAR_PAGES,
             &[
                 MmioRange::from_raw(BAR, 512).unwrap(),
                 MmioRange::from_raw(BAR + 0x20_0000, 16).unwrap(),
             ],
-        );
+        )
+    }
+
+    /// The same over an RMP window of `rmp_pages` pages from [`BAR`], a BAR of `bar_pages`
+    /// pages, and the device reporting `reported` as its TDI's private ranges.
+    fn uninitialised_over(rmp_pages: usize, bar_pages: u64, reported: &[MmioRange]) -> Box<Self> {
+        let rmp = Rmp::new(hpa(RMP_BASE), vec_store(rmp_pages)).unwrap();
+        let mut device = ModelDevice::model();
+        device.report_ranges(rid(0), reported);
         let mut mem = PageMemory::new(MEM);
         mem.set_read_only(5, true);
         put_bars(
             &mut mem,
             BAR_LIST,
-            &[MmioRange::from_raw(BAR, BAR_PAGES).unwrap()],
+            &[MmioRange::from_raw(BAR, bar_pages).unwrap()],
         );
         // What Linux writes to the response buffer it allocates at DEV_CONNECT.
         crate::host::response_init(&mut mem, SPDM_RESP).unwrap();
@@ -2051,6 +2058,57 @@ fn the_host_cannot_reassign_unassign_or_resize_a_bound_page() {
     assert_eq!(w.sev.host_rmpupdate(BAR, give_back), Ok(()));
     assert_eq!(w.sev.host_psmash(BAR), Ok(()));
     ok(w.cmd(&mmio_zap(BAR, BAR_PAGES)));
+}
+
+/// One TDI mapped page by page in 4K leaves over a BAR of 18 MiB, more than the 4096 leaves a
+/// fixed RMP index once held for every guest together: every TIO_MMIO_MAP succeeds, and every
+/// page is the guest's in the RMP; a map past the TDI's range or over a mapped page is still
+/// refused with nothing changed; unbind gives every page back.
+#[test]
+#[cfg_attr(miri, ignore)] // 4608 commands through the command-buffer path: safe code only
+fn a_tdi_maps_a_large_bar_in_4k_leaves() {
+    const PAGES: u64 = 4608;
+    let range = MmioRange::from_raw(BAR, PAGES).unwrap();
+    let mut w = World::uninitialised_over(PAGES as usize + 16, PAGES, &[range]);
+    let status = crate::host::tio_init(&mut w.sev, &mut w.mem, TIO_STATUS_PAGE).unwrap();
+    assert_eq!(
+        status.flags.get() & abi::TIO_FLAG_INIT_DONE,
+        abi::TIO_FLAG_INIT_DONE
+    );
+    w.setup(Stage::Bound);
+    for i in 0..PAGES {
+        let o = w.cmd(&mmio_map(
+            GPA + i * 0x1000,
+            BAR + i * 0x1000,
+            abi::MMIO_SIZE_4K,
+        ));
+        assert_eq!(o, Outcome::SUCCESS, "page {i}");
+    }
+    let asid_pages = |w: &World| {
+        w.sev
+            .tsm()
+            .with_table(|r| {
+                r.entries()
+                    .iter()
+                    .filter(|e| e.assigned() && e.asid() == 5)
+                    .count()
+            })
+            .unwrap()
+    };
+    assert_eq!(asid_pages(&w), PAGES as usize);
+    // Past the TDI's range, and over a mapped page: refused as before, nothing changed.
+    refused(&mut w, Error::HpaNotOwned, |w| {
+        w.cmd(&mmio_map(
+            GPA + PAGES * 0x1000,
+            BAR + PAGES * 0x1000,
+            abi::MMIO_SIZE_4K,
+        ))
+    });
+    refused(&mut w, Error::HpaAlreadyMapped, |w| {
+        w.cmd(&mmio_map(GPA + PAGES * 0x1000, BAR, abi::MMIO_SIZE_4K))
+    });
+    ok(unbind_all(&mut w));
+    assert_eq!(asid_pages(&w), 0);
 }
 
 /// An RMP operation refused as `want` that leaves every entry and fence counter as it was.
