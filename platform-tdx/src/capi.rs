@@ -2052,6 +2052,69 @@ mod tests {
         }
     }
 
+    /// A C session whose seal fails when an unbind asks for STOP_INTERFACE: TSM.DEVIF.UNBIND
+    /// answers TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT with no request
+    /// written; the unbind waits at STOP (state Unbinding) with nothing outstanding, and once
+    /// seal works TSM.DEVIF.UNBIND again asks for STOP and completes. A re-send whose seal
+    /// fails changes nothing: the STOP still waits.
+    #[test]
+    fn a_seal_failing_in_an_unbind_leaves_it_waiting_at_stop() {
+        let too_small =
+            status::TSM_RELAY_BUFFER_TOO_SMALL | u64::from(status::OPERAND_ID_TRANSPORT);
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        counting.seal_mode.store(1, Ordering::Relaxed);
+        let page = request_page(&w);
+        let mut out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        let mut calls = 0;
+        while out.rax == status::TDX_INTERRUPTED_RESUMABLE {
+            calls += 1;
+            assert!(calls < 1000);
+            out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        }
+        assert_eq!(out.rax, too_small);
+        assert_eq!(request_page(&w), page, "a request was written");
+        let state = w.call(
+            abi::TSM_DEVIF_STATE,
+            SeamRegs {
+                rcx: tdi,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(state.rdx, abi::TdiStateCode::Unbinding as u64);
+        assert_eq!(tdi_record(&w).exchange, None);
+        // Asked again while seal still fails: the same refusal, nothing else.
+        let before = w.pool_image();
+        assert_eq!(
+            w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0)).rax,
+            too_small
+        );
+        assert_eq!(w.pool_image(), before);
+        counting.seal_mode.store(0, Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        assert_eq!(code(&out), crate::devif::TDISP_STOP_INTERFACE);
+        // The STOP's re-send fails to seal: nothing changes, the STOP still waits.
+        counting.seal_mode.store(1, Ordering::Relaxed);
+        let waiting = tdi_record(&w).exchange;
+        let before = w.pool_image();
+        let resent = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, false));
+        assert_eq!(resent.rax, too_small);
+        assert_eq!(w.pool_image(), before);
+        assert_eq!(tdi_record(&w).exchange, waiting);
+        counting.seal_mode.store(0, Ordering::Relaxed);
+        let mut out = w.relay(&model, tdi, out);
+        while out.rax == status::TDX_INTERRUPTED_RESUMABLE {
+            out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        }
+        assert_eq!(out.rax, TDX_SUCCESS);
+        assert_eq!(owned(&w), []);
+    }
+
     /// Seal is handed exactly the room a record may take: its message plus
     /// TSM_TDX_SESSION_MAX_OVERHEAD (32) bytes. A record filling that room is framed (a DOE
     /// object within the relay's size); one byte more is a seal failure,
