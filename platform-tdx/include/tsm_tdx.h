@@ -563,6 +563,10 @@ uint64_t tsm_tdx_init_session(void *mem, size_t len, void *host, size_t host_len
  * left in regs->rax. TDX_SYS_NOT_READY before init (nothing written). */
 uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
 
+/* One TDCALL from the TD whose TDR page is at `td`; as tsm_tdx_seamcall. A TDR naming no TD is
+ * TDX_OPERAND_INVALID + TDX_OPERAND_ID_TDR. */
+uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
+
 /*
  * TEST SUPPORT, only in a library built with feature `model-device`, NEVER in a firmware
  * build (a library built with `capi` alone does not define these symbols).
@@ -595,10 +599,6 @@ uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *l
 uint64_t tsm_tdx_model_doe(const void *request, uint64_t len, void *response,
 			   uint64_t *response_len);
 uint64_t tsm_tdx_model_session(struct tsm_tdx_session *ops);
-
-/* One TDCALL from the TD whose TDR page is at `td`; as tsm_tdx_seamcall. A TDR naming no TD is
- * TDX_OPERAND_INVALID + TDX_OPERAND_ID_TDR. */
-uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
 
 #ifdef __cplusplus
 }
