@@ -552,7 +552,10 @@ struct tsm_tdx_session {
  * + RDX (less than one page), + R8 (host null, not 8-byte aligned, or overlapping mem), + R9
  * (host_len zero or not a multiple of 8); TDX_OPERAND_ADDR_RANGE_ERROR + RDX / R9 (a range
  * past 2^52); then TDX_OPERAND_INVALID + R10 (ops NULL or not aligned for the struct),
- * + TDX_OPERAND_ID_SESSION_* (the first NULL function, in the struct's order);
+ * + TDX_OPERAND_ID_SESSION_* (the first NULL function, in the struct's order), then the
+ * same statuses for a function, and TDX_OPERAND_INVALID + R10 for a non-NULL ctx, lying in
+ * the host range, in `mem` or in the firmware's own state (memory the host writes, or the
+ * firmware's: the session's code and context must be the integrator's own);
  * TDX_SYSINIT_NOT_PENDING when initialized already (also for the loser of two racing calls).
  * Arguments are checked before any memory is touched, only the successful call ever touches
  * `mem`, and the firmware stays uninitialized after a refusal. */

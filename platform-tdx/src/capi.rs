@@ -318,10 +318,43 @@ impl Firmware {
         // pointers). Read once: later changes to the caller's struct are never seen.
         let ops = unsafe { ops.read() };
         // SAFETY: the caller's contract is `CSession::new`'s for the callbacks and `ctx`.
-        match unsafe { CSession::new(&ops) } {
-            Ok(session) => self.commit(args, LinkSession::C(session)),
-            Err(s) => s,
+        let session = match unsafe { CSession::new(&ops) } {
+            Ok(session) => session,
+            Err(s) => return s,
+        };
+        if let Err(s) = self.check_session(&args, &ops) {
+            return s;
         }
+        self.commit(args, LinkSession::C(session))
+    }
+
+    /// The session's code and context are the integrator's, never memory the host writes or
+    /// the firmware's own: a callback or a non-NULL `ctx` inside the host window, the pool or
+    /// the firmware's state is `TDX_OPERAND_INVALID` naming the callback
+    /// (`OPERAND_ID_SESSION_*`), or R10 for `ctx`. Checked after the NULL checks.
+    fn check_session(&self, args: &InitArgs, ops: &SessionOps) -> Result<(), TdxStatus> {
+        let pool = (
+            args.mem.addr() as u64,
+            (args.pages as u64).saturating_mul(PAGE_BYTES as u64),
+        );
+        let state = (
+            core::ptr::from_ref(self).addr() as u64,
+            core::mem::size_of::<Self>() as u64,
+        );
+        let inside = |addr: usize| {
+            let addr = addr as u64;
+            let within = |(base, len): (u64, u64)| addr >= base && addr - base < len;
+            args.window.overlaps(addr, 1) || within(pool) || within(state)
+        };
+        for (addr, operand) in ops.callback_addresses() {
+            if inside(addr) {
+                return Err(invalid(operand));
+            }
+        }
+        if !ops.ctx.is_null() && inside(ops.ctx.addr()) {
+            return Err(invalid(OPERAND_ID_R10));
+        }
+        Ok(())
     }
 
     /// Init's argument checks, touching no memory: the pool's pages, the host window and the
@@ -1712,6 +1745,85 @@ mod tests {
                 .with_transport(|r| matches!(r.session(), LinkSession::C(_))),
             Ok(true)
         );
+    }
+
+    /// A session whose code or context lies in memory the host writes (the host window), in
+    /// the pool or in the firmware's own state is refused, naming the callback (or R10 for
+    /// `ctx`), with nothing touched and the firmware still not ready; the same session with
+    /// its own memory is taken.
+    #[test]
+    fn init_session_refuses_a_session_in_host_memory_the_pool_or_the_firmware() {
+        let fw: &'static Firmware = Box::leak(Box::new(Firmware::new()));
+        let pool = leak_pages(8, 7);
+        let host = leak_host(2);
+        let (p, h) = (
+            pool.as_mut_ptr().cast::<u8>(),
+            host.as_mut_ptr().cast::<u8>(),
+        );
+        let full = Counting::leak().ops();
+        let in_host = h.wrapping_add(PAGE_BYTES + 8);
+        let in_pool = p.wrapping_add(3 * PAGE_BYTES);
+        let in_fw = core::ptr::from_ref(fw).cast_mut().cast::<u8>();
+        // SAFETY: function pointers made of data addresses, never called: init refuses them
+        // before any use.
+        let (seal_in_host, digest_in_pool) = unsafe {
+            (
+                core::mem::transmute::<*mut u8, session::CipherFn>(in_host),
+                core::mem::transmute::<*mut u8, session::ReportDigestFn>(in_pool),
+            )
+        };
+        let cases: [(&str, SessionOps, TdxStatus); 5] = [
+            (
+                "ctx in host memory",
+                SessionOps {
+                    ctx: in_host.cast(),
+                    ..full
+                },
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "ctx in the pool",
+                SessionOps {
+                    ctx: in_pool.cast(),
+                    ..full
+                },
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "ctx in the firmware's state",
+                SessionOps {
+                    ctx: in_fw.cast(),
+                    ..full
+                },
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "seal in host memory",
+                SessionOps {
+                    seal: Some(seal_in_host),
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_SEAL),
+            ),
+            (
+                "report_digest in the pool",
+                SessionOps {
+                    report_digest: Some(digest_in_pool),
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_REPORT_DIGEST),
+            ),
+        ];
+        for (what, ops, expect) in cases {
+            // SAFETY: leaked memory; refused calls touch nothing and call no callback.
+            let status = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, 2 * PAGE_BYTES, &ops) };
+            assert_eq!(status, expect, "{what}");
+            assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)), "{what}");
+            assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY, "{what}");
+        }
+        // SAFETY: as above; the tests' own session is taken.
+        let status = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, 2 * PAGE_BYTES, &full) };
+        assert_eq!(status, TDX_SUCCESS);
     }
 
     /// Bind, then unbind, with the firmware sealing and opening through a C session that

@@ -101,6 +101,31 @@ pub struct SessionOps {
     pub report_digest: Option<ReportDigestFn>,
 }
 
+impl SessionOps {
+    /// The address of each present callback with the operand that names it, in the struct's
+    /// order.
+    pub fn callback_addresses(&self) -> impl Iterator<Item = (usize, u32)> {
+        [
+            (self.seal.map(|f| f as usize), OPERAND_ID_SESSION_SEAL),
+            (self.open.map(|f| f as usize), OPERAND_ID_SESSION_OPEN),
+            (
+                self.record_len.map(|f| f as usize),
+                OPERAND_ID_SESSION_RECORD_LEN,
+            ),
+            (
+                self.lock_secret.map(|f| f as usize),
+                OPERAND_ID_SESSION_LOCK_SECRET,
+            ),
+            (
+                self.report_digest.map(|f| f as usize),
+                OPERAND_ID_SESSION_REPORT_DIGEST,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(addr, operand)| Some((addr?, operand)))
+    }
+}
+
 /// Bytes of a C pointer: `SessionOps` is one and five function pointers.
 const PTR: usize = core::mem::size_of::<usize>();
 const _: () = assert!(core::mem::size_of::<SessionOps>() == PTR.saturating_mul(6));
