@@ -1505,6 +1505,11 @@ mod tests {
         /// lock_secret answers the model's secret the first time it is called, and a value
         /// one page lower for every call before this one after that.
         secret_drifts: core::sync::atomic::AtomicBool,
+        /// When not 0: the firmware (`&'static Firmware`) seal calls back into, with the
+        /// register block at `reenter_regs`; the nested statuses go to `reentered`.
+        reenter_fw: AtomicUsize,
+        reenter_regs: AtomicUsize,
+        reentered: std::sync::Mutex<Vec<TdxStatus>>,
     }
 
     impl Counting {
@@ -1519,6 +1524,29 @@ mod tests {
                 record_len: Some(counting_record_len),
                 lock_secret: Some(counting_lock_secret),
                 report_digest: Some(counting_report_digest),
+            }
+        }
+        /// Calls into the firmware from inside a callback, if told to: TSM.DEVIF.STATE and
+        /// TSM.DEVIF.BIND of the tests' TDI on a second register block.
+        fn reenter(&self) {
+            let fw = self.reenter_fw.load(Ordering::Relaxed);
+            if fw == 0 {
+                return;
+            }
+            // SAFETY: the test stores a leaked `Firmware`'s address.
+            let fw = unsafe { &*(fw as *const Firmware) };
+            let regs = self.reenter_regs.load(Ordering::Relaxed) as *mut SeamRegs;
+            for leaf in [abi::TSM_DEVIF_STATE, abi::TSM_DEVIF_BIND] {
+                put_regs(
+                    regs,
+                    SeamRegs {
+                        rax: u64::from(leaf),
+                        rcx: RID,
+                        ..SeamRegs::default()
+                    },
+                );
+                let status = fw.seamcall(regs);
+                self.reentered.lock().unwrap().push(status);
             }
         }
         fn calls(&self) -> [usize; 5] {
@@ -1547,6 +1575,7 @@ mod tests {
         // SAFETY: the firmware's pointers, valid for the lengths given; ctx a Counting.
         unsafe {
             let c = Counting::of(ctx, 0);
+            c.reenter();
             c.seal_room
                 .store(cap.wrapping_sub(app_len), Ordering::Relaxed);
             let from = c.seal_fails_from.load(Ordering::Relaxed);
@@ -2225,6 +2254,31 @@ mod tests {
         }
         assert_eq!(out.rax, TDX_SUCCESS);
         assert_eq!(owned(&w), []);
+    }
+
+    /// A callback that calls back into the firmware is not undefined behaviour and does not
+    /// deadlock: the nested TSM.DEVIF.STATE and TSM.DEVIF.BIND of the TDI the outer bind holds
+    /// answer TDX_OPERAND_BUSY + the TDI, and the outer bind goes on to completion.
+    #[test]
+    fn a_callback_calling_into_the_firmware_gets_operand_busy() {
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        // A second register block, in host memory past the range list in page 0.
+        let nested = w.host.cast::<u8>().wrapping_add(2048);
+        counting
+            .reenter_regs
+            .store(nested.addr(), Ordering::Relaxed);
+        counting
+            .reenter_fw
+            .store(core::ptr::from_ref(w.fw).addr(), Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        counting.reenter_fw.store(0, Ordering::Relaxed);
+        let busy = status::TDX_OPERAND_BUSY | u64::from(status::OPERAND_ID_DEVIF);
+        assert_eq!(*counting.reentered.lock().unwrap(), [busy, busy]);
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
     }
 
     /// Seal is handed exactly the room a record may take: its message plus
