@@ -343,7 +343,8 @@ impl Firmware {
         );
         let inside = |addr: usize| {
             let addr = addr as u64;
-            let within = |(base, len): (u64, u64)| addr >= base && addr - base < len;
+            let within =
+                |(base, len): (u64, u64)| addr.checked_sub(base).is_some_and(|off| off < len);
             args.window.overlaps(addr, 1) || within(pool) || within(state)
         };
         for (addr, operand) in ops.callback_addresses() {

@@ -459,7 +459,7 @@ fn every_entry_point_is_declared_and_the_test_support_only_in_its_part() {
     );
     let marker = HEADER
         .find("TEST SUPPORT")
-        .expect("the header's test support part");
+        .unwrap_or_else(|| panic!("the header has no TEST SUPPORT part"));
     for (name, gated) in entries {
         let declared = HEADER
             .find(&format!("uint64_t {name}("))
