@@ -12,7 +12,7 @@
 //! feature `model-device` (test support, never in a firmware build) the library also carries
 //! `tsm_tdx_init`, which seals with [`tsm_core::ModelSession`] (a key in the public source:
 //! the host can forge every device answer, so it must never be in a firmware image), the
-//! model device for a C host to relay to ([`ModelMailbox`]: `tsm_tdx_model_doe`,
+//! model device for a C host to relay to (`ModelMailbox`: `tsm_tdx_model_doe`,
 //! `tsm_tdx_model_report`) and the model session as C callbacks (`tsm_tdx_model_session`).
 //!
 //! What the entry points guarantee:
