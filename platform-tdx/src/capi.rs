@@ -1508,8 +1508,8 @@ mod tests {
         secret_drifts: core::sync::atomic::AtomicBool,
         /// When not 0: the firmware (`&'static Firmware`) seal calls back into, with the
         /// register block at `reenter_regs`; the nested statuses go to `reentered`.
-        reenter_fw: AtomicUsize,
-        reenter_regs: AtomicUsize,
+        reenter_fw: core::sync::atomic::AtomicPtr<Firmware>,
+        reenter_regs: core::sync::atomic::AtomicPtr<SeamRegs>,
         reentered: std::sync::Mutex<Vec<TdxStatus>>,
     }
 
@@ -1530,13 +1530,11 @@ mod tests {
         /// Calls into the firmware from inside a callback, if told to: TSM.DEVIF.STATE and
         /// TSM.DEVIF.BIND of the tests' TDI on a second register block.
         fn reenter(&self) {
-            let fw = self.reenter_fw.load(Ordering::Relaxed);
-            if fw == 0 {
+            // SAFETY: NULL, or a leaked `Firmware` the test stored.
+            let Some(fw) = (unsafe { self.reenter_fw.load(Ordering::Relaxed).as_ref() }) else {
                 return;
-            }
-            // SAFETY: the test stores a leaked `Firmware`'s address.
-            let fw = unsafe { &*(fw as *const Firmware) };
-            let regs = self.reenter_regs.load(Ordering::Relaxed) as *mut SeamRegs;
+            };
+            let regs = self.reenter_regs.load(Ordering::Relaxed);
             for leaf in [abi::TSM_DEVIF_STATE, abi::TSM_DEVIF_BIND] {
                 put_regs(
                     regs,
@@ -2267,16 +2265,16 @@ mod tests {
         let model = ModelMailbox::new();
         let (td, tdi) = w.td_and_tdi(&model);
         // A second register block, in host memory past the range list in page 0.
-        let nested = w.host.cast::<u8>().wrapping_add(2048);
-        counting
-            .reenter_regs
-            .store(nested.addr(), Ordering::Relaxed);
+        let nested = w.host.cast::<u8>().wrapping_add(2048).cast::<SeamRegs>();
+        counting.reenter_regs.store(nested, Ordering::Relaxed);
         counting
             .reenter_fw
-            .store(core::ptr::from_ref(w.fw).addr(), Ordering::Relaxed);
+            .store(core::ptr::from_ref(w.fw).cast_mut(), Ordering::Relaxed);
         let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
         assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
-        counting.reenter_fw.store(0, Ordering::Relaxed);
+        counting
+            .reenter_fw
+            .store(core::ptr::null_mut(), Ordering::Relaxed);
         let busy = status::TDX_OPERAND_BUSY | u64::from(status::OPERAND_ID_DEVIF);
         assert_eq!(*counting.reentered.lock().unwrap(), [busy, busy]);
         assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
