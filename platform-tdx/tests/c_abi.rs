@@ -489,4 +489,21 @@ fn static_library_links_into_a_freestanding_x86_64_unknown_none_image() {
     );
     assert!(!symbols.contains("tsm_tdx_model_"), "{symbols}");
     assert!(!symbols.contains("ModelSession"), "{symbols}");
+    // The link drops what `_start` does not reach: the library itself must not define them
+    // either.
+    let archive = run(Command::new("nm").arg(&lib), "nm of the library");
+    let defined: Vec<&str> = archive
+        .lines()
+        .filter(|l| l.contains(" T "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter(|name| name.starts_with("tsm_tdx_"))
+        .collect();
+    assert_eq!(
+        defined.len(),
+        3,
+        "the firmware library defines {defined:?}, not exactly the three entry points"
+    );
+    for entry in ["tsm_tdx_init_session", "tsm_tdx_seamcall", "tsm_tdx_tdcall"] {
+        assert!(defined.contains(&entry), "{entry} not in {defined:?}");
+    }
 }
