@@ -508,8 +508,9 @@ struct tsm_tdx_record_ctx {
  *   used up (never reused, so harmless). What else it changes depends on the call:
  *   . a re-send (TDH_DEVIF_REQUEST of the waiting code; TDH_DEVIF_RESPONSE with no answer):
  *     nothing; the request still waits.
- *   . the first request of an operation (TSM_DEVIF_BIND, TSM_DEVIF_CHECK, the TD's START):
- *     nothing; call again once the session recovers. TSM_DEVIF_UNBIND: the unbind steps
+ *   . the first request of an operation (TSM_DEVIF_BIND, TSM_DEVIF_CHECK, the TD's
+ *     TDG_DEVIF_REQUEST START, which gets the status): nothing; call again once the session
+ *     recovers. TSM_DEVIF_UNBIND: the unbind steps
  *     before STOP that the call ran stay done; TSM_DEVIF_UNBIND again asks for STOP again.
  *   . TDH_DEVIF_RESPONSE of an unbind whose STOP the device refused as already unlocked
  *     (the state query that follows): the unbind waits at STOP with nothing outstanding;
