@@ -44,7 +44,8 @@ pub const TDX_PAGE_NOT_FREE: u64 = 0xC000_0303_0000_0000;
 /// TDX_SYSINIT_NOT_PENDING: initialization is no longer pending (here: a second
 /// `tsm_tdx_init_session`; Linux `tdx_errno.h` of the TDX host series).
 pub const TDX_SYSINIT_NOT_PENDING: u64 = 0xC000_0500_0000_0000;
-/// TDX_SYS_NOT_READY: the module is not initialized (here: `tsm_tdx_init_session` not called yet).
+/// TDX_SYS_NOT_READY: the module is not initialized (here: `tsm_tdx_init_session` not called
+/// yet).
 pub const TDX_SYS_NOT_READY: u64 = 0xC000_0505_0000_0000;
 /// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
 pub const TDX_TD_ASSOCIATED_PAGES_EXIST: u64 = 0xC000_0400_0000_0000;
@@ -95,6 +96,16 @@ pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
 /// `include/auto_gen_2_0/tdx_error_codes_defs.h`; + RCX as `tdg_mmio_accept.c` @1666adc4
 /// names it): TDG.MMIO.ACCEPT's RDX does not name the page the S-EPT maps at the GPA.
 pub const TDX_MMIO_INVALID_HPA_OFFSET: u64 = 0xC000_0F4D_0000_0000;
+/// TDX_DEVIFMT_NOT_PRESENT (intel/tdx-module TDX-IO @6e66b9d2
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h`): no TDI has the function ID (every leaf
+/// naming a TDI, + RCX).
+pub const TDX_DEVIFMT_NOT_PRESENT: u64 = 0xC000_0F40_0000_0000;
+/// TDX_DEVIF_INVALID_METADATA (same source): the calling TD is not the TDI's (TDG leaves,
+/// + RCX).
+pub const TDX_DEVIF_INVALID_METADATA: u64 = 0xC000_0F41_0000_0000;
+/// TDX_DEVIFMT_ALREADY_PRESENT (same source): TDH.DEVIF.CREATE of a function that has a TDI
+/// (+ RCX).
+pub const TDX_DEVIFMT_ALREADY_PRESENT: u64 = 0xC000_0F42_0000_0000;
 /// TDX_DEVIF_TDISP_INVALID_REQ_STS (TDX-IO, intel/tdx-module @a56a9173
 /// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a call
 /// for the other side's request (`td_flag` naming the TD's request while the host's is
