@@ -410,6 +410,45 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> Rmp<S> {
         Ok((first..end, leaf))
     }
 
+    /// Every check of [`SecureTable::map`], in its order: the guest's ASID, the host entries
+    /// of the leaf, its first guest frame and its last.
+    fn map_checked(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(u32, core::ops::Range<usize>, Pfn, Pfn), TableError> {
+        let asid = self.fence(guest)?.asid;
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(TableError::Misaligned);
+        }
+        let r = self
+            .span(hpa.as_u64(), size.base_pages())
+            .ok_or(TableError::OutOfFrames)?;
+        // Guest side first, then host side (the order the core's reference table checks).
+        let lo = Pfn::of(gpa);
+        let hi = lo.get().saturating_add(size.base_pages());
+        if self.entries().iter().any(|e| {
+            e.assigned() && e.asid() == asid && (lo.get()..hi).contains(&e.gpa_pfn().get())
+        }) {
+            return Err(TableError::GpaMapped);
+        }
+        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
+        // 2^52, so the leaf ends at 2^52 at most.
+        let last = lo
+            .checked_add(size.base_pages().saturating_sub(1))
+            .ok_or(TableError::Misaligned)?;
+        let entries = self
+            .entries()
+            .get(r.clone())
+            .ok_or(TableError::OutOfFrames)?;
+        if entries.iter().any(|e| e.assigned()) {
+            return Err(TableError::HpaMapped);
+        }
+        Ok((asid, r, lo, last))
+    }
+
     fn entries_mut(&mut self, r: core::ops::Range<usize>) -> &mut [RmpEntry] {
         self.entries.as_mut().get_mut(r).unwrap_or_default()
     }
@@ -524,33 +563,7 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         hpa: Hpa,
         size: PageSize,
     ) -> Result<(), TableError> {
-        let asid = self.fence(guest)?.asid;
-        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
-            return Err(TableError::Misaligned);
-        }
-        let r = self
-            .span(hpa.as_u64(), size.base_pages())
-            .ok_or(TableError::OutOfFrames)?;
-        // Guest side first, then host side (the order the core's reference table checks).
-        let lo = Pfn::of(gpa);
-        let hi = lo.get().saturating_add(size.base_pages());
-        if self.entries().iter().any(|e| {
-            e.assigned() && e.asid() == asid && (lo.get()..hi).contains(&e.gpa_pfn().get())
-        }) {
-            return Err(TableError::GpaMapped);
-        }
-        // Every page of the leaf has a frame number: `gpa` is aligned to the leaf and below
-        // 2^52, so the leaf ends at 2^52 at most.
-        let last = lo
-            .checked_add(size.base_pages().saturating_sub(1))
-            .ok_or(TableError::Misaligned)?;
-        let entries = self
-            .entries()
-            .get(r.clone())
-            .ok_or(TableError::OutOfFrames)?;
-        if entries.iter().any(|e| e.assigned()) {
-            return Err(TableError::HpaMapped);
-        }
+        let (asid, r, lo, last) = self.map_checked(guest, gpa, hpa, size)?;
         let template = RmpEntry::new()
             .with_assigned(true)
             .with_immutable(true)
@@ -626,7 +639,33 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         self.find(guest, gpa).ok().map(|(_, l)| l)
     }
 
-    /// Walks the RMP window by host address.
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
+        self.map_checked(guest, gpa, hpa, size).map(drop)
+    }
+
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        self.fence(guest)?;
+        self.exact(guest, gpa, size).map(drop)
+    }
+
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let done = self.fence(guest)?.done;
+        match self.exact(guest, gpa, size)?.1.state {
+            LeafState::Mapped => Err(TableError::NotBlocked),
+            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
+            LeafState::Blocked { .. } => Ok(()),
+        }
+    }
+
+    /// Walks the RMP window by host address. A linear scan the unbind's bounded walk charges
+    /// one unit of work per search (the trait's provided `find_leaves`), not per entry read,
+    /// until the RMP is indexed.
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
         let start = from.max(within.base()).as_u64().max(self.base);
         // Round up to a page: entries are per page.

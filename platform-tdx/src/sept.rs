@@ -6,15 +6,17 @@
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_OPS_PER_CALL};
-use tsm_core::secure_table::Epoch;
+use tsm_core::secure_table::{Epoch, Found, PageRest, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
 };
 
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
-use crate::frames::{FrameIndex, FramePool, PoolError};
-use crate::radix::{EntryFormat, InstallError, Lookup, Radix, level_span};
+use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
+use crate::radix::{
+    EntryFormat, InstallError, Lookup, MAX_LEVELS, Radix, Scan, level_shift, level_span, slot_of,
+};
 
 /// S-EPT depth: 4-level (48-bit guest physical addresses) or 5-level (52-bit; Intel SDM
 /// Vol. 3C 29.3.2, EPTP bits 5:3 = page-walk length minus one).
@@ -302,6 +304,24 @@ impl SeptBookkeeping {
     }
 }
 
+/// What [`Sept::mmio_map`] found and will write.
+struct MapPlan {
+    found: Lookup,
+    mt_found: Lookup,
+    entry: SeptEntry,
+    meta: MmioMtEntry,
+    level: u8,
+}
+
+/// The state a block moves an MMIO leaf to (`None`: already blocked, nothing to do).
+fn blocked_state(state: SeptState) -> Option<SeptState> {
+    match state {
+        SeptState::MmioMapped => Some(SeptState::MmioBlocked),
+        SeptState::MmioPending => Some(SeptState::MmioPendingBlocked),
+        _ => None,
+    }
+}
+
 /// Every TD's S-EPT and the MMIO metadata, in one frame pool.
 pub struct Sept<'m> {
     pool: FramePool<'m>,
@@ -463,14 +483,15 @@ impl<'m> Sept<'m> {
         })
     }
 
-    /// TDH.MMIO.MAP: a FREE guest entry becomes MMIO_PENDING for `hpa`.
-    pub fn mmio_map(
-        &mut self,
+    /// Every check of [`Sept::mmio_map`], reading only: the two walks, the entries and the
+    /// pages the installs would take.
+    fn map_plan(
+        &self,
         guest: GuestId,
         gpa: Gpa,
         hpa: Hpa,
         size: PageSize,
-    ) -> Result<(), SeptError> {
+    ) -> Result<MapPlan, SeptError> {
         let tree = *self.tree(guest)?;
         let level = ept_level(size);
         let found = self.walk(guest, gpa, level)?;
@@ -503,6 +524,30 @@ impl<'m> Sept<'m> {
             )?)
             .ok_or(SeptError::Inconsistent)?;
         self.pool.check_alloc(need)?;
+        Ok(MapPlan {
+            found,
+            mt_found,
+            entry,
+            meta,
+            level,
+        })
+    }
+
+    /// TDH.MMIO.MAP: a FREE guest entry becomes MMIO_PENDING for `hpa`.
+    pub fn mmio_map(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), SeptError> {
+        let MapPlan {
+            found,
+            mt_found,
+            entry,
+            meta,
+            level,
+        } = self.map_plan(guest, gpa, hpa, size)?;
         // Every check passed; both installs are proven to succeed.
         self.mmiomt
             .install_at(&mut self.pool, &mt_found, level, meta.into_bits())?;
@@ -553,10 +598,8 @@ impl<'m> Sept<'m> {
     ) -> Result<(), SeptError> {
         let epoch = self.epoch(guest)?;
         let (found, probe) = self.exact(guest, gpa, size)?;
-        let next = match probe.state {
-            SeptState::MmioMapped => SeptState::MmioBlocked,
-            SeptState::MmioPending => SeptState::MmioPendingBlocked,
-            _ => return Ok(()),
+        let Some(next) = blocked_state(probe.state) else {
+            return Ok(());
         };
         let hpa = probe.entry.phys();
         let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
@@ -575,6 +618,50 @@ impl<'m> Sept<'m> {
         if let Some(n) = self.blocked_count(guest, epoch.current) {
             *n = count;
         }
+        Ok(())
+    }
+
+    /// Every check of [`Sept::mmio_block`], reading only.
+    fn block_plan(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), SeptError> {
+        let epoch = self.epoch(guest)?;
+        let (found, probe) = self.exact(guest, gpa, size)?;
+        let Some(next) = blocked_state(probe.state) else {
+            return Ok(());
+        };
+        let (mt_found, meta) = self.mt_lookup(probe.entry.phys(), probe.level)?;
+        let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
+        let meta = meta
+            .with_blocked(true)
+            .with_bepoch(Bepoch::of(epoch.current));
+        self.blocked_after(guest, epoch.current, true)?;
+        self.tree(guest)?
+            .check_rewrite(&self.pool, &found, entry.into_bits())?;
+        self.mmiomt
+            .check_rewrite(&self.pool, &mt_found, meta.into_bits())?;
+        Ok(())
+    }
+
+    /// Every check of [`Sept::mmio_unmap`], reading only.
+    fn unmap_plan(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), SeptError> {
+        let epoch = self.epoch(guest)?;
+        let (found, probe) = self.exact(guest, gpa, size)?;
+        if !probe.state.is_blocked() {
+            return Err(SeptError::NotBlocked);
+        }
+        let hpa = probe.entry.phys();
+        let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
+        let blocked_at = Self::blocked_epoch(epoch, meta.bepoch());
+        if blocked_at >= epoch.flushed {
+            return Err(SeptError::TlbTrackingNotDone);
+        }
+        Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
+        let released = self
+            .tree(guest)?
+            .check_clear(&self.pool, &found)?
+            .checked_add(self.mmiomt.check_clear(&self.pool, &mt_found)?)
+            .ok_or(SeptError::Inconsistent)?;
+        self.pool.check_release(released)?;
+        self.blocked_after(guest, blocked_at, false)?;
         Ok(())
     }
 
@@ -814,6 +901,709 @@ impl SecureTable for Sept<'_> {
         let (hpa, level, raw) = self.mmiomt.next_entry(&self.pool, start, within.end())?;
         let leaf = self.leaf_of(hpa, level, MmioMtEntry::from_bits(raw))?;
         within.contains_page(leaf.hpa, leaf.size).then_some(leaf)
+    }
+
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
+        Ok(self.map_plan(guest, gpa, hpa, size).map(drop)?)
+    }
+
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        Ok(self.block_plan(guest, gpa, size)?)
+    }
+
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        Ok(self.unmap_plan(guest, gpa, size)?)
+    }
+
+    /// One MMIOMT search (every entry read is a unit of `work`), then the run is extended
+    /// along the same table page while the entries are leaves of the same guest at the next
+    /// guest frames (one unit each). When the page's count says nothing follows the run in
+    /// it, the next search starts after the page.
+    fn find_leaves(
+        &self,
+        within: MmioRange,
+        from: Hpa,
+        rest: Option<PageRest>,
+        max: u32,
+        work: &mut u32,
+    ) -> Found {
+        if *work == 0 || max == 0 {
+            return Found::Paused { resume: from };
+        }
+        let start = from.max(within.base()).as_u64();
+        // The hint is for the page holding `from`; a search that starts further on cannot use it.
+        let hint = rest
+            .filter(|_| start == from.as_u64())
+            .map(|r| (r.level, u64::from(r.left)));
+        let (base, level, raw, page, slot, rest) =
+            match self
+                .mmiomt
+                .next_entry_bounded(&self.pool, start, within.end(), hint, work)
+            {
+                Scan::End => return Found::End,
+                Scan::Paused { resume } => {
+                    return Found::Paused {
+                        resume: Hpa::try_new(resume).unwrap_or(from),
+                    };
+                }
+                Scan::Entry {
+                    base,
+                    level,
+                    raw,
+                    page,
+                    slot,
+                    rest,
+                } => (base, level, raw, page, slot, rest),
+            };
+        let meta = MmioMtEntry::from_bits(raw);
+        let Some(first) = self.leaf_of(base, level, meta) else {
+            return Found::End;
+        };
+        if !within.contains_page(first.hpa, first.size) {
+            return Found::End;
+        }
+        let span = level_span(level);
+        let frames = first.size.base_pages();
+        let mut count = 1u32;
+        let mut rest = rest;
+        while count < max && *work > 0 {
+            let Some(at) = slot
+                .checked_add(count as usize)
+                .filter(|&s| s < ENTRIES_PER_PAGE)
+            else {
+                break;
+            };
+            *work = work.saturating_sub(1);
+            let m = MmioMtEntry::from_bits(self.pool.entry(page, at));
+            let gfn = u64::from(count)
+                .checked_mul(frames)
+                .and_then(|d| meta.pfn().into_bits().checked_add(d));
+            let end = run_page(base, first.size, count).and_then(|h| h.checked_add(span));
+            if !m.leaf()
+                || m.guest() != meta.guest()
+                || Some(m.pfn().into_bits()) != gfn
+                || end.is_none_or(|e| e > within.end())
+            {
+                break;
+            }
+            count = count.saturating_add(1);
+            rest = rest.map(|r| r.saturating_sub(1));
+        }
+        let after = run_page(base, first.size, count);
+        let next = if rest == Some(0) {
+            // Nothing more in this table page: skip the rest of its window.
+            let window = level_span(level.saturating_add(1));
+            (base & !window.wrapping_sub(1)).checked_add(window)
+        } else {
+            after
+        };
+        Found::Run {
+            first,
+            count,
+            next: next.and_then(|n| Hpa::try_new(n).ok()),
+            rest: rest.map(|left| PageRest {
+                level,
+                left: u16::try_from(left).unwrap_or(u16::MAX),
+            }),
+        }
+    }
+
+    fn map_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        self.mmio_map_range(guest, gpa, hpa, size, count)
+    }
+
+    fn block_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        self.mmio_block_range(guest, gpa, hpa, size, count)
+    }
+
+    fn remove_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        self.mmio_unmap_range(guest, gpa, hpa, size, count)
+    }
+}
+
+/// Count changes a range operation makes to table pages that exist, checked before anything
+/// is written. A run is walked in address order, so every change to one page arrives in one
+/// stretch: one pending page per level, settled when the walk moves to another page there.
+/// Growing (map): a count must stay within the page's entries. Shrinking (unmap): a count must
+/// not go below zero, and a page it empties must hold no other entry; the page then goes
+/// back to the pool and its entry in the page above is freed in turn.
+struct Counts {
+    grow: bool,
+    top: u8,
+    free: u64,
+    pending: [Option<Pending>; MAX_LEVELS as usize + 1],
+    released: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    page: FrameIndex,
+    n: u64,
+    pages: [Option<FrameIndex>; MAX_LEVELS as usize + 1],
+}
+
+impl Counts {
+    fn new(grow: bool, top: u8, free: u64) -> Self {
+        Self {
+            grow,
+            top,
+            free,
+            pending: [None; MAX_LEVELS as usize + 1],
+            released: 0,
+        }
+    }
+
+    /// `n` more (or fewer) entries in use in `page` at `level`, on the walk `pages`.
+    fn add(
+        &mut self,
+        pool: &FramePool<'_>,
+        level: u8,
+        page: FrameIndex,
+        pages: [Option<FrameIndex>; MAX_LEVELS as usize + 1],
+        n: u64,
+    ) -> Result<(), SeptError> {
+        let slot = self
+            .pending
+            .get_mut(usize::from(level))
+            .ok_or(SeptError::Inconsistent)?;
+        if let Some(p) = slot.as_mut().filter(|p| p.page == page) {
+            p.n = p.n.checked_add(n).ok_or(SeptError::Inconsistent)?;
+            return Ok(());
+        }
+        if let Some(prev) = slot.replace(Pending { page, n, pages }) {
+            self.settle(pool, level, prev)?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, pool: &FramePool<'_>, level: u8, p: Pending) -> Result<(), SeptError> {
+        const MAX_USED: u64 = ENTRIES_PER_PAGE as u64;
+        let used = pool.used(p.page);
+        if used > MAX_USED {
+            return Err(SeptError::Inconsistent);
+        }
+        if self.grow {
+            return match used.checked_add(p.n) {
+                Some(n) if n <= MAX_USED => Ok(()),
+                _ => Err(SeptError::Inconsistent),
+            };
+        }
+        let left = used.checked_sub(p.n).ok_or(SeptError::Inconsistent)?;
+        if left != 0 {
+            return Ok(());
+        }
+        if pool.in_use(p.page, self.free) != p.n {
+            return Err(SeptError::Inconsistent);
+        }
+        self.released = self
+            .released
+            .checked_add(1)
+            .ok_or(SeptError::Inconsistent)?;
+        if level >= self.top {
+            return Ok(());
+        }
+        let up = level.saturating_add(1);
+        let parent = p
+            .pages
+            .get(usize::from(up))
+            .copied()
+            .flatten()
+            .ok_or(SeptError::Inconsistent)?;
+        self.add(pool, up, parent, p.pages, 1)
+    }
+
+    /// Settles every pending page, bottom up; the table pages the operation gives back.
+    fn finish(mut self, pool: &FramePool<'_>) -> Result<usize, SeptError> {
+        for level in 0..=MAX_LEVELS {
+            let pending = self
+                .pending
+                .get_mut(usize::from(level))
+                .and_then(Option::take);
+            if let Some(p) = pending {
+                self.settle(pool, level, p)?;
+            }
+        }
+        Ok(self.released)
+    }
+}
+
+/// Pages of a run from page `i` (of `count`, at `addr`) that lie in the same level-`level`
+/// table page: up to its end.
+fn chunk_len(addr: u64, level: u8, i: u32, count: u32) -> u32 {
+    let room = ENTRIES_PER_PAGE.saturating_sub(slot_of(addr, level));
+    u32::try_from(room)
+        .unwrap_or(u32::MAX)
+        .min(count.saturating_sub(i))
+}
+
+/// One walk per table page of a run: the walk of the window the last page was in.
+struct Window {
+    /// `addr >> level_shift(level + 1)` of the window.
+    id: u64,
+    found: Lookup,
+}
+
+/// Range operations: one walk per table page of each tree, every page of the run checked
+/// before anything is written, one count update per table page written.
+impl Sept<'_> {
+    /// The walk of `tree` for `addr` at `level`, reusing `window` when `addr` lies in it;
+    /// whether the window is new. `None`: the tree cannot hold `addr`.
+    fn window_walk<F: EntryFormat>(
+        pool: &FramePool<'_>,
+        tree: &Radix<F>,
+        window: &mut Option<Window>,
+        addr: u64,
+        level: u8,
+    ) -> Option<(Lookup, bool)> {
+        let id = addr
+            .checked_shr(level_shift(level.saturating_add(1)))
+            .unwrap_or(0);
+        if let Some(w) = window.as_ref().filter(|w| w.id == id) {
+            return Some((w.found.sibling(pool, addr), false));
+        }
+        let found = tree.lookup(pool, addr, level).ok()?;
+        *window = Some(Window { id, found });
+        Some((found, true))
+    }
+
+    /// Counts the tables an install for the new window `found` creates that no earlier page
+    /// of the run creates (`last[l]`: the window of the last table counted at level `l`), and
+    /// records the one existing page that gains an entry for them.
+    fn new_tables<F: EntryFormat>(
+        pool: &FramePool<'_>,
+        tree: &Radix<F>,
+        found: &Lookup,
+        level: u8,
+        last: &mut [Option<u64>; MAX_LEVELS as usize + 1],
+        counts: &mut Counts,
+    ) -> Result<usize, SeptError> {
+        let (lo, hi) = tree.missing_levels(found, level);
+        let mut made = 0usize;
+        let mut top_new = None;
+        let mut l = lo;
+        while l <= hi {
+            let window = if l >= tree.levels() {
+                0
+            } else {
+                found
+                    .addr()
+                    .checked_shr(level_shift(l.saturating_add(1)))
+                    .unwrap_or(0)
+            };
+            let seen = last
+                .get_mut(usize::from(l))
+                .ok_or(SeptError::Inconsistent)?;
+            if *seen != Some(window) {
+                *seen = Some(window);
+                made = made.saturating_add(1);
+                top_new = Some(l);
+            }
+            l = l.saturating_add(1);
+        }
+        // The highest new table hangs from an existing page (the walk's stop) when the tree
+        // has a root; only the highest of the missing levels can be the new child of it.
+        if let (Some(t), true, Some(page)) = (top_new, found.rooted, found.page())
+            && t == hi
+        {
+            counts.add(pool, found.level, page, found.pages, 1)?;
+        }
+        Ok(made)
+    }
+
+    /// Maps the run (see [`SecureTable`]): TDH.MMIO.MAP of every page, all or none.
+    pub fn mmio_map_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let tree = *self.tree(guest)?;
+        let level = ept_level(size);
+        let per_page = |s: &Self, g: u64, h: u64| -> TableError {
+            match (Gpa::try_new(g), Hpa::try_new(h)) {
+                (Ok(g), Ok(h)) => match s.map_plan(guest, g, h, size) {
+                    Err(e) => e.into(),
+                    Ok(_) => TableError::Inconsistent,
+                },
+                _ => TableError::Misaligned,
+            }
+        };
+        if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
+            return Err(per_page(self, gpa.as_u64(), hpa.as_u64()));
+        }
+        let mut need = 0usize;
+        let (mut s_win, mut m_win) = (None, None);
+        let mut s_last = [None; MAX_LEVELS as usize + 1];
+        let mut m_last = [None; MAX_LEVELS as usize + 1];
+        let mut s_counts = Counts::new(true, tree.levels(), SeptFormat::FREE);
+        let mut m_counts = Counts::new(true, MMIOMT_LEVELS, MtFormat::FREE);
+        for i in 0..count {
+            let (Some(g), Some(h)) = (
+                run_page(gpa.as_u64(), size, i),
+                run_page(hpa.as_u64(), size, i),
+            ) else {
+                return Err(TableError::Misaligned);
+            };
+            let Some((sf, s_new)) = Self::window_walk(&self.pool, &tree, &mut s_win, g, level)
+            else {
+                return Err(per_page(self, g, h));
+            };
+            if sf.rooted && sf.raw != SeptFormat::FREE {
+                return Err(per_page(self, g, h));
+            }
+            let Some((mf, m_new)) =
+                Self::window_walk(&self.pool, &self.mmiomt, &mut m_win, h, level)
+            else {
+                return Err(per_page(self, g, h));
+            };
+            if Hpa::try_new(h).is_err() || (mf.rooted && mf.raw != MtFormat::FREE) {
+                return Err(per_page(self, g, h));
+            }
+            if s_new {
+                let made =
+                    Self::new_tables(&self.pool, &tree, &sf, level, &mut s_last, &mut s_counts)?;
+                need = need.checked_add(made).ok_or(SeptError::Inconsistent)?;
+            }
+            if m_new {
+                let made = Self::new_tables(
+                    &self.pool,
+                    &self.mmiomt,
+                    &mf,
+                    level,
+                    &mut m_last,
+                    &mut m_counts,
+                )?;
+                need = need.checked_add(made).ok_or(SeptError::Inconsistent)?;
+            }
+            if sf.level == level
+                && let Some(page) = sf.page()
+            {
+                s_counts.add(&self.pool, level, page, sf.pages, 1)?;
+            }
+            if mf.level == level
+                && let Some(page) = mf.page()
+            {
+                m_counts.add(&self.pool, level, page, mf.pages, 1)?;
+            }
+            if need > self.pool.free_frames() {
+                return Err(TableError::OutOfFrames);
+            }
+        }
+        s_counts.finish(&self.pool)?;
+        m_counts.finish(&self.pool)?;
+        self.pool.check_alloc(need).map_err(SeptError::from)?;
+        let slot = MtGuest::of(guest).ok_or(SeptError::UnknownGuest)?;
+        // Every check passed: the installs below are the ones just proven.
+        let mut i = 0u32;
+        while i < count {
+            let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(g, level, i, count);
+            let found = tree
+                .lookup(&self.pool, g, level)
+                .map_err(|_| SeptError::Inconsistent)?;
+            let t = self
+                .trees
+                .get_mut(usize::from(guest.slot()))
+                .ok_or(SeptError::UnknownGuest)?;
+            t.install_run(&mut self.pool, &found, level, k as usize, |j| {
+                let frame = Pfn::from_bits(
+                    (h >> 12).saturating_add((j as u64).saturating_mul(size.base_pages())),
+                );
+                SeptEntry::mmio_leaf(frame, level, SeptState::MmioPending).into_bits()
+            })
+            .map_err(SeptError::from)?;
+            i = i.saturating_add(k);
+        }
+        let mut i = 0u32;
+        while i < count {
+            let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(h, level, i, count);
+            let found = self
+                .mmiomt
+                .lookup(&self.pool, h, level)
+                .map_err(|_| SeptError::Inconsistent)?;
+            self.mmiomt
+                .install_run(&mut self.pool, &found, level, k as usize, |j| {
+                    let frame = Pfn::from_bits(
+                        (g >> 12).saturating_add((j as u64).saturating_mul(size.base_pages())),
+                    );
+                    MmioMtEntry::new()
+                        .with_leaf(true)
+                        .with_guest(slot)
+                        .with_pfn(frame)
+                        .into_bits()
+                })
+                .map_err(SeptError::from)?;
+            i = i.saturating_add(k);
+        }
+        Ok(())
+    }
+
+    /// The error the per-page operation (`plan`, then the host address check) gives page
+    /// `g -> h`; `Inconsistent` if it finds none (the fast path and the per-page checks
+    /// disagree).
+    fn page_error(
+        &self,
+        guest: GuestId,
+        g: u64,
+        h: u64,
+        plan: impl Fn(&Self, Gpa) -> Result<(), SeptError>,
+    ) -> TableError {
+        let Ok(gpa) = Gpa::try_new(g) else {
+            return TableError::Misaligned;
+        };
+        if let Err(e) = plan(self, gpa) {
+            return e.into();
+        }
+        match self.leaf(guest, gpa) {
+            Some(l) if l.hpa.as_u64() == h => TableError::Inconsistent,
+            _ => TableError::NotMapped,
+        }
+    }
+
+    /// Blocks the run (see [`SecureTable`]): TDH.MMIO.BLOCK of every page, all or none.
+    pub fn mmio_block_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let epoch = self.epoch(guest)?;
+        let tree = *self.tree(guest)?;
+        let level = ept_level(size);
+        let plan = |s: &Self, g: Gpa| s.block_plan(guest, g, size);
+        let (mut s_win, mut m_win) = (None, None);
+        let mut blocking = 0u64;
+        for i in 0..count {
+            let (Some(g), Some(h)) = (
+                run_page(gpa.as_u64(), size, i),
+                run_page(hpa.as_u64(), size, i),
+            ) else {
+                return Err(TableError::Misaligned);
+            };
+            let fast = gpa
+                .is_aligned(size)
+                .then(|| Self::window_walk(&self.pool, &tree, &mut s_win, g, level))
+                .flatten()
+                .and_then(|(sf, _)| {
+                    let e = SeptEntry::from_bits(sf.raw);
+                    let state = e.state(level);
+                    (sf.level == level && state.is_mmio_leaf() && e.phys() == h).then_some(state)
+                });
+            let Some(state) = fast else {
+                return Err(self.page_error(guest, g, h, plan));
+            };
+            let newly = blocked_state(state).is_some();
+            let meta = Self::window_walk(&self.pool, &self.mmiomt, &mut m_win, h, level)
+                .map(|(mf, _)| (mf.level, MmioMtEntry::from_bits(mf.raw)));
+            match meta {
+                Some((l, m))
+                    if l == level
+                        && m.leaf()
+                        && m.blocked() != newly
+                        && m.guest().guest() == guest => {}
+                _ => return Err(TableError::Inconsistent),
+            }
+            if newly {
+                blocking = blocking.saturating_add(1);
+            }
+        }
+        let now = self
+            .epochs
+            .get(usize::from(guest.slot()))
+            .and_then(|e| e.blocked.get(bucket_slot(epoch.current)))
+            .copied()
+            .ok_or(SeptError::Inconsistent)?;
+        let after = now.checked_add(blocking).ok_or(SeptError::Inconsistent)?;
+        // Every check passed: rewrites only, no count of any table page changes.
+        let bepoch = Bepoch::of(epoch.current);
+        let mut i = 0u32;
+        while i < count {
+            let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(g, level, i, count);
+            let found = tree
+                .lookup(&self.pool, g, level)
+                .map_err(|_| SeptError::Inconsistent)?;
+            tree.rewrite_run(&mut self.pool, &found, k as usize, |_, old| {
+                let e = SeptEntry::from_bits(old);
+                match blocked_state(e.state(level)) {
+                    Some(next) => SeptEntry::mmio_leaf(e.pfn(), level, next).into_bits(),
+                    None => old,
+                }
+            })
+            .map_err(SeptError::from)?;
+            i = i.saturating_add(k);
+        }
+        let mut i = 0u32;
+        while i < count {
+            let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(h, level, i, count);
+            let found = self
+                .mmiomt
+                .lookup(&self.pool, h, level)
+                .map_err(|_| SeptError::Inconsistent)?;
+            self.mmiomt
+                .rewrite_run(&mut self.pool, &found, k as usize, |_, old| {
+                    let m = MmioMtEntry::from_bits(old);
+                    if m.blocked() {
+                        old
+                    } else {
+                        m.with_blocked(true).with_bepoch(bepoch).into_bits()
+                    }
+                })
+                .map_err(SeptError::from)?;
+            i = i.saturating_add(k);
+        }
+        if let Some(n) = self.blocked_count(guest, epoch.current) {
+            *n = after;
+        }
+        Ok(())
+    }
+
+    /// Removes the run (see [`SecureTable`]): TDH.MMIO.UNMAP of every page, all or none.
+    pub fn mmio_unmap_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let epoch = self.epoch(guest)?;
+        let tree = *self.tree(guest)?;
+        let level = ept_level(size);
+        let plan = |s: &Self, g: Gpa| s.unmap_plan(guest, g, size);
+        let (mut s_win, mut m_win) = (None, None);
+        let mut s_counts = Counts::new(false, tree.levels(), SeptFormat::FREE);
+        let mut m_counts = Counts::new(false, MMIOMT_LEVELS, MtFormat::FREE);
+        let mut unblocked = [0u64; EPOCH_BUCKETS as usize];
+        for i in 0..count {
+            let (Some(g), Some(h)) = (
+                run_page(gpa.as_u64(), size, i),
+                run_page(hpa.as_u64(), size, i),
+            ) else {
+                return Err(TableError::Misaligned);
+            };
+            let sept = gpa
+                .is_aligned(size)
+                .then(|| Self::window_walk(&self.pool, &tree, &mut s_win, g, level))
+                .flatten()
+                .filter(|(sf, _)| {
+                    let e = SeptEntry::from_bits(sf.raw);
+                    let state = e.state(level);
+                    sf.level == level && state.is_mmio_leaf() && state.is_blocked() && e.phys() == h
+                });
+            let meta = Self::window_walk(&self.pool, &self.mmiomt, &mut m_win, h, level).filter(
+                |(mf, _)| {
+                    let m = MmioMtEntry::from_bits(mf.raw);
+                    mf.level == level && m.leaf() && m.blocked() && m.guest().guest() == guest
+                },
+            );
+            let (Some((sf, _)), Some((mf, _))) = (sept, meta) else {
+                return Err(self.page_error(guest, g, h, plan));
+            };
+            let blocked_at = Self::blocked_epoch(epoch, MmioMtEntry::from_bits(mf.raw).bepoch());
+            if blocked_at >= epoch.flushed {
+                return Err(self.page_error(guest, g, h, plan));
+            }
+            let n = unblocked
+                .get_mut(bucket_slot(blocked_at))
+                .ok_or(SeptError::Inconsistent)?;
+            *n = n.saturating_add(1);
+            let (Some(sp), Some(mp)) = (sf.page(), mf.page()) else {
+                return Err(TableError::Inconsistent);
+            };
+            s_counts.add(&self.pool, level, sp, sf.pages, 1)?;
+            m_counts.add(&self.pool, level, mp, mf.pages, 1)?;
+        }
+        let released = s_counts
+            .finish(&self.pool)?
+            .checked_add(m_counts.finish(&self.pool)?)
+            .ok_or(SeptError::Inconsistent)?;
+        self.pool.check_release(released).map_err(SeptError::from)?;
+        let td = self
+            .epochs
+            .get(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
+        let mut blocked = td.blocked;
+        for (b, n) in blocked.iter_mut().zip(unblocked) {
+            *b = b.checked_sub(n).ok_or(SeptError::Inconsistent)?;
+        }
+        // Every check passed: the clears below are the ones just proven.
+        let mut i = 0u32;
+        while i < count {
+            let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(g, level, i, count);
+            let t = self
+                .trees
+                .get_mut(usize::from(guest.slot()))
+                .ok_or(SeptError::UnknownGuest)?;
+            let found = t
+                .lookup(&self.pool, g, level)
+                .map_err(|_| SeptError::Inconsistent)?;
+            t.clear_run(&mut self.pool, &found, k as usize)
+                .map_err(SeptError::from)?;
+            i = i.saturating_add(k);
+        }
+        let mut i = 0u32;
+        while i < count {
+            let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(h, level, i, count);
+            let found = self
+                .mmiomt
+                .lookup(&self.pool, h, level)
+                .map_err(|_| SeptError::Inconsistent)?;
+            self.mmiomt
+                .clear_run(&mut self.pool, &found, k as usize)
+                .map_err(SeptError::from)?;
+            i = i.saturating_add(k);
+        }
+        if let Some(td) = self.epochs.get_mut(usize::from(guest.slot())) {
+            td.blocked = blocked;
+        }
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@ use crate::capacity::MAX_GUESTS;
 use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
-use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError, for_each_page};
 use crate::status::Completion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +99,25 @@ impl<const N: usize> SecureTable for MemTable<N> {
         hpa: Hpa,
         size: PageSize,
     ) -> Result<(), TableError> {
+        self.check_map(guest, gpa, hpa, size)?;
+        self.leaves
+            .push(Leaf {
+                guest,
+                gpa,
+                hpa,
+                size,
+                state: LeafState::Mapped,
+            })
+            .map_err(|_| TableError::OutOfFrames)
+    }
+
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
         self.epoch(guest)?;
         if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
             return Err(TableError::Misaligned);
@@ -116,15 +135,52 @@ impl<const N: usize> SecureTable for MemTable<N> {
         {
             return Err(TableError::HpaMapped);
         }
-        self.leaves
-            .push(Leaf {
-                guest,
-                gpa,
-                hpa,
-                size,
-                state: LeafState::Mapped,
-            })
-            .map_err(|_| TableError::OutOfFrames)
+        if self.leaves.is_full() {
+            return Err(TableError::OutOfFrames);
+        }
+        Ok(())
+    }
+
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        self.epoch(guest)?;
+        self.position(guest, gpa, size).map(drop)
+    }
+
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let flushed = self.epoch(guest)?.flushed;
+        let i = self.position(guest, gpa, size)?;
+        match self.leaves.get(i).map(|l| l.state) {
+            None => Err(TableError::NotMapped),
+            Some(LeafState::Mapped) => Err(TableError::NotBlocked),
+            Some(LeafState::Blocked { epoch }) if flushed <= epoch => {
+                Err(TableError::TlbNotFlushed)
+            }
+            Some(LeafState::Blocked { .. }) => Ok(()),
+        }
+    }
+
+    /// The provided check of every page, and of the room left: page `i` takes the array's
+    /// `i`-th free entry, so the first page past it is `OutOfFrames`, as mapping page by page
+    /// would find it.
+    fn map_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        let room = N.saturating_sub(self.leaves.len());
+        let mut i = 0usize;
+        for_each_page(gpa, hpa, size, count, |g, h| {
+            self.check_map(guest, g, h, size)?;
+            if i >= room {
+                return Err(TableError::OutOfFrames);
+            }
+            i = i.saturating_add(1);
+            Ok(())
+        })?;
+        for_each_page(gpa, hpa, size, count, |g, h| self.map(guest, g, h, size))
     }
 
     fn block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
@@ -153,17 +209,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {
-        let flushed = self.epoch(guest)?.flushed;
+        self.check_remove(guest, gpa, size)?;
         let i = self.position(guest, gpa, size)?;
-        let leaf = *self.leaves.get(i).ok_or(TableError::NotMapped)?;
-        match leaf.state {
-            LeafState::Mapped => Err(TableError::NotBlocked),
-            LeafState::Blocked { epoch } if flushed <= epoch => Err(TableError::TlbNotFlushed),
-            LeafState::Blocked { .. } => {
-                self.leaves.swap_remove(i);
-                Ok(leaf.hpa)
-            }
-        }
+        let leaf = self.leaves.swap_remove(i);
+        Ok(leaf.hpa)
     }
 
     fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf> {
