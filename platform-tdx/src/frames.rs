@@ -653,6 +653,34 @@ mod tests {
         assert_eq!(pool.alloc(0), Ok(0));
     }
 
+    /// The one fill: release writes only the list link (the page's entries stay as they were),
+    /// and alloc writes every entry with the fill asked for, whatever the page held, so every
+    /// page handed out is all `fill`, on first use and on reuse alike.
+    #[test]
+    fn alloc_fills_and_release_does_not() {
+        const STALE: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+        let mut mem = vec![Page([STALE; ENTRIES_PER_PAGE]); 5];
+        let mut pool = FramePool::new(&mut mem, 0x10_0000).unwrap();
+        for fill in [0, 0x8000_0000_0000_0000, 7] {
+            let pages: Vec<FrameIndex> = (0..4).map(|_| pool.alloc(fill).unwrap()).collect();
+            for &p in &pages {
+                assert!(
+                    pool.page(p).unwrap().0.iter().all(|&e| e == fill),
+                    "{fill:#x}"
+                );
+                // Leave entries behind, as a table page's free entries (of another format) would.
+                pool.set_entry(p, 300, STALE);
+            }
+            for &p in &pages {
+                pool.release(p).unwrap();
+                // Released: the link in entry 0, every other entry as it was.
+                let page = pool.page(p).unwrap();
+                assert_eq!(page.0[300], STALE);
+                assert!(page.0[1..].iter().all(|&e| e == fill || e == STALE));
+            }
+        }
+    }
+
     #[test]
     fn pool_refuses_bad_memory() {
         let mut mem = vec![Page::ZERO; 1];

@@ -5,7 +5,7 @@
 //! ([`SeptError`], the TDX-style cause). [`SecureTable`] is implemented on top of it.
 
 use bitfield_struct::bitfield;
-use tsm_core::capacity::{MAX_GUESTS, UNBIND_OPS_PER_CALL};
+use tsm_core::capacity::{MAX_GUESTS, UNBIND_OPS_PER_CALL, UNBIND_WORK_PER_CALL};
 use tsm_core::secure_table::{Epoch, Found, PageRest, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
@@ -1048,6 +1048,12 @@ impl SecureTable for Sept<'_> {
     }
 }
 
+/// Work with which a search from any point always gets past it: a descent through the five
+/// MMIO-metadata levels and one more entry, for the pages after a run and a hint as well.
+const SEARCH_PROGRESS_WORK: u32 = MMIOMT_LEVELS as u32 + 2;
+// Every unbind call can find and change at least one leaf (it offers half its work to a run).
+const _: () = assert!(UNBIND_WORK_PER_CALL / 2 > SEARCH_PROGRESS_WORK);
+
 /// Count changes a range operation makes to table pages that exist, checked before anything
 /// is written. A run is walked in address order, so every change to one page arrives in one
 /// stretch: one pending page per level, settled when the walk moves to another page there.
@@ -1325,50 +1331,51 @@ impl Sept<'_> {
         m_counts.finish(&self.pool)?;
         self.pool.check_alloc(need).map_err(SeptError::from)?;
         let slot = MtGuest::of(guest).ok_or(SeptError::UnknownGuest)?;
-        // Every check passed: the installs below are the ones just proven.
-        let mut i = 0u32;
-        while i < count {
+        // Every check passed: the installs below are the ones just proven. In page order, as
+        // the per-page maps would make them (each page's metadata first, then its S-EPT
+        // entry), so the pool hands out its pages in the same order and the bytes agree.
+        let (mut s_next, mut m_next) = (0u32, 0u32);
+        for i in 0..count {
             let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
             let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
-            let k = chunk_len(g, level, i, count);
-            let found = tree
-                .lookup(&self.pool, g, level)
-                .map_err(|_| SeptError::Inconsistent)?;
-            let t = self
-                .trees
-                .get_mut(usize::from(guest.slot()))
-                .ok_or(SeptError::UnknownGuest)?;
-            t.install_run(&mut self.pool, &found, level, k as usize, |j| {
-                let frame = Pfn::from_bits(
-                    (h >> 12).saturating_add((j as u64).saturating_mul(size.base_pages())),
-                );
-                SeptEntry::mmio_leaf(frame, level, SeptState::MmioPending).into_bits()
-            })
-            .map_err(SeptError::from)?;
-            i = i.saturating_add(k);
-        }
-        let mut i = 0u32;
-        while i < count {
-            let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
-            let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
-            let k = chunk_len(h, level, i, count);
-            let found = self
-                .mmiomt
-                .lookup(&self.pool, h, level)
-                .map_err(|_| SeptError::Inconsistent)?;
-            self.mmiomt
-                .install_run(&mut self.pool, &found, level, k as usize, |j| {
+            if i == m_next {
+                let k = chunk_len(h, level, i, count);
+                let found = self
+                    .mmiomt
+                    .lookup(&self.pool, h, level)
+                    .map_err(|_| SeptError::Inconsistent)?;
+                self.mmiomt
+                    .install_run(&mut self.pool, &found, level, k as usize, |j| {
+                        let frame = Pfn::from_bits(
+                            (g >> 12).saturating_add((j as u64).saturating_mul(size.base_pages())),
+                        );
+                        MmioMtEntry::new()
+                            .with_leaf(true)
+                            .with_guest(slot)
+                            .with_pfn(frame)
+                            .into_bits()
+                    })
+                    .map_err(SeptError::from)?;
+                m_next = i.saturating_add(k);
+            }
+            if i == s_next {
+                let k = chunk_len(g, level, i, count);
+                let t = self
+                    .trees
+                    .get_mut(usize::from(guest.slot()))
+                    .ok_or(SeptError::UnknownGuest)?;
+                let found = t
+                    .lookup(&self.pool, g, level)
+                    .map_err(|_| SeptError::Inconsistent)?;
+                t.install_run(&mut self.pool, &found, level, k as usize, |j| {
                     let frame = Pfn::from_bits(
-                        (g >> 12).saturating_add((j as u64).saturating_mul(size.base_pages())),
+                        (h >> 12).saturating_add((j as u64).saturating_mul(size.base_pages())),
                     );
-                    MmioMtEntry::new()
-                        .with_leaf(true)
-                        .with_guest(slot)
-                        .with_pfn(frame)
-                        .into_bits()
+                    SeptEntry::mmio_leaf(frame, level, SeptState::MmioPending).into_bits()
                 })
                 .map_err(SeptError::from)?;
-            i = i.saturating_add(k);
+                s_next = i.saturating_add(k);
+            }
         }
         Ok(())
     }
@@ -1571,34 +1578,37 @@ impl Sept<'_> {
         for (b, n) in blocked.iter_mut().zip(unblocked) {
             *b = b.checked_sub(n).ok_or(SeptError::Inconsistent)?;
         }
-        // Every check passed: the clears below are the ones just proven.
-        let mut i = 0u32;
-        while i < count {
-            let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
-            let k = chunk_len(g, level, i, count);
-            let t = self
-                .trees
-                .get_mut(usize::from(guest.slot()))
-                .ok_or(SeptError::UnknownGuest)?;
-            let found = t
-                .lookup(&self.pool, g, level)
-                .map_err(|_| SeptError::Inconsistent)?;
-            t.clear_run(&mut self.pool, &found, k as usize)
-                .map_err(SeptError::from)?;
-            i = i.saturating_add(k);
-        }
-        let mut i = 0u32;
-        while i < count {
-            let h = run_page(hpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
-            let k = chunk_len(h, level, i, count);
-            let found = self
-                .mmiomt
-                .lookup(&self.pool, h, level)
-                .map_err(|_| SeptError::Inconsistent)?;
-            self.mmiomt
-                .clear_run(&mut self.pool, &found, k as usize)
-                .map_err(SeptError::from)?;
-            i = i.saturating_add(k);
+        // Every check passed: the clears below are the ones just proven. Each table page's
+        // run is cleared at its last page, in page order (S-EPT first, then the metadata, as
+        // the per-page unmaps do), so emptied pages go back to the pool in the same order.
+        let (mut s_start, mut m_start) = (0u32, 0u32);
+        for i in 0..count {
+            let g = run_page(gpa.as_u64(), size, s_start).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(g, level, s_start, count);
+            if i.saturating_add(1) == s_start.saturating_add(k) {
+                let t = self
+                    .trees
+                    .get_mut(usize::from(guest.slot()))
+                    .ok_or(SeptError::UnknownGuest)?;
+                let found = t
+                    .lookup(&self.pool, g, level)
+                    .map_err(|_| SeptError::Inconsistent)?;
+                t.clear_run(&mut self.pool, &found, k as usize)
+                    .map_err(SeptError::from)?;
+                s_start = s_start.saturating_add(k);
+            }
+            let h = run_page(hpa.as_u64(), size, m_start).ok_or(SeptError::Inconsistent)?;
+            let k = chunk_len(h, level, m_start, count);
+            if i.saturating_add(1) == m_start.saturating_add(k) {
+                let found = self
+                    .mmiomt
+                    .lookup(&self.pool, h, level)
+                    .map_err(|_| SeptError::Inconsistent)?;
+                self.mmiomt
+                    .clear_run(&mut self.pool, &found, k as usize)
+                    .map_err(SeptError::from)?;
+                m_start = m_start.saturating_add(k);
+            }
         }
         if let Some(td) = self.epochs.get_mut(usize::from(guest.slot())) {
             td.blocked = blocked;
@@ -2747,6 +2757,284 @@ mod sizing_tests {
             );
             let mut mem = vec![Page::ZERO; pages - 1];
             assert!(FramePool::new(&mut mem, PHYS).unwrap().total_frames() < tables);
+        }
+    }
+}
+
+/// The range operations against the per-page ones they stand for, on random runs over random
+/// layouts: the same result, and when it is `Ok` the same bytes in every page of the pool (the
+/// same table pages taken and given back in the same order) and the same bookkeeping; a
+/// refused run changes nothing at all.
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use crate::frames::Page;
+    use proptest::prelude::*;
+    use tsm_core::secure_table::for_each_page;
+
+    const PHYS: u64 = 0x1_0000_0000;
+    const GUESTS: [GuestId; 2] = [GuestId::from_slot(0), GuestId::from_slot(1)];
+    /// Guest and host windows: 4 MiB each, so 4 KiB runs cross table pages and 2 MiB runs
+    /// cross a 1 GiB boundary.
+    const GPA_BASE: u64 = 0x4000_0000 - 0x20_0000;
+    const HPA_BASE: u64 = 0x8000_0000 - 0x20_0000;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Map,
+        Block,
+        Remove,
+    }
+
+    /// Runs mapped first: (guest, 2M?, gpa slot, hpa slot, pages, blocked).
+    type Runs = Vec<(usize, bool, u64, u64, u64, bool)>;
+
+    #[derive(Debug, Clone)]
+    struct Setup {
+        runs: Runs,
+        /// Track after the blocks (the blocked leaves become removable).
+        track: bool,
+        /// Pool pages.
+        pool: usize,
+    }
+
+    fn setup() -> impl Strategy<Value = Setup> {
+        (
+            prop::collection::vec(
+                (
+                    0usize..2,
+                    prop::bool::weighted(0.2),
+                    0u64..1024,
+                    0u64..1024,
+                    1u64..80,
+                    any::<bool>(),
+                ),
+                0..8,
+            ),
+            prop::bool::weighted(0.7),
+            prop_oneof![1 => 12usize..40, 3 => Just(200usize)],
+        )
+            .prop_map(|(runs, track, pool)| Setup { runs, track, pool })
+    }
+
+    fn addr(base: u64, slot: u64, big: bool) -> u64 {
+        if big {
+            base + (slot % 2) * 0x20_0000
+        } else {
+            base + (slot % 1024) * 0x1000
+        }
+    }
+
+    fn build<'m>(mem: &'m mut [Page], s: &Setup) -> Sept<'m> {
+        let mut t = Sept::new(FramePool::new(mem, PHYS).unwrap(), SeptLevels::Four);
+        for &(g, big, gs, hs, pages, blocked) in &s.runs {
+            let size = if big {
+                PageSize::Size2M
+            } else {
+                PageSize::Size4K
+            };
+            for i in 0..if big { pages % 2 + 1 } else { pages } {
+                let gpa = Gpa::try_new(addr(GPA_BASE, gs + i, big)).unwrap();
+                let hpa = Hpa::try_new(addr(HPA_BASE, hs + i, big)).unwrap();
+                if t.map(GUESTS[g], gpa, hpa, size).is_ok() && blocked {
+                    t.block(GUESTS[g], gpa, size).unwrap();
+                }
+            }
+        }
+        if s.track {
+            for g in GUESTS {
+                assert_eq!(t.track(g), Ok(Completion::Done));
+            }
+        }
+        t
+    }
+
+    fn state(t: &Sept<'_>) -> (Vec<Page>, SeptBookkeeping) {
+        (t.pool().pages().copied().collect(), t.bookkeeping())
+    }
+
+    /// What the range operation stands for: the per-page operation on each page in order
+    /// (block and remove check the host address first), stopping at the first refusal.
+    fn per_page(
+        t: &mut Sept<'_>,
+        kind: Kind,
+        g: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        for_each_page(gpa, hpa, size, count, |ga, ha| match kind {
+            Kind::Map => t.map(g, ga, ha, size),
+            Kind::Block => {
+                t.check_block(g, ga, size)?;
+                t.check_host(g, ga, ha)?;
+                t.block(g, ga, size)
+            }
+            Kind::Remove => {
+                t.check_remove(g, ga, size)?;
+                t.check_host(g, ga, ha)?;
+                t.remove(g, ga, size).map(drop)
+            }
+        })
+    }
+
+    fn run() -> impl Strategy<Value = (Kind, usize, bool, u64, u64, u32)> {
+        (
+            prop_oneof![Just(Kind::Map), Just(Kind::Block), Just(Kind::Remove)],
+            0usize..2,
+            prop::bool::weighted(0.2),
+            0u64..1024,
+            0u64..1024,
+            1u32..600,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_range_operation_is_its_pages_in_order_or_nothing(
+            s in setup(),
+            (kind, g, big, gs, hs, count) in run(),
+            // Runs that follow the layout (over leaves the setup mapped) as well as random ones.
+            follow in any::<prop::sample::Index>(),
+            follow_on in any::<bool>(),
+        ) {
+            let mut mem_a = vec![Page::ZERO; s.pool];
+            let mut mem_b = vec![Page::ZERO; s.pool];
+            let mut a = build(&mut mem_a, &s);
+            let mut b = build(&mut mem_b, &s);
+            let (mut g, mut kind) = (g, kind);
+            let (size, gpa, hpa, count) = match (follow_on, s.runs.is_empty()) {
+                (true, false) => {
+                    // Part of a run the setup mapped, by its guest, sometimes a page or two
+                    // past it; the next step in its life more often than not.
+                    let &(rg, big, gs, hs, pages, blocked) = follow.get(&s.runs);
+                    g = rg;
+                    if count % 4 != 0 {
+                        kind = if blocked { Kind::Remove } else { Kind::Block };
+                    }
+                    let pages = if big { pages % 2 + 1 } else { pages };
+                    let skip = u64::from(count) % pages;
+                    let size = if big { PageSize::Size2M } else { PageSize::Size4K };
+                    let n = (pages - skip + u64::from(count % 3) / 2) as u32;
+                    (size, addr(GPA_BASE, gs + skip, big), addr(HPA_BASE, hs + skip, big), n)
+                }
+                _ => {
+                    let size = if big { PageSize::Size2M } else { PageSize::Size4K };
+                    let count = if big { count % 3 + 1 } else { count };
+                    (size, addr(GPA_BASE, gs, big), addr(HPA_BASE, hs, big), count)
+                }
+            };
+            let (gpa, hpa) = (Gpa::try_new(gpa).unwrap(), Hpa::try_new(hpa).unwrap());
+            let guest = GUESTS[g];
+            let before = state(&a);
+            let got = match kind {
+                Kind::Map => a.map_range(guest, gpa, hpa, size, count),
+                Kind::Block => a.block_range(guest, gpa, hpa, size, count),
+                Kind::Remove => a.remove_range(guest, gpa, hpa, size, count),
+            };
+            let want = per_page(&mut b, kind, guest, gpa, hpa, size, count);
+            prop_assert_eq!(got, want);
+            if got.is_ok() {
+                prop_assert!(state(&a) == state(&b), "the range and the pages disagree");
+            } else {
+                prop_assert!(state(&a) == before, "a refused run changed the table");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Bounded searches, resumed as the unbind walk resumes them (from the run's end or the
+        /// resume point, with the page hint, and inside a run when the work runs out), with
+        /// little work per call, find every leaf in the range exactly once and in order: what
+        /// the unbounded `next_leaf` finds.
+        #[test]
+        fn bounded_searches_find_every_leaf_once(
+            s in setup(),
+            lo in 0u64..1024,
+            pages in 1u64..1200,
+            // A search with fewer units than a descent reads makes no progress (the bound
+            // below SEARCH_PROGRESS_WORK); the unbind's is well above it.
+            work_per_call in SEARCH_PROGRESS_WORK..40,
+        ) {
+            let mut mem = vec![Page::ZERO; s.pool];
+            let t = build(&mut mem, &s);
+            let within = MmioRange::from_raw(HPA_BASE + lo * 0x1000, pages).unwrap();
+            let mut want = vec![];
+            let mut from = within.base();
+            while let Some(l) = t.next_leaf(within, from) {
+                want.push(l);
+                from = l.hpa.checked_add(l.size.bytes()).unwrap();
+            }
+            let mut got = vec![];
+            let (mut from, mut rest) = (within.base(), None);
+            for _ in 0..100_000 {
+                let mut work = work_per_call;
+                let max = (work / 2).max(1);
+                match t.find_leaves(within, from, rest, max, &mut work) {
+                    Found::End => break,
+                    Found::Paused { resume } => {
+                        prop_assert!(resume >= from);
+                        (from, rest) = (resume, None);
+                    }
+                    Found::Run { first, count, next, rest: r } => {
+                        prop_assert!(count >= 1 && count <= max);
+                        // The walk does as many as the work left allows.
+                        let done = count.min(work.max(1));
+                        for i in 0..done {
+                            let a = run_page(first.hpa.as_u64(), first.size, i).unwrap();
+                            let l = t.next_leaf(within, Hpa::try_new(a).unwrap()).unwrap();
+                            prop_assert_eq!(l.hpa.as_u64(), a);
+                            got.push(l);
+                        }
+                        let end = Hpa::try_new(run_page(first.hpa.as_u64(), first.size, done).unwrap()).ok();
+                        let (n, r) = if done == count {
+                            (next, r.filter(|_| next == end))
+                        } else {
+                            (end, r.map(|r| PageRest { left: r.left + (count - done) as u16, ..r }))
+                        };
+                        match n {
+                            Some(n) => (from, rest) = (n, r),
+                            None => break,
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// A whole run mapped, blocked, tracked and removed by range operations leaves every
+    /// page back in the pool, and each step's bytes are the per-page steps' bytes.
+    #[test]
+    fn a_run_across_table_pages_round_trips() {
+        for (size, count) in [(PageSize::Size4K, 1100u32), (PageSize::Size2M, 3)] {
+            let mut mem_a = vec![Page::ZERO; 64];
+            let mut mem_b = vec![Page::ZERO; 64];
+            let mut a = Sept::new(FramePool::new(&mut mem_a, PHYS).unwrap(), SeptLevels::Four);
+            let mut b = Sept::new(FramePool::new(&mut mem_b, PHYS).unwrap(), SeptLevels::Four);
+            let g = GUESTS[1];
+            let gpa = Gpa::try_new(GPA_BASE).unwrap();
+            let hpa = Hpa::try_new(HPA_BASE + 0x20_0000).unwrap();
+            for kind in [Kind::Map, Kind::Block, Kind::Remove] {
+                if let Kind::Remove = kind {
+                    assert_eq!(a.track(g), Ok(Completion::Done));
+                    assert_eq!(b.track(g), Ok(Completion::Done));
+                }
+                let got = match kind {
+                    Kind::Map => a.map_range(g, gpa, hpa, size, count),
+                    Kind::Block => a.block_range(g, gpa, hpa, size, count),
+                    Kind::Remove => a.remove_range(g, gpa, hpa, size, count),
+                };
+                assert_eq!(got, Ok(()), "{kind:?} {size:?}");
+                per_page(&mut b, kind, g, gpa, hpa, size, count).unwrap();
+                assert!(state(&a) == state(&b), "{kind:?} {size:?}");
+            }
+            assert_eq!(a.pool().free_frames(), a.pool().total_frames());
         }
     }
 }

@@ -313,6 +313,54 @@ mod tests {
         assert_eq!(t, before);
     }
 
+    /// The provided range operations: a run is its pages in order or nothing; the table's
+    /// room is checked with the pages (the first page past it is `OutOfFrames`).
+    #[test]
+    fn range_operations_are_their_pages_or_nothing() {
+        let k = PageSize::Size4K;
+        let mut t = MemTable::<8>::new();
+        assert_eq!(t.map(G, gpa(0x5000), hpa(0x10_5000), k), Ok(()));
+        let before = t.clone();
+        // Page 3 of the run is taken: nothing of pages 0..3 is mapped.
+        assert_eq!(
+            t.map_range(G, gpa(0x2000), hpa(0x10_2000), k, 5),
+            Err(TableError::GpaMapped)
+        );
+        assert_eq!(t, before);
+        // Eight entries, one used: the eighth page of a run is past the room.
+        assert_eq!(
+            t.map_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 8),
+            Err(TableError::OutOfFrames)
+        );
+        assert_eq!(t, before);
+        assert_eq!(t.map_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 7), Ok(()));
+        // Block: page 2 translates elsewhere than the run says.
+        let mapped = t.clone();
+        assert_eq!(
+            t.block_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
+            Ok(())
+        );
+        assert_eq!(
+            t.block_range(G, gpa(0x10_0000), hpa(0x30_0000), k, 1),
+            Err(TableError::NotMapped)
+        );
+        let blocked = t.clone();
+        // Remove: pages 3.. are not blocked, nothing goes.
+        assert_eq!(t.track(G), Ok(Completion::Done));
+        let tracked = t.clone();
+        assert_eq!(
+            t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 4),
+            Err(TableError::NotBlocked)
+        );
+        assert_eq!(t, tracked);
+        assert_eq!(
+            t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
+            Ok(())
+        );
+        assert_eq!(t.leaves().len(), mapped.leaves().len() - 3);
+        assert_ne!(blocked, mapped);
+    }
+
     #[test]
     fn next_leaf_walks_by_host_address() {
         let mut t = MemTable::<8>::new();
