@@ -5,7 +5,9 @@
 //! ([`SeptError`], the TDX-style cause). [`SecureTable`] is implemented on top of it.
 
 use bitfield_struct::bitfield;
-use tsm_core::capacity::{MAX_GUESTS, UNBIND_OPS_PER_CALL, UNBIND_WORK_PER_CALL};
+use tsm_core::capacity::{
+    MAX_GUESTS, UNBIND_OPS_PER_CALL, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED,
+};
 use tsm_core::secure_table::{Epoch, Found, PageRest, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
@@ -996,6 +998,10 @@ impl SecureTable for Sept<'_> {
             rest = rest.map(|r| r.saturating_sub(1));
         }
         let after = run_page(base, first.size, count);
+        // What the page says of itself only holds inside it: a run to its last slot ends in
+        // the next page.
+        let inside = slot.saturating_add(count as usize) < ENTRIES_PER_PAGE;
+        let rest = rest.filter(|_| inside);
         let next = if rest == Some(0) {
             // Nothing more in this table page: skip the rest of its window.
             let window = level_span(level.saturating_add(1));
@@ -1032,7 +1038,7 @@ impl SecureTable for Sept<'_> {
         hpa: Hpa,
         size: PageSize,
         count: u32,
-    ) -> Result<(), TableError> {
+    ) -> Result<u32, TableError> {
         self.mmio_block_range(guest, gpa, hpa, size, count)
     }
 
@@ -1043,10 +1049,14 @@ impl SecureTable for Sept<'_> {
         hpa: Hpa,
         size: PageSize,
         count: u32,
-    ) -> Result<(), TableError> {
+    ) -> Result<u32, TableError> {
         self.mmio_unmap_range(guest, gpa, hpa, size, count)
     }
 }
+
+/// Work a range operation charges for each walk it makes (one per table page of the run, in
+/// each tree): a walk reads up to five table pages, one line each (ours, as a search charges).
+const WALK_WORK: u32 = MMIOMT_LEVELS as u32;
 
 /// Work with which a search from any point always gets past it: a descent through the five
 /// MMIO-metadata levels and one more entry, for the pages after a run and a hint as well.
@@ -1403,6 +1413,7 @@ impl Sept<'_> {
     }
 
     /// Blocks the run (see [`SecureTable`]): TDH.MMIO.BLOCK of every page, all or none.
+    /// Returns its work: one unit per leaf and [`WALK_WORK`] per walk.
     pub fn mmio_block_range(
         &mut self,
         guest: GuestId,
@@ -1410,9 +1421,9 @@ impl Sept<'_> {
         hpa: Hpa,
         size: PageSize,
         count: u32,
-    ) -> Result<(), TableError> {
+    ) -> Result<u32, TableError> {
         if count == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let epoch = self.epoch(guest)?;
         let tree = *self.tree(guest)?;
@@ -1463,6 +1474,7 @@ impl Sept<'_> {
         let after = now.checked_add(blocking).ok_or(SeptError::Inconsistent)?;
         // Every check passed: rewrites only, no count of any table page changes.
         let bepoch = Bepoch::of(epoch.current);
+        let mut walked = 0u32;
         let mut i = 0u32;
         while i < count {
             let g = run_page(gpa.as_u64(), size, i).ok_or(SeptError::Inconsistent)?;
@@ -1479,6 +1491,7 @@ impl Sept<'_> {
             })
             .map_err(SeptError::from)?;
             i = i.saturating_add(k);
+            walked = walked.saturating_add(1);
         }
         let mut i = 0u32;
         while i < count {
@@ -1499,14 +1512,17 @@ impl Sept<'_> {
                 })
                 .map_err(SeptError::from)?;
             i = i.saturating_add(k);
+            walked = walked.saturating_add(1);
         }
         if let Some(n) = self.blocked_count(guest, epoch.current) {
             *n = after;
         }
-        Ok(())
+        Ok(count.saturating_add(walked.saturating_mul(WALK_WORK)))
     }
 
     /// Removes the run (see [`SecureTable`]): TDH.MMIO.UNMAP of every page, all or none.
+    /// Returns its work: one unit per leaf, [`WALK_WORK`] per walk and
+    /// [`UNBIND_WORK_PER_PAGE_FREED`] per table page given back.
     pub fn mmio_unmap_range(
         &mut self,
         guest: GuestId,
@@ -1514,9 +1530,9 @@ impl Sept<'_> {
         hpa: Hpa,
         size: PageSize,
         count: u32,
-    ) -> Result<(), TableError> {
+    ) -> Result<u32, TableError> {
         if count == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let epoch = self.epoch(guest)?;
         let tree = *self.tree(guest)?;
@@ -1582,6 +1598,7 @@ impl Sept<'_> {
         // run is cleared at its last page, in page order (S-EPT first, then the metadata, as
         // the per-page unmaps do), so emptied pages go back to the pool in the same order.
         let (mut s_start, mut m_start) = (0u32, 0u32);
+        let mut walked = 0u32;
         for i in 0..count {
             let g = run_page(gpa.as_u64(), size, s_start).ok_or(SeptError::Inconsistent)?;
             let k = chunk_len(g, level, s_start, count);
@@ -1595,6 +1612,7 @@ impl Sept<'_> {
                     .map_err(|_| SeptError::Inconsistent)?;
                 t.clear_run(&mut self.pool, &found, k as usize)
                     .map_err(SeptError::from)?;
+                walked = walked.saturating_add(1);
                 s_start = s_start.saturating_add(k);
             }
             let h = run_page(hpa.as_u64(), size, m_start).ok_or(SeptError::Inconsistent)?;
@@ -1607,13 +1625,19 @@ impl Sept<'_> {
                 self.mmiomt
                     .clear_run(&mut self.pool, &found, k as usize)
                     .map_err(SeptError::from)?;
+                walked = walked.saturating_add(1);
                 m_start = m_start.saturating_add(k);
             }
         }
         if let Some(td) = self.epochs.get_mut(usize::from(guest.slot())) {
             td.blocked = blocked;
         }
-        Ok(())
+        let freed = u32::try_from(released)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(UNBIND_WORK_PER_PAGE_FREED);
+        Ok(count
+            .saturating_add(freed)
+            .saturating_add(walked.saturating_mul(WALK_WORK)))
     }
 }
 
@@ -2932,8 +2956,8 @@ mod range_tests {
             let before = state(&a);
             let got = match kind {
                 Kind::Map => a.map_range(guest, gpa, hpa, size, count),
-                Kind::Block => a.block_range(guest, gpa, hpa, size, count),
-                Kind::Remove => a.remove_range(guest, gpa, hpa, size, count),
+                Kind::Block => a.block_range(guest, gpa, hpa, size, count).map(drop),
+                Kind::Remove => a.remove_range(guest, gpa, hpa, size, count).map(drop),
             };
             let want = per_page(&mut b, kind, guest, gpa, hpa, size, count);
             prop_assert_eq!(got, want);
@@ -3008,6 +3032,38 @@ mod range_tests {
         }
     }
 
+    /// A run that fills its table page to the last slot ends in the next page: what the
+    /// search knew of the first page is not carried into the next (whose leaves a bound of
+    /// zero would skip).
+    #[test]
+    fn a_run_to_the_end_of_its_page_does_not_hide_the_next_page() {
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Four);
+        let g = GUESTS[0];
+        let (gpa, hpa) = (
+            Gpa::try_new(GPA_BASE).unwrap(),
+            Hpa::try_new(HPA_BASE).unwrap(),
+        );
+        // 2 MiB of 4 KiB leaves: slots 0..511 of one metadata page, then one in the next.
+        t.map_range(g, gpa, hpa, PageSize::Size4K, 513).unwrap();
+        let within = MmioRange::from_raw(HPA_BASE, 1024).unwrap();
+        let mut work = 10_000;
+        let Found::Run {
+            count, next, rest, ..
+        } = t.find_leaves(within, within.base(), None, 600, &mut work)
+        else {
+            panic!("a run");
+        };
+        assert_eq!((count, rest), (512, None));
+        let next = next.unwrap();
+        assert_eq!(next.as_u64(), HPA_BASE + 0x20_0000);
+        let Found::Run { first, count, .. } = t.find_leaves(within, next, rest, 600, &mut work)
+        else {
+            panic!("the leaf in the next page");
+        };
+        assert_eq!((first.hpa, count), (next, 1));
+    }
+
     /// A whole run mapped, blocked, tracked and removed by range operations leaves every
     /// page back in the pool, and each step's bytes are the per-page steps' bytes.
     #[test]
@@ -3027,8 +3083,8 @@ mod range_tests {
                 }
                 let got = match kind {
                     Kind::Map => a.map_range(g, gpa, hpa, size, count),
-                    Kind::Block => a.block_range(g, gpa, hpa, size, count),
-                    Kind::Remove => a.remove_range(g, gpa, hpa, size, count),
+                    Kind::Block => a.block_range(g, gpa, hpa, size, count).map(drop),
+                    Kind::Remove => a.remove_range(g, gpa, hpa, size, count).map(drop),
                 };
                 assert_eq!(got, Ok(()), "{kind:?} {size:?}");
                 per_page(&mut b, kind, g, gpa, hpa, size, count).unwrap();

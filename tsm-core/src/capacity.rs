@@ -27,6 +27,13 @@ pub const UNBIND_OPS_PER_CALL: u32 = 64;
 /// a table without a bounded search 64 leaves, the leaf-counted bound it replaces. How many
 /// calls an unbind takes depends on the table.
 pub const UNBIND_WORK_PER_CALL: u32 = 128;
+/// Work a call may spend past its budget only to find that no leaf is left (so the call that
+/// did the last change says `Done`): a search or two, never a change (ours).
+pub const UNBIND_GRACE_WORK: u32 = 16;
+/// Work a removal charges for each table page it empties and gives back: the page's 64 cache
+/// lines are read to confirm it holds nothing before it goes back (ours: one unit per line, as
+/// a search charges). A call may go past its budget by one run's removal.
+pub const UNBIND_WORK_PER_PAGE_FREED: u32 = 64;
 /// Ranges of memory the firmware reserves at init (its pool and image, the platform's system
 /// memory map): a typical TDX CMR list or e820 map has a few dozen entries.
 pub const MAX_RESERVED_RANGES: usize = 64;

@@ -338,7 +338,7 @@ mod tests {
         let mapped = t.clone();
         assert_eq!(
             t.block_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
-            Ok(())
+            Ok(3)
         );
         assert_eq!(
             t.block_range(G, gpa(0x10_0000), hpa(0x30_0000), k, 1),
@@ -355,7 +355,7 @@ mod tests {
         assert_eq!(t, tracked);
         assert_eq!(
             t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
-            Ok(())
+            Ok(3)
         );
         assert_eq!(t.leaves().len(), mapped.leaves().len() - 3);
         assert_ne!(blocked, mapped);

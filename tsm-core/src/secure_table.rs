@@ -240,7 +240,8 @@ pub trait SecureTable {
 
     /// Blocks the run of `count` leaves (see the trait): leaf `i` at `gpa + i * size` must
     /// translate to `hpa + i * size` (`NotMapped` otherwise). Already blocked leaves stay as
-    /// they are, as [`SecureTable::block`] leaves them.
+    /// they are, as [`SecureTable::block`] leaves them. Returns the work it did, as
+    /// [`SecureTable::remove_range`] does (the provided implementation: one per leaf).
     fn block_range(
         &mut self,
         guest: GuestId,
@@ -248,16 +249,20 @@ pub trait SecureTable {
         hpa: Hpa,
         size: PageSize,
         count: u32,
-    ) -> Result<(), TableError> {
+    ) -> Result<u32, TableError> {
         for_each_page(gpa, hpa, size, count, |g, h| {
             self.check_block(guest, g, size)?;
             self.check_host(guest, g, h)
         })?;
-        for_each_page(gpa, hpa, size, count, |g, _| self.block(guest, g, size))
+        for_each_page(gpa, hpa, size, count, |g, _| self.block(guest, g, size))?;
+        Ok(count)
     }
 
     /// Removes the run of `count` blocked, flushed leaves (see the trait; leaf `i` must
-    /// translate to `hpa + i * size`).
+    /// translate to `hpa + i * size`). Returns the work it did in the units of
+    /// [`crate::capacity::UNBIND_WORK_PER_CALL`]: one per leaf, more for the table pages it
+    /// walks, and [`crate::capacity::UNBIND_WORK_PER_PAGE_FREED`] per table page it gave back
+    /// (the provided implementation: one per leaf).
     fn remove_range(
         &mut self,
         guest: GuestId,
@@ -265,14 +270,15 @@ pub trait SecureTable {
         hpa: Hpa,
         size: PageSize,
         count: u32,
-    ) -> Result<(), TableError> {
+    ) -> Result<u32, TableError> {
         for_each_page(gpa, hpa, size, count, |g, h| {
             self.check_remove(guest, g, size)?;
             self.check_host(guest, g, h)
         })?;
         for_each_page(gpa, hpa, size, count, |g, _| {
             self.remove(guest, g, size).map(drop)
-        })
+        })?;
+        Ok(count)
     }
 
     /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.

@@ -1,6 +1,7 @@
 //! Bounded walks over a TDI's leaves, and the unbind step machine built on them.
 
 use crate::addr::Hpa;
+use crate::capacity::UNBIND_GRACE_WORK;
 use crate::ids::{GuestId, TdiId};
 use crate::lifecycle::{Cursor, TdiState, UnbindStep};
 use crate::ownership::Ownership;
@@ -29,18 +30,33 @@ pub(crate) fn walk<T: SecureTable>(
     table: &mut T,
     mut cursor: Cursor,
     budget: &mut u32,
-    mut act: impl FnMut(&mut T, &Leaf, u32) -> Result<(), TableError>,
+    mut act: impl FnMut(&mut T, &Leaf, u32) -> Result<u32, TableError>,
 ) -> Result<Walk, Error> {
+    // Once the budget is spent (a change may overrun it), a little more to find that nothing
+    // is left, so a call that did the last of the work says Done rather than Resumable.
+    let mut grace = UNBIND_GRACE_WORK;
     loop {
         let Some(range) = owners.range_of(tdi, cursor.range) else {
             return Ok(Walk::Finished);
         };
         let from = cursor.next.unwrap_or(range.base());
         if *budget == 0 {
-            return Ok(Walk::Paused(Cursor {
-                next: Some(from),
-                ..cursor
-            }));
+            match table.find_leaves(range, from, cursor.rest, 1, &mut grace) {
+                Found::End => {
+                    cursor = Cursor {
+                        range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
+                        next: None,
+                        rest: None,
+                    };
+                    continue;
+                }
+                Found::Paused { .. } | Found::Run { .. } => {
+                    return Ok(Walk::Paused(Cursor {
+                        next: Some(from),
+                        ..cursor
+                    }));
+                }
+            }
         }
         // A run's leaves cost a unit each to find and another to change: half the budget
         // left bounds the run, so a search from a leaf always leaves work to change it.
@@ -78,8 +94,9 @@ pub(crate) fn walk<T: SecureTable>(
                 rest: None,
             }));
         }
-        act(table, &first, done)?;
-        *budget = budget.saturating_sub(done);
+        // What the change cost: one per leaf, more where it gave table pages back.
+        let spent = act(table, &first, done)?;
+        *budget = budget.saturating_sub(spent.max(done));
         let end = run_page(first.hpa.as_u64(), first.size, done).and_then(|e| Hpa::try_new(e).ok());
         let (next, rest) = if done == count {
             // The search's resume point: the run's end (what the table knows of its page goes
