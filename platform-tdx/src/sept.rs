@@ -1179,36 +1179,56 @@ fn chunk_len(addr: u64, level: u8, i: u32, count: u32) -> u32 {
         .min(count.saturating_sub(i))
 }
 
-/// One walk per table page of a run: the walk of the window the last page was in.
-struct Window {
-    /// `addr >> level_shift(level + 1)` of the window.
-    id: u64,
-    found: Lookup,
+/// The run's pages cut where a table page of either tree ends: `(first page, pages, a new
+/// S-EPT table page, a new metadata table page)`, in order.
+fn segments(
+    gpa: u64,
+    hpa: u64,
+    size: PageSize,
+    level: u8,
+    count: u32,
+) -> impl Iterator<Item = (u32, u32, bool, bool)> {
+    let (mut i, mut s_end, mut m_end) = (0u32, 0u32, 0u32);
+    core::iter::from_fn(move || {
+        if i >= count {
+            return None;
+        }
+        let s_new = i == s_end;
+        if s_new {
+            s_end = i.saturating_add(chunk_len(run_page(gpa, size, i)?, level, i, count));
+        }
+        let m_new = i == m_end;
+        if m_new {
+            m_end = i.saturating_add(chunk_len(run_page(hpa, size, i)?, level, i, count));
+        }
+        let end = s_end.min(m_end);
+        let seg = (i, end.saturating_sub(i), s_new, m_new);
+        i = end;
+        (seg.1 > 0).then_some(seg)
+    })
+}
+
+/// The `len` entries from `addr`'s slot in the table page the walk `found` stopped in, when it
+/// stopped at `level` (the run's leaf level).
+fn run_entries<'p>(
+    pool: &'p FramePool<'_>,
+    found: &Lookup,
+    level: u8,
+    addr: u64,
+    len: u32,
+) -> Option<&'p [u64]> {
+    if found.level != level {
+        return None;
+    }
+    let slot = slot_of(addr, level);
+    pool.page(found.page()?)?
+        .0
+        .get(slot..slot.checked_add(len as usize)?)
 }
 
 /// Range operations: one walk per table page of each tree, every page of the run checked
 /// before anything is written, one count update per table page written.
 impl Sept<'_> {
-    /// The walk of `tree` for `addr` at `level`, reusing `window` when `addr` lies in it;
-    /// whether the window is new. `None`: the tree cannot hold `addr`.
-    fn window_walk<F: EntryFormat>(
-        pool: &FramePool<'_>,
-        tree: &Radix<F>,
-        window: &mut Option<Window>,
-        addr: u64,
-        level: u8,
-    ) -> Option<(Lookup, bool)> {
-        let id = addr
-            .checked_shr(level_shift(level.saturating_add(1)))
-            .unwrap_or(0);
-        if let Some(w) = window.as_ref().filter(|w| w.id == id) {
-            return Some((w.found.sibling(pool, addr), false));
-        }
-        let found = tree.lookup(pool, addr, level).ok()?;
-        *window = Some(Window { id, found });
-        Some((found, true))
-    }
-
     /// Counts the tables an install for the new window `found` creates that no earlier page
     /// of the run creates (`last[l]`: the window of the last table counted at level `l`), and
     /// records the one existing page that gains an entry for them.
@@ -1280,61 +1300,82 @@ impl Sept<'_> {
             return Err(per_page(self, gpa.as_u64(), hpa.as_u64()));
         }
         let mut need = 0usize;
-        let (mut s_win, mut m_win) = (None, None);
+        let (mut sf, mut mf): (Option<Lookup>, Option<Lookup>) = (None, None);
         let mut s_last = [None; MAX_LEVELS as usize + 1];
         let mut m_last = [None; MAX_LEVELS as usize + 1];
         let mut s_counts = Counts::new(true, tree.levels(), SeptFormat::FREE);
         let mut m_counts = Counts::new(true, MMIOMT_LEVELS, MtFormat::FREE);
-        for i in 0..count {
+        for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
                 run_page(gpa.as_u64(), size, i),
                 run_page(hpa.as_u64(), size, i),
             ) else {
                 return Err(TableError::Misaligned);
             };
-            let Some((sf, s_new)) = Self::window_walk(&self.pool, &tree, &mut s_win, g, level)
-            else {
-                return Err(per_page(self, g, h));
-            };
-            if sf.rooted && sf.raw != SeptFormat::FREE {
-                return Err(per_page(self, g, h));
+            // One walk per table page of each tree.
+            if s_new {
+                sf = tree.lookup(&self.pool, g, level).ok();
             }
-            let Some((mf, m_new)) =
-                Self::window_walk(&self.pool, &self.mmiomt, &mut m_win, h, level)
-            else {
+            if m_new {
+                mf = self.mmiomt.lookup(&self.pool, h, level).ok();
+            }
+            let (Some(sfl), Some(mfl), true) = (sf, mf, Hpa::try_new(h).is_ok()) else {
                 return Err(per_page(self, g, h));
             };
-            if Hpa::try_new(h).is_err() || (mf.rooted && mf.raw != MtFormat::FREE) {
+            // The segment's first page, in the per-page order: its two entries, then the
+            // tables the maps so far take.
+            let se = run_entries(&self.pool, &sfl, level, g, len);
+            let me = run_entries(&self.pool, &mfl, level, h, len);
+            let free_at = |f: &Lookup, e: Option<&[u64]>, addr: u64, free: u64| match e {
+                Some(e) => e.first() == Some(&free),
+                None => !f.rooted || f.sibling(&self.pool, addr).raw == free,
+            };
+            if !free_at(&sfl, se, g, SeptFormat::FREE) || !free_at(&mfl, me, h, MtFormat::FREE) {
                 return Err(per_page(self, g, h));
             }
             if s_new {
                 let made =
-                    Self::new_tables(&self.pool, &tree, &sf, level, &mut s_last, &mut s_counts)?;
+                    Self::new_tables(&self.pool, &tree, &sfl, level, &mut s_last, &mut s_counts)?;
                 need = need.checked_add(made).ok_or(SeptError::Inconsistent)?;
             }
             if m_new {
                 let made = Self::new_tables(
                     &self.pool,
                     &self.mmiomt,
-                    &mf,
+                    &mfl,
                     level,
                     &mut m_last,
                     &mut m_counts,
                 )?;
                 need = need.checked_add(made).ok_or(SeptError::Inconsistent)?;
             }
-            if sf.level == level
-                && let Some(page) = sf.page()
-            {
-                s_counts.add(&self.pool, level, page, sf.pages, 1)?;
-            }
-            if mf.level == level
-                && let Some(page) = mf.page()
-            {
-                m_counts.add(&self.pool, level, page, mf.pages, 1)?;
-            }
             if need > self.pool.free_frames() {
                 return Err(TableError::OutOfFrames);
+            }
+            // The rest of the segment: every entry free (where the walk stopped above the
+            // leaf level, the pages share the free entry just checked).
+            let taken = |e: Option<&[u64]>, free: u64| {
+                e.and_then(|e| e.iter().skip(1).position(|&x| x != free))
+            };
+            let first_taken = match (taken(se, SeptFormat::FREE), taken(me, MtFormat::FREE)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(j) = first_taken {
+                let k = i.saturating_add(1).saturating_add(j as u32);
+                let (Some(g), Some(h)) = (
+                    run_page(gpa.as_u64(), size, k),
+                    run_page(hpa.as_u64(), size, k),
+                ) else {
+                    return Err(TableError::Misaligned);
+                };
+                return Err(per_page(self, g, h));
+            }
+            if let (Some(page), true) = (sfl.page(), se.is_some()) {
+                s_counts.add(&self.pool, level, page, sfl.pages, u64::from(len))?;
+            }
+            if let (Some(page), true) = (mfl.page(), me.is_some()) {
+                m_counts.add(&self.pool, level, page, mfl.pages, u64::from(len))?;
             }
         }
         s_counts.finish(&self.pool)?;
@@ -1429,40 +1470,54 @@ impl Sept<'_> {
         let tree = *self.tree(guest)?;
         let level = ept_level(size);
         let plan = |s: &Self, g: Gpa| s.block_plan(guest, g, size);
-        let (mut s_win, mut m_win) = (None, None);
+        if !gpa.is_aligned(size) {
+            return Err(self.page_error(guest, gpa.as_u64(), hpa.as_u64(), plan));
+        }
+        let (mut sf, mut mf) = (None, None);
         let mut blocking = 0u64;
-        for i in 0..count {
+        let frames = size.base_pages();
+        for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
                 run_page(gpa.as_u64(), size, i),
                 run_page(hpa.as_u64(), size, i),
             ) else {
                 return Err(TableError::Misaligned);
             };
-            let fast = gpa
-                .is_aligned(size)
-                .then(|| Self::window_walk(&self.pool, &tree, &mut s_win, g, level))
-                .flatten()
-                .and_then(|(sf, _)| {
-                    let e = SeptEntry::from_bits(sf.raw);
-                    let state = e.state(level);
-                    (sf.level == level && state.is_mmio_leaf() && e.phys() == h).then_some(state)
-                });
-            let Some(state) = fast else {
+            // One walk per table page of each tree; the pages of the segment are read from
+            // the table page's entries.
+            if s_new {
+                sf = tree.lookup(&self.pool, g, level).ok();
+            }
+            if m_new {
+                mf = self.mmiomt.lookup(&self.pool, h, level).ok();
+            }
+            let Some(se) = sf
+                .as_ref()
+                .and_then(|f| run_entries(&self.pool, f, level, g, len))
+            else {
                 return Err(self.page_error(guest, g, h, plan));
             };
-            let newly = blocked_state(state).is_some();
-            let meta = Self::window_walk(&self.pool, &self.mmiomt, &mut m_win, h, level)
-                .map(|(mf, _)| (mf.level, MmioMtEntry::from_bits(mf.raw)));
-            match meta {
-                Some((l, m))
-                    if l == level
-                        && m.leaf()
-                        && m.blocked() != newly
-                        && m.guest().guest() == guest => {}
-                _ => return Err(TableError::Inconsistent),
-            }
-            if newly {
-                blocking = blocking.saturating_add(1);
+            let me = mf
+                .as_ref()
+                .and_then(|f| run_entries(&self.pool, f, level, h, len));
+            let mut frame = h >> 12;
+            for (j, &raw) in se.iter().enumerate() {
+                let e = SeptEntry::from_bits(raw);
+                let state = e.state(level);
+                if !state.is_mmio_leaf() || e.pfn().into_bits() != frame {
+                    let at = |b: u64| b.saturating_add((j as u64).saturating_mul(size.bytes()));
+                    return Err(self.page_error(guest, at(g), at(h), plan));
+                }
+                let newly = blocked_state(state).is_some();
+                match me
+                    .and_then(|m| m.get(j))
+                    .map(|&m| MmioMtEntry::from_bits(m))
+                {
+                    Some(m) if m.leaf() && m.blocked() != newly && m.guest().guest() == guest => {}
+                    _ => return Err(TableError::Inconsistent),
+                }
+                blocking = blocking.saturating_add(u64::from(newly));
+                frame = frame.saturating_add(frames);
             }
         }
         let now = self
@@ -1538,48 +1593,65 @@ impl Sept<'_> {
         let tree = *self.tree(guest)?;
         let level = ept_level(size);
         let plan = |s: &Self, g: Gpa| s.unmap_plan(guest, g, size);
-        let (mut s_win, mut m_win) = (None, None);
+        if !gpa.is_aligned(size) {
+            return Err(self.page_error(guest, gpa.as_u64(), hpa.as_u64(), plan));
+        }
+        let (mut sf, mut mf) = (None, None);
         let mut s_counts = Counts::new(false, tree.levels(), SeptFormat::FREE);
         let mut m_counts = Counts::new(false, MMIOMT_LEVELS, MtFormat::FREE);
         let mut unblocked = [0u64; EPOCH_BUCKETS as usize];
-        for i in 0..count {
+        let frames = size.base_pages();
+        for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
                 run_page(gpa.as_u64(), size, i),
                 run_page(hpa.as_u64(), size, i),
             ) else {
                 return Err(TableError::Misaligned);
             };
-            let sept = gpa
-                .is_aligned(size)
-                .then(|| Self::window_walk(&self.pool, &tree, &mut s_win, g, level))
-                .flatten()
-                .filter(|(sf, _)| {
-                    let e = SeptEntry::from_bits(sf.raw);
-                    let state = e.state(level);
-                    sf.level == level && state.is_mmio_leaf() && state.is_blocked() && e.phys() == h
-                });
-            let meta = Self::window_walk(&self.pool, &self.mmiomt, &mut m_win, h, level).filter(
-                |(mf, _)| {
-                    let m = MmioMtEntry::from_bits(mf.raw);
-                    mf.level == level && m.leaf() && m.blocked() && m.guest().guest() == guest
-                },
-            );
-            let (Some((sf, _)), Some((mf, _))) = (sept, meta) else {
+            if s_new {
+                sf = tree.lookup(&self.pool, g, level).ok();
+            }
+            if m_new {
+                mf = self.mmiomt.lookup(&self.pool, h, level).ok();
+            }
+            let se = sf
+                .as_ref()
+                .and_then(|f| run_entries(&self.pool, f, level, g, len));
+            let me = mf
+                .as_ref()
+                .and_then(|f| run_entries(&self.pool, f, level, h, len));
+            let (Some(se), Some(me), Some(sf), Some(mf)) = (se, me, sf.as_ref(), mf.as_ref())
+            else {
                 return Err(self.page_error(guest, g, h, plan));
             };
-            let blocked_at = Self::blocked_epoch(epoch, MmioMtEntry::from_bits(mf.raw).bepoch());
-            if blocked_at >= epoch.flushed {
-                return Err(self.page_error(guest, g, h, plan));
+            let mut frame = h >> 12;
+            for (j, (&raw, &meta)) in se.iter().zip(me).enumerate() {
+                let e = SeptEntry::from_bits(raw);
+                let state = e.state(level);
+                let m = MmioMtEntry::from_bits(meta);
+                let blocked_at = Self::blocked_epoch(epoch, m.bepoch());
+                if !state.is_mmio_leaf()
+                    || !state.is_blocked()
+                    || e.pfn().into_bits() != frame
+                    || !m.leaf()
+                    || !m.blocked()
+                    || m.guest().guest() != guest
+                    || blocked_at >= epoch.flushed
+                {
+                    let at = |b: u64| b.saturating_add((j as u64).saturating_mul(size.bytes()));
+                    return Err(self.page_error(guest, at(g), at(h), plan));
+                }
+                let n = unblocked
+                    .get_mut(bucket_slot(blocked_at))
+                    .ok_or(SeptError::Inconsistent)?;
+                *n = n.saturating_add(1);
+                frame = frame.saturating_add(frames);
             }
-            let n = unblocked
-                .get_mut(bucket_slot(blocked_at))
-                .ok_or(SeptError::Inconsistent)?;
-            *n = n.saturating_add(1);
             let (Some(sp), Some(mp)) = (sf.page(), mf.page()) else {
                 return Err(TableError::Inconsistent);
             };
-            s_counts.add(&self.pool, level, sp, sf.pages, 1)?;
-            m_counts.add(&self.pool, level, mp, mf.pages, 1)?;
+            s_counts.add(&self.pool, level, sp, sf.pages, u64::from(len))?;
+            m_counts.add(&self.pool, level, mp, mf.pages, u64::from(len))?;
         }
         let released = s_counts
             .finish(&self.pool)?
