@@ -545,7 +545,8 @@ criterion_group!(benches, mappers, unbind);
 
 fn main() {
     // Profiling aids: `TSM_BENCH_UNBIND=<rounds>` runs only the dense unbind,
-    // `TSM_BENCH_LOOP=<rounds>` only the scattered S-EPT round.
+    // `TSM_BENCH_LOOP=<rounds>` only the scattered S-EPT round; `TSM_BENCH_DEBUG` prints the
+    // slowest unbind calls in the summary.
     if let Some(n) = std::env::var("TSM_BENCH_UNBIND")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
