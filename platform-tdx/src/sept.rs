@@ -315,6 +315,27 @@ struct MapPlan {
     level: u8,
 }
 
+/// What [`Sept::mmio_block`] found and will write.
+struct BlockPlan {
+    found: Lookup,
+    mt_found: Lookup,
+    entry: SeptEntry,
+    meta: MmioMtEntry,
+    /// The epoch the leaf is blocked in, and its bucket's count after.
+    epoch: Epoch,
+    count: u64,
+}
+
+/// What [`Sept::mmio_unmap`] found and will clear.
+struct UnmapPlan {
+    found: Lookup,
+    mt_found: Lookup,
+    host: Hpa,
+    /// The epoch the leaf was blocked in, and its bucket's count after.
+    blocked_at: Epoch,
+    count: u64,
+}
+
 /// The state a block moves an MMIO leaf to (`None`: already blocked, nothing to do).
 fn blocked_state(state: SeptState) -> Option<SeptState> {
     match state {
@@ -598,53 +619,56 @@ impl<'m> Sept<'m> {
         gpa: Gpa,
         size: PageSize,
     ) -> Result<(), SeptError> {
-        let epoch = self.epoch(guest)?;
-        let (found, probe) = self.exact(guest, gpa, size)?;
-        let Some(next) = blocked_state(probe.state) else {
+        let Some(plan) = self.block_plan(guest, gpa, size)? else {
             return Ok(());
         };
-        let hpa = probe.entry.phys();
-        let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
-        let bepoch = Bepoch::of(epoch.current);
-        let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
+        // Every check passed: both rewrites and the count are the ones just proven.
         let tree = *self.tree(guest)?;
-        let meta = meta.with_blocked(true).with_bepoch(bepoch);
-        // Both rewrites and the count checked before anything writes.
-        let count = self.blocked_after(guest, epoch.current, true)?;
-        tree.check_rewrite(&self.pool, &found, entry.into_bits())?;
+        tree.rewrite(&mut self.pool, &plan.found, plan.entry.into_bits())?;
         self.mmiomt
-            .check_rewrite(&self.pool, &mt_found, meta.into_bits())?;
-        tree.rewrite(&mut self.pool, &found, entry.into_bits())?;
-        self.mmiomt
-            .rewrite(&mut self.pool, &mt_found, meta.into_bits())?;
-        if let Some(n) = self.blocked_count(guest, epoch.current) {
-            *n = count;
+            .rewrite(&mut self.pool, &plan.mt_found, plan.meta.into_bits())?;
+        if let Some(n) = self.blocked_count(guest, plan.epoch) {
+            *n = plan.count;
         }
         Ok(())
     }
 
     /// Every check of [`Sept::mmio_block`], reading only.
-    fn block_plan(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), SeptError> {
+    fn block_plan(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        size: PageSize,
+    ) -> Result<Option<BlockPlan>, SeptError> {
         let epoch = self.epoch(guest)?;
         let (found, probe) = self.exact(guest, gpa, size)?;
         let Some(next) = blocked_state(probe.state) else {
-            return Ok(());
+            // Already blocked: nothing to do (resumable walks rely on it).
+            return Ok(None);
         };
         let (mt_found, meta) = self.mt_lookup(probe.entry.phys(), probe.level)?;
         let entry = SeptEntry::mmio_leaf(probe.entry.pfn(), probe.level, next);
         let meta = meta
             .with_blocked(true)
             .with_bepoch(Bepoch::of(epoch.current));
-        self.blocked_after(guest, epoch.current, true)?;
+        // Both rewrites and the count checked before anything writes.
+        let count = self.blocked_after(guest, epoch.current, true)?;
         self.tree(guest)?
             .check_rewrite(&self.pool, &found, entry.into_bits())?;
         self.mmiomt
             .check_rewrite(&self.pool, &mt_found, meta.into_bits())?;
-        Ok(())
+        Ok(Some(BlockPlan {
+            found,
+            mt_found,
+            entry,
+            meta,
+            epoch: epoch.current,
+            count,
+        }))
     }
 
     /// Every check of [`Sept::mmio_unmap`], reading only.
-    fn unmap_plan(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), SeptError> {
+    fn unmap_plan(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<UnmapPlan, SeptError> {
         let epoch = self.epoch(guest)?;
         let (found, probe) = self.exact(guest, gpa, size)?;
         if !probe.state.is_blocked() {
@@ -652,19 +676,29 @@ impl<'m> Sept<'m> {
         }
         let hpa = probe.entry.phys();
         let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
+        // Blocked at b, removable once b < flushed (the TDX rule: tracking passed the epoch).
+        // b is exact: TRACK keeps every blocked leaf less than 2^12 epochs old (TdEpoch).
         let blocked_at = Self::blocked_epoch(epoch, meta.bepoch());
         if blocked_at >= epoch.flushed {
             return Err(SeptError::TlbTrackingNotDone);
         }
-        Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
+        let host = Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
+        // Both clears checked before either writes: the entry counts they update, then the
+        // pages they give back, together (the two trees never share a page).
         let released = self
             .tree(guest)?
             .check_clear(&self.pool, &found)?
             .checked_add(self.mmiomt.check_clear(&self.pool, &mt_found)?)
             .ok_or(SeptError::Inconsistent)?;
         self.pool.check_release(released)?;
-        self.blocked_after(guest, blocked_at, false)?;
-        Ok(())
+        let count = self.blocked_after(guest, blocked_at, false)?;
+        Ok(UnmapPlan {
+            found,
+            mt_found,
+            host,
+            blocked_at,
+            count,
+        })
     }
 
     /// TDH.MEM.TRACK: advances the TD epoch; refused while the previous one is not flushed.
@@ -811,42 +845,18 @@ impl<'m> Sept<'m> {
         gpa: Gpa,
         size: PageSize,
     ) -> Result<Hpa, SeptError> {
-        let epoch = self.epoch(guest)?;
-        let (found, probe) = self.exact(guest, gpa, size)?;
-        if !probe.state.is_blocked() {
-            return Err(SeptError::NotBlocked);
-        }
-        let hpa = probe.entry.phys();
-        let (mt_found, meta) = self.mt_lookup(hpa, probe.level)?;
-        // Blocked at b, removable once b < flushed (the TDX rule: tracking passed the epoch).
-        // b is exact: TRACK keeps every blocked leaf less than 2^12 epochs old (TdEpoch).
-        let blocked_at = Self::blocked_epoch(epoch, meta.bepoch());
-        if blocked_at >= epoch.flushed {
-            return Err(SeptError::TlbTrackingNotDone);
-        }
-        let host = Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
+        let plan = self.unmap_plan(guest, gpa, size)?;
+        // Every check passed: the clears and the count are the ones just proven.
         let tree = self
             .trees
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        // Both clears checked before either writes: the entry counts they update, then the
-        // pages they give back, together (the two trees never share a page).
-        let released = tree
-            .check_clear(&self.pool, &found)?
-            .checked_add(self.mmiomt.check_clear(&self.pool, &mt_found)?)
-            .ok_or(SeptError::Inconsistent)?;
-        self.pool.check_release(released)?;
-        let count = self.blocked_after(guest, blocked_at, false)?;
-        let tree = self
-            .trees
-            .get_mut(usize::from(guest.slot()))
-            .ok_or(SeptError::UnknownGuest)?;
-        tree.clear(&mut self.pool, &found)?;
-        self.mmiomt.clear(&mut self.pool, &mt_found)?;
-        if let Some(n) = self.blocked_count(guest, blocked_at) {
-            *n = count;
+        tree.clear(&mut self.pool, &plan.found)?;
+        self.mmiomt.clear(&mut self.pool, &plan.mt_found)?;
+        if let Some(n) = self.blocked_count(guest, plan.blocked_at) {
+            *n = plan.count;
         }
-        Ok(host)
+        Ok(plan.host)
     }
 
     /// Tests: hold `guest`'s TLB flushes (`true`), or complete them and stop holding.
@@ -916,11 +926,11 @@ impl SecureTable for Sept<'_> {
     }
 
     fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
-        Ok(self.block_plan(guest, gpa, size)?)
+        Ok(self.block_plan(guest, gpa, size).map(drop)?)
     }
 
     fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
-        Ok(self.unmap_plan(guest, gpa, size)?)
+        Ok(self.unmap_plan(guest, gpa, size).map(drop)?)
     }
 
     /// One MMIOMT search (every entry read is a unit of `work`), then the run is extended
@@ -1469,7 +1479,7 @@ impl Sept<'_> {
         let epoch = self.epoch(guest)?;
         let tree = *self.tree(guest)?;
         let level = ept_level(size);
-        let plan = |s: &Self, g: Gpa| s.block_plan(guest, g, size);
+        let plan = |s: &Self, g: Gpa| s.block_plan(guest, g, size).map(drop);
         if !gpa.is_aligned(size) {
             return Err(self.page_error(guest, gpa.as_u64(), hpa.as_u64(), plan));
         }
@@ -1592,7 +1602,7 @@ impl Sept<'_> {
         let epoch = self.epoch(guest)?;
         let tree = *self.tree(guest)?;
         let level = ept_level(size);
-        let plan = |s: &Self, g: Gpa| s.unmap_plan(guest, g, size);
+        let plan = |s: &Self, g: Gpa| s.unmap_plan(guest, g, size).map(drop);
         if !gpa.is_aligned(size) {
             return Err(self.page_error(guest, gpa.as_u64(), hpa.as_u64(), plan));
         }
