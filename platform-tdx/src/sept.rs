@@ -1464,7 +1464,7 @@ impl Sept<'_> {
     }
 
     /// Blocks the run (see [`SecureTable`]): TDH.MMIO.BLOCK of every page, all or none.
-    /// Returns its work: one unit per leaf and [`WALK_WORK`] per walk.
+    /// Returns its work: one unit per leaf and `WALK_WORK` (5) per walk.
     pub fn mmio_block_range(
         &mut self,
         guest: GuestId,
@@ -1586,7 +1586,7 @@ impl Sept<'_> {
     }
 
     /// Removes the run (see [`SecureTable`]): TDH.MMIO.UNMAP of every page, all or none.
-    /// Returns its work: one unit per leaf, [`WALK_WORK`] per walk and
+    /// Returns its work: one unit per leaf, `WALK_WORK` (5) per walk and
     /// [`UNBIND_WORK_PER_PAGE_FREED`] per table page given back.
     pub fn mmio_unmap_range(
         &mut self,

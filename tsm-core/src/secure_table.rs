@@ -190,9 +190,11 @@ pub trait SecureTable {
     /// Whether [`SecureTable::remove`] would succeed now; reads only.
     fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError>;
 
-    /// Like [`SecureTable::next_leaf`], bounded: every table entry the search reads costs one
-    /// unit of `work` (the provided implementation, over an unbounded `next_leaf`, charges one
-    /// unit per search), and the search stops when `work` is spent, saying where to resume.
+    /// Like [`SecureTable::next_leaf`], bounded: what the search reads costs `work` in the
+    /// units of [`crate::capacity::UNBIND_WORK_PER_CALL`] (the S-EPT: one per entry in use, one
+    /// per cache line of free entries; the provided implementation, over an unbounded
+    /// `next_leaf`, one per search), and the search stops when `work` is spent, saying where to
+    /// resume.
     /// A run found holds at most `max` leaves (at least one). `max` 0 or `work` 0 on entry:
     /// `Paused` at `from`, nothing read. `rest`: what an earlier search said of the page at
     /// `from` ([`Found::Run`]), or `None`.

@@ -19,9 +19,9 @@ pub(crate) enum Walk {
 
 /// Visits the TDI's leaves in host-address order from `cursor`, a run at a time
 /// ([`SecureTable::find_leaves`]), applying `act` to each run. `budget` is work
-/// ([`crate::capacity::UNBIND_WORK_PER_CALL`]): every table entry a search reads costs one
-/// unit and every leaf `act` changes one more, so a call is short whatever the layout (a
-/// sparse one spends its units searching). On an error the caller keeps its older cursor:
+/// ([`crate::capacity::UNBIND_WORK_PER_CALL`] says the unit): what the searches read and what
+/// the changes cost (`act` returns it), so a call is short whatever the layout (a sparse one
+/// spends its units searching). On an error the caller keeps its older cursor:
 /// redoing a block is a no-op and a removed leaf is not found again, so nothing is done
 /// twice; a run's change is all or nothing.
 pub(crate) fn walk<T: SecureTable>(
