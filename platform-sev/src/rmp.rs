@@ -29,7 +29,7 @@
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::MAX_GUESTS;
-use tsm_core::secure_table::{Leaf, LeafState, SecureTable, TableError};
+use tsm_core::secure_table::{Leaf, LeafState, SecureTable, TableError, for_each_page};
 use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize};
 
 use crate::pfn::{LeafCode, Pfn};
@@ -679,9 +679,58 @@ impl<S: AsRef<[RmpEntry]> + AsMut<[RmpEntry]>> SecureTable for Rmp<S> {
         self.find(guest, gpa).ok().map(|(_, l)| l)
     }
 
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
+        self.map_checked(guest, gpa, hpa, size).map(drop)
+    }
+
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        self.fence(guest)?;
+        self.exact(guest, gpa, size).map(drop)
+    }
+
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let done = self.fence(guest)?.done;
+        match self.exact(guest, gpa, size)?.1.state {
+            LeafState::Mapped => Err(TableError::NotBlocked),
+            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
+            LeafState::Blocked { .. } => Ok(()),
+        }
+    }
+
+    /// The provided per-page range map, with the index's room checked for the whole run
+    /// first: page `i` takes the index's `i`-th free slot, so the first page past its room
+    /// is `OutOfFrames`, as mapping page by page would find it, and nothing is mapped.
+    fn map_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        let room = self.idx.leaf_room();
+        let mut i = 0usize;
+        for_each_page(gpa, hpa, size, count, |g, h| {
+            self.check_map(guest, g, h, size)?;
+            if i >= room {
+                return Err(TableError::OutOfFrames);
+            }
+            i = i.saturating_add(1);
+            Ok(())
+        })?;
+        for_each_page(gpa, hpa, size, count, |g, h| self.map(guest, g, h, size))
+    }
+
     /// The leaves by host address, through the index: a binary search to the first leaf at or
     /// after `from`, then at most one more (leaves do not overlap: the one after a leaf that
-    /// leaves `within` starts past it).
+    /// leaves `within` starts past it). The unbind's bounded walk charges a search one unit of
+    /// work (the trait's provided `find_leaves`): its cost does not grow with the layout.
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
         let start = from.max(within.base()).as_u64().max(self.base);
         // Round up to a page: entries are per page.
