@@ -1183,7 +1183,7 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         // The core's check: an unbound TDI is `TdiNotBound`; a locked or running one's device
         // is asked (SPDM_REQUEST, GET_DEVICE_INTERFACE_STATE), and one that disagrees puts the
         // TDI in ERROR, as on TDX. A TDI in ERROR or being unbound is not asked about. Leaves
-        // are blocked at most UNBIND_OPS_PER_CALL per call: `Resumable` (RESUME_REQUIRED) until
+        // are blocked within UNBIND_WORK_PER_CALL per call: `Resumable` (RESUME_REQUIRED) until
         // every one is. The status page was checked above, so the answer is delivered whatever
         // the check changed; it is written once the check ends.
         // An unbound TDI is CONFIG_UNLOCKED, as the firmware left it: answered without asking

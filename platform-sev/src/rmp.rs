@@ -735,10 +735,36 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
         self.find(guest, gpa).ok().map(|(_, l)| l)
     }
 
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
+        self.map_checked(guest, gpa, hpa, size).map(drop)
+    }
+
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        self.fence(guest)?;
+        self.exact(guest, gpa, size).map(drop)
+    }
+
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let done = self.fence(guest)?.done;
+        match self.exact(guest, gpa, size)?.1.state {
+            LeafState::Mapped => Err(TableError::NotBlocked),
+            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
+            LeafState::Blocked { .. } => Ok(()),
+        }
+    }
+
     /// The leaves by host address, through the index: a binary search to the first leaf at or
     /// after `from`, then the following leaves until one is in `within` or starts past it
     /// (while every listed leaf decodes, at most one more: leaves do not overlap, so the one
-    /// after a leaf that leaves `within` starts past it).
+    /// after a leaf that leaves `within` starts past it). The unbind's bounded walk charges a
+    /// search one unit of work (the trait's provided `find_leaves`): its cost does not grow
+    /// with the layout.
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf> {
         let start = from.max(within.base()).as_u64().max(self.base);
         // Round up to a page: entries are per page.

@@ -15,6 +15,20 @@
  *                           and its request still waiting (re-read byte for byte)
  *   session open-overlong   open() claims one byte more than its buffer: the same refusal
  *   session record-len-past record_len() runs past the bytes it was given: the same refusal
+ *   session secret-drifts   lock_secret() answers differently every time it is asked again;
+ *                           the host re-reads the LOCK and reports no answer once before
+ *                           relaying it: the bind completes, lock_secret was asked exactly
+ *                           once, and the TDI owns exactly the 8 pages the device reported
+ *                           (the BAR's first 8: its 9th page is free, its 1st and 8th owned)
+ *   session seal-fails-after-lock  seal() fails for the request after the LOCK (the device
+ *                           locked the interface): that TDH_DEVIF_RESPONSE answers
+ *                           TSM_RELAY_BUFFER_TOO_SMALL + TRANSPORT, the TDI is unbound with
+ *                           no request outstanding; once seal works the next bind starts with
+ *                           STOP_INTERFACE and completes
+ *   session seal-overlong   seal() is given exactly TSM_TDX_SESSION_MAX_OVERHEAD bytes past
+ *                           the message; a record one byte longer than that room is
+ *                           TSM_RELAY_BUFFER_TOO_SMALL + TRANSPORT with nothing changed and no
+ *                           request written; a record filling it is relayed
  *
  * One line per step; exits 0 when every status is the expected one.
  */
@@ -38,13 +52,25 @@ enum { SEAL, OPEN, RECORD_LEN, LOCK_SECRET, REPORT_DIGEST, CALLS };
 static const char *const call_names[CALLS] = { "seal", "open", "record_len", "lock_secret",
 					       "report_digest" };
 
-enum mode { DELEGATE, OPEN_FAILS, OPEN_OVERLONG, RECORD_LEN_PAST };
+enum mode {
+	DELEGATE,
+	OPEN_FAILS,
+	OPEN_OVERLONG,
+	RECORD_LEN_PAST,
+	SECRET_DRIFTS,
+	SEAL_FAILS_AFTER_LOCK,
+	SEAL_OVERLONG,
+};
 
 /* The C session's own state, its `ctx`. */
 struct counting {
 	struct tsm_tdx_session model; /* the model's callbacks */
 	unsigned long calls[CALLS];
 	enum mode mode;
+	unsigned long seals_at_lock; /* seal calls when lock_secret was last asked */
+	int seal_broken;	     /* SEAL_FAILS_AFTER_LOCK: the host's switch */
+	long overlong;		     /* SEAL_OVERLONG: bytes claimed past the room (0 or 1) */
+	size_t least_room, most_room; /* out_cap - app_len over every seal */
 };
 
 static struct counting counting;
@@ -53,9 +79,22 @@ static int c_seal(void *ctx, const struct tsm_tdx_record_ctx *rc, const uint8_t 
 		  size_t app_len, uint8_t *out, size_t out_cap, size_t *out_len)
 {
 	struct counting *c = ctx;
+	size_t room = out_cap - app_len;
+	int status;
 
 	c->calls[SEAL]++;
-	return c->model.seal(c->model.ctx, rc, app, app_len, out, out_cap, out_len);
+	if (!c->least_room || room < c->least_room)
+		c->least_room = room;
+	if (room > c->most_room)
+		c->most_room = room;
+	/* The seal after the LOCK's own: the device has locked the interface by then. */
+	if (c->mode == SEAL_FAILS_AFTER_LOCK && c->seal_broken && c->calls[LOCK_SECRET] &&
+	    c->calls[SEAL] > c->seals_at_lock + 1)
+		return -1;
+	status = c->model.seal(c->model.ctx, rc, app, app_len, out, out_cap, out_len);
+	if (c->mode == SEAL_OVERLONG)
+		*out_len = out_cap + (size_t)c->overlong;
+	return status;
 }
 
 static int c_open(void *ctx, const struct tsm_tdx_record_ctx *rc, const uint8_t *record,
@@ -88,9 +127,14 @@ static int c_record_len(void *ctx, const uint8_t *bytes, size_t len, size_t *rec
 static uint64_t c_lock_secret(void *ctx, const struct tsm_tdx_record_ctx *rc)
 {
 	struct counting *c = ctx;
+	uint64_t secret = c->model.lock_secret(c->model.ctx, rc);
 
+	c->seals_at_lock = c->calls[SEAL];
+	/* Asked again (for any LOCK), it answers a page lower per earlier call. */
+	if (c->mode == SECRET_DRIFTS)
+		secret -= (uint64_t)c->calls[LOCK_SECRET] * 4096u;
 	c->calls[LOCK_SECRET]++;
-	return c->model.lock_secret(c->model.ctx, rc);
+	return secret;
 }
 
 static void c_report_digest(void *ctx, const uint8_t *report, size_t len, uint8_t *digest)
@@ -438,6 +482,128 @@ static void refused(uint64_t td, uint64_t tdi)
 	       1);
 }
 
+/* TSM_MMIO_ZAP_CHECK of `pages` pages at `at`. */
+static void zap_check(const char *what, uint64_t at, uint64_t pages, uint64_t want)
+{
+	struct tsm_tdx_regs *r = &host.regs;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = at;
+	r->rdx = pages;
+	call(what, TSM_MMIO_ZAP_CHECK, r, want);
+}
+
+/* TSM_DEVIF_BIND of `tdi` for `td`, leaving its first request. */
+static uint64_t bind(uint64_t td, uint64_t tdi, uint64_t want)
+{
+	struct tsm_tdx_regs *r = &host.regs;
+
+	memset(r, 0, sizeof(*r));
+	r->rcx = tdi;
+	r->rdx = td;
+	r->r8 = (uint64_t)(uintptr_t)host.request;
+	return call("bind: relay this", TSM_DEVIF_BIND, r, want);
+}
+
+/* lock_secret drifts: asked once per LOCK, re-read and re-send included; the TDI owns what
+ * the device reported. */
+static void secret_drifts(uint64_t td, uint64_t tdi, uint64_t bar)
+{
+	static uint8_t first[TSM_TDX_MESSAGE_PAGE_BYTES];
+	const uint64_t reported = 8;
+	struct tsm_tdx_range_list *list = &host.list;
+	struct tsm_tdx_regs *r = &host.regs;
+	uint64_t status;
+	int rounds = 0, locks = 0;
+
+	/* The device reports the BAR's first 8 pages. */
+	memset(list, 0, sizeof(*list));
+	list->count = 1;
+	list->ranges[0].first_page = bar;
+	list->ranges[0].pages = (uint32_t)reported;
+	expect("the device reports 8 pages", tsm_tdx_model_report(0x00000300, list),
+	       TDX_SUCCESS);
+	status = bind(td, tdi, TDX_SPDM_REQUEST);
+	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
+		if ((r->rcx & 0xff) == TSM_TDX_TDISP_LOCK_INTERFACE) {
+			locks++;
+			memcpy(first, host.request, sizeof(first));
+			memset(host.request, 0, sizeof(host.request));
+			memset(r, 0, sizeof(*r));
+			r->rcx = tdi;
+			r->rdx = TSM_TDX_TDISP_LOCK_INTERFACE;
+			r->r8 = (uint64_t)(uintptr_t)host.request;
+			call("the LOCK re-read", TDH_DEVIF_REQUEST, r, TDX_SPDM_REQUEST);
+			expect("  the same bytes", (uint64_t)memcmp(first, host.request, sizeof(first)),
+			       0);
+			host.response_len = 0;
+			expect("no answer: the LOCK re-sent", respond(tdi), TDX_SPDM_REQUEST);
+			expect("  the same bytes", (uint64_t)memcmp(first, host.request, sizeof(first)),
+			       0);
+		}
+		doe();
+		status = respond(tdi);
+	}
+	expect("bind relayed", status, TDX_SUCCESS);
+	expect("one LOCK", (uint64_t)locks, 1);
+	expect("lock_secret asked once", counting.calls[LOCK_SECRET], 1);
+	zap_check("the reported first page owned", bar, 1,
+		  TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+	zap_check("the reported last page owned", bar + (reported - 1) * 4096, 1,
+		  TDX_DEVIF_TDISP_INVALID_STATE | TDX_OPERAND_ID_RCX);
+	zap_check("the page after them free", bar + reported * 4096, 1, TDX_SUCCESS);
+}
+
+/* seal fails for the request after the LOCK: the bind ends; the next one unlocks first. */
+static void seal_fails_after_lock(uint64_t td, uint64_t tdi)
+{
+	struct tdi_state before = tdi_state(tdi), now;
+	uint64_t status;
+	int rounds = 0;
+
+	counting.seal_broken = 1;
+	status = bind(td, tdi, TDX_SPDM_REQUEST);
+	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
+		doe();
+		status = respond(tdi);
+	}
+	expect("the seal after LOCK fails", status,
+	       TSM_RELAY_BUFFER_TOO_SMALL | TDX_OPERAND_ID_TRANSPORT);
+	expect("  LOCK was asked of the session", counting.calls[LOCK_SECRET], 1);
+	now = tdi_state(tdi);
+	expect("  TDI state, code, owner as before the bind",
+	       (uint64_t)memcmp(&now, &before, sizeof(now)), 0);
+	expect("  no request outstanding", respond(tdi),
+	       TDX_DEVIF_TDISP_OUT_REQ | TDX_OPERAND_ID_RCX);
+	counting.seal_broken = 0;
+	bind(td, tdi, TDX_SPDM_REQUEST);
+	expect("the next bind starts with STOP", host.regs.rcx & 0xff,
+	       TSM_TDX_TDISP_STOP_INTERFACE);
+	expect("  and completes", relay(TDX_SPDM_REQUEST, tdi), TDX_SUCCESS);
+}
+
+/* seal's room is exactly the overhead; a record past it is refused, one filling it relayed. */
+static void seal_overlong(uint64_t td, uint64_t tdi)
+{
+	static uint8_t page[TSM_TDX_MESSAGE_PAGE_BYTES];
+	struct tdi_state before = tdi_state(tdi), now;
+
+	memset(host.request, 0x5a, sizeof(host.request));
+	memcpy(page, host.request, sizeof(page));
+	counting.overlong = 1;
+	bind(td, tdi, TSM_RELAY_BUFFER_TOO_SMALL | TDX_OPERAND_ID_TRANSPORT);
+	now = tdi_state(tdi);
+	expect("  TDI state, code, owner unchanged", (uint64_t)memcmp(&now, &before, sizeof(now)),
+	       0);
+	expect("  no request written", (uint64_t)memcmp(page, host.request, sizeof(page)), 0);
+	counting.overlong = 0;
+	bind(td, tdi, TDX_SPDM_REQUEST);
+	expect("  a DOE object within the page",
+	       TSM_TDX_OUT_LENGTH(host.regs.rcx) <= TSM_TDX_MESSAGE_PAGE_BYTES, 1);
+	expect("seal's least room", counting.least_room, TSM_TDX_SESSION_MAX_OVERHEAD);
+	expect("seal's most room", counting.most_room, TSM_TDX_SESSION_MAX_OVERHEAD);
+}
+
 int main(int argc, char **argv)
 {
 	enum { POOL_PAGES = 64 };
@@ -457,16 +623,34 @@ int main(int argc, char **argv)
 		mode = OPEN_OVERLONG;
 	else if (!strcmp(name, "record-len-past"))
 		mode = RECORD_LEN_PAST;
+	else if (!strcmp(name, "secret-drifts"))
+		mode = SECRET_DRIFTS;
+	else if (!strcmp(name, "seal-fails-after-lock"))
+		mode = SEAL_FAILS_AFTER_LOCK;
+	else if (!strcmp(name, "seal-overlong"))
+		mode = SEAL_OVERLONG;
 	else
 		return 2;
 	printf("mode %s\n", name);
 	if (init(pool, POOL_PAGES * 4096, mode))
 		goto out;
 	td = set_up(bar, bar_pages, &tdi);
-	if (mode == DELEGATE)
+	switch (mode) {
+	case DELEGATE:
 		delegate(td, tdi, bar, bar_pages);
-	else
+		break;
+	case SECRET_DRIFTS:
+		secret_drifts(td, tdi, bar);
+		break;
+	case SEAL_FAILS_AFTER_LOCK:
+		seal_fails_after_lock(td, tdi);
+		break;
+	case SEAL_OVERLONG:
+		seal_overlong(td, tdi);
+		break;
+	default:
 		refused(td, tdi);
+	}
 out:
 	printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
 	return failures ? 1 : 0;

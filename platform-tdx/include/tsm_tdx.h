@@ -8,7 +8,7 @@
  * public (see platform-tdx/README.md); TSM_* values are this firmware's own.
  *
  * Host memory. The firmware touches host memory only inside the one range registered with
- * tsm_tdx_init: every register block and every parameter page (range list) must lie in it.
+ * tsm_tdx_init_session: every register block and every parameter page (range list) must lie in it.
  * An address outside it is refused with TDX_OPERAND_ADDR_RANGE_ERROR naming the operand
  * (TDX_OPERAND_ID_REG_BLOCK for the register block itself), never dereferenced; a block or
  * list not 8-byte aligned is TDX_OPERAND_INVALID on the same operand. The firmware reads each
@@ -37,7 +37,7 @@
  * MMIO ranges (ReportRange.first_page) carry a 4 KiB page number, PFN = address >> 12;
  * its DEV_CREATE BAR list (BarEntry.base) is a byte address, 4 KiB aligned. Convert when moving a list between the two.
  *
- * The pool (tsm_tdx_init's `mem`) holds only the S-EPT (4 levels) and MMIO metadata (5
+ * The pool (tsm_tdx_init_session's `mem`) holds only the S-EPT (4 levels) and MMIO metadata (5
  * levels) table pages and their reference counts; see TSM_TDX_POOL_PAGES for its size.
  *
  * The relay. The firmware never talks to a device. A TDI is named by its TDISP function ID
@@ -259,7 +259,7 @@ struct tsm_tdx_dev_info {
 #define TSM_TDX_MESSAGE_PAGE_BYTES 4096u
 
 /* Page info operand: guest physical address | level (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB). The
- * GPA must be below the TD's S-EPT width (2^48 with the 4-level S-EPT tsm_tdx_init builds):
+ * GPA must be below the TD's S-EPT width (2^48 with the 4-level S-EPT init builds):
  * a wider one is TDX_OPERAND_ADDR_RANGE_ERROR on RCX, never an alias of its low 48 bits. */
 #define TSM_TDX_PAGE_INFO(gpa, level) ((uint64_t)(gpa) | (uint64_t)(level))
 
@@ -405,7 +405,7 @@ struct tsm_tdx_dev_info {
 #define TDX_OPERAND_ID_SESSION_LOCK_SECRET   0xF0Du
 #define TDX_OPERAND_ID_SESSION_REPORT_DIGEST 0xF0Eu
 
-/* Pool pages (tsm_tdx_init's len / 4096) for `leaves` private MMIO leaves of page level
+/* Pool pages (tsm_tdx_init_session's len / 4096) for `leaves` private MMIO leaves of page level
  * `level` (0 = 4 KiB, 1 = 2 MiB, 2 = 1 GiB) mapped at once, anywhere, over at most `tds` TDs:
  * the worst case, exactly as platform_tdx::sept::Sept::pool_pages_needed(SeptLevels::Four,
  * tds, leaves, size) computes it (leaves that share tables take fewer). Per leaf, one table
@@ -418,6 +418,9 @@ struct tsm_tdx_dev_info {
  * (S-EPT, 48 bits per TD: 2^27, 2^18, 512 per TD at the levels holding 4 KiB, 2 MiB, 1 GiB
  * leaves' tables; MMIO metadata, 52 bits: 2^31, 2^22, 8192, 16), which the macros apply.
  * One mapped 4 KiB page: 10 pages (with 9 TDH_MMIO_MAP is TSM_SEPT_POOL_EMPTY); no leaves: 0.
+ * "Exactly" holds where the Rust function returns a value (it refuses a count past usize);
+ * the macros compute in uint64_t and wrap silently for absurd inputs (tds or leaves at or
+ * past 2^37), where no pool could be that large anyway.
  */
 #define TSM_TDX_MIN_(a, b) ((a) < (b) ? (a) : (b))
 #define TSM_TDX_POOL_TABLES_(t, n, level)                                                    \
@@ -434,19 +437,6 @@ struct tsm_tdx_dev_info {
 	(TSM_TDX_POOL_TABLES(tds, leaves, level) +                                         \
 	 (TSM_TDX_POOL_TABLES(tds, leaves, level) + 511ull) / 512ull)
 
-/* Gives the firmware `len` bytes at `mem` (4 KiB aligned, never used by the caller again)
- * for its S-EPT table pages, and registers `[host, host + host_len)` (8-byte aligned, a
- * whole number of 8-byte words, not overlapping `mem`, valid for the rest of the program) as
- * the host memory every later call's register block and parameter pages lie in. Arguments
- * are named as operands RCX, RDX, R8, R9 in this order. Statuses: TDX_SUCCESS;
- * TDX_OPERAND_INVALID + RCX (mem null or not 4 KiB aligned), + RDX (less than one page),
- * + R8 (host null, not 8-byte aligned, or overlapping mem), + R9 (host_len zero or not a
- * multiple of 8); TDX_OPERAND_ADDR_RANGE_ERROR + RDX / R9 (a range past 2^52);
- * TDX_SYSINIT_NOT_PENDING when initialized already (also for the loser of two racing calls).
- * Arguments are checked before any memory is touched, and only the successful call ever
- * touches `mem`. Requests are sealed and answers opened with the model session (the one the
- * test support's model device shares); tsm_tdx_init_session takes the integrator's. */
-uint64_t tsm_tdx_init(void *mem, size_t len, void *host, size_t host_len);
 
 /*
  * The device link a C integrator supplies: its SPDM secured session with the device (DSP0277
@@ -456,7 +446,8 @@ uint64_t tsm_tdx_init(void *mem, size_t len, void *host, size_t host_len);
  *
  * What a record is bound to: the interface (TDISP FUNCTION_ID), the exchange's sequence
  * number (one counter for the session, never repeated, never reset: bind it into the AEAD
- * nonce) and the direction. A record of another exchange, TDI or direction must not open.
+ * nonce; a re-sent request is sealed again with the same one, see seal below) and the
+ * direction. A record of another exchange, TDI or direction must not open.
  */
 struct tsm_tdx_record_ctx {
 	uint32_t function_id;
@@ -474,29 +465,71 @@ struct tsm_tdx_record_ctx {
 /*
  * The callbacks. `ctx` is the struct's own, passed back as is (never dereferenced by the
  * firmware). Every pointer the firmware passes is valid for the length given, for that call
- * only: keep none. Return 0 on success; anything else is a failure.
+ * only: keep none. Lengths given are exact: a callback writing past `out_cap` (or past the
+ * 48 digest bytes) corrupts the firmware's stack. Return 0 on success; anything else is a
+ * failure.
  * - seal: wrap the `app_len` bytes at `app` (an SPDM message) in one secured record for `rc`,
- *   written to `out` (at most `out_cap` bytes, at most TSM_TDX_SESSION_MAX_OVERHEAD bytes
- *   longer than the message); its length to *out_len.
+ *   written to `out`; its length to *out_len. `out_cap` is app_len +
+ *   TSM_TDX_SESSION_MAX_OVERHEAD, the most a record may take: a longer *out_len is a failure.
+ *   Seal is called again with the same `rc` and the same message whenever the request is
+ *   written again: when the host asks for it again (TDH_DEVIF_REQUEST with the code waiting)
+ *   and when it reports no answer (TDH_DEVIF_RESPONSE with page 0; up to 3 attempts). The
+ *   firmware relays whatever seal returns. A real DSP0277 session must not encrypt twice
+ *   under one nonce: it keeps the record it sealed for rc->seq and returns it again byte for
+ *   byte (in practice: the record of the last seq per function_id, since each TDI has at most
+ *   one exchange outstanding), never sealing afresh under its own advancing sequence number.
+ *   A device that refuses a replayed record does not answer a re-send; the host then runs out
+ *   of attempts (TSM_DEVICE_UNRESPONSIVE), and the operation starts over with a new seq.
  * - open: verify and decrypt the one record at `record` (`record_len` bytes) for `rc` into
  *   `out` (at most `out_cap` bytes); the application data's length to *out_len. Fail when it
- *   does not verify for `rc`.
+ *   does not verify for `rc`: all of function_id, seq and direction, not only the session's
+ *   own counter (the firmware relies on a stale or another TDI's answer not opening).
  * - record_len: the length of the record that starts the `len` bytes at `bytes`, from its
  *   header (fail: too short to tell). Only DOE padding may follow it.
  * - lock_secret: 64 bits the host can neither predict nor choose for the LOCK_INTERFACE
- *   request bound to `rc` (the firmware makes that LOCK's MMIO_REPORTING_OFFSET of them); the
- *   same `rc` must always give the same bits (a re-sent LOCK is the request first sent).
+ *   request bound to `rc` (the firmware makes that LOCK's MMIO_REPORTING_OFFSET of them).
+ *   Asked exactly once per LOCK exchange, when the LOCK is first written; re-sends and the
+ *   device's answer use the offset made then. TRUSTED: the firmware cannot check it (it
+ *   shapes any value into a valid offset); a predictable answer gives a predictable offset,
+ *   one answer for several LOCKs gives them the same offset.
  * - report_digest: the digest of the `len`-byte interface report at `report`, the hash the
- *   session negotiated, TSM_TDX_REPORT_DIGEST_BYTES bytes to `digest`.
- * Every answer is checked, never trusted: a failure, or a length past the buffer given
- * (*out_len > out_cap, a record_len past `len`), is the exchange's failure, never a fault. A
- * seal failure leaves no request: the leaf that would have written one answers
- * TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT and changes nothing; an open or
- * record_len failure refuses the host's TDH_DEVIF_RESPONSE with
- * TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, as any answer that is not the device's: nothing
- * changes and the request still waits. The firmware calls them with its device-channel lock
- * held: never two at once, but from whichever thread entered the firmware, and a callback
- * must not call into the firmware.
+ *   session negotiated, TSM_TDX_REPORT_DIGEST_BYTES bytes to `digest`. TRUSTED and it cannot
+ *   fail: the firmware pre-fills zeros and keeps whatever is there on return as the report's
+ *   digest, which the TD reads (TSM_DEVIF_FIELD_REPORT_DIGEST). Write all 48 bytes.
+ *
+ * Failures. The lengths the callbacks return are checked, never trusted: a failure, or a
+ * length past the buffer given (*out_len > out_cap, a record_len past `len`), is the
+ * exchange's failure, never a fault.
+ * - open or record_len: the host's TDH_DEVIF_RESPONSE is refused with
+ *   TDX_DEVIF_TDISP_INVALID_MESSAGE + RDX, as any answer that is not the device's: nothing
+ *   changes and the request still waits.
+ * - seal: the call that would have written the request answers TSM_RELAY_BUFFER_TOO_SMALL +
+ *   TDX_OPERAND_ID_TRANSPORT and writes no request; one sequence number of the session is
+ *   used up (never reused, so harmless). What else it changes depends on the call:
+ *   . a re-send (TDH_DEVIF_REQUEST of the waiting code; TDH_DEVIF_RESPONSE with no answer):
+ *     nothing; the request still waits.
+ *   . the first request of an operation (TSM_DEVIF_BIND, TSM_DEVIF_CHECK, the TD's
+ *     TDG_DEVIF_REQUEST START, which gets the status): nothing; call again once the session
+ *     recovers. TSM_DEVIF_UNBIND: the unbind steps
+ *     before STOP that the call ran stay done; TSM_DEVIF_UNBIND again asks for STOP again.
+ *   . TDH_DEVIF_RESPONSE of an unbind whose STOP the device refused as already unlocked
+ *     (the state query that follows): the unbind waits at STOP with nothing outstanding;
+ *     TSM_DEVIF_UNBIND again asks for STOP again.
+ *   . TDH_DEVIF_RESPONSE of a bind (the bind's next request): the device's answer was taken
+ *     and the bind has ended: the TDI is unbound with no request outstanding (a further
+ *     TDH_DEVIF_RESPONSE is TDX_DEVIF_TDISP_OUT_REQ + RCX). When the failed request was the
+ *     LOCK or a later one, the device may hold the interface CONFIG_LOCKED until the next
+ *     TSM_DEVIF_BIND, which sends STOP_INTERFACE first. A bind that fails after LOCK and
+ *     cannot seal its undoing STOP ends with its own failure status, likewise.
+ *
+ * Calls. The firmware calls the callbacks with its device-channel lock held: never two at
+ * once, but from whichever thread entered the firmware. Every callback must return
+ * normally: no C++ exception (mark C++ callbacks noexcept), no longjmp out of it, no thread
+ * exit; the firmware's locks would stay held (every later call on those objects
+ * TDX_OPERAND_BUSY) and it is undefined behaviour. A callback that calls into the firmware
+ * gets TDX_OPERAND_BUSY on the object the outer call holds (tsm_tdx_init* answers
+ * TDX_SYSINIT_NOT_PENDING): nothing deadlocks, but a callback must not wait for another
+ * thread's call into the firmware to succeed.
  */
 struct tsm_tdx_session {
 	void *ctx;
@@ -509,23 +542,46 @@ struct tsm_tdx_session {
 	void (*report_digest)(void *ctx, const uint8_t *report, size_t len, uint8_t *digest);
 };
 
-/* As tsm_tdx_init, sealing and opening with the session `*ops`, copied once by this call
- * (later changes to the struct are not seen; `ctx` and the functions must stay valid for the
- * rest of the program). `ops` is operand R10, checked after the four memory arguments and
- * before anything is touched: TDX_OPERAND_INVALID + R10 (ops NULL or not aligned for the
- * struct), + TDX_OPERAND_ID_SESSION_* (the first NULL function, in the struct's order). The
- * firmware stays uninitialized after a refusal. */
+/* Gives the firmware `len` bytes at `mem` (4 KiB aligned, never used by the caller again)
+ * for its S-EPT table pages, registers `[host, host + host_len)` (8-byte aligned, a whole
+ * number of 8-byte words, not overlapping `mem`, valid for the rest of the program) as the
+ * host memory every later call's register block and parameter pages lie in, and takes the
+ * SPDM session `*ops` that seals every request and opens every answer, copied once by this
+ * call (later changes to the struct are not seen; `ctx` and the functions must stay valid for
+ * the rest of the program). Arguments are named as operands RCX, RDX, R8, R9, R10 in this
+ * order. Statuses: TDX_SUCCESS; TDX_OPERAND_INVALID + RCX (mem null or not 4 KiB aligned),
+ * + RDX (less than one page), + R8 (host null, not 8-byte aligned, or overlapping mem), + R9
+ * (host_len zero or not a multiple of 8); TDX_OPERAND_ADDR_RANGE_ERROR + RDX / R9 (a range
+ * past 2^52); then TDX_OPERAND_INVALID + R10 (ops NULL or not aligned for the struct),
+ * + TDX_OPERAND_ID_SESSION_* (the first NULL function, in the struct's order), then the
+ * same statuses for a function, and TDX_OPERAND_INVALID + R10 for a non-NULL ctx, lying in
+ * the host range, in `mem` or in the firmware's own state (memory the host writes, or the
+ * firmware's: the session's code and context must be the integrator's own);
+ * TDX_SYSINIT_NOT_PENDING when initialized already (also for the loser of two racing calls).
+ * Arguments are checked before any memory is touched, only the successful call ever touches
+ * `mem`, and the firmware stays uninitialized after a refusal. */
 uint64_t tsm_tdx_init_session(void *mem, size_t len, void *host, size_t host_len,
 			      const struct tsm_tdx_session *ops);
 
 /* One SEAMCALL on the register block at `regs` (in host memory); returns the status, also
- * left in regs->rax. TDX_SYS_NOT_READY before tsm_tdx_init (nothing written). */
+ * left in regs->rax. TDX_SYS_NOT_READY before init (nothing written). */
 uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
 
-/* Test support, only in a library built with feature `model-device` (never in a firmware
- * build): the model device a C host relays to, standing in for the device behind its DOE
- * mailbox. Both take addresses in host memory and need tsm_tdx_init first (else
- * TDX_SYS_NOT_READY).
+/* One TDCALL from the TD whose TDR page is at `td`; as tsm_tdx_seamcall. A TDR naming no TD is
+ * TDX_OPERAND_INVALID + TDX_OPERAND_ID_TDR. */
+uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
+
+/*
+ * TEST SUPPORT, only in a library built with feature `model-device`, NEVER in a firmware
+ * build (a library built with `capi` alone does not define these symbols).
+ *
+ * tsm_tdx_init: as tsm_tdx_init_session (same arguments but `ops`, same statuses), sealing
+ * with the model session, whose key is in the public source: the host can open every
+ * request and forge every device answer (the MMIO_REPORTING_OFFSET, the interface report,
+ * the TDISP state). For tests against the model device only.
+ *
+ * The model device a C host relays to, standing in for the device behind its DOE mailbox:
+ * both take addresses in host memory and need init first (else TDX_SYS_NOT_READY).
  *
  * tsm_tdx_model_report: what interface `iface` (packed requester ID) reports, from the list at
  * `list`. TDX_OPERAND_INVALID + RCX (bad interface ID), + RDX (reserved field not 0, list not
@@ -542,14 +598,11 @@ uint64_t tsm_tdx_seamcall(struct tsm_tdx_regs *regs);
  * tsm_tdx_model_session: writes the model session's callbacks (ctx NULL) to `*ops`, for a C
  * session that delegates to them (the model device opens only what they seal).
  * TDX_OPERAND_INVALID + RCX for a NULL or misaligned `ops` (nothing written). */
+uint64_t tsm_tdx_init(void *mem, size_t len, void *host, size_t host_len);
 uint64_t tsm_tdx_model_report(uint64_t iface, const struct tsm_tdx_range_list *list);
 uint64_t tsm_tdx_model_doe(const void *request, uint64_t len, void *response,
 			   uint64_t *response_len);
 uint64_t tsm_tdx_model_session(struct tsm_tdx_session *ops);
-
-/* One TDCALL from the TD whose TDR page is at `td`; as tsm_tdx_seamcall. A TDR naming no TD is
- * TDX_OPERAND_INVALID + TDX_OPERAND_ID_TDR. */
-uint64_t tsm_tdx_tdcall(uint64_t td, struct tsm_tdx_regs *regs);
 
 #ifdef __cplusplus
 }

@@ -6,18 +6,17 @@
 //! The prototype runs with physical addresses equal to the addresses the caller passes
 //! (identity mapping, as in a firmware image without paging tricks). It never talks to a
 //! device: a leaf that needs one answers `TDX_SPDM_REQUEST` with the request in the TDI's
-//! request page, and the C host relays it (README, "The relay"). `tsm_tdx_init` seals
-//! requests with [`ModelSession`], the session the core's model device shares;
-//! `tsm_tdx_init_session` takes the SPDM session the integrator established with the device
-//! as C callbacks ([`session`]: `struct tsm_tdx_session`, copied once, every callback's answer
-//! checked). With feature `model-device` (test support, never in a firmware build) the
-//! library also carries that model device for a C host to relay to ([`ModelMailbox`]:
-//! `tsm_tdx_model_doe`, `tsm_tdx_model_report`) and the model session as C callbacks
-//! (`tsm_tdx_model_session`).
+//! request page, and the C host relays it (README, "The relay"). A firmware build has one
+//! init, `tsm_tdx_init_session`: it takes the SPDM session the integrator established with
+//! the device as C callbacks ([`session`]: `struct tsm_tdx_session`, copied once). With
+//! feature `model-device` (test support, never in a firmware build) the library also carries
+//! `tsm_tdx_init`, which seals with [`tsm_core::ModelSession`] (a key in the public source:
+//! the host can forge every device answer, so it must never be in a firmware image), the
+//! model device for a C host to relay to (`ModelMailbox`: `tsm_tdx_model_doe`,
+//! `tsm_tdx_model_report`) and the model session as C callbacks (`tsm_tdx_model_session`).
 //!
 //! What the entry points guarantee:
-//! - `tsm_tdx_init` (and `tsm_tdx_init_session`, which also checks and copies the session's
-//!   callbacks) checks its arguments without touching memory, then builds the pool inside
+//! - `tsm_tdx_init_session` (and the test support's `tsm_tdx_init`) checks its arguments without touching memory, then builds the pool inside
 //!   the one-time initialization: of two racing callers exactly one succeeds, the other gets
 //!   `TDX_SYSINIT_NOT_PENDING` and its buffer is never touched.
 //! - Every read and write of host memory, the register block included, goes through one
@@ -37,7 +36,9 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
-use tsm_core::{MmioRange, ModelSession, ReservedMemory};
+#[cfg(any(feature = "model-device", test))]
+use tsm_core::ModelSession;
+use tsm_core::{MmioRange, ReservedMemory};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::abi::{Dispatcher, HostFault, HostMemory, SeamRegs};
@@ -257,13 +258,13 @@ impl Firmware {
         Some(&self.instance()?.host)
     }
 
-    /// `tsm_tdx_init`: see the C header. The firmware seals with [`ModelSession::model`].
+    /// `tsm_tdx_init` (test support, feature `model-device`): see the C header. The firmware
+    /// seals with [`ModelSession::model`], whose key is public: never in a firmware build.
     ///
     /// # Safety
     ///
-    /// `mem` must point to `len` writable bytes that nothing else uses for the rest of the
-    /// program (the firmware keeps them as its table pages), and `host` to `host_len` bytes
-    /// as [`HostWindow::new`] requires. Neither is touched unless this call succeeds.
+    /// As [`Firmware::init_session`] for the memory arguments.
+    #[cfg(any(feature = "model-device", test))]
     pub unsafe fn init(
         &self,
         mem: *mut u8,
@@ -278,18 +279,24 @@ impl Firmware {
         }
     }
 
-    /// `tsm_tdx_init_session`: as [`Firmware::init`], sealing with the C session `*ops`
+    /// `tsm_tdx_init_session`: see the C header. The firmware seals with the C session `*ops`
     /// (copied once, here). `ops` is operand R10: NULL or not aligned for the struct is
     /// `TDX_OPERAND_INVALID` + R10, a NULL callback `TDX_OPERAND_INVALID` naming it
     /// (`OPERAND_ID_SESSION_*`). Checked after the memory arguments, before anything is
     /// touched.
     ///
+    /// A callback that calls into this firmware is not undefined behaviour: every lock the
+    /// firmware takes is a `try_lock`, so the nested call answers `TDX_OPERAND_BUSY` on the
+    /// object the outer call holds (and a nested init `TDX_SYSINIT_NOT_PENDING`).
+    ///
     /// # Safety
     ///
-    /// As [`Firmware::init`]; and a non-null, aligned `ops` must be valid for one read of a
-    /// [`SessionOps`], whose callbacks, if this call succeeds, must be safe to call for the
-    /// rest of the program as the header describes (from any thread entering the firmware, one
-    /// call at a time, never calling back into it).
+    /// `mem` must point to `len` writable bytes that nothing else uses for the rest of the
+    /// program (the firmware keeps them as its table pages), and `host` to `host_len` bytes
+    /// as [`HostWindow::new`] requires. Neither is touched unless this call succeeds. A
+    /// non-null, aligned `ops` must be valid for one read of a [`SessionOps`] whose callbacks
+    /// and `ctx` meet [`CSession::new`]'s contract for the rest of the program if this call
+    /// succeeds.
     pub unsafe fn init_session(
         &self,
         mem: *mut u8,
@@ -310,10 +317,45 @@ impl Firmware {
         // every bit pattern is a valid `SessionOps` (a pointer and nullable function
         // pointers). Read once: later changes to the caller's struct are never seen.
         let ops = unsafe { ops.read() };
-        match CSession::new(&ops) {
-            Ok(session) => self.commit(args, LinkSession::C(session)),
-            Err(s) => s,
+        // SAFETY: the caller's contract is `CSession::new`'s for the callbacks and `ctx`.
+        let session = match unsafe { CSession::new(&ops) } {
+            Ok(session) => session,
+            Err(s) => return s,
+        };
+        if let Err(s) = self.check_session(&args, &ops) {
+            return s;
         }
+        self.commit(args, LinkSession::C(session))
+    }
+
+    /// The session's code and context are the integrator's, never memory the host writes or
+    /// the firmware's own: a callback or a non-NULL `ctx` inside the host window, the pool or
+    /// the firmware's state is `TDX_OPERAND_INVALID` naming the callback
+    /// (`OPERAND_ID_SESSION_*`), or R10 for `ctx`. Checked after the NULL checks.
+    fn check_session(&self, args: &InitArgs, ops: &SessionOps) -> Result<(), TdxStatus> {
+        let pool = (
+            args.mem.addr() as u64,
+            (args.pages as u64).saturating_mul(PAGE_BYTES as u64),
+        );
+        let state = (
+            core::ptr::from_ref(self).addr() as u64,
+            core::mem::size_of::<Self>() as u64,
+        );
+        let inside = |addr: usize| {
+            let addr = addr as u64;
+            let within =
+                |(base, len): (u64, u64)| addr.checked_sub(base).is_some_and(|off| off < len);
+            args.window.overlaps(addr, 1) || within(pool) || within(state)
+        };
+        for (addr, operand) in ops.callback_addresses() {
+            if inside(addr) {
+                return Err(invalid(operand));
+            }
+        }
+        if !ops.ctx.is_null() && inside(ops.ctx.addr()) {
+            return Err(invalid(OPERAND_ID_R10));
+        }
+        Ok(())
     }
 
     /// Init's argument checks, touching no memory: the pool's pages, the host window and the
@@ -321,7 +363,7 @@ impl Firmware {
     ///
     /// # Safety
     ///
-    /// As [`Firmware::init`] for `host` (the window is only kept if init succeeds).
+    /// As [`Firmware::init_session`] for `host` (the window is only kept if init succeeds).
     unsafe fn check(
         &self,
         mem: *mut u8,
@@ -461,13 +503,14 @@ fn reserved_memory(
 
 static FIRMWARE: Firmware = Firmware::new();
 
-/// Initializes the firmware: `len` bytes at `mem` for its S-EPT frame pool (4-level), and the
-/// host memory `[host, host + host_len)` every register block and parameter page must lie in.
-/// See `include/tsm_tdx.h` for the statuses.
+/// Test support (feature `model-device`, never in a firmware build): initializes the firmware
+/// as [`tsm_tdx_init_session`] does, sealing with the model session, whose key is in the
+/// public source (the host could forge every device answer). See `include/tsm_tdx.h`.
 ///
 /// # Safety
 ///
 /// As [`Firmware::init`].
+#[cfg(any(feature = "model-device", test))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tsm_tdx_init(
     mem: *mut u8,
@@ -479,8 +522,10 @@ pub unsafe extern "C" fn tsm_tdx_init(
     unsafe { FIRMWARE.init(mem, len, host, host_len) }
 }
 
-/// As [`tsm_tdx_init`], sealing every request and opening every answer with the integrator's
-/// SPDM session `*ops` (copied once). See `include/tsm_tdx.h` for the statuses.
+/// Initializes the firmware: `len` bytes at `mem` for its S-EPT frame pool (4-level), the
+/// host memory `[host, host + host_len)` every register block and parameter page must lie in,
+/// and the integrator's SPDM session `*ops` (copied once) that seals every request and opens
+/// every answer. See `include/tsm_tdx.h` for the statuses.
 ///
 /// # Safety
 ///
@@ -1451,8 +1496,21 @@ mod tests {
         open_mode: AtomicUsize,
         /// Added to the record length the model reads.
         record_len_past: AtomicUsize,
-        /// 0: seal delegates; 1: seal fails; 2: seal claims one byte past its buffer.
+        /// 0: seal delegates; 1: seal fails; 2: seal claims one byte past its buffer; 3: seal
+        /// claims exactly its buffer.
         seal_mode: AtomicUsize,
+        /// Seal fails from its call number `n` on (1: the first); 0: never.
+        seal_fails_from: AtomicUsize,
+        /// The room the last seal was given beyond its message (`out_cap - app_len`).
+        seal_room: AtomicUsize,
+        /// lock_secret answers the model's secret the first time it is called, and a value
+        /// one page lower for every call before this one after that.
+        secret_drifts: core::sync::atomic::AtomicBool,
+        /// When not 0: the firmware (`&'static Firmware`) seal calls back into, with the
+        /// register block at `reenter_regs`; the nested statuses go to `reentered`.
+        reenter_fw: core::sync::atomic::AtomicPtr<Firmware>,
+        reenter_regs: core::sync::atomic::AtomicPtr<SeamRegs>,
+        reentered: std::sync::Mutex<Vec<TdxStatus>>,
     }
 
     impl Counting {
@@ -1467,6 +1525,27 @@ mod tests {
                 record_len: Some(counting_record_len),
                 lock_secret: Some(counting_lock_secret),
                 report_digest: Some(counting_report_digest),
+            }
+        }
+        /// Calls into the firmware from inside a callback, if told to: TSM.DEVIF.STATE and
+        /// TSM.DEVIF.BIND of the tests' TDI on a second register block.
+        fn reenter(&self) {
+            // SAFETY: NULL, or a leaked `Firmware` the test stored.
+            let Some(fw) = (unsafe { self.reenter_fw.load(Ordering::Relaxed).as_ref() }) else {
+                return;
+            };
+            let regs = self.reenter_regs.load(Ordering::Relaxed);
+            for leaf in [abi::TSM_DEVIF_STATE, abi::TSM_DEVIF_BIND] {
+                put_regs(
+                    regs,
+                    SeamRegs {
+                        rax: u64::from(leaf),
+                        rcx: RID,
+                        ..SeamRegs::default()
+                    },
+                );
+                let status = fw.seamcall(regs);
+                self.reentered.lock().unwrap().push(status);
             }
         }
         fn calls(&self) -> [usize; 5] {
@@ -1494,12 +1573,20 @@ mod tests {
     ) -> core::ffi::c_int {
         // SAFETY: the firmware's pointers, valid for the lengths given; ctx a Counting.
         unsafe {
-            match Counting::of(ctx, 0).seal_mode.load(Ordering::Relaxed) {
+            let c = Counting::of(ctx, 0);
+            c.reenter();
+            c.seal_room
+                .store(cap.wrapping_sub(app_len), Ordering::Relaxed);
+            let from = c.seal_fails_from.load(Ordering::Relaxed);
+            if from != 0 && c.calls[0].load(Ordering::Relaxed) >= from {
+                return -1;
+            }
+            match c.seal_mode.load(Ordering::Relaxed) {
                 0 => session::model::seal(ctx, rc, app, app_len, out, cap, out_len),
                 1 => -1,
-                _ => {
+                mode => {
                     let s = session::model::seal(ctx, rc, app, app_len, out, cap, out_len);
-                    *out_len = cap + 1;
+                    *out_len = if mode == 2 { cap + 1 } else { cap };
                     s
                 }
             }
@@ -1550,8 +1637,14 @@ mod tests {
     ) -> u64 {
         // SAFETY: as in `counting_seal`.
         unsafe {
-            Counting::of(ctx, 3);
-            session::model::lock_secret(ctx, rc)
+            let c = Counting::of(ctx, 3);
+            let secret = session::model::lock_secret(ctx, rc);
+            if !c.secret_drifts.load(Ordering::Relaxed) {
+                return secret;
+            }
+            // The calls before this one: 0 the first time.
+            let before = c.calls[3].load(Ordering::Relaxed).saturating_sub(1) as u64;
+            secret.wrapping_sub(before * 0x1000)
         }
     }
 
@@ -1673,10 +1766,92 @@ mod tests {
         // SAFETY: as above; refused, nothing touched.
         let again = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, PAGE_BYTES, &full) };
         assert_eq!(again, TDX_SYSINIT_NOT_PENDING);
-        assert!(matches!(
-            fw.instance().unwrap().tsm.with_transport(|r| *r.session()),
-            Ok(LinkSession::C(_))
-        ));
+        assert_eq!(
+            fw.instance()
+                .unwrap()
+                .tsm
+                .with_transport(|r| matches!(r.session(), LinkSession::C(_))),
+            Ok(true)
+        );
+    }
+
+    /// A session whose code or context lies in memory the host writes (the host window), in
+    /// the pool or in the firmware's own state is refused, naming the callback (or R10 for
+    /// `ctx`), with nothing touched and the firmware still not ready; the same session with
+    /// its own memory is taken.
+    #[test]
+    fn init_session_refuses_a_session_in_host_memory_the_pool_or_the_firmware() {
+        let fw: &'static Firmware = Box::leak(Box::new(Firmware::new()));
+        let pool = leak_pages(8, 7);
+        let host = leak_host(2);
+        let (p, h) = (
+            pool.as_mut_ptr().cast::<u8>(),
+            host.as_mut_ptr().cast::<u8>(),
+        );
+        let full = Counting::leak().ops();
+        let in_host = h.wrapping_add(PAGE_BYTES + 8);
+        let in_pool = p.wrapping_add(3 * PAGE_BYTES);
+        let in_fw = core::ptr::from_ref(fw).cast_mut().cast::<u8>();
+        // SAFETY: function pointers made of data addresses, never called: init refuses them
+        // before any use.
+        let (seal_in_host, digest_in_pool) = unsafe {
+            (
+                core::mem::transmute::<*mut u8, session::CipherFn>(in_host),
+                core::mem::transmute::<*mut u8, session::ReportDigestFn>(in_pool),
+            )
+        };
+        let cases: [(&str, SessionOps, TdxStatus); 5] = [
+            (
+                "ctx in host memory",
+                SessionOps {
+                    ctx: in_host.cast(),
+                    ..full
+                },
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "ctx in the pool",
+                SessionOps {
+                    ctx: in_pool.cast(),
+                    ..full
+                },
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "ctx in the firmware's state",
+                SessionOps {
+                    ctx: in_fw.cast(),
+                    ..full
+                },
+                invalid(OPERAND_ID_R10),
+            ),
+            (
+                "seal in host memory",
+                SessionOps {
+                    seal: Some(seal_in_host),
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_SEAL),
+            ),
+            (
+                "report_digest in the pool",
+                SessionOps {
+                    report_digest: Some(digest_in_pool),
+                    ..full
+                },
+                invalid(status::OPERAND_ID_SESSION_REPORT_DIGEST),
+            ),
+        ];
+        for (what, ops, expect) in cases {
+            // SAFETY: leaked memory; refused calls touch nothing and call no callback.
+            let status = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, 2 * PAGE_BYTES, &ops) };
+            assert_eq!(status, expect, "{what}");
+            assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)), "{what}");
+            assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY, "{what}");
+        }
+        // SAFETY: as above; the tests' own session is taken.
+        let status = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, 2 * PAGE_BYTES, &full) };
+        assert_eq!(status, TDX_SUCCESS);
     }
 
     /// Bind, then unbind, with the firmware sealing and opening through a C session that
@@ -1809,6 +1984,334 @@ mod tests {
         let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
         assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
         assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+    }
+
+    /// The TDISP request code of the request the last call left (devif_req_out_t 7:0).
+    fn code(out: &SeamRegs) -> u8 {
+        (out.rcx & 0xff) as u8
+    }
+
+    /// The request page's words.
+    fn request_page(w: &World) -> Vec<u64> {
+        (0..512)
+            .map(|i| word(w.host, REQUEST_PAGE, i).load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The core's record of the tests' TDI.
+    fn tdi_record(w: &World) -> tsm_core::registry::Tdi {
+        let fw = w.fw.instance().unwrap();
+        let id = fw.tsm.devif_of(RID as u32).unwrap().unwrap().0;
+        fw.tsm.tdi(id).unwrap()
+    }
+
+    /// The private ranges the tests' TDI owns.
+    fn owned(w: &World) -> Vec<MmioRange> {
+        let fw = w.fw.instance().unwrap();
+        let id = fw.tsm.devif_of(RID as u32).unwrap().unwrap().0;
+        fw.tsm.owned_ranges(id).unwrap().into_iter().collect()
+    }
+
+    /// Relays until the status is not TDX_SPDM_REQUEST; each request's TDISP code in order.
+    /// Before the LOCK is answered the host re-reads it (TDH.DEVIF.REQUEST) and reports no
+    /// answer once (a re-send): both must give the bytes first written.
+    fn relay_resending_lock(
+        w: &World,
+        model: &ModelMailbox,
+        mut out: SeamRegs,
+    ) -> (SeamRegs, Vec<u8>) {
+        let mut codes = Vec::new();
+        while out.rax == status::TDX_SPDM_REQUEST {
+            assert!(codes.len() < 100);
+            codes.push(code(&out));
+            if code(&out) == crate::devif::TDISP_LOCK_INTERFACE {
+                let first = request_page(w);
+                let again = w.call(
+                    abi::TDH_DEVIF_REQUEST,
+                    SeamRegs {
+                        rcx: RID,
+                        rdx: u64::from(crate::devif::TDISP_LOCK_INTERFACE),
+                        r8: w.page(REQUEST_PAGE),
+                        ..SeamRegs::default()
+                    },
+                );
+                assert_eq!(again.rax, status::TDX_SPDM_REQUEST);
+                assert_eq!(request_page(w), first, "the re-read LOCK");
+                let resent = w.call(abi::TDH_DEVIF_RESPONSE, w.response(RID, false));
+                assert_eq!(resent.rax, status::TDX_SPDM_REQUEST);
+                assert_eq!(request_page(w), first, "the re-sent LOCK");
+            }
+            let doe = model.doe(
+                w.fw,
+                w.page(REQUEST_PAGE),
+                (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff,
+                w.page(RESPONSE_PAGE),
+                w.len_at(),
+            );
+            assert_eq!(doe, TDX_SUCCESS);
+            let len = word(w.host, 1, LEN_WORD).load(Ordering::Relaxed);
+            out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(RID, len != 0));
+        }
+        (out, codes)
+    }
+
+    /// A C session whose lock_secret answers differently every time it is asked again (the
+    /// model's secret the first time, one page lower per earlier call after that): the
+    /// firmware asks it exactly once per LOCK exchange, re-reads and re-sends of the LOCK
+    /// included, so the bound TDI owns exactly the pages the device reported (8 of the BAR's
+    /// 16), not pages shifted by a second answer. Twice, so the second bind's LOCK gets a
+    /// drifted answer too.
+    #[test]
+    fn a_lock_secret_answering_differently_when_asked_again_never_moves_the_owned_pages() {
+        let counting = Counting::leak();
+        counting.secret_drifts.store(true, Ordering::Relaxed);
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        // The device reports the BAR's first 8 pages of 16.
+        w.put_list(&one_range(BAR_A, 8));
+        assert_eq!(
+            model.report(w.fw, RID, w.list_at().addr() as u64),
+            TDX_SUCCESS
+        );
+        let reported = MmioRange::from_raw(BAR_A, 8).unwrap();
+        for bind in 1..=2usize {
+            let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+            let (out, codes) = relay_resending_lock(&w, &model, out);
+            assert_eq!(out.rax, TDX_SUCCESS, "bind {bind}");
+            let locks = codes
+                .iter()
+                .filter(|&&c| c == crate::devif::TDISP_LOCK_INTERFACE)
+                .count();
+            assert_eq!(locks, 1, "bind {bind}: {codes:x?}");
+            assert_eq!(
+                counting.calls()[3],
+                bind,
+                "lock_secret calls after bind {bind}"
+            );
+            assert_eq!(owned(&w), [reported], "bind {bind}");
+            let unbind = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+            assert_eq!(w.relay(&model, tdi, unbind).rax, TDX_SUCCESS);
+            assert_eq!(owned(&w), []);
+        }
+    }
+
+    /// A C session whose seal fails part way through a bind, at each of the bind's requests
+    /// in turn, as the header and README state: the call that would have written the request
+    /// (TSM.DEVIF.BIND for the first, TDH.DEVIF.RESPONSE for the others) answers
+    /// TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT; the first changes nothing, the
+    /// others have consumed the device's answer and ended the bind: the TDI is unbound with no
+    /// exchange (TDH.DEVIF.RESPONSE then has nothing to answer), and once the LOCK may have
+    /// been sent the next bind starts with STOP_INTERFACE. That next bind, with seal behaving,
+    /// completes.
+    #[test]
+    fn a_seal_failing_at_each_bind_step_ends_the_bind_as_documented() {
+        let too_small =
+            status::TSM_RELAY_BUFFER_TOO_SMALL | u64::from(status::OPERAND_ID_TRANSPORT);
+        // The requests of a whole bind, in order.
+        let codes = {
+            let counting = Counting::leak();
+            let w = World::sealing_with(Some(&counting.ops()));
+            let model = ModelMailbox::new();
+            let (td, tdi) = w.td_and_tdi(&model);
+            let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+            let (out, codes) = relay_resending_lock(&w, &model, out);
+            assert_eq!(out.rax, TDX_SUCCESS);
+            // A seal per request, and one for each of the LOCK's re-read and re-send (the
+            // same record context: the header says seal is asked again).
+            assert_eq!(counting.calls()[0], codes.len() + 2);
+            codes
+        };
+        let lock = codes
+            .iter()
+            .position(|&c| c == crate::devif::TDISP_LOCK_INTERFACE)
+            .unwrap();
+        assert!(codes.len() > lock + 1, "{codes:x?}");
+        for (step, &failing) in codes.iter().enumerate() {
+            let what = format!("seal of request {step} ({failing:#x}) fails");
+            let counting = Counting::leak();
+            let w = World::sealing_with(Some(&counting.ops()));
+            let model = ModelMailbox::new();
+            let (td, tdi) = w.td_and_tdi(&model);
+            counting.seal_fails_from.store(step + 1, Ordering::Relaxed);
+            let before = w.pool_image();
+            let page = request_page(&w);
+            let mut out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+            if step == 0 {
+                assert_eq!(out.rax, too_small, "{what}");
+                assert_eq!(w.pool_image(), before, "{what}: changed something");
+                assert_eq!(request_page(&w), page, "{what}: wrote the request page");
+            } else {
+                for expected in &codes[..step] {
+                    assert_eq!(out.rax, status::TDX_SPDM_REQUEST, "{what}");
+                    assert_eq!(code(&out), *expected, "{what}");
+                    let doe = model.doe(
+                        w.fw,
+                        w.page(REQUEST_PAGE),
+                        (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff,
+                        w.page(RESPONSE_PAGE),
+                        w.len_at(),
+                    );
+                    assert_eq!(doe, TDX_SUCCESS);
+                    out = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
+                }
+                assert_eq!(out.rax, too_small, "{what}");
+            }
+            let state = w.call(
+                abi::TSM_DEVIF_STATE,
+                SeamRegs {
+                    rcx: tdi,
+                    ..SeamRegs::default()
+                },
+            );
+            assert_eq!(state.rax, TDX_SUCCESS);
+            assert_eq!(state.rdx, abi::TdiStateCode::Unbound as u64, "{what}");
+            let record = tdi_record(&w);
+            assert_eq!(record.exchange, None, "{what}");
+            assert_eq!(record.unlock_first, step >= lock, "{what}");
+            assert_eq!(owned(&w), [], "{what}");
+            // Nothing waits for an answer any more.
+            let late = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, true));
+            assert_eq!(
+                late.rax,
+                status::TDX_DEVIF_TDISP_OUT_REQ | u64::from(OPERAND_ID_RCX),
+                "{what}"
+            );
+            // The session recovers: the next bind starts over (with STOP once LOCK may have
+            // reached the device) and completes.
+            counting.seal_fails_from.store(0, Ordering::Relaxed);
+            let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+            assert_eq!(out.rax, status::TDX_SPDM_REQUEST, "{what}");
+            let first = if step >= lock {
+                crate::devif::TDISP_STOP_INTERFACE
+            } else {
+                codes[0]
+            };
+            assert_eq!(code(&out), first, "{what}");
+            assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS, "{what}");
+        }
+    }
+
+    /// A C session whose seal fails when an unbind asks for STOP_INTERFACE: TSM.DEVIF.UNBIND
+    /// answers TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT with no request
+    /// written; the unbind waits at STOP (state Unbinding) with nothing outstanding, and once
+    /// seal works TSM.DEVIF.UNBIND again asks for STOP and completes. A re-send whose seal
+    /// fails changes nothing: the STOP still waits.
+    #[test]
+    fn a_seal_failing_in_an_unbind_leaves_it_waiting_at_stop() {
+        let too_small =
+            status::TSM_RELAY_BUFFER_TOO_SMALL | u64::from(status::OPERAND_ID_TRANSPORT);
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        counting.seal_mode.store(1, Ordering::Relaxed);
+        let page = request_page(&w);
+        let mut out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        let mut calls = 0;
+        while out.rax == status::TDX_INTERRUPTED_RESUMABLE {
+            calls += 1;
+            assert!(calls < 1000);
+            out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        }
+        assert_eq!(out.rax, too_small);
+        assert_eq!(request_page(&w), page, "a request was written");
+        let state = w.call(
+            abi::TSM_DEVIF_STATE,
+            SeamRegs {
+                rcx: tdi,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(state.rdx, abi::TdiStateCode::Unbinding as u64);
+        assert_eq!(tdi_record(&w).exchange, None);
+        // Asked again while seal still fails: the same refusal, nothing else.
+        let before = w.pool_image();
+        assert_eq!(
+            w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0)).rax,
+            too_small
+        );
+        assert_eq!(w.pool_image(), before);
+        counting.seal_mode.store(0, Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        assert_eq!(code(&out), crate::devif::TDISP_STOP_INTERFACE);
+        // The STOP's re-send fails to seal: nothing changes, the STOP still waits.
+        counting.seal_mode.store(1, Ordering::Relaxed);
+        let waiting = tdi_record(&w).exchange;
+        let before = w.pool_image();
+        let resent = w.call(abi::TDH_DEVIF_RESPONSE, w.response(tdi, false));
+        assert_eq!(resent.rax, too_small);
+        assert_eq!(w.pool_image(), before);
+        assert_eq!(tdi_record(&w).exchange, waiting);
+        counting.seal_mode.store(0, Ordering::Relaxed);
+        let mut out = w.relay(&model, tdi, out);
+        while out.rax == status::TDX_INTERRUPTED_RESUMABLE {
+            out = w.call(abi::TSM_DEVIF_UNBIND, w.on_tdi(tdi, 0));
+        }
+        assert_eq!(out.rax, TDX_SUCCESS);
+        assert_eq!(owned(&w), []);
+    }
+
+    /// A callback that calls back into the firmware is not undefined behaviour and does not
+    /// deadlock: the nested TSM.DEVIF.STATE and TSM.DEVIF.BIND of the TDI the outer bind holds
+    /// answer TDX_OPERAND_BUSY + the TDI, and the outer bind goes on to completion.
+    #[test]
+    fn a_callback_calling_into_the_firmware_gets_operand_busy() {
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        // A second register block, in host memory past the range list in page 0.
+        let nested = w.host.cast::<u8>().wrapping_add(2048).cast::<SeamRegs>();
+        counting.reenter_regs.store(nested, Ordering::Relaxed);
+        counting
+            .reenter_fw
+            .store(core::ptr::from_ref(w.fw).cast_mut(), Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        counting
+            .reenter_fw
+            .store(core::ptr::null_mut(), Ordering::Relaxed);
+        let busy = status::TDX_OPERAND_BUSY | u64::from(status::OPERAND_ID_DEVIF);
+        assert_eq!(*counting.reentered.lock().unwrap(), [busy, busy]);
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+    }
+
+    /// Seal is handed exactly the room a record may take: its message plus
+    /// TSM_TDX_SESSION_MAX_OVERHEAD (32) bytes. A record filling that room is framed (a DOE
+    /// object within the relay's size); one byte more is a seal failure,
+    /// TSM_RELAY_BUFFER_TOO_SMALL + TDX_OPERAND_ID_TRANSPORT with nothing changed, never the
+    /// firmware's TSM_INCONSISTENT.
+    #[test]
+    fn a_seal_gets_exactly_the_room_a_record_may_take() {
+        let counting = Counting::leak();
+        let w = World::sealing_with(Some(&counting.ops()));
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let before = w.pool_image();
+        counting.seal_mode.store(2, Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(
+            out.rax,
+            status::TSM_RELAY_BUFFER_TOO_SMALL | u64::from(status::OPERAND_ID_TRANSPORT)
+        );
+        assert_eq!(
+            counting.seal_room.load(Ordering::Relaxed),
+            tsm_core::relay::session::MAX_OVERHEAD
+        );
+        assert_eq!(w.pool_image(), before);
+        counting.seal_mode.store(3, Ordering::Relaxed);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(out.rax, status::TDX_SPDM_REQUEST);
+        let len = (out.rcx >> abi::OUT_LENGTH_SHIFT) & 0xffff;
+        assert!(len as usize <= tsm_core::relay::MAX_RELAY_BYTES, "{len}");
+        assert_eq!(
+            counting.seal_room.load(Ordering::Relaxed),
+            tsm_core::relay::session::MAX_OVERHEAD
+        );
     }
 
     /// The `extern "C"` functions drive the one static firmware (the only test that uses it).

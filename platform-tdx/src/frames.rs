@@ -214,7 +214,10 @@ impl<'m> FramePool<'m> {
     }
 
     /// Takes a page off the free list and fills every entry with `fill`. Nothing changes on a
-    /// refusal.
+    /// refusal. The one place a page's old contents are overwritten: a free page holds its
+    /// list link and whatever entries it held when released ([`FramePool::release`] does not
+    /// fill), so every page is written once per use, here, with the value its table format
+    /// calls free.
     pub fn alloc(&mut self, fill: u64) -> Result<FrameIndex, PoolError> {
         let (index, next) = self.pop(self.free_head, self.free)?;
         let free = self.free.checked_sub(1).ok_or(PoolError::Inconsistent)?;
@@ -254,8 +257,8 @@ impl<'m> FramePool<'m> {
             .ok()
             .and_then(|i| self.pages.get_mut(i))
             .ok_or(PoolError::Inconsistent)?;
-        // Every check passed.
-        page.0.fill(0);
+        // Every check passed. No fill: alloc() fills the page when it is next handed out,
+        // and a page whose count is 0 holds only free entries already.
         page.0[0] = u64::from(next);
         self.free_head = head;
         self.free = free;
@@ -343,6 +346,49 @@ impl<'m> FramePool<'m> {
         *entry = value;
         *count = used;
         Ok(())
+    }
+
+    /// Writes entries `first..first + count` of page `index` to `value(i, old)` (`i` counting
+    /// from 0, `old` the entry there) and sets the page's entry count to `used`: a run of
+    /// entries with one bookkeeping update. The caller proved `used` is the count after the
+    /// writes; [`PoolError::Inconsistent`], with nothing written, for an index or a slot
+    /// outside the pool or a count past the page's entries.
+    pub fn write_run(
+        &mut self,
+        index: FrameIndex,
+        first: usize,
+        count: usize,
+        used: u64,
+        mut value: impl FnMut(usize, u64) -> u64,
+    ) -> Result<(), PoolError> {
+        if used > MAX_USED {
+            return Err(PoolError::Inconsistent);
+        }
+        let i = usize::try_from(index).map_err(|_| PoolError::Inconsistent)?;
+        let end = first.checked_add(count).ok_or(PoolError::Inconsistent)?;
+        // Both places found before either is written.
+        let entries = self
+            .pages
+            .get_mut(i)
+            .and_then(|p| p.0.get_mut(first..end))
+            .ok_or(PoolError::Inconsistent)?;
+        let counter = self
+            .used
+            .get_mut(i / ENTRIES_PER_PAGE)
+            .and_then(|p| p.0.get_mut(i % ENTRIES_PER_PAGE))
+            .ok_or(PoolError::Inconsistent)?;
+        for (n, e) in entries.iter_mut().enumerate() {
+            *e = value(n, *e);
+        }
+        *counter = used;
+        Ok(())
+    }
+
+    /// Entries of page `index` that are not `free` (a scan: 0 outside the pool).
+    pub fn in_use(&self, index: FrameIndex, free: u64) -> u64 {
+        // A sum of 0/1, not a filtered count: the compiler turns it into vector compares.
+        self.page(index)
+            .map_or(0, |p| p.0.iter().map(|&e| u64::from(e != free)).sum())
     }
 
     /// Physical address of page `index`.
@@ -606,6 +652,34 @@ mod tests {
         assert!((0..513).all(|p| pool.used(p) == 0));
         assert_eq!(pool.check_alloc(513), Ok(()));
         assert_eq!(pool.alloc(0), Ok(0));
+    }
+
+    /// The one fill: release writes only the list link (the page's entries stay as they were),
+    /// and alloc writes every entry with the fill asked for, whatever the page held, so every
+    /// page handed out is all `fill`, on first use and on reuse alike.
+    #[test]
+    fn alloc_fills_and_release_does_not() {
+        const STALE: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+        let mut mem = vec![Page([STALE; ENTRIES_PER_PAGE]); 5];
+        let mut pool = FramePool::new(&mut mem, 0x10_0000).unwrap();
+        for fill in [0, 0x8000_0000_0000_0000, 7] {
+            let pages: Vec<FrameIndex> = (0..4).map(|_| pool.alloc(fill).unwrap()).collect();
+            for &p in &pages {
+                assert!(
+                    pool.page(p).unwrap().0.iter().all(|&e| e == fill),
+                    "{fill:#x}"
+                );
+                // Leave entries behind, as a table page's free entries (of another format) would.
+                pool.set_entry(p, 300, STALE);
+            }
+            for &p in &pages {
+                pool.release(p).unwrap();
+                // Released: the link in entry 0, every other entry as it was.
+                let page = pool.page(p).unwrap();
+                assert_eq!(page.0[300], STALE);
+                assert!(page.0[1..].iter().all(|&e| e == fill || e == STALE));
+            }
+        }
     }
 
     #[test]

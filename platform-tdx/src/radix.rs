@@ -114,6 +114,49 @@ impl Lookup {
     pub fn page(&self) -> Option<FrameIndex> {
         self.pages.get(usize::from(self.level)).copied().flatten()
     }
+
+    /// The same walk for `addr`, an address whose walk goes through the same pages down to
+    /// the level this one stopped at (the caller's window), read from the entry there: what
+    /// [`Radix::lookup`] would return for `addr`, without walking again.
+    pub fn sibling(&self, pool: &FramePool<'_>, addr: u64) -> Lookup {
+        let raw = match self.page() {
+            Some(page) => pool.entry(page, slot_of(addr, self.level)),
+            None => self.raw,
+        };
+        Lookup { addr, raw, ..*self }
+    }
+}
+
+/// Entries in one 64-byte cache line: what a scan of free entries reads for one unit of work
+/// (ours; 8-byte entries, Intel SDM Vol. 3C 29.3.2, in 64-byte lines).
+pub const LINE_ENTRIES: usize = 8;
+
+/// Where a bounded search ([`Radix::next_entry_bounded`]) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// An entry: its base address, level, raw value, the table page holding it and its slot.
+    Entry {
+        /// Base address of the range the entry covers.
+        base: u64,
+        /// Its level.
+        level: u8,
+        /// The entry.
+        raw: u64,
+        /// The table page holding it.
+        page: FrameIndex,
+        /// Its slot in that page.
+        slot: usize,
+        /// Entries of that page in use after this one, when the scan knows (it read the page
+        /// from slot 0).
+        rest: Option<u64>,
+    },
+    /// No entry at or above the start and below the end.
+    End,
+    /// The work ran out: nothing starts at or above the start and below `resume`.
+    Paused {
+        /// Where to search from next.
+        resume: u64,
+    },
 }
 
 /// A radix tree of `top` levels with entries in format `F`.
@@ -314,6 +357,104 @@ impl<F: EntryFormat> Radix<F> {
         Ok(())
     }
 
+    /// Table levels, from the top down to `target`, that an install for the walk `found` would
+    /// create, as a range of levels (`lo..=hi`, empty when `lo > hi`): the root and below it
+    /// when there is no root, else those below a free entry above `target`.
+    pub fn missing_levels(&self, found: &Lookup, target: u8) -> (u8, u8) {
+        if !found.rooted {
+            return (target, self.top);
+        }
+        if found.level > target && found.raw == F::FREE {
+            return (target, found.level.saturating_sub(1));
+        }
+        (1, 0)
+    }
+
+    /// [`Radix::install_at`] of `values(0)` for the walk `found`, then entries `1..count` of
+    /// the same table page set to `values(i)` with one count update: a run of free entries
+    /// at level `target` in one table page. The caller proved every entry of the run free,
+    /// the pages the install takes and the count after ([`FramePool::write_run`] refuses a
+    /// count past the page's entries; nothing after the first entry is written then).
+    pub fn install_run(
+        &mut self,
+        pool: &mut FramePool<'_>,
+        found: &Lookup,
+        target: u8,
+        count: usize,
+        mut values: impl FnMut(usize) -> u64,
+    ) -> Result<(), InstallError> {
+        self.install_at(pool, found, target, values(0))?;
+        let Some(rest) = count.checked_sub(1).filter(|&n| n > 0) else {
+            return Ok(());
+        };
+        let at = self.lookup(pool, found.addr, target)?;
+        let page = at.page().ok_or(InstallError::Inconsistent)?;
+        let used = pool
+            .used(page)
+            .checked_add(rest as u64)
+            .ok_or(InstallError::Inconsistent)?;
+        let first = slot_of(found.addr, target).saturating_add(1);
+        pool.write_run(page, first, rest, used, |i, _| values(i.saturating_add(1)))?;
+        Ok(())
+    }
+
+    /// Rewrites `count` entries of the table page the walk `at` stopped in, from its slot on,
+    /// to `value(i, old)`; the caller proved each stays in use (the count does not change).
+    pub fn rewrite_run(
+        &self,
+        pool: &mut FramePool<'_>,
+        at: &Lookup,
+        count: usize,
+        value: impl FnMut(usize, u64) -> u64,
+    ) -> Result<(), PoolError> {
+        let page = at.page().ok_or(PoolError::Inconsistent)?;
+        let used = pool.used(page);
+        pool.write_run(page, slot_of(at.addr, at.level), count, used, value)
+    }
+
+    /// Frees `count` entries of the table page the walk `at` stopped in, from its slot on, with
+    /// one count update, and when the page empties gives it back and clears its entry in the
+    /// page above ([`Radix::clear`], up to the root). The caller proved the counts (see
+    /// [`Radix::clear`]) and that every entry of the run is in use.
+    pub fn clear_run(
+        &mut self,
+        pool: &mut FramePool<'_>,
+        at: &Lookup,
+        count: usize,
+    ) -> Result<(), PoolError> {
+        let page = at.page().ok_or(PoolError::Inconsistent)?;
+        let left = pool
+            .used(page)
+            .checked_sub(count as u64)
+            .ok_or(PoolError::Inconsistent)?;
+        if left == 0 {
+            pool.check_release(1)?;
+        }
+        pool.write_run(page, slot_of(at.addr, at.level), count, left, |_, _| {
+            F::FREE
+        })?;
+        if left != 0 {
+            return Ok(());
+        }
+        pool.release(page)?;
+        if at.level >= self.top {
+            self.root = None;
+            return Ok(());
+        }
+        let level = at.level.saturating_add(1);
+        let parent = Lookup {
+            level,
+            raw: at
+                .pages
+                .get(usize::from(level))
+                .copied()
+                .flatten()
+                .map_or(F::FREE, |p| pool.entry(p, slot_of(at.addr, level))),
+            ..*at
+        };
+        self.clear(pool, &parent)
+    }
+
     /// Whether [`Radix::rewrite`] would succeed, decided by reading only.
     pub fn check_rewrite(
         &self,
@@ -384,6 +525,120 @@ impl<F: EntryFormat> Radix<F> {
             level = level.saturating_add(1);
         }
         Ok(())
+    }
+
+    /// [`Radix::next_entry`], bounded: every entry in use it reads (a table pointer on the
+    /// way down, a leaf) costs one unit of `work`, and every cache line of free entries
+    /// ([`LINE_ENTRIES`]) one; the search stops when it is spent ([`Scan::Paused`], nothing found below the resume
+    /// point). A table page whose entries in use (its count) have all been seen is left
+    /// without reading the rest; so is the page at level `rest.0` holding `from` once it has
+    /// seen `rest.1` entries at or after `from` (what an earlier search said of it, an upper
+    /// bound). `work` 0 on entry: paused at `from`.
+    pub fn next_entry_bounded(
+        &self,
+        pool: &FramePool<'_>,
+        from: u64,
+        end: u64,
+        rest: Option<(u8, u64)>,
+        work: &mut u32,
+    ) -> Scan {
+        let Some(root) = self.root else {
+            return Scan::End;
+        };
+        let end = end.min(self.limit());
+        let mut cursor = from;
+        'restart: while cursor < end {
+            let mut page = root;
+            let mut level = self.top;
+            let mut table_base = 0u64;
+            loop {
+                let span = level_span(level);
+                let first = slot_of(cursor, level);
+                // The page's count says how many entries are in use: from slot 0 on, the scan
+                // leaves the page once it has seen them all. From mid-page it cannot know.
+                let hinted = rest
+                    .filter(|&(l, _)| l == level && cursor == from)
+                    .map(|(_, n)| n);
+                let mut left = match (first == 0, hinted) {
+                    (true, Some(n)) => pool.used(page).min(n),
+                    (true, None) => pool.used(page),
+                    (false, Some(n)) => n,
+                    (false, None) => u64::MAX,
+                };
+                let known = left != u64::MAX;
+                let mut descended = false;
+                for slot in first..ENTRIES_PER_PAGE {
+                    let Some(base) = (slot as u64)
+                        .checked_mul(span)
+                        .and_then(|o| table_base.checked_add(o))
+                    else {
+                        return Scan::End;
+                    };
+                    if base >= end {
+                        return Scan::End;
+                    }
+                    if left == 0 {
+                        // Every entry in use at or above `first` has been seen.
+                        break;
+                    }
+                    // One unit per entry in use read, and one per cache line of free entries
+                    // (LINE_ENTRIES; the line's first entry read pays for it).
+                    let raw = pool.entry(page, slot);
+                    let free = raw == F::FREE;
+                    if !free || slot == first || slot % LINE_ENTRIES == 0 {
+                        if *work == 0 {
+                            return Scan::Paused {
+                                resume: cursor.max(base),
+                            };
+                        }
+                        *work = work.saturating_sub(1);
+                    }
+                    if free {
+                        continue;
+                    }
+                    left = left.saturating_sub(1);
+                    if level > 1 && F::is_table(raw, level) {
+                        let Some(child) = pool.index_of(F::child(raw)) else {
+                            return Scan::End;
+                        };
+                        if base > cursor {
+                            cursor = base;
+                        }
+                        page = child;
+                        table_base = base;
+                        level = level.saturating_sub(1);
+                        descended = true;
+                        break;
+                    }
+                    if base >= cursor {
+                        return Scan::Entry {
+                            base,
+                            level,
+                            raw,
+                            page,
+                            slot,
+                            rest: known.then_some(left),
+                        };
+                    }
+                    let Some(next) = base.checked_add(span) else {
+                        return Scan::End;
+                    };
+                    cursor = next;
+                }
+                if !descended {
+                    let parent_span = level_span(level.saturating_add(1));
+                    let Some(next) = table_base.checked_add(parent_span) else {
+                        return Scan::End;
+                    };
+                    cursor = next;
+                    if level >= self.top {
+                        return Scan::End;
+                    }
+                    continue 'restart;
+                }
+            }
+        }
+        Scan::End
     }
 
     /// The first non-free, non-table entry whose covered range starts at or above `from` and

@@ -42,9 +42,10 @@ pub const TDX_PAGE_METADATA_INCORRECT: u64 = 0xC000_0300_0000_0000;
 /// TDX_PAGE_NOT_FREE (+ operand id).
 pub const TDX_PAGE_NOT_FREE: u64 = 0xC000_0303_0000_0000;
 /// TDX_SYSINIT_NOT_PENDING: initialization is no longer pending (here: a second
-/// `tsm_tdx_init`; Linux `tdx_errno.h` of the TDX host series).
+/// `tsm_tdx_init_session`; Linux `tdx_errno.h` of the TDX host series).
 pub const TDX_SYSINIT_NOT_PENDING: u64 = 0xC000_0500_0000_0000;
-/// TDX_SYS_NOT_READY: the module is not initialized (here: `tsm_tdx_init` not called yet).
+/// TDX_SYS_NOT_READY: the module is not initialized (here: `tsm_tdx_init_session` not called
+/// yet).
 pub const TDX_SYS_NOT_READY: u64 = 0xC000_0505_0000_0000;
 /// TDX_TD_ASSOCIATED_PAGES_EXIST: the TD still has objects attached.
 pub const TDX_TD_ASSOCIATED_PAGES_EXIST: u64 = 0xC000_0400_0000_0000;
@@ -95,10 +96,6 @@ pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
 /// `include/auto_gen_2_0/tdx_error_codes_defs.h`; + RCX as `tdg_mmio_accept.c` @1666adc4
 /// names it): TDG.MMIO.ACCEPT's RDX does not name the page the S-EPT maps at the GPA.
 pub const TDX_MMIO_INVALID_HPA_OFFSET: u64 = 0xC000_0F4D_0000_0000;
-/// TDX_DEVIF_TDISP_INVALID_REQ_STS (TDX-IO, intel/tdx-module @a56a9173
-/// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a
-/// device response (or a request re-read) for a TDI with no request outstanding. (The module
-/// answers TDX_DEVIF_TDISP_OUT_REQ both for a request while one is outstanding and for a
 /// TDX_DEVIFMT_NOT_PRESENT (intel/tdx-module TDX-IO @6e66b9d2
 /// `include/auto_gen_2_0/tdx_error_codes_defs.h`): no TDI has the function ID (every leaf
 /// naming a TDI, + RCX).
@@ -109,7 +106,12 @@ pub const TDX_DEVIF_INVALID_METADATA: u64 = 0xC000_0F41_0000_0000;
 /// TDX_DEVIFMT_ALREADY_PRESENT (same source): TDH.DEVIF.CREATE of a function that has a TDI
 /// (+ RCX).
 pub const TDX_DEVIFMT_ALREADY_PRESENT: u64 = 0xC000_0F42_0000_0000;
-/// response while none is; this firmware tells the two apart, so a host knows which.)
+/// TDX_DEVIF_TDISP_INVALID_REQ_STS (TDX-IO, intel/tdx-module @a56a9173
+/// `tdx_error_codes_defs.h`): the TDI's request status does not allow the call. Here: a call
+/// for the other side's request (`td_flag` naming the TD's request while the host's is
+/// outstanding, or the reverse), a guest's answer read before the device answered, and the
+/// core's `NoExchange`. A TDH.DEVIF.RESPONSE with nothing outstanding at all is
+/// TDX_DEVIF_TDISP_OUT_REQ, as in the module (`devif.rs` names the status of each leaf).
 pub const TDX_DEVIF_TDISP_INVALID_REQ_STS: u64 = 0xC000_0F0E_0000_0000;
 /// TDX_DEVIF_TDISP_INVALID_MESSAGE (TDX-IO, same file; `tdh_devif_response.c` answers it on
 /// RDX for a response whose headers do not verify): the relayed bytes are not a DOE object

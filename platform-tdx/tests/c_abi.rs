@@ -5,10 +5,12 @@
 //! allowed zap. `host_flow.c`: the Linux host's whole flow, then the eight vfio paths (old
 //! order refused with nothing changed, patched order allowed, rebind), all through
 //! `tsm_tdx_seamcall` / `tsm_tdx_tdcall`. `session.c`: the firmware sealing through a C
-//! session (`tsm_tdx_init_session`), run once per mode (delegating, and three that refuse
-//! the device's answer). `pool_pages.c`: the header's pool-size macros against the Rust rule.
-//! `bare_metal.c`: the library built for `x86_64-unknown-none` and linked into a freestanding
-//! ELF with its own `_start` (linked, not run).
+//! session (`tsm_tdx_init_session`), run once per mode (delegating, three that refuse the
+//! device's answer, a lock_secret that drifts, a seal failing after the LOCK, an over-long
+//! seal). `pool_pages.c`: the header's pool-size macros against the Rust rule.
+//! `bare_metal.c`: the library built for `x86_64-unknown-none` (feature `capi` only, as a
+//! firmware takes it) and linked into a freestanding ELF with its own `_start` (linked, not
+//! run): no test support in it, `tsm_tdx_init` (the model session's public key) included.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -267,6 +269,102 @@ fn c_session_refusing_the_answer_refuses_the_response_and_changes_nothing() {
     }
 }
 
+/// Asserts every `(what, status)` line of a `session.c` run.
+fn assert_lines(mode: &str, stdout: &str, lines: &[(&str, &str)]) {
+    for (what, status) in lines {
+        let line = format!("{what:<34} status {status} ok\n");
+        assert!(stdout.contains(&line), "{mode}: {line}:\n{stdout}");
+    }
+    assert!(
+        stdout.ends_with("PASS: 0 failure(s)\n"),
+        "{mode}:\n{stdout}"
+    );
+}
+
+/// A C session whose lock_secret answers differently each time it is asked again: the host
+/// re-reads the LOCK and reports no answer once (the LOCK is re-sent, byte for byte), the
+/// bind completes, lock_secret was asked exactly once, and the TDI owns exactly the pages
+/// the device reported (first and last owned, the next one free).
+#[test]
+#[cfg_attr(miri, ignore)]
+fn c_session_with_a_drifting_lock_secret_binds_what_the_device_reported() {
+    let mode = "secret-drifts";
+    let stdout = run_c_program_with("session", &[mode]);
+    let owned = "0xc0000f1000000001";
+    assert_lines(
+        mode,
+        &stdout,
+        &[
+            ("the LOCK re-read", "0xc0000f5700000000"),
+            ("no answer: the LOCK re-sent", "0xc0000f5700000000"),
+            ("bind relayed", "0x0000000000000000"),
+            ("one LOCK", "0x0000000000000001"),
+            ("lock_secret asked once", "0x0000000000000001"),
+            ("the reported first page owned", owned),
+            ("the reported last page owned", owned),
+            ("the page after them free", "0x0000000000000000"),
+        ],
+    );
+    assert_eq!(
+        stdout
+            .matches(&format!(
+                "{:<34} status 0x{:016x} ok\n",
+                "  the same bytes", 0
+            ))
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
+
+/// A C session whose seal fails for the request after the LOCK: that TDH_DEVIF_RESPONSE is
+/// TSM_RELAY_BUFFER_TOO_SMALL + TRANSPORT, the TDI is as before the bind with nothing
+/// outstanding; once seal works the next bind starts with STOP_INTERFACE and completes.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn c_session_failing_to_seal_after_the_lock_ends_the_bind_as_documented() {
+    let mode = "seal-fails-after-lock";
+    let stdout = run_c_program_with("session", &[mode]);
+    assert_lines(
+        mode,
+        &stdout,
+        &[
+            ("the seal after LOCK fails", "0xc000f03300000f06"),
+            ("  LOCK was asked of the session", "0x0000000000000001"),
+            (
+                "  TDI state, code, owner as before the bind",
+                "0x0000000000000000",
+            ),
+            ("  no request outstanding", "0xc0000f1400000001"),
+            ("the next bind starts with STOP", "0x0000000000000087"),
+            ("  and completes", "0x0000000000000000"),
+        ],
+    );
+}
+
+/// Seal is given exactly TSM_TDX_SESSION_MAX_OVERHEAD bytes past the message: a record one
+/// byte longer is TSM_RELAY_BUFFER_TOO_SMALL + TRANSPORT with nothing changed and no request
+/// written (never TSM_INCONSISTENT); a record filling the room is relayed.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn c_session_sealing_past_its_room_is_relay_buffer_too_small() {
+    let mode = "seal-overlong";
+    let stdout = run_c_program_with("session", &[mode]);
+    assert_lines(
+        mode,
+        &stdout,
+        &[
+            ("bind: relay this", "0xc000f03300000f06"),
+            ("  TDI state, code, owner unchanged", "0x0000000000000000"),
+            ("  no request written", "0x0000000000000000"),
+            ("bind: relay this", "0xc0000f5700000000"),
+            ("  a DOE object within the page", "0x0000000000000001"),
+            ("seal's least room", "0x0000000000000020"),
+            ("seal's most room", "0x0000000000000020"),
+        ],
+    );
+}
+
 /// The header's pool-size macros give what `Sept::pool_pages_needed` gives, over the grid the
 /// C program prints.
 #[test]
@@ -304,13 +402,15 @@ fn missing_tool(tools: &[&'static str]) -> Option<&'static str> {
 
 /// The static library built for `x86_64-unknown-none` (feature `capi` only, as a firmware
 /// image takes it) links with a freestanding C object that has its own `_start` into a static
-/// ELF: no undefined symbols, and the entry points are in it. Not run.
+/// ELF: no undefined symbols, the entry points are in it, and none of the test support is:
+/// not `tsm_tdx_init` (it seals with the model session, whose key is public), not
+/// `tsm_tdx_model_*`, no model session code. Not run. A missing tool fails the test: a
+/// check that never ran is not a pass.
 #[test]
 #[cfg_attr(miri, ignore)]
 fn static_library_links_into_a_freestanding_x86_64_unknown_none_image() {
     if let Some(tool) = missing_tool(&["cc", "ld", "nm"]) {
-        println!("skipped: `{tool}` is not installed (the freestanding link needs cc, ld and nm)");
-        return;
+        panic!("`{tool}` is not installed: the freestanding link needs cc, ld and nm");
     }
     let lib = build_static_lib("capi", Some("x86_64-unknown-none"));
     let dir = work().join("bare-metal");
@@ -373,7 +473,6 @@ fn static_library_links_into_a_freestanding_x86_64_unknown_none_image() {
     let symbols = run(Command::new("nm").arg(&elf), "nm");
     for entry in [
         "_start",
-        "tsm_tdx_init",
         "tsm_tdx_init_session",
         "tsm_tdx_seamcall",
         "tsm_tdx_tdcall",
@@ -383,6 +482,28 @@ fn static_library_links_into_a_freestanding_x86_64_unknown_none_image() {
             "{entry} is not a defined text symbol:\n{symbols}"
         );
     }
-    // The test support never reaches a firmware build.
+    // The test support never reaches a firmware build: no model init, device or session.
+    assert!(
+        !symbols.lines().any(|l| l.ends_with(" tsm_tdx_init")),
+        "tsm_tdx_init in a firmware image:\n{symbols}"
+    );
     assert!(!symbols.contains("tsm_tdx_model_"), "{symbols}");
+    assert!(!symbols.contains("ModelSession"), "{symbols}");
+    // The link drops what `_start` does not reach: the library itself must not define them
+    // either.
+    let archive = run(Command::new("nm").arg(&lib), "nm of the library");
+    let defined: Vec<&str> = archive
+        .lines()
+        .filter(|l| l.contains(" T "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter(|name| name.starts_with("tsm_tdx_"))
+        .collect();
+    assert_eq!(
+        defined.len(),
+        3,
+        "the firmware library defines {defined:?}, not exactly the three entry points"
+    );
+    for entry in ["tsm_tdx_init_session", "tsm_tdx_seamcall", "tsm_tdx_tdcall"] {
+        assert!(defined.contains(&entry), "{entry} not in {defined:?}");
+    }
 }

@@ -46,7 +46,7 @@ fn firmware_types_format_as_short_summaries() {
     );
 }
 
-#[cfg(feature = "capi")]
+#[cfg(feature = "model-device")]
 #[test]
 fn the_c_firmware_formats_whether_it_is_initialized() {
     let c = platform_tdx::capi::Firmware::new();

@@ -421,3 +421,54 @@ fn header_macros_use_the_rust_masks() {
         "TDX_STATUS_OPERAND's mask is not {operand}"
     );
 }
+
+const CAPI_RS: &str = include_str!("../src/capi.rs");
+
+/// Every `extern "C"` entry point of `src/capi.rs` is declared in the header, and exactly
+/// those behind feature `model-device` (test support: `tsm_tdx_init` with the model session's
+/// public key among them) are declared in the header's TEST SUPPORT part, never among the
+/// firmware's own entry points.
+#[test]
+fn every_entry_point_is_declared_and_the_test_support_only_in_its_part() {
+    let lines: Vec<&str> = CAPI_RS.lines().collect();
+    let mut entries = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(rest) = line.split("extern \"C\" fn ").nth(1) else {
+            continue;
+        };
+        let name = rest.split('(').next().unwrap();
+        if !name.starts_with("tsm_tdx_") {
+            continue;
+        }
+        // The attributes and doc lines right above the function.
+        let gated = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| {
+                let l = l.trim_start();
+                l.starts_with("#[") || l.starts_with("///")
+            })
+            .any(|l| l.contains("cfg(") && l.contains("model-device"));
+        entries.push((name, gated));
+    }
+    assert!(entries.len() >= 7, "{entries:?}");
+    assert!(entries.contains(&("tsm_tdx_init", true)), "{entries:?}");
+    assert!(
+        entries.contains(&("tsm_tdx_init_session", false)),
+        "{entries:?}"
+    );
+    let marker = HEADER
+        .find("TEST SUPPORT")
+        .unwrap_or_else(|| panic!("the header has no TEST SUPPORT part"));
+    for (name, gated) in entries {
+        let declared = HEADER
+            .find(&format!("uint64_t {name}("))
+            .unwrap_or_else(|| panic!("{name} is not declared in include/tsm_tdx.h"));
+        assert_eq!(
+            declared > marker,
+            gated,
+            "{name}: declared {} the header's TEST SUPPORT part",
+            if declared > marker { "in" } else { "outside" }
+        );
+    }
+}

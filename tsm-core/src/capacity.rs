@@ -14,9 +14,26 @@ pub const MAX_BARS: usize = 6;
 pub const MAX_RANGES_PER_TDI: usize = 16;
 /// MMIO ranges owned by all bound TDIs together.
 pub const MAX_OWNED_RANGES: usize = 256;
-/// Leaf blocks or removals one unbind (or device-error) call performs before it returns
-/// `Resumable`, so no host call holds a CPU in firmware for long.
+/// Leaf operations one bounded pass over table entries may do per call where it counts
+/// leaves, not work: the TDX epoch re-stamp of old blocked leaves (`TDH.MEM.TRACK`).
 pub const UNBIND_OPS_PER_CALL: u32 = 64;
+/// Work one unbind (or device-error, check, refused start) call does before it returns
+/// `Resumable`, so no host call holds a CPU in firmware for long whatever the layout of the
+/// TDI's leaves. The unit: one leaf blocked or removed, and what the leaf searches read
+/// (`SecureTable::find_leaves`): on TDX one per MMIO-metadata entry in use read (a table
+/// pointer on the way down, a leaf) and one per cache line of free entries; on a table without
+/// a bounded search (the in-memory one; the SEV RMP until it is indexed) one per search. Ours:
+/// 128 units is a few microseconds on the README's benchmark machine, dense or sparse, and on
+/// a table without a bounded search 64 leaves, the leaf-counted bound it replaces. How many
+/// calls an unbind takes depends on the table.
+pub const UNBIND_WORK_PER_CALL: u32 = 128;
+/// Work a call may spend past its budget only to find that no leaf is left (so the call that
+/// did the last change says `Done`): a search or two, never a change (ours).
+pub const UNBIND_GRACE_WORK: u32 = 16;
+/// Work a removal charges for each table page it empties and gives back: the page's 64 cache
+/// lines are read to confirm it holds nothing before it goes back (ours: one unit per line, as
+/// a search charges). A call may go past its budget by one run's removal.
+pub const UNBIND_WORK_PER_PAGE_FREED: u32 = 64;
 /// Ranges of memory the firmware reserves at init (its pool and image, the platform's system
 /// memory map): a typical TDX CMR list or e820 map has a few dozen entries.
 pub const MAX_RESERVED_RANGES: usize = 64;

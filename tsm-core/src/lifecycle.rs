@@ -3,6 +3,7 @@
 
 use crate::addr::Hpa;
 use crate::ids::GuestId;
+use crate::secure_table::PageRest;
 use crate::status::Error;
 
 /// TDISP interface states (PCIe 6.x 11.3.2, TDI state machine; codes as in
@@ -27,6 +28,9 @@ pub struct Cursor {
     pub range: u8,
     /// Lowest host address not yet visited in that range (`None`: from the range's base).
     pub next: Option<Hpa>,
+    /// What the secure table said of the rest of its table page at `next`, handed back to its
+    /// next search ([`crate::secure_table::SecureTable::find_leaves`]).
+    pub rest: Option<PageRest>,
 }
 
 impl Cursor {
@@ -34,6 +38,7 @@ impl Cursor {
     pub const START: Cursor = Cursor {
         range: 0,
         next: None,
+        rest: None,
     };
 }
 
@@ -352,6 +357,7 @@ mod tests {
                         blocking: Some(Cursor {
                             range: 1,
                             next: None,
+                            rest: None,
                         }),
                     };
                     assert_eq!(
@@ -360,7 +366,8 @@ mod tests {
                             owner: A,
                             step: UnbindStep::Block(Cursor {
                                 range: 1,
-                                next: None
+                                next: None,
+                                rest: None,
                             })
                         })
                     );

@@ -6,7 +6,7 @@ use crate::capacity::MAX_GUESTS;
 use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
-use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError};
+use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError, for_each_page};
 use crate::status::Completion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +99,25 @@ impl<const N: usize> SecureTable for MemTable<N> {
         hpa: Hpa,
         size: PageSize,
     ) -> Result<(), TableError> {
+        self.check_map(guest, gpa, hpa, size)?;
+        self.leaves
+            .push(Leaf {
+                guest,
+                gpa,
+                hpa,
+                size,
+                state: LeafState::Mapped,
+            })
+            .map_err(|_| TableError::OutOfFrames)
+    }
+
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError> {
         self.epoch(guest)?;
         if !gpa.is_aligned(size) || !hpa.is_aligned(size) {
             return Err(TableError::Misaligned);
@@ -116,15 +135,52 @@ impl<const N: usize> SecureTable for MemTable<N> {
         {
             return Err(TableError::HpaMapped);
         }
-        self.leaves
-            .push(Leaf {
-                guest,
-                gpa,
-                hpa,
-                size,
-                state: LeafState::Mapped,
-            })
-            .map_err(|_| TableError::OutOfFrames)
+        if self.leaves.is_full() {
+            return Err(TableError::OutOfFrames);
+        }
+        Ok(())
+    }
+
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        self.epoch(guest)?;
+        self.position(guest, gpa, size).map(drop)
+    }
+
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
+        let flushed = self.epoch(guest)?.flushed;
+        let i = self.position(guest, gpa, size)?;
+        match self.leaves.get(i).map(|l| l.state) {
+            None => Err(TableError::NotMapped),
+            Some(LeafState::Mapped) => Err(TableError::NotBlocked),
+            Some(LeafState::Blocked { epoch }) if flushed <= epoch => {
+                Err(TableError::TlbNotFlushed)
+            }
+            Some(LeafState::Blocked { .. }) => Ok(()),
+        }
+    }
+
+    /// The provided check of every page, and of the room left: page `i` takes the array's
+    /// `i`-th free entry, so the first page past it is `OutOfFrames`, as mapping page by page
+    /// would find it.
+    fn map_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        let room = N.saturating_sub(self.leaves.len());
+        let mut i = 0usize;
+        for_each_page(gpa, hpa, size, count, |g, h| {
+            self.check_map(guest, g, h, size)?;
+            if i >= room {
+                return Err(TableError::OutOfFrames);
+            }
+            i = i.saturating_add(1);
+            Ok(())
+        })?;
+        for_each_page(gpa, hpa, size, count, |g, h| self.map(guest, g, h, size))
     }
 
     fn block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
@@ -153,17 +209,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {
-        let flushed = self.epoch(guest)?.flushed;
+        self.check_remove(guest, gpa, size)?;
         let i = self.position(guest, gpa, size)?;
-        let leaf = *self.leaves.get(i).ok_or(TableError::NotMapped)?;
-        match leaf.state {
-            LeafState::Mapped => Err(TableError::NotBlocked),
-            LeafState::Blocked { epoch } if flushed <= epoch => Err(TableError::TlbNotFlushed),
-            LeafState::Blocked { .. } => {
-                self.leaves.swap_remove(i);
-                Ok(leaf.hpa)
-            }
-        }
+        let leaf = self.leaves.swap_remove(i);
+        Ok(leaf.hpa)
     }
 
     fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf> {
@@ -262,6 +311,54 @@ mod tests {
             Err(TableError::OutOfFrames)
         );
         assert_eq!(t, before);
+    }
+
+    /// The provided range operations: a run is its pages in order or nothing; the table's
+    /// room is checked with the pages (the first page past it is `OutOfFrames`).
+    #[test]
+    fn range_operations_are_their_pages_or_nothing() {
+        let k = PageSize::Size4K;
+        let mut t = MemTable::<8>::new();
+        assert_eq!(t.map(G, gpa(0x5000), hpa(0x10_5000), k), Ok(()));
+        let before = t.clone();
+        // Page 3 of the run is taken: nothing of pages 0..3 is mapped.
+        assert_eq!(
+            t.map_range(G, gpa(0x2000), hpa(0x10_2000), k, 5),
+            Err(TableError::GpaMapped)
+        );
+        assert_eq!(t, before);
+        // Eight entries, one used: the eighth page of a run is past the room.
+        assert_eq!(
+            t.map_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 8),
+            Err(TableError::OutOfFrames)
+        );
+        assert_eq!(t, before);
+        assert_eq!(t.map_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 7), Ok(()));
+        // Block: page 2 translates elsewhere than the run says.
+        let mapped = t.clone();
+        assert_eq!(
+            t.block_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
+            Ok(3)
+        );
+        assert_eq!(
+            t.block_range(G, gpa(0x10_0000), hpa(0x30_0000), k, 1),
+            Err(TableError::NotMapped)
+        );
+        let blocked = t.clone();
+        // Remove: pages 3.. are not blocked, nothing goes.
+        assert_eq!(t.track(G), Ok(Completion::Done));
+        let tracked = t.clone();
+        assert_eq!(
+            t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 4),
+            Err(TableError::NotBlocked)
+        );
+        assert_eq!(t, tracked);
+        assert_eq!(
+            t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
+            Ok(3)
+        );
+        assert_eq!(t.leaves().len(), mapped.leaves().len() - 3);
+        assert_ne!(blocked, mapped);
     }
 
     #[test]

@@ -87,8 +87,63 @@ impl From<TableError> for Error {
     }
 }
 
+/// What a table knows of the rest of one of its table pages after a search: at most `left`
+/// leaves lie at or after the search's resume point in the page at `level` holding it. Handed
+/// back to the next search from there, which then leaves the page once it has seen that many
+/// instead of reading it to its end. Sound because the leaves in a TDI's owned range only go
+/// while a walk is under way (no map into a TDI that is unbinding or in ERROR, and no other
+/// TDI's leaf in its range): a bound that was right stays an upper bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageRest {
+    /// The table's level of the page (its own numbering).
+    pub level: u8,
+    /// Leaves at most at or after the resume point in that page.
+    pub left: u16,
+}
+
+/// What a bounded search of the leaves ([`SecureTable::find_leaves`]) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Found {
+    /// `count` (at least 1) leaves from `first`, one after another in host and in guest
+    /// addresses, of one guest and one size: a run the range operations take whole.
+    Run {
+        /// The run's first leaf (the lowest host address at or above the search's start).
+        first: Leaf,
+        /// Leaves in the run.
+        count: u32,
+        /// Where the next search starts: the run's end, or further when the table knows no
+        /// leaf lies in between; `None` when nothing can follow (the end of the address space).
+        next: Option<Hpa>,
+        /// What the table knows of the rest of the page holding the run's end, for a search
+        /// from there (only when `next` is that end; a walk that stops inside the run adds the
+        /// leaves it did not do).
+        rest: Option<PageRest>,
+    },
+    /// No leaf at or above the start lies in the range searched.
+    End,
+    /// The work allowed ran out first: no leaf of the range starts at or above the search's
+    /// start and below `resume`; search again from there.
+    Paused {
+        /// Where the next search starts.
+        resume: Hpa,
+    },
+}
+
+/// Address of page `i` of a run of `size` pages from `base`, if it exists (below 2^64).
+pub fn run_page(base: u64, size: PageSize, i: u32) -> Option<u64> {
+    base.checked_add(u64::from(i).checked_mul(size.bytes())?)
+}
+
 /// A platform's secure second-level structure for private MMIO. Every method either makes its
 /// whole change or returns an error and changes nothing.
+///
+/// The range operations (`map_range`, `block_range`, `remove_range`) take a run of `count`
+/// pages of one size, contiguous in guest and host addresses (page `i` maps
+/// `gpa + i * size -> hpa + i * size`). Each is all-or-nothing per call: its result is the one
+/// the per-page operations applied in address order would return (the first page's refusal
+/// in that order), and on a refusal nothing changed. The provided implementations check every
+/// page (`check_*`) before they apply any, page by page; a table overrides them to do one walk
+/// per table page and one bookkeeping update per chunk.
 pub trait SecureTable {
     /// Adds a leaf `gpa -> hpa` of `size` for `guest`, in state `Mapped`.
     fn map(&mut self, guest: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize)
@@ -115,6 +170,145 @@ pub trait SecureTable {
     fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf>;
 
     /// The leaf with the lowest host address at or above `from` that lies in `within`
-    /// (TDX: found through MMIO metadata; SEV: an RMP scan).
+    /// (TDX: found through MMIO metadata; SEV: an RMP scan). Unbounded: the firmware's
+    /// bounded walks use [`SecureTable::find_leaves`].
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf>;
+
+    /// Whether [`SecureTable::map`] would succeed now, with the error it would return; reads
+    /// only.
+    fn check_map(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> Result<(), TableError>;
+
+    /// Whether [`SecureTable::block`] would succeed now; reads only.
+    fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError>;
+
+    /// Whether [`SecureTable::remove`] would succeed now; reads only.
+    fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError>;
+
+    /// Like [`SecureTable::next_leaf`], bounded: what the search reads costs `work` in the
+    /// units of [`crate::capacity::UNBIND_WORK_PER_CALL`] (the S-EPT: one per entry in use, one
+    /// per cache line of free entries; the provided implementation, over an unbounded
+    /// `next_leaf`, one per search), and the search stops when `work` is spent, saying where to
+    /// resume.
+    /// A run found holds at most `max` leaves (at least one). `max` 0 or `work` 0 on entry:
+    /// `Paused` at `from`, nothing read. `rest`: what an earlier search said of the page at
+    /// `from` ([`Found::Run`]), or `None`.
+    fn find_leaves(
+        &self,
+        within: MmioRange,
+        from: Hpa,
+        rest: Option<PageRest>,
+        max: u32,
+        work: &mut u32,
+    ) -> Found {
+        let _ = rest;
+        if *work == 0 || max == 0 {
+            return Found::Paused { resume: from };
+        }
+        *work = work.saturating_sub(1);
+        match self.next_leaf(within, from) {
+            Some(first) => Found::Run {
+                first,
+                count: 1,
+                next: first.hpa.checked_add(first.size.bytes()),
+                rest: None,
+            },
+            None => Found::End,
+        }
+    }
+
+    /// Maps the run of `count` pages (see the trait). Provided: every page checked
+    /// ([`SecureTable::check_map`]), then every page mapped. Pages of a run never overlap, so
+    /// one page's map cannot change another's check; a table whose pages share a capacity
+    /// (a fixed number of entries) overrides it to check that too.
+    fn map_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<(), TableError> {
+        for_each_page(gpa, hpa, size, count, |g, h| {
+            self.check_map(guest, g, h, size)
+        })?;
+        for_each_page(gpa, hpa, size, count, |g, h| self.map(guest, g, h, size))
+    }
+
+    /// Blocks the run of `count` leaves (see the trait): leaf `i` at `gpa + i * size` must
+    /// translate to `hpa + i * size` (`NotMapped` otherwise). Already blocked leaves stay as
+    /// they are, as [`SecureTable::block`] leaves them. Returns the work it did, as
+    /// [`SecureTable::remove_range`] does (the provided implementation: one per leaf).
+    fn block_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<u32, TableError> {
+        for_each_page(gpa, hpa, size, count, |g, h| {
+            self.check_block(guest, g, size)?;
+            self.check_host(guest, g, h)
+        })?;
+        for_each_page(gpa, hpa, size, count, |g, _| self.block(guest, g, size))?;
+        Ok(count)
+    }
+
+    /// Removes the run of `count` blocked, flushed leaves (see the trait; leaf `i` must
+    /// translate to `hpa + i * size`). Returns the work it did in the units of
+    /// [`crate::capacity::UNBIND_WORK_PER_CALL`]: one per leaf, more for the table pages it
+    /// walks, and [`crate::capacity::UNBIND_WORK_PER_PAGE_FREED`] per table page it gave back
+    /// (the provided implementation: one per leaf).
+    fn remove_range(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+    ) -> Result<u32, TableError> {
+        for_each_page(gpa, hpa, size, count, |g, h| {
+            self.check_remove(guest, g, size)?;
+            self.check_host(guest, g, h)
+        })?;
+        for_each_page(gpa, hpa, size, count, |g, _| {
+            self.remove(guest, g, size).map(drop)
+        })?;
+        Ok(count)
+    }
+
+    /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.
+    fn check_host(&self, guest: GuestId, gpa: Gpa, hpa: Hpa) -> Result<(), TableError> {
+        match self.leaf(guest, gpa) {
+            Some(l) if l.hpa == hpa => Ok(()),
+            _ => Err(TableError::NotMapped),
+        }
+    }
+}
+
+/// Calls `f` with page `i`'s guest and host addresses for every page of a run, in order,
+/// stopping at the first error. A page past the address space is `Misaligned` (the status
+/// for an address the table cannot place), as the per-page operation on it would be.
+pub fn for_each_page(
+    gpa: Gpa,
+    hpa: Hpa,
+    size: PageSize,
+    count: u32,
+    mut f: impl FnMut(Gpa, Hpa) -> Result<(), TableError>,
+) -> Result<(), TableError> {
+    for i in 0..count {
+        let g = run_page(gpa.as_u64(), size, i).and_then(|a| Gpa::try_new(a).ok());
+        let h = run_page(hpa.as_u64(), size, i).and_then(|a| Hpa::try_new(a).ok());
+        let (Some(g), Some(h)) = (g, h) else {
+            return Err(TableError::Misaligned);
+        };
+        f(g, h)?;
+    }
+    Ok(())
 }

@@ -1,6 +1,10 @@
 //! Operation tests of [`Tsm`]: every refusal leaves every table exactly as it was.
 
-use crate::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS_PER_DEVICE, UNBIND_OPS_PER_CALL};
+use crate::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS_PER_DEVICE, UNBIND_WORK_PER_CALL};
+
+/// Leaves one unbind call blocks or removes on the in-memory table: it has no bounded search,
+/// so each search costs one unit of work and each leaf changed one more (capacity.rs).
+const LEAVES_PER_CALL: u32 = UNBIND_WORK_PER_CALL / 2;
 use crate::device_model::{DeviceEvent, ModelDevice};
 use crate::mem_table::MemTable;
 use crate::tdisp::report;
@@ -359,7 +363,7 @@ fn unbind_is_idempotent_complete_and_rebindable() {
 
 #[test]
 fn unbind_is_bounded_and_resumable() {
-    let n = u64::from(UNBIND_OPS_PER_CALL) * 2 + 5;
+    let n = u64::from(LEAVES_PER_CALL) + 5;
     let w = bound(n);
     let tsm = &w.tsm;
     let mut calls = 0;
@@ -368,7 +372,7 @@ fn unbind_is_bounded_and_resumable() {
         let leaves_before = tsm.with_table(|t| t.leaves().len()).unwrap();
         let out = tsm.unbind(w.t0).unwrap();
         let leaves_after = tsm.with_table(|t| t.leaves().len()).unwrap();
-        assert!(leaves_before - leaves_after <= UNBIND_OPS_PER_CALL as usize);
+        assert!(leaves_before - leaves_after <= LEAVES_PER_CALL as usize);
         if out == Completion::Done {
             break;
         }
@@ -386,8 +390,12 @@ fn unbind_is_bounded_and_resumable() {
         refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1)));
         assert!(calls < 100);
     }
-    // n blocks and n removals at UNBIND_OPS_PER_CALL per call.
-    assert_eq!(calls, (2 * n).div_ceil(u64::from(UNBIND_OPS_PER_CALL)));
+    // Two passes (block, remove), each a search and a change per leaf and the search that
+    // finds the end, at UNBIND_WORK_PER_CALL units per call.
+    assert_eq!(
+        calls,
+        (2 * (2 * n + 1)).div_ceil(u64::from(UNBIND_WORK_PER_CALL))
+    );
     assert_eq!(state(&w, w.t0), TdiState::Unbound);
 }
 
@@ -438,7 +446,7 @@ fn unresponsive_device_keeps_unbind_progress() {
 
 #[test]
 fn device_error_blocks_in_bounded_steps() {
-    let n = u64::from(UNBIND_OPS_PER_CALL) + 3;
+    let n = u64::from(LEAVES_PER_CALL) + 3;
     let w = bound(n);
     let tsm = &w.tsm;
     tsm.with_device(|d| d.event(rid(3, 0), DeviceEvent::Disturb))
@@ -453,7 +461,7 @@ fn device_error_blocks_in_bounded_steps() {
         })
         .unwrap()
     };
-    assert_eq!(blocked(tsm), UNBIND_OPS_PER_CALL as usize);
+    assert_eq!(blocked(tsm), LEAVES_PER_CALL as usize);
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
     assert_eq!(blocked(tsm), n as usize);
     assert_eq!(
@@ -1259,7 +1267,7 @@ fn mapped(tsm: &T) -> usize {
 
 #[test]
 fn a_tdi_stuck_at_stop_keeps_no_live_guest_mapping() {
-    let n = u64::from(UNBIND_OPS_PER_CALL) + 5;
+    let n = u64::from(LEAVES_PER_CALL) + 5;
     let w = bound(n);
     let tsm = &w.tsm;
     tsm.guest_start(w.g1, w.t0).unwrap();
@@ -1309,7 +1317,7 @@ fn refused_ok(tsm: &T, op: impl FnOnce() -> TsmResult<Completion>) {
 #[test]
 fn device_error_and_check_finish_blocking_of_an_abandoned_unbind_without_the_device() {
     for via_check in [false, true] {
-        let n = u64::from(UNBIND_OPS_PER_CALL) + 1;
+        let n = u64::from(LEAVES_PER_CALL) + 1;
         let w = bound(n);
         let tsm = &w.tsm;
         tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
@@ -1495,7 +1503,8 @@ fn forced_unbind_cuts_the_stream_and_needs_no_stop() {
 
 #[test]
 fn forced_unbind_is_bounded_and_resumable() {
-    let n = u64::from(UNBIND_OPS_PER_CALL) * 2 + 1;
+    // Past one call's blocking and removal each, within the table's 256 leaves.
+    let n = u64::from(LEAVES_PER_CALL) * 2 - 6;
     let w = bound(n);
     let tsm = &w.tsm;
     tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))

@@ -12,7 +12,8 @@ use spin::{Mutex, MutexGuard};
 
 use crate::addr::{Gpa, Hpa};
 use crate::capacity::{
-    MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, MAX_TDIS_PER_DEVICE, UNBIND_OPS_PER_CALL,
+    MAX_DEVICES, MAX_GUESTS, MAX_RANGES_PER_TDI, MAX_TDIS, MAX_TDIS_PER_DEVICE,
+    UNBIND_WORK_PER_CALL,
 };
 use crate::exchange::{BindStep, DeviceOp, Exchange};
 use crate::functions::DeviceFunctions;
@@ -504,7 +505,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     }
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
-    /// to ERROR and its leaves are blocked, at most [`UNBIND_OPS_PER_CALL`] per call
+    /// to ERROR and its leaves are blocked, within [`UNBIND_WORK_PER_CALL`] units of work per call
     /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is still
     /// blocking (an unbind the host abandoned) it finishes that pass. A START or check waiting
     /// on the device is abandoned: its answer no longer matters.
@@ -565,7 +566,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let Some(cursor) = record.state.blocking() else {
             return Ok(Completion::Done);
         };
-        let mut budget = UNBIND_OPS_PER_CALL;
+        let mut budget = UNBIND_WORK_PER_CALL;
         let blocking = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
             Walk::Finished => None,
             Walk::Paused(c) => Some(c),
@@ -586,7 +587,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// with the guest holding live MMIO: `Resumable` while blocking, then `Relay(n)` with
     /// STOP_INTERFACE in `out`; the device's answer ([`Tsm::device_response`]) goes on with
     /// the rest, and a STOP that fails leaves the unbind at Stop (call again to resend, or
-    /// [`Tsm::unbind_forced`]). At most [`UNBIND_OPS_PER_CALL`] leaf operations per call. A
+    /// [`Tsm::unbind_forced`]). At most [`UNBIND_WORK_PER_CALL`] units of work per call. A
     /// guest count that would drift is `Inconsistent` at the release, after the leaves are
     /// gone, with the ranges still owned.
     ///
@@ -668,7 +669,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 StopBy::Done
             },
         };
-        let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_OPS_PER_CALL);
+        let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_WORK_PER_CALL);
         if state == TdiState::Unbound
             && let (Some(guest), Some(count)) = (locks.guest.as_mut(), remaining)
         {

@@ -1,9 +1,11 @@
 //! Bounded walks over a TDI's leaves, and the unbind step machine built on them.
 
+use crate::addr::Hpa;
+use crate::capacity::UNBIND_GRACE_WORK;
 use crate::ids::{GuestId, TdiId};
 use crate::lifecycle::{Cursor, TdiState, UnbindStep};
 use crate::ownership::Ownership;
-use crate::secure_table::{Leaf, LeafState, SecureTable, TableError};
+use crate::secure_table::{Found, Leaf, PageRest, SecureTable, TableError, run_page};
 use crate::status::{Completion, Error};
 
 /// Where a walk ended.
@@ -15,46 +17,113 @@ pub(crate) enum Walk {
     Paused(Cursor),
 }
 
-/// Visits the TDI's leaves in host-address order from `cursor`, applying `act` to each, one unit
-/// of `budget` per leaf. On an error the caller keeps its older cursor: redoing a block is a
-/// no-op and a removed leaf is not found again, so nothing is done twice.
+/// Visits the TDI's leaves in host-address order from `cursor`, a run at a time
+/// ([`SecureTable::find_leaves`]), applying `act` to each run. `budget` is work
+/// ([`crate::capacity::UNBIND_WORK_PER_CALL`] says the unit): what the searches read and what
+/// the changes cost (`act` returns it), so a call is short whatever the layout (a sparse one
+/// spends its units searching). On an error the caller keeps its older cursor:
+/// redoing a block is a no-op and a removed leaf is not found again, so nothing is done
+/// twice; a run's change is all or nothing.
 pub(crate) fn walk<T: SecureTable>(
     owners: &Ownership,
     tdi: TdiId,
     table: &mut T,
     mut cursor: Cursor,
     budget: &mut u32,
-    mut act: impl FnMut(&mut T, &Leaf) -> Result<(), TableError>,
+    mut act: impl FnMut(&mut T, &Leaf, u32) -> Result<u32, TableError>,
 ) -> Result<Walk, Error> {
+    // Once the budget is spent (a change may overrun it), a little more to find that nothing
+    // is left, so a call that did the last of the work says Done rather than Resumable.
+    let mut grace = UNBIND_GRACE_WORK;
     loop {
         let Some(range) = owners.range_of(tdi, cursor.range) else {
             return Ok(Walk::Finished);
         };
         let from = cursor.next.unwrap_or(range.base());
-        let Some(leaf) = table.next_leaf(range, from) else {
-            cursor = Cursor {
-                range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
-                next: None,
-            };
-            continue;
-        };
         if *budget == 0 {
+            match table.find_leaves(range, from, cursor.rest, 1, &mut grace) {
+                Found::End => {
+                    cursor = Cursor {
+                        range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
+                        next: None,
+                        rest: None,
+                    };
+                    continue;
+                }
+                Found::Paused { .. } | Found::Run { .. } => {
+                    return Ok(Walk::Paused(Cursor {
+                        next: Some(from),
+                        ..cursor
+                    }));
+                }
+            }
+        }
+        // A run's leaves cost a unit each to find and another to change: half the budget
+        // left bounds the run, so a search from a leaf always leaves work to change it.
+        let max = (*budget / 2).max(1);
+        let (first, count, next, rest) =
+            match table.find_leaves(range, from, cursor.rest, max, budget) {
+                Found::End => {
+                    cursor = Cursor {
+                        range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
+                        next: None,
+                        rest: None,
+                    };
+                    continue;
+                }
+                Found::Paused { resume } => {
+                    return Ok(Walk::Paused(Cursor {
+                        range: cursor.range,
+                        next: Some(resume),
+                        rest: None,
+                    }));
+                }
+                Found::Run {
+                    first,
+                    count,
+                    next,
+                    rest,
+                } => (first, count, next, rest),
+            };
+        // The search may have spent the budget: what is left bounds the leaves changed.
+        let done = count.min(*budget);
+        if done == 0 {
             return Ok(Walk::Paused(Cursor {
                 range: cursor.range,
-                next: Some(leaf.hpa),
+                next: Some(first.hpa),
+                rest: None,
             }));
         }
-        act(table, &leaf)?;
-        *budget = budget.saturating_sub(1);
-        cursor = match leaf.hpa.checked_add(leaf.size.bytes()) {
+        // What the change cost: one per leaf, more where it gave table pages back.
+        let spent = act(table, &first, done)?;
+        *budget = budget.saturating_sub(spent.max(done));
+        let end = run_page(first.hpa.as_u64(), first.size, done).and_then(|e| Hpa::try_new(e).ok());
+        let (next, rest) = if done == count {
+            // The search's resume point: the run's end (what the table knows of its page goes
+            // with it), or past a table page with nothing more.
+            (next, rest.filter(|_| next == end))
+        } else {
+            // Stopped inside the run: its leaves not done are still ahead in the page.
+            let left = u16::try_from(count.saturating_sub(done)).unwrap_or(u16::MAX);
+            (
+                end,
+                rest.map(|r| PageRest {
+                    left: r.left.saturating_add(left),
+                    ..r
+                }),
+            )
+        };
+        cursor = match next {
             Some(next) => Cursor {
                 range: cursor.range,
                 next: Some(next),
+                rest,
             },
-            // The leaf ends at the top of the address space: nothing follows in this range.
+            // The run ends at the top of the address space: nothing follows in this range.
             None => Cursor {
                 range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
                 next: None,
+                rest: None,
             },
         };
     }
@@ -68,11 +137,8 @@ pub(crate) fn block_leaves<T: SecureTable>(
     cursor: Cursor,
     budget: &mut u32,
 ) -> Result<Walk, Error> {
-    walk(owners, tdi, table, cursor, budget, |t, leaf| {
-        match leaf.state {
-            LeafState::Mapped => t.block(leaf.guest, leaf.gpa, leaf.size),
-            LeafState::Blocked { .. } => Ok(()),
-        }
+    walk(owners, tdi, table, cursor, budget, |t, leaf, count| {
+        t.block_range(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, count)
     })
 }
 
@@ -113,7 +179,7 @@ enum Next {
     Release,
 }
 
-/// Runs unbind steps from `step` within `budget` leaf operations. Returns the state to store
+/// Runs unbind steps from `step` within `budget` units of work (see [`walk`]). Returns the state to store
 /// and the outcome; on an error the state keeps the step that failed, so a retry resumes there.
 pub(crate) fn run<T: SecureTable>(
     ctx: &mut UnbindCtx<'_, T>,
@@ -181,9 +247,14 @@ fn advance<T: SecureTable>(
             Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
         },
         UnbindStep::Remove(cursor) => {
-            match walk(ctx.owners, ctx.tdi, ctx.table, cursor, budget, |t, leaf| {
-                t.remove(leaf.guest, leaf.gpa, leaf.size).map(drop)
-            })? {
+            match walk(
+                ctx.owners,
+                ctx.tdi,
+                ctx.table,
+                cursor,
+                budget,
+                |t, leaf, n| t.remove_range(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, n),
+            )? {
                 Walk::Finished => Next::Release,
                 Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
             }

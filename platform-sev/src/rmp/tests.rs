@@ -529,3 +529,32 @@ fn whole_window_as_host_pages() {
         Err(TableError::GpaMapped)
     );
 }
+
+/// A range map (the trait's provided one: every page checked, then every page mapped) of the
+/// whole window in 4K leaves succeeds, with no capacity check of its own; a run whose last page
+/// is taken is refused as that page's map is, with nothing changed.
+#[test]
+#[cfg_attr(miri, ignore)] // a 4608-page window mapped twice over: safe code only
+fn range_map_takes_the_whole_window() {
+    let pages = 4608u32;
+    let mut t = Rmp::new(hpa(0), vec_store(pages as usize)).unwrap();
+    let (a, b) = (GuestId::from_slot(0), GuestId::from_slot(1));
+    t.set_asid(a, 1).unwrap();
+    t.set_asid(b, 2).unwrap();
+    assert_eq!(
+        t.map(b, gpa(0), hpa(u64::from(pages) - 1), PageSize::Size4K),
+        Ok(())
+    );
+    let before = t.clone();
+    assert_eq!(
+        t.map_range(a, gpa(0), hpa(0), PageSize::Size4K, pages),
+        Err(TableError::HpaMapped)
+    );
+    assert_eq!(t, before);
+    assert_eq!(
+        t.map_range(a, gpa(0), hpa(0), PageSize::Size4K, pages - 1),
+        Ok(())
+    );
+    assert_index_scanned(&t);
+    assert!(t.entries().iter().all(|e| e.assigned()));
+}

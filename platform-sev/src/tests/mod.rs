@@ -2417,7 +2417,7 @@ fn tdi_status_of_an_unbound_tdi_is_config_unlocked_without_asking_the_device() {
 fn tdi_status_says_resume_required_while_leaves_remain_to_block() {
     let mut w = World::new();
     w.setup(Stage::Bound);
-    // 100 4K leaves: more than one call blocks (UNBIND_OPS_PER_CALL).
+    // 100 4K leaves: more than one call blocks (UNBIND_WORK_PER_CALL: 64 leaves on the RMP).
     for i in 0..100u64 {
         ok(w.cmd(&mmio_map(
             GPA + 0x40_0000 + i * 0x1000,

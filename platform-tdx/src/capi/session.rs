@@ -2,16 +2,19 @@
 //! ([`tsm_core::SecureSession`]) as C function pointers and an opaque context
 //! (`struct tsm_tdx_session`), handed to `tsm_tdx_init_session` and copied once.
 //!
-//! Every answer of a callback is untrusted input: a failure, or a length past the buffer the
-//! firmware handed it, is the trait's `None` (the core then refuses the exchange with its
-//! documented status and changes nothing); nothing a callback returns is used to index
-//! without a check. A callback that writes past the lengths it is given is the integrator's
-//! undefined behaviour, as in any C code linked into the firmware.
+//! Every length a callback returns is untrusted input: a failure, or a length past the buffer
+//! the firmware handed it, is the trait's `None` (the core then refuses the exchange with its
+//! documented status); nothing a callback returns is used to index without a check. What
+//! `lock_secret` and `report_digest` answer is trusted: the firmware cannot check it. A
+//! callback that writes past the lengths it is given, unwinds or longjmps out is the
+//! integrator's undefined behaviour, as in any C code linked into the firmware.
 
 use core::ffi::{c_int, c_void};
 
+#[cfg(any(feature = "model-device", test))]
+use tsm_core::ModelSession;
+use tsm_core::SecureSession;
 use tsm_core::relay::{Direction, REPORT_DIGEST_SIZE, RecordContext};
-use tsm_core::{ModelSession, SecureSession};
 
 use super::invalid;
 use crate::status::{
@@ -98,13 +101,39 @@ pub struct SessionOps {
     pub report_digest: Option<ReportDigestFn>,
 }
 
+impl SessionOps {
+    /// The address of each present callback with the operand that names it, in the struct's
+    /// order.
+    pub fn callback_addresses(&self) -> impl Iterator<Item = (usize, u32)> {
+        [
+            (self.seal.map(|f| f as usize), OPERAND_ID_SESSION_SEAL),
+            (self.open.map(|f| f as usize), OPERAND_ID_SESSION_OPEN),
+            (
+                self.record_len.map(|f| f as usize),
+                OPERAND_ID_SESSION_RECORD_LEN,
+            ),
+            (
+                self.lock_secret.map(|f| f as usize),
+                OPERAND_ID_SESSION_LOCK_SECRET,
+            ),
+            (
+                self.report_digest.map(|f| f as usize),
+                OPERAND_ID_SESSION_REPORT_DIGEST,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(addr, operand)| Some((addr?, operand)))
+    }
+}
+
 /// Bytes of a C pointer: `SessionOps` is one and five function pointers.
 const PTR: usize = core::mem::size_of::<usize>();
 const _: () = assert!(core::mem::size_of::<SessionOps>() == PTR.saturating_mul(6));
 const _: () = assert!(core::mem::offset_of!(SessionOps, report_digest) == PTR.saturating_mul(5));
 
-/// A C session whose every callback is present (checked once, at init).
-#[derive(Clone, Copy)]
+/// A C session whose every callback is present (checked once, at init). Neither `Clone` nor
+/// `Copy`: the one session lives inside the core's transport lock, and no copy of it can be
+/// called from outside that lock.
 pub struct CSession {
     ctx: *mut c_void,
     seal: CipherFn,
@@ -114,9 +143,9 @@ pub struct CSession {
     report_digest: ReportDigestFn,
 }
 
-// SAFETY: the session is called with the core's transport lock held (one call at a time, from
-// whichever thread entered the firmware); `tsm_tdx_init_session`'s contract makes the
-// integrator's callbacks and `ctx` usable from any thread under that rule.
+// SAFETY: `CSession::new`'s contract makes the callbacks and `ctx` usable from any thread, one
+// call at a time. The session is not `Sync` and cannot be copied, so its calls are as serial as
+// the `&mut`/`&` borrows of its one owner (in the firmware: the core's transport lock).
 unsafe impl Send for CSession {}
 
 /// The context's address only: the firmware never reads what it points to.
@@ -131,7 +160,17 @@ impl core::fmt::Debug for CSession {
 impl CSession {
     /// The session of `ops`; `TDX_OPERAND_INVALID` naming the first NULL callback (in the
     /// struct's order) when one is.
-    pub fn new(ops: &SessionOps) -> Result<Self, TdxStatus> {
+    ///
+    /// # Safety
+    ///
+    /// For as long as the returned session (or anything owning it) lives, each callback of
+    /// `ops`, called with `ops.ctx` and the arguments `include/tsm_tdx.h` describes, must be
+    /// sound to call: from any thread, one call at a time (never two at once); reading at most
+    /// the input length given, writing at most the output capacity given (48 bytes for the
+    /// digest) and one `size_t`, keeping none of the pointers past the call; and returning
+    /// normally (no unwinding, no `longjmp`, no thread exit). `ctx` must stay valid for the
+    /// callbacks under the same rule.
+    pub unsafe fn new(ops: &SessionOps) -> Result<Self, TdxStatus> {
         Ok(Self {
             ctx: ops.ctx,
             seal: ops.seal.ok_or(invalid(OPERAND_ID_SESSION_SEAL))?,
@@ -158,9 +197,9 @@ impl CSession {
     ) -> Option<usize> {
         let rc = CRecordContext::of(ctx);
         let mut written = 0usize;
-        // SAFETY: `tsm_tdx_init_session`'s contract: the callback reads at most `input.len()`
-        // bytes at `input`, writes at most `out.len()` at `out` and one `size_t`, and keeps
-        // none of the pointers (all valid for this call only).
+        // SAFETY: `CSession::new`'s contract: the callback reads at most `input.len()` bytes at
+        // `input`, writes at most `out.len()` at `out` and one `size_t`, and keeps none of
+        // the pointers (all valid for this call only).
         let rc_status = unsafe {
             f(
                 self.ctx,
@@ -209,11 +248,13 @@ impl SecureSession for CSession {
     }
 }
 
-/// The session the C firmware seals with: the model's (`tsm_tdx_init`) or the integrator's
-/// (`tsm_tdx_init_session`).
-#[derive(Debug, Clone, Copy)]
+/// The session the C firmware seals with: the integrator's (`tsm_tdx_init_session`), or, in
+/// test builds only (feature `model-device`), the model's (`tsm_tdx_init`), whose key is public.
+/// Not `Clone`: see [`CSession`].
+#[derive(Debug)]
 pub enum LinkSession {
-    /// [`ModelSession::model`], shared with the model device.
+    /// [`ModelSession::model`], shared with the model device. Test support only.
+    #[cfg(any(feature = "model-device", test))]
     Model(ModelSession),
     /// The integrator's callbacks.
     C(CSession),
@@ -222,6 +263,7 @@ pub enum LinkSession {
 impl SecureSession for LinkSession {
     fn seal(&mut self, ctx: &RecordContext, app: &[u8], out: &mut [u8]) -> Option<usize> {
         match self {
+            #[cfg(any(feature = "model-device", test))]
             Self::Model(s) => s.seal(ctx, app, out),
             Self::C(s) => s.seal(ctx, app, out),
         }
@@ -229,6 +271,7 @@ impl SecureSession for LinkSession {
 
     fn open(&mut self, ctx: &RecordContext, record: &[u8], out: &mut [u8]) -> Option<usize> {
         match self {
+            #[cfg(any(feature = "model-device", test))]
             Self::Model(s) => s.open(ctx, record, out),
             Self::C(s) => s.open(ctx, record, out),
         }
@@ -236,6 +279,7 @@ impl SecureSession for LinkSession {
 
     fn record_len(&self, bytes: &[u8]) -> Option<usize> {
         match self {
+            #[cfg(any(feature = "model-device", test))]
             Self::Model(s) => s.record_len(bytes),
             Self::C(s) => s.record_len(bytes),
         }
@@ -243,6 +287,7 @@ impl SecureSession for LinkSession {
 
     fn lock_secret(&self, ctx: &RecordContext) -> u64 {
         match self {
+            #[cfg(any(feature = "model-device", test))]
             Self::Model(s) => s.lock_secret(ctx),
             Self::C(s) => s.lock_secret(ctx),
         }
@@ -250,6 +295,7 @@ impl SecureSession for LinkSession {
 
     fn report_digest(&self, report: &[u8]) -> [u8; REPORT_DIGEST_SIZE] {
         match self {
+            #[cfg(any(feature = "model-device", test))]
             Self::Model(s) => s.report_digest(report),
             Self::C(s) => s.report_digest(report),
         }
@@ -258,9 +304,10 @@ impl SecureSession for LinkSession {
 
 /// Test support (feature `model-device`): the model session as C callbacks
 /// (`tsm_tdx_model_session`), for a C session that delegates to it. `ctx` is unused; each
-/// refuses (returns 1) a NULL pointer or a direction that is neither.
+/// refuses (returns 1) a NULL pointer or a direction that is neither. Crate-private: C reaches
+/// them through `tsm_tdx_model_session` only.
 #[cfg(any(feature = "model-device", test))]
-pub mod model {
+pub(crate) mod model {
     use super::*;
 
     /// The model's callbacks, `ctx` NULL.
@@ -505,8 +552,15 @@ mod tests {
 
     unsafe extern "C" fn no_digest(_: *mut c_void, _: *const u8, _: usize, _: *mut u8) {}
 
+    /// [`CSession::new`] over the tests' callbacks.
+    fn new_session(ops: &SessionOps) -> Result<CSession, TdxStatus> {
+        // SAFETY: every callback of these tests is sound for any arguments the firmware
+        // passes, from any thread, and returns normally; each `ctx` is leaked or NULL.
+        unsafe { CSession::new(ops) }
+    }
+
     fn lying(past: &'static AtomicUsize) -> CSession {
-        CSession::new(&SessionOps {
+        new_session(&SessionOps {
             ctx: core::ptr::from_ref(past).cast_mut().cast(),
             seal: Some(claims_past_cap),
             open: Some(claims_past_cap),
@@ -544,7 +598,7 @@ mod tests {
     /// A non-zero return is a failure whatever length the callback wrote.
     #[test]
     fn a_failing_callback_is_none() {
-        let mut s = CSession::new(&SessionOps {
+        let mut s = new_session(&SessionOps {
             seal: Some(fails),
             open: Some(fails),
             ..model::OPS
@@ -560,7 +614,7 @@ mod tests {
     #[test]
     fn a_null_callback_is_refused_naming_it() {
         let full = model::OPS;
-        assert!(CSession::new(&full).is_ok());
+        assert!(new_session(&full).is_ok());
         let cases: [(SessionOps, u32); 5] = [
             (SessionOps { seal: None, ..full }, OPERAND_ID_SESSION_SEAL),
             (SessionOps { open: None, ..full }, OPERAND_ID_SESSION_OPEN),
@@ -587,7 +641,7 @@ mod tests {
             ),
         ];
         for (ops, operand) in cases {
-            assert_eq!(CSession::new(&ops).unwrap_err(), invalid(operand));
+            assert_eq!(new_session(&ops).unwrap_err(), invalid(operand));
         }
         let none = SessionOps {
             seal: None,
@@ -598,7 +652,7 @@ mod tests {
             ..full
         };
         assert_eq!(
-            CSession::new(&none).unwrap_err(),
+            new_session(&none).unwrap_err(),
             invalid(OPERAND_ID_SESSION_SEAL)
         );
     }
@@ -607,7 +661,7 @@ mod tests {
     /// (same bytes, same secret, same digest), and the context crosses both ways.
     #[test]
     fn the_model_as_c_callbacks_matches_the_model() {
-        let mut c = CSession::new(&model::OPS).unwrap();
+        let mut c = new_session(&model::OPS).unwrap();
         let mut native = ModelSession::model();
         let (mut a, mut b) = ([0u8; 128], [0u8; 128]);
         let n = c.seal(&CTX, b"tdisp message", &mut a).unwrap();

@@ -57,10 +57,18 @@ pub fn frame<S: SecureSession>(
     let n = spdm::encode(&mut spdm_msg, code, tdisp).map_err(RelayError::Spdm)?;
     let mut record = [0u8; MAX_RELAY_BYTES];
     let app = spdm_msg.get(..n).ok_or(RelayError::BufferTooSmall)?;
+    // The session is handed exactly the room a record may take (its message plus
+    // `session::MAX_OVERHEAD`), so a session that answers longer fails here, as a seal
+    // failure, and never produces a DOE object past `MAX_RELAY_BYTES`.
+    let cap = app
+        .len()
+        .saturating_add(session::MAX_OVERHEAD)
+        .min(record.len());
+    let room = record.get_mut(..cap).ok_or(RelayError::BufferTooSmall)?;
     let r = session
-        .seal(ctx, app, &mut record)
+        .seal(ctx, app, room)
         .ok_or(RelayError::BufferTooSmall)?;
-    let record = record.get(..r).ok_or(RelayError::BufferTooSmall)?;
+    let record = room.get(..r).ok_or(RelayError::BufferTooSmall)?;
     let len = doe::encode(out, doe::TYPE_SECURED_SPDM, record).map_err(RelayError::Doe)?;
     if len > MAX_RELAY_BYTES {
         return Err(RelayError::TooLong);
