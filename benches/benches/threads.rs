@@ -188,7 +188,7 @@ impl<T: SecureTable> World<T> {
             match self.relay(lane, first, &mut buf, n) {
                 Completion::Done => return,
                 Completion::Resumable => {}
-                Completion::Relay(_) => unreachable!("relayed to the end"),
+                Completion::Relay(_) => panic!("relayed to the end, yet a request is left"),
             }
         }
     }
