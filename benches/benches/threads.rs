@@ -4,24 +4,28 @@
 //!
 //! One firmware (`Tsm`, over the core's in-memory table `MemTable` and over the TDX S-EPT
 //! `Sept`) serves two lanes. A lane is a guest of its own and a device of its own with one TDI
-//! owning its own 8 MiB BAR; each lane's host relays to its own model device (its own DOE
+//! owning its own 32 MiB BAR; each lane's host relays to its own model device (its own DOE
 //! mailbox, as on real hardware), so the only things the lanes share are the firmware's.
 //!
 //! The fixed workload is both lanes' work, done by one thread (lane 0, then lane 1) or by two
-//! (one lane each), so the table holds the same leaves at the same point either way:
+//! (one lane each): the same calls either way, and the table holds as many leaves when the same
+//! share of the work is done:
 //!
-//! - `map`: [`MEM_PAGES`] times ([`SEPT_PAGES`] on the S-EPT, whose map does not scan), map a 4 KiB page of the lane's TDI, then ask, as the host, to
-//!   unmap it (refused, `TdiBound`: the TDI is bound). The TDI is bound before the timing and
-//!   unbound after it.
+//! - `map`: [`MEM_PAGES`] times ([`SEPT_PAGES`] on the S-EPT, whose map does not scan), map a
+//!   4 KiB page of the lane's TDI, then ask, as the host, to unmap it (refused, `TdiBound`: the
+//!   TDI is bound). The TDI is bound before the timing and unbound after it.
 //! - `cycle`: [`CYCLES`] times, bind the TDI (its exchange with the device relayed), map
 //!   [`CYCLE_PAGES`] pages, unbind to the end (its STOP relayed). All timed; the device's own
 //!   work on the relayed requests is in the time too (on both sides alike).
 //!
 //! Every `Busy` result is retried at once and counted. The time of a round is the wall clock
-//! from the first thread's start (after a barrier; threads are spawned before it) to the last
-//! thread's end. Criterion reports each configuration; a summary at the end prints what the
-//! README quotes: each configuration's median round over [`ROUNDS`] rounds, the ratio, and the
-//! `Busy` retries per operation.
+//! from the first thread's start (after a spinning barrier; threads are spawned before it) to
+//! the last thread's end. Criterion reports each configuration; a summary at the end prints
+//! what the README quotes: each configuration's median round over [`ROUNDS`] rounds, the ratio,
+//! the `Busy` retries by operand, how much of a 2-thread round the threads ran side by side (a
+//! loaded 2-CPU machine often runs them one after the other, which measures nothing), and the
+//! median of the rounds where they did for at least [`SIDE_BY_SIDE`] of it. No timing is
+//! asserted. `TSM_BENCH_DEBUG` prints every round's time and overlap.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
