@@ -258,8 +258,6 @@ impl Work {
     }
 }
 
-/// One round of `work` over both lanes on `threads` threads (1: lane after lane; 2: a lane
-/// each). Returns the wall time of the timed part and the counts of every thread.
 /// What one round measured.
 struct Round {
     /// Wall time from the first thread's start to the last thread's end.
@@ -270,6 +268,8 @@ struct Round {
     overlap: f64,
 }
 
+/// One round of `work` over both lanes on `threads` threads (1: lane after lane; 2: a lane
+/// each), the TDIs bound around it for `map`.
 fn round<T: SecureTable + Send>(w: &World<T>, work: Work, threads: usize) -> Round {
     let mut setup = Counts::default();
     if work == Work::Map {
@@ -336,8 +336,7 @@ fn round<T: SecureTable + Send>(w: &World<T>, work: Work, threads: usize) -> Rou
     }
 }
 
-/// Runs `f` on each table's world: the in-memory table, then the S-EPT.
-/// `f` gets the table's name, the pages of its `map` workload and a round of it.
+/// Runs `f` on each table's world: the in-memory table, then the S-EPT. `f` gets the table's name, the pages of its `map` workload and a round of it.
 fn each_table(mut f: impl FnMut(&'static str, u64, &dyn Fn(Work, usize) -> Round)) {
     let mem = world(MemTable::<MEM_LEAVES>::new(), MEM_PAGES);
     f("MemTable", MEM_PAGES, &|work, threads| {
