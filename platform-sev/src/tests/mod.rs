@@ -1686,7 +1686,7 @@ fn tdi_reclaim_of_a_bound_tdi_is_in_use() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore)] // 100 leaves unbound: 40 s under Miri, safe code only (RMP scans)
+#[cfg_attr(miri, ignore)] // 100 leaves unbound: 40 s under Miri, safe code only
 fn unbind_is_bounded_and_resumable() {
     let mut w = World::new();
     w.setup(Stage::Bound);
@@ -2413,7 +2413,7 @@ fn tdi_status_of_an_unbound_tdi_is_config_unlocked_without_asking_the_device() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore)] // 100 leaves blocked: 30 s under Miri, safe code only (RMP scans)
+#[cfg_attr(miri, ignore)] // 100 leaves blocked: 30 s under Miri, safe code only
 fn tdi_status_says_resume_required_while_leaves_remain_to_block() {
     let mut w = World::new();
     w.setup(Stage::Bound);
