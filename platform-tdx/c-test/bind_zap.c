@@ -10,38 +10,9 @@
  * drives bind and unbind with the firmware's own leaves (TSM_DEVIF_BIND / UNBIND); host_flow.c
  * drives them with TDH_DEVIF_REQUEST. Exits 0 when every status is the expected one.
  */
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "tsm_tdx.h"
-
-static int failures;
-
-/*
- * The host memory the firmware may touch, registered at init: the parameter page (4 KiB
- * aligned, as every TDX page operand is), the shared request and response pages, the TD's TDR
- * page (TDH.MNG.CREATE RCX; the firmware never writes it), the device's SPDM metadata page
- * (TDH.SPDM.CREATE RDX; recorded, never written), the link's SPDM config, dev_info and IDE
- * metadata pages, TDH.DEVIF.CREATE's three private pages, the register
- * block and the length word of the model's DOE exchange. Anything outside it is refused,
- * never dereferenced.
- */
-static struct {
-	_Alignas(4096) struct tsm_tdx_range_list list;
-	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
-	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
-	_Alignas(4096) uint8_t tdr[4096];
-	_Alignas(4096) uint8_t spdm_mt[4096];
-	_Alignas(4096) uint8_t spdm_conf[4096];
-	_Alignas(4096) uint8_t dev_info[4096];
-	_Alignas(4096) uint8_t ide_mt[4096];
-	_Alignas(4096) uint8_t devifcs[4096];
-	_Alignas(4096) uint8_t td_buffer[4096];
-	_Alignas(4096) uint8_t vmm_buffer[4096];
-	struct tsm_tdx_regs regs;
-	uint64_t response_len;
-} host;
+#include "host.h"
 
 /*
  * The host's event loop: while the firmware says TDX_SPDM_REQUEST, relay the DOE object in the
@@ -50,29 +21,19 @@ static struct {
  */
 static uint64_t relay(uint64_t status, uint64_t tdi)
 {
-	struct tsm_tdx_regs *r = &host.regs;
 	int rounds = 0;
 
 	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
-		uint32_t dw1;
-		uint64_t len;
+		uint64_t len = request_length();
 
-		memcpy(&dw1, host.request + 4, sizeof(dw1));
-		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
-		if (len != TSM_TDX_OUT_LENGTH(r->rcx)) {
+		if (len != TSM_TDX_OUT_LENGTH(host.regs.rcx)) {
 			printf("request length %llu, RCX %llx\n", (unsigned long long)len,
-			       (unsigned long long)r->rcx);
+			       (unsigned long long)host.regs.rcx);
 			failures++;
 		}
-		if (tsm_tdx_model_doe(host.request, len, host.response, &host.response_len) !=
-		    TDX_SUCCESS)
+		if (model_doe(len) != TDX_SUCCESS)
 			failures++;
-		memset(r, 0, sizeof(*r));
-		r->rax = TDH_DEVIF_RESPONSE;
-		r->rcx = tdi;
-		r->rdx = host.response_len ? (uint64_t)(uintptr_t)host.response : 0;
-		r->r8 = (uint64_t)(uintptr_t)host.request;
-		status = tsm_tdx_seamcall(r);
+		status = respond(tdi, 0);
 	}
 	return status;
 }
@@ -87,19 +48,6 @@ static void create_regs(struct tsm_tdx_regs *r, uint64_t dev, uint64_t td)
 	r->r8 = (uint64_t)(uintptr_t)host.devifcs;
 	r->r9 = (uint64_t)(uintptr_t)host.td_buffer;
 	r->r10 = (uint64_t)(uintptr_t)host.vmm_buffer;
-}
-
-static uint64_t call(const char *what, uint16_t leaf, struct tsm_tdx_regs *r, uint64_t expect)
-{
-	uint64_t status;
-
-	r->rax = leaf;
-	status = tsm_tdx_seamcall(r);
-	printf("%-28s status 0x%016llx %s\n", what, (unsigned long long)status,
-	       status == expect ? "ok" : "UNEXPECTED");
-	if (status != expect || r->rax != status)
-		failures++;
-	return status;
 }
 
 int main(void)
@@ -266,7 +214,7 @@ int main(void)
 	r->r8 = (uint64_t)(uintptr_t)host.request;
 	call("the request again", TDH_DEVIF_REQUEST, r, TDX_SPDM_REQUEST);
 	status = relay(TDX_SPDM_REQUEST, tdi);
-	printf("%-28s status 0x%016llx %s\n", "bind relayed", (unsigned long long)status,
+	printf("%-34s status 0x%016llx %s\n", "bind relayed", (unsigned long long)status,
 	       status == TDX_SUCCESS ? "ok" : "UNEXPECTED");
 	if (status != TDX_SUCCESS)
 		failures++;
@@ -325,7 +273,7 @@ int main(void)
 		status = relay(tsm_tdx_seamcall(r), tdi);
 		calls++;
 	} while (status == TDX_INTERRUPTED_RESUMABLE && calls < 1000);
-	printf("%-28s status 0x%016llx after %d call(s) %s\n", "unbind", (unsigned long long)status,
+	printf("%-34s status 0x%016llx after %d call(s) %s\n", "unbind", (unsigned long long)status,
 	       calls, status == TDX_SUCCESS ? "ok" : "UNEXPECTED");
 	if (status != TDX_SUCCESS)
 		failures++;

@@ -16,29 +16,9 @@
  * step. At the end Linux's teardown (tdx_link_disconnect): KM STOP, BLOCK, DELETE, DISCONNECT,
  * SPDM DELETE. The first mismatch ends the program with exit status 1.
  */
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "tsm_tdx.h"
-
-/* Host memory registered at init: every register block and page the firmware touches. */
-static struct {
-	_Alignas(4096) struct tsm_tdx_range_list list;
-	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
-	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
-	_Alignas(4096) uint8_t tdr[4096];
-	_Alignas(4096) uint8_t spdm_mt[4096];
-	_Alignas(4096) uint8_t spdm_conf[4096];
-	_Alignas(4096) uint8_t dev_info[4096];
-	_Alignas(4096) uint8_t ide_mt[4096];
-	/* TDH_DEVIF_CREATE's private pages: the firmware's until TDH_DEVIF_REMOVE. */
-	_Alignas(4096) uint8_t devifcs[4096];
-	_Alignas(4096) uint8_t td_buffer[4096];
-	_Alignas(4096) uint8_t vmm_buffer[4096];
-	struct tsm_tdx_regs regs;
-	uint64_t response_len;
-} host;
+#include "host.h"
 
 static struct tsm_tdx_regs *const r = &host.regs;
 
@@ -99,11 +79,6 @@ static uint64_t seam(uint64_t leaf, uint64_t rcx, uint64_t rdx, uint64_t r8)
 	return tsm_tdx_seamcall(r);
 }
 
-static uint64_t page_of(const uint8_t *p)
-{
-	return (uint64_t)(uintptr_t)p;
-}
-
 /* The event loop: while TDX_SPDM_REQUEST, the DOE object (length from its own header, dword 1
  * bits 17:0 in dwords; RCX devif_req_out_t says the same in 23:8) to the device, its answer
  * back with TDH_DEVIF_RESPONSE: RDX devif_rsp_in_t (the response page, or 0 when the device
@@ -113,18 +88,11 @@ static uint64_t relay_flag(const char *path, uint64_t status, uint64_t tdi, uint
 	int rounds = 0;
 
 	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
-		uint32_t dw1;
-		uint64_t len;
+		uint64_t len = request_length();
 
-		memcpy(&dw1, host.request + 4, sizeof(dw1));
-		len = (uint64_t)(dw1 & 0x3ffffu) * 4;
 		check(path, "relay: request length = RCX 23:8", len, TSM_TDX_OUT_LENGTH(r->rcx));
-		check(path, "relay: DOE exchange",
-		      tsm_tdx_model_doe(host.request, len, host.response, &host.response_len),
-		      TDX_SUCCESS);
-		status = seam(TDH_DEVIF_RESPONSE, tdi,
-			      (host.response_len ? page_of(host.response) : 0) | td_flag,
-			      page_of(host.request));
+		check(path, "relay: DOE exchange", model_doe(len), TDX_SUCCESS);
+		status = respond(tdi, td_flag);
 	}
 	return status;
 }

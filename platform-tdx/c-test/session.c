@@ -33,11 +33,9 @@
  * One line per step; exits 0 when every status is the expected one.
  */
 #include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "tsm_tdx.h"
+#include "host.h"
 
 /* The struct layout the library reads (a pointer and five function pointers). */
 _Static_assert(sizeof(struct tsm_tdx_session) == 6 * sizeof(void *), "session layout");
@@ -46,7 +44,6 @@ _Static_assert(offsetof(struct tsm_tdx_session, report_digest) == 5 * sizeof(voi
 _Static_assert(sizeof(struct tsm_tdx_record_ctx) == 16, "record context layout");
 _Static_assert(offsetof(struct tsm_tdx_record_ctx, seq) == 8, "record context layout");
 
-static int failures;
 
 enum { SEAL, OPEN, RECORD_LEN, LOCK_SECRET, REPORT_DIGEST, CALLS };
 static const char *const call_names[CALLS] = { "seal", "open", "record_len", "lock_secret",
@@ -145,62 +142,11 @@ static void c_report_digest(void *ctx, const uint8_t *report, size_t len, uint8_
 	c->model.report_digest(c->model.ctx, report, len, digest);
 }
 
-/* The host memory registered at init, as in bind_zap.c. */
-static struct {
-	_Alignas(4096) struct tsm_tdx_range_list list;
-	_Alignas(4096) uint8_t request[TSM_TDX_MESSAGE_PAGE_BYTES];
-	_Alignas(4096) uint8_t response[TSM_TDX_MESSAGE_PAGE_BYTES];
-	_Alignas(4096) uint8_t tdr[4096];
-	_Alignas(4096) uint8_t spdm_mt[4096];
-	_Alignas(4096) uint8_t spdm_conf[4096];
-	_Alignas(4096) uint8_t dev_info[4096];
-	_Alignas(4096) uint8_t ide_mt[4096];
-	_Alignas(4096) uint8_t devifcs[4096];
-	_Alignas(4096) uint8_t td_buffer[4096];
-	_Alignas(4096) uint8_t vmm_buffer[4096];
-	struct tsm_tdx_regs regs;
-	uint64_t response_len;
-} host;
-
-static void expect(const char *what, uint64_t status, uint64_t want)
-{
-	printf("%-34s status 0x%016llx %s\n", what, (unsigned long long)status,
-	       status == want ? "ok" : "UNEXPECTED");
-	if (status != want)
-		failures++;
-}
-
-static uint64_t call(const char *what, uint16_t leaf, struct tsm_tdx_regs *r, uint64_t want)
-{
-	uint64_t status;
-
-	r->rax = leaf;
-	status = tsm_tdx_seamcall(r);
-	expect(what, status, want);
-	if (r->rax != status)
-		failures++;
-	return status;
-}
-
 /* One DOE exchange of the request the last call left (RCX devif_req_out_t) with the model. */
 static void doe(void)
 {
-	if (tsm_tdx_model_doe(host.request, TSM_TDX_OUT_LENGTH(host.regs.rcx), host.response,
-			      &host.response_len) != TDX_SUCCESS)
+	if (model_doe(TSM_TDX_OUT_LENGTH(host.regs.rcx)) != TDX_SUCCESS)
 		failures++;
-}
-
-/* TDH_DEVIF_RESPONSE naming the response page (or none), R8 the next request's page. */
-static uint64_t respond(uint64_t tdi)
-{
-	struct tsm_tdx_regs *r = &host.regs;
-
-	memset(r, 0, sizeof(*r));
-	r->rax = TDH_DEVIF_RESPONSE;
-	r->rcx = tdi;
-	r->rdx = host.response_len ? (uint64_t)(uintptr_t)host.response : 0;
-	r->r8 = (uint64_t)(uintptr_t)host.request;
-	return tsm_tdx_seamcall(r);
 }
 
 /* The host's event loop: relay while the firmware says TDX_SPDM_REQUEST. */
@@ -210,7 +156,7 @@ static uint64_t relay(uint64_t status, uint64_t tdi)
 
 	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
 		doe();
-		status = respond(tdi);
+		status = respond(tdi, 0);
 	}
 	return status;
 }
@@ -461,7 +407,7 @@ static void refused(uint64_t td, uint64_t tdi)
 	doe();
 	state = tdi_state(tdi);
 	for (round = 0; round < 2; round++) {
-		expect("the device's answer refused", respond(tdi),
+		expect("the device's answer refused", respond(tdi, 0),
 		       TDX_DEVIF_TDISP_INVALID_MESSAGE | TDX_OPERAND_ID_RDX);
 		now = tdi_state(tdi);
 		expect("  TDI state, code, owner unchanged",
@@ -537,12 +483,12 @@ static void secret_drifts(uint64_t td, uint64_t tdi, uint64_t bar)
 			expect("  the same bytes", (uint64_t)memcmp(first, host.request, sizeof(first)),
 			       0);
 			host.response_len = 0;
-			expect("no answer: the LOCK re-sent", respond(tdi), TDX_SPDM_REQUEST);
+			expect("no answer: the LOCK re-sent", respond(tdi, 0), TDX_SPDM_REQUEST);
 			expect("  the same bytes", (uint64_t)memcmp(first, host.request, sizeof(first)),
 			       0);
 		}
 		doe();
-		status = respond(tdi);
+		status = respond(tdi, 0);
 	}
 	expect("bind relayed", status, TDX_SUCCESS);
 	expect("one LOCK", (uint64_t)locks, 1);
@@ -565,7 +511,7 @@ static void seal_fails_after_lock(uint64_t td, uint64_t tdi)
 	status = bind(td, tdi, TDX_SPDM_REQUEST);
 	while (status == TDX_SPDM_REQUEST && rounds++ < 100) {
 		doe();
-		status = respond(tdi);
+		status = respond(tdi, 0);
 	}
 	expect("the seal after LOCK fails", status,
 	       TSM_RELAY_BUFFER_TOO_SMALL | TDX_OPERAND_ID_TRANSPORT);
@@ -573,7 +519,7 @@ static void seal_fails_after_lock(uint64_t td, uint64_t tdi)
 	now = tdi_state(tdi);
 	expect("  TDI state, code, owner as before the bind",
 	       (uint64_t)memcmp(&now, &before, sizeof(now)), 0);
-	expect("  no request outstanding", respond(tdi),
+	expect("  no request outstanding", respond(tdi, 0),
 	       TDX_DEVIF_TDISP_OUT_REQ | TDX_OPERAND_ID_RCX);
 	counting.seal_broken = 0;
 	bind(td, tdi, TDX_SPDM_REQUEST);
