@@ -743,6 +743,22 @@ pub fn run_scenario_with(
     summary
 }
 
+/// The name a `guest`, `device` or `tdi` line declares, read from its words alone (for a line
+/// that does not parse).
+fn meant_declaration(raw: &str) -> Option<(&str, NameKind)> {
+    let mut words = crate::scenario::strip_comment(raw)
+        .split("->")
+        .next()?
+        .split_whitespace();
+    let kind = match words.next()? {
+        "guest" => NameKind::Guest,
+        "device" => NameKind::Device,
+        "tdi" => NameKind::Tdi,
+        _ => return None,
+    };
+    Some((words.next()?, kind))
+}
+
 /// Checks every line of a scenario without running it, once for every backend: prints each
 /// line that does not parse, or uses a name no earlier line declared (or declared as another
 /// kind), as `path:line:column: message`, and returns how many such lines there are. Raw
@@ -759,6 +775,11 @@ pub fn check_scenario(path: &str, text: &str, out: &mut dyn Write) -> u32 {
             Err(e) => {
                 let _ = writeln!(out, "{}", e.at(path, lineno));
                 errors = errors.saturating_add(1);
+                // The name a bad declaring line meant is known from here on: one mistake,
+                // one error, not one more at every later use of the name.
+                if let Some(d) = meant_declaration(raw) {
+                    let _ = declared.push(d);
+                }
                 continue;
             }
         };
@@ -780,11 +801,23 @@ pub fn check_scenario(path: &str, text: &str, out: &mut dyn Write) -> u32 {
                 ),
             };
         });
+        // A declaring line expected to fail declares nothing (as when it runs).
+        let declares = line.op.declares().filter(|_| line.expect == "Ok");
+        if problem.is_none()
+            && let Some((name, _)) = declares
+            && let Some((_, was)) = declared.iter().find(|(n, _)| *n == name)
+        {
+            problem = Some(Diagnostic::new(
+                Problem::Redeclared(*was),
+                name,
+                "a name no earlier line declared",
+            ));
+        }
         if let Some(e) = problem {
             let _ = writeln!(out, "{}", e.in_line(raw).at(path, lineno));
             errors = errors.saturating_add(1);
         }
-        if let Some(d) = line.op.declares()
+        if let Some(d) = declares
             && declared.push(d).is_err()
         {
             let mut e = too_many();

@@ -389,6 +389,8 @@ pub enum Problem {
     UnknownName,
     /// A name declared as another kind of object.
     WrongKind(NameKind),
+    /// A name an earlier line already declared (as this kind).
+    Redeclared(NameKind),
     /// A raw handle `#N` where the line needs a declared name.
     RawHandle,
     /// More names, held requests or kept answers than the interpreter has room for.
@@ -483,6 +485,7 @@ impl fmt::Display for Diagnostic<'_> {
             Problem::TooMany => write!(f, "one too many at `{t}`")?,
             Problem::UnknownName => write!(f, "unknown name `{t}`")?,
             Problem::WrongKind(is) => write!(f, "`{t}` is a {is}")?,
+            Problem::Redeclared(is) => write!(f, "`{t}` is already a {is}")?,
             Problem::RawHandle => write!(f, "`{t}` is a raw handle")?,
             Problem::TooManyNames => write!(f, "no room for what `{t}` keeps")?,
             Problem::NothingHeld => write!(f, "`{t}` has no held request")?,
@@ -605,6 +608,9 @@ pub const USAGE: &[(&str, &str)] = &[
 /// Statuses with no error: what a line returns when it succeeds.
 const SUCCESSES: [&str; 3] = ["Ok", "Resumable", "Relay"];
 
+/// `Done`, the Statuses table's name for a completed operation: accepted for `Ok`.
+const DONE: &str = "Done";
+
 /// `s` printed into a [`Word`].
 fn word_of(s: impl fmt::Display) -> Word {
     let mut w = Word::new();
@@ -619,7 +625,7 @@ fn error_word(e: &Error) -> Word {
 
 /// Whether `s` is a status a line can return, as the interpreter prints it.
 pub fn is_status(s: &str) -> bool {
-    SUCCESSES.contains(&s) || Error::ALL.iter().any(|e| error_word(e).as_str() == s)
+    SUCCESSES.contains(&s) || s == DONE || Error::ALL.iter().any(|e| error_word(e).as_str() == s)
 }
 
 /// The status nearest to `s`.
@@ -667,12 +673,15 @@ fn parse_words(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
             None => Ok(None),
         };
     };
-    let op = parse_op(first, args).map_err(|d| match d.problem {
-        // `unbind t TdiBound`, `unbind t => TdiBound`: the arrow is what is missing.
-        Problem::Arity => args.iter().find(|w| is_status(w)).map_or(d, |w| {
-            Diagnostic::new(Problem::MissingArrow, w, "`-> Status` after the operation")
-        }),
-        _ => d,
+    let op = parse_op(first, args).map_err(|d| {
+        // `unbind t TdiBound`, `zap nic TdiBound`, `unbind t => TdiBound`: whatever the
+        // operation made of the status word, the arrow is what is missing.
+        match status {
+            None => args.iter().find(|w| is_status(w)).map_or(d, |w| {
+                Diagnostic::new(Problem::MissingArrow, w, "`-> Status` after the operation")
+            }),
+            Some(_) => d,
+        }
     })?;
     let expect = match status {
         None => "Ok",
@@ -698,6 +707,8 @@ fn parse_words(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
                     d.nearest = nearest_status(s);
                     return Err(d);
                 }
+                // The README's name for the success the interpreter prints as `Ok`.
+                (Some(DONE), None) => "Ok",
                 (Some(s), None) => s,
             }
         }

@@ -167,6 +167,59 @@ fn a_bad_number_names_what_it_stands_for() {
 }
 
 #[test]
+fn a_status_word_without_its_arrow_is_named_whatever_the_operation_made_of_it() {
+    // Taken for a BAR index, or one word too many: the arrow is what is missing.
+    assert_eq!(
+        error_of("zap nic TdiBound"),
+        "mine.scn:4:9: status `TdiBound` without `->` before it: expected `-> Status` after the \
+         operation"
+    );
+    assert_eq!(
+        error_of("unbind-all nic.0 Done"),
+        "mine.scn:4:18: status `Done` without `->` before it: expected `-> Status` after the \
+         operation"
+    );
+}
+
+#[test]
+fn done_is_the_statuses_table_name_for_ok() {
+    let text =
+        format!("{SETUP}bind nic.0 td1 range 0x8000_0000 1024 -> Done\nunbind nic.0 -> Ok\n");
+    let mut out = String::new();
+    assert_eq!(check_scenario("mine.scn", &text, &mut out), 0, "{out}");
+    let tsm: Box<Relayed<MemTable<64>>> =
+        Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
+    let summary = run_scenario(
+        &mut CoreBackend {
+            tsm: &tsm,
+            label: "core",
+        },
+        "mine.scn",
+        &text,
+        &mut out,
+    );
+    assert_eq!((summary.passed, summary.failed), (5, 0), "{out}");
+}
+
+#[test]
+fn one_bad_declaration_is_one_error_and_a_name_declared_twice_is_named() {
+    // The device line's requester ID is bad: that line is the one error, not every use of nic.
+    let text = "guest td1\ndevice nic 0000:03:00 bar 0x8000_0000 1024\ntdi nic.0 nic 0000:03:00.0\n\
+                zap nic\nguest nic.0\n";
+    let mut out = String::new();
+    assert_eq!(check_scenario("f.scn", text, &mut out), 2, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("f.scn:2:12: bad requester ID `0000:03:00`"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        "f.scn:5:7: `nic.0` is already a TDI: expected a name no earlier line declared"
+    );
+}
+
+#[test]
 fn every_parse_error_of_a_file_is_printed() {
     let text = "guest td1\nbiind x\nunbind x -> Nope\n# fine\nzap nic -1\n";
     let mut out = String::new();
@@ -333,6 +386,10 @@ fn tsm_scn_refuses_a_bad_command_line() {
         assert_eq!(code, Some(2), "{args:?}: {out}");
         assert!(out.contains("usage: tsm-scn FILE..."), "{out}");
     }
+    // Asked for, the usage is no error.
+    let (code, out) = tsm_scn(&["--help"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("usage: tsm-scn FILE..."), "{out}");
     let (code, out) = tsm_scn(&["/nonexistent/none.scn", "--backend", "core"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(

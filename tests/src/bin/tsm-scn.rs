@@ -143,10 +143,13 @@ mod host {
     pub fn main() -> ExitCode {
         let args = match parse_args(std::env::args().skip(1)) {
             Ok(a) => a,
+            // Asked for: the usage on standard output, success.
+            Err(e) if e.is_empty() => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
             Err(e) => {
-                if !e.is_empty() {
-                    eprintln!("tsm-scn: {e}");
-                }
+                eprintln!("tsm-scn: {e}");
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
