@@ -5,9 +5,10 @@
 //! trace`. The logger is installed before anything that could log; records above the level cost
 //! one compare in the caller (the facade's `max_level`).
 //!
-//! During the concurrent stage only errors show unless the command line chose a level: the
-//! stage's tens of thousands of deliberate refusals (`Busy` under contention, injected device
-//! faults) would each print a line and serialise the CPUs on the console lock.
+//! During the concurrent stage only errors show unless the command line chose a level, and never
+//! more than warnings whatever it chose: the stage's tens of thousands of deliberate refusals
+//! (`Busy` under contention, logged at debug) would each print a line and serialise the CPUs on
+//! the console lock until they miss the stage deadline.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use log::{LevelFilter, Log, Metadata, Record};
@@ -18,6 +19,11 @@ pub const DEFAULT_LEVEL: LevelFilter = LevelFilter::Warn;
 
 /// Level the concurrent stage runs at unless the command line chose one (ours).
 const STAGE_LEVEL: LevelFilter = LevelFilter::Error;
+
+/// Most the concurrent stage logs whatever the command line chose (ours): at `warn` it prints
+/// some 550 lines (injected device faults) and passes; at `debug` some 30,000 lines through the
+/// console lock made it miss its 10 s deadline on a two-core host.
+const STAGE_CAP: LevelFilter = LevelFilter::Warn;
 
 /// Whether a `log=` word set the level.
 static CHOSEN: AtomicBool = AtomicBool::new(false);
@@ -70,12 +76,18 @@ pub fn set_level(word: Option<&str>) {
     }
 }
 
-/// Runs `stage` at [`STAGE_LEVEL`] at most, unless the command line chose the level; the level
-/// before is restored afterwards.
+/// Runs `stage` at [`STAGE_LEVEL`] at most, unless the command line chose the level, and at
+/// [`STAGE_CAP`] at most in any case (said on the console when that lowers the chosen level);
+/// the level before is restored afterwards.
 pub fn quiet_during<R>(stage: impl FnOnce() -> R) -> R {
     let before = log::max_level();
     if !CHOSEN.load(Ordering::Relaxed) {
         log::set_max_level(before.min(STAGE_LEVEL));
+    } else if before > STAGE_CAP {
+        kprintln!(
+            "boot: the concurrent stage logs at warn at most (the chosen level resumes after it): its deliberate refusals would serialise the cpus on the console"
+        );
+        log::set_max_level(STAGE_CAP);
     }
     let result = stage();
     log::set_max_level(before);

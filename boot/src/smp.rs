@@ -85,6 +85,8 @@ static ARRIVED: AtomicUsize = AtomicUsize::new(0);
 static HANG_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The stage deadline (a TSC value), set before the stage starts.
 static DEADLINE: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The same deadline in milliseconds from the start, for the messages that name it.
+static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
 static RESULTS: [spin::Once<CpuResult>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 
 fn lapic_read(reg: u64) -> u32 {
@@ -189,6 +191,11 @@ pub fn deadline_passed() -> bool {
     time::passed(DEADLINE.load(Ordering::Acquire))
 }
 
+/// The stage deadline in milliseconds from the start of the stage (`deadline=` word).
+pub fn deadline_ms() -> u64 {
+    DEADLINE_MS.load(Ordering::Acquire)
+}
+
 /// Long-mode entry of each AP (from `ap_start64` in entry.rs), on its own stack.
 pub extern "sysv64" fn ap_main(cpu: u64) -> ! {
     let cpu = cpu as usize;
@@ -230,6 +237,7 @@ pub fn run_stage(ncpu: usize, deadline_ms: u64, hang: bool) -> bool {
         HANG_CPU.store(ncpu - 1, Ordering::Release);
     }
     let deadline = time::deadline_ms(deadline_ms);
+    DEADLINE_MS.store(deadline_ms, Ordering::Release);
     DEADLINE.store(deadline, Ordering::Release);
     GO.store(true, Ordering::Release);
     ARRIVED.fetch_add(1, Ordering::AcqRel);

@@ -170,6 +170,11 @@ fn part<T: SecureTable, S: SecureSession>(
         return;
     };
     if !barrier(k, ncpu) {
+        let name = TABLES.get(k).copied().unwrap_or("?");
+        kprintln!(
+            "smp: FAIL cpu {cpu}: not every cpu reached the {name} table's barrier before the stage deadline ({} ms; `deadline=<ms>` sets it)",
+            smp::deadline_ms()
+        );
         result.failed += 1;
         return;
     }

@@ -2,6 +2,26 @@
  * tsm_tdx.h - C entry points of the TSM's TDX back end (platform-tdx, built as a static
  * library with `cargo rustc -p platform-tdx --lib --features capi --crate-type staticlib`).
  *
+ * Building and linking. For a firmware image add `--release --target x86_64-unknown-none`:
+ * the library lands in target/x86_64-unknown-none/release/libplatform_tdx.a (without them,
+ * target/debug/libplatform_tdx.a: a debug build for trying it on a host, about 20 MB). Link
+ * that archive alone: it needs no libc and no other library (a freestanding image links it
+ * with `ld -nostdlib` and its own _start; platform-tdx/tests/c_abi.rs does). The test-support
+ * build (feature model-device, which adds tsm_tdx_init and the model device) writes the same
+ * file name when built by hand; `nm libplatform_tdx.a | grep -w tsm_tdx_init` finds a symbol
+ * only in that one, which must never go into a firmware image.
+ *
+ * Panics. The library never panics on host input (every refusal is a status). Should a bug
+ * panic anyway, the library's own panic handler executes `ud2`: an invalid-opcode trap, which
+ * a firmware's #UD handler sees and a hosted process receives as SIGILL. It never returns to
+ * the caller and never unwinds through C frames.
+ *
+ * Statuses to names. There is no C function for it: the TDX_* and TSM_* defines below are the
+ * table (TDX_STATUS_CODE(s) for the status without its operand, TDX_STATUS_OPERAND(s) for the
+ * operand ID, TDX_OPERAND_ID_* for what that names), and platform-tdx/README.md "Statuses"
+ * maps each to the TSM's status. E.g. 0xC000010100000F07: TDX_OPERAND_ADDR_RANGE_ERROR on
+ * TDX_OPERAND_ID_REG_BLOCK.
+ *
  * The calling convention is SEAMCALL's: RAX carries the leaf on entry ({leaf[15:0],
  * version[23:16], reserved[63:24] = 0}) and the 64-bit completion status on return; operands
  * and outputs are in RCX, RDX, R8-R13. Leaf numbers and statuses are the TDX module's where

@@ -1,5 +1,6 @@
 //! The C entry point: builds platform-tdx as a static library (feature `capi`, with the test
-//! support `model-device`: the model device a C host relays to) once, compiles each C program
+//! support `model-device`: the model device a C host relays to) once, moves it out of the
+//! firmware library's path to `libplatform_tdx_model.a`, compiles each C program
 //! of `c-test/` against `include/tsm_tdx.h` with the machine's `cc`, links it, and runs it.
 //! `bind_zap.c`: bind (every exchange relayed by the C host), map, refused zap, unbind,
 //! allowed zap. `host_flow.c`: the Linux host's whole flow, then the eight vfio paths (old
@@ -82,10 +83,28 @@ fn build_static_lib(features: &str, target: Option<&str>) -> PathBuf {
     lib
 }
 
-/// The static library with the model device, built once for every test of this file.
+/// The static library with the model device, built once for every test of this file, and
+/// moved out of the target folder to `libplatform_tdx_model.a` in the tests' work folder:
+/// cargo writes it to `<target>/debug/libplatform_tdx.a`, the path of the firmware (`capi`)
+/// library, where an integrator linking after a test run would get the model session (its
+/// key is public) by mistake.
 fn static_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| build_static_lib("model-device", None))
+    LIB.get_or_init(|| {
+        let built = build_static_lib("model-device", None);
+        let lib = work().join("libplatform_tdx_model.a");
+        // Both live under the target folder: a rename, a copy if the file systems differ.
+        if std::fs::rename(&built, &lib).is_err() {
+            std::fs::copy(&built, &lib).expect("copy the model-device library");
+            std::fs::remove_file(&built).expect("remove the model-device library");
+        }
+        assert!(
+            !built.exists(),
+            "{} still holds the model library",
+            built.display()
+        );
+        lib
+    })
 }
 
 /// Compiles `c-test/<name>.c` (`-Wall -Wextra -Werror`), links the library, runs it; returns

@@ -338,7 +338,9 @@ mod qemu {
 
     #[test]
     fn failing_check_is_red() {
-        let run = boot(&["fail"]);
+        // `log=debug` too: the concurrent stage caps it at warn, says so, and still passes
+        // (at debug its refusals missed the stage deadline), so the one failure is `fail`'s.
+        let run = boot(&["fail", "log=debug"]);
         assert_ne!(
             run.code,
             Some(0),
@@ -346,7 +348,28 @@ mod qemu {
             run.log
         );
         let (_, failed) = run.summary().expect("summary line");
-        assert!(failed >= 1, "summary reports no failure:\n{}", run.log);
+        assert_eq!(
+            failed, 1,
+            "not exactly the deliberate failure:\n{}",
+            run.log
+        );
+        assert!(
+            run.lines().any(|l| l.starts_with("[DEBUG ")),
+            "no debug record before the stage:\n{}",
+            run.log
+        );
+        assert!(
+            run.lines()
+                .any(|l| l.starts_with("boot: the concurrent stage logs at warn at most")),
+            "the stage's log cap went unannounced:\n{}",
+            run.log
+        );
+        let smp_ok = format!("smp: {CPUS} cpus ok");
+        assert!(
+            run.lines().any(|l| l == smp_ok),
+            "the stage failed at log=debug:\n{}",
+            run.log
+        );
     }
 
     #[test]
@@ -361,6 +384,13 @@ mod qemu {
         assert!(
             run.log.contains("did not finish within 500 ms"),
             "no deadline message:\n{}",
+            run.log
+        );
+        // The CPUs that waited for it say why they gave up, naming the deadline.
+        assert!(
+            run.lines().any(|l| l.starts_with("smp: FAIL cpu ")
+                && l.contains("barrier before the stage deadline (500 ms;")),
+            "no barrier message naming the deadline:\n{}",
             run.log
         );
     }

@@ -53,6 +53,78 @@
 //! # }
 //! ```
 //!
+//! # Embedding
+//!
+//! What a firmware supplies, and what it gets:
+//!
+//! - **Its second-level table**: an implementation of [`SecureTable`] (the S-EPT on TDX,
+//!   `platform_tdx::sept::Sept`; the RMP on SEV, in `platform-sev`). [`mem_table::MemTable`]
+//!   is the in-memory one for tests and for the boot kernel's replay.
+//! - **Its SPDM session** with each device: an implementation of [`SecureSession`] (seal,
+//!   open, record length, the LOCK's secret, the report digest), which owns the keys.
+//! - **The transport is the host's.** The firmware never touches a mailbox: an operation that
+//!   needs the device ([`Tsm::bind`], [`Tsm::unbind`], [`Tsm::guest_start`], ...) writes a
+//!   sealed request into a buffer of [`MAX_RELAY_BYTES`] and returns
+//!   [`Completion::Relay`]`(n)`; the host sends those `n` bytes to the device's DOE mailbox and
+//!   hands its answer (or `None`) to [`Tsm::device_response`], which returns the next `Relay`
+//!   or the operation's end ([`relay`] has the layers). The platform crate maps this onto its
+//!   calling convention (a SEAMCALL leaf, a PSP command).
+//! - **Memory that is never MMIO** (its own image, the pools it hands over):
+//!   [`ReservedMemory`], given to [`Tsm::with_reserved`].
+//!
+//! Capacities are fixed at build time, in [`capacity`] ([`capacity::MAX_DEVICES`],
+//! [`capacity::MAX_TDIS`], [`capacity::MAX_GUESTS`], [`capacity::MAX_OWNED_RANGES`], ...);
+//! running out is a status ([`Error::DeviceTableFull`], [`Error::TdiTableFull`],
+//! [`Error::GuestTableFull`], [`Error::OwnershipTableFull`], ...), never a panic; change them
+//! by editing that module. Every table is a fixed array, so a
+//! `Tsm` is large (about 80-97 KiB; see [`Tsm`]'s "Size"): keep it in a `static` (both
+//! constructors are `const fn`), or in memory the platform hands over, never in a local on a
+//! 16-64 KiB firmware stack. No heap anywhere.
+//!
+//! Errors: every entry point returns [`TsmResult`]: [`Completion`] or an [`Error`], each
+//! with the operand it names ([`Operand`] for `Busy`); [`status`] has the table of codes,
+//! and a refusal changes nothing. Logging: below.
+//!
+//! Test support, not cryptography: [`ModelSession`] seals with a key that is in the public
+//! source, and [`device_model`] is a device for tests. Both are compiled in so the workspace's
+//! tests, the boot kernel and the examples can use them; a firmware image must give its own
+//! [`SecureSession`] and never ship `Tsm<_, ModelSession>`.
+//!
+//! The embedder's relay loop, over a `static` firmware (the model session and device stand in
+//! for the platform's session and the host's mailbox):
+//!
+//! ```
+//! use tsm_core::device_model::ModelDevice;
+//! use tsm_core::mem_table::MemTable;
+//! use tsm_core::{Completion, Error, MAX_RELAY_BYTES, MmioRange, ModelSession, RequesterId, Tsm};
+//!
+//! // The firmware's one instance, built at compile time. A firmware gives its S-EPT or RMP
+//! // and its own SPDM session here.
+//! static TSM: Tsm<MemTable<64>, ModelSession> = Tsm::new(MemTable::new(), ModelSession::model());
+//!
+//! # fn main() -> Result<(), Error> {
+//! let mut device = ModelDevice::model(); // on the host's side of the DOE mailbox
+//! let guest = TSM.create_guest()?;
+//! let rid = RequesterId::try_new(0, 3, 0, 0)?;
+//! let bar = MmioRange::from_raw(0x8000_0000, 16)?;
+//! let tdi = TSM.create_tdi(TSM.create_device(rid, &[bar])?, rid)?;
+//! device.report_ranges(rid, &[MmioRange::from_raw(0x8000_0000, 1)?]);
+//!
+//! // The firmware writes each request into `request`; the host relays it and passes the
+//! // device's answer back until the operation ends.
+//! let mut request = [0u8; MAX_RELAY_BYTES];
+//! let mut answer = [0u8; MAX_RELAY_BYTES];
+//! let mut step = TSM.bind(tdi, guest, &mut request)?;
+//! while let Completion::Relay(n) = step {
+//!     let len = device.answer(request.get(..n).unwrap_or_default(), &mut answer);
+//!     let response = len.and_then(|len| answer.get(..len));
+//!     step = TSM.device_response(tdi, response, &mut request)?;
+//! }
+//! assert_eq!(step, Completion::Done);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Logging
 //!
 //! Through the `log` facade, for an integrator to see why an operation failed: `warn` when a
