@@ -949,9 +949,11 @@ impl SecureTable for Sept<'_> {
             return Found::Paused { resume: from };
         }
         let start = from.max(within.base()).as_u64();
-        // The hint is for the page holding `from`; a search that starts further on cannot use it.
+        // The hint is for the page holding `from`; a search that starts further on cannot use it,
+        // nor one after anything was added anywhere in the pool since the hint was made.
+        let generation = self.pool.generation();
         let hint = rest
-            .filter(|_| start == from.as_u64())
+            .filter(|r| start == from.as_u64() && u64::from(r.generation) == generation)
             .map(|r| (r.level, u64::from(r.left)));
         let (base, level, raw, page, slot, rest) =
             match self
@@ -1011,7 +1013,10 @@ impl SecureTable for Sept<'_> {
         // What the page says of itself only holds inside it: a run to its last slot ends in
         // the next page.
         let inside = slot.saturating_add(count as usize) < ENTRIES_PER_PAGE;
-        let rest = rest.filter(|_| inside);
+        // A hint carries the generation in 32 bits: past 2^32 additions no hint is made (the
+        // searches read their pages to the end), so a stale hint never compares equal.
+        let stamp = u32::try_from(generation).ok();
+        let rest = rest.filter(|_| inside && stamp.is_some());
         let next = if rest == Some(0) {
             // Nothing more in this table page: skip the rest of its window.
             let window = level_span(level.saturating_add(1));
@@ -1026,6 +1031,7 @@ impl SecureTable for Sept<'_> {
             rest: rest.map(|left| PageRest {
                 level,
                 left: u16::try_from(left).unwrap_or(u16::MAX),
+                generation: stamp.unwrap_or(u32::MAX),
             }),
         }
     }
@@ -3148,6 +3154,54 @@ mod range_tests {
             panic!("the leaf in the next page");
         };
         assert_eq!((first.hpa, count), (next, 1));
+    }
+
+    /// A hint made before a leaf was added ahead of it in its page is stale: the next search
+    /// ignores it (the pool's generation moved) and finds the new leaf, whoever mapped it.
+    /// With the hint trusted the search would leave the page after the leaves it counted.
+    #[test]
+    fn a_hint_is_ignored_once_anything_was_added() {
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Four);
+        let g = GUESTS[0];
+        let at = |i: u64| {
+            (
+                Gpa::try_new(GPA_BASE + i * 0x2000).unwrap(),
+                Hpa::try_new(HPA_BASE + i * 0x1000).unwrap(),
+            )
+        };
+        // Leaves at the even slots 0..18: runs of one (GPAs not contiguous).
+        for i in 0..10 {
+            let (gpa, hpa) = at(2 * i);
+            t.map(g, gpa, hpa, PageSize::Size4K).unwrap();
+        }
+        let within = MmioRange::from_raw(HPA_BASE, 512).unwrap();
+        let mut work = 1000;
+        let Found::Run { next, rest, .. } =
+            t.find_leaves(within, within.base(), None, 1, &mut work)
+        else {
+            panic!("a run");
+        };
+        assert_eq!(rest.map(|r| r.left), Some(9));
+        // The walk is paused here; a leaf is mapped past every leaf the hint counted.
+        let (gpa, hpa) = at(19);
+        t.map(g, gpa, hpa, PageSize::Size4K).unwrap();
+        let (mut from, mut rest, mut seen) = (next.unwrap(), rest, 1);
+        loop {
+            let mut work = 1000;
+            match t.find_leaves(within, from, rest, 1, &mut work) {
+                Found::Run { next, rest: r, .. } => {
+                    seen += 1;
+                    (from, rest) = (next.unwrap(), r);
+                }
+                Found::End => break,
+                Found::Paused { .. } => panic!("work enough"),
+            }
+        }
+        assert_eq!(
+            seen, 11,
+            "the leaf added ahead of a paused search was skipped"
+        );
     }
 
     /// Drifted entry counts are found before anything is written, as the per-page operations

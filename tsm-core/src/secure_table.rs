@@ -90,15 +90,20 @@ impl From<TableError> for Error {
 /// What a table knows of the rest of one of its table pages after a search: at most `left`
 /// leaves lie at or after the search's resume point in the page at `level` holding it. Handed
 /// back to the next search from there, which then leaves the page once it has seen that many
-/// instead of reading it to its end. Sound because the leaves in a TDI's owned range only go
-/// while a walk is under way (no map into a TDI that is unbinding or in ERROR, and no other
-/// TDI's leaf in its range): a bound that was right stays an upper bound.
+/// instead of reading it to its end. Self-validating: `generation` is the table's count of
+/// entries added when the hint was made, and a table ignores a hint whose generation is not
+/// its current one. Removals and rewrites in place only keep or lower the count, so a hint
+/// that was right stays an upper bound until something is added, whoever adds it (a map of
+/// any guest, platform glue holding the table, a future map path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRest {
     /// The table's level of the page (its own numbering).
     pub level: u8,
     /// Leaves at most at or after the resume point in that page.
     pub left: u16,
+    /// The table's generation (its count of entries added) when the hint was made; a table
+    /// whose count no longer fits makes no hint.
+    pub generation: u32,
 }
 
 /// What a bounded search of the leaves ([`SecureTable::find_leaves`]) found.

@@ -325,6 +325,17 @@ fn host_requests_on_bound_pages_are_refused() {
 
 #[test]
 fn unbind_is_idempotent_complete_and_rebindable() {
+    // A world and three snapshots of it by value, unoptimised: more than a test thread's
+    // default stack.
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(unbind_is_idempotent_complete_and_rebindable_body)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn unbind_is_idempotent_complete_and_rebindable_body() {
     let w = bound(3);
     let tsm = &w.tsm;
     refused(tsm, Error::InvalidHandle, || {
