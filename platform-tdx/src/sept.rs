@@ -5,9 +5,7 @@
 //! ([`SeptError`], the TDX-style cause). [`SecureTable`] is implemented on top of it.
 
 use bitfield_struct::bitfield;
-use tsm_core::capacity::{
-    MAX_GUESTS, UNBIND_OPS_PER_CALL, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED,
-};
+use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
 use tsm_core::secure_table::{Epoch, Found, PageRest, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
@@ -229,9 +227,11 @@ pub const fn leaf_size(level: u8) -> Option<PageSize> {
 const EPOCH_BUCKET_SHIFT: u32 = BEPOCH_WINDOW.trailing_zeros() - 1;
 /// Bucket slots kept: the previous bucket, the current one, and the one TRACK enters next.
 const EPOCH_BUCKETS: u64 = 3;
-/// MMIOMT leaves one TRACK visits to re-stamp old blocked leaves before it returns with the
-/// work kept: the core's bound on leaf operations per call.
-const RESTAMP_PER_CALL: u32 = UNBIND_OPS_PER_CALL;
+/// Work one host TRACK may spend re-stamping old blocked leaves before it returns with the
+/// work kept, in the units of [`UNBIND_WORK_PER_CALL`] (what the MMIOMT search reads, one per
+/// leaf rewritten): the bound of one unbind call. An unbind's own TRACK spends what its call
+/// has left.
+const RESTAMP_WORK: u32 = UNBIND_WORK_PER_CALL;
 
 /// Slot of bucket number `bucket` in [`TdEpoch::blocked`].
 fn slot_of_bucket(bucket: u64) -> usize {
@@ -703,9 +703,17 @@ impl<'m> Sept<'m> {
 
     /// TDH.MEM.TRACK: advances the TD epoch; refused while the previous one is not flushed.
     /// Entering a new bucket of epochs first re-stamps the TD's blocked leaves of the bucket
-    /// before the previous one (see `TdEpoch`), at most `RESTAMP_PER_CALL` MMIOMT leaves
-    /// per call: `TrackResumable`, with the work kept, until that is done.
+    /// before the previous one (see `TdEpoch`), at most `RESTAMP_WORK` units of work per
+    /// call: `TrackResumable`, with the work kept, until that is done.
     pub fn mem_track(&mut self, guest: GuestId) -> Result<(), SeptError> {
+        let mut work = RESTAMP_WORK;
+        self.mem_track_within(guest, &mut work)
+    }
+
+    /// [`Sept::mem_track`] spending at most `work` on a re-stamp (the search's reads, one per
+    /// leaf rewritten), and one unit for the advance itself. With `work` spent before the
+    /// re-stamp is done: `TrackResumable`, the work kept, the epoch not advanced.
+    pub fn mem_track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<(), SeptError> {
         let e = self.epoch(guest)?;
         if e.flushed < e.current {
             return Err(SeptError::PreviousEpochBusy);
@@ -715,8 +723,9 @@ impl<'m> Sept<'m> {
             .checked_add(1)
             .ok_or(SeptError::PreviousEpochBusy)?;
         if bucket_slot(next) != bucket_slot(e.current) {
-            self.restamp(guest, e)?;
+            self.restamp(guest, e, work)?;
         }
+        *work = work.saturating_sub(1);
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))
@@ -760,7 +769,11 @@ impl<'m> Sept<'m> {
     /// 2^12 or more epochs old), stamping them with the current bucket's first epoch. Both epochs are below `flushed`
     /// (the caller checked `flushed == current`, the last epoch of the current bucket, and the
     /// bucket has more than one epoch), so every re-stamped leaf stays removable.
-    fn restamp(&mut self, guest: GuestId, e: TdEpoch) -> Result<(), SeptError> {
+    fn restamp(&mut self, guest: GuestId, e: TdEpoch, work: &mut u32) -> Result<(), SeptError> {
+        if *work == 0 {
+            // Nothing to spend: nothing read, nothing kept.
+            return Err(SeptError::TrackResumable);
+        }
         let bucket = e.current >> EPOCH_BUCKET_SHIFT;
         // Bucket k - 1 has the slot of k + 2 (three slots).
         let stale = slot_of_bucket(bucket.saturating_add(2));
@@ -769,22 +782,33 @@ impl<'m> Sept<'m> {
         let mut left = e.blocked.get(stale).copied().unwrap_or(0);
         let mut moved = 0u64;
         let mut from = e.restamp_from.unwrap_or(0);
-        let mut budget = RESTAMP_PER_CALL;
         let limit = self.mmiomt.limit();
         let mut paused = None;
         let mut failed = None;
         while left > 0 {
-            let Some((hpa, level, raw)) = self.mmiomt.next_entry(&self.pool, from, limit) else {
-                // Fewer leaves than counted: the count drifted. What was re-stamped stays
-                // correct (the stamp is flushed); the drift is reported.
-                failed = Some(SeptError::Inconsistent);
-                break;
-            };
-            if budget == 0 {
-                paused = Some(hpa);
+            if *work == 0 {
+                paused = Some(from);
                 break;
             }
-            budget = budget.saturating_sub(1);
+            // The search's reads are charged as an unbind's searches are.
+            let (hpa, level, raw) = match self
+                .mmiomt
+                .next_entry_bounded(&self.pool, from, limit, None, work)
+            {
+                Scan::Entry {
+                    base, level, raw, ..
+                } => (base, level, raw),
+                Scan::Paused { resume } => {
+                    paused = Some(resume);
+                    break;
+                }
+                // Fewer leaves than counted: the count drifted. What was re-stamped stays
+                // correct (the stamp is flushed); the drift is reported.
+                _ => {
+                    failed = Some(SeptError::Inconsistent);
+                    break;
+                }
+            };
             from = hpa.saturating_add(level_span(level));
             let meta = MmioMtEntry::from_bits(raw);
             if !meta.leaf() || !meta.blocked() || meta.guest().guest() != guest {
@@ -793,6 +817,12 @@ impl<'m> Sept<'m> {
             if bucket_slot(meta.bepoch().epoch_at(e.current)) != stale {
                 continue;
             }
+            // One unit to rewrite it; none left: resume at this leaf.
+            if *work == 0 {
+                paused = Some(hpa);
+                break;
+            }
+            *work = work.saturating_sub(1);
             let meta = meta.with_bepoch(stamp);
             let rewritten = self.mt_lookup(hpa, level).and_then(|(found, _)| {
                 Ok(self
@@ -886,7 +916,12 @@ impl SecureTable for Sept<'_> {
     }
 
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
-        match self.mem_track(guest) {
+        let mut work = RESTAMP_WORK;
+        self.track_within(guest, &mut work)
+    }
+
+    fn track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<Completion, TableError> {
+        match self.mem_track_within(guest, work) {
             Ok(()) => Ok(Completion::Done),
             // Old blocked leaves re-stamped, the epoch not advanced yet: call again.
             Err(SeptError::TrackResumable) => Ok(Completion::Resumable),
@@ -2579,14 +2614,15 @@ mod tests {
         }
     }
 
-    /// Re-stamping is bounded per TRACK: with more old blocked leaves than one call may visit,
+    /// Re-stamping is bounded per TRACK: with more old blocked leaves than one call's work
+    /// (`RESTAMP_WORK`: a unit to find each of these dense leaves, one to rewrite it) covers,
     /// TRACK answers `TrackResumable` without advancing the epoch, and finishes on a later call.
     #[test]
     // Thousands of TRACKs of plain arithmetic, no unsafe code: minutes under Miri.
     #[cfg_attr(miri, ignore)]
     fn restamping_many_old_leaves_is_resumable() {
         let k4 = PageSize::Size4K;
-        let n = u64::from(RESTAMP_PER_CALL) * 2 + 3;
+        let n = u64::from(RESTAMP_WORK) + 3;
         let mut mem = vec![Page::ZERO; 33];
         let mut s = sept(&mut mem, SeptLevels::Four);
         for i in 0..n {
@@ -2601,13 +2637,15 @@ mod tests {
         let mut resumed = 0;
         while s.mem_track(G) == Err(SeptError::TrackResumable) {
             resumed += 1;
+            assert!(resumed < 100);
             assert_eq!(s.epoch(G).unwrap().current, 4095);
             assert!(
                 s.epoch(G).unwrap().restamp_from.is_some(),
                 "re-stamp unfinished"
             );
         }
-        assert_eq!(resumed, 2);
+        // More than one call's work: each leaf costs its search from the root and a rewrite.
+        assert!(resumed >= 2, "{resumed}");
         assert_eq!(s.epoch(G).unwrap().current, 4096);
         for i in 0..n {
             assert_eq!(blocked_epoch_of(&s, i << 12), 2048);
@@ -2617,6 +2655,72 @@ mod tests {
             );
         }
         assert_eq!(s.epoch(G).unwrap().blocked, [0; 3]);
+    }
+
+    /// A TRACK's re-stamp of a sparse layout (one old blocked leaf per 1 GiB window, at the
+    /// last slot of its last 2 MiB window: thousands of free entries between leaves) reads no
+    /// more than its work allows, per call, and the unbind's TRACK spends only what its call
+    /// has left: none left, nothing read, `TrackResumable`, the epoch not advanced.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_sparse_restamp_is_bounded_by_the_work_per_call() {
+        use crate::frames::ENTRY_READS;
+        let k4 = PageSize::Size4K;
+        let mut mem = vec![Page::ZERO; 400];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        for i in 0..64u64 {
+            let h = 0x1_0000_0000 + i * 0x4000_0000 + 0x3FE0_0000 + 0x1F_F000;
+            s.mmio_map(G, gpa(i << 12), hpa(h), k4).unwrap();
+            s.mmio_block(G, gpa(i << 12), k4).unwrap();
+        }
+        for _ in 0..4095 {
+            s.mem_track(G).unwrap();
+        }
+        // No work left: refused as resumable, nothing read, nothing changed.
+        let before = (
+            s.bookkeeping(),
+            s.pool().pages().cloned().collect::<Vec<_>>(),
+        );
+        ENTRY_READS.with(|n| n.set(0));
+        let mut work = 0;
+        assert_eq!(
+            s.mem_track_within(G, &mut work),
+            Err(SeptError::TrackResumable)
+        );
+        assert_eq!(ENTRY_READS.with(|n| n.get()), 0);
+        assert!(
+            before
+                == (
+                    s.bookkeeping(),
+                    s.pool().pages().cloned().collect::<Vec<_>>()
+                )
+        );
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            assert!(calls < 10_000);
+            ENTRY_READS.with(|n| n.set(0));
+            let mut work = UNBIND_WORK_PER_CALL;
+            let r = s.mem_track_within(G, &mut work);
+            // A unit pays for an entry in use or a cache line of free ones (8 entries).
+            let reads = ENTRY_READS.with(|n| n.get());
+            assert!(
+                reads <= u64::from(UNBIND_WORK_PER_CALL) * 8,
+                "call {calls}: {reads} entries read"
+            );
+            match r {
+                Ok(()) => break,
+                Err(SeptError::TrackResumable) => {
+                    assert_eq!(s.epoch(G).unwrap().current, 4095);
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(calls > 1, "the sparse re-stamp fit one call");
+        assert_eq!(s.epoch(G).unwrap().current, 4096);
+        for i in 0..64u64 {
+            assert_eq!(blocked_epoch_of(&s, i << 12), 2048);
+        }
     }
 
     #[test]

@@ -14,9 +14,9 @@ pub const MAX_BARS: usize = 6;
 pub const MAX_RANGES_PER_TDI: usize = 16;
 /// MMIO ranges owned by all bound TDIs together.
 pub const MAX_OWNED_RANGES: usize = 256;
-/// Leaf operations one bounded pass over table entries may do per call where it counts
-/// leaves, not work: the TDX epoch re-stamp of old blocked leaves (`TDH.MEM.TRACK`).
-pub const UNBIND_OPS_PER_CALL: u32 = 64;
+/// Leaves one unbind call changes on a table without a bounded search (one unit to find a
+/// leaf, one to change it: half of [`UNBIND_WORK_PER_CALL`]). Ours.
+pub const UNBIND_OPS_PER_CALL: u32 = UNBIND_WORK_PER_CALL / 2;
 /// Work one unbind (or device-error, check, refused start) call does before it returns
 /// `Resumable`, so no host call holds a CPU in firmware for long whatever the layout of the
 /// TDI's leaves. The unit: one leaf blocked or removed, and what the leaf searches read

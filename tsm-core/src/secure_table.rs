@@ -168,6 +168,15 @@ pub trait SecureTable {
     /// yet; call again. Nothing it did changes what any leaf means.
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError>;
 
+    /// [`SecureTable::track`] within `work` units of [`crate::capacity::UNBIND_WORK_PER_CALL`]:
+    /// the bookkeeping before the advance (TDX's re-stamp) spends at most what `work` holds and
+    /// is `Resumable` when it runs out; the advance itself costs one. Provided: `track`, one unit
+    /// (a table whose track does bounded work of its own).
+    fn track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<Completion, TableError> {
+        *work = work.saturating_sub(1);
+        self.track(guest)
+    }
+
     /// Removes the blocked, flushed leaf at exactly `gpa` of `size`; returns its host address.
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError>;
 

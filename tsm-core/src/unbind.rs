@@ -241,8 +241,9 @@ fn advance<T: SecureTable>(
             StopBy::Device => Next::AskStop,
             StopBy::Done => Next::Step(UnbindStep::Track),
         },
-        // Every leaf is blocked: one epoch advance covers them all.
-        UnbindStep::Track => match ctx.table.track(ctx.owner)? {
+        // Every leaf is blocked: one epoch advance covers them all. The bookkeeping it may
+        // need first (TDX's re-stamp) is charged to the call and resumes on the next.
+        UnbindStep::Track => match ctx.table.track_within(ctx.owner, budget)? {
             Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
             Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
         },
