@@ -1103,6 +1103,18 @@ impl SecureTable for Sept<'_> {
     ) -> Result<u32, TableError> {
         self.mmio_unmap_range(guest, gpa, hpa, size, count)
     }
+
+    fn remove_range_within(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, TableError> {
+        self.mmio_unmap_range_within(guest, gpa, hpa, size, count, limit)
+    }
 }
 
 /// Work a range operation charges for each walk it makes (one per table page of the run, in
@@ -1114,6 +1126,13 @@ const WALK_WORK: u32 = MMIOMT_LEVELS as u32;
 const SEARCH_PROGRESS_WORK: u32 = MMIOMT_LEVELS as u32 + 2;
 // Every unbind call can find and change at least one leaf (it offers half its work to a run).
 const _: () = assert!(UNBIND_WORK_PER_CALL / 2 > SEARCH_PROGRESS_WORK);
+// The core's bound on one leaf's change covers this table: a leaf's removal empties at most
+// every level of a 5-level S-EPT and of the MMIOMT, and a run the search found is walked in at
+// most three table pages (one MMIOMT page, two S-EPT pages).
+const _: () = assert!(
+    SeptLevels::Five as u32 + MMIOMT_LEVELS as u32 <= tsm_core::capacity::MAX_PAGES_FREED_PER_LEAF
+);
+const _: () = assert!(3 * WALK_WORK <= tsm_core::capacity::MAX_RUN_WALK_WORK);
 
 /// Count changes a range operation makes to table pages that exist, checked before anything
 /// is written. A run is walked in address order, so every change to one page arrives in one
@@ -1637,8 +1656,25 @@ impl Sept<'_> {
         size: PageSize,
         count: u32,
     ) -> Result<u32, TableError> {
+        // No limit: the run is always removed when it may be.
+        self.mmio_unmap_range_within(guest, gpa, hpa, size, count, u32::MAX)
+            .map(|w| w.unwrap_or(0))
+    }
+
+    /// [`Sept::mmio_unmap_range`] when the work it returns is at most `limit`, known before
+    /// anything is written (the check phase counts the walks and the table pages the run
+    /// empties); `Ok(None)`, nothing changed, when it is more.
+    pub fn mmio_unmap_range_within(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, TableError> {
         if count == 0 {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let epoch = self.epoch(guest)?;
         let tree = *self.tree(guest)?;
@@ -1651,6 +1687,8 @@ impl Sept<'_> {
         let mut s_counts = Counts::new(false, tree.levels(), SeptFormat::FREE);
         let mut m_counts = Counts::new(false, MMIOMT_LEVELS, MtFormat::FREE);
         let mut unblocked = [0u64; EPOCH_BUCKETS as usize];
+        // The clears below: one walk per table page of the run, in each tree.
+        let mut walks = 0u32;
         let frames = size.base_pages();
         for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
@@ -1661,9 +1699,11 @@ impl Sept<'_> {
             };
             if s_new {
                 sf = tree.lookup(&self.pool, g, level).ok();
+                walks = walks.saturating_add(1);
             }
             if m_new {
                 mf = self.mmiomt.lookup(&self.pool, h, level).ok();
+                walks = walks.saturating_add(1);
             }
             let se = sf
                 .as_ref()
@@ -1717,6 +1757,10 @@ impl Sept<'_> {
         for (b, n) in blocked.iter_mut().zip(unblocked) {
             *b = b.checked_sub(n).ok_or(SeptError::Inconsistent)?;
         }
+        let cost = removal_work(count, walks, released);
+        if cost > limit {
+            return Ok(None);
+        }
         // Every check passed: the clears below are the ones just proven. Each table page's
         // run is cleared at its last page, in page order (S-EPT first, then the metadata, as
         // the per-page unmaps do), so emptied pages go back to the pool in the same order.
@@ -1755,13 +1799,20 @@ impl Sept<'_> {
         if let Some(td) = self.epochs.get_mut(usize::from(guest.slot())) {
             td.blocked = blocked;
         }
-        let freed = u32::try_from(released)
-            .unwrap_or(u32::MAX)
-            .saturating_mul(UNBIND_WORK_PER_PAGE_FREED);
-        Ok(count
-            .saturating_add(freed)
-            .saturating_add(walked.saturating_mul(WALK_WORK)))
+        // What was done, as predicted (the walks and pages just proven).
+        Ok(Some(removal_work(count, walked, released)))
     }
+}
+
+/// The work of removing `count` leaves in `walks` table walks that give `released` table
+/// pages back (see [`SecureTable::remove_range`]).
+fn removal_work(count: u32, walks: u32, released: usize) -> u32 {
+    let freed = u32::try_from(released)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(UNBIND_WORK_PER_PAGE_FREED);
+    count
+        .saturating_add(freed)
+        .saturating_add(walks.saturating_mul(WALK_WORK))
 }
 
 /// Sizing the pool: how many table pages a [`Sept`] takes for the leaves a platform means to
@@ -3306,6 +3357,74 @@ mod range_tests {
             seen, 11,
             "the leaf added ahead of a paused search was skipped"
         );
+    }
+
+    /// A run's removal is weighed before it is made: the review's worst case (two leaves
+    /// either side of 2^48 in a 5-level S-EPT, each alone in its table pages) costs far more
+    /// than a call's budget, so with the budget as the limit it is refused as `None` and
+    /// nothing changes; one leaf is the least a call can do, and costs at most
+    /// `UNBIND_MAX_LEAF_WORK`; with no limit the run goes and returns what was predicted.
+    #[test]
+    fn a_removal_over_its_limit_changes_nothing() {
+        use tsm_core::capacity::UNBIND_MAX_LEAF_WORK;
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Five);
+        let g = GUESTS[0];
+        let k = PageSize::Size4K;
+        let (gpa, hpa) = (
+            Gpa::try_new((1 << 48) - 0x1000).unwrap(),
+            Hpa::try_new(0x8000_0000).unwrap(),
+        );
+        t.map_range(g, gpa, hpa, k, 2).unwrap();
+        t.block_range(g, gpa, hpa, k, 2).unwrap();
+        assert_eq!(t.track(g), Ok(Completion::Done));
+        let before = (
+            t.bookkeeping(),
+            t.pool().pages().cloned().collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            t.remove_range_within(g, gpa, hpa, k, 2, UNBIND_WORK_PER_CALL),
+            Ok(None)
+        );
+        assert!(
+            before
+                == (
+                    t.bookkeeping(),
+                    t.pool().pages().cloned().collect::<Vec<_>>()
+                )
+        );
+        // The first leaf alone: past the budget, within the one-leaf bound.
+        let one = t
+            .remove_range_within(g, gpa, hpa, k, 1, u32::MAX)
+            .unwrap()
+            .unwrap();
+        assert!(
+            one > UNBIND_WORK_PER_CALL && one <= UNBIND_MAX_LEAF_WORK,
+            "{one}"
+        );
+        // The second, and the same leaf alone in a table of its own (the same pages to walk
+        // and give back): the exact prediction is the limit it needs.
+        let (gpa, hpa) = (
+            Gpa::try_new(1 << 48).unwrap(),
+            Hpa::try_new(0x8000_1000).unwrap(),
+        );
+        let mut mem2 = vec![Page::ZERO; 64];
+        let mut u = Sept::new(FramePool::new(&mut mem2, PHYS).unwrap(), SeptLevels::Five);
+        u.map(g, gpa, hpa, k).unwrap();
+        u.block(g, gpa, k).unwrap();
+        assert_eq!(u.track(g), Ok(Completion::Done));
+        let cost = t
+            .remove_range_within(g, gpa, hpa, k, 1, u32::MAX)
+            .unwrap()
+            .unwrap();
+        assert!(cost <= UNBIND_MAX_LEAF_WORK, "{cost}");
+        assert_eq!(u.remove_range_within(g, gpa, hpa, k, 1, cost - 1), Ok(None));
+        assert_eq!(
+            u.remove_range_within(g, gpa, hpa, k, 1, cost),
+            Ok(Some(cost))
+        );
+        assert_eq!(t.leaf(g, gpa), None);
+        assert_eq!(t.pool().free_frames(), t.pool().total_frames());
     }
 
     /// Drifted entry counts are found before anything is written, as the per-page operations

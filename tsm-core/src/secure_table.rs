@@ -297,6 +297,25 @@ pub trait SecureTable {
         Ok(count)
     }
 
+    /// [`SecureTable::remove_range`] only when the work it returns is at most `limit`, which
+    /// the table knows before it writes anything (the walks, the table pages the run would give
+    /// back); `Ok(None)` and nothing changed when it is more. A refusal of the run itself is
+    /// the same as `remove_range`'s. Provided: one unit per leaf.
+    fn remove_range_within(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, TableError> {
+        if count > limit {
+            return Ok(None);
+        }
+        self.remove_range(guest, gpa, hpa, size, count).map(Some)
+    }
+
     /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.
     fn check_host(&self, guest: GuestId, gpa: Gpa, hpa: Hpa) -> Result<(), TableError> {
         match self.leaf(guest, gpa) {
