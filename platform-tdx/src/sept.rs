@@ -490,9 +490,11 @@ impl<'m> Sept<'m> {
 
     fn leaf_of(&self, hpa: u64, level: u8, mt: MmioMtEntry) -> Option<Leaf> {
         let guest = mt.guest().guest();
+        // A guest slot past the table's TDs is no leaf, blocked or not.
+        let epoch = self.epoch(guest).ok()?;
         let state = if mt.blocked() {
             LeafState::Blocked {
-                epoch: Self::blocked_epoch(self.epoch(guest).ok()?, mt.bepoch()),
+                epoch: Self::blocked_epoch(epoch, mt.bepoch()),
             }
         } else {
             LeafState::Mapped
@@ -996,6 +998,7 @@ impl SecureTable for Sept<'_> {
                 .next_entry_bounded(&self.pool, start, within.end(), hint, work)
             {
                 Scan::End => return Found::End,
+                Scan::Broken { .. } => return Found::Broken,
                 Scan::Paused { resume } => {
                     return Found::Paused {
                         resume: Hpa::try_new(resume).unwrap_or(from),
@@ -1011,11 +1014,13 @@ impl SecureTable for Sept<'_> {
                 } => (base, level, raw, page, slot, rest),
             };
         let meta = MmioMtEntry::from_bits(raw);
+        // The scan found it at or above the start and below the range's end: an entry there
+        // that is no leaf of a known guest and size, or a leaf past the end, is not an end.
         let Some(first) = self.leaf_of(base, level, meta) else {
-            return Found::End;
+            return Found::Broken;
         };
         if !within.contains_page(first.hpa, first.size) {
-            return Found::End;
+            return Found::Broken;
         }
         let span = level_span(level);
         let frames = first.size.base_pages();
@@ -3248,6 +3253,15 @@ mod range_tests {
                 let max = (work / 2).max(1);
                 match t.find_leaves(within, from, rest, max, &mut work) {
                     Found::End => break,
+                    // Only a leaf straddling the range's end (the test's ranges are not owned
+                    // ranges, which no leaf straddles): the reference stops there too.
+                    Found::Broken => {
+                        let start = from.max(within.base()).as_u64();
+                        let (b, l, raw) = t.mmiomt.next_entry(&t.pool, start, within.end()).unwrap();
+                        let leaf = t.leaf_of(b, l, MmioMtEntry::from_bits(raw)).unwrap();
+                        prop_assert!(!within.contains_page(leaf.hpa, leaf.size));
+                        break;
+                    }
                     Found::Paused { resume } => {
                         prop_assert!(resume >= from);
                         (from, rest) = (resume, None);
@@ -3350,7 +3364,7 @@ mod range_tests {
                     (from, rest) = (next.unwrap(), r);
                 }
                 Found::End => break,
-                Found::Paused { .. } => panic!("work enough"),
+                Found::Broken | Found::Paused { .. } => panic!("a leaf, or the end"),
             }
         }
         assert_eq!(
@@ -3425,6 +3439,52 @@ mod range_tests {
         );
         assert_eq!(t.leaf(g, gpa), None);
         assert_eq!(t.pool().free_frames(), t.pool().total_frames());
+    }
+
+    /// A metadata entry in the range that is no leaf of a known guest is `Broken`, never the
+    /// end of the leaves: the search does not go past it, and resumed from before it says the
+    /// same; past it the search goes on.
+    #[test]
+    fn an_entry_the_search_cannot_read_is_broken_not_the_end() {
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Four);
+        let g = GUESTS[0];
+        let at = |i: u64| {
+            (
+                Gpa::try_new(GPA_BASE + i * 0x2000).unwrap(),
+                Hpa::try_new(HPA_BASE + i * 0x1000).unwrap(),
+            )
+        };
+        for i in 0..3 {
+            let (gpa, hpa) = at(i);
+            t.map(g, gpa, hpa, PageSize::Size4K).unwrap();
+        }
+        // The middle leaf's metadata names guest slot 63 (there are 32).
+        let page = t.mt_lookup(HPA_BASE, 1).unwrap().0.page().unwrap();
+        let raw = t.pool().entry(page, 1);
+        t.pool.set_entry(page, 1, raw | (63 << 2));
+        let within = MmioRange::from_raw(HPA_BASE, 512).unwrap();
+        let mut work = 1000;
+        let Found::Run { next, rest, .. } =
+            t.find_leaves(within, within.base(), None, 1, &mut work)
+        else {
+            panic!("the first leaf");
+        };
+        let mut work = 1000;
+        assert_eq!(
+            t.find_leaves(within, next.unwrap(), rest, 1, &mut work),
+            Found::Broken
+        );
+        let mut work = 1000;
+        assert_eq!(
+            t.find_leaves(within, next.unwrap(), None, 1, &mut work),
+            Found::Broken
+        );
+        let mut work = 1000;
+        let Found::Run { first, .. } = t.find_leaves(within, at(2).1, None, 1, &mut work) else {
+            panic!("the third leaf");
+        };
+        assert_eq!(first.hpa, at(2).1);
     }
 
     /// Drifted entry counts are found before anything is written, as the per-page operations

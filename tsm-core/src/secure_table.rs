@@ -126,6 +126,11 @@ pub enum Found {
     },
     /// No leaf at or above the start lies in the range searched.
     End,
+    /// The table holds something at or above the start, in the range, that it cannot read as a
+    /// leaf or a way to one (an entry of no known kind, a leaf straddling the range's end, a
+    /// table pointer outside the table's memory): its bookkeeping is broken, and nothing past
+    /// it can be said to be free ([`Error::Inconsistent`] for a walk, never an end).
+    Broken,
     /// The work allowed ran out first: no leaf of the range starts at or above the search's
     /// start and below `resume`; search again from there.
     Paused {

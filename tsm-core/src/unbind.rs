@@ -52,6 +52,7 @@ pub(crate) fn walk<T: SecureTable>(
         let from = cursor.next.unwrap_or(range.base());
         if *budget == 0 {
             match table.find_leaves(range, from, cursor.rest, 1, &mut grace) {
+                Found::Broken => return Err(Error::Inconsistent),
                 Found::End => {
                     cursor = Cursor {
                         range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
@@ -73,6 +74,8 @@ pub(crate) fn walk<T: SecureTable>(
         let max = (*budget / 2).max(1);
         let (first, count, next, rest) =
             match table.find_leaves(range, from, cursor.rest, max, budget) {
+                // Never an end: the ranges stay owned, the step stays where it is.
+                Found::Broken => return Err(Error::Inconsistent),
                 Found::End => {
                     cursor = Cursor {
                         range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
