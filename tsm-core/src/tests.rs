@@ -1541,6 +1541,38 @@ fn forced_unbind_is_bounded_and_resumable() {
     refused_ok(tsm, || tsm.unbind_forced(w.t0));
 }
 
+/// A search that meets an entry it cannot read fails the unbind as `Inconsistent`: the TDI
+/// stays unbinding at its step with its ranges owned and the leaves past the entry mapped,
+/// never `Done`; once the table reads again, the same unbind finishes.
+#[test]
+fn an_unreadable_entry_fails_the_unbind_closed() {
+    let w = bound(3);
+    let tsm = &w.tsm;
+    tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    // The second leaf (host BAR + 4 KiB) cannot be read.
+    tsm.with_table(|t| t.break_at(Some(hpa(BAR + 0x1000))))
+        .unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Err(Error::Inconsistent));
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Err(Error::Inconsistent));
+    assert!(
+        tsm.snapshot().unwrap() == before,
+        "a failed walk changed state"
+    );
+    assert!(state(&w, w.t0).is_bound());
+    assert!(!tsm.owned_ranges(w.t0).unwrap().is_empty());
+    assert!(tsm.leaf(w.g1, gpa(GPA + 0x2000)).unwrap().is_some());
+    tsm.with_table(|t| t.break_at(None)).unwrap();
+    let mut calls = 0;
+    while tsm.unbind_forced(w.t0).unwrap() != Completion::Done {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+    assert_eq!(mapped(tsm), 0);
+}
+
 #[test]
 fn forced_unbind_of_an_unbound_tdi_does_not_cut() {
     let w = bound(1);
