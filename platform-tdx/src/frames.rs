@@ -85,6 +85,10 @@ pub struct FramePool<'m> {
     phys_base: u64,
     free_head: u32,
     free: usize,
+    /// Bumped whenever an entry may have become in use (a count that grew, a raw write): a
+    /// search hint made under an older generation is stale (see `PageRest`). Not part of the
+    /// table's meaning, so not compared by the tests that prove a refusal changed nothing.
+    generation: u64,
 }
 
 /// The pool's shape and free count, never its pages.
@@ -115,6 +119,7 @@ impl<'m> FramePool<'m> {
             phys_base,
             free_head: 0,
             free: 0,
+            generation: 0,
         };
         for index in (0..count).rev() {
             // Cannot fail: every index is in the pool, its count is 0 and fewer are free.
@@ -343,6 +348,9 @@ impl<'m> FramePool<'m> {
             .get_mut(i / ENTRIES_PER_PAGE)
             .and_then(|p| p.0.get_mut(i % ENTRIES_PER_PAGE))
             .ok_or(PoolError::Inconsistent)?;
+        if used > *count {
+            self.generation = self.generation.saturating_add(1);
+        }
         *entry = value;
         *count = used;
         Ok(())
@@ -377,6 +385,9 @@ impl<'m> FramePool<'m> {
             .get_mut(i / ENTRIES_PER_PAGE)
             .and_then(|p| p.0.get_mut(i % ENTRIES_PER_PAGE))
             .ok_or(PoolError::Inconsistent)?;
+        if used > *counter {
+            self.generation = self.generation.saturating_add(1);
+        }
         for (n, e) in entries.iter_mut().enumerate() {
             *e = value(n, *e);
         }
@@ -416,6 +427,8 @@ impl<'m> FramePool<'m> {
 
     /// Entry `slot` of page `index` (0 for an index or slot outside the pool).
     pub fn entry(&self, index: FrameIndex, slot: usize) -> u64 {
+        #[cfg(test)]
+        ENTRY_READS.with(|n| n.set(n.get() + 1));
         usize::try_from(index)
             .ok()
             .and_then(|i| self.pages.get(i))
@@ -432,7 +445,16 @@ impl<'m> FramePool<'m> {
             .and_then(|p| p.0.get_mut(slot))
         {
             *e = value;
+            // A raw write bypasses the counts: it may add an entry.
+            self.generation = self.generation.saturating_add(1);
         }
+    }
+
+    /// How many times an entry may have become in use ([`FramePool::set_counted`] or
+    /// [`FramePool::write_run`] with a count that grew, [`FramePool::set_entry`]); saturates
+    /// (2^64 writes: never). A search hint is valid only under the generation it was made in.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Page `index` (for scans of a whole table).
@@ -445,6 +467,13 @@ impl<'m> FramePool<'m> {
     pub fn pages(&self) -> impl Iterator<Item = &Page> {
         self.pages.iter().chain(self.used.iter())
     }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Tests: entries read through [`FramePool::entry`] on this thread (what a search reads),
+    /// to hold a work charge against the reads it stands for.
+    pub(crate) static ENTRY_READS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
 #[cfg(test)]

@@ -157,6 +157,11 @@ pub enum Scan {
         /// Where to search from next.
         resume: u64,
     },
+    /// An entry the scan cannot follow (a table pointer outside the pool) covering `base`.
+    Broken {
+        /// Base address of the range the entry covers.
+        base: u64,
+    },
 }
 
 /// A radix tree of `top` levels with entries in format `F`.
@@ -599,7 +604,8 @@ impl<F: EntryFormat> Radix<F> {
                     left = left.saturating_sub(1);
                     if level > 1 && F::is_table(raw, level) {
                         let Some(child) = pool.index_of(F::child(raw)) else {
-                            return Scan::End;
+                            // A table outside the pool: nothing below it can be read.
+                            return Scan::Broken { base };
                         };
                         if base > cursor {
                             cursor = base;

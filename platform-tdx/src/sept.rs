@@ -5,9 +5,7 @@
 //! ([`SeptError`], the TDX-style cause). [`SecureTable`] is implemented on top of it.
 
 use bitfield_struct::bitfield;
-use tsm_core::capacity::{
-    MAX_GUESTS, UNBIND_OPS_PER_CALL, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED,
-};
+use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
 use tsm_core::secure_table::{Epoch, Found, PageRest, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
@@ -229,9 +227,11 @@ pub const fn leaf_size(level: u8) -> Option<PageSize> {
 const EPOCH_BUCKET_SHIFT: u32 = BEPOCH_WINDOW.trailing_zeros() - 1;
 /// Bucket slots kept: the previous bucket, the current one, and the one TRACK enters next.
 const EPOCH_BUCKETS: u64 = 3;
-/// MMIOMT leaves one TRACK visits to re-stamp old blocked leaves before it returns with the
-/// work kept: the core's bound on leaf operations per call.
-const RESTAMP_PER_CALL: u32 = UNBIND_OPS_PER_CALL;
+/// Work one host TRACK may spend re-stamping old blocked leaves before it returns with the
+/// work kept, in the units of [`UNBIND_WORK_PER_CALL`] (what the MMIOMT search reads, one per
+/// leaf rewritten): the bound of one unbind call. An unbind's own TRACK spends what its call
+/// has left.
+const RESTAMP_WORK: u32 = UNBIND_WORK_PER_CALL;
 
 /// Slot of bucket number `bucket` in [`TdEpoch::blocked`].
 fn slot_of_bucket(bucket: u64) -> usize {
@@ -490,9 +490,11 @@ impl<'m> Sept<'m> {
 
     fn leaf_of(&self, hpa: u64, level: u8, mt: MmioMtEntry) -> Option<Leaf> {
         let guest = mt.guest().guest();
+        // A guest slot past the table's TDs is no leaf, blocked or not.
+        let epoch = self.epoch(guest).ok()?;
         let state = if mt.blocked() {
             LeafState::Blocked {
-                epoch: Self::blocked_epoch(self.epoch(guest).ok()?, mt.bepoch()),
+                epoch: Self::blocked_epoch(epoch, mt.bepoch()),
             }
         } else {
             LeafState::Mapped
@@ -703,9 +705,17 @@ impl<'m> Sept<'m> {
 
     /// TDH.MEM.TRACK: advances the TD epoch; refused while the previous one is not flushed.
     /// Entering a new bucket of epochs first re-stamps the TD's blocked leaves of the bucket
-    /// before the previous one (see `TdEpoch`), at most `RESTAMP_PER_CALL` MMIOMT leaves
-    /// per call: `TrackResumable`, with the work kept, until that is done.
+    /// before the previous one (see `TdEpoch`), at most `RESTAMP_WORK` units of work per
+    /// call: `TrackResumable`, with the work kept, until that is done.
     pub fn mem_track(&mut self, guest: GuestId) -> Result<(), SeptError> {
+        let mut work = RESTAMP_WORK;
+        self.mem_track_within(guest, &mut work)
+    }
+
+    /// [`Sept::mem_track`] spending at most `work` on a re-stamp (the search's reads, one per
+    /// leaf rewritten), and one unit for the advance itself. With `work` spent before the
+    /// re-stamp is done: `TrackResumable`, the work kept, the epoch not advanced.
+    pub fn mem_track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<(), SeptError> {
         let e = self.epoch(guest)?;
         if e.flushed < e.current {
             return Err(SeptError::PreviousEpochBusy);
@@ -715,8 +725,9 @@ impl<'m> Sept<'m> {
             .checked_add(1)
             .ok_or(SeptError::PreviousEpochBusy)?;
         if bucket_slot(next) != bucket_slot(e.current) {
-            self.restamp(guest, e)?;
+            self.restamp(guest, e, work)?;
         }
+        *work = work.saturating_sub(1);
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))
@@ -760,7 +771,11 @@ impl<'m> Sept<'m> {
     /// 2^12 or more epochs old), stamping them with the current bucket's first epoch. Both epochs are below `flushed`
     /// (the caller checked `flushed == current`, the last epoch of the current bucket, and the
     /// bucket has more than one epoch), so every re-stamped leaf stays removable.
-    fn restamp(&mut self, guest: GuestId, e: TdEpoch) -> Result<(), SeptError> {
+    fn restamp(&mut self, guest: GuestId, e: TdEpoch, work: &mut u32) -> Result<(), SeptError> {
+        if *work == 0 {
+            // Nothing to spend: nothing read, nothing kept.
+            return Err(SeptError::TrackResumable);
+        }
         let bucket = e.current >> EPOCH_BUCKET_SHIFT;
         // Bucket k - 1 has the slot of k + 2 (three slots).
         let stale = slot_of_bucket(bucket.saturating_add(2));
@@ -769,22 +784,33 @@ impl<'m> Sept<'m> {
         let mut left = e.blocked.get(stale).copied().unwrap_or(0);
         let mut moved = 0u64;
         let mut from = e.restamp_from.unwrap_or(0);
-        let mut budget = RESTAMP_PER_CALL;
         let limit = self.mmiomt.limit();
         let mut paused = None;
         let mut failed = None;
         while left > 0 {
-            let Some((hpa, level, raw)) = self.mmiomt.next_entry(&self.pool, from, limit) else {
-                // Fewer leaves than counted: the count drifted. What was re-stamped stays
-                // correct (the stamp is flushed); the drift is reported.
-                failed = Some(SeptError::Inconsistent);
-                break;
-            };
-            if budget == 0 {
-                paused = Some(hpa);
+            if *work == 0 {
+                paused = Some(from);
                 break;
             }
-            budget = budget.saturating_sub(1);
+            // The search's reads are charged as an unbind's searches are.
+            let (hpa, level, raw) = match self
+                .mmiomt
+                .next_entry_bounded(&self.pool, from, limit, None, work)
+            {
+                Scan::Entry {
+                    base, level, raw, ..
+                } => (base, level, raw),
+                Scan::Paused { resume } => {
+                    paused = Some(resume);
+                    break;
+                }
+                // Fewer leaves than counted: the count drifted. What was re-stamped stays
+                // correct (the stamp is flushed); the drift is reported.
+                _ => {
+                    failed = Some(SeptError::Inconsistent);
+                    break;
+                }
+            };
             from = hpa.saturating_add(level_span(level));
             let meta = MmioMtEntry::from_bits(raw);
             if !meta.leaf() || !meta.blocked() || meta.guest().guest() != guest {
@@ -793,6 +819,12 @@ impl<'m> Sept<'m> {
             if bucket_slot(meta.bepoch().epoch_at(e.current)) != stale {
                 continue;
             }
+            // One unit to rewrite it; none left: resume at this leaf.
+            if *work == 0 {
+                paused = Some(hpa);
+                break;
+            }
+            *work = work.saturating_sub(1);
             let meta = meta.with_bepoch(stamp);
             let rewritten = self.mt_lookup(hpa, level).and_then(|(found, _)| {
                 Ok(self
@@ -886,7 +918,12 @@ impl SecureTable for Sept<'_> {
     }
 
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
-        match self.mem_track(guest) {
+        let mut work = RESTAMP_WORK;
+        self.track_within(guest, &mut work)
+    }
+
+    fn track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<Completion, TableError> {
+        match self.mem_track_within(guest, work) {
             Ok(()) => Ok(Completion::Done),
             // Old blocked leaves re-stamped, the epoch not advanced yet: call again.
             Err(SeptError::TrackResumable) => Ok(Completion::Resumable),
@@ -949,9 +986,11 @@ impl SecureTable for Sept<'_> {
             return Found::Paused { resume: from };
         }
         let start = from.max(within.base()).as_u64();
-        // The hint is for the page holding `from`; a search that starts further on cannot use it.
+        // The hint is for the page holding `from`; a search that starts further on cannot use it,
+        // nor one after anything was added anywhere in the pool since the hint was made.
+        let generation = self.pool.generation();
         let hint = rest
-            .filter(|_| start == from.as_u64())
+            .filter(|r| start == from.as_u64() && u64::from(r.generation) == generation)
             .map(|r| (r.level, u64::from(r.left)));
         let (base, level, raw, page, slot, rest) =
             match self
@@ -959,6 +998,7 @@ impl SecureTable for Sept<'_> {
                 .next_entry_bounded(&self.pool, start, within.end(), hint, work)
             {
                 Scan::End => return Found::End,
+                Scan::Broken { .. } => return Found::Broken,
                 Scan::Paused { resume } => {
                     return Found::Paused {
                         resume: Hpa::try_new(resume).unwrap_or(from),
@@ -974,11 +1014,13 @@ impl SecureTable for Sept<'_> {
                 } => (base, level, raw, page, slot, rest),
             };
         let meta = MmioMtEntry::from_bits(raw);
+        // The scan found it at or above the start and below the range's end: an entry there
+        // that is no leaf of a known guest and size, or a leaf past the end, is not an end.
         let Some(first) = self.leaf_of(base, level, meta) else {
-            return Found::End;
+            return Found::Broken;
         };
         if !within.contains_page(first.hpa, first.size) {
-            return Found::End;
+            return Found::Broken;
         }
         let span = level_span(level);
         let frames = first.size.base_pages();
@@ -1011,7 +1053,10 @@ impl SecureTable for Sept<'_> {
         // What the page says of itself only holds inside it: a run to its last slot ends in
         // the next page.
         let inside = slot.saturating_add(count as usize) < ENTRIES_PER_PAGE;
-        let rest = rest.filter(|_| inside);
+        // A hint carries the generation in 32 bits: past 2^32 additions no hint is made (the
+        // searches read their pages to the end), so a stale hint never compares equal.
+        let stamp = u32::try_from(generation).ok();
+        let rest = rest.filter(|_| inside && stamp.is_some());
         let next = if rest == Some(0) {
             // Nothing more in this table page: skip the rest of its window.
             let window = level_span(level.saturating_add(1));
@@ -1026,6 +1071,7 @@ impl SecureTable for Sept<'_> {
             rest: rest.map(|left| PageRest {
                 level,
                 left: u16::try_from(left).unwrap_or(u16::MAX),
+                generation: stamp.unwrap_or(u32::MAX),
             }),
         }
     }
@@ -1062,6 +1108,18 @@ impl SecureTable for Sept<'_> {
     ) -> Result<u32, TableError> {
         self.mmio_unmap_range(guest, gpa, hpa, size, count)
     }
+
+    fn remove_range_within(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, TableError> {
+        self.mmio_unmap_range_within(guest, gpa, hpa, size, count, limit)
+    }
 }
 
 /// Work a range operation charges for each walk it makes (one per table page of the run, in
@@ -1073,6 +1131,13 @@ const WALK_WORK: u32 = MMIOMT_LEVELS as u32;
 const SEARCH_PROGRESS_WORK: u32 = MMIOMT_LEVELS as u32 + 2;
 // Every unbind call can find and change at least one leaf (it offers half its work to a run).
 const _: () = assert!(UNBIND_WORK_PER_CALL / 2 > SEARCH_PROGRESS_WORK);
+// The core's bound on one leaf's change covers this table: a leaf's removal empties at most
+// every level of a 5-level S-EPT and of the MMIOMT, and a run the search found is walked in at
+// most three table pages (one MMIOMT page, two S-EPT pages).
+const _: () = assert!(
+    SeptLevels::Five as u32 + MMIOMT_LEVELS as u32 <= tsm_core::capacity::MAX_PAGES_FREED_PER_LEAF
+);
+const _: () = assert!(3 * WALK_WORK <= tsm_core::capacity::MAX_RUN_WALK_WORK);
 
 /// Count changes a range operation makes to table pages that exist, checked before anything
 /// is written. A run is walked in address order, so every change to one page arrives in one
@@ -1596,8 +1661,25 @@ impl Sept<'_> {
         size: PageSize,
         count: u32,
     ) -> Result<u32, TableError> {
+        // No limit: the run is always removed when it may be.
+        self.mmio_unmap_range_within(guest, gpa, hpa, size, count, u32::MAX)
+            .map(|w| w.unwrap_or(0))
+    }
+
+    /// [`Sept::mmio_unmap_range`] when the work it returns is at most `limit`, known before
+    /// anything is written (the check phase counts the walks and the table pages the run
+    /// empties); `Ok(None)`, nothing changed, when it is more.
+    pub fn mmio_unmap_range_within(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, TableError> {
         if count == 0 {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let epoch = self.epoch(guest)?;
         let tree = *self.tree(guest)?;
@@ -1610,6 +1692,8 @@ impl Sept<'_> {
         let mut s_counts = Counts::new(false, tree.levels(), SeptFormat::FREE);
         let mut m_counts = Counts::new(false, MMIOMT_LEVELS, MtFormat::FREE);
         let mut unblocked = [0u64; EPOCH_BUCKETS as usize];
+        // The clears below: one walk per table page of the run, in each tree.
+        let mut walks = 0u32;
         let frames = size.base_pages();
         for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
@@ -1620,9 +1704,11 @@ impl Sept<'_> {
             };
             if s_new {
                 sf = tree.lookup(&self.pool, g, level).ok();
+                walks = walks.saturating_add(1);
             }
             if m_new {
                 mf = self.mmiomt.lookup(&self.pool, h, level).ok();
+                walks = walks.saturating_add(1);
             }
             let se = sf
                 .as_ref()
@@ -1676,6 +1762,10 @@ impl Sept<'_> {
         for (b, n) in blocked.iter_mut().zip(unblocked) {
             *b = b.checked_sub(n).ok_or(SeptError::Inconsistent)?;
         }
+        let cost = removal_work(count, walks, released);
+        if cost > limit {
+            return Ok(None);
+        }
         // Every check passed: the clears below are the ones just proven. Each table page's
         // run is cleared at its last page, in page order (S-EPT first, then the metadata, as
         // the per-page unmaps do), so emptied pages go back to the pool in the same order.
@@ -1714,13 +1804,20 @@ impl Sept<'_> {
         if let Some(td) = self.epochs.get_mut(usize::from(guest.slot())) {
             td.blocked = blocked;
         }
-        let freed = u32::try_from(released)
-            .unwrap_or(u32::MAX)
-            .saturating_mul(UNBIND_WORK_PER_PAGE_FREED);
-        Ok(count
-            .saturating_add(freed)
-            .saturating_add(walked.saturating_mul(WALK_WORK)))
+        // What was done, as predicted (the walks and pages just proven).
+        Ok(Some(removal_work(count, walked, released)))
     }
+}
+
+/// The work of removing `count` leaves in `walks` table walks that give `released` table
+/// pages back (see [`SecureTable::remove_range`]).
+fn removal_work(count: u32, walks: u32, released: usize) -> u32 {
+    let freed = u32::try_from(released)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(UNBIND_WORK_PER_PAGE_FREED);
+    count
+        .saturating_add(freed)
+        .saturating_add(walks.saturating_mul(WALK_WORK))
 }
 
 /// Sizing the pool: how many table pages a [`Sept`] takes for the leaves a platform means to
@@ -2573,14 +2670,15 @@ mod tests {
         }
     }
 
-    /// Re-stamping is bounded per TRACK: with more old blocked leaves than one call may visit,
+    /// Re-stamping is bounded per TRACK: with more old blocked leaves than one call's work
+    /// (`RESTAMP_WORK`: a unit to find each of these dense leaves, one to rewrite it) covers,
     /// TRACK answers `TrackResumable` without advancing the epoch, and finishes on a later call.
     #[test]
     // Thousands of TRACKs of plain arithmetic, no unsafe code: minutes under Miri.
     #[cfg_attr(miri, ignore)]
     fn restamping_many_old_leaves_is_resumable() {
         let k4 = PageSize::Size4K;
-        let n = u64::from(RESTAMP_PER_CALL) * 2 + 3;
+        let n = u64::from(RESTAMP_WORK) + 3;
         let mut mem = vec![Page::ZERO; 33];
         let mut s = sept(&mut mem, SeptLevels::Four);
         for i in 0..n {
@@ -2595,13 +2693,15 @@ mod tests {
         let mut resumed = 0;
         while s.mem_track(G) == Err(SeptError::TrackResumable) {
             resumed += 1;
+            assert!(resumed < 100);
             assert_eq!(s.epoch(G).unwrap().current, 4095);
             assert!(
                 s.epoch(G).unwrap().restamp_from.is_some(),
                 "re-stamp unfinished"
             );
         }
-        assert_eq!(resumed, 2);
+        // More than one call's work: each leaf costs its search from the root and a rewrite.
+        assert!(resumed >= 2, "{resumed}");
         assert_eq!(s.epoch(G).unwrap().current, 4096);
         for i in 0..n {
             assert_eq!(blocked_epoch_of(&s, i << 12), 2048);
@@ -2611,6 +2711,72 @@ mod tests {
             );
         }
         assert_eq!(s.epoch(G).unwrap().blocked, [0; 3]);
+    }
+
+    /// A TRACK's re-stamp of a sparse layout (one old blocked leaf per 1 GiB window, at the
+    /// last slot of its last 2 MiB window: thousands of free entries between leaves) reads no
+    /// more than its work allows, per call, and the unbind's TRACK spends only what its call
+    /// has left: none left, nothing read, `TrackResumable`, the epoch not advanced.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_sparse_restamp_is_bounded_by_the_work_per_call() {
+        use crate::frames::ENTRY_READS;
+        let k4 = PageSize::Size4K;
+        let mut mem = vec![Page::ZERO; 400];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        for i in 0..64u64 {
+            let h = 0x1_0000_0000 + i * 0x4000_0000 + 0x3FE0_0000 + 0x1F_F000;
+            s.mmio_map(G, gpa(i << 12), hpa(h), k4).unwrap();
+            s.mmio_block(G, gpa(i << 12), k4).unwrap();
+        }
+        for _ in 0..4095 {
+            s.mem_track(G).unwrap();
+        }
+        // No work left: refused as resumable, nothing read, nothing changed.
+        let before = (
+            s.bookkeeping(),
+            s.pool().pages().cloned().collect::<Vec<_>>(),
+        );
+        ENTRY_READS.with(|n| n.set(0));
+        let mut work = 0;
+        assert_eq!(
+            s.mem_track_within(G, &mut work),
+            Err(SeptError::TrackResumable)
+        );
+        assert_eq!(ENTRY_READS.with(|n| n.get()), 0);
+        assert!(
+            before
+                == (
+                    s.bookkeeping(),
+                    s.pool().pages().cloned().collect::<Vec<_>>()
+                )
+        );
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            assert!(calls < 10_000);
+            ENTRY_READS.with(|n| n.set(0));
+            let mut work = UNBIND_WORK_PER_CALL;
+            let r = s.mem_track_within(G, &mut work);
+            // A unit pays for an entry in use or a cache line of free ones (8 entries).
+            let reads = ENTRY_READS.with(|n| n.get());
+            assert!(
+                reads <= u64::from(UNBIND_WORK_PER_CALL) * 8,
+                "call {calls}: {reads} entries read"
+            );
+            match r {
+                Ok(()) => break,
+                Err(SeptError::TrackResumable) => {
+                    assert_eq!(s.epoch(G).unwrap().current, 4095);
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(calls > 1, "the sparse re-stamp fit one call");
+        assert_eq!(s.epoch(G).unwrap().current, 4096);
+        for i in 0..64u64 {
+            assert_eq!(blocked_epoch_of(&s, i << 12), 2048);
+        }
     }
 
     #[test]
@@ -3087,6 +3253,15 @@ mod range_tests {
                 let max = (work / 2).max(1);
                 match t.find_leaves(within, from, rest, max, &mut work) {
                     Found::End => break,
+                    // Only a leaf straddling the range's end (the test's ranges are not owned
+                    // ranges, which no leaf straddles): the reference stops there too.
+                    Found::Broken => {
+                        let start = from.max(within.base()).as_u64();
+                        let (b, l, raw) = t.mmiomt.next_entry(&t.pool, start, within.end()).unwrap();
+                        let leaf = t.leaf_of(b, l, MmioMtEntry::from_bits(raw)).unwrap();
+                        prop_assert!(!within.contains_page(leaf.hpa, leaf.size));
+                        break;
+                    }
                     Found::Paused { resume } => {
                         prop_assert!(resume >= from);
                         (from, rest) = (resume, None);
@@ -3148,6 +3323,168 @@ mod range_tests {
             panic!("the leaf in the next page");
         };
         assert_eq!((first.hpa, count), (next, 1));
+    }
+
+    /// A hint made before a leaf was added ahead of it in its page is stale: the next search
+    /// ignores it (the pool's generation moved) and finds the new leaf, whoever mapped it.
+    /// With the hint trusted the search would leave the page after the leaves it counted.
+    #[test]
+    fn a_hint_is_ignored_once_anything_was_added() {
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Four);
+        let g = GUESTS[0];
+        let at = |i: u64| {
+            (
+                Gpa::try_new(GPA_BASE + i * 0x2000).unwrap(),
+                Hpa::try_new(HPA_BASE + i * 0x1000).unwrap(),
+            )
+        };
+        // Leaves at the even slots 0..18: runs of one (GPAs not contiguous).
+        for i in 0..10 {
+            let (gpa, hpa) = at(2 * i);
+            t.map(g, gpa, hpa, PageSize::Size4K).unwrap();
+        }
+        let within = MmioRange::from_raw(HPA_BASE, 512).unwrap();
+        let mut work = 1000;
+        let Found::Run { next, rest, .. } =
+            t.find_leaves(within, within.base(), None, 1, &mut work)
+        else {
+            panic!("a run");
+        };
+        assert_eq!(rest.map(|r| r.left), Some(9));
+        // The walk is paused here; a leaf is mapped past every leaf the hint counted.
+        let (gpa, hpa) = at(19);
+        t.map(g, gpa, hpa, PageSize::Size4K).unwrap();
+        let (mut from, mut rest, mut seen) = (next.unwrap(), rest, 1);
+        loop {
+            let mut work = 1000;
+            match t.find_leaves(within, from, rest, 1, &mut work) {
+                Found::Run { next, rest: r, .. } => {
+                    seen += 1;
+                    (from, rest) = (next.unwrap(), r);
+                }
+                Found::End => break,
+                Found::Broken | Found::Paused { .. } => panic!("a leaf, or the end"),
+            }
+        }
+        assert_eq!(
+            seen, 11,
+            "the leaf added ahead of a paused search was skipped"
+        );
+    }
+
+    /// A run's removal is weighed before it is made: the review's worst case (two leaves
+    /// either side of 2^48 in a 5-level S-EPT, each alone in its table pages) costs far more
+    /// than a call's budget, so with the budget as the limit it is refused as `None` and
+    /// nothing changes; one leaf is the least a call can do, and costs at most
+    /// `UNBIND_MAX_LEAF_WORK`; with no limit the run goes and returns what was predicted.
+    #[test]
+    fn a_removal_over_its_limit_changes_nothing() {
+        use tsm_core::capacity::UNBIND_MAX_LEAF_WORK;
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Five);
+        let g = GUESTS[0];
+        let k = PageSize::Size4K;
+        let (gpa, hpa) = (
+            Gpa::try_new((1 << 48) - 0x1000).unwrap(),
+            Hpa::try_new(0x8000_0000).unwrap(),
+        );
+        t.map_range(g, gpa, hpa, k, 2).unwrap();
+        t.block_range(g, gpa, hpa, k, 2).unwrap();
+        assert_eq!(t.track(g), Ok(Completion::Done));
+        let before = (
+            t.bookkeeping(),
+            t.pool().pages().cloned().collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            t.remove_range_within(g, gpa, hpa, k, 2, UNBIND_WORK_PER_CALL),
+            Ok(None)
+        );
+        assert!(
+            before
+                == (
+                    t.bookkeeping(),
+                    t.pool().pages().cloned().collect::<Vec<_>>()
+                )
+        );
+        // The first leaf alone: past the budget, within the one-leaf bound.
+        let one = t
+            .remove_range_within(g, gpa, hpa, k, 1, u32::MAX)
+            .unwrap()
+            .unwrap();
+        assert!(
+            one > UNBIND_WORK_PER_CALL && one <= UNBIND_MAX_LEAF_WORK,
+            "{one}"
+        );
+        // The second, and the same leaf alone in a table of its own (the same pages to walk
+        // and give back): the exact prediction is the limit it needs.
+        let (gpa, hpa) = (
+            Gpa::try_new(1 << 48).unwrap(),
+            Hpa::try_new(0x8000_1000).unwrap(),
+        );
+        let mut mem2 = vec![Page::ZERO; 64];
+        let mut u = Sept::new(FramePool::new(&mut mem2, PHYS).unwrap(), SeptLevels::Five);
+        u.map(g, gpa, hpa, k).unwrap();
+        u.block(g, gpa, k).unwrap();
+        assert_eq!(u.track(g), Ok(Completion::Done));
+        let cost = t
+            .remove_range_within(g, gpa, hpa, k, 1, u32::MAX)
+            .unwrap()
+            .unwrap();
+        assert!(cost <= UNBIND_MAX_LEAF_WORK, "{cost}");
+        assert_eq!(u.remove_range_within(g, gpa, hpa, k, 1, cost - 1), Ok(None));
+        assert_eq!(
+            u.remove_range_within(g, gpa, hpa, k, 1, cost),
+            Ok(Some(cost))
+        );
+        assert_eq!(t.leaf(g, gpa), None);
+        assert_eq!(t.pool().free_frames(), t.pool().total_frames());
+    }
+
+    /// A metadata entry in the range that is no leaf of a known guest is `Broken`, never the
+    /// end of the leaves: the search does not go past it, and resumed from before it says the
+    /// same; past it the search goes on.
+    #[test]
+    fn an_entry_the_search_cannot_read_is_broken_not_the_end() {
+        let mut mem = vec![Page::ZERO; 64];
+        let mut t = Sept::new(FramePool::new(&mut mem, PHYS).unwrap(), SeptLevels::Four);
+        let g = GUESTS[0];
+        let at = |i: u64| {
+            (
+                Gpa::try_new(GPA_BASE + i * 0x2000).unwrap(),
+                Hpa::try_new(HPA_BASE + i * 0x1000).unwrap(),
+            )
+        };
+        for i in 0..3 {
+            let (gpa, hpa) = at(i);
+            t.map(g, gpa, hpa, PageSize::Size4K).unwrap();
+        }
+        // The middle leaf's metadata names guest slot 63 (there are 32).
+        let page = t.mt_lookup(HPA_BASE, 1).unwrap().0.page().unwrap();
+        let raw = t.pool().entry(page, 1);
+        t.pool.set_entry(page, 1, raw | (63 << 2));
+        let within = MmioRange::from_raw(HPA_BASE, 512).unwrap();
+        let mut work = 1000;
+        let Found::Run { next, rest, .. } =
+            t.find_leaves(within, within.base(), None, 1, &mut work)
+        else {
+            panic!("the first leaf");
+        };
+        let mut work = 1000;
+        assert_eq!(
+            t.find_leaves(within, next.unwrap(), rest, 1, &mut work),
+            Found::Broken
+        );
+        let mut work = 1000;
+        assert_eq!(
+            t.find_leaves(within, next.unwrap(), None, 1, &mut work),
+            Found::Broken
+        );
+        let mut work = 1000;
+        let Found::Run { first, .. } = t.find_leaves(within, at(2).1, None, 1, &mut work) else {
+            panic!("the third leaf");
+        };
+        assert_eq!(first.hpa, at(2).1);
     }
 
     /// Drifted entry counts are found before anything is written, as the per-page operations

@@ -29,7 +29,9 @@ pub struct Cursor {
     /// Lowest host address not yet visited in that range (`None`: from the range's base).
     pub next: Option<Hpa>,
     /// What the secure table said of the rest of its table page at `next`, handed back to its
-    /// next search ([`crate::secure_table::SecureTable::find_leaves`]).
+    /// next search ([`crate::secure_table::SecureTable::find_leaves`]). Kept across host calls:
+    /// safe whatever happens in between, as the table ignores a hint made before anything was
+    /// added to it (`PageRest::generation`).
     pub rest: Option<PageRest>,
 }
 

@@ -22,6 +22,9 @@ struct GuestEpoch {
 pub struct MemTable<const N: usize> {
     leaves: heapless::Vec<Leaf, N>,
     epochs: [GuestEpoch; MAX_GUESTS],
+    /// Tests: the searches read the leaf at this host address as an entry they cannot read.
+    #[cfg(test)]
+    broken_at: Option<Hpa>,
 }
 
 impl<const N: usize> Default for MemTable<N> {
@@ -44,7 +47,15 @@ impl<const N: usize> MemTable<N> {
                 flushed: 0,
                 deferred: false,
             }; MAX_GUESTS],
+            #[cfg(test)]
+            broken_at: None,
         }
+    }
+
+    /// Tests: the searches find the leaf at `hpa` unreadable ([`crate::secure_table::Found::Broken`]).
+    #[cfg(test)]
+    pub(crate) fn break_at(&mut self, hpa: Option<Hpa>) {
+        self.broken_at = hpa;
     }
 
     /// When set for `guest`, its `track` advances the epoch but the flush completes only at
@@ -92,6 +103,33 @@ impl<const N: usize> MemTable<N> {
 }
 
 impl<const N: usize> SecureTable for MemTable<N> {
+    /// Tests: the provided search, `Broken` at the leaf [`MemTable::break_at`] names.
+    #[cfg(test)]
+    fn find_leaves(
+        &self,
+        within: MmioRange,
+        from: Hpa,
+        _rest: Option<crate::secure_table::PageRest>,
+        max: u32,
+        work: &mut u32,
+    ) -> crate::secure_table::Found {
+        use crate::secure_table::Found;
+        if *work == 0 || max == 0 {
+            return Found::Paused { resume: from };
+        }
+        *work = work.saturating_sub(1);
+        match self.next_leaf(within, from) {
+            Some(first) if Some(first.hpa) == self.broken_at => Found::Broken,
+            Some(first) => Found::Run {
+                first,
+                count: 1,
+                next: first.hpa.checked_add(first.size.bytes()),
+                rest: None,
+            },
+            None => Found::End,
+        }
+    }
+
     fn map(
         &mut self,
         guest: GuestId,

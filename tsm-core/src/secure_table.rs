@@ -90,15 +90,20 @@ impl From<TableError> for Error {
 /// What a table knows of the rest of one of its table pages after a search: at most `left`
 /// leaves lie at or after the search's resume point in the page at `level` holding it. Handed
 /// back to the next search from there, which then leaves the page once it has seen that many
-/// instead of reading it to its end. Sound because the leaves in a TDI's owned range only go
-/// while a walk is under way (no map into a TDI that is unbinding or in ERROR, and no other
-/// TDI's leaf in its range): a bound that was right stays an upper bound.
+/// instead of reading it to its end. Self-validating: `generation` is the table's count of
+/// entries added when the hint was made, and a table ignores a hint whose generation is not
+/// its current one. Removals and rewrites in place only keep or lower the count, so a hint
+/// that was right stays an upper bound until something is added, whoever adds it (a map of
+/// any guest, platform glue holding the table, a future map path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRest {
     /// The table's level of the page (its own numbering).
     pub level: u8,
     /// Leaves at most at or after the resume point in that page.
     pub left: u16,
+    /// The table's generation (its count of entries added) when the hint was made; a table
+    /// whose count no longer fits makes no hint.
+    pub generation: u32,
 }
 
 /// What a bounded search of the leaves ([`SecureTable::find_leaves`]) found.
@@ -121,6 +126,11 @@ pub enum Found {
     },
     /// No leaf at or above the start lies in the range searched.
     End,
+    /// The table holds something at or above the start, in the range, that it cannot read as a
+    /// leaf or a way to one (an entry of no known kind, a leaf straddling the range's end, a
+    /// table pointer outside the table's memory): its bookkeeping is broken, and nothing past
+    /// it can be said to be free ([`Error::Inconsistent`] for a walk, never an end).
+    Broken,
     /// The work allowed ran out first: no leaf of the range starts at or above the search's
     /// start and below `resume`; search again from there.
     Paused {
@@ -162,6 +172,15 @@ pub trait SecureTable {
     /// re-stamps old blocked leaves at its 12-bit epoch wrap), kept it, and did not advance
     /// yet; call again. Nothing it did changes what any leaf means.
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError>;
+
+    /// [`SecureTable::track`] within `work` units of [`crate::capacity::UNBIND_WORK_PER_CALL`]:
+    /// the bookkeeping before the advance (TDX's re-stamp) spends at most what `work` holds and
+    /// is `Resumable` when it runs out; the advance itself costs one. Provided: `track`, one unit
+    /// (a table whose track does bounded work of its own).
+    fn track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<Completion, TableError> {
+        *work = work.saturating_sub(1);
+        self.track(guest)
+    }
 
     /// Removes the blocked, flushed leaf at exactly `gpa` of `size`; returns its host address.
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError>;
@@ -281,6 +300,25 @@ pub trait SecureTable {
             self.remove(guest, g, size).map(drop)
         })?;
         Ok(count)
+    }
+
+    /// [`SecureTable::remove_range`] only when the work it returns is at most `limit`, which
+    /// the table knows before it writes anything (the walks, the table pages the run would give
+    /// back); `Ok(None)` and nothing changed when it is more. A refusal of the run itself is
+    /// the same as `remove_range`'s. Provided: one unit per leaf.
+    fn remove_range_within(
+        &mut self,
+        guest: GuestId,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: PageSize,
+        count: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, TableError> {
+        if count > limit {
+            return Ok(None);
+        }
+        self.remove_range(guest, gpa, hpa, size, count).map(Some)
     }
 
     /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.

@@ -325,6 +325,17 @@ fn host_requests_on_bound_pages_are_refused() {
 
 #[test]
 fn unbind_is_idempotent_complete_and_rebindable() {
+    // A world and three snapshots of it by value, unoptimised: more than a test thread's
+    // default stack.
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(unbind_is_idempotent_complete_and_rebindable_body)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn unbind_is_idempotent_complete_and_rebindable_body() {
     let w = bound(3);
     let tsm = &w.tsm;
     refused(tsm, Error::InvalidHandle, || {
@@ -1528,6 +1539,38 @@ fn forced_unbind_is_bounded_and_resumable() {
     assert_eq!(mapped(tsm), 0);
     // A second forced unbind of the unbound TDI changes nothing.
     refused_ok(tsm, || tsm.unbind_forced(w.t0));
+}
+
+/// A search that meets an entry it cannot read fails the unbind as `Inconsistent`: the TDI
+/// stays unbinding at its step with its ranges owned and the leaves past the entry mapped,
+/// never `Done`; once the table reads again, the same unbind finishes.
+#[test]
+fn an_unreadable_entry_fails_the_unbind_closed() {
+    let w = bound(3);
+    let tsm = &w.tsm;
+    tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    // The second leaf (host BAR + 4 KiB) cannot be read.
+    tsm.with_table(|t| t.break_at(Some(hpa(BAR + 0x1000))))
+        .unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Err(Error::Inconsistent));
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Err(Error::Inconsistent));
+    assert!(
+        tsm.snapshot().unwrap() == before,
+        "a failed walk changed state"
+    );
+    assert!(state(&w, w.t0).is_bound());
+    assert!(!tsm.owned_ranges(w.t0).unwrap().is_empty());
+    assert!(tsm.leaf(w.g1, gpa(GPA + 0x2000)).unwrap().is_some());
+    tsm.with_table(|t| t.break_at(None)).unwrap();
+    let mut calls = 0;
+    while tsm.unbind_forced(w.t0).unwrap() != Completion::Done {
+        calls += 1;
+        assert!(calls < 10);
+    }
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+    assert_eq!(mapped(tsm), 0);
 }
 
 #[test]

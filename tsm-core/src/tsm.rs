@@ -1535,7 +1535,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         Ok(try_lock(&self.table, Operand::SecureTable)?.leaf(guest, gpa))
     }
 
-    /// Runs `f` on the secure table (tests and platform glue inspect it).
+    /// Runs `f` on the secure table (tests inspect it; platform glue, e.g. the SEV host's
+    /// RMPUPDATE, changes it). A change made here between two calls of a paused unbind is
+    /// safe: the walk's search hint is checked against the table's generation on resume.
     pub fn with_table<R>(&self, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
         Ok(f(&mut *try_lock(&self.table, Operand::SecureTable)?))
     }

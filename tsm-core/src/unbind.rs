@@ -1,7 +1,7 @@
 //! Bounded walks over a TDI's leaves, and the unbind step machine built on them.
 
 use crate::addr::Hpa;
-use crate::capacity::UNBIND_GRACE_WORK;
+use crate::capacity::{UNBIND_GRACE_WORK, UNBIND_MAX_LEAF_WORK};
 use crate::ids::{GuestId, TdiId};
 use crate::lifecycle::{Cursor, TdiState, UnbindStep};
 use crate::ownership::Ownership;
@@ -24,14 +24,24 @@ pub(crate) enum Walk {
 /// spends its units searching). On an error the caller keeps its older cursor:
 /// redoing a block is a no-op and a removed leaf is not found again, so nothing is done
 /// twice; a run's change is all or nothing.
+///
+/// `act(table, first, count, limit)` changes the run when its work is at most `limit` and
+/// returns the work, or `None` having changed nothing. The limit is the budget left plus, once
+/// per walk, [`crate::capacity::UNBIND_MAX_LEAF_WORK`]: a run that would pass it is cut to one
+/// leaf, which always fits while that spare is unused, so every call makes progress; once a
+/// change went past the budget, a run over it waits for the next call. A call's work is
+/// therefore at most its budget, plus `UNBIND_MAX_LEAF_WORK`, plus
+/// [`crate::capacity::UNBIND_GRACE_WORK`] for each of the (at most two) walks it makes.
 pub(crate) fn walk<T: SecureTable>(
     owners: &Ownership,
     tdi: TdiId,
     table: &mut T,
     mut cursor: Cursor,
     budget: &mut u32,
-    mut act: impl FnMut(&mut T, &Leaf, u32) -> Result<u32, TableError>,
+    mut act: impl FnMut(&mut T, &Leaf, u32, u32) -> Result<Option<u32>, TableError>,
 ) -> Result<Walk, Error> {
+    // What one change may go past the budget, once: a leaf's worst case.
+    let mut spare = UNBIND_MAX_LEAF_WORK;
     // Once the budget is spent (a change may overrun it), a little more to find that nothing
     // is left, so a call that did the last of the work says Done rather than Resumable.
     let mut grace = UNBIND_GRACE_WORK;
@@ -42,6 +52,7 @@ pub(crate) fn walk<T: SecureTable>(
         let from = cursor.next.unwrap_or(range.base());
         if *budget == 0 {
             match table.find_leaves(range, from, cursor.rest, 1, &mut grace) {
+                Found::Broken => return Err(Error::Inconsistent),
                 Found::End => {
                     cursor = Cursor {
                         range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
@@ -63,6 +74,8 @@ pub(crate) fn walk<T: SecureTable>(
         let max = (*budget / 2).max(1);
         let (first, count, next, rest) =
             match table.find_leaves(range, from, cursor.rest, max, budget) {
+                // Never an end: the ranges stay owned, the step stays where it is.
+                Found::Broken => return Err(Error::Inconsistent),
                 Found::End => {
                     cursor = Cursor {
                         range: cursor.range.checked_add(1).ok_or(Error::TooManyRanges)?,
@@ -86,16 +99,30 @@ pub(crate) fn walk<T: SecureTable>(
                 } => (first, count, next, rest),
             };
         // The search may have spent the budget: what is left bounds the leaves changed.
-        let done = count.min(*budget);
+        let mut done = count.min(*budget);
+        let pause = Walk::Paused(Cursor {
+            range: cursor.range,
+            next: Some(first.hpa),
+            rest: None,
+        });
         if done == 0 {
-            return Ok(Walk::Paused(Cursor {
-                range: cursor.range,
-                next: Some(first.hpa),
-                rest: None,
-            }));
+            return Ok(pause);
         }
-        // What the change cost: one per leaf, more where it gave table pages back.
-        let spent = act(table, &first, done)?;
+        // What the change costs (one per leaf, more for the table pages it walks and gives
+        // back), known before it is made: a run over the limit is cut to one leaf, and a leaf
+        // over it waits for the next call.
+        let limit = budget.saturating_add(spare);
+        let mut spent = act(table, &first, done, limit)?;
+        if spent.is_none() && done > 1 {
+            done = 1;
+            spent = act(table, &first, done, limit)?;
+        }
+        let Some(spent) = spent else {
+            return Ok(pause);
+        };
+        if spent > *budget {
+            spare = 0;
+        }
         *budget = budget.saturating_sub(spent.max(done));
         let end = run_page(first.hpa.as_u64(), first.size, done).and_then(|e| Hpa::try_new(e).ok());
         let (next, rest) = if done == count {
@@ -137,8 +164,11 @@ pub(crate) fn block_leaves<T: SecureTable>(
     cursor: Cursor,
     budget: &mut u32,
 ) -> Result<Walk, Error> {
-    walk(owners, tdi, table, cursor, budget, |t, leaf, count| {
+    // A block never gives table pages back: its work is the leaves and a few walks, charged
+    // after it (at most `UNBIND_MAX_LEAF_WORK` past the budget).
+    walk(owners, tdi, table, cursor, budget, |t, leaf, count, _| {
         t.block_range(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, count)
+            .map(Some)
     })
 }
 
@@ -241,8 +271,9 @@ fn advance<T: SecureTable>(
             StopBy::Device => Next::AskStop,
             StopBy::Done => Next::Step(UnbindStep::Track),
         },
-        // Every leaf is blocked: one epoch advance covers them all.
-        UnbindStep::Track => match ctx.table.track(ctx.owner)? {
+        // Every leaf is blocked: one epoch advance covers them all. The bookkeeping it may
+        // need first (TDX's re-stamp) is charged to the call and resumes on the next.
+        UnbindStep::Track => match ctx.table.track_within(ctx.owner, budget)? {
             Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
             Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
         },
@@ -253,7 +284,9 @@ fn advance<T: SecureTable>(
                 ctx.table,
                 cursor,
                 budget,
-                |t, leaf, n| t.remove_range(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, n),
+                |t, leaf, n, limit| {
+                    t.remove_range_within(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, n, limit)
+                },
             )? {
                 Walk::Finished => Next::Release,
                 Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
