@@ -22,9 +22,10 @@ pub const UNBIND_OPS_PER_CALL: u32 = UNBIND_WORK_PER_CALL / 2;
 /// TDI's leaves. The unit: one leaf blocked or removed, and what the leaf searches read
 /// (`SecureTable::find_leaves`): on TDX one per MMIO-metadata entry in use read (a table
 /// pointer on the way down, a leaf) and one per cache line of free entries; on a table without
-/// a bounded search (the in-memory one; the SEV RMP until it is indexed) one per search. Ours:
-/// 128 units is a few microseconds on the README's benchmark machine, dense or sparse, and on
-/// a table without a bounded search 64 leaves, the leaf-counted bound it replaces. How many
+/// a bounded search (the in-memory one; the SEV RMP, whose search is a binary search of its
+/// index) one per search. Ours: 128 units is a few microseconds on the README's benchmark
+/// machine, dense or sparse, and on a table without a bounded search 64 leaves, the
+/// leaf-counted bound it replaces. How many
 /// calls an unbind takes depends on the table.
 pub const UNBIND_WORK_PER_CALL: u32 = 128;
 /// Work a call may spend past its budget only to find that no leaf is left (so the call that

@@ -189,7 +189,7 @@ pub trait SecureTable {
     fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf>;
 
     /// The leaf with the lowest host address at or above `from` that lies in `within`
-    /// (TDX: found through MMIO metadata; SEV: an RMP scan). Unbounded: the firmware's
+    /// (TDX: found through MMIO metadata; SEV: the RMP index). Unbounded: the firmware's
     /// bounded walks use [`SecureTable::find_leaves`].
     fn next_leaf(&self, within: MmioRange, from: Hpa) -> Option<Leaf>;
 
