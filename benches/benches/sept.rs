@@ -34,8 +34,8 @@ use platform_tdx::sept::{Sept, SeptLevels};
 use tsm_core::device_model::ModelDevice;
 use tsm_core::relay::host::Relayed;
 use tsm_core::{
-    Completion, Gpa, GuestId, Hpa, MAX_RELAY_BYTES, MmioRange, PageSize, RequesterId, SecureTable,
-    TdiId,
+    Completion, Gpa, GuestId, Hpa, MAX_RELAY_BYTES, MmioRange, PageSize, RequesterId, Run,
+    SecureTable, TdiId,
 };
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page as VPage, PageTable, PageTableFlags, PhysFrame,
@@ -105,16 +105,16 @@ fn sept_round(s: &mut Sept<'_>, runs: &[(u64, u64, u32)]) {
     let at = |gpa: u64, hpa: u64| (Gpa::try_new(gpa).unwrap(), Hpa::try_new(hpa).unwrap());
     for &(gpa, hpa, n) in runs {
         let (gpa, hpa) = at(gpa, hpa);
-        s.map_range(g, gpa, hpa, k, n).unwrap();
+        s.map_range(g, Run::new(gpa, hpa, k, n)).unwrap();
     }
     for &(gpa, hpa, n) in runs {
         let (gpa, hpa) = at(gpa, hpa);
-        black_box(s.block_range(g, gpa, hpa, k, n)).unwrap();
+        black_box(s.block_range(g, Run::new(gpa, hpa, k, n))).unwrap();
     }
     assert_eq!(s.track(g), Ok(Completion::Done));
     for &(gpa, hpa, n) in runs {
         let (gpa, hpa) = at(gpa, hpa);
-        black_box(s.remove_range(g, gpa, hpa, k, n)).unwrap();
+        black_box(s.remove_range(g, Run::new(gpa, hpa, k, n))).unwrap();
     }
 }
 
@@ -421,7 +421,7 @@ fn pages_per_gib(size: PageSize) -> (usize, usize) {
         Gpa::try_new(1 << 36).unwrap(),
         Hpa::try_new(1 << 40).unwrap(),
     );
-    s.map_range(g, gpa, hpa, size, n).unwrap();
+    s.map_range(g, Run::new(gpa, hpa, size, n)).unwrap();
     let used = free - s.pool().free_frames();
     let least =
         Sept::table_pages_for_run(SeptLevels::Four, 1 << 36, 1 << 40, u64::from(n), size).unwrap();

@@ -6,7 +6,7 @@
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
-use tsm_core::secure_table::{Epoch, Found, PageRest, run_page};
+use tsm_core::secure_table::{Epoch, Found, PageRest, Run, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
 };
@@ -1076,49 +1076,25 @@ impl SecureTable for Sept<'_> {
         }
     }
 
-    fn map_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<(), TableError> {
-        self.mmio_map_range(guest, gpa, hpa, size, count)
+    fn map_range(&mut self, guest: GuestId, run: Run) -> Result<(), TableError> {
+        self.mmio_map_range(guest, run.gpa, run.hpa, run.size, run.count)
     }
 
-    fn block_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<u32, TableError> {
-        self.mmio_block_range(guest, gpa, hpa, size, count)
+    fn block_range(&mut self, guest: GuestId, run: Run) -> Result<u32, TableError> {
+        self.mmio_block_range(guest, run.gpa, run.hpa, run.size, run.count)
     }
 
-    fn remove_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<u32, TableError> {
-        self.mmio_unmap_range(guest, gpa, hpa, size, count)
+    fn remove_range(&mut self, guest: GuestId, run: Run) -> Result<u32, TableError> {
+        self.mmio_unmap_range(guest, run.gpa, run.hpa, run.size, run.count)
     }
 
     fn remove_range_within(
         &mut self,
         guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
+        run: Run,
         limit: u32,
     ) -> Result<Option<u32>, TableError> {
-        self.mmio_unmap_range_within(guest, gpa, hpa, size, count, limit)
+        self.mmio_unmap_range_within(guest, run.gpa, run.hpa, run.size, run.count, limit)
     }
 }
 
@@ -3042,7 +3018,6 @@ mod range_tests {
     use super::*;
     use crate::frames::Page;
     use proptest::prelude::*;
-    use tsm_core::secure_table::for_each_page;
 
     const PHYS: u64 = 0x1_0000_0000;
     const GUESTS: [GuestId; 2] = [GuestId::from_slot(0), GuestId::from_slot(1)];
@@ -3136,7 +3111,7 @@ mod range_tests {
         size: PageSize,
         count: u32,
     ) -> Result<(), TableError> {
-        for_each_page(gpa, hpa, size, count, |ga, ha| match kind {
+        Run::new(gpa, hpa, size, count).for_each_page(|ga, ha| match kind {
             Kind::Map => t.map(g, ga, ha, size),
             Kind::Block => {
                 t.check_block(g, ga, size)?;
@@ -3205,9 +3180,9 @@ mod range_tests {
             let guest = GUESTS[g];
             let before = state(&a);
             let got = match kind {
-                Kind::Map => a.map_range(guest, gpa, hpa, size, count),
-                Kind::Block => a.block_range(guest, gpa, hpa, size, count).map(drop),
-                Kind::Remove => a.remove_range(guest, gpa, hpa, size, count).map(drop),
+                Kind::Map => a.map_range(guest, Run::new(gpa, hpa, size, count)),
+                Kind::Block => a.block_range(guest, Run::new(gpa, hpa, size, count)).map(drop),
+                Kind::Remove => a.remove_range(guest, Run::new(gpa, hpa, size, count)).map(drop),
             };
             let want = per_page(&mut b, kind, guest, gpa, hpa, size, count);
             prop_assert_eq!(got, want);
@@ -3306,7 +3281,8 @@ mod range_tests {
             Hpa::try_new(HPA_BASE).unwrap(),
         );
         // 2 MiB of 4 KiB leaves: slots 0..511 of one metadata page, then one in the next.
-        t.map_range(g, gpa, hpa, PageSize::Size4K, 513).unwrap();
+        t.map_range(g, Run::new(gpa, hpa, PageSize::Size4K, 513))
+            .unwrap();
         let within = MmioRange::from_raw(HPA_BASE, 1024).unwrap();
         let mut work = 10_000;
         let Found::Run {
@@ -3389,15 +3365,15 @@ mod range_tests {
             Gpa::try_new((1 << 48) - 0x1000).unwrap(),
             Hpa::try_new(0x8000_0000).unwrap(),
         );
-        t.map_range(g, gpa, hpa, k, 2).unwrap();
-        t.block_range(g, gpa, hpa, k, 2).unwrap();
+        t.map_range(g, Run::new(gpa, hpa, k, 2)).unwrap();
+        t.block_range(g, Run::new(gpa, hpa, k, 2)).unwrap();
         assert_eq!(t.track(g), Ok(Completion::Done));
         let before = (
             t.bookkeeping(),
             t.pool().pages().cloned().collect::<Vec<_>>(),
         );
         assert_eq!(
-            t.remove_range_within(g, gpa, hpa, k, 2, UNBIND_WORK_PER_CALL),
+            t.remove_range_within(g, Run::new(gpa, hpa, k, 2), UNBIND_WORK_PER_CALL),
             Ok(None)
         );
         assert!(
@@ -3409,7 +3385,7 @@ mod range_tests {
         );
         // The first leaf alone: past the budget, within the one-leaf bound.
         let one = t
-            .remove_range_within(g, gpa, hpa, k, 1, u32::MAX)
+            .remove_range_within(g, Run::new(gpa, hpa, k, 1), u32::MAX)
             .unwrap()
             .unwrap();
         assert!(
@@ -3428,13 +3404,16 @@ mod range_tests {
         u.block(g, gpa, k).unwrap();
         assert_eq!(u.track(g), Ok(Completion::Done));
         let cost = t
-            .remove_range_within(g, gpa, hpa, k, 1, u32::MAX)
+            .remove_range_within(g, Run::new(gpa, hpa, k, 1), u32::MAX)
             .unwrap()
             .unwrap();
         assert!(cost <= UNBIND_MAX_LEAF_WORK, "{cost}");
-        assert_eq!(u.remove_range_within(g, gpa, hpa, k, 1, cost - 1), Ok(None));
         assert_eq!(
-            u.remove_range_within(g, gpa, hpa, k, 1, cost),
+            u.remove_range_within(g, Run::new(gpa, hpa, k, 1), cost - 1),
+            Ok(None)
+        );
+        assert_eq!(
+            u.remove_range_within(g, Run::new(gpa, hpa, k, 1), cost),
             Ok(Some(cost))
         );
         assert_eq!(t.leaf(g, gpa), None);
@@ -3505,11 +3484,11 @@ mod range_tests {
             )
         };
         let (gpa, hpa) = at(0);
-        t.map_range(g, gpa, hpa, k, 8).unwrap();
+        t.map_range(g, Run::new(gpa, hpa, k, 8)).unwrap();
         // One more leaf in the same table pages, not part of the run.
         let (g20, h20) = at(20);
         t.map(g, g20, h20, k).unwrap();
-        t.block_range(g, gpa, hpa, k, 8).unwrap();
+        t.block_range(g, Run::new(gpa, hpa, k, 8)).unwrap();
         assert_eq!(t.track(g), Ok(Completion::Done));
         let page = t.trees[0]
             .lookup(&t.pool, GPA_BASE, 1)
@@ -3526,22 +3505,25 @@ mod range_tests {
         // The count says fewer entries than the run removes.
         t.pool.force_used(page, 4);
         refused(&mut t, "unmap below zero", &|t| {
-            t.remove_range(g, gpa, hpa, k, 8).map(drop)
+            t.remove_range(g, Run::new(gpa, hpa, k, 8)).map(drop)
         });
         // The count says the run is all the page holds: it would empty with leaf 20 in it.
         t.pool.force_used(page, 8);
         refused(&mut t, "unmap to zero with an entry left", &|t| {
-            t.remove_range(g, gpa, hpa, k, 8).map(drop)
+            t.remove_range(g, Run::new(gpa, hpa, k, 8)).map(drop)
         });
         // The count says the page is full: a run into its free slots would go past 512.
         t.pool.force_used(page, 512);
         let (g30, h30) = at(30);
         refused(&mut t, "map past a full count", &|t| {
-            t.map_range(g, g30, h30, k, 4)
+            t.map_range(g, Run::new(g30, h30, k, 4))
         });
         t.pool.force_used(page, 9);
-        assert_eq!(t.map_range(g, g30, h30, k, 4), Ok(()));
-        assert_eq!(t.remove_range(g, gpa, hpa, k, 8), Ok(8 + 2 * WALK_WORK));
+        assert_eq!(t.map_range(g, Run::new(g30, h30, k, 4)), Ok(()));
+        assert_eq!(
+            t.remove_range(g, Run::new(gpa, hpa, k, 8)),
+            Ok(8 + 2 * WALK_WORK)
+        );
     }
 
     /// A whole run mapped, blocked, tracked and removed by range operations leaves every
@@ -3563,9 +3545,9 @@ mod range_tests {
                     assert_eq!(b.track(g), Ok(Completion::Done));
                 }
                 let got = match kind {
-                    Kind::Map => a.map_range(g, gpa, hpa, size, count),
-                    Kind::Block => a.block_range(g, gpa, hpa, size, count).map(drop),
-                    Kind::Remove => a.remove_range(g, gpa, hpa, size, count).map(drop),
+                    Kind::Map => a.map_range(g, Run::new(gpa, hpa, size, count)),
+                    Kind::Block => a.block_range(g, Run::new(gpa, hpa, size, count)).map(drop),
+                    Kind::Remove => a.remove_range(g, Run::new(gpa, hpa, size, count)).map(drop),
                 };
                 assert_eq!(got, Ok(()), "{kind:?} {size:?}");
                 per_page(&mut b, kind, g, gpa, hpa, size, count).unwrap();

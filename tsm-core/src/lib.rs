@@ -182,7 +182,7 @@ pub use page::PageSize;
 pub use registry::IdeStream;
 pub use relay::{MAX_RELAY_BYTES, ModelSession, SecureSession};
 pub use reserved::ReservedMemory;
-pub use secure_table::{Leaf, LeafState, SecureTable, TableError};
+pub use secure_table::{Leaf, LeafState, Run, SecureTable, TableError};
 pub use status::{Completion, Error, Operand, TsmResult};
 pub use transport::{DeviceFault, InterfaceId, ReportedRange};
 pub use tsm::Tsm;

@@ -6,7 +6,7 @@ use crate::capacity::MAX_GUESTS;
 use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
-use crate::secure_table::{Epoch, Leaf, LeafState, SecureTable, TableError, for_each_page};
+use crate::secure_table::{Epoch, Leaf, LeafState, Run, SecureTable, TableError};
 use crate::status::Completion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,17 +200,11 @@ impl<const N: usize> SecureTable for MemTable<N> {
     /// The provided check of every page, and of the room left: page `i` takes the array's
     /// `i`-th free entry, so the first page past it is `OutOfFrames`, as mapping page by page
     /// would find it.
-    fn map_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<(), TableError> {
+    fn map_range(&mut self, guest: GuestId, run: Run) -> Result<(), TableError> {
+        let size = run.size;
         let room = N.saturating_sub(self.leaves.len());
         let mut i = 0usize;
-        for_each_page(gpa, hpa, size, count, |g, h| {
+        run.for_each_page(|g, h| {
             self.check_map(guest, g, h, size)?;
             if i >= room {
                 return Err(TableError::OutOfFrames);
@@ -218,7 +212,7 @@ impl<const N: usize> SecureTable for MemTable<N> {
             i = i.saturating_add(1);
             Ok(())
         })?;
-        for_each_page(gpa, hpa, size, count, |g, h| self.map(guest, g, h, size))
+        run.for_each_page(|g, h| self.map(guest, g, h, size))
     }
 
     fn block(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
@@ -361,25 +355,28 @@ mod tests {
         let before = t.clone();
         // Page 3 of the run is taken: nothing of pages 0..3 is mapped.
         assert_eq!(
-            t.map_range(G, gpa(0x2000), hpa(0x10_2000), k, 5),
+            t.map_range(G, Run::new(gpa(0x2000), hpa(0x10_2000), k, 5)),
             Err(TableError::GpaMapped)
         );
         assert_eq!(t, before);
         // Eight entries, one used: the eighth page of a run is past the room.
         assert_eq!(
-            t.map_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 8),
+            t.map_range(G, Run::new(gpa(0x10_0000), hpa(0x20_0000), k, 8)),
             Err(TableError::OutOfFrames)
         );
         assert_eq!(t, before);
-        assert_eq!(t.map_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 7), Ok(()));
+        assert_eq!(
+            t.map_range(G, Run::new(gpa(0x10_0000), hpa(0x20_0000), k, 7)),
+            Ok(())
+        );
         // Block: page 2 translates elsewhere than the run says.
         let mapped = t.clone();
         assert_eq!(
-            t.block_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
+            t.block_range(G, Run::new(gpa(0x10_0000), hpa(0x20_0000), k, 3)),
             Ok(3)
         );
         assert_eq!(
-            t.block_range(G, gpa(0x10_0000), hpa(0x30_0000), k, 1),
+            t.block_range(G, Run::new(gpa(0x10_0000), hpa(0x30_0000), k, 1)),
             Err(TableError::NotMapped)
         );
         let blocked = t.clone();
@@ -387,12 +384,12 @@ mod tests {
         assert_eq!(t.track(G), Ok(Completion::Done));
         let tracked = t.clone();
         assert_eq!(
-            t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 4),
+            t.remove_range(G, Run::new(gpa(0x10_0000), hpa(0x20_0000), k, 4)),
             Err(TableError::NotBlocked)
         );
         assert_eq!(t, tracked);
         assert_eq!(
-            t.remove_range(G, gpa(0x10_0000), hpa(0x20_0000), k, 3),
+            t.remove_range(G, Run::new(gpa(0x10_0000), hpa(0x20_0000), k, 3)),
             Ok(3)
         );
         assert_eq!(t.leaves().len(), mapped.leaves().len() - 3);

@@ -144,6 +144,50 @@ pub fn run_page(base: u64, size: PageSize, i: u32) -> Option<u64> {
     base.checked_add(u64::from(i).checked_mul(size.bytes())?)
 }
 
+/// A run of `count` leaves of `size`, contiguous in guest and in host addresses: leaf `i` maps
+/// `gpa + i * size` to `hpa + i * size`. What the range operations take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Run {
+    /// The first leaf's guest address.
+    pub gpa: Gpa,
+    /// The first leaf's host address.
+    pub hpa: Hpa,
+    /// Every leaf's size.
+    pub size: PageSize,
+    /// How many leaves.
+    pub count: u32,
+}
+
+impl Run {
+    /// The run of `count` leaves of `size` from `gpa -> hpa`.
+    pub const fn new(gpa: Gpa, hpa: Hpa, size: PageSize, count: u32) -> Self {
+        Self {
+            gpa,
+            hpa,
+            size,
+            count,
+        }
+    }
+
+    /// Calls `f` with page `i`'s guest and host addresses for every page, in order, stopping
+    /// at the first error. A page past the address space is `Misaligned` (the status for an
+    /// address the table cannot place), as the per-page operation on it would be.
+    pub fn for_each_page(
+        &self,
+        mut f: impl FnMut(Gpa, Hpa) -> Result<(), TableError>,
+    ) -> Result<(), TableError> {
+        for i in 0..self.count {
+            let g = run_page(self.gpa.as_u64(), self.size, i).and_then(|a| Gpa::try_new(a).ok());
+            let h = run_page(self.hpa.as_u64(), self.size, i).and_then(|a| Hpa::try_new(a).ok());
+            let (Some(g), Some(h)) = (g, h) else {
+                return Err(TableError::Misaligned);
+            };
+            f(g, h)?;
+        }
+        Ok(())
+    }
+}
+
 /// A platform's secure second-level structure for private MMIO. Every method either makes its
 /// whole change or returns an error and changes nothing.
 ///
@@ -245,38 +289,24 @@ pub trait SecureTable {
     /// ([`SecureTable::check_map`]), then every page mapped. Pages of a run never overlap, so
     /// one page's map cannot change another's check; a table whose pages share a capacity
     /// (a fixed number of entries) overrides it to check that too.
-    fn map_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<(), TableError> {
-        for_each_page(gpa, hpa, size, count, |g, h| {
-            self.check_map(guest, g, h, size)
-        })?;
-        for_each_page(gpa, hpa, size, count, |g, h| self.map(guest, g, h, size))
+    fn map_range(&mut self, guest: GuestId, run: Run) -> Result<(), TableError> {
+        let size = run.size;
+        run.for_each_page(|g, h| self.check_map(guest, g, h, size))?;
+        run.for_each_page(|g, h| self.map(guest, g, h, size))
     }
 
     /// Blocks the run of `count` leaves (see the trait): leaf `i` at `gpa + i * size` must
     /// translate to `hpa + i * size` (`NotMapped` otherwise). Already blocked leaves stay as
     /// they are, as [`SecureTable::block`] leaves them. Returns the work it did, as
     /// [`SecureTable::remove_range`] does (the provided implementation: one per leaf).
-    fn block_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<u32, TableError> {
-        for_each_page(gpa, hpa, size, count, |g, h| {
+    fn block_range(&mut self, guest: GuestId, run: Run) -> Result<u32, TableError> {
+        let size = run.size;
+        run.for_each_page(|g, h| {
             self.check_block(guest, g, size)?;
             self.check_host(guest, g, h)
         })?;
-        for_each_page(gpa, hpa, size, count, |g, _| self.block(guest, g, size))?;
-        Ok(count)
+        run.for_each_page(|g, _| self.block(guest, g, size))?;
+        Ok(run.count)
     }
 
     /// Removes the run of `count` blocked, flushed leaves (see the trait; leaf `i` must
@@ -284,22 +314,14 @@ pub trait SecureTable {
     /// [`crate::capacity::UNBIND_WORK_PER_CALL`]: one per leaf, more for the table pages it
     /// walks, and [`crate::capacity::UNBIND_WORK_PER_PAGE_FREED`] per table page it gave back
     /// (the provided implementation: one per leaf).
-    fn remove_range(
-        &mut self,
-        guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
-    ) -> Result<u32, TableError> {
-        for_each_page(gpa, hpa, size, count, |g, h| {
+    fn remove_range(&mut self, guest: GuestId, run: Run) -> Result<u32, TableError> {
+        let size = run.size;
+        run.for_each_page(|g, h| {
             self.check_remove(guest, g, size)?;
             self.check_host(guest, g, h)
         })?;
-        for_each_page(gpa, hpa, size, count, |g, _| {
-            self.remove(guest, g, size).map(drop)
-        })?;
-        Ok(count)
+        run.for_each_page(|g, _| self.remove(guest, g, size).map(drop))?;
+        Ok(run.count)
     }
 
     /// [`SecureTable::remove_range`] only when the work it returns is at most `limit`, which
@@ -309,16 +331,13 @@ pub trait SecureTable {
     fn remove_range_within(
         &mut self,
         guest: GuestId,
-        gpa: Gpa,
-        hpa: Hpa,
-        size: PageSize,
-        count: u32,
+        run: Run,
         limit: u32,
     ) -> Result<Option<u32>, TableError> {
-        if count > limit {
+        if run.count > limit {
             return Ok(None);
         }
-        self.remove_range(guest, gpa, hpa, size, count).map(Some)
+        self.remove_range(guest, run).map(Some)
     }
 
     /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.
@@ -328,25 +347,4 @@ pub trait SecureTable {
             _ => Err(TableError::NotMapped),
         }
     }
-}
-
-/// Calls `f` with page `i`'s guest and host addresses for every page of a run, in order,
-/// stopping at the first error. A page past the address space is `Misaligned` (the status
-/// for an address the table cannot place), as the per-page operation on it would be.
-pub fn for_each_page(
-    gpa: Gpa,
-    hpa: Hpa,
-    size: PageSize,
-    count: u32,
-    mut f: impl FnMut(Gpa, Hpa) -> Result<(), TableError>,
-) -> Result<(), TableError> {
-    for i in 0..count {
-        let g = run_page(gpa.as_u64(), size, i).and_then(|a| Gpa::try_new(a).ok());
-        let h = run_page(hpa.as_u64(), size, i).and_then(|a| Hpa::try_new(a).ok());
-        let (Some(g), Some(h)) = (g, h) else {
-            return Err(TableError::Misaligned);
-        };
-        f(g, h)?;
-    }
-    Ok(())
 }

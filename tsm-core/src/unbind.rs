@@ -5,7 +5,7 @@ use crate::capacity::{UNBIND_GRACE_WORK, UNBIND_MAX_LEAF_WORK};
 use crate::ids::{GuestId, TdiId};
 use crate::lifecycle::{Cursor, TdiState, UnbindStep};
 use crate::ownership::Ownership;
-use crate::secure_table::{Found, Leaf, PageRest, SecureTable, TableError, run_page};
+use crate::secure_table::{Found, Leaf, PageRest, Run, SecureTable, TableError, run_page};
 use crate::status::{Completion, Error};
 
 /// Where a walk ended.
@@ -167,7 +167,7 @@ pub(crate) fn block_leaves<T: SecureTable>(
     // A block never gives table pages back: its work is the leaves and a few walks, charged
     // after it (at most `UNBIND_MAX_LEAF_WORK` past the budget).
     walk(owners, tdi, table, cursor, budget, |t, leaf, count, _| {
-        t.block_range(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, count)
+        t.block_range(leaf.guest, Run::new(leaf.gpa, leaf.hpa, leaf.size, count))
             .map(Some)
     })
 }
@@ -285,7 +285,11 @@ fn advance<T: SecureTable>(
                 cursor,
                 budget,
                 |t, leaf, n, limit| {
-                    t.remove_range_within(leaf.guest, leaf.gpa, leaf.hpa, leaf.size, n, limit)
+                    t.remove_range_within(
+                        leaf.guest,
+                        Run::new(leaf.gpa, leaf.hpa, leaf.size, n),
+                        limit,
+                    )
                 },
             )? {
                 Walk::Finished => Next::Release,

@@ -5,7 +5,7 @@
 //! every page of a window larger than any fixed index had can be a 4K leaf or a host page.
 
 use proptest::prelude::*;
-use tsm_core::secure_table::{Leaf, SecureTable, TableError};
+use tsm_core::secure_table::{Leaf, Run, SecureTable, TableError};
 use tsm_core::{Gpa, GuestId, Hpa, MmioRange, PageSize};
 
 use super::index::scanned;
@@ -547,12 +547,12 @@ fn range_map_takes_the_whole_window() {
     );
     let before = t.clone();
     assert_eq!(
-        t.map_range(a, gpa(0), hpa(0), PageSize::Size4K, pages),
+        t.map_range(a, Run::new(gpa(0), hpa(0), PageSize::Size4K, pages)),
         Err(TableError::HpaMapped)
     );
     assert_eq!(t, before);
     assert_eq!(
-        t.map_range(a, gpa(0), hpa(0), PageSize::Size4K, pages - 1),
+        t.map_range(a, Run::new(gpa(0), hpa(0), PageSize::Size4K, pages - 1)),
         Ok(())
     );
     assert_index_scanned(&t);
