@@ -30,8 +30,9 @@ pub struct Cursor {
     pub next: Option<Hpa>,
     /// What the secure table said of the rest of its table page at `next`, handed back to its
     /// next search ([`crate::secure_table::SecureTable::find_leaves`]). Kept across host calls:
-    /// safe whatever happens in between, as the table ignores a hint made before anything was
-    /// added to it (`PageRest::generation`).
+    /// the table ignores a hint made before anything was added to it (`PageRest::generation`).
+    /// Addresses the walk has passed are not looked at again: that nothing is mapped into the
+    /// range while its TDI unbinds is the core's rule (maps are refused `UnbindInProgress`).
     pub rest: Option<PageRest>,
 }
 

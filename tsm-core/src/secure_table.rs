@@ -94,7 +94,9 @@ impl From<TableError> for Error {
 /// entries added when the hint was made, and a table ignores a hint whose generation is not
 /// its current one. Removals and rewrites in place only keep or lower the count, so a hint
 /// that was right stays an upper bound until something is added, whoever adds it (a map of
-/// any guest, platform glue holding the table, a future map path).
+/// any guest, platform glue holding the table, a future map path). It covers the page ahead of
+/// the resume point only: a walk never looks again at what it passed, so an unbind relies on
+/// the core's rule that nothing is mapped into a range while its TDI unbinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRest {
     /// The table's level of the page (its own numbering).

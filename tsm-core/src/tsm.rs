@@ -1536,8 +1536,10 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     }
 
     /// Runs `f` on the secure table (tests inspect it; platform glue, e.g. the SEV host's
-    /// RMPUPDATE, changes it). A change made here between two calls of a paused unbind is
-    /// safe: the walk's search hint is checked against the table's generation on resume.
+    /// RMPUPDATE, changes it). Glue must never add a leaf inside a range whose TDI is being
+    /// unbound: the core refuses every map there (`UnbindInProgress`; ranges of other TDIs never
+    /// overlap it), and a paused unbind's walk does not look again at addresses it has passed
+    /// (the search hint's generation covers only what lies ahead of it).
     pub fn with_table<R>(&self, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
         Ok(f(&mut *try_lock(&self.table, Operand::SecureTable)?))
     }
