@@ -150,22 +150,15 @@ fn done(r: TsmResult<()>) -> Observed {
 impl<'a> Interpreter<'a, '_> {
     /// The object `name` stands for, which must be of kind `want`.
     fn find(&self, name: &'a str, want: NameKind) -> Result<&Obj<'a>, Setup<'a>> {
-        let same_kind = || {
-            self.names
-                .iter()
-                .filter(move |(_, o)| o.kind() == want)
-                .map(|(n, _)| *n)
-        };
-        match self.names.iter().find(|(n, _)| *n == name) {
-            Some((_, o)) if o.kind() == want => Ok(o),
-            Some((_, o)) => {
-                Err(
-                    Diagnostic::new(Problem::WrongKind(o.kind()), name, want.expected())
-                        .nearest(nearest(name, same_kind())),
-                )
-            }
-            None => Err(Diagnostic::new(Problem::UnknownName, name, want.expected())
-                .nearest(nearest(name, same_kind()))),
+        let kinds = self.names.iter().map(|(n, o)| (*n, o.kind()));
+        match (
+            name_problem(kinds, name, want),
+            self.names.iter().find(|(n, _)| *n == name),
+        ) {
+            (None, Some((_, o))) => Ok(o),
+            (Some(d), _) => Err(d),
+            // Unreachable: a name with no problem was found.
+            (None, None) => Err(Diagnostic::new(Problem::UnknownName, name, want.expected())),
         }
     }
 
@@ -743,6 +736,23 @@ pub fn run_scenario_with(
     summary
 }
 
+/// What is wrong with using `name` as a `want` among the `declared` names and their kinds:
+/// not declared, or declared as another kind (with the nearest declared name of the right
+/// kind); `None` when it is fine. The one rule for the file's check and for running a line.
+fn name_problem<'a>(
+    declared: impl Iterator<Item = (&'a str, NameKind)> + Clone,
+    name: &'a str,
+    want: NameKind,
+) -> Option<Diagnostic<'a>> {
+    let same_kind = declared.clone().filter(|(_, k)| *k == want).map(|(n, _)| n);
+    let problem = match declared.clone().find(|(n, _)| *n == name) {
+        Some((_, k)) if k == want => return None,
+        Some((_, k)) => Problem::WrongKind(k),
+        None => Problem::UnknownName,
+    };
+    Some(Diagnostic::new(problem, name, want.expected()).nearest(nearest(name, same_kind)))
+}
+
 /// The name a `guest`, `device` or `tdi` line declares, read from its words alone (for a line
 /// that does not parse).
 fn meant_declaration(raw: &str) -> Option<(&str, NameKind)> {
@@ -788,18 +798,7 @@ pub fn check_scenario(path: &str, text: &str, out: &mut dyn Write) -> u32 {
             if problem.is_some() || name.starts_with('#') {
                 return;
             }
-            let same_kind = declared.iter().filter(|(_, k)| *k == want).map(|(n, _)| *n);
-            problem = match declared.iter().find(|(n, _)| *n == name) {
-                Some((_, k)) if *k == want => None,
-                Some((_, k)) => Some(
-                    Diagnostic::new(Problem::WrongKind(*k), name, want.expected())
-                        .nearest(nearest(name, same_kind)),
-                ),
-                None => Some(
-                    Diagnostic::new(Problem::UnknownName, name, want.expected())
-                        .nearest(nearest(name, same_kind)),
-                ),
-            };
+            problem = name_problem(declared.iter().copied(), name, want);
         });
         // A declaring line expected to fail declares nothing (as when it runs).
         let declares = line.op.declares().filter(|_| line.expect == "Ok");

@@ -16,7 +16,7 @@ use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_tests::backend::CoreBackend;
-use tsm_tests::interpreter::{check_scenario, run_scenario};
+use tsm_tests::interpreter::{Summary, check_scenario, run_scenario};
 use tsm_tests::suite::SCENARIOS;
 
 /// The lines that declare what the scenarios below use.
@@ -25,22 +25,27 @@ device nic 0000:03:00.0 bar 0x8000_0000 1024
 tdi nic.0 nic 0000:03:00.0
 ";
 
+/// Runs `text` as `mine.scn` on a fresh core firmware, printing into `out`.
+fn run_on_core(text: &str, out: &mut String) -> Summary {
+    let tsm: Box<Relayed<MemTable<64>>> =
+        Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
+    run_scenario(
+        &mut CoreBackend {
+            tsm: &tsm,
+            label: "core",
+        },
+        "mine.scn",
+        text,
+        out,
+    )
+}
+
 /// The one error `line` (after [`SETUP`]) gets, parsed and then run on the core.
 fn error_of(line: &str) -> String {
     let text = format!("{SETUP}{line}\n");
     let mut out = String::new();
     if check_scenario("mine.scn", &text, &mut out) == 0 {
-        let tsm: Box<Relayed<MemTable<64>>> =
-            Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-        let summary = run_scenario(
-            &mut CoreBackend {
-                tsm: &tsm,
-                label: "core",
-            },
-            "mine.scn",
-            &text,
-            &mut out,
-        );
+        let summary = run_on_core(&text, &mut out);
         assert_eq!((summary.passed, summary.failed), (3, 1), "{out}");
     }
     let errors: Vec<&str> = out.lines().filter(|l| !l.contains(" => ")).collect();
@@ -187,17 +192,7 @@ fn done_is_the_statuses_table_name_for_ok() {
         format!("{SETUP}bind nic.0 td1 range 0x8000_0000 1024 -> Done\nunbind nic.0 -> Ok\n");
     let mut out = String::new();
     assert_eq!(check_scenario("mine.scn", &text, &mut out), 0, "{out}");
-    let tsm: Box<Relayed<MemTable<64>>> =
-        Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-    let summary = run_scenario(
-        &mut CoreBackend {
-            tsm: &tsm,
-            label: "core",
-        },
-        "mine.scn",
-        &text,
-        &mut out,
-    );
+    let summary = run_on_core(&text, &mut out);
     assert_eq!((summary.passed, summary.failed), (5, 0), "{out}");
 }
 
