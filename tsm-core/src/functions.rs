@@ -17,7 +17,6 @@ use core::fmt;
 
 use crate::ids::{PCI_FUNCTIONS_PER_DEVICE, RequesterId};
 use crate::status::Error;
-use crate::tdisp::{FUNCTION_ID_SEGMENT_SHIFT, FUNCTION_ID_SEGMENT_VALID};
 
 /// Widest segment a TDISP FUNCTION_ID carries: REQUESTER_SEGMENT is 8 bits (PCIe 6.x 11.3.4,
 /// INTERFACE_ID: FUNCTION_ID bits 23:16, valid flag bit 24).
@@ -43,18 +42,10 @@ impl InterfaceId {
         self.0
     }
 
-    /// The TDISP FUNCTION_ID (PCIe 6.x 11.3.4): routing ID in bits 15:0, then, for a segment
-    /// other than 0, the segment in bits 23:16 with bit 24 set. Total: the segment was checked.
+    /// The TDISP FUNCTION_ID (PCIe 6.x 11.3.4, [`crate::tdisp::function_id`]). Total: the
+    /// segment was checked to fit when the interface ID was made.
     pub fn function_id(self) -> u32 {
-        let routing = u32::from(self.0.routing_id());
-        match self.0.segment() {
-            0 => routing,
-            segment => {
-                routing
-                    | (u32::from(segment & MAX_INTERFACE_SEGMENT) << FUNCTION_ID_SEGMENT_SHIFT)
-                    | FUNCTION_ID_SEGMENT_VALID
-            }
-        }
+        crate::tdisp::function_id(self.0).unwrap_or(u32::from(self.0.routing_id()))
     }
 }
 

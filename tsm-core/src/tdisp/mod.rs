@@ -174,10 +174,10 @@ pub enum WireError {
 
 /// FUNCTION_ID of an interface. `SegmentTooWide` when the segment needs more than 8 bits.
 pub fn function_id(iface: RequesterId) -> Result<u32, WireError> {
-    let segment = u32::from(iface.segment());
-    if segment > 0xff {
+    if iface.segment() > crate::functions::MAX_INTERFACE_SEGMENT {
         return Err(WireError::SegmentTooWide);
     }
+    let segment = u32::from(iface.segment());
     let valid = if segment == 0 {
         0
     } else {
