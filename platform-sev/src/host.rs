@@ -47,11 +47,6 @@ impl Mailbox for ModelDevice {
     }
 }
 
-/// The page an SLA names (the host knows its own pages: the C-bit it set is not part of it).
-fn page(sla: u64) -> u64 {
-    crate::abi::sla_page(sla)
-}
-
 /// Offset of `dobj.length` in an SLA buffer.
 const DOBJ_LENGTH: u64 = DOBJ_OFFSET as u64 + 4;
 /// Offset of `dobj.data_type` in an SLA buffer.
@@ -137,7 +132,11 @@ pub fn exchange(mem: &mut dyn SystemMemory, buf: &[u8], mailbox: &mut dyn Mailbo
         buf.get(SPDM_CTRL_OFFSET..SPDM_CTRL_OFFSET.checked_add(core::mem::size_of::<SpdmCtrl>())?)?,
     )
     .ok()?;
-    let (req, resp) = (page(ctrl.req.get()), page(ctrl.resp.get()));
+    // The pages the SLAs name (the host knows its own pages: the C-bit it set is no part).
+    let (req, resp) = (
+        crate::abi::sla_page(ctrl.req.get()),
+        crate::abi::sla_page(ctrl.resp.get()),
+    );
     let mut payload = [0u8; WINDOW];
     let (t, len) = read_request(mem, req, &mut payload)?;
     let mut object = [0u8; MAX_RELAY_BYTES];

@@ -471,6 +471,23 @@ impl<S: RmpMemory> Rmp<S> {
     }
 
     /// The leaf at exactly `gpa` of `size`.
+    /// The blocked leaf of `guest` at exactly `gpa` of `size` whose block a completed fence
+    /// covers, with its entries and the guest's ASID: what a removal checks, then clears.
+    fn removable(
+        &self,
+        guest: GuestId,
+        gpa: Gpa,
+        size: PageSize,
+    ) -> Result<(core::ops::Range<usize>, Leaf, u32), TableError> {
+        let fence = self.fence(guest)?;
+        let (r, leaf) = self.exact(guest, gpa, size)?;
+        match leaf.state {
+            LeafState::Mapped => Err(TableError::NotBlocked),
+            LeafState::Blocked { epoch } if fence.done <= epoch => Err(TableError::TlbNotFlushed),
+            LeafState::Blocked { .. } => Ok((r, leaf, fence.asid)),
+        }
+    }
+
     fn exact(
         &self,
         guest: GuestId,
@@ -714,21 +731,13 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
 
     /// Unassigns a blocked leaf once a fence raised after its block has completed.
     fn remove(&mut self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<Hpa, TableError> {
-        let done = self.fence(guest)?.done;
-        let (r, leaf) = self.exact(guest, gpa, size)?;
-        match leaf.state {
-            LeafState::Mapped => Err(TableError::NotBlocked),
-            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
-            LeafState::Blocked { .. } => {
-                let first = u32::try_from(r.start).map_err(|_| TableError::Inconsistent)?;
-                let asid = self.fence(guest)?.asid;
-                let key = Key::leaf(asid, Pfn::of(leaf.gpa), first);
-                let (entries, words) = self.mem.parts_mut();
-                self.idx.drop_leaf(entries, words, key)?;
-                self.entries_mut(r).fill(RmpEntry::new());
-                Ok(leaf.hpa)
-            }
-        }
+        let (r, leaf, asid) = self.removable(guest, gpa, size)?;
+        let first = u32::try_from(r.start).map_err(|_| TableError::Inconsistent)?;
+        let key = Key::leaf(asid, Pfn::of(leaf.gpa), first);
+        let (entries, words) = self.mem.parts_mut();
+        self.idx.drop_leaf(entries, words, key)?;
+        self.entries_mut(r).fill(RmpEntry::new());
+        Ok(leaf.hpa)
     }
 
     fn leaf(&self, guest: GuestId, gpa: Gpa) -> Option<Leaf> {
@@ -746,17 +755,11 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
     }
 
     fn check_block(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
-        self.fence(guest)?;
         self.exact(guest, gpa, size).map(drop)
     }
 
     fn check_remove(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> Result<(), TableError> {
-        let done = self.fence(guest)?.done;
-        match self.exact(guest, gpa, size)?.1.state {
-            LeafState::Mapped => Err(TableError::NotBlocked),
-            LeafState::Blocked { epoch } if done <= epoch => Err(TableError::TlbNotFlushed),
-            LeafState::Blocked { .. } => Ok(()),
-        }
+        self.removable(guest, gpa, size).map(drop)
     }
 
     /// The leaves by host address, through the index: a binary search to the first leaf at or

@@ -96,6 +96,9 @@ fn an_unknown_status_is_refused_before_anything_runs() {
 fn a_wrong_kind_of_argument_names_the_expected_form() {
     // Swapped names: found by the file's check, before any backend runs, by what each name
     // was declared as.
+    let mut out = String::new();
+    let swapped = format!("{SETUP}start nic.0 td1\n");
+    assert_eq!(check_scenario("mine.scn", &swapped, &mut out), 1, "{out}");
     assert_eq!(
         error_of("start nic.0 td1"),
         "mine.scn:4:7: `nic.0` is a TDI: expected a guest name like td1 (declared by \
