@@ -1680,80 +1680,56 @@ mod tests {
             .cast::<u8>()
             .wrapping_add(4)
             .cast::<SessionOps>();
-        let cases: [(&str, *mut u8, *const SessionOps, SessionOps, TdxStatus); 8] = [
-            (
-                "null ops",
-                p,
-                core::ptr::null(),
-                full,
-                invalid(OPERAND_ID_R10),
-            ),
-            (
-                "misaligned ops",
-                p,
-                misaligned,
-                full,
-                invalid(OPERAND_ID_R10),
-            ),
+        // Pointer cases: the pointer given.
+        let pointers: [(&str, *mut u8, *const SessionOps, TdxStatus); 3] = [
+            ("null ops", p, core::ptr::null(), invalid(OPERAND_ID_R10)),
+            ("misaligned ops", p, misaligned, invalid(OPERAND_ID_R10)),
             (
                 "null pool and null ops: the pool first",
                 core::ptr::null_mut(),
                 core::ptr::null(),
-                full,
                 invalid(OPERAND_ID_RCX),
             ),
+        ];
+        // Callback cases: the whole struct but one callback, each named by its operand.
+        let missing: [(&str, fn(&mut SessionOps), u32); 5] = [
             (
                 "no seal",
-                p,
-                core::ptr::null(),
-                SessionOps { seal: None, ..full },
-                invalid(status::OPERAND_ID_SESSION_SEAL),
+                |o| o.seal = None,
+                status::OPERAND_ID_SESSION_SEAL,
             ),
             (
                 "no open",
-                p,
-                core::ptr::null(),
-                SessionOps { open: None, ..full },
-                invalid(status::OPERAND_ID_SESSION_OPEN),
+                |o| o.open = None,
+                status::OPERAND_ID_SESSION_OPEN,
             ),
             (
                 "no record_len",
-                p,
-                core::ptr::null(),
-                SessionOps {
-                    record_len: None,
-                    ..full
-                },
-                invalid(status::OPERAND_ID_SESSION_RECORD_LEN),
+                |o| o.record_len = None,
+                status::OPERAND_ID_SESSION_RECORD_LEN,
             ),
             (
                 "no lock_secret",
-                p,
-                core::ptr::null(),
-                SessionOps {
-                    lock_secret: None,
-                    ..full
-                },
-                invalid(status::OPERAND_ID_SESSION_LOCK_SECRET),
+                |o| o.lock_secret = None,
+                status::OPERAND_ID_SESSION_LOCK_SECRET,
             ),
             (
                 "no report_digest",
-                p,
-                core::ptr::null(),
-                SessionOps {
-                    report_digest: None,
-                    ..full
-                },
-                invalid(status::OPERAND_ID_SESSION_REPORT_DIGEST),
+                |o| o.report_digest = None,
+                status::OPERAND_ID_SESSION_REPORT_DIGEST,
             ),
         ];
-        for (what, mem, at, ops, expect) in cases {
-            // A case without its own pointer passes its struct.
-            let at = if at.is_null() && what.starts_with("no ") {
-                &raw const ops
-            } else {
-                at
-            };
+        let mut structs = [full; 5];
+        for (ops, (_, clear, _)) in structs.iter_mut().zip(&missing) {
+            clear(ops);
+        }
+        let cases = pointers.into_iter().chain(
+            missing
+                .iter()
+                .zip(&structs)
+                .map(|((what, _, operand), ops)| (*what, p, &raw const *ops, invalid(*operand))),
+        );
+        for (what, mem, at, expect) in cases {
             // SAFETY: leaked memory; refused calls touch nothing.
             let status = unsafe { fw.init_session(mem, 8 * PAGE_BYTES, h, PAGE_BYTES, at) };
             assert_eq!(status, expect, "{what}");
