@@ -1692,7 +1692,8 @@ mod tests {
             ),
         ];
         // Callback cases: the whole struct but one callback, each named by its operand.
-        let missing: [(&str, fn(&mut SessionOps), u32); 5] = [
+        type Clear = fn(&mut SessionOps);
+        let missing: [(&str, Clear, u32); 5] = [
             (
                 "no seal",
                 |o| o.seal = None,
