@@ -36,8 +36,6 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
-#[cfg(any(feature = "model-device", test))]
-use tsm_core::ModelSession;
 use tsm_core::{MmioRange, ReservedMemory};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -56,10 +54,10 @@ mod model;
 pub mod session;
 #[cfg(any(feature = "model-device", test))]
 pub use model::ModelMailbox;
-pub use session::{CRecordContext, CSession, LinkSession, SessionOps};
+pub use session::{CRecordContext, CSession, SessionOps};
 
 /// The firmware instance the C entry points drive.
-pub type CFirmware = TdxModule<'static, LinkSession>;
+pub type CFirmware = TdxModule<'static, CSession>;
 
 /// Bytes of one host-memory access: the accessor moves 8-byte words.
 const WORD: usize = core::mem::size_of::<u64>();
@@ -259,7 +257,8 @@ impl Firmware {
     }
 
     /// `tsm_tdx_init` (test support, feature `model-device`): see the C header. The firmware
-    /// seals with [`ModelSession::model`], whose key is public: never in a firmware build.
+    /// seals with [`tsm_core::ModelSession`] through its C callbacks; its key is public: never
+    /// in a firmware build.
     ///
     /// # Safety
     ///
@@ -274,7 +273,12 @@ impl Firmware {
     ) -> TdxStatus {
         // SAFETY: the caller's contract.
         match unsafe { self.check(mem, len, host, host_len) } {
-            Ok(args) => self.commit(args, LinkSession::Model(ModelSession::model())),
+            // SAFETY: the model's callbacks meet `CSession::new`'s contract: each bounds what it
+            // reads and writes by the lengths it is given, keeps no pointer, returns normally.
+            Ok(args) => match unsafe { CSession::new(&session::model::OPS) } {
+                Ok(model) => self.commit(args, model),
+                Err(s) => s,
+            },
             Err(s) => s,
         }
     }
@@ -325,7 +329,7 @@ impl Firmware {
         if let Err(s) = self.check_session(&args, &ops) {
             return s;
         }
-        self.commit(args, LinkSession::C(session))
+        self.commit(args, session)
     }
 
     /// The session's code and context are the integrator's, never memory the host writes or
@@ -406,7 +410,7 @@ impl Firmware {
 
     /// Builds the firmware from checked arguments, once: of two racing callers exactly one
     /// runs this, the other's memory is never touched.
-    fn commit(&self, args: InitArgs, session: LinkSession) -> TdxStatus {
+    fn commit(&self, args: InitArgs, session: CSession) -> TdxStatus {
         let InitArgs {
             mem,
             pages,
@@ -1743,13 +1747,6 @@ mod tests {
         // SAFETY: as above; refused, nothing touched.
         let again = unsafe { fw.init_session(p, 8 * PAGE_BYTES, h, PAGE_BYTES, &full) };
         assert_eq!(again, TDX_SYSINIT_NOT_PENDING);
-        assert_eq!(
-            fw.instance()
-                .unwrap()
-                .tsm
-                .with_transport(|r| matches!(r.session(), LinkSession::C(_))),
-            Ok(true)
-        );
     }
 
     /// A session whose code or context lies in memory the host writes (the host window), in

@@ -248,60 +248,6 @@ impl SecureSession for CSession {
     }
 }
 
-/// The session the C firmware seals with: the integrator's (`tsm_tdx_init_session`), or, in
-/// test builds only (feature `model-device`), the model's (`tsm_tdx_init`), whose key is public.
-/// Not `Clone`: see [`CSession`].
-#[derive(Debug)]
-pub enum LinkSession {
-    /// [`ModelSession::model`], shared with the model device. Test support only.
-    #[cfg(any(feature = "model-device", test))]
-    Model(ModelSession),
-    /// The integrator's callbacks.
-    C(CSession),
-}
-
-impl SecureSession for LinkSession {
-    fn seal(&mut self, ctx: &RecordContext, app: &[u8], out: &mut [u8]) -> Option<usize> {
-        match self {
-            #[cfg(any(feature = "model-device", test))]
-            Self::Model(s) => s.seal(ctx, app, out),
-            Self::C(s) => s.seal(ctx, app, out),
-        }
-    }
-
-    fn open(&mut self, ctx: &RecordContext, record: &[u8], out: &mut [u8]) -> Option<usize> {
-        match self {
-            #[cfg(any(feature = "model-device", test))]
-            Self::Model(s) => s.open(ctx, record, out),
-            Self::C(s) => s.open(ctx, record, out),
-        }
-    }
-
-    fn record_len(&self, bytes: &[u8]) -> Option<usize> {
-        match self {
-            #[cfg(any(feature = "model-device", test))]
-            Self::Model(s) => s.record_len(bytes),
-            Self::C(s) => s.record_len(bytes),
-        }
-    }
-
-    fn lock_secret(&self, ctx: &RecordContext) -> u64 {
-        match self {
-            #[cfg(any(feature = "model-device", test))]
-            Self::Model(s) => s.lock_secret(ctx),
-            Self::C(s) => s.lock_secret(ctx),
-        }
-    }
-
-    fn report_digest(&self, report: &[u8]) -> [u8; REPORT_DIGEST_SIZE] {
-        match self {
-            #[cfg(any(feature = "model-device", test))]
-            Self::Model(s) => s.report_digest(report),
-            Self::C(s) => s.report_digest(report),
-        }
-    }
-}
-
 /// Test support (feature `model-device`): the model session as C callbacks
 /// (`tsm_tdx_model_session`), for a C session that delegates to it. `ctx` is unused; each
 /// refuses (returns 1) a NULL pointer or a direction that is neither. Crate-private: C reaches
