@@ -46,7 +46,7 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::SharedDevice;
 use tsm_core::{
     Completion, Error, Gpa, GuestId, Hpa, MAX_RELAY_BYTES, MmioRange, ModelSession, Operand,
-    PageSize, RequesterId, SecureTable, TdiId, Tsm, TsmResult,
+    PageSize, RequesterId, ReservedMemory, SecureTable, TdiId, Tsm, TsmResult,
 };
 
 /// Lanes (guests with a TDI each) of the fixed workload.
@@ -91,16 +91,17 @@ struct Lane {
     device: SharedDevice,
 }
 
-/// The firmware and its lanes; built once per table, outside every timing.
-struct World<T> {
-    fw: Tsm<T, ModelSession>,
+/// The firmware (its secure table in `N` shards) and its lanes; built once per table, outside
+/// every timing.
+struct World<T, const N: usize> {
+    fw: Tsm<T, ModelSession, N>,
     lanes: Vec<Lane>,
     /// Pages each lane maps in the `map` workload.
     pages: u64,
 }
 
-fn world<T: SecureTable>(table: T, pages: u64) -> World<T> {
-    let fw = Tsm::new(table, ModelSession::model());
+fn world<T: SecureTable, const N: usize>(tables: [T; N], pages: u64) -> World<T, N> {
+    let fw = Tsm::sharded(tables, ModelSession::model(), ReservedMemory::new());
     let lanes = (0..LANES)
         .map(|i| {
             let bar = HPA_BASE + i as u64 * BAR_STRIDE;
@@ -142,7 +143,7 @@ impl Counts {
     }
 }
 
-impl<T: SecureTable> World<T> {
+impl<T: SecureTable, const N: usize> World<T, N> {
     /// `call` until it is not `Busy`, counting the operation and its retries.
     fn retry<R>(&self, n: &mut Counts, mut call: impl FnMut() -> TsmResult<R>) -> TsmResult<R> {
         n.ops += 1;
@@ -270,7 +271,11 @@ struct Round {
 
 /// One round of `work` over both lanes on `threads` threads (1: lane after lane; 2: a lane
 /// each), the TDIs bound around it for `map`.
-fn round<T: SecureTable + Send>(w: &World<T>, work: Work, threads: usize) -> Round {
+fn round<T: SecureTable + Send, const N: usize>(
+    w: &World<T, N>,
+    work: Work,
+    threads: usize,
+) -> Round {
     let mut setup = Counts::default();
     if work == Work::Map {
         for lane in &w.lanes {
@@ -316,7 +321,9 @@ fn round<T: SecureTable + Send>(w: &World<T>, work: Work, threads: usize) -> Rou
     // Every lane unbound to the end: no leaf left in any BAR.
     for lane in &w.lanes {
         let bar = MmioRange::from_raw(lane.bar, BAR_PAGES).unwrap();
-        let left = w.fw.with_table(|t| t.next_leaf(bar, bar.base())).unwrap();
+        let left =
+            w.fw.with_guest_table(lane.guest, |t| t.next_leaf(bar, bar.base()))
+                .unwrap();
         assert_eq!(left, None, "a leaf left after the round");
     }
     let first = spans.iter().map(|s| s.0).min().unwrap();
@@ -336,17 +343,39 @@ fn round<T: SecureTable + Send>(w: &World<T>, work: Work, threads: usize) -> Rou
     }
 }
 
-/// Runs `f` on each table's world: the in-memory table, then the S-EPT. `f` gets the table's name, the pages of its `map` workload and a round of it.
+/// Runs `f` on each table's world: the in-memory table, then the S-EPT, each first with one
+/// shard (every guest behind one table lock) and then with two (a guest's table each, each
+/// S-EPT shard over a pool of its own of the same size). `f` gets the table's name, the pages
+/// of its `map` workload and a round of it.
 fn each_table(mut f: impl FnMut(&'static str, u64, &dyn Fn(Work, usize) -> Round)) {
-    let mem = world(MemTable::<MEM_LEAVES>::new(), MEM_PAGES);
-    f("MemTable", MEM_PAGES, &|work, threads| {
+    let mem = world([MemTable::<MEM_LEAVES>::new()], MEM_PAGES);
+    f("MemTable x1", MEM_PAGES, &|work, threads| {
         round(&mem, work, threads)
     });
-    let mut frames = vec![Page::ZERO; POOL_PAGES];
-    let pool = FramePool::new(&mut frames, POOL_PHYS).unwrap();
-    let sept = world(Sept::new(pool, SeptLevels::Four), SEPT_PAGES);
-    f("Sept", SEPT_PAGES, &|work, threads| {
-        round(&sept, work, threads)
+    let mem = world([MemTable::<MEM_LEAVES>::new(), MemTable::new()], MEM_PAGES);
+    f("MemTable x2", MEM_PAGES, &|work, threads| {
+        round(&mem, work, threads)
+    });
+    let mut frames = vec![Page::ZERO; POOL_PAGES * 3];
+    let (one, two) = frames.split_at_mut(POOL_PAGES);
+    let (two_a, two_b) = two.split_at_mut(POOL_PAGES);
+    fn sept(pages: &mut [Page], at: u64) -> Sept<'_> {
+        Sept::new(FramePool::new(pages, at).unwrap(), SeptLevels::Four)
+    }
+    let step = POOL_PAGES as u64 * 4096;
+    let x1 = world([sept(one, POOL_PHYS)], SEPT_PAGES);
+    f("Sept x1", SEPT_PAGES, &|work, threads| {
+        round(&x1, work, threads)
+    });
+    let x2 = world(
+        [
+            sept(two_a, POOL_PHYS + step),
+            sept(two_b, POOL_PHYS + 2 * step),
+        ],
+        SEPT_PAGES,
+    );
+    f("Sept x2", SEPT_PAGES, &|work, threads| {
+        round(&x2, work, threads)
     });
 }
 
@@ -438,7 +467,7 @@ fn summary() {
                 .map(|(name, k)| format!("{name} {:.0}%", k as f64 / n[1].busy() as f64 * 100.0))
                 .collect();
             println!(
-                "  {table:8} {:20}: 1 thread {:>9.0} {unit}, 2 threads {:>9.0} {unit}, ratio \
+                "  {table:11} {:20}: 1 thread {:>9.0} {unit}, 2 threads {:>9.0} {unit}, ratio \
                  {:.2} (target >= 1.8); Busy: 1 thread {} of {} calls, 2 threads {:.2} retries \
                  per operation ({:.0}% of calls; {}); the two threads side by side {:.0}% of a round \
                  (median); {} rounds side by side for half the round or more: {:.0} {unit}, \

@@ -191,7 +191,7 @@ pub fn core_diff<U: PartialEq>(
             _ => parts.push(format!("TDI {t}: {b:?} -> {a:?}")),
         }
     }
-    if !exempt.touches_table() && before.table != after.table {
+    if !exempt.touches_table() && before.table() != after.table() {
         parts.push("secure table".to_string());
     }
     if parts.is_empty() {

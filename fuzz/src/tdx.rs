@@ -923,7 +923,7 @@ impl World<'_> {
                 fail(format!("{what} ({err:?}) changed state: {e}"));
             }
             if !exempt.touches_table() {
-                if before.pages != after.pages || before.core.table != after.core.table {
+                if before.pages != after.pages || before.core.table() != after.core.table() {
                     fail(format!("{what} ({err:?}) changed the S-EPT"));
                 }
             } else if let Err(e) = exempt_table(before, after, exempt) {
@@ -2112,7 +2112,7 @@ fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), Str
         .and_then(|r| r.state.owner());
     for g in 0..MAX_GUESTS {
         let g = GuestId::from_slot(g as u16);
-        let (b, a) = (before.core.table.epoch(g), after.core.table.epoch(g));
+        let (b, a) = (before.core.table().epoch(g), after.core.table().epoch(g));
         let ok = match (b, a) {
             _ if b == a => true,
             (Some((cur, flushed)), Some((cur2, flushed2))) if Some(g) == owner => {

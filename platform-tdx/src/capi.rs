@@ -1280,7 +1280,7 @@ mod tests {
             model.report(w.fw, RID, w.list_at().addr() as u64),
             TDX_SUCCESS
         );
-        assert_eq!(w.pool_image().0.table.len(), w.pool_pages);
+        assert_eq!(w.pool_image().0.table().len(), w.pool_pages);
     }
 
     /// Init checks every argument before it touches memory.

@@ -188,4 +188,6 @@ pub use transport::{DeviceFault, InterfaceId, ReportedRange};
 pub use tsm::Tsm;
 
 #[cfg(test)]
+mod shard_tests;
+#[cfg(test)]
 mod tests;

@@ -4,11 +4,19 @@
 //!
 //! Lock order (every operation takes a subset, in this order, and only with try-locks):
 //! device table -> device -> TDI -> guest -> ownership -> secure table -> transport.
+//!
+//! The ownership table is a reader-writer lock: every lookup (a map, a host request, an
+//! unbind's walk) reads it side by side with other CPUs', and only a claim (a bind's report)
+//! or a release (an unbind's end) writes it. The secure table is split in `SHARDS` tables,
+//! each with its own lock: guest slot `i`'s leaves live in shard `i % SHARDS`, so guests in
+//! different shards never wait for each other's table. An operation on a range of any guest
+//! ([`Tsm::host_zap`], a snapshot) takes every shard's lock in shard order.
 
 use core::fmt;
+use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use spin::{Mutex, MutexGuard};
+use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::addr::{Gpa, Hpa};
 use crate::capacity::{
@@ -40,7 +48,18 @@ use crate::transport::{DeviceFault, ReportedRange};
 use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
-/// `T`, and the secure session `S` its relayed TDISP exchanges are sealed with. Every method takes `&self`: it is entered from many CPUs.
+/// `T` (in `SHARDS` independent tables, one lock each: see the module's lock order), and the
+/// secure session `S` its relayed TDISP exchanges are sealed with. Every method takes `&self`:
+/// it is entered from many CPUs.
+///
+/// # Shards
+///
+/// With one shard (the default, [`Tsm::new`]) every guest's leaves live in one table behind
+/// one lock. [`Tsm::sharded`] takes `SHARDS` tables, each over its own memory, and puts guest
+/// slot `i` in table `i % SHARDS`: maps, host requests and unbinds of guests in different
+/// shards then run side by side. What a shard needs (its own frame pool on TDX) is the
+/// platform's to give; the core never moves a guest between shards. A platform whose table is
+/// one structure for every guest (SEV's RMP, indexed by host page) uses one shard.
 ///
 /// # Size: keep it in a static
 ///
@@ -54,14 +73,14 @@ use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 /// not catch a frame that jumps past it, so build the firmware in a static (initialised once,
 /// as platform-tdx's `examples/static_firmware.rs` does) or in memory the platform hands over,
 /// never in a local of an entry point; host tests may box it.
-pub struct Tsm<T, S> {
+pub struct Tsm<T, S, const SHARDS: usize = 1> {
     /// Every device's functions and BARs, indexed like `devices`: the device table lock.
     claims: Mutex<[Option<DeviceClaim>; MAX_DEVICES]>,
     devices: Slots<Device, MAX_DEVICES>,
     tdis: Slots<Tdi, MAX_TDIS>,
     guests: Slots<GuestRecord, MAX_GUESTS>,
-    owners: Mutex<Ownership>,
-    table: Mutex<T>,
+    owners: RwLock<Ownership>,
+    tables: [Mutex<T>; SHARDS],
     transport: Mutex<Requester<S>>,
     /// Memory that is never MMIO; fixed at construction, so read without a lock.
     reserved: ReservedMemory,
@@ -70,7 +89,7 @@ pub struct Tsm<T, S> {
 }
 
 /// A summary, never the tables: it takes no lock, so it prints even while another CPU holds one.
-impl<T, S> fmt::Debug for Tsm<T, S> {
+impl<T, S, const SHARDS: usize> fmt::Debug for Tsm<T, S, SHARDS> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tsm")
             .field(
@@ -78,21 +97,65 @@ impl<T, S> fmt::Debug for Tsm<T, S> {
                 &self.guests_created.load(Ordering::Relaxed),
             )
             .field("reserved", &self.reserved)
+            .field("shards", &SHARDS)
             .finish_non_exhaustive()
     }
 }
 
 /// What an unbind holds besides the TDI (and, forced, the device): the owner's record, the
-/// ownership table and the secure table.
+/// ownership table and the owner's secure table.
 struct UnbindLocks<'a, T> {
     guest: SlotGuard<'a, GuestRecord>,
-    owners: MutexGuard<'a, Ownership>,
+    owners: Owners<'a>,
+    /// The ownership lock itself, for a read given up for the release's write.
+    owners_lock: &'a RwLock<Ownership>,
     table: MutexGuard<'a, T>,
+}
+
+/// The ownership table as an operation holds it: read by every lookup, written only to claim
+/// (a bind's report) or release (an unbind's end).
+enum Owners<'a> {
+    Read(RwLockReadGuard<'a, Ownership>),
+    Write(RwLockWriteGuard<'a, Ownership>),
+}
+
+impl Deref for Owners<'_> {
+    type Target = Ownership;
+    fn deref(&self) -> &Ownership {
+        match self {
+            Owners::Read(r) => r,
+            Owners::Write(w) => w,
+        }
+    }
+}
+
+impl<'a> Owners<'a> {
+    /// The table to claim in: only an operation that took it for writing may
+    /// (`Inconsistent` otherwise: a caller that read it cannot claim).
+    fn claiming(&mut self) -> TsmResult<&mut Ownership> {
+        match self {
+            Owners::Write(w) => Ok(w),
+            Owners::Read(_) => Err(Error::Inconsistent),
+        }
+    }
+
+    /// The table for a release: held for writing already, or this read given up and a write
+    /// taken now; `None` while another CPU reads it (the caller keeps its progress and says
+    /// `Resumable`). A write never waits: it is a try-lock like every other.
+    fn releasing(self, lock: &'a RwLock<Ownership>) -> Option<RwLockWriteGuard<'a, Ownership>> {
+        match self {
+            Owners::Write(w) => Some(w),
+            Owners::Read(r) => {
+                drop(r);
+                lock.try_write()
+            }
+        }
+    }
 }
 
 /// A copy of every table, for tests that prove a refusal changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot<T> {
+pub struct Snapshot<T, const SHARDS: usize = 1> {
     /// The device table (functions and BARs of every device).
     pub claims: [Option<DeviceClaim>; MAX_DEVICES],
     /// Device slots.
@@ -103,8 +166,16 @@ pub struct Snapshot<T> {
     pub guests: [Option<GuestRecord>; MAX_GUESTS],
     /// Owned ranges.
     pub owners: Ownership,
-    /// The secure table.
-    pub table: T,
+    /// The secure table's shards, in shard order.
+    pub tables: [T; SHARDS],
+}
+
+impl<T> Snapshot<T> {
+    /// The secure table of a firmware with one shard.
+    pub fn table(&self) -> &T {
+        let [table] = &self.tables;
+        table
+    }
 }
 
 impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
@@ -118,17 +189,65 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// A firmware instance that refuses every BAR, reported range and mapping touching
     /// `reserved` (its own pages and the platform's system memory) with `ReservedMemory`.
     pub const fn with_reserved(table: T, session: S, reserved: ReservedMemory) -> Self {
+        Self::from_parts([Mutex::new(table)], session, reserved)
+    }
+
+    /// Runs `f` on the secure table (tests inspect it; platform glue, e.g. the SEV host's
+    /// RMPUPDATE, changes it). Glue must never add a leaf inside a range whose TDI is being
+    /// unbound: the core refuses every map there (`UnbindInProgress`; ranges of other TDIs never
+    /// overlap it), and a paused unbind's walk does not look again at addresses it has passed
+    /// (the search hint's generation covers only what lies ahead of it). A sharded firmware
+    /// uses [`Tsm::with_guest_table`].
+    pub fn with_table<R>(&self, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
+        let [table] = &self.tables;
+        Ok(f(&mut *try_lock(table, Operand::SecureTable)?))
+    }
+}
+
+impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
+    /// At least one shard.
+    const SHARDS_OK: () = assert!(SHARDS > 0, "a firmware needs at least one table shard");
+
+    /// A firmware instance over `tables`, one shard each (guest slot `i` in table
+    /// `i % SHARDS`, see [`Tsm`]), that refuses every BAR, reported range and mapping touching
+    /// `reserved` with `ReservedMemory`. Each table must be empty and over its own memory.
+    pub fn sharded(tables: [T; SHARDS], session: S, reserved: ReservedMemory) -> Self {
+        Self::from_parts(tables.map(Mutex::new), session, reserved)
+    }
+
+    const fn from_parts(tables: [Mutex<T>; SHARDS], session: S, reserved: ReservedMemory) -> Self {
+        let () = Self::SHARDS_OK;
         Self {
             claims: Mutex::new([const { None }; MAX_DEVICES]),
             devices: Slots::new(Operand::Device),
             tdis: Slots::new(Operand::Tdi),
             guests: Slots::new(Operand::Guest),
-            owners: Mutex::new(Ownership::new()),
-            table: Mutex::new(table),
+            owners: RwLock::new(Ownership::new()),
+            tables,
             transport: Mutex::new(Requester::new(session)),
             reserved,
             guests_created: AtomicU64::new(0),
         }
+    }
+
+    /// The shard holding `guest`'s leaves.
+    fn shard_of(&self, guest: GuestId) -> TsmResult<&Mutex<T>> {
+        usize::from(guest.slot())
+            .checked_rem(SHARDS)
+            .and_then(|i| self.tables.get(i))
+            .ok_or(Error::Inconsistent)
+    }
+
+    /// Locks `guest`'s secure table (its shard).
+    fn table_of(&self, guest: GuestId) -> TsmResult<MutexGuard<'_, T>> {
+        try_lock(self.shard_of(guest)?, Operand::SecureTable)
+    }
+
+    /// Reads the ownership table, side by side with other readers.
+    fn read_owners(&self) -> TsmResult<RwLockReadGuard<'_, Ownership>> {
+        self.owners
+            .try_read()
+            .ok_or(Error::Busy(Operand::Ownership))
     }
 
     /// Locks `tdi`'s device, then the TDI, in lock order: `Busy(Tdi)` if the TDI was removed
@@ -464,14 +583,14 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             return Err(Error::ReservedMemory);
         }
         transition(record.state, Event::Map(guest))?;
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let owners = self.read_owners()?;
         match owners.holding(hpa, size) {
             Some(owned) if owned.tdi == tdi => {}
             // Part of the page is another bound TDI's: mapping it here would steal it.
             _ if owners.overlapping_other(tdi, &page).is_some() => return Err(Error::TdiBound),
             _ => return Err(Error::HpaNotOwned),
         }
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let mut table = self.table_of(guest)?;
         table.map(guest, gpa, hpa, size)?;
         Ok(())
     }
@@ -513,8 +632,10 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let next = transition(record.state, Event::DeviceError)?;
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        // Only a bound TDI reaches ERROR: it has an owner, whose table holds its leaves.
+        let owner = record.state.owner().ok_or(Error::Inconsistent)?;
+        let owners = self.read_owners()?;
+        let mut table = self.table_of(owner)?;
         if matches!(
             record.exchange.map(|e| e.op),
             Some(DeviceOp::Start { .. } | DeviceOp::Check)
@@ -540,8 +661,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         transition(record.state, Event::DeviceError)?;
         check_relay_buffer(out)?;
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let owner = record.state.owner().ok_or(Error::Inconsistent)?;
+        let owners = self.read_owners()?;
+        let mut table = self.table_of(owner)?;
         if !matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
             return Self::continue_blocking(tdi, record, &owners, &mut *table);
         }
@@ -612,7 +734,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             }
             return Ok(Completion::Done);
         };
-        let mut locks = self.lock_for_unbind(owner)?;
+        let locks = self.lock_for_unbind(owner, false)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
         if let Some(ex) = record.exchange {
             if matches!(ex.op, DeviceOp::Stop { .. }) {
@@ -622,7 +744,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             record.exchange = None;
         }
         Self::run_unbind(
-            &mut locks,
+            locks,
             tdi,
             record,
             owner,
@@ -631,12 +753,24 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         )
     }
 
-    /// The locks an unbind of a TDI bound to `owner` takes after the TDI's, in lock order.
-    fn lock_for_unbind(&self, owner: GuestId) -> TsmResult<UnbindLocks<'_, T>> {
+    /// The locks an unbind of a TDI bound to `owner` (or a bind for it) takes after the TDI's,
+    /// in lock order: the ownership table for writing when the call may claim (`claim`).
+    fn lock_for_unbind(&self, owner: GuestId, claim: bool) -> TsmResult<UnbindLocks<'_, T>> {
+        let guest = self.guests.lock(owner.slot())?;
+        let owners = if claim {
+            Owners::Write(
+                self.owners
+                    .try_write()
+                    .ok_or(Error::Busy(Operand::Ownership))?,
+            )
+        } else {
+            Owners::Read(self.read_owners()?)
+        };
         Ok(UnbindLocks {
-            guest: self.guests.lock(owner.slot())?,
-            owners: try_lock(&self.owners, Operand::Ownership)?,
-            table: try_lock(&self.table, Operand::SecureTable)?,
+            guest,
+            owners,
+            owners_lock: &self.owners,
+            table: self.table_of(owner)?,
         })
     }
 
@@ -646,23 +780,26 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// bound TDI's owner exists and counts it: drift is `Inconsistent` at the release, after
     /// the guest lost its MMIO.
     fn run_unbind(
-        locks: &mut UnbindLocks<'_, T>,
+        locks: UnbindLocks<'_, T>,
         tdi: TdiId,
         record: &mut Tdi,
         owner: GuestId,
         step: UnbindStep,
         ask: Option<(&mut Requester<S>, &mut [u8])>,
     ) -> TsmResult<Completion> {
-        let remaining = locks
-            .guest
-            .as_ref()
-            .and_then(|g| g.bound_tdis.checked_sub(1));
+        let UnbindLocks {
+            mut guest,
+            owners,
+            owners_lock,
+            mut table,
+        } = locks;
+        let remaining = guest.as_ref().and_then(|g| g.bound_tdis.checked_sub(1));
         let mut ctx = UnbindCtx {
             releasable: remaining.is_some(),
             tdi,
             owner,
-            owners: &mut locks.owners,
-            table: &mut *locks.table,
+            owners: &owners,
+            table: &mut *table,
             stop: if ask.is_some() {
                 StopBy::Device
             } else {
@@ -670,17 +807,28 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             },
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_WORK_PER_CALL);
-        if state == TdiState::Unbound
-            && let (Some(guest), Some(count)) = (locks.guest.as_mut(), remaining)
-        {
-            guest.bound_tdis = count;
-        }
         record.state = state;
         match outcome? {
             Ended::Completion(done) => Ok(done),
             Ended::AskStop => {
                 let (transport, out) = ask.ok_or(Error::Inconsistent)?;
                 transport.begin(record, DeviceOp::Stop { confirm: false }, out)
+            }
+            // Every leaf is gone: the ranges go back, the one write of an unbind. While
+            // another CPU reads the table the TDI stays at its last step (nothing left to
+            // remove) and the call is `Resumable`.
+            Ended::Release => {
+                drop(table);
+                let Some(mut writer) = owners.releasing(owners_lock) else {
+                    return Ok(Completion::Resumable);
+                };
+                // A refused release changed nothing: the TDI stays unbinding, its ranges owned.
+                writer.release(tdi)?;
+                if let (Some(guest), Some(count)) = (guest.as_mut(), remaining) {
+                    guest.bound_tdis = count;
+                }
+                record.state = TdiState::Unbound;
+                Ok(Completion::Done)
             }
         }
     }
@@ -727,7 +875,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 others.push(guard).map_err(|_| Error::Inconsistent)?;
             }
         }
-        let mut locks = self.lock_for_unbind(owner)?;
+        let locks = self.lock_for_unbind(owner, false)?;
         // Nothing the device says can matter any more: every exchange of the TDI (and, when
         // the stream is cut now, of the device) is dropped, and late answers do not open.
         record.exchange = None;
@@ -740,7 +888,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             );
             Self::cut(dev, &mut others);
         }
-        Self::run_unbind(&mut locks, tdi, record, owner, step, None)
+        Self::run_unbind(locks, tdi, record, owner, step, None)
     }
 
     /// Cuts `dev`'s IDE stream at the root port ([`IdeStream::Cut`]) with `others`, the
@@ -870,7 +1018,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             GuestField::ReportedRange(index) => {
                 let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
                 // TDI, then ownership: the core's lock order.
-                let owners = try_lock(&self.owners, Operand::Ownership)?;
+                let owners = self.read_owners()?;
                 let range = owners.range_of(tdi, index).ok_or(Error::InvalidRange)?;
                 range
                     .base()
@@ -939,7 +1087,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             }
             None => AcceptCheck::no_owner(),
         };
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let mut table = self.table_of(guest)?;
         Ok(accept(&mut table, &check))
     }
 
@@ -1026,7 +1174,16 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             DeviceOp::Bind { guest, .. } => guest,
             _ => record.state.owner().ok_or(Error::Inconsistent)?,
         };
-        let mut locks = self.lock_for_unbind(guest)?;
+        // Only a report's answer can claim ranges: it alone takes the ownership table for
+        // writing, every other answer reads it (an unbind's release writes it at its end).
+        let claim = matches!(
+            ex.op,
+            DeviceOp::Bind {
+                step: BindStep::Report { .. },
+                ..
+            }
+        );
+        let mut locks = self.lock_for_unbind(guest, claim)?;
         let mut transport = try_lock(&self.transport, Operand::Transport)?;
 
         let Some(bytes) = response else {
@@ -1210,7 +1367,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 stopped?;
                 record.forget_lock();
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                Self::run_unbind(&mut locks, tdi, record, owner, UnbindStep::Stop, None)
+                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None)
             }
         }
     }
@@ -1349,8 +1506,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
-        locks.owners.check_claim(&reported)?;
-        locks.owners.claim(tdi, guest, &reported)?;
+        let owners = locks.owners.claiming()?;
+        owners.check_claim(&reported)?;
+        owners.claim(tdi, guest, &reported)?;
         guest_record.bound_tdis = bound;
         record.state = next;
         record.exchange = None;
@@ -1388,7 +1546,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     pub fn host_track(&self, guest: GuestId) -> TsmResult<Completion> {
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let mut table = self.table_of(guest)?;
         Ok(table.track(guest)?)
     }
 
@@ -1422,16 +1580,16 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
             if !gpa.is_aligned(size) {
                 return Err(Error::Misaligned);
             }
-            let owners = try_lock(&self.owners, Operand::Ownership)?;
-            let table = try_lock(&self.table, Operand::SecureTable)?;
+            let owners = self.read_owners()?;
+            let table = self.table_of(guest)?;
             let leaf = table.leaf(guest, gpa).ok_or(Error::NotMapped)?;
             owners.holding(leaf.hpa, leaf.size).map(|o| o.tdi)
         };
         let Some(tdi) = owner else {
             let slot = self.guests.lock(guest.slot())?;
             slot.as_ref().ok_or(Error::InvalidHandle)?;
-            let owners = try_lock(&self.owners, Operand::Ownership)?;
-            let mut table = try_lock(&self.table, Operand::SecureTable)?;
+            let owners = self.read_owners()?;
+            let mut table = self.table_of(guest)?;
             return Self::leaf_request(&owners, &mut table, guest, gpa, size, None, act);
         };
         let (dev_slot, tdi_slot) = self.lock_tdi_and_device(tdi)?;
@@ -1439,8 +1597,8 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let record = tdi_slot.as_ref().ok_or(Error::InvalidHandle)?;
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
-        let mut table = try_lock(&self.table, Operand::SecureTable)?;
+        let owners = self.read_owners()?;
+        let mut table = self.table_of(guest)?;
         let allowed = Self::host_may_tear_down(record.state, dev.stream).then_some(tdi);
         Self::leaf_request(&owners, &mut table, guest, gpa, size, allowed, act)
     }
@@ -1472,12 +1630,16 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// allowed only when no page of it belongs to a bound TDI. All or nothing: a range that is
     /// only partly bound is refused whole.
     pub fn host_zap(&self, range: MmioRange) -> TsmResult<()> {
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let owners = self.read_owners()?;
         if owners.overlapping_private(&range).is_some() {
             return Err(Error::TdiBound);
         }
-        let table = try_lock(&self.table, Operand::SecureTable)?;
-        if table.next_leaf(range, range.base()).is_some() {
+        // A leaf of any guest: every shard, each locked in shard order.
+        let tables = self.lock_all_tables()?;
+        if tables
+            .iter()
+            .any(|t| t.next_leaf(range, range.base()).is_some())
+        {
             return Err(Error::TdiBound);
         }
         Ok(())
@@ -1517,7 +1679,7 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// TDH.MMIO.MAP) asks before mapping. One lookup under the ownership lock.
     pub fn owner_of(&self, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
         let page = MmioRange::try_new(hpa, size.base_pages())?;
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let owners = self.read_owners()?;
         Ok(owners.overlapping(&page).map(|o| o.tdi))
     }
 
@@ -1526,22 +1688,31 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         &self,
         tdi: TdiId,
     ) -> TsmResult<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>> {
-        let owners = try_lock(&self.owners, Operand::Ownership)?;
+        let owners = self.read_owners()?;
         Ok(owners.private_of(tdi).take(MAX_RANGES_PER_TDI).collect())
     }
 
     /// The leaf of `guest` covering `gpa`.
     pub fn leaf(&self, guest: GuestId, gpa: Gpa) -> TsmResult<Option<Leaf>> {
-        Ok(try_lock(&self.table, Operand::SecureTable)?.leaf(guest, gpa))
+        Ok(self.table_of(guest)?.leaf(guest, gpa))
     }
 
-    /// Runs `f` on the secure table (tests inspect it; platform glue, e.g. the SEV host's
-    /// RMPUPDATE, changes it). Glue must never add a leaf inside a range whose TDI is being
-    /// unbound: the core refuses every map there (`UnbindInProgress`; ranges of other TDIs never
-    /// overlap it), and a paused unbind's walk does not look again at addresses it has passed
-    /// (the search hint's generation covers only what lies ahead of it).
-    pub fn with_table<R>(&self, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
-        Ok(f(&mut *try_lock(&self.table, Operand::SecureTable)?))
+    /// Runs `f` on the secure table holding `guest`'s leaves (its shard), under the rule of
+    /// [`Tsm::with_table`].
+    pub fn with_guest_table<R>(&self, guest: GuestId, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
+        Ok(f(&mut *self.table_of(guest)?))
+    }
+
+    /// Every shard's lock, taken in shard order.
+    fn lock_all_tables(&self) -> TsmResult<[MutexGuard<'_, T>; SHARDS]> {
+        let mut guards: heapless::Vec<_, SHARDS> = heapless::Vec::new();
+        for shard in &self.tables {
+            // Cannot fail: one guard per shard.
+            guards
+                .push(try_lock(shard, Operand::SecureTable)?)
+                .map_err(|_| Error::Inconsistent)?;
+        }
+        guards.into_array().map_err(|_| Error::Inconsistent)
     }
 
     /// Runs `f` on the requester and its secure session.
@@ -1597,11 +1768,18 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
                 f()
             }
             Operand::Ownership => {
-                let _g = try_lock(&self.owners, operand).unwrap();
+                let _g = self.owners.try_write().unwrap();
                 f()
             }
+            // One shard with a slot, every shard without.
             Operand::SecureTable => {
-                let _g = try_lock(&self.table, operand).unwrap();
+                let _g: Vec<_> = match slot {
+                    Some(s) => {
+                        let shard = self.tables.get(usize::from(s)).unwrap();
+                        vec![try_lock(shard, operand).unwrap()]
+                    }
+                    None => self.lock_all_tables().unwrap().into(),
+                };
                 f()
             }
             Operand::Transport => {
@@ -1611,25 +1789,40 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         }
     }
 
+    /// Reads the ownership table while `f` runs, as a CPU's map or host request does: tests
+    /// show what other operations do beside a reader. Panics if a writer holds it.
+    #[cfg(test)]
+    pub(crate) fn read_owners_while<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _r = self.read_owners().unwrap();
+        f()
+    }
+
     /// A copy of every table; `Busy` if any lock is held.
-    pub fn snapshot(&self) -> TsmResult<Snapshot<T>>
+    pub fn snapshot(&self) -> TsmResult<Snapshot<T, SHARDS>>
     where
         T: Clone,
     {
         self.snapshot_with(T::clone)
     }
 
-    /// A copy of every record table, with the secure table seen through `image` (its bytes,
-    /// for a table that cannot be cloned); `Busy` if any lock is held.
-    pub fn snapshot_with<U>(&self, image: impl FnOnce(&T) -> U) -> TsmResult<Snapshot<U>> {
+    /// A copy of every record table, with each secure table shard seen through `image` (its
+    /// bytes, for a table that cannot be cloned); `Busy` if any lock is held.
+    pub fn snapshot_with<U>(&self, image: impl FnMut(&T) -> U) -> TsmResult<Snapshot<U, SHARDS>> {
+        // Built in place: a snapshot is large, and a debug build copies every local it moves.
         Ok(Snapshot {
             claims: try_lock(&self.claims, Operand::DeviceTable)?.clone(),
             devices: self.devices.copy_all()?,
             tdis: self.tdis.copy_all()?,
             guests: self.guests.copy_all()?,
-            owners: try_lock(&self.owners, Operand::Ownership)?.clone(),
-            table: image(&*try_lock(&self.table, Operand::SecureTable)?),
+            owners: self.read_owners()?.clone(),
+            tables: self.table_images(image)?,
         })
+    }
+
+    /// Every shard seen through `image`, in shard order, all locked at once.
+    fn table_images<U>(&self, image: impl FnMut(&T) -> U) -> TsmResult<[U; SHARDS]> {
+        let mut image = image;
+        Ok(self.lock_all_tables()?.each_ref().map(|t| image(t)))
     }
 }
 

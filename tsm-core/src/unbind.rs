@@ -188,7 +188,8 @@ pub(crate) struct UnbindCtx<'a, T> {
     pub releasable: bool,
     pub tdi: TdiId,
     pub owner: GuestId,
-    pub owners: &'a mut Ownership,
+    /// Read only: the release at the end is the caller's, under a write lock.
+    pub owners: &'a Ownership,
     pub table: &'a mut T,
     pub stop: StopBy,
 }
@@ -200,6 +201,9 @@ pub(crate) enum Ended {
     Completion(Completion),
     /// At Stop, every leaf blocked: the device must be asked.
     AskStop,
+    /// Every leaf is gone and the owner can count the TDI out: the caller releases the TDI's
+    /// ranges (the state returned is the last step's, kept if it cannot yet).
+    Release,
 }
 
 enum Next {
@@ -236,13 +240,7 @@ pub(crate) fn run<T: SecureTable>(
             // The owner's count would drift: every leaf is gone, but the ranges stay owned and
             // the TDI bound until the firmware's records agree again.
             Ok(Next::Release) if !ctx.releasable => return (unbinding, Err(Error::Inconsistent)),
-            Ok(Next::Release) => {
-                // A refused release changed nothing: the TDI stays unbinding, its ranges owned.
-                if let Err(e) = ctx.owners.release(ctx.tdi) {
-                    return (unbinding, Err(e));
-                }
-                return (TdiState::Unbound, Ok(Ended::Completion(Completion::Done)));
-            }
+            Ok(Next::Release) => return (unbinding, Ok(Ended::Release)),
             Err(e) => return (unbinding, Err(e)),
         }
     }

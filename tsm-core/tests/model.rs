@@ -490,7 +490,7 @@ fn check_exempt(
         prop_assert_eq!(&after.claims, &before.claims);
         prop_assert_eq!(&after.guests, &before.guests);
         prop_assert_eq!(&after.owners, &before.owners);
-        prop_assert_eq!(&after.table, &before.table);
+        prop_assert_eq!(&after.table(), &before.table());
         prop_assert_eq!(dev_after, dev_before);
         return Ok(());
     }
@@ -565,12 +565,12 @@ fn check_exempt(
     };
     let mut blocked = Vec::new();
     let mut removed = Vec::new();
-    for l in before.table.leaves() {
+    for l in before.table().leaves() {
         if walk_key(l).0.is_none() {
             continue;
         }
         let now = after
-            .table
+            .table()
             .leaves()
             .iter()
             .find(|a| (a.guest, a.gpa, a.hpa, a.size) == (l.guest, l.gpa, l.hpa, l.size));
@@ -588,7 +588,7 @@ fn check_exempt(
     if kind == Exempt::UnbindStopFailed {
         prop_assert!(
             after
-                .table
+                .table()
                 .leaves()
                 .iter()
                 .all(|l| walk_key(l).0.is_none() || l.state != LeafState::Mapped),
@@ -596,7 +596,7 @@ fn check_exempt(
         );
     }
     removed.sort_by_key(walk_key);
-    let mut blocks = before.table.clone();
+    let mut blocks = before.table().clone();
     for l in &blocked {
         prop_assert_eq!(blocks.block(l.guest, l.gpa, l.size), Ok(()));
     }
@@ -613,7 +613,7 @@ fn check_exempt(
         removed
             .iter()
             .all(|l| table.remove(l.guest, l.gpa, l.size).is_ok())
-            && table == after.table
+            && &table == after.table()
     });
     prop_assert!(
         explained,
@@ -676,40 +676,86 @@ fn normalised<U>(mut snap: tsm_core::tsm::Snapshot<U>) -> tsm_core::tsm::Snapsho
     snap
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+#[test]
+fn invariants_hold_under_random_operations() {
+    // Every step holds three snapshots of every table (100 KiB each, and a debug build copies
+    // each a few times): more than a test thread's 2 MiB, so the cases run on a thread of their own.
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(|| {
+            let config = ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            };
+            let mut runner = proptest::test_runner::TestRunner::new(config);
+            let result = runner.run(&prop::collection::vec(op(), 1..80), |ops| {
+                random_operations(&ops)
+            });
+            if let Err(e) = result {
+                panic!("{e}");
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
 
-    #[test]
-    fn invariants_hold_under_random_operations(ops in prop::collection::vec(op(), 1..80)) {
+fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
+    {
         let w = world();
-        for op in &ops {
+        for op in ops {
             let raw_before = w.tsm.snapshot().unwrap();
             let before = normalised(raw_before.clone());
             let dev_before = tdisp_states(&w);
-            let owned_before: Vec<_> = w.tdis.iter().map(|&t| w.tsm.owned_ranges(t).unwrap()).collect();
+            let owned_before: Vec<_> = w
+                .tdis
+                .iter()
+                .map(|&t| w.tsm.owned_ranges(t).unwrap())
+                .collect();
             let (host_request, outcome) = apply(&w, op);
             let after = normalised(w.tsm.snapshot().unwrap());
             let dev_after = tdisp_states(&w);
             if let Err(err) = outcome {
                 let resumed = resumes_exchange(&w, op, &before);
                 match exemption(op, err).or(resumed.then_some(Exempt::ExchangeEnded)) {
-                    Some(kind) => check_exempt(&w, op, kind, (&before, &after), (&dev_before, &dev_after))?,
+                    Some(kind) => {
+                        check_exempt(&w, op, kind, (&before, &after), (&dev_before, &dev_after))?
+                    }
                     None => {
-                        prop_assert_eq!(&after, &before, "refused {:?} ({:?}) changed state", op, err);
+                        prop_assert_eq!(
+                            &after,
+                            &before,
+                            "refused {:?} ({:?}) changed state",
+                            op,
+                            err
+                        );
                         // A bind that first unlocks an interface a cut or an abandoned bind may
                         // have left locked returns the device to what the firmware records
                         // (CONFIG_UNLOCKED), whatever the bind's status.
                         let dev_expected = match (op, tdi_index(op)) {
-                            (Op::Bind { .. } | Op::BindOwn { .. }, i) if i < w.tdis.len()
-                                && raw_before.tdis[usize::from(w.tdis[i].slot())].is_some_and(|r| r.unlock_first) =>
+                            (Op::Bind { .. } | Op::BindOwn { .. }, i)
+                                if i < w.tdis.len()
+                                    && raw_before.tdis[usize::from(w.tdis[i].slot())]
+                                        .is_some_and(|r| r.unlock_first) =>
                             {
                                 let fid = tsm_core::tdisp::function_id(w.ifaces[i]).unwrap();
-                                dev_before.iter().copied().filter(|(f, _)| *f != fid).collect()
+                                dev_before
+                                    .iter()
+                                    .copied()
+                                    .filter(|(f, _)| *f != fid)
+                                    .collect()
                             }
                             _ => dev_before.clone(),
                         };
-                        prop_assert!(dev_after == dev_expected || dev_after == dev_before,
-                            "refused {:?} ({:?}) changed a TDISP state: {:?} -> {:?}", op, err, dev_before, dev_after);
+                        prop_assert!(
+                            dev_after == dev_expected || dev_after == dev_before,
+                            "refused {:?} ({:?}) changed a TDISP state: {:?} -> {:?}",
+                            op,
+                            err,
+                            dev_before,
+                            dev_after
+                        );
                     }
                 }
             }
@@ -726,23 +772,48 @@ proptest! {
                 };
                 // As a set: a leaf the host may remove leaves the others in another order.
                 let kept = |leaves: &[Leaf]| {
-                    let mut kept = leaves.iter().filter(|l| !torn_down(l)).copied().collect::<Vec<_>>();
+                    let mut kept = leaves
+                        .iter()
+                        .filter(|l| !torn_down(l))
+                        .copied()
+                        .collect::<Vec<_>>();
                     kept.sort_by_key(|l| (l.guest.slot(), l.gpa.as_u64()));
                     kept
                 };
-                prop_assert_eq!(kept(after.table.leaves()), kept(before.table.leaves()), "host request {:?} touched a bound leaf", op);
+                prop_assert_eq!(
+                    kept(after.table().leaves()),
+                    kept(before.table().leaves()),
+                    "host request {:?} touched a bound leaf",
+                    op
+                );
             }
-            if let (Op::Unbind { tdi }, Ok(Completion::Done), Some(&t)) = (op, outcome, w.tdis.get(tdi_index(op))) {
+            if let (Op::Unbind { tdi }, Ok(Completion::Done), Some(&t)) =
+                (op, outcome, w.tdis.get(tdi_index(op)))
+            {
                 prop_assert_eq!(w.tsm.tdi(t).unwrap().state, TdiState::Unbound);
                 prop_assert!(w.tsm.owned_ranges(t).unwrap().is_empty());
                 for r in &owned_before[*tdi] {
-                    prop_assert!(after.table.leaves().iter().all(|l| !r.contains_page(l.hpa, l.size)), "leaf left after unbind");
+                    prop_assert!(
+                        after
+                            .table()
+                            .leaves()
+                            .iter()
+                            .all(|l| !r.contains_page(l.hpa, l.size)),
+                        "leaf left after unbind"
+                    );
                 }
             }
             check_invariants(&w);
         }
         // Every TDI can always be unbound completely once the device and TLBs cooperate.
-        w.tsm.with_table(|t| w.guests.iter().for_each(|&g| { t.set_defer_flush(g, false); t.complete_flush(g); })).unwrap();
+        w.tsm
+            .with_table(|t| {
+                w.guests.iter().for_each(|&g| {
+                    t.set_defer_flush(g, false);
+                    t.complete_flush(g);
+                })
+            })
+            .unwrap();
         for &iface in &w.ifaces {
             w.tsm.with_device(|d| d.set_fault(iface, None)).unwrap();
         }
@@ -756,4 +827,5 @@ proptest! {
         prop_assert!(w.tsm.with_table(|t| t.leaves().is_empty()).unwrap());
         check_invariants(&w);
     }
+    Ok(())
 }

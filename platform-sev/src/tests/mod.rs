@@ -107,7 +107,7 @@ struct State {
     guests: Vec<GuestCtx>,
     devices: Vec<DevCtx>,
     tdis: Vec<TdiCtx>,
-    /// The fence counters of every ASID (every RMP entry's 16 bytes are in `core.table`).
+    /// The fence counters of every ASID (every RMP entry's 16 bytes are in `core.table()`).
     fences: Vec<AsidFence>,
     /// The device: each interface's TDISP state and report.
     tdisp: Vec<(RequesterId, TdispState, Vec<WireMmioRange>)>,
@@ -236,7 +236,7 @@ impl World {
             self.mem.read(self.mem.page(i as u64), chunk).unwrap();
         }
         let core = self.sev.tsm().snapshot().unwrap();
-        let fences = core.table.fences().to_vec();
+        let fences = core.table().fences().to_vec();
         // Every interface a test names: those with a TDI context and the functions of bus 3.
         let mut ifaces: Vec<RequesterId> = (0..8).map(rid).collect();
         ifaces.extend(self.sev.tdis().iter().map(|t| t.iface));
@@ -416,12 +416,12 @@ fn diff(before: &State, after: &State) -> Result<(), String> {
     if before.core.owners != after.core.owners {
         parts.push("core ownership".to_string());
     }
-    let (rmp_before, rmp_after) = (before.core.table.entries(), after.core.table.entries());
+    let (rmp_before, rmp_after) = (before.core.table().entries(), after.core.table().entries());
     let mut entries = rmp_before.iter().zip(rmp_after).enumerate();
     if let Some((i, (a, b))) = entries.find(|(_, (a, b))| a != b) {
         parts.push(format!("RMP entry {i}: {a:?} -> {b:?}"));
     }
-    if before.core.table != after.core.table && rmp_before == rmp_after {
+    if before.core.table() != after.core.table() && rmp_before == rmp_after {
         parts.push("RMP state beside the entries".to_string());
     }
     if before.fences != after.fences {

@@ -102,7 +102,7 @@ fn bind_start_status_unbind_purely_through_command_buffers() {
     let mid = w.state();
     assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
     assert_eq!(mid.core.owners, before_bind.core.owners);
-    assert_eq!(mid.core.table, before_bind.core.table);
+    assert_eq!(mid.core.table(), before_bind.core.table());
     w.relay();
     let mut outcomes = vec![spdm_request(), w.reissue()];
     while *outcomes.last().unwrap() == spdm_request() {

@@ -29,13 +29,13 @@ pub type SharedDevice = Mutex<ModelDevice>;
 
 /// A host relaying for the firmware `fw` to the model device `device`, both borrowed: what a
 /// test or the boot uses when the firmware lives elsewhere (inside a platform, in a static).
-pub struct RelayHost<'a, T, S> {
-    fw: &'a Tsm<T, S>,
+pub struct RelayHost<'a, T, S, const N: usize = 1> {
+    fw: &'a Tsm<T, S, N>,
     device: &'a Mutex<ModelDevice>,
 }
 
 /// The firmware's summary; the device is not locked to print it.
-impl<T, S> core::fmt::Debug for RelayHost<'_, T, S> {
+impl<T, S, const N: usize> core::fmt::Debug for RelayHost<'_, T, S, N> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RelayHost")
             .field("fw", self.fw)
@@ -43,28 +43,28 @@ impl<T, S> core::fmt::Debug for RelayHost<'_, T, S> {
     }
 }
 
-impl<T, S> Clone for RelayHost<'_, T, S> {
+impl<T, S, const N: usize> Clone for RelayHost<'_, T, S, N> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T, S> Copy for RelayHost<'_, T, S> {}
+impl<T, S, const N: usize> Copy for RelayHost<'_, T, S, N> {}
 
-impl<T, S> Deref for RelayHost<'_, T, S> {
-    type Target = Tsm<T, S>;
+impl<T, S, const N: usize> Deref for RelayHost<'_, T, S, N> {
+    type Target = Tsm<T, S, N>;
     fn deref(&self) -> &Self::Target {
         self.fw
     }
 }
 
-impl<'a, T: SecureTable, S: SecureSession> RelayHost<'a, T, S> {
+impl<'a, T: SecureTable, S: SecureSession, const N: usize> RelayHost<'a, T, S, N> {
     /// The host of `fw`, relaying to `device`.
-    pub const fn new(fw: &'a Tsm<T, S>, device: &'a Mutex<ModelDevice>) -> Self {
+    pub const fn new(fw: &'a Tsm<T, S, N>, device: &'a Mutex<ModelDevice>) -> Self {
         Self { fw, device }
     }
 
     /// The firmware alone.
-    pub fn firmware(&self) -> &'a Tsm<T, S> {
+    pub fn firmware(&self) -> &'a Tsm<T, S, N> {
         self.fw
     }
 
@@ -164,13 +164,13 @@ fn retry_busy(mut call: impl FnMut() -> TsmResult<Completion>) -> TsmResult<Comp
 
 /// The firmware over table `T`, sealed with [`ModelSession`], and the model device its host
 /// relays to, owned together.
-pub struct Relayed<T> {
-    fw: Tsm<T, ModelSession>,
+pub struct Relayed<T, const N: usize = 1> {
+    fw: Tsm<T, ModelSession, N>,
     device: Mutex<ModelDevice>,
 }
 
 /// The firmware's summary; the device is not locked to print it.
-impl<T> core::fmt::Debug for Relayed<T> {
+impl<T, const N: usize> core::fmt::Debug for Relayed<T, N> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Relayed")
             .field("fw", &self.fw)
@@ -178,8 +178,8 @@ impl<T> core::fmt::Debug for Relayed<T> {
     }
 }
 
-impl<T> Deref for Relayed<T> {
-    type Target = Tsm<T, ModelSession>;
+impl<T, const N: usize> Deref for Relayed<T, N> {
+    type Target = Tsm<T, ModelSession, N>;
     fn deref(&self) -> &Self::Target {
         &self.fw
     }
@@ -198,14 +198,24 @@ impl<T: SecureTable> Relayed<T> {
             device: Mutex::new(device),
         }
     }
+}
+
+impl<T: SecureTable, const N: usize> Relayed<T, N> {
+    /// The firmware over `tables`, one shard each ([`Tsm::sharded`]), and the host's `device`.
+    pub fn sharded(tables: [T; N], device: ModelDevice) -> Self {
+        Self {
+            fw: Tsm::sharded(tables, ModelSession::model(), ReservedMemory::new()),
+            device: Mutex::new(device),
+        }
+    }
 
     /// The host relaying for this firmware.
-    pub fn host(&self) -> RelayHost<'_, T, ModelSession> {
+    pub fn host(&self) -> RelayHost<'_, T, ModelSession, N> {
         RelayHost::new(&self.fw, &self.device)
     }
 
     /// The firmware alone.
-    pub fn firmware(&self) -> &Tsm<T, ModelSession> {
+    pub fn firmware(&self) -> &Tsm<T, ModelSession, N> {
         &self.fw
     }
 

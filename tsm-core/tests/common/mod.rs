@@ -77,7 +77,7 @@ pub fn check_invariants(w: &World) {
             "guest #{slot} records {recorded:?} bound TDIs, {bound} are bound to it"
         );
     }
-    for leaf in snap.table.leaves() {
+    for leaf in snap.table().leaves() {
         let owned = snap
             .owners
             .iter()
