@@ -101,7 +101,11 @@ struct World<T, const N: usize> {
 }
 
 fn world<T: SecureTable, const N: usize>(tables: [T; N], pages: u64) -> World<T, N> {
-    let fw = Tsm::sharded(tables, ModelSession::model(), ReservedMemory::new());
+    let fw = Tsm::sharded(
+        tables,
+        std::array::from_fn(|_| ModelSession::model()),
+        ReservedMemory::new(),
+    );
     let lanes = (0..LANES)
         .map(|i| {
             let bar = HPA_BASE + i as u64 * BAR_STRIDE;
@@ -348,6 +352,13 @@ fn round<T: SecureTable + Send, const N: usize>(
 /// S-EPT shard over a pool of its own of the same size). `f` gets the table's name, the pages
 /// of its `map` workload and a round of it.
 fn each_table(mut f: impl FnMut(&'static str, u64, &dyn Fn(Work, usize) -> Round)) {
+    // `TSM_BENCH_TABLES=x2` runs only the tables whose name holds that text.
+    let only = std::env::var("TSM_BENCH_TABLES").unwrap_or_default();
+    let mut f = |name: &'static str, pages, run: &dyn Fn(Work, usize) -> Round| {
+        if name.contains(only.as_str()) {
+            f(name, pages, run);
+        }
+    };
     let mem = world([MemTable::<MEM_LEAVES>::new()], MEM_PAGES);
     f("MemTable x1", MEM_PAGES, &|work, threads| {
         round(&mem, work, threads)

@@ -93,7 +93,11 @@ fn static_lib() -> &'static Path {
     LIB.get_or_init(|| {
         let built = build_static_lib("model-device", None);
         let lib = work().join("libplatform_tdx_model.a");
-        // Both live under the target folder: a rename, a copy if the file systems differ.
+        // Both live under the target folder: a rename, a copy if the file systems differ. The
+        // last run's copy goes first: cargo hard-links its output, so when nothing was rebuilt
+        // `built` and that copy are one file, and a rename between two links of one file does
+        // nothing (POSIX rename), leaving the model library at the firmware's path.
+        let _ = std::fs::remove_file(&lib);
         if std::fs::rename(&built, &lib).is_err() {
             std::fs::copy(&built, &lib).expect("copy the model-device library");
             std::fs::remove_file(&built).expect("remove the model-device library");

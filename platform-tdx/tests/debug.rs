@@ -62,7 +62,7 @@ fn the_firmware_is_as_large_as_the_core_docs_say() {
     use core::mem::size_of;
     use tsm_core::relay::host::Relayed;
     use tsm_core::tsm::Tsm;
-    assert!(size_of::<Tsm<Sept<'static>, ModelSession>>() <= 96 * 1024);
-    assert!(size_of::<Relayed<Sept<'static>>>() <= 144 * 1024);
-    assert!(size_of::<TdxModule<'static, ModelSession>>() <= 112 * 1024);
+    assert!(size_of::<Tsm<Sept<'static>, ModelSession>>() <= 104 * 1024);
+    assert!(size_of::<Relayed<Sept<'static>>>() <= 152 * 1024);
+    assert!(size_of::<TdxModule<'static, ModelSession>>() <= 120 * 1024);
 }

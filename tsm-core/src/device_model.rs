@@ -27,10 +27,12 @@ use zerocopy::little_endian::{U16, U32, U64};
 pub struct ModelDevice {
     dsm: DsmModel,
     session: ModelSession,
-    /// The last requests the device acted on, by sequence number, with its answers: a request
-    /// sent again (the host lost the answer) gets the same answer without being acted on
-    /// twice, and one older than all of them is a replay the device drops (a host replaying
-    /// an old STOP), as a real session's sequence window does.
+    /// The last requests the device acted on, by function and sequence number, with its
+    /// answers: a request sent again (the host lost the answer) gets the same answer without
+    /// being acted on twice, and one older than all of its function's is a replay the device
+    /// drops (a host replaying an old STOP), as a real session's sequence window does. By
+    /// function because the model stands for every device, and a sharded firmware keeps a
+    /// session (and a sequence count) per shard, as it would per device.
     answered: heapless::Deque<Answered, ANSWER_WINDOW>,
 }
 
@@ -40,6 +42,7 @@ pub const ANSWER_WINDOW: usize = 8;
 /// One answered request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Answered {
+    function_id: u32,
     seq: u64,
     answer: [u8; MAX_RELAY_BYTES],
     len: usize,
@@ -140,12 +143,13 @@ impl ModelDevice {
         let (ctx, n) = self
             .session
             .open_any(Direction::Request, record, fid_at, &mut app)?;
-        if let Some(done) = self.answered.iter().find(|a| a.seq == ctx.seq) {
+        let same = |a: &&Answered| a.function_id == ctx.function_id;
+        if let Some(done) = self.answered.iter().filter(same).find(|a| a.seq == ctx.seq) {
             let dst = response.get_mut(..done.len)?;
             dst.copy_from_slice(done.answer.get(..done.len)?);
             return Some(done.len);
         }
-        let oldest = self.answered.iter().map(|a| a.seq).min();
+        let oldest = self.answered.iter().filter(same).map(|a| a.seq).min();
         if self.answered.is_full() && oldest.is_some_and(|o| ctx.seq < o) {
             return None;
         }
@@ -158,6 +162,7 @@ impl ModelDevice {
         };
         let n = relay::frame(&mut self.session, &back, reply.get(..k)?, response).ok()?;
         let mut done = Answered {
+            function_id: ctx.function_id,
             seq: ctx.seq,
             answer: [0; MAX_RELAY_BYTES],
             len: n,

@@ -1,6 +1,7 @@
 //! The records the firmware keeps, and the fixed slot tables that hold them, each slot behind
 //! its own try-lock.
 
+use crossbeam_utils::CachePadded;
 use spin::{Mutex, MutexGuard};
 
 use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
@@ -135,9 +136,10 @@ pub struct GuestRecord {
     pub serial: u64,
 }
 
-/// `N` slots of records `R`, each behind its own try-lock.
+/// `N` slots of records `R`, each behind its own try-lock, each lock on cache lines of its own:
+/// CPUs working on different slots never write a line the other reads.
 pub struct Slots<R, const N: usize> {
-    slots: [Mutex<Option<R>>; N],
+    slots: [CachePadded<Mutex<Option<R>>>; N],
     operand: Operand,
 }
 
@@ -163,7 +165,7 @@ impl<R, const N: usize> Slots<R, N> {
     /// Empty slots whose contention reports `operand`.
     pub const fn new(operand: Operand) -> Self {
         Self {
-            slots: [const { Mutex::new(None) }; N],
+            slots: [const { CachePadded::new(Mutex::new(None)) }; N],
             operand,
         }
     }

@@ -1,5 +1,5 @@
-//! A sharded firmware: each guest's leaves live in its own table behind its own lock, and the
-//! ownership table is read side by side; only a claim or a release writes it.
+//! A sharded firmware: each guest's leaves live in its own table behind its own lock, and each
+//! shard reads its own copy of the ownership table; only a claim or a release writes them all.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -164,7 +164,8 @@ fn host_zap_sees_a_leaf_in_any_shard() {
 fn maps_read_ownership_side_by_side() {
     let l = lanes();
     let tsm = &l.tsm;
-    let read = |wait: &dyn Fn()| tsm.read_owners_while(wait);
+    // A CPU reading guest 1's copy: maps of either guest go on beside it.
+    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[1], wait);
     let got = beside(read, || {
         (
             map(&l, 0, 0),
@@ -182,9 +183,10 @@ fn an_unbind_releases_once_no_cpu_reads_ownership() {
         map(&l, 0, i).unwrap();
     }
     let tsm = &l.tsm;
-    let read = |wait: &dyn Fn()| tsm.read_owners_while(wait);
-    // Another CPU reads ownership (a map in flight): the unbind does every step but the
-    // release, keeps its place, and says call again. Nothing of the other lane waits.
+    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[1], wait);
+    // Another CPU reads guest 1's copy of ownership (a map in flight there): guest 0's unbind
+    // does every step but the release (which writes every copy), keeps its place, and says
+    // call again. Nothing of the other lane waits.
     let got = beside(read, || (tsm.unbind(l.tdis[0]), map(&l, 1, 0)));
     assert_eq!(got, (Ok(Completion::Resumable), Ok(())));
     let record = tsm.tdi(l.tdis[0]).unwrap();
@@ -234,4 +236,57 @@ fn a_written_ownership_table_is_busy_for_every_reader() {
     });
     assert_eq!(got, [Err(Error::Busy(Operand::Ownership)); 4]);
     assert_eq!(tsm.snapshot().unwrap(), before);
+}
+
+#[test]
+fn a_claim_writes_every_copy_and_waits_for_none() {
+    let l = lanes();
+    let tsm = &l.tsm;
+    assert_eq!(tsm.unbind(l.tdis[1]), Ok(Completion::Done));
+    // A CPU reads guest 0's copy: guest 1's bind reads its report, but its claim would write
+    // guest 0's copy too, so the answer that claims is Busy and changes nothing.
+    let before = tsm.snapshot().unwrap();
+    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[0], wait);
+    let rid = RequesterId::try_new(0, 4, 0, 0).unwrap();
+    let bar = MmioRange::from_raw(BARS[1], 256).unwrap();
+    tsm.with_device(|d| d.report_ranges(rid, &[bar])).unwrap();
+    let host = tsm.host();
+    let got = beside(read, || {
+        let mut buf = [0u8; MAX_RELAY_BYTES];
+        let mut outcome = tsm.firmware().bind(l.tdis[1], l.guests[1], &mut buf);
+        // Relay by hand, stopping at the first Busy.
+        while let Ok(Completion::Relay(n)) = outcome {
+            let mut answer = [0u8; MAX_RELAY_BYTES];
+            let k = host
+                .with_device(|d| d.answer(&buf[..n], &mut answer))
+                .unwrap();
+            outcome = tsm
+                .firmware()
+                .device_response(l.tdis[1], k.map(|k| &answer[..k]), &mut buf);
+        }
+        outcome
+    });
+    assert_eq!(got, Err(Error::Busy(Operand::Ownership)));
+    let mid = tsm.snapshot().unwrap();
+    assert_eq!(mid.owners, before.owners, "a Busy claim changed ownership");
+    assert_eq!(mid.tables, before.tables);
+    // Alone, the answer is taken: both copies hold the new ranges (the snapshot compares them).
+    let mut buf = [0u8; MAX_RELAY_BYTES];
+    assert!(
+        tsm.tdi(l.tdis[1]).unwrap().exchange.is_some(),
+        "the report exchange waits"
+    );
+    let n = tsm
+        .firmware()
+        .outstanding_request(l.tdis[1], &mut buf)
+        .unwrap();
+    let outcome = tsm.relay(l.tdis[1], Ok(Completion::Relay(n)), &mut buf);
+    assert_eq!(outcome, Ok(Completion::Done));
+    let after = tsm.snapshot().unwrap();
+    assert_eq!(
+        after.owners.private_of(l.tdis[1]).collect::<Vec<_>>(),
+        vec![bar]
+    );
+    assert!(tsm.tdi(l.tdis[1]).unwrap().state.is_bound());
+    map(&l, 1, 0).unwrap();
 }

@@ -5,17 +5,21 @@
 //! Lock order (every operation takes a subset, in this order, and only with try-locks):
 //! device table -> device -> TDI -> guest -> ownership -> secure table -> transport.
 //!
-//! The ownership table is a reader-writer lock: every lookup (a map, a host request, an
-//! unbind's walk) reads it side by side with other CPUs', and only a claim (a bind's report)
-//! or a release (an unbind's end) writes it. The secure table is split in `SHARDS` tables,
-//! each with its own lock: guest slot `i`'s leaves live in shard `i % SHARDS`, so guests in
-//! different shards never wait for each other's table. An operation on a range of any guest
-//! ([`Tsm::host_zap`], a snapshot) takes every shard's lock in shard order.
+//! The secure table is split in `SHARDS` tables, each with its own lock: guest slot `i`'s
+//! leaves live in shard `i % SHARDS`, so guests in different shards never wait for each
+//! other's table. The ownership table is kept once per shard, every copy the same, each behind
+//! a reader-writer lock: a lookup for a guest (a map, a host request, an unbind's walk) reads
+//! its shard's copy side by side with other CPUs, and never writes a cache line another
+//! shard's CPUs read; a claim (a bind's report) or a release (an unbind's end) takes every
+//! copy for writing, in shard order, and makes the same change in each. An operation on a
+//! range of any guest ([`Tsm::host_zap`], a snapshot) takes every shard's table lock in shard
+//! order; a lookup with no guest ([`Tsm::owner_of`], [`Tsm::host_zap`]) reads shard 0's copy.
 
 use core::fmt;
 use core::ops::Deref;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
 use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::addr::{Gpa, Hpa};
@@ -63,12 +67,14 @@ use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 ///
 /// # Size: keep it in a static
 ///
-/// Every table is a fixed array (no heap), so a `Tsm` is large: about 80 KiB over the TDX
-/// S-EPT with the model session (`Tsm<Sept, ModelSession>`), 88 KiB over a 256-entry
-/// `MemTable`; a [`Relayed`](crate::relay::host::Relayed) adds the model device's 50 KiB, and
-/// the TDX module wrapping a `Tsm` is about 97 KiB (x86_64, measured with
-/// `core::mem::size_of`). Tests bound these: 96 KiB for a `Tsm`, 64 KiB for the model device,
-/// 144 KiB for a `Relayed<Sept>`, 112 KiB for the TDX module (tsm-core `relay::tests`,
+/// Every table is a fixed array (no heap), so a `Tsm` is large: about 95 KiB over the TDX
+/// S-EPT with the model session (`Tsm<Sept, ModelSession>`), 103 KiB over a 256-entry
+/// `MemTable` (about 9 KiB of it the padding that puts every lock on cache lines of its own);
+/// a [`Relayed`](crate::relay::host::Relayed) adds the model device's 50 KiB, and the TDX
+/// module wrapping a `Tsm` is about 112 KiB (x86_64, one shard, measured with
+/// `core::mem::size_of`); each further shard adds its table, requester and ownership copy.
+/// Tests bound these: 104 KiB for a `Tsm`, 64 KiB for the model device, 152 KiB for a
+/// `Relayed<Sept>`, 120 KiB for the TDX module (tsm-core `relay::tests`,
 /// platform-tdx `tests/debug.rs`). A firmware stack is often 16 to 64 KiB and a guard page does
 /// not catch a frame that jumps past it, so build the firmware in a static (initialised once,
 /// as platform-tdx's `examples/static_firmware.rs` does) or in memory the platform hands over,
@@ -79,9 +85,13 @@ pub struct Tsm<T, S, const SHARDS: usize = 1> {
     devices: Slots<Device, MAX_DEVICES>,
     tdis: Slots<Tdi, MAX_TDIS>,
     guests: Slots<GuestRecord, MAX_GUESTS>,
-    owners: RwLock<Ownership>,
-    tables: [Mutex<T>; SHARDS],
-    transport: Mutex<Requester<S>>,
+    /// The ownership table, one copy per shard (see the module's lock order).
+    owners: [CachePadded<RwLock<Ownership>>; SHARDS],
+    /// Each shard's lock on cache lines of its own (not shared with the table before it).
+    tables: [CachePadded<Mutex<T>>; SHARDS],
+    /// The requesters, one per shard, each over a secure session of its own: device slot `i`
+    /// relays through shard `i % SHARDS`'s.
+    transports: [CachePadded<Mutex<Requester<S>>>; SHARDS],
     /// Memory that is never MMIO; fixed at construction, so read without a lock.
     reserved: ReservedMemory,
     /// Guests created so far: the next guest's [`GuestRecord::serial`].
@@ -104,22 +114,22 @@ impl<T, S, const SHARDS: usize> fmt::Debug for Tsm<T, S, SHARDS> {
 
 /// What an unbind holds besides the TDI (and, forced, the device): the owner's record, the
 /// ownership table and the owner's secure table.
-struct UnbindLocks<'a, T> {
+struct UnbindLocks<'a, T, const SHARDS: usize> {
     guest: SlotGuard<'a, GuestRecord>,
-    owners: Owners<'a>,
-    /// The ownership lock itself, for a read given up for the release's write.
-    owners_lock: &'a RwLock<Ownership>,
+    owners: Owners<'a, SHARDS>,
+    /// Every copy's lock, for a read given up for the release's write.
+    replicas: &'a [CachePadded<RwLock<Ownership>>; SHARDS],
     table: MutexGuard<'a, T>,
 }
 
-/// The ownership table as an operation holds it: read by every lookup, written only to claim
-/// (a bind's report) or release (an unbind's end).
-enum Owners<'a> {
+/// The ownership table as an operation holds it: one shard's copy read by every lookup, every
+/// copy written to claim (a bind's report) or release (an unbind's end).
+enum Owners<'a, const SHARDS: usize> {
     Read(RwLockReadGuard<'a, Ownership>),
-    Write(RwLockWriteGuard<'a, Ownership>),
+    Write(OwnersWrite<'a, SHARDS>),
 }
 
-impl Deref for Owners<'_> {
+impl<const SHARDS: usize> Deref for Owners<'_, SHARDS> {
     type Target = Ownership;
     fn deref(&self) -> &Ownership {
         match self {
@@ -129,27 +139,75 @@ impl Deref for Owners<'_> {
     }
 }
 
-impl<'a> Owners<'a> {
-    /// The table to claim in: only an operation that took it for writing may
-    /// (`Inconsistent` otherwise: a caller that read it cannot claim).
-    fn claiming(&mut self) -> TsmResult<&mut Ownership> {
+impl<'a, const SHARDS: usize> Owners<'a, SHARDS> {
+    /// The copies to claim in: only an operation that took them for writing may
+    /// (`Inconsistent` otherwise: a caller that read one cannot claim).
+    fn claiming(&mut self) -> TsmResult<&mut OwnersWrite<'a, SHARDS>> {
         match self {
             Owners::Write(w) => Ok(w),
             Owners::Read(_) => Err(Error::Inconsistent),
         }
     }
 
-    /// The table for a release: held for writing already, or this read given up and a write
-    /// taken now; `None` while another CPU reads it (the caller keeps its progress and says
-    /// `Resumable`). A write never waits: it is a try-lock like every other.
-    fn releasing(self, lock: &'a RwLock<Ownership>) -> Option<RwLockWriteGuard<'a, Ownership>> {
+    /// The copies for a release: held for writing already, or this read given up and every
+    /// copy taken for writing now; `None` while another CPU reads one (the caller keeps its
+    /// progress and says `Resumable`). A write never waits: it is a try-lock like every other.
+    fn releasing(
+        self,
+        replicas: &'a [CachePadded<RwLock<Ownership>>; SHARDS],
+    ) -> Option<OwnersWrite<'a, SHARDS>> {
         match self {
             Owners::Write(w) => Some(w),
             Owners::Read(r) => {
                 drop(r);
-                lock.try_write()
+                OwnersWrite::lock(replicas).ok()
             }
         }
+    }
+}
+
+/// Every copy of the ownership table, held for writing. Each change is made to every copy:
+/// the copies are equal and a change is a function of the table alone, so one that succeeds
+/// on the first succeeds on each (a copy that disagrees is `Inconsistent`, found before
+/// anything changes).
+struct OwnersWrite<'a, const SHARDS: usize> {
+    /// Shard 0's copy: what a lookup through the writer reads.
+    first: RwLockWriteGuard<'a, Ownership>,
+    rest: heapless::Vec<RwLockWriteGuard<'a, Ownership>, SHARDS>,
+}
+
+impl<const SHARDS: usize> Deref for OwnersWrite<'_, SHARDS> {
+    type Target = Ownership;
+    fn deref(&self) -> &Ownership {
+        &self.first
+    }
+}
+
+impl<'a, const SHARDS: usize> OwnersWrite<'a, SHARDS> {
+    /// Every copy for writing, in shard order; `Busy(Ownership)` if any is held.
+    fn lock(replicas: &'a [CachePadded<RwLock<Ownership>>; SHARDS]) -> TsmResult<Self> {
+        let busy = Error::Busy(Operand::Ownership);
+        let (first, others) = replicas.split_first().ok_or(Error::Inconsistent)?;
+        let first = first.try_write().ok_or(busy)?;
+        let mut rest = heapless::Vec::new();
+        for r in others {
+            // Cannot fail: fewer guards than copies.
+            rest.push(r.try_write().ok_or(busy)?)
+                .map_err(|_| Error::Inconsistent)?;
+        }
+        Ok(Self { first, rest })
+    }
+
+    /// Makes `change` in every copy, all or nothing (see the type).
+    fn apply(&mut self, change: impl Fn(&mut Ownership) -> TsmResult<()>) -> TsmResult<()> {
+        if self.rest.iter().any(|copy| **copy != *self.first) {
+            return Err(Error::Inconsistent);
+        }
+        change(&mut self.first)?;
+        for copy in &mut self.rest {
+            change(copy).map_err(|_| Error::Inconsistent)?;
+        }
+        Ok(())
     }
 }
 
@@ -189,7 +247,11 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// A firmware instance that refuses every BAR, reported range and mapping touching
     /// `reserved` (its own pages and the platform's system memory) with `ReservedMemory`.
     pub const fn with_reserved(table: T, session: S, reserved: ReservedMemory) -> Self {
-        Self::from_parts([Mutex::new(table)], session, reserved)
+        Self::from_parts(
+            [CachePadded::new(Mutex::new(table))],
+            [CachePadded::new(Mutex::new(Requester::new(session)))],
+            reserved,
+        )
     }
 
     /// Runs `f` on the secure table (tests inspect it; platform glue, e.g. the SEV host's
@@ -202,29 +264,46 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
         let [table] = &self.tables;
         Ok(f(&mut *try_lock(table, Operand::SecureTable)?))
     }
+
+    /// Runs `f` on the requester and its secure session (a sharded firmware has one per
+    /// shard: [`Tsm::with_device_transport`]).
+    pub fn with_transport<R>(&self, f: impl FnOnce(&mut Requester<S>) -> R) -> TsmResult<R> {
+        let [transport] = &self.transports;
+        Ok(f(&mut *try_lock(transport, Operand::Transport)?))
+    }
 }
 
 impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// At least one shard.
     const SHARDS_OK: () = assert!(SHARDS > 0, "a firmware needs at least one table shard");
 
-    /// A firmware instance over `tables`, one shard each (guest slot `i` in table
-    /// `i % SHARDS`, see [`Tsm`]), that refuses every BAR, reported range and mapping touching
-    /// `reserved` with `ReservedMemory`. Each table must be empty and over its own memory.
-    pub fn sharded(tables: [T; SHARDS], session: S, reserved: ReservedMemory) -> Self {
-        Self::from_parts(tables.map(Mutex::new), session, reserved)
+    /// A firmware instance over `tables` and `sessions`, one of each per shard (guest slot `i`
+    /// in table `i % SHARDS`, device slot `i` relaying through session `i % SHARDS`, see
+    /// [`Tsm`]), that refuses every BAR, reported range and mapping touching `reserved` with
+    /// `ReservedMemory`. Each table must be empty and over its own memory; each session is one
+    /// the platform set up with the devices it serves.
+    pub fn sharded(tables: [T; SHARDS], sessions: [S; SHARDS], reserved: ReservedMemory) -> Self {
+        Self::from_parts(
+            tables.map(|t| CachePadded::new(Mutex::new(t))),
+            sessions.map(|s| CachePadded::new(Mutex::new(Requester::new(s)))),
+            reserved,
+        )
     }
 
-    const fn from_parts(tables: [Mutex<T>; SHARDS], session: S, reserved: ReservedMemory) -> Self {
+    const fn from_parts(
+        tables: [CachePadded<Mutex<T>>; SHARDS],
+        transports: [CachePadded<Mutex<Requester<S>>>; SHARDS],
+        reserved: ReservedMemory,
+    ) -> Self {
         let () = Self::SHARDS_OK;
         Self {
             claims: Mutex::new([const { None }; MAX_DEVICES]),
             devices: Slots::new(Operand::Device),
             tdis: Slots::new(Operand::Tdi),
             guests: Slots::new(Operand::Guest),
-            owners: RwLock::new(Ownership::new()),
+            owners: [const { CachePadded::new(RwLock::new(Ownership::new())) }; SHARDS],
             tables,
-            transport: Mutex::new(Requester::new(session)),
+            transports,
             reserved,
             guests_created: AtomicU64::new(0),
         }
@@ -235,7 +314,17 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         usize::from(guest.slot())
             .checked_rem(SHARDS)
             .and_then(|i| self.tables.get(i))
+            .map(|m| &**m)
             .ok_or(Error::Inconsistent)
+    }
+
+    /// Locks the requester `device` relays through (its shard's).
+    fn transport_of(&self, device: DeviceId) -> TsmResult<MutexGuard<'_, Requester<S>>> {
+        let shard = usize::from(device.slot())
+            .checked_rem(SHARDS)
+            .and_then(|i| self.transports.get(i))
+            .ok_or(Error::Inconsistent)?;
+        try_lock(shard, Operand::Transport)
     }
 
     /// Locks `guest`'s secure table (its shard).
@@ -243,9 +332,16 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         try_lock(self.shard_of(guest)?, Operand::SecureTable)
     }
 
-    /// Reads the ownership table, side by side with other readers.
-    fn read_owners(&self) -> TsmResult<RwLockReadGuard<'_, Ownership>> {
-        self.owners
+    /// Reads the copy of the ownership table in `guest`'s shard, side by side with other
+    /// readers; shard 0's with no guest.
+    fn read_owners(&self, guest: Option<GuestId>) -> TsmResult<RwLockReadGuard<'_, Ownership>> {
+        let shard = match guest {
+            Some(g) => usize::from(g.slot()).checked_rem(SHARDS),
+            None => Some(0),
+        };
+        shard
+            .and_then(|i| self.owners.get(i))
+            .ok_or(Error::Inconsistent)?
             .try_read()
             .ok_or(Error::Busy(Operand::Ownership))
     }
@@ -474,7 +570,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 DeviceOp::Bind {
                     guest: g, serial, ..
                 } if g == guest && serial == guest_record.serial => {
-                    let mut transport = try_lock(&self.transport, Operand::Transport)?;
+                    let mut transport = self.transport_of(record.device)?;
                     Ok(Completion::Relay(transport.request(record, &ex, out)?))
                 }
                 _ => Err(Error::ExchangePending),
@@ -494,7 +590,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         if dev.report_read.as_ref().is_some_and(|r| r.tdi != tdi) {
             return Err(Error::ExchangePending);
         }
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let mut transport = self.transport_of(record.device)?;
         let step = if record.unlock_first {
             BindStep::Unlock
         } else {
@@ -583,7 +679,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             return Err(Error::ReservedMemory);
         }
         transition(record.state, Event::Map(guest))?;
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(Some(guest))?;
         match owners.holding(hpa, size) {
             Some(owned) if owned.tdi == tdi => {}
             // Part of the page is another bound TDI's: mapping it here would steal it.
@@ -612,14 +708,14 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         if let Some(ex) = record.exchange
             && ex.op == (DeviceOp::Start { guest })
         {
-            let mut transport = try_lock(&self.transport, Operand::Transport)?;
+            let mut transport = self.transport_of(record.device)?;
             return Ok(Completion::Relay(transport.request(record, &ex, out)?));
         }
         transition(record.state, Event::Start(guest))?;
         if record.exchange.is_some() {
             return Err(Error::ExchangePending);
         }
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let mut transport = self.transport_of(record.device)?;
         transport.begin(record, DeviceOp::Start { guest }, out)
     }
 
@@ -634,7 +730,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let next = transition(record.state, Event::DeviceError)?;
         // Only a bound TDI reaches ERROR: it has an owner, whose table holds its leaves.
         let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(Some(owner))?;
         let mut table = self.table_of(owner)?;
         if matches!(
             record.exchange.map(|e| e.op),
@@ -662,12 +758,12 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         transition(record.state, Event::DeviceError)?;
         check_relay_buffer(out)?;
         let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(Some(owner))?;
         let mut table = self.table_of(owner)?;
         if !matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
             return Self::continue_blocking(tdi, record, &owners, &mut *table);
         }
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let mut transport = self.transport_of(record.device)?;
         if let Some(ex) = record.exchange {
             return match ex.op {
                 DeviceOp::Check => Ok(Completion::Relay(transport.request(record, &ex, out)?)),
@@ -735,7 +831,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             return Ok(Completion::Done);
         };
         let locks = self.lock_for_unbind(owner, false)?;
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let mut transport = self.transport_of(record.device)?;
         if let Some(ex) = record.exchange {
             if matches!(ex.op, DeviceOp::Stop { .. }) {
                 return Ok(Completion::Relay(transport.request(record, &ex, out)?));
@@ -755,21 +851,21 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
 
     /// The locks an unbind of a TDI bound to `owner` (or a bind for it) takes after the TDI's,
     /// in lock order: the ownership table for writing when the call may claim (`claim`).
-    fn lock_for_unbind(&self, owner: GuestId, claim: bool) -> TsmResult<UnbindLocks<'_, T>> {
+    fn lock_for_unbind(
+        &self,
+        owner: GuestId,
+        claim: bool,
+    ) -> TsmResult<UnbindLocks<'_, T, SHARDS>> {
         let guest = self.guests.lock(owner.slot())?;
         let owners = if claim {
-            Owners::Write(
-                self.owners
-                    .try_write()
-                    .ok_or(Error::Busy(Operand::Ownership))?,
-            )
+            Owners::Write(OwnersWrite::lock(&self.owners)?)
         } else {
-            Owners::Read(self.read_owners()?)
+            Owners::Read(self.read_owners(Some(owner))?)
         };
         Ok(UnbindLocks {
             guest,
             owners,
-            owners_lock: &self.owners,
+            replicas: &self.owners,
             table: self.table_of(owner)?,
         })
     }
@@ -780,7 +876,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// bound TDI's owner exists and counts it: drift is `Inconsistent` at the release, after
     /// the guest lost its MMIO.
     fn run_unbind(
-        locks: UnbindLocks<'_, T>,
+        locks: UnbindLocks<'_, T, SHARDS>,
         tdi: TdiId,
         record: &mut Tdi,
         owner: GuestId,
@@ -790,7 +886,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let UnbindLocks {
             mut guest,
             owners,
-            owners_lock,
+            replicas,
             mut table,
         } = locks;
         let remaining = guest.as_ref().and_then(|g| g.bound_tdis.checked_sub(1));
@@ -819,11 +915,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             // remove) and the call is `Resumable`.
             Ended::Release => {
                 drop(table);
-                let Some(mut writer) = owners.releasing(owners_lock) else {
+                let Some(mut writer) = owners.releasing(replicas) else {
                     return Ok(Completion::Resumable);
                 };
                 // A refused release changed nothing: the TDI stays unbinding, its ranges owned.
-                writer.release(tdi)?;
+                writer.apply(|o| o.release(tdi))?;
                 if let (Some(guest), Some(count)) = (guest.as_mut(), remaining) {
                     guest.bound_tdis = count;
                 }
@@ -1018,7 +1114,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             GuestField::ReportedRange(index) => {
                 let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
                 // TDI, then ownership: the core's lock order.
-                let owners = self.read_owners()?;
+                let owners = self.read_owners(Some(guest))?;
                 let range = owners.range_of(tdi, index).ok_or(Error::InvalidRange)?;
                 range
                     .base()
@@ -1102,7 +1198,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
         check_relay_buffer(out)?;
         let ex = record.exchange.ok_or(Error::NoExchange)?;
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let mut transport = self.transport_of(record.device)?;
         transport.request(record, &ex, out)
     }
 
@@ -1184,7 +1280,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             }
         );
         let mut locks = self.lock_for_unbind(guest, claim)?;
-        let mut transport = try_lock(&self.transport, Operand::Transport)?;
+        let mut transport = self.transport_of(record.device)?;
 
         let Some(bytes) = response else {
             let attempts = ex.attempts.saturating_add(1);
@@ -1470,7 +1566,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         record: &mut Tdi,
         (guest, serial): (GuestId, u64),
         reserved: &ReservedMemory,
-        locks: &mut UnbindLocks<'_, T>,
+        locks: &mut UnbindLocks<'_, T, SHARDS>,
         transport: &Requester<S>,
     ) -> TsmResult<()> {
         // The LOCK that this report answers gave the offset: a bind past LOCK always has one.
@@ -1506,9 +1602,10 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
-        let owners = locks.owners.claiming()?;
-        owners.check_claim(&reported)?;
-        owners.claim(tdi, guest, &reported)?;
+        locks.owners.claiming()?.apply(|o| {
+            o.check_claim(&reported)?;
+            o.claim(tdi, guest, &reported)
+        })?;
         guest_record.bound_tdis = bound;
         record.state = next;
         record.exchange = None;
@@ -1580,7 +1677,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             if !gpa.is_aligned(size) {
                 return Err(Error::Misaligned);
             }
-            let owners = self.read_owners()?;
+            let owners = self.read_owners(Some(guest))?;
             let table = self.table_of(guest)?;
             let leaf = table.leaf(guest, gpa).ok_or(Error::NotMapped)?;
             owners.holding(leaf.hpa, leaf.size).map(|o| o.tdi)
@@ -1588,7 +1685,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let Some(tdi) = owner else {
             let slot = self.guests.lock(guest.slot())?;
             slot.as_ref().ok_or(Error::InvalidHandle)?;
-            let owners = self.read_owners()?;
+            let owners = self.read_owners(Some(guest))?;
             let mut table = self.table_of(guest)?;
             return Self::leaf_request(&owners, &mut table, guest, gpa, size, None, act);
         };
@@ -1597,7 +1694,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let record = tdi_slot.as_ref().ok_or(Error::InvalidHandle)?;
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(Some(guest))?;
         let mut table = self.table_of(guest)?;
         let allowed = Self::host_may_tear_down(record.state, dev.stream).then_some(tdi);
         Self::leaf_request(&owners, &mut table, guest, gpa, size, allowed, act)
@@ -1630,7 +1727,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// allowed only when no page of it belongs to a bound TDI. All or nothing: a range that is
     /// only partly bound is refused whole.
     pub fn host_zap(&self, range: MmioRange) -> TsmResult<()> {
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(None)?;
         if owners.overlapping_private(&range).is_some() {
             return Err(Error::TdiBound);
         }
@@ -1679,7 +1776,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// TDH.MMIO.MAP) asks before mapping. One lookup under the ownership lock.
     pub fn owner_of(&self, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
         let page = MmioRange::try_new(hpa, size.base_pages())?;
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(None)?;
         Ok(owners.overlapping(&page).map(|o| o.tdi))
     }
 
@@ -1688,7 +1785,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         &self,
         tdi: TdiId,
     ) -> TsmResult<heapless::Vec<MmioRange, MAX_RANGES_PER_TDI>> {
-        let owners = self.read_owners()?;
+        let owners = self.read_owners(None)?;
         Ok(owners.private_of(tdi).take(MAX_RANGES_PER_TDI).collect())
     }
 
@@ -1715,9 +1812,13 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         guards.into_array().map_err(|_| Error::Inconsistent)
     }
 
-    /// Runs `f` on the requester and its secure session.
-    pub fn with_transport<R>(&self, f: impl FnOnce(&mut Requester<S>) -> R) -> TsmResult<R> {
-        Ok(f(&mut *try_lock(&self.transport, Operand::Transport)?))
+    /// Runs `f` on the requester (and secure session) `device` relays through.
+    pub fn with_device_transport<R>(
+        &self,
+        device: DeviceId,
+        f: impl FnOnce(&mut Requester<S>) -> R,
+    ) -> TsmResult<R> {
+        Ok(f(&mut *self.transport_of(device)?))
     }
 
     /// Sets a guest's bound-TDI count: makes the drift a test must show is caught.
@@ -1768,7 +1869,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 f()
             }
             Operand::Ownership => {
-                let _g = self.owners.try_write().unwrap();
+                let _g = OwnersWrite::lock(&self.owners).unwrap();
                 f()
             }
             // One shard with a slot, every shard without.
@@ -1783,17 +1884,24 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 f()
             }
             Operand::Transport => {
-                let _g = try_lock(&self.transport, operand).unwrap();
+                let _g: Vec<_> = self
+                    .transports
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| slot.is_none_or(|s| usize::from(s) == *i))
+                    .map(|(_, t)| try_lock(t, operand).unwrap())
+                    .collect();
                 f()
             }
         }
     }
 
-    /// Reads the ownership table while `f` runs, as a CPU's map or host request does: tests
+    /// Reads `guest`'s copy of the ownership table while `f` runs, as a CPU's map or host
+    /// request for it does: tests
     /// show what other operations do beside a reader. Panics if a writer holds it.
     #[cfg(test)]
-    pub(crate) fn read_owners_while<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _r = self.read_owners().unwrap();
+    pub(crate) fn read_owners_while<R>(&self, guest: GuestId, f: impl FnOnce() -> R) -> R {
+        let _r = self.read_owners(Some(guest)).unwrap();
         f()
     }
 
@@ -1814,9 +1922,22 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             devices: self.devices.copy_all()?,
             tdis: self.tdis.copy_all()?,
             guests: self.guests.copy_all()?,
-            owners: self.read_owners()?.clone(),
+            owners: self.owners_image()?,
             tables: self.table_images(image)?,
         })
+    }
+
+    /// The ownership table: shard 0's copy, once every copy was seen to be the same
+    /// (`Inconsistent` otherwise).
+    fn owners_image(&self) -> TsmResult<Ownership> {
+        let first = self.read_owners(None)?;
+        for copy in self.owners.iter().skip(1) {
+            let copy = copy.try_read().ok_or(Error::Busy(Operand::Ownership))?;
+            if *copy != *first {
+                return Err(Error::Inconsistent);
+            }
+        }
+        Ok(first.clone())
     }
 
     /// Every shard seen through `image`, in shard order, all locked at once.

@@ -201,10 +201,15 @@ impl<T: SecureTable> Relayed<T> {
 }
 
 impl<T: SecureTable, const N: usize> Relayed<T, N> {
-    /// The firmware over `tables`, one shard each ([`Tsm::sharded`]), and the host's `device`.
+    /// The firmware over `tables`, one shard each, every shard sealing with the model session
+    /// ([`Tsm::sharded`]), and the host's `device`.
     pub fn sharded(tables: [T; N], device: ModelDevice) -> Self {
         Self {
-            fw: Tsm::sharded(tables, ModelSession::model(), ReservedMemory::new()),
+            fw: Tsm::sharded(
+                tables,
+                core::array::from_fn(|_| ModelSession::model()),
+                ReservedMemory::new(),
+            ),
             device: Mutex::new(device),
         }
     }
