@@ -8,6 +8,11 @@
 //! Afterwards, for each table: contention happened (at least [`MIN_BUSY`] `Busy` results
 //! across the CPUs, with two CPUs or more), every invariant holds (the per-guest bound-TDI
 //! counts included), and every TDI unbinds completely.
+//!
+//! Then the opposite: independent lanes (`workload::run_lane`) on a core firmware of
+//! [`workload::LANES`] shards, CPU `i` on lane `i` (a guest in shard `i`, its own device and
+//! bound TDI), mapping and asking the host to unmap and block: not one `Busy` is allowed,
+//! since guests in different shards share no lock.
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +29,7 @@ use tsm_tests::backend::CoreBackend;
 use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::invariants;
-use tsm_tests::workload::{self, Rng, Tally, Targets};
+use tsm_tests::workload::{self, Lane, Rng, Tally, Targets};
 
 use crate::frames::FRAME_SIZE;
 use crate::{shim, smp, time};
@@ -36,13 +41,19 @@ const OPS: u64 = 4_000;
 /// (boot/README.md): this floor is far below it, yet no run without contention reaches it.
 pub const MIN_BUSY: u64 = 1_000;
 /// The tables, in the order the stage runs them.
-const TABLES: [&str; 3] = ["core", "tdx", "sev"];
+const TABLES: [&str; 4] = ["core", "tdx", "sev", "lanes"];
+/// The independent-lanes part's index in [`TABLES`].
+const LANES_PART: usize = 3;
+/// Leaves each lane's shard holds (a lane maps at most [`workload::LANE_PAGES`]).
+const LANE_LEAVES: usize = 128;
 /// Leaves the core's in-memory table holds (the workload maps at most 4 x 96).
 const CORE_LEAVES: usize = 1024;
 /// Physical frames of the TDX S-EPT pool.
 const TDX_POOL_FRAMES: u64 = 512;
 
 type CoreFirmware = Relayed<MemTable<CORE_LEAVES>>;
+/// The lanes' firmware: a shard per lane.
+type LanesFirmware = Relayed<MemTable<LANE_LEAVES>, { workload::LANES }>;
 
 /// The core's firmware and its device, built at compile time: far too large for an AP's stack.
 static CORE: CoreFirmware = Relayed::new(MemTable::new(), ModelDevice::model());
@@ -56,19 +67,23 @@ static TDX: Once<Option<(TdxBackend<'static, 'static>, Targets)>> = Once::new();
 /// The TDX firmware the backend above drives (it borrows it for the rest of the boot).
 static TDX_FW: Once<Option<TdxFirmware<'static>>> = Once::new();
 static SEV: Once<Option<(SevBackend<'static>, Targets)>> = Once::new();
+/// The lanes' firmware (built at run time on the BSP's stack: its constructor is not const).
+static LANES_FW: Once<LanesFirmware> = Once::new();
+/// The lanes, once `prepare` bound them.
+static LANES: Once<Option<heapless::Vec<Lane, { workload::LANES }>>> = Once::new();
 
 /// CPUs that reached each table's start barrier.
-static ARRIVED: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+static ARRIVED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 /// CPUs that have done their share of each table.
-static DONE: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+static DONE: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 
 /// What one CPU did in the stage, per table.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuResult {
     /// The workload's tally on each table.
-    pub tables: [Tally; 3],
+    pub tables: [Tally; 4],
     /// Milliseconds this CPU spent on each table, its barrier included.
-    pub ms: [u64; 3],
+    pub ms: [u64; 4],
     /// Parts that could not run (firmware not set up, a CPU missing at a barrier).
     pub failed: u64,
 }
@@ -132,12 +147,63 @@ fn setup_sev() -> Option<(SevBackend<'static>, Targets)> {
     Some((backend, targets))
 }
 
+#[inline(never)]
+fn setup_lanes() -> Option<heapless::Vec<Lane, { workload::LANES }>> {
+    let fw = LANES_FW.call_once(|| {
+        Relayed::sharded(
+            [const { MemTable::new() }; workload::LANES],
+            ModelDevice::model(),
+        )
+    });
+    workload::setup_lanes(&fw.host()).ok()
+}
+
+/// CPU `cpu`'s part of the lanes: the barrier, then its own lane (CPUs past the lanes sit it
+/// out) for [`OPS`] operations and on until every CPU with a lane has done so.
+fn part_lanes(lanes: &[Lane], (cpu, ncpu): (usize, usize), result: &mut CpuResult) {
+    let start = time::now();
+    let k = LANES_PART;
+    let (Some(done), Some(tally), Some(fw)) =
+        (DONE.get(k), result.tables.get_mut(k), LANES_FW.get())
+    else {
+        result.failed += 1;
+        return;
+    };
+    if !barrier(k, ncpu) {
+        kprintln!(
+            "smp: FAIL cpu {cpu}: not every cpu reached the lanes' barrier before the stage deadline"
+        );
+        result.failed += 1;
+        return;
+    }
+    let Some(lane) = lanes.get(cpu) else {
+        return;
+    };
+    let working = ncpu.min(lanes.len());
+    let mut counted = false;
+    let mut more = |ops: u64| {
+        if ops < OPS {
+            return true;
+        }
+        if !counted {
+            done.fetch_add(1, Ordering::AcqRel);
+            counted = true;
+        }
+        done.load(Ordering::Acquire) < working && !smp::deadline_passed()
+    };
+    *tally = workload::run_lane(&fw.host(), lane, &mut more);
+    if let Some(ms) = result.ms.get_mut(k) {
+        *ms = time::ms_since(start);
+    }
+}
+
 /// Builds the stage's firmwares and registers their guests, devices and TDIs, before the
 /// stage starts.
 pub fn prepare() {
     CORE_TARGETS.call_once(setup_core);
     TDX.call_once(setup_tdx);
     SEV.call_once(setup_sev);
+    LANES.call_once(setup_lanes);
 }
 
 /// Waits until every CPU reached table `k`'s barrier; false if the stage deadline passed first.
@@ -212,7 +278,55 @@ pub fn run_concurrent(cpu: usize, ncpu: usize) -> CpuResult {
         Some(Some((backend, targets))) => part(&backend.host(), targets, 2, me, &mut result),
         _ => result.failed += 1,
     }
+    match LANES.get() {
+        Some(Some(lanes)) => part_lanes(lanes, me, &mut result),
+        _ => result.failed += 1,
+    }
     result
+}
+
+/// The lanes after every CPU finished: not one `Busy`, every outcome the expected one, the
+/// invariants hold, every lane unbinds completely.
+fn verify_lanes(lanes: &[Lane], results: &[CpuResult], out: &mut dyn Write) -> bool {
+    let Some(fw) = LANES_FW.get() else {
+        let _ = writeln!(out, "smp: FAIL lanes: no firmware");
+        return false;
+    };
+    let mut total = Tally::default();
+    let mut ms = 0;
+    for r in results {
+        if let Some(t) = r.tables.get(LANES_PART) {
+            total.add(t);
+        }
+        ms = ms.max(r.ms.get(LANES_PART).copied().unwrap_or(0));
+    }
+    let working = results.len().min(lanes.len());
+    let _ = writeln!(
+        out,
+        "smp: lanes ({working} independent guests, a shard each): {total}, {ms} ms"
+    );
+    let mut ok = total.failed == 0;
+    if total.busy() != 0 {
+        let _ = writeln!(
+            out,
+            "smp: FAIL lanes: {} Busy results between independent guests (none allowed)",
+            total.busy()
+        );
+        ok = false;
+    }
+    let host = fw.host();
+    if let Err(v) = invariants::check(fw.firmware()) {
+        let _ = writeln!(out, "smp: FAIL lanes: invariant broken: {v:?}");
+        return false;
+    }
+    if let Err((tdi, last)) = workload::drain_lanes(&host, lanes) {
+        let _ = writeln!(
+            out,
+            "smp: FAIL lanes: TDI {tdi:?} never finished unbinding ({last:?})"
+        );
+        return false;
+    }
+    ok && invariants::leaf_count(fw.firmware()) == Ok(0)
 }
 
 /// Table `k` after every CPU finished: contention happened, the invariants hold, every TDI
@@ -301,6 +415,13 @@ pub fn verify(results: &[CpuResult], out: &mut dyn Write) -> bool {
         }
         _ => {
             let _ = writeln!(out, "smp: FAIL sev: no firmware (frames)");
+            ok = false;
+        }
+    }
+    match LANES.get() {
+        Some(Some(lanes)) => ok &= verify_lanes(lanes, results, out),
+        _ => {
+            let _ = writeln!(out, "smp: FAIL lanes: not set up");
             ok = false;
         }
     }

@@ -47,7 +47,9 @@ pub enum Violation {
 }
 
 /// Checks every invariant of a quiet firmware.
-pub fn check<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>) -> Result<(), Violation> {
+pub fn check<T: SecureTable, S: SecureSession, const N: usize>(
+    tsm: &Tsm<T, S, N>,
+) -> Result<(), Violation> {
     let mut owned: Vec<(MmioRange, TdiState), MAX_OWNED_RANGES> = Vec::new();
     let mut bound = [0u16; MAX_GUESTS];
     for slot in 0..MAX_TDIS {
@@ -117,11 +119,12 @@ pub fn check<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>) -> Result<(), Vi
             });
         }
     }
-    let everything =
-        MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
-    tsm.with_table(|table| {
-        let mut from = everything.base();
-        while let Some(leaf) = table.next_leaf(everything, from) {
+    for_each_leaf(tsm, |shard, leaf| {
+        // A guest's leaves live in its own shard only.
+        if usize::from(leaf.guest.slot()).checked_rem(N) != Some(shard) {
+            return Err(Violation::LeafOfOtherGuest(leaf.hpa));
+        }
+        {
             let (_, state) = owned
                 .iter()
                 .find(|(r, _)| r.contains_page(leaf.hpa, leaf.size))
@@ -140,31 +143,45 @@ pub fn check<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>) -> Result<(), Vi
             if blocked_all && leaf.state == LeafState::Mapped {
                 return Err(Violation::LiveLeafAfterBlocking(leaf.hpa));
             }
-            match leaf.hpa.checked_add(leaf.size.bytes()) {
-                Some(next) => from = next,
-                None => break,
-            }
         }
         Ok(())
     })
-    .map_err(Violation::Query)?
+}
+
+/// Calls `f` with every private leaf of every shard (shard `i` is reached through guest slot
+/// `i`, whose leaves it holds), in shard order and host-address order within one.
+fn for_each_leaf<T: SecureTable, S: SecureSession, const N: usize>(
+    tsm: &Tsm<T, S, N>,
+    mut f: impl FnMut(usize, tsm_core::Leaf) -> Result<(), Violation>,
+) -> Result<(), Violation> {
+    let everything =
+        MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
+    for shard in 0..N {
+        let guest = GuestId::from_slot(u16::try_from(shard).unwrap_or(u16::MAX));
+        tsm.with_guest_table(guest, |table| {
+            let mut from = everything.base();
+            while let Some(leaf) = table.next_leaf(everything, from) {
+                f(shard, leaf)?;
+                match leaf.hpa.checked_add(leaf.size.bytes()) {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            Ok(())
+        })
+        .map_err(Violation::Query)??;
+    }
+    Ok(())
 }
 
 /// The number of private leaves in the secure table (every guest's), on a quiet firmware.
-pub fn leaf_count<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>) -> Result<usize, Violation> {
-    let everything =
-        MmioRange::from_raw(0, PHYS_ADDR_LIMIT / PAGE_SIZE_4K).map_err(Violation::Query)?;
-    tsm.with_table(|table| {
-        let mut n = 0usize;
-        let mut from = everything.base();
-        while let Some(leaf) = table.next_leaf(everything, from) {
-            n = n.saturating_add(1);
-            match leaf.hpa.checked_add(leaf.size.bytes()) {
-                Some(next) => from = next,
-                None => break,
-            }
-        }
-        n
-    })
-    .map_err(Violation::Query)
+pub fn leaf_count<T: SecureTable, S: SecureSession, const N: usize>(
+    tsm: &Tsm<T, S, N>,
+) -> Result<usize, Violation> {
+    let mut n = 0usize;
+    for_each_leaf(tsm, |_, _| {
+        n = n.saturating_add(1);
+        Ok(())
+    })?;
+    Ok(n)
 }

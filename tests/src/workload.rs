@@ -273,3 +273,116 @@ pub fn drain<T: SecureTable, S: SecureSession>(
     }
     Ok(())
 }
+
+// ---- independent lanes ------------------------------------------------------------------
+
+/// Lanes of the independent workload: at most one per CPU, each a guest in a shard of its own
+/// (guest slot `i`, table shard `i`), a device of its own (device slot `i`, session shard `i`)
+/// and one TDI bound to that guest over the device's BAR.
+pub const LANES: usize = 4;
+/// Pages of each lane's BAR (and reported range).
+pub const LANE_PAGES: u64 = 64;
+/// Lane `i`'s BAR starts at `LANE_BAR_BASE + i * BAR_STRIDE`.
+pub const LANE_BAR_BASE: u64 = 0xa000_0000;
+
+/// One lane's handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lane {
+    /// The lane's guest.
+    pub guest: GuestId,
+    /// The lane's bound TDI.
+    pub tdi: TdiId,
+    /// The BAR's base address.
+    pub bar: u64,
+}
+
+/// On a fresh firmware of `N` shards: lane `i` in shard `i` for every shard, each TDI bound.
+/// `Inconsistent` if the firmware gives a guest or device another slot than the lane's (a
+/// firmware that is not fresh).
+pub fn setup_lanes<T: SecureTable, S: SecureSession, const N: usize>(
+    host: &RelayHost<'_, T, S, N>,
+) -> TsmResult<heapless::Vec<Lane, N>> {
+    let mut lanes = heapless::Vec::new();
+    for i in 0..N {
+        let k = u64::try_from(i).map_err(|_| Error::Inconsistent)?;
+        let bus = u8::try_from(i).map_err(|_| Error::Inconsistent)?;
+        let bar = LANE_BAR_BASE.saturating_add(k.saturating_mul(BAR_STRIDE));
+        let range = MmioRange::from_raw(bar, LANE_PAGES)?;
+        let guest = host.create_guest()?;
+        let rid = RequesterId::try_new(0, 0x40_u8.saturating_add(bus), 0, 0)?;
+        let dev = host.create_device(rid, &[range])?;
+        if usize::from(guest.slot()) != i || usize::from(dev.slot()) != i {
+            return Err(Error::Inconsistent);
+        }
+        let tdi = host.create_tdi(dev, rid)?;
+        host.with_device(|d| d.report_ranges(rid, &[range]))?;
+        host.bind(tdi, guest)?;
+        lanes
+            .push(Lane { guest, tdi, bar })
+            .map_err(|_| Error::Inconsistent)?;
+    }
+    Ok(lanes)
+}
+
+/// One CPU's work on its own lane for as long as `more` says: map a page of the lane's TDI
+/// (already mapped after the first pass), ask as the host to unmap and to block it (refused:
+/// the TDI is bound), look the leaf and its owner up. Every outcome but the expected one is
+/// `failed`; every `Busy` is tallied (between lanes there must be none).
+pub fn run_lane<T: SecureTable, S: SecureSession, const N: usize>(
+    host: &RelayHost<'_, T, S, N>,
+    lane: &Lane,
+    more: &mut dyn FnMut(u64) -> bool,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut i = 0u64;
+    while more(tally.ops) {
+        let page = (i % LANE_PAGES).saturating_mul(0x1000);
+        i = i.wrapping_add(1);
+        let (Ok(gpa), Ok(hpa)) = (
+            Gpa::try_new(GPA_BASE.saturating_add(page)),
+            Hpa::try_new(lane.bar.saturating_add(page)),
+        ) else {
+            tally.failed = tally.failed.saturating_add(1);
+            return tally;
+        };
+        let k = PageSize::Size4K;
+        let map = host.map_mmio(lane.tdi, lane.guest, gpa, hpa, k);
+        let mapped = matches!(map, Ok(()) | Err(Error::GpaAlreadyMapped));
+        let unmap = host.host_unmap(lane.guest, gpa, k).map(drop);
+        let block = host.host_block(lane.guest, gpa, k);
+        let leaf = host.leaf(lane.guest, gpa);
+        let owner = host.owner_of(hpa, k);
+        let expected = mapped
+            && unmap == Err(Error::TdiBound)
+            && block == Err(Error::TdiBound)
+            && leaf.is_ok_and(|l| l.is_some_and(|l| l.hpa == hpa))
+            && owner == Ok(Some(lane.tdi));
+        for r in [map, unmap, block, leaf.map(drop), owner.map(drop)] {
+            tally.record(&r.map(|()| Completion::Done));
+        }
+        if !expected {
+            tally.failed = tally.failed.saturating_add(1);
+        }
+    }
+    tally
+}
+
+/// On a quiet firmware: unbinds every lane's TDI completely (`Err` names one that did not
+/// finish within [`MAX_UNBIND_CALLS`] calls, with its last status).
+pub fn drain_lanes<T: SecureTable, S: SecureSession, const N: usize>(
+    host: &RelayHost<'_, T, S, N>,
+    lanes: &[Lane],
+) -> Result<(), (TdiId, TsmResult<Completion>)> {
+    for lane in lanes {
+        let mut last = host.unbind(lane.tdi);
+        let mut calls = 1;
+        while last != Ok(Completion::Done) {
+            if calls >= MAX_UNBIND_CALLS {
+                return Err((lane.tdi, last));
+            }
+            last = host.unbind(lane.tdi);
+            calls = calls.saturating_add(1);
+        }
+    }
+    Ok(())
+}
