@@ -240,6 +240,18 @@ mod qemu {
                 run.log
             );
         }
+        // Independent guests, a shard each, one CPU per lane: they worked and never met.
+        let lanes = run
+            .lines()
+            .find(|l| l.starts_with("smp: lanes ("))
+            .unwrap_or_else(|| panic!("no lanes tally:\n{}", run.log));
+        assert!(
+            lanes.contains(&format!("({CPUS} independent guests, a shard each)"))
+                && lanes.contains(", 0 busy (")
+                && lanes.contains(" 0 failed, "),
+            "lanes contended or failed: {lanes}\n{}",
+            run.log
+        );
     }
 
     #[test]
