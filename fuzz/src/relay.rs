@@ -258,8 +258,8 @@ impl World {
                     Ok(c) => exemption(call, Ok(c), waiting),
                     Err(e) => exemption(call, Err(Some(e)), waiting),
                 };
-                let bl = common::leaves(&before.table());
-                let al = common::leaves(&after.table());
+                let bl = common::leaves(before.table());
+                let al = common::leaves(after.table());
                 let diff = core_diff(&before, &after, exempt).and_then(|()| {
                     if exempt.touches_table() {
                         common::leaves_diff(&before.owners, &bl, &al, exempt)

@@ -2160,7 +2160,7 @@ fn exempt_table(before: &State, after: &State, exempt: Exempt) -> Result<(), Str
         .get(usize::from(t.slot()))
         .and_then(Option::as_ref)
         .and_then(|r| r.state.owner());
-    let (fb, fa) = (&before.core.table(), &after.core.table());
+    let (fb, fa) = (before.core.table(), after.core.table());
     if fb.len() != fa.len() {
         return Err("fence table size".to_string());
     }

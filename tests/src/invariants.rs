@@ -136,7 +136,10 @@ pub fn check<T: SecureTable, S: SecureSession, const N: usize>(
                 state,
                 TdiState::Error { blocking: None, .. }
                     | TdiState::Unbinding {
-                        step: UnbindStep::Stop | UnbindStep::Track | UnbindStep::Remove(_),
+                        step: UnbindStep::Stop
+                            | UnbindStep::Track
+                            | UnbindStep::Remove(_)
+                            | UnbindStep::Release,
                         ..
                     }
             );

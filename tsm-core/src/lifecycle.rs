@@ -57,6 +57,9 @@ pub enum UnbindStep {
     Track,
     /// Removing the blocked, flushed leaves.
     Remove(Cursor),
+    /// Every leaf removed: the TDI's ranges go back (every ownership copy written) at the next
+    /// call that finds no CPU reading them.
+    Release,
 }
 
 /// A TDI as the firmware sees it. Unbound is TDISP CONFIG_UNLOCKED with no owner; every other

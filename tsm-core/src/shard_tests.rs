@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::device_model::ModelDevice;
 use crate::lifecycle::UnbindStep;
 use crate::mem_table::MemTable;
+use crate::registry::Tdi;
 use crate::relay::host::Relayed;
 use crate::*;
 
@@ -194,7 +195,7 @@ fn an_unbind_releases_once_no_cpu_reads_ownership() {
         matches!(
             record.state,
             TdiState::Unbinding {
-                step: UnbindStep::Remove(_),
+                step: UnbindStep::Release,
                 ..
             }
         ),
@@ -238,50 +239,82 @@ fn a_written_ownership_table_is_busy_for_every_reader() {
     assert_eq!(tsm.snapshot().unwrap(), before);
 }
 
+/// Relays `first` by hand until the device's next answer is to the request `stop` says is the
+/// one to hold back; returns that request's length.
+fn relay_until(
+    l: &Lanes,
+    lane: usize,
+    first: TsmResult<Completion>,
+    buf: &mut [u8; MAX_RELAY_BYTES],
+    stop: impl Fn(&Tdi) -> bool,
+) -> usize {
+    let mut outcome = first;
+    loop {
+        let Ok(Completion::Relay(n)) = outcome else {
+            panic!("the exchange ended early: {outcome:?}");
+        };
+        if stop(&l.tsm.tdi(l.tdis[lane]).unwrap()) {
+            return n;
+        }
+        let mut answer = [0u8; MAX_RELAY_BYTES];
+        let k = l
+            .tsm
+            .with_device(|d| d.answer(&buf[..n], &mut answer))
+            .unwrap();
+        outcome = l
+            .tsm
+            .firmware()
+            .device_response(l.tdis[lane], k.map(|k| &answer[..k]), buf);
+    }
+}
+
 #[test]
 fn a_claim_writes_every_copy_and_waits_for_none() {
     let l = lanes();
     let tsm = &l.tsm;
     assert_eq!(tsm.unbind(l.tdis[1]), Ok(Completion::Done));
-    // A CPU reads guest 0's copy: guest 1's bind reads its report, but its claim would write
-    // guest 0's copy too, so the answer that claims is Busy and changes nothing.
-    let before = tsm.snapshot().unwrap();
-    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[0], wait);
     let rid = RequesterId::try_new(0, 4, 0, 0).unwrap();
     let bar = MmioRange::from_raw(BARS[1], 256).unwrap();
     tsm.with_device(|d| d.report_ranges(rid, &[bar])).unwrap();
-    let host = tsm.host();
+    // Guest 1's bind, relayed up to the report request (a one-portion report: its answer claims).
+    let mut buf = [0u8; MAX_RELAY_BYTES];
+    let first = tsm.firmware().bind(l.tdis[1], l.guests[1], &mut buf);
+    let n = relay_until(&l, 1, first, &mut buf, |t| {
+        matches!(
+            t.exchange.map(|e| e.op),
+            Some(DeviceOp::Bind {
+                step: BindStep::Report { .. },
+                ..
+            })
+        )
+    });
+    let mut answer = [0u8; MAX_RELAY_BYTES];
+    let k = tsm
+        .with_device(|d| d.answer(&buf[..n], &mut answer))
+        .unwrap()
+        .unwrap();
+    // A CPU reads guest 0's copy: the claim would write it too, so the answer is Busy and
+    // changes nothing at all.
+    let before = tsm.snapshot().unwrap();
+    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[0], wait);
+    let mut out = [0u8; MAX_RELAY_BYTES];
     let got = beside(read, || {
-        let mut buf = [0u8; MAX_RELAY_BYTES];
-        let mut outcome = tsm.firmware().bind(l.tdis[1], l.guests[1], &mut buf);
-        // Relay by hand, stopping at the first Busy.
-        while let Ok(Completion::Relay(n)) = outcome {
-            let mut answer = [0u8; MAX_RELAY_BYTES];
-            let k = host
-                .with_device(|d| d.answer(&buf[..n], &mut answer))
-                .unwrap();
-            outcome = tsm
-                .firmware()
-                .device_response(l.tdis[1], k.map(|k| &answer[..k]), &mut buf);
-        }
-        outcome
+        tsm.firmware()
+            .device_response(l.tdis[1], Some(&answer[..k]), &mut out)
     });
     assert_eq!(got, Err(Error::Busy(Operand::Ownership)));
-    let mid = tsm.snapshot().unwrap();
-    assert_eq!(mid.owners, before.owners, "a Busy claim changed ownership");
-    assert_eq!(mid.tables, before.tables);
-    // Alone, the answer is taken: both copies hold the new ranges (the snapshot compares them).
-    let mut buf = [0u8; MAX_RELAY_BYTES];
-    assert!(
-        tsm.tdi(l.tdis[1]).unwrap().exchange.is_some(),
-        "the report exchange waits"
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        before,
+        "a Busy claim changed the firmware"
     );
-    let n = tsm
-        .firmware()
-        .outstanding_request(l.tdis[1], &mut buf)
-        .unwrap();
-    let outcome = tsm.relay(l.tdis[1], Ok(Completion::Relay(n)), &mut buf);
-    assert_eq!(outcome, Ok(Completion::Done));
+    // Alone, the same answer is taken: both copies hold the new ranges (the snapshot compares
+    // them), and the TDI is bound.
+    assert_eq!(
+        tsm.firmware()
+            .device_response(l.tdis[1], Some(&answer[..k]), &mut out),
+        Ok(Completion::Done)
+    );
     let after = tsm.snapshot().unwrap();
     assert_eq!(
         after.owners.private_of(l.tdis[1]).collect::<Vec<_>>(),
@@ -289,4 +322,131 @@ fn a_claim_writes_every_copy_and_waits_for_none() {
     );
     assert!(tsm.tdi(l.tdis[1]).unwrap().state.is_bound());
     map(&l, 1, 0).unwrap();
+}
+
+#[test]
+fn a_waiting_host_write_makes_guest_lookups_busy_until_it_is_done() {
+    let l = lanes();
+    map(&l, 0, 0).unwrap();
+    let tsm = &l.tsm;
+    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[1], wait);
+    // The host's unbind of guest 0's TDI meets a reader at its release: it waits.
+    let got = beside(read, || tsm.unbind(l.tdis[0]));
+    assert_eq!(got, Ok(Completion::Resumable));
+    // Guests' lookups give way to the waiting host (a guest reading in a loop cannot hold
+    // the release off), and change nothing; the host's own lookups go on.
+    let before = tsm.snapshot().unwrap();
+    let (gpa, hpa) = page(1, 0);
+    map(&l, 1, 0).unwrap();
+    let mid = tsm.snapshot().unwrap();
+    for (lane, field) in [
+        (1, GuestField::ReportedRange(0)),
+        (0, GuestField::TdispState),
+    ] {
+        let got = tsm.guest_read(l.guests[lane], l.tdis[lane], field);
+        if lane == 1 {
+            assert_eq!(got, Err(Error::Busy(Operand::Ownership)));
+        } else {
+            // A field that needs no ownership lookup is read as before.
+            assert!(got.is_ok(), "{got:?}");
+        }
+    }
+    let accept = tsm.guest_accept(l.guests[1], gpa, |_, _| ());
+    assert_eq!(accept, Err(Error::Busy(Operand::Ownership)));
+    assert_eq!(
+        tsm.snapshot().unwrap(),
+        mid,
+        "a guest's Busy changed the firmware"
+    );
+    assert_ne!(before, mid);
+    assert_eq!(tsm.owner_of(hpa, PageSize::Size4K), Ok(Some(l.tdis[1])));
+    // The host comes back: the release is made and guests read again.
+    assert_eq!(tsm.unbind(l.tdis[0]), Ok(Completion::Done));
+    assert!(
+        tsm.guest_read(l.guests[1], l.tdis[1], GuestField::ReportedRange(0))
+            .is_ok()
+    );
+    assert!(tsm.guest_accept(l.guests[1], gpa, |_, _| ()).is_ok());
+}
+
+#[test]
+fn a_forced_unbind_releases_once_no_cpu_reads_ownership() {
+    let l = lanes();
+    for i in 0..4 {
+        map(&l, 0, i).unwrap();
+    }
+    let tsm = &l.tsm;
+    let read = |wait: &dyn Fn()| tsm.read_owners_while(l.guests[1], wait);
+    let got = beside(read, || tsm.unbind_forced(l.tdis[0]));
+    assert_eq!(got, Ok(Completion::Resumable));
+    assert_eq!(
+        tsm.tdi(l.tdis[0]).unwrap().state,
+        TdiState::Unbinding {
+            owner: l.guests[0],
+            step: UnbindStep::Release
+        }
+    );
+    assert_eq!(
+        tsm.with_guest_table(l.guests[0], |t| t.leaves().len()),
+        Ok(0)
+    );
+    assert_eq!(tsm.owned_ranges(l.tdis[0]).unwrap().len(), 1);
+    // The retry goes straight to the release: nothing is searched again.
+    assert_eq!(tsm.unbind_forced(l.tdis[0]), Ok(Completion::Done));
+    assert_eq!(tsm.tdi(l.tdis[0]).unwrap().state, TdiState::Unbound);
+    assert!(tsm.owned_ranges(l.tdis[0]).unwrap().is_empty());
+    assert_eq!(tsm.guest(l.guests[0]).unwrap().bound_tdis, 0);
+}
+
+#[test]
+fn sequence_numbers_stay_unique_when_a_device_moves_to_another_shard() {
+    let l = lanes();
+    let tsm = &l.tsm;
+    // Device A (slot 0, shard 0) goes, device B takes slot 0, C slot 2, and A comes back in
+    // slot 3 (shard 1): every exchange number differs from every one A's interface was ever
+    // sent (shard 0's were even), so the device never answers from an old exchange, and its
+    // bind holds.
+    let seqs = |tdi: TdiId| tsm.tdi(tdi).unwrap().exchange.map(|e| e.seq);
+    assert_eq!(tsm.unbind(l.tdis[0]), Ok(Completion::Done));
+    let dev_a = tsm.tdi(l.tdis[0]).unwrap().device;
+    tsm.remove_tdi(l.tdis[0]).unwrap();
+    tsm.remove_device(dev_a).unwrap();
+    let rid_b = RequesterId::try_new(0, 9, 0, 0).unwrap();
+    let dev_b = tsm
+        .create_device(rid_b, &[MmioRange::from_raw(0xb000_0000, 16).unwrap()])
+        .unwrap();
+    assert_eq!(dev_b.slot(), dev_a.slot());
+    let rid_c = RequesterId::try_new(0, 10, 0, 0).unwrap();
+    let dev_c = tsm
+        .create_device(rid_c, &[MmioRange::from_raw(0xc000_0000, 16).unwrap()])
+        .unwrap();
+    assert_eq!(dev_c.slot(), 2);
+    let rid_a = RequesterId::try_new(0, 3, 0, 0).unwrap();
+    let bar = MmioRange::from_raw(BARS[0], 256).unwrap();
+    let dev_a2 = tsm.create_device(rid_a, &[bar]).unwrap();
+    assert_ne!(
+        usize::from(dev_a2.slot()) % 2,
+        usize::from(dev_a.slot()) % 2,
+        "the device moved to the other shard"
+    );
+    let tdi = tsm.create_tdi(dev_a2, rid_a).unwrap();
+    tsm.with_device(|d| d.report_ranges(rid_a, &[bar])).unwrap();
+    let mut buf = [0u8; MAX_RELAY_BYTES];
+    let first = tsm.firmware().bind(tdi, l.guests[0], &mut buf);
+    assert!(matches!(first, Ok(Completion::Relay(_))));
+    let seq = seqs(tdi).unwrap();
+    // Shard 1 counts 1, 3, 5, ...; shard 0 counted 0, 2, 4, ...
+    assert_eq!(seq % 2, 1, "sequence {seq} from the other shard's numbers");
+    assert_eq!(tsm.relay(tdi, first, &mut buf), Ok(Completion::Done));
+    let record = tsm.tdi(tdi).unwrap();
+    assert!(record.state.is_bound());
+    assert_eq!(
+        tsm.with_device(|d| d.link_mut().tdisp_states())
+            .unwrap()
+            .iter()
+            .find(|(f, _)| *f == tdisp::function_id(rid_a).unwrap())
+            .map(|(_, s)| *s),
+        Some(TdispState::ConfigLocked),
+        "the device locked the interface the firmware bound"
+    );
 }

@@ -17,7 +17,7 @@
 
 use core::fmt;
 use core::ops::Deref;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -86,7 +86,7 @@ pub struct Tsm<T, S, const SHARDS: usize = 1> {
     tdis: Slots<Tdi, MAX_TDIS>,
     guests: Slots<GuestRecord, MAX_GUESTS>,
     /// The ownership table, one copy per shard (see the module's lock order).
-    owners: [CachePadded<RwLock<Ownership>>; SHARDS],
+    owners: OwnersCopies<SHARDS>,
     /// Each shard's lock on cache lines of its own (not shared with the table before it).
     tables: [CachePadded<Mutex<T>>; SHARDS],
     /// The requesters, one per shard, each over a secure session of its own: device slot `i`
@@ -118,8 +118,29 @@ struct UnbindLocks<'a, T, const SHARDS: usize> {
     guest: SlotGuard<'a, GuestRecord>,
     owners: Owners<'a, SHARDS>,
     /// Every copy's lock, for a read given up for the release's write.
-    replicas: &'a [CachePadded<RwLock<Ownership>>; SHARDS],
+    replicas: &'a OwnersCopies<SHARDS>,
     table: MutexGuard<'a, T>,
+}
+
+/// The ownership table, one copy per shard (see the module's lock order), and the host's
+/// priority over guests for writing it.
+struct OwnersCopies<const SHARDS: usize> {
+    copies: [CachePadded<RwLock<Ownership>>; SHARDS],
+    /// Set while a host's write (a claim or a release) found a copy read and must come back;
+    /// cleared by the next host write that gets every copy. Meanwhile guests' lookups
+    /// (TDG.DEVIF.RD, the MMIO accept) are `Busy(Ownership)`, so a guest reading in a loop
+    /// cannot hold off the host's unbind or bind for ever, as the TDX module's host-priority
+    /// locks do. The host's own lookups go on: the host schedules both sides.
+    host_waits: CachePadded<AtomicBool>,
+}
+
+impl<const SHARDS: usize> OwnersCopies<SHARDS> {
+    const fn new() -> Self {
+        Self {
+            copies: [const { CachePadded::new(RwLock::new(Ownership::new())) }; SHARDS],
+            host_waits: CachePadded::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 /// The ownership table as an operation holds it: one shard's copy read by every lookup, every
@@ -152,10 +173,7 @@ impl<'a, const SHARDS: usize> Owners<'a, SHARDS> {
     /// The copies for a release: held for writing already, or this read given up and every
     /// copy taken for writing now; `None` while another CPU reads one (the caller keeps its
     /// progress and says `Resumable`). A write never waits: it is a try-lock like every other.
-    fn releasing(
-        self,
-        replicas: &'a [CachePadded<RwLock<Ownership>>; SHARDS],
-    ) -> Option<OwnersWrite<'a, SHARDS>> {
+    fn releasing(self, replicas: &'a OwnersCopies<SHARDS>) -> Option<OwnersWrite<'a, SHARDS>> {
         match self {
             Owners::Write(w) => Some(w),
             Owners::Read(r) => {
@@ -166,10 +184,10 @@ impl<'a, const SHARDS: usize> Owners<'a, SHARDS> {
     }
 }
 
-/// Every copy of the ownership table, held for writing. Each change is made to every copy:
-/// the copies are equal and a change is a function of the table alone, so one that succeeds
-/// on the first succeeds on each (a copy that disagrees is `Inconsistent`, found before
-/// anything changes).
+/// Every copy of the ownership table, held for writing. A change is made to the first copy
+/// (all or nothing, as every change of the table is) and then copied into the others, which
+/// cannot fail: the copies never differ once the writer lets go (a copy that already differs
+/// is `Inconsistent`, found before anything changes).
 struct OwnersWrite<'a, const SHARDS: usize> {
     /// Shard 0's copy: what a lookup through the writer reads.
     first: RwLockWriteGuard<'a, Ownership>,
@@ -184,10 +202,18 @@ impl<const SHARDS: usize> Deref for OwnersWrite<'_, SHARDS> {
 }
 
 impl<'a, const SHARDS: usize> OwnersWrite<'a, SHARDS> {
-    /// Every copy for writing, in shard order; `Busy(Ownership)` if any is held.
-    fn lock(replicas: &'a [CachePadded<RwLock<Ownership>>; SHARDS]) -> TsmResult<Self> {
+    /// Every copy for writing, in shard order, for the host; `Busy(Ownership)` if any is held,
+    /// and then the host waits: guests' lookups are `Busy` until a host write succeeds (see
+    /// [`OwnersCopies`]).
+    fn lock(owners: &'a OwnersCopies<SHARDS>) -> TsmResult<Self> {
+        let got = Self::try_lock(owners);
+        owners.host_waits.store(got.is_err(), Ordering::Release);
+        got
+    }
+
+    fn try_lock(owners: &'a OwnersCopies<SHARDS>) -> TsmResult<Self> {
         let busy = Error::Busy(Operand::Ownership);
-        let (first, others) = replicas.split_first().ok_or(Error::Inconsistent)?;
+        let (first, others) = owners.copies.split_first().ok_or(Error::Inconsistent)?;
         let first = first.try_write().ok_or(busy)?;
         let mut rest = heapless::Vec::new();
         for r in others {
@@ -199,13 +225,13 @@ impl<'a, const SHARDS: usize> OwnersWrite<'a, SHARDS> {
     }
 
     /// Makes `change` in every copy, all or nothing (see the type).
-    fn apply(&mut self, change: impl Fn(&mut Ownership) -> TsmResult<()>) -> TsmResult<()> {
+    fn apply(&mut self, change: impl FnOnce(&mut Ownership) -> TsmResult<()>) -> TsmResult<()> {
         if self.rest.iter().any(|copy| **copy != *self.first) {
             return Err(Error::Inconsistent);
         }
         change(&mut self.first)?;
         for copy in &mut self.rest {
-            change(copy).map_err(|_| Error::Inconsistent)?;
+            copy.clone_from(&self.first);
         }
         Ok(())
     }
@@ -258,8 +284,9 @@ impl<T: SecureTable, S: SecureSession> Tsm<T, S> {
     /// RMPUPDATE, changes it). Glue must never add a leaf inside a range whose TDI is being
     /// unbound: the core refuses every map there (`UnbindInProgress`; ranges of other TDIs never
     /// overlap it), and a paused unbind's walk does not look again at addresses it has passed
-    /// (the search hint's generation covers only what lies ahead of it). A sharded firmware
-    /// uses [`Tsm::with_guest_table`].
+    /// (the search hint's generation covers only what lies ahead of it). Nor for one guest
+    /// over a range a TDI bound to another guest owns: an unbind walks only its owner's shard
+    /// and would leave that leaf behind. A sharded firmware uses [`Tsm::with_guest_table`].
     pub fn with_table<R>(&self, f: impl FnOnce(&mut T) -> R) -> TsmResult<R> {
         let [table] = &self.tables;
         Ok(f(&mut *try_lock(table, Operand::SecureTable)?))
@@ -285,9 +312,20 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     pub fn sharded(tables: [T; SHARDS], sessions: [S; SHARDS], reserved: ReservedMemory) -> Self {
         Self::from_parts(
             tables.map(|t| CachePadded::new(Mutex::new(t))),
-            sessions.map(|s| CachePadded::new(Mutex::new(Requester::new(s)))),
+            Self::requesters(sessions),
             reserved,
         )
+    }
+
+    /// One requester per session, each counting its own sequence numbers, all unique.
+    fn requesters(sessions: [S; SHARDS]) -> [CachePadded<Mutex<Requester<S>>>; SHARDS] {
+        let shards = u64::try_from(SHARDS).unwrap_or(u64::MAX);
+        let mut shard = 0u64;
+        sessions.map(|s| {
+            let r = Requester::for_shard(s, shard, shards);
+            shard = shard.saturating_add(1);
+            CachePadded::new(Mutex::new(r))
+        })
     }
 
     const fn from_parts(
@@ -301,7 +339,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             devices: Slots::new(Operand::Device),
             tdis: Slots::new(Operand::Tdi),
             guests: Slots::new(Operand::Guest),
-            owners: [const { CachePadded::new(RwLock::new(Ownership::new())) }; SHARDS],
+            owners: OwnersCopies::new(),
             tables,
             transports,
             reserved,
@@ -332,6 +370,15 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         try_lock(self.shard_of(guest)?, Operand::SecureTable)
     }
 
+    /// Reads `guest`'s copy for the guest itself: `Busy(Ownership)` while a host write waits
+    /// (see [`OwnersCopies`]).
+    fn read_owners_as_guest(&self, guest: GuestId) -> TsmResult<RwLockReadGuard<'_, Ownership>> {
+        if self.owners.host_waits.load(Ordering::Acquire) {
+            return Err(Error::Busy(Operand::Ownership));
+        }
+        self.read_owners(Some(guest))
+    }
+
     /// Reads the copy of the ownership table in `guest`'s shard, side by side with other
     /// readers; shard 0's with no guest.
     fn read_owners(&self, guest: Option<GuestId>) -> TsmResult<RwLockReadGuard<'_, Ownership>> {
@@ -340,7 +387,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             None => Some(0),
         };
         shard
-            .and_then(|i| self.owners.get(i))
+            .and_then(|i| self.owners.copies.get(i))
             .ok_or(Error::Inconsistent)?
             .try_read()
             .ok_or(Error::Busy(Operand::Ownership))
@@ -911,8 +958,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 transport.begin(record, DeviceOp::Stop { confirm: false }, out)
             }
             // Every leaf is gone: the ranges go back, the one write of an unbind. While
-            // another CPU reads the table the TDI stays at its last step (nothing left to
-            // remove) and the call is `Resumable`.
+            // another CPU reads a copy the TDI stays at its Release step and the call is
+            // `Resumable` (the host, which waits now, has priority over guests' lookups).
             Ended::Release => {
                 drop(table);
                 let Some(mut writer) = owners.releasing(replicas) else {
@@ -1114,7 +1161,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             GuestField::ReportedRange(index) => {
                 let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
                 // TDI, then ownership: the core's lock order.
-                let owners = self.read_owners(Some(guest))?;
+                let owners = self.read_owners_as_guest(guest)?;
                 let range = owners.range_of(tdi, index).ok_or(Error::InvalidRange)?;
                 range
                     .base()
@@ -1166,7 +1213,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     ) -> TsmResult<R> {
         self.guest(guest)?;
         let owner = match self.leaf(guest, gpa)? {
-            Some(leaf) => self.owner_of(leaf.hpa, leaf.size)?,
+            Some(leaf) => {
+                let page = MmioRange::try_new(leaf.hpa, leaf.size.base_pages())?;
+                let owners = self.read_owners_as_guest(guest)?;
+                owners.overlapping(&page).map(|o| o.tdi)
+            }
             None => None,
         };
         let slot = match owner {
@@ -1179,7 +1230,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 let record = guard.as_ref().ok_or(Error::Inconsistent)?;
                 Self::guest_owns(record, guest, false)?;
                 let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
-                AcceptCheck::of(offset, self.owned_ranges(*tdi)?)
+                let owners = self.read_owners_as_guest(guest)?;
+                let ranges = owners.private_of(*tdi).take(MAX_RANGES_PER_TDI).collect();
+                AcceptCheck::of(offset, ranges)
             }
             None => AcceptCheck::no_owner(),
         };
@@ -1270,15 +1323,21 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             DeviceOp::Bind { guest, .. } => guest,
             _ => record.state.owner().ok_or(Error::Inconsistent)?,
         };
-        // Only a report's answer can claim ranges: it alone takes the ownership table for
-        // writing, every other answer reads it (an unbind's release writes it at its end).
+        // Only the answer that can complete a report can claim ranges: it alone takes the
+        // ownership copies for writing; every other answer reads its guest's copy (an unbind's
+        // release writes them at its end). A portion that cannot be the last (more than one
+        // portion of the report still to come) does not take them.
         let claim = matches!(
             ex.op,
             DeviceOp::Bind {
                 step: BindStep::Report { .. },
                 ..
             }
-        );
+        ) && dev
+            .report_read
+            .as_ref()
+            .filter(|r| r.tdi == tdi)
+            .is_none_or(|r| r.report.may_end_with(usize::from(REPORT_PORTION)));
         let mut locks = self.lock_for_unbind(guest, claim)?;
         let mut transport = self.transport_of(record.device)?;
 
@@ -1655,7 +1714,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     pub fn host_may_tear_down(state: TdiState, stream: IdeStream) -> bool {
         match state {
             TdiState::Unbinding {
-                step: UnbindStep::Track | UnbindStep::Remove(_),
+                step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release,
                 ..
             } => true,
             s => s.is_bound() && stream == IdeStream::Cut,
@@ -1771,9 +1830,24 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .ok_or(Error::InvalidHandle)
     }
 
+    /// [`Tsm::owner_of`] through `guest`'s shard's copy of the ownership table (the same
+    /// answer): what a platform mapping for `guest` asks, so that lookups for guests in
+    /// different shards share no lock.
+    pub fn owner_of_for(
+        &self,
+        guest: GuestId,
+        hpa: Hpa,
+        size: PageSize,
+    ) -> TsmResult<Option<TdiId>> {
+        let page = MmioRange::try_new(hpa, size.base_pages())?;
+        let owners = self.read_owners(Some(guest))?;
+        Ok(owners.overlapping(&page).map(|o| o.tdi))
+    }
+
     /// The bound TDI whose report shares a byte with the page at `hpa` of `size` (private or
     /// shared range), if any: what a platform whose host names no TDI in a map request (TDX's
-    /// TDH.MMIO.MAP) asks before mapping. One lookup under the ownership lock.
+    /// TDH.MMIO.MAP) asks before mapping. One lookup under the ownership lock (shard 0's copy;
+    /// [`Tsm::owner_of_for`] reads a guest's own).
     pub fn owner_of(&self, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
         let page = MmioRange::try_new(hpa, size.base_pages())?;
         let owners = self.read_owners(None)?;
@@ -1869,7 +1943,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 f()
             }
             Operand::Ownership => {
-                let _g = OwnersWrite::lock(&self.owners).unwrap();
+                let _g = OwnersWrite::try_lock(&self.owners).unwrap();
                 f()
             }
             // One shard with a slot, every shard without.
@@ -1931,7 +2005,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// (`Inconsistent` otherwise).
     fn owners_image(&self) -> TsmResult<Ownership> {
         let first = self.read_owners(None)?;
-        for copy in self.owners.iter().skip(1) {
+        for copy in self.owners.copies.iter().skip(1) {
             let copy = copy.try_read().ok_or(Error::Busy(Operand::Ownership))?;
             if *copy != *first {
                 return Err(Error::Inconsistent);

@@ -202,7 +202,7 @@ pub(crate) enum Ended {
     /// At Stop, every leaf blocked: the device must be asked.
     AskStop,
     /// Every leaf is gone and the owner can count the TDI out: the caller releases the TDI's
-    /// ranges (the state returned is the last step's, kept if it cannot yet).
+    /// ranges (the state returned is at the Release step, kept if it cannot yet).
     Release,
 }
 
@@ -290,9 +290,10 @@ fn advance<T: SecureTable>(
                     )
                 },
             )? {
-                Walk::Finished => Next::Release,
+                Walk::Finished => Next::Step(UnbindStep::Release),
                 Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
             }
         }
+        UnbindStep::Release => Next::Release,
     })
 }

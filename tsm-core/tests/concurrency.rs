@@ -259,7 +259,11 @@ fn independent_guests_do_not_contend() {
         // The round's leaves go, one unbind per lane (its release writes ownership, so the
         // lanes unbind one after the other), and the TDIs bind again.
         for &(guest, tdi, base) in &lanes {
-            while tsm.unbind(tdi).unwrap() != Completion::Done {}
+            let mut calls = 0;
+            while tsm.unbind(tdi).unwrap() != Completion::Done {
+                calls += 1;
+                assert!(calls < 1000, "the unbind never finished");
+            }
             let iface = tsm.tdi(tdi).unwrap().iface;
             let range = MmioRange::from_raw(base, PAGES).unwrap();
             tsm.with_device(|d| d.report_ranges(iface, &[range]))

@@ -447,7 +447,7 @@ fn check_exempt(
             matches!(
                 rec.state,
                 TdiState::Unbinding {
-                    step: UnbindStep::Track | UnbindStep::Remove(_),
+                    step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release,
                     ..
                 }
             ),
@@ -522,7 +522,7 @@ fn check_exempt(
                 !matches!(
                     rec_before.state,
                     TdiState::Unbinding {
-                        step: UnbindStep::Track | UnbindStep::Remove(_),
+                        step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release,
                         ..
                     }
                 ),
@@ -540,7 +540,7 @@ fn check_exempt(
         Exempt::UnbindProgressKept => prop_assert!(
             matches!(
                 rec_after.state,
-                TdiState::Unbinding { owner: o, step: UnbindStep::Track | UnbindStep::Remove(_) }
+                TdiState::Unbinding { owner: o, step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release }
                     if o == owner
             ),
             "{:?}",

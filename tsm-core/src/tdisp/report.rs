@@ -261,6 +261,13 @@ impl ReportAssembler {
         Ok(remainder == 0)
     }
 
+    /// Whether the next portion, of at most `portion` bytes, can complete the report: always
+    /// before the first (the total is not known yet).
+    pub fn may_end_with(&self, portion: usize) -> bool {
+        self.total
+            .is_none_or(|t| t.saturating_sub(self.len) <= portion)
+    }
+
     /// The report bytes received so far.
     pub fn bytes(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or(&[])

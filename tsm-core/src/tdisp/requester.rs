@@ -26,18 +26,28 @@ pub const MAX_MESSAGE_BYTES: usize = HEADER_SIZE + 4 + REPORT_PORTION as usize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requester<S> {
     session: S,
-    /// The next exchange's sequence number: one counter for the whole session, never reset
-    /// and never wrapped, so no two exchanges of any TDIs share one.
+    /// The next exchange's sequence number: never reset and never wrapped, so no two exchanges
+    /// of any TDIs share one. A sharded firmware's requesters count in steps of `stride` from
+    /// their shard's index, so the numbers stay unique across the whole firmware: a device
+    /// that moves to another shard (removed, its slot reused) never sees one again.
     next_seq: u64,
+    stride: u64,
     last_error: Option<WireError>,
 }
 
 impl<S: SecureSession> Requester<S> {
     /// A requester over `session`.
     pub const fn new(session: S) -> Self {
+        Self::for_shard(session, 0, 1)
+    }
+
+    /// The requester of shard `shard` of `shards` over `session`: its sequence numbers are
+    /// `shard`, `shard + shards`, ... (see the type).
+    pub const fn for_shard(session: S, shard: u64, shards: u64) -> Self {
         Self {
             session,
-            next_seq: 0,
+            next_seq: shard,
+            stride: shards,
             last_error: None,
         }
     }
@@ -56,7 +66,9 @@ impl<S: SecureSession> Requester<S> {
     /// used them all: it must be rekeyed (SPDM KEY_UPDATE) before it seals anything again.
     pub(crate) fn take_seq(&mut self) -> Result<u64, Error> {
         let seq = self.next_seq;
-        self.next_seq = seq.checked_add(1).ok_or(Error::SequenceExhausted)?;
+        self.next_seq = seq
+            .checked_add(self.stride)
+            .ok_or(Error::SequenceExhausted)?;
         Ok(seq)
     }
 

@@ -99,7 +99,10 @@ pub fn check_invariants(w: &World) {
             tdi.state,
             TdiState::Error { blocking: None, .. }
                 | TdiState::Unbinding {
-                    step: UnbindStep::Stop | UnbindStep::Track | UnbindStep::Remove(_),
+                    step: UnbindStep::Stop
+                        | UnbindStep::Track
+                        | UnbindStep::Remove(_)
+                        | UnbindStep::Release,
                     ..
                 }
         );
