@@ -1780,6 +1780,14 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         Ok(owners.overlapping(&page).map(|o| o.tdi))
     }
 
+    /// [`Tsm::owner_of`] for a map into `guest`: reads `guest`'s shard's copy of the ownership
+    /// table, so the look-ups of maps into guests of different shards share no lock.
+    pub fn owner_for(&self, guest: GuestId, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
+        let page = MmioRange::try_new(hpa, size.base_pages())?;
+        let owners = self.read_owners(Some(guest))?;
+        Ok(owners.overlapping(&page).map(|o| o.tdi))
+    }
+
     /// The private ranges `tdi` owns (empty when unbound).
     pub fn owned_ranges(
         &self,
