@@ -193,3 +193,66 @@ impl<const SHARDS: usize> Drop for TdsWrite<'_, SHARDS> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use tsm_core::{Error, GuestId, Hpa, Operand};
+
+    use super::{Copies, TdCopies};
+    use crate::module::TdEntry;
+    use crate::td::TdLife;
+
+    fn entry(tdr: u64) -> Option<TdEntry> {
+        Some(TdEntry {
+            tdr: Hpa::try_new(tdr).unwrap(),
+            hkid: 1,
+            life: TdLife::HkidAssigned,
+        })
+    }
+
+    /// A change while one shard's copy is read is BUSY, takes no lock and changes no copy.
+    #[test]
+    fn a_write_beside_a_reader_of_any_copy_is_busy_and_changes_nothing() {
+        let busy = Error::Busy(Operand::Device);
+        let copies: Copies<u8, 4, 3> = Copies(core::array::from_fn(|_| Default::default()));
+        copies.write(busy).unwrap()[1] = 7;
+        for held in 0..3 {
+            let reader = copies.read(held, busy).unwrap();
+            assert_eq!(copies.write(busy).err(), Some(busy));
+            drop(reader);
+            assert_eq!(copies.agree(busy), Ok(true));
+            // Nothing stayed held: every copy reads, and a write goes through.
+            for shard in 0..3 {
+                assert_eq!(*copies.read(shard, busy).unwrap(), [0, 7, 0, 0]);
+            }
+        }
+        copies.write(busy).unwrap()[3] = 9;
+        for shard in 0..3 {
+            assert_eq!(*copies.read(shard, busy).unwrap(), [0, 7, 0, 9]);
+        }
+    }
+
+    /// The TD index follows every change, and a TDR is read through its slot's shard.
+    #[test]
+    fn the_td_index_follows_the_table_and_names_the_shard() {
+        let tds: TdCopies<2> = TdCopies::new();
+        {
+            let mut w = tds.write().unwrap();
+            w[0] = entry(0x1000);
+            w[3] = entry(0x3000);
+        }
+        assert_eq!(tds.agree(), Ok(true));
+        // Slot 3 is in shard 1: a writer is kept out by shard 1's reader alone.
+        let reader = tds.read_for(0x3000).unwrap();
+        assert_eq!(reader[3], entry(0x3000));
+        assert!(tds.write().is_err());
+        // Shard 0's copy is still free to read (another shard's TD never waits for it).
+        drop(tds.read_guest(GuestId::from_slot(0)).unwrap());
+        drop(reader);
+        tds.write().unwrap()[3] = None;
+        assert_eq!(tds.agree(), Ok(true));
+        assert_eq!(tds.read_for(0x3000).unwrap()[3], None);
+    }
+}
