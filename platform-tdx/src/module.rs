@@ -208,7 +208,7 @@ pub(crate) fn page_held(tds: &TdTable, pages: &PageTable, spdm: &SpdmTable, page
 /// frame pool) and one SPDM session per shard: TD slot `i` lives in shard `i % SHARDS`, and the
 /// memory leaves of TDs in different shards (TDH.MMIO.MAP, BLOCK, UNMAP, TDH.MEM.TRACK,
 /// TDH.MEM.SEPT.RD, TDG.MMIO.ACCEPT) then run side by side, as the TDX module's per-TD locks
-/// let them: the TD and SPDM tables are kept once per shard ([`replica`]) and those leaves read
+/// let them: the TD and SPDM tables are kept once per shard (`module::replica`) and those leaves read
 /// only their TD's shard's copies, the core's table and ownership copy of that shard, and the
 /// records of their own TD, TDI and device.
 ///

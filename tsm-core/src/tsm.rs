@@ -1166,7 +1166,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     ) -> TsmResult<R> {
         self.guest(guest)?;
         let owner = match self.leaf(guest, gpa)? {
-            Some(leaf) => self.owner_of(leaf.hpa, leaf.size)?,
+            // The guest's shard's copy: accepts in other shards read theirs.
+            Some(leaf) => self.owner_for(guest, leaf.hpa, leaf.size)?,
             None => None,
         };
         let slot = match owner {
