@@ -652,14 +652,14 @@ impl From<Result<(), Error>> for Outcome {
 /// A leaf that may leave a request for the host (`Dispatcher::relayed`) checks the request
 /// page it names before the core runs, so a refusal writes nothing anywhere and a request the
 /// core commits to is always delivered.
-pub struct Dispatcher<'t, 'm, S, M> {
-    pub(crate) fw: &'t TdxModule<'m, S>,
-    pub(crate) tsm: &'t Tsm<Sept<'m>, S>,
+pub struct Dispatcher<'t, 'm, S, M, const SHARDS: usize = 1> {
+    pub(crate) fw: &'t TdxModule<'m, S, SHARDS>,
+    pub(crate) tsm: &'t Tsm<Sept<'m>, S, SHARDS>,
     pub(crate) host: M,
 }
 
 /// The firmware's summary; the host memory is not printed (it need not be `Debug`).
-impl<S, M> core::fmt::Debug for Dispatcher<'_, '_, S, M> {
+impl<S, M, const SHARDS: usize> core::fmt::Debug for Dispatcher<'_, '_, S, M, SHARDS> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Dispatcher")
             .field("fw", self.fw)
@@ -667,9 +667,12 @@ impl<S, M> core::fmt::Debug for Dispatcher<'_, '_, S, M> {
     }
 }
 
-impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
-    /// A dispatcher for `fw` reading and writing host memory through `host`.
-    pub fn new(fw: &'t TdxModule<'m, S>, host: M) -> Self {
+impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
+    Dispatcher<'t, 'm, S, M, SHARDS>
+{
+    /// A dispatcher for `fw` reading and writing host memory through `host` (one per CPU, or
+    /// one per call: it holds nothing between calls).
+    pub fn new(fw: &'t TdxModule<'m, S, SHARDS>, host: M) -> Self {
         Self {
             fw,
             tsm: fw.tsm(),
@@ -759,7 +762,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         if tsm.reserved().touches(&page) {
             return Outcome::Core(Err(Error::ReservedMemory));
         }
-        match tsm.owner_of(hpa, size) {
+        // The TD's shard's copy of the ownership table: maps of TDs in other shards read theirs.
+        match tsm.owner_for(td, hpa, size) {
             Err(e) => Outcome::Core(Err(e)),
             Ok(None) => Outcome::Core(Err(Error::HpaNotOwned)),
             Ok(Some(tdi)) => {
@@ -777,7 +781,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
                     if !mappable {
                         return Ok(true);
                     }
-                    let spdm = self.fw.lock_spdm()?;
+                    let spdm = self.fw.read_spdm_for(td)?;
                     Ok(crate::link::stream_of_device(&spdm, record.device)
                         .is_some_and(|s| s.covers(hpa.as_u64(), size.bytes())))
                 });
@@ -863,7 +867,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         ) else {
             return;
         };
-        if let Ok(Ok(probe)) = self.tsm.with_table(|t| t.probe(td, gpa)) {
+        if let Ok(Ok(probe)) = self.tsm.with_guest_table(td, |t| t.probe(td, gpa)) {
             out.rcx = probe.entry.into_bits();
             out.rdx = u64::from(probe.level) | (u64::from(probe.state as u8) << 8);
         }
@@ -873,7 +877,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     /// GPA the TD's S-EPT cannot hold is OPERAND_ADDR_RANGE_ERROR on RCX, not whatever the
     /// core makes of a leaf lookup that found nothing.
     fn gpa_in_table(&self, td: GuestId, gpa: Gpa) -> Result<(), Result<TdxStatus, Error>> {
-        match self.tsm.with_table(|t| t.gpa_in_table(td, gpa)) {
+        match self.tsm.with_guest_table(td, |t| t.gpa_in_table(td, gpa)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Ok(status::sept_status(e, OPERAND_ID_RCX))),
             Err(e) => Err(Err(e)),
@@ -939,12 +943,12 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         let core = |e| Outcome::Core(Err(e));
         let refuse = |s| self.refuse(leaf, r, s);
         let tsm = self.tsm;
-        // A leaf naming a TD holds the TD table (shared) until it returns, so the TD its TDR
-        // PA names cannot be destroyed and another created in its slot meanwhile (the teardown
-        // leaves take it exclusive themselves).
+        // A leaf naming a TD holds the TD table (shared: the TD's shard's copy) until it
+        // returns, so the TD its TDR PA names cannot be destroyed and another created in its
+        // slot meanwhile (the teardown leaves take every copy themselves).
         let teardown = matches!(leaf, TDH_MNG_VPFLUSHDONE | TDH_MNG_KEY_FREEID);
-        let tds = match operands(leaf).td {
-            Some(_) if !teardown => Some(self.fw.read_tds().map_err(core)?),
+        let tds = match operands(leaf).td.and_then(|id| reg(r, id)) {
+            Some(tdr) if !teardown => Some(self.fw.read_tds_for(tdr).map_err(core)?),
             _ => None,
         };
         // The TD a TDR PA operand names; none: OPERAND_INVALID on that register, after the
@@ -1274,7 +1278,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
             .map_err(|f| st(host_fault(f, OPERAND_ID_RCX)))?;
         let mut tds = self.fw.write_tds().map_err(core)?;
         let pages = self.fw.lock_pages().map_err(core)?;
-        let spdm = self.fw.lock_spdm().map_err(core)?;
+        let spdm = self.fw.read_spdm().map_err(core)?;
         if page_held(&tds, &pages, &spdm, tdr) {
             return Err(st(
                 status::TDX_PAGE_METADATA_INCORRECT | u64::from(OPERAND_ID_RCX)
@@ -1307,7 +1311,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
     ) -> Result<Outcome, Outcome> {
         let found = self
             .tsm
-            .with_table(|t| {
+            .with_guest_table(td, |t| {
                 t.probe(td, gpa).map(|p| {
                     let epoch = match tsm_core::SecureTable::leaf(t, td, gpa).map(|l| l.state) {
                         Some(LeafState::Blocked { epoch }) => epoch,
@@ -1339,8 +1343,11 @@ impl<'t, 'm, S: SecureSession, M: HostMemory> Dispatcher<'t, 'm, S, M> {
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
-        // Held for the whole leaf, as for host leaves naming a TD.
-        let tds = self.fw.read_tds().map_err(|e| Outcome::Core(Err(e)))?;
+        // Held for the whole leaf (the TD's shard's copy), as for host leaves naming a TD.
+        let tds = self
+            .fw
+            .read_tds_for(tdr)
+            .map_err(|e| Outcome::Core(Err(e)))?;
         let td = td_in(&tds, tdr).ok_or(st(invalid(status::OPERAND_ID_TDR)))?;
         crate::td::usable(&tds, td).map_err(st)?;
         Ok(match leaf {

@@ -56,7 +56,9 @@ pub mod session;
 pub use model::ModelMailbox;
 pub use session::{CRecordContext, CSession, SessionOps};
 
-/// The firmware instance the C entry points drive.
+/// The firmware instance the C entry points drive: one shard (one S-EPT over the one pool
+/// `tsm_tdx_init_session` is given, one session); a sharded module ([`TdxModule::sharded`]) is for
+/// Rust platforms, and the C ABI does not change with it.
 pub type CFirmware = TdxModule<'static, CSession>;
 
 /// Bytes of one host-memory access: the accessor moves 8-byte words.

@@ -263,7 +263,7 @@ fn td_request_now(entry: &DevifEntry, waiting: Option<DeviceOp>) -> TdRequest {
     }
 }
 
-impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
+impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S, M, SHARDS> {
     /// A shared page operand the firmware writes a request to: 4 KiB aligned, below 2^52, a
     /// whole page of host memory (probed writable), not a page the firmware holds
     /// (`TDX_PAGE_METADATA_INCORRECT`).
@@ -278,7 +278,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
             .probe_write(at.as_u64(), MESSAGE_PAGE_BYTES)
             .map_err(|f| Outcome::Status(host_fault(f, operand)))?;
         let tds = self.fw.read_tds().map_err(core_err)?;
-        let spdm = self.fw.lock_spdm().map_err(core_err)?;
+        let spdm = self.fw.read_spdm().map_err(core_err)?;
         if page_held(&tds, table, &spdm, at) {
             return Err(named(status::TDX_PAGE_METADATA_INCORRECT, operand));
         }
@@ -329,7 +329,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let st = Outcome::Status;
         let tds = self.fw.read_tds().map_err(core_err)?;
         let mut table = self.fw.lock_pages().map_err(core_err)?;
-        let spdm = self.fw.lock_spdm().map_err(core_err)?;
+        let spdm = self.fw.read_spdm().map_err(core_err)?;
         let private = |raw: u64, operand: u32, taken: &[Hpa]| -> Result<Hpa, Outcome> {
             let at = decode_hpa(raw, MESSAGE_PAGE_ALIGN, operand).map_err(st)?;
             self.host
@@ -447,7 +447,8 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     /// The TD `entry` is for (none, or gone: `TDX_OPERAND_INVALID` + TDR; past VPFLUSHDONE:
     /// `TDX_TD_KEYS_NOT_CONFIGURED`).
     fn td_of(&self, entry: &DevifEntry) -> Result<GuestId, Outcome> {
-        let tds = self.fw.read_tds().map_err(core_err)?;
+        let tdr = entry.tdr.map_or(0, |t| t.as_u64());
+        let tds = self.fw.read_tds_for(tdr).map_err(core_err)?;
         let td = entry
             .tdr
             .and_then(|t| td_in(&tds, t.as_u64()))
@@ -459,7 +460,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
     /// The TD TDR page `raw` names for a TDI (none: `TDX_OPERAND_INVALID` + RDX; past
     /// VPFLUSHDONE: `TDX_TD_KEYS_NOT_CONFIGURED`).
     fn td_named(&self, raw: u64) -> Result<GuestId, Outcome> {
-        let tds = self.fw.read_tds().map_err(core_err)?;
+        let tds = self.fw.read_tds_for(raw).map_err(core_err)?;
         let td = td_in(&tds, raw).ok_or(named(status::TDX_OPERAND_INVALID, OPERAND_ID_RDX))?;
         crate::td::usable(&tds, td).map_err(Outcome::Status)?;
         Ok(td)

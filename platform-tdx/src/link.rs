@@ -388,7 +388,7 @@ struct Held<'g> {
     pages: &'g PageTable,
 }
 
-impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
+impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S, M, SHARDS> {
     /// The link leaves: each holds the TDI page table and the SPDM table for the whole leaf,
     /// taken in the platform's one order (TD table, TDI pages, SPDM table) as every leaf
     /// takes them, so two leaves never each hold what the other waits for.
@@ -971,7 +971,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
         let rcx = u64::from(OPERAND_ID_RCX);
         let found = || -> TsmResult<Option<IdeStreamEntry>> {
             let dev = self.tsm.tdi(tdi)?.device;
-            let spdm = self.fw.lock_spdm()?;
+            let spdm = self.fw.read_spdm()?;
             Ok(stream_of_device(&spdm, dev).cloned())
         };
         match found() {

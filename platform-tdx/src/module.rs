@@ -11,7 +11,8 @@
 
 use core::ops::Deref;
 
-use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crossbeam_utils::CachePadded;
+use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::{
     DeviceId, Error, GuestId, Hpa, Operand, RequesterId, ReservedMemory, SecureSession, TdiId, Tsm,
@@ -21,6 +22,11 @@ use tsm_core::{
 use crate::link::Link;
 use crate::sept::Sept;
 use crate::td::{CacheWb, TdLife};
+
+mod replica;
+
+pub(crate) use replica::{AllCopies, TdsWrite};
+use replica::{Copies, TdCopies};
 
 /// Bytes of a message page: one 4 KiB page (TDX: every page operand is one), large enough for
 /// any request or response the firmware exchanges (`tsm_core::MAX_RELAY_BYTES`).
@@ -194,27 +200,49 @@ pub(crate) fn page_held(tds: &TdTable, pages: &PageTable, spdm: &SpdmTable, page
 /// The TDX back end's firmware: the core over the S-EPT, sealed with session `S`, and each
 /// TDI's record ([`DevifEntry`]). Everything of the core is reached through `Deref`; the dispatcher
 /// ([`crate::abi::Dispatcher`]) is the only writer of those records.
-pub struct TdxModule<'m, S> {
-    tsm: Tsm<Sept<'m>, S>,
-    /// Taken (try-lock, after nothing) by every leaf that names a TDI by function ID, creates
-    /// or removes one, or may leave a request for the host, and held for the whole leaf, so
-    /// the TDI a function ID names cannot change under it. Those leaves all take the core's transport
-    /// lock too, so this lock serialises nothing the core does not already.
-    pages: Mutex<PageTable>,
-    /// The TDs by TDR page. Read (try-lock, shared) for the whole of every leaf that names a
-    /// TD, so the TD a TDR names cannot change under it; written by TDH.MNG.CREATE and TD
-    /// the teardown leaves ([`crate::td`]). Contended: `Busy(Guest)`, `TDX_OPERAND_BUSY` + TDR.
-    tds: RwLock<TdTable>,
-    /// The SPDM ids (try-lock, held for the whole of every leaf naming one, so the device an
-    /// SPDM id names cannot change under it). Contended: `Busy(Device)`.
-    spdm: Mutex<SpdmTable>,
+///
+/// # Shards
+///
+/// With one shard (the default, [`TdxModule::new`]) every TD's S-EPT is in one table behind
+/// one lock, as the core's [`Tsm`]. [`TdxModule::sharded`] takes one S-EPT (each over its own
+/// frame pool) and one SPDM session per shard: TD slot `i` lives in shard `i % SHARDS`, and the
+/// memory leaves of TDs in different shards (TDH.MMIO.MAP, BLOCK, UNMAP, TDH.MEM.TRACK,
+/// TDH.MEM.SEPT.RD, TDG.MMIO.ACCEPT) then run side by side, as the TDX module's per-TD locks
+/// let them: the TD and SPDM tables are kept once per shard (`module::replica`) and those leaves read
+/// only their TD's shard's copies, the core's table and ownership copy of that shard, and the
+/// records of their own TD, TDI and device.
+///
+/// # Lock order
+///
+/// Every leaf takes a subset, in this order, each with a try-lock (contention is
+/// `TDX_OPERAND_BUSY` naming the operand, and changes nothing):
+/// CACHE.WB progress -> TD table -> TDI pages -> SPDM table -> the core's locks (its own
+/// order). The TD and SPDM tables are read as one copy (the TD's shard's for a leaf naming a
+/// TD, shard 0's for a scan) and written as every copy, taken in shard order.
+pub struct TdxModule<'m, S, const SHARDS: usize = 1> {
+    tsm: Tsm<Sept<'m>, S, SHARDS>,
+    /// Taken (try-lock) by every leaf that names a TDI by function ID, creates or removes one,
+    /// or may leave a request for the host, and held for the whole leaf, so the TDI a function
+    /// ID names cannot change under it. Those leaves all take the core's transport lock too,
+    /// so this lock serialises nothing the core does not already; no memory leaf takes it.
+    pages: CachePadded<Mutex<PageTable>>,
+    /// The TDs by TDR page, one copy per shard. One copy is read (shared) for the whole of
+    /// every leaf that names a TD, so the TD a TDR names cannot change under it; every copy is
+    /// written by TDH.MNG.CREATE and the teardown leaves ([`crate::td`]). Contended:
+    /// `Busy(Guest)`, `TDX_OPERAND_BUSY` + TDR.
+    tds: TdCopies<SHARDS>,
+    /// The SPDM ids, one copy per shard: read (one copy) by leaves that only look (TDH.MMIO.MAP
+    /// its TD's shard's, for the device's IDE stream), written (every copy) by the leaves that
+    /// change an SPDM id, for the whole leaf, so the device an SPDM id names cannot change
+    /// under it. Contended: `Busy(Device)`.
+    spdm: Copies<Option<SpdmEntry>, MAX_DEVICES, SHARDS>,
     /// The platform's interrupted TDH.PHYMEM.CACHE.WB (try-lock, taken before the TD table;
     /// contended: `TDX_OPERAND_BUSY` + WBCACHE).
     cache_wb: Mutex<CacheWb>,
 }
 
 /// The core's summary; the module's tables are not locked to print it.
-impl<S> core::fmt::Debug for TdxModule<'_, S> {
+impl<S, const SHARDS: usize> core::fmt::Debug for TdxModule<'_, S, SHARDS> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("TdxModule")
             .field("tsm", &self.tsm)
@@ -222,8 +250,8 @@ impl<S> core::fmt::Debug for TdxModule<'_, S> {
     }
 }
 
-impl<'m, S> Deref for TdxModule<'m, S> {
-    type Target = Tsm<Sept<'m>, S>;
+impl<'m, S, const SHARDS: usize> Deref for TdxModule<'m, S, SHARDS> {
+    type Target = Tsm<Sept<'m>, S, SHARDS>;
     fn deref(&self) -> &Self::Target {
         &self.tsm
     }
@@ -237,17 +265,37 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
 
     /// The firmware over `table`, sealing with `session`, refusing `reserved` as MMIO.
     pub const fn with_reserved(table: Sept<'m>, session: S, reserved: ReservedMemory) -> Self {
+        Self::from_core(Tsm::with_reserved(table, session, reserved))
+    }
+}
+
+impl<'m, S: SecureSession, const SHARDS: usize> TdxModule<'m, S, SHARDS> {
+    /// The firmware over `tables` and `sessions`, one of each per shard (TD slot `i` in shard
+    /// `i % SHARDS`, SPDM devices relaying as the core's [`Tsm::sharded`] says), refusing
+    /// `reserved` as MMIO. Each S-EPT must be empty and over a frame pool of its own (a pool
+    /// shared by two shards would be written by both under different locks).
+    pub fn sharded(
+        tables: [Sept<'m>; SHARDS],
+        sessions: [S; SHARDS],
+        reserved: ReservedMemory,
+    ) -> Self {
+        Self::from_core(Tsm::sharded(tables, sessions, reserved))
+    }
+
+    const fn from_core(tsm: Tsm<Sept<'m>, S, SHARDS>) -> Self {
         Self {
-            tsm: Tsm::with_reserved(table, session, reserved),
-            pages: Mutex::new([const { None }; MAX_TDIS]),
-            tds: RwLock::new([const { None }; MAX_GUESTS]),
-            spdm: Mutex::new([const { None }; MAX_DEVICES]),
+            tsm,
+            pages: CachePadded::new(Mutex::new([const { None }; MAX_TDIS])),
+            tds: TdCopies::new(),
+            spdm: Copies(
+                [const { CachePadded::new(RwLock::new([const { None }; MAX_DEVICES])) }; SHARDS],
+            ),
             cache_wb: Mutex::new(CacheWb::new()),
         }
     }
 
     /// The core.
-    pub fn tsm(&self) -> &Tsm<Sept<'m>, S> {
+    pub fn tsm(&self) -> &Tsm<Sept<'m>, S, SHARDS> {
         &self.tsm
     }
 
@@ -266,24 +314,37 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
     /// The TD whose TDR page is at host physical address `tdr` (`None`: no TD has it);
     /// `Busy(Guest)` while TDH.MNG.CREATE or a teardown leaf holds the table.
     pub fn td_of(&self, tdr: u64) -> TsmResult<Option<GuestId>> {
-        Ok(td_in(&*self.read_tds()?, tdr))
+        Ok(td_in(&*self.read_tds_for(tdr)?, tdr))
     }
 
     /// The TDR page of `guest` (`None`: no TD TDH.MNG.CREATE made has that handle).
     pub fn tdr_of(&self, guest: GuestId) -> TsmResult<Option<TdEntry>> {
-        let table = self.read_tds()?;
+        let table = self.tds.read_guest(guest)?;
         Ok(table.get(usize::from(guest.slot())).copied().flatten())
     }
 
-    /// The TD table, shared, for one leaf naming a TD; `Busy(Guest)` while it is written.
-    pub(crate) fn read_tds(&self) -> TsmResult<RwLockReadGuard<'_, TdTable>> {
-        self.tds.try_read().ok_or(Error::Busy(Operand::Guest))
+    /// Whether every shard's copy of the TD table and of the SPDM table is the same, and the
+    /// TD index matches them (tests: a change is all or nothing); `Busy` while a leaf writes.
+    pub fn copies_agree(&self) -> TsmResult<bool> {
+        Ok(self.tds.agree()? && self.spdm.agree(Error::Busy(Operand::Device))?)
     }
 
-    /// The TD table, exclusive, for TDH.MNG.CREATE and the teardown leaves; `Busy(Guest)` while any
-    /// other leaf holds it.
-    pub(crate) fn write_tds(&self) -> TsmResult<RwLockWriteGuard<'_, TdTable>> {
-        self.tds.try_write().ok_or(Error::Busy(Operand::Guest))
+    /// The TD table, shared, for one leaf naming the TD whose TDR page is at `tdr` (that TD's
+    /// shard's copy); `Busy(Guest)` while it is written.
+    pub(crate) fn read_tds_for(&self, tdr: u64) -> TsmResult<RwLockReadGuard<'_, TdTable>> {
+        self.tds.read_for(tdr)
+    }
+
+    /// The TD table, shared, for a leaf that scans it (shard 0's copy); `Busy(Guest)` while it
+    /// is written.
+    pub(crate) fn read_tds(&self) -> TsmResult<RwLockReadGuard<'_, TdTable>> {
+        self.tds.read_shard(0)
+    }
+
+    /// The TD table, every copy, for TDH.MNG.CREATE and the teardown leaves; `Busy(Guest)`
+    /// while any other leaf holds any copy.
+    pub(crate) fn write_tds(&self) -> TsmResult<TdsWrite<'_, SHARDS>> {
+        self.tds.write()
     }
 
     /// The platform's TDH.PHYMEM.CACHE.WB progress; `Busy(Guest)` while a leaf holds it.
@@ -297,15 +358,35 @@ impl<'m, S: SecureSession> TdxModule<'m, S> {
     }
 
     /// The record of SPDM id `id` (`None`: no TDH.SPDM.CREATE made it); `Busy(Device)` while
-    /// a leaf holds the table.
+    /// a leaf changes the table.
     pub fn spdm(&self, id: u64) -> TsmResult<Option<SpdmEntry>> {
-        let table = self.lock_spdm()?;
+        let table = self.read_spdm()?;
         Ok(spdm_in(&table, id).cloned())
     }
 
-    /// The SPDM table, for one leaf; `Busy(Device)` while another CPU's leaf holds it.
-    pub(crate) fn lock_spdm(&self) -> TsmResult<MutexGuard<'_, SpdmTable>> {
-        self.spdm.try_lock().ok_or(Error::Busy(Operand::Device))
+    /// The SPDM table, every copy, for one leaf that changes it; `Busy(Device)` while another
+    /// CPU's leaf holds any copy.
+    pub(crate) fn lock_spdm(
+        &self,
+    ) -> TsmResult<AllCopies<'_, Option<SpdmEntry>, MAX_DEVICES, SHARDS>> {
+        self.spdm.write(Error::Busy(Operand::Device))
+    }
+
+    /// The SPDM table, shared, for a leaf that only reads it (shard 0's copy); `Busy(Device)`
+    /// while a leaf changes it.
+    pub(crate) fn read_spdm(&self) -> TsmResult<RwLockReadGuard<'_, SpdmTable>> {
+        self.spdm.read(0, Error::Busy(Operand::Device))
+    }
+
+    /// The SPDM table, shared, for a leaf of `guest` (its shard's copy).
+    pub(crate) fn read_spdm_for(
+        &self,
+        guest: GuestId,
+    ) -> TsmResult<RwLockReadGuard<'_, SpdmTable>> {
+        let shard = usize::from(guest.slot())
+            .checked_rem(SHARDS)
+            .ok_or(Error::Inconsistent)?;
+        self.spdm.read(shard, Error::Busy(Operand::Device))
     }
 
     /// The TDI table, for one leaf; `Busy(Tdi)` (OPERAND_BUSY on the DEVIF) while

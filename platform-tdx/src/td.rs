@@ -195,7 +195,7 @@ pub(crate) fn usable(table: &TdTable, td: GuestId) -> Result<(), TdxStatus> {
     }
 }
 
-impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
+impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S, M, SHARDS> {
     /// The teardown leaves ([`TDH_MNG_VPFLUSHDONE`], [`TDH_MNG_KEY_FREEID`],
     /// [`TDH_PHYMEM_PAGE_RECLAIM`], [`TDH_PHYMEM_CACHE_WB`], [`TDH_PHYMEM_PAGE_WBINVD`]).
     pub(crate) fn td_leaf(
@@ -215,7 +215,7 @@ impl<S: SecureSession, M: HostMemory> Dispatcher<'_, '_, S, M> {
                 let page = self.page_operand_4k(r.rcx & !KEYID_MASK).map_err(st)?;
                 let tds = self.fw.read_tds().map_err(core)?;
                 let pages = self.fw.lock_pages().map_err(core)?;
-                let spdm = self.fw.lock_spdm().map_err(core)?;
+                let spdm = self.fw.read_spdm().map_err(core)?;
                 // Held privately (a TDR, metadata): `page_held` for a shared use.
                 if page_held(&tds, &pages, &spdm, page) {
                     return Err(st(

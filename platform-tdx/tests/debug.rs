@@ -66,3 +66,15 @@ fn the_firmware_is_as_large_as_the_core_docs_say() {
     assert!(size_of::<Relayed<Sept<'static>>>() <= 152 * 1024);
     assert!(size_of::<TdxModule<'static, ModelSession>>() <= 120 * 1024);
 }
+
+/// What each further shard of the TDX module adds (printed with `--nocapture`; about 17 KiB on
+/// x86_64): the core's shard (table, requester, ownership copy) and the module's copies of the
+/// TD and SPDM tables.
+#[test]
+fn a_shard_of_the_module_costs_a_core_shard_and_two_table_copies() {
+    use core::mem::size_of;
+    let one = size_of::<TdxModule<'static, ModelSession>>();
+    let two = size_of::<TdxModule<'static, ModelSession, 2>>();
+    eprintln!("TdxModule: {one} bytes with one shard, {two} with two");
+    assert!(two > one && two - one <= 24 * 1024);
+}

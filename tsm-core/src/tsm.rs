@@ -1830,27 +1830,21 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .ok_or(Error::InvalidHandle)
     }
 
-    /// [`Tsm::owner_of`] through `guest`'s shard's copy of the ownership table (the same
-    /// answer): what a platform mapping for `guest` asks, so that lookups for guests in
-    /// different shards share no lock.
-    pub fn owner_of_for(
-        &self,
-        guest: GuestId,
-        hpa: Hpa,
-        size: PageSize,
-    ) -> TsmResult<Option<TdiId>> {
-        let page = MmioRange::try_new(hpa, size.base_pages())?;
-        let owners = self.read_owners(Some(guest))?;
-        Ok(owners.overlapping(&page).map(|o| o.tdi))
-    }
-
     /// The bound TDI whose report shares a byte with the page at `hpa` of `size` (private or
     /// shared range), if any: what a platform whose host names no TDI in a map request (TDX's
     /// TDH.MMIO.MAP) asks before mapping. One lookup under the ownership lock (shard 0's copy;
-    /// [`Tsm::owner_of_for`] reads a guest's own).
+    /// [`Tsm::owner_for`] reads a guest's own).
     pub fn owner_of(&self, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
         let page = MmioRange::try_new(hpa, size.base_pages())?;
         let owners = self.read_owners(None)?;
+        Ok(owners.overlapping(&page).map(|o| o.tdi))
+    }
+
+    /// [`Tsm::owner_of`] for a map into `guest`: reads `guest`'s shard's copy of the ownership
+    /// table, so the look-ups of maps into guests of different shards share no lock.
+    pub fn owner_for(&self, guest: GuestId, hpa: Hpa, size: PageSize) -> TsmResult<Option<TdiId>> {
+        let page = MmioRange::try_new(hpa, size.base_pages())?;
+        let owners = self.read_owners(Some(guest))?;
         Ok(owners.overlapping(&page).map(|o| o.tdi))
     }
 
