@@ -178,7 +178,8 @@ fn rank(step: UnbindStep) -> u8 {
         UnbindStep::Stop => 1,
         UnbindStep::Track => 2,
         UnbindStep::Remove(_) => 3,
-        UnbindStep::Release => 4,
+        UnbindStep::Dma => 4,
+        UnbindStep::Release => 5,
     }
 }
 
@@ -321,7 +322,7 @@ impl Exempt {
             Exempt::ForcedProgress(_) => {
                 let ok = matches!(a.state, TdiState::Unbinding { step, .. }
                     if same_owner(a.state) && forward(b.state, step)
-                        && matches!(step, UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release))
+                        && matches!(step, UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Dma | UnbindStep::Release))
                     && a.exchange.is_none()
                     && a.nonce.is_none()
                     && a.unlock_first;

@@ -293,13 +293,19 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::GuestInUse
         | Error::DuplicateDevice
         | Error::DuplicateTdi
-        | Error::BarInUse => SevStatus::IN_USE,
+        | Error::BarInUse
+        | Error::DmaContextRemains => SevStatus::IN_USE,
         // The TDI's lifecycle state forbids the command.
         Error::TdiNotBound
         | Error::TdiAlreadyBound
         | Error::TdiNotLocked
         | Error::TdiInError
-        | Error::UnbindInProgress => SevStatus::INVALID_TDI_STATE,
+        | Error::UnbindInProgress
+        // The TDI's trusted DMA context (the sDTE) is not in the state the command needs.
+        | Error::DmaContextExists
+        | Error::NoDmaContext
+        | Error::DmaNotBlocked
+        | Error::IotlbInvalidationPending => SevStatus::INVALID_TDI_STATE,
         Error::NotOwner => SevStatus::INVALID_GUEST,
         // The device's IDE stream was cut by a forced TDI_UNBIND: reconnect it first.
         Error::StreamCut => SevStatus::INVALID_DEV_STATE,

@@ -298,6 +298,13 @@ struct tsm_tdx_dev_info {
 #define TDX_TLB_TRACKING_NOT_DONE      0xC0000B0800000000ull
 #define TDX_DEVIF_TDISP_INVALID_STATE  0xC0000F1000000000ull
 #define TDX_DEVIF_INVALID_STATE        0xC0000F1100000000ull
+/* Trusted DMA (TDX-IO DMAR): a context (PASID entry) not in the state the request needs (one
+ * exists already, or it is not blocked); its IOTLB invalidation not complete; none there; a
+ * TDI whose DMA context remains. */
+#define TDX_DMAR_INVALID_MAPPING_STATE 0xC0000F0700000000ull
+#define TDX_DMAR_INVALID_INV_STATE     0xC0000F0800000000ull
+#define TDX_DMAR_ENTRY_NOT_PRESENT     0xC0000F3900000000ull
+#define TDX_DEVIF_HAS_MAPPED_DMA       0xC0000F3F00000000ull
 /* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
  * or a request re-read with nothing outstanding; bytes that are not the answer to the
  * outstanding request (garbled, another TDI's, stale, too long; nothing changed, the request
@@ -411,6 +418,7 @@ struct tsm_tdx_dev_info {
 #define TDX_OPERAND_ID_TD_EPOCH 169u     /* the TD's TLB epoch (TDH.MEM.TRACK) */
 #define TDX_OPERAND_ID_WBCACHE 188u      /* the platform's CACHE.WB state (busy) */
 #define TDX_OPERAND_ID_MMIOMT 257u       /* MMIO ownership (the module's MMIO metadata) */
+#define TDX_OPERAND_ID_DMAR 320u         /* a trusted DMA context (DMAR entry) */
 #define TDX_OPERAND_ID_DEVICE_TABLE 0xF00u /* ours: the device table (busy) */
 #define TDX_OPERAND_ID_DEVICE 0xF01u     /* ours: a device (busy) */
 #define TDX_OPERAND_ID_DEVIF 0xF02u      /* ours: a TDI (OPERAND_BUSY: retry) */

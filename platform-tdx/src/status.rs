@@ -90,6 +90,18 @@ pub const TDX_EPT_ENTRY_STATE_INCORRECT: u64 = 0xC000_0B0D_0000_0000;
 pub const TDX_DEVIF_TDISP_INVALID_STATE: u64 = 0xC000_0F10_0000_0000;
 /// TDX_DEVIF_INVALID_STATE (TDX-IO): the TDI object is not in a state for the request.
 pub const TDX_DEVIF_INVALID_STATE: u64 = 0xC000_0F11_0000_0000;
+/// TDX_DMAR_INVALID_MAPPING_STATE (TDX-IO, intel/tdx-module @a56a9173
+/// `include/auto_gen_2_0/tdx_error_codes_defs.h`): a DMAR entry not in the state the leaf needs
+/// (TDH.DMAR.ADD on one not FREE, BLOCK on one not PRESENT/PENDING, REMOVE on one not BLOCKED).
+pub const TDX_DMAR_INVALID_MAPPING_STATE: u64 = 0xC000_0F07_0000_0000;
+/// TDX_DMAR_INVALID_INV_STATE (same header): TDH.DMAR.REMOVE before the entry's IOTLB
+/// invalidation is done (`tdh_dmar_remove.c` @6e66b9d2).
+pub const TDX_DMAR_INVALID_INV_STATE: u64 = 0xC000_0F08_0000_0000;
+/// TDX_DMAR_ENTRY_NOT_PRESENT (same header): no DMAR entry where the leaf looks.
+pub const TDX_DMAR_ENTRY_NOT_PRESENT: u64 = 0xC000_0F39_0000_0000;
+/// TDX_DEVIF_HAS_MAPPED_DMA (same header): TDH.DEVIF.REMOVE while the TDI's DMA is still
+/// mapped (`tdh_devif_remove.c` @6e66b9d2 checks `dmar_mapped_flag`).
+pub const TDX_DEVIF_HAS_MAPPED_DMA: u64 = 0xC000_0F3F_0000_0000;
 /// TDX_MMIO_DEVIF_OWNER_MISMATCH (TDX-IO): the TD named does not own the TDI.
 pub const TDX_MMIO_DEVIF_OWNER_MISMATCH: u64 = 0xC000_0F27_0000_0000;
 /// TDX_MMIO_INVALID_HPA_OFFSET (TDX-IO, intel/tdx-module @a56a9173
@@ -272,6 +284,9 @@ pub const OPERAND_ID_TD_EPOCH: u32 = 169;
 pub const OPERAND_ID_WBCACHE: u32 = 188;
 /// The MMIO metadata table (TDX-IO).
 pub const OPERAND_ID_MMIOMT: u32 = 257;
+/// OPERAND_ID_DMAR: a trusted IOMMU (DMAR) entry (intel/tdx-module TDX-IO @a56a9173
+/// `include/tdx_basic_defs.h`, as `tdg_dmar_accept.c` names it).
+pub const OPERAND_ID_DMAR: u32 = 320;
 /// Ours: the device table as a whole.
 pub const OPERAND_ID_DEVICE_TABLE: u32 = 0xF00;
 /// Ours: a device record (an SPDM session object in TDX-IO).
@@ -412,6 +427,12 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::SizeMismatch => (TDX_PAGE_SIZE_MISMATCH, ops.address()),
         Error::NotBlocked => (TDX_GPA_RANGE_NOT_BLOCKED, ops.address()),
         Error::TlbFlushPending => (TDX_TLB_TRACKING_NOT_DONE, u64::from(OPERAND_ID_TD_EPOCH)),
+        Error::DmaContextExists | Error::DmaNotBlocked => {
+            (TDX_DMAR_INVALID_MAPPING_STATE, u64::from(OPERAND_ID_DMAR))
+        }
+        Error::NoDmaContext => (TDX_DMAR_ENTRY_NOT_PRESENT, u64::from(OPERAND_ID_DMAR)),
+        Error::IotlbInvalidationPending => (TDX_DMAR_INVALID_INV_STATE, u64::from(OPERAND_ID_DMAR)),
+        Error::DmaContextRemains => (TDX_DEVIF_HAS_MAPPED_DMA, ops.handle()),
         Error::DeviceUnresponsive => (TSM_DEVICE_UNRESPONSIVE, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceRefused => (TSM_DEVICE_REFUSED, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceMalformed => (TSM_DEVICE_MALFORMED, u64::from(OPERAND_ID_TRANSPORT)),
@@ -526,6 +547,11 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TDX_PAGE_SIZE_MISMATCH => Error::SizeMismatch,
         TDX_GPA_RANGE_NOT_BLOCKED => Error::NotBlocked,
         TDX_TLB_TRACKING_NOT_DONE | TDX_PREVIOUS_TLB_EPOCH_BUSY => Error::TlbFlushPending,
+        // TDX names one state for "exists" and "not blocked": decoded as the latter.
+        TDX_DMAR_INVALID_MAPPING_STATE => Error::DmaNotBlocked,
+        TDX_DMAR_ENTRY_NOT_PRESENT => Error::NoDmaContext,
+        TDX_DMAR_INVALID_INV_STATE => Error::IotlbInvalidationPending,
+        TDX_DEVIF_HAS_MAPPED_DMA => Error::DmaContextRemains,
         TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,
         TSM_DEVICE_REFUSED => Error::DeviceRefused,
         TSM_DEVICE_MALFORMED => Error::DeviceMalformed,
@@ -793,6 +819,8 @@ mod tests {
                 Error::InvalidPageSize => Error::Misaligned,
                 // The map leaf carries no requester ID: no operand to name.
                 Error::InvalidRequesterId => Error::InvalidHandle,
+                // TDX_DMAR_INVALID_MAPPING_STATE: an entry not FREE for ADD, not BLOCKED after.
+                Error::DmaContextExists => Error::DmaNotBlocked,
                 other => other,
             };
             assert_eq!(

@@ -141,6 +141,10 @@ const TABLE: &[Entry] = &[
     same!(status::TDX_EPT_ENTRY_NOT_FREE),
     same!(status::TDX_GPA_RANGE_NOT_BLOCKED),
     same!(status::TDX_TLB_TRACKING_NOT_DONE),
+    same!(status::TDX_DMAR_INVALID_MAPPING_STATE),
+    same!(status::TDX_DMAR_INVALID_INV_STATE),
+    same!(status::TDX_DMAR_ENTRY_NOT_PRESENT),
+    same!(status::TDX_DEVIF_HAS_MAPPED_DMA),
     same!(status::TDX_DEVIF_TDISP_INVALID_STATE),
     same!(status::TDX_DEVIF_INVALID_STATE),
     same!(status::TDX_SPDM_REQUEST),
@@ -211,6 +215,7 @@ const TABLE: &[Entry] = &[
     named!("TDX_OPERAND_ID_TD_EPOCH", status::OPERAND_ID_TD_EPOCH),
     named!("TDX_OPERAND_ID_WBCACHE", status::OPERAND_ID_WBCACHE),
     named!("TDX_OPERAND_ID_MMIOMT", status::OPERAND_ID_MMIOMT),
+    named!("TDX_OPERAND_ID_DMAR", status::OPERAND_ID_DMAR),
     named!(
         "TDX_OPERAND_ID_DEVICE_TABLE",
         status::OPERAND_ID_DEVICE_TABLE

@@ -152,6 +152,7 @@
 pub mod addr;
 pub mod capacity;
 pub mod device_model;
+pub mod dma;
 pub mod exchange;
 pub mod functions;
 pub mod guest;
@@ -187,6 +188,8 @@ pub use status::{Completion, Error, Operand, TsmResult};
 pub use transport::{DeviceFault, InterfaceId, ReportedRange};
 pub use tsm::Tsm;
 
+#[cfg(test)]
+mod dma_tests;
 #[cfg(test)]
 mod shard_tests;
 #[cfg(test)]

@@ -57,8 +57,12 @@ pub enum UnbindStep {
     Track,
     /// Removing the blocked, flushed leaves.
     Remove(Cursor),
-    /// Every leaf removed: the TDI's ranges go back (every ownership copy written) at the next
-    /// call that finds no CPU reading them.
+    /// Every leaf removed: the TDI's trusted DMA context, if any, is blocked, its IOTLB
+    /// invalidation requested and awaited (`IotlbInvalidationPending` until it completes, the
+    /// progress kept in the record's [`crate::dma::DmaState`]), and removed.
+    Dma,
+    /// Every leaf and the DMA context removed: the TDI's ranges go back (every ownership copy
+    /// written) at the next call that finds no CPU reading them.
     Release,
 }
 

@@ -2,12 +2,14 @@
 //! host shim. It enforces the same entry rules a real S-EPT or RMP does.
 
 use crate::addr::{Gpa, Hpa};
-use crate::capacity::MAX_GUESTS;
+use crate::capacity::{MAX_GUESTS, MAX_TDIS};
+use crate::dma::DmaState;
 use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
 use crate::secure_table::{Epoch, Leaf, LeafState, Run, SecureTable, TableError};
 use crate::status::Completion;
+use crate::transport::InterfaceId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct GuestEpoch {
@@ -15,6 +17,19 @@ struct GuestEpoch {
     flushed: Epoch,
     /// The guest's flushes wait for [`MemTable::complete_flush`].
     deferred: bool,
+    /// The guest's IOTLB invalidations wait for [`MemTable::complete_invalidations`].
+    invalidations_deferred: bool,
+}
+
+/// One trusted DMA context: an interface's, in a guest's domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaEntry {
+    /// The guest whose private memory the context translates to once accepted.
+    pub guest: GuestId,
+    /// The interface (requester ID) the IOMMU matches.
+    pub iface: InterfaceId,
+    /// Where the context is.
+    pub state: DmaState,
 }
 
 /// An in-memory secure table with room for `N` leaves.
@@ -22,6 +37,8 @@ struct GuestEpoch {
 pub struct MemTable<const N: usize> {
     leaves: heapless::Vec<Leaf, N>,
     epochs: [GuestEpoch; MAX_GUESTS],
+    /// Trusted DMA contexts: at most one per TDI.
+    dmas: heapless::Vec<DmaEntry, MAX_TDIS>,
     /// Tests: the searches read the leaf at this host address as an entry they cannot read.
     #[cfg(test)]
     broken_at: Option<Hpa>,
@@ -46,7 +63,9 @@ impl<const N: usize> MemTable<N> {
                 current: 0,
                 flushed: 0,
                 deferred: false,
+                invalidations_deferred: false,
             }; MAX_GUESTS],
+            dmas: heapless::Vec::new(),
             #[cfg(test)]
             broken_at: None,
         }
@@ -72,6 +91,35 @@ impl<const N: usize> MemTable<N> {
         if let Some(e) = self.epochs.get_mut(usize::from(guest.slot())) {
             e.flushed = e.current;
         }
+    }
+
+    /// Tests: `guest`'s IOTLB invalidations complete only at
+    /// [`MemTable::complete_invalidations`] (as TDX's wait for TDH.IQ.INV.PROCESS).
+    pub fn set_defer_invalidations(&mut self, guest: GuestId, defer: bool) {
+        if let Some(e) = self.epochs.get_mut(usize::from(guest.slot())) {
+            e.invalidations_deferred = defer;
+        }
+    }
+
+    /// Completes every requested IOTLB invalidation of `guest`'s contexts.
+    pub fn complete_invalidations(&mut self, guest: GuestId) {
+        for d in self.dmas.iter_mut().filter(|d| d.guest == guest) {
+            if d.state == DmaState::Invalidating {
+                d.state = DmaState::Invalidated;
+            }
+        }
+    }
+
+    /// Every trusted DMA context (in no particular order).
+    pub fn dma_contexts(&self) -> &[DmaEntry] {
+        &self.dmas
+    }
+
+    fn dma_entry(&mut self, iface: InterfaceId) -> Result<&mut DmaEntry, TableError> {
+        self.dmas
+            .iter_mut()
+            .find(|d| d.iface == iface)
+            .ok_or(TableError::NoDmaContext)
     }
 
     /// Every leaf, in insertion order.
@@ -116,6 +164,82 @@ impl<const N: usize> MemTable<N> {
 }
 
 impl<const N: usize> SecureTable for MemTable<N> {
+    fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        if self.dmas.iter().any(|d| d.iface == iface) {
+            return Err(TableError::DmaContextExists);
+        }
+        let entry = DmaEntry {
+            guest,
+            iface,
+            state: DmaState::Pending,
+        };
+        self.dmas.push(entry).map_err(|_| TableError::OutOfFrames)
+    }
+
+    fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let d = self.dma_entry(iface)?;
+        match d.state {
+            _ if d.guest != guest => Err(TableError::NoDmaContext),
+            DmaState::Pending | DmaState::Active => {
+                d.state = DmaState::Active;
+                Ok(())
+            }
+            _ => Err(TableError::Inconsistent),
+        }
+    }
+
+    fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let d = self.dma_entry(iface)?;
+        if d.guest != guest {
+            return Err(TableError::NoDmaContext);
+        }
+        if matches!(d.state, DmaState::Pending | DmaState::Active) {
+            d.state = DmaState::Blocked;
+        }
+        Ok(())
+    }
+
+    fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        let deferred = self
+            .epochs
+            .get(usize::from(guest.slot()))
+            .is_some_and(|e| e.invalidations_deferred);
+        let d = self.dma_entry(iface)?;
+        match d.state {
+            _ if d.guest != guest => Err(TableError::NoDmaContext),
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked if deferred => {
+                d.state = DmaState::Invalidating;
+                Ok(false)
+            }
+            DmaState::Blocked => {
+                d.state = DmaState::Invalidated;
+                Ok(true)
+            }
+            DmaState::Invalidating => Ok(false),
+            DmaState::Invalidated => Ok(true),
+        }
+    }
+
+    fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let at = self
+            .dmas
+            .iter()
+            .position(|d| d.iface == iface && d.guest == guest)
+            .ok_or(TableError::NoDmaContext)?;
+        match self.dmas.get(at).map(|d| d.state) {
+            Some(DmaState::Invalidated) => {
+                self.dmas.swap_remove(at);
+                Ok(())
+            }
+            Some(DmaState::Pending | DmaState::Active) => Err(TableError::DmaNotBlocked),
+            Some(DmaState::Blocked | DmaState::Invalidating) => {
+                Err(TableError::InvalidationPending)
+            }
+            None => Err(TableError::NoDmaContext),
+        }
+    }
+
     /// Tests: the provided search, `Broken` at the leaf [`MemTable::break_at`] names.
     #[cfg(test)]
     fn find_leaves(

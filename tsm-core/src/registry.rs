@@ -5,6 +5,7 @@ use crossbeam_utils::CachePadded;
 use spin::{Mutex, MutexGuard};
 
 use crate::capacity::{MAX_BARS, MAX_TDIS_PER_DEVICE};
+use crate::dma::DmaState;
 use crate::exchange::Exchange;
 use crate::functions::{DeviceFunctions, FunctionSet};
 use crate::ids::{DeviceId, TdiId};
@@ -79,6 +80,9 @@ pub struct Tdi {
     pub mmio_offset: Option<u64>,
     /// The session's digest of the report the bind took, while bound (the guest reads it).
     pub report_digest: Option<[u8; REPORT_DIGEST_SIZE]>,
+    /// The TDI's trusted DMA context ([`crate::dma`]): created by the host while bound,
+    /// accepted by the owner, torn down by unbind before the ranges go back.
+    pub dma: Option<DmaState>,
 }
 
 impl Tdi {
@@ -102,6 +106,7 @@ impl Tdi {
             nonce: None,
             mmio_offset: None,
             report_digest: None,
+            dma: None,
         }
     }
 }

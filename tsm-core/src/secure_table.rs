@@ -7,6 +7,7 @@ use crate::ids::GuestId;
 use crate::mmio::MmioRange;
 use crate::page::PageSize;
 use crate::status::{Completion, Error};
+use crate::transport::InterfaceId;
 
 /// A guest's TLB epoch: blocks record it, removals need a flush past it (TDX: TD epoch).
 pub type Epoch = u64;
@@ -68,6 +69,14 @@ pub enum TableError {
     UnknownGuest,
     /// The table's own bookkeeping disagrees with itself (a counter would drift).
     Inconsistent,
+    /// The interface already has a trusted DMA context.
+    DmaContextExists,
+    /// The interface has no trusted DMA context.
+    NoDmaContext,
+    /// Invalidation or removal of a DMA context that is not blocked.
+    DmaNotBlocked,
+    /// Removal of a blocked DMA context whose IOTLB invalidation is not complete.
+    InvalidationPending,
 }
 
 impl From<TableError> for Error {
@@ -83,6 +92,10 @@ impl From<TableError> for Error {
             TableError::Misaligned => Error::Misaligned,
             TableError::UnknownGuest => Error::InvalidHandle,
             TableError::Inconsistent => Error::Inconsistent,
+            TableError::DmaContextExists => Error::DmaContextExists,
+            TableError::NoDmaContext => Error::NoDmaContext,
+            TableError::DmaNotBlocked => Error::DmaNotBlocked,
+            TableError::InvalidationPending => Error::IotlbInvalidationPending,
         }
     }
 }
@@ -340,6 +353,49 @@ pub trait SecureTable {
             return Ok(None);
         }
         self.remove_range(guest, run).map(Some)
+    }
+
+    /// Creates `iface`'s trusted DMA context in `guest`'s domain, not translating
+    /// ([`crate::dma::DmaState::Pending`]; TDX: the PASID entry TDH.DMAR.ADD adds). Refused:
+    /// the interface has one (`DmaContextExists`), no room (`OutOfFrames`). Provided: nothing
+    /// to record (a table whose platform keeps no DMA structure of its own).
+    fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let _ = (guest, iface);
+        Ok(())
+    }
+
+    /// Points the context at `guest`'s secure table: DMA from `iface` translates to its
+    /// private memory (TDX: TDG.DMAR.ACCEPT writes SLPTPTR; SEV: the sDTE write). An active
+    /// context stays as it is. Refused: none (`NoDmaContext`), blocked (`Inconsistent`: the
+    /// core never asks). Provided: nothing to record.
+    fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let _ = (guest, iface);
+        Ok(())
+    }
+
+    /// Blocks the context: no new translations; the IOMMU may still hold cached ones (TDX:
+    /// TDH.DMAR.BLOCK). A blocked context stays as it is. Refused: none (`NoDmaContext`).
+    /// Provided: nothing to record.
+    fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let _ = (guest, iface);
+        Ok(())
+    }
+
+    /// Requests the IOTLB invalidation of the blocked context (TDX: TDH.IQ.INV.REQUEST); `true`
+    /// when it is complete at once, `false` when the platform completes it later (TDX:
+    /// TDH.IQ.INV.PROCESS). Refused: none (`NoDmaContext`), not blocked (`DmaNotBlocked`).
+    /// Provided: complete at once.
+    fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        let _ = (guest, iface);
+        Ok(true)
+    }
+
+    /// Removes the blocked, invalidated context (TDX: TDH.DMAR.REMOVE). Refused: none
+    /// (`NoDmaContext`), not blocked (`DmaNotBlocked`), its invalidation not requested or not
+    /// complete (`InvalidationPending`). Provided: nothing to record.
+    fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let _ = (guest, iface);
+        Ok(())
     }
 
     /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.

@@ -38,12 +38,17 @@
 //! | 0x30d | `BarInUse` | a BAR overlaps a BAR of another registered device |
 //! | 0x30e | `StreamCut` | bind on a device whose IDE stream a forced unbind cut: the host sets the stream up again first |
 //! | 0x30f | `ReportedAddressMismatch` | a guest accepts a private MMIO page naming a reported address (FIRST_PAGE plus page offset, MMIO_REPORTING_OFFSET included) other than the host page mapped there plus its TDI's offset: nothing changed |
+//! | 0x310 | `DmaContextExists` | the TDI already has a trusted DMA context (one per TDI; the host cannot create another or point it elsewhere) |
+//! | 0x311 | `NoDmaContext` | the TDI has no trusted DMA context: the host creates it first |
+//! | 0x312 | `DmaContextRemains` | the TDI's trusted DMA context still exists: unbind (or block, invalidate and remove it) before the TDI is removed |
 //! | 0x401 | `GpaAlreadyMapped` | the guest address already has a leaf |
 //! | 0x402 | `HpaAlreadyMapped` | the host page is already mapped |
 //! | 0x403 | `NotMapped` | no leaf at that guest address |
 //! | 0x404 | `SizeMismatch` | the leaf there has another size |
 //! | 0x405 | `NotBlocked` | removal of a leaf that was not blocked first |
 //! | 0x406 | `TlbFlushPending` | blocked, but the TLB flush for that epoch is not done |
+//! | 0x407 | `DmaNotBlocked` | invalidation or removal of a trusted DMA context that was not blocked first |
+//! | 0x408 | `IotlbInvalidationPending` | the trusted DMA context is blocked, but its IOTLB invalidation is not complete |
 //! | 0x501 | `DeviceUnresponsive` | the device did not answer a TDISP request |
 //! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
 //! | 0x503 | `DeviceMalformed` | the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout) |
@@ -151,12 +156,17 @@ pub enum Error {
     BarInUse,
     StreamCut,
     ReportedAddressMismatch,
+    DmaContextExists,
+    NoDmaContext,
+    DmaContextRemains,
     GpaAlreadyMapped,
     HpaAlreadyMapped,
     NotMapped,
     SizeMismatch,
     NotBlocked,
     TlbFlushPending,
+    DmaNotBlocked,
+    IotlbInvalidationPending,
     DeviceUnresponsive,
     DeviceRefused,
     DeviceMalformed,
@@ -194,7 +204,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 54] = [
+    pub const ALL: [Error; 59] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -227,12 +237,17 @@ impl Error {
         Error::BarInUse,
         Error::StreamCut,
         Error::ReportedAddressMismatch,
+        Error::DmaContextExists,
+        Error::NoDmaContext,
+        Error::DmaContextRemains,
         Error::GpaAlreadyMapped,
         Error::HpaAlreadyMapped,
         Error::NotMapped,
         Error::SizeMismatch,
         Error::NotBlocked,
         Error::TlbFlushPending,
+        Error::DmaNotBlocked,
+        Error::IotlbInvalidationPending,
         Error::DeviceUnresponsive,
         Error::DeviceRefused,
         Error::DeviceMalformed,
@@ -286,12 +301,17 @@ impl Error {
             Error::BarInUse => 0x30d,
             Error::StreamCut => 0x30e,
             Error::ReportedAddressMismatch => 0x30f,
+            Error::DmaContextExists => 0x310,
+            Error::NoDmaContext => 0x311,
+            Error::DmaContextRemains => 0x312,
             Error::GpaAlreadyMapped => 0x401,
             Error::HpaAlreadyMapped => 0x402,
             Error::NotMapped => 0x403,
             Error::SizeMismatch => 0x404,
             Error::NotBlocked => 0x405,
             Error::TlbFlushPending => 0x406,
+            Error::DmaNotBlocked => 0x407,
+            Error::IotlbInvalidationPending => 0x408,
             Error::DeviceUnresponsive => 0x501,
             Error::DeviceRefused => 0x502,
             Error::DeviceMalformed => 0x503,
@@ -362,6 +382,19 @@ impl Error {
             Error::SizeMismatch => "the leaf there has another size",
             Error::NotBlocked => "removal of a leaf that was not blocked first",
             Error::TlbFlushPending => "blocked, but the TLB flush for that epoch is not done",
+            Error::DmaContextExists => {
+                "the TDI already has a trusted DMA context (one per TDI; the host cannot create another or point it elsewhere)"
+            }
+            Error::NoDmaContext => "the TDI has no trusted DMA context: the host creates it first",
+            Error::DmaContextRemains => {
+                "the TDI's trusted DMA context still exists: unbind (or block, invalidate and remove it) before the TDI is removed"
+            }
+            Error::DmaNotBlocked => {
+                "invalidation or removal of a trusted DMA context that was not blocked first"
+            }
+            Error::IotlbInvalidationPending => {
+                "the trusted DMA context is blocked, but its IOTLB invalidation is not complete"
+            }
             Error::DeviceUnresponsive => "the device did not answer a TDISP request",
             Error::DeviceRefused => "the device answered a TDISP request with an error",
             Error::DeviceMalformed => {

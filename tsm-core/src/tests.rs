@@ -10,21 +10,21 @@ use crate::mem_table::MemTable;
 use crate::tdisp::report;
 use crate::*;
 
-type T = crate::relay::host::Relayed<MemTable<256>>;
+pub(crate) type T = crate::relay::host::Relayed<MemTable<256>>;
 
-const BAR: u64 = 0x8000_0000;
-const GPA: u64 = 0x10_0000_0000;
+pub(crate) const BAR: u64 = 0x8000_0000;
+pub(crate) const GPA: u64 = 0x10_0000_0000;
 
-fn hpa(v: u64) -> Hpa {
+pub(crate) fn hpa(v: u64) -> Hpa {
     Hpa::try_new(v).unwrap()
 }
-fn gpa(v: u64) -> Gpa {
+pub(crate) fn gpa(v: u64) -> Gpa {
     Gpa::try_new(v).unwrap()
 }
-fn range(base: u64, pages: u64) -> MmioRange {
+pub(crate) fn range(base: u64, pages: u64) -> MmioRange {
     MmioRange::from_raw(base, pages).unwrap()
 }
-fn rid(bus: u8, func: u8) -> RequesterId {
+pub(crate) fn rid(bus: u8, func: u8) -> RequesterId {
     RequesterId::try_new(0, bus, 0, func).unwrap()
 }
 
@@ -36,16 +36,16 @@ const VFS: VfLayout = VfLayout {
 };
 
 /// A firmware with two guests and one device (a 4 MiB BAR, 16 VFs) with two TDIs.
-struct World {
-    tsm: T,
-    g1: GuestId,
-    g2: GuestId,
-    dev: DeviceId,
-    t0: TdiId,
-    t1: TdiId,
+pub(crate) struct World {
+    pub(crate) tsm: T,
+    pub(crate) g1: GuestId,
+    pub(crate) g2: GuestId,
+    pub(crate) dev: DeviceId,
+    pub(crate) t0: TdiId,
+    pub(crate) t1: TdiId,
 }
 
-fn world() -> World {
+pub(crate) fn world() -> World {
     let tsm = T::new(MemTable::new(), ModelDevice::model());
     let g1 = tsm.create_guest().unwrap();
     let g2 = tsm.create_guest().unwrap();
@@ -66,7 +66,7 @@ fn world() -> World {
 }
 
 /// The device reports `ranges` for `tdi`, then the host binds it.
-fn bind(tsm: &T, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()> {
+pub(crate) fn bind(tsm: &T, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<()> {
     if let Ok(record) = tsm.tdi(tdi) {
         tsm.with_device(|d| d.report_ranges(record.iface, ranges))?;
     }
@@ -74,7 +74,7 @@ fn bind(tsm: &T, tdi: TdiId, guest: GuestId, ranges: &[MmioRange]) -> TsmResult<
 }
 
 /// `t0` bound to `g1` over the first 2 MiB, with `leaves` 4 KiB leaves mapped.
-fn bound(leaves: u64) -> World {
+pub(crate) fn bound(leaves: u64) -> World {
     let w = world();
     bind(&w.tsm, w.t0, w.g1, &[range(BAR, 512)]).unwrap();
     for i in 0..leaves {
@@ -103,7 +103,7 @@ fn normalised(
 
 /// Runs `op`, expects `err`, and proves every table is unchanged.
 #[track_caller]
-fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmResult<R>) {
+pub(crate) fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmResult<R>) {
     let before = tsm.snapshot().unwrap();
     let device = |tsm: &T| tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap();
     let device_before = device(tsm);
@@ -121,7 +121,7 @@ fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmRes
     );
 }
 
-fn state(w: &World, t: TdiId) -> TdiState {
+pub(crate) fn state(w: &World, t: TdiId) -> TdiState {
     w.tsm.tdi(t).unwrap().state
 }
 

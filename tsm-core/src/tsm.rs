@@ -51,6 +51,8 @@ use crate::tdisp::{TDISP_VERSION_1_0, WireError, error_code};
 use crate::transport::{DeviceFault, ReportedRange};
 use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
+mod dma_ops;
+
 /// The TEE security manager: devices, TDIs, guests, owned MMIO, the platform's secure table
 /// `T` (in `SHARDS` independent tables, one lock each: see the module's lock order), and the
 /// secure session `S` its relayed TDISP exchanges are sealed with. Every method takes `&self`:
@@ -563,12 +565,24 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     }
 
     /// Removes an unbound TDI (`TdiBound` while bound, `ExchangePending` while a bind of it
-    /// waits on the device: unbind abandons that first).
+    /// waits on the device: unbind abandons that first). A TDI whose trusted DMA context remains
+    /// is `DmaContextRemains`, ahead of `TdiBound` when its device's stream is cut (the order
+    /// of TDX's TDH.DEVIF.REMOVE, whose HAS_MAPPED_DMA comes after the state check a blocked
+    /// stream passes).
     pub fn remove_tdi(&self, tdi: TdiId) -> TsmResult<()> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        // TDX's DEVIF.REMOVE order: with the stream cut a bound TDI's DMA context is what
+        // keeps it (TDX_DEVIF_HAS_MAPPED_DMA); otherwise being bound is.
+        if dev.stream == IdeStream::Cut && record.dma.is_some() {
+            return Err(Error::DmaContextRemains);
+        }
         transition(record.state, Event::HostTouch)?;
+        // Unbind removes the context before the TDI is unbound: one left is drift.
+        if record.dma.is_some() {
+            return Err(Error::DmaContextRemains);
+        }
         if record.exchange.is_some() {
             return Err(Error::ExchangePending);
         }
@@ -937,10 +951,13 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             mut table,
         } = locks;
         let remaining = guest.as_ref().and_then(|g| g.bound_tdis.checked_sub(1));
+        let iface = record.iface;
         let mut ctx = UnbindCtx {
             releasable: remaining.is_some(),
             tdi,
             owner,
+            iface,
+            dma: &mut record.dma,
             owners: &owners,
             table: &mut *table,
             stop: if ask.is_some() {
@@ -1714,7 +1731,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     pub fn host_may_tear_down(state: TdiState, stream: IdeStream) -> bool {
         match state {
             TdiState::Unbinding {
-                step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release,
+                step:
+                    UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Dma | UnbindStep::Release,
                 ..
             } => true,
             s => s.is_bound() && stream == IdeStream::Cut,

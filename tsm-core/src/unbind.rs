@@ -2,11 +2,13 @@
 
 use crate::addr::Hpa;
 use crate::capacity::{UNBIND_GRACE_WORK, UNBIND_MAX_LEAF_WORK};
+use crate::dma::DmaState;
 use crate::ids::{GuestId, TdiId};
 use crate::lifecycle::{Cursor, TdiState, UnbindStep};
 use crate::ownership::Ownership;
 use crate::secure_table::{Found, Leaf, PageRest, Run, SecureTable, TableError, run_page};
 use crate::status::{Completion, Error};
+use crate::transport::InterfaceId;
 
 /// Where a walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +190,10 @@ pub(crate) struct UnbindCtx<'a, T> {
     pub releasable: bool,
     pub tdi: TdiId,
     pub owner: GuestId,
+    /// The TDI's interface (what its DMA context matches).
+    pub iface: InterfaceId,
+    /// The TDI's DMA context, torn down at the Dma step.
+    pub dma: &'a mut Option<DmaState>,
     /// Read only: the release at the end is the caller's, under a write lock.
     pub owners: &'a Ownership,
     pub table: &'a mut T,
@@ -290,8 +296,37 @@ fn advance<T: SecureTable>(
                     )
                 },
             )? {
-                Walk::Finished => Next::Step(UnbindStep::Release),
+                Walk::Finished => Next::Step(UnbindStep::Dma),
                 Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
+            }
+        }
+        // The MMIO is gone from the guest and the TLBs: the DMA context next, in the order the
+        // Linux TDX Connect host enforces (block, invalidate the IOTLB and await it, remove),
+        // one change a unit. A pending invalidation is an error with the progress kept.
+        UnbindStep::Dma => {
+            *budget = budget.saturating_sub(1);
+            let (owner, iface) = (ctx.owner, ctx.iface);
+            match *ctx.dma {
+                None => Next::Step(UnbindStep::Release),
+                Some(DmaState::Pending | DmaState::Active) => {
+                    ctx.table.dma_block(owner, iface)?;
+                    *ctx.dma = Some(DmaState::Blocked);
+                    Next::Step(UnbindStep::Dma)
+                }
+                Some(DmaState::Blocked) => {
+                    let done = ctx.table.dma_invalidate(owner, iface)?;
+                    *ctx.dma = Some(if done {
+                        DmaState::Invalidated
+                    } else {
+                        DmaState::Invalidating
+                    });
+                    Next::Step(UnbindStep::Dma)
+                }
+                Some(DmaState::Invalidating | DmaState::Invalidated) => {
+                    ctx.table.dma_remove(owner, iface)?;
+                    *ctx.dma = None;
+                    Next::Step(UnbindStep::Release)
+                }
             }
         }
         UnbindStep::Release => Next::Release,

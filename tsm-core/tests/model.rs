@@ -14,6 +14,7 @@ mod common;
 use common::{World, bar, check_invariants, report_and_bind, world};
 use proptest::prelude::*;
 use tsm_core::device_model::DeviceEvent;
+use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::lifecycle::UnbindStep;
 use tsm_core::*;
 
@@ -108,6 +109,22 @@ enum Op {
         tdi: usize,
         bytes: Option<Vec<u8>>,
     },
+    /// The host creates a TDI's trusted DMA context.
+    DmaCreate {
+        tdi: usize,
+    },
+    /// A guest accepts a TDI's trusted DMA context.
+    DmaAccept {
+        guest: usize,
+        tdi: usize,
+    },
+    /// The host tears a TDI's context down itself: 0 block, 1 invalidate, 2 remove.
+    DmaHost {
+        tdi: usize,
+        what: u8,
+    },
+    /// IOTLB invalidations wait (or complete every waiting one).
+    DeferInvalidations(bool),
 }
 
 fn size() -> impl Strategy<Value = PageSize> {
@@ -161,6 +178,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..5, 0usize..4, 0u8..4).prop_map(|(tdi, guest, what)| Op::Abandon { tdi, guest, what }),
         1 => (0usize..5, prop::option::of(prop::collection::vec(any::<u8>(), 0..400)))
             .prop_map(|(tdi, bytes)| Op::Garble { tdi, bytes }),
+        2 => (0usize..5).prop_map(|tdi| Op::DmaCreate { tdi }),
+        2 => (0usize..4, 0usize..5).prop_map(|(guest, tdi)| Op::DmaAccept { guest, tdi }),
+        1 => (0usize..5, 0u8..3).prop_map(|(tdi, what)| Op::DmaHost { tdi, what }),
+        1 => any::<bool>().prop_map(Op::DeferInvalidations),
     ]
 }
 
@@ -334,6 +355,34 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
                 .device_response(tdi_of(w, *tdi), bytes.as_deref(), &mut out);
             (false, r)
         }
+        Op::DmaCreate { tdi } => (false, done(tsm.host_dma_create(tdi_of(w, *tdi)))),
+        Op::DmaAccept { guest, tdi } => (
+            false,
+            done(tsm.guest_dma_accept(guest_of(w, *guest), tdi_of(w, *tdi))),
+        ),
+        Op::DmaHost { tdi, what } => {
+            let t = tdi_of(w, *tdi);
+            let r = match what {
+                0 => tsm.host_dma_block(t),
+                1 => tsm.host_dma_invalidate(t),
+                _ => tsm.host_dma_remove(t),
+            };
+            (false, done(r))
+        }
+        Op::DeferInvalidations(on) => {
+            let g = w.guests.clone();
+            (
+                false,
+                done(tsm.with_table(|t| {
+                    for &g in &g {
+                        t.set_defer_invalidations(g, *on);
+                        if !*on {
+                            t.complete_invalidations(g);
+                        }
+                    }
+                })),
+            )
+        }
         Op::DeferFlush(on) => {
             let g = w.guests.clone();
             (
@@ -397,12 +446,14 @@ fn exemption(op: &Op, err: Error) -> Option<Exempt> {
             Op::Unbind { .. },
             Error::DeviceUnresponsive | Error::DeviceRefused | Error::DeviceMalformed,
         ) => Some(Exempt::UnbindStopFailed),
-        (Op::Unbind { .. }, Error::TlbFlushPending | Error::Inconsistent) => {
-            Some(Exempt::UnbindProgressKept)
-        }
-        (Op::UnbindForced { .. }, Error::TlbFlushPending | Error::Inconsistent) => {
-            Some(Exempt::ForcedProgressKept)
-        }
+        (
+            Op::Unbind { .. },
+            Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent,
+        ) => Some(Exempt::UnbindProgressKept),
+        (
+            Op::UnbindForced { .. },
+            Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent,
+        ) => Some(Exempt::ForcedProgressKept),
         (Op::Start { .. }, Error::DeviceRefused | Error::DeviceMalformed) => {
             Some(Exempt::StartFault)
         }
@@ -447,7 +498,10 @@ fn check_exempt(
             matches!(
                 rec.state,
                 TdiState::Unbinding {
-                    step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release,
+                    step: UnbindStep::Track
+                        | UnbindStep::Remove(_)
+                        | UnbindStep::Dma
+                        | UnbindStep::Release,
                     ..
                 }
             ),
@@ -522,7 +576,10 @@ fn check_exempt(
                 !matches!(
                     rec_before.state,
                     TdiState::Unbinding {
-                        step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release,
+                        step: UnbindStep::Track
+                            | UnbindStep::Remove(_)
+                            | UnbindStep::Dma
+                            | UnbindStep::Release,
                         ..
                     }
                 ),
@@ -540,7 +597,7 @@ fn check_exempt(
         Exempt::UnbindProgressKept => prop_assert!(
             matches!(
                 rec_after.state,
-                TdiState::Unbinding { owner: o, step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Release }
+                TdiState::Unbinding { owner: o, step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Dma | UnbindStep::Release }
                     if o == owner
             ),
             "{:?}",
@@ -605,15 +662,37 @@ fn check_exempt(
     } else {
         &[false]
     };
+    // After the leaves, the TDI's DMA context may have been blocked, invalidated and removed
+    // (the Dma step), each only after the one before.
+    let iface = rec_before.iface;
+    let dma_steps = |table: &mut tsm_core::mem_table::MemTable<512>, n: usize| {
+        let steps: [&dyn Fn(&mut tsm_core::mem_table::MemTable<512>) -> bool; 3] = [
+            &|t| t.dma_block(owner, iface).is_ok(),
+            &|t| t.dma_invalidate(owner, iface).is_ok(),
+            &|t| t.dma_remove(owner, iface).is_ok(),
+        ];
+        steps.iter().take(n).all(|s| s(table))
+    };
     let explained = tracks.iter().any(|&track| {
         let mut table = blocks.clone();
         if track && table.track(owner).is_err() {
             return false;
         }
-        removed
+        if !removed
             .iter()
             .all(|l| table.remove(l.guest, l.gpa, l.size).is_ok())
-            && &table == after.table()
+        {
+            return false;
+        }
+        let dma_max = if kind == Exempt::UnbindProgressKept {
+            3
+        } else {
+            0
+        };
+        (0..=dma_max).any(|n| {
+            let mut t = table.clone();
+            dma_steps(&mut t, n) && &t == after.table()
+        })
     });
     prop_assert!(
         explained,
@@ -792,6 +871,9 @@ fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
             {
                 prop_assert_eq!(w.tsm.tdi(t).unwrap().state, TdiState::Unbound);
                 prop_assert!(w.tsm.owned_ranges(t).unwrap().is_empty());
+                // No DMA path is left: no context, and the device reaches shared memory only.
+                prop_assert_eq!(w.tsm.tdi(t).unwrap().dma, None);
+                prop_assert_eq!(w.tsm.dma_reach(t), Ok(DmaReach::SharedOnly));
                 for r in &owned_before[*tdi] {
                     prop_assert!(
                         after
@@ -804,6 +886,20 @@ fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             check_invariants(&w);
+            // A device reaches a guest's private memory only while its TDI is RUN, bound to
+            // that guest, and its context accepted.
+            for &t in &w.tdis {
+                if let Ok(DmaReach::Private(g)) = w.tsm.dma_reach(t) {
+                    let rec = w.tsm.tdi(t).unwrap();
+                    prop_assert_eq!(
+                        rec.state,
+                        TdiState::Run { owner: g },
+                        "{:?} reaches private memory",
+                        op
+                    );
+                    prop_assert_eq!(rec.dma, Some(DmaState::Active));
+                }
+            }
         }
         // Every TDI can always be unbound completely once the device and TLBs cooperate.
         w.tsm
@@ -811,6 +907,8 @@ fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
                 w.guests.iter().for_each(|&g| {
                     t.set_defer_flush(g, false);
                     t.complete_flush(g);
+                    t.set_defer_invalidations(g, false);
+                    t.complete_invalidations(g);
                 })
             })
             .unwrap();

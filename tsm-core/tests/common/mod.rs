@@ -9,6 +9,7 @@
 )]
 
 use tsm_core::device_model::ModelDevice;
+use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::lifecycle::UnbindStep;
 use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::wire_range;
@@ -102,6 +103,7 @@ pub fn check_invariants(w: &World) {
                     step: UnbindStep::Stop
                         | UnbindStep::Track
                         | UnbindStep::Remove(_)
+                        | UnbindStep::Dma
                         | UnbindStep::Release,
                     ..
                 }
@@ -112,6 +114,55 @@ pub fn check_invariants(w: &World) {
             tdi.state
         );
     }
+    // Every trusted DMA context: the one of a bound TDI, in its owner's domain, in the state
+    // the TDI's record says (an invalidation the platform completed since may be ahead of it);
+    // and what the device's DMA reaches follows from them alone.
+    let contexts = snap.table().dma_contexts();
+    for (slot, tdi) in snap.tdis.iter().enumerate() {
+        let Some(tdi) = tdi else { continue };
+        let entry = contexts.iter().find(|c| c.iface == tdi.iface);
+        match (tdi.dma, entry) {
+            (None, None) => {}
+            (Some(s), Some(e)) => {
+                assert_eq!(
+                    Some(e.guest),
+                    tdi.state.owner(),
+                    "TDI #{slot}: context of another guest"
+                );
+                assert!(
+                    e.state == s
+                        || (s == DmaState::Invalidating && e.state == DmaState::Invalidated),
+                    "TDI #{slot}: record says {s:?}, the table {:?}",
+                    e.state
+                );
+            }
+            (r, e) => panic!("TDI #{slot}: record {r:?}, table {e:?}"),
+        }
+        assert!(
+            tdi.dma.is_none() || tdi.state.is_bound(),
+            "TDI #{slot} unbound with a DMA context"
+        );
+        let stream = snap.devices[tdi.device.slot() as usize]
+            .as_ref()
+            .unwrap()
+            .stream;
+        if let DmaReach::Private(g) = tsm_core::dma::reach(tdi.state, tdi.dma, stream) {
+            assert_eq!(tdi.state, TdiState::Run { owner: g });
+            assert_eq!(
+                entry.map(|e| (e.guest, e.state)),
+                Some((g, DmaState::Active))
+            );
+        }
+    }
+    assert_eq!(
+        contexts.len(),
+        snap.tdis
+            .iter()
+            .flatten()
+            .filter(|t| t.dma.is_some())
+            .count(),
+        "a context no TDI records"
+    );
     for (i, a) in snap.owners.iter().enumerate() {
         for b in snap.owners.iter().skip(i + 1) {
             assert!(

@@ -1,0 +1,215 @@
+//! Trusted DMA contexts: created by the host, accepted by the owner only, reaching private
+//! memory only while the TDI runs, torn down by unbind in the enforced order, never changed by
+//! the host out of order; every refusal changes nothing.
+
+use crate::dma::{DmaReach, DmaState};
+use crate::lifecycle::UnbindStep;
+use crate::mem_table::DmaEntry;
+use crate::tests::{BAR, GPA, World, bound, gpa, range, refused, state};
+use crate::*;
+
+/// The platform table's contexts.
+fn contexts(w: &World) -> Vec<DmaEntry> {
+    w.tsm.with_table(|t| t.dma_contexts().to_vec()).unwrap()
+}
+
+fn reach(w: &World, t: TdiId) -> DmaReach {
+    w.tsm.dma_reach(t).unwrap()
+}
+
+fn dma(w: &World, t: TdiId) -> Option<DmaState> {
+    w.tsm.tdi(t).unwrap().dma
+}
+
+/// `t0` bound to `g1` with one leaf, its context created and accepted, running.
+fn running() -> World {
+    let w = bound(1);
+    w.tsm.host_dma_create(w.t0).unwrap();
+    w.tsm.guest_dma_accept(w.g1, w.t0).unwrap();
+    w.tsm.guest_start(w.g1, w.t0).unwrap();
+    w
+}
+
+#[test]
+fn dma_reaches_private_memory_only_running_with_the_context_accepted() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly, "locked, no context");
+    tsm.host_dma_create(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(
+        reach(&w, w.t0),
+        DmaReach::SharedOnly,
+        "created, not accepted"
+    );
+    tsm.guest_dma_accept(w.g1, w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Active));
+    assert_eq!(
+        reach(&w, w.t0),
+        DmaReach::SharedOnly,
+        "accepted, not running"
+    );
+    // Accepting again changes nothing.
+    let before = tsm.snapshot().unwrap();
+    assert_eq!(tsm.guest_dma_accept(w.g1, w.t0), Ok(()));
+    assert_eq!(tsm.snapshot().unwrap(), before);
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    assert_eq!(reach(&w, w.t0), DmaReach::Private(w.g1));
+    let ctx = contexts(&w);
+    assert_eq!(ctx.len(), 1);
+    assert_eq!((ctx[0].guest, ctx[0].state), (w.g1, DmaState::Active));
+    // ERROR: the device is no longer trusted with the guest.
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly, "in ERROR");
+}
+
+#[test]
+fn a_running_tdi_without_an_accepted_context_reaches_shared_memory_only() {
+    let w = bound(0);
+    w.tsm.host_dma_create(w.t0).unwrap();
+    w.tsm.guest_start(w.g1, w.t0).unwrap();
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}
+
+#[test]
+fn dma_context_refusals_change_nothing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    // Unbound, unknown, no context, not the owner.
+    refused(tsm, Error::TdiNotBound, || tsm.host_dma_create(w.t1));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.host_dma_create(TdiId::from_slot(99))
+    });
+    refused(tsm, Error::NoDmaContext, || {
+        tsm.guest_dma_accept(w.g1, w.t0)
+    });
+    tsm.host_dma_create(w.t0).unwrap();
+    refused(tsm, Error::DmaContextExists, || tsm.host_dma_create(w.t0));
+    refused(tsm, Error::NotOwner, || tsm.guest_dma_accept(w.g2, w.t0));
+    refused(tsm, Error::TdiNotBound, || tsm.guest_dma_accept(w.g1, w.t1));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.guest_dma_accept(GuestId::from_slot(30), w.t0)
+    });
+    // While the device can reach the guest, the host can neither disable, invalidate nor
+    // remove the context (nor create another, above).
+    refused(tsm, Error::TdiBound, || tsm.host_dma_block(w.t0));
+    refused(tsm, Error::TdiBound, || tsm.host_dma_invalidate(w.t0));
+    refused(tsm, Error::TdiBound, || tsm.host_dma_remove(w.t0));
+    tsm.guest_dma_accept(w.g1, w.t0).unwrap();
+    tsm.guest_start(w.g1, w.t0).unwrap();
+    refused(tsm, Error::TdiBound, || tsm.host_dma_block(w.t0));
+    refused(tsm, Error::TdiBound, || tsm.host_dma_remove(w.t0));
+    // In ERROR the context stays the firmware's until unbind.
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    refused(tsm, Error::TdiInError, || tsm.host_dma_create(w.t0));
+    refused(tsm, Error::TdiInError, || tsm.guest_dma_accept(w.g1, w.t0));
+    refused(tsm, Error::TdiBound, || tsm.host_dma_block(w.t0));
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}
+
+#[test]
+fn unbind_tears_the_context_down_after_the_mmio_and_awaits_the_invalidation() {
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+        .unwrap();
+    let got = tsm.unbind(w.t0);
+    assert_eq!(got, Err(Error::IotlbInvalidationPending));
+    // The MMIO went first: no leaf left; the context blocked, its invalidation requested;
+    // the ranges still owned; the device reaches shared memory only.
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            owner: w.g1,
+            step: UnbindStep::Dma
+        }
+    );
+    assert_eq!(tsm.leaf(w.g1, gpa(GPA)).unwrap(), None);
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+    assert_eq!(contexts(&w)[0].state, DmaState::Invalidating);
+    assert_eq!(tsm.owned_ranges(w.t0).unwrap().len(), 1);
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+    // Calling again before the invalidation completes: the same status, nothing changes.
+    refused(tsm, Error::IotlbInvalidationPending, || tsm.unbind(w.t0));
+    // The platform completes it: the context goes, then the ranges.
+    tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+    assert_eq!(dma(&w, w.t0), None);
+    assert!(contexts(&w).is_empty());
+    assert!(tsm.owned_ranges(w.t0).unwrap().is_empty());
+    // Rebindable, with a new context.
+    crate::tests::bind(tsm, w.t0, w.g1, &[range(BAR, 512)]).unwrap();
+    tsm.host_dma_create(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+}
+
+#[test]
+fn unbind_without_a_pending_invalidation_removes_the_context_in_one_call() {
+    let w = running();
+    assert_eq!(w.tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), None);
+    assert!(contexts(&w).is_empty());
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}
+
+#[test]
+fn a_forced_unbind_tears_the_context_down_too() {
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.with_device(|d| d.set_fault(crate::tests::rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+        .unwrap();
+    assert_eq!(
+        tsm.unbind_forced(w.t0),
+        Err(Error::IotlbInvalidationPending)
+    );
+    // The stream is cut: the device reaches nothing private, whatever the context's state.
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+    // The TDI cannot be removed while the context remains.
+    refused(tsm, Error::DmaContextRemains, || tsm.remove_tdi(w.t0));
+    tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+    assert_eq!(tsm.remove_tdi(w.t0), Ok(()));
+}
+
+#[test]
+fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
+    let w = running();
+    let tsm = &w.tsm;
+    // The TLB flush waits: the unbind stops past STOP, at the MMIO removal.
+    tsm.with_table(|t| t.set_defer_flush(w.g1, true)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::TlbFlushPending));
+    assert!(matches!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            step: UnbindStep::Remove(_),
+            ..
+        }
+    ));
+    // Out of order: refused, nothing changes.
+    refused(tsm, Error::DmaNotBlocked, || tsm.host_dma_invalidate(w.t0));
+    refused(tsm, Error::DmaNotBlocked, || tsm.host_dma_remove(w.t0));
+    tsm.host_dma_block(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::IotlbInvalidationPending, || {
+        tsm.host_dma_remove(w.t0)
+    });
+    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+        .unwrap();
+    tsm.host_dma_invalidate(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+    refused(tsm, Error::IotlbInvalidationPending, || {
+        tsm.host_dma_remove(w.t0)
+    });
+    tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
+    tsm.host_dma_remove(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), None);
+    refused(tsm, Error::NoDmaContext, || tsm.host_dma_block(w.t0));
+    // The unbind goes on and skips what the host did.
+    tsm.with_table(|t| t.complete_flush(w.g1)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+}

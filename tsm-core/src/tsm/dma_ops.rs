@@ -1,0 +1,156 @@
+//! The firmware's operations on trusted DMA contexts ([`crate::dma`]): the host creates one for
+//! a bound TDI, the owner accepts it, the device's DMA is judged by it, and the host may tear it
+//! down itself once the device can no longer reach the guest, in the enforced order.
+
+use super::Tsm;
+use crate::dma::{self, DmaReach, DmaState};
+use crate::ids::{GuestId, TdiId};
+use crate::lifecycle::TdiState;
+use crate::registry::Tdi;
+use crate::relay::SecureSession;
+use crate::secure_table::{SecureTable, TableError};
+use crate::status::{Error, TsmResult};
+
+/// `NoDmaContext` without one.
+fn context(record: &Tdi) -> TsmResult<DmaState> {
+    record.dma.ok_or(Error::NoDmaContext)
+}
+
+impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
+    /// The host creates `tdi`'s trusted DMA context (TDX: TDH.DMAR.ADD 150 of its PASID entry,
+    /// PENDING, its translation and domain left to the firmware; SEV-TIO: the device's sDTE
+    /// slot): the TDI's DMA reaches shared memory only until its owner accepts the context
+    /// ([`Tsm::guest_dma_accept`]). One per TDI, for a TDI bound and locked or running. Refused,
+    /// changing nothing: unknown TDI (`InvalidHandle`), unbound (`TdiNotBound`), in ERROR
+    /// (`TdiInError`), being unbound (`UnbindInProgress`), a context already there
+    /// (`DmaContextExists`), the platform's table full (`SecureTableFull`).
+    ///
+    /// Locks: TDI, secure table (the owner's shard).
+    pub fn host_dma_create(&self, tdi: TdiId) -> TsmResult<()> {
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let owner = match record.state {
+            TdiState::Locked { owner } | TdiState::Run { owner } => owner,
+            TdiState::Unbound => return Err(Error::TdiNotBound),
+            TdiState::Error { .. } => return Err(Error::TdiInError),
+            TdiState::Unbinding { .. } => return Err(Error::UnbindInProgress),
+        };
+        if record.dma.is_some() {
+            return Err(Error::DmaContextExists);
+        }
+        let mut table = self.table_of(owner)?;
+        table.dma_create(owner, record.iface)?;
+        record.dma = Some(DmaState::Pending);
+        Ok(())
+    }
+
+    /// `guest` accepts `tdi`'s trusted DMA context (TDX: TDG.DMAR.ACCEPT 70; SEV-TIO: the sDTE
+    /// write of its TIO guest request): the firmware points it at the guest's own secure table,
+    /// and DMA from the TDI reaches the guest's private memory while the TDI runs. The owner
+    /// only, while the TDI is locked or running; an active context accepted again is `Ok` and
+    /// changes nothing. Refused, changing nothing: unknown guest or TDI (`InvalidHandle`),
+    /// unbound (`TdiNotBound`), another guest's (`NotOwner`), in ERROR (`TdiInError`), being
+    /// unbound (`UnbindInProgress`), no context (`NoDmaContext`).
+    ///
+    /// Locks: guest (briefly), TDI, secure table (the guest's shard).
+    pub fn guest_dma_accept(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.guest(guest)?;
+        let mut slot = self.tdis.lock(tdi.slot())?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        Self::guest_owns(record, guest, false)?;
+        match context(record)? {
+            DmaState::Active => return Ok(()),
+            DmaState::Pending => {}
+            // An unbind blocks the context only after leaving Locked/Run: drift.
+            _ => return Err(Error::Inconsistent),
+        }
+        let mut table = self.table_of(guest)?;
+        table.dma_accept(guest, record.iface)?;
+        record.dma = Some(DmaState::Active);
+        Ok(())
+    }
+
+    /// What a DMA request with the TEE bit from `tdi` reaches now ([`dma::reach`]: the owner's
+    /// private memory only while the TDI runs, its context accepted and its device's stream
+    /// live). The device model asks it; it changes nothing.
+    ///
+    /// Locks: device, TDI.
+    pub fn dma_reach(&self, tdi: TdiId) -> TsmResult<DmaReach> {
+        let (dev_slot, slot) = self.lock_tdi_and_device(tdi)?;
+        let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
+        Ok(dma::reach(record.state, record.dma, dev.stream))
+    }
+
+    /// The host blocks `tdi`'s trusted DMA context itself (TDX: TDH.DMAR.BLOCK 151), as the
+    /// Linux host does after STOP and the MMIO teardown. See [`Tsm::host_dma_remove`] for when
+    /// the host may. A blocked context stays as it is.
+    pub fn host_dma_block(&self, tdi: TdiId) -> TsmResult<()> {
+        self.host_dma_change(tdi, |t, owner, record, state| match state {
+            DmaState::Pending | DmaState::Active => {
+                t.dma_block(owner, record.iface)?;
+                Ok(Some(DmaState::Blocked))
+            }
+            kept => Ok(Some(kept)),
+        })
+    }
+
+    /// The host requests the IOTLB invalidation of `tdi`'s blocked context (TDX:
+    /// TDH.IQ.INV.REQUEST 161); the platform completes it (TDX: TDH.IQ.INV.PROCESS 162), at
+    /// once or later. Refused `DmaNotBlocked` while the context is not blocked. See
+    /// [`Tsm::host_dma_remove`] for when the host may.
+    pub fn host_dma_invalidate(&self, tdi: TdiId) -> TsmResult<()> {
+        self.host_dma_change(tdi, |t, owner, record, state| match state {
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked | DmaState::Invalidating => {
+                let done = t.dma_invalidate(owner, record.iface)?;
+                Ok(Some(if done {
+                    DmaState::Invalidated
+                } else {
+                    DmaState::Invalidating
+                }))
+            }
+            DmaState::Invalidated => Ok(Some(DmaState::Invalidated)),
+        })
+    }
+
+    /// The host removes `tdi`'s blocked, invalidated context (TDX: TDH.DMAR.REMOVE 153). The
+    /// host may tear a context down only once the TDI's device can no longer reach the guest
+    /// ([`Tsm::host_may_tear_down`]: the unbind is past STOP, or the device's stream is cut),
+    /// and only in order: block, invalidate, remove; the unbind's Dma step then skips what the
+    /// host did. Refused, changing nothing: unknown TDI (`InvalidHandle`), the device still able
+    /// to reach the guest (`TdiBound`), no context (`NoDmaContext`), not blocked
+    /// (`DmaNotBlocked`), its invalidation not complete (`IotlbInvalidationPending`).
+    ///
+    /// Locks (each of the three): device, TDI, secure table (the owner's shard).
+    pub fn host_dma_remove(&self, tdi: TdiId) -> TsmResult<()> {
+        self.host_dma_change(tdi, |t, owner, record, _| {
+            t.dma_remove(owner, record.iface)?;
+            Ok(None)
+        })
+    }
+
+    /// One host change of a context under the rules of [`Tsm::host_dma_remove`]: `change` gets
+    /// the owner's table, the owner, the record and the context's state, makes its change in
+    /// the table (all or nothing) and says the record's new state.
+    fn host_dma_change(
+        &self,
+        tdi: TdiId,
+        change: impl FnOnce(&mut T, GuestId, &Tdi, DmaState) -> Result<Option<DmaState>, TableError>,
+    ) -> TsmResult<()> {
+        let (dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
+        let dev = dev_slot.as_ref().ok_or(Error::InvalidHandle)?;
+        let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
+        let Some(owner) = record.state.owner() else {
+            // An unbound TDI has no context: the unbind removed it.
+            return Err(context(record).err().unwrap_or(Error::Inconsistent));
+        };
+        if !Self::host_may_tear_down(record.state, dev.stream) {
+            return Err(Error::TdiBound);
+        }
+        let state = context(record)?;
+        let mut table = self.table_of(owner)?;
+        record.dma = change(&mut table, owner, record, state)?;
+        Ok(())
+    }
+}
