@@ -2,6 +2,7 @@
 //! directly and by each platform's ABI (register blocks on TDX, command buffers on SEV).
 
 use tsm_core::device_model::{DeviceEvent, Misbehaviour};
+use tsm_core::dma::DmaReach;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
@@ -173,6 +174,13 @@ pub trait Backend {
     fn device_misbehave(&mut self, iface: RequesterId, how: Option<Misbehaviour>) -> TsmResult<()>;
     /// Secure table model: hold TLB flushes until released (`false` completes them).
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()>;
+    /// The host creates the TDI's trusted DMA context (TDX TDH.DMAR.ADD; SEV the TDI bind's).
+    fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()>;
+    /// The owner accepts the TDI's trusted DMA context (TDX TDG.DMAR.ACCEPT; SEV the SDTE write).
+    fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()>;
+    /// What a DMA request with the TEE bit from the TDI reaches: the device model's question,
+    /// answered by the firmware's state (its IOMMU context, the TDI's, the stream's).
+    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach>;
 }
 
 /// A secure table whose TLB flush the tests can hold back.
@@ -293,5 +301,17 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     }
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
         self.tsm.with_table(|t| t.defer_flush(guest, defer))
+    }
+
+    fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
+        self.tsm.host_dma_create(tdi)
+    }
+
+    fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.tsm.guest_dma_accept(guest, tdi)
+    }
+
+    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach> {
+        self.tsm.dma_reach(tdi)
     }
 }

@@ -809,6 +809,19 @@ impl Backend for SevBackend<'_> {
             .tsm()
             .with_table(|t| FlushControl::defer_flush(t, guest, defer))
     }
+
+    // Through the core until the platform's DMA leaves are wired here.
+    fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
+        self.sev.tsm().host_dma_create(tdi)
+    }
+
+    fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.sev.tsm().guest_dma_accept(guest, tdi)
+    }
+
+    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
+        self.sev.tsm().dma_reach(tdi)
+    }
 }
 
 /// The report page TDI_REPORT writes to, for tests.

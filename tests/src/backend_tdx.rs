@@ -1107,4 +1107,17 @@ impl Backend for TdxBackend<'_, '_> {
         self.tsm
             .with_table(|t| FlushControl::defer_flush(t, guest, defer))
     }
+
+    // Through the core until the platform's DMA leaves are wired here.
+    fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
+        self.tsm.host_dma_create(tdi)
+    }
+
+    fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.tsm.guest_dma_accept(guest, tdi)
+    }
+
+    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
+        self.tsm.dma_reach(tdi)
+    }
 }

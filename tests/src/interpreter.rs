@@ -15,9 +15,10 @@ use tsm_core::{
 use crate::backend::{Backend, DeviceCall, MAX_RELAY_ROUNDS, RelayBuf};
 use crate::scenario::{
     AnswerWith, Diagnostic, EventName, HostPath, LeafName, Line, NameKind, Op, Order, Problem,
-    StateName, nearest, parse_line,
+    ReachName, StateName, nearest, parse_line,
 };
 use tsm_core::MAX_RELAY_BYTES;
+use tsm_core::dma::DmaReach;
 
 /// Named objects one scenario may create.
 pub const MAX_NAMES: usize = 64;
@@ -74,6 +75,9 @@ enum Observed {
     Status(TsmResult<Completion>),
     State(TdiState),
     Leaf(Option<Leaf>),
+    /// What a TDI's DMA reached (a `dma` line, or a host path after which a device still
+    /// reaches private memory).
+    Reach(TdiId, DmaReach),
 }
 
 impl fmt::Display for Observed {
@@ -85,6 +89,7 @@ impl fmt::Display for Observed {
             Observed::Status(Err(e)) => write!(f, "{e:?}"),
             Observed::State(s) => write!(f, "state={s:?}"),
             Observed::Leaf(l) => write!(f, "leaf={l:?}"),
+            Observed::Reach(t, r) => write!(f, "dma of {t:?} reaches {r:?}"),
         }
     }
 }
@@ -379,7 +384,28 @@ impl<'a> Interpreter<'a, '_> {
                 path,
                 ref devices,
                 order,
-            } => done(self.host_path(path, devices, order)?),
+            } => {
+                // What each TDI's DMA reaches before: the old order must change none of it.
+                let before = self.reaches(devices)?;
+                match self.host_path(path, devices, order)? {
+                    Err(e) => {
+                        let after = self.reaches(devices)?;
+                        match before.iter().zip(after.iter()).find(|(b, a)| b != a) {
+                            Some((_, &(t, r))) => Observed::Reach(t, r),
+                            None => done(Err(e)),
+                        }
+                    }
+                    // The host got the devices back: none of them reaches private memory.
+                    Ok(()) => match self
+                        .reaches(devices)?
+                        .iter()
+                        .find(|(_, r)| *r != DmaReach::SharedOnly)
+                    {
+                        Some(&(t, r)) => Observed::Reach(t, r),
+                        None => done(Ok(())),
+                    },
+                }
+            }
             Op::DeviceEvent { tdi, event } => {
                 let iface = self.iface(tdi)?;
                 let event = match event {
@@ -395,6 +421,21 @@ impl<'a> Interpreter<'a, '_> {
             Op::DeferFlush { guest, on } => {
                 let g = self.guest(guest)?;
                 done(self.backend.defer_flush(g, on))
+            }
+            Op::DmaCreate { tdi } => done(self.backend.dma_create(self.tdi(tdi)?.0)),
+            Op::DmaAccept { guest, tdi } => {
+                let g = self.guest(guest)?;
+                done(self.backend.dma_accept(g, self.tdi(tdi)?.0))
+            }
+            // The address and direction are the device's; what they reach is the firmware's
+            // IOMMU context's and the TDI's state alone (no context names a page).
+            Op::Dma { tdi, reach, .. } => {
+                let t = self.tdi(tdi)?.0;
+                match self.backend.dma_reach(t) {
+                    Ok(r) if reach_is(r, reach) => done(Ok(())),
+                    Ok(r) => Observed::Reach(t, r),
+                    Err(e) => done(Err(e)),
+                }
             }
             Op::ExpectState { tdi, state } => match self.backend.tdi_state(self.tdi(tdi)?.0) {
                 Ok(s) if state_is(s, state) => done(Ok(())),
@@ -584,6 +625,30 @@ impl<'a> Interpreter<'a, '_> {
 
     /// A vfio-pci path: (unbind every TDI of every device first, or not), zap every BAR, then
     /// what the path does to the device.
+    /// What the DMA of every TDI of `devices` reaches now (a TDI the backend cannot answer
+    /// for counts as reaching shared memory only: it has no state to reach anything with).
+    fn reaches(
+        &mut self,
+        devices: &[&'a str],
+    ) -> Result<
+        Vec<(TdiId, DmaReach), { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET }>,
+        Setup<'a>,
+    > {
+        let mut ids: Vec<TdiId, { MAX_TDIS_PER_DEVICE * crate::scenario::MAX_DEVICE_SET }> =
+            Vec::new();
+        for &d in devices {
+            for &t in self.device_parts(d)?.1 {
+                ids.push(self.tdi(t)?.0).map_err(|_| too_many())?;
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let r = self.backend.dma_reach(id).unwrap_or(DmaReach::SharedOnly);
+            out.push((id, r)).map_err(|_| too_many())?;
+        }
+        Ok(out)
+    }
+
     fn host_path(
         &mut self,
         path: HostPath,
@@ -637,6 +702,13 @@ impl<'a> Interpreter<'a, '_> {
             Ok(())
         })())
     }
+}
+
+fn reach_is(r: DmaReach, want: ReachName) -> bool {
+    matches!(
+        (r, want),
+        (DmaReach::Private(_), ReachName::Private) | (DmaReach::SharedOnly, ReachName::Shared)
+    )
 }
 
 fn state_is(s: TdiState, want: StateName) -> bool {

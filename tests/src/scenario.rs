@@ -22,6 +22,10 @@
 //! device-event <t> <disturb|reset>            FLR / decode or bus-master off / D3hot; conventional reset
 //! device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>
 //! defer-flush <g> <on|off>                    hold back (or complete) the guest's TLB flushes
+//! dma-create <t>                              the host creates the TDI's trusted DMA context
+//! dma-accept <g> <t>                          the guest accepts the TDI's trusted DMA context
+//! dma <t> <read|write> <gpa> <private|shared> the device's DMA with the TEE bit to a guest
+//!                                             address: reaches private memory, or shared only
 //! expect-state <t> <unbound|locked|run|error|unbinding>
 //! expect-leaf <g> <gpa> <mapped|blocked|none>
 //! remove-tdi <t> / remove-device <d> / destroy-guest <g>
@@ -117,6 +121,15 @@ pub enum StateName {
     Error,
     /// Unbind in progress.
     Unbinding,
+}
+
+/// What a `dma` line expects the device's DMA to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReachName {
+    /// The owner's private memory.
+    Private,
+    /// Shared memory only.
+    Shared,
 }
 
 /// Leaf states `expect-leaf` can name.
@@ -237,6 +250,19 @@ pub enum Op<'a> {
         guest: &'a str,
         on: bool,
     },
+    DmaCreate {
+        tdi: &'a str,
+    },
+    DmaAccept {
+        guest: &'a str,
+        tdi: &'a str,
+    },
+    Dma {
+        tdi: &'a str,
+        write: bool,
+        gpa: u64,
+        reach: ReachName,
+    },
     ExpectState {
         tdi: &'a str,
         state: StateName,
@@ -291,7 +317,7 @@ impl<'a> Op<'a> {
                 f(tdi, Tdi);
                 f(guest, Guest);
             }
-            Op::Start { guest, tdi } => {
+            Op::Start { guest, tdi } | Op::DmaAccept { guest, tdi } => {
                 f(guest, Guest);
                 f(tdi, Tdi);
             }
@@ -306,6 +332,8 @@ impl<'a> Op<'a> {
             | Op::ExpectState { tdi, .. }
             | Op::RemoveTdi { tdi }
             | Op::Hold { tdi }
+            | Op::DmaCreate { tdi }
+            | Op::Dma { tdi, .. }
             | Op::Relay { tdi } => f(tdi, Tdi),
             Op::Answer { tdi, with } => {
                 f(tdi, Tdi);
@@ -589,6 +617,9 @@ pub const USAGE: &[(&str, &str)] = &[
         "device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>",
     ),
     ("defer-flush", "defer-flush <g> <on|off>"),
+    ("dma-create", "dma-create <t>"),
+    ("dma-accept", "dma-accept <g> <t>"),
+    ("dma", "dma <t> <read|write> <gpa> <private|shared>"),
     (
         "expect-state",
         "expect-state <t> <unbound|locked|run|error|unbinding>",
@@ -854,6 +885,21 @@ fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>>
         ("defer-flush", [guest, on]) => Op::DeferFlush {
             guest,
             on: keyword(on, &[("on", true), ("off", false)], "on or off")?,
+        },
+        ("dma-create", [tdi]) => Op::DmaCreate { tdi },
+        ("dma-accept", [guest, tdi]) => Op::DmaAccept { guest, tdi },
+        ("dma", [tdi, dir, gpa, reach]) => Op::Dma {
+            tdi,
+            write: keyword(dir, &[("read", false), ("write", true)], "read or write")?,
+            gpa: num_as(gpa, GPA)?,
+            reach: keyword(
+                reach,
+                &[
+                    ("private", ReachName::Private),
+                    ("shared", ReachName::Shared),
+                ],
+                "private or shared",
+            )?,
         },
         ("expect-state", [tdi, state]) => Op::ExpectState {
             tdi,
