@@ -55,12 +55,31 @@ pub const Q5_VTOM: u64 = 0xFFFF_FFFE;
 /// The bits of each qword a guest may set: everything else (which memory, which stream, the
 /// AMD-Vi fields) is the firmware's, and a request with any of it set is refused
 /// `SDTE_WRITE_RESERVED` ([`crate::guest_msg::SdteWriteStatus::Reserved`]).
-pub const GUEST_BITS: [u64; 8] = [Q0_V | Q0_IR | Q0_IW, 0, 0, Q3_VMPL, 0, Q5_VTOM_EN | Q5_VTOM, 0, 0];
+pub const GUEST_BITS: [u64; 8] = [
+    Q0_V | Q0_IR | Q0_IW,
+    0,
+    0,
+    Q3_VMPL,
+    0,
+    Q5_VTOM_EN | Q5_VTOM,
+    0,
+    0,
+];
 
 /// One secure device table entry, the 64 bytes as hardware and the guest's request lay them
 /// out (eight little-endian qwords).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
 )]
 #[repr(C)]
 pub struct Sdte {

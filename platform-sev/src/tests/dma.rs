@@ -33,8 +33,7 @@ fn write(w: &mut World, gctx: u64, r: msg::SdteWriteReq) -> u16 {
 /// An SDTE write refused in its answer with `want`, nothing changed.
 #[track_caller]
 fn write_refused(w: &mut World, gctx: u64, r: msg::SdteWriteReq, want: Sw) {
-    let rsp: msg::SdteWriteRsp =
-        refused_in_answer(w, gctx, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+    let rsp: msg::SdteWriteRsp = refused_in_answer(w, gctx, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
     assert_eq!(rsp.status.get(), want as u16);
 }
 
@@ -44,7 +43,10 @@ fn dma(w: &World) -> Option<DmaState> {
 
 fn entry(w: &World) -> Option<crate::sdte::SdteSlot> {
     let iface = w.sev.tsm().tdi(w.tdi()).unwrap().iface;
-    w.sev.tsm().with_table(|r| r.sdtes().get(iface).copied()).unwrap()
+    w.sev
+        .tsm()
+        .with_table(|r| r.sdtes().get(iface).copied())
+        .unwrap()
 }
 
 fn start(w: &mut World) {
@@ -63,17 +65,29 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
     // TDI_BIND created the sDTE: all zero, no translation.
     assert_eq!(dma(&w), Some(DmaState::Pending));
     let e = entry(&w).unwrap();
-    assert_eq!((e.sdte, e.state, e.guest), (Sdte::default(), DmaState::Pending, g));
+    assert_eq!(
+        (e.sdte, e.state, e.guest),
+        (Sdte::default(), DmaState::Pending, g)
+    );
     // The owner's write: valid, pointed at its ASID by the firmware, its own bits kept.
-    assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), Sw::Success as u16);
+    assert_eq!(
+        write(&mut w, GCTX, req(GDEV, linux_sdte())),
+        Sw::Success as u16
+    );
     assert_eq!(dma(&w), Some(DmaState::Active));
     let e = entry(&w).unwrap();
     assert_eq!((e.sdte.asid(), e.sdte.domain_id()), (5, 5));
     assert_eq!(e.sdte.guest_part(), linux_sdte());
     // Not running yet: shared memory only. Started: the guest's private memory.
-    assert_eq!(w.sev.tsm().dma_reach(w.tdi()).unwrap(), DmaReach::SharedOnly);
+    assert_eq!(
+        w.sev.tsm().dma_reach(w.tdi()).unwrap(),
+        DmaReach::SharedOnly
+    );
     start(&mut w);
-    assert_eq!(w.sev.tsm().dma_reach(w.tdi()).unwrap(), DmaReach::Private(g));
+    assert_eq!(
+        w.sev.tsm().dma_reach(w.tdi()).unwrap(),
+        DmaReach::Private(g)
+    );
     // A second write (VMPL 1) while running rewrites the guest's part only.
     let mut vmpl1 = linux_sdte();
     vmpl1.q[3] = (1u64 << 49).into();
@@ -87,8 +101,14 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
         unbind_all(&mut w),
         Outcome::from_core(Err(Error::TlbFlushPending))
     );
-    w.sev.tsm().with_table(|r| r.hold_fences_of(g, false)).unwrap();
-    w.sev.tsm().with_table(|r| r.hold_fences_of(g, true)).unwrap();
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, false))
+        .unwrap();
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, true))
+        .unwrap();
     let o = unbind_all(&mut w);
     assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
     assert_eq!(dma(&w), Some(DmaState::Invalidating));
@@ -180,7 +200,11 @@ fn writes_to_an_unbound_or_errored_tdi_are_refused_and_change_nothing() {
     ok(unbind_all(&mut w));
     assert!(entry(&w).is_none());
     let after = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
-    assert_eq!(after.raised(), fences.raised() + 1, "only the MMIO unbind's fence");
+    assert_eq!(
+        after.raised(),
+        fences.raised() + 1,
+        "only the MMIO unbind's fence"
+    );
 }
 
 #[test]
@@ -190,7 +214,12 @@ fn an_invalidation_is_success_until_the_entry_is_valid_then_kept_until_unbind() 
     // Linux's invalidation names its TDI; with nothing valid it has nothing to do.
     write_refused(&mut w, GCTX, req(GDEV, Sdte::default()), Sw::Success);
     assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
-    write_refused(&mut w, GCTX, req(GDEV, Sdte::default()), Sw::KeptUntilUnbind);
+    write_refused(
+        &mut w,
+        GCTX,
+        req(GDEV, Sdte::default()),
+        Sw::KeptUntilUnbind,
+    );
     assert_eq!(dma(&w), Some(DmaState::Active));
 }
 
@@ -217,8 +246,14 @@ fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
     // The guest's context cannot go while its sDTE names the ASID.
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&decommission(GCTX)));
     // Its fence completes; the next unbind raises the invalidation's own, held: pending.
-    w.sev.tsm().with_table(|r| r.hold_fences_of(g, false)).unwrap();
-    w.sev.tsm().with_table(|r| r.hold_fences_of(g, true)).unwrap();
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, false))
+        .unwrap();
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, true))
+        .unwrap();
     let o = w.cmd(&force);
     assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
     refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
