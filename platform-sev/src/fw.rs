@@ -86,6 +86,7 @@ const _: () = assert!(relay::WINDOW <= abi::SPDM_RSP_SIZE as usize);
 const _: () = assert!(core::mem::size_of::<msg::TdiInfoRsp>() <= msg::MAX_BODY);
 const _: () = assert!(core::mem::size_of::<msg::MmioValidateRsp>() <= msg::MAX_BODY);
 const _: () = assert!(core::mem::size_of::<msg::TdiStartRsp>() <= msg::MAX_BODY);
+const _: () = assert!(core::mem::size_of::<msg::SdteWriteRsp>() <= msg::MAX_BODY);
 
 /// A guest context: the page the host named at SNP_GCTX_CREATE, the core guest, its ASID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1030,6 +1031,10 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
             tsm.bind(t.tdi, g.guest, out)
         })??;
         if done == Completion::Done {
+            // SEV-TIO's TDI_BIND sets up the TDI's sDTE slot: the trusted DMA context, all zero
+            // until the owner's SDTE write. Cannot fail: the sDTE table has a slot for every
+            // TDI the core holds, and the unbind removed this TDI's last one.
+            self.tsm.host_dma_create(t.tdi)?;
             self.update_tdi(t.sla, |x| {
                 x.guest_device_id = id;
                 x.lock_flags = flags;
@@ -1390,6 +1395,14 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
                 record_run = record;
                 (msg::MSG_TDI_RUN_RSP, write_body(&mut out, &rsp)?)
             }
+            msg::MSG_SDTE_WRITE_REQ => {
+                let r: msg::SdteWriteReq = read_body(mem, body, size)?;
+                if continuing {
+                    self.expect_exchange(t.tdi, |_| false)?;
+                }
+                let rsp = self.msg_sdte_write(&t, &g, &r)?;
+                (msg::MSG_SDTE_WRITE_RSP, write_body(&mut out, &rsp)?)
+            }
             msg::MSG_TDI_START_REQ => {
                 let r: msg::TdiReq = read_body(mem, body, size)?;
                 let Some(rsp) = self.msg_tdi_start(mem, pages, &t, &g, &r, continuing)? else {
@@ -1555,6 +1568,64 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         rsp.status = outcome.status.0.into();
         rsp.detail = outcome.detail.into();
         Ok(Some(rsp))
+    }
+
+    /// The guest's SDTE write: answered in the response's status, changing nothing unless it
+    /// is `Success`. Reserved bytes of the message are `INVALID_PARAM` (as in every message).
+    fn msg_sdte_write(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::SdteWriteReq,
+    ) -> Result<msg::SdteWriteRsp, Fail> {
+        if r.reserved.iter().any(|b| *b != 0) {
+            return Err(SevStatus::INVALID_PARAM.into());
+        }
+        let mut rsp = msg::SdteWriteRsp::new_zeroed();
+        rsp.guest_device_id = r.guest_device_id;
+        rsp.status = (self.sdte_write(t, g, r)? as u16).into();
+        Ok(rsp)
+    }
+
+    /// The owner's write of its CONFIG_LOCKED or RUN TDI's sDTE, with only the bits a guest
+    /// may set (V, IR, IW, VMPL, vTOM): the core's `guest_dma_accept`, then the guest's part
+    /// into the entry. In the order of MMIO_VALIDATE's checks: unbound (`TdiNotBound`), not
+    /// this guest's TDI under that ID (`InvalidTdi`), in ERROR or unbinding (`TdiNotBound`),
+    /// then the bits (`Reserved`). V clear (the guest's invalidation): `Success` while the entry
+    /// was never valid, ours `KeptUntilUnbind` once it is.
+    fn sdte_write(
+        &self,
+        t: &TdiCtx,
+        g: &GuestCtx,
+        r: &msg::SdteWriteReq,
+    ) -> Result<msg::SdteWriteStatus, Fail> {
+        use msg::SdteWriteStatus as Sw;
+        let record = self.tsm.tdi(t.tdi)?;
+        if record.state.owner().is_none() {
+            return Ok(Sw::TdiNotBound);
+        }
+        if !self.names(t, g, r.guest_device_id.get())? {
+            return Ok(Sw::InvalidTdi);
+        }
+        if !matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
+            return Ok(Sw::TdiNotBound);
+        }
+        let sdte = r.sdte;
+        if !sdte.guest_only() {
+            return Ok(Sw::Reserved);
+        }
+        if !sdte.valid() {
+            return Ok(match record.dma {
+                Some(tsm_core::dma::DmaState::Active) => Sw::KeptUntilUnbind,
+                _ => Sw::Success,
+            });
+        }
+        self.tsm.guest_dma_accept(g.guest, t.tdi)?;
+        // Cannot fail: the core accepted the context, so the entry is valid.
+        self.tsm
+            .with_table(|rmp| rmp.sdte_write_guest(g.guest, record.iface, &sdte))?
+            .map_err(|_| Error::Inconsistent)?;
+        Ok(Sw::Success)
     }
 
     fn msg_mmio_validate(

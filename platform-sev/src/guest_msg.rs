@@ -24,6 +24,12 @@ pub const MSG_TDI_INFO_RSP: u8 = 20;
 pub const MSG_MMIO_VALIDATE_REQ: u8 = 21;
 /// TIO_MSG_MMIO_VALIDATE_RSP (Table 64).
 pub const MSG_MMIO_VALIDATE_RSP: u8 = 22;
+/// TIO_MSG_SDTE_WRITE_REQ: the guest writes its TDI's sDTE (Linux `enum msg_type` in
+/// `arch/x86/include/asm/sev.h` of the SEV-TIO guest patch, `<20260225053806.3311234-8-aik@amd.com>`;
+/// rev 0.91 Table 67). Body [`SdteWriteReq`].
+pub const MSG_SDTE_WRITE_REQ: u8 = 25;
+/// TIO_MSG_SDTE_WRITE_RSP (same source; Table 69). Body [`SdteWriteRsp`].
+pub const MSG_SDTE_WRITE_RSP: u8 = 26;
 /// Ours: the guest accepts the TDI and asks for START_INTERFACE.
 pub const MSG_TDI_START_REQ: u8 = 0xF1;
 /// Ours: answer to [`MSG_TDI_START_REQ`].
@@ -222,6 +228,52 @@ pub enum MmioValidateStatus {
     NotReported = 7,
     /// `MMIO_VALIDATE_OUT_OF_RANGE = 8`: the subrange leaves the reported range.
     OutOfRange = 8,
+}
+
+/// TIO_MSG_SDTE_WRITE_REQ body (0x50 bytes; Linux `struct tio_msg_sdte_write_req` of the
+/// guest patch: `guest_device_id` u16, 14 reserved bytes, the sDTE at 0x10).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SdteWriteReq {
+    /// The routing ID the host gave the TDI at TDI_BIND.
+    pub guest_device_id: U16,
+    /// Reserved.
+    pub reserved: [u8; 14],
+    /// The entry the guest asks for: only [`crate::sdte::GUEST_BITS`] may be set (@0x10).
+    pub sdte: crate::sdte::Sdte,
+}
+const _: () = assert!(core::mem::size_of::<SdteWriteReq>() == 0x50);
+
+/// TIO_MSG_SDTE_WRITE_RSP body (0x10 bytes; Linux `struct tio_msg_sdte_write_rsp`).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SdteWriteRsp {
+    /// Echoed.
+    pub guest_device_id: U16,
+    /// [`SdteWriteStatus`] (@0x02).
+    pub status: U16,
+    /// Reserved.
+    pub reserved: [u8; 12],
+}
+const _: () = assert!(core::mem::size_of::<SdteWriteRsp>() == 0x10);
+
+/// SDTE_WRITE statuses (Linux `include/linux/psp-sev.h` `enum sdte_write_status` of the guest
+/// patch; the ours one past them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum SdteWriteStatus {
+    /// `SDTE_WRITE_SUCCESS = 0`.
+    Success = 0,
+    /// `SDTE_WRITE_INVALID_TDI = 1`: not a TDI of this guest under that guest device ID.
+    InvalidTdi = 1,
+    /// `SDTE_WRITE_TDI_NOT_BOUND = 2`: the TDI is not bound, or not CONFIG_LOCKED or RUN (in
+    /// ERROR, being unbound).
+    TdiNotBound = 2,
+    /// `SDTE_WRITE_RESERVED = 3` ("reserved fields were not 0"): a bit the guest may not set.
+    Reserved = 3,
+    /// Ours (0x80): an invalidation (V clear) of a valid entry; the firmware keeps it until
+    /// the unbind tears it down (the core has no guest-side revocation yet).
+    KeptUntilUnbind = 0x80,
 }
 
 /// Longest body we exchange (the TDI_INFO response).

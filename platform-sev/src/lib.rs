@@ -5,6 +5,7 @@
 //! - [`status`]: SEV status codes and the one mapping from tsm-core statuses.
 //! - [`rmp`]: RMP entries for MMIO pages in caller-provided memory, and the core's secure
 //!   table on them.
+//! - [`sdte`]: the secure device table (one sDTE per TDI's trusted DMA context).
 //! - [`fw`]: the dispatcher and the context tables (guest contexts, device and TDI contexts).
 //! - [`guest_msg`]: the guest messages TIO_GUEST_REQUEST carries (MMIO_VALIDATE, ...).
 //! - [`relay`]: the SPDM request and response buffers of `spdm_ctrl`, as the Linux host reads
@@ -132,6 +133,7 @@ pub mod memory;
 pub mod pfn;
 pub mod relay;
 pub mod rmp;
+pub mod sdte;
 pub mod status;
 
 pub use fw::Sev;

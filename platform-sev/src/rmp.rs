@@ -36,7 +36,10 @@ use tsm_core::secure_table::{Leaf, LeafState, SecureTable, TableError};
 use tsm_core::{Completion, Gpa, GuestId, Hpa, MmioRange, PageSize};
 
 use crate::pfn::{LeafCode, Pfn};
+use crate::sdte::{self, Sdte, SdteTable};
 use crate::status::SevStatus;
+use tsm_core::InterfaceId;
+use tsm_core::dma::DmaState;
 
 mod index;
 #[cfg(test)]
@@ -234,6 +237,8 @@ pub struct Rmp<S> {
     held: [bool; MAX_GUESTS],
     /// How long the index's lists in `mem` are.
     idx: Index,
+    /// The secure device table: the trusted DMA contexts ([`crate::sdte`]).
+    sdtes: SdteTable,
 }
 
 const PAGE: u64 = 4096;
@@ -270,6 +275,7 @@ impl<S: RmpMemory> Rmp<S> {
             fences: [AsidFence::default(); MAX_GUESTS],
             held: [false; MAX_GUESTS],
             idx: Index::new(n),
+            sdtes: SdteTable::new(),
         })
     }
 
@@ -282,6 +288,11 @@ impl<S: RmpMemory> Rmp<S> {
     fn view(&self) -> View<'_> {
         let (entries, words) = self.mem.parts();
         self.idx.view(entries, words)
+    }
+
+    /// The secure device table (the trusted DMA contexts).
+    pub fn sdtes(&self) -> &SdteTable {
+        &self.sdtes
     }
 
     /// The fence state of every guest slot (index = the core's guest slot).
@@ -346,7 +357,7 @@ impl<S: RmpMemory> Rmp<S> {
     pub fn release_asid(&mut self, guest: GuestId) -> Result<ReleasedAsid, SevStatus> {
         let slot = usize::from(guest.slot());
         let fence = *self.fences.get(slot).ok_or(SevStatus::INVALID_GUEST)?;
-        if fence.asid != 0 && self.view().asid_in_use(fence.asid) {
+        if fence.asid != 0 && (self.view().asid_in_use(fence.asid) || self.sdtes.holds(guest)) {
             return Err(SevStatus::IN_USE);
         }
         if let Some(f) = self.fences.get_mut(slot) {
@@ -370,7 +381,7 @@ impl<S: RmpMemory> Rmp<S> {
             return Err(SevStatus::INVALID_ASID);
         }
         let old = self.fence(guest).map(|f| f.asid).unwrap_or(0);
-        if old != 0 && self.view().asid_in_use(old) {
+        if old != 0 && (self.view().asid_in_use(old) || self.sdtes.holds(guest)) {
             return Err(SevStatus::IN_USE);
         }
         let slot = self
@@ -546,6 +557,49 @@ impl<S: RmpMemory> Rmp<S> {
         self.mem.parts_mut().0.get_mut(r).unwrap_or_default()
     }
 
+    /// Raises `guest`'s ASID fence: complete at once (`true`) unless tests hold it. One fence
+    /// outstanding at a time, as TDX allows one TLB epoch (`SecureTable::track`): another while
+    /// one is pending is `TlbNotFlushed`; the fence after the 2^64 - 1st is `OutOfFrames` (no
+    /// room left to count it). Refused, nothing changes.
+    fn raise_fence(&mut self, guest: GuestId) -> Result<bool, TableError> {
+        self.fence(guest)?;
+        let hold = self
+            .held
+            .get(usize::from(guest.slot()))
+            .copied()
+            .unwrap_or(false);
+        let f = self
+            .fences
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(TableError::UnknownGuest)?;
+        if f.done < f.raised {
+            return Err(TableError::TlbNotFlushed);
+        }
+        f.raised = f.raised.checked_add(1).ok_or(TableError::OutOfFrames)?;
+        if !hold {
+            f.done = f.raised;
+        }
+        Ok(!hold)
+    }
+
+    /// The guest's part of its SDTE write (V, IR, IW, VMPL, vTOM: [`sdte::GUEST_BITS`]) into
+    /// `guest`'s accepted entry of `iface`; the firmware's part stays. `NoDmaContext` for none
+    /// or another guest's, `Inconsistent` for one not accepted (the firmware writes the guest's
+    /// part only after the core's accept).
+    pub fn sdte_write_guest(
+        &mut self,
+        guest: GuestId,
+        iface: InterfaceId,
+        fields: &Sdte,
+    ) -> Result<(), TableError> {
+        let mut slot = self.sdtes.of(guest, iface)?;
+        if slot.state != DmaState::Active {
+            return Err(TableError::Inconsistent);
+        }
+        slot.sdte = sdte::merged(&slot.sdte, fields);
+        self.sdtes.put(slot)
+    }
+
     // ---- the host's own instructions ---------------------------------------------------
 
     /// The host's RMPUPDATE of page `hpa`. Refused for a firmware-owned (immutable) entry,
@@ -658,6 +712,88 @@ impl<S: RmpMemory> Rmp<S> {
 }
 
 impl<S: RmpMemory> SecureTable for Rmp<S> {
+    /// TDI_BIND: the interface's sDTE, all zero (V clear): the device reaches no private
+    /// memory. `DmaContextExists`, `OutOfFrames` ([`SdteTable`]).
+    fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.sdtes.create(guest, iface)
+    }
+
+    /// The owner's SDTE write: V set, the firmware's part pointed at the guest's ASID (and
+    /// DomainID); the guest's part follows ([`Rmp::sdte_write_guest`]). A valid entry stays as
+    /// it is; a blocked one is `Inconsistent`.
+    fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let asid = self.fence(guest)?.asid;
+        let mut slot = self.sdtes.of(guest, iface)?;
+        match slot.state {
+            DmaState::Active => return Ok(()),
+            DmaState::Pending => {}
+            _ => return Err(TableError::Inconsistent),
+        }
+        slot.sdte = sdte::merged(&sdte::firmware_fields(asid), &slot.sdte);
+        slot.state = DmaState::Active;
+        slot.translated = true;
+        self.sdtes.put(slot)
+    }
+
+    /// V, IR and IW cleared, the ASID's fence count recorded; a blocked entry stays as it is.
+    fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let raised = self.fence(guest)?.raised;
+        let mut slot = self.sdtes.of(guest, iface)?;
+        if matches!(slot.state, DmaState::Pending | DmaState::Active) {
+            slot.sdte = sdte::blocked(&slot.sdte);
+            slot.state = DmaState::Blocked;
+            slot.blocked_at = raised;
+            self.sdtes.put(slot)?;
+        }
+        Ok(())
+    }
+
+    /// The IOTLB invalidation is SEV's ASID fence: complete once a fence raised after the
+    /// block has completed (at once for an entry that was never valid: nothing was cached).
+    /// With no such fence raised, raises one (the fence ASID_FENCE_CLEAR raises; complete at
+    /// once unless held); a fence from before the block still outstanding is `TlbNotFlushed`,
+    /// nothing changed (one fence at a time: the host retries once it completes).
+    fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        let fence = self.fence(guest)?;
+        let mut slot = self.sdtes.of(guest, iface)?;
+        let done = match slot.state {
+            DmaState::Pending | DmaState::Active => return Err(TableError::DmaNotBlocked),
+            DmaState::Invalidated => return Ok(true),
+            _ if !slot.translated || fence.done > slot.blocked_at => true,
+            _ if fence.raised > slot.blocked_at => false,
+            _ if fence.done < fence.raised => return Err(TableError::TlbNotFlushed),
+            _ => self.raise_fence(guest)?,
+        };
+        slot.state = if done {
+            DmaState::Invalidated
+        } else {
+            DmaState::Invalidating
+        };
+        self.sdtes.put(slot)?;
+        Ok(done)
+    }
+
+    /// Empties the slot of a blocked entry whose invalidation is complete (a fence raised after
+    /// the block completed since); `InvalidationPending` until then, `DmaNotBlocked` for a
+    /// valid or never-accepted one not blocked.
+    fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let fence = self.fence(guest)?;
+        let slot = self.sdtes.of(guest, iface)?;
+        match slot.state {
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked => Err(TableError::InvalidationPending),
+            DmaState::Invalidating | DmaState::Invalidated
+                if slot.translated && fence.done <= slot.blocked_at =>
+            {
+                Err(TableError::InvalidationPending)
+            }
+            DmaState::Invalidating | DmaState::Invalidated => {
+                self.sdtes.remove(iface);
+                Ok(())
+            }
+        }
+    }
+
     /// RMPUPDATE of every host page of the leaf: assigned to the guest's ASID at its guest
     /// page, MMIO, immutable, not yet validated.
     fn map(
@@ -708,24 +844,7 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
     /// fence after the 2^64 - 1st is refused (`OutOfFrames`: no room left to count it), with
     /// nothing changed.
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
-        self.fence(guest)?;
-        let hold = self
-            .held
-            .get(usize::from(guest.slot()))
-            .copied()
-            .unwrap_or(false);
-        let f = self
-            .fences
-            .get_mut(usize::from(guest.slot()))
-            .ok_or(TableError::UnknownGuest)?;
-        // One fence outstanding at a time, as TDX allows one TLB epoch (SecureTable::track).
-        if f.done < f.raised {
-            return Err(TableError::TlbNotFlushed);
-        }
-        f.raised = f.raised.checked_add(1).ok_or(TableError::OutOfFrames)?;
-        if !hold {
-            f.done = f.raised;
-        }
+        self.raise_fence(guest)?;
         Ok(Completion::Done)
     }
 

@@ -595,6 +595,35 @@ fn linux_flow(sme: bool) {
     ));
     assert!(!w.sev.tdi_ctx(plain(t.tdi_ctx)).unwrap().run_requested);
 
+    // The guest, running, enables DMA as the SEV-TIO guest patch does after RUN: its
+    // TIO_MSG_SDTE_WRITE_REQ (V, IR, IW, VMPL 0, vTOM_EN, vTOM 0x7fffffff) through Linux's
+    // guest_request; the firmware points the sDTE at the guest's ASID.
+    log.clear();
+    let mut sdte = crate::sdte::Sdte::default();
+    sdte.q[0] = (crate::sdte::Q0_V | crate::sdte::Q0_IR | crate::sdte::Q0_IW).into();
+    sdte.q[5] = (crate::sdte::Q5_VTOM_EN | (0x7fff_ffff << 1)).into();
+    let mut req = msg::SdteWriteReq::new_zeroed();
+    req.guest_device_id = GDEV.into();
+    req.sdte = sdte;
+    guest_message(&mut w, &d, msg::MSG_SDTE_WRITE_REQ, req.as_bytes());
+    ok(run(
+        &mut w,
+        abi::TIO_GUEST_REQUEST,
+        &guest_request_buf(&d, &t),
+        &mut log,
+    ));
+    let mut rsp = msg::SdteWriteRsp::new_zeroed();
+    w.mem
+        .read(plain(d.guest_resp_buf) + 0x60, rsp.as_mut_bytes())
+        .unwrap();
+    assert_eq!(rsp.status.get(), msg::SdteWriteStatus::Success as u16);
+    let g = w.sev.tdi_ctx(plain(t.tdi_ctx)).unwrap();
+    let owner = w.sev.tsm().tdi(g.tdi).unwrap().state.owner().unwrap();
+    assert_eq!(
+        w.sev.tsm().dma_reach(g.tdi).unwrap(),
+        tsm_core::dma::DmaReach::Private(owner)
+    );
+
     // tdi_unbind: TDI_UNBIND(0) + loop (FORCE if that fails), TDI_STATUS + loop (the
     // transition to CONFIG_UNLOCKED verified), TDI_RECLAIM, ASID_FENCE_STATUS,
     // ASID_FENCE_CLEAR if fenced and unfence.

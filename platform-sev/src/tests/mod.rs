@@ -24,6 +24,7 @@ use crate::pfn::Pfn;
 use crate::rmp::{AsidFence, Rmp, RmpEntry, RmpFault, RmpUpdate, VecStore, vec_store};
 use crate::status::{Outcome, SevStatus};
 
+mod dma;
 mod fields;
 mod linux_flow;
 mod relay;

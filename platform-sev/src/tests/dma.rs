@@ -1,0 +1,263 @@
+//! Trusted DMA on SEV-TIO: the TDI's sDTE, created by TDI_BIND, written by its owner's
+//! TIO_MSG_SDTE_WRITE_REQ, torn down by TDI_UNBIND with the ASID fence; every refusal compared
+//! with a snapshot of the whole firmware.
+
+use super::*;
+use crate::guest_msg::SdteWriteStatus as Sw;
+use crate::sdte::{Q0_IR, Q0_IW, Q0_V, Q1_DOMAIN_ID, Q3_ASID, Q3_VMPL, Q5_VTOM, Q5_VTOM_EN, Sdte};
+use tsm_core::dma::{DmaReach, DmaState};
+
+/// The request Linux's guest sends: V, IR, IW, VMPL 0, vTOM_EN and its default vTOM.
+fn linux_sdte() -> Sdte {
+    let mut s = Sdte::default();
+    s.q[0] = (Q0_V | Q0_IR | Q0_IW).into();
+    s.q[5] = (Q5_VTOM_EN | (0x7fff_ffff << 1)).into();
+    s
+}
+
+fn req(id: u16, sdte: Sdte) -> msg::SdteWriteReq {
+    let mut r = msg::SdteWriteReq::new_zeroed();
+    r.guest_device_id = id.into();
+    r.sdte = sdte;
+    r
+}
+
+/// An SDTE write the firmware answers; its status.
+fn write(w: &mut World, gctx: u64, r: msg::SdteWriteReq) -> u16 {
+    ok(w.guest_msg(gctx, msg::MSG_SDTE_WRITE_REQ, r.as_bytes()));
+    let rsp: msg::SdteWriteRsp = w.response();
+    assert_eq!(rsp.guest_device_id, r.guest_device_id);
+    rsp.status.get()
+}
+
+/// An SDTE write refused in its answer with `want`, nothing changed.
+#[track_caller]
+fn write_refused(w: &mut World, gctx: u64, r: msg::SdteWriteReq, want: Sw) {
+    let rsp: msg::SdteWriteRsp = refused_in_answer(w, gctx, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+    assert_eq!(rsp.status.get(), want as u16);
+}
+
+fn dma(w: &World) -> Option<DmaState> {
+    w.sev.tsm().tdi(w.tdi()).unwrap().dma
+}
+
+fn entry(w: &World) -> Option<crate::sdte::SdteSlot> {
+    let iface = w.sev.tsm().tdi(w.tdi()).unwrap().iface;
+    w.sev
+        .tsm()
+        .with_table(|r| r.sdtes().get(iface).copied())
+        .unwrap()
+}
+
+fn start(w: &mut World) {
+    let mut r = msg::TdiReq::new_zeroed();
+    r.guest_device_id = GDEV.into();
+    ok(w.guest_msg(GCTX, msg::MSG_TDI_START_REQ, r.as_bytes()));
+    let rsp: msg::TdiStartRsp = w.response();
+    assert_eq!(rsp.status.get(), 0);
+}
+
+#[test]
+fn the_whole_life_bind_write_start_unbind_with_the_fence() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    let g = w.guest(GCTX);
+    // TDI_BIND created the sDTE: all zero, no translation.
+    assert_eq!(dma(&w), Some(DmaState::Pending));
+    let e = entry(&w).unwrap();
+    assert_eq!(
+        (e.sdte, e.state, e.guest),
+        (Sdte::default(), DmaState::Pending, g)
+    );
+    // The owner's write: valid, pointed at its ASID by the firmware, its own bits kept.
+    assert_eq!(
+        write(&mut w, GCTX, req(GDEV, linux_sdte())),
+        Sw::Success as u16
+    );
+    assert_eq!(dma(&w), Some(DmaState::Active));
+    let e = entry(&w).unwrap();
+    assert_eq!((e.sdte.asid(), e.sdte.domain_id()), (5, 5));
+    assert_eq!(e.sdte.guest_part(), linux_sdte());
+    // Not running yet: shared memory only. Started: the guest's private memory.
+    assert_eq!(
+        w.sev.tsm().dma_reach(w.tdi()).unwrap(),
+        DmaReach::SharedOnly
+    );
+    start(&mut w);
+    assert_eq!(
+        w.sev.tsm().dma_reach(w.tdi()).unwrap(),
+        DmaReach::Private(g)
+    );
+    // A second write (VMPL 1) while running rewrites the guest's part only.
+    let mut vmpl1 = linux_sdte();
+    vmpl1.q[3] = (1u64 << 49).into();
+    assert_eq!(write(&mut w, GCTX, req(GDEV, vmpl1)), Sw::Success as u16);
+    let e = entry(&w).unwrap();
+    assert_eq!((e.sdte.guest_part(), e.sdte.asid()), (vmpl1, 5));
+    // Unbind: the MMIO fence completes, then the sDTE is blocked and its invalidation raises
+    // a fence that the test holds: pending, with the progress kept, until the fence completes.
+    w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    assert_eq!(
+        unbind_all(&mut w),
+        Outcome::from_core(Err(Error::TlbFlushPending))
+    );
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, false))
+        .unwrap();
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, true))
+        .unwrap();
+    let o = unbind_all(&mut w);
+    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
+    assert_eq!(dma(&w), Some(DmaState::Invalidating));
+    let e = entry(&w).unwrap();
+    assert_eq!(e.sdte.q[0].get() & (Q0_V | Q0_IR | Q0_IW), 0);
+    assert!(w.sev.tsm().with_table(|r| r.fence_pending(g)).unwrap());
+    // Asking again, reclaiming the TDI, or decommissioning the guest change nothing.
+    refused(&mut w, Error::IotlbInvalidationPending, |w| {
+        w.cmd(&tdi_unbind(GCTX))
+    });
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_reclaim()));
+    // The fence completes: the unbind ends, the sDTE gone, the ASID free of it.
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(unbind_all(&mut w));
+    assert_eq!(dma(&w), None);
+    assert!(entry(&w).is_none());
+    assert!(!w.sev.tsm().with_table(|r| r.sdtes().holds(g)).unwrap());
+    // Unbound: the write is refused, nothing changed; the TDI is reclaimed.
+    write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::TdiNotBound);
+    ok(w.cmd(&tdi_reclaim()));
+}
+
+#[test]
+fn another_guests_write_is_invalid_tdi_and_changes_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    write_refused(&mut w, GCTX2, req(GDEV, linux_sdte()), Sw::InvalidTdi);
+    // The owner under another guest device ID: not the TDI the host handed in.
+    write_refused(&mut w, GCTX, req(GDEV + 1, linux_sdte()), Sw::InvalidTdi);
+    assert_eq!(dma(&w), Some(DmaState::Pending));
+    // Once the owner's write is accepted, another guest's still changes nothing.
+    assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
+    write_refused(&mut w, GCTX2, req(GDEV, Sdte::default()), Sw::InvalidTdi);
+}
+
+#[test]
+fn bits_the_guest_may_not_set_are_reserved_and_change_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    let mut firmware_bits = vec![(1, Q1_DOMAIN_ID), (3, Q3_ASID)];
+    // Every other bit outside V, IR, IW, VMPL, vTOM, one at a time.
+    for (i, mask) in crate::sdte::GUEST_BITS.iter().enumerate() {
+        for bit in 0..64 {
+            if mask & (1 << bit) == 0 {
+                firmware_bits.push((i, 1 << bit));
+            }
+        }
+    }
+    for (i, bits) in firmware_bits {
+        let mut s = linux_sdte();
+        s.q[i] = (s.q[i].get() | bits).into();
+        write_refused(&mut w, GCTX, req(GDEV, s), Sw::Reserved);
+    }
+    // So is an invalidation with one.
+    let mut s = Sdte::default();
+    s.q[4] = 1.into();
+    write_refused(&mut w, GCTX, req(GDEV, s), Sw::Reserved);
+    // The message's own reserved bytes are the command's INVALID_PARAM, nothing changed.
+    let mut r = req(GDEV, linux_sdte());
+    r.reserved[3] = 1;
+    w.put_msg(msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+        w.cmd(&guest_request(GCTX))
+    });
+    // The guest's bits alone are taken, whatever VMPL and vTOM.
+    let mut s = linux_sdte();
+    s.q[3] = Q3_VMPL.into();
+    s.q[5] = (Q5_VTOM_EN | Q5_VTOM).into();
+    assert_eq!(write(&mut w, GCTX, req(GDEV, s)), 0);
+    assert_eq!(entry(&w).unwrap().sdte.guest_part(), s);
+}
+
+#[test]
+fn writes_to_an_unbound_or_errored_tdi_are_refused_and_change_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::TdiNotBound);
+    ok(w.cmd(&tdi_bind(GCTX)));
+    ok(w.cmd(&tdi_error()));
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Error { .. }
+    ));
+    write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::TdiNotBound);
+    write_refused(&mut w, GCTX2, req(GDEV, linux_sdte()), Sw::InvalidTdi);
+    assert_eq!(dma(&w), Some(DmaState::Pending));
+    // The unbind of the errored TDI removes the never-valid entry without a fence.
+    let fences = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    ok(unbind_all(&mut w));
+    assert!(entry(&w).is_none());
+    let after = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    assert_eq!(
+        after.raised(),
+        fences.raised() + 1,
+        "only the MMIO unbind's fence"
+    );
+}
+
+#[test]
+fn an_invalidation_is_success_until_the_entry_is_valid_then_kept_until_unbind() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    // Linux's invalidation names its TDI; with nothing valid it has nothing to do.
+    write_refused(&mut w, GCTX, req(GDEV, Sdte::default()), Sw::Success);
+    assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
+    write_refused(
+        &mut w,
+        GCTX,
+        req(GDEV, Sdte::default()),
+        Sw::KeptUntilUnbind,
+    );
+    assert_eq!(dma(&w), Some(DmaState::Active));
+}
+
+#[test]
+fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    let g = w.guest(GCTX);
+    assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
+    start(&mut w);
+    // A forced unbind cuts the stream; its DMA step waits on the held fence.
+    w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    let mut force = tdi_unbind(GCTX);
+    force.flags = abi::FLAG_FORCE.into();
+    let mut o = w.cmd(&force);
+    // The MMIO track raised a fence before the block: the invalidation waits for it.
+    while o.status == SevStatus::RESUME_REQUIRED {
+        o = w.cmd(&force);
+    }
+    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
+    assert_eq!(dma(&w), Some(DmaState::Blocked));
+    let o = refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
+    assert_eq!(o.status, SevStatus::IN_USE);
+    // The guest's context cannot go while its sDTE names the ASID.
+    refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&decommission(GCTX)));
+    // Its fence completes; the next unbind raises the invalidation's own, held: pending.
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, false))
+        .unwrap();
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, true))
+        .unwrap();
+    let o = w.cmd(&force);
+    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
+    refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
+    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
+    ok(w.cmd(&force));
+    ok(w.cmd(&tdi_reclaim()));
+}
