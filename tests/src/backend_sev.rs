@@ -810,10 +810,18 @@ impl Backend for SevBackend<'_> {
             .with_table(|t| FlushControl::defer_flush(t, guest, defer))
     }
 
-    // Through the core until the platform's DMA leaves are wired here.
+    /// SEV-TIO creates the TDI's sDTE with its TIO_TDI_BIND: for a bound TDI that has it, the
+    /// host has nothing more to do; otherwise the core's refusal names why there is none.
     fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
-        self.sev.tsm().host_dma_create(tdi)
+        let core = self.sev.tsm();
+        let record = core.tdi(tdi)?;
+        match record.state {
+            TdiState::Locked { .. } | TdiState::Run { .. } if record.dma.is_some() => Ok(()),
+            _ => core.host_dma_create(tdi),
+        }
     }
+
+    // Through the core until the guest's SDTE write is wired here (the platform has it).
 
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         self.sev.tsm().guest_dma_accept(guest, tdi)
