@@ -8,9 +8,10 @@ use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
 use tsm_core::secure_table::{Epoch, Found, PageRest, Run, run_page};
 use tsm_core::{
-    Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
+    Completion, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
 };
 
+use crate::dmar::DmarTable;
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::ept::{SeptEntry, SeptState};
 use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
@@ -293,6 +294,7 @@ pub struct SeptBookkeeping {
     mmiomt: Option<FrameIndex>,
     free_head: u32,
     free: usize,
+    dmar: DmarTable,
 }
 
 impl SeptBookkeeping {
@@ -351,6 +353,8 @@ pub struct Sept<'m> {
     trees: [Radix<SeptFormat>; MAX_GUESTS],
     epochs: [TdEpoch; MAX_GUESTS],
     mmiomt: Radix<MtFormat>,
+    /// The trusted IOMMU's PASID entries of this table's TDs' TDIs ([`crate::dmar`]).
+    dmar: DmarTable,
 }
 
 /// The pool's summary, never the tables.
@@ -370,7 +374,18 @@ impl<'m> Sept<'m> {
             trees: [Radix::new(levels as u8); MAX_GUESTS],
             epochs: [TdEpoch::default(); MAX_GUESTS],
             mmiomt: Radix::new(MMIOMT_LEVELS),
+            dmar: DmarTable::new(),
         }
+    }
+
+    /// The trusted IOMMU's PASID entries this table keeps.
+    pub fn dmar(&self) -> &DmarTable {
+        &self.dmar
+    }
+
+    /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]).
+    pub fn iq_process(&mut self, segment: u16) -> usize {
+        self.dmar.process(segment)
     }
 
     /// The frame pool (tests compare its bytes before and after a refusal).
@@ -388,6 +403,7 @@ impl<'m> Sept<'m> {
             mmiomt: self.mmiomt.root(),
             free_head: self.pool.free_head(),
             free: self.pool.free_frames(),
+            dmar: self.dmar,
         }
     }
 
@@ -902,7 +918,52 @@ impl<'m> Sept<'m> {
     }
 }
 
+/// VT-d's AW of a second-level walk of `levels` (VT-d 4.1, 9.6: 010b 4-level 48-bit, 011b
+/// 5-level 57-bit).
+const fn vtd_aw(levels: u8) -> u64 {
+    if levels >= 5 { 0b011 } else { 0b010 }
+}
+
 impl SecureTable for Sept<'_> {
+    /// TDH.DMAR.ADD's PASID entry, PENDING ([`DmarTable::create`]).
+    fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.tree(guest)?;
+        self.dmar.create(guest, iface)
+    }
+
+    /// TDG.DMAR.ACCEPT: SLPTPTR the TD's S-EPT root (as the module writes it), AW from its
+    /// levels, the domain ID the TD's (ours: guest slot + 1 stands for the HKID the module ORs
+    /// in; the S-EPT does not know HKIDs). A TD whose S-EPT has no root yet (no private page
+    /// mapped) has nothing to translate through: `NotMapped` (ours).
+    fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let root = self.root_phys(guest);
+        let present = self
+            .dmar
+            .entry(iface.requester_id())
+            .is_some_and(|e| e.guest == guest && e.te.present());
+        let root = match root {
+            Some(r) => r,
+            None if present => 0,
+            None => return Err(TableError::NotMapped),
+        };
+        let domain = u64::from(guest.slot()).saturating_add(1);
+        self.dmar
+            .accept(guest, iface, root, vtd_aw(self.levels()), domain)
+    }
+
+    fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.dmar.block(guest, iface)
+    }
+
+    /// IQ.INV.REQUEST: complete only at TDH.IQ.INV.PROCESS ([`Sept::iq_process`]).
+    fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        self.dmar.invalidate(guest, iface)
+    }
+
+    fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.dmar.remove(guest, iface)
+    }
+
     fn map(
         &mut self,
         guest: GuestId,
