@@ -399,3 +399,288 @@ mod tests {
         assert_eq!(invalid_add_qword(&q), Some(1));
     }
 }
+
+// ---- the leaves -----------------------------------------------------------------------------
+
+/// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `tdh_iq_inv_request.c` @6e66b9d2):
+/// INV_REQ_PASIDTE, the one type this firmware takes (ours: IOTLB 0, RTE 1, CTE 2, PDE 3 and
+/// TD 5 are for tables and epochs it does not keep: OPERAND_INVALID + RDX).
+pub const INV_REQ_PASIDTE: u64 = 4;
+/// TDH.IQ.INV.REQUEST R8 `rid_pasid`: bits 15:0 the RID, 31:16 reserved, 51:32 the PASID,
+/// 63:52 reserved (same handler).
+pub const RID_PASID_RESERVED: u64 = 0xffff_0000 | 0xfff << 52;
+/// VT-d 4.1 6.5.2.8, the invalidation wait descriptor's qword 0: type bits 3:0 (5) and 11:9
+/// (0), IF 4, SW 5, FN 6, PD 7, status data 63:32.
+pub const WAIT_DESC_TYPE: u64 = 0x5;
+/// Wait descriptor SW: write the status data to the status address (required, ours: the only
+/// completion a host can poll without an interrupt).
+pub const WAIT_DESC_SW: u64 = 1 << 5;
+/// Wait descriptor FN: fence, required (`tdh_iq_inv_request.c` @6e66b9d2).
+pub const WAIT_DESC_FN: u64 = 1 << 6;
+/// Wait descriptor qword 0 bits that must be as [`WAIT_DESC_TYPE`] | SW | FN: type, IF, PD
+/// (PD only with ECAP.PDS, which this IOMMU does not report: ours), bit 8 and the high type.
+pub const WAIT_DESC_CHECKED: u64 = 0xfff;
+/// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
+pub const WAIT_STATUS_ALIGN: u64 = 0x3;
+
+use tsm_core::{Completion, Error, SecureSession, TdiId, TdiState, Tsm};
+
+use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
+use crate::devif::devif_at;
+use crate::module::{devif_in, td_in};
+use crate::status::{
+    self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
+    OPERAND_ID_R12, OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_SUCCESS,
+};
+
+/// R8..R14: the entry qwords of ADD, and what ACCEPT requires zero.
+fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
+    [
+        (r.r8, OPERAND_ID_R8),
+        (r.r9, OPERAND_ID_R9),
+        (r.r10, OPERAND_ID_R10),
+        (r.r11, OPERAND_ID_R11),
+        (r.r12, OPERAND_ID_R12),
+        (r.r13, OPERAND_ID_R13),
+        (r.r14, OPERAND_ID_R14),
+    ]
+}
+
+/// A core refusal of a DMAR leaf as the module reports its entry-state checks, naming
+/// `operand`: the TDI still able to reach the guest (ours, the core's rule: the host tears a
+/// context down only after STOP or a cut stream) `TDX_DEVIF_TDISP_INVALID_STATE`; an entry
+/// FREE or not in the state `TDX_DMAR_INVALID_MAPPING_STATE`; its invalidation not done
+/// `TDX_DMAR_INVALID_INV_STATE`.
+fn dmar_refusal(e: Error, operand: u32) -> Outcome {
+    let code = match e {
+        Error::TdiBound | Error::TdiNotBound | Error::TdiInError | Error::UnbindInProgress => {
+            status::TDX_DEVIF_TDISP_INVALID_STATE
+        }
+        Error::NoDmaContext | Error::DmaContextExists | Error::DmaNotBlocked => {
+            status::TDX_DMAR_INVALID_MAPPING_STATE
+        }
+        Error::IotlbInvalidationPending => status::TDX_DMAR_INVALID_INV_STATE,
+        _ => return core_err(e),
+    };
+    named(code, operand)
+}
+
+impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S, M, SHARDS> {
+    /// The TDI of requester `rid` (none: its PASID entry is FREE,
+    /// `TDX_DMAR_INVALID_MAPPING_STATE` + `operand`).
+    fn dmar_tdi(&self, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
+        let table = self.fw.lock_pages().map_err(core_err)?;
+        let function = u32::try_from(crate::abi::function_id(rid))
+            .map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))?;
+        devif_in(&table, function)
+            .map(|(tdi, _)| tdi)
+            .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+    }
+
+    /// RCX `dmar_idx_t` of a PASID entry (else `TDX_OPERAND_INVALID` + RCX) and its TDI.
+    fn dmar_target(&self, raw: u64) -> Result<(RequesterId, TdiId), Outcome> {
+        let rid = decode_dmar_idx(raw).ok_or(Outcome::Status(invalid(OPERAND_ID_RCX)))?;
+        Ok((rid, self.dmar_tdi(rid, OPERAND_ID_RCX)?))
+    }
+
+    /// The module's entry-state precondition of a host teardown leaf, checked only once the
+    /// core lets the host tear down (so a TDI still reaching the guest answers the core's
+    /// `TdiBound` first): `allowed` the states the leaf takes, `operand` named otherwise.
+    fn dmar_precheck(
+        &self,
+        tdi: TdiId,
+        allowed: impl Fn(DmaState) -> bool,
+        inv_state_operand: Option<u32>,
+        operand: u32,
+    ) -> Result<(), Outcome> {
+        let record = self.tsm.tdi(tdi).map_err(core_err)?;
+        let stream = self.tsm.device(record.device).map_err(core_err)?.stream;
+        if !Tsm::<crate::sept::Sept<'_>, S, SHARDS>::host_may_tear_down(record.state, stream) {
+            return Ok(());
+        }
+        match record.dma {
+            Some(s) if allowed(s) => Ok(()),
+            Some(DmaState::Invalidating | DmaState::Invalidated) if inv_state_operand.is_some() => {
+                Err(named(
+                    status::TDX_DMAR_INVALID_INV_STATE,
+                    inv_state_operand.unwrap_or(operand),
+                ))
+            }
+            _ => Err(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand)),
+        }
+    }
+
+    /// The trusted-DMA host leaves ([`TDH_DMAR_ADD`], [`TDH_DMAR_BLOCK`], [`TDH_DMAR_READ`],
+    /// [`TDH_DMAR_REMOVE`], [`TDH_IQ_INV_REQUEST`], [`TDH_IQ_INV_PROCESS`]).
+    pub(crate) fn dmar_leaf(
+        &self,
+        leaf: u16,
+        r: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let tsm = self.tsm;
+        let done = Outcome::Core(Ok(Completion::Done));
+        Ok(match leaf {
+            // The module's order: RCX, RDX (the TD), the entry (R8..), then its state.
+            TDH_DMAR_ADD => {
+                let rid = decode_dmar_idx(r.rcx).ok_or(st(invalid(OPERAND_ID_RCX)))?;
+                let tds = self.fw.read_tds_for(r.rdx).map_err(core_err)?;
+                let td = td_in(&tds, r.rdx).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                crate::td::usable(&tds, td).map_err(st)?;
+                let regs = entry_regs(r);
+                let qwords = regs.map(|(q, _)| q);
+                if let Some(i) = invalid_add_qword(&qwords) {
+                    let id = regs.get(i).map_or(OPERAND_ID_R8, |(_, id)| *id);
+                    return Err(st(invalid(id)));
+                }
+                let tdi = self.dmar_tdi(rid, OPERAND_ID_RCX)?;
+                let record = tsm.tdi(tdi).map_err(core_err)?;
+                // Ours: the entry is for the TDI's owner only; another TD's is the
+                // bind's owner mismatch, naming RDX.
+                if let Some(owner) = record.state.owner()
+                    && owner != td
+                {
+                    return Err(named(status::TDX_MMIO_DEVIF_OWNER_MISMATCH, OPERAND_ID_RDX));
+                }
+                tsm.host_dma_create(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                done
+            }
+            TDH_DMAR_BLOCK => {
+                let (_, tdi) = self.dmar_target(r.rcx)?;
+                let blockable = |s| matches!(s, DmaState::Pending | DmaState::Active);
+                self.dmar_precheck(tdi, blockable, None, OPERAND_ID_RCX)?;
+                tsm.host_dma_block(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                done
+            }
+            TDH_DMAR_REMOVE => {
+                let (_, tdi) = self.dmar_target(r.rcx)?;
+                let blocked = |s| s != DmaState::Pending && s != DmaState::Active;
+                self.dmar_precheck(tdi, blocked, None, OPERAND_ID_RCX)?;
+                tsm.host_dma_remove(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                done
+            }
+            TDH_DMAR_READ => {
+                let (rid, tdi) = self.dmar_target(r.rcx)?;
+                let not_present = named(status::TDX_DMAR_ENTRY_NOT_PRESENT, OPERAND_ID_RCX);
+                let owner = tsm
+                    .tdi(tdi)
+                    .map_err(core_err)?
+                    .state
+                    .owner()
+                    .ok_or(not_present)?;
+                let entry = tsm
+                    .with_guest_table(owner, |t| t.dmar().entry(rid))
+                    .map_err(core_err)?
+                    .filter(|e| e.guest == owner)
+                    .ok_or(named(status::TDX_DMAR_ENTRY_NOT_PRESENT, OPERAND_ID_RCX))?;
+                let q = entry.te.architectural();
+                out.rdx = entry.te.state_info();
+                let [q0, q1, q2, q3, q4, q5, q6, _] = q;
+                (out.r8, out.r9, out.r10, out.r11, out.r12, out.r13, out.r14) =
+                    (q0, q1, q2, q3, q4, q5, q6);
+                done
+            }
+            // The module's order: RCX, RDX, R8, the wait descriptor R9..R12, then the entry.
+            TDH_IQ_INV_REQUEST => {
+                let segment = iommu_of(r.rcx)?;
+                let inv_type = r.rdx & 0xffff_ffff;
+                if inv_type != INV_REQ_PASIDTE || r.rdx >> 32 != 0 {
+                    return Err(st(invalid(OPERAND_ID_RDX)));
+                }
+                if r.r8 & RID_PASID_RESERVED != 0 || (r.r8 >> 32) & 0xf_ffff != 0 {
+                    return Err(st(invalid(OPERAND_ID_R8)));
+                }
+                if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN {
+                    return Err(st(invalid(OPERAND_ID_R9)));
+                }
+                self.wait_status(r.r10)?;
+                if r.r11 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R11)));
+                }
+                if r.r12 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R12)));
+                }
+                let routing = u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
+                let rid = RequesterId::from_routing(segment, routing);
+                let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
+                let queueable = |s| s == DmaState::Blocked;
+                self.dmar_precheck(tdi, queueable, Some(OPERAND_ID_R8), OPERAND_ID_R8)?;
+                tsm.host_dma_invalidate(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_R8))?;
+                // No TD-requested descriptors remain (INV_REQ_TD only).
+                out.rcx = 0;
+                done
+            }
+            TDH_IQ_INV_PROCESS => {
+                let segment = iommu_of(r.rcx)?;
+                // Every shard holds its own TDs' entries: guest slot i is in shard i.
+                for shard in 0..SHARDS {
+                    let guest = u16::try_from(shard)
+                        .map(GuestId::from_slot)
+                        .map_err(|_| core_err(Error::Inconsistent))?;
+                    tsm.with_guest_table(guest, |t| t.iq_process(segment))
+                        .map_err(core_err)?;
+                }
+                done
+            }
+            _ => st(invalid(status::OPERAND_ID_RAX)),
+        })
+    }
+
+    /// The wait descriptor's status address (R10): 4-byte aligned, below 2^52 with no KeyID
+    /// bits (a shared address: the module refuses a private KeyID), in host memory the IOMMU
+    /// can write (`TDX_OPERAND_INVALID` + R10).
+    fn wait_status(&self, raw: u64) -> Result<(), Outcome> {
+        let bad = || Outcome::Status(invalid(OPERAND_ID_R10));
+        if raw & WAIT_STATUS_ALIGN != 0 || raw & crate::td::KEYID_MASK != 0 {
+            return Err(bad());
+        }
+        tsm_core::Hpa::try_new(raw).map_err(|_| bad())?;
+        self.host.probe_write(raw, 4).map_err(|_| bad())
+    }
+
+    /// TDG.DMAR.ACCEPT ([`TDG_DMAR_ACCEPT`]) from TD `td`: RDX `dmar_target` (vm_idx 7:0 0,
+    /// the L1 S-EPT; PASID 27:8 0; 63:28 reserved: else `TDX_OPERAND_INVALID` + RDX), R8..R14
+    /// zero (each `TDX_OPERAND_INVALID` naming it), then the TDI RCX names (as every TDG.DEVIF
+    /// leaf), its owner (another TD's: `TDX_DEVIF_INVALID_METADATA` + RCX), its TDISP state
+    /// CONFIG_LOCKED or RUN (else `TDX_DEVIF_TDISP_INVALID_STATE` + RCX), its entry PENDING or
+    /// PRESENT (else `TDX_DMAR_INVALID_MAPPING_STATE` + DMAR).
+    pub(crate) fn dmar_accept(&self, td: GuestId, r: &SeamRegs) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        if r.rdx != 0 {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
+        if let Some((_, id)) = entry_regs(r).into_iter().find(|(q, _)| *q != 0) {
+            return Err(st(invalid(id)));
+        }
+        let table = self.fw.lock_pages().map_err(core_err)?;
+        let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
+        self.tsm.guest_dma_accept(td, tdi).map_err(|e| {
+            let code = match e {
+                Error::NotOwner => status::TDX_DEVIF_INVALID_METADATA,
+                Error::TdiNotBound | Error::TdiInError | Error::UnbindInProgress => {
+                    status::TDX_DEVIF_TDISP_INVALID_STATE
+                }
+                Error::NoDmaContext | Error::NotMapped => {
+                    return named(status::TDX_DMAR_INVALID_MAPPING_STATE, OPERAND_ID_DMAR);
+                }
+                _ => return core_err(e),
+            };
+            named(code, OPERAND_ID_RCX)
+        })?;
+        Ok(st(TDX_SUCCESS))
+    }
+}
+
+/// RCX `iommu_id` of the IQ leaves: the segment (ours, as [`DMAR_IDX_IOMMU_SHIFT`]); bits
+/// 63:16 reserved (`TDX_OPERAND_INVALID` + RCX).
+fn iommu_of(raw: u64) -> Result<u16, Outcome> {
+    u16::try_from(raw).map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))
+}
+
+// Silences the unused import when no state is read by name.
+const _: fn(TdiState) = |_| {};
