@@ -1142,8 +1142,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                     |buf| Ok(tsm.check_interface(tdi, buf)),
                 )?
             }
-            TDH_DMAR_ADD | TDH_DMAR_BLOCK | TDH_DMAR_READ | TDH_DMAR_REMOVE | TDH_IQ_INV_REQUEST
-            | TDH_IQ_INV_PROCESS => self.dmar_leaf(leaf, r, out)?,
+            TDH_DMAR_ADD | TDH_DMAR_BLOCK | TDH_DMAR_READ | TDH_DMAR_REMOVE
+            | TDH_IQ_INV_REQUEST | TDH_IQ_INV_PROCESS => self.dmar_leaf(leaf, r, out)?,
             TSM_MMIO_ZAP_CHECK => {
                 let base = decode_hpa(r.rcx, PageSize::Size4K, OPERAND_ID_RCX).map_err(st)?;
                 // An empty range, or one past the address space: the core's InvalidRange.

@@ -64,8 +64,7 @@ pub const fn dmar_idx(rid: RequesterId) -> u64 {
 /// reserved bits, or a PASID other than 0.
 pub const fn decode_dmar_idx(raw: u64) -> Option<RequesterId> {
     let pasid = (raw >> DMAR_IDX_PASID_SHIFT) & 0xf_ffff;
-    if raw & DMAR_IDX_LEVEL_MASK != DMAR_LVL_PASIDTE || raw & DMAR_IDX_RESERVED != 0 || pasid != 0
-    {
+    if raw & DMAR_IDX_LEVEL_MASK != DMAR_LVL_PASIDTE || raw & DMAR_IDX_RESERVED != 0 || pasid != 0 {
         return None;
     }
     let rid = ((raw >> DMAR_IDX_RID_SHIFT) & 0xffff) as u16;
@@ -251,7 +250,11 @@ impl DmarTable {
 
     /// The entry of requester `rid`.
     pub fn entry(&self, rid: RequesterId) -> Option<DmarEntry> {
-        self.entries.iter().flatten().find(|e| e.rid == rid).copied()
+        self.entries
+            .iter()
+            .flatten()
+            .find(|e| e.rid == rid)
+            .copied()
     }
 
     /// Every entry (in no particular order).
@@ -259,7 +262,11 @@ impl DmarTable {
         self.entries.iter().flatten()
     }
 
-    fn slot_of(&mut self, guest: GuestId, iface: InterfaceId) -> Result<&mut DmarEntry, TableError> {
+    fn slot_of(
+        &mut self,
+        guest: GuestId,
+        iface: InterfaceId,
+    ) -> Result<&mut DmarEntry, TableError> {
         let rid = iface.requester_id();
         self.entries
             .iter_mut()
@@ -604,7 +611,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 if r.r12 != 0 {
                     return Err(st(invalid(OPERAND_ID_R12)));
                 }
-                let routing = u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
+                let routing =
+                    u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
                 let rid = RequesterId::from_routing(segment, routing);
                 let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
                 let queueable = |s| s == DmaState::Blocked;

@@ -8,11 +8,12 @@ use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
 use tsm_core::secure_table::{Epoch, Found, PageRest, Run, run_page};
 use tsm_core::{
-    Completion, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
+    Completion, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange, PageSize, SecureTable,
+    TableError,
 };
 
-use crate::dmar::DmarTable;
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
+use crate::dmar::DmarTable;
 use crate::ept::{SeptEntry, SeptState};
 use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
 use crate::radix::{
