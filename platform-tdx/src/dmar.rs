@@ -3,18 +3,29 @@
 //! TDX-IO leaves that reach them (TDH.DMAR.ADD/BLOCK/READ/REMOVE, TDH.IQ.INV.REQUEST/PROCESS,
 //! TDG.DMAR.ACCEPT).
 //!
-//! Numbers are the TDX module's TDX-IO sources (intel/tdx-module, the TDX-IO files in the
-//! index at the commits named per item: `include/tdx_api_defs.h` @a56a9173cda3 for the leaf
-//! numbers, `src/common/data_structures/tdxio/dmar_defs.h` @92f6945d3621 for the entry
-//! layouts and states, `src/common/tdxio/dmar.h` @1666adc494db for what the VMM may add, the
-//! leaf handlers for the operands) and the VT-d specification (rev. 4.1, 9.6 "Scalable-Mode
-//! PASID Table Entry", 6.5.2.8 "Invalidation Wait Descriptor") for the hardware fields.
+//! Numbers are the TDX module's TDX-IO sources (intel/tdx-module, TDX-IO files at the commits
+//! named per item: `include/tdx_api_defs.h` @a56a9173cda32a711510ac2fb87ce049c22f1450 for the
+//! leaf numbers; `src/common/data_structures/tdxio/dmar_defs.h`
+//! @92f6945d3621731b0db62424afaeef78458226e7 for the entry layout and states;
+//! `src/vmm_dispatcher/api_calls/tdxio/tdh_dmar_add.c` and `src/common/tdxio/dmar.h`
+//! (`is_valid_dmar_pasidte`) @be44324036407f857249fd47fdfaaa036135d459 for ADD's registers and
+//! what the VMM may add; the other handlers as named) and the VT-d specification (rev. 4.1,
+//! 9.6 "Scalable-Mode PASID Table Entry", 6.5.2.8 "Invalidation Wait Descriptor") for the
+//! hardware fields. ADD's layout is the one with the TDR in RDX and the entry in R8..R15
+//! (@be443240); a later module (@1666adc494dbea5db99895f37125a338c20bec5a) drops the TDR and
+//! moves the entry to RDX..R14.
 //!
 //! Life of an entry (the module's `dmar_map_sts_e` and `dmar_inv_sts_e`): FREE; ADD by the
-//! host: PENDING (bit 63), not present, no translation, SLPTPTR and DID 0; ACCEPT by the
-//! owning TD: PRESENT, SLPTPTR the TD's S-EPT root, DID the TD's domain; BLOCK: not present,
-//! BLOCKED, invalidation PENDING; IQ.INV.REQUEST: invalidation QUEUED; IQ.INV.PROCESS:
-//! invalidation DONE; REMOVE: FREE. Every refusal changes no byte.
+//! host: PENDING (bit 63), not present, no translation, SLPTPTR and DID 0 (the module then
+//! sets the DID's top bit); ACCEPT by the owning TD: PRESENT, SLPTPTR the TD's S-EPT root, the
+//! TD's domain in DID; BLOCK: not present, BLOCKED, invalidation PENDING; IQ.INV.REQUEST:
+//! invalidation QUEUED; IQ.INV.PROCESS: invalidation DONE; REMOVE: FREE. Every refusal
+//! changes no byte.
+//!
+//! The register block has no R15 ([`crate::abi::SeamRegs`] ends at R14, as the C ABI's
+//! `struct tsm_tdx_regs`): the entry's qword 7, which the module takes in R15 and gives back
+//! in R15, is 0 in every PASID entry it accepts (qwords 2..7 must be 0) and in every entry this
+//! firmware keeps; ADD takes it as 0 and READ does not give it.
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
@@ -112,12 +123,25 @@ pub const PTE_EMT_WB: u64 = 6 << 27;
 /// `BIT(did_msb)`, the IOMMU's domain-ID width). Ours: a 16-bit domain ID, bit 15.
 pub const DID_TD_BIT: u64 = 1 << 15;
 
-/// Qword 0 of the entry as the VMM must add it: not present, SLEE, second-level only, no
-/// SLPTPTR (`is_valid_dmar_pasidte`, `dmar.h` @1666adc4). Every other bit 0 (ours where the
-/// source names no rule: FPD, AW, SLADE).
+/// Qword 0 of the entry as the VMM must add it, but for AW: not present, SLEE, second-level
+/// only, no SLPTPTR, SLADE 0 (`is_valid_dmar_pasidte`, `dmar.h` @be443240: SLADE must match
+/// the S-EPT's A/D enable, which this S-EPT never sets), every reserved bit 0 (FPD too: ours,
+/// the source names no rule for it). AW must name the TD's S-EPT depth ([`add_qword0`]).
 pub const ADD_QWORD0: u64 = PTE_SLEE | PTE_PGTT_SL;
-/// Qword 1 as the VMM must add it: DID 0, PWSNP, PGSNP, EMTE, EMT WB, CD/PWT/PCD/PAT 0.
+/// Qword 1 as the VMM must add it: DID 0, PWSNP, PGSNP, EMTE, EMT WB, CD/PWT/PCD/PAT 0
+/// (`is_valid_dmar_pasidte`, `dmar.h` @be443240).
 pub const ADD_QWORD1: u64 = PTE_PWSNP | PTE_PGSNP | PTE_EMTE | PTE_EMT_WB;
+
+/// VT-d's AW of a second-level walk of `levels` (VT-d 4.1, 9.6: 010b 4-level 48-bit, 011b
+/// 5-level 57-bit; the module's `AW_48_BIT` / `AW_57_BIT` against the EPTP's page-walk length).
+pub const fn vtd_aw(levels: u8) -> u64 {
+    if levels >= 5 { 0b011 } else { 0b010 }
+}
+
+/// Qword 0 as the VMM must add it for a TD whose S-EPT has `levels` levels.
+pub const fn add_qword0(levels: u8) -> u64 {
+    ADD_QWORD0 | vtd_aw(levels) << PTE_AW_SHIFT
+}
 
 /// The entry's qwords. Eight in the module; qword 7 is always 0 in an entry this firmware
 /// keeps (first-level fields unused) and the register block has no R15: ADD takes and READ
@@ -204,12 +228,14 @@ impl PasidTe {
     }
 }
 
-/// Which VMM-supplied qword of an ADD is not what the module allows (its index 0-6), if any:
-/// a chosen SLPTPTR or DID is refused as every other wrong bit.
-pub fn invalid_add_qword(qwords: &[u64]) -> Option<usize> {
+/// Which VMM-supplied qword of an ADD for a TD whose S-EPT has `levels` levels is not what
+/// the module allows (its index), if any: a chosen SLPTPTR (qword 0) or DID (qword 1) is
+/// refused as every other wrong bit (`is_valid_dmar_pasidte`, `dmar.h` @be443240: qword 0
+/// names R8, qword 1 R9, qword q R8 + q).
+pub fn invalid_add_qword(qwords: &[u64], levels: u8) -> Option<usize> {
     qwords.iter().enumerate().find_map(|(i, &q)| {
         let want = match i {
-            0 => ADD_QWORD0,
+            0 => add_qword0(levels),
             1 => ADD_QWORD1,
             _ => 0,
         };
@@ -307,7 +333,8 @@ impl DmarTable {
         match e.te.state() {
             DmaState::Active => Ok(()),
             DmaState::Pending => {
-                let q0 = ADD_QWORD0 | PTE_P | (aw & 0x7) << PTE_AW_SHIFT | root & PTE_SLPTPTR_MASK;
+                let q0 =
+                    ADD_QWORD0 | PTE_P | (aw & 0x7) << PTE_AW_SHIFT | (root & PTE_SLPTPTR_MASK);
                 let q1 = ADD_QWORD1 | DID_TD_BIT | (domain & PTE_DID_MASK);
                 e.te.set(0, q0);
                 e.te.set(1, q1);
@@ -395,15 +422,67 @@ mod tests {
 
     #[test]
     fn an_add_may_choose_neither_translation_nor_domain() {
-        let mut q = [ADD_QWORD0, ADD_QWORD1, 0, 0, 0, 0, 0];
-        assert_eq!(invalid_add_qword(&q), None);
+        let q0 = add_qword0(4);
+        let mut q = [q0, ADD_QWORD1, 0, 0, 0, 0, 0];
+        assert_eq!(invalid_add_qword(&q, 4), None);
+        assert_eq!(
+            invalid_add_qword(&q, 5),
+            Some(0),
+            "AW names the S-EPT's depth"
+        );
         q[0] |= 0x1234_5000;
-        assert_eq!(invalid_add_qword(&q), Some(0));
-        q[0] = ADD_QWORD0 | PTE_P;
-        assert_eq!(invalid_add_qword(&q), Some(0));
-        q[0] = ADD_QWORD0;
+        assert_eq!(invalid_add_qword(&q, 4), Some(0));
+        q[0] = q0 | PTE_P;
+        assert_eq!(invalid_add_qword(&q, 4), Some(0));
+        q[0] = q0;
         q[1] |= 7;
-        assert_eq!(invalid_add_qword(&q), Some(1));
+        assert_eq!(invalid_add_qword(&q, 4), Some(1));
+        q[1] = ADD_QWORD1;
+        q[6] = 1;
+        assert_eq!(invalid_add_qword(&q, 4), Some(6));
+    }
+
+    fn iface(bus: u8) -> InterfaceId {
+        let rid = RequesterId::try_new(0, bus, 0, 0).unwrap();
+        tsm_core::DeviceFunctions::physical(rid)
+            .interface(rid)
+            .unwrap()
+    }
+
+    #[test]
+    fn an_entry_goes_through_its_states_and_refusals_change_nothing() {
+        let (g, h) = (GuestId::from_slot(0), GuestId::from_slot(1));
+        let mut t = DmarTable::new();
+        t.create(g, iface(3)).unwrap();
+        let e = t.entry(iface(3).requester_id()).unwrap();
+        assert_eq!(
+            (e.te.state(), e.te.slptptr(), e.te.did()),
+            (DmaState::Pending, 0, DID_TD_BIT)
+        );
+        let before = t;
+        assert_eq!(t.create(h, iface(3)), Err(TableError::DmaContextExists));
+        assert_eq!(
+            t.accept(h, iface(3), 0x5000, 2, 2),
+            Err(TableError::NoDmaContext)
+        );
+        assert_eq!(t.invalidate(g, iface(3)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t.remove(g, iface(3)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t, before);
+        t.accept(g, iface(3), 0x5000, 2, 1).unwrap();
+        let e = t.entry(iface(3).requester_id()).unwrap();
+        assert!(e.te.present());
+        assert_eq!((e.te.slptptr(), e.te.did()), (0x5000, DID_TD_BIT | 1));
+        t.block(g, iface(3)).unwrap();
+        assert!(!t.entry(iface(3).requester_id()).unwrap().te.present());
+        assert_eq!(t.invalidate(g, iface(3)), Ok(false));
+        let before = t;
+        assert_eq!(t.remove(g, iface(3)), Err(TableError::InvalidationPending));
+        assert_eq!(t.process(1), 0, "another IOMMU's queue");
+        assert_eq!(t, before);
+        assert_eq!(t.process(0), 1);
+        assert_eq!(t.invalidate(g, iface(3)), Ok(true));
+        t.remove(g, iface(3)).unwrap();
+        assert_eq!(t, DmarTable::new());
     }
 }
 
@@ -417,20 +496,22 @@ pub const INV_REQ_PASIDTE: u64 = 4;
 /// 63:52 reserved (same handler).
 pub const RID_PASID_RESERVED: u64 = 0xffff_0000 | 0xfff << 52;
 /// VT-d 4.1 6.5.2.8, the invalidation wait descriptor's qword 0: type bits 3:0 (5) and 11:9
-/// (0), IF 4, SW 5, FN 6, PD 7, status data 63:32.
+/// (0), IF 4, SW 5, FN 6, PD 7, bits 8 and 31:12 reserved, status data 63:32.
 pub const WAIT_DESC_TYPE: u64 = 0x5;
-/// Wait descriptor SW: write the status data to the status address (required, ours: the only
-/// completion a host can poll without an interrupt).
+/// Wait descriptor SW: write the status data to the status address.
 pub const WAIT_DESC_SW: u64 = 1 << 5;
 /// Wait descriptor FN: fence, required (`tdh_iq_inv_request.c` @6e66b9d2).
 pub const WAIT_DESC_FN: u64 = 1 << 6;
-/// Wait descriptor qword 0 bits that must be as [`WAIT_DESC_TYPE`] | SW | FN: type, IF, PD
-/// (PD only with ECAP.PDS, which this IOMMU does not report: ours), bit 8 and the high type.
-pub const WAIT_DESC_CHECKED: u64 = 0xfff;
+/// Wait descriptor qword 0 bits the module checks (`tdh_iq_inv_request.c` @6e66b9d2): the
+/// type (5, high type 0), FN (1), PD (0: only with ECAP.PDS, which no IOMMU here reports, ours),
+/// the reserved bits 8 and 31:12 (0). IF and SW are the host's choice.
+pub const WAIT_DESC_CHECKED: u64 = 0xffff_ffff & !(1 << 4 | WAIT_DESC_SW);
+/// What [`WAIT_DESC_CHECKED`] bits must be.
+pub const WAIT_DESC_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_FN;
 /// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
 pub const WAIT_STATUS_ALIGN: u64 = 0x3;
 
-use tsm_core::{Completion, Error, SecureSession, TdiId, TdiState, Tsm};
+use tsm_core::{Completion, Error, SecureSession, TdiId, Tsm};
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
 use crate::devif::devif_at;
@@ -537,7 +618,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 crate::td::usable(&tds, td).map_err(st)?;
                 let regs = entry_regs(r);
                 let qwords = regs.map(|(q, _)| q);
-                if let Some(i) = invalid_add_qword(&qwords) {
+                let levels = tsm.with_guest_table(td, |t| t.levels()).map_err(core_err)?;
+                if let Some(i) = invalid_add_qword(&qwords, levels) {
                     let id = regs.get(i).map_or(OPERAND_ID_R8, |(_, id)| *id);
                     return Err(st(invalid(id)));
                 }
@@ -591,17 +673,24 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     (q0, q1, q2, q3, q4, q5, q6);
                 done
             }
-            // The module's order: RCX, RDX, R8, the wait descriptor R9..R12, then the entry.
+            // The module's order (`tdh_iq_inv_request.c` @6e66b9d2): RDX, RCX, R8, the entry's
+            // state (+ R8), then the wait descriptor R9..R12.
             TDH_IQ_INV_REQUEST => {
-                let segment = iommu_of(r.rcx)?;
                 let inv_type = r.rdx & 0xffff_ffff;
                 if inv_type != INV_REQ_PASIDTE || r.rdx >> 32 != 0 {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
+                let segment = iommu_of(r.rcx)?;
                 if r.r8 & RID_PASID_RESERVED != 0 || (r.r8 >> 32) & 0xf_ffff != 0 {
                     return Err(st(invalid(OPERAND_ID_R8)));
                 }
-                if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN {
+                let routing =
+                    u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
+                let rid = RequesterId::from_routing(segment, routing);
+                let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
+                let queueable = |s| s == DmaState::Blocked;
+                self.dmar_precheck(tdi, queueable, Some(OPERAND_ID_R8), OPERAND_ID_R8)?;
+                if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_REQUIRED {
                     return Err(st(invalid(OPERAND_ID_R9)));
                 }
                 self.wait_status(r.r10)?;
@@ -611,12 +700,6 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 if r.r12 != 0 {
                     return Err(st(invalid(OPERAND_ID_R12)));
                 }
-                let routing =
-                    u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
-                let rid = RequesterId::from_routing(segment, routing);
-                let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
-                let queueable = |s| s == DmaState::Blocked;
-                self.dmar_precheck(tdi, queueable, Some(OPERAND_ID_R8), OPERAND_ID_R8)?;
                 tsm.host_dma_invalidate(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_R8))?;
                 // No TD-requested descriptors remain (INV_REQ_TD only).
@@ -689,6 +772,3 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
 fn iommu_of(raw: u64) -> Result<u16, Outcome> {
     u16::try_from(raw).map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))
 }
-
-// Silences the unused import when no state is read by name.
-const _: fn(TdiState) = |_| {};

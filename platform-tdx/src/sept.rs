@@ -919,12 +919,6 @@ impl<'m> Sept<'m> {
     }
 }
 
-/// VT-d's AW of a second-level walk of `levels` (VT-d 4.1, 9.6: 010b 4-level 48-bit, 011b
-/// 5-level 57-bit).
-const fn vtd_aw(levels: u8) -> u64 {
-    if levels >= 5 { 0b011 } else { 0b010 }
-}
-
 impl SecureTable for Sept<'_> {
     /// TDH.DMAR.ADD's PASID entry, PENDING ([`DmarTable::create`]).
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
@@ -948,8 +942,13 @@ impl SecureTable for Sept<'_> {
             None => return Err(TableError::NotMapped),
         };
         let domain = u64::from(guest.slot()).saturating_add(1);
-        self.dmar
-            .accept(guest, iface, root, vtd_aw(self.levels()), domain)
+        self.dmar.accept(
+            guest,
+            iface,
+            root,
+            crate::dmar::vtd_aw(self.levels()),
+            domain,
+        )
     }
 
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {

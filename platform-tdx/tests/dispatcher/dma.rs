@@ -3,7 +3,10 @@
 //! the Linux host's own teardown order.
 
 use super::*;
-use platform_tdx::dmar::{self, ADD_QWORD0, ADD_QWORD1, INV_QUEUED, MAP_BLOCKED, MAP_PRESENT};
+use platform_tdx::dmar::{self, ADD_QWORD1, INV_QUEUED, MAP_BLOCKED, MAP_PRESENT};
+
+/// Qword 0 of an ADD for the 4-level S-EPT of these tests.
+const ADD_QWORD0: u64 = dmar::add_qword0(4);
 
 const IDX_RCX: u64 = 1;
 
