@@ -29,7 +29,17 @@
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
-use tsm_core::{GuestId, InterfaceId, RequesterId, TableError};
+use tsm_core::{
+    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId, Tsm,
+};
+
+use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
+use crate::devif::devif_at;
+use crate::module::{devif_in, td_in};
+use crate::status::{
+    self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
+    OPERAND_ID_R12, OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_SUCCESS,
+};
 
 /// TDH.DMAR.ADD (`tdx_api_defs.h` @a56a9173, `seamcall_leaf_opcode_e`).
 pub const TDH_DMAR_ADD: u16 = 150;
@@ -155,11 +165,26 @@ pub const MAP_BLOCKED: u64 = 2;
 /// `dmar_map_sts_e` PRESENT.
 pub const MAP_PRESENT: u64 = 3;
 
-/// A 64-byte scalable-mode PASID-table entry with the module's state bits.
+/// Qwords of a PASID entry that can be non-zero here: 0 and 1. Qwords 2..7 (first-level
+/// fields and reserved bits) are 0 in every entry ADD accepts and nothing writes them, so they
+/// are not stored (the table stays small: one per TDI in every shard).
+const PTE_KEPT: usize = 2;
+
+/// A 64-byte scalable-mode PASID-table entry with the module's state bits (qwords 0 and 1
+/// kept; the rest is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PasidTe(pub [u64; PTE_QWORDS]);
+pub struct PasidTe([u64; PTE_KEPT]);
 
 impl PasidTe {
+    /// The entry's eight qwords.
+    pub fn qwords(&self) -> [u64; PTE_QWORDS] {
+        let mut out = [0; PTE_QWORDS];
+        for (o, q) in out.iter_mut().zip(self.0) {
+            *o = q;
+        }
+        out
+    }
+
     fn q(&self, i: usize) -> u64 {
         self.0.get(i).copied().unwrap_or(0)
     }
@@ -205,7 +230,7 @@ impl PasidTe {
     /// The entry as TDH.DMAR.READ gives it: the module's state bits cleared (`dmar_arc_read`,
     /// `dmar.h` @1666adc4).
     pub fn architectural(&self) -> [u64; PTE_QWORDS] {
-        let mut out = self.0;
+        let mut out = self.qwords();
         if let Some(q) = out.get_mut(0) {
             *q &= !(PTE_SW_BLOCKED | PTE_SW_PENDING);
         }
@@ -407,85 +432,6 @@ impl DmarTable {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_index_names_its_requester_and_refuses_other_levels() {
-        let rid = RequesterId::try_new(1, 3, 2, 1).unwrap();
-        assert_eq!(decode_dmar_idx(dmar_idx(rid)), Some(rid));
-        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1), None);
-        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1 << 3), None);
-        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1 << 12), None);
-    }
-
-    #[test]
-    fn an_add_may_choose_neither_translation_nor_domain() {
-        let q0 = add_qword0(4);
-        let mut q = [q0, ADD_QWORD1, 0, 0, 0, 0, 0];
-        assert_eq!(invalid_add_qword(&q, 4), None);
-        assert_eq!(
-            invalid_add_qword(&q, 5),
-            Some(0),
-            "AW names the S-EPT's depth"
-        );
-        q[0] |= 0x1234_5000;
-        assert_eq!(invalid_add_qword(&q, 4), Some(0));
-        q[0] = q0 | PTE_P;
-        assert_eq!(invalid_add_qword(&q, 4), Some(0));
-        q[0] = q0;
-        q[1] |= 7;
-        assert_eq!(invalid_add_qword(&q, 4), Some(1));
-        q[1] = ADD_QWORD1;
-        q[6] = 1;
-        assert_eq!(invalid_add_qword(&q, 4), Some(6));
-    }
-
-    fn iface(bus: u8) -> InterfaceId {
-        let rid = RequesterId::try_new(0, bus, 0, 0).unwrap();
-        tsm_core::DeviceFunctions::physical(rid)
-            .interface(rid)
-            .unwrap()
-    }
-
-    #[test]
-    fn an_entry_goes_through_its_states_and_refusals_change_nothing() {
-        let (g, h) = (GuestId::from_slot(0), GuestId::from_slot(1));
-        let mut t = DmarTable::new();
-        t.create(g, iface(3)).unwrap();
-        let e = t.entry(iface(3).requester_id()).unwrap();
-        assert_eq!(
-            (e.te.state(), e.te.slptptr(), e.te.did()),
-            (DmaState::Pending, 0, DID_TD_BIT)
-        );
-        let before = t;
-        assert_eq!(t.create(h, iface(3)), Err(TableError::DmaContextExists));
-        assert_eq!(
-            t.accept(h, iface(3), 0x5000, 2, 2),
-            Err(TableError::NoDmaContext)
-        );
-        assert_eq!(t.invalidate(g, iface(3)), Err(TableError::DmaNotBlocked));
-        assert_eq!(t.remove(g, iface(3)), Err(TableError::DmaNotBlocked));
-        assert_eq!(t, before);
-        t.accept(g, iface(3), 0x5000, 2, 1).unwrap();
-        let e = t.entry(iface(3).requester_id()).unwrap();
-        assert!(e.te.present());
-        assert_eq!((e.te.slptptr(), e.te.did()), (0x5000, DID_TD_BIT | 1));
-        t.block(g, iface(3)).unwrap();
-        assert!(!t.entry(iface(3).requester_id()).unwrap().te.present());
-        assert_eq!(t.invalidate(g, iface(3)), Ok(false));
-        let before = t;
-        assert_eq!(t.remove(g, iface(3)), Err(TableError::InvalidationPending));
-        assert_eq!(t.process(1), 0, "another IOMMU's queue");
-        assert_eq!(t, before);
-        assert_eq!(t.process(0), 1);
-        assert_eq!(t.invalidate(g, iface(3)), Ok(true));
-        t.remove(g, iface(3)).unwrap();
-        assert_eq!(t, DmarTable::new());
-    }
-}
-
 // ---- the leaves -----------------------------------------------------------------------------
 
 /// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `tdh_iq_inv_request.c` @6e66b9d2):
@@ -510,16 +456,6 @@ pub const WAIT_DESC_CHECKED: u64 = 0xffff_ffff & !(1 << 4 | WAIT_DESC_SW);
 pub const WAIT_DESC_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_FN;
 /// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
 pub const WAIT_STATUS_ALIGN: u64 = 0x3;
-
-use tsm_core::{Completion, Error, SecureSession, TdiId, Tsm};
-
-use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
-use crate::devif::devif_at;
-use crate::module::{devif_in, td_in};
-use crate::status::{
-    self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
-    OPERAND_ID_R12, OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_SUCCESS,
-};
 
 /// R8..R14: the entry qwords of ADD, and what ACCEPT requires zero.
 fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
@@ -771,4 +707,83 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
 /// 63:16 reserved (`TDX_OPERAND_INVALID` + RCX).
 fn iommu_of(raw: u64) -> Result<u16, Outcome> {
     u16::try_from(raw).map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_names_its_requester_and_refuses_other_levels() {
+        let rid = RequesterId::try_new(1, 3, 2, 1).unwrap();
+        assert_eq!(decode_dmar_idx(dmar_idx(rid)), Some(rid));
+        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1), None);
+        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1 << 3), None);
+        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1 << 12), None);
+    }
+
+    #[test]
+    fn an_add_may_choose_neither_translation_nor_domain() {
+        let q0 = add_qword0(4);
+        let mut q = [q0, ADD_QWORD1, 0, 0, 0, 0, 0];
+        assert_eq!(invalid_add_qword(&q, 4), None);
+        assert_eq!(
+            invalid_add_qword(&q, 5),
+            Some(0),
+            "AW names the S-EPT's depth"
+        );
+        q[0] |= 0x1234_5000;
+        assert_eq!(invalid_add_qword(&q, 4), Some(0));
+        q[0] = q0 | PTE_P;
+        assert_eq!(invalid_add_qword(&q, 4), Some(0));
+        q[0] = q0;
+        q[1] |= 7;
+        assert_eq!(invalid_add_qword(&q, 4), Some(1));
+        q[1] = ADD_QWORD1;
+        q[6] = 1;
+        assert_eq!(invalid_add_qword(&q, 4), Some(6));
+    }
+
+    fn iface(bus: u8) -> InterfaceId {
+        let rid = RequesterId::try_new(0, bus, 0, 0).unwrap();
+        tsm_core::DeviceFunctions::physical(rid)
+            .interface(rid)
+            .unwrap()
+    }
+
+    #[test]
+    fn an_entry_goes_through_its_states_and_refusals_change_nothing() {
+        let (g, h) = (GuestId::from_slot(0), GuestId::from_slot(1));
+        let mut t = DmarTable::new();
+        t.create(g, iface(3)).unwrap();
+        let e = t.entry(iface(3).requester_id()).unwrap();
+        assert_eq!(
+            (e.te.state(), e.te.slptptr(), e.te.did()),
+            (DmaState::Pending, 0, DID_TD_BIT)
+        );
+        let before = t;
+        assert_eq!(t.create(h, iface(3)), Err(TableError::DmaContextExists));
+        assert_eq!(
+            t.accept(h, iface(3), 0x5000, 2, 2),
+            Err(TableError::NoDmaContext)
+        );
+        assert_eq!(t.invalidate(g, iface(3)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t.remove(g, iface(3)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t, before);
+        t.accept(g, iface(3), 0x5000, 2, 1).unwrap();
+        let e = t.entry(iface(3).requester_id()).unwrap();
+        assert!(e.te.present());
+        assert_eq!((e.te.slptptr(), e.te.did()), (0x5000, DID_TD_BIT | 1));
+        t.block(g, iface(3)).unwrap();
+        assert!(!t.entry(iface(3).requester_id()).unwrap().te.present());
+        assert_eq!(t.invalidate(g, iface(3)), Ok(false));
+        let before = t;
+        assert_eq!(t.remove(g, iface(3)), Err(TableError::InvalidationPending));
+        assert_eq!(t.process(1), 0, "another IOMMU's queue");
+        assert_eq!(t, before);
+        assert_eq!(t.process(0), 1);
+        assert_eq!(t.invalidate(g, iface(3)), Ok(true));
+        t.remove(g, iface(3)).unwrap();
+        assert_eq!(t, DmarTable::new());
+    }
 }

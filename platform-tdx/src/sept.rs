@@ -928,27 +928,30 @@ impl SecureTable for Sept<'_> {
 
     /// TDG.DMAR.ACCEPT: SLPTPTR the TD's S-EPT root (as the module writes it), AW from its
     /// levels, the domain ID the TD's (ours: guest slot + 1 stands for the HKID the module ORs
-    /// in; the S-EPT does not know HKIDs). A TD whose S-EPT has no root yet (no private page
-    /// mapped) has nothing to translate through: `NotMapped` (ours).
+    /// in; the S-EPT does not know HKIDs). The root is then pinned: it stays the TD's, even
+    /// with no leaf under it, until the TD's last accepted entry is removed, so the pointer
+    /// never names a page the pool gave to another table. A TD whose S-EPT has no root yet (no
+    /// private page mapped) has nothing to translate through: `NotMapped` (ours).
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let levels = self.levels();
         let root = self.root_phys(guest);
+        let tree = self
+            .trees
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
         let present = self
             .dmar
             .entry(iface.requester_id())
             .is_some_and(|e| e.guest == guest && e.te.present());
-        let root = match root {
-            Some(r) => r,
-            None if present => 0,
-            None => return Err(TableError::NotMapped),
-        };
+        if present {
+            return Ok(());
+        }
+        let root = root.ok_or(TableError::NotMapped)?;
         let domain = u64::from(guest.slot()).saturating_add(1);
-        self.dmar.accept(
-            guest,
-            iface,
-            root,
-            crate::dmar::vtd_aw(self.levels()),
-            domain,
-        )
+        self.dmar
+            .accept(guest, iface, root, crate::dmar::vtd_aw(levels), domain)?;
+        tree.set_pinned(true);
+        Ok(())
     }
 
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
@@ -960,8 +963,30 @@ impl SecureTable for Sept<'_> {
         self.dmar.invalidate(guest, iface)
     }
 
+    /// REMOVE; the TD's last accepted entry gone, its S-EPT root is unpinned, and given back
+    /// when no leaf is under it.
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
-        self.dmar.remove(guest, iface)
+        let rid = iface.requester_id();
+        let still_pinned = self
+            .dmar
+            .entries()
+            .any(|e| e.guest == guest && e.rid != rid && e.te.slptptr() != 0);
+        let tree = self
+            .trees
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
+        let release = !still_pinned && tree.root_is_empty(&self.pool);
+        if release {
+            self.pool.check_release(1).map_err(SeptError::from)?;
+        }
+        self.dmar.remove(guest, iface)?;
+        if !still_pinned {
+            tree.set_pinned(false);
+            // Proven above: the pool takes the page back.
+            tree.release_empty_root(&mut self.pool)
+                .map_err(SeptError::from)?;
+        }
+        Ok(())
     }
 
     fn map(

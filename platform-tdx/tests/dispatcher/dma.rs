@@ -105,6 +105,11 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     // The unbind blocks the entry and queues its invalidation; the host's PROCESS completes it.
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(tdi), pending);
+    assert_eq!(
+        w.fw.with_table(|t| t.root_phys(g)).unwrap(),
+        Some(root),
+        "the MMIO is gone, the root the entry names stays"
+    );
     let read = on_idx(w, abi::TDH_DMAR_READ);
     assert_eq!(read.r8 & dmar::PTE_P, 0, "not present from BLOCK on");
     assert_eq!(
@@ -118,7 +123,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         pending,
     );
     refused(
-        &w,
+        w,
         "DEVIF.REMOVE while the context remains",
         || {
             w.call(
@@ -139,6 +144,9 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         TDX_DMAR_ENTRY_NOT_PRESENT | IDX_RCX
     );
     assert!(w.fw.with_table(|t| t.dmar().entries().count()).unwrap() == 0);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total, "the pinned root went back with the entry");
     let out = w.call(
         u64::from(abi::TDH_DEVIF_REMOVE),
         SeamRegs {
@@ -337,6 +345,9 @@ fn the_linux_hosts_own_teardown_order_works() {
         },
     );
     w.ok(abi::TDH_MMIO_UNMAP, page);
+    // The S-EPT has no leaf left, but the PASID entry still names its root: the root stays.
+    let slptptr = on_idx(w, abi::TDH_DMAR_READ).r8 & dmar::PTE_SLPTPTR_MASK;
+    assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), Some(slptptr));
     refused(
         w,
         "REMOVE before BLOCK",
@@ -434,6 +445,11 @@ fn the_linux_hosts_own_teardown_order_works() {
             ..Default::default()
         },
     );
+    // The last entry gone, the empty root goes back: every table page is free.
+    assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total);
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     w.ok(
         abi::TDH_DEVIF_REMOVE,
