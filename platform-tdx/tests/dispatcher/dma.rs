@@ -469,3 +469,52 @@ fn inv_regs() -> SeamRegs {
         ..Default::default()
     }
 }
+
+#[test]
+fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let td = w.create_td();
+    let dev = device_world(w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    refused(
+        w,
+        "ADD for an unbound TDI",
+        || w.call(150, add_regs(td)).rax,
+        TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
+    );
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    // Nothing mapped: the TD's S-EPT has no root for SLPTPTR to name.
+    refused(
+        w,
+        "ACCEPT with no S-EPT root",
+        || accept(w, td, tdi),
+        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_DMAR),
+    );
+    // A PENDING entry never accepted is removed by the unbind without any root.
+    assert_eq!(
+        w.unbind_all(tdi),
+        TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR)
+    );
+    refused(
+        w,
+        "ACCEPT while unbinding",
+        || accept(w, td, tdi),
+        TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
+    );
+    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total);
+}
