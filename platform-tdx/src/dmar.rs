@@ -200,10 +200,11 @@ impl PasidTe {
         let q0 = self.q(0);
         let inv = (self.q(1) >> PTE_INV_SHIFT) & 0x3;
         if q0 & PTE_SW_BLOCKED != 0 {
+            // Only DONE completes: a value the module never writes (2) counts as queued.
             match inv {
                 INV_PENDING => DmaState::Blocked,
-                INV_QUEUED => DmaState::Invalidating,
-                _ => DmaState::Invalidated,
+                INV_DONE => DmaState::Invalidated,
+                _ => DmaState::Invalidating,
             }
         } else if q0 & PTE_P != 0 {
             DmaState::Active
@@ -508,13 +509,14 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     }
 
     /// The module's entry-state precondition of a host teardown leaf, checked only once the
-    /// core lets the host tear down (so a TDI still reaching the guest answers the core's
-    /// `TdiBound` first): `allowed` the states the leaf takes, `operand` named otherwise.
+    /// core lets the host tear down (so a TDI still reaching the guest gets the core's
+    /// `TdiBound` first, after every operand check): `check` says the status code for the
+    /// context's state (`None` for no context), or none when the leaf takes it. Read only: the
+    /// core's call that follows decides again under its locks.
     fn dmar_precheck(
         &self,
         tdi: TdiId,
-        allowed: impl Fn(DmaState) -> bool,
-        inv_state_operand: Option<u32>,
+        check: impl Fn(Option<DmaState>) -> Option<u64>,
         operand: u32,
     ) -> Result<(), Outcome> {
         let record = self.tsm.tdi(tdi).map_err(core_err)?;
@@ -522,15 +524,9 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         if !Tsm::<crate::sept::Sept<'_>, S, SHARDS>::host_may_tear_down(record.state, stream) {
             return Ok(());
         }
-        match record.dma {
-            Some(s) if allowed(s) => Ok(()),
-            Some(DmaState::Invalidating | DmaState::Invalidated) if inv_state_operand.is_some() => {
-                Err(named(
-                    status::TDX_DMAR_INVALID_INV_STATE,
-                    inv_state_operand.unwrap_or(operand),
-                ))
-            }
-            _ => Err(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand)),
+        match check(record.dma) {
+            Some(code) => Err(named(code, operand)),
+            None => Ok(()),
         }
     }
 
@@ -574,16 +570,27 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             }
             TDH_DMAR_BLOCK => {
                 let (_, tdi) = self.dmar_target(r.rcx)?;
-                let blockable = |s| matches!(s, DmaState::Pending | DmaState::Active);
-                self.dmar_precheck(tdi, blockable, None, OPERAND_ID_RCX)?;
+                // BLOCK takes PENDING or PRESENT (`tdh_dmar_block.c` @a56a9173).
+                let check = |s| match s {
+                    Some(DmaState::Pending | DmaState::Active) => None,
+                    _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
+                };
+                self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
                 tsm.host_dma_block(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
                 done
             }
             TDH_DMAR_REMOVE => {
                 let (_, tdi) = self.dmar_target(r.rcx)?;
-                let blocked = |s| s != DmaState::Pending && s != DmaState::Active;
-                self.dmar_precheck(tdi, blocked, None, OPERAND_ID_RCX)?;
+                // REMOVE takes BLOCKED (`tdh_dmar_remove.c` @6e66b9d2); its invalidation state
+                // is the core's answer (the table's, which IQ.INV.PROCESS moves).
+                let check = |s| match s {
+                    Some(DmaState::Pending | DmaState::Active) | None => {
+                        Some(status::TDX_DMAR_INVALID_MAPPING_STATE)
+                    }
+                    Some(_) => None,
+                };
+                self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
                 tsm.host_dma_remove(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
                 done
@@ -624,8 +631,15 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
                 let rid = RequesterId::from_routing(segment, routing);
                 let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
-                let queueable = |s| s == DmaState::Blocked;
-                self.dmar_precheck(tdi, queueable, Some(OPERAND_ID_R8), OPERAND_ID_R8)?;
+                // BLOCKED with its invalidation PENDING (`tdh_iq_inv_request.c` @6e66b9d2).
+                let check = |s| match s {
+                    Some(DmaState::Blocked) => None,
+                    Some(DmaState::Invalidating | DmaState::Invalidated) => {
+                        Some(status::TDX_DMAR_INVALID_INV_STATE)
+                    }
+                    _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
+                };
+                self.dmar_precheck(tdi, check, OPERAND_ID_R8)?;
                 if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_REQUIRED {
                     return Err(st(invalid(OPERAND_ID_R9)));
                 }
@@ -642,9 +656,11 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 out.rcx = 0;
                 done
             }
+            // Every queued invalidation of the IOMMU, shard by shard (guest slot i is in shard
+            // i); a shard busy elsewhere is `TDX_OPERAND_BUSY` with the shards before it done,
+            // and the call is repeated (completing twice is completing once).
             TDH_IQ_INV_PROCESS => {
                 let segment = iommu_of(r.rcx)?;
-                // Every shard holds its own TDs' entries: guest slot i is in shard i.
                 for shard in 0..SHARDS {
                     let guest = u16::try_from(shard)
                         .map(GuestId::from_slot)
