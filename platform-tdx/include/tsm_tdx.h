@@ -173,6 +173,27 @@ struct tsm_tdx_range_list {
                                         * the TDI that owns the page */
 #define TDH_MMIO_BLOCK         159u    /* RCX page info, RDX TDR */
 #define TDH_MMIO_UNMAP         160u    /* RCX page info, RDX TDR -> R8 HPA */
+/* Trusted DMA (intel/tdx-module TDX-IO tdx_api_defs.h @a56a9173): the PASID entry (PASID 0) of
+ * a TDI's requester ID. RCX of the DMAR leaves is dmar_idx_t: level 2:0 (0, PASID entry),
+ * 11:3 reserved, PASID 31:12 (0), RID 47:32, IOMMU id 63:48 (ours: the PCI segment). */
+#define TDH_DMAR_ADD           150u    /* RCX dmar_idx_t, RDX TDR of the TDI's owner, R8-R14 the
+                                          entry's qwords 0-6 (qword 7 in R15 is 0 and not
+                                          read): R8 = TSM_TDX_PASIDTE_ADD_Q0 | AW << 2 (AW 2:
+                                          4-level S-EPT, 3: 5-level), R9 =
+                                          TSM_TDX_PASIDTE_ADD_Q1, R10-R14 0; a chosen SLPTPTR or
+                                          DID is TDX_OPERAND_INVALID on its register */
+#define TDH_DMAR_BLOCK         151u    /* RCX dmar_idx_t (after STOP or a cut stream) */
+#define TDH_DMAR_READ          152u    /* RCX dmar_idx_t -> RDX dmar_state_info_t, R8-R14 the
+                                          entry's qwords 0-6 without the module's state bits */
+#define TDH_DMAR_REMOVE        153u    /* RCX dmar_idx_t (blocked, its invalidation done) */
+#define TDH_IQ_INV_REQUEST     161u    /* RCX IOMMU id, RDX TSM_TDX_INV_REQ_PASIDTE, R8 rid_pasid
+                                          (RID 15:0, PASID 51:32 = 0), R9-R12 the wait descriptor
+                                          (R9: type 5, FN, PD 0, data 63:32; R10 the status
+                                          address, 4-byte aligned, shared; R11, R12 0) -> RCX 0 */
+#define TDH_IQ_INV_PROCESS     162u    /* RCX IOMMU id: completes the queued invalidations */
+#define TSM_TDX_PASIDTE_ADD_Q0 0x00000000000000a0ull /* SLEE | PGTT second-level only */
+#define TSM_TDX_PASIDTE_ADD_Q1 0x0000000035800000ull /* PWSNP | PGSNP | EMTE | EMT WB */
+#define TSM_TDX_INV_REQ_PASIDTE 4u
 /* 0xF001 (TSM_TD_DESTROY) is retired: the TD teardown leaves above replace it. */
 #define TSM_DEVIF_BIND         0xF002u /* RCX function ID, RDX TDR (CREATE's), R8 request page;
                                           TDX_SPDM_REQUEST until the last answer binds */
@@ -195,6 +216,9 @@ struct tsm_tdx_range_list {
 /* Guest leaves (TDCALL). */
 #define TDG_MMIO_ACCEPT        71u     /* RCX page info, RDX the page's reported address (report
                                           FIRST_PAGE + page offset, MMIO_REPORTING_OFFSET included) */
+#define TDG_DMAR_ACCEPT        70u     /* RCX function ID, RDX 0 (vm_idx 0, PASID 0), R8-R14 0: the
+                                          owner's TDI, CONFIG_LOCKED or RUN; SLPTPTR becomes the
+                                          TD's S-EPT root */
 #define TDG_DEVIF_RD           67u     /* RCX function ID, RDX field code (7:0, rest 0), R9 0 ->
                                           RCX value */
 #define TDG_DEVIF_REQUEST      68u     /* RCX function ID, RDX 0x86 (START_INTERFACE), R9 0:

@@ -34,6 +34,10 @@ pub use crate::devif::{
     TDISP_GET_STATE, TDISP_LOCK_INTERFACE, TDISP_START_INTERFACE, TDISP_STOP_INTERFACE,
     TSM_DEVIF_SET_TD, devif_id, devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
 };
+pub use crate::dmar::{
+    TDG_DMAR_ACCEPT, TDH_DMAR_ADD, TDH_DMAR_BLOCK, TDH_DMAR_READ, TDH_DMAR_REMOVE,
+    TDH_IQ_INV_PROCESS, TDH_IQ_INV_REQUEST,
+};
 use crate::ept::SeptState;
 use crate::link::{Link, Session};
 pub use crate::link::{
@@ -1138,6 +1142,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                     |buf| Ok(tsm.check_interface(tdi, buf)),
                 )?
             }
+            TDH_DMAR_ADD | TDH_DMAR_BLOCK | TDH_DMAR_READ | TDH_DMAR_REMOVE
+            | TDH_IQ_INV_REQUEST | TDH_IQ_INV_PROCESS => self.dmar_leaf(leaf, r, out)?,
             TSM_MMIO_ZAP_CHECK => {
                 let base = decode_hpa(r.rcx, PageSize::Size4K, OPERAND_ID_RCX).map_err(st)?;
                 // An empty range, or one past the address space: the core's InvalidRange.
@@ -1398,6 +1404,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 st(TDX_SUCCESS)
             }
             TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => self.devif_guest(leaf, td, tdr, r, out)?,
+            TDG_DMAR_ACCEPT => self.dmar_accept(td, r)?,
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }

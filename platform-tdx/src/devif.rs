@@ -66,7 +66,8 @@ pub const TDH_DEVIF_CREATE: u16 = 137;
 /// TDH.DEVIF.REMOVE (TDX-IO 138; `tdh_devif_remove.c` @6e66b9d2): RCX `function_id_reg_t`.
 /// Refused (`TDX_DEVIF_INVALID_STATE` + RCX, nothing changed) unless the TDI is unbound; an
 /// unbound TDI owns no range and has no leaf (the core's unbind ends only once its last leaf
-/// is gone). A bind still waiting on the device: `TDX_DEVIF_TDISP_OUT_REQ` + RCX (ours; the
+/// is gone). The module's order (@6e66b9d2): past STOP, or with the stream cut, a trusted DMA
+/// context left is `TDX_DEVIF_HAS_MAPPED_DMA` + RCX (the DMAR leaves remove it). A bind still waiting on the device: `TDX_DEVIF_TDISP_OUT_REQ` + RCX (ours; the
 /// module does not ask). Out: RCX the R9 page, RDX the R10 page, R8 the TDR PA (0 for none),
 /// as the module returns them; the three pages are free again.
 pub const TDH_DEVIF_REMOVE: u16 = 138;
@@ -429,6 +430,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         let (tdi, entry) = devif_at(&table, r.rcx).map_err(Outcome::Status)?;
         match self.tsm.remove_tdi(tdi) {
             Ok(()) => {}
+            // Past STOP (CONFIG_UNLOCKED) the module's next check is the DMA context's
+            // (`tdh_devif_remove.c` @6e66b9d2: state, then `dmar_mapped_flag`): an unbind the
+            // host drives past STOP with the context left is HAS_MAPPED_DMA.
+            Err(Error::TdiBound) if self.past_stop_with_dma(tdi) => {
+                return Err(named(status::TDX_DEVIF_HAS_MAPPED_DMA, OPERAND_ID_RCX));
+            }
             // Bound or being unbound: not CONFIG_UNLOCKED.
             Err(Error::TdiBound) => {
                 return Err(named(status::TDX_DEVIF_INVALID_STATE, OPERAND_ID_RCX));
@@ -442,6 +449,22 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         out.rdx = entry.pages.vmm_buffer.as_u64();
         out.r8 = entry.tdr.map_or(0, |t| t.as_u64());
         Ok(Outcome::Core(Ok(Completion::Done)))
+    }
+
+    /// Whether `tdi`'s device can no longer reach the guest (the unbind past STOP, or the
+    /// stream cut) while its trusted DMA context remains.
+    fn past_stop_with_dma(&self, tdi: TdiId) -> bool {
+        let Ok(record) = self.tsm.tdi(tdi) else {
+            return false;
+        };
+        let Ok(dev) = self.tsm.device(record.device) else {
+            return false;
+        };
+        record.dma.is_some()
+            && tsm_core::Tsm::<crate::sept::Sept<'_>, S, SHARDS>::host_may_tear_down(
+                record.state,
+                dev.stream,
+            )
     }
 
     /// The TD `entry` is for (none, or gone: `TDX_OPERAND_INVALID` + TDR; past VPFLUSHDONE:

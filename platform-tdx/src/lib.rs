@@ -10,6 +10,8 @@
 //! - [`module`]: the firmware object, [`TdxModule`]: the core over the S-EPT and the
 //!   platform's SPDM session, with each TDI's record (function ID, TD, private pages);
 //! - [`abi`]: the SEAMCALL-style register block and the leaf dispatcher;
+//! - [`dmar`]: trusted DMA: the trusted IOMMU's PASID entries of the TDIs and the DMAR / IQ
+//!   leaves;
 //! - [`devif`]: the TDX-IO device-interface leaves with the public operand encodings (TDIs by
 //!   TDISP function ID, `devif_id_t`, `devif_req_in_t`/`_out_t`, `devif_rsp_in_t`/`_out_t`);
 //! - [`td`]: the TD teardown leaves (VPFLUSHDONE, CACHE.WB, KEY.FREEID, PAGE.RECLAIM,
@@ -98,6 +100,7 @@ pub mod bits;
 #[cfg(any(feature = "capi", test))]
 pub mod capi;
 pub mod devif;
+pub mod dmar;
 pub mod ept;
 pub mod frames;
 pub mod link;

@@ -169,6 +169,9 @@ pub enum Scan {
 pub struct Radix<F> {
     root: Option<FrameIndex>,
     top: u8,
+    /// The root page stays while the tree empties (a trusted DMA context points at it:
+    /// [`Radix::set_pinned`]).
+    pinned: bool,
     format: PhantomData<F>,
 }
 
@@ -185,7 +188,40 @@ impl<F: EntryFormat> Radix<F> {
         Self {
             root: None,
             top,
+            pinned: false,
             format: PhantomData,
+        }
+    }
+
+    /// Keeps the root page (`true`) even when its last entry goes: something outside the
+    /// tree names it (TDX: a PASID entry's SLPTPTR is the TD's S-EPT root, which the IOMMU
+    /// walks until the entry is removed). Unpinning gives nothing back by itself:
+    /// [`Radix::release_empty_root`].
+    pub fn set_pinned(&mut self, pinned: bool) {
+        self.pinned = pinned;
+    }
+
+    /// Whether the root page is pinned.
+    pub const fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// Whether an unpinned tree's root page is empty (what [`Radix::release_empty_root`] would
+    /// give back).
+    pub fn root_is_empty(&self, pool: &FramePool<'_>) -> bool {
+        self.root.is_some_and(|r| pool.used(r) == 0)
+    }
+
+    /// Gives an empty root page back to the pool (one a pin kept): nothing when pinned, when
+    /// there is no root or when it still holds entries.
+    pub fn release_empty_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
+        match self.root {
+            Some(r) if !self.pinned && pool.used(r) == 0 => {
+                pool.release(r)?;
+                self.root = None;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -438,7 +474,7 @@ impl<F: EntryFormat> Radix<F> {
         pool.write_run(page, slot_of(at.addr, at.level), count, left, |_, _| {
             F::FREE
         })?;
-        if left != 0 {
+        if left != 0 || (at.level >= self.top && self.pinned) {
             return Ok(());
         }
         pool.release(page)?;
@@ -496,7 +532,9 @@ impl<F: EntryFormat> Radix<F> {
         while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
             // The walk's pages are distinct, and each one's entry is read as it is now: the
             // parent's pointer to a page released below is still in place.
-            if pool.count_after(page, slot_of(at.addr, level), true, F::FREE)? != 0 {
+            if pool.count_after(page, slot_of(at.addr, level), true, F::FREE)? != 0
+                || (level >= self.top && self.pinned)
+            {
                 break;
             }
             released = released.checked_add(1).ok_or(PoolError::Inconsistent)?;
@@ -519,7 +557,7 @@ impl<F: EntryFormat> Radix<F> {
         let mut level = at.level;
         while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
             pool.set_counted(page, slot_of(addr, level), F::FREE, F::FREE)?;
-            if pool.used(page) != 0 {
+            if pool.used(page) != 0 || (level >= self.top && self.pinned) {
                 return Ok(());
             }
             pool.release(page)?;

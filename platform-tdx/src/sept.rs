@@ -8,10 +8,12 @@ use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
 use tsm_core::secure_table::{Epoch, Found, PageRest, Run, run_page};
 use tsm_core::{
-    Completion, Gpa, GuestId, Hpa, Leaf, LeafState, MmioRange, PageSize, SecureTable, TableError,
+    Completion, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange, PageSize, SecureTable,
+    TableError,
 };
 
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
+use crate::dmar::DmarTable;
 use crate::ept::{SeptEntry, SeptState};
 use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
 use crate::radix::{
@@ -293,6 +295,7 @@ pub struct SeptBookkeeping {
     mmiomt: Option<FrameIndex>,
     free_head: u32,
     free: usize,
+    dmar: DmarTable,
 }
 
 impl SeptBookkeeping {
@@ -351,6 +354,8 @@ pub struct Sept<'m> {
     trees: [Radix<SeptFormat>; MAX_GUESTS],
     epochs: [TdEpoch; MAX_GUESTS],
     mmiomt: Radix<MtFormat>,
+    /// The trusted IOMMU's PASID entries of this table's TDs' TDIs ([`crate::dmar`]).
+    dmar: DmarTable,
 }
 
 /// The pool's summary, never the tables.
@@ -370,7 +375,18 @@ impl<'m> Sept<'m> {
             trees: [Radix::new(levels as u8); MAX_GUESTS],
             epochs: [TdEpoch::default(); MAX_GUESTS],
             mmiomt: Radix::new(MMIOMT_LEVELS),
+            dmar: DmarTable::new(),
         }
+    }
+
+    /// The trusted IOMMU's PASID entries this table keeps.
+    pub fn dmar(&self) -> &DmarTable {
+        &self.dmar
+    }
+
+    /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]).
+    pub fn iq_process(&mut self, segment: u16) -> usize {
+        self.dmar.process(segment)
     }
 
     /// The frame pool (tests compare its bytes before and after a refusal).
@@ -388,6 +404,7 @@ impl<'m> Sept<'m> {
             mmiomt: self.mmiomt.root(),
             free_head: self.pool.free_head(),
             free: self.pool.free_frames(),
+            dmar: self.dmar,
         }
     }
 
@@ -903,6 +920,75 @@ impl<'m> Sept<'m> {
 }
 
 impl SecureTable for Sept<'_> {
+    /// TDH.DMAR.ADD's PASID entry, PENDING ([`DmarTable::create`]).
+    fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.tree(guest)?;
+        self.dmar.create(guest, iface)
+    }
+
+    /// TDG.DMAR.ACCEPT: SLPTPTR the TD's S-EPT root (as the module writes it), AW from its
+    /// levels, the domain ID the TD's (ours: guest slot + 1 stands for the HKID the module ORs
+    /// in; the S-EPT does not know HKIDs). The root is then pinned: it stays the TD's, even
+    /// with no leaf under it, until the TD's last accepted entry is removed, so the pointer
+    /// never names a page the pool gave to another table. A TD whose S-EPT has no root yet (no
+    /// private page mapped) has nothing to translate through: `NotMapped` (ours).
+    fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let levels = self.levels();
+        let root = self.root_phys(guest);
+        let tree = self
+            .trees
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
+        let present = self
+            .dmar
+            .entry(iface.requester_id())
+            .is_some_and(|e| e.guest == guest && e.te.present());
+        if present {
+            return Ok(());
+        }
+        let root = root.ok_or(TableError::NotMapped)?;
+        let domain = u64::from(guest.slot()).saturating_add(1);
+        self.dmar
+            .accept(guest, iface, root, crate::dmar::vtd_aw(levels), domain)?;
+        tree.set_pinned(true);
+        Ok(())
+    }
+
+    fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.dmar.block(guest, iface)
+    }
+
+    /// IQ.INV.REQUEST: complete only at TDH.IQ.INV.PROCESS ([`Sept::iq_process`]).
+    fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        self.dmar.invalidate(guest, iface)
+    }
+
+    /// REMOVE; the TD's last accepted entry gone, its S-EPT root is unpinned, and given back
+    /// when no leaf is under it.
+    fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let rid = iface.requester_id();
+        let still_pinned = self
+            .dmar
+            .entries()
+            .any(|e| e.guest == guest && e.rid != rid && e.te.slptptr() != 0);
+        let tree = self
+            .trees
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
+        let release = !still_pinned && tree.root_is_empty(&self.pool);
+        if release {
+            self.pool.check_release(1).map_err(SeptError::from)?;
+        }
+        self.dmar.remove(guest, iface)?;
+        if !still_pinned {
+            tree.set_pinned(false);
+            // Proven above: the pool takes the page back.
+            tree.release_empty_root(&mut self.pool)
+                .map_err(SeptError::from)?;
+        }
+        Ok(())
+    }
+
     fn map(
         &mut self,
         guest: GuestId,

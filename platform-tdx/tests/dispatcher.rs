@@ -3541,3 +3541,6 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
         TDX_DEVIF_INVALID_STATE | 1
     );
 }
+
+#[path = "dispatcher/dma.rs"]
+mod dma;

@@ -6,11 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use platform_tdx::tsm_core::relay::{self, Direction, session};
-use platform_tdx::{abi, devif, link, module, status, td};
+use platform_tdx::{abi, devif, dmar, link, module, status, td};
 
 const HEADER: &str = include_str!("../include/tsm_tdx.h");
 const ABI_RS: &str = include_str!("../src/abi.rs");
 const DEVIF_RS: &str = include_str!("../src/devif.rs");
+const DMAR_RS: &str = include_str!("../src/dmar.rs");
 const STATUS_RS: &str = include_str!("../src/status.rs");
 
 /// One header name, the Rust constant's path and its value.
@@ -85,6 +86,15 @@ const TABLE: &[Entry] = &[
     same!(abi::TDH_MMIO_MAP),
     same!(abi::TDH_MMIO_BLOCK),
     same!(abi::TDH_MMIO_UNMAP),
+    same!(abi::TDH_DMAR_ADD),
+    same!(abi::TDH_DMAR_BLOCK),
+    same!(abi::TDH_DMAR_READ),
+    same!(abi::TDH_DMAR_REMOVE),
+    same!(abi::TDH_IQ_INV_REQUEST),
+    same!(abi::TDH_IQ_INV_PROCESS),
+    named!("TSM_TDX_PASIDTE_ADD_Q0", dmar::ADD_QWORD0),
+    named!("TSM_TDX_PASIDTE_ADD_Q1", dmar::ADD_QWORD1),
+    named!("TSM_TDX_INV_REQ_PASIDTE", dmar::INV_REQ_PASIDTE),
     same!(abi::TDH_MNG_VPFLUSHDONE),
     same!(abi::TDH_MNG_KEY_FREEID),
     same!(abi::TDH_PHYMEM_PAGE_RECLAIM),
@@ -112,6 +122,7 @@ const TABLE: &[Entry] = &[
     // Guest leaves.
     same!(abi::TDG_MMIO_ACCEPT),
     same!(abi::TDG_DEVIF_RD),
+    same!(abi::TDG_DMAR_ACCEPT),
     named!(
         "TSM_DEVIF_FIELD_TDISP_VERSION",
         abi::DEVIF_FIELD_TDISP_VERSION
@@ -359,6 +370,7 @@ fn every_header_define_has_the_rust_value() {
 fn every_rust_leaf_status_and_operand_id_is_in_the_header() {
     let mut rust = rust_consts(ABI_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]);
     rust.extend(rust_consts(DEVIF_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]));
+    rust.extend(rust_consts(DMAR_RS, &["TDH_", "TDG_", "TSM_"], &["u16"]));
     rust.retain(|n| *n != "TSM_LEAF_BASE");
     rust.extend(rust_consts(STATUS_RS, &["TDX_", "TSM_"], &["u64"]));
     rust.extend(rust_consts(STATUS_RS, &["OPERAND_ID_"], &["u32"]));

@@ -1,0 +1,805 @@
+//! Trusted DMA on TDX Connect: the trusted IOMMU's scalable-mode PASID-table entries the
+//! firmware keeps for the TDIs, one per TDI's requester ID (PASID 0, RID_PASID), and the
+//! TDX-IO leaves that reach them (TDH.DMAR.ADD/BLOCK/READ/REMOVE, TDH.IQ.INV.REQUEST/PROCESS,
+//! TDG.DMAR.ACCEPT).
+//!
+//! Numbers are the TDX module's TDX-IO sources (intel/tdx-module, TDX-IO files at the commits
+//! named per item: `include/tdx_api_defs.h` @a56a9173cda32a711510ac2fb87ce049c22f1450 for the
+//! leaf numbers; `src/common/data_structures/tdxio/dmar_defs.h`
+//! @92f6945d3621731b0db62424afaeef78458226e7 for the entry layout and states;
+//! `src/vmm_dispatcher/api_calls/tdxio/tdh_dmar_add.c` and `src/common/tdxio/dmar.h`
+//! (`is_valid_dmar_pasidte`) @be44324036407f857249fd47fdfaaa036135d459 for ADD's registers and
+//! what the VMM may add; the other handlers as named) and the VT-d specification (rev. 4.1,
+//! 9.6 "Scalable-Mode PASID Table Entry", 6.5.2.8 "Invalidation Wait Descriptor") for the
+//! hardware fields. ADD's layout is the one with the TDR in RDX and the entry in R8..R15
+//! (@be443240); a later module (@1666adc494dbea5db99895f37125a338c20bec5a) drops the TDR and
+//! moves the entry to RDX..R14.
+//!
+//! Life of an entry (the module's `dmar_map_sts_e` and `dmar_inv_sts_e`): FREE; ADD by the
+//! host: PENDING (bit 63), not present, no translation, SLPTPTR and DID 0 (the module then
+//! sets the DID's top bit); ACCEPT by the owning TD: PRESENT, SLPTPTR the TD's S-EPT root, the
+//! TD's domain in DID; BLOCK: not present, BLOCKED, invalidation PENDING; IQ.INV.REQUEST:
+//! invalidation QUEUED; IQ.INV.PROCESS: invalidation DONE; REMOVE: FREE. Every refusal
+//! changes no byte.
+//!
+//! The register block has no R15 ([`crate::abi::SeamRegs`] ends at R14, as the C ABI's
+//! `struct tsm_tdx_regs`): the entry's qword 7, which the module takes in R15 and gives back
+//! in R15, is 0 in every PASID entry it accepts (qwords 2..7 must be 0) and in every entry this
+//! firmware keeps; ADD takes it as 0 and READ does not give it.
+
+use tsm_core::capacity::MAX_TDIS;
+use tsm_core::dma::DmaState;
+use tsm_core::{
+    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId, Tsm,
+};
+
+use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
+use crate::devif::devif_at;
+use crate::module::{devif_in, td_in};
+use crate::status::{
+    self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
+    OPERAND_ID_R12, OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_SUCCESS,
+};
+
+/// TDH.DMAR.ADD (`tdx_api_defs.h` @a56a9173, `seamcall_leaf_opcode_e`).
+pub const TDH_DMAR_ADD: u16 = 150;
+/// TDH.DMAR.BLOCK (same enum).
+pub const TDH_DMAR_BLOCK: u16 = 151;
+/// TDH.DMAR.READ (same enum).
+pub const TDH_DMAR_READ: u16 = 152;
+/// TDH.DMAR.REMOVE (same enum).
+pub const TDH_DMAR_REMOVE: u16 = 153;
+/// TDH.IQ.INV.REQUEST (same enum).
+pub const TDH_IQ_INV_REQUEST: u16 = 161;
+/// TDH.IQ.INV.PROCESS (same enum).
+pub const TDH_IQ_INV_PROCESS: u16 = 162;
+/// TDG.DMAR.ACCEPT (same file, `tdcall_leaf_opcode_e`).
+pub const TDG_DMAR_ACCEPT: u16 = 70;
+
+// ---- dmar_idx_t (RCX of TDH.DMAR.*; `dmar_defs.h` @92f6945d) ----------------------------
+
+/// `dmar_idx_t` bits 2:0: the table level (`dmar_lvl_e`).
+pub const DMAR_IDX_LEVEL_MASK: u64 = 0x7;
+/// `dmar_lvl_e` DMAR_PASIDTE: the only level this firmware keeps (ours: the root, context
+/// and PASID-directory levels are the platform's, not modelled; other levels OPERAND_INVALID).
+pub const DMAR_LVL_PASIDTE: u64 = 0;
+/// `dmar_idx_t` bits 11:3: reserved, zero.
+pub const DMAR_IDX_RESERVED: u64 = 0xff8;
+/// `dmar_idx_t` bits 31:12: the PASID (must be 0 here, RID_PASID: `dmar.h` @1666adc4
+/// requires RID_PASID 0 in the context entry).
+pub const DMAR_IDX_PASID_SHIFT: u32 = 12;
+/// `dmar_idx_t` bits 47:32: the requester ID (bus << 8 | devfn).
+pub const DMAR_IDX_RID_SHIFT: u32 = 32;
+/// `dmar_idx_t` bits 63:48: the IOMMU ID. Ours: the PCI segment the IOMMU serves (one trusted
+/// IOMMU per segment; the TDX module numbers its IOMMUs at TDH.IOMMU.SETUP, not modelled).
+pub const DMAR_IDX_IOMMU_SHIFT: u32 = 48;
+
+/// A `dmar_idx_t` of the PASID entry of requester `rid` (PASID 0) on the IOMMU of its segment.
+pub const fn dmar_idx(rid: RequesterId) -> u64 {
+    ((rid.segment() as u64) << DMAR_IDX_IOMMU_SHIFT)
+        | ((rid.routing_id() as u64) << DMAR_IDX_RID_SHIFT)
+        | DMAR_LVL_PASIDTE
+}
+
+/// The requester a `dmar_idx_t` names, or `None` for a level other than the PASID entry,
+/// reserved bits, or a PASID other than 0.
+pub const fn decode_dmar_idx(raw: u64) -> Option<RequesterId> {
+    let pasid = (raw >> DMAR_IDX_PASID_SHIFT) & 0xf_ffff;
+    if raw & DMAR_IDX_LEVEL_MASK != DMAR_LVL_PASIDTE || raw & DMAR_IDX_RESERVED != 0 || pasid != 0 {
+        return None;
+    }
+    let rid = ((raw >> DMAR_IDX_RID_SHIFT) & 0xffff) as u16;
+    let segment = ((raw >> DMAR_IDX_IOMMU_SHIFT) & 0xffff) as u16;
+    Some(RequesterId::from_routing(segment, rid))
+}
+
+// ---- the PASID-table entry (`dmar_pasidte_t`, 64 bytes) -----------------------------------
+
+/// Qword 0 bit 0: P (present; VT-d 9.6).
+pub const PTE_P: u64 = 1 << 0;
+/// Qword 0 bits 4:2: AW, the second-level walk's address width (VT-d 9.6: 010b 4-level
+/// 48-bit, 011b 5-level 57-bit). The module fills it at accept from the S-EPT's levels.
+pub const PTE_AW_SHIFT: u32 = 2;
+/// Qword 0 bit 5: SLEE (second-level execute enable), required 1 (`dmar.h` @1666adc4).
+pub const PTE_SLEE: u64 = 1 << 5;
+/// Qword 0 bits 8:6: PGTT, 010b second-level only, required (`dmar.h` @1666adc4).
+pub const PTE_PGTT_SL: u64 = 0b010 << 6;
+/// Qword 0 bit 10: the module's BLOCKED state bit (a reserved bit of VT-d; `dmar_defs.h`).
+pub const PTE_SW_BLOCKED: u64 = 1 << 10;
+/// Qword 0 bits 63:12: SLPTPTR, the second-level table's root (the TD's S-EPT). Bit 63 is the
+/// module's PENDING bit (above any physical address), so the pointer is bits 51:12 here.
+pub const PTE_SLPTPTR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Qword 0 bit 63: the module's PENDING state bit (`dmar_defs.h` @92f6945d).
+pub const PTE_SW_PENDING: u64 = 1 << 63;
+/// Qword 1 bits 15:0: DID, the domain ID (bits 79:64 of the entry).
+pub const PTE_DID_MASK: u64 = 0xffff;
+/// Qword 1 bits 17:16: the module's invalidation state (bits 81:80; `dmar_inv_sts_e`).
+pub const PTE_INV_SHIFT: u32 = 16;
+/// `dmar_inv_sts_e` INV_PENDING.
+pub const INV_PENDING: u64 = 0;
+/// `dmar_inv_sts_e` INV_QUEUED.
+pub const INV_QUEUED: u64 = 1;
+/// `dmar_inv_sts_e` INV_DONE.
+pub const INV_DONE: u64 = 3;
+/// Qword 1 bit 23: PWSNP (bit 87), required 1 (`dmar.h` @1666adc4).
+pub const PTE_PWSNP: u64 = 1 << 23;
+/// Qword 1 bit 24: PGSNP (bit 88), required 1.
+pub const PTE_PGSNP: u64 = 1 << 24;
+/// Qword 1 bit 26: EMTE (bit 90), required 1.
+pub const PTE_EMTE: u64 = 1 << 26;
+/// Qword 1 bits 29:27: EMT (bits 93:91), required 6 (write-back).
+pub const PTE_EMT_WB: u64 = 6 << 27;
+/// The domain ID's top bit the module sets at ADD (`dmar_pasidte_add`, `dmar.c` @92f6945d:
+/// `BIT(did_msb)`, the IOMMU's domain-ID width). Ours: a 16-bit domain ID, bit 15.
+pub const DID_TD_BIT: u64 = 1 << 15;
+
+/// Qword 0 of the entry as the VMM must add it, but for AW: not present, SLEE, second-level
+/// only, no SLPTPTR, SLADE 0 (`is_valid_dmar_pasidte`, `dmar.h` @be443240: SLADE must match
+/// the S-EPT's A/D enable, which this S-EPT never sets), every reserved bit 0 (FPD too: ours,
+/// the source names no rule for it). AW must name the TD's S-EPT depth ([`add_qword0`]).
+pub const ADD_QWORD0: u64 = PTE_SLEE | PTE_PGTT_SL;
+/// Qword 1 as the VMM must add it: DID 0, PWSNP, PGSNP, EMTE, EMT WB, CD/PWT/PCD/PAT 0
+/// (`is_valid_dmar_pasidte`, `dmar.h` @be443240).
+pub const ADD_QWORD1: u64 = PTE_PWSNP | PTE_PGSNP | PTE_EMTE | PTE_EMT_WB;
+
+/// VT-d's AW of a second-level walk of `levels` (VT-d 4.1, 9.6: 010b 4-level 48-bit, 011b
+/// 5-level 57-bit; the module's `AW_48_BIT` / `AW_57_BIT` against the EPTP's page-walk length).
+pub const fn vtd_aw(levels: u8) -> u64 {
+    if levels >= 5 { 0b011 } else { 0b010 }
+}
+
+/// Qword 0 as the VMM must add it for a TD whose S-EPT has `levels` levels.
+pub const fn add_qword0(levels: u8) -> u64 {
+    ADD_QWORD0 | vtd_aw(levels) << PTE_AW_SHIFT
+}
+
+/// The entry's qwords. Eight in the module; qword 7 is always 0 in an entry this firmware
+/// keeps (first-level fields unused) and the register block has no R15: ADD takes and READ
+/// gives qwords 0-6 (R8-R14).
+pub const PTE_QWORDS: usize = 8;
+
+/// `dmar_map_sts_e` (`dmar_defs.h` @92f6945d): FREE 0, PENDING 1, BLOCKED 2, PRESENT 3.
+pub const MAP_PENDING: u64 = 1;
+/// `dmar_map_sts_e` BLOCKED.
+pub const MAP_BLOCKED: u64 = 2;
+/// `dmar_map_sts_e` PRESENT.
+pub const MAP_PRESENT: u64 = 3;
+
+/// Qwords of a PASID entry that can be non-zero here: 0 and 1. Qwords 2..7 (first-level
+/// fields and reserved bits) are 0 in every entry ADD accepts and nothing writes them, so they
+/// are not stored (the table stays small: one per TDI in every shard).
+const PTE_KEPT: usize = 2;
+
+/// A 64-byte scalable-mode PASID-table entry with the module's state bits (qwords 0 and 1
+/// kept; the rest is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PasidTe([u64; PTE_KEPT]);
+
+impl PasidTe {
+    /// The entry's eight qwords.
+    pub fn qwords(&self) -> [u64; PTE_QWORDS] {
+        let mut out = [0; PTE_QWORDS];
+        for (o, q) in out.iter_mut().zip(self.0) {
+            *o = q;
+        }
+        out
+    }
+
+    fn q(&self, i: usize) -> u64 {
+        self.0.get(i).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, i: usize, v: u64) {
+        if let Some(q) = self.0.get_mut(i) {
+            *q = v;
+        }
+    }
+
+    /// The entry's state as the core sees it.
+    pub fn state(&self) -> DmaState {
+        let q0 = self.q(0);
+        let inv = (self.q(1) >> PTE_INV_SHIFT) & 0x3;
+        if q0 & PTE_SW_BLOCKED != 0 {
+            // Only DONE completes: a value the module never writes (2) counts as queued.
+            match inv {
+                INV_PENDING => DmaState::Blocked,
+                INV_DONE => DmaState::Invalidated,
+                _ => DmaState::Invalidating,
+            }
+        } else if q0 & PTE_P != 0 {
+            DmaState::Active
+        } else {
+            DmaState::Pending
+        }
+    }
+
+    /// SLPTPTR: the second-level root the entry translates through (0 until accepted).
+    pub fn slptptr(&self) -> u64 {
+        self.q(0) & PTE_SLPTPTR_MASK
+    }
+
+    /// The domain ID.
+    pub fn did(&self) -> u64 {
+        self.q(1) & PTE_DID_MASK
+    }
+
+    /// Whether the IOMMU hardware would walk it (P set).
+    pub fn present(&self) -> bool {
+        self.q(0) & PTE_P != 0
+    }
+
+    /// The entry as TDH.DMAR.READ gives it: the module's state bits cleared (`dmar_arc_read`,
+    /// `dmar.h` @1666adc4).
+    pub fn architectural(&self) -> [u64; PTE_QWORDS] {
+        let mut out = self.qwords();
+        if let Some(q) = out.get_mut(0) {
+            *q &= !(PTE_SW_BLOCKED | PTE_SW_PENDING);
+        }
+        if let Some(q) = out.get_mut(1) {
+            *q &= !(0x3 << PTE_INV_SHIFT);
+        }
+        out
+    }
+
+    /// `dmar_state_info_t` (TDH.DMAR.READ RDX; `dmar.h` @1666adc4): level 2:0 (PASIDTE 0),
+    /// map_sts 10:3, inv_sts 13:11, pd_cnt 18:14 (0 for a PASID entry).
+    pub fn state_info(&self) -> u64 {
+        let map = match self.state() {
+            DmaState::Pending => MAP_PENDING,
+            DmaState::Active => MAP_PRESENT,
+            _ => MAP_BLOCKED,
+        };
+        let inv = (self.q(1) >> PTE_INV_SHIFT) & 0x3;
+        DMAR_LVL_PASIDTE | map << 3 | inv << 11
+    }
+}
+
+/// Which VMM-supplied qword of an ADD for a TD whose S-EPT has `levels` levels is not what
+/// the module allows (its index), if any: a chosen SLPTPTR (qword 0) or DID (qword 1) is
+/// refused as every other wrong bit (`is_valid_dmar_pasidte`, `dmar.h` @be443240: qword 0
+/// names R8, qword 1 R9, qword q R8 + q).
+pub fn invalid_add_qword(qwords: &[u64], levels: u8) -> Option<usize> {
+    qwords.iter().enumerate().find_map(|(i, &q)| {
+        let want = match i {
+            0 => add_qword0(levels),
+            1 => ADD_QWORD1,
+            _ => 0,
+        };
+        (q != want).then_some(i)
+    })
+}
+
+/// One PASID entry: the requester it translates for and the TD whose domain it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmarEntry {
+    /// The TDI's requester ID (the entry's place in the tables: context entry by RID, PASID 0).
+    pub rid: RequesterId,
+    /// The TD the entry was added for (the TDI's owner).
+    pub guest: GuestId,
+    /// The entry.
+    pub te: PasidTe,
+}
+
+/// The PASID entries of the TDIs of the TDs in one shard: at most one per TDI, no heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmarTable {
+    entries: [Option<DmarEntry>; MAX_TDIS],
+}
+
+impl Default for DmarTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DmarTable {
+    /// No entry.
+    pub const fn new() -> Self {
+        Self {
+            entries: [None; MAX_TDIS],
+        }
+    }
+
+    /// The entry of requester `rid`.
+    pub fn entry(&self, rid: RequesterId) -> Option<DmarEntry> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|e| e.rid == rid)
+            .copied()
+    }
+
+    /// Every entry (in no particular order).
+    pub fn entries(&self) -> impl Iterator<Item = &DmarEntry> {
+        self.entries.iter().flatten()
+    }
+
+    fn slot_of(
+        &mut self,
+        guest: GuestId,
+        iface: InterfaceId,
+    ) -> Result<&mut DmarEntry, TableError> {
+        let rid = iface.requester_id();
+        self.entries
+            .iter_mut()
+            .flatten()
+            .find(|e| e.rid == rid && e.guest == guest)
+            .ok_or(TableError::NoDmaContext)
+    }
+
+    /// ADD: a PENDING entry, not present, SLPTPTR 0, DID the module's top bit only.
+    pub fn create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let rid = iface.requester_id();
+        if self.entries.iter().flatten().any(|e| e.rid == rid) {
+            return Err(TableError::DmaContextExists);
+        }
+        let free = self
+            .entries
+            .iter_mut()
+            .find(|e| e.is_none())
+            .ok_or(TableError::OutOfFrames)?;
+        let mut te = PasidTe::default();
+        te.set(0, ADD_QWORD0 | PTE_SW_PENDING);
+        te.set(1, ADD_QWORD1 | DID_TD_BIT);
+        *free = Some(DmarEntry { rid, guest, te });
+        Ok(())
+    }
+
+    /// ACCEPT: present, SLPTPTR `root`, AW `aw`, DID the module's bit with `domain`,
+    /// invalidation PENDING. A present entry stays as it is.
+    pub fn accept(
+        &mut self,
+        guest: GuestId,
+        iface: InterfaceId,
+        root: u64,
+        aw: u64,
+        domain: u64,
+    ) -> Result<(), TableError> {
+        let e = self.slot_of(guest, iface)?;
+        match e.te.state() {
+            DmaState::Active => Ok(()),
+            DmaState::Pending => {
+                let q0 =
+                    ADD_QWORD0 | PTE_P | (aw & 0x7) << PTE_AW_SHIFT | (root & PTE_SLPTPTR_MASK);
+                let q1 = ADD_QWORD1 | DID_TD_BIT | (domain & PTE_DID_MASK);
+                e.te.set(0, q0);
+                e.te.set(1, q1);
+                Ok(())
+            }
+            _ => Err(TableError::Inconsistent),
+        }
+    }
+
+    /// BLOCK: not present, BLOCKED, invalidation PENDING (the module's state write, mask
+    /// 0x8000000000000401 value 0x400: `tdh_dmar_block.c` @a56a9173). A blocked entry stays.
+    pub fn block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let e = self.slot_of(guest, iface)?;
+        if matches!(e.te.state(), DmaState::Pending | DmaState::Active) {
+            let q0 = e.te.q(0) & !(PTE_SW_PENDING | PTE_P) | PTE_SW_BLOCKED;
+            let q1 = e.te.q(1) & !(0x3 << PTE_INV_SHIFT) | INV_PENDING << PTE_INV_SHIFT;
+            e.te.set(0, q0);
+            e.te.set(1, q1);
+        }
+        Ok(())
+    }
+
+    /// IQ.INV.REQUEST: a blocked entry's invalidation QUEUED; complete only once
+    /// [`DmarTable::process`] ran (`true` when it is already).
+    pub fn invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        let e = self.slot_of(guest, iface)?;
+        match e.te.state() {
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked => {
+                let q1 = e.te.q(1) & !(0x3 << PTE_INV_SHIFT) | INV_QUEUED << PTE_INV_SHIFT;
+                e.te.set(1, q1);
+                Ok(false)
+            }
+            DmaState::Invalidating => Ok(false),
+            DmaState::Invalidated => Ok(true),
+        }
+    }
+
+    /// IQ.INV.PROCESS on the IOMMU of `segment`: every QUEUED invalidation DONE (the wait
+    /// descriptor seen complete). Bounded by the table's size. How many completed.
+    pub fn process(&mut self, segment: u16) -> usize {
+        let mut done = 0usize;
+        for e in self.entries.iter_mut().flatten() {
+            if e.rid.segment() == segment && e.te.state() == DmaState::Invalidating {
+                let q1 = e.te.q(1) | INV_DONE << PTE_INV_SHIFT;
+                e.te.set(1, q1);
+                done = done.saturating_add(1);
+            }
+        }
+        done
+    }
+
+    /// REMOVE: only BLOCKED with its invalidation DONE; the entry FREE.
+    pub fn remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        let state = self.slot_of(guest, iface)?.te.state();
+        match state {
+            DmaState::Invalidated => {}
+            DmaState::Pending | DmaState::Active => return Err(TableError::DmaNotBlocked),
+            DmaState::Blocked | DmaState::Invalidating => {
+                return Err(TableError::InvalidationPending);
+            }
+        }
+        let rid = iface.requester_id();
+        for e in self.entries.iter_mut() {
+            if e.is_some_and(|d| d.rid == rid && d.guest == guest) {
+                *e = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- the leaves -----------------------------------------------------------------------------
+
+/// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `tdh_iq_inv_request.c` @6e66b9d2):
+/// INV_REQ_PASIDTE, the one type this firmware takes (ours: IOTLB 0, RTE 1, CTE 2, PDE 3 and
+/// TD 5 are for tables and epochs it does not keep: OPERAND_INVALID + RDX).
+pub const INV_REQ_PASIDTE: u64 = 4;
+/// TDH.IQ.INV.REQUEST R8 `rid_pasid`: bits 15:0 the RID, 31:16 reserved, 51:32 the PASID,
+/// 63:52 reserved (same handler).
+pub const RID_PASID_RESERVED: u64 = 0xffff_0000 | 0xfff << 52;
+/// VT-d 4.1 6.5.2.8, the invalidation wait descriptor's qword 0: type bits 3:0 (5) and 11:9
+/// (0), IF 4, SW 5, FN 6, PD 7, bits 8 and 31:12 reserved, status data 63:32.
+pub const WAIT_DESC_TYPE: u64 = 0x5;
+/// Wait descriptor SW: write the status data to the status address.
+pub const WAIT_DESC_SW: u64 = 1 << 5;
+/// Wait descriptor FN: fence, required (`tdh_iq_inv_request.c` @6e66b9d2).
+pub const WAIT_DESC_FN: u64 = 1 << 6;
+/// Wait descriptor qword 0 bits the module checks (`tdh_iq_inv_request.c` @6e66b9d2): the
+/// type (5, high type 0), FN (1), PD (0: only with ECAP.PDS, which no IOMMU here reports, ours),
+/// the reserved bits 8 and 31:12 (0). IF and SW are the host's choice.
+pub const WAIT_DESC_CHECKED: u64 = 0xffff_ffff & !(1 << 4 | WAIT_DESC_SW);
+/// What [`WAIT_DESC_CHECKED`] bits must be.
+pub const WAIT_DESC_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_FN;
+/// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
+pub const WAIT_STATUS_ALIGN: u64 = 0x3;
+
+/// R8..R14: the entry qwords of ADD, and what ACCEPT requires zero.
+fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
+    [
+        (r.r8, OPERAND_ID_R8),
+        (r.r9, OPERAND_ID_R9),
+        (r.r10, OPERAND_ID_R10),
+        (r.r11, OPERAND_ID_R11),
+        (r.r12, OPERAND_ID_R12),
+        (r.r13, OPERAND_ID_R13),
+        (r.r14, OPERAND_ID_R14),
+    ]
+}
+
+/// A core refusal of a DMAR leaf as the module reports its entry-state checks, naming
+/// `operand`: the TDI still able to reach the guest (ours, the core's rule: the host tears a
+/// context down only after STOP or a cut stream) `TDX_DEVIF_TDISP_INVALID_STATE`; an entry
+/// FREE or not in the state `TDX_DMAR_INVALID_MAPPING_STATE`; its invalidation not done
+/// `TDX_DMAR_INVALID_INV_STATE`.
+fn dmar_refusal(e: Error, operand: u32) -> Outcome {
+    let code = match e {
+        Error::TdiBound | Error::TdiNotBound | Error::TdiInError | Error::UnbindInProgress => {
+            status::TDX_DEVIF_TDISP_INVALID_STATE
+        }
+        Error::NoDmaContext | Error::DmaContextExists | Error::DmaNotBlocked => {
+            status::TDX_DMAR_INVALID_MAPPING_STATE
+        }
+        Error::IotlbInvalidationPending => status::TDX_DMAR_INVALID_INV_STATE,
+        _ => return core_err(e),
+    };
+    named(code, operand)
+}
+
+impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S, M, SHARDS> {
+    /// The TDI of requester `rid` (none: its PASID entry is FREE,
+    /// `TDX_DMAR_INVALID_MAPPING_STATE` + `operand`).
+    fn dmar_tdi(&self, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
+        let table = self.fw.lock_pages().map_err(core_err)?;
+        let function = u32::try_from(crate::abi::function_id(rid))
+            .map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))?;
+        devif_in(&table, function)
+            .map(|(tdi, _)| tdi)
+            .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+    }
+
+    /// RCX `dmar_idx_t` of a PASID entry (else `TDX_OPERAND_INVALID` + RCX) and its TDI.
+    fn dmar_target(&self, raw: u64) -> Result<(RequesterId, TdiId), Outcome> {
+        let rid = decode_dmar_idx(raw).ok_or(Outcome::Status(invalid(OPERAND_ID_RCX)))?;
+        Ok((rid, self.dmar_tdi(rid, OPERAND_ID_RCX)?))
+    }
+
+    /// The module's entry-state precondition of a host teardown leaf, checked only once the
+    /// core lets the host tear down (so a TDI still reaching the guest gets the core's
+    /// `TdiBound` first, after every operand check): `check` says the status code for the
+    /// context's state (`None` for no context), or none when the leaf takes it. Read only: the
+    /// core's call that follows decides again under its locks.
+    fn dmar_precheck(
+        &self,
+        tdi: TdiId,
+        check: impl Fn(Option<DmaState>) -> Option<u64>,
+        operand: u32,
+    ) -> Result<(), Outcome> {
+        let record = self.tsm.tdi(tdi).map_err(core_err)?;
+        let stream = self.tsm.device(record.device).map_err(core_err)?.stream;
+        if !Tsm::<crate::sept::Sept<'_>, S, SHARDS>::host_may_tear_down(record.state, stream) {
+            return Ok(());
+        }
+        match check(record.dma) {
+            Some(code) => Err(named(code, operand)),
+            None => Ok(()),
+        }
+    }
+
+    /// The trusted-DMA host leaves ([`TDH_DMAR_ADD`], [`TDH_DMAR_BLOCK`], [`TDH_DMAR_READ`],
+    /// [`TDH_DMAR_REMOVE`], [`TDH_IQ_INV_REQUEST`], [`TDH_IQ_INV_PROCESS`]).
+    pub(crate) fn dmar_leaf(
+        &self,
+        leaf: u16,
+        r: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let tsm = self.tsm;
+        let done = Outcome::Core(Ok(Completion::Done));
+        Ok(match leaf {
+            // The module's order: RCX, RDX (the TD), the entry (R8..), then its state.
+            TDH_DMAR_ADD => {
+                let rid = decode_dmar_idx(r.rcx).ok_or(st(invalid(OPERAND_ID_RCX)))?;
+                let tds = self.fw.read_tds_for(r.rdx).map_err(core_err)?;
+                let td = td_in(&tds, r.rdx).ok_or(st(invalid(OPERAND_ID_RDX)))?;
+                crate::td::usable(&tds, td).map_err(st)?;
+                let regs = entry_regs(r);
+                let qwords = regs.map(|(q, _)| q);
+                let levels = tsm.with_guest_table(td, |t| t.levels()).map_err(core_err)?;
+                if let Some(i) = invalid_add_qword(&qwords, levels) {
+                    let id = regs.get(i).map_or(OPERAND_ID_R8, |(_, id)| *id);
+                    return Err(st(invalid(id)));
+                }
+                let tdi = self.dmar_tdi(rid, OPERAND_ID_RCX)?;
+                let record = tsm.tdi(tdi).map_err(core_err)?;
+                // Ours: the entry is for the TDI's owner only; another TD's is the
+                // bind's owner mismatch, naming RDX.
+                if let Some(owner) = record.state.owner()
+                    && owner != td
+                {
+                    return Err(named(status::TDX_MMIO_DEVIF_OWNER_MISMATCH, OPERAND_ID_RDX));
+                }
+                tsm.host_dma_create(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                done
+            }
+            TDH_DMAR_BLOCK => {
+                let (_, tdi) = self.dmar_target(r.rcx)?;
+                // BLOCK takes PENDING or PRESENT (`tdh_dmar_block.c` @a56a9173).
+                let check = |s| match s {
+                    Some(DmaState::Pending | DmaState::Active) => None,
+                    _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
+                };
+                self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
+                tsm.host_dma_block(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                done
+            }
+            TDH_DMAR_REMOVE => {
+                let (_, tdi) = self.dmar_target(r.rcx)?;
+                // REMOVE takes BLOCKED (`tdh_dmar_remove.c` @6e66b9d2); its invalidation state
+                // is the core's answer (the table's, which IQ.INV.PROCESS moves).
+                let check = |s| match s {
+                    Some(DmaState::Pending | DmaState::Active) | None => {
+                        Some(status::TDX_DMAR_INVALID_MAPPING_STATE)
+                    }
+                    Some(_) => None,
+                };
+                self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
+                tsm.host_dma_remove(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                done
+            }
+            TDH_DMAR_READ => {
+                let (rid, tdi) = self.dmar_target(r.rcx)?;
+                let not_present = named(status::TDX_DMAR_ENTRY_NOT_PRESENT, OPERAND_ID_RCX);
+                let owner = tsm
+                    .tdi(tdi)
+                    .map_err(core_err)?
+                    .state
+                    .owner()
+                    .ok_or(not_present)?;
+                let entry = tsm
+                    .with_guest_table(owner, |t| t.dmar().entry(rid))
+                    .map_err(core_err)?
+                    .filter(|e| e.guest == owner)
+                    .ok_or(named(status::TDX_DMAR_ENTRY_NOT_PRESENT, OPERAND_ID_RCX))?;
+                let q = entry.te.architectural();
+                out.rdx = entry.te.state_info();
+                let [q0, q1, q2, q3, q4, q5, q6, _] = q;
+                (out.r8, out.r9, out.r10, out.r11, out.r12, out.r13, out.r14) =
+                    (q0, q1, q2, q3, q4, q5, q6);
+                done
+            }
+            // The module's order (`tdh_iq_inv_request.c` @6e66b9d2): RDX, RCX, R8, the entry's
+            // state (+ R8), then the wait descriptor R9..R12.
+            TDH_IQ_INV_REQUEST => {
+                let inv_type = r.rdx & 0xffff_ffff;
+                if inv_type != INV_REQ_PASIDTE || r.rdx >> 32 != 0 {
+                    return Err(st(invalid(OPERAND_ID_RDX)));
+                }
+                let segment = iommu_of(r.rcx)?;
+                if r.r8 & RID_PASID_RESERVED != 0 || (r.r8 >> 32) & 0xf_ffff != 0 {
+                    return Err(st(invalid(OPERAND_ID_R8)));
+                }
+                let routing =
+                    u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
+                let rid = RequesterId::from_routing(segment, routing);
+                let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
+                // BLOCKED with its invalidation PENDING (`tdh_iq_inv_request.c` @6e66b9d2).
+                let check = |s| match s {
+                    Some(DmaState::Blocked) => None,
+                    Some(DmaState::Invalidating | DmaState::Invalidated) => {
+                        Some(status::TDX_DMAR_INVALID_INV_STATE)
+                    }
+                    _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
+                };
+                self.dmar_precheck(tdi, check, OPERAND_ID_R8)?;
+                if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_REQUIRED {
+                    return Err(st(invalid(OPERAND_ID_R9)));
+                }
+                self.wait_status(r.r10)?;
+                if r.r11 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R11)));
+                }
+                if r.r12 != 0 {
+                    return Err(st(invalid(OPERAND_ID_R12)));
+                }
+                tsm.host_dma_invalidate(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_R8))?;
+                // No TD-requested descriptors remain (INV_REQ_TD only).
+                out.rcx = 0;
+                done
+            }
+            // Every queued invalidation of the IOMMU, shard by shard (guest slot i is in shard
+            // i); a shard busy elsewhere is `TDX_OPERAND_BUSY` with the shards before it done,
+            // and the call is repeated (completing twice is completing once).
+            TDH_IQ_INV_PROCESS => {
+                let segment = iommu_of(r.rcx)?;
+                for shard in 0..SHARDS {
+                    let guest = u16::try_from(shard)
+                        .map(GuestId::from_slot)
+                        .map_err(|_| core_err(Error::Inconsistent))?;
+                    tsm.with_guest_table(guest, |t| t.iq_process(segment))
+                        .map_err(core_err)?;
+                }
+                done
+            }
+            _ => st(invalid(status::OPERAND_ID_RAX)),
+        })
+    }
+
+    /// The wait descriptor's status address (R10): 4-byte aligned, below 2^52 with no KeyID
+    /// bits (a shared address: the module refuses a private KeyID), in host memory the IOMMU
+    /// can write (`TDX_OPERAND_INVALID` + R10).
+    fn wait_status(&self, raw: u64) -> Result<(), Outcome> {
+        let bad = || Outcome::Status(invalid(OPERAND_ID_R10));
+        if raw & WAIT_STATUS_ALIGN != 0 || raw & crate::td::KEYID_MASK != 0 {
+            return Err(bad());
+        }
+        tsm_core::Hpa::try_new(raw).map_err(|_| bad())?;
+        self.host.probe_write(raw, 4).map_err(|_| bad())
+    }
+
+    /// TDG.DMAR.ACCEPT ([`TDG_DMAR_ACCEPT`]) from TD `td`: RDX `dmar_target` (vm_idx 7:0 0,
+    /// the L1 S-EPT; PASID 27:8 0; 63:28 reserved: else `TDX_OPERAND_INVALID` + RDX), R8..R14
+    /// zero (each `TDX_OPERAND_INVALID` naming it), then the TDI RCX names (as every TDG.DEVIF
+    /// leaf), its owner (another TD's: `TDX_DEVIF_INVALID_METADATA` + RCX), its TDISP state
+    /// CONFIG_LOCKED or RUN (else `TDX_DEVIF_TDISP_INVALID_STATE` + RCX), its entry PENDING or
+    /// PRESENT (else `TDX_DMAR_INVALID_MAPPING_STATE` + DMAR).
+    pub(crate) fn dmar_accept(&self, td: GuestId, r: &SeamRegs) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        if r.rdx != 0 {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
+        if let Some((_, id)) = entry_regs(r).into_iter().find(|(q, _)| *q != 0) {
+            return Err(st(invalid(id)));
+        }
+        let table = self.fw.lock_pages().map_err(core_err)?;
+        let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
+        self.tsm.guest_dma_accept(td, tdi).map_err(|e| {
+            let code = match e {
+                Error::NotOwner => status::TDX_DEVIF_INVALID_METADATA,
+                Error::TdiNotBound | Error::TdiInError | Error::UnbindInProgress => {
+                    status::TDX_DEVIF_TDISP_INVALID_STATE
+                }
+                Error::NoDmaContext | Error::NotMapped => {
+                    return named(status::TDX_DMAR_INVALID_MAPPING_STATE, OPERAND_ID_DMAR);
+                }
+                _ => return core_err(e),
+            };
+            named(code, OPERAND_ID_RCX)
+        })?;
+        Ok(st(TDX_SUCCESS))
+    }
+}
+
+/// RCX `iommu_id` of the IQ leaves: the segment (ours, as [`DMAR_IDX_IOMMU_SHIFT`]); bits
+/// 63:16 reserved (`TDX_OPERAND_INVALID` + RCX).
+fn iommu_of(raw: u64) -> Result<u16, Outcome> {
+    u16::try_from(raw).map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_names_its_requester_and_refuses_other_levels() {
+        let rid = RequesterId::try_new(1, 3, 2, 1).unwrap();
+        assert_eq!(decode_dmar_idx(dmar_idx(rid)), Some(rid));
+        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1), None);
+        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1 << 3), None);
+        assert_eq!(decode_dmar_idx(dmar_idx(rid) | 1 << 12), None);
+    }
+
+    #[test]
+    fn an_add_may_choose_neither_translation_nor_domain() {
+        let q0 = add_qword0(4);
+        let mut q = [q0, ADD_QWORD1, 0, 0, 0, 0, 0];
+        assert_eq!(invalid_add_qword(&q, 4), None);
+        assert_eq!(
+            invalid_add_qword(&q, 5),
+            Some(0),
+            "AW names the S-EPT's depth"
+        );
+        q[0] |= 0x1234_5000;
+        assert_eq!(invalid_add_qword(&q, 4), Some(0));
+        q[0] = q0 | PTE_P;
+        assert_eq!(invalid_add_qword(&q, 4), Some(0));
+        q[0] = q0;
+        q[1] |= 7;
+        assert_eq!(invalid_add_qword(&q, 4), Some(1));
+        q[1] = ADD_QWORD1;
+        q[6] = 1;
+        assert_eq!(invalid_add_qword(&q, 4), Some(6));
+    }
+
+    fn iface(bus: u8) -> InterfaceId {
+        let rid = RequesterId::try_new(0, bus, 0, 0).unwrap();
+        tsm_core::DeviceFunctions::physical(rid)
+            .interface(rid)
+            .unwrap()
+    }
+
+    #[test]
+    fn an_entry_goes_through_its_states_and_refusals_change_nothing() {
+        let (g, h) = (GuestId::from_slot(0), GuestId::from_slot(1));
+        let mut t = DmarTable::new();
+        t.create(g, iface(3)).unwrap();
+        let e = t.entry(iface(3).requester_id()).unwrap();
+        assert_eq!(
+            (e.te.state(), e.te.slptptr(), e.te.did()),
+            (DmaState::Pending, 0, DID_TD_BIT)
+        );
+        let before = t;
+        assert_eq!(t.create(h, iface(3)), Err(TableError::DmaContextExists));
+        assert_eq!(
+            t.accept(h, iface(3), 0x5000, 2, 2),
+            Err(TableError::NoDmaContext)
+        );
+        assert_eq!(t.invalidate(g, iface(3)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t.remove(g, iface(3)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t, before);
+        t.accept(g, iface(3), 0x5000, 2, 1).unwrap();
+        let e = t.entry(iface(3).requester_id()).unwrap();
+        assert!(e.te.present());
+        assert_eq!((e.te.slptptr(), e.te.did()), (0x5000, DID_TD_BIT | 1));
+        t.block(g, iface(3)).unwrap();
+        assert!(!t.entry(iface(3).requester_id()).unwrap().te.present());
+        assert_eq!(t.invalidate(g, iface(3)), Ok(false));
+        let before = t;
+        assert_eq!(t.remove(g, iface(3)), Err(TableError::InvalidationPending));
+        assert_eq!(t.process(1), 0, "another IOMMU's queue");
+        assert_eq!(t, before);
+        assert_eq!(t.process(0), 1);
+        assert_eq!(t.invalidate(g, iface(3)), Ok(true));
+        t.remove(g, iface(3)).unwrap();
+        assert_eq!(t, DmarTable::new());
+    }
+}

@@ -1,0 +1,520 @@
+//! Trusted DMA through the dispatcher: the PASID entry's life (TDH.DMAR.ADD, TDG.DMAR.ACCEPT,
+//! the unbind's teardown waiting on TDH.IQ.INV.PROCESS), every refusal changing nothing, and
+//! the Linux host's own teardown order.
+
+use super::*;
+use platform_tdx::dmar::{self, ADD_QWORD1, INV_QUEUED, MAP_BLOCKED, MAP_PRESENT};
+
+/// Qword 0 of an ADD for the 4-level S-EPT of these tests.
+const ADD_QWORD0: u64 = dmar::add_qword0(4);
+
+const IDX_RCX: u64 = 1;
+
+fn idx() -> u64 {
+    dmar::dmar_idx(rid(3))
+}
+
+fn add_regs(td: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: idx(),
+        rdx: td,
+        r8: ADD_QWORD0,
+        r9: ADD_QWORD1,
+        ..Default::default()
+    }
+}
+
+fn on_idx(w: &World<'_>, leaf: u16) -> SeamRegs {
+    w.call(
+        u64::from(leaf),
+        SeamRegs {
+            rcx: idx(),
+            ..Default::default()
+        },
+    )
+}
+
+fn accept(w: &World<'_>, td: u64, tdi: u64) -> u64 {
+    w.tdcall(
+        td,
+        abi::TDG_DMAR_ACCEPT,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    )
+    .rax
+}
+
+/// A wait descriptor (type 5, SW, FN) writing to the last host page.
+fn inv_request(w: &World<'_>) -> SeamRegs {
+    w.call(
+        u64::from(abi::TDH_IQ_INV_REQUEST),
+        SeamRegs {
+            rcx: 0,
+            rdx: dmar::INV_REQ_PASIDTE,
+            r8: u64::from(rid(3).routing_id()),
+            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
+            r10: host_page(HOST_PAGES as u64 - 1),
+            ..Default::default()
+        },
+    )
+}
+
+fn process(w: &World<'_>) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
+        .rax
+}
+
+/// `call` refused with `expect`, changing nothing.
+fn refused(w: &World<'_>, what: &str, call: impl FnOnce() -> u64, expect: u64) {
+    let before = w.image();
+    assert_eq!(call(), expect, "{what}");
+    assert!(w.image() == before, "{what}: changed something");
+}
+
+#[test]
+fn the_whole_life_waits_for_the_hosts_iq_process() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(read.rax, TDX_SUCCESS);
+    assert_eq!(
+        (read.r8 & dmar::PTE_SLPTPTR_MASK, read.r9 & 0xffff),
+        (0, dmar::DID_TD_BIT)
+    );
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    let root = w.fw.with_table(|t| t.root_phys(g)).unwrap().unwrap();
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(
+        read.r8 & dmar::PTE_SLPTPTR_MASK,
+        root,
+        "the module's SLPTPTR"
+    );
+    assert_eq!(read.r8 & dmar::PTE_P, dmar::PTE_P);
+    assert_eq!((read.rdx >> 3) & 0xff, MAP_PRESENT);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let id = w.id(tdi);
+    assert_eq!(
+        w.fw.tsm().dma_reach(id).unwrap(),
+        tsm_core::dma::DmaReach::Private(g)
+    );
+    // The unbind blocks the entry and queues its invalidation; the host's PROCESS completes it.
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    assert_eq!(w.unbind_all(tdi), pending);
+    assert_eq!(
+        w.fw.with_table(|t| t.root_phys(g)).unwrap(),
+        Some(root),
+        "the MMIO is gone, the root the entry names stays"
+    );
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present from BLOCK on");
+    assert_eq!(
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
+        (MAP_BLOCKED, INV_QUEUED)
+    );
+    refused(
+        w,
+        "unbind again before PROCESS",
+        || w.unbind_all(tdi),
+        pending,
+    );
+    refused(
+        w,
+        "DEVIF.REMOVE while the context remains",
+        || {
+            w.call(
+                u64::from(abi::TDH_DEVIF_REMOVE),
+                SeamRegs {
+                    rcx: tdi,
+                    ..Default::default()
+                },
+            )
+            .rax
+        },
+        TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX,
+    );
+    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    assert_eq!(
+        on_idx(w, abi::TDH_DMAR_READ).rax,
+        TDX_DMAR_ENTRY_NOT_PRESENT | IDX_RCX
+    );
+    assert!(w.fw.with_table(|t| t.dmar().entries().count()).unwrap() == 0);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total, "the pinned root went back with the entry");
+    let out = w.call(
+        u64::from(abi::TDH_DEVIF_REMOVE),
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+}
+
+#[test]
+fn adds_choosing_translation_domain_or_td_and_foreign_accepts_are_refused() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    let other = w.create_td();
+
+    let add = |regs: SeamRegs| move || w.call(150, regs).rax;
+    refused(
+        w,
+        "SLPTPTR chosen",
+        add(SeamRegs {
+            r8: ADD_QWORD0 | 0x20_0000_0000,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 8,
+    );
+    refused(
+        w,
+        "present",
+        add(SeamRegs {
+            r8: ADD_QWORD0 | 1,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 8,
+    );
+    refused(
+        w,
+        "DID chosen",
+        add(SeamRegs {
+            r9: ADD_QWORD1 | 5,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 9,
+    );
+    refused(
+        w,
+        "qword 6",
+        add(SeamRegs {
+            r14: 1,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 14,
+    );
+    refused(
+        w,
+        "a PASID",
+        add(SeamRegs {
+            rcx: idx() | 1 << 12,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 1,
+    );
+    refused(
+        w,
+        "another level",
+        add(SeamRegs {
+            rcx: idx() | 2,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 1,
+    );
+    refused(
+        w,
+        "no TD",
+        add(SeamRegs {
+            rdx: td + 8,
+            ..add_regs(td)
+        }),
+        TDX_OPERAND_INVALID | 2,
+    );
+    refused(
+        w,
+        "a TD not the owner",
+        add(add_regs(other)),
+        TDX_MMIO_DEVIF_OWNER_MISMATCH | 2,
+    );
+    refused(
+        w,
+        "no TDI of that RID",
+        add(SeamRegs {
+            rcx: dmar::dmar_idx(rid(4)),
+            ..add_regs(td)
+        }),
+        TDX_DMAR_INVALID_MAPPING_STATE | 1,
+    );
+    refused(
+        w,
+        "accept with no entry",
+        || accept(w, td, tdi),
+        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_DMAR),
+    );
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    refused(
+        w,
+        "a second ADD",
+        add(add_regs(td)),
+        TDX_DMAR_INVALID_MAPPING_STATE | 1,
+    );
+    refused(
+        w,
+        "accept by another TD",
+        || accept(w, other, tdi),
+        TDX_DEVIF_INVALID_METADATA | 1,
+    );
+    let tdcall = |regs: SeamRegs| {
+        move || {
+            w.tdcall(td, abi::TDG_DMAR_ACCEPT, SeamRegs { rcx: tdi, ..regs })
+                .rax
+        }
+    };
+    refused(
+        w,
+        "an L2 target",
+        tdcall(SeamRegs {
+            rdx: 1,
+            ..Default::default()
+        }),
+        TDX_OPERAND_INVALID | 2,
+    );
+    refused(
+        w,
+        "R8 not zero",
+        tdcall(SeamRegs {
+            r8: 1,
+            ..Default::default()
+        }),
+        TDX_OPERAND_INVALID | 8,
+    );
+    // Before STOP the host may neither block nor remove nor invalidate.
+    refused(
+        w,
+        "BLOCK before STOP",
+        || on_idx(w, abi::TDH_DMAR_BLOCK).rax,
+        TDX_DEVIF_TDISP_INVALID_STATE | 1,
+    );
+    refused(
+        w,
+        "REMOVE before STOP",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DEVIF_TDISP_INVALID_STATE | 1,
+    );
+    refused(
+        w,
+        "IQ.INV.REQUEST before STOP",
+        || inv_request(w).rax,
+        TDX_DEVIF_TDISP_INVALID_STATE | 8,
+    );
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(
+        accept(w, td, tdi),
+        TDX_SUCCESS,
+        "accepting again changes nothing"
+    );
+}
+
+/// The Linux TDX Connect host's order ("[RFC PATCH 30/30] coco/tdx_tsm", 2025-05-29): STOP via
+/// the unbind, the MMIO blocked, tracked and unmapped, then the DMA context: DMAR.BLOCK,
+/// IQ.INV.REQUEST, IQ.INV.PROCESS, DMAR.REMOVE; then the TDI's reclaim.
+#[test]
+fn the_linux_hosts_own_teardown_order_works() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    // Hold the TD's TLB flush so the unbind stops after STOP, at its TRACK, for the host.
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    w.fw.with_table(|t| t.hold_flush(g, true)).unwrap();
+    let out = w.unbind_all(tdi);
+    assert_ne!(out, TDX_SUCCESS, "the unbind waits for the flush");
+    w.fw.with_table(|t| t.hold_flush(g, false)).unwrap();
+    let page = SeamRegs {
+        rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+        rdx: td,
+        ..Default::default()
+    };
+    // The MMIO: blocked by the unbind already; the host tracks and unmaps.
+    let _ = w.call(u64::from(abi::TDH_MMIO_BLOCK), page);
+    w.ok(
+        abi::TDH_MEM_TRACK,
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    );
+    w.ok(abi::TDH_MMIO_UNMAP, page);
+    // The S-EPT has no leaf left, but the PASID entry still names its root: the root stays.
+    let slptptr = on_idx(w, abi::TDH_DMAR_READ).r8 & dmar::PTE_SLPTPTR_MASK;
+    assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), Some(slptptr));
+    refused(
+        w,
+        "REMOVE before BLOCK",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DMAR_INVALID_MAPPING_STATE | 1,
+    );
+    refused(
+        w,
+        "IQ.INV.REQUEST before BLOCK",
+        || inv_request(w).rax,
+        TDX_DMAR_INVALID_MAPPING_STATE | 8,
+    );
+    w.ok(
+        abi::TDH_DMAR_BLOCK,
+        SeamRegs {
+            rcx: idx(),
+            ..Default::default()
+        },
+    );
+    refused(
+        w,
+        "BLOCK again",
+        || on_idx(w, abi::TDH_DMAR_BLOCK).rax,
+        TDX_DMAR_INVALID_MAPPING_STATE | 1,
+    );
+    refused(
+        w,
+        "REMOVE before the invalidation",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DMAR_INVALID_INV_STATE | 1,
+    );
+    refused(
+        w,
+        "a wait descriptor without fence",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 9,
+    );
+    refused(
+        w,
+        "a status address outside host memory",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    r10: 0x1000,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 10,
+    );
+    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
+    refused(
+        w,
+        "IQ.INV.REQUEST again",
+        || inv_request(w).rax,
+        TDX_DMAR_INVALID_INV_STATE | 8,
+    );
+    refused(
+        w,
+        "REMOVE before PROCESS",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DMAR_INVALID_INV_STATE | 1,
+    );
+    refused(
+        w,
+        "DEVIF.REMOVE with the context",
+        || {
+            w.call(
+                u64::from(abi::TDH_DEVIF_REMOVE),
+                SeamRegs {
+                    rcx: tdi,
+                    ..Default::default()
+                },
+            )
+            .rax
+        },
+        TDX_DEVIF_HAS_MAPPED_DMA | 1,
+    );
+    assert_eq!(process(w), TDX_SUCCESS);
+    w.ok(
+        abi::TDH_DMAR_REMOVE,
+        SeamRegs {
+            rcx: idx(),
+            ..Default::default()
+        },
+    );
+    // The last entry gone, the empty root goes back: every table page is free.
+    assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    w.ok(
+        abi::TDH_DEVIF_REMOVE,
+        SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        },
+    );
+}
+
+fn inv_regs() -> SeamRegs {
+    SeamRegs {
+        rdx: dmar::INV_REQ_PASIDTE,
+        r8: u64::from(rid(3).routing_id()),
+        r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN,
+        r10: host_page(HOST_PAGES as u64 - 1),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let td = w.create_td();
+    let dev = device_world(w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    refused(
+        w,
+        "ADD for an unbound TDI",
+        || w.call(150, add_regs(td)).rax,
+        TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
+    );
+    let out = w.relayed(
+        abi::TSM_DEVIF_BIND,
+        SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    // Nothing mapped: the TD's S-EPT has no root for SLPTPTR to name.
+    refused(
+        w,
+        "ACCEPT with no S-EPT root",
+        || accept(w, td, tdi),
+        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_DMAR),
+    );
+    // A PENDING entry never accepted is removed by the unbind without any root.
+    assert_eq!(
+        w.unbind_all(tdi),
+        TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR)
+    );
+    refused(
+        w,
+        "ACCEPT while unbinding",
+        || accept(w, td, tdi),
+        TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
+    );
+    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total);
+}
