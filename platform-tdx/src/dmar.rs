@@ -478,9 +478,12 @@ fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
 /// `TDX_DMAR_INVALID_INV_STATE`.
 fn dmar_refusal(e: Error, operand: u32) -> Outcome {
     let code = match e {
-        Error::TdiBound | Error::TdiNotBound | Error::TdiInError | Error::UnbindInProgress => {
-            status::TDX_DEVIF_TDISP_INVALID_STATE
-        }
+        // The TDI's own state: as every other leaf names it (an unbound TDI is
+        // TDX_DEVIF_INVALID_STATE, one in ERROR or unbinding the TSM statuses).
+        Error::TdiBound => status::TDX_DEVIF_TDISP_INVALID_STATE,
+        Error::TdiNotBound => status::TDX_DEVIF_INVALID_STATE,
+        Error::TdiInError => status::TSM_TDI_IN_ERROR,
+        Error::UnbindInProgress => status::TSM_UNBIND_IN_PROGRESS,
         Error::NoDmaContext | Error::DmaContextExists | Error::DmaNotBlocked => {
             status::TDX_DMAR_INVALID_MAPPING_STATE
         }

@@ -59,7 +59,7 @@ use tsm_core::{
     PageSize, RequesterId, TdiId, TdiState, TsmResult,
 };
 
-use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
+use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf, relay_to_end};
 
 /// Host physical address of the backend's host memory, far from every BAR the scenarios use:
 /// page 0 the parameter page (range lists), page 1 the request page, page 2 the response page
@@ -232,6 +232,17 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         let host = BackendHost(HostBuffer::new(HOST_BASE, &mut self.host));
         Dispatcher::new(self.tsm, host).tdcall(tdr, &mut regs);
         regs
+    }
+
+    /// TDH.IQ.INV.PROCESS of `tdi`'s IOMMU (its segment): the host drains the invalidation
+    /// queue, completing the queued IOTLB invalidations.
+    fn process_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
+        let segment = self.tsm.tdi(tdi)?.iface.requester_id().segment();
+        let regs = SeamRegs {
+            rcx: u64::from(segment),
+            ..SeamRegs::default()
+        };
+        self.done(abi::TDH_IQ_INV_PROCESS, regs)
     }
 
     /// How the host names `td`: its TDR page. A TD the firmware does not know (a scenario's
@@ -958,16 +969,23 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
+    /// One forced unbind call; as [`Backend::unbind`], a stop at the DMA context's IOTLB
+    /// invalidation has the host drain the queue and call again, once.
     fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
-        let out = self.seamcall(
-            abi::TSM_DEVIF_UNBIND,
-            SeamRegs {
-                rcx: self.function_of(tdi),
-                rdx: abi::UNBIND_FLAG_FORCE,
-                ..SeamRegs::default()
-            },
-        );
-        Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
+        let regs = SeamRegs {
+            rcx: self.function_of(tdi),
+            rdx: abi::UNBIND_FLAG_FORCE,
+            ..SeamRegs::default()
+        };
+        let out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
+        match Self::outcome(abi::TSM_DEVIF_UNBIND, &out) {
+            Err(Error::IotlbInvalidationPending) => {
+                self.process_invalidations(tdi)?;
+                let out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
+                Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
+            }
+            r => r,
+        }
     }
 
     /// The host's re-establishment of the device's IDE stream, as a TDX Connect host does it:
@@ -1108,13 +1126,71 @@ impl Backend for TdxBackend<'_, '_> {
             .with_table(|t| FlushControl::defer_flush(t, guest, defer))
     }
 
-    // Through the core until the platform's DMA leaves are wired here.
-    fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
-        self.tsm.host_dma_create(tdi)
+    /// One unbind call as the Linux host makes it: an unbind stopped at its DMA context's IOTLB
+    /// invalidation (TDX_DMAR_INVALID_INV_STATE) has the host drain the invalidation queue
+    /// (TDH.IQ.INV.PROCESS of the TDI's IOMMU) and call again, once.
+    fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
+        let mut request: RelayBuf = [0u8; tsm_core::MAX_RELAY_BYTES];
+        let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
+        match relay_to_end(self, tdi, first, &mut request) {
+            Err(Error::IotlbInvalidationPending) => {
+                self.process_invalidations(tdi)?;
+                let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
+                relay_to_end(self, tdi, first, &mut request)
+            }
+            r => r,
+        }
     }
 
+    /// TDH.DMAR.ADD of the TDI's PASID entry for its owner (a TDI with no owner: the first TD,
+    /// which the core then refuses as unbound), the entry as Linux would fill it: present
+    /// clear, no translation or domain (the module's to write at accept).
+    fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
+        let record = self.tsm.tdi(tdi)?;
+        let owner = record.state.owner().unwrap_or(GuestId::from_slot(0));
+        let levels = self.tsm.with_guest_table(owner, |t| t.levels())?;
+        let regs = SeamRegs {
+            rcx: platform_tdx::dmar::dmar_idx(record.iface.requester_id()),
+            rdx: self.tdr(owner),
+            r8: platform_tdx::dmar::add_qword0(levels),
+            r9: platform_tdx::dmar::ADD_QWORD1,
+            ..SeamRegs::default()
+        };
+        self.done(abi::TDH_DMAR_ADD, regs)
+    }
+
+    /// TDG.DMAR.ACCEPT from `guest` of the TDI's entry (RCX its function ID, an L1 target).
+    /// The module refuses a TD that is not the TDI's with OPERAND_INVALID + RCX: here, when
+    /// the TDI has another owner, that is the core's `NotOwner`; and a TDI neither locked nor
+    /// running with TDX_DEVIF_TDISP_INVALID_STATE: here the core's status for its state
+    /// (`TdiNotBound`, `TdiInError`, `UnbindInProgress`).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        self.tsm.guest_dma_accept(guest, tdi)
+        let rcx = self.function_of(tdi);
+        let out = self.tdcall(
+            guest,
+            abi::TDG_DMAR_ACCEPT,
+            SeamRegs {
+                rcx,
+                ..SeamRegs::default()
+            },
+        );
+        match Self::outcome(abi::TDG_DMAR_ACCEPT, &out) {
+            Err(Error::InvalidHandle)
+                if self
+                    .tsm
+                    .tdi(tdi)
+                    .is_ok_and(|r| r.state.owner().is_some_and(|o| o != guest)) =>
+            {
+                Err(Error::NotOwner)
+            }
+            Err(Error::TdiBound) => Err(match self.tsm.tdi(tdi)?.state {
+                TdiState::Unbound => Error::TdiNotBound,
+                TdiState::Error { .. } => Error::TdiInError,
+                TdiState::Unbinding { .. } => Error::UnbindInProgress,
+                _ => Error::TdiBound,
+            }),
+            r => r.map(drop),
+        }
     }
 
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {

@@ -482,7 +482,7 @@ fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
         w,
         "ADD for an unbound TDI",
         || w.call(150, add_regs(td)).rax,
-        TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
+        platform_tdx::status::TDX_DEVIF_INVALID_STATE | IDX_RCX,
     );
     let out = w.relayed(
         abi::TSM_DEVIF_BIND,
