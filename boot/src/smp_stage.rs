@@ -179,18 +179,7 @@ fn part_lanes(lanes: &[Lane], (cpu, ncpu): (usize, usize), result: &mut CpuResul
     let Some(lane) = lanes.get(cpu) else {
         return;
     };
-    let working = ncpu.min(lanes.len());
-    let mut counted = false;
-    let mut more = |ops: u64| {
-        if ops < OPS {
-            return true;
-        }
-        if !counted {
-            done.fetch_add(1, Ordering::AcqRel);
-            counted = true;
-        }
-        done.load(Ordering::Acquire) < working && !smp::deadline_passed()
-    };
+    let mut more = until_all_done(done, ncpu.min(lanes.len()));
     *tally = workload::run_lane(&fw.host(), lane, &mut more);
     if let Some(ms) = result.ms.get_mut(k) {
         *ms = time::ms_since(start);
@@ -221,6 +210,22 @@ fn barrier(k: usize, ncpu: usize) -> bool {
     true
 }
 
+/// One CPU's stopping rule in a part: at least [`OPS`] operations, then on until `workers`
+/// CPUs have done theirs (counted in `done`) or the stage deadline passes.
+fn until_all_done(done: &AtomicUsize, workers: usize) -> impl FnMut(u64) -> bool + '_ {
+    let mut counted = false;
+    move |ops| {
+        if ops < OPS {
+            return true;
+        }
+        if !counted {
+            done.fetch_add(1, Ordering::AcqRel);
+            counted = true;
+        }
+        done.load(Ordering::Acquire) < workers && !smp::deadline_passed()
+    }
+}
+
 /// CPU `cpu`'s part of table `k`: the barrier, then [`OPS`] operations, then more until every
 /// CPU has done its [`OPS`] (or the stage deadline passes).
 fn part<T: SecureTable, S: SecureSession>(
@@ -245,17 +250,7 @@ fn part<T: SecureTable, S: SecureSession>(
         return;
     }
     let mut rng = Rng::new(cpu, k as u64);
-    let mut counted = false;
-    let mut more = |ops: u64| {
-        if ops < OPS {
-            return true;
-        }
-        if !counted {
-            done.fetch_add(1, Ordering::AcqRel);
-            counted = true;
-        }
-        done.load(Ordering::Acquire) < ncpu && !smp::deadline_passed()
-    };
+    let mut more = until_all_done(done, ncpu);
     *tally = workload::run_round(tsm, targets, &mut rng, &mut more);
     if let Some(ms) = result.ms.get_mut(k) {
         *ms = time::ms_since(start);

@@ -573,9 +573,11 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             }
             TDH_DMAR_BLOCK => {
                 let (_, tdi) = self.dmar_target(r.rcx)?;
-                // BLOCK takes PENDING or PRESENT (`tdh_dmar_block.c` @a56a9173).
+                // BLOCK takes PENDING or PRESENT (`tdh_dmar_block.c` @a56a9173); an entry the
+                // firmware blocked itself (the unbind's first step, or the TDI's ERROR) is
+                // blocked already: the host's BLOCK succeeds and changes nothing (ours).
                 let check = |s| match s {
-                    Some(DmaState::Pending | DmaState::Active) => None,
+                    Some(DmaState::Pending | DmaState::Active | DmaState::Blocked) => None,
                     _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;

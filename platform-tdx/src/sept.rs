@@ -292,6 +292,8 @@ pub struct Probe {
 pub struct SeptBookkeeping {
     epochs: [TdEpoch; MAX_GUESTS],
     roots: [Option<FrameIndex>; MAX_GUESTS],
+    /// Which roots a PASID entry pins (a refusal must not set or clear a pin either).
+    pinned: [bool; MAX_GUESTS],
     mmiomt: Option<FrameIndex>,
     free_head: u32,
     free: usize,
@@ -401,6 +403,7 @@ impl<'m> Sept<'m> {
         SeptBookkeeping {
             epochs: self.epochs,
             roots: self.trees.map(|t| t.root()),
+            pinned: self.trees.map(|t| t.pinned()),
             mmiomt: self.mmiomt.root(),
             free_head: self.pool.free_head(),
             free: self.pool.free_frames(),

@@ -189,11 +189,13 @@ fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
             ..
         }
     ));
-    // Out of order: refused, nothing changes.
-    refused(tsm, Error::DmaNotBlocked, || tsm.host_dma_invalidate(w.t0));
-    refused(tsm, Error::DmaNotBlocked, || tsm.host_dma_remove(w.t0));
-    tsm.host_dma_block(w.t0).unwrap();
+    // The unbind blocked the context with the MMIO, before STOP: the host's block finds it
+    // blocked (Ok, nothing changes); a removal before the invalidation is refused.
     assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(contexts(&w)[0].state, DmaState::Blocked);
+    let before = tsm.snapshot().unwrap();
+    tsm.host_dma_block(w.t0).unwrap();
+    assert_eq!(tsm.snapshot().unwrap(), before);
     refused(tsm, Error::IotlbInvalidationPending, || {
         tsm.host_dma_remove(w.t0)
     });
@@ -212,4 +214,61 @@ fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
     tsm.with_table(|t| t.complete_flush(w.g1)).unwrap();
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert_eq!(state(&w, w.t0), TdiState::Unbound);
+}
+
+#[test]
+fn the_host_cannot_invalidate_or_remove_an_active_context_out_of_order() {
+    // The device's stream cut: the host may tear the TDI down, but only in order.
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.cut_stream(w.dev).unwrap();
+    assert_eq!(
+        dma(&w, w.t0),
+        Some(DmaState::Active),
+        "nothing blocked it yet"
+    );
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly, "the stream is cut");
+    refused(tsm, Error::DmaNotBlocked, || tsm.host_dma_invalidate(w.t0));
+    refused(tsm, Error::DmaNotBlocked, || tsm.host_dma_remove(w.t0));
+    tsm.host_dma_block(w.t0).unwrap();
+    refused(tsm, Error::IotlbInvalidationPending, || {
+        tsm.host_dma_remove(w.t0)
+    });
+    tsm.host_dma_invalidate(w.t0).unwrap();
+    tsm.host_dma_remove(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), None);
+}
+
+#[test]
+fn a_device_in_error_has_its_dma_context_blocked_with_its_mmio() {
+    let w = running();
+    let tsm = &w.tsm;
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(
+        contexts(&w)[0].state,
+        DmaState::Blocked,
+        "the platform's entry too"
+    );
+    // The unbind invalidates and removes it.
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+}
+
+#[test]
+fn an_unbind_blocks_the_context_before_it_asks_the_device_to_stop() {
+    let w = running();
+    let tsm = &w.tsm;
+    // The device never answers STOP: the unbind waits at Stop, its context already blocked.
+    tsm.with_device(|d| d.set_fault(crate::tests::rid(3, 0), Some(DeviceFault::NoResponse)))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceUnresponsive));
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            owner: w.g1,
+            step: UnbindStep::Stop
+        }
+    );
+    assert_eq!(contexts(&w)[0].state, DmaState::Blocked);
 }

@@ -174,6 +174,22 @@ pub(crate) fn block_leaves<T: SecureTable>(
     })
 }
 
+/// Blocks a TDI's DMA context that still translates (pending or active): the platform's entry
+/// no longer translates for new requests; cached translations live until its invalidation. A
+/// blocked context, or none, stays as it is.
+pub(crate) fn block_dma<T: SecureTable>(
+    table: &mut T,
+    owner: GuestId,
+    iface: InterfaceId,
+    dma: &mut Option<DmaState>,
+) -> Result<(), Error> {
+    if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
+        table.dma_block(owner, iface)?;
+        *dma = Some(DmaState::Blocked);
+    }
+    Ok(())
+}
+
 /// What the Stop step needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StopBy {
@@ -263,7 +279,14 @@ fn advance<T: SecureTable>(
         // pages, and the device is never unlocked under a guest that still maps it.
         UnbindStep::Block(cursor) => {
             match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
-                Walk::Finished => Next::Step(UnbindStep::Stop),
+                Walk::Finished => {
+                    // The DMA context with the MMIO: nothing new translates into the guest's
+                    // memory once the unbind has begun (its invalidation and removal come in
+                    // the enforced order, at the Dma step).
+                    *budget = budget.saturating_sub(1);
+                    block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                    Next::Step(UnbindStep::Stop)
+                }
                 Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),
             }
         }

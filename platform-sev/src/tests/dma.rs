@@ -94,31 +94,19 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
     assert_eq!(write(&mut w, GCTX, req(GDEV, vmpl1)), Sw::Success as u16);
     let e = entry(&w).unwrap();
     assert_eq!((e.sdte.guest_part(), e.sdte.asid()), (vmpl1, 5));
-    // Unbind: the MMIO fence completes, then the sDTE is blocked and its invalidation raises
-    // a fence that the test holds: pending, with the progress kept, until the fence completes.
+    // Unbind: the sDTE is blocked with the MMIO, before STOP; the unbind's one fence (held by
+    // the test) covers both: pending, with the progress kept, until the fence completes.
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
     assert_eq!(
         unbind_all(&mut w),
         Outcome::from_core(Err(Error::TlbFlushPending))
     );
-    w.sev
-        .tsm()
-        .with_table(|r| r.hold_fences_of(g, false))
-        .unwrap();
-    w.sev
-        .tsm()
-        .with_table(|r| r.hold_fences_of(g, true))
-        .unwrap();
-    let o = unbind_all(&mut w);
-    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
-    assert_eq!(dma(&w), Some(DmaState::Invalidating));
+    assert_eq!(dma(&w), Some(DmaState::Blocked));
     let e = entry(&w).unwrap();
     assert_eq!(e.sdte.q[0].get() & (Q0_V | Q0_IR | Q0_IW), 0);
     assert!(w.sev.tsm().with_table(|r| r.fence_pending(g)).unwrap());
     // Asking again, reclaiming the TDI, or decommissioning the guest change nothing.
-    refused(&mut w, Error::IotlbInvalidationPending, |w| {
-        w.cmd(&tdi_unbind(GCTX))
-    });
+    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&tdi_unbind(GCTX)));
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_reclaim()));
     // The fence completes: the unbind ends, the sDTE gone, the ASID free of it.
     w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
@@ -194,7 +182,8 @@ fn writes_to_an_unbound_or_errored_tdi_are_refused_and_change_nothing() {
     ));
     write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::TdiNotBound);
     write_refused(&mut w, GCTX2, req(GDEV, linux_sdte()), Sw::InvalidTdi);
-    assert_eq!(dma(&w), Some(DmaState::Pending));
+    // ERROR blocked the (never valid) entry with the MMIO.
+    assert_eq!(dma(&w), Some(DmaState::Blocked));
     // The unbind of the errored TDI removes the never-valid entry without a fence.
     let fences = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
     ok(unbind_all(&mut w));
@@ -230,34 +219,27 @@ fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
     let g = w.guest(GCTX);
     assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
     start(&mut w);
-    // A forced unbind cuts the stream; its DMA step waits on the held fence.
+    // A forced unbind cuts the stream; its DMA step waits on the held fence (the sDTE was
+    // blocked first, so the unbind's own fence, held, covers its invalidation).
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
     let mut force = tdi_unbind(GCTX);
     force.flags = abi::FLAG_FORCE.into();
     let mut o = w.cmd(&force);
-    // The MMIO track raised a fence before the block: the invalidation waits for it.
     while o.status == SevStatus::RESUME_REQUIRED {
         o = w.cmd(&force);
     }
-    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
-    assert_eq!(dma(&w), Some(DmaState::Blocked));
+    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
+    assert_eq!(dma(&w), Some(DmaState::Invalidating));
     let o = refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
     assert_eq!(o.status, SevStatus::IN_USE);
     // The guest's context cannot go while its sDTE names the ASID.
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&decommission(GCTX)));
-    // Its fence completes; the next unbind raises the invalidation's own, held: pending.
+    refused(&mut w, Error::IotlbInvalidationPending, |w| w.cmd(&force));
+    // The fence completes: the unbind ends, then the TDI can be reclaimed.
     w.sev
         .tsm()
         .with_table(|r| r.hold_fences_of(g, false))
         .unwrap();
-    w.sev
-        .tsm()
-        .with_table(|r| r.hold_fences_of(g, true))
-        .unwrap();
-    let o = w.cmd(&force);
-    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
-    refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
-    w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
     ok(w.cmd(&force));
     ok(w.cmd(&tdi_reclaim()));
 }

@@ -124,9 +124,14 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     ///
     /// Locks (each of the three): device, TDI, secure table (the owner's shard).
     pub fn host_dma_remove(&self, tdi: TdiId) -> TsmResult<()> {
-        self.host_dma_change(tdi, |t, owner, record, _| {
-            t.dma_remove(owner, record.iface)?;
-            Ok(None)
+        // The order is the core's to keep, whatever the platform's table checks.
+        self.host_dma_change(tdi, |t, owner, record, state| match state {
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked => Err(TableError::InvalidationPending),
+            DmaState::Invalidating | DmaState::Invalidated => {
+                t.dma_remove(owner, record.iface)?;
+                Ok(None)
+            }
         })
     }
 
