@@ -25,7 +25,7 @@ use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::{ModelSession, SecureSession, SecureTable};
-use tsm_tests::backend::CoreBackend;
+use tsm_tests::backend::{CoreBackend, FlushControl};
 use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::invariants;
@@ -326,7 +326,7 @@ fn verify_lanes(lanes: &[Lane], results: &[CpuResult], out: &mut dyn Write) -> b
 
 /// Table `k` after every CPU finished: contention happened, the invariants hold, every TDI
 /// unbinds completely.
-fn verify_table<T: SecureTable, S: SecureSession>(
+fn verify_table<T: SecureTable + FlushControl, S: SecureSession>(
     host: &RelayHost<'_, T, S>,
     targets: &Targets,
     k: usize,

@@ -179,14 +179,33 @@ pub trait Backend {
     /// The owner accepts the TDI's trusted DMA context (TDX TDG.DMAR.ACCEPT; SEV the SDTE write).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()>;
     /// What a DMA request with the TEE bit from the TDI reaches: the device model's question,
-    /// answered by the firmware's state (its IOMMU context, the TDI's, the stream's).
+    /// answered from the platform's own IOMMU structure (the in-memory table's context, TDX's
+    /// PASID entry read with TDH.DMAR.READ, SEV's sDTE), the TDI's state and its stream, never
+    /// from the core's record of the context (which the invariants compare with it).
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach>;
+}
+
+/// The owner and interface of `tdi` when it runs on a device whose stream is live (the only
+/// case a platform's IOMMU entry decides); `None` otherwise.
+pub fn running_on_live_stream<T: SecureTable, S: tsm_core::SecureSession, const N: usize>(
+    tsm: &tsm_core::Tsm<T, S, N>,
+    tdi: TdiId,
+) -> TsmResult<Option<(GuestId, tsm_core::InterfaceId)>> {
+    let record = tsm.tdi(tdi)?;
+    let stream = tsm.device(record.device)?.stream;
+    Ok(match (record.state, stream) {
+        (TdiState::Run { owner }, tsm_core::IdeStream::Live) => Some((owner, record.iface)),
+        _ => None,
+    })
 }
 
 /// A secure table whose TLB flush the tests can hold back.
 pub trait FlushControl {
     /// Hold (`true`) or complete and stop holding (`false`) the flushes of `guest`.
     fn defer_flush(&mut self, guest: GuestId, defer: bool);
+    /// Whether the table's own trusted DMA context of `iface` translates for `guest` (the
+    /// in-memory table: an active context of that guest).
+    fn dma_translates(&self, guest: GuestId, iface: tsm_core::InterfaceId) -> bool;
 }
 
 impl<const N: usize> FlushControl for MemTable<N> {
@@ -195,6 +214,12 @@ impl<const N: usize> FlushControl for MemTable<N> {
         if !defer {
             self.complete_flush(guest);
         }
+    }
+
+    fn dma_translates(&self, guest: GuestId, iface: tsm_core::InterfaceId) -> bool {
+        self.dma_contexts().iter().any(|c| {
+            c.iface == iface && c.guest == guest && c.state == tsm_core::dma::DmaState::Active
+        })
     }
 }
 
@@ -312,6 +337,16 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     }
 
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach> {
-        self.tsm.dma_reach(tdi)
+        let Some((owner, iface)) = running_on_live_stream(&self.tsm, tdi)? else {
+            return Ok(DmaReach::SharedOnly);
+        };
+        let active = self
+            .tsm
+            .with_guest_table(owner, |t| t.dma_translates(owner, iface))?;
+        Ok(if active {
+            DmaReach::Private(owner)
+        } else {
+            DmaReach::SharedOnly
+        })
     }
 }

@@ -98,6 +98,13 @@ impl<S: RmpMemory> FlushControl for Rmp<S> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
         self.hold_fences_of(guest, defer);
     }
+
+    /// The sDTE is valid and names the guest's ASID.
+    fn dma_translates(&self, guest: GuestId, iface: tsm_core::InterfaceId) -> bool {
+        self.sdtes().get(iface).is_some_and(|s| {
+            s.guest == guest && s.sdte.valid() && s.sdte.asid() == self.asid(guest)
+        })
+    }
 }
 
 /// The SEV-TIO backend: the firmware, the host's memory and the device.
@@ -827,8 +834,22 @@ impl Backend for SevBackend<'_> {
         self.sev.tsm().guest_dma_accept(guest, tdi)
     }
 
+    /// The sDTE as the RMP's secure device table holds it: valid, naming the owner's ASID.
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
-        self.sev.tsm().dma_reach(tdi)
+        use tsm_core::dma::DmaReach;
+        let Some((owner, iface)) = crate::backend::running_on_live_stream(self.sev.tsm(), tdi)?
+        else {
+            return Ok(DmaReach::SharedOnly);
+        };
+        let translates = self
+            .sev
+            .tsm()
+            .with_table(|r| r.dma_translates(owner, iface))?;
+        Ok(if translates {
+            DmaReach::Private(owner)
+        } else {
+            DmaReach::SharedOnly
+        })
     }
 }
 

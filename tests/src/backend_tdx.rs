@@ -103,6 +103,14 @@ impl FlushControl for Sept<'_> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
         self.hold_flush(guest, defer);
     }
+
+    /// The PASID entry is present and translates through the guest's S-EPT root.
+    fn dma_translates(&self, guest: GuestId, iface: tsm_core::InterfaceId) -> bool {
+        let root = self.root_phys(guest);
+        self.dmar().entry(iface.requester_id()).is_some_and(|e| {
+            e.guest == guest && e.te.present() && root.is_some_and(|r| e.te.slptptr() == r)
+        })
+    }
 }
 
 /// The TDX backend: a firmware instance, the host's memory and the device it relays to.
@@ -1193,7 +1201,29 @@ impl Backend for TdxBackend<'_, '_> {
         }
     }
 
+    /// The PASID entry as TDH.DMAR.READ gives it: present, and translating through the
+    /// owner's S-EPT root (SLPTPTR).
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
-        self.tsm.dma_reach(tdi)
+        use platform_tdx::dmar::{PTE_P, PTE_SLPTPTR_MASK, dmar_idx};
+        use tsm_core::dma::DmaReach;
+        let Some((owner, iface)) = crate::backend::running_on_live_stream(self.tsm, tdi)? else {
+            return Ok(DmaReach::SharedOnly);
+        };
+        let out = self.seamcall(
+            abi::TDH_DMAR_READ,
+            SeamRegs {
+                rcx: dmar_idx(iface.requester_id()),
+                ..SeamRegs::default()
+            },
+        );
+        let root = self.tsm.with_guest_table(owner, |t| t.root_phys(owner))?;
+        let translates = out.rax == 0
+            && out.r8 & PTE_P != 0
+            && root.is_some_and(|r| out.r8 & PTE_SLPTPTR_MASK == r);
+        Ok(if translates {
+            DmaReach::Private(owner)
+        } else {
+            DmaReach::SharedOnly
+        })
     }
 }

@@ -7,6 +7,8 @@
 //! locked one, a check of a locked or running one, the STOP of an unbind at Stop).
 
 use heapless::Vec;
+
+use crate::backend::FlushControl;
 use tsm_core::addr::PHYS_ADDR_LIMIT;
 use tsm_core::capacity::{MAX_GUESTS, MAX_OWNED_RANGES, MAX_TDIS};
 use tsm_core::lifecycle::UnbindStep;
@@ -42,12 +44,15 @@ pub enum Violation {
     OwnerMissing(TdiId),
     /// A TDI's outstanding exchange is not one its state can have.
     ExchangeState(TdiId),
+    /// A TDI's trusted DMA context translates in the platform's table while the core records
+    /// it not active, or the other way round.
+    DmaContext(TdiId),
     /// The firmware was busy or refused a query (the check needs a quiet firmware).
     Query(Error),
 }
 
 /// Checks every invariant of a quiet firmware.
-pub fn check<T: SecureTable, S: SecureSession, const N: usize>(
+pub fn check<T: SecureTable + FlushControl, S: SecureSession, const N: usize>(
     tsm: &Tsm<T, S, N>,
 ) -> Result<(), Violation> {
     let mut owned: Vec<(MmioRange, TdiState), MAX_OWNED_RANGES> = Vec::new();
@@ -82,6 +87,16 @@ pub fn check<T: SecureTable, S: SecureSession, const N: usize>(
                 .get_mut(usize::from(owner.slot()))
                 .ok_or(Violation::OwnerMissing(id))?;
             *count = count.saturating_add(1);
+        }
+        // The platform's own IOMMU entry translates for the owner exactly while the core
+        // records the context active (blocked, invalidated, removed or never accepted: not).
+        if let Some(owner) = state.owner() {
+            let translates = tsm
+                .with_guest_table(owner, |t| t.dma_translates(owner, record.iface))
+                .map_err(Violation::Query)?;
+            if translates != (record.dma == Some(tsm_core::dma::DmaState::Active)) {
+                return Err(Violation::DmaContext(id));
+            }
         }
         let ranges = tsm.owned_ranges(id).map_err(Violation::Query)?;
         if !state.is_bound() && !ranges.is_empty() {

@@ -28,7 +28,7 @@ use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::{SecureSession, SecureTable};
-use tsm_tests::backend::CoreBackend;
+use tsm_tests::backend::{CoreBackend, FlushControl};
 use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::invariants;
@@ -58,7 +58,7 @@ fn knob(name: &str, default: usize) -> usize {
 /// Runs the workload on `tsm` from `TSM_CONC_THREADS` threads for `TSM_CONC_ROUNDS` rounds,
 /// checking every invariant after every round; then asserts the contention floor and that
 /// every TDI unbinds completely.
-fn hammer<T: SecureTable + Send, S: SecureSession + Send>(
+fn hammer<T: SecureTable + FlushControl + Send, S: SecureSession + Send>(
     label: &str,
     host: &RelayHost<'_, T, S>,
     targets: &Targets,
@@ -174,7 +174,7 @@ fn concurrent_workload_on_the_sev_rmp() {
 /// guest in a shard of its own with its own device and bound TDI, for `TSM_CONC_ROUNDS` rounds
 /// behind a barrier. Not one `Busy` is allowed: every lock those calls take is the lane's own
 /// or a copy of the ownership table they only read. Then every lane unbinds completely.
-fn lanes<T: SecureTable + Send, const N: usize>(name: &str, fw: &Relayed<T, N>) {
+fn lanes<T: SecureTable + FlushControl + Send, const N: usize>(name: &str, fw: &Relayed<T, N>) {
     let host = fw.host();
     let lanes = workload::setup_lanes(&host).unwrap();
     let rounds = knob("TSM_CONC_ROUNDS", 20);

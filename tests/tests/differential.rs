@@ -79,7 +79,7 @@ use tsm_core::{
     RequesterId, ReservedMemory, SecureSession, SecureTable, TdiId, TdiState, TdispState,
     TsmResult,
 };
-use tsm_tests::backend::{Backend, CoreBackend};
+use tsm_tests::backend::{Backend, CoreBackend, FlushControl};
 use tsm_tests::backend_sev::{MEM_BASE, MEM_PAGES, SevBackend};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::invariants::{self, Violation};
@@ -760,7 +760,7 @@ trait Peek {
     fn invariants(&self) -> Result<(), Violation>;
 }
 
-impl<T: SecureTable, S: SecureSession> Peek for RelayHost<'_, T, S> {
+impl<T: SecureTable + FlushControl, S: SecureSession> Peek for RelayHost<'_, T, S> {
     fn state(&self, tdi: TdiId) -> TsmResult<TdiState> {
         self.tdi(tdi).map(|t| t.state)
     }
