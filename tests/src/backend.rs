@@ -337,7 +337,7 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
     }
 
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach> {
-        let Some((owner, iface)) = running_on_live_stream(&self.tsm, tdi)? else {
+        let Some((owner, iface)) = running_on_live_stream(self.tsm, tdi)? else {
             return Ok(DmaReach::SharedOnly);
         };
         let active = self
