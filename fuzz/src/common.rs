@@ -30,7 +30,10 @@ pub fn trace(what: &str) {
 /// `tsm_tests::invariants::check` (every private leaf lies in a range owned by a TDI bound to
 /// the leaf's guest, owned ranges never overlap, an unbound TDI owns nothing, a TDI that has
 /// blocked all its leaves has no live leaf).
-pub fn invariants<T: SecureTable, S: SecureSession>(tsm: &Tsm<T, S>, after: &str) {
+pub fn invariants<T: SecureTable + tsm_tests::backend::FlushControl, S: SecureSession>(
+    tsm: &Tsm<T, S>,
+    after: &str,
+) {
     if let Err(v) = tsm_tests::invariants::check(tsm) {
         fail(format!("invariant broken after {after}: {v:?}"));
     }
