@@ -118,6 +118,10 @@ enum Op {
         guest: usize,
         tdi: usize,
     },
+    /// A well-formed accept: the TDI's owner accepts its context.
+    DmaAcceptOwn {
+        tdi: usize,
+    },
     /// The host tears a TDI's context down itself: 0 block, 1 invalidate, 2 remove.
     DmaHost {
         tdi: usize,
@@ -180,6 +184,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(tdi, bytes)| Op::Garble { tdi, bytes }),
         2 => (0usize..5).prop_map(|tdi| Op::DmaCreate { tdi }),
         2 => (0usize..4, 0usize..5).prop_map(|(guest, tdi)| Op::DmaAccept { guest, tdi }),
+        3 => (0usize..4).prop_map(|tdi| Op::DmaAcceptOwn { tdi }),
         1 => (0usize..5, 0u8..3).prop_map(|(tdi, what)| Op::DmaHost { tdi, what }),
         1 => any::<bool>().prop_map(Op::DeferInvalidations),
     ]
@@ -360,6 +365,15 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
             false,
             done(tsm.guest_dma_accept(guest_of(w, *guest), tdi_of(w, *tdi))),
         ),
+        Op::DmaAcceptOwn { tdi } => {
+            let t = tdi_of(w, *tdi);
+            let owner = tsm
+                .tdi(t)
+                .ok()
+                .and_then(|r| r.state.owner())
+                .unwrap_or(w.guests[0]);
+            (false, done(tsm.guest_dma_accept(owner, t)))
+        }
         Op::DmaHost { tdi, what } => {
             let t = tdi_of(w, *tdi);
             let r = match what {
@@ -896,18 +910,27 @@ fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             check_invariants(&w);
             // A device reaches a guest's private memory only while its TDI is RUN, bound to
-            // that guest, and its context accepted.
+            // that guest, on a live stream, and the platform table's own context of it is
+            // accepted: what the firmware answers must be what the table and states say.
+            let snap = w.tsm.snapshot().unwrap();
             for &t in &w.tdis {
-                if let Ok(DmaReach::Private(g)) = w.tsm.dma_reach(t) {
-                    let rec = w.tsm.tdi(t).unwrap();
-                    prop_assert_eq!(
-                        rec.state,
-                        TdiState::Run { owner: g },
-                        "{:?} reaches private memory",
-                        op
-                    );
-                    prop_assert_eq!(rec.dma, Some(DmaState::Active));
-                }
+                let rec = w.tsm.tdi(t).unwrap();
+                let stream = snap.devices[usize::from(rec.device.slot())]
+                    .as_ref()
+                    .unwrap()
+                    .stream;
+                let accepted = |g: GuestId| {
+                    snap.table().dma_contexts().iter().any(|c| {
+                        c.iface == rec.iface && c.guest == g && c.state == DmaState::Active
+                    })
+                };
+                let expected = match (rec.state, stream) {
+                    (TdiState::Run { owner }, IdeStream::Live) if accepted(owner) => {
+                        DmaReach::Private(owner)
+                    }
+                    _ => DmaReach::SharedOnly,
+                };
+                prop_assert_eq!(w.tsm.dma_reach(t), Ok(expected), "after {:?}", op);
             }
         }
         // Every TDI can always be unbound completely once the device and TLBs cooperate.
