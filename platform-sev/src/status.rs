@@ -305,6 +305,7 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::DmaContextExists
         | Error::NoDmaContext
         | Error::DmaNotBlocked
+        | Error::DmaNotAccepted
         | Error::IotlbInvalidationPending => SevStatus::INVALID_TDI_STATE,
         Error::NotOwner => SevStatus::INVALID_GUEST,
         // The device's IDE stream was cut by a forced TDI_UNBIND: reconnect it first.

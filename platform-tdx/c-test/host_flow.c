@@ -290,6 +290,18 @@ static uint64_t bring_up(const char *path, uint64_t dev, uint64_t td)
 		check(path, "TDG.MMIO.ACCEPT (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
 		expect_leaf(path, td, i, 3, 0);
 	}
+	/* START waits for the TD's accept of the TDI's trusted DMA context. */
+	set(TDG_DEVIF_REQUEST, tdi, TSM_TDX_TDISP_START_INTERFACE, 0);
+	check(path, "TDG.DEVIF.REQUEST START, no DMA ctx", tsm_tdx_tdcall(td, r),
+	      TSM_DMA_NOT_ACCEPTED | TDX_OPERAND_ID_RCX);
+	set(TDH_DMAR_ADD, TSM_TDX_DMAR_IDX(0, IFACE), td, TSM_TDX_PASIDTE_ADD_Q0_4LEVEL);
+	r->r9 = TSM_TDX_PASIDTE_ADD_Q1;
+	check(path, "TDH.DMAR.ADD", tsm_tdx_seamcall(r), TDX_SUCCESS);
+	set(TDG_DEVIF_REQUEST, tdi, TSM_TDX_TDISP_START_INTERFACE, 0);
+	check(path, "TDG.DEVIF.REQUEST START, not accepted", tsm_tdx_tdcall(td, r),
+	      TSM_DMA_NOT_ACCEPTED | TDX_OPERAND_ID_RCX);
+	set(TDG_DMAR_ACCEPT, tdi, 0, 0);
+	check(path, "TDG.DMAR.ACCEPT (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
 	set(TDG_DEVIF_REQUEST, tdi, TSM_TDX_TDISP_START_INTERFACE, 0);
 	check(path, "TDG.DEVIF.REQUEST START (TDCALL)", tsm_tdx_tdcall(td, r), TDX_SUCCESS);
 	check(path, "TDH.DEVIF.REQUEST td_flag", devif_request(tdi, TSM_TDX_REQ_IN_TD_FLAG),
@@ -358,6 +370,14 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 			}
 			stop_seen = 1;
 			status = relay(path, status, tdi);
+		}
+		if (status == (TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_DMAR) && calls < 1000) {
+			/* The DMA context's IOTLB invalidation is queued: the host completes it. */
+			check(path, "TDH.IQ.INV.PROCESS", seam(TDH_IQ_INV_PROCESS, 0, 0, 0),
+			      TDX_SUCCESS);
+			status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
+			calls++;
+			continue;
 		}
 		if (status != TDX_INTERRUPTED_RESUMABLE || calls > 1000)
 			break;

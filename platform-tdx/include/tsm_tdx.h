@@ -194,6 +194,10 @@ struct tsm_tdx_range_list {
 #define TSM_TDX_PASIDTE_ADD_Q0 0x00000000000000a0ull /* SLEE | PGTT second-level only */
 #define TSM_TDX_PASIDTE_ADD_Q1 0x0000000035800000ull /* PWSNP | PGSNP | EMTE | EMT WB */
 #define TSM_TDX_INV_REQ_PASIDTE 4u
+#define TSM_TDX_PASIDTE_ADD_Q0_4LEVEL 0x00000000000000a8ull /* ADD_Q0 with AW 2 (4-level S-EPT) */
+/* dmar_idx_t of the PASID entry (level 0, PASID 0) of requester `rid` on the IOMMU of
+ * `segment` (ours: one trusted IOMMU per segment). */
+#define TSM_TDX_DMAR_IDX(segment, rid) (((uint64_t)(segment) << 48) | ((uint64_t)(rid) << 32))
 /* 0xF001 (TSM_TD_DESTROY) is retired: the TD teardown leaves above replace it. */
 #define TSM_DEVIF_BIND         0xF002u /* RCX function ID, RDX TDR (CREATE's), R8 request page;
                                           TDX_SPDM_REQUEST until the last answer binds */
@@ -422,6 +426,7 @@ struct tsm_tdx_dev_info {
 #define TSM_TDI_NOT_LOCKED             0xC000F02100000000ull
 #define TSM_TDI_IN_ERROR               0xC000F02200000000ull
 #define TSM_UNBIND_IN_PROGRESS         0xC000F02300000000ull
+#define TSM_DMA_NOT_ACCEPTED           0xC000F02C00000000ull /* START before TDG.DMAR.ACCEPT */
 #define TSM_DUPLICATE_DEVICE           0xC000F02500000000ull
 #define TSM_DUPLICATE_TDI              0xC000F02600000000ull
 #define TSM_RELAY_BUFFER_TOO_SMALL     0xC000F03300000000ull

@@ -153,6 +153,9 @@ pub const fn add_qword0(levels: u8) -> u64 {
     ADD_QWORD0 | vtd_aw(levels) << PTE_AW_SHIFT
 }
 
+/// Qword 0 of an ADD for a TD with a 4-level S-EPT (AW 2).
+pub const ADD_QWORD0_4LEVEL: u64 = add_qword0(4);
+
 /// The entry's qwords. Eight in the module; qword 7 is always 0 in an entry this firmware
 /// keeps (first-level fields unused) and the register block has no R15: ADD takes and READ
 /// gives qwords 0-6 (R8-R14).
@@ -402,9 +405,18 @@ impl DmarTable {
     /// IQ.INV.PROCESS on the IOMMU of `segment`: every QUEUED invalidation DONE (the wait
     /// descriptor seen complete). Bounded by the table's size. How many completed.
     pub fn process(&mut self, segment: u16) -> usize {
+        self.process_except(segment, |_| false)
+    }
+
+    /// [`DmarTable::process`], leaving the invalidations of the guests `held` names queued
+    /// (tests: a host holding a guest's flushes, [`crate::sept::Sept::hold_flush`]).
+    pub fn process_except(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
         let mut done = 0usize;
         for e in self.entries.iter_mut().flatten() {
-            if e.rid.segment() == segment && e.te.state() == DmaState::Invalidating {
+            if e.rid.segment() == segment
+                && e.te.state() == DmaState::Invalidating
+                && !held(e.guest)
+            {
                 let q1 = e.te.q(1) | INV_DONE << PTE_INV_SHIFT;
                 e.te.set(1, q1);
                 done = done.saturating_add(1);
@@ -574,11 +586,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             TDH_DMAR_BLOCK => {
                 let (_, tdi) = self.dmar_target(r.rcx)?;
                 // BLOCK takes PENDING or PRESENT (`tdh_dmar_block.c` @a56a9173); an entry the
-                // firmware blocked itself (the unbind's first step, or the TDI's ERROR) is
-                // blocked already: the host's BLOCK succeeds and changes nothing (ours).
+                // firmware blocked itself (the unbind's first step, or the TDI's ERROR, which
+                // also queue its invalidation) is blocked already: the host's BLOCK succeeds
+                // and changes nothing (ours).
                 let check = |s| match s {
-                    Some(DmaState::Pending | DmaState::Active | DmaState::Blocked) => None,
-                    _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
+                    Some(_) => None,
+                    None => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
                 tsm.host_dma_block(tdi)

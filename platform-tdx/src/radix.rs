@@ -212,6 +212,18 @@ impl<F: EntryFormat> Radix<F> {
         self.root.is_some_and(|r| pool.used(r) == 0)
     }
 
+    /// The root page, allocated (empty) when the tree has none yet: what a pin needs when
+    /// something outside the tree must name it before any entry exists (TDX: a PASID entry
+    /// accepted by a TD that has mapped nothing). `Empty` (nothing changed) when the pool is.
+    pub fn ensure_root(&mut self, pool: &mut FramePool<'_>) -> Result<FrameIndex, PoolError> {
+        if let Some(root) = self.root {
+            return Ok(root);
+        }
+        let root = pool.alloc(F::FREE)?;
+        self.root = Some(root);
+        Ok(root)
+    }
+
     /// Gives an empty root page back to the pool (one a pin kept): nothing when pinned, when
     /// there is no root or when it still holds entries.
     pub fn release_empty_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {

@@ -387,8 +387,12 @@ impl<'m> Sept<'m> {
     }
 
     /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]).
+    /// The invalidations of a guest whose flushes tests hold ([`Sept::hold_flush`]) stay
+    /// queued, as SEV's held ASID fence holds its IOTLB invalidation.
     pub fn iq_process(&mut self, segment: u16) -> usize {
-        self.dmar.process(segment)
+        let epochs = &self.epochs;
+        let held = |g: GuestId| epochs.get(usize::from(g.slot())).is_some_and(|e| e.hold);
+        self.dmar.process_except(segment, held)
     }
 
     /// The frame pool (tests compare its bytes before and after a refusal).
@@ -911,7 +915,8 @@ impl<'m> Sept<'m> {
         Ok(plan.host)
     }
 
-    /// Tests: hold `guest`'s TLB flushes (`true`), or complete them and stop holding.
+    /// Tests: hold `guest`'s TLB flushes and IOTLB invalidations (`true`), or complete the
+    /// flushes and stop holding (the invalidations complete at the next TDH.IQ.INV.PROCESS).
     pub fn hold_flush(&mut self, guest: GuestId, hold: bool) {
         if let Some(e) = self.epochs.get_mut(usize::from(guest.slot())) {
             e.hold = hold;
@@ -923,6 +928,9 @@ impl<'m> Sept<'m> {
 }
 
 impl SecureTable for Sept<'_> {
+    /// TDX: TDG.DMAR.ACCEPT takes a CONFIG_LOCKED TDI; the TD accepts before START.
+    const DMA_ACCEPT_BEFORE_START: bool = true;
+
     /// TDH.DMAR.ADD's PASID entry, PENDING ([`DmarTable::create`]).
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         self.tree(guest)?;
@@ -937,24 +945,45 @@ impl SecureTable for Sept<'_> {
     /// private page mapped) has nothing to translate through: `NotMapped` (ours).
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let levels = self.levels();
-        let root = self.root_phys(guest);
+        let entry = self.dmar.entry(iface.requester_id());
+        if entry.is_some_and(|e| e.guest == guest && e.te.present()) {
+            return Ok(());
+        }
+        // Checked before a root is made: a refusal changes nothing.
+        if !entry.is_some_and(|e| e.guest == guest) {
+            return Err(TableError::NoDmaContext);
+        }
         let tree = self
             .trees
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        let present = self
-            .dmar
-            .entry(iface.requester_id())
-            .is_some_and(|e| e.guest == guest && e.te.present());
-        if present {
-            return Ok(());
-        }
-        let root = root.ok_or(TableError::NotMapped)?;
+        let had_root = tree.root().is_some();
+        // A TD that has mapped nothing has no S-EPT root yet: the entry needs one to name.
+        let root = tree
+            .ensure_root(&mut self.pool)
+            .map_err(|_| TableError::OutOfFrames)?;
+        let root_phys = self.pool.phys(root);
         let domain = u64::from(guest.slot()).saturating_add(1);
-        self.dmar
-            .accept(guest, iface, root, crate::dmar::vtd_aw(levels), domain)?;
-        tree.set_pinned(true);
-        Ok(())
+        let accepted =
+            self.dmar
+                .accept(guest, iface, root_phys, crate::dmar::vtd_aw(levels), domain);
+        let tree = self
+            .trees
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?;
+        match accepted {
+            Ok(()) => {
+                tree.set_pinned(true);
+                Ok(())
+            }
+            Err(e) => {
+                // Give a root made for it back: the refusal changes nothing.
+                if !had_root {
+                    let _ = tree.release_empty_root(&mut self.pool);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {

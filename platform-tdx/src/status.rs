@@ -222,6 +222,8 @@ pub const TSM_TDI_IN_ERROR: u64 = 0xC000_F022_0000_0000;
 pub const TSM_UNBIND_IN_PROGRESS: u64 = 0xC000_F023_0000_0000;
 /// Ours: the device still has TDIs.
 pub const TSM_DEVICE_IN_USE: u64 = 0xC000_F024_0000_0000;
+/// Ours: START of a TDI whose TD has not accepted its DMA context (TDG.DMAR.ACCEPT) first.
+pub const TSM_DMA_NOT_ACCEPTED: u64 = 0xC000_F02C_0000_0000;
 /// Ours: a device with that requester ID exists.
 pub const TSM_DUPLICATE_DEVICE: u64 = 0xC000_F025_0000_0000;
 /// Ours: that interface already has a TDI.
@@ -433,6 +435,7 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::NoDmaContext => (TDX_DMAR_ENTRY_NOT_PRESENT, u64::from(OPERAND_ID_DMAR)),
         Error::IotlbInvalidationPending => (TDX_DMAR_INVALID_INV_STATE, u64::from(OPERAND_ID_DMAR)),
         Error::DmaContextRemains => (TDX_DEVIF_HAS_MAPPED_DMA, ops.handle()),
+        Error::DmaNotAccepted => (TSM_DMA_NOT_ACCEPTED, ops.handle()),
         Error::DeviceUnresponsive => (TSM_DEVICE_UNRESPONSIVE, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceRefused => (TSM_DEVICE_REFUSED, u64::from(OPERAND_ID_TRANSPORT)),
         Error::DeviceMalformed => (TSM_DEVICE_MALFORMED, u64::from(OPERAND_ID_TRANSPORT)),
@@ -552,6 +555,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TDX_DMAR_ENTRY_NOT_PRESENT => Error::NoDmaContext,
         TDX_DMAR_INVALID_INV_STATE => Error::IotlbInvalidationPending,
         TDX_DEVIF_HAS_MAPPED_DMA => Error::DmaContextRemains,
+        TSM_DMA_NOT_ACCEPTED => Error::DmaNotAccepted,
         TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,
         TSM_DEVICE_REFUSED => Error::DeviceRefused,
         TSM_DEVICE_MALFORMED => Error::DeviceMalformed,
@@ -730,6 +734,7 @@ pub const fn name(status: TdxStatus) -> Option<&'static str> {
         TSM_TDI_IN_ERROR => "TSM_TDI_IN_ERROR",
         TSM_UNBIND_IN_PROGRESS => "TSM_UNBIND_IN_PROGRESS",
         TSM_DEVICE_IN_USE => "TSM_DEVICE_IN_USE",
+        TSM_DMA_NOT_ACCEPTED => "TSM_DMA_NOT_ACCEPTED",
         TSM_DUPLICATE_DEVICE => "TSM_DUPLICATE_DEVICE",
         TSM_DUPLICATE_TDI => "TSM_DUPLICATE_TDI",
         TSM_FOREIGN_INTERFACE => "TSM_FOREIGN_INTERFACE",

@@ -321,10 +321,52 @@ impl<'m> World<'m> {
         out
     }
 
+    /// The trusted DMA context of `tdi` ready for its START by TD `td`, as a TDX-IO host and TD
+    /// make it: TDH.DMAR.ADD of its PASID entry unless it has one, then TDG.DMAR.ACCEPT unless
+    /// the entry is present; the first refusal on the way, or success.
+    fn accept_dma(&self, td: u64, tdi: u64) -> u64 {
+        let rid = self.fw.tsm().tdi(self.id(tdi)).unwrap().iface.requester_id();
+        let idx = platform_tdx::dmar::dmar_idx(rid);
+        let on_idx = SeamRegs {
+            rcx: idx,
+            ..Default::default()
+        };
+        let read = self.call(u64::from(abi::TDH_DMAR_READ), on_idx);
+        if read.rax == TDX_DMAR_ENTRY_NOT_PRESENT | 1 {
+            let add = SeamRegs {
+                rcx: idx,
+                rdx: td,
+                r8: platform_tdx::dmar::add_qword0(4),
+                r9: platform_tdx::dmar::ADD_QWORD1,
+                ..Default::default()
+            };
+            let out = self.call(u64::from(abi::TDH_DMAR_ADD), add);
+            if out.rax != TDX_SUCCESS {
+                return out.rax;
+            }
+        } else if read.r8 & platform_tdx::dmar::PTE_P != 0 {
+            return TDX_SUCCESS;
+        }
+        let accept = SeamRegs {
+            rcx: tdi,
+            ..Default::default()
+        };
+        self.tdcall(td, abi::TDG_DMAR_ACCEPT, accept).rax
+    }
+
+    /// The usual start of `tdi` by TD `td`: its DMA context accepted ([`World::accept_dma`]),
+    /// then [`World::start_only`].
+    fn start(&self, td: u64, tdi: u64) -> u64 {
+        match self.accept_dma(td, tdi) {
+            TDX_SUCCESS => self.start_only(td, tdi),
+            refused => refused,
+        }
+    }
+
     /// The guest's start of `tdi` from TD `td`, as a TDX-IO host and TD run it: TDG.DEVIF.REQUEST
     /// START, TDH.DEVIF.REQUEST `td_flag`, the relay with TDH.DEVIF.RESPONSE `td_flag`, then
     /// TDG.DEVIF.RESPONSE: the status the TD reads (or the first refusal on the way).
-    fn start(&self, td: u64, tdi: u64) -> u64 {
+    fn start_only(&self, td: u64, tdi: u64) -> u64 {
         let out = self.tdcall(
             td,
             abi::TDG_DEVIF_REQUEST,
@@ -386,6 +428,27 @@ impl<'m> World<'m> {
             }
         }
         panic!("unbind never ends");
+    }
+
+    /// [`World::unbind_all`] as the Linux host runs it with a trusted DMA context: while the
+    /// unbind waits for its IOTLB invalidation (TDX_DMAR_INVALID_INV_STATE on the DMAR
+    /// operand), TDH.IQ.INV.PROCESS completes the queue and the unbind is called again.
+    fn unbind_drained(&self, tdi: u64) -> u64 {
+        let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+        for _ in 0..4 {
+            let out = self.unbind_all(tdi);
+            if out != pending {
+                return out;
+            }
+            self.process_iq();
+        }
+        panic!("the unbind still waits for its invalidation");
+    }
+
+    /// TDH.IQ.INV.PROCESS of the IOMMU of segment 0: the host completes queued invalidations.
+    fn process_iq(&self) {
+        let process = self.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default());
+        assert_eq!(process.rax, TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
     }
 
     /// TSM.DEVIF.STATE: the state code in RDX.
@@ -1422,8 +1485,9 @@ fn bind_start_check_and_unbind_through_registers_and_pages_alone() {
     assert_eq!(w.relayed(abi::TSM_DEVIF_CHECK, on(tdi)).rax, TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
 
-    // Unbind: STOP is relayed, then the leaves go and the ranges are released.
-    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    // Unbind: STOP is relayed, then the leaves go, the DMA context is torn down (the host
+    // completing its invalidation) and the ranges are released.
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
     assert_eq!(
         w.device.borrow().dsm().state(rid(3)),
@@ -3098,7 +3162,9 @@ fn devif_golden_registers_in_and_back() {
     assert_eq!(state.rax, TDX_SUCCESS);
     assert_eq!(state.rcx, 0x05 | 1 << 24, "STATE response, CONFIG_LOCKED");
 
-    // The guest: TDG.DEVIF.REQUEST START (RDX 0x86) queues it and writes nothing back.
+    // The guest: TDG.DEVIF.REQUEST START (RDX 0x86) queues it and writes nothing back (its
+    // DMA context added and accepted first).
+    assert_eq!(w.accept_dma(td, fid), TDX_SUCCESS);
     let start = SeamRegs {
         rax: u64::from(abi::TDG_DEVIF_REQUEST),
         rcx: fid,
@@ -3170,7 +3236,9 @@ fn devif_golden_registers_in_and_back() {
     };
     let mut out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
     for _ in 0..100 {
-        if out.rax != TDX_INTERRUPTED_RESUMABLE {
+        if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
+            w.process_iq();
+        } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
             break;
         }
         out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
@@ -3392,6 +3460,42 @@ fn the_tds_start_request_and_its_refusals() {
         },
         TDX_DEVIF_TDISP_INVALID_REQ_STS | 1,
     );
+    // START waits for the TD's own TDG.DMAR.ACCEPT of the TDI's context.
+    guest_refused(
+        "START with no DMA context",
+        td,
+        abi::TDG_DEVIF_REQUEST,
+        start,
+        TSM_DMA_NOT_ACCEPTED | 1,
+    );
+    let rid3 = platform_tdx::dmar::dmar_idx(rid(3));
+    let add = SeamRegs {
+        rcx: rid3,
+        rdx: td,
+        r8: platform_tdx::dmar::add_qword0(4),
+        r9: platform_tdx::dmar::ADD_QWORD1,
+        ..Default::default()
+    };
+    assert_eq!(w.call(u64::from(abi::TDH_DMAR_ADD), add).rax, TDX_SUCCESS);
+    guest_refused(
+        "START with the context not accepted",
+        td,
+        abi::TDG_DEVIF_REQUEST,
+        start,
+        TSM_DMA_NOT_ACCEPTED | 1,
+    );
+    let before = w.image();
+    let other_accept = w.tdcall(other, abi::TDG_DMAR_ACCEPT, read);
+    assert_ne!(other_accept.rax, TDX_SUCCESS, "another TD's accept");
+    assert!(w.image() == before, "another TD's accept changed something");
+    guest_refused(
+        "START after another TD's accept",
+        td,
+        abi::TDG_DEVIF_REQUEST,
+        start,
+        TSM_DMA_NOT_ACCEPTED | 1,
+    );
+    assert_eq!(w.accept_dma(td, tdi), TDX_SUCCESS);
     // The TD asks: queued, nothing written for the host yet.
     let out = w.tdcall(td, abi::TDG_DEVIF_REQUEST, start);
     assert_eq!(out.rax, TDX_SUCCESS);
@@ -3450,7 +3554,12 @@ fn the_tds_start_request_and_its_refusals() {
         ..Default::default()
     };
     let mut out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
-    while out.rax == TDX_INTERRUPTED_RESUMABLE {
+    for _ in 0..100 {
+        if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
+            w.process_iq();
+        } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
+            break;
+        }
         out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
     }
     assert_eq!(out.rax, TDX_SUCCESS);
@@ -3510,6 +3619,7 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
         ..Default::default()
     };
     assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    assert_eq!(w.accept_dma(td, tdi), TDX_SUCCESS);
     let start = SeamRegs {
         rcx: tdi,
         rdx: 0x86,
@@ -3527,6 +3637,10 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
         match out.rax {
             TDX_INTERRUPTED_RESUMABLE => out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop),
             TDX_SPDM_REQUEST => out = w.relay(tdi, out),
+            s if s == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) => {
+                w.process_iq();
+                out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+            }
             _ => break,
         }
     }

@@ -94,6 +94,7 @@ const TABLE: &[Entry] = &[
     same!(abi::TDH_IQ_INV_PROCESS),
     named!("TSM_TDX_PASIDTE_ADD_Q0", dmar::ADD_QWORD0),
     named!("TSM_TDX_PASIDTE_ADD_Q1", dmar::ADD_QWORD1),
+    named!("TSM_TDX_PASIDTE_ADD_Q0_4LEVEL", dmar::ADD_QWORD0_4LEVEL),
     named!("TSM_TDX_INV_REQ_PASIDTE", dmar::INV_REQ_PASIDTE),
     same!(abi::TDH_MNG_VPFLUSHDONE),
     same!(abi::TDH_MNG_KEY_FREEID),
@@ -222,6 +223,7 @@ const TABLE: &[Entry] = &[
     same!(status::TSM_DUPLICATE_DEVICE),
     same!(status::TSM_DUPLICATE_TDI),
     same!(status::TSM_RELAY_BUFFER_TOO_SMALL),
+    same!(status::TSM_DMA_NOT_ACCEPTED),
     named!("TDX_OPERAND_ID_SEPT_TREE", status::OPERAND_ID_SEPT_TREE),
     named!("TDX_OPERAND_ID_TD_EPOCH", status::OPERAND_ID_TD_EPOCH),
     named!("TDX_OPERAND_ID_WBCACHE", status::OPERAND_ID_WBCACHE),
@@ -426,6 +428,15 @@ fn header_macros_use_the_rust_masks() {
         body("TSM_TDX_FUNC_ID").contains(&format!("(segment) << {})", abi::FUNC_ID_SEGMENT_SHIFT)),
         "TSM_TDX_FUNC_ID's segment shift is not {}",
         abi::FUNC_ID_SEGMENT_SHIFT
+    );
+    let idx = body("TSM_TDX_DMAR_IDX");
+    assert!(
+        idx.contains(&format!("(segment) << {})", dmar::DMAR_IDX_IOMMU_SHIFT))
+            && idx.contains(&format!("(rid) << {})", dmar::DMAR_IDX_RID_SHIFT))
+            && dmar::DMAR_LVL_PASIDTE == 0,
+        "TSM_TDX_DMAR_IDX's shifts are not {} and {}",
+        dmar::DMAR_IDX_IOMMU_SHIFT,
+        dmar::DMAR_IDX_RID_SHIFT
     );
     let code = format!("{:#018X}", status::CODE_MASK).replace("0X", "0x");
     assert!(

@@ -2358,7 +2358,7 @@ fn devif_rd(w: &World<'_>) -> Setup {
     }
 }
 
-/// `mapped` with the TD's page accepted: the TD may start its TDI.
+/// `mapped` with the TD's page and the TDI's DMA context accepted: the TD may start its TDI.
 fn accepted(w: &World<'_>) -> (u64, u64) {
     let (td, _, tdi) = mapped(w);
     let out = w.tdcall(
@@ -2369,6 +2369,21 @@ fn accepted(w: &World<'_>) -> (u64, u64) {
             ..on(pi(GPA, PageSize::Size2M))
         },
     );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    // The TDI's trusted DMA context: added by the host, accepted by the TD before START.
+    let id = w.fw.devif_of(tdi as u32).unwrap().unwrap().0;
+    let rid = w.fw.tsm().tdi(id).unwrap().iface.requester_id();
+    w.ok(
+        abi::TDH_DMAR_ADD,
+        SeamRegs {
+            rcx: platform_tdx::dmar::dmar_idx(rid),
+            rdx: td,
+            r8: platform_tdx::dmar::add_qword0(4),
+            r9: platform_tdx::dmar::ADD_QWORD1,
+            ..Default::default()
+        },
+    );
+    let out = w.tdcall(td, u64::from(abi::TDG_DMAR_ACCEPT), on(tdi));
     assert_eq!(out.rax, TDX_SUCCESS);
     (td, tdi)
 }

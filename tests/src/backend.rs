@@ -2,7 +2,7 @@
 //! directly and by each platform's ABI (register blocks on TDX, command buffers on SEV).
 
 use tsm_core::device_model::{DeviceEvent, Misbehaviour};
-use tsm_core::dma::DmaReach;
+use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
@@ -132,8 +132,29 @@ pub trait Backend {
         hpa: Hpa,
         size: PageSize,
     ) -> TsmResult<()>;
-    /// Guest starts a TDI, its START relayed.
+    /// The usual start: for a TDI locked and bound to `guest` whose trusted DMA context is not
+    /// yet accepted, the host creates it if there is none and the guest accepts it (every
+    /// platform then runs the device with its context the guest's); then the guest's START,
+    /// relayed. Any other start goes straight to START and its refusal.
     fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.prepare_start(guest, tdi)?;
+        self.start_only(guest, tdi)
+    }
+    /// What the usual start does before START (see [`Backend::start`]).
+    fn prepare_start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        let dma = self.dma_context(tdi)?;
+        if self.tdi_state(tdi) == Ok(TdiState::Locked { owner: guest })
+            && dma != Some(DmaState::Active)
+        {
+            if dma.is_none() {
+                self.dma_create(tdi)?;
+            }
+            self.dma_accept(guest, tdi)?;
+        }
+        Ok(())
+    }
+    /// The guest's START alone, relayed.
+    fn start_only(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         let mut request = [0u8; MAX_RELAY_BYTES];
         let first = self.begin(DeviceCall::Start { guest, tdi }, &mut request);
         relay_to_end(self, tdi, first, &mut request).map(drop)
@@ -183,6 +204,15 @@ pub trait Backend {
     /// PASID entry read with TDH.DMAR.READ, SEV's sDTE), the TDI's state and its stream, never
     /// from the core's record of the context (which the invariants compare with it).
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach>;
+    /// The host completes the IOTLB invalidations the TDI's DMA context waits for (TDX:
+    /// TDH.IQ.INV.PROCESS of its IOMMU); nothing where the firmware completes them itself.
+    fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
+        let _ = tdi;
+        Ok(())
+    }
+    /// The TDI's trusted DMA context as the firmware records it (`None`: none; an unknown TDI
+    /// has none).
+    fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<DmaState>>;
 }
 
 /// The owner and interface of `tdi` when it runs on a device whose stream is live (the only
@@ -201,18 +231,28 @@ pub fn running_on_live_stream<T: SecureTable, S: tsm_core::SecureSession, const 
 
 /// A secure table whose TLB flush the tests can hold back.
 pub trait FlushControl {
-    /// Hold (`true`) or complete and stop holding (`false`) the flushes of `guest`.
+    /// Hold (`true`) or complete and stop holding (`false`) the flushes of `guest`: its TLB
+    /// flushes and its DMA contexts' IOTLB invalidations alike (SEV's one ASID fence is both;
+    /// on TDX the host then does not process its invalidation queue for the guest).
     fn defer_flush(&mut self, guest: GuestId, defer: bool);
     /// Whether the table's own trusted DMA context of `iface` translates for `guest` (the
     /// in-memory table: an active context of that guest).
     fn dma_translates(&self, guest: GuestId, iface: tsm_core::InterfaceId) -> bool;
+    /// The host completes the IOTLB invalidations queued for `guest`'s context of `iface`
+    /// (TDX: TDH.IQ.INV.PROCESS of its IOMMU; the in-memory table: its deferred ones); nothing
+    /// where the firmware completes them itself (SEV's ASID fence).
+    fn complete_invalidations(&mut self, guest: GuestId, iface: tsm_core::InterfaceId) {
+        let _ = (guest, iface);
+    }
 }
 
 impl<const N: usize> FlushControl for MemTable<N> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
         self.set_defer_flush(guest, defer);
+        self.set_defer_invalidations(guest, defer);
         if !defer {
             self.complete_flush(guest);
+            MemTable::complete_invalidations(self, guest);
         }
     }
 
@@ -220,6 +260,10 @@ impl<const N: usize> FlushControl for MemTable<N> {
         self.dma_contexts().iter().any(|c| {
             c.iface == iface && c.guest == guest && c.state == tsm_core::dma::DmaState::Active
         })
+    }
+
+    fn complete_invalidations(&mut self, guest: GuestId, _: tsm_core::InterfaceId) {
+        MemTable::complete_invalidations(self, guest);
     }
 }
 
@@ -348,5 +392,9 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         } else {
             DmaReach::SharedOnly
         })
+    }
+
+    fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<DmaState>> {
+        Ok(self.tsm.tdi(tdi).ok().and_then(|r| r.dma))
     }
 }

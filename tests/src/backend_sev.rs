@@ -851,6 +851,10 @@ impl Backend for SevBackend<'_> {
             DmaReach::SharedOnly
         })
     }
+
+    fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<tsm_core::dma::DmaState>> {
+        Ok(self.sev.tsm().tdi(tdi).ok().and_then(|r| r.dma))
+    }
 }
 
 /// The report page TDI_REPORT writes to, for tests.

@@ -100,8 +100,21 @@ const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
 pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
 
 impl FlushControl for Sept<'_> {
+    /// Holds the guest's flushes and invalidations, or completes both (the host processing
+    /// the queues of the guest's IOMMUs) and stops holding.
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
         self.hold_flush(guest, defer);
+        if !defer {
+            let segments: heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }> = self
+                .dmar()
+                .entries()
+                .filter(|e| e.guest == guest)
+                .map(|e| e.rid.segment())
+                .collect();
+            for segment in segments {
+                self.iq_process(segment);
+            }
+        }
     }
 
     /// The PASID entry is present and translates through the guest's S-EPT root.
@@ -110,6 +123,11 @@ impl FlushControl for Sept<'_> {
         self.dmar().entry(iface.requester_id()).is_some_and(|e| {
             e.guest == guest && e.te.present() && root.is_some_and(|r| e.te.slptptr() == r)
         })
+    }
+
+    /// TDH.IQ.INV.PROCESS of the IOMMU of the interface's segment.
+    fn complete_invalidations(&mut self, _: GuestId, iface: tsm_core::InterfaceId) {
+        self.iq_process(iface.requester_id().segment());
     }
 }
 
@@ -243,7 +261,8 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     }
 
     /// TDH.IQ.INV.PROCESS of `tdi`'s IOMMU (its segment): the host drains the invalidation
-    /// queue, completing the queued IOTLB invalidations.
+    /// queue, completing the queued IOTLB invalidations (not those of a guest whose flushes are
+    /// held, [`FlushControl::defer_flush`]).
     fn process_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
         let segment = self.tsm.tdi(tdi)?.iface.requester_id().segment();
         let regs = SeamRegs {
@@ -1225,5 +1244,13 @@ impl Backend for TdxBackend<'_, '_> {
         } else {
             DmaReach::SharedOnly
         })
+    }
+
+    fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
+        self.process_invalidations(tdi)
+    }
+
+    fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<tsm_core::dma::DmaState>> {
+        Ok(self.tsm.tdi(tdi).ok().and_then(|r| r.dma))
     }
 }

@@ -329,6 +329,10 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::Start { guest, tdi } => {
                 let (g, t) = (self.guest(guest)?, self.tdi(tdi)?.0);
+                // The usual start: the TDI's DMA context created and accepted first.
+                if let Err(e) = self.backend.prepare_start(g, t) {
+                    return Ok(Observed::Status(Err(e)));
+                }
                 Observed::Status(self.device_call(DeviceCall::Start { guest: g, tdi: t })?)
             }
             Op::Unbind { tdi } => {
@@ -359,7 +363,8 @@ impl<'a> Interpreter<'a, '_> {
                 let t = self.tdi(tdi)?.0;
                 let mut held = self.take_held(t)?;
                 let first = Ok(Completion::Relay(held.len));
-                Observed::Status(self.relay_from(t, first, &mut held.request))
+                let outcome = self.relay_from(t, first, &mut held.request);
+                Observed::Status(self.invalidated_and_again(t, outcome))
             }
             Op::Answer { tdi, with } => {
                 let t = self.tdi(tdi)?.0;
@@ -387,23 +392,25 @@ impl<'a> Interpreter<'a, '_> {
             } => {
                 // What each TDI's DMA reaches before: the old order must change none of it.
                 let before = self.reaches(devices)?;
-                match self.host_path(path, devices, order)? {
-                    Err(e) => {
-                        let after = self.reaches(devices)?;
-                        match before.iter().zip(after.iter()).find(|(b, a)| b != a) {
-                            Some((_, &(t, r))) => Observed::Reach(t, r),
-                            None => done(Err(e)),
-                        }
-                    }
-                    // The host got the devices back: none of them reaches private memory.
-                    Ok(()) => match self
-                        .reaches(devices)?
+                let outcome = self.host_path(path, devices, order)?;
+                let after = self.reaches(devices)?;
+                let wrong = match order {
+                    // The old order: whatever it returns, no TDI's reach changed.
+                    Order::ZapFirst => before
+                        .iter()
+                        .zip(after.iter())
+                        .find(|(b, a)| b != a)
+                        .map(|(_, a)| *a),
+                    // Unbind first (even one a dead device stopped): no device reaches
+                    // private memory any more.
+                    Order::UnbindFirst | Order::UnbindForceFirst => after
                         .iter()
                         .find(|(_, r)| *r != DmaReach::SharedOnly)
-                    {
-                        Some(&(t, r)) => Observed::Reach(t, r),
-                        None => done(Ok(())),
-                    },
+                        .copied(),
+                };
+                match wrong {
+                    Some((t, r)) => Observed::Reach(t, r),
+                    None => done(outcome),
                 }
             }
             Op::DeviceEvent { tdi, event } => {
@@ -468,7 +475,26 @@ impl<'a> Interpreter<'a, '_> {
             self.keep(Held { tdi, request, len })?;
             return Ok(first);
         }
-        Ok(self.relay_from(tdi, first, &mut request))
+        let outcome = self.relay_from(tdi, first, &mut request);
+        Ok(self.invalidated_and_again(tdi, outcome))
+    }
+
+    /// An unbind that stopped at its DMA context's IOTLB invalidation: the host completes the
+    /// invalidation (TDX: TDH.IQ.INV.PROCESS) and calls the unbind again, once, as the Linux
+    /// host does; any other outcome as it is.
+    fn invalidated_and_again(
+        &mut self,
+        tdi: TdiId,
+        outcome: TsmResult<Completion>,
+    ) -> TsmResult<Completion> {
+        if outcome != Err(Error::IotlbInvalidationPending)
+            || self.backend.complete_invalidations(tdi).is_err()
+        {
+            return outcome;
+        }
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.backend.begin(DeviceCall::Unbind { tdi }, &mut request);
+        self.relay_from(tdi, first, &mut request)
     }
 
     fn keep(&mut self, held: Held) -> Result<(), Setup<'a>> {

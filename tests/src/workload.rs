@@ -14,7 +14,7 @@ use tsm_core::{
     TdiId, TsmResult,
 };
 
-use crate::backend::Backend;
+use crate::backend::{Backend, FlushControl};
 use tsm_core::relay::host::RelayHost;
 use tsm_core::{SecureSession, Tsm};
 
@@ -257,7 +257,7 @@ pub fn run_round<T: SecureTable, S: SecureSession>(
 
 /// On a quiet firmware: unbinds every TDI completely. `Err` names a TDI whose unbind did not
 /// finish within [`MAX_UNBIND_CALLS`] calls, with its last status.
-pub fn drain<T: SecureTable, S: SecureSession>(
+pub fn drain<T: SecureTable + FlushControl, S: SecureSession>(
     tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
 ) -> Result<(), (TdiId, TsmResult<Completion>)> {
@@ -267,11 +267,27 @@ pub fn drain<T: SecureTable, S: SecureSession>(
             match tsm.unbind(tdi) {
                 Ok(Completion::Done) => break,
                 last if calls >= MAX_UNBIND_CALLS => return Err((tdi, last)),
+                Err(Error::IotlbInvalidationPending) => {
+                    complete_invalidations(tsm.firmware(), tdi);
+                    calls = calls.saturating_add(1);
+                }
                 _ => calls = calls.saturating_add(1),
             }
         }
     }
     Ok(())
+}
+
+/// The host completes the IOTLB invalidation `tdi`'s unbind waits for, as the Linux host does
+/// when an unbind stops there (TDX: TDH.IQ.INV.PROCESS), in the table of the TDI's owner.
+pub fn complete_invalidations<T: SecureTable + FlushControl, S: SecureSession, const N: usize>(
+    tsm: &Tsm<T, S, N>,
+    tdi: TdiId,
+) {
+    let Ok(record) = tsm.tdi(tdi) else { return };
+    if let Some(owner) = record.state.owner() {
+        let _ = tsm.with_guest_table(owner, |t| t.complete_invalidations(owner, record.iface));
+    }
 }
 
 // ---- independent lanes ------------------------------------------------------------------
@@ -369,7 +385,7 @@ pub fn run_lane<T: SecureTable, S: SecureSession, const N: usize>(
 
 /// On a quiet firmware: unbinds every lane's TDI completely (`Err` names one that did not
 /// finish within [`MAX_UNBIND_CALLS`] calls, with its last status).
-pub fn drain_lanes<T: SecureTable, S: SecureSession, const N: usize>(
+pub fn drain_lanes<T: SecureTable + FlushControl, S: SecureSession, const N: usize>(
     host: &RelayHost<'_, T, S, N>,
     lanes: &[Lane],
 ) -> Result<(), (TdiId, TsmResult<Completion>)> {
@@ -379,6 +395,9 @@ pub fn drain_lanes<T: SecureTable, S: SecureSession, const N: usize>(
         while last != Ok(Completion::Done) {
             if calls >= MAX_UNBIND_CALLS {
                 return Err((lane.tdi, last));
+            }
+            if last == Err(Error::IotlbInvalidationPending) {
+                complete_invalidations(host.firmware(), lane.tdi);
             }
             last = host.unbind(lane.tdi);
             calls = calls.saturating_add(1);

@@ -64,11 +64,22 @@ fn dma_reaches_private_memory_only_running_with_the_context_accepted() {
 }
 
 #[test]
-fn a_running_tdi_without_an_accepted_context_reaches_shared_memory_only() {
+fn start_waits_for_the_owner_to_accept_the_context() {
     let w = bound(0);
-    w.tsm.host_dma_create(w.t0).unwrap();
-    w.tsm.guest_start(w.g1, w.t0).unwrap();
+    let tsm = &w.tsm;
+    // No context, then a context created and not accepted: START is refused, nothing changes.
+    refused(tsm, Error::DmaNotAccepted, || tsm.start_only(w.g1, w.t0));
+    tsm.host_dma_create(w.t0).unwrap();
+    refused(tsm, Error::DmaNotAccepted, || tsm.start_only(w.g1, w.t0));
     assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+    // Another guest's accept is refused and does not open the gate.
+    refused(tsm, Error::NotOwner, || tsm.guest_dma_accept(w.g2, w.t0));
+    refused(tsm, Error::DmaNotAccepted, || tsm.start_only(w.g1, w.t0));
+    // The owner's accept opens it.
+    tsm.guest_dma_accept(w.g1, w.t0).unwrap();
+    tsm.start_only(w.g1, w.t0).unwrap();
+    assert_eq!(state(&w, w.t0), TdiState::Run { owner: w.g1 });
+    assert_eq!(reach(&w, w.t0), DmaReach::Private(w.g1));
 }
 
 #[test]
@@ -179,8 +190,13 @@ fn a_forced_unbind_tears_the_context_down_too() {
 fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
     let w = running();
     let tsm = &w.tsm;
-    // The TLB flush waits: the unbind stops past STOP, at the MMIO removal.
-    tsm.with_table(|t| t.set_defer_flush(w.g1, true)).unwrap();
+    // The TLB flush and the IOTLB invalidation wait: the unbind stops past STOP, at the MMIO
+    // removal.
+    tsm.with_table(|t| {
+        t.set_defer_flush(w.g1, true);
+        t.set_defer_invalidations(w.g1, true);
+    })
+    .unwrap();
     assert_eq!(tsm.unbind(w.t0), Err(Error::TlbFlushPending));
     assert!(matches!(
         state(&w, w.t0),
@@ -189,20 +205,19 @@ fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
             ..
         }
     ));
-    // The unbind blocked the context with the MMIO, before STOP: the host's block finds it
-    // blocked (Ok, nothing changes); a removal before the invalidation is refused.
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
-    assert_eq!(contexts(&w)[0].state, DmaState::Blocked);
+    // The unbind blocked the context with the MMIO, before STOP, and asked its invalidation:
+    // the host's block and invalidate find that done (Ok, nothing changes); a removal before
+    // the invalidation completed is refused.
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+    assert_eq!(contexts(&w)[0].state, DmaState::Invalidating);
     let before = tsm.snapshot().unwrap();
     tsm.host_dma_block(w.t0).unwrap();
     assert_eq!(tsm.snapshot().unwrap(), before);
     refused(tsm, Error::IotlbInvalidationPending, || {
         tsm.host_dma_remove(w.t0)
     });
-    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
-        .unwrap();
     tsm.host_dma_invalidate(w.t0).unwrap();
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+    assert_eq!(tsm.snapshot().unwrap(), before);
     refused(tsm, Error::IotlbInvalidationPending, || {
         tsm.host_dma_remove(w.t0)
     });
@@ -243,14 +258,19 @@ fn the_host_cannot_invalidate_or_remove_an_active_context_out_of_order() {
 fn a_device_in_error_has_its_dma_context_blocked_with_its_mmio() {
     let w = running();
     let tsm = &w.tsm;
+    // Its invalidation is asked with the block and waits.
+    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+        .unwrap();
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
     assert_eq!(
         contexts(&w)[0].state,
-        DmaState::Blocked,
+        DmaState::Invalidating,
         "the platform's entry too"
     );
-    // The unbind invalidates and removes it.
+    assert_eq!(tsm.unbind(w.t0), Err(Error::IotlbInvalidationPending));
+    tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
+    // The unbind removes it.
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());
 }
@@ -270,5 +290,6 @@ fn an_unbind_blocks_the_context_before_it_asks_the_device_to_stop() {
             step: UnbindStep::Stop
         }
     );
-    assert_eq!(contexts(&w)[0].state, DmaState::Blocked);
+    // Blocked, and its invalidation asked (the in-memory table completes it at once).
+    assert_eq!(contexts(&w)[0].state, DmaState::Invalidated);
 }

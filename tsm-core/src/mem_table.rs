@@ -164,6 +164,9 @@ impl<const N: usize> MemTable<N> {
 }
 
 impl<const N: usize> SecureTable for MemTable<N> {
+    /// The core's own rule: the owner accepts before START.
+    const DMA_ACCEPT_BEFORE_START: bool = true;
+
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         if self.dmas.iter().any(|d| d.iface == iface) {
             return Err(TableError::DmaContextExists);

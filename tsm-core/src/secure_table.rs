@@ -214,6 +214,13 @@ impl Run {
 /// page (`check_*`) before they apply any, page by page; a table overrides them to do one walk
 /// per table page and one bookkeeping update per chunk.
 pub trait SecureTable {
+    /// Whether the guest accepts a TDI's trusted DMA context before its START: START of a TDI
+    /// whose context is not accepted is then `DmaNotAccepted`. TDX: TDG.DMAR.ACCEPT takes a
+    /// CONFIG_LOCKED TDI and the TD accepts before it starts. SEV-TIO's guest writes its sDTE
+    /// after RUN (the Linux guest's order), so not there; its DMA reaches private memory only
+    /// from the write on either way ([`crate::dma::reach`]). Provided: not required.
+    const DMA_ACCEPT_BEFORE_START: bool = false;
+
     /// Adds a leaf `gpa -> hpa` of `size` for `guest`, in state `Mapped`.
     fn map(&mut self, guest: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize)
     -> Result<(), TableError>;

@@ -41,6 +41,7 @@
 //! | 0x310 | `DmaContextExists` | the TDI already has a trusted DMA context (one per TDI; the host cannot create another or point it elsewhere) |
 //! | 0x311 | `NoDmaContext` | the TDI has no trusted DMA context: the host creates it first |
 //! | 0x312 | `DmaContextRemains` | the TDI's trusted DMA context still exists: unbind (or block, invalidate and remove it) before the TDI is removed |
+//! | 0x313 | `DmaNotAccepted` | start of a TDI whose trusted DMA context its owner has not accepted, on a platform whose guest accepts it before START (TDX): nothing changed |
 //! | 0x401 | `GpaAlreadyMapped` | the guest address already has a leaf |
 //! | 0x402 | `HpaAlreadyMapped` | the host page is already mapped |
 //! | 0x403 | `NotMapped` | no leaf at that guest address |
@@ -159,6 +160,7 @@ pub enum Error {
     DmaContextExists,
     NoDmaContext,
     DmaContextRemains,
+    DmaNotAccepted,
     GpaAlreadyMapped,
     HpaAlreadyMapped,
     NotMapped,
@@ -204,7 +206,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 59] = [
+    pub const ALL: [Error; 60] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -240,6 +242,7 @@ impl Error {
         Error::DmaContextExists,
         Error::NoDmaContext,
         Error::DmaContextRemains,
+        Error::DmaNotAccepted,
         Error::GpaAlreadyMapped,
         Error::HpaAlreadyMapped,
         Error::NotMapped,
@@ -304,6 +307,7 @@ impl Error {
             Error::DmaContextExists => 0x310,
             Error::NoDmaContext => 0x311,
             Error::DmaContextRemains => 0x312,
+            Error::DmaNotAccepted => 0x313,
             Error::GpaAlreadyMapped => 0x401,
             Error::HpaAlreadyMapped => 0x402,
             Error::NotMapped => 0x403,
@@ -386,6 +390,9 @@ impl Error {
                 "the TDI already has a trusted DMA context (one per TDI; the host cannot create another or point it elsewhere)"
             }
             Error::NoDmaContext => "the TDI has no trusted DMA context: the host creates it first",
+            Error::DmaNotAccepted => {
+                "start of a TDI whose trusted DMA context its owner has not accepted, on a platform whose guest accepts it before START (TDX): nothing changed"
+            }
             Error::DmaContextRemains => {
                 "the TDI's trusted DMA context still exists: unbind (or block, invalidate and remove it) before the TDI is removed"
             }

@@ -686,7 +686,10 @@ const LOCK_CASES: &[LockCase] = &[
     },
     LockCase {
         op: "guest_start",
-        setup: nothing,
+        setup: |f| {
+            f.w.tsm.host_dma_create(f.w.t0).unwrap();
+            f.w.tsm.guest_dma_accept(f.w.g1, f.w.t0).unwrap();
+        },
         run: |f| first(|b| f.w.tsm.firmware().guest_start(f.w.g1, f.w.t0, b)),
         takes: &[(Td, Some(0)), (Gu, Some(0)), (Tr, None)],
     },

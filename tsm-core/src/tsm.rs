@@ -776,6 +776,10 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         if record.exchange.is_some() {
             return Err(Error::ExchangePending);
         }
+        // A running device may issue TEE DMA: its context must be the guest's first.
+        if T::DMA_ACCEPT_BEFORE_START && record.dma != Some(crate::dma::DmaState::Active) {
+            return Err(Error::DmaNotAccepted);
+        }
         let mut transport = self.transport_of(record.device)?;
         transport.begin(record, DeviceOp::Start { guest }, out)
     }

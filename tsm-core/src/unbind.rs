@@ -175,8 +175,10 @@ pub(crate) fn block_leaves<T: SecureTable>(
 }
 
 /// Blocks a TDI's DMA context that still translates (pending or active): the platform's entry
-/// no longer translates for new requests; cached translations live until its invalidation. A
-/// blocked context, or none, stays as it is.
+/// no longer translates for new requests, and its IOTLB invalidation is requested at once so
+/// cached translations go with the flush that follows the block (SEV's one ASID fence covers
+/// both; the Dma step awaits it). A blocked context, or none, stays as it is; an invalidation
+/// the platform cannot request yet is left to the Dma step, which asks again.
 pub(crate) fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
@@ -186,6 +188,13 @@ pub(crate) fn block_dma<T: SecureTable>(
     if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
         table.dma_block(owner, iface)?;
         *dma = Some(DmaState::Blocked);
+        if let Ok(done) = table.dma_invalidate(owner, iface) {
+            *dma = Some(if done {
+                DmaState::Invalidated
+            } else {
+                DmaState::Invalidating
+            });
+        }
     }
     Ok(())
 }

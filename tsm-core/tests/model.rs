@@ -52,9 +52,11 @@ enum Op {
         leaf: usize,
         block: bool,
     },
+    /// The usual start (the context created and accepted first), or START alone.
     Start {
         guest: usize,
         tdi: usize,
+        usual: bool,
     },
     DeviceError {
         tdi: usize,
@@ -166,7 +168,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..64, any::<bool>()).prop_map(|(leaf, block)| Op::HostHitLeaf { leaf, block }),
         8 => (tdi.clone(), 0usize..4, 0u64..600, guest_addr(), size())
             .prop_map(|(tdi, range, page, gpa, size)| Op::MapOwned { tdi, range, page, gpa, size }),
-        1 => (guest.clone(), tdi.clone()).prop_map(|(guest, tdi)| Op::Start { guest, tdi }),
+        1 => (guest.clone(), tdi.clone(), any::<bool>()).prop_map(|(guest, tdi, usual)| Op::Start { guest, tdi, usual }),
         1 => tdi.clone().prop_map(|tdi| Op::DeviceError { tdi }),
         1 => tdi.clone().prop_map(|tdi| Op::Check { tdi }),
         1 => tdi.clone().prop_map(|tdi| Op::Unbind { tdi }),
@@ -289,9 +291,9 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
             };
             (true, done(r))
         }
-        Op::Start { guest, tdi } => (
+        Op::Start { guest, tdi, .. } => (
             false,
-            done(tsm.guest_start(guest_of(w, *guest), tdi_of(w, *tdi))),
+            done(tsm.start_only(guest_of(w, *guest), tdi_of(w, *tdi))),
         ),
         Op::DeviceError { tdi } => (false, tsm.device_error(tdi_of(w, *tdi))),
         Op::Check { tdi } => (false, tsm.check_interface(tdi_of(w, *tdi))),
@@ -803,10 +805,26 @@ fn invariants_hold_under_random_operations() {
         .unwrap();
 }
 
+/// The host's and guest's steps before a usual start (each is an operation of its own in the
+/// sequences too): the context created and accepted by the guest the start names.
+fn prelude(w: &World, op: &Op) {
+    if let Op::Start {
+        guest,
+        tdi,
+        usual: true,
+    } = op
+    {
+        let t = tdi_of(w, *tdi);
+        let _ = w.tsm.host_dma_create(t);
+        let _ = w.tsm.guest_dma_accept(guest_of(w, *guest), t);
+    }
+}
+
 fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
     {
         let w = world();
         for op in ops {
+            prelude(&w, op);
             let raw_before = w.tsm.snapshot().unwrap();
             let before = normalised(raw_before.clone());
             let dev_before = tdisp_states(&w);

@@ -468,7 +468,7 @@ fn inv_regs() -> SeamRegs {
 }
 
 #[test]
-fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
+fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
     let mut mem = vec![Page::ZERO; 32];
     let world = World::new(&mut mem);
     let w = &world;
@@ -491,14 +491,18 @@ fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
     );
     assert_eq!(out.rax, TDX_SUCCESS);
     assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
-    // Nothing mapped: the TD's S-EPT has no root for SLPTPTR to name.
-    refused(
-        w,
-        "ACCEPT with no S-EPT root",
-        || accept(w, td, tdi),
-        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_DMAR),
+    // Nothing mapped yet: the accept makes the TD's S-EPT root for SLPTPTR to name (the TD
+    // accepts before START, possibly before any MMIO is mapped).
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    let root = w.fw.with_table(|t| t.root_phys(g)).unwrap();
+    assert!(root.is_some(), "the accept made the root");
+    assert_eq!(
+        on_idx(w, abi::TDH_DMAR_READ).r8 & dmar::PTE_SLPTPTR_MASK,
+        root.unwrap()
     );
-    // A PENDING entry never accepted is removed by the unbind without any root.
+    // The unbind blocks the entry and waits for the host's invalidation.
     assert_eq!(
         w.unbind_all(tdi),
         TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR)

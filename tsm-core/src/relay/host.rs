@@ -111,8 +111,30 @@ impl<'a, T: SecureTable, S: SecureSession, const N: usize> RelayHost<'a, T, S, N
         self.relay(tdi, first, &mut buf).map(drop)
     }
 
-    /// [`Tsm::guest_start`], relayed to its end.
+    /// The usual start of a locked TDI by its owner, relayed to its end: on a platform whose
+    /// guest accepts the TDI's trusted DMA context first ([`SecureTable::DMA_ACCEPT_BEFORE_START`]),
+    /// the host creates the context if it has none ([`Tsm::host_dma_create`]) and the guest
+    /// accepts it ([`Tsm::guest_dma_accept`]); then [`Tsm::guest_start`]. Those steps are taken
+    /// only for a TDI locked and bound to `guest` (any other start is refused as it is, the
+    /// steps not taken); [`RelayHost::start_only`] is START alone.
     pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        let record = self.fw.tdi(tdi);
+        let usual = record.is_ok_and(|r| {
+            r.state == TdiState::Locked { owner: guest }
+                && r.exchange.is_none()
+                && r.dma != Some(crate::dma::DmaState::Active)
+        });
+        if T::DMA_ACCEPT_BEFORE_START && usual {
+            if record.is_ok_and(|r| r.dma.is_none()) {
+                self.fw.host_dma_create(tdi)?;
+            }
+            self.fw.guest_dma_accept(guest, tdi)?;
+        }
+        self.start_only(guest, tdi)
+    }
+
+    /// [`Tsm::guest_start`] alone, relayed to its end.
+    pub fn start_only(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         let mut buf = [0u8; MAX_RELAY_BYTES];
         let first = self.fw.guest_start(guest, tdi, &mut buf);
         self.relay(tdi, first, &mut buf).map(drop)
@@ -247,6 +269,11 @@ impl<T: SecureTable, const N: usize> Relayed<T, N> {
     /// See [`RelayHost::guest_start`].
     pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         self.host().guest_start(guest, tdi)
+    }
+
+    /// See [`RelayHost::start_only`].
+    pub fn start_only(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.host().start_only(guest, tdi)
     }
 
     /// See [`RelayHost::unbind`].

@@ -251,7 +251,14 @@ fn bound() -> World {
         PageSize::Size4K,
     )
     .unwrap();
+    accept_dma(&w, w.t0, w.g1);
     w
+}
+
+/// The usual step before START: the host creates `tdi`'s trusted DMA context, its owner accepts it.
+fn accept_dma(w: &World, tdi: TdiId, guest: GuestId) {
+    w.fw.firmware().host_dma_create(tdi).unwrap();
+    w.fw.firmware().guest_dma_accept(guest, tdi).unwrap();
 }
 
 type Buf = [u8; MAX_RELAY_BYTES];
@@ -329,6 +336,7 @@ fn a_whole_lifecycle_is_a_sequence_of_relayed_requests() {
     );
     assert_eq!(fw.tdi(w.t0).unwrap().exchange, None);
 
+    accept_dma(&w, w.t0, w.g1);
     let n = relay_n(fw.guest_start(w.g1, w.t0, &mut out));
     assert_eq!(code_of(&out[..n]), request::START_INTERFACE);
     let a = answer(&w, &out, n);

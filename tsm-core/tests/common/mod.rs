@@ -138,6 +138,14 @@ pub fn check_invariants(w: &World) {
             }
             (r, e) => panic!("TDI #{slot}: record {r:?}, table {e:?}"),
         }
+        // The core's table takes the accept before START: nothing runs without it.
+        if matches!(tdi.state, TdiState::Run { .. }) {
+            assert_eq!(
+                tdi.dma,
+                Some(DmaState::Active),
+                "TDI #{slot} runs without an accepted context"
+            );
+        }
         assert!(
             tdi.dma.is_none() || tdi.state.is_bound(),
             "TDI #{slot} unbound with a DMA context"
