@@ -18,10 +18,11 @@
 //! translation) and the firmware fields it knows, the device's ID in the guest and its IDE
 //! streams ([`bind_fields`]); the owner's accepted SDTE write makes it valid, the firmware
 //! filling ASID and DomainID, and from then on it stays as it is until the unbind (a change
-//! would need an ASID fence to hold, see `Sev::sdte_write`); blocking clears V, IR and IW; the invalidation completes with an ASID fence raised
-//! after the block ([`crate::rmp`]: SEV's fence of an ASID flushes its IOTLB entries as well as
-//! its TLB entries). Room for [`MAX_TDIS`] entries, one per TDI the core can hold, in place: no
-//! heap, and the table is never full for a TDI the core holds.
+//! would need an ASID fence to hold, see `Sev::sdte_write`); blocking clears V, IR and IW; the
+//! invalidation completes with an ASID fence raised after the block ([`crate::rmp`]: SEV's
+//! fence of an ASID flushes its IOTLB entries as well as its TLB entries). Room for
+//! [`MAX_TDIS`] entries, one per TDI the core can hold, in place: no heap, and the table is
+//! never full for a TDI the core holds.
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
@@ -45,8 +46,8 @@ pub const Q1_DOMAIN_ID: u64 = 0xFFFF;
 pub const Q3_ASID: u64 = 0xFFF;
 /// qword 3 bits 31:16: the device's ID in the guest (firmware; `sdte.guest_device_id`, after
 /// asid 12, reserved 3, viommu_en 1): TDI_BIND's `guest_device_id`, "PCIe Routing Identifier
-/// of the device in the guest" (`struct sev_data_tio_tdi_bind`, sev-dev-tio.c of AMDESE/linux-kvm
-/// @ 16f379f5463af503796de2199ff17b8cd27682ba).
+/// of the device in the guest" (`struct sev_data_tio_tdi_bind`, drivers/crypto/ccp/
+/// sev-dev-tio.c of AMDESE/linux-kvm @ 16f379f5463af503796de2199ff17b8cd27682ba).
 pub const Q3_GUEST_DEVICE_ID: u64 = 0xFFFF << 16;
 /// Shift of [`Q3_GUEST_DEVICE_ID`].
 const Q3_GUEST_DEVICE_ID_SHIFT: u32 = 16;
