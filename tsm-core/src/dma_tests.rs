@@ -373,3 +373,18 @@ fn a_create_with_the_platforms_fields_fills_the_new_context_under_the_same_lock(
         tsm.host_dma_create_with(w.t0, |_, _, _| panic!("filled a second context"))
     });
 }
+
+/// A `fill` that fails after the create is drift: `Inconsistent`, the context created and not
+/// translating, record and table agreeing.
+#[test]
+fn a_failing_fill_after_the_create_is_inconsistent_with_record_and_table_agreeing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    let got = tsm.host_dma_create_with(w.t0, |_, _, _| {
+        Err(crate::secure_table::TableError::Inconsistent)
+    });
+    assert_eq!(got, Err(Error::Inconsistent));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(contexts(&w)[0].state, DmaState::Pending);
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}
