@@ -585,8 +585,9 @@ impl<S: RmpMemory> Rmp<S> {
     /// The guest's part of its SDTE write (V, IR, IW, VMPL, vTOM: [`sdte::GUEST_BITS`]) into
     /// `guest`'s accepted entry of `iface`; the firmware's part stays. `NoDmaContext` for none
     /// or another guest's, `Inconsistent` for one not accepted (the firmware writes the guest's
-    /// part only after the core's accept).
-    pub fn sdte_write_guest(
+    /// part only after the core's accept). Crate-private: an integrator holding the table
+    /// cannot rewrite a valid entry around the SDTE write's rules.
+    pub(crate) fn sdte_write_guest(
         &mut self,
         guest: GuestId,
         iface: InterfaceId,
@@ -604,7 +605,7 @@ impl<S: RmpMemory> Rmp<S> {
     /// device ID, the IDE streams) into its firmware part; the guest's part stays.
     /// `NoDmaContext` for none or another guest's, `Inconsistent` for one ever valid (the
     /// firmware writes it only at the create).
-    pub fn sdte_fill_bind(
+    pub(crate) fn sdte_fill_bind(
         &mut self,
         guest: GuestId,
         iface: InterfaceId,
