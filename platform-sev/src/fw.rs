@@ -110,6 +110,9 @@ pub struct DevCtx {
     pub rid: RequesterId,
     /// Between DEV_CONNECT and DEV_DISCONNECT.
     pub connected: bool,
+    /// The IDE stream of each traffic class DEV_CONNECT named (`ide_stream_id[8]`), which a
+    /// bound TDI's sDTE carries.
+    pub ide_stream_id: [u8; 8],
 }
 
 /// A TDI context.
@@ -829,6 +832,7 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
             device,
             rid,
             connected: false,
+            ide_stream_id: [0; 8],
         };
         if self.devices.push(ctx).is_err() {
             self.tsm.remove_device(device)?;
@@ -854,6 +858,7 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         self.tsm.setup_stream(dev.device)?;
         if let Some(d) = self.devices.iter_mut().find(|d| d.sla == dev.sla) {
             d.connected = true;
+            d.ide_stream_id = c.ide_stream_id;
         }
         // The certificate chain, empty in this model (see `Sev::dev_certificates`).
         if let Some(out) = certs {
@@ -1031,10 +1036,15 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
             tsm.bind(t.tdi, g.guest, out)
         })??;
         if done == Completion::Done {
-            // SEV-TIO's TDI_BIND sets up the TDI's sDTE slot: the trusted DMA context, all zero
-            // until the owner's SDTE write. Cannot fail: the sDTE table has a slot for every
+            // SEV-TIO's TDI_BIND sets up the TDI's sDTE slot: the trusted DMA context, V clear
+            // until the owner's SDTE write, with what the firmware knows of the TDI written in
+            // the create's own table lock (the guest device ID of this command, the device's
+            // IDE streams from DEV_CONNECT). Cannot fail: the sDTE table has a slot for every
             // TDI the core holds, and the unbind removed this TDI's last one.
-            self.tsm.host_dma_create(t.tdi)?;
+            let fields = crate::sdte::bind_fields(id, dev.ide_stream_id);
+            self.tsm.host_dma_create_with(t.tdi, |rmp, guest, iface| {
+                rmp.sdte_fill_bind(guest, iface, &fields)
+            })?;
             self.update_tdi(t.sla, |x| {
                 x.guest_device_id = id;
                 x.lock_flags = flags;
@@ -1400,7 +1410,7 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
                 if continuing {
                     self.expect_exchange(t.tdi, |_| false)?;
                 }
-                let rsp = self.msg_sdte_write(&t, &g, &r)?;
+                let rsp = self.msg_sdte_write(&t, &g, &r, hdr.msg_vmpck)?;
                 (msg::MSG_SDTE_WRITE_RSP, write_body(&mut out, &rsp)?)
             }
             msg::MSG_TDI_START_REQ => {
@@ -1414,7 +1424,9 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
             _ => return Err(SevStatus::INVALID_PARAM.into()),
         };
         let bytes = out.get(..len).ok_or(SevStatus::INVALID_PARAM)?;
-        let rsp_hdr = MsgHeader::new(rsp_type, len);
+        let mut rsp_hdr = MsgHeader::new(rsp_type, len);
+        // The answer goes back under the key the request came with (SNP firmware ABI).
+        rsp_hdr.msg_vmpck = hdr.msg_vmpck;
         let mut page = [0u8; MAX_RESPONSE];
         let total = usize::from(msg::HDR_SIZE).saturating_add(len);
         let (h, b) = page.split_at_mut(usize::from(msg::HDR_SIZE));
@@ -1570,36 +1582,42 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         Ok(Some(rsp))
     }
 
-    /// The guest's SDTE write: answered in the response's status, changing nothing unless it
-    /// is `Success`. Reserved bytes of the message are `INVALID_PARAM` (as in every message).
+    /// The guest's SDTE write, sent under VMPCK `vmpck` (the sender's VMPL): answered in the
+    /// response's status, changing nothing unless it is `Success`. Reserved bytes of the
+    /// message are `INVALID_PARAM` (as in every message).
     fn msg_sdte_write(
         &self,
         t: &TdiCtx,
         g: &GuestCtx,
         r: &msg::SdteWriteReq,
+        vmpck: u8,
     ) -> Result<msg::SdteWriteRsp, Fail> {
         if r.reserved.iter().any(|b| *b != 0) {
             return Err(SevStatus::INVALID_PARAM.into());
         }
         let mut rsp = msg::SdteWriteRsp::new_zeroed();
         rsp.guest_device_id = r.guest_device_id;
-        rsp.status = (self.sdte_write(t, g, r)? as u16).into();
+        rsp.status = (self.sdte_write(t, g, r, vmpck)? as u16).into();
         Ok(rsp)
     }
 
     /// The owner's write of its CONFIG_LOCKED or RUN TDI's sDTE, with only the bits a guest
-    /// may set (V, IR, IW, VMPL, vTOM): the core's `guest_dma_accept`, then the guest's part
-    /// into the entry. In the order of MMIO_VALIDATE's checks: unbound (`TdiNotBound`), not
-    /// this guest's TDI under that ID (`InvalidTdi`), in ERROR or unbinding (`TdiNotBound`),
-    /// then the bits (`Reserved`). V clear (the guest's invalidation): `Success` while the entry
-    /// was never valid, ours `KeptUntilUnbind` once it is.
+    /// may set (V, IR, IW, VMPL, vTOM), sent by VMPL `sender`. In the order of MMIO_VALIDATE's
+    /// checks: unbound (`TdiNotBound`), not this guest's TDI under that ID (`InvalidTdi`), in
+    /// ERROR or unbinding (`TdiNotBound`), then the bits (`Reserved`), then a VMPL below the
+    /// sender's (ours `VmplBelowSender`). A pending entry: the core's accept and the guest's
+    /// part in one table lock (`guest_dma_accept_with`). A valid entry stays as it is until
+    /// the unbind: the same bits again are `Success`, any other write ours `KeptUntilUnbind`
+    /// (V clear, Linux's invalidation, included; `Success` while the entry was never valid).
     fn sdte_write(
         &self,
         t: &TdiCtx,
         g: &GuestCtx,
         r: &msg::SdteWriteReq,
+        sender: u8,
     ) -> Result<msg::SdteWriteStatus, Fail> {
         use msg::SdteWriteStatus as Sw;
+        use tsm_core::dma::DmaState;
         let record = self.tsm.tdi(t.tdi)?;
         if record.state.owner().is_none() {
             return Ok(Sw::TdiNotBound);
@@ -1614,18 +1632,42 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         if !sdte.guest_only() {
             return Ok(Sw::Reserved);
         }
-        if !sdte.valid() {
-            return Ok(match record.dma {
-                Some(tsm_core::dma::DmaState::Active) => Sw::KeptUntilUnbind,
-                _ => Sw::Success,
-            });
+        // An invalidation grants nothing; a valid entry's VMPL is the device's privilege.
+        if sdte.valid() && sdte.vmpl() < sender {
+            return Ok(Sw::VmplBelowSender);
         }
-        self.tsm.guest_dma_accept(g.guest, t.tdi)?;
-        // Cannot fail: the core accepted the context, so the entry is valid.
-        self.tsm
-            .with_table(|rmp| rmp.sdte_write_guest(g.guest, record.iface, &sdte))?
-            .map_err(|_| Error::Inconsistent)?;
-        Ok(Sw::Success)
+        // An invalidation with no context has nothing to invalidate.
+        if !sdte.valid() && record.dma.is_none() {
+            return Ok(Sw::Success);
+        }
+        let guest = g.guest;
+        let answer = self.tsm.guest_dma_accept_with(
+            guest,
+            t.tdi,
+            |rmp, iface, state| {
+                let active = state == DmaState::Active;
+                if !sdte.valid() {
+                    return Err(if active {
+                        Sw::KeptUntilUnbind
+                    } else {
+                        Sw::Success
+                    });
+                }
+                // Refused rather than fenced: a change holds only once an ASID fence completes
+                // (later, `Rmp::raise_fence`), and the unbind already raises and awaits one.
+                let same = rmp
+                    .sdtes()
+                    .of(guest, iface)
+                    .is_ok_and(|s| s.sdte.guest_part() == sdte.guest_part());
+                if active && !same {
+                    return Err(Sw::KeptUntilUnbind);
+                }
+                Ok(())
+            },
+            // Cannot fail: the core accepted the context in this lock, so the entry is valid.
+            |rmp, iface| rmp.sdte_write_guest(guest, iface, &sdte),
+        )?;
+        Ok(answer.err().unwrap_or(Sw::Success))
     }
 
     fn msg_mmio_validate(

@@ -6,7 +6,9 @@
 //! firmware interface rev 0.91 (doc 58271) Tables 60-64, as transcribed by public guest code
 //! (TIO_MSG_TDI_INFO_REQ = 19, TIO_MSG_MMIO_VALIDATE_REQ = 21; a response is its request + 1).
 //! Our model does not encrypt: the body follows the header in the clear, and the AEAD fields
-//! (authtag, sequence number, algorithm, VMPCK) are not checked (README, differences).
+//! (authtag, sequence number, algorithm) are not checked (README, differences). `msg_vmpck`
+//! is taken as the VMPCK the message came with, the sender's VMPL (SNP firmware ABI: VMPCK n
+//! belongs to VMPL n); real firmware knows it from the key that decrypted the message.
 
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -15,6 +17,10 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 pub const HDR_VERSION: u8 = 1;
 /// `msg_version` we accept for every TIO message.
 pub const MSG_VERSION: u8 = 1;
+/// Highest VMPCK index: an SNP guest has four VM platform communication keys, VMPCK0-3, one
+/// per VMPL (SEV-SNP firmware ABI, doc 56860, "Guest Message Header" and the guest context's
+/// VMPCKs; Linux `snp_msg_desc.vmpck_id` 0-3). A header naming another is malformed.
+pub const MAX_VMPCK: u8 = 3;
 
 /// TIO_MSG_TDI_INFO_REQ (rev 0.91 Table 60).
 pub const MSG_TDI_INFO_REQ: u8 = 19;
@@ -65,7 +71,8 @@ pub struct MsgHeader {
     pub msg_sz: U16,
     /// Reserved.
     pub reserved2: U32,
-    /// VMPCK index (@0x3C; not checked in our model).
+    /// VMPCK index (@0x3C): the key protecting the message, so the sender's VMPL; at most
+    /// [`MAX_VMPCK`]. Our model does not encrypt, so nothing proves it (README, differences).
     pub msg_vmpck: u8,
     /// Reserved.
     pub reserved3: [u8; 35],
@@ -87,11 +94,12 @@ impl MsgHeader {
         h
     }
 
-    /// Version, size and reserved fields as the ABI requires.
+    /// Version, size, VMPCK and reserved fields as the ABI requires.
     pub fn well_formed(&self) -> bool {
         self.hdr_version == HDR_VERSION
             && self.hdr_sz.get() == HDR_SIZE
             && self.msg_version == MSG_VERSION
+            && self.msg_vmpck <= MAX_VMPCK
             && self.reserved1.iter().all(|b| *b == 0)
             && self.reserved2.get() == 0
             && self.reserved3.iter().all(|b| *b == 0)
@@ -271,9 +279,19 @@ pub enum SdteWriteStatus {
     TdiNotBound = 2,
     /// `SDTE_WRITE_RESERVED = 3` ("reserved fields were not 0"): a bit the guest may not set.
     Reserved = 3,
-    /// Ours (0x80): an invalidation (V clear) of a valid entry; the firmware keeps it until
-    /// the unbind tears it down (the core has no guest-side revocation yet).
+    /// Ours (0x80): a write that would change a valid entry, an invalidation (V clear)
+    /// included: the firmware keeps it as it is until the unbind tears it down. A change of a
+    /// valid entry holds only once an ASID fence flushed what the IOMMU cached under the old
+    /// permissions, and the fence completes later; the unbind raises and awaits it. A rewrite
+    /// with the entry's own bits is `Success`, changing nothing.
     KeptUntilUnbind = 0x80,
+    /// Ours (0x81): the entry's VMPL is numerically below (more privileged than) the sender's,
+    /// the VMPCK the message came with: a VMPL n guest cannot give its device the permissions
+    /// of a VMPL below n (as the SNP firmware ABI refuses a MSG_REPORT_REQ VMPL below the
+    /// sender's). The guest patch's enum has no status for a field of invalid value (an early
+    /// AMD guest `tio.c` had `SDTE_WRITE_INVALID`, "a provided field has an invalid value", at
+    /// 3, the number the current enum gives `RESERVED`), so ours.
+    VmplBelowSender = 0x81,
 }
 
 /// Longest body we exchange (the TDI_INFO response).

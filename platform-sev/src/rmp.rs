@@ -585,8 +585,9 @@ impl<S: RmpMemory> Rmp<S> {
     /// The guest's part of its SDTE write (V, IR, IW, VMPL, vTOM: [`sdte::GUEST_BITS`]) into
     /// `guest`'s accepted entry of `iface`; the firmware's part stays. `NoDmaContext` for none
     /// or another guest's, `Inconsistent` for one not accepted (the firmware writes the guest's
-    /// part only after the core's accept).
-    pub fn sdte_write_guest(
+    /// part only after the core's accept). Crate-private: an integrator holding the table
+    /// cannot rewrite a valid entry around the SDTE write's rules.
+    pub(crate) fn sdte_write_guest(
         &mut self,
         guest: GuestId,
         iface: InterfaceId,
@@ -597,6 +598,24 @@ impl<S: RmpMemory> Rmp<S> {
             return Err(TableError::Inconsistent);
         }
         slot.sdte = sdte::merged(&slot.sdte, fields);
+        self.sdtes.put(slot)
+    }
+
+    /// TDI_BIND's part of `guest`'s new entry of `iface` ([`sdte::bind_fields`]: the guest
+    /// device ID, the IDE streams) into its firmware part; the guest's part stays.
+    /// `NoDmaContext` for none or another guest's, `Inconsistent` for one ever valid (the
+    /// firmware writes it only at the create).
+    pub(crate) fn sdte_fill_bind(
+        &mut self,
+        guest: GuestId,
+        iface: InterfaceId,
+        fields: &Sdte,
+    ) -> Result<(), TableError> {
+        let mut slot = self.sdtes.of(guest, iface)?;
+        if slot.state != DmaState::Pending || slot.translated {
+            return Err(TableError::Inconsistent);
+        }
+        slot.sdte = sdte::combined(fields, &slot.sdte);
         self.sdtes.put(slot)
     }
 
@@ -719,8 +738,9 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
     }
 
     /// The owner's SDTE write: V set, the firmware's part pointed at the guest's ASID (and
-    /// DomainID); the guest's part follows ([`Rmp::sdte_write_guest`]). A valid entry stays as
-    /// it is; a blocked one is `Inconsistent`.
+    /// DomainID), TDI_BIND's fields kept; the guest's part follows in the same table lock
+    /// ([`Rmp::sdte_write_guest`], through the core's `guest_dma_accept_with`). A valid entry
+    /// stays as it is; a blocked one is `Inconsistent`.
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let asid = self.fence(guest)?.asid;
         let mut slot = self.sdtes.of(guest, iface)?;
@@ -729,7 +749,7 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
             DmaState::Pending => {}
             _ => return Err(TableError::Inconsistent),
         }
-        slot.sdte = sdte::merged(&sdte::firmware_fields(asid), &slot.sdte);
+        slot.sdte = sdte::merged(&sdte::with_asid(&slot.sdte, asid), &slot.sdte);
         slot.state = DmaState::Active;
         slot.translated = true;
         self.sdtes.put(slot)

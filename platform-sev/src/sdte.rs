@@ -14,12 +14,15 @@
 //! Table 68 calls those the guest-writable portion). The "sDTE resides in private memory and
 //! is controlled by the PSP" is the AMD IOMMU vdevice RFC (2025-02-18) commit text.
 //!
-//! States mirror the core's [`DmaState`]: TDI_BIND creates the entry all zero (V clear: no
-//! translation); the owner's accepted SDTE write makes it valid, the firmware filling ASID and
-//! DomainID; blocking clears V, IR and IW; the invalidation completes with an ASID fence raised
-//! after the block ([`crate::rmp`]: SEV's fence of an ASID flushes its IOTLB entries as well as
-//! its TLB entries). Room for [`MAX_TDIS`] entries, one per TDI the core can hold, in place: no
-//! heap, and the table is never full for a TDI the core holds.
+//! States mirror the core's [`DmaState`]: TDI_BIND creates the entry with V clear (no
+//! translation) and the firmware fields it knows, the device's ID in the guest and its IDE
+//! streams ([`bind_fields`]); the owner's accepted SDTE write makes it valid, the firmware
+//! filling ASID and DomainID, and from then on it stays as it is until the unbind (a change
+//! would need an ASID fence to hold, see `Sev::sdte_write`); blocking clears V, IR and IW; the
+//! invalidation completes with an ASID fence raised after the block ([`crate::rmp`]: SEV's
+//! fence of an ASID flushes its IOTLB entries as well as its TLB entries). Room for
+//! [`MAX_TDIS`] entries, one per TDI the core can hold, in place: no heap, and the table is
+//! never full for a TDI the core holds.
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
@@ -41,10 +44,23 @@ pub const Q0_IW: u64 = 1 << 62;
 pub const Q1_DOMAIN_ID: u64 = 0xFFFF;
 /// qword 3 bits 11:0: the guest's ASID (firmware; `sdte.asid`).
 pub const Q3_ASID: u64 = 0xFFF;
+/// qword 3 bits 31:16: the device's ID in the guest (firmware; `sdte.guest_device_id`, after
+/// asid 12, reserved 3, viommu_en 1): TDI_BIND's `guest_device_id`, "PCIe Routing Identifier
+/// of the device in the guest" (`struct sev_data_tio_tdi_bind`, drivers/crypto/ccp/
+/// sev-dev-tio.c of AMDESE/linux-kvm @ 16f379f5463af503796de2199ff17b8cd27682ba).
+pub const Q3_GUEST_DEVICE_ID: u64 = 0xFFFF << 16;
+/// Shift of [`Q3_GUEST_DEVICE_ID`].
+const Q3_GUEST_DEVICE_ID_SHIFT: u32 = 16;
+/// qword 4: `ide_stream_id[8]`, the IDE stream of each traffic class (firmware): the ones
+/// TIO_DEV_CONNECT named for the device (`struct sev_data_tio_dev_connect.ide_stream_id`, same
+/// source; Linux sets [0] to TC0's stream and the rest to 0xFF).
+pub const Q4_IDE_STREAM_ID: u64 = u64::MAX;
 /// qword 3 bits 50:49: VMPL whose permissions the device's DMA gets (guest-writable;
 /// `sdte.vmpl`, after asid 12, reserved 3, viommu_en 1, guest_device_id 16, guest_id 15,
 /// guest_id_mbo 1, reserved 1).
 pub const Q3_VMPL: u64 = 0b11 << 49;
+/// Shift of [`Q3_VMPL`].
+const Q3_VMPL_SHIFT: u32 = 49;
 /// qword 5 bit 0: vTOM_EN (guest-writable; `sdte.vtom_en`, at byte 0x28 after the eight
 /// `ide_stream_id` bytes of qword 4).
 pub const Q5_VTOM_EN: u64 = 1 << 0;
@@ -138,6 +154,21 @@ impl Sdte {
     /// The DomainID the firmware gave the entry.
     pub fn domain_id(&self) -> u16 {
         u16::try_from(self.word(1) & Q1_DOMAIN_ID).unwrap_or(0)
+    }
+
+    /// The VMPL whose permissions the device's DMA gets (0 the most privileged).
+    pub fn vmpl(&self) -> u8 {
+        u8::try_from((self.word(3) & Q3_VMPL) >> Q3_VMPL_SHIFT).unwrap_or(u8::MAX)
+    }
+
+    /// The device's ID in the guest, from TDI_BIND.
+    pub fn guest_device_id(&self) -> u16 {
+        u16::try_from((self.word(3) & Q3_GUEST_DEVICE_ID) >> Q3_GUEST_DEVICE_ID_SHIFT).unwrap_or(0)
+    }
+
+    /// The IDE stream of each traffic class, from DEV_CONNECT.
+    pub fn ide_stream_id(&self) -> [u8; 8] {
+        (self.word(4) & Q4_IDE_STREAM_ID).to_le_bytes()
     }
 }
 
@@ -249,24 +280,43 @@ impl SdteTable {
     }
 }
 
-/// The firmware's part of a valid entry for a guest with `asid`: the ASID, and as DomainID the
-/// ASID too (ours: the firmware chooses the DomainID, no public source says how; one per guest
-/// keeps guests' IOTLB entries apart).
-pub(crate) fn firmware_fields(asid: u32) -> Sdte {
+/// The firmware's part TDI_BIND knows, for an entry not yet valid: the device's ID in the
+/// guest and the device's IDE streams. The root port ID (`rp_id`) and `guest_id` stay 0: no
+/// public source says what the firmware puts there (ours).
+pub(crate) fn bind_fields(guest_device_id: u16, ide_stream_id: [u8; 8]) -> Sdte {
     let mut s = Sdte::default();
-    let asid = u64::from(asid);
-    s.set_word(1, asid & Q1_DOMAIN_ID);
-    s.set_word(3, asid & Q3_ASID);
+    s.set_word(
+        3,
+        (u64::from(guest_device_id) << Q3_GUEST_DEVICE_ID_SHIFT) & Q3_GUEST_DEVICE_ID,
+    );
+    s.set_word(4, u64::from_le_bytes(ide_stream_id) & Q4_IDE_STREAM_ID);
     s
 }
 
-/// `fw` with the guest's part of `guest` and V set.
-pub(crate) fn merged(fw: &Sdte, guest: &Sdte) -> Sdte {
+/// `s` pointed at a guest with `asid`: the ASID, and as DomainID the ASID too (ours: the
+/// firmware chooses the DomainID, no public source says how; one per guest keeps guests' IOTLB
+/// entries apart); everything else of `s` kept.
+pub(crate) fn with_asid(s: &Sdte, asid: u32) -> Sdte {
+    let mut r = *s;
+    let asid = u64::from(asid);
+    r.set_word(1, (s.word(1) & !Q1_DOMAIN_ID) | (asid & Q1_DOMAIN_ID));
+    r.set_word(3, (s.word(3) & !Q3_ASID) | (asid & Q3_ASID));
+    r
+}
+
+/// `fw`'s firmware part with `guest`'s guest part, V as `guest` says.
+pub(crate) fn combined(fw: &Sdte, guest: &Sdte) -> Sdte {
     let (f, g) = (fw.firmware_part(), guest.guest_part());
     let mut s = Sdte::default();
     for i in 0..8 {
         s.set_word(i, f.word(i) | g.word(i));
     }
+    s
+}
+
+/// `fw` with the guest's part of `guest` and V set.
+pub(crate) fn merged(fw: &Sdte, guest: &Sdte) -> Sdte {
+    let mut s = combined(fw, guest);
     s.set_word(0, s.word(0) | Q0_V);
     s
 }

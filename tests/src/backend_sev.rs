@@ -828,10 +828,31 @@ impl Backend for SevBackend<'_> {
         }
     }
 
-    // Through the core until the guest's SDTE write is wired here (the platform has it).
-
+    /// The guest's SDTE write, as Linux's guest sends it (`tio_tdi_sdte_write`: V, IR, IW,
+    /// VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK 0, through TIO_GUEST_REQUEST. A refusal
+    /// of the command is its core status; one in the answer is named in the core's terms (see
+    /// [`SevBackend::sdte_refusal`]).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        self.sev.tsm().guest_dma_accept(guest, tdi)
+        use platform_sev::sdte::{Q0_IR, Q0_IW, Q0_V, Q5_VTOM, Q5_VTOM_EN};
+        let (_, _, id) = self.tdi_slas(tdi);
+        let mut r = msg::SdteWriteReq::new_zeroed();
+        r.guest_device_id = id.into();
+        r.sdte.q[0] = (Q0_V | Q0_IR | Q0_IW).into();
+        r.sdte.q[5] = (Q5_VTOM_EN | (LINUX_VTOM << 1 & Q5_VTOM)).into();
+        let (out, bytes) = self.guest_message(guest, tdi, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+        // An SDTE write never waits on the device: one round.
+        if out.to_core()? != Completion::Done {
+            return Err(Error::Inconsistent);
+        }
+        let mut rsp = msg::SdteWriteRsp::new_zeroed();
+        bytes
+            .get(..core::mem::size_of::<msg::SdteWriteRsp>())
+            .ok_or(Error::Inconsistent)
+            .map(|b| rsp.as_mut_bytes().copy_from_slice(b))?;
+        match rsp.status.get() {
+            0 => Ok(()),
+            status => Err(self.sdte_refusal(guest, tdi, status)),
+        }
     }
 
     /// The sDTE as the RMP's secure device table holds it: valid, naming the owner's ASID.
@@ -854,6 +875,35 @@ impl Backend for SevBackend<'_> {
 
     fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<tsm_core::dma::DmaState>> {
         Ok(self.sev.tsm().tdi(tdi).ok().and_then(|r| r.dma))
+    }
+}
+
+/// vTOM of Linux's SDTE write, in 2 MiB units (its `tsm_vtom` module parameter's default,
+/// drivers/virt/coco/sev-guest/tio.c of the SEV-TIO guest patch
+/// `<20260225053806.3311234-8-aik@amd.com>`).
+const LINUX_VTOM: u64 = 0x7fff_ffff;
+
+impl SevBackend<'_> {
+    /// An SDTE write's refusal in the core's terms: the answer's status is coarser than the
+    /// core's (TDI_NOT_BOUND covers unbound, in ERROR and unbinding; INVALID_TDI another
+    /// guest's TDI), so the TDI's state, which the host sees in TDI_STATUS, tells them apart.
+    fn sdte_refusal(&self, guest: GuestId, tdi: TdiId, status: u16) -> Error {
+        use platform_sev::guest_msg::SdteWriteStatus as Sw;
+        let state = self.sev.tsm().tdi(tdi).map(|t| t.state);
+        match (status, state) {
+            (s, Ok(TdiState::Error { .. })) if s == Sw::TdiNotBound as u16 => Error::TdiInError,
+            (s, Ok(TdiState::Unbinding { .. })) if s == Sw::TdiNotBound as u16 => {
+                Error::UnbindInProgress
+            }
+            (s, _) if s == Sw::TdiNotBound as u16 => Error::TdiNotBound,
+            (s, Ok(st)) if s == Sw::InvalidTdi as u16 && st.owner() != Some(guest) => {
+                Error::NotOwner
+            }
+            (s, _) if s == Sw::InvalidTdi as u16 => Error::InvalidHandle,
+            // RESERVED, a VMPL below the sender's, a rewrite of a valid entry with other bits:
+            // the backend's own request never asks for them.
+            _ => Error::Inconsistent,
+        }
     }
 }
 

@@ -293,3 +293,119 @@ fn an_unbind_blocks_the_context_before_it_asks_the_device_to_stop() {
     // Blocked, and its invalidation asked (the in-memory table completes it at once).
     assert_eq!(contexts(&w)[0].state, DmaState::Invalidated);
 }
+
+/// The platform's part of an accept: `check` refuses before anything changes, `write` runs
+/// with the context already accepted in the same table lock; a pending context the check
+/// refuses stays pending, with the table as it was.
+#[test]
+fn an_accept_with_the_platforms_part_checks_first_then_writes_under_the_same_lock() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.host_dma_create(w.t0).unwrap();
+    // The platform's refusal: nothing changed, the core's record and table still pending.
+    let before = tsm.snapshot().unwrap();
+    let got = tsm.guest_dma_accept_with(
+        w.g1,
+        w.t0,
+        |t, iface, state| {
+            assert_eq!(state, DmaState::Pending);
+            assert_eq!(t.dma_contexts()[0].iface, iface);
+            Err("refused")
+        },
+        |_, _| -> Result<(), crate::secure_table::TableError> { panic!("written after a refusal") },
+    );
+    assert_eq!(got, Ok(Err("refused")));
+    assert_eq!(tsm.snapshot().unwrap(), before);
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    // The core's refusals come first: the platform's check never runs for them.
+    refused(tsm, Error::NotOwner, || {
+        tsm.guest_dma_accept_with(
+            w.g2,
+            w.t0,
+            |_, _, _| -> Result<(), ()> { panic!("checked for another guest") },
+            |_, _| Ok(()),
+        )
+    });
+    // Accepted: `write` sees the context already active in the table it holds.
+    let got = tsm.guest_dma_accept_with(
+        w.g1,
+        w.t0,
+        |_, _, _| Ok::<(), ()>(()),
+        |t, iface| {
+            let c = t.dma_contexts()[0];
+            assert_eq!((c.iface, c.state), (iface, DmaState::Active));
+            Ok(7)
+        },
+    );
+    assert_eq!(got, Ok(Ok(7)));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Active));
+    // Again, active: the check is told so, and its refusal changes nothing.
+    let before = tsm.snapshot().unwrap();
+    let got = tsm.guest_dma_accept_with(
+        w.g1,
+        w.t0,
+        |_, _, state| {
+            assert_eq!(state, DmaState::Active);
+            Err(())
+        },
+        |_, _| Ok(()),
+    );
+    assert_eq!(got, Ok(Err(())));
+    assert_eq!(tsm.snapshot().unwrap(), before);
+}
+
+/// A `write` that fails once the check passed is drift: `Inconsistent`, the accept kept with
+/// record and table agreeing (the context translates only as the table says).
+#[test]
+fn a_failing_platform_write_after_the_accept_is_inconsistent_with_record_and_table_agreeing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.host_dma_create(w.t0).unwrap();
+    let got = tsm.guest_dma_accept_with(
+        w.g1,
+        w.t0,
+        |_, _, _| Ok::<(), ()>(()),
+        |_, _| Err::<(), _>(crate::secure_table::TableError::Inconsistent),
+    );
+    assert_eq!(got, Err(Error::Inconsistent));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Active));
+    assert_eq!(contexts(&w)[0].state, DmaState::Active);
+}
+
+/// The platform's fields of a new context are written under the create's lock: `fill` sees
+/// the context pending in its table; a create refused by the core never runs it.
+#[test]
+fn a_create_with_the_platforms_fields_fills_the_new_context_under_the_same_lock() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    refused(tsm, Error::TdiNotBound, || {
+        tsm.host_dma_create_with(w.t1, |_, _, _| panic!("filled an unbound TDI's context"))
+    });
+    let mut seen = None;
+    tsm.host_dma_create_with(w.t0, |t, owner, iface| {
+        let c = t.dma_contexts()[0];
+        seen = Some((c.guest, c.iface, c.state, owner, iface));
+        Ok(())
+    })
+    .unwrap();
+    let iface = tsm.tdi(w.t0).unwrap().iface;
+    assert_eq!(seen, Some((w.g1, iface, DmaState::Pending, w.g1, iface)));
+    refused(tsm, Error::DmaContextExists, || {
+        tsm.host_dma_create_with(w.t0, |_, _, _| panic!("filled a second context"))
+    });
+}
+
+/// A `fill` that fails after the create is drift: `Inconsistent`, the context created and not
+/// translating, record and table agreeing.
+#[test]
+fn a_failing_fill_after_the_create_is_inconsistent_with_record_and_table_agreeing() {
+    let w = bound(1);
+    let tsm = &w.tsm;
+    let got = tsm.host_dma_create_with(w.t0, |_, _, _| {
+        Err(crate::secure_table::TableError::Inconsistent)
+    });
+    assert_eq!(got, Err(Error::Inconsistent));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(contexts(&w)[0].state, DmaState::Pending);
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}

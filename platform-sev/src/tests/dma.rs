@@ -49,6 +49,49 @@ fn entry(w: &World) -> Option<crate::sdte::SdteSlot> {
         .unwrap()
 }
 
+/// The firmware part TDI_BIND gives the test's TDI: its guest device ID, the device's streams.
+fn bind_fields() -> Sdte {
+    let mut s = Sdte::default();
+    s.q[3] = (u64::from(GDEV) << 16).into();
+    s.q[4] = u64::from_le_bytes([IDE_STREAM, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).into();
+    s
+}
+
+/// Puts an SDTE write sent under VMPCK `vmpck` (the sender's VMPL).
+fn put_under(w: &mut World, vmpck: u8, r: &msg::SdteWriteReq) {
+    w.put_msg(msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+    let mut hdr = MsgHeader::new(msg::MSG_SDTE_WRITE_REQ, r.as_bytes().len());
+    hdr.msg_vmpck = vmpck;
+    w.mem.write(MEM + 0x1000, hdr.as_bytes()).unwrap();
+}
+
+/// An SDTE write under VMPCK `vmpck` answered in its response with `want`, nothing changed
+/// (the response page aside); the answer comes back under the same VMPCK.
+#[track_caller]
+fn write_refused_under(w: &mut World, vmpck: u8, r: msg::SdteWriteReq, want: Sw) {
+    put_under(w, vmpck, &r);
+    let mut before = w.state();
+    ok(w.cmd(&guest_request(GCTX)));
+    let mut after = w.state();
+    before.mem[RESPONSE_PAGE].fill(0);
+    after.mem[RESPONSE_PAGE].fill(0);
+    same(
+        &before,
+        &after,
+        format_args!("an SDTE write under VMPCK {vmpck}"),
+    );
+    let rsp: msg::SdteWriteRsp = w.response();
+    assert_eq!(rsp.status.get(), want as u16);
+    assert_eq!(response_vmpck(w), vmpck);
+}
+
+/// The VMPCK of the last answer's header.
+fn response_vmpck(w: &World) -> u8 {
+    let mut hdr = MsgHeader::new_zeroed();
+    w.mem.read(MEM + 0x2000, hdr.as_mut_bytes()).unwrap();
+    hdr.msg_vmpck
+}
+
 fn start(w: &mut World) {
     let mut r = msg::TdiReq::new_zeroed();
     r.guest_device_id = GDEV.into();
@@ -62,13 +105,15 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
     let mut w = World::new();
     w.setup(Stage::Mapped);
     let g = w.guest(GCTX);
-    // TDI_BIND created the sDTE: all zero, no translation.
+    // TDI_BIND created the sDTE: V clear, no translation, nothing of the guest's; the
+    // firmware's fields TDI_BIND knows filled in with the create.
     assert_eq!(dma(&w), Some(DmaState::Pending));
     let e = entry(&w).unwrap();
     assert_eq!(
-        (e.sdte, e.state, e.guest),
+        (e.sdte.guest_part(), e.state, e.guest),
         (Sdte::default(), DmaState::Pending, g)
     );
+    assert_eq!(e.sdte.firmware_part(), bind_fields());
     // The owner's write: valid, pointed at its ASID by the firmware, its own bits kept.
     assert_eq!(
         write(&mut w, GCTX, req(GDEV, linux_sdte())),
@@ -78,6 +123,10 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
     let e = entry(&w).unwrap();
     assert_eq!((e.sdte.asid(), e.sdte.domain_id()), (5, 5));
     assert_eq!(e.sdte.guest_part(), linux_sdte());
+    assert_eq!(
+        (e.sdte.guest_device_id(), e.sdte.ide_stream_id()),
+        (GDEV, bind_fields().ide_stream_id())
+    );
     // Not running yet: shared memory only. Started: the guest's private memory.
     assert_eq!(
         w.sev.tsm().dma_reach(w.tdi()).unwrap(),
@@ -88,12 +137,13 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
         w.sev.tsm().dma_reach(w.tdi()).unwrap(),
         DmaReach::Private(g)
     );
-    // A second write (VMPL 1) while running rewrites the guest's part only.
+    // A second write that would change the valid entry (VMPL 1) is kept until unbind; the
+    // same bits again are an idempotent success. Neither changes anything.
     let mut vmpl1 = linux_sdte();
     vmpl1.q[3] = (1u64 << 49).into();
-    assert_eq!(write(&mut w, GCTX, req(GDEV, vmpl1)), Sw::Success as u16);
-    let e = entry(&w).unwrap();
-    assert_eq!((e.sdte.guest_part(), e.sdte.asid()), (vmpl1, 5));
+    write_refused(&mut w, GCTX, req(GDEV, vmpl1), Sw::KeptUntilUnbind);
+    write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::Success);
+    assert_eq!(entry(&w).unwrap(), e);
     // Unbind: the sDTE is blocked with the MMIO, before STOP; the unbind's one fence (held by
     // the test) covers both: pending, with the progress kept, until the fence completes.
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
@@ -242,4 +292,129 @@ fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
         .unwrap();
     ok(w.cmd(&force));
     ok(w.cmd(&tdi_reclaim()));
+}
+
+/// A valid entry may hold cached translations in the IOMMU: no write changes it before the
+/// unbind's fence (clearing IR, setting IW, narrowing or widening vTOM, raising VMPL, dropping
+/// vTOM_EN), each answered `KeptUntilUnbind` with nothing changed, no fence raised; the same
+/// bits again are `Success`, changing nothing.
+#[test]
+fn a_valid_entry_is_never_rewritten_before_the_unbinds_fence() {
+    let mut w = World::new();
+    w.setup(Stage::Mapped);
+    // Reads only, vTOM at 32 GiB (0x4000 2 MiB units): room to widen and to narrow.
+    let base = {
+        let mut s = linux_sdte();
+        s.q[0] = (Q0_V | Q0_IR).into();
+        s.q[5] = (Q5_VTOM_EN | (0x4000 << 1)).into();
+        s
+    };
+    assert_eq!(write(&mut w, GCTX, req(GDEV, base)), 0);
+    start(&mut w);
+    let g = w.guest(GCTX);
+    let fences = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
+    let valid = entry(&w).unwrap();
+    let change = |i: usize, clear: u64, set: u64| {
+        let mut s = base;
+        s.q[i] = ((s.q[i].get() & !clear) | set).into();
+        s
+    };
+    for (what, s) in [
+        ("IR cleared", change(0, Q0_IR, 0)),
+        ("IW set", change(0, 0, Q0_IW)),
+        ("vTOM narrowed", change(5, Q5_VTOM, 0x10 << 1)),
+        ("vTOM widened", change(5, Q5_VTOM, Q5_VTOM)),
+        ("vTOM_EN cleared", change(5, Q5_VTOM_EN, 0)),
+        ("VMPL 1", change(3, 0, 1 << 49)),
+        ("VMPL 3", change(3, 0, Q3_VMPL)),
+    ] {
+        assert_ne!(s, base, "{what}");
+        write_refused(&mut w, GCTX, req(GDEV, s), Sw::KeptUntilUnbind);
+    }
+    write_refused(&mut w, GCTX, req(GDEV, base), Sw::Success);
+    assert_eq!(entry(&w).unwrap(), valid);
+    assert_eq!(w.sev.tsm().with_table(|r| r.fences()[0]).unwrap(), fences);
+    assert_eq!(
+        w.sev.tsm().dma_reach(w.tdi()).unwrap(),
+        DmaReach::Private(g)
+    );
+}
+
+/// The sender's VMPL is the VMPCK its message came with: an entry VMPL below it (more
+/// privileged) is `VmplBelowSender`, the entry left pending (the platform's check runs before
+/// the core's accept); the sender's own VMPL or a higher one is taken. VMPCK 4 and above are
+/// no key: the command's `INVALID_PARAM`, nothing changed.
+#[test]
+fn an_entry_vmpl_below_the_senders_vmpck_is_refused_before_the_accept() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    let with_vmpl = |v: u64| {
+        let mut s = linux_sdte();
+        s.q[3] = (v << 49).into();
+        s
+    };
+    for sender in 1..=3u8 {
+        for vmpl in 0..u64::from(sender) {
+            write_refused_under(
+                &mut w,
+                sender,
+                req(GDEV, with_vmpl(vmpl)),
+                Sw::VmplBelowSender,
+            );
+        }
+    }
+    assert_eq!(dma(&w), Some(DmaState::Pending));
+    // An invalidation grants nothing: answered as for VMPCK 0.
+    write_refused_under(&mut w, 3, req(GDEV, Sdte::default()), Sw::Success);
+    // VMPCK past 3: no such key, the whole request refused.
+    for vmpck in [4u8, 0x80, 0xFF] {
+        put_under(&mut w, vmpck, &req(GDEV, with_vmpl(3)));
+        refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+            w.cmd(&guest_request(GCTX))
+        });
+    }
+    let mut info = msg::TdiReq::new_zeroed();
+    info.guest_device_id = GDEV.into();
+    w.put_msg(msg::MSG_TDI_INFO_REQ, info.as_bytes());
+    let mut hdr = MsgHeader::new(msg::MSG_TDI_INFO_REQ, info.as_bytes().len());
+    hdr.msg_vmpck = 4;
+    w.mem.write(MEM + 0x1000, hdr.as_bytes()).unwrap();
+    refused(&mut w, SevStatus::INVALID_PARAM, |w| {
+        w.cmd(&guest_request(GCTX))
+    });
+    // A VMPL 2 sender may give its device VMPL 2 or 3: accepted, answered under VMPCK 2.
+    put_under(&mut w, 2, &req(GDEV, with_vmpl(2)));
+    ok(w.cmd(&guest_request(GCTX)));
+    let rsp: msg::SdteWriteRsp = w.response();
+    assert_eq!(rsp.status.get(), Sw::Success as u16);
+    assert_eq!(response_vmpck(&w), 2);
+    assert_eq!(dma(&w), Some(DmaState::Active));
+    assert_eq!(entry(&w).unwrap().sdte.vmpl(), 2);
+    // Now valid: the same bits are an idempotent success, a VMPL 0 sender lowering it is
+    // kept until unbind (a valid entry never changes), and VMPL 1 from VMPL 2 stays refused.
+    write_refused_under(&mut w, 2, req(GDEV, with_vmpl(2)), Sw::Success);
+    write_refused_under(&mut w, 0, req(GDEV, with_vmpl(0)), Sw::KeptUntilUnbind);
+    write_refused_under(&mut w, 2, req(GDEV, with_vmpl(1)), Sw::VmplBelowSender);
+}
+
+/// The sDTE TDI_BIND creates carries the device's streams as DEV_CONNECT named them and the
+/// guest device ID of the bind; a rebind under another ID carries that one.
+#[test]
+fn the_bind_fills_the_entrys_guest_device_id_and_ide_streams() {
+    let mut w = World::new();
+    w.setup(Stage::Bound);
+    let e = entry(&w).unwrap();
+    assert_eq!(e.sdte.guest_device_id(), GDEV);
+    assert_eq!(
+        e.sdte.ide_stream_id(),
+        [IDE_STREAM, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
+    );
+    assert!(!e.sdte.valid());
+    assert_eq!(e.sdte.guest_part(), Sdte::default());
+    ok(unbind_all(&mut w));
+    assert!(entry(&w).is_none());
+    let mut bind = tdi_bind(GCTX);
+    bind.guest_device_id = (GDEV + 7).into();
+    ok(w.cmd(&bind));
+    assert_eq!(entry(&w).unwrap().sdte.guest_device_id(), GDEV + 7);
 }

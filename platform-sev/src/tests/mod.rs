@@ -64,6 +64,9 @@ const GCTX: u64 = 0x2_0000_0000;
 const GCTX2: u64 = 0x2_0000_1000;
 const GPA: u64 = 0x10_0000_0000;
 const GDEV: u16 = 0x0100;
+/// The IDE stream DEV_CONNECT names for TC0 (Linux: the host bridge's stream index; the other
+/// seven traffic classes 0xFF).
+const IDE_STREAM: u8 = 3;
 
 fn sla(pfn: u64) -> u64 {
     SlaAddr::new()
@@ -555,6 +558,7 @@ fn dev_connect() -> abi::DevConnect {
     c.spdm_ctrl = spdm_ctrl();
     c.dev_ctx = dev_sla().into();
     c.tc_mask = 1;
+    c.ide_stream_id = [IDE_STREAM, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
     c
 }
 fn dev_disconnect() -> abi::DevDisconnect {

@@ -10,6 +10,8 @@ use crate::registry::Tdi;
 use crate::relay::SecureSession;
 use crate::secure_table::{SecureTable, TableError};
 use crate::status::{Error, TsmResult};
+use crate::transport::InterfaceId;
+use core::convert::Infallible;
 
 /// `NoDmaContext` without one.
 fn context(record: &Tdi) -> TsmResult<DmaState> {
@@ -27,6 +29,22 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     ///
     /// Locks: TDI, secure table (the owner's shard).
     pub fn host_dma_create(&self, tdi: TdiId) -> TsmResult<()> {
+        self.host_dma_create_with(tdi, |_, _, _| Ok(()))
+    }
+
+    /// [`Tsm::host_dma_create`], and the platform's own fields of the new context written by
+    /// `fill` under the same table lock (SEV-TIO: TDI_BIND's guest device ID and IDE stream in
+    /// the sDTE), so no one sees the context without them. `fill` gets the owner's table, the
+    /// owner and the interface; it runs only once the context is created, and must not fail
+    /// then (the table has the context it just made): if it does, the context stays created,
+    /// not translating, record and table agreeing, and the answer is `Inconsistent`.
+    ///
+    /// Locks: TDI, secure table (the owner's shard).
+    pub fn host_dma_create_with(
+        &self,
+        tdi: TdiId,
+        fill: impl FnOnce(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
+    ) -> TsmResult<()> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let owner = match record.state {
@@ -41,33 +59,70 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let mut table = self.table_of(owner)?;
         table.dma_create(owner, record.iface)?;
         record.dma = Some(DmaState::Pending);
-        Ok(())
+        fill(&mut table, owner, record.iface).map_err(|_| Error::Inconsistent)
     }
 
-    /// `guest` accepts `tdi`'s trusted DMA context (TDX: TDG.DMAR.ACCEPT 70; SEV-TIO: the sDTE
-    /// write of its TIO guest request): the firmware points it at the guest's own secure table,
-    /// and DMA from the TDI reaches the guest's private memory while the TDI runs. The owner
-    /// only, while the TDI is locked or running; an active context accepted again is `Ok` and
-    /// changes nothing. Refused, changing nothing: unknown guest or TDI (`InvalidHandle`),
-    /// unbound (`TdiNotBound`), another guest's (`NotOwner`), in ERROR (`TdiInError`), being
-    /// unbound (`UnbindInProgress`), no context (`NoDmaContext`).
+    /// `guest` accepts `tdi`'s trusted DMA context (TDX: TDG.DMAR.ACCEPT 70): the firmware
+    /// points it at the guest's own secure table, and DMA from the TDI reaches the guest's
+    /// private memory while the TDI runs. The owner only, while the TDI is locked or running;
+    /// an active context accepted again is `Ok` and changes nothing. Refused, changing nothing:
+    /// unknown guest or TDI (`InvalidHandle`), unbound (`TdiNotBound`), another guest's
+    /// (`NotOwner`), in ERROR (`TdiInError`), being unbound (`UnbindInProgress`), no context
+    /// (`NoDmaContext`). A platform whose accept carries fields of its own uses
+    /// [`Tsm::guest_dma_accept_with`].
     ///
     /// Locks: guest (briefly), TDI, secure table (the guest's shard).
     pub fn guest_dma_accept(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        let accepted = self.guest_dma_accept_with(
+            guest,
+            tdi,
+            |_, _, _| Ok::<(), Infallible>(()),
+            |_, _| Ok(()),
+        )?;
+        accepted.map_err(|never| match never {})
+    }
+
+    /// [`Tsm::guest_dma_accept`] with the platform's own part of the accept (SEV-TIO: the
+    /// guest's bits of its SDTE write) checked and written under the same TDI and table locks
+    /// as the core's, so the context is never seen accepted without that part, nor that part
+    /// changed on a context another request took away meanwhile.
+    ///
+    /// After the core's checks (its refusals as [`Tsm::guest_dma_accept`]'s, `Err`), and
+    /// before anything changes, `check` reads the guest's table with the interface and the
+    /// context's state (`Pending` or `Active`) and may refuse: its `E` comes back as
+    /// `Ok(Err(E))`, nothing changed. Then the table's accept (a no-op for an active context),
+    /// then `write`, whose answer is `Ok(Ok(R))`. `write` must not fail once `check` passed;
+    /// if it does, the accept stays (record and table agree) and the answer is
+    /// `Inconsistent`.
+    ///
+    /// Locks: guest (briefly), TDI, secure table (the guest's shard).
+    pub fn guest_dma_accept_with<R, E>(
+        &self,
+        guest: GuestId,
+        tdi: TdiId,
+        check: impl FnOnce(&T, InterfaceId, DmaState) -> Result<(), E>,
+        write: impl FnOnce(&mut T, InterfaceId) -> Result<R, TableError>,
+    ) -> TsmResult<Result<R, E>> {
         self.guest(guest)?;
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         Self::guest_owns(record, guest, false)?;
-        match context(record)? {
-            DmaState::Active => return Ok(()),
-            DmaState::Pending => {}
+        let state = match context(record)? {
+            s @ (DmaState::Active | DmaState::Pending) => s,
             // An unbind blocks the context only after leaving Locked/Run: drift.
             _ => return Err(Error::Inconsistent),
-        }
+        };
         let mut table = self.table_of(guest)?;
-        table.dma_accept(guest, record.iface)?;
-        record.dma = Some(DmaState::Active);
-        Ok(())
+        if let Err(refusal) = check(&table, record.iface, state) {
+            return Ok(Err(refusal));
+        }
+        if state == DmaState::Pending {
+            table.dma_accept(guest, record.iface)?;
+            record.dma = Some(DmaState::Active);
+        }
+        write(&mut table, record.iface)
+            .map(Ok)
+            .map_err(|_| Error::Inconsistent)
     }
 
     /// What a DMA request with the TEE bit from `tdi` reaches now ([`dma::reach`]: the owner's
