@@ -649,11 +649,13 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
                 let rid = RequesterId::from_routing(segment, routing);
                 let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
-                // BLOCKED with its invalidation PENDING (`tdh_iq_inv_request.c` @6e66b9d2).
+                // BLOCKED with its invalidation PENDING (`tdh_iq_inv_request.c` @6e66b9d2). The
+                // firmware queues the invalidation itself when it blocks the entry (unbind,
+                // ERROR): the host's request then finds it queued or done, and succeeds
+                // changing nothing (ours, as BLOCK of a blocked entry).
                 let check = |s| match s {
-                    Some(DmaState::Blocked) => None,
-                    Some(DmaState::Invalidating | DmaState::Invalidated) => {
-                        Some(status::TDX_DMAR_INVALID_INV_STATE)
+                    Some(DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated) => {
+                        None
                     }
                     _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
                 };

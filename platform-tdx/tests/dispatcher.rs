@@ -325,7 +325,13 @@ impl<'m> World<'m> {
     /// make it: TDH.DMAR.ADD of its PASID entry unless it has one, then TDG.DMAR.ACCEPT unless
     /// the entry is present; the first refusal on the way, or success.
     fn accept_dma(&self, td: u64, tdi: u64) -> u64 {
-        let rid = self.fw.tsm().tdi(self.id(tdi)).unwrap().iface.requester_id();
+        let rid = self
+            .fw
+            .tsm()
+            .tdi(self.id(tdi))
+            .unwrap()
+            .iface
+            .requester_id();
         let idx = platform_tdx::dmar::dmar_idx(rid);
         let on_idx = SeamRegs {
             rcx: idx,

@@ -100,20 +100,25 @@ const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
 pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
 
 impl FlushControl for Sept<'_> {
-    /// Holds the guest's flushes and invalidations, or completes both (the host processing
-    /// the queues of the guest's IOMMUs) and stops holding.
+    /// Holds the guest's flushes and invalidations from now on, or completes both and stops
+    /// holding. Invalidations queued while not held are the host's to complete at once (as the
+    /// other tables complete theirs): the host processes the queues of the guest's IOMMUs
+    /// before it holds and after it stops.
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
-        self.hold_flush(guest, defer);
         if !defer {
-            let segments: heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }> = self
-                .dmar()
-                .entries()
-                .filter(|e| e.guest == guest)
-                .map(|e| e.rid.segment())
-                .collect();
-            for segment in segments {
-                self.iq_process(segment);
-            }
+            self.hold_flush(guest, false);
+        }
+        let segments: heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }> = self
+            .dmar()
+            .entries()
+            .filter(|e| e.guest == guest)
+            .map(|e| e.rid.segment())
+            .collect();
+        for segment in segments {
+            self.iq_process(segment);
+        }
+        if defer {
+            self.hold_flush(guest, true);
         }
     }
 

@@ -1662,6 +1662,13 @@ fn apply(call: &Call, b: &mut dyn Backend, h: &mut Handles, w: &WorldSpec) -> Ve
 fn normalise(r: Outcome) -> Outcome {
     match r {
         Err(Error::InvalidPageSize) => Err(Error::Misaligned),
+        // Waiting for a flush the host holds: SEV's one ASID fence is the TLB flush and the
+        // IOTLB invalidation at once, so it may wait at Track where the others wait at Dma.
+        Err(Error::IotlbInvalidationPending) => Err(Error::TlbFlushPending),
+        // A removal refused because the TDI still holds something: SEV's TDI_BIND creates the
+        // DMA context, the others' first start does, so past STOP one is kept by its context
+        // where the others are kept by being bound.
+        Err(Error::DmaContextRemains) => Err(Error::TdiBound),
         r => r,
     }
 }

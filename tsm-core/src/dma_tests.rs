@@ -258,19 +258,14 @@ fn the_host_cannot_invalidate_or_remove_an_active_context_out_of_order() {
 fn a_device_in_error_has_its_dma_context_blocked_with_its_mmio() {
     let w = running();
     let tsm = &w.tsm;
-    // Its invalidation is asked with the block and waits.
-    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
-        .unwrap();
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
     assert_eq!(
         contexts(&w)[0].state,
-        DmaState::Invalidating,
+        DmaState::Blocked,
         "the platform's entry too"
     );
-    assert_eq!(tsm.unbind(w.t0), Err(Error::IotlbInvalidationPending));
-    tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
-    // The unbind removes it.
+    // The unbind invalidates and removes it.
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());
 }

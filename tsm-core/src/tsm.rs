@@ -566,16 +566,18 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
 
     /// Removes an unbound TDI (`TdiBound` while bound, `ExchangePending` while a bind of it
     /// waits on the device: unbind abandons that first). A TDI whose trusted DMA context remains
-    /// is `DmaContextRemains`, ahead of `TdiBound` when its device's stream is cut (the order
-    /// of TDX's TDH.DEVIF.REMOVE, whose HAS_MAPPED_DMA comes after the state check a blocked
-    /// stream passes).
+    /// is `DmaContextRemains`, ahead of `TdiBound` once its device can no longer reach the
+    /// guest (an unbind past STOP, or the stream cut: [`Tsm::host_may_tear_down`]), the order
+    /// of TDX's TDH.DEVIF.REMOVE, whose HAS_MAPPED_DMA comes after the state check such a TDI
+    /// passes.
     pub fn remove_tdi(&self, tdi: TdiId) -> TsmResult<()> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
-        // TDX's DEVIF.REMOVE order: with the stream cut a bound TDI's DMA context is what
-        // keeps it (TDX_DEVIF_HAS_MAPPED_DMA); otherwise being bound is.
-        if dev.stream == IdeStream::Cut && record.dma.is_some() {
+        // TDX's DEVIF.REMOVE order: once the device can no longer reach the guest (past
+        // STOP, or the stream cut) a bound TDI's DMA context is what keeps it
+        // (TDX_DEVIF_HAS_MAPPED_DMA); before, being bound is.
+        if record.dma.is_some() && Self::host_may_tear_down(record.state, dev.stream) {
             return Err(Error::DmaContextRemains);
         }
         transition(record.state, Event::HostTouch)?;
@@ -855,7 +857,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 // A device in ERROR is not trusted with the guest's memory either: its DMA
                 // context is blocked with its MMIO (removed by the unbind).
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
+                unbind::block_dma(table, owner, record.iface, &mut record.dma, false)?;
                 None
             }
             Walk::Paused(c) => Some(c),

@@ -175,19 +175,24 @@ pub(crate) fn block_leaves<T: SecureTable>(
 }
 
 /// Blocks a TDI's DMA context that still translates (pending or active): the platform's entry
-/// no longer translates for new requests, and its IOTLB invalidation is requested at once so
-/// cached translations go with the flush that follows the block (SEV's one ASID fence covers
-/// both; the Dma step awaits it). A blocked context, or none, stays as it is; an invalidation
-/// the platform cannot request yet is left to the Dma step, which asks again.
+/// no longer translates for new requests. With `invalidate` (the unbind's Block step, on a
+/// platform whose track leaves the IOTLB alone) its IOTLB invalidation is requested at once,
+/// so it is under way with the MMIO's track (the Dma step awaits it); an ERROR leaves it to
+/// the unbind. A blocked context, or none, stays as it is; an invalidation the platform cannot
+/// request yet is left to the Dma step, which asks again.
 pub(crate) fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
     dma: &mut Option<DmaState>,
+    invalidate: bool,
 ) -> Result<(), Error> {
     if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
         table.dma_block(owner, iface)?;
         *dma = Some(DmaState::Blocked);
+        if !invalidate {
+            return Ok(());
+        }
         if let Ok(done) = table.dma_invalidate(owner, iface) {
             *dma = Some(if done {
                 DmaState::Invalidated
@@ -293,7 +298,13 @@ fn advance<T: SecureTable>(
                     // memory once the unbind has begun (its invalidation and removal come in
                     // the enforced order, at the Dma step).
                     *budget = budget.saturating_sub(1);
-                    block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                    block_dma(
+                        ctx.table,
+                        ctx.owner,
+                        ctx.iface,
+                        ctx.dma,
+                        !T::TRACK_INVALIDATES_IOTLB,
+                    )?;
                     Next::Step(UnbindStep::Stop)
                 }
                 Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),

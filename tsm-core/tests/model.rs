@@ -707,12 +707,12 @@ fn check_exempt(
         {
             return false;
         }
-        // Blocking the context comes with blocking the leaves (a failed STOP, a START the
-        // device refused); an unbind that went on may also invalidate and remove it.
+        // Blocking the context, and asking its invalidation, comes with blocking the leaves (a
+        // failed STOP, a START the device refused); an unbind that went on may also remove it.
         let dma_max = if kind == Exempt::UnbindProgressKept {
             3
         } else {
-            1
+            2
         };
         (0..=dma_max).any(|n| {
             let mut t = table.clone();
