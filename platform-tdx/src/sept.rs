@@ -941,8 +941,9 @@ impl SecureTable for Sept<'_> {
     /// levels, the domain ID the TD's (ours: guest slot + 1 stands for the HKID the module ORs
     /// in; the S-EPT does not know HKIDs). The root is then pinned: it stays the TD's, even
     /// with no leaf under it, until the TD's last accepted entry is removed, so the pointer
-    /// never names a page the pool gave to another table. A TD whose S-EPT has no root yet (no
-    /// private page mapped) has nothing to translate through: `NotMapped` (ours).
+    /// never names a page the pool gave to another table. A TD whose S-EPT has no root yet (it
+    /// accepts before START, possibly before any MMIO is mapped) gets its root made here,
+    /// given back if the accept is refused (`OutOfFrames` when the pool has none).
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let levels = self.levels();
         let entry = self.dmar.entry(iface.requester_id());
@@ -950,7 +951,7 @@ impl SecureTable for Sept<'_> {
             return Ok(());
         }
         // Checked before a root is made: a refusal changes nothing.
-        if !entry.is_some_and(|e| e.guest == guest) {
+        if entry.is_none_or(|e| e.guest != guest) {
             return Err(TableError::NoDmaContext);
         }
         let tree = self
@@ -981,7 +982,7 @@ impl SecureTable for Sept<'_> {
                 if !had_root {
                     let _ = tree.release_empty_root(&mut self.pool);
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }
