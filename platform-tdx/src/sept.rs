@@ -6,6 +6,7 @@
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
+use tsm_core::dma::DmaState;
 use tsm_core::secure_table::{Epoch, Found, PageRest, Run, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange, PageSize, SecureTable,
@@ -132,6 +133,13 @@ pub enum SeptError {
     TlbTrackingNotDone,
     /// TRACK while the previous epoch is not flushed yet (PREVIOUS_TLB_EPOCH_BUSY).
     PreviousEpochBusy,
+    /// TRACK while an IOMMU still owes the TD's domain the IOTLB invalidation the previous
+    /// TRACK asked for, or removal of a leaf blocked before that TRACK
+    /// (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE), or its request while it is queued already.
+    IotlbTrackingNotDone,
+    /// TDH.IQ.INV.REQUEST of the TD's domain on an IOMMU that owes it nothing
+    /// (TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED).
+    IotlbTrackingNotRequired,
     /// TRACK re-stamped as many old blocked leaves as one call may (their 12-bit epochs would
     /// become ambiguous in the bucket it enters) and did not advance the epoch yet; the work
     /// is kept, call it again (ours, TDX_INTERRUPTED_RESUMABLE on TDH.MEM.TRACK).
@@ -194,6 +202,9 @@ impl From<SeptError> for TableError {
             SeptError::TlbTrackingNotDone
             | SeptError::PreviousEpochBusy
             | SeptError::TrackResumable => TableError::TlbNotFlushed,
+            SeptError::IotlbTrackingNotDone => TableError::IotlbNotTracked,
+            // Only the IQ leaf meets it (never a core path): nothing owed, nothing to do.
+            SeptError::IotlbTrackingNotRequired => TableError::NoDmaContext,
             SeptError::HpaInUse => TableError::HpaMapped,
             SeptError::AlreadyAccepted => TableError::GpaMapped,
             SeptError::PoolEmpty => TableError::OutOfFrames,
@@ -263,6 +274,11 @@ struct TdEpoch {
     current: Epoch,
     /// Every vCPU has flushed up to here; `current - flushed` is 0 or 1.
     flushed: Epoch,
+    /// Every IOMMU with an accepted PASID entry of the TD has invalidated the TD's domain up
+    /// to here; `current - iotlb_flushed` is 0 or 1, and 1 exactly while an IOMMU owes the
+    /// invalidation the last TRACK asked for ([`crate::dmar::IotlbOwed`]). A TD with no
+    /// accepted entry keeps it at `current`: its leaves wait for the TLB only, as before.
+    iotlb_flushed: Epoch,
     /// Tests: flushes complete only when released.
     hold: bool,
     /// Outstanding blocked leaves per bucket of blocking epochs (slot: [`bucket_slot`]).
@@ -386,9 +402,28 @@ impl<'m> Sept<'m> {
         &self.dmar
     }
 
-    /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]).
+    /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]): a TD whose
+    /// IOMMUs no longer owe it anything has its IOTLB epoch passed (`prev_iotlb_cnt` back to
+    /// 0, `tdh_iq_inv_process.c` @6e66b9d2).
     pub fn iq_process(&mut self, segment: u16) -> usize {
-        self.dmar.process(segment)
+        let done = self.dmar.process(segment);
+        for (slot, e) in self.epochs.iter_mut().enumerate() {
+            let Ok(slot) = u16::try_from(slot) else {
+                break;
+            };
+            if e.iotlb_flushed != e.current && !self.dmar.iotlb_owed(GuestId::from_slot(slot)) {
+                e.iotlb_flushed = e.current;
+            }
+        }
+        done
+    }
+
+    /// TDH.IQ.INV.REQUEST of type [`crate::dmar::INV_REQ_IOTLB`]: queues the invalidation of
+    /// `guest`'s domain its last TRACK owes on the IOMMU of `segment`
+    /// ([`DmarTable::request_iotlb`]).
+    pub fn request_iotlb(&mut self, guest: GuestId, segment: u16) -> Result<(), SeptError> {
+        self.tree(guest)?;
+        self.dmar.request_iotlb(guest, segment)
     }
 
     /// The frame pool (tests compare its bytes before and after a refusal).
@@ -704,6 +739,14 @@ impl<'m> Sept<'m> {
         if blocked_at >= epoch.flushed {
             return Err(SeptError::TlbTrackingNotDone);
         }
+        // And once every IOMMU that may cache the leaf (or the table pages its removal gives
+        // back) through the TD's S-EPT has invalidated the TD's domain since the block
+        // (TDH.MMIO.UNMAP's `is_tlb_and_iotlb_tracked`, `tdh_mmio_unmap.c`
+        // @e69a4391305e993a7c646eb5eee15f2c47a649c4; its rule, not in the public source,
+        // is ours: the TRACK after the block and its IOTLB invalidations complete).
+        if blocked_at >= epoch.iotlb_flushed {
+            return Err(SeptError::IotlbTrackingNotDone);
+        }
         let host = Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
         // Both clears checked before either writes: the entry counts they update, then the
         // pages they give back, together (the two trees never share a page).
@@ -740,6 +783,11 @@ impl<'m> Sept<'m> {
         if e.flushed < e.current {
             return Err(SeptError::PreviousEpochBusy);
         }
+        // No IOMMU may still owe the previous TRACK's invalidation (`prev_iotlb_cnt != 0`:
+        // TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, `tdh_mem_track.c` @1666adc4).
+        if self.dmar.iotlb_owed(guest) {
+            return Err(SeptError::IotlbTrackingNotDone);
+        }
         let next = e
             .current
             .checked_add(1)
@@ -755,6 +803,11 @@ impl<'m> Sept<'m> {
         e.current = next;
         if !e.hold {
             e.flushed = e.current;
+        }
+        // Every IOMMU with an accepted entry of the TD owes the new epoch an invalidation of
+        // the TD's domain; with none, the IOTLB has nothing of the TD to forget.
+        if !self.dmar.track(guest) {
+            e.iotlb_flushed = next;
         }
         Ok(())
     }
@@ -970,6 +1023,16 @@ impl SecureTable for Sept<'_> {
     /// when no leaf is under it.
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let rid = iface.requester_id();
+        // A removable entry, not while an IOMMU owes the TD's domain its last TRACK's
+        // invalidation: the entry counts among what is owed (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+        // the PASID entry's removal in `src/common/tdxio/dmar.c` @6e66b9d2).
+        let removable = self
+            .dmar
+            .entry(rid)
+            .is_some_and(|e| e.guest == guest && e.te.state() == DmaState::Invalidated);
+        if removable && self.dmar.iotlb_owed(guest) {
+            return Err(SeptError::IotlbTrackingNotDone.into());
+        }
         let still_pinned = self
             .dmar
             .entries()
@@ -1798,6 +1861,7 @@ impl Sept<'_> {
                     || !m.blocked()
                     || m.guest().guest() != guest
                     || blocked_at >= epoch.flushed
+                    || blocked_at >= epoch.iotlb_flushed
                 {
                     let at = |b: u64| b.saturating_add((j as u64).saturating_mul(size.bytes()));
                     return Err(self.page_error(guest, at(g), at(h), plan));

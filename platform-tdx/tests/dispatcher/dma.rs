@@ -61,6 +61,34 @@ fn inv_request(w: &World<'_>) -> SeamRegs {
     )
 }
 
+/// TDH.IQ.INV.REQUEST of TD `td`'s domain (INV_REQ_IOTLB, R8 its TDR) on IOMMU 0, with the
+/// wait descriptor of [`inv_request`].
+fn iotlb_request(w: &World<'_>, td: u64) -> u64 {
+    w.call(
+        u64::from(abi::TDH_IQ_INV_REQUEST),
+        SeamRegs {
+            rcx: 0,
+            rdx: dmar::INV_REQ_IOTLB,
+            r8: td,
+            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
+            r10: host_page(HOST_PAGES as u64 - 1),
+            ..Default::default()
+        },
+    )
+    .rax
+}
+
+fn track(w: &World<'_>, td: u64) -> u64 {
+    w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    )
+    .rax
+}
+
 fn process(w: &World<'_>) -> u64 {
     w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
         .rax
@@ -102,8 +130,107 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w.fw.tsm().dma_reach(id).unwrap(),
         tsm_core::dma::DmaReach::Private(g)
     );
-    // The unbind blocks the entry and queues its invalidation; the host's PROCESS completes it.
+    // The unbind blocks the MMIO and the entry, and tracks: the entry still names the S-EPT,
+    // so the TRACK owes an IOTLB invalidation of the TD's domain, and the MMIO leaves (and the
+    // table pages their removal frees) wait for it. Nothing moves until the host asks for it.
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    assert_eq!(w.unbind_all(tdi), pending);
+    let leaves = w.fw.with_table(|t| t.pool().free_frames()).unwrap();
+    refused(
+        w,
+        "unbind again before the request",
+        || w.unbind_all(tdi),
+        pending,
+    );
+    refused(w, "MEM.TRACK before the request", || track(w, td), iotlb);
+    refused(
+        w,
+        "PASID entry's REQUEST while blocked leaves wait",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rdx: 1,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 2,
+    );
+    refused(
+        w,
+        "the domain's REQUEST naming no TD",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rdx: dmar::INV_REQ_IOTLB,
+                    r8: host_page(0),
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 8,
+    );
+    refused(
+        w,
+        "the domain's REQUEST without a fence",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rdx: dmar::INV_REQ_IOTLB,
+                    r8: td,
+                    r9: dmar::WAIT_DESC_TYPE,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 9,
+    );
+    refused(
+        w,
+        "the domain's REQUEST on another IOMMU",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rcx: 1,
+                    rdx: dmar::INV_REQ_IOTLB,
+                    r8: td,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    refused(
+        w,
+        "the domain's REQUEST again",
+        || iotlb_request(w, td),
+        iotlb,
+    );
+    refused(w, "unbind before PROCESS", || w.unbind_all(tdi), pending);
+    refused(w, "MEM.TRACK before PROCESS", || track(w, td), iotlb);
+    assert_eq!(
+        w.fw.with_table(|t| t.pool().free_frames()).unwrap(),
+        leaves,
+        "no table page went back before the IOTLB forgot the TD's domain"
+    );
+    assert_eq!(process(w), TDX_SUCCESS);
+    refused(
+        w,
+        "nothing owed",
+        || iotlb_request(w, td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    // The leaves go; then the entry's own invalidation, queued by the unbind, waits for PROCESS.
     assert_eq!(w.unbind_all(tdi), pending);
     assert_eq!(
         w.fw.with_table(|t| t.root_phys(g)).unwrap(),
@@ -335,8 +462,20 @@ fn the_linux_hosts_own_teardown_order_works() {
         rdx: td,
         ..Default::default()
     };
-    // The MMIO: blocked by the unbind already; the host tracks and unmaps.
+    // The MMIO: blocked by the unbind already, and tracked by it with the entry naming the
+    // S-EPT: the host asks for that TRACK's IOTLB invalidation of the TD's domain first, then
+    // tracks and unmaps.
     let _ = w.call(u64::from(abi::TDH_MMIO_BLOCK), page);
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+    refused(w, "MEM.TRACK", || track(w, td), iotlb);
+    refused(
+        w,
+        "MMIO.UNMAP",
+        || w.call(u64::from(abi::TDH_MMIO_UNMAP), page).rax,
+        iotlb | 1,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    assert_eq!(process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_MEM_TRACK,
         SeamRegs {
@@ -434,6 +573,15 @@ fn the_linux_hosts_own_teardown_order_works() {
         },
         TDX_DEVIF_HAS_MAPPED_DMA | 1,
     );
+    assert_eq!(process(w), TDX_SUCCESS);
+    // Its own invalidation done, but the host's TRACK above owes the domain's.
+    refused(
+        w,
+        "REMOVE while the TD's domain is owed",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | 1,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
     assert_eq!(process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_DMAR_REMOVE,
