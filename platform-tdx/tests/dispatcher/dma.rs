@@ -663,3 +663,118 @@ fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
     let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
     assert_eq!(free, total);
 }
+
+/// The review's sequence (review-dma finding 1): TD A has TDI X running with an accepted
+/// context (its PASID entry names A's whole S-EPT) and TDI Y with MMIO mapped. X's IOTLB may
+/// hold Y's translation (peer to peer) and the S-EPT table pages above it, so Y's unbind does
+/// not report Y unbound, nor give a table page back, until the IOTLB invalidation of A's
+/// domain its TRACK owes was requested and processed; the host's own TRACK and UNMAP wait
+/// the same way, each refusal changing nothing. X keeps translating throughout.
+#[test]
+fn a_sibling_unbind_waits_for_the_running_tdis_iotlb() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let td = w.create_td();
+    let (bar_y, gpa_y) = (0x9000_0000, GPA + 0x4000_0000);
+    let dev_x = device_world(w, 3, BAR);
+    let dev_y = device_world(w, 4, bar_y);
+    let x = w.create_tdi(dev_x, rid(3), PAGES_A);
+    let y = w.create_tdi(dev_y, rid(4), PAGES_B);
+    for (tdi, bar, gpa) in [(x, BAR, GPA), (y, bar_y, gpa_y)] {
+        let bind = SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        };
+        assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: page_info(Gpa::try_new(gpa).unwrap(), PageSize::Size2M),
+                rdx: td,
+                r8: bar,
+                ..Default::default()
+            },
+        );
+    }
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, x), TDX_SUCCESS);
+    assert_eq!(w.start(td, x), TDX_SUCCESS);
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    let free = || w.fw.with_table(|t| t.pool().free_frames()).unwrap();
+    let mapped = || {
+        w.fw.with_table(|t| {
+            tsm_core::secure_table::SecureTable::leaf(t, g, Gpa::try_new(gpa_y).unwrap())
+        })
+        .unwrap()
+    };
+    let unbinding = || {
+        matches!(
+            w.fw.tsm().tdi(w.id(y)).unwrap().state,
+            tsm_core::TdiState::Unbinding { .. }
+        )
+    };
+    let free_before = free();
+
+    // Y's unbind blocks, stops and tracks; its Remove waits for A's domain.
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    assert_eq!(w.unbind_all(y), pending);
+    assert!(unbinding(), "Y is not reported unbound");
+    assert!(mapped().is_some(), "Y's leaf stays, blocked, in A's S-EPT");
+    assert_eq!(free(), free_before, "no table page back to the pool");
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+    refused(w, "Y's unbind again", || w.unbind_all(y), pending);
+    refused(w, "the host's MEM.TRACK", || track(w, td), iotlb);
+    let page_y = SeamRegs {
+        rcx: page_info(Gpa::try_new(gpa_y).unwrap(), PageSize::Size2M),
+        rdx: td,
+        ..Default::default()
+    };
+    refused(
+        w,
+        "the host's MMIO.UNMAP of Y's page",
+        || w.call(u64::from(abi::TDH_MMIO_UNMAP), page_y).rax,
+        iotlb | 1,
+    );
+    refused(
+        w,
+        "PROCESS with nothing requested",
+        || process(w),
+        TDX_SUCCESS,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    refused(w, "Y's unbind before PROCESS", || w.unbind_all(y), pending);
+    assert!(unbinding());
+    assert_eq!(process(w), TDX_SUCCESS);
+
+    // A's domain forgotten on X's IOMMU: Y's leaf and the table page above it go, Y unbinds.
+    assert_eq!(w.unbind_all(y), TDX_SUCCESS);
+    assert!(!unbinding() && mapped().is_none());
+    assert!(free() > free_before, "the emptied table page went back");
+    // X never stopped translating through A's S-EPT.
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!((read.rdx >> 3) & 0xff, MAP_PRESENT);
+    assert_eq!(
+        w.fw.tsm().dma_reach(w.id(x)).unwrap(),
+        tsm_core::dma::DmaReach::Private(g)
+    );
+}
+
+/// A TD with no accepted PASID entry tracks as before: its TRACKs owe nothing, the domain's
+/// request is not required, and a TDI's unbind needs no IQ leaf at all.
+#[test]
+fn a_td_without_trusted_dma_owes_no_iotlb_invalidation() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(track(w, td), TDX_SUCCESS);
+    assert_eq!(track(w, td), TDX_SUCCESS);
+    refused(
+        w,
+        "the domain's REQUEST",
+        || iotlb_request(w, td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+}
