@@ -551,6 +551,25 @@ pub const WAIT_DESC_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_FN;
 /// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
 pub const WAIT_STATUS_ALIGN: u64 = 0x3;
 
+/// TDH.IQ.INV.REQUEST of TD `tdr`'s domain on IOMMU `iommu` ([`INV_REQ_IOTLB`]), as a host
+/// issues it after a TDH.MEM.TRACK of a TD with trusted DMA (and before it unmaps, or retries
+/// an unbind stopped for it): a fenced wait descriptor (type 5, SW, FN) writing `data` to the
+/// 4-byte aligned shared `status`. TDH.IQ.INV.PROCESS of the IOMMU completes it.
+pub const fn iotlb_request_regs(iommu: u16, tdr: u64, status: u64, data: u32) -> SeamRegs {
+    SeamRegs {
+        rax: TDH_IQ_INV_REQUEST as u64,
+        rcx: iommu as u64,
+        rdx: INV_REQ_IOTLB,
+        r8: tdr,
+        r9: WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN | (data as u64) << 32,
+        r10: status,
+        r11: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+    }
+}
+
 /// R8..R14: the entry qwords of ADD, and what ACCEPT requires zero.
 fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
     [
