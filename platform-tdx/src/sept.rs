@@ -2159,6 +2159,88 @@ mod tests {
         );
     }
 
+    fn iface(bus: u8) -> InterfaceId {
+        let rid = tsm_core::RequesterId::try_new(0, bus, 0, 0).unwrap();
+        tsm_core::DeviceFunctions::physical(rid)
+            .interface(rid)
+            .unwrap()
+    }
+
+    /// Review-dma finding 1 at the table: a TD whose PASID entry names its S-EPT (X's,
+    /// accepted) has every TRACK owe an IOTLB invalidation of its domain; until it is requested
+    /// and processed, a leaf blocked before that TRACK (Y's) is not removed and the table page
+    /// above it not freed, and the next TRACK is refused, each refusal changing nothing. Another
+    /// TD without trusted DMA tracks and removes as before.
+    #[test]
+    fn a_td_with_trusted_dma_frees_nothing_before_its_domains_iotlb_invalidation() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let size = PageSize::Size2M;
+        // Y in another GiB than X: its PD page empties when Y goes.
+        let (x, y, y_host) = (gpa(0x10_0000_0000), gpa(0x10_4000_0000), hpa(0x9000_0000));
+        s.map(G, x, hpa(0x8000_0000), size).unwrap();
+        s.map(G, y, y_host, size).unwrap();
+        s.dma_create(G, iface(3)).unwrap();
+        s.dma_accept(G, iface(3)).unwrap();
+        s.block(G, y, size).unwrap();
+        let free = s.pool().free_frames();
+        let mut work = UNBIND_WORK_PER_CALL;
+        assert_eq!(s.track_within(G, &mut work), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G), "X's IOMMU owes G's domain");
+        let run = Run::new(y, y_host, size, 1);
+        let owed = (image(&s), s.bookkeeping());
+        assert_eq!(
+            s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
+            Err(TableError::IotlbNotTracked)
+        );
+        assert_eq!(s.remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.check_remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.track(G), Err(TableError::IotlbNotTracked));
+        assert_eq!(
+            s.request_iotlb(G, 1),
+            Err(SeptError::IotlbTrackingNotRequired),
+            "another IOMMU owes nothing"
+        );
+        assert_eq!(
+            s.request_iotlb(H, 0),
+            Err(SeptError::IotlbTrackingNotRequired),
+            "another TD owes nothing"
+        );
+        assert_eq!(s.iq_process(0), 0, "nothing requested yet");
+        assert!(
+            (image(&s), s.bookkeeping()) == owed,
+            "a refusal changed something"
+        );
+        s.request_iotlb(G, 0).unwrap();
+        let queued = (image(&s), s.bookkeeping());
+        assert_eq!(s.request_iotlb(G, 0), Err(SeptError::IotlbTrackingNotDone));
+        assert_eq!(s.remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.track(G), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.iq_process(1), 0, "another IOMMU's queue");
+        assert!(
+            (image(&s), s.bookkeeping()) == queued,
+            "a refusal changed something"
+        );
+        assert_eq!(s.pool().free_frames(), free);
+        assert_eq!(s.iq_process(0), 1);
+        assert!(!s.dmar().iotlb_owed(G));
+        assert!(matches!(
+            s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
+            Ok(Some(_))
+        ));
+        assert!(s.pool().free_frames() > free, "Y's PD page went back");
+        // X's entry still names the S-EPT: the next TRACK owes again.
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G));
+        // H has no PASID entry: block, track, remove, as without trusted DMA.
+        let h = gpa(0x20_0000_0000);
+        s.map(H, h, hpa(0xa000_0000), size).unwrap();
+        s.block(H, h, size).unwrap();
+        assert_eq!(s.track(H), Ok(Completion::Done));
+        assert_eq!(s.remove(H, h, size), Ok(hpa(0xa000_0000)));
+        assert_eq!(s.track(H), Ok(Completion::Done));
+    }
+
     #[test]
     fn lifecycle_of_a_leaf_and_every_page_returns() {
         let mut mem = vec![Page::ZERO; 17];
