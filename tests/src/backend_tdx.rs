@@ -78,6 +78,9 @@ pub const CONFIG_HPA: u64 = HOST_BASE + 3 * MESSAGE_PAGE_BYTES as u64;
 pub const DEV_INFO_HPA: u64 = HOST_BASE + 4 * MESSAGE_PAGE_BYTES as u64;
 /// Bytes of the backend's host memory.
 const HOST_BYTES: usize = 5 * MESSAGE_PAGE_BYTES;
+/// Where the host's invalidation wait descriptors write their status: the last dword of the
+/// device-information page (ours; the model IOMMU only checks it is host memory).
+const IQ_STATUS_HPA: u64 = DEV_INFO_HPA + MESSAGE_PAGE_BYTES as u64 - 4;
 /// The IOTLB invalidations an unbind may stop for, each answered by the host: the owner's
 /// domain (its TRACK's) and then the TDI's own DMA context (ours: the scenarios' bound).
 const IOTLB_WAITS: usize = 2;
@@ -253,7 +256,7 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         let record = self.tsm.tdi(tdi)?;
         let segment = record.iface.requester_id().segment();
         if let Some(owner) = record.state.owner() {
-            let status = DEV_INFO_HPA + MESSAGE_PAGE_BYTES as u64 - 4;
+            let status = IQ_STATUS_HPA;
             let regs = platform_tdx::dmar::iotlb_request_regs(segment, self.tdr(owner), status, 1);
             let out = self.seamcall(platform_tdx::dmar::TDH_IQ_INV_REQUEST, regs);
             if out.rax != platform_tdx::status::TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED {
