@@ -721,7 +721,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
                 tsm.host_dma_remove(tdi).map_err(|e| {
                     // Its own invalidation done, but an IOMMU owes the TD's domain the last
-                    // TRACK's (the removal in `dmar.c` @6e66b9d2: + RCX).
+                    // TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d: + RCX).
                     let own_done = tsm.tdi(tdi).ok().and_then(|t| {
                         let owner = t.state.owner()?;
                         let rid = t.iface.requester_id();

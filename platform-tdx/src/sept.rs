@@ -1024,13 +1024,19 @@ impl SecureTable for Sept<'_> {
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let rid = iface.requester_id();
         // A removable entry, not while an IOMMU owes the TD's domain its last TRACK's
-        // invalidation: the entry counts among what is owed (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
-        // the PASID entry's removal in `src/common/tdxio/dmar.c` @6e66b9d2).
+        // invalidation and the TD has an accepted entry on this one (`prev_iotlb_cnt != 0` and
+        // its `pasidte_ref_cnt != 0`: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, `dmar_pasidte_remove`,
+        // `src/common/tdxio/dmar.c` @92f6945d3621731b0db62424afaeef78458226e7): its removal
+        // would drop an IOMMU the epoch still counts.
         let removable = self
             .dmar
             .entry(rid)
             .is_some_and(|e| e.guest == guest && e.te.state() == DmaState::Invalidated);
-        if removable && self.dmar.iotlb_owed(guest) {
+        let counted = self
+            .dmar
+            .entries()
+            .any(|e| e.guest == guest && e.rid.segment() == rid.segment() && e.te.slptptr() != 0);
+        if removable && counted && self.dmar.iotlb_owed(guest) {
             return Err(SeptError::IotlbTrackingNotDone.into());
         }
         let still_pinned = self
@@ -2160,7 +2166,12 @@ mod tests {
     }
 
     fn iface(bus: u8) -> InterfaceId {
-        let rid = tsm_core::RequesterId::try_new(0, bus, 0, 0).unwrap();
+        iface_on(0, bus)
+    }
+
+    /// The interface of requester `bus`:0.0 on the IOMMU of `segment`.
+    fn iface_on(segment: u16, bus: u8) -> InterfaceId {
+        let rid = tsm_core::RequesterId::try_new(segment, bus, 0, 0).unwrap();
         tsm_core::DeviceFunctions::physical(rid)
             .interface(rid)
             .unwrap()
@@ -2180,15 +2191,37 @@ mod tests {
         let (x, y, y_host) = (gpa(0x10_0000_0000), gpa(0x10_4000_0000), hpa(0x9000_0000));
         s.map(G, x, hpa(0x8000_0000), size).unwrap();
         s.map(G, y, y_host, size).unwrap();
-        s.dma_create(G, iface(3)).unwrap();
-        s.dma_accept(G, iface(3)).unwrap();
+        // X's entry, and W's on the same IOMMU, accepted: both name G's S-EPT.
+        for w in [iface(3), iface(4)] {
+            s.dma_create(G, w).unwrap();
+            s.dma_accept(G, w).unwrap();
+        }
         s.block(G, y, size).unwrap();
         let free = s.pool().free_frames();
         let mut work = UNBIND_WORK_PER_CALL;
         assert_eq!(s.track_within(G, &mut work), Ok(Completion::Done));
         assert!(s.dmar().iotlb_owed(G), "X's IOMMU owes G's domain");
+        // W torn down to its own invalidation's end; Z, never accepted, on another IOMMU.
+        let z = iface_on(1, 5);
+        s.dma_create(G, z).unwrap();
+        for e in [iface(4), z] {
+            s.dma_block(G, e).unwrap();
+            assert_eq!(s.dma_invalidate(G, e), Ok(false));
+        }
+        assert_eq!((s.iq_process(0), s.iq_process(1)), (1, 1));
+        assert!(
+            s.dmar().iotlb_owed(G),
+            "the entries' own invalidations do not count"
+        );
+        // Z's IOMMU holds no accepted entry of G: the epoch does not count it.
+        assert_eq!(s.dma_remove(G, z), Ok(()));
         let run = Run::new(y, y_host, size, 1);
         let owed = (image(&s), s.bookkeeping());
+        assert_eq!(
+            s.dma_remove(G, iface(4)),
+            Err(TableError::IotlbNotTracked),
+            "W's IOMMU is counted"
+        );
         assert_eq!(
             s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
             Err(TableError::IotlbNotTracked)
@@ -2222,8 +2255,9 @@ mod tests {
             "a refusal changed something"
         );
         assert_eq!(s.pool().free_frames(), free);
-        assert_eq!(s.iq_process(0), 1);
+        assert_eq!(s.iq_process(0), 2, "X's and W's marks");
         assert!(!s.dmar().iotlb_owed(G));
+        assert_eq!(s.dma_remove(G, iface(4)), Ok(()));
         assert!(matches!(
             s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
             Ok(Some(_))
