@@ -669,9 +669,15 @@ fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
 /// hold Y's translation (peer to peer) and the S-EPT table pages above it, so Y's unbind does
 /// not report Y unbound, nor give a table page back, until the IOTLB invalidation of A's
 /// domain its TRACK owes was requested and processed; the host's own TRACK and UNMAP wait
-/// the same way, each refusal changing nothing. X keeps translating throughout.
+/// the same way, each refusal changing nothing. X keeps translating throughout. Forced or
+/// not.
 #[test]
 fn a_sibling_unbind_waits_for_the_running_tdis_iotlb() {
+    sibling_unbind(false);
+    sibling_unbind(true);
+}
+
+fn sibling_unbind(force: bool) {
     let mut mem = vec![Page::ZERO; 32];
     let world = World::new(&mut mem);
     let w = &world;
@@ -716,15 +722,32 @@ fn a_sibling_unbind_waits_for_the_running_tdis_iotlb() {
         )
     };
     let free_before = free();
+    let unbind_y = || {
+        if !force {
+            return w.unbind_all(y);
+        }
+        let regs = SeamRegs {
+            rcx: y,
+            rdx: abi::UNBIND_FLAG_FORCE,
+            ..Default::default()
+        };
+        loop {
+            let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax;
+            if out != TDX_INTERRUPTED_RESUMABLE {
+                return out;
+            }
+        }
+    };
 
-    // Y's unbind blocks, stops and tracks; its Remove waits for A's domain.
+    // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
+    // domain.
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
-    assert_eq!(w.unbind_all(y), pending);
+    assert_eq!(unbind_y(), pending);
     assert!(unbinding(), "Y is not reported unbound");
     assert!(mapped().is_some(), "Y's leaf stays, blocked, in A's S-EPT");
     assert_eq!(free(), free_before, "no table page back to the pool");
     let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
-    refused(w, "Y's unbind again", || w.unbind_all(y), pending);
+    refused(w, "Y's unbind again", unbind_y, pending);
     refused(w, "the host's MEM.TRACK", || track(w, td), iotlb);
     let page_y = SeamRegs {
         rcx: page_info(Gpa::try_new(gpa_y).unwrap(), PageSize::Size2M),
@@ -744,12 +767,12 @@ fn a_sibling_unbind_waits_for_the_running_tdis_iotlb() {
         TDX_SUCCESS,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    refused(w, "Y's unbind before PROCESS", || w.unbind_all(y), pending);
+    refused(w, "Y's unbind before PROCESS", unbind_y, pending);
     assert!(unbinding());
     assert_eq!(process(w), TDX_SUCCESS);
 
     // A's domain forgotten on X's IOMMU: Y's leaf and the table page above it go, Y unbinds.
-    assert_eq!(w.unbind_all(y), TDX_SUCCESS);
+    assert_eq!(unbind_y(), TDX_SUCCESS);
     assert!(!unbinding() && mapped().is_none());
     assert!(free() > free_before, "the emptied table page went back");
     // X never stopped translating through A's S-EPT.
