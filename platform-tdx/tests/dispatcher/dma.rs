@@ -670,14 +670,16 @@ fn an_entry_needs_a_bound_tdi_and_a_td_with_an_s_ept_root() {
 /// not report Y unbound, nor give a table page back, until the IOTLB invalidation of A's
 /// domain its TRACK owes was requested and processed; the host's own TRACK and UNMAP wait
 /// the same way, each refusal changing nothing. X keeps translating throughout. Forced or
-/// not.
+/// not; and after a host TRACK whose invalidation is still owed, the unbind's own Track step
+/// waits for it first.
 #[test]
 fn a_sibling_unbind_waits_for_the_running_tdis_iotlb() {
-    sibling_unbind(false);
-    sibling_unbind(true);
+    for (force, host_tracked) in [(false, false), (true, false), (false, true)] {
+        sibling_unbind(force, host_tracked);
+    }
 }
 
-fn sibling_unbind(force: bool) {
+fn sibling_unbind(force: bool, host_tracked: bool) {
     let mut mem = vec![Page::ZERO; 32];
     let world = World::new(&mut mem);
     let w = &world;
@@ -739,9 +741,25 @@ fn sibling_unbind(force: bool) {
         }
     };
 
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    if host_tracked {
+        // The host's TRACK owes A's domain: Y's unbind blocks and stops, and its Track step
+        // waits (the step kept) until the host requested and processed that invalidation.
+        assert_eq!(track(w, td), TDX_SUCCESS);
+        assert_eq!(unbind_y(), pending);
+        assert!(matches!(
+            w.fw.tsm().tdi(w.id(y)).unwrap().state,
+            tsm_core::TdiState::Unbinding {
+                step: tsm_core::lifecycle::UnbindStep::Track,
+                ..
+            }
+        ));
+        refused(w, "Y's unbind at its Track", unbind_y, pending);
+        assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+        assert_eq!(process(w), TDX_SUCCESS);
+    }
     // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
     // domain.
-    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(unbind_y(), pending);
     assert!(unbinding(), "Y is not reported unbound");
     assert!(mapped().is_some(), "Y's leaf stays, blocked, in A's S-EPT");
