@@ -288,7 +288,10 @@ pub struct DmarEntry {
 /// `prev_iotlb_cnt`: `tdh_mem_track.c` @1666adc494dbea5db99895f37125a338c20bec5a,
 /// `tdh_iq_inv_request.c` and `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
 /// A TRACK marks every IOMMU with an accepted entry of the TD (SLPTPTR set, until REMOVE: the
-/// module's `pasidte_ref_cnt`) as owing a domain-selective IOTLB invalidation of the TD's DID;
+/// module's `pasidte_ref_cnt`, counted up at ACCEPT, `tdg_dmar_accept.c` @6e66b9d2, where a
+/// newly counted IOMMU owes nothing for the current epoch, and down at REMOVE,
+/// `dmar_pasidte_remove`, `dmar.c` @92f6945d) as owing a domain-selective IOTLB invalidation
+/// of the TD's DID;
 /// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] queues it, TDH.IQ.INV.PROCESS completes it.
 /// Kept per entry, not per IOMMU (ours): an IOMMU owes while any entry of the TD on it is
 /// marked, so the record is bounded by the table's entries and needs no IOMMU count.
