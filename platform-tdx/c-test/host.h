@@ -37,6 +37,7 @@ static struct {
 	_Alignas(4096) uint8_t vmm_buffer[4096];
 	struct tsm_tdx_regs regs;
 	uint64_t response_len;
+	uint32_t iq_status; /* the IOMMU's wait-descriptor status word (TDH.IQ.INV.REQUEST R10) */
 } host;
 
 static inline uint64_t page_of(const void *p)

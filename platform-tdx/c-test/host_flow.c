@@ -339,6 +339,22 @@ static void old_order(const char *path, uint64_t tdi, uint64_t td)
 		expect_leaf(path, td, i, 3, entry[i]);
 }
 
+/* The host's answer to TDX_IOMMU_IOTLB_TRACKING_NOT_DONE or an unbind stopped at its DMA
+ * context's invalidation: the TD's domain invalidation its last TDH.MEM.TRACK owes on IOMMU 0
+ * (NOT_REQUIRED when none is owed), then TDH.IQ.INV.PROCESS of everything queued. */
+static void iotlb_drain(const char *path, uint64_t td)
+{
+	uint64_t status;
+
+	set(TDH_IQ_INV_REQUEST, 0, TSM_TDX_INV_REQ_IOTLB, td);
+	r->r9 = TSM_TDX_WAIT_DESC | (1ull << 32);
+	r->r10 = page_of(&host.iq_status);
+	status = tsm_tdx_seamcall(r);
+	if (status != TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED)
+		check(path, "TDH.IQ.INV.REQUEST IOTLB (the TD's domain)", status, TDX_SUCCESS);
+	check(path, "TDH.IQ.INV.PROCESS", seam(TDH_IQ_INV_PROCESS, 0, 0, 0), TDX_SUCCESS);
+}
+
 /* The patched order: unbind first (STOP relayed), then the zap check, then TDI remove. With
  * `host_teardown`, the host first sees BLOCK and UNMAP refused until STOP is acknowledged,
  * then, while the unbind still has leaves, removes them itself (BLOCK, TRACK, UNMAP) before
@@ -372,9 +388,8 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 			status = relay(path, status, tdi);
 		}
 		if (status == (TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_DMAR) && calls < 1000) {
-			/* The DMA context's IOTLB invalidation is queued: the host completes it. */
-			check(path, "TDH.IQ.INV.PROCESS", seam(TDH_IQ_INV_PROCESS, 0, 0, 0),
-			      TDX_SUCCESS);
+			/* An IOTLB invalidation is owed or queued: the host completes it. */
+			iotlb_drain(path, td);
 			status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
 			calls++;
 			continue;
@@ -391,10 +406,18 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 				check(path, "host: leaf left blocked", (r->rdx >> 8) & 0xff, 4);
 				check(path, "host: TDH.MMIO.BLOCK",
 				      seam(TDH_MMIO_BLOCK, leaf_info(i), td, 0), TDX_SUCCESS);
-				do
+				do {
 					status = seam(TDH_MEM_TRACK, td, 0, 0);
-				while (status == TDX_INTERRUPTED_RESUMABLE);
+					if (status == TDX_IOMMU_IOTLB_TRACKING_NOT_DONE) {
+						/* The last track still owes the domain's IOTLB. */
+						iotlb_drain(path, td);
+						status = TDX_INTERRUPTED_RESUMABLE;
+					}
+				} while (status == TDX_INTERRUPTED_RESUMABLE);
 				check(path, "host: TDH.MEM.TRACK", status, TDX_SUCCESS);
+				/* This track owes the domain's IOTLB too (the TD's DMA context names
+				 * its S-EPT): the leaf goes once that is done. */
+				iotlb_drain(path, td);
 				check(path, "host: TDH.MMIO.UNMAP",
 				      seam(TDH_MMIO_UNMAP, leaf_info(i), td, 0), TDX_SUCCESS);
 				check(path, "  R8 the leaf's HPA", r->r8, leaf_hpa(i));

@@ -187,13 +187,18 @@ struct tsm_tdx_range_list {
                                           entry's qwords 0-6 without the module's state bits */
 #define TDH_DMAR_REMOVE        153u    /* RCX dmar_idx_t (blocked, its invalidation done) */
 #define TDH_IQ_INV_REQUEST     161u    /* RCX IOMMU id, RDX TSM_TDX_INV_REQ_PASIDTE, R8 rid_pasid
-                                          (RID 15:0, PASID 51:32 = 0), R9-R12 the wait descriptor
+                                          (RID 15:0, PASID 51:32 = 0), or RDX
+                                          TSM_TDX_INV_REQ_IOTLB, R8 the TD's TDR (the domain
+                                          invalidation its last TDH.MEM.TRACK owes on that
+                                          IOMMU), R9-R12 the wait descriptor
                                           (R9: type 5, FN, PD 0, data 63:32; R10 the status
                                           address, 4-byte aligned, shared; R11, R12 0) -> RCX 0 */
 #define TDH_IQ_INV_PROCESS     162u    /* RCX IOMMU id: completes the queued invalidations */
 #define TSM_TDX_PASIDTE_ADD_Q0 0x00000000000000a0ull /* SLEE | PGTT second-level only */
 #define TSM_TDX_PASIDTE_ADD_Q1 0x0000000035800000ull /* PWSNP | PGSNP | EMTE | EMT WB */
 #define TSM_TDX_INV_REQ_PASIDTE 4u
+#define TSM_TDX_INV_REQ_IOTLB   0u
+#define TSM_TDX_WAIT_DESC       0x0000000000000065ull /* R9: type 5 | SW | FN; data in 63:32 */
 #define TSM_TDX_PASIDTE_ADD_Q0_4LEVEL 0x00000000000000a8ull /* ADD_Q0 with AW 2 (4-level S-EPT) */
 /* dmar_idx_t of the PASID entry (level 0, PASID 0) of requester `rid` on the IOMMU of
  * `segment` (ours: one trusted IOMMU per segment). */
@@ -333,6 +338,12 @@ struct tsm_tdx_dev_info {
 #define TDX_DMAR_INVALID_INV_STATE     0xC0000F0800000000ull
 #define TDX_DMAR_ENTRY_NOT_PRESENT     0xC0000F3900000000ull
 #define TDX_DEVIF_HAS_MAPPED_DMA       0xC0000F3F00000000ull
+/* A TD with an accepted PASID entry: TDH.MEM.TRACK, TDH.MMIO.UNMAP of a leaf blocked before
+ * the last TRACK, TDH.DMAR.REMOVE, or the domain's TDH.IQ.INV.REQUEST again, while an IOMMU
+ * owes the TD's domain the IOTLB invalidation that TRACK asked for; the domain's request on
+ * an IOMMU that owes nothing. */
+#define TDX_IOMMU_IOTLB_TRACKING_NOT_DONE     0xC0000F0300000000ull
+#define TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED 0xC0000F3B00000000ull
 /* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
  * or a request re-read with nothing outstanding; bytes that are not the answer to the
  * outstanding request (garbled, another TDI's, stale, too long; nothing changed, the request

@@ -1066,8 +1066,19 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             TDH_MMIO_UNMAP => {
                 let td = td_at(r.rdx, OPERAND_ID_RDX)?;
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
-                // The host page of the leaf this call removed, from the removal itself.
-                out.r8 = tsm.host_unmap(td, gpa, size).map_err(core)?.as_u64();
+                // The host page of the leaf this call removed, from the removal itself. A leaf
+                // blocked before the TD's last TRACK waits for that TRACK's IOTLB
+                // invalidations too (`tdh_mmio_unmap.c` @e69a4391: + RCX).
+                out.r8 = tsm
+                    .host_unmap(td, gpa, size)
+                    .map_err(|e| match e {
+                        Error::IotlbInvalidationPending => st(status::sept_status(
+                            SeptError::IotlbTrackingNotDone,
+                            OPERAND_ID_RCX,
+                        )),
+                        e => core(e),
+                    })?
+                    .as_u64();
                 Outcome::Core(Ok(Completion::Done))
             }
             TDH_MEM_TRACK => {
@@ -1080,6 +1091,11 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                         SeptError::PreviousEpochBusy,
                         OPERAND_ID_RCX,
                     )),
+                    // An IOMMU owes the TD the previous TRACK's IOTLB invalidation: no
+                    // operand (`tdh_mem_track.c` @1666adc4).
+                    Err(Error::IotlbInvalidationPending) => {
+                        st(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE)
+                    }
                     r => Outcome::Core(r),
                 }
             }
@@ -1095,7 +1111,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 if r.rdx & !UNBIND_FLAG_FORCE != 0 {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
-                if r.rdx & UNBIND_FLAG_FORCE != 0 {
+                let o = if r.rdx & UNBIND_FLAG_FORCE != 0 {
                     // Asks nothing of the device: no request, no page.
                     if r.r8 != 0 {
                         return Err(st(invalid(OPERAND_ID_R8)));
@@ -1104,7 +1120,12 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 } else {
                     let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
                     self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
-                }
+                };
+                // A stop for an IOTLB invalidation, the entry's or the TD's domain's (its Remove
+                // waits for the latter), is TDX_DMAR_INVALID_INV_STATE either way: the host
+                // requests the domain's (TDH.IQ.INV.REQUEST, INV_REQ_IOTLB; NOT_REQUIRED when
+                // none is owed) and processes the queue.
+                o
             }
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT

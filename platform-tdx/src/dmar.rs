@@ -36,6 +36,7 @@ use tsm_core::{
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
 use crate::devif::devif_at;
 use crate::module::{devif_in, td_in};
+use crate::sept::SeptError;
 use crate::status::{
     self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
     OPERAND_ID_R12, OPERAND_ID_R13, OPERAND_ID_R14, OPERAND_ID_RCX, OPERAND_ID_RDX, TDX_SUCCESS,
@@ -281,6 +282,31 @@ pub struct DmarEntry {
     pub guest: GuestId,
     /// The entry.
     pub te: PasidTe,
+    /// What the entry's IOMMU owes the TD's domain since the TD's last TDH.MEM.TRACK.
+    pub iotlb: IotlbOwed,
+}
+
+/// The TD-wide IOTLB tracking of one IOMMU, kept on each of the TD's PASID entries there (the
+/// module's `iotlb_inv_tracker_t` per IOMMU in the TDCS, with `curr_iotlb_cnt` /
+/// `prev_iotlb_cnt`: `tdh_mem_track.c` @1666adc494dbea5db99895f37125a338c20bec5a,
+/// `tdh_iq_inv_request.c` and `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
+/// A TRACK marks every IOMMU with an accepted entry of the TD (SLPTPTR set, until REMOVE: the
+/// module's `pasidte_ref_cnt`, counted up at ACCEPT, `tdg_dmar_accept.c` @6e66b9d2, where a
+/// newly counted IOMMU owes nothing for the current epoch, and down at REMOVE,
+/// `dmar_pasidte_remove`, `dmar.c` @92f6945d) as owing a domain-selective IOTLB invalidation
+/// of the TD's DID;
+/// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] queues it, TDH.IQ.INV.PROCESS completes it.
+/// Kept per entry, not per IOMMU (ours): an IOMMU owes while any entry of the TD on it is
+/// marked, so the record is bounded by the table's entries and needs no IOMMU count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IotlbOwed {
+    /// Nothing owed (the IOMMU's `inv_epoch` is the TD epoch's parity).
+    #[default]
+    Nothing,
+    /// The TD's last TRACK asked for the invalidation; not requested yet.
+    Owed,
+    /// Requested (`inv_req` 1), completed at TDH.IQ.INV.PROCESS.
+    Queued,
 }
 
 /// The PASID entries of the TDIs of the TDs in one shard: at most one per TDI, no heap.
@@ -344,7 +370,12 @@ impl DmarTable {
         let mut te = PasidTe::default();
         te.set(0, ADD_QWORD0 | PTE_SW_PENDING);
         te.set(1, ADD_QWORD1 | DID_TD_BIT);
-        *free = Some(DmarEntry { rid, guest, te });
+        *free = Some(DmarEntry {
+            rid,
+            guest,
+            te,
+            iotlb: IotlbOwed::Nothing,
+        });
         Ok(())
     }
 
@@ -403,26 +434,83 @@ impl DmarTable {
     }
 
     /// IQ.INV.PROCESS on the IOMMU of `segment`: every QUEUED invalidation DONE (the wait
-    /// descriptor seen complete). Bounded by the table's size. How many completed.
+    /// descriptor seen complete), the PASID entries' and the TD-wide IOTLB ones. Bounded by the
+    /// table's size. How many completed.
     pub fn process(&mut self, segment: u16) -> usize {
         self.process_except(segment, |_| false)
     }
 
-    /// [`DmarTable::process`], leaving the invalidations of the guests `held` names queued
-    /// (tests: a host holding a guest's flushes, [`crate::sept::Sept::hold_flush`]).
+    /// [`DmarTable::process`], leaving the entry invalidations of the guests `held` names
+    /// queued (tests: a host holding a guest's flushes, [`crate::sept::Sept::hold_flush`], as
+    /// SEV's held fence holds a blocked sDTE's); their domains' invalidations complete.
     pub fn process_except(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
         let mut done = 0usize;
         for e in self.entries.iter_mut().flatten() {
-            if e.rid.segment() == segment
-                && e.te.state() == DmaState::Invalidating
-                && !held(e.guest)
-            {
+            if e.rid.segment() != segment {
+                continue;
+            }
+            if e.te.state() == DmaState::Invalidating && !held(e.guest) {
                 let q1 = e.te.q(1) | INV_DONE << PTE_INV_SHIFT;
                 e.te.set(1, q1);
                 done = done.saturating_add(1);
             }
+            if e.iotlb == IotlbOwed::Queued {
+                e.iotlb = IotlbOwed::Nothing;
+                done = done.saturating_add(1);
+            }
         }
         done
+    }
+
+    /// TDH.MEM.TRACK of `guest`: every IOMMU with an accepted entry of the TD (SLPTPTR set:
+    /// present, or blocked and not yet removed) owes an invalidation of the TD's domain
+    /// (`prev_iotlb_cnt = curr_iotlb_cnt`, `tdh_mem_track.c` @1666adc4). Whether any does.
+    pub fn track(&mut self, guest: GuestId) -> bool {
+        let mut any = false;
+        for e in self.entries.iter_mut().flatten() {
+            if e.guest == guest && e.te.slptptr() != 0 {
+                e.iotlb = IotlbOwed::Owed;
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Whether an IOMMU still owes `guest`'s domain the invalidation its last TRACK asked
+    /// for (`prev_iotlb_cnt != 0`).
+    pub fn iotlb_owed(&self, guest: GuestId) -> bool {
+        self.entries()
+            .any(|e| e.guest == guest && e.iotlb != IotlbOwed::Nothing)
+    }
+
+    /// Whether TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] for `guest` on the IOMMU of
+    /// `segment` may queue now (`tdh_iq_inv_request.c` @6e66b9d2): the IOMMU owes nothing
+    /// (`IotlbTrackingNotRequired`), or its request is queued already (`IotlbTrackingNotDone`).
+    pub fn check_iotlb_request(&self, guest: GuestId, segment: u16) -> Result<(), SeptError> {
+        let marks = || {
+            self.entries()
+                .filter(move |e| e.guest == guest && e.rid.segment() == segment)
+                .map(|e| e.iotlb)
+        };
+        if marks().all(|o| o == IotlbOwed::Nothing) {
+            Err(SeptError::IotlbTrackingNotRequired)
+        } else if marks().any(|o| o == IotlbOwed::Queued) {
+            Err(SeptError::IotlbTrackingNotDone)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues the TD-wide invalidation [`DmarTable::check_iotlb_request`] allows; a refusal
+    /// changes nothing.
+    pub fn request_iotlb(&mut self, guest: GuestId, segment: u16) -> Result<(), SeptError> {
+        self.check_iotlb_request(guest, segment)?;
+        for e in self.entries.iter_mut().flatten() {
+            if e.guest == guest && e.rid.segment() == segment && e.iotlb == IotlbOwed::Owed {
+                e.iotlb = IotlbOwed::Queued;
+            }
+        }
+        Ok(())
     }
 
     /// REMOVE: only BLOCKED with its invalidation DONE; the entry FREE.
@@ -447,10 +535,16 @@ impl DmarTable {
 
 // ---- the leaves -----------------------------------------------------------------------------
 
-/// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `tdh_iq_inv_request.c` @6e66b9d2):
-/// INV_REQ_PASIDTE, the one type this firmware takes (ours: IOTLB 0, RTE 1, CTE 2, PDE 3 and
-/// TD 5 are for tables and epochs it does not keep: OPERAND_INVALID + RDX).
+/// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `inv_req_type_e`,
+/// `src/common/data_structures/tdxio/inv_queue_defs.h` @92f6945d3621731b0db62424afaeef78458226e7):
+/// INV_REQ_PASIDTE, a blocked PASID entry's invalidation (R8 `rid_pasid`). This firmware takes
+/// it and [`INV_REQ_IOTLB`] (ours: RTE 1, CTE 2, PDE 3 and TD 5 are for tables it does not
+/// keep: OPERAND_INVALID + RDX).
 pub const INV_REQ_PASIDTE: u64 = 4;
+/// `inv_req_type_e` INV_REQ_IOTLB (same file): the domain-selective IOTLB invalidation of a
+/// TD's DID on one IOMMU that the TD's last TDH.MEM.TRACK owes (R8 the TD's TDR;
+/// `tdh_iq_inv_request.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
+pub const INV_REQ_IOTLB: u64 = 0;
 /// TDH.IQ.INV.REQUEST R8 `rid_pasid`: bits 15:0 the RID, 31:16 reserved, 51:32 the PASID,
 /// 63:52 reserved (same handler).
 pub const RID_PASID_RESERVED: u64 = 0xffff_0000 | 0xfff << 52;
@@ -467,8 +561,30 @@ pub const WAIT_DESC_FN: u64 = 1 << 6;
 pub const WAIT_DESC_CHECKED: u64 = 0xffff_ffff & !(1 << 4 | WAIT_DESC_SW);
 /// What [`WAIT_DESC_CHECKED`] bits must be.
 pub const WAIT_DESC_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_FN;
+/// A host's wait descriptor qword 0 without its data: type 5, SW, FN (the C header's
+/// `TSM_TDX_WAIT_DESC`; the status data goes in bits 63:32).
+pub const WAIT_DESC_HOST: u64 = WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN;
 /// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
 pub const WAIT_STATUS_ALIGN: u64 = 0x3;
+
+/// TDH.IQ.INV.REQUEST of TD `tdr`'s domain on IOMMU `iommu` ([`INV_REQ_IOTLB`]), as a host
+/// issues it after a TDH.MEM.TRACK of a TD with trusted DMA (and before it unmaps, or retries
+/// an unbind stopped for it): a fenced wait descriptor (type 5, SW, FN) writing `data` to the
+/// 4-byte aligned shared `status`. TDH.IQ.INV.PROCESS of the IOMMU completes it.
+pub const fn iotlb_request_regs(iommu: u16, tdr: u64, status: u64, data: u32) -> SeamRegs {
+    SeamRegs {
+        rax: TDH_IQ_INV_REQUEST as u64,
+        rcx: iommu as u64,
+        rdx: INV_REQ_IOTLB,
+        r8: tdr,
+        r9: WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN | (data as u64) << 32,
+        r10: status,
+        r11: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+    }
+}
 
 /// R8..R14: the entry qwords of ADD, and what ACCEPT requires zero.
 fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
@@ -515,6 +631,17 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         devif_in(&table, function)
             .map(|(tdi, _)| tdi)
             .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+    }
+
+    /// Whether an IOMMU owes the domain of `tdi`'s owner the IOTLB invalidation its last
+    /// TRACK asked for (read only; no owner or no table: no).
+    pub(crate) fn iotlb_owed(&self, tdi: TdiId) -> bool {
+        let owner = self.tsm.tdi(tdi).ok().and_then(|t| t.state.owner());
+        owner.is_some_and(|g| {
+            self.tsm
+                .with_guest_table(g, |t| t.dmar().iotlb_owed(g))
+                .unwrap_or(false)
+        })
     }
 
     /// RCX `dmar_idx_t` of a PASID entry (else `TDX_OPERAND_INVALID` + RCX) and its TDI.
@@ -609,8 +736,21 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     Some(_) => None,
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
-                tsm.host_dma_remove(tdi)
-                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                tsm.host_dma_remove(tdi).map_err(|e| {
+                    // Its own invalidation done, but an IOMMU owes the TD's domain the last
+                    // TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d: + RCX).
+                    let own_done = tsm.tdi(tdi).ok().and_then(|t| {
+                        let owner = t.state.owner()?;
+                        let rid = t.iface.requester_id();
+                        tsm.with_guest_table(owner, |s| s.dmar().entry(rid)).ok()?
+                    });
+                    let own_done = own_done.is_some_and(|e| e.te.state() == DmaState::Invalidated);
+                    if e == Error::IotlbInvalidationPending && own_done && self.iotlb_owed(tdi) {
+                        named(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, OPERAND_ID_RCX)
+                    } else {
+                        dmar_refusal(e, OPERAND_ID_RCX)
+                    }
+                })?;
                 done
             }
             TDH_DMAR_READ => {
@@ -638,10 +778,13 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // state (+ R8), then the wait descriptor R9..R12.
             TDH_IQ_INV_REQUEST => {
                 let inv_type = r.rdx & 0xffff_ffff;
-                if inv_type != INV_REQ_PASIDTE || r.rdx >> 32 != 0 {
+                if !matches!(inv_type, INV_REQ_PASIDTE | INV_REQ_IOTLB) || r.rdx >> 32 != 0 {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
                 let segment = iommu_of(r.rcx)?;
+                if inv_type == INV_REQ_IOTLB {
+                    return self.iotlb_request(segment, r);
+                }
                 if r.r8 & RID_PASID_RESERVED != 0 || (r.r8 >> 32) & 0xf_ffff != 0 {
                     return Err(st(invalid(OPERAND_ID_R8)));
                 }
@@ -660,16 +803,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_R8)?;
-                if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_REQUIRED {
-                    return Err(st(invalid(OPERAND_ID_R9)));
-                }
-                self.wait_status(r.r10)?;
-                if r.r11 != 0 {
-                    return Err(st(invalid(OPERAND_ID_R11)));
-                }
-                if r.r12 != 0 {
-                    return Err(st(invalid(OPERAND_ID_R12)));
-                }
+                self.wait_descriptor(r)?;
                 tsm.host_dma_invalidate(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_R8))?;
                 // No TD-requested descriptors remain (INV_REQ_TD only).
@@ -694,6 +828,52 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         })
     }
 
+    /// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] on the IOMMU of `segment` (RCX and RDX
+    /// checked): R8 the TD's TDR (else `TDX_OPERAND_INVALID` + R8), then the TD's tracking on
+    /// that IOMMU: owing nothing `TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED`, already queued
+    /// `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE` (both without an operand, as the module returns
+    /// them), then the wait descriptor R9..R12 as for a PASID entry; queued until
+    /// TDH.IQ.INV.PROCESS of the IOMMU (`tdh_iq_inv_request.c` @6e66b9d2 for the order).
+    fn iotlb_request(&self, segment: u16, r: &SeamRegs) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let tds = self.fw.read_tds_for(r.r8).map_err(core_err)?;
+        let td = td_in(&tds, r.r8).ok_or(st(invalid(OPERAND_ID_R8)))?;
+        crate::td::usable(&tds, td).map_err(st)?;
+        // Both without an operand, as the module returns them.
+        let tracking = |e: SeptError| match e {
+            SeptError::IotlbTrackingNotDone => st(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
+            e => st(status::sept_status(e, OPERAND_ID_R8)),
+        };
+        self.tsm
+            .with_guest_table(td, |t| t.dmar().check_iotlb_request(td, segment))
+            .map_err(core_err)?
+            .map_err(tracking)?;
+        self.wait_descriptor(r)?;
+        self.tsm
+            .with_guest_table(td, |t| t.request_iotlb(td, segment))
+            .map_err(core_err)?
+            .map_err(tracking)?;
+        Ok(Outcome::Core(Ok(Completion::Done)))
+    }
+
+    /// The wait descriptor of TDH.IQ.INV.REQUEST, R9..R12 (VT-d 4.1 6.5.2.8): the type, FN
+    /// and reserved bits (`TDX_OPERAND_INVALID` + R9), the status address (+ R10), qwords 2
+    /// and 3 zero (+ R11, + R12).
+    fn wait_descriptor(&self, r: &SeamRegs) -> Result<(), Outcome> {
+        let st = Outcome::Status;
+        if r.r9 & WAIT_DESC_CHECKED != WAIT_DESC_REQUIRED {
+            return Err(st(invalid(OPERAND_ID_R9)));
+        }
+        self.wait_status(r.r10)?;
+        if r.r11 != 0 {
+            return Err(st(invalid(OPERAND_ID_R11)));
+        }
+        if r.r12 != 0 {
+            return Err(st(invalid(OPERAND_ID_R12)));
+        }
+        Ok(())
+    }
+
     /// The wait descriptor's status address (R10): 4-byte aligned, below 2^52 with no KeyID
     /// bits (a shared address: the module refuses a private KeyID), in host memory the IOMMU
     /// can write (`TDX_OPERAND_INVALID` + R10).
@@ -703,7 +883,9 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             return Err(bad());
         }
         tsm_core::Hpa::try_new(raw).map_err(|_| bad())?;
-        self.host.probe_write(raw, 4).map_err(|_| bad())
+        // The IOMMU's 4-byte status write lands in the aligned 8-byte word holding it: host
+        // memory (the C window) is checked a word at a time.
+        self.host.probe_write(raw & !0x7, 8).map_err(|_| bad())
     }
 
     /// TDG.DMAR.ACCEPT ([`TDG_DMAR_ACCEPT`]) from TD `td`: RDX `dmar_target` (vm_idx 7:0 0,

@@ -6,6 +6,7 @@
 
 use bitfield_struct::bitfield;
 use tsm_core::capacity::{MAX_GUESTS, UNBIND_WORK_PER_CALL, UNBIND_WORK_PER_PAGE_FREED};
+use tsm_core::dma::DmaState;
 use tsm_core::secure_table::{Epoch, Found, PageRest, Run, run_page};
 use tsm_core::{
     Completion, Gpa, GuestId, Hpa, InterfaceId, Leaf, LeafState, MmioRange, PageSize, SecureTable,
@@ -132,6 +133,13 @@ pub enum SeptError {
     TlbTrackingNotDone,
     /// TRACK while the previous epoch is not flushed yet (PREVIOUS_TLB_EPOCH_BUSY).
     PreviousEpochBusy,
+    /// TRACK while an IOMMU still owes the TD's domain the IOTLB invalidation the previous
+    /// TRACK asked for, or removal of a leaf blocked before that TRACK
+    /// (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE), or its request while it is queued already.
+    IotlbTrackingNotDone,
+    /// TDH.IQ.INV.REQUEST of the TD's domain on an IOMMU that owes it nothing
+    /// (TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED).
+    IotlbTrackingNotRequired,
     /// TRACK re-stamped as many old blocked leaves as one call may (their 12-bit epochs would
     /// become ambiguous in the bucket it enters) and did not advance the epoch yet; the work
     /// is kept, call it again (ours, TDX_INTERRUPTED_RESUMABLE on TDH.MEM.TRACK).
@@ -194,6 +202,9 @@ impl From<SeptError> for TableError {
             SeptError::TlbTrackingNotDone
             | SeptError::PreviousEpochBusy
             | SeptError::TrackResumable => TableError::TlbNotFlushed,
+            SeptError::IotlbTrackingNotDone => TableError::IotlbNotTracked,
+            // Only the IQ leaf meets it (never a core path): nothing owed, nothing to do.
+            SeptError::IotlbTrackingNotRequired => TableError::NoDmaContext,
             SeptError::HpaInUse => TableError::HpaMapped,
             SeptError::AlreadyAccepted => TableError::GpaMapped,
             SeptError::PoolEmpty => TableError::OutOfFrames,
@@ -263,6 +274,11 @@ struct TdEpoch {
     current: Epoch,
     /// Every vCPU has flushed up to here; `current - flushed` is 0 or 1.
     flushed: Epoch,
+    /// Every IOMMU with an accepted PASID entry of the TD has invalidated the TD's domain up
+    /// to here; `current - iotlb_flushed` is 0 or 1, and 1 exactly while an IOMMU owes the
+    /// invalidation the last TRACK asked for ([`crate::dmar::IotlbOwed`]). A TD with no
+    /// accepted entry keeps it at `current`: its leaves wait for the TLB only, as before.
+    iotlb_flushed: Epoch,
     /// Tests: flushes complete only when released.
     hold: bool,
     /// Outstanding blocked leaves per bucket of blocking epochs (slot: [`bucket_slot`]).
@@ -386,13 +402,32 @@ impl<'m> Sept<'m> {
         &self.dmar
     }
 
-    /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]).
-    /// The invalidations of a guest whose flushes tests hold ([`Sept::hold_flush`]) stay
-    /// queued, as SEV's held ASID fence holds its IOTLB invalidation.
+    /// TDH.IQ.INV.PROCESS on the IOMMU of `segment` ([`DmarTable::process`]): a TD whose
+    /// IOMMUs no longer owe it anything has its IOTLB epoch passed (`prev_iotlb_cnt` back to
+    /// 0, `tdh_iq_inv_process.c` @6e66b9d2). The invalidations of a guest whose flushes tests
+    /// hold ([`Sept::hold_flush`]) stay queued, as SEV's held ASID fence holds its IOTLB
+    /// invalidation.
     pub fn iq_process(&mut self, segment: u16) -> usize {
         let epochs = &self.epochs;
         let held = |g: GuestId| epochs.get(usize::from(g.slot())).is_some_and(|e| e.hold);
-        self.dmar.process_except(segment, held)
+        let done = self.dmar.process_except(segment, held);
+        for (slot, e) in self.epochs.iter_mut().enumerate() {
+            let Ok(slot) = u16::try_from(slot) else {
+                break;
+            };
+            if e.iotlb_flushed != e.current && !self.dmar.iotlb_owed(GuestId::from_slot(slot)) {
+                e.iotlb_flushed = e.current;
+            }
+        }
+        done
+    }
+
+    /// TDH.IQ.INV.REQUEST of type [`crate::dmar::INV_REQ_IOTLB`]: queues the invalidation of
+    /// `guest`'s domain its last TRACK owes on the IOMMU of `segment`
+    /// ([`DmarTable::request_iotlb`]).
+    pub fn request_iotlb(&mut self, guest: GuestId, segment: u16) -> Result<(), SeptError> {
+        self.tree(guest)?;
+        self.dmar.request_iotlb(guest, segment)
     }
 
     /// The frame pool (tests compare its bytes before and after a refusal).
@@ -708,6 +743,14 @@ impl<'m> Sept<'m> {
         if blocked_at >= epoch.flushed {
             return Err(SeptError::TlbTrackingNotDone);
         }
+        // And once every IOMMU that may cache the leaf (or the table pages its removal gives
+        // back) through the TD's S-EPT has invalidated the TD's domain since the block
+        // (TDH.MMIO.UNMAP's `is_tlb_and_iotlb_tracked`, `tdh_mmio_unmap.c`
+        // @e69a4391305e993a7c646eb5eee15f2c47a649c4; its rule, not in the public source,
+        // is ours: the TRACK after the block and its IOTLB invalidations complete).
+        if blocked_at >= epoch.iotlb_flushed {
+            return Err(SeptError::IotlbTrackingNotDone);
+        }
         let host = Hpa::try_new(hpa).map_err(|_| SeptError::Misaligned)?;
         // Both clears checked before either writes: the entry counts they update, then the
         // pages they give back, together (the two trees never share a page).
@@ -744,6 +787,11 @@ impl<'m> Sept<'m> {
         if e.flushed < e.current {
             return Err(SeptError::PreviousEpochBusy);
         }
+        // No IOMMU may still owe the previous TRACK's invalidation (`prev_iotlb_cnt != 0`:
+        // TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, `tdh_mem_track.c` @1666adc4).
+        if self.dmar.iotlb_owed(guest) {
+            return Err(SeptError::IotlbTrackingNotDone);
+        }
         let next = e
             .current
             .checked_add(1)
@@ -759,6 +807,11 @@ impl<'m> Sept<'m> {
         e.current = next;
         if !e.hold {
             e.flushed = e.current;
+        }
+        // Every IOMMU with an accepted entry of the TD owes the new epoch an invalidation of
+        // the TD's domain; with none, the IOTLB has nothing of the TD to forget.
+        if !self.dmar.track(guest) {
+            e.iotlb_flushed = next;
         }
         Ok(())
     }
@@ -1000,6 +1053,22 @@ impl SecureTable for Sept<'_> {
     /// when no leaf is under it.
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let rid = iface.requester_id();
+        // A removable entry, not while an IOMMU owes the TD's domain its last TRACK's
+        // invalidation and the TD has an accepted entry on this one (`prev_iotlb_cnt != 0` and
+        // its `pasidte_ref_cnt != 0`: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, `dmar_pasidte_remove`,
+        // `src/common/tdxio/dmar.c` @92f6945d3621731b0db62424afaeef78458226e7): its removal
+        // would drop an IOMMU the epoch still counts.
+        let removable = self
+            .dmar
+            .entry(rid)
+            .is_some_and(|e| e.guest == guest && e.te.state() == DmaState::Invalidated);
+        let counted = self
+            .dmar
+            .entries()
+            .any(|e| e.guest == guest && e.rid.segment() == rid.segment() && e.te.slptptr() != 0);
+        if removable && counted && self.dmar.iotlb_owed(guest) {
+            return Err(SeptError::IotlbTrackingNotDone.into());
+        }
         let still_pinned = self
             .dmar
             .entries()
@@ -1828,6 +1897,7 @@ impl Sept<'_> {
                     || !m.blocked()
                     || m.guest().guest() != guest
                     || blocked_at >= epoch.flushed
+                    || blocked_at >= epoch.iotlb_flushed
                 {
                     let at = |b: u64| b.saturating_add((j as u64).saturating_mul(size.bytes()));
                     return Err(self.page_error(guest, at(g), at(h), plan));
@@ -2123,6 +2193,116 @@ mod tests {
             tree.next_entry(&pool, g + 1, u64::MAX),
             Some((0x4040_0000, 2, big.into_bits()))
         );
+    }
+
+    fn iface(bus: u8) -> InterfaceId {
+        iface_on(0, bus)
+    }
+
+    /// The interface of requester `bus`:0.0 on the IOMMU of `segment`.
+    fn iface_on(segment: u16, bus: u8) -> InterfaceId {
+        let rid = tsm_core::RequesterId::try_new(segment, bus, 0, 0).unwrap();
+        tsm_core::DeviceFunctions::physical(rid)
+            .interface(rid)
+            .unwrap()
+    }
+
+    /// Review-dma finding 1 at the table: a TD whose PASID entry names its S-EPT (X's,
+    /// accepted) has every TRACK owe an IOTLB invalidation of its domain; until it is requested
+    /// and processed, a leaf blocked before that TRACK (Y's) is not removed and the table page
+    /// above it not freed, and the next TRACK is refused, each refusal changing nothing. Another
+    /// TD without trusted DMA tracks and removes as before.
+    #[test]
+    fn a_td_with_trusted_dma_frees_nothing_before_its_domains_iotlb_invalidation() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let size = PageSize::Size2M;
+        // Y in another GiB than X: its PD page empties when Y goes.
+        let (x, y, y_host) = (gpa(0x10_0000_0000), gpa(0x10_4000_0000), hpa(0x9000_0000));
+        s.map(G, x, hpa(0x8000_0000), size).unwrap();
+        s.map(G, y, y_host, size).unwrap();
+        // X's entry, and W's on the same IOMMU, accepted: both name G's S-EPT.
+        for w in [iface(3), iface(4)] {
+            s.dma_create(G, w).unwrap();
+            s.dma_accept(G, w).unwrap();
+        }
+        s.block(G, y, size).unwrap();
+        let free = s.pool().free_frames();
+        let mut work = UNBIND_WORK_PER_CALL;
+        assert_eq!(s.track_within(G, &mut work), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G), "X's IOMMU owes G's domain");
+        // W torn down to its own invalidation's end; Z, never accepted, on another IOMMU.
+        let z = iface_on(1, 5);
+        s.dma_create(G, z).unwrap();
+        for e in [iface(4), z] {
+            s.dma_block(G, e).unwrap();
+            assert_eq!(s.dma_invalidate(G, e), Ok(false));
+        }
+        assert_eq!((s.iq_process(0), s.iq_process(1)), (1, 1));
+        assert!(
+            s.dmar().iotlb_owed(G),
+            "the entries' own invalidations do not count"
+        );
+        // Z's IOMMU holds no accepted entry of G: the epoch does not count it.
+        assert_eq!(s.dma_remove(G, z), Ok(()));
+        let run = Run::new(y, y_host, size, 1);
+        let owed = (image(&s), s.bookkeeping());
+        assert_eq!(
+            s.dma_remove(G, iface(4)),
+            Err(TableError::IotlbNotTracked),
+            "W's IOMMU is counted"
+        );
+        assert_eq!(
+            s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
+            Err(TableError::IotlbNotTracked)
+        );
+        assert_eq!(s.remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.check_remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.track(G), Err(TableError::IotlbNotTracked));
+        assert_eq!(
+            s.request_iotlb(G, 1),
+            Err(SeptError::IotlbTrackingNotRequired),
+            "another IOMMU owes nothing"
+        );
+        assert_eq!(
+            s.request_iotlb(H, 0),
+            Err(SeptError::IotlbTrackingNotRequired),
+            "another TD owes nothing"
+        );
+        assert_eq!(s.iq_process(0), 0, "nothing requested yet");
+        assert!(
+            (image(&s), s.bookkeeping()) == owed,
+            "a refusal changed something"
+        );
+        s.request_iotlb(G, 0).unwrap();
+        let queued = (image(&s), s.bookkeeping());
+        assert_eq!(s.request_iotlb(G, 0), Err(SeptError::IotlbTrackingNotDone));
+        assert_eq!(s.remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.track(G), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.iq_process(1), 0, "another IOMMU's queue");
+        assert!(
+            (image(&s), s.bookkeeping()) == queued,
+            "a refusal changed something"
+        );
+        assert_eq!(s.pool().free_frames(), free);
+        assert_eq!(s.iq_process(0), 2, "X's and W's marks");
+        assert!(!s.dmar().iotlb_owed(G));
+        assert_eq!(s.dma_remove(G, iface(4)), Ok(()));
+        assert!(matches!(
+            s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
+            Ok(Some(_))
+        ));
+        assert!(s.pool().free_frames() > free, "Y's PD page went back");
+        // X's entry still names the S-EPT: the next TRACK owes again.
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G));
+        // H has no PASID entry: block, track, remove, as without trusted DMA.
+        let h = gpa(0x20_0000_0000);
+        s.map(H, h, hpa(0xa000_0000), size).unwrap();
+        s.block(H, h, size).unwrap();
+        assert_eq!(s.track(H), Ok(Completion::Done));
+        assert_eq!(s.remove(H, h, size), Ok(hpa(0xa000_0000)));
+        assert_eq!(s.track(H), Ok(Completion::Done));
     }
 
     #[test]

@@ -97,6 +97,15 @@ pub const TDX_DMAR_INVALID_MAPPING_STATE: u64 = 0xC000_0F07_0000_0000;
 /// TDX_DMAR_INVALID_INV_STATE (same header): TDH.DMAR.REMOVE before the entry's IOTLB
 /// invalidation is done (`tdh_dmar_remove.c` @6e66b9d2).
 pub const TDX_DMAR_INVALID_INV_STATE: u64 = 0xC000_0F08_0000_0000;
+/// TDX_IOMMU_IOTLB_TRACKING_NOT_DONE (same header): TDH.MEM.TRACK while an IOMMU still owes
+/// the TD's domain the IOTLB invalidation the previous TRACK asked for (no operand,
+/// `tdh_mem_track.c` @1666adc494dbea5db99895f37125a338c20bec5a); TDH.MMIO.UNMAP of a leaf
+/// blocked before that TRACK (+ RCX); TDH.DMAR.REMOVE while it is owed (+ RCX); the
+/// invalidation's request while it is queued (no operand).
+pub const TDX_IOMMU_IOTLB_TRACKING_NOT_DONE: u64 = 0xC000_0F03_0000_0000;
+/// TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED (same header): TDH.IQ.INV.REQUEST of a TD's domain
+/// on an IOMMU that owes it nothing (no operand, `tdh_iq_inv_request.c` @6e66b9d2).
+pub const TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED: u64 = 0xC000_0F3B_0000_0000;
 /// TDX_DMAR_ENTRY_NOT_PRESENT (same header): no DMAR entry where the leaf looks.
 pub const TDX_DMAR_ENTRY_NOT_PRESENT: u64 = 0xC000_0F39_0000_0000;
 /// TDX_DEVIF_HAS_MAPPED_DMA (same header): TDH.DEVIF.REMOVE while the TDI's DMA is still
@@ -467,6 +476,8 @@ pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
             TDX_PREVIOUS_TLB_EPOCH_BUSY | u64::from(OPERAND_ID_TD_EPOCH)
         }
         SeptError::TrackResumable => TDX_INTERRUPTED_RESUMABLE,
+        SeptError::IotlbTrackingNotDone => TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | page,
+        SeptError::IotlbTrackingNotRequired => TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
         SeptError::HpaInUse => TDX_PAGE_NOT_FREE | u64::from(OPERAND_ID_R8),
         SeptError::AlreadyAccepted => TDX_PAGE_ALREADY_ACCEPTED | page,
         SeptError::PoolEmpty => TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
@@ -553,7 +564,10 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         // TDX names one state for "exists" and "not blocked": decoded as the latter.
         TDX_DMAR_INVALID_MAPPING_STATE => Error::DmaNotBlocked,
         TDX_DMAR_ENTRY_NOT_PRESENT => Error::NoDmaContext,
-        TDX_DMAR_INVALID_INV_STATE => Error::IotlbInvalidationPending,
+        // An IOTLB invalidation the host must request and process, the entry's or the TD's.
+        TDX_DMAR_INVALID_INV_STATE | TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
+            Error::IotlbInvalidationPending
+        }
         TDX_DEVIF_HAS_MAPPED_DMA => Error::DmaContextRemains,
         TSM_DMA_NOT_ACCEPTED => Error::DmaNotAccepted,
         TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,
@@ -583,7 +597,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
 }
 
 /// Every named status code above (success and class codes included), for [`name`] and tests.
-pub const NAMED: [TdxStatus; 78] = [
+pub const NAMED: [TdxStatus; 80] = [
     TDX_SUCCESS,
     TDX_INTERRUPTED_RESUMABLE,
     TDX_OPERAND_INVALID,
@@ -606,6 +620,8 @@ pub const NAMED: [TdxStatus; 78] = [
     TDX_EPT_ENTRY_NOT_FREE,
     TDX_GPA_RANGE_NOT_BLOCKED,
     TDX_TLB_TRACKING_NOT_DONE,
+    TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+    TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
     TDX_PAGE_ALREADY_ACCEPTED,
     TDX_PAGE_SIZE_MISMATCH,
     TDX_EPT_ENTRY_STATE_INCORRECT,
@@ -690,6 +706,8 @@ pub const fn name(status: TdxStatus) -> Option<&'static str> {
         TDX_EPT_ENTRY_NOT_FREE => "TDX_EPT_ENTRY_NOT_FREE",
         TDX_GPA_RANGE_NOT_BLOCKED => "TDX_GPA_RANGE_NOT_BLOCKED",
         TDX_TLB_TRACKING_NOT_DONE => "TDX_TLB_TRACKING_NOT_DONE",
+        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => "TDX_IOMMU_IOTLB_TRACKING_NOT_DONE",
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED => "TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED",
         TDX_PAGE_ALREADY_ACCEPTED => "TDX_PAGE_ALREADY_ACCEPTED",
         TDX_PAGE_SIZE_MISMATCH => "TDX_PAGE_SIZE_MISMATCH",
         TDX_EPT_ENTRY_STATE_INCORRECT => "TDX_EPT_ENTRY_STATE_INCORRECT",

@@ -446,13 +446,27 @@ impl<'m> World<'m> {
             if out != pending {
                 return out;
             }
-            self.process_iq();
+            self.process_iq(tdi);
         }
         panic!("the unbind still waits for its invalidation");
     }
 
-    /// TDH.IQ.INV.PROCESS of the IOMMU of segment 0: the host completes queued invalidations.
-    fn process_iq(&self) {
+    /// The host completes what `tdi`'s unbind waits for on the IOMMU of segment 0: the
+    /// owner's domain invalidation its track owes (TDH.IQ.INV.REQUEST INV_REQ_IOTLB; NOT_REQUIRED
+    /// when none is owed), then TDH.IQ.INV.PROCESS of everything queued.
+    fn process_iq(&self, tdi: u64) {
+        let owner = self.fw.tsm().tdi(self.id(tdi)).unwrap().state.owner();
+        if let Some(g) = owner {
+            let tdr = self.fw.tdr_of(g).unwrap().unwrap().tdr.as_u64();
+            let regs =
+                platform_tdx::dmar::iotlb_request_regs(0, tdr, host_page(HOST_PAGES as u64 - 1), 1);
+            let out = self.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs);
+            assert!(
+                out.rax == TDX_SUCCESS || out.rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+                "TDH.IQ.INV.REQUEST IOTLB: {:#x}",
+                out.rax
+            );
+        }
         let process = self.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default());
         assert_eq!(process.rax, TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
     }
@@ -3243,7 +3257,7 @@ fn devif_golden_registers_in_and_back() {
     let mut out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
     for _ in 0..100 {
         if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
-            w.process_iq();
+            w.process_iq(fid);
         } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
             break;
         }
@@ -3562,7 +3576,7 @@ fn the_tds_start_request_and_its_refusals() {
     let mut out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
     for _ in 0..100 {
         if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
-            w.process_iq();
+            w.process_iq(tdi);
         } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
             break;
         }
@@ -3644,7 +3658,7 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
             TDX_INTERRUPTED_RESUMABLE => out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop),
             TDX_SPDM_REQUEST => out = w.relay(tdi, out),
             s if s == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) => {
-                w.process_iq();
+                w.process_iq(tdi);
                 out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
             }
             _ => break,

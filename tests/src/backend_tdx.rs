@@ -78,6 +78,12 @@ pub const CONFIG_HPA: u64 = HOST_BASE + 3 * MESSAGE_PAGE_BYTES as u64;
 pub const DEV_INFO_HPA: u64 = HOST_BASE + 4 * MESSAGE_PAGE_BYTES as u64;
 /// Bytes of the backend's host memory.
 const HOST_BYTES: usize = 5 * MESSAGE_PAGE_BYTES;
+/// Where the host's invalidation wait descriptors write their status: the last dword of the
+/// device-information page (ours; the model IOMMU only checks it is host memory).
+const IQ_STATUS_HPA: u64 = DEV_INFO_HPA + MESSAGE_PAGE_BYTES as u64 - 4;
+/// The IOTLB invalidations an unbind may stop for, each answered by the host: the owner's
+/// domain (its TRACK's) and then the TDI's own DMA context (ours: the scenarios' bound).
+const IOTLB_WAITS: usize = 2;
 /// Offset of the config page.
 const CONFIG_AT: usize = 3 * MESSAGE_PAGE_BYTES;
 /// Host physical address of the first TDR page: the TDs' TDR pages (TDH.MNG.CREATE RCX) follow
@@ -115,6 +121,7 @@ impl FlushControl for Sept<'_> {
             .map(|e| e.rid.segment())
             .collect();
         for segment in segments {
+            let _ = self.request_iotlb(guest, segment);
             self.iq_process(segment);
         }
         if defer {
@@ -130,9 +137,12 @@ impl FlushControl for Sept<'_> {
         })
     }
 
-    /// TDH.IQ.INV.PROCESS of the IOMMU of the interface's segment.
-    fn complete_invalidations(&mut self, _: GuestId, iface: tsm_core::InterfaceId) {
-        self.iq_process(iface.requester_id().segment());
+    /// TDH.IQ.INV.REQUEST of the guest's domain where its last track owes one, then
+    /// TDH.IQ.INV.PROCESS, on the IOMMU of the interface's segment.
+    fn complete_invalidations(&mut self, guest: GuestId, iface: tsm_core::InterfaceId) {
+        let segment = iface.requester_id().segment();
+        let _ = self.request_iotlb(guest, segment);
+        self.iq_process(segment);
     }
 }
 
@@ -265,11 +275,22 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
         regs
     }
 
-    /// TDH.IQ.INV.PROCESS of `tdi`'s IOMMU (its segment): the host drains the invalidation
-    /// queue, completing the queued IOTLB invalidations (not those of a guest whose flushes are
-    /// held, [`FlushControl::defer_flush`]).
+    /// The host's answer to an unbind stopped for an IOTLB invalidation: TDH.IQ.INV.REQUEST of
+    /// the owner's domain on `tdi`'s IOMMU (its segment), which the unbind's TRACK owes while a
+    /// PASID entry of the owner names its S-EPT (refused NOT_REQUIRED when none is owed: only
+    /// the TDI's own entry waits), then TDH.IQ.INV.PROCESS, completing what is queued (not
+    /// what a guest whose flushes are held owes, [`FlushControl::defer_flush`]).
     fn process_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
-        let segment = self.tsm.tdi(tdi)?.iface.requester_id().segment();
+        let record = self.tsm.tdi(tdi)?;
+        let segment = record.iface.requester_id().segment();
+        if let Some(owner) = record.state.owner() {
+            let status = IQ_STATUS_HPA;
+            let regs = platform_tdx::dmar::iotlb_request_regs(segment, self.tdr(owner), status, 1);
+            let out = self.seamcall(platform_tdx::dmar::TDH_IQ_INV_REQUEST, regs);
+            if out.rax != platform_tdx::status::TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED {
+                Self::outcome(platform_tdx::dmar::TDH_IQ_INV_REQUEST, &out).map(drop)?;
+            }
+        }
         let regs = SeamRegs {
             rcx: u64::from(segment),
             ..SeamRegs::default()
@@ -1001,23 +1022,24 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
-    /// One forced unbind call; as [`Backend::unbind`], a stop at the DMA context's IOTLB
-    /// invalidation has the host drain the queue and call again, once.
+    /// One forced unbind call; as [`Backend::unbind`], a stop at an IOTLB invalidation (the
+    /// owner's domain, then the DMA context's) has the host request and drain it and call
+    /// again, at most [`IOTLB_WAITS`] times.
     fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let regs = SeamRegs {
             rcx: self.function_of(tdi),
             rdx: abi::UNBIND_FLAG_FORCE,
             ..SeamRegs::default()
         };
-        let out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
-        match Self::outcome(abi::TSM_DEVIF_UNBIND, &out) {
-            Err(Error::IotlbInvalidationPending) => {
-                self.process_invalidations(tdi)?;
-                let out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
-                Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
+        let mut out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
+        for _ in 0..IOTLB_WAITS {
+            if Self::outcome(abi::TSM_DEVIF_UNBIND, &out) != Err(Error::IotlbInvalidationPending) {
+                break;
             }
-            r => r,
+            self.process_invalidations(tdi)?;
+            out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
         }
+        Self::outcome(abi::TSM_DEVIF_UNBIND, &out)
     }
 
     /// The host's re-establishment of the device's IDE stream, as a TDX Connect host does it:
@@ -1158,20 +1180,23 @@ impl Backend for TdxBackend<'_, '_> {
             .with_table(|t| FlushControl::defer_flush(t, guest, defer))
     }
 
-    /// One unbind call as the Linux host makes it: an unbind stopped at its DMA context's IOTLB
-    /// invalidation (TDX_DMAR_INVALID_INV_STATE) has the host drain the invalidation queue
-    /// (TDH.IQ.INV.PROCESS of the TDI's IOMMU) and call again, once.
+    /// One unbind call as the Linux host makes it: an unbind stopped at an IOTLB invalidation
+    /// (TDX_DMAR_INVALID_INV_STATE: its Remove waiting for the owner's domain, or its DMA
+    /// context's own) has the host request and drain it ([`Self::process_invalidations`]) and
+    /// call again, at most [`IOTLB_WAITS`] times.
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let mut request: RelayBuf = [0u8; tsm_core::MAX_RELAY_BYTES];
         let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
-        match relay_to_end(self, tdi, first, &mut request) {
-            Err(Error::IotlbInvalidationPending) => {
-                self.process_invalidations(tdi)?;
-                let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
-                relay_to_end(self, tdi, first, &mut request)
+        let mut r = relay_to_end(self, tdi, first, &mut request);
+        for _ in 0..IOTLB_WAITS {
+            if r != Err(Error::IotlbInvalidationPending) {
+                break;
             }
-            r => r,
+            self.process_invalidations(tdi)?;
+            let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
+            r = relay_to_end(self, tdi, first, &mut request);
         }
+        r
     }
 
     /// TDH.DMAR.ADD of the TDI's PASID entry for its owner (a TDI with no owner: the first TD,

@@ -124,6 +124,9 @@ fn no_such_answer() -> Setup<'static> {
 
 /// Requests held at once (`hold`), and TDIs whose last answer is kept for `answer ... stale`.
 const MAX_HELD: usize = 4;
+/// Invalidations an unbind may wait for in turn (TDX: the owner's domain, then the DMA
+/// context's own): the host completes each and calls again.
+const IOTLB_WAITS: usize = 2;
 const MAX_KEPT_ANSWERS: usize = 8;
 
 /// A request the host keeps instead of relaying.
@@ -479,22 +482,26 @@ impl<'a> Interpreter<'a, '_> {
         Ok(self.invalidated_and_again(tdi, outcome))
     }
 
-    /// An unbind that stopped at its DMA context's IOTLB invalidation: the host completes the
-    /// invalidation (TDX: TDH.IQ.INV.PROCESS) and calls the unbind again, once, as the Linux
-    /// host does; any other outcome as it is.
+    /// An unbind that stopped at an IOTLB invalidation (TDX: its Remove waiting for the
+    /// owner's domain, then its DMA context's own): the host completes it (TDX:
+    /// TDH.IQ.INV.REQUEST of the domain, TDH.IQ.INV.PROCESS) and calls the unbind again, as
+    /// the Linux host does, at most [`IOTLB_WAITS`] times; any other outcome as it is.
     fn invalidated_and_again(
         &mut self,
         tdi: TdiId,
-        outcome: TsmResult<Completion>,
+        mut outcome: TsmResult<Completion>,
     ) -> TsmResult<Completion> {
-        if outcome != Err(Error::IotlbInvalidationPending)
-            || self.backend.complete_invalidations(tdi).is_err()
-        {
-            return outcome;
+        for _ in 0..IOTLB_WAITS {
+            if outcome != Err(Error::IotlbInvalidationPending)
+                || self.backend.complete_invalidations(tdi).is_err()
+            {
+                break;
+            }
+            let mut request = [0u8; MAX_RELAY_BYTES];
+            let first = self.backend.begin(DeviceCall::Unbind { tdi }, &mut request);
+            outcome = self.relay_from(tdi, first, &mut request);
         }
-        let mut request = [0u8; MAX_RELAY_BYTES];
-        let first = self.backend.begin(DeviceCall::Unbind { tdi }, &mut request);
-        self.relay_from(tdi, first, &mut request)
+        outcome
     }
 
     fn keep(&mut self, held: Held) -> Result<(), Setup<'a>> {

@@ -77,6 +77,12 @@ pub enum TableError {
     DmaNotBlocked,
     /// Removal of a blocked DMA context whose IOTLB invalidation is not complete.
     InvalidationPending,
+    /// A track, or the removal of a leaf blocked before the last track, while a trusted IOMMU
+    /// that translates through the guest's table still owes the IOTLB invalidation of the
+    /// guest's domain that track asked for (TDX: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE). The
+    /// platform completes it later (TDX: TDH.IQ.INV.REQUEST of the domain, then
+    /// TDH.IQ.INV.PROCESS); the caller keeps its progress and retries.
+    IotlbNotTracked,
 }
 
 impl From<TableError> for Error {
@@ -95,7 +101,9 @@ impl From<TableError> for Error {
             TableError::DmaContextExists => Error::DmaContextExists,
             TableError::NoDmaContext => Error::NoDmaContext,
             TableError::DmaNotBlocked => Error::DmaNotBlocked,
-            TableError::InvalidationPending => Error::IotlbInvalidationPending,
+            TableError::InvalidationPending | TableError::IotlbNotTracked => {
+                Error::IotlbInvalidationPending
+            }
         }
     }
 }

@@ -49,7 +49,7 @@
 //! | 0x405 | `NotBlocked` | removal of a leaf that was not blocked first |
 //! | 0x406 | `TlbFlushPending` | blocked, but the TLB flush for that epoch is not done |
 //! | 0x407 | `DmaNotBlocked` | invalidation or removal of a trusted DMA context that was not blocked first |
-//! | 0x408 | `IotlbInvalidationPending` | the trusted DMA context is blocked, but its IOTLB invalidation is not complete |
+//! | 0x408 | `IotlbInvalidationPending` | an IOTLB invalidation is not complete: the blocked trusted DMA context's, or the one a track of the guest's table owes while a context names it (TDX) |
 //! | 0x501 | `DeviceUnresponsive` | the device did not answer a TDISP request |
 //! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
 //! | 0x503 | `DeviceMalformed` | the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout) |
@@ -400,7 +400,7 @@ impl Error {
                 "invalidation or removal of a trusted DMA context that was not blocked first"
             }
             Error::IotlbInvalidationPending => {
-                "the trusted DMA context is blocked, but its IOTLB invalidation is not complete"
+                "an IOTLB invalidation is not complete: the blocked trusted DMA context's, or the one a track of the guest's table owes while a context names it (TDX)"
             }
             Error::DeviceUnresponsive => "the device did not answer a TDISP request",
             Error::DeviceRefused => "the device answered a TDISP request with an error",

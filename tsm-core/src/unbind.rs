@@ -324,6 +324,9 @@ fn advance<T: SecureTable>(
             Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
             Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
         },
+        // A table may refuse a leaf until more than the TLB forgot it (TDX: the IOTLB of an
+        // IOMMU whose trusted context names the guest's table, `IotlbInvalidationPending`):
+        // the step and its cursor stay, and the next call resumes here.
         UnbindStep::Remove(cursor) => {
             match walk(
                 ctx.owners,

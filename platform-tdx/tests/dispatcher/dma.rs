@@ -61,6 +61,34 @@ fn inv_request(w: &World<'_>) -> SeamRegs {
     )
 }
 
+/// TDH.IQ.INV.REQUEST of TD `td`'s domain (INV_REQ_IOTLB, R8 its TDR) on IOMMU 0, with the
+/// wait descriptor of [`inv_request`].
+fn iotlb_request(w: &World<'_>, td: u64) -> u64 {
+    w.call(
+        u64::from(abi::TDH_IQ_INV_REQUEST),
+        SeamRegs {
+            rcx: 0,
+            rdx: dmar::INV_REQ_IOTLB,
+            r8: td,
+            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
+            r10: host_page(HOST_PAGES as u64 - 1),
+            ..Default::default()
+        },
+    )
+    .rax
+}
+
+fn track(w: &World<'_>, td: u64) -> u64 {
+    w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    )
+    .rax
+}
+
 fn process(w: &World<'_>) -> u64 {
     w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
         .rax
@@ -102,25 +130,105 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w.fw.tsm().dma_reach(id).unwrap(),
         tsm_core::dma::DmaReach::Private(g)
     );
-    // The unbind blocks the entry and queues its invalidation; the host's PROCESS completes it.
+    // The unbind blocks the MMIO and the entry, and tracks: the entry still names the S-EPT,
+    // so the TRACK owes an IOTLB invalidation of the TD's domain, and the MMIO leaves (and the
+    // table pages their removal frees) wait for it. Nothing moves until the host asks for it.
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(tdi), pending);
-    assert_eq!(
-        w.fw.with_table(|t| t.root_phys(g)).unwrap(),
-        Some(root),
-        "the MMIO is gone, the root the entry names stays"
+    let leaves = w.fw.with_table(|t| t.pool().free_frames()).unwrap();
+    refused(
+        w,
+        "unbind again before the request",
+        || w.unbind_all(tdi),
+        pending,
     );
+    refused(w, "MEM.TRACK before the request", || track(w, td), iotlb);
+    refused(
+        w,
+        "PASID entry's REQUEST while blocked leaves wait",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rdx: 1,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 2,
+    );
+    refused(
+        w,
+        "the domain's REQUEST naming no TD",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rdx: dmar::INV_REQ_IOTLB,
+                    r8: host_page(0),
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 8,
+    );
+    refused(
+        w,
+        "the domain's REQUEST without a fence",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rdx: dmar::INV_REQ_IOTLB,
+                    r8: td,
+                    r9: dmar::WAIT_DESC_TYPE,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_OPERAND_INVALID | 9,
+    );
+    refused(
+        w,
+        "the domain's REQUEST on another IOMMU",
+        || {
+            w.call(
+                u64::from(abi::TDH_IQ_INV_REQUEST),
+                SeamRegs {
+                    rcx: 1,
+                    rdx: dmar::INV_REQ_IOTLB,
+                    r8: td,
+                    ..inv_regs()
+                },
+            )
+            .rax
+        },
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    refused(
+        w,
+        "the domain's REQUEST again",
+        || iotlb_request(w, td),
+        iotlb,
+    );
+    refused(w, "unbind before PROCESS", || w.unbind_all(tdi), pending);
+    refused(w, "MEM.TRACK before PROCESS", || track(w, td), iotlb);
+    assert_eq!(
+        w.fw.with_table(|t| t.pool().free_frames()).unwrap(),
+        leaves,
+        "no table page went back before the IOTLB forgot the TD's domain"
+    );
+    // The entry's own invalidation was queued with its block, before STOP.
     let read = on_idx(w, abi::TDH_DMAR_READ);
     assert_eq!(read.r8 & dmar::PTE_P, 0, "not present from BLOCK on");
     assert_eq!(
         ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
         (MAP_BLOCKED, INV_QUEUED)
-    );
-    refused(
-        w,
-        "unbind again before PROCESS",
-        || w.unbind_all(tdi),
-        pending,
     );
     refused(
         w,
@@ -137,7 +245,14 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         },
         TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX,
     );
+    // One PROCESS completes both: the leaves go, then the entry, then the root it pinned.
     assert_eq!(process(w), TDX_SUCCESS);
+    refused(
+        w,
+        "nothing owed",
+        || iotlb_request(w, td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     assert_eq!(
         on_idx(w, abi::TDH_DMAR_READ).rax,
@@ -335,8 +450,20 @@ fn the_linux_hosts_own_teardown_order_works() {
         rdx: td,
         ..Default::default()
     };
-    // The MMIO: blocked by the unbind already; the host tracks and unmaps.
+    // The MMIO: blocked by the unbind already, and tracked by it with the entry naming the
+    // S-EPT: the host asks for that TRACK's IOTLB invalidation of the TD's domain first, then
+    // tracks and unmaps.
     let _ = w.call(u64::from(abi::TDH_MMIO_BLOCK), page);
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+    refused(w, "MEM.TRACK", || track(w, td), iotlb);
+    refused(
+        w,
+        "MMIO.UNMAP",
+        || w.call(u64::from(abi::TDH_MMIO_UNMAP), page).rax,
+        iotlb | 1,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    assert_eq!(process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_MEM_TRACK,
         SeamRegs {
@@ -348,13 +475,15 @@ fn the_linux_hosts_own_teardown_order_works() {
     // The S-EPT has no leaf left, but the PASID entry still names its root: the root stays.
     let slptptr = on_idx(w, abi::TDH_DMAR_READ).r8 & dmar::PTE_SLPTPTR_MASK;
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), Some(slptptr));
-    // The unbind blocked the entry with the MMIO, before STOP: the host's own BLOCK finds it
-    // blocked and succeeds, changing nothing; REMOVE still waits for the invalidation.
+    // The unbind blocked the entry with the MMIO, before STOP, and queued its invalidation,
+    // which the PROCESS above completed; the host's TRACK above owes the domain's again, and
+    // REMOVE waits for that. The host's own BLOCK and IQ.INV.REQUEST of the entry find it
+    // blocked and invalidated: they succeed, changing nothing.
     refused(
         w,
-        "REMOVE before the invalidation (the firmware blocked the entry)",
+        "REMOVE while the TD's domain is owed",
         || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
-        TDX_DMAR_INVALID_INV_STATE | 1,
+        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | 1,
     );
     for _ in 0..2 {
         let before = w.image();
@@ -370,12 +499,6 @@ fn the_linux_hosts_own_teardown_order_works() {
             "BLOCK of a blocked entry changed something"
         );
     }
-    refused(
-        w,
-        "REMOVE before the invalidation",
-        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
-        TDX_DMAR_INVALID_INV_STATE | 1,
-    );
     refused(
         w,
         "a wait descriptor without fence",
@@ -406,18 +529,14 @@ fn the_linux_hosts_own_teardown_order_works() {
         },
         TDX_OPERAND_INVALID | 10,
     );
-    // The unbind queued the invalidation with its block: the host's request (and another)
-    // finds it queued and succeeds, changing nothing.
-    for _ in 0..2 {
-        let before = w.image();
-        assert_eq!(inv_request(w).rax, TDX_SUCCESS);
-        assert!(w.image() == before, "IQ.INV.REQUEST of a queued entry");
-    }
-    refused(
-        w,
-        "REMOVE before PROCESS",
-        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
-        TDX_DMAR_INVALID_INV_STATE | 1,
+    // The first request finds the entry's invalidation done (the core's record of it catches
+    // up with the PROCESS above); another changes nothing.
+    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
+    let before = w.image();
+    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
+    assert!(
+        w.image() == before,
+        "IQ.INV.REQUEST of an invalidated entry"
     );
     refused(
         w,
@@ -434,6 +553,7 @@ fn the_linux_hosts_own_teardown_order_works() {
         },
         TDX_DEVIF_HAS_MAPPED_DMA | 1,
     );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
     assert_eq!(process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_DMAR_REMOVE,
@@ -513,9 +633,165 @@ fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
         || accept(w, td, tdi),
         TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
     );
-    assert_eq!(process(w), TDX_SUCCESS);
+    w.process_iq(tdi);
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
     let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
     assert_eq!(free, total);
+}
+
+/// The review's sequence (review-dma finding 1): TD A has TDI X running with an accepted
+/// context (its PASID entry names A's whole S-EPT) and TDI Y with MMIO mapped. X's IOTLB may
+/// hold Y's translation (peer to peer) and the S-EPT table pages above it, so Y's unbind does
+/// not report Y unbound, nor give a table page back, until the IOTLB invalidation of A's
+/// domain its TRACK owes was requested and processed; the host's own TRACK and UNMAP wait
+/// the same way, each refusal changing nothing. X keeps translating throughout. Forced or
+/// not; and after a host TRACK whose invalidation is still owed, the unbind's own Track step
+/// waits for it first.
+#[test]
+fn a_sibling_unbind_waits_for_the_running_tdis_iotlb() {
+    for (force, host_tracked) in [(false, false), (true, false), (false, true)] {
+        sibling_unbind(force, host_tracked);
+    }
+}
+
+fn sibling_unbind(force: bool, host_tracked: bool) {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let td = w.create_td();
+    let (bar_y, gpa_y) = (0x9000_0000, GPA + 0x4000_0000);
+    let dev_x = device_world(w, 3, BAR);
+    let dev_y = device_world(w, 4, bar_y);
+    let x = w.create_tdi(dev_x, rid(3), PAGES_A);
+    let y = w.create_tdi(dev_y, rid(4), PAGES_B);
+    for (tdi, bar, gpa) in [(x, BAR, GPA), (y, bar_y, gpa_y)] {
+        let bind = SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        };
+        assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: page_info(Gpa::try_new(gpa).unwrap(), PageSize::Size2M),
+                rdx: td,
+                r8: bar,
+                ..Default::default()
+            },
+        );
+    }
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, x), TDX_SUCCESS);
+    assert_eq!(w.start(td, x), TDX_SUCCESS);
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    let free = || w.fw.with_table(|t| t.pool().free_frames()).unwrap();
+    let mapped = || {
+        w.fw.with_table(|t| {
+            tsm_core::secure_table::SecureTable::leaf(t, g, Gpa::try_new(gpa_y).unwrap())
+        })
+        .unwrap()
+    };
+    let unbinding = || {
+        matches!(
+            w.fw.tsm().tdi(w.id(y)).unwrap().state,
+            tsm_core::TdiState::Unbinding { .. }
+        )
+    };
+    let free_before = free();
+    let unbind_y = || {
+        if !force {
+            return w.unbind_all(y);
+        }
+        let regs = SeamRegs {
+            rcx: y,
+            rdx: abi::UNBIND_FLAG_FORCE,
+            ..Default::default()
+        };
+        loop {
+            let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax;
+            if out != TDX_INTERRUPTED_RESUMABLE {
+                return out;
+            }
+        }
+    };
+
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    if host_tracked {
+        // The host's TRACK owes A's domain: Y's unbind blocks and stops, and its Track step
+        // waits (the step kept) until the host requested and processed that invalidation.
+        assert_eq!(track(w, td), TDX_SUCCESS);
+        assert_eq!(unbind_y(), pending);
+        assert!(matches!(
+            w.fw.tsm().tdi(w.id(y)).unwrap().state,
+            tsm_core::TdiState::Unbinding {
+                step: tsm_core::lifecycle::UnbindStep::Track,
+                ..
+            }
+        ));
+        refused(w, "Y's unbind at its Track", unbind_y, pending);
+        assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+        assert_eq!(process(w), TDX_SUCCESS);
+    }
+    // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
+    // domain.
+    assert_eq!(unbind_y(), pending);
+    assert!(unbinding(), "Y is not reported unbound");
+    assert!(mapped().is_some(), "Y's leaf stays, blocked, in A's S-EPT");
+    assert_eq!(free(), free_before, "no table page back to the pool");
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+    refused(w, "Y's unbind again", unbind_y, pending);
+    refused(w, "the host's MEM.TRACK", || track(w, td), iotlb);
+    let page_y = SeamRegs {
+        rcx: page_info(Gpa::try_new(gpa_y).unwrap(), PageSize::Size2M),
+        rdx: td,
+        ..Default::default()
+    };
+    refused(
+        w,
+        "the host's MMIO.UNMAP of Y's page",
+        || w.call(u64::from(abi::TDH_MMIO_UNMAP), page_y).rax,
+        iotlb | 1,
+    );
+    refused(
+        w,
+        "PROCESS with nothing requested",
+        || process(w),
+        TDX_SUCCESS,
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    refused(w, "Y's unbind before PROCESS", unbind_y, pending);
+    assert!(unbinding());
+    assert_eq!(process(w), TDX_SUCCESS);
+
+    // A's domain forgotten on X's IOMMU: Y's leaf and the table page above it go, Y unbinds.
+    assert_eq!(unbind_y(), TDX_SUCCESS);
+    assert!(!unbinding() && mapped().is_none());
+    assert!(free() > free_before, "the emptied table page went back");
+    // X never stopped translating through A's S-EPT.
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!((read.rdx >> 3) & 0xff, MAP_PRESENT);
+    assert_eq!(
+        w.fw.tsm().dma_reach(w.id(x)).unwrap(),
+        tsm_core::dma::DmaReach::Private(g)
+    );
+}
+
+/// A TD with no accepted PASID entry tracks as before: its TRACKs owe nothing, the domain's
+/// request is not required, and a TDI's unbind needs no IQ leaf at all.
+#[test]
+fn a_td_without_trusted_dma_owes_no_iotlb_invalidation() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(track(w, td), TDX_SUCCESS);
+    assert_eq!(track(w, td), TDX_SUCCESS);
+    refused(
+        w,
+        "the domain's REQUEST",
+        || iotlb_request(w, td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
 }
