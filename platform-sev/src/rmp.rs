@@ -743,7 +743,7 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
 
     /// The owner's SDTE write: V set, the firmware's part pointed at the guest's ASID (and
     /// DomainID), TDI_BIND's fields kept; the guest's part follows in the same table lock
-    /// ([`Rmp::sdte_write_guest`], through the core's `guest_dma_accept_with`). A valid entry
+    /// (`Rmp::sdte_write_guest`, through the core's `guest_dma_accept_with`). A valid entry
     /// stays as it is; a blocked one is `Inconsistent`.
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let asid = self.fence(guest)?.asid;

@@ -16,7 +16,7 @@
 //!
 //! States mirror the core's [`DmaState`]: TDI_BIND creates the entry with V clear (no
 //! translation) and the firmware fields it knows, the device's ID in the guest and its IDE
-//! streams ([`bind_fields`]); the owner's accepted SDTE write makes it valid, the firmware
+//! streams (`bind_fields`); the owner's accepted SDTE write makes it valid, the firmware
 //! filling ASID and DomainID, and from then on it stays as it is until the unbind (a change
 //! would need an ASID fence to hold, see `Sev::sdte_write`); blocking clears V, IR and IW; the
 //! invalidation completes with an ASID fence raised after the block ([`crate::rmp`]: SEV's
@@ -53,7 +53,7 @@ pub const Q3_GUEST_DEVICE_ID: u64 = 0xFFFF << 16;
 const Q3_GUEST_DEVICE_ID_SHIFT: u32 = 16;
 /// qword 4: `ide_stream_id[8]`, the IDE stream of each traffic class (firmware): the ones
 /// TIO_DEV_CONNECT named for the device (`struct sev_data_tio_dev_connect.ide_stream_id`, same
-/// source; Linux sets [0] to TC0's stream and the rest to 0xFF).
+/// source; Linux sets element 0 to TC0's stream and the rest to 0xFF).
 pub const Q4_IDE_STREAM_ID: u64 = u64::MAX;
 /// qword 3 bits 50:49: VMPL whose permissions the device's DMA gets (guest-writable;
 /// `sdte.vmpl`, after asid 12, reserved 3, viommu_en 1, guest_device_id 16, guest_id 15,

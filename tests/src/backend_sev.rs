@@ -831,7 +831,7 @@ impl Backend for SevBackend<'_> {
     /// The guest's SDTE write, as Linux's guest sends it (`tio_tdi_sdte_write`: V, IR, IW,
     /// VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK 0, through TIO_GUEST_REQUEST. A refusal
     /// of the command is its core status; one in the answer is named in the core's terms (see
-    /// [`SevBackend::sdte_refusal`]).
+    /// `SevBackend::sdte_refusal`).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         use platform_sev::sdte::{Q0_IR, Q0_IW, Q0_V, Q5_VTOM, Q5_VTOM_EN};
         let (_, _, id) = self.tdi_slas(tdi);

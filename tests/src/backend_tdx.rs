@@ -1024,7 +1024,7 @@ impl Backend for TdxBackend<'_, '_> {
     /// Ours: TSM.DEVIF.UNBIND with RDX FORCE.
     /// One forced unbind call; as [`Backend::unbind`], a stop at an IOTLB invalidation (the
     /// owner's domain, then the DMA context's) has the host request and drain it and call
-    /// again, at most [`IOTLB_WAITS`] times.
+    /// again, at most `IOTLB_WAITS` times.
     fn unbind_force(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let regs = SeamRegs {
             rcx: self.function_of(tdi),
@@ -1182,8 +1182,8 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// One unbind call as the Linux host makes it: an unbind stopped at an IOTLB invalidation
     /// (TDX_DMAR_INVALID_INV_STATE: its Remove waiting for the owner's domain, or its DMA
-    /// context's own) has the host request and drain it ([`Self::process_invalidations`]) and
-    /// call again, at most [`IOTLB_WAITS`] times.
+    /// context's own) has the host request and drain it (`process_invalidations`) and
+    /// call again, at most `IOTLB_WAITS` times.
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let mut request: RelayBuf = [0u8; tsm_core::MAX_RELAY_BYTES];
         let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);

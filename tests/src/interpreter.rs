@@ -485,7 +485,7 @@ impl<'a> Interpreter<'a, '_> {
     /// An unbind that stopped at an IOTLB invalidation (TDX: its Remove waiting for the
     /// owner's domain, then its DMA context's own): the host completes it (TDX:
     /// TDH.IQ.INV.REQUEST of the domain, TDH.IQ.INV.PROCESS) and calls the unbind again, as
-    /// the Linux host does, at most [`IOTLB_WAITS`] times; any other outcome as it is.
+    /// the Linux host does, at most `IOTLB_WAITS` times; any other outcome as it is.
     fn invalidated_and_again(
         &mut self,
         tdi: TdiId,
