@@ -1743,6 +1743,9 @@ struct Observation {
     device: Vec<TsmResult<TdispState>>,
     /// Every leaf in the window, by host address.
     leaves: TsmResult<Vec<LeafView>>,
+    /// Per TDI, the guest whose private memory its DMA reaches (`None`: shared only), read
+    /// from each platform's own IOMMU structure (`Backend::dma_reach`).
+    reach: Vec<TsmResult<Option<Who>>>,
 }
 
 fn observe(s: &mut dyn Subject, h: &Handles, w: &WorldSpec) -> Observation {
@@ -1767,6 +1770,18 @@ fn observe(s: &mut dyn Subject, h: &Handles, w: &WorldSpec) -> Observation {
         leaves: p
             .leaves()
             .map(|ls| ls.iter().map(|l| leaf_view(l, h)).collect()),
+        reach: {
+            drop(p);
+            h.tdis
+                .iter()
+                .map(|&t| {
+                    s.backend().dma_reach(t).map(|r| match r {
+                        tsm_core::dma::DmaReach::Private(g) => Some(h.who(g)),
+                        tsm_core::dma::DmaReach::SharedOnly => None,
+                    })
+                })
+                .collect()
+        },
     }
 }
 
@@ -1802,6 +1817,9 @@ fn differences(a: &Observation, b: &Observation, la: &str, lb: &str) -> String {
                 &a.device[i],
                 &b.device[i],
             );
+        }
+        if a.reach[i] != b.reach[i] {
+            field("DMA reach of t", Some(i), &a.reach[i], &b.reach[i]);
         }
     }
     for i in 0..a.bound.len() {
@@ -1861,6 +1879,9 @@ impl Reached {
             if l.iter().any(|l| l.blocked) {
                 self.note("a blocked leaf");
             }
+        }
+        if o.reach.iter().any(|r| matches!(r, Ok(Some(_)))) {
+            self.note("DMA reaches private memory");
         }
     }
 
@@ -2389,6 +2410,7 @@ fn run_all() {
     for (what, least) in [
         ("state: bound (CONFIG_LOCKED)", 0.85),
         ("state: running", 0.6),
+        ("DMA reaches private memory", 0.5),
         ("state: error", 0.45),
         ("state: mid-unbind", 0.45),
         ("unbind: Resumable", 0.25),
