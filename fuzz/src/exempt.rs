@@ -18,7 +18,8 @@
 //!    STOP is sent"). On TDX the TDI's request page and RCX; on SEV the request buffer
 //!    (`spdm_ctrl.req`) and `FLAG_CONTINUE` in the written-back command buffer.
 //!    `TDH.DEVIF.REQUEST` changes nothing but the request page.
-//! 1. An unbind that stops with `TlbFlushPending` or `Inconsistent` keeps its progress (a
+//! 1. An unbind that stops with `TlbFlushPending`, `IotlbInvalidationPending` or `Inconsistent`
+//!    keeps its progress (a
 //!    plain unbind, or the device's STOP answer handed to `device_response`). `Tsm::unbind`:
 //!    "A guest count that would drift is `Inconsistent` at the release, after the leaves are
 //!    gone, with the ranges still owned"; README: "A TLB flush that is not done yet is
@@ -144,7 +145,10 @@ pub fn exemption(
         Ok(_) | Err(None) => return Exempt::Nothing,
         Err(Some(e)) => e,
     };
-    let progress = matches!(err, Error::TlbFlushPending | Error::Inconsistent);
+    let progress = matches!(
+        err,
+        Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent
+    );
     match call {
         Call::Unbind(t) if progress => Exempt::UnbindProgress(t),
         Call::Force(t) if progress => Exempt::ForcedProgress(t),

@@ -47,7 +47,10 @@ use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::module::{DevifEntry, TdRequest};
 use platform_tdx::module::{MESSAGE_PAGE_BYTES, SpdmEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
-use platform_tdx::status::{self as st, TDX_INTERRUPTED_RESUMABLE, TDX_SPDM_REQUEST, TDX_SUCCESS};
+use platform_tdx::status::{
+    self as st, TDX_DMAR_INVALID_INV_STATE, TDX_INTERRUPTED_RESUMABLE, TDX_SPDM_REQUEST,
+    TDX_SUCCESS,
+};
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
@@ -1553,6 +1556,7 @@ impl World<'_> {
     /// the last registers.
     fn unbind_all(&mut self, slot: u64) -> SeamRegs {
         let mut out = SeamRegs::default();
+        let waits = TDX_DMAR_INVALID_INV_STATE | u64::from(platform_tdx::status::OPERAND_ID_DMAR);
         for _ in 0..UNBIND_CALLS {
             let first = self.seamcall(
                 u64::from(abi::TSM_DEVIF_UNBIND),
@@ -1563,11 +1567,72 @@ impl World<'_> {
                 },
             );
             out = self.relay(slot, first, Relay::Drive);
+            if out.rax == waits {
+                // Its IOTLB invalidation (the owner's domain, or its DMA context's own): the
+                // host requests and processes, as the Linux host does, and calls again.
+                self.iotlb_drain(slot);
+                continue;
+            }
             if out.rax != TDX_INTERRUPTED_RESUMABLE {
                 break;
             }
         }
         out
+    }
+
+    /// The host's part of a TD start: TDI slot `slot`'s trusted DMA context added for the TD
+    /// whose TDR is `td` (TDH.DMAR.ADD, when the TDI has none) and accepted by it
+    /// (TDG.DMAR.ACCEPT), as a TDX Connect host and TD do before START. Each call checked as
+    /// any other; a refusal leaves the start to be refused `TSM_DMA_NOT_ACCEPTED`.
+    fn dma_ready(&mut self, td: u64, slot: u64) {
+        let Ok(rec) = self.fw.tdi(TdiId::from_slot(slot as u16)) else {
+            return;
+        };
+        if rec.dma == Some(tsm_core::dma::DmaState::Active) {
+            return;
+        }
+        if rec.dma.is_none() {
+            let levels = self.fw.with_table(|t| t.levels()).unwrap_or(4);
+            let add = SeamRegs {
+                rcx: platform_tdx::dmar::dmar_idx(rec.iface.requester_id()),
+                rdx: td,
+                r8: platform_tdx::dmar::add_qword0(levels),
+                r9: platform_tdx::dmar::ADD_QWORD1,
+                ..SeamRegs::default()
+            };
+            self.seamcall(u64::from(platform_tdx::dmar::TDH_DMAR_ADD), add);
+        }
+        let rcx = self.fid(slot);
+        self.tdcall(
+            td,
+            u64::from(platform_tdx::dmar::TDG_DMAR_ACCEPT),
+            SeamRegs {
+                rcx,
+                ..SeamRegs::default()
+            },
+        );
+    }
+
+    /// The host completes what TDI slot `slot`'s unbind waits for: the owner's domain IOTLB
+    /// invalidation (TDH.IQ.INV.REQUEST INV_REQ_IOTLB; NOT_REQUIRED when none is owed), then
+    /// TDH.IQ.INV.PROCESS of the TDI's IOMMU.
+    fn iotlb_drain(&mut self, slot: u64) {
+        let Ok(rec) = self.fw.tdi(TdiId::from_slot(slot as u16)) else {
+            return;
+        };
+        let segment = rec.iface.requester_id().segment();
+        if let Some(owner) = rec.state.owner() {
+            let tdr = self.tdr(owner);
+            let regs = platform_tdx::dmar::iotlb_request_regs(segment, tdr, REQ_A, 1);
+            self.seamcall(u64::from(platform_tdx::dmar::TDH_IQ_INV_REQUEST), regs);
+        }
+        self.seamcall(
+            u64::from(platform_tdx::dmar::TDH_IQ_INV_PROCESS),
+            SeamRegs {
+                rcx: u64::from(segment),
+                ..SeamRegs::default()
+            },
+        );
     }
 
     /// Every TDI can be unbound once the host cooperates: TLB flushes completed, the device
@@ -1951,6 +2016,7 @@ impl World<'_> {
                 let g = self.td(td);
                 let slot = tdi_slot(tdi);
                 let rcx = self.fid(slot);
+                self.dma_ready(g, slot);
                 // An earlier outcome unread first (refused, nothing changed, when none is).
                 self.tdcall(g, leaf(abi::TDG_DEVIF_RESPONSE), SeamRegs { rcx, ..r });
                 let rdx = u64::from(abi::TDISP_START_INTERFACE);
