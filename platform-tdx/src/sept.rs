@@ -203,8 +203,8 @@ impl From<SeptError> for TableError {
             | SeptError::PreviousEpochBusy
             | SeptError::TrackResumable => TableError::TlbNotFlushed,
             SeptError::IotlbTrackingNotDone => TableError::IotlbNotTracked,
-            // Only the IQ leaf meets it (never a core path): nothing owed, nothing to do.
-            SeptError::IotlbTrackingNotRequired => TableError::NoDmaContext,
+            // Only the IQ leaf meets it, never a core path: one there is a bug.
+            SeptError::IotlbTrackingNotRequired => TableError::Inconsistent,
             SeptError::HpaInUse => TableError::HpaMapped,
             SeptError::AlreadyAccepted => TableError::GpaMapped,
             SeptError::PoolEmpty => TableError::OutOfFrames,
@@ -1007,6 +1007,21 @@ impl SecureTable for Sept<'_> {
         if entry.is_none_or(|e| e.guest != guest) {
             return Err(TableError::NoDmaContext);
         }
+        // An IOMMU counted in now owes nothing for TRACKs already done (`tdg_dmar_accept.c`
+        // @6e66b9d2), yet it could walk and cache the table entries above a leaf blocked
+        // before them, whose table page that leaf's removal then frees: no accept while the
+        // TD has a blocked leaf not yet removed (`TlbFlushPending`, ours; the host removes
+        // them, the TD accepts again).
+        let blocked = self
+            .epochs
+            .get(usize::from(guest.slot()))
+            .ok_or(SeptError::UnknownGuest)?
+            .blocked
+            .iter()
+            .any(|&n| n != 0);
+        if blocked {
+            return Err(TableError::TlbNotFlushed);
+        }
         let tree = self
             .trees
             .get_mut(usize::from(guest.slot()))
@@ -1032,8 +1047,8 @@ impl SecureTable for Sept<'_> {
             }
             Err(e) => {
                 // Give a root made for it back: the refusal changes nothing.
-                if !had_root {
-                    let _ = tree.release_empty_root(&mut self.pool);
+                if !had_root && tree.release_empty_root(&mut self.pool).is_err() {
+                    return Err(TableError::Inconsistent);
                 }
                 Err(e)
             }
@@ -2303,6 +2318,33 @@ mod tests {
         assert_eq!(s.track(H), Ok(Completion::Done));
         assert_eq!(s.remove(H, h, size), Ok(hpa(0xa000_0000)));
         assert_eq!(s.track(H), Ok(Completion::Done));
+    }
+
+    /// Review s21 H1: an IOMMU counted in after a TRACK owes nothing for it, yet could cache the
+    /// table entries above a leaf blocked before it, whose page that leaf's removal frees. No
+    /// accept while the TD has a blocked leaf not yet removed, changing nothing; once the host
+    /// removed it, the accept goes on.
+    #[test]
+    fn no_accept_while_the_td_has_a_blocked_leaf() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let size = PageSize::Size2M;
+        let (x, y, y_host) = (gpa(0x10_0000_0000), gpa(0x10_4000_0000), hpa(0x9000_0000));
+        s.map(G, x, hpa(0x8000_0000), size).unwrap();
+        s.map(G, y, y_host, size).unwrap();
+        s.block(G, y, size).unwrap();
+        assert_eq!(s.track(G), Ok(Completion::Done), "no entry: nothing owed");
+        s.dma_create(G, iface(3)).unwrap();
+        let before = (image(&s), s.bookkeeping());
+        assert_eq!(s.dma_accept(G, iface(3)), Err(TableError::TlbNotFlushed));
+        assert!((image(&s), s.bookkeeping()) == before, "a refusal changed something");
+        assert_eq!(s.remove(G, y, size), Ok(y_host));
+        assert_eq!(s.dma_accept(G, iface(3)), Ok(()));
+        // The next block is the TRACK's and its domain invalidation's to pass, as usual.
+        s.block(G, x, size).unwrap();
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G));
+        assert_eq!(s.remove(G, x, size), Err(TableError::IotlbNotTracked));
     }
 
     #[test]
