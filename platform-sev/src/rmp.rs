@@ -731,10 +731,6 @@ impl<S: RmpMemory> Rmp<S> {
 }
 
 impl<S: RmpMemory> SecureTable for Rmp<S> {
-    /// SEV: the ASID fence a track raises flushes the guest's IOTLB entries with its TLB
-    /// entries, so a context blocked before it is invalidated by it.
-    const TRACK_INVALIDATES_IOTLB: bool = true;
-
     /// TDI_BIND: the interface's sDTE, all zero (V clear): the device reaches no private
     /// memory. `DmaContextExists`, `OutOfFrames` ([`SdteTable`]).
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {

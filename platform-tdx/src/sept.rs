@@ -2337,7 +2337,10 @@ mod tests {
         s.dma_create(G, iface(3)).unwrap();
         let before = (image(&s), s.bookkeeping());
         assert_eq!(s.dma_accept(G, iface(3)), Err(TableError::TlbNotFlushed));
-        assert!((image(&s), s.bookkeeping()) == before, "a refusal changed something");
+        assert!(
+            (image(&s), s.bookkeeping()) == before,
+            "a refusal changed something"
+        );
         assert_eq!(s.remove(G, y, size), Ok(y_host));
         assert_eq!(s.dma_accept(G, iface(3)), Ok(()));
         // The next block is the TRACK's and its domain invalidation's to pass, as usual.

@@ -119,23 +119,32 @@ fn dma_context_refusals_change_nothing() {
 }
 
 #[test]
-fn unbind_tears_the_context_down_after_the_mmio_and_awaits_the_invalidation() {
+fn unbind_blocks_the_context_with_the_mmio_and_awaits_its_invalidation_before_stop() {
     let w = running();
     let tsm = &w.tsm;
     tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
         .unwrap();
     let got = tsm.unbind(w.t0);
     assert_eq!(got, Err(Error::IotlbInvalidationPending));
-    // The MMIO went first: no leaf left; the context blocked, its invalidation requested;
-    // the ranges still owned; the device reaches shared memory only.
+    // The MMIO and the context blocked, the context's invalidation requested and awaited
+    // before STOP: the device still RUN (no cached translation outlives CONFIG_LOCKED), the
+    // leaf blocked, the ranges still owned; the device reaches shared memory only.
     assert_eq!(
         state(&w, w.t0),
         TdiState::Unbinding {
             owner: w.g1,
-            step: UnbindStep::Dma
+            step: UnbindStep::Stop
         }
     );
-    assert_eq!(tsm.leaf(w.g1, gpa(GPA)).unwrap(), None);
+    assert_eq!(
+        tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap()[0].1,
+        crate::lifecycle::TdispState::Run,
+        "no STOP sent"
+    );
+    assert!(matches!(
+        tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+        Some(crate::secure_table::LeafState::Blocked { .. })
+    ));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
     assert_eq!(contexts(&w)[0].state, DmaState::Invalidating);
     assert_eq!(tsm.owned_ranges(w.t0).unwrap().len(), 1);
@@ -190,13 +199,9 @@ fn a_forced_unbind_tears_the_context_down_too() {
 fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
     let w = running();
     let tsm = &w.tsm;
-    // The TLB flush and the IOTLB invalidation wait: the unbind stops past STOP, at the MMIO
-    // removal.
-    tsm.with_table(|t| {
-        t.set_defer_flush(w.g1, true);
-        t.set_defer_invalidations(w.g1, true);
-    })
-    .unwrap();
+    // The TLB flush waits: the unbind stops past STOP (the context's invalidation complete
+    // before it), at the MMIO removal.
+    tsm.with_table(|t| t.set_defer_flush(w.g1, true)).unwrap();
     assert_eq!(tsm.unbind(w.t0), Err(Error::TlbFlushPending));
     assert!(matches!(
         state(&w, w.t0),
@@ -205,23 +210,16 @@ fn the_host_tears_the_context_down_itself_after_stop_in_order_only() {
             ..
         }
     ));
-    // The unbind blocked the context with the MMIO, before STOP, and asked its invalidation:
-    // the host's block and invalidate find that done (Ok, nothing changes); a removal before
-    // the invalidation completed is refused.
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
-    assert_eq!(contexts(&w)[0].state, DmaState::Invalidating);
+    // The unbind blocked the context with the MMIO and its invalidation completed before
+    // STOP: the host's block and invalidate find that done (Ok, nothing changes); its removal
+    // goes (the order's refusals: `the_host_cannot_invalidate_or_remove_..._out_of_order`).
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+    assert_eq!(contexts(&w)[0].state, DmaState::Invalidated);
     let before = tsm.snapshot().unwrap();
     tsm.host_dma_block(w.t0).unwrap();
     assert_eq!(tsm.snapshot().unwrap(), before);
-    refused(tsm, Error::IotlbInvalidationPending, || {
-        tsm.host_dma_remove(w.t0)
-    });
     tsm.host_dma_invalidate(w.t0).unwrap();
     assert_eq!(tsm.snapshot().unwrap(), before);
-    refused(tsm, Error::IotlbInvalidationPending, || {
-        tsm.host_dma_remove(w.t0)
-    });
-    tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
     tsm.host_dma_remove(w.t0).unwrap();
     assert_eq!(dma(&w, w.t0), None);
     refused(tsm, Error::NoDmaContext, || tsm.host_dma_block(w.t0));
@@ -258,14 +256,15 @@ fn the_host_cannot_invalidate_or_remove_an_active_context_out_of_order() {
 fn a_device_in_error_has_its_dma_context_blocked_with_its_mmio() {
     let w = running();
     let tsm = &w.tsm;
+    // Blocked with its MMIO and its invalidation asked (the in-memory table completes it).
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
     assert_eq!(
         contexts(&w)[0].state,
-        DmaState::Blocked,
+        DmaState::Invalidated,
         "the platform's entry too"
     );
-    // The unbind invalidates and removes it.
+    // The unbind removes it.
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());
 }

@@ -229,13 +229,6 @@ pub trait SecureTable {
     /// from the write on either way ([`crate::dma::reach`]). Provided: not required.
     const DMA_ACCEPT_BEFORE_START: bool = false;
 
-    /// Whether the flush [`SecureTable::track`] starts also invalidates the IOTLB (SEV: the
-    /// ASID fence flushes both). Where it does not, the unbind requests a blocked context's
-    /// invalidation right at the block, so it is under way with the MMIO's track; where it
-    /// does, the Track step's flush (raised after the block) is that invalidation. Provided:
-    /// not.
-    const TRACK_INVALIDATES_IOTLB: bool = false;
-
     /// Adds a leaf `gpa -> hpa` of `size` for `guest`, in state `Mapped`.
     fn map(&mut self, guest: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize)
     -> Result<(), TableError>;

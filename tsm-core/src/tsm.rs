@@ -855,9 +855,10 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let blocking = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
             Walk::Finished => {
                 // A device in ERROR is not trusted with the guest's memory either: its DMA
-                // context is blocked with its MMIO (removed by the unbind).
+                // context is blocked with its MMIO and its IOTLB invalidation asked (removed
+                // by the unbind).
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                unbind::block_dma(table, owner, record.iface, &mut record.dma, false)?;
+                unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
                 None
             }
             Walk::Paused(c) => Some(c),

@@ -175,24 +175,20 @@ pub(crate) fn block_leaves<T: SecureTable>(
 }
 
 /// Blocks a TDI's DMA context that still translates (pending or active): the platform's entry
-/// no longer translates for new requests. With `invalidate` (the unbind's Block step, on a
-/// platform whose track leaves the IOTLB alone) its IOTLB invalidation is requested at once,
-/// so it is under way with the MMIO's track (the Dma step awaits it); an ERROR leaves it to
-/// the unbind. A blocked context, or none, stays as it is; an invalidation the platform cannot
-/// request yet is left to the Dma step, which asks again.
+/// no longer translates for new requests, and its IOTLB invalidation is requested at once
+/// (TDX: queued for TDH.IQ.INV.PROCESS; SEV: the ASID fence raised), so cached translations go
+/// as soon as the host lets the platform complete it. A blocked context, or none, stays as it
+/// is; an invalidation the platform cannot request yet (SEV: the previous fence still out) is
+/// asked again by [`await_dma`] and the Dma step.
 pub(crate) fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
     dma: &mut Option<DmaState>,
-    invalidate: bool,
 ) -> Result<(), Error> {
     if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
         table.dma_block(owner, iface)?;
         *dma = Some(DmaState::Blocked);
-        if !invalidate {
-            return Ok(());
-        }
         if let Ok(done) = table.dma_invalidate(owner, iface) {
             *dma = Some(if done {
                 DmaState::Invalidated
@@ -202,6 +198,32 @@ pub(crate) fn block_dma<T: SecureTable>(
         }
     }
     Ok(())
+}
+
+/// The blocked context's IOTLB invalidation complete, asked (again) where it is not:
+/// `IotlbInvalidationPending` until the platform completed it (TDX: the host's
+/// TDH.IQ.INV.PROCESS; SEV: the host's fence), the request kept. No context, or one already
+/// invalidated, passes.
+fn await_dma<T: SecureTable>(
+    table: &mut T,
+    owner: GuestId,
+    iface: InterfaceId,
+    dma: &mut Option<DmaState>,
+) -> Result<(), Error> {
+    if !matches!(dma, Some(DmaState::Blocked | DmaState::Invalidating)) {
+        return Ok(());
+    }
+    let done = table.dma_invalidate(owner, iface)?;
+    *dma = Some(if done {
+        DmaState::Invalidated
+    } else {
+        DmaState::Invalidating
+    });
+    if done {
+        Ok(())
+    } else {
+        Err(Error::IotlbInvalidationPending)
+    }
 }
 
 /// What the Stop step needs.
@@ -295,16 +317,11 @@ fn advance<T: SecureTable>(
             match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
                 Walk::Finished => {
                     // The DMA context with the MMIO: nothing new translates into the guest's
-                    // memory once the unbind has begun (its invalidation and removal come in
-                    // the enforced order, at the Dma step).
+                    // memory once the unbind has begun, and its IOTLB invalidation is asked at
+                    // once (awaited before STOP; the removal comes in the enforced order, at
+                    // the Dma step).
                     *budget = budget.saturating_sub(1);
-                    block_dma(
-                        ctx.table,
-                        ctx.owner,
-                        ctx.iface,
-                        ctx.dma,
-                        !T::TRACK_INVALIDATES_IOTLB,
-                    )?;
+                    block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
                     Next::Step(UnbindStep::Stop)
                 }
                 Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),
@@ -314,8 +331,14 @@ fn advance<T: SecureTable>(
         // 11.3.9) while the firmware still owns its MMIO; the call returns with the request
         // and the device's answer resumes here. With the stream cut (forced unbind) the root
         // port already drops the device's TEE traffic: nothing to ask.
+        // The context's IOTLB invalidation completes before STOP unlocks the interface: no
+        // cached translation into the guest outlives CONFIG_LOCKED (`IotlbInvalidationPending`
+        // until then, progress kept).
         UnbindStep::Stop => match ctx.stop {
-            StopBy::Device => Next::AskStop,
+            StopBy::Device => {
+                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                Next::AskStop
+            }
             StopBy::Done => Next::Step(UnbindStep::Track),
         },
         // Every leaf is blocked: one epoch advance covers them all. The bookkeeping it may

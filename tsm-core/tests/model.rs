@@ -613,7 +613,7 @@ fn check_exempt(
         Exempt::UnbindProgressKept => prop_assert!(
             matches!(
                 rec_after.state,
-                TdiState::Unbinding { owner: o, step: UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Dma | UnbindStep::Release }
+                TdiState::Unbinding { owner: o, step: UnbindStep::Stop | UnbindStep::Track | UnbindStep::Remove(_) | UnbindStep::Dma | UnbindStep::Release }
                     if o == owner
             ),
             "{:?}",

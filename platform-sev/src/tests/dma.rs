@@ -6,6 +6,7 @@ use super::*;
 use crate::guest_msg::SdteWriteStatus as Sw;
 use crate::sdte::{Q0_IR, Q0_IW, Q0_V, Q1_DOMAIN_ID, Q3_ASID, Q3_VMPL, Q5_VTOM, Q5_VTOM_EN, Sdte};
 use tsm_core::dma::{DmaReach, DmaState};
+use tsm_core::lifecycle::UnbindStep;
 
 /// The request Linux's guest sends: V, IR, IW, VMPL 0, vTOM_EN and its default vTOM.
 fn linux_sdte() -> Sdte {
@@ -144,19 +145,28 @@ fn the_whole_life_bind_write_start_unbind_with_the_fence() {
     write_refused(&mut w, GCTX, req(GDEV, vmpl1), Sw::KeptUntilUnbind);
     write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::Success);
     assert_eq!(entry(&w).unwrap(), e);
-    // Unbind: the sDTE is blocked with the MMIO, before STOP; the unbind's one fence (held by
-    // the test) covers both: pending, with the progress kept, until the fence completes.
+    // Unbind: the sDTE is blocked with the MMIO, before STOP, and its fence raised (held by
+    // the test): STOP waits for it, pending with the progress kept, until the fence completes.
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
     assert_eq!(
         unbind_all(&mut w),
-        Outcome::from_core(Err(Error::TlbFlushPending))
+        Outcome::from_core(Err(Error::IotlbInvalidationPending))
     );
-    assert_eq!(dma(&w), Some(DmaState::Blocked));
+    assert_eq!(dma(&w), Some(DmaState::Invalidating));
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Unbinding {
+            step: UnbindStep::Stop,
+            ..
+        }
+    ));
     let e = entry(&w).unwrap();
     assert_eq!(e.sdte.q[0].get() & (Q0_V | Q0_IR | Q0_IW), 0);
     assert!(w.sev.tsm().with_table(|r| r.fence_pending(g)).unwrap());
     // Asking again, reclaiming the TDI, or decommissioning the guest change nothing.
-    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&tdi_unbind(GCTX)));
+    refused(&mut w, Error::IotlbInvalidationPending, |w| {
+        w.cmd(&tdi_unbind(GCTX))
+    });
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&tdi_reclaim()));
     // The fence completes: the unbind ends, the sDTE gone, the ASID free of it.
     w.sev.tsm().with_table(|r| r.hold_fences(false)).unwrap();
@@ -232,8 +242,8 @@ fn writes_to_an_unbound_or_errored_tdi_are_refused_and_change_nothing() {
     ));
     write_refused(&mut w, GCTX, req(GDEV, linux_sdte()), Sw::TdiNotBound);
     write_refused(&mut w, GCTX2, req(GDEV, linux_sdte()), Sw::InvalidTdi);
-    // ERROR blocked the (never valid) entry with the MMIO.
-    assert_eq!(dma(&w), Some(DmaState::Blocked));
+    // ERROR blocked the (never valid) entry with the MMIO; never valid, it needs no fence.
+    assert_eq!(dma(&w), Some(DmaState::Invalidated));
     // The unbind of the errored TDI removes the never-valid entry without a fence.
     let fences = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
     ok(unbind_all(&mut w));
@@ -269,8 +279,8 @@ fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
     let g = w.guest(GCTX);
     assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
     start(&mut w);
-    // A forced unbind cuts the stream; its DMA step waits on the held fence (the sDTE was
-    // blocked first, so the unbind's own fence, held, covers its invalidation).
+    // A forced unbind cuts the stream (no STOP to wait for); the fence the sDTE's block raised
+    // is held, so its track waits.
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
     let mut force = tdi_unbind(GCTX);
     force.flags = abi::FLAG_FORCE.into();
@@ -278,13 +288,13 @@ fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
     while o.status == SevStatus::RESUME_REQUIRED {
         o = w.cmd(&force);
     }
-    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
+    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
     assert_eq!(dma(&w), Some(DmaState::Invalidating));
     let o = refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
     assert_eq!(o.status, SevStatus::IN_USE);
     // The guest's context cannot go while its sDTE names the ASID.
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&decommission(GCTX)));
-    refused(&mut w, Error::IotlbInvalidationPending, |w| w.cmd(&force));
+    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&force));
     // The fence completes: the unbind ends, then the TDI can be reclaimed.
     w.sev
         .tsm()

@@ -130,12 +130,42 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w.fw.tsm().dma_reach(id).unwrap(),
         tsm_core::dma::DmaReach::Private(g)
     );
-    // The unbind blocks the MMIO and the entry, and tracks: the entry still names the S-EPT,
-    // so the TRACK owes an IOTLB invalidation of the TD's domain, and the MMIO leaves (and the
-    // table pages their removal frees) wait for it. Nothing moves until the host asks for it.
+    // The unbind blocks the MMIO and the entry and queues the entry's invalidation, which
+    // completes before STOP: the interface stays CONFIG_LOCKED, its device RUN, until the
+    // IOTLB forgot the TD's translations.
     let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(tdi), pending);
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present from BLOCK on");
+    assert_eq!(
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
+        (MAP_BLOCKED, INV_QUEUED)
+    );
+    assert_eq!(
+        w.device.borrow().dsm().state(rid(3)),
+        TdispState::Run,
+        "no STOP yet"
+    );
+    assert_eq!(
+        w.fw.tsm().dma_reach(id).unwrap(),
+        tsm_core::dma::DmaReach::SharedOnly
+    );
+    refused(
+        w,
+        "unbind again before PROCESS",
+        || w.unbind_all(tdi),
+        pending,
+    );
+    assert_eq!(process(w), TDX_SUCCESS);
+    // Then STOP and the track: the entry still names the S-EPT, so the TRACK owes an IOTLB
+    // invalidation of the TD's domain, and the MMIO leaves (and the table pages their removal
+    // frees) wait for it. Nothing moves until the host asks for it.
+    assert_eq!(w.unbind_all(tdi), pending);
+    assert_eq!(
+        w.device.borrow().dsm().state(rid(3)),
+        TdispState::ConfigUnlocked
+    );
     let leaves = w.fw.with_table(|t| t.pool().free_frames()).unwrap();
     refused(
         w,
@@ -223,12 +253,11 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         leaves,
         "no table page went back before the IOTLB forgot the TD's domain"
     );
-    // The entry's own invalidation was queued with its block, before STOP.
+    // The entry's own invalidation completed before STOP.
     let read = on_idx(w, abi::TDH_DMAR_READ);
-    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present from BLOCK on");
     assert_eq!(
         ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
-        (MAP_BLOCKED, INV_QUEUED)
+        (MAP_BLOCKED, dmar::INV_DONE)
     );
     refused(
         w,
@@ -245,7 +274,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         },
         TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX,
     );
-    // One PROCESS completes both: the leaves go, then the entry, then the root it pinned.
+    // The domain's completed: the leaves go, then the entry, then the root it pinned.
     assert_eq!(process(w), TDX_SUCCESS);
     refused(
         w,
@@ -439,8 +468,13 @@ fn the_linux_hosts_own_teardown_order_works() {
     assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
     assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
     assert_eq!(w.start(td, tdi), TDX_SUCCESS);
-    // Hold the TD's TLB flush so the unbind stops after STOP, at its TRACK, for the host.
+    // The unbind blocks the entry and queues its invalidation, which the host completes before
+    // STOP goes out; then, the TD's TLB flush held, the unbind stops after STOP, at its TRACK,
+    // for the host.
     let g = w.fw.td_of(td).unwrap().unwrap();
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    assert_eq!(w.unbind_all(tdi), pending);
+    assert_eq!(process(w), TDX_SUCCESS);
     w.fw.with_table(|t| t.hold_flush(g, true)).unwrap();
     let out = w.unbind_all(tdi);
     assert_ne!(out, TDX_SUCCESS, "the unbind waits for the flush");
@@ -633,8 +667,7 @@ fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
         || accept(w, td, tdi),
         TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
     );
-    w.process_iq(tdi);
-    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
     let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
     let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
     assert_eq!(free, total);
