@@ -51,32 +51,28 @@ struct Lane {
 /// Two TDs (guest slots 0 and 1: shards 0 and 1), each with a device of its own (buses 3 and
 /// 4) whose TDI is bound, its PASID entry on IOMMU 0 added and accepted, and started.
 fn two_lanes(w: &World<'_, 2>) -> [Lane; 2] {
-    [(3, BAR, PAGES_A), (4, BAR_4, PAGES_B)]
-        .into_iter()
-        .enumerate()
-        .map(|(i, (bus, bar, pages))| {
-            let td = w.create_td();
-            let guest = w.fw.td_of(td).unwrap().unwrap();
-            assert_eq!(usize::from(guest.slot()), i, "TD {i} in shard {i}");
-            let dev = device_world(w, bus, bar);
-            let tdi = w.create_tdi_for(td, dev, rid(bus), pages);
-            let bind = SeamRegs {
-                rcx: tdi,
-                rdx: td,
-                ..Default::default()
-            };
-            assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
-            assert_eq!(w.start(td, tdi), TDX_SUCCESS);
-            Lane {
-                td,
-                guest,
-                tdi,
-                idx: dmar::dmar_idx(rid(bus)),
-            }
-        })
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap_or_else(|_| unreachable!())
+    let mut slot = 0;
+    [(3, BAR, PAGES_A), (4, BAR_4, PAGES_B)].map(|(bus, bar, pages)| {
+        let td = w.create_td();
+        let guest = w.fw.td_of(td).unwrap().unwrap();
+        assert_eq!(guest.slot(), slot, "TD {slot} in shard {slot}");
+        slot += 1;
+        let dev = device_world(w, bus, bar);
+        let tdi = w.create_tdi_for(td, dev, rid(bus), pages);
+        let bind = SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        };
+        assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+        assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+        Lane {
+            td,
+            guest,
+            tdi,
+            idx: dmar::dmar_idx(rid(bus)),
+        }
+    })
 }
 
 /// The entry's `dmar_state_info_t` (TDH.DMAR.READ RDX): (map_sts, inv_sts).
