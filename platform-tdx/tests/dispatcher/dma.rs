@@ -967,3 +967,32 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     assert_eq!(free, total, "every table page back, the pinned root too");
     assert_eq!(remove_tdi(), TDX_SUCCESS);
 }
+
+/// The device's ERROR (TSM.DEVIF.ERROR) of a RUN TDI whose MMIO takes more than one call to
+/// block: its PASID entry is blocked in the first call, before any leaf, as the unbind's.
+#[test]
+fn a_devices_error_blocks_the_entry_in_its_first_call() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    map_second_half(w, td);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let out = w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi));
+    assert_eq!(
+        out.rax, TDX_INTERRUPTED_RESUMABLE,
+        "blocking takes more calls"
+    );
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present after the first call");
+    assert_eq!(
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
+        (MAP_BLOCKED, dmar::INV_PENDING)
+    );
+    let mut calls = 0;
+    while w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi)).rax == TDX_INTERRUPTED_RESUMABLE {
+        calls += 1;
+        assert!(calls < 100);
+    }
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}
