@@ -3421,7 +3421,7 @@ fn every_leaf_constant_has_a_row() {
 #[test]
 fn registers_a_leaf_does_not_read_are_ignored() {
     type Reg = fn(&mut SeamRegs) -> &mut u64;
-    let regs: [(&str, Reg); 8] = [
+    let regs: [(&str, Reg); 9] = [
         ("RCX", |r| &mut r.rcx),
         ("RDX", |r| &mut r.rdx),
         ("R8", |r| &mut r.r8),
@@ -3430,6 +3430,7 @@ fn registers_a_leaf_does_not_read_are_ignored() {
         ("R11", |r| &mut r.r11),
         ("R12", |r| &mut r.r12),
         ("R13", |r| &mut r.r13),
+        ("R14", |r| &mut r.r14),
     ];
     let mut wrong = Vec::new();
     for row in rows() {
