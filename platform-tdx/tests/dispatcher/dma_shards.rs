@@ -88,6 +88,12 @@ fn entry_state<const N: usize>(w: &World<'_, N>, lane: Lane) -> (u64, u64) {
     ((out.rdx >> 3) & 0xff, (out.rdx >> 11) & 7)
 }
 
+/// TDH.IQ.INV.REQUEST of the lane's TD's domain (INV_REQ_IOTLB) on IOMMU 0.
+fn iotlb_request<const N: usize>(w: &World<'_, N>, lane: Lane) -> u64 {
+    let regs = dmar::iotlb_request_regs(0, lane.td, WAIT_STATUS, 1);
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
+}
+
 fn process<const N: usize>(w: &World<'_, N>) -> u64 {
     w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
         .rax
@@ -113,9 +119,8 @@ fn both_waiting(w: &World<'_, 2>, lanes: [Lane; 2]) {
         assert_eq!(entry_state(w, lane), (MAP_BLOCKED, INV_QUEUED));
     }
     for lane in lanes {
-        let regs = dmar::iotlb_request_regs(0, lane.td, WAIT_STATUS, 1);
         assert_eq!(
-            w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax,
+            iotlb_request(w, lane),
             TDX_SUCCESS,
             "the domain invalidation of TD {:#x} is owed",
             lane.td
@@ -159,6 +164,12 @@ fn one_iq_process_completes_every_shards_queue() {
     assert_eq!(process(w), TDX_SUCCESS);
     for lane in lanes {
         assert_eq!(entry_state(w, lane), (MAP_BLOCKED, INV_DONE));
+        assert_eq!(
+            iotlb_request(w, lane),
+            TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+            "the domain of TD {:#x} done too",
+            lane.td
+        );
     }
     for lane in lanes {
         unbound(w, lane);
@@ -177,6 +188,7 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
     let [a, b] = two_lanes(w);
     both_waiting(w, [a, b]);
     let (mem, held) = (w.mem.borrow().clone(), shard_image(w, b.guest));
+    let record_b = w.fw.tsm().tdi(w.id(b.tdi)).unwrap();
     let busy = w.fw.with_guest_table(b.guest, |_| process(w)).unwrap();
     assert_eq!(
         busy,
@@ -186,9 +198,14 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
     assert_eq!(entry_state(w, a), (MAP_BLOCKED, INV_DONE), "shard 0 done");
     assert_eq!(entry_state(w, b), (MAP_BLOCKED, INV_QUEUED));
     assert!(
-        shard_image(w, b.guest) == held && *w.mem.borrow() == mem,
+        shard_image(w, b.guest) == held
+            && *w.mem.borrow() == mem
+            && w.fw.tsm().tdi(w.id(b.tdi)).unwrap() == record_b,
         "the busy shard changed"
     );
+    let not_done = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+    assert_eq!(iotlb_request(w, a), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
+    assert_eq!(iotlb_request(w, b), not_done, "B's domain still queued");
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(b.tdi), pending, "B still waits");
     // A's unbind ends now; the host repeats PROCESS for the rest.
@@ -196,6 +213,7 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
     let done_a = shard_image(w, a.guest);
     assert_eq!(process(w), TDX_SUCCESS);
     assert_eq!(entry_state(w, b), (MAP_BLOCKED, INV_DONE));
+    assert_eq!(iotlb_request(w, b), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
     assert!(
         shard_image(w, a.guest) == done_a,
         "completing shard 0 twice is completing it once"
