@@ -208,7 +208,12 @@ struct tsm_tdx_range_list {
                                           TDX_SPDM_REQUEST until the last answer binds */
 #define TSM_DEVIF_UNBIND       0xF003u /* RCX function ID, RDX flags, R8 request page (0 with
                                           FORCE); TDX_INTERRUPTED_RESUMABLE until done;
-                                          TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE) */
+                                          TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE);
+                                          TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_DMAR while
+                                          an IOTLB invalidation is outstanding, progress kept:
+                                          TDH_IQ_INV_REQUEST TSM_TDX_INV_REQ_IOTLB (R8 the TDR;
+                                          NOT_REQUIRED is harmless) on each IOMMU with an entry
+                                          of the TD, TDH_IQ_INV_PROCESS, then call again */
 #define TSM_UNBIND_FLAG_FORCE  (1ull << 0) /* RDX bit 0: cut the IDE stream, unbind without STOP */
 #define TSM_DEVIF_ERROR        0xF004u /* RCX function ID */
 #define TSM_DEVIF_STATE        0xF005u /* RCX function ID -> RCX TDISP state, RDX code, R8 owner
@@ -437,7 +442,7 @@ struct tsm_tdx_dev_info {
 #define TSM_TDI_NOT_LOCKED             0xC000F02100000000ull
 #define TSM_TDI_IN_ERROR               0xC000F02200000000ull
 #define TSM_UNBIND_IN_PROGRESS         0xC000F02300000000ull
-#define TSM_DMA_NOT_ACCEPTED           0xC000F02C00000000ull /* START before TDG.DMAR.ACCEPT */
+#define TSM_DMA_NOT_ACCEPTED           0xC000F02C00000000ull /* ours: START before TDG.DMAR.ACCEPT */
 #define TSM_DUPLICATE_DEVICE           0xC000F02500000000ull
 #define TSM_DUPLICATE_TDI              0xC000F02600000000ull
 #define TSM_RELAY_BUFFER_TOO_SMALL     0xC000F03300000000ull

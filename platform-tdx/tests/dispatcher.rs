@@ -87,19 +87,20 @@ const PAGES_A: (u64, u64) = (host_page(1), host_page(2));
 const PAGES_B: (u64, u64) = (host_page(3), host_page(4));
 const PAGES_C: (u64, u64) = (host_page(5), host_page(6));
 
-/// What `World::image` returns: the core's tables with the S-EPT, the device's state, every
-/// TDI's message pages, and host memory.
-type Image = (
-    Snapshot<(Vec<Page>, SeptBookkeeping)>,
+/// What `World::image` returns: the core's tables with the S-EPT (every shard's), the
+/// device's state, every TDI's message pages, and host memory.
+type Image<const N: usize = 1> = (
+    Snapshot<(Vec<Page>, SeptBookkeeping), N>,
     Vec<(u32, TdispState)>,
     Vec<Option<DevifEntry>>,
     Vec<u8>,
     Vec<Option<SpdmEntry>>,
 );
 
-/// A firmware, the host's memory and the device behind its DOE mailbox.
-struct World<'m> {
-    fw: TdxModule<'m, ModelSession>,
+/// A firmware (over `N` shards, one unless a test says), the host's memory and the device
+/// behind its DOE mailbox.
+struct World<'m, const N: usize = 1> {
+    fw: TdxModule<'m, ModelSession, N>,
     mem: RefCell<Vec<u8>>,
     device: RefCell<ModelDevice>,
     /// The shared request and response pages the host relays each TDI's messages in.
@@ -120,6 +121,22 @@ impl<'m> World<'m> {
         }
     }
 
+    /// TDH.DEVIF.CREATE's registers for `iface` on SPDM id `dev` (its stream: ours, stream ID
+    /// == SPDM id) for TD `td`, with the private pages of the TDI relaying through `pages`.
+    fn create_regs(dev: u64, iface: RequesterId, td: u64, pages: (u64, u64)) -> SeamRegs {
+        let (devifcs, td_buf, vmm_buf) = private_pages(pages.0);
+        SeamRegs {
+            rcx: abi::devif_id(0, dev as u8, abi::function_id(iface) as u32),
+            rdx: td,
+            r8: devifcs,
+            r9: td_buf,
+            r10: vmm_buf,
+            ..Default::default()
+        }
+    }
+}
+
+impl<'m, const N: usize> World<'m, N> {
     /// The core's TDI of function ID `tdi`.
     fn id(&self, tdi: u64) -> TdiId {
         self.fw.devif_of(tdi as u32).unwrap().unwrap().0
@@ -220,20 +237,6 @@ impl<'m> World<'m> {
         first
     }
 
-    /// TDH.DEVIF.CREATE's registers for `iface` on SPDM id `dev` (its stream: ours, stream ID
-    /// == SPDM id) for TD `td`, with the private pages of the TDI relaying through `pages`.
-    fn create_regs(dev: u64, iface: RequesterId, td: u64, pages: (u64, u64)) -> SeamRegs {
-        let (devifcs, td_buf, vmm_buf) = private_pages(pages.0);
-        SeamRegs {
-            rcx: abi::devif_id(0, dev as u8, abi::function_id(iface) as u32),
-            rdx: td,
-            r8: devifcs,
-            r9: td_buf,
-            r10: vmm_buf,
-            ..Default::default()
-        }
-    }
-
     /// TDH.DEVIF.CREATE of `iface` on `dev` for the first TD, relaying through `pages`: the
     /// TDI, named by its function ID.
     fn create_tdi(&self, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
@@ -245,7 +248,7 @@ impl<'m> World<'m> {
     fn create_tdi_for(&self, td: u64, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            Self::create_regs(dev, iface, td, pages),
+            World::<1>::create_regs(dev, iface, td, pages),
         );
         let tdi = abi::function_id(iface);
         self.pages.borrow_mut().insert(tdi, pages);
@@ -486,7 +489,7 @@ impl<'m> World<'m> {
     /// Every record table of the core, the S-EPT pool's bytes and bookkeeping (epochs, roots,
     /// free list), the device's TDISP state of every interface, every TDI's message pages and
     /// every byte of host memory: what a refusal must leave alone.
-    fn image(&self) -> Image {
+    fn image(&self) -> Image<N> {
         let snap = self
             .fw
             .snapshot_with(|t| (t.pool().pages().copied().collect(), t.bookkeeping()))
@@ -508,7 +511,7 @@ fn rid(bus: u8) -> RequesterId {
 
 /// TDH.SPDM.CREATE of the device on bus `bus` (segment 0) with its one metadata page, as
 /// Linux's `tdh_spdm_create` calls it: the SPDM id.
-fn spdm_create(w: &World<'_>, bus: u8) -> u64 {
+fn spdm_create<const N: usize>(w: &World<'_, N>, bus: u8) -> u64 {
     w.ok(
         abi::TDH_SPDM_CREATE,
         SeamRegs {
@@ -522,7 +525,7 @@ fn spdm_create(w: &World<'_>, bus: u8) -> u64 {
 
 /// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports: TDH.SPDM.CREATE
 /// then TSM.SPDM.BARS.
-fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
+fn device_world<const N: usize>(w: &World<'_, N>, bus: u8, bar: u64) -> u64 {
     let dev = spdm_create(w, bus);
     w.put_list(&RangeList::from_ranges(&[MmioRange::from_raw(bar, 1024).unwrap()]).unwrap());
     w.ok(
@@ -545,7 +548,7 @@ fn device_world(w: &World<'_>, bus: u8, bar: u64) -> u64 {
 /// The Linux host's link set-up of SPDM id `dev` (the device on bus `bus`), as
 /// `tdx_link_connect` issues it: TDH.SPDM.CONNECT relayed (GET_VERSION to the device, the same
 /// registers re-issued), TDH.IDE.STREAM.CREATE, TDH.IDE.STREAM.KM SETUP.
-fn link(w: &World<'_>, dev: u64, bus: u8, bar: u64) {
+fn link<const N: usize>(w: &World<'_, N>, dev: u64, bus: u8, bar: u64) {
     let mut config = [0u8; 8];
     config[..4].copy_from_slice(&platform_tdx::link::SPDM_CAP_KEY_UPD.to_le_bytes());
     config[5] = 0xFF;
@@ -587,7 +590,7 @@ fn link(w: &World<'_>, dev: u64, bus: u8, bar: u64) {
 }
 
 /// TDH.IDE.STREAM.KM `op` on SPDM id `dev`'s stream `stream`, with the link's pages.
-fn km(w: &World<'_>, dev: u64, stream: u64, op: u64) -> SeamRegs {
+fn km<const N: usize>(w: &World<'_, N>, dev: u64, stream: u64, op: u64) -> SeamRegs {
     w.call(
         u64::from(abi::TDH_IDE_STREAM_KM),
         SeamRegs {
@@ -3678,3 +3681,6 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
 
 #[path = "dispatcher/dma.rs"]
 mod dma;
+
+#[path = "dispatcher/dma_shards.rs"]
+mod dma_shards;

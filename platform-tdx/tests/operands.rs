@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeEntry, RangeList, SeamRegs, page_info};
+use platform_tdx::dmar;
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::module::{DevifEntry, MESSAGE_PAGE_BYTES, SpdmEntry, TdEntry};
 use platform_tdx::sept::{Sept, SeptBookkeeping, SeptLevels};
@@ -426,14 +427,31 @@ struct Setup {
 
 struct Row {
     name: &'static str,
+    /// Which form of the leaf, where one leaf has rows for several (empty: the only one).
+    form: &'static str,
     leaf: u16,
     world: fn(&World<'_>) -> Setup,
 }
 
+impl Row {
+    /// The leaf's name, with its form if it has one.
+    fn title(&self) -> String {
+        if self.form.is_empty() {
+            self.name.to_string()
+        } else {
+            format!("{} ({})", self.name, self.form)
+        }
+    }
+}
+
 macro_rules! row {
     ($leaf:ident, $world:expr) => {
+        row!($leaf[""], $world)
+    };
+    ($leaf:ident[$form:literal], $world:expr) => {
         Row {
             name: stringify!($leaf),
+            form: $form,
             leaf: abi::$leaf,
             world: $world,
         }
@@ -479,6 +497,14 @@ fn rows() -> Vec<Row> {
         row!(TDG_DEVIF_RD, devif_rd),
         row!(TDG_DEVIF_REQUEST, tdg_devif_request),
         row!(TDG_DEVIF_RESPONSE, tdg_devif_response),
+        row!(TDH_DMAR_ADD, dmar_add),
+        row!(TDH_DMAR_BLOCK, dmar_block),
+        row!(TDH_DMAR_READ, dmar_read),
+        row!(TDH_DMAR_REMOVE, dmar_remove),
+        row!(TDH_IQ_INV_REQUEST["INV_REQ_PASIDTE"], iq_request_pasidte),
+        row!(TDH_IQ_INV_REQUEST["INV_REQ_IOTLB"], iq_request_iotlb),
+        row!(TDH_IQ_INV_PROCESS, iq_process),
+        row!(TDG_DMAR_ACCEPT, dmar_accept),
     ]
 }
 
@@ -2476,6 +2502,727 @@ fn tdg_devif_response(w: &World<'_>) -> Setup {
     }
 }
 
+// ---- trusted DMA (src/dmar.rs) ------------------------------------------------------------
+
+/// `dmar_idx_t` (RCX of TDH.DMAR.*) of the PASID entry of the TDI on bus `bus` (IOMMU 0,
+/// PASID 0).
+fn idx(bus: u8) -> u64 {
+    dmar::dmar_idx(rid(bus))
+}
+
+/// TDH.DMAR.ADD of the bus-3 TDI's entry for TD `td`, qwords as the module requires them for
+/// the 4-level S-EPT.
+fn dmar_add_regs(td: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: idx(3),
+        rdx: td,
+        r8: dmar::ADD_QWORD0_4LEVEL,
+        r9: dmar::ADD_QWORD1,
+        ..Default::default()
+    }
+}
+
+/// The wait descriptors' status word: a scratch page of shared host memory.
+const WAIT_STATUS: u64 = host_page(SCRATCH);
+
+/// A second device on bus 4 (its own BAR and stream) with a TDI for the first TD relaying
+/// through `PAGES_B`, never bound: the TDI, by function ID.
+fn unbound_second(w: &World<'_>) -> u64 {
+    let dev = w.device(4, BAR_4);
+    w.create_tdi(dev, rid(4), PAGES_B)
+}
+
+/// `bound` with the TDI's PASID entry added (PENDING).
+fn dmar_added(w: &World<'_>) -> (u64, u64, u64) {
+    let (td, dev, tdi) = bound(w);
+    w.ok(abi::TDH_DMAR_ADD, dmar_add_regs(td));
+    (td, dev, tdi)
+}
+
+/// `dmar_added` with the entry accepted by the TD: present, translating through its S-EPT.
+fn dmar_present(w: &World<'_>) -> (u64, u64, u64) {
+    let (td, dev, tdi) = dmar_added(w);
+    assert_eq!(
+        w.tdcall(td, u64::from(abi::TDG_DMAR_ACCEPT), on(tdi)).rax,
+        TDX_SUCCESS
+    );
+    (td, dev, tdi)
+}
+
+/// `dmar_present` with the device's IDE stream cut by the host (TDH.IDE.STREAM.BLOCK of its
+/// stream; ours: stream ID == SPDM id): the TDI in ERROR, its entry still present, and the
+/// host may tear the entry down.
+fn dmar_cut(w: &World<'_>) -> (u64, u64, u64) {
+    let (td, dev, tdi) = dmar_present(w);
+    w.ok(
+        abi::TDH_IDE_STREAM_BLOCK,
+        SeamRegs {
+            rcx: dev,
+            rdx: dev,
+            ..Default::default()
+        },
+    );
+    (td, dev, tdi)
+}
+
+/// TDH.IQ.INV.REQUEST INV_REQ_PASIDTE of the bus-3 TDI's entry on IOMMU 0: a fenced wait
+/// descriptor writing 1 to [`WAIT_STATUS`].
+fn pasidte_request() -> SeamRegs {
+    SeamRegs {
+        rcx: 0,
+        rdx: dmar::INV_REQ_PASIDTE,
+        r8: u64::from(rid(3).routing_id()),
+        r9: dmar::WAIT_DESC_HOST | 1 << 32,
+        r10: WAIT_STATUS,
+        ..Default::default()
+    }
+}
+
+/// `dmar_cut` with the entry blocked, its invalidation requested and processed: the host may
+/// remove it.
+fn dmar_invalidated(w: &World<'_>) -> (u64, u64, u64) {
+    let (td, dev, tdi) = dmar_cut(w);
+    w.ok(abi::TDH_DMAR_BLOCK, on(idx(3)));
+    w.ok(abi::TDH_IQ_INV_REQUEST, pasidte_request());
+    w.ok(abi::TDH_IQ_INV_PROCESS, on(0));
+    assert_eq!(entry_state(w), (dmar::MAP_BLOCKED, dmar::INV_DONE));
+    (td, dev, tdi)
+}
+
+/// RCX `dmar_idx_t` of `good` malformed (`TDX_OPERAND_INVALID` + RCX) or naming an entry of
+/// no TDI (`TDX_DMAR_INVALID_MAPPING_STATE` + RCX): the checks every TDH.DMAR leaf shares.
+fn bad_idx(good: SeamRegs) -> Vec<Bad> {
+    let with = |v: u64| SeamRegs { rcx: v, ..good };
+    let at = idx(3);
+    let free = TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_RCX);
+    vec![
+        bad(
+            "dmar_idx: level 1 (not a PASID entry)",
+            with(at | 1),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad("dmar_idx: level 7", with(at | 7), inv(OPERAND_ID_RCX)),
+        bad(
+            "dmar_idx: reserved bit 3",
+            with(at | 1 << 3),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "dmar_idx: reserved bit 11",
+            with(at | 1 << 11),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad("dmar_idx: PASID 1", with(at | 1 << 12), inv(OPERAND_ID_RCX)),
+        bad(
+            "dmar_idx: PASID bit 31",
+            with(at | 1 << 31),
+            inv(OPERAND_ID_RCX),
+        ),
+        bad("dmar_idx: all ones", with(u64::MAX), inv(OPERAND_ID_RCX)),
+        bad("dmar_idx: a RID with no TDI (bus 5)", with(idx(5)), free),
+        bad(
+            "dmar_idx: function 1 of bus 3, no TDI",
+            with(at | 1 << 32),
+            free,
+        ),
+        bad(
+            "dmar_idx: IOMMU 1 (segment 1), no TDI",
+            with(at | 1 << 48),
+            free,
+        ),
+    ]
+}
+
+fn dmar_add(w: &World<'_>) -> Setup {
+    let (td, _, _) = bound(w);
+    let other = w.create_td();
+    unbound_second(w);
+    let good = dmar_add_regs(td);
+    let mut v = bad_idx(good);
+    v.extend(bad_tdr(good, |r, x| r.rdx = x, td, inv(OPERAND_ID_RDX)));
+    let q0 = good.r8;
+    for (what, r8) in [
+        ("AW of a 5-level walk", dmar::add_qword0(5)),
+        ("AW 0", dmar::ADD_QWORD0),
+        ("present", q0 | dmar::PTE_P),
+        ("FPD (bit 1)", q0 | 1 << 1),
+        ("SLEE clear", q0 & !dmar::PTE_SLEE),
+        ("PGTT first-level (001b)", q0 & !dmar::PTE_PGTT_SL | 1 << 6),
+        ("SLADE (bit 9)", q0 | 1 << 9),
+        ("the module's BLOCKED bit", q0 | dmar::PTE_SW_BLOCKED),
+        ("an SLPTPTR chosen", q0 | 0x20_0000_0000),
+        ("the module's PENDING bit", q0 | dmar::PTE_SW_PENDING),
+        ("0", 0),
+    ] {
+        v.push(bad(
+            format!("R8 qword 0: {what}"),
+            SeamRegs { r8, ..good },
+            inv(OPERAND_ID_R8),
+        ));
+    }
+    let q1 = good.r9;
+    for (what, r9) in [
+        ("a DID chosen", q1 | 5),
+        ("the module's DID bit", q1 | dmar::DID_TD_BIT),
+        (
+            "an invalidation state",
+            q1 | dmar::INV_DONE << dmar::PTE_INV_SHIFT,
+        ),
+        ("PWSNP clear", q1 & !dmar::PTE_PWSNP),
+        ("EMT uncached", q1 & !dmar::PTE_EMT_WB),
+        ("0", 0),
+    ] {
+        v.push(bad(
+            format!("R9 qword 1: {what}"),
+            SeamRegs { r9, ..good },
+            inv(OPERAND_ID_R9),
+        ));
+    }
+    v.extend([
+        bad(
+            "R10 qword 2 not 0",
+            SeamRegs { r10: 1, ..good },
+            inv(OPERAND_ID_R10),
+        ),
+        bad(
+            "R11 qword 3 not 0",
+            SeamRegs {
+                r11: 1 << 63,
+                ..good
+            },
+            inv(OPERAND_ID_R11),
+        ),
+        bad(
+            "R12 qword 4 not 0",
+            SeamRegs { r12: 1, ..good },
+            inv(OPERAND_ID_R12),
+        ),
+        bad(
+            "R13 qword 5 not 0",
+            SeamRegs { r13: 1, ..good },
+            inv(OPERAND_ID_R13),
+        ),
+        bad(
+            "R14 qword 6 not 0",
+            SeamRegs { r14: 1, ..good },
+            inv(OPERAND_ID_R14),
+        ),
+        bad(
+            "RDX a TD not the TDI's owner",
+            SeamRegs { rdx: other, ..good },
+            TDX_MMIO_DEVIF_OWNER_MISMATCH | u64::from(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RCX the entry of a TDI not bound",
+            SeamRegs {
+                rcx: idx(4),
+                ..good
+            },
+            TDX_DEVIF_INVALID_STATE | u64::from(OPERAND_ID_RCX),
+        ),
+        // The module's order: RCX, RDX, the entry, then the entry's (and TDI's) state.
+        bad(
+            "RCX and RDX bad: RCX first",
+            SeamRegs {
+                rcx: idx(3) | 1,
+                rdx: 0,
+                ..good
+            },
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RDX and R8 bad: RDX first",
+            SeamRegs {
+                rdx: 0,
+                r8: 0,
+                ..good
+            },
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "R8 and R9 bad: R8 first",
+            SeamRegs {
+                r8: 0,
+                r9: 0,
+                ..good
+            },
+            inv(OPERAND_ID_R8),
+        ),
+        bad(
+            "R13 and R14 bad: R13 first",
+            SeamRegs {
+                r13: 1,
+                r14: 1,
+                ..good
+            },
+            inv(OPERAND_ID_R13),
+        ),
+        bad(
+            "R14 bad and RCX a RID with no TDI: R14 first (the entry before its state)",
+            SeamRegs {
+                rcx: idx(5),
+                r14: 1,
+                ..good
+            },
+            inv(OPERAND_ID_R14),
+        ),
+        bad(
+            "R9 bad and RDX not the owner: R9 first",
+            SeamRegs {
+                rdx: other,
+                r9: 0,
+                ..good
+            },
+            inv(OPERAND_ID_R9),
+        ),
+    ]);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn dmar_read(w: &World<'_>) -> Setup {
+    dmar_present(w);
+    unbound_second(w);
+    let good = on(idx(3));
+    let mut v = bad_idx(good);
+    v.push(bad(
+        "RCX the entry of a TDI not bound (no entry)",
+        on(idx(4)),
+        TDX_DMAR_ENTRY_NOT_PRESENT | u64::from(OPERAND_ID_RCX),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn dmar_block(w: &World<'_>) -> Setup {
+    dmar_cut(w);
+    // The cut left the entry present (the ERROR blocks it later): the good BLOCK blocks it.
+    assert_eq!(entry_state(w), (dmar::MAP_PRESENT, dmar::INV_PENDING));
+    unbound_second(w);
+    let good = on(idx(3));
+    let mut v = bad_idx(good);
+    v.push(bad(
+        "RCX the entry of a TDI not bound (FREE)",
+        on(idx(4)),
+        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_RCX),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn dmar_remove(w: &World<'_>) -> Setup {
+    dmar_invalidated(w);
+    unbound_second(w);
+    let good = on(idx(3));
+    let mut v = bad_idx(good);
+    v.push(bad(
+        "RCX the entry of a TDI not bound (FREE)",
+        on(idx(4)),
+        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_RCX),
+    ));
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+/// TDH.IQ.INV.REQUEST's checks both forms share: RDX the type (`TDX_OPERAND_INVALID` + RDX),
+/// RCX the IOMMU (+ RCX), the wait descriptor R9 (+ R9), its status address R10 (+ R10), its
+/// qwords 2 and 3 R11 and R12 (+ each), and the order of RDX, RCX, then R9..R12.
+fn bad_iq_request(good: SeamRegs) -> Vec<Bad> {
+    let mut v = Vec::new();
+    for (what, rdx) in [
+        ("INV_REQ_RTE (1)", 1),
+        ("INV_REQ_CTE (2)", 2),
+        ("INV_REQ_PDE (3)", 3),
+        ("INV_REQ_TD (5)", 5),
+        ("type 6", 6),
+        ("type 0xFFFF_FFFF", 0xffff_ffff),
+        ("reserved bit 32", good.rdx | 1 << 32),
+        ("reserved bit 63", good.rdx | 1 << 63),
+    ] {
+        v.push(bad(
+            format!("RDX {what}"),
+            SeamRegs { rdx, ..good },
+            inv(OPERAND_ID_RDX),
+        ));
+    }
+    for (what, rcx) in [
+        ("bit 16", 1 << 16),
+        ("bit 63", 1 << 63),
+        ("all ones", u64::MAX),
+    ] {
+        v.push(bad(
+            format!("RCX iommu_id {what}"),
+            SeamRegs { rcx, ..good },
+            inv(OPERAND_ID_RCX),
+        ));
+    }
+    let d = good.r9;
+    for (what, r9) in [
+        ("without FN", d & !dmar::WAIT_DESC_FN),
+        ("type 4", d & !0xf | 4),
+        ("type 0", d & !0xf),
+        ("high type bit 9", d | 1 << 9),
+        ("high type bit 11", d | 1 << 11),
+        ("PD (bit 7)", d | 1 << 7),
+        ("reserved bit 8", d | 1 << 8),
+        ("reserved bit 12", d | 1 << 12),
+        ("reserved bit 31", d | 1 << 31),
+        ("0", 0),
+    ] {
+        v.push(bad(
+            format!("R9 wait descriptor {what}"),
+            SeamRegs { r9, ..good },
+            inv(OPERAND_ID_R9),
+        ));
+    }
+    let end = host_page(HOST_PAGES as u64);
+    for (what, r10) in [
+        ("unaligned (+1)", good.r10 + 1),
+        ("unaligned (+2)", good.r10 + 2),
+        ("a KeyID (5)", good.r10 | 5 << td::KEYID_SHIFT),
+        ("past 2^52", good.r10 | PAST_52),
+        ("outside host memory", OUTSIDE),
+        ("just past host memory", end),
+        ("0 (no host memory)", 0),
+        ("all ones but 1:0", !3),
+    ] {
+        v.push(bad(
+            format!("R10 status address {what}"),
+            SeamRegs { r10, ..good },
+            inv(OPERAND_ID_R10),
+        ));
+    }
+    v.extend([
+        bad(
+            "R11 wait descriptor qword 2",
+            SeamRegs { r11: 1, ..good },
+            inv(OPERAND_ID_R11),
+        ),
+        bad(
+            "R12 wait descriptor qword 3",
+            SeamRegs {
+                r12: 1 << 63,
+                ..good
+            },
+            inv(OPERAND_ID_R12),
+        ),
+        bad(
+            "RDX and RCX bad: RDX first",
+            SeamRegs {
+                rdx: 1,
+                rcx: 1 << 16,
+                ..good
+            },
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RCX and R9 bad: RCX first",
+            SeamRegs {
+                rcx: 1 << 16,
+                r9: 0,
+                ..good
+            },
+            inv(OPERAND_ID_RCX),
+        ),
+        bad(
+            "R9 and R10 bad: R9 first",
+            SeamRegs {
+                r9: 0,
+                r10: 0,
+                ..good
+            },
+            inv(OPERAND_ID_R9),
+        ),
+        bad(
+            "R10 and R11 bad: R10 first",
+            SeamRegs {
+                r10: 0,
+                r11: 1,
+                ..good
+            },
+            inv(OPERAND_ID_R10),
+        ),
+        bad(
+            "R11 and R12 bad: R11 first",
+            SeamRegs {
+                r11: 1,
+                r12: 1,
+                ..good
+            },
+            inv(OPERAND_ID_R11),
+        ),
+    ]);
+    v
+}
+
+/// The bus-3 entry's `dmar_state_info_t` (TDH.DMAR.READ RDX): (map_sts, inv_sts).
+fn entry_state(w: &World<'_>) -> (u64, u64) {
+    let rdx = w.ok(abi::TDH_DMAR_READ, on(idx(3))).rdx;
+    ((rdx >> 3) & 0xff, (rdx >> 11) & 7)
+}
+
+fn iq_request_pasidte(w: &World<'_>) -> Setup {
+    dmar_cut(w);
+    w.ok(abi::TDH_DMAR_BLOCK, on(idx(3)));
+    // Blocked, its invalidation not requested: the good request queues it.
+    assert_eq!(entry_state(w), (dmar::MAP_BLOCKED, dmar::INV_PENDING));
+    unbound_second(w);
+    let good = pasidte_request();
+    let mut v = bad_iq_request(good);
+    let free = TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_R8);
+    let r8 = good.r8;
+    for (what, r8, expect) in [
+        ("reserved bit 16", r8 | 1 << 16, inv(OPERAND_ID_R8)),
+        ("reserved bit 31", r8 | 1 << 31, inv(OPERAND_ID_R8)),
+        ("PASID 1", r8 | 1 << 32, inv(OPERAND_ID_R8)),
+        ("PASID bit 51", r8 | 1 << 51, inv(OPERAND_ID_R8)),
+        ("reserved bit 52", r8 | PAST_52, inv(OPERAND_ID_R8)),
+        ("reserved bit 63", r8 | 1 << 63, inv(OPERAND_ID_R8)),
+        (
+            "a RID with no TDI (bus 5)",
+            u64::from(rid(5).routing_id()),
+            free,
+        ),
+        (
+            "the RID of a TDI not bound (its entry FREE)",
+            u64::from(rid(4).routing_id()),
+            free,
+        ),
+    ] {
+        v.push(bad(
+            format!("R8 rid_pasid {what}"),
+            SeamRegs { r8, ..good },
+            expect,
+        ));
+    }
+    v.extend([
+        bad(
+            "RCX IOMMU 1 (segment 1): no TDI of that RID",
+            SeamRegs { rcx: 1, ..good },
+            free,
+        ),
+        bad(
+            "R8 and R9 bad: R8 first",
+            SeamRegs {
+                r8: r8 | 1 << 16,
+                r9: 0,
+                ..good
+            },
+            inv(OPERAND_ID_R8),
+        ),
+        bad(
+            "R8 a RID with no TDI and R9 bad: the entry's state first",
+            SeamRegs {
+                r8: u64::from(rid(5).routing_id()),
+                r9: 0,
+                ..good
+            },
+            free,
+        ),
+    ]);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+/// `dmar_present` with a TDH.MEM.TRACK of the TD: IOMMU 0 owes its domain an IOTLB
+/// invalidation. (TD, a second TD without trusted DMA.)
+fn iotlb_owed(w: &World<'_>) -> (u64, u64) {
+    let (td, _, _) = dmar_present(w);
+    let other = w.create_td();
+    w.ok(abi::TDH_MEM_TRACK, on(td));
+    (td, other)
+}
+
+fn iq_request_iotlb(w: &World<'_>) -> Setup {
+    let (td, other) = iotlb_owed(w);
+    let good = dmar::iotlb_request_regs(0, td, WAIT_STATUS, 1);
+    let mut v = bad_iq_request(good);
+    v.extend(bad_tdr(good, |r, x| r.r8 = x, td, inv(OPERAND_ID_R8)));
+    v.extend([
+        bad(
+            "RCX IOMMU 1, which owes the TD nothing",
+            SeamRegs { rcx: 1, ..good },
+            TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+        ),
+        bad(
+            "R8 a TD without trusted DMA",
+            SeamRegs { r8: other, ..good },
+            TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+        ),
+        bad(
+            "R8 and R9 bad: R8 first",
+            SeamRegs {
+                r8: 0,
+                r9: 0,
+                ..good
+            },
+            inv(OPERAND_ID_R8),
+        ),
+        bad(
+            "R8 a TD owed nothing and R9 bad: the tracking first",
+            SeamRegs {
+                r8: other,
+                r9: 0,
+                ..good
+            },
+            TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+        ),
+    ]);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn iq_process(w: &World<'_>) -> Setup {
+    let (td, _) = iotlb_owed(w);
+    w.ok(
+        abi::TDH_IQ_INV_REQUEST,
+        dmar::iotlb_request_regs(0, td, WAIT_STATUS, 1),
+    );
+    let good = on(0);
+    let mut v = Vec::new();
+    for (what, rcx) in [
+        ("bit 16", 1 << 16),
+        ("bit 32", 1 << 32),
+        ("bit 63", 1 << 63),
+        ("all ones", u64::MAX),
+    ] {
+        v.push(bad(
+            format!("RCX iommu_id {what}"),
+            on(rcx),
+            inv(OPERAND_ID_RCX),
+        ));
+    }
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn dmar_accept(w: &World<'_>) -> Setup {
+    let (td, _, tdi) = dmar_added(w);
+    let second = unbound_second(w);
+    let good = on(tdi);
+    let mut v = bad_fid(good, tdi);
+    for (what, rdx) in [
+        ("vm_idx 1 (an L2 VM)", 1),
+        ("vm_idx 0xFF", 0xff),
+        ("PASID 1", 1 << 8),
+        ("PASID bit 27", 1 << 27),
+        ("reserved bit 28", 1 << 28),
+        ("reserved bit 63", 1 << 63),
+    ] {
+        v.push(bad(
+            format!("RDX dmar_target {what}"),
+            SeamRegs { rdx, ..good },
+            inv(OPERAND_ID_RDX),
+        ));
+    }
+    v.extend([
+        bad(
+            "R8 not zero",
+            SeamRegs { r8: 1, ..good },
+            inv(OPERAND_ID_R8),
+        ),
+        bad(
+            "R9 not zero",
+            SeamRegs { r9: 1, ..good },
+            inv(OPERAND_ID_R9),
+        ),
+        bad(
+            "R10 not zero",
+            SeamRegs { r10: 1, ..good },
+            inv(OPERAND_ID_R10),
+        ),
+        bad(
+            "R11 not zero",
+            SeamRegs { r11: 1, ..good },
+            inv(OPERAND_ID_R11),
+        ),
+        bad(
+            "R12 not zero",
+            SeamRegs { r12: 1, ..good },
+            inv(OPERAND_ID_R12),
+        ),
+        bad(
+            "R13 not zero",
+            SeamRegs { r13: 1, ..good },
+            inv(OPERAND_ID_R13),
+        ),
+        bad(
+            "R14 not zero",
+            SeamRegs {
+                r14: 1 << 63,
+                ..good
+            },
+            inv(OPERAND_ID_R14),
+        ),
+        bad(
+            "RCX a TDI not bound",
+            on(second),
+            TDX_DEVIF_TDISP_INVALID_STATE | u64::from(OPERAND_ID_RCX),
+        ),
+        bad(
+            "RDX and R8 bad: RDX first",
+            SeamRegs {
+                rdx: 1,
+                r8: 1,
+                ..good
+            },
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "R14 and RCX bad: R14 first",
+            SeamRegs {
+                rcx: tdi | 7,
+                r14: 1,
+                ..good
+            },
+            inv(OPERAND_ID_R14),
+        ),
+        bad(
+            "R8 and R9 bad: R8 first",
+            SeamRegs {
+                r8: 1,
+                r9: 1,
+                ..good
+            },
+            inv(OPERAND_ID_R8),
+        ),
+    ]);
+    Setup {
+        tdcall: Some(td),
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
 // ---- the driver -----------------------------------------------------------------------------
 
 /// Guest leaves: the calling TD's TDR names no TD, `TDX_OPERAND_INVALID` + `OPERAND_ID_TDR`.
@@ -2542,9 +3289,11 @@ fn every_good_register_set_succeeds() {
             None => w.call(rax, setup.good),
         };
         assert_eq!(
-            out.rax, setup.good_status,
+            out.rax,
+            setup.good_status,
             "{}: the good register set got {:#x}",
-            row.name, out.rax
+            row.title(),
+            out.rax
         );
     }
 }
@@ -2595,7 +3344,7 @@ fn every_register_of_every_leaf_out_of_range() {
             cases += 1;
             if let Err(why) = refusal(&row, &case) {
                 failures.push((
-                    row.name.to_string(),
+                    row.title(),
                     case.what,
                     format!("{why} (regs {:x?})", case.regs),
                 ));
@@ -2625,13 +3374,15 @@ fn every_register_of_every_leaf_out_of_range() {
     );
 }
 
-/// Every `pub const TDH_*/TDG_*/TSM_*: u16` of `src/abi.rs`, `src/link.rs` and `src/td.rs` is a row (the crate has no list of
+/// Every `pub const TDH_*/TDG_*/TSM_*: u16` of `src/abi.rs`, `src/devif.rs`, `src/dmar.rs`,
+/// `src/link.rs` and `src/td.rs` is a row (the crate has no list of
 /// its leaves to ask instead).
 #[test]
 fn every_leaf_constant_has_a_row() {
     let src = concat!(
         include_str!("../src/abi.rs"),
         include_str!("../src/devif.rs"),
+        include_str!("../src/dmar.rs"),
         include_str!("../src/link.rs"),
         include_str!("../src/td.rs")
     );
@@ -2670,7 +3421,7 @@ fn every_leaf_constant_has_a_row() {
 #[test]
 fn registers_a_leaf_does_not_read_are_ignored() {
     type Reg = fn(&mut SeamRegs) -> &mut u64;
-    let regs: [(&str, Reg); 8] = [
+    let regs: [(&str, Reg); 9] = [
         ("RCX", |r| &mut r.rcx),
         ("RDX", |r| &mut r.rdx),
         ("R8", |r| &mut r.r8),
@@ -2679,6 +3430,7 @@ fn registers_a_leaf_does_not_read_are_ignored() {
         ("R11", |r| &mut r.r11),
         ("R12", |r| &mut r.r12),
         ("R13", |r| &mut r.r13),
+        ("R14", |r| &mut r.r14),
     ];
     let mut wrong = Vec::new();
     for row in rows() {
@@ -2709,7 +3461,9 @@ fn registers_a_leaf_does_not_read_are_ignored() {
         if out.rax != setup.good_status {
             wrong.push(format!(
                 "{}: junk in {unread:?} got {:#x}, the good set {:#x}",
-                row.name, out.rax, setup.good_status
+                row.title(),
+                out.rax,
+                setup.good_status
             ));
         }
     }

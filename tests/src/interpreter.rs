@@ -367,7 +367,7 @@ impl<'a> Interpreter<'a, '_> {
                 let mut held = self.take_held(t)?;
                 let first = Ok(Completion::Relay(held.len));
                 let outcome = self.relay_from(t, first, &mut held.request);
-                Observed::Status(self.invalidated_and_again(t, outcome))
+                Observed::Status(self.invalidated_and_again(t, outcome)?)
             }
             Op::Answer { tdi, with } => {
                 let t = self.tdi(tdi)?.0;
@@ -469,39 +469,48 @@ impl<'a> Interpreter<'a, '_> {
     /// Starts `call`; a held TDI keeps its first request, any other is relayed to its end.
     fn device_call(&mut self, call: DeviceCall) -> Result<TsmResult<Completion>, Setup<'a>> {
         let tdi = call.tdi();
-        let mut request = [0u8; MAX_RELAY_BYTES];
-        let first = self.backend.begin(call, &mut request);
-        if let Some(i) = self.hold_next.iter().position(|t| *t == tdi)
-            && let Ok(Completion::Relay(len)) = first
-        {
-            self.hold_next.swap_remove(i);
-            self.keep(Held { tdi, request, len })?;
-            return Ok(first);
+        let mut waits = 0;
+        loop {
+            let mut request = [0u8; MAX_RELAY_BYTES];
+            let first = self.backend.begin(call, &mut request);
+            if let Some(i) = self.hold_next.iter().position(|t| *t == tdi)
+                && let Ok(Completion::Relay(len)) = first
+            {
+                self.hold_next.swap_remove(i);
+                self.keep(Held { tdi, request, len })?;
+                return Ok(first);
+            }
+            let outcome = self.relay_from(tdi, first, &mut request);
+            if waits < IOTLB_WAITS && self.completed_invalidations(tdi, &outcome) {
+                waits = waits.saturating_add(1);
+                continue;
+            }
+            return Ok(outcome);
         }
-        let outcome = self.relay_from(tdi, first, &mut request);
-        Ok(self.invalidated_and_again(tdi, outcome))
     }
 
-    /// An unbind that stopped at an IOTLB invalidation (TDX: its Remove waiting for the
-    /// owner's domain, then its DMA context's own): the host completes it (TDX:
-    /// TDH.IQ.INV.REQUEST of the domain, TDH.IQ.INV.PROCESS) and calls the unbind again, as
-    /// the Linux host does, at most `IOTLB_WAITS` times; any other outcome as it is.
+    /// Whether `outcome` is an unbind's stop at an IOTLB invalidation (TDX: the context's own
+    /// before STOP, or the owner's domain at Remove; SEV: the fence) that the host then
+    /// completed (TDX: TDH.IQ.INV.REQUEST of the domain and TDH.IQ.INV.PROCESS), as the Linux
+    /// host does before it calls again.
+    fn completed_invalidations(&mut self, tdi: TdiId, outcome: &TsmResult<Completion>) -> bool {
+        *outcome == Err(Error::IotlbInvalidationPending)
+            && self.backend.complete_invalidations(tdi).is_ok()
+    }
+
+    /// A held request relayed to its end that left the unbind at an IOTLB invalidation: the
+    /// host completes it and calls the unbind again ([`Self::device_call`], the hold rules
+    /// included); any other outcome as it is.
     fn invalidated_and_again(
         &mut self,
         tdi: TdiId,
-        mut outcome: TsmResult<Completion>,
-    ) -> TsmResult<Completion> {
-        for _ in 0..IOTLB_WAITS {
-            if outcome != Err(Error::IotlbInvalidationPending)
-                || self.backend.complete_invalidations(tdi).is_err()
-            {
-                break;
-            }
-            let mut request = [0u8; MAX_RELAY_BYTES];
-            let first = self.backend.begin(DeviceCall::Unbind { tdi }, &mut request);
-            outcome = self.relay_from(tdi, first, &mut request);
+        outcome: TsmResult<Completion>,
+    ) -> Result<TsmResult<Completion>, Setup<'a>> {
+        if self.completed_invalidations(tdi, &outcome) {
+            self.device_call(DeviceCall::Unbind { tdi })
+        } else {
+            Ok(outcome)
         }
-        outcome
     }
 
     fn keep(&mut self, held: Held) -> Result<(), Setup<'a>> {

@@ -851,16 +851,15 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         let Some(cursor) = record.state.blocking() else {
             return Ok(Completion::Done);
         };
+        // A device in ERROR is not trusted with the guest's memory either: its DMA context is
+        // blocked first, in the call that finds it blocking, however many calls its MMIO
+        // takes, and its IOTLB invalidation asked (removed by the unbind; a blocked context
+        // stays as it is).
+        let owner = record.state.owner().ok_or(Error::Inconsistent)?;
+        unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
         let mut budget = UNBIND_WORK_PER_CALL;
         let blocking = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
-            Walk::Finished => {
-                // A device in ERROR is not trusted with the guest's memory either: its DMA
-                // context is blocked with its MMIO and its IOTLB invalidation asked (removed
-                // by the unbind).
-                let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
-                None
-            }
+            Walk::Finished => None,
             Walk::Paused(c) => Some(c),
         };
         record.state = record.state.with_blocking(blocking);

@@ -314,16 +314,15 @@ fn advance<T: SecureTable>(
         // dead device can leave the unbind waiting at STOP but never leave the guest live
         // pages, and the device is never unlocked under a guest that still maps it.
         UnbindStep::Block(cursor) => {
+            // The DMA context before the MMIO, in the unbind's first call: nothing new
+            // translates into the guest's memory once the unbind has begun, however many calls
+            // the MMIO takes; its IOTLB invalidation is asked at once and awaited before STOP
+            // (the removal comes in the enforced order, at the Dma step). A blocked context
+            // stays as it is. One entry's write, once per unbind: not charged to the leaves'
+            // budget, so a call blocks as many leaves as any other.
+            block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
             match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
-                Walk::Finished => {
-                    // The DMA context with the MMIO: nothing new translates into the guest's
-                    // memory once the unbind has begun, and its IOTLB invalidation is asked at
-                    // once (awaited before STOP; the removal comes in the enforced order, at
-                    // the Dma step).
-                    *budget = budget.saturating_sub(1);
-                    block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-                    Next::Step(UnbindStep::Stop)
-                }
+                Walk::Finished => Next::Step(UnbindStep::Stop),
                 Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),
             }
         }

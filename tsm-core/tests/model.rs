@@ -425,6 +425,7 @@ fn tdi_index(op: &Op) -> usize {
         | Op::UnbindForced { tdi }
         | Op::Bind { tdi, .. }
         | Op::BindOwn { tdi, .. }
+        | Op::Abandon { tdi, .. }
         | Op::Check { tdi } => *tdi,
         _ => usize::MAX,
     }
@@ -466,6 +467,11 @@ fn exemption(op: &Op, err: Error) -> Option<Exempt> {
             Op::Unbind { .. },
             Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent,
         ) => Some(Exempt::UnbindProgressKept),
+        // The firmware's own unbind (never relayed) stopping before STOP, at the context's
+        // IOTLB invalidation, keeps its Block step's progress.
+        (Op::Abandon { what: 3.., .. }, Error::IotlbInvalidationPending) => {
+            Some(Exempt::UnbindProgressKept)
+        }
         (
             Op::UnbindForced { .. },
             Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent,

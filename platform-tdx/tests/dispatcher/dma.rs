@@ -828,3 +828,205 @@ fn a_td_without_trusted_dma_owes_no_iotlb_invalidation() {
     );
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
 }
+
+/// The BAR's second 2 MiB mapped as 4 KiB leaves for TD `td`: more than one unbind call's
+/// work to block.
+fn map_second_half(w: &World<'_>, td: u64) {
+    for p in 0..512 {
+        w.ok(
+            abi::TDH_MMIO_MAP,
+            SeamRegs {
+                rcx: page_info(
+                    Gpa::try_new(GPA + (2 << 20) + p * 0x1000).unwrap(),
+                    PageSize::Size4K,
+                ),
+                rdx: td,
+                r8: BAR + (2 << 20) + p * 0x1000,
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// An unbind (not forced) whose MMIO takes more than one call blocks the TDI's PASID entry and
+/// queues its invalidation in its first call, before any leaf: the entry translates nothing
+/// while the host paces the rest (it used to stay present until the last leaf was blocked).
+#[test]
+fn an_unbinds_first_call_blocks_the_entry_however_much_mmio_follows() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    map_second_half(w, td);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi));
+    assert_eq!(
+        out.rax, TDX_INTERRUPTED_RESUMABLE,
+        "blocking takes more calls"
+    );
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present after the first call");
+    assert_eq!(
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
+        (MAP_BLOCKED, INV_QUEUED)
+    );
+    assert_eq!(
+        w.fw.tsm().dma_reach(w.id(tdi)).unwrap(),
+        tsm_core::dma::DmaReach::SharedOnly
+    );
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}
+
+/// A forced unbind (TSM.DEVIF.UNBIND, RDX FORCE) of a RUN TDI whose PASID entry is present and
+/// accepted, with enough MMIO that the unbind takes more than one call: from the first call on
+/// the device's stream is cut, the entry is blocked (not present) with its invalidation
+/// queued, and the device's DMA reaches shared memory only. The unbind then waits
+/// (`TDX_DMAR_INVALID_INV_STATE` + DMAR) for the host's TDH.IQ.INV.REQUEST of the TD's domain
+/// (owed: the entry names the S-EPT the unbind tracked) and TDH.IQ.INV.PROCESS, each refusal
+/// on the way changing nothing; TDH.DEVIF.REMOVE is refused `TDX_DEVIF_HAS_MAPPED_DMA` until
+/// the entry is gone.
+#[test]
+fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalidation() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    map_second_half(w, td);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Run as u64);
+    let (id, g) = (w.id(tdi), w.fw.td_of(td).unwrap().unwrap());
+    let dev = w.fw.tsm().tdi(id).unwrap().device;
+    let reach = || w.fw.tsm().dma_reach(id).unwrap();
+    assert_eq!(reach(), tsm_core::dma::DmaReach::Private(g));
+    let force = SeamRegs {
+        rcx: tdi,
+        rdx: abi::UNBIND_FLAG_FORCE,
+        ..Default::default()
+    };
+    let unbind = || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force).rax;
+    let cut_and_blocked = |when: &str| {
+        assert_eq!(
+            w.fw.tsm().device(dev).unwrap().stream,
+            tsm_core::IdeStream::Cut,
+            "{when}: the stream is cut"
+        );
+        assert_eq!(
+            reach(),
+            tsm_core::dma::DmaReach::SharedOnly,
+            "{when}: DMA reaches shared memory only"
+        );
+        let read = on_idx(w, abi::TDH_DMAR_READ);
+        assert_eq!(read.rax, TDX_SUCCESS);
+        assert_eq!(read.r8 & dmar::PTE_P, 0, "{when}: the entry is not present");
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7)
+    };
+    let first = unbind();
+    assert_eq!(
+        first, TDX_INTERRUPTED_RESUMABLE,
+        "the MMIO takes more than one call"
+    );
+    assert_eq!(
+        cut_and_blocked("after the first call"),
+        (MAP_BLOCKED, INV_QUEUED)
+    );
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    let mut calls = 1;
+    let waits = loop {
+        let out = unbind();
+        assert_eq!(
+            cut_and_blocked("while unbinding"),
+            (MAP_BLOCKED, INV_QUEUED)
+        );
+        if out != TDX_INTERRUPTED_RESUMABLE {
+            break out;
+        }
+        calls += 1;
+        assert!(calls < 100, "the forced unbind never ends");
+    };
+    assert_eq!(waits, pending);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbinding as u64);
+    let remove_tdi = || {
+        w.call(
+            u64::from(abi::TDH_DEVIF_REMOVE),
+            SeamRegs {
+                rcx: tdi,
+                ..Default::default()
+            },
+        )
+        .rax
+    };
+    let has_dma = TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX;
+    refused(w, "the forced unbind again", unbind, pending);
+    refused(w, "DEVIF.REMOVE with the entry", remove_tdi, has_dma);
+    refused(
+        w,
+        "DMAR.REMOVE before its invalidation is processed",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DMAR_INVALID_INV_STATE | IDX_RCX,
+    );
+    // PROCESS completes the entry's own invalidation; the TD's domain is still owed.
+    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(cut_and_blocked("processed"), (MAP_BLOCKED, dmar::INV_DONE));
+    refused(w, "the forced unbind, the domain owed", unbind, pending);
+    refused(
+        w,
+        "DMAR.REMOVE, the domain owed",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | IDX_RCX,
+    );
+    refused(w, "DEVIF.REMOVE, the domain owed", remove_tdi, has_dma);
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "the domain was owed");
+    refused(w, "the forced unbind before PROCESS", unbind, pending);
+    refused(w, "DEVIF.REMOVE before PROCESS", remove_tdi, has_dma);
+    assert_eq!(process(w), TDX_SUCCESS);
+    // The leaves go now, more than one call's work again.
+    let mut calls = 0;
+    let end = loop {
+        let out = unbind();
+        if out != TDX_INTERRUPTED_RESUMABLE {
+            break out;
+        }
+        calls += 1;
+        assert!(calls < 100, "the forced unbind never ends");
+    };
+    assert_eq!(end, TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+    assert_eq!(
+        on_idx(w, abi::TDH_DMAR_READ).rax,
+        TDX_DMAR_ENTRY_NOT_PRESENT | IDX_RCX,
+        "the unbind removed the entry"
+    );
+    assert_eq!(reach(), tsm_core::dma::DmaReach::SharedOnly);
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total, "every table page back, the pinned root too");
+    assert_eq!(remove_tdi(), TDX_SUCCESS);
+}
+
+/// The device's ERROR (TSM.DEVIF.ERROR) of a RUN TDI whose MMIO takes more than one call to
+/// block: its PASID entry is blocked in the first call, before any leaf, as the unbind's.
+#[test]
+fn a_devices_error_blocks_the_entry_in_its_first_call() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    map_second_half(w, td);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let out = w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi));
+    assert_eq!(
+        out.rax, TDX_INTERRUPTED_RESUMABLE,
+        "blocking takes more calls"
+    );
+    let read = on_idx(w, abi::TDH_DMAR_READ);
+    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present after the first call");
+    assert_eq!(
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
+        (MAP_BLOCKED, INV_QUEUED),
+        "its invalidation queued with the block"
+    );
+    let mut calls = 0;
+    while w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi)).rax == TDX_INTERRUPTED_RESUMABLE {
+        calls += 1;
+        assert!(calls < 100);
+    }
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}

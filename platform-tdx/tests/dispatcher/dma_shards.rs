@@ -1,0 +1,224 @@
+//! Trusted DMA on a sharded module (`TdxModule::sharded`, two shards): TDH.IQ.INV.PROCESS
+//! walks every shard's queue, and a shard held elsewhere stops it after the shards before it
+//! (`TDX_OPERAND_BUSY`, repeated by the host; completing twice is completing once).
+
+use super::*;
+use platform_tdx::dmar::{self, INV_DONE, INV_QUEUED, MAP_BLOCKED};
+use tsm_core::{GuestId, ReservedMemory};
+
+/// Table pages of each shard's pool.
+const POOL_PAGES: usize = 32;
+/// A second device's BAR (bus 4).
+const BAR_4: u64 = 0x9000_0000;
+/// The wait descriptors' status word: the last host page (no TDI's here relays through
+/// `PAGES_C`, whose VMM buffer it is).
+const WAIT_STATUS: u64 = host_page(HOST_PAGES as u64 - 1);
+
+impl<'m, const N: usize> World<'m, N> {
+    /// The firmware over `N` shards, each S-EPT over its own pool in `pools` (as
+    /// `tests/shards.rs` builds it).
+    fn sharded(pools: &'m mut [Vec<Page>; N]) -> Self {
+        let mut base = 0x20_0000_0000;
+        let tables = pools.each_mut().map(|mem| {
+            let pool = FramePool::new(mem.as_mut_slice(), base).unwrap();
+            base += 0x1_0000_0000;
+            Sept::new(pool, SeptLevels::Four)
+        });
+        World {
+            fw: TdxModule::sharded(
+                tables,
+                std::array::from_fn(|_| ModelSession::model()),
+                ReservedMemory::new(),
+            ),
+            mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
+            device: RefCell::new(ModelDevice::model()),
+            pages: RefCell::new(BTreeMap::new()),
+            tds: std::cell::Cell::new(0),
+        }
+    }
+}
+
+/// One TD of the sharded world: its TDR, its guest, its running TDI (function ID) and the
+/// TDI's PASID entry index.
+#[derive(Clone, Copy)]
+struct Lane {
+    td: u64,
+    guest: GuestId,
+    tdi: u64,
+    idx: u64,
+}
+
+/// Two TDs (guest slots 0 and 1: shards 0 and 1), each with a device of its own (buses 3 and
+/// 4) whose TDI is bound, its PASID entry on IOMMU 0 added and accepted, and started.
+fn two_lanes(w: &World<'_, 2>) -> [Lane; 2] {
+    let mut slot = 0;
+    [(3, BAR, PAGES_A), (4, BAR_4, PAGES_B)].map(|(bus, bar, pages)| {
+        let td = w.create_td();
+        let guest = w.fw.td_of(td).unwrap().unwrap();
+        assert_eq!(guest.slot(), slot, "TD {slot} in shard {slot}");
+        slot += 1;
+        let dev = device_world(w, bus, bar);
+        let tdi = w.create_tdi_for(td, dev, rid(bus), pages);
+        let bind = SeamRegs {
+            rcx: tdi,
+            rdx: td,
+            ..Default::default()
+        };
+        assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+        assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+        Lane {
+            td,
+            guest,
+            tdi,
+            idx: dmar::dmar_idx(rid(bus)),
+        }
+    })
+}
+
+/// The entry's `dmar_state_info_t` (TDH.DMAR.READ RDX): (map_sts, inv_sts).
+fn entry_state<const N: usize>(w: &World<'_, N>, lane: Lane) -> (u64, u64) {
+    let out = w.call(
+        u64::from(abi::TDH_DMAR_READ),
+        SeamRegs {
+            rcx: lane.idx,
+            ..Default::default()
+        },
+    );
+    assert_eq!(out.rax, TDX_SUCCESS);
+    ((out.rdx >> 3) & 0xff, (out.rdx >> 11) & 7)
+}
+
+/// TDH.IQ.INV.REQUEST of the lane's TD's domain (INV_REQ_IOTLB) on IOMMU 0.
+fn iotlb_request<const N: usize>(w: &World<'_, N>, lane: Lane) -> u64 {
+    let regs = dmar::iotlb_request_regs(0, lane.td, WAIT_STATUS, 1);
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
+}
+
+fn process<const N: usize>(w: &World<'_, N>) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
+        .rax
+}
+
+/// Everything of shard `guest`'s: its S-EPT pool's bytes and bookkeeping (PASID entries
+/// among them).
+fn shard_image<const N: usize>(w: &World<'_, N>, guest: GuestId) -> (Vec<Page>, SeptBookkeeping) {
+    w.fw.with_guest_table(guest, |t| {
+        (t.pool().pages().copied().collect(), t.bookkeeping())
+    })
+    .unwrap()
+}
+
+/// Both lanes unbound as far as they go: each unbind blocked its entry, queued the entry's
+/// invalidation and waits for it before STOP (no track yet: no domain owed). Every queued
+/// invalidation is in place, none done.
+fn both_waiting(w: &World<'_, 2>, lanes: [Lane; 2]) {
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    for lane in lanes {
+        assert_eq!(w.unbind_all(lane.tdi), pending);
+        assert_eq!(entry_state(w, lane), (MAP_BLOCKED, INV_QUEUED));
+    }
+    for lane in lanes {
+        assert_eq!(
+            iotlb_request(w, lane),
+            TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+            "TD {:#x} has not tracked since its entry was accepted",
+            lane.td
+        );
+    }
+    for lane in lanes {
+        assert_eq!(
+            w.unbind_all(lane.tdi),
+            pending,
+            "nothing done before PROCESS"
+        );
+    }
+}
+
+/// The lane's unbind ends (the host completing the domain invalidation its track owes), its
+/// entry gone, every table page back in its shard's pool.
+fn unbound(w: &World<'_, 2>, lane: Lane) {
+    assert_eq!(w.unbind_drained(lane.tdi), TDX_SUCCESS);
+    let read = w.call(
+        u64::from(abi::TDH_DMAR_READ),
+        SeamRegs {
+            rcx: lane.idx,
+            ..Default::default()
+        },
+    );
+    assert_eq!(read.rax, TDX_DMAR_ENTRY_NOT_PRESENT | 1);
+    let (free, total) =
+        w.fw.with_guest_table(lane.guest, |t| {
+            (t.pool().free_frames(), t.pool().total_frames())
+        })
+        .unwrap();
+    assert_eq!(free, total, "shard of TD {:#x}", lane.td);
+}
+
+#[test]
+fn one_iq_process_completes_every_shards_queue() {
+    let mut pools: [Vec<Page>; 2] = std::array::from_fn(|_| vec![Page::ZERO; POOL_PAGES]);
+    let world = World::sharded(&mut pools);
+    let w = &world;
+    let lanes = two_lanes(w);
+    both_waiting(w, lanes);
+    assert_eq!(process(w), TDX_SUCCESS);
+    for lane in lanes {
+        assert_eq!(entry_state(w, lane), (MAP_BLOCKED, INV_DONE));
+        assert_eq!(
+            iotlb_request(w, lane),
+            TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+            "the domain of TD {:#x} done too",
+            lane.td
+        );
+    }
+    for lane in lanes {
+        unbound(w, lane);
+    }
+}
+
+/// The documented exception: shard 1 held elsewhere (its lock taken, as another CPU's leaf on
+/// a TD of that shard holds it), PROCESS completes shard 0's queue and answers
+/// `TDX_OPERAND_BUSY` on the S-EPT, shard 1 untouched (A's unbind may end, B's still waits);
+/// repeated, it completes shard 1's and changes nothing in shard 0; once more, nothing at all.
+#[test]
+fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
+    let mut pools: [Vec<Page>; 2] = std::array::from_fn(|_| vec![Page::ZERO; POOL_PAGES]);
+    let world = World::sharded(&mut pools);
+    let w = &world;
+    let [a, b] = two_lanes(w);
+    both_waiting(w, [a, b]);
+    let (mem, held) = (w.mem.borrow().clone(), shard_image(w, b.guest));
+    let record_b = w.fw.tsm().tdi(w.id(b.tdi)).unwrap();
+    let busy = w.fw.with_guest_table(b.guest, |_| process(w)).unwrap();
+    assert_eq!(
+        busy,
+        TDX_OPERAND_BUSY | u64::from(OPERAND_ID_SEPT_TREE),
+        "shard 1 held"
+    );
+    assert_eq!(entry_state(w, a), (MAP_BLOCKED, INV_DONE), "shard 0 done");
+    assert_eq!(entry_state(w, b), (MAP_BLOCKED, INV_QUEUED));
+    assert!(
+        shard_image(w, b.guest) == held
+            && *w.mem.borrow() == mem
+            && w.fw.tsm().tdi(w.id(b.tdi)).unwrap() == record_b,
+        "the busy shard changed"
+    );
+    assert_eq!(iotlb_request(w, a), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
+    assert_eq!(iotlb_request(w, b), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
+    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    assert_eq!(w.unbind_all(b.tdi), pending, "B still waits");
+    // A's unbind ends now; the host repeats PROCESS for the rest.
+    unbound(w, a);
+    let done_a = shard_image(w, a.guest);
+    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(entry_state(w, b), (MAP_BLOCKED, INV_DONE));
+    assert_eq!(iotlb_request(w, b), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
+    assert!(
+        shard_image(w, a.guest) == done_a,
+        "completing shard 0 twice is completing it once"
+    );
+    let before = w.image();
+    assert_eq!(process(w), TDX_SUCCESS);
+    assert!(w.image() == before, "a third PROCESS changed something");
+    unbound(w, b);
+}
