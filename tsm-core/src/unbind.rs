@@ -213,12 +213,20 @@ fn await_dma<T: SecureTable>(
     if !matches!(dma, Some(DmaState::Blocked | DmaState::Invalidating)) {
         return Ok(());
     }
-    let done = table.dma_invalidate(owner, iface)?;
-    *dma = Some(if done {
-        DmaState::Invalidated
-    } else {
-        DmaState::Invalidating
-    });
+    // A platform that cannot ask yet (SEV: another fence of the guest still out) waits the
+    // same way: the host completes what is out, and the next call asks.
+    let done = match table.dma_invalidate(owner, iface) {
+        Ok(done) => {
+            *dma = Some(if done {
+                DmaState::Invalidated
+            } else {
+                DmaState::Invalidating
+            });
+            done
+        }
+        Err(TableError::TlbNotFlushed) => false,
+        Err(e) => return Err(e.into()),
+    };
     if done {
         Ok(())
     } else {
