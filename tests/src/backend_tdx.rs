@@ -282,20 +282,46 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     /// what a guest whose flushes are held owes, [`FlushControl::defer_flush`]).
     fn process_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
         let record = self.tsm.tdi(tdi)?;
-        let segment = record.iface.requester_id().segment();
+        // Every IOMMU with an entry of the owner (the header's rule), the TDI's own first.
+        let mut segments: heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }> =
+            heapless::Vec::new();
+        let _ = segments.push(record.iface.requester_id().segment());
         if let Some(owner) = record.state.owner() {
-            let status = IQ_STATUS_HPA;
-            let regs = platform_tdx::dmar::iotlb_request_regs(segment, self.tdr(owner), status, 1);
-            let out = self.seamcall(platform_tdx::dmar::TDH_IQ_INV_REQUEST, regs);
-            if out.rax != platform_tdx::status::TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED {
-                Self::outcome(platform_tdx::dmar::TDH_IQ_INV_REQUEST, &out).map(drop)?;
+            let theirs = self.tsm.tsm().with_guest_table(owner, |t| {
+                t.dmar()
+                    .entries()
+                    .filter(|e| e.guest == owner)
+                    .map(|e| e.rid.segment())
+                    .collect::<heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }>>()
+            })?;
+            for s in theirs {
+                if !segments.contains(&s) {
+                    let _ = segments.push(s);
+                }
             }
         }
-        let regs = SeamRegs {
-            rcx: u64::from(segment),
-            ..SeamRegs::default()
-        };
-        self.done(abi::TDH_IQ_INV_PROCESS, regs)
+        for segment in segments {
+            if let Some(owner) = record.state.owner() {
+                let status = IQ_STATUS_HPA;
+                let regs =
+                    platform_tdx::dmar::iotlb_request_regs(segment, self.tdr(owner), status, 1);
+                let out = self.seamcall(platform_tdx::dmar::TDH_IQ_INV_REQUEST, regs);
+                // Owing nothing, or queued already: the PROCESS below is all it takes.
+                let fine = [
+                    platform_tdx::status::TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+                    platform_tdx::status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+                ];
+                if !fine.contains(&out.rax) {
+                    Self::outcome(platform_tdx::dmar::TDH_IQ_INV_REQUEST, &out).map(drop)?;
+                }
+            }
+            let regs = SeamRegs {
+                rcx: u64::from(segment),
+                ..SeamRegs::default()
+            };
+            self.done(abi::TDH_IQ_INV_PROCESS, regs)?;
+        }
+        Ok(())
     }
 
     /// How the host names `td`: its TDR page. A TD the firmware does not know (a scenario's
