@@ -47,6 +47,9 @@ pub enum Violation {
     /// A TDI's trusted DMA context translates in the platform's table while the core records
     /// it not active, or the other way round.
     DmaContext(TdiId),
+    /// A TDI's unbind went past STOP on a live stream with its context's IOTLB invalidation
+    /// not complete, or is under way with its context still translating.
+    DmaPastStop(TdiId),
     /// The firmware was busy or refused a query (the check needs a quiet firmware).
     Query(Error),
 }
@@ -96,6 +99,22 @@ pub fn check<T: SecureTable + FlushControl, S: SecureSession, const N: usize>(
                 .map_err(Violation::Query)?;
             if translates != (record.dma == Some(tsm_core::dma::DmaState::Active)) {
                 return Err(Violation::DmaContext(id));
+            }
+        }
+        // An unbind blocks the context in its first call and awaits its invalidation before
+        // STOP (a forced unbind's stream is cut: nothing to await).
+        if let TdiState::Unbinding { step, .. } = state {
+            use tsm_core::dma::DmaState;
+
+            let blocking = matches!(step, UnbindStep::Block(_));
+            let translating = matches!(record.dma, Some(DmaState::Pending | DmaState::Active));
+            let past_stop = !blocking && step != UnbindStep::Stop;
+            let live = tsm
+                .device(record.device)
+                .is_ok_and(|d| d.stream == tsm_core::IdeStream::Live);
+            let done = matches!(record.dma, None | Some(DmaState::Invalidated));
+            if (translating && !blocking) || (past_stop && live && !done) {
+                return Err(Violation::DmaPastStop(id));
             }
         }
         let ranges = tsm.owned_ranges(id).map_err(Violation::Query)?;

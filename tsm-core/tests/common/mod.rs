@@ -146,6 +146,26 @@ pub fn check_invariants(w: &World) {
                 "TDI #{slot} runs without an accepted context"
             );
         }
+        // Once an unbind is under way the context no longer translates, and past STOP its
+        // IOTLB invalidation is complete (a forced unbind's stream is cut: no STOP to await).
+        if let TdiState::Unbinding { step, .. } = tdi.state {
+            assert!(
+                !matches!(tdi.dma, Some(DmaState::Pending | DmaState::Active))
+                    || matches!(step, UnbindStep::Block(_)),
+                "TDI #{slot} unbinding at {step:?} with a translating context"
+            );
+            let past_stop = !matches!(step, UnbindStep::Block(_) | UnbindStep::Stop);
+            let live = snap.devices[tdi.device.slot() as usize]
+                .as_ref()
+                .is_some_and(|d| d.stream == tsm_core::IdeStream::Live);
+            if past_stop && live {
+                assert!(
+                    matches!(tdi.dma, None | Some(DmaState::Invalidated)),
+                    "TDI #{slot} past STOP with its context {:?}",
+                    tdi.dma
+                );
+            }
+        }
         assert!(
             tdi.dma.is_none() || tdi.state.is_bound(),
             "TDI #{slot} unbound with a DMA context"
