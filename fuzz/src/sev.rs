@@ -18,7 +18,11 @@
 //! nothing, one round with another answer: nothing, mangled, replayed, reflected, made up,
 //! too long) and later continuations of a saved written-back buffer with any answer and a
 //! mangled response buffer; and the host's actions beside commands: device misbehaviour and
-//! events, the device's report, fences held, the host's own RMPUPDATE and PSMASH.
+//! events, the device's report, fences held, the host's own RMPUPDATE and PSMASH. The guest's
+//! TIO_MSG_SDTE_WRITE_REQ is one of the guest messages: Linux's entry, or a firmware bit set,
+//! a guest bit flipped, a VMPL below the sender's VMPCK, V clear, a reserved body byte, any
+//! entry; from the owner or another guest, under any VMPCK (header mutation), again once
+//! valid.
 //!
 //! After every command: `tsm_tests::invariants::check`, the record tables' consistency and the
 //! context tables' (every context names a live core object of its kind, guest device IDs are
@@ -37,7 +41,15 @@
 //! zap or host RMPUPDATE touches no private owned page and no leaf, a finished unbind leaves
 //! the TDI unbound and owning nothing, read-only commands (TDI_INFO, ASID_FENCE_STATUS,
 //! TDI_REPORT) change no table, and only unbind, device error, TDI_STATUS and the fence clear
-//! answer RESUME_REQUIRED. At the end every TDI unbinds (fences released, the device behaving).
+//! answer RESUME_REQUIRED. Trusted DMA (`World::dma_oracle`): the secure device table is in
+//! every refusal's image; a TDI's DMA reaches a guest's private memory only while the TDI is
+//! RUN bound to it, its core record says the context is active and its sDTE is the guest's,
+//! valid and names the guest's ASID (and a RUN TDI with an active context on a live stream
+//! does reach it); every sDTE belongs to a TDI bound to the entry's guest, so a finished unbind
+//! leaves none and TIO_TDI_RECLAIM never succeeds with one; an SDTE write answered with any
+//! status but success changes nothing but the response page, and one answered success either
+//! accepted a pending entry as written (valid, the guest's ASID, the bind's fields kept, the
+//! core's context active) or changed nothing but the response page. At the end every TDI unbinds (fences released, the device behaving).
 
 use arbitrary::{Arbitrary, Unstructured};
 use platform_sev::abi::{self, Command, SlaAddr, len_of};

@@ -17,6 +17,14 @@
 //! ([`Answer`]: nothing, bits flipped, cut short, padded, a wrong DOE length, a replay of an
 //! earlier answer, the request reflected, made-up bytes, too long); `Respond` hands any answer
 //! to any TDI's exchange later, its DOE length exact, none (RDX page 0), off or past the page.
+//! The trusted-DMA leaves are operations of their own: TDH.DMAR.ADD of a TDI's PASID entry
+//! (the qwords the module allows, or a chosen SLPTPTR or DID, the present bit, the other AW, a
+//! non-zero qword 2..6; a `dmar_idx_t` of another level, with reserved bits, a PASID or another
+//! IOMMU; another TD), TDG.DMAR.ACCEPT from the owner or another TD (non-zero R8..R14, a bad
+//! RDX target), TDH.DMAR.BLOCK, READ and REMOVE, TDH.IQ.INV.REQUEST (a PASID entry's by RID or
+//! a TD's domain by TDR, any type; the wait descriptor good, without FN, with qword 2 or 3 set;
+//! its status address in any host page, misaligned, outside host memory, with KeyID bits) and
+//! TDH.IQ.INV.PROCESS of any IOMMU.
 //!
 //! After every call: `tsm_tests::invariants::check`, the record tables' consistency
 //! ([`registry_consistent`]), host memory (written only by a relay, only in the TDI's request
@@ -35,7 +43,13 @@
 //! with no leaf left in its ranges, a bind or start the device's answer completes leaves the
 //! TDI (and, answered just now, the device) in the matching state, bind and start never
 //! complete without the device, and only unbind, device error, check, TRACK and a device
-//! answer ever answer `TDX_INTERRUPTED_RESUMABLE`. At the end every TDI is unbound (flushes
+//! answer ever answer `TDX_INTERRUPTED_RESUMABLE`. Trusted DMA (`World::dma_oracle`): a
+//! TDI's DMA reaches a TD's private memory only while the TDI is RUN bound to it, its core
+//! record says the context is active and its PASID entry is the TD's, present, with SLPTPTR
+//! the TD's S-EPT root (and a RUN TDI with an active context on a live stream does reach it);
+//! every PASID entry belongs to a TDI bound to the entry's TD, so a finished unbind leaves
+//! none; TDH.DEVIF.REMOVE never succeeds while the TDI has a context or an entry; TDH.DMAR.READ
+//! changes nothing. At the end every TDI is unbound (flushes
 //! released, the device behaving, pages writable) within a bounded number of calls.
 
 use std::cell::Cell;
@@ -1046,7 +1060,8 @@ impl World<'_> {
             && (is(abi::TDH_MEM_SEPT_RD)
                 || is(abi::TSM_DEVIF_STATE)
                 || is(abi::TSM_MMIO_ZAP_CHECK)
-                || is(dmar::TDH_DMAR_READ));
+                || is(dmar::TDH_DMAR_READ)
+                || (status == TDX_SUCCESS && dmar_noop(leaf, regs, before)));
         let decoded = leaf.and_then(|l| st::decode(status, &abi::operands(l)));
         let err = decoded.and_then(Result::err);
         if refused {
@@ -2488,6 +2503,38 @@ fn tdi_named(rcx: u64, before: &Image, after: &Image) -> Option<TdiId> {
             .map(TdiId::from_slot)
     };
     find(before).or_else(|| find(after))
+}
+
+/// Whether the host's TDH.DMAR.BLOCK or TDH.IQ.INV.REQUEST (INV_REQ_PASIDTE) named an entry
+/// the firmware already took that far (blocked; its invalidation requested): README, "a later
+/// BLOCK or IQ.INV.REQUEST of that entry by a host running Linux's own order succeeds and
+/// changes nothing".
+fn dmar_noop(leaf: Option<u16>, regs: &SeamRegs, before: &Image) -> bool {
+    let rid = match leaf {
+        Some(dmar::TDH_DMAR_BLOCK) => dmar::decode_dmar_idx(regs.rcx),
+        Some(dmar::TDH_IQ_INV_REQUEST) if regs.rdx == dmar::INV_REQ_PASIDTE => {
+            u16::try_from(regs.rcx)
+                .ok()
+                .zip(u16::try_from(regs.r8).ok())
+                .map(|(segment, routing)| RequesterId::from_routing(segment, routing))
+        }
+        _ => None,
+    };
+    let Some(rid) = rid else { return false };
+    let dma = before
+        .core
+        .tdis
+        .iter()
+        .flatten()
+        .find(|t| t.iface.requester_id() == rid)
+        .and_then(|t| t.dma);
+    match leaf {
+        Some(dmar::TDH_DMAR_BLOCK) => matches!(
+            dma,
+            Some(DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated)
+        ),
+        _ => matches!(dma, Some(DmaState::Invalidating | DmaState::Invalidated)),
+    }
 }
 
 /// RCX of a TDH.DMAR leaf for requester `rid`: its PASID entry's `dmar_idx_t`, or as `idx`
