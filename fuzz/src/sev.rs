@@ -49,7 +49,9 @@
 //! leaves none and TIO_TDI_RECLAIM never succeeds with one; an SDTE write answered with any
 //! status but success changes nothing but the response page, and one answered success either
 //! accepted a pending entry as written (valid, the guest's ASID, the bind's fields kept, the
-//! core's context active) or changed nothing but the response page. At the end every TDI unbinds (fences released, the device behaving).
+//! core's context active) or changed nothing but the response page. At the end every TDI
+//! unbinds (fences released, the device behaving; an unbind the device's answer failed is
+//! called once more).
 
 use arbitrary::{Arbitrary, Unstructured};
 use platform_sev::abi::{self, Command, SlaAddr, len_of};
@@ -1762,7 +1764,16 @@ impl World {
             c.dev_ctx = t.dev_sla.into();
             c.tdi_ctx = t.sla.into();
             c.gctx_paddr = owner.unwrap_or(GCTX).into();
-            let o = self.unbind_all(c);
+            let mut o = self.unbind_all(c);
+            // A STOP the device answered while it misbehaved (an answer the host lost, which
+            // the device gives again to the same request) ends that exchange as the device's
+            // failure; the host calls again, and the next STOP is a new request.
+            if matches!(
+                Error::from_code(o.detail),
+                Some(Error::DeviceMalformed | Error::DeviceRefused | Error::DeviceUnresponsive)
+            ) {
+                o = self.unbind_all(c);
+            }
             let after = self.sev.tsm().tdi(t.tdi);
             if o != Outcome::SUCCESS
                 || after.is_ok_and(|r| r.state != TdiState::Unbound || r.exchange.is_some())

@@ -49,8 +49,10 @@
 //! the TD's S-EPT root (and a RUN TDI with an active context on a live stream does reach it);
 //! every PASID entry belongs to a TDI bound to the entry's TD, so a finished unbind leaves
 //! none; TDH.DEVIF.REMOVE never succeeds while the TDI has a context or an entry; TDH.DMAR.READ
-//! changes nothing. At the end every TDI is unbound (flushes
-//! released, the device behaving, pages writable) within a bounded number of calls.
+//! and a host BLOCK or IQ.INV.REQUEST of an entry the firmware took that far already change
+//! nothing. At the end every TDI is unbound (flushes released, the device behaving, pages
+//! writable; an unbind the device's answer failed is called once more) within a bounded number
+//! of calls.
 
 use std::cell::Cell;
 
@@ -1910,7 +1912,21 @@ impl World<'_> {
                 continue;
             };
             self.device.link_mut().set_misbehaviour(rec.iface, None);
-            let out = self.unbind_all(t as u64);
+            let mut out = self.unbind_all(t as u64);
+            // A STOP the device answered while it misbehaved (an answer the host lost, which
+            // the device gives again to the same request) ends that exchange as the device's
+            // failure; the host calls again, and the next STOP is a new request.
+            let device_failed = |rax: u64| {
+                [
+                    st::TSM_DEVICE_MALFORMED,
+                    st::TSM_DEVICE_REFUSED,
+                    st::TSM_DEVICE_UNRESPONSIVE,
+                ]
+                .contains(&(rax & st::CODE_MASK))
+            };
+            if device_failed(out.rax) {
+                out = self.unbind_all(t as u64);
+            }
             let after = self.fw.tdi(TdiId::from_slot(t as u16));
             if out.rax != TDX_SUCCESS
                 || after.is_ok_and(|r| r.state != TdiState::Unbound || r.exchange.is_some())
