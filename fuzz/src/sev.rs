@@ -1572,7 +1572,11 @@ impl World {
         let body = usize::try_from(req.wrapping_sub(MEM))
             .ok()
             .and_then(|o| o.checked_add(usize::from(msg::HDR_SIZE)))
-            .and_then(|o| before.mem.get(o..o + size_of::<msg::SdteWriteReq>()))
+            .and_then(|o| {
+                before
+                    .mem
+                    .get(o..o.checked_add(size_of::<msg::SdteWriteReq>())?)
+            })
             .and_then(|b| msg::SdteWriteReq::read_from_bytes(b).ok());
         let (Some(r), Some(ctx), Some(g)) = (
             body,
@@ -2464,18 +2468,21 @@ fn sdtes_diff(before: &State, after: &State, exempt: Exempt) -> Result<(), Strin
         x.q[0] = (x.q[0].get() & !(sdte::Q0_V | sdte::Q0_IR | sdte::Q0_IW)).into();
         x
     };
-    let torn = |s: DmaState| {
-        matches!(
-            s,
-            DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated
-        )
+    // How far a context's teardown got: it never goes back.
+    let rank = |s: DmaState| match s {
+        DmaState::Pending | DmaState::Active => 0,
+        DmaState::Blocked => 1,
+        DmaState::Invalidating => 2,
+        DmaState::Invalidated => 3,
     };
+    let torn = |s: DmaState| rank(s) > 0;
     let ok = match (b, a) {
         (Some(b), Some(a)) => {
             exempt.blocks()
                 && (a.iface, a.guest, a.translated) == (b.iface, b.guest, b.translated)
                 && a.sdte == blocked(&b.sdte)
                 && torn(a.state)
+                && rank(a.state) >= rank(b.state)
                 && (!torn(b.state) || a.blocked_at == b.blocked_at)
         }
         (Some(_), None) => exempt.removes(),
