@@ -53,7 +53,10 @@
 //! context may be blocked too and go on through its invalidation (the core record's `dma`;
 //! TDX's PASID entry not present, BLOCKED, its invalidation queued; SEV's sDTE with V, IR and
 //! IW clear, its fence count noted, every other bit kept); where it lets them be removed
-//! ([`Exempt::removes`]) the context may be removed. Nothing else ever changes a context on a
+//! ([`Exempt::removes`]) the context may be removed, and on TDX the owner's PASID entries
+//! marked as owing its TRACK's IOTLB invalidation (README: "every TRACK (the host's
+//! TDH.MEM.TRACK, or an unbind's Track step) of a TD with an accepted PASID entry [...] owes a
+//! domain-selective IOTLB invalidation"). Nothing else ever changes a context on a
 //! refusal: a refused TDH.DMAR or TDH.IQ leaf, TDG.DMAR.ACCEPT or SEV SDTE write changes
 //! nothing (a guest message refused inside its answer: but its response page), and neither
 //! does a host BLOCK or IQ.INV.REQUEST of an entry the firmware blocked already, which

@@ -2544,12 +2544,23 @@ fn dmar_noop(leaf: Option<u16>, regs: &SeamRegs, before: &Image) -> bool {
         .flatten()
         .find(|t| t.iface.requester_id() == rid)
         .and_then(|t| t.dma);
+    let entry = before
+        .dmar
+        .iter()
+        .find(|e| e.rid == rid)
+        .map(|e| e.te.state());
     match leaf {
         Some(dmar::TDH_DMAR_BLOCK) => matches!(
             dma,
             Some(DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated)
         ),
-        _ => matches!(dma, Some(DmaState::Invalidating | DmaState::Invalidated)),
+        // An invalidation TDH.IQ.INV.PROCESS completed since is not nothing: the core's record
+        // learns it here (Invalidating -> Invalidated), the entry staying as it is.
+        _ => match dma {
+            Some(DmaState::Invalidated) => true,
+            Some(DmaState::Invalidating) => entry == Some(DmaState::Invalidating),
+            _ => false,
+        },
     }
 }
 
@@ -2602,14 +2613,15 @@ fn check_registers(regs: &SeamRegs, out: &SeamRegs, what: &str) {
     }
 }
 
-/// The S-EPT under an exempt refusal: the leaves as [`common::leaves_diff`] allows, every
-/// TD's epochs as before but the exempt TDI's owner's, which may advance by one (and its flush
-/// follow) only under [`Exempt::removes`]. The pool's bytes are not compared byte by byte
-/// here (which bytes hold which leaf, and the table pages a removal gives back, would need a
-/// second S-EPT walker): the leaf-level comparison, through `SecureTable::next_leaf` over the
-/// whole address space, stands for them.
+/// The S-EPT under an exempt refusal: the leaves as [`common::leaves_diff`] allows, the PASID
+/// entries as [`dmar_diff`] does, every TD's epochs as before but the exempt TDI's owner's,
+/// which may advance by one (and its flush follow) only under [`Exempt::removes`]. The pool's
+/// bytes are not compared byte by byte here (which bytes hold which leaf, and the table pages
+/// a removal gives back, would need a second S-EPT walker): the leaf-level comparison, through
+/// `SecureTable::next_leaf` over the whole address space, stands for them.
 fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), String> {
     common::leaves_diff(&before.core.owners, &before.leaves, &after.leaves, exempt)?;
+    dmar_diff(before, after, exempt)?;
     let owner = exempt
         .tdi()
         .and_then(|t| {
@@ -2639,6 +2651,78 @@ fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// The PASID entries under an exempt refusal: every entry as it was but the exempt TDI's,
+/// which may be blocked (not present, BLOCKED, every other architectural bit kept) and go on
+/// through its invalidation where the exemption blocks its leaves ([`Exempt::blocks`]), and be
+/// removed where it removes them ([`Exempt::removes`]), never going back; under
+/// [`Exempt::removes`] the owner's entries may also be marked as owing (or queue) the IOTLB
+/// invalidation of the owner's TRACK, the unbind's Track step (`IotlbOwed`).
+fn dmar_diff(before: &Image, after: &Image, exempt: Exempt) -> Result<(), String> {
+    if before.dmar == after.dmar {
+        return Ok(());
+    }
+    let rec = exempt.tdi().and_then(|t| {
+        before
+            .core
+            .tdis
+            .get(usize::from(t.slot()))
+            .cloned()
+            .flatten()
+    });
+    let rid = rec.as_ref().map(|r| r.iface.requester_id());
+    let owner = rec.and_then(|r| r.state.owner());
+    // An entry without what the exemption lets change: its tracking for the owner's TRACK,
+    // and (the exempt TDI's) its presence and state bits.
+    let kept = |e: &DmarEntry| {
+        let tracked = exempt.removes() && Some(e.guest) == owner;
+        let iotlb = if tracked {
+            dmar::IotlbOwed::Nothing
+        } else {
+            e.iotlb
+        };
+        let mut q = e.te.architectural();
+        if Some(e.rid) == rid {
+            q[0] &= !dmar::PTE_P;
+        }
+        (e.rid, e.guest, q, iotlb)
+    };
+    let mine = |e: &&DmarEntry| Some(e.rid) == rid;
+    let others =
+        |img: &Image| -> Vec<_> { img.dmar.iter().filter(|e| !mine(e)).map(kept).collect() };
+    let rank = |s: DmaState| match s {
+        DmaState::Pending | DmaState::Active => 0,
+        DmaState::Blocked => 1,
+        DmaState::Invalidating => 2,
+        DmaState::Invalidated => 3,
+    };
+    let (b, a) = (
+        before.dmar.iter().find(mine).copied(),
+        after.dmar.iter().find(mine).copied(),
+    );
+    let ok = others(before) == others(after)
+        && match (b, a) {
+            (Some(b), Some(a)) => {
+                b == a
+                    || (exempt.blocks()
+                        && kept(&a) == kept(&b)
+                        && !a.te.present()
+                        && rank(a.te.state()) > 0
+                        && rank(a.te.state()) >= rank(b.te.state()))
+            }
+            (Some(_), None) => exempt.removes(),
+            (None, None) => true,
+            (None, Some(_)) => false,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "PASID entries {:?} -> {:?} under {exempt:?}",
+            before.dmar, after.dmar
+        ))
+    }
 }
 
 /// A seed's operations (the seed generator's view of [`Op`]).
