@@ -61,7 +61,9 @@
 //! nothing (a guest message refused inside its answer: but its response page), and neither
 //! does a host BLOCK or IQ.INV.REQUEST of an entry the firmware blocked already, which
 //! succeeds (README: "a later BLOCK or IQ.INV.REQUEST of that entry by a host running Linux's
-//! own order succeeds and changes nothing").
+//! own order succeeds and changes nothing"); but an IQ.INV.REQUEST of an entry whose
+//! invalidation TDH.IQ.INV.PROCESS completed since is how the core's record learns it
+//! (`Invalidating` to `Invalidated`, `Tsm::host_dma_invalidate`), the entry kept.
 //!
 //! An exemption allows changes and never requires them: the targets check separately that an
 //! exchange the device's answer ended (`DeviceUnresponsive`, `DeviceRefused`,
