@@ -381,7 +381,7 @@ ops! {
     pub enum Idx {
         /// The TDI's entry (PASID 0 on the IOMMU of its segment).
         Good,
-        /// Another table level (`1 + level % 7`: root, context, PASID directory, undefined).
+        /// Another `dmar_lvl_e` level, or an undefined one (`1 + level % 7`).
         Level { level: u8 },
         /// Reserved bit `3 + bit % 9` set.
         Reserved { bit: u8 },
