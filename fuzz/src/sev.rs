@@ -1993,6 +1993,13 @@ impl World {
                     return;
                 };
                 self.put_answer(&buf, answer, resp, from_page);
+                // A mutated buffer may name other SPDM buffers than those the answer went to:
+                // not the answer as Linux hands it.
+                if m != [Mut::Keep; 2]
+                    && let Some(h) = &mut self.handed
+                {
+                    h.clean = false;
+                }
                 self.issue(id, &buf, m);
             }
             Cmd::Device { t, action } => {
