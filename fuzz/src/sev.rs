@@ -861,6 +861,7 @@ impl World {
         let mut b = Buf([0; 0x68]);
         let n = bytes.len().min(0x60);
         b.0[..n].copy_from_slice(&bytes[..n]);
+        let first_id = id;
         let (mut id, mut len, mut off) = (id, n, 0usize);
         for m in muts {
             match m {
@@ -887,6 +888,17 @@ impl World {
             b.0.copy_within(0..0x60, off);
         }
         let buf = b.0[off..off + len].to_vec();
+        // A mutation that moved the SPDM buffers (or the command) away from those the host
+        // wrote a continuation's answer for: not the answer as Linux hands it.
+        let spdm = |v: &[u8]| {
+            v.get(abi::SPDM_CTRL_OFFSET..abi::SPDM_CTRL_OFFSET + 16)
+                .map(<[u8]>::to_vec)
+        };
+        if (spdm(bytes) != spdm(&buf) || id != first_id)
+            && let Some(h) = &mut self.handed
+        {
+            h.clean = false;
+        }
         let call = self.call_of(id, &buf);
         let output = self.output_of(id, &buf);
         let mut states = self.states.take().map(|b| {
@@ -1993,13 +2005,6 @@ impl World {
                     return;
                 };
                 self.put_answer(&buf, answer, resp, from_page);
-                // A mutated buffer may name other SPDM buffers than those the answer went to:
-                // not the answer as Linux hands it.
-                if m != [Mut::Keep; 2]
-                    && let Some(h) = &mut self.handed
-                {
-                    h.clean = false;
-                }
                 self.issue(id, &buf, m);
             }
             Cmd::Device { t, action } => {
