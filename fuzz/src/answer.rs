@@ -132,8 +132,12 @@ impl Answers {
         };
         match answer {
             Answer::Genuine => {
+                let known = self.produced.len();
                 let g = self.genuine(device, request);
-                let fresh = g.is_some();
+                // A request the device answered before gets that answer again without being
+                // acted on (`ModelDevice::answer`): the device's state may have moved since
+                // (a reset, an FLR), so only an answer never seen is the device's state now.
+                let fresh = g.is_some() && self.produced.len() > known;
                 (g, fresh)
             }
             Answer::Silent => (None, false),

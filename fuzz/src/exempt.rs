@@ -43,6 +43,28 @@
 //!    leaves it as it was." Allowed: that TDI `Locked` -> `Error` with the same owner, its
 //!    exchange ended, its leaves blocked.
 //!
+//! The TDI's trusted DMA context goes with its leaves under items 0, 1 and 3 (README, "Trusted
+//! DMA": "The context is blocked where the MMIO is: when an unbind (or forced unbind) has
+//! blocked the leaves, before STOP, and when the device reports ERROR"; "The unbind also
+//! requests its IOTLB invalidation right at that block where the platform's track leaves the
+//! IOTLB alone"; then "in a `Dma` step after the MMIO teardown: await the IOTLB invalidation
+//! (`IotlbInvalidationPending` with the progress kept, as `TlbFlushPending`), remove the
+//! context"). Where an exemption lets the TDI's leaves be blocked ([`Exempt::blocks`]) its
+//! context may be blocked too and go on through its invalidation (the core record's `dma`;
+//! TDX's PASID entry not present, BLOCKED, its invalidation queued; SEV's sDTE with V, IR and
+//! IW clear, its fence count noted, every other bit kept); where it lets them be removed
+//! ([`Exempt::removes`]) the context may be removed, and on TDX the owner's PASID entries
+//! marked as owing its TRACK's IOTLB invalidation (README: "every TRACK (the host's
+//! TDH.MEM.TRACK, or an unbind's Track step) of a TD with an accepted PASID entry [...] owes a
+//! domain-selective IOTLB invalidation"). Nothing else ever changes a context on a
+//! refusal: a refused TDH.DMAR or TDH.IQ leaf, TDG.DMAR.ACCEPT or SEV SDTE write changes
+//! nothing (a guest message refused inside its answer: but its response page), and neither
+//! does a host BLOCK or IQ.INV.REQUEST of an entry the firmware blocked already, which
+//! succeeds (README: "a later BLOCK or IQ.INV.REQUEST of that entry by a host running Linux's
+//! own order succeeds and changes nothing"); but an IQ.INV.REQUEST of an entry whose
+//! invalidation TDH.IQ.INV.PROCESS completed since is how the core's record learns it
+//! (`Invalidating` to `Invalidated`, `Tsm::host_dma_invalidate`), the entry kept.
+//!
 //! An exemption allows changes and never requires them: the targets check separately that an
 //! exchange the device's answer ended (`DeviceUnresponsive`, `DeviceRefused`,
 //! `DeviceMalformed` from a device answer) is no longer outstanding and that a refused or

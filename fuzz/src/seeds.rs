@@ -14,9 +14,10 @@ use tsm_core::{RequesterId, TdispState};
 
 use crate::answer::Answer;
 use crate::relay::{self, Step};
-use crate::sev::{self, Cmd, HdrMut, Msg, Mut, RespMut, SevReport, Stage, Val};
+use crate::sev::{self, Cmd, HdrMut, Msg, Mut, RespMut, SdteMut, SevReport, Stage, Val};
 use crate::tdx::{
-    self, At, Bars, DevAction, GpaPick, HpaPick, LeafNum, ListMut, Op, Rdx, Relay, Report, Td, Zap,
+    self, AcceptMut, AddQwords, At, Bars, DevAction, GpaPick, HpaPick, Idx, InvKind, Iommu,
+    LeafNum, ListMut, Op, Rdx, Relay, Report, StatusAddr, Td, WaitDesc, Zap,
 };
 
 /// What a seed must reach when run.
@@ -40,6 +41,10 @@ pub enum Reach {
     /// TIO commands refused before TIO_INIT, TIO_STATUS answered before and after it, one
     /// TIO_INIT, and a TDI bound after it.
     TioInit,
+    /// A TDI's DMA reached its guest's private memory through the context the host created
+    /// and the guest accepted (TDX: the PASID entry; SEV: the sDTE), host and guest DMA
+    /// requests were refused, and the TDI was then unbound.
+    DmaPrivateThenUnbound,
 }
 
 /// One seed file.
@@ -606,7 +611,172 @@ fn tdx_seeds() -> Vec<Seed> {
         tdx::encode(false, &ops),
         Reach::Relays,
     ));
+    out.push(seed(
+        "tdx_dispatcher",
+        "dma-private-unbind",
+        tdx::encode(false, &tdx_dma_ops()),
+        Reach::DmaPrivateThenUnbound,
+    ));
     out
+}
+
+/// A TDI whose DMA reaches its TD's private memory, every trusted-DMA leaf refused on the way
+/// (bad `dmar_idx_t`, a chosen translation or domain, another TD, a running TDI's teardown,
+/// bad wait descriptors), then its unbind with the host's own DMA teardown in the Linux
+/// order, and the TDI removed once no entry remains.
+fn tdx_dma_ops() -> Vec<Op> {
+    let add = |td: Td, idx: Idx, qw: AddQwords| Op::DmarAdd {
+        tdi: 0,
+        td,
+        idx,
+        qw,
+    };
+    let accept = |td: Td, m: AcceptMut| Op::DmarAccept { tdi: 0, td, m };
+    let good_wait = WaitDesc::Good { data: 1 };
+    let status = StatusAddr::Page { page: 5, word: 0 };
+    let iq = |kind: InvKind, iommu: Iommu, wait: WaitDesc, status: StatusAddr| Op::IqRequest {
+        tdi: 0,
+        iommu,
+        kind,
+        wait,
+        status,
+    };
+    let iotlb = InvKind::Iotlb {
+        td: Td::OwnerOf { tdi: 0 },
+    };
+    let process = Op::IqProcess {
+        tdi: 0,
+        iommu: Iommu::Own,
+    };
+    let mut ops = vec![Op::TdCreate, Op::TdCreate];
+    ops.extend(td_device(0, Bars::One));
+    ops.extend([
+        Op::Bind {
+            tdi: 0,
+            td: T0,
+            report: Report::Split,
+            r8: false,
+            relay: Relay::Drive,
+        },
+        Op::Map {
+            tdi: 0,
+            td: T0,
+            gpa: GpaPick::Slot { i: 0 },
+            hpa: HpaPick::Owned { range: 0, page: 0 },
+            level: 1,
+        },
+        Op::Accept {
+            td: T0,
+            at: At::Leaf { i: 0 },
+        },
+        accept(T0, AcceptMut::Fine),
+        add(T0, Idx::Level { level: 0 }, AddQwords::Good),
+        add(T0, Idx::Reserved { bit: 0 }, AddQwords::Good),
+        add(T0, Idx::Pasid { pasid: 1 }, AddQwords::Good),
+        add(T0, Idx::OtherIommu, AddQwords::Good),
+        add(T1, Idx::Good, AddQwords::Good),
+        add(T0, Idx::Good, AddQwords::Slptptr { page: 0x1234 }),
+        add(T0, Idx::Good, AddQwords::Did { did: 7 }),
+        add(T0, Idx::Good, AddQwords::Present),
+        add(T0, Idx::Good, AddQwords::OtherAw),
+        add(T0, Idx::Good, AddQwords::High { q: 4, v: 1 }),
+        add(T0, Idx::Good, AddQwords::Good),
+        add(T0, Idx::Good, AddQwords::Good),
+        Op::DmarRead {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        accept(T1, AcceptMut::Fine),
+        accept(T0, AcceptMut::Reg { r: 6, v: 1 }),
+        accept(T0, AcceptMut::Target { v: 1 }),
+        accept(T0, AcceptMut::Fine),
+        accept(T0, AcceptMut::Fine),
+        Op::Start {
+            td: T0,
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::DmarRead {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        // The device still reaches the guest: the host may tear nothing down.
+        Op::DmarBlock {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        Op::DmarRemove {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        iq(InvKind::Pasid, Iommu::Own, good_wait, status),
+        Op::DevifRemove { tdi: 0 },
+        // The TD's domain owes nothing, then its TRACK's invalidation, requested badly first.
+        iq(iotlb, Iommu::Own, good_wait, status),
+        Op::Track { td: T0 },
+        iq(iotlb, Iommu::Other, good_wait, status),
+        iq(iotlb, Iommu::Own, WaitDesc::NoFence, status),
+        iq(
+            iotlb,
+            Iommu::Own,
+            WaitDesc::High { r12: true, v: 1 },
+            status,
+        ),
+        iq(
+            iotlb,
+            Iommu::Own,
+            good_wait,
+            StatusAddr::Misaligned { page: 5, off: 0 },
+        ),
+        iq(iotlb, Iommu::Own, good_wait, StatusAddr::Outside),
+        iq(iotlb, Iommu::Own, good_wait, StatusAddr::KeyId),
+        iq(InvKind::Type { rdx: 2 }, Iommu::Own, good_wait, status),
+        iq(iotlb, Iommu::Own, good_wait, status),
+        iq(iotlb, Iommu::Own, good_wait, status),
+        Op::IqProcess {
+            tdi: 0,
+            iommu: Iommu::Other,
+        },
+        process,
+        // One unbind call, relayed; then the host's own teardown in the Linux order.
+        Op::Unbind {
+            tdi: 0,
+            relay: Relay::Drive,
+        },
+        Op::DmarBlock {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        iq(
+            InvKind::PasidRaw { r8: 1 << 20 },
+            Iommu::Own,
+            good_wait,
+            status,
+        ),
+        iq(InvKind::Pasid, Iommu::Own, good_wait, status),
+        Op::DmarRemove {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        process,
+        Op::DmarRemove {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        iq(iotlb, Iommu::Own, good_wait, status),
+        process,
+        Op::DmarRemove {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        Op::UnbindAll { tdi: 0 },
+        Op::DmarRead {
+            tdi: 0,
+            idx: Idx::Good,
+        },
+        Op::DevifRemove { tdi: 0 },
+    ]);
+    ops
 }
 
 fn m0() -> [Mut; 2] {
@@ -1226,7 +1396,56 @@ fn sev_seeds() -> Vec<Seed> {
         sev::encode(Stage::Uninit, &cmds),
         Reach::TioInit,
     ));
+
+    out.push(seed(
+        "sev_dispatcher",
+        "sdte-private-unbind",
+        sev::encode(Stage::Started, &sev_dma_cmds()),
+        Reach::DmaPrivateThenUnbound,
+    ));
     out
+}
+
+/// The started TDI's sDTE: the guest's SDTE writes refused (another guest, firmware bits, a
+/// VMPL below the sender's, malformed VMPCKs, a reserved body byte), an invalidation of an
+/// entry never valid, then Linux's write (its DMA reaches the guest's private memory), its
+/// rewrites (the same bits: nothing changes; others, or V clear: kept until the unbind), the
+/// unbind, a write to the unbound TDI and the reclaim.
+fn sev_dma_cmds() -> Vec<Cmd> {
+    let write = |g: u8, entry: SdteMut, hdr: HdrMut| Cmd::Guest {
+        d: 0,
+        t: 0,
+        g,
+        msg: Msg::Sdte { gdev: 0, entry },
+        hdr,
+        req: 0,
+        res: 0,
+        m: m0(),
+        relay: Relay::Drive,
+    };
+    vec![
+        write(1, SdteMut::Linux, HdrMut::Fine),
+        write(0, SdteMut::Reserved { bit: 5 }, HdrMut::Fine),
+        write(0, SdteMut::Reserved { bit: 300 }, HdrMut::Fine),
+        write(0, SdteMut::BelowSender { k: 4 }, HdrMut::Fine),
+        write(0, SdteMut::Linux, HdrMut::Vmpck { v: 4 }),
+        write(0, SdteMut::Linux, HdrMut::Vmpck { v: 255 }),
+        write(0, SdteMut::BodyReserved { at: 2 }, HdrMut::Fine),
+        write(0, SdteMut::Invalidate, HdrMut::Fine),
+        write(0, SdteMut::Linux, HdrMut::Fine),
+        write(0, SdteMut::Linux, HdrMut::Fine),
+        write(0, SdteMut::Flip { bit: 3 }, HdrMut::Fine),
+        write(0, SdteMut::Vmpl { vmpl: 1 }, HdrMut::Fine),
+        write(0, SdteMut::Flip { bit: 0 }, HdrMut::Fine),
+        write(1, SdteMut::Invalidate, HdrMut::Fine),
+        Cmd::TdiUnbindAll { d: 0, t: 0, g: 0 },
+        write(0, SdteMut::Linux, HdrMut::Fine),
+        Cmd::TdiReclaim {
+            d: 0,
+            t: 0,
+            m: m0(),
+        },
+    ]
 }
 
 fn fid() -> u32 {
@@ -1610,6 +1829,9 @@ pub fn check(s: &Seed) -> Result<String, String> {
                 Reach::Relays => {
                     st.malformed > 0 && st.exempt > 0 && st.run && st.unbound && st.relays > 0
                 }
+                Reach::DmaPrivateThenUnbound => {
+                    st.dma_private && st.dma_unbound && st.refused >= 20
+                }
                 Reach::Checks => true,
                 Reach::Bound | Reach::Refused | Reach::TioInit => false,
             };
@@ -1634,6 +1856,12 @@ pub fn check(s: &Seed) -> Result<String, String> {
                 }
                 Reach::TioInit => {
                     st.before_init > 0 && st.tio_inits == 1 && st.tio_status >= 2 && st.locked
+                }
+                Reach::DmaPrivateThenUnbound => {
+                    st.dma_private
+                        && st.dma_unbound
+                        && st.sdte_written >= 3
+                        && st.refused_in_answer >= 8
                 }
                 Reach::Checks => true,
                 Reach::Bound | Reach::Refused => false,

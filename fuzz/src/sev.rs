@@ -18,7 +18,11 @@
 //! nothing, one round with another answer: nothing, mangled, replayed, reflected, made up,
 //! too long) and later continuations of a saved written-back buffer with any answer and a
 //! mangled response buffer; and the host's actions beside commands: device misbehaviour and
-//! events, the device's report, fences held, the host's own RMPUPDATE and PSMASH.
+//! events, the device's report, fences held, the host's own RMPUPDATE and PSMASH. The guest's
+//! TIO_MSG_SDTE_WRITE_REQ is one of the guest messages: Linux's entry, or a firmware bit set,
+//! a guest bit flipped, a VMPL below the sender's VMPCK, V clear, a reserved body byte, any
+//! entry; from the owner or another guest, under any VMPCK (header mutation), again once
+//! valid.
 //!
 //! After every command: `tsm_tests::invariants::check`, the record tables' consistency and the
 //! context tables' (every context names a live core object of its kind, guest device IDs are
@@ -37,7 +41,17 @@
 //! zap or host RMPUPDATE touches no private owned page and no leaf, a finished unbind leaves
 //! the TDI unbound and owning nothing, read-only commands (TDI_INFO, ASID_FENCE_STATUS,
 //! TDI_REPORT) change no table, and only unbind, device error, TDI_STATUS and the fence clear
-//! answer RESUME_REQUIRED. At the end every TDI unbinds (fences released, the device behaving).
+//! answer RESUME_REQUIRED. Trusted DMA (`World::dma_oracle`): the secure device table is in
+//! every refusal's image; a TDI's DMA reaches a guest's private memory only while the TDI is
+//! RUN bound to it, its core record says the context is active and its sDTE is the guest's,
+//! valid and names the guest's ASID (and a RUN TDI with an active context on a live stream
+//! does reach it); every sDTE belongs to a TDI bound to the entry's guest, so a finished unbind
+//! leaves none and TIO_TDI_RECLAIM never succeeds with one; an SDTE write answered with any
+//! status but success changes nothing but the response page, and one answered success either
+//! accepted a pending entry as written (valid, the guest's ASID, the bind's fields kept, the
+//! core's context active) or changed nothing but the response page. At the end every TDI
+//! unbinds (fences released, the device behaving; an unbind the device's answer failed is
+//! called once more).
 
 use arbitrary::{Arbitrary, Unstructured};
 use platform_sev::abi::{self, Command, SlaAddr, len_of};
@@ -47,15 +61,17 @@ use platform_sev::host::{self, read_request, response_init, write_response};
 use platform_sev::memory::{PageMemory, SystemMemory};
 use platform_sev::pfn::Pfn;
 use platform_sev::rmp::{AsidFence, Rmp, RmpEntry, RmpStore, RmpUpdate, rmp_index_words};
+use platform_sev::sdte::{self, Sdte, SdteSlot};
 use platform_sev::status::{Outcome, SevStatus};
-use platform_sev::zerocopy::{FromZeros, IntoBytes};
+use platform_sev::zerocopy::{FromBytes, FromZeros, IntoBytes};
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::relay::{MAX_RELAY_BYTES, doe};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    Completion, DeviceOp, Error, GuestId, Hpa, MmioRange, ModelSession, RequesterId,
+    Completion, DeviceOp, Error, GuestId, Hpa, IdeStream, MmioRange, ModelSession, RequesterId,
     ReservedMemory, TdiId, TdiState,
 };
 use tsm_core::{TdispState, capacity::MAX_RANGES_PER_TDI};
@@ -188,6 +204,30 @@ ops! {
         Info { gdev: u8 },
         /// Any type, any body size.
         Raw { ty: u8, size: u8 },
+        /// TIO_MSG_SDTE_WRITE_REQ (25), the entry as `entry` says.
+        Sdte { gdev: u8, entry: SdteMut },
+    }
+}
+
+ops! {
+    /// The entry of a TIO_MSG_SDTE_WRITE_REQ.
+    pub enum SdteMut {
+        /// As Linux's guest writes it: V, IR, IW, VMPL 0, vTOM_EN and its default vTOM.
+        Linux,
+        /// Linux's with VMPL `vmpl % 4`.
+        Vmpl { vmpl: u8 },
+        /// Linux's with guest-writable bit `bit` (of the 38 of `sdte::GUEST_BITS`) flipped.
+        Flip { bit: u8 },
+        /// Linux's with bit `bit` (of the 474 the guest may not set) set.
+        Reserved { bit: u16 },
+        /// Linux's with V clear: an invalidation.
+        Invalidate,
+        /// Linux's under VMPCK `1 + k % 3`, with a VMPL below it.
+        BelowSender { k: u8 },
+        /// Linux's with reserved byte `at % 14` of the body set.
+        BodyReserved { at: u8 },
+        /// Qwords 0, 3 and 5 (those with guest bits) any values, the rest 0.
+        Raw { q0: u64, q3: u64, q5: u64 },
     }
 }
 
@@ -208,6 +248,8 @@ ops! {
         Size { delta: u8 },
         /// Another message type.
         Type { ty: u8 },
+        /// VMPCK `v` (0..=3 the sender's VMPL; above, malformed).
+        Vmpck { v: u8 },
     }
 }
 
@@ -362,6 +404,12 @@ pub struct Stats {
     pub tio_inits: usize,
     /// TIO commands refused as INVALID_PLATFORM_STATE before TIO_INIT.
     pub before_init: usize,
+    /// Guest SDTE writes answered SDTE_WRITE_SUCCESS.
+    pub sdte_written: usize,
+    /// Some TDI's DMA reached a guest's private memory.
+    pub dma_private: bool,
+    /// A TDI whose DMA had reached private memory was unbound.
+    pub dma_unbound: bool,
 }
 
 type Fw = Sev<RmpStore<Vec<RmpEntry>, Vec<u32>>, ModelSession>;
@@ -379,6 +427,8 @@ struct State {
     guests: Vec<GuestCtx>,
     devices: Vec<DevCtx>,
     tdis: Vec<TdiCtx>,
+    /// The secure device table: every sDTE.
+    sdtes: Vec<SdteSlot>,
     tdisp: Vec<(u32, TdispState)>,
     mem: Vec<u8>,
     /// TIO_INIT ran.
@@ -411,6 +461,8 @@ struct World {
     stats: Stats,
     /// The states taken around each command, reused.
     states: Option<Box<(State, State)>>,
+    /// Which TDI slots' DMA reached private memory since their last bind.
+    reached: Vec<bool>,
 }
 
 #[repr(C, align(8))]
@@ -568,12 +620,17 @@ impl World {
             handed: None,
             stats: Stats::default(),
             states: None,
+            reached: vec![false; MAX_TDIS],
         }
     }
 
     /// Takes the state into `out`, reusing its buffers.
     fn state_into(&self, out: &mut Option<State>) {
-        let (mut rmp, mut mem) = out.take().map(|s| (s.rmp, s.mem)).unwrap_or_default();
+        let (mut rmp, mut mem, mut sdtes) = out
+            .take()
+            .map(|s| (s.rmp, s.mem, s.sdtes))
+            .unwrap_or_default();
+        sdtes.clear();
         mem.resize(MEM_PAGES * 4096, 0);
         for (i, chunk) in mem.chunks_mut(4096).enumerate() {
             if self.mem.read(self.mem.page(i as u64), chunk).is_err() {
@@ -588,6 +645,7 @@ impl World {
             .snapshot_with(|r| {
                 rmp.extend(r.entries().iter().map(|e| e.into_bits()));
                 leaves = common::leaves(r);
+                sdtes.extend(r.sdtes().iter().copied());
                 r.fences().to_vec()
             })
             .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
@@ -598,6 +656,7 @@ impl World {
             guests: self.sev.guests().to_vec(),
             devices: self.sev.devices().to_vec(),
             tdis: self.sev.tdis().to_vec(),
+            sdtes,
             tdisp: self.device.dsm().tdisp_states().to_vec(),
             mem,
             tio: self.sev.tio_init_done(),
@@ -719,6 +778,8 @@ impl World {
 
     /// Writes a guest message (header and body) to the request page.
     fn put_msg(&mut self, m: Msg, hdr: HdrMut) {
+        // The sender's VMPCK: 0 (VMPL 0) unless the message says.
+        let mut vmpck = 0;
         let (ty, body): (u8, Vec<u8>) = match m {
             Msg::Validate {
                 gdev: gd,
@@ -759,8 +820,20 @@ impl World {
                 (ty, r.as_bytes().to_vec())
             }
             Msg::Raw { ty, size } => (ty, vec![0u8; usize::from(size)]),
+            Msg::Sdte { gdev: gd, entry } => {
+                let mut r = msg::SdteWriteReq::new_zeroed();
+                r.guest_device_id = gdev(gd).into();
+                let (sdte, sender) = sdte_of(entry);
+                r.sdte = sdte;
+                vmpck = sender;
+                if let SdteMut::BodyReserved { at } = entry {
+                    r.reserved[usize::from(at % 14)] = 1;
+                }
+                (msg::MSG_SDTE_WRITE_REQ, r.as_bytes().to_vec())
+            }
         };
         let mut h = MsgHeader::new(ty, body.len());
+        h.msg_vmpck = vmpck;
         match hdr {
             HdrMut::Fine => {}
             HdrMut::Version => h.hdr_version = 2,
@@ -771,6 +844,7 @@ impl World {
                 h.msg_sz = h.msg_sz.get().wrapping_add(u16::from(delta)).into();
             }
             HdrMut::Type { ty } => h.msg_type = ty,
+            HdrMut::Vmpck { v } => h.msg_vmpck = v,
         }
         let _ = self.mem.write(MEM + 0x1000, h.as_bytes());
         let _ = self.mem.write(MEM + 0x1000 + 0x60, &body);
@@ -787,6 +861,7 @@ impl World {
         let mut b = Buf([0; 0x68]);
         let n = bytes.len().min(0x60);
         b.0[..n].copy_from_slice(&bytes[..n]);
+        let first_id = id;
         let (mut id, mut len, mut off) = (id, n, 0usize);
         for m in muts {
             match m {
@@ -813,6 +888,17 @@ impl World {
             b.0.copy_within(0..0x60, off);
         }
         let buf = b.0[off..off + len].to_vec();
+        // A mutation that moved the SPDM buffers (or the command) away from those the host
+        // wrote a continuation's answer for: not the answer as Linux hands it.
+        let spdm = |v: &[u8]| {
+            v.get(abi::SPDM_CTRL_OFFSET..abi::SPDM_CTRL_OFFSET + 16)
+                .map(<[u8]>::to_vec)
+        };
+        if (spdm(bytes) != spdm(&buf) || id != first_id)
+            && let Some(h) = &mut self.handed
+        {
+            h.clean = false;
+        }
         let call = self.call_of(id, &buf);
         let output = self.output_of(id, &buf);
         let mut states = self.states.take().map(|b| {
@@ -1148,6 +1234,7 @@ impl World {
             }
         }
         self.oracles(id, buf, o, call, waiting, output, before, after, &what);
+        self.dma_oracle(after, &what);
         self.record(after);
     }
 
@@ -1356,8 +1443,13 @@ impl World {
                 if rec.map(|r| (r.state, r.exchange.is_some())) != Some((TdiState::Unbound, false))
                     || after.core.owners.iter().any(|r| r.tdi == ctx.tdi)
                     || ctx.guest_device_id != 0
+                    || rec.is_some_and(|r| r.dma.is_some())
+                    || after.sdtes.iter().any(|e| e.iface == ctx.iface)
                 {
                     fail(format!("unbind done, TDI {rec:?} {ctx:?}: {what}"));
+                }
+                if std::mem::take(&mut self.reached[usize::from(ctx.tdi.slot())]) {
+                    self.stats.dma_unbound = true;
                 }
                 let was = before
                     .core
@@ -1371,7 +1463,17 @@ impl World {
             }
             abi::TIO_GUEST_REQUEST if ok => {
                 let at = output.map_or(0, |(at, _)| at);
-                self.answered(at, call, waiting, before, after, what);
+                self.answered(buf, at, call, waiting, before, after, what);
+            }
+            abi::TIO_TDI_RECLAIM if ok => {
+                let ctx = before.tdis.iter().find(|t| t.sla == word(0x10));
+                if let Some(ctx) = ctx
+                    && before.sdtes.iter().any(|e| e.iface == ctx.iface)
+                {
+                    fail(format!(
+                        "TIO_TDI_RECLAIM succeeded while the TDI's sDTE remained: {what}"
+                    ));
+                }
             }
             abi::TIO_TDI_BIND if ok => {
                 // Only the device's last answer binds.
@@ -1394,9 +1496,15 @@ impl World {
     }
 
     /// A guest message that the firmware answered: refused inside its answer, it changed
-    /// nothing but the response page (exemption 2 for a start the device refused).
+    /// nothing but the response page (exemption 2 for a start the device refused). An SDTE
+    /// write answered SDTE_WRITE_SUCCESS either accepted a pending entry (the entry now valid,
+    /// the guest's, pointed at its ASID, with the guest's bits as written and the firmware's
+    /// fields from the bind kept; the core's context active) or changed nothing but the
+    /// response page (an invalidation of an entry never valid, a valid entry's own bits again).
+    #[allow(clippy::too_many_arguments)]
     fn answered(
         &mut self,
+        buf: &[u8],
         res: u64,
         call: Call,
         waiting: Option<DeviceOp>,
@@ -1421,10 +1529,20 @@ impl World {
             msg::MSG_MMIO_VALIDATE_RSP => (u16_at(2), 0, false),
             // TDI_INFO changes nothing in any case: checked like a refusal, not counted.
             msg::MSG_TDI_INFO_RSP => (u16::MAX, 0, false),
+            msg::MSG_SDTE_WRITE_RSP => (u16_at(2), 0, false),
+            msg::MSG_TDI_RUN_RSP => (u16_at(2), 0, false),
             t => fail(format!("a guest request answered type {t}: {what}")),
         };
         if hdr.msg_type == msg::MSG_MMIO_VALIDATE_RSP && status == 0 {
             self.stats.validated = true;
+        }
+        let page = off..off + MAX_RESPONSE;
+        if hdr.msg_type == msg::MSG_SDTE_WRITE_RSP && status == 0 {
+            self.stats.sdte_written += 1;
+            if let Some(e) = self.sdte_accepted(buf, before, after) {
+                fail(format!("an SDTE write answered success: {e}: {what}"));
+            }
+            return;
         }
         if status == 0 {
             return;
@@ -1448,11 +1566,141 @@ impl World {
                 fail(format!("{e}: {what}"));
             }
         }
-        let page = off..off + MAX_RESPONSE;
         if let Err(e) = diff(before, after, exempt, Some(page)) {
             fail(format!(
                 "a guest message refused in its answer changed state: {e}: {what}"
             ));
+        }
+    }
+
+    /// What is wrong with an SDTE write answered SDTE_WRITE_SUCCESS (`buf` its command), if
+    /// anything (see [`World::answered`]).
+    fn sdte_accepted(&self, buf: &[u8], before: &State, after: &State) -> Option<String> {
+        let word = |at: usize| {
+            buf.get(at..at + 8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        let req = abi::strip_c_bit(word(0x40));
+        let body = usize::try_from(req.wrapping_sub(MEM))
+            .ok()
+            .and_then(|o| o.checked_add(usize::from(msg::HDR_SIZE)))
+            .and_then(|o| {
+                before
+                    .mem
+                    .get(o..o.checked_add(size_of::<msg::SdteWriteReq>())?)
+            })
+            .and_then(|b| msg::SdteWriteReq::read_from_bytes(b).ok());
+        let (Some(r), Some(ctx), Some(g)) = (
+            body,
+            before.tdis.iter().find(|t| t.sla == word(0x30)),
+            before
+                .guests
+                .iter()
+                .find(|g| g.gctx == abi::strip_c_bit(word(0x38))),
+        ) else {
+            return Some("no request, TDI or guest".into());
+        };
+        let of = |s: &State| s.sdtes.iter().find(|e| e.iface == ctx.iface).copied();
+        let (b, a) = (of(before), of(after));
+        let accepts = r.sdte.valid() && b.is_some_and(|b| b.state == DmaState::Pending);
+        if !accepts {
+            return diff(
+                before,
+                after,
+                Exempt::Nothing,
+                Some(self.response_window(word(0x48))),
+            )
+            .err()
+            .map(|e| format!("changed state: {e}"));
+        }
+        let (Some(b), Some(a)) = (b, a) else {
+            return Some("the sDTE is gone".into());
+        };
+        let record = after
+            .core
+            .tdis
+            .get(usize::from(ctx.tdi.slot()))
+            .and_then(Option::as_ref);
+        let ok = a.state == DmaState::Active
+            && a.guest == g.guest
+            && a.sdte.valid()
+            && g.asid != 0
+            && a.sdte.asid() == g.asid
+            && a.sdte.guest_part() == r.sdte.guest_part()
+            && (a.sdte.guest_device_id(), a.sdte.ide_stream_id())
+                == (b.sdte.guest_device_id(), b.sdte.ide_stream_id())
+            && record.is_some_and(|rec| rec.dma == Some(DmaState::Active));
+        (!ok).then(|| format!("accepted as {a:?} from {b:?}, record {record:?}"))
+    }
+
+    /// The bytes of memory a guest request's answer at `res` may write.
+    fn response_window(&self, res: u64) -> core::ops::Range<usize> {
+        let off = usize::try_from(abi::strip_c_bit(res).wrapping_sub(MEM)).unwrap_or(usize::MAX);
+        off..off.saturating_add(MAX_RESPONSE)
+    }
+
+    /// Trusted DMA after every command, read from the firmware's own structures: a TDI's DMA
+    /// reaches a guest's private memory (`dma_reach`) only while the TDI is RUN bound to that
+    /// guest, its core record says the context is active, and the sDTE of its interface is
+    /// the guest's, active, valid and names the guest's ASID; a RUN TDI with an active context
+    /// on a live stream does reach it; and every sDTE belongs to a TDI bound to the entry's
+    /// guest (none outlives an unbind or a TDI).
+    fn dma_oracle(&mut self, after: &State, what: &str) {
+        for (slot, rec) in after.core.tdis.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            let t = TdiId::from_slot(slot as u16);
+            let reach = self
+                .sev
+                .tsm()
+                .dma_reach(t)
+                .unwrap_or_else(|e| fail(format!("dma_reach({t:?}): {e:?} after {what}")));
+            let entry = after.sdtes.iter().find(|e| e.iface == rec.iface);
+            if entry.is_some_and(|e| rec.state.owner() != Some(e.guest)) {
+                fail(format!(
+                    "sDTE {entry:?} of a TDI not bound to its guest ({:?}): {what}",
+                    rec.state
+                ));
+            }
+            let live = after
+                .core
+                .devices
+                .get(usize::from(rec.device.slot()))
+                .and_then(Option::as_ref)
+                .is_some_and(|d| d.stream == IdeStream::Live);
+            let active = rec.dma == Some(DmaState::Active);
+            match reach {
+                DmaReach::Private(g) => {
+                    let asid = after.guests.iter().find(|c| c.guest == g).map(|c| c.asid);
+                    let translates = entry.is_some_and(|e| {
+                        e.guest == g
+                            && e.state == DmaState::Active
+                            && e.sdte.valid()
+                            && asid.is_some_and(|a| a != 0 && e.sdte.asid() == a)
+                    });
+                    if rec.state != (TdiState::Run { owner: g }) || !active || !translates {
+                        fail(format!(
+                            "TDI {slot} reaches {g:?}'s private memory: {:?}, context {:?}, \
+                             sDTE {entry:?}, ASID {asid:?}: {what}",
+                            rec.state, rec.dma
+                        ));
+                    }
+                    self.stats.dma_private = true;
+                    self.reached[slot] = true;
+                }
+                DmaReach::SharedOnly => {
+                    if matches!(rec.state, TdiState::Run { .. }) && active && live {
+                        fail(format!(
+                            "TDI {slot} runs with its sDTE accepted, yet reaches shared memory \
+                             only: {what}"
+                        ));
+                    }
+                }
+            }
+        }
+        for e in &after.sdtes {
+            if !after.core.tdis.iter().flatten().any(|r| r.iface == e.iface) {
+                fail(format!("sDTE {e:?} of no TDI: {what}"));
+            }
         }
     }
 
@@ -1532,7 +1780,16 @@ impl World {
             c.dev_ctx = t.dev_sla.into();
             c.tdi_ctx = t.sla.into();
             c.gctx_paddr = owner.unwrap_or(GCTX).into();
-            let o = self.unbind_all(c);
+            let mut o = self.unbind_all(c);
+            // A STOP the device answered while it misbehaved (an answer the host lost, which
+            // the device gives again to the same request) ends that exchange as the device's
+            // failure; the host calls again, and the next STOP is a new request.
+            if matches!(
+                Error::from_code(o.detail),
+                Some(Error::DeviceMalformed | Error::DeviceRefused | Error::DeviceUnresponsive)
+            ) {
+                o = self.unbind_all(c);
+            }
             let after = self.sev.tsm().tdi(t.tdi);
             if o != Outcome::SUCCESS
                 || after.is_ok_and(|r| r.state != TdiState::Unbound || r.exchange.is_some())
@@ -1861,6 +2118,65 @@ impl World {
     }
 }
 
+/// The sDTE Linux's guest writes (`tio.c` of the SEV-TIO guest patch): V, IR, IW, VMPL 0,
+/// vTOM_EN and vTOM 0x7fff_ffff (2 MiB units).
+pub fn linux_sdte() -> Sdte {
+    let mut s = Sdte::default();
+    s.q[0] = (sdte::Q0_V | sdte::Q0_IR | sdte::Q0_IW).into();
+    s.q[5] = (sdte::Q5_VTOM_EN | 0x7fff_ffff << 1).into();
+    s
+}
+
+/// The `(qword, bit)` pairs of the entry a guest may set (`want` true) or may not.
+fn entry_bits(want: bool) -> impl Iterator<Item = (usize, u32)> {
+    sdte::GUEST_BITS
+        .into_iter()
+        .enumerate()
+        .flat_map(move |(q, mask)| {
+            (0..64)
+                .filter(move |b| (mask >> b & 1 != 0) == want)
+                .map(move |b| (q, b))
+        })
+}
+
+/// Where the sDTE's VMPL field starts (qword 3).
+const VMPL_SHIFT: u32 = sdte::Q3_VMPL.trailing_zeros();
+
+/// The entry of an SDTE write and the VMPCK it is sent under.
+fn sdte_of(m: SdteMut) -> (Sdte, u8) {
+    let mut s = linux_sdte();
+    let toggle = |s: &mut Sdte, (q, b): (usize, u32)| s.q[q] = (s.q[q].get() ^ 1 << b).into();
+    let pick = |want: bool, i: usize| {
+        let n = entry_bits(want).count();
+        entry_bits(want).nth(i % n.max(1))
+    };
+    let mut vmpck = 0;
+    match m {
+        SdteMut::Linux | SdteMut::BodyReserved { .. } => {}
+        SdteMut::Vmpl { vmpl } => s.q[3] = (u64::from(vmpl % 4) << VMPL_SHIFT).into(),
+        SdteMut::Flip { bit } => {
+            if let Some(at) = pick(true, usize::from(bit)) {
+                toggle(&mut s, at);
+            }
+        }
+        SdteMut::Reserved { bit } => {
+            if let Some(at) = pick(false, usize::from(bit)) {
+                toggle(&mut s, at);
+            }
+        }
+        SdteMut::Invalidate => s.q[0] = (s.q[0].get() & !sdte::Q0_V).into(),
+        SdteMut::BelowSender { k } => {
+            vmpck = 1 + k % 3;
+            s.q[3] = (u64::from(k / 3 % vmpck) << VMPL_SHIFT).into();
+        }
+        SdteMut::Raw { q0, q3, q5 } => {
+            s = Sdte::default();
+            (s.q[0], s.q[3], s.q[5]) = (q0.into(), q3.into(), q5.into());
+        }
+    }
+    (s, vmpck)
+}
+
 /// Writes `val` into the `w` bytes at `at` of `buf` (nothing past its end).
 fn put(buf: &mut [u8], at: usize, w: usize, val: Val) {
     let Some(field) = buf.get_mut(at..at + w) else {
@@ -2113,6 +2429,9 @@ fn diff(
             before.guests, before.devices, before.tdis, after.guests, after.devices, after.tdis
         ));
     }
+    if let Err(e) = sdtes_diff(before, after, exempt) {
+        parts.push(e);
+    }
     if let Some(i) = changed_outside(&before.mem, &after.mem, page) {
         parts.push(format!("memory at {:#x}", MEM + i as u64));
     }
@@ -2120,6 +2439,72 @@ fn diff(
         Ok(())
     } else {
         Err(parts.join("; "))
+    }
+}
+
+/// The secure device table under `exempt`: every sDTE as it was but the exempt TDI's, which
+/// may be blocked (V, IR and IW cleared, its state past Pending or Active, the fence count
+/// noted) where the exemption blocks its leaves ([`Exempt::blocks`]: "The context is blocked
+/// where the MMIO is", README, Trusted DMA), go on through its invalidation, and be removed
+/// where the exemption removes them ([`Exempt::removes`]: the unbind's Dma step).
+fn sdtes_diff(before: &State, after: &State, exempt: Exempt) -> Result<(), String> {
+    if before.sdtes == after.sdtes {
+        return Ok(());
+    }
+    let iface = exempt
+        .tdi()
+        .and_then(|t| {
+            before
+                .core
+                .tdis
+                .get(usize::from(t.slot()))
+                .cloned()
+                .flatten()
+        })
+        .map(|r| r.iface);
+    let mine = |e: &&SdteSlot| Some(e.iface) == iface;
+    let others =
+        |s: &State| -> Vec<SdteSlot> { s.sdtes.iter().filter(|e| !mine(e)).copied().collect() };
+    if others(before) != others(after) {
+        return Err(format!(
+            "sDTEs {:?} -> {:?} under {exempt:?}",
+            before.sdtes, after.sdtes
+        ));
+    }
+    let (b, a) = (
+        before.sdtes.iter().find(mine).copied(),
+        after.sdtes.iter().find(mine).copied(),
+    );
+    let blocked = |s: &Sdte| {
+        let mut x = *s;
+        x.q[0] = (x.q[0].get() & !(sdte::Q0_V | sdte::Q0_IR | sdte::Q0_IW)).into();
+        x
+    };
+    // How far a context's teardown got: it never goes back.
+    let rank = |s: DmaState| match s {
+        DmaState::Pending | DmaState::Active => 0,
+        DmaState::Blocked => 1,
+        DmaState::Invalidating => 2,
+        DmaState::Invalidated => 3,
+    };
+    let torn = |s: DmaState| rank(s) > 0;
+    let ok = match (b, a) {
+        (Some(b), Some(a)) => {
+            exempt.blocks()
+                && (a.iface, a.guest, a.translated) == (b.iface, b.guest, b.translated)
+                && a.sdte == blocked(&b.sdte)
+                && torn(a.state)
+                && rank(a.state) >= rank(b.state)
+                && (!torn(b.state) || a.blocked_at == b.blocked_at)
+        }
+        (Some(_), None) => exempt.removes(),
+        (None, None) => true,
+        (None, Some(_)) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("the TDI's sDTE {b:?} -> {a:?} under {exempt:?}"))
     }
 }
 

@@ -17,6 +17,14 @@
 //! ([`Answer`]: nothing, bits flipped, cut short, padded, a wrong DOE length, a replay of an
 //! earlier answer, the request reflected, made-up bytes, too long); `Respond` hands any answer
 //! to any TDI's exchange later, its DOE length exact, none (RDX page 0), off or past the page.
+//! The trusted-DMA leaves are operations of their own: TDH.DMAR.ADD of a TDI's PASID entry
+//! (the qwords the module allows, or a chosen SLPTPTR or DID, the present bit, the other AW, a
+//! non-zero qword 2..6; a `dmar_idx_t` of another level, with reserved bits, a PASID or another
+//! IOMMU; another TD), TDG.DMAR.ACCEPT from the owner or another TD (non-zero R8..R14, a bad
+//! RDX target), TDH.DMAR.BLOCK, READ and REMOVE, TDH.IQ.INV.REQUEST (a PASID entry's by RID or
+//! a TD's domain by TDR, any type; the wait descriptor good, without FN, with qword 2 or 3 set;
+//! its status address in any host page, misaligned, outside host memory, with KeyID bits) and
+//! TDH.IQ.INV.PROCESS of any IOMMU.
 //!
 //! After every call: `tsm_tests::invariants::check`, the record tables' consistency
 //! ([`registry_consistent`]), host memory (written only by a relay, only in the TDI's request
@@ -35,14 +43,23 @@
 //! with no leaf left in its ranges, a bind or start the device's answer completes leaves the
 //! TDI (and, answered just now, the device) in the matching state, bind and start never
 //! complete without the device, and only unbind, device error, check, TRACK and a device
-//! answer ever answer `TDX_INTERRUPTED_RESUMABLE`. At the end every TDI is unbound (flushes
-//! released, the device behaving, pages writable) within a bounded number of calls.
+//! answer ever answer `TDX_INTERRUPTED_RESUMABLE`. Trusted DMA (`World::dma_oracle`): a
+//! TDI's DMA reaches a TD's private memory only while the TDI is RUN bound to it, its core
+//! record says the context is active and its PASID entry is the TD's, present, with SLPTPTR
+//! the TD's S-EPT root (and a RUN TDI with an active context on a live stream does reach it);
+//! every PASID entry belongs to a TDI bound to the entry's TD, so a finished unbind leaves
+//! none; TDH.DEVIF.REMOVE never succeeds while the TDI has a context or an entry; TDH.DMAR.READ
+//! and a host BLOCK or IQ.INV.REQUEST of an entry the firmware took that far already change
+//! nothing. At the end every TDI is unbound (flushes released, the device behaving, pages
+//! writable; an unbind the device's answer failed is called once more) within a bounded number
+//! of calls.
 
 use std::cell::Cell;
 
 use arbitrary::{Arbitrary, Unstructured};
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostFault, HostMemory, RangeEntry, RangeList, SeamRegs};
+use platform_tdx::dmar::{self, DmarEntry};
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::module::{DevifEntry, TdRequest};
 use platform_tdx::module::{MESSAGE_PAGE_BYTES, SpdmEntry};
@@ -53,11 +70,12 @@ use platform_tdx::status::{
 };
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
+use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    Completion, DeviceOp, Error, GuestId, MmioRange, ModelSession, PageSize, RequesterId,
-    ReservedMemory, TdiId, TdiState, TdispState,
+    Completion, DeviceOp, Error, GuestId, IdeStream, MmioRange, ModelSession, PageSize,
+    RequesterId, ReservedMemory, TdiId, TdiState, TdispState,
 };
 use zerocopy::IntoBytes;
 
@@ -132,7 +150,7 @@ const UNBIND_CALLS: usize = 40;
 const MAX_ROUNDS: usize = 40;
 
 /// Every leaf number the dispatcher knows, and one of ours it does not.
-pub const LEAVES: [u16; 30] = [
+pub const LEAVES: [u16; 37] = [
     abi::TDH_MEM_SEPT_RD,
     abi::TDH_MEM_TRACK,
     abi::TDH_SPDM_CREATE,
@@ -163,6 +181,13 @@ pub const LEAVES: [u16; 30] = [
     abi::TSM_SPDM_BARS,
     abi::TDG_DEVIF_RESPONSE,
     abi::TSM_DEVIF_SET_TD,
+    abi::TDH_DMAR_ADD,
+    abi::TDH_DMAR_BLOCK,
+    abi::TDH_DMAR_READ,
+    abi::TDH_DMAR_REMOVE,
+    abi::TDH_IQ_INV_REQUEST,
+    abi::TDH_IQ_INV_PROCESS,
+    abi::TDG_DMAR_ACCEPT,
 ];
 
 ops! {
@@ -315,7 +340,7 @@ ops! {
 ops! {
     /// The leaf number of a raw call.
     pub enum LeafNum {
-        /// `LEAVES[i % 30]`.
+        /// `LEAVES[i % 37]`.
         Known { i: u8 },
         /// Any RAX.
         Any { v: u64 },
@@ -348,6 +373,113 @@ ops! {
         Delta { d: i8 },
         /// The DOE header's length past the page.
         Past,
+    }
+}
+
+ops! {
+    /// RCX of a TDH.DMAR leaf: the `dmar_idx_t` of a TDI's PASID entry, or a bad one.
+    pub enum Idx {
+        /// The TDI's entry (PASID 0 on the IOMMU of its segment).
+        Good,
+        /// Another `dmar_lvl_e` level, or an undefined one (`1 + level % 7`).
+        Level { level: u8 },
+        /// Reserved bit `3 + bit % 9` set.
+        Reserved { bit: u8 },
+        /// PASID `pasid` (bits 31:12; 0 counts as 1).
+        Pasid { pasid: u32 },
+        /// The same requester on another IOMMU.
+        OtherIommu,
+        /// Any value.
+        Raw { v: u64 },
+    }
+}
+
+ops! {
+    /// The entry qwords (R8..R14) of a TDH.DMAR.ADD.
+    pub enum AddQwords {
+        /// As the host must add it: qword 0 for the TD's S-EPT depth, qword 1, the rest 0.
+        Good,
+        /// SLPTPTR chosen: page `page` in qword 0 (a translation the host picked).
+        Slptptr { page: u32 },
+        /// DID chosen: domain `did` in qword 1 (0 counts as 1).
+        Did { did: u16 },
+        /// The present bit set.
+        Present,
+        /// AW of the other S-EPT depth.
+        OtherAw,
+        /// Qword `2 + q % 5` (R10..R14; qword 6 is R14) set to `v` (0 counts as 1).
+        High { q: u8, v: u64 },
+        /// Qwords 0 and 1 any values.
+        Raw { q0: u64, q1: u64 },
+    }
+}
+
+ops! {
+    /// What is wrong with a TDG.DMAR.ACCEPT.
+    pub enum AcceptMut {
+        /// Nothing: RDX 0 (the L1 S-EPT, PASID 0), R8..R14 zero.
+        Fine,
+        /// R8 + `r % 7` (R8..R14) set to `v` (0 counts as 1).
+        Reg { r: u8, v: u64 },
+        /// RDX, the DMA target (vm_idx, PASID, reserved bits), set to `v` (0 counts as 1).
+        Target { v: u64 },
+    }
+}
+
+ops! {
+    /// RCX `iommu_id` of a TDH.IQ leaf.
+    pub enum Iommu {
+        /// The IOMMU of the TDI's segment.
+        Own,
+        /// The next one (no TDI there).
+        Other,
+        /// Any value (bits 63:16 reserved).
+        Raw { v: u64 },
+    }
+}
+
+ops! {
+    /// The invalidation a TDH.IQ.INV.REQUEST asks for (RDX, R8).
+    pub enum InvKind {
+        /// INV_REQ_PASIDTE of the TDI's PASID entry: R8 its RID, PASID 0.
+        Pasid,
+        /// INV_REQ_PASIDTE with R8 `r8` (reserved bits, a PASID, another RID).
+        PasidRaw { r8: u64 },
+        /// INV_REQ_IOTLB of `td`'s domain: R8 its TDR.
+        Iotlb { td: Td },
+        /// RDX `rdx` (another type, reserved bits).
+        Type { rdx: u64 },
+    }
+}
+
+ops! {
+    /// The wait descriptor's qword 0 and qwords 2, 3 (R9, R11, R12) of a TDH.IQ.INV.REQUEST.
+    pub enum WaitDesc {
+        /// Type 5, SW, FN, status data `data`.
+        Good { data: u32 },
+        /// Type 5 and SW without FN.
+        NoFence,
+        /// Qword 0 any value.
+        Raw { r9: u64 },
+        /// A good qword 0, qword 2 (R11) or 3 (R12) set to `v` (0 counts as 1).
+        High { r12: bool, v: u64 },
+    }
+}
+
+ops! {
+    /// The wait descriptor's status address (R10).
+    pub enum StatusAddr {
+        /// Word `word % 512` of host page `page % 6` (a read-only page is outside what the
+        /// IOMMU may write).
+        Page { page: u8, word: u16 },
+        /// Host page `page % 6` plus `1 + off % 3` bytes.
+        Misaligned { page: u8, off: u8 },
+        /// Past host memory.
+        Outside,
+        /// A KeyID bit set (a private address).
+        KeyId,
+        /// Any value.
+        Raw { v: u64 },
     }
 }
 
@@ -424,6 +556,21 @@ ops! {
         Raw { leaf: LeafNum, rcx: u64, rdx: u64, r8: u64, r9: u64, r10: u64 },
         /// Any TDCALL from the TD.
         RawGuest { td: Td, leaf: LeafNum, rcx: u64 },
+        /// TDH.DMAR.ADD of TDI slot `tdi % 20`'s PASID entry (RCX `idx`) for `td` (RDX), the
+        /// entry qwords as `qw` says.
+        DmarAdd { tdi: u8, td: Td, idx: Idx, qw: AddQwords },
+        /// TDG.DMAR.ACCEPT of TDI slot `tdi % 20` (RCX its function ID) from `td`.
+        DmarAccept { tdi: u8, td: Td, m: AcceptMut },
+        /// TDH.DMAR.BLOCK of TDI slot `tdi % 20`'s entry.
+        DmarBlock { tdi: u8, idx: Idx },
+        /// TDH.DMAR.READ of TDI slot `tdi % 20`'s entry (read only).
+        DmarRead { tdi: u8, idx: Idx },
+        /// TDH.DMAR.REMOVE of TDI slot `tdi % 20`'s entry.
+        DmarRemove { tdi: u8, idx: Idx },
+        /// TDH.IQ.INV.REQUEST on the IOMMU of TDI slot `tdi % 20`.
+        IqRequest { tdi: u8, iommu: Iommu, kind: InvKind, wait: WaitDesc, status: StatusAddr },
+        /// TDH.IQ.INV.PROCESS of an IOMMU (that of TDI slot `tdi % 20` for `Own`).
+        IqProcess { tdi: u8, iommu: Iommu },
     }
 }
 
@@ -454,6 +601,10 @@ pub struct Stats {
     pub unbinding: bool,
     /// A bound TDI's unbind finished.
     pub unbound: bool,
+    /// Some TDI's DMA reached a TD's private memory.
+    pub dma_private: bool,
+    /// A TDI whose DMA had reached private memory was unbound.
+    pub dma_unbound: bool,
 }
 
 /// Everything a refusal must leave as it was: the core's record tables with the S-EPT's
@@ -466,6 +617,9 @@ struct Image {
     pages: Vec<Page>,
     /// Every leaf, by host address (what an exempt refusal is checked on).
     leaves: Vec<tsm_core::Leaf>,
+    /// Every PASID entry of the trusted IOMMU (also in `core`'s bookkeeping, which keeps it
+    /// private; the DMA oracle reads it here).
+    dmar: Vec<DmarEntry>,
     tdisp: Vec<(u32, TdispState)>,
     messages: Vec<Option<DevifEntry>>,
     host: Vec<u8>,
@@ -563,6 +717,8 @@ struct World<'m> {
     stats: Stats,
     /// The images taken around each call, reused.
     images: Option<Box<(Image, Image)>>,
+    /// Which TDI slots' DMA reached private memory since their last bind.
+    reached: Vec<bool>,
 }
 
 fn tdi_slot(t: u8) -> u64 {
@@ -642,6 +798,7 @@ pub fn run(data: &[u8]) -> Stats {
         handed: None,
         stats: Stats::default(),
         images: None,
+        reached: vec![false; MAX_TDIS],
     };
     for _ in 0..MAX_OPS {
         if u.is_empty() {
@@ -657,16 +814,18 @@ pub fn run(data: &[u8]) -> Stats {
 impl World<'_> {
     /// Takes an image into `out`, reusing its buffers.
     fn image(&self, out: &mut Option<Image>) {
-        let (mut pages, mut leaves, mut host) = out
+        let (mut pages, mut leaves, mut host, mut dmar) = out
             .take()
-            .map(|i| (i.pages, i.leaves, i.host))
+            .map(|i| (i.pages, i.leaves, i.host, i.dmar))
             .unwrap_or_default();
         pages.clear();
+        dmar.clear();
         let core = self
             .fw
             .snapshot_with(|t| {
                 pages.extend(t.pool().pages().copied());
                 leaves = common::leaves(t);
+                dmar.extend(t.dmar().entries().copied());
                 t.bookkeeping()
             })
             .unwrap_or_else(|e| fail(format!("snapshot: {e:?}")));
@@ -691,6 +850,7 @@ impl World<'_> {
             core,
             pages,
             leaves,
+            dmar,
             tdisp: self.device.dsm().tdisp_states().to_vec(),
             messages,
             host,
@@ -729,6 +889,14 @@ impl World<'_> {
             _ if slot.is_multiple_of(2) => 0x0200 | slot,
             _ => slot | 1 << 32,
         }
+    }
+
+    /// The requester ID of TDI slot `slot` (3:0.0 for a slot without a TDI).
+    fn rid_of(&self, slot: u64) -> RequesterId {
+        self.fw
+            .tdi(TdiId::from_slot(slot as u16))
+            .map(|t| t.iface.requester_id())
+            .unwrap_or_else(|_| RequesterId::try_new(0, 3, 0, 0).unwrap_or_else(|e| fail(e)))
     }
 
     /// The TDR of the TD TDI slot `slot` is for.
@@ -893,7 +1061,9 @@ impl World<'_> {
         let read_only = host
             && (is(abi::TDH_MEM_SEPT_RD)
                 || is(abi::TSM_DEVIF_STATE)
-                || is(abi::TSM_MMIO_ZAP_CHECK));
+                || is(abi::TSM_MMIO_ZAP_CHECK)
+                || is(dmar::TDH_DMAR_READ)
+                || (status == TDX_SUCCESS && dmar_noop(leaf, regs, before)));
         let decoded = leaf.and_then(|l| st::decode(status, &abi::operands(l)));
         let err = decoded.and_then(Result::err);
         if refused {
@@ -984,7 +1154,79 @@ impl World<'_> {
             }
         }
         self.oracles(guest, leaf, regs, out, before, after, waiting, &what);
+        self.dma_oracle(after, &what);
         self.record(after);
+    }
+
+    /// Trusted DMA after every call, read from the firmware's own structures: a TDI's DMA
+    /// reaches a TD's private memory (`dma_reach`) only while the TDI is RUN bound to that TD,
+    /// its core record says the context is active, and the PASID entry of its requester ID is
+    /// the TD's, present, with SLPTPTR the TD's S-EPT root; a RUN TDI with an active context on
+    /// a live stream does reach it; and every PASID entry belongs to a TDI bound to the entry's
+    /// TD (none outlives an unbind or a TDI).
+    fn dma_oracle(&mut self, after: &Image, what: &str) {
+        for (slot, rec) in after.core.tdis.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            let t = TdiId::from_slot(slot as u16);
+            let reach = self
+                .fw
+                .tsm()
+                .dma_reach(t)
+                .unwrap_or_else(|e| fail(format!("dma_reach({t:?}): {e:?} after {what}")));
+            let rid = rec.iface.requester_id();
+            let entry = after.dmar.iter().find(|e| e.rid == rid);
+            if entry.is_some_and(|e| rec.state.owner() != Some(e.guest)) {
+                fail(format!(
+                    "PASID entry {entry:?} of a TDI not bound to its TD ({:?}): {what}",
+                    rec.state
+                ));
+            }
+            let live = after
+                .core
+                .devices
+                .get(usize::from(rec.device.slot()))
+                .and_then(Option::as_ref)
+                .is_some_and(|d| d.stream == IdeStream::Live);
+            let active = rec.dma == Some(DmaState::Active);
+            match reach {
+                DmaReach::Private(g) => {
+                    let root = self.fw.with_table(|tb| tb.root_phys(g)).ok().flatten();
+                    let translates = entry.is_some_and(|e| {
+                        e.guest == g
+                            && e.te.present()
+                            && root.is_some_and(|r| r != 0 && e.te.slptptr() == r)
+                    });
+                    if rec.state != (TdiState::Run { owner: g }) || !active || !translates {
+                        fail(format!(
+                            "TDI {slot} reaches {g:?}'s private memory: {:?}, context {:?}, \
+                             PASID entry {entry:?}, S-EPT root {root:x?}: {what}",
+                            rec.state, rec.dma
+                        ));
+                    }
+                    self.stats.dma_private = true;
+                    self.reached[slot] = true;
+                }
+                DmaReach::SharedOnly => {
+                    if matches!(rec.state, TdiState::Run { .. }) && active && live {
+                        fail(format!(
+                            "TDI {slot} runs with its context accepted, yet reaches shared \
+                             memory only: {what}"
+                        ));
+                    }
+                }
+            }
+        }
+        for e in &after.dmar {
+            if !after
+                .core
+                .tdis
+                .iter()
+                .flatten()
+                .any(|r| r.iface.requester_id() == e.rid)
+            {
+                fail(format!("PASID entry {e:?} of no TDI: {what}"));
+            }
+        }
     }
 
     /// A relay wrote RCX only: `devif_req_out_t`, the outstanding request's code and length;
@@ -1123,6 +1365,16 @@ impl World<'_> {
             }
             (None, Some(abi::TSM_DEVIF_BIND)) if ok => {
                 fail(format!("completed without the device: {what}"));
+            }
+            (None, Some(abi::TDH_DEVIF_REMOVE)) if ok => {
+                if let Some(r) = tdi_rec(before) {
+                    let rid = r.iface.requester_id();
+                    if r.dma.is_some() || before.dmar.iter().any(|e| e.rid == rid) {
+                        fail(format!(
+                            "TDH.DEVIF.REMOVE succeeded while a DMA context remained: {what}"
+                        ));
+                    }
+                }
             }
             (None, Some(abi::TSM_MMIO_ZAP_CHECK)) if ok => {
                 let range = MmioRange::from_raw(regs.rcx, regs.rdx).unwrap_or_else(|e| {
@@ -1286,8 +1538,19 @@ impl World<'_> {
         {
             fail(format!("unbind done, leaf {l:?} left: {what}"));
         }
+        if let Some(r) = rec(before).or_else(|| rec(after)) {
+            let rid = r.iface.requester_id();
+            if rec(after).is_some_and(|a| a.dma.is_some())
+                || after.dmar.iter().any(|e| e.rid == rid)
+            {
+                fail(format!("unbind done, a DMA context left: {what}"));
+            }
+        }
         if rec(before).is_some_and(|r| r.state.is_bound()) {
             self.stats.unbound = true;
+        }
+        if std::mem::take(&mut self.reached[usize::from(t.slot())]) {
+            self.stats.dma_unbound = true;
         }
     }
 
@@ -1649,7 +1912,21 @@ impl World<'_> {
                 continue;
             };
             self.device.link_mut().set_misbehaviour(rec.iface, None);
-            let out = self.unbind_all(t as u64);
+            let mut out = self.unbind_all(t as u64);
+            // A STOP the device answered while it misbehaved (an answer the host lost, which
+            // the device gives again to the same request) ends that exchange as the device's
+            // failure; the host calls again, and the next STOP is a new request.
+            let device_failed = |rax: u64| {
+                [
+                    st::TSM_DEVICE_MALFORMED,
+                    st::TSM_DEVICE_REFUSED,
+                    st::TSM_DEVICE_UNRESPONSIVE,
+                ]
+                .contains(&(rax & st::CODE_MASK))
+            };
+            if device_failed(out.rax) {
+                out = self.unbind_all(t as u64);
+            }
             let after = self.fw.tdi(TdiId::from_slot(t as u16));
             if out.rax != TDX_SUCCESS
                 || after.is_ok_and(|r| r.state != TdiState::Unbound || r.exchange.is_some())
@@ -2114,6 +2391,117 @@ impl World<'_> {
                 let g = self.td(td);
                 self.tdcall(g, leaf_num(l), SeamRegs { rcx, ..r });
             }
+            Op::DmarAdd { tdi, td, idx, qw } => {
+                let levels = self.fw.with_table(|t| t.levels()).unwrap_or(4);
+                let mut q = [dmar::add_qword0(levels), dmar::ADD_QWORD1, 0, 0, 0, 0, 0];
+                match qw {
+                    AddQwords::Good => {}
+                    AddQwords::Slptptr { page } => {
+                        q[0] |= (u64::from(page.max(1)) << 12) & dmar::PTE_SLPTPTR_MASK;
+                    }
+                    AddQwords::Did { did } => q[1] |= u64::from(did.max(1)),
+                    AddQwords::Present => q[0] |= dmar::PTE_P,
+                    AddQwords::OtherAw => q[0] = dmar::add_qword0(if levels >= 5 { 4 } else { 5 }),
+                    AddQwords::High { q: i, v } => q[2 + usize::from(i % 5)] = v.max(1),
+                    AddQwords::Raw { q0, q1 } => (q[0], q[1]) = (q0, q1),
+                }
+                let [r8, r9, r10, r11, r12, r13, r14] = q;
+                let regs = SeamRegs {
+                    rcx: dmar_idx_of(self.rid_of(tdi_slot(tdi)), idx),
+                    rdx: self.td(td),
+                    r8,
+                    r9,
+                    r10,
+                    r11,
+                    r12,
+                    r13,
+                    r14,
+                    ..r
+                };
+                self.seamcall(leaf(dmar::TDH_DMAR_ADD), regs);
+            }
+            Op::DmarAccept { tdi, td, m } => {
+                let g = self.td(td);
+                let mut regs = SeamRegs {
+                    rcx: self.fid(tdi_slot(tdi)),
+                    ..r
+                };
+                match m {
+                    AcceptMut::Fine => {}
+                    AcceptMut::Reg { r: i, v } => {
+                        let reg = match i % 7 {
+                            0 => &mut regs.r8,
+                            1 => &mut regs.r9,
+                            2 => &mut regs.r10,
+                            3 => &mut regs.r11,
+                            4 => &mut regs.r12,
+                            5 => &mut regs.r13,
+                            _ => &mut regs.r14,
+                        };
+                        *reg = v.max(1);
+                    }
+                    AcceptMut::Target { v } => regs.rdx = v.max(1),
+                }
+                self.tdcall(g, leaf(dmar::TDG_DMAR_ACCEPT), regs);
+            }
+            Op::DmarBlock { tdi, idx }
+            | Op::DmarRead { tdi, idx }
+            | Op::DmarRemove { tdi, idx } => {
+                let l = match op {
+                    Op::DmarBlock { .. } => dmar::TDH_DMAR_BLOCK,
+                    Op::DmarRead { .. } => dmar::TDH_DMAR_READ,
+                    _ => dmar::TDH_DMAR_REMOVE,
+                };
+                let rcx = dmar_idx_of(self.rid_of(tdi_slot(tdi)), idx);
+                self.seamcall(leaf(l), SeamRegs { rcx, ..r });
+            }
+            Op::IqRequest {
+                tdi,
+                iommu,
+                kind,
+                wait,
+                status,
+            } => {
+                let rid = self.rid_of(tdi_slot(tdi));
+                let own = u64::from(rid.routing_id());
+                let (rdx, r8) = match kind {
+                    InvKind::Pasid => (dmar::INV_REQ_PASIDTE, own),
+                    InvKind::PasidRaw { r8 } => (dmar::INV_REQ_PASIDTE, r8),
+                    InvKind::Iotlb { td } => (dmar::INV_REQ_IOTLB, self.td(td)),
+                    InvKind::Type { rdx } => (rdx, own),
+                };
+                let good = dmar::WAIT_DESC_HOST;
+                let (r9, r11, r12) = match wait {
+                    WaitDesc::Good { data } => (good | u64::from(data) << 32, 0, 0),
+                    WaitDesc::NoFence => (dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW, 0, 0),
+                    WaitDesc::Raw { r9 } => (r9, 0, 0),
+                    WaitDesc::High { r12: false, v } => (good, v.max(1), 0),
+                    WaitDesc::High { r12: true, v } => (good, 0, v.max(1)),
+                };
+                let page = |p: u8| HOST + u64::from(p % HOST_PAGES as u8) * PAGE;
+                let r10 = match status {
+                    StatusAddr::Page { page: p, word } => page(p) + u64::from(word % 512) * 8,
+                    StatusAddr::Misaligned { page: p, off } => page(p) + 1 + u64::from(off % 3),
+                    StatusAddr::Outside => HOST + HOST_PAGES as u64 * PAGE,
+                    StatusAddr::KeyId => SPARE | 1 << platform_tdx::td::KEYID_SHIFT,
+                    StatusAddr::Raw { v } => v,
+                };
+                let regs = SeamRegs {
+                    rcx: iommu_id(rid, iommu),
+                    rdx,
+                    r8,
+                    r9,
+                    r10,
+                    r11,
+                    r12,
+                    ..r
+                };
+                self.seamcall(leaf(dmar::TDH_IQ_INV_REQUEST), regs);
+            }
+            Op::IqProcess { tdi, iommu } => {
+                let rcx = iommu_id(self.rid_of(tdi_slot(tdi)), iommu);
+                self.seamcall(leaf(dmar::TDH_IQ_INV_PROCESS), SeamRegs { rcx, ..r });
+            }
         }
     }
 }
@@ -2131,6 +2519,74 @@ fn tdi_named(rcx: u64, before: &Image, after: &Image) -> Option<TdiId> {
             .map(TdiId::from_slot)
     };
     find(before).or_else(|| find(after))
+}
+
+/// Whether the host's TDH.DMAR.BLOCK or TDH.IQ.INV.REQUEST (INV_REQ_PASIDTE) named an entry
+/// the firmware already took that far (blocked; its invalidation requested): README, "a later
+/// BLOCK or IQ.INV.REQUEST of that entry by a host running Linux's own order succeeds and
+/// changes nothing".
+fn dmar_noop(leaf: Option<u16>, regs: &SeamRegs, before: &Image) -> bool {
+    let rid = match leaf {
+        Some(dmar::TDH_DMAR_BLOCK) => dmar::decode_dmar_idx(regs.rcx),
+        Some(dmar::TDH_IQ_INV_REQUEST) if regs.rdx == dmar::INV_REQ_PASIDTE => {
+            u16::try_from(regs.rcx)
+                .ok()
+                .zip(u16::try_from(regs.r8).ok())
+                .map(|(segment, routing)| RequesterId::from_routing(segment, routing))
+        }
+        _ => None,
+    };
+    let Some(rid) = rid else { return false };
+    let dma = before
+        .core
+        .tdis
+        .iter()
+        .flatten()
+        .find(|t| t.iface.requester_id() == rid)
+        .and_then(|t| t.dma);
+    let entry = before
+        .dmar
+        .iter()
+        .find(|e| e.rid == rid)
+        .map(|e| e.te.state());
+    match leaf {
+        Some(dmar::TDH_DMAR_BLOCK) => matches!(
+            dma,
+            Some(DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated)
+        ),
+        // An invalidation TDH.IQ.INV.PROCESS completed since is not nothing: the core's record
+        // learns it here (Invalidating -> Invalidated), the entry staying as it is.
+        _ => match dma {
+            Some(DmaState::Invalidated) => true,
+            Some(DmaState::Invalidating) => entry == Some(DmaState::Invalidating),
+            _ => false,
+        },
+    }
+}
+
+/// RCX of a TDH.DMAR leaf for requester `rid`: its PASID entry's `dmar_idx_t`, or as `idx`
+/// breaks it.
+fn dmar_idx_of(rid: RequesterId, idx: Idx) -> u64 {
+    let good = dmar::dmar_idx(rid);
+    match idx {
+        Idx::Good => good,
+        Idx::Level { level } => good | (1 + u64::from(level % 7)),
+        Idx::Reserved { bit } => good | 1 << (3 + u32::from(bit % 9)),
+        Idx::Pasid { pasid } => {
+            good | (u64::from(pasid) & 0xf_ffff).max(1) << dmar::DMAR_IDX_PASID_SHIFT
+        }
+        Idx::OtherIommu => good.wrapping_add(1 << dmar::DMAR_IDX_IOMMU_SHIFT),
+        Idx::Raw { v } => v,
+    }
+}
+
+/// RCX of a TDH.IQ leaf for requester `rid`'s IOMMU, or as `iommu` picks.
+fn iommu_id(rid: RequesterId, iommu: Iommu) -> u64 {
+    match iommu {
+        Iommu::Own => u64::from(rid.segment()),
+        Iommu::Other => u64::from(rid.segment()) + 1,
+        Iommu::Raw { v } => v,
+    }
 }
 
 fn leaf_num(l: LeafNum) -> u64 {
@@ -2157,14 +2613,15 @@ fn check_registers(regs: &SeamRegs, out: &SeamRegs, what: &str) {
     }
 }
 
-/// The S-EPT under an exempt refusal: the leaves as [`common::leaves_diff`] allows, every
-/// TD's epochs as before but the exempt TDI's owner's, which may advance by one (and its flush
-/// follow) only under [`Exempt::removes`]. The pool's bytes are not compared byte by byte
-/// here (which bytes hold which leaf, and the table pages a removal gives back, would need a
-/// second S-EPT walker): the leaf-level comparison, through `SecureTable::next_leaf` over the
-/// whole address space, stands for them.
+/// The S-EPT under an exempt refusal: the leaves as [`common::leaves_diff`] allows, the PASID
+/// entries as [`dmar_diff`] does, every TD's epochs as before but the exempt TDI's owner's,
+/// which may advance by one (and its flush follow) only under [`Exempt::removes`]. The pool's
+/// bytes are not compared byte by byte here (which bytes hold which leaf, and the table pages
+/// a removal gives back, would need a second S-EPT walker): the leaf-level comparison, through
+/// `SecureTable::next_leaf` over the whole address space, stands for them.
 fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), String> {
     common::leaves_diff(&before.core.owners, &before.leaves, &after.leaves, exempt)?;
+    dmar_diff(before, after, exempt)?;
     let owner = exempt
         .tdi()
         .and_then(|t| {
@@ -2194,6 +2651,78 @@ fn exempt_table(before: &Image, after: &Image, exempt: Exempt) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// The PASID entries under an exempt refusal: every entry as it was but the exempt TDI's,
+/// which may be blocked (not present, BLOCKED, every other architectural bit kept) and go on
+/// through its invalidation where the exemption blocks its leaves ([`Exempt::blocks`]), and be
+/// removed where it removes them ([`Exempt::removes`]), never going back; under
+/// [`Exempt::removes`] the owner's entries may also be marked as owing (or queue) the IOTLB
+/// invalidation of the owner's TRACK, the unbind's Track step (`IotlbOwed`).
+fn dmar_diff(before: &Image, after: &Image, exempt: Exempt) -> Result<(), String> {
+    if before.dmar == after.dmar {
+        return Ok(());
+    }
+    let rec = exempt.tdi().and_then(|t| {
+        before
+            .core
+            .tdis
+            .get(usize::from(t.slot()))
+            .cloned()
+            .flatten()
+    });
+    let rid = rec.as_ref().map(|r| r.iface.requester_id());
+    let owner = rec.and_then(|r| r.state.owner());
+    // An entry without what the exemption lets change: its tracking for the owner's TRACK,
+    // and (the exempt TDI's) its presence and state bits.
+    let kept = |e: &DmarEntry| {
+        let tracked = exempt.removes() && Some(e.guest) == owner;
+        let iotlb = if tracked {
+            dmar::IotlbOwed::Nothing
+        } else {
+            e.iotlb
+        };
+        let mut q = e.te.architectural();
+        if Some(e.rid) == rid {
+            q[0] &= !dmar::PTE_P;
+        }
+        (e.rid, e.guest, q, iotlb)
+    };
+    let mine = |e: &&DmarEntry| Some(e.rid) == rid;
+    let others =
+        |img: &Image| -> Vec<_> { img.dmar.iter().filter(|e| !mine(e)).map(kept).collect() };
+    let rank = |s: DmaState| match s {
+        DmaState::Pending | DmaState::Active => 0,
+        DmaState::Blocked => 1,
+        DmaState::Invalidating => 2,
+        DmaState::Invalidated => 3,
+    };
+    let (b, a) = (
+        before.dmar.iter().find(mine).copied(),
+        after.dmar.iter().find(mine).copied(),
+    );
+    let ok = others(before) == others(after)
+        && match (b, a) {
+            (Some(b), Some(a)) => {
+                b == a
+                    || (exempt.blocks()
+                        && kept(&a) == kept(&b)
+                        && !a.te.present()
+                        && rank(a.te.state()) > 0
+                        && rank(a.te.state()) >= rank(b.te.state()))
+            }
+            (Some(_), None) => exempt.removes(),
+            (None, None) => true,
+            (None, Some(_)) => false,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "PASID entries {:?} -> {:?} under {exempt:?}",
+            before.dmar, after.dmar
+        ))
+    }
 }
 
 /// A seed's operations (the seed generator's view of [`Op`]).
