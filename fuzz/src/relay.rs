@@ -446,10 +446,19 @@ impl World {
     /// with nothing outstanding.
     fn unbind_to_end(&mut self, i: usize, what: &str) {
         let t = self.tdis[i];
+        let mut again = true;
         for _ in 0..UNBIND_CALLS {
             let first = self.call(i, Call::Unbind(t), None, |fw, b| fw.unbind(t, b));
             match self.finish_relay(i, first) {
                 Ok(Completion::Resumable) => continue,
+                // A STOP the device answered while it misbehaved (an answer the host lost,
+                // which the device gives again to the same request) ends that exchange as the
+                // device's failure; the host calls once more, and the next STOP is new.
+                Err(Error::DeviceMalformed | Error::DeviceRefused | Error::DeviceUnresponsive)
+                    if again =>
+                {
+                    again = false;
+                }
                 Ok(Completion::Done) => {
                     let rec = self.fw.tdi(t).unwrap_or_else(|e| fail(e));
                     if rec.state != TdiState::Unbound || rec.exchange.is_some() {
