@@ -1005,6 +1005,10 @@ impl World {
             p
         });
         // As Linux leaves the buffer after DEV_CONNECT (`dobj_response_init`), then the answer.
+        // An earlier answer's bytes past this one are cleared: a short answer (truncated, its
+        // DOE header still claiming the whole) must not be completed by the genuine bytes an
+        // earlier hand left there, which the firmware would rightly take as the device's.
+        let _ = self.mem.write(resp_at + 0x50, &[0u8; 4096 - 0x50]);
         let _ = response_init(&mut self.mem, resp_at);
         let _ = write_response(
             &mut self.mem,
