@@ -442,16 +442,11 @@ impl DmarTable {
     }
 
     /// IQ.INV.PROCESS on the IOMMU of `segment`: every QUEUED invalidation DONE (the wait
-    /// descriptor seen complete), the PASID entries' and the TD-wide IOTLB ones. Bounded by the
-    /// table's size. How many completed.
-    pub fn process(&mut self, segment: u16) -> usize {
-        self.process_except(segment, |_| false)
-    }
-
-    /// [`DmarTable::process`], leaving the entry invalidations of the guests `held` names
-    /// queued (tests: a host holding a guest's flushes, [`crate::sept::Sept::hold_flush`], as
-    /// SEV's held fence holds a blocked sDTE's); their domains' invalidations complete.
-    pub fn process_except(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
+    /// descriptor seen complete), the PASID entries' and the TD-wide IOTLB ones, but the entry
+    /// invalidations of the guests `held` names (tests: a host holding a guest's flushes,
+    /// [`crate::sept::Sept::hold_flush`], as SEV's held fence holds a blocked sDTE's). Bounded
+    /// by the table's size. How many completed.
+    pub fn process(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
         let mut done = 0usize;
         for e in self.entries.iter_mut().flatten() {
             if e.rid.segment() != segment {
@@ -1005,9 +1000,9 @@ mod tests {
         assert_eq!(t.invalidate(g, iface(3)), Ok(false));
         let before = t;
         assert_eq!(t.remove(g, iface(3)), Err(TableError::InvalidationPending));
-        assert_eq!(t.process(1), 0, "another IOMMU's queue");
+        assert_eq!(t.process(1, |_| false), 0, "another IOMMU's queue");
         assert_eq!(t, before);
-        assert_eq!(t.process(0), 1);
+        assert_eq!(t.process(0, |_| false), 1);
         assert_eq!(t.invalidate(g, iface(3)), Ok(true));
         t.remove(g, iface(3)).unwrap();
         assert_eq!(t, DmarTable::new());

@@ -411,7 +411,7 @@ impl<'m> Sept<'m> {
     pub fn iq_process(&mut self, segment: u16) -> usize {
         let epochs = &self.epochs;
         let held = |g: GuestId| epochs.get(usize::from(g.slot())).is_some_and(|e| e.hold);
-        let done = self.dmar.process_except(segment, held);
+        let done = self.dmar.process(segment, held);
         for (slot, e) in self.epochs.iter_mut().enumerate() {
             let Ok(slot) = u16::try_from(slot) else {
                 break;

@@ -35,14 +35,6 @@ pub enum DmaState {
     Invalidated,
 }
 
-impl DmaState {
-    /// Whether the context still translates, or may have translations cached: not blocked, or
-    /// blocked with its invalidation not complete.
-    pub const fn may_translate(self) -> bool {
-        !matches!(self, DmaState::Invalidated)
-    }
-}
-
 /// What a DMA request with the TEE bit from a TDI reaches, as the root port and the IOMMU
 /// decide it (the device model's question).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

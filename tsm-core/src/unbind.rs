@@ -179,7 +179,7 @@ pub(crate) fn block_leaves<T: SecureTable>(
 /// (TDX: queued for TDH.IQ.INV.PROCESS; SEV: the ASID fence raised), so cached translations go
 /// as soon as the host lets the platform complete it. A blocked context, or none, stays as it
 /// is; an invalidation the platform cannot request yet (SEV: the previous fence still out) is
-/// asked again by [`await_dma`] and the Dma step.
+/// asked again by [`await_dma`] (before STOP, and at the Dma step).
 pub(crate) fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
@@ -189,15 +189,26 @@ pub(crate) fn block_dma<T: SecureTable>(
     if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
         table.dma_block(owner, iface)?;
         *dma = Some(DmaState::Blocked);
-        if let Ok(done) = table.dma_invalidate(owner, iface) {
-            *dma = Some(if done {
-                DmaState::Invalidated
-            } else {
-                DmaState::Invalidating
-            });
+        if let Ok(state) = invalidation(table, owner, iface) {
+            *dma = Some(state);
         }
     }
     Ok(())
+}
+
+/// Requests (or asks again about) the IOTLB invalidation of `guest`'s blocked context of
+/// `iface`: `Invalidated` once the platform completed it, `Invalidating` until then. The one
+/// place a context's state follows [`SecureTable::dma_invalidate`].
+pub(crate) fn invalidation<T: SecureTable>(
+    table: &mut T,
+    guest: GuestId,
+    iface: InterfaceId,
+) -> Result<DmaState, TableError> {
+    Ok(if table.dma_invalidate(guest, iface)? {
+        DmaState::Invalidated
+    } else {
+        DmaState::Invalidating
+    })
 }
 
 /// The blocked context's IOTLB invalidation complete, asked (again) where it is not:
@@ -215,19 +226,12 @@ fn await_dma<T: SecureTable>(
     }
     // A platform that cannot ask yet (SEV: another fence of the guest still out) waits the
     // same way: the host completes what is out, and the next call asks.
-    let done = match table.dma_invalidate(owner, iface) {
-        Ok(done) => {
-            *dma = Some(if done {
-                DmaState::Invalidated
-            } else {
-                DmaState::Invalidating
-            });
-            done
-        }
-        Err(TableError::TlbNotFlushed) => false,
+    match invalidation(table, owner, iface) {
+        Ok(state) => *dma = Some(state),
+        Err(TableError::TlbNotFlushed) => {}
         Err(e) => return Err(e.into()),
-    };
-    if done {
+    }
+    if *dma == Some(DmaState::Invalidated) {
         Ok(())
     } else {
         Err(Error::IotlbInvalidationPending)
@@ -376,34 +380,19 @@ fn advance<T: SecureTable>(
                 Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
             }
         }
-        // The MMIO is gone from the guest and the TLBs: the DMA context next, in the order the
-        // Linux TDX Connect host enforces (block, invalidate the IOTLB and await it, remove),
-        // one change a unit. A pending invalidation is an error with the progress kept.
+        // The MMIO is gone from the guest and the TLBs: the DMA context last, in the order the
+        // Linux TDX Connect host enforces. The Block step blocked it and asked its invalidation
+        // (a non-forced unbind awaited it before STOP): await it (a forced unbind's may still
+        // be out; a pending one is an error with the progress kept), then remove it.
         UnbindStep::Dma => {
             *budget = budget.saturating_sub(1);
-            let (owner, iface) = (ctx.owner, ctx.iface);
-            match *ctx.dma {
-                None => Next::Step(UnbindStep::Release),
-                Some(DmaState::Pending | DmaState::Active) => {
-                    ctx.table.dma_block(owner, iface)?;
-                    *ctx.dma = Some(DmaState::Blocked);
-                    Next::Step(UnbindStep::Dma)
-                }
-                Some(DmaState::Blocked) => {
-                    let done = ctx.table.dma_invalidate(owner, iface)?;
-                    *ctx.dma = Some(if done {
-                        DmaState::Invalidated
-                    } else {
-                        DmaState::Invalidating
-                    });
-                    Next::Step(UnbindStep::Dma)
-                }
-                Some(DmaState::Invalidating | DmaState::Invalidated) => {
-                    ctx.table.dma_remove(owner, iface)?;
-                    *ctx.dma = None;
-                    Next::Step(UnbindStep::Release)
-                }
+            if ctx.dma.is_some() {
+                block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                ctx.table.dma_remove(ctx.owner, ctx.iface)?;
+                *ctx.dma = None;
             }
+            Next::Step(UnbindStep::Release)
         }
         UnbindStep::Release => Next::Release,
     })

@@ -158,12 +158,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         self.host_dma_change(tdi, |t, owner, record, state| match state {
             DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
             DmaState::Blocked | DmaState::Invalidating => {
-                let done = t.dma_invalidate(owner, record.iface)?;
-                Ok(Some(if done {
-                    DmaState::Invalidated
-                } else {
-                    DmaState::Invalidating
-                }))
+                crate::unbind::invalidation(t, owner, record.iface).map(Some)
             }
             DmaState::Invalidated => Ok(Some(DmaState::Invalidated)),
         })
