@@ -115,10 +115,15 @@ impl<const N: usize> MemTable<N> {
         &self.dmas
     }
 
-    fn dma_entry(&mut self, iface: InterfaceId) -> Result<&mut DmaEntry, TableError> {
+    /// `guest`'s context of `iface` (`NoDmaContext`: none, or another guest's).
+    fn dma_entry(
+        &mut self,
+        guest: GuestId,
+        iface: InterfaceId,
+    ) -> Result<&mut DmaEntry, TableError> {
         self.dmas
             .iter_mut()
-            .find(|d| d.iface == iface)
+            .find(|d| d.iface == iface && d.guest == guest)
             .ok_or(TableError::NoDmaContext)
     }
 
@@ -180,9 +185,8 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
-        let d = self.dma_entry(iface)?;
+        let d = self.dma_entry(guest, iface)?;
         match d.state {
-            _ if d.guest != guest => Err(TableError::NoDmaContext),
             DmaState::Pending | DmaState::Active => {
                 d.state = DmaState::Active;
                 Ok(())
@@ -192,10 +196,7 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
-        let d = self.dma_entry(iface)?;
-        if d.guest != guest {
-            return Err(TableError::NoDmaContext);
-        }
+        let d = self.dma_entry(guest, iface)?;
         if matches!(d.state, DmaState::Pending | DmaState::Active) {
             d.state = DmaState::Blocked;
         }
@@ -207,9 +208,8 @@ impl<const N: usize> SecureTable for MemTable<N> {
             .epochs
             .get(usize::from(guest.slot()))
             .is_some_and(|e| e.invalidations_deferred);
-        let d = self.dma_entry(iface)?;
+        let d = self.dma_entry(guest, iface)?;
         match d.state {
-            _ if d.guest != guest => Err(TableError::NoDmaContext),
             DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
             DmaState::Blocked if deferred => {
                 d.state = DmaState::Invalidating;
