@@ -288,9 +288,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         TDX_DMAR_ENTRY_NOT_PRESENT | IDX_RCX
     );
     assert!(w.fw.with_table(|t| t.dmar().entries().count()).unwrap() == 0);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total, "the pinned root went back with the entry");
+    assert_pool_all_free(w, "the pinned root went back with the entry");
     let out = w.call(
         u64::from(abi::TDH_DEVIF_REMOVE),
         SeamRegs {
@@ -598,9 +596,7 @@ fn the_linux_hosts_own_teardown_order_works() {
     );
     // The last entry gone, the empty root goes back: every table page is free.
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total);
+    assert_pool_all_free(w, "every table page back");
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     w.ok(
         abi::TDH_DEVIF_REMOVE,
@@ -668,9 +664,7 @@ fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
         TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
     );
     assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total);
+    assert_pool_all_free(w, "every table page back");
 }
 
 /// The review's sequence (review-dma finding 1): TD A has TDI X running with an accepted
@@ -983,9 +977,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         "the unbind removed the entry"
     );
     assert_eq!(reach(), tsm_core::dma::DmaReach::SharedOnly);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total, "every table page back, the pinned root too");
+    assert_pool_all_free(w, "every table page back, the pinned root too");
     assert_eq!(remove_tdi(), TDX_SUCCESS);
 }
 
@@ -1028,4 +1020,11 @@ fn first_call_blocks_the_entry(w: &World<'_>, td: u64, tdi: u64, leaf: u16) {
         (MAP_BLOCKED, INV_QUEUED),
         "its invalidation queued with the block"
     );
+}
+
+/// Every page of the table pool is free again (`why` names what must have given it back).
+fn assert_pool_all_free(w: &World<'_>, why: &str) {
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total, "{why}");
 }
