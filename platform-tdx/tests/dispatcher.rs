@@ -461,17 +461,13 @@ impl<'m, const N: usize> World<'m, N> {
         let owner = self.fw.tsm().tdi(self.id(tdi)).unwrap().state.owner();
         if let Some(g) = owner {
             let tdr = self.fw.tdr_of(g).unwrap().unwrap().tdr.as_u64();
-            let regs =
-                platform_tdx::dmar::iotlb_request_regs(0, tdr, host_page(HOST_PAGES as u64 - 1), 1);
-            let out = self.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs);
+            let rax = iotlb_request(self, tdr);
             assert!(
-                out.rax == TDX_SUCCESS || out.rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
-                "TDH.IQ.INV.REQUEST IOTLB: {:#x}",
-                out.rax
+                rax == TDX_SUCCESS || rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+                "TDH.IQ.INV.REQUEST IOTLB: {rax:#x}"
             );
         }
-        let process = self.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default());
-        assert_eq!(process.rax, TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
+        assert_eq!(iq_process(self), TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
     }
 
     /// TSM.DEVIF.STATE: the state code in RDX.
@@ -503,6 +499,19 @@ impl<'m, const N: usize> World<'m, N> {
             .collect();
         (snap, device, pages, self.mem.borrow().clone(), spdm)
     }
+}
+
+/// TDH.IQ.INV.REQUEST of TD `tdr`'s domain (INV_REQ_IOTLB) on IOMMU 0, its wait descriptor
+/// writing to the last host page.
+fn iotlb_request<const N: usize>(w: &World<'_, N>, tdr: u64) -> u64 {
+    let regs = platform_tdx::dmar::iotlb_request_regs(0, tdr, host_page(HOST_PAGES as u64 - 1), 1);
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
+}
+
+/// TDH.IQ.INV.PROCESS of everything queued.
+fn iq_process<const N: usize>(w: &World<'_, N>) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
+        .rax
 }
 
 fn rid(bus: u8) -> RequesterId {

@@ -61,23 +61,6 @@ fn inv_request(w: &World<'_>) -> SeamRegs {
     )
 }
 
-/// TDH.IQ.INV.REQUEST of TD `td`'s domain (INV_REQ_IOTLB, R8 its TDR) on IOMMU 0, with the
-/// wait descriptor of [`inv_request`].
-fn iotlb_request(w: &World<'_>, td: u64) -> u64 {
-    w.call(
-        u64::from(abi::TDH_IQ_INV_REQUEST),
-        SeamRegs {
-            rcx: 0,
-            rdx: dmar::INV_REQ_IOTLB,
-            r8: td,
-            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
-            r10: host_page(HOST_PAGES as u64 - 1),
-            ..Default::default()
-        },
-    )
-    .rax
-}
-
 fn track(w: &World<'_>, td: u64) -> u64 {
     w.call(
         u64::from(abi::TDH_MEM_TRACK),
@@ -87,11 +70,6 @@ fn track(w: &World<'_>, td: u64) -> u64 {
         },
     )
     .rax
-}
-
-fn process(w: &World<'_>) -> u64 {
-    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
-        .rax
 }
 
 /// `call` refused with `expect`, changing nothing.
@@ -157,7 +135,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         || w.unbind_all(tdi),
         pending,
     );
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     // Then STOP and the track: the entry still names the S-EPT, so the TRACK owes an IOTLB
     // invalidation of the TD's domain, and the MMIO leaves (and the table pages their removal
     // frees) wait for it. Nothing moves until the host asks for it.
@@ -275,7 +253,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX,
     );
     // The domain's completed: the leaves go, then the entry, then the root it pinned.
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     refused(
         w,
         "nothing owed",
@@ -472,7 +450,7 @@ fn the_linux_hosts_own_teardown_order_works() {
     let g = w.fw.td_of(td).unwrap().unwrap();
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(tdi), pending);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     w.fw.with_table(|t| t.hold_flush(g, true)).unwrap();
     let out = w.unbind_all(tdi);
     assert_ne!(out, TDX_SUCCESS, "the unbind waits for the flush");
@@ -495,7 +473,7 @@ fn the_linux_hosts_own_teardown_order_works() {
         iotlb | 1,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_MEM_TRACK,
         SeamRegs {
@@ -586,7 +564,7 @@ fn the_linux_hosts_own_teardown_order_works() {
         TDX_DEVIF_HAS_MAPPED_DMA | 1,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_DMAR_REMOVE,
         SeamRegs {
@@ -759,7 +737,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
         ));
         refused(w, "Y's unbind at its Track", unbind_y, pending);
         assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-        assert_eq!(process(w), TDX_SUCCESS);
+        assert_eq!(iq_process(w), TDX_SUCCESS);
     }
     // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
     // domain.
@@ -784,13 +762,13 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
     refused(
         w,
         "PROCESS with nothing requested",
-        || process(w),
+        || iq_process(w),
         TDX_SUCCESS,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
     refused(w, "Y's unbind before PROCESS", unbind_y, pending);
     assert!(unbinding());
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
 
     // A's domain forgotten on X's IOMMU: Y's leaf and the table page above it go, Y unbinds.
     assert_eq!(unbind_y(), TDX_SUCCESS);
@@ -945,7 +923,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         TDX_DMAR_INVALID_INV_STATE | IDX_RCX,
     );
     // PROCESS completes the entry's own invalidation; the TD's domain is still owed.
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     assert_eq!(cut_and_blocked("processed"), (MAP_BLOCKED, dmar::INV_DONE));
     refused(w, "the forced unbind, the domain owed", unbind, pending);
     refused(
@@ -958,7 +936,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "the domain was owed");
     refused(w, "the forced unbind before PROCESS", unbind, pending);
     refused(w, "DEVIF.REMOVE before PROCESS", remove_tdi, has_dma);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     // The leaves go now, more than one call's work again.
     let mut calls = 0;
     let end = loop {
