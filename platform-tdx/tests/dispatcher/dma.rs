@@ -15,13 +15,7 @@ fn idx() -> u64 {
 }
 
 fn add_regs(td: u64) -> SeamRegs {
-    SeamRegs {
-        rcx: idx(),
-        rdx: td,
-        r8: ADD_QWORD0,
-        r9: ADD_QWORD1,
-        ..Default::default()
-    }
+    dmar_add_regs(idx(), td)
 }
 
 fn on_idx(w: &World<'_>, leaf: u16) -> SeamRegs {
