@@ -447,7 +447,11 @@ fn the_linux_hosts_own_teardown_order_works() {
     assert_eq!(iq_process(w), TDX_SUCCESS);
     w.fw.with_table(|t| t.hold_flush(g, true)).unwrap();
     let out = w.unbind_all(tdi);
-    assert_ne!(out, TDX_SUCCESS, "the unbind waits for the flush");
+    assert_eq!(
+        out,
+        TDX_TLB_TRACKING_NOT_DONE | u64::from(OPERAND_ID_TD_EPOCH),
+        "the unbind waits for the flush"
+    );
     w.fw.with_table(|t| t.hold_flush(g, false)).unwrap();
     let page = SeamRegs {
         rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
@@ -457,7 +461,11 @@ fn the_linux_hosts_own_teardown_order_works() {
     // The MMIO: blocked by the unbind already, and tracked by it with the entry naming the
     // S-EPT: the host asks for that TRACK's IOTLB invalidation of the TD's domain first, then
     // tracks and unmaps.
-    let _ = w.call(u64::from(abi::TDH_MMIO_BLOCK), page);
+    assert_eq!(
+        w.call(u64::from(abi::TDH_MMIO_BLOCK), page).rax,
+        TDX_SUCCESS,
+        "the host's own BLOCK of the blocked range goes through, as its order needs"
+    );
     let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     refused(w, "MEM.TRACK", || track(w, td), iotlb);
     refused(
