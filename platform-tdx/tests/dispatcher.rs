@@ -3693,5 +3693,8 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
 #[path = "dispatcher/dma.rs"]
 mod dma;
 
+#[path = "common/sharded_tables.rs"]
+mod sharded_tables;
+
 #[path = "dispatcher/dma_shards.rs"]
 mod dma_shards;

@@ -15,12 +15,7 @@ impl<'m, const N: usize> World<'m, N> {
     /// The firmware over `N` shards, each S-EPT over its own pool in `pools` (as
     /// `tests/shards.rs` builds it).
     fn sharded(pools: &'m mut [Vec<Page>; N]) -> Self {
-        let mut base = 0x20_0000_0000;
-        let tables = pools.each_mut().map(|mem| {
-            let pool = FramePool::new(mem.as_mut_slice(), base).unwrap();
-            base += 0x1_0000_0000;
-            Sept::new(pool, SeptLevels::Four)
-        });
+        let tables = sharded_tables::sharded_tables(pools);
         World {
             fw: TdxModule::sharded(
                 tables,
