@@ -436,15 +436,21 @@ impl<'m, const N: usize> World<'m, N> {
     /// unbind waits for its IOTLB invalidation (TDX_DMAR_INVALID_INV_STATE on the DMAR
     /// operand), TDH.IQ.INV.PROCESS completes the queue and the unbind is called again.
     fn unbind_drained(&self, tdi: u64) -> u64 {
+        self.drained(tdi, || self.relayed(abi::TSM_DEVIF_UNBIND, on(tdi)))
+    }
+
+    /// `step` (an unbind of `tdi`, or its STOP) repeated to the end: again on
+    /// INTERRUPTED_RESUMABLE, after [`World::process_iq`] while it waits for its invalidation.
+    fn drained(&self, tdi: u64, mut step: impl FnMut() -> SeamRegs) -> u64 {
         let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
-        for _ in 0..4 {
-            let out = self.unbind_all(tdi);
-            if out != pending {
-                return out;
+        for _ in 0..100 {
+            match step().rax {
+                TDX_INTERRUPTED_RESUMABLE => {}
+                rax if rax == pending => self.process_iq(tdi),
+                rax => return rax,
             }
-            self.process_iq(tdi);
         }
-        panic!("the unbind still waits for its invalidation");
+        panic!("the step never ends");
     }
 
     /// The host completes what `tdi`'s unbind waits for on the IOMMU of segment 0: the
@@ -3270,16 +3276,8 @@ fn devif_golden_registers_in_and_back() {
         r8: PAGES_C.0,
         ..Default::default()
     };
-    let mut out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
-    for _ in 0..100 {
-        if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
-            w.process_iq(fid);
-        } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
-            break;
-        }
-        out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
-    }
-    assert_eq!(out.rax, TDX_SUCCESS);
+    let out = w.drained(fid, || w.relayed(abi::TDH_DEVIF_REQUEST, stop));
+    assert_eq!(out, TDX_SUCCESS);
     assert_eq!(w.state_code(fid), abi::TdiStateCode::Unbound as u64);
 
     // REMOVE: RCX the function ID; out RCX the TD buffer, RDX the VMM buffer, R8 the TDR.
@@ -3587,16 +3585,8 @@ fn the_tds_start_request_and_its_refusals() {
         rdx: abi::UNBIND_FLAG_FORCE,
         ..Default::default()
     };
-    let mut out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
-    for _ in 0..100 {
-        if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
-            w.process_iq(tdi);
-        } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
-            break;
-        }
-        out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
-    }
-    assert_eq!(out.rax, TDX_SUCCESS);
+    let out = w.drained(tdi, || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force));
+    assert_eq!(out, TDX_SUCCESS);
     let gone = w.tdcall(td, abi::TDG_DEVIF_RESPONSE, read);
     assert_eq!(gone.rax, TDX_DEVIF_INVALID_STATE | 1);
     assert_eq!(gone.rcx, tdi, "a failed start's read leaves RCX");
