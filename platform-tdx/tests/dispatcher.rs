@@ -500,6 +500,17 @@ impl<'m, const N: usize> World<'m, N> {
     }
 }
 
+/// `step` repeated while it answers INTERRUPTED_RESUMABLE (at most 100 calls): its last status.
+fn resumed(mut step: impl FnMut() -> u64) -> u64 {
+    for _ in 0..100 {
+        match step() {
+            TDX_INTERRUPTED_RESUMABLE => {}
+            rax => return rax,
+        }
+    }
+    panic!("still INTERRUPTED_RESUMABLE after 100 calls");
+}
+
 /// TDH.DMAR.ADD of PASID entry `idx` for TD `td`, over its 4-level S-EPT.
 fn dmar_add_regs(idx: u64, td: u64) -> SeamRegs {
     SeamRegs {

@@ -716,12 +716,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
             rdx: abi::UNBIND_FLAG_FORCE,
             ..Default::default()
         };
-        loop {
-            let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax;
-            if out != TDX_INTERRUPTED_RESUMABLE {
-                return out;
-            }
-        }
+        resumed(|| w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax)
     };
 
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
@@ -940,16 +935,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     refused(w, "DEVIF.REMOVE before PROCESS", remove_tdi, has_dma);
     assert_eq!(iq_process(w), TDX_SUCCESS);
     // The leaves go now, more than one call's work again.
-    let mut calls = 0;
-    let end = loop {
-        let out = unbind();
-        if out != TDX_INTERRUPTED_RESUMABLE {
-            break out;
-        }
-        calls += 1;
-        assert!(calls < 100, "the forced unbind never ends");
-    };
-    assert_eq!(end, TDX_SUCCESS);
+    assert_eq!(resumed(unbind), TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
     assert_eq!(
         on_idx(w, abi::TDH_DMAR_READ).rax,
@@ -969,15 +955,7 @@ fn a_devices_error_blocks_the_entry_in_its_first_call() {
     let (world, td, tdi) = bound_world(&mut mem);
     let w = &world;
     first_call_blocks_the_entry(w, td, tdi, abi::TSM_DEVIF_ERROR);
-    let mut calls = 0;
-    let last = loop {
-        let rax = w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi)).rax;
-        if rax != TDX_INTERRUPTED_RESUMABLE {
-            break rax;
-        }
-        calls += 1;
-        assert!(calls < 100);
-    };
+    let last = resumed(|| w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi)).rax);
     assert_eq!(last, TDX_SUCCESS, "the error's last call completes it");
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
     assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
