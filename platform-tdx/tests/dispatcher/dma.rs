@@ -19,25 +19,11 @@ fn add_regs(td: u64) -> SeamRegs {
 }
 
 fn on_idx(w: &World<'_>, leaf: u16) -> SeamRegs {
-    w.call(
-        u64::from(leaf),
-        SeamRegs {
-            rcx: idx(),
-            ..Default::default()
-        },
-    )
+    w.call(u64::from(leaf), on(idx()))
 }
 
 fn accept(w: &World<'_>, td: u64, tdi: u64) -> u64 {
-    w.tdcall(
-        td,
-        abi::TDG_DMAR_ACCEPT,
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    )
-    .rax
+    w.tdcall(td, abi::TDG_DMAR_ACCEPT, on(tdi)).rax
 }
 
 /// A wait descriptor (type 5, SW, FN) writing to the last host page.
@@ -234,16 +220,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     refused(
         w,
         "DEVIF.REMOVE while the context remains",
-        || {
-            w.call(
-                u64::from(abi::TDH_DEVIF_REMOVE),
-                SeamRegs {
-                    rcx: tdi,
-                    ..Default::default()
-                },
-            )
-            .rax
-        },
+        || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax,
         TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX,
     );
     // The domain's completed: the leaves go, then the entry, then the root it pinned.
@@ -261,13 +238,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     );
     assert!(w.fw.with_table(|t| t.dmar().entries().count()).unwrap() == 0);
     assert_pool_all_free(w, "the pinned root went back with the entry");
-    let out = w.call(
-        u64::from(abi::TDH_DEVIF_REMOVE),
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    );
+    let out = w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi));
     assert_eq!(out.rax, TDX_SUCCESS);
 }
 
@@ -499,13 +470,7 @@ fn the_linux_hosts_own_teardown_order_works() {
     );
     for _ in 0..2 {
         let before = w.image();
-        w.ok(
-            abi::TDH_DMAR_BLOCK,
-            SeamRegs {
-                rcx: idx(),
-                ..Default::default()
-            },
-        );
+        w.ok(abi::TDH_DMAR_BLOCK, on(idx()));
         assert!(
             w.image() == before,
             "BLOCK of a blocked entry changed something"
@@ -553,38 +518,17 @@ fn the_linux_hosts_own_teardown_order_works() {
     refused(
         w,
         "DEVIF.REMOVE with the context",
-        || {
-            w.call(
-                u64::from(abi::TDH_DEVIF_REMOVE),
-                SeamRegs {
-                    rcx: tdi,
-                    ..Default::default()
-                },
-            )
-            .rax
-        },
+        || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax,
         TDX_DEVIF_HAS_MAPPED_DMA | 1,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
     assert_eq!(iq_process(w), TDX_SUCCESS);
-    w.ok(
-        abi::TDH_DMAR_REMOVE,
-        SeamRegs {
-            rcx: idx(),
-            ..Default::default()
-        },
-    );
+    w.ok(abi::TDH_DMAR_REMOVE, on(idx()));
     // The last entry gone, the empty root goes back: every table page is free.
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
     assert_pool_all_free(w, "every table page back");
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
-    w.ok(
-        abi::TDH_DEVIF_REMOVE,
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    );
+    w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
 }
 
 fn inv_regs() -> SeamRegs {
@@ -900,16 +844,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     };
     assert_eq!(waits, pending);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbinding as u64);
-    let remove_tdi = || {
-        w.call(
-            u64::from(abi::TDH_DEVIF_REMOVE),
-            SeamRegs {
-                rcx: tdi,
-                ..Default::default()
-            },
-        )
-        .rax
-    };
+    let remove_tdi = || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax;
     let has_dma = TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX;
     refused(w, "the forced unbind again", unbind, pending);
     refused(w, "DEVIF.REMOVE with the entry", remove_tdi, has_dma);
