@@ -336,11 +336,7 @@ impl<'m, const N: usize> World<'m, N> {
             .iface
             .requester_id();
         let idx = platform_tdx::dmar::dmar_idx(rid);
-        let on_idx = SeamRegs {
-            rcx: idx,
-            ..Default::default()
-        };
-        let read = self.call(u64::from(abi::TDH_DMAR_READ), on_idx);
+        let read = self.call(u64::from(abi::TDH_DMAR_READ), on(idx));
         if read.rax == TDX_DMAR_ENTRY_NOT_PRESENT | 1 {
             let out = self.call(u64::from(abi::TDH_DMAR_ADD), dmar_add_regs(idx, td));
             if out.rax != TDX_SUCCESS {
@@ -349,11 +345,7 @@ impl<'m, const N: usize> World<'m, N> {
         } else if read.r8 & platform_tdx::dmar::PTE_P != 0 {
             return TDX_SUCCESS;
         }
-        let accept = SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        };
-        self.tdcall(td, abi::TDG_DMAR_ACCEPT, accept).rax
+        self.tdcall(td, abi::TDG_DMAR_ACCEPT, on(tdi)).rax
     }
 
     /// The usual start of `tdi` by TD `td`: its DMA context accepted ([`World::accept_dma`]),
