@@ -28,17 +28,19 @@ fn accept(w: &World<'_>, td: u64, tdi: u64) -> u64 {
 
 /// A wait descriptor (type 5, SW, FN) writing to the last host page.
 fn inv_request(w: &World<'_>) -> SeamRegs {
+    let regs = inv_regs();
     w.call(
         u64::from(abi::TDH_IQ_INV_REQUEST),
         SeamRegs {
-            rcx: 0,
-            rdx: dmar::INV_REQ_PASIDTE,
-            r8: u64::from(rid(3).routing_id()),
-            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
-            r10: host_page(HOST_PAGES as u64 - 1),
-            ..Default::default()
+            r9: regs.r9 | 1 << 32,
+            ..regs
         },
     )
+}
+
+/// TDH.IQ.INV.REQUEST with `regs`: its status.
+fn inv_request_with(w: &World<'_>, regs: SeamRegs) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
 }
 
 fn track(w: &World<'_>, td: u64) -> u64 {
@@ -136,14 +138,13 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "PASID entry's REQUEST while blocked leaves wait",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rdx: 1,
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 2,
     );
@@ -151,15 +152,14 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "the domain's REQUEST naming no TD",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rdx: dmar::INV_REQ_IOTLB,
                     r8: host_page(0),
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 8,
     );
@@ -167,8 +167,8 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "the domain's REQUEST without a fence",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rdx: dmar::INV_REQ_IOTLB,
                     r8: td,
@@ -176,7 +176,6 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 9,
     );
@@ -184,8 +183,8 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "the domain's REQUEST on another IOMMU",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rcx: 1,
                     rdx: dmar::INV_REQ_IOTLB,
@@ -193,7 +192,6 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
     );
@@ -480,14 +478,13 @@ fn the_linux_hosts_own_teardown_order_works() {
         w,
         "a wait descriptor without fence",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW,
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 9,
     );
@@ -495,14 +492,13 @@ fn the_linux_hosts_own_teardown_order_works() {
         w,
         "a status address outside host memory",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     r10: 0x1000,
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 10,
     );
