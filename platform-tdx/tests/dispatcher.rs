@@ -336,31 +336,16 @@ impl<'m, const N: usize> World<'m, N> {
             .iface
             .requester_id();
         let idx = platform_tdx::dmar::dmar_idx(rid);
-        let on_idx = SeamRegs {
-            rcx: idx,
-            ..Default::default()
-        };
-        let read = self.call(u64::from(abi::TDH_DMAR_READ), on_idx);
+        let read = self.call(u64::from(abi::TDH_DMAR_READ), on(idx));
         if read.rax == TDX_DMAR_ENTRY_NOT_PRESENT | 1 {
-            let add = SeamRegs {
-                rcx: idx,
-                rdx: td,
-                r8: platform_tdx::dmar::add_qword0(4),
-                r9: platform_tdx::dmar::ADD_QWORD1,
-                ..Default::default()
-            };
-            let out = self.call(u64::from(abi::TDH_DMAR_ADD), add);
+            let out = self.call(u64::from(abi::TDH_DMAR_ADD), dmar_add_regs(idx, td));
             if out.rax != TDX_SUCCESS {
                 return out.rax;
             }
         } else if read.r8 & platform_tdx::dmar::PTE_P != 0 {
             return TDX_SUCCESS;
         }
-        let accept = SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        };
-        self.tdcall(td, abi::TDG_DMAR_ACCEPT, accept).rax
+        self.tdcall(td, abi::TDG_DMAR_ACCEPT, on(tdi)).rax
     }
 
     /// The usual start of `tdi` by TD `td`: its DMA context accepted ([`World::accept_dma`]),
@@ -443,15 +428,21 @@ impl<'m, const N: usize> World<'m, N> {
     /// unbind waits for its IOTLB invalidation (TDX_DMAR_INVALID_INV_STATE on the DMAR
     /// operand), TDH.IQ.INV.PROCESS completes the queue and the unbind is called again.
     fn unbind_drained(&self, tdi: u64) -> u64 {
+        self.drained(tdi, || self.relayed(abi::TSM_DEVIF_UNBIND, on(tdi)))
+    }
+
+    /// `step` (an unbind of `tdi`, or its STOP) repeated to the end: again on
+    /// INTERRUPTED_RESUMABLE, after [`World::process_iq`] while it waits for its invalidation.
+    fn drained(&self, tdi: u64, mut step: impl FnMut() -> SeamRegs) -> u64 {
         let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
-        for _ in 0..4 {
-            let out = self.unbind_all(tdi);
-            if out != pending {
-                return out;
+        for _ in 0..100 {
+            match step().rax {
+                TDX_INTERRUPTED_RESUMABLE => {}
+                rax if rax == pending => self.process_iq(tdi),
+                rax => return rax,
             }
-            self.process_iq(tdi);
         }
-        panic!("the unbind still waits for its invalidation");
+        panic!("the step never ends");
     }
 
     /// The host completes what `tdi`'s unbind waits for on the IOMMU of segment 0: the
@@ -461,17 +452,13 @@ impl<'m, const N: usize> World<'m, N> {
         let owner = self.fw.tsm().tdi(self.id(tdi)).unwrap().state.owner();
         if let Some(g) = owner {
             let tdr = self.fw.tdr_of(g).unwrap().unwrap().tdr.as_u64();
-            let regs =
-                platform_tdx::dmar::iotlb_request_regs(0, tdr, host_page(HOST_PAGES as u64 - 1), 1);
-            let out = self.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs);
+            let rax = iotlb_request(self, tdr);
             assert!(
-                out.rax == TDX_SUCCESS || out.rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
-                "TDH.IQ.INV.REQUEST IOTLB: {:#x}",
-                out.rax
+                rax == TDX_SUCCESS || rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+                "TDH.IQ.INV.REQUEST IOTLB: {rax:#x}"
             );
         }
-        let process = self.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default());
-        assert_eq!(process.rax, TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
+        assert_eq!(iq_process(self), TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
     }
 
     /// TSM.DEVIF.STATE: the state code in RDX.
@@ -503,6 +490,41 @@ impl<'m, const N: usize> World<'m, N> {
             .collect();
         (snap, device, pages, self.mem.borrow().clone(), spdm)
     }
+}
+
+/// `step` repeated while it answers INTERRUPTED_RESUMABLE (at most 100 calls): its last status.
+fn resumed(mut step: impl FnMut() -> u64) -> u64 {
+    for _ in 0..100 {
+        match step() {
+            TDX_INTERRUPTED_RESUMABLE => {}
+            rax => return rax,
+        }
+    }
+    panic!("still INTERRUPTED_RESUMABLE after 100 calls");
+}
+
+/// TDH.DMAR.ADD of PASID entry `idx` for TD `td`, over its 4-level S-EPT.
+fn dmar_add_regs(idx: u64, td: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: idx,
+        rdx: td,
+        r8: platform_tdx::dmar::add_qword0(4),
+        r9: platform_tdx::dmar::ADD_QWORD1,
+        ..Default::default()
+    }
+}
+
+/// TDH.IQ.INV.REQUEST of TD `tdr`'s domain (INV_REQ_IOTLB) on IOMMU 0, its wait descriptor
+/// writing to the last host page.
+fn iotlb_request<const N: usize>(w: &World<'_, N>, tdr: u64) -> u64 {
+    let regs = platform_tdx::dmar::iotlb_request_regs(0, tdr, host_page(HOST_PAGES as u64 - 1), 1);
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
+}
+
+/// TDH.IQ.INV.PROCESS of everything queued.
+fn iq_process<const N: usize>(w: &World<'_, N>) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
+        .rax
 }
 
 fn rid(bus: u8) -> RequesterId {
@@ -1279,11 +1301,8 @@ fn track_past_a_window(host_tracks: bool) {
         rcx: tdi,
         ..Default::default()
     };
-    let mut calls = 0;
-    while w.call(u64::from(abi::TSM_DEVIF_ERROR), tdi_regs).rax == TDX_INTERRUPTED_RESUMABLE {
-        calls += 1;
-        assert!(calls < 10);
-    }
+    let error = resumed(|| w.call(u64::from(abi::TSM_DEVIF_ERROR), tdi_regs).rax);
+    assert_eq!(error, TDX_SUCCESS);
     let track = SeamRegs {
         rcx: td,
         ..Default::default()
@@ -1294,12 +1313,16 @@ fn track_past_a_window(host_tracks: bool) {
     }
     // Entering bucket 2 (epoch 4096): 71 leaves to re-stamp, more than one call's work.
     if host_tracks {
-        let mut resumed = 0;
-        while w.call(u64::from(abi::TDH_MEM_TRACK), track).rax == TDX_INTERRUPTED_RESUMABLE {
-            resumed += 1;
-            assert!(resumed < 20);
-        }
-        assert!(resumed >= 1);
+        let mut calls = 0;
+        let last = resumed(|| {
+            calls += 1;
+            w.call(u64::from(abi::TDH_MEM_TRACK), track).rax
+        });
+        assert_eq!(last, TDX_SUCCESS);
+        assert!(
+            calls >= 2,
+            "a whole window's TRACK takes more than one call"
+        );
     }
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     let out = w.call(
@@ -3257,16 +3280,8 @@ fn devif_golden_registers_in_and_back() {
         r8: PAGES_C.0,
         ..Default::default()
     };
-    let mut out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
-    for _ in 0..100 {
-        if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
-            w.process_iq(fid);
-        } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
-            break;
-        }
-        out = w.relayed(abi::TDH_DEVIF_REQUEST, stop);
-    }
-    assert_eq!(out.rax, TDX_SUCCESS);
+    let out = w.drained(fid, || w.relayed(abi::TDH_DEVIF_REQUEST, stop));
+    assert_eq!(out, TDX_SUCCESS);
     assert_eq!(w.state_code(fid), abi::TdiStateCode::Unbound as u64);
 
     // REMOVE: RCX the function ID; out RCX the TD buffer, RDX the VMM buffer, R8 the TDR.
@@ -3492,13 +3507,7 @@ fn the_tds_start_request_and_its_refusals() {
         TSM_DMA_NOT_ACCEPTED | 1,
     );
     let rid3 = platform_tdx::dmar::dmar_idx(rid(3));
-    let add = SeamRegs {
-        rcx: rid3,
-        rdx: td,
-        r8: platform_tdx::dmar::add_qword0(4),
-        r9: platform_tdx::dmar::ADD_QWORD1,
-        ..Default::default()
-    };
+    let add = dmar_add_regs(rid3, td);
     assert_eq!(w.call(u64::from(abi::TDH_DMAR_ADD), add).rax, TDX_SUCCESS);
     guest_refused(
         "START with the context not accepted",
@@ -3509,7 +3518,11 @@ fn the_tds_start_request_and_its_refusals() {
     );
     let before = w.image();
     let other_accept = w.tdcall(other, abi::TDG_DMAR_ACCEPT, read);
-    assert_ne!(other_accept.rax, TDX_SUCCESS, "another TD's accept");
+    assert_eq!(
+        other_accept.rax,
+        TDX_DEVIF_INVALID_METADATA | 1,
+        "another TD's accept"
+    );
     assert!(w.image() == before, "another TD's accept changed something");
     guest_refused(
         "START after another TD's accept",
@@ -3576,16 +3589,8 @@ fn the_tds_start_request_and_its_refusals() {
         rdx: abi::UNBIND_FLAG_FORCE,
         ..Default::default()
     };
-    let mut out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
-    for _ in 0..100 {
-        if out.rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) {
-            w.process_iq(tdi);
-        } else if out.rax != TDX_INTERRUPTED_RESUMABLE {
-            break;
-        }
-        out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), force);
-    }
-    assert_eq!(out.rax, TDX_SUCCESS);
+    let out = w.drained(tdi, || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force));
+    assert_eq!(out, TDX_SUCCESS);
     let gone = w.tdcall(td, abi::TDG_DEVIF_RESPONSE, read);
     assert_eq!(gone.rax, TDX_DEVIF_INVALID_STATE | 1);
     assert_eq!(gone.rcx, tdi, "a failed start's read leaves RCX");
@@ -3681,6 +3686,9 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
 
 #[path = "dispatcher/dma.rs"]
 mod dma;
+
+#[path = "common/sharded_tables.rs"]
+mod sharded_tables;
 
 #[path = "dispatcher/dma_shards.rs"]
 mod dma_shards;

@@ -2786,51 +2786,31 @@ fn dmar_add(w: &World<'_>) -> Setup {
 
 fn dmar_read(w: &World<'_>) -> Setup {
     dmar_present(w);
-    unbound_second(w);
-    let good = on(idx(3));
-    let mut v = bad_idx(good);
-    v.push(bad(
-        "RCX the entry of a TDI not bound (no entry)",
-        on(idx(4)),
-        TDX_DMAR_ENTRY_NOT_PRESENT | u64::from(OPERAND_ID_RCX),
-    ));
-    Setup {
-        tdcall: None,
-        good,
-        good_status: TDX_SUCCESS,
-        bad: v,
-    }
+    on_the_entry(w, "(no entry)", TDX_DMAR_ENTRY_NOT_PRESENT)
 }
 
 fn dmar_block(w: &World<'_>) -> Setup {
     dmar_cut(w);
     // The cut left the entry present (the ERROR blocks it later): the good BLOCK blocks it.
     assert_eq!(entry_state(w), (dmar::MAP_PRESENT, dmar::INV_PENDING));
-    unbound_second(w);
-    let good = on(idx(3));
-    let mut v = bad_idx(good);
-    v.push(bad(
-        "RCX the entry of a TDI not bound (FREE)",
-        on(idx(4)),
-        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_RCX),
-    ));
-    Setup {
-        tdcall: None,
-        good,
-        good_status: TDX_SUCCESS,
-        bad: v,
-    }
+    on_the_entry(w, "(FREE)", TDX_DMAR_INVALID_MAPPING_STATE)
 }
 
 fn dmar_remove(w: &World<'_>) -> Setup {
     dmar_invalidated(w);
+    on_the_entry(w, "(FREE)", TDX_DMAR_INVALID_MAPPING_STATE)
+}
+
+/// A SEAMCALL naming bus 3's PASID entry in RCX (succeeding), refused on a bad index and,
+/// with `unbound` (+ RCX), on the entry of bus 4's TDI, which is not bound (`why` says how).
+fn on_the_entry(w: &World<'_>, why: &str, unbound: u64) -> Setup {
     unbound_second(w);
     let good = on(idx(3));
     let mut v = bad_idx(good);
     v.push(bad(
-        "RCX the entry of a TDI not bound (FREE)",
+        format!("RCX the entry of a TDI not bound {why}"),
         on(idx(4)),
-        TDX_DMAR_INVALID_MAPPING_STATE | u64::from(OPERAND_ID_RCX),
+        unbound | u64::from(OPERAND_ID_RCX),
     ));
     Setup {
         tdcall: None,

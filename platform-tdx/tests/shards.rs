@@ -15,11 +15,13 @@
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[path = "common/sharded_tables.rs"]
+mod sharded_tables;
+
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
-use platform_tdx::frames::{FramePool, Page};
+use platform_tdx::frames::Page;
 use platform_tdx::module::MESSAGE_PAGE_BYTES;
-use platform_tdx::sept::{Sept, SeptLevels};
 use platform_tdx::status::*;
 use platform_tdx::td;
 use tsm_core::device_model::ModelDevice;
@@ -80,12 +82,7 @@ struct World<'m, const N: usize> {
 
 impl<'m, const N: usize> World<'m, N> {
     fn new(pools: &'m mut [Vec<Page>; N]) -> Self {
-        let mut base = 0x20_0000_0000;
-        let tables = pools.each_mut().map(|mem| {
-            let pool = FramePool::new(mem.as_mut_slice(), base).unwrap();
-            base += 0x1_0000_0000;
-            Sept::new(pool, SeptLevels::Four)
-        });
+        let tables = sharded_tables::sharded_tables(pools);
         World {
             fw: TdxModule::sharded(
                 tables,

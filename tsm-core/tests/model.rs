@@ -16,6 +16,7 @@ use proptest::prelude::*;
 use tsm_core::device_model::DeviceEvent;
 use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::lifecycle::UnbindStep;
+use tsm_core::mem_table::MemTable;
 use tsm_core::*;
 
 #[derive(Debug, Clone)]
@@ -197,6 +198,23 @@ fn tdi_of(w: &World, i: usize) -> TdiId {
 }
 fn guest_of(w: &World, i: usize) -> GuestId {
     w.guests.get(i).copied().unwrap_or(GuestId::from_slot(30))
+}
+
+/// Turns a deferral on for every guest, or off and completes what it held back.
+fn defer_each_guest(
+    w: &World,
+    on: bool,
+    set: fn(&mut MemTable<512>, GuestId, bool),
+    complete: fn(&mut MemTable<512>, GuestId),
+) -> TsmResult<()> {
+    w.tsm.with_table(|t| {
+        for &g in &w.guests {
+            set(t, g, on);
+            if !on {
+                complete(t, g);
+            }
+        }
+    })
 }
 
 /// Runs one op; returns whether it was a host request on private pages.
@@ -385,34 +403,24 @@ fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
             };
             (false, done(r))
         }
-        Op::DeferInvalidations(on) => {
-            let g = w.guests.clone();
-            (
-                false,
-                done(tsm.with_table(|t| {
-                    for &g in &g {
-                        t.set_defer_invalidations(g, *on);
-                        if !*on {
-                            t.complete_invalidations(g);
-                        }
-                    }
-                })),
-            )
-        }
-        Op::DeferFlush(on) => {
-            let g = w.guests.clone();
-            (
-                false,
-                done(tsm.with_table(|t| {
-                    for &g in &g {
-                        t.set_defer_flush(g, *on);
-                        if !*on {
-                            t.complete_flush(g);
-                        }
-                    }
-                })),
-            )
-        }
+        Op::DeferInvalidations(on) => (
+            false,
+            done(defer_each_guest(
+                w,
+                *on,
+                MemTable::set_defer_invalidations,
+                MemTable::complete_invalidations,
+            )),
+        ),
+        Op::DeferFlush(on) => (
+            false,
+            done(defer_each_guest(
+                w,
+                *on,
+                MemTable::set_defer_flush,
+                MemTable::complete_flush,
+            )),
+        ),
     }
 }
 

@@ -15,67 +15,32 @@ fn idx() -> u64 {
 }
 
 fn add_regs(td: u64) -> SeamRegs {
-    SeamRegs {
-        rcx: idx(),
-        rdx: td,
-        r8: ADD_QWORD0,
-        r9: ADD_QWORD1,
-        ..Default::default()
-    }
+    dmar_add_regs(idx(), td)
 }
 
 fn on_idx(w: &World<'_>, leaf: u16) -> SeamRegs {
-    w.call(
-        u64::from(leaf),
-        SeamRegs {
-            rcx: idx(),
-            ..Default::default()
-        },
-    )
+    w.call(u64::from(leaf), on(idx()))
 }
 
 fn accept(w: &World<'_>, td: u64, tdi: u64) -> u64 {
-    w.tdcall(
-        td,
-        abi::TDG_DMAR_ACCEPT,
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    )
-    .rax
+    w.tdcall(td, abi::TDG_DMAR_ACCEPT, on(tdi)).rax
 }
 
 /// A wait descriptor (type 5, SW, FN) writing to the last host page.
 fn inv_request(w: &World<'_>) -> SeamRegs {
+    let regs = inv_regs();
     w.call(
         u64::from(abi::TDH_IQ_INV_REQUEST),
         SeamRegs {
-            rcx: 0,
-            rdx: dmar::INV_REQ_PASIDTE,
-            r8: u64::from(rid(3).routing_id()),
-            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
-            r10: host_page(HOST_PAGES as u64 - 1),
-            ..Default::default()
+            r9: regs.r9 | 1 << 32,
+            ..regs
         },
     )
 }
 
-/// TDH.IQ.INV.REQUEST of TD `td`'s domain (INV_REQ_IOTLB, R8 its TDR) on IOMMU 0, with the
-/// wait descriptor of [`inv_request`].
-fn iotlb_request(w: &World<'_>, td: u64) -> u64 {
-    w.call(
-        u64::from(abi::TDH_IQ_INV_REQUEST),
-        SeamRegs {
-            rcx: 0,
-            rdx: dmar::INV_REQ_IOTLB,
-            r8: td,
-            r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | dmar::WAIT_DESC_FN | 1 << 32,
-            r10: host_page(HOST_PAGES as u64 - 1),
-            ..Default::default()
-        },
-    )
-    .rax
+/// TDH.IQ.INV.REQUEST with `regs`: its status.
+fn inv_request_with(w: &World<'_>, regs: SeamRegs) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
 }
 
 fn track(w: &World<'_>, td: u64) -> u64 {
@@ -87,11 +52,6 @@ fn track(w: &World<'_>, td: u64) -> u64 {
         },
     )
     .rax
-}
-
-fn process(w: &World<'_>) -> u64 {
-    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
-        .rax
 }
 
 /// `call` refused with `expect`, changing nothing.
@@ -157,7 +117,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         || w.unbind_all(tdi),
         pending,
     );
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     // Then STOP and the track: the entry still names the S-EPT, so the TRACK owes an IOTLB
     // invalidation of the TD's domain, and the MMIO leaves (and the table pages their removal
     // frees) wait for it. Nothing moves until the host asks for it.
@@ -178,14 +138,13 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "PASID entry's REQUEST while blocked leaves wait",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rdx: 1,
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 2,
     );
@@ -193,15 +152,14 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "the domain's REQUEST naming no TD",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rdx: dmar::INV_REQ_IOTLB,
                     r8: host_page(0),
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 8,
     );
@@ -209,8 +167,8 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "the domain's REQUEST without a fence",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rdx: dmar::INV_REQ_IOTLB,
                     r8: td,
@@ -218,7 +176,6 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 9,
     );
@@ -226,8 +183,8 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "the domain's REQUEST on another IOMMU",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     rcx: 1,
                     rdx: dmar::INV_REQ_IOTLB,
@@ -235,7 +192,6 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
     );
@@ -262,20 +218,11 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     refused(
         w,
         "DEVIF.REMOVE while the context remains",
-        || {
-            w.call(
-                u64::from(abi::TDH_DEVIF_REMOVE),
-                SeamRegs {
-                    rcx: tdi,
-                    ..Default::default()
-                },
-            )
-            .rax
-        },
+        || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax,
         TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX,
     );
     // The domain's completed: the leaves go, then the entry, then the root it pinned.
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     refused(
         w,
         "nothing owed",
@@ -288,16 +235,8 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         TDX_DMAR_ENTRY_NOT_PRESENT | IDX_RCX
     );
     assert!(w.fw.with_table(|t| t.dmar().entries().count()).unwrap() == 0);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total, "the pinned root went back with the entry");
-    let out = w.call(
-        u64::from(abi::TDH_DEVIF_REMOVE),
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    );
+    assert_pool_all_free(w, "the pinned root went back with the entry");
+    let out = w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi));
     assert_eq!(out.rax, TDX_SUCCESS);
 }
 
@@ -474,10 +413,14 @@ fn the_linux_hosts_own_teardown_order_works() {
     let g = w.fw.td_of(td).unwrap().unwrap();
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(tdi), pending);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     w.fw.with_table(|t| t.hold_flush(g, true)).unwrap();
     let out = w.unbind_all(tdi);
-    assert_ne!(out, TDX_SUCCESS, "the unbind waits for the flush");
+    assert_eq!(
+        out,
+        TDX_TLB_TRACKING_NOT_DONE | u64::from(OPERAND_ID_TD_EPOCH),
+        "the unbind waits for the flush"
+    );
     w.fw.with_table(|t| t.hold_flush(g, false)).unwrap();
     let page = SeamRegs {
         rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
@@ -487,7 +430,11 @@ fn the_linux_hosts_own_teardown_order_works() {
     // The MMIO: blocked by the unbind already, and tracked by it with the entry naming the
     // S-EPT: the host asks for that TRACK's IOTLB invalidation of the TD's domain first, then
     // tracks and unmaps.
-    let _ = w.call(u64::from(abi::TDH_MMIO_BLOCK), page);
+    assert_eq!(
+        w.call(u64::from(abi::TDH_MMIO_BLOCK), page).rax,
+        TDX_SUCCESS,
+        "the host's own BLOCK of the blocked range goes through, as its order needs"
+    );
     let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     refused(w, "MEM.TRACK", || track(w, td), iotlb);
     refused(
@@ -497,7 +444,7 @@ fn the_linux_hosts_own_teardown_order_works() {
         iotlb | 1,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     w.ok(
         abi::TDH_MEM_TRACK,
         SeamRegs {
@@ -521,13 +468,7 @@ fn the_linux_hosts_own_teardown_order_works() {
     );
     for _ in 0..2 {
         let before = w.image();
-        w.ok(
-            abi::TDH_DMAR_BLOCK,
-            SeamRegs {
-                rcx: idx(),
-                ..Default::default()
-            },
-        );
+        w.ok(abi::TDH_DMAR_BLOCK, on(idx()));
         assert!(
             w.image() == before,
             "BLOCK of a blocked entry changed something"
@@ -537,14 +478,13 @@ fn the_linux_hosts_own_teardown_order_works() {
         w,
         "a wait descriptor without fence",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW,
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 9,
     );
@@ -552,14 +492,13 @@ fn the_linux_hosts_own_teardown_order_works() {
         w,
         "a status address outside host memory",
         || {
-            w.call(
-                u64::from(abi::TDH_IQ_INV_REQUEST),
+            inv_request_with(
+                w,
                 SeamRegs {
                     r10: 0x1000,
                     ..inv_regs()
                 },
             )
-            .rax
         },
         TDX_OPERAND_INVALID | 10,
     );
@@ -575,40 +514,17 @@ fn the_linux_hosts_own_teardown_order_works() {
     refused(
         w,
         "DEVIF.REMOVE with the context",
-        || {
-            w.call(
-                u64::from(abi::TDH_DEVIF_REMOVE),
-                SeamRegs {
-                    rcx: tdi,
-                    ..Default::default()
-                },
-            )
-            .rax
-        },
+        || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax,
         TDX_DEVIF_HAS_MAPPED_DMA | 1,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    assert_eq!(process(w), TDX_SUCCESS);
-    w.ok(
-        abi::TDH_DMAR_REMOVE,
-        SeamRegs {
-            rcx: idx(),
-            ..Default::default()
-        },
-    );
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    w.ok(abi::TDH_DMAR_REMOVE, on(idx()));
     // The last entry gone, the empty root goes back: every table page is free.
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total);
+    assert_pool_all_free(w, "every table page back");
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
-    w.ok(
-        abi::TDH_DEVIF_REMOVE,
-        SeamRegs {
-            rcx: tdi,
-            ..Default::default()
-        },
-    );
+    w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
 }
 
 fn inv_regs() -> SeamRegs {
@@ -668,9 +584,7 @@ fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
         TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
     );
     assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total);
+    assert_pool_all_free(w, "every table page back");
 }
 
 /// The review's sequence (review-dma finding 1): TD A has TDI X running with an accepted
@@ -742,12 +656,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
             rdx: abi::UNBIND_FLAG_FORCE,
             ..Default::default()
         };
-        loop {
-            let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax;
-            if out != TDX_INTERRUPTED_RESUMABLE {
-                return out;
-            }
-        }
+        resumed(|| w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax)
     };
 
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
@@ -765,7 +674,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
         ));
         refused(w, "Y's unbind at its Track", unbind_y, pending);
         assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-        assert_eq!(process(w), TDX_SUCCESS);
+        assert_eq!(iq_process(w), TDX_SUCCESS);
     }
     // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
     // domain.
@@ -790,13 +699,13 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
     refused(
         w,
         "PROCESS with nothing requested",
-        || process(w),
+        || iq_process(w),
         TDX_SUCCESS,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
     refused(w, "Y's unbind before PROCESS", unbind_y, pending);
     assert!(unbinding());
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
 
     // A's domain forgotten on X's IOMMU: Y's leaf and the table page above it go, Y unbinds.
     assert_eq!(unbind_y(), TDX_SUCCESS);
@@ -856,19 +765,7 @@ fn an_unbinds_first_call_blocks_the_entry_however_much_mmio_follows() {
     let mut mem = vec![Page::ZERO; 32];
     let (world, td, tdi) = bound_world(&mut mem);
     let w = &world;
-    map_second_half(w, td);
-    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
-    let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi));
-    assert_eq!(
-        out.rax, TDX_INTERRUPTED_RESUMABLE,
-        "blocking takes more calls"
-    );
-    let read = on_idx(w, abi::TDH_DMAR_READ);
-    assert_eq!(read.r8 & dmar::PTE_P, 0, "not present after the first call");
-    assert_eq!(
-        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
-        (MAP_BLOCKED, INV_QUEUED)
-    );
+    first_call_blocks_the_entry(w, td, tdi, abi::TSM_DEVIF_UNBIND);
     assert_eq!(
         w.fw.tsm().dma_reach(w.id(tdi)).unwrap(),
         tsm_core::dma::DmaReach::SharedOnly
@@ -943,16 +840,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     };
     assert_eq!(waits, pending);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbinding as u64);
-    let remove_tdi = || {
-        w.call(
-            u64::from(abi::TDH_DEVIF_REMOVE),
-            SeamRegs {
-                rcx: tdi,
-                ..Default::default()
-            },
-        )
-        .rax
-    };
+    let remove_tdi = || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax;
     let has_dma = TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX;
     refused(w, "the forced unbind again", unbind, pending);
     refused(w, "DEVIF.REMOVE with the entry", remove_tdi, has_dma);
@@ -963,7 +851,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         TDX_DMAR_INVALID_INV_STATE | IDX_RCX,
     );
     // PROCESS completes the entry's own invalidation; the TD's domain is still owed.
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     assert_eq!(cut_and_blocked("processed"), (MAP_BLOCKED, dmar::INV_DONE));
     refused(w, "the forced unbind, the domain owed", unbind, pending);
     refused(
@@ -976,18 +864,9 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "the domain was owed");
     refused(w, "the forced unbind before PROCESS", unbind, pending);
     refused(w, "DEVIF.REMOVE before PROCESS", remove_tdi, has_dma);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     // The leaves go now, more than one call's work again.
-    let mut calls = 0;
-    let end = loop {
-        let out = unbind();
-        if out != TDX_INTERRUPTED_RESUMABLE {
-            break out;
-        }
-        calls += 1;
-        assert!(calls < 100, "the forced unbind never ends");
-    };
-    assert_eq!(end, TDX_SUCCESS);
+    assert_eq!(resumed(unbind), TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
     assert_eq!(
         on_idx(w, abi::TDH_DMAR_READ).rax,
@@ -995,9 +874,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         "the unbind removed the entry"
     );
     assert_eq!(reach(), tsm_core::dma::DmaReach::SharedOnly);
-    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
-    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
-    assert_eq!(free, total, "every table page back, the pinned root too");
+    assert_pool_all_free(w, "every table page back, the pinned root too");
     assert_eq!(remove_tdi(), TDX_SUCCESS);
 }
 
@@ -1008,9 +885,19 @@ fn a_devices_error_blocks_the_entry_in_its_first_call() {
     let mut mem = vec![Page::ZERO; 32];
     let (world, td, tdi) = bound_world(&mut mem);
     let w = &world;
+    first_call_blocks_the_entry(w, td, tdi, abi::TSM_DEVIF_ERROR);
+    let last = resumed(|| w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi)).rax);
+    assert_eq!(last, TDX_SUCCESS, "the error's last call completes it");
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}
+
+/// Maps the second half, starts the TDI and makes `leaf`'s first call on it: the call must
+/// leave work for later, with the TDI's PASID entry already blocked and its invalidation queued.
+fn first_call_blocks_the_entry(w: &World<'_>, td: u64, tdi: u64, leaf: u16) {
     map_second_half(w, td);
     assert_eq!(w.start(td, tdi), TDX_SUCCESS);
-    let out = w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi));
+    let out = w.call(u64::from(leaf), on(tdi));
     assert_eq!(
         out.rax, TDX_INTERRUPTED_RESUMABLE,
         "blocking takes more calls"
@@ -1022,11 +909,11 @@ fn a_devices_error_blocks_the_entry_in_its_first_call() {
         (MAP_BLOCKED, INV_QUEUED),
         "its invalidation queued with the block"
     );
-    let mut calls = 0;
-    while w.call(u64::from(abi::TSM_DEVIF_ERROR), on(tdi)).rax == TDX_INTERRUPTED_RESUMABLE {
-        calls += 1;
-        assert!(calls < 100);
-    }
-    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Error as u64);
-    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}
+
+/// Every page of the table pool is free again (`why` names what must have given it back).
+fn assert_pool_all_free(w: &World<'_>, why: &str) {
+    let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
+    assert_eq!(free, total, "{why}");
 }

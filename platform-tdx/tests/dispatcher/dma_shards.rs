@@ -10,20 +10,12 @@ use tsm_core::{GuestId, ReservedMemory};
 const POOL_PAGES: usize = 32;
 /// A second device's BAR (bus 4).
 const BAR_4: u64 = 0x9000_0000;
-/// The wait descriptors' status word: the last host page (no TDI's here relays through
-/// `PAGES_C`, whose VMM buffer it is).
-const WAIT_STATUS: u64 = host_page(HOST_PAGES as u64 - 1);
 
 impl<'m, const N: usize> World<'m, N> {
     /// The firmware over `N` shards, each S-EPT over its own pool in `pools` (as
     /// `tests/shards.rs` builds it).
     fn sharded(pools: &'m mut [Vec<Page>; N]) -> Self {
-        let mut base = 0x20_0000_0000;
-        let tables = pools.each_mut().map(|mem| {
-            let pool = FramePool::new(mem.as_mut_slice(), base).unwrap();
-            base += 0x1_0000_0000;
-            Sept::new(pool, SeptLevels::Four)
-        });
+        let tables = sharded_tables::sharded_tables(pools);
         World {
             fw: TdxModule::sharded(
                 tables,
@@ -88,17 +80,6 @@ fn entry_state<const N: usize>(w: &World<'_, N>, lane: Lane) -> (u64, u64) {
     ((out.rdx >> 3) & 0xff, (out.rdx >> 11) & 7)
 }
 
-/// TDH.IQ.INV.REQUEST of the lane's TD's domain (INV_REQ_IOTLB) on IOMMU 0.
-fn iotlb_request<const N: usize>(w: &World<'_, N>, lane: Lane) -> u64 {
-    let regs = dmar::iotlb_request_regs(0, lane.td, WAIT_STATUS, 1);
-    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
-}
-
-fn process<const N: usize>(w: &World<'_, N>) -> u64 {
-    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), SeamRegs::default())
-        .rax
-}
-
 /// Everything of shard `guest`'s: its S-EPT pool's bytes and bookkeeping (PASID entries
 /// among them).
 fn shard_image<const N: usize>(w: &World<'_, N>, guest: GuestId) -> (Vec<Page>, SeptBookkeeping) {
@@ -119,7 +100,7 @@ fn both_waiting(w: &World<'_, 2>, lanes: [Lane; 2]) {
     }
     for lane in lanes {
         assert_eq!(
-            iotlb_request(w, lane),
+            iotlb_request(w, lane.td),
             TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
             "TD {:#x} has not tracked since its entry was accepted",
             lane.td
@@ -161,11 +142,11 @@ fn one_iq_process_completes_every_shards_queue() {
     let w = &world;
     let lanes = two_lanes(w);
     both_waiting(w, lanes);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     for lane in lanes {
         assert_eq!(entry_state(w, lane), (MAP_BLOCKED, INV_DONE));
         assert_eq!(
-            iotlb_request(w, lane),
+            iotlb_request(w, lane.td),
             TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
             "the domain of TD {:#x} done too",
             lane.td
@@ -189,7 +170,7 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
     both_waiting(w, [a, b]);
     let (mem, held) = (w.mem.borrow().clone(), shard_image(w, b.guest));
     let record_b = w.fw.tsm().tdi(w.id(b.tdi)).unwrap();
-    let busy = w.fw.with_guest_table(b.guest, |_| process(w)).unwrap();
+    let busy = w.fw.with_guest_table(b.guest, |_| iq_process(w)).unwrap();
     assert_eq!(
         busy,
         TDX_OPERAND_BUSY | u64::from(OPERAND_ID_SEPT_TREE),
@@ -203,22 +184,31 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
             && w.fw.tsm().tdi(w.id(b.tdi)).unwrap() == record_b,
         "the busy shard changed"
     );
-    assert_eq!(iotlb_request(w, a), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
-    assert_eq!(iotlb_request(w, b), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
+    assert_eq!(
+        iotlb_request(w, a.td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED
+    );
+    assert_eq!(
+        iotlb_request(w, b.td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED
+    );
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(b.tdi), pending, "B still waits");
     // A's unbind ends now; the host repeats PROCESS for the rest.
     unbound(w, a);
     let done_a = shard_image(w, a.guest);
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     assert_eq!(entry_state(w, b), (MAP_BLOCKED, INV_DONE));
-    assert_eq!(iotlb_request(w, b), TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED);
+    assert_eq!(
+        iotlb_request(w, b.td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED
+    );
     assert!(
         shard_image(w, a.guest) == done_a,
         "completing shard 0 twice is completing it once"
     );
     let before = w.image();
-    assert_eq!(process(w), TDX_SUCCESS);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
     assert!(w.image() == before, "a third PROCESS changed something");
     unbound(w, b);
 }
