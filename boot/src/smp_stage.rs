@@ -301,6 +301,16 @@ fn verify_lanes(lanes: &[Lane], results: &[CpuResult], out: &mut dyn Write) -> b
         "smp: lanes ({working} independent guests, a shard each): {total}, {ms} ms"
     );
     let mut ok = total.failed == 0;
+    // No Busy proves nothing unless every lane worked.
+    let least = OPS.saturating_mul(working as u64);
+    if total.ops < least {
+        let _ = writeln!(
+            out,
+            "smp: FAIL lanes: {} operations, fewer than {least} ({OPS} per lane)",
+            total.ops
+        );
+        ok = false;
+    }
     if total.busy() != 0 {
         let _ = writeln!(
             out,

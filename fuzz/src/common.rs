@@ -39,6 +39,15 @@ pub fn invariants<T: SecureTable + tsm_tests::backend::FlushControl, S: SecureSe
     }
 }
 
+/// Whether `rec`'s device has a live IDE stream in `s` (the only case its DMA may reach private
+/// memory; the DMA oracles of both targets ask it).
+pub fn on_live_stream<U>(s: &Snapshot<U>, rec: &tsm_core::registry::Tdi) -> bool {
+    s.devices
+        .get(usize::from(rec.device.slot()))
+        .and_then(Option::as_ref)
+        .is_some_and(|d| d.stream == IdeStream::Live)
+}
+
 /// The record tables agree with each other: each guest's bound-TDI count is the number of TDIs
 /// bound to it (and a missing guest owns none), the device table and the device slots hold
 /// the same devices, every TDI's device lists it (and lists nothing else), and every owned

@@ -71,7 +71,7 @@ use tsm_core::relay::{MAX_RELAY_BYTES, doe};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    Completion, DeviceOp, Error, GuestId, Hpa, IdeStream, MmioRange, ModelSession, RequesterId,
+    Completion, DeviceOp, Error, GuestId, Hpa, MmioRange, ModelSession, RequesterId,
     ReservedMemory, TdiId, TdiState,
 };
 use tsm_core::{TdispState, capacity::MAX_RANGES_PER_TDI};
@@ -1665,12 +1665,7 @@ impl World {
                     rec.state
                 ));
             }
-            let live = after
-                .core
-                .devices
-                .get(usize::from(rec.device.slot()))
-                .and_then(Option::as_ref)
-                .is_some_and(|d| d.stream == IdeStream::Live);
+            let live = common::on_live_stream(&after.core, rec);
             let active = rec.dma == Some(DmaState::Active);
             match reach {
                 DmaReach::Private(g) => {

@@ -74,8 +74,8 @@ use tsm_core::dma::{DmaReach, DmaState};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
-    Completion, DeviceOp, Error, GuestId, IdeStream, MmioRange, ModelSession, PageSize,
-    RequesterId, ReservedMemory, TdiId, TdiState, TdispState,
+    Completion, DeviceOp, Error, GuestId, MmioRange, ModelSession, PageSize, RequesterId,
+    ReservedMemory, TdiId, TdiState, TdispState,
 };
 use zerocopy::IntoBytes;
 
@@ -1181,12 +1181,7 @@ impl World<'_> {
                     rec.state
                 ));
             }
-            let live = after
-                .core
-                .devices
-                .get(usize::from(rec.device.slot()))
-                .and_then(Option::as_ref)
-                .is_some_and(|d| d.stream == IdeStream::Live);
+            let live = common::on_live_stream(&after.core, rec);
             let active = rec.dma == Some(DmaState::Active);
             match reach {
                 DmaReach::Private(g) => {

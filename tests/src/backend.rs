@@ -138,7 +138,9 @@ pub trait Backend {
     /// relayed. Any other start goes straight to START and its refusal.
     fn start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         self.prepare_start(guest, tdi)?;
-        self.start_only(guest, tdi)
+        let mut request = [0u8; MAX_RELAY_BYTES];
+        let first = self.begin(DeviceCall::Start { guest, tdi }, &mut request);
+        relay_to_end(self, tdi, first, &mut request).map(drop)
     }
     /// What the usual start does before START (see [`Backend::start`]).
     fn prepare_start(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
@@ -152,12 +154,6 @@ pub trait Backend {
             self.dma_accept(guest, tdi)?;
         }
         Ok(())
-    }
-    /// The guest's START alone, relayed.
-    fn start_only(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        let mut request = [0u8; MAX_RELAY_BYTES];
-        let first = self.begin(DeviceCall::Start { guest, tdi }, &mut request);
-        relay_to_end(self, tdi, first, &mut request).map(drop)
     }
     /// Device reports ERROR for a TDI.
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion>;

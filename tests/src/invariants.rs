@@ -158,28 +158,26 @@ pub fn check<T: SecureTable + FlushControl, S: SecureSession, const N: usize>(
         if usize::from(leaf.guest.slot()).checked_rem(N) != Some(shard) {
             return Err(Violation::LeafOfOtherGuest(leaf.hpa));
         }
-        {
-            let (_, state) = owned
-                .iter()
-                .find(|(r, _)| r.contains_page(leaf.hpa, leaf.size))
-                .ok_or(Violation::LeafNotOwned(leaf.hpa))?;
-            if state.owner() != Some(leaf.guest) {
-                return Err(Violation::LeafOfOtherGuest(leaf.hpa));
-            }
-            let blocked_all = matches!(
-                state,
-                TdiState::Error { blocking: None, .. }
-                    | TdiState::Unbinding {
-                        step: UnbindStep::Stop
-                            | UnbindStep::Track
-                            | UnbindStep::Remove(_)
-                            | UnbindStep::Release,
-                        ..
-                    }
-            );
-            if blocked_all && leaf.state == LeafState::Mapped {
-                return Err(Violation::LiveLeafAfterBlocking(leaf.hpa));
-            }
+        let (_, state) = owned
+            .iter()
+            .find(|(r, _)| r.contains_page(leaf.hpa, leaf.size))
+            .ok_or(Violation::LeafNotOwned(leaf.hpa))?;
+        if state.owner() != Some(leaf.guest) {
+            return Err(Violation::LeafOfOtherGuest(leaf.hpa));
+        }
+        let blocked_all = matches!(
+            state,
+            TdiState::Error { blocking: None, .. }
+                | TdiState::Unbinding {
+                    step: UnbindStep::Stop
+                        | UnbindStep::Track
+                        | UnbindStep::Remove(_)
+                        | UnbindStep::Release,
+                    ..
+                }
+        );
+        if blocked_all && leaf.state == LeafState::Mapped {
+            return Err(Violation::LiveLeafAfterBlocking(leaf.hpa));
         }
         Ok(())
     })

@@ -1945,16 +1945,15 @@ impl Tally {
 // ------------------------------------------------------------------------------------------
 // One case on all four firmwares.
 
-/// Builds the four firmwares and runs `f` on them.
 /// Where SEV is in the firmwares `with_firmwares` gives (the last).
 const SEV_AT: usize = 3;
 
-/// Runs `f` on every firmware, SEV last ([`SEV_AT`]): SEV-TIO's one ASID fence per guest is its
-/// TLB flush and its trusted DMA contexts' IOTLB invalidation at once, raised when an unbind
-/// blocks a context and awaited before STOP, so while a test holds a guest's flushes SEV
-/// serialises the unbinds the others run side by side (one's STOP waits for another's fence).
-/// Cases compare SEV up to their first hold, the core with TDX to the end; SEV's holds have
-/// their own tests.
+/// Builds the four firmwares and runs `f` on them, SEV last ([`SEV_AT`]): SEV-TIO's one ASID
+/// fence per guest is its TLB flush and its trusted DMA contexts' IOTLB invalidation at once,
+/// raised when an unbind blocks a context and awaited before STOP, so while a test holds a
+/// guest's flushes SEV serialises the unbinds the others run side by side (one's STOP waits
+/// for another's fence). Cases compare SEV up to their first hold, the core with TDX to the
+/// end; SEV's holds have their own tests.
 fn with_firmwares(f: impl FnOnce(&mut [&mut dyn Subject]) -> TestCaseResult) -> TestCaseResult {
     let core_tsm = Box::new(Relayed::with_reserved(
         MemTable::<CORE_LEAVES>::new(),
