@@ -446,6 +446,30 @@ impl<'m> Sept<'m> {
         }
     }
 
+    /// TDH.PHYMEM.PAGE.RECLAIM of `guest`'s TDR: its vCPUs flushed everything at
+    /// TDH.MNG.VPFLUSHDONE and, with no PASID entry of its left, no IOMMU walks its S-EPT, so
+    /// every page it gave up is free at once (not left for the next TD in the slot to free at
+    /// its first TRACK). With an entry left (no host order reaches it: every TDI unbound removed
+    /// its entry) the pages stay retired. `Inconsistent` when the pool refuses the chains,
+    /// nothing changed.
+    pub fn td_reclaimed(&mut self, guest: GuestId) -> Result<(), SeptError> {
+        if self.dmar.entries().any(|e| e.guest == guest) {
+            return Ok(());
+        }
+        let slot = usize::from(guest.slot());
+        let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let e = self.epochs.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let mut all = e.waiting;
+        self.pool.check_chain(&all)?;
+        self.pool.check_chain(&tree.retired())?;
+        self.pool
+            .check_release(all.len().saturating_add(tree.retired().len()))?;
+        self.pool.join(&mut all, tree.take_retired())?;
+        self.pool.reclaim(&mut all)?;
+        e.waiting = Retired::EMPTY;
+        Ok(())
+    }
+
     /// Table pages `guest`'s S-EPT gave up that are not free yet (waiting for a TRACK and its
     /// flushes).
     pub fn retired_pages(&self, guest: GuestId) -> usize {
