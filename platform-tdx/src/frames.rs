@@ -623,6 +623,49 @@ impl<'m> FramePool<'m> {
     }
 }
 
+/// Audit support (tests and fuzz oracles, never a firmware build): the lists as they are.
+#[cfg(any(test, feature = "std"))]
+impl FramePool<'_> {
+    /// The pages of the list from `head` (index + 1; 0 is the end), following the links; `Err`
+    /// with what is wrong when a link is malformed, leaves the pool, or the list runs past
+    /// `limit` pages (a cycle).
+    fn walk_list(&self, mut head: u32, limit: usize) -> Result<std::vec::Vec<FrameIndex>, String> {
+        let mut out = std::vec::Vec::new();
+        while let Some(index) = head.checked_sub(1) {
+            if out.len() >= limit {
+                return Err(format!(
+                    "list longer than {limit}: a cycle or a drifted count"
+                ));
+            }
+            let page = self
+                .page(index)
+                .ok_or_else(|| format!("link to page {index}, outside the pool"))?;
+            out.push(index);
+            head = unlink(page.0[0])
+                .ok_or_else(|| format!("page {index}: malformed link {:#x}", page.0[0]))?;
+        }
+        Ok(out)
+    }
+
+    /// The free list's pages; `Err` when it disagrees with the free count.
+    pub fn free_list(&self) -> Result<std::vec::Vec<FrameIndex>, String> {
+        let pages = self.walk_list(self.free_head, self.free)?;
+        if pages.len() != self.free {
+            return Err(format!("{} pages listed, count {}", pages.len(), self.free));
+        }
+        Ok(pages)
+    }
+
+    /// `chain`'s pages, head first; `Err` when its links, tail or count disagree.
+    pub fn chain_pages(&self, chain: &Retired) -> Result<std::vec::Vec<FrameIndex>, String> {
+        let pages = self.walk_list(chain.head, chain.count)?;
+        if pages.len() != chain.count || (chain.count != 0 && pages.last() != Some(&chain.tail)) {
+            return Err(format!("chain {chain:?} holds {pages:?}"));
+        }
+        Ok(pages)
+    }
+}
+
 #[cfg(test)]
 std::thread_local! {
     /// Tests: entries read through [`FramePool::entry`] on this thread (what a search reads),

@@ -470,6 +470,81 @@ impl<'m> Sept<'m> {
         Ok(())
     }
 
+    /// Audit (tests and fuzz oracles): every pool page is in exactly one place (a tree, a
+    /// retired chain, the free list), every retired page reads as not present to a walker (no
+    /// entry with EPT bits 2:0 or bit 10 set), and each table page's count matches its entries.
+    #[doc(hidden)]
+    #[cfg(any(test, feature = "std"))]
+    pub fn audit_pages(&self) -> Result<(), String> {
+        fn tree<F: EntryFormat>(
+            pool: &FramePool<'_>,
+            page: FrameIndex,
+            level: u8,
+            seen: &mut [u8],
+        ) -> Result<(), String> {
+            let p = pool
+                .page(page)
+                .ok_or(format!("table page {page} outside"))?;
+            let slot = seen
+                .get_mut(page as usize)
+                .ok_or(format!("table page {page} outside"))?;
+            *slot = slot.saturating_add(1);
+            let in_use = p.0.iter().filter(|&&e| e != F::FREE).count() as u64;
+            if pool.used(page) != in_use {
+                return Err(format!(
+                    "page {page}: count {} for {in_use}",
+                    pool.used(page)
+                ));
+            }
+            if level > 1 {
+                for &e in &p.0 {
+                    if F::is_table(e, level) {
+                        let child = pool
+                            .index_of(F::child(e))
+                            .ok_or(format!("page {page}: table entry {e:#x} outside"))?;
+                        tree::<F>(pool, child, level.saturating_sub(1), seen)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        const PRESENT: u64 = 0b111 | 1 << 10;
+        let mut seen = std::vec![0u8; self.pool.total_frames()];
+        for t in &self.trees {
+            if let Some(root) = t.root() {
+                tree::<SeptFormat>(&self.pool, root, t.levels(), &mut seen)?;
+            }
+        }
+        if let Some(root) = self.mmiomt.root() {
+            tree::<MtFormat>(&self.pool, root, self.mmiomt.levels(), &mut seen)?;
+        }
+        let chains = self
+            .trees
+            .iter()
+            .map(|t| t.retired())
+            .chain(self.epochs.iter().map(|e| e.waiting));
+        for chain in chains {
+            for page in self.pool.chain_pages(&chain)? {
+                let p = self.pool.page(page).ok_or("retired page outside")?;
+                if p.0.iter().any(|&e| e & PRESENT != 0) {
+                    return Err(format!("retired page {page} reads as present: {p:?}"));
+                }
+                if let Some(n) = seen.get_mut(page as usize) {
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+        for page in self.pool.free_list()? {
+            if let Some(n) = seen.get_mut(page as usize) {
+                *n = n.saturating_add(1);
+            }
+        }
+        match seen.iter().position(|&n| n != 1) {
+            Some(page) => Err(format!("page {page} is in {:?} places", seen.get(page))),
+            None => Ok(()),
+        }
+    }
+
     /// Table pages `guest`'s S-EPT gave up that are not free yet (waiting for a TRACK and its
     /// flushes).
     pub fn retired_pages(&self, guest: GuestId) -> usize {
@@ -2442,6 +2517,7 @@ mod tests {
         s.dma_create(G, iface(4)).unwrap();
         assert_eq!(s.dma_accept(G, iface(4)), Ok(()));
         assert!(!s.dmar().iotlb_owed(G));
+        s.audit_pages().unwrap();
     }
 
     /// Without trusted DMA a page emptied by a removal waits for the TD's next TRACK and its
@@ -2473,6 +2549,7 @@ mod tests {
         s.hold_flush(G, false);
         assert_eq!(s.retired_pages(G), 0);
         assert_eq!(s.pool().free_frames(), free + 1);
+        s.audit_pages().unwrap();
     }
 
     #[test]
@@ -2883,6 +2960,7 @@ mod tests {
         }
         let free = s.pool.free_frames();
         assert_eq!(pages + retired + free, s.pool.total_frames());
+        s.audit_pages().unwrap();
         // The free list holds exactly the counted free pages.
         assert_eq!(s.pool.check_alloc(free), Ok(()));
         assert_eq!(s.pool.check_alloc(free + 1), Err(PoolError::Empty));
@@ -3676,6 +3754,13 @@ mod range_tests {
             } else {
                 prop_assert!(state(&a) == before, "a refused run changed the table");
             }
+            prop_assert_eq!(a.audit_pages(), Ok(()));
+            // A TRACK of every TD frees what the run retired; every page stays in one place.
+            for guest in GUESTS {
+                prop_assert_eq!(a.track(guest), Ok(Completion::Done));
+                prop_assert_eq!(a.retired_pages(guest), 0);
+            }
+            prop_assert_eq!(a.audit_pages(), Ok(()));
         }
     }
 
