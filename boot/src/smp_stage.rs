@@ -109,11 +109,7 @@ impl fmt::Display for CpuResult {
 
 #[inline(never)]
 fn setup_core() -> Option<Targets> {
-    workload::setup(&mut CoreBackend {
-        tsm: &CORE,
-        label: "core",
-    })
-    .ok()
+    workload::setup(&mut CoreBackend::new(&CORE, "core")).ok()
 }
 
 #[inline(never)]

@@ -135,11 +135,7 @@ fn concurrent_workload_on_the_core_table() {
     on_big_stack(|| {
         let tsm: Box<Relayed<MemTable<1024>>> =
             Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-        let targets = workload::setup(&mut CoreBackend {
-            tsm: &tsm,
-            label: "core",
-        })
-        .unwrap();
+        let targets = workload::setup(&mut CoreBackend::new(&tsm, "core")).unwrap();
         hammer("core", &tsm.host(), &targets);
     });
 }

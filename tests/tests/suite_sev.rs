@@ -60,10 +60,7 @@ fn devices_come_and_go_past_every_table_size() {
         let mut sev = Box::new(SevBackend::new(&mut rmp, &mut index).unwrap());
         let tsm: Box<Relayed<MemTable<64>>> =
             Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-        let mut core = CoreBackend {
-            tsm: &tsm,
-            label: "core",
-        };
+        let mut core = CoreBackend::new(&tsm, "core");
         let rid = |i: usize| RequesterId::try_new(0, u8::try_from(i).unwrap(), 0, 0).unwrap();
         let bar = MmioRange::from_raw(0x8000_0000, 16).unwrap();
         // Live devices never share a BAR page (BarInUse): one BAR each.
