@@ -350,6 +350,14 @@ fn verify_table<T: SecureTable + FlushControl, S: SecureSession>(
     }
     let _ = writeln!(out, "smp: {name}: {total}, {ms} ms");
     let mut ok = total.failed == 0;
+    // The guests accept and start on their own: only a gated platform refuses a START.
+    if !T::DMA_ACCEPT_BEFORE_START && total.not_accepted != 0 {
+        let _ = writeln!(
+            out,
+            "smp: FAIL {name}: START gated on a platform without the gate"
+        );
+        ok = false;
+    }
     if results.len() > 1 && total.busy() < MIN_BUSY {
         let _ = writeln!(
             out,
