@@ -500,8 +500,9 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         self.tsm.with_table(|t| inv.defer_flush(t, guest, defer))
     }
 
-    /// The in-memory table's invalidations the core requested and the table holds for the
-    /// host (manual mode), in the owner's table.
+    /// The owner's table completes what it holds for the host
+    /// ([`FlushControl::complete_invalidations`]: the in-memory table's requested
+    /// invalidations, which it holds in manual mode).
     fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
         let record = self.tsm.tdi(tdi)?;
         let Some(owner) = record.state.owner() else {
@@ -539,8 +540,8 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         })
     }
 
-    /// The in-memory table's leaf at the address, mapped (not blocked); its leaves carry no
-    /// read or write permission, so both directions reach a mapped one.
+    /// The owner's leaf at the address in the core's table, mapped (not blocked); the core's
+    /// leaves carry no read or write permission, so both directions reach a mapped one.
     fn dma_access(&mut self, tdi: TdiId, access: DmaAccess) -> TsmResult<DmaReach> {
         let reach = self.dma_reach(tdi)?;
         access_reach(reach, |owner| {

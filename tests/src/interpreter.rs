@@ -928,8 +928,8 @@ pub fn check_scenario(path: &str, text: &str, out: &mut dyn Write) -> u32 {
             }
             problem = name_problem(declared.iter().copied(), name, want);
         });
-        // A declaring line expected to fail declares nothing (as when it runs; one expected to
-        // fail on some backend only is taken as declaring).
+        // A declaring line expected to fail declares nothing (as when it runs; where the
+        // backends' expectations differ, the default one decides).
         let declares = line.op.declares().filter(|_| line.expect == "Ok");
         if problem.is_none()
             && let Some((name, _)) = declares
