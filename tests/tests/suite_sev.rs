@@ -119,3 +119,35 @@ fn devices_come_and_go_past_every_table_size() {
         both(&mut |b| b.create_device(next, &[bar]).map(drop)).unwrap();
     });
 }
+
+/// SEV-TIO only (the core has no vTOM, a 4-level S-EPT no such address): the sDTE's vTOM as
+/// Linux's SDTE write sets it (2^52 - 2 MiB) makes a DMA access at or above it shared, even
+/// to the owner's private page, in both directions; just below it, private.
+#[test]
+fn dma_at_or_above_the_sdte_vtom_is_shared() {
+    const TEXT: &str = "\
+guest td1
+device nic 0000:03:00.0 bar 0x8000_0000 1024
+tdi nic.0 nic 0000:03:00.0
+bind nic.0 td1 range 0x8000_0000 1024
+map nic.0 td1 0xf_ffff_ffc0_0000 0x8000_0000 2m
+map nic.0 td1 0xf_ffff_ffe0_0000 0x8020_0000 2m
+start td1 nic.0
+dma nic.0 read 0xf_ffff_ffc0_0000 private
+dma nic.0 write 0xf_ffff_ffdf_f000 private
+dma nic.0 read 0xf_ffff_ffe0_0000 shared
+dma nic.0 write 0xf_ffff_ffe0_1000 shared
+unbind-all nic.0
+";
+    on_big_stack(|| {
+        let mut out = String::new();
+        let mut summary = None;
+        with_sev(&mut |b| {
+            summary = Some(tsm_tests::interpreter::run_scenario(
+                b, "vtom", TEXT, &mut out,
+            ));
+        });
+        let summary = summary.unwrap();
+        assert_eq!((summary.passed, summary.failed), (12, 0), "{out}");
+    });
+}
