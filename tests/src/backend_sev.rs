@@ -864,30 +864,11 @@ impl Backend for SevBackend<'_> {
     }
 
     /// The guest's SDTE write, as Linux's guest sends it (`tio_tdi_sdte_write`: V, IR, IW,
-    /// VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK 0, through TIO_GUEST_REQUEST. A refusal
-    /// of the command is its core status; one in the answer is named in the core's terms (see
-    /// `SevBackend::sdte_refusal`).
+    /// VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK 0, through TIO_GUEST_REQUEST
+    /// ([`SevBackend::sdte_write`]).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        use platform_sev::sdte::{Q0_IR, Q0_IW, Q0_V, Q5_VTOM, Q5_VTOM_EN};
-        let (_, _, id) = self.tdi_slas(tdi);
-        let mut r = msg::SdteWriteReq::new_zeroed();
-        r.guest_device_id = id.into();
-        r.sdte.q[0] = (Q0_V | Q0_IR | Q0_IW).into();
-        r.sdte.q[5] = (Q5_VTOM_EN | (LINUX_VTOM << 1 & Q5_VTOM)).into();
-        let (out, bytes) = self.guest_message(guest, tdi, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
-        // An SDTE write never waits on the device: one round.
-        if out.to_core()? != Completion::Done {
-            return Err(Error::Inconsistent);
-        }
-        let mut rsp = msg::SdteWriteRsp::new_zeroed();
-        bytes
-            .get(..core::mem::size_of::<msg::SdteWriteRsp>())
-            .ok_or(Error::Inconsistent)
-            .map(|b| rsp.as_mut_bytes().copy_from_slice(b))?;
-        match rsp.status.get() {
-            0 => Ok(()),
-            status => Err(self.sdte_refusal(guest, tdi, status)),
-        }
+        use platform_sev::sdte::{Q0_IR, Q0_IW};
+        self.sdte_write(guest, tdi, Q0_IR | Q0_IW)
     }
 
     /// The sDTE as the RMP's secure device table holds it: valid, naming the owner's ASID.
@@ -953,6 +934,33 @@ const VTOM_UNIT: u64 = 1 << 21;
 const LINUX_VTOM: u64 = 0x7fff_ffff;
 
 impl SevBackend<'_> {
+    /// The guest's SDTE write of a valid entry with the DMA permissions `permissions` (of
+    /// `Q0_IR | Q0_IW`) and otherwise Linux's (VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK
+    /// 0, through TIO_GUEST_REQUEST. A refusal of the command is its core status; one in the
+    /// answer is named in the core's terms (see `SevBackend::sdte_refusal`).
+    pub fn sdte_write(&mut self, guest: GuestId, tdi: TdiId, permissions: u64) -> TsmResult<()> {
+        use platform_sev::sdte::{Q0_IR, Q0_IW, Q0_V, Q5_VTOM, Q5_VTOM_EN};
+        let (_, _, id) = self.tdi_slas(tdi);
+        let mut r = msg::SdteWriteReq::new_zeroed();
+        r.guest_device_id = id.into();
+        r.sdte.q[0] = (Q0_V | (permissions & (Q0_IR | Q0_IW))).into();
+        r.sdte.q[5] = (Q5_VTOM_EN | (LINUX_VTOM << 1 & Q5_VTOM)).into();
+        let (out, bytes) = self.guest_message(guest, tdi, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+        // An SDTE write never waits on the device: one round.
+        if out.to_core()? != Completion::Done {
+            return Err(Error::Inconsistent);
+        }
+        let mut rsp = msg::SdteWriteRsp::new_zeroed();
+        bytes
+            .get(..core::mem::size_of::<msg::SdteWriteRsp>())
+            .ok_or(Error::Inconsistent)
+            .map(|b| rsp.as_mut_bytes().copy_from_slice(b))?;
+        match rsp.status.get() {
+            0 => Ok(()),
+            status => Err(self.sdte_refusal(guest, tdi, status)),
+        }
+    }
+
     /// An SDTE write's refusal in the core's terms: the answer's status is coarser than the
     /// core's (TDI_NOT_BOUND covers unbound, in ERROR and unbinding; INVALID_TDI another
     /// guest's TDI), so the TDI's state, which the host sees in TDI_STATUS, tells them apart.

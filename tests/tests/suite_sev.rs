@@ -151,3 +151,68 @@ unbind-all nic.0
         assert_eq!((summary.passed, summary.failed), (12, 0), "{out}");
     });
 }
+
+/// SEV-TIO only (the sDTE is the one IOMMU structure with per-direction permissions here): a
+/// guest whose SDTE write grants reads only (IR, not IW) gets its device's reads to its
+/// private page and not its writes; the core's record calls the context active all the same.
+#[test]
+fn an_sdte_without_iw_lets_reads_through_and_not_writes() {
+    use platform_sev::sdte::{Q0_IR, Q0_IW};
+    use tsm_core::dma::DmaReach;
+    use tsm_core::{Gpa, MmioRange, PageSize, RequesterId, TdiState};
+    use tsm_tests::backend::DmaAccess;
+
+    const GPA: u64 = 0x10_0000_0000;
+    on_big_stack(|| {
+        for (permissions, read, write) in [
+            (Q0_IR, true, false),
+            (Q0_IW, false, true),
+            (Q0_IR | Q0_IW, true, true),
+            (0, false, false),
+        ] {
+            let mut rmp = vec![RmpEntry::new(); RMP_PAGES];
+            let mut index = vec![0; RMP_INDEX_WORDS];
+            let mut b = Box::new(SevBackend::new(&mut rmp, &mut index).unwrap());
+            let g = b.create_guest().unwrap();
+            let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();
+            let bar = MmioRange::from_raw(0x8000_0000, 16).unwrap();
+            let d = b.create_device(rid, &[bar]).unwrap();
+            let t = b.create_tdi(d, rid).unwrap();
+            let report = [tsm_core::tdisp::report::wire_range(0x8000_0000, 16, 0, 0)];
+            b.bind(t, g, &report).unwrap();
+            let gpa = Gpa::try_new(GPA).unwrap();
+            b.map(
+                t,
+                g,
+                gpa,
+                tsm_core::Hpa::try_new(0x8000_0000).unwrap(),
+                PageSize::Size4K,
+            )
+            .unwrap();
+            b.sdte_write(g, t, permissions).unwrap();
+            // START alone: the sDTE is written already (SEV does not gate START on it).
+            let mut request = [0u8; tsm_core::MAX_RELAY_BYTES];
+            let first = b.begin(
+                tsm_tests::backend::DeviceCall::Start { guest: g, tdi: t },
+                &mut request,
+            );
+            tsm_tests::backend::relay_to_end(&mut *b, t, first, &mut request).unwrap();
+            assert_eq!(b.tdi_state(t), Ok(TdiState::Run { owner: g }));
+            let reach = |ok: bool| {
+                if ok {
+                    DmaReach::Private(g)
+                } else {
+                    DmaReach::SharedOnly
+                }
+            };
+            for (write, want) in [(false, read), (true, write)] {
+                assert_eq!(
+                    b.dma_access(t, DmaAccess { write, gpa }),
+                    Ok(reach(want)),
+                    "permissions {permissions:#x}, write {write}"
+                );
+            }
+            b.unbind(t).unwrap();
+        }
+    });
+}
