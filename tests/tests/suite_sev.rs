@@ -196,7 +196,10 @@ fn an_sdte_without_iw_lets_reads_through_and_not_writes() {
                 tsm_tests::backend::DeviceCall::Start { guest: g, tdi: t },
                 &mut request,
             );
-            tsm_tests::backend::relay_to_end(&mut *b, t, first, &mut request).unwrap();
+            assert_eq!(
+                tsm_tests::backend::relay_to_end(&mut *b, t, first, &mut request),
+                Ok(tsm_core::Completion::Done)
+            );
             assert_eq!(b.tdi_state(t), Ok(TdiState::Run { owner: g }));
             let reach = |ok: bool| {
                 if ok {
@@ -212,7 +215,11 @@ fn an_sdte_without_iw_lets_reads_through_and_not_writes() {
                     "permissions {permissions:#x}, write {write}"
                 );
             }
-            b.unbind(t).unwrap();
+            assert_eq!(b.unbind(t), Ok(tsm_core::Completion::Done));
+            assert_eq!(
+                b.dma_access(t, DmaAccess { write: false, gpa }),
+                Ok(DmaReach::SharedOnly)
+            );
         }
     });
 }
