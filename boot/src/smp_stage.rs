@@ -1,6 +1,7 @@
 //! The concurrent stage: every CPU drives one shared firmware at once with the workload of
-//! `tsm_tests::workload` (bind, map, start, unbind, device errors, state checks, host zaps,
-//! TLB tracks and unmaps on four TDIs of two guests), on each secure table in turn: the core
+//! `tsm_tests::workload` (bind, map, the guest's own DMA accept and START, unbind, device
+//! errors, state checks, host zaps, TLB tracks and unmaps on four TDIs of two guests), on
+//! each secure table in turn: the core
 //! over its in-memory table, TDX over the S-EPT in page frames from the kernel's pool, and
 //! SEV-TIO over the RMP in physical frames (its core, which SEV's lock discipline protects).
 //! Each table's part starts behind a barrier, and a CPU that has done its share goes on until
