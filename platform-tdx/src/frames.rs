@@ -12,20 +12,26 @@ pub const ENTRIES_PER_PAGE: usize = 512;
 const PAGE_SHIFT: u32 = 12;
 const PAGE_OFFSET_MASK: u64 = (1 << PAGE_SHIFT) - 1;
 
+/// Bit 63 of a list link: an S-EPT entry's suppress-#VE bit, set in every free S-EPT entry
+/// (TDX module ABI SEPT_FREE; Intel SDM Vol. 3C 29.3.3, EPT-violation #VE), so a guest access
+/// through a retired page's link entry exits to the host as through any free entry.
+const LINK_SVE: u64 = 1 << 63;
+
 /// A list link as a page's first entry holds it: index + 1 of the next page (0 ends the list)
-/// in the frame-number bits, bits 11:0 clear. Read as an EPT or VT-d second-level entry that is
-/// not present (Intel SDM Vol. 3C 29.3.2: bits 2:0 clear; VT-d 3.x 9.8: R and W clear), so a
-/// walker that still caches the entry above a retired page ([`Retired`]) meets nothing there.
+/// in the frame-number bits, bits 11:0 clear, bit 63 set ([`LINK_SVE`]). Read as an EPT or VT-d
+/// second-level entry that is not present (Intel SDM Vol. 3C 29.3.2: bits 2:0 clear; VT-d 3.x
+/// 9.8: R and W clear), so a walker that still caches the entry above a retired page
+/// ([`Retired`]) meets nothing there.
 const fn link(next: u32) -> u64 {
-    (next as u64) << PAGE_SHIFT
+    LINK_SVE | (next as u64) << PAGE_SHIFT
 }
 
 /// The next page's index + 1 from a link ([`link`]); `None` for a value no link takes.
 fn unlink(raw: u64) -> Option<u32> {
-    if raw & PAGE_OFFSET_MASK != 0 {
+    if raw & PAGE_OFFSET_MASK != 0 || raw & LINK_SVE == 0 {
         return None;
     }
-    u32::try_from(raw >> PAGE_SHIFT).ok()
+    u32::try_from((raw & !LINK_SVE) >> PAGE_SHIFT).ok()
 }
 
 /// Table pages out of their tree but not yet free: a chain through each page's first entry, in
@@ -361,6 +367,16 @@ impl<'m> FramePool<'m> {
             Ok(())
         } else {
             Err(PoolError::Inconsistent)
+        }
+    }
+
+    /// Whether [`FramePool::join`] of `first` and `then` would succeed. Reads only.
+    pub fn check_join(&self, first: &Retired, then: &Retired) -> Result<(), PoolError> {
+        self.check_chain(first)?;
+        self.check_chain(then)?;
+        match first.count.checked_add(then.count) {
+            Some(n) if n <= self.pages.len() => Ok(()),
+            _ => Err(PoolError::Inconsistent),
         }
     }
 

@@ -204,7 +204,9 @@ impl<F: EntryFormat> Radix<F> {
 
     /// An empty tree of `top` levels whose emptied pages wait in its [`Retired`] chain instead
     /// of going back to the pool: a tree a vCPU or an IOMMU walks (the S-EPT), whose owner
-    /// frees them once every walker has flushed the entries that named them.
+    /// frees them once every walker has flushed the entries that named them. Its root, once
+    /// made, stays for the tree's life ([`Radix::keeps_root`]): a pointer register names it
+    /// (EPTP), which no flush rewrites; [`Radix::retire_root`] ends it.
     pub const fn deferred(top: u8) -> Self {
         let mut t = Self::new(top);
         t.defer = true;
@@ -241,8 +243,7 @@ impl<F: EntryFormat> Radix<F> {
 
     /// Keeps the root page (`true`) even when its last entry goes: something outside the
     /// tree names it (TDX: a PASID entry's SLPTPTR is the TD's S-EPT root, which the IOMMU
-    /// walks until the entry is removed). Unpinning gives nothing back by itself:
-    /// [`Radix::release_empty_root`].
+    /// walks until the entry is removed). Unpinning gives nothing back by itself.
     pub fn set_pinned(&mut self, pinned: bool) {
         self.pinned = pinned;
     }
@@ -252,10 +253,26 @@ impl<F: EntryFormat> Radix<F> {
         self.pinned
     }
 
-    /// Whether an unpinned tree's root page is empty (what [`Radix::release_empty_root`] would
-    /// give back).
-    pub fn root_is_empty(&self, pool: &FramePool<'_>) -> bool {
-        self.root.is_some_and(|r| pool.used(r) == 0)
+    /// Whether the root stays when its last entry goes: pinned, or a walked tree's
+    /// ([`Radix::deferred`]).
+    pub const fn keeps_root(&self) -> bool {
+        self.pinned || self.defer
+    }
+
+    /// Ends a walked tree's life ([`Radix::deferred`]): its empty root joins the retired
+    /// pages, unpinned. Nothing with no root; `Inconsistent`, nothing changed, when the root
+    /// still holds entries (a tree ends empty).
+    pub fn retire_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
+        let Some(root) = self.root else {
+            return Ok(());
+        };
+        if pool.used(root) != 0 {
+            return Err(PoolError::Inconsistent);
+        }
+        pool.retire(root, &mut self.retired)?;
+        self.root = None;
+        self.pinned = false;
+        Ok(())
     }
 
     /// The root page, allocated (empty) when the tree has none yet: what a pin needs when
@@ -270,22 +287,9 @@ impl<F: EntryFormat> Radix<F> {
         Ok(root)
     }
 
-    /// Gives an empty root page back (one a pin kept), as an emptied page goes
-    /// ([`Radix::deferred`]): nothing when pinned, when there is no root or when it still holds
-    /// entries.
-    pub fn release_empty_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
-        match self.root {
-            Some(r) if !self.pinned && pool.used(r) == 0 => {
-                self.give_back(pool, r)?;
-                self.root = None;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Gives back at once the empty root [`Radix::ensure_root`] just made, before anything
-    /// named it (a refusal undoing its own allocation): nothing when pinned or not empty.
+    /// named it (a refusal undoing its own allocation), whatever kind of tree: nothing when
+    /// pinned or not empty.
     pub fn undo_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
         match self.root {
             Some(r) if !self.pinned && pool.used(r) == 0 => {
@@ -546,7 +550,7 @@ impl<F: EntryFormat> Radix<F> {
         pool.write_run(page, slot_of(at.addr, at.level), count, left, |_, _| {
             F::FREE
         })?;
-        if left != 0 || (at.level >= self.top && self.pinned) {
+        if left != 0 || (at.level >= self.top && self.keeps_root()) {
             return Ok(());
         }
         self.give_back(pool, page)?;
@@ -605,7 +609,7 @@ impl<F: EntryFormat> Radix<F> {
             // The walk's pages are distinct, and each one's entry is read as it is now: the
             // parent's pointer to a page released below is still in place.
             if pool.count_after(page, slot_of(at.addr, level), true, F::FREE)? != 0
-                || (level >= self.top && self.pinned)
+                || (level >= self.top && self.keeps_root())
             {
                 break;
             }
@@ -629,7 +633,7 @@ impl<F: EntryFormat> Radix<F> {
         let mut level = at.level;
         while let Some(page) = at.pages.get(usize::from(level)).copied().flatten() {
             pool.set_counted(page, slot_of(addr, level), F::FREE, F::FREE)?;
-            if pool.used(page) != 0 || (level >= self.top && self.pinned) {
+            if pool.used(page) != 0 || (level >= self.top && self.keeps_root()) {
                 return Ok(());
             }
             self.give_back(pool, page)?;

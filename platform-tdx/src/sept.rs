@@ -438,41 +438,19 @@ impl<'m> Sept<'m> {
     }
 
     /// Frees the TD's waiting table pages once every walker has flushed
-    /// ([`TdEpoch::settled`]). A chain the pool refuses stays waiting: a leak the pool's own
-    /// checks report at the next allocation, never a page freed early.
+    /// ([`TdEpoch::settled`]). A chain the pool refuses (its bookkeeping drifted) stays
+    /// waiting: pages lost to the pool, which `Sept::audit_pages` reports, never a page freed
+    /// early.
     fn settle(pool: &mut FramePool<'_>, e: &mut TdEpoch) {
         if e.settled() && !e.waiting.is_empty() {
             let _ = pool.reclaim(&mut e.waiting);
         }
     }
 
-    /// TDH.PHYMEM.PAGE.RECLAIM of `guest`'s TDR: its vCPUs flushed everything at
-    /// TDH.MNG.VPFLUSHDONE and, with no PASID entry of its left, no IOMMU walks its S-EPT, so
-    /// every page it gave up is free at once (not left for the next TD in the slot to free at
-    /// its first TRACK). With an entry left (no host order reaches it: every TDI unbound removed
-    /// its entry) the pages stay retired. `Inconsistent` when the pool refuses the chains,
-    /// nothing changed.
-    pub fn td_reclaimed(&mut self, guest: GuestId) -> Result<(), SeptError> {
-        if self.dmar.entries().any(|e| e.guest == guest) {
-            return Ok(());
-        }
-        let slot = usize::from(guest.slot());
-        let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
-        let e = self.epochs.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
-        let mut all = e.waiting;
-        self.pool.check_chain(&all)?;
-        self.pool.check_chain(&tree.retired())?;
-        self.pool
-            .check_release(all.len().saturating_add(tree.retired().len()))?;
-        self.pool.join(&mut all, tree.take_retired())?;
-        self.pool.reclaim(&mut all)?;
-        e.waiting = Retired::EMPTY;
-        Ok(())
-    }
-
     /// Audit (tests and fuzz oracles): every pool page is in exactly one place (a tree, a
-    /// retired chain, the free list), every retired page reads as not present to a walker (no
-    /// entry with EPT bits 2:0 or bit 10 set), and each table page's count matches its entries.
+    /// retired chain, the free list), every retired page reads as a free S-EPT page to a walker
+    /// (no entry with EPT bits 2:0 or bit 10 set, suppress-#VE set in each), and each table
+    /// page's count matches its entries.
     #[doc(hidden)]
     #[cfg(any(test, feature = "std"))]
     pub fn audit_pages(&self) -> Result<(), String> {
@@ -526,8 +504,13 @@ impl<'m> Sept<'m> {
         for chain in chains {
             for page in self.pool.chain_pages(&chain)? {
                 let p = self.pool.page(page).ok_or("retired page outside")?;
-                if p.0.iter().any(|&e| e & PRESENT != 0) {
-                    return Err(format!("retired page {page} reads as present: {p:?}"));
+                if p.0
+                    .iter()
+                    .any(|&e| e & PRESENT != 0 || e & SeptFormat::FREE == 0)
+                {
+                    return Err(format!(
+                        "retired page {page} is not all free to a walker: {p:?}"
+                    ));
                 }
                 if let Some(n) = seen.get_mut(page as usize) {
                     *n = n.saturating_add(1);
@@ -937,8 +920,7 @@ impl<'m> Sept<'m> {
         let slot = usize::from(guest.slot());
         let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
         let e = self.epochs.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
-        self.pool.check_chain(&e.waiting)?;
-        self.pool.check_chain(&tree.retired())?;
+        self.pool.check_join(&e.waiting, &tree.retired())?;
         *work = work.saturating_sub(1);
         Self::settle(&mut self.pool, e);
         self.pool.join(&mut e.waiting, tree.take_retired())?;
@@ -1188,13 +1170,56 @@ impl SecureTable for Sept<'_> {
         self.dmar.block(guest, iface)
     }
 
+    /// The TD is gone (TDH.PHYMEM.PAGE.RECLAIM of its TDR; its vCPUs flushed everything at
+    /// TDH.MNG.VPFLUSHDONE): with no PASID entry of its left no walker of its S-EPT remains, so
+    /// its root and every page it retired are free at once, and its epoch record starts again
+    /// for the next TD in the slot. Refused, nothing changed: an entry left
+    /// (`DmaContextExists`), a root still holding entries or chains the pool disagrees with
+    /// (`Inconsistent`).
+    fn guest_destroyed(&mut self, guest: GuestId) -> Result<(), TableError> {
+        if self.dmar.entries().any(|e| e.guest == guest) {
+            return Err(TableError::DmaContextExists);
+        }
+        let slot = usize::from(guest.slot());
+        let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let e = self.epochs.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let root = match tree.root() {
+            Some(r) => {
+                self.pool.check_retire(r).map_err(SeptError::from)?;
+                1
+            }
+            None => 0,
+        };
+        self.pool
+            .check_join(&e.waiting, &tree.retired())
+            .map_err(SeptError::from)?;
+        let all = e
+            .waiting
+            .len()
+            .saturating_add(tree.retired().len())
+            .saturating_add(root);
+        self.pool.check_release(all).map_err(SeptError::from)?;
+        // Every check passed: the root retires, the chains join and go back in one step.
+        tree.retire_root(&mut self.pool).map_err(SeptError::from)?;
+        self.pool
+            .join(&mut e.waiting, tree.take_retired())
+            .map_err(SeptError::from)?;
+        self.pool.reclaim(&mut e.waiting).map_err(SeptError::from)?;
+        // The test hook holding flushes belongs to the slot, as the core's model keeps it.
+        *e = TdEpoch {
+            hold: e.hold,
+            ..TdEpoch::default()
+        };
+        Ok(())
+    }
+
     /// IQ.INV.REQUEST: complete only at TDH.IQ.INV.PROCESS ([`Sept::iq_process`]).
     fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
         self.dmar.invalidate(guest, iface)
     }
 
-    /// REMOVE; the TD's last accepted entry gone, its S-EPT root is unpinned, and given back
-    /// when no leaf is under it.
+    /// REMOVE; the TD's last accepted entry gone, its S-EPT root is unpinned (it stays the
+    /// TD's all the same, named by its EPTP, until [`Sept::td_reclaimed`]).
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let rid = iface.requester_id();
         // A removable entry, not while an IOMMU owes the TD's domain its last TRACK's
@@ -1221,16 +1246,9 @@ impl SecureTable for Sept<'_> {
             .trees
             .get_mut(usize::from(guest.slot()))
             .ok_or(SeptError::UnknownGuest)?;
-        let release = !still_pinned && tree.root_is_empty(&self.pool);
-        if release {
-            self.pool.check_release(1).map_err(SeptError::from)?;
-        }
         self.dmar.remove(guest, iface)?;
         if !still_pinned {
             tree.set_pinned(false);
-            // Proven above: the pool takes the page back.
-            tree.release_empty_root(&mut self.pool)
-                .map_err(SeptError::from)?;
         }
         Ok(())
     }
@@ -1456,6 +1474,8 @@ const _: () = assert!(3 * WALK_WORK <= tsm_core::capacity::MAX_RUN_WALK_WORK);
 struct Counts {
     grow: bool,
     top: u8,
+    /// The tree keeps its root when it empties ([`Radix::keeps_root`]): not counted as freed.
+    keep_root: bool,
     free: u64,
     pending: [Option<Pending>; MAX_LEVELS as usize + 1],
     released: usize,
@@ -1469,10 +1489,11 @@ struct Pending {
 }
 
 impl Counts {
-    fn new(grow: bool, top: u8, free: u64) -> Self {
+    fn new(grow: bool, top: u8, free: u64, keep_root: bool) -> Self {
         Self {
             grow,
             top,
+            keep_root,
             free,
             pending: [None; MAX_LEVELS as usize + 1],
             released: 0,
@@ -1520,6 +1541,9 @@ impl Counts {
         }
         if pool.in_use(p.page, self.free) != p.n {
             return Err(SeptError::Inconsistent);
+        }
+        if level >= self.top && self.keep_root {
+            return Ok(());
         }
         self.released = self
             .released
@@ -1686,8 +1710,8 @@ impl Sept<'_> {
         let (mut sf, mut mf): (Option<Lookup>, Option<Lookup>) = (None, None);
         let mut s_last = [None; MAX_LEVELS as usize + 1];
         let mut m_last = [None; MAX_LEVELS as usize + 1];
-        let mut s_counts = Counts::new(true, tree.levels(), SeptFormat::FREE);
-        let mut m_counts = Counts::new(true, MMIOMT_LEVELS, MtFormat::FREE);
+        let mut s_counts = Counts::new(true, tree.levels(), SeptFormat::FREE, tree.keeps_root());
+        let mut m_counts = Counts::new(true, MMIOMT_LEVELS, MtFormat::FREE, false);
         for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
                 run_page(gpa.as_u64(), size, i),
@@ -1997,8 +2021,8 @@ impl Sept<'_> {
             return Err(self.page_error(guest, gpa.as_u64(), hpa.as_u64(), plan));
         }
         let (mut sf, mut mf) = (None, None);
-        let mut s_counts = Counts::new(false, tree.levels(), SeptFormat::FREE);
-        let mut m_counts = Counts::new(false, MMIOMT_LEVELS, MtFormat::FREE);
+        let mut s_counts = Counts::new(false, tree.levels(), SeptFormat::FREE, tree.keeps_root());
+        let mut m_counts = Counts::new(false, MMIOMT_LEVELS, MtFormat::FREE, false);
         let mut unblocked = [0u64; EPOCH_BUCKETS as usize];
         // The clears below: one walk per table page of the run, in each tree.
         let mut walks = 0u32;
@@ -2552,6 +2576,71 @@ mod tests {
         s.audit_pages().unwrap();
     }
 
+    /// Review s22 F2: a live TD's root is named by its EPTP, which no TRACK rewrites, so it
+    /// is never retired while the TD lives: emptied and tracked, it stays the TD's and no other
+    /// TD's map gets it. The TD gone (`guest_destroyed`), it is free; refused while a PASID
+    /// entry of the TD remains, or while the root holds entries, changing nothing.
+    #[test]
+    fn a_live_tds_root_stays_its_own_until_the_td_is_gone() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let size = PageSize::Size2M;
+        let (x, x_host) = (gpa(0x10_0000_0000), hpa(0x8000_0000));
+        s.map(G, x, x_host, size).unwrap();
+        let root = s.root_phys(G).unwrap();
+        let refused = |s: &mut Sept<'_>, want: TableError| {
+            let before = (image(s), s.bookkeeping());
+            assert_eq!(s.guest_destroyed(G), Err(want));
+            assert!(
+                (image(s), s.bookkeeping()) == before,
+                "a refusal changed something"
+            );
+        };
+        refused(&mut s, TableError::Inconsistent);
+        s.block(G, x, size).unwrap();
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert_eq!(s.remove(G, x, size), Ok(x_host));
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert_eq!(s.retired_pages(G), 0);
+        // Every page H can get is mapped: G's root is not among them.
+        let mut i = 0u64;
+        while s
+            .map(
+                H,
+                gpa(0x20_0000_0000 + i * 0x40_0000_0000),
+                hpa(0xa000_0000 + i * 0x20_0000),
+                size,
+            )
+            .is_ok()
+        {
+            i += 1;
+        }
+        assert!(i > 0);
+        assert_eq!(s.root_phys(G), Some(root));
+        let root_page = s.pool().index_of(root).unwrap();
+        assert!(
+            s.pool()
+                .page(root_page)
+                .unwrap()
+                .0
+                .iter()
+                .all(|&e| e == SeptFormat::FREE)
+        );
+        s.audit_pages().unwrap();
+        // A PASID entry of G left: the TD cannot be forgotten yet.
+        s.dma_create(G, iface(3)).unwrap();
+        refused(&mut s, TableError::DmaContextExists);
+        s.dma_block(G, iface(3)).unwrap();
+        assert_eq!(s.dma_invalidate(G, iface(3)), Ok(false));
+        assert_eq!(s.iq_process(0), 1);
+        s.dma_remove(G, iface(3)).unwrap();
+        let free = s.pool().free_frames();
+        assert_eq!(s.guest_destroyed(G), Ok(()));
+        assert_eq!(s.root_phys(G), None);
+        assert_eq!(s.pool().free_frames(), free + 1);
+        s.audit_pages().unwrap();
+    }
+
     #[test]
     fn lifecycle_of_a_leaf_and_every_page_returns() {
         let mut mem = vec![Page::ZERO; 17];
@@ -2596,15 +2685,31 @@ mod tests {
             s.mmio_unmap(G, gpa(0x10_0000_0000), PageSize::Size2M),
             Ok(hpa(0x8020_0000))
         );
-        // The MMIOMT's pages are free at once (no walker); the S-EPT's three wait for the
-        // TD's next TRACK, their entries not present to a walker that still names them.
+        // The MMIOMT's pages are free at once (no walker); the S-EPT's two below the root
+        // wait for the TD's next TRACK, their entries not present to a walker that still
+        // names them; the root stays the TD's (its EPTP names it) until the TD is gone.
         assert_eq!(s.pool().free_frames(), 16 - 3);
-        assert_eq!(s.retired_pages(G), 3);
-        assert_eq!(s.root_phys(G), None);
+        assert_eq!(s.retired_pages(G), 2);
+        let root = s.root_phys(G);
+        assert!(root.is_some());
         s.mem_track(G).unwrap();
         assert_eq!(s.retired_pages(G), 0);
+        assert_eq!(s.pool().free_frames(), 16 - 1);
+        // Mapped again, the TD keeps its root.
+        s.mmio_map(G, gpa(0x20_0000_0000), hpa(0x8020_0000), PageSize::Size2M)
+            .unwrap();
+        assert_eq!(s.root_phys(G), root);
+        s.mmio_block(G, gpa(0x20_0000_0000), PageSize::Size2M)
+            .unwrap();
+        s.mem_track(G).unwrap();
+        s.mmio_unmap(G, gpa(0x20_0000_0000), PageSize::Size2M)
+            .unwrap();
+        // The TD gone, its root and its retired pages are free at once.
+        assert_eq!(s.guest_destroyed(G), Ok(()));
+        assert_eq!((s.root_phys(G), s.retired_pages(G)), (None, 0));
         assert_eq!(s.pool().free_frames(), 16);
         assert_eq!(image(&s).1, empty.1);
+        s.audit_pages().unwrap();
     }
 
     /// Every refusal leaves every byte of the table memory as it was.
@@ -2912,6 +3017,7 @@ mod tests {
         s.mem_track(G).unwrap();
         assert_eq!(s.mmio_unmap(G, gpa(0x2000), k4), Ok(hpa(0x8000_2000)));
         s.mem_track(G).unwrap();
+        assert_eq!(s.guest_destroyed(G), Ok(()));
         assert_eq!(s.pool().free_frames(), s.pool().total_frames());
 
         // The statuses: the core's Inconsistent, and TDX's TSM_INCONSISTENT.
@@ -3038,6 +3144,9 @@ mod tests {
         }
         track(&mut s, G);
         track(&mut s, H);
+        recount(&s);
+        assert_eq!(s.guest_destroyed(G), Ok(()));
+        assert_eq!(s.guest_destroyed(H), Ok(()));
         recount(&s);
         assert_eq!(s.pool().free_frames(), s.pool().total_frames());
         assert_eq!(
@@ -3988,6 +4097,7 @@ mod range_tests {
         );
         assert_eq!(t.leaf(g, gpa), None);
         assert_eq!(t.track(g), Ok(Completion::Done));
+        assert_eq!(t.guest_destroyed(g), Ok(()));
         assert_eq!(t.pool().free_frames(), t.pool().total_frames());
     }
 
@@ -4125,6 +4235,7 @@ mod range_tests {
                 assert!(state(&a) == state(&b), "{kind:?} {size:?}");
             }
             assert_eq!(a.track(g), Ok(Completion::Done));
+            assert_eq!(a.guest_destroyed(g), Ok(()));
             assert_eq!(a.pool().free_frames(), a.pool().total_frames());
         }
     }

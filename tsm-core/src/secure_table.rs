@@ -413,6 +413,15 @@ pub trait SecureTable {
         Ok(())
     }
 
+    /// The guest is gone: the table may free what it kept for it (TDX: the S-EPT root, which
+    /// the TD's EPTP names for the TD's life, and the table pages waiting for a flush).
+    /// Refused, nothing changed: a DMA context of the guest remains (`DmaContextExists`), the
+    /// table's bookkeeping disagrees (`Inconsistent`). Provided: nothing kept.
+    fn guest_destroyed(&mut self, guest: GuestId) -> Result<(), TableError> {
+        let _ = guest;
+        Ok(())
+    }
+
     /// `NotMapped` unless the leaf of `guest` at `gpa` translates to `hpa`.
     fn check_host(&self, guest: GuestId, gpa: Gpa, hpa: Hpa) -> Result<(), TableError> {
         match self.leaf(guest, gpa) {

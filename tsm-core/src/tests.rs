@@ -547,7 +547,7 @@ fn refused_start_puts_the_tdi_in_error() {
 // | operation                       | dev table | device | TDI | guest | ownership | secure table | transport |
 // |---------------------------------|-----------|--------|-----|-------|-----------|--------------|-----------|
 // | create_guest                    |           |        |     | any   |           |              |           |
-// | destroy_guest                   |           |        |     | x     |           |              |           |
+// | destroy_guest                   |           |        |     | x     |           | x            |           |
 // | create_device(_with)            | x         | new    |     |       |           |              |           |
 // | remove_device                   | x         | x      |     |       |           |              |           |
 // | create_tdi                      |           | x      | any |       |           |              |           |
@@ -641,7 +641,7 @@ const LOCK_CASES: &[LockCase] = &[
         op: "destroy_guest",
         setup: nothing,
         run: |f| f.w.tsm.destroy_guest(f.w.g2),
-        takes: &[(Gu, Some(1))],
+        takes: &[(Gu, Some(1)), (St, None)],
     },
     LockCase {
         op: "create_device",

@@ -434,13 +434,17 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .map(GuestId::from_slot)
     }
 
-    /// Forgets a guest that owns no TDI (`GuestInUse` otherwise).
+    /// Forgets a guest that owns no TDI (`GuestInUse` otherwise); its secure table frees what
+    /// it kept for it ([`SecureTable::guest_destroyed`], whose refusals it answers).
     pub fn destroy_guest(&self, guest: GuestId) -> TsmResult<()> {
         let mut slot = self.guests.lock(guest.slot())?;
         let record = slot.as_ref().ok_or(Error::InvalidHandle)?;
         if record.bound_tdis != 0 {
             return Err(Error::GuestInUse);
         }
+        // Under the guest's lock: no call on the guest runs between the table's release and
+        // the slot's.
+        self.table_of(guest)?.guest_destroyed(guest)?;
         *slot = None;
         Ok(())
     }

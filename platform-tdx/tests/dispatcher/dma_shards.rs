@@ -136,9 +136,11 @@ fn unbound(w: &World<'_, 2>, lane: Lane) {
         },
     );
     assert_eq!(track.rax, TDX_SUCCESS);
+    // Every page but the TD's S-EPT root (the TD's for its life).
     let (free, total) =
         w.fw.with_guest_table(lane.guest, |t| {
-            (t.pool().free_frames(), t.pool().total_frames())
+            let root = usize::from(t.root_phys(lane.guest).is_some());
+            (t.pool().free_frames() + root, t.pool().total_frames())
         })
         .unwrap();
     assert_eq!(free, total, "shard of TD {:#x}", lane.td);
