@@ -403,3 +403,139 @@ fn a_failing_fill_after_the_create_is_inconsistent_with_record_and_table_agreein
     assert_eq!(contexts(&w)[0].state, DmaState::Pending);
     assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
 }
+
+/// An IOTLB invalidation the platform cannot take yet (SEV: another fence of the guest out,
+/// `TlbNotFlushed`) leaves the blocked context `Blocked`; every later call that continues the
+/// teardown asks again: the next ERROR, the check, and the unbind (which waits before STOP).
+#[test]
+fn an_invalidation_the_platform_cannot_take_yet_is_asked_again_by_every_later_call() {
+    use crate::secure_table::TableError;
+    let not_yet = |w: &World, refuse: bool| {
+        w.tsm
+            .with_table(|t| t.refuse_invalidation(refuse.then_some(TableError::TlbNotFlushed)))
+            .unwrap();
+    };
+    type Call = fn(&World) -> TsmResult<Completion>;
+    let calls: [(&str, Call); 3] = [
+        ("ERROR", |w| w.tsm.device_error(w.t0)),
+        ("check", |w| w.tsm.check_interface(w.t0)),
+        ("unbind", |w| w.tsm.unbind(w.t0)),
+    ];
+    for (what, call) in calls {
+        let w = running();
+        let tsm = &w.tsm;
+        not_yet(&w, true);
+        assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done), "{what}");
+        assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked), "{what}");
+        assert_eq!(contexts(&w)[0].state, DmaState::Blocked, "{what}");
+        // Still out: each call asks, is told not yet, and changes nothing.
+        let before = tsm.snapshot().unwrap();
+        assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done), "{what}");
+        assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done), "{what}");
+        assert_eq!(tsm.snapshot().unwrap(), before, "{what}");
+        // The platform can take it now: this call asks, and the context is invalidated.
+        not_yet(&w, false);
+        assert_eq!(call(&w), Ok(Completion::Done), "{what}");
+        if what == "unbind" {
+            assert_eq!(dma(&w, w.t0), None);
+            assert!(contexts(&w).is_empty());
+        } else {
+            assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated), "{what}");
+            assert_eq!(contexts(&w)[0].state, DmaState::Invalidated, "{what}");
+        }
+    }
+}
+
+/// An unbind whose invalidation the platform cannot take yet waits before STOP with the
+/// documented status (`IotlbInvalidationPending`, not the TLB's), the progress kept, and goes
+/// on once the platform takes it. A forced unbind (no STOP) asks again at each later step.
+#[test]
+fn an_unbind_whose_invalidation_cannot_be_asked_yet_waits_before_stop_as_the_iotlb() {
+    use crate::secure_table::TableError;
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::TlbNotFlushed)))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::IotlbInvalidationPending));
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            owner: w.g1,
+            step: UnbindStep::Stop
+        }
+    );
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::IotlbInvalidationPending, || tsm.unbind(w.t0));
+    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::TlbNotFlushed)))
+        .unwrap();
+    assert_eq!(
+        tsm.unbind_forced(w.t0),
+        Err(Error::IotlbInvalidationPending)
+    );
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::IotlbInvalidationPending, || {
+        tsm.unbind_forced(w.t0)
+    });
+    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+}
+
+/// Any other refusal of the invalidation's request is never dropped: the call that asked
+/// answers it as its precise status, the context (and the leaves) still blocked; the next
+/// call asks again.
+#[test]
+fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
+    use crate::secure_table::TableError;
+    let refuse = |w: &World, on: bool| {
+        w.tsm
+            .with_table(|t| t.refuse_invalidation(on.then_some(TableError::OutOfFrames)))
+            .unwrap();
+    };
+    // ERROR: blocked, the refusal its status; the next ERROR and the check report it again.
+    let w = running();
+    let tsm = &w.tsm;
+    refuse(&w, true);
+    assert_eq!(tsm.device_error(w.t0), Err(Error::SecureTableFull));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+    assert!(matches!(
+        tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+        Some(crate::secure_table::LeafState::Blocked { .. })
+    ));
+    refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
+    refused(tsm, Error::SecureTableFull, || tsm.check_interface(w.t0));
+    refuse(&w, false);
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+
+    // Unbind: refused at its Block step with the context and the leaves blocked (progress on
+    // the side of safety), no STOP sent; the host's own request answers the same.
+    let w = running();
+    let tsm = &w.tsm;
+    refuse(&w, true);
+    assert_eq!(tsm.unbind(w.t0), Err(Error::SecureTableFull));
+    assert!(matches!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            step: UnbindStep::Block(_),
+            ..
+        }
+    ));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(
+        tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap()[0].1,
+        crate::lifecycle::TdispState::Run,
+        "no STOP sent"
+    );
+    refused(tsm, Error::SecureTableFull, || tsm.unbind(w.t0));
+    refuse(&w, false);
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+}

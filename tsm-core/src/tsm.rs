@@ -787,8 +787,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     }
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
-    /// to ERROR and its leaves are blocked, within [`UNBIND_WORK_PER_CALL`] units of work per call
-    /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is still
+    /// to ERROR and its DMA context and leaves are blocked, within [`UNBIND_WORK_PER_CALL`]
+    /// units of work per call (`Resumable` until all are), and the context's IOTLB
+    /// invalidation requested; a request the platform cannot take yet (SEV: another fence of
+    /// the guest out) is asked again by every later call, this one included, and any other
+    /// refusal of it is the call's status. Only unbind leaves ERROR. On a TDI whose unbind is still
     /// blocking (an unbind the host abandoned) it finishes that pass. A START or check waiting
     /// on the device is abandoned: its answer no longer matters.
     pub fn device_error(&self, tdi: TdiId) -> TsmResult<Completion> {
@@ -841,33 +844,44 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     }
 
     /// Blocks the leaves still live in a TDI the guest must no longer reach (ERROR, or an
-    /// unbind waiting for STOP), within one call's budget, and stores the progress.
+    /// unbind waiting for STOP), within one call's budget, and stores the progress. Once every
+    /// leaf is blocked, asks for the blocked DMA context's IOTLB invalidation where the
+    /// platform could not take it before (SEV: another fence of the guest was out), on every
+    /// call: so the host's next TDI_ERROR or check asks again once the fence is free.
     fn continue_blocking(
         tdi: TdiId,
         record: &mut Tdi,
         owners: &Ownership,
         table: &mut T,
     ) -> TsmResult<Completion> {
-        let Some(cursor) = record.state.blocking() else {
-            return Ok(Completion::Done);
+        let blocking = record.state.blocking();
+        let Some(owner) = record.state.owner() else {
+            // Only a bound TDI blocks: it has an owner, whose table holds its leaves.
+            return match blocking {
+                Some(_) => Err(Error::Inconsistent),
+                None => Ok(Completion::Done),
+            };
         };
-        // A device in ERROR is not trusted with the guest's memory either: its DMA context is
-        // blocked first, in the call that finds it blocking, however many calls its MMIO
-        // takes, and its IOTLB invalidation asked (removed by the unbind; a blocked context
-        // stays as it is).
-        let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-        unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
-        let mut budget = UNBIND_WORK_PER_CALL;
-        let blocking = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
-            Walk::Finished => None,
-            Walk::Paused(c) => Some(c),
-        };
-        record.state = record.state.with_blocking(blocking);
-        Ok(if blocking.is_some() {
-            Completion::Resumable
-        } else {
-            Completion::Done
-        })
+        if let Some(cursor) = blocking {
+            // A device in ERROR is not trusted with the guest's memory either: its DMA context
+            // is blocked first, in the call that finds it blocking, however many calls its MMIO
+            // takes (its invalidation asked at once, or after the last leaf on SEV; removed by
+            // the unbind; a blocked context stays as it is).
+            let asked = unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
+            let mut budget = UNBIND_WORK_PER_CALL;
+            let left = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
+                Walk::Finished => None,
+                Walk::Paused(c) => Some(c),
+            };
+            record.state = record.state.with_blocking(left);
+            // A refused request is this call's status once its leaves are blocked.
+            asked?;
+            if left.is_some() {
+                return Ok(Completion::Resumable);
+            }
+        }
+        unbind::ask_invalidation(table, owner, record.iface, &mut record.dma)?;
+        Ok(Completion::Done)
     }
 
     // ---- unbind -------------------------------------------------------------------------
@@ -1494,7 +1508,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                             Ok(_) => Error::DeviceMalformed,
                         };
                         record.state = transition(record.state, Event::DeviceError)?;
-                        // The fault is the status; blocking resumes on the next call that does.
+                        // The fault is the status; blocking, and the invalidation's request,
+                        // resume on the next call that continues the teardown (ERROR, check,
+                        // unbind), which reports any refusal of theirs as its own status.
                         let _ =
                             Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table);
                         Err(fault)
