@@ -539,3 +539,106 @@ fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());
 }
+
+/// Drives `tdi`'s bind to `guest` through [`Tsm::device_response_binding`], the device
+/// reporting `ranges`; `fill` is the platform's write of the new context (`fills` counts it).
+fn bind_creating(
+    w: &World,
+    tdi: TdiId,
+    guest: GuestId,
+    ranges: &[MmioRange],
+    fills: &core::cell::Cell<u32>,
+    fill: fn() -> Result<(), crate::secure_table::TableError>,
+) -> TsmResult<()> {
+    let tsm = &w.tsm;
+    let iface = tsm.tdi(tdi)?.iface;
+    tsm.with_device(|d| d.report_ranges(iface, ranges))?;
+    let mut buf = [0u8; crate::relay::MAX_RELAY_BYTES];
+    let mut outcome = tsm.firmware().bind(tdi, guest, &mut buf);
+    for _ in 0..64 {
+        let Ok(Completion::Relay(n)) = outcome else {
+            return outcome.map(drop);
+        };
+        // Never bound without the context, at any round.
+        let record = tsm.tdi(tdi)?;
+        assert_eq!(record.state.owner().is_some(), record.dma.is_some());
+        let mut answer = [0u8; crate::relay::MAX_RELAY_BYTES];
+        let len = tsm.with_device(|d| d.answer(&buf[..n], &mut answer))?;
+        let response = len.map(|k| &answer[..k]);
+        outcome = tsm
+            .firmware()
+            .device_response_binding(tdi, response, &mut buf, |t, owner, i| {
+                fills.set(fills.get() + 1);
+                // The context is there, pending, the bind's.
+                assert!(
+                    t.dma_contexts()
+                        .iter()
+                        .any(|c| (c.guest, c.iface, c.state) == (owner, i, DmaState::Pending))
+                );
+                fill()
+            });
+    }
+    panic!("the bind never ended");
+}
+
+/// A platform whose bind sets up the DMA context (SEV-TIO's TDI_BIND): the answer that binds
+/// creates it in the same call and locks, `fill` once; no round ever shows the TDI bound
+/// without it. A bind refused on either half changes nothing.
+#[test]
+fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
+    let w = crate::tests::world();
+    let tsm = &w.tsm;
+    let fills = core::cell::Cell::new(0);
+    bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
+    assert_eq!(fills.get(), 1);
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    let iface = tsm.tdi(w.t0).unwrap().iface;
+    assert_eq!(
+        contexts(&w),
+        [DmaEntry {
+            guest: w.g1,
+            iface,
+            state: DmaState::Pending
+        }]
+    );
+    // The host's own create finds it there.
+    refused(tsm, Error::DmaContextExists, || tsm.host_dma_create(w.t0));
+    // The bind half refused (a report the firmware will not trust): no context, no fill.
+    refused(tsm, Error::EmptyReport, || {
+        bind_creating(&w, w.t1, w.g1, &[], &fills, || Ok(()))
+    });
+    // The create half refused (a context the table holds for the interface already): the
+    // claim given back, the LOCK undone, nothing changed.
+    let iface1 = tsm.tdi(w.t1).unwrap().iface;
+    tsm.with_table(|t| t.dma_create(w.g2, iface1))
+        .unwrap()
+        .unwrap();
+    refused(tsm, Error::DmaContextExists, || {
+        bind_creating(&w, w.t1, w.g1, &[range(BAR + 0x20_0000, 4)], &fills, || {
+            Ok(())
+        })
+    });
+    assert_eq!(fills.get(), 1);
+    assert_eq!(
+        tsm.with_device(|d| d.state(crate::tests::rid(3, 1)))
+            .unwrap(),
+        crate::lifecycle::TdispState::ConfigUnlocked
+    );
+}
+
+/// A `fill` that fails after the bind's create is drift: `Inconsistent`, the TDI bound with its
+/// context created and not translating, record and table agreeing.
+#[test]
+fn a_failing_fill_at_the_bind_is_inconsistent_with_the_tdi_bound_and_its_context_there() {
+    let w = crate::tests::world();
+    let fills = core::cell::Cell::new(0);
+    let got = bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || {
+        Err(crate::secure_table::TableError::Inconsistent)
+    });
+    assert_eq!(got, Err(Error::Inconsistent));
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(contexts(&w)[0].state, DmaState::Pending);
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}
