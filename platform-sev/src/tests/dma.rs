@@ -691,3 +691,53 @@ fn a_sibling_with_nothing_to_fence_unbinds_behind_a_held_fence() {
     assert_eq!(raised(&w, g), before + 1);
     assert!(!w.sev.tsm().with_table(|r| r.sdtes().holds(g)).unwrap());
 }
+
+/// TDI_BIND binds and creates the sDTE in one core call: at no round of its exchanges is the
+/// TDI bound without its sDTE, and the round that binds makes it with TDI_BIND's fields.
+#[test]
+fn the_bind_creates_the_sdte_in_the_call_that_binds() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let mut o = w.once(&tdi_bind(GCTX));
+    let mut rounds = 0;
+    while o.status == SevStatus::SPDM_REQUEST {
+        let record = w.sev.tsm().tdi(w.tdi()).unwrap();
+        assert_eq!(record.state, TdiState::Unbound);
+        assert_eq!((record.dma, entry(&w)), (None, None));
+        w.relay();
+        o = w.reissue();
+        rounds += 1;
+        assert!(rounds < 32);
+    }
+    ok(o);
+    let record = w.sev.tsm().tdi(w.tdi()).unwrap();
+    assert!(matches!(record.state, TdiState::Locked { .. }));
+    assert_eq!(record.dma, Some(DmaState::Pending));
+    assert_eq!(entry(&w).unwrap().sdte.firmware_part(), bind_fields());
+}
+
+/// A TDI_BIND whose sDTE the table refuses (a slot the interface holds already: drift) is
+/// refused with that status, the LOCK undone: nothing bound, nothing claimed, the slot as it
+/// was. A bind refused for its report creates no sDTE either (`tdi_bind_report_status_info_unbind`
+/// compares the whole firmware, sDTE table included).
+#[test]
+fn a_bind_whose_sdte_is_refused_binds_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let g = w.guest(GCTX2);
+    let t = w.tdi();
+    let iface = w.sev.tsm().tdi(t).unwrap().iface;
+    w.sev
+        .tsm()
+        .with_table(|r| r.dma_create(g, iface))
+        .unwrap()
+        .unwrap();
+    let stale = entry(&w);
+    refused_relayed(&mut w, Error::DmaContextExists, t, |w| {
+        w.cmd(&tdi_bind(GCTX))
+    });
+    assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
+    assert!(w.sev.tsm().owned_ranges(t).unwrap().is_empty());
+    assert_eq!(entry(&w), stale);
+    assert_eq!(w.device.dsm().state(rid(0)), TdispState::ConfigUnlocked);
+}
