@@ -642,3 +642,26 @@ fn a_failing_fill_at_the_bind_is_inconsistent_with_the_tdi_bound_and_its_context
     assert_eq!(contexts(&w)[0].state, DmaState::Pending);
     assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
 }
+
+/// A START the device refuses puts the TDI in ERROR and blocks its context; a refusal of the
+/// invalidation's request there is not the call's status (the device's fault is) but is not
+/// lost: the next call that continues the teardown answers it.
+#[test]
+fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
+    use crate::secure_table::TableError;
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.host_dma_create(w.t0).unwrap();
+    tsm.guest_dma_accept(w.g1, w.t0).unwrap();
+    tsm.with_device(|d| d.set_fault(crate::tests::rid(3, 0), Some(DeviceFault::Refused)))
+        .unwrap();
+    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::OutOfFrames)))
+        .unwrap();
+    assert_eq!(tsm.guest_start(w.g1, w.t0), Err(Error::DeviceRefused));
+    assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
+    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+}

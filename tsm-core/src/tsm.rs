@@ -1563,9 +1563,13 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                         record.state = transition(record.state, Event::DeviceError)?;
                         // The fault is the status; blocking, and the invalidation's request,
                         // resume on the next call that continues the teardown (ERROR, check,
-                        // unbind), which reports any refusal of theirs as its own status.
-                        let _ =
-                            Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table);
+                        // unbind), which reports any refusal of theirs as its own status. A
+                        // refusal here is logged, not dropped.
+                        if let Err(e) =
+                            Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table)
+                        {
+                            log::warn!("TDI {tdi:?}: blocking after the refused START: {e}");
+                        }
                         Err(fault)
                     }
                 }
