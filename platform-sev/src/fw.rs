@@ -694,6 +694,21 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         continuing: bool,
         start: impl FnOnce(&Tsm<Rmp<R>, S>, &mut [u8]) -> TsmResult<Completion>,
     ) -> Result<TsmResult<Completion>, Fail> {
+        self.relay_round(mem, pages, continuing, start, |tsm, response, out| {
+            tsm.device_response(tdi, response, out)
+        })
+    }
+
+    /// [`Sev::relay_call`] with the continuation's core call `respond` (the device's answer,
+    /// or `None` for its silence): TDI_BIND's creates the sDTE with the bind.
+    fn relay_round(
+        &self,
+        mem: &mut dyn SystemMemory,
+        pages: RelayPages,
+        continuing: bool,
+        start: impl FnOnce(&Tsm<Rmp<R>, S>, &mut [u8]) -> TsmResult<Completion>,
+        respond: impl FnOnce(&Tsm<Rmp<R>, S>, Option<&[u8]>, &mut [u8]) -> TsmResult<Completion>,
+    ) -> Result<TsmResult<Completion>, Fail> {
         let mut out = [0u8; MAX_RELAY_BYTES];
         let outcome = if continuing {
             let mut answer = [0u8; MAX_RELAY_BYTES];
@@ -701,7 +716,7 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
                 Some(n) => Some(answer.get(..n).ok_or(Error::Inconsistent)?),
                 None => None,
             };
-            self.tsm.device_response(tdi, response, &mut out)
+            respond(&self.tsm, response, &mut out)
         } else {
             start(&self.tsm, &mut out)
         };
@@ -1032,19 +1047,25 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
         }
         // The ranges come from the device's own report over the secure session (the core
         // reads it after LOCK_INTERFACE, in exchanges the host relays), never from the host.
-        let done = self.relay_call(mem, pages, t.tdi, continuing, |tsm, out| {
-            tsm.bind(t.tdi, g.guest, out)
-        })??;
+        // SEV-TIO's TDI_BIND sets up the TDI's sDTE slot: the trusted DMA context, V clear
+        // until the owner's SDTE write. The core makes it in the call and the locks that bind
+        // (no TDI bound without its sDTE), with what the firmware knows of the TDI written in
+        // the same table lock: the guest device ID of this command, the device's IDE streams
+        // from DEV_CONNECT. The create cannot be refused short of drift: the sDTE table has a
+        // slot for every TDI the core holds, and the unbind removed this TDI's last one.
+        let fields = crate::sdte::bind_fields(id, dev.ide_stream_id);
+        let done = self.relay_round(
+            mem,
+            pages,
+            continuing,
+            |tsm, out| tsm.bind(t.tdi, g.guest, out),
+            |tsm, response, out| {
+                tsm.device_response_binding(t.tdi, response, out, |rmp, guest, iface| {
+                    rmp.sdte_fill_bind(guest, iface, &fields)
+                })
+            },
+        )??;
         if done == Completion::Done {
-            // SEV-TIO's TDI_BIND sets up the TDI's sDTE slot: the trusted DMA context, V clear
-            // until the owner's SDTE write, with what the firmware knows of the TDI written in
-            // the create's own table lock (the guest device ID of this command, the device's
-            // IDE streams from DEV_CONNECT). Cannot fail: the sDTE table has a slot for every
-            // TDI the core holds, and the unbind removed this TDI's last one.
-            let fields = crate::sdte::bind_fields(id, dev.ide_stream_id);
-            self.tsm.host_dma_create_with(t.tdi, |rmp, guest, iface| {
-                rmp.sdte_fill_bind(guest, iface, &fields)
-            })?;
             self.update_tdi(t.sla, |x| {
                 x.guest_device_id = id;
                 x.lock_flags = flags;
@@ -1633,6 +1654,7 @@ impl<R: RmpMemory, S: SecureSession> Sev<R, S> {
             return Ok(Sw::Reserved);
         }
         // An invalidation grants nothing; a valid entry's VMPL is the device's privilege.
+        // `sender` is the header's unauthenticated `msg_vmpck` (no VMPCK is modelled).
         if sdte.valid() && sdte.vmpl() < sender {
             return Ok(Sw::VmplBelowSender);
         }

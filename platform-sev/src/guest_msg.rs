@@ -290,7 +290,10 @@ pub enum SdteWriteStatus {
     /// of a VMPL below n (as the SNP firmware ABI refuses a MSG_REPORT_REQ VMPL below the
     /// sender's). The guest patch's enum has no status for a field of invalid value (an early
     /// AMD guest `tio.c` had `SDTE_WRITE_INVALID`, "a provided field has an invalid value", at
-    /// 3, the number the current enum gives `RESERVED`), so ours.
+    /// 3, the number the current enum gives `RESERVED`), so ours. The sender's VMPL is the
+    /// header's `msg_vmpck`, which this model takes as sent: messages are not encrypted, so no
+    /// key proves it, and a sender claiming VMPCK 0 passes the check (real firmware knows the
+    /// VMPCK from the key that decrypted the message).
     VmplBelowSender = 0x81,
 }
 

@@ -96,6 +96,11 @@ pub struct AsidFence {
     raised: u64,
     /// Fences completed (all TLBs and IOTLBs flushed); never above `raised`.
     done: u64,
+    /// Ours: the last fence raised was an sDTE's invalidation (raised once its TDI's last
+    /// leaf was blocked) and nothing of the guest (a leaf, a valid sDTE) was blocked since: it
+    /// covers every blocked leaf, so the unbind's Track raises no other
+    /// (`SecureTable::track_within`).
+    dma_fence: bool,
 }
 
 /// The low 32 bits of a fence count, as an RMP entry records it.
@@ -390,8 +395,7 @@ impl<S: RmpMemory> Rmp<S> {
             .ok_or(SevStatus::INVALID_GUEST)?;
         *slot = AsidFence {
             asid,
-            raised: 0,
-            done: 0,
+            ..AsidFence::default()
         };
         Ok(())
     }
@@ -557,6 +561,14 @@ impl<S: RmpMemory> Rmp<S> {
         self.mem.parts_mut().0.get_mut(r).unwrap_or_default()
     }
 
+    /// Records whether `guest`'s last fence is an sDTE's invalidation with nothing blocked
+    /// since (`true` as the invalidation raises it, `false` at any block).
+    fn set_dma_fence(&mut self, guest: GuestId, covers: bool) {
+        if let Some(f) = self.fences.get_mut(usize::from(guest.slot())) {
+            f.dma_fence = covers;
+        }
+    }
+
     /// Raises `guest`'s ASID fence: complete at once (`true`) unless tests hold it. One fence
     /// outstanding at a time, as TDX allows one TLB epoch (`SecureTable::track`): another while
     /// one is pending is `TlbNotFlushed`; the fence after the 2^64 - 1st is `OutOfFrames` (no
@@ -576,6 +588,7 @@ impl<S: RmpMemory> Rmp<S> {
             return Err(TableError::TlbNotFlushed);
         }
         f.raised = f.raised.checked_add(1).ok_or(TableError::OutOfFrames)?;
+        f.dma_fence = false;
         if !hold {
             f.done = f.raised;
         }
@@ -731,6 +744,10 @@ impl<S: RmpMemory> Rmp<S> {
 }
 
 impl<S: RmpMemory> SecureTable for Rmp<S> {
+    /// The sDTE's invalidation is the ASID fence, which flushes the TLBs and the IOTLB at
+    /// once: a teardown raises it after the TDI's last leaf is blocked, one fence for both.
+    const DMA_INVALIDATION_AFTER_LEAVES: bool = true;
+
     /// TDI_BIND: the interface's sDTE, all zero (V clear): the device reaches no private
     /// memory. `DmaContextExists`, `OutOfFrames` ([`SdteTable`]).
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
@@ -755,7 +772,9 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
         self.sdtes.put(slot)
     }
 
-    /// V, IR and IW cleared, the ASID's fence count recorded; a blocked entry stays as it is.
+    /// V, IR and IW cleared, the ASID's fence count recorded (an entry ever valid: the last
+    /// fence no longer covers everything, [`SecureTable::track_within`]); a blocked entry stays
+    /// as it is.
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let raised = self.fence(guest)?.raised;
         let mut slot = self.sdtes.of(guest, iface)?;
@@ -763,7 +782,12 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
             slot.sdte = sdte::blocked(&slot.sdte);
             slot.state = DmaState::Blocked;
             slot.blocked_at = raised;
+            let translated = slot.translated;
             self.sdtes.put(slot)?;
+            // An entry never valid left nothing in the IOTLB: no fence owed for it.
+            if translated {
+                self.set_dma_fence(guest, false);
+            }
         }
         Ok(())
     }
@@ -782,7 +806,11 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
             _ if !slot.translated || fence.done > slot.blocked_at => true,
             _ if fence.raised > slot.blocked_at => false,
             _ if fence.done < fence.raised => return Err(TableError::TlbNotFlushed),
-            _ => self.raise_fence(guest)?,
+            _ => {
+                let done = self.raise_fence(guest)?;
+                self.set_dma_fence(guest, true);
+                done
+            }
         };
         slot.state = if done {
             DmaState::Invalidated
@@ -857,6 +885,7 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
             e.set_blocked(true);
             e.set_fence_epoch(epoch_bits(raised));
         }
+        self.set_dma_fence(guest, false);
         Ok(())
     }
 
@@ -866,6 +895,20 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
         self.raise_fence(guest)?;
         Ok(Completion::Done)
+    }
+
+    /// The unbind's Track: no fence when the last one raised is an sDTE's invalidation with
+    /// nothing of the guest blocked since (the unbind raised it once its last leaf was blocked,
+    /// `DMA_INVALIDATION_AFTER_LEAVES`): it covers every blocked leaf, so `Done`, nothing
+    /// raised, and a removal waits for it (`TlbNotFlushed`) until it completes. Otherwise a
+    /// fence, as [`SecureTable::track`] (each unbind then raises exactly one, as the other
+    /// platforms advance one epoch). The host's ASID_FENCE_CLEAR always raises one.
+    fn track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<Completion, TableError> {
+        *work = work.saturating_sub(1);
+        if self.fence(guest)?.dma_fence {
+            return Ok(Completion::Done);
+        }
+        self.track(guest)
     }
 
     /// Unassigns a blocked leaf once a fence raised after its block has completed.

@@ -403,3 +403,265 @@ fn a_failing_fill_after_the_create_is_inconsistent_with_record_and_table_agreein
     assert_eq!(contexts(&w)[0].state, DmaState::Pending);
     assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
 }
+
+/// An IOTLB invalidation the platform cannot take yet (SEV: another fence of the guest out,
+/// `TlbNotFlushed`) leaves the blocked context `Blocked`; every later call that continues the
+/// teardown asks again: the next ERROR, the check, and the unbind (which waits before STOP).
+#[test]
+fn an_invalidation_the_platform_cannot_take_yet_is_asked_again_by_every_later_call() {
+    use crate::secure_table::TableError;
+    let not_yet = |w: &World, refuse: bool| {
+        w.tsm
+            .with_table(|t| t.refuse_invalidation(refuse.then_some(TableError::TlbNotFlushed)))
+            .unwrap();
+    };
+    type Call = fn(&World) -> TsmResult<Completion>;
+    let calls: [(&str, Call); 3] = [
+        ("ERROR", |w| w.tsm.device_error(w.t0)),
+        ("check", |w| w.tsm.check_interface(w.t0)),
+        ("unbind", |w| w.tsm.unbind(w.t0)),
+    ];
+    for (what, call) in calls {
+        let w = running();
+        let tsm = &w.tsm;
+        not_yet(&w, true);
+        assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done), "{what}");
+        assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked), "{what}");
+        assert_eq!(contexts(&w)[0].state, DmaState::Blocked, "{what}");
+        // Still out: each call asks, is told not yet, and changes nothing.
+        let before = tsm.snapshot().unwrap();
+        assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done), "{what}");
+        assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done), "{what}");
+        assert_eq!(tsm.snapshot().unwrap(), before, "{what}");
+        // The platform can take it now: this call asks, and the context is invalidated.
+        not_yet(&w, false);
+        assert_eq!(call(&w), Ok(Completion::Done), "{what}");
+        if what == "unbind" {
+            assert_eq!(dma(&w, w.t0), None);
+            assert!(contexts(&w).is_empty());
+        } else {
+            assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated), "{what}");
+            assert_eq!(contexts(&w)[0].state, DmaState::Invalidated, "{what}");
+        }
+    }
+}
+
+/// An unbind whose invalidation the platform cannot take yet waits before STOP with the
+/// documented status (`IotlbInvalidationPending`, not the TLB's), the progress kept, and goes
+/// on once the platform takes it. A forced unbind (no STOP) asks again at each later step.
+#[test]
+fn an_unbind_whose_invalidation_cannot_be_asked_yet_waits_before_stop_as_the_iotlb() {
+    use crate::secure_table::TableError;
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::TlbNotFlushed)))
+        .unwrap();
+    assert_eq!(tsm.unbind(w.t0), Err(Error::IotlbInvalidationPending));
+    assert_eq!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            owner: w.g1,
+            step: UnbindStep::Stop
+        }
+    );
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::IotlbInvalidationPending, || tsm.unbind(w.t0));
+    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+
+    let w = running();
+    let tsm = &w.tsm;
+    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::TlbNotFlushed)))
+        .unwrap();
+    assert_eq!(
+        tsm.unbind_forced(w.t0),
+        Err(Error::IotlbInvalidationPending)
+    );
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::IotlbInvalidationPending, || {
+        tsm.unbind_forced(w.t0)
+    });
+    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+}
+
+/// Any other refusal of the invalidation's request is never dropped: the call that asked
+/// answers it as its precise status, the context (and the leaves) still blocked; the next
+/// call asks again.
+#[test]
+fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
+    use crate::secure_table::TableError;
+    let refuse = |w: &World, on: bool| {
+        w.tsm
+            .with_table(|t| t.refuse_invalidation(on.then_some(TableError::OutOfFrames)))
+            .unwrap();
+    };
+    // ERROR: blocked, the refusal its status; the next ERROR and the check report it again.
+    let w = running();
+    let tsm = &w.tsm;
+    refuse(&w, true);
+    assert_eq!(tsm.device_error(w.t0), Err(Error::SecureTableFull));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+    assert!(matches!(
+        tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+        Some(crate::secure_table::LeafState::Blocked { .. })
+    ));
+    refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
+    refused(tsm, Error::SecureTableFull, || tsm.check_interface(w.t0));
+    refuse(&w, false);
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+
+    // Unbind: refused at its Block step with the context and the leaves blocked (progress on
+    // the side of safety), no STOP sent; the host's own request answers the same.
+    let w = running();
+    let tsm = &w.tsm;
+    refuse(&w, true);
+    assert_eq!(tsm.unbind(w.t0), Err(Error::SecureTableFull));
+    assert!(matches!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            step: UnbindStep::Block(_),
+            ..
+        }
+    ));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    assert_eq!(
+        tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap()[0].1,
+        crate::lifecycle::TdispState::Run,
+        "no STOP sent"
+    );
+    refused(tsm, Error::SecureTableFull, || tsm.unbind(w.t0));
+    refuse(&w, false);
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+}
+
+/// Drives `tdi`'s bind to `guest` through [`Tsm::device_response_binding`], the device
+/// reporting `ranges`; `fill` is the platform's write of the new context (`fills` counts it).
+fn bind_creating(
+    w: &World,
+    tdi: TdiId,
+    guest: GuestId,
+    ranges: &[MmioRange],
+    fills: &core::cell::Cell<u32>,
+    fill: fn() -> Result<(), crate::secure_table::TableError>,
+) -> TsmResult<()> {
+    let tsm = &w.tsm;
+    let iface = tsm.tdi(tdi)?.iface;
+    tsm.with_device(|d| d.report_ranges(iface, ranges))?;
+    let mut buf = [0u8; crate::relay::MAX_RELAY_BYTES];
+    let mut outcome = tsm.firmware().bind(tdi, guest, &mut buf);
+    for _ in 0..64 {
+        let Ok(Completion::Relay(n)) = outcome else {
+            return outcome.map(drop);
+        };
+        // Never bound without the context, at any round.
+        let record = tsm.tdi(tdi)?;
+        assert_eq!(record.state.owner().is_some(), record.dma.is_some());
+        let mut answer = [0u8; crate::relay::MAX_RELAY_BYTES];
+        let len = tsm.with_device(|d| d.answer(&buf[..n], &mut answer))?;
+        let response = len.map(|k| &answer[..k]);
+        outcome = tsm
+            .firmware()
+            .device_response_binding(tdi, response, &mut buf, |t, owner, i| {
+                fills.set(fills.get() + 1);
+                // The context is there, pending, the bind's.
+                assert!(
+                    t.dma_contexts()
+                        .iter()
+                        .any(|c| (c.guest, c.iface, c.state) == (owner, i, DmaState::Pending))
+                );
+                fill()
+            });
+    }
+    panic!("the bind never ended");
+}
+
+/// A platform whose bind sets up the DMA context (SEV-TIO's TDI_BIND): the answer that binds
+/// creates it in the same call and locks, `fill` once; no round ever shows the TDI bound
+/// without it. A bind refused on either half changes nothing.
+#[test]
+fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
+    let w = crate::tests::world();
+    let tsm = &w.tsm;
+    let fills = core::cell::Cell::new(0);
+    bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
+    assert_eq!(fills.get(), 1);
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    let iface = tsm.tdi(w.t0).unwrap().iface;
+    assert_eq!(
+        contexts(&w),
+        [DmaEntry {
+            guest: w.g1,
+            iface,
+            state: DmaState::Pending
+        }]
+    );
+    // The host's own create finds it there.
+    refused(tsm, Error::DmaContextExists, || tsm.host_dma_create(w.t0));
+    // The bind half refused (a report the firmware will not trust): no context, no fill.
+    refused(tsm, Error::EmptyReport, || {
+        bind_creating(&w, w.t1, w.g1, &[], &fills, || Ok(()))
+    });
+    // The create half refused (a context the table holds for the interface already): the
+    // claim given back, the LOCK undone, nothing changed.
+    let iface1 = tsm.tdi(w.t1).unwrap().iface;
+    tsm.with_table(|t| t.dma_create(w.g2, iface1))
+        .unwrap()
+        .unwrap();
+    refused(tsm, Error::DmaContextExists, || {
+        bind_creating(&w, w.t1, w.g1, &[range(BAR + 0x20_0000, 4)], &fills, || {
+            Ok(())
+        })
+    });
+    assert_eq!(fills.get(), 1);
+    assert_eq!(
+        tsm.with_device(|d| d.state(crate::tests::rid(3, 1)))
+            .unwrap(),
+        crate::lifecycle::TdispState::ConfigUnlocked
+    );
+}
+
+/// A `fill` that fails after the bind's create is drift: `Inconsistent`, the TDI bound with its
+/// context created and not translating, record and table agreeing.
+#[test]
+fn a_failing_fill_at_the_bind_is_inconsistent_with_the_tdi_bound_and_its_context_there() {
+    let w = crate::tests::world();
+    let fills = core::cell::Cell::new(0);
+    let got = bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || {
+        Err(crate::secure_table::TableError::Inconsistent)
+    });
+    assert_eq!(got, Err(Error::Inconsistent));
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(contexts(&w)[0].state, DmaState::Pending);
+    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
+}
+
+/// A START the device refuses puts the TDI in ERROR and blocks its context; a refusal of the
+/// invalidation's request there is not the call's status (the device's fault is) but is not
+/// lost: the next call that continues the teardown answers it.
+#[test]
+fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
+    use crate::secure_table::TableError;
+    let w = bound(1);
+    let tsm = &w.tsm;
+    tsm.host_dma_create(w.t0).unwrap();
+    tsm.guest_dma_accept(w.g1, w.t0).unwrap();
+    tsm.with_device(|d| d.set_fault(crate::tests::rid(3, 0), Some(DeviceFault::Refused)))
+        .unwrap();
+    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::OutOfFrames)))
+        .unwrap();
+    assert_eq!(tsm.guest_start(w.g1, w.t0), Err(Error::DeviceRefused));
+    assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
+    refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
+    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+}

@@ -42,6 +42,10 @@ pub struct MemTable<const N: usize> {
     /// Tests: the searches read the leaf at this host address as an entry they cannot read.
     #[cfg(test)]
     broken_at: Option<Hpa>,
+    /// Tests: every IOTLB invalidation request is refused with this, nothing changed (SEV's
+    /// `TlbNotFlushed` while another fence is out, or any other refusal).
+    #[cfg(test)]
+    refuse_invalidation: Option<TableError>,
 }
 
 impl<const N: usize> Default for MemTable<N> {
@@ -68,6 +72,8 @@ impl<const N: usize> MemTable<N> {
             dmas: heapless::Vec::new(),
             #[cfg(test)]
             broken_at: None,
+            #[cfg(test)]
+            refuse_invalidation: None,
         }
     }
 
@@ -75,6 +81,12 @@ impl<const N: usize> MemTable<N> {
     #[cfg(test)]
     pub(crate) fn break_at(&mut self, hpa: Option<Hpa>) {
         self.broken_at = hpa;
+    }
+
+    /// Tests: refuse every IOTLB invalidation request with `refusal` (`None`: take them).
+    #[cfg(test)]
+    pub(crate) fn refuse_invalidation(&mut self, refusal: Option<TableError>) {
+        self.refuse_invalidation = refusal;
     }
 
     /// When set for `guest`, its `track` advances the epoch but the flush completes only at
@@ -204,6 +216,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn dma_invalidate(&mut self, guest: GuestId, iface: InterfaceId) -> Result<bool, TableError> {
+        #[cfg(test)]
+        if let Some(refusal) = self.refuse_invalidation {
+            return Err(refusal);
+        }
         let deferred = self
             .epochs
             .get(usize::from(guest.slot()))

@@ -229,6 +229,16 @@ pub trait SecureTable {
     /// from the write on either way ([`crate::dma::reach`]). Provided: not required.
     const DMA_ACCEPT_BEFORE_START: bool = false;
 
+    /// Whether the IOTLB invalidation of a blocked DMA context is the guest's TLB epoch advance
+    /// itself ([`SecureTable::dma_invalidate`] advances it; SEV-TIO: the ASID fence flushes the
+    /// TLBs and the IOMMU's IOTLB together). A teardown (unbind, ERROR) then still blocks the
+    /// context in its first call, but requests its invalidation only once every MMIO leaf of
+    /// the TDI is blocked, so the one advance covers the context and the leaves, and the
+    /// unbind's Track step finds nothing left to advance ([`SecureTable::track_within`]).
+    /// False (TDX): the request is queued with the block (TDH.IQ.INV.REQUEST), apart from the
+    /// TLB epoch. Provided: false.
+    const DMA_INVALIDATION_AFTER_LEAVES: bool = false;
+
     /// Adds a leaf `gpa -> hpa` of `size` for `guest`, in state `Mapped`.
     fn map(&mut self, guest: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize)
     -> Result<(), TableError>;
@@ -247,10 +257,14 @@ pub trait SecureTable {
     /// yet; call again. Nothing it did changes what any leaf means.
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError>;
 
-    /// [`SecureTable::track`] within `work` units of [`crate::capacity::UNBIND_WORK_PER_CALL`]:
-    /// the bookkeeping before the advance (TDX's re-stamp) spends at most what `work` holds and
-    /// is `Resumable` when it runs out; the advance itself costs one. Provided: `track`, one unit
-    /// (a table whose track does bounded work of its own).
+    /// The unbind's advance: [`SecureTable::track`] within `work` units of
+    /// [`crate::capacity::UNBIND_WORK_PER_CALL`]: the bookkeeping before the advance (TDX's
+    /// re-stamp) spends at most what `work` holds and is `Resumable` when it runs out; the
+    /// advance itself costs one. A table that knows an advance already raised after every
+    /// block of the guest may raise none (`Done`; SEV: the last fence is the unbind's DMA
+    /// invalidation, raised after its last leaf, with nothing blocked since): its leaves wait for that
+    /// flush (`TlbNotFlushed` at their removal) as after an advance. Provided: `track`, one
+    /// unit (a table whose track does bounded work of its own).
     fn track_within(&mut self, guest: GuestId, work: &mut u32) -> Result<Completion, TableError> {
         *work = work.saturating_sub(1);
         self.track(guest)

@@ -42,13 +42,13 @@ use crate::registry::{
 };
 use crate::relay::{MAX_RELAY_BYTES, SecureSession};
 use crate::reserved::ReservedMemory;
-use crate::secure_table::{Leaf, SecureTable};
+use crate::secure_table::{Leaf, SecureTable, TableError};
 use crate::status::{Completion, Error, Operand, TsmResult};
 use crate::tdisp::message::{LOCK_FLAG_NO_FW_UPDATE, Response};
 use crate::tdisp::report::{DeviceInterfaceReport, REPORT_PORTION, ReportAssembler};
 use crate::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Requester};
 use crate::tdisp::{TDISP_VERSION_1_0, WireError, error_code};
-use crate::transport::{DeviceFault, ReportedRange};
+use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
 use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
 
 mod dma_ops;
@@ -113,6 +113,10 @@ impl<T, S, const SHARDS: usize> fmt::Debug for Tsm<T, S, SHARDS> {
             .finish_non_exhaustive()
     }
 }
+
+/// What a bind that creates the TDI's DMA context writes of the platform's own in it
+/// ([`Tsm::device_response_binding`]): the owner's table, the owner, the interface.
+type BindFill<'f, T> = dyn FnMut(&mut T, GuestId, InterfaceId) -> Result<(), TableError> + 'f;
 
 /// What an unbind holds besides the TDI (and, forced, the device): the owner's record, the
 /// ownership table and the owner's secure table.
@@ -791,8 +795,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     }
 
     /// The device reported ERROR (or flagged a configuration change) for `tdi`: the TDI goes
-    /// to ERROR and its leaves are blocked, within [`UNBIND_WORK_PER_CALL`] units of work per call
-    /// (`Resumable` until all are). Only unbind leaves ERROR. On a TDI whose unbind is still
+    /// to ERROR and its DMA context and leaves are blocked, within [`UNBIND_WORK_PER_CALL`]
+    /// units of work per call (`Resumable` until all are), and the context's IOTLB
+    /// invalidation requested; a request the platform cannot take yet (SEV: another fence of
+    /// the guest out) is asked again by every later call, this one included, and any other
+    /// refusal of it is the call's status. Only unbind leaves ERROR. On a TDI whose unbind is still
     /// blocking (an unbind the host abandoned) it finishes that pass. A START or check waiting
     /// on the device is abandoned: its answer no longer matters.
     pub fn device_error(&self, tdi: TdiId) -> TsmResult<Completion> {
@@ -845,33 +852,44 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     }
 
     /// Blocks the leaves still live in a TDI the guest must no longer reach (ERROR, or an
-    /// unbind waiting for STOP), within one call's budget, and stores the progress.
+    /// unbind waiting for STOP), within one call's budget, and stores the progress. Once every
+    /// leaf is blocked, asks for the blocked DMA context's IOTLB invalidation where the
+    /// platform could not take it before (SEV: another fence of the guest was out), on every
+    /// call: so the host's next TDI_ERROR or check asks again once the fence is free.
     fn continue_blocking(
         tdi: TdiId,
         record: &mut Tdi,
         owners: &Ownership,
         table: &mut T,
     ) -> TsmResult<Completion> {
-        let Some(cursor) = record.state.blocking() else {
-            return Ok(Completion::Done);
+        let blocking = record.state.blocking();
+        let Some(owner) = record.state.owner() else {
+            // Only a bound TDI blocks: it has an owner, whose table holds its leaves.
+            return match blocking {
+                Some(_) => Err(Error::Inconsistent),
+                None => Ok(Completion::Done),
+            };
         };
-        // A device in ERROR is not trusted with the guest's memory either: its DMA context is
-        // blocked first, in the call that finds it blocking, however many calls its MMIO
-        // takes, and its IOTLB invalidation asked (removed by the unbind; a blocked context
-        // stays as it is).
-        let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-        unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
-        let mut budget = UNBIND_WORK_PER_CALL;
-        let blocking = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
-            Walk::Finished => None,
-            Walk::Paused(c) => Some(c),
-        };
-        record.state = record.state.with_blocking(blocking);
-        Ok(if blocking.is_some() {
-            Completion::Resumable
-        } else {
-            Completion::Done
-        })
+        if let Some(cursor) = blocking {
+            // A device in ERROR is not trusted with the guest's memory either: its DMA context
+            // is blocked first, in the call that finds it blocking, however many calls its MMIO
+            // takes (its invalidation asked at once, or after the last leaf on SEV; removed by
+            // the unbind; a blocked context stays as it is).
+            let asked = unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
+            let mut budget = UNBIND_WORK_PER_CALL;
+            let left = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
+                Walk::Finished => None,
+                Walk::Paused(c) => Some(c),
+            };
+            record.state = record.state.with_blocking(left);
+            // A refused request is this call's status once its leaves are blocked.
+            asked?;
+            if left.is_some() {
+                return Ok(Completion::Resumable);
+            }
+        }
+        unbind::ask_invalidation(table, owner, record.iface, &mut record.dma)?;
+        Ok(Completion::Done)
     }
 
     // ---- unbind -------------------------------------------------------------------------
@@ -1312,7 +1330,46 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        let outcome = self.take_response(tdi, response, out);
+        self.respond(tdi, response, out, None)
+    }
+
+    /// [`Tsm::device_response`] on a platform whose bind sets up the TDI's trusted DMA context
+    /// (SEV-TIO: TDI_BIND makes the sDTE): the answer that completes a bind also creates the
+    /// context, `Pending` as [`Tsm::host_dma_create_with`] makes it, `fill` writing the
+    /// platform's own fields, all in the bind's locks. So no TDI is ever bound without its
+    /// context, nor a context made for a TDI that is not bound. A create the table refuses
+    /// refuses the bind as a report the firmware will not trust does: nothing claimed, no
+    /// context, the TDI unbound, the LOCK undone with STOP (`Relay`), and the bind ends with
+    /// the create's status. `fill` must not fail; if it does, the TDI stays bound with its
+    /// context created, not translating, and the answer is `Inconsistent`. Any other exchange
+    /// goes as [`Tsm::device_response`] takes it.
+    ///
+    /// Locks: those of [`Tsm::device_response`] (the secure table is the bind's guest's shard).
+    pub fn device_response_binding(
+        &self,
+        tdi: TdiId,
+        response: Option<&[u8]>,
+        out: &mut [u8],
+        fill: impl FnOnce(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
+    ) -> TsmResult<Completion> {
+        let mut fill = Some(fill);
+        let mut once = |table: &mut T, guest, iface| match fill.take() {
+            Some(f) => f(table, guest, iface),
+            None => Err(TableError::Inconsistent),
+        };
+        self.respond(tdi, response, out, Some(&mut once))
+    }
+
+    /// [`Tsm::device_response`], creating the DMA context at a bind's end when `fill` is
+    /// given ([`Tsm::device_response_binding`]), with its log line.
+    fn respond(
+        &self,
+        tdi: TdiId,
+        response: Option<&[u8]>,
+        out: &mut [u8],
+        fill: Option<&mut BindFill<'_, T>>,
+    ) -> TsmResult<Completion> {
+        let outcome = self.take_response(tdi, response, out, fill);
         match outcome {
             // The device failed the operation: what an integrator looks for first.
             Err(
@@ -1324,12 +1381,13 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         outcome
     }
 
-    /// [`Tsm::device_response`] without its log line.
+    /// [`Tsm::respond`] without its log line.
     fn take_response(
         &self,
         tdi: TdiId,
         response: Option<&[u8]>,
         out: &mut [u8],
+        fill: Option<&mut BindFill<'_, T>>,
     ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1468,8 +1526,17 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                         &self.reserved,
                         &mut locks,
                         &transport,
+                        fill.is_some(),
                     ) {
-                        Ok(()) => return Ok(Completion::Done),
+                        Ok(()) => {
+                            if let Some(fill) = fill {
+                                // The context exists, made in this lock: see
+                                // `device_response_binding` for a fill that fails.
+                                fill(&mut *locks.table, guest, record.iface)
+                                    .map_err(|_| Error::Inconsistent)?;
+                            }
+                            return Ok(Completion::Done);
+                        }
                         Err(e) => Err(e),
                     },
                     other => other,
@@ -1498,9 +1565,15 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                             Ok(_) => Error::DeviceMalformed,
                         };
                         record.state = transition(record.state, Event::DeviceError)?;
-                        // The fault is the status; blocking resumes on the next call that does.
-                        let _ =
-                            Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table);
+                        // The fault is the status; blocking, and the invalidation's request,
+                        // resume on the next call that continues the teardown (ERROR, check,
+                        // unbind), which reports any refusal of theirs as its own status. A
+                        // refusal here is logged, not dropped.
+                        if let Err(e) =
+                            Self::continue_blocking(tdi, record, &locks.owners, &mut *locks.table)
+                        {
+                            log::warn!("TDI {tdi:?}: blocking after the refused START: {e}");
+                        }
                         Err(fault)
                     }
                 }
@@ -1651,7 +1724,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         }
     }
 
-    /// The report is whole: check it and bind, or refuse with nothing bound.
+    /// The report is whole: check it and bind (with the TDI's DMA context, `Pending`, when
+    /// `create`), or refuse with nothing bound.
+    #[allow(clippy::too_many_arguments)]
     fn finish_bind(
         dev: &mut Device,
         tdi: TdiId,
@@ -1660,6 +1735,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         reserved: &ReservedMemory,
         locks: &mut UnbindLocks<'_, T, SHARDS>,
         transport: &Requester<S>,
+        create: bool,
     ) -> TsmResult<()> {
         // The LOCK that this report answers gave the offset: a bind past LOCK always has one.
         let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
@@ -1694,10 +1770,26 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
-        locks.owners.claiming()?.apply(|o| {
+        // An unbound TDI has no context (its unbind removed it): one here is drift.
+        if create && record.dma.is_some() {
+            return Err(Error::Inconsistent);
+        }
+        let owners = locks.owners.claiming()?;
+        owners.apply(|o| {
             o.check_claim(&reported)?;
             o.claim(tdi, guest, &reported)
         })?;
+        if create {
+            // The one table change, after the claim: a refused create gives the claim back, so
+            // the bind is refused with nothing of it left.
+            if let Err(e) = locks.table.dma_create(guest, record.iface) {
+                owners
+                    .apply(|o| o.release(tdi))
+                    .map_err(|_| Error::Inconsistent)?;
+                return Err(e.into());
+            }
+            record.dma = Some(crate::dma::DmaState::Pending);
+        }
         guest_record.bound_tdis = bound;
         record.state = next;
         record.exchange = None;

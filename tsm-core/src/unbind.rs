@@ -175,23 +175,50 @@ pub(crate) fn block_leaves<T: SecureTable>(
 }
 
 /// Blocks a TDI's DMA context that still translates (pending or active): the platform's entry
-/// no longer translates for new requests, and its IOTLB invalidation is requested at once
-/// (TDX: queued for TDH.IQ.INV.PROCESS; SEV: the ASID fence raised), so cached translations go
-/// as soon as the host lets the platform complete it. A blocked context, or none, stays as it
-/// is; an invalidation the platform cannot request yet (SEV: the previous fence still out) is
-/// asked again by [`await_dma`] (before STOP, and at the Dma step).
+/// no longer translates for new requests. Its IOTLB invalidation is requested at once (TDX:
+/// queued for TDH.IQ.INV.PROCESS), or, on a platform whose invalidation is the guest's TLB
+/// epoch advance ([`SecureTable::DMA_INVALIDATION_AFTER_LEAVES`], SEV: the ASID fence), once the
+/// TDI's MMIO leaves are blocked too ([`ask_invalidation`], by the caller), so one fence covers
+/// both. A blocked context, or none, stays as it is.
+///
+/// The outer error: the block refused, nothing changed. The inner one: the request refused
+/// after the block; the caller blocks this call's leaves first and then answers it, so a
+/// refused request never leaves the guest's MMIO live for a call longer.
 pub(crate) fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
     dma: &mut Option<DmaState>,
-) -> Result<(), Error> {
+) -> Result<Result<(), Error>, Error> {
     if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
         table.dma_block(owner, iface)?;
         *dma = Some(DmaState::Blocked);
-        if let Ok(state) = invalidation(table, owner, iface) {
-            *dma = Some(state);
+        if !T::DMA_INVALIDATION_AFTER_LEAVES {
+            return Ok(ask_invalidation(table, owner, iface, dma));
         }
+    }
+    Ok(Ok(()))
+}
+
+/// Requests the IOTLB invalidation of a blocked context whose request is not in yet
+/// (`Blocked`); any other context, or none, stays as it is. A platform that cannot request it
+/// yet (SEV: another fence of the guest still out, `TlbNotFlushed`) leaves it `Blocked`, and
+/// every later call that continues the teardown (the next ERROR or check, each unbind step)
+/// asks again; any other refusal is the call's status, the context still blocked (progress
+/// kept, on the side of safety).
+pub(crate) fn ask_invalidation<T: SecureTable>(
+    table: &mut T,
+    owner: GuestId,
+    iface: InterfaceId,
+    dma: &mut Option<DmaState>,
+) -> Result<(), Error> {
+    if *dma != Some(DmaState::Blocked) {
+        return Ok(());
+    }
+    match invalidation(table, owner, iface) {
+        Ok(state) => *dma = Some(state),
+        Err(TableError::TlbNotFlushed) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
@@ -328,13 +355,20 @@ fn advance<T: SecureTable>(
         UnbindStep::Block(cursor) => {
             // The DMA context before the MMIO, in the unbind's first call: nothing new
             // translates into the guest's memory once the unbind has begun, however many calls
-            // the MMIO takes; its IOTLB invalidation is asked at once and awaited before STOP
-            // (the removal comes in the enforced order, at the Dma step). A blocked context
-            // stays as it is. One entry's write, once per unbind: not charged to the leaves'
-            // budget, so a call blocks as many leaves as any other.
-            block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-            match block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)? {
-                Walk::Finished => Next::Step(UnbindStep::Stop),
+            // the MMIO takes. Its IOTLB invalidation is asked at once (TDX), or once the last
+            // leaf is blocked (SEV: the one ASID fence then covers the context and the leaves,
+            // and the Track step finds nothing to advance), and awaited before STOP (the
+            // removal comes in the enforced order, at the Dma step). A blocked context stays
+            // as it is. One entry's write, once per unbind: not charged to the leaves' budget,
+            // so a call blocks as many leaves as any other.
+            let asked = block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+            let walked = block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)?;
+            asked?;
+            match walked {
+                Walk::Finished => {
+                    ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                    Next::Step(UnbindStep::Stop)
+                }
                 Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),
             }
         }
@@ -353,15 +387,23 @@ fn advance<T: SecureTable>(
             StopBy::Done => Next::Step(UnbindStep::Track),
         },
         // Every leaf is blocked: one epoch advance covers them all. The bookkeeping it may
-        // need first (TDX's re-stamp) is charged to the call and resumes on the next.
-        UnbindStep::Track => match ctx.table.track_within(ctx.owner, budget)? {
-            Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
-            Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
-        },
+        // need first (TDX's re-stamp) is charged to the call and resumes on the next. An
+        // invalidation the platform could not take yet (SEV: another fence out; a forced unbind
+        // awaits nothing before here) is asked again first: on SEV its fence, raised after the
+        // last leaf's block, covers the leaves too, and the advance has nothing left to do.
+        UnbindStep::Track => {
+            ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+            match ctx.table.track_within(ctx.owner, budget)? {
+                Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
+                Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
+            }
+        }
         // A table may refuse a leaf until more than the TLB forgot it (TDX: the IOTLB of an
         // IOMMU whose trusted context names the guest's table, `IotlbInvalidationPending`):
-        // the step and its cursor stay, and the next call resumes here.
+        // the step and its cursor stay, and the next call resumes here (asking again for an
+        // invalidation not taken yet, as at Track).
         UnbindStep::Remove(cursor) => {
+            ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
             match walk(
                 ctx.owners,
                 ctx.tdi,
@@ -387,7 +429,7 @@ fn advance<T: SecureTable>(
         UnbindStep::Dma => {
             *budget = budget.saturating_sub(1);
             if ctx.dma.is_some() {
-                block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)??;
                 await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
                 ctx.table.dma_remove(ctx.owner, ctx.iface)?;
                 *ctx.dma = None;

@@ -244,7 +244,7 @@ fn writes_to_an_unbound_or_errored_tdi_are_refused_and_change_nothing() {
     write_refused(&mut w, GCTX2, req(GDEV, linux_sdte()), Sw::InvalidTdi);
     // ERROR blocked the (never valid) entry with the MMIO; never valid, it needs no fence.
     assert_eq!(dma(&w), Some(DmaState::Invalidated));
-    // The unbind of the errored TDI removes the never-valid entry without a fence.
+    // The unbind of the errored TDI removes the never-valid entry without a fence of its own.
     let fences = w.sev.tsm().with_table(|r| r.fences()[0]).unwrap();
     ok(unbind_all(&mut w));
     assert!(entry(&w).is_none());
@@ -252,7 +252,7 @@ fn writes_to_an_unbound_or_errored_tdi_are_refused_and_change_nothing() {
     assert_eq!(
         after.raised(),
         fences.raised() + 1,
-        "only the MMIO unbind's fence"
+        "only the unbind's Track fence"
     );
 }
 
@@ -280,21 +280,26 @@ fn a_reclaim_while_the_context_remains_is_in_use_and_changes_nothing() {
     assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
     start(&mut w);
     // A forced unbind cuts the stream (no STOP to wait for); the fence the sDTE's block raised
-    // is held, so its track waits.
+    // (no leaf here) is held, so its Dma step waits for the invalidation; Track raised none.
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    let raised = w.sev.tsm().with_table(|r| r.fences()[0].raised()).unwrap();
     let mut force = tdi_unbind(GCTX);
     force.flags = abi::FLAG_FORCE.into();
     let mut o = w.cmd(&force);
     while o.status == SevStatus::RESUME_REQUIRED {
         o = w.cmd(&force);
     }
-    assert_eq!(o, Outcome::from_core(Err(Error::TlbFlushPending)));
+    assert_eq!(o, Outcome::from_core(Err(Error::IotlbInvalidationPending)));
     assert_eq!(dma(&w), Some(DmaState::Invalidating));
+    assert_eq!(
+        w.sev.tsm().with_table(|r| r.fences()[0].raised()).unwrap(),
+        raised + 1
+    );
     let o = refused(&mut w, Error::DmaContextRemains, |w| w.cmd(&tdi_reclaim()));
     assert_eq!(o.status, SevStatus::IN_USE);
     // The guest's context cannot go while its sDTE names the ASID.
     refused(&mut w, SevStatus::IN_USE, |w| w.cmd(&decommission(GCTX)));
-    refused(&mut w, Error::TlbFlushPending, |w| w.cmd(&force));
+    refused(&mut w, Error::IotlbInvalidationPending, |w| w.cmd(&force));
     // The fence completes: the unbind ends, then the TDI can be reclaimed.
     w.sev
         .tsm()
@@ -427,4 +432,312 @@ fn the_bind_fills_the_entrys_guest_device_id_and_ide_streams() {
     bind.guest_device_id = (GDEV + 7).into();
     ok(w.cmd(&bind));
     assert_eq!(entry(&w).unwrap().sdte.guest_device_id(), GDEV + 7);
+}
+
+// ---- the teardown's fence (review s21b L5, L6, L7) ------------------------------------------
+
+/// `guest`'s fences raised so far.
+fn raised(w: &World, guest: GuestId) -> u64 {
+    w.sev
+        .tsm()
+        .with_table(|r| r.fences()[usize::from(guest.slot())].raised())
+        .unwrap()
+}
+
+/// Completes `guest`'s pending fence and keeps holding the next one.
+fn complete_fence(w: &mut World, guest: GuestId) {
+    w.sev
+        .tsm()
+        .with_table(|r| {
+            r.hold_fences_of(guest, false);
+            r.hold_fences_of(guest, true);
+        })
+        .unwrap();
+}
+
+/// The TDI mapped, its sDTE written valid, started: DMA reaches the guest's private memory.
+fn running(w: &mut World) -> GuestId {
+    w.setup(Stage::Mapped);
+    assert_eq!(write(w, GCTX, req(GDEV, linux_sdte())), 0);
+    start(w);
+    let g = w.guest(GCTX);
+    assert_eq!(
+        w.sev.tsm().dma_reach(w.tdi()).unwrap(),
+        DmaReach::Private(g)
+    );
+    g
+}
+
+fn sdte_valid(w: &World) -> bool {
+    entry(w).unwrap().sdte.q[0].get() & (Q0_V | Q0_IR | Q0_IW) != 0
+}
+
+/// TDI_ERROR while another fence of the guest is out (the host's ASID_FENCE_CLEAR, held):
+/// the sDTE is blocked (V clear) at once, its fence cannot be raised yet and the context stays
+/// `Blocked`. Every later call that continues the teardown asks again: while the fence is
+/// still out each changes nothing; once it completed, the next TDI_ERROR, TDI_STATUS or
+/// TDI_UNBIND (normal or forced) raises the sDTE's fence.
+#[test]
+fn an_error_with_a_fence_out_is_asked_again_by_every_later_call() {
+    let call = |w: &mut World, what: &str| match what {
+        "TDI_ERROR" => w.cmd(&tdi_error()),
+        "TDI_STATUS" => w.cmd(&tdi_status()),
+        "TDI_UNBIND" => w.cmd(&tdi_unbind(GCTX)),
+        _ => {
+            let mut force = tdi_unbind(GCTX);
+            force.flags = abi::FLAG_FORCE.into();
+            w.cmd(&force)
+        }
+    };
+    for what in ["TDI_ERROR", "TDI_STATUS", "TDI_UNBIND", "TDI_UNBIND forced"] {
+        let mut w = World::new();
+        let g = running(&mut w);
+        w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+        ok(w.cmd(&fence_clear(GCTX)));
+        let host = raised(&w, g);
+        ok(w.cmd(&tdi_error()));
+        assert!(!sdte_valid(&w), "{what}: blocked in the first call");
+        assert_eq!(dma(&w), Some(DmaState::Blocked), "{what}");
+        assert_eq!(
+            raised(&w, g),
+            host,
+            "{what}: no second fence while one is out"
+        );
+        // Still out: another TDI_ERROR asks, is told not yet, and changes nothing.
+        let before = w.state();
+        ok(w.cmd(&tdi_error()));
+        same(
+            &before,
+            &w.state(),
+            format_args!("{what}: TDI_ERROR, fence out"),
+        );
+        // The host's fence completes: this call asks, and the sDTE's fence is raised.
+        complete_fence(&mut w, g);
+        let o = call(&mut w, what);
+        let want = match what {
+            "TDI_UNBIND" => Outcome::from_core(Err(Error::IotlbInvalidationPending)),
+            "TDI_UNBIND forced" => Outcome::from_core(Err(Error::TlbFlushPending)),
+            _ => Outcome::SUCCESS,
+        };
+        assert_eq!(o, want, "{what}");
+        assert_eq!(raised(&w, g), host + 1, "{what}");
+        assert_eq!(dma(&w), Some(DmaState::Invalidating), "{what}");
+        // That one fence covers the sDTE and the leaves: the unbind ends on it, no other.
+        complete_fence(&mut w, g);
+        let o = if what == "TDI_UNBIND forced" {
+            call(&mut w, what)
+        } else {
+            unbind_all(&mut w)
+        };
+        ok(o);
+        assert_eq!(
+            raised(&w, g),
+            host + 1,
+            "{what}: one fence for the teardown"
+        );
+        assert!(entry(&w).is_none(), "{what}");
+    }
+}
+
+/// An unbind with another fence out waits before STOP with the documented status
+/// (`IotlbInvalidationPending`, not the TLB's), the sDTE and the leaves blocked, no STOP sent;
+/// asking again changes nothing until the fence completes; then it raises its own fence and
+/// waits for it the same way; then it ends, on that one fence.
+#[test]
+fn an_unbind_with_a_fence_out_waits_before_stop_as_the_iotlb() {
+    let mut w = World::new();
+    let g = running(&mut w);
+    w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+    ok(w.cmd(&fence_clear(GCTX)));
+    let host = raised(&w, g);
+    let pending = Outcome::from_core(Err(Error::IotlbInvalidationPending));
+    assert_eq!(unbind_all(&mut w), pending);
+    assert!(matches!(
+        w.sev.tsm().tdi(w.tdi()).unwrap().state,
+        TdiState::Unbinding {
+            step: UnbindStep::Stop,
+            ..
+        }
+    ));
+    assert_eq!(dma(&w), Some(DmaState::Blocked));
+    assert!(!sdte_valid(&w));
+    assert_eq!(
+        w.device.dsm().state(rid(0)),
+        TdispState::Run,
+        "no STOP sent"
+    );
+    assert_eq!(raised(&w, g), host);
+    refused(&mut w, Error::IotlbInvalidationPending, |w| {
+        w.cmd(&tdi_unbind(GCTX))
+    });
+    complete_fence(&mut w, g);
+    assert_eq!(w.cmd(&tdi_unbind(GCTX)), pending);
+    assert_eq!(dma(&w), Some(DmaState::Invalidating));
+    assert_eq!(raised(&w, g), host + 1);
+    refused(&mut w, Error::IotlbInvalidationPending, |w| {
+        w.cmd(&tdi_unbind(GCTX))
+    });
+    complete_fence(&mut w, g);
+    ok(unbind_all(&mut w));
+    assert_eq!(raised(&w, g), host + 1, "the Track step raised none");
+    assert!(entry(&w).is_none());
+}
+
+/// One ASID fence per unbind: raised once the last leaf is blocked (the sDTE blocked in the
+/// first call, before any leaf), awaited before STOP, and the Track step finds the leaves
+/// covered and raises none; with or without MMIO leaves, in one call or many, after an ERROR.
+/// An sDTE never valid needs no fence of its own: the Track step raises the unbind's one, as
+/// the other platforms advance one TLB epoch.
+#[test]
+fn an_unbind_raises_one_fence() {
+    for (what, stage, valid, extra_leaves, error_first, want) in [
+        ("leaves, valid sDTE", Stage::Mapped, true, 0, false, 1),
+        ("no leaves, valid sDTE", Stage::Bound, true, 0, false, 1),
+        ("many leaves, valid sDTE", Stage::Bound, true, 100, false, 1),
+        ("leaves, ERROR first", Stage::Mapped, true, 0, true, 1),
+        (
+            "leaves, sDTE never valid",
+            Stage::Mapped,
+            false,
+            0,
+            false,
+            1,
+        ),
+        (
+            "no leaves, sDTE never valid",
+            Stage::Bound,
+            false,
+            0,
+            false,
+            1,
+        ),
+    ] {
+        let mut w = World::new();
+        w.setup(stage);
+        for i in 0..extra_leaves {
+            ok(w.cmd(&mmio_map(
+                GPA + 0x40_0000 + i * 0x1000,
+                BAR + 0x10_0000 + i * 0x1000,
+                abi::MMIO_SIZE_4K,
+            )));
+        }
+        if valid {
+            assert_eq!(write(&mut w, GCTX, req(GDEV, linux_sdte())), 0);
+            start(&mut w);
+        }
+        let g = w.guest(GCTX);
+        let before = raised(&w, g);
+        if error_first {
+            ok(w.cmd(&tdi_error()));
+        }
+        let mut o = w.cmd(&tdi_unbind(GCTX));
+        if extra_leaves > 0 {
+            // The first call blocked the sDTE and left leaves for later calls: no fence yet.
+            assert_eq!(o, Outcome::plain(SevStatus::RESUME_REQUIRED), "{what}");
+            assert!(!sdte_valid(&w), "{what}");
+            assert_eq!(dma(&w), Some(DmaState::Blocked), "{what}");
+            assert_eq!(raised(&w, g), before, "{what}");
+        }
+        while o.status == SevStatus::RESUME_REQUIRED {
+            o = w.cmd(&tdi_unbind(GCTX));
+        }
+        ok(o);
+        assert_eq!(raised(&w, g) - before, want, "{what}");
+        assert!(entry(&w).is_none(), "{what}");
+        assert!(
+            w.sev
+                .tsm()
+                .with_table(|r| r.entries().iter().all(|e| !e.assigned()))
+                .unwrap(),
+            "{what}"
+        );
+    }
+}
+
+/// Two TDIs of one guest, the first started with a valid sDTE, the second bound and never
+/// started, the guest's fences held: the first unbind's one fence is out and it waits before
+/// STOP; the second, with nothing cached and no leaf, ends without a fence of its own, and the
+/// first ends once its fence completes. Every refusal between changes nothing.
+#[test]
+fn a_sibling_with_nothing_to_fence_unbinds_behind_a_held_fence() {
+    let mut w = World::new();
+    let g = running(&mut w);
+    add_second_tdi(&mut w);
+    let mut bind2 = on_second_tdi(tdi_bind(GCTX), |c, s| c.tdi_ctx = s);
+    bind2.guest_device_id = (GDEV + 1).into();
+    ok(w.cmd(&bind2));
+    let unbind2 = on_second_tdi(tdi_unbind(GCTX), |c, s| c.tdi_ctx = s);
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, true))
+        .unwrap();
+    let before = raised(&w, g);
+    let pending = Outcome::from_core(Err(Error::IotlbInvalidationPending));
+    assert_eq!(unbind_all(&mut w), pending);
+    assert_eq!(raised(&w, g), before + 1);
+    refused(&mut w, Error::IotlbInvalidationPending, |w| {
+        w.cmd(&tdi_unbind(GCTX))
+    });
+    ok(w.cmd(&unbind2));
+    assert_eq!(raised(&w, g), before + 1, "the sibling raised no fence");
+    refused(&mut w, Error::IotlbInvalidationPending, |w| {
+        w.cmd(&tdi_unbind(GCTX))
+    });
+    w.sev
+        .tsm()
+        .with_table(|r| r.hold_fences_of(g, false))
+        .unwrap();
+    ok(unbind_all(&mut w));
+    assert_eq!(raised(&w, g), before + 1);
+    assert!(!w.sev.tsm().with_table(|r| r.sdtes().holds(g)).unwrap());
+}
+
+/// TDI_BIND binds and creates the sDTE in one core call: at no round of its exchanges is the
+/// TDI bound without its sDTE, and the round that binds makes it with TDI_BIND's fields.
+#[test]
+fn the_bind_creates_the_sdte_in_the_call_that_binds() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let mut o = w.once(&tdi_bind(GCTX));
+    let mut rounds = 0;
+    while o.status == SevStatus::SPDM_REQUEST {
+        let record = w.sev.tsm().tdi(w.tdi()).unwrap();
+        assert_eq!(record.state, TdiState::Unbound);
+        assert_eq!((record.dma, entry(&w)), (None, None));
+        w.relay();
+        o = w.reissue();
+        rounds += 1;
+        assert!(rounds < 32);
+    }
+    ok(o);
+    let record = w.sev.tsm().tdi(w.tdi()).unwrap();
+    assert!(matches!(record.state, TdiState::Locked { .. }));
+    assert_eq!(record.dma, Some(DmaState::Pending));
+    assert_eq!(entry(&w).unwrap().sdte.firmware_part(), bind_fields());
+}
+
+/// A TDI_BIND whose sDTE the table refuses (a slot the interface holds already: drift) is
+/// refused with that status, the LOCK undone: nothing bound, nothing claimed, the slot as it
+/// was. A bind refused for its report creates no sDTE either (`tdi_bind_report_status_info_unbind`
+/// compares the whole firmware, sDTE table included).
+#[test]
+fn a_bind_whose_sdte_is_refused_binds_nothing() {
+    let mut w = World::new();
+    w.setup(Stage::Created);
+    let g = w.guest(GCTX2);
+    let t = w.tdi();
+    let iface = w.sev.tsm().tdi(t).unwrap().iface;
+    w.sev
+        .tsm()
+        .with_table(|r| r.dma_create(g, iface))
+        .unwrap()
+        .unwrap();
+    let stale = entry(&w);
+    refused_relayed(&mut w, Error::DmaContextExists, t, |w| {
+        w.cmd(&tdi_bind(GCTX))
+    });
+    assert_eq!(w.sev.tsm().tdi(t).unwrap().state, TdiState::Unbound);
+    assert!(w.sev.tsm().owned_ranges(t).unwrap().is_empty());
+    assert_eq!(entry(&w), stale);
+    assert_eq!(w.device.dsm().state(rid(0)), TdispState::ConfigUnlocked);
 }
