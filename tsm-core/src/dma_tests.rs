@@ -657,7 +657,10 @@ fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
         .unwrap();
     tsm.with_table(|t| t.refuse_invalidation(Some(TableError::OutOfFrames)))
         .unwrap();
-    assert_eq!(tsm.guest_start(w.g1, w.t0), Err(Error::DeviceRefused));
+    assert_eq!(
+        tsm.start_with_guest_accept(w.g1, w.t0),
+        Err(Error::DeviceRefused)
+    );
     assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
     refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
