@@ -29,13 +29,15 @@
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
+use tsm_core::lifecycle::UnbindStep;
 use tsm_core::{
-    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId, Tsm,
+    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
+    TdiState, Tsm,
 };
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
 use crate::devif::devif_at;
-use crate::module::{devif_in, td_in};
+use crate::module::{PageTable, devif_in, td_in};
 use crate::sept::SeptError;
 use crate::status::{
     self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
@@ -602,6 +604,16 @@ fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
     ]
 }
 
+/// The TDI of requester `rid` in the DEVIF pages `table` (none: its PASID entry is FREE,
+/// `TDX_DMAR_INVALID_MAPPING_STATE` + `operand`).
+fn dmar_tdi_in(table: &PageTable, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
+    let function = u32::try_from(crate::abi::function_id(rid))
+        .map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))?;
+    devif_in(table, function)
+        .map(|(tdi, _)| tdi)
+        .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+}
+
 /// A core refusal of a DMAR leaf as the module reports its entry-state checks, naming
 /// `operand`: the TDI still able to reach the guest (ours, the core's rule: the host tears a
 /// context down only after STOP or a cut stream) `TDX_DEVIF_TDISP_INVALID_STATE`; an entry
@@ -629,22 +641,72 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// `TDX_DMAR_INVALID_MAPPING_STATE` + `operand`).
     fn dmar_tdi(&self, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
         let table = self.fw.lock_pages().map_err(core_err)?;
-        let function = u32::try_from(crate::abi::function_id(rid))
-            .map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))?;
-        devif_in(&table, function)
-            .map(|(tdi, _)| tdi)
-            .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+        dmar_tdi_in(&table, rid, operand)
     }
 
     /// Whether an IOMMU owes the domain of `tdi`'s owner the IOTLB invalidation its last
     /// TRACK asked for (read only; no owner or no table: no).
-    pub(crate) fn iotlb_owed(&self, tdi: TdiId) -> bool {
+    fn iotlb_owed(&self, tdi: TdiId) -> bool {
         let owner = self.tsm.tdi(tdi).ok().and_then(|t| t.state.owner());
         owner.is_some_and(|g| {
             self.tsm
                 .with_guest_table(g, |t| t.dmar().iotlb_owed(g))
                 .unwrap_or(false)
         })
+    }
+
+    /// Whether a core `IotlbInvalidationPending` of `tdi`'s PASID entry's removal (the host's
+    /// TDH.DMAR.REMOVE, or the unbind's Dma step) waits for the TD's domain rather than for
+    /// the entry: the entry's own invalidation DONE and an IOMMU owing the domain the last
+    /// TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d). Read only, after the refusal: a
+    /// PROCESS in between can only change which wait is named, never the state.
+    fn removal_waits_for_domain(&self, tdi: TdiId) -> bool {
+        let entry = self.tsm.tdi(tdi).ok().and_then(|t| {
+            let owner = t.state.owner()?;
+            let rid = t.iface.requester_id();
+            self.tsm
+                .with_guest_table(owner, |s| s.dmar().entry(rid))
+                .ok()?
+        });
+        entry.is_some_and(|e| e.te.state() == DmaState::Invalidated) && self.iotlb_owed(tdi)
+    }
+
+    /// The answer of a leaf that drives `tdi`'s unbind (TSM.DEVIF.UNBIND, forced or not;
+    /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP) or its ERROR blocking
+    /// (TSM.DEVIF.ERROR, TSM.DEVIF.CHECK), `o`, with the core's `IotlbInvalidationPending`
+    /// named by the wait it is, read from the unbind's progress and the table after the call
+    /// (the caller still holds the DEVIF page lock every such leaf takes, so no other of them
+    /// moves the step meanwhile):
+    /// - the TD's domain, `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE` without operand as TDH.MEM.TRACK
+    ///   answers it: the Track step (the previous TRACK's invalidation still owed), the
+    ///   Remove step (the unbind's TRACK's: its leaves go once the IOTLB forgot them), or the
+    ///   Dma step with the entry's own invalidation done (REMOVE's domain wait). The host
+    ///   requests INV_REQ_IOTLB of the TD on each IOMMU with an entry of the TD, processes
+    ///   the queue and calls again.
+    /// - the entry's own invalidation otherwise (before STOP, or the Dma step's),
+    ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the host requests the
+    ///   entry's (INV_REQ_PASIDTE; `TDX_DMAR_INVALID_INV_STATE` + R8 when the firmware queued
+    ///   it already) and processes the queue.
+    ///
+    /// Every other outcome passes as it is.
+    pub(crate) fn teardown_outcome(&self, tdi: TdiId, o: Outcome) -> Outcome {
+        if !matches!(o, Outcome::Core(Err(Error::IotlbInvalidationPending))) {
+            return o;
+        }
+        let step = match self.tsm.tdi(tdi).map(|t| t.state) {
+            Ok(TdiState::Unbinding { step, .. }) => step,
+            _ => return o,
+        };
+        let domain = match step {
+            UnbindStep::Track | UnbindStep::Remove(_) => true,
+            UnbindStep::Dma => self.removal_waits_for_domain(tdi),
+            UnbindStep::Block(_) | UnbindStep::Stop | UnbindStep::Release => false,
+        };
+        if domain {
+            Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE)
+        } else {
+            o
+        }
     }
 
     /// RCX `dmar_idx_t` of a PASID entry (else `TDX_OPERAND_INVALID` + RCX) and its TDI.
@@ -740,15 +802,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
                 tsm.host_dma_remove(tdi).map_err(|e| {
-                    // Its own invalidation done, but an IOMMU owes the TD's domain the last
-                    // TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d: + RCX).
-                    let own_done = tsm.tdi(tdi).ok().and_then(|t| {
-                        let owner = t.state.owner()?;
-                        let rid = t.iface.requester_id();
-                        tsm.with_guest_table(owner, |s| s.dmar().entry(rid)).ok()?
-                    });
-                    let own_done = own_done.is_some_and(|e| e.te.state() == DmaState::Invalidated);
-                    if e == Error::IotlbInvalidationPending && own_done && self.iotlb_owed(tdi) {
+                    // The TD's domain owed: + RCX (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
+                    if e == Error::IotlbInvalidationPending && self.removal_waits_for_domain(tdi) {
                         named(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, OPERAND_ID_RCX)
                     } else {
                         dmar_refusal(e, OPERAND_ID_RCX)
@@ -794,14 +849,22 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 let routing =
                     u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
                 let rid = RequesterId::from_routing(segment, routing);
-                let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
-                // BLOCKED with its invalidation PENDING (`tdh_iq_inv_request.c` @6e66b9d2). The
-                // firmware queues the invalidation itself when it blocks the entry (unbind,
-                // ERROR): the host's request then finds it queued or done, and succeeds
-                // changing nothing (ours, as BLOCK of a blocked entry).
+                // Held to the end: every leaf through which the firmware queues an entry's
+                // invalidation itself (the unbind's and ERROR's, all DEVIF leaves) holds this
+                // lock too, so the state checked below is the state the request finds.
+                let pages = self.fw.lock_pages().map_err(core_err)?;
+                let tdi = dmar_tdi_in(&pages, rid, OPERAND_ID_R8)?;
+                // BLOCKED (else `TDX_DMAR_INVALID_MAPPING_STATE`) with its invalidation PENDING
+                // (else `TDX_DMAR_INVALID_INV_STATE`), both + R8, before the wait descriptor
+                // (`tdh_iq_inv_request.c` @6e66b9d2). The firmware queues the invalidation
+                // itself when it blocks the entry (unbind, ERROR): a host request then finds it
+                // QUEUED or DONE and is refused, queueing no descriptor, so no host waits on a
+                // status word nothing will write; the host processes the queue (the Linux
+                // order's REMOVE follows).
                 let check = |s| match s {
-                    Some(DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated) => {
-                        None
+                    Some(DmaState::Blocked) => None,
+                    Some(DmaState::Invalidating | DmaState::Invalidated) => {
+                        Some(status::TDX_DMAR_INVALID_INV_STATE)
                     }
                     _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
                 };
@@ -809,6 +872,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 self.wait_descriptor(r)?;
                 tsm.host_dma_invalidate(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_R8))?;
+                drop(pages);
                 // No TD-requested descriptors remain (INV_REQ_TD only).
                 out.rcx = 0;
                 done

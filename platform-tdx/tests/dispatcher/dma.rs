@@ -120,8 +120,9 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     assert_eq!(iq_process(w), TDX_SUCCESS);
     // Then STOP and the track: the entry still names the S-EPT, so the TRACK owes an IOTLB
     // invalidation of the TD's domain, and the MMIO leaves (and the table pages their removal
-    // frees) wait for it. Nothing moves until the host asks for it.
-    assert_eq!(w.unbind_all(tdi), pending);
+    // frees) wait for it, answered as TDH.MEM.TRACK answers it. Nothing moves until the host
+    // asks for it.
+    assert_eq!(w.unbind_all(tdi), iotlb);
     assert_eq!(
         w.device.borrow().dsm().state(rid(3)),
         TdispState::ConfigUnlocked
@@ -131,7 +132,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "unbind again before the request",
         || w.unbind_all(tdi),
-        pending,
+        iotlb,
     );
     refused(w, "MEM.TRACK before the request", || track(w, td), iotlb);
     refused(
@@ -202,7 +203,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         || iotlb_request(w, td),
         iotlb,
     );
-    refused(w, "unbind before PROCESS", || w.unbind_all(tdi), pending);
+    refused(w, "unbind before PROCESS", || w.unbind_all(tdi), iotlb);
     refused(w, "MEM.TRACK before PROCESS", || track(w, td), iotlb);
     assert_eq!(
         w.fw.with_table(|t| t.pool().free_frames()).unwrap(),
@@ -458,8 +459,11 @@ fn the_linux_hosts_own_teardown_order_works() {
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), Some(slptptr));
     // The unbind blocked the entry with the MMIO, before STOP, and queued its invalidation,
     // which the PROCESS above completed; the host's TRACK above owes the domain's again, and
-    // REMOVE waits for that. The host's own BLOCK and IQ.INV.REQUEST of the entry find it
-    // blocked and invalidated: they succeed, changing nothing.
+    // REMOVE waits for that. The host's own BLOCK of the entry finds it blocked: it succeeds,
+    // changing nothing. Its IQ.INV.REQUEST of the entry finds the invalidation DONE, not
+    // PENDING: refused as the module refuses it (`TDX_DMAR_INVALID_INV_STATE` + R8), before the
+    // wait descriptor is looked at, queueing nothing the host could wait on; the host goes on
+    // to PROCESS and REMOVE.
     refused(
         w,
         "REMOVE while the TD's domain is owed",
@@ -474,9 +478,11 @@ fn the_linux_hosts_own_teardown_order_works() {
             "BLOCK of a blocked entry changed something"
         );
     }
+    let done_already = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8);
+    refused(w, "IQ.INV.REQUEST", || inv_request(w).rax, done_already);
     refused(
         w,
-        "a wait descriptor without fence",
+        "IQ.INV.REQUEST, a wait descriptor without fence",
         || {
             inv_request_with(
                 w,
@@ -486,11 +492,11 @@ fn the_linux_hosts_own_teardown_order_works() {
                 },
             )
         },
-        TDX_OPERAND_INVALID | 9,
+        done_already,
     );
     refused(
         w,
-        "a status address outside host memory",
+        "IQ.INV.REQUEST, a status address outside host memory",
         || {
             inv_request_with(
                 w,
@@ -500,16 +506,7 @@ fn the_linux_hosts_own_teardown_order_works() {
                 },
             )
         },
-        TDX_OPERAND_INVALID | 10,
-    );
-    // The first request finds the entry's invalidation done (the core's record of it catches
-    // up with the PROCESS above); another changes nothing.
-    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
-    let before = w.image();
-    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
-    assert!(
-        w.image() == before,
-        "IQ.INV.REQUEST of an invalidated entry"
+        done_already,
     );
     refused(
         w,
@@ -659,12 +656,14 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
         resumed(|| w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax)
     };
 
-    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    // Y has no DMA context of its own: every wait of its unbind is A's domain's, answered as
+    // TDH.MEM.TRACK answers it.
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     if host_tracked {
         // The host's TRACK owes A's domain: Y's unbind blocks and stops, and its Track step
         // waits (the step kept) until the host requested and processed that invalidation.
         assert_eq!(track(w, td), TDX_SUCCESS);
-        assert_eq!(unbind_y(), pending);
+        assert_eq!(unbind_y(), iotlb);
         assert!(matches!(
             w.fw.tsm().tdi(w.id(y)).unwrap().state,
             tsm_core::TdiState::Unbinding {
@@ -672,18 +671,17 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
                 ..
             }
         ));
-        refused(w, "Y's unbind at its Track", unbind_y, pending);
+        refused(w, "Y's unbind at its Track", unbind_y, iotlb);
         assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
         assert_eq!(iq_process(w), TDX_SUCCESS);
     }
     // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
     // domain.
-    assert_eq!(unbind_y(), pending);
+    assert_eq!(unbind_y(), iotlb);
     assert!(unbinding(), "Y is not reported unbound");
     assert!(mapped().is_some(), "Y's leaf stays, blocked, in A's S-EPT");
     assert_eq!(free(), free_before, "no table page back to the pool");
-    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
-    refused(w, "Y's unbind again", unbind_y, pending);
+    refused(w, "Y's unbind again", unbind_y, iotlb);
     refused(w, "the host's MEM.TRACK", || track(w, td), iotlb);
     let page_y = SeamRegs {
         rcx: page_info(Gpa::try_new(gpa_y).unwrap(), PageSize::Size2M),
@@ -703,7 +701,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
         TDX_SUCCESS,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    refused(w, "Y's unbind before PROCESS", unbind_y, pending);
+    refused(w, "Y's unbind before PROCESS", unbind_y, iotlb);
     assert!(unbinding());
     assert_eq!(iq_process(w), TDX_SUCCESS);
 
@@ -776,11 +774,13 @@ fn an_unbinds_first_call_blocks_the_entry_however_much_mmio_follows() {
 /// A forced unbind (TSM.DEVIF.UNBIND, RDX FORCE) of a RUN TDI whose PASID entry is present and
 /// accepted, with enough MMIO that the unbind takes more than one call: from the first call on
 /// the device's stream is cut, the entry is blocked (not present) with its invalidation
-/// queued, and the device's DMA reaches shared memory only. The unbind then waits
-/// (`TDX_DMAR_INVALID_INV_STATE` + DMAR) for the host's TDH.IQ.INV.REQUEST of the TD's domain
+/// queued, and the device's DMA reaches shared memory only. The unbind then waits at its
+/// Remove step (`TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`, the domain's wait, though the entry's own
+/// invalidation is still queued too) for the host's TDH.IQ.INV.REQUEST of the TD's domain
 /// (owed: the entry names the S-EPT the unbind tracked) and TDH.IQ.INV.PROCESS, each refusal
-/// on the way changing nothing; TDH.DEVIF.REMOVE is refused `TDX_DEVIF_HAS_MAPPED_DMA` until
-/// the entry is gone.
+/// on the way changing nothing; the host's request of the entry the firmware queued is
+/// refused (`TDX_DMAR_INVALID_INV_STATE` + R8), queued or done; TDH.DEVIF.REMOVE is refused
+/// `TDX_DEVIF_HAS_MAPPED_DMA` until the entry is gone.
 #[test]
 fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalidation() {
     let mut mem = vec![Page::ZERO; 32];
@@ -824,7 +824,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         cut_and_blocked("after the first call"),
         (MAP_BLOCKED, INV_QUEUED)
     );
-    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     let mut calls = 1;
     let waits = loop {
         let out = unbind();
@@ -838,12 +838,25 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         calls += 1;
         assert!(calls < 100, "the forced unbind never ends");
     };
-    assert_eq!(waits, pending);
-    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbinding as u64);
+    assert_eq!(waits, iotlb);
+    assert!(matches!(
+        w.fw.tsm().tdi(id).unwrap().state,
+        tsm_core::TdiState::Unbinding {
+            step: tsm_core::lifecycle::UnbindStep::Remove(_),
+            ..
+        }
+    ));
     let remove_tdi = || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax;
     let has_dma = TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX;
-    refused(w, "the forced unbind again", unbind, pending);
+    refused(w, "the forced unbind again", unbind, iotlb);
     refused(w, "DEVIF.REMOVE with the entry", remove_tdi, has_dma);
+    let queued_already = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8);
+    refused(
+        w,
+        "the host's request of the entry the firmware queued",
+        || inv_request(w).rax,
+        queued_already,
+    );
     refused(
         w,
         "DMAR.REMOVE before its invalidation is processed",
@@ -853,7 +866,13 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     // PROCESS completes the entry's own invalidation; the TD's domain is still owed.
     assert_eq!(iq_process(w), TDX_SUCCESS);
     assert_eq!(cut_and_blocked("processed"), (MAP_BLOCKED, dmar::INV_DONE));
-    refused(w, "the forced unbind, the domain owed", unbind, pending);
+    refused(w, "the forced unbind, the domain owed", unbind, iotlb);
+    refused(
+        w,
+        "the host's request of the entry processed",
+        || inv_request(w).rax,
+        queued_already,
+    );
     refused(
         w,
         "DMAR.REMOVE, the domain owed",
@@ -862,7 +881,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     );
     refused(w, "DEVIF.REMOVE, the domain owed", remove_tdi, has_dma);
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "the domain was owed");
-    refused(w, "the forced unbind before PROCESS", unbind, pending);
+    refused(w, "the forced unbind before PROCESS", unbind, iotlb);
     refused(w, "DEVIF.REMOVE before PROCESS", remove_tdi, has_dma);
     assert_eq!(iq_process(w), TDX_SUCCESS);
     // The leaves go now, more than one call's work again.
