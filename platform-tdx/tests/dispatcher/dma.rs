@@ -936,3 +936,256 @@ fn assert_pool_all_free(w: &World<'_>, why: &str) {
     let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
     assert_eq!(free, total, "{why}");
 }
+
+/// The unbind's step (`None`: not unbinding).
+fn unbind_step(w: &World<'_>, tdi: u64) -> Option<tsm_core::lifecycle::UnbindStep> {
+    match w.fw.tsm().tdi(w.id(tdi)).unwrap().state {
+        tsm_core::TdiState::Unbinding { step, .. } => Some(step),
+        _ => None,
+    }
+}
+
+/// What a leaf driving an unbind answers while it waits for the entry's own invalidation.
+const ENTRY_WAIT: u64 = TDX_DMAR_INVALID_INV_STATE | OPERAND_ID_DMAR as u64;
+
+/// What it answers while it waits for the TD's domain (as TDH.MEM.TRACK answers it).
+const DOMAIN_WAIT: u64 = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+
+/// Review s21 L1: each IOTLB wait of an unbind has its own status, through every leaf that
+/// drives the unbind, so the host knows which invalidation is due. The host's STOP
+/// (TDH.DEVIF.REQUEST 0x87) blocks the entry and waits before STOP for the entry's own
+/// invalidation (INV_STATE + DMAR, at Stop); once processed, the device's STOP answer
+/// (TDH.DEVIF.RESPONSE) carries the unbind through its TRACK to the Remove step, which waits
+/// for the TD's domain (TRACKING_NOT_DONE). At each wait, the STOP request again and
+/// TSM.DEVIF.UNBIND give the same answer and change nothing.
+#[test]
+fn each_iotlb_wait_of_an_unbind_has_its_own_status_through_every_leaf_driving_it() {
+    use tsm_core::lifecycle::UnbindStep;
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let stop = SeamRegs {
+        rcx: tdi,
+        rdx: abi::devif_req_in(0x87, false, false),
+        ..Default::default()
+    };
+    let request = || w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop).rax;
+    let unbind = || w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi)).rax;
+
+    assert_eq!(
+        request(),
+        ENTRY_WAIT,
+        "STOP waits for the entry's invalidation"
+    );
+    assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Stop));
+    refused(w, "STOP again, the entry queued", request, ENTRY_WAIT);
+    refused(w, "UNBIND, the entry queued", unbind, ENTRY_WAIT);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+
+    let out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+    assert_eq!(out.rax, TDX_SPDM_REQUEST, "STOP goes to the device");
+    // The relay's last leaf is TDH.DEVIF.RESPONSE with the device's STOP answer.
+    assert_eq!(w.relay(tdi, out).rax, DOMAIN_WAIT, "RESPONSE: the domain");
+    assert!(matches!(unbind_step(w, tdi), Some(UnbindStep::Remove(_))));
+    refused(w, "STOP again, the domain owed", request, DOMAIN_WAIT);
+    refused(w, "UNBIND, the domain owed", unbind, DOMAIN_WAIT);
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    refused(w, "UNBIND, the domain queued", unbind, DOMAIN_WAIT);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(request(), TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+    assert_pool_all_free(w, "every table page back");
+}
+
+/// A TD that accepted its TDI's entry and mapped no MMIO: the world, the TD, the TDI.
+fn accepted_without_mmio(mem: &mut [Page]) -> (World<'_>, u64, u64) {
+    let w = World::new(mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(&w, td, tdi), TDX_SUCCESS);
+    (w, td, tdi)
+}
+
+/// The Dma step's two waits, with no MMIO so the unbind reaches it at once after its TRACK:
+/// the entry's own invalidation still queued (a forced unbind does not wait for it before
+/// STOP): INV_STATE + DMAR; the entry's done but the TD's domain owed by the unbind's TRACK
+/// (`dmar_pasidte_remove`): TRACKING_NOT_DONE. Through the forced TSM.DEVIF.UNBIND, and
+/// through TDH.DEVIF.RESPONSE (the device's STOP answer) for the domain's. Each wait again
+/// changes nothing.
+#[test]
+fn the_dma_steps_waits_name_the_entry_then_the_domain() {
+    use tsm_core::lifecycle::UnbindStep;
+    {
+        let mut mem = vec![Page::ZERO; 32];
+        let (world, td, tdi) = accepted_without_mmio(&mut mem);
+        let w = &world;
+        let force = SeamRegs {
+            rcx: tdi,
+            rdx: abi::UNBIND_FLAG_FORCE,
+            ..Default::default()
+        };
+        let unbind = || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force).rax;
+        assert_eq!(resumed(unbind), ENTRY_WAIT);
+        assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Dma));
+        refused(w, "forced UNBIND, the entry queued", unbind, ENTRY_WAIT);
+        assert_eq!(iq_process(w), TDX_SUCCESS);
+        assert_eq!(unbind(), DOMAIN_WAIT);
+        assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Dma));
+        refused(w, "forced UNBIND, the domain owed", unbind, DOMAIN_WAIT);
+        assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+        assert_eq!(iq_process(w), TDX_SUCCESS);
+        assert_eq!(unbind(), TDX_SUCCESS);
+        assert_pool_all_free(w, "the root the entry pinned went back");
+    }
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = accepted_without_mmio(&mut mem);
+    let w = &world;
+    assert_eq!(w.unbind_all(tdi), ENTRY_WAIT, "before STOP");
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi));
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    assert_eq!(w.relay(tdi, out).rax, DOMAIN_WAIT, "RESPONSE: the domain");
+    assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Dma));
+    refused(
+        w,
+        "UNBIND, the domain owed",
+        || w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi)).rax,
+        DOMAIN_WAIT,
+    );
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}
+
+/// Review s21 L2: the host's own IQ.INV.REQUEST of a PASID entry it blocked itself (the
+/// device's stream cut, so the host may tear the context down before the firmware did):
+/// BLOCKED with its invalidation PENDING, the wait descriptor's every field is checked (each
+/// refusal changing nothing), a good one is queued (QUEUED); the same request again, and once
+/// PROCESS completed it, is refused `TDX_DMAR_INVALID_INV_STATE` + R8 as the module refuses it,
+/// changing nothing; the host's REMOVE then goes through.
+#[test]
+fn the_hosts_request_of_a_pending_entry_queues_and_of_a_queued_or_done_one_is_refused() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let device = w.fw.tsm().tdi(w.id(tdi)).unwrap().device;
+    let spdm = (0..MAX_DEVICES as u64)
+        .find(|&i| {
+            w.fw.spdm(i)
+                .unwrap()
+                .is_some_and(|e| e.device == Some(device))
+        })
+        .unwrap();
+    // Ours: the stream ID is the SPDM id.
+    let cut = SeamRegs {
+        rcx: spdm,
+        rdx: spdm,
+        ..Default::default()
+    };
+    w.ok(abi::TDH_IDE_STREAM_BLOCK, cut);
+    let state = || {
+        let read = on_idx(w, abi::TDH_DMAR_READ);
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7)
+    };
+    assert_eq!(
+        state().0,
+        MAP_PRESENT,
+        "the firmware has not blocked it yet"
+    );
+    w.ok(abi::TDH_DMAR_BLOCK, on(idx()));
+    assert_eq!(state(), (MAP_BLOCKED, dmar::INV_PENDING));
+    let bad = [
+        (
+            "no fence",
+            SeamRegs {
+                r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW,
+                ..inv_regs()
+            },
+            9,
+        ),
+        (
+            "a misaligned status address",
+            SeamRegs {
+                r10: inv_regs().r10 | 2,
+                ..inv_regs()
+            },
+            10,
+        ),
+        (
+            "a status address outside host memory",
+            SeamRegs {
+                r10: 0x1000,
+                ..inv_regs()
+            },
+            10,
+        ),
+        (
+            "qword 2",
+            SeamRegs {
+                r11: 1,
+                ..inv_regs()
+            },
+            11,
+        ),
+        (
+            "qword 3",
+            SeamRegs {
+                r12: 1,
+                ..inv_regs()
+            },
+            12,
+        ),
+    ];
+    for (what, regs, operand) in bad {
+        refused(
+            w,
+            what,
+            || inv_request_with(w, regs),
+            TDX_OPERAND_INVALID | operand,
+        );
+    }
+    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
+    assert_eq!(state(), (MAP_BLOCKED, INV_QUEUED));
+    let not_pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8);
+    refused(
+        w,
+        "the request again, queued",
+        || inv_request(w).rax,
+        not_pending,
+    );
+    refused(
+        w,
+        "REMOVE before PROCESS",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DMAR_INVALID_INV_STATE | IDX_RCX,
+    );
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(state(), (MAP_BLOCKED, dmar::INV_DONE));
+    refused(
+        w,
+        "the request again, done",
+        || inv_request(w).rax,
+        not_pending,
+    );
+    w.ok(abi::TDH_DMAR_REMOVE, on(idx()));
+    let force = SeamRegs {
+        rcx: tdi,
+        rdx: abi::UNBIND_FLAG_FORCE,
+        ..Default::default()
+    };
+    let out = w.drained(tdi, || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force));
+    assert_eq!(out, TDX_SUCCESS);
+    assert_pool_all_free(w, "every table page back");
+}
