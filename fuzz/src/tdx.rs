@@ -1814,7 +1814,11 @@ impl World<'_> {
     /// the last registers.
     fn unbind_all(&mut self, slot: u64) -> SeamRegs {
         let mut out = SeamRegs::default();
-        let waits = TDX_DMAR_INVALID_INV_STATE | u64::from(platform_tdx::status::OPERAND_ID_DMAR);
+        // The entry's own invalidation, or the owner's domain's (TRACKING_NOT_DONE).
+        let waits = [
+            TDX_DMAR_INVALID_INV_STATE | u64::from(platform_tdx::status::OPERAND_ID_DMAR),
+            st::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+        ];
         for _ in 0..UNBIND_CALLS {
             let first = self.seamcall(
                 u64::from(abi::TSM_DEVIF_UNBIND),
@@ -1825,7 +1829,7 @@ impl World<'_> {
                 },
             );
             out = self.relay(slot, first, Relay::Drive);
-            if out.rax == waits {
+            if waits.contains(&out.rax) {
                 // Its IOTLB invalidation (the owner's domain, or its DMA context's own): the
                 // host requests and processes, as the Linux host does, and calls again.
                 self.iotlb_drain(slot);
