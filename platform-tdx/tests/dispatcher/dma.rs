@@ -1049,7 +1049,7 @@ fn the_dma_steps_waits_name_the_entry_then_the_domain() {
         assert_pool_all_free(w, "the root the entry pinned went back");
     }
     let mut mem = vec![Page::ZERO; 32];
-    let (world, td, tdi) = accepted_without_mmio(&mut mem);
+    let (world, _, tdi) = accepted_without_mmio(&mut mem);
     let w = &world;
     assert_eq!(w.unbind_all(tdi), ENTRY_WAIT, "before STOP");
     assert_eq!(iq_process(w), TDX_SUCCESS);
