@@ -312,7 +312,7 @@ impl Layout {
 type Firmware<'m> = Relayed<Sept<'m>>;
 
 /// A firmware with one TDI bound to a 64 GiB BAR mapped in `layout`; its TDI.
-fn bound_64g(mem: &mut [Page], layout: Layout) -> (Firmware<'_>, TdiId) {
+fn bound_64g(mem: &mut [Page], layout: Layout) -> (Firmware<'_>, TdiId, GuestId) {
     let pool = FramePool::new(mem, POOL_PHYS).unwrap();
     let tsm = Relayed::new(Sept::new(pool, SeptLevels::Four), ModelDevice::model());
     let bar = MmioRange::from_raw(HPA_BASE, BIG_BAR_PAGES).unwrap();
@@ -334,14 +334,14 @@ fn bound_64g(mem: &mut [Page], layout: Layout) -> (Firmware<'_>, TdiId) {
         )
         .unwrap();
     }
-    (tsm, tdi)
+    (tsm, tdi, g)
 }
 
 /// Unbinds to the end: every firmware call's time, in order. The STOP request the firmware
 /// hands out (`Relay`) goes to the model device outside the timing, and its answer back in a
 /// call of its own (`device_response`), as a host relays it: the device's work is not the
 /// firmware's.
-fn unbind_all(tsm: &Firmware<'_>, tdi: TdiId) -> Vec<Duration> {
+fn unbind_all(tsm: &Firmware<'_>, tdi: TdiId, g: GuestId) -> Vec<Duration> {
     let fw = tsm.firmware();
     let mut buf = [0u8; MAX_RELAY_BYTES];
     let mut calls = vec![];
@@ -351,7 +351,9 @@ fn unbind_all(tsm: &Firmware<'_>, tdi: TdiId) -> Vec<Duration> {
     loop {
         r = match r {
             Completion::Done => {
-                // Every leaf gone, every table page back in the pool.
+                // Every leaf gone, every table page back in the pool once the host's next
+                // TRACK (outside the timing) has flushed the entries that named them.
+                assert_eq!(tsm.firmware().host_track(g), Ok(Completion::Done));
                 let (free, total) = tsm
                     .firmware()
                     .with_table(|t| (t.pool().free_frames(), t.pool().total_frames()))
@@ -394,8 +396,8 @@ fn unbind(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let (tsm, tdi) = bound_64g(&mut mem, layout);
-                    total += unbind_all(&tsm, tdi).iter().sum::<Duration>();
+                    let (tsm, tdi, g) = bound_64g(&mut mem, layout);
+                    total += unbind_all(&tsm, tdi, g).iter().sum::<Duration>();
                 }
                 total
             });
@@ -494,8 +496,8 @@ fn summary() {
         // runs is its own work, without the preemptions a shared machine adds to some runs.
         let mut least: Vec<Duration> = vec![];
         for _ in 0..RUNS {
-            let (tsm, tdi) = bound_64g(&mut mem, layout);
-            let calls = unbind_all(&tsm, tdi);
+            let (tsm, tdi, g) = bound_64g(&mut mem, layout);
+            let calls = unbind_all(&tsm, tdi, g);
             totals.push(calls.iter().sum::<Duration>());
             p100s.push(calls.iter().copied().max().unwrap());
             if least.is_empty() {
@@ -553,8 +555,8 @@ fn main() {
     {
         let mut mem = vec![Page::ZERO; Layout::Dense.pool_pages()];
         for _ in 0..n {
-            let (tsm, tdi) = bound_64g(&mut mem, Layout::Dense);
-            black_box(unbind_all(&tsm, tdi));
+            let (tsm, tdi, g) = bound_64g(&mut mem, Layout::Dense);
+            black_box(unbind_all(&tsm, tdi, g));
         }
         return;
     }

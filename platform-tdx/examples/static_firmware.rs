@@ -111,6 +111,10 @@ fn run() -> Result<(), Error> {
         calls = calls.saturating_add(1);
     }
     assert_eq!(fw.leaf(td, gpa)?, None);
+    // The S-EPT's emptied table pages wait for the TD's next TRACK (a vCPU may still cache
+    // an entry that named them), then go back.
+    assert!(free(fw)? < empty);
+    assert_eq!(fw.host_track(td)?, Completion::Done);
     assert_eq!(free(fw)?, empty, "every table page back");
     println!("unbound in {calls} call(s), {empty} table pages free again");
     Ok(())

@@ -12,6 +12,57 @@ pub const ENTRIES_PER_PAGE: usize = 512;
 const PAGE_SHIFT: u32 = 12;
 const PAGE_OFFSET_MASK: u64 = (1 << PAGE_SHIFT) - 1;
 
+/// A list link as a page's first entry holds it: index + 1 of the next page (0 ends the list)
+/// in the frame-number bits, bits 11:0 clear. Read as an EPT or VT-d second-level entry that is
+/// not present (Intel SDM Vol. 3C 29.3.2: bits 2:0 clear; VT-d 3.x 9.8: R and W clear), so a
+/// walker that still caches the entry above a retired page ([`Retired`]) meets nothing there.
+const fn link(next: u32) -> u64 {
+    (next as u64) << PAGE_SHIFT
+}
+
+/// The next page's index + 1 from a link ([`link`]); `None` for a value no link takes.
+fn unlink(raw: u64) -> Option<u32> {
+    if raw & PAGE_OFFSET_MASK != 0 {
+        return None;
+    }
+    u32::try_from(raw >> PAGE_SHIFT).ok()
+}
+
+/// Table pages out of their tree but not yet free: a chain through each page's first entry, in
+/// the free list's encoding, so the whole chain joins the free list in one step
+/// ([`FramePool::reclaim`]). A page waits here while a vCPU's or an IOMMU's paging-structure
+/// cache may still hold the entry that named it: handed to another table at once, it would be
+/// walked as that table (the TDX module frees an S-EPT page only after its parent entry was
+/// blocked and tracked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retired {
+    /// index + 1 of the first page; 0 when the chain is empty.
+    head: u32,
+    /// The last page (0 when the chain is empty).
+    tail: FrameIndex,
+    /// Pages in the chain.
+    count: usize,
+}
+
+impl Retired {
+    /// No page.
+    pub const EMPTY: Retired = Retired {
+        head: 0,
+        tail: 0,
+        count: 0,
+    };
+
+    /// Pages in the chain.
+    pub const fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the chain holds no page.
+    pub const fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// One 4 KiB table page as the hardware sees it: 512 little-endian 64-bit entries.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(4096))]
@@ -192,7 +243,7 @@ impl<'m> FramePool<'m> {
             return Err(PoolError::Inconsistent);
         }
         let page = self.page(index).ok_or(PoolError::Inconsistent)?;
-        let next = u32::try_from(page.0[0]).map_err(|_| PoolError::Inconsistent)?;
+        let next = unlink(page.0[0]).ok_or(PoolError::Inconsistent)?;
         // The link is 0 (end) or index + 1 of a page of the pool.
         if !usize::try_from(next).is_ok_and(|n| n <= self.pages.len()) {
             return Err(PoolError::Inconsistent);
@@ -264,9 +315,112 @@ impl<'m> FramePool<'m> {
             .ok_or(PoolError::Inconsistent)?;
         // Every check passed. No fill: alloc() fills the page when it is next handed out,
         // and a page whose count is 0 holds only free entries already.
-        page.0[0] = u64::from(next);
+        page.0[0] = link(next);
         self.free_head = head;
         self.free = free;
+        Ok(())
+    }
+
+    /// Whether page `index` can be retired: in the pool, no counted entry. Reads only.
+    pub fn check_retire(&self, index: FrameIndex) -> Result<(), PoolError> {
+        match self.used_ref(index) {
+            Some(0) => Ok(()),
+            _ => Err(PoolError::Inconsistent),
+        }
+    }
+
+    /// Puts page `index`, out of its tree and empty, at the head of `chain` instead of the free
+    /// list ([`Retired`]). [`PoolError::Inconsistent`], nothing changed, as
+    /// [`FramePool::release`] refuses.
+    pub fn retire(&mut self, index: FrameIndex, chain: &mut Retired) -> Result<(), PoolError> {
+        self.check_retire(index)?;
+        self.check_chain(chain)?;
+        let count = chain.count.checked_add(1).ok_or(PoolError::Inconsistent)?;
+        let head = index.checked_add(1).ok_or(PoolError::Inconsistent)?;
+        let page = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+            .ok_or(PoolError::Inconsistent)?;
+        // Every check passed. The page's entries are free already (its count is 0).
+        page.0[0] = link(chain.head);
+        let tail = if chain.count == 0 { index } else { chain.tail };
+        *chain = Retired { head, tail, count };
+        Ok(())
+    }
+
+    /// Whether `chain`'s ends agree with its count and lie in the pool. Reads only.
+    pub fn check_chain(&self, chain: &Retired) -> Result<(), PoolError> {
+        let shaped = if chain.count == 0 {
+            chain.head == 0 && chain.tail == 0
+        } else {
+            chain.head != 0
+                && self.check_retire(chain.head.saturating_sub(1)).is_ok()
+                && self.check_retire(chain.tail).is_ok()
+        };
+        if shaped && chain.count <= self.pages.len() {
+            Ok(())
+        } else {
+            Err(PoolError::Inconsistent)
+        }
+    }
+
+    /// Appends `then` to `first` (two chains of one tree's retired pages become one, waiting
+    /// for the later of their flushes). Nothing changes on a refusal.
+    pub fn join(&mut self, first: &mut Retired, then: Retired) -> Result<(), PoolError> {
+        self.check_chain(first)?;
+        self.check_chain(&then)?;
+        if then.count == 0 {
+            return Ok(());
+        }
+        if first.count == 0 {
+            *first = then;
+            return Ok(());
+        }
+        let count = first
+            .count
+            .checked_add(then.count)
+            .filter(|&n| n <= self.pages.len())
+            .ok_or(PoolError::Inconsistent)?;
+        let tail = usize::try_from(first.tail)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+            .ok_or(PoolError::Inconsistent)?;
+        tail.0[0] = link(then.head);
+        *first = Retired {
+            head: first.head,
+            tail: then.tail,
+            count,
+        };
+        Ok(())
+    }
+
+    /// Whether [`FramePool::reclaim`] of `chain` would succeed. Reads only.
+    pub fn check_reclaim(&self, chain: &Retired) -> Result<(), PoolError> {
+        self.check_chain(chain)?;
+        self.check_release(chain.count)
+    }
+
+    /// Puts every page of `chain` on the free list in one step (its last page links to the old
+    /// head) and empties the chain: the walkers that could still name them have all flushed.
+    /// Nothing changes on a refusal.
+    pub fn reclaim(&mut self, chain: &mut Retired) -> Result<(), PoolError> {
+        self.check_reclaim(chain)?;
+        if chain.count == 0 {
+            return Ok(());
+        }
+        let free = self
+            .free
+            .checked_add(chain.count)
+            .ok_or(PoolError::Inconsistent)?;
+        let next = self.free_head;
+        let tail = usize::try_from(chain.tail)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+            .ok_or(PoolError::Inconsistent)?;
+        tail.0[0] = link(next);
+        self.free_head = chain.head;
+        self.free = free;
+        *chain = Retired::EMPTY;
         Ok(())
     }
 
@@ -469,6 +623,49 @@ impl<'m> FramePool<'m> {
     }
 }
 
+/// Audit support (tests and fuzz oracles, never a firmware build): the lists as they are.
+#[cfg(any(test, feature = "std"))]
+impl FramePool<'_> {
+    /// The pages of the list from `head` (index + 1; 0 is the end), following the links; `Err`
+    /// with what is wrong when a link is malformed, leaves the pool, or the list runs past
+    /// `limit` pages (a cycle).
+    fn walk_list(&self, mut head: u32, limit: usize) -> Result<std::vec::Vec<FrameIndex>, String> {
+        let mut out = std::vec::Vec::new();
+        while let Some(index) = head.checked_sub(1) {
+            if out.len() >= limit {
+                return Err(format!(
+                    "list longer than {limit}: a cycle or a drifted count"
+                ));
+            }
+            let page = self
+                .page(index)
+                .ok_or_else(|| format!("link to page {index}, outside the pool"))?;
+            out.push(index);
+            head = unlink(page.0[0])
+                .ok_or_else(|| format!("page {index}: malformed link {:#x}", page.0[0]))?;
+        }
+        Ok(out)
+    }
+
+    /// The free list's pages; `Err` when it disagrees with the free count.
+    pub fn free_list(&self) -> Result<std::vec::Vec<FrameIndex>, String> {
+        let pages = self.walk_list(self.free_head, self.free)?;
+        if pages.len() != self.free {
+            return Err(format!("{} pages listed, count {}", pages.len(), self.free));
+        }
+        Ok(pages)
+    }
+
+    /// `chain`'s pages, head first; `Err` when its links, tail or count disagree.
+    pub fn chain_pages(&self, chain: &Retired) -> Result<std::vec::Vec<FrameIndex>, String> {
+        let pages = self.walk_list(chain.head, chain.count)?;
+        if pages.len() != chain.count || (chain.count != 0 && pages.last() != Some(&chain.tail)) {
+            return Err(format!("chain {chain:?} holds {pages:?}"));
+        }
+        Ok(pages)
+    }
+}
+
 #[cfg(test)]
 std::thread_local! {
     /// Tests: entries read through [`FramePool::entry`] on this thread (what a search reads),
@@ -568,11 +765,15 @@ mod tests {
         pool.force_free_count(3);
         // The list's head links out of the pool.
         let head = pool.free_head - 1;
-        pool.set_entry(head, 0, 99);
+        pool.set_entry(head, 0, link(pool.pages.len() as u32 + 1));
         refused(&mut pool, "alloc, link out of the pool", &|p| {
             p.alloc(0).map(drop)
         });
-        pool.set_entry(head, 0, u64::from(head) + 1 + 1);
+        pool.set_entry(head, 0, 99);
+        refused(&mut pool, "alloc, link with low bits", &|p| {
+            p.alloc(0).map(drop)
+        });
+        pool.set_entry(head, 0, link(head + 1 + 1));
         assert_eq!(pool.check_alloc(3), Ok(()));
 
         // An index outside the pool (release used to ignore it silently).
@@ -709,6 +910,66 @@ mod tests {
                 assert!(page.0[1..].iter().all(|&e| e == fill || e == STALE));
             }
         }
+    }
+
+    /// Retired pages are neither free nor in a table: every entry of theirs reads as not
+    /// present to an EPT or VT-d walker, chains join in one step and go back to the free list
+    /// in one step, and a page still counted, or a chain that disagrees with the pool, is
+    /// refused with nothing changed.
+    #[test]
+    fn retired_pages_wait_apart_not_present_and_rejoin_the_free_list_at_once() {
+        // Bits 2:0 (EPT R/W/X; VT-d second-level R/W) and 10 (EPT user execute).
+        const PRESENT: u64 = 0b111 | 1 << 10;
+        let mut mem = vec![Page::ZERO; 8];
+        let mut pool = FramePool::new(&mut mem, 0x10_0000).unwrap();
+        assert_eq!(pool.total_frames(), 7);
+        const FREE: u64 = 1 << 63;
+        let pages: Vec<FrameIndex> = (0..5).map(|_| pool.alloc(FREE).unwrap()).collect();
+        let (mut a, mut b) = (Retired::EMPTY, Retired::EMPTY);
+        pool.set_counted(pages[0], 5, 0x1007, FREE).unwrap();
+        let before = state(&pool);
+        assert_eq!(pool.retire(pages[0], &mut a), Err(PoolError::Inconsistent));
+        assert_eq!(pool.retire(7, &mut a), Err(PoolError::Inconsistent));
+        assert!(
+            state(&pool) == before && a.is_empty(),
+            "a refusal changed something"
+        );
+        pool.set_counted(pages[0], 5, FREE, FREE).unwrap();
+        for &p in &pages[..3] {
+            pool.retire(p, &mut a).unwrap();
+        }
+        for &p in &pages[3..] {
+            pool.retire(p, &mut b).unwrap();
+        }
+        assert_eq!((a.len(), b.len(), pool.free_frames()), (3, 2, 2));
+        for &p in &pages {
+            assert!(
+                pool.page(p).unwrap().0.iter().all(|&e| e & PRESENT == 0),
+                "page {p} reads as present"
+            );
+        }
+        // A chain that names a page outside the pool, or disagrees with its count.
+        let bad = Retired {
+            head: 99,
+            tail: 1,
+            count: 1,
+        };
+        let before = state(&pool);
+        assert_eq!(pool.reclaim(&mut bad.clone()), Err(PoolError::Inconsistent));
+        assert_eq!(pool.join(&mut a.clone(), bad), Err(PoolError::Inconsistent));
+        let counted = Retired { count: 0, ..a };
+        assert_eq!(pool.check_reclaim(&counted), Err(PoolError::Inconsistent));
+        assert!(state(&pool) == before, "a refusal changed something");
+        pool.join(&mut a, b).unwrap();
+        assert_eq!(a.len(), 5);
+        pool.reclaim(&mut a).unwrap();
+        assert!(a.is_empty());
+        assert_eq!(pool.free_frames(), 7);
+        assert_eq!(pool.check_alloc(7), Ok(()));
+        assert_eq!(pool.check_alloc(8), Err(PoolError::Empty));
+        let mut again: Vec<FrameIndex> = (0..7).map(|_| pool.alloc(0).unwrap()).collect();
+        again.sort_unstable();
+        assert_eq!(again, (0..7).collect::<Vec<_>>());
     }
 
     #[test]

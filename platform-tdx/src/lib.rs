@@ -78,6 +78,8 @@
 //!
 //! assert_eq!(host.unbind(tdi)?, Completion::Done);
 //! assert_eq!(fw.leaf(td, page(0)?.0)?, None);
+//! // The S-EPT's emptied table pages wait for the TD's next TRACK, then go back.
+//! assert_eq!(fw.host_track(td)?, Completion::Done);
 //! let free = fw.with_table(|s| (s.pool().free_frames(), s.pool().total_frames()))?;
 //! assert_eq!(free, (9, 9)); // every table page back in the pool
 //! # Ok(())

@@ -1,7 +1,9 @@
 //! A radix tree of 4 KiB table pages, 9 address bits per level, as x86 paging structures are:
 //! the walker shared by the S-EPT (keyed by guest physical address) and the MMIO metadata
 //! table (keyed by host physical address). Table pages come from a [`FramePool`]; a page whose
-//! last entry is cleared goes back to it, the root included.
+//! last entry is cleared goes back to it, the root included: at once, or, in a tree hardware
+//! walks ([`Radix::deferred`]), into the tree's [`Retired`] chain for its owner to free once
+//! every walker has flushed.
 //!
 //! [`Radix::lookup`] is the one entry point of every walk, and it refuses an address the tree
 //! cannot hold ([`OutsideTree`]): a 4-level tree resolves 48 address bits, and an address with
@@ -14,7 +16,7 @@ use core::marker::PhantomData;
 use tsm_core::addr::MAX_PHYS_ADDR_BITS;
 
 use crate::bits::Pfn;
-use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
+use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError, Retired};
 
 /// Deepest tree: 5 levels (Intel SDM Vol. 3C 29.3.2, 5-level EPT with a PML5 table).
 pub const MAX_LEVELS: u8 = 5;
@@ -172,6 +174,11 @@ pub struct Radix<F> {
     /// The root page stays while the tree empties (a trusted DMA context points at it:
     /// [`Radix::set_pinned`]).
     pinned: bool,
+    /// Emptied pages go to `retired`, not the pool: hardware walks the tree and may cache the
+    /// entries that named them ([`Radix::deferred`]).
+    defer: bool,
+    /// Pages emptied since the owner last took them ([`Radix::take_retired`]).
+    retired: Retired,
     format: PhantomData<F>,
 }
 
@@ -189,7 +196,46 @@ impl<F: EntryFormat> Radix<F> {
             root: None,
             top,
             pinned: false,
+            defer: false,
+            retired: Retired::EMPTY,
             format: PhantomData,
+        }
+    }
+
+    /// An empty tree of `top` levels whose emptied pages wait in its [`Retired`] chain instead
+    /// of going back to the pool: a tree a vCPU or an IOMMU walks (the S-EPT), whose owner
+    /// frees them once every walker has flushed the entries that named them.
+    pub const fn deferred(top: u8) -> Self {
+        let mut t = Self::new(top);
+        t.defer = true;
+        t
+    }
+
+    /// The pages emptied and not yet taken ([`Radix::take_retired`]).
+    pub const fn retired(&self) -> Retired {
+        self.retired
+    }
+
+    /// Hands the emptied pages to the owner, who frees them after the next flush.
+    pub fn take_retired(&mut self) -> Retired {
+        core::mem::take(&mut self.retired)
+    }
+
+    /// Whether `n` emptied pages can be given back ([`Radix::give_back`]). Reads only.
+    fn check_give_back(&self, pool: &FramePool<'_>, n: usize) -> Result<(), PoolError> {
+        if self.defer {
+            pool.check_chain(&self.retired)
+        } else {
+            pool.check_release(n)
+        }
+    }
+
+    /// An emptied page, out of the tree: retired ([`Radix::deferred`]) or free.
+    fn give_back(&mut self, pool: &mut FramePool<'_>, page: FrameIndex) -> Result<(), PoolError> {
+        if self.defer {
+            pool.retire(page, &mut self.retired)
+        } else {
+            pool.release(page)
         }
     }
 
@@ -224,9 +270,23 @@ impl<F: EntryFormat> Radix<F> {
         Ok(root)
     }
 
-    /// Gives an empty root page back to the pool (one a pin kept): nothing when pinned, when
-    /// there is no root or when it still holds entries.
+    /// Gives an empty root page back (one a pin kept), as an emptied page goes
+    /// ([`Radix::deferred`]): nothing when pinned, when there is no root or when it still holds
+    /// entries.
     pub fn release_empty_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
+        match self.root {
+            Some(r) if !self.pinned && pool.used(r) == 0 => {
+                self.give_back(pool, r)?;
+                self.root = None;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back at once the empty root [`Radix::ensure_root`] just made, before anything
+    /// named it (a refusal undoing its own allocation): nothing when pinned or not empty.
+    pub fn undo_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
         match self.root {
             Some(r) if !self.pinned && pool.used(r) == 0 => {
                 pool.release(r)?;
@@ -481,7 +541,7 @@ impl<F: EntryFormat> Radix<F> {
             .checked_sub(count as u64)
             .ok_or(PoolError::Inconsistent)?;
         if left == 0 {
-            pool.check_release(1)?;
+            self.check_give_back(pool, 1)?;
         }
         pool.write_run(page, slot_of(at.addr, at.level), count, left, |_, _| {
             F::FREE
@@ -489,7 +549,7 @@ impl<F: EntryFormat> Radix<F> {
         if left != 0 || (at.level >= self.top && self.pinned) {
             return Ok(());
         }
-        pool.release(page)?;
+        self.give_back(pool, page)?;
         if at.level >= self.top {
             self.root = None;
             return Ok(());
@@ -563,7 +623,7 @@ impl<F: EntryFormat> Radix<F> {
     /// or the pool could not take the pages back ([`PoolError::Inconsistent`]).
     pub fn clear(&mut self, pool: &mut FramePool<'_>, at: &Lookup) -> Result<(), PoolError> {
         let released = self.check_clear(pool, at)?;
-        pool.check_release(released)?;
+        self.check_give_back(pool, released)?;
         // Every check passed: the updates below are the ones just proven.
         let addr = at.addr;
         let mut level = at.level;
@@ -572,7 +632,7 @@ impl<F: EntryFormat> Radix<F> {
             if pool.used(page) != 0 || (level >= self.top && self.pinned) {
                 return Ok(());
             }
-            pool.release(page)?;
+            self.give_back(pool, page)?;
             if level >= self.top {
                 self.root = None;
                 return Ok(());

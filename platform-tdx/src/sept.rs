@@ -16,7 +16,7 @@ use tsm_core::{
 use crate::bits::{BEPOCH_WINDOW, Bepoch, MtGuest, Pfn};
 use crate::dmar::DmarTable;
 use crate::ept::{SeptEntry, SeptState};
-use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError};
+use crate::frames::{ENTRIES_PER_PAGE, FrameIndex, FramePool, PoolError, Retired};
 use crate::radix::{
     EntryFormat, InstallError, Lookup, MAX_LEVELS, Radix, Scan, level_shift, level_span, slot_of,
 };
@@ -276,8 +276,7 @@ struct TdEpoch {
     flushed: Epoch,
     /// Every IOMMU with an accepted PASID entry of the TD has invalidated the TD's domain up
     /// to here; below `current` exactly while an IOMMU owes the invalidation the last TRACK
-    /// (or an accept with blocked leaves outstanding, which sets it to 0) asked for
-    /// ([`crate::dmar::IotlbOwed`]). A TD with no accepted entry keeps it at `current`: its
+    /// asked for ([`crate::dmar::IotlbOwed`]). A TD with no accepted entry keeps it at `current`: its
     /// leaves wait for the TLB only, as before.
     iotlb_flushed: Epoch,
     /// Tests: flushes complete only when released.
@@ -286,6 +285,18 @@ struct TdEpoch {
     blocked: [u64; EPOCH_BUCKETS as usize],
     /// Where an unfinished re-stamp scan of the MMIOMT resumes (host address).
     restamp_from: Option<u64>,
+    /// Table pages the TD's S-EPT gave up before the last TRACK: free once every vCPU and
+    /// every IOMMU of the TD has flushed that epoch (`flushed` and `iotlb_flushed` at
+    /// `current`), when no paging-structure cache can still hold an entry naming them. Those
+    /// given up since wait in the tree ([`Radix::retired`]) for the next TRACK.
+    waiting: Retired,
+}
+
+impl TdEpoch {
+    /// Whether every walker of the TD has flushed the current epoch.
+    const fn settled(&self) -> bool {
+        self.flushed == self.current && self.iotlb_flushed == self.current
+    }
 }
 
 /// The S-EPT of an MMIO leaf as a walk found it: where, and in which state.
@@ -309,6 +320,8 @@ pub struct Probe {
 pub struct SeptBookkeeping {
     epochs: [TdEpoch; MAX_GUESTS],
     roots: [Option<FrameIndex>; MAX_GUESTS],
+    /// Each tree's pages given up since its last TRACK.
+    retired: [Retired; MAX_GUESTS],
     /// Which roots a PASID entry pins (a refusal must not set or clear a pin either).
     pinned: [bool; MAX_GUESTS],
     mmiomt: Option<FrameIndex>,
@@ -391,7 +404,7 @@ impl<'m> Sept<'m> {
     pub fn new(pool: FramePool<'m>, levels: SeptLevels) -> Self {
         Self {
             pool,
-            trees: [Radix::new(levels as u8); MAX_GUESTS],
+            trees: [Radix::deferred(levels as u8); MAX_GUESTS],
             epochs: [TdEpoch::default(); MAX_GUESTS],
             mmiomt: Radix::new(MMIOMT_LEVELS),
             dmar: DmarTable::new(),
@@ -419,8 +432,126 @@ impl<'m> Sept<'m> {
             if e.iotlb_flushed != e.current && !self.dmar.iotlb_owed(GuestId::from_slot(slot)) {
                 e.iotlb_flushed = e.current;
             }
+            Self::settle(&mut self.pool, e);
         }
         done
+    }
+
+    /// Frees the TD's waiting table pages once every walker has flushed
+    /// ([`TdEpoch::settled`]). A chain the pool refuses stays waiting: a leak the pool's own
+    /// checks report at the next allocation, never a page freed early.
+    fn settle(pool: &mut FramePool<'_>, e: &mut TdEpoch) {
+        if e.settled() && !e.waiting.is_empty() {
+            let _ = pool.reclaim(&mut e.waiting);
+        }
+    }
+
+    /// TDH.PHYMEM.PAGE.RECLAIM of `guest`'s TDR: its vCPUs flushed everything at
+    /// TDH.MNG.VPFLUSHDONE and, with no PASID entry of its left, no IOMMU walks its S-EPT, so
+    /// every page it gave up is free at once (not left for the next TD in the slot to free at
+    /// its first TRACK). With an entry left (no host order reaches it: every TDI unbound removed
+    /// its entry) the pages stay retired. `Inconsistent` when the pool refuses the chains,
+    /// nothing changed.
+    pub fn td_reclaimed(&mut self, guest: GuestId) -> Result<(), SeptError> {
+        if self.dmar.entries().any(|e| e.guest == guest) {
+            return Ok(());
+        }
+        let slot = usize::from(guest.slot());
+        let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let e = self.epochs.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let mut all = e.waiting;
+        self.pool.check_chain(&all)?;
+        self.pool.check_chain(&tree.retired())?;
+        self.pool
+            .check_release(all.len().saturating_add(tree.retired().len()))?;
+        self.pool.join(&mut all, tree.take_retired())?;
+        self.pool.reclaim(&mut all)?;
+        e.waiting = Retired::EMPTY;
+        Ok(())
+    }
+
+    /// Audit (tests and fuzz oracles): every pool page is in exactly one place (a tree, a
+    /// retired chain, the free list), every retired page reads as not present to a walker (no
+    /// entry with EPT bits 2:0 or bit 10 set), and each table page's count matches its entries.
+    #[doc(hidden)]
+    #[cfg(any(test, feature = "std"))]
+    pub fn audit_pages(&self) -> Result<(), String> {
+        fn tree<F: EntryFormat>(
+            pool: &FramePool<'_>,
+            page: FrameIndex,
+            level: u8,
+            seen: &mut [u8],
+        ) -> Result<(), String> {
+            let p = pool
+                .page(page)
+                .ok_or(format!("table page {page} outside"))?;
+            let slot = seen
+                .get_mut(page as usize)
+                .ok_or(format!("table page {page} outside"))?;
+            *slot = slot.saturating_add(1);
+            let in_use = p.0.iter().filter(|&&e| e != F::FREE).count() as u64;
+            if pool.used(page) != in_use {
+                return Err(format!(
+                    "page {page}: count {} for {in_use}",
+                    pool.used(page)
+                ));
+            }
+            if level > 1 {
+                for &e in &p.0 {
+                    if F::is_table(e, level) {
+                        let child = pool
+                            .index_of(F::child(e))
+                            .ok_or(format!("page {page}: table entry {e:#x} outside"))?;
+                        tree::<F>(pool, child, level.saturating_sub(1), seen)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        const PRESENT: u64 = 0b111 | 1 << 10;
+        let mut seen = std::vec![0u8; self.pool.total_frames()];
+        for t in &self.trees {
+            if let Some(root) = t.root() {
+                tree::<SeptFormat>(&self.pool, root, t.levels(), &mut seen)?;
+            }
+        }
+        if let Some(root) = self.mmiomt.root() {
+            tree::<MtFormat>(&self.pool, root, self.mmiomt.levels(), &mut seen)?;
+        }
+        let chains = self
+            .trees
+            .iter()
+            .map(|t| t.retired())
+            .chain(self.epochs.iter().map(|e| e.waiting));
+        for chain in chains {
+            for page in self.pool.chain_pages(&chain)? {
+                let p = self.pool.page(page).ok_or("retired page outside")?;
+                if p.0.iter().any(|&e| e & PRESENT != 0) {
+                    return Err(format!("retired page {page} reads as present: {p:?}"));
+                }
+                if let Some(n) = seen.get_mut(page as usize) {
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+        for page in self.pool.free_list()? {
+            if let Some(n) = seen.get_mut(page as usize) {
+                *n = n.saturating_add(1);
+            }
+        }
+        match seen.iter().position(|&n| n != 1) {
+            Some(page) => Err(format!("page {page} is in {:?} places", seen.get(page))),
+            None => Ok(()),
+        }
+    }
+
+    /// Table pages `guest`'s S-EPT gave up that are not free yet (waiting for a TRACK and its
+    /// flushes).
+    pub fn retired_pages(&self, guest: GuestId) -> usize {
+        let slot = usize::from(guest.slot());
+        let waiting: usize = self.epochs.get(slot).map_or(0, |e| e.waiting.len());
+        let fresh = self.trees.get(slot).map_or(0, |t| t.retired().len());
+        waiting.saturating_add(fresh)
     }
 
     /// TDH.IQ.INV.REQUEST of type [`crate::dmar::INV_REQ_IOTLB`]: queues the invalidation of
@@ -443,6 +574,7 @@ impl<'m> Sept<'m> {
         SeptBookkeeping {
             epochs: self.epochs,
             roots: self.trees.map(|t| t.root()),
+            retired: self.trees.map(|t| t.retired()),
             pinned: self.trees.map(|t| t.pinned()),
             mmiomt: self.mmiomt.root(),
             free_head: self.pool.free_head(),
@@ -800,11 +932,16 @@ impl<'m> Sept<'m> {
         if bucket_slot(next) != bucket_slot(e.current) {
             self.restamp(guest, e, work)?;
         }
+        // The pages the tree gave up in this epoch wait for the flushes this TRACK starts,
+        // with any still waiting for an earlier one (checked before anything changes).
+        let slot = usize::from(guest.slot());
+        let tree = self.trees.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        let e = self.epochs.get_mut(slot).ok_or(SeptError::UnknownGuest)?;
+        self.pool.check_chain(&e.waiting)?;
+        self.pool.check_chain(&tree.retired())?;
         *work = work.saturating_sub(1);
-        let e = self
-            .epochs
-            .get_mut(usize::from(guest.slot()))
-            .ok_or(SeptError::UnknownGuest)?;
+        Self::settle(&mut self.pool, e);
+        self.pool.join(&mut e.waiting, tree.take_retired())?;
         e.current = next;
         if !e.hold {
             e.flushed = e.current;
@@ -814,6 +951,7 @@ impl<'m> Sept<'m> {
         if !self.dmar.track(guest) {
             e.iotlb_flushed = next;
         }
+        Self::settle(&mut self.pool, e);
         Ok(())
     }
 
@@ -948,7 +1086,8 @@ impl<'m> Sept<'m> {
     }
 
     /// TDH.MMIO.UNMAP: removes a blocked leaf whose blocking epoch is flushed; returns the
-    /// host address. Empty table pages go back to the pool.
+    /// host address. Emptied MMIOMT pages go back to the pool; emptied S-EPT pages wait for the
+    /// TD's next TRACK to be flushed (`TdEpoch::waiting`).
     pub fn mmio_unmap(
         &mut self,
         guest: GuestId,
@@ -976,6 +1115,7 @@ impl<'m> Sept<'m> {
             e.hold = hold;
             if !hold {
                 e.flushed = e.current;
+                Self::settle(&mut self.pool, e);
             }
         }
     }
@@ -1009,18 +1149,8 @@ impl SecureTable for Sept<'_> {
             return Err(TableError::NoDmaContext);
         }
         // An IOMMU counted in now owes nothing for TRACKs already done (`tdg_dmar_accept.c`
-        // @6e66b9d2), yet it could walk and cache the table entries above a leaf blocked
-        // before them, whose table page that leaf's removal then frees. So with a blocked
-        // leaf outstanding the new entry owes the TD's domain an invalidation at once, and
-        // no blocked leaf goes before it completed (ours: stricter than the module, which
-        // frees no table page at UNMAP).
-        let blocked = self
-            .epochs
-            .get(usize::from(guest.slot()))
-            .ok_or(SeptError::UnknownGuest)?
-            .blocked
-            .iter()
-            .any(|&n| n != 0);
+        // @6e66b9d2): it never saw a leaf blocked before them, and a table page it may cache
+        // an entry above is freed only after a later TRACK it does owe (`TdEpoch::waiting`).
         let tree = self
             .trees
             .get_mut(usize::from(guest.slot()))
@@ -1042,17 +1172,11 @@ impl SecureTable for Sept<'_> {
         match accepted {
             Ok(()) => {
                 tree.set_pinned(true);
-                if blocked {
-                    self.dmar.owe(guest, iface);
-                    if let Some(e) = self.epochs.get_mut(usize::from(guest.slot())) {
-                        e.iotlb_flushed = 0;
-                    }
-                }
                 Ok(())
             }
             Err(e) => {
                 // Give a root made for it back: the refusal changes nothing.
-                if !had_root && tree.release_empty_root(&mut self.pool).is_err() {
+                if !had_root && tree.undo_root(&mut self.pool).is_err() {
                     return Err(TableError::Inconsistent);
                 }
                 Err(e)
@@ -2008,7 +2132,9 @@ fn removal_work(count: u32, walks: u32, released: usize) -> u32 {
 /// Sizing the pool: how many table pages a [`Sept`] takes for the leaves a platform means to
 /// map, so a firmware image can reserve its pool ([`FramePool::pages_for`] adds the pool's
 /// count pages). Table pages are taken only by maps (each TD's S-EPT root at its first map)
-/// and given back when a table empties; nothing else uses the pool. `const`, so a static pool
+/// and given back when a table empties (an S-EPT page after the TD's next TRACK is flushed:
+/// size for what one unbind empties on top, or track before re-mapping); nothing else uses the
+/// pool. `const`, so a static pool
 /// can be sized at build time (`examples/static_firmware.rs`).
 impl Sept<'_> {
     /// Table pages an empty table of `levels` takes to map, in one TD, `count` leaves of
@@ -2312,8 +2438,19 @@ mod tests {
             s.remove_range_within(G, run, UNBIND_WORK_PER_CALL),
             Ok(Some(_))
         ));
-        assert!(s.pool().free_frames() > free, "Y's PD page went back");
-        // X's entry still names the S-EPT: the next TRACK owes again.
+        // Y's PD page waits: X's IOMMU may cache the PDPT entry that named it.
+        assert_eq!(s.retired_pages(G), 1);
+        // X's entry still names the S-EPT: the next TRACK owes again, and the page is free
+        // only once that invalidation is done.
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G));
+        assert_eq!(s.retired_pages(G), 1);
+        let waiting = s.pool().free_frames();
+        s.request_iotlb(G, 0).unwrap();
+        assert_eq!(s.iq_process(0), 1);
+        assert_eq!(s.retired_pages(G), 0);
+        assert_eq!(s.pool().free_frames(), waiting + 1, "Y's PD page went back");
+        assert!(s.pool().free_frames() > free);
         assert_eq!(s.track(G), Ok(Completion::Done));
         assert!(s.dmar().iotlb_owed(G));
         // H has no PASID entry: block, track, remove, as without trusted DMA.
@@ -2325,12 +2462,14 @@ mod tests {
         assert_eq!(s.track(H), Ok(Completion::Done));
     }
 
-    /// Review s21 H1: an IOMMU counted in after a TRACK owes nothing for it, yet could cache the
-    /// table entries above a leaf blocked before it, whose page that leaf's removal frees. An
-    /// accept while the TD has a blocked leaf makes the new entry owe the TD's domain at once:
-    /// the leaf (and its table page) waits for that invalidation, then goes.
+    /// Review s21 H1 and s21b M1b: an IOMMU counted in after a TRACK owes nothing for it (as
+    /// in the module), and never saw the leaf blocked before it, but may have cached the table
+    /// entries above it. The leaf goes by the module's rule; the table page its removal empties
+    /// waits, out of the tree, until a TRACK after the removal and that TRACK's domain
+    /// invalidation are done, so no IOMMU or vCPU can still walk into it when another table
+    /// gets it. Meanwhile a map that needs that page finds the pool empty.
     #[test]
-    fn an_accept_with_a_blocked_leaf_owes_the_domain_before_the_leaf_goes() {
+    fn a_page_emptied_under_an_iommu_waits_for_the_next_track_and_its_invalidation() {
         let mut mem = vec![Page::ZERO; 24];
         let mut s = sept(&mut mem, SeptLevels::Four);
         let size = PageSize::Size2M;
@@ -2341,29 +2480,76 @@ mod tests {
         assert_eq!(s.track(G), Ok(Completion::Done), "no entry: nothing owed");
         s.dma_create(G, iface(3)).unwrap();
         assert_eq!(s.dma_accept(G, iface(3)), Ok(()));
-        assert!(s.dmar().iotlb_owed(G), "the new entry owes G's domain");
-        let free = s.pool().free_frames();
-        let owed = (image(&s), s.bookkeeping());
-        assert_eq!(s.remove(G, y, size), Err(TableError::IotlbNotTracked));
-        assert_eq!(s.track(G), Err(TableError::IotlbNotTracked));
-        assert_eq!(s.iq_process(0), 0, "nothing requested");
+        assert!(!s.dmar().iotlb_owed(G), "the accept owes nothing");
+        assert_eq!(s.remove(G, y, size), Ok(y_host));
+        assert_eq!(s.retired_pages(G), 1, "Y's PD page");
+        // Take every free page: H's map needs pages the pool does not have, Y's PD page
+        // included, and the refusal changes nothing.
+        let mut taken = 0u64;
+        while s.pool().free_frames() > 0 {
+            let at = 0x30_0000_0000 + taken * 0x40_0000_0000;
+            if s.map(H, gpa(at), hpa(0xa000_0000 + taken * 0x20_0000), size)
+                .is_err()
+            {
+                break;
+            }
+            taken += 1;
+        }
+        let full = (image(&s), s.bookkeeping());
+        let next = gpa(0x30_0000_0000 + taken * 0x40_0000_0000);
+        let host = hpa(0xa000_0000 + taken * 0x20_0000);
+        assert_eq!(s.map(H, next, host, size), Err(TableError::OutOfFrames));
         assert!(
-            (image(&s), s.bookkeeping()) == owed,
+            (image(&s), s.bookkeeping()) == full,
             "a refusal changed something"
         );
+        // G's TRACK: X's IOMMU owes it; until its invalidation is done the page waits.
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert!(s.dmar().iotlb_owed(G));
+        assert_eq!(s.retired_pages(G), 1);
+        assert_eq!(s.map(H, next, host, size), Err(TableError::OutOfFrames));
         s.request_iotlb(G, 0).unwrap();
-        assert_eq!(s.remove(G, y, size), Err(TableError::IotlbNotTracked));
+        assert_eq!(s.retired_pages(G), 1, "requested, not done");
         assert_eq!(s.iq_process(0), 1);
-        assert!(!s.dmar().iotlb_owed(G));
-        assert_eq!(s.remove(G, y, size), Ok(y_host));
-        assert!(
-            s.pool().free_frames() > free,
-            "Y's PD page went back after it"
-        );
-        // Without a blocked leaf an accept owes nothing, as in the module.
+        assert_eq!(s.retired_pages(G), 0);
+        assert!(s.pool().free_frames() >= 1, "Y's PD page is free");
+        // Without a blocked leaf an accept owes nothing either.
         s.dma_create(G, iface(4)).unwrap();
         assert_eq!(s.dma_accept(G, iface(4)), Ok(()));
         assert!(!s.dmar().iotlb_owed(G));
+        s.audit_pages().unwrap();
+    }
+
+    /// Without trusted DMA a page emptied by a removal waits for the TD's next TRACK and its
+    /// vCPUs' flush: held flushes keep it out of the pool, released ones free it, and a TD's
+    /// pages never wait on another TD's TRACK.
+    #[test]
+    fn a_page_emptied_by_a_removal_waits_for_the_vcpus_flush_of_the_next_track() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        let size = PageSize::Size2M;
+        let (y, y_host) = (gpa(0x10_4000_0000), hpa(0x9000_0000));
+        s.map(G, gpa(0x10_0000_0000), hpa(0x8000_0000), size)
+            .unwrap();
+        s.map(G, y, y_host, size).unwrap();
+        s.map(H, gpa(0x20_0000_0000), hpa(0xa000_0000), size)
+            .unwrap();
+        s.block(G, y, size).unwrap();
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert_eq!(s.remove(G, y, size), Ok(y_host));
+        assert_eq!(s.retired_pages(G), 1);
+        let free = s.pool().free_frames();
+        assert_eq!(s.track(H), Ok(Completion::Done));
+        assert_eq!(s.retired_pages(G), 1, "H's TRACK is not G's");
+        s.hold_flush(G, true);
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert_eq!(s.retired_pages(G), 1, "the vCPUs have not flushed");
+        assert_eq!(s.pool().free_frames(), free);
+        assert_eq!(s.track(G), Err(TableError::TlbNotFlushed));
+        s.hold_flush(G, false);
+        assert_eq!(s.retired_pages(G), 0);
+        assert_eq!(s.pool().free_frames(), free + 1);
+        s.audit_pages().unwrap();
     }
 
     #[test]
@@ -2410,8 +2596,14 @@ mod tests {
             s.mmio_unmap(G, gpa(0x10_0000_0000), PageSize::Size2M),
             Ok(hpa(0x8020_0000))
         );
-        assert_eq!(s.pool().free_frames(), 16);
+        // The MMIOMT's pages are free at once (no walker); the S-EPT's three wait for the
+        // TD's next TRACK, their entries not present to a walker that still names them.
+        assert_eq!(s.pool().free_frames(), 16 - 3);
+        assert_eq!(s.retired_pages(G), 3);
         assert_eq!(s.root_phys(G), None);
+        s.mem_track(G).unwrap();
+        assert_eq!(s.retired_pages(G), 0);
+        assert_eq!(s.pool().free_frames(), 16);
         assert_eq!(image(&s).1, empty.1);
     }
 
@@ -2719,6 +2911,7 @@ mod tests {
         s.mmio_block(G, gpa(0x2000), k4).unwrap();
         s.mem_track(G).unwrap();
         assert_eq!(s.mmio_unmap(G, gpa(0x2000), k4), Ok(hpa(0x8000_2000)));
+        s.mem_track(G).unwrap();
         assert_eq!(s.pool().free_frames(), s.pool().total_frames());
 
         // The statuses: the core's Inconsistent, and TDX's TSM_INCONSISTENT.
@@ -2759,8 +2952,15 @@ mod tests {
         if let Some(root) = s.mmiomt.root() {
             pages += walk::<MtFormat>(&s.pool, root, s.mmiomt.levels());
         }
+        // Pages out of a tree and not yet free: every entry not present to a walker.
+        let mut retired = 0;
+        for g in 0..MAX_GUESTS {
+            let g = GuestId::from_slot(g as u16);
+            retired += s.retired_pages(g);
+        }
         let free = s.pool.free_frames();
-        assert_eq!(pages + free, s.pool.total_frames());
+        assert_eq!(pages + retired + free, s.pool.total_frames());
+        s.audit_pages().unwrap();
         // The free list holds exactly the counted free pages.
         assert_eq!(s.pool.check_alloc(free), Ok(()));
         assert_eq!(s.pool.check_alloc(free + 1), Err(PoolError::Empty));
@@ -2836,6 +3036,9 @@ mod tests {
                 recount(&s);
             }
         }
+        track(&mut s, G);
+        track(&mut s, H);
+        recount(&s);
         assert_eq!(s.pool().free_frames(), s.pool().total_frames());
         assert_eq!(
             (s.root_phys(G), s.root_phys(H), s.mmiomt.root()),
@@ -3551,6 +3754,13 @@ mod range_tests {
             } else {
                 prop_assert!(state(&a) == before, "a refused run changed the table");
             }
+            prop_assert_eq!(a.audit_pages(), Ok(()));
+            // A TRACK of every TD frees what the run retired; every page stays in one place.
+            for guest in GUESTS {
+                prop_assert_eq!(a.track(guest), Ok(Completion::Done));
+                prop_assert_eq!(a.retired_pages(guest), 0);
+            }
+            prop_assert_eq!(a.audit_pages(), Ok(()));
         }
     }
 
@@ -3777,6 +3987,7 @@ mod range_tests {
             Ok(Some(cost))
         );
         assert_eq!(t.leaf(g, gpa), None);
+        assert_eq!(t.track(g), Ok(Completion::Done));
         assert_eq!(t.pool().free_frames(), t.pool().total_frames());
     }
 
@@ -3913,6 +4124,7 @@ mod range_tests {
                 per_page(&mut b, kind, g, gpa, hpa, size, count).unwrap();
                 assert!(state(&a) == state(&b), "{kind:?} {size:?}");
             }
+            assert_eq!(a.track(g), Ok(Completion::Done));
             assert_eq!(a.pool().free_frames(), a.pool().total_frames());
         }
     }

@@ -307,6 +307,11 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     ));
                 }
                 drop(pages);
+                // The TD's retired S-EPT pages: no walker of its is left.
+                self.tsm
+                    .with_guest_table(td, |t| t.td_reclaimed(td))
+                    .map_err(core)?
+                    .map_err(|e| core(tsm_core::TableError::from(e).into()))?;
                 // Cannot be refused for a bound TDI (VPFLUSHDONE saw none, and none binds
                 // since); contention is the core's `Busy`.
                 self.tsm.destroy_guest(td).map_err(core)?;

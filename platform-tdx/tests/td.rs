@@ -589,6 +589,11 @@ fn whole_teardown_after_an_unbind() {
     let mut f = frames();
     let w = World::new(&mut f);
     let (td, dev, tdi) = tdi_world(&w);
+    let free = || {
+        w.fw.with_table(|t| (t.pool().free_frames(), t.pool().total_frames()))
+            .unwrap()
+    };
+    let all = free();
     w.bind(tdi, td);
     w.map(td);
     w.refused(
@@ -621,6 +626,8 @@ fn whole_teardown_after_an_unbind() {
         TDX_TD_HAS_ATTACHED_DEVICES,
     );
     assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
+    // The S-EPT pages the unbind emptied wait for a TRACK the host never makes here.
+    assert!(free().0 < all.0);
     w.ok(abi::TDH_MNG_VPFLUSHDONE, on(td));
     assert_eq!(w.cache_wb().last(), Some(&TDX_SUCCESS));
     w.ok(abi::TDH_MNG_KEY_FREEID, on(td));
@@ -634,6 +641,8 @@ fn whole_teardown_after_an_unbind() {
     // Handed to no TD (TSM.DEVIF.SET_TD RDX 0), the TDR is reclaimed.
     w.ok(abi::TSM_DEVIF_SET_TD, on(tdi));
     w.ok(abi::TDH_PHYMEM_PAGE_RECLAIM, on(td));
+    // The TD gone, no walker of its S-EPT is left: its retired pages are free.
+    assert_eq!(free(), all, "every table page back at RECLAIM");
     w.ok(abi::TDH_PHYMEM_PAGE_WBINVD, on(keyed(td, GLOBAL_KEYID)));
     assert_eq!(w.fw.td_of(td).unwrap(), None);
     assert!(w.fw.spdm(dev).unwrap().is_some());

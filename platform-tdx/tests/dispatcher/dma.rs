@@ -236,7 +236,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         TDX_DMAR_ENTRY_NOT_PRESENT | IDX_RCX
     );
     assert!(w.fw.with_table(|t| t.dmar().entries().count()).unwrap() == 0);
-    assert_pool_all_free(w, "the pinned root went back with the entry");
+    assert_pool_all_free(w, td, "the pinned root went back with the entry");
     let out = w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi));
     assert_eq!(out.rax, TDX_SUCCESS);
 }
@@ -519,7 +519,7 @@ fn the_linux_hosts_own_teardown_order_works() {
     w.ok(abi::TDH_DMAR_REMOVE, on(idx()));
     // The last entry gone, the empty root goes back: every table page is free.
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
-    assert_pool_all_free(w, "every table page back");
+    assert_pool_all_free(w, td, "every table page back");
     assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
     w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
 }
@@ -581,7 +581,7 @@ fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
         TDX_DEVIF_TDISP_INVALID_STATE | IDX_RCX,
     );
     assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
-    assert_pool_all_free(w, "every table page back");
+    assert_pool_all_free(w, td, "every table page back");
 }
 
 /// The review's sequence (review-dma finding 1): TD A has TDI X running with an accepted
@@ -708,6 +708,12 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
     // A's domain forgotten on X's IOMMU: Y's leaf and the table page above it go, Y unbinds.
     assert_eq!(unbind_y(), TDX_SUCCESS);
     assert!(!unbinding() && mapped().is_none());
+    assert_eq!(
+        free(),
+        free_before,
+        "the emptied table page waits for a TRACK"
+    );
+    settle(w, td);
     assert!(free() > free_before, "the emptied table page went back");
     // X never stopped translating through A's S-EPT.
     let read = on_idx(w, abi::TDH_DMAR_READ);
@@ -893,7 +899,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         "the unbind removed the entry"
     );
     assert_eq!(reach(), tsm_core::dma::DmaReach::SharedOnly);
-    assert_pool_all_free(w, "every table page back, the pinned root too");
+    assert_pool_all_free(w, td, "every table page back, the pinned root too");
     assert_eq!(remove_tdi(), TDX_SUCCESS);
 }
 
@@ -930,9 +936,12 @@ fn first_call_blocks_the_entry(w: &World<'_>, td: u64, tdi: u64, leaf: u16) {
     );
 }
 
-/// Every page of the table pool is free again (`why` names what must have given it back).
-fn assert_pool_all_free(w: &World<'_>, why: &str) {
+/// Every page of the table pool is free again once the host has tracked `td` and completed
+/// what that TRACK owes (`why` names what must have given it back): the table pages the TD's
+/// S-EPT gave up wait for that flush.
+fn assert_pool_all_free(w: &World<'_>, td: u64, why: &str) {
     let pool = |t: &Sept<'_>| (t.pool().free_frames(), t.pool().total_frames());
+    settle(w, td);
     let (free, total) = w.fw.with_table(|t| pool(t)).unwrap();
     assert_eq!(free, total, "{why}");
 }
@@ -997,7 +1006,7 @@ fn each_iotlb_wait_of_an_unbind_has_its_own_status_through_every_leaf_driving_it
     assert_eq!(iq_process(w), TDX_SUCCESS);
     assert_eq!(request(), TDX_SUCCESS);
     assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
-    assert_pool_all_free(w, "every table page back");
+    assert_pool_all_free(w, td, "every table page back");
 }
 
 /// A TD that accepted its TDI's entry and mapped no MMIO: the world, the TD, the TDI.
@@ -1046,7 +1055,7 @@ fn the_dma_steps_waits_name_the_entry_then_the_domain() {
         assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
         assert_eq!(iq_process(w), TDX_SUCCESS);
         assert_eq!(unbind(), TDX_SUCCESS);
-        assert_pool_all_free(w, "the root the entry pinned went back");
+        assert_pool_all_free(w, td, "the root the entry pinned went back");
     }
     let mut mem = vec![Page::ZERO; 32];
     let (world, _, tdi) = accepted_without_mmio(&mut mem);
@@ -1187,5 +1196,17 @@ fn the_hosts_request_of_a_pending_entry_queues_and_of_a_queued_or_done_one_is_re
     };
     let out = w.drained(tdi, || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force));
     assert_eq!(out, TDX_SUCCESS);
-    assert_pool_all_free(w, "every table page back");
+    assert_pool_all_free(w, td, "every table page back");
+}
+
+/// The host's TDH.MEM.TRACK of `td`, its domain invalidation where one is owed, and
+/// TDH.IQ.INV.PROCESS: the TD's given-up table pages are free after it.
+fn settle(w: &World<'_>, td: u64) {
+    assert_eq!(track(w, td), TDX_SUCCESS);
+    let rax = iotlb_request(w, td);
+    assert!(
+        rax == TDX_SUCCESS || rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+        "TDH.IQ.INV.REQUEST IOTLB: {rax:#x}"
+    );
+    assert_eq!(iq_process(w), TDX_SUCCESS);
 }

@@ -127,6 +127,15 @@ fn unbound(w: &World<'_, 2>, lane: Lane) {
         },
     );
     assert_eq!(read.rax, TDX_DMAR_ENTRY_NOT_PRESENT | 1);
+    // The TD's given-up table pages are free after its next TRACK.
+    let track = w.call(
+        u64::from(abi::TDH_MEM_TRACK),
+        SeamRegs {
+            rcx: lane.td,
+            ..Default::default()
+        },
+    );
+    assert_eq!(track.rax, TDX_SUCCESS);
     let (free, total) =
         w.fw.with_guest_table(lane.guest, |t| {
             (t.pool().free_frames(), t.pool().total_frames())
