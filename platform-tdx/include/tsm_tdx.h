@@ -193,6 +193,8 @@ struct tsm_tdx_range_list {
                                           IOMMU), R9-R12 the wait descriptor
                                           (R9: type 5, FN, PD 0, data 63:32; R10 the status
                                           address, 4-byte aligned, shared; R11, R12 0) -> RCX 0.
+                                          No room in the IOMMU's trusted queue (checked first):
+                                          TDX_IOMMU_IQ_QUEUE_FULL | RDX until PROCESS.
                                           PASIDTE of an entry not BLOCKED:
                                           TDX_DMAR_INVALID_MAPPING_STATE | R8; whose invalidation
                                           is QUEUED or DONE already (the unbind and ERROR queue it
@@ -359,6 +361,9 @@ struct tsm_tdx_dev_info {
  * an IOMMU that owes nothing. */
 #define TDX_IOMMU_IOTLB_TRACKING_NOT_DONE     0xC0000F0300000000ull
 #define TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED 0xC0000F3B00000000ull
+/* TDH_IQ_INV_REQUEST | RDX: the IOMMU's trusted invalidation queue lacks room for the request's
+ * descriptors (3 for a PASID entry, 2 for a TD's domain) until TDH_IQ_INV_PROCESS. */
+#define TDX_IOMMU_IQ_QUEUE_FULL               0xC0000F0100000000ull
 /* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
  * or a request re-read with nothing outstanding; bytes that are not the answer to the
  * outstanding request (garbled, another TDI's, stale, too long; nothing changed, the request

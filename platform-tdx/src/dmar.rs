@@ -518,6 +518,33 @@ impl DmarTable {
         Ok(())
     }
 
+    /// The queue slots the invalidations queued on the IOMMU of `segment` hold until
+    /// [`DmarTable::process`] (the module's `iq_free_cnt` taken by TDH.IQ.INV.REQUEST and given
+    /// back by TDH.IQ.INV.PROCESS): [`IQ_PASIDTE_DESCS`] per PASID entry whose invalidation is
+    /// QUEUED (the host's request, or the firmware's own at the unbind's or ERROR's block,
+    /// counted alike: ours), [`IQ_IOTLB_DESCS`] per TD whose domain invalidation is queued
+    /// there. Bounded by the table's size.
+    pub fn iq_used(&self, segment: u16) -> u16 {
+        let mut used = 0u16;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(e) = e else { continue };
+            if e.rid.segment() != segment {
+                continue;
+            }
+            if e.te.state() == DmaState::Invalidating {
+                used = used.saturating_add(IQ_PASIDTE_DESCS);
+            }
+            // A TD's domain request marks each of its entries on the IOMMU: counted once.
+            let first = !self.entries.iter().take(i).flatten().any(|d| {
+                d.guest == e.guest && d.rid.segment() == segment && d.iotlb == IotlbOwed::Queued
+            });
+            if e.iotlb == IotlbOwed::Queued && first {
+                used = used.saturating_add(IQ_IOTLB_DESCS);
+            }
+        }
+        used
+    }
+
     /// REMOVE: only BLOCKED with its invalidation DONE; the entry FREE.
     pub fn remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let state = self.slot_of(guest, iface)?.te.state();
@@ -571,6 +598,22 @@ pub const WAIT_DESC_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_FN;
 pub const WAIT_DESC_HOST: u64 = WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN;
 /// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
 pub const WAIT_STATUS_ALIGN: u64 = 0x3;
+
+/// `NUM_IQ_ENTRIES_IN_PAGE`: 32-byte descriptors in a 4 KiB page of the trusted invalidation
+/// queue (`src/common/data_structures/tdxio/iommu_defs.h` @be44324036407f857249fd47fdfaaa036135d459).
+pub const IQ_ENTRIES_PER_PAGE: u16 = 128;
+/// The free slots of a trusted invalidation queue of one page: the module sets `iq_free_cnt`
+/// to `pages * 128 - 1` when it configures the IOMMU (`configure_iommu`,
+/// `src/common/tdxio/iommu.c` @1666adc494dbea5db99895f37125a338c20bec5a). The page count is
+/// the host's at IOMMU set-up, which is not modelled: one page unless the firmware is built
+/// with another ([`crate::TdxModule::with_iq_slots`]; ours).
+pub const IQ_SLOTS_ONE_PAGE: u16 = IQ_ENTRIES_PER_PAGE - 1;
+/// Descriptors a PASID entry's invalidation takes: PASID cache, IOTLB, wait
+/// (`INV_REQ_WAIT_AND_IOTLB_DESC_SIZE`, `inv_queue_defs.h` @92f6945d).
+pub const IQ_PASIDTE_DESCS: u16 = 3;
+/// Descriptors a TD's domain invalidation takes: IOTLB, wait (`INV_REQ_AND_WAIT_DESC_SIZE`,
+/// same file).
+pub const IQ_IOTLB_DESCS: u16 = 2;
 
 /// TDH.IQ.INV.REQUEST of TD `tdr`'s domain on IOMMU `iommu` ([`INV_REQ_IOTLB`]), as a host
 /// issues it after a TDH.MEM.TRACK of a TD with trusted DMA (and before it unmaps, or retries
@@ -684,9 +727,9 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     ///   requests INV_REQ_IOTLB of the TD on each IOMMU with an entry of the TD, processes
     ///   the queue and calls again.
     /// - the entry's own invalidation otherwise (before STOP, or the Dma step's),
-    ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the host requests the
-    ///   entry's (INV_REQ_PASIDTE; `TDX_DMAR_INVALID_INV_STATE` + R8 when the firmware queued
-    ///   it already) and processes the queue.
+    ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the firmware queued it when
+    ///   it blocked the entry (the host's own request of it is refused), so the host
+    ///   processes the queue of the entry's IOMMU and calls again.
     ///
     /// Every other outcome passes as it is.
     pub(crate) fn teardown_outcome(&self, tdi: TdiId, o: Outcome) -> Outcome {
@@ -840,6 +883,19 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
                 let segment = iommu_of(r.rcx)?;
+                // Held to the end: every leaf through which the firmware queues an entry's
+                // invalidation itself (the unbind's and ERROR's, all DEVIF leaves) holds this
+                // lock too, so the queue's room and the entry's state checked below are what
+                // the request finds (as the module holds the IOMMU's lock).
+                let pages = self.fw.lock_pages().map_err(core_err)?;
+                let need = if inv_type == INV_REQ_IOTLB {
+                    IQ_IOTLB_DESCS
+                } else {
+                    IQ_PASIDTE_DESCS
+                };
+                if self.iq_free(segment)? < need {
+                    return Err(named(status::TDX_IOMMU_IQ_QUEUE_FULL, OPERAND_ID_RDX));
+                }
                 if inv_type == INV_REQ_IOTLB {
                     return self.iotlb_request(segment, r);
                 }
@@ -849,10 +905,6 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 let routing =
                     u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
                 let rid = RequesterId::from_routing(segment, routing);
-                // Held to the end: every leaf through which the firmware queues an entry's
-                // invalidation itself (the unbind's and ERROR's, all DEVIF leaves) holds this
-                // lock too, so the state checked below is the state the request finds.
-                let pages = self.fw.lock_pages().map_err(core_err)?;
                 let tdi = dmar_tdi_in(&pages, rid, OPERAND_ID_R8)?;
                 // BLOCKED (else `TDX_DMAR_INVALID_MAPPING_STATE`) with its invalidation PENDING
                 // (else `TDX_DMAR_INVALID_INV_STATE`), both + R8, before the wait descriptor
@@ -893,6 +945,26 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             }
             _ => st(invalid(status::OPERAND_ID_RAX)),
         })
+    }
+
+    /// The free slots of the trusted invalidation queue of the IOMMU of `segment`: the
+    /// firmware's queue size less what every shard's queued invalidations there hold
+    /// ([`DmarTable::iq_used`]). The firmware's own requests (the unbind's and ERROR's block)
+    /// are never refused for room, so a teardown never waits on the host's queue: the count
+    /// may pass the size, and the host's requests then wait for TDH.IQ.INV.PROCESS (ours).
+    fn iq_free(&self, segment: u16) -> Result<u16, Outcome> {
+        let mut used = 0u16;
+        for shard in 0..SHARDS {
+            let guest = u16::try_from(shard)
+                .map(GuestId::from_slot)
+                .map_err(|_| core_err(Error::Inconsistent))?;
+            let here = self
+                .tsm
+                .with_guest_table(guest, |t| t.dmar().iq_used(segment))
+                .map_err(core_err)?;
+            used = used.saturating_add(here);
+        }
+        Ok(self.fw.iq_slots().saturating_sub(used))
     }
 
     /// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] on the IOMMU of `segment` (RCX and RDX
@@ -1070,5 +1142,31 @@ mod tests {
         assert_eq!(t.invalidate(g, iface(3)), Ok(true));
         t.remove(g, iface(3)).unwrap();
         assert_eq!(t, DmarTable::new());
+    }
+
+    #[test]
+    fn queued_invalidations_hold_queue_slots_until_process() {
+        let mut t = DmarTable::new();
+        let g = GuestId::from_slot(0);
+        let h = GuestId::from_slot(1);
+        for (guest, bus) in [(g, 3), (g, 4), (h, 5)] {
+            t.create(guest, iface(bus)).unwrap();
+            t.accept(guest, iface(bus), 0x1000, 2, 1).unwrap();
+        }
+        assert_eq!(t.iq_used(0), 0);
+        t.block(g, iface(3)).unwrap();
+        assert_eq!(t.iq_used(0), 0, "blocked, not queued");
+        assert!(!t.invalidate(g, iface(3)).unwrap());
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS);
+        assert!(t.track(g) && t.track(h));
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS, "owed, not queued");
+        t.request_iotlb(g, 0).unwrap();
+        // G has two entries on the IOMMU: its domain request is counted once.
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS + IQ_IOTLB_DESCS);
+        t.request_iotlb(h, 0).unwrap();
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS + 2 * IQ_IOTLB_DESCS);
+        assert_eq!(t.iq_used(1), 0, "another IOMMU's queue");
+        assert_eq!(t.process(0, |_| false), 4);
+        assert_eq!(t.iq_used(0), 0);
     }
 }

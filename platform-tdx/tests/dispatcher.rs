@@ -111,9 +111,15 @@ struct World<'m, const N: usize = 1> {
 
 impl<'m> World<'m> {
     fn new(mem: &'m mut [Page]) -> Self {
+        Self::with_iq_slots(mem, platform_tdx::dmar::IQ_SLOTS_ONE_PAGE)
+    }
+
+    /// [`World::new`] with `slots` free slots in each IOMMU's trusted invalidation queue.
+    fn with_iq_slots(mem: &'m mut [Page], slots: u16) -> Self {
         let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
         World {
-            fw: TdxModule::new(Sept::new(pool, SeptLevels::Four), ModelSession::model()),
+            fw: TdxModule::new(Sept::new(pool, SeptLevels::Four), ModelSession::model())
+                .with_iq_slots(slots),
             mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
             device: RefCell::new(ModelDevice::model()),
             pages: RefCell::new(BTreeMap::new()),
@@ -668,7 +674,11 @@ fn km<const N: usize>(w: &World<'_, N>, dev: u64, stream: u64, op: u64) -> SeamR
 
 /// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
 fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
-    let w = World::new(mem);
+    bound_world_in(World::new(mem))
+}
+
+/// [`bound_world`] in `w`.
+fn bound_world_in(w: World<'_>) -> (World<'_>, u64, u64) {
     let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);

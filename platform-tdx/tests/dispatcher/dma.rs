@@ -1089,21 +1089,7 @@ fn the_hosts_request_of_a_pending_entry_queues_and_of_a_queued_or_done_one_is_re
     assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
     assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
     assert_eq!(w.start(td, tdi), TDX_SUCCESS);
-    let device = w.fw.tsm().tdi(w.id(tdi)).unwrap().device;
-    let spdm = (0..MAX_DEVICES as u64)
-        .find(|&i| {
-            w.fw.spdm(i)
-                .unwrap()
-                .is_some_and(|e| e.device == Some(device))
-        })
-        .unwrap();
-    // Ours: the stream ID is the SPDM id.
-    let cut = SeamRegs {
-        rcx: spdm,
-        rdx: spdm,
-        ..Default::default()
-    };
-    w.ok(abi::TDH_IDE_STREAM_BLOCK, cut);
+    cut_stream(w, tdi);
     let state = || {
         let read = on_idx(w, abi::TDH_DMAR_READ);
         ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7)
@@ -1209,4 +1195,83 @@ fn settle(w: &World<'_>, td: u64) {
         "TDH.IQ.INV.REQUEST IOTLB: {rax:#x}"
     );
     assert_eq!(iq_process(w), TDX_SUCCESS);
+}
+
+/// TDH.IDE.STREAM.BLOCK of `tdi`'s device's stream: the root port drops its TEE traffic, so
+/// the host may tear the TDI's DMA context down before the firmware did.
+fn cut_stream(w: &World<'_>, tdi: u64) {
+    let device = w.fw.tsm().tdi(w.id(tdi)).unwrap().device;
+    let spdm = (0..MAX_DEVICES as u64)
+        .find(|&i| {
+            w.fw.spdm(i)
+                .unwrap()
+                .is_some_and(|e| e.device == Some(device))
+        })
+        .unwrap();
+    // Ours: the stream ID is the SPDM id.
+    let cut = SeamRegs {
+        rcx: spdm,
+        rdx: spdm,
+        ..Default::default()
+    };
+    w.ok(abi::TDH_IDE_STREAM_BLOCK, cut);
+}
+
+/// `TDX_IOMMU_IQ_QUEUE_FULL` (`tdh_iq_inv_request.c` @6e66b9d2): with 5 free slots in the
+/// IOMMU's trusted queue, the firmware's own request of the entry at the unbind's block takes
+/// 3; the TD's domain request (2) then fits exactly, and every further request, of either
+/// type, is refused `TDX_IOMMU_IQ_QUEUE_FULL` + RDX before anything else about it is looked
+/// at (a domain already queued, an entry already queued, reserved bits in R8), changing
+/// nothing, until TDH.IQ.INV.PROCESS gives the slots back.
+#[test]
+fn a_full_invalidation_queue_refuses_the_hosts_requests_until_process() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world_in(World::with_iq_slots(&mut mem, 5));
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let slots = |w: &World<'_>| w.fw.with_table(|t| t.dmar().iq_used(0)).unwrap();
+    assert_eq!(track(w, td), TDX_SUCCESS, "the TD's domain is owed");
+    assert_eq!(slots(w), 0, "owed is not queued");
+    assert_eq!(w.unbind_all(tdi), ENTRY_WAIT);
+    assert_eq!(
+        slots(w),
+        dmar::IQ_PASIDTE_DESCS,
+        "the firmware's own request"
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "2 slots free: it fits");
+    assert_eq!(slots(w), 5);
+    let full = TDX_IOMMU_IQ_QUEUE_FULL | 2;
+    refused(
+        w,
+        "the domain's request again",
+        || iotlb_request(w, td),
+        full,
+    );
+    refused(w, "the entry's request", || inv_request(w).rax, full);
+    refused(
+        w,
+        "an entry's request with reserved bits in R8",
+        || {
+            inv_request_with(
+                w,
+                SeamRegs {
+                    r8: inv_regs().r8 | 1 << 16,
+                    ..inv_regs()
+                },
+            )
+        },
+        full,
+    );
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(slots(w), 0, "PROCESS gave every slot back");
+    refused(
+        w,
+        "the domain's request, nothing owed",
+        || iotlb_request(w, td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+    assert_pool_all_free(w, td, "every table page back");
 }
