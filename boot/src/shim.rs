@@ -33,10 +33,7 @@ pub fn run_shim(out: &mut dyn Write) -> (u32, u32) {
         // On the BSP stack (8 MiB): one firmware and its device per scenario, dropped after it.
         let tsm: Relayed<MemTable<CORE_LEAVES>> =
             Relayed::new(MemTable::new(), ModelDevice::model());
-        run(&mut CoreBackend {
-            tsm: &tsm,
-            label: "core",
-        });
+        run(&mut CoreBackend::new(&tsm, "core"));
     };
     total.add(run_suite(&mut fresh_core, out));
 

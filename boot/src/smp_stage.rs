@@ -1,6 +1,7 @@
 //! The concurrent stage: every CPU drives one shared firmware at once with the workload of
-//! `tsm_tests::workload` (bind, map, start, unbind, device errors, state checks, host zaps,
-//! TLB tracks and unmaps on four TDIs of two guests), on each secure table in turn: the core
+//! `tsm_tests::workload` (bind, map, the guest's own DMA accept and START, unbind, device
+//! errors, state checks, host zaps, TLB tracks and unmaps on four TDIs of two guests), on
+//! each secure table in turn: the core
 //! over its in-memory table, TDX over the S-EPT in page frames from the kernel's pool, and
 //! SEV-TIO over the RMP in physical frames (its core, which SEV's lock discipline protects).
 //! Each table's part starts behind a barrier, and a CPU that has done its share goes on until
@@ -109,11 +110,7 @@ impl fmt::Display for CpuResult {
 
 #[inline(never)]
 fn setup_core() -> Option<Targets> {
-    workload::setup(&mut CoreBackend {
-        tsm: &CORE,
-        label: "core",
-    })
-    .ok()
+    workload::setup(&mut CoreBackend::new(&CORE, "core")).ok()
 }
 
 #[inline(never)]
@@ -354,6 +351,14 @@ fn verify_table<T: SecureTable + FlushControl, S: SecureSession>(
     }
     let _ = writeln!(out, "smp: {name}: {total}, {ms} ms");
     let mut ok = total.failed == 0;
+    // The guests accept and start on their own: only a gated platform refuses a START.
+    if !T::DMA_ACCEPT_BEFORE_START && total.not_accepted != 0 {
+        let _ = writeln!(
+            out,
+            "smp: FAIL {name}: START gated on a platform without the gate"
+        );
+        ok = false;
+    }
     if results.len() > 1 && total.busy() < MIN_BUSY {
         let _ = writeln!(
             out,

@@ -87,42 +87,67 @@ fn td_device(dev: u8, bars: Bars) -> [Op; 2] {
     ]
 }
 
+/// A TDX bind relayed to its end, R8 as Linux passes it.
+fn bind(tdi: u8, td: Td, report: Report) -> Op {
+    Op::Bind {
+        tdi,
+        td,
+        report,
+        r8: false,
+        relay: Relay::Drive,
+    }
+}
+
+/// The TD's START, relayed to its end.
+fn start(td: Td, tdi: u8) -> Op {
+    Op::Start {
+        td,
+        tdi,
+        relay: Relay::Drive,
+    }
+}
+
+/// One unbind call, relayed to its end.
+fn unbind(tdi: u8) -> Op {
+    Op::Unbind {
+        tdi,
+        relay: Relay::Drive,
+    }
+}
+
+/// A check of the TDI's state, relayed to its end.
+fn check_state(tdi: u8) -> Op {
+    Op::Check {
+        tdi,
+        relay: Relay::Drive,
+    }
+}
+
+/// A map at GPA slot `slot` of the TDI's own page `(range, page)`, at `level`.
+fn map_owned(tdi: u8, td: Td, slot: u8, (range, page): (u8, u16), level: u8) -> Op {
+    Op::Map {
+        tdi,
+        td,
+        gpa: GpaPick::Slot { i: slot },
+        hpa: HpaPick::Owned { range, page },
+        level,
+    }
+}
+
 fn tdx_seeds() -> Vec<Seed> {
     let mut out = Vec::new();
     // Bind, map 2 MiB + 4 KiB, accept, start; the host's refused requests; unbind; rebind.
     let mut ops = vec![Op::TdCreate];
     ops.extend(td_device(0, Bars::One));
     ops.extend([
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Split,
-            r8: false,
-            relay: Relay::Drive,
-        },
-        Op::Map {
-            tdi: 0,
-            td: T0,
-            gpa: GpaPick::Slot { i: 0 },
-            hpa: HpaPick::Owned { range: 0, page: 0 },
-            level: 1,
-        },
-        Op::Map {
-            tdi: 0,
-            td: T0,
-            gpa: GpaPick::Slot { i: 2 },
-            hpa: HpaPick::Owned { range: 1, page: 3 },
-            level: 0,
-        },
+        bind(0, T0, Report::Split),
+        map_owned(0, T0, 0, (0, 0), 1),
+        map_owned(0, T0, 2, (1, 3), 0),
         Op::Accept {
             td: T0,
             at: At::Leaf { i: 0 },
         },
-        Op::Start {
-            td: T0,
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        start(T0, 0),
         Op::State { tdi: 0 },
         Op::SeptRd {
             td: T0,
@@ -140,21 +165,12 @@ fn tdx_seeds() -> Vec<Seed> {
             zap: Zap::Bar { dev: 0 },
         },
         Op::Track { td: T0 },
-        Op::Check {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        check_state(0),
         Op::UnbindAll { tdi: 0 },
         Op::ZapCheck {
             zap: Zap::Bar { dev: 0 },
         },
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Keep,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(0, T0, Report::Keep),
         Op::TdDestroy { td: T0 },
     ]);
     out.push(seed(
@@ -168,35 +184,17 @@ fn tdx_seeds() -> Vec<Seed> {
     let mut ops = vec![Op::TdCreate];
     ops.extend(td_device(0, Bars::One));
     ops.extend([
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Bars,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(0, T0, Report::Bars),
         Op::MapRun {
             tdi: 0,
             count: 90,
             region: 0,
         },
         Op::HoldFlush { td: T0, hold: true },
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        unbind(0),
+        unbind(0),
+        unbind(0),
+        unbind(0),
         Op::Track { td: T0 },
         Op::HoldFlush {
             td: T0,
@@ -235,41 +233,24 @@ fn tdx_seeds() -> Vec<Seed> {
         ]);
     }
     ops.extend([
-        Op::Start {
-            td: T0,
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        start(T0, 0),
         Op::Device {
             tdi: 0,
             action: DevAction::Disturb,
         },
-        Op::Check {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        check_state(0),
         Op::Device {
             tdi: 1,
             action: DevAction::Misbehave { how: 4 },
         },
-        Op::Start {
-            td: T1,
-            tdi: 1,
-            relay: Relay::Drive,
-        },
+        start(T1, 1),
         Op::DevError { tdi: 1 },
         Op::Device {
             tdi: 0,
             action: DevAction::Misbehave { how: 0 },
         },
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        unbind(0),
+        unbind(0),
         Op::Device {
             tdi: 0,
             action: DevAction::Behave,
@@ -334,27 +315,9 @@ fn tdx_seeds() -> Vec<Seed> {
             func: 0,
             pages: 0,
         },
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Outside,
-            r8: false,
-            relay: Relay::Drive,
-        },
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::TooMany,
-            r8: false,
-            relay: Relay::Drive,
-        },
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Overlapping,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(0, T0, Report::Outside),
+        bind(0, T0, Report::TooMany),
+        bind(0, T0, Report::Overlapping),
         Op::Bind {
             tdi: 0,
             td: T0,
@@ -362,20 +325,8 @@ fn tdx_seeds() -> Vec<Seed> {
             r8: true,
             relay: Relay::Drive,
         },
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Bars,
-            r8: false,
-            relay: Relay::Drive,
-        },
-        Op::Map {
-            tdi: 0,
-            td: T0,
-            gpa: GpaPick::Slot { i: 0 },
-            hpa: HpaPick::Owned { range: 0, page: 0 },
-            level: 2,
-        },
+        bind(0, T0, Report::Bars),
+        map_owned(0, T0, 0, (0, 0), 2),
         Op::Map {
             tdi: 0,
             td: T0,
@@ -524,39 +475,23 @@ fn tdx_seeds() -> Vec<Seed> {
             rdx: Rdx::Exact,
             from_page: true,
         },
-        Op::Bind {
-            tdi: 1,
-            td: T1,
-            report: Report::Keep,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(1, T1, Report::Keep),
         Op::Start {
             td: T0,
             tdi: 0,
             relay: Relay::Leave,
         },
-        Op::Check {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        check_state(0),
         answer(0, Answer::Silent),
         answer(0, Answer::Silent),
         answer(0, Answer::Silent),
-        Op::Start {
-            td: T0,
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        start(T0, 0),
         answer(0, Answer::Replay { back: 0 }),
         Op::HostPage {
             page: 1,
             read_only: true,
         },
-        Op::Check {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        check_state(0),
         Op::HostPage {
             page: 1,
             read_only: false,
@@ -567,30 +502,12 @@ fn tdx_seeds() -> Vec<Seed> {
         },
         answer(0, Answer::Replay { back: 2 }),
         answer(0, Answer::Genuine),
-        Op::Bind {
-            tdi: 2,
-            td: T0,
-            report: Report::Bars,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(2, T0, Report::Bars),
         Op::UnbindForce { tdi: 2, bits: 0 },
         Op::UnbindForce { tdi: 1, bits: 3 },
-        Op::Bind {
-            tdi: 2,
-            td: T0,
-            report: Report::Keep,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(2, T0, Report::Keep),
         Op::StreamSetup { dev: 1 },
-        Op::Bind {
-            tdi: 2,
-            td: T0,
-            report: Report::Keep,
-            r8: false,
-            relay: Relay::Drive,
-        },
+        bind(2, T0, Report::Keep),
         Op::HostPage {
             page: 5,
             read_only: true,
@@ -651,20 +568,8 @@ fn tdx_dma_ops() -> Vec<Op> {
     let mut ops = vec![Op::TdCreate, Op::TdCreate];
     ops.extend(td_device(0, Bars::One));
     ops.extend([
-        Op::Bind {
-            tdi: 0,
-            td: T0,
-            report: Report::Split,
-            r8: false,
-            relay: Relay::Drive,
-        },
-        Op::Map {
-            tdi: 0,
-            td: T0,
-            gpa: GpaPick::Slot { i: 0 },
-            hpa: HpaPick::Owned { range: 0, page: 0 },
-            level: 1,
-        },
+        bind(0, T0, Report::Split),
+        map_owned(0, T0, 0, (0, 0), 1),
         Op::Accept {
             td: T0,
             at: At::Leaf { i: 0 },
@@ -691,11 +596,7 @@ fn tdx_dma_ops() -> Vec<Op> {
         accept(T0, AcceptMut::Target { v: 1 }),
         accept(T0, AcceptMut::Fine),
         accept(T0, AcceptMut::Fine),
-        Op::Start {
-            td: T0,
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        start(T0, 0),
         Op::DmarRead {
             tdi: 0,
             idx: Idx::Good,
@@ -739,10 +640,7 @@ fn tdx_dma_ops() -> Vec<Op> {
         },
         process,
         // One unbind call, relayed; then the host's own teardown in the Linux order.
-        Op::Unbind {
-            tdi: 0,
-            relay: Relay::Drive,
-        },
+        unbind(0),
         Op::DmarBlock {
             tdi: 0,
             idx: Idx::Good,
@@ -783,18 +681,63 @@ fn m0() -> [Mut; 2] {
     [Mut::Keep; 2]
 }
 
+/// TIO_TDI_BIND of TDI `t` of device 0 to guest `g`, relayed to its end.
+fn sev_bind(t: u8, g: u8, gdev: u8) -> Cmd {
+    Cmd::TdiBind {
+        d: 0,
+        t,
+        g,
+        gdev,
+        m: m0(),
+        relay: Relay::Drive,
+    }
+}
+
+/// One TIO_TDI_UNBIND of TDI `t` of device 0, relayed to its end.
+fn sev_unbind(t: u8, g: u8, force: bool) -> Cmd {
+    Cmd::TdiUnbind {
+        d: 0,
+        t,
+        g,
+        force,
+        m: m0(),
+        relay: Relay::Drive,
+    }
+}
+
+/// Guest `g`'s message `msg` about TDI `t` of device 0, well formed, on the first request and
+/// response pages.
+fn guest_msg(t: u8, g: u8, msg: Msg, relay: Relay) -> Cmd {
+    Cmd::Guest {
+        d: 0,
+        t,
+        g,
+        msg,
+        hdr: HdrMut::Fine,
+        req: 0,
+        res: 0,
+        m: m0(),
+        relay,
+    }
+}
+
+/// TIO_TDI_STATUS of TDI 0 of device 0 into output pick `out`.
+fn tdi_status(out: u8, relay: Relay) -> Cmd {
+    Cmd::TdiStatus {
+        d: 0,
+        t: 0,
+        out,
+        m: m0(),
+        relay,
+    }
+}
+
 fn sev_seeds() -> Vec<Seed> {
     let mut out = Vec::new();
     let info = Msg::Info { gdev: 0 };
     // A started TDI: every output command, the host's refused requests, unbind, rebind.
     let cmds = vec![
-        Cmd::TdiStatus {
-            d: 0,
-            t: 0,
-            out: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        tdi_status(0, Relay::Drive),
         Cmd::TdiInfo {
             d: 0,
             t: 0,
@@ -814,17 +757,7 @@ fn sev_seeds() -> Vec<Seed> {
             out: 0,
             m: m0(),
         },
-        Cmd::Guest {
-            d: 0,
-            t: 0,
-            g: 0,
-            msg: info,
-            hdr: HdrMut::Fine,
-            req: 0,
-            res: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        guest_msg(0, 0, info, Relay::Drive),
         Cmd::MmioBlock {
             g: 0,
             gpa: 0,
@@ -859,14 +792,7 @@ fn sev_seeds() -> Vec<Seed> {
             pages: 3,
             m: m0(),
         },
-        Cmd::TdiBind {
-            d: 0,
-            t: 0,
-            g: 1,
-            gdev: 1,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_bind(0, 1, 1),
         Cmd::TdiReclaim {
             d: 0,
             t: 1,
@@ -883,30 +809,9 @@ fn sev_seeds() -> Vec<Seed> {
     // 80 leaves and held fences: resumable unbind, then FENCE pending.
     let cmds = vec![
         Cmd::HoldFences { g: 1, hold: true },
-        Cmd::TdiUnbind {
-            d: 0,
-            t: 1,
-            g: 1,
-            force: false,
-            m: m0(),
-            relay: Relay::Drive,
-        },
-        Cmd::TdiUnbind {
-            d: 0,
-            t: 1,
-            g: 1,
-            force: false,
-            m: m0(),
-            relay: Relay::Drive,
-        },
-        Cmd::TdiUnbind {
-            d: 0,
-            t: 1,
-            g: 1,
-            force: false,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_unbind(1, 1, false),
+        sev_unbind(1, 1, false),
+        sev_unbind(1, 1, false),
         Cmd::FenceStatus {
             d: 0,
             asid: 1,
@@ -930,24 +835,8 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             action: DevAction::Misbehave { how: 4 },
         },
-        Cmd::Guest {
-            d: 0,
-            t: 0,
-            g: 0,
-            msg: Msg::Start { gdev: 0 },
-            hdr: HdrMut::Fine,
-            req: 0,
-            res: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
-        Cmd::TdiStatus {
-            d: 0,
-            t: 0,
-            out: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        guest_msg(0, 0, Msg::Start { gdev: 0 }, Relay::Drive),
+        tdi_status(0, Relay::Drive),
         Cmd::TdiError {
             d: 0,
             t: 0,
@@ -957,14 +846,7 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             action: DevAction::Misbehave { how: 0 },
         },
-        Cmd::TdiUnbind {
-            d: 0,
-            t: 0,
-            g: 0,
-            force: false,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_unbind(0, 0, false),
         Cmd::Device {
             t: 0,
             action: DevAction::Behave,
@@ -974,14 +856,7 @@ fn sev_seeds() -> Vec<Seed> {
             t: 0,
             report: SevReport::Overlap,
         },
-        Cmd::TdiBind {
-            d: 0,
-            t: 0,
-            g: 0,
-            gdev: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_bind(0, 0, 0),
     ];
     out.push(seed(
         "sev_dispatcher",
@@ -993,13 +868,7 @@ fn sev_seeds() -> Vec<Seed> {
     // Output and request addresses of every kind, mutated fields and headers.
     let mut cmds = Vec::new();
     for out_pick in 1..11u8 {
-        cmds.push(Cmd::TdiStatus {
-            d: 0,
-            t: 0,
-            out: out_pick,
-            m: m0(),
-            relay: Relay::Drive,
-        });
+        cmds.push(tdi_status(out_pick, Relay::Drive));
         cmds.push(Cmd::Guest {
             d: 0,
             t: 0,
@@ -1148,14 +1017,7 @@ fn sev_seeds() -> Vec<Seed> {
             func: 0,
             m: m0(),
         },
-        Cmd::TdiBind {
-            d: 0,
-            t: 2,
-            g: 0,
-            gdev: 3,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_bind(2, 0, 3),
         Cmd::DevDisconnect {
             d: 0,
             force: true,
@@ -1187,13 +1049,7 @@ fn sev_seeds() -> Vec<Seed> {
         from_page: false,
         m: m0(),
     };
-    let mut cmds = vec![Cmd::TdiStatus {
-        d: 0,
-        t: 0,
-        out: 0,
-        m: m0(),
-        relay: Relay::Leave,
-    }];
+    let mut cmds = vec![tdi_status(0, Relay::Leave)];
     for (answer, resp) in [
         (Answer::Flip { at: 40, bit: 1 }, RespMut::Fine),
         (Answer::Genuine, RespMut::Id),
@@ -1229,31 +1085,11 @@ fn sev_seeds() -> Vec<Seed> {
         cmds.push(cont(answer, resp));
     }
     cmds.extend([
-        Cmd::Guest {
-            d: 0,
-            t: 0,
-            g: 0,
-            msg: Msg::Start { gdev: 0 },
-            hdr: HdrMut::Fine,
-            req: 0,
-            res: 0,
-            m: m0(),
-            relay: Relay::Leave,
-        },
+        guest_msg(0, 0, Msg::Start { gdev: 0 }, Relay::Leave),
         cont(Answer::Silent, RespMut::Fine),
         cont(Answer::Silent, RespMut::Fine),
         cont(Answer::Silent, RespMut::Fine),
-        Cmd::Guest {
-            d: 0,
-            t: 0,
-            g: 0,
-            msg: Msg::Start { gdev: 0 },
-            hdr: HdrMut::Fine,
-            req: 0,
-            res: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        guest_msg(0, 0, Msg::Start { gdev: 0 }, Relay::Drive),
         Cmd::TdiUnbind {
             d: 0,
             t: 0,
@@ -1272,53 +1108,18 @@ fn sev_seeds() -> Vec<Seed> {
             m: m0(),
             relay: Relay::Rounds { n: 2 },
         },
-        Cmd::TdiUnbind {
-            d: 0,
-            t: 1,
-            g: 1,
-            force: false,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_unbind(1, 1, false),
         cont(Answer::Genuine, RespMut::Fine),
-        Cmd::TdiBind {
-            d: 0,
-            t: 1,
-            g: 1,
-            gdev: 1,
-            m: m0(),
-            relay: Relay::Drive,
-        },
-        Cmd::TdiUnbind {
-            d: 0,
-            t: 1,
-            g: 1,
-            force: true,
-            m: m0(),
-            relay: Relay::Drive,
-        },
-        Cmd::TdiBind {
-            d: 0,
-            t: 1,
-            g: 1,
-            gdev: 1,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_bind(1, 1, 1),
+        sev_unbind(1, 1, true),
+        sev_bind(1, 1, 1),
         Cmd::DevDisconnect {
             d: 0,
             force: false,
             m: m0(),
         },
         Cmd::DevConnect { d: 0, m: m0() },
-        Cmd::TdiBind {
-            d: 0,
-            t: 1,
-            g: 1,
-            gdev: 1,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_bind(1, 1, 1),
     ]);
     out.push(seed(
         "sev_dispatcher",
@@ -1357,13 +1158,7 @@ fn sev_seeds() -> Vec<Seed> {
         Cmd::TioInit {
             m: [Mut::Length { len: 8 }, Mut::Keep],
         },
-        Cmd::TdiStatus {
-            d: 0,
-            t: 0,
-            out: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        tdi_status(0, Relay::Drive),
         Cmd::TioInit { m: m0() },
         Cmd::TioStatus { out: 0, m: m0() },
         Cmd::TioInit { m: m0() },
@@ -1380,14 +1175,7 @@ fn sev_seeds() -> Vec<Seed> {
             func: 0,
             m: m0(),
         },
-        Cmd::TdiBind {
-            d: 0,
-            t: 0,
-            g: 0,
-            gdev: 0,
-            m: m0(),
-            relay: Relay::Drive,
-        },
+        sev_bind(0, 0, 0),
         Cmd::TioStatus { out: 1, m: m0() },
     ];
     out.push(seed(

@@ -20,6 +20,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
+#[path = "common/dmar_add.rs"]
+mod dmar_add;
+
+use dmar_add::dmar_add_regs;
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeEntry, RangeList, SeamRegs, page_info};
 use platform_tdx::dmar;
@@ -2510,18 +2514,6 @@ fn idx(bus: u8) -> u64 {
     dmar::dmar_idx(rid(bus))
 }
 
-/// TDH.DMAR.ADD of the bus-3 TDI's entry for TD `td`, qwords as the module requires them for
-/// the 4-level S-EPT.
-fn dmar_add_regs(td: u64) -> SeamRegs {
-    SeamRegs {
-        rcx: idx(3),
-        rdx: td,
-        r8: dmar::ADD_QWORD0_4LEVEL,
-        r9: dmar::ADD_QWORD1,
-        ..Default::default()
-    }
-}
-
 /// The wait descriptors' status word: a scratch page of shared host memory.
 const WAIT_STATUS: u64 = host_page(SCRATCH);
 
@@ -2535,7 +2527,7 @@ fn unbound_second(w: &World<'_>) -> u64 {
 /// `bound` with the TDI's PASID entry added (PENDING).
 fn dmar_added(w: &World<'_>) -> (u64, u64, u64) {
     let (td, dev, tdi) = bound(w);
-    w.ok(abi::TDH_DMAR_ADD, dmar_add_regs(td));
+    w.ok(abi::TDH_DMAR_ADD, dmar_add_regs(idx(3), td));
     (td, dev, tdi)
 }
 
@@ -2637,7 +2629,7 @@ fn dmar_add(w: &World<'_>) -> Setup {
     let (td, _, _) = bound(w);
     let other = w.create_td();
     unbound_second(w);
-    let good = dmar_add_regs(td);
+    let good = dmar_add_regs(idx(3), td);
     let mut v = bad_idx(good);
     v.extend(bad_tdr(good, |r, x| r.rdx = x, td, inv(OPERAND_ID_RDX)));
     let q0 = good.r8;

@@ -7,8 +7,8 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
 use tsm_core::{
-    Completion, DeviceId, Error, Gpa, GuestId, Hpa, Leaf, MAX_RELAY_BYTES, MmioRange, PageSize,
-    RequesterId, SecureTable, TdiId, TdiState, TsmResult,
+    Completion, DeviceId, Error, Gpa, GuestId, Hpa, Leaf, LeafState, MAX_RELAY_BYTES, MmioRange,
+    PageSize, RequesterId, SecureTable, TdiId, TdiState, TsmResult,
 };
 
 /// A request or answer as the host carries it between the firmware and the DOE mailbox.
@@ -56,6 +56,30 @@ impl DeviceCall {
 }
 
 pub use tsm_core::relay::host::MAX_RELAY_ROUNDS;
+
+/// One DMA request with the TEE bit a device makes: its direction and the guest address it
+/// names (the scenario `dma` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaAccess {
+    /// A write (`false`: a read).
+    pub write: bool,
+    /// The guest physical address.
+    pub gpa: Gpa,
+}
+
+/// What `access` reaches given what the TDI's context reaches (`reach`, [`Backend::dma_reach`])
+/// and whether the owner's private page at its address lets it through (`page`, asked only
+/// when the context translates): the owner's private memory only when both do; shared memory
+/// otherwise (an address that is no private page of the owner is shared whatever the context).
+pub fn access_reach(
+    reach: DmaReach,
+    page: impl FnOnce(GuestId) -> TsmResult<bool>,
+) -> TsmResult<DmaReach> {
+    Ok(match reach {
+        DmaReach::Private(owner) if page(owner)? => DmaReach::Private(owner),
+        _ => DmaReach::SharedOnly,
+    })
+}
 
 /// Relays `first` (the outcome of [`Backend::begin`]) to its end: every request to the
 /// backend's device and its answer back, as a host kernel does. Returns the operation's own
@@ -200,12 +224,24 @@ pub trait Backend {
     /// PASID entry read with TDH.DMAR.READ, SEV's sDTE), the TDI's state and its stream, never
     /// from the core's record of the context (which the invariants compare with it).
     fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach>;
-    /// The host completes the IOTLB invalidations the TDI's DMA context waits for (TDX:
-    /// TDH.IQ.INV.PROCESS of its IOMMU); nothing where the firmware completes them itself.
-    fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
-        let _ = tdi;
-        Ok(())
-    }
+    /// What one DMA access from the TDI reaches ([`access_reach`]): [`Backend::dma_reach`],
+    /// then the platform's own translation of `access.gpa` for the owner (the in-memory table's
+    /// leaf, TDX's S-EPT leaf read with TDH.MEM.SEPT.RD, SEV's RMP entry and the sDTE's read
+    /// and write permissions), which must map a private page of the owner not blocked and
+    /// allow the access's direction.
+    fn dma_access(&mut self, tdi: TdiId, access: DmaAccess) -> TsmResult<DmaReach>;
+    /// The host completes the IOTLB invalidations the TDI's unbind waits for, in the table of
+    /// the TDI's owner ([`FlushControl::complete_invalidations`]; TDX through the ABI:
+    /// TDH.IQ.INV.REQUEST of the owner's domain and TDH.IQ.INV.PROCESS on every IOMMU with an
+    /// entry of the owner). A guest whose flushes a scenario holds (`defer-flush`) stays
+    /// held. A TDI with no owner: nothing to complete.
+    fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()>;
+    /// Whether the host completes IOTLB invalidations only when told
+    /// ([`Backend::complete_invalidations`], the scenario's `invalidations manual`) or as soon
+    /// as an unbind stops for one (`false`, the default): in manual mode every platform's
+    /// IOMMU waits for the host ([`FlushControl::hold_invalidations`]) and no call of the
+    /// backend completes one on its own.
+    fn set_manual_invalidations(&mut self, manual: bool) -> TsmResult<()>;
     /// The TDI's trusted DMA context as the firmware records it (`None`: none; an unknown TDI
     /// has none).
     fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<DmaState>>;
@@ -240,6 +276,82 @@ pub trait FlushControl {
     fn complete_invalidations(&mut self, guest: GuestId, iface: tsm_core::InterfaceId) {
         let _ = (guest, iface);
     }
+    /// The table completes `guest`'s IOTLB invalidations only at
+    /// [`FlushControl::complete_invalidations`] (`true`), or on its own again, completing
+    /// those outstanding (`false`). Nothing where the IOMMU waits for the host anyway (TDX: a
+    /// queued invalidation completes only at the host's TDH.IQ.INV.PROCESS).
+    fn hold_invalidations(&mut self, guest: GuestId, hold: bool) {
+        let _ = (guest, hold);
+    }
+}
+
+/// A backend's record of who completes IOTLB invalidations: the host only when told
+/// ([`Backend::set_manual_invalidations`]), and which guests' flushes a scenario holds
+/// (`defer-flush`: no completion by the host releases them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostInvalidations {
+    /// The host completes invalidations only at [`Backend::complete_invalidations`].
+    pub manual: bool,
+    held: [bool; tsm_core::capacity::MAX_GUESTS],
+}
+
+impl HostInvalidations {
+    /// Automatic, nothing held.
+    pub const fn new() -> Self {
+        Self {
+            manual: false,
+            held: [false; tsm_core::capacity::MAX_GUESTS],
+        }
+    }
+
+    /// Records that a scenario holds (or released) `guest`'s flushes.
+    pub fn hold(&mut self, guest: GuestId, held: bool) {
+        if let Some(h) = self.held.get_mut(usize::from(guest.slot())) {
+            *h = held;
+        }
+    }
+
+    /// Whether a scenario holds `guest`'s flushes.
+    pub fn held(&self, guest: GuestId) -> bool {
+        self.held
+            .get(usize::from(guest.slot()))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Sets the mode on `table`: every guest slot whose flushes no scenario holds waits for
+    /// the host (manual) or completes on its own again (automatic).
+    pub fn set_manual(&mut self, table: &mut impl FlushControl, manual: bool) {
+        self.manual = manual;
+        for slot in 0..tsm_core::capacity::MAX_GUESTS {
+            let guest = GuestId::from_slot(u16::try_from(slot).unwrap_or(u16::MAX));
+            if !self.held(guest) {
+                table.hold_invalidations(guest, manual);
+            }
+        }
+    }
+
+    /// `defer-flush`: the table holds (or releases) `guest`'s flushes; released in manual mode,
+    /// its invalidations wait for the host again.
+    pub fn defer_flush(&mut self, table: &mut impl FlushControl, guest: GuestId, defer: bool) {
+        self.hold(guest, defer);
+        table.defer_flush(guest, defer);
+        if !defer && self.manual {
+            table.hold_invalidations(guest, true);
+        }
+    }
+
+    /// The host completes `guest`'s invalidations of `iface` unless a scenario holds them.
+    pub fn complete(
+        &self,
+        table: &mut impl FlushControl,
+        guest: GuestId,
+        iface: tsm_core::InterfaceId,
+    ) {
+        if !self.held(guest) {
+            table.complete_invalidations(guest, iface);
+        }
+    }
 }
 
 impl<const N: usize> FlushControl for MemTable<N> {
@@ -261,6 +373,13 @@ impl<const N: usize> FlushControl for MemTable<N> {
     fn complete_invalidations(&mut self, guest: GuestId, _: tsm_core::InterfaceId) {
         MemTable::complete_invalidations(self, guest);
     }
+
+    fn hold_invalidations(&mut self, guest: GuestId, hold: bool) {
+        self.set_defer_invalidations(guest, hold);
+        if !hold {
+            MemTable::complete_invalidations(self, guest);
+        }
+    }
 }
 
 /// The core driven directly: [`Relayed`] (the core over any secure table, and its model device).
@@ -269,6 +388,18 @@ pub struct CoreBackend<'a, T> {
     pub tsm: &'a Relayed<T>,
     /// Name printed in run headers.
     pub label: &'static str,
+    invalidations: HostInvalidations,
+}
+
+impl<'a, T> CoreBackend<'a, T> {
+    /// The core of `tsm`, named `label` in run headers; invalidations automatic.
+    pub const fn new(tsm: &'a Relayed<T>, label: &'static str) -> Self {
+        Self {
+            tsm,
+            label,
+            invalidations: HostInvalidations::new(),
+        }
+    }
 }
 
 impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
@@ -365,7 +496,26 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
             .with_device(|d| d.link_mut().set_misbehaviour(iface, how))
     }
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
-        self.tsm.with_table(|t| t.defer_flush(guest, defer))
+        let inv = &mut self.invalidations;
+        self.tsm.with_table(|t| inv.defer_flush(t, guest, defer))
+    }
+
+    /// The owner's table completes what it holds for the host
+    /// ([`FlushControl::complete_invalidations`]: the in-memory table's requested
+    /// invalidations, which it holds in manual mode).
+    fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
+        let record = self.tsm.tdi(tdi)?;
+        let Some(owner) = record.state.owner() else {
+            return Ok(());
+        };
+        let inv = &self.invalidations;
+        self.tsm
+            .with_guest_table(owner, |t| inv.complete(t, owner, record.iface))
+    }
+
+    fn set_manual_invalidations(&mut self, manual: bool) -> TsmResult<()> {
+        let inv = &mut self.invalidations;
+        self.tsm.with_table(|t| inv.set_manual(t, manual))
     }
 
     fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()> {
@@ -387,6 +537,18 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
             DmaReach::Private(owner)
         } else {
             DmaReach::SharedOnly
+        })
+    }
+
+    /// The owner's leaf at the address in the core's table, mapped (not blocked); the core's
+    /// leaves carry no read or write permission, so both directions reach a mapped one.
+    fn dma_access(&mut self, tdi: TdiId, access: DmaAccess) -> TsmResult<DmaReach> {
+        let reach = self.dma_reach(tdi)?;
+        access_reach(reach, |owner| {
+            Ok(self
+                .tsm
+                .leaf(owner, access.gpa)?
+                .is_some_and(|l| l.state == LeafState::Mapped))
         })
     }
 

@@ -39,7 +39,7 @@ use tsm_core::{
     RequesterId, ReservedMemory, SecureTable, TdiId, TdiState, TdispState, TsmResult,
 };
 
-use crate::backend::{Backend, DeviceCall, FlushControl, RelayBuf};
+use crate::backend::{Backend, DeviceCall, FlushControl, HostInvalidations, RelayBuf};
 
 /// First host page the backend's RMP covers: below every BAR the scenarios use.
 pub const RMP_BASE: u64 = 0x7fe0_0000;
@@ -105,6 +105,21 @@ impl<S: RmpMemory> FlushControl for Rmp<S> {
             s.guest == guest && s.sdte.valid() && s.sdte.asid() == self.asid(guest)
         })
     }
+
+    /// The guest's pending ASID fence completes (as the host sees it in TIO_ASID_FENCE_STATUS);
+    /// its fences stay held (a fence is pending only while held).
+    fn complete_invalidations(&mut self, guest: GuestId, _: tsm_core::InterfaceId) {
+        if self.fence_pending(guest) {
+            self.hold_fences_of(guest, false);
+            self.hold_fences_of(guest, true);
+        }
+    }
+
+    /// SEV's IOTLB invalidation is the ASID fence, which invalidates the TLB as well: held,
+    /// every fence of the guest waits for the host.
+    fn hold_invalidations(&mut self, guest: GuestId, hold: bool) {
+        self.hold_fences_of(guest, hold);
+    }
 }
 
 /// The SEV-TIO backend: the firmware, the host's memory and the device.
@@ -118,6 +133,7 @@ pub struct SevBackend<'a> {
     pub device: SharedDevice,
     saved: heapless::Vec<Saved, { tsm_core::capacity::MAX_TDIS }>,
     next: u64,
+    invalidations: HostInvalidations,
 }
 
 fn length<C: Command>() -> U32 {
@@ -196,6 +212,7 @@ impl<'a> SevBackend<'a> {
             device: SharedDevice::new(ModelDevice::model()),
             saved: heapless::Vec::new(),
             next: 0,
+            invalidations: HostInvalidations::new(),
         })
     }
 
@@ -812,9 +829,27 @@ impl Backend for SevBackend<'_> {
     }
 
     fn defer_flush(&mut self, guest: GuestId, defer: bool) -> TsmResult<()> {
+        let inv = &mut self.invalidations;
         self.sev
             .tsm()
-            .with_table(|t| FlushControl::defer_flush(t, guest, defer))
+            .with_table(|t| inv.defer_flush(t, guest, defer))
+    }
+
+    /// The owner's ASID fence the unbind raised, held for the host in manual mode, completes
+    /// (on hardware the host polls TIO_ASID_FENCE_STATUS until it reads it done).
+    fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
+        let core = self.sev.tsm();
+        let record = core.tdi(tdi)?;
+        let Some(owner) = record.state.owner() else {
+            return Ok(());
+        };
+        let inv = &self.invalidations;
+        core.with_table(|t| inv.complete(t, owner, record.iface))
+    }
+
+    fn set_manual_invalidations(&mut self, manual: bool) -> TsmResult<()> {
+        let inv = &mut self.invalidations;
+        self.sev.tsm().with_table(|t| inv.set_manual(t, manual))
     }
 
     /// SEV-TIO creates the TDI's sDTE with its TIO_TDI_BIND: for a bound TDI that has it, the
@@ -829,30 +864,11 @@ impl Backend for SevBackend<'_> {
     }
 
     /// The guest's SDTE write, as Linux's guest sends it (`tio_tdi_sdte_write`: V, IR, IW,
-    /// VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK 0, through TIO_GUEST_REQUEST. A refusal
-    /// of the command is its core status; one in the answer is named in the core's terms (see
-    /// `SevBackend::sdte_refusal`).
+    /// VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK 0, through TIO_GUEST_REQUEST
+    /// ([`SevBackend::sdte_write`]).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        use platform_sev::sdte::{Q0_IR, Q0_IW, Q0_V, Q5_VTOM, Q5_VTOM_EN};
-        let (_, _, id) = self.tdi_slas(tdi);
-        let mut r = msg::SdteWriteReq::new_zeroed();
-        r.guest_device_id = id.into();
-        r.sdte.q[0] = (Q0_V | Q0_IR | Q0_IW).into();
-        r.sdte.q[5] = (Q5_VTOM_EN | (LINUX_VTOM << 1 & Q5_VTOM)).into();
-        let (out, bytes) = self.guest_message(guest, tdi, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
-        // An SDTE write never waits on the device: one round.
-        if out.to_core()? != Completion::Done {
-            return Err(Error::Inconsistent);
-        }
-        let mut rsp = msg::SdteWriteRsp::new_zeroed();
-        bytes
-            .get(..core::mem::size_of::<msg::SdteWriteRsp>())
-            .ok_or(Error::Inconsistent)
-            .map(|b| rsp.as_mut_bytes().copy_from_slice(b))?;
-        match rsp.status.get() {
-            0 => Ok(()),
-            status => Err(self.sdte_refusal(guest, tdi, status)),
-        }
+        use platform_sev::sdte::{Q0_IR, Q0_IW};
+        self.sdte_write(guest, tdi, Q0_IR | Q0_IW)
     }
 
     /// The sDTE as the RMP's secure device table holds it: valid, naming the owner's ASID.
@@ -873,10 +889,44 @@ impl Backend for SevBackend<'_> {
         })
     }
 
+    /// The sDTE ([`Backend::dma_reach`]), then its read (IR) or write (IW) permission and its
+    /// vTOM (with vTOM_EN, an address at or above it is shared), and the RMP: the owner's
+    /// leaf at the address, assigned and not blocked.
+    fn dma_access(
+        &mut self,
+        tdi: TdiId,
+        access: crate::backend::DmaAccess,
+    ) -> TsmResult<tsm_core::dma::DmaReach> {
+        use platform_sev::sdte::{Q0_IR, Q0_IW, Q5_VTOM, Q5_VTOM_EN};
+        let reach = self.dma_reach(tdi)?;
+        let core = self.sev.tsm();
+        let iface = core.tdi(tdi)?.iface;
+        crate::backend::access_reach(reach, |owner| {
+            core.with_table(|r| {
+                let Some(slot) = r.sdtes().get(iface) else {
+                    return false;
+                };
+                let q = |i: usize| slot.sdte.q.get(i).map_or(0, |w| w.get());
+                let permission = if access.write { Q0_IW } else { Q0_IR };
+                let vtom = ((q(5) & Q5_VTOM) >> 1).saturating_mul(VTOM_UNIT);
+                let below_vtom = q(5) & Q5_VTOM_EN == 0 || access.gpa.as_u64() < vtom;
+                q(0) & permission != 0
+                    && below_vtom
+                    && r.leaf(owner, access.gpa)
+                        .is_some_and(|l| l.state == tsm_core::LeafState::Mapped)
+            })
+        })
+    }
+
     fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<tsm_core::dma::DmaState>> {
         Ok(self.sev.tsm().tdi(tdi).ok().and_then(|r| r.dma))
     }
 }
+
+/// The unit of the sDTE's vTOM field: 2 MiB (the SEV-TIO guest patch's `tsm_vtom`,
+/// drivers/virt/coco/sev-guest/tio.c of `<20260225053806.3311234-8-aik@amd.com>`, which
+/// [`LINUX_VTOM`] follows).
+const VTOM_UNIT: u64 = 1 << 21;
 
 /// vTOM of Linux's SDTE write, in 2 MiB units (its `tsm_vtom` module parameter's default,
 /// drivers/virt/coco/sev-guest/tio.c of the SEV-TIO guest patch
@@ -884,6 +934,33 @@ impl Backend for SevBackend<'_> {
 const LINUX_VTOM: u64 = 0x7fff_ffff;
 
 impl SevBackend<'_> {
+    /// The guest's SDTE write of a valid entry with the DMA permissions `permissions` (of
+    /// `Q0_IR | Q0_IW`) and otherwise Linux's (VMPL 0, vTOM_EN, vTOM 0x7fffffff), under VMPCK
+    /// 0, through TIO_GUEST_REQUEST. A refusal of the command is its core status; one in the
+    /// answer is named in the core's terms (see `SevBackend::sdte_refusal`).
+    pub fn sdte_write(&mut self, guest: GuestId, tdi: TdiId, permissions: u64) -> TsmResult<()> {
+        use platform_sev::sdte::{Q0_IR, Q0_IW, Q0_V, Q5_VTOM, Q5_VTOM_EN};
+        let (_, _, id) = self.tdi_slas(tdi);
+        let mut r = msg::SdteWriteReq::new_zeroed();
+        r.guest_device_id = id.into();
+        r.sdte.q[0] = (Q0_V | (permissions & (Q0_IR | Q0_IW))).into();
+        r.sdte.q[5] = (Q5_VTOM_EN | (LINUX_VTOM << 1 & Q5_VTOM)).into();
+        let (out, bytes) = self.guest_message(guest, tdi, msg::MSG_SDTE_WRITE_REQ, r.as_bytes());
+        // An SDTE write never waits on the device: one round.
+        if out.to_core()? != Completion::Done {
+            return Err(Error::Inconsistent);
+        }
+        let mut rsp = msg::SdteWriteRsp::new_zeroed();
+        bytes
+            .get(..core::mem::size_of::<msg::SdteWriteRsp>())
+            .ok_or(Error::Inconsistent)
+            .map(|b| rsp.as_mut_bytes().copy_from_slice(b))?;
+        match rsp.status.get() {
+            0 => Ok(()),
+            status => Err(self.sdte_refusal(guest, tdi, status)),
+        }
+    }
+
     /// An SDTE write's refusal in the core's terms: the answer's status is coarser than the
     /// core's (TDI_NOT_BOUND covers unbound, in ERROR and unbinding; INVALID_TDI another
     /// guest's TDI), so the TDI's state, which the host sees in TDI_STATUS, tells them apart.

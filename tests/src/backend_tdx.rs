@@ -114,13 +114,7 @@ impl FlushControl for Sept<'_> {
         if !defer {
             self.hold_flush(guest, false);
         }
-        let segments: heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }> = self
-            .dmar()
-            .entries()
-            .filter(|e| e.guest == guest)
-            .map(|e| e.rid.segment())
-            .collect();
-        for segment in segments {
+        for segment in iommus_of(self, guest, None) {
             let _ = self.request_iotlb(guest, segment);
             self.iq_process(segment);
         }
@@ -138,12 +132,39 @@ impl FlushControl for Sept<'_> {
     }
 
     /// TDH.IQ.INV.REQUEST of the guest's domain where its last track owes one, then
-    /// TDH.IQ.INV.PROCESS, on the IOMMU of the interface's segment.
+    /// TDH.IQ.INV.PROCESS, on every IOMMU [`iommus_of`] names (the interface's first).
     fn complete_invalidations(&mut self, guest: GuestId, iface: tsm_core::InterfaceId) {
-        let segment = iface.requester_id().segment();
-        let _ = self.request_iotlb(guest, segment);
-        self.iq_process(segment);
+        for segment in iommus_of(self, guest, Some(iface.requester_id().segment())) {
+            let _ = self.request_iotlb(guest, segment);
+            self.iq_process(segment);
+        }
     }
+}
+
+/// IOMMUs (by PCI segment, ours: one IOMMU per segment) on which a host completing `guest`'s
+/// IOTLB invalidations requests and processes them: `first` (the unbinding TDI's own, whose
+/// entry may be gone already), then every IOMMU with a PASID entry of `guest`, as
+/// `tsm_tdx.h`'s TSM.DEVIF.UNBIND says the host must (a domain invalidation is owed on each,
+/// and `TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED` on one that owes none is harmless). The one
+/// list the workload's [`FlushControl`] and the backend's ABI path both use.
+pub fn iommus_of(
+    sept: &Sept<'_>,
+    guest: GuestId,
+    first: Option<u16>,
+) -> heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS + 1 }> {
+    let mut out = heapless::Vec::new();
+    let theirs = sept
+        .dmar()
+        .entries()
+        .filter(|e| e.guest == guest)
+        .map(|e| e.rid.segment());
+    for segment in first.into_iter().chain(theirs) {
+        // Room for every entry and `first`: at most MAX_TDIS entries exist.
+        if !out.contains(&segment) {
+            let _ = out.push(segment);
+        }
+    }
+    out
 }
 
 /// The TDX backend: a firmware instance, the host's memory and the device it relays to.
@@ -152,6 +173,9 @@ pub struct TdxBackend<'t, 'm> {
     pub tsm: &'t TdxFirmware<'m>,
     host: [u8; HOST_BYTES],
     device: SharedDevice,
+    /// The host requests and processes invalidations only when a scenario says
+    /// ([`Backend::set_manual_invalidations`]).
+    manual: bool,
 }
 
 fn handle_reg<K>(h: tsm_core::Handle<K>) -> u64 {
@@ -237,6 +261,7 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             tsm,
             host: [0; HOST_BYTES],
             device: SharedDevice::new(device),
+            manual: false,
         }
     }
 
@@ -282,24 +307,14 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
     /// what a guest whose flushes are held owes, [`FlushControl::defer_flush`]).
     fn process_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
         let record = self.tsm.tdi(tdi)?;
-        // Every IOMMU with an entry of the owner (the header's rule), the TDI's own first.
-        let mut segments: heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }> =
-            heapless::Vec::new();
-        let _ = segments.push(record.iface.requester_id().segment());
-        if let Some(owner) = record.state.owner() {
-            let theirs = self.tsm.tsm().with_guest_table(owner, |t| {
-                t.dmar()
-                    .entries()
-                    .filter(|e| e.guest == owner)
-                    .map(|e| e.rid.segment())
-                    .collect::<heapless::Vec<u16, { tsm_core::capacity::MAX_TDIS }>>()
-            })?;
-            for s in theirs {
-                if !segments.contains(&s) {
-                    let _ = segments.push(s);
-                }
-            }
-        }
+        let own = record.iface.requester_id().segment();
+        let segments = match record.state.owner() {
+            Some(owner) => self
+                .tsm
+                .tsm()
+                .with_guest_table(owner, |t| iommus_of(t, owner, Some(own)))?,
+            None => heapless::Vec::from_iter([own]),
+        };
         for segment in segments {
             if let Some(owner) = record.state.owner() {
                 let status = IQ_STATUS_HPA;
@@ -322,6 +337,31 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             self.done(abi::TDH_IQ_INV_PROCESS, regs)?;
         }
         Ok(())
+    }
+
+    /// TDH.MEM.SEPT.RD of the 4 KiB page holding `gpa` in `td`'s S-EPT: the entry the walk
+    /// stopped at, its level and the epoch R8 gives; `None` where nothing is mapped.
+    fn sept_entry(&mut self, td: GuestId, gpa: Gpa) -> TsmResult<Option<(SeptEntry, u8, u64)>> {
+        let page = Gpa::try_new(gpa.as_u64() & !PageSize::Size4K.offset_mask())?;
+        let regs = SeamRegs {
+            rcx: page_info(page, PageSize::Size4K),
+            rdx: self.tdr(td),
+            ..SeamRegs::default()
+        };
+        let out = self.seamcall(abi::TDH_MEM_SEPT_RD, regs);
+        match Self::outcome(abi::TDH_MEM_SEPT_RD, &out) {
+            Ok(_) => {}
+            Err(Error::NotMapped) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let level = u8::try_from(out.rdx & 0x7).map_err(|_| Error::InvalidPageSize)?;
+        Ok(Some((SeptEntry::from_bits(out.rcx), level, out.r8)))
+    }
+
+    /// Invalidations one unbind call of the backend's completes before it calls again: none
+    /// in manual mode.
+    fn iotlb_waits(&self) -> usize {
+        if self.manual { 0 } else { IOTLB_WAITS }
     }
 
     /// How the host names `td`: its TDR page. A TD the firmware does not know (a scenario's
@@ -1058,7 +1098,7 @@ impl Backend for TdxBackend<'_, '_> {
             ..SeamRegs::default()
         };
         let mut out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
-        for _ in 0..IOTLB_WAITS {
+        for _ in 0..self.iotlb_waits() {
             if Self::outcome(abi::TSM_DEVIF_UNBIND, &out) != Err(Error::IotlbInvalidationPending) {
                 break;
             }
@@ -1156,20 +1196,9 @@ impl Backend for TdxBackend<'_, '_> {
 
     /// TDH.MEM.SEPT.RD at 4 KiB: the walk stops at the leaf covering `gpa`, if any.
     fn leaf(&mut self, guest: GuestId, gpa: Gpa) -> TsmResult<Option<Leaf>> {
-        let page = Gpa::try_new(gpa.as_u64() & !PageSize::Size4K.offset_mask())?;
-        let regs = SeamRegs {
-            rcx: page_info(page, PageSize::Size4K),
-            rdx: self.tdr(guest),
-            ..SeamRegs::default()
+        let Some((entry, level, epoch)) = self.sept_entry(guest, gpa)? else {
+            return Ok(None);
         };
-        let out = self.seamcall(abi::TDH_MEM_SEPT_RD, regs);
-        match Self::outcome(abi::TDH_MEM_SEPT_RD, &out) {
-            Ok(_) => {}
-            Err(Error::NotMapped) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let level = u8::try_from(out.rdx & 0x7).map_err(|_| Error::InvalidPageSize)?;
-        let entry = SeptEntry::from_bits(out.rcx);
         let state = entry.state(level);
         if !state.is_mmio_leaf() {
             return Ok(None);
@@ -1181,7 +1210,7 @@ impl Backend for TdxBackend<'_, '_> {
             hpa: Hpa::try_new(entry.phys())?,
             size,
             state: if state.is_blocked() {
-                LeafState::Blocked { epoch: out.r8 }
+                LeafState::Blocked { epoch }
             } else {
                 LeafState::Mapped
             },
@@ -1215,7 +1244,7 @@ impl Backend for TdxBackend<'_, '_> {
         let mut request: RelayBuf = [0u8; tsm_core::MAX_RELAY_BYTES];
         let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
         let mut r = relay_to_end(self, tdi, first, &mut request);
-        for _ in 0..IOTLB_WAITS {
+        for _ in 0..self.iotlb_waits() {
             if r != Err(Error::IotlbInvalidationPending) {
                 break;
             }
@@ -1303,8 +1332,40 @@ impl Backend for TdxBackend<'_, '_> {
         })
     }
 
+    /// The PASID entry ([`Backend::dma_reach`]), then the S-EPT leaf covering the address
+    /// (TDH.MEM.SEPT.RD, the tree the entry's SLPTPTR names): an MMIO leaf not blocked, whose
+    /// R bit (a read) or W bit (a write) is set once the TD accepted it (MMIO_MAPPED). A leaf
+    /// still MMIO_PENDING counts as the TD's private page (ours: the scenarios never have the
+    /// TD run TDG.MMIO.ACCEPT, and the core and SEV have no pending MMIO state to compare).
+    fn dma_access(
+        &mut self,
+        tdi: TdiId,
+        access: crate::backend::DmaAccess,
+    ) -> TsmResult<tsm_core::dma::DmaReach> {
+        use platform_tdx::ept::SeptState;
+        let reach = self.dma_reach(tdi)?;
+        crate::backend::access_reach(reach, |owner| {
+            let Some((entry, level, _)) = self.sept_entry(owner, access.gpa)? else {
+                return Ok(false);
+            };
+            Ok(match entry.state(level) {
+                SeptState::MmioMapped if access.write => entry.write(),
+                SeptState::MmioMapped => entry.read(),
+                SeptState::MmioPending => true,
+                _ => false,
+            })
+        })
+    }
+
     fn complete_invalidations(&mut self, tdi: TdiId) -> TsmResult<()> {
         self.process_invalidations(tdi)
+    }
+
+    /// The module never completes a queued invalidation on its own: manual mode only stops
+    /// the backend's own unbind calls from processing.
+    fn set_manual_invalidations(&mut self, manual: bool) -> TsmResult<()> {
+        self.manual = manual;
+        Ok(())
     }
 
     fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<tsm_core::dma::DmaState>> {

@@ -7,7 +7,9 @@
 //! tdi <t> <d> <seg:bus:dev.fn>                create a TDI for one interface of <d>
 //! bind <t> <g> [range|shared-range <base> <pages>]...  the device reports these ranges; the host binds
 //! map <t> <g> <gpa> <hpa> <4k|2m|1g>          map one private MMIO page
-//! start <g> <t>                               guest accepts and starts the TDI
+//! start <g> <t> [no-accept]                   the host creates the TDI's trusted DMA context
+//!                                             (if none), the guest accepts it and starts the
+//!                                             TDI; `no-accept`: the guest's START alone
 //! unbind <t>                                  one unbind call
 //! unbind-all <t>                              unbind calls until it is Done (bounded)
 //! unbind-force <t>                            one forced unbind call (cut the IDE stream, no STOP)
@@ -22,6 +24,15 @@
 //! device-event <t> <disturb|reset>            FLR / decode or bus-master off / D3hot; conventional reset
 //! device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>
 //! defer-flush <g> <on|off>                    hold back (or complete) the guest's TLB flushes
+//! invalidations <auto|manual>                 auto (the default): an unbind stopped for an IOTLB
+//!                                             invalidation has the host complete it and call
+//!                                             again (twice at most); manual: the host completes
+//!                                             them only at `complete-invalidations`, and the
+//!                                             stop is the line's status
+//! complete-invalidations <t>                  the host completes the IOTLB invalidations the
+//!                                             TDI's unbind waits for (TDX: TDH.IQ.INV.REQUEST of
+//!                                             the owner's domain and TDH.IQ.INV.PROCESS on each
+//!                                             IOMMU with an entry of it; SEV: the ASID fence)
 //! dma-create <t>                              the host creates the TDI's trusted DMA context
 //! dma-accept <g> <t>                          the guest accepts the TDI's trusted DMA context
 //! dma <t> <read|write> <gpa> <private|shared> the device's DMA with the TEE bit to a guest
@@ -43,7 +54,9 @@
 //!                                             until the operation ends: its status
 //! ```
 //! Numbers are decimal or `0x` hex, `_` allowed. A name `#N` is the raw handle N, for hostile
-//! tests. Without `-> Status` a line must succeed (`Ok`).
+//! tests. Without `-> Status` a line must succeed (`Ok`). Where the platforms differ by design,
+//! `-> Status <backend>:<Status>...` expects another status on the backends named (`core`,
+//! `tdx`, `sev`), e.g. `start td1 nic.0 no-accept -> DmaNotAccepted sev:Ok`.
 
 use core::fmt::{self, Write};
 
@@ -197,6 +210,9 @@ pub enum Op<'a> {
     Start {
         guest: &'a str,
         tdi: &'a str,
+        /// The usual start: the host creates the TDI's trusted DMA context if it has none and
+        /// the guest accepts it first (`false`: `no-accept`, the guest's START alone).
+        accept: bool,
     },
     Unbind {
         tdi: &'a str,
@@ -249,6 +265,12 @@ pub enum Op<'a> {
     DeferFlush {
         guest: &'a str,
         on: bool,
+    },
+    Invalidations {
+        manual: bool,
+    },
+    CompleteInvalidations {
+        tdi: &'a str,
     },
     DmaCreate {
         tdi: &'a str,
@@ -308,7 +330,7 @@ impl<'a> Op<'a> {
     pub fn for_each_use(&self, mut f: impl FnMut(&'a str, NameKind)) {
         use NameKind::{Device, Guest, Tdi};
         match self {
-            Op::Guest { .. } | Op::Device { .. } => {}
+            Op::Guest { .. } | Op::Device { .. } | Op::Invalidations { .. } => {}
             Op::Tdi { device, .. } | Op::StreamSetup { device } | Op::Zap { device, .. } => {
                 f(device, Device)
             }
@@ -317,7 +339,7 @@ impl<'a> Op<'a> {
                 f(tdi, Tdi);
                 f(guest, Guest);
             }
-            Op::Start { guest, tdi } | Op::DmaAccept { guest, tdi } => {
+            Op::Start { guest, tdi, .. } | Op::DmaAccept { guest, tdi } => {
                 f(guest, Guest);
                 f(tdi, Tdi);
             }
@@ -333,6 +355,7 @@ impl<'a> Op<'a> {
             | Op::RemoveTdi { tdi }
             | Op::Hold { tdi }
             | Op::DmaCreate { tdi }
+            | Op::CompleteInvalidations { tdi }
             | Op::Dma { tdi, .. }
             | Op::Relay { tdi } => f(tdi, Tdi),
             Op::Answer { tdi, with } => {
@@ -358,6 +381,22 @@ pub struct Line<'a> {
     pub op: Op<'a>,
     /// Expected status name, as printed (`Ok`, `Resumable`, `TdiBound`, `Busy(Tdi)` ...).
     pub expect: &'a str,
+    /// Backends (`core`, `tdx`, `sev`) that expect another status instead (`-> S sev:S2`):
+    /// where the platforms differ by design.
+    pub on: Vec<(&'a str, &'a str), { BACKENDS.len() }>,
+}
+
+/// The backends a line may name an expectation of its own for ([`Line::on`]).
+pub const BACKENDS: [&str; 3] = ["core", "tdx", "sev"];
+
+impl<'a> Line<'a> {
+    /// The status the line expects on the backend named `backend`.
+    pub fn expect_on(&self, backend: &str) -> &'a str {
+        self.on
+            .iter()
+            .find(|(b, _)| *b == backend)
+            .map_or(self.expect, |(_, s)| *s)
+    }
 }
 
 /// The kinds of object a name stands for.
@@ -596,7 +635,7 @@ pub const USAGE: &[(&str, &str)] = &[
         "bind <t> <g> [range|shared-range <base> <pages>]...",
     ),
     ("map", "map <t> <g> <gpa> <hpa> <4k|2m|1g>"),
-    ("start", "start <g> <t>"),
+    ("start", "start <g> <t> [no-accept]"),
     ("unbind", "unbind <t>"),
     ("unbind-all", "unbind-all <t>"),
     ("unbind-force", "unbind-force <t>"),
@@ -617,6 +656,8 @@ pub const USAGE: &[(&str, &str)] = &[
         "device-misbehave <t> <none|silent|garbage|wrong-interface|wrong-version|refuse|inconsistent-report>",
     ),
     ("defer-flush", "defer-flush <g> <on|off>"),
+    ("invalidations", "invalidations <auto|manual>"),
+    ("complete-invalidations", "complete-invalidations <t>"),
     ("dma-create", "dma-create <t>"),
     ("dma-accept", "dma-accept <g> <t>"),
     ("dma", "dma <t> <read|write> <gpa> <private|shared>"),
@@ -714,37 +755,56 @@ fn parse_words(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
             Some(_) => d,
         }
     })?;
+    let mut on = Vec::new();
     let expect = match status {
         None => "Ok",
         Some((arrow, after)) => {
             let mut it = after.split_whitespace();
-            match (it.next(), it.next()) {
-                (None, _) => {
+            let Some(first) = it.next() else {
+                return Err(Diagnostic::new(
+                    Problem::BadStatus,
+                    arrow.get(..2).unwrap_or(arrow),
+                    EXPECTED_STATUS,
+                ));
+            };
+            for word in it {
+                let Some((backend, s)) = word.split_once(':') else {
                     return Err(Diagnostic::new(
                         Problem::BadStatus,
-                        arrow.get(..2).unwrap_or(arrow),
-                        EXPECTED_STATUS,
+                        word,
+                        "one status after `->`, then `<backend>:<status>` for a backend that differs",
                     ));
-                }
-                (Some(_), Some(extra)) => {
+                };
+                let backend = keyword(
+                    backend,
+                    &[("core", "core"), ("tdx", "tdx"), ("sev", "sev")],
+                    "a backend: core, tdx or sev",
+                )?;
+                if on.iter().any(|(b, _)| *b == backend) {
                     return Err(Diagnostic::new(
                         Problem::BadStatus,
-                        extra,
-                        "one status after `->`",
+                        word,
+                        "each backend at most once after the status",
                     ));
                 }
-                (Some(s), None) if !is_status(s) => {
-                    let mut d = Diagnostic::new(Problem::UnknownStatus, s, EXPECTED_STATUS);
-                    d.nearest = nearest_status(s);
-                    return Err(d);
-                }
-                // The README's name for the success the interpreter prints as `Ok`.
-                (Some(DONE), None) => "Ok",
-                (Some(s), None) => s,
+                // Room for every backend: checked just above.
+                let _ = on.push((backend, status_word(s)?));
             }
+            status_word(first)?
         }
     };
-    Ok(Some(Line { op, expect }))
+    Ok(Some(Line { op, expect, on }))
+}
+
+/// `s` as the status a line expects, or a diagnostic naming the nearest.
+fn status_word(s: &str) -> Result<&str, ParseError<'_>> {
+    if !is_status(s) {
+        let mut d = Diagnostic::new(Problem::UnknownStatus, s, EXPECTED_STATUS);
+        d.nearest = nearest_status(s);
+        return Err(d);
+    }
+    // The README's name for the success the interpreter prints as `Ok`.
+    Ok(if s == DONE { "Ok" } else { s })
 }
 
 /// A keyword from `allowed`, or a diagnostic naming them and the nearest.
@@ -800,7 +860,16 @@ fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>>
             hpa: num_as(hpa, HPA)?,
             size: size_of(size)?,
         },
-        ("start", [guest, tdi]) => Op::Start { guest, tdi },
+        ("start", [guest, tdi]) => Op::Start {
+            guest,
+            tdi,
+            accept: true,
+        },
+        ("start", [guest, tdi, option]) => Op::Start {
+            guest,
+            tdi,
+            accept: keyword(option, &[("no-accept", false)], "no-accept")?,
+        },
         ("unbind", [tdi]) => Op::Unbind { tdi },
         ("unbind-all", [tdi]) => Op::UnbindAll { tdi },
         ("unbind-force", [tdi]) => Op::UnbindForce { tdi },
@@ -886,6 +955,10 @@ fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>>
             guest,
             on: keyword(on, &[("on", true), ("off", false)], "on or off")?,
         },
+        ("invalidations", [mode]) => Op::Invalidations {
+            manual: keyword(mode, &[("auto", false), ("manual", true)], "auto or manual")?,
+        },
+        ("complete-invalidations", [tdi]) => Op::CompleteInvalidations { tdi },
         ("dma-create", [tdi]) => Op::DmaCreate { tdi },
         ("dma-accept", [guest, tdi]) => Op::DmaAccept { guest, tdi },
         ("dma", [tdi, dir, gpa, reach]) => Op::Dma {
@@ -1133,6 +1206,44 @@ mod tests {
         assert_eq!(rid.bus(), 3);
         assert_eq!(parse_line("   # only a comment"), Ok(None));
         assert_eq!(parse_line(""), Ok(None));
+    }
+
+    #[test]
+    fn parses_per_backend_expectations_and_start_without_accept() {
+        let l = parse_line("start td1 nic.0 no-accept -> DmaNotAccepted sev:Ok tdx:Done")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            l.op,
+            Op::Start {
+                guest: "td1",
+                tdi: "nic.0",
+                accept: false
+            }
+        );
+        assert_eq!(l.expect, "DmaNotAccepted");
+        assert_eq!(l.expect_on("core"), "DmaNotAccepted");
+        assert_eq!(l.expect_on("sev"), "Ok");
+        assert_eq!(l.expect_on("tdx"), "Ok");
+        let l = parse_line("start td1 nic.0").unwrap().unwrap();
+        assert!(matches!(l.op, Op::Start { accept: true, .. }));
+        assert!(l.on.is_empty());
+        assert_eq!(
+            fault("start g t no-acept"),
+            (Problem::BadKeyword, 11, "no-acept")
+        );
+        assert_eq!(
+            fault("unbind t -> Ok arm:Ok"),
+            (Problem::BadKeyword, 16, "arm")
+        );
+        assert_eq!(
+            fault("unbind t -> Ok sev:Ok sev:TdiBound"),
+            (Problem::BadStatus, 23, "sev:TdiBound")
+        );
+        assert_eq!(
+            fault("unbind t -> Ok sev:TdiBond"),
+            (Problem::UnknownStatus, 20, "TdiBond")
+        );
     }
 
     /// The problem and 1-based column of the error `text` gets.

@@ -104,6 +104,9 @@ pub struct Tally {
     pub ok: u64,
     /// Operations that found a lock held: `Busy`, by operand in lock order.
     pub busy_by: [u64; 7],
+    /// STARTs refused because the owner had not accepted the TDI's DMA context
+    /// (`DmaNotAccepted`: the START gate of the core and TDX; never on SEV).
+    pub not_accepted: u64,
     /// Operations that went wrong: a host request removed a private leaf.
     pub failed: u64,
 }
@@ -121,6 +124,7 @@ impl Tally {
         for (a, b) in self.busy_by.iter_mut().zip(other.busy_by.iter()) {
             *a = a.saturating_add(*b);
         }
+        self.not_accepted = self.not_accepted.saturating_add(other.not_accepted);
         self.failed = self.failed.saturating_add(other.failed);
     }
 
@@ -134,6 +138,7 @@ impl Tally {
                     *n = n.saturating_add(1);
                 }
             }
+            Err(Error::DmaNotAccepted) => self.not_accepted = self.not_accepted.saturating_add(1),
             Err(_) => {}
         }
     }
@@ -145,10 +150,12 @@ impl fmt::Display for Tally {
         write!(
             f,
             "{} ops, {} ok, {} busy (device table {dt}, device {dev}, tdi {tdi}, guest {guest}, \
-             ownership {own}, secure table {table}, transport {transport}), {} failed",
+             ownership {own}, secure table {table}, transport {transport}), {} START refused \
+             before the guest's accept, {} failed",
             self.ops,
             self.ok,
             self.busy(),
+            self.not_accepted,
             self.failed
         )
     }
@@ -208,7 +215,14 @@ pub fn step<T: SecureTable, S: SecureSession>(
     let outcome = match rng.below(12) {
         0 => done(tsm.bind(tdi, guest)),
         1 | 2 => done(tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)),
-        3 => done(tsm.guest_start(owner, tdi)),
+        // The start's parts, each on its own: the host creates the TDI's DMA context, its
+        // owner accepts it (the guest's call), or the owner's START alone, which a platform
+        // that gates START on the accept refuses until then.
+        3 => match rng.below(3) {
+            0 => done(tsm.host_dma_create(tdi)),
+            1 => done(tsm.guest_dma_accept(owner, tdi)),
+            _ => done(tsm.start_only(owner, tdi)),
+        },
         4 => tsm.unbind(tdi),
         5 => tsm.device_error(tdi),
         6 => tsm.check_interface(tdi),

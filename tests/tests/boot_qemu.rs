@@ -194,6 +194,30 @@ mod qemu {
 {}",
             run.log
         );
+        // The START gate inside the firmware environment: START without the guest's accept is
+        // refused on the core and TDX, goes through on SEV (start-gate.scn's first START), and
+        // the smp stage's guests accept and start on their own.
+        let start = "tests/scenarios/start-gate.scn:13: start td1 nic.0 no-accept => ";
+        let outcomes: Vec<&str> = run.lines().filter_map(|l| l.strip_prefix(start)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "DmaNotAccepted (expected DmaNotAccepted)",
+                "DmaNotAccepted (expected DmaNotAccepted)",
+                "Ok (expected Ok)"
+            ],
+            "{}",
+            run.log
+        );
+        for table in ["core", "tdx", "sev"] {
+            let prefix = format!("smp: {table}: ");
+            assert!(
+                run.lines().any(|l| l.starts_with(&prefix)
+                    && l.contains(" START refused before the guest's accept, ")),
+                "no START gate count for {table}:\n{}",
+                run.log
+            );
+        }
         assert!(
             run.lines()
                 .any(|l| l.starts_with("stack: ") && l.contains(" guard pages unmapped")),

@@ -1982,10 +1982,7 @@ fn with_firmwares(f: impl FnOnce(&mut [&mut dyn Subject]) -> TestCaseResult) -> 
     let mut index = vec![0; rmp_index_words(WINDOW_PAGES)];
     let sev =
         Box::new(SevBackend::with_rmp(&mut rmp, &mut index, WINDOW_BASE, reserved()).unwrap());
-    let mut core = CoreSubject(CoreBackend {
-        tsm: &core_tsm,
-        label: "core",
-    });
+    let mut core = CoreSubject(CoreBackend::new(&core_tsm, "core"));
     let mut t4 = TdxSubject("tdx4", TdxBackend::new(&tdx4));
     let mut t5 = TdxSubject("tdx5", TdxBackend::new(&tdx5));
     let mut sev = SevSubject(sev);

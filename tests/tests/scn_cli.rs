@@ -29,15 +29,7 @@ tdi nic.0 nic 0000:03:00.0
 fn run_on_core(text: &str, out: &mut String) -> Summary {
     let tsm: Box<Relayed<MemTable<64>>> =
         Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-    run_scenario(
-        &mut CoreBackend {
-            tsm: &tsm,
-            label: "core",
-        },
-        "mine.scn",
-        text,
-        out,
-    )
+    run_scenario(&mut CoreBackend::new(&tsm, "core"), "mine.scn", text, out)
 }
 
 /// The one error `line` (after [`SETUP`]) gets, parsed and then run on the core.

@@ -19,10 +19,7 @@ type CoreTsm = Relayed<MemTable<1024>>;
 
 fn with_core(f: &mut dyn FnMut(&mut dyn Backend)) {
     let tsm: Box<CoreTsm> = Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-    f(&mut CoreBackend {
-        tsm: &tsm,
-        label: "core",
-    });
+    f(&mut CoreBackend::new(&tsm, "core"));
 }
 
 #[test]

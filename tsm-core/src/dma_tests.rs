@@ -26,7 +26,7 @@ fn running() -> World {
     let w = bound(1);
     w.tsm.host_dma_create(w.t0).unwrap();
     w.tsm.guest_dma_accept(w.g1, w.t0).unwrap();
-    w.tsm.guest_start(w.g1, w.t0).unwrap();
+    w.tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     w
 }
 
@@ -53,7 +53,7 @@ fn dma_reaches_private_memory_only_running_with_the_context_accepted() {
     let before = tsm.snapshot().unwrap();
     assert_eq!(tsm.guest_dma_accept(w.g1, w.t0), Ok(()));
     assert_eq!(tsm.snapshot().unwrap(), before);
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     assert_eq!(reach(&w, w.t0), DmaReach::Private(w.g1));
     let ctx = contexts(&w);
     assert_eq!(ctx.len(), 1);
@@ -107,7 +107,7 @@ fn dma_context_refusals_change_nothing() {
     refused(tsm, Error::TdiBound, || tsm.host_dma_invalidate(w.t0));
     refused(tsm, Error::TdiBound, || tsm.host_dma_remove(w.t0));
     tsm.guest_dma_accept(w.g1, w.t0).unwrap();
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     refused(tsm, Error::TdiBound, || tsm.host_dma_block(w.t0));
     refused(tsm, Error::TdiBound, || tsm.host_dma_remove(w.t0));
     // In ERROR the context stays the firmware's until unbind.

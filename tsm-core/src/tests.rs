@@ -275,19 +275,27 @@ fn map_refusals_change_nothing() {
 fn start_is_the_owners_and_only_from_locked() {
     let w = bound(0);
     let tsm = &w.tsm;
-    refused(tsm, Error::NotOwner, || tsm.guest_start(w.g2, w.t0));
-    refused(tsm, Error::TdiNotBound, || tsm.guest_start(w.g1, w.t1));
-    let busy = tsm.with_transport(|_| tsm.guest_start(w.g1, w.t0)).unwrap();
+    refused(tsm, Error::NotOwner, || {
+        tsm.start_with_guest_accept(w.g2, w.t0)
+    });
+    refused(tsm, Error::TdiNotBound, || {
+        tsm.start_with_guest_accept(w.g1, w.t1)
+    });
+    let busy = tsm
+        .with_transport(|_| tsm.start_with_guest_accept(w.g1, w.t0))
+        .unwrap();
     assert_eq!(busy, Err(Error::Busy(Operand::Transport)));
     tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
         .unwrap();
     refused(tsm, Error::DeviceUnresponsive, || {
-        tsm.guest_start(w.g1, w.t0)
+        tsm.start_with_guest_accept(w.g1, w.t0)
     });
     tsm.with_device(|d| d.set_fault(rid(3, 0), None)).unwrap();
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     assert_eq!(state(&w, w.t0), TdiState::Run { owner: w.g1 });
-    refused(tsm, Error::TdiNotLocked, || tsm.guest_start(w.g1, w.t0));
+    refused(tsm, Error::TdiNotLocked, || {
+        tsm.start_with_guest_accept(w.g1, w.t0)
+    });
 }
 
 #[test]
@@ -349,7 +357,7 @@ fn unbind_is_idempotent_complete_and_rebindable_body() {
         "unbind of an unbound TDI changed state"
     );
 
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert_eq!(state(&w, w.t0), TdiState::Unbound);
     assert!(tsm.owned_ranges(w.t0).unwrap().is_empty());
@@ -367,7 +375,7 @@ fn unbind_is_idempotent_complete_and_rebindable_body() {
     bind(tsm, w.t0, w.g2, &[range(BAR, 512)]).unwrap();
     tsm.map_mmio(w.t0, w.g2, gpa(GPA), hpa(BAR), PageSize::Size2M)
         .unwrap();
-    tsm.guest_start(w.g2, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g2, w.t0).unwrap();
     assert_eq!(state(&w, w.t0), TdiState::Run { owner: w.g2 });
     tsm.destroy_guest(w.g1).unwrap();
 }
@@ -397,7 +405,9 @@ fn unbind_is_bounded_and_resumable() {
                 PageSize::Size4K,
             )
         });
-        refused(tsm, Error::UnbindInProgress, || tsm.guest_start(w.g1, w.t0));
+        refused(tsm, Error::UnbindInProgress, || {
+            tsm.start_with_guest_accept(w.g1, w.t0)
+        });
         refused(tsm, Error::TdiBound, || tsm.host_zap(range(BAR, 1)));
         assert!(calls < 100);
     }
@@ -437,7 +447,7 @@ fn removal_waits_for_the_tlb_flush() {
 fn unresponsive_device_keeps_unbind_progress() {
     let w = bound(1);
     let tsm = &w.tsm;
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
         .unwrap();
     assert_eq!(tsm.unbind(w.t0), Err(Error::DeviceUnresponsive));
@@ -449,7 +459,9 @@ fn unresponsive_device_keeps_unbind_progress() {
         }
     );
     assert_eq!(state(&w, w.t0).tdisp(), TdispState::Error);
-    refused(tsm, Error::UnbindInProgress, || tsm.guest_start(w.g1, w.t0));
+    refused(tsm, Error::UnbindInProgress, || {
+        tsm.start_with_guest_accept(w.g1, w.t0)
+    });
     refused(tsm, Error::DeviceUnresponsive, || tsm.unbind(w.t0));
     tsm.with_device(|d| d.set_fault(rid(3, 0), None)).unwrap();
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
@@ -482,7 +494,9 @@ fn device_error_blocks_in_bounded_steps() {
             blocking: None
         }
     );
-    refused(tsm, Error::TdiInError, || tsm.guest_start(w.g1, w.t0));
+    refused(tsm, Error::TdiInError, || {
+        tsm.start_with_guest_accept(w.g1, w.t0)
+    });
     refused(tsm, Error::TdiInError, || {
         tsm.map_mmio(
             w.t0,
@@ -506,7 +520,10 @@ fn refused_start_puts_the_tdi_in_error() {
     let tsm = &w.tsm;
     tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::Refused)))
         .unwrap();
-    assert_eq!(tsm.guest_start(w.g1, w.t0), Err(Error::DeviceRefused));
+    assert_eq!(
+        tsm.start_with_guest_accept(w.g1, w.t0),
+        Err(Error::DeviceRefused)
+    );
     assert_eq!(
         state(&w, w.t0),
         TdiState::Error {
@@ -1079,7 +1096,7 @@ fn check_interface_finds_device_errors_and_silent_resets() {
         before,
         "a device that agrees changes nothing"
     );
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     tsm.with_device(|d| d.event(rid(3, 0), DeviceEvent::Disturb))
         .unwrap();
     assert_eq!(tsm.check_interface(w.t0), Ok(Completion::Done));
@@ -1284,7 +1301,7 @@ fn a_tdi_stuck_at_stop_keeps_no_live_guest_mapping() {
     let n = u64::from(LEAVES_PER_CALL) + 5;
     let w = bound(n);
     let tsm = &w.tsm;
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     tsm.with_device(|d| d.set_fault(rid(3, 0), Some(DeviceFault::NoResponse)))
         .unwrap();
     // The leaves go before STOP is sent: Resumable while some are live, and the device's
@@ -1442,7 +1459,9 @@ fn operands_are_checked_in_one_order() {
     refused(tsm, Error::InvalidHandle, || {
         tsm.map_mmio(w.t0, ghost, gpa(GPA + 1), hpa(BAR), PageSize::Size4K)
     });
-    refused(tsm, Error::InvalidHandle, || tsm.guest_start(ghost, w.t0));
+    refused(tsm, Error::InvalidHandle, || {
+        tsm.start_with_guest_accept(ghost, w.t0)
+    });
     refused(tsm, Error::InvalidHandle, || {
         tsm.host_unmap(ghost, gpa(GPA + 0x1000), PageSize::Size2M)
     });
@@ -1480,7 +1499,7 @@ fn forced_unbind_cuts_the_stream_and_needs_no_stop() {
     ] {
         let w = bound(2);
         let tsm = &w.tsm;
-        tsm.guest_start(w.g1, w.t0).unwrap();
+        tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
         tsm.with_device(|d| d.set_fault(rid(3, 0), Some(fault)))
             .unwrap();
         // A plain unbind blocks, then waits at STOP.
@@ -1596,7 +1615,7 @@ fn the_cut_cuts_off_every_tdi_of_the_device() {
     bind(tsm, w.t1, w.g2, &[range(BAR + 0x20_0000, 4)]).unwrap();
     tsm.map_mmio(w.t1, w.g2, gpa(GPA), hpa(BAR + 0x20_0000), PageSize::Size4K)
         .unwrap();
-    tsm.guest_start(w.g2, w.t1).unwrap();
+    tsm.start_with_guest_accept(w.g2, w.t1).unwrap();
     assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
     // t1 is in ERROR: no map, no start; its leaves are blocked by the next device_error.
     assert!(matches!(state(&w, w.t1), TdiState::Error { owner, .. } if owner == w.g2));
@@ -1976,7 +1995,7 @@ fn cut_stream_is_the_forced_cut_without_an_unbind() {
 fn a_tdi_created_again_unlocks_what_its_removed_predecessor_left_locked() {
     let w = bound(2);
     let tsm = &w.tsm;
-    tsm.guest_start(w.g1, w.t0).unwrap();
+    tsm.start_with_guest_accept(w.g1, w.t0).unwrap();
     assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
     assert!(tsm.tdi(w.t0).unwrap().unlock_first);
     tsm.remove_tdi(w.t0).unwrap();

@@ -103,7 +103,7 @@ fn hammer(w: &World, rng: &mut Rng) -> Tally {
         let r = match rng.next(10) {
             0 => done(report_and_bind(w, tdi, g, &[(base, 96)])),
             1 | 2 => done(w.tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)),
-            3 => done(w.tsm.guest_start(owner, tdi)),
+            3 => done(w.tsm.start_with_guest_accept(owner, tdi)),
             4 => w.tsm.unbind(tdi),
             5 => w.tsm.device_error(tdi),
             6 => w.tsm.check_interface(tdi),

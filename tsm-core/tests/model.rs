@@ -453,7 +453,7 @@ fn tdi_index(op: &Op) -> usize {
 /// |---|---|---|
 /// | unbind | `DeviceUnresponsive`, `DeviceRefused`, `DeviceMalformed` (a failed STOP) | that TDI to `Unbinding { owner, step: Stop }` with none of its leaves left `Mapped` (they are blocked before STOP); its leaves `Mapped` -> `Blocked` at the owner's current epoch; its interface's TDISP state |
 /// | unbind | `TlbFlushPending`, `Inconsistent` (progress kept) | that TDI to `Unbinding { owner, step: Track or Remove }`; its leaves `Mapped` -> `Blocked`, then one epoch advance of the owner, then removal of its blocked leaves; its interface's TDISP state (STOP done) |
-/// | guest_start | `DeviceRefused`, `DeviceMalformed` (START refused or garbled) | that TDI `Locked` -> `Error { owner }`; its leaves `Mapped` -> `Blocked`; its interface's TDISP state |
+/// | guest_start | `DeviceRefused`, `DeviceMalformed` (START refused or garbled) | that TDI `Locked` -> `Error { owner }`; its leaves `Mapped` -> `Blocked`; its DMA context, if live, blocked and its invalidation asked (both, nothing removed); its interface's TDISP state |
 /// | unbind_forced | `TlbFlushPending`, `Inconsistent` (progress kept) | the device's stream `Cut`, its other TDIs cut off (to ERROR, exchanges dropped); that TDI to `Unbinding { Track or Remove }` with its leaves blocked, then removed; nothing of other devices |
 /// | device_response with no answer | `DeviceUnresponsive` (or, ending a bind's undo, the bind's own status) | that TDI's exchange ends (a bind's report read and nonce with it); nothing else |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -721,14 +721,19 @@ fn check_exempt(
         {
             return false;
         }
-        // Blocking the context, and asking its invalidation, comes with blocking the leaves (a
-        // failed STOP, a START the device refused); an unbind that went on may also remove it.
-        let dma_max = if kind == Exempt::UnbindProgressKept {
-            3
-        } else {
-            2
+        // A START the device refused puts the TDI in ERROR, which blocks a live context and
+        // asks its invalidation, both (`unbind::block_dma`) and nothing more: exactly two
+        // steps, none without a live context. An unbind's Block step (a failed STOP, an
+        // exchange ended under it, a forced unbind) does the same or found it done; an unbind
+        // that went on may also remove it.
+        let live = matches!(rec_before.dma, Some(DmaState::Pending | DmaState::Active));
+        let dma_steps_allowed = match kind {
+            Exempt::StartFault if live => 2..=2,
+            Exempt::StartFault => 0..=0,
+            Exempt::UnbindStopFailed | Exempt::ExchangeEnded | Exempt::ForcedProgressKept => 0..=2,
+            Exempt::UnbindProgressKept => 0..=3,
         };
-        (0..=dma_max).any(|n| {
+        dma_steps_allowed.into_iter().any(|n| {
             let mut t = table.clone();
             dma_steps(&mut t, n) && &t == after.table()
         })

@@ -81,10 +81,7 @@ mod host {
                 Which::Core => {
                     let tsm: Box<Relayed<MemTable<CORE_LEAVES>>> =
                         Box::new(Relayed::new(MemTable::new(), ModelDevice::model()));
-                    f(&mut CoreBackend {
-                        tsm: &tsm,
-                        label: "core",
-                    });
+                    f(&mut CoreBackend::new(&tsm, "core"));
                 }
                 Which::Tdx => {
                     let mut mem = vec![Page::ZERO; TDX_POOL_PAGES];

@@ -111,13 +111,15 @@ impl<'a, T: SecureTable, S: SecureSession, const N: usize> RelayHost<'a, T, S, N
         self.relay(tdi, first, &mut buf).map(drop)
     }
 
-    /// The usual start of a locked TDI by its owner, relayed to its end: on a platform whose
-    /// guest accepts the TDI's trusted DMA context first ([`SecureTable::DMA_ACCEPT_BEFORE_START`]),
-    /// the host creates the context if it has none ([`Tsm::host_dma_create`]) and the guest
-    /// accepts it ([`Tsm::guest_dma_accept`]); then [`Tsm::guest_start`]. Those steps are taken
-    /// only for a TDI locked and bound to `guest` (any other start is refused as it is, the
-    /// steps not taken); [`RelayHost::start_only`] is START alone.
-    pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+    /// A start with the guest's part done here too, for tests that want a running TDI and not
+    /// the START gate: on a platform whose guest accepts the TDI's trusted DMA context first
+    /// ([`SecureTable::DMA_ACCEPT_BEFORE_START`]), the host creates the context if it has none
+    /// ([`Tsm::host_dma_create`]) and then runs the *guest's* accept ([`Tsm::guest_dma_accept`],
+    /// which a real host cannot do: the guest's own call) before [`Tsm::guest_start`], relayed
+    /// to its end. Those steps are taken only for a TDI locked and bound to `guest` (any other
+    /// start is refused as it is, the steps not taken). [`RelayHost::start_only`] is START
+    /// alone, refused `DmaNotAccepted` until the guest has accepted.
+    pub fn start_with_guest_accept(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
         let record = self.fw.tdi(tdi);
         let usual = record.is_ok_and(|r| {
             r.state == TdiState::Locked { owner: guest }
@@ -266,9 +268,9 @@ impl<T: SecureTable, const N: usize> Relayed<T, N> {
         self.host().bind(tdi, guest)
     }
 
-    /// See [`RelayHost::guest_start`].
-    pub fn guest_start(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
-        self.host().guest_start(guest, tdi)
+    /// See [`RelayHost::start_with_guest_accept`].
+    pub fn start_with_guest_accept(&self, guest: GuestId, tdi: TdiId) -> TsmResult<()> {
+        self.host().start_with_guest_accept(guest, tdi)
     }
 
     /// See [`RelayHost::start_only`].

@@ -862,6 +862,33 @@ fn a_bind_lands_only_on_the_guest_it_was_started_for() {
 }
 
 #[test]
+fn the_host_relays_no_start_until_the_guest_accepted_its_dma_context() {
+    let w = world();
+    w.fw.bind(w.t0, w.g1).unwrap();
+    // START alone, with no context and then with the host's context not yet accepted: refused
+    // before anything goes to the device, nothing changed.
+    let before = w.fw.snapshot().unwrap();
+    assert_eq!(w.fw.start_only(w.g1, w.t0), Err(Error::DmaNotAccepted));
+    unchanged(&w, &before);
+    w.fw.firmware().host_dma_create(w.t0).unwrap();
+    let before = w.fw.snapshot().unwrap();
+    assert_eq!(w.fw.start_only(w.g1, w.t0), Err(Error::DmaNotAccepted));
+    unchanged(&w, &before);
+    assert_eq!(
+        w.fw.with_device(|d| d.state(rid(0))).unwrap(),
+        TdispState::ConfigLocked
+    );
+    // The guest's own accept, then START alone goes to the device.
+    w.fw.firmware().guest_dma_accept(w.g1, w.t0).unwrap();
+    assert_eq!(w.fw.start_only(w.g1, w.t0), Ok(()));
+    assert_eq!(w.fw.tdi(w.t0).unwrap().state, TdiState::Run { owner: w.g1 });
+    assert_eq!(
+        w.fw.with_device(|d| d.state(rid(0))).unwrap(),
+        TdispState::Run
+    );
+}
+
+#[test]
 fn the_model_device_never_acts_on_a_replayed_request() {
     let w = bound();
     let fw = w.fw.firmware();
@@ -872,7 +899,8 @@ fn the_model_device_never_acts_on_a_replayed_request() {
     assert_eq!(fw.unbind_forced(w.t0), Ok(Completion::Done));
     fw.setup_stream(fw.tdi(w.t0).unwrap().device).unwrap();
     w.fw.bind(w.t0, w.g1).unwrap();
-    w.fw.guest_start(w.g1, w.t0).unwrap();
+    accept_dma(&w, w.t0, w.g1);
+    w.fw.start_only(w.g1, w.t0).unwrap();
     for _ in 0..crate::device_model::ANSWER_WINDOW {
         assert_eq!(w.fw.check_interface(w.t0), Ok(Completion::Done));
     }
