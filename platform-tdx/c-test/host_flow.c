@@ -339,9 +339,10 @@ static void old_order(const char *path, uint64_t tdi, uint64_t td)
 		expect_leaf(path, td, i, 3, entry[i]);
 }
 
-/* The host's answer to TDX_IOMMU_IOTLB_TRACKING_NOT_DONE or an unbind stopped at its DMA
- * context's invalidation: the TD's domain invalidation its last TDH.MEM.TRACK owes on IOMMU 0
- * (NOT_REQUIRED when none is owed), then TDH.IQ.INV.PROCESS of everything queued. */
+/* The host's answer to TDX_IOMMU_IOTLB_TRACKING_NOT_DONE (a TRACK, or an unbind waiting for
+ * the TD's domain): the TD's domain invalidation its last TDH.MEM.TRACK owes on each IOMMU with
+ * an entry of the TD, here IOMMU 0 (NOT_REQUIRED when none is owed), then TDH.IQ.INV.PROCESS of
+ * everything queued. */
 static void iotlb_drain(const char *path, uint64_t td)
 {
 	uint64_t status;
@@ -355,6 +356,29 @@ static void iotlb_drain(const char *path, uint64_t td)
 	check(path, "TDH.IQ.INV.PROCESS", seam(TDH_IQ_INV_PROCESS, 0, 0, 0), TDX_SUCCESS);
 }
 
+/* The host's answer to TDX_DMAR_INVALID_INV_STATE | DMAR (an unbind waiting for its PASID
+ * entry's own invalidation): the firmware queued it when it blocked the entry, so
+ * TDH.IQ.INV.PROCESS of the entry's IOMMU completes it. */
+static void entry_drain(const char *path)
+{
+	check(path, "TDH.IQ.INV.PROCESS (the entry's)", seam(TDH_IQ_INV_PROCESS, 0, 0, 0),
+	      TDX_SUCCESS);
+}
+
+/* The Linux host's own DMA context teardown after STOP, on an entry the unbind blocked and
+ * queued already: BLOCK changes nothing; IQ.INV.REQUEST finds the invalidation queued or done
+ * and is refused TDX_DMAR_INVALID_INV_STATE | R8, queueing nothing to wait on: done. */
+static void linux_dma_teardown(const char *path)
+{
+	check(path, "host: TDH.DMAR.BLOCK (blocked by the unbind)",
+	      seam(TDH_DMAR_BLOCK, TSM_TDX_DMAR_IDX(0, IFACE), 0, 0), TDX_SUCCESS);
+	set(TDH_IQ_INV_REQUEST, 0, TSM_TDX_INV_REQ_PASIDTE, IFACE);
+	r->r9 = TSM_TDX_WAIT_DESC | (2ull << 32);
+	r->r10 = page_of(&host.iq_status);
+	check(path, "host: TDH.IQ.INV.REQUEST (queued by the unbind)", tsm_tdx_seamcall(r),
+	      TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_R8);
+}
+
 /* The patched order: unbind first (STOP relayed), then the zap check, then TDI remove. With
  * `host_teardown`, the host first sees BLOCK and UNMAP refused until STOP is acknowledged,
  * then, while the unbind still has leaves, removes them itself (BLOCK, TRACK, UNMAP) before
@@ -363,7 +387,7 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 {
 	uint64_t status;
 	size_t i;
-	int calls = 1, stop_seen = 0, host_did = 0;
+	int calls = 1, stop_seen = 0, host_did = 0, dma_seen = 0;
 
 	status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
 	for (;;) {
@@ -388,7 +412,18 @@ static void patched_order(const char *path, uint64_t tdi, uint64_t td, int host_
 			status = relay(path, status, tdi);
 		}
 		if (status == (TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_DMAR) && calls < 1000) {
-			/* An IOTLB invalidation is owed or queued: the host completes it. */
+			/* The entry's own invalidation, before STOP. */
+			entry_drain(path);
+			status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
+			calls++;
+			continue;
+		}
+		if (status == TDX_IOMMU_IOTLB_TRACKING_NOT_DONE && calls < 1000) {
+			/* The TD's domain, after the unbind's TRACK. */
+			check(path, "  the domain's wait comes after STOP", stop_seen, 1);
+			if (host_teardown && !dma_seen)
+				linux_dma_teardown(path);
+			dma_seen = 1;
 			iotlb_drain(path, td);
 			status = devif_request(tdi, TSM_TDX_TDISP_STOP_INTERFACE);
 			calls++;

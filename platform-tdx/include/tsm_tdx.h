@@ -192,7 +192,15 @@ struct tsm_tdx_range_list {
                                           invalidation its last TDH.MEM.TRACK owes on that
                                           IOMMU), R9-R12 the wait descriptor
                                           (R9: type 5, FN, PD 0, data 63:32; R10 the status
-                                          address, 4-byte aligned, shared; R11, R12 0) -> RCX 0 */
+                                          address, 4-byte aligned, shared; R11, R12 0) -> RCX 0.
+                                          No room in the IOMMU's trusted queue (checked first):
+                                          TDX_IOMMU_IQ_QUEUE_FULL | RDX until PROCESS.
+                                          PASIDTE of an entry not BLOCKED:
+                                          TDX_DMAR_INVALID_MAPPING_STATE | R8; whose invalidation
+                                          is QUEUED or DONE already (the unbind and ERROR queue it
+                                          themselves): TDX_DMAR_INVALID_INV_STATE | R8, nothing
+                                          queued (do not wait on the status word): PROCESS, then
+                                          REMOVE */
 #define TDH_IQ_INV_PROCESS     162u    /* RCX IOMMU id: completes the queued invalidations */
 #define TSM_TDX_PASIDTE_ADD_Q0 0x00000000000000a0ull /* SLEE | PGTT second-level only */
 #define TSM_TDX_PASIDTE_ADD_Q1 0x0000000035800000ull /* PWSNP | PGSNP | EMTE | EMT WB */
@@ -208,12 +216,16 @@ struct tsm_tdx_range_list {
                                           TDX_SPDM_REQUEST until the last answer binds */
 #define TSM_DEVIF_UNBIND       0xF003u /* RCX function ID, RDX flags, R8 request page (0 with
                                           FORCE); TDX_INTERRUPTED_RESUMABLE until done;
-                                          TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE);
-                                          TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_DMAR while
-                                          an IOTLB invalidation is outstanding, progress kept:
-                                          TDH_IQ_INV_REQUEST TSM_TDX_INV_REQ_IOTLB (R8 the TDR;
-                                          NOT_REQUIRED is harmless) on each IOMMU with an entry
-                                          of the TD, TDH_IQ_INV_PROCESS, then call again */
+                                          TDX_SPDM_REQUEST with STOP_INTERFACE (not with FORCE).
+                                          Waiting for an IOTLB invalidation, progress kept (also
+                                          from TDH_DEVIF_REQUEST STOP and TDH_DEVIF_RESPONSE):
+                                          TDX_DMAR_INVALID_INV_STATE | TDX_OPERAND_ID_DMAR, the
+                                          TDI's PASID entry's own, which the firmware queued:
+                                          TDH_IQ_INV_PROCESS of its IOMMU, then call again;
+                                          TDX_IOMMU_IOTLB_TRACKING_NOT_DONE (no operand, as
+                                          TDH_MEM_TRACK), the TD's domain: TDH_IQ_INV_REQUEST
+                                          TSM_TDX_INV_REQ_IOTLB (R8 the TDR) on each IOMMU with
+                                          an entry of the TD, TDH_IQ_INV_PROCESS, call again */
 #define TSM_UNBIND_FLAG_FORCE  (1ull << 0) /* RDX bit 0: cut the IDE stream, unbind without STOP */
 #define TSM_DEVIF_ERROR        0xF004u /* RCX function ID */
 #define TSM_DEVIF_STATE        0xF005u /* RCX function ID -> RCX TDISP state, RDX code, R8 owner
@@ -349,6 +361,9 @@ struct tsm_tdx_dev_info {
  * an IOMMU that owes nothing. */
 #define TDX_IOMMU_IOTLB_TRACKING_NOT_DONE     0xC0000F0300000000ull
 #define TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED 0xC0000F3B00000000ull
+/* TDH_IQ_INV_REQUEST | RDX: the IOMMU's trusted invalidation queue lacks room for the request's
+ * descriptors (3 for a PASID entry, 2 for a TD's domain) until TDH_IQ_INV_PROCESS. */
+#define TDX_IOMMU_IQ_QUEUE_FULL               0xC0000F0100000000ull
 /* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
  * or a request re-read with nothing outstanding; bytes that are not the answer to the
  * outstanding request (garbled, another TDI's, stale, too long; nothing changed, the request

@@ -1121,11 +1121,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                     let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
                     self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
                 };
-                // A stop for an IOTLB invalidation, the entry's or the TD's domain's (its Remove
-                // waits for the latter), is TDX_DMAR_INVALID_INV_STATE either way: the host
-                // requests the domain's (TDH.IQ.INV.REQUEST, INV_REQ_IOTLB; NOT_REQUIRED when
-                // none is owed) and processes the queue.
-                o
+                // A stop for an IOTLB invalidation names which: the entry's or the TD's domain's.
+                self.teardown_outcome(tdi, o)
             }
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT
@@ -1137,7 +1134,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             TSM_DEVIF_ERROR => {
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
-                Outcome::Core(tsm.device_error(tdi))
+                self.teardown_outcome(tdi, Outcome::Core(tsm.device_error(tdi)))
             }
             TSM_DEVIF_STATE => {
                 let table = self.fw.lock_pages().map_err(core)?;
@@ -1156,12 +1153,14 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
                 let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                self.relayed(
-                    out,
-                    tdi,
-                    Some(page),
-                    |buf| Ok(tsm.check_interface(tdi, buf)),
-                )?
+                let o =
+                    self.relayed(
+                        out,
+                        tdi,
+                        Some(page),
+                        |buf| Ok(tsm.check_interface(tdi, buf)),
+                    )?;
+                self.teardown_outcome(tdi, o)
             }
             TDH_DMAR_ADD | TDH_DMAR_BLOCK | TDH_DMAR_READ | TDH_DMAR_REMOVE
             | TDH_IQ_INV_REQUEST | TDH_IQ_INV_PROCESS => self.dmar_leaf(leaf, r, out)?,

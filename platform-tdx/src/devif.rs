@@ -616,6 +616,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // A Requested TD request always has its START waiting (`td_request_now`).
             Wanted::Start => return Err(core_err(Error::Inconsistent)),
         };
+        let outcome = self.teardown_outcome(tdi, outcome);
         drop(table);
         Ok(match outcome {
             Outcome::Core(Err(Error::StreamCut)) => st(self.stream_not_live(tdi)),
@@ -708,6 +709,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         let outcome = self.relayed(out, tdi, page, |buf| {
             Ok(tsm.device_response(tdi, bytes, buf))
         })?;
+        // STOP's answer goes on with the unbind, which may stop for an IOTLB invalidation.
+        let outcome = self.teardown_outcome(tdi, outcome);
         let after = tsm.tdi(tdi).map_err(core_err)?;
         if let Outcome::Core(Ok(Completion::Done)) = outcome {
             let state = match ex.op {

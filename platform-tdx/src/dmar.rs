@@ -29,13 +29,15 @@
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
+use tsm_core::lifecycle::UnbindStep;
 use tsm_core::{
-    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId, Tsm,
+    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
+    TdiState, Tsm,
 };
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
 use crate::devif::devif_at;
-use crate::module::{devif_in, td_in};
+use crate::module::{PageTable, devif_in, td_in};
 use crate::sept::SeptError;
 use crate::status::{
     self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
@@ -516,6 +518,33 @@ impl DmarTable {
         Ok(())
     }
 
+    /// The queue slots the invalidations queued on the IOMMU of `segment` hold until
+    /// [`DmarTable::process`] (the module's `iq_free_cnt` taken by TDH.IQ.INV.REQUEST and given
+    /// back by TDH.IQ.INV.PROCESS): [`IQ_PASIDTE_DESCS`] per PASID entry whose invalidation is
+    /// QUEUED (the host's request, or the firmware's own at the unbind's or ERROR's block,
+    /// counted alike: ours), [`IQ_IOTLB_DESCS`] per TD whose domain invalidation is queued
+    /// there. Bounded by the table's size.
+    pub fn iq_used(&self, segment: u16) -> u16 {
+        let mut used = 0u16;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(e) = e else { continue };
+            if e.rid.segment() != segment {
+                continue;
+            }
+            if e.te.state() == DmaState::Invalidating {
+                used = used.saturating_add(IQ_PASIDTE_DESCS);
+            }
+            // A TD's domain request marks each of its entries on the IOMMU: counted once.
+            let first = !self.entries.iter().take(i).flatten().any(|d| {
+                d.guest == e.guest && d.rid.segment() == segment && d.iotlb == IotlbOwed::Queued
+            });
+            if e.iotlb == IotlbOwed::Queued && first {
+                used = used.saturating_add(IQ_IOTLB_DESCS);
+            }
+        }
+        used
+    }
+
     /// REMOVE: only BLOCKED with its invalidation DONE; the entry FREE.
     pub fn remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let state = self.slot_of(guest, iface)?.te.state();
@@ -570,6 +599,22 @@ pub const WAIT_DESC_HOST: u64 = WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN;
 /// Wait descriptor qword 1: the status address, 4-byte aligned (bits 1:0 reserved).
 pub const WAIT_STATUS_ALIGN: u64 = 0x3;
 
+/// `NUM_IQ_ENTRIES_IN_PAGE`: 32-byte descriptors in a 4 KiB page of the trusted invalidation
+/// queue (`src/common/data_structures/tdxio/iommu_defs.h` @be44324036407f857249fd47fdfaaa036135d459).
+pub const IQ_ENTRIES_PER_PAGE: u16 = 128;
+/// The free slots of a trusted invalidation queue of one page: the module sets `iq_free_cnt`
+/// to `pages * 128 - 1` when it configures the IOMMU (`configure_iommu`,
+/// `src/common/tdxio/iommu.c` @1666adc494dbea5db99895f37125a338c20bec5a). The page count is
+/// the host's at IOMMU set-up, which is not modelled: one page unless the firmware is built
+/// with another ([`crate::TdxModule::with_iq_slots`]; ours).
+pub const IQ_SLOTS_ONE_PAGE: u16 = IQ_ENTRIES_PER_PAGE - 1;
+/// Descriptors a PASID entry's invalidation takes: PASID cache, IOTLB, wait
+/// (`INV_REQ_WAIT_AND_IOTLB_DESC_SIZE`, `inv_queue_defs.h` @92f6945d).
+pub const IQ_PASIDTE_DESCS: u16 = 3;
+/// Descriptors a TD's domain invalidation takes: IOTLB, wait (`INV_REQ_AND_WAIT_DESC_SIZE`,
+/// same file).
+pub const IQ_IOTLB_DESCS: u16 = 2;
+
 /// TDH.IQ.INV.REQUEST of TD `tdr`'s domain on IOMMU `iommu` ([`INV_REQ_IOTLB`]), as a host
 /// issues it after a TDH.MEM.TRACK of a TD with trusted DMA (and before it unmaps, or retries
 /// an unbind stopped for it): a fenced wait descriptor (type 5, SW, FN) writing `data` to the
@@ -602,6 +647,16 @@ fn entry_regs(r: &SeamRegs) -> [(u64, u32); 7] {
     ]
 }
 
+/// The TDI of requester `rid` in the DEVIF pages `table` (none: its PASID entry is FREE,
+/// `TDX_DMAR_INVALID_MAPPING_STATE` + `operand`).
+fn dmar_tdi_in(table: &PageTable, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
+    let function = u32::try_from(crate::abi::function_id(rid))
+        .map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))?;
+    devif_in(table, function)
+        .map(|(tdi, _)| tdi)
+        .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+}
+
 /// A core refusal of a DMAR leaf as the module reports its entry-state checks, naming
 /// `operand`: the TDI still able to reach the guest (ours, the core's rule: the host tears a
 /// context down only after STOP or a cut stream) `TDX_DEVIF_TDISP_INVALID_STATE`; an entry
@@ -629,22 +684,72 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// `TDX_DMAR_INVALID_MAPPING_STATE` + `operand`).
     fn dmar_tdi(&self, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
         let table = self.fw.lock_pages().map_err(core_err)?;
-        let function = u32::try_from(crate::abi::function_id(rid))
-            .map_err(|_| Outcome::Status(invalid(OPERAND_ID_RCX)))?;
-        devif_in(&table, function)
-            .map(|(tdi, _)| tdi)
-            .ok_or(named(status::TDX_DMAR_INVALID_MAPPING_STATE, operand))
+        dmar_tdi_in(&table, rid, operand)
     }
 
     /// Whether an IOMMU owes the domain of `tdi`'s owner the IOTLB invalidation its last
     /// TRACK asked for (read only; no owner or no table: no).
-    pub(crate) fn iotlb_owed(&self, tdi: TdiId) -> bool {
+    fn iotlb_owed(&self, tdi: TdiId) -> bool {
         let owner = self.tsm.tdi(tdi).ok().and_then(|t| t.state.owner());
         owner.is_some_and(|g| {
             self.tsm
                 .with_guest_table(g, |t| t.dmar().iotlb_owed(g))
                 .unwrap_or(false)
         })
+    }
+
+    /// Whether a core `IotlbInvalidationPending` of `tdi`'s PASID entry's removal (the host's
+    /// TDH.DMAR.REMOVE, or the unbind's Dma step) waits for the TD's domain rather than for
+    /// the entry: the entry's own invalidation DONE and an IOMMU owing the domain the last
+    /// TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d). Read only, after the refusal: a
+    /// PROCESS in between can only change which wait is named, never the state.
+    fn removal_waits_for_domain(&self, tdi: TdiId) -> bool {
+        let entry = self.tsm.tdi(tdi).ok().and_then(|t| {
+            let owner = t.state.owner()?;
+            let rid = t.iface.requester_id();
+            self.tsm
+                .with_guest_table(owner, |s| s.dmar().entry(rid))
+                .ok()?
+        });
+        entry.is_some_and(|e| e.te.state() == DmaState::Invalidated) && self.iotlb_owed(tdi)
+    }
+
+    /// The answer of a leaf that drives `tdi`'s unbind (TSM.DEVIF.UNBIND, forced or not;
+    /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP) or its ERROR blocking
+    /// (TSM.DEVIF.ERROR, TSM.DEVIF.CHECK), `o`, with the core's `IotlbInvalidationPending`
+    /// named by the wait it is, read from the unbind's progress and the table after the call
+    /// (the caller still holds the DEVIF page lock every such leaf takes, so no other of them
+    /// moves the step meanwhile):
+    /// - the TD's domain, `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE` without operand as TDH.MEM.TRACK
+    ///   answers it: the Track step (the previous TRACK's invalidation still owed), the
+    ///   Remove step (the unbind's TRACK's: its leaves go once the IOTLB forgot them), or the
+    ///   Dma step with the entry's own invalidation done (REMOVE's domain wait). The host
+    ///   requests INV_REQ_IOTLB of the TD on each IOMMU with an entry of the TD, processes
+    ///   the queue and calls again.
+    /// - the entry's own invalidation otherwise (before STOP, or the Dma step's),
+    ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the firmware queued it when
+    ///   it blocked the entry (the host's own request of it is refused), so the host
+    ///   processes the queue of the entry's IOMMU and calls again.
+    ///
+    /// Every other outcome passes as it is.
+    pub(crate) fn teardown_outcome(&self, tdi: TdiId, o: Outcome) -> Outcome {
+        if !matches!(o, Outcome::Core(Err(Error::IotlbInvalidationPending))) {
+            return o;
+        }
+        let step = match self.tsm.tdi(tdi).map(|t| t.state) {
+            Ok(TdiState::Unbinding { step, .. }) => step,
+            _ => return o,
+        };
+        let domain = match step {
+            UnbindStep::Track | UnbindStep::Remove(_) => true,
+            UnbindStep::Dma => self.removal_waits_for_domain(tdi),
+            UnbindStep::Block(_) | UnbindStep::Stop | UnbindStep::Release => false,
+        };
+        if domain {
+            Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE)
+        } else {
+            o
+        }
     }
 
     /// RCX `dmar_idx_t` of a PASID entry (else `TDX_OPERAND_INVALID` + RCX) and its TDI.
@@ -740,15 +845,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
                 tsm.host_dma_remove(tdi).map_err(|e| {
-                    // Its own invalidation done, but an IOMMU owes the TD's domain the last
-                    // TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d: + RCX).
-                    let own_done = tsm.tdi(tdi).ok().and_then(|t| {
-                        let owner = t.state.owner()?;
-                        let rid = t.iface.requester_id();
-                        tsm.with_guest_table(owner, |s| s.dmar().entry(rid)).ok()?
-                    });
-                    let own_done = own_done.is_some_and(|e| e.te.state() == DmaState::Invalidated);
-                    if e == Error::IotlbInvalidationPending && own_done && self.iotlb_owed(tdi) {
+                    // The TD's domain owed: + RCX (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
+                    if e == Error::IotlbInvalidationPending && self.removal_waits_for_domain(tdi) {
                         named(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, OPERAND_ID_RCX)
                     } else {
                         dmar_refusal(e, OPERAND_ID_RCX)
@@ -785,6 +883,19 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
                 let segment = iommu_of(r.rcx)?;
+                // Held to the end: every leaf through which the firmware queues an entry's
+                // invalidation itself (the unbind's and ERROR's, all DEVIF leaves) holds this
+                // lock too, so the queue's room and the entry's state checked below are what
+                // the request finds (as the module holds the IOMMU's lock).
+                let pages = self.fw.lock_pages().map_err(core_err)?;
+                let need = if inv_type == INV_REQ_IOTLB {
+                    IQ_IOTLB_DESCS
+                } else {
+                    IQ_PASIDTE_DESCS
+                };
+                if self.iq_free(segment)? < need {
+                    return Err(named(status::TDX_IOMMU_IQ_QUEUE_FULL, OPERAND_ID_RDX));
+                }
                 if inv_type == INV_REQ_IOTLB {
                     return self.iotlb_request(segment, r);
                 }
@@ -794,14 +905,18 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 let routing =
                     u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
                 let rid = RequesterId::from_routing(segment, routing);
-                let tdi = self.dmar_tdi(rid, OPERAND_ID_R8)?;
-                // BLOCKED with its invalidation PENDING (`tdh_iq_inv_request.c` @6e66b9d2). The
-                // firmware queues the invalidation itself when it blocks the entry (unbind,
-                // ERROR): the host's request then finds it queued or done, and succeeds
-                // changing nothing (ours, as BLOCK of a blocked entry).
+                let tdi = dmar_tdi_in(&pages, rid, OPERAND_ID_R8)?;
+                // BLOCKED (else `TDX_DMAR_INVALID_MAPPING_STATE`) with its invalidation PENDING
+                // (else `TDX_DMAR_INVALID_INV_STATE`), both + R8, before the wait descriptor
+                // (`tdh_iq_inv_request.c` @6e66b9d2). The firmware queues the invalidation
+                // itself when it blocks the entry (unbind, ERROR): a host request then finds it
+                // QUEUED or DONE and is refused, queueing no descriptor, so no host waits on a
+                // status word nothing will write; the host processes the queue (the Linux
+                // order's REMOVE follows).
                 let check = |s| match s {
-                    Some(DmaState::Blocked | DmaState::Invalidating | DmaState::Invalidated) => {
-                        None
+                    Some(DmaState::Blocked) => None,
+                    Some(DmaState::Invalidating | DmaState::Invalidated) => {
+                        Some(status::TDX_DMAR_INVALID_INV_STATE)
                     }
                     _ => Some(status::TDX_DMAR_INVALID_MAPPING_STATE),
                 };
@@ -809,6 +924,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 self.wait_descriptor(r)?;
                 tsm.host_dma_invalidate(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_R8))?;
+                drop(pages);
                 // No TD-requested descriptors remain (INV_REQ_TD only).
                 out.rcx = 0;
                 done
@@ -829,6 +945,26 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             }
             _ => st(invalid(status::OPERAND_ID_RAX)),
         })
+    }
+
+    /// The free slots of the trusted invalidation queue of the IOMMU of `segment`: the
+    /// firmware's queue size less what every shard's queued invalidations there hold
+    /// ([`DmarTable::iq_used`]). The firmware's own requests (the unbind's and ERROR's block)
+    /// are never refused for room, so a teardown never waits on the host's queue: the count
+    /// may pass the size, and the host's requests then wait for TDH.IQ.INV.PROCESS (ours).
+    fn iq_free(&self, segment: u16) -> Result<u16, Outcome> {
+        let mut used = 0u16;
+        for shard in 0..SHARDS {
+            let guest = u16::try_from(shard)
+                .map(GuestId::from_slot)
+                .map_err(|_| core_err(Error::Inconsistent))?;
+            let here = self
+                .tsm
+                .with_guest_table(guest, |t| t.dmar().iq_used(segment))
+                .map_err(core_err)?;
+            used = used.saturating_add(here);
+        }
+        Ok(self.fw.iq_slots().saturating_sub(used))
     }
 
     /// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] on the IOMMU of `segment` (RCX and RDX
@@ -1006,5 +1142,31 @@ mod tests {
         assert_eq!(t.invalidate(g, iface(3)), Ok(true));
         t.remove(g, iface(3)).unwrap();
         assert_eq!(t, DmarTable::new());
+    }
+
+    #[test]
+    fn queued_invalidations_hold_queue_slots_until_process() {
+        let mut t = DmarTable::new();
+        let g = GuestId::from_slot(0);
+        let h = GuestId::from_slot(1);
+        for (guest, bus) in [(g, 3), (g, 4), (h, 5)] {
+            t.create(guest, iface(bus)).unwrap();
+            t.accept(guest, iface(bus), 0x1000, 2, 1).unwrap();
+        }
+        assert_eq!(t.iq_used(0), 0);
+        t.block(g, iface(3)).unwrap();
+        assert_eq!(t.iq_used(0), 0, "blocked, not queued");
+        assert!(!t.invalidate(g, iface(3)).unwrap());
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS);
+        assert!(t.track(g) && t.track(h));
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS, "owed, not queued");
+        t.request_iotlb(g, 0).unwrap();
+        // G has two entries on the IOMMU: its domain request is counted once.
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS + IQ_IOTLB_DESCS);
+        t.request_iotlb(h, 0).unwrap();
+        assert_eq!(t.iq_used(0), IQ_PASIDTE_DESCS + 2 * IQ_IOTLB_DESCS);
+        assert_eq!(t.iq_used(1), 0, "another IOMMU's queue");
+        assert_eq!(t.process(0, |_| false), 4);
+        assert_eq!(t.iq_used(0), 0);
     }
 }

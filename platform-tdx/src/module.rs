@@ -239,6 +239,9 @@ pub struct TdxModule<'m, S, const SHARDS: usize = 1> {
     /// The platform's interrupted TDH.PHYMEM.CACHE.WB (try-lock, taken before the TD table;
     /// contended: `TDX_OPERAND_BUSY` + WBCACHE).
     cache_wb: Mutex<CacheWb>,
+    /// Free slots of each IOMMU's empty trusted invalidation queue
+    /// ([`crate::dmar::IQ_SLOTS_ONE_PAGE`] unless [`TdxModule::with_iq_slots`]).
+    iq_slots: u16,
 }
 
 /// The core's summary; the module's tables are not locked to print it.
@@ -291,7 +294,24 @@ impl<'m, S: SecureSession, const SHARDS: usize> TdxModule<'m, S, SHARDS> {
                 [const { CachePadded::new(RwLock::new([const { None }; MAX_DEVICES])) }; SHARDS],
             ),
             cache_wb: Mutex::new(CacheWb::new()),
+            iq_slots: crate::dmar::IQ_SLOTS_ONE_PAGE,
         }
+    }
+
+    /// The firmware with `slots` free slots in each IOMMU's empty trusted invalidation queue:
+    /// what the host's queue pages give (`pages * 128 - 1`,
+    /// [`crate::dmar::IQ_SLOTS_ONE_PAGE`] for one page), set by the host at IOMMU set-up in
+    /// the module, which is not modelled here (ours). TDH.IQ.INV.REQUEST answers
+    /// `TDX_IOMMU_IQ_QUEUE_FULL` + RDX while the queued invalidations leave too few.
+    #[must_use]
+    pub const fn with_iq_slots(mut self, slots: u16) -> Self {
+        self.iq_slots = slots;
+        self
+    }
+
+    /// The free slots of each IOMMU's empty trusted invalidation queue.
+    pub const fn iq_slots(&self) -> u16 {
+        self.iq_slots
     }
 
     /// The core.

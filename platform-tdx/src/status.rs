@@ -103,6 +103,11 @@ pub const TDX_DMAR_INVALID_INV_STATE: u64 = 0xC000_0F08_0000_0000;
 /// blocked before that TRACK (+ RCX); TDH.DMAR.REMOVE while it is owed (+ RCX); the
 /// invalidation's request while it is queued (no operand).
 pub const TDX_IOMMU_IOTLB_TRACKING_NOT_DONE: u64 = 0xC000_0F03_0000_0000;
+/// TDX_IOMMU_IQ_QUEUE_FULL (intel/tdx-module `include/auto_gen_2_0/tdx_error_codes_defs.h`
+/// @1666adc494dbea5db99895f37125a338c20bec5a): TDH.IQ.INV.REQUEST while the IOMMU's trusted
+/// invalidation queue has fewer free slots than the request's descriptors (+ RDX, checked
+/// right after the IOMMU: `tdh_iq_inv_request.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
+pub const TDX_IOMMU_IQ_QUEUE_FULL: u64 = 0xC000_0F01_0000_0000;
 /// TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED (same header): TDH.IQ.INV.REQUEST of a TD's domain
 /// on an IOMMU that owes it nothing (no operand, `tdh_iq_inv_request.c` @6e66b9d2).
 pub const TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED: u64 = 0xC000_0F3B_0000_0000;
@@ -597,7 +602,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
 }
 
 /// Every named status code above (success and class codes included), for [`name`] and tests.
-pub const NAMED: [TdxStatus; 80] = [
+pub const NAMED: [TdxStatus; 81] = [
     TDX_SUCCESS,
     TDX_INTERRUPTED_RESUMABLE,
     TDX_OPERAND_INVALID,
@@ -622,6 +627,7 @@ pub const NAMED: [TdxStatus; 80] = [
     TDX_TLB_TRACKING_NOT_DONE,
     TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
     TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    TDX_IOMMU_IQ_QUEUE_FULL,
     TDX_PAGE_ALREADY_ACCEPTED,
     TDX_PAGE_SIZE_MISMATCH,
     TDX_EPT_ENTRY_STATE_INCORRECT,
@@ -708,6 +714,7 @@ pub const fn name(status: TdxStatus) -> Option<&'static str> {
         TDX_TLB_TRACKING_NOT_DONE => "TDX_TLB_TRACKING_NOT_DONE",
         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => "TDX_IOMMU_IOTLB_TRACKING_NOT_DONE",
         TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED => "TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED",
+        TDX_IOMMU_IQ_QUEUE_FULL => "TDX_IOMMU_IQ_QUEUE_FULL",
         TDX_PAGE_ALREADY_ACCEPTED => "TDX_PAGE_ALREADY_ACCEPTED",
         TDX_PAGE_SIZE_MISMATCH => "TDX_PAGE_SIZE_MISMATCH",
         TDX_EPT_ENTRY_STATE_INCORRECT => "TDX_EPT_ENTRY_STATE_INCORRECT",

@@ -111,9 +111,15 @@ struct World<'m, const N: usize = 1> {
 
 impl<'m> World<'m> {
     fn new(mem: &'m mut [Page]) -> Self {
+        Self::with_iq_slots(mem, platform_tdx::dmar::IQ_SLOTS_ONE_PAGE)
+    }
+
+    /// [`World::new`] with `slots` free slots in each IOMMU's trusted invalidation queue.
+    fn with_iq_slots(mem: &'m mut [Page], slots: u16) -> Self {
         let pool = FramePool::new(mem, 0x20_0000_0000).unwrap();
         World {
-            fw: TdxModule::new(Sept::new(pool, SeptLevels::Four), ModelSession::model()),
+            fw: TdxModule::new(Sept::new(pool, SeptLevels::Four), ModelSession::model())
+                .with_iq_slots(slots),
             mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
             device: RefCell::new(ModelDevice::model()),
             pages: RefCell::new(BTreeMap::new()),
@@ -425,39 +431,65 @@ impl<'m, const N: usize> World<'m, N> {
     }
 
     /// [`World::unbind_all`] as the Linux host runs it with a trusted DMA context: while the
-    /// unbind waits for its IOTLB invalidation (TDX_DMAR_INVALID_INV_STATE on the DMAR
-    /// operand), TDH.IQ.INV.PROCESS completes the queue and the unbind is called again.
+    /// unbind waits for an IOTLB invalidation, the host completes the one the status names
+    /// ([`World::drained`]) and calls again.
     fn unbind_drained(&self, tdi: u64) -> u64 {
         self.drained(tdi, || self.relayed(abi::TSM_DEVIF_UNBIND, on(tdi)))
     }
 
     /// `step` (an unbind of `tdi`, or its STOP) repeated to the end: again on
-    /// INTERRUPTED_RESUMABLE, after [`World::process_iq`] while it waits for its invalidation.
+    /// INTERRUPTED_RESUMABLE; on TDX_IOMMU_IOTLB_TRACKING_NOT_DONE after
+    /// [`World::process_iq`] (the TD's domain), on TDX_DMAR_INVALID_INV_STATE + DMAR after
+    /// [`World::entry_iq`] (the entry's own).
     fn drained(&self, tdi: u64, mut step: impl FnMut() -> SeamRegs) -> u64 {
-        let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+        let entry = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
         for _ in 0..100 {
             match step().rax {
                 TDX_INTERRUPTED_RESUMABLE => {}
-                rax if rax == pending => self.process_iq(tdi),
+                TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => self.process_iq(tdi),
+                rax if rax == entry => self.entry_iq(tdi),
                 rax => return rax,
             }
         }
         panic!("the step never ends");
     }
 
-    /// The host completes what `tdi`'s unbind waits for on the IOMMU of segment 0: the
-    /// owner's domain invalidation its track owes (TDH.IQ.INV.REQUEST INV_REQ_IOTLB; NOT_REQUIRED
-    /// when none is owed), then TDH.IQ.INV.PROCESS of everything queued.
+    /// The host's answer to TDX_IOMMU_IOTLB_TRACKING_NOT_DONE from a leaf driving `tdi`'s
+    /// unbind, on the IOMMU of segment 0 (every entry here): the owner's domain invalidation
+    /// its track owes (TDH.IQ.INV.REQUEST INV_REQ_IOTLB; NOT_DONE when the host queued it
+    /// already), then TDH.IQ.INV.PROCESS of everything queued.
     fn process_iq(&self, tdi: u64) {
         let owner = self.fw.tsm().tdi(self.id(tdi)).unwrap().state.owner();
         if let Some(g) = owner {
             let tdr = self.fw.tdr_of(g).unwrap().unwrap().tdr.as_u64();
             let rax = iotlb_request(self, tdr);
             assert!(
-                rax == TDX_SUCCESS || rax == TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+                rax == TDX_SUCCESS || rax == TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
                 "TDH.IQ.INV.REQUEST IOTLB: {rax:#x}"
             );
         }
+        assert_eq!(iq_process(self), TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
+    }
+
+    /// The host's answer to TDX_DMAR_INVALID_INV_STATE + DMAR from a leaf driving `tdi`'s
+    /// unbind: the firmware queued the entry's invalidation itself when it blocked the entry
+    /// (a host request of it is refused: TDX_DEVIF_TDISP_INVALID_STATE + R8 before STOP,
+    /// TDX_DMAR_INVALID_INV_STATE + R8 after), so TDH.IQ.INV.PROCESS of the entry's IOMMU is
+    /// all it takes.
+    fn entry_iq(&self, tdi: u64) {
+        let rid = self
+            .fw
+            .tsm()
+            .tdi(self.id(tdi))
+            .unwrap()
+            .iface
+            .requester_id();
+        let rax = entry_request(self, rid);
+        assert!(
+            rax == TDX_DEVIF_TDISP_INVALID_STATE | u64::from(OPERAND_ID_R8)
+                || rax == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8),
+            "TDH.IQ.INV.REQUEST PASIDTE of an entry the firmware queued: {rax:#x}"
+        );
         assert_eq!(iq_process(self), TDX_SUCCESS, "TDH.IQ.INV.PROCESS");
     }
 
@@ -518,6 +550,20 @@ fn dmar_add_regs(idx: u64, td: u64) -> SeamRegs {
 /// writing to the last host page.
 fn iotlb_request<const N: usize>(w: &World<'_, N>, tdr: u64) -> u64 {
     let regs = platform_tdx::dmar::iotlb_request_regs(0, tdr, host_page(HOST_PAGES as u64 - 1), 1);
+    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
+}
+
+/// TDH.IQ.INV.REQUEST of requester `rid`'s PASID entry (INV_REQ_PASIDTE) on its IOMMU, the
+/// wait descriptor writing to the last host page: its status.
+fn entry_request<const N: usize>(w: &World<'_, N>, rid: RequesterId) -> u64 {
+    let regs = SeamRegs {
+        rcx: u64::from(rid.segment()),
+        rdx: platform_tdx::dmar::INV_REQ_PASIDTE,
+        r8: u64::from(rid.routing_id()),
+        r9: platform_tdx::dmar::WAIT_DESC_HOST | 1 << 32,
+        r10: host_page(HOST_PAGES as u64 - 1),
+        ..Default::default()
+    };
     w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
 }
 
@@ -628,7 +674,11 @@ fn km<const N: usize>(w: &World<'_, N>, dev: u64, stream: u64, op: u64) -> SeamR
 
 /// A TD, a device with one 4 MiB BAR, its TDI bound, one 2 MiB page mapped.
 fn bound_world(mem: &mut [Page]) -> (World<'_>, u64, u64) {
-    let w = World::new(mem);
+    bound_world_in(World::new(mem))
+}
+
+/// [`bound_world`] in `w`.
+fn bound_world_in(w: World<'_>) -> (World<'_>, u64, u64) {
     let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
@@ -3666,6 +3716,10 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
             TDX_INTERRUPTED_RESUMABLE => out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop),
             TDX_SPDM_REQUEST => out = w.relay(tdi, out),
             s if s == TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR) => {
+                w.entry_iq(tdi);
+                out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+            }
+            TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
                 w.process_iq(tdi);
                 out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
             }

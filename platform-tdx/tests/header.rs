@@ -159,6 +159,7 @@ const TABLE: &[Entry] = &[
     same!(status::TDX_DMAR_INVALID_INV_STATE),
     same!(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
     same!(status::TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED),
+    same!(status::TDX_IOMMU_IQ_QUEUE_FULL),
     same!(status::TDX_DMAR_ENTRY_NOT_PRESENT),
     same!(status::TDX_DEVIF_HAS_MAPPED_DMA),
     same!(status::TDX_DEVIF_TDISP_INVALID_STATE),

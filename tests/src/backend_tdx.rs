@@ -1236,8 +1236,9 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     /// One unbind call as the Linux host makes it: an unbind stopped at an IOTLB invalidation
-    /// (TDX_DMAR_INVALID_INV_STATE: its Remove waiting for the owner's domain, or its DMA
-    /// context's own) has the host request and drain it (`process_invalidations`) and
+    /// (`IotlbInvalidationPending`: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE for the owner's domain,
+    /// TDX_DMAR_INVALID_INV_STATE + DMAR for its DMA context's own, which the firmware queued)
+    /// has the host request what is owed and drain the queues (`process_invalidations`) and
     /// call again, at most `IOTLB_WAITS` times.
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
         let mut request: RelayBuf = [0u8; tsm_core::MAX_RELAY_BYTES];

@@ -120,8 +120,9 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     assert_eq!(iq_process(w), TDX_SUCCESS);
     // Then STOP and the track: the entry still names the S-EPT, so the TRACK owes an IOTLB
     // invalidation of the TD's domain, and the MMIO leaves (and the table pages their removal
-    // frees) wait for it. Nothing moves until the host asks for it.
-    assert_eq!(w.unbind_all(tdi), pending);
+    // frees) wait for it, answered as TDH.MEM.TRACK answers it. Nothing moves until the host
+    // asks for it.
+    assert_eq!(w.unbind_all(tdi), iotlb);
     assert_eq!(
         w.device.borrow().dsm().state(rid(3)),
         TdispState::ConfigUnlocked
@@ -131,7 +132,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         w,
         "unbind again before the request",
         || w.unbind_all(tdi),
-        pending,
+        iotlb,
     );
     refused(w, "MEM.TRACK before the request", || track(w, td), iotlb);
     refused(
@@ -202,7 +203,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         || iotlb_request(w, td),
         iotlb,
     );
-    refused(w, "unbind before PROCESS", || w.unbind_all(tdi), pending);
+    refused(w, "unbind before PROCESS", || w.unbind_all(tdi), iotlb);
     refused(w, "MEM.TRACK before PROCESS", || track(w, td), iotlb);
     assert_eq!(
         w.fw.with_table(|t| t.pool().free_frames()).unwrap(),
@@ -458,8 +459,11 @@ fn the_linux_hosts_own_teardown_order_works() {
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), Some(slptptr));
     // The unbind blocked the entry with the MMIO, before STOP, and queued its invalidation,
     // which the PROCESS above completed; the host's TRACK above owes the domain's again, and
-    // REMOVE waits for that. The host's own BLOCK and IQ.INV.REQUEST of the entry find it
-    // blocked and invalidated: they succeed, changing nothing.
+    // REMOVE waits for that. The host's own BLOCK of the entry finds it blocked: it succeeds,
+    // changing nothing. Its IQ.INV.REQUEST of the entry finds the invalidation DONE, not
+    // PENDING: refused as the module refuses it (`TDX_DMAR_INVALID_INV_STATE` + R8), before the
+    // wait descriptor is looked at, queueing nothing the host could wait on; the host goes on
+    // to PROCESS and REMOVE.
     refused(
         w,
         "REMOVE while the TD's domain is owed",
@@ -474,9 +478,11 @@ fn the_linux_hosts_own_teardown_order_works() {
             "BLOCK of a blocked entry changed something"
         );
     }
+    let done_already = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8);
+    refused(w, "IQ.INV.REQUEST", || inv_request(w).rax, done_already);
     refused(
         w,
-        "a wait descriptor without fence",
+        "IQ.INV.REQUEST, a wait descriptor without fence",
         || {
             inv_request_with(
                 w,
@@ -486,11 +492,11 @@ fn the_linux_hosts_own_teardown_order_works() {
                 },
             )
         },
-        TDX_OPERAND_INVALID | 9,
+        done_already,
     );
     refused(
         w,
-        "a status address outside host memory",
+        "IQ.INV.REQUEST, a status address outside host memory",
         || {
             inv_request_with(
                 w,
@@ -500,16 +506,7 @@ fn the_linux_hosts_own_teardown_order_works() {
                 },
             )
         },
-        TDX_OPERAND_INVALID | 10,
-    );
-    // The first request finds the entry's invalidation done (the core's record of it catches
-    // up with the PROCESS above); another changes nothing.
-    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
-    let before = w.image();
-    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
-    assert!(
-        w.image() == before,
-        "IQ.INV.REQUEST of an invalidated entry"
+        done_already,
     );
     refused(
         w,
@@ -660,12 +657,14 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
         resumed(|| w.call(u64::from(abi::TSM_DEVIF_UNBIND), regs).rax)
     };
 
-    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    // Y has no DMA context of its own: every wait of its unbind is A's domain's, answered as
+    // TDH.MEM.TRACK answers it.
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     if host_tracked {
         // The host's TRACK owes A's domain: Y's unbind blocks and stops, and its Track step
         // waits (the step kept) until the host requested and processed that invalidation.
         assert_eq!(track(w, td), TDX_SUCCESS);
-        assert_eq!(unbind_y(), pending);
+        assert_eq!(unbind_y(), iotlb);
         assert!(matches!(
             w.fw.tsm().tdi(w.id(y)).unwrap().state,
             tsm_core::TdiState::Unbinding {
@@ -673,18 +672,17 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
                 ..
             }
         ));
-        refused(w, "Y's unbind at its Track", unbind_y, pending);
+        refused(w, "Y's unbind at its Track", unbind_y, iotlb);
         assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
         assert_eq!(iq_process(w), TDX_SUCCESS);
     }
     // Y's unbind blocks, stops (or cuts the stream) and tracks; its Remove waits for A's
     // domain.
-    assert_eq!(unbind_y(), pending);
+    assert_eq!(unbind_y(), iotlb);
     assert!(unbinding(), "Y is not reported unbound");
     assert!(mapped().is_some(), "Y's leaf stays, blocked, in A's S-EPT");
     assert_eq!(free(), free_before, "no table page back to the pool");
-    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
-    refused(w, "Y's unbind again", unbind_y, pending);
+    refused(w, "Y's unbind again", unbind_y, iotlb);
     refused(w, "the host's MEM.TRACK", || track(w, td), iotlb);
     let page_y = SeamRegs {
         rcx: page_info(Gpa::try_new(gpa_y).unwrap(), PageSize::Size2M),
@@ -704,7 +702,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
         TDX_SUCCESS,
     );
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
-    refused(w, "Y's unbind before PROCESS", unbind_y, pending);
+    refused(w, "Y's unbind before PROCESS", unbind_y, iotlb);
     assert!(unbinding());
     assert_eq!(iq_process(w), TDX_SUCCESS);
 
@@ -783,11 +781,13 @@ fn an_unbinds_first_call_blocks_the_entry_however_much_mmio_follows() {
 /// A forced unbind (TSM.DEVIF.UNBIND, RDX FORCE) of a RUN TDI whose PASID entry is present and
 /// accepted, with enough MMIO that the unbind takes more than one call: from the first call on
 /// the device's stream is cut, the entry is blocked (not present) with its invalidation
-/// queued, and the device's DMA reaches shared memory only. The unbind then waits
-/// (`TDX_DMAR_INVALID_INV_STATE` + DMAR) for the host's TDH.IQ.INV.REQUEST of the TD's domain
+/// queued, and the device's DMA reaches shared memory only. The unbind then waits at its
+/// Remove step (`TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`, the domain's wait, though the entry's own
+/// invalidation is still queued too) for the host's TDH.IQ.INV.REQUEST of the TD's domain
 /// (owed: the entry names the S-EPT the unbind tracked) and TDH.IQ.INV.PROCESS, each refusal
-/// on the way changing nothing; TDH.DEVIF.REMOVE is refused `TDX_DEVIF_HAS_MAPPED_DMA` until
-/// the entry is gone.
+/// on the way changing nothing; the host's request of the entry the firmware queued is
+/// refused (`TDX_DMAR_INVALID_INV_STATE` + R8), queued or done; TDH.DEVIF.REMOVE is refused
+/// `TDX_DEVIF_HAS_MAPPED_DMA` until the entry is gone.
 #[test]
 fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalidation() {
     let mut mem = vec![Page::ZERO; 32];
@@ -831,7 +831,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         cut_and_blocked("after the first call"),
         (MAP_BLOCKED, INV_QUEUED)
     );
-    let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    let iotlb = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
     let mut calls = 1;
     let waits = loop {
         let out = unbind();
@@ -845,12 +845,25 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         calls += 1;
         assert!(calls < 100, "the forced unbind never ends");
     };
-    assert_eq!(waits, pending);
-    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbinding as u64);
+    assert_eq!(waits, iotlb);
+    assert!(matches!(
+        w.fw.tsm().tdi(id).unwrap().state,
+        tsm_core::TdiState::Unbinding {
+            step: tsm_core::lifecycle::UnbindStep::Remove(_),
+            ..
+        }
+    ));
     let remove_tdi = || w.call(u64::from(abi::TDH_DEVIF_REMOVE), on(tdi)).rax;
     let has_dma = TDX_DEVIF_HAS_MAPPED_DMA | IDX_RCX;
-    refused(w, "the forced unbind again", unbind, pending);
+    refused(w, "the forced unbind again", unbind, iotlb);
     refused(w, "DEVIF.REMOVE with the entry", remove_tdi, has_dma);
+    let queued_already = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8);
+    refused(
+        w,
+        "the host's request of the entry the firmware queued",
+        || inv_request(w).rax,
+        queued_already,
+    );
     refused(
         w,
         "DMAR.REMOVE before its invalidation is processed",
@@ -860,7 +873,13 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     // PROCESS completes the entry's own invalidation; the TD's domain is still owed.
     assert_eq!(iq_process(w), TDX_SUCCESS);
     assert_eq!(cut_and_blocked("processed"), (MAP_BLOCKED, dmar::INV_DONE));
-    refused(w, "the forced unbind, the domain owed", unbind, pending);
+    refused(w, "the forced unbind, the domain owed", unbind, iotlb);
+    refused(
+        w,
+        "the host's request of the entry processed",
+        || inv_request(w).rax,
+        queued_already,
+    );
     refused(
         w,
         "DMAR.REMOVE, the domain owed",
@@ -869,7 +888,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
     );
     refused(w, "DEVIF.REMOVE, the domain owed", remove_tdi, has_dma);
     assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "the domain was owed");
-    refused(w, "the forced unbind before PROCESS", unbind, pending);
+    refused(w, "the forced unbind before PROCESS", unbind, iotlb);
     refused(w, "DEVIF.REMOVE before PROCESS", remove_tdi, has_dma);
     assert_eq!(iq_process(w), TDX_SUCCESS);
     // The leaves go now, more than one call's work again.
@@ -932,6 +951,245 @@ fn assert_pool_all_free(w: &World<'_>, td: u64, why: &str) {
     assert_eq!(free, total, "{why}");
 }
 
+/// The unbind's step (`None`: not unbinding).
+fn unbind_step(w: &World<'_>, tdi: u64) -> Option<tsm_core::lifecycle::UnbindStep> {
+    match w.fw.tsm().tdi(w.id(tdi)).unwrap().state {
+        tsm_core::TdiState::Unbinding { step, .. } => Some(step),
+        _ => None,
+    }
+}
+
+/// What a leaf driving an unbind answers while it waits for the entry's own invalidation.
+const ENTRY_WAIT: u64 = TDX_DMAR_INVALID_INV_STATE | OPERAND_ID_DMAR as u64;
+
+/// What it answers while it waits for the TD's domain (as TDH.MEM.TRACK answers it).
+const DOMAIN_WAIT: u64 = TDX_IOMMU_IOTLB_TRACKING_NOT_DONE;
+
+/// Review s21 L1: each IOTLB wait of an unbind has its own status, through every leaf that
+/// drives the unbind, so the host knows which invalidation is due. The host's STOP
+/// (TDH.DEVIF.REQUEST 0x87) blocks the entry and waits before STOP for the entry's own
+/// invalidation (INV_STATE + DMAR, at Stop); once processed, the device's STOP answer
+/// (TDH.DEVIF.RESPONSE) carries the unbind through its TRACK to the Remove step, which waits
+/// for the TD's domain (TRACKING_NOT_DONE). At each wait, the STOP request again and
+/// TSM.DEVIF.UNBIND give the same answer and change nothing.
+#[test]
+fn each_iotlb_wait_of_an_unbind_has_its_own_status_through_every_leaf_driving_it() {
+    use tsm_core::lifecycle::UnbindStep;
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let stop = SeamRegs {
+        rcx: tdi,
+        rdx: abi::devif_req_in(0x87, false, false),
+        ..Default::default()
+    };
+    let request = || w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop).rax;
+    let unbind = || w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi)).rax;
+
+    assert_eq!(
+        request(),
+        ENTRY_WAIT,
+        "STOP waits for the entry's invalidation"
+    );
+    assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Stop));
+    refused(w, "STOP again, the entry queued", request, ENTRY_WAIT);
+    refused(w, "UNBIND, the entry queued", unbind, ENTRY_WAIT);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+
+    let out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+    assert_eq!(out.rax, TDX_SPDM_REQUEST, "STOP goes to the device");
+    // The relay's last leaf is TDH.DEVIF.RESPONSE with the device's STOP answer.
+    assert_eq!(w.relay(tdi, out).rax, DOMAIN_WAIT, "RESPONSE: the domain");
+    assert!(matches!(unbind_step(w, tdi), Some(UnbindStep::Remove(_))));
+    refused(w, "STOP again, the domain owed", request, DOMAIN_WAIT);
+    refused(w, "UNBIND, the domain owed", unbind, DOMAIN_WAIT);
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+    refused(w, "UNBIND, the domain queued", unbind, DOMAIN_WAIT);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(request(), TDX_SUCCESS);
+    assert_eq!(w.state_code(tdi), abi::TdiStateCode::Unbound as u64);
+    assert_pool_all_free(w, td, "every table page back");
+}
+
+/// A TD that accepted its TDI's entry and mapped no MMIO: the world, the TD, the TDI.
+fn accepted_without_mmio(mem: &mut [Page]) -> (World<'_>, u64, u64) {
+    let w = World::new(mem);
+    let td = w.create_td();
+    let dev = device_world(&w, 3, BAR);
+    let tdi = w.create_tdi(dev, rid(3), PAGES_A);
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(&w, td, tdi), TDX_SUCCESS);
+    (w, td, tdi)
+}
+
+/// The Dma step's two waits, with no MMIO so the unbind reaches it at once after its TRACK:
+/// the entry's own invalidation still queued (a forced unbind does not wait for it before
+/// STOP): INV_STATE + DMAR; the entry's done but the TD's domain owed by the unbind's TRACK
+/// (`dmar_pasidte_remove`): TRACKING_NOT_DONE. Through the forced TSM.DEVIF.UNBIND, and
+/// through TDH.DEVIF.RESPONSE (the device's STOP answer) for the domain's. Each wait again
+/// changes nothing.
+#[test]
+fn the_dma_steps_waits_name_the_entry_then_the_domain() {
+    use tsm_core::lifecycle::UnbindStep;
+    {
+        let mut mem = vec![Page::ZERO; 32];
+        let (world, td, tdi) = accepted_without_mmio(&mut mem);
+        let w = &world;
+        let force = SeamRegs {
+            rcx: tdi,
+            rdx: abi::UNBIND_FLAG_FORCE,
+            ..Default::default()
+        };
+        let unbind = || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force).rax;
+        assert_eq!(resumed(unbind), ENTRY_WAIT);
+        assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Dma));
+        refused(w, "forced UNBIND, the entry queued", unbind, ENTRY_WAIT);
+        assert_eq!(iq_process(w), TDX_SUCCESS);
+        assert_eq!(unbind(), DOMAIN_WAIT);
+        assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Dma));
+        refused(w, "forced UNBIND, the domain owed", unbind, DOMAIN_WAIT);
+        assert_eq!(iotlb_request(w, td), TDX_SUCCESS);
+        assert_eq!(iq_process(w), TDX_SUCCESS);
+        assert_eq!(unbind(), TDX_SUCCESS);
+        assert_pool_all_free(w, td, "the root the entry pinned went back");
+    }
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, _, tdi) = accepted_without_mmio(&mut mem);
+    let w = &world;
+    assert_eq!(w.unbind_all(tdi), ENTRY_WAIT, "before STOP");
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    let out = w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi));
+    assert_eq!(out.rax, TDX_SPDM_REQUEST);
+    assert_eq!(w.relay(tdi, out).rax, DOMAIN_WAIT, "RESPONSE: the domain");
+    assert_eq!(unbind_step(w, tdi), Some(UnbindStep::Dma));
+    refused(
+        w,
+        "UNBIND, the domain owed",
+        || w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi)).rax,
+        DOMAIN_WAIT,
+    );
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+}
+
+/// Review s21 L2: the host's own IQ.INV.REQUEST of a PASID entry it blocked itself (the
+/// device's stream cut, so the host may tear the context down before the firmware did):
+/// BLOCKED with its invalidation PENDING, the wait descriptor's every field is checked (each
+/// refusal changing nothing), a good one is queued (QUEUED); the same request again, and once
+/// PROCESS completed it, is refused `TDX_DMAR_INVALID_INV_STATE` + R8 as the module refuses it,
+/// changing nothing; the host's REMOVE then goes through.
+#[test]
+fn the_hosts_request_of_a_pending_entry_queues_and_of_a_queued_or_done_one_is_refused() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world(&mut mem);
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    cut_stream(w, tdi);
+    let state = || {
+        let read = on_idx(w, abi::TDH_DMAR_READ);
+        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7)
+    };
+    assert_eq!(
+        state().0,
+        MAP_PRESENT,
+        "the firmware has not blocked it yet"
+    );
+    w.ok(abi::TDH_DMAR_BLOCK, on(idx()));
+    assert_eq!(state(), (MAP_BLOCKED, dmar::INV_PENDING));
+    let bad = [
+        (
+            "no fence",
+            SeamRegs {
+                r9: dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW,
+                ..inv_regs()
+            },
+            9,
+        ),
+        (
+            "a misaligned status address",
+            SeamRegs {
+                r10: inv_regs().r10 | 2,
+                ..inv_regs()
+            },
+            10,
+        ),
+        (
+            "a status address outside host memory",
+            SeamRegs {
+                r10: 0x1000,
+                ..inv_regs()
+            },
+            10,
+        ),
+        (
+            "qword 2",
+            SeamRegs {
+                r11: 1,
+                ..inv_regs()
+            },
+            11,
+        ),
+        (
+            "qword 3",
+            SeamRegs {
+                r12: 1,
+                ..inv_regs()
+            },
+            12,
+        ),
+    ];
+    for (what, regs, operand) in bad {
+        refused(
+            w,
+            what,
+            || inv_request_with(w, regs),
+            TDX_OPERAND_INVALID | operand,
+        );
+    }
+    assert_eq!(inv_request(w).rax, TDX_SUCCESS);
+    assert_eq!(state(), (MAP_BLOCKED, INV_QUEUED));
+    let not_pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_R8);
+    refused(
+        w,
+        "the request again, queued",
+        || inv_request(w).rax,
+        not_pending,
+    );
+    refused(
+        w,
+        "REMOVE before PROCESS",
+        || on_idx(w, abi::TDH_DMAR_REMOVE).rax,
+        TDX_DMAR_INVALID_INV_STATE | IDX_RCX,
+    );
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(state(), (MAP_BLOCKED, dmar::INV_DONE));
+    refused(
+        w,
+        "the request again, done",
+        || inv_request(w).rax,
+        not_pending,
+    );
+    w.ok(abi::TDH_DMAR_REMOVE, on(idx()));
+    let force = SeamRegs {
+        rcx: tdi,
+        rdx: abi::UNBIND_FLAG_FORCE,
+        ..Default::default()
+    };
+    let out = w.drained(tdi, || w.call(u64::from(abi::TSM_DEVIF_UNBIND), force));
+    assert_eq!(out, TDX_SUCCESS);
+    assert_pool_all_free(w, td, "every table page back");
+}
+
 /// The host's TDH.MEM.TRACK of `td`, its domain invalidation where one is owed, and
 /// TDH.IQ.INV.PROCESS: the TD's given-up table pages are free after it.
 fn settle(w: &World<'_>, td: u64) {
@@ -942,4 +1200,83 @@ fn settle(w: &World<'_>, td: u64) {
         "TDH.IQ.INV.REQUEST IOTLB: {rax:#x}"
     );
     assert_eq!(iq_process(w), TDX_SUCCESS);
+}
+
+/// TDH.IDE.STREAM.BLOCK of `tdi`'s device's stream: the root port drops its TEE traffic, so
+/// the host may tear the TDI's DMA context down before the firmware did.
+fn cut_stream(w: &World<'_>, tdi: u64) {
+    let device = w.fw.tsm().tdi(w.id(tdi)).unwrap().device;
+    let spdm = (0..MAX_DEVICES as u64)
+        .find(|&i| {
+            w.fw.spdm(i)
+                .unwrap()
+                .is_some_and(|e| e.device == Some(device))
+        })
+        .unwrap();
+    // Ours: the stream ID is the SPDM id.
+    let cut = SeamRegs {
+        rcx: spdm,
+        rdx: spdm,
+        ..Default::default()
+    };
+    w.ok(abi::TDH_IDE_STREAM_BLOCK, cut);
+}
+
+/// `TDX_IOMMU_IQ_QUEUE_FULL` (`tdh_iq_inv_request.c` @6e66b9d2): with 5 free slots in the
+/// IOMMU's trusted queue, the firmware's own request of the entry at the unbind's block takes
+/// 3; the TD's domain request (2) then fits exactly, and every further request, of either
+/// type, is refused `TDX_IOMMU_IQ_QUEUE_FULL` + RDX before anything else about it is looked
+/// at (a domain already queued, an entry already queued, reserved bits in R8), changing
+/// nothing, until TDH.IQ.INV.PROCESS gives the slots back.
+#[test]
+fn a_full_invalidation_queue_refuses_the_hosts_requests_until_process() {
+    let mut mem = vec![Page::ZERO; 32];
+    let (world, td, tdi) = bound_world_in(World::with_iq_slots(&mut mem, 5));
+    let w = &world;
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.start(td, tdi), TDX_SUCCESS);
+    let slots = |w: &World<'_>| w.fw.with_table(|t| t.dmar().iq_used(0)).unwrap();
+    assert_eq!(track(w, td), TDX_SUCCESS, "the TD's domain is owed");
+    assert_eq!(slots(w), 0, "owed is not queued");
+    assert_eq!(w.unbind_all(tdi), ENTRY_WAIT);
+    assert_eq!(
+        slots(w),
+        dmar::IQ_PASIDTE_DESCS,
+        "the firmware's own request"
+    );
+    assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "2 slots free: it fits");
+    assert_eq!(slots(w), 5);
+    let full = TDX_IOMMU_IQ_QUEUE_FULL | 2;
+    refused(
+        w,
+        "the domain's request again",
+        || iotlb_request(w, td),
+        full,
+    );
+    refused(w, "the entry's request", || inv_request(w).rax, full);
+    refused(
+        w,
+        "an entry's request with reserved bits in R8",
+        || {
+            inv_request_with(
+                w,
+                SeamRegs {
+                    r8: inv_regs().r8 | 1 << 16,
+                    ..inv_regs()
+                },
+            )
+        },
+        full,
+    );
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(slots(w), 0, "PROCESS gave every slot back");
+    refused(
+        w,
+        "the domain's request, nothing owed",
+        || iotlb_request(w, td),
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+    );
+    assert_eq!(w.unbind_drained(tdi), TDX_SUCCESS);
+    assert_pool_all_free(w, td, "every table page back");
 }
