@@ -506,6 +506,10 @@ struct tsm_tdx_dev_info {
  * (S-EPT, 48 bits per TD: 2^27, 2^18, 512 per TD at the levels holding 4 KiB, 2 MiB, 1 GiB
  * leaves' tables; MMIO metadata, 52 bits: 2^31, 2^22, 8192, 16), which the macros apply.
  * One mapped 4 KiB page: 10 pages (with 9 TDH_MMIO_MAP is TSM_SEPT_POOL_EMPTY); no leaves: 0.
+ * S-EPT table pages an unmap empties come back after the TD's next TDH_MEM_TRACK has been
+ * flushed (and its INV_REQ_IOTLB processed where a PASID entry names the S-EPT); a TD's S-EPT
+ * root stays until TDH_PHYMEM_PAGE_RECLAIM of its TDR. A host that re-maps after an unbind
+ * with no TDH_MEM_TRACK of the TD in between needs the removed leaves' S-EPT tables on top.
  * "Exactly" holds where the Rust function returns a value (it refuses a count past usize);
  * the macros compute in uint64_t and wrap silently for absurd inputs (tds or leaves at or
  * past 2^37), where no pool could be that large anyway.

@@ -406,14 +406,6 @@ impl DmarTable {
         }
     }
 
-    /// The just accepted entry of `iface` owes the TD's domain an invalidation (ours: an
-    /// accept while the TD has blocked leaves outstanding, [`crate::sept::Sept`]).
-    pub fn owe(&mut self, guest: GuestId, iface: InterfaceId) {
-        if let Ok(e) = self.slot_of(guest, iface) {
-            e.iotlb = IotlbOwed::Owed;
-        }
-    }
-
     /// BLOCK: not present, BLOCKED, invalidation PENDING (the module's state write, mask
     /// 0x8000000000000401 value 0x400: `tdh_dmar_block.c` @a56a9173). A blocked entry stays.
     pub fn block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {

@@ -28,7 +28,9 @@
 //! core, reached through [`TdxModule`]'s `Deref`, then binds a TDI (its TDISP requests relayed
 //! to the model device), maps its two pages, refuses the host's unmap with `TdiBound` and a
 //! map the pool has no room for with `SecureTableFull`, both changing nothing, and unbinds,
-//! which gives every table page back. The SEAMCALL leaves reach the same calls
+//! which gives every table page back: the metadata pages at once, the S-EPT pages at the TD's
+//! next TRACK (a walker may still cache an entry naming them), its root with the TD. The
+//! SEAMCALL leaves reach the same calls
 //! ([`abi::Dispatcher`]; `tests/dispatcher.rs`).
 //!
 //! ```

@@ -2156,9 +2156,10 @@ fn removal_work(count: u32, walks: u32, released: usize) -> u32 {
 /// Sizing the pool: how many table pages a [`Sept`] takes for the leaves a platform means to
 /// map, so a firmware image can reserve its pool ([`FramePool::pages_for`] adds the pool's
 /// count pages). Table pages are taken only by maps (each TD's S-EPT root at its first map)
-/// and given back when a table empties (an S-EPT page after the TD's next TRACK is flushed:
-/// size for what one unbind empties on top, or track before re-mapping); nothing else uses the
-/// pool. `const`, so a static pool
+/// and given back when a table empties (an S-EPT page below the root after the TD's next
+/// TRACK is flushed, the root when the TD is gone: a host that re-maps after an unbind with no
+/// TRACK of the TD in between needs the removed leaves' S-EPT tables on top, per TD); nothing
+/// else uses the pool. `const`, so a static pool
 /// can be sized at build time (`examples/static_firmware.rs`).
 impl Sept<'_> {
     /// Table pages an empty table of `levels` takes to map, in one TD, `count` leaves of
