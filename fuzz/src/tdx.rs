@@ -1155,6 +1155,11 @@ impl World<'_> {
         }
         self.oracles(guest, leaf, regs, out, before, after, waiting, &what);
         self.dma_oracle(after, &what);
+        // Every pool page in exactly one place (a tree, a chain of retired S-EPT pages waiting
+        // for a flush, the free list), and every retired page free to a walker.
+        if let Ok(Err(e)) = self.fw.with_table(|t| t.audit_pages()) {
+            fail(format!("table pool: {e} after {what}"));
+        }
         self.record(after);
     }
 
