@@ -1219,7 +1219,7 @@ impl SecureTable for Sept<'_> {
     }
 
     /// REMOVE; the TD's last accepted entry gone, its S-EPT root is unpinned (it stays the
-    /// TD's all the same, named by its EPTP, until [`Sept::td_reclaimed`]).
+    /// TD's all the same, named by its EPTP, until the TD is destroyed: `guest_destroyed`).
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let rid = iface.requester_id();
         // A removable entry, not while an IOMMU owes the TD's domain its last TRACK's

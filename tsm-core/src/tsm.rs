@@ -543,7 +543,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     }
 
     /// Creates the TDI for the interface with requester ID `rid` of `device`, CONFIG_UNLOCKED
-    /// and unbound. `rid` must be an interface ID of the device by the [`InterfaceId`](crate::InterfaceId) rule
+    /// and unbound. `rid` must be an interface ID of the device by the [`InterfaceId`] rule
     /// (`ForeignInterface`: not one of its functions; `InvalidRequesterId`: a segment wider
     /// than FUNCTION_ID's 8 bits); since no requester ID is a function of two devices, one
     /// interface has at most one TDI anywhere.
