@@ -97,8 +97,9 @@ fn runs(pages: &[(u64, u64)]) -> Vec<(u64, u64, u32)> {
 
 // ---- our S-EPT -------------------------------------------------------------------------
 
-/// Map, block, track and unmap every run through the range operations. The table ends empty
-/// (every page back in the pool), so one table serves every round.
+/// Map, block, track and unmap every run through the range operations. The table ends empty:
+/// the metadata pages back in the pool, the S-EPT pages below the root retired until the next
+/// round's TRACK frees them (the root stays the TD's), so one table serves every round.
 fn sept_round(s: &mut Sept<'_>, runs: &[(u64, u64, u32)]) {
     let g = GuestId::from_slot(0);
     let k = PageSize::Size4K;

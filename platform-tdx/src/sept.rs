@@ -2101,7 +2101,8 @@ impl Sept<'_> {
         }
         // Every check passed: the clears below are the ones just proven. Each table page's
         // run is cleared at its last page, in page order (S-EPT first, then the metadata, as
-        // the per-page unmaps do), so emptied pages go back to the pool in the same order.
+        // the per-page unmaps do), so emptied pages leave the trees in the same order (retired
+        // or back to the pool).
         let (mut s_start, mut m_start) = (0u32, 0u32);
         let mut walked = 0u32;
         for i in 0..count {
