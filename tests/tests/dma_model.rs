@@ -19,7 +19,7 @@ use tsm_core::lifecycle::TdispState;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::{Gpa, GuestId, ModelSession, TdiId, TdiState};
-use tsm_tests::backend::{Backend, CoreBackend, DmaAccess};
+use tsm_tests::backend::{Backend, CoreBackend, DmaAccess, FlushControl};
 use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
 use tsm_tests::interpreter::run_scenario;
 
@@ -108,6 +108,11 @@ fn d1_config_locked_with_an_accepted_entry_the_iommu_translates_but_the_device_s
         Ok(DmaReach::Private(g)),
         "the IOMMU translates a T=1 request from the TDI into the TD's memory"
     );
+    // The S-EPT's own table says the same as TDH.DMAR.READ.
+    assert_eq!(
+        tsm.with_guest_table(g, |s| s.iommu_reach(rec.iface)),
+        Ok(DmaReach::Private(g))
+    );
     assert_eq!(b.device_sends_tee(t), Ok(false), "CONFIG_LOCKED: no T=1");
     assert_eq!(
         b.dma_access(t, DmaAccess { write: true, gpa }),
@@ -149,11 +154,20 @@ fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_io
             "the IOTLB may still translate into the TD's page until PROCESS"
         );
     }
+    assert_eq!(
+        tsm.with_guest_table(g, |s| s.iommu_reach(iface)),
+        Ok(DmaReach::Private(g)),
+        "the table agrees with TDH.DMAR.READ"
+    );
     b.complete_invalidations(t).unwrap();
     let (_, rdx, _) = dmar_read(&mut b, &tsm, t);
     assert_eq!(inv_sts(rdx), INV_DONE);
     assert_eq!(b.device().state(iface), TdispState::Run, "still no STOP");
     assert_eq!(b.iommu_reach(t), Ok(DmaReach::SharedOnly));
+    assert_eq!(
+        tsm.with_guest_table(g, |s| s.iommu_reach(iface)),
+        Ok(DmaReach::SharedOnly)
+    );
     assert_eq!(
         b.dma_access(t, DmaAccess { write: true, gpa }),
         Ok(DmaReach::SharedOnly)
