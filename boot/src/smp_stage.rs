@@ -225,7 +225,7 @@ fn until_all_done(done: &AtomicUsize, workers: usize) -> impl FnMut(u64) -> bool
 
 /// CPU `cpu`'s part of table `k`: the barrier, then [`OPS`] operations, then more until every
 /// CPU has done its [`OPS`] (or the stage deadline passes).
-fn part<T: SecureTable, S: SecureSession>(
+fn part<T: SecureTable + FlushControl, S: SecureSession>(
     tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
     k: usize,
@@ -356,6 +356,15 @@ fn verify_table<T: SecureTable + FlushControl, S: SecureSession>(
         let _ = writeln!(
             out,
             "smp: FAIL {name}: START gated on a platform without the gate"
+        );
+        ok = false;
+    }
+    // Some guest reached RUN: a run whose STARTs all failed would pass every other check.
+    if total.started == 0 {
+        let _ = writeln!(
+            out,
+            "smp: FAIL {name}: no START went through in {} operations",
+            total.ops
         );
         ok = false;
     }

@@ -3,6 +3,7 @@
 
 use tsm_core::device_model::{DeviceEvent, Misbehaviour};
 use tsm_core::dma::{DmaReach, DmaState};
+use tsm_core::lifecycle::TdispState;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::tdisp::report::WireMmioRange;
@@ -79,6 +80,17 @@ pub fn access_reach(
         DmaReach::Private(owner) if page(owner)? => DmaReach::Private(owner),
         _ => DmaReach::SharedOnly,
     })
+}
+
+/// Whether a DMA request translated into the owner's private leaf in `state` reaches it: a
+/// mapped leaf, and a blocked one, which stays in the table until its removal and which a TLB
+/// may still hold until the unbind's Track and the removal (that waits for every TLB and
+/// IOTLB) are done (ours: the model does not track which translations a TLB holds; it errs
+/// towards "private", the answer a `shared` line must rule out). The unbind blocks the TDI's
+/// leaves before STOP, so only this keeps a device that still sends T=1 through an
+/// unblocked context visible in that window.
+pub fn leaf_reachable(state: LeafState) -> bool {
+    matches!(state, LeafState::Mapped | LeafState::Blocked { .. })
 }
 
 /// Relays `first` (the outcome of [`Backend::begin`]) to its end: every request to the
@@ -179,7 +191,9 @@ pub trait Backend {
         }
         Ok(())
     }
-    /// Device reports ERROR for a TDI.
+    /// The firmware hears that the device reports ERROR for a TDI (TDX TSM.DEVIF.ERROR, SEV
+    /// TIO_TDI_ERROR; called again, it continues blocking). The model device is not told: a
+    /// scenario's `device-error` puts its interface in ERROR first ([`DeviceEvent::Disturb`]).
     fn device_error(&mut self, tdi: TdiId) -> TsmResult<Completion>;
     /// The firmware asks the device for the interface's state (GET_DEVICE_INTERFACE_STATE),
     /// relayed.
@@ -219,11 +233,30 @@ pub trait Backend {
     fn dma_create(&mut self, tdi: TdiId) -> TsmResult<()>;
     /// The owner accepts the TDI's trusted DMA context (TDX TDG.DMAR.ACCEPT; SEV the SDTE write).
     fn dma_accept(&mut self, guest: GuestId, tdi: TdiId) -> TsmResult<()>;
-    /// What a DMA request with the TEE bit from the TDI reaches: the device model's question,
-    /// answered from the platform's own IOMMU structure (the in-memory table's context, TDX's
-    /// PASID entry read with TDH.DMAR.READ, SEV's sDTE), the TDI's state and its stream, never
-    /// from the core's record of the context (which the invariants compare with it).
-    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach>;
+    /// Whether the device sends the TDI's DMA with the TEE bit (T=1): the device's own
+    /// decision ([`device_sends_tee`]), read from the model device's TDISP state of the
+    /// interface (RUN until the device has processed STOP_INTERFACE, whatever the firmware
+    /// records) and the device's IDE stream, never from the core's record of the TDI.
+    fn device_sends_tee(&mut self, tdi: TdiId) -> TsmResult<bool>;
+    /// What the platform's IOMMU does with a request with the TEE bit from the TDI's
+    /// requester ID, whatever the device and the TDI's state (bound, unbinding, ERROR...):
+    /// read from the platform's own structure (the in-memory table's context, TDX's PASID
+    /// entry read with TDH.DMAR.READ, SEV's sDTE), the guest it names, and its IOTLB: an entry
+    /// that translated and is blocked, but whose invalidation has not completed, still
+    /// translates from the IOTLB. Never from the core's record of the context (which the
+    /// invariants compare with the structure).
+    fn iommu_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach>;
+    /// What a DMA request from the TDI reaches (the device model's question): the IOMMU's
+    /// answer ([`Backend::iommu_reach`]) when the device sends it with the TEE bit
+    /// ([`Backend::device_sends_tee`]); shared memory only when it does not (a request
+    /// without the TEE bit never reaches private memory).
+    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach> {
+        if self.device_sends_tee(tdi)? {
+            self.iommu_reach(tdi)
+        } else {
+            Ok(DmaReach::SharedOnly)
+        }
+    }
     /// What one DMA access from the TDI reaches ([`access_reach`]): [`Backend::dma_reach`],
     /// then the platform's own translation of `access.gpa` for the owner (the in-memory table's
     /// leaf, TDX's S-EPT leaf read with TDH.MEM.SEPT.RD, SEV's RMP entry and the sDTE's read
@@ -247,18 +280,25 @@ pub trait Backend {
     fn dma_context(&mut self, tdi: TdiId) -> TsmResult<Option<DmaState>>;
 }
 
-/// The owner and interface of `tdi` when it runs on a device whose stream is live (the only
-/// case a platform's IOMMU entry decides); `None` otherwise.
-pub fn running_on_live_stream<T: SecureTable, S: tsm_core::SecureSession, const N: usize>(
+/// Whether a device sends DMA with the TEE bit for an interface in TDISP state `tdisp` (as
+/// the device holds it) over an IDE stream `stream`: only in RUN (TDISP, PCIe 6.x 11.3.3: a
+/// TDI accesses TVM memory only in RUN; CONFIG_LOCKED and ERROR do not) on a live stream (a
+/// cut stream carries no IDE TLP, so no T=1).
+pub fn device_sends_tee(tdisp: TdispState, stream: tsm_core::IdeStream) -> bool {
+    tdisp == TdispState::Run && stream == tsm_core::IdeStream::Live
+}
+
+/// [`device_sends_tee`] for `tdi`, with `tdisp` the device's TDISP state of an interface.
+/// The stream is the firmware's record of the device's (ours: the model has no root port;
+/// the firmware programs its keys and cuts it, so its record is the stream).
+pub fn tdi_sends_tee<T: SecureTable, S: tsm_core::SecureSession, const N: usize>(
     tsm: &tsm_core::Tsm<T, S, N>,
     tdi: TdiId,
-) -> TsmResult<Option<(GuestId, tsm_core::InterfaceId)>> {
+    tdisp: impl FnOnce(tsm_core::InterfaceId) -> TsmResult<TdispState>,
+) -> TsmResult<bool> {
     let record = tsm.tdi(tdi)?;
     let stream = tsm.device(record.device)?.stream;
-    Ok(match (record.state, stream) {
-        (TdiState::Run { owner }, tsm_core::IdeStream::Live) => Some((owner, record.iface)),
-        _ => None,
-    })
+    Ok(device_sends_tee(tdisp(record.iface)?, stream))
 }
 
 /// A secure table whose TLB flush the tests can hold back.
@@ -270,6 +310,10 @@ pub trait FlushControl {
     /// Whether the table's own trusted DMA context of `iface` translates for `guest` (the
     /// in-memory table: an active context of that guest).
     fn dma_translates(&self, guest: GuestId, iface: tsm_core::InterfaceId) -> bool;
+    /// What the table's IOMMU does with a request with the TEE bit from `iface`
+    /// ([`Backend::iommu_reach`]): the guest its context translates to, from the context or,
+    /// blocked and not yet invalidated, from the IOTLB.
+    fn iommu_reach(&self, iface: tsm_core::InterfaceId) -> DmaReach;
     /// The host completes the IOTLB invalidations queued for `guest`'s context of `iface`
     /// (TDX: TDH.IQ.INV.PROCESS of its IOMMU; the in-memory table: its deferred ones); nothing
     /// where the firmware completes them itself (SEV's ASID fence).
@@ -368,6 +412,26 @@ impl<const N: usize> FlushControl for MemTable<N> {
         self.dma_contexts().iter().any(|c| {
             c.iface == iface && c.guest == guest && c.state == tsm_core::dma::DmaState::Active
         })
+    }
+
+    /// The context of `iface`: accepted (active), or blocked and its invalidation not
+    /// complete (`Blocked`, `Invalidating`: the IOTLB may still hold what it translated).
+    /// The table does not record whether a blocked context ever translated; one blocked
+    /// before it was accepted counts as translating too (ours: the core starts a TDI only
+    /// with its context accepted, so a device that sends T=1 had it accepted).
+    fn iommu_reach(&self, iface: tsm_core::InterfaceId) -> DmaReach {
+        use tsm_core::dma::DmaState;
+        match self.dma_contexts().iter().find(|c| c.iface == iface) {
+            Some(c)
+                if matches!(
+                    c.state,
+                    DmaState::Active | DmaState::Blocked | DmaState::Invalidating
+                ) =>
+            {
+                DmaReach::Private(c.guest)
+            }
+            _ => DmaReach::SharedOnly,
+        }
     }
 
     fn complete_invalidations(&mut self, guest: GuestId, _: tsm_core::InterfaceId) {
@@ -526,29 +590,29 @@ impl<T: SecureTable + FlushControl> Backend for CoreBackend<'_, T> {
         self.tsm.guest_dma_accept(guest, tdi)
     }
 
-    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach> {
-        let Some((owner, iface)) = running_on_live_stream(self.tsm, tdi)? else {
-            return Ok(DmaReach::SharedOnly);
-        };
-        let active = self
-            .tsm
-            .with_guest_table(owner, |t| t.dma_translates(owner, iface))?;
-        Ok(if active {
-            DmaReach::Private(owner)
-        } else {
-            DmaReach::SharedOnly
+    fn device_sends_tee(&mut self, tdi: TdiId) -> TsmResult<bool> {
+        let tsm = self.tsm;
+        tdi_sends_tee(tsm.firmware(), tdi, |iface| {
+            tsm.with_device(|d| d.dsm().state(iface))
         })
     }
 
-    /// The owner's leaf at the address in the core's table, mapped (not blocked); the core's
-    /// leaves carry no read or write permission, so both directions reach a mapped one.
+    /// The table's context of the TDI's interface ([`FlushControl::iommu_reach`]).
+    fn iommu_reach(&mut self, tdi: TdiId) -> TsmResult<DmaReach> {
+        let iface = self.tsm.tdi(tdi)?.iface;
+        self.tsm.with_table(|t| t.iommu_reach(iface))
+    }
+
+    /// The owner's leaf at the address in the core's table, mapped or blocked
+    /// ([`leaf_reachable`]); the core's leaves carry no read or write permission, so both
+    /// directions reach one.
     fn dma_access(&mut self, tdi: TdiId, access: DmaAccess) -> TsmResult<DmaReach> {
         let reach = self.dma_reach(tdi)?;
         access_reach(reach, |owner| {
             Ok(self
                 .tsm
                 .leaf(owner, access.gpa)?
-                .is_some_and(|l| l.state == LeafState::Mapped))
+                .is_some_and(|l| leaf_reachable(l.state)))
         })
     }
 

@@ -106,6 +106,30 @@ impl<S: RmpMemory> FlushControl for Rmp<S> {
         })
     }
 
+    /// The sDTE of `iface`: valid, or blocked (V clear) after it was valid with no fence of
+    /// its ASID raised after the block complete (the IOTLB may still hold what it
+    /// translated: SEV's IOTLB invalidation is the ASID fence), naming the ASID of a guest.
+    fn iommu_reach(&self, iface: tsm_core::InterfaceId) -> tsm_core::dma::DmaReach {
+        use tsm_core::dma::DmaReach;
+        let Some(s) = self.sdtes().get(iface) else {
+            return DmaReach::SharedOnly;
+        };
+        let asid = s.sdte.asid();
+        let named = self
+            .fences()
+            .iter()
+            .enumerate()
+            .find(|(_, f)| asid != 0 && f.asid() == asid);
+        let Some((slot, fence)) = named else {
+            return DmaReach::SharedOnly;
+        };
+        let cached = s.translated && fence.done() <= s.blocked_at;
+        match u16::try_from(slot) {
+            Ok(slot) if s.sdte.valid() || cached => DmaReach::Private(GuestId::from_slot(slot)),
+            _ => DmaReach::SharedOnly,
+        }
+    }
+
     /// The guest's pending ASID fence completes (as the host sees it in TIO_ASID_FENCE_STATUS);
     /// its fences stay held (a fence is pending only while held).
     fn complete_invalidations(&mut self, guest: GuestId, _: tsm_core::InterfaceId) {
@@ -871,27 +895,29 @@ impl Backend for SevBackend<'_> {
         self.sdte_write(guest, tdi, Q0_IR | Q0_IW)
     }
 
-    /// The sDTE as the RMP's secure device table holds it: valid, naming the owner's ASID.
-    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
-        use tsm_core::dma::DmaReach;
-        let Some((owner, iface)) = crate::backend::running_on_live_stream(self.sev.tsm(), tdi)?
-        else {
-            return Ok(DmaReach::SharedOnly);
-        };
-        let translates = self
-            .sev
-            .tsm()
-            .with_table(|r| r.dma_translates(owner, iface))?;
-        Ok(if translates {
-            DmaReach::Private(owner)
-        } else {
-            DmaReach::SharedOnly
+    /// The model device's TDISP state of the interface and the device's stream.
+    fn device_sends_tee(&mut self, tdi: TdiId) -> TsmResult<bool> {
+        let device = &self.device;
+        crate::backend::tdi_sends_tee(self.sev.tsm(), tdi, |iface| {
+            Ok(device.lock().dsm().state(iface))
         })
     }
 
-    /// The sDTE ([`Backend::dma_reach`]), then its read (IR) or write (IW) permission and its
-    /// vTOM (with vTOM_EN, an address at or above it is shared), and the RMP: the owner's
-    /// leaf at the address, assigned and not blocked.
+    /// The sDTE as the RMP's secure device table holds it, and the IOTLB behind it
+    /// ([`FlushControl::iommu_reach`]).
+    fn iommu_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
+        let core = self.sev.tsm();
+        let iface = core.tdi(tdi)?.iface;
+        core.with_table(|r| r.iommu_reach(iface))
+    }
+
+    /// The device and the sDTE ([`Backend::dma_reach`]), then its read (IR) or write (IW)
+    /// permission and its vTOM (with vTOM_EN, an address at or above it is shared), and the
+    /// RMP: the owner's leaf at the address, assigned, mapped or blocked
+    /// ([`crate::backend::leaf_reachable`]). A blocked sDTE (IR and
+    /// IW cleared) that still translates from the IOTLB lets both directions through (ours:
+    /// the model does not keep the permissions the IOTLB cached; the answer errs towards
+    /// "private", the one a `shared` line must rule out).
     fn dma_access(
         &mut self,
         tdi: TdiId,
@@ -908,12 +934,14 @@ impl Backend for SevBackend<'_> {
                 };
                 let q = |i: usize| slot.sdte.q.get(i).map_or(0, |w| w.get());
                 let permission = if access.write { Q0_IW } else { Q0_IR };
+                // Blocked and still translating: the IOTLB's copy, both directions.
+                let allowed = !slot.sdte.valid() || q(0) & permission != 0;
                 let vtom = ((q(5) & Q5_VTOM) >> 1).saturating_mul(VTOM_UNIT);
                 let below_vtom = q(5) & Q5_VTOM_EN == 0 || access.gpa.as_u64() < vtom;
-                q(0) & permission != 0
+                allowed
                     && below_vtom
                     && r.leaf(owner, access.gpa)
-                        .is_some_and(|l| l.state == tsm_core::LeafState::Mapped)
+                        .is_some_and(|l| crate::backend::leaf_reachable(l.state))
             })
         })
     }

@@ -101,6 +101,15 @@ const RESPONSE_AT: usize = 2 * MESSAGE_PAGE_BYTES;
 /// `tdx_spdm_msg_exchange` reads it.
 const DOE_LENGTH_MASK: u32 = (1 << 18) - 1;
 
+/// `dmar_state_info_t` (TDH.DMAR.READ RDX; `dmar.h` @1666adc4): map_sts, bits 10:3.
+const STATE_MAP_SHIFT: u32 = 3;
+/// map_sts width.
+const STATE_MAP_MASK: u64 = 0xff;
+/// `dmar_state_info_t` inv_sts, bits 13:11 (same source).
+const STATE_INV_SHIFT: u32 = 11;
+/// inv_sts width.
+const STATE_INV_MASK: u64 = 0x7;
+
 /// The firmware the backend drives: the S-EPT, sealed with the model session its device
 /// shares.
 pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
@@ -129,6 +138,25 @@ impl FlushControl for Sept<'_> {
         self.dmar().entry(iface.requester_id()).is_some_and(|e| {
             e.guest == guest && e.te.present() && root.is_some_and(|r| e.te.slptptr() == r)
         })
+    }
+
+    /// The table's PASID entry of `iface` (the backend reads the same entry through
+    /// TDH.DMAR.READ): present, or blocked with its invalidation not complete, through the
+    /// S-EPT root of the guest the entry is for.
+    fn iommu_reach(&self, iface: tsm_core::InterfaceId) -> tsm_core::dma::DmaReach {
+        use tsm_core::dma::{DmaReach, DmaState};
+        match self.dmar().entry(iface.requester_id()) {
+            Some(e)
+                if matches!(
+                    e.te.state(),
+                    DmaState::Active | DmaState::Blocked | DmaState::Invalidating
+                ) && e.te.slptptr() != 0
+                    && self.root_phys(e.guest) == Some(e.te.slptptr()) =>
+            {
+                DmaReach::Private(e.guest)
+            }
+            _ => DmaReach::SharedOnly,
+        }
     }
 
     /// TDH.IQ.INV.REQUEST of the guest's domain where its last track owes one, then
@@ -263,6 +291,17 @@ impl<'t, 'm> TdxBackend<'t, 'm> {
             device: SharedDevice::new(device),
             manual: false,
         }
+    }
+
+    /// The TD whose S-EPT root is at `root` (a PASID entry's SLPTPTR), if any.
+    fn td_of_root(&self, root: u64) -> Option<GuestId> {
+        (0..tsm_core::capacity::MAX_GUESTS)
+            .filter_map(|slot| u16::try_from(slot).ok().map(GuestId::from_slot))
+            .find(|&g| {
+                self.tsm
+                    .with_guest_table(g, |t| t.root_phys(g))
+                    .is_ok_and(|r| r == Some(root))
+            })
     }
 
     /// The device the backend relays to.
@@ -1306,14 +1345,23 @@ impl Backend for TdxBackend<'_, '_> {
         }
     }
 
-    /// The PASID entry as TDH.DMAR.READ gives it: present, and translating through the
-    /// owner's S-EPT root (SLPTPTR).
-    fn dma_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
-        use platform_tdx::dmar::{PTE_P, PTE_SLPTPTR_MASK, dmar_idx};
+    /// The model device's TDISP state of the interface and the device's stream.
+    fn device_sends_tee(&mut self, tdi: TdiId) -> TsmResult<bool> {
+        let device = &self.device;
+        crate::backend::tdi_sends_tee(self.tsm.tsm(), tdi, |iface| {
+            Ok(device.lock().dsm().state(iface))
+        })
+    }
+
+    /// The PASID entry as TDH.DMAR.READ gives it, whatever the TDI's state: present, or
+    /// blocked with its invalidation not DONE (PENDING or QUEUED: until the host's
+    /// TDH.IQ.INV.PROCESS sees the wait descriptor, the IOTLB may still hold what the entry
+    /// translated), through an S-EPT root (SLPTPTR, set only by the TD's accept) that is a
+    /// TD's: that TD's private memory.
+    fn iommu_reach(&mut self, tdi: TdiId) -> TsmResult<tsm_core::dma::DmaReach> {
+        use platform_tdx::dmar::{INV_DONE, MAP_BLOCKED, PTE_P, PTE_SLPTPTR_MASK, dmar_idx};
         use tsm_core::dma::DmaReach;
-        let Some((owner, iface)) = crate::backend::running_on_live_stream(self.tsm, tdi)? else {
-            return Ok(DmaReach::SharedOnly);
-        };
+        let iface = self.tsm.tsm().tdi(tdi)?.iface;
         let out = self.seamcall(
             abi::TDH_DMAR_READ,
             SeamRegs {
@@ -1321,20 +1369,23 @@ impl Backend for TdxBackend<'_, '_> {
                 ..SeamRegs::default()
             },
         );
-        let root = self.tsm.with_guest_table(owner, |t| t.root_phys(owner))?;
-        let translates = out.rax == 0
-            && out.r8 & PTE_P != 0
-            && root.is_some_and(|r| out.r8 & PTE_SLPTPTR_MASK == r);
-        Ok(if translates {
-            DmaReach::Private(owner)
-        } else {
-            DmaReach::SharedOnly
-        })
+        let root = out.r8 & PTE_SLPTPTR_MASK;
+        let map = (out.rdx >> STATE_MAP_SHIFT) & STATE_MAP_MASK;
+        let inv = (out.rdx >> STATE_INV_SHIFT) & STATE_INV_MASK;
+        let translates = out.r8 & PTE_P != 0 || (map == MAP_BLOCKED && inv != INV_DONE);
+        if out.rax != 0 || root == 0 || !translates {
+            return Ok(DmaReach::SharedOnly);
+        }
+        Ok(self
+            .td_of_root(root)
+            .map_or(DmaReach::SharedOnly, DmaReach::Private))
     }
 
-    /// The PASID entry ([`Backend::dma_reach`]), then the S-EPT leaf covering the address
-    /// (TDH.MEM.SEPT.RD, the tree the entry's SLPTPTR names): an MMIO leaf not blocked, whose
-    /// R bit (a read) or W bit (a write) is set once the TD accepted it (MMIO_MAPPED). A leaf
+    /// The device and the PASID entry ([`Backend::dma_reach`]), then the S-EPT leaf covering
+    /// the address
+    /// (TDH.MEM.SEPT.RD, the tree the entry's SLPTPTR names): an MMIO leaf whose R bit (a
+    /// read) or W bit (a write) is set once the TD accepted it (MMIO_MAPPED), or blocked (either
+    /// direction: [`crate::backend::leaf_reachable`]). A leaf
     /// still MMIO_PENDING counts as the TD's private page (ours: the scenarios never have the
     /// TD run TDG.MMIO.ACCEPT, and the core and SEV have no pending MMIO state to compare).
     fn dma_access(
@@ -1352,6 +1403,9 @@ impl Backend for TdxBackend<'_, '_> {
                 SeptState::MmioMapped if access.write => entry.write(),
                 SeptState::MmioMapped => entry.read(),
                 SeptState::MmioPending => true,
+                // Still in the tree until its removal: a TLB may hold the copy it had
+                // ([`crate::backend::leaf_reachable`]), whichever direction.
+                SeptState::MmioBlocked | SeptState::MmioPendingBlocked => true,
                 _ => false,
             })
         })

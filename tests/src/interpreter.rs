@@ -350,7 +350,14 @@ impl<'a> Interpreter<'a, '_> {
             }
             Op::UnbindForceAll { tdi } => Observed::Status(self.unbind_force_all(self.tdi(tdi)?.0)),
             Op::StreamSetup { device } => done(self.backend.setup_stream(self.device(device)?)),
+            // The device reports ERROR because it is in ERROR (TDISP: a locked or running
+            // interface it no longer trusts): it stops sending T=1 then, not when the firmware
+            // hears of it. An unlocked interface stays as it is.
             Op::DeviceError { tdi } => {
+                let iface = self.iface(tdi)?;
+                if let Err(e) = self.backend.device_event(iface, DeviceEvent::Disturb) {
+                    return Ok(done(Err(e)));
+                }
                 Observed::Status(self.backend.device_error(self.tdi(tdi)?.0))
             }
             Op::Check { tdi } => {

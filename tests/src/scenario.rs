@@ -35,8 +35,9 @@
 //!                                             IOMMU with an entry of it; SEV: the ASID fence)
 //! dma-create <t>                              the host creates the TDI's trusted DMA context
 //! dma-accept <g> <t>                          the guest accepts the TDI's trusted DMA context
-//! dma <t> <read|write> <gpa> <private|shared> the device's DMA with the TEE bit to a guest
-//!                                             address: reaches private memory, or shared only
+//! dma <t> <read|write> <gpa> <private|shared> the device's DMA to a guest address (T=1 while
+//!                                             the device is RUN): reaches private memory
+//!                                             through the IOMMU or its IOTLB, or shared only
 //! expect-state <t> <unbound|locked|run|error|unbinding>
 //! expect-leaf <g> <gpa> <mapped|blocked|none>
 //! remove-tdi <t> / remove-device <d> / destroy-guest <g>

@@ -107,6 +107,9 @@ pub struct Tally {
     /// STARTs refused because the owner had not accepted the TDI's DMA context
     /// (`DmaNotAccepted`: the START gate of the core and TDX; never on SEV).
     pub not_accepted: u64,
+    /// STARTs that went through (the TDI RUN): a workload whose guests never reach RUN
+    /// exercises none of what a running TDI's teardown does, so the runs assert a floor.
+    pub started: u64,
     /// Operations that went wrong: a host request removed a private leaf.
     pub failed: u64,
 }
@@ -125,6 +128,7 @@ impl Tally {
             *a = a.saturating_add(*b);
         }
         self.not_accepted = self.not_accepted.saturating_add(other.not_accepted);
+        self.started = self.started.saturating_add(other.started);
         self.failed = self.failed.saturating_add(other.failed);
     }
 
@@ -150,11 +154,12 @@ impl fmt::Display for Tally {
         write!(
             f,
             "{} ops, {} ok, {} busy (device table {dt}, device {dev}, tdi {tdi}, guest {guest}, \
-             ownership {own}, secure table {table}, transport {transport}), {} START refused \
-             before the guest's accept, {} failed",
+             ownership {own}, secure table {table}, transport {transport}), {} START ok, {} \
+             START refused before the guest's accept, {} failed",
             self.ops,
             self.ok,
             self.busy(),
+            self.started,
             self.not_accepted,
             self.failed
         )
@@ -186,7 +191,7 @@ impl Rng {
 }
 
 /// One random operation on `tsm`, tallied.
-pub fn step<T: SecureTable, S: SecureSession>(
+pub fn step<T: SecureTable + FlushControl, S: SecureSession>(
     tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
     rng: &mut Rng,
@@ -213,17 +218,47 @@ pub fn step<T: SecureTable, S: SecureSession>(
     };
     let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
     let outcome = match rng.below(12) {
-        0 => done(tsm.bind(tdi, guest)),
+        // A bind, then half the time the usual start at once (the host creates the context,
+        // the guest accepts it and starts), as a host brings a TDI up: TDIs spend most of the
+        // run unbinding or in ERROR, and a start must meet a locked one.
+        0 => {
+            let r = done(tsm.bind(tdi, guest));
+            if r.is_ok() && rng.below(2) == 0 && tsm.start_with_guest_accept(guest, tdi).is_ok() {
+                tally.started = tally.started.saturating_add(1);
+            }
+            r
+        }
         1 | 2 => done(tsm.map_mmio(tdi, owner, gpa, hpa, PageSize::Size4K)),
         // The start's parts, each on its own: the host creates the TDI's DMA context, its
         // owner accepts it (the guest's call), or the owner's START alone, which a platform
-        // that gates START on the accept refuses until then.
-        3 => match rng.below(3) {
+        // that gates START on the accept refuses until then; or the three in a row, as a host
+        // and its guest do (each refused as it is): the parts alone rarely meet in order
+        // between two unbinds, and the runs assert that some TDI reaches RUN.
+        3 => match rng.below(4) {
             0 => done(tsm.host_dma_create(tdi)),
             1 => done(tsm.guest_dma_accept(owner, tdi)),
-            _ => done(tsm.start_only(owner, tdi)),
+            part => {
+                let r = done(if part == 2 {
+                    tsm.start_only(owner, tdi)
+                } else {
+                    tsm.start_with_guest_accept(owner, tdi)
+                });
+                if r.is_ok() {
+                    tally.started = tally.started.saturating_add(1);
+                }
+                r
+            }
         },
-        4 => tsm.unbind(tdi),
+        // An unbind that stops for an IOTLB invalidation has the host complete it, as the
+        // Linux host does (TDX: its queue processed), for the next call to go on: left to
+        // itself the queue is never processed on TDX and its TDIs stay unbinding.
+        4 => {
+            let r = tsm.unbind(tdi);
+            if r == Err(Error::IotlbInvalidationPending) {
+                complete_invalidations(tsm.firmware(), tdi);
+            }
+            r
+        }
         5 => tsm.device_error(tdi),
         6 => tsm.check_interface(tdi),
         7 => done(MmioRange::try_new(hpa, 1).and_then(|r| tsm.host_zap(r))),
@@ -256,7 +291,7 @@ pub fn step<T: SecureTable, S: SecureSession>(
 
 /// One CPU's part of a round: operations of its stream for as long as `more` says, which it
 /// asks before every operation with the number done so far.
-pub fn run_round<T: SecureTable, S: SecureSession>(
+pub fn run_round<T: SecureTable + FlushControl, S: SecureSession>(
     tsm: &RelayHost<'_, T, S>,
     targets: &Targets,
     rng: &mut Rng,

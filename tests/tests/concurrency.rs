@@ -103,6 +103,13 @@ fn hammer<T: SecureTable + FlushControl + Send, S: SecureSession + Send>(
     if !T::DMA_ACCEPT_BEFORE_START {
         assert_eq!(total.not_accepted, 0, "{label}: a START gated on SEV");
     }
+    // Some guest reached RUN: a run in which every START failed (every accept refused, say)
+    // would pass every other check while never tearing a running TDI down.
+    assert!(
+        total.started > 0,
+        "{label}: no START went through in {} operations",
+        total.ops
+    );
     if threads > 1 {
         let floor = rounds as u64 * MIN_BUSY_PER_ROUND;
         assert!(

@@ -1613,7 +1613,15 @@ fn apply(call: &Call, b: &mut dyn Backend, h: &mut Handles, w: &WorldSpec) -> Ve
             })
             .collect(),
         Call::Start { guest, tdi } => one(done(b.start(h.guest(*guest), h.tdi(*tdi)))),
-        Call::DeviceError(t) => one(b.device_error(h.tdi(*t))),
+        // The device is in ERROR when it reports it (as the scenarios' `device-error`).
+        Call::DeviceError(t) => {
+            if let Pick::Obj(k) = *t
+                && let Err(e) = b.device_event(iface(k), DeviceEvent::Disturb)
+            {
+                return one(Err(e));
+            }
+            one(b.device_error(h.tdi(*t)))
+        }
         Call::Check(t) => one(b.check(h.tdi(*t))),
         Call::Unbind(t) => one(b.unbind(h.tdi(*t))),
         Call::UnbindForce(t) => one(b.unbind_force(h.tdi(*t))),
@@ -2144,7 +2152,8 @@ fn step(
                         })
                     )
                 {
-                    apply(&Call::DeviceError(Pick::Obj(t)), s.backend(), h, w);
+                    // The firmware's call alone: the device is not told again.
+                    let _ = s.backend().device_error(h.tdi(Pick::Obj(t)));
                     calls += 1;
                 }
             }
