@@ -47,8 +47,12 @@ pub enum DmaReach {
 }
 
 /// What DMA from a TDI in `state` with context `dma` on a device whose stream is `stream`
-/// reaches: private memory only while the TDI is RUN, its context accepted and the stream
-/// live (the one rule every platform's IOMMU context and the device model follow).
+/// reaches by the firmware's record: private memory only while the TDI is RUN, its context
+/// accepted and the stream live. Each platform's IOMMU structure is checked against it
+/// (invariants, fuzz oracles). The scenarios' device model is stricter about the hardware: it
+/// reads the IOMMU structure itself, where a blocked context whose invalidation is not yet
+/// complete still translates from the IOTLB while the device, not yet STOPped, still sends TEE
+/// requests; the unbind awaits that invalidation before STOP for this reason.
 pub const fn reach(state: TdiState, dma: Option<DmaState>, stream: IdeStream) -> DmaReach {
     match (state, dma, stream) {
         (TdiState::Run { owner }, Some(DmaState::Active), IdeStream::Live) => {
