@@ -29,10 +29,8 @@
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
-use tsm_core::lifecycle::UnbindStep;
 use tsm_core::{
-    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
-    TdiState, Tsm,
+    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId, Tsm,
 };
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
@@ -679,68 +677,30 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         dmar_tdi_in(&table, rid, operand)
     }
 
-    /// Whether an IOMMU owes the domain of `tdi`'s owner the IOTLB invalidation its last
-    /// TRACK asked for (read only; no owner or no table: no).
-    fn iotlb_owed(&self, tdi: TdiId) -> bool {
-        let owner = self.tsm.tdi(tdi).ok().and_then(|t| t.state.owner());
-        owner.is_some_and(|g| {
-            self.tsm
-                .with_guest_table(g, |t| t.dmar().iotlb_owed(g))
-                .unwrap_or(false)
-        })
-    }
-
-    /// Whether a core `IotlbInvalidationPending` of `tdi`'s PASID entry's removal (the host's
-    /// TDH.DMAR.REMOVE, or the unbind's Dma step) waits for the TD's domain rather than for
-    /// the entry: the entry's own invalidation DONE and an IOMMU owing the domain the last
-    /// TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d). Read only, after the refusal: a
-    /// PROCESS in between can only change which wait is named, never the state.
-    fn removal_waits_for_domain(&self, tdi: TdiId) -> bool {
-        let entry = self.tsm.tdi(tdi).ok().and_then(|t| {
-            let owner = t.state.owner()?;
-            let rid = t.iface.requester_id();
-            self.tsm
-                .with_guest_table(owner, |s| s.dmar().entry(rid))
-                .ok()?
-        });
-        entry.is_some_and(|e| e.te.state() == DmaState::Invalidated) && self.iotlb_owed(tdi)
-    }
-
-    /// The answer of a leaf that drives `tdi`'s unbind (TSM.DEVIF.UNBIND, forced or not;
+    /// The answer of a leaf that drives a TDI's unbind (TSM.DEVIF.UNBIND, forced or not;
     /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP) or its ERROR blocking
     /// (TSM.DEVIF.ERROR, TSM.DEVIF.CHECK), `o`, with the core's `IotlbInvalidationPending`
-    /// named by the wait it is, read from the unbind's progress and the table after the call
-    /// (the caller still holds the DEVIF page lock every such leaf takes, so no other of them
-    /// moves the step meanwhile):
-    /// - the TD's domain, `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE` without operand as TDH.MEM.TRACK
-    ///   answers it: the Track step (the previous TRACK's invalidation still owed), the
-    ///   Remove step (the unbind's TRACK's: its leaves go once the IOTLB forgot them), or the
-    ///   Dma step with the entry's own invalidation done (REMOVE's domain wait). The host
-    ///   requests INV_REQ_IOTLB of the TD on each IOMMU with an entry of the TD, processes
-    ///   the queue and calls again.
+    /// named by the wait it is, as the table refused it inside the call (`noted`, kept under
+    /// the call's locks: [`Tsm::unbind_noting`]; nothing is read afterwards):
+    /// - the TD's domain ([`TableError::IotlbNotTracked`]), `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`
+    ///   without operand as TDH.MEM.TRACK answers it: the Track step (the previous TRACK's
+    ///   invalidation still owed), the Remove step (the unbind's TRACK's: its leaves go once
+    ///   the IOTLB forgot them), or the Dma step's removal of an entry whose own invalidation
+    ///   is done (REMOVE's domain wait). The host requests INV_REQ_IOTLB of the TD on each
+    ///   IOMMU with an entry of the TD, processes the queue and calls again.
     /// - the entry's own invalidation otherwise (before STOP, or the Dma step's),
     ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the firmware queued it when
     ///   it blocked the entry (the host's own request of it is refused), so the host
     ///   processes the queue of the entry's IOMMU and calls again.
     ///
     /// Every other outcome passes as it is.
-    pub(crate) fn teardown_outcome(&self, tdi: TdiId, o: Outcome) -> Outcome {
-        if !matches!(o, Outcome::Core(Err(Error::IotlbInvalidationPending))) {
-            return o;
-        }
-        let step = match self.tsm.tdi(tdi).map(|t| t.state) {
-            Ok(TdiState::Unbinding { step, .. }) => step,
-            _ => return o,
-        };
-        let domain = match step {
-            UnbindStep::Track | UnbindStep::Remove(_) => true,
-            UnbindStep::Dma => self.removal_waits_for_domain(tdi),
-            UnbindStep::Block(_) | UnbindStep::Stop | UnbindStep::Release => false,
-        };
-        if domain {
-            Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE)
-        } else {
-            o
+    pub(crate) fn teardown_outcome(o: Outcome, noted: Option<TableError>) -> Outcome {
+        match (o, noted) {
+            (
+                Outcome::Core(Err(Error::IotlbInvalidationPending)),
+                Some(TableError::IotlbNotTracked),
+            ) => Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
+            (o, _) => o,
         }
     }
 
@@ -836,9 +796,13 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     Some(_) => None,
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
-                tsm.host_dma_remove(tdi).map_err(|e| {
-                    // The TD's domain owed: + RCX (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
-                    if e == Error::IotlbInvalidationPending && self.removal_waits_for_domain(tdi) {
+                let mut noted = None;
+                tsm.host_dma_remove_noting(tdi, &mut noted).map_err(|e| {
+                    // The TD's domain owed, as the table refused it in the call: + RCX
+                    // (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
+                    if e == Error::IotlbInvalidationPending
+                        && noted == Some(TableError::IotlbNotTracked)
+                    {
                         named(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, OPERAND_ID_RCX)
                     } else {
                         dmar_refusal(e, OPERAND_ID_RCX)
