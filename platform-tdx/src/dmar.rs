@@ -1285,7 +1285,11 @@ mod tests {
         t.block(g, iface(3)).unwrap();
         assert!(!t.invalidate(g, iface(3)).unwrap());
         covered(&t);
-        assert_eq!(t.iq_reserved_for_entry(iface(3).requester_id()), 0, "in use");
+        assert_eq!(
+            t.iq_reserved_for_entry(iface(3).requester_id()),
+            0,
+            "in use"
+        );
         assert!(t.track(g));
         t.request_iotlb(g, 0).unwrap();
         assert_eq!(t.iq_reserved_for_domain(g, 0), 0, "in use");
@@ -1293,11 +1297,23 @@ mod tests {
         assert!(t.process(0, |_| false) > 0);
         assert_eq!((t.iq_used(0), t.iq_committed(0)), (0, 2 * p + 2 * d));
         assert_eq!(t.process(0, |_| false), 0);
-        assert_eq!(t.iq_committed(0), 2 * p + 2 * d, "a second PROCESS gives nothing back");
-        assert_eq!(t.iq_reserved_for_entry(iface(3).requester_id()), 0, "DONE: never again");
+        assert_eq!(
+            t.iq_committed(0),
+            2 * p + 2 * d,
+            "a second PROCESS gives nothing back"
+        );
+        assert_eq!(
+            t.iq_reserved_for_entry(iface(3).requester_id()),
+            0,
+            "DONE: never again"
+        );
         assert_eq!(t.iq_reserved_for_domain(g, 0), d, "reserved again");
         t.remove(g, iface(3)).unwrap();
-        assert_eq!(t.iq_committed(0), 2 * p + 2 * d, "G keeps its domain for bus 4");
+        assert_eq!(
+            t.iq_committed(0),
+            2 * p + 2 * d,
+            "G keeps its domain for bus 4"
+        );
         let before = t;
         assert_eq!(t.remove(g, iface(4)), Err(TableError::DmaNotBlocked));
         assert_eq!(t, before, "a refused removal keeps every reservation");

@@ -428,7 +428,10 @@ fn advance<T: SecureTable>(
                 budget,
                 |t, leaf, n, limit| {
                     let run = Run::new(leaf.gpa, leaf.hpa, leaf.size, n);
-                    note(&mut ctx.noted, t.remove_range_within(leaf.guest, run, limit))
+                    note(
+                        &mut ctx.noted,
+                        t.remove_range_within(leaf.guest, run, limit),
+                    )
                 },
             )? {
                 Walk::Finished => Next::Step(UnbindStep::Dma),

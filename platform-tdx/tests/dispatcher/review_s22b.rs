@@ -11,8 +11,7 @@ fn accept(w: &World<'_>, td: u64, tdi: u64) -> u64 {
 
 /// The used and the committed (used or reserved) slots of IOMMU 0's trusted queue.
 fn slots(w: &World<'_>) -> (u16, u16) {
-    w.fw
-        .with_table(|t| (t.dmar().iq_used(0), t.dmar().iq_committed(0)))
+    w.fw.with_table(|t| (t.dmar().iq_used(0), t.dmar().iq_committed(0)))
         .unwrap()
 }
 
@@ -73,7 +72,11 @@ fn b1_an_add_without_room_for_its_invalidation_is_refused_and_changes_nothing() 
     let world = World::with_iq_slots(&mut mem, 5);
     let w = &world;
     let (td, x, _) = two_tdis(w);
-    assert_eq!(slots(w), (0, 5), "X's entry and the TD's domain reserve all 5");
+    assert_eq!(
+        slots(w),
+        (0, 5),
+        "X's entry and the TD's domain reserve all 5"
+    );
     let full = TDX_IOMMU_IQ_QUEUE_FULL | u64::from(OPERAND_ID_RCX);
     refused(w, "Y's ADD: 3 more slots", || add(w, td, 4), full);
     // The core's refusal of an entry that exists comes first.
@@ -85,10 +88,18 @@ fn b1_an_add_without_room_for_its_invalidation_is_refused_and_changes_nothing() 
     );
     let entry_wait = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(x), entry_wait);
-    assert_eq!(slots(w), (3, 5), "the firmware's own request, within its reservation");
+    assert_eq!(
+        slots(w),
+        (3, 5),
+        "the firmware's own request, within its reservation"
+    );
     refused(w, "Y's ADD, the queue busy", || add(w, td, 4), full);
     assert_eq!(iq_process(w), TDX_SUCCESS);
-    assert_eq!(slots(w), (0, 2), "PROCESS gave the entry's back; the domain's stays");
+    assert_eq!(
+        slots(w),
+        (0, 2),
+        "PROCESS gave the entry's back; the domain's stays"
+    );
     assert_eq!(w.unbind_drained(x), TDX_SUCCESS);
     assert_eq!(slots(w), (0, 0), "X's entry removed: nothing kept");
     assert_eq!(add(w, td, 4), TDX_SUCCESS, "Y's entry has its room now");
@@ -125,14 +136,25 @@ fn b1_the_hosts_domain_request_always_has_room_beside_the_firmwares_own() {
     let entry_wait = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(x), entry_wait);
     assert_eq!(w.unbind_all(y), entry_wait);
-    assert_eq!(slots(w), (6, 8), "both firmware requests queued, within their room");
+    assert_eq!(
+        slots(w),
+        (6, 8),
+        "both firmware requests queued, within their room"
+    );
     // The host tracks the TD: the IOMMU owes its domain, and the documented answer fits.
     let track = SeamRegs {
         rcx: td,
         ..Default::default()
     };
-    assert_eq!(w.call(u64::from(abi::TDH_MEM_TRACK), track).rax, TDX_SUCCESS);
-    assert_eq!(iotlb_request(w, td), TDX_SUCCESS, "the domain's reserved 2 slots");
+    assert_eq!(
+        w.call(u64::from(abi::TDH_MEM_TRACK), track).rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(
+        iotlb_request(w, td),
+        TDX_SUCCESS,
+        "the domain's reserved 2 slots"
+    );
     assert_eq!(slots(w), (8, 8), "exactly full");
     refused(
         w,
