@@ -177,7 +177,8 @@ fn b1_the_hosts_domain_request_always_has_room_beside_the_firmwares_own() {
 /// query, the host's TDH.DMAR.READ) turned the domain's wait at the Remove step into the
 /// entry's (INV_STATE + DMAR). Now the call keeps the table's own refusal
 /// (`Tsm::unbind_noting`): whoever reads the TDI meanwhile, every answer at the Remove step
-/// is the domain's (or BUSY). A race: it was caught within 400k calls in 1 of 3 release runs.
+/// is the domain's (or BUSY). A race: it was caught within 400k calls in 1 of 3 release runs;
+/// 1M calls here.
 #[test]
 fn b2_a_domain_wait_is_named_the_entrys_when_the_tdi_is_read_concurrently() {
     use platform_tdx::status::TDX_OPERAND_BUSY;
@@ -203,7 +204,7 @@ fn b2_a_domain_wait_is_named_the_entrys_when_the_tdi_is_read_concurrently() {
                 std::hint::black_box(fw.tsm().tdi(id).ok());
             }
         });
-        for _ in 0..4_000_000 {
+        for _ in 0..1_000_000 {
             let rax = w.call(u64::from(abi::TSM_DEVIF_UNBIND), on(tdi)).rax;
             *seen.entry(rax).or_default() += 1;
             if rax == entry_wait {
