@@ -181,7 +181,10 @@ struct tsm_tdx_range_list {
                                           read): R8 = TSM_TDX_PASIDTE_ADD_Q0 | AW << 2 (AW 2:
                                           4-level S-EPT, 3: 5-level), R9 =
                                           TSM_TDX_PASIDTE_ADD_Q1, R10-R14 0; a chosen SLPTPTR or
-                                          DID is TDX_OPERAND_INVALID on its register */
+                                          DID is TDX_OPERAND_INVALID on its register. No room
+                                          to reserve in the IOMMU's trusted queue (3 slots per
+                                          entry, 2 per TD on the IOMMU; ours):
+                                          TDX_IOMMU_IQ_QUEUE_FULL | RCX, nothing changed */
 #define TDH_DMAR_BLOCK         151u    /* RCX dmar_idx_t (after STOP or a cut stream) */
 #define TDH_DMAR_READ          152u    /* RCX dmar_idx_t -> RDX dmar_state_info_t, R8-R14 the
                                           entry's qwords 0-6 without the module's state bits */
@@ -193,7 +196,9 @@ struct tsm_tdx_range_list {
                                           IOMMU), R9-R12 the wait descriptor
                                           (R9: type 5, FN, PD 0, data 63:32; R10 the status
                                           address, 4-byte aligned, shared; R11, R12 0) -> RCX 0.
-                                          No room in the IOMMU's trusted queue (checked first):
+                                          No room in the IOMMU's trusted queue (checked first;
+                                          ADD reserved the entry's and the TD's, so a request
+                                          the state checks let through always fits):
                                           TDX_IOMMU_IQ_QUEUE_FULL | RDX until PROCESS.
                                           PASIDTE of an entry not BLOCKED:
                                           TDX_DMAR_INVALID_MAPPING_STATE | R8; whose invalidation
@@ -362,7 +367,8 @@ struct tsm_tdx_dev_info {
 #define TDX_IOMMU_IOTLB_TRACKING_NOT_DONE     0xC0000F0300000000ull
 #define TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED 0xC0000F3B00000000ull
 /* TDH_IQ_INV_REQUEST | RDX: the IOMMU's trusted invalidation queue lacks room for the request's
- * descriptors (3 for a PASID entry, 2 for a TD's domain) until TDH_IQ_INV_PROCESS. */
+ * descriptors (3 for a PASID entry, 2 for a TD's domain) until TDH_IQ_INV_PROCESS;
+ * TDH_DMAR_ADD | RCX (ours): no room to reserve for the new entry's. */
 #define TDX_IOMMU_IQ_QUEUE_FULL               0xC0000F0100000000ull
 /* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
  * or a request re-read with nothing outstanding; bytes that are not the answer to the

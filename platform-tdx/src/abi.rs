@@ -1111,18 +1111,21 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 if r.rdx & !UNBIND_FLAG_FORCE != 0 {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
+                let mut noted = None;
                 let o = if r.rdx & UNBIND_FLAG_FORCE != 0 {
                     // Asks nothing of the device: no request, no page.
                     if r.r8 != 0 {
                         return Err(st(invalid(OPERAND_ID_R8)));
                     }
-                    Outcome::Core(tsm.unbind_forced(tdi))
+                    Outcome::Core(tsm.unbind_forced_noting(tdi, &mut noted))
                 } else {
                     let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                    self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
+                    self.relayed(out, tdi, Some(page), |buf| {
+                        Ok(tsm.unbind_noting(tdi, buf, &mut noted))
+                    })?
                 };
                 // A stop for an IOTLB invalidation names which: the entry's or the TD's domain's.
-                self.teardown_outcome(tdi, o)
+                Self::teardown_outcome(o, noted)
             }
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT
@@ -1134,7 +1137,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             TSM_DEVIF_ERROR => {
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
-                self.teardown_outcome(tdi, Outcome::Core(tsm.device_error(tdi)))
+                // ERROR blocks and asks the entry's invalidation: never the domain's wait.
+                Self::teardown_outcome(Outcome::Core(tsm.device_error(tdi)), None)
             }
             TSM_DEVIF_STATE => {
                 let table = self.fw.lock_pages().map_err(core)?;
@@ -1160,7 +1164,8 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                         Some(page),
                         |buf| Ok(tsm.check_interface(tdi, buf)),
                     )?;
-                self.teardown_outcome(tdi, o)
+                // A check blocks as ERROR does: never the domain's wait.
+                Self::teardown_outcome(o, None)
             }
             TDH_DMAR_ADD | TDH_DMAR_BLOCK | TDH_DMAR_READ | TDH_DMAR_REMOVE
             | TDH_IQ_INV_REQUEST | TDH_IQ_INV_PROCESS => self.dmar_leaf(leaf, r, out)?,

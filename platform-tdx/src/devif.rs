@@ -599,12 +599,15 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 Ok(tsm.outstanding_request(tdi, buf).map(Completion::Relay))
             });
         }
+        let mut noted = None;
         let outcome = match wanted {
             Wanted::Bind => {
                 let td = self.td_of(&entry)?;
                 self.relayed(out, tdi, Some(page), |buf| Ok(tsm.bind(tdi, td, buf)))?
             }
-            Wanted::Unbind => self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?,
+            Wanted::Unbind => self.relayed(out, tdi, Some(page), |buf| {
+                Ok(tsm.unbind_noting(tdi, buf, &mut noted))
+            })?,
             Wanted::Check => {
                 self.relayed(
                     out,
@@ -616,7 +619,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // A Requested TD request always has its START waiting (`td_request_now`).
             Wanted::Start => return Err(core_err(Error::Inconsistent)),
         };
-        let outcome = self.teardown_outcome(tdi, outcome);
+        let outcome = Self::teardown_outcome(outcome, noted);
         drop(table);
         Ok(match outcome {
             Outcome::Core(Err(Error::StreamCut)) => st(self.stream_not_live(tdi)),
@@ -706,11 +709,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             None => None,
             Some(len) => Some(answer.get(..len).ok_or(core_err(Error::Inconsistent))?),
         };
+        let mut noted = None;
         let outcome = self.relayed(out, tdi, page, |buf| {
-            Ok(tsm.device_response(tdi, bytes, buf))
+            Ok(tsm.device_response_noting(tdi, bytes, buf, &mut noted))
         })?;
         // STOP's answer goes on with the unbind, which may stop for an IOTLB invalidation.
-        let outcome = self.teardown_outcome(tdi, outcome);
+        let outcome = Self::teardown_outcome(outcome, noted);
         let after = tsm.tdi(tdi).map_err(core_err)?;
         if let Outcome::Core(Ok(Completion::Done)) = outcome {
             let state = match ex.op {

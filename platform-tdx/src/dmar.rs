@@ -29,7 +29,6 @@
 
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::dma::DmaState;
-use tsm_core::lifecycle::UnbindStep;
 use tsm_core::{
     Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
     TdiState, Tsm,
@@ -515,7 +514,8 @@ impl DmarTable {
     /// back by TDH.IQ.INV.PROCESS): [`IQ_PASIDTE_DESCS`] per PASID entry whose invalidation is
     /// QUEUED (the host's request, or the firmware's own at the unbind's or ERROR's block,
     /// counted alike: ours), [`IQ_IOTLB_DESCS`] per TD whose domain invalidation is queued
-    /// there. Bounded by the table's size.
+    /// there. Each within its reservation ([`DmarTable::iq_committed`]). Bounded by the
+    /// table's size.
     pub fn iq_used(&self, segment: u16) -> u16 {
         let mut used = 0u16;
         for (i, e) in self.entries.iter().enumerate() {
@@ -535,6 +535,79 @@ impl DmarTable {
             }
         }
         used
+    }
+
+    /// The slots the trusted queue of the IOMMU of `segment` keeps for this table's entries,
+    /// used or reserved (ours: the module reserves nothing, and queues only the host's
+    /// requests): [`IQ_PASIDTE_DESCS`] per entry there whose invalidation is not DONE (reserved
+    /// from ADD, so the firmware's own request at the unbind's or ERROR's block, or the host's,
+    /// always has its room; used while QUEUED; given back by PROCESS, after which the entry
+    /// never queues again), and [`IQ_IOTLB_DESCS`] per TD with an entry there (the domain
+    /// request a TRACK may owe that IOMMU, reserved or queued; given back when the TD's last
+    /// entry there is removed, which [`crate::sept::Sept`] refuses while it is owed). Counted
+    /// from the entries' states, never kept: nothing can drift. At least
+    /// [`DmarTable::iq_used`]. Bounded by the table's size.
+    pub fn iq_committed(&self, segment: u16) -> u16 {
+        let mut committed = 0u16;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(e) = e else { continue };
+            if e.rid.segment() != segment {
+                continue;
+            }
+            if e.te.state() != DmaState::Invalidated {
+                committed = committed.saturating_add(IQ_PASIDTE_DESCS);
+            }
+            // The TD's domain, counted at its first entry on the IOMMU.
+            let first = !self
+                .entries
+                .iter()
+                .take(i)
+                .flatten()
+                .any(|d| d.guest == e.guest && d.rid.segment() == segment);
+            if first {
+                committed = committed.saturating_add(IQ_IOTLB_DESCS);
+            }
+        }
+        committed
+    }
+
+    /// The slots an ADD of `guest`'s entry on the IOMMU of `segment` reserves
+    /// ([`DmarTable::iq_committed`]): the entry's, and its TD's domain's when it is the TD's
+    /// first entry there.
+    pub fn iq_add_reserves(&self, guest: GuestId, segment: u16) -> u16 {
+        let known = self
+            .entries()
+            .any(|e| e.guest == guest && e.rid.segment() == segment);
+        if known {
+            IQ_PASIDTE_DESCS
+        } else {
+            IQ_PASIDTE_DESCS.saturating_add(IQ_IOTLB_DESCS)
+        }
+    }
+
+    /// The reserved slots, not in use, that the invalidation of the entry of `rid` has
+    /// ([`IQ_PASIDTE_DESCS`] until it is queued), else 0.
+    pub fn iq_reserved_for_entry(&self, rid: RequesterId) -> u16 {
+        match self.entry(rid).map(|e| e.te.state()) {
+            Some(DmaState::Pending | DmaState::Active | DmaState::Blocked) => IQ_PASIDTE_DESCS,
+            _ => 0,
+        }
+    }
+
+    /// The reserved slots, not in use, that `guest`'s domain request on the IOMMU of
+    /// `segment` has ([`IQ_IOTLB_DESCS`] while the TD has an entry there and its request is
+    /// not queued), else 0.
+    pub fn iq_reserved_for_domain(&self, guest: GuestId, segment: u16) -> u16 {
+        let mut marks = self
+            .entries()
+            .filter(|e| e.guest == guest && e.rid.segment() == segment)
+            .map(|e| e.iotlb)
+            .peekable();
+        if marks.peek().is_none() || marks.any(|o| o == IotlbOwed::Queued) {
+            0
+        } else {
+            IQ_IOTLB_DESCS
+        }
     }
 
     /// REMOVE: only BLOCKED with its invalidation DONE; the entry FREE.
@@ -679,68 +752,30 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         dmar_tdi_in(&table, rid, operand)
     }
 
-    /// Whether an IOMMU owes the domain of `tdi`'s owner the IOTLB invalidation its last
-    /// TRACK asked for (read only; no owner or no table: no).
-    fn iotlb_owed(&self, tdi: TdiId) -> bool {
-        let owner = self.tsm.tdi(tdi).ok().and_then(|t| t.state.owner());
-        owner.is_some_and(|g| {
-            self.tsm
-                .with_guest_table(g, |t| t.dmar().iotlb_owed(g))
-                .unwrap_or(false)
-        })
-    }
-
-    /// Whether a core `IotlbInvalidationPending` of `tdi`'s PASID entry's removal (the host's
-    /// TDH.DMAR.REMOVE, or the unbind's Dma step) waits for the TD's domain rather than for
-    /// the entry: the entry's own invalidation DONE and an IOMMU owing the domain the last
-    /// TRACK's (`dmar_pasidte_remove`, `dmar.c` @92f6945d). Read only, after the refusal: a
-    /// PROCESS in between can only change which wait is named, never the state.
-    fn removal_waits_for_domain(&self, tdi: TdiId) -> bool {
-        let entry = self.tsm.tdi(tdi).ok().and_then(|t| {
-            let owner = t.state.owner()?;
-            let rid = t.iface.requester_id();
-            self.tsm
-                .with_guest_table(owner, |s| s.dmar().entry(rid))
-                .ok()?
-        });
-        entry.is_some_and(|e| e.te.state() == DmaState::Invalidated) && self.iotlb_owed(tdi)
-    }
-
-    /// The answer of a leaf that drives `tdi`'s unbind (TSM.DEVIF.UNBIND, forced or not;
+    /// The answer of a leaf that drives a TDI's unbind (TSM.DEVIF.UNBIND, forced or not;
     /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP) or its ERROR blocking
     /// (TSM.DEVIF.ERROR, TSM.DEVIF.CHECK), `o`, with the core's `IotlbInvalidationPending`
-    /// named by the wait it is, read from the unbind's progress and the table after the call
-    /// (the caller still holds the DEVIF page lock every such leaf takes, so no other of them
-    /// moves the step meanwhile):
-    /// - the TD's domain, `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE` without operand as TDH.MEM.TRACK
-    ///   answers it: the Track step (the previous TRACK's invalidation still owed), the
-    ///   Remove step (the unbind's TRACK's: its leaves go once the IOTLB forgot them), or the
-    ///   Dma step with the entry's own invalidation done (REMOVE's domain wait). The host
-    ///   requests INV_REQ_IOTLB of the TD on each IOMMU with an entry of the TD, processes
-    ///   the queue and calls again.
+    /// named by the wait it is, as the table refused it inside the call (`noted`, kept under
+    /// the call's locks: [`Tsm::unbind_noting`]; nothing is read afterwards):
+    /// - the TD's domain ([`TableError::IotlbNotTracked`]), `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`
+    ///   without operand as TDH.MEM.TRACK answers it: the Track step (the previous TRACK's
+    ///   invalidation still owed), the Remove step (the unbind's TRACK's: its leaves go once
+    ///   the IOTLB forgot them), or the Dma step's removal of an entry whose own invalidation
+    ///   is done (REMOVE's domain wait). The host requests INV_REQ_IOTLB of the TD on each
+    ///   IOMMU with an entry of the TD, processes the queue and calls again.
     /// - the entry's own invalidation otherwise (before STOP, or the Dma step's),
     ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the firmware queued it when
     ///   it blocked the entry (the host's own request of it is refused), so the host
     ///   processes the queue of the entry's IOMMU and calls again.
     ///
     /// Every other outcome passes as it is.
-    pub(crate) fn teardown_outcome(&self, tdi: TdiId, o: Outcome) -> Outcome {
-        if !matches!(o, Outcome::Core(Err(Error::IotlbInvalidationPending))) {
-            return o;
-        }
-        let step = match self.tsm.tdi(tdi).map(|t| t.state) {
-            Ok(TdiState::Unbinding { step, .. }) => step,
-            _ => return o,
-        };
-        let domain = match step {
-            UnbindStep::Track | UnbindStep::Remove(_) => true,
-            UnbindStep::Dma => self.removal_waits_for_domain(tdi),
-            UnbindStep::Block(_) | UnbindStep::Stop | UnbindStep::Release => false,
-        };
-        if domain {
-            Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE)
-        } else {
-            o
+    pub(crate) fn teardown_outcome(o: Outcome, noted: Option<TableError>) -> Outcome {
+        match (o, noted) {
+            (
+                Outcome::Core(Err(Error::IotlbInvalidationPending)),
+                Some(TableError::IotlbNotTracked),
+            ) => Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
+            (o, _) => o,
         }
     }
 
@@ -797,7 +832,10 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     let id = regs.get(i).map_or(OPERAND_ID_R8, |(_, id)| *id);
                     return Err(st(invalid(id)));
                 }
-                let tdi = self.dmar_tdi(rid, OPERAND_ID_RCX)?;
+                // Held to the end: the room checked below is what the entry reserves (every
+                // request that takes or gives back slots holds this lock too).
+                let pages = self.fw.lock_pages().map_err(core_err)?;
+                let tdi = dmar_tdi_in(&pages, rid, OPERAND_ID_RCX)?;
                 let record = tsm.tdi(tdi).map_err(core_err)?;
                 // Ours: the entry is for the TDI's owner only; another TD's is the
                 // bind's owner mismatch, naming RDX.
@@ -806,8 +844,25 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 {
                     return Err(named(status::TDX_MMIO_DEVIF_OWNER_MISMATCH, OPERAND_ID_RDX));
                 }
+                // Ours (the module's ADD reserves nothing, `tdh_dmar_add.c` @1666adc4): an
+                // entry the core would create reserves its slots in its IOMMU's trusted queue,
+                // so no invalidation it may need is ever refused for room;
+                // `TDX_IOMMU_IQ_QUEUE_FULL` + RCX when they are not free, nothing changed.
+                // The core's own refusals come first.
+                let creates = record.dma.is_none()
+                    && matches!(record.state, TdiState::Locked { .. } | TdiState::Run { .. });
+                if creates {
+                    let segment = rid.segment();
+                    let need = tsm
+                        .with_guest_table(td, |t| t.dmar().iq_add_reserves(td, segment))
+                        .map_err(core_err)?;
+                    if self.iq_unreserved(segment)? < need {
+                        return Err(named(status::TDX_IOMMU_IQ_QUEUE_FULL, OPERAND_ID_RCX));
+                    }
+                }
                 tsm.host_dma_create(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                drop(pages);
                 done
             }
             TDH_DMAR_BLOCK => {
@@ -836,9 +891,13 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     Some(_) => None,
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
-                tsm.host_dma_remove(tdi).map_err(|e| {
-                    // The TD's domain owed: + RCX (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
-                    if e == Error::IotlbInvalidationPending && self.removal_waits_for_domain(tdi) {
+                let mut noted = None;
+                tsm.host_dma_remove_noting(tdi, &mut noted).map_err(|e| {
+                    // The TD's domain owed, as the table refused it in the call: + RCX
+                    // (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
+                    if e == Error::IotlbInvalidationPending
+                        && noted == Some(TableError::IotlbNotTracked)
+                    {
                         named(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, OPERAND_ID_RCX)
                     } else {
                         dmar_refusal(e, OPERAND_ID_RCX)
@@ -880,12 +939,14 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 // lock too, so the queue's room and the entry's state checked below are what
                 // the request finds (as the module holds the IOMMU's lock).
                 let pages = self.fw.lock_pages().map_err(core_err)?;
-                let need = if inv_type == INV_REQ_IOTLB {
-                    IQ_IOTLB_DESCS
+                let (need, own) = if inv_type == INV_REQ_IOTLB {
+                    (IQ_IOTLB_DESCS, self.domain_reservation(segment, r.r8)?)
                 } else {
-                    IQ_PASIDTE_DESCS
+                    (IQ_PASIDTE_DESCS, self.entry_reservation(segment, r.r8)?)
                 };
-                if self.iq_free(segment)? < need {
+                // The unreserved room, and the slots reserved for what the request names
+                // (ours: every request the state checks below let through has them).
+                if self.iq_unreserved(segment)?.saturating_add(own) < need {
                     return Err(named(status::TDX_IOMMU_IQ_QUEUE_FULL, OPERAND_ID_RDX));
                 }
                 if inv_type == INV_REQ_IOTLB {
@@ -939,24 +1000,60 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         })
     }
 
-    /// The free slots of the trusted invalidation queue of the IOMMU of `segment`: the
-    /// firmware's queue size less what every shard's queued invalidations there hold
-    /// ([`DmarTable::iq_used`]). The firmware's own requests (the unbind's and ERROR's block)
-    /// are never refused for room, so a teardown never waits on the host's queue: the count
-    /// may pass the size, and the host's requests then wait for TDH.IQ.INV.PROCESS (ours).
-    fn iq_free(&self, segment: u16) -> Result<u16, Outcome> {
-        let mut used = 0u16;
+    /// The unreserved slots of the trusted invalidation queue of the IOMMU of `segment`: the
+    /// firmware's queue size less what every shard's entries there keep, used or reserved
+    /// ([`DmarTable::iq_committed`]). Only TDH.DMAR.ADD takes more, under the DEVIF lock, and
+    /// only within this room, so the sum never passes the size and no invalidation the
+    /// firmware queues itself (the unbind's and ERROR's block) can find the queue full.
+    fn iq_unreserved(&self, segment: u16) -> Result<u16, Outcome> {
+        let mut committed = 0u16;
         for shard in 0..SHARDS {
             let guest = u16::try_from(shard)
                 .map(GuestId::from_slot)
                 .map_err(|_| core_err(Error::Inconsistent))?;
             let here = self
                 .tsm
-                .with_guest_table(guest, |t| t.dmar().iq_used(segment))
+                .with_guest_table(guest, |t| t.dmar().iq_committed(segment))
                 .map_err(core_err)?;
-            used = used.saturating_add(here);
+            committed = committed.saturating_add(here);
         }
-        Ok(self.fw.iq_slots().saturating_sub(used))
+        Ok(self.fw.iq_slots().saturating_sub(committed))
+    }
+
+    /// The slots reserved, not in use, for the PASID entry R8 `rid_pasid` names on the IOMMU
+    /// of `segment` ([`DmarTable::iq_reserved_for_entry`]; a malformed R8, or no entry: 0).
+    fn entry_reservation(&self, segment: u16, r8: u64) -> Result<u16, Outcome> {
+        if r8 & RID_PASID_RESERVED != 0 || (r8 >> 32) & 0xf_ffff != 0 {
+            return Ok(0);
+        }
+        let Ok(routing) = u16::try_from(r8 & 0xffff) else {
+            return Ok(0);
+        };
+        let rid = RequesterId::from_routing(segment, routing);
+        let mut own = 0u16;
+        for shard in 0..SHARDS {
+            let guest = u16::try_from(shard)
+                .map(GuestId::from_slot)
+                .map_err(|_| core_err(Error::Inconsistent))?;
+            let here = self
+                .tsm
+                .with_guest_table(guest, |t| t.dmar().iq_reserved_for_entry(rid))
+                .map_err(core_err)?;
+            own = own.saturating_add(here);
+        }
+        Ok(own)
+    }
+
+    /// The slots reserved, not in use, for the domain request of the TD whose TDR is R8 on
+    /// the IOMMU of `segment` ([`DmarTable::iq_reserved_for_domain`]; no such TD: 0).
+    fn domain_reservation(&self, segment: u16, r8: u64) -> Result<u16, Outcome> {
+        let tds = self.fw.read_tds_for(r8).map_err(core_err)?;
+        let Some(td) = td_in(&tds, r8) else {
+            return Ok(0);
+        };
+        self.tsm
+            .with_guest_table(td, |t| t.dmar().iq_reserved_for_domain(td, segment))
+            .map_err(core_err)
     }
 
     /// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] on the IOMMU of `segment` (RCX and RDX
@@ -1160,5 +1257,76 @@ mod tests {
         assert_eq!(t.iq_used(1), 0, "another IOMMU's queue");
         assert_eq!(t.process(0, |_| false), 4);
         assert_eq!(t.iq_used(0), 0);
+    }
+
+    /// What every entry may queue is reserved from ADD: the committed slots (used or reserved)
+    /// cover the used ones in every state, a queued request uses its own reservation, PROCESS
+    /// gives back only what was queued (twice is once), and the last entry's removal leaves
+    /// nothing; each count is read from the entries, so none drifts or underflows.
+    #[test]
+    fn reservations_cover_every_queued_invalidation_and_go_with_the_entries() {
+        let mut t = DmarTable::new();
+        let (g, h) = (GuestId::from_slot(0), GuestId::from_slot(1));
+        let (p, d) = (IQ_PASIDTE_DESCS, IQ_IOTLB_DESCS);
+        let covered = |t: &DmarTable| assert!(t.iq_used(0) <= t.iq_committed(0));
+        assert_eq!((t.iq_committed(0), t.iq_add_reserves(g, 0)), (0, p + d));
+        t.create(g, iface(3)).unwrap();
+        assert_eq!(t.iq_add_reserves(g, 0), p, "G's domain is reserved already");
+        assert_eq!(t.iq_add_reserves(h, 0), p + d);
+        t.create(g, iface(4)).unwrap();
+        t.create(h, iface(5)).unwrap();
+        assert_eq!(t.iq_committed(0), 3 * p + 2 * d);
+        assert_eq!(t.iq_committed(1), 0, "another IOMMU's queue");
+        for bus in [3, 4] {
+            t.accept(g, iface(bus), 0x1000, 2, 1).unwrap();
+        }
+        assert_eq!(t.iq_reserved_for_entry(iface(3).requester_id()), p);
+        assert_eq!(t.iq_reserved_for_domain(g, 0), d);
+        t.block(g, iface(3)).unwrap();
+        assert!(!t.invalidate(g, iface(3)).unwrap());
+        covered(&t);
+        assert_eq!(
+            t.iq_reserved_for_entry(iface(3).requester_id()),
+            0,
+            "in use"
+        );
+        assert!(t.track(g));
+        t.request_iotlb(g, 0).unwrap();
+        assert_eq!(t.iq_reserved_for_domain(g, 0), 0, "in use");
+        assert_eq!((t.iq_used(0), t.iq_committed(0)), (p + d, 3 * p + 2 * d));
+        assert!(t.process(0, |_| false) > 0);
+        assert_eq!((t.iq_used(0), t.iq_committed(0)), (0, 2 * p + 2 * d));
+        assert_eq!(t.process(0, |_| false), 0);
+        assert_eq!(
+            t.iq_committed(0),
+            2 * p + 2 * d,
+            "a second PROCESS gives nothing back"
+        );
+        assert_eq!(
+            t.iq_reserved_for_entry(iface(3).requester_id()),
+            0,
+            "DONE: never again"
+        );
+        assert_eq!(t.iq_reserved_for_domain(g, 0), d, "reserved again");
+        t.remove(g, iface(3)).unwrap();
+        assert_eq!(
+            t.iq_committed(0),
+            2 * p + 2 * d,
+            "G keeps its domain for bus 4"
+        );
+        let before = t;
+        assert_eq!(t.remove(g, iface(4)), Err(TableError::DmaNotBlocked));
+        assert_eq!(t, before, "a refused removal keeps every reservation");
+        t.block(g, iface(4)).unwrap();
+        t.invalidate(g, iface(4)).unwrap();
+        t.process(0, |_| false);
+        t.remove(g, iface(4)).unwrap();
+        assert_eq!(t.iq_committed(0), p + d, "only H's entry and domain");
+        t.block(h, iface(5)).unwrap();
+        t.invalidate(h, iface(5)).unwrap();
+        covered(&t);
+        t.process(0, |_| false);
+        t.remove(h, iface(5)).unwrap();
+        assert_eq!((t.iq_used(0), t.iq_committed(0)), (0, 0));
     }
 }

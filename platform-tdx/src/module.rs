@@ -301,8 +301,10 @@ impl<'m, S: SecureSession, const SHARDS: usize> TdxModule<'m, S, SHARDS> {
     /// The firmware with `slots` free slots in each IOMMU's empty trusted invalidation queue:
     /// what the host's queue pages give (`pages * 128 - 1`,
     /// [`crate::dmar::IQ_SLOTS_ONE_PAGE`] for one page), set by the host at IOMMU set-up in
-    /// the module, which is not modelled here (ours). TDH.IQ.INV.REQUEST answers
-    /// `TDX_IOMMU_IQ_QUEUE_FULL` + RDX while the queued invalidations leave too few.
+    /// the module, which is not modelled here (ours). TDH.DMAR.ADD reserves in it what its
+    /// entry may need queued (`TDX_IOMMU_IQ_QUEUE_FULL` + RCX when the unreserved slots are
+    /// too few, ours: [`crate::dmar::DmarTable::iq_committed`]); TDH.IQ.INV.REQUEST answers
+    /// `TDX_IOMMU_IQ_QUEUE_FULL` + RDX while a request without a reservation has too few.
     #[must_use]
     pub const fn with_iq_slots(mut self, slots: u16) -> Self {
         self.iq_slots = slots;

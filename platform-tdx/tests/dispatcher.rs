@@ -3741,6 +3741,9 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
 #[path = "dispatcher/dma.rs"]
 mod dma;
 
+#[path = "dispatcher/review_s22b.rs"]
+mod review_s22b;
+
 #[path = "common/sharded_tables.rs"]
 mod sharded_tables;
 

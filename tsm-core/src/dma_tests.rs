@@ -668,3 +668,36 @@ fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
 }
+
+/// The teardown calls keep the table's refusal behind their `IotlbInvalidationPending`, decided
+/// inside the call under its locks (the context's wait here: `InvalidationPending`); a refusal
+/// that is not the table's leaves the note as it was.
+#[test]
+fn teardowns_note_the_tables_refusal_behind_their_wait() {
+    let w = running();
+    let tsm = &w.tsm;
+    let mut kept = Some(TableError::Inconsistent);
+    refused(tsm, Error::TdiBound, || {
+        tsm.host_dma_remove_noting(w.t0, &mut kept)
+    });
+    assert_eq!(
+        kept,
+        Some(TableError::Inconsistent),
+        "the core's own refusal"
+    );
+    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+        .unwrap();
+    let mut buf = [0u8; MAX_RELAY_BYTES];
+    let mut noted = None;
+    assert_eq!(
+        tsm.unbind_noting(w.t0, &mut buf, &mut noted),
+        Err(Error::IotlbInvalidationPending)
+    );
+    assert_eq!(noted, Some(TableError::InvalidationPending));
+    let mut forced = None;
+    assert_eq!(
+        tsm.unbind_forced_noting(w.t0, &mut forced),
+        Err(Error::IotlbInvalidationPending)
+    );
+    assert_eq!(forced, Some(TableError::InvalidationPending));
+}

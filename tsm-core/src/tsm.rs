@@ -910,6 +910,20 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// bind), and an unbind already waiting for STOP resends it. Unbinding an unbound TDI
     /// with nothing waiting is `Done` and changes nothing.
     pub fn unbind(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
+        self.unbind_noting(tdi, out, &mut None)
+    }
+
+    /// [`Tsm::unbind`], with the secure table's refusal behind its error, if the table refused,
+    /// kept in `noted` (else left as it was): decided in the call, under its locks, so a platform
+    /// whose table tells two IOTLB waits apart (TDX: the context's `InvalidationPending`, the
+    /// guest domain's `IotlbNotTracked`, both `IotlbInvalidationPending` here) names the one it
+    /// met without reading any state afterwards.
+    pub fn unbind_noting(
+        &self,
+        tdi: TdiId,
+        out: &mut [u8],
+        noted: &mut Option<TableError>,
+    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -941,6 +955,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             owner,
             step,
             Some((&mut *transport, out)),
+            noted,
         )
     }
 
@@ -977,6 +992,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         owner: GuestId,
         step: UnbindStep,
         ask: Option<(&mut Requester<S>, &mut [u8])>,
+        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
         let UnbindLocks {
             mut guest,
@@ -999,8 +1015,12 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             } else {
                 StopBy::Done
             },
+            noted: None,
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_WORK_PER_CALL);
+        if ctx.noted.is_some() {
+            *noted = ctx.noted;
+        }
         record.state = state;
         match outcome? {
             Ended::Completion(done) => Ok(done),
@@ -1046,6 +1066,16 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// ownership, secure table; never the transport. Every lock is taken before anything
     /// changes, so `Busy` changes nothing.
     pub fn unbind_forced(&self, tdi: TdiId) -> TsmResult<Completion> {
+        self.unbind_forced_noting(tdi, &mut None)
+    }
+
+    /// [`Tsm::unbind_forced`], with the table's refusal behind its error kept in `noted` as
+    /// [`Tsm::unbind_noting`] keeps it.
+    pub fn unbind_forced_noting(
+        &self,
+        tdi: TdiId,
+        noted: &mut Option<TableError>,
+    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1082,7 +1112,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             );
             Self::cut(dev, &mut others);
         }
-        Self::run_unbind(locks, tdi, record, owner, step, None)
+        Self::run_unbind(locks, tdi, record, owner, step, None, noted)
     }
 
     /// Cuts `dev`'s IDE stream at the root port ([`IdeStream::Cut`]) with `others`, the
@@ -1330,7 +1360,19 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        self.respond(tdi, response, out, None)
+        self.respond(tdi, response, out, None, &mut None)
+    }
+
+    /// [`Tsm::device_response`], with the table's refusal behind its error kept in `noted` as
+    /// [`Tsm::unbind_noting`] keeps it (STOP's answer goes on with the unbind).
+    pub fn device_response_noting(
+        &self,
+        tdi: TdiId,
+        response: Option<&[u8]>,
+        out: &mut [u8],
+        noted: &mut Option<TableError>,
+    ) -> TsmResult<Completion> {
+        self.respond(tdi, response, out, None, noted)
     }
 
     /// [`Tsm::device_response`] on a platform whose bind sets up the TDI's trusted DMA context
@@ -1357,7 +1399,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             Some(f) => f(table, guest, iface),
             None => Err(TableError::Inconsistent),
         };
-        self.respond(tdi, response, out, Some(&mut once))
+        self.respond(tdi, response, out, Some(&mut once), &mut None)
     }
 
     /// [`Tsm::device_response`], creating the DMA context at a bind's end when `fill` is
@@ -1368,8 +1410,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
         fill: Option<&mut BindFill<'_, T>>,
+        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
-        let outcome = self.take_response(tdi, response, out, fill);
+        let outcome = self.take_response(tdi, response, out, fill, noted);
         match outcome {
             // The device failed the operation: what an integrator looks for first.
             Err(
@@ -1388,6 +1431,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
         fill: Option<&mut BindFill<'_, T>>,
+        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1628,7 +1672,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 stopped?;
                 record.forget_lock();
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None)
+                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None, noted)
             }
         }
     }

@@ -241,12 +241,13 @@ pub(crate) fn invalidation<T: SecureTable>(
 /// The blocked context's IOTLB invalidation complete, asked (again) where it is not:
 /// `IotlbInvalidationPending` until the platform completed it (TDX: the host's
 /// TDH.IQ.INV.PROCESS; SEV: the host's fence), the request kept. No context, or one already
-/// invalidated, passes.
+/// invalidated, passes. The wait is noted in `noted` as the table's `InvalidationPending`.
 fn await_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
     dma: &mut Option<DmaState>,
+    noted: &mut Option<TableError>,
 ) -> Result<(), Error> {
     if !matches!(dma, Some(DmaState::Blocked | DmaState::Invalidating)) {
         return Ok(());
@@ -256,13 +257,25 @@ fn await_dma<T: SecureTable>(
     match invalidation(table, owner, iface) {
         Ok(state) => *dma = Some(state),
         Err(TableError::TlbNotFlushed) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            *noted = Some(e);
+            return Err(e.into());
+        }
     }
     if *dma == Some(DmaState::Invalidated) {
         Ok(())
     } else {
+        *noted = Some(TableError::InvalidationPending);
         Err(Error::IotlbInvalidationPending)
     }
+}
+
+/// `r`, its refusal noted in `noted` (the call ends on it).
+fn note<R>(noted: &mut Option<TableError>, r: Result<R, TableError>) -> Result<R, TableError> {
+    if let Err(e) = r {
+        *noted = Some(e);
+    }
+    r
 }
 
 /// What the Stop step needs.
@@ -289,6 +302,9 @@ pub(crate) struct UnbindCtx<'a, T> {
     pub owners: &'a Ownership,
     pub table: &'a mut T,
     pub stop: StopBy,
+    /// The table's refusal behind the call's error, when the table refused (kept for a
+    /// platform that tells its IOTLB waits apart: [`crate::Tsm::unbind_noting`]).
+    pub noted: Option<TableError>,
 }
 
 /// How a call of the unbind machine ended, when it did not fail.
@@ -381,7 +397,7 @@ fn advance<T: SecureTable>(
         // until then, progress kept).
         UnbindStep::Stop => match ctx.stop {
             StopBy::Device => {
-                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma, &mut ctx.noted)?;
                 Next::AskStop
             }
             StopBy::Done => Next::Step(UnbindStep::Track),
@@ -393,7 +409,7 @@ fn advance<T: SecureTable>(
         // last leaf's block, covers the leaves too, and the advance has nothing left to do.
         UnbindStep::Track => {
             ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-            match ctx.table.track_within(ctx.owner, budget)? {
+            match note(&mut ctx.noted, ctx.table.track_within(ctx.owner, budget))? {
                 Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
                 Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
             }
@@ -411,10 +427,10 @@ fn advance<T: SecureTable>(
                 cursor,
                 budget,
                 |t, leaf, n, limit| {
-                    t.remove_range_within(
-                        leaf.guest,
-                        Run::new(leaf.gpa, leaf.hpa, leaf.size, n),
-                        limit,
+                    let run = Run::new(leaf.gpa, leaf.hpa, leaf.size, n);
+                    note(
+                        &mut ctx.noted,
+                        t.remove_range_within(leaf.guest, run, limit),
                     )
                 },
             )? {
@@ -430,8 +446,8 @@ fn advance<T: SecureTable>(
             *budget = budget.saturating_sub(1);
             if ctx.dma.is_some() {
                 block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)??;
-                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-                ctx.table.dma_remove(ctx.owner, ctx.iface)?;
+                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma, &mut ctx.noted)?;
+                note(&mut ctx.noted, ctx.table.dma_remove(ctx.owner, ctx.iface))?;
                 *ctx.dma = None;
             }
             Next::Step(UnbindStep::Release)
