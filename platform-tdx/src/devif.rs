@@ -715,7 +715,10 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         })?;
         // STOP's answer goes on with the unbind, which may stop for an IOTLB invalidation.
         let outcome = Self::teardown_outcome(outcome, noted);
-        let after = tsm.tdi(tdi).map_err(core_err)?;
+        // The answer is taken: what it did must reach the host and the TD, so a TDI lock
+        // another CPU holds for a moment is waited out (every holder only try-locks, so it
+        // lets go), up to a bound past which the leaf answers BUSY as before.
+        let after = tdi_after_response(|| tsm.tdi(tdi)).map_err(core_err)?;
         if let Outcome::Core(Ok(Completion::Done)) = outcome {
             let state = match ex.op {
                 DeviceOp::Check | DeviceOp::Stop { confirm: true } => {
@@ -812,5 +815,60 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 OPERAND_ID_RCX,
             )),
         }
+    }
+}
+
+/// Attempts [`tdi_after_response`] makes before it gives up on a contended TDI lock (ours: a
+/// holder keeps it for one core call, far fewer spins than this).
+const TDI_READ_ATTEMPTS: u32 = 1 << 16;
+
+/// `read` (the TDI's record after a device response was taken), retried while the TDI's lock
+/// is held by another CPU, at most [`TDI_READ_ATTEMPTS`] times.
+fn tdi_after_response<R>(
+    mut read: impl FnMut() -> Result<R, tsm_core::Error>,
+) -> Result<R, tsm_core::Error> {
+    let mut left = TDI_READ_ATTEMPTS;
+    loop {
+        match read() {
+            Err(tsm_core::Error::Busy(tsm_core::Operand::Tdi)) if left > 1 => {
+                left = left.saturating_sub(1);
+                core::hint::spin_loop();
+            }
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsm_core::{Error, Operand};
+
+    /// A TDI lock held for a moment is waited out; one held past the bound is BUSY; any other
+    /// answer (another lock's BUSY included) goes back at once.
+    #[test]
+    fn a_moment_of_contention_does_not_lose_a_taken_response() {
+        let mut busy = 1000u32;
+        let got = tdi_after_response(|| {
+            if busy == 0 {
+                return Ok(7);
+            }
+            busy -= 1;
+            Err(Error::Busy(Operand::Tdi))
+        });
+        assert_eq!(got, Ok(7));
+        let mut calls = 0u32;
+        let forever = tdi_after_response::<u8>(|| {
+            calls += 1;
+            Err(Error::Busy(Operand::Tdi))
+        });
+        assert_eq!(forever, Err(Error::Busy(Operand::Tdi)));
+        assert_eq!(calls, TDI_READ_ATTEMPTS);
+        let mut calls = 0u32;
+        let other = tdi_after_response::<u8>(|| {
+            calls += 1;
+            Err(Error::Busy(Operand::Device))
+        });
+        assert_eq!((other, calls), (Err(Error::Busy(Operand::Device)), 1));
     }
 }
