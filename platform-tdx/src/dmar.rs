@@ -1006,18 +1006,25 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// only within this room, so the sum never passes the size and no invalidation the
     /// firmware queues itself (the unbind's and ERROR's block) can find the queue full.
     fn iq_unreserved(&self, segment: u16) -> Result<u16, Outcome> {
-        let mut committed = 0u16;
+        let committed = self.slots_over_shards(|d| d.iq_committed(segment))?;
+        Ok(self.fw.iq_slots().saturating_sub(committed))
+    }
+
+    /// `count` of every shard's PASID entries, summed (saturating: slots never pass a u16
+    /// queue size).
+    fn slots_over_shards(&self, count: impl Fn(&DmarTable) -> u16) -> Result<u16, Outcome> {
+        let mut sum = 0u16;
         for shard in 0..SHARDS {
             let guest = u16::try_from(shard)
                 .map(GuestId::from_slot)
                 .map_err(|_| core_err(Error::Inconsistent))?;
             let here = self
                 .tsm
-                .with_guest_table(guest, |t| t.dmar().iq_committed(segment))
+                .with_guest_table(guest, |t| count(t.dmar()))
                 .map_err(core_err)?;
-            committed = committed.saturating_add(here);
+            sum = sum.saturating_add(here);
         }
-        Ok(self.fw.iq_slots().saturating_sub(committed))
+        Ok(sum)
     }
 
     /// The slots reserved, not in use, for the PASID entry R8 `rid_pasid` names on the IOMMU
@@ -1030,18 +1037,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             return Ok(0);
         };
         let rid = RequesterId::from_routing(segment, routing);
-        let mut own = 0u16;
-        for shard in 0..SHARDS {
-            let guest = u16::try_from(shard)
-                .map(GuestId::from_slot)
-                .map_err(|_| core_err(Error::Inconsistent))?;
-            let here = self
-                .tsm
-                .with_guest_table(guest, |t| t.dmar().iq_reserved_for_entry(rid))
-                .map_err(core_err)?;
-            own = own.saturating_add(here);
-        }
-        Ok(own)
+        self.slots_over_shards(|d| d.iq_reserved_for_entry(rid))
     }
 
     /// The slots reserved, not in use, for the domain request of the TD whose TDR is R8 on
