@@ -682,25 +682,28 @@ fn bound_world_in(w: World<'_>) -> (World<'_>, u64, u64) {
     let td = w.create_td();
     let dev = device_world(&w, 3, BAR);
     let tdi = w.create_tdi(dev, rid(3), PAGES_A);
-    let out = w.relayed(
-        abi::TSM_DEVIF_BIND,
-        SeamRegs {
-            rcx: tdi,
-            rdx: td,
-            ..Default::default()
-        },
-    );
-    assert_eq!(out.rax, TDX_SUCCESS);
+    bind_mapped_2m(&w, tdi, td, BAR, GPA);
+    (w, td, tdi)
+}
+
+/// TSM.DEVIF.BIND of `tdi` to `td` (relayed), then TDH.MMIO.MAP of the 2 MiB page at `gpa`
+/// to `bar`.
+fn bind_mapped_2m<const N: usize>(w: &World<'_, N>, tdi: u64, td: u64, bar: u64, gpa: u64) {
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
     w.ok(
         abi::TDH_MMIO_MAP,
         SeamRegs {
-            rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+            rcx: page_info(Gpa::try_new(gpa).unwrap(), PageSize::Size2M),
             rdx: td,
-            r8: BAR,
+            r8: bar,
             ..Default::default()
         },
     );
-    (w, td, tdi)
 }
 
 #[test]

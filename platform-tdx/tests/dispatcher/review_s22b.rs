@@ -32,21 +32,7 @@ fn two_tdis(w: &World<'_>) -> (u64, u64, u64) {
     let x = w.create_tdi(dev_x, rid(3), PAGES_A);
     let y = w.create_tdi(dev_y, rid(4), PAGES_B);
     for (tdi, bar, gpa) in [(x, BAR, GPA), (y, bar_y, GPA + 0x4000_0000)] {
-        let bind = SeamRegs {
-            rcx: tdi,
-            rdx: td,
-            ..Default::default()
-        };
-        assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
-        w.ok(
-            abi::TDH_MMIO_MAP,
-            SeamRegs {
-                rcx: page_info(Gpa::try_new(gpa).unwrap(), PageSize::Size2M),
-                rdx: td,
-                r8: bar,
-                ..Default::default()
-            },
-        );
+        bind_mapped_2m(w, tdi, td, bar, gpa);
     }
     assert_eq!(add(w, td, 3), TDX_SUCCESS);
     assert_eq!(accept(w, td, x), TDX_SUCCESS);
