@@ -639,7 +639,10 @@ fn bind_through_relay(steps: &[Step], report: &[u8]) -> tsm_core::TsmResult<Comp
         let inside = ranges.iter().all(|r| {
             r.0 >= PORTIONS_BAR.0 && r.0 + r.1 * 0x1000 <= PORTIONS_BAR.0 + PORTIONS_BAR.1 * 0x1000
         });
-        if inside {
+        if ranges.is_empty() {
+            // A report naming no range at all: the bind would own nothing.
+            Err(DeviceFault::BadReport(Error::EmptyReport))
+        } else if inside {
             Ok(ranges)
         } else {
             Err(DeviceFault::BadReport(Error::RangeOutsideDevice))
