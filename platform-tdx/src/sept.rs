@@ -2553,12 +2553,9 @@ mod tests {
         s.audit_pages().unwrap();
     }
 
-    /// Review s22 F7: a waiting chain the pool refuses (its free count drifted) is kept whole
-    /// and out of the pool (logged), never half-freed; put right, the next settle frees it.
-    #[test]
-    fn a_waiting_chain_the_pool_refuses_stays_out_and_the_audit_says_so() {
-        let mut mem = vec![Page::ZERO; 24];
-        let mut s = sept(&mut mem, SeptLevels::Four);
+    /// G maps X and Y (2 MiB, in two GiB windows), then blocks, tracks and removes Y: Y's PD
+    /// page is retired, waiting for G's next TRACK.
+    fn retire_ys_pd_page(s: &mut Sept<'_>) {
         let size = PageSize::Size2M;
         let (y, y_host) = (gpa(0x10_4000_0000), hpa(0x9000_0000));
         s.map(G, gpa(0x10_0000_0000), hpa(0x8000_0000), size)
@@ -2567,6 +2564,16 @@ mod tests {
         s.block(G, y, size).unwrap();
         assert_eq!(s.track(G), Ok(Completion::Done));
         assert_eq!(s.remove(G, y, size), Ok(y_host));
+        assert_eq!(s.retired_pages(G), 1);
+    }
+
+    /// Review s22 F7: a waiting chain the pool refuses (its free count drifted) is kept whole
+    /// and out of the pool (logged), never half-freed; put right, the next settle frees it.
+    #[test]
+    fn a_waiting_chain_the_pool_refuses_stays_out_whole() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        retire_ys_pd_page(&mut s);
         s.hold_flush(G, true);
         assert_eq!(s.track(G), Ok(Completion::Done));
         assert_eq!(s.retired_pages(G), 1);
@@ -2597,17 +2604,9 @@ mod tests {
     fn a_page_emptied_by_a_removal_waits_for_the_vcpus_flush_of_the_next_track() {
         let mut mem = vec![Page::ZERO; 24];
         let mut s = sept(&mut mem, SeptLevels::Four);
-        let size = PageSize::Size2M;
-        let (y, y_host) = (gpa(0x10_4000_0000), hpa(0x9000_0000));
-        s.map(G, gpa(0x10_0000_0000), hpa(0x8000_0000), size)
+        s.map(H, gpa(0x20_0000_0000), hpa(0xa000_0000), PageSize::Size2M)
             .unwrap();
-        s.map(G, y, y_host, size).unwrap();
-        s.map(H, gpa(0x20_0000_0000), hpa(0xa000_0000), size)
-            .unwrap();
-        s.block(G, y, size).unwrap();
-        assert_eq!(s.track(G), Ok(Completion::Done));
-        assert_eq!(s.remove(G, y, size), Ok(y_host));
-        assert_eq!(s.retired_pages(G), 1);
+        retire_ys_pd_page(&mut s);
         let free = s.pool().free_frames();
         assert_eq!(s.track(H), Ok(Completion::Done));
         assert_eq!(s.retired_pages(G), 1, "H's TRACK is not G's");
