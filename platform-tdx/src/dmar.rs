@@ -517,24 +517,42 @@ impl DmarTable {
     /// there. Each within its reservation ([`DmarTable::iq_committed`]). Bounded by the
     /// table's size.
     pub fn iq_used(&self, segment: u16) -> u16 {
-        let mut used = 0u16;
+        self.iq_count(
+            segment,
+            |e| e.te.state() == DmaState::Invalidating,
+            |e| e.iotlb == IotlbOwed::Queued,
+        )
+    }
+
+    /// [`IQ_PASIDTE_DESCS`] per entry on the IOMMU of `segment` that `entry` counts, and
+    /// [`IQ_IOTLB_DESCS`] per TD with an entry there that `domain` counts (counted once: a
+    /// TD's domain request marks each of its entries on the IOMMU). Bounded by the table's
+    /// size squared.
+    fn iq_count(
+        &self,
+        segment: u16,
+        entry: impl Fn(&DmarEntry) -> bool,
+        domain: impl Fn(&DmarEntry) -> bool,
+    ) -> u16 {
+        let mut slots = 0u16;
         for (i, e) in self.entries.iter().enumerate() {
-            let Some(e) = e else { continue };
-            if e.rid.segment() != segment {
+            let Some(e) = e.as_ref().filter(|e| e.rid.segment() == segment) else {
                 continue;
+            };
+            if entry(e) {
+                slots = slots.saturating_add(IQ_PASIDTE_DESCS);
             }
-            if e.te.state() == DmaState::Invalidating {
-                used = used.saturating_add(IQ_PASIDTE_DESCS);
-            }
-            // A TD's domain request marks each of its entries on the IOMMU: counted once.
-            let first = !self.entries.iter().take(i).flatten().any(|d| {
-                d.guest == e.guest && d.rid.segment() == segment && d.iotlb == IotlbOwed::Queued
-            });
-            if e.iotlb == IotlbOwed::Queued && first {
-                used = used.saturating_add(IQ_IOTLB_DESCS);
+            let counted_before = self
+                .entries
+                .iter()
+                .take(i)
+                .flatten()
+                .any(|d| d.guest == e.guest && d.rid.segment() == segment && domain(d));
+            if domain(e) && !counted_before {
+                slots = slots.saturating_add(IQ_IOTLB_DESCS);
             }
         }
-        used
+        slots
     }
 
     /// The slots the trusted queue of the IOMMU of `segment` keeps for this table's entries,
@@ -548,27 +566,7 @@ impl DmarTable {
     /// from the entries' states, never kept: nothing can drift. At least
     /// [`DmarTable::iq_used`]. Bounded by the table's size.
     pub fn iq_committed(&self, segment: u16) -> u16 {
-        let mut committed = 0u16;
-        for (i, e) in self.entries.iter().enumerate() {
-            let Some(e) = e else { continue };
-            if e.rid.segment() != segment {
-                continue;
-            }
-            if e.te.state() != DmaState::Invalidated {
-                committed = committed.saturating_add(IQ_PASIDTE_DESCS);
-            }
-            // The TD's domain, counted at its first entry on the IOMMU.
-            let first = !self
-                .entries
-                .iter()
-                .take(i)
-                .flatten()
-                .any(|d| d.guest == e.guest && d.rid.segment() == segment);
-            if first {
-                committed = committed.saturating_add(IQ_IOTLB_DESCS);
-            }
-        }
-        committed
+        self.iq_count(segment, |e| e.te.state() != DmaState::Invalidated, |_| true)
     }
 
     /// The slots an ADD of `guest`'s entry on the IOMMU of `segment` reserves
@@ -939,10 +937,18 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 // lock too, so the queue's room and the entry's state checked below are what
                 // the request finds (as the module holds the IOMMU's lock).
                 let pages = self.fw.lock_pages().map_err(core_err)?;
-                let (need, own) = if inv_type == INV_REQ_IOTLB {
-                    (IQ_IOTLB_DESCS, self.domain_reservation(segment, r.r8)?)
-                } else {
-                    (IQ_PASIDTE_DESCS, self.entry_reservation(segment, r.r8)?)
+                // R8 `rid_pasid` of a PASIDTE request (`None`: malformed, refused below).
+                let rid = (r.r8 & RID_PASID_RESERVED == 0 && (r.r8 >> 32) & 0xf_ffff == 0)
+                    .then(|| u16::try_from(r.r8 & 0xffff).ok())
+                    .flatten()
+                    .map(|routing| RequesterId::from_routing(segment, routing));
+                let (need, own) = match (inv_type == INV_REQ_IOTLB, rid) {
+                    (true, _) => (IQ_IOTLB_DESCS, self.domain_reservation(segment, r.r8)?),
+                    (false, Some(rid)) => (
+                        IQ_PASIDTE_DESCS,
+                        self.slots_over_shards(|d| d.iq_reserved_for_entry(rid))?,
+                    ),
+                    (false, None) => (IQ_PASIDTE_DESCS, 0),
                 };
                 // The unreserved room, and the slots reserved for what the request names
                 // (ours: every request the state checks below let through has them).
@@ -952,12 +958,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 if inv_type == INV_REQ_IOTLB {
                     return self.iotlb_request(segment, r);
                 }
-                if r.r8 & RID_PASID_RESERVED != 0 || (r.r8 >> 32) & 0xf_ffff != 0 {
-                    return Err(st(invalid(OPERAND_ID_R8)));
-                }
-                let routing =
-                    u16::try_from(r.r8 & 0xffff).map_err(|_| st(invalid(OPERAND_ID_R8)))?;
-                let rid = RequesterId::from_routing(segment, routing);
+                let rid = rid.ok_or(st(invalid(OPERAND_ID_R8)))?;
                 let tdi = dmar_tdi_in(&pages, rid, OPERAND_ID_R8)?;
                 // BLOCKED (else `TDX_DMAR_INVALID_MAPPING_STATE`) with its invalidation PENDING
                 // (else `TDX_DMAR_INVALID_INV_STATE`), both + R8, before the wait descriptor
@@ -1025,19 +1026,6 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             sum = sum.saturating_add(here);
         }
         Ok(sum)
-    }
-
-    /// The slots reserved, not in use, for the PASID entry R8 `rid_pasid` names on the IOMMU
-    /// of `segment` ([`DmarTable::iq_reserved_for_entry`]; a malformed R8, or no entry: 0).
-    fn entry_reservation(&self, segment: u16, r8: u64) -> Result<u16, Outcome> {
-        if r8 & RID_PASID_RESERVED != 0 || (r8 >> 32) & 0xf_ffff != 0 {
-            return Ok(0);
-        }
-        let Ok(routing) = u16::try_from(r8 & 0xffff) else {
-            return Ok(0);
-        };
-        let rid = RequesterId::from_routing(segment, routing);
-        self.slots_over_shards(|d| d.iq_reserved_for_entry(rid))
     }
 
     /// The slots reserved, not in use, for the domain request of the TD whose TDR is R8 on

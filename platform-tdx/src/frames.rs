@@ -383,8 +383,7 @@ impl<'m> FramePool<'m> {
     /// Appends `then` to `first` (two chains of one tree's retired pages become one, waiting
     /// for the later of their flushes). Nothing changes on a refusal.
     pub fn join(&mut self, first: &mut Retired, then: Retired) -> Result<(), PoolError> {
-        self.check_chain(first)?;
-        self.check_chain(&then)?;
+        self.check_join(first, &then)?;
         if then.count == 0 {
             return Ok(());
         }
@@ -395,7 +394,6 @@ impl<'m> FramePool<'m> {
         let count = first
             .count
             .checked_add(then.count)
-            .filter(|&n| n <= self.pages.len())
             .ok_or(PoolError::Inconsistent)?;
         let tail = usize::try_from(first.tail)
             .ok()

@@ -171,11 +171,9 @@ pub enum Scan {
 pub struct Radix<F> {
     root: Option<FrameIndex>,
     top: u8,
-    /// The root page stays while the tree empties (a trusted DMA context points at it:
-    /// [`Radix::set_pinned`]).
-    pinned: bool,
     /// Emptied pages go to `retired`, not the pool: hardware walks the tree and may cache the
-    /// entries that named them ([`Radix::deferred`]).
+    /// entries that named them; and the root stays while the tree empties (a register names
+    /// it: [`Radix::deferred`]).
     defer: bool,
     /// Pages emptied since the owner last took them ([`Radix::take_retired`]).
     retired: Retired,
@@ -195,7 +193,6 @@ impl<F: EntryFormat> Radix<F> {
         Self {
             root: None,
             top,
-            pinned: false,
             defer: false,
             retired: Retired::EMPTY,
             format: PhantomData,
@@ -241,26 +238,14 @@ impl<F: EntryFormat> Radix<F> {
         }
     }
 
-    /// Keeps the root page (`true`) even when its last entry goes: something outside the
-    /// tree names it (TDX: a PASID entry's SLPTPTR is the TD's S-EPT root, which the IOMMU
-    /// walks until the entry is removed). Unpinning gives nothing back by itself.
-    pub fn set_pinned(&mut self, pinned: bool) {
-        self.pinned = pinned;
-    }
-
-    /// Whether the root page is pinned.
-    pub const fn pinned(&self) -> bool {
-        self.pinned
-    }
-
-    /// Whether the root stays when its last entry goes: pinned, or a walked tree's
-    /// ([`Radix::deferred`]).
+    /// Whether the root stays when its last entry goes: a walked tree's ([`Radix::deferred`];
+    /// TDX: the TD's EPTP, and a PASID entry's SLPTPTR, name the S-EPT root).
     pub const fn keeps_root(&self) -> bool {
-        self.pinned || self.defer
+        self.defer
     }
 
     /// Ends a walked tree's life ([`Radix::deferred`]): its empty root joins the retired
-    /// pages, unpinned. Nothing with no root; `Inconsistent`, nothing changed, when the root
+    /// pages. Nothing with no root; `Inconsistent`, nothing changed, when the root
     /// still holds entries (a tree ends empty).
     pub fn retire_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
         let Some(root) = self.root else {
@@ -271,7 +256,6 @@ impl<F: EntryFormat> Radix<F> {
         }
         pool.retire(root, &mut self.retired)?;
         self.root = None;
-        self.pinned = false;
         Ok(())
     }
 
@@ -289,10 +273,10 @@ impl<F: EntryFormat> Radix<F> {
 
     /// Gives back at once the empty root [`Radix::ensure_root`] just made, before anything
     /// named it (a refusal undoing its own allocation), whatever kind of tree: nothing when
-    /// pinned or not empty.
+    /// it is not empty.
     pub fn undo_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
         match self.root {
-            Some(r) if !self.pinned && pool.used(r) == 0 => {
+            Some(r) if pool.used(r) == 0 => {
                 pool.release(r)?;
                 self.root = None;
                 Ok(())

@@ -322,8 +322,6 @@ pub struct SeptBookkeeping {
     roots: [Option<FrameIndex>; MAX_GUESTS],
     /// Each tree's pages given up since its last TRACK.
     retired: [Retired; MAX_GUESTS],
-    /// Which roots a PASID entry pins (a refusal must not set or clear a pin either).
-    pinned: [bool; MAX_GUESTS],
     mmiomt: Option<FrameIndex>,
     free_head: u32,
     free: usize,
@@ -565,7 +563,6 @@ impl<'m> Sept<'m> {
             epochs: self.epochs,
             roots: self.trees.map(|t| t.root()),
             retired: self.trees.map(|t| t.retired()),
-            pinned: self.trees.map(|t| t.pinned()),
             mmiomt: self.mmiomt.root(),
             free_head: self.pool.free_head(),
             free: self.pool.free_frames(),
@@ -1122,9 +1119,9 @@ impl SecureTable for Sept<'_> {
 
     /// TDG.DMAR.ACCEPT: SLPTPTR the TD's S-EPT root (as the module writes it), AW from its
     /// levels, the domain ID the TD's (ours: guest slot + 1 stands for the HKID the module ORs
-    /// in; the S-EPT does not know HKIDs). The root is then pinned: it stays the TD's, even
-    /// with no leaf under it, until the TD's last accepted entry is removed, so the pointer
-    /// never names a page the pool gave to another table. A TD whose S-EPT has no root yet (it
+    /// in; the S-EPT does not know HKIDs). The root stays the TD's for the TD's life, even with
+    /// no leaf under it ([`Radix::keeps_root`]), so the pointer never names a page the pool
+    /// gave to another table. A TD whose S-EPT has no root yet (it
     /// accepts before START, possibly before any MMIO is mapped) gets its root made here,
     /// given back if the accept is refused (`OutOfFrames` when the pool has none).
     fn dma_accept(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
@@ -1154,23 +1151,18 @@ impl SecureTable for Sept<'_> {
         let accepted =
             self.dmar
                 .accept(guest, iface, root_phys, crate::dmar::vtd_aw(levels), domain);
-        let tree = self
-            .trees
-            .get_mut(usize::from(guest.slot()))
-            .ok_or(SeptError::UnknownGuest)?;
-        match accepted {
-            Ok(()) => {
-                tree.set_pinned(true);
-                Ok(())
+        if let Err(e) = accepted {
+            let tree = self
+                .trees
+                .get_mut(usize::from(guest.slot()))
+                .ok_or(SeptError::UnknownGuest)?;
+            // Give a root made for it back: the refusal changes nothing.
+            if !had_root && tree.undo_root(&mut self.pool).is_err() {
+                return Err(TableError::Inconsistent);
             }
-            Err(e) => {
-                // Give a root made for it back: the refusal changes nothing.
-                if !had_root && tree.undo_root(&mut self.pool).is_err() {
-                    return Err(TableError::Inconsistent);
-                }
-                Err(e)
-            }
+            return Err(e);
         }
+        Ok(())
     }
 
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
@@ -1225,8 +1217,8 @@ impl SecureTable for Sept<'_> {
         self.dmar.invalidate(guest, iface)
     }
 
-    /// REMOVE; the TD's last accepted entry gone, its S-EPT root is unpinned (it stays the
-    /// TD's all the same, named by its EPTP, until the TD is destroyed: `guest_destroyed`).
+    /// REMOVE. The TD's S-EPT root stays, named by its EPTP, until the TD is destroyed
+    /// (`guest_destroyed`).
     fn dma_remove(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         let rid = iface.requester_id();
         // A removable entry, not while an IOMMU owes the TD's domain its last TRACK's
@@ -1245,19 +1237,8 @@ impl SecureTable for Sept<'_> {
         if removable && counted && self.dmar.iotlb_owed(guest) {
             return Err(SeptError::IotlbTrackingNotDone.into());
         }
-        let still_pinned = self
-            .dmar
-            .entries()
-            .any(|e| e.guest == guest && e.rid != rid && e.te.slptptr() != 0);
-        let tree = self
-            .trees
-            .get_mut(usize::from(guest.slot()))
-            .ok_or(SeptError::UnknownGuest)?;
-        self.dmar.remove(guest, iface)?;
-        if !still_pinned {
-            tree.set_pinned(false);
-        }
-        Ok(())
+        self.tree(guest)?;
+        self.dmar.remove(guest, iface)
     }
 
     fn map(
@@ -2541,11 +2522,12 @@ mod tests {
         assert!(s.dmar().iotlb_owed(G));
         assert_eq!(s.retired_pages(G), 1);
         assert_eq!(s.map(H, next, host, size), Err(TableError::OutOfFrames));
+        let free = s.pool().free_frames();
         s.request_iotlb(G, 0).unwrap();
         assert_eq!(s.retired_pages(G), 1, "requested, not done");
         assert_eq!(s.iq_process(0), 1);
         assert_eq!(s.retired_pages(G), 0);
-        assert!(s.pool().free_frames() >= 1, "Y's PD page is free");
+        assert_eq!(s.pool().free_frames(), free + 1, "Y's PD page is free");
         // Without a blocked leaf an accept owes nothing either.
         s.dma_create(G, iface(4)).unwrap();
         assert_eq!(s.dma_accept(G, iface(4)), Ok(()));
@@ -3076,43 +3058,12 @@ mod tests {
         );
     }
 
-    /// Recounts every table page of every tree: its entry count equals its entries that are
-    /// not FREE, and the pages reached plus the free list are the whole pool.
+    /// Recounts every table page of every tree ([`Sept::audit_pages`]: its entry count equals
+    /// its entries that are not FREE; the pages reached, the retired ones and the free list are
+    /// the whole pool, each page once), and the free list holds exactly the counted free pages.
     fn recount(s: &Sept<'_>) {
-        fn walk<F: EntryFormat>(pool: &FramePool<'_>, page: FrameIndex, level: u8) -> usize {
-            let p = pool.page(page).unwrap();
-            let in_use = p.0.iter().filter(|&&e| e != F::FREE).count() as u64;
-            assert_eq!(pool.used(page), in_use, "page {page} at level {level}");
-            let mut pages = 1;
-            if level > 1 {
-                for &e in &p.0 {
-                    if F::is_table(e, level) {
-                        let child = pool.index_of(F::child(e)).unwrap();
-                        pages += walk::<F>(pool, child, level - 1);
-                    }
-                }
-            }
-            pages
-        }
-        let mut pages = 0;
-        for t in &s.trees {
-            if let Some(root) = t.root() {
-                pages += walk::<SeptFormat>(&s.pool, root, t.levels());
-            }
-        }
-        if let Some(root) = s.mmiomt.root() {
-            pages += walk::<MtFormat>(&s.pool, root, s.mmiomt.levels());
-        }
-        // Pages out of a tree and not yet free: every entry not present to a walker.
-        let mut retired = 0;
-        for g in 0..MAX_GUESTS {
-            let g = GuestId::from_slot(g as u16);
-            retired += s.retired_pages(g);
-        }
-        let free = s.pool.free_frames();
-        assert_eq!(pages + retired + free, s.pool.total_frames());
         s.audit_pages().unwrap();
-        // The free list holds exactly the counted free pages.
+        let free = s.pool.free_frames();
         assert_eq!(s.pool.check_alloc(free), Ok(()));
         assert_eq!(s.pool.check_alloc(free + 1), Err(PoolError::Empty));
     }
