@@ -1137,8 +1137,9 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             TSM_DEVIF_ERROR => {
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
-                // ERROR blocks and asks the entry's invalidation: never the domain's wait.
-                Self::teardown_outcome(Outcome::Core(tsm.device_error(tdi)), None)
+                // ERROR blocks and asks the entry's invalidation: never the domain's wait, so
+                // its answer needs no naming (`teardown_outcome`).
+                Outcome::Core(tsm.device_error(tdi))
             }
             TSM_DEVIF_STATE => {
                 let table = self.fw.lock_pages().map_err(core)?;
@@ -1157,15 +1158,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
                 let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                let o =
-                    self.relayed(
-                        out,
-                        tdi,
-                        Some(page),
-                        |buf| Ok(tsm.check_interface(tdi, buf)),
-                    )?;
                 // A check blocks as ERROR does: never the domain's wait.
-                Self::teardown_outcome(o, None)
+                self.relayed(
+                    out,
+                    tdi,
+                    Some(page),
+                    |buf| Ok(tsm.check_interface(tdi, buf)),
+                )?
             }
             TDH_DMAR_ADD | TDH_DMAR_BLOCK | TDH_DMAR_READ | TDH_DMAR_REMOVE
             | TDH_IQ_INV_REQUEST | TDH_IQ_INV_PROCESS => self.dmar_leaf(leaf, r, out)?,

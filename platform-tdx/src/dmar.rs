@@ -751,8 +751,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     }
 
     /// The answer of a leaf that drives a TDI's unbind (TSM.DEVIF.UNBIND, forced or not;
-    /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP) or its ERROR blocking
-    /// (TSM.DEVIF.ERROR, TSM.DEVIF.CHECK), `o`, with the core's `IotlbInvalidationPending`
+    /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP), `o`, with the core's `IotlbInvalidationPending`
     /// named by the wait it is, as the table refused it inside the call (`noted`, kept under
     /// the call's locks: [`Tsm::unbind_noting`]; nothing is read afterwards):
     /// - the TD's domain ([`TableError::IotlbNotTracked`]), `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`
