@@ -515,8 +515,9 @@ fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
 
-    // Unbind: refused at its Block step with the context and the leaves blocked (progress on
-    // the side of safety), no STOP sent; the host's own request answers the same.
+    // Unbind: refused with the context and the leaves blocked and that progress kept (at
+    // Stop, which asks again before it sends anything), no STOP sent; the host's own request
+    // answers the same.
     let w = running();
     let tsm = &w.tsm;
     refuse(&w, true);
@@ -524,7 +525,7 @@ fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
     assert!(matches!(
         state(&w, w.t0),
         TdiState::Unbinding {
-            step: UnbindStep::Block(_),
+            step: UnbindStep::Stop,
             ..
         }
     ));
@@ -535,6 +536,61 @@ fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
         "no STOP sent"
     );
     refused(tsm, Error::SecureTableFull, || tsm.unbind(w.t0));
+    refuse(&w, false);
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert!(contexts(&w).is_empty());
+}
+
+/// A refused context block never stops the MMIO: ERROR and the unbind block every leaf all
+/// the same, keep that progress, answer the refusal, and block the context again on the next
+/// call; no STOP goes out while it still translates, and once the table takes the block the
+/// unbind ends.
+#[test]
+fn a_refused_context_block_still_blocks_every_leaf_and_is_asked_again() {
+    use crate::secure_table::{LeafState, TableError};
+    let refuse = |w: &World, on: bool| {
+        w.tsm
+            .with_table(|t| t.refuse_block(on.then_some(TableError::Inconsistent)))
+            .unwrap();
+    };
+    let leaf_blocked = |w: &World| {
+        matches!(
+            w.tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+            Some(LeafState::Blocked { .. })
+        )
+    };
+    // ERROR: the leaves blocked, the context still active, asked again by the next call.
+    let w = running();
+    let tsm = &w.tsm;
+    refuse(&w, true);
+    assert_eq!(tsm.device_error(w.t0), Err(Error::Inconsistent));
+    assert!(leaf_blocked(&w));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Active));
+    refused(tsm, Error::Inconsistent, || tsm.device_error(w.t0));
+    refuse(&w, false);
+    assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+
+    // Unbind: the leaves blocked, the step still Block, no STOP sent; then it ends.
+    let w = running();
+    let tsm = &w.tsm;
+    refuse(&w, true);
+    assert_eq!(tsm.unbind(w.t0), Err(Error::Inconsistent));
+    assert!(leaf_blocked(&w));
+    assert!(matches!(
+        state(&w, w.t0),
+        TdiState::Unbinding {
+            step: UnbindStep::Block(_),
+            ..
+        }
+    ));
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Active));
+    assert_eq!(
+        tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap()[0].1,
+        crate::lifecycle::TdispState::Run,
+        "no STOP sent"
+    );
+    refused(tsm, Error::Inconsistent, || tsm.unbind(w.t0));
     refuse(&w, false);
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());

@@ -46,6 +46,10 @@ pub struct MemTable<const N: usize> {
     /// `TlbNotFlushed` while another fence is out, or any other refusal).
     #[cfg(test)]
     refuse_invalidation: Option<TableError>,
+    /// Tests: every context block is refused with this, nothing changed (a table that
+    /// disagrees with the core's record).
+    #[cfg(test)]
+    refuse_block: Option<TableError>,
 }
 
 impl<const N: usize> Default for MemTable<N> {
@@ -74,6 +78,8 @@ impl<const N: usize> MemTable<N> {
             broken_at: None,
             #[cfg(test)]
             refuse_invalidation: None,
+            #[cfg(test)]
+            refuse_block: None,
         }
     }
 
@@ -87,6 +93,12 @@ impl<const N: usize> MemTable<N> {
     #[cfg(test)]
     pub(crate) fn refuse_invalidation(&mut self, refusal: Option<TableError>) {
         self.refuse_invalidation = refusal;
+    }
+
+    /// Tests: refuse every context block with `refusal` (`None`: take them).
+    #[cfg(test)]
+    pub(crate) fn refuse_block(&mut self, refusal: Option<TableError>) {
+        self.refuse_block = refusal;
     }
 
     /// When set for `guest`, its `track` advances the epoch but the flush completes only at
@@ -208,6 +220,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn dma_block(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        #[cfg(test)]
+        if let Some(refusal) = self.refuse_block {
+            return Err(refusal);
+        }
         let d = self.dma_entry(guest, iface)?;
         if matches!(d.state, DmaState::Pending | DmaState::Active) {
             d.state = DmaState::Blocked;

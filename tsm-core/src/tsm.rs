@@ -875,14 +875,18 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             // is blocked first, in the call that finds it blocking, however many calls its MMIO
             // takes (its invalidation asked at once, or after the last leaf on SEV; removed by
             // the unbind; a blocked context stays as it is).
-            let asked = unbind::block_dma(table, owner, record.iface, &mut record.dma)?;
+            let asked = unbind::block_dma(table, owner, record.iface, &mut record.dma);
             let mut budget = UNBIND_WORK_PER_CALL;
             let left = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
+                // A context whose block was refused keeps the blocking on: the next call
+                // blocks it again.
+                Walk::Finished if unbind::still_translates(record.dma) => Some(cursor),
                 Walk::Finished => None,
                 Walk::Paused(c) => Some(c),
             };
             record.state = record.state.with_blocking(left);
-            // A refused request is this call's status once its leaves are blocked.
+            // A refused block (the context still translating: blocked again by the next
+            // call) or request is this call's status once its leaves are blocked.
             asked?;
             if left.is_some() {
                 return Ok(Completion::Resumable);

@@ -181,23 +181,29 @@ pub(crate) fn block_leaves<T: SecureTable>(
 /// TDI's MMIO leaves are blocked too ([`ask_invalidation`], by the caller), so one fence covers
 /// both. A blocked context, or none, stays as it is.
 ///
-/// The outer error: the block refused, nothing changed. The inner one: the request refused
-/// after the block; the caller blocks this call's leaves first and then answers it, so a
-/// refused request never leaves the guest's MMIO live for a call longer.
+/// An error is the block's refusal (the context as it was, still translating) or the
+/// request's (the context `Blocked`): either way the caller blocks this call's leaves first,
+/// keeps that progress and then answers it, so no refusal leaves the guest's MMIO live for a
+/// call longer.
 pub(crate) fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
     dma: &mut Option<DmaState>,
-) -> Result<Result<(), Error>, Error> {
-    if matches!(dma, Some(DmaState::Pending | DmaState::Active)) {
+) -> Result<(), Error> {
+    if still_translates(*dma) {
         table.dma_block(owner, iface)?;
         *dma = Some(DmaState::Blocked);
         if !T::DMA_INVALIDATION_AFTER_LEAVES {
-            return Ok(ask_invalidation(table, owner, iface, dma));
+            return ask_invalidation(table, owner, iface, dma);
         }
     }
-    Ok(Ok(()))
+    Ok(())
+}
+
+/// Whether a context in `dma` still translates into its guest's memory (not blocked yet).
+pub(crate) fn still_translates(dma: Option<DmaState>) -> bool {
+    matches!(dma, Some(DmaState::Pending | DmaState::Active))
 }
 
 /// Requests the IOTLB invalidation of a blocked context whose request is not in yet
@@ -322,6 +328,8 @@ pub(crate) enum Ended {
 enum Next {
     Step(UnbindStep),
     Yield(UnbindStep),
+    /// The call answers the error with its progress kept at the step.
+    Failed(UnbindStep, Error),
     AskStop,
     Release,
 }
@@ -347,6 +355,15 @@ pub(crate) fn run<T: SecureTable>(
                         step: next,
                     },
                     Ok(Ended::Completion(Completion::Resumable)),
+                );
+            }
+            Ok(Next::Failed(next, e)) => {
+                return (
+                    TdiState::Unbinding {
+                        owner: ctx.owner,
+                        step: next,
+                    },
+                    Err(e),
                 );
             }
             Ok(Next::AskStop) => return (unbinding, Ok(Ended::AskStop)),
@@ -377,15 +394,26 @@ fn advance<T: SecureTable>(
             // removal comes in the enforced order, at the Dma step). A blocked context stays
             // as it is. One entry's write, once per unbind: not charged to the leaves' budget,
             // so a call blocks as many leaves as any other.
-            let asked = block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+            // A refusal of the context's block or of its request never stops the leaves: they
+            // are blocked and their progress kept, and the call then answers it.
+            let asked = block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma);
             let walked = block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)?;
-            asked?;
-            match walked {
-                Walk::Finished => {
-                    ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-                    Next::Step(UnbindStep::Stop)
+            match (walked, asked) {
+                // Still translating: the step stays at Block, which blocks it again first.
+                (Walk::Finished, Err(e)) if still_translates(*ctx.dma) => {
+                    Next::Failed(UnbindStep::Block(cursor), e)
                 }
-                Walk::Paused(c) => Next::Yield(UnbindStep::Block(c)),
+                // Blocked; the request, refused or not made yet, is asked again from Stop on.
+                (Walk::Finished, asked) => {
+                    match asked
+                        .and_then(|()| ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma))
+                    {
+                        Ok(()) => Next::Step(UnbindStep::Stop),
+                        Err(e) => Next::Failed(UnbindStep::Stop, e),
+                    }
+                }
+                (Walk::Paused(c), Ok(())) => Next::Yield(UnbindStep::Block(c)),
+                (Walk::Paused(c), Err(e)) => Next::Failed(UnbindStep::Block(c), e),
             }
         }
         // STOP before the pages go back: the device scrubs and stops TEE traffic (PCIe 6.x
@@ -445,7 +473,10 @@ fn advance<T: SecureTable>(
         UnbindStep::Dma => {
             *budget = budget.saturating_sub(1);
             if ctx.dma.is_some() {
-                block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)??;
+                // The Block step blocked it, and nothing makes a context while unbinding.
+                if still_translates(*ctx.dma) {
+                    return Err(Error::Inconsistent);
+                }
                 await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma, &mut ctx.noted)?;
                 note(&mut ctx.noted, ctx.table.dma_remove(ctx.owner, ctx.iface))?;
                 *ctx.dma = None;
