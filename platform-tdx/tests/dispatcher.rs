@@ -536,14 +536,16 @@ fn resumed(mut step: impl FnMut() -> u64) -> u64 {
 }
 
 /// TDH.DMAR.ADD of PASID entry `idx` for TD `td`, over its 4-level S-EPT.
-fn dmar_add_regs(idx: u64, td: u64) -> SeamRegs {
-    SeamRegs {
-        rcx: idx,
-        rdx: td,
-        r8: platform_tdx::dmar::add_qword0(4),
-        r9: platform_tdx::dmar::ADD_QWORD1,
-        ..Default::default()
-    }
+/// TDG.DMAR.ACCEPT by TD `td` of `tdi`'s PASID entry: its status.
+fn accept(w: &World<'_>, td: u64, tdi: u64) -> u64 {
+    w.tdcall(td, abi::TDG_DMAR_ACCEPT, on(tdi)).rax
+}
+
+/// `call` refused with `expect`, changing nothing.
+fn refused(w: &World<'_>, what: &str, call: impl FnOnce() -> u64, expect: u64) {
+    let before = w.image();
+    assert_eq!(call(), expect, "{what}");
+    assert!(w.image() == before, "{what}: changed something");
 }
 
 /// TDH.IQ.INV.REQUEST of TD `tdr`'s domain (INV_REQ_IOTLB) on IOMMU 0, its wait descriptor
@@ -3740,6 +3742,10 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
         TDX_DEVIF_INVALID_STATE | 1
     );
 }
+
+#[path = "common/dmar_add.rs"]
+mod dmar_add;
+use dmar_add::dmar_add_regs;
 
 #[path = "dispatcher/dma.rs"]
 mod dma;

@@ -626,8 +626,11 @@ fn whole_teardown_after_an_unbind() {
         TDX_TD_HAS_ATTACHED_DEVICES,
     );
     assert_eq!(w.relay(tdi, out).rax, TDX_SUCCESS);
-    // The S-EPT pages the unbind emptied wait for a TRACK the host never makes here.
-    assert!(free().0 < all.0);
+    // The S-EPT pages the unbind emptied (the PDPT and PD above the 2 MiB leaf; the root
+    // stays the TD's) wait for a TRACK the host never makes here.
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    assert_eq!(w.fw.with_table(|t| t.retired_pages(g)).unwrap(), 2);
+    assert_eq!(free().0 + 2 + 1, all.0, "retired, and the root");
     w.ok(abi::TDH_MNG_VPFLUSHDONE, on(td));
     assert_eq!(w.cache_wb().last(), Some(&TDX_SUCCESS));
     w.ok(abi::TDH_MNG_KEY_FREEID, on(td));

@@ -105,6 +105,23 @@ fn both_waiting(w: &World<'_, 2>, lanes: [Lane; 2]) {
             "TD {:#x} has not tracked since its entry was accepted",
             lane.td
         );
+        // The host's TRACK owes the TD's domain on the IOMMU: requested, queued with the
+        // entry's own invalidation for the same PROCESS.
+        let track = w.call(
+            u64::from(abi::TDH_MEM_TRACK),
+            SeamRegs {
+                rcx: lane.td,
+                ..Default::default()
+            },
+        );
+        assert_eq!(track.rax, TDX_SUCCESS);
+        assert_eq!(iotlb_request(w, lane.td), TDX_SUCCESS);
+        assert_eq!(
+            iotlb_request(w, lane.td),
+            TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+            "TD {:#x}'s domain queued",
+            lane.td
+        );
     }
     for lane in lanes {
         assert_eq!(
@@ -197,11 +214,13 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
     );
     assert_eq!(
         iotlb_request(w, a.td),
-        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED
+        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
+        "A's domain done with shard 0"
     );
     assert_eq!(
         iotlb_request(w, b.td),
-        TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED
+        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+        "B's domain still queued in the held shard"
     );
     let pending = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     assert_eq!(w.unbind_all(b.tdi), pending, "B still waits");
