@@ -286,7 +286,9 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::TdiTableFull
         | Error::GuestTableFull
         | Error::OwnershipTableFull
-        | Error::SecureTableFull => SevStatus::RESOURCE_LIMIT,
+        | Error::SecureTableFull
+        // The RMP gives up no table pages: never SEV's, the same class.
+        | Error::SecureTableFlushPending => SevStatus::RESOURCE_LIMIT,
         // Something the host wants to take or free is held.
         Error::TdiBound
         | Error::DeviceInUse

@@ -459,6 +459,7 @@ struct tsm_tdx_dev_info {
 #define TSM_TD_TABLE_FULL              0x8000F01200000000ull
 #define TSM_OWNERSHIP_TABLE_FULL       0x8000F01300000000ull
 #define TSM_SEPT_POOL_EMPTY            0x8000F01400000000ull
+#define TSM_SEPT_POOL_AWAITS_FLUSH     0x8000F01500000000ull
 #define TSM_TDI_ALREADY_BOUND          0xC000F02000000000ull
 #define TSM_TDI_NOT_LOCKED             0xC000F02100000000ull
 #define TSM_TDI_IN_ERROR               0xC000F02200000000ull
@@ -514,8 +515,9 @@ struct tsm_tdx_dev_info {
  * One mapped 4 KiB page: 10 pages (with 9 TDH_MMIO_MAP is TSM_SEPT_POOL_EMPTY); no leaves: 0.
  * S-EPT table pages an unmap empties come back after the TD's next TDH_MEM_TRACK has been
  * flushed (and its INV_REQ_IOTLB processed where a PASID entry names the S-EPT); a TD's S-EPT
- * root stays until TDH_PHYMEM_PAGE_RECLAIM of its TDR. A host that re-maps after an unbind
- * with no TDH_MEM_TRACK of the TD in between needs the removed leaves' S-EPT tables on top.
+ * root stays until TDH_PHYMEM_PAGE_RECLAIM of its TDR. A map the pool is short for only by
+ * such waiting pages is TSM_SEPT_POOL_AWAITS_FLUSH, nothing changed: TDH_MEM_TRACK the TD
+ * that unbound, then map again (a re-map after unbind and rebind with no TRACK between).
  * "Exactly" holds where the Rust function returns a value (it refuses a count past usize);
  * the macros compute in uint64_t and wrap silently for absurd inputs (tds or leaves at or
  * past 2^37), where no pool could be that large anyway.

@@ -150,6 +150,9 @@ pub enum SeptError {
     AlreadyAccepted,
     /// The frame pool cannot supply the table pages the mapping needs.
     PoolEmpty,
+    /// The frame pool cannot supply them now, but could with the table pages earlier unmaps
+    /// emptied, which wait for their TD's next TRACK to be flushed ([`Sept::awaiting_flush`]).
+    PoolAwaitsFlush,
     /// An address not aligned to the leaf size.
     Misaligned,
     /// A guest address the S-EPT cannot hold (at or above 2^48 with 4 levels): refused by the
@@ -208,6 +211,7 @@ impl From<SeptError> for TableError {
             SeptError::HpaInUse => TableError::HpaMapped,
             SeptError::AlreadyAccepted => TableError::GpaMapped,
             SeptError::PoolEmpty => TableError::OutOfFrames,
+            SeptError::PoolAwaitsFlush => TableError::FramesAwaitFlush,
             // A 4-level S-EPT cannot hold the address at all: the core's status for an address
             // it cannot place is Misaligned (no TableError says "too wide").
             SeptError::Misaligned | SeptError::GpaTooWide | SeptError::HpaTooWide => {
@@ -533,6 +537,27 @@ impl<'m> Sept<'m> {
         }
     }
 
+    /// Table pages every TD's S-EPT gave up that are not free yet: the pool's room after the
+    /// TDs' next TRACKs are flushed.
+    pub fn awaiting_flush(&self) -> usize {
+        let waiting = self.epochs.iter().map(|e| e.waiting.len());
+        let fresh = self.trees.iter().map(|t| t.retired().len());
+        waiting.chain(fresh).fold(0, usize::saturating_add)
+    }
+
+    /// The refusal of an allocation of `need` pages: `PoolAwaitsFlush` when the pages waiting
+    /// for a flush would cover it (the host's TRACK is what it waits for), else the pool's.
+    fn pool_short(&self, e: PoolError, need: usize) -> SeptError {
+        let room = self
+            .pool
+            .free_frames()
+            .saturating_add(self.awaiting_flush());
+        match e {
+            PoolError::Empty if room >= need => SeptError::PoolAwaitsFlush,
+            e => e.into(),
+        }
+    }
+
     /// Table pages `guest`'s S-EPT gave up that are not free yet (waiting for a TRACK and its
     /// flushes).
     pub fn retired_pages(&self, guest: GuestId) -> usize {
@@ -727,7 +752,9 @@ impl<'m> Sept<'m> {
                 meta.into_bits(),
             )?)
             .ok_or(SeptError::Inconsistent)?;
-        self.pool.check_alloc(need)?;
+        self.pool
+            .check_alloc(need)
+            .map_err(|e| self.pool_short(e, need))?;
         Ok(MapPlan {
             found,
             mt_found,
@@ -1143,9 +1170,10 @@ impl SecureTable for Sept<'_> {
             .ok_or(SeptError::UnknownGuest)?;
         let had_root = tree.root().is_some();
         // A TD that has mapped nothing has no S-EPT root yet: the entry needs one to name.
-        let root = tree
-            .ensure_root(&mut self.pool)
-            .map_err(|_| TableError::OutOfFrames)?;
+        let root = match tree.ensure_root(&mut self.pool) {
+            Ok(root) => root,
+            Err(e) => return Err(self.pool_short(e, 1).into()),
+        };
         let root_phys = self.pool.phys(root);
         let domain = u64::from(guest.slot()).saturating_add(1);
         let accepted =
@@ -1700,12 +1728,24 @@ impl Sept<'_> {
         let mut m_last = [None; MAX_LEVELS as usize + 1];
         let mut s_counts = Counts::new(true, tree.levels(), SeptFormat::FREE, tree.keeps_root());
         let mut m_counts = Counts::new(true, MMIOMT_LEVELS, MtFormat::FREE, false);
+        // Once the pool is short the run is refused for it (the per-page order), but the
+        // segments after are still counted, so the answer says whether the pages waiting for
+        // a flush would cover the whole run; the first other refusal ends the count.
+        let mut short = false;
+        macro_rules! refuse {
+            ($e:expr) => {{
+                if short {
+                    break;
+                }
+                return Err($e);
+            }};
+        }
         for (i, len, s_new, m_new) in segments(gpa.as_u64(), hpa.as_u64(), size, level, count) {
             let (Some(g), Some(h)) = (
                 run_page(gpa.as_u64(), size, i),
                 run_page(hpa.as_u64(), size, i),
             ) else {
-                return Err(TableError::Misaligned);
+                refuse!(TableError::Misaligned);
             };
             // One walk per table page of each tree.
             if s_new {
@@ -1715,7 +1755,7 @@ impl Sept<'_> {
                 mf = self.mmiomt.lookup(&self.pool, h, level).ok();
             }
             let (Some(sfl), Some(mfl), true) = (sf, mf, Hpa::try_new(h).is_ok()) else {
-                return Err(per_page(self, g, h));
+                refuse!(per_page(self, g, h));
             };
             // The segment's first page, in the per-page order: its two entries, then the
             // tables the maps so far take.
@@ -1726,7 +1766,7 @@ impl Sept<'_> {
                 None => !f.rooted || f.sibling(&self.pool, addr).raw == free,
             };
             if !free_at(&sfl, se, g, SeptFormat::FREE) || !free_at(&mfl, me, h, MtFormat::FREE) {
-                return Err(per_page(self, g, h));
+                refuse!(per_page(self, g, h));
             }
             if s_new {
                 let made =
@@ -1744,9 +1784,7 @@ impl Sept<'_> {
                 )?;
                 need = need.checked_add(made).ok_or(SeptError::Inconsistent)?;
             }
-            if need > self.pool.free_frames() {
-                return Err(TableError::OutOfFrames);
-            }
+            short |= need > self.pool.free_frames();
             // The rest of the segment: every entry free (where the walk stopped above the
             // leaf level, the pages share the free entry just checked).
             let taken = |e: Option<&[u64]>, free: u64| {
@@ -1762,9 +1800,9 @@ impl Sept<'_> {
                     run_page(gpa.as_u64(), size, k),
                     run_page(hpa.as_u64(), size, k),
                 ) else {
-                    return Err(TableError::Misaligned);
+                    refuse!(TableError::Misaligned);
                 };
-                return Err(per_page(self, g, h));
+                refuse!(per_page(self, g, h));
             }
             if let (Some(page), true) = (sfl.page(), se.is_some()) {
                 s_counts.add(&self.pool, level, page, sfl.pages, u64::from(len))?;
@@ -1772,6 +1810,9 @@ impl Sept<'_> {
             if let (Some(page), true) = (mfl.page(), me.is_some()) {
                 m_counts.add(&self.pool, level, page, mfl.pages, u64::from(len))?;
             }
+        }
+        if short {
+            return Err(self.pool_short(PoolError::Empty, need).into());
         }
         s_counts.finish(&self.pool)?;
         m_counts.finish(&self.pool)?;
@@ -2147,8 +2188,8 @@ fn removal_work(count: u32, walks: u32, released: usize) -> u32 {
 /// count pages). Table pages are taken only by maps (each TD's S-EPT root at its first map)
 /// and given back when a table empties (an S-EPT page below the root after the TD's next
 /// TRACK is flushed, the root when the TD is gone: a host that re-maps after an unbind with no
-/// TRACK of the TD in between needs the removed leaves' S-EPT tables on top, per TD); nothing
-/// else uses the pool. `const`, so a static pool
+/// TRACK of the TD in between needs the removed leaves' S-EPT tables on top, per TD, or is
+/// told `PoolAwaitsFlush` when they are all it lacks); nothing else uses the pool. `const`, so a static pool
 /// can be sized at build time (`examples/static_firmware.rs`).
 impl Sept<'_> {
     /// Table pages an empty table of `levels` takes to map, in one TD, `count` leaves of
@@ -2481,7 +2522,8 @@ mod tests {
     /// entries above it. The leaf goes by the module's rule; the table page its removal empties
     /// waits, out of the tree, until a TRACK after the removal and that TRACK's domain
     /// invalidation are done, so no IOMMU or vCPU can still walk into it when another table
-    /// gets it. Meanwhile a map that needs that page finds the pool empty.
+    /// gets it. Meanwhile a map that needs that page is refused `FramesAwaitFlush` (the pool
+    /// is short only by pages that wait), and succeeds once they are back.
     #[test]
     fn a_page_emptied_under_an_iommu_waits_for_the_next_track_and_its_invalidation() {
         let mut mem = vec![Page::ZERO; 24];
@@ -2512,7 +2554,10 @@ mod tests {
         let full = (image(&s), s.bookkeeping());
         let next = gpa(0x30_0000_0000 + taken * 0x40_0000_0000);
         let host = hpa(0xa000_0000 + taken * 0x20_0000);
-        assert_eq!(s.map(H, next, host, size), Err(TableError::OutOfFrames));
+        assert_eq!(
+            s.map(H, next, host, size),
+            Err(TableError::FramesAwaitFlush)
+        );
         assert!(
             (image(&s), s.bookkeeping()) == full,
             "a refusal changed something"
@@ -2521,13 +2566,18 @@ mod tests {
         assert_eq!(s.track(G), Ok(Completion::Done));
         assert!(s.dmar().iotlb_owed(G));
         assert_eq!(s.retired_pages(G), 1);
-        assert_eq!(s.map(H, next, host, size), Err(TableError::OutOfFrames));
+        assert_eq!(
+            s.map(H, next, host, size),
+            Err(TableError::FramesAwaitFlush)
+        );
         let free = s.pool().free_frames();
         s.request_iotlb(G, 0).unwrap();
         assert_eq!(s.retired_pages(G), 1, "requested, not done");
         assert_eq!(s.iq_process(0), 1);
         assert_eq!(s.retired_pages(G), 0);
         assert_eq!(s.pool().free_frames(), free + 1, "Y's PD page is free");
+        assert_eq!(s.awaiting_flush(), 0);
+        assert_eq!(s.map(H, next, host, size), Ok(()), "the page it waited for");
         // Without a blocked leaf an accept owes nothing either.
         s.dma_create(G, iface(4)).unwrap();
         assert_eq!(s.dma_accept(G, iface(4)), Ok(()));
@@ -2547,6 +2597,72 @@ mod tests {
         assert_eq!(s.track(G), Ok(Completion::Done));
         assert_eq!(s.remove(G, y, size), Ok(y_host));
         assert_eq!(s.retired_pages(G), 1);
+    }
+
+    /// Review s22 F1: a pool short only by the pages an unbind emptied answers
+    /// `FramesAwaitFlush` (the host's TRACK brings them back), one short beyond them
+    /// `OutOfFrames` (a sizing matter), for a map, a run, the check and an accept's root, each
+    /// refusal changing nothing; after G's TRACK is flushed the same map succeeds.
+    #[test]
+    fn a_pool_short_only_by_waiting_pages_says_so() {
+        let mut mem = vec![Page::ZERO; 24];
+        let mut s = sept(&mut mem, SeptLevels::Four);
+        retire_ys_pd_page(&mut s);
+        s.hold_flush(G, true);
+        assert_eq!(s.track(G), Ok(Completion::Done));
+        assert_eq!(s.awaiting_flush(), 1);
+        // H maps one 2 MiB leaf per 1 GiB window until the pool is dry: each takes one PD
+        // page (its PDPT and the MMIOMT's tables for the contiguous hosts exist by then).
+        let size = PageSize::Size2M;
+        let window = |i: u64| gpa(0x20_0000_0000 + (i << 30));
+        let host = |i: u64| hpa(0xa000_0000 + i * size.bytes());
+        let mut i = 0;
+        while s.pool().free_frames() > 0 {
+            s.map(H, window(i), host(i), size).unwrap();
+            i += 1;
+        }
+        // The next window needs one page, which the waiting page covers; a run across two
+        // windows needs two, and 513 4 KiB pages a PD and two PTs: the pool is short then.
+        let before = (image(&s), s.bookkeeping());
+        let unchanged = |s: &Sept<'_>| (image(s), s.bookkeeping()) == before;
+        let awaits = Err(TableError::FramesAwaitFlush);
+        assert_eq!(s.check_map(H, window(i), host(i), size), awaits);
+        assert_eq!(s.map(H, window(i), host(i), size), awaits);
+        assert!(unchanged(&s));
+        let run = |g: Gpa, size: PageSize, count: u32| Run {
+            gpa: g,
+            hpa: host(i),
+            size,
+            count,
+        };
+        assert_eq!(s.map_range(H, run(window(i), size, 2)), awaits);
+        assert!(unchanged(&s));
+        let across = gpa(window(i + 1).as_u64() - size.bytes());
+        assert_eq!(
+            s.map_range(H, run(across, size, 2)),
+            Err(TableError::OutOfFrames)
+        );
+        let wide = run(window(i), PageSize::Size4K, 513);
+        assert_eq!(s.map_range(H, wide), Err(TableError::OutOfFrames));
+        assert!(unchanged(&s));
+        // A TD with no root yet accepting its first context needs one page for it.
+        let k = GuestId::from_slot(2);
+        s.dma_create(k, iface(5)).unwrap();
+        let created = (image(&s), s.bookkeeping());
+        assert_eq!(s.dma_accept(k, iface(5)), Err(TableError::FramesAwaitFlush));
+        assert!((image(&s), s.bookkeeping()) == created);
+        assert_eq!(
+            tsm_core::Error::from(TableError::FramesAwaitFlush),
+            tsm_core::Error::SecureTableFlushPending
+        );
+        // G's vCPUs flush: the page is back and the map it waited for succeeds.
+        s.hold_flush(G, false);
+        assert_eq!(s.awaiting_flush(), 0);
+        assert_eq!(s.map(H, window(i), host(i), size), Ok(()));
+        assert_eq!(s.pool().free_frames(), 0);
+        // Nothing waits: short is short.
+        assert_eq!(s.dma_accept(k, iface(5)), Err(TableError::OutOfFrames));
+        s.audit_pages().unwrap();
     }
 
     /// Review s22 F7: a waiting chain the pool refuses (its free count drifted) is kept whole
@@ -3709,6 +3825,9 @@ mod range_tests {
         runs: Runs,
         /// Track after the blocks (the blocked leaves become removable).
         track: bool,
+        /// After the track, remove the blocked leaves: the table pages they empty wait for
+        /// the next TRACK, so a map may find the pool short only by them.
+        remove: bool,
         /// Pool pages.
         pool: usize,
     }
@@ -3727,9 +3846,15 @@ mod range_tests {
                 0..8,
             ),
             prop::bool::weighted(0.7),
+            any::<bool>(),
             prop_oneof![1 => 12usize..40, 3 => Just(200usize)],
         )
-            .prop_map(|(runs, track, pool)| Setup { runs, track, pool })
+            .prop_map(|(runs, track, remove, pool)| Setup {
+                runs,
+                track,
+                remove,
+                pool,
+            })
     }
 
     fn addr(base: u64, slot: u64, big: bool) -> u64 {
@@ -3742,6 +3867,7 @@ mod range_tests {
 
     fn build<'m>(mem: &'m mut [Page], s: &Setup) -> Sept<'m> {
         let mut t = Sept::new(FramePool::new(mem, PHYS).unwrap(), SeptLevels::Four);
+        let mut blocked_leaves = Vec::new();
         for &(g, big, gs, hs, pages, blocked) in &s.runs {
             let size = if big {
                 PageSize::Size2M
@@ -3753,6 +3879,7 @@ mod range_tests {
                 let hpa = Hpa::try_new(addr(HPA_BASE, hs + i, big)).unwrap();
                 if t.map(GUESTS[g], gpa, hpa, size).is_ok() && blocked {
                     t.block(GUESTS[g], gpa, size).unwrap();
+                    blocked_leaves.push((GUESTS[g], gpa, size));
                 }
             }
         }
@@ -3760,8 +3887,21 @@ mod range_tests {
             for g in GUESTS {
                 assert_eq!(t.track(g), Ok(Completion::Done));
             }
+            if s.remove {
+                for &(g, gpa, size) in &blocked_leaves {
+                    t.remove(g, gpa, size).unwrap();
+                }
+            }
         }
         t
+    }
+
+    /// The pool's two refusals: short now, or short even with the pages waiting for a flush.
+    fn pool_short(r: Result<(), TableError>) -> bool {
+        matches!(
+            r,
+            Err(TableError::OutOfFrames | TableError::FramesAwaitFlush)
+        )
     }
 
     fn state(t: &Sept<'_>) -> (Vec<Page>, SeptBookkeeping) {
@@ -3853,19 +3993,38 @@ mod range_tests {
                 Kind::Remove => a.remove_range(guest, Run::new(gpa, hpa, size, count)).map(drop),
             };
             let want = per_page(&mut b, kind, guest, gpa, hpa, size, count);
-            prop_assert_eq!(got, want);
+            // Which of the pool's refusals is the whole run's (all or none): the pages may
+            // wait for the flush of pages it needs in all, the page that is refused one by one
+            // need fewer. Either way the pool is short in both.
+            if pool_short(got) {
+                prop_assert!(pool_short(want), "run {:?}, pages {:?}", got, want);
+            } else {
+                prop_assert_eq!(got, want);
+            }
             if got.is_ok() {
                 prop_assert!(state(&a) == state(&b), "the range and the pages disagree");
             } else {
                 prop_assert!(state(&a) == before, "a refused run changed the table");
             }
             prop_assert_eq!(a.audit_pages(), Ok(()));
-            // A TRACK of every TD frees what the run retired; every page stays in one place.
+            // A TRACK of every TD frees what the setup and the run retired; every page stays
+            // in one place.
             for guest in GUESTS {
                 prop_assert_eq!(a.track(guest), Ok(Completion::Done));
                 prop_assert_eq!(a.retired_pages(guest), 0);
             }
+            prop_assert_eq!(a.awaiting_flush(), 0);
             prop_assert_eq!(a.audit_pages(), Ok(()));
+            // The promise of `FramesAwaitFlush`: after those flushes the pool covers the run
+            // (which may still be refused for something else); `OutOfFrames` was no promise.
+            if let (Kind::Map, Err(e)) = (kind, got) {
+                let again = a.map_range(guest, Run::new(gpa, hpa, size, count));
+                match e {
+                    TableError::FramesAwaitFlush => prop_assert!(!pool_short(again), "{:?}", again),
+                    TableError::OutOfFrames => prop_assert_eq!(again, Err(TableError::OutOfFrames)),
+                    _ => {}
+                }
+            }
         }
     }
 

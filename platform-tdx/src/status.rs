@@ -226,6 +226,10 @@ pub const TSM_OWNERSHIP_TABLE_FULL: u64 = 0x8000_F013_0000_0000;
 /// Ours: the S-EPT frame pool is dry (the TDX module would ask the host for TDH.MEM.SEPT.ADD;
 /// this firmware owns its pool).
 pub const TSM_SEPT_POOL_EMPTY: u64 = 0x8000_F014_0000_0000;
+/// Ours: the S-EPT frame pool is short now but not once the table pages an unmap emptied come
+/// back, after the next TDH.MEM.TRACK of the TD that emptied them is flushed by its vCPUs and
+/// its INV_REQ_IOTLB processed (the module's host would TDH.MEM.SEPT.REMOVE after a TRACK).
+pub const TSM_SEPT_POOL_AWAITS_FLUSH: u64 = 0x8000_F015_0000_0000;
 /// Ours: bind of a TDI that is already bound.
 pub const TSM_TDI_ALREADY_BOUND: u64 = 0xC000_F020_0000_0000;
 /// Ours: start of a TDI that is not CONFIG_LOCKED.
@@ -424,6 +428,9 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         Error::GuestTableFull => (TSM_TD_TABLE_FULL, 0),
         Error::OwnershipTableFull => (TSM_OWNERSHIP_TABLE_FULL, u64::from(OPERAND_ID_MMIOMT)),
         Error::SecureTableFull => (TSM_SEPT_POOL_EMPTY, u64::from(OPERAND_ID_SEPT_TREE)),
+        Error::SecureTableFlushPending => {
+            (TSM_SEPT_POOL_AWAITS_FLUSH, u64::from(OPERAND_ID_SEPT_TREE))
+        }
         Error::TdiBound => (TDX_DEVIF_TDISP_INVALID_STATE, ops.target()),
         Error::TdiNotBound => (TDX_DEVIF_INVALID_STATE, ops.handle()),
         Error::TdiAlreadyBound => (TSM_TDI_ALREADY_BOUND, ops.handle()),
@@ -486,6 +493,7 @@ pub fn sept_status(e: SeptError, page: u32) -> TdxStatus {
         SeptError::HpaInUse => TDX_PAGE_NOT_FREE | u64::from(OPERAND_ID_R8),
         SeptError::AlreadyAccepted => TDX_PAGE_ALREADY_ACCEPTED | page,
         SeptError::PoolEmpty => TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
+        SeptError::PoolAwaitsFlush => TSM_SEPT_POOL_AWAITS_FLUSH | u64::from(OPERAND_ID_SEPT_TREE),
         SeptError::Misaligned => TDX_OPERAND_INVALID | page,
         // Beyond the TD's S-EPT width, like an address beyond 2^52: outside the address space.
         // (The TDX module answers OPERAND_INVALID for a GPA beyond GPAW; ours names the cause.)
@@ -547,6 +555,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         TSM_TD_TABLE_FULL => Error::GuestTableFull,
         TSM_OWNERSHIP_TABLE_FULL => Error::OwnershipTableFull,
         TSM_SEPT_POOL_EMPTY => Error::SecureTableFull,
+        TSM_SEPT_POOL_AWAITS_FLUSH => Error::SecureTableFlushPending,
         TDX_DEVIF_TDISP_INVALID_STATE => Error::TdiBound,
         TDX_DEVIF_INVALID_STATE => Error::TdiNotBound,
         TSM_TDI_ALREADY_BOUND => Error::TdiAlreadyBound,
@@ -602,7 +611,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
 }
 
 /// Every named status code above (success and class codes included), for [`name`] and tests.
-pub const NAMED: [TdxStatus; 81] = [
+pub const NAMED: [TdxStatus; 82] = [
     TDX_SUCCESS,
     TDX_INTERRUPTED_RESUMABLE,
     TDX_OPERAND_INVALID,
@@ -667,6 +676,7 @@ pub const NAMED: [TdxStatus; 81] = [
     TSM_TD_TABLE_FULL,
     TSM_OWNERSHIP_TABLE_FULL,
     TSM_SEPT_POOL_EMPTY,
+    TSM_SEPT_POOL_AWAITS_FLUSH,
     TSM_TDI_ALREADY_BOUND,
     TSM_TDI_NOT_LOCKED,
     TSM_TDI_IN_ERROR,
@@ -754,6 +764,7 @@ pub const fn name(status: TdxStatus) -> Option<&'static str> {
         TSM_TD_TABLE_FULL => "TSM_TD_TABLE_FULL",
         TSM_OWNERSHIP_TABLE_FULL => "TSM_OWNERSHIP_TABLE_FULL",
         TSM_SEPT_POOL_EMPTY => "TSM_SEPT_POOL_EMPTY",
+        TSM_SEPT_POOL_AWAITS_FLUSH => "TSM_SEPT_POOL_AWAITS_FLUSH",
         TSM_TDI_ALREADY_BOUND => "TSM_TDI_ALREADY_BOUND",
         TSM_TDI_NOT_LOCKED => "TSM_TDI_NOT_LOCKED",
         TSM_TDI_IN_ERROR => "TSM_TDI_IN_ERROR",

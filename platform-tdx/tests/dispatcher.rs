@@ -3758,3 +3758,59 @@ mod sharded_tables;
 
 #[path = "dispatcher/dma_shards.rs"]
 mod dma_shards;
+
+/// Review s22 F1: a pool sized for the TDI's one leaf, after its unbind, is short for the
+/// rebind's map only by the table pages the unbind emptied, which wait for the TD's next
+/// TDH.MEM.TRACK: the map says so (TSM_SEPT_POOL_AWAITS_FLUSH, the S-EPT operand), changes
+/// nothing, and succeeds after the host's TRACK.
+#[test]
+fn a_rebind_map_before_the_next_track_is_told_to_track() {
+    let pages = Sept::pool_pages_needed(SeptLevels::Four, 1, 1, PageSize::Size2M).unwrap();
+    let mut mem = vec![Page::ZERO; pages];
+    let (w, td, tdi) = bound_world(&mut mem);
+    assert_eq!(w.unbind_all(tdi), TDX_SUCCESS);
+    let bind = SeamRegs {
+        rcx: tdi,
+        rdx: td,
+        ..Default::default()
+    };
+    assert_eq!(w.relayed(abi::TSM_DEVIF_BIND, bind).rax, TDX_SUCCESS);
+    let map = SeamRegs {
+        rcx: page_info(Gpa::try_new(GPA).unwrap(), PageSize::Size2M),
+        rdx: td,
+        r8: BAR,
+        ..Default::default()
+    };
+    refused(
+        &w,
+        "map before the TRACK",
+        || w.call(u64::from(abi::TDH_MMIO_MAP), map).rax,
+        TSM_SEPT_POOL_AWAITS_FLUSH | u64::from(OPERAND_ID_SEPT_TREE),
+    );
+    assert_eq!(
+        name(TSM_SEPT_POOL_AWAITS_FLUSH),
+        Some("TSM_SEPT_POOL_AWAITS_FLUSH")
+    );
+    w.ok(
+        abi::TDH_MEM_TRACK,
+        SeamRegs {
+            rcx: td,
+            ..Default::default()
+        },
+    );
+    w.ok(abi::TDH_MMIO_MAP, map);
+    // With nothing waiting a short pool is short: another 2 MiB leaf in a new 1 GiB window.
+    refused(
+        &w,
+        "map past the pool",
+        || {
+            let far = SeamRegs {
+                rcx: page_info(Gpa::try_new(GPA + (1 << 30)).unwrap(), PageSize::Size2M),
+                r8: BAR + (2 << 20),
+                ..map
+            };
+            w.call(u64::from(abi::TDH_MMIO_MAP), far).rax
+        },
+        TSM_SEPT_POOL_EMPTY | u64::from(OPERAND_ID_SEPT_TREE),
+    );
+}

@@ -221,6 +221,7 @@ const TABLE: &[Entry] = &[
     same!(status::TSM_TD_TABLE_FULL),
     same!(status::TSM_OWNERSHIP_TABLE_FULL),
     same!(status::TSM_SEPT_POOL_EMPTY),
+    same!(status::TSM_SEPT_POOL_AWAITS_FLUSH),
     same!(status::TSM_TDI_ALREADY_BOUND),
     same!(status::TSM_TDI_NOT_LOCKED),
     same!(status::TSM_TDI_IN_ERROR),

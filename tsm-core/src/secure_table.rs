@@ -63,6 +63,10 @@ pub enum TableError {
     TlbNotFlushed,
     /// No frame left for an intermediate table, or no entry left in a fixed table.
     OutOfFrames,
+    /// Too few free frames now, but enough once table pages an earlier removal emptied come
+    /// back: a walker may still cache an entry naming them until the track of the guest that
+    /// emptied them is flushed (TDX: its next TDH.MEM.TRACK). Nothing changed; retry after it.
+    FramesAwaitFlush,
     /// Address not aligned to the leaf size.
     Misaligned,
     /// The guest has no secure table here.
@@ -95,6 +99,7 @@ impl From<TableError> for Error {
             TableError::NotBlocked => Error::NotBlocked,
             TableError::TlbNotFlushed => Error::TlbFlushPending,
             TableError::OutOfFrames => Error::SecureTableFull,
+            TableError::FramesAwaitFlush => Error::SecureTableFlushPending,
             TableError::Misaligned => Error::Misaligned,
             TableError::UnknownGuest => Error::InvalidHandle,
             TableError::Inconsistent => Error::Inconsistent,

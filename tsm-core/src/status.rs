@@ -23,6 +23,7 @@
 //! | 0x203 | `GuestTableFull` | no free guest slot |
 //! | 0x204 | `OwnershipTableFull` | no room to record the ranges of another bound TDI |
 //! | 0x205 | `SecureTableFull` | the secure mapping structure has no free table pages |
+//! | 0x206 | `SecureTableFlushPending` | the secure mapping structure has too few free table pages until pages it gave up come back after the TLB track and flush of the guest that emptied them |
 //! | 0x301 | `TdiBound` | a host request touches MMIO of a bound TDI while its device can still reach the guest (locked, running, in error, or unbinding before STOP is acknowledged, stream live); a zap, whenever bound |
 //! | 0x302 | `TdiNotBound` | the TDI is not bound to any guest |
 //! | 0x303 | `TdiAlreadyBound` | bind of a TDI that is already bound |
@@ -142,6 +143,7 @@ pub enum Error {
     GuestTableFull,
     OwnershipTableFull,
     SecureTableFull,
+    SecureTableFlushPending,
     TdiBound,
     TdiNotBound,
     TdiAlreadyBound,
@@ -206,7 +208,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 60] = [
+    pub const ALL: [Error; 61] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
@@ -224,6 +226,7 @@ impl Error {
         Error::GuestTableFull,
         Error::OwnershipTableFull,
         Error::SecureTableFull,
+        Error::SecureTableFlushPending,
         Error::TdiBound,
         Error::TdiNotBound,
         Error::TdiAlreadyBound,
@@ -289,6 +292,7 @@ impl Error {
             Error::GuestTableFull => 0x203,
             Error::OwnershipTableFull => 0x204,
             Error::SecureTableFull => 0x205,
+            Error::SecureTableFlushPending => 0x206,
             Error::TdiBound => 0x301,
             Error::TdiNotBound => 0x302,
             Error::TdiAlreadyBound => 0x303,
@@ -357,6 +361,9 @@ impl Error {
             Error::GuestTableFull => "no free guest slot",
             Error::OwnershipTableFull => "no room to record the ranges of another bound TDI",
             Error::SecureTableFull => "the secure mapping structure has no free table pages",
+            Error::SecureTableFlushPending => {
+                "the secure mapping structure has too few free table pages until pages it gave up come back after the TLB track and flush of the guest that emptied them"
+            }
             Error::TdiBound => {
                 "a host request touches MMIO of a bound TDI while its device can still reach the guest (locked, running, in error, or unbinding before STOP is acknowledged, stream live); a zap, whenever bound"
             }
