@@ -4007,11 +4007,17 @@ mod range_tests {
                 prop_assert!(state(&a) == before, "a refused run changed the table");
             }
             prop_assert_eq!(a.audit_pages(), Ok(()));
-            // A TRACK of every TD frees what the setup and the run retired; every page stays
-            // in one place.
-            for guest in GUESTS {
+            // A TRACK of every TD frees what the setup and the run retired, each TD's own
+            // pages at its own TRACK and no other's (review s22 F10); every page stays in one
+            // place.
+            for (i, guest) in GUESTS.into_iter().enumerate() {
+                let others: Vec<usize> = GUESTS.iter().skip(i + 1).map(|&o| a.retired_pages(o)).collect();
+                let (free, mine) = (a.pool().free_frames(), a.retired_pages(guest));
                 prop_assert_eq!(a.track(guest), Ok(Completion::Done));
                 prop_assert_eq!(a.retired_pages(guest), 0);
+                prop_assert_eq!(a.pool().free_frames(), free + mine);
+                let after: Vec<usize> = GUESTS.iter().skip(i + 1).map(|&o| a.retired_pages(o)).collect();
+                prop_assert_eq!(after, others, "another TD's TRACK freed a page");
             }
             prop_assert_eq!(a.awaiting_flush(), 0);
             prop_assert_eq!(a.audit_pages(), Ok(()));
