@@ -434,8 +434,10 @@ impl<const N: usize> FlushControl for MemTable<N> {
         }
     }
 
-    fn complete_invalidations(&mut self, guest: GuestId, _: tsm_core::InterfaceId) {
-        MemTable::complete_invalidations(self, guest);
+    /// The context's own invalidation only (review s22b: not every context of the guest);
+    /// the in-memory table keeps no domain-wide wait.
+    fn complete_invalidations(&mut self, guest: GuestId, iface: tsm_core::InterfaceId) {
+        MemTable::complete_invalidation(self, guest, iface);
     }
 
     fn hold_invalidations(&mut self, guest: GuestId, hold: bool) {

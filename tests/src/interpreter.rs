@@ -459,25 +459,30 @@ impl<'a> Interpreter<'a, '_> {
                 tdi,
                 write,
                 gpa,
-                reach,
+                ref reach,
             } => {
                 let t = self.tdi(tdi)?.0;
                 let access = Gpa::try_new(gpa).map(|gpa| DmaAccess { write, gpa });
+                let reach = reach.on(self.backend.name());
                 match access.and_then(|a| self.backend.dma_access(t, a)) {
                     Ok(r) if reach_is(r, reach) => done(Ok(())),
                     Ok(r) => Observed::Reach(t, r),
                     Err(e) => done(Err(e)),
                 }
             }
-            Op::ExpectState { tdi, state } => match self.backend.tdi_state(self.tdi(tdi)?.0) {
-                Ok(s) if state_is(s, state) => done(Ok(())),
+            Op::ExpectState { tdi, ref state } => match self.backend.tdi_state(self.tdi(tdi)?.0) {
+                Ok(s) if state_is(s, state.on(self.backend.name())) => done(Ok(())),
                 Ok(s) => Observed::State(s),
                 Err(e) => done(Err(e)),
             },
-            Op::ExpectLeaf { guest, gpa, leaf } => {
+            Op::ExpectLeaf {
+                guest,
+                gpa,
+                ref leaf,
+            } => {
                 let g = self.guest(guest)?;
                 match Gpa::try_new(gpa).and_then(|gpa| self.backend.leaf(g, gpa)) {
-                    Ok(l) if leaf_is(l.as_ref(), leaf) => done(Ok(())),
+                    Ok(l) if leaf_is(l.as_ref(), leaf.on(self.backend.name())) => done(Ok(())),
                     Ok(l) => Observed::Leaf(l),
                     Err(e) => done(Err(e)),
                 }

@@ -40,6 +40,8 @@
 //!                                             through the IOMMU or its IOTLB, or shared only
 //! expect-state <t> <unbound|locked|run|error|unbinding>
 //! expect-leaf <g> <gpa> <mapped|blocked|none>
+//!                                             (`dma`, `expect-state`, `expect-leaf`: then
+//!                                             `<backend>:<word>` for a backend that differs)
 //! remove-tdi <t> / remove-device <d> / destroy-guest <g>
 //! hold <t>                                    the next bind/start/check/unbind of <t> stops at its
 //!                                             first request (status `Relay`): the host keeps it
@@ -57,7 +59,9 @@
 //! Numbers are decimal or `0x` hex, `_` allowed. A name `#N` is the raw handle N, for hostile
 //! tests. Without `-> Status` a line must succeed (`Ok`). Where the platforms differ by design,
 //! `-> Status <backend>:<Status>...` expects another status on the backends named (`core`,
-//! `tdx`, `sev`), e.g. `start td1 nic.0 no-accept -> DmaNotAccepted sev:Ok`.
+//! `tdx`, `sev`), e.g. `start td1 nic.0 no-accept -> DmaNotAccepted sev:Ok`; the backends'
+//! states may then differ, which the observations after it say the same way:
+//! `expect-state nic.0 locked sev:run`.
 
 use core::fmt::{self, Write};
 
@@ -144,6 +148,27 @@ pub enum ReachName {
     Private,
     /// Shared memory only.
     Shared,
+}
+
+/// What an observation line (`dma`, `expect-state`, `expect-leaf`) expects: one word for
+/// every backend, then `<backend>:<word>` for a backend that differs by design (after a line
+/// whose per-backend status left the backends in different states).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Each<'a, T> {
+    /// What every backend not named expects.
+    pub all: T,
+    /// The backends that expect another.
+    pub on: Vec<(&'a str, T), { BACKENDS.len() }>,
+}
+
+impl<T: Copy> Each<'_, T> {
+    /// What the backend named `backend` expects.
+    pub fn on(&self, backend: &str) -> T {
+        self.on
+            .iter()
+            .find(|(b, _)| *b == backend)
+            .map_or(self.all, |(_, t)| *t)
+    }
 }
 
 /// Leaf states `expect-leaf` can name.
@@ -284,16 +309,16 @@ pub enum Op<'a> {
         tdi: &'a str,
         write: bool,
         gpa: u64,
-        reach: ReachName,
+        reach: Each<'a, ReachName>,
     },
     ExpectState {
         tdi: &'a str,
-        state: StateName,
+        state: Each<'a, StateName>,
     },
     ExpectLeaf {
         guest: &'a str,
         gpa: u64,
-        leaf: LeafName,
+        leaf: Each<'a, LeafName>,
     },
     RemoveTdi {
         tdi: &'a str,
@@ -836,6 +861,43 @@ const BASE: &str = "a base address like 0x8000_0000";
 const PAGES: &str = "a number of 4 KiB pages like 16";
 const RID: &str = "a requester ID seg:bus:dev.fn in hex like 0000:03:00.0";
 
+/// An observation's word `all` for every backend, then `over`, each `<backend>:<word>` for a
+/// backend that expects another (each backend at most once), every word read by `word`.
+fn each<'a, T>(
+    all: &'a str,
+    over: &[&'a str],
+    word: impl Fn(&'a str) -> Result<T, ParseError<'a>>,
+) -> Result<Each<'a, T>, ParseError<'a>> {
+    let mut on = Vec::new();
+    for &w in over {
+        let Some((backend, value)) = w.split_once(':') else {
+            return Err(Diagnostic::new(
+                Problem::TooMany,
+                w,
+                "one word, then `<backend>:<word>` for a backend that differs",
+            ));
+        };
+        let backend = keyword(
+            backend,
+            &[("core", "core"), ("tdx", "tdx"), ("sev", "sev")],
+            "a backend: core, tdx or sev",
+        )?;
+        if on.iter().any(|(b, _)| *b == backend) {
+            return Err(Diagnostic::new(
+                Problem::TooMany,
+                w,
+                "each backend at most once",
+            ));
+        }
+        // Room for every backend: checked just above.
+        let _ = on.push((backend, word(value)?));
+    }
+    Ok(Each {
+        all: word(all)?,
+        on,
+    })
+}
+
 fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>> {
     Ok(match (first, a) {
         ("guest", [name]) => Op::Guest { name },
@@ -962,45 +1024,51 @@ fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>>
         ("complete-invalidations", [tdi]) => Op::CompleteInvalidations { tdi },
         ("dma-create", [tdi]) => Op::DmaCreate { tdi },
         ("dma-accept", [guest, tdi]) => Op::DmaAccept { guest, tdi },
-        ("dma", [tdi, dir, gpa, reach]) => Op::Dma {
+        ("dma", [tdi, dir, gpa, reach, over @ ..]) => Op::Dma {
             tdi,
             write: keyword(dir, &[("read", false), ("write", true)], "read or write")?,
             gpa: num_as(gpa, GPA)?,
-            reach: keyword(
-                reach,
-                &[
-                    ("private", ReachName::Private),
-                    ("shared", ReachName::Shared),
-                ],
-                "private or shared",
-            )?,
+            reach: each(reach, over, |w| {
+                keyword(
+                    w,
+                    &[
+                        ("private", ReachName::Private),
+                        ("shared", ReachName::Shared),
+                    ],
+                    "private or shared",
+                )
+            })?,
         },
-        ("expect-state", [tdi, state]) => Op::ExpectState {
+        ("expect-state", [tdi, state, over @ ..]) => Op::ExpectState {
             tdi,
-            state: keyword(
-                state,
-                &[
-                    ("unbound", StateName::Unbound),
-                    ("locked", StateName::Locked),
-                    ("run", StateName::Run),
-                    ("error", StateName::Error),
-                    ("unbinding", StateName::Unbinding),
-                ],
-                "a TDI state: unbound, locked, run, error or unbinding",
-            )?,
+            state: each(state, over, |w| {
+                keyword(
+                    w,
+                    &[
+                        ("unbound", StateName::Unbound),
+                        ("locked", StateName::Locked),
+                        ("run", StateName::Run),
+                        ("error", StateName::Error),
+                        ("unbinding", StateName::Unbinding),
+                    ],
+                    "a TDI state: unbound, locked, run, error or unbinding",
+                )
+            })?,
         },
-        ("expect-leaf", [guest, gpa, leaf]) => Op::ExpectLeaf {
+        ("expect-leaf", [guest, gpa, leaf, over @ ..]) => Op::ExpectLeaf {
             guest,
             gpa: num_as(gpa, GPA)?,
-            leaf: keyword(
-                leaf,
-                &[
-                    ("mapped", LeafName::Mapped),
-                    ("blocked", LeafName::Blocked),
-                    ("none", LeafName::None),
-                ],
-                "a leaf state: mapped, blocked or none",
-            )?,
+            leaf: each(leaf, over, |w| {
+                keyword(
+                    w,
+                    &[
+                        ("mapped", LeafName::Mapped),
+                        ("blocked", LeafName::Blocked),
+                        ("none", LeafName::None),
+                    ],
+                    "a leaf state: mapped, blocked or none",
+                )
+            })?,
         },
         ("remove-tdi", [tdi]) => Op::RemoveTdi { tdi },
         ("remove-device", [device]) => Op::RemoveDevice { device },
@@ -1244,6 +1312,62 @@ mod tests {
         assert_eq!(
             fault("unbind t -> Ok sev:TdiBond"),
             (Problem::UnknownStatus, 20, "TdiBond")
+        );
+    }
+
+    /// Review s22b D3: after a line whose backends part by design, each observation can say
+    /// what each backend holds; a backend named twice, an unknown one, a bad word or a bare
+    /// extra word is refused where it stands.
+    #[test]
+    fn parses_per_backend_observations() {
+        let l = parse_line("expect-state nic.0 locked sev:run")
+            .unwrap()
+            .unwrap();
+        let Op::ExpectState { tdi, state } = l.op else {
+            panic!("not expect-state")
+        };
+        assert_eq!(tdi, "nic.0");
+        assert_eq!(state.on("core"), StateName::Locked);
+        assert_eq!(state.on("tdx"), StateName::Locked);
+        assert_eq!(state.on("sev"), StateName::Run);
+        let l = parse_line("dma t read 0x1000 shared tdx:private core:private")
+            .unwrap()
+            .unwrap();
+        let Op::Dma { reach, .. } = l.op else {
+            panic!("not dma")
+        };
+        assert_eq!(reach.on("sev"), ReachName::Shared);
+        assert_eq!(reach.on("tdx"), ReachName::Private);
+        assert_eq!(reach.on("core"), ReachName::Private);
+        let l = parse_line("expect-leaf g 0x1000 mapped sev:none")
+            .unwrap()
+            .unwrap();
+        let Op::ExpectLeaf { leaf, .. } = l.op else {
+            panic!("not expect-leaf")
+        };
+        assert_eq!(
+            (leaf.on("tdx"), leaf.on("sev")),
+            (LeafName::Mapped, LeafName::None)
+        );
+        assert_eq!(
+            fault("expect-state t run sev:run sev:locked"),
+            (Problem::TooMany, 28, "sev:locked")
+        );
+        assert_eq!(
+            fault("expect-state t run arm:run"),
+            (Problem::BadKeyword, 20, "arm")
+        );
+        assert_eq!(
+            fault("expect-state t run sev:rn"),
+            (Problem::BadKeyword, 24, "rn")
+        );
+        assert_eq!(
+            fault("dma t read 0x1000 shared private"),
+            (Problem::TooMany, 26, "private")
+        );
+        assert_eq!(
+            fault("expect-leaf g 0x1000 mapped none"),
+            (Problem::TooMany, 29, "none")
         );
     }
 

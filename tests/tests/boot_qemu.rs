@@ -197,7 +197,7 @@ mod qemu {
         // The START gate inside the firmware environment: START without the guest's accept is
         // refused on the core and TDX, goes through on SEV (start-gate.scn's first START), and
         // the smp stage's guests accept and start on their own.
-        let start = "tests/scenarios/start-gate.scn:13: start td1 nic.0 no-accept => ";
+        let start = "tests/scenarios/start-gate.scn:14: start td1 nic.0 no-accept => ";
         let outcomes: Vec<&str> = run.lines().filter_map(|l| l.strip_prefix(start)).collect();
         assert_eq!(
             outcomes,

@@ -134,6 +134,15 @@ impl<const N: usize> MemTable<N> {
         }
     }
 
+    /// Completes the requested IOTLB invalidation of `guest`'s context of `iface` only.
+    pub fn complete_invalidation(&mut self, guest: GuestId, iface: InterfaceId) {
+        if let Ok(d) = self.dma_entry(guest, iface)
+            && d.state == DmaState::Invalidating
+        {
+            d.state = DmaState::Invalidated;
+        }
+    }
+
     /// Every trusted DMA context (in no particular order).
     pub fn dma_contexts(&self) -> &[DmaEntry] {
         &self.dmas
