@@ -20,9 +20,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
+#[path = "common/devif_create.rs"]
+mod devif_create;
 #[path = "common/dmar_add.rs"]
 mod dmar_add;
 
+use devif_create::devif_create_regs;
 use dmar_add::dmar_add_regs;
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeEntry, RangeList, SeamRegs, page_info};
@@ -252,26 +255,12 @@ impl<'m> World<'m> {
         dev
     }
 
-    /// TDH.DEVIF.CREATE of `iface` on SPDM id `dev`'s stream (ours: stream ID == SPDM id)
-    /// for TD `td`, with the private pages of the TDI relaying through `pages`.
-    fn create_regs(dev: u64, iface: RequesterId, td: u64, pages: (u64, u64)) -> SeamRegs {
-        let (devifcs, td_buf, vmm_buf) = private_pages(pages.0);
-        SeamRegs {
-            rcx: abi::devif_id(0, dev as u8, abi::function_id(iface) as u32),
-            rdx: td,
-            r8: devifcs,
-            r9: td_buf,
-            r10: vmm_buf,
-            ..Default::default()
-        }
-    }
-
     /// TDH.DEVIF.CREATE for the first TD: the TDI, named by its function ID.
     fn create_tdi(&self, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
         let td = host_page(TDR_FIRST);
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            Self::create_regs(dev, iface, td, pages),
+            devif_create_regs(dev, iface, td, private_pages(pages.0)),
         );
         let tdi = abi::function_id(iface);
         self.pages.borrow_mut().insert(tdi, pages);
@@ -1134,7 +1123,7 @@ fn devif_create(w: &World<'_>) -> Setup {
     let dev4 = w.device(4, BAR_4);
     w.create_tdi(dev4, rid(4), PAGES_B);
     let bare = w.spdm(5);
-    let good = World::create_regs(dev, rid(3), td, PAGES_A);
+    let good = devif_create_regs(dev, rid(3), td, private_pages(PAGES_A.0));
     let (devifcs, td_buf, _) = private_pages(PAGES_A.0);
     let taken = private_pages(PAGES_B.0).0;
     let pmi = |op: u32| TDX_PAGE_METADATA_INCORRECT | u64::from(op);

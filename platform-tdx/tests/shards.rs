@@ -15,8 +15,12 @@
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[path = "common/devif_create.rs"]
+mod devif_create;
 #[path = "common/sharded_tables.rs"]
 mod sharded_tables;
+
+use devif_create::devif_create_regs;
 
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
@@ -161,17 +165,10 @@ impl<'m, const N: usize> World<'m, N> {
         self.link(dev, bus, bar, i);
         self.device.report_ranges(rid(bus), &[range]);
         let (request, _) = tdi_pages(i);
-        let private = |k| host_page(18 + 3 * i + k);
+        let private = [0, 1, 2].map(|k| host_page(18 + 3 * i + k));
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            SeamRegs {
-                rcx: abi::devif_id(0, dev as u8, abi::function_id(rid(bus)) as u32),
-                rdx: td,
-                r8: private(0),
-                r9: private(1),
-                r10: private(2),
-                ..Default::default()
-            },
+            devif_create_regs(dev, rid(bus), td, private),
         );
         let tdi = abi::function_id(rid(bus));
         let mut out = self.call(
