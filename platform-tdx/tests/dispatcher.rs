@@ -3752,8 +3752,8 @@ mod dma;
 #[path = "dispatcher/review_s22b.rs"]
 mod review_s22b;
 
-#[path = "common/sharded_tables.rs"]
-mod sharded_tables;
+#[path = "common/sharded.rs"]
+mod sharded;
 
 #[path = "dispatcher/dma_shards.rs"]
 mod dma_shards;

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[path = "common/devif_create.rs"]
 mod devif_create;
-#[path = "common/sharded_tables.rs"]
-mod sharded_tables;
+#[path = "common/sharded.rs"]
+mod sharded;
 
 use devif_create::devif_create_regs;
 
@@ -29,7 +29,7 @@ use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::status::*;
 use platform_tdx::td;
 use tsm_core::device_model::ModelDevice;
-use tsm_core::{Gpa, LeafState, MmioRange, ModelSession, PageSize, RequesterId, ReservedMemory};
+use tsm_core::{Gpa, LeafState, MmioRange, ModelSession, PageSize, RequesterId};
 
 /// Host memory: page 0 the range list, pages 1-6 the TDIs' request and response pages, 7-9
 /// TDR pages, 10-11 SPDM metadata, 12-15 the link's config, dev_info, response and request
@@ -86,13 +86,8 @@ struct World<'m, const N: usize> {
 
 impl<'m, const N: usize> World<'m, N> {
     fn new(pools: &'m mut [Vec<Page>; N]) -> Self {
-        let tables = sharded_tables::sharded_tables(pools);
         World {
-            fw: TdxModule::sharded(
-                tables,
-                std::array::from_fn(|_| ModelSession::model()),
-                ReservedMemory::new(),
-            ),
+            fw: sharded::sharded_module(pools),
             mem: vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES],
             device: ModelDevice::model(),
         }
