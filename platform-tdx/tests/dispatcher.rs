@@ -3746,6 +3746,10 @@ use dmar_add::dmar_add_regs;
 mod devif_create;
 use devif_create::devif_create_regs;
 
+#[path = "common/dmar_state.rs"]
+mod dmar_state;
+use dmar_state::read_state;
+
 #[path = "dispatcher/dma.rs"]
 mod dma;
 

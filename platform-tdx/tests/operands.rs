@@ -24,9 +24,12 @@ use std::collections::BTreeMap;
 mod devif_create;
 #[path = "common/dmar_add.rs"]
 mod dmar_add;
+#[path = "common/dmar_state.rs"]
+mod dmar_state;
 
 use devif_create::devif_create_regs;
 use dmar_add::dmar_add_regs;
+use dmar_state::read_state;
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeEntry, RangeList, SeamRegs, page_info};
 use platform_tdx::dmar;
@@ -2879,7 +2882,7 @@ fn bad_iq_request(good: SeamRegs) -> Vec<Bad> {
 /// The bus-3 entry's `dmar_state_info_t` (TDH.DMAR.READ RDX): (map_sts, inv_sts).
 fn entry_state(w: &World<'_>) -> (u64, u64) {
     let rdx = w.ok(abi::TDH_DMAR_READ, on(idx(3))).rdx;
-    ((rdx >> 3) & 0xff, (rdx >> 11) & 7)
+    read_state(rdx)
 }
 
 fn iq_request_pasidte(w: &World<'_>) -> Setup {

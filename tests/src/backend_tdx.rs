@@ -110,6 +110,15 @@ const STATE_INV_SHIFT: u32 = 11;
 /// inv_sts width.
 const STATE_INV_MASK: u64 = 0x7;
 
+/// `(map_sts, inv_sts)` of TDH.DMAR.READ's RDX (`dmar::MAP_*`, `dmar::INV_*`), the word the
+/// crate encodes (`PasidTe::state_info`) and exports no decoder of.
+pub fn dmar_read_state(rdx: u64) -> (u64, u64) {
+    (
+        (rdx >> STATE_MAP_SHIFT) & STATE_MAP_MASK,
+        (rdx >> STATE_INV_SHIFT) & STATE_INV_MASK,
+    )
+}
+
 /// The firmware the backend drives: the S-EPT, sealed with the model session its device
 /// shares.
 pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
@@ -1370,8 +1379,7 @@ impl Backend for TdxBackend<'_, '_> {
             },
         );
         let root = out.r8 & PTE_SLPTPTR_MASK;
-        let map = (out.rdx >> STATE_MAP_SHIFT) & STATE_MAP_MASK;
-        let inv = (out.rdx >> STATE_INV_SHIFT) & STATE_INV_MASK;
+        let (map, inv) = dmar_read_state(out.rdx);
         let translates = out.r8 & PTE_P != 0 || (map == MAP_BLOCKED && inv != INV_DONE);
         if out.rax != 0 || root == 0 || !translates {
             return Ok(DmaReach::SharedOnly);

@@ -20,7 +20,7 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
 use tsm_core::{Gpa, GuestId, ModelSession, TdiId, TdiState};
 use tsm_tests::backend::{Backend, CoreBackend, DmaAccess, FlushControl};
-use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware, dmar_read_state};
 use tsm_tests::interpreter::run_scenario;
 
 const SETUP: &str = "\
@@ -64,11 +64,6 @@ fn dmar_read(b: &mut TdxBackend<'_, '_>, tsm: &TdxFirmware<'_>, t: TdiId) -> (u6
         },
     );
     (out.rax, out.rdx, out.r8)
-}
-
-/// `dmar_state_info_t` inv_sts (RDX 13:11, `dmar.h` @1666adc4).
-fn inv_sts(rdx: u64) -> u64 {
-    (rdx >> 11) & 0x7
 }
 
 /// D1, adapted: after TDG.DMAR.ACCEPT of a CONFIG_LOCKED TDI the PASID entry is PRESENT with
@@ -144,7 +139,11 @@ fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_io
     let (rax, rdx, r8) = dmar_read(&mut b, &tsm, t);
     assert_eq!(rax, 0, "TDH.DMAR.READ");
     assert_eq!(r8 & PTE_P, 0, "blocked: not present");
-    assert_eq!(inv_sts(rdx), INV_QUEUED, "invalidation QUEUED, not DONE");
+    assert_eq!(
+        dmar_read_state(rdx).1,
+        INV_QUEUED,
+        "invalidation QUEUED, not DONE"
+    );
     assert_eq!(b.device().state(iface), TdispState::Run, "no STOP yet");
     let gpa = Gpa::try_new(0x10_0000_0000).unwrap();
     for write in [false, true] {
@@ -161,7 +160,7 @@ fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_io
     );
     b.complete_invalidations(t).unwrap();
     let (_, rdx, _) = dmar_read(&mut b, &tsm, t);
-    assert_eq!(inv_sts(rdx), INV_DONE);
+    assert_eq!(dmar_read_state(rdx).1, INV_DONE);
     assert_eq!(b.device().state(iface), TdispState::Run, "still no STOP");
     assert_eq!(b.iommu_reach(t), Ok(DmaReach::SharedOnly));
     assert_eq!(

@@ -72,7 +72,7 @@ fn entry_state<const N: usize>(w: &World<'_, N>, lane: Lane) -> (u64, u64) {
         },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
-    ((out.rdx >> 3) & 0xff, (out.rdx >> 11) & 7)
+    read_state(out.rdx)
 }
 
 /// Everything of shard `guest`'s: its S-EPT pool's bytes and bookkeeping (PASID entries
