@@ -11,16 +11,16 @@
 
 use platform_tdx::abi::SeamRegs;
 use platform_tdx::dmar::{INV_DONE, INV_QUEUED, PTE_P, PTE_SLPTPTR_MASK, TDH_DMAR_READ, dmar_idx};
-use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::sept::{Sept, SeptLevels};
+use platform_tdx::frames::Page;
+use platform_tdx::sept::SeptLevels;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::dma::DmaReach;
 use tsm_core::lifecycle::TdispState;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
-use tsm_core::{Gpa, GuestId, ModelSession, TdiId, TdiState};
+use tsm_core::{Gpa, GuestId, TdiId, TdiState};
 use tsm_tests::backend::{Backend, CoreBackend, DmaAccess, FlushControl};
-use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware, dmar_read_state};
+use tsm_tests::backend_tdx::{POOL_PAGES, TdxBackend, TdxFirmware, dmar_read_state, tdx_firmware};
 use tsm_tests::interpreter::run_scenario;
 
 const SETUP: &str = "\
@@ -72,9 +72,8 @@ fn dmar_read(b: &mut TdxBackend<'_, '_>, tsm: &TdxFirmware<'_>, t: TdiId) -> (u6
 /// (`device_sends_tee`), so the access reaches shared memory only. Both facts, read apart.
 #[test]
 fn d1_config_locked_with_an_accepted_entry_the_iommu_translates_but_the_device_sends_no_t1() {
-    let mut mem = vec![Page::ZERO; 256];
-    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
-    let tsm = TdxFirmware::new(Sept::new(pool, SeptLevels::Four), ModelSession::model());
+    let mut mem = vec![Page::ZERO; POOL_PAGES];
+    let tsm = tdx_firmware(&mut mem, SeptLevels::Four).unwrap();
     let mut b = TdxBackend::new(&tsm);
     run(&mut b, SETUP);
     let (g, t) = (GuestId::from_slot(0), TdiId::from_slot(0));
@@ -129,9 +128,8 @@ fn d1_config_locked_with_an_accepted_entry_the_iommu_translates_but_the_device_s
 /// TDH.IQ.INV.PROCESS completed it (DONE), with the device still RUN, it does not.
 #[test]
 fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_iotlb() {
-    let mut mem = vec![Page::ZERO; 256];
-    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
-    let tsm = TdxFirmware::new(Sept::new(pool, SeptLevels::Four), ModelSession::model());
+    let mut mem = vec![Page::ZERO; POOL_PAGES];
+    let tsm = tdx_firmware(&mut mem, SeptLevels::Four).unwrap();
     let mut b = TdxBackend::new(&tsm);
     run(&mut b, WINDOW);
     let (g, t) = (GuestId::from_slot(0), TdiId::from_slot(0));
