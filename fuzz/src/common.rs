@@ -40,12 +40,101 @@ pub fn invariants<T: SecureTable + tsm_tests::backend::FlushControl, S: SecureSe
 }
 
 /// Whether `rec`'s device has a live IDE stream in `s` (the only case its DMA may reach private
-/// memory; the DMA oracles of both targets ask it).
+/// memory; [`dma_oracle`] asks it).
 pub fn on_live_stream<U>(s: &Snapshot<U>, rec: &tsm_core::registry::Tdi) -> bool {
     s.devices
         .get(usize::from(rec.device.slot()))
         .and_then(Option::as_ref)
         .is_some_and(|d| d.stream == IdeStream::Live)
+}
+
+/// One platform's trusted IOMMU structure as [`dma_oracle`] reads it from the firmware: its
+/// entries (SEV's sDTEs, TDX's PASID entries), whose each is, and whether one translates.
+pub trait DmaTable {
+    /// One entry.
+    type Entry: core::fmt::Debug;
+    /// The entry's name in a failure ("sDTE").
+    const ENTRY: &'static str;
+    /// The guest's name in a failure ("guest", "TD").
+    const GUEST: &'static str;
+    /// Every entry.
+    fn entries(&self) -> &[Self::Entry];
+    /// Whether `e` is the entry of the TDI `rec`.
+    fn is_for(e: &Self::Entry, rec: &tsm_core::registry::Tdi) -> bool;
+    /// The guest `e` was made for.
+    fn guest(e: &Self::Entry) -> GuestId;
+    /// Whether `e` translates a T=1 request into `g`'s private memory: `g`'s, active and
+    /// naming `g`'s memory as the platform's hardware would read it.
+    fn translates(&self, e: &Self::Entry, g: GuestId) -> bool;
+    /// What [`DmaTable::translates`] read of `g` beside the entry, for a failure ("ASID 5").
+    fn read_of(&self, g: GuestId) -> String;
+}
+
+/// Trusted DMA after every call, read from the firmware's own structures: a TDI's DMA reaches
+/// a guest's private memory (`reach`, the core's `dma_reach`) only while the TDI is RUN bound
+/// to that guest, its core record says the context is active, and its entry in `table`
+/// translates into that guest's memory; a RUN TDI with an active context on a live stream does
+/// reach it; and every entry belongs to a TDI bound to the entry's guest (none outlives an
+/// unbind or a TDI). Marks in `reached` the TDI slots that reach private memory; whether any
+/// does.
+pub fn dma_oracle<U, D: DmaTable>(
+    core: &Snapshot<U>,
+    table: &D,
+    reach: impl Fn(TdiId) -> tsm_core::TsmResult<tsm_core::dma::DmaReach>,
+    reached: &mut [bool],
+    what: &str,
+) -> bool {
+    use tsm_core::TdiState;
+    use tsm_core::dma::{DmaReach, DmaState};
+    let (name, guest) = (D::ENTRY, D::GUEST);
+    let mut private = false;
+    for (slot, rec) in core.tdis.iter().enumerate() {
+        let Some(rec) = rec else { continue };
+        let t = TdiId::from_slot(slot as u16);
+        let reach =
+            reach(t).unwrap_or_else(|e| fail(format!("dma_reach({t:?}): {e:?} after {what}")));
+        let entry = table.entries().iter().find(|e| D::is_for(e, rec));
+        if entry.is_some_and(|e| rec.state.owner() != Some(D::guest(e))) {
+            fail(format!(
+                "{name} {entry:?} of a TDI not bound to its {guest} ({:?}): {what}",
+                rec.state
+            ));
+        }
+        let live = on_live_stream(core, rec);
+        let active = rec.dma == Some(DmaState::Active);
+        match reach {
+            DmaReach::Private(g) => {
+                let translates = entry.is_some_and(|e| table.translates(e, g));
+                if rec.state != (TdiState::Run { owner: g }) || !active || !translates {
+                    fail(format!(
+                        "TDI {slot} reaches {g:?}'s private memory: {:?}, context {:?}, \
+                         {name} {entry:?}, {}: {what}",
+                        rec.state,
+                        rec.dma,
+                        table.read_of(g)
+                    ));
+                }
+                private = true;
+                if let Some(r) = reached.get_mut(slot) {
+                    *r = true;
+                }
+            }
+            DmaReach::SharedOnly => {
+                if matches!(rec.state, TdiState::Run { .. }) && active && live {
+                    fail(format!(
+                        "TDI {slot} runs with its {name} accepted, yet reaches shared memory \
+                         only: {what}"
+                    ));
+                }
+            }
+        }
+    }
+    for e in table.entries() {
+        if !core.tdis.iter().flatten().any(|r| D::is_for(e, r)) {
+            fail(format!("{name} {e:?} of no TDI: {what}"));
+        }
+    }
+    private
 }
 
 /// The record tables agree with each other: each guest's bound-TDI count is the number of TDIs

@@ -66,7 +66,7 @@ use platform_sev::status::{Outcome, SevStatus};
 use platform_sev::zerocopy::{FromBytes, FromZeros, IntoBytes};
 use tsm_core::capacity::MAX_TDIS;
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
-use tsm_core::dma::{DmaReach, DmaState};
+use tsm_core::dma::DmaState;
 use tsm_core::relay::{MAX_RELAY_BYTES, doe};
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
@@ -433,6 +433,46 @@ struct State {
     mem: Vec<u8>,
     /// TIO_INIT ran.
     tio: bool,
+}
+
+/// The secure device table of `State` as the DMA oracle reads it.
+struct Sdtes<'a>(&'a State);
+
+impl Sdtes<'_> {
+    /// The ASID of guest `g`'s context, if it has one.
+    fn asid(&self, g: GuestId) -> Option<u32> {
+        self.0.guests.iter().find(|c| c.guest == g).map(|c| c.asid)
+    }
+}
+
+impl common::DmaTable for Sdtes<'_> {
+    type Entry = SdteSlot;
+    const ENTRY: &'static str = "sDTE";
+    const GUEST: &'static str = "guest";
+
+    fn entries(&self) -> &[SdteSlot] {
+        &self.0.sdtes
+    }
+
+    fn is_for(e: &SdteSlot, rec: &tsm_core::registry::Tdi) -> bool {
+        e.iface == rec.iface
+    }
+
+    fn guest(e: &SdteSlot) -> GuestId {
+        e.guest
+    }
+
+    /// The guest's, active, valid, and naming the guest's ASID.
+    fn translates(&self, e: &SdteSlot, g: GuestId) -> bool {
+        e.guest == g
+            && e.state == DmaState::Active
+            && e.sdte.valid()
+            && self.asid(g).is_some_and(|a| a != 0 && e.sdte.asid() == a)
+    }
+
+    fn read_of(&self, g: GuestId) -> String {
+        format!("ASID {:?}", self.asid(g))
+    }
 }
 
 /// What the host handed a continuation, for the answer oracle.
@@ -1643,63 +1683,14 @@ impl World {
         off..off.saturating_add(MAX_RESPONSE)
     }
 
-    /// Trusted DMA after every command, read from the firmware's own structures: a TDI's DMA
-    /// reaches a guest's private memory (`dma_reach`) only while the TDI is RUN bound to that
-    /// guest, its core record says the context is active, and the sDTE of its interface is
-    /// the guest's, active, valid and names the guest's ASID; a RUN TDI with an active context
-    /// on a live stream does reach it; and every sDTE belongs to a TDI bound to the entry's
-    /// guest (none outlives an unbind or a TDI).
+    /// Trusted DMA after every command ([`common::dma_oracle`]): a TDI's DMA reaches a guest's
+    /// private memory only through the sDTE of its interface, the guest's, active, valid and
+    /// naming the guest's ASID.
     fn dma_oracle(&mut self, after: &State, what: &str) {
-        for (slot, rec) in after.core.tdis.iter().enumerate() {
-            let Some(rec) = rec else { continue };
-            let t = TdiId::from_slot(slot as u16);
-            let reach = self
-                .sev
-                .tsm()
-                .dma_reach(t)
-                .unwrap_or_else(|e| fail(format!("dma_reach({t:?}): {e:?} after {what}")));
-            let entry = after.sdtes.iter().find(|e| e.iface == rec.iface);
-            if entry.is_some_and(|e| rec.state.owner() != Some(e.guest)) {
-                fail(format!(
-                    "sDTE {entry:?} of a TDI not bound to its guest ({:?}): {what}",
-                    rec.state
-                ));
-            }
-            let live = common::on_live_stream(&after.core, rec);
-            let active = rec.dma == Some(DmaState::Active);
-            match reach {
-                DmaReach::Private(g) => {
-                    let asid = after.guests.iter().find(|c| c.guest == g).map(|c| c.asid);
-                    let translates = entry.is_some_and(|e| {
-                        e.guest == g
-                            && e.state == DmaState::Active
-                            && e.sdte.valid()
-                            && asid.is_some_and(|a| a != 0 && e.sdte.asid() == a)
-                    });
-                    if rec.state != (TdiState::Run { owner: g }) || !active || !translates {
-                        fail(format!(
-                            "TDI {slot} reaches {g:?}'s private memory: {:?}, context {:?}, \
-                             sDTE {entry:?}, ASID {asid:?}: {what}",
-                            rec.state, rec.dma
-                        ));
-                    }
-                    self.stats.dma_private = true;
-                    self.reached[slot] = true;
-                }
-                DmaReach::SharedOnly => {
-                    if matches!(rec.state, TdiState::Run { .. }) && active && live {
-                        fail(format!(
-                            "TDI {slot} runs with its sDTE accepted, yet reaches shared memory \
-                             only: {what}"
-                        ));
-                    }
-                }
-            }
-        }
-        for e in &after.sdtes {
-            if !after.core.tdis.iter().flatten().any(|r| r.iface == e.iface) {
-                fail(format!("sDTE {e:?} of no TDI: {what}"));
-            }
+        let sev = &self.sev;
+        let reach = |t| sev.tsm().dma_reach(t);
+        if common::dma_oracle(&after.core, &Sdtes(after), reach, &mut self.reached, what) {
+            self.stats.dma_private = true;
         }
     }
 

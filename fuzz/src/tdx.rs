@@ -70,7 +70,7 @@ use platform_tdx::status::{
 };
 use tsm_core::capacity::{MAX_DEVICES, MAX_GUESTS, MAX_TDIS};
 use tsm_core::device_model::{DeviceEvent, ModelDevice};
-use tsm_core::dma::{DmaReach, DmaState};
+use tsm_core::dma::DmaState;
 use tsm_core::tdisp::report::{RANGE_ATTR_NON_TEE, WireMmioRange, wire_range};
 use tsm_core::tsm::Snapshot;
 use tsm_core::{
@@ -627,6 +627,49 @@ struct Image {
     spdm: Vec<Option<SpdmEntry>>,
 }
 
+/// The PASID entries of `Image` as the DMA oracle reads them, with the firmware whose S-EPT
+/// roots they must name.
+struct PasidEntries<'a, 'm> {
+    after: &'a Image,
+    fw: &'a TdxModule<'m, ModelSession>,
+}
+
+impl PasidEntries<'_, '_> {
+    /// TD `g`'s S-EPT root, if it has one.
+    fn root(&self, g: GuestId) -> Option<u64> {
+        self.fw.with_table(|tb| tb.root_phys(g)).ok().flatten()
+    }
+}
+
+impl common::DmaTable for PasidEntries<'_, '_> {
+    type Entry = DmarEntry;
+    const ENTRY: &'static str = "PASID entry";
+    const GUEST: &'static str = "TD";
+
+    fn entries(&self) -> &[DmarEntry] {
+        &self.after.dmar
+    }
+
+    fn is_for(e: &DmarEntry, rec: &tsm_core::registry::Tdi) -> bool {
+        e.rid == rec.iface.requester_id()
+    }
+
+    fn guest(e: &DmarEntry) -> GuestId {
+        e.guest
+    }
+
+    /// The TD's, present, with SLPTPTR the TD's S-EPT root.
+    fn translates(&self, e: &DmarEntry, g: GuestId) -> bool {
+        e.guest == g
+            && e.te.present()
+            && self.root(g).is_some_and(|r| r != 0 && e.te.slptptr() == r)
+    }
+
+    fn read_of(&self, g: GuestId) -> String {
+        format!("S-EPT root {:x?}", self.root(g))
+    }
+}
+
 /// The host's memory as the dispatcher reaches it: `HOST_PAGES` pages at [`HOST`], each of
 /// which may be read-only (a write or a write probe touching it is outside host memory).
 struct Host<'b> {
@@ -1163,69 +1206,15 @@ impl World<'_> {
         self.record(after);
     }
 
-    /// Trusted DMA after every call, read from the firmware's own structures: a TDI's DMA
-    /// reaches a TD's private memory (`dma_reach`) only while the TDI is RUN bound to that TD,
-    /// its core record says the context is active, and the PASID entry of its requester ID is
-    /// the TD's, present, with SLPTPTR the TD's S-EPT root; a RUN TDI with an active context on
-    /// a live stream does reach it; and every PASID entry belongs to a TDI bound to the entry's
-    /// TD (none outlives an unbind or a TDI).
+    /// Trusted DMA after every call ([`common::dma_oracle`]): a TDI's DMA reaches a TD's
+    /// private memory only through the PASID entry of its requester ID, the TD's, present, with
+    /// SLPTPTR the TD's S-EPT root.
     fn dma_oracle(&mut self, after: &Image, what: &str) {
-        for (slot, rec) in after.core.tdis.iter().enumerate() {
-            let Some(rec) = rec else { continue };
-            let t = TdiId::from_slot(slot as u16);
-            let reach = self
-                .fw
-                .tsm()
-                .dma_reach(t)
-                .unwrap_or_else(|e| fail(format!("dma_reach({t:?}): {e:?} after {what}")));
-            let rid = rec.iface.requester_id();
-            let entry = after.dmar.iter().find(|e| e.rid == rid);
-            if entry.is_some_and(|e| rec.state.owner() != Some(e.guest)) {
-                fail(format!(
-                    "PASID entry {entry:?} of a TDI not bound to its TD ({:?}): {what}",
-                    rec.state
-                ));
-            }
-            let live = common::on_live_stream(&after.core, rec);
-            let active = rec.dma == Some(DmaState::Active);
-            match reach {
-                DmaReach::Private(g) => {
-                    let root = self.fw.with_table(|tb| tb.root_phys(g)).ok().flatten();
-                    let translates = entry.is_some_and(|e| {
-                        e.guest == g
-                            && e.te.present()
-                            && root.is_some_and(|r| r != 0 && e.te.slptptr() == r)
-                    });
-                    if rec.state != (TdiState::Run { owner: g }) || !active || !translates {
-                        fail(format!(
-                            "TDI {slot} reaches {g:?}'s private memory: {:?}, context {:?}, \
-                             PASID entry {entry:?}, S-EPT root {root:x?}: {what}",
-                            rec.state, rec.dma
-                        ));
-                    }
-                    self.stats.dma_private = true;
-                    self.reached[slot] = true;
-                }
-                DmaReach::SharedOnly => {
-                    if matches!(rec.state, TdiState::Run { .. }) && active && live {
-                        fail(format!(
-                            "TDI {slot} runs with its context accepted, yet reaches shared \
-                             memory only: {what}"
-                        ));
-                    }
-                }
-            }
-        }
-        for e in &after.dmar {
-            if !after
-                .core
-                .tdis
-                .iter()
-                .flatten()
-                .any(|r| r.iface.requester_id() == e.rid)
-            {
-                fail(format!("PASID entry {e:?} of no TDI: {what}"));
-            }
+        let fw = &self.fw;
+        let entries = PasidEntries { after, fw };
+        let reach = |t| fw.tsm().dma_reach(t);
+        if common::dma_oracle(&after.core, &entries, reach, &mut self.reached, what) {
+            self.stats.dma_private = true;
         }
     }
 

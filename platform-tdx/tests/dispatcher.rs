@@ -126,20 +126,6 @@ impl<'m> World<'m> {
             tds: std::cell::Cell::new(0),
         }
     }
-
-    /// TDH.DEVIF.CREATE's registers for `iface` on SPDM id `dev` (its stream: ours, stream ID
-    /// == SPDM id) for TD `td`, with the private pages of the TDI relaying through `pages`.
-    fn create_regs(dev: u64, iface: RequesterId, td: u64, pages: (u64, u64)) -> SeamRegs {
-        let (devifcs, td_buf, vmm_buf) = private_pages(pages.0);
-        SeamRegs {
-            rcx: abi::devif_id(0, dev as u8, abi::function_id(iface) as u32),
-            rdx: td,
-            r8: devifcs,
-            r9: td_buf,
-            r10: vmm_buf,
-            ..Default::default()
-        }
-    }
 }
 
 impl<'m, const N: usize> World<'m, N> {
@@ -254,7 +240,7 @@ impl<'m, const N: usize> World<'m, N> {
     fn create_tdi_for(&self, td: u64, dev: u64, iface: RequesterId, pages: (u64, u64)) -> u64 {
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            World::<1>::create_regs(dev, iface, td, pages),
+            devif_create_regs(dev, iface, td, private_pages(pages.0)),
         );
         let tdi = abi::function_id(iface);
         self.pages.borrow_mut().insert(tdi, pages);
@@ -2088,8 +2074,12 @@ fn tdh_mng_create_names_the_td_by_its_tdr_page() {
         assert!(w.image() == before, "{what} changed state");
     }
     // The converse: a TDR is never a TDI's private page.
-    let mut create =
-        World::create_regs(dev, RequesterId::try_new(0, 3, 0, 1).unwrap(), tdr, PAGES_B);
+    let mut create = devif_create_regs(
+        dev,
+        RequesterId::try_new(0, 3, 0, 1).unwrap(),
+        tdr,
+        private_pages(PAGES_B.0),
+    );
     create.r9 = tdr;
     let out = w.call(u64::from(abi::TDH_DEVIF_CREATE), create);
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
@@ -2860,7 +2850,12 @@ fn spdm_create_refusals_name_the_operand_and_change_nothing() {
     );
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 1);
     assert!(w.image() == before);
-    let mut create = World::create_regs(0, RequesterId::try_new(0, 3, 0, 1).unwrap(), td, PAGES_B);
+    let mut create = devif_create_regs(
+        0,
+        RequesterId::try_new(0, 3, 0, 1).unwrap(),
+        td,
+        private_pages(PAGES_B.0),
+    );
     create.r9 = spdm_page(3);
     let out = w.call(u64::from(abi::TDH_DEVIF_CREATE), create);
     assert_eq!(out.rax, TDX_PAGE_METADATA_INCORRECT | 9);
@@ -2875,7 +2870,7 @@ fn spdm_bars_and_delete_refusals_change_nothing() {
     let w = World::new(&mut mem);
     let dev = spdm_create(&w, 4);
     // No BARs, so no IDE stream (TDH.IDE.STREAM.CREATE needs them): no stream to name.
-    let devif = World::create_regs(dev, rid(4), w.first_td(), PAGES_A);
+    let devif = devif_create_regs(dev, rid(4), w.first_td(), private_pages(PAGES_A.0));
     let before = w.image();
     let expect = [
         (
@@ -3445,7 +3440,7 @@ fn a_tdi_is_bound_only_to_its_own_td() {
     w.ok(abi::TDH_DEVIF_REMOVE, on(tdi));
 
     // Created for no TD: LOCK has no TD to bind to; SET_TD names one.
-    let mut create = World::create_regs(dev, rid(3), 0, PAGES_A);
+    let mut create = devif_create_regs(dev, rid(3), 0, private_pages(PAGES_A.0));
     create.rdx = 0;
     w.ok(abi::TDH_DEVIF_CREATE, create);
     let lock = SeamRegs {
@@ -3747,14 +3742,22 @@ fn the_hosts_stop_is_not_held_up_by_a_queued_td_start() {
 mod dmar_add;
 use dmar_add::dmar_add_regs;
 
+#[path = "common/devif_create.rs"]
+mod devif_create;
+use devif_create::devif_create_regs;
+
+#[path = "common/dmar_state.rs"]
+mod dmar_state;
+use dmar_state::read_state;
+
 #[path = "dispatcher/dma.rs"]
 mod dma;
 
 #[path = "dispatcher/review_s22b.rs"]
 mod review_s22b;
 
-#[path = "common/sharded_tables.rs"]
-mod sharded_tables;
+#[path = "common/sharded.rs"]
+mod sharded;
 
 #[path = "dispatcher/dma_shards.rs"]
 mod dma_shards;

@@ -14,6 +14,10 @@
 
 use std::cell::RefCell;
 
+#[path = "common/devif_create.rs"]
+mod devif_create;
+
+use devif_create::devif_create_regs;
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
 use platform_tdx::frames::{FramePool, Page};
@@ -204,14 +208,7 @@ impl<'m> World<'m> {
     fn create_tdi(&self, dev: u64) -> u64 {
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            SeamRegs {
-                rcx: abi::devif_id(0, dev as u8, ROUTING as u32),
-                rdx: TDR,
-                r8: DEVIF_PAGES[0],
-                r9: DEVIF_PAGES[1],
-                r10: DEVIF_PAGES[2],
-                ..Default::default()
-            },
+            devif_create_regs(dev, rid(3), TDR, DEVIF_PAGES),
         );
         ROUTING
     }
@@ -629,14 +626,7 @@ fn bind_needs_a_live_stream_body() {
     let mut mem = pool();
     let (w, td, dev) = connected(&mut mem);
     // No stream: the devif_id_t's stream ID names none (TDX-IO: a TDI hangs off its stream).
-    let create = SeamRegs {
-        rcx: abi::devif_id(0, dev as u8, ROUTING as u32),
-        rdx: TDR,
-        r8: DEVIF_PAGES[0],
-        r9: DEVIF_PAGES[1],
-        r10: DEVIF_PAGES[2],
-        ..Default::default()
-    };
+    let create = devif_create_regs(dev, rid(3), TDR, DEVIF_PAGES);
     w.refused(
         "no stream",
         abi::TDH_DEVIF_CREATE,
@@ -1530,14 +1520,7 @@ fn stream_create_refusals_change_nothing_body() {
     w.refused(
         "a TDI's private page a stream's metadata",
         abi::TDH_DEVIF_CREATE,
-        SeamRegs {
-            rcx: abi::devif_id(0, dev2 as u8, abi::function_id(rid(4)) as u32),
-            rdx: TDR,
-            r8: SPARE,
-            r9: IDE_MT,
-            r10: SPARE_2,
-            ..Default::default()
-        },
+        devif_create_regs(dev2, rid(4), TDR, [SPARE, IDE_MT, SPARE_2]),
         IN_USE | 9,
     );
 }

@@ -15,8 +15,12 @@
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-#[path = "common/sharded_tables.rs"]
-mod sharded_tables;
+#[path = "common/devif_create.rs"]
+mod devif_create;
+#[path = "common/sharded.rs"]
+mod sharded;
+
+use devif_create::devif_create_regs;
 
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
@@ -25,7 +29,7 @@ use platform_tdx::module::MESSAGE_PAGE_BYTES;
 use platform_tdx::status::*;
 use platform_tdx::td;
 use tsm_core::device_model::ModelDevice;
-use tsm_core::{Gpa, LeafState, MmioRange, ModelSession, PageSize, RequesterId, ReservedMemory};
+use tsm_core::{Gpa, LeafState, MmioRange, ModelSession, PageSize, RequesterId};
 
 /// Host memory: page 0 the range list, pages 1-6 the TDIs' request and response pages, 7-9
 /// TDR pages, 10-11 SPDM metadata, 12-15 the link's config, dev_info, response and request
@@ -82,13 +86,8 @@ struct World<'m, const N: usize> {
 
 impl<'m, const N: usize> World<'m, N> {
     fn new(pools: &'m mut [Vec<Page>; N]) -> Self {
-        let tables = sharded_tables::sharded_tables(pools);
         World {
-            fw: TdxModule::sharded(
-                tables,
-                std::array::from_fn(|_| ModelSession::model()),
-                ReservedMemory::new(),
-            ),
+            fw: sharded::sharded_module(pools),
             mem: vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES],
             device: ModelDevice::model(),
         }
@@ -161,17 +160,10 @@ impl<'m, const N: usize> World<'m, N> {
         self.link(dev, bus, bar, i);
         self.device.report_ranges(rid(bus), &[range]);
         let (request, _) = tdi_pages(i);
-        let private = |k| host_page(18 + 3 * i + k);
+        let private = [0, 1, 2].map(|k| host_page(18 + 3 * i + k));
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            SeamRegs {
-                rcx: abi::devif_id(0, dev as u8, abi::function_id(rid(bus)) as u32),
-                rdx: td,
-                r8: private(0),
-                r9: private(1),
-                r10: private(2),
-                ..Default::default()
-            },
+            devif_create_regs(dev, rid(bus), td, private),
         );
         let tdi = abi::function_id(rid(bus));
         let mut out = self.call(

@@ -15,6 +15,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
+#[path = "common/devif_create.rs"]
+mod devif_create;
+
+use devif_create::devif_create_regs;
 use platform_tdx::TdxModule;
 use platform_tdx::abi::{self, Dispatcher, HostBuffer, RangeList, SeamRegs, page_info};
 use platform_tdx::frames::{FramePool, Page};
@@ -255,14 +259,7 @@ impl<'m> World<'m> {
         let function = abi::function_id(iface);
         self.ok(
             abi::TDH_DEVIF_CREATE,
-            SeamRegs {
-                rcx: abi::devif_id(0, dev as u8, function as u32),
-                rdx: td,
-                r8: DEVIF_PAGES[0],
-                r9: DEVIF_PAGES[1],
-                r10: DEVIF_PAGES[2],
-                ..Default::default()
-            },
+            devif_create_regs(dev, iface, td, DEVIF_PAGES),
         );
         self.pages.borrow_mut().insert(function, pages);
         function

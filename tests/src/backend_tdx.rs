@@ -48,8 +48,9 @@ use platform_tdx::abi::{
     self, Dispatcher, HostBuffer, HostFault, HostMemory, RangeList, SeamRegs, page_info,
 };
 use platform_tdx::ept::SeptEntry;
+use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::module::{MESSAGE_PAGE_BYTES, TdRequest};
-use platform_tdx::sept::{Sept, leaf_size};
+use platform_tdx::sept::{Sept, SeptLevels, leaf_size};
 use tsm_core::device_model::{DeviceEvent, Misbehaviour, ModelDevice};
 use tsm_core::lifecycle::{Cursor, UnbindStep};
 use tsm_core::relay::host::{RelayHost, SharedDevice};
@@ -110,9 +111,33 @@ const STATE_INV_SHIFT: u32 = 11;
 /// inv_sts width.
 const STATE_INV_MASK: u64 = 0x7;
 
+/// `(map_sts, inv_sts)` of TDH.DMAR.READ's RDX (`dmar::MAP_*`, `dmar::INV_*`), the word the
+/// crate encodes (`PasidTe::state_info`) and exports no decoder of.
+pub fn dmar_read_state(rdx: u64) -> (u64, u64) {
+    (
+        (rdx >> STATE_MAP_SHIFT) & STATE_MAP_MASK,
+        (rdx >> STATE_INV_SHIFT) & STATE_INV_MASK,
+    )
+}
+
 /// The firmware the backend drives: the S-EPT, sealed with the model session its device
 /// shares.
 pub type TdxFirmware<'m> = TdxModule<'m, ModelSession>;
+
+/// S-EPT table pages a scenario's firmware gets: plenty for the suite's mappings (ours).
+pub const POOL_PAGES: usize = 256;
+/// Where the pool's "physical memory" for table pages pretends to be (ours).
+pub const POOL_PHYS: u64 = 0x20_0000_0000;
+
+/// The firmware the scenarios run on: an S-EPT of `levels` levels over the table pages `mem`
+/// at [`POOL_PHYS`], and a model session; `None` when `mem` makes no frame pool.
+pub fn tdx_firmware(mem: &mut [Page], levels: SeptLevels) -> Option<TdxFirmware<'_>> {
+    let pool = FramePool::new(mem, POOL_PHYS)?;
+    Some(TdxFirmware::new(
+        Sept::new(pool, levels),
+        ModelSession::model(),
+    ))
+}
 
 impl FlushControl for Sept<'_> {
     /// Holds the guest's flushes and invalidations from now on, or completes both and stops
@@ -1370,8 +1395,7 @@ impl Backend for TdxBackend<'_, '_> {
             },
         );
         let root = out.r8 & PTE_SLPTPTR_MASK;
-        let map = (out.rdx >> STATE_MAP_SHIFT) & STATE_MAP_MASK;
-        let inv = (out.rdx >> STATE_INV_SHIFT) & STATE_INV_MASK;
+        let (map, inv) = dmar_read_state(out.rdx);
         let translates = out.r8 & PTE_P != 0 || (map == MAP_BLOCKED && inv != INV_DONE);
         if out.rax != 0 || root == 0 || !translates {
             return Ok(DmaReach::SharedOnly);

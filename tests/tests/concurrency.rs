@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 use platform_sev::RmpEntry;
 use platform_tdx::frames::{FramePool, Page};
 use platform_tdx::sept::{Sept, SeptLevels};
-use tsm_core::ModelSession;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::{RelayHost, Relayed};
 use tsm_core::{SecureSession, SecureTable};
 use tsm_tests::backend::{CoreBackend, FlushControl};
 use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
-use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware, tdx_firmware};
 use tsm_tests::invariants;
 use tsm_tests::workload::{self, Rng, Tally, Targets};
 
@@ -158,11 +157,7 @@ fn concurrent_workload_on_the_core_table() {
 fn concurrent_workload_on_the_tdx_sept() {
     on_big_stack(|| {
         let mut mem = vec![Page::ZERO; 512];
-        let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
-        let tsm: Box<TdxFirmware<'_>> = Box::new(TdxFirmware::new(
-            Sept::new(pool, SeptLevels::Four),
-            ModelSession::model(),
-        ));
+        let tsm: Box<TdxFirmware<'_>> = Box::new(tdx_firmware(&mut mem, SeptLevels::Four).unwrap());
         let mut backend = Box::new(TdxBackend::new(&tsm));
         let targets = workload::setup(&mut *backend).unwrap();
         hammer("tdx", &backend.host(), &targets);

@@ -11,16 +11,16 @@
 
 use platform_tdx::abi::SeamRegs;
 use platform_tdx::dmar::{INV_DONE, INV_QUEUED, PTE_P, PTE_SLPTPTR_MASK, TDH_DMAR_READ, dmar_idx};
-use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::sept::{Sept, SeptLevels};
+use platform_tdx::frames::Page;
+use platform_tdx::sept::SeptLevels;
 use tsm_core::device_model::ModelDevice;
 use tsm_core::dma::DmaReach;
 use tsm_core::lifecycle::TdispState;
 use tsm_core::mem_table::MemTable;
 use tsm_core::relay::host::Relayed;
-use tsm_core::{Gpa, GuestId, ModelSession, TdiId, TdiState};
+use tsm_core::{Gpa, GuestId, TdiId, TdiState};
 use tsm_tests::backend::{Backend, CoreBackend, DmaAccess, FlushControl};
-use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::backend_tdx::{POOL_PAGES, TdxBackend, TdxFirmware, dmar_read_state, tdx_firmware};
 use tsm_tests::interpreter::run_scenario;
 
 const SETUP: &str = "\
@@ -66,20 +66,14 @@ fn dmar_read(b: &mut TdxBackend<'_, '_>, tsm: &TdxFirmware<'_>, t: TdiId) -> (u6
     (out.rax, out.rdx, out.r8)
 }
 
-/// `dmar_state_info_t` inv_sts (RDX 13:11, `dmar.h` @1666adc4).
-fn inv_sts(rdx: u64) -> u64 {
-    (rdx >> 11) & 0x7
-}
-
 /// D1, adapted: after TDG.DMAR.ACCEPT of a CONFIG_LOCKED TDI the PASID entry is PRESENT with
 /// the TD's S-EPT root, which maps the page: the trusted IOMMU would translate a T=1 write
 /// into the TD's private page (`iommu_reach`). The device, CONFIG_LOCKED, sends no T=1
 /// (`device_sends_tee`), so the access reaches shared memory only. Both facts, read apart.
 #[test]
 fn d1_config_locked_with_an_accepted_entry_the_iommu_translates_but_the_device_sends_no_t1() {
-    let mut mem = vec![Page::ZERO; 256];
-    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
-    let tsm = TdxFirmware::new(Sept::new(pool, SeptLevels::Four), ModelSession::model());
+    let mut mem = vec![Page::ZERO; POOL_PAGES];
+    let tsm = tdx_firmware(&mut mem, SeptLevels::Four).unwrap();
     let mut b = TdxBackend::new(&tsm);
     run(&mut b, SETUP);
     let (g, t) = (GuestId::from_slot(0), TdiId::from_slot(0));
@@ -134,9 +128,8 @@ fn d1_config_locked_with_an_accepted_entry_the_iommu_translates_but_the_device_s
 /// TDH.IQ.INV.PROCESS completed it (DONE), with the device still RUN, it does not.
 #[test]
 fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_iotlb() {
-    let mut mem = vec![Page::ZERO; 256];
-    let pool = FramePool::new(&mut mem, 0x20_0000_0000).unwrap();
-    let tsm = TdxFirmware::new(Sept::new(pool, SeptLevels::Four), ModelSession::model());
+    let mut mem = vec![Page::ZERO; POOL_PAGES];
+    let tsm = tdx_firmware(&mut mem, SeptLevels::Four).unwrap();
     let mut b = TdxBackend::new(&tsm);
     run(&mut b, WINDOW);
     let (g, t) = (GuestId::from_slot(0), TdiId::from_slot(0));
@@ -144,7 +137,11 @@ fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_io
     let (rax, rdx, r8) = dmar_read(&mut b, &tsm, t);
     assert_eq!(rax, 0, "TDH.DMAR.READ");
     assert_eq!(r8 & PTE_P, 0, "blocked: not present");
-    assert_eq!(inv_sts(rdx), INV_QUEUED, "invalidation QUEUED, not DONE");
+    assert_eq!(
+        dmar_read_state(rdx).1,
+        INV_QUEUED,
+        "invalidation QUEUED, not DONE"
+    );
     assert_eq!(b.device().state(iface), TdispState::Run, "no STOP yet");
     let gpa = Gpa::try_new(0x10_0000_0000).unwrap();
     for write in [false, true] {
@@ -161,7 +158,7 @@ fn d1b_a_blocked_entry_whose_invalidation_is_queued_still_reaches_through_the_io
     );
     b.complete_invalidations(t).unwrap();
     let (_, rdx, _) = dmar_read(&mut b, &tsm, t);
-    assert_eq!(inv_sts(rdx), INV_DONE);
+    assert_eq!(dmar_read_state(rdx).1, INV_DONE);
     assert_eq!(b.device().state(iface), TdispState::Run, "still no STOP");
     assert_eq!(b.iommu_reach(t), Ok(DmaReach::SharedOnly));
     assert_eq!(

@@ -10,16 +10,14 @@
     clippy::arithmetic_side_effects
 )]
 
-use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::sept::{Sept, SeptLevels};
+use platform_tdx::frames::Page;
+use platform_tdx::sept::SeptLevels;
 use tsm_core::secure_table::SecureTable;
 use tsm_core::tdisp::report::wire_range;
-use tsm_core::{Completion, Gpa, Hpa, MmioRange, ModelSession, PageSize, RequesterId};
+use tsm_core::{Completion, Gpa, Hpa, MmioRange, PageSize, RequesterId};
 use tsm_tests::backend::Backend;
-use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::backend_tdx::{POOL_PAGES, TdxBackend, TdxFirmware, tdx_firmware};
 
-const POOL_PAGES: usize = 256;
-const POOL_PHYS: u64 = 0x20_0000_0000;
 const BAR: u64 = 0x8000_0000;
 const GPA: u64 = 0x10_0000_0000;
 /// Leaves mapped before the unbind, in runs of [`RUN`] with a free slot between runs, all in
@@ -48,8 +46,7 @@ fn late(slot: u64) -> (Gpa, Hpa) {
 /// Unbinds by force, one call at a time, calling `between(fw, call)` after each `Resumable`.
 fn run(between: &mut dyn FnMut(&TdxFirmware<'_>, u32)) {
     let mut mem = vec![Page::ZERO; POOL_PAGES];
-    let pool = FramePool::new(&mut mem, POOL_PHYS).unwrap();
-    let fw = TdxFirmware::new(Sept::new(pool, SeptLevels::Four), ModelSession::model());
+    let fw = tdx_firmware(&mut mem, SeptLevels::Four).unwrap();
     let mut b = TdxBackend::new(&fw);
     let g = b.create_guest().unwrap();
     let rid = RequesterId::try_new(0, 3, 0, 0).unwrap();

@@ -10,22 +10,15 @@
 
 mod common;
 
-use platform_tdx::frames::{FramePool, Page};
-use platform_tdx::sept::{Sept, SeptLevels};
-use tsm_core::ModelSession;
+use platform_tdx::frames::Page;
+use platform_tdx::sept::SeptLevels;
 use tsm_tests::backend::Backend;
-use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+use tsm_tests::backend_tdx::{POOL_PAGES, TdxBackend, tdx_firmware};
 use tsm_tests::suite::run_suite;
-
-/// Table pages each scenario's firmware gets: plenty for the suite's mappings.
-const POOL_PAGES: usize = 256;
-/// Where the test's "physical memory" for table pages pretends to be.
-const POOL_PHYS: u64 = 0x20_0000_0000;
 
 fn with_tdx(levels: SeptLevels, f: &mut dyn FnMut(&mut dyn Backend)) {
     let mut mem = vec![Page::ZERO; POOL_PAGES];
-    let pool = FramePool::new(&mut mem, POOL_PHYS).unwrap();
-    let tsm = TdxFirmware::new(Sept::new(pool, levels), ModelSession::model());
+    let tsm = tdx_firmware(&mut mem, levels).unwrap();
     f(&mut TdxBackend::new(&tsm));
 }
 

@@ -72,7 +72,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
         "the module's SLPTPTR"
     );
     assert_eq!(read.r8 & dmar::PTE_P, dmar::PTE_P);
-    assert_eq!((read.rdx >> 3) & 0xff, MAP_PRESENT);
+    assert_eq!(read_state(read.rdx).0, MAP_PRESENT);
     assert_eq!(w.start(td, tdi), TDX_SUCCESS);
     let id = w.id(tdi);
     assert_eq!(
@@ -87,10 +87,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     assert_eq!(w.unbind_all(tdi), pending);
     let read = on_idx(w, abi::TDH_DMAR_READ);
     assert_eq!(read.r8 & dmar::PTE_P, 0, "not present from BLOCK on");
-    assert_eq!(
-        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
-        (MAP_BLOCKED, INV_QUEUED)
-    );
+    assert_eq!(read_state(read.rdx), (MAP_BLOCKED, INV_QUEUED));
     assert_eq!(
         w.device.borrow().dsm().state(rid(3)),
         TdispState::Run,
@@ -201,10 +198,7 @@ fn the_whole_life_waits_for_the_hosts_iq_process() {
     );
     // The entry's own invalidation completed before STOP.
     let read = on_idx(w, abi::TDH_DMAR_READ);
-    assert_eq!(
-        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
-        (MAP_BLOCKED, dmar::INV_DONE)
-    );
+    assert_eq!(read_state(read.rdx), (MAP_BLOCKED, dmar::INV_DONE));
     refused(
         w,
         "DEVIF.REMOVE while the context remains",
@@ -691,7 +685,7 @@ fn sibling_unbind(force: bool, host_tracked: bool) {
     assert_eq!(free(), free_before + 1, "the emptied table page went back");
     // X never stopped translating through A's S-EPT.
     let read = on_idx(w, abi::TDH_DMAR_READ);
-    assert_eq!((read.rdx >> 3) & 0xff, MAP_PRESENT);
+    assert_eq!(read_state(read.rdx).0, MAP_PRESENT);
     assert_eq!(
         w.fw.tsm().dma_reach(w.id(x)).unwrap(),
         tsm_core::dma::DmaReach::Private(g)
@@ -793,7 +787,7 @@ fn a_forced_unbind_of_a_running_tdi_cuts_blocks_and_waits_for_the_hosts_invalida
         let read = on_idx(w, abi::TDH_DMAR_READ);
         assert_eq!(read.rax, TDX_SUCCESS);
         assert_eq!(read.r8 & dmar::PTE_P, 0, "{when}: the entry is not present");
-        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7)
+        read_state(read.rdx)
     };
     let first = unbind();
     assert_eq!(
@@ -904,7 +898,7 @@ fn first_call_blocks_the_entry(w: &World<'_>, td: u64, tdi: u64, leaf: u16) {
     let read = on_idx(w, abi::TDH_DMAR_READ);
     assert_eq!(read.r8 & dmar::PTE_P, 0, "not present after the first call");
     assert_eq!(
-        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7),
+        read_state(read.rdx),
         (MAP_BLOCKED, INV_QUEUED),
         "its invalidation queued with the block"
     );
@@ -1070,7 +1064,7 @@ fn the_hosts_request_of_a_pending_entry_queues_and_of_a_queued_or_done_one_is_re
     cut_stream(w, tdi);
     let state = || {
         let read = on_idx(w, abi::TDH_DMAR_READ);
-        ((read.rdx >> 3) & 0xff, (read.rdx >> 11) & 7)
+        read_state(read.rdx)
     };
     assert_eq!(
         state().0,

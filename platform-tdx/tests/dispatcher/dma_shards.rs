@@ -4,7 +4,7 @@
 
 use super::*;
 use platform_tdx::dmar::{self, INV_DONE, INV_QUEUED, MAP_BLOCKED};
-use tsm_core::{GuestId, ReservedMemory};
+use tsm_core::GuestId;
 
 /// Table pages of each shard's pool.
 const POOL_PAGES: usize = 32;
@@ -13,15 +13,10 @@ const BAR_4: u64 = 0x9000_0000;
 
 impl<'m, const N: usize> World<'m, N> {
     /// The firmware over `N` shards, each S-EPT over its own pool in `pools` (as
-    /// `tests/shards.rs` builds it).
+    /// `tests/shards.rs` builds it: `common/sharded.rs`).
     fn sharded(pools: &'m mut [Vec<Page>; N]) -> Self {
-        let tables = sharded_tables::sharded_tables(pools);
         World {
-            fw: TdxModule::sharded(
-                tables,
-                std::array::from_fn(|_| ModelSession::model()),
-                ReservedMemory::new(),
-            ),
+            fw: sharded::sharded_module(pools),
             mem: RefCell::new(vec![0; HOST_PAGES * MESSAGE_PAGE_BYTES]),
             device: RefCell::new(ModelDevice::model()),
             pages: RefCell::new(BTreeMap::new()),
@@ -77,7 +72,7 @@ fn entry_state<const N: usize>(w: &World<'_, N>, lane: Lane) -> (u64, u64) {
         },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
-    ((out.rdx >> 3) & 0xff, (out.rdx >> 11) & 7)
+    read_state(out.rdx)
 }
 
 /// Everything of shard `guest`'s: its S-EPT pool's bytes and bookkeeping (PASID entries

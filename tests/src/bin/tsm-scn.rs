@@ -31,15 +31,14 @@ mod host {
     use std::process::ExitCode;
 
     use platform_sev::RmpEntry;
-    use platform_tdx::frames::{FramePool, Page};
-    use platform_tdx::sept::{Sept, SeptLevels};
-    use tsm_core::ModelSession;
+    use platform_tdx::frames::Page;
+    use platform_tdx::sept::SeptLevels;
     use tsm_core::device_model::ModelDevice;
     use tsm_core::mem_table::MemTable;
     use tsm_core::relay::host::Relayed;
     use tsm_tests::backend::{Backend, CoreBackend};
     use tsm_tests::backend_sev::{RMP_INDEX_WORDS, RMP_PAGES, SevBackend};
-    use tsm_tests::backend_tdx::{TdxBackend, TdxFirmware};
+    use tsm_tests::backend_tdx::{POOL_PAGES, TdxBackend, tdx_firmware};
     use tsm_tests::interpreter::{Summary, check_scenario, run_scenario_with};
 
     const USAGE: &str = "usage: tsm-scn FILE... [--backend core|tdx|sev|all] [--verbose]\n\
@@ -48,10 +47,6 @@ mod host {
 
     /// Leaves of the core's in-memory secure table (as the host suite gives it).
     const CORE_LEAVES: usize = 1024;
-    /// S-EPT table pages each TDX run gets (as the host suite gives it).
-    const TDX_POOL_PAGES: usize = 256;
-    /// Where the TDX pool's "physical memory" pretends to be (as the host suite has it).
-    const TDX_POOL_PHYS: u64 = 0x20_0000_0000;
     /// The SEV firmware's tables are large: the runner's stack.
     const STACK_BYTES: usize = 64 << 20;
 
@@ -84,11 +79,9 @@ mod host {
                     f(&mut CoreBackend::new(&tsm, "core"));
                 }
                 Which::Tdx => {
-                    let mut mem = vec![Page::ZERO; TDX_POOL_PAGES];
-                    let pool =
-                        FramePool::new(&mut mem, TDX_POOL_PHYS).ok_or("no TDX frame pool")?;
+                    let mut mem = vec![Page::ZERO; POOL_PAGES];
                     let tsm =
-                        TdxFirmware::new(Sept::new(pool, SeptLevels::Four), ModelSession::model());
+                        tdx_firmware(&mut mem, SeptLevels::Four).ok_or("no TDX frame pool")?;
                     f(&mut TdxBackend::new(&tsm));
                 }
                 Which::Sev => {
