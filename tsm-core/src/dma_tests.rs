@@ -725,35 +725,63 @@ fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
 }
 
-/// The teardown calls keep the table's refusal behind their `IotlbInvalidationPending`, decided
-/// inside the call under its locks (the context's wait here: `InvalidationPending`); a refusal
-/// that is not the table's leaves the note as it was.
+/// The two IOTLB waits are two statuses, decided inside the call under its locks: an unbind
+/// the table refuses for the guest's domain (the track's invalidation still owed, TDX) answers
+/// `IotlbNotTracked` at its Track step; one waiting for its context's own invalidation answers
+/// `IotlbInvalidationPending` before STOP (forced: at its Dma step). Each keeps its progress,
+/// answers the same again changing nothing, and goes on once the wait is over.
 #[test]
-fn teardowns_note_the_tables_refusal_behind_their_wait() {
-    let w = running();
-    let tsm = &w.tsm;
-    let mut kept = Some(TableError::Inconsistent);
-    refused(tsm, Error::TdiBound, || {
-        tsm.host_dma_remove_noting(w.t0, &mut kept)
-    });
-    assert_eq!(
-        kept,
-        Some(TableError::Inconsistent),
-        "the core's own refusal"
-    );
-    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
-        .unwrap();
-    let mut buf = [0u8; MAX_RELAY_BYTES];
-    let mut noted = None;
-    assert_eq!(
-        tsm.unbind_noting(w.t0, &mut buf, &mut noted),
-        Err(Error::IotlbInvalidationPending)
-    );
-    assert_eq!(noted, Some(TableError::InvalidationPending));
-    let mut forced = None;
-    assert_eq!(
-        tsm.unbind_forced_noting(w.t0, &mut forced),
-        Err(Error::IotlbInvalidationPending)
-    );
-    assert_eq!(forced, Some(TableError::InvalidationPending));
+fn an_unbind_names_which_iotlb_wait_it_met() {
+    use crate::secure_table::TableError;
+    let at = |w: &World, step| TdiState::Unbinding { owner: w.g1, step };
+    for forced in [false, true] {
+        let unbind = |w: &World| {
+            if forced {
+                w.tsm.unbind_forced(w.t0)
+            } else {
+                w.tsm.unbind(w.t0)
+            }
+        };
+        // The guest's domain: the leaves blocked, STOP answered, the context invalidated; the
+        // epoch advance refused, the step kept at Track.
+        let w = running();
+        let tsm = &w.tsm;
+        tsm.with_table(|t| t.refuse_track(Some(TableError::IotlbNotTracked)))
+            .unwrap();
+        assert_eq!(unbind(&w), Err(Error::IotlbNotTracked), "forced {forced}");
+        assert_eq!(state(&w, w.t0), at(&w, UnbindStep::Track));
+        assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+        assert!(matches!(
+            tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+            Some(crate::secure_table::LeafState::Blocked { .. })
+        ));
+        refused(tsm, Error::IotlbNotTracked, || unbind(&w));
+        tsm.with_table(|t| t.refuse_track(None)).unwrap();
+        assert_eq!(unbind(&w), Ok(Completion::Done));
+        assert_eq!(state(&w, w.t0), TdiState::Unbound);
+        assert!(contexts(&w).is_empty());
+
+        // The context's own: before STOP (forced: the leaves gone, at the Dma step).
+        let w = running();
+        let tsm = &w.tsm;
+        tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+            .unwrap();
+        assert_eq!(
+            unbind(&w),
+            Err(Error::IotlbInvalidationPending),
+            "forced {forced}"
+        );
+        let step = if forced {
+            UnbindStep::Dma
+        } else {
+            UnbindStep::Stop
+        };
+        assert_eq!(state(&w, w.t0), at(&w, step));
+        assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+        refused(tsm, Error::IotlbInvalidationPending, || unbind(&w));
+        tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
+        assert_eq!(unbind(&w), Ok(Completion::Done));
+        assert_eq!(state(&w, w.t0), TdiState::Unbound);
+        assert!(contexts(&w).is_empty());
+    }
 }

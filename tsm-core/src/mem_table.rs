@@ -50,6 +50,10 @@ pub struct MemTable<const N: usize> {
     /// disagrees with the core's record).
     #[cfg(test)]
     refuse_block: Option<TableError>,
+    /// Tests: every epoch advance is refused with this, nothing changed (TDX's
+    /// `IotlbNotTracked` while an IOMMU owes the guest's domain the last track's invalidation).
+    #[cfg(test)]
+    refuse_track: Option<TableError>,
 }
 
 impl<const N: usize> Default for MemTable<N> {
@@ -80,6 +84,8 @@ impl<const N: usize> MemTable<N> {
             refuse_invalidation: None,
             #[cfg(test)]
             refuse_block: None,
+            #[cfg(test)]
+            refuse_track: None,
         }
     }
 
@@ -99,6 +105,12 @@ impl<const N: usize> MemTable<N> {
     #[cfg(test)]
     pub(crate) fn refuse_block(&mut self, refusal: Option<TableError>) {
         self.refuse_block = refusal;
+    }
+
+    /// Tests: refuse every epoch advance with `refusal` (`None`: take them).
+    #[cfg(test)]
+    pub(crate) fn refuse_track(&mut self, refusal: Option<TableError>) {
+        self.refuse_track = refusal;
     }
 
     /// When set for `guest`, its `track` advances the epoch but the flush completes only at
@@ -389,6 +401,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
+        #[cfg(test)]
+        if let Some(refusal) = self.refuse_track {
+            return Err(refusal);
+        }
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))

@@ -77,9 +77,10 @@ pub enum TableError {
     DmaNotBlocked,
     /// Removal of a blocked DMA context whose IOTLB invalidation is not complete.
     InvalidationPending,
-    /// A track, or the removal of a leaf blocked before the last track, while a trusted IOMMU
-    /// that translates through the guest's table still owes the IOTLB invalidation of the
-    /// guest's domain that track asked for (TDX: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE). The
+    /// A track, the removal of a leaf blocked before the last track, or the removal of a DMA
+    /// context on an IOMMU that track counted, while a trusted IOMMU that translates through
+    /// the guest's table still owes the IOTLB invalidation of the guest's domain that track
+    /// asked for (TDX: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE; core `Error::IotlbNotTracked`). The
     /// platform completes it later (TDX: TDH.IQ.INV.REQUEST of the domain, then
     /// TDH.IQ.INV.PROCESS); the caller keeps its progress and retries.
     IotlbNotTracked,
@@ -101,9 +102,8 @@ impl From<TableError> for Error {
             TableError::DmaContextExists => Error::DmaContextExists,
             TableError::NoDmaContext => Error::NoDmaContext,
             TableError::DmaNotBlocked => Error::DmaNotBlocked,
-            TableError::InvalidationPending | TableError::IotlbNotTracked => {
-                Error::IotlbInvalidationPending
-            }
+            TableError::InvalidationPending => Error::IotlbInvalidationPending,
+            TableError::IotlbNotTracked => Error::IotlbNotTracked,
         }
     }
 }

@@ -914,20 +914,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// bind), and an unbind already waiting for STOP resends it. Unbinding an unbound TDI
     /// with nothing waiting is `Done` and changes nothing.
     pub fn unbind(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
-        self.unbind_noting(tdi, out, &mut None)
-    }
-
-    /// [`Tsm::unbind`], with the secure table's refusal behind its error, if the table refused,
-    /// kept in `noted` (else left as it was): decided in the call, under its locks, so a platform
-    /// whose table tells two IOTLB waits apart (TDX: the context's `InvalidationPending`, the
-    /// guest domain's `IotlbNotTracked`, both `IotlbInvalidationPending` here) names the one it
-    /// met without reading any state afterwards.
-    pub fn unbind_noting(
-        &self,
-        tdi: TdiId,
-        out: &mut [u8],
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -959,7 +945,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             owner,
             step,
             Some((&mut *transport, out)),
-            noted,
         )
     }
 
@@ -996,7 +981,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         owner: GuestId,
         step: UnbindStep,
         ask: Option<(&mut Requester<S>, &mut [u8])>,
-        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
         let UnbindLocks {
             mut guest,
@@ -1019,12 +1003,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             } else {
                 StopBy::Done
             },
-            noted: None,
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_WORK_PER_CALL);
-        if ctx.noted.is_some() {
-            *noted = ctx.noted;
-        }
         record.state = state;
         match outcome? {
             Ended::Completion(done) => Ok(done),
@@ -1070,16 +1050,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// ownership, secure table; never the transport. Every lock is taken before anything
     /// changes, so `Busy` changes nothing.
     pub fn unbind_forced(&self, tdi: TdiId) -> TsmResult<Completion> {
-        self.unbind_forced_noting(tdi, &mut None)
-    }
-
-    /// [`Tsm::unbind_forced`], with the table's refusal behind its error kept in `noted` as
-    /// [`Tsm::unbind_noting`] keeps it.
-    pub fn unbind_forced_noting(
-        &self,
-        tdi: TdiId,
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1116,7 +1086,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             );
             Self::cut(dev, &mut others);
         }
-        Self::run_unbind(locks, tdi, record, owner, step, None, noted)
+        Self::run_unbind(locks, tdi, record, owner, step, None)
     }
 
     /// Cuts `dev`'s IDE stream at the root port ([`IdeStream::Cut`]) with `others`, the
@@ -1364,19 +1334,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        self.respond(tdi, response, out, None, &mut None)
-    }
-
-    /// [`Tsm::device_response`], with the table's refusal behind its error kept in `noted` as
-    /// [`Tsm::unbind_noting`] keeps it (STOP's answer goes on with the unbind).
-    pub fn device_response_noting(
-        &self,
-        tdi: TdiId,
-        response: Option<&[u8]>,
-        out: &mut [u8],
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
-        self.respond(tdi, response, out, None, noted)
+        self.respond(tdi, response, out, None)
     }
 
     /// [`Tsm::device_response`] on a platform whose bind sets up the TDI's trusted DMA context
@@ -1403,7 +1361,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             Some(f) => f(table, guest, iface),
             None => Err(TableError::Inconsistent),
         };
-        self.respond(tdi, response, out, Some(&mut once), &mut None)
+        self.respond(tdi, response, out, Some(&mut once))
     }
 
     /// [`Tsm::device_response`], creating the DMA context at a bind's end when `fill` is
@@ -1414,9 +1372,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
         fill: Option<&mut BindFill<'_, T>>,
-        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
-        let outcome = self.take_response(tdi, response, out, fill, noted);
+        let outcome = self.take_response(tdi, response, out, fill);
         match outcome {
             // The device failed the operation: what an integrator looks for first.
             Err(
@@ -1435,7 +1392,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
         fill: Option<&mut BindFill<'_, T>>,
-        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1676,7 +1632,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 stopped?;
                 record.forget_lock();
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None, noted)
+                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None)
             }
         }
     }

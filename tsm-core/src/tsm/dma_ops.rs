@@ -170,33 +170,18 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// and only in order: block, invalidate, remove; the unbind's Dma step then skips what the
     /// host did. Refused, changing nothing: unknown TDI (`InvalidHandle`), the device still able
     /// to reach the guest (`TdiBound`), no context (`NoDmaContext`), not blocked
-    /// (`DmaNotBlocked`), its invalidation not complete (`IotlbInvalidationPending`).
+    /// (`DmaNotBlocked`), its invalidation not complete (`IotlbInvalidationPending`), the
+    /// guest's domain still owed a track's invalidation on its IOMMU (`IotlbNotTracked`, TDX).
     ///
     /// Locks (each of the three): device, TDI, secure table (the owner's shard).
     pub fn host_dma_remove(&self, tdi: TdiId) -> TsmResult<()> {
-        self.host_dma_remove_noting(tdi, &mut None)
-    }
-
-    /// [`Tsm::host_dma_remove`], with the table's refusal behind its error kept in `noted` as
-    /// [`Tsm::unbind_noting`] keeps it.
-    pub fn host_dma_remove_noting(
-        &self,
-        tdi: TdiId,
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<()> {
         // The order is the core's to keep, whatever the platform's table checks.
-        self.host_dma_change(tdi, |t, owner, record, state| {
-            let removed = match state {
-                DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
-                DmaState::Blocked => Err(TableError::InvalidationPending),
-                DmaState::Invalidating | DmaState::Invalidated => {
-                    t.dma_remove(owner, record.iface).map(|()| None)
-                }
-            };
-            if let Err(e) = removed {
-                *noted = Some(e);
+        self.host_dma_change(tdi, |t, owner, record, state| match state {
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked => Err(TableError::InvalidationPending),
+            DmaState::Invalidating | DmaState::Invalidated => {
+                t.dma_remove(owner, record.iface).map(|()| None)
             }
-            removed
         })
     }
 
