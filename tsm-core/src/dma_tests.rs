@@ -366,44 +366,6 @@ fn a_failing_platform_write_after_the_accept_is_inconsistent_with_record_and_tab
     assert_eq!(contexts(&w)[0].state, DmaState::Active);
 }
 
-/// The platform's fields of a new context are written under the create's lock: `fill` sees
-/// the context pending in its table; a create refused by the core never runs it.
-#[test]
-fn a_create_with_the_platforms_fields_fills_the_new_context_under_the_same_lock() {
-    let w = bound(1);
-    let tsm = &w.tsm;
-    refused(tsm, Error::TdiNotBound, || {
-        tsm.host_dma_create_with(w.t1, |_, _, _| panic!("filled an unbound TDI's context"))
-    });
-    let mut seen = None;
-    tsm.host_dma_create_with(w.t0, |t, owner, iface| {
-        let c = t.dma_contexts()[0];
-        seen = Some((c.guest, c.iface, c.state, owner, iface));
-        Ok(())
-    })
-    .unwrap();
-    let iface = tsm.tdi(w.t0).unwrap().iface;
-    assert_eq!(seen, Some((w.g1, iface, DmaState::Pending, w.g1, iface)));
-    refused(tsm, Error::DmaContextExists, || {
-        tsm.host_dma_create_with(w.t0, |_, _, _| panic!("filled a second context"))
-    });
-}
-
-/// A `fill` that fails after the create is drift: `Inconsistent`, the context created and not
-/// translating, record and table agreeing.
-#[test]
-fn a_failing_fill_after_the_create_is_inconsistent_with_record_and_table_agreeing() {
-    let w = bound(1);
-    let tsm = &w.tsm;
-    let got = tsm.host_dma_create_with(w.t0, |_, _, _| {
-        Err(crate::secure_table::TableError::Inconsistent)
-    });
-    assert_eq!(got, Err(Error::Inconsistent));
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
-    assert_eq!(contexts(&w)[0].state, DmaState::Pending);
-    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
-}
-
 /// An IOTLB invalidation the platform cannot take yet (SEV: another fence of the guest out,
 /// `TlbNotFlushed`) leaves the blocked context `Blocked`; every later call that continues the
 /// teardown asks again: the next ERROR, the check, and the unbind (which waits before STOP).
@@ -681,6 +643,33 @@ fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
             .unwrap(),
         crate::lifecycle::TdispState::ConfigUnlocked
     );
+}
+
+/// A create the table refuses (its entries full) refuses the bind before anything is claimed:
+/// the ranges stay free, no context, no fill, the LOCK undone; the same bind then goes through.
+#[test]
+fn a_refused_create_at_the_bind_claims_nothing() {
+    use crate::secure_table::TableError;
+    let w = crate::tests::world();
+    let tsm = &w.tsm;
+    let fills = core::cell::Cell::new(0);
+    tsm.with_table(|t| t.refuse_create(Some(TableError::OutOfFrames)))
+        .unwrap();
+    refused(tsm, Error::SecureTableFull, || {
+        bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(()))
+    });
+    assert_eq!(fills.get(), 0);
+    assert!(tsm.owned_ranges(w.t0).unwrap().is_empty());
+    assert_eq!(
+        tsm.with_device(|d| d.state(crate::tests::rid(3, 0)))
+            .unwrap(),
+        crate::lifecycle::TdispState::ConfigUnlocked
+    );
+    tsm.with_table(|t| t.refuse_create(None)).unwrap();
+    bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
+    assert_eq!(fills.get(), 1);
+    assert_eq!(tsm.owned_ranges(w.t0).unwrap().len(), 1);
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
 }
 
 /// A `fill` that fails after the bind's create is drift: `Inconsistent`, the TDI bound with its

@@ -54,6 +54,9 @@ pub struct MemTable<const N: usize> {
     /// `IotlbNotTracked` while an IOMMU owes the guest's domain the last track's invalidation).
     #[cfg(test)]
     refuse_track: Option<TableError>,
+    /// Tests: every context create is refused with this, nothing changed.
+    #[cfg(test)]
+    refuse_create: Option<TableError>,
 }
 
 impl<const N: usize> Default for MemTable<N> {
@@ -86,6 +89,8 @@ impl<const N: usize> MemTable<N> {
             refuse_block: None,
             #[cfg(test)]
             refuse_track: None,
+            #[cfg(test)]
+            refuse_create: None,
         }
     }
 
@@ -105,6 +110,12 @@ impl<const N: usize> MemTable<N> {
     #[cfg(test)]
     pub(crate) fn refuse_block(&mut self, refusal: Option<TableError>) {
         self.refuse_block = refusal;
+    }
+
+    /// Tests: refuse every context create with `refusal` (`None`: take them).
+    #[cfg(test)]
+    pub(crate) fn refuse_create(&mut self, refusal: Option<TableError>) {
+        self.refuse_create = refusal;
     }
 
     /// Tests: refuse every epoch advance with `refusal` (`None`: take them).
@@ -209,6 +220,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     const DMA_ACCEPT_BEFORE_START: bool = true;
 
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        #[cfg(test)]
+        if let Some(refusal) = self.refuse_create {
+            return Err(refusal);
+        }
         if self.dmas.iter().any(|d| d.iface == iface) {
             return Err(TableError::DmaContextExists);
         }

@@ -1334,12 +1334,12 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        self.respond(tdi, response, out, None)
+        Self::logged(tdi, self.take_response(tdi, response, out, None))
     }
 
     /// [`Tsm::device_response`] on a platform whose bind sets up the TDI's trusted DMA context
     /// (SEV-TIO: TDI_BIND makes the sDTE): the answer that completes a bind also creates the
-    /// context, `Pending` as [`Tsm::host_dma_create_with`] makes it, `fill` writing the
+    /// context, `Pending` as [`Tsm::host_dma_create`] makes it, `fill` writing the
     /// platform's own fields, all in the bind's locks. So no TDI is ever bound without its
     /// context, nor a context made for a TDI that is not bound. A create the table refuses
     /// refuses the bind as a report the firmware will not trust does: nothing claimed, no
@@ -1354,26 +1354,13 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         tdi: TdiId,
         response: Option<&[u8]>,
         out: &mut [u8],
-        fill: impl FnOnce(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
+        mut fill: impl FnMut(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
     ) -> TsmResult<Completion> {
-        let mut fill = Some(fill);
-        let mut once = |table: &mut T, guest, iface| match fill.take() {
-            Some(f) => f(table, guest, iface),
-            None => Err(TableError::Inconsistent),
-        };
-        self.respond(tdi, response, out, Some(&mut once))
+        Self::logged(tdi, self.take_response(tdi, response, out, Some(&mut fill)))
     }
 
-    /// [`Tsm::device_response`], creating the DMA context at a bind's end when `fill` is
-    /// given ([`Tsm::device_response_binding`]), with its log line.
-    fn respond(
-        &self,
-        tdi: TdiId,
-        response: Option<&[u8]>,
-        out: &mut [u8],
-        fill: Option<&mut BindFill<'_, T>>,
-    ) -> TsmResult<Completion> {
-        let outcome = self.take_response(tdi, response, out, fill);
+    /// `outcome` of a device response for `tdi`, with its log line.
+    fn logged(tdi: TdiId, outcome: TsmResult<Completion>) -> TsmResult<Completion> {
         match outcome {
             // The device failed the operation: what an integrator looks for first.
             Err(
@@ -1385,7 +1372,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         outcome
     }
 
-    /// [`Tsm::respond`] without its log line.
+    /// [`Tsm::device_response`] without its log line, creating the DMA context at a bind's end
+    /// and filling it when `fill` is given ([`Tsm::device_response_binding`]; called at most
+    /// once).
     fn take_response(
         &self,
         tdi: TdiId,
@@ -1774,26 +1763,20 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
-        // An unbound TDI has no context (its unbind removed it): one here is drift.
-        if create && record.dma.is_some() {
-            return Err(Error::Inconsistent);
-        }
         let owners = locks.owners.claiming()?;
+        let table = &mut *locks.table;
         owners.apply(|o| {
             o.check_claim(&reported)?;
-            o.claim(tdi, guest, &reported)
-        })?;
-        if create {
-            // The one table change, after the claim: a refused create gives the claim back, so
-            // the bind is refused with nothing of it left.
-            if let Err(e) = locks.table.dma_create(guest, record.iface) {
-                owners
-                    .apply(|o| o.release(tdi))
-                    .map_err(|_| Error::Inconsistent)?;
-                return Err(e.into());
+            // The context between the claim's check and the claim: a create refused (a context
+            // there already, the table full) leaves nothing claimed and nothing to give back.
+            if create {
+                Self::create_context(table, guest, record)?;
             }
-            record.dma = Some(crate::dma::DmaState::Pending);
-        }
+            // Checked just above, so only drift refuses the claim now; then a context made
+            // for a TDI left unbound is drift too.
+            o.claim(tdi, guest, &reported)
+                .map_err(|e| if create { Error::Inconsistent } else { e })
+        })?;
         guest_record.bound_tdis = bound;
         record.state = next;
         record.exchange = None;

@@ -29,22 +29,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     ///
     /// Locks: TDI, secure table (the owner's shard).
     pub fn host_dma_create(&self, tdi: TdiId) -> TsmResult<()> {
-        self.host_dma_create_with(tdi, |_, _, _| Ok(()))
-    }
-
-    /// [`Tsm::host_dma_create`], and the platform's own fields of the new context written by
-    /// `fill` under the same table lock (SEV-TIO: TDI_BIND's guest device ID and IDE stream in
-    /// the sDTE), so no one sees the context without them. `fill` gets the owner's table, the
-    /// owner and the interface; it runs only once the context is created, and must not fail
-    /// then (the table has the context it just made): if it does, the context stays created,
-    /// not translating, record and table agreeing, and the answer is `Inconsistent`.
-    ///
-    /// Locks: TDI, secure table (the owner's shard).
-    pub fn host_dma_create_with(
-        &self,
-        tdi: TdiId,
-        fill: impl FnOnce(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
-    ) -> TsmResult<()> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let owner = match record.state {
@@ -53,13 +37,21 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             TdiState::Error { .. } => return Err(Error::TdiInError),
             TdiState::Unbinding { .. } => return Err(Error::UnbindInProgress),
         };
+        let mut table = self.table_of(owner)?;
+        Self::create_context(&mut table, owner, record)
+    }
+
+    /// The one path that makes `record`'s context, for `owner` in `table` (the host's create,
+    /// and a bind's on a table that makes it then: [`SecureTable::DMA_CONTEXT_AT_BIND`]): none
+    /// there yet (`DmaContextExists`), the table's entry (its refusal), then the record's
+    /// `Pending`. A refusal changes nothing.
+    pub(super) fn create_context(table: &mut T, owner: GuestId, record: &mut Tdi) -> TsmResult<()> {
         if record.dma.is_some() {
             return Err(Error::DmaContextExists);
         }
-        let mut table = self.table_of(owner)?;
         table.dma_create(owner, record.iface)?;
         record.dma = Some(DmaState::Pending);
-        fill(&mut table, owner, record.iface).map_err(|_| Error::Inconsistent)
+        Ok(())
     }
 
     /// `guest` accepts `tdi`'s trusted DMA context (TDX: TDG.DMAR.ACCEPT 70): the firmware
