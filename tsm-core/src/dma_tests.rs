@@ -4,20 +4,28 @@
 
 use crate::dma::{DmaReach, DmaState};
 use crate::lifecycle::UnbindStep;
-use crate::mem_table::DmaEntry;
+use crate::mem_table::{DmaEntry, MemTable};
+use crate::relay::host::Relayed;
 use crate::tests::{BAR, GPA, World, bound, gpa, range, refused, state};
 use crate::*;
 
+/// A world whose table makes a TDI's context when it is bound (`DMA_CONTEXT_AT_BIND`).
+type BindWorld = World<crate::tests::TB>;
+
+fn binding_world() -> BindWorld {
+    crate::tests::world_on(crate::mem_table::MemTable::new())
+}
+
 /// The platform table's contexts.
-fn contexts(w: &World) -> Vec<DmaEntry> {
+fn contexts<const B: bool>(w: &World<Relayed<MemTable<256, B>>>) -> Vec<DmaEntry> {
     w.tsm.with_table(|t| t.dma_contexts().to_vec()).unwrap()
 }
 
-fn reach(w: &World, t: TdiId) -> DmaReach {
+fn reach<Tab: SecureTable>(w: &World<Relayed<Tab>>, t: TdiId) -> DmaReach {
     w.tsm.dma_reach(t).unwrap()
 }
 
-fn dma(w: &World, t: TdiId) -> Option<DmaState> {
+fn dma<Tab: SecureTable>(w: &World<Relayed<Tab>>, t: TdiId) -> Option<DmaState> {
     w.tsm.tdi(t).unwrap().dma
 }
 
@@ -560,8 +568,8 @@ fn a_refused_context_block_still_blocks_every_leaf_and_is_asked_again() {
 
 /// Drives `tdi`'s bind to `guest` through [`Tsm::device_response_binding`], the device
 /// reporting `ranges`; `fill` is the platform's write of the new context (`fills` counts it).
-fn bind_creating(
-    w: &World,
+fn bind_creating<const B: bool>(
+    w: &World<Relayed<MemTable<256, B>>>,
     tdi: TdiId,
     guest: GuestId,
     ranges: &[MmioRange],
@@ -577,9 +585,9 @@ fn bind_creating(
         let Ok(Completion::Relay(n)) = outcome else {
             return outcome.map(drop);
         };
-        // Never bound without the context, at any round.
+        // Never bound without the context, at any round (on a table that makes it at bind).
         let record = tsm.tdi(tdi)?;
-        assert_eq!(record.state.owner().is_some(), record.dma.is_some());
+        assert!(!B || record.state.owner().is_some() == record.dma.is_some());
         let mut answer = [0u8; crate::relay::MAX_RELAY_BYTES];
         let len = tsm.with_device(|d| d.answer(&buf[..n], &mut answer))?;
         let response = len.map(|k| &answer[..k]);
@@ -604,7 +612,7 @@ fn bind_creating(
 /// without it. A bind refused on either half changes nothing.
 #[test]
 fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
-    let w = crate::tests::world();
+    let w = binding_world();
     let tsm = &w.tsm;
     let fills = core::cell::Cell::new(0);
     bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
@@ -645,12 +653,49 @@ fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
     );
 }
 
+/// Whether a bind makes the context is the table's ([`SecureTable::DMA_CONTEXT_AT_BIND`]), not
+/// the entry point's: on a table that makes it, a plain device response that completes the
+/// bind creates it (the unbind removes it); on one that does not, a `fill` never runs and the
+/// bind makes none (the host creates it).
+#[test]
+fn the_table_decides_whether_a_bind_makes_the_context() {
+    let w = binding_world();
+    let tsm = &w.tsm;
+    let iface = tsm.tdi(w.t0).unwrap().iface;
+    tsm.with_device(|d| d.report_ranges(iface, &[range(BAR, 512)]))
+        .unwrap();
+    tsm.bind(w.t0, w.g1).unwrap();
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(
+        contexts(&w),
+        [DmaEntry {
+            guest: w.g1,
+            iface,
+            state: DmaState::Pending
+        }]
+    );
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), None);
+    assert!(contexts(&w).is_empty());
+
+    let w = crate::tests::world();
+    let fills = core::cell::Cell::new(0);
+    bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
+    assert_eq!(fills.get(), 0);
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), None);
+    assert!(contexts(&w).is_empty());
+    w.tsm.host_dma_create(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+}
+
 /// A create the table refuses (its entries full) refuses the bind before anything is claimed:
 /// the ranges stay free, no context, no fill, the LOCK undone; the same bind then goes through.
 #[test]
 fn a_refused_create_at_the_bind_claims_nothing() {
     use crate::secure_table::TableError;
-    let w = crate::tests::world();
+    let w = binding_world();
     let tsm = &w.tsm;
     let fills = core::cell::Cell::new(0);
     tsm.with_table(|t| t.refuse_create(Some(TableError::OutOfFrames)))
@@ -676,7 +721,7 @@ fn a_refused_create_at_the_bind_claims_nothing() {
 /// context created and not translating, record and table agreeing.
 #[test]
 fn a_failing_fill_at_the_bind_is_inconsistent_with_the_tdi_bound_and_its_context_there() {
-    let w = crate::tests::world();
+    let w = binding_world();
     let fills = core::cell::Cell::new(0);
     let got = bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || {
         Err(crate::secure_table::TableError::Inconsistent)

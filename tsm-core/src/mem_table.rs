@@ -32,9 +32,10 @@ pub struct DmaEntry {
     pub state: DmaState,
 }
 
-/// An in-memory secure table with room for `N` leaves.
+/// An in-memory secure table with room for `N` leaves; with `AT_BIND` a TDI's trusted DMA
+/// context is made when it is bound ([`SecureTable::DMA_CONTEXT_AT_BIND`], as SEV-TIO's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemTable<const N: usize> {
+pub struct MemTable<const N: usize, const AT_BIND: bool = false> {
     leaves: heapless::Vec<Leaf, N>,
     epochs: [GuestEpoch; MAX_GUESTS],
     /// Trusted DMA contexts: at most one per TDI.
@@ -59,7 +60,7 @@ pub struct MemTable<const N: usize> {
     refuse_create: Option<TableError>,
 }
 
-impl<const N: usize> Default for MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> Default for MemTable<N, AT_BIND> {
     fn default() -> Self {
         Self::new()
     }
@@ -69,7 +70,7 @@ fn spans_overlap(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
     a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
 }
 
-impl<const N: usize> MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> MemTable<N, AT_BIND> {
     /// An empty table.
     pub const fn new() -> Self {
         Self {
@@ -215,9 +216,11 @@ impl<const N: usize> MemTable<N> {
     }
 }
 
-impl<const N: usize> SecureTable for MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> SecureTable for MemTable<N, AT_BIND> {
     /// The core's own rule: the owner accepts before START.
     const DMA_ACCEPT_BEFORE_START: bool = true;
+
+    const DMA_CONTEXT_AT_BIND: bool = AT_BIND;
 
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
         #[cfg(test)]

@@ -239,6 +239,14 @@ pub trait SecureTable {
     /// TLB epoch. Provided: false.
     const DMA_INVALIDATION_AFTER_LEAVES: bool = false;
 
+    /// Whether a TDI's trusted DMA context is made when the TDI is bound (SEV-TIO: TDI_BIND
+    /// sets up the sDTE): the answer that completes a bind then creates it, `Pending`, in the
+    /// call and the locks that bind, through any device response, so no TDI is ever bound
+    /// without it and the host's own create finds it there (`DmaContextExists`). False (TDX):
+    /// the host creates it on a bound TDI ([`crate::Tsm::host_dma_create`], TDH.DMAR.ADD).
+    /// Provided: false.
+    const DMA_CONTEXT_AT_BIND: bool = false;
+
     /// Adds a leaf `gpa -> hpa` of `size` for `guest`, in state `Mapped`.
     fn map(&mut self, guest: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize)
     -> Result<(), TableError>;

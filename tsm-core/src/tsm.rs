@@ -1326,6 +1326,15 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// against [`MAX_ATTEMPTS`]: below it the same request is to be sent again (`Relay`),
     /// at it the operation ends `DeviceUnresponsive`.
     ///
+    /// On a table that makes a TDI's trusted DMA context when it is bound
+    /// ([`SecureTable::DMA_CONTEXT_AT_BIND`], SEV-TIO's) the answer that completes a bind also
+    /// creates the context, `Pending` as [`Tsm::host_dma_create`] makes it, in the bind's
+    /// locks: no TDI is ever bound without its context, nor a context made for a TDI that is
+    /// not bound. A create the table refuses refuses the bind as a report the firmware will
+    /// not trust does: nothing claimed, no context, the TDI unbound, the LOCK undone with STOP
+    /// (`Relay`), and the bind ends with the create's status. The platform's own fields of the
+    /// context go with [`Tsm::device_response_binding`].
+    ///
     /// Locks: device, TDI, guest (the bind's or the owner), ownership, secure table,
     /// transport, all taken before anything changes.
     pub fn device_response(
@@ -1337,16 +1346,14 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         Self::logged(tdi, self.take_response(tdi, response, out, None))
     }
 
-    /// [`Tsm::device_response`] on a platform whose bind sets up the TDI's trusted DMA context
-    /// (SEV-TIO: TDI_BIND makes the sDTE): the answer that completes a bind also creates the
-    /// context, `Pending` as [`Tsm::host_dma_create`] makes it, `fill` writing the
-    /// platform's own fields, all in the bind's locks. So no TDI is ever bound without its
-    /// context, nor a context made for a TDI that is not bound. A create the table refuses
-    /// refuses the bind as a report the firmware will not trust does: nothing claimed, no
-    /// context, the TDI unbound, the LOCK undone with STOP (`Relay`), and the bind ends with
-    /// the create's status. `fill` must not fail; if it does, the TDI stays bound with its
-    /// context created, not translating, and the answer is `Inconsistent`. Any other exchange
-    /// goes as [`Tsm::device_response`] takes it.
+    /// [`Tsm::device_response`], with the platform's own fields of the context a bind creates
+    /// ([`SecureTable::DMA_CONTEXT_AT_BIND`]; SEV-TIO: TDI_BIND's guest device ID and IDE
+    /// streams in the sDTE) written by `fill` in the bind's locks, once the context is made,
+    /// so no one sees it without them. `fill` gets the owner's table, the owner and the
+    /// interface; it runs at most once, never on a table that makes no context at bind nor for
+    /// a bind refused. `fill` must not fail; if it does, the TDI stays bound with its context
+    /// created, not translating, and the answer is `Inconsistent`. Any other exchange goes as
+    /// [`Tsm::device_response`] takes it.
     ///
     /// Locks: those of [`Tsm::device_response`] (the secure table is the bind's guest's shard).
     pub fn device_response_binding(
@@ -1519,12 +1526,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                         &self.reserved,
                         &mut locks,
                         &transport,
-                        fill.is_some(),
                     ) {
                         Ok(()) => {
-                            if let Some(fill) = fill {
-                                // The context exists, made in this lock: see
-                                // `device_response_binding` for a fill that fails.
+                            if let Some(fill) = fill.filter(|_| T::DMA_CONTEXT_AT_BIND) {
+                                // The context exists, made in this lock (the table makes it at
+                                // bind): see `device_response_binding` for a fill that fails.
                                 fill(&mut *locks.table, guest, record.iface)
                                     .map_err(|_| Error::Inconsistent)?;
                             }
@@ -1717,9 +1723,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         }
     }
 
-    /// The report is whole: check it and bind (with the TDI's DMA context, `Pending`, when
-    /// `create`), or refuse with nothing bound.
-    #[allow(clippy::too_many_arguments)]
+    /// The report is whole: check it and bind (with the TDI's DMA context, `Pending`, on a
+    /// table that makes it then: [`SecureTable::DMA_CONTEXT_AT_BIND`]), or refuse with nothing
+    /// bound.
     fn finish_bind(
         dev: &mut Device,
         tdi: TdiId,
@@ -1728,8 +1734,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         reserved: &ReservedMemory,
         locks: &mut UnbindLocks<'_, T, SHARDS>,
         transport: &Requester<S>,
-        create: bool,
     ) -> TsmResult<()> {
+        let create = T::DMA_CONTEXT_AT_BIND;
         // The LOCK that this report answers gave the offset: a bind past LOCK always has one.
         let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
         let (reported, digest) = {
