@@ -18,8 +18,8 @@
 //!    STOP is sent"). On TDX the TDI's request page and RCX; on SEV the request buffer
 //!    (`spdm_ctrl.req`) and `FLAG_CONTINUE` in the written-back command buffer.
 //!    `TDH.DEVIF.REQUEST` changes nothing but the request page.
-//! 1. An unbind that stops with `TlbFlushPending`, `IotlbInvalidationPending` or `Inconsistent`
-//!    keeps its progress (a
+//! 1. An unbind that stops with `TlbFlushPending`, `IotlbInvalidationPending`,
+//!    `IotlbNotTracked` or `Inconsistent` keeps its progress (a
 //!    plain unbind, or the device's STOP answer handed to `device_response`). `Tsm::unbind`:
 //!    "A guest count that would drift is `Inconsistent` at the release, after the leaves are
 //!    gone, with the ranges still owned"; README: "A TLB flush that is not done yet is
@@ -169,7 +169,10 @@ pub fn exemption(
     };
     let progress = matches!(
         err,
-        Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent
+        Error::TlbFlushPending
+            | Error::IotlbInvalidationPending
+            | Error::IotlbNotTracked
+            | Error::Inconsistent
     );
     match call {
         Call::Unbind(t) if progress => Exempt::UnbindProgress(t),

@@ -748,6 +748,9 @@ impl<S: RmpMemory> SecureTable for Rmp<S> {
     /// once: a teardown raises it after the TDI's last leaf is blocked, one fence for both.
     const DMA_INVALIDATION_AFTER_LEAVES: bool = true;
 
+    /// TDI_BIND sets up the TDI's sDTE: the core makes it in the call that binds.
+    const DMA_CONTEXT_AT_BIND: bool = true;
+
     /// TDI_BIND: the interface's sDTE, all zero (V clear): the device reaches no private
     /// memory. `DmaContextExists`, `OutOfFrames` ([`SdteTable`]).
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {

@@ -308,7 +308,10 @@ pub const fn from_error(e: Error) -> SevStatus {
         | Error::NoDmaContext
         | Error::DmaNotBlocked
         | Error::DmaNotAccepted
-        | Error::IotlbInvalidationPending => SevStatus::INVALID_TDI_STATE,
+        | Error::IotlbInvalidationPending
+        // The guest's domain owed a track's IOTLB invalidation: TDX's wait, never SEV's (its
+        // ASID fence covers TLB and IOTLB together); mapped as the context's own wait.
+        | Error::IotlbNotTracked => SevStatus::INVALID_TDI_STATE,
         Error::NotOwner => SevStatus::INVALID_GUEST,
         // The device's IDE stream was cut by a forced TDI_UNBIND: reconnect it first.
         Error::StreamCut => SevStatus::INVALID_DEV_STATE,

@@ -1072,7 +1072,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 out.r8 = tsm
                     .host_unmap(td, gpa, size)
                     .map_err(|e| match e {
-                        Error::IotlbInvalidationPending => st(status::sept_status(
+                        Error::IotlbNotTracked => st(status::sept_status(
                             SeptError::IotlbTrackingNotDone,
                             OPERAND_ID_RCX,
                         )),
@@ -1091,11 +1091,9 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                         SeptError::PreviousEpochBusy,
                         OPERAND_ID_RCX,
                     )),
-                    // An IOMMU owes the TD the previous TRACK's IOTLB invalidation: no
-                    // operand (`tdh_mem_track.c` @1666adc4).
-                    Err(Error::IotlbInvalidationPending) => {
-                        st(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE)
-                    }
+                    // An IOMMU owes the TD the previous TRACK's IOTLB invalidation
+                    // (`IotlbNotTracked`): the core's encoding, no operand
+                    // (`tdh_mem_track.c` @1666adc4).
                     r => Outcome::Core(r),
                 }
             }
@@ -1111,21 +1109,20 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 if r.rdx & !UNBIND_FLAG_FORCE != 0 {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
-                let mut noted = None;
-                let o = if r.rdx & UNBIND_FLAG_FORCE != 0 {
+                // A stop for an IOTLB invalidation is the core's status for the wait it met:
+                // the entry's own (`IotlbInvalidationPending`, TDX_DMAR_INVALID_INV_STATE +
+                // DMAR) or the TD's domain's (`IotlbNotTracked`,
+                // TDX_IOMMU_IOTLB_TRACKING_NOT_DONE).
+                if r.rdx & UNBIND_FLAG_FORCE != 0 {
                     // Asks nothing of the device: no request, no page.
                     if r.r8 != 0 {
                         return Err(st(invalid(OPERAND_ID_R8)));
                     }
-                    Outcome::Core(tsm.unbind_forced_noting(tdi, &mut noted))
+                    Outcome::Core(tsm.unbind_forced(tdi))
                 } else {
                     let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                    self.relayed(out, tdi, Some(page), |buf| {
-                        Ok(tsm.unbind_noting(tdi, buf, &mut noted))
-                    })?
-                };
-                // A stop for an IOTLB invalidation names which: the entry's or the TD's domain's.
-                Self::teardown_outcome(o, noted)
+                    self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
+                }
             }
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT
@@ -1137,8 +1134,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             TSM_DEVIF_ERROR => {
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
-                // ERROR blocks and asks the entry's invalidation: never the domain's wait, so
-                // its answer needs no naming (`teardown_outcome`).
+                // ERROR blocks and asks the entry's invalidation: never the domain's wait.
                 Outcome::Core(tsm.device_error(tdi))
             }
             TSM_DEVIF_STATE => {

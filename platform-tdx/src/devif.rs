@@ -599,15 +599,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 Ok(tsm.outstanding_request(tdi, buf).map(Completion::Relay))
             });
         }
-        let mut noted = None;
         let outcome = match wanted {
             Wanted::Bind => {
                 let td = self.td_of(&entry)?;
                 self.relayed(out, tdi, Some(page), |buf| Ok(tsm.bind(tdi, td, buf)))?
             }
-            Wanted::Unbind => self.relayed(out, tdi, Some(page), |buf| {
-                Ok(tsm.unbind_noting(tdi, buf, &mut noted))
-            })?,
+            Wanted::Unbind => self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?,
             Wanted::Check => {
                 self.relayed(
                     out,
@@ -619,7 +616,6 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // A Requested TD request always has its START waiting (`td_request_now`).
             Wanted::Start => return Err(core_err(Error::Inconsistent)),
         };
-        let outcome = Self::teardown_outcome(outcome, noted);
         drop(table);
         Ok(match outcome {
             Outcome::Core(Err(Error::StreamCut)) => st(self.stream_not_live(tdi)),
@@ -709,12 +705,11 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             None => None,
             Some(len) => Some(answer.get(..len).ok_or(core_err(Error::Inconsistent))?),
         };
-        let mut noted = None;
+        // STOP's answer goes on with the unbind, which may stop for an IOTLB invalidation (the
+        // core's status names which).
         let outcome = self.relayed(out, tdi, page, |buf| {
-            Ok(tsm.device_response_noting(tdi, bytes, buf, &mut noted))
+            Ok(tsm.device_response(tdi, bytes, buf))
         })?;
-        // STOP's answer goes on with the unbind, which may stop for an IOTLB invalidation.
-        let outcome = Self::teardown_outcome(outcome, noted);
         // The answer is taken: what it did must reach the host and the TD, so a TDI lock
         // another CPU holds for a moment is waited out (every holder only try-locks, so it
         // lets go), up to a bound past which the leaf answers BUSY as before.

@@ -724,7 +724,8 @@ fn dmar_tdi_in(table: &PageTable, rid: RequesterId, operand: u32) -> Result<TdiI
 /// `operand`: the TDI still able to reach the guest (ours, the core's rule: the host tears a
 /// context down only after STOP or a cut stream) `TDX_DEVIF_TDISP_INVALID_STATE`; an entry
 /// FREE or not in the state `TDX_DMAR_INVALID_MAPPING_STATE`; its invalidation not done
-/// `TDX_DMAR_INVALID_INV_STATE`.
+/// `TDX_DMAR_INVALID_INV_STATE`; the TD's domain owed a TRACK's invalidation
+/// `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE` (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
 fn dmar_refusal(e: Error, operand: u32) -> Outcome {
     let code = match e {
         // The TDI's own state: as every other leaf names it (an unbound TDI is
@@ -737,6 +738,7 @@ fn dmar_refusal(e: Error, operand: u32) -> Outcome {
             status::TDX_DMAR_INVALID_MAPPING_STATE
         }
         Error::IotlbInvalidationPending => status::TDX_DMAR_INVALID_INV_STATE,
+        Error::IotlbNotTracked => status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
         _ => return core_err(e),
     };
     named(code, operand)
@@ -748,32 +750,6 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     fn dmar_tdi(&self, rid: RequesterId, operand: u32) -> Result<TdiId, Outcome> {
         let table = self.fw.lock_pages().map_err(core_err)?;
         dmar_tdi_in(&table, rid, operand)
-    }
-
-    /// The answer of a leaf that drives a TDI's unbind (TSM.DEVIF.UNBIND, forced or not;
-    /// TDH.DEVIF.REQUEST STOP; TDH.DEVIF.RESPONSE to STOP), `o`, with the core's `IotlbInvalidationPending`
-    /// named by the wait it is, as the table refused it inside the call (`noted`, kept under
-    /// the call's locks: [`Tsm::unbind_noting`]; nothing is read afterwards):
-    /// - the TD's domain ([`TableError::IotlbNotTracked`]), `TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`
-    ///   without operand as TDH.MEM.TRACK answers it: the Track step (the previous TRACK's
-    ///   invalidation still owed), the Remove step (the unbind's TRACK's: its leaves go once
-    ///   the IOTLB forgot them), or the Dma step's removal of an entry whose own invalidation
-    ///   is done (REMOVE's domain wait). The host requests INV_REQ_IOTLB of the TD on each
-    ///   IOMMU with an entry of the TD, processes the queue and calls again.
-    /// - the entry's own invalidation otherwise (before STOP, or the Dma step's),
-    ///   `TDX_DMAR_INVALID_INV_STATE` + DMAR, the core's encoding: the firmware queued it when
-    ///   it blocked the entry (the host's own request of it is refused), so the host
-    ///   processes the queue of the entry's IOMMU and calls again.
-    ///
-    /// Every other outcome passes as it is.
-    pub(crate) fn teardown_outcome(o: Outcome, noted: Option<TableError>) -> Outcome {
-        match (o, noted) {
-            (
-                Outcome::Core(Err(Error::IotlbInvalidationPending)),
-                Some(TableError::IotlbNotTracked),
-            ) => Outcome::Status(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
-            (o, _) => o,
-        }
     }
 
     /// RCX `dmar_idx_t` of a PASID entry (else `TDX_OPERAND_INVALID` + RCX) and its TDI.
@@ -888,18 +864,9 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     Some(_) => None,
                 };
                 self.dmar_precheck(tdi, check, OPERAND_ID_RCX)?;
-                let mut noted = None;
-                tsm.host_dma_remove_noting(tdi, &mut noted).map_err(|e| {
-                    // The TD's domain owed, as the table refused it in the call: + RCX
-                    // (`dmar_pasidte_remove`, `dmar.c` @92f6945d).
-                    if e == Error::IotlbInvalidationPending
-                        && noted == Some(TableError::IotlbNotTracked)
-                    {
-                        named(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, OPERAND_ID_RCX)
-                    } else {
-                        dmar_refusal(e, OPERAND_ID_RCX)
-                    }
-                })?;
+                // The TD's domain owed (`IotlbNotTracked`): + RCX, as every other refusal.
+                tsm.host_dma_remove(tdi)
+                    .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
                 done
             }
             TDH_DMAR_READ => {

@@ -455,6 +455,9 @@ pub fn encode(outcome: Result<Completion, Error>, ops: &Operands) -> TdxStatus {
         }
         Error::NoDmaContext => (TDX_DMAR_ENTRY_NOT_PRESENT, u64::from(OPERAND_ID_DMAR)),
         Error::IotlbInvalidationPending => (TDX_DMAR_INVALID_INV_STATE, u64::from(OPERAND_ID_DMAR)),
+        // No operand, as TDH.MEM.TRACK answers it; the leaves that name RCX (TDH.MMIO.UNMAP,
+        // TDH.DMAR.REMOVE) add it themselves.
+        Error::IotlbNotTracked => (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, 0),
         Error::DmaContextRemains => (TDX_DEVIF_HAS_MAPPED_DMA, ops.handle()),
         Error::DmaNotAccepted => (TSM_DMA_NOT_ACCEPTED, ops.handle()),
         Error::DeviceUnresponsive => (TSM_DEVICE_UNRESPONSIVE, u64::from(OPERAND_ID_TRANSPORT)),
@@ -578,10 +581,10 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
         // TDX names one state for "exists" and "not blocked": decoded as the latter.
         TDX_DMAR_INVALID_MAPPING_STATE => Error::DmaNotBlocked,
         TDX_DMAR_ENTRY_NOT_PRESENT => Error::NoDmaContext,
-        // An IOTLB invalidation the host must request and process, the entry's or the TD's.
-        TDX_DMAR_INVALID_INV_STATE | TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
-            Error::IotlbInvalidationPending
-        }
+        // An IOTLB invalidation the host must process: the entry's own, or the TD's domain's
+        // (which it requests first).
+        TDX_DMAR_INVALID_INV_STATE => Error::IotlbInvalidationPending,
+        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => Error::IotlbNotTracked,
         TDX_DEVIF_HAS_MAPPED_DMA => Error::DmaContextRemains,
         TSM_DMA_NOT_ACCEPTED => Error::DmaNotAccepted,
         TSM_DEVICE_UNRESPONSIVE => Error::DeviceUnresponsive,

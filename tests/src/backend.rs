@@ -398,7 +398,7 @@ impl HostInvalidations {
     }
 }
 
-impl<const N: usize> FlushControl for MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> FlushControl for MemTable<N, AT_BIND> {
     fn defer_flush(&mut self, guest: GuestId, defer: bool) {
         self.set_defer_flush(guest, defer);
         self.set_defer_invalidations(guest, defer);

@@ -1163,7 +1163,10 @@ impl Backend for TdxBackend<'_, '_> {
         };
         let mut out = self.seamcall(abi::TSM_DEVIF_UNBIND, regs);
         for _ in 0..self.iotlb_waits() {
-            if Self::outcome(abi::TSM_DEVIF_UNBIND, &out) != Err(Error::IotlbInvalidationPending) {
+            if !matches!(
+                Self::outcome(abi::TSM_DEVIF_UNBIND, &out),
+                Err(Error::IotlbInvalidationPending | Error::IotlbNotTracked)
+            ) {
                 break;
             }
             self.process_invalidations(tdi)?;
@@ -1300,8 +1303,9 @@ impl Backend for TdxBackend<'_, '_> {
     }
 
     /// One unbind call as the Linux host makes it: an unbind stopped at an IOTLB invalidation
-    /// (`IotlbInvalidationPending`: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE for the owner's domain,
-    /// TDX_DMAR_INVALID_INV_STATE + DMAR for its DMA context's own, which the firmware queued)
+    /// (`IotlbNotTracked`: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE for the owner's domain;
+    /// `IotlbInvalidationPending`: TDX_DMAR_INVALID_INV_STATE + DMAR for its DMA context's
+    /// own, which the firmware queued)
     /// has the host request what is owed and drain the queues (`process_invalidations`) and
     /// call again, at most `IOTLB_WAITS` times.
     fn unbind(&mut self, tdi: TdiId) -> TsmResult<Completion> {
@@ -1309,7 +1313,10 @@ impl Backend for TdxBackend<'_, '_> {
         let first = self.begin(DeviceCall::Unbind { tdi }, &mut request);
         let mut r = relay_to_end(self, tdi, first, &mut request);
         for _ in 0..self.iotlb_waits() {
-            if r != Err(Error::IotlbInvalidationPending) {
+            if !matches!(
+                r,
+                Err(Error::IotlbInvalidationPending | Error::IotlbNotTracked)
+            ) {
                 break;
             }
             self.process_invalidations(tdi)?;

@@ -523,7 +523,10 @@ impl<'a> Interpreter<'a, '_> {
     /// the stop is the line's status.
     fn completed_invalidations(&mut self, tdi: TdiId, outcome: &TsmResult<Completion>) -> bool {
         !self.manual_invalidations
-            && *outcome == Err(Error::IotlbInvalidationPending)
+            && matches!(
+                outcome,
+                Err(Error::IotlbInvalidationPending | Error::IotlbNotTracked)
+            )
             && self.backend.complete_invalidations(tdi).is_ok()
     }
 

@@ -254,7 +254,10 @@ pub fn step<T: SecureTable + FlushControl, S: SecureSession>(
         // itself the queue is never processed on TDX and its TDIs stay unbinding.
         4 => {
             let r = tsm.unbind(tdi);
-            if r == Err(Error::IotlbInvalidationPending) {
+            if matches!(
+                r,
+                Err(Error::IotlbInvalidationPending | Error::IotlbNotTracked)
+            ) {
                 complete_invalidations(tsm.firmware(), tdi);
             }
             r
@@ -316,7 +319,7 @@ pub fn drain<T: SecureTable + FlushControl, S: SecureSession>(
             match tsm.unbind(tdi) {
                 Ok(Completion::Done) => break,
                 last if calls >= MAX_UNBIND_CALLS => return Err((tdi, last)),
-                Err(Error::IotlbInvalidationPending) => {
+                Err(Error::IotlbInvalidationPending | Error::IotlbNotTracked) => {
                     complete_invalidations(tsm.firmware(), tdi);
                     calls = calls.saturating_add(1);
                 }
@@ -445,7 +448,10 @@ pub fn drain_lanes<T: SecureTable + FlushControl, S: SecureSession, const N: usi
             if calls >= MAX_UNBIND_CALLS {
                 return Err((lane.tdi, last));
             }
-            if last == Err(Error::IotlbInvalidationPending) {
+            if matches!(
+                last,
+                Err(Error::IotlbInvalidationPending | Error::IotlbNotTracked)
+            ) {
                 complete_invalidations(host.firmware(), lane.tdi);
             }
             last = host.unbind(lane.tdi);

@@ -4,20 +4,28 @@
 
 use crate::dma::{DmaReach, DmaState};
 use crate::lifecycle::UnbindStep;
-use crate::mem_table::DmaEntry;
+use crate::mem_table::{DmaEntry, MemTable};
+use crate::relay::host::Relayed;
 use crate::tests::{BAR, GPA, World, bound, gpa, range, refused, state};
 use crate::*;
 
+/// A world whose table makes a TDI's context when it is bound (`DMA_CONTEXT_AT_BIND`).
+type BindWorld = World<crate::tests::TB>;
+
+fn binding_world() -> BindWorld {
+    crate::tests::world_on(crate::mem_table::MemTable::new())
+}
+
 /// The platform table's contexts.
-fn contexts(w: &World) -> Vec<DmaEntry> {
+fn contexts<const B: bool>(w: &World<Relayed<MemTable<256, B>>>) -> Vec<DmaEntry> {
     w.tsm.with_table(|t| t.dma_contexts().to_vec()).unwrap()
 }
 
-fn reach(w: &World, t: TdiId) -> DmaReach {
+fn reach<Tab: SecureTable>(w: &World<Relayed<Tab>>, t: TdiId) -> DmaReach {
     w.tsm.dma_reach(t).unwrap()
 }
 
-fn dma(w: &World, t: TdiId) -> Option<DmaState> {
+fn dma<Tab: SecureTable>(w: &World<Relayed<Tab>>, t: TdiId) -> Option<DmaState> {
     w.tsm.tdi(t).unwrap().dma
 }
 
@@ -366,44 +374,6 @@ fn a_failing_platform_write_after_the_accept_is_inconsistent_with_record_and_tab
     assert_eq!(contexts(&w)[0].state, DmaState::Active);
 }
 
-/// The platform's fields of a new context are written under the create's lock: `fill` sees
-/// the context pending in its table; a create refused by the core never runs it.
-#[test]
-fn a_create_with_the_platforms_fields_fills_the_new_context_under_the_same_lock() {
-    let w = bound(1);
-    let tsm = &w.tsm;
-    refused(tsm, Error::TdiNotBound, || {
-        tsm.host_dma_create_with(w.t1, |_, _, _| panic!("filled an unbound TDI's context"))
-    });
-    let mut seen = None;
-    tsm.host_dma_create_with(w.t0, |t, owner, iface| {
-        let c = t.dma_contexts()[0];
-        seen = Some((c.guest, c.iface, c.state, owner, iface));
-        Ok(())
-    })
-    .unwrap();
-    let iface = tsm.tdi(w.t0).unwrap().iface;
-    assert_eq!(seen, Some((w.g1, iface, DmaState::Pending, w.g1, iface)));
-    refused(tsm, Error::DmaContextExists, || {
-        tsm.host_dma_create_with(w.t0, |_, _, _| panic!("filled a second context"))
-    });
-}
-
-/// A `fill` that fails after the create is drift: `Inconsistent`, the context created and not
-/// translating, record and table agreeing.
-#[test]
-fn a_failing_fill_after_the_create_is_inconsistent_with_record_and_table_agreeing() {
-    let w = bound(1);
-    let tsm = &w.tsm;
-    let got = tsm.host_dma_create_with(w.t0, |_, _, _| {
-        Err(crate::secure_table::TableError::Inconsistent)
-    });
-    assert_eq!(got, Err(Error::Inconsistent));
-    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
-    assert_eq!(contexts(&w)[0].state, DmaState::Pending);
-    assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
-}
-
 /// An IOTLB invalidation the platform cannot take yet (SEV: another fence of the guest out,
 /// `TlbNotFlushed`) leaves the blocked context `Blocked`; every later call that continues the
 /// teardown asks again: the next ERROR, the check, and the unbind (which waits before STOP).
@@ -598,8 +568,8 @@ fn a_refused_context_block_still_blocks_every_leaf_and_is_asked_again() {
 
 /// Drives `tdi`'s bind to `guest` through [`Tsm::device_response_binding`], the device
 /// reporting `ranges`; `fill` is the platform's write of the new context (`fills` counts it).
-fn bind_creating(
-    w: &World,
+fn bind_creating<const B: bool>(
+    w: &World<Relayed<MemTable<256, B>>>,
     tdi: TdiId,
     guest: GuestId,
     ranges: &[MmioRange],
@@ -615,9 +585,9 @@ fn bind_creating(
         let Ok(Completion::Relay(n)) = outcome else {
             return outcome.map(drop);
         };
-        // Never bound without the context, at any round.
+        // Never bound without the context, at any round (on a table that makes it at bind).
         let record = tsm.tdi(tdi)?;
-        assert_eq!(record.state.owner().is_some(), record.dma.is_some());
+        assert!(!B || record.state.owner().is_some() == record.dma.is_some());
         let mut answer = [0u8; crate::relay::MAX_RELAY_BYTES];
         let len = tsm.with_device(|d| d.answer(&buf[..n], &mut answer))?;
         let response = len.map(|k| &answer[..k]);
@@ -642,7 +612,7 @@ fn bind_creating(
 /// without it. A bind refused on either half changes nothing.
 #[test]
 fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
-    let w = crate::tests::world();
+    let w = binding_world();
     let tsm = &w.tsm;
     let fills = core::cell::Cell::new(0);
     bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
@@ -683,11 +653,75 @@ fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
     );
 }
 
+/// Whether a bind makes the context is the table's ([`SecureTable::DMA_CONTEXT_AT_BIND`]), not
+/// the entry point's: on a table that makes it, a plain device response that completes the
+/// bind creates it (the unbind removes it); on one that does not, a `fill` never runs and the
+/// bind makes none (the host creates it).
+#[test]
+fn the_table_decides_whether_a_bind_makes_the_context() {
+    let w = binding_world();
+    let tsm = &w.tsm;
+    let iface = tsm.tdi(w.t0).unwrap().iface;
+    tsm.with_device(|d| d.report_ranges(iface, &[range(BAR, 512)]))
+        .unwrap();
+    tsm.bind(w.t0, w.g1).unwrap();
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+    assert_eq!(
+        contexts(&w),
+        [DmaEntry {
+            guest: w.g1,
+            iface,
+            state: DmaState::Pending
+        }]
+    );
+    assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
+    assert_eq!(dma(&w, w.t0), None);
+    assert!(contexts(&w).is_empty());
+
+    let w = crate::tests::world();
+    let fills = core::cell::Cell::new(0);
+    bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
+    assert_eq!(fills.get(), 0);
+    assert_eq!(state(&w, w.t0), TdiState::Locked { owner: w.g1 });
+    assert_eq!(dma(&w, w.t0), None);
+    assert!(contexts(&w).is_empty());
+    w.tsm.host_dma_create(w.t0).unwrap();
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+}
+
+/// A create the table refuses (its entries full) refuses the bind before anything is claimed:
+/// the ranges stay free, no context, no fill, the LOCK undone; the same bind then goes through.
+#[test]
+fn a_refused_create_at_the_bind_claims_nothing() {
+    use crate::secure_table::TableError;
+    let w = binding_world();
+    let tsm = &w.tsm;
+    let fills = core::cell::Cell::new(0);
+    tsm.with_table(|t| t.refuse_create(Some(TableError::OutOfFrames)))
+        .unwrap();
+    refused(tsm, Error::SecureTableFull, || {
+        bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(()))
+    });
+    assert_eq!(fills.get(), 0);
+    assert!(tsm.owned_ranges(w.t0).unwrap().is_empty());
+    assert_eq!(
+        tsm.with_device(|d| d.state(crate::tests::rid(3, 0)))
+            .unwrap(),
+        crate::lifecycle::TdispState::ConfigUnlocked
+    );
+    tsm.with_table(|t| t.refuse_create(None)).unwrap();
+    bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(())).unwrap();
+    assert_eq!(fills.get(), 1);
+    assert_eq!(tsm.owned_ranges(w.t0).unwrap().len(), 1);
+    assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+}
+
 /// A `fill` that fails after the bind's create is drift: `Inconsistent`, the TDI bound with its
 /// context created and not translating, record and table agreeing.
 #[test]
 fn a_failing_fill_at_the_bind_is_inconsistent_with_the_tdi_bound_and_its_context_there() {
-    let w = crate::tests::world();
+    let w = binding_world();
     let fills = core::cell::Cell::new(0);
     let got = bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || {
         Err(crate::secure_table::TableError::Inconsistent)
@@ -725,35 +759,63 @@ fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
 }
 
-/// The teardown calls keep the table's refusal behind their `IotlbInvalidationPending`, decided
-/// inside the call under its locks (the context's wait here: `InvalidationPending`); a refusal
-/// that is not the table's leaves the note as it was.
+/// The two IOTLB waits are two statuses, decided inside the call under its locks: an unbind
+/// the table refuses for the guest's domain (the track's invalidation still owed, TDX) answers
+/// `IotlbNotTracked` at its Track step; one waiting for its context's own invalidation answers
+/// `IotlbInvalidationPending` before STOP (forced: at its Dma step). Each keeps its progress,
+/// answers the same again changing nothing, and goes on once the wait is over.
 #[test]
-fn teardowns_note_the_tables_refusal_behind_their_wait() {
-    let w = running();
-    let tsm = &w.tsm;
-    let mut kept = Some(TableError::Inconsistent);
-    refused(tsm, Error::TdiBound, || {
-        tsm.host_dma_remove_noting(w.t0, &mut kept)
-    });
-    assert_eq!(
-        kept,
-        Some(TableError::Inconsistent),
-        "the core's own refusal"
-    );
-    tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
-        .unwrap();
-    let mut buf = [0u8; MAX_RELAY_BYTES];
-    let mut noted = None;
-    assert_eq!(
-        tsm.unbind_noting(w.t0, &mut buf, &mut noted),
-        Err(Error::IotlbInvalidationPending)
-    );
-    assert_eq!(noted, Some(TableError::InvalidationPending));
-    let mut forced = None;
-    assert_eq!(
-        tsm.unbind_forced_noting(w.t0, &mut forced),
-        Err(Error::IotlbInvalidationPending)
-    );
-    assert_eq!(forced, Some(TableError::InvalidationPending));
+fn an_unbind_names_which_iotlb_wait_it_met() {
+    use crate::secure_table::TableError;
+    let at = |w: &World, step| TdiState::Unbinding { owner: w.g1, step };
+    for forced in [false, true] {
+        let unbind = |w: &World| {
+            if forced {
+                w.tsm.unbind_forced(w.t0)
+            } else {
+                w.tsm.unbind(w.t0)
+            }
+        };
+        // The guest's domain: the leaves blocked, STOP answered, the context invalidated; the
+        // epoch advance refused, the step kept at Track.
+        let w = running();
+        let tsm = &w.tsm;
+        tsm.with_table(|t| t.refuse_track(Some(TableError::IotlbNotTracked)))
+            .unwrap();
+        assert_eq!(unbind(&w), Err(Error::IotlbNotTracked), "forced {forced}");
+        assert_eq!(state(&w, w.t0), at(&w, UnbindStep::Track));
+        assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
+        assert!(matches!(
+            tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+            Some(crate::secure_table::LeafState::Blocked { .. })
+        ));
+        refused(tsm, Error::IotlbNotTracked, || unbind(&w));
+        tsm.with_table(|t| t.refuse_track(None)).unwrap();
+        assert_eq!(unbind(&w), Ok(Completion::Done));
+        assert_eq!(state(&w, w.t0), TdiState::Unbound);
+        assert!(contexts(&w).is_empty());
+
+        // The context's own: before STOP (forced: the leaves gone, at the Dma step).
+        let w = running();
+        let tsm = &w.tsm;
+        tsm.with_table(|t| t.set_defer_invalidations(w.g1, true))
+            .unwrap();
+        assert_eq!(
+            unbind(&w),
+            Err(Error::IotlbInvalidationPending),
+            "forced {forced}"
+        );
+        let step = if forced {
+            UnbindStep::Dma
+        } else {
+            UnbindStep::Stop
+        };
+        assert_eq!(state(&w, w.t0), at(&w, step));
+        assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
+        refused(tsm, Error::IotlbInvalidationPending, || unbind(&w));
+        tsm.with_table(|t| t.complete_invalidations(w.g1)).unwrap();
+        assert_eq!(unbind(&w), Ok(Completion::Done));
+        assert_eq!(state(&w, w.t0), TdiState::Unbound);
+        assert!(contexts(&w).is_empty());
+    }
 }

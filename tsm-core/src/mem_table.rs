@@ -32,9 +32,10 @@ pub struct DmaEntry {
     pub state: DmaState,
 }
 
-/// An in-memory secure table with room for `N` leaves.
+/// An in-memory secure table with room for `N` leaves; with `AT_BIND` a TDI's trusted DMA
+/// context is made when it is bound ([`SecureTable::DMA_CONTEXT_AT_BIND`], as SEV-TIO's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemTable<const N: usize> {
+pub struct MemTable<const N: usize, const AT_BIND: bool = false> {
     leaves: heapless::Vec<Leaf, N>,
     epochs: [GuestEpoch; MAX_GUESTS],
     /// Trusted DMA contexts: at most one per TDI.
@@ -50,9 +51,16 @@ pub struct MemTable<const N: usize> {
     /// disagrees with the core's record).
     #[cfg(test)]
     refuse_block: Option<TableError>,
+    /// Tests: every epoch advance is refused with this, nothing changed (TDX's
+    /// `IotlbNotTracked` while an IOMMU owes the guest's domain the last track's invalidation).
+    #[cfg(test)]
+    refuse_track: Option<TableError>,
+    /// Tests: every context create is refused with this, nothing changed.
+    #[cfg(test)]
+    refuse_create: Option<TableError>,
 }
 
-impl<const N: usize> Default for MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> Default for MemTable<N, AT_BIND> {
     fn default() -> Self {
         Self::new()
     }
@@ -62,7 +70,7 @@ fn spans_overlap(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
     a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
 }
 
-impl<const N: usize> MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> MemTable<N, AT_BIND> {
     /// An empty table.
     pub const fn new() -> Self {
         Self {
@@ -80,6 +88,10 @@ impl<const N: usize> MemTable<N> {
             refuse_invalidation: None,
             #[cfg(test)]
             refuse_block: None,
+            #[cfg(test)]
+            refuse_track: None,
+            #[cfg(test)]
+            refuse_create: None,
         }
     }
 
@@ -99,6 +111,18 @@ impl<const N: usize> MemTable<N> {
     #[cfg(test)]
     pub(crate) fn refuse_block(&mut self, refusal: Option<TableError>) {
         self.refuse_block = refusal;
+    }
+
+    /// Tests: refuse every context create with `refusal` (`None`: take them).
+    #[cfg(test)]
+    pub(crate) fn refuse_create(&mut self, refusal: Option<TableError>) {
+        self.refuse_create = refusal;
+    }
+
+    /// Tests: refuse every epoch advance with `refusal` (`None`: take them).
+    #[cfg(test)]
+    pub(crate) fn refuse_track(&mut self, refusal: Option<TableError>) {
+        self.refuse_track = refusal;
     }
 
     /// When set for `guest`, its `track` advances the epoch but the flush completes only at
@@ -201,11 +225,17 @@ impl<const N: usize> MemTable<N> {
     }
 }
 
-impl<const N: usize> SecureTable for MemTable<N> {
+impl<const N: usize, const AT_BIND: bool> SecureTable for MemTable<N, AT_BIND> {
     /// The core's own rule: the owner accepts before START.
     const DMA_ACCEPT_BEFORE_START: bool = true;
 
+    const DMA_CONTEXT_AT_BIND: bool = AT_BIND;
+
     fn dma_create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        #[cfg(test)]
+        if let Some(refusal) = self.refuse_create {
+            return Err(refusal);
+        }
         if self.dmas.iter().any(|d| d.iface == iface) {
             return Err(TableError::DmaContextExists);
         }
@@ -398,6 +428,10 @@ impl<const N: usize> SecureTable for MemTable<N> {
     }
 
     fn track(&mut self, guest: GuestId) -> Result<Completion, TableError> {
+        #[cfg(test)]
+        if let Some(refusal) = self.refuse_track {
+            return Err(refusal);
+        }
         let e = self
             .epochs
             .get_mut(usize::from(guest.slot()))

@@ -81,9 +81,10 @@ pub enum TableError {
     DmaNotBlocked,
     /// Removal of a blocked DMA context whose IOTLB invalidation is not complete.
     InvalidationPending,
-    /// A track, or the removal of a leaf blocked before the last track, while a trusted IOMMU
-    /// that translates through the guest's table still owes the IOTLB invalidation of the
-    /// guest's domain that track asked for (TDX: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE). The
+    /// A track, the removal of a leaf blocked before the last track, or the removal of a DMA
+    /// context on an IOMMU that track counted, while a trusted IOMMU that translates through
+    /// the guest's table still owes the IOTLB invalidation of the guest's domain that track
+    /// asked for (TDX: TDX_IOMMU_IOTLB_TRACKING_NOT_DONE; core `Error::IotlbNotTracked`). The
     /// platform completes it later (TDX: TDH.IQ.INV.REQUEST of the domain, then
     /// TDH.IQ.INV.PROCESS); the caller keeps its progress and retries.
     IotlbNotTracked,
@@ -106,9 +107,8 @@ impl From<TableError> for Error {
             TableError::DmaContextExists => Error::DmaContextExists,
             TableError::NoDmaContext => Error::NoDmaContext,
             TableError::DmaNotBlocked => Error::DmaNotBlocked,
-            TableError::InvalidationPending | TableError::IotlbNotTracked => {
-                Error::IotlbInvalidationPending
-            }
+            TableError::InvalidationPending => Error::IotlbInvalidationPending,
+            TableError::IotlbNotTracked => Error::IotlbNotTracked,
         }
     }
 }
@@ -243,6 +243,14 @@ pub trait SecureTable {
     /// False (TDX): the request is queued with the block (TDH.IQ.INV.REQUEST), apart from the
     /// TLB epoch. Provided: false.
     const DMA_INVALIDATION_AFTER_LEAVES: bool = false;
+
+    /// Whether a TDI's trusted DMA context is made when the TDI is bound (SEV-TIO: TDI_BIND
+    /// sets up the sDTE): the answer that completes a bind then creates it, `Pending`, in the
+    /// call and the locks that bind, through any device response, so no TDI is ever bound
+    /// without it and the host's own create finds it there (`DmaContextExists`). False (TDX):
+    /// the host creates it on a bound TDI ([`crate::Tsm::host_dma_create`], TDH.DMAR.ADD).
+    /// Provided: false.
+    const DMA_CONTEXT_AT_BIND: bool = false;
 
     /// Adds a leaf `gpa -> hpa` of `size` for `guest`, in state `Mapped`.
     fn map(&mut self, guest: GuestId, gpa: Gpa, hpa: Hpa, size: PageSize)

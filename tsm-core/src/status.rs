@@ -50,7 +50,8 @@
 //! | 0x405 | `NotBlocked` | removal of a leaf that was not blocked first |
 //! | 0x406 | `TlbFlushPending` | blocked, but the TLB flush for that epoch is not done |
 //! | 0x407 | `DmaNotBlocked` | invalidation or removal of a trusted DMA context that was not blocked first |
-//! | 0x408 | `IotlbInvalidationPending` | an IOTLB invalidation is not complete: the blocked trusted DMA context's, or the one a track of the guest's table owes while a context names it (TDX) |
+//! | 0x408 | `IotlbInvalidationPending` | the blocked trusted DMA context's IOTLB invalidation is not complete |
+//! | 0x409 | `IotlbNotTracked` | the IOTLB invalidation of the guest's domain that the last track of its table asked for is not complete while a trusted DMA context names the table (TDX) |
 //! | 0x501 | `DeviceUnresponsive` | the device did not answer a TDISP request |
 //! | 0x502 | `DeviceRefused` | the device answered a TDISP request with an error |
 //! | 0x503 | `DeviceMalformed` | the device's answer is not a well-formed TDISP response to the request (length, version, type, interface ID, report layout) |
@@ -171,6 +172,7 @@ pub enum Error {
     TlbFlushPending,
     DmaNotBlocked,
     IotlbInvalidationPending,
+    IotlbNotTracked,
     DeviceUnresponsive,
     DeviceRefused,
     DeviceMalformed,
@@ -254,6 +256,7 @@ impl Error {
         Error::TlbFlushPending,
         Error::DmaNotBlocked,
         Error::IotlbInvalidationPending,
+        Error::IotlbNotTracked,
         Error::DeviceUnresponsive,
         Error::DeviceRefused,
         Error::DeviceMalformed,
@@ -320,6 +323,7 @@ impl Error {
             Error::TlbFlushPending => 0x406,
             Error::DmaNotBlocked => 0x407,
             Error::IotlbInvalidationPending => 0x408,
+            Error::IotlbNotTracked => 0x409,
             Error::DeviceUnresponsive => 0x501,
             Error::DeviceRefused => 0x502,
             Error::DeviceMalformed => 0x503,
@@ -407,7 +411,10 @@ impl Error {
                 "invalidation or removal of a trusted DMA context that was not blocked first"
             }
             Error::IotlbInvalidationPending => {
-                "an IOTLB invalidation is not complete: the blocked trusted DMA context's, or the one a track of the guest's table owes while a context names it (TDX)"
+                "the blocked trusted DMA context's IOTLB invalidation is not complete"
+            }
+            Error::IotlbNotTracked => {
+                "the IOTLB invalidation of the guest's domain that the last track of its table asked for is not complete while a trusted DMA context names the table (TDX)"
             }
             Error::DeviceUnresponsive => "the device did not answer a TDISP request",
             Error::DeviceRefused => "the device answered a TDISP request with an error",

@@ -11,6 +11,8 @@ use crate::tdisp::report;
 use crate::*;
 
 pub(crate) type T = crate::relay::host::Relayed<MemTable<256>>;
+/// A firmware whose table makes a TDI's trusted DMA context at bind (as SEV-TIO's).
+pub(crate) type TB = crate::relay::host::Relayed<MemTable<256, true>>;
 
 pub(crate) const BAR: u64 = 0x8000_0000;
 pub(crate) const GPA: u64 = 0x10_0000_0000;
@@ -36,8 +38,8 @@ const VFS: VfLayout = VfLayout {
 };
 
 /// A firmware with two guests and one device (a 4 MiB BAR, 16 VFs) with two TDIs.
-pub(crate) struct World {
-    pub(crate) tsm: T,
+pub(crate) struct World<X = T> {
+    pub(crate) tsm: X,
     pub(crate) g1: GuestId,
     pub(crate) g2: GuestId,
     pub(crate) dev: DeviceId,
@@ -46,7 +48,12 @@ pub(crate) struct World {
 }
 
 pub(crate) fn world() -> World {
-    let tsm = T::new(MemTable::new(), ModelDevice::model());
+    world_on(MemTable::new())
+}
+
+/// [`world`] over `table`.
+pub(crate) fn world_on<Tab: SecureTable>(table: Tab) -> World<crate::relay::host::Relayed<Tab>> {
+    let tsm = crate::relay::host::Relayed::new(table, ModelDevice::model());
     let g1 = tsm.create_guest().unwrap();
     let g2 = tsm.create_guest().unwrap();
     let functions = DeviceFunctions::new(rid(3, 0), Some(VFS)).unwrap();
@@ -103,9 +110,18 @@ fn normalised(
 
 /// Runs `op`, expects `err`, and proves every table is unchanged.
 #[track_caller]
-pub(crate) fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce() -> TsmResult<R>) {
+pub(crate) fn refused<Tab, R>(
+    tsm: &crate::relay::host::Relayed<Tab>,
+    err: Error,
+    op: impl FnOnce() -> TsmResult<R>,
+) where
+    Tab: SecureTable + Clone + PartialEq + core::fmt::Debug,
+    R: core::fmt::Debug,
+{
     let before = tsm.snapshot().unwrap();
-    let device = |tsm: &T| tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap();
+    let device = |tsm: &crate::relay::host::Relayed<Tab>| {
+        tsm.with_device(|d| d.link_mut().tdisp_states()).unwrap()
+    };
     let device_before = device(tsm);
     let got = op();
     assert_eq!(got.as_ref().err(), Some(&err), "got {got:?}");
@@ -121,7 +137,10 @@ pub(crate) fn refused<R: core::fmt::Debug>(tsm: &T, err: Error, op: impl FnOnce(
     );
 }
 
-pub(crate) fn state(w: &World, t: TdiId) -> TdiState {
+pub(crate) fn state<Tab: SecureTable>(
+    w: &World<crate::relay::host::Relayed<Tab>>,
+    t: TdiId,
+) -> TdiState {
     w.tsm.tdi(t).unwrap().state
 }
 

@@ -914,20 +914,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// bind), and an unbind already waiting for STOP resends it. Unbinding an unbound TDI
     /// with nothing waiting is `Done` and changes nothing.
     pub fn unbind(&self, tdi: TdiId, out: &mut [u8]) -> TsmResult<Completion> {
-        self.unbind_noting(tdi, out, &mut None)
-    }
-
-    /// [`Tsm::unbind`], with the secure table's refusal behind its error, if the table refused,
-    /// kept in `noted` (else left as it was): decided in the call, under its locks, so a platform
-    /// whose table tells two IOTLB waits apart (TDX: the context's `InvalidationPending`, the
-    /// guest domain's `IotlbNotTracked`, both `IotlbInvalidationPending` here) names the one it
-    /// met without reading any state afterwards.
-    pub fn unbind_noting(
-        &self,
-        tdi: TdiId,
-        out: &mut [u8],
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -959,7 +945,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             owner,
             step,
             Some((&mut *transport, out)),
-            noted,
         )
     }
 
@@ -996,7 +981,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         owner: GuestId,
         step: UnbindStep,
         ask: Option<(&mut Requester<S>, &mut [u8])>,
-        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
         let UnbindLocks {
             mut guest,
@@ -1019,12 +1003,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             } else {
                 StopBy::Done
             },
-            noted: None,
         };
         let (state, outcome) = unbind::run(&mut ctx, step, UNBIND_WORK_PER_CALL);
-        if ctx.noted.is_some() {
-            *noted = ctx.noted;
-        }
         record.state = state;
         match outcome? {
             Ended::Completion(done) => Ok(done),
@@ -1070,16 +1050,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// ownership, secure table; never the transport. Every lock is taken before anything
     /// changes, so `Busy` changes nothing.
     pub fn unbind_forced(&self, tdi: TdiId) -> TsmResult<Completion> {
-        self.unbind_forced_noting(tdi, &mut None)
-    }
-
-    /// [`Tsm::unbind_forced`], with the table's refusal behind its error kept in `noted` as
-    /// [`Tsm::unbind_noting`] keeps it.
-    pub fn unbind_forced_noting(
-        &self,
-        tdi: TdiId,
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1116,7 +1086,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             );
             Self::cut(dev, &mut others);
         }
-        Self::run_unbind(locks, tdi, record, owner, step, None, noted)
+        Self::run_unbind(locks, tdi, record, owner, step, None)
     }
 
     /// Cuts `dev`'s IDE stream at the root port ([`IdeStream::Cut`]) with `others`, the
@@ -1356,6 +1326,15 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// against [`MAX_ATTEMPTS`]: below it the same request is to be sent again (`Relay`),
     /// at it the operation ends `DeviceUnresponsive`.
     ///
+    /// On a table that makes a TDI's trusted DMA context when it is bound
+    /// ([`SecureTable::DMA_CONTEXT_AT_BIND`], SEV-TIO's) the answer that completes a bind also
+    /// creates the context, `Pending` as [`Tsm::host_dma_create`] makes it, in the bind's
+    /// locks: no TDI is ever bound without its context, nor a context made for a TDI that is
+    /// not bound. A create the table refuses refuses the bind as a report the firmware will
+    /// not trust does: nothing claimed, no context, the TDI unbound, the LOCK undone with STOP
+    /// (`Relay`), and the bind ends with the create's status. The platform's own fields of the
+    /// context go with [`Tsm::device_response_binding`].
+    ///
     /// Locks: device, TDI, guest (the bind's or the owner), ownership, secure table,
     /// transport, all taken before anything changes.
     pub fn device_response(
@@ -1364,31 +1343,17 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         response: Option<&[u8]>,
         out: &mut [u8],
     ) -> TsmResult<Completion> {
-        self.respond(tdi, response, out, None, &mut None)
+        Self::logged(tdi, self.take_response(tdi, response, out, None))
     }
 
-    /// [`Tsm::device_response`], with the table's refusal behind its error kept in `noted` as
-    /// [`Tsm::unbind_noting`] keeps it (STOP's answer goes on with the unbind).
-    pub fn device_response_noting(
-        &self,
-        tdi: TdiId,
-        response: Option<&[u8]>,
-        out: &mut [u8],
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
-        self.respond(tdi, response, out, None, noted)
-    }
-
-    /// [`Tsm::device_response`] on a platform whose bind sets up the TDI's trusted DMA context
-    /// (SEV-TIO: TDI_BIND makes the sDTE): the answer that completes a bind also creates the
-    /// context, `Pending` as [`Tsm::host_dma_create_with`] makes it, `fill` writing the
-    /// platform's own fields, all in the bind's locks. So no TDI is ever bound without its
-    /// context, nor a context made for a TDI that is not bound. A create the table refuses
-    /// refuses the bind as a report the firmware will not trust does: nothing claimed, no
-    /// context, the TDI unbound, the LOCK undone with STOP (`Relay`), and the bind ends with
-    /// the create's status. `fill` must not fail; if it does, the TDI stays bound with its
-    /// context created, not translating, and the answer is `Inconsistent`. Any other exchange
-    /// goes as [`Tsm::device_response`] takes it.
+    /// [`Tsm::device_response`], with the platform's own fields of the context a bind creates
+    /// ([`SecureTable::DMA_CONTEXT_AT_BIND`]; SEV-TIO: TDI_BIND's guest device ID and IDE
+    /// streams in the sDTE) written by `fill` in the bind's locks, once the context is made,
+    /// so no one sees it without them. `fill` gets the owner's table, the owner and the
+    /// interface; it runs at most once, never on a table that makes no context at bind nor for
+    /// a bind refused. `fill` must not fail; if it does, the TDI stays bound with its context
+    /// created, not translating, and the answer is `Inconsistent`. Any other exchange goes as
+    /// [`Tsm::device_response`] takes it.
     ///
     /// Locks: those of [`Tsm::device_response`] (the secure table is the bind's guest's shard).
     pub fn device_response_binding(
@@ -1396,27 +1361,13 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         tdi: TdiId,
         response: Option<&[u8]>,
         out: &mut [u8],
-        fill: impl FnOnce(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
+        mut fill: impl FnMut(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
     ) -> TsmResult<Completion> {
-        let mut fill = Some(fill);
-        let mut once = |table: &mut T, guest, iface| match fill.take() {
-            Some(f) => f(table, guest, iface),
-            None => Err(TableError::Inconsistent),
-        };
-        self.respond(tdi, response, out, Some(&mut once), &mut None)
+        Self::logged(tdi, self.take_response(tdi, response, out, Some(&mut fill)))
     }
 
-    /// [`Tsm::device_response`], creating the DMA context at a bind's end when `fill` is
-    /// given ([`Tsm::device_response_binding`]), with its log line.
-    fn respond(
-        &self,
-        tdi: TdiId,
-        response: Option<&[u8]>,
-        out: &mut [u8],
-        fill: Option<&mut BindFill<'_, T>>,
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<Completion> {
-        let outcome = self.take_response(tdi, response, out, fill, noted);
+    /// `outcome` of a device response for `tdi`, with its log line.
+    fn logged(tdi: TdiId, outcome: TsmResult<Completion>) -> TsmResult<Completion> {
         match outcome {
             // The device failed the operation: what an integrator looks for first.
             Err(
@@ -1428,14 +1379,15 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         outcome
     }
 
-    /// [`Tsm::respond`] without its log line.
+    /// [`Tsm::device_response`] without its log line, creating the DMA context at a bind's end
+    /// and filling it when `fill` is given ([`Tsm::device_response_binding`]; called at most
+    /// once).
     fn take_response(
         &self,
         tdi: TdiId,
         response: Option<&[u8]>,
         out: &mut [u8],
         fill: Option<&mut BindFill<'_, T>>,
-        noted: &mut Option<TableError>,
     ) -> TsmResult<Completion> {
         let (mut dev_slot, mut slot) = self.lock_tdi_and_device(tdi)?;
         let dev = dev_slot.as_mut().ok_or(Error::InvalidHandle)?;
@@ -1574,12 +1526,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                         &self.reserved,
                         &mut locks,
                         &transport,
-                        fill.is_some(),
                     ) {
                         Ok(()) => {
-                            if let Some(fill) = fill {
-                                // The context exists, made in this lock: see
-                                // `device_response_binding` for a fill that fails.
+                            if let Some(fill) = fill.filter(|_| T::DMA_CONTEXT_AT_BIND) {
+                                // The context exists, made in this lock (the table makes it at
+                                // bind): see `device_response_binding` for a fill that fails.
                                 fill(&mut *locks.table, guest, record.iface)
                                     .map_err(|_| Error::Inconsistent)?;
                             }
@@ -1676,7 +1627,7 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
                 stopped?;
                 record.forget_lock();
                 let owner = record.state.owner().ok_or(Error::Inconsistent)?;
-                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None, noted)
+                Self::run_unbind(locks, tdi, record, owner, UnbindStep::Stop, None)
             }
         }
     }
@@ -1772,9 +1723,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         }
     }
 
-    /// The report is whole: check it and bind (with the TDI's DMA context, `Pending`, when
-    /// `create`), or refuse with nothing bound.
-    #[allow(clippy::too_many_arguments)]
+    /// The report is whole: check it and bind (with the TDI's DMA context, `Pending`, on a
+    /// table that makes it then: [`SecureTable::DMA_CONTEXT_AT_BIND`]), or refuse with nothing
+    /// bound.
     fn finish_bind(
         dev: &mut Device,
         tdi: TdiId,
@@ -1783,8 +1734,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         reserved: &ReservedMemory,
         locks: &mut UnbindLocks<'_, T, SHARDS>,
         transport: &Requester<S>,
-        create: bool,
     ) -> TsmResult<()> {
+        let create = T::DMA_CONTEXT_AT_BIND;
         // The LOCK that this report answers gave the offset: a bind past LOCK always has one.
         let offset = record.mmio_offset.ok_or(Error::Inconsistent)?;
         let (reported, digest) = {
@@ -1818,26 +1769,20 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
-        // An unbound TDI has no context (its unbind removed it): one here is drift.
-        if create && record.dma.is_some() {
-            return Err(Error::Inconsistent);
-        }
         let owners = locks.owners.claiming()?;
+        let table = &mut *locks.table;
         owners.apply(|o| {
             o.check_claim(&reported)?;
-            o.claim(tdi, guest, &reported)
-        })?;
-        if create {
-            // The one table change, after the claim: a refused create gives the claim back, so
-            // the bind is refused with nothing of it left.
-            if let Err(e) = locks.table.dma_create(guest, record.iface) {
-                owners
-                    .apply(|o| o.release(tdi))
-                    .map_err(|_| Error::Inconsistent)?;
-                return Err(e.into());
+            // The context between the claim's check and the claim: a create refused (a context
+            // there already, the table full) leaves nothing claimed and nothing to give back.
+            if create {
+                Self::create_context(table, guest, record)?;
             }
-            record.dma = Some(crate::dma::DmaState::Pending);
-        }
+            // Checked just above, so only drift refuses the claim now; then a context made
+            // for a TDI left unbound is drift too.
+            o.claim(tdi, guest, &reported)
+                .map_err(|e| if create { Error::Inconsistent } else { e })
+        })?;
         guest_record.bound_tdis = bound;
         record.state = next;
         record.exchange = None;

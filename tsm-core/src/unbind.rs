@@ -247,13 +247,12 @@ pub(crate) fn invalidation<T: SecureTable>(
 /// The blocked context's IOTLB invalidation complete, asked (again) where it is not:
 /// `IotlbInvalidationPending` until the platform completed it (TDX: the host's
 /// TDH.IQ.INV.PROCESS; SEV: the host's fence), the request kept. No context, or one already
-/// invalidated, passes. The wait is noted in `noted` as the table's `InvalidationPending`.
+/// invalidated, passes.
 fn await_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
     dma: &mut Option<DmaState>,
-    noted: &mut Option<TableError>,
 ) -> Result<(), Error> {
     if !matches!(dma, Some(DmaState::Blocked | DmaState::Invalidating)) {
         return Ok(());
@@ -263,25 +262,13 @@ fn await_dma<T: SecureTable>(
     match invalidation(table, owner, iface) {
         Ok(state) => *dma = Some(state),
         Err(TableError::TlbNotFlushed) => {}
-        Err(e) => {
-            *noted = Some(e);
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     }
     if *dma == Some(DmaState::Invalidated) {
         Ok(())
     } else {
-        *noted = Some(TableError::InvalidationPending);
         Err(Error::IotlbInvalidationPending)
     }
-}
-
-/// `r`, its refusal noted in `noted` (the call ends on it).
-fn note<R>(noted: &mut Option<TableError>, r: Result<R, TableError>) -> Result<R, TableError> {
-    if let Err(e) = r {
-        *noted = Some(e);
-    }
-    r
 }
 
 /// What the Stop step needs.
@@ -308,9 +295,6 @@ pub(crate) struct UnbindCtx<'a, T> {
     pub owners: &'a Ownership,
     pub table: &'a mut T,
     pub stop: StopBy,
-    /// The table's refusal behind the call's error, when the table refused (kept for a
-    /// platform that tells its IOTLB waits apart: [`crate::Tsm::unbind_noting`]).
-    pub noted: Option<TableError>,
 }
 
 /// How a call of the unbind machine ended, when it did not fail.
@@ -425,7 +409,7 @@ fn advance<T: SecureTable>(
         // until then, progress kept).
         UnbindStep::Stop => match ctx.stop {
             StopBy::Device => {
-                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma, &mut ctx.noted)?;
+                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
                 Next::AskStop
             }
             StopBy::Done => Next::Step(UnbindStep::Track),
@@ -437,13 +421,13 @@ fn advance<T: SecureTable>(
         // last leaf's block, covers the leaves too, and the advance has nothing left to do.
         UnbindStep::Track => {
             ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-            match note(&mut ctx.noted, ctx.table.track_within(ctx.owner, budget))? {
+            match ctx.table.track_within(ctx.owner, budget)? {
                 Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
                 Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
             }
         }
         // A table may refuse a leaf until more than the TLB forgot it (TDX: the IOTLB of an
-        // IOMMU whose trusted context names the guest's table, `IotlbInvalidationPending`):
+        // IOMMU whose trusted context names the guest's table, `IotlbNotTracked`):
         // the step and its cursor stay, and the next call resumes here (asking again for an
         // invalidation not taken yet, as at Track).
         UnbindStep::Remove(cursor) => {
@@ -456,10 +440,7 @@ fn advance<T: SecureTable>(
                 budget,
                 |t, leaf, n, limit| {
                     let run = Run::new(leaf.gpa, leaf.hpa, leaf.size, n);
-                    note(
-                        &mut ctx.noted,
-                        t.remove_range_within(leaf.guest, run, limit),
-                    )
+                    t.remove_range_within(leaf.guest, run, limit)
                 },
             )? {
                 Walk::Finished => Next::Step(UnbindStep::Dma),
@@ -477,8 +458,8 @@ fn advance<T: SecureTable>(
                 if still_translates(*ctx.dma) {
                     return Err(Error::Inconsistent);
                 }
-                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma, &mut ctx.noted)?;
-                note(&mut ctx.noted, ctx.table.dma_remove(ctx.owner, ctx.iface))?;
+                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
+                ctx.table.dma_remove(ctx.owner, ctx.iface)?;
                 *ctx.dma = None;
             }
             Next::Step(UnbindStep::Release)

@@ -473,7 +473,10 @@ fn exemption(op: &Op, err: Error) -> Option<Exempt> {
         ) => Some(Exempt::UnbindStopFailed),
         (
             Op::Unbind { .. },
-            Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent,
+            Error::TlbFlushPending
+            | Error::IotlbInvalidationPending
+            | Error::IotlbNotTracked
+            | Error::Inconsistent,
         ) => Some(Exempt::UnbindProgressKept),
         // The firmware's own unbind (never relayed) stopping before STOP, at the context's
         // IOTLB invalidation, keeps its Block step's progress.
@@ -482,7 +485,10 @@ fn exemption(op: &Op, err: Error) -> Option<Exempt> {
         }
         (
             Op::UnbindForced { .. },
-            Error::TlbFlushPending | Error::IotlbInvalidationPending | Error::Inconsistent,
+            Error::TlbFlushPending
+            | Error::IotlbInvalidationPending
+            | Error::IotlbNotTracked
+            | Error::Inconsistent,
         ) => Some(Exempt::ForcedProgressKept),
         (Op::Start { .. }, Error::DeviceRefused | Error::DeviceMalformed) => {
             Some(Exempt::StartFault)

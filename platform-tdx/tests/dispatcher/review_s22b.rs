@@ -150,9 +150,9 @@ fn b1_the_hosts_domain_request_always_has_room_beside_the_firmwares_own() {
 /// T2 (finding B2): the unbind's IOTLB wait was named by reading the TDI's step after the
 /// core call through a try-lock, so another CPU holding the TDI's slot for an instant (a
 /// query, the host's TDH.DMAR.READ) turned the domain's wait at the Remove step into the
-/// entry's (INV_STATE + DMAR). Now the call keeps the table's own refusal
-/// (`Tsm::unbind_noting`): whoever reads the TDI meanwhile, every answer at the Remove step
-/// is the domain's (or BUSY). A race: it was caught within 400k calls in 1 of 3 release runs;
+/// entry's (INV_STATE + DMAR). Now the core's status names the wait the table refused inside
+/// the call (`IotlbNotTracked`): whoever reads the TDI meanwhile, every answer at the Remove
+/// step is the domain's (or BUSY). A race: it was caught within 400k calls in 1 of 3 release runs;
 /// 1M calls here.
 #[test]
 fn b2_a_domain_wait_is_named_the_entrys_when_the_tdi_is_read_concurrently() {

@@ -29,22 +29,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     ///
     /// Locks: TDI, secure table (the owner's shard).
     pub fn host_dma_create(&self, tdi: TdiId) -> TsmResult<()> {
-        self.host_dma_create_with(tdi, |_, _, _| Ok(()))
-    }
-
-    /// [`Tsm::host_dma_create`], and the platform's own fields of the new context written by
-    /// `fill` under the same table lock (SEV-TIO: TDI_BIND's guest device ID and IDE stream in
-    /// the sDTE), so no one sees the context without them. `fill` gets the owner's table, the
-    /// owner and the interface; it runs only once the context is created, and must not fail
-    /// then (the table has the context it just made): if it does, the context stays created,
-    /// not translating, record and table agreeing, and the answer is `Inconsistent`.
-    ///
-    /// Locks: TDI, secure table (the owner's shard).
-    pub fn host_dma_create_with(
-        &self,
-        tdi: TdiId,
-        fill: impl FnOnce(&mut T, GuestId, InterfaceId) -> Result<(), TableError>,
-    ) -> TsmResult<()> {
         let mut slot = self.tdis.lock(tdi.slot())?;
         let record = slot.as_mut().ok_or(Error::InvalidHandle)?;
         let owner = match record.state {
@@ -53,13 +37,21 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             TdiState::Error { .. } => return Err(Error::TdiInError),
             TdiState::Unbinding { .. } => return Err(Error::UnbindInProgress),
         };
+        let mut table = self.table_of(owner)?;
+        Self::create_context(&mut table, owner, record)
+    }
+
+    /// The one path that makes `record`'s context, for `owner` in `table` (the host's create,
+    /// and a bind's on a table that makes it then: [`SecureTable::DMA_CONTEXT_AT_BIND`]): none
+    /// there yet (`DmaContextExists`), the table's entry (its refusal), then the record's
+    /// `Pending`. A refusal changes nothing.
+    pub(super) fn create_context(table: &mut T, owner: GuestId, record: &mut Tdi) -> TsmResult<()> {
         if record.dma.is_some() {
             return Err(Error::DmaContextExists);
         }
-        let mut table = self.table_of(owner)?;
         table.dma_create(owner, record.iface)?;
         record.dma = Some(DmaState::Pending);
-        fill(&mut table, owner, record.iface).map_err(|_| Error::Inconsistent)
+        Ok(())
     }
 
     /// `guest` accepts `tdi`'s trusted DMA context (TDX: TDG.DMAR.ACCEPT 70): the firmware
@@ -170,33 +162,18 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// and only in order: block, invalidate, remove; the unbind's Dma step then skips what the
     /// host did. Refused, changing nothing: unknown TDI (`InvalidHandle`), the device still able
     /// to reach the guest (`TdiBound`), no context (`NoDmaContext`), not blocked
-    /// (`DmaNotBlocked`), its invalidation not complete (`IotlbInvalidationPending`).
+    /// (`DmaNotBlocked`), its invalidation not complete (`IotlbInvalidationPending`), the
+    /// guest's domain still owed a track's invalidation on its IOMMU (`IotlbNotTracked`, TDX).
     ///
     /// Locks (each of the three): device, TDI, secure table (the owner's shard).
     pub fn host_dma_remove(&self, tdi: TdiId) -> TsmResult<()> {
-        self.host_dma_remove_noting(tdi, &mut None)
-    }
-
-    /// [`Tsm::host_dma_remove`], with the table's refusal behind its error kept in `noted` as
-    /// [`Tsm::unbind_noting`] keeps it.
-    pub fn host_dma_remove_noting(
-        &self,
-        tdi: TdiId,
-        noted: &mut Option<TableError>,
-    ) -> TsmResult<()> {
         // The order is the core's to keep, whatever the platform's table checks.
-        self.host_dma_change(tdi, |t, owner, record, state| {
-            let removed = match state {
-                DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
-                DmaState::Blocked => Err(TableError::InvalidationPending),
-                DmaState::Invalidating | DmaState::Invalidated => {
-                    t.dma_remove(owner, record.iface).map(|()| None)
-                }
-            };
-            if let Err(e) = removed {
-                *noted = Some(e);
+        self.host_dma_change(tdi, |t, owner, record, state| match state {
+            DmaState::Pending | DmaState::Active => Err(TableError::DmaNotBlocked),
+            DmaState::Blocked => Err(TableError::InvalidationPending),
+            DmaState::Invalidating | DmaState::Invalidated => {
+                t.dma_remove(owner, record.iface).map(|()| None)
             }
-            removed
         })
     }
 
