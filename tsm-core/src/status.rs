@@ -210,7 +210,7 @@ impl Completion {
 
 impl Error {
     /// Every status without a payload, and `Busy` for each operand: for exhaustive tests.
-    pub const ALL: [Error; 61] = [
+    pub const ALL: [Error; 62] = [
         Error::InvalidAddress,
         Error::Misaligned,
         Error::InvalidRange,
