@@ -467,3 +467,6 @@ fn advance<T: SecureTable>(
         UnbindStep::Release => Next::Release,
     })
 }
+
+#[cfg(test)]
+mod tests;
