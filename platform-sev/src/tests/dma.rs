@@ -635,7 +635,11 @@ fn the_track_raises_no_fence_only_after_the_sdtes_own() {
         ends.push(raised(&w, g) - host);
     }
     assert_eq!(seen[0], seen[1], "the same table before the Track");
-    assert_eq!(ends, [1, 2], "the Track raised a fence after the host's only");
+    assert_eq!(
+        ends,
+        [1, 2],
+        "the Track raised a fence after the host's only"
+    );
 }
 
 /// One ASID fence per unbind: raised once the last leaf is blocked (the sDTE blocked in the

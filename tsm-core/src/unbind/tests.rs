@@ -324,7 +324,13 @@ fn resumed_steps<const AFTER: bool>() {
         &["inv:not-yet", "track", "inv:not-yet", "remove:refused"],
     );
     let flush = Err(Error::TlbFlushPending);
-    call(&w, true, flush, Some(UnbindStep::Remove(Cursor::START)), &log);
+    call(
+        &w,
+        true,
+        flush,
+        Some(UnbindStep::Remove(Cursor::START)),
+        &log,
+    );
     let again = ["inv:not-yet", "remove:refused"];
     call_refused(&w, true, Error::TlbFlushPending, &again);
     refuse_invalidation(&w, Some(TableError::OutOfFrames));
