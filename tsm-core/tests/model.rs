@@ -53,7 +53,8 @@ enum Op {
         leaf: usize,
         block: bool,
     },
-    /// The usual start (the context created and accepted first), or START alone.
+    /// The usual start (the context created, unless the bind made it, and accepted first), or
+    /// START alone.
     Start {
         guest: usize,
         tdi: usize,
