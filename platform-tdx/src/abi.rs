@@ -35,8 +35,8 @@ pub use crate::devif::{
     TSM_DEVIF_SET_TD, devif_id, devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
 };
 pub use crate::dmar::{
-    TDG_DMAR_ACCEPT, TDH_DMAR_ADD, TDH_DMAR_BLOCK, TDH_DMAR_READ, TDH_DMAR_REMOVE,
-    TDH_IQ_INV_PROCESS, TDH_IQ_INV_REQUEST,
+    TDG_DMAR_ACCEPT, TDG_IQ_INV_REQUEST, TDH_DMAR_ADD, TDH_DMAR_BLOCK, TDH_DMAR_READ,
+    TDH_DMAR_REMOVE, TDH_IQ_INV_PROCESS, TDH_IQ_INV_REQUEST,
 };
 use crate::ept::SeptState;
 use crate::link::{Link, Session};
@@ -1425,6 +1425,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             }
             TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => self.devif_guest(leaf, td, tdr, r, out)?,
             TDG_DMAR_ACCEPT => self.dmar_accept(td, r)?,
+            TDG_IQ_INV_REQUEST => self.td_inv_request(td, r, out)?,
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }

@@ -575,6 +575,26 @@ impl<'m> Sept<'m> {
         self.dmar.request_iotlb(guest, segment)
     }
 
+    /// TDG.IQ.INV.REQUEST's state step for `guest` ([`DmarTable::td_request_start`]).
+    pub fn td_request_start(
+        &mut self,
+        guest: GuestId,
+        req_num: u8,
+        status: Option<(u64, u32)>,
+    ) -> Result<(), crate::dmar::TdInvRefusal> {
+        self.dmar.td_request_start(guest, req_num, status)
+    }
+
+    /// TDH.IQ.INV.REQUEST INV_REQ_TD's queueing step ([`DmarTable::td_commit`]).
+    pub fn td_commit(&mut self, guest: GuestId, segment: u16, count: u8) -> u8 {
+        self.dmar.td_commit(guest, segment, count)
+    }
+
+    /// The TD requests complete since the last call ([`DmarTable::finish_td_requests`]).
+    pub fn finish_td_requests(&mut self) -> heapless::Vec<(u64, u32), MAX_GUESTS> {
+        self.dmar.finish_td_requests()
+    }
+
     /// The frame pool (tests compare its bytes before and after a refusal).
     pub fn pool(&self) -> &FramePool<'m> {
         &self.pool
@@ -1237,6 +1257,7 @@ impl SecureTable for Sept<'_> {
             hold: e.hold,
             ..TdEpoch::default()
         };
+        self.dmar.forget_guest(guest);
         Ok(())
     }
 
@@ -1263,6 +1284,12 @@ impl SecureTable for Sept<'_> {
             .entries()
             .any(|e| e.guest == guest && e.rid.segment() == rid.segment() && e.te.slptptr() != 0);
         if removable && counted && self.dmar.iotlb_owed(guest) {
+            return Err(SeptError::IotlbTrackingNotDone.into());
+        }
+        // Ours: nor while the TD's own invalidation request still needs this IOMMU and the
+        // entry is the TD's last there (`DmarTable::td_inv_holds`): the host's INV_REQ_TD and
+        // PROCESS end the wait, as they end a TRACK's.
+        if removable && self.dmar.td_inv_holds(rid) {
             return Err(SeptError::IotlbTrackingNotDone.into());
         }
         self.tree(guest)?;
