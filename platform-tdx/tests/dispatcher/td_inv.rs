@@ -1,0 +1,583 @@
+//! The TD's own IOTLB invalidations (TDG.IQ.INV.REQUEST 72, the host's TDH.IQ.INV.REQUEST
+//! INV_REQ_TD 5 on each IOMMU the request needs, TDH.IQ.INV.PROCESS): the whole flow over two
+//! IOMMUs, the wait's status written once at the last IOMMU's completion, partial commits
+//! through a queue with little room, and every refusal naming its status and operand and
+//! changing nothing (intel/tdx-module `tdg_iq_inv_request.c`, `tdh_iq_inv_request.c`,
+//! `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
+
+use super::*;
+use platform_tdx::dmar::{
+    self, INV_REQ_IOTLB, INV_REQ_POOL_SHIFT, INV_REQ_TD, IOTLB_DR, IOTLB_DW, IOTLB_G_DOMAIN,
+    IOTLB_G_PAGE, IOTLB_G_SHIFT, IOTLB_IH, WAIT_DESC_FN, WAIT_DESC_HOST, WAIT_DESC_IF,
+    WAIT_DESC_SW, WAIT_DESC_TYPE,
+};
+
+/// The TD's page of descriptors and its status word (free host pages here: the third private
+/// page triple's first two, no TDI of these tests uses it). This model reaches a TD's memory
+/// at the GPA itself (ours).
+const DESCS: u64 = host_page(37);
+const STATUS: u64 = host_page(38);
+/// The host's wait status word.
+const HOST_STATUS: u64 = host_page(39);
+/// The second device's BAR (IOMMU 1).
+const BAR_B: u64 = 0x9000_0000;
+/// TDX's shared bit for a 4-level S-EPT (GPAW 48).
+const SHARED: u64 = 1 << 47;
+
+const RCX: u64 = OPERAND_ID_RCX as u64;
+const RDX: u64 = OPERAND_ID_RDX as u64;
+const R8: u64 = OPERAND_ID_R8 as u64;
+const R9: u64 = OPERAND_ID_R9 as u64;
+
+/// A device at `iface` (any segment: its IOMMU) with one 4 MiB BAR at `bar`, as
+/// `device_world` makes one on segment 0.
+fn device_at(w: &World<'_>, iface: RequesterId, bar: u64) -> u64 {
+    let bus = iface.bus();
+    let dev = w
+        .ok(
+            abi::TDH_SPDM_CREATE,
+            SeamRegs {
+                rcx: abi::function_id(iface),
+                rdx: abi::hpa_array(spdm_page(bus), 1),
+                ..Default::default()
+            },
+        )
+        .rcx;
+    let ranges = [MmioRange::from_raw(bar, 1024).unwrap()];
+    w.put_list(&RangeList::from_ranges(&ranges).unwrap());
+    w.ok(
+        abi::TSM_SPDM_BARS,
+        SeamRegs {
+            rcx: dev,
+            rdx: PARAMS,
+            ..Default::default()
+        },
+    );
+    w.put_list(&RangeList::default());
+    link(w, dev, bus, bar);
+    w.device.borrow_mut().report_ranges(iface, &ranges);
+    dev
+}
+
+/// A TD with one TDI behind IOMMU 0 and one behind IOMMU 1, both bound with their PASID
+/// entries accepted: the TD, its TDIs.
+fn two_iommus(w: &World<'_>) -> (u64, [u64; 2]) {
+    let td = w.create_td();
+    let a = RequesterId::try_new(0, 3, 0, 0).unwrap();
+    let b = RequesterId::try_new(1, 4, 0, 0).unwrap();
+    let dev_a = device_at(w, a, BAR);
+    let dev_b = device_at(w, b, BAR_B);
+    let x = w.create_tdi(dev_a, a, PAGES_A);
+    let y = w.create_tdi(dev_b, b, PAGES_B);
+    for (tdi, bar, gpa) in [(x, BAR, GPA), (y, BAR_B, GPA + 0x4000_0000)] {
+        bind_mapped_2m(w, tdi, td, bar, gpa);
+        assert_eq!(w.accept_dma(td, tdi), TDX_SUCCESS);
+    }
+    (td, [x, y])
+}
+
+/// A domain-selective IOTLB descriptor as a TD writes it (DID 0: the module supplies it).
+const fn domain() -> [u64; 4] {
+    [
+        dmar::INV_DESC_IOTLB | IOTLB_G_DOMAIN << IOTLB_G_SHIFT | IOTLB_DW | IOTLB_DR,
+        0,
+        0,
+        0,
+    ]
+}
+
+/// A page-selective IOTLB descriptor: two pages (AM 1) at GPA 0x10_0000_0000, IH set.
+const fn page() -> [u64; 4] {
+    [
+        dmar::INV_DESC_IOTLB | IOTLB_G_PAGE << IOTLB_G_SHIFT | IOTLB_DW | IOTLB_DR,
+        GPA | IOTLB_IH | 1,
+        0,
+        0,
+    ]
+}
+
+/// A wait descriptor writing `data` to the TD's status word (type 5, SW, FN).
+const fn wait(data: u32) -> [u64; 4] {
+    [
+        WAIT_DESC_TYPE | WAIT_DESC_SW | WAIT_DESC_FN | (data as u64) << 32,
+        STATUS,
+        0,
+        0,
+    ]
+}
+
+/// Writes `descs` to the TD's descriptor page.
+fn put(w: &World<'_>, descs: &[[u64; 4]]) {
+    let bytes: Vec<u8> = descs
+        .iter()
+        .flatten()
+        .flat_map(|q| q.to_le_bytes())
+        .collect();
+    w.write(DESCS, &bytes);
+}
+
+/// TDG.IQ.INV.REQUEST from `td` of `n` descriptors at `at`.
+fn td_request_at(w: &World<'_>, td: u64, n: u64, at: u64) -> SeamRegs {
+    w.tdcall(
+        td,
+        dmar::TDG_IQ_INV_REQUEST,
+        SeamRegs {
+            rcx: n,
+            rdx: at,
+            ..Default::default()
+        },
+    )
+}
+
+/// `descs` written to the TD's page, then TDG.IQ.INV.REQUEST of all of them.
+fn td_request(w: &World<'_>, td: u64, descs: &[[u64; 4]]) -> SeamRegs {
+    put(w, descs);
+    td_request_at(w, td, descs.len() as u64, DESCS)
+}
+
+/// The host's TDH.IQ.INV.REQUEST INV_REQ_TD for TD `td` on IOMMU `iommu`, committing at most
+/// `pool` descriptors, its wait writing to the last host page.
+fn host_regs(iommu: u64, td: u64, pool: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: iommu,
+        rdx: INV_REQ_TD | pool << INV_REQ_POOL_SHIFT,
+        r8: td,
+        r9: WAIT_DESC_HOST | 7 << 32,
+        r10: HOST_STATUS,
+        ..Default::default()
+    }
+}
+
+fn host_request(w: &World<'_>, iommu: u64, td: u64, pool: u64) -> SeamRegs {
+    w.call(
+        u64::from(abi::TDH_IQ_INV_REQUEST),
+        host_regs(iommu, td, pool),
+    )
+}
+
+fn process(w: &World<'_>, iommu: u64) -> u64 {
+    w.call(u64::from(abi::TDH_IQ_INV_PROCESS), on(iommu)).rax
+}
+
+fn status_word(w: &World<'_>) -> u32 {
+    u32::from_le_bytes(w.read(STATUS, 4).try_into().unwrap())
+}
+
+fn active(w: &World<'_>, td: u64) -> bool {
+    let g = w.fw.td_of(td).unwrap().unwrap();
+    w.fw.tsm()
+        .with_guest_table(g, |t| t.dmar().td_request(g))
+        .unwrap()
+        .unwrap()
+        .active
+}
+
+fn used(w: &World<'_>, iommu: u16) -> u16 {
+    w.fw.with_table(|t| t.dmar().iq_used(iommu)).unwrap()
+}
+
+/// The whole flow: the TD asks for a domain and a page invalidation with a wait; the host
+/// commits them on IOMMU 0 in two calls (RCX out what is left) and on IOMMU 1 in one; the
+/// status word is written only when the last IOMMU's PROCESS completes them, once, and only
+/// then does the TD's next request go through.
+#[test]
+fn a_tds_request_completes_on_every_iommu_and_writes_its_status_once() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    let out = td_request(w, td, &[domain(), page(), wait(0xabcd)]);
+    assert_eq!(
+        (out.rax, out.rcx),
+        (TDX_SUCCESS, 2),
+        "two descriptors per IOMMU"
+    );
+    assert!(active(w, td));
+    refused(
+        w,
+        "a second request while the first is active",
+        || td_request(w, td, &[domain(), page(), wait(0xabcd)]).rax,
+        TDX_GUEST_INV_IN_PROGRESS,
+    );
+    let first = host_request(w, 0, td, 1);
+    assert_eq!(
+        (first.rax, first.rcx),
+        (TDX_SUCCESS, 1),
+        "one committed, one left"
+    );
+    let rest = host_request(w, 0, td, 8);
+    assert_eq!((rest.rax, rest.rcx), (TDX_SUCCESS, 0));
+    assert_eq!(
+        used(w, 0),
+        4,
+        "two descriptors and two waits queued on IOMMU 0"
+    );
+    refused(
+        w,
+        "every descriptor committed on IOMMU 0",
+        || host_request(w, 0, td, 1).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | R8,
+    );
+    assert_eq!(process(w, 0), TDX_SUCCESS);
+    assert_eq!(used(w, 0), 0);
+    assert_eq!(status_word(w), 0, "IOMMU 1 has not completed");
+    assert!(active(w, td));
+    refused(
+        w,
+        "IOMMU 0 completed already",
+        || host_request(w, 0, td, 1).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | R8,
+    );
+    let other = host_request(w, 1, td, 2);
+    assert_eq!((other.rax, other.rcx), (TDX_SUCCESS, 0));
+    assert_eq!(used(w, 1), 3);
+    assert_eq!(status_word(w), 0, "queued is not complete");
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(
+        status_word(w),
+        0xabcd,
+        "written at the last IOMMU's completion"
+    );
+    assert!(!active(w, td));
+    w.write(STATUS, &[0; 4]);
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(process(w, 0), TDX_SUCCESS);
+    assert_eq!(status_word(w), 0, "written once");
+    refused(
+        w,
+        "INV_REQ_TD with no request active",
+        || host_request(w, 1, td, 1).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | R8,
+    );
+    // A request without a wait: nothing is written at its end.
+    let out = td_request(w, td, &[domain()]);
+    assert_eq!((out.rax, out.rcx), (TDX_SUCCESS, 1));
+    for iommu in [0, 1] {
+        assert_eq!(host_request(w, iommu, td, 1).rax, TDX_SUCCESS);
+        assert_eq!(process(w, iommu), TDX_SUCCESS);
+    }
+    assert!(!active(w, td));
+    assert_eq!(status_word(w), 0);
+}
+
+/// A request of 128 descriptors (the page's worth) through a one-page queue: the host's
+/// INV_REQ_TD commits what the unreserved room allows (the entries' and the domain's
+/// reservations stay untouched), RCX out the rest; with no room for a descriptor and its wait
+/// it is refused TDX_IOMMU_IQ_QUEUE_FULL + RDX, changing nothing, until PROCESS.
+#[test]
+fn a_full_page_of_descriptors_is_committed_as_the_queue_makes_room() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    let descs = vec![domain(); dmar::MAX_TD_INV_DESCS as usize];
+    let out = td_request(w, td, &descs);
+    assert_eq!((out.rax, out.rcx), (TDX_SUCCESS, 128));
+    let reserved = dmar::IQ_PASIDTE_DESCS + dmar::IQ_IOTLB_DESCS;
+    let room = dmar::IQ_SLOTS_ONE_PAGE - reserved;
+    let first = host_request(w, 0, td, 0xffff);
+    let committed = u64::from(room - 1);
+    assert_eq!((first.rax, first.rcx), (TDX_SUCCESS, 128 - committed));
+    assert_eq!(
+        used(w, 0),
+        room,
+        "the whole unreserved room, no reserved slot"
+    );
+    refused(
+        w,
+        "no room for a descriptor and its wait",
+        || host_request(w, 0, td, 1).rax,
+        TDX_IOMMU_IQ_QUEUE_FULL | RDX,
+    );
+    assert_eq!(process(w, 0), TDX_SUCCESS);
+    let last = host_request(w, 0, td, 0xffff);
+    assert_eq!((last.rax, last.rcx), (TDX_SUCCESS, 0));
+    assert_eq!(process(w, 0), TDX_SUCCESS);
+    assert!(active(w, td), "IOMMU 1 still owes all 128");
+    assert_eq!(
+        host_request(w, 1, td, 200).rcx,
+        128 - 200_u64.min(committed)
+    );
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(host_request(w, 1, td, 200).rax, TDX_SUCCESS);
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert!(!active(w, td));
+}
+
+/// Every refusal of TDG.IQ.INV.REQUEST, in the module's order, names its status and operand
+/// and changes nothing (the descriptor page's bytes included): the count, the page, a request
+/// outstanding, each descriptor field (the bad one second, so the operand is its index 1),
+/// and a TD with no accepted PASID entry.
+#[test]
+fn td_request_refusals_name_the_operand_and_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    put(w, &[domain(), page(), wait(1)]);
+    let invalid = |op: u64| TDX_OPERAND_INVALID | op;
+    let rows: [(&str, u64, u64, u64); 6] = [
+        ("RCX 0", 0, DESCS, invalid(RCX)),
+        ("RCX past a page", 129, DESCS, invalid(RCX)),
+        ("RDX misaligned", 3, DESCS + 0x20, invalid(RDX)),
+        ("RDX shared", 3, DESCS | SHARED, invalid(RDX)),
+        ("RDX past the TD's width", 3, DESCS | 1 << 48, invalid(RDX)),
+        (
+            "RDX no memory backs",
+            3,
+            0x1000,
+            TDX_OPERAND_ADDR_RANGE_ERROR | RDX,
+        ),
+    ];
+    for (what, n, at, expect) in rows {
+        refused(w, what, || td_request_at(w, td, n, at).rax, expect);
+    }
+    refused(
+        w,
+        "RDX the page past the memory",
+        || td_request_at(w, td, 128, host_page(HOST_PAGES as u64)).rax,
+        TDX_OPERAND_ADDR_RANGE_ERROR | RDX,
+    );
+    let d = domain();
+    let p = page();
+    let wt = wait(1);
+    let with = |base: [u64; 4], i: usize, v: u64| {
+        let mut x = base;
+        x[i] = v;
+        x
+    };
+    let descs: Vec<(&str, [u64; 4])> = vec![
+        ("a context-cache descriptor", with(d, 0, d[0] & !0xf | 1)),
+        ("a PASID-cache descriptor", with(d, 0, d[0] & !0xf | 7)),
+        ("type 0", with(d, 0, d[0] & !0xf)),
+        ("global granularity", with(d, 0, d[0] & !0x30 | 1 << 4)),
+        ("granularity 0", with(d, 0, d[0] & !0x30)),
+        ("drain writes clear", with(d, 0, d[0] & !IOTLB_DW)),
+        ("drain reads clear", with(d, 0, d[0] & !IOTLB_DR)),
+        ("reserved bit 8", with(d, 0, d[0] | 1 << 8)),
+        ("high type bits 11:9", with(d, 0, d[0] | 1 << 9)),
+        ("a DID", with(d, 0, d[0] | 5 << dmar::IOTLB_DID_SHIFT)),
+        ("reserved bits 63:32", with(d, 0, d[0] | 1 << 40)),
+        ("domain-selective with IH", with(d, 1, IOTLB_IH)),
+        ("page-selective without IH", with(p, 1, p[1] & !IOTLB_IH)),
+        ("reserved bits 11:7 of qword 1", with(p, 1, p[1] | 1 << 7)),
+        ("domain-selective with AM", with(d, 1, 1)),
+        ("domain-selective with ADDR", with(d, 1, GPA)),
+        ("IOTLB qword 2", with(d, 2, 1)),
+        ("IOTLB qword 3", with(d, 3, 1 << 63)),
+        ("a wait with IF", with(wt, 0, wt[0] | WAIT_DESC_IF)),
+        ("a wait without SW", with(wt, 0, wt[0] & !WAIT_DESC_SW)),
+        ("a wait with PD", with(wt, 0, wt[0] | 1 << 7)),
+        ("a wait with reserved bit 8", with(wt, 0, wt[0] | 1 << 8)),
+        ("a wait with high type bits", with(wt, 0, wt[0] | 1 << 9)),
+        ("a wait with reserved bit 12", with(wt, 0, wt[0] | 1 << 12)),
+        ("a wait status misaligned", with(wt, 1, STATUS + 2)),
+        ("a wait status shared", with(wt, 1, STATUS | SHARED)),
+        (
+            "a wait status past the width",
+            with(wt, 1, STATUS | 1 << 50),
+        ),
+        ("a wait qword 2", with(wt, 2, 1)),
+        ("a wait qword 3", with(wt, 3, 1)),
+    ];
+    for (what, bad) in descs {
+        put(w, &[domain(), bad]);
+        refused(
+            w,
+            what,
+            || td_request_at(w, td, 2, DESCS).rax,
+            TDX_GUEST_INV_INVALID_DESC | 1,
+        );
+    }
+    put(w, &[domain(), wait(1), domain()]);
+    refused(
+        w,
+        "a wait not last",
+        || td_request_at(w, td, 3, DESCS).rax,
+        TDX_GUEST_INV_INVALID_DESC | 1,
+    );
+    put(w, &[wait(1)]);
+    refused(
+        w,
+        "a lone wait (ours: nothing to invalidate)",
+        || td_request_at(w, td, 1, DESCS).rax,
+        TDX_GUEST_INV_INVALID_DESC,
+    );
+    // A wait's FN is the TD's choice; the count past the descriptors in the page is not read.
+    put(w, &[domain(), with(wt, 0, wt[0] & !WAIT_DESC_FN)]);
+    let ok = td_request_at(w, td, 2, DESCS);
+    assert_eq!((ok.rax, ok.rcx), (TDX_SUCCESS, 1));
+    // Outstanding now: checked after the page, before the descriptors.
+    put(w, &[domain(), with(d, 0, 1)]);
+    refused(
+        w,
+        "a bad descriptor while a request is active",
+        || td_request_at(w, td, 2, DESCS).rax,
+        TDX_GUEST_INV_IN_PROGRESS,
+    );
+    refused(
+        w,
+        "a misaligned page while a request is active",
+        || td_request_at(w, td, 2, DESCS + 8).rax,
+        invalid(RDX),
+    );
+    // A TD with no accepted PASID entry: nothing to invalidate (a warning, bit 63 clear).
+    let lone = w.create_td();
+    put(w, &[domain(), wait(1)]);
+    refused(
+        w,
+        "no IOMMU holds an accepted entry of the TD",
+        || td_request_at(w, lone, 2, DESCS).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | RDX,
+    );
+}
+
+/// Every refusal of the host's INV_REQ_TD names its status and operand and changes nothing:
+/// RDX's `pool_size` and reserved bits, R8 not a TD, an IOMMU the request does not need, a bad
+/// wait descriptor; and the other types keep refusing a `pool_size`.
+#[test]
+fn host_td_request_refusals_name_the_operand_and_change_nothing() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    refused(
+        w,
+        "no request active",
+        || host_request(w, 0, td, 1).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | R8,
+    );
+    assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
+    let call = |regs: SeamRegs| w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax;
+    let base = host_regs(0, td, 1);
+    let rows: [(&str, SeamRegs, u64); 8] = [
+        (
+            "pool_size 0",
+            SeamRegs {
+                rdx: INV_REQ_TD,
+                ..base
+            },
+            TDX_OPERAND_INVALID | RDX,
+        ),
+        (
+            "RDX reserved bits 63:48",
+            SeamRegs {
+                rdx: base.rdx | 1 << 48,
+                ..base
+            },
+            TDX_OPERAND_INVALID | RDX,
+        ),
+        (
+            "a pool_size for INV_REQ_IOTLB",
+            SeamRegs {
+                rdx: INV_REQ_IOTLB | 1 << INV_REQ_POOL_SHIFT,
+                ..base
+            },
+            TDX_OPERAND_INVALID | RDX,
+        ),
+        (
+            "type 6",
+            SeamRegs {
+                rdx: 6 | 1 << INV_REQ_POOL_SHIFT,
+                ..base
+            },
+            TDX_OPERAND_INVALID | RDX,
+        ),
+        (
+            "R8 not a TD",
+            SeamRegs {
+                r8: host_page(TDR_FIRST + 3),
+                ..base
+            },
+            TDX_OPERAND_INVALID | R8,
+        ),
+        (
+            "an IOMMU the request does not need",
+            host_regs(2, td, 1),
+            TDX_GUEST_INV_NOT_REQUIRED | R8,
+        ),
+        (
+            "a wait descriptor without FN",
+            SeamRegs {
+                r9: base.r9 & !WAIT_DESC_FN,
+                ..base
+            },
+            TDX_OPERAND_INVALID | R9,
+        ),
+        (
+            "RCX reserved bits",
+            SeamRegs {
+                rcx: 1 << 16,
+                ..base
+            },
+            TDX_OPERAND_INVALID | RCX,
+        ),
+    ];
+    for (what, regs, expect) in rows {
+        refused(w, what, || call(regs), expect);
+    }
+    // The other TD's request is its own: this TD's is still whole.
+    let lone = w.create_td();
+    refused(
+        w,
+        "another TD with no request",
+        || host_request(w, 0, lone, 1).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | R8,
+    );
+    for iommu in [0, 1] {
+        assert_eq!(host_request(w, iommu, td, 1).rax, TDX_SUCCESS);
+        assert_eq!(process(w, iommu), TDX_SUCCESS);
+    }
+    assert_eq!(status_word(w), 9);
+    assert!(!active(w, td));
+}
+
+/// Ours: the TD's last PASID entry on an IOMMU its request still needs is not removed
+/// (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE + RCX, nothing changed) until the host's INV_REQ_TD and
+/// PROCESS complete the request there, so the IOMMU's mark cannot vanish with it.
+#[test]
+fn the_last_entry_on_a_required_iommu_waits_for_the_tds_request() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, _]) = two_iommus(w);
+    assert_eq!(td_request(w, td, &[domain()]).rax, TDX_SUCCESS);
+    // x's unbind, the host answering each wait as it is named; the TD's request is what
+    // holds the Remove step once nothing else does.
+    let entry = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    let mut held_by_td = false;
+    for _ in 0..20 {
+        match w.unbind_all(x) {
+            TDX_SUCCESS => break,
+            TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
+                // The TD's domain, owed by the unbind's TRACK on both IOMMUs, first.
+                let owed = [0, 1].map(|iommu| {
+                    let regs = dmar::iotlb_request_regs(iommu, td, HOST_STATUS, 1);
+                    w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
+                });
+                if owed == [TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED; 2] {
+                    held_by_td = true;
+                    assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_some());
+                    assert!(active(w, td));
+                    refused(
+                        w,
+                        "the Remove step while the TD's request needs IOMMU 0",
+                        || w.unbind_all(x),
+                        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
+                    );
+                    assert_eq!(host_request(w, 0, td, 1).rax, TDX_SUCCESS);
+                }
+                assert_eq!(process(w, 0), TDX_SUCCESS);
+                assert_eq!(process(w, 1), TDX_SUCCESS);
+            }
+            rax if rax == entry => assert_eq!(process(w, 0), TDX_SUCCESS),
+            rax => panic!("unbind: {rax:#x}"),
+        }
+    }
+    assert!(held_by_td, "the TD's request held the entry's removal");
+    assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_none());
+    assert!(active(w, td), "IOMMU 1 still owes the request");
+    assert_eq!(host_request(w, 1, td, 1).rax, TDX_SUCCESS);
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert!(!active(w, td));
+}
