@@ -1,7 +1,8 @@
 //! Trusted DMA on TDX Connect: the trusted IOMMU's scalable-mode PASID-table entries the
 //! firmware keeps for the TDIs, one per TDI's requester ID (PASID 0, RID_PASID), and the
 //! TDX-IO leaves that reach them (TDH.DMAR.ADD/BLOCK/READ/REMOVE, TDH.IQ.INV.REQUEST/PROCESS,
-//! TDG.DMAR.ACCEPT).
+//! TDG.DMAR.ACCEPT), and the TD's own IOTLB invalidation requests (TDG.IQ.INV.REQUEST, queued
+//! by the host's TDH.IQ.INV.REQUEST INV_REQ_TD on each IOMMU that needs them).
 //!
 //! Numbers are the TDX module's TDX-IO sources (intel/tdx-module, TDX-IO files at the commits
 //! named per item: `include/tdx_api_defs.h` @a56a9173cda32a711510ac2fb87ce049c22f1450 for the
@@ -501,8 +502,9 @@ impl DmarTable {
     }
 
     /// IQ.INV.PROCESS on the IOMMU of `segment`: every QUEUED invalidation DONE (the wait
-    /// descriptor seen complete), the PASID entries' and the TD-wide IOTLB ones, but the entry
-    /// invalidations of the guests `held` names (tests: a host holding a guest's flushes,
+    /// descriptor seen complete), the PASID entries', the TD-wide IOTLB ones and the TDs' own
+    /// requests' descriptors (`process_td_requests`), but the entry invalidations of the guests
+    /// `held` names (tests: a host holding a guest's flushes,
     /// [`crate::sept::Sept::hold_flush`], as SEV's held fence holds a blocked sDTE's). Bounded
     /// by the table's size. How many completed.
     pub fn process(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
@@ -906,8 +908,8 @@ impl DmarTable {
 /// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `inv_req_type_e`,
 /// `src/common/data_structures/tdxio/inv_queue_defs.h` @92f6945d3621731b0db62424afaeef78458226e7):
 /// INV_REQ_PASIDTE, a blocked PASID entry's invalidation (R8 `rid_pasid`). This firmware takes
-/// it and [`INV_REQ_IOTLB`] (ours: RTE 1, CTE 2, PDE 3 and TD 5 are for tables it does not
-/// keep: OPERAND_INVALID + RDX).
+/// it, [`INV_REQ_IOTLB`] and [`INV_REQ_TD`] (ours: RTE 1, CTE 2, PDE 3 are for tables it does
+/// not keep: OPERAND_INVALID + RDX).
 pub const INV_REQ_PASIDTE: u64 = 4;
 /// `inv_req_type_e` INV_REQ_IOTLB (same file): the domain-selective IOTLB invalidation of a
 /// TD's DID on one IOMMU that the TD's last TDH.MEM.TRACK owes (R8 the TD's TDR;
