@@ -551,8 +551,9 @@ struct tsm_tdx_dev_info {
  * S-EPT table pages an unmap empties come back after the TD's next TDH_MEM_TRACK has been
  * flushed (and its INV_REQ_IOTLB processed where a PASID entry names the S-EPT); a TD's S-EPT
  * root stays until TDH_PHYMEM_PAGE_RECLAIM of its TDR. A map the pool is short for only by
- * such waiting pages is TSM_SEPT_POOL_AWAITS_FLUSH, nothing changed: TDH_MEM_TRACK the TD
- * that unbound, then map again (a re-map after unbind and rebind with no TRACK between).
+ * the mapping TD's own waiting pages is TSM_SEPT_POOL_AWAITS_FLUSH, nothing changed:
+ * TDH_MEM_TRACK that TD (and process its INV_REQ_IOTLB where a PASID entry names the S-EPT),
+ * then map again (a re-map after unbind and rebind with no TRACK between).
  * "Exactly" holds where the Rust function returns a value (it refuses a count past usize);
  * the macros compute in uint64_t and wrap silently for absurd inputs (tds or leaves at or
  * past 2^37), where no pool could be that large anyway.

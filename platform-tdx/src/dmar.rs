@@ -419,10 +419,8 @@ impl DmarTable {
 
     /// ADD: a PENDING entry, not present, SLPTPTR 0, DID the module's top bit only.
     pub fn create(&mut self, guest: GuestId, iface: InterfaceId) -> Result<(), TableError> {
+        self.check_create(iface)?;
         let rid = iface.requester_id();
-        if self.entries.iter().flatten().any(|e| e.rid == rid) {
-            return Err(TableError::DmaContextExists);
-        }
         let free = self
             .entries
             .iter_mut()
@@ -444,6 +442,19 @@ impl DmarTable {
                 complete: 0,
             },
         });
+        Ok(())
+    }
+
+    /// [`DmarTable::create`]'s refusals, reading only: the interface has an entry
+    /// (`DmaContextExists`), or the table has no free one (`OutOfFrames`).
+    pub fn check_create(&self, iface: InterfaceId) -> Result<(), TableError> {
+        let rid = iface.requester_id();
+        if self.entries.iter().flatten().any(|e| e.rid == rid) {
+            return Err(TableError::DmaContextExists);
+        }
+        if self.entries.iter().all(|e| e.is_some()) {
+            return Err(TableError::OutOfFrames);
+        }
         Ok(())
     }
 

@@ -517,7 +517,7 @@ fn inv_regs() -> SeamRegs {
 }
 
 #[test]
-fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
+fn an_entry_needs_a_bound_tdi_and_its_add_makes_the_s_ept_root() {
     let mut mem = vec![Page::ZERO; 32];
     let world = World::new(&mut mem);
     let w = &world;
@@ -539,14 +539,18 @@ fn an_entry_needs_a_bound_tdi_and_its_accept_makes_the_s_ept_root() {
         },
     );
     assert_eq!(out.rax, TDX_SUCCESS);
-    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
-    // Nothing mapped yet: the accept makes the TD's S-EPT root for SLPTPTR to name (the TD
-    // accepts before START, possibly before any MMIO is mapped).
+    // Nothing mapped yet: the ADD makes the TD's S-EPT root for SLPTPTR to name (the TD
+    // accepts before START, possibly before any MMIO is mapped), so the host meets the pool
+    // here and the TD's accept takes no page.
     let g = w.fw.td_of(td).unwrap().unwrap();
     assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), None);
-    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.call(150, add_regs(td)).rax, TDX_SUCCESS);
     let root = w.fw.with_table(|t| t.root_phys(g)).unwrap();
-    assert!(root.is_some(), "the accept made the root");
+    assert!(root.is_some(), "the ADD made the root");
+    let free = w.fw.with_table(|t| t.pool().free_frames()).unwrap();
+    assert_eq!(accept(w, td, tdi), TDX_SUCCESS);
+    assert_eq!(w.fw.with_table(|t| t.pool().free_frames()).unwrap(), free);
+    assert_eq!(w.fw.with_table(|t| t.root_phys(g)).unwrap(), root);
     assert_eq!(
         on_idx(w, abi::TDH_DMAR_READ).r8 & dmar::PTE_SLPTPTR_MASK,
         root.unwrap()
