@@ -565,6 +565,14 @@ fn the_last_entry_on_a_required_iommu_waits_for_the_tds_request() {
                         || w.unbind_all(x),
                         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
                     );
+                    // The host's own REMOVE of the entry (past STOP, as its order has it).
+                    let idx = dmar::dmar_idx(RequesterId::try_new(0, 3, 0, 0).unwrap());
+                    refused(
+                        w,
+                        "TDH.DMAR.REMOVE while the TD's request needs IOMMU 0",
+                        || w.call(u64::from(abi::TDH_DMAR_REMOVE), on(idx)).rax,
+                        TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | RCX,
+                    );
                     assert_eq!(host_request(w, 0, td, 1).rax, TDX_SUCCESS);
                 }
                 assert_eq!(process(w, 0), TDX_SUCCESS);
