@@ -197,8 +197,9 @@ struct tsm_tdx_range_list {
                                           (R9: type 5, FN, PD 0, data 63:32; R10 the status
                                           address, 4-byte aligned, shared; R11, R12 0) -> RCX 0.
                                           No room in the IOMMU's trusted queue (checked first;
-                                          ADD reserved the entry's and the TD's, so a request
-                                          the state checks let through always fits):
+                                          ADD reserved the entry's and the TD's, so a PASIDTE or
+                                          IOTLB request the state checks let through always
+                                          fits; INV_REQ_TD uses the unreserved room only):
                                           TDX_IOMMU_IQ_QUEUE_FULL | RDX until PROCESS.
                                           PASIDTE of an entry not BLOCKED:
                                           TDX_DMAR_INVALID_MAPPING_STATE | R8; whose invalidation

@@ -1325,9 +1325,10 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
 
     /// The unreserved slots of the trusted invalidation queue of the IOMMU of `segment`: the
     /// firmware's queue size less what every shard's entries there keep, used or reserved
-    /// ([`DmarTable::iq_committed`]). Only TDH.DMAR.ADD takes more, under the DEVIF lock, and
-    /// only within this room, so the sum never passes the size and no invalidation the
-    /// firmware queues itself (the unbind's and ERROR's block) can find the queue full.
+    /// ([`DmarTable::iq_committed`]). Only TDH.DMAR.ADD and an INV_REQ_TD request take more,
+    /// under the DEVIF lock, and only within this room, so the sum never passes the size and
+    /// no invalidation the firmware queues itself (the unbind's and ERROR's block) can find
+    /// the queue full.
     fn iq_unreserved(&self, segment: u16) -> Result<u16, Outcome> {
         let committed = self.slots_over_shards(|d| d.iq_committed(segment))?;
         Ok(self.fw.iq_slots().saturating_sub(committed))
