@@ -299,8 +299,8 @@ pub struct DmarEntry {
 
 /// The progress of a TD-requested invalidation (TDG.IQ.INV.REQUEST) on one IOMMU: the
 /// module's bit in `req_iommu_bm` and its `iotlb_committed` / `iotlb_complete` counts
-/// (`tdcs_tdxio_fields_t`; `tdg_iq_inv_request.c`, `tdh_iq_inv_request.c` and
-/// `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555). Kept on each accepted
+/// (`tdcs_tdxio_fields_t`; `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a,
+/// `tdh_iq_inv_request.c` and `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555). Kept on each accepted
 /// entry of the TD on the IOMMU, alike on all of them, as [`IotlbOwed`] is (ours: bounded by the
 /// table's entries, no IOMMU count); the last such entry is not removed while the IOMMU is
 /// still [`TdInvMark::required`] (ours, [`DmarTable::td_inv_holds`]), so the mark cannot vanish.
@@ -931,13 +931,13 @@ pub const INV_REQ_IOTLB: u64 = 0;
 /// (TDG.IQ.INV.REQUEST) on one IOMMU, R8 the TD's TDR, RDX bits 47:32 how many at most
 /// (`pool_size`, not 0).
 pub const INV_REQ_TD: u64 = 5;
-/// TDH.IQ.INV.REQUEST RDX `inv_req_type_t` (`inv_queue_defs.h` @6e66b9d2): bits 31:0 the type,
+/// TDH.IQ.INV.REQUEST RDX `inv_req_type_t` (`inv_queue_defs.h` @92f6945d): bits 31:0 the type,
 /// 47:32 `pool_size` (INV_REQ_TD only; 0 for every other type), 63:48 reserved.
 pub const INV_REQ_POOL_SHIFT: u32 = 32;
 /// `inv_req_type_t` bits 63:48, reserved (OPERAND_INVALID + RDX).
 pub const INV_REQ_RESERVED: u64 = 0xffff << 48;
 /// `MAX_TD_INV_DES_COUNT`: 32-byte descriptors in the TD's 4 KiB page (`inv_queue_defs.h`
-/// @6e66b9d2), the most TDG.IQ.INV.REQUEST takes (RCX 1..=128).
+/// @92f6945d), the most TDG.IQ.INV.REQUEST takes (RCX 1..=128).
 pub const MAX_TD_INV_DESCS: u64 = 128;
 /// Bytes of one invalidation descriptor (`inv_desc_t`, VT-d 4.1 6.5.2: 256-bit descriptors).
 pub const INV_DESC_BYTES: usize = 32;
@@ -1428,7 +1428,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     }
 
     /// TDG.IQ.INV.REQUEST ([`TDG_IQ_INV_REQUEST`]) from TD `td`, in the module's order
-    /// (`tdg_iq_inv_request.c`, intel/tdx-module @6e66b9d2070aa49562518087160b2c6ae6418555):
+    /// (intel/tdx-module `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a):
     /// RCX the descriptor count, 1..=[`MAX_TD_INV_DESCS`] (else `TDX_OPERAND_INVALID` + RCX);
     /// RDX the descriptors' page, 4 KiB aligned (else + RDX), a private GPA of the TD that can
     /// be read (ours, below); no request of the TD outstanding (`TDX_GUEST_INV_IN_PROGRESS`);
@@ -1590,7 +1590,7 @@ enum TdDescriptor {
     Wait { gpa: u64, data: u32 },
 }
 
-/// One descriptor of a TD's request (`tdg_iq_inv_request.c` @6e66b9d2), `last` whether it is
+/// One descriptor of a TD's request (`tdg_iq_inv_request.c` @1666adc4), `last` whether it is
 /// the request's last, `levels` the TD's S-EPT depth; `None` when the module refuses it. An
 /// IOTLB descriptor (VT-d 4.1 6.5.2.4): domain- or page-selective granularity, drain reads and
 /// writes set, DID 0, IH 1 exactly for page-selective, the reserved bits and qwords 2 and 3

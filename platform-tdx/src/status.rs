@@ -114,7 +114,7 @@ pub const TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED: u64 = 0xC000_0F3B_0000_0000;
 /// TDX_GUEST_INV_NOT_REQUIRED (intel/tdx-module `include/auto_gen_2_0/tdx_error_codes_defs.h`
 /// @6e66b9d2070aa49562518087160b2c6ae6418555; bit 63 clear: a warning, nothing done):
 /// TDG.IQ.INV.REQUEST of a TD with no accepted PASID entry on any IOMMU (+ RDX,
-/// `tdg_iq_inv_request.c`); TDH.IQ.INV.REQUEST INV_REQ_TD with no TD request active, on an
+/// `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a); TDH.IQ.INV.REQUEST INV_REQ_TD with no TD request active, on an
 /// IOMMU the request does not need, or with every descriptor committed there (+ R8,
 /// `tdh_iq_inv_request.c` @6e66b9d2).
 pub const TDX_GUEST_INV_NOT_REQUIRED: u64 = 0x0000_0F53_0000_0000;

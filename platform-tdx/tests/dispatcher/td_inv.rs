@@ -2,8 +2,9 @@
 //! INV_REQ_TD 5 on each IOMMU the request needs, TDH.IQ.INV.PROCESS): the whole flow over two
 //! IOMMUs, the wait's status written once at the last IOMMU's completion, partial commits
 //! through a queue with little room, and every refusal naming its status and operand and
-//! changing nothing (intel/tdx-module `tdg_iq_inv_request.c`, `tdh_iq_inv_request.c`,
-//! `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
+//! changing nothing (intel/tdx-module `tdg_iq_inv_request.c`
+//! @1666adc494dbea5db99895f37125a338c20bec5a, `tdh_iq_inv_request.c` and `tdh_iq_inv_process.c`
+//! @6e66b9d2070aa49562518087160b2c6ae6418555).
 
 use super::*;
 use platform_tdx::dmar::{
