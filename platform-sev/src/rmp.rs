@@ -99,7 +99,9 @@ pub struct AsidFence {
     /// Ours: the last fence raised was an sDTE's invalidation (raised once its TDI's last
     /// leaf was blocked) and nothing of the guest (a leaf, a valid sDTE) was blocked since: it
     /// covers every blocked leaf, so the unbind's Track raises no other
-    /// (`SecureTable::track_within`).
+    /// (`SecureTable::track_within`). Kept, not derived: who raised the last fence is recorded
+    /// nowhere else (the host's fence raised after an sDTE's block leaves the same counters,
+    /// sDTE and entries as the sDTE's own; `the_track_raises_no_fence_only_after_the_sdtes_own`).
     dma_fence: bool,
 }
 

@@ -634,8 +634,8 @@ fn a_bind_that_creates_the_context_binds_and_creates_in_one_call() {
     refused(tsm, Error::EmptyReport, || {
         bind_creating(&w, w.t1, w.g1, &[], &fills, || Ok(()))
     });
-    // The create half refused (a context the table holds for the interface already): the
-    // claim given back, the LOCK undone, nothing changed.
+    // The create half refused (a context the table holds for the interface already): nothing
+    // claimed, the LOCK undone, nothing changed.
     let iface1 = tsm.tdi(w.t1).unwrap().iface;
     tsm.with_table(|t| t.dma_create(w.g2, iface1))
         .unwrap()
@@ -688,6 +688,38 @@ fn the_table_decides_whether_a_bind_makes_the_context() {
     assert!(contexts(&w).is_empty());
     w.tsm.host_dma_create(w.t0).unwrap();
     assert_eq!(dma(&w, w.t0), Some(DmaState::Pending));
+}
+
+/// Review s23 M1: a claim refused by drift, on a table that makes the context at bind, leaves
+/// no context behind (the claim is built before the create, and its commit cannot refuse);
+/// and an unbound TDI that has a context is drift at the bind's start, before the device is
+/// asked anything.
+#[test]
+fn a_drifted_claim_makes_no_context_and_a_context_on_an_unbound_tdi_is_drift() {
+    let w = binding_world();
+    let tsm = &w.tsm;
+    let fills = core::cell::Cell::new(0);
+    bind_creating(&w, w.t1, w.g1, &[range(BAR + 0x20_0000, 4)], &fills, || {
+        Ok(())
+    })
+    .unwrap();
+    fills.set(0);
+    tsm.drift_ownership_for_test();
+    refused(tsm, Error::Inconsistent, || {
+        bind_creating(&w, w.t0, w.g1, &[range(BAR, 512)], &fills, || Ok(()))
+    });
+    assert_eq!(fills.get(), 0);
+    assert_eq!(dma(&w, w.t0), None);
+    assert_eq!(contexts(&w).len(), 1, "t1's alone");
+    assert_eq!(state(&w, w.t0), TdiState::Unbound);
+
+    let w = binding_world();
+    let tsm = &w.tsm;
+    tsm.set_dma_for_test(w.t0, Some(DmaState::Pending));
+    let mut buf = [0u8; crate::relay::MAX_RELAY_BYTES];
+    refused(tsm, Error::Inconsistent, || {
+        tsm.firmware().bind(w.t0, w.g1, &mut buf).map(drop)
+    });
 }
 
 /// A create the table refuses (its entries full) refuses the bind before anything is claimed:

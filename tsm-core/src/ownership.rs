@@ -36,6 +36,18 @@ pub struct OwnedRange {
     pub private: bool,
 }
 
+/// A claim built aside by [`Ownership::prepare_claim`], for [`Ownership::commit`].
+#[derive(Debug)]
+#[must_use = "a prepared claim changes nothing until it is committed"]
+pub struct PreparedClaim {
+    fresh: heapless::Vec<OwnedRange, MAX_RANGES_PER_TDI>,
+    index: heapless::Vec<Pos, MAX_OWNED_RANGES>,
+    /// Where the new ranges go in `by_tdi`.
+    at: usize,
+    /// The table's length when it was built.
+    len: usize,
+}
+
 /// Ranges owned by bound TDIs, indexed by TDI and by host address. Both arrays follow from
 /// the ranges and each TDI's claim order, so two tables holding the same are equal.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -136,15 +148,26 @@ impl Ownership {
     }
 
     /// Claims a report's `ranges` for `tdi` bound to `guest`: all of them or, on error, none.
-    /// They follow whatever `tdi` already holds in its claim order. Every step that can fail
-    /// runs before the first change: the new ranges and the whole new address index are built
-    /// aside, then the ranges go in with one all-or-nothing append and the index is replaced.
+    /// They follow whatever `tdi` already holds in its claim order.
     pub fn claim(
         &mut self,
         tdi: TdiId,
         guest: GuestId,
         ranges: &[ReportedRange],
     ) -> Result<(), Error> {
+        let prepared = self.prepare_claim(tdi, guest, ranges)?;
+        self.commit(prepared)
+    }
+
+    /// Every step of [`Ownership::claim`] that can fail, reading only: the new ranges and the
+    /// whole new address index built aside, for [`Ownership::commit`] on this same, unchanged
+    /// table (a caller may do other fallible work in between and drop the claim).
+    pub fn prepare_claim(
+        &self,
+        tdi: TdiId,
+        guest: GuestId,
+        ranges: &[ReportedRange],
+    ) -> Result<PreparedClaim, Error> {
         self.check_claim(ranges)?;
         let len = self.by_tdi.len();
         let at = self.group(tdi).end;
@@ -194,16 +217,37 @@ impl Ownership {
         for &(_, q) in new_iter {
             index.push(q).map_err(|_| Error::Inconsistent)?;
         }
-        // The first change: all or nothing (room was checked by `check_claim`); the appended
-        // ranges then rotate into place after `tdi`'s own (`at <= len` was checked above).
-        self.by_tdi
-            .extend_from_slice(&fresh)
-            .map_err(|_| Error::OwnershipTableFull)?;
-        if let Some(tail) = self.by_tdi.get_mut(at..) {
-            tail.rotate_right(fresh.len());
+        Ok(PreparedClaim {
+            fresh,
+            index,
+            at,
+            len,
+        })
+    }
+
+    /// Applies a claim [`Ownership::prepare_claim`] built from this table as it still is: one
+    /// all-or-nothing append (room was checked), the appended ranges rotated into place after
+    /// `tdi`'s own, the index replaced. `Inconsistent`, nothing changed, for a claim built
+    /// from another state of the table (never, used as documented).
+    pub fn commit(&mut self, p: PreparedClaim) -> Result<(), Error> {
+        if self.by_tdi.len() != p.len || self.by_hpa.len() != p.len || p.at > p.len {
+            return Err(Error::Inconsistent);
         }
-        self.by_hpa = index;
+        self.by_tdi
+            .extend_from_slice(&p.fresh)
+            .map_err(|_| Error::Inconsistent)?;
+        if let Some(tail) = self.by_tdi.get_mut(p.at..) {
+            tail.rotate_right(p.fresh.len());
+        }
+        self.by_hpa = p.index;
         Ok(())
+    }
+
+    /// Drops the address index's last position: the drift a test must show is caught (the
+    /// two arrays then disagree in length).
+    #[cfg(test)]
+    pub(crate) fn drift_index_for_test(&mut self) {
+        self.by_hpa.pop();
     }
 
     /// The private ranges of `tdi`: the pages it owns, in claim order.

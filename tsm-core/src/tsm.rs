@@ -648,6 +648,11 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             };
         }
         transition(record.state, Event::Bind(guest))?;
+        // An unbound TDI has no trusted DMA context: one there is drift, refused before the
+        // device is asked anything.
+        if record.dma.is_some() {
+            return Err(Error::Inconsistent);
+        }
         // A device a forced unbind cut off stays cut off until the host sets its stream up.
         if dev.stream == IdeStream::Cut {
             return Err(Error::StreamCut);
@@ -906,7 +911,10 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// the rest, and a STOP that fails leaves the unbind at Stop (call again to resend, or
     /// [`Tsm::unbind_forced`]). At most [`UNBIND_WORK_PER_CALL`] units of work per call. A
     /// guest count that would drift is `Inconsistent` at the release, after the leaves are
-    /// gone, with the ranges still owned.
+    /// gone, with the ranges still owned. Waits answered with progress kept (call again once
+    /// the host has done its part): `TlbFlushPending` (the guest's TLB flush),
+    /// `IotlbInvalidationPending` (the TDI's DMA context's own IOTLB invalidation) and
+    /// `IotlbNotTracked` (the guest's domain invalidation a track owes, TDX).
     ///
     /// Unbind works from every state and never waits on an abandoned exchange: a START or
     /// check still waiting is dropped (its late answer does not open), a bind still waiting
@@ -1045,6 +1053,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// [`Tsm::setup_stream`]. A stream already cut stays so and the other TDIs are not
     /// touched; a forced unbind of an unbound TDI is `Done` and changes nothing (it does not
     /// cut the stream).
+    ///
+    /// The same waits as [`Tsm::unbind`]'s answer with progress kept.
     ///
     /// Locks: device, the TDI, (when it cuts) every other TDI of the device, the owner,
     /// ownership, secure table; never the transport. Every lock is taken before anything
@@ -1769,19 +1779,22 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
+        // An unbound TDI has no context: one there is drift, whatever the table.
+        if record.dma.is_some() {
+            return Err(Error::Inconsistent);
+        }
         let owners = locks.owners.claiming()?;
         let table = &mut *locks.table;
         owners.apply(|o| {
-            o.check_claim(&reported)?;
-            // The context between the claim's check and the claim: a create refused (a context
-            // there already, the table full) leaves nothing claimed and nothing to give back.
+            // The claim built aside first, every refusal of it there; then the context (a
+            // create refused leaves nothing claimed), then the commit, which cannot refuse a
+            // claim built from the table as it is: no context is ever made for a TDI that
+            // stays unbound.
+            let claim = o.prepare_claim(tdi, guest, &reported)?;
             if create {
                 Self::create_context(table, guest, record)?;
             }
-            // Checked just above, so only drift refuses the claim now; then a context made
-            // for a TDI left unbound is drift too.
-            o.claim(tdi, guest, &reported)
-                .map_err(|e| if create { Error::Inconsistent } else { e })
+            o.commit(claim)
         })?;
         guest_record.bound_tdis = bound;
         record.state = next;
@@ -1800,7 +1813,8 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
     /// is past STOP, or its device's IDE stream is cut) the host may tear the leaf down
     /// itself, in the secure table's block -> track -> remove order, as the TDX host does
     /// after unbinding ([`Tsm::host_may_tear_down`]). Unbind removes whatever leaves the
-    /// host left.
+    /// host left. A leaf blocked before a track whose flush (`TlbFlushPending`) or domain
+    /// invalidation (`IotlbNotTracked`, TDX) is not done stays, nothing changed.
     /// Returns the host page the removed leaf mapped (TDX returns it in R8).
     pub fn host_unmap(&self, guest: GuestId, gpa: Gpa, size: PageSize) -> TsmResult<Hpa> {
         self.host_leaf_request(guest, gpa, size, |t| t.remove(guest, gpa, size))
@@ -1816,7 +1830,9 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
 
     /// The host advances the guest's TLB epoch (TDX: TDH.MEM.TRACK).
     /// `Resumable` when the platform did bounded work the advance needs first (see
-    /// [`SecureTable::track`]): call again.
+    /// [`SecureTable::track`]): call again. Refused, nothing changed: the previous flush not
+    /// done (`TlbFlushPending`), or the guest's domain invalidation the previous track owes
+    /// not done (`IotlbNotTracked`, TDX).
     pub fn host_track(&self, guest: GuestId) -> TsmResult<Completion> {
         let slot = self.guests.lock(guest.slot())?;
         slot.as_ref().ok_or(Error::InvalidHandle)?;
@@ -2006,6 +2022,25 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
         f: impl FnOnce(&mut Requester<S>) -> R,
     ) -> TsmResult<R> {
         Ok(f(&mut *self.transport_of(device)?))
+    }
+
+    /// Drifts every ownership copy alike ([`Ownership::drift_index_for_test`]): the copies
+    /// still agree, so what refuses is the claim's own check.
+    #[cfg(test)]
+    pub(crate) fn drift_ownership_for_test(&self) {
+        for copy in &self.owners.copies {
+            copy.write().drift_index_for_test();
+        }
+    }
+
+    /// Sets a TDI record's DMA context state: makes the drift a test must show is caught.
+    #[cfg(test)]
+    pub(crate) fn set_dma_for_test(&self, tdi: TdiId, dma: Option<crate::dma::DmaState>) {
+        if let Ok(mut slot) = self.tdis.lock(tdi.slot())
+            && let Some(record) = slot.as_mut()
+        {
+            record.dma = dma;
+        }
     }
 
     /// Sets a guest's bound-TDI count: makes the drift a test must show is caught.

@@ -209,9 +209,9 @@ pub(crate) fn still_translates(dma: Option<DmaState>) -> bool {
 /// Requests the IOTLB invalidation of a blocked context whose request is not in yet
 /// (`Blocked`); any other context, or none, stays as it is. A platform that cannot request it
 /// yet (SEV: another fence of the guest still out, `TlbNotFlushed`) leaves it `Blocked`, and
-/// every later call that continues the teardown (the next ERROR or check, each unbind step)
-/// asks again; any other refusal is the call's status, the context still blocked (progress
-/// kept, on the side of safety).
+/// every later call that continues the teardown (the next ERROR or check, each unbind step
+/// after Block: [`dma_need`]) asks again; any other refusal is the call's status, the context
+/// still blocked (progress kept, on the side of safety).
 pub(crate) fn ask_invalidation<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
@@ -221,6 +221,18 @@ pub(crate) fn ask_invalidation<T: SecureTable>(
     if *dma != Some(DmaState::Blocked) {
         return Ok(());
     }
+    ask(table, owner, iface, dma)
+}
+
+/// Asks the platform about the invalidation of the blocked context in `dma` and records its
+/// answer; `TlbNotFlushed` (SEV: another fence of the guest still out) leaves it as it is, the
+/// next call asks again.
+fn ask<T: SecureTable>(
+    table: &mut T,
+    owner: GuestId,
+    iface: InterfaceId,
+    dma: &mut Option<DmaState>,
+) -> Result<(), Error> {
     match invalidation(table, owner, iface) {
         Ok(state) => *dma = Some(state),
         Err(TableError::TlbNotFlushed) => {}
@@ -259,15 +271,43 @@ fn await_dma<T: SecureTable>(
     }
     // A platform that cannot ask yet (SEV: another fence of the guest still out) waits the
     // same way: the host completes what is out, and the next call asks.
-    match invalidation(table, owner, iface) {
-        Ok(state) => *dma = Some(state),
-        Err(TableError::TlbNotFlushed) => {}
-        Err(e) => return Err(e.into()),
-    }
+    ask(table, owner, iface, dma)?;
     if *dma == Some(DmaState::Invalidated) {
         Ok(())
     } else {
         Err(Error::IotlbInvalidationPending)
+    }
+}
+
+/// What a step of the unbind after Block needs of the TDI's blocked DMA context before its own
+/// work ([`dma_need`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DmaNeed {
+    /// Nothing asked here.
+    Nothing,
+    /// Its invalidation asked if its request is not in yet ([`ask_invalidation`]).
+    Asked,
+    /// Its invalidation complete ([`await_dma`]: asked again until then).
+    Complete,
+}
+
+/// What `step` needs of the TDI's DMA context, asked at its top ([`advance`]), so no step
+/// forgets a request the platform could not take yet (SEV: another fence out). The Block step
+/// makes its own: the block, and the request with it or after the TDI's last leaf
+/// ([`block_dma`], [`SecureTable::DMA_INVALIDATION_AFTER_LEAVES`]).
+fn dma_need(step: UnbindStep, stop: StopBy) -> DmaNeed {
+    match step {
+        UnbindStep::Block(_) => DmaNeed::Nothing,
+        // STOP unlocks the interface: no cached translation into the guest outlives it.
+        UnbindStep::Stop if stop == StopBy::Device => DmaNeed::Complete,
+        // Nothing to send: the step goes on to Track in this call, which asks (a refusal is
+        // then answered at Track, where the unbind has got to).
+        UnbindStep::Stop => DmaNeed::Nothing,
+        UnbindStep::Track | UnbindStep::Remove(_) => DmaNeed::Asked,
+        // The removal needs it complete (a forced unbind's may still be out).
+        UnbindStep::Dma => DmaNeed::Complete,
+        // The Dma step removed the context: nothing left to ask.
+        UnbindStep::Release => DmaNeed::Nothing,
     }
 }
 
@@ -365,6 +405,11 @@ fn advance<T: SecureTable>(
     step: UnbindStep,
     budget: &mut u32,
 ) -> Result<Next, Error> {
+    match dma_need(step, ctx.stop) {
+        DmaNeed::Nothing => {}
+        DmaNeed::Asked => ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?,
+        DmaNeed::Complete => await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?,
+    }
     Ok(match step {
         // Block first: the guest loses its MMIO before the device is asked anything, so a
         // dead device can leave the unbind waiting at STOP but never leave the guest live
@@ -404,53 +449,46 @@ fn advance<T: SecureTable>(
         // 11.3.9) while the firmware still owns its MMIO; the call returns with the request
         // and the device's answer resumes here. With the stream cut (forced unbind) the root
         // port already drops the device's TEE traffic: nothing to ask.
-        // The context's IOTLB invalidation completes before STOP unlocks the interface: no
-        // cached translation into the guest outlives CONFIG_LOCKED (`IotlbInvalidationPending`
-        // until then, progress kept).
+        // The context's IOTLB invalidation completed before STOP unlocks the interface
+        // ([`dma_need`]): no cached translation into the guest outlives CONFIG_LOCKED
+        // (`IotlbInvalidationPending` until then, progress kept).
         UnbindStep::Stop => match ctx.stop {
-            StopBy::Device => {
-                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-                Next::AskStop
-            }
+            StopBy::Device => Next::AskStop,
             StopBy::Done => Next::Step(UnbindStep::Track),
         },
         // Every leaf is blocked: one epoch advance covers them all. The bookkeeping it may
         // need first (TDX's re-stamp) is charged to the call and resumes on the next. An
         // invalidation the platform could not take yet (SEV: another fence out; a forced unbind
-        // awaits nothing before here) is asked again first: on SEV its fence, raised after the
-        // last leaf's block, covers the leaves too, and the advance has nothing left to do.
-        UnbindStep::Track => {
-            ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-            match ctx.table.track_within(ctx.owner, budget)? {
-                Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
-                Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
-            }
-        }
+        // awaits nothing before here) was asked again first ([`dma_need`]): on SEV its fence,
+        // raised after the last leaf's block, covers the leaves too, and the advance has
+        // nothing left to do.
+        UnbindStep::Track => match ctx.table.track_within(ctx.owner, budget)? {
+            Completion::Done => Next::Step(UnbindStep::Remove(Cursor::START)),
+            Completion::Resumable | Completion::Relay(_) => Next::Yield(UnbindStep::Track),
+        },
         // A table may refuse a leaf until more than the TLB forgot it (TDX: the IOTLB of an
         // IOMMU whose trusted context names the guest's table, `IotlbNotTracked`):
         // the step and its cursor stay, and the next call resumes here (asking again for an
         // invalidation not taken yet, as at Track).
-        UnbindStep::Remove(cursor) => {
-            ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
-            match walk(
-                ctx.owners,
-                ctx.tdi,
-                ctx.table,
-                cursor,
-                budget,
-                |t, leaf, n, limit| {
-                    let run = Run::new(leaf.gpa, leaf.hpa, leaf.size, n);
-                    t.remove_range_within(leaf.guest, run, limit)
-                },
-            )? {
-                Walk::Finished => Next::Step(UnbindStep::Dma),
-                Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
-            }
-        }
+        UnbindStep::Remove(cursor) => match walk(
+            ctx.owners,
+            ctx.tdi,
+            ctx.table,
+            cursor,
+            budget,
+            |t, leaf, n, limit| {
+                let run = Run::new(leaf.gpa, leaf.hpa, leaf.size, n);
+                t.remove_range_within(leaf.guest, run, limit)
+            },
+        )? {
+            Walk::Finished => Next::Step(UnbindStep::Dma),
+            Walk::Paused(c) => Next::Yield(UnbindStep::Remove(c)),
+        },
         // The MMIO is gone from the guest and the TLBs: the DMA context last, in the order the
         // Linux TDX Connect host enforces. The Block step blocked it and asked its invalidation
-        // (a non-forced unbind awaited it before STOP): await it (a forced unbind's may still
-        // be out; a pending one is an error with the progress kept), then remove it.
+        // (a non-forced unbind awaited it before STOP), and the step's top awaited it
+        // ([`dma_need`]: a forced unbind's may still have been out; a pending one is an error
+        // with the progress kept): remove it.
         UnbindStep::Dma => {
             *budget = budget.saturating_sub(1);
             if ctx.dma.is_some() {
@@ -458,7 +496,6 @@ fn advance<T: SecureTable>(
                 if still_translates(*ctx.dma) {
                     return Err(Error::Inconsistent);
                 }
-                await_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma)?;
                 ctx.table.dma_remove(ctx.owner, ctx.iface)?;
                 *ctx.dma = None;
             }
@@ -467,3 +504,6 @@ fn advance<T: SecureTable>(
         UnbindStep::Release => Next::Release,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -583,6 +583,65 @@ fn an_unbind_with_a_fence_out_waits_before_stop_as_the_iotlb() {
     assert!(entry(&w).is_none());
 }
 
+/// Who raised the guest's last fence decides whether the unbind's Track raises one: two
+/// histories that leave the same table (fence counts, sDTE, RMP entries, TDI record) differ
+/// only there. With the host's fence out at the unbind's first call, the sDTE's request waits;
+/// once it completes, either the unbind's next call raises the sDTE's fence (it covers every
+/// blocked leaf: the Track raises none), or the host raises another fence first (the sDTE's
+/// invalidation then rides on it, raising nothing, and the Track raises the unbind's own).
+#[test]
+fn the_track_raises_no_fence_only_after_the_sdtes_own() {
+    let mut ends = Vec::new();
+    let mut seen = Vec::new();
+    for host_again in [false, true] {
+        let mut w = World::new();
+        let g = running(&mut w);
+        w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
+        ok(w.cmd(&fence_clear(GCTX)));
+        let host = raised(&w, g);
+        let pending = Outcome::from_core(Err(Error::IotlbInvalidationPending));
+        assert_eq!(unbind_all(&mut w), pending);
+        complete_fence(&mut w, g);
+        if host_again {
+            ok(w.cmd(&fence_clear(GCTX)));
+        }
+        assert_eq!(w.cmd(&tdi_unbind(GCTX)), pending);
+        assert_eq!(raised(&w, g), host + 1, "host again {host_again}");
+        assert_eq!(dma(&w), Some(DmaState::Invalidating));
+        complete_fence(&mut w, g);
+        let fence = w
+            .sev
+            .tsm()
+            .with_table(|r| r.fences()[usize::from(g.slot())])
+            .unwrap();
+        let entries: Vec<(bool, bool, u32)> = w
+            .sev
+            .tsm()
+            .with_table(|r| {
+                r.entries()
+                    .iter()
+                    .map(|e| (e.assigned(), e.blocked(), e.fence_epoch()))
+                    .collect()
+            })
+            .unwrap();
+        seen.push((
+            (fence.raised(), fence.done()),
+            entry(&w),
+            entries,
+            w.sev.tsm().tdi(w.tdi()).unwrap(),
+        ));
+        ok(unbind_all(&mut w));
+        assert!(entry(&w).is_none());
+        ends.push(raised(&w, g) - host);
+    }
+    assert_eq!(seen[0], seen[1], "the same table before the Track");
+    assert_eq!(
+        ends,
+        [1, 2],
+        "the Track raised a fence after the host's only"
+    );
+}
+
 /// One ASID fence per unbind: raised once the last leaf is blocked (the sDTE blocked in the
 /// first call, before any leaf), awaited before STOP, and the Track step finds the leaves
 /// covered and raises none; with or without MMIO leaves, in one call or many, after an ERROR.

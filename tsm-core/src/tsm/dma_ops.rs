@@ -37,6 +37,10 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             TdiState::Error { .. } => return Err(Error::TdiInError),
             TdiState::Unbinding { .. } => return Err(Error::UnbindInProgress),
         };
+        // Checked before the table lock: a context there is that answer, never `Busy`.
+        if record.dma.is_some() {
+            return Err(Error::DmaContextExists);
+        }
         let mut table = self.table_of(owner)?;
         Self::create_context(&mut table, owner, record)
     }
