@@ -302,8 +302,11 @@ pub struct DmarEntry {
 /// (`tdcs_tdxio_fields_t`; `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a,
 /// `tdh_iq_inv_request.c` and `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555). Kept on each accepted
 /// entry of the TD on the IOMMU, alike on all of them, as [`IotlbOwed`] is (ours: bounded by the
-/// table's entries, no IOMMU count); the last such entry is not removed while the IOMMU is
-/// still [`TdInvMark::required`] (ours, [`DmarTable::td_inv_holds`]), so the mark cannot vanish.
+/// table's entries, no IOMMU count). The last such entry is not removed while descriptors the
+/// host queued there wait for PROCESS (ours, [`DmarTable::td_inv_holds`]: the slots they hold
+/// are counted on it); with nothing queued it goes, and the IOMMU's part of the request with
+/// it: the entry's own invalidation, done before REMOVE, flushed the TD's DID there, which is
+/// all the request asks of that IOMMU. So a TD's request never holds a teardown up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TdInvMark {
     /// The request needs this IOMMU and it has not completed every descriptor.
@@ -694,13 +697,15 @@ impl DmarTable {
     }
 
     /// Whether removing the entry of `rid` would drop the last mark of its TD's request on
-    /// its IOMMU while that IOMMU is still required (ours: REMOVE waits, as for a TRACK's
-    /// owed invalidation, until the host's INV_REQ_TD and PROCESS complete it there).
+    /// its IOMMU while descriptors the host queued there wait for PROCESS (ours: REMOVE waits
+    /// for the host's PROCESS, as for a TRACK's queued invalidation; only the host queues, so
+    /// the TD cannot hold a teardown up: a request merely required there goes with the entry).
     pub fn td_inv_holds(&self, rid: RequesterId) -> bool {
         let Some(e) = self.entry(rid) else {
             return false;
         };
         e.td_inv.required
+            && (e.td_inv.queued > 0 || e.td_inv.waits > 0)
             && !self.entries().any(|d| {
                 d.rid != rid
                     && d.guest == e.guest

@@ -1284,9 +1284,9 @@ impl SecureTable for Sept<'_> {
         if removable && counted && self.dmar.iotlb_owed(guest) {
             return Err(SeptError::IotlbTrackingNotDone.into());
         }
-        // Ours: nor while the TD's own invalidation request still needs this IOMMU and the
-        // entry is the TD's last there (`DmarTable::td_inv_holds`): the host's INV_REQ_TD and
-        // PROCESS end the wait, as they end a TRACK's.
+        // Ours: nor while descriptors of the TD's own request the host queued on this IOMMU
+        // wait for PROCESS and the entry is the TD's last there (`DmarTable::td_inv_holds`):
+        // the host's PROCESS ends the wait. The TD alone never holds it.
         if removable && self.dmar.td_inv_holds(rid) {
             return Err(SeptError::IotlbTrackingNotDone.into());
         }

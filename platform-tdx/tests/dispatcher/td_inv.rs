@@ -533,57 +533,98 @@ fn host_td_request_refusals_name_the_operand_and_change_nothing() {
     assert!(!active(w, td));
 }
 
-/// Ours: the TD's last PASID entry on an IOMMU its request still needs is not removed
-/// (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE + RCX, nothing changed) until the host's INV_REQ_TD and
-/// PROCESS complete the request there, so the IOMMU's mark cannot vanish with it.
-#[test]
-fn the_last_entry_on_a_required_iommu_waits_for_the_tds_request() {
-    let mut mem = vec![Page::ZERO; 32];
-    let world = World::new(&mut mem);
-    let w = &world;
-    let (td, [x, _]) = two_iommus(w);
-    assert_eq!(td_request(w, td, &[domain()]).rax, TDX_SUCCESS);
-    // x's unbind, the host answering each wait as it is named; the TD's request is what
-    // holds the Remove step once nothing else does.
+/// Drives `tdi`'s unbind to its end the way the host answers every wait it is told of (the
+/// entry's: PROCESS; the domain's: INV_REQ_IOTLB on both IOMMUs, then PROCESS of both), never
+/// with an INV_REQ_TD, but for one on IOMMU 0 after its first domain round when `commit`
+/// (left unprocessed until the next wait). Whether a domain wait met nothing to request (what
+/// only descriptors of the TD's request the host queued can hold); the unbind ended.
+fn unbind_as_the_host_does(w: &World<'_>, td: u64, tdi: u64, commit: bool) -> bool {
     let entry = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
-    let mut held_by_td = false;
+    let mut held_by_queue = false;
+    let mut committed = !commit;
     for _ in 0..20 {
-        match w.unbind_all(x) {
-            TDX_SUCCESS => break,
+        match w.unbind_all(tdi) {
+            TDX_SUCCESS => return held_by_queue,
             TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
-                // The TD's domain, owed by the unbind's TRACK on both IOMMUs, first.
                 let owed = [0, 1].map(|iommu| {
                     let regs = dmar::iotlb_request_regs(iommu, td, HOST_STATUS, 1);
                     w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax
                 });
                 if owed == [TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED; 2] {
-                    held_by_td = true;
-                    assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_some());
-                    assert!(active(w, td));
+                    held_by_queue = true;
                     refused(
                         w,
-                        "the Remove step while the TD's request needs IOMMU 0",
-                        || w.unbind_all(x),
+                        "the Remove step while the TD's queued descriptors wait",
+                        || w.unbind_all(tdi),
                         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
                     );
-                    // The host's own REMOVE of the entry (past STOP, as its order has it).
                     let idx = dmar::dmar_idx(RequesterId::try_new(0, 3, 0, 0).unwrap());
                     refused(
                         w,
-                        "TDH.DMAR.REMOVE while the TD's request needs IOMMU 0",
+                        "TDH.DMAR.REMOVE while the TD's queued descriptors wait",
                         || w.call(u64::from(abi::TDH_DMAR_REMOVE), on(idx)).rax,
                         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | RCX,
                     );
-                    assert_eq!(host_request(w, 0, td, 1).rax, TDX_SUCCESS);
                 }
                 assert_eq!(process(w, 0), TDX_SUCCESS);
                 assert_eq!(process(w, 1), TDX_SUCCESS);
+                if !committed {
+                    assert_eq!(host_request(w, 0, td, 1).rax, TDX_SUCCESS);
+                    committed = true;
+                }
             }
             rax if rax == entry => assert_eq!(process(w, 0), TDX_SUCCESS),
             rax => panic!("unbind: {rax:#x}"),
         }
     }
-    assert!(held_by_td, "the TD's request held the entry's removal");
+    panic!("the unbind never ended")
+}
+
+/// Ours: a TD's own request never holds a teardown up (a TD could otherwise keep one active
+/// for ever): the host unbinds with its usual answers, never an INV_REQ_TD, and the last
+/// entry on IOMMU 0 goes with the request's part there (the entry's own invalidation flushed
+/// the TD's DID on it). The request then needs IOMMU 1 alone; INV_REQ_TD on IOMMU 0 is
+/// NOT_REQUIRED, nothing changed, and IOMMU 1's completion writes the status.
+#[test]
+fn a_tds_request_never_holds_an_unbind_up() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, _]) = two_iommus(w);
+    assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
+    assert!(
+        !unbind_as_the_host_does(w, td, x, false),
+        "nothing held by the TD's request"
+    );
+    assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_none());
+    assert!(active(w, td), "IOMMU 1 still owes the request");
+    refused(
+        w,
+        "INV_REQ_TD on the IOMMU the request no longer needs",
+        || host_request(w, 0, td, 1).rax,
+        TDX_GUEST_INV_NOT_REQUIRED | R8,
+    );
+    assert_eq!(host_request(w, 1, td, 1).rax, TDX_SUCCESS);
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(status_word(w), 9);
+    assert!(!active(w, td));
+}
+
+/// Ours: descriptors of the TD's request the host queued on IOMMU 0 hold the removal of the
+/// TD's last entry there (TDX_IOMMU_IOTLB_TRACKING_NOT_DONE, + RCX from TDH.DMAR.REMOVE,
+/// nothing changed) until the host's PROCESS, which its usual answer to that status makes.
+#[test]
+fn descriptors_the_host_queued_hold_the_last_entry_until_process() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, _]) = two_iommus(w);
+    assert_eq!(td_request(w, td, &[domain()]).rax, TDX_SUCCESS);
+    // Committed after the unbind's TRACK round, so the Remove step meets them queued.
+    assert!(
+        unbind_as_the_host_does(w, td, x, true),
+        "the queued descriptors held the entry's removal"
+    );
     assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_none());
     assert!(active(w, td), "IOMMU 1 still owes the request");
     assert_eq!(host_request(w, 1, td, 1).rax, TDX_SUCCESS);
