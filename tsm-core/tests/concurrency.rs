@@ -82,7 +82,7 @@ impl Tally {
 
 /// One thread's operations of one round: at least [`OPS_PER_ROUND`], for at least
 /// [`ROUND_TIME`].
-fn hammer(w: &World, rng: &mut Rng) -> Tally {
+fn hammer<const B: bool>(w: &World<B>, rng: &mut Rng) -> Tally {
     let mut tally = Tally::default();
     let began = Instant::now();
     while tally.ops < OPS_PER_ROUND || began.elapsed() < ROUND_TIME {
@@ -132,8 +132,19 @@ fn hammer(w: &World, rng: &mut Rng) -> Tally {
 }
 
 #[test]
-fn concurrent_host_guest_and_device_operations_keep_the_invariants() {
-    let w = world();
+fn concurrent_operations_keep_the_invariants_with_host_made_contexts() {
+    concurrent_operations::<false>();
+}
+
+#[test]
+fn concurrent_operations_keep_the_invariants_with_contexts_made_at_bind() {
+    concurrent_operations::<true>();
+}
+
+/// The rounds over one table mode: `B`, the table makes each TDI's context at the end of its
+/// bind (SEV-TIO); otherwise the host makes it (TDX).
+fn concurrent_operations<const B: bool>() {
+    let w = world::<B>();
     let threads = knob("TSM_CONC_THREADS", 8).max(1);
     let rounds = knob("TSM_CONC_ROUNDS", 20);
     let mut rngs: Vec<Rng> = (0..threads)
@@ -164,7 +175,7 @@ fn concurrent_host_guest_and_device_operations_keep_the_invariants() {
     }
     let [dt, dev, tdi, guest, own, table, transport] = total.busy_by;
     println!(
-        "core: {threads} threads, {rounds} rounds: {} ops, {} ok, {} busy (device table {dt}, \
+        "core (contexts made at bind: {B}): {threads} threads, {rounds} rounds: {} ops, {} ok, {} busy (device table {dt}, \
          device {dev}, tdi {tdi}, guest {guest}, ownership {own}, secure table {table}, \
          transport {transport})",
         total.ops,

@@ -53,7 +53,8 @@ enum Op {
         leaf: usize,
         block: bool,
     },
-    /// The usual start (the context created and accepted first), or START alone.
+    /// The usual start (the context created, unless the bind made it, and accepted first), or
+    /// START alone.
     Start {
         guest: usize,
         tdi: usize,
@@ -193,19 +194,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn tdi_of(w: &World, i: usize) -> TdiId {
+fn tdi_of<const B: bool>(w: &World<B>, i: usize) -> TdiId {
     w.tdis.get(i).copied().unwrap_or(TdiId::from_slot(100))
 }
-fn guest_of(w: &World, i: usize) -> GuestId {
+fn guest_of<const B: bool>(w: &World<B>, i: usize) -> GuestId {
     w.guests.get(i).copied().unwrap_or(GuestId::from_slot(30))
 }
 
 /// Turns a deferral on for every guest, or off and completes what it held back.
-fn defer_each_guest(
-    w: &World,
+fn defer_each_guest<const B: bool>(
+    w: &World<B>,
     on: bool,
-    set: fn(&mut MemTable<512>, GuestId, bool),
-    complete: fn(&mut MemTable<512>, GuestId),
+    set: fn(&mut MemTable<512, B>, GuestId, bool),
+    complete: fn(&mut MemTable<512, B>, GuestId),
 ) -> TsmResult<()> {
     w.tsm.with_table(|t| {
         for &g in &w.guests {
@@ -218,7 +219,7 @@ fn defer_each_guest(
 }
 
 /// Runs one op; returns whether it was a host request on private pages.
-fn apply(w: &World, op: &Op) -> (bool, TsmResult<Completion>) {
+fn apply<const B: bool>(w: &World<B>, op: &Op) -> (bool, TsmResult<Completion>) {
     let tsm = &w.tsm;
     let done = |r: TsmResult<()>| r.map(|()| Completion::Done);
     match op {
@@ -503,10 +504,10 @@ fn exemption(op: &Op, err: Error) -> Option<Exempt> {
     }
 }
 
-type Snap = tsm_core::tsm::Snapshot<tsm_core::mem_table::MemTable<512>>;
+type Snap<const B: bool> = tsm_core::tsm::Snapshot<MemTable<512, B>>;
 type Tdisp = Vec<(u32, TdispState)>;
 
-fn tdisp_states(w: &World) -> Tdisp {
+fn tdisp_states<const B: bool>(w: &World<B>) -> Tdisp {
     w.tsm
         .with_device(|d| d.link_mut().tdisp_states().to_vec())
         .unwrap()
@@ -517,11 +518,11 @@ fn tdisp_states(w: &World) -> Tdisp {
 /// exactly as before, and those changed only as listed. The secure table is checked exactly:
 /// the table before, with the blocks, at most one epoch advance and the removals the row
 /// allows replayed on it (removals in unbind's walk order), must equal the table after.
-fn check_exempt(
-    w: &World,
+fn check_exempt<const B: bool>(
+    w: &World<B>,
     op: &Op,
     kind: Exempt,
-    (before, after): (&Snap, &Snap),
+    (before, after): (&Snap<B>, &Snap<B>),
     (dev_before, dev_after): (&Tdisp, &Tdisp),
 ) -> Result<(), TestCaseError> {
     let t = tdi_of(w, tdi_index(op));
@@ -708,8 +709,8 @@ fn check_exempt(
     // After the leaves, the TDI's DMA context may have been blocked, invalidated and removed
     // (the Dma step), each only after the one before.
     let iface = rec_before.iface;
-    let dma_steps = |table: &mut tsm_core::mem_table::MemTable<512>, n: usize| {
-        let steps: [&dyn Fn(&mut tsm_core::mem_table::MemTable<512>) -> bool; 3] = [
+    let dma_steps = |table: &mut MemTable<512, B>, n: usize| {
+        let steps: [&dyn Fn(&mut MemTable<512, B>) -> bool; 3] = [
             &|t| t.dma_block(owner, iface).is_ok(),
             &|t| t.dma_invalidate(owner, iface).is_ok(),
             &|t| t.dma_remove(owner, iface).is_ok(),
@@ -777,7 +778,7 @@ fn check_exempt(
 /// Whether `op` calls again an operation its TDI has waiting on the device (a bind, start
 /// or check the host abandoned): the call resends the request and relays it to the end, so
 /// its failure ends that exchange (exempt as `ExchangeEnded`) rather than refusing the call.
-fn resumes_exchange(w: &World, op: &Op, before: &Snap) -> bool {
+fn resumes_exchange<const B: bool>(w: &World<B>, op: &Op, before: &Snap<B>) -> bool {
     let t = tdi_of(w, tdi_index(op));
     let waiting = before
         .tdis
@@ -796,6 +797,91 @@ fn resumes_exchange(w: &World, op: &Op, before: &Snap) -> bool {
     }
 }
 
+/// Who makes and removes a TDI's trusted DMA context, by table mode. A table that makes it at
+/// bind (`B`): a context appears only with the binding that made it, `Pending`, and the host's
+/// create never succeeds (a locked or running TDI has one: `DmaContextExists`). Otherwise only
+/// the host's create of that very TDI makes one, and a bind makes none. In both, a TDI still
+/// bound loses its context only to the host's remove once its device cannot reach the guest,
+/// or to its own unbind past STOP.
+fn check_context_lifecycle<const B: bool>(
+    w: &World<B>,
+    op: &Op,
+    outcome: TsmResult<Completion>,
+    before: &Snap<B>,
+    after: &Snap<B>,
+) -> Result<(), TestCaseError> {
+    for (k, &t) in w.tdis.iter().enumerate() {
+        let slot = usize::from(t.slot());
+        let (Some(b), Some(a)) = (before.tdis[slot], after.tdis[slot]) else {
+            continue;
+        };
+        let bound_now = !b.state.is_bound() && a.state.is_bound();
+        if b.dma.is_none() && a.dma.is_some() {
+            if B {
+                prop_assert!(
+                    bound_now,
+                    "TDI #{} got a context from {:?} without being bound by it",
+                    k,
+                    op
+                );
+            } else {
+                prop_assert!(
+                    matches!(op, Op::DmaCreate { tdi } if *tdi == k) && outcome.is_ok(),
+                    "TDI #{} got a context from {:?} ({:?}), not the host's create",
+                    k,
+                    op,
+                    outcome
+                );
+            }
+        }
+        if bound_now {
+            let made = if B { Some(DmaState::Pending) } else { None };
+            prop_assert_eq!(a.dma, made, "TDI #{} bound by {:?}", k, op);
+        }
+        if b.dma.is_some() && a.dma.is_none() && a.state.is_bound() {
+            let stream = before.devices[usize::from(b.device.slot())]
+                .as_ref()
+                .unwrap()
+                .stream;
+            let host_removed = matches!(op, Op::DmaHost { tdi, what: 2.. } if *tdi == k)
+                && Tsm::<MemTable<512, B>, ModelSession>::host_may_tear_down(b.state, stream);
+            let unbound_past_stop = matches!(
+                op,
+                Op::Unbind { tdi } | Op::UnbindForced { tdi } | Op::Abandon { tdi, what: 3.., .. }
+                    if *tdi == k
+            ) && matches!(
+                a.state,
+                TdiState::Unbinding {
+                    step: UnbindStep::Track
+                        | UnbindStep::Remove(_)
+                        | UnbindStep::Dma
+                        | UnbindStep::Release,
+                    ..
+                }
+            );
+            prop_assert!(
+                host_removed || unbound_past_stop,
+                "TDI #{} in {:?} lost its context to {:?}",
+                k,
+                a.state,
+                op
+            );
+        }
+    }
+    if let (true, Op::DmaCreate { tdi }) = (B, op) {
+        let state = before
+            .tdis
+            .get(usize::from(tdi_of(w, *tdi).slot()))
+            .and_then(|r| r.as_ref())
+            .map(|r| r.state);
+        prop_assert!(outcome.is_err(), "the host made a context the bind makes");
+        if let Some(TdiState::Locked { .. } | TdiState::Run { .. }) = state {
+            prop_assert_eq!(outcome, Err(Error::DmaContextExists));
+        }
+    }
+    Ok(())
+}
+
 /// `snap` without the relay memos a refusal may leave (see [`Exempt`]).
 fn normalised<U>(mut snap: tsm_core::tsm::Snapshot<U>) -> tsm_core::tsm::Snapshot<U> {
     for t in snap.tdis.iter_mut().flatten() {
@@ -805,8 +891,9 @@ fn normalised<U>(mut snap: tsm_core::tsm::Snapshot<U>) -> tsm_core::tsm::Snapsho
     snap
 }
 
-#[test]
-fn invariants_hold_under_random_operations() {
+/// The property over one table mode: `B`, the table makes each TDI's context at the end of
+/// its bind (SEV-TIO); otherwise the host makes it (TDX).
+fn random_sequences<const B: bool>() {
     // Every step holds three snapshots of every table (100 KiB each, and a debug build copies
     // each a few times): more than a test thread's 2 MiB, so the cases run on a thread of their own.
     std::thread::Builder::new()
@@ -819,7 +906,7 @@ fn invariants_hold_under_random_operations() {
             };
             let mut runner = proptest::test_runner::TestRunner::new(config);
             let result = runner.run(&prop::collection::vec(op(), 1..80), |ops| {
-                random_operations(&ops)
+                random_operations::<B>(&ops)
             });
             if let Err(e) = result {
                 panic!("{e}");
@@ -830,9 +917,20 @@ fn invariants_hold_under_random_operations() {
         .unwrap();
 }
 
+#[test]
+fn invariants_hold_under_random_operations_with_host_made_contexts() {
+    random_sequences::<false>();
+}
+
+#[test]
+fn invariants_hold_under_random_operations_with_contexts_made_at_bind() {
+    random_sequences::<true>();
+}
+
 /// The host's and guest's steps before a usual start (each is an operation of its own in the
-/// sequences too): the context created and accepted by the guest the start names.
-fn prelude(w: &World, op: &Op) {
+/// sequences too): the context created (by the host, unless the bind made it) and accepted by
+/// the guest the start names.
+fn prelude<const B: bool>(w: &World<B>, op: &Op) {
     if let Op::Start {
         guest,
         tdi,
@@ -840,14 +938,16 @@ fn prelude(w: &World, op: &Op) {
     } = op
     {
         let t = tdi_of(w, *tdi);
-        let _ = w.tsm.host_dma_create(t);
+        if !B {
+            let _ = w.tsm.host_dma_create(t);
+        }
         let _ = w.tsm.guest_dma_accept(guest_of(w, *guest), t);
     }
 }
 
-fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
+fn random_operations<const B: bool>(ops: &[Op]) -> Result<(), TestCaseError> {
     {
-        let w = world();
+        let w = world::<B>();
         for op in ops {
             prelude(&w, op);
             let raw_before = w.tsm.snapshot().unwrap();
@@ -861,6 +961,7 @@ fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
             let (host_request, outcome) = apply(&w, op);
             let after = normalised(w.tsm.snapshot().unwrap());
             let dev_after = tdisp_states(&w);
+            check_context_lifecycle(&w, op, outcome, &before, &after)?;
             if let Err(err) = outcome {
                 let resumed = resumes_exchange(&w, op, &before);
                 match exemption(op, err).or(resumed.then_some(Exempt::ExchangeEnded)) {
@@ -909,11 +1010,20 @@ fn random_operations(ops: &[Op]) -> Result<(), TestCaseError> {
                 // once that TDI's device can no longer reach the guest (its unbind past STOP,
                 // or its stream cut); every other leaf is as it was.
                 let torn_down = |l: &Leaf| {
-                    raw_before.owners.iter().find(|o| o.range.contains_page(l.hpa, l.size)).is_some_and(|o| {
-                        let rec = raw_before.tdis[usize::from(o.tdi.slot())].unwrap();
-                        let stream = raw_before.devices[usize::from(rec.device.slot())].as_ref().unwrap().stream;
-                        Tsm::<tsm_core::mem_table::MemTable<512>, ModelSession>::host_may_tear_down(rec.state, stream)
-                    })
+                    raw_before
+                        .owners
+                        .iter()
+                        .find(|o| o.range.contains_page(l.hpa, l.size))
+                        .is_some_and(|o| {
+                            let rec = raw_before.tdis[usize::from(o.tdi.slot())].unwrap();
+                            let stream = raw_before.devices[usize::from(rec.device.slot())]
+                                .as_ref()
+                                .unwrap()
+                                .stream;
+                            Tsm::<MemTable<512, B>, ModelSession>::host_may_tear_down(
+                                rec.state, stream,
+                            )
+                        })
                 };
                 // As a set: a leaf the host may remove leaves the others in another order.
                 let kept = |leaves: &[Leaf]| {
@@ -1025,7 +1135,8 @@ fn an_unbind_stopping_at_the_dma_invalidation_after_removing_a_live_leaf_is_expl
         },
         Op::Unbind { tdi: 3 },
     ];
-    random_operations(&ops).unwrap();
+    random_operations::<false>(&ops).unwrap();
+    random_operations::<true>(&ops).unwrap();
 }
 
 /// Found by the property test: an unbind whose STOP goes unanswered has blocked the TDI's DMA
@@ -1045,5 +1156,6 @@ fn a_failed_stop_after_the_dma_context_was_blocked_is_explained() {
         Op::DmaCreate { tdi: 1 },
         Op::Unbind { tdi: 1 },
     ];
-    random_operations(&ops).unwrap();
+    random_operations::<false>(&ops).unwrap();
+    random_operations::<true>(&ops).unwrap();
 }

@@ -15,8 +15,10 @@ use tsm_core::mem_table::MemTable;
 use tsm_core::tdisp::report::wire_range;
 use tsm_core::*;
 
-/// The firmware under test.
-pub type T = tsm_core::relay::host::Relayed<MemTable<512>>;
+/// The firmware under test: the core over its in-memory table, which makes a TDI's trusted
+/// DMA context at the end of every bind when `B` (SEV-TIO's TDI_BIND) and leaves it to the
+/// host otherwise (TDX).
+pub type T<const B: bool> = tsm_core::relay::host::Relayed<MemTable<512, B>>;
 
 /// BAR base of device `d`: 16 MiB apart, 8 MiB each.
 pub fn bar(d: usize) -> u64 {
@@ -24,9 +26,9 @@ pub fn bar(d: usize) -> u64 {
 }
 
 /// A firmware and the handles it gave out.
-pub struct World {
+pub struct World<const B: bool> {
     /// The firmware.
-    pub tsm: T,
+    pub tsm: T<B>,
     /// Guest handles.
     pub guests: Vec<GuestId>,
     /// TDI handles, two per device.
@@ -36,7 +38,7 @@ pub struct World {
 }
 
 /// Three guests, two devices with two TDIs each.
-pub fn world() -> World {
+pub fn world<const B: bool>() -> World<B> {
     let tsm = T::new(MemTable::new(), ModelDevice::model());
     let guests = (0..3).map(|_| tsm.create_guest().unwrap()).collect();
     let mut tdis = Vec::new();
@@ -63,7 +65,7 @@ pub fn world() -> World {
 /// Every leaf lies in a range owned by a TDI bound to the leaf's guest; unbound TDIs own
 /// nothing; owned ranges never overlap; every guest's bound-TDI count is the number of TDIs
 /// bound to it, and every owner exists.
-pub fn check_invariants(w: &World) {
+pub fn check_invariants<const B: bool>(w: &World<B>) {
     let snap = w.tsm.snapshot().unwrap();
     for (slot, guest) in snap.guests.iter().enumerate() {
         let bound = snap
@@ -166,10 +168,20 @@ pub fn check_invariants(w: &World) {
                 );
             }
         }
+        // Whoever makes it, an unbound TDI has no context. A table that makes it at bind makes
+        // it with the binding, and only a teardown once the device can no longer reach the
+        // guest removes it (never from a locked or running TDI): those always have one.
         assert!(
             tdi.dma.is_none() || tdi.state.is_bound(),
             "TDI #{slot} unbound with a DMA context"
         );
+        if B && matches!(tdi.state, TdiState::Locked { .. } | TdiState::Run { .. }) {
+            assert!(
+                tdi.dma.is_some(),
+                "TDI #{slot} {:?} without the context its bind made",
+                tdi.state
+            );
+        }
         let stream = snap.devices[tdi.device.slot() as usize]
             .as_ref()
             .unwrap()
@@ -232,8 +244,8 @@ pub fn check_invariants(w: &World) {
 /// host binds it. The report is only replaced while the firmware holds the TDI unbound, so a
 /// bound TDI's report stays the one it was bound with (a reset device could otherwise change
 /// it before the firmware notices).
-pub fn report_and_bind(
-    w: &World,
+pub fn report_and_bind<const B: bool>(
+    w: &World<B>,
     tdi: TdiId,
     guest: GuestId,
     ranges: &[(u64, u64)],
