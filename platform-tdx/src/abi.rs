@@ -415,6 +415,23 @@ pub trait HostMemory {
     fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault>;
     /// Copies `src` to host memory at `hpa`.
     fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault>;
+    /// Whether [`HostMemory::write_u32`] at `hpa` would succeed, writing nothing (the same
+    /// promise as [`HostMemory::probe_write`]): `hpa` 4-byte aligned (else `Misaligned`) and
+    /// its 4 bytes writable.
+    fn probe_write_u32(&self, hpa: u64) -> Result<(), HostFault> {
+        if !hpa.is_multiple_of(4) {
+            return Err(HostFault::Misaligned);
+        }
+        self.probe_write(hpa, 4)
+    }
+    /// Stores `value` little-endian at the 4-byte aligned `hpa` as one 4-byte store, leaving
+    /// the bytes around it alone (a TD's wait status word, which may share its 8-byte word
+    /// with anything of the TD's). Byte-granular memories copy the bytes; a memory reached in
+    /// words overrides it with one 32-bit store (never a read-modify-write of the word).
+    fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
+        self.probe_write_u32(hpa)?;
+        self.write(hpa, &value.to_le_bytes())
+    }
 }
 
 /// The operand roles of `leaf` (what decoders need to read its status).
@@ -1425,7 +1442,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             }
             TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => self.devif_guest(leaf, td, tdr, r, out)?,
             TDG_DMAR_ACCEPT => self.dmar_accept(td, r)?,
-            TDG_IQ_INV_REQUEST => self.td_inv_request(td, r, out)?,
+            TDG_IQ_INV_REQUEST => self.td_inv_request(&tds, td, r, out)?,
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }
@@ -1663,5 +1680,13 @@ impl<M: HostMemory + ?Sized> HostMemory for &M {
 
     fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
         (**self).write(hpa, src)
+    }
+
+    fn probe_write_u32(&self, hpa: u64) -> Result<(), HostFault> {
+        (**self).probe_write_u32(hpa)
+    }
+
+    fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
+        (**self).write_u32(hpa, value)
     }
 }

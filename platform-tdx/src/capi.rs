@@ -33,7 +33,7 @@
 //! the `extern "C"` functions are one-line calls on the static one.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use spin::Once;
 use tsm_core::{MmioRange, ReservedMemory};
@@ -157,6 +157,28 @@ impl HostWindow {
         }))
     }
 
+    /// The 32-bit half-word at `addr`, 4-byte aligned inside the window (a TD's wait status
+    /// word: one 4-byte store, never a read-modify-write of the word around it, which would
+    /// lose the host's concurrent store to its other half).
+    fn half_word(&self, addr: u64) -> Result<&AtomicU32, HostFault> {
+        let offset = addr
+            .checked_sub(self.base())
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(HostFault::OutsideHostMemory)?;
+        let end = offset.checked_add(4).ok_or(HostFault::OutsideHostMemory)?;
+        if end > self.len {
+            return Err(HostFault::OutsideHostMemory);
+        }
+        if !offset.is_multiple_of(4) {
+            return Err(HostFault::Misaligned);
+        }
+        // SAFETY: `offset + 4` is inside the window (checked above), so the pointer is in
+        // bounds, 4-byte aligned (the base is 8-byte aligned, the offset a multiple of 4), and
+        // valid for the program's life by `HostWindow::new`'s contract; other accesses are
+        // atomic or not concurrent, as `AtomicU32::from_ptr` requires.
+        Ok(unsafe { AtomicU32::from_ptr(self.base.as_ptr().cast::<u8>().add(offset).cast()) })
+    }
+
     /// Copies `out.len()` bytes of host memory at `addr` into `out`, each word with one load.
     pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), HostFault> {
         let words = self.words(addr, out.len())?;
@@ -206,6 +228,17 @@ impl HostMemory for HostWindow {
 
     fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
         HostWindow::write(self, hpa, src)
+    }
+
+    fn probe_write_u32(&self, hpa: u64) -> Result<(), HostFault> {
+        self.half_word(hpa).map(drop)
+    }
+
+    /// One 4-byte store (the bytes little-endian in memory, as every other write here).
+    fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
+        let word = self.half_word(hpa)?;
+        word.store(u32::from_ne_bytes(value.to_le_bytes()), Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -31,13 +31,13 @@
 use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
 use tsm_core::dma::DmaState;
 use tsm_core::{
-    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
+    Completion, Error, GuestId, Hpa, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
     TdiState, Tsm,
 };
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
 use crate::devif::devif_at;
-use crate::module::{PageTable, devif_in, td_in};
+use crate::module::{PageTable, SpdmTable, TdTable, devif_in, page_held, td_in};
 use crate::sept::SeptError;
 use crate::status::{
     self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
@@ -523,6 +523,8 @@ impl DmarTable {
     /// by the table's size. How many completed.
     pub fn process(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
         let mut done = 0usize;
+        // The TDs whose domain flush (INV_REQ_IOTLB) completed here, by guest slot.
+        let mut flushed = [false; MAX_GUESTS];
         for e in self.entries.iter_mut().flatten() {
             if e.rid.segment() != segment {
                 continue;
@@ -534,10 +536,13 @@ impl DmarTable {
             }
             if e.iotlb == IotlbOwed::Queued {
                 e.iotlb = IotlbOwed::Nothing;
+                if let Some(f) = flushed.get_mut(usize::from(e.guest.slot())) {
+                    *f = true;
+                }
                 done = done.saturating_add(1);
             }
         }
-        done.saturating_add(self.process_td_requests(segment))
+        done.saturating_add(self.process_td_requests(segment, &flushed))
     }
 
     /// PROCESS's part for the TD requests on the IOMMU of `segment`: every queued descriptor
@@ -545,22 +550,26 @@ impl DmarTable {
     /// `req_num` descriptors no longer required (its `req_iommu_bm` bit cleared). Ours: only
     /// the TD's descriptors are counted; the module also counts each request's wait
     /// descriptor, which its `==` test then never matches once a request took two host calls.
-    /// How many IOMMU marks changed.
-    fn process_td_requests(&mut self, segment: u16) -> usize {
+    /// And a TD whose domain-selective flush (INV_REQ_IOTLB) completed here in the same
+    /// PROCESS (`flushed`, by guest slot) has its request's mark cleared here whatever it
+    /// counted: that flush covers every descriptor a TD may ask for (the module clears the
+    /// IOMMU's `req_iommu_bm` bit in its INV_REQ_IOTLB case, `tdh_iq_inv_process.c`
+    /// @6e66b9d2). How many IOMMU marks changed.
+    fn process_td_requests(&mut self, segment: u16, flushed: &[bool; MAX_GUESTS]) -> usize {
         let mut done = 0usize;
         let reqs = self.td_req;
         for e in self.entries.iter_mut().flatten() {
             let m = &mut e.td_inv;
-            if e.rid.segment() != segment || (m.queued == 0 && m.waits == 0) {
+            let slot = usize::from(e.guest.slot());
+            let covered = m.required && flushed.get(slot).copied().unwrap_or(false);
+            if e.rid.segment() != segment || (m.queued == 0 && m.waits == 0 && !covered) {
                 continue;
             }
             m.complete = m.complete.saturating_add(m.queued);
             m.queued = 0;
             m.waits = 0;
-            let req_num = reqs
-                .get(usize::from(e.guest.slot()))
-                .map_or(0, |r| r.req_num);
-            if m.required && m.complete >= req_num {
+            let req_num = reqs.get(slot).map_or(0, |r| r.req_num);
+            if covered || (m.required && m.complete >= req_num) {
                 *m = TdInvMark::default();
             }
             done = done.saturating_add(1);
@@ -568,30 +577,64 @@ impl DmarTable {
         done
     }
 
-    /// The TD requests every required IOMMU has completed since: each no longer active, and
-    /// the status words to write (GPA, data), once each (`emulate_wait_complete`,
-    /// `tdh_iq_inv_process.c` @6e66b9d2). Bounded by the guests times the entries.
-    pub fn finish_td_requests(&mut self) -> heapless::Vec<(u64, u32), MAX_GUESTS> {
-        let mut writes = heapless::Vec::new();
-        for (slot, r) in self.td_req.iter_mut().enumerate() {
-            let Ok(slot) = u16::try_from(slot) else {
+    /// Whether a TD request is active with no IOMMU still required (what
+    /// [`DmarTable::finish_td_requests`] would end).
+    pub fn td_requests_finishing(&self) -> bool {
+        self.td_req.iter().enumerate().any(|(slot, r)| {
+            r.active
+                && u16::try_from(slot).is_ok_and(|slot| !self.td_pending(GuestId::from_slot(slot)))
+        })
+    }
+
+    /// Whether an IOMMU is still required by `guest`'s request.
+    fn td_pending(&self, guest: GuestId) -> bool {
+        self.entries()
+            .any(|e| e.guest == guest && e.td_inv.required)
+    }
+
+    /// Ends the TD requests every required IOMMU has completed (`emulate_wait_complete` and
+    /// `req_active` cleared together, `tdh_iq_inv_process.c` @6e66b9d2): `complete` is given
+    /// the TD and its wait's status (GPA, data) and writes it, and only then is the request
+    /// reset, in the same call, so under the caller's table lock: no new request of the TD can
+    /// be taken before its old status word is written. An `Err` of `complete` leaves that
+    /// request (and those after it) active, to be ended again. Bounded by the guests times the
+    /// entries. How many ended.
+    pub fn finish_td_requests<E>(
+        &mut self,
+        mut complete: impl FnMut(GuestId, Option<(u64, u32)>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut ended = 0usize;
+        for slot in 0..self.td_req.len() {
+            let Ok(id) = u16::try_from(slot) else {
                 break;
             };
-            let guest = GuestId::from_slot(slot);
-            let pending = self
-                .entries
-                .iter()
-                .flatten()
-                .any(|e| e.guest == guest && e.td_inv.required);
+            let guest = GuestId::from_slot(id);
+            let pending = self.td_pending(guest);
+            let Some(r) = self.td_req.get_mut(slot) else {
+                break;
+            };
             if r.active && !pending {
-                if let Some(w) = r.status {
-                    // At most one per guest slot: the capacity is the slot count.
-                    let _ = writes.push(w);
-                }
+                complete(guest, r.status)?;
                 *r = TdInvRequest::default();
+                ended = ended.saturating_add(1);
             }
         }
-        writes
+        Ok(ended)
+    }
+
+    /// `guest` stops running (TDH.MNG.VPFLUSHDONE): its request ends unwritten, and its marks
+    /// with nothing queued go; marks whose descriptors the host queued keep their slots until
+    /// PROCESS completes them (the request no longer active, that PROCESS clears them).
+    pub fn td_request_cancel(&mut self, guest: GuestId) {
+        if let Some(r) = self.td_req.get_mut(usize::from(guest.slot())) {
+            *r = TdInvRequest::default();
+        }
+        for e in self.entries.iter_mut().flatten() {
+            let m = &mut e.td_inv;
+            if e.guest == guest && m.queued == 0 && m.waits == 0 {
+                *m = TdInvMark::default();
+            }
+        }
     }
 
     /// `guest`'s own invalidation request.
@@ -1202,6 +1245,11 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 // The TD's domain owed (`IotlbNotTracked`): + RCX, as every other refusal.
                 tsm.host_dma_remove(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                // The entry may have taken the last IOMMU a TD request still required: the
+                // request ends now. The REMOVE is done either way: a lock busy elsewhere (or
+                // a status write the firmware could not make) leaves the request active, for
+                // the next PROCESS or REMOVE to end (ours).
+                let _ = self.end_td_requests();
                 done
             }
             TDH_DMAR_READ => {
@@ -1302,30 +1350,62 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // Every queued invalidation of the IOMMU, shard by shard (guest slot i is in shard
             // i); a shard busy elsewhere is `TDX_OPERAND_BUSY` with the shards before it done,
             // and the call is repeated (completing twice is completing once).
-            // A TD request every required IOMMU has completed writes its wait's status word
-            // once (silently dropped where the TD's memory cannot take it, as the module drops
-            // it: `emulate_wait_complete`, `tdh_iq_inv_process.c` @6e66b9d2), and a new
-            // TDG.IQ.INV.REQUEST is taken.
+            // Then every TD request no IOMMU still requires ends ([`Self::end_td_requests`]):
+            // its wait's status word written, and a new TDG.IQ.INV.REQUEST taken.
             TDH_IQ_INV_PROCESS => {
                 let segment = iommu_of(r.rcx)?;
                 for shard in 0..SHARDS {
                     let guest = u16::try_from(shard)
                         .map(GuestId::from_slot)
                         .map_err(|_| core_err(Error::Inconsistent))?;
-                    let writes = tsm
-                        .with_guest_table(guest, |t| {
-                            t.iq_process(segment);
-                            t.finish_td_requests()
-                        })
+                    tsm.with_guest_table(guest, |t| t.iq_process(segment))
                         .map_err(core_err)?;
-                    for (gpa, data) in writes {
-                        let _ = self.host.write(gpa, &data.to_le_bytes());
-                    }
                 }
+                self.end_td_requests()?;
                 done
             }
             _ => st(invalid(status::OPERAND_ID_RAX)),
         })
+    }
+
+    /// Ends every TD request no IOMMU still requires, shard by shard
+    /// ([`DmarTable::finish_td_requests`]): its wait's status word written with one 4-byte
+    /// store, under the same table lock as the request's reset, so no new request of the TD is
+    /// taken before the old word is written (the module writes it and clears `req_active`
+    /// under one lock, `emulate_wait_complete`, `tdh_iq_inv_process.c` @6e66b9d2). Not
+    /// written, the request still ending (ours, [`deliver_td_status`]): a TD no longer usable
+    /// (the module skips the write for a fatal TD; VPFLUSHDONE already ended its request), or
+    /// a status page the firmware holds by now (the host handed it to TDH.MNG.CREATE, DEVIF
+    /// or SPDM metadata since the request, which refused such a page). The write itself cannot
+    /// fail (probed at the request; host memory does not move); were it to, the request stays
+    /// active, to be ended again, and this answers the firmware's inconsistency. Takes the TD
+    /// table, the DEVIF pages and the SPDM table (in the lock order) only when a request ends.
+    fn end_td_requests(&self) -> Result<(), Outcome> {
+        for shard in 0..SHARDS {
+            let guest = u16::try_from(shard)
+                .map(GuestId::from_slot)
+                .map_err(|_| core_err(Error::Inconsistent))?;
+            let ending = self
+                .tsm
+                .with_guest_table(guest, |t| t.dmar().td_requests_finishing())
+                .map_err(core_err)?;
+            if !ending {
+                continue;
+            }
+            let tds = self.fw.read_tds().map_err(core_err)?;
+            let pages = self.fw.lock_pages().map_err(core_err)?;
+            let spdm = self.fw.read_spdm().map_err(core_err)?;
+            let host = &self.host;
+            self.tsm
+                .with_guest_table(guest, |t| {
+                    t.finish_td_requests(|td, status| {
+                        deliver_td_status(host, &tds, &pages, &spdm, td, status)
+                    })
+                })
+                .map_err(core_err)?
+                .map_err(|_| core_err(Error::Inconsistent))?;
+        }
+        Ok(())
     }
 
     /// The unreserved slots of the trusted invalidation queue of the IOMMU of `segment`: the
@@ -1455,6 +1535,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// take it with `req_num` 0, which no host request can then complete.
     pub(crate) fn td_inv_request(
         &self,
+        tds: &TdTable,
         td: GuestId,
         r: &SeamRegs,
         out: &mut SeamRegs,
@@ -1479,6 +1560,15 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         self.host
             .probe_read(r.rdx, span)
             .map_err(|f| st(crate::abi::host_fault(f, OPERAND_ID_RDX)))?;
+        // Held to the end: the pages the firmware holds cannot change under the checks.
+        let pages = self.fw.lock_pages().map_err(core_err)?;
+        let spdm = self.fw.read_spdm().map_err(core_err)?;
+        let held = |gpa: u64| {
+            Hpa::try_new(gpa & !0xfff).map_or(true, |p| page_held(tds, &pages, &spdm, p))
+        };
+        if held(r.rdx) {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
         let active = self
             .tsm
             .with_guest_table(td, |t| t.dmar().td_request(td))
@@ -1500,23 +1590,38 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             let bad = || named(status::TDX_GUEST_INV_INVALID_DESC, index);
             match td_descriptor(&bytes, last, levels).ok_or_else(bad)? {
                 TdDescriptor::Iotlb => {}
-                TdDescriptor::Wait { gpa, data } => wait = Some((gpa, data)),
+                // Ours: the status word is one the firmware may write at PROCESS (the
+                // memory takes a 4-byte store there, the page is not held): else the wait is
+                // refused as a descriptor the TD may not ask for.
+                TdDescriptor::Wait { gpa, data } => {
+                    if held(gpa) || self.host.probe_write_u32(gpa).is_err() {
+                        return Err(bad());
+                    }
+                    wait = Some((gpa, data));
+                }
             }
         }
         let req_num = count.saturating_sub(usize::from(wait.is_some()));
         let req_num = u8::try_from(req_num).map_err(|_| st(invalid(OPERAND_ID_RCX)))?;
-        if req_num == 0 {
-            return Err(named(status::TDX_GUEST_INV_INVALID_DESC, 0));
-        }
+        // The module's state checks first (`NOT_REQUIRED` for a TD with no accepted entry),
+        // then ours: a lone wait (nothing to invalidate) is `INVALID_DESC` + 0.
         self.tsm
-            .with_guest_table(td, |t| t.td_request_start(td, req_num, wait))
+            .with_guest_table(td, |t| {
+                t.dmar().td_request_check(td)?;
+                if req_num == 0 {
+                    return Err(None);
+                }
+                t.td_request_start(td, req_num, wait).map_err(Some)
+            })
             .map_err(core_err)?
             .map_err(|e| match e {
-                TdInvRefusal::InProgress => st(status::TDX_GUEST_INV_IN_PROGRESS),
-                TdInvRefusal::NotRequired => {
+                Some(TdInvRefusal::InProgress) => st(status::TDX_GUEST_INV_IN_PROGRESS),
+                Some(TdInvRefusal::NotRequired) => {
                     named(status::TDX_GUEST_INV_NOT_REQUIRED, OPERAND_ID_RDX)
                 }
+                None => named(status::TDX_GUEST_INV_INVALID_DESC, 0),
             })?;
+        drop((pages, spdm));
         out.rcx = u64::from(req_num);
         Ok(st(TDX_SUCCESS))
     }
@@ -1584,6 +1689,31 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         })?;
         Ok(st(TDX_SUCCESS))
     }
+}
+
+/// The status word of TD `td`'s ending request (`status`: its wait's GPA and data, none
+/// without a wait): one 4-byte store at the GPA (the model's host address), skipped for a TD
+/// no longer usable and for a page the firmware holds ([`page_held`]: never written, whoever
+/// asks). Only the store can fail.
+fn deliver_td_status<M: HostMemory>(
+    host: &M,
+    tds: &TdTable,
+    pages: &PageTable,
+    spdm: &SpdmTable,
+    td: GuestId,
+    status: Option<(u64, u32)>,
+) -> Result<(), crate::abi::HostFault> {
+    let Some((gpa, data)) = status else {
+        return Ok(());
+    };
+    if crate::td::usable(tds, td).is_err() {
+        return Ok(());
+    }
+    let held = Hpa::try_new(gpa & !0xfff).map_or(true, |p| page_held(tds, pages, spdm, p));
+    if held {
+        return Ok(());
+    }
+    host.write_u32(gpa, data)
 }
 
 /// A descriptor of a TD's request, as TDG.IQ.INV.REQUEST takes it.

@@ -599,9 +599,18 @@ impl<'m> Sept<'m> {
         self.dmar.td_commit(guest, segment, count)
     }
 
-    /// The TD requests complete since the last call ([`DmarTable::finish_td_requests`]).
-    pub fn finish_td_requests(&mut self) -> heapless::Vec<(u64, u32), MAX_GUESTS> {
-        self.dmar.finish_td_requests()
+    /// Ends the TD requests every required IOMMU has completed, `complete` writing each
+    /// one's status before it is reset ([`DmarTable::finish_td_requests`]).
+    pub fn finish_td_requests<E>(
+        &mut self,
+        complete: impl FnMut(GuestId, Option<(u64, u32)>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        self.dmar.finish_td_requests(complete)
+    }
+
+    /// `guest` stops running: its request ends unwritten ([`DmarTable::td_request_cancel`]).
+    pub fn td_request_cancel(&mut self, guest: GuestId) {
+        self.dmar.td_request_cancel(guest)
     }
 
     /// The frame pool (tests compare its bytes before and after a refusal).
