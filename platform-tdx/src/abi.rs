@@ -1121,25 +1121,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 self.sept_rd(td, gpa, size, out)?
             }
             TSM_DEVIF_UNBIND => {
-                let table = self.fw.lock_pages().map_err(core)?;
-                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
-                if r.rdx & !UNBIND_FLAG_FORCE != 0 {
-                    return Err(st(invalid(OPERAND_ID_RDX)));
-                }
-                // A stop for an IOTLB invalidation is the core's status for the wait it met:
-                // the entry's own (`IotlbInvalidationPending`, TDX_DMAR_INVALID_INV_STATE +
-                // DMAR) or the TD's domain's (`IotlbNotTracked`,
-                // TDX_IOMMU_IOTLB_TRACKING_NOT_DONE).
-                if r.rdx & UNBIND_FLAG_FORCE != 0 {
-                    // Asks nothing of the device: no request, no page.
-                    if r.r8 != 0 {
-                        return Err(st(invalid(OPERAND_ID_R8)));
-                    }
-                    Outcome::Core(tsm.unbind_forced(tdi))
-                } else {
-                    let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                    self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
-                }
+                let outcome = self.devif_unbind(r, out)?;
+                // The Dma step may have removed the last entry a TD's own IOTLB request still
+                // required: the request ends now (its status written), not at some later
+                // PROCESS. The unbind's outcome stands either way: a lock busy elsewhere
+                // leaves the request for the next PROCESS or REMOVE (ours).
+                let _ = self.end_td_requests();
+                outcome
             }
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT

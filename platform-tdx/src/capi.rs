@@ -1401,6 +1401,135 @@ mod tests {
         assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY);
     }
 
+    /// The C window takes the TD's 4-byte status word at an address 4 mod 8 as one 4-byte
+    /// store: the other half of the word is the host's and stays as it was (review s23 H1:
+    /// the window used to refuse it `Misaligned`); a misaligned or outside one is refused.
+    #[test]
+    fn a_four_byte_store_at_4_mod_8_leaves_the_other_half_alone() {
+        let host = leak_host(1);
+        let base = host.as_mut_ptr().cast::<u8>();
+        // SAFETY: leaked, 4 KiB aligned, 4 KiB long.
+        let w = unsafe { HostWindow::new(base, PAGE_BYTES) }.unwrap();
+        let at = base.addr() as u64 + 0x40;
+        word(host.as_mut_ptr(), 0, 8).store(0x1111_2222_3333_4444, Ordering::Relaxed);
+        assert_eq!(HostMemory::write_u32(&w, at + 4, 0xdead_beef), Ok(()));
+        assert_eq!(
+            word(host.as_mut_ptr(), 0, 8).load(Ordering::Relaxed),
+            0xdead_beef_3333_4444
+        );
+        assert_eq!(HostMemory::probe_write_u32(&w, at + 4), Ok(()));
+        assert_eq!(
+            HostMemory::write_u32(&w, at + 2, 1),
+            Err(HostFault::Misaligned)
+        );
+        assert_eq!(
+            HostMemory::write_u32(&w, at + PAGE_BYTES as u64, 1),
+            Err(HostFault::OutsideHostMemory)
+        );
+        assert_eq!(
+            HostMemory::probe_write_u32(&w, base.addr() as u64 + PAGE_BYTES as u64 - 4),
+            Ok(())
+        );
+    }
+
+    /// The TD's own IOTLB request through the C entry points (`tsm_tdx_tdcall` and
+    /// `tsm_tdx_seamcall` on a firmware's window): TDG.IQ.INV.REQUEST with a wait whose status
+    /// word is at an address 4 mod 8, the host's INV_REQ_TD and PROCESS; the status word is
+    /// written with one 4-byte store, the word's other half untouched (review s23 H1: the
+    /// window refused 4-byte writes, and PROCESS dropped the error, so the TD waited for ever).
+    #[test]
+    fn a_tds_iotlb_request_writes_its_status_word_through_the_c_window() {
+        let w = World::new();
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        let rid = tsm_core::RequesterId::from_routing(0, RID as u16);
+        let idx = crate::dmar::dmar_idx(rid);
+        let add = w.call(
+            crate::dmar::TDH_DMAR_ADD,
+            SeamRegs {
+                rcx: idx,
+                rdx: td,
+                r8: crate::dmar::ADD_QWORD0_4LEVEL,
+                r9: crate::dmar::ADD_QWORD1,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(add.rax, TDX_SUCCESS);
+        let tdcall = |leaf: u16, regs: SeamRegs| {
+            put_regs(
+                w.regs_at(),
+                SeamRegs {
+                    rax: u64::from(leaf),
+                    ..regs
+                },
+            );
+            let status = w.fw.tdcall(td, w.regs_at());
+            let out = get_regs(w.regs_at());
+            assert_eq!(out.rax, status);
+            out
+        };
+        let accept = SeamRegs {
+            rcx: tdi,
+            ..SeamRegs::default()
+        };
+        assert_eq!(tdcall(crate::dmar::TDG_DMAR_ACCEPT, accept).rax, TDX_SUCCESS);
+        // The descriptors in page 0 (the range list's, free again); the status word in
+        // page 1's word 100, its high half (4 mod 8); the host's own status in word 101.
+        let status_word = word(w.host, 1, 100);
+        status_word.store(0x5555_5555, Ordering::Relaxed);
+        let status_at = w.page(1) + 100 * 8 + 4;
+        let descs = [
+            crate::dmar::INV_DESC_IOTLB
+                | crate::dmar::IOTLB_G_DOMAIN << crate::dmar::IOTLB_G_SHIFT
+                | crate::dmar::IOTLB_DW
+                | crate::dmar::IOTLB_DR,
+            0,
+            0,
+            0,
+            crate::dmar::WAIT_DESC_TYPE
+                | crate::dmar::WAIT_DESC_SW
+                | crate::dmar::WAIT_DESC_FN
+                | 0xabcd_0123 << 32,
+            status_at,
+            0,
+            0,
+        ];
+        for (i, q) in descs.into_iter().enumerate() {
+            word(w.host, 0, i).store(q, Ordering::Relaxed);
+        }
+        let req = tdcall(
+            crate::dmar::TDG_IQ_INV_REQUEST,
+            SeamRegs {
+                rcx: 2,
+                rdx: w.page(0),
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!((req.rax, req.rcx), (TDX_SUCCESS, 1));
+        let host = w.call(
+            crate::dmar::TDH_IQ_INV_REQUEST,
+            SeamRegs {
+                rcx: 0,
+                rdx: crate::dmar::INV_REQ_TD | 1 << crate::dmar::INV_REQ_POOL_SHIFT,
+                r8: td,
+                r9: crate::dmar::WAIT_DESC_HOST | 7 << 32,
+                r10: w.page(1) + 101 * 8,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!((host.rax, host.rcx), (TDX_SUCCESS, 0));
+        assert_eq!(status_word.load(Ordering::Relaxed), 0x5555_5555, "not yet");
+        let process = w.call(crate::dmar::TDH_IQ_INV_PROCESS, SeamRegs::default());
+        assert_eq!(process.rax, TDX_SUCCESS);
+        assert_eq!(
+            status_word.load(Ordering::Relaxed),
+            0xabcd_0123_5555_5555,
+            "the high half written, the low half the host's"
+        );
+    }
+
     /// Bind and unbind through the C entry points, every exchange relayed by the host through
     /// its pages to the model device: the request lands in the request page (whole words,
     /// its length in RCX), the answer is read from the response page.

@@ -1380,7 +1380,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// fail (probed at the request; host memory does not move); were it to, the request stays
     /// active, to be ended again, and this answers the firmware's inconsistency. Takes the TD
     /// table, the DEVIF pages and the SPDM table (in the lock order) only when a request ends.
-    fn end_td_requests(&self) -> Result<(), Outcome> {
+    pub(crate) fn end_td_requests(&self) -> Result<(), Outcome> {
         for shard in 0..SHARDS {
             let guest = u16::try_from(shard)
                 .map(GuestId::from_slot)
