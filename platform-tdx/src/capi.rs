@@ -1474,7 +1474,10 @@ mod tests {
             rcx: tdi,
             ..SeamRegs::default()
         };
-        assert_eq!(tdcall(crate::dmar::TDG_DMAR_ACCEPT, accept).rax, TDX_SUCCESS);
+        assert_eq!(
+            tdcall(crate::dmar::TDG_DMAR_ACCEPT, accept).rax,
+            TDX_SUCCESS
+        );
         // The descriptors in page 0 (the range list's, free again); the status word in
         // page 1's word 100, its high half (4 mod 8); the host's own status in word 101.
         let status_word = word(w.host, 1, 100);

@@ -1886,6 +1886,68 @@ mod tests {
         assert_eq!(t.iq_used(0), 0);
     }
 
+    /// A TD request ends with its status delivered before it is reset, in one call (review
+    /// s23 M2: the reset used to come first and the write after the lock was given back, so a
+    /// new request could be taken in between): the request is still active while `complete`
+    /// runs, and a failed delivery leaves it active, to be ended again. VPFLUSHDONE's cancel
+    /// (M3) ends it unwritten; marks whose descriptors the host queued keep their slots until
+    /// PROCESS. An INV_REQ_IOTLB of the TD's domain completed on an IOMMU covers the request
+    /// there (M4).
+    #[test]
+    fn a_td_request_is_written_before_it_is_reset_and_a_cancel_writes_nothing() {
+        let mut t = DmarTable::new();
+        let g = GuestId::from_slot(0);
+        for bus in [3, 4] {
+            t.create(g, iface(bus)).unwrap();
+            t.accept(g, iface(bus), 0x1000, 2, 1).unwrap();
+        }
+        t.td_request_start(g, 1, Some((0x40, 7))).unwrap();
+        assert!(!t.td_requests_finishing());
+        assert_eq!(t.td_commit(g, 0, 1), 0);
+        t.process(0, |_| false);
+        assert!(t.td_requests_finishing());
+        let before = t;
+        assert_eq!(t.finish_td_requests(|_, _| Err(())), Err(()));
+        assert_eq!(t, before, "a failed delivery leaves the request active");
+        let mut seen = None;
+        let ended = t.finish_td_requests(|td, status| {
+            seen = Some((td, status));
+            Ok::<(), ()>(())
+        });
+        assert_eq!((ended, seen), (Ok(1), Some((g, Some((0x40, 7))))));
+        assert_eq!(t.td_request(g).map(|r| r.active), Some(false));
+        assert_eq!(t.finish_td_requests(|_, _| Err(())), Ok(0), "written once");
+        // Cancelled with descriptors queued: ended unwritten, the queued slots kept.
+        t.td_request_start(g, 2, Some((0x40, 8))).unwrap();
+        assert_eq!(t.td_commit(g, 0, 1), 1);
+        let used = t.iq_used(0);
+        t.td_request_cancel(g);
+        assert_eq!(t.td_request(g).map(|r| r.active), Some(false));
+        assert_eq!(t.iq_used(0), used, "queued descriptors keep their slots");
+        assert_eq!(
+            t.td_commit_count(g, 0, 8, 8),
+            Err(TdInvRefusal::NotRequired)
+        );
+        t.process(0, |_| false);
+        assert_eq!(t.iq_used(0), 0);
+        assert_eq!(
+            t.finish_td_requests(|_, _| Err(())),
+            Ok(0),
+            "nothing to write"
+        );
+        // The TD's domain flush on each IOMMU completes its request there.
+        t.td_request_start(g, 5, None).unwrap();
+        assert!(t.track(g));
+        t.request_iotlb(g, 0).unwrap();
+        t.process(0, |_| false);
+        assert!(
+            t.td_inv_mark(g, 0).is_none(),
+            "IOMMU 0 covered, none queued there"
+        );
+        assert!(t.td_requests_finishing(), "its only IOMMU");
+        assert_eq!(t.finish_td_requests(|_, _| Ok::<(), ()>(())), Ok(1));
+    }
+
     /// What every entry may queue is reserved from ADD: the committed slots (used or reserved)
     /// cover the used ones in every state, a queued request uses its own reservation, PROCESS
     /// gives back only what was queued (twice is once), and the last entry's removal leaves

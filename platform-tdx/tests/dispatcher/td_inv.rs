@@ -173,6 +173,57 @@ fn active(w: &World<'_>, td: u64) -> bool {
         .active
 }
 
+/// `call` with `regs` is refused with `expect` (operand included), changing nothing and
+/// writing no register but RAX (review s23 L4).
+fn refused_regs(
+    w: &World<'_>,
+    what: &str,
+    regs: SeamRegs,
+    call: impl FnOnce(SeamRegs) -> SeamRegs,
+    expect: u64,
+) {
+    let before = w.image();
+    let out = call(regs);
+    assert_eq!(out.rax, expect, "{what}: {:#x}", out.rax);
+    assert_eq!(
+        SeamRegs { rax: 0, ..out },
+        SeamRegs { rax: 0, ..regs },
+        "{what}: a refusal writes no register but RAX"
+    );
+    assert!(w.image() == before, "{what}: changed something");
+}
+
+/// TDG.IQ.INV.REQUEST's registers: `n` descriptors at `at`.
+fn td_regs(n: u64, at: u64) -> SeamRegs {
+    SeamRegs {
+        rcx: n,
+        rdx: at,
+        ..Default::default()
+    }
+}
+
+/// TDG.IQ.INV.REQUEST from `td` with `regs`, refused with `expect` (see [`refused_regs`]).
+fn td_refused(w: &World<'_>, what: &str, td: u64, regs: SeamRegs, expect: u64) {
+    refused_regs(
+        w,
+        what,
+        regs,
+        |r| w.tdcall(td, dmar::TDG_IQ_INV_REQUEST, r),
+        expect,
+    );
+}
+
+/// TDH.IQ.INV.REQUEST with `regs`, refused with `expect` (see [`refused_regs`]).
+fn host_refused(w: &World<'_>, what: &str, regs: SeamRegs, expect: u64) {
+    refused_regs(
+        w,
+        what,
+        regs,
+        |r| w.call(u64::from(abi::TDH_IQ_INV_REQUEST), r),
+        expect,
+    );
+}
+
 fn used(w: &World<'_>, iommu: u16) -> u16 {
     w.fw.with_table(|t| t.dmar().iq_used(iommu)).unwrap()
 }
@@ -331,12 +382,13 @@ fn td_request_refusals_name_the_operand_and_change_nothing() {
         ),
     ];
     for (what, n, at, expect) in rows {
-        refused(w, what, || td_request_at(w, td, n, at).rax, expect);
+        td_refused(w, what, td, td_regs(n, at), expect);
     }
-    refused(
+    td_refused(
         w,
         "RDX the page past the memory",
-        || td_request_at(w, td, 128, host_page(HOST_PAGES as u64)).rax,
+        td,
+        td_regs(128, host_page(HOST_PAGES as u64)),
         TDX_OPERAND_ADDR_RANGE_ERROR | RDX,
     );
     let d = domain();
@@ -383,25 +435,28 @@ fn td_request_refusals_name_the_operand_and_change_nothing() {
     ];
     for (what, bad) in descs {
         put(w, &[domain(), bad]);
-        refused(
+        td_refused(
             w,
             what,
-            || td_request_at(w, td, 2, DESCS).rax,
+            td,
+            td_regs(2, DESCS),
             TDX_GUEST_INV_INVALID_DESC | 1,
         );
     }
     put(w, &[domain(), wait(1), domain()]);
-    refused(
+    td_refused(
         w,
         "a wait not last",
-        || td_request_at(w, td, 3, DESCS).rax,
+        td,
+        td_regs(3, DESCS),
         TDX_GUEST_INV_INVALID_DESC | 1,
     );
     put(w, &[wait(1)]);
-    refused(
+    td_refused(
         w,
         "a lone wait (ours: nothing to invalidate)",
-        || td_request_at(w, td, 1, DESCS).rax,
+        td,
+        td_regs(1, DESCS),
         TDX_GUEST_INV_INVALID_DESC,
     );
     // A wait's FN is the TD's choice; the count past the descriptors in the page is not read.
@@ -410,27 +465,188 @@ fn td_request_refusals_name_the_operand_and_change_nothing() {
     assert_eq!((ok.rax, ok.rcx), (TDX_SUCCESS, 1));
     // Outstanding now: checked after the page, before the descriptors.
     put(w, &[domain(), with(d, 0, 1)]);
-    refused(
+    td_refused(
         w,
         "a bad descriptor while a request is active",
-        || td_request_at(w, td, 2, DESCS).rax,
+        td,
+        td_regs(2, DESCS),
         TDX_GUEST_INV_IN_PROGRESS,
     );
-    refused(
+    td_refused(
         w,
         "a misaligned page while a request is active",
-        || td_request_at(w, td, 2, DESCS + 8).rax,
+        td,
+        td_regs(2, DESCS + 8),
         invalid(RDX),
     );
     // A TD with no accepted PASID entry: nothing to invalidate (a warning, bit 63 clear).
     let lone = w.create_td();
     put(w, &[domain(), wait(1)]);
-    refused(
+    td_refused(
         w,
         "no IOMMU holds an accepted entry of the TD",
-        || td_request_at(w, lone, 2, DESCS).rax,
+        lone,
+        td_regs(2, DESCS),
         TDX_GUEST_INV_NOT_REQUIRED | RDX,
     );
+    // The module's state check comes before our lone-wait refusal (review s23 L1).
+    put(w, &[wait(1)]);
+    td_refused(
+        w,
+        "a lone wait from a TD with no accepted entry",
+        lone,
+        td_regs(1, DESCS),
+        TDX_GUEST_INV_NOT_REQUIRED | RDX,
+    );
+}
+
+/// Review s23 M1: the descriptor page and the wait's status word are reached at the GPA as
+/// host memory, so a page the firmware holds (a TDR, a TDI's private pages, SPDM or IDE
+/// metadata) is refused: RDX `TDX_OPERAND_INVALID` + RDX, the status word
+/// `TDX_GUEST_INV_INVALID_DESC` + the wait's index; nothing changed, no register but RAX
+/// written. (The review's proof: the TD's own TDR as its status GPA, written at PROCESS.)
+#[test]
+fn pages_the_firmware_holds_are_refused_as_descriptors_and_status() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    let other = w.create_td();
+    let held = [
+        ("the TD's own TDR", td),
+        ("another TD's TDR", other),
+        ("a TDI's private page", private_pages(PAGES_A.0).0),
+        ("a device's SPDM metadata", spdm_page(3)),
+        ("a device's IDE stream metadata", ide_page(3)),
+    ];
+    for (what, page) in held {
+        // The descriptors copied to the held page would change it: the page is read only.
+        td_refused(
+            w,
+            &format!("RDX {what}"),
+            td,
+            td_regs(2, page),
+            TDX_OPERAND_INVALID | RDX,
+        );
+        let mut wt = wait(0x4141_4141);
+        wt[1] = page + 8;
+        put(w, &[domain(), wt]);
+        td_refused(
+            w,
+            &format!("the status word in {what}"),
+            td,
+            td_regs(2, DESCS),
+            TDX_GUEST_INV_INVALID_DESC | 1,
+        );
+    }
+    let mut wt = wait(1);
+    wt[1] = host_page(HOST_PAGES as u64) - 4;
+    put(w, &[domain(), wt]);
+    let ok = td_request_at(w, td, 2, DESCS);
+    assert_eq!(ok.rax, TDX_SUCCESS, "the last word of host memory");
+    for iommu in [0, 1] {
+        assert_eq!(host_request(w, iommu, td, 1).rax, TDX_SUCCESS);
+        assert_eq!(process(w, iommu), TDX_SUCCESS);
+    }
+    assert_eq!(w.read(wt[1], 4), 1u32.to_le_bytes().to_vec());
+    wt[1] = host_page(HOST_PAGES as u64);
+    put(w, &[domain(), wt]);
+    td_refused(
+        w,
+        "a status word past host memory (ours: the firmware could not write it)",
+        td,
+        td_regs(2, DESCS),
+        TDX_GUEST_INV_INVALID_DESC | 1,
+    );
+}
+
+/// Review s23 M1 at PROCESS: the host hands the status page to the firmware between the TD's
+/// request and its completion (here as a new TD's TDR): PROCESS ends the request without
+/// writing it (never a held page), and the TD's next request is taken.
+#[test]
+fn a_status_page_the_firmware_took_since_the_request_is_not_written() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    assert_eq!(
+        td_request(w, td, &[domain(), wait(0x4141_4141)]).rax,
+        TDX_SUCCESS
+    );
+    w.ok(
+        abi::TDH_MNG_CREATE,
+        SeamRegs {
+            rcx: STATUS,
+            rdx: HKID + 20,
+            ..Default::default()
+        },
+    );
+    for iommu in [0, 1] {
+        assert_eq!(host_request(w, iommu, td, 1).rax, TDX_SUCCESS);
+        assert_eq!(process(w, iommu), TDX_SUCCESS);
+    }
+    assert_eq!(status_word(w), 0, "the TDR page is never written");
+    assert!(!active(w, td), "the request ended all the same");
+}
+
+/// Review s23 M4: the host's INV_REQ_IOTLB of the TD's domain, once PROCESS completes it on an
+/// IOMMU, covers the TD's request there (the module clears the IOMMU's `req_iommu_bm` bit):
+/// here IOMMU 0 by the TD's own descriptors, IOMMU 1 by a TRACK's domain flush, which writes
+/// the status.
+#[test]
+fn a_domain_flush_of_the_td_completes_its_request_on_that_iommu() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, _) = two_iommus(w);
+    assert_eq!(
+        td_request(w, td, &[domain(), page(), wait(0x77)]).rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(host_request(w, 0, td, 8).rax, TDX_SUCCESS);
+    assert_eq!(process(w, 0), TDX_SUCCESS);
+    assert!(active(w, td));
+    let track = SeamRegs {
+        rcx: td,
+        ..Default::default()
+    };
+    assert_eq!(
+        w.call(u64::from(abi::TDH_MEM_TRACK), track).rax,
+        TDX_SUCCESS
+    );
+    let regs = dmar::iotlb_request_regs(1, td, HOST_STATUS, 1);
+    assert_eq!(
+        w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(status_word(w), 0, "queued is not complete");
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(status_word(w), 0x77);
+    assert!(!active(w, td));
+    // The TRACK's flush IOMMU 0 still owes.
+    let regs = dmar::iotlb_request_regs(0, td, HOST_STATUS, 1);
+    assert_eq!(
+        w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(process(w, 0), TDX_SUCCESS);
+    // Both IOMMUs by the domain flush alone.
+    w.write(STATUS, &[0; 4]);
+    assert_eq!(td_request(w, td, &[page(), wait(0x78)]).rax, TDX_SUCCESS);
+    assert_eq!(
+        w.call(u64::from(abi::TDH_MEM_TRACK), track).rax,
+        TDX_SUCCESS
+    );
+    for iommu in [0, 1] {
+        let regs = dmar::iotlb_request_regs(iommu, td, HOST_STATUS, 1);
+        assert_eq!(
+            w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax,
+            TDX_SUCCESS
+        );
+        assert_eq!(process(w, u64::from(iommu)), TDX_SUCCESS);
+    }
+    assert_eq!(status_word(w), 0x78);
+    assert!(!active(w, td));
 }
 
 /// Every refusal of the host's INV_REQ_TD names its status and operand and changes nothing:
@@ -442,14 +658,13 @@ fn host_td_request_refusals_name_the_operand_and_change_nothing() {
     let world = World::new(&mut mem);
     let w = &world;
     let (td, _) = two_iommus(w);
-    refused(
+    host_refused(
         w,
         "no request active",
-        || host_request(w, 0, td, 1).rax,
+        host_regs(0, td, 1),
         TDX_GUEST_INV_NOT_REQUIRED | R8,
     );
     assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
-    let call = |regs: SeamRegs| w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax;
     let base = host_regs(0, td, 1);
     let rows: [(&str, SeamRegs, u64); 8] = [
         (
@@ -515,14 +730,14 @@ fn host_td_request_refusals_name_the_operand_and_change_nothing() {
         ),
     ];
     for (what, regs, expect) in rows {
-        refused(w, what, || call(regs), expect);
+        host_refused(w, what, regs, expect);
     }
     // The other TD's request is its own: this TD's is still whole.
     let lone = w.create_td();
-    refused(
+    host_refused(
         w,
         "another TD with no request",
-        || host_request(w, 0, lone, 1).rax,
+        host_regs(0, lone, 1),
         TDX_GUEST_INV_NOT_REQUIRED | R8,
     );
     for iommu in [0, 1] {
@@ -533,15 +748,27 @@ fn host_td_request_refusals_name_the_operand_and_change_nothing() {
     assert!(!active(w, td));
 }
 
+/// What the TD and the host do about the TD's own request during an unbind.
+#[derive(Clone, Copy, PartialEq)]
+enum Asks {
+    /// Nothing.
+    Nothing,
+    /// The TD asks for a domain invalidation (no wait) after the unbind's first domain round.
+    Request,
+    /// And the host commits it on IOMMU 0 at once (left unprocessed until the next wait).
+    RequestAndCommit,
+}
+
 /// Drives `tdi`'s unbind to its end the way the host answers every wait it is told of (the
-/// entry's: PROCESS; the domain's: INV_REQ_IOTLB on both IOMMUs, then PROCESS of both), never
-/// with an INV_REQ_TD, but for one on IOMMU 0 after its first domain round when `commit`
-/// (left unprocessed until the next wait). Whether a domain wait met nothing to request (what
-/// only descriptors of the TD's request the host queued can hold); the unbind ended.
-fn unbind_as_the_host_does(w: &World<'_>, td: u64, tdi: u64, commit: bool) -> bool {
+/// entry's: PROCESS of both IOMMUs; the domain's: INV_REQ_IOTLB on both IOMMUs, then PROCESS of both), never
+/// with an INV_REQ_TD but as `asks` says after the first domain round (a request made before
+/// it is covered by that round's domain flushes). Whether a domain wait met nothing to
+/// request (what only descriptors of the TD's request the host queued can hold); the unbind
+/// ended.
+fn unbind_as_the_host_does(w: &World<'_>, td: u64, tdi: u64, asks: Asks) -> bool {
     let entry = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
     let mut held_by_queue = false;
-    let mut committed = !commit;
+    let mut asked = asks == Asks::Nothing;
     for _ in 0..20 {
         match w.unbind_all(tdi) {
             TDX_SUCCESS => return held_by_queue,
@@ -568,12 +795,18 @@ fn unbind_as_the_host_does(w: &World<'_>, td: u64, tdi: u64, commit: bool) -> bo
                 }
                 assert_eq!(process(w, 0), TDX_SUCCESS);
                 assert_eq!(process(w, 1), TDX_SUCCESS);
-                if !committed {
-                    assert_eq!(host_request(w, 0, td, 1).rax, TDX_SUCCESS);
-                    committed = true;
+                if !asked {
+                    assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
+                    if asks == Asks::RequestAndCommit {
+                        assert_eq!(host_request(w, 0, td, 1).rax, TDX_SUCCESS);
+                    }
+                    asked = true;
                 }
             }
-            rax if rax == entry => assert_eq!(process(w, 0), TDX_SUCCESS),
+            rax if rax == entry => {
+                assert_eq!(process(w, 0), TDX_SUCCESS);
+                assert_eq!(process(w, 1), TDX_SUCCESS);
+            }
             rax => panic!("unbind: {rax:#x}"),
         }
     }
@@ -591,21 +824,35 @@ fn a_tds_request_never_holds_an_unbind_up() {
     let world = World::new(&mut mem);
     let w = &world;
     let (td, [x, _]) = two_iommus(w);
-    assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
     assert!(
-        !unbind_as_the_host_does(w, td, x, false),
+        !unbind_as_the_host_does(w, td, x, Asks::Request),
         "nothing held by the TD's request"
     );
     assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_none());
     assert!(active(w, td), "IOMMU 1 still owes the request");
-    refused(
+    host_refused(
         w,
         "INV_REQ_TD on the IOMMU the request no longer needs",
-        || host_request(w, 0, td, 1).rax,
+        host_regs(0, td, 1),
         TDX_GUEST_INV_NOT_REQUIRED | R8,
     );
     assert_eq!(host_request(w, 1, td, 1).rax, TDX_SUCCESS);
     assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(status_word(w), 9);
+    assert!(!active(w, td));
+}
+
+/// A request made before the unbind's domain round is covered by it (review s23 M4): the
+/// unbind's INV_REQ_IOTLB on both IOMMUs completes it, and writes the status, without any
+/// INV_REQ_TD.
+#[test]
+fn the_unbinds_domain_flushes_complete_a_tds_earlier_request() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, _]) = two_iommus(w);
+    assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
+    assert!(!unbind_as_the_host_does(w, td, x, Asks::Nothing));
     assert_eq!(status_word(w), 9);
     assert!(!active(w, td));
 }
@@ -619,10 +866,8 @@ fn descriptors_the_host_queued_hold_the_last_entry_until_process() {
     let world = World::new(&mut mem);
     let w = &world;
     let (td, [x, _]) = two_iommus(w);
-    assert_eq!(td_request(w, td, &[domain()]).rax, TDX_SUCCESS);
-    // Committed after the unbind's TRACK round, so the Remove step meets them queued.
     assert!(
-        unbind_as_the_host_does(w, td, x, true),
+        unbind_as_the_host_does(w, td, x, Asks::RequestAndCommit),
         "the queued descriptors held the entry's removal"
     );
     assert!(w.fw.tsm().tdi(w.id(x)).unwrap().dma.is_none());
@@ -630,4 +875,37 @@ fn descriptors_the_host_queued_hold_the_last_entry_until_process() {
     assert_eq!(host_request(w, 1, td, 1).rax, TDX_SUCCESS);
     assert_eq!(process(w, 1), TDX_SUCCESS);
     assert!(!active(w, td));
+}
+
+/// Review s23 L2 and M3: a request whose last required IOMMU goes with the unbind's entry
+/// removal ends at that unbind (its status written then, not at some later PROCESS on any
+/// IOMMU), and once the TD stops running (VPFLUSHDONE) no PROCESS writes into its memory.
+#[test]
+fn a_request_whose_last_iommu_goes_with_the_unbind_ends_there_and_nothing_writes_after() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, y]) = two_iommus(w);
+    assert!(!unbind_as_the_host_does(w, td, x, Asks::Nothing));
+    // Made after y's domain round: only y's entry (IOMMU 1) is required, and goes.
+    assert!(!unbind_as_the_host_does(w, td, y, Asks::Request));
+    assert_eq!(
+        status_word(w),
+        9,
+        "written at the unbind that removed its last IOMMU"
+    );
+    assert!(!active(w, td));
+    w.write(STATUS, &[0; 4]);
+    let flush = SeamRegs {
+        rcx: td,
+        ..Default::default()
+    };
+    assert_eq!(
+        w.call(u64::from(abi::TDH_MNG_VPFLUSHDONE), flush).rax,
+        TDX_SUCCESS
+    );
+    for iommu in [0, 1] {
+        assert_eq!(process(w, iommu), TDX_SUCCESS);
+    }
+    assert_eq!(status_word(w), 0, "nothing written after the TD stopped");
 }
