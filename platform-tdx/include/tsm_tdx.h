@@ -217,8 +217,12 @@ struct tsm_tdx_range_list {
                                           full). No request active, the IOMMU not needed by
                                           it, or nothing left to queue there:
                                           TDX_GUEST_INV_NOT_REQUIRED | R8. When PROCESS has
-                                          completed them on every IOMMU the request needs,
-                                          the TD's wait status is written once */
+                                          completed them (or the TD's INV_REQ_IOTLB flush) on
+                                          every IOMMU the request needs, the TD's wait status
+                                          is written once, one 4-byte store (not for a TD past
+                                          TDH_MNG_VPFLUSHDONE, nor into a page the firmware
+                                          holds by then; TDH_DMAR_REMOVE and TSM_DEVIF_UNBIND
+                                          end a request whose last IOMMU they removed) */
 #define TDH_IQ_INV_PROCESS     162u    /* RCX IOMMU id: completes the queued invalidations */
 #define TSM_TDX_PASIDTE_ADD_Q0 0x00000000000000a0ull /* SLEE | PGTT second-level only */
 #define TSM_TDX_PASIDTE_ADD_Q1 0x0000000035800000ull /* PWSNP | PGSNP | EMTE | EMT WB */
@@ -266,19 +270,23 @@ struct tsm_tdx_range_list {
                                           owner's TDI, CONFIG_LOCKED or RUN; SLPTPTR becomes the
                                           TD's S-EPT root */
 #define TDG_IQ_INV_REQUEST     72u     /* RCX descriptor count 1..128, RDX the TD's 4 KiB
-                                          aligned private page of 32-byte VT-d descriptors:
+                                          aligned private page of 32-byte VT-d descriptors
+                                          (not a page the firmware holds: TDR, TDI private,
+                                          SPDM/IDE metadata: TDX_OPERAND_INVALID | RDX):
                                           domain- or page-selective IOTLB (DW, DR, DID 0, IH
                                           only page-selective), a wait (SW, status GPA 4-byte
-                                          aligned, private) only last -> RCX the descriptors
+                                          aligned, private, writable host memory, not in a
+                                          held page) only last -> RCX the descriptors
                                           each IOMMU holding an accepted PASID entry of the TD
                                           must queue (the module's TD exit to the VMM; ours:
                                           this firmware's TDCALL returns to its caller; the
                                           page and status word are read and written at the GPA
                                           in the caller's memory). One request at a time:
                                           TDX_GUEST_INV_IN_PROGRESS; a bad descriptor:
-                                          TDX_GUEST_INV_INVALID_DESC | its index (a lone wait:
-                                          | 0, ours); no such IOMMU:
-                                          TDX_GUEST_INV_NOT_REQUIRED | RDX */
+                                          TDX_GUEST_INV_INVALID_DESC | its index; no such
+                                          IOMMU: TDX_GUEST_INV_NOT_REQUIRED | RDX; then a lone
+                                          wait: TDX_GUEST_INV_INVALID_DESC | 0 (ours). A
+                                          refusal writes no register but RAX */
 #define TDG_DEVIF_RD           67u     /* RCX function ID, RDX field code (7:0, rest 0), R9 0 ->
                                           RCX value */
 #define TDG_DEVIF_REQUEST      68u     /* RCX function ID, RDX 0x86 (START_INTERFACE), R9 0:

@@ -1518,7 +1518,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// RDX the descriptors' page, 4 KiB aligned (else + RDX), a private GPA of the TD that can
     /// be read (ours, below); no request of the TD outstanding (`TDX_GUEST_INV_IN_PROGRESS`);
     /// each descriptor (`td_descriptor`: `TDX_GUEST_INV_INVALID_DESC` + its index); an IOMMU
-    /// holding an accepted entry of the TD (else `TDX_GUEST_INV_NOT_REQUIRED` + RDX). Then the
+    /// holding an accepted entry of the TD (else `TDX_GUEST_INV_NOT_REQUIRED` + RDX); then
+    /// ours, a request with something to invalidate (a lone wait: `INVALID_DESC` + 0). Then the
     /// request is active on every such IOMMU and RCX out is the count each must commit (the
     /// module's TD exit to the VMM, `TDX_IOTLB_INV_REQUEST`, whose details carry it: this
     /// firmware's TDCALL returns to its caller, which stands for both, ours). A refusal changes
@@ -1529,10 +1530,16 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// GPA must be private (below the shared bit of the S-EPT's width: bit 47 with 4 levels, 51
     /// with 5; else `TDX_OPERAND_INVALID` + RDX where the module's walk refuses it) and the
     /// whole span of descriptors readable (else the memory's refusal + RDX,
-    /// `TDX_OPERAND_ADDR_RANGE_ERROR`). The descriptors are checked and counted, not kept: the
-    /// model's trusted queue counts slots and holds no descriptors. A lone wait descriptor
-    /// (nothing to invalidate) is refused `TDX_GUEST_INV_INVALID_DESC` + 0: the module would
-    /// take it with `req_num` 0, which no host request can then complete.
+    /// `TDX_OPERAND_ADDR_RANGE_ERROR`). Since the GPA is a host address here, a page the
+    /// firmware holds ([`page_held`]: a TDR, a TDI's private page, SPDM or IDE metadata) is
+    /// refused as the descriptors' page (`TDX_OPERAND_INVALID` + RDX) and as the wait's status
+    /// word, which must also take a 4-byte store ([`HostMemory::probe_write_u32`]; else
+    /// `INVALID_DESC` + the wait's index), so PROCESS can write it; the DEVIF lock is held from
+    /// that check to the end (contended: `TDX_OPERAND_BUSY`, nothing changed). The descriptors
+    /// are checked and counted, not kept: the model's trusted queue counts slots and holds no
+    /// descriptors. A lone wait descriptor (nothing to invalidate) is refused
+    /// `TDX_GUEST_INV_INVALID_DESC` + 0 after the module's checks: the module would take it
+    /// with `req_num` 0, which no host request can then complete.
     pub(crate) fn td_inv_request(
         &self,
         tds: &TdTable,
