@@ -1124,9 +1124,13 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 let outcome = self.devif_unbind(r, out)?;
                 // The Dma step may have removed the last entry a TD's own IOTLB request still
                 // required: the request ends now (its status written), not at some later
-                // PROCESS. The unbind's outcome stands either way: a lock busy elsewhere
-                // leaves the request for the next PROCESS or REMOVE (ours).
-                let _ = self.end_td_requests();
+                // PROCESS. Not after a refusal, which changes nothing (a wait keeps its
+                // progress, and its step removed nothing). The unbind's outcome stands either
+                // way: a lock busy elsewhere leaves the request for the next PROCESS or REMOVE
+                // (ours).
+                if !matches!(outcome, Outcome::Core(Err(_))) {
+                    let _ = self.end_td_requests();
+                }
                 outcome
             }
             TDH_SPDM_CONNECT

@@ -909,3 +909,36 @@ fn a_request_whose_last_iommu_goes_with_the_unbind_ends_there_and_nothing_writes
     }
     assert_eq!(status_word(w), 0, "nothing written after the TD stopped");
 }
+
+/// Review s23 L2 through the host's TDH.DMAR.REMOVE: the TD asks while its last TDI's unbind
+/// waits after STOP for the domain's flush (so only that entry's IOMMU is required); the
+/// host's REMOVE of the entry ends the request and writes its status, with no PROCESS after.
+#[test]
+fn the_hosts_remove_of_the_last_required_entry_ends_the_request() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, y]) = two_iommus(w);
+    assert!(!unbind_as_the_host_does(w, td, x, Asks::Nothing));
+    let entry = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    assert_eq!(w.unbind_all(y), entry);
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    assert_eq!(w.unbind_all(y), TDX_IOMMU_IOTLB_TRACKING_NOT_DONE);
+    let regs = dmar::iotlb_request_regs(1, td, HOST_STATUS, 1);
+    assert_eq!(
+        w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(process(w, 1), TDX_SUCCESS);
+    let out = td_request(w, td, &[domain(), wait(0x5a)]);
+    assert_eq!((out.rax, out.rcx), (TDX_SUCCESS, 1));
+    assert_eq!(status_word(w), 0);
+    let idx = dmar::dmar_idx(RequesterId::try_new(1, 4, 0, 0).unwrap());
+    assert_eq!(
+        w.call(u64::from(abi::TDH_DMAR_REMOVE), on(idx)).rax,
+        TDX_SUCCESS
+    );
+    assert_eq!(status_word(w), 0x5a, "written at the REMOVE");
+    assert!(!active(w, td));
+    assert_eq!(w.unbind_all(y), TDX_SUCCESS);
+}
