@@ -37,7 +37,10 @@
  * this memory while a call runs must do so with aligned 8-byte stores (never narrower or
  * unaligned ones: those race with the firmware's loads); it then gets the outcome of the
  * words as each was read once, which may mix old and new words of a block it rewrites, but is
- * checked as a whole like any other input. Reserved fields must be zero, in a BAR list also
+ * checked as a whole like any other input. The one narrower access: a TD's wait status word
+ * (TDG_IQ_INV_REQUEST), which the firmware writes with one aligned 4-byte atomic store when
+ * the request ends, leaving the other half of its 8-byte word alone; the host leaves that
+ * word to the TD while the request is active. Reserved fields must be zero, in a BAR list also
  * each range's attributes and range_id. Memory given at init (the pool, the host range) and
  * the firmware's own state are never accepted as MMIO (TSM_RESERVED_MEMORY).
  *

@@ -99,7 +99,8 @@ impl HostWindow {
     ///
     /// If it returns `Ok`, `base` must be valid for reads and writes of `len` bytes for the
     /// rest of the program, and every other access to those bytes must be atomic or not
-    /// concurrent with the firmware's (C code outside Rust's memory model: word-sized stores).
+    /// concurrent with the firmware's (C code outside Rust's memory model: word-sized stores;
+    /// the firmware's one narrower access is a TD's 4-byte status word, `write_u32`).
     pub unsafe fn new(base: *mut u8, len: usize) -> Result<Self, TdxStatus> {
         let Some(base) = NonNull::new(base.cast::<u64>()) else {
             return Err(invalid(OPERAND_ID_R8));
