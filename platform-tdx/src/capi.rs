@@ -1407,17 +1407,20 @@ mod tests {
     /// the window used to refuse it `Misaligned`); a misaligned or outside one is refused.
     #[test]
     fn a_four_byte_store_at_4_mod_8_leaves_the_other_half_alone() {
-        let host = leak_host(1);
-        let base = host.as_mut_ptr().cast::<u8>();
+        // One raw pointer for the firmware and the host's side alike (no reborrow between).
+        let host = leak_host(1).as_mut_ptr();
+        let base = host.cast::<u8>();
         // SAFETY: leaked, 4 KiB aligned, 4 KiB long.
         let w = unsafe { HostWindow::new(base, PAGE_BYTES) }.unwrap();
         let at = base.addr() as u64 + 0x40;
-        word(host.as_mut_ptr(), 0, 8).store(0x1111_2222_3333_4444, Ordering::Relaxed);
+        // Plain (not atomic) host accesses, none concurrent with the store: Miri's weak-memory
+        // model cannot mix an 8-byte atomic and a 4-byte one on the same word (it panics).
+        let word8 = host.cast::<u64>().wrapping_add(8);
+        // SAFETY: word 8 of the leaked page; no other access runs meanwhile.
+        unsafe { word8.write(0x1111_2222_3333_4444) };
         assert_eq!(HostMemory::write_u32(&w, at + 4, 0xdead_beef), Ok(()));
-        assert_eq!(
-            word(host.as_mut_ptr(), 0, 8).load(Ordering::Relaxed),
-            0xdead_beef_3333_4444
-        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { word8.read() }, 0xdead_beef_3333_4444);
         assert_eq!(HostMemory::probe_write_u32(&w, at + 4), Ok(()));
         assert_eq!(
             HostMemory::write_u32(&w, at + 2, 1),
@@ -1481,8 +1484,11 @@ mod tests {
         );
         // The descriptors in page 0 (the range list's, free again); the status word in
         // page 1's word 100, its high half (4 mod 8); the host's own status in word 101.
-        let status_word = word(w.host, 1, 100);
-        status_word.store(0x5555_5555, Ordering::Relaxed);
+        // Plain host accesses to the status word, none concurrent with the firmware's: Miri's
+        // weak-memory model cannot mix an 8-byte atomic and a 4-byte one on one word.
+        let status_word = w.host.wrapping_add(1).cast::<u64>().wrapping_add(100);
+        // SAFETY: word 100 of leaked host page 1, no call running.
+        unsafe { status_word.write(0x5555_5555) };
         let status_at = w.page(1) + 100 * 8 + 4;
         let descs = [
             crate::dmar::INV_DESC_IOTLB
@@ -1524,11 +1530,13 @@ mod tests {
             },
         );
         assert_eq!((host.rax, host.rcx), (TDX_SUCCESS, 0));
-        assert_eq!(status_word.load(Ordering::Relaxed), 0x5555_5555, "not yet");
+        // SAFETY: as above.
+        assert_eq!(unsafe { status_word.read() }, 0x5555_5555, "not yet");
         let process = w.call(crate::dmar::TDH_IQ_INV_PROCESS, SeamRegs::default());
         assert_eq!(process.rax, TDX_SUCCESS);
         assert_eq!(
-            status_word.load(Ordering::Relaxed),
+            // SAFETY: as above.
+            unsafe { status_word.read() },
             0xabcd_0123_5555_5555,
             "the high half written, the low half the host's"
         );
