@@ -2883,3 +2883,107 @@ pub fn decode(data: &[u8]) -> (bool, Vec<Op>) {
     }
     (five, ops)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TD's own IOTLB request through the target's checks: a held status page refused, the
+    /// request accepted with its status word 4 mod 8, the host's INV_REQ_TD (pool 0 refused),
+    /// then PROCESS while the status page is read-only: the call succeeds, nothing is written
+    /// and the request stays active (review s23: a status write must not be dropped, nor a
+    /// processed queue answered as a refusal); once the page is writable again PROCESS writes
+    /// it (only there: the host-memory check) and the TD's next request is taken.
+    #[test]
+    fn a_tds_request_whose_status_page_turns_read_only_is_written_later() {
+        let run_ops = || {
+            let t0 = Td::Slot { slot: 0 };
+            let descs = |status| TdDescs::Good {
+                n: 1,
+                page: 2,
+                wait: true,
+                data: 0xabcd,
+                status,
+            };
+            let word = TdStatus::Word { page: 0, word: 7 };
+            let request = |status| Op::TdInvRequest {
+                td: t0,
+                descs: descs(status),
+                count: 0,
+                at: 0,
+            };
+            let host = |pool| Op::IqRequest {
+                tdi: 0,
+                iommu: Iommu::Own,
+                kind: InvKind::Td { td: t0, pool },
+                wait: WaitDesc::Good { data: 1 },
+                status: StatusAddr::Page { page: 2, word: 100 },
+            };
+            let process = Op::IqProcess {
+                tdi: 0,
+                iommu: Iommu::Own,
+            };
+            let ops = [
+                Op::TdCreate,
+                Op::DeviceCreate {
+                    dev: 0,
+                    bars: Bars::One,
+                    list: ListMut::Fine,
+                },
+                Op::DevifCreate {
+                    dev: 0,
+                    bus: 0,
+                    func: 0,
+                    pages: 0,
+                },
+                Op::Bind {
+                    tdi: 0,
+                    td: t0,
+                    report: Report::Split,
+                    r8: false,
+                    relay: Relay::Drive,
+                },
+                Op::DmarAdd {
+                    tdi: 0,
+                    td: t0,
+                    idx: Idx::Good,
+                    qw: AddQwords::Good,
+                },
+                Op::DmarAccept {
+                    tdi: 0,
+                    td: t0,
+                    m: AcceptMut::Fine,
+                },
+                request(TdStatus::Tdr { k: 0 }),
+                request(word),
+                request(word),
+                Op::HostPage {
+                    page: 0,
+                    read_only: true,
+                },
+                host(0),
+                host(5),
+                process,
+                process,
+                request(word),
+                Op::HostPage {
+                    page: 0,
+                    read_only: false,
+                },
+                process,
+                request(word),
+                Op::UnbindAll { tdi: 0 },
+            ];
+            let stats = run(&encode(false, &ops));
+            // Refused: the held TDR, IN_PROGRESS twice (the second while the word could not be
+            // written), pool 0; then the unbind's three waits. The last request was taken.
+            assert_eq!(stats.refused, 7, "{stats:?}");
+        };
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(run_ops)
+            .expect("spawn")
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    }
+}

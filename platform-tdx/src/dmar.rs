@@ -596,14 +596,15 @@ impl DmarTable {
     /// `req_active` cleared together, `tdh_iq_inv_process.c` @6e66b9d2): `complete` is given
     /// the TD and its wait's status (GPA, data) and writes it, and only then is the request
     /// reset, in the same call, so under the caller's table lock: no new request of the TD can
-    /// be taken before its old status word is written. An `Err` of `complete` leaves that
-    /// request (and those after it) active, to be ended again. Bounded by the guests times the
-    /// entries. How many ended.
-    pub fn finish_td_requests<E>(
+    /// be taken before its old status word is written. A request whose `complete` answers
+    /// `false` (its word could not be written) stays active, to be ended again; the others
+    /// end all the same. Bounded by the guests times the entries. How many ended, and how many
+    /// stay active for that reason.
+    pub fn finish_td_requests(
         &mut self,
-        mut complete: impl FnMut(GuestId, Option<(u64, u32)>) -> Result<(), E>,
-    ) -> Result<usize, E> {
-        let mut ended = 0usize;
+        mut complete: impl FnMut(GuestId, Option<(u64, u32)>) -> bool,
+    ) -> (usize, usize) {
+        let (mut ended, mut kept) = (0usize, 0usize);
         for slot in 0..self.td_req.len() {
             let Ok(id) = u16::try_from(slot) else {
                 break;
@@ -613,13 +614,17 @@ impl DmarTable {
             let Some(r) = self.td_req.get_mut(slot) else {
                 break;
             };
-            if r.active && !pending {
-                complete(guest, r.status)?;
+            if !r.active || pending {
+                continue;
+            }
+            if complete(guest, r.status) {
                 *r = TdInvRequest::default();
                 ended = ended.saturating_add(1);
+            } else {
+                kept = kept.saturating_add(1);
             }
         }
-        Ok(ended)
+        (ended, kept)
     }
 
     /// `guest` stops running (TDH.MNG.VPFLUSHDONE): its request ends unwritten, and its marks
@@ -1376,10 +1381,14 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// written, the request still ending (ours, [`deliver_td_status`]): a TD no longer usable
     /// (the module skips the write for a fatal TD; VPFLUSHDONE already ended its request), or
     /// a status page the firmware holds by now (the host handed it to TDH.MNG.CREATE, DEVIF
-    /// or SPDM metadata since the request, which refused such a page). The write itself cannot
-    /// fail (probed at the request; host memory does not move); were it to, the request stays
-    /// active, to be ended again, and this answers the firmware's inconsistency. Takes the TD
-    /// table, the DEVIF pages and the SPDM table (in the lock order) only when a request ends.
+    /// or SPDM metadata since the request, which refused such a page). A word the memory no
+    /// longer takes (checked writable at the request; host memory does not move, so only a
+    /// host breaking that promise gets here) is not written and its request stays active (the
+    /// TD keeps waiting; a new request is `TDX_GUEST_INV_IN_PROGRESS`): the next PROCESS,
+    /// REMOVE or unbind writes it once it can (ours: never a word dropped while the TD may
+    /// still poll it, and the caller's own work stands). Takes the TD table, the DEVIF pages
+    /// and the SPDM table (in the lock order) only when a request ends; one busy elsewhere is
+    /// the error.
     pub(crate) fn end_td_requests(&self) -> Result<(), Outcome> {
         for shard in 0..SHARDS {
             let guest = u16::try_from(shard)
@@ -1399,11 +1408,10 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             self.tsm
                 .with_guest_table(guest, |t| {
                     t.finish_td_requests(|td, status| {
-                        deliver_td_status(host, &tds, &pages, &spdm, td, status)
+                        deliver_td_status(host, &tds, &pages, &spdm, td, status).is_ok()
                     })
                 })
-                .map_err(core_err)?
-                .map_err(|_| core_err(Error::Inconsistent))?;
+                .map_err(core_err)?;
         }
         Ok(())
     }
@@ -1914,16 +1922,16 @@ mod tests {
         t.process(0, |_| false);
         assert!(t.td_requests_finishing());
         let before = t;
-        assert_eq!(t.finish_td_requests(|_, _| Err(())), Err(()));
+        assert_eq!(t.finish_td_requests(|_, _| false), (0, 1));
         assert_eq!(t, before, "a failed delivery leaves the request active");
         let mut seen = None;
         let ended = t.finish_td_requests(|td, status| {
             seen = Some((td, status));
-            Ok::<(), ()>(())
+            true
         });
-        assert_eq!((ended, seen), (Ok(1), Some((g, Some((0x40, 7))))));
+        assert_eq!((ended, seen), ((1, 0), Some((g, Some((0x40, 7))))));
         assert_eq!(t.td_request(g).map(|r| r.active), Some(false));
-        assert_eq!(t.finish_td_requests(|_, _| Err(())), Ok(0), "written once");
+        assert_eq!(t.finish_td_requests(|_, _| false), (0, 0), "written once");
         // Cancelled with descriptors queued: ended unwritten, the queued slots kept.
         t.td_request_start(g, 2, Some((0x40, 8))).unwrap();
         assert_eq!(t.td_commit(g, 0, 1), 1);
@@ -1938,8 +1946,8 @@ mod tests {
         t.process(0, |_| false);
         assert_eq!(t.iq_used(0), 0);
         assert_eq!(
-            t.finish_td_requests(|_, _| Err(())),
-            Ok(0),
+            t.finish_td_requests(|_, _| false),
+            (0, 0),
             "nothing to write"
         );
         // The TD's domain flush on each IOMMU completes its request there.
@@ -1952,7 +1960,7 @@ mod tests {
             "IOMMU 0 covered, none queued there"
         );
         assert!(t.td_requests_finishing(), "its only IOMMU");
-        assert_eq!(t.finish_td_requests(|_, _| Ok::<(), ()>(())), Ok(1));
+        assert_eq!(t.finish_td_requests(|_, _| true), (1, 0));
     }
 
     /// What every entry may queue is reserved from ADD: the committed slots (used or reserved)

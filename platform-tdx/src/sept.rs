@@ -601,10 +601,10 @@ impl<'m> Sept<'m> {
 
     /// Ends the TD requests every required IOMMU has completed, `complete` writing each
     /// one's status before it is reset ([`DmarTable::finish_td_requests`]).
-    pub fn finish_td_requests<E>(
+    pub fn finish_td_requests(
         &mut self,
-        complete: impl FnMut(GuestId, Option<(u64, u32)>) -> Result<(), E>,
-    ) -> Result<usize, E> {
+        complete: impl FnMut(GuestId, Option<(u64, u32)>) -> bool,
+    ) -> (usize, usize) {
         self.dmar.finish_td_requests(complete)
     }
 
