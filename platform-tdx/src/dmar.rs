@@ -1251,9 +1251,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 tsm.host_dma_remove(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
                 // The entry may have taken the last IOMMU a TD request still required: the
-                // request ends now. The REMOVE is done either way: a lock busy elsewhere (or
-                // a status write the firmware could not make) leaves the request active, for
-                // the next PROCESS or REMOVE to end (ours).
+                // request ends now. The REMOVE is done either way: a lock busy elsewhere
+                // leaves the request active, for the next PROCESS or REMOVE to end (ours).
                 let _ = self.end_td_requests();
                 done
             }
