@@ -245,10 +245,11 @@ fn a_tds_request_completes_on_every_iommu_and_writes_its_status_once() {
         "two descriptors per IOMMU"
     );
     assert!(active(w, td));
-    refused(
+    td_refused(
         w,
         "a second request while the first is active",
-        || td_request(w, td, &[domain(), page(), wait(0xabcd)]).rax,
+        td,
+        td_regs(3, DESCS),
         TDX_GUEST_INV_IN_PROGRESS,
     );
     let first = host_request(w, 0, td, 1);
@@ -264,20 +265,20 @@ fn a_tds_request_completes_on_every_iommu_and_writes_its_status_once() {
         4,
         "two descriptors and two waits queued on IOMMU 0"
     );
-    refused(
+    host_refused(
         w,
         "every descriptor committed on IOMMU 0",
-        || host_request(w, 0, td, 1).rax,
+        host_regs(0, td, 1),
         TDX_GUEST_INV_NOT_REQUIRED | R8,
     );
     assert_eq!(process(w, 0), TDX_SUCCESS);
     assert_eq!(used(w, 0), 0);
     assert_eq!(status_word(w), 0, "IOMMU 1 has not completed");
     assert!(active(w, td));
-    refused(
+    host_refused(
         w,
         "IOMMU 0 completed already",
-        || host_request(w, 0, td, 1).rax,
+        host_regs(0, td, 1),
         TDX_GUEST_INV_NOT_REQUIRED | R8,
     );
     let other = host_request(w, 1, td, 2);
@@ -295,10 +296,10 @@ fn a_tds_request_completes_on_every_iommu_and_writes_its_status_once() {
     assert_eq!(process(w, 1), TDX_SUCCESS);
     assert_eq!(process(w, 0), TDX_SUCCESS);
     assert_eq!(status_word(w), 0, "written once");
-    refused(
+    host_refused(
         w,
         "INV_REQ_TD with no request active",
-        || host_request(w, 1, td, 1).rax,
+        host_regs(1, td, 1),
         TDX_GUEST_INV_NOT_REQUIRED | R8,
     );
     // A request without a wait: nothing is written at its end.
@@ -335,10 +336,10 @@ fn a_full_page_of_descriptors_is_committed_as_the_queue_makes_room() {
         room,
         "the whole unreserved room, no reserved slot"
     );
-    refused(
+    host_refused(
         w,
         "no room for a descriptor and its wait",
-        || host_request(w, 0, td, 1).rax,
+        host_regs(0, td, 1),
         TDX_IOMMU_IQ_QUEUE_FULL | RDX,
     );
     assert_eq!(process(w, 0), TDX_SUCCESS);
@@ -786,10 +787,11 @@ fn unbind_as_the_host_does(w: &World<'_>, td: u64, tdi: u64, asks: Asks) -> bool
                         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
                     );
                     let idx = dmar::dmar_idx(RequesterId::try_new(0, 3, 0, 0).unwrap());
-                    refused(
+                    refused_regs(
                         w,
                         "TDH.DMAR.REMOVE while the TD's queued descriptors wait",
-                        || w.call(u64::from(abi::TDH_DMAR_REMOVE), on(idx)).rax,
+                        on(idx),
+                        |r| w.call(u64::from(abi::TDH_DMAR_REMOVE), r),
                         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE | RCX,
                     );
                 }
