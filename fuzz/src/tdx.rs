@@ -24,11 +24,14 @@
 //! RDX target), TDH.DMAR.BLOCK, READ and REMOVE, TDH.IQ.INV.REQUEST (a PASID entry's by RID or
 //! a TD's domain by TDR, any type; the wait descriptor good, without FN, with qword 2 or 3 set;
 //! its status address in any host page, misaligned, outside host memory, with KeyID bits) and
-//! TDH.IQ.INV.PROCESS of any IOMMU.
+//! TDH.IQ.INV.PROCESS of any IOMMU; the TD's own IOTLB request (TDG.IQ.INV.REQUEST 72: good or
+//! bad descriptors in the spare page, any count, a status word in host memory, 4 mod 8 or not,
+//! or in a held TDR page) and the host's INV_REQ_TD with any pool size.
 //!
 //! After every call: `tsm_tests::invariants::check`, the record tables' consistency
 //! ([`registry_consistent`]), host memory (written only by a relay, only in the TDI's request
-//! page), and, when the call was refused (any status but success, `TDX_INTERRUPTED_RESUMABLE`
+//! page; and by PROCESS, REMOVE or an unbind only at a status word a TD's accepted request
+//! named), and, when the call was refused (any status but success, `TDX_INTERRUPTED_RESUMABLE`
 //! and `TDX_SPDM_REQUEST`), relayed or read-only, a comparison of the whole state before and
 //! after under the exemptions of [`crate::exempt`]: every core record table, the S-EPT pool's
 //! bytes and bookkeeping (`Sept::bookkeeping`), the TDI records (their TD's request state
@@ -150,7 +153,7 @@ const UNBIND_CALLS: usize = 40;
 const MAX_ROUNDS: usize = 40;
 
 /// Every leaf number the dispatcher knows, and one of ours it does not.
-pub const LEAVES: [u16; 37] = [
+pub const LEAVES: [u16; 38] = [
     abi::TDH_MEM_SEPT_RD,
     abi::TDH_MEM_TRACK,
     abi::TDH_SPDM_CREATE,
@@ -188,6 +191,7 @@ pub const LEAVES: [u16; 37] = [
     abi::TDH_IQ_INV_REQUEST,
     abi::TDH_IQ_INV_PROCESS,
     abi::TDG_DMAR_ACCEPT,
+    abi::TDG_IQ_INV_REQUEST,
 ];
 
 ops! {
@@ -340,7 +344,7 @@ ops! {
 ops! {
     /// The leaf number of a raw call.
     pub enum LeafNum {
-        /// `LEAVES[i % 37]`.
+        /// `LEAVES[i % 38]`.
         Known { i: u8 },
         /// Any RAX.
         Any { v: u64 },
@@ -449,6 +453,31 @@ ops! {
         Iotlb { td: Td },
         /// RDX `rdx` (another type, reserved bits).
         Type { rdx: u64 },
+        /// INV_REQ_TD for `td`'s own request: R8 its TDR, RDX 47:32 `pool` (0 refused).
+        Td { td: Td, pool: u16 },
+    }
+}
+
+ops! {
+    /// The page of descriptors of a TD's TDG.IQ.INV.REQUEST (written to the spare host page).
+    pub enum TdDescs {
+        /// `1 + n % 127` domain- or page-selective IOTLB descriptors (`page` picks each),
+        /// then a wait when `wait` (its data `data`, its status word `status`).
+        Good { n: u8, page: u8, wait: bool, data: u32, status: TdStatus },
+        /// As `Good`, then qword `q % 4` of descriptor `at % n` set to `v`.
+        Bad { n: u8, at: u8, q: u8, v: u64, status: TdStatus },
+    }
+}
+
+ops! {
+    /// The status address of a TD's wait descriptor.
+    pub enum TdStatus {
+        /// The 4-byte word `word % 1024` of host page `page % 6` (4 mod 8 for odd words).
+        Word { page: u8, word: u16 },
+        /// A page the firmware holds: TDR page `k % 4`.
+        Tdr { k: u8 },
+        /// Any value.
+        Raw { v: u64 },
     }
 }
 
@@ -571,6 +600,9 @@ ops! {
         IqRequest { tdi: u8, iommu: Iommu, kind: InvKind, wait: WaitDesc, status: StatusAddr },
         /// TDH.IQ.INV.PROCESS of an IOMMU (that of TDI slot `tdi % 20` for `Own`).
         IqProcess { tdi: u8, iommu: Iommu },
+        /// TDG.IQ.INV.REQUEST from `td`: `descs` written to the spare host page, RCX their
+        /// count (`count` 0), else `count - 1`; RDX the page (`at` added).
+        TdInvRequest { td: Td, descs: TdDescs, count: u16, at: u16 },
     }
 }
 
@@ -762,6 +794,9 @@ struct World<'m> {
     images: Option<Box<(Image, Image)>>,
     /// Which TDI slots' DMA reached private memory since their last bind.
     reached: Vec<bool>,
+    /// The status words of the TDs' accepted IOTLB requests (TDG.IQ.INV.REQUEST): the
+    /// firmware may write them when a request ends.
+    td_status: Vec<u64>,
 }
 
 fn tdi_slot(t: u8) -> u64 {
@@ -841,6 +876,7 @@ pub fn run(data: &[u8]) -> Stats {
         handed: None,
         stats: Stats::default(),
         images: None,
+        td_status: Vec::new(),
         reached: vec![false; MAX_TDIS],
     };
     for _ in 0..MAX_OPS {
@@ -1121,11 +1157,47 @@ impl World<'_> {
             }
             _ => None,
         };
-        if let Some(i) = common::changed_outside(&before.host, &after.host, window) {
+        // And the status word of a TD's own IOTLB request, which PROCESS, REMOVE and the
+        // unbind may end (each written 4 bytes at an address an accepted request named).
+        let ends_td_requests = host
+            && (is(dmar::TDH_IQ_INV_PROCESS)
+                || is(dmar::TDH_DMAR_REMOVE)
+                || is(abi::TSM_DEVIF_UNBIND));
+        let td_word = |i: usize| {
+            ends_td_requests
+                && self.td_status.iter().any(|&a| {
+                    a.checked_sub(HOST)
+                        .and_then(|o| usize::try_from(o).ok())
+                        .is_some_and(|o| (o..o + 4).contains(&i))
+                })
+        };
+        let outside = |i: &usize| !window.as_ref().is_some_and(|w| w.contains(i)) && !td_word(*i);
+        if let Some(i) = (0..before.host.len().min(after.host.len()))
+            .filter(outside)
+            .find(|&i| before.host[i] != after.host[i])
+        {
             fail(format!(
                 "{what} wrote host memory at {:#x}",
                 HOST + i as u64
             ));
+        }
+        // A TD's accepted request: its wait's status word may be written later (the last
+        // descriptor, read from the page as the call found it).
+        if !host && is(dmar::TDG_IQ_INV_REQUEST) && status == TDX_SUCCESS {
+            let last = regs
+                .rdx
+                .checked_sub(HOST)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| o.checked_add(usize::try_from(regs.rcx).ok()?.checked_sub(1)? * 32));
+            let q = |k: usize| {
+                last.and_then(|o| before.host.get(o + 8 * k..o + 8 * k + 8))
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            };
+            if let (Some(q0), Some(q1)) = (q(0), q(1))
+                && q0 & 0xf == dmar::WAIT_DESC_TYPE
+            {
+                self.td_status.push(q1);
+            }
         }
         if refused || relay || read_only {
             let exempt = if refused {
@@ -2462,6 +2534,10 @@ impl World<'_> {
                     InvKind::PasidRaw { r8 } => (dmar::INV_REQ_PASIDTE, r8),
                     InvKind::Iotlb { td } => (dmar::INV_REQ_IOTLB, self.td(td)),
                     InvKind::Type { rdx } => (rdx, own),
+                    InvKind::Td { td, pool } => (
+                        dmar::INV_REQ_TD | u64::from(pool) << dmar::INV_REQ_POOL_SHIFT,
+                        self.td(td),
+                    ),
                 };
                 let good = dmar::WAIT_DESC_HOST;
                 let (r9, r11, r12) = match wait {
@@ -2495,6 +2571,93 @@ impl World<'_> {
                 let rcx = iommu_id(self.rid_of(tdi_slot(tdi)), iommu);
                 self.seamcall(leaf(dmar::TDH_IQ_INV_PROCESS), SeamRegs { rcx, ..r });
             }
+            Op::TdInvRequest {
+                td,
+                descs,
+                count,
+                at,
+            } => {
+                let g = self.td(td);
+                let list = td_descs(descs);
+                let base = usize::try_from(SPARE - HOST).unwrap_or(0);
+                for (i, q) in list.iter().flatten().enumerate() {
+                    let at = base + i * 8;
+                    self.host[at..at + 8].copy_from_slice(&q.to_le_bytes());
+                }
+                let rcx = match count {
+                    0 => list.len() as u64,
+                    c => u64::from(c - 1),
+                };
+                let regs = SeamRegs {
+                    rcx,
+                    rdx: SPARE + u64::from(at),
+                    ..r
+                };
+                self.tdcall(g, leaf(dmar::TDG_IQ_INV_REQUEST), regs);
+            }
+        }
+    }
+}
+
+/// The descriptors [`TdDescs`] picks (at most a page's 128).
+fn td_descs(d: TdDescs) -> Vec<[u64; 4]> {
+    let domain = dmar::INV_DESC_IOTLB
+        | dmar::IOTLB_G_DOMAIN << dmar::IOTLB_G_SHIFT
+        | dmar::IOTLB_DW
+        | dmar::IOTLB_DR;
+    let page = dmar::INV_DESC_IOTLB
+        | dmar::IOTLB_G_PAGE << dmar::IOTLB_G_SHIFT
+        | dmar::IOTLB_DW
+        | dmar::IOTLB_DR;
+    let status = |s: TdStatus| match s {
+        TdStatus::Word { page: p, word } => {
+            HOST + u64::from(p % HOST_PAGES as u8) * PAGE + u64::from(word % 1024) * 4
+        }
+        TdStatus::Tdr { k } => tdr_page(u64::from(k % 4)) + 8,
+        TdStatus::Raw { v } => v,
+    };
+    let iotlb = |n: u8, pick: u8| -> Vec<[u64; 4]> {
+        (0..1 + n % 127)
+            .map(|i| match (pick >> (i % 8)) & 1 {
+                0 => [domain, 0, 0, 0],
+                _ => [page, GPA_BASE | dmar::IOTLB_IH, 0, 0],
+            })
+            .collect()
+    };
+    let wait = |data: u32, s: TdStatus| {
+        [
+            dmar::WAIT_DESC_TYPE | dmar::WAIT_DESC_SW | u64::from(data) << 32,
+            status(s),
+            0,
+            0,
+        ]
+    };
+    match d {
+        TdDescs::Good {
+            n,
+            page,
+            wait: w,
+            data,
+            status: s,
+        } => {
+            let mut v = iotlb(n, page);
+            if w {
+                v.push(wait(data, s));
+            }
+            v
+        }
+        TdDescs::Bad {
+            n,
+            at,
+            q,
+            v,
+            status: s,
+        } => {
+            let mut list = iotlb(n, 0);
+            list.push(wait(1, s));
+            let i = usize::from(at) % list.len();
+            list[i][usize::from(q % 4)] = v;
+            list
         }
     }
 }
@@ -2719,4 +2882,108 @@ pub fn decode(data: &[u8]) -> (bool, Vec<Op>) {
         }
     }
     (five, ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TD's own IOTLB request through the target's checks: a held status page refused, the
+    /// request accepted with its status word 4 mod 8, the host's INV_REQ_TD (pool 0 refused),
+    /// then PROCESS while the status page is read-only: the call succeeds, nothing is written
+    /// and the request stays active (review s23: a status write must not be dropped, nor a
+    /// processed queue answered as a refusal); once the page is writable again PROCESS writes
+    /// it (only there: the host-memory check) and the TD's next request is taken.
+    #[test]
+    fn a_tds_request_whose_status_page_turns_read_only_is_written_later() {
+        let run_ops = || {
+            let t0 = Td::Slot { slot: 0 };
+            let descs = |status| TdDescs::Good {
+                n: 1,
+                page: 2,
+                wait: true,
+                data: 0xabcd,
+                status,
+            };
+            let word = TdStatus::Word { page: 0, word: 7 };
+            let request = |status| Op::TdInvRequest {
+                td: t0,
+                descs: descs(status),
+                count: 0,
+                at: 0,
+            };
+            let host = |pool| Op::IqRequest {
+                tdi: 0,
+                iommu: Iommu::Own,
+                kind: InvKind::Td { td: t0, pool },
+                wait: WaitDesc::Good { data: 1 },
+                status: StatusAddr::Page { page: 2, word: 100 },
+            };
+            let process = Op::IqProcess {
+                tdi: 0,
+                iommu: Iommu::Own,
+            };
+            let ops = [
+                Op::TdCreate,
+                Op::DeviceCreate {
+                    dev: 0,
+                    bars: Bars::One,
+                    list: ListMut::Fine,
+                },
+                Op::DevifCreate {
+                    dev: 0,
+                    bus: 0,
+                    func: 0,
+                    pages: 0,
+                },
+                Op::Bind {
+                    tdi: 0,
+                    td: t0,
+                    report: Report::Split,
+                    r8: false,
+                    relay: Relay::Drive,
+                },
+                Op::DmarAdd {
+                    tdi: 0,
+                    td: t0,
+                    idx: Idx::Good,
+                    qw: AddQwords::Good,
+                },
+                Op::DmarAccept {
+                    tdi: 0,
+                    td: t0,
+                    m: AcceptMut::Fine,
+                },
+                request(TdStatus::Tdr { k: 0 }),
+                request(word),
+                request(word),
+                Op::HostPage {
+                    page: 0,
+                    read_only: true,
+                },
+                host(0),
+                host(5),
+                process,
+                process,
+                request(word),
+                Op::HostPage {
+                    page: 0,
+                    read_only: false,
+                },
+                process,
+                request(word),
+                Op::UnbindAll { tdi: 0 },
+            ];
+            let stats = run(&encode(false, &ops));
+            // Refused: the held TDR, IN_PROGRESS twice (the second while the word could not be
+            // written), pool 0; then the unbind's three waits. The last request was taken.
+            assert_eq!(stats.refused, 7, "{stats:?}");
+        };
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(run_ops)
+            .expect("spawn")
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    }
 }

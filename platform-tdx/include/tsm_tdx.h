@@ -37,7 +37,10 @@
  * this memory while a call runs must do so with aligned 8-byte stores (never narrower or
  * unaligned ones: those race with the firmware's loads); it then gets the outcome of the
  * words as each was read once, which may mix old and new words of a block it rewrites, but is
- * checked as a whole like any other input. Reserved fields must be zero, in a BAR list also
+ * checked as a whole like any other input. The one narrower access: a TD's wait status word
+ * (TDG_IQ_INV_REQUEST), which the firmware writes with one aligned 4-byte atomic store when
+ * the request ends, leaving the other half of its 8-byte word alone; the host leaves that
+ * word to the TD while the request is active. Reserved fields must be zero, in a BAR list also
  * each range's attributes and range_id. Memory given at init (the pool, the host range) and
  * the firmware's own state are never accepted as MMIO (TSM_RESERVED_MEMORY).
  *
@@ -197,20 +200,39 @@ struct tsm_tdx_range_list {
                                           (R9: type 5, FN, PD 0, data 63:32; R10 the status
                                           address, 4-byte aligned, shared; R11, R12 0) -> RCX 0.
                                           No room in the IOMMU's trusted queue (checked first;
-                                          ADD reserved the entry's and the TD's, so a request
-                                          the state checks let through always fits):
+                                          ADD reserved the entry's and the TD's, so a PASIDTE or
+                                          IOTLB request the state checks let through always
+                                          fits; INV_REQ_TD uses the unreserved room only):
                                           TDX_IOMMU_IQ_QUEUE_FULL | RDX until PROCESS.
                                           PASIDTE of an entry not BLOCKED:
                                           TDX_DMAR_INVALID_MAPPING_STATE | R8; whose invalidation
                                           is QUEUED or DONE already (the unbind and ERROR queue it
                                           themselves): TDX_DMAR_INVALID_INV_STATE | R8, nothing
                                           queued (do not wait on the status word): PROCESS, then
-                                          REMOVE */
+                                          REMOVE.
+                                          RDX TSM_TDX_INV_REQ_TD | pool << 32 (pool 1..0xFFFF;
+                                          0 for every other type), R8 the TD's TDR: after the
+                                          TD's TDG_IQ_INV_REQUEST, queue up to `pool` of its
+                                          descriptors on this IOMMU (as many as the queue's
+                                          unreserved room allows, one slot kept for the wait)
+                                          -> RCX the descriptors still to queue here (call
+                                          again until 0, PROCESS between when the queue is
+                                          full). No request active, the IOMMU not needed by
+                                          it, or nothing left to queue there:
+                                          TDX_GUEST_INV_NOT_REQUIRED | R8. When PROCESS has
+                                          completed them (or the TD's INV_REQ_IOTLB flush) on
+                                          every IOMMU the request needs, the TD's wait status
+                                          is written once, one 4-byte store (not for a TD past
+                                          TDH_MNG_VPFLUSHDONE, nor into a page the firmware
+                                          holds by then; TDH_DMAR_REMOVE and TSM_DEVIF_UNBIND
+                                          end a request whose last IOMMU they removed) */
 #define TDH_IQ_INV_PROCESS     162u    /* RCX IOMMU id: completes the queued invalidations */
 #define TSM_TDX_PASIDTE_ADD_Q0 0x00000000000000a0ull /* SLEE | PGTT second-level only */
 #define TSM_TDX_PASIDTE_ADD_Q1 0x0000000035800000ull /* PWSNP | PGSNP | EMTE | EMT WB */
 #define TSM_TDX_INV_REQ_PASIDTE 4u
 #define TSM_TDX_INV_REQ_IOTLB   0u
+#define TSM_TDX_INV_REQ_TD      5u
+#define TSM_TDX_INV_REQ_POOL_SHIFT 32u /* RDX 47:32: INV_REQ_TD's pool_size */
 #define TSM_TDX_WAIT_DESC       0x0000000000000065ull /* R9: type 5 | SW | FN; data in 63:32 */
 #define TSM_TDX_PASIDTE_ADD_Q0_4LEVEL 0x00000000000000a8ull /* ADD_Q0 with AW 2 (4-level S-EPT) */
 /* dmar_idx_t of the PASID entry (level 0, PASID 0) of requester `rid` on the IOMMU of
@@ -250,6 +272,24 @@ struct tsm_tdx_range_list {
 #define TDG_DMAR_ACCEPT        70u     /* RCX function ID, RDX 0 (vm_idx 0, PASID 0), R8-R14 0: the
                                           owner's TDI, CONFIG_LOCKED or RUN; SLPTPTR becomes the
                                           TD's S-EPT root */
+#define TDG_IQ_INV_REQUEST     72u     /* RCX descriptor count 1..128, RDX the TD's 4 KiB
+                                          aligned private page of 32-byte VT-d descriptors
+                                          (not a page the firmware holds: TDR, TDI private,
+                                          SPDM/IDE metadata: TDX_OPERAND_INVALID | RDX):
+                                          domain- or page-selective IOTLB (DW, DR, DID 0, IH
+                                          only page-selective), a wait (SW, status GPA 4-byte
+                                          aligned, private, writable host memory, not in a
+                                          held page) only last -> RCX the descriptors
+                                          each IOMMU holding an accepted PASID entry of the TD
+                                          must queue (the module's TD exit to the VMM; ours:
+                                          this firmware's TDCALL returns to its caller; the
+                                          page and status word are read and written at the GPA
+                                          in the caller's memory). One request at a time:
+                                          TDX_GUEST_INV_IN_PROGRESS; a bad descriptor:
+                                          TDX_GUEST_INV_INVALID_DESC | its index; no such
+                                          IOMMU: TDX_GUEST_INV_NOT_REQUIRED | RDX; then a lone
+                                          wait: TDX_GUEST_INV_INVALID_DESC | 0 (ours). A
+                                          refusal writes no register but RAX */
 #define TDG_DEVIF_RD           67u     /* RCX function ID, RDX field code (7:0, rest 0), R9 0 ->
                                           RCX value */
 #define TDG_DEVIF_REQUEST      68u     /* RCX function ID, RDX 0x86 (START_INTERFACE), R9 0:
@@ -370,6 +410,13 @@ struct tsm_tdx_dev_info {
  * descriptors (3 for a PASID entry, 2 for a TD's domain) until TDH_IQ_INV_PROCESS;
  * TDH_DMAR_ADD | RCX (ours): no room to reserve for the new entry's. */
 #define TDX_IOMMU_IQ_QUEUE_FULL               0xC0000F0100000000ull
+/* The TD's own invalidations (TDG_IQ_INV_REQUEST, TDH_IQ_INV_REQUEST TSM_TDX_INV_REQ_TD).
+ * NOT_REQUIRED and IOTLB_INV_REQUEST have bit 63 clear: not failures, nothing done. The
+ * last is the module's TD-exit reason, named for hosts; this firmware does not return it. */
+#define TDX_GUEST_INV_NOT_REQUIRED            0x00000F5300000000ull
+#define TDX_GUEST_INV_IN_PROGRESS             0xC0000F5400000000ull
+#define TDX_GUEST_INV_INVALID_DESC            0xC0000F5500000000ull
+#define TDX_IOTLB_INV_REQUEST                 0x00000F5600000000ull
 /* The relay: "relay the request in the request page, RCX bytes" (not a failure); a response
  * or a request re-read with nothing outstanding; bytes that are not the answer to the
  * outstanding request (garbled, another TDI's, stale, too long; nothing changed, the request

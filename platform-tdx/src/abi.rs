@@ -35,8 +35,8 @@ pub use crate::devif::{
     TSM_DEVIF_SET_TD, devif_id, devif_req_in, devif_req_out, devif_rsp_in, devif_rsp_out,
 };
 pub use crate::dmar::{
-    TDG_DMAR_ACCEPT, TDH_DMAR_ADD, TDH_DMAR_BLOCK, TDH_DMAR_READ, TDH_DMAR_REMOVE,
-    TDH_IQ_INV_PROCESS, TDH_IQ_INV_REQUEST,
+    TDG_DMAR_ACCEPT, TDG_IQ_INV_REQUEST, TDH_DMAR_ADD, TDH_DMAR_BLOCK, TDH_DMAR_READ,
+    TDH_DMAR_REMOVE, TDH_IQ_INV_PROCESS, TDH_IQ_INV_REQUEST,
 };
 use crate::ept::SeptState;
 use crate::link::{Link, Session};
@@ -415,6 +415,23 @@ pub trait HostMemory {
     fn probe_write(&self, hpa: u64, len: usize) -> Result<(), HostFault>;
     /// Copies `src` to host memory at `hpa`.
     fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault>;
+    /// Whether [`HostMemory::write_u32`] at `hpa` would succeed, writing nothing (the same
+    /// promise as [`HostMemory::probe_write`]): `hpa` 4-byte aligned (else `Misaligned`) and
+    /// its 4 bytes writable.
+    fn probe_write_u32(&self, hpa: u64) -> Result<(), HostFault> {
+        if !hpa.is_multiple_of(4) {
+            return Err(HostFault::Misaligned);
+        }
+        self.probe_write(hpa, 4)
+    }
+    /// Stores `value` little-endian at the 4-byte aligned `hpa` as one 4-byte store, leaving
+    /// the bytes around it alone (a TD's wait status word, which may share its 8-byte word
+    /// with anything of the TD's). Byte-granular memories copy the bytes; a memory reached in
+    /// words overrides it with one 32-bit store (never a read-modify-write of the word).
+    fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
+        self.probe_write_u32(hpa)?;
+        self.write(hpa, &value.to_le_bytes())
+    }
 }
 
 /// The operand roles of `leaf` (what decoders need to read its status).
@@ -1104,25 +1121,17 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 self.sept_rd(td, gpa, size, out)?
             }
             TSM_DEVIF_UNBIND => {
-                let table = self.fw.lock_pages().map_err(core)?;
-                let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
-                if r.rdx & !UNBIND_FLAG_FORCE != 0 {
-                    return Err(st(invalid(OPERAND_ID_RDX)));
+                let outcome = self.devif_unbind(r, out)?;
+                // The Dma step may have removed the last entry a TD's own IOTLB request still
+                // required: the request ends now (its status written), not at some later
+                // PROCESS. Not after a refusal, which changes nothing (a wait keeps its
+                // progress, and its step removed nothing). The unbind's outcome stands either
+                // way: a lock busy elsewhere leaves the request for the next PROCESS or REMOVE
+                // (ours).
+                if !matches!(outcome, Outcome::Core(Err(_))) {
+                    let _ = self.end_td_requests();
                 }
-                // A stop for an IOTLB invalidation is the core's status for the wait it met:
-                // the entry's own (`IotlbInvalidationPending`, TDX_DMAR_INVALID_INV_STATE +
-                // DMAR) or the TD's domain's (`IotlbNotTracked`,
-                // TDX_IOMMU_IOTLB_TRACKING_NOT_DONE).
-                if r.rdx & UNBIND_FLAG_FORCE != 0 {
-                    // Asks nothing of the device: no request, no page.
-                    if r.r8 != 0 {
-                        return Err(st(invalid(OPERAND_ID_R8)));
-                    }
-                    Outcome::Core(tsm.unbind_forced(tdi))
-                } else {
-                    let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
-                    self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))?
-                }
+                outcome
             }
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT
@@ -1425,6 +1434,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             }
             TDG_DEVIF_REQUEST | TDG_DEVIF_RESPONSE => self.devif_guest(leaf, td, tdr, r, out)?,
             TDG_DMAR_ACCEPT => self.dmar_accept(td, r)?,
+            TDG_IQ_INV_REQUEST => self.td_inv_request(&tds, td, r, out)?,
             _ => st(invalid(OPERAND_ID_RAX)),
         })
     }
@@ -1662,5 +1672,13 @@ impl<M: HostMemory + ?Sized> HostMemory for &M {
 
     fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
         (**self).write(hpa, src)
+    }
+
+    fn probe_write_u32(&self, hpa: u64) -> Result<(), HostFault> {
+        (**self).probe_write_u32(hpa)
+    }
+
+    fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
+        (**self).write_u32(hpa, value)
     }
 }

@@ -33,7 +33,7 @@
 //! the `extern "C"` functions are one-line calls on the static one.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use spin::Once;
 use tsm_core::{MmioRange, ReservedMemory};
@@ -99,7 +99,8 @@ impl HostWindow {
     ///
     /// If it returns `Ok`, `base` must be valid for reads and writes of `len` bytes for the
     /// rest of the program, and every other access to those bytes must be atomic or not
-    /// concurrent with the firmware's (C code outside Rust's memory model: word-sized stores).
+    /// concurrent with the firmware's (C code outside Rust's memory model: word-sized stores;
+    /// the firmware's one narrower access is a TD's 4-byte status word, `write_u32`).
     pub unsafe fn new(base: *mut u8, len: usize) -> Result<Self, TdxStatus> {
         let Some(base) = NonNull::new(base.cast::<u64>()) else {
             return Err(invalid(OPERAND_ID_R8));
@@ -157,6 +158,28 @@ impl HostWindow {
         }))
     }
 
+    /// The 32-bit half-word at `addr`, 4-byte aligned inside the window (a TD's wait status
+    /// word: one 4-byte store, never a read-modify-write of the word around it, which would
+    /// lose the host's concurrent store to its other half).
+    fn half_word(&self, addr: u64) -> Result<&AtomicU32, HostFault> {
+        let offset = addr
+            .checked_sub(self.base())
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(HostFault::OutsideHostMemory)?;
+        let end = offset.checked_add(4).ok_or(HostFault::OutsideHostMemory)?;
+        if end > self.len {
+            return Err(HostFault::OutsideHostMemory);
+        }
+        if !offset.is_multiple_of(4) {
+            return Err(HostFault::Misaligned);
+        }
+        // SAFETY: `offset + 4` is inside the window (checked above), so the pointer is in
+        // bounds, 4-byte aligned (the base is 8-byte aligned, the offset a multiple of 4), and
+        // valid for the program's life by `HostWindow::new`'s contract; other accesses are
+        // atomic or not concurrent, as `AtomicU32::from_ptr` requires.
+        Ok(unsafe { AtomicU32::from_ptr(self.base.as_ptr().cast::<u8>().add(offset).cast()) })
+    }
+
     /// Copies `out.len()` bytes of host memory at `addr` into `out`, each word with one load.
     pub fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), HostFault> {
         let words = self.words(addr, out.len())?;
@@ -206,6 +229,17 @@ impl HostMemory for HostWindow {
 
     fn write(&self, hpa: u64, src: &[u8]) -> Result<(), HostFault> {
         HostWindow::write(self, hpa, src)
+    }
+
+    fn probe_write_u32(&self, hpa: u64) -> Result<(), HostFault> {
+        self.half_word(hpa).map(drop)
+    }
+
+    /// One 4-byte store (the bytes little-endian in memory, as every other write here).
+    fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
+        let word = self.half_word(hpa)?;
+        word.store(u32::from_ne_bytes(value.to_le_bytes()), Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -1366,6 +1400,146 @@ mod tests {
         }
         assert!(pool.iter().all(|p| p.0.iter().all(|&w| w == 7)));
         assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY);
+    }
+
+    /// The C window takes the TD's 4-byte status word at an address 4 mod 8 as one 4-byte
+    /// store: the other half of the word is the host's and stays as it was (review s23 H1:
+    /// the window used to refuse it `Misaligned`); a misaligned or outside one is refused.
+    #[test]
+    fn a_four_byte_store_at_4_mod_8_leaves_the_other_half_alone() {
+        // One raw pointer for the firmware and the host's side alike (no reborrow between).
+        let host = leak_host(1).as_mut_ptr();
+        let base = host.cast::<u8>();
+        // SAFETY: leaked, 4 KiB aligned, 4 KiB long.
+        let w = unsafe { HostWindow::new(base, PAGE_BYTES) }.unwrap();
+        let at = base.addr() as u64 + 0x40;
+        // Plain (not atomic) host accesses, none concurrent with the store: Miri's weak-memory
+        // model cannot mix an 8-byte atomic and a 4-byte one on the same word (it panics).
+        let word8 = host.cast::<u64>().wrapping_add(8);
+        // SAFETY: word 8 of the leaked page; no other access runs meanwhile.
+        unsafe { word8.write(0x1111_2222_3333_4444) };
+        assert_eq!(HostMemory::write_u32(&w, at + 4, 0xdead_beef), Ok(()));
+        // SAFETY: as above.
+        assert_eq!(unsafe { word8.read() }, 0xdead_beef_3333_4444);
+        assert_eq!(HostMemory::probe_write_u32(&w, at + 4), Ok(()));
+        assert_eq!(
+            HostMemory::write_u32(&w, at + 2, 1),
+            Err(HostFault::Misaligned)
+        );
+        assert_eq!(
+            HostMemory::write_u32(&w, at + PAGE_BYTES as u64, 1),
+            Err(HostFault::OutsideHostMemory)
+        );
+        assert_eq!(
+            HostMemory::probe_write_u32(&w, base.addr() as u64 + PAGE_BYTES as u64 - 4),
+            Ok(())
+        );
+    }
+
+    /// The TD's own IOTLB request through the C entry points (`tsm_tdx_tdcall` and
+    /// `tsm_tdx_seamcall` on a firmware's window): TDG.IQ.INV.REQUEST with a wait whose status
+    /// word is at an address 4 mod 8, the host's INV_REQ_TD and PROCESS; the status word is
+    /// written with one 4-byte store, the word's other half untouched (review s23 H1: the
+    /// window refused 4-byte writes, and PROCESS dropped the error, so the TD waited for ever).
+    #[test]
+    fn a_tds_iotlb_request_writes_its_status_word_through_the_c_window() {
+        let w = World::new();
+        let model = ModelMailbox::new();
+        let (td, tdi) = w.td_and_tdi(&model);
+        let out = w.call(abi::TSM_DEVIF_BIND, w.on_tdi(tdi, td));
+        assert_eq!(w.relay(&model, tdi, out).rax, TDX_SUCCESS);
+        let rid = tsm_core::RequesterId::from_routing(0, RID as u16);
+        let idx = crate::dmar::dmar_idx(rid);
+        let add = w.call(
+            crate::dmar::TDH_DMAR_ADD,
+            SeamRegs {
+                rcx: idx,
+                rdx: td,
+                r8: crate::dmar::ADD_QWORD0_4LEVEL,
+                r9: crate::dmar::ADD_QWORD1,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!(add.rax, TDX_SUCCESS);
+        let tdcall = |leaf: u16, regs: SeamRegs| {
+            put_regs(
+                w.regs_at(),
+                SeamRegs {
+                    rax: u64::from(leaf),
+                    ..regs
+                },
+            );
+            let status = w.fw.tdcall(td, w.regs_at());
+            let out = get_regs(w.regs_at());
+            assert_eq!(out.rax, status);
+            out
+        };
+        let accept = SeamRegs {
+            rcx: tdi,
+            ..SeamRegs::default()
+        };
+        assert_eq!(
+            tdcall(crate::dmar::TDG_DMAR_ACCEPT, accept).rax,
+            TDX_SUCCESS
+        );
+        // The descriptors in page 0 (the range list's, free again); the status word in
+        // page 1's word 100, its high half (4 mod 8); the host's own status in word 101.
+        // Plain host accesses to the status word, none concurrent with the firmware's: Miri's
+        // weak-memory model cannot mix an 8-byte atomic and a 4-byte one on one word.
+        let status_word = w.host.wrapping_add(1).cast::<u64>().wrapping_add(100);
+        // SAFETY: word 100 of leaked host page 1, no call running.
+        unsafe { status_word.write(0x5555_5555) };
+        let status_at = w.page(1) + 100 * 8 + 4;
+        let descs = [
+            crate::dmar::INV_DESC_IOTLB
+                | crate::dmar::IOTLB_G_DOMAIN << crate::dmar::IOTLB_G_SHIFT
+                | crate::dmar::IOTLB_DW
+                | crate::dmar::IOTLB_DR,
+            0,
+            0,
+            0,
+            crate::dmar::WAIT_DESC_TYPE
+                | crate::dmar::WAIT_DESC_SW
+                | crate::dmar::WAIT_DESC_FN
+                | 0xabcd_0123 << 32,
+            status_at,
+            0,
+            0,
+        ];
+        for (i, q) in descs.into_iter().enumerate() {
+            word(w.host, 0, i).store(q, Ordering::Relaxed);
+        }
+        let req = tdcall(
+            crate::dmar::TDG_IQ_INV_REQUEST,
+            SeamRegs {
+                rcx: 2,
+                rdx: w.page(0),
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!((req.rax, req.rcx), (TDX_SUCCESS, 1));
+        let host = w.call(
+            crate::dmar::TDH_IQ_INV_REQUEST,
+            SeamRegs {
+                rcx: 0,
+                rdx: crate::dmar::INV_REQ_TD | 1 << crate::dmar::INV_REQ_POOL_SHIFT,
+                r8: td,
+                r9: crate::dmar::WAIT_DESC_HOST | 7 << 32,
+                r10: w.page(1) + 101 * 8,
+                ..SeamRegs::default()
+            },
+        );
+        assert_eq!((host.rax, host.rcx), (TDX_SUCCESS, 0));
+        // SAFETY: as above.
+        assert_eq!(unsafe { status_word.read() }, 0x5555_5555, "not yet");
+        let process = w.call(crate::dmar::TDH_IQ_INV_PROCESS, SeamRegs::default());
+        assert_eq!(process.rax, TDX_SUCCESS);
+        assert_eq!(
+            // SAFETY: as above.
+            unsafe { status_word.read() },
+            0xabcd_0123_5555_5555,
+            "the high half written, the low half the host's"
+        );
     }
 
     /// Bind and unbind through the C entry points, every exchange relayed by the host through

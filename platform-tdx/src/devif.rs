@@ -34,8 +34,8 @@ use tsm_core::tdisp::{request, response};
 use tsm_core::{Completion, DeviceOp, Error, GuestId, Hpa, SecureSession, TdiId, TsmResult};
 
 use crate::abi::{
-    Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, core_err, decode_function_id,
-    decode_hpa, function_id, host_fault, invalid, named, whole_words,
+    Dispatcher, HostMemory, MESSAGE_PAGE_ALIGN, Outcome, SeamRegs, UNBIND_FLAG_FORCE, core_err,
+    decode_function_id, decode_hpa, function_id, host_fault, invalid, named, whole_words,
 };
 use crate::link::{Keys, Session};
 use crate::module::{
@@ -265,6 +265,36 @@ fn td_request_now(entry: &DevifEntry, waiting: Option<DeviceOp>) -> TdRequest {
 }
 
 impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S, M, SHARDS> {
+    /// TSM.DEVIF.UNBIND's call into the core (RCX the TDI, RDX the flags, R8 the request
+    /// page), the DEVIF lock held to its end and given back before the caller goes on.
+    pub(crate) fn devif_unbind(
+        &self,
+        r: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let tsm = self.tsm;
+        let table = self.fw.lock_pages().map_err(core_err)?;
+        let (tdi, _) = devif_at(&table, r.rcx).map_err(st)?;
+        if r.rdx & !UNBIND_FLAG_FORCE != 0 {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
+        // A stop for an IOTLB invalidation is the core's status for the wait it met:
+        // the entry's own (`IotlbInvalidationPending`, TDX_DMAR_INVALID_INV_STATE +
+        // DMAR) or the TD's domain's (`IotlbNotTracked`,
+        // TDX_IOMMU_IOTLB_TRACKING_NOT_DONE).
+        if r.rdx & UNBIND_FLAG_FORCE != 0 {
+            // Asks nothing of the device: no request, no page.
+            if r.r8 != 0 {
+                return Err(st(invalid(OPERAND_ID_R8)));
+            }
+            Ok(Outcome::Core(tsm.unbind_forced(tdi)))
+        } else {
+            let page = self.request_page(&table, r.r8, OPERAND_ID_R8)?;
+            self.relayed(out, tdi, Some(page), |buf| Ok(tsm.unbind(tdi, buf)))
+        }
+    }
+
     /// A shared page operand the firmware writes a request to: 4 KiB aligned, below 2^52, a
     /// whole page of host memory (probed writable), not a page the firmware holds
     /// (`TDX_PAGE_METADATA_INCORRECT`).

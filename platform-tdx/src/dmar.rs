@@ -1,7 +1,8 @@
 //! Trusted DMA on TDX Connect: the trusted IOMMU's scalable-mode PASID-table entries the
 //! firmware keeps for the TDIs, one per TDI's requester ID (PASID 0, RID_PASID), and the
 //! TDX-IO leaves that reach them (TDH.DMAR.ADD/BLOCK/READ/REMOVE, TDH.IQ.INV.REQUEST/PROCESS,
-//! TDG.DMAR.ACCEPT).
+//! TDG.DMAR.ACCEPT), and the TD's own IOTLB invalidation requests (TDG.IQ.INV.REQUEST, queued
+//! by the host's TDH.IQ.INV.REQUEST INV_REQ_TD on each IOMMU that needs them).
 //!
 //! Numbers are the TDX module's TDX-IO sources (intel/tdx-module, TDX-IO files at the commits
 //! named per item: `include/tdx_api_defs.h` @a56a9173cda32a711510ac2fb87ce049c22f1450 for the
@@ -27,16 +28,16 @@
 //! in R15, is 0 in every PASID entry it accepts (qwords 2..7 must be 0) and in every entry this
 //! firmware keeps; ADD takes it as 0 and READ does not give it.
 
-use tsm_core::capacity::MAX_TDIS;
+use tsm_core::capacity::{MAX_GUESTS, MAX_TDIS};
 use tsm_core::dma::DmaState;
 use tsm_core::{
-    Completion, Error, GuestId, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
+    Completion, Error, GuestId, Hpa, InterfaceId, RequesterId, SecureSession, TableError, TdiId,
     TdiState, Tsm,
 };
 
 use crate::abi::{Dispatcher, HostMemory, Outcome, SeamRegs, core_err, invalid, named};
 use crate::devif::devif_at;
-use crate::module::{PageTable, devif_in, td_in};
+use crate::module::{PageTable, SpdmTable, TdTable, devif_in, page_held, td_in};
 use crate::sept::SeptError;
 use crate::status::{
     self, OPERAND_ID_DMAR, OPERAND_ID_R8, OPERAND_ID_R9, OPERAND_ID_R10, OPERAND_ID_R11,
@@ -57,6 +58,13 @@ pub const TDH_IQ_INV_REQUEST: u16 = 161;
 pub const TDH_IQ_INV_PROCESS: u16 = 162;
 /// TDG.DMAR.ACCEPT (same file, `tdcall_leaf_opcode_e`).
 pub const TDG_DMAR_ACCEPT: u16 = 70;
+/// TDG.IQ.INV.REQUEST (`tdx_api_defs.h` @6e66b9d2070aa49562518087160b2c6ae6418555,
+/// `tdcall_leaf_opcode_e` `TDG_IQ_INV_REQUEST_LEAF`): the TD asks for IOTLB invalidations of
+/// its own domain (RCX the descriptor count, RDX the page of descriptors). The module then
+/// exits to the VMM (`TDX_IOTLB_INV_REQUEST`, the count in the exit details); this firmware has
+/// no TD exit, so the TDCALL's return stands for it: RCX out the count each required IOMMU
+/// must commit (ours).
+pub const TDG_IQ_INV_REQUEST: u16 = 72;
 
 // ---- dmar_idx_t (RCX of TDH.DMAR.*; `dmar_defs.h` @92f6945d) ----------------------------
 
@@ -285,6 +293,54 @@ pub struct DmarEntry {
     pub te: PasidTe,
     /// What the entry's IOMMU owes the TD's domain since the TD's last TDH.MEM.TRACK.
     pub iotlb: IotlbOwed,
+    /// The TD-requested invalidation's progress on the entry's IOMMU.
+    pub td_inv: TdInvMark,
+}
+
+/// The progress of a TD-requested invalidation (TDG.IQ.INV.REQUEST) on one IOMMU: the
+/// module's bit in `req_iommu_bm` and its `iotlb_committed` / `iotlb_complete` counts
+/// (`tdcs_tdxio_fields_t`; `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a,
+/// `tdh_iq_inv_request.c` and `tdh_iq_inv_process.c` @6e66b9d2070aa49562518087160b2c6ae6418555). Kept on each accepted
+/// entry of the TD on the IOMMU, alike on all of them, as [`IotlbOwed`] is (ours: bounded by the
+/// table's entries, no IOMMU count). The last such entry is not removed while descriptors the
+/// host queued there wait for PROCESS (ours, [`DmarTable::td_inv_holds`]: the slots they hold
+/// are counted on it); with nothing queued it goes, and the IOMMU's part of the request with
+/// it: the entry's own invalidation, done before REMOVE, flushed the TD's DID there, which is
+/// all the request asks of that IOMMU. So a TD's request never holds a teardown up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TdInvMark {
+    /// The request needs this IOMMU and it has not completed every descriptor.
+    pub required: bool,
+    /// Descriptors the host's INV_REQ_TD requests queued here (`iotlb_committed`).
+    pub committed: u8,
+    /// Of those, queued and not yet processed (the trusted-queue slots they hold).
+    pub queued: u8,
+    /// Wait descriptors the host's INV_REQ_TD requests queued here, not yet processed.
+    pub waits: u8,
+    /// Descriptors TDH.IQ.INV.PROCESS completed here (`iotlb_complete`).
+    pub complete: u8,
+}
+
+/// A TD's own invalidation request (TDG.IQ.INV.REQUEST): the module's `req_active`, `req_num`
+/// and `status_complete_wr` / `_gpa` / `_data` (same sources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TdInvRequest {
+    /// A request is outstanding (`req_active`): a new one is `TDX_GUEST_INV_IN_PROGRESS`.
+    pub active: bool,
+    /// IOTLB descriptors each required IOMMU must complete (`req_num`: the count less the
+    /// wait descriptor).
+    pub req_num: u8,
+    /// The wait descriptor's status GPA and data, written once when the last IOMMU completes.
+    pub status: Option<(u64, u32)>,
+}
+
+/// Why a TD request step was refused (the dispatcher names the status and operand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TdInvRefusal {
+    /// `TDX_GUEST_INV_IN_PROGRESS`.
+    InProgress,
+    /// `TDX_GUEST_INV_NOT_REQUIRED`.
+    NotRequired,
 }
 
 /// The TD-wide IOTLB tracking of one IOMMU, kept on each of the TD's PASID entries there (the
@@ -314,6 +370,8 @@ pub enum IotlbOwed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmarTable {
     entries: [Option<DmarEntry>; MAX_TDIS],
+    /// Each TD's own invalidation request, by guest slot.
+    td_req: [TdInvRequest; MAX_GUESTS],
 }
 
 impl Default for DmarTable {
@@ -327,6 +385,11 @@ impl DmarTable {
     pub const fn new() -> Self {
         Self {
             entries: [None; MAX_TDIS],
+            td_req: [TdInvRequest {
+                active: false,
+                req_num: 0,
+                status: None,
+            }; MAX_GUESTS],
         }
     }
 
@@ -374,6 +437,13 @@ impl DmarTable {
             guest,
             te,
             iotlb: IotlbOwed::Nothing,
+            td_inv: TdInvMark {
+                required: false,
+                committed: 0,
+                queued: 0,
+                waits: 0,
+                complete: 0,
+            },
         });
         Ok(())
     }
@@ -446,12 +516,15 @@ impl DmarTable {
     }
 
     /// IQ.INV.PROCESS on the IOMMU of `segment`: every QUEUED invalidation DONE (the wait
-    /// descriptor seen complete), the PASID entries' and the TD-wide IOTLB ones, but the entry
-    /// invalidations of the guests `held` names (tests: a host holding a guest's flushes,
+    /// descriptor seen complete), the PASID entries', the TD-wide IOTLB ones and the TDs' own
+    /// requests' descriptors (`process_td_requests`), but the entry invalidations of the guests
+    /// `held` names (tests: a host holding a guest's flushes,
     /// [`crate::sept::Sept::hold_flush`], as SEV's held fence holds a blocked sDTE's). Bounded
     /// by the table's size. How many completed.
     pub fn process(&mut self, segment: u16, held: impl Fn(GuestId) -> bool) -> usize {
         let mut done = 0usize;
+        // The TDs whose domain flush (INV_REQ_IOTLB) completed here, by guest slot.
+        let mut flushed = [false; MAX_GUESTS];
         for e in self.entries.iter_mut().flatten() {
             if e.rid.segment() != segment {
                 continue;
@@ -463,10 +536,261 @@ impl DmarTable {
             }
             if e.iotlb == IotlbOwed::Queued {
                 e.iotlb = IotlbOwed::Nothing;
+                if let Some(f) = flushed.get_mut(usize::from(e.guest.slot())) {
+                    *f = true;
+                }
                 done = done.saturating_add(1);
             }
         }
+        done.saturating_add(self.process_td_requests(segment, &flushed))
+    }
+
+    /// PROCESS's part for the TD requests on the IOMMU of `segment`: every queued descriptor
+    /// complete (`iotlb_complete` counted up), and an IOMMU that completed the request's
+    /// `req_num` descriptors no longer required (its `req_iommu_bm` bit cleared). Ours: only
+    /// the TD's descriptors are counted; the module also counts each request's wait
+    /// descriptor, which its `==` test then never matches once a request took two host calls.
+    /// And a TD whose domain-selective flush (INV_REQ_IOTLB) completed here in the same
+    /// PROCESS (`flushed`, by guest slot) has its request's mark cleared here whatever it
+    /// counted: that flush covers every descriptor a TD may ask for (the module clears the
+    /// IOMMU's `req_iommu_bm` bit in its INV_REQ_IOTLB case, `tdh_iq_inv_process.c`
+    /// @6e66b9d2). How many IOMMU marks changed.
+    fn process_td_requests(&mut self, segment: u16, flushed: &[bool; MAX_GUESTS]) -> usize {
+        let mut done = 0usize;
+        let reqs = self.td_req;
+        for e in self.entries.iter_mut().flatten() {
+            let m = &mut e.td_inv;
+            let slot = usize::from(e.guest.slot());
+            let covered = m.required && flushed.get(slot).copied().unwrap_or(false);
+            if e.rid.segment() != segment || (m.queued == 0 && m.waits == 0 && !covered) {
+                continue;
+            }
+            m.complete = m.complete.saturating_add(m.queued);
+            m.queued = 0;
+            m.waits = 0;
+            let req_num = reqs.get(slot).map_or(0, |r| r.req_num);
+            if covered || (m.required && m.complete >= req_num) {
+                *m = TdInvMark::default();
+            }
+            done = done.saturating_add(1);
+        }
         done
+    }
+
+    /// Whether a TD request is active with no IOMMU still required (what
+    /// [`DmarTable::finish_td_requests`] would end).
+    pub fn td_requests_finishing(&self) -> bool {
+        self.td_req.iter().enumerate().any(|(slot, r)| {
+            r.active
+                && u16::try_from(slot).is_ok_and(|slot| !self.td_pending(GuestId::from_slot(slot)))
+        })
+    }
+
+    /// Whether an IOMMU is still required by `guest`'s request.
+    fn td_pending(&self, guest: GuestId) -> bool {
+        self.entries()
+            .any(|e| e.guest == guest && e.td_inv.required)
+    }
+
+    /// Ends the TD requests every required IOMMU has completed (`emulate_wait_complete` and
+    /// `req_active` cleared together, `tdh_iq_inv_process.c` @6e66b9d2): `complete` is given
+    /// the TD and its wait's status (GPA, data) and writes it, and only then is the request
+    /// reset, in the same call, so under the caller's table lock: no new request of the TD can
+    /// be taken before its old status word is written. A request whose `complete` answers
+    /// `false` (its word could not be written) stays active, to be ended again; the others
+    /// end all the same. Bounded by the guests times the entries. How many ended, and how many
+    /// stay active for that reason.
+    pub fn finish_td_requests(
+        &mut self,
+        mut complete: impl FnMut(GuestId, Option<(u64, u32)>) -> bool,
+    ) -> (usize, usize) {
+        let (mut ended, mut kept) = (0usize, 0usize);
+        for slot in 0..self.td_req.len() {
+            let Ok(id) = u16::try_from(slot) else {
+                break;
+            };
+            let guest = GuestId::from_slot(id);
+            let pending = self.td_pending(guest);
+            let Some(r) = self.td_req.get_mut(slot) else {
+                break;
+            };
+            if !r.active || pending {
+                continue;
+            }
+            if complete(guest, r.status) {
+                *r = TdInvRequest::default();
+                ended = ended.saturating_add(1);
+            } else {
+                kept = kept.saturating_add(1);
+            }
+        }
+        (ended, kept)
+    }
+
+    /// `guest` stops running (TDH.MNG.VPFLUSHDONE): its request ends unwritten, and its marks
+    /// with nothing queued go; marks whose descriptors the host queued keep their slots until
+    /// PROCESS completes them (the request no longer active, that PROCESS clears them).
+    pub fn td_request_cancel(&mut self, guest: GuestId) {
+        if let Some(r) = self.td_req.get_mut(usize::from(guest.slot())) {
+            *r = TdInvRequest::default();
+        }
+        for e in self.entries.iter_mut().flatten() {
+            let m = &mut e.td_inv;
+            if e.guest == guest && m.queued == 0 && m.waits == 0 {
+                *m = TdInvMark::default();
+            }
+        }
+    }
+
+    /// `guest`'s own invalidation request.
+    pub fn td_request(&self, guest: GuestId) -> Option<TdInvRequest> {
+        self.td_req.get(usize::from(guest.slot())).copied()
+    }
+
+    /// The mark of `guest`'s request on the IOMMU of `segment` (the first of its entries
+    /// there that carries it: they agree), if the request needs that IOMMU.
+    pub fn td_inv_mark(&self, guest: GuestId, segment: u16) -> Option<TdInvMark> {
+        self.entries()
+            .find(|e| e.guest == guest && e.rid.segment() == segment && e.td_inv.required)
+            .map(|e| e.td_inv)
+    }
+
+    /// TDG.IQ.INV.REQUEST's state step for `guest`, its descriptors already checked:
+    /// `InProgress` while a request is active; `NotRequired` when no IOMMU holds an accepted
+    /// entry of the TD (`pasidte_ref_cnt` 0 everywhere); else the request active with `req_num`
+    /// descriptors and the wait's status, and every accepted entry's IOMMU required with
+    /// nothing committed. A refusal changes nothing.
+    pub fn td_request_start(
+        &mut self,
+        guest: GuestId,
+        req_num: u8,
+        status: Option<(u64, u32)>,
+    ) -> Result<(), TdInvRefusal> {
+        self.td_request_check(guest)?;
+        let r = self
+            .td_req
+            .get_mut(usize::from(guest.slot()))
+            .ok_or(TdInvRefusal::NotRequired)?;
+        *r = TdInvRequest {
+            active: true,
+            req_num,
+            status,
+        };
+        for e in self.entries.iter_mut().flatten() {
+            if e.guest == guest && e.te.slptptr() != 0 {
+                e.td_inv = TdInvMark {
+                    required: true,
+                    ..TdInvMark::default()
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`DmarTable::td_request_start`] would take a request of `guest` now.
+    pub fn td_request_check(&self, guest: GuestId) -> Result<(), TdInvRefusal> {
+        if self.td_request(guest).is_some_and(|r| r.active) {
+            return Err(TdInvRefusal::InProgress);
+        }
+        if !self
+            .entries()
+            .any(|e| e.guest == guest && e.te.slptptr() != 0)
+        {
+            return Err(TdInvRefusal::NotRequired);
+        }
+        Ok(())
+    }
+
+    /// The descriptors the host's INV_REQ_TD for `guest` on the IOMMU of `segment` may
+    /// commit now, at most `pool` and at most `room - 1` (one slot for its wait
+    /// descriptor): `NotRequired` with no request active, the IOMMU not required, or every
+    /// descriptor committed there (`tdh_iq_inv_request.c` @6e66b9d2).
+    pub fn td_commit_count(
+        &self,
+        guest: GuestId,
+        segment: u16,
+        pool: u16,
+        room: u16,
+    ) -> Result<u8, TdInvRefusal> {
+        let r = self
+            .td_request(guest)
+            .filter(|r| r.active)
+            .ok_or(TdInvRefusal::NotRequired)?;
+        let m = self
+            .td_inv_mark(guest, segment)
+            .ok_or(TdInvRefusal::NotRequired)?;
+        let left = r.req_num.saturating_sub(m.committed);
+        if left == 0 {
+            return Err(TdInvRefusal::NotRequired);
+        }
+        let cap = u8::try_from(pool.min(room.saturating_sub(1))).unwrap_or(u8::MAX);
+        Ok(left.min(cap))
+    }
+
+    /// Queues `count` of `guest`'s descriptors and one wait on the IOMMU of `segment`
+    /// ([`DmarTable::td_commit_count`] said so): the descriptors still to commit there.
+    pub fn td_commit(&mut self, guest: GuestId, segment: u16, count: u8) -> u8 {
+        let req_num = self.td_request(guest).map_or(0, |r| r.req_num);
+        let mut left = 0;
+        for e in self.entries.iter_mut().flatten() {
+            let m = &mut e.td_inv;
+            if e.guest == guest && e.rid.segment() == segment && m.required {
+                m.committed = m.committed.saturating_add(count);
+                m.queued = m.queued.saturating_add(count);
+                m.waits = m.waits.saturating_add(1);
+                left = req_num.saturating_sub(m.committed);
+            }
+        }
+        left
+    }
+
+    /// Whether removing the entry of `rid` would drop the last mark of its TD's request on
+    /// its IOMMU while descriptors the host queued there wait for PROCESS (ours: REMOVE waits
+    /// for the host's PROCESS, as for a TRACK's queued invalidation; only the host queues, so
+    /// the TD cannot hold a teardown up: a request merely required there goes with the entry).
+    pub fn td_inv_holds(&self, rid: RequesterId) -> bool {
+        let Some(e) = self.entry(rid) else {
+            return false;
+        };
+        e.td_inv.required
+            && (e.td_inv.queued > 0 || e.td_inv.waits > 0)
+            && !self.entries().any(|d| {
+                d.rid != rid
+                    && d.guest == e.guest
+                    && d.rid.segment() == e.rid.segment()
+                    && d.td_inv.required
+            })
+    }
+
+    /// The trusted-queue slots the TD requests' descriptors and waits queued on the IOMMU of
+    /// `segment` hold until PROCESS, counted once per TD (its entries there agree). They come
+    /// out of the unreserved room only (ours: see the INV_REQ_TD handler).
+    fn td_slots(&self, segment: u16) -> u16 {
+        let mut slots = 0u16;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(e) = e.as_ref().filter(|e| e.rid.segment() == segment) else {
+                continue;
+            };
+            let counted_before = self
+                .entries
+                .iter()
+                .take(i)
+                .flatten()
+                .any(|d| d.guest == e.guest && d.rid.segment() == segment && d.td_inv.required);
+            if e.td_inv.required && !counted_before {
+                slots = slots
+                    .saturating_add(u16::from(e.td_inv.queued))
+                    .saturating_add(u16::from(e.td_inv.waits));
+            }
+        }
+        slots
+    }
+
+    /// The guest slot is free again (its TD destroyed): its request record starts over.
+    pub fn forget_guest(&mut self, guest: GuestId) {
+        if let Some(r) = self.td_req.get_mut(usize::from(guest.slot())) {
+            *r = TdInvRequest::default();
+        }
     }
 
     /// TDH.MEM.TRACK of `guest`: every IOMMU with an accepted entry of the TD (SLPTPTR set:
@@ -525,14 +849,16 @@ impl DmarTable {
     /// back by TDH.IQ.INV.PROCESS): [`IQ_PASIDTE_DESCS`] per PASID entry whose invalidation is
     /// QUEUED (the host's request, or the firmware's own at the unbind's or ERROR's block,
     /// counted alike: ours), [`IQ_IOTLB_DESCS`] per TD whose domain invalidation is queued
-    /// there. Each within its reservation ([`DmarTable::iq_committed`]). Bounded by the
-    /// table's size.
+    /// there. Each within its reservation ([`DmarTable::iq_committed`]). And the TD
+    /// requests' descriptors and waits queued there (INV_REQ_TD), taken from the unreserved
+    /// room. Bounded by the table's size.
     pub fn iq_used(&self, segment: u16) -> u16 {
         self.iq_count(
             segment,
             |e| e.te.state() == DmaState::Invalidating,
             |e| e.iotlb == IotlbOwed::Queued,
         )
+        .saturating_add(self.td_slots(segment))
     }
 
     /// [`IQ_PASIDTE_DESCS`] per entry on the IOMMU of `segment` that `entry` counts, and
@@ -574,10 +900,12 @@ impl DmarTable {
     /// never queues again), and [`IQ_IOTLB_DESCS`] per TD with an entry there (the domain
     /// request a TRACK may owe that IOMMU, reserved or queued; given back when the TD's last
     /// entry there is removed, which [`crate::sept::Sept`] refuses while it is owed). Counted
-    /// from the entries' states, never kept: nothing can drift. At least
+    /// from the entries' states, never kept: nothing can drift. The TD requests' queued
+    /// descriptors and waits are counted as used (they reserve nothing ahead). At least
     /// [`DmarTable::iq_used`]. Bounded by the table's size.
     pub fn iq_committed(&self, segment: u16) -> u16 {
         self.iq_count(segment, |e| e.te.state() != DmaState::Invalidated, |_| true)
+            .saturating_add(self.td_slots(segment))
     }
 
     /// The slots an ADD of `guest`'s entry on the IOMMU of `segment` reserves
@@ -644,13 +972,57 @@ impl DmarTable {
 /// `inv_req_type` (TDH.IQ.INV.REQUEST RDX bits 31:0; `inv_req_type_e`,
 /// `src/common/data_structures/tdxio/inv_queue_defs.h` @92f6945d3621731b0db62424afaeef78458226e7):
 /// INV_REQ_PASIDTE, a blocked PASID entry's invalidation (R8 `rid_pasid`). This firmware takes
-/// it and [`INV_REQ_IOTLB`] (ours: RTE 1, CTE 2, PDE 3 and TD 5 are for tables it does not
-/// keep: OPERAND_INVALID + RDX).
+/// it, [`INV_REQ_IOTLB`] and [`INV_REQ_TD`] (ours: RTE 1, CTE 2, PDE 3 are for tables it does
+/// not keep: OPERAND_INVALID + RDX).
 pub const INV_REQ_PASIDTE: u64 = 4;
 /// `inv_req_type_e` INV_REQ_IOTLB (same file): the domain-selective IOTLB invalidation of a
 /// TD's DID on one IOMMU that the TD's last TDH.MEM.TRACK owes (R8 the TD's TDR;
 /// `tdh_iq_inv_request.c` @6e66b9d2070aa49562518087160b2c6ae6418555).
 pub const INV_REQ_IOTLB: u64 = 0;
+/// `inv_req_type_e` INV_REQ_TD (same file @92f6945d; handled by `tdh_iq_inv_request.c`
+/// @6e66b9d2070aa49562518087160b2c6ae6418555): queue the descriptors of the TD's own request
+/// (TDG.IQ.INV.REQUEST) on one IOMMU, R8 the TD's TDR, RDX bits 47:32 how many at most
+/// (`pool_size`, not 0).
+pub const INV_REQ_TD: u64 = 5;
+/// TDH.IQ.INV.REQUEST RDX `inv_req_type_t` (`inv_queue_defs.h` @92f6945d): bits 31:0 the type,
+/// 47:32 `pool_size` (INV_REQ_TD only; 0 for every other type), 63:48 reserved.
+pub const INV_REQ_POOL_SHIFT: u32 = 32;
+/// `inv_req_type_t` bits 63:48, reserved (OPERAND_INVALID + RDX).
+pub const INV_REQ_RESERVED: u64 = 0xffff << 48;
+/// `MAX_TD_INV_DES_COUNT`: 32-byte descriptors in the TD's 4 KiB page (`inv_queue_defs.h`
+/// @92f6945d), the most TDG.IQ.INV.REQUEST takes (RCX 1..=128).
+pub const MAX_TD_INV_DESCS: u64 = 128;
+/// Bytes of one invalidation descriptor (`inv_desc_t`, VT-d 4.1 6.5.2: 256-bit descriptors).
+pub const INV_DESC_BYTES: usize = 32;
+/// `INV_DESC_IOTLB` (`inv_desc_type_e`, `inv_queue_defs.h` @92f6945d): an IOTLB invalidate
+/// descriptor (VT-d 4.1 6.5.2.4), qword 0 bits 3:0.
+pub const INV_DESC_IOTLB: u64 = 2;
+/// IOTLB descriptor qword 0 bits 5:4, the granularity.
+pub const IOTLB_G_SHIFT: u32 = 4;
+/// `IOTLB_G_DOMAIN_SELECTIVE` (same file): the whole domain.
+pub const IOTLB_G_DOMAIN: u64 = 2;
+/// `IOTLB_G_PAGE_SELECTIVE_WITHIN_DOMAIN` (same file): `2^AM` pages at ADDR.
+pub const IOTLB_G_PAGE: u64 = 3;
+/// IOTLB descriptor qword 0 bit 6, drain writes (required by the module).
+pub const IOTLB_DW: u64 = 1 << 6;
+/// IOTLB descriptor qword 0 bit 7, drain reads (required by the module).
+pub const IOTLB_DR: u64 = 1 << 7;
+/// IOTLB descriptor qword 0 bits 31:16, the DID: 0 from a TD (the module supplies the TD's).
+pub const IOTLB_DID_SHIFT: u32 = 16;
+/// IOTLB descriptor qword 1 bits 5:0, the address mask.
+pub const IOTLB_AM_MASK: u64 = 0x3f;
+/// IOTLB descriptor qword 1 bit 6, the invalidation hint: 1 for page-selective, 0 for
+/// domain-selective, as the module requires (`tdg_iq_inv_request.c`).
+pub const IOTLB_IH: u64 = 1 << 6;
+/// IOTLB descriptor qword 1 bits 11:7, reserved.
+pub const IOTLB_Q1_RESERVED: u64 = 0xf80;
+/// Wait descriptor qword 0 IF (bit 4): no interrupt from a TD's wait.
+pub const WAIT_DESC_IF: u64 = 1 << 4;
+/// Wait descriptor qword 0 bits a TD's wait must match (`tdg_iq_inv_request.c`): the type (5,
+/// high type 0), IF 0, SW 1, PD 0, the reserved bits 8 and 31:12 0; FN is the TD's choice.
+pub const WAIT_DESC_TD_CHECKED: u64 = 0xffff_ffff & !WAIT_DESC_FN;
+/// What [`WAIT_DESC_TD_CHECKED`] bits must be.
+pub const WAIT_DESC_TD_REQUIRED: u64 = WAIT_DESC_TYPE | WAIT_DESC_SW;
 /// TDH.IQ.INV.REQUEST R8 `rid_pasid`: bits 15:0 the RID, 31:16 reserved, 51:32 the PASID,
 /// 63:52 reserved (same handler).
 pub const RID_PASID_RESERVED: u64 = 0xffff_0000 | 0xfff << 52;
@@ -878,6 +1250,10 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 // The TD's domain owed (`IotlbNotTracked`): + RCX, as every other refusal.
                 tsm.host_dma_remove(tdi)
                     .map_err(|e| dmar_refusal(e, OPERAND_ID_RCX))?;
+                // The entry may have taken the last IOMMU a TD request still required: the
+                // request ends now. The REMOVE is done either way: a lock busy elsewhere
+                // leaves the request active, for the next PROCESS or REMOVE to end (ours).
+                let _ = self.end_td_requests();
                 done
             }
             TDH_DMAR_READ => {
@@ -905,7 +1281,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // state (+ R8), then the wait descriptor R9..R12.
             TDH_IQ_INV_REQUEST => {
                 let inv_type = r.rdx & 0xffff_ffff;
-                if !matches!(inv_type, INV_REQ_PASIDTE | INV_REQ_IOTLB) || r.rdx >> 32 != 0 {
+                let pool = (r.rdx >> INV_REQ_POOL_SHIFT) & 0xffff;
+                let pool_ok = (inv_type == INV_REQ_TD) == (pool != 0);
+                if !matches!(inv_type, INV_REQ_PASIDTE | INV_REQ_IOTLB | INV_REQ_TD)
+                    || r.rdx & INV_REQ_RESERVED != 0
+                    || !pool_ok
+                {
                     return Err(st(invalid(OPERAND_ID_RDX)));
                 }
                 let segment = iommu_of(r.rcx)?;
@@ -919,7 +1300,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     .then(|| u16::try_from(r.r8 & 0xffff).ok())
                     .flatten()
                     .map(|routing| RequesterId::from_routing(segment, routing));
+                // INV_REQ_TD: room for one descriptor and its wait (`INV_REQ_AND_WAIT_DESC_SIZE`),
+                // out of the unreserved room (ours: a TD's request may name up to 128 descriptors
+                // per IOMMU, more than any reservation; the host commits them in as many calls
+                // as the room allows, RCX out the rest, as the module's partial commit does).
                 let (need, own) = match (inv_type == INV_REQ_IOTLB, rid) {
+                    _ if inv_type == INV_REQ_TD => (IQ_IOTLB_DESCS, 0),
                     (true, _) => (IQ_IOTLB_DESCS, self.domain_reservation(segment, r.r8)?),
                     (false, Some(rid)) => (
                         IQ_PASIDTE_DESCS,
@@ -934,6 +1320,11 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 }
                 if inv_type == INV_REQ_IOTLB {
                     return self.iotlb_request(segment, r);
+                }
+                if inv_type == INV_REQ_TD {
+                    let room = self.iq_unreserved(segment)?;
+                    let pool = u16::try_from(pool).unwrap_or(u16::MAX);
+                    return self.td_request_commit(segment, pool, room, r, out);
                 }
                 let rid = rid.ok_or(st(invalid(OPERAND_ID_R8)))?;
                 let tdi = dmar_tdi_in(&pages, rid, OPERAND_ID_R8)?;
@@ -963,6 +1354,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             // Every queued invalidation of the IOMMU, shard by shard (guest slot i is in shard
             // i); a shard busy elsewhere is `TDX_OPERAND_BUSY` with the shards before it done,
             // and the call is repeated (completing twice is completing once).
+            // Then every TD request no IOMMU still requires ends ([`Self::end_td_requests`]):
+            // its wait's status word written, and a new TDG.IQ.INV.REQUEST taken.
             TDH_IQ_INV_PROCESS => {
                 let segment = iommu_of(r.rcx)?;
                 for shard in 0..SHARDS {
@@ -972,17 +1365,62 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     tsm.with_guest_table(guest, |t| t.iq_process(segment))
                         .map_err(core_err)?;
                 }
+                self.end_td_requests()?;
                 done
             }
             _ => st(invalid(status::OPERAND_ID_RAX)),
         })
     }
 
+    /// Ends every TD request no IOMMU still requires, shard by shard
+    /// ([`DmarTable::finish_td_requests`]): its wait's status word written with one 4-byte
+    /// store, under the same table lock as the request's reset, so no new request of the TD is
+    /// taken before the old word is written (the module writes it and clears `req_active`
+    /// under one lock, `emulate_wait_complete`, `tdh_iq_inv_process.c` @6e66b9d2). Not
+    /// written, the request still ending (ours, [`deliver_td_status`]): a TD no longer usable
+    /// (the module skips the write for a fatal TD; VPFLUSHDONE already ended its request), or
+    /// a status page the firmware holds by now (the host handed it to TDH.MNG.CREATE, DEVIF
+    /// or SPDM metadata since the request, which refused such a page). A word the memory no
+    /// longer takes (checked writable at the request; host memory does not move, so only a
+    /// host breaking that promise gets here) is not written and its request stays active (the
+    /// TD keeps waiting; a new request is `TDX_GUEST_INV_IN_PROGRESS`): the next PROCESS,
+    /// REMOVE or unbind writes it once it can (ours: never a word dropped while the TD may
+    /// still poll it, and the caller's own work stands). Takes the TD table, the DEVIF pages
+    /// and the SPDM table (in the lock order) only when a request ends; one busy elsewhere is
+    /// the error.
+    pub(crate) fn end_td_requests(&self) -> Result<(), Outcome> {
+        for shard in 0..SHARDS {
+            let guest = u16::try_from(shard)
+                .map(GuestId::from_slot)
+                .map_err(|_| core_err(Error::Inconsistent))?;
+            let ending = self
+                .tsm
+                .with_guest_table(guest, |t| t.dmar().td_requests_finishing())
+                .map_err(core_err)?;
+            if !ending {
+                continue;
+            }
+            let tds = self.fw.read_tds().map_err(core_err)?;
+            let pages = self.fw.lock_pages().map_err(core_err)?;
+            let spdm = self.fw.read_spdm().map_err(core_err)?;
+            let host = &self.host;
+            self.tsm
+                .with_guest_table(guest, |t| {
+                    t.finish_td_requests(|td, status| {
+                        deliver_td_status(host, &tds, &pages, &spdm, td, status).is_ok()
+                    })
+                })
+                .map_err(core_err)?;
+        }
+        Ok(())
+    }
+
     /// The unreserved slots of the trusted invalidation queue of the IOMMU of `segment`: the
     /// firmware's queue size less what every shard's entries there keep, used or reserved
-    /// ([`DmarTable::iq_committed`]). Only TDH.DMAR.ADD takes more, under the DEVIF lock, and
-    /// only within this room, so the sum never passes the size and no invalidation the
-    /// firmware queues itself (the unbind's and ERROR's block) can find the queue full.
+    /// ([`DmarTable::iq_committed`]). Only TDH.DMAR.ADD and an INV_REQ_TD request take more,
+    /// under the DEVIF lock, and only within this room, so the sum never passes the size and
+    /// no invalidation the firmware queues itself (the unbind's and ERROR's block) can find
+    /// the queue full.
     fn iq_unreserved(&self, segment: u16) -> Result<u16, Outcome> {
         let committed = self.slots_over_shards(|d| d.iq_committed(segment))?;
         Ok(self.fw.iq_slots().saturating_sub(committed))
@@ -1043,6 +1481,163 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             .map_err(core_err)?
             .map_err(tracking)?;
         Ok(Outcome::Core(Ok(Completion::Done)))
+    }
+
+    /// TDH.IQ.INV.REQUEST of type [`INV_REQ_TD`] on the IOMMU of `segment` (RCX, RDX and the
+    /// room for one descriptor and its wait checked; `room` the unreserved slots): R8 the TD's
+    /// TDR (else `TDX_OPERAND_INVALID` + R8), then the TD's request: none active, the IOMMU not
+    /// required by it, or every descriptor committed there: `TDX_GUEST_INV_NOT_REQUIRED` + R8;
+    /// then the wait descriptor R9..R12 as for the other types. Queues
+    /// min(descriptors left, `pool`, `room` - 1) of the TD's descriptors (with the TD's DID,
+    /// which this model does not write out: its queue counts slots) and the host's wait; RCX
+    /// out the descriptors still to commit there (`tdh_iq_inv_request.c` @6e66b9d2).
+    /// TDH.IQ.INV.PROCESS completes them.
+    fn td_request_commit(
+        &self,
+        segment: u16,
+        pool: u16,
+        room: u16,
+        r: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        let tds = self.fw.read_tds_for(r.r8).map_err(core_err)?;
+        let td = td_in(&tds, r.r8).ok_or(st(invalid(OPERAND_ID_R8)))?;
+        crate::td::usable(&tds, td).map_err(st)?;
+        let not_required = |_| named(status::TDX_GUEST_INV_NOT_REQUIRED, OPERAND_ID_R8);
+        let count = self
+            .tsm
+            .with_guest_table(td, |t| t.dmar().td_commit_count(td, segment, pool, room))
+            .map_err(core_err)?
+            .map_err(not_required)?;
+        self.wait_descriptor(r)?;
+        let left = self
+            .tsm
+            .with_guest_table(td, |t| t.td_commit(td, segment, count))
+            .map_err(core_err)?;
+        out.rcx = u64::from(left);
+        Ok(Outcome::Core(Ok(Completion::Done)))
+    }
+
+    /// TDG.IQ.INV.REQUEST ([`TDG_IQ_INV_REQUEST`]) from TD `td`, in the module's order
+    /// (intel/tdx-module `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a):
+    /// RCX the descriptor count, 1..=[`MAX_TD_INV_DESCS`] (else `TDX_OPERAND_INVALID` + RCX);
+    /// RDX the descriptors' page, 4 KiB aligned (else + RDX), a private GPA of the TD that can
+    /// be read (ours, below); no request of the TD outstanding (`TDX_GUEST_INV_IN_PROGRESS`);
+    /// each descriptor (`td_descriptor`: `TDX_GUEST_INV_INVALID_DESC` + its index); an IOMMU
+    /// holding an accepted entry of the TD (else `TDX_GUEST_INV_NOT_REQUIRED` + RDX); then
+    /// ours, a request with something to invalidate (a lone wait: `INVALID_DESC` + 0). Then the
+    /// request is active on every such IOMMU and RCX out is the count each must commit (the
+    /// module's TD exit to the VMM, `TDX_IOTLB_INV_REQUEST`, whose details carry it: this
+    /// firmware's TDCALL returns to its caller, which stands for both, ours). A refusal changes
+    /// nothing and writes no register but RAX.
+    ///
+    /// Ours: this model keeps no TD private memory (its S-EPT maps MMIO only), so the TD's page
+    /// and its status word are reached through the dispatcher's memory at the GPA itself. The
+    /// GPA must be private (below the shared bit of the S-EPT's width: bit 47 with 4 levels, 51
+    /// with 5; else `TDX_OPERAND_INVALID` + RDX where the module's walk refuses it) and the
+    /// whole span of descriptors readable (else the memory's refusal + RDX,
+    /// `TDX_OPERAND_ADDR_RANGE_ERROR`). Since the GPA is a host address here, a page the
+    /// firmware holds ([`page_held`]: a TDR, a TDI's private page, SPDM or IDE metadata) is
+    /// refused as the descriptors' page (`TDX_OPERAND_INVALID` + RDX) and as the wait's status
+    /// word, which must also take a 4-byte store ([`HostMemory::probe_write_u32`]; else
+    /// `INVALID_DESC` + the wait's index), so PROCESS can write it; the DEVIF lock is held from
+    /// that check to the end (contended: `TDX_OPERAND_BUSY`, nothing changed). The descriptors
+    /// are checked and counted, not kept: the model's trusted queue counts slots and holds no
+    /// descriptors. A lone wait descriptor (nothing to invalidate) is refused
+    /// `TDX_GUEST_INV_INVALID_DESC` + 0 after the module's checks: the module would take it
+    /// with `req_num` 0, which no host request can then complete.
+    pub(crate) fn td_inv_request(
+        &self,
+        tds: &TdTable,
+        td: GuestId,
+        r: &SeamRegs,
+        out: &mut SeamRegs,
+    ) -> Result<Outcome, Outcome> {
+        let st = Outcome::Status;
+        if r.rcx == 0 || r.rcx > MAX_TD_INV_DESCS {
+            return Err(st(invalid(OPERAND_ID_RCX)));
+        }
+        // At most 128: the span fits a page.
+        let count = usize::try_from(r.rcx).map_err(|_| st(invalid(OPERAND_ID_RCX)))?;
+        if r.rdx & 0xfff != 0 {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
+        let levels = self
+            .tsm
+            .with_guest_table(td, |t| t.levels())
+            .map_err(core_err)?;
+        if !private_gpa(r.rdx, levels) {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
+        let span = count.saturating_mul(INV_DESC_BYTES);
+        self.host
+            .probe_read(r.rdx, span)
+            .map_err(|f| st(crate::abi::host_fault(f, OPERAND_ID_RDX)))?;
+        // Held to the end: the pages the firmware holds cannot change under the checks.
+        let pages = self.fw.lock_pages().map_err(core_err)?;
+        let spdm = self.fw.read_spdm().map_err(core_err)?;
+        let held = |gpa: u64| {
+            Hpa::try_new(gpa & !0xfff).map_or(true, |p| page_held(tds, &pages, &spdm, p))
+        };
+        if held(r.rdx) {
+            return Err(st(invalid(OPERAND_ID_RDX)));
+        }
+        let active = self
+            .tsm
+            .with_guest_table(td, |t| t.dmar().td_request(td))
+            .map_err(core_err)?
+            .is_some_and(|q| q.active);
+        if active {
+            return Err(st(status::TDX_GUEST_INV_IN_PROGRESS));
+        }
+        let mut wait = None;
+        let mut at = r.rdx;
+        for i in 0..count {
+            let mut bytes = [0u8; INV_DESC_BYTES];
+            self.host
+                .read(at, &mut bytes)
+                .map_err(|f| st(crate::abi::host_fault(f, OPERAND_ID_RDX)))?;
+            at = at.saturating_add(INV_DESC_BYTES as u64);
+            let last = i.saturating_add(1) == count;
+            let index = u32::try_from(i).map_err(|_| st(invalid(OPERAND_ID_RCX)))?;
+            let bad = || named(status::TDX_GUEST_INV_INVALID_DESC, index);
+            match td_descriptor(&bytes, last, levels).ok_or_else(bad)? {
+                TdDescriptor::Iotlb => {}
+                // Ours: the status word is one the firmware may write at PROCESS (the
+                // memory takes a 4-byte store there, the page is not held): else the wait is
+                // refused as a descriptor the TD may not ask for.
+                TdDescriptor::Wait { gpa, data } => {
+                    if held(gpa) || self.host.probe_write_u32(gpa).is_err() {
+                        return Err(bad());
+                    }
+                    wait = Some((gpa, data));
+                }
+            }
+        }
+        let req_num = count.saturating_sub(usize::from(wait.is_some()));
+        let req_num = u8::try_from(req_num).map_err(|_| st(invalid(OPERAND_ID_RCX)))?;
+        // The module's state checks first (`NOT_REQUIRED` for a TD with no accepted entry),
+        // then ours: a lone wait (nothing to invalidate) is `INVALID_DESC` + 0.
+        self.tsm
+            .with_guest_table(td, |t| {
+                t.dmar().td_request_check(td)?;
+                if req_num == 0 {
+                    return Err(None);
+                }
+                t.td_request_start(td, req_num, wait).map_err(Some)
+            })
+            .map_err(core_err)?
+            .map_err(|e| match e {
+                Some(TdInvRefusal::InProgress) => st(status::TDX_GUEST_INV_IN_PROGRESS),
+                Some(TdInvRefusal::NotRequired) => {
+                    named(status::TDX_GUEST_INV_NOT_REQUIRED, OPERAND_ID_RDX)
+                }
+                None => named(status::TDX_GUEST_INV_INVALID_DESC, 0),
+            })?;
+        drop((pages, spdm));
+        out.rcx = u64::from(req_num);
+        Ok(st(TDX_SUCCESS))
     }
 
     /// The wait descriptor of TDH.IQ.INV.REQUEST, R9..R12 (VT-d 4.1 6.5.2.8): the type, FN
@@ -1108,6 +1703,91 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         })?;
         Ok(st(TDX_SUCCESS))
     }
+}
+
+/// The status word of TD `td`'s ending request (`status`: its wait's GPA and data, none
+/// without a wait): one 4-byte store at the GPA (the model's host address), skipped for a TD
+/// no longer usable and for a page the firmware holds ([`page_held`]: never written, whoever
+/// asks). Only the store can fail.
+fn deliver_td_status<M: HostMemory>(
+    host: &M,
+    tds: &TdTable,
+    pages: &PageTable,
+    spdm: &SpdmTable,
+    td: GuestId,
+    status: Option<(u64, u32)>,
+) -> Result<(), crate::abi::HostFault> {
+    let Some((gpa, data)) = status else {
+        return Ok(());
+    };
+    if crate::td::usable(tds, td).is_err() {
+        return Ok(());
+    }
+    let held = Hpa::try_new(gpa & !0xfff).map_or(true, |p| page_held(tds, pages, spdm, p));
+    if held {
+        return Ok(());
+    }
+    host.write_u32(gpa, data)
+}
+
+/// A descriptor of a TD's request, as TDG.IQ.INV.REQUEST takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TdDescriptor {
+    /// An IOTLB invalidation of the TD's domain (domain- or page-selective).
+    Iotlb,
+    /// The closing wait: the status word to write at completion.
+    Wait { gpa: u64, data: u32 },
+}
+
+/// One descriptor of a TD's request (`tdg_iq_inv_request.c` @1666adc4), `last` whether it is
+/// the request's last, `levels` the TD's S-EPT depth; `None` when the module refuses it. An
+/// IOTLB descriptor (VT-d 4.1 6.5.2.4): domain- or page-selective granularity, drain reads and
+/// writes set, DID 0, IH 1 exactly for page-selective, the reserved bits and qwords 2 and 3
+/// 0, and AM and ADDR 0 for domain-selective. A wait descriptor (6.5.2.8): only last, SW set,
+/// IF and PD clear, the reserved bits and qwords 2 and 3 0, its status address 4-byte aligned
+/// and a private GPA of the TD. Any other type: refused.
+fn td_descriptor(bytes: &[u8; INV_DESC_BYTES], last: bool, levels: u8) -> Option<TdDescriptor> {
+    let mut qwords = [0u64; 4];
+    for (q, c) in qwords.iter_mut().zip(bytes.chunks_exact(8)) {
+        *q = u64::from_le_bytes(<[u8; 8]>::try_from(c).ok()?);
+    }
+    let [q0, q1, q2, q3] = qwords;
+    if q2 != 0 || q3 != 0 {
+        return None;
+    }
+    match q0 & 0xf {
+        INV_DESC_IOTLB => {
+            let page = match (q0 >> IOTLB_G_SHIFT) & 0x3 {
+                IOTLB_G_DOMAIN => false,
+                IOTLB_G_PAGE => true,
+                _ => return None,
+            };
+            // Everything past type and granularity: DW and DR, nothing else (DID 0).
+            let rest = q0 & !(0xf | 0x3 << IOTLB_G_SHIFT);
+            let ih = q1 & IOTLB_IH != 0;
+            let ok = rest == IOTLB_DW | IOTLB_DR
+                && ih == page
+                && q1 & IOTLB_Q1_RESERVED == 0
+                && (page || q1 & !IOTLB_IH == 0);
+            ok.then_some(TdDescriptor::Iotlb)
+        }
+        WAIT_DESC_TYPE => {
+            let ok = last
+                && q0 & WAIT_DESC_TD_CHECKED == WAIT_DESC_TD_REQUIRED
+                && q1 & WAIT_STATUS_ALIGN == 0
+                && private_gpa(q1, levels);
+            let data = u32::try_from(q0 >> 32).ok()?;
+            ok.then_some(TdDescriptor::Wait { gpa: q1, data })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `gpa` is a private GPA of a TD whose S-EPT has `levels` (ours: the GPA width the
+/// S-EPT's depth gives, 48 or 52 bits, its top bit the shared bit, as TDX's GPAW does).
+fn private_gpa(gpa: u64, levels: u8) -> bool {
+    let shared_bit = if levels >= 5 { 51 } else { 47 };
+    gpa >> shared_bit == 0
 }
 
 /// RCX `iommu_id` of the IQ leaves: the segment (ours, as [`DMAR_IDX_IOMMU_SHIFT`]); bits
@@ -1218,6 +1898,68 @@ mod tests {
         assert_eq!(t.iq_used(1), 0, "another IOMMU's queue");
         assert_eq!(t.process(0, |_| false), 4);
         assert_eq!(t.iq_used(0), 0);
+    }
+
+    /// A TD request ends with its status delivered before it is reset, in one call (review
+    /// s23 M2: the reset used to come first and the write after the lock was given back, so a
+    /// new request could be taken in between): the request is still active while `complete`
+    /// runs, and a failed delivery leaves it active, to be ended again. VPFLUSHDONE's cancel
+    /// (M3) ends it unwritten; marks whose descriptors the host queued keep their slots until
+    /// PROCESS. An INV_REQ_IOTLB of the TD's domain completed on an IOMMU covers the request
+    /// there (M4).
+    #[test]
+    fn a_td_request_is_written_before_it_is_reset_and_a_cancel_writes_nothing() {
+        let mut t = DmarTable::new();
+        let g = GuestId::from_slot(0);
+        for bus in [3, 4] {
+            t.create(g, iface(bus)).unwrap();
+            t.accept(g, iface(bus), 0x1000, 2, 1).unwrap();
+        }
+        t.td_request_start(g, 1, Some((0x40, 7))).unwrap();
+        assert!(!t.td_requests_finishing());
+        assert_eq!(t.td_commit(g, 0, 1), 0);
+        t.process(0, |_| false);
+        assert!(t.td_requests_finishing());
+        let before = t;
+        assert_eq!(t.finish_td_requests(|_, _| false), (0, 1));
+        assert_eq!(t, before, "a failed delivery leaves the request active");
+        let mut seen = None;
+        let ended = t.finish_td_requests(|td, status| {
+            seen = Some((td, status));
+            true
+        });
+        assert_eq!((ended, seen), ((1, 0), Some((g, Some((0x40, 7))))));
+        assert_eq!(t.td_request(g).map(|r| r.active), Some(false));
+        assert_eq!(t.finish_td_requests(|_, _| false), (0, 0), "written once");
+        // Cancelled with descriptors queued: ended unwritten, the queued slots kept.
+        t.td_request_start(g, 2, Some((0x40, 8))).unwrap();
+        assert_eq!(t.td_commit(g, 0, 1), 1);
+        let used = t.iq_used(0);
+        t.td_request_cancel(g);
+        assert_eq!(t.td_request(g).map(|r| r.active), Some(false));
+        assert_eq!(t.iq_used(0), used, "queued descriptors keep their slots");
+        assert_eq!(
+            t.td_commit_count(g, 0, 8, 8),
+            Err(TdInvRefusal::NotRequired)
+        );
+        t.process(0, |_| false);
+        assert_eq!(t.iq_used(0), 0);
+        assert_eq!(
+            t.finish_td_requests(|_, _| false),
+            (0, 0),
+            "nothing to write"
+        );
+        // The TD's domain flush on each IOMMU completes its request there.
+        t.td_request_start(g, 5, None).unwrap();
+        assert!(t.track(g));
+        t.request_iotlb(g, 0).unwrap();
+        t.process(0, |_| false);
+        assert!(
+            t.td_inv_mark(g, 0).is_none(),
+            "IOMMU 0 covered, none queued there"
+        );
+        assert!(t.td_requests_finishing(), "its only IOMMU");
+        assert_eq!(t.finish_td_requests(|_, _| true), (1, 0));
     }
 
     /// What every entry may queue is reserved from ADD: the committed slots (used or reserved)

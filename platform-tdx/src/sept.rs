@@ -584,6 +584,35 @@ impl<'m> Sept<'m> {
         self.dmar.request_iotlb(guest, segment)
     }
 
+    /// TDG.IQ.INV.REQUEST's state step for `guest` ([`DmarTable::td_request_start`]).
+    pub fn td_request_start(
+        &mut self,
+        guest: GuestId,
+        req_num: u8,
+        status: Option<(u64, u32)>,
+    ) -> Result<(), crate::dmar::TdInvRefusal> {
+        self.dmar.td_request_start(guest, req_num, status)
+    }
+
+    /// TDH.IQ.INV.REQUEST INV_REQ_TD's queueing step ([`DmarTable::td_commit`]).
+    pub fn td_commit(&mut self, guest: GuestId, segment: u16, count: u8) -> u8 {
+        self.dmar.td_commit(guest, segment, count)
+    }
+
+    /// Ends the TD requests every required IOMMU has completed, `complete` writing each
+    /// one's status before it is reset ([`DmarTable::finish_td_requests`]).
+    pub fn finish_td_requests(
+        &mut self,
+        complete: impl FnMut(GuestId, Option<(u64, u32)>) -> bool,
+    ) -> (usize, usize) {
+        self.dmar.finish_td_requests(complete)
+    }
+
+    /// `guest` stops running: its request ends unwritten ([`DmarTable::td_request_cancel`]).
+    pub fn td_request_cancel(&mut self, guest: GuestId) {
+        self.dmar.td_request_cancel(guest)
+    }
+
     /// The frame pool (tests compare its bytes before and after a refusal).
     pub fn pool(&self) -> &FramePool<'m> {
         &self.pool
@@ -1235,6 +1264,7 @@ impl SecureTable for Sept<'_> {
             hold: e.hold,
             ..TdEpoch::default()
         };
+        self.dmar.forget_guest(guest);
         Ok(())
     }
 
@@ -1261,6 +1291,12 @@ impl SecureTable for Sept<'_> {
             .entries()
             .any(|e| e.guest == guest && e.rid.segment() == rid.segment() && e.te.slptptr() != 0);
         if removable && counted && self.dmar.iotlb_owed(guest) {
+            return Err(SeptError::IotlbTrackingNotDone.into());
+        }
+        // Ours: nor while descriptors of the TD's own request the host queued on this IOMMU
+        // wait for PROCESS and the entry is the TD's last there (`DmarTable::td_inv_holds`):
+        // the host's PROCESS ends the wait. The TD alone never holds it.
+        if removable && self.dmar.td_inv_holds(rid) {
             return Err(SeptError::IotlbTrackingNotDone.into());
         }
         self.tree(guest)?;

@@ -111,6 +111,24 @@ pub const TDX_IOMMU_IQ_QUEUE_FULL: u64 = 0xC000_0F01_0000_0000;
 /// TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED (same header): TDH.IQ.INV.REQUEST of a TD's domain
 /// on an IOMMU that owes it nothing (no operand, `tdh_iq_inv_request.c` @6e66b9d2).
 pub const TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED: u64 = 0xC000_0F3B_0000_0000;
+/// TDX_GUEST_INV_NOT_REQUIRED (intel/tdx-module `include/auto_gen_2_0/tdx_error_codes_defs.h`
+/// @6e66b9d2070aa49562518087160b2c6ae6418555; bit 63 clear: a warning, nothing done):
+/// TDG.IQ.INV.REQUEST of a TD with no accepted PASID entry on any IOMMU (+ RDX,
+/// `tdg_iq_inv_request.c` @1666adc494dbea5db99895f37125a338c20bec5a); TDH.IQ.INV.REQUEST INV_REQ_TD with no TD request active, on an
+/// IOMMU the request does not need, or with every descriptor committed there (+ R8,
+/// `tdh_iq_inv_request.c` @6e66b9d2).
+pub const TDX_GUEST_INV_NOT_REQUIRED: u64 = 0x0000_0F53_0000_0000;
+/// TDX_GUEST_INV_IN_PROGRESS (same header): TDG.IQ.INV.REQUEST while the TD's previous request
+/// is not complete (no operand, `tdg_iq_inv_request.c`).
+pub const TDX_GUEST_INV_IN_PROGRESS: u64 = 0xC000_0F54_0000_0000;
+/// TDX_GUEST_INV_INVALID_DESC (same header): TDG.IQ.INV.REQUEST with a descriptor the TD may
+/// not ask for; the operand bits are the descriptor's index (`tdg_iq_inv_request.c`).
+pub const TDX_GUEST_INV_INVALID_DESC: u64 = 0xC000_0F55_0000_0000;
+/// TDX_IOTLB_INV_REQUEST (same header): the TD-exit reason the module gives the VMM after a
+/// TDG.IQ.INV.REQUEST it accepted, the exit details the request's descriptor count
+/// (`async_tdexit_to_vmm`, `tdg_iq_inv_request.c`). Named for hosts and logs; this firmware
+/// has no TD exit (its TDCALL returns to its caller, ours: see `dmar::TDG_IQ_INV_REQUEST`).
+pub const TDX_IOTLB_INV_REQUEST: u64 = 0x0000_0F56_0000_0000;
 /// TDX_DMAR_ENTRY_NOT_PRESENT (same header): no DMAR entry where the leaf looks.
 pub const TDX_DMAR_ENTRY_NOT_PRESENT: u64 = 0xC000_0F39_0000_0000;
 /// TDX_DEVIF_HAS_MAPPED_DMA (same header): TDH.DEVIF.REMOVE while the TDI's DMA is still
@@ -614,7 +632,7 @@ pub fn decode(status: TdxStatus, ops: &Operands) -> Option<Result<Completion, Er
 }
 
 /// Every named status code above (success and class codes included), for [`name`] and tests.
-pub const NAMED: [TdxStatus; 82] = [
+pub const NAMED: [TdxStatus; 86] = [
     TDX_SUCCESS,
     TDX_INTERRUPTED_RESUMABLE,
     TDX_OPERAND_INVALID,
@@ -640,6 +658,10 @@ pub const NAMED: [TdxStatus; 82] = [
     TDX_IOMMU_IOTLB_TRACKING_NOT_DONE,
     TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED,
     TDX_IOMMU_IQ_QUEUE_FULL,
+    TDX_GUEST_INV_NOT_REQUIRED,
+    TDX_GUEST_INV_IN_PROGRESS,
+    TDX_GUEST_INV_INVALID_DESC,
+    TDX_IOTLB_INV_REQUEST,
     TDX_PAGE_ALREADY_ACCEPTED,
     TDX_PAGE_SIZE_MISMATCH,
     TDX_EPT_ENTRY_STATE_INCORRECT,
@@ -728,6 +750,10 @@ pub const fn name(status: TdxStatus) -> Option<&'static str> {
         TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => "TDX_IOMMU_IOTLB_TRACKING_NOT_DONE",
         TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED => "TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED",
         TDX_IOMMU_IQ_QUEUE_FULL => "TDX_IOMMU_IQ_QUEUE_FULL",
+        TDX_GUEST_INV_NOT_REQUIRED => "TDX_GUEST_INV_NOT_REQUIRED",
+        TDX_GUEST_INV_IN_PROGRESS => "TDX_GUEST_INV_IN_PROGRESS",
+        TDX_GUEST_INV_INVALID_DESC => "TDX_GUEST_INV_INVALID_DESC",
+        TDX_IOTLB_INV_REQUEST => "TDX_IOTLB_INV_REQUEST",
         TDX_PAGE_ALREADY_ACCEPTED => "TDX_PAGE_ALREADY_ACCEPTED",
         TDX_PAGE_SIZE_MISMATCH => "TDX_PAGE_SIZE_MISMATCH",
         TDX_EPT_ENTRY_STATE_INCORRECT => "TDX_EPT_ENTRY_STATE_INCORRECT",

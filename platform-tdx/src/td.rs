@@ -279,6 +279,12 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     }
                 }
                 drop(pages);
+                // The TD stops running: its own IOTLB request (TDG.IQ.INV.REQUEST) ends
+                // unwritten, so no later PROCESS writes into memory that goes back to the host
+                // (ours: the module skips the write for a fatal TD only).
+                self.tsm
+                    .with_guest_table(td, |t| t.td_request_cancel(td))
+                    .map_err(core)?;
                 entry.life = TdLife::Blocked {
                     written_back: false,
                 };

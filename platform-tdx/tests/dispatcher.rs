@@ -3753,6 +3753,9 @@ use dmar_state::read_state;
 #[path = "dispatcher/dma.rs"]
 mod dma;
 
+#[path = "dispatcher/td_inv.rs"]
+mod td_inv;
+
 #[path = "dispatcher/review_s22b.rs"]
 mod review_s22b;
 

@@ -98,6 +98,8 @@ const TABLE: &[Entry] = &[
     named!("TSM_TDX_WAIT_DESC", dmar::WAIT_DESC_HOST),
     named!("TSM_TDX_INV_REQ_PASIDTE", dmar::INV_REQ_PASIDTE),
     named!("TSM_TDX_INV_REQ_IOTLB", dmar::INV_REQ_IOTLB),
+    named!("TSM_TDX_INV_REQ_TD", dmar::INV_REQ_TD),
+    named!("TSM_TDX_INV_REQ_POOL_SHIFT", dmar::INV_REQ_POOL_SHIFT),
     same!(abi::TDH_MNG_VPFLUSHDONE),
     same!(abi::TDH_MNG_KEY_FREEID),
     same!(abi::TDH_PHYMEM_PAGE_RECLAIM),
@@ -126,6 +128,7 @@ const TABLE: &[Entry] = &[
     same!(abi::TDG_MMIO_ACCEPT),
     same!(abi::TDG_DEVIF_RD),
     same!(abi::TDG_DMAR_ACCEPT),
+    same!(abi::TDG_IQ_INV_REQUEST),
     named!(
         "TSM_DEVIF_FIELD_TDISP_VERSION",
         abi::DEVIF_FIELD_TDISP_VERSION
@@ -160,6 +163,10 @@ const TABLE: &[Entry] = &[
     same!(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
     same!(status::TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED),
     same!(status::TDX_IOMMU_IQ_QUEUE_FULL),
+    same!(status::TDX_GUEST_INV_NOT_REQUIRED),
+    same!(status::TDX_GUEST_INV_IN_PROGRESS),
+    same!(status::TDX_GUEST_INV_INVALID_DESC),
+    same!(status::TDX_IOTLB_INV_REQUEST),
     same!(status::TDX_DMAR_ENTRY_NOT_PRESENT),
     same!(status::TDX_DEVIF_HAS_MAPPED_DMA),
     same!(status::TDX_DEVIF_TDISP_INVALID_STATE),

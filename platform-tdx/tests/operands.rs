@@ -506,8 +506,10 @@ fn rows() -> Vec<Row> {
         row!(TDH_DMAR_REMOVE, dmar_remove),
         row!(TDH_IQ_INV_REQUEST["INV_REQ_PASIDTE"], iq_request_pasidte),
         row!(TDH_IQ_INV_REQUEST["INV_REQ_IOTLB"], iq_request_iotlb),
+        row!(TDH_IQ_INV_REQUEST["INV_REQ_TD"], iq_request_td),
         row!(TDH_IQ_INV_PROCESS, iq_process),
         row!(TDG_DMAR_ACCEPT, dmar_accept),
+        row!(TDG_IQ_INV_REQUEST, tdg_iq_inv_request),
     ]
 }
 
@@ -2770,7 +2772,7 @@ fn bad_iq_request(good: SeamRegs) -> Vec<Bad> {
         ("INV_REQ_RTE (1)", 1),
         ("INV_REQ_CTE (2)", 2),
         ("INV_REQ_PDE (3)", 3),
-        ("INV_REQ_TD (5)", 5),
+        ("INV_REQ_TD (5) without a pool_size", 5),
         ("type 6", 6),
         ("type 0xFFFF_FFFF", 0xffff_ffff),
         ("reserved bit 32", good.rdx | 1 << 32),
@@ -2998,6 +3000,160 @@ fn iq_request_iotlb(w: &World<'_>) -> Setup {
     ]);
     Setup {
         tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+/// The TD's page of descriptors for TDG.IQ.INV.REQUEST and its wait's status word (ours: this
+/// model reaches a TD's memory at the GPA itself), and a page of zeros (no valid descriptor).
+const TD_DESCS: u64 = host_page(SCRATCH + 1);
+const TD_STATUS: u64 = host_page(SCRATCH + 2);
+const ZEROS: u64 = host_page(SCRATCH + 3);
+
+/// `dmar_present`'s TD with its page of two descriptors written: a domain-selective IOTLB
+/// invalidation and a wait writing 1 to [`TD_STATUS`].
+fn td_descs(w: &World<'_>) -> u64 {
+    let (td, _, _) = dmar_present(w);
+    let domain = dmar::INV_DESC_IOTLB
+        | dmar::IOTLB_G_DOMAIN << dmar::IOTLB_G_SHIFT
+        | dmar::IOTLB_DW
+        | dmar::IOTLB_DR;
+    let descs = [
+        [domain, 0, 0, 0],
+        [dmar::WAIT_DESC_HOST | 1 << 32, TD_STATUS, 0, 0],
+    ];
+    let bytes: Vec<u8> = descs
+        .iter()
+        .flatten()
+        .flat_map(|q| q.to_le_bytes())
+        .collect();
+    w.write(TD_DESCS, &bytes);
+    td
+}
+
+fn td_request_regs() -> SeamRegs {
+    SeamRegs {
+        rcx: 2,
+        rdx: TD_DESCS,
+        ..Default::default()
+    }
+}
+
+fn iq_request_td(w: &World<'_>) -> Setup {
+    let td = td_descs(w);
+    let asked = w.tdcall(td, u64::from(abi::TDG_IQ_INV_REQUEST), td_request_regs());
+    assert_eq!((asked.rax, asked.rcx), (TDX_SUCCESS, 1));
+    let other = w.create_td();
+    let good = SeamRegs {
+        rdx: dmar::INV_REQ_TD | 1 << dmar::INV_REQ_POOL_SHIFT,
+        ..dmar::iotlb_request_regs(0, td, WAIT_STATUS, 1)
+    };
+    let mut v = bad_iq_request(good);
+    // Bit 32 is INV_REQ_TD's pool_size: set in the good set.
+    v.retain(|b| b.what != "RDX reserved bit 32");
+    v.extend(bad_tdr(good, |r, x| r.r8 = x, td, inv(OPERAND_ID_R8)));
+    let not_required = TDX_GUEST_INV_NOT_REQUIRED | u64::from(OPERAND_ID_R8);
+    v.extend([
+        bad(
+            "RDX pool_size 0",
+            SeamRegs {
+                rdx: dmar::INV_REQ_TD,
+                ..good
+            },
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RDX reserved bit 48",
+            SeamRegs {
+                rdx: good.rdx | 1 << 48,
+                ..good
+            },
+            inv(OPERAND_ID_RDX),
+        ),
+        bad(
+            "RCX IOMMU 1, which the TD's request does not need",
+            SeamRegs { rcx: 1, ..good },
+            not_required,
+        ),
+        bad(
+            "R8 a TD with no request",
+            SeamRegs { r8: other, ..good },
+            not_required,
+        ),
+        bad(
+            "R8 a TD with no request and R9 bad: the request first",
+            SeamRegs {
+                r8: other,
+                r9: 0,
+                ..good
+            },
+            not_required,
+        ),
+    ]);
+    Setup {
+        tdcall: None,
+        good,
+        good_status: TDX_SUCCESS,
+        bad: v,
+    }
+}
+
+fn tdg_iq_inv_request(w: &World<'_>) -> Setup {
+    let td = td_descs(w);
+    let good = td_request_regs();
+    let mut v = Vec::new();
+    for (what, rcx) in [
+        ("0", 0),
+        ("129 (past a page)", 129),
+        ("bit 32", 1 << 32),
+        ("all ones", u64::MAX),
+    ] {
+        v.push(bad(
+            format!("RCX count {what}"),
+            SeamRegs { rcx, ..good },
+            inv(OPERAND_ID_RCX),
+        ));
+    }
+    for (what, rdx, expect) in [
+        ("unaligned (+8)", TD_DESCS + 8, inv(OPERAND_ID_RDX)),
+        ("unaligned (+0x800)", TD_DESCS + 0x800, inv(OPERAND_ID_RDX)),
+        ("shared (bit 47)", TD_DESCS | 1 << 47, inv(OPERAND_ID_RDX)),
+        ("past 2^48", TD_DESCS | PAST_48, inv(OPERAND_ID_RDX)),
+        ("past 2^52", TD_DESCS | PAST_52, inv(OPERAND_ID_RDX)),
+        ("outside host memory", OUTSIDE, range(OPERAND_ID_RDX)),
+        ("0 (no memory)", 0, range(OPERAND_ID_RDX)),
+        (
+            "a page of zeros (type 0)",
+            ZEROS,
+            TDX_GUEST_INV_INVALID_DESC,
+        ),
+    ] {
+        v.push(bad(
+            format!("RDX descriptor page {what}"),
+            SeamRegs { rdx, ..good },
+            expect,
+        ));
+    }
+    v.extend([
+        bad(
+            "RCX 3: the wait (index 1) is then not last",
+            SeamRegs { rcx: 3, ..good },
+            TDX_GUEST_INV_INVALID_DESC | 1,
+        ),
+        bad(
+            "RCX 0 and RDX bad: RCX first",
+            SeamRegs {
+                rcx: 0,
+                rdx: 1,
+                ..good
+            },
+            inv(OPERAND_ID_RCX),
+        ),
+    ]);
+    Setup {
+        tdcall: Some(td),
         good,
         good_status: TDX_SUCCESS,
         bad: v,

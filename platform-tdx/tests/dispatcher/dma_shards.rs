@@ -237,3 +237,80 @@ fn a_busy_shard_stops_iq_process_after_the_shards_before_it() {
     assert!(w.image() == before, "a third PROCESS changed something");
     unbound(w, b);
 }
+
+/// The TDs' own invalidation requests (TDG.IQ.INV.REQUEST) in two shards on one IOMMU: each
+/// TD's request is its own (the host's INV_REQ_TD for one TD leaves the other's waiting), the
+/// queue's room is counted over both shards, and one TDH.IQ.INV.PROCESS completes both,
+/// writing each TD's status word once.
+#[test]
+fn td_requests_in_two_shards_complete_at_one_process() {
+    let mut pools = [vec![Page::ZERO; POOL_PAGES], vec![Page::ZERO; POOL_PAGES]];
+    let w = &World::<2>::sharded(&mut pools);
+    let lanes = two_lanes(w);
+    // Each TD's descriptor page and status word (free host pages here).
+    let page = |i: usize| host_page(37 + i as u64);
+    let status = |i: usize| host_page(38) + 0x800 + i as u64 * 8;
+    let domain = dmar::INV_DESC_IOTLB
+        | dmar::IOTLB_G_DOMAIN << dmar::IOTLB_G_SHIFT
+        | dmar::IOTLB_DW
+        | dmar::IOTLB_DR;
+    for (i, lane) in lanes.iter().enumerate() {
+        let wait = dmar::WAIT_DESC_HOST | (0x100 + i as u64) << 32;
+        let descs = [[domain, 0, 0, 0], [wait, status(i), 0, 0]];
+        let bytes: Vec<u8> = descs
+            .iter()
+            .flatten()
+            .flat_map(|q| q.to_le_bytes())
+            .collect();
+        w.write(page(i), &bytes);
+        let out = w.tdcall(
+            lane.td,
+            dmar::TDG_IQ_INV_REQUEST,
+            SeamRegs {
+                rcx: 2,
+                rdx: page(i),
+                ..Default::default()
+            },
+        );
+        assert_eq!((out.rax, out.rcx), (TDX_SUCCESS, 1), "TD {i}'s request");
+    }
+    let host = |lane: Lane| {
+        w.call(
+            u64::from(abi::TDH_IQ_INV_REQUEST),
+            SeamRegs {
+                rcx: 0,
+                rdx: dmar::INV_REQ_TD | 1 << dmar::INV_REQ_POOL_SHIFT,
+                r8: lane.td,
+                r9: dmar::WAIT_DESC_HOST,
+                r10: host_page(HOST_PAGES as u64 - 1),
+                ..Default::default()
+            },
+        )
+    };
+    let used = || {
+        lanes
+            .map(|l| {
+                w.fw.tsm()
+                    .with_guest_table(l.guest, |t| t.dmar().iq_used(0))
+                    .unwrap()
+            })
+            .iter()
+            .sum::<u16>()
+    };
+    let word = |i: usize| u32::from_le_bytes(w.read(status(i), 4).try_into().unwrap());
+    assert_eq!(host(lanes[0]).rax, TDX_SUCCESS);
+    assert_eq!(used(), 2, "TD 0's descriptor and wait, in shard 0");
+    assert_eq!(host(lanes[1]).rax, TDX_SUCCESS);
+    assert_eq!(used(), 4);
+    assert_eq!((word(0), word(1)), (0, 0));
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!(used(), 0);
+    assert_eq!((word(0), word(1)), (0x100, 0x101), "each TD's own word");
+    w.write(status(0), &[0; 16]);
+    assert_eq!(iq_process(w), TDX_SUCCESS);
+    assert_eq!((word(0), word(1)), (0, 0), "written once");
+    for lane in lanes {
+        let again = host(lane).rax;
+        assert_eq!(again, TDX_GUEST_INV_NOT_REQUIRED | u64::from(OPERAND_ID_R8));
+    }
+}
