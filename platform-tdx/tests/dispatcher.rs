@@ -568,11 +568,16 @@ fn rid(bus: u8) -> RequesterId {
 /// TDH.SPDM.CREATE of the device on bus `bus` (segment 0) with its one metadata page, as
 /// Linux's `tdh_spdm_create` calls it: the SPDM id.
 fn spdm_create<const N: usize>(w: &World<'_, N>, bus: u8) -> u64 {
+    spdm_create_at(w, rid(bus))
+}
+
+/// [`spdm_create`] of the device at `iface` (any segment: its IOMMU).
+fn spdm_create_at<const N: usize>(w: &World<'_, N>, iface: RequesterId) -> u64 {
     w.ok(
         abi::TDH_SPDM_CREATE,
         SeamRegs {
-            rcx: abi::function_id(rid(bus)),
-            rdx: abi::hpa_array(spdm_page(bus), 1),
+            rcx: abi::function_id(iface),
+            rdx: abi::hpa_array(spdm_page(iface.bus()), 1),
             ..Default::default()
         },
     )
@@ -582,7 +587,13 @@ fn spdm_create<const N: usize>(w: &World<'_, N>, bus: u8) -> u64 {
 /// A device on bus `bus` with one 4 MiB BAR at `bar` that its interface reports: TDH.SPDM.CREATE
 /// then TSM.SPDM.BARS.
 fn device_world<const N: usize>(w: &World<'_, N>, bus: u8, bar: u64) -> u64 {
-    let dev = spdm_create(w, bus);
+    device_at(w, rid(bus), bar)
+}
+
+/// [`device_world`] for the device at `iface` (any segment: its IOMMU).
+fn device_at<const N: usize>(w: &World<'_, N>, iface: RequesterId, bar: u64) -> u64 {
+    let bus = iface.bus();
+    let dev = spdm_create_at(w, iface);
     w.put_list(&RangeList::from_ranges(&[MmioRange::from_raw(bar, 1024).unwrap()]).unwrap());
     w.ok(
         abi::TSM_SPDM_BARS,
@@ -597,7 +608,7 @@ fn device_world<const N: usize>(w: &World<'_, N>, bus: u8, bar: u64) -> u64 {
     // The device reports the BAR; bind takes the ranges from it, not from the host.
     w.device
         .borrow_mut()
-        .report_ranges(rid(bus), &[MmioRange::from_raw(bar, 1024).unwrap()]);
+        .report_ranges(iface, &[MmioRange::from_raw(bar, 1024).unwrap()]);
     dev
 }
 

@@ -1349,26 +1349,27 @@ mod tests {
             (leaf.on("tdx"), leaf.on("sev")),
             (LeafName::Mapped, LeafName::None)
         );
-        assert_eq!(
-            fault("expect-state t run sev:run sev:locked"),
-            (Problem::TooMany, 28, "sev:locked")
-        );
-        assert_eq!(
-            fault("expect-state t run arm:run"),
-            (Problem::BadKeyword, 20, "arm")
-        );
-        assert_eq!(
-            fault("expect-state t run sev:rn"),
-            (Problem::BadKeyword, 24, "rn")
-        );
-        assert_eq!(
-            fault("dma t read 0x1000 shared private"),
-            (Problem::TooMany, 26, "private")
-        );
-        assert_eq!(
-            fault("expect-leaf g 0x1000 mapped none"),
-            (Problem::TooMany, 29, "none")
-        );
+        for (line, want) in [
+            (
+                "expect-state t run sev:run sev:locked",
+                (Problem::TooMany, 28, "sev:locked"),
+            ),
+            (
+                "expect-state t run arm:run",
+                (Problem::BadKeyword, 20, "arm"),
+            ),
+            ("expect-state t run sev:rn", (Problem::BadKeyword, 24, "rn")),
+            (
+                "dma t read 0x1000 shared private",
+                (Problem::TooMany, 26, "private"),
+            ),
+            (
+                "expect-leaf g 0x1000 mapped none",
+                (Problem::TooMany, 29, "none"),
+            ),
+        ] {
+            assert_eq!(fault(line), want, "{line}");
+        }
     }
 
     /// The problem and 1-based column of the error `text` gets.

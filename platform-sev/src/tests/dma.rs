@@ -539,12 +539,9 @@ fn an_error_with_a_fence_out_is_asked_again_by_every_later_call() {
     }
 }
 
-/// An unbind with another fence out waits before STOP with the documented status
-/// (`IotlbInvalidationPending`, not the TLB's), the sDTE and the leaves blocked, no STOP sent;
-/// asking again changes nothing until the fence completes; then it raises its own fence and
-/// waits for it the same way; then it ends, on that one fence.
-#[test]
-fn an_unbind_with_a_fence_out_waits_before_stop_as_the_iotlb() {
+/// A running TDI whose unbind meets the host's fence out (held): the world, the guest, the
+/// fences raised before the unbind, and the unbind's answer, which is returned too.
+fn unbind_behind_a_host_fence() -> (Box<World>, GuestId, u64, Outcome) {
     let mut w = World::new();
     let g = running(&mut w);
     w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
@@ -552,6 +549,16 @@ fn an_unbind_with_a_fence_out_waits_before_stop_as_the_iotlb() {
     let host = raised(&w, g);
     let pending = Outcome::from_core(Err(Error::IotlbInvalidationPending));
     assert_eq!(unbind_all(&mut w), pending);
+    (w, g, host, pending)
+}
+
+/// An unbind with another fence out waits before STOP with the documented status
+/// (`IotlbInvalidationPending`, not the TLB's), the sDTE and the leaves blocked, no STOP sent;
+/// asking again changes nothing until the fence completes; then it raises its own fence and
+/// waits for it the same way; then it ends, on that one fence.
+#[test]
+fn an_unbind_with_a_fence_out_waits_before_stop_as_the_iotlb() {
+    let (mut w, g, host, pending) = unbind_behind_a_host_fence();
     assert!(matches!(
         w.sev.tsm().tdi(w.tdi()).unwrap().state,
         TdiState::Unbinding {
@@ -594,13 +601,7 @@ fn the_track_raises_no_fence_only_after_the_sdtes_own() {
     let mut ends = Vec::new();
     let mut seen = Vec::new();
     for host_again in [false, true] {
-        let mut w = World::new();
-        let g = running(&mut w);
-        w.sev.tsm().with_table(|r| r.hold_fences(true)).unwrap();
-        ok(w.cmd(&fence_clear(GCTX)));
-        let host = raised(&w, g);
-        let pending = Outcome::from_core(Err(Error::IotlbInvalidationPending));
-        assert_eq!(unbind_all(&mut w), pending);
+        let (mut w, g, host, pending) = unbind_behind_a_host_fence();
         complete_fence(&mut w, g);
         if host_again {
             ok(w.cmd(&fence_clear(GCTX)));

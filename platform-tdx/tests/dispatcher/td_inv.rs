@@ -30,36 +30,6 @@ const RDX: u64 = OPERAND_ID_RDX as u64;
 const R8: u64 = OPERAND_ID_R8 as u64;
 const R9: u64 = OPERAND_ID_R9 as u64;
 
-/// A device at `iface` (any segment: its IOMMU) with one 4 MiB BAR at `bar`, as
-/// `device_world` makes one on segment 0.
-fn device_at(w: &World<'_>, iface: RequesterId, bar: u64) -> u64 {
-    let bus = iface.bus();
-    let dev = w
-        .ok(
-            abi::TDH_SPDM_CREATE,
-            SeamRegs {
-                rcx: abi::function_id(iface),
-                rdx: abi::hpa_array(spdm_page(bus), 1),
-                ..Default::default()
-            },
-        )
-        .rcx;
-    let ranges = [MmioRange::from_raw(bar, 1024).unwrap()];
-    w.put_list(&RangeList::from_ranges(&ranges).unwrap());
-    w.ok(
-        abi::TSM_SPDM_BARS,
-        SeamRegs {
-            rcx: dev,
-            rdx: PARAMS,
-            ..Default::default()
-        },
-    );
-    w.put_list(&RangeList::default());
-    link(w, dev, bus, bar);
-    w.device.borrow_mut().report_ranges(iface, &ranges);
-    dev
-}
-
 /// A TD with one TDI behind IOMMU 0 and one behind IOMMU 1, both bound with their PASID
 /// entries accepted: the TD, its TDIs.
 fn two_iommus(w: &World<'_>) -> (u64, [u64; 2]) {
