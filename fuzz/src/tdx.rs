@@ -794,9 +794,10 @@ struct World<'m> {
     images: Option<Box<(Image, Image)>>,
     /// Which TDI slots' DMA reached private memory since their last bind.
     reached: Vec<bool>,
-    /// The status words of the TDs' accepted IOTLB requests (TDG.IQ.INV.REQUEST): the
-    /// firmware may write them when a request ends.
-    td_status: Vec<u64>,
+    /// The status words (address, data) of the TDs' accepted IOTLB requests
+    /// (TDG.IQ.INV.REQUEST): the firmware may write each once, with exactly its data, when
+    /// the request ends.
+    td_status: Vec<(u64, u32)>,
 }
 
 fn tdi_slot(t: u8) -> u64 {
@@ -1158,18 +1159,42 @@ impl World<'_> {
             _ => None,
         };
         // And the status word of a TD's own IOTLB request, which PROCESS, REMOVE and the
-        // unbind may end (each written 4 bytes at an address an accepted request named).
+        // leaves that drive an unbind may end, when not refused: written once, 4 bytes at the
+        // address an accepted request named, exactly its data.
         let ends_td_requests = host
+            && !refused
             && (is(dmar::TDH_IQ_INV_PROCESS)
                 || is(dmar::TDH_DMAR_REMOVE)
-                || is(abi::TSM_DEVIF_UNBIND));
-        let td_word = |i: usize| {
-            ends_td_requests
-                && self.td_status.iter().any(|&a| {
-                    a.checked_sub(HOST)
-                        .and_then(|o| usize::try_from(o).ok())
-                        .is_some_and(|o| (o..o + 4).contains(&i))
+                || is(abi::TSM_DEVIF_UNBIND)
+                || is(abi::TDH_DEVIF_REQUEST)
+                || is(abi::TDH_DEVIF_RESPONSE));
+        let word_at = |a: u64| {
+            a.checked_sub(HOST)
+                .and_then(|o| usize::try_from(o).ok())
+                .filter(|&o| o + 4 <= after.host.len())
+        };
+        let written: Vec<usize> = if ends_td_requests {
+            self.td_status
+                .iter()
+                .enumerate()
+                .filter(|&(_, &(a, data))| {
+                    word_at(a).is_some_and(|o| {
+                        before.host[o..o + 4] != after.host[o..o + 4]
+                            && after.host[o..o + 4] == data.to_le_bytes()
+                    })
                 })
+                .map(|(k, _)| k)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let td_word = |i: usize| {
+            written.iter().any(|&k| {
+                self.td_status
+                    .get(k)
+                    .and_then(|&(a, _)| word_at(a))
+                    .is_some_and(|o| (o..o + 4).contains(&i))
+            })
         };
         let outside = |i: &usize| !window.as_ref().is_some_and(|w| w.contains(i)) && !td_word(*i);
         if let Some(i) = (0..before.host.len().min(after.host.len()))
@@ -1196,8 +1221,12 @@ impl World<'_> {
             if let (Some(q0), Some(q1)) = (q(0), q(1))
                 && q0 & 0xf == dmar::WAIT_DESC_TYPE
             {
-                self.td_status.push(q1);
+                self.td_status.push((q1, (q0 >> 32) as u32));
             }
+        }
+        // A word written is that request's one write: a later change there needs a new request.
+        for k in written.into_iter().rev() {
+            self.td_status.remove(k);
         }
         if refused || relay || read_only {
             let exempt = if refused {

@@ -1052,8 +1052,10 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
             }
             TDH_DEVIF_CREATE => self.devif_create(r)?,
             TDH_DEVIF_REMOVE => self.devif_remove(r, out)?,
-            TDH_DEVIF_REQUEST => self.devif_request(r, out)?,
-            TDH_DEVIF_RESPONSE => self.devif_response(leaf, r, out)?,
+            // Either may run an unbind to its Dma step (STOP, or the device's answer to it):
+            // a TD request it leaves with no IOMMU ends here, as after TSM.DEVIF.UNBIND.
+            TDH_DEVIF_REQUEST => self.ending_td_requests(self.devif_request(r, out)?),
+            TDH_DEVIF_RESPONSE => self.ending_td_requests(self.devif_response(leaf, r, out)?),
             TSM_DEVIF_BIND => {
                 let table = self.fw.lock_pages().map_err(core)?;
                 let (tdi, entry) = devif_at(&table, r.rcx).map_err(st)?;
@@ -1120,19 +1122,7 @@ impl<'t, 'm, S: SecureSession, M: HostMemory, const SHARDS: usize>
                 let (gpa, size) = self.page_operand(leaf, r, td, true)?;
                 self.sept_rd(td, gpa, size, out)?
             }
-            TSM_DEVIF_UNBIND => {
-                let outcome = self.devif_unbind(r, out)?;
-                // The Dma step may have removed the last entry a TD's own IOTLB request still
-                // required: the request ends now (its status written), not at some later
-                // PROCESS. Not after a refusal, which changes nothing (a wait keeps its
-                // progress, and its step removed nothing). The unbind's outcome stands either
-                // way: a lock busy elsewhere leaves the request for the next PROCESS or REMOVE
-                // (ours).
-                if !matches!(outcome, Outcome::Core(Err(_))) {
-                    let _ = self.end_td_requests();
-                }
-                outcome
-            }
+            TSM_DEVIF_UNBIND => self.ending_td_requests(self.devif_unbind(r, out)?),
             TDH_SPDM_CONNECT
             | TDH_SPDM_DISCONNECT
             | TDH_SPDM_MNG

@@ -1365,7 +1365,9 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                     tsm.with_guest_table(guest, |t| t.iq_process(segment))
                         .map_err(core_err)?;
                 }
-                self.end_td_requests()?;
+                // The queue is processed: BUSY keeps meaning "nothing changed", so a lock busy
+                // here leaves the ending to the next PROCESS, REMOVE or unbind.
+                let _ = self.end_td_requests();
                 done
             }
             _ => st(invalid(status::OPERAND_ID_RAX)),
@@ -1388,6 +1390,24 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// still poll it, and the caller's own work stands). Takes the TD table, the DEVIF pages
     /// and the SPDM table (in the lock order) only when a request ends; one busy elsewhere is
     /// the error.
+    /// `outcome` of a leaf that may have run an unbind's Dma step (TSM.DEVIF.UNBIND,
+    /// TDH.DEVIF.REQUEST STOP, TDH.DEVIF.RESPONSE to it): the step may have removed the last
+    /// entry a TD's own IOTLB request still required, so the request ends now (its status
+    /// written), not at some later PROCESS the host may never make. Not after a refusal, which
+    /// changes nothing (a wait keeps its progress; its step removed nothing). The outcome
+    /// stands either way: a lock busy elsewhere leaves the request for the next PROCESS,
+    /// REMOVE or unbind (ours).
+    pub(crate) fn ending_td_requests(&self, outcome: Outcome) -> Outcome {
+        let refused = match outcome {
+            Outcome::Core(r) => r.is_err(),
+            Outcome::Status(s) => !status::is_success(s),
+        };
+        if !refused {
+            let _ = self.end_td_requests();
+        }
+        outcome
+    }
+
     pub(crate) fn end_td_requests(&self) -> Result<(), Outcome> {
         for shard in 0..SHARDS {
             let guest = u16::try_from(shard)

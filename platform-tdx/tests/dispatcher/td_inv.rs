@@ -914,3 +914,65 @@ fn the_hosts_remove_of_the_last_required_entry_ends_the_request() {
     assert!(!active(w, td));
     assert_eq!(w.unbind_all(y), TDX_SUCCESS);
 }
+
+/// Review s23 (second pass) M1: the same flow as
+/// `a_request_whose_last_iommu_goes_with_the_unbind_ends_there_and_nothing_writes_after`, but
+/// y's unbind driven as the module's ABI does it (TDH.DEVIF.REQUEST STOP_INTERFACE, called
+/// again after each wait). The removal of the request's last IOMMU happens inside
+/// TDH.DEVIF.REQUEST, which ends the request there.
+#[test]
+fn a_stop_driven_unbind_ends_the_request_too() {
+    let mut mem = vec![Page::ZERO; 32];
+    let world = World::new(&mut mem);
+    let w = &world;
+    let (td, [x, y]) = two_iommus(w);
+    assert!(!unbind_as_the_host_does(w, td, x, Asks::Nothing));
+    let stop = SeamRegs {
+        rcx: y,
+        rdx: abi::devif_req_in(0x87, false, false),
+        r8: w.pages_of(y).0,
+        ..Default::default()
+    };
+    let entry = TDX_DMAR_INVALID_INV_STATE | u64::from(OPERAND_ID_DMAR);
+    let mut asked = false;
+    let mut out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+    for _ in 0..100 {
+        match out.rax {
+            TDX_INTERRUPTED_RESUMABLE => {}
+            TDX_SPDM_REQUEST => {
+                out = w.relay(y, out);
+                continue;
+            }
+            rax if rax == entry => {
+                assert_eq!(process(w, 0), TDX_SUCCESS);
+                assert_eq!(process(w, 1), TDX_SUCCESS);
+            }
+            TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
+                for iommu in [0, 1] {
+                    let regs = dmar::iotlb_request_regs(iommu, td, HOST_STATUS, 1);
+                    let _ = w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs);
+                }
+                assert_eq!(process(w, 0), TDX_SUCCESS);
+                assert_eq!(process(w, 1), TDX_SUCCESS);
+                if !asked {
+                    assert_eq!(td_request(w, td, &[domain(), wait(9)]).rax, TDX_SUCCESS);
+                    asked = true;
+                }
+            }
+            _ => break,
+        }
+        out = w.call(u64::from(abi::TDH_DEVIF_REQUEST), stop);
+    }
+    assert_eq!(out.rax, TDX_SUCCESS, "{:#x}", out.rax);
+    assert!(asked);
+    assert_eq!(w.state_code(y), abi::TdiStateCode::Unbound as u64);
+    assert!(
+        w.fw.tsm().tdi(w.id(y)).unwrap().dma.is_none(),
+        "entry removed"
+    );
+    assert_eq!(
+        (status_word(w), active(w, td)),
+        (9, false),
+        "the request whose last IOMMU went with the STOP-driven unbind ended there"
+    );
+}
