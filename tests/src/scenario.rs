@@ -781,9 +781,8 @@ fn parse_words(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
             Some(_) => d,
         }
     })?;
-    let mut on = Vec::new();
-    let expect = match status {
-        None => "Ok",
+    let (expect, on) = match status {
+        None => ("Ok", Vec::new()),
         Some((arrow, after)) => {
             let mut it = after.split_whitespace();
             let Some(first) = it.next() else {
@@ -793,30 +792,13 @@ fn parse_words(text: &str) -> Result<Option<Line<'_>>, ParseError<'_>> {
                     EXPECTED_STATUS,
                 ));
             };
-            for word in it {
-                let Some((backend, s)) = word.split_once(':') else {
-                    return Err(Diagnostic::new(
-                        Problem::BadStatus,
-                        word,
-                        "one status after `->`, then `<backend>:<status>` for a backend that differs",
-                    ));
-                };
-                let backend = keyword(
-                    backend,
-                    &[("core", "core"), ("tdx", "tdx"), ("sev", "sev")],
-                    "a backend: core, tdx or sev",
-                )?;
-                if on.iter().any(|(b, _)| *b == backend) {
-                    return Err(Diagnostic::new(
-                        Problem::BadStatus,
-                        word,
-                        "each backend at most once after the status",
-                    ));
-                }
-                // Room for every backend: checked just above.
-                let _ = on.push((backend, status_word(s)?));
-            }
-            status_word(first)?
+            let per = PerBackend {
+                problem: Problem::BadStatus,
+                bare: "one status after `->`, then `<backend>:<status>` for a backend that differs",
+                twice: "each backend at most once after the status",
+            };
+            let e = per.each(first, it, status_word)?;
+            (e.all, e.on)
         }
     };
     Ok(Some(Line { op, expect, on }))
@@ -861,41 +843,58 @@ const BASE: &str = "a base address like 0x8000_0000";
 const PAGES: &str = "a number of 4 KiB pages like 16";
 const RID: &str = "a requester ID seg:bus:dev.fn in hex like 0000:03:00.0";
 
-/// An observation's word `all` for every backend, then `over`, each `<backend>:<word>` for a
-/// backend that expects another (each backend at most once), every word read by `word`.
+/// How a line's per-backend words are refused: the problem, and what is expected of a word
+/// without a backend and of a backend named twice.
+struct PerBackend {
+    problem: Problem,
+    bare: &'static str,
+    twice: &'static str,
+}
+
+impl PerBackend {
+    /// The word `all` for every backend, then `over`, each `<backend>:<word>` for a backend
+    /// that expects another (each backend at most once), every word read by `word`.
+    fn each<'a, T>(
+        &self,
+        all: &'a str,
+        over: impl IntoIterator<Item = &'a str>,
+        word: impl Fn(&'a str) -> Result<T, ParseError<'a>>,
+    ) -> Result<Each<'a, T>, ParseError<'a>> {
+        let mut on = Vec::new();
+        for w in over {
+            let Some((backend, value)) = w.split_once(':') else {
+                return Err(Diagnostic::new(self.problem, w, self.bare));
+            };
+            let backend = keyword(
+                backend,
+                &[("core", "core"), ("tdx", "tdx"), ("sev", "sev")],
+                "a backend: core, tdx or sev",
+            )?;
+            if on.iter().any(|(b, _)| *b == backend) {
+                return Err(Diagnostic::new(self.problem, w, self.twice));
+            }
+            // Room for every backend: checked just above.
+            let _ = on.push((backend, word(value)?));
+        }
+        Ok(Each {
+            all: word(all)?,
+            on,
+        })
+    }
+}
+
+/// An observation's word `all` for every backend, then `over` ([`PerBackend::each`]).
 fn each<'a, T>(
     all: &'a str,
     over: &[&'a str],
     word: impl Fn(&'a str) -> Result<T, ParseError<'a>>,
 ) -> Result<Each<'a, T>, ParseError<'a>> {
-    let mut on = Vec::new();
-    for &w in over {
-        let Some((backend, value)) = w.split_once(':') else {
-            return Err(Diagnostic::new(
-                Problem::TooMany,
-                w,
-                "one word, then `<backend>:<word>` for a backend that differs",
-            ));
-        };
-        let backend = keyword(
-            backend,
-            &[("core", "core"), ("tdx", "tdx"), ("sev", "sev")],
-            "a backend: core, tdx or sev",
-        )?;
-        if on.iter().any(|(b, _)| *b == backend) {
-            return Err(Diagnostic::new(
-                Problem::TooMany,
-                w,
-                "each backend at most once",
-            ));
-        }
-        // Room for every backend: checked just above.
-        let _ = on.push((backend, word(value)?));
+    PerBackend {
+        problem: Problem::TooMany,
+        bare: "one word, then `<backend>:<word>` for a backend that differs",
+        twice: "each backend at most once",
     }
-    Ok(Each {
-        all: word(all)?,
-        on,
-    })
+    .each(all, over.iter().copied(), word)
 }
 
 fn parse_op<'a>(first: &'a str, a: &[&'a str]) -> Result<Op<'a>, ParseError<'a>> {
