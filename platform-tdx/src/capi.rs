@@ -33,7 +33,7 @@
 //! the `extern "C"` functions are one-line calls on the static one.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
 use tsm_core::{MmioRange, ReservedMemory};
@@ -158,26 +158,23 @@ impl HostWindow {
         }))
     }
 
-    /// The 32-bit half-word at `addr`, 4-byte aligned inside the window (a TD's wait status
-    /// word: one 4-byte store, never a read-modify-write of the word around it, which would
-    /// lose the host's concurrent store to its other half).
-    fn half_word(&self, addr: u64) -> Result<&AtomicU32, HostFault> {
-        let offset = addr
-            .checked_sub(self.base())
-            .and_then(|o| usize::try_from(o).ok())
-            .ok_or(HostFault::OutsideHostMemory)?;
-        let end = offset.checked_add(4).ok_or(HostFault::OutsideHostMemory)?;
-        if end > self.len {
-            return Err(HostFault::OutsideHostMemory);
-        }
-        if !offset.is_multiple_of(4) {
+    /// The word holding the 4-byte-aligned half-word at `addr`, and the half's bit shift in
+    /// it (a TD's wait status word): through `words`, so every access to host memory is the
+    /// same size (no mixed-size atomics on one word).
+    fn half_word(&self, addr: u64) -> Result<(&AtomicU64, u32), HostFault> {
+        if !addr.is_multiple_of(4) {
             return Err(HostFault::Misaligned);
         }
-        // SAFETY: `offset + 4` is inside the window (checked above), so the pointer is in
-        // bounds, 4-byte aligned (the base is 8-byte aligned, the offset a multiple of 4), and
-        // valid for the program's life by `HostWindow::new`'s contract; other accesses are
-        // atomic or not concurrent, as `AtomicU32::from_ptr` requires.
-        Ok(unsafe { AtomicU32::from_ptr(self.base.as_ptr().cast::<u8>().add(offset).cast()) })
+        let shift = if addr.is_multiple_of(WORD as u64) {
+            0
+        } else {
+            32
+        };
+        let word = self
+            .words(addr & !(WORD as u64 - 1), WORD)?
+            .next()
+            .ok_or(HostFault::OutsideHostMemory)?;
+        Ok((word, shift))
     }
 
     /// Copies `out.len()` bytes of host memory at `addr` into `out`, each word with one load.
@@ -237,8 +234,15 @@ impl HostMemory for HostWindow {
 
     /// One 4-byte store (the bytes little-endian in memory, as every other write here).
     fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
-        let word = self.half_word(hpa)?;
-        word.store(u32::from_ne_bytes(value.to_le_bytes()), Ordering::Relaxed);
+        let (word, shift) = self.half_word(hpa)?;
+        // The half cleared, then set: two wait-free read-modify-writes of this half only, so
+        // a concurrent store to the other half is never lost (a poller may see the half 0 in
+        // between, never a wrong value). Host memory is little-endian: the half at the lower
+        // address is the word's low half.
+        let half = u64::from(value) << shift;
+        let mask = u64::from(u32::MAX) << shift;
+        word.fetch_and(u64::from_le(!mask), Ordering::Relaxed);
+        word.fetch_or(u64::from_le(half), Ordering::Relaxed);
         Ok(())
     }
 }

@@ -437,13 +437,7 @@ impl DmarTable {
             guest,
             te,
             iotlb: IotlbOwed::Nothing,
-            td_inv: TdInvMark {
-                required: false,
-                committed: 0,
-                queued: 0,
-                waits: 0,
-                complete: 0,
-            },
+            td_inv: TdInvMark::default(),
         });
         Ok(())
     }
@@ -1315,14 +1309,14 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
                 };
                 // The unreserved room, and the slots reserved for what the request names
                 // (ours: every request the state checks below let through has them).
-                if self.iq_unreserved(segment)?.saturating_add(own) < need {
+                let room = self.iq_unreserved(segment)?;
+                if room.saturating_add(own) < need {
                     return Err(named(status::TDX_IOMMU_IQ_QUEUE_FULL, OPERAND_ID_RDX));
                 }
                 if inv_type == INV_REQ_IOTLB {
                     return self.iotlb_request(segment, r);
                 }
                 if inv_type == INV_REQ_TD {
-                    let room = self.iq_unreserved(segment)?;
                     let pool = u16::try_from(pool).unwrap_or(u16::MAX);
                     return self.td_request_commit(segment, pool, room, r, out);
                 }
@@ -1475,6 +1469,18 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
             .map_err(core_err)
     }
 
+    /// The TD whose TDR R8 names (`TDX_OPERAND_INVALID` + R8 for none) and that may still be
+    /// asked to run (`crate::td::usable`'s status), with the TD table held for the call.
+    fn usable_td(
+        &self,
+        tdr: u64,
+    ) -> Result<(spin::RwLockReadGuard<'_, TdTable>, GuestId), Outcome> {
+        let tds = self.fw.read_tds_for(tdr).map_err(core_err)?;
+        let td = td_in(&tds, tdr).ok_or(Outcome::Status(invalid(OPERAND_ID_R8)))?;
+        crate::td::usable(&tds, td).map_err(Outcome::Status)?;
+        Ok((tds, td))
+    }
+
     /// TDH.IQ.INV.REQUEST of type [`INV_REQ_IOTLB`] on the IOMMU of `segment` (RCX and RDX
     /// checked): R8 the TD's TDR (else `TDX_OPERAND_INVALID` + R8), then the TD's tracking on
     /// that IOMMU: owing nothing `TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED`, already queued
@@ -1483,9 +1489,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     /// TDH.IQ.INV.PROCESS of the IOMMU (`tdh_iq_inv_request.c` @6e66b9d2 for the order).
     fn iotlb_request(&self, segment: u16, r: &SeamRegs) -> Result<Outcome, Outcome> {
         let st = Outcome::Status;
-        let tds = self.fw.read_tds_for(r.r8).map_err(core_err)?;
-        let td = td_in(&tds, r.r8).ok_or(st(invalid(OPERAND_ID_R8)))?;
-        crate::td::usable(&tds, td).map_err(st)?;
+        let (_tds, td) = self.usable_td(r.r8)?;
         // Both without an operand, as the module returns them.
         let tracking = |e: SeptError| match e {
             SeptError::IotlbTrackingNotDone => st(status::TDX_IOMMU_IOTLB_TRACKING_NOT_DONE),
@@ -1520,10 +1524,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
         r: &SeamRegs,
         out: &mut SeamRegs,
     ) -> Result<Outcome, Outcome> {
-        let st = Outcome::Status;
-        let tds = self.fw.read_tds_for(r.r8).map_err(core_err)?;
-        let td = td_in(&tds, r.r8).ok_or(st(invalid(OPERAND_ID_R8)))?;
-        crate::td::usable(&tds, td).map_err(st)?;
+        let (_tds, td) = self.usable_td(r.r8)?;
         let not_required = |_| named(status::TDX_GUEST_INV_NOT_REQUIRED, OPERAND_ID_R8);
         let count = self
             .tsm

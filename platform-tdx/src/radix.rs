@@ -271,20 +271,6 @@ impl<F: EntryFormat> Radix<F> {
         Ok(root)
     }
 
-    /// Gives back at once the empty root [`Radix::ensure_root`] just made, before anything
-    /// named it (a refusal undoing its own allocation), whatever kind of tree: nothing when
-    /// it is not empty.
-    pub fn undo_root(&mut self, pool: &mut FramePool<'_>) -> Result<(), PoolError> {
-        match self.root {
-            Some(r) if pool.used(r) == 0 => {
-                pool.release(r)?;
-                self.root = None;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// A tree of `top` levels whose root page is `root` (tables built by hand, in tests and
     /// when adopting tables another component laid out).
     pub const fn with_root(root: FrameIndex, top: u8) -> Self {

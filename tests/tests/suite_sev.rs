@@ -201,6 +201,11 @@ fn an_sdte_without_iw_lets_reads_through_and_not_writes() {
                 Ok(tsm_core::Completion::Done)
             );
             assert_eq!(b.tdi_state(t), Ok(TdiState::Run { owner: g }));
+            assert_eq!(
+                b.dma_context(t),
+                Ok(Some(tsm_core::dma::DmaState::Active)),
+                "the core's record calls the context active all the same"
+            );
             let reach = |ok: bool| {
                 if ok {
                     DmaReach::Private(g)

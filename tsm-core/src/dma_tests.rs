@@ -38,6 +38,21 @@ fn running() -> World {
     w
 }
 
+/// Whether the guest's leaf at `GPA` is blocked (not removed, not mapped).
+fn leaf_blocked(w: &World) -> bool {
+    matches!(
+        w.tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
+        Some(crate::secure_table::LeafState::Blocked { .. })
+    )
+}
+
+/// The table refuses a DMA context's invalidation request with `refusal` (`None`: takes it).
+fn refuse_invalidation(w: &World, refusal: Option<crate::secure_table::TableError>) {
+    w.tsm
+        .with_table(|t| t.refuse_invalidation(refusal))
+        .unwrap();
+}
+
 #[test]
 fn dma_reaches_private_memory_only_running_with_the_context_accepted() {
     let w = bound(1);
@@ -149,10 +164,7 @@ fn unbind_blocks_the_context_with_the_mmio_and_awaits_its_invalidation_before_st
         crate::lifecycle::TdispState::Run,
         "no STOP sent"
     );
-    assert!(matches!(
-        tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
-        Some(crate::secure_table::LeafState::Blocked { .. })
-    ));
+    assert!(leaf_blocked(&w));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidating));
     assert_eq!(contexts(&w)[0].state, DmaState::Invalidating);
     assert_eq!(tsm.owned_ranges(w.t0).unwrap().len(), 1);
@@ -381,9 +393,7 @@ fn a_failing_platform_write_after_the_accept_is_inconsistent_with_record_and_tab
 fn an_invalidation_the_platform_cannot_take_yet_is_asked_again_by_every_later_call() {
     use crate::secure_table::TableError;
     let not_yet = |w: &World, refuse: bool| {
-        w.tsm
-            .with_table(|t| t.refuse_invalidation(refuse.then_some(TableError::TlbNotFlushed)))
-            .unwrap();
+        refuse_invalidation(w, refuse.then_some(TableError::TlbNotFlushed));
     };
     type Call = fn(&World) -> TsmResult<Completion>;
     let calls: [(&str, Call); 3] = [
@@ -424,8 +434,7 @@ fn an_unbind_whose_invalidation_cannot_be_asked_yet_waits_before_stop_as_the_iot
     use crate::secure_table::TableError;
     let w = running();
     let tsm = &w.tsm;
-    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::TlbNotFlushed)))
-        .unwrap();
+    refuse_invalidation(&w, Some(TableError::TlbNotFlushed));
     assert_eq!(tsm.unbind(w.t0), Err(Error::IotlbInvalidationPending));
     assert_eq!(
         state(&w, w.t0),
@@ -436,14 +445,13 @@ fn an_unbind_whose_invalidation_cannot_be_asked_yet_waits_before_stop_as_the_iot
     );
     assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
     refused(tsm, Error::IotlbInvalidationPending, || tsm.unbind(w.t0));
-    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    refuse_invalidation(&w, None);
     assert_eq!(tsm.unbind(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());
 
     let w = running();
     let tsm = &w.tsm;
-    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::TlbNotFlushed)))
-        .unwrap();
+    refuse_invalidation(&w, Some(TableError::TlbNotFlushed));
     assert_eq!(
         tsm.unbind_forced(w.t0),
         Err(Error::IotlbInvalidationPending)
@@ -452,7 +460,7 @@ fn an_unbind_whose_invalidation_cannot_be_asked_yet_waits_before_stop_as_the_iot
     refused(tsm, Error::IotlbInvalidationPending, || {
         tsm.unbind_forced(w.t0)
     });
-    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    refuse_invalidation(&w, None);
     assert_eq!(tsm.unbind_forced(w.t0), Ok(Completion::Done));
     assert!(contexts(&w).is_empty());
 }
@@ -464,9 +472,7 @@ fn an_unbind_whose_invalidation_cannot_be_asked_yet_waits_before_stop_as_the_iot
 fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
     use crate::secure_table::TableError;
     let refuse = |w: &World, on: bool| {
-        w.tsm
-            .with_table(|t| t.refuse_invalidation(on.then_some(TableError::OutOfFrames)))
-            .unwrap();
+        refuse_invalidation(w, on.then_some(TableError::OutOfFrames));
     };
     // ERROR: blocked, the refusal its status; the next ERROR and the check report it again.
     let w = running();
@@ -475,10 +481,7 @@ fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
     assert_eq!(tsm.device_error(w.t0), Err(Error::SecureTableFull));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
     assert_eq!(reach(&w, w.t0), DmaReach::SharedOnly);
-    assert!(matches!(
-        tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
-        Some(crate::secure_table::LeafState::Blocked { .. })
-    ));
+    assert!(leaf_blocked(&w));
     refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
     refused(tsm, Error::SecureTableFull, || tsm.check_interface(w.t0));
     refuse(&w, false);
@@ -517,17 +520,11 @@ fn any_other_refusal_of_the_invalidation_is_the_calls_status() {
 /// unbind ends.
 #[test]
 fn a_refused_context_block_still_blocks_every_leaf_and_is_asked_again() {
-    use crate::secure_table::{LeafState, TableError};
+    use crate::secure_table::TableError;
     let refuse = |w: &World, on: bool| {
         w.tsm
             .with_table(|t| t.refuse_block(on.then_some(TableError::Inconsistent)))
             .unwrap();
-    };
-    let leaf_blocked = |w: &World| {
-        matches!(
-            w.tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
-            Some(LeafState::Blocked { .. })
-        )
     };
     // ERROR: the leaves blocked, the context still active, asked again by the next call.
     let w = running();
@@ -581,7 +578,7 @@ fn bind_creating<const B: bool>(
     tsm.with_device(|d| d.report_ranges(iface, ranges))?;
     let mut buf = [0u8; crate::relay::MAX_RELAY_BYTES];
     let mut outcome = tsm.firmware().bind(tdi, guest, &mut buf);
-    for _ in 0..64 {
+    for _ in 0..crate::relay::host::MAX_RELAY_ROUNDS {
         let Ok(Completion::Relay(n)) = outcome else {
             return outcome.map(drop);
         };
@@ -777,8 +774,7 @@ fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
     tsm.guest_dma_accept(w.g1, w.t0).unwrap();
     tsm.with_device(|d| d.set_fault(crate::tests::rid(3, 0), Some(DeviceFault::Refused)))
         .unwrap();
-    tsm.with_table(|t| t.refuse_invalidation(Some(TableError::OutOfFrames)))
-        .unwrap();
+    refuse_invalidation(&w, Some(TableError::OutOfFrames));
     assert_eq!(
         tsm.start_with_guest_accept(w.g1, w.t0),
         Err(Error::DeviceRefused)
@@ -786,7 +782,7 @@ fn a_refused_invalidation_after_a_refused_start_is_the_next_calls_status() {
     assert!(matches!(state(&w, w.t0), TdiState::Error { .. }));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Blocked));
     refused(tsm, Error::SecureTableFull, || tsm.device_error(w.t0));
-    tsm.with_table(|t| t.refuse_invalidation(None)).unwrap();
+    refuse_invalidation(&w, None);
     assert_eq!(tsm.device_error(w.t0), Ok(Completion::Done));
     assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
 }
@@ -817,10 +813,7 @@ fn an_unbind_names_which_iotlb_wait_it_met() {
         assert_eq!(unbind(&w), Err(Error::IotlbNotTracked), "forced {forced}");
         assert_eq!(state(&w, w.t0), at(&w, UnbindStep::Track));
         assert_eq!(dma(&w, w.t0), Some(DmaState::Invalidated));
-        assert!(matches!(
-            tsm.leaf(w.g1, gpa(GPA)).unwrap().map(|l| l.state),
-            Some(crate::secure_table::LeafState::Blocked { .. })
-        ));
+        assert!(leaf_blocked(&w));
         refused(tsm, Error::IotlbNotTracked, || unbind(&w));
         tsm.with_table(|t| t.refuse_track(None)).unwrap();
         assert_eq!(unbind(&w), Ok(Completion::Done));

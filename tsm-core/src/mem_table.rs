@@ -151,19 +151,20 @@ impl<const N: usize, const AT_BIND: bool> MemTable<N, AT_BIND> {
 
     /// Completes every requested IOTLB invalidation of `guest`'s contexts.
     pub fn complete_invalidations(&mut self, guest: GuestId) {
-        for d in self.dmas.iter_mut().filter(|d| d.guest == guest) {
-            if d.state == DmaState::Invalidating {
-                d.state = DmaState::Invalidated;
-            }
-        }
+        self.complete_where(|d| d.guest == guest);
     }
 
     /// Completes the requested IOTLB invalidation of `guest`'s context of `iface` only.
     pub fn complete_invalidation(&mut self, guest: GuestId, iface: InterfaceId) {
-        if let Ok(d) = self.dma_entry(guest, iface)
-            && d.state == DmaState::Invalidating
-        {
-            d.state = DmaState::Invalidated;
+        self.complete_where(|d| d.guest == guest && d.iface == iface);
+    }
+
+    /// Every context `pick` takes whose invalidation was requested: complete.
+    fn complete_where(&mut self, pick: impl Fn(&DmaEntry) -> bool) {
+        for d in self.dmas.iter_mut().filter(|d| pick(d)) {
+            if d.state == DmaState::Invalidating {
+                d.state = DmaState::Invalidated;
+            }
         }
     }
 

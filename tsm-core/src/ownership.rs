@@ -39,7 +39,7 @@ pub struct OwnedRange {
 /// A claim built aside by [`Ownership::prepare_claim`], for [`Ownership::commit`].
 #[derive(Debug)]
 #[must_use = "a prepared claim changes nothing until it is committed"]
-pub struct PreparedClaim {
+pub(crate) struct PreparedClaim {
     fresh: heapless::Vec<OwnedRange, MAX_RANGES_PER_TDI>,
     index: heapless::Vec<Pos, MAX_OWNED_RANGES>,
     /// Where the new ranges go in `by_tdi`.
@@ -162,7 +162,7 @@ impl Ownership {
     /// Every step of [`Ownership::claim`] that can fail, reading only: the new ranges and the
     /// whole new address index built aside, for [`Ownership::commit`] on this same, unchanged
     /// table (a caller may do other fallible work in between and drop the claim).
-    pub fn prepare_claim(
+    pub(crate) fn prepare_claim(
         &self,
         tdi: TdiId,
         guest: GuestId,
@@ -229,7 +229,7 @@ impl Ownership {
     /// all-or-nothing append (room was checked), the appended ranges rotated into place after
     /// `tdi`'s own, the index replaced. `Inconsistent`, nothing changed, for a claim built
     /// from another state of the table (never, used as documented).
-    pub fn commit(&mut self, p: PreparedClaim) -> Result<(), Error> {
+    pub(crate) fn commit(&mut self, p: PreparedClaim) -> Result<(), Error> {
         if self.by_tdi.len() != p.len || self.by_hpa.len() != p.len || p.at > p.len {
             return Err(Error::Inconsistent);
         }

@@ -1779,10 +1779,6 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             .checked_add(1)
             .ok_or(Error::Inconsistent)?;
         Self::check_report(dev, reserved, &reported)?;
-        // An unbound TDI has no context: one there is drift, whatever the table.
-        if record.dma.is_some() {
-            return Err(Error::Inconsistent);
-        }
         let owners = locks.owners.claiming()?;
         let table = &mut *locks.table;
         owners.apply(|o| {

@@ -950,7 +950,11 @@ fn a_stop_driven_unbind_ends_the_request_too() {
             TDX_IOMMU_IOTLB_TRACKING_NOT_DONE => {
                 for iommu in [0, 1] {
                     let regs = dmar::iotlb_request_regs(iommu, td, HOST_STATUS, 1);
-                    let _ = w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs);
+                    let rax = w.call(u64::from(abi::TDH_IQ_INV_REQUEST), regs).rax;
+                    assert!(
+                        [TDX_SUCCESS, TDX_IOMMU_IOTLB_TRACKING_NOT_REQUIRED].contains(&rax),
+                        "INV_REQ_IOTLB on IOMMU {iommu}: {rax:#x}"
+                    );
                 }
                 assert_eq!(process(w, 0), TDX_SUCCESS);
                 assert_eq!(process(w, 1), TDX_SUCCESS);
