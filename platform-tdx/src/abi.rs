@@ -424,10 +424,11 @@ pub trait HostMemory {
         }
         self.probe_write(hpa, 4)
     }
-    /// Stores `value` little-endian at the 4-byte aligned `hpa` as one 4-byte store, leaving
-    /// the bytes around it alone (a TD's wait status word, which may share its 8-byte word
-    /// with anything of the TD's). Byte-granular memories copy the bytes; a memory reached in
-    /// words overrides it with one 32-bit store (never a read-modify-write of the word).
+    /// Stores `value` little-endian at the 4-byte aligned `hpa`, leaving the bytes around it
+    /// alone (a TD's wait status word, which may share its 8-byte word with anything of the
+    /// TD's). Byte-granular memories copy the bytes; a memory reached in words overrides it
+    /// with atomic read-modify-writes that touch only those 4 bytes (never a plain load and
+    /// store of the word, which would lose a concurrent store to its other half).
     fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
         self.probe_write_u32(hpa)?;
         self.write(hpa, &value.to_le_bytes())

@@ -232,7 +232,8 @@ impl HostMemory for HostWindow {
         self.half_word(hpa).map(drop)
     }
 
-    /// One 4-byte store (the bytes little-endian in memory, as every other write here).
+    /// The 4 bytes written (little-endian in memory, as every other write here) by two atomic
+    /// read-modify-writes of their half of the word.
     fn write_u32(&self, hpa: u64, value: u32) -> Result<(), HostFault> {
         let (word, shift) = self.half_word(hpa)?;
         // The half cleared, then set: two wait-free read-modify-writes of this half only, so
@@ -1406,8 +1407,8 @@ mod tests {
         assert_eq!(fw.seamcall(h.cast()), TDX_SYS_NOT_READY);
     }
 
-    /// The C window takes the TD's 4-byte status word at an address 4 mod 8 as one 4-byte
-    /// store: the other half of the word is the host's and stays as it was (review s23 H1:
+    /// The C window takes the TD's 4-byte status word at an address 4 mod 8, touching only
+    /// its half of the word: the other half is the host's and stays as it was (review s23 H1:
     /// the window used to refuse it `Misaligned`); a misaligned or outside one is refused.
     #[test]
     fn a_four_byte_store_at_4_mod_8_leaves_the_other_half_alone() {
@@ -1443,7 +1444,7 @@ mod tests {
     /// The TD's own IOTLB request through the C entry points (`tsm_tdx_tdcall` and
     /// `tsm_tdx_seamcall` on a firmware's window): TDG.IQ.INV.REQUEST with a wait whose status
     /// word is at an address 4 mod 8, the host's INV_REQ_TD and PROCESS; the status word is
-    /// written with one 4-byte store, the word's other half untouched (review s23 H1: the
+    /// written, the word's other half untouched (review s23 H1: the
     /// window refused 4-byte writes, and PROCESS dropped the error, so the TD waited for ever).
     #[test]
     fn a_tds_iotlb_request_writes_its_status_word_through_the_c_window() {

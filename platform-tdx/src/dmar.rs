@@ -1369,8 +1369,8 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
     }
 
     /// Ends every TD request no IOMMU still requires, shard by shard
-    /// ([`DmarTable::finish_td_requests`]): its wait's status word written with one 4-byte
-    /// store, under the same table lock as the request's reset, so no new request of the TD is
+    /// ([`DmarTable::finish_td_requests`]): its wait's status word written
+    /// ([`HostMemory::write_u32`]), under the same table lock as the request's reset, so no new request of the TD is
     /// taken before the old word is written (the module writes it and clears `req_active`
     /// under one lock, `emulate_wait_complete`, `tdh_iq_inv_process.c` @6e66b9d2). Not
     /// written, the request still ending (ours, [`deliver_td_status`]): a TD no longer usable
@@ -1727,7 +1727,7 @@ impl<S: SecureSession, M: HostMemory, const SHARDS: usize> Dispatcher<'_, '_, S,
 }
 
 /// The status word of TD `td`'s ending request (`status`: its wait's GPA and data, none
-/// without a wait): one 4-byte store at the GPA (the model's host address), skipped for a TD
+/// without a wait): its 4 bytes written at the GPA (the model's host address), skipped for a TD
 /// no longer usable and for a page the firmware holds ([`page_held`]: never written, whoever
 /// asks). Only the store can fail.
 fn deliver_td_status<M: HostMemory>(
