@@ -49,7 +49,7 @@ use crate::tdisp::report::{DeviceInterfaceReport, REPORT_PORTION, ReportAssemble
 use crate::tdisp::requester::{MAX_ATTEMPTS, MAX_MESSAGE_BYTES, Requester};
 use crate::tdisp::{TDISP_VERSION_1_0, WireError, error_code};
 use crate::transport::{DeviceFault, InterfaceId, ReportedRange};
-use crate::unbind::{self, Ended, StopBy, UnbindCtx, Walk};
+use crate::unbind::{self, Ended, StopBy, UnbindCtx};
 
 mod dma_ops;
 
@@ -880,23 +880,28 @@ impl<T: SecureTable, S: SecureSession, const SHARDS: usize> Tsm<T, S, SHARDS> {
             // is blocked first, in the call that finds it blocking, however many calls its MMIO
             // takes (its invalidation asked at once, or after the last leaf on SEV; removed by
             // the unbind; a blocked context stays as it is).
-            let asked = unbind::block_dma(table, owner, record.iface, &mut record.dma);
             let mut budget = UNBIND_WORK_PER_CALL;
-            let left = match unbind::block_leaves(owners, tdi, table, cursor, &mut budget)? {
-                // A context whose block was refused keeps the blocking on: the next call
-                // blocks it again.
-                Walk::Finished if unbind::still_translates(record.dma) => Some(cursor),
-                Walk::Finished => None,
-                Walk::Paused(c) => Some(c),
-            };
+            let who = (owner, record.iface);
+            let (left, status) = unbind::block_pass(
+                table,
+                owners,
+                tdi,
+                who,
+                &mut record.dma,
+                cursor,
+                &mut budget,
+            )?;
             record.state = record.state.with_blocking(left);
             // A refused block (the context still translating: blocked again by the next
             // call) or request is this call's status once its leaves are blocked.
-            asked?;
-            if left.is_some() {
-                return Ok(Completion::Resumable);
-            }
+            status?;
+            return Ok(if left.is_some() {
+                Completion::Resumable
+            } else {
+                Completion::Done
+            });
         }
+        // Every leaf blocked before: the request asked again where it could not be taken.
         unbind::ask_invalidation(table, owner, record.iface, &mut record.dma)?;
         Ok(Completion::Done)
     }

@@ -159,7 +159,7 @@ pub(crate) fn walk<T: SecureTable>(
 }
 
 /// Blocks every still-mapped leaf from `cursor` on.
-pub(crate) fn block_leaves<T: SecureTable>(
+fn block_leaves<T: SecureTable>(
     owners: &Ownership,
     tdi: TdiId,
     table: &mut T,
@@ -185,7 +185,7 @@ pub(crate) fn block_leaves<T: SecureTable>(
 /// request's (the context `Blocked`): either way the caller blocks this call's leaves first,
 /// keeps that progress and then answers it, so no refusal leaves the guest's MMIO live for a
 /// call longer.
-pub(crate) fn block_dma<T: SecureTable>(
+fn block_dma<T: SecureTable>(
     table: &mut T,
     owner: GuestId,
     iface: InterfaceId,
@@ -201,8 +201,35 @@ pub(crate) fn block_dma<T: SecureTable>(
     Ok(())
 }
 
+/// One blocking pass, the same for ERROR, a check and the unbind's Block step: the DMA
+/// context first ([`block_dma`]), then the leaves from `cursor` within `budget`, then, once
+/// every leaf is blocked, the context's invalidation asked ([`ask_invalidation`]). A refusal
+/// of the context's block or request never stops the leaves: it comes back beside the pass's
+/// progress, which the caller keeps before answering it. The progress: `None` when every
+/// leaf and the context are blocked, else where the next pass starts (the same `cursor` while
+/// the context still translates: the next pass blocks it again first).
+pub(crate) fn block_pass<T: SecureTable>(
+    table: &mut T,
+    owners: &Ownership,
+    tdi: TdiId,
+    (owner, iface): (GuestId, InterfaceId),
+    dma: &mut Option<DmaState>,
+    cursor: Cursor,
+    budget: &mut u32,
+) -> Result<(Option<Cursor>, Result<(), Error>), Error> {
+    let asked = block_dma(table, owner, iface, dma);
+    Ok(match block_leaves(owners, tdi, table, cursor, budget)? {
+        Walk::Finished if still_translates(*dma) => (Some(cursor), asked),
+        Walk::Finished => (
+            None,
+            asked.and_then(|()| ask_invalidation(table, owner, iface, dma)),
+        ),
+        Walk::Paused(c) => (Some(c), asked),
+    })
+}
+
 /// Whether a context in `dma` still translates into its guest's memory (not blocked yet).
-pub(crate) fn still_translates(dma: Option<DmaState>) -> bool {
+fn still_translates(dma: Option<DmaState>) -> bool {
     matches!(dma, Some(DmaState::Pending | DmaState::Active))
 }
 
@@ -425,24 +452,14 @@ fn advance<T: SecureTable>(
             // so a call blocks as many leaves as any other.
             // A refusal of the context's block or of its request never stops the leaves: they
             // are blocked and their progress kept, and the call then answers it.
-            let asked = block_dma(ctx.table, ctx.owner, ctx.iface, ctx.dma);
-            let walked = block_leaves(ctx.owners, ctx.tdi, ctx.table, cursor, budget)?;
-            match (walked, asked) {
-                // Still translating: the step stays at Block, which blocks it again first.
-                (Walk::Finished, Err(e)) if still_translates(*ctx.dma) => {
-                    Next::Failed(UnbindStep::Block(cursor), e)
-                }
-                // Blocked; the request, refused or not made yet, is asked again from Stop on.
-                (Walk::Finished, asked) => {
-                    match asked
-                        .and_then(|()| ask_invalidation(ctx.table, ctx.owner, ctx.iface, ctx.dma))
-                    {
-                        Ok(()) => Next::Step(UnbindStep::Stop),
-                        Err(e) => Next::Failed(UnbindStep::Stop, e),
-                    }
-                }
-                (Walk::Paused(c), Ok(())) => Next::Yield(UnbindStep::Block(c)),
-                (Walk::Paused(c), Err(e)) => Next::Failed(UnbindStep::Block(c), e),
+            // Still translating, the step stays at Block, which blocks it again first; all
+            // blocked, a request refused or not made yet is asked again from Stop on.
+            let who = (ctx.owner, ctx.iface);
+            match block_pass(ctx.table, ctx.owners, ctx.tdi, who, ctx.dma, cursor, budget)? {
+                (None, Ok(())) => Next::Step(UnbindStep::Stop),
+                (None, Err(e)) => Next::Failed(UnbindStep::Stop, e),
+                (Some(c), Ok(())) => Next::Yield(UnbindStep::Block(c)),
+                (Some(c), Err(e)) => Next::Failed(UnbindStep::Block(c), e),
             }
         }
         // STOP before the pages go back: the device scrubs and stops TEE traffic (PCIe 6.x
